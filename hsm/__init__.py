@@ -1,0 +1,22 @@
+"""Everything PKCS#11: the only package that imports python-pkcs11.
+
+The public surface is small on purpose: :class:`Hsm` signs ES256 over bytes
+it hashes itself (there is no way to hand it a digest), exports public keys,
+and reports its health. Provisioning (token initialisation, key generation)
+lives in :mod:`paywarden.hsm.provision` and is used by ``scripts/`` only.
+"""
+
+from paywarden.hsm.errors import HsmError, HsmUnavailable, KeyNotFound, UnsafeKey
+from paywarden.hsm.keys import KeyRef, PublicKeyInfo
+from paywarden.hsm.token import Hsm, read_pin
+
+__all__ = [
+    "Hsm",
+    "HsmError",
+    "HsmUnavailable",
+    "KeyNotFound",
+    "KeyRef",
+    "PublicKeyInfo",
+    "UnsafeKey",
+    "read_pin",
+]

@@ -1,0 +1,221 @@
+"""Key custody operations for the security team's scripts (``scripts/``).
+
+No network API reaches this module: the service only signs and exports
+public keys. Every operation here is idempotent and reports what it did.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+
+from paywarden.hsm.errors import HsmError, HsmUnavailable, KeyNotFound, UnsafeKey
+from paywarden.hsm.keys import KeyRef, PublicKeyInfo
+from paywarden.hsm.token import PKCS11_LOCK
+
+_CKF_TOKEN_INITIALIZED = 0x400
+_CK_ULONG = ctypes.c_ulong
+
+
+class _TokenInfo(ctypes.Structure):
+    # CK_TOKEN_INFO up to the flags field; the rest is read into padding.
+    _fields_ = (
+        ("label", ctypes.c_char * 32),
+        ("manufacturer_id", ctypes.c_char * 32),
+        ("model", ctypes.c_char * 16),
+        ("serial_number", ctypes.c_char * 16),
+        ("flags", _CK_ULONG),
+        ("rest", ctypes.c_ubyte * 256),
+    )
+
+
+def _rv(name: str, rv: int) -> None:
+    if rv != 0:
+        raise HsmError(f"{name} failed with CKR 0x{rv:08x}")
+
+
+def token_exists(module: str, label: str) -> bool:
+    with PKCS11_LOCK:
+        lib = pkcs11.lib(module)
+        return any(True for _ in lib.get_tokens(token_label=label))
+
+
+def init_token(module: str, label: str, so_pin: str, user_pin: str) -> bool:
+    """Initialises a free slot's token with ``label`` and sets the user PIN.
+
+    Returns False when a token with this label already exists (nothing done).
+    python-pkcs11 has no ``C_InitToken``, and ``softhsm2-util`` would need the
+    PINs on its command line, so the call is made here through ctypes.
+    Call it before anything else in the process has loaded ``module``.
+    """
+    if len(label.encode("utf-8")) > 32:
+        raise HsmError("token label is longer than 32 bytes")
+    with PKCS11_LOCK:
+        if token_exists(module, label):
+            return False
+        pkcs11.lib(module).finalize()
+        so = ctypes.CDLL(module)
+        _rv("C_Initialize", so.C_Initialize(None))
+        try:
+            count = _CK_ULONG(0)
+            _rv("C_GetSlotList", so.C_GetSlotList(ctypes.c_ubyte(1), None, ctypes.byref(count)))
+            slots = (_CK_ULONG * count.value)()
+            _rv("C_GetSlotList", so.C_GetSlotList(ctypes.c_ubyte(1), slots, ctypes.byref(count)))
+            free = None
+            for slot in slots[: count.value]:
+                info = _TokenInfo()
+                _rv("C_GetTokenInfo", so.C_GetTokenInfo(_CK_ULONG(slot), ctypes.byref(info)))
+                if not info.flags & _CKF_TOKEN_INITIALIZED:
+                    free = slot
+                    break
+            if free is None:
+                raise HsmError("no free slot to initialise a token in")
+            so_pin_b = so_pin.encode("utf-8")
+            label_b = label.encode("utf-8").ljust(32, b" ")
+            _rv(
+                "C_InitToken",
+                so.C_InitToken(
+                    _CK_ULONG(free), so_pin_b, _CK_ULONG(len(so_pin_b)), ctypes.c_char_p(label_b)
+                ),
+            )
+        finally:
+            so.C_Finalize(None)
+        lib = pkcs11.lib(module)  # initialises again and sees the new token
+        token = lib.get_token(token_label=label)
+        session = token.open(rw=True, so_pin=so_pin)
+        try:
+            session.init_pin(user_pin)
+        finally:
+            session.close()
+    return True
+
+
+def _find(session: Any, ref: KeyRef, object_class: ObjectClass) -> Any | None:
+    found = list(
+        session.get_objects(
+            {Attribute.CLASS: object_class, Attribute.LABEL: ref.label, Attribute.ID: ref.cka_id}
+        )
+    )
+    if len(found) > 1:
+        raise UnsafeKey(f"key {ref.key_id} is on the token more than once")
+    return found[0] if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    ref: KeyRef
+    sensitive: bool
+    extractable: bool
+    never_extractable: bool
+    always_sensitive: bool
+    can_sign: bool
+    can_decrypt: bool
+
+
+def _status(ref: KeyRef, priv: Any) -> KeyStatus:
+    return KeyStatus(
+        ref=ref,
+        sensitive=bool(priv[Attribute.SENSITIVE]),
+        extractable=bool(priv[Attribute.EXTRACTABLE]),
+        never_extractable=bool(priv[Attribute.NEVER_EXTRACTABLE]),
+        always_sensitive=bool(priv[Attribute.ALWAYS_SENSITIVE]),
+        can_sign=bool(priv[Attribute.SIGN]),
+        can_decrypt=bool(priv[Attribute.DECRYPT]),
+    )
+
+
+def _open(module: str, token_label: str, user_pin: str, rw: bool) -> Any:
+    try:
+        token = pkcs11.lib(module).get_token(token_label=token_label)
+        return token.open(rw=rw, user_pin=user_pin)
+    except pkcs11.exceptions.NoSuchToken:
+        raise HsmUnavailable(f"no token labelled {token_label!r}") from None
+    except pkcs11.exceptions.PinIncorrect:
+        raise HsmUnavailable(f"login to token {token_label!r} refused: PIN incorrect") from None
+
+
+def generate_key(module: str, token_label: str, user_pin: str, ref: KeyRef) -> tuple[bool, KeyStatus]:
+    """Generates an EC P-256 key pair inside the token, unless it exists.
+
+    The private key is sensitive, never extractable and may only sign.
+    Returns (created, status).
+    """
+    with PKCS11_LOCK:
+        session = _open(module, token_label, user_pin, rw=True)
+        try:
+            existing = _find(session, ref, ObjectClass.PRIVATE_KEY)
+            if existing is not None:
+                return False, _status(ref, existing)
+            if _find(session, ref, ObjectClass.PUBLIC_KEY) is not None:
+                raise UnsafeKey(f"public key {ref.key_id} exists without its private key")
+            params = session.create_domain_parameters(
+                KeyType.EC,
+                {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+                local=True,
+            )
+            _pub, priv = params.generate_keypair(
+                store=True,
+                label=ref.label,
+                id=ref.cka_id,
+                mechanism=Mechanism.EC_KEY_PAIR_GEN,
+                public_template={
+                    Attribute.TOKEN: True,
+                    Attribute.VERIFY: True,
+                    Attribute.ENCRYPT: False,
+                    Attribute.WRAP: False,
+                    Attribute.DERIVE: False,
+                },
+                private_template={
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.SIGN: True,
+                    Attribute.DECRYPT: False,
+                    Attribute.UNWRAP: False,
+                    Attribute.DERIVE: False,
+                    Attribute.SIGN_RECOVER: False,
+                },
+            )
+            return True, _status(ref, priv)
+        finally:
+            session.close()
+
+
+def list_keys(module: str, token_label: str, user_pin: str) -> list[KeyStatus]:
+    """Every EC private key on the token whose label and id name a payment key."""
+    out: list[KeyStatus] = []
+    with PKCS11_LOCK:
+        session = _open(module, token_label, user_pin, rw=False)
+        try:
+            for obj in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
+                try:
+                    version_text = bytes(obj[Attribute.ID]).decode("ascii")
+                    if not version_text.startswith("v"):
+                        continue
+                    ref = KeyRef(str(obj[Attribute.LABEL]), int(version_text[1:]))
+                except (ValueError, UnicodeDecodeError):
+                    continue  # not one of ours
+                out.append(_status(ref, obj))
+        finally:
+            session.close()
+    return sorted(out, key=lambda s: (s.ref.label, s.ref.version))
+
+
+def export_public_key(module: str, token_label: str, user_pin: str, ref: KeyRef) -> PublicKeyInfo:
+    with PKCS11_LOCK:
+        session = _open(module, token_label, user_pin, rw=False)
+        try:
+            pub = _find(session, ref, ObjectClass.PUBLIC_KEY)
+            if pub is None:
+                raise KeyNotFound(f"key {ref.key_id} is not on token {token_label!r}")
+            info = PublicKeyInfo(ref, encode_ec_public_key(pub))
+            info.public_key()
+            return info
+        finally:
+            session.close()

@@ -1,0 +1,244 @@
+"""One logged-in PKCS#11 session per process, every call serialised.
+
+python-pkcs11 calls ``C_Initialize(NULL)``: the library is told that it will
+not be called from several threads at once, and SoftHSM2 crashes when it is.
+So every PKCS#11 call in this process goes through ``PKCS11_LOCK``.
+
+After a PKCS#11 error the session is dropped and the library re-initialised
+on the next use (at most once per ``retry_interval``); until that succeeds,
+every signing call raises :class:`HsmUnavailable`. Nothing is signed while
+the token is in doubt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.util.ec import encode_ec_public_key
+
+from paywarden.hsm.errors import HsmUnavailable, KeyNotFound, UnsafeKey
+from paywarden.hsm.keys import KeyRef, PublicKeyInfo
+
+PKCS11_LOCK = threading.RLock()
+"""Serialises every PKCS#11 call made by this process (see module docstring)."""
+
+
+def read_pin(pin_file: Path | None, pin_env: str | None) -> str:
+    """Reads the user PIN from a file or an environment variable, never argv.
+
+    Errors name the source, never the value.
+    """
+    if pin_file is not None:
+        try:
+            pin = pin_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise HsmUnavailable(f"cannot read the HSM PIN file {pin_file}: {exc.strerror}") from None
+        if not pin:
+            raise HsmUnavailable(f"the HSM PIN file {pin_file} is empty")
+        return pin
+    if pin_env is not None:
+        pin = os.environ.get(pin_env, "").strip()
+        if not pin:
+            raise HsmUnavailable(f"the environment variable {pin_env} (HSM PIN) is not set")
+        return pin
+    raise HsmUnavailable("no HSM PIN source configured (pin_file or pin_env)")
+
+
+def _check_private_key(ref: KeyRef, key: Any) -> None:
+    """Refuses a key that could ever leave the token or do more than sign."""
+    sensitive = key[Attribute.SENSITIVE]
+    extractable = key[Attribute.EXTRACTABLE]
+    never_extractable = key[Attribute.NEVER_EXTRACTABLE]
+    if not sensitive or extractable or not never_extractable:
+        raise UnsafeKey(
+            f"key {ref.key_id} is not safe to use: sensitive={bool(sensitive)}, "
+            f"extractable={bool(extractable)}, never_extractable={bool(never_extractable)}"
+        )
+
+
+class Hsm:
+    """Signs with payment keys held in a PKCS#11 token."""
+
+    def __init__(
+        self,
+        module: str,
+        token_label: str,
+        pin: str,
+        keys: Sequence[KeyRef],
+        *,
+        retry_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._module = module
+        self._token_label = token_label
+        self.__pin = pin
+        self._refs = {ref.key_id: ref for ref in keys}
+        self._retry_interval = retry_interval
+        self._clock = clock
+        self._session: Any = None
+        self._private: dict[str, Any] = {}
+        self._public: dict[str, PublicKeyInfo] = {}
+        self._next_attempt = 0.0
+        self._last_error = "not opened yet"
+        self._needs_reinit = False
+
+    def __repr__(self) -> str:
+        return f"Hsm(module={self._module!r}, token={self._token_label!r}, keys={list(self._refs)})"
+
+    # -- lifecycle -------------------------------------------------------
+
+    def open(self) -> None:
+        """Opens the session now; raises :class:`HsmUnavailable` on failure."""
+        with PKCS11_LOCK:
+            self._open_locked()
+
+    def close(self) -> None:
+        with PKCS11_LOCK:
+            self._drop_locked("closed")
+
+    def _open_locked(self) -> None:
+        self._drop_locked(self._last_error)
+        try:
+            lib = pkcs11.lib(self._module)
+            if self._needs_reinit:
+                lib.reinitialize()
+                self._needs_reinit = False
+            token = lib.get_token(token_label=self._token_label)
+            session = token.open(user_pin=self.__pin)
+        except pkcs11.exceptions.NoSuchToken:
+            self._fail_locked(f"no token labelled {self._token_label!r}")
+        except pkcs11.exceptions.PinIncorrect:
+            self._fail_locked(f"login to token {self._token_label!r} refused: PIN incorrect")
+        except pkcs11.exceptions.PinLocked:
+            self._fail_locked(f"login to token {self._token_label!r} refused: PIN locked")
+        except (pkcs11.exceptions.PKCS11Error, OSError) as exc:
+            self._fail_locked(f"cannot open token {self._token_label!r}: {type(exc).__name__}")
+        try:
+            private: dict[str, Any] = {}
+            public: dict[str, PublicKeyInfo] = {}
+            for key_id, ref in self._refs.items():
+                private[key_id], public[key_id] = self._load_key(session, ref)
+        except (KeyNotFound, UnsafeKey) as exc:
+            self._session = session
+            self._drop_locked(str(exc))
+            raise
+        except pkcs11.exceptions.PKCS11Error as exc:
+            self._session = session
+            self._drop_locked(f"cannot read keys: {type(exc).__name__}")
+            self._fail_locked(self._last_error)
+        self._session = session
+        self._private = private
+        self._public = public
+        self._last_error = ""
+
+    def _load_key(self, session: Any, ref: KeyRef) -> tuple[Any, PublicKeyInfo]:
+        try:
+            priv = session.get_key(
+                object_class=ObjectClass.PRIVATE_KEY,
+                key_type=KeyType.EC,
+                label=ref.label,
+                id=ref.cka_id,
+            )
+            pub = session.get_key(
+                object_class=ObjectClass.PUBLIC_KEY,
+                key_type=KeyType.EC,
+                label=ref.label,
+                id=ref.cka_id,
+            )
+        except pkcs11.exceptions.NoSuchKey:
+            raise KeyNotFound(f"key {ref.key_id} is not on token {self._token_label!r}") from None
+        except pkcs11.exceptions.MultipleObjectsReturned:
+            raise UnsafeKey(f"key {ref.key_id} is on the token more than once") from None
+        _check_private_key(ref, priv)
+        info = PublicKeyInfo(ref, encode_ec_public_key(pub))
+        info.public_key()  # raises unless P-256
+        return priv, info
+
+    def _drop_locked(self, reason: str) -> None:
+        session, self._session = self._session, None
+        self._private = {}
+        self._last_error = reason
+        if session is not None:
+            try:
+                session.close()
+            except pkcs11.exceptions.PKCS11Error:
+                pass  # the session is being thrown away because it is broken
+            # Re-initialise the library before the next open, so that a token
+            # that went away and came back is found again.
+            self._needs_reinit = True
+
+    def _fail_locked(self, reason: str) -> NoReturn:
+        self._drop_locked(reason)
+        self._needs_reinit = True
+        self._next_attempt = self._clock() + self._retry_interval
+        raise HsmUnavailable(f"HSM unavailable: {reason}")
+
+    def _ensure_open_locked(self) -> None:
+        if self._session is not None:
+            return
+        if self._clock() < self._next_attempt:
+            raise HsmUnavailable(f"HSM unavailable: {self._last_error}")
+        try:
+            self._open_locked()
+        except (KeyNotFound, UnsafeKey) as exc:
+            self._next_attempt = self._clock() + self._retry_interval
+            raise HsmUnavailable(f"HSM unavailable: {exc}") from None
+
+    # -- use -------------------------------------------------------------
+
+    def sign_es256(self, key_id: str, signing_input: bytes) -> bytes:
+        """ES256 signature (64 bytes, r||s) over SHA-256 of ``signing_input``.
+
+        The digest is computed here, so no caller can have an arbitrary digest
+        signed. Raises :class:`KeyNotFound` for a key that is not configured and
+        :class:`HsmUnavailable` when the token cannot sign now.
+        """
+        if key_id not in self._refs:
+            raise KeyNotFound(f"key {key_id} is not configured")
+        digest = hashlib.sha256(signing_input).digest()
+        with PKCS11_LOCK:
+            self._ensure_open_locked()
+            try:
+                signature: bytes = self._private[key_id].sign(digest, mechanism=Mechanism.ECDSA)
+            except pkcs11.exceptions.PKCS11Error as exc:
+                self._fail_locked(f"signing failed: {type(exc).__name__}")
+        if len(signature) != 64:
+            raise HsmUnavailable(f"HSM returned a {len(signature)}-byte ECDSA signature")
+        return signature
+
+    def check(self) -> None:
+        """Raises :class:`HsmUnavailable` unless the token answers now."""
+        with PKCS11_LOCK:
+            self._ensure_open_locked()
+            try:
+                for ref in self._refs.values():
+                    self._session.get_key(
+                        object_class=ObjectClass.PUBLIC_KEY, label=ref.label, id=ref.cka_id
+                    )
+            except pkcs11.exceptions.PKCS11Error as exc:
+                self._fail_locked(f"health check failed: {type(exc).__name__}")
+
+    @property
+    def available(self) -> bool:
+        with PKCS11_LOCK:
+            return self._session is not None
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    def key_ids(self) -> list[str]:
+        return sorted(self._refs)
+
+    def public_keys(self) -> list[PublicKeyInfo]:
+        """Public keys read at the last successful open (kept while unavailable)."""
+        with PKCS11_LOCK:
+            return [self._public[k] for k in sorted(self._public)]

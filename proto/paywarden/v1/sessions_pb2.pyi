@@ -1,0 +1,91 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AssetBudget(_message.Message):
+    __slots__ = ("asset", "amount")
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    asset: str
+    amount: str
+    def __init__(self, asset: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("agent_id", "task_description", "budgets", "ttl_seconds", "allowed_payees")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_PAYEES_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    task_description: str
+    budgets: _containers.RepeatedCompositeFieldContainer[AssetBudget]
+    ttl_seconds: int
+    allowed_payees: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., task_description: _Optional[str] = ..., budgets: _Optional[_Iterable[_Union[AssetBudget, _Mapping]]] = ..., ttl_seconds: _Optional[int] = ..., allowed_payees: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OpenSessionResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: Session
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
+
+class GetSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class GetSessionResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: Session
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: Session
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
+
+class AssetSpend(_message.Message):
+    __slots__ = ("asset", "budget", "spent")
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    asset: str
+    budget: str
+    spent: str
+    def __init__(self, asset: _Optional[str] = ..., budget: _Optional[str] = ..., spent: _Optional[str] = ...) -> None: ...
+
+class Session(_message.Message):
+    __slots__ = ("session_id", "agent_id", "planner_id", "task_digest", "created_at", "expires_at", "state", "spend", "allowed_payees")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PLANNER_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SPEND_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_PAYEES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    agent_id: str
+    planner_id: str
+    task_digest: str
+    created_at: int
+    expires_at: int
+    state: str
+    spend: _containers.RepeatedCompositeFieldContainer[AssetSpend]
+    allowed_payees: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., planner_id: _Optional[str] = ..., task_digest: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., state: _Optional[str] = ..., spend: _Optional[_Iterable[_Union[AssetSpend, _Mapping]]] = ..., allowed_payees: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""Paywarden signing service."""
