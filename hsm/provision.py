@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pkcs11
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
-
 from paywarden.hsm.errors import HsmError, HsmUnavailable, KeyNotFound, UnsafeKey
 from paywarden.hsm.keys import KeyRef, PublicKeyInfo
 from paywarden.hsm.token import PKCS11_LOCK
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 _CKF_TOKEN_INITIALIZED = 0x400
 _CK_ULONG = ctypes.c_ulong
@@ -139,7 +138,9 @@ def _open(module: str, token_label: str, user_pin: str, rw: bool) -> Any:
         raise HsmUnavailable(f"login to token {token_label!r} refused: PIN incorrect") from None
 
 
-def generate_key(module: str, token_label: str, user_pin: str, ref: KeyRef) -> tuple[bool, KeyStatus]:
+def generate_key(
+    module: str, token_label: str, user_pin: str, ref: KeyRef
+) -> tuple[bool, KeyStatus]:
     """Generates an EC P-256 key pair inside the token, unless it exists.
 
     The private key is sensitive, never extractable and may only sign.

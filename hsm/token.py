@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pkcs11
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.util.ec import encode_ec_public_key
-
 from paywarden.hsm.errors import HsmUnavailable, KeyNotFound, UnsafeKey
 from paywarden.hsm.keys import KeyRef, PublicKeyInfo
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.util.ec import encode_ec_public_key
 
 PKCS11_LOCK = threading.RLock()
 """Serialises every PKCS#11 call made by this process (see module docstring)."""
@@ -40,7 +39,9 @@ def read_pin(pin_file: Path | None, pin_env: str | None) -> str:
         try:
             pin = pin_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise HsmUnavailable(f"cannot read the HSM PIN file {pin_file}: {exc.strerror}") from None
+            raise HsmUnavailable(
+                f"cannot read the HSM PIN file {pin_file}: {exc.strerror}"
+            ) from None
         if not pin:
             raise HsmUnavailable(f"the HSM PIN file {pin_file} is empty")
         return pin
@@ -193,6 +194,11 @@ class Hsm:
             raise HsmUnavailable(f"HSM unavailable: {exc}") from None
 
     # -- use -------------------------------------------------------------
+
+    def ensure_available(self) -> None:
+        """Raises :class:`HsmUnavailable` unless a session is open (or reopens now)."""
+        with PKCS11_LOCK:
+            self._ensure_open_locked()
 
     def sign_es256(self, key_id: str, signing_input: bytes) -> bytes:
         """ES256 signature (64 bytes, r||s) over SHA-256 of ``signing_input``.

@@ -1,0 +1,187 @@
+"""Strict validation of payment fields and the canonical payload.
+
+The payload is RFC 8785 (JCS) JSON built here from validated, typed fields.
+Our claims hold only strings, integers (|n| < 2**53) and objects, for which
+JCS reduces to: keys sorted by UTF-16 code units, no whitespace, minimal
+string escaping, integers in plain decimal. The tests check this encoder
+against an independent RFC 8785 implementation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from paywarden.signer.errors import InvalidInput, Reason
+
+PAYLOAD_TYPE = "paywarden.payment.v1"
+
+_AMOUNT = re.compile(r"^(0|[1-9][0-9]*)(?:\.([0-9]+))?$")
+_MAX_SAFE_INT = 2**53 - 1
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+MIN_NONCE_BYTES = 16
+MAX_NONCE_BYTES = 64
+
+
+# -- amounts -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Amount:
+    """An amount as an integer count of the asset's smallest unit."""
+
+    minor: int
+    decimals: int
+
+    def __str__(self) -> str:
+        if self.decimals == 0:
+            return str(self.minor)
+        whole, frac = divmod(self.minor, 10**self.decimals)
+        return f"{whole}.{frac:0{self.decimals}d}"
+
+
+def parse_amount(field: str, text: str, decimals: int, max_amount: str) -> Amount:
+    """Parses a plain decimal string; never rounds.
+
+    Rejected: empty, sign, exponent, whitespace, NaN/Infinity, leading zeros
+    ("01"), a dot without digits on both sides, more decimals than the asset
+    has, zero, and anything above ``max_amount``.
+    """
+    if not text:
+        raise InvalidInput(Reason.FIELD_MISSING, f"{field} is required")
+    match = _AMOUNT.match(text) if text.isascii() else None
+    if match is None:
+        raise InvalidInput(
+            Reason.AMOUNT_MALFORMED,
+            f"{field} must be a plain decimal like 12.50 (digits, at most one dot; "
+            "no sign, exponent or whitespace)",
+        )
+    whole, frac = match.group(1), match.group(2) or ""
+    if len(frac) > decimals:
+        raise InvalidInput(
+            Reason.AMOUNT_TOO_PRECISE,
+            f"{field} has {len(frac)} decimals; the asset allows {decimals}",
+        )
+    if len(whole) > 30:
+        raise InvalidInput(Reason.AMOUNT_TOO_LARGE, f"{field} is too large")
+    minor = int(whole) * 10**decimals + (int(frac.ljust(decimals, "0")) if decimals else 0)
+    if minor <= 0:
+        raise InvalidInput(Reason.AMOUNT_NOT_POSITIVE, f"{field} must be greater than zero")
+    limit = parse_limit(max_amount, decimals)
+    if minor > limit:
+        raise InvalidInput(
+            Reason.AMOUNT_TOO_LARGE, f"{field} exceeds the asset's maximum of {max_amount}"
+        )
+    return Amount(minor, decimals)
+
+
+def parse_limit(text: str, decimals: int) -> int:
+    """A configured limit in minor units (configuration is trusted to be plain)."""
+    match = _AMOUNT.match(text)
+    if match is None or len(match.group(2) or "") > decimals:
+        raise ValueError(f"limit {text!r} is not a plain decimal with at most {decimals} decimals")
+    frac = (match.group(2) or "").ljust(decimals, "0")
+    whole = int(match.group(1))
+    scale: int = 10**decimals
+    return whole * scale + (int(frac) if decimals else 0)
+
+
+# -- strings -----------------------------------------------------------------
+
+
+def _is_forbidden_char(ch: str) -> bool:
+    # Cc: C0/C1 controls and DEL; Cf: format characters (bidi overrides,
+    # zero-width joiners) that make two identifiers look alike; Cs/Co/Cn:
+    # surrogates, private use and unassigned code points.
+    return unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"}
+
+
+def clean_text(
+    field: str, text: str, *, max_len: int, required: bool = True, allow_newlines: bool = False
+) -> str:
+    """NFC-normalises and bounds a string; refuses controls and format characters."""
+    if not text:
+        if required:
+            raise InvalidInput(Reason.FIELD_MISSING, f"{field} is required")
+        return ""
+    normalised = unicodedata.normalize("NFC", text)
+    for ch in normalised:
+        if allow_newlines and ch in "\n\t":
+            continue
+        if _is_forbidden_char(ch):
+            raise InvalidInput(
+                Reason.STRING_CONTROL_CHAR,
+                f"{field} contains a control or format character (U+{ord(ch):04X})",
+            )
+    if normalised != normalised.strip():
+        raise InvalidInput(Reason.STRING_INVALID, f"{field} has leading or trailing whitespace")
+    if len(normalised) > max_len:
+        raise InvalidInput(Reason.STRING_TOO_LONG, f"{field} is longer than {max_len} characters")
+    return normalised
+
+
+def parse_nonce(text: str) -> str:
+    """16 to 64 bytes as base64url without padding; returns the canonical text."""
+    if not text:
+        raise InvalidInput(Reason.FIELD_MISSING, "nonce is required")
+    if not _B64URL.match(text) or len(text) % 4 == 1:
+        raise InvalidInput(Reason.NONCE_MALFORMED, "nonce must be base64url without padding")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidInput(Reason.NONCE_MALFORMED, "nonce is not valid base64url") from None
+    if not MIN_NONCE_BYTES <= len(raw) <= MAX_NONCE_BYTES:
+        raise InvalidInput(
+            Reason.NONCE_MALFORMED,
+            f"nonce must decode to {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes, not {len(raw)}",
+        )
+    canonical = b64url(raw)
+    if canonical != text:
+        # non-zero padding bits: two spellings of one nonce would defeat the guard
+        raise InvalidInput(Reason.NONCE_MALFORMED, "nonce is not in canonical base64url form")
+    return canonical
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# -- RFC 8785 ------------------------------------------------------------------
+
+Json = str | int | bool | None | Mapping[str, "Json"] | list["Json"]
+
+
+def jcs(value: Json) -> bytes:
+    """RFC 8785 serialisation for strings, safe integers, booleans, null, arrays, objects."""
+    return _jcs(value).encode("utf-8")
+
+
+def _utf16_key(key: str) -> bytes:
+    return key.encode("utf-16-be")
+
+
+def _jcs(value: Json) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int):
+        if abs(value) > _MAX_SAFE_INT:
+            raise ValueError("integer outside the range JCS represents exactly")
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ",".join(_jcs(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        items = sorted(value.items(), key=lambda kv: _utf16_key(kv[0]))
+        return "{" + ",".join(f"{_jcs(k)}:{_jcs(v)}" for k, v in items) + "}"
+    raise TypeError(f"cannot canonicalise {type(value).__name__}")

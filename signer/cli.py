@@ -1,0 +1,92 @@
+"""The ``paywarden`` command."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from paywarden.signer import logs
+from paywarden.signer.config import ConfigError, load_config
+from paywarden.signer.server import StartupError, start
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level)
+    try:
+        config = load_config(args.config)
+        running = start(config)
+    except (ConfigError, StartupError) as exc:
+        print(f"paywarden: cannot start: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    host = config.server.listen.rpartition(":")[0]
+    # Tests and scripts wait for this line (a readiness probe, not a sleep).
+    print(
+        f"paywarden: serving on {host}:{running.port} (hsm available: {running.hsm.available})",
+        flush=True,
+    )
+    stop.wait()
+    print("paywarden: stopping", flush=True)
+    running.stop(config.server.grace_seconds)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"paywarden: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    print(config.model_dump_json(indent=2))
+    return 0
+
+
+def _store_info(args: argparse.Namespace) -> int:
+    import sqlite_utils
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"paywarden: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if not config.store.path.exists():
+        print(f"paywarden: no store at {config.store.path}", file=sys.stderr)
+        return 1
+    db = sqlite_utils.Database(config.store.path)
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    print(f"store {config.store.path} schema version {version}")
+    for table in db.tables:
+        print(f"  {table.name}: {table.count} rows")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="paywarden", description="Paywarden payment signer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the signer")
+    serve.add_argument("--config", type=Path, help="TOML file (default: embedded defaults)")
+    serve.add_argument("--log-level", default="INFO")
+    serve.set_defaults(fn=_serve)
+    check = sub.add_parser("config", help="validate a configuration and print it")
+    check.add_argument("--config", type=Path)
+    check.set_defaults(fn=_check_config)
+    info = sub.add_parser("store-info", help="tables and row counts of the state store")
+    info.add_argument("--config", type=Path)
+    info.set_defaults(fn=_store_info)
+    args = parser.parse_args(argv)
+    code: int = args.fn(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Configuration: a TOML file, environment overrides, pydantic validation.
+
+An override is ``PAYWARDEN_<SECTION>__<KEY>=<value>`` (``PAYWARDEN_SERVER__LISTEN``);
+the value is read as a TOML literal when it is one (``300``, ``true``,
+``["a"]``), otherwise as a string. Every error names the setting.
+Relative paths are resolved against the directory of the config file (or the
+working directory for the embedded defaults).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from paywarden.hsm import KeyRef
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "PAYWARDEN_"
+DEFAULT_DATA_DIR = Path("data")
+
+_Path = Annotated[Path, Field(strict=False)]
+_ASSET = re.compile(r"^[A-Z][A-Z0-9]{1,11}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ServerConfig(_Model):
+    listen: str = "127.0.0.1:50051"
+    trust_domain: str = "paywarden.local"
+    tls_cert: _Path = DEFAULT_DATA_DIR / "pki" / "server.crt"
+    tls_key: _Path = DEFAULT_DATA_DIR / "pki" / "server.key"
+    client_ca: _Path = DEFAULT_DATA_DIR / "pki" / "ca.crt"
+    max_workers: int = Field(default=16, ge=1, le=256)
+    grace_seconds: float = Field(default=5.0, ge=0, le=60)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:50051")
+        return v
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", v):
+            raise ValueError("must be a lowercase DNS-style name")
+        return v
+
+
+class HsmConfig(_Model):
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label: str = "paywarden-dev"  # noqa: S105 - a label, not a secret
+    pin_file: _Path | None = DEFAULT_DATA_DIR / "dev" / "DEVELOPMENT-ONLY-user.pin"
+    pin_env: str | None = None
+    softhsm_conf: _Path | None = Path("softhsm.conf")
+    retry_interval_seconds: float = Field(default=1.0, ge=0, le=300)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pin_env_replaces_default_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "pin_env" in data and "pin_file" not in data:
+            return {**data, "pin_file": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_pin_source(self) -> HsmConfig:
+        if self.pin_env is not None and self.pin_file is not None:
+            raise ValueError("set exactly one of hsm.pin_file and hsm.pin_env")
+        if self.pin_env is None and self.pin_file is None:
+            raise ValueError("set one of hsm.pin_file and hsm.pin_env")
+        return self
+
+
+class StoreConfig(_Model):
+    path: _Path = DEFAULT_DATA_DIR / "paywarden.db"
+
+
+class AssetConfig(_Model):
+    decimals: int = Field(ge=0, le=18)
+    # Largest amount a single payment or budget may name, in the asset's units.
+    max_amount: str = "1000000000"
+
+
+class KeyConfig(_Model):
+    label: str
+    version: int = Field(ge=1, le=999_999)
+
+    def ref(self) -> KeyRef:
+        return KeyRef(self.label, self.version)
+
+    @model_validator(mode="after")
+    def _valid(self) -> KeyConfig:
+        self.ref()  # raises ValueError with a clear message
+        return self
+
+
+class LimitsConfig(_Model):
+    max_expiry_seconds: int = Field(default=300, ge=1, le=86_400)
+    max_session_ttl_seconds: int = Field(default=86_400, ge=1, le=30 * 86_400)
+    clock_skew_seconds: int = Field(default=0, ge=0, le=60)
+
+
+def _default_assets() -> dict[str, AssetConfig]:
+    return {"USD": AssetConfig(decimals=2), "EUR": AssetConfig(decimals=2)}
+
+
+def _default_keys() -> list[KeyConfig]:
+    return [KeyConfig(label="payments", version=1)]
+
+
+class Config(_Model):
+    server: ServerConfig = ServerConfig()
+    hsm: HsmConfig = HsmConfig()
+    store: StoreConfig = StoreConfig()
+    limits: LimitsConfig = LimitsConfig()
+    assets: dict[str, AssetConfig] = Field(default_factory=_default_assets)
+    keys: list[KeyConfig] = Field(default_factory=_default_keys)
+
+    @field_validator("assets")
+    @classmethod
+    def _assets(cls, v: dict[str, AssetConfig]) -> dict[str, AssetConfig]:
+        if not v:
+            raise ValueError("at least one asset must be configured")
+        for code in v:
+            if not _ASSET.match(code):
+                raise ValueError(f"asset code {code!r} must match {_ASSET.pattern}")
+        return v
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, v: list[KeyConfig]) -> list[KeyConfig]:
+        if not v:
+            raise ValueError("at least one payment key must be configured")
+        ids = [k.ref().key_id for k in v]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a key is listed twice")
+        return v
+
+    def key_refs(self) -> list[KeyRef]:
+        return [k.ref() for k in self.keys]
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message names the setting."""
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if any(not p for p in path):
+            raise ConfigError(f"environment variable {name}: malformed setting path")
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment variable {name}: {part} is not a section")
+            node = child
+        node[path[-1]] = _env_value(raw)
+
+
+def _resolve(path: Path | None, base: Path) -> Path | None:
+    if path is None or path.is_absolute():
+        return path
+    return base / path
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    return cfg.model_copy(
+        update={
+            "server": cfg.server.model_copy(
+                update={
+                    "tls_cert": _resolve(cfg.server.tls_cert, base),
+                    "tls_key": _resolve(cfg.server.tls_key, base),
+                    "client_ca": _resolve(cfg.server.client_ca, base),
+                }
+            ),
+            "hsm": cfg.hsm.model_copy(
+                update={
+                    "pin_file": _resolve(cfg.hsm.pin_file, base),
+                    "softhsm_conf": _resolve(cfg.hsm.softhsm_conf, base),
+                }
+            ),
+            "store": cfg.store.model_copy(update={"path": _resolve(cfg.store.path, base)}),
+        }
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"setting {loc}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Loads and validates the configuration; raises :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        base = path.resolve().parent
+    _apply_env(data, environ)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    return _resolve_paths(cfg, base)

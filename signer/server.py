@@ -1,0 +1,150 @@
+"""Builds and runs the gRPC server: mutual TLS, health, reflection."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from paywarden.hsm import Hsm, HsmError, read_pin
+from paywarden.signer.config import Config
+from paywarden.signer.service import SigningService
+from paywarden.signer.servicers import SessionsServicer, SignerServicer
+from paywarden.signer.sqlite_store import SqliteStore
+from paywarden.signer.store import StoreError
+from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+
+log = logging.getLogger("paywarden.signer.server")
+
+SERVICE_NAMES = (
+    signer_pb2.DESCRIPTOR.services_by_name["Signer"].full_name,
+    sessions_pb2.DESCRIPTOR.services_by_name["Sessions"].full_name,
+)
+
+
+class StartupError(Exception):
+    """The signer cannot start; the message says which setting or file."""
+
+
+def _read(path: os.PathLike[str], what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise StartupError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def server_credentials(config: Config) -> grpc.ServerCredentials:
+    s = config.server
+    return grpc.ssl_server_credentials(
+        [(_read(s.tls_key, "server.tls_key"), _read(s.tls_cert, "server.tls_cert"))],
+        root_certificates=_read(s.client_ca, "server.client_ca"),
+        require_client_auth=True,
+    )
+
+
+def open_hsm(config: Config) -> Hsm:
+    """Builds the HSM client and tries to open it; an unusable HSM is not fatal."""
+    if config.hsm.softhsm_conf is not None:
+        os.environ["SOFTHSM2_CONF"] = str(config.hsm.softhsm_conf)
+    try:
+        pin = read_pin(config.hsm.pin_file, config.hsm.pin_env)
+    except HsmError as exc:
+        raise StartupError(str(exc)) from None
+    hsm = Hsm(
+        config.hsm.module,
+        config.hsm.token_label,
+        pin,
+        config.key_refs(),
+        retry_interval=config.hsm.retry_interval_seconds,
+    )
+    try:
+        hsm.open()
+    except HsmError as exc:
+        # Keep serving: Sign answers UNAVAILABLE until the token comes back.
+        log.error("HSM not usable at start-up: %s", exc)
+    return hsm
+
+
+@dataclass
+class Running:
+    server: grpc.Server
+    port: int
+    service: SigningService
+    hsm: Hsm
+    store: SqliteStore
+    health: health.HealthServicer
+    _stop: threading.Event
+
+    def stop(self, grace: float | None) -> None:
+        self._stop.set()
+        self.server.stop(grace).wait()
+        self.store.close()
+
+
+def _watch_health(running: Running, interval: float) -> None:
+    while not running._stop.wait(interval):
+        ok = True
+        try:
+            running.hsm.check()
+        except HsmError:
+            ok = False
+        try:
+            running.store.check()
+        except StoreError:
+            ok = False
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            running.health.set(name, status)
+
+
+def start(config: Config, *, health_interval: float = 2.0) -> Running:
+    try:
+        store = SqliteStore(config.store.path)
+        store.migrate()
+    except StoreError as exc:
+        raise StartupError(f"store.path: {exc}") from None
+    hsm = open_hsm(config)
+    service = SigningService(config, store, hsm)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    domain = config.server.trust_domain
+    signer_pb2_grpc.add_SignerServicer_to_server(  # type: ignore[no-untyped-call]
+        SignerServicer(service, domain), server
+    )
+    sessions_pb2_grpc.add_SessionsServicer_to_server(  # type: ignore[no-untyped-call]
+        SessionsServicer(service, domain), server
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_secure_port(config.server.listen, server_credentials(config))
+    except RuntimeError as exc:
+        raise StartupError(f"server.listen: cannot bind {config.server.listen}: {exc}") from None
+    server.start()
+    running = Running(server, port, service, hsm, store, health_servicer, threading.Event())
+    initial = (
+        health_pb2.HealthCheckResponse.SERVING
+        if hsm.available
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, initial)
+    threading.Thread(
+        target=_watch_health, args=(running, health_interval), name="health", daemon=True
+    ).start()
+    return running
