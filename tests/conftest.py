@@ -1,0 +1,185 @@
+"""Shared fixtures: a fresh SoftHSM2 token and PKI per run, in a temp directory.
+
+The token and certificates are made with the security team's own scripts
+(scripts/keys.py, scripts/pki.py), so the scripts are exercised on every run.
+Nothing here touches the user's tokens or data/: SOFTHSM2_CONF points at a
+configuration written into the run's temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.helpers import (
+    ROOT,
+    Pki,
+    TestToken,
+    write_config,
+)
+
+AGENTS = ("agent-1", "agent-2")
+PLANNERS = ("planner-1", "planner-2")
+APPROVERS = ("approver-1",)
+OPERATORS = ("operator-1",)
+KEYS = ("payments.v1", "payments.v2")
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args} failed: {proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("paywarden-run")
+
+
+def make_token(base: Path, label: str = "paywarden-test") -> TestToken:
+    """A new SoftHSM2 token in ``base`` with random PINs and the test keys."""
+    (base / "tokens").mkdir(parents=True)
+    conf = base / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n",
+        encoding="utf-8",
+    )
+    so_pin, user_pin = base / "so.pin", base / "user.pin"
+    for f in (so_pin, user_pin):
+        f.write_text(secrets.token_urlsafe(18) + "\n", encoding="utf-8")
+        f.chmod(0o600)
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
+    keys = [sys.executable, "scripts/keys.py", "--label", label]
+    _run([*keys[1:], "init-token", "--so-pin-file", str(so_pin), "--pin-file", str(user_pin)], env)
+    for key in KEYS:
+        _run([*keys[1:], "generate", "--pin-file", str(user_pin), "--key", key], env)
+    return TestToken(base=base, conf=conf, label=label, so_pin_file=so_pin, pin_file=user_pin)
+
+
+@pytest.fixture(scope="session")
+def token(run_dir: Path) -> TestToken:
+    tok = make_token(run_dir / "hsm")
+    # In-process users of the token (servicer-level tests) read this at C_Initialize.
+    os.environ["SOFTHSM2_CONF"] = str(tok.conf)
+    return tok
+
+
+def make_pki(base: Path, trust_domain: str = "paywarden.test") -> Pki:
+    _run(["scripts/pki.py", "init-ca", "--dir", str(base), "--trust-domain", trust_domain])
+    _run(["scripts/pki.py", "server", "--dir", str(base)])
+    for role, ids in (
+        ("agent", AGENTS),
+        ("planner", PLANNERS),
+        ("approver", APPROVERS),
+        ("operator", OPERATORS),
+    ):
+        for principal in ids:
+            _run(["scripts/pki.py", "issue", "--dir", str(base), "--role", role, "--id", principal])
+    return Pki(base, trust_domain)
+
+
+@pytest.fixture(scope="session")
+def pki(run_dir: Path) -> Pki:
+    return make_pki(run_dir / "pki")
+
+
+@pytest.fixture(scope="session")
+def rogue_pki(run_dir: Path) -> Pki:
+    """Another CA with the same trust domain: its certificates must be refused."""
+    return make_pki(run_dir / "rogue-pki")
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, token: TestToken, pki: Pki) -> Path:
+    return write_config(tmp_path, token, pki)
+
+
+# -- pytest-grpc: its server and channel fixtures, overridden for mutual TLS ----
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) -> Iterator[object]:
+    """Config, store, HSM and service for an in-process server (one per module)."""
+    from paywarden.signer.config import load_config
+    from paywarden.signer.server import open_hsm
+    from paywarden.signer.service import SigningService
+    from paywarden.signer.sqlite_store import SqliteStore
+
+    from tests.helpers import Clock, Stack
+
+    cfg = load_config(write_config(tmp_path_factory.mktemp("stack"), token, pki), environ={})
+    store = SqliteStore(cfg.store.path)
+    store.migrate()
+    hsm = open_hsm(cfg)
+    clock = Clock()
+    yield Stack(cfg, store, hsm, SigningService(cfg, store, hsm, clock=clock.now), clock)
+    hsm.close()
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_add_to_server() -> object:
+    from paywarden.v1 import sessions_pb2_grpc, signer_pb2_grpc
+
+    def add(servicers: tuple[object, object], server: grpc.Server) -> None:
+        signer_pb2_grpc.add_SignerServicer_to_server(servicers[0], server)
+        sessions_pb2_grpc.add_SessionsServicer_to_server(servicers[1], server)
+
+    return add
+
+
+@pytest.fixture(scope="module")
+def grpc_servicer(stack: object) -> tuple[object, object]:
+    from paywarden.signer.servicers import SessionsServicer, SignerServicer
+
+    from tests.helpers import Stack
+
+    assert isinstance(stack, Stack)
+    domain = stack.config.server.trust_domain
+    return SignerServicer(stack.service, domain), SessionsServicer(stack.service, domain)
+
+
+@pytest.fixture(scope="module")
+def grpc_server(
+    _grpc_server: grpc.Server,
+    grpc_addr: str,
+    grpc_add_to_server: object,
+    grpc_servicer: object,
+    stack: object,
+) -> Iterator[grpc.Server]:
+    from paywarden.signer.server import server_credentials
+
+    from tests.helpers import Stack
+
+    assert isinstance(stack, Stack)
+    grpc_add_to_server(grpc_servicer, _grpc_server)  # type: ignore[operator]
+    _grpc_server.add_secure_port(grpc_addr, server_credentials(stack.config))
+    _grpc_server.start()
+    yield _grpc_server
+    _grpc_server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def grpc_create_channel(grpc_addr: str, grpc_server: grpc.Server, pki: Pki) -> object:
+    """``create(role, principal_id)`` dials the in-process server with that identity."""
+
+    def create(role: str, principal: str, ca: Pki | None = None) -> grpc.Channel:
+        return pki.channel(grpc_addr, role, principal, client_pki=ca)
+
+    return create
+
+
+@pytest.fixture(scope="module")
+def grpc_channel(grpc_create_channel: object) -> Iterator[grpc.Channel]:
+    with grpc_create_channel("agent", "agent-1") as channel:  # type: ignore[operator]
+        yield channel

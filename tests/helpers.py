@@ -1,0 +1,212 @@
+"""Helpers shared by the tests (clients, config files, the serve process)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+@dataclass(frozen=True)
+class TestToken:
+    base: Path
+    conf: Path
+    label: str
+    so_pin_file: Path
+    pin_file: Path
+
+    @property
+    def pin(self) -> str:
+        return self.pin_file.read_text(encoding="utf-8").strip()
+
+
+@dataclass(frozen=True)
+class Pki:
+    dir: Path
+    trust_domain: str
+
+    def cert(self, role: str, principal: str) -> tuple[bytes, bytes]:
+        stem = self.dir / f"{role}-{principal}"
+        return (stem.with_suffix(".key").read_bytes(), stem.with_suffix(".crt").read_bytes())
+
+    @property
+    def ca(self) -> bytes:
+        return (self.dir / "ca.crt").read_bytes()
+
+    def channel(
+        self, addr: str, role: str, principal: str, client_pki: Pki | None = None
+    ) -> grpc.Channel:
+        """A channel that trusts this CA and presents ``client_pki``'s certificate."""
+        key, cert = (client_pki or self).cert(role, principal)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=key, certificate_chain=cert
+        )
+        return grpc.secure_channel(
+            addr, creds, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
+
+
+@dataclass
+class Clock:
+    """Wall-clock time plus an offset that a test may advance (time is an input)."""
+
+    offset: float = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@dataclass
+class Stack:
+    config: Any
+    store: Any
+    hsm: Any
+    service: Any
+    clock: Clock
+
+
+def write_config(
+    directory: Path,
+    token: TestToken,
+    pki: Pki,
+    *,
+    listen: str = "127.0.0.1:0",
+    extra: str = "",
+    softhsm_conf: Path | None = None,
+) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "paywarden.toml"
+    path.write_text(
+        f"""
+[server]
+listen = "{listen}"
+trust_domain = "{pki.trust_domain}"
+tls_cert = "{pki.dir / "server.crt"}"
+tls_key = "{pki.dir / "server.key"}"
+client_ca = "{pki.dir / "ca.crt"}"
+max_workers = 64
+grace_seconds = 5.0
+
+[hsm]
+module = "{MODULE}"
+token_label = "{token.label}"
+pin_file = "{token.pin_file}"
+softhsm_conf = "{softhsm_conf or token.conf}"
+retry_interval_seconds = 0.0
+
+[store]
+path = "{directory / "state.db"}"
+
+[limits]
+max_expiry_seconds = 300
+max_session_ttl_seconds = 3600
+
+[assets.USD]
+decimals = 2
+
+[assets.BTC]
+decimals = 8
+
+[assets.JPY]
+decimals = 0
+
+[[keys]]
+label = "payments"
+version = 1
+
+[[keys]]
+label = "payments"
+version = 2
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def new_nonce(n: int = 16) -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(n)).rstrip(b"=").decode("ascii")
+
+
+def reason_of(err: grpc.RpcError) -> str | None:
+    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == "paywarden-reason":
+            return str(value)
+    return None
+
+
+@dataclass
+class ServeProcess:
+    proc: subprocess.Popen[str]
+    port: int
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextmanager
+def serve(config: Path, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
+    """Runs ``paywarden serve`` and waits for its readiness line (no sleeps)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    port = None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("paywarden: serving on "):
+            port = int(line.split()[3].rpartition(":")[2])
+            break
+    if port is None:
+        proc.kill()
+        rest = proc.stdout.read()
+        raise RuntimeError("paywarden serve did not start:\n" + "".join(lines) + rest)
+    running = ServeProcess(proc, port, lines)
+    # Drain the output so that a chatty server never blocks on a full pipe.
+    drain = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    drain.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        drain.join(timeout=10)
