@@ -51,7 +51,8 @@ def make_token(base: Path, label: str = "paywarden-test") -> TestToken:
     (base / "tokens").mkdir(parents=True)
     conf = base / "softhsm2.conf"
     conf.write_text(
-        f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n",
+        f"directories.tokendir = {base / 'tokens'}\n"
+        "objectstore.backend = file\nlog.level = ERROR\n",
         encoding="utf-8",
     )
     so_pin, user_pin = base / "so.pin", base / "user.pin"
