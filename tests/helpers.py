@@ -24,6 +24,7 @@ MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 @dataclass(frozen=True)
 class TestToken:
+    __test__ = False  # a fixture value, not a test class
     base: Path
     conf: Path
     label: str

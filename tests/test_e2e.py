@@ -1,0 +1,226 @@
+"""End to end against the real ``paywarden serve`` process over mutual TLS."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from joserfc import jws
+from joserfc.jwk import KeySet
+
+from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from tests.conftest import make_token
+from tests.helpers import Pki, TestToken, new_nonce, reason_of, serve, write_config
+
+TASK = "Buy the 2026 weather dataset for the forecasting task"
+
+
+def _b64d(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def open_session(addr: str, pki: Pki, budget: str = "100.00", ttl: int = 600) -> str:
+    with pki.channel(addr, "planner", "planner-1") as ch:
+        resp = sessions_pb2_grpc.SessionsStub(ch).OpenSession(
+            sessions_pb2.OpenSessionRequest(
+                agent_id="agent-1",
+                task_description=TASK,
+                budgets=[sessions_pb2.AssetBudget(asset="USD", amount=budget)],
+                ttl_seconds=ttl,
+            ),
+            timeout=30,
+        )
+    return resp.session.session_id
+
+
+def intent(session_id: str, nonce: str, amount: str = "12.5") -> signer_pb2.PaymentIntent:
+    return signer_pb2.PaymentIntent(
+        session_id=session_id,
+        key_id="payments.v1",
+        payee="weather-data-inc",
+        amount=amount,
+        asset="USD",
+        reference="inv-2026-001",
+        purpose="dataset for the forecast",
+        nonce=nonce,
+        expires_at=int(time.time()) + 120,
+    )
+
+
+def sign(addr: str, pki: Pki, req: signer_pb2.PaymentIntent) -> signer_pb2.SignResponse:
+    with pki.channel(addr, "agent", "agent-1") as ch:
+        resp: signer_pb2.SignResponse = signer_pb2_grpc.SignerStub(ch).Sign(
+            signer_pb2.SignRequest(intent=req), timeout=30
+        )
+        return resp
+
+
+def spent(addr: str, pki: Pki, session_id: str) -> str:
+    with pki.channel(addr, "planner", "planner-1") as ch:
+        s = (
+            sessions_pb2_grpc.SessionsStub(ch)
+            .GetSession(sessions_pb2.GetSessionRequest(session_id=session_id), timeout=30)
+            .session
+        )
+    return s.spend[0].spent
+
+
+def test_open_sign_verify_with_independent_libraries(config_path: Path, pki: Pki) -> None:
+    with serve(config_path) as srv:
+        session_id = open_session(srv.addr, pki)
+        resp = sign(srv.addr, pki, intent(session_id, new_nonce()))
+        with pki.channel(srv.addr, "agent", "agent-1") as ch:
+            keys = signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
+                signer_pb2.GetPublicKeysRequest(), timeout=30
+            )
+
+    # 1. an independent JOSE library verifies the JWS with the served JWKS
+    key_set = KeySet.import_key_set(json.loads(keys.jwks_json))
+    token = jws.deserialize_compact(resp.jws, key_set, algorithms=["ES256"])
+    assert token.headers()["kid"] == "payments.v1" == resp.key_id
+    assert token.headers()["alg"] == "ES256"
+    assert token.payload == resp.canonical_payload
+
+    # 2. cryptography verifies the canonical bytes against the SPKI key
+    header_b64, payload_b64, sig_b64 = resp.jws.split(".")
+    raw = _b64d(sig_b64)
+    assert len(raw) == 64
+    der = utils.encode_dss_signature(
+        int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+    )
+    spki = {k.key_id: k.spki_pem for k in keys.keys}["payments.v1"]
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    public = load_pem_public_key(spki.encode())
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public.verify(der, f"{header_b64}.{payload_b64}".encode(), ec.ECDSA(hashes.SHA256()))
+    assert _b64d(payload_b64) == resp.canonical_payload
+    with pytest.raises(InvalidSignature):
+        tampered = resp.canonical_payload.replace(b"12.50", b"92.50")
+        signing_input = f"{header_b64}.{base64.urlsafe_b64encode(tampered).rstrip(b'=').decode()}"
+        public.verify(der, signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+
+    # 3. the payload is RFC 8785: an independent implementation gives the same bytes
+    claims = json.loads(resp.canonical_payload)
+    assert rfc8785.dumps(claims) == resp.canonical_payload
+    assert claims["typ"] == "paywarden.payment.v1"
+    assert claims["sid"] == session_id
+    assert claims["sub"] == "agent-1"
+    assert claims["task"] == hashlib.sha256(TASK.encode()).hexdigest()
+    assert claims["amount"] == "12.50"
+    assert claims["jti"] == resp.decision_id
+    assert set(claims) == {
+        "typ", "sid", "task", "sub", "payee", "amount", "asset", "ref", "nonce", "iat", "exp", "jti"
+    }  # fmt: skip
+
+
+def test_nonce_replayed_after_restart(config_path: Path, pki: Pki) -> None:
+    nonce = new_nonce()
+    with serve(config_path) as srv:
+        session_id = open_session(srv.addr, pki)
+        req = intent(session_id, nonce)
+        first = sign(srv.addr, pki, req)
+    with serve(config_path) as srv:
+        # the same request: the same answer, spent once
+        again = sign(srv.addr, pki, req)
+        assert (again.jws, again.decision_id) == (first.jws, first.decision_id)
+        assert again.replayed_result
+        assert spent(srv.addr, pki, session_id) == "12.50"
+        # the same nonce with another amount: a replay
+        changed = intent(session_id, nonce, amount="1.00")
+        changed.expires_at = req.expires_at
+        with pytest.raises(grpc.RpcError) as err:
+            sign(srv.addr, pki, changed)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert reason_of(err.value) == "NONCE_REPLAYED"
+        assert spent(srv.addr, pki, session_id) == "12.50"
+
+
+def test_health_and_reflection_are_served(config_path: Path, pki: Pki) -> None:
+    with serve(config_path) as srv, pki.channel(srv.addr, "operator", "operator-1") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "paywarden.v1.Signer", "paywarden.v1.Sessions"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        answers = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30
+        )
+        names = {s.name for a in answers for s in a.list_services_response.service}
+        assert {"paywarden.v1.Signer", "paywarden.v1.Sessions", "grpc.health.v1.Health"} <= names
+
+
+def test_hsm_unavailable_fails_closed_and_recovers(tmp_path: Path, pki: Pki) -> None:
+    # A token of this test's own: its directory is moved away under the server.
+    tok: TestToken = make_token(tmp_path / "hsm", label="unavailable")
+    config = write_config(tmp_path / "cfg", tok, pki)
+    tokens = tok.base / "tokens"
+    with serve(config) as srv:
+        session_id = open_session(srv.addr, pki, budget="50.00")
+        assert sign(srv.addr, pki, intent(session_id, new_nonce(), amount="1.00")).jws
+        away = tok.base / "tokens.away"
+        shutil.move(tokens, away)
+        tokens.mkdir()
+        # The first request is decided and recorded, then the HSM fails: no
+        # signature, the amount stays reserved, and the answer names the decision.
+        pending = intent(session_id, new_nonce(), amount="1.00")
+        with pytest.raises(grpc.RpcError) as err:
+            sign(srv.addr, pki, pending)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert reason_of(err.value) == "HSM_UNAVAILABLE"
+        metadata = dict(err.value.trailing_metadata())  # type: ignore[attr-defined]
+        decision_id = metadata["paywarden-decision-id"]
+        # While the HSM stays down, requests are refused before anything is recorded.
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as err:
+                sign(srv.addr, pki, intent(session_id, new_nonce(), amount="1.00"))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert reason_of(err.value) == "HSM_UNAVAILABLE"
+            assert "paywarden-decision-id" not in dict(err.value.trailing_metadata())  # type: ignore[attr-defined]
+        assert spent(srv.addr, pki, session_id) == "2.00"
+        # the service keeps serving everything that does not need the HSM
+        with pki.channel(srv.addr, "agent", "agent-1") as ch:
+            jwks = signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
+                signer_pb2.GetPublicKeysRequest(), timeout=30
+            )
+        assert json.loads(jwks.jwks_json)["keys"]
+        shutil.rmtree(tokens)
+        shutil.move(away, tokens)
+        # the retry of the recorded request completes it, exactly once
+        done = sign(srv.addr, pki, pending)
+        assert done.decision_id == decision_id
+        assert done.replayed_result
+        assert spent(srv.addr, pki, session_id) == "2.00"
+        resp = sign(srv.addr, pki, intent(session_id, new_nonce(), amount="2.00"))
+        assert resp.jws.count(".") == 2
+        assert spent(srv.addr, pki, session_id) == "4.00"
+
+
+def test_serve_refuses_a_bad_config_naming_the_setting(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    bad = write_config(tmp_path, token, pki, extra="\n[limits2]\nx = 1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(bad)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "limits2" in proc.stderr
+    assert token.pin not in proc.stderr + proc.stdout
