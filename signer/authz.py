@@ -14,9 +14,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from paywarden.signer.errors import Forbidden, Internal, PaywardenError, Reason
 from paywarden.signer.identity import Principal, Role, principal_from_auth_context
 from paywarden.signer.status import to_grpc_status
+from paywarden.signer.wire import reject_unknown_fields
 
 log = logging.getLogger("paywarden.signer.rpc")
 
@@ -52,6 +54,8 @@ def rpc(
             try:
                 principal = principal_from_auth_context(context.auth_context(), self.trust_domain)
                 authorize(method, principal)
+                if isinstance(request, Message):
+                    reject_unknown_fields(request)
                 return fn(self, principal, request)
             except PaywardenError as exc:
                 log.info(

@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from joserfc import jws
 from joserfc.jwk import KeySet
-
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+
 from tests.conftest import make_token
 from tests.helpers import Pki, TestToken, new_nonce, reason_of, serve, write_config
 
