@@ -70,6 +70,31 @@ def _store_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_export(args: argparse.Namespace) -> int:
+    import json
+
+    import sqlite_utils
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"paywarden: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if not config.store.path.exists():
+        print(f"paywarden: no store at {config.store.path}", file=sys.stderr)
+        return 1
+    db = sqlite_utils.Database(config.store.path)
+    if args.table not in db.table_names():
+        print(f"paywarden: no table {args.table!r} (have {db.table_names()})", file=sys.stderr)
+        return 1
+    for row in db.table(args.table).rows:
+        out = {
+            k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in row.items()
+        }
+        print(json.dumps(out, sort_keys=True, ensure_ascii=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="paywarden", description="Paywarden payment signer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("store-info", help="tables and row counts of the state store")
     info.add_argument("--config", type=Path)
     info.set_defaults(fn=_store_info)
+    export = sub.add_parser("store-export", help="one table of the state store as JSON lines")
+    export.add_argument("--config", type=Path)
+    export.add_argument("--table", required=True)
+    export.set_defaults(fn=_store_export)
     args = parser.parse_args(argv)
     code: int = args.fn(args)
     return code

@@ -160,6 +160,9 @@ def test_health_and_reflection_are_served(config_path: Path, pki: Pki) -> None:
         )
         names = {s.name for a in answers for s in a.list_services_response.service}
         assert {"paywarden.v1.Signer", "paywarden.v1.Sessions", "grpc.health.v1.Health"} <= names
+    # SIGTERM (sent by serve()'s exit) drains and stops cleanly
+    assert srv.proc.returncode == 0
+    assert any("paywarden: stopping" in line for line in srv.output)
 
 
 def test_hsm_unavailable_fails_closed_and_recovers(tmp_path: Path, pki: Pki) -> None:

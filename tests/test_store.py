@@ -1,0 +1,188 @@
+"""The SQLite store: migrations, durability settings, transactional spend."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from paywarden.signer.sqlite_store import SCHEMA_VERSION, SqliteStore
+from paywarden.signer.store import DecisionRecord, SessionRecord, StoreError
+
+from tests.helpers import ROOT, Pki, TestToken, write_config
+
+
+def _session(sid: str = "ses_" + "A" * 43, budget: int = 1000) -> SessionRecord:
+    return SessionRecord(
+        id=sid,
+        agent_id="agent-1",
+        planner_id="planner-1",
+        task_digest="0" * 64,
+        created_at=1,
+        expires_at=2**40,
+        closed_at=None,
+        budgets_minor={"USD": budget},
+        spent_minor={"USD": 0},
+    )
+
+
+def _decision(
+    i: int, amount: int, outcome: str = "allow", sid: str = "ses_" + "A" * 43
+) -> DecisionRecord:
+    return DecisionRecord(
+        id=f"dec_{i}",
+        created_at=1,
+        agent_id="agent-1",
+        session_id=sid,
+        nonce=f"nonce-{i}",
+        request_hash=f"h{i}",
+        outcome=outcome,
+        reason="ALLOWED" if outcome == "allow" else "BUDGET_EXCEEDED",
+        message="",
+        key_id="payments.v1",
+        asset="USD",
+        amount_minor=amount,
+        payload=b"{}" if outcome == "allow" else None,
+    )
+
+
+def test_migrate_sets_version_wal_and_full_sync(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    assert store.migrate() == SCHEMA_VERSION
+    assert store.migrate() == SCHEMA_VERSION  # idempotent
+    store.close()
+    conn = sqlite3.connect(tmp_path / "s.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"sessions", "session_budgets", "decisions", "nonces"} <= tables
+    conn.close()
+    store = SqliteStore(tmp_path / "s.db")
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    store.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "s.db")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    store = SqliteStore(tmp_path / "s.db")
+    with pytest.raises(StoreError, match="newer"):
+        store.migrate()
+    store.close()
+
+
+def test_nonce_is_unique_in_the_store_itself(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    store.create_session(_session())
+    with store.payment_tx() as tx:
+        tx.record_decision(_decision(1, 10), consume_nonce=True)
+    with pytest.raises(StoreError), store.payment_tx() as tx:
+        tx.record_decision(replace(_decision(2, 10), nonce="nonce-1"), consume_nonce=True)
+    # the failed transaction left nothing behind: no decision, no spend
+    assert store.get_decision("dec_2") is None
+    session = store.get_session(_session().id)
+    assert session is not None and session.spent_minor["USD"] == 10
+    store.close()
+
+
+def test_spend_beyond_budget_is_refused_by_the_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    store.create_session(_session(budget=100))
+    with pytest.raises(StoreError), store.payment_tx() as tx:
+        tx.record_decision(_decision(1, 101), consume_nonce=True)
+    assert store.get_decision("dec_1") is None
+    store.close()
+
+
+def test_two_stores_race_for_the_last_of_a_budget(tmp_path: Path) -> None:
+    """Check-and-spend in one BEGIN IMMEDIATE: two connections never both pass."""
+    path = tmp_path / "s.db"
+    first = SqliteStore(path)
+    first.migrate()
+    first.create_session(_session(budget=100))
+    stores = [first, SqliteStore(path)]
+    allowed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        store = stores[n % 2]
+        with store.payment_tx() as tx:
+            session = tx.session(_session().id)
+            assert session is not None
+            fits = session.spent_minor["USD"] + 7 <= session.budgets_minor["USD"]
+            tx.record_decision(_decision(n, 7, "allow" if fits else "deny"), consume_nonce=True)
+        if fits:
+            with lock:
+                allowed.append(n)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(allowed) == 100 // 7
+    session = first.get_session(_session().id)
+    assert session is not None and session.spent_minor["USD"] == 7 * (100 // 7)
+    for s in stores:
+        s.close()
+
+
+def test_signature_is_attached_once(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    store.create_session(_session())
+    with store.payment_tx() as tx:
+        tx.record_decision(_decision(1, 10), consume_nonce=True)
+        tx.record_decision(_decision(2, 10, "deny"), consume_nonce=True)
+    assert store.attach_signature("dec_1", "first") == "first"
+    assert store.attach_signature("dec_1", "second") == "first"
+    with pytest.raises(StoreError):
+        store.attach_signature("dec_2", "x")  # a denial never gets a signature
+    store.close()
+
+
+def test_close_session_is_idempotent(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    store.create_session(_session())
+    first = store.close_session(_session().id, 100)
+    second = store.close_session(_session().id, 200)
+    assert first is not None and second is not None
+    assert first.closed_at == second.closed_at == 100
+    assert store.close_session("ses_" + "B" * 43, 1) is None
+    store.close()
+
+
+def test_store_cli_inspection_and_export(tmp_path: Path, token: TestToken, pki: Pki) -> None:
+    config = write_config(tmp_path, token, pki)
+    store = SqliteStore(tmp_path / "state.db")
+    store.migrate()
+    store.create_session(_session())
+    store.close()
+    run = [sys.executable, "-m", "paywarden.signer.cli"]
+    info = subprocess.run(
+        [*run, "store-info", "--config", str(config)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert info.returncode == 0, info.stderr
+    assert f"schema version {SCHEMA_VERSION}" in info.stdout
+    assert "sessions: 1 rows" in info.stdout
+    export = subprocess.run(
+        [*run, "store-export", "--config", str(config), "--table", "sessions"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr
+    rows = [json.loads(line) for line in export.stdout.splitlines()]
+    assert [r["id"] for r in rows] == [_session().id]
+    missing = subprocess.run(
+        [*run, "store-export", "--config", str(config), "--table", "nope"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "nope" in missing.stderr
