@@ -21,7 +21,7 @@ class KeyRef:
     version: int
 
     def __post_init__(self) -> None:
-        if not _LABEL.match(self.label):
+        if not _LABEL.fullmatch(self.label):
             raise ValueError(
                 f"key label {self.label!r} must match {_LABEL.pattern} (lowercase, digits, '-')"
             )
@@ -39,7 +39,7 @@ class KeyRef:
 
     @classmethod
     def parse(cls, key_id: str) -> KeyRef:
-        match = _KEY_ID.match(key_id)
+        match = _KEY_ID.fullmatch(key_id)
         if match is None:
             raise ValueError(f"key id {key_id!r} is not of the form <label>.v<version>")
         return cls(match.group(1), int(match.group(2)))

@@ -55,7 +55,7 @@ def parse_amount(field: str, text: str, decimals: int, max_amount: str) -> Amoun
     """
     if not text:
         raise InvalidInput(Reason.FIELD_MISSING, f"{field} is required")
-    match = _AMOUNT.match(text) if text.isascii() else None
+    match = _AMOUNT.fullmatch(text) if text.isascii() else None
     if match is None:
         raise InvalidInput(
             Reason.AMOUNT_MALFORMED,
@@ -83,7 +83,7 @@ def parse_amount(field: str, text: str, decimals: int, max_amount: str) -> Amoun
 
 def parse_limit(text: str, decimals: int) -> int:
     """A configured limit in minor units (configuration is trusted to be plain)."""
-    match = _AMOUNT.match(text)
+    match = _AMOUNT.fullmatch(text)
     if match is None or len(match.group(2) or "") > decimals:
         raise ValueError(f"limit {text!r} is not a plain decimal with at most {decimals} decimals")
     frac = (match.group(2) or "").ljust(decimals, "0")
@@ -130,7 +130,7 @@ def parse_nonce(text: str) -> str:
     """16 to 64 bytes as base64url without padding; returns the canonical text."""
     if not text:
         raise InvalidInput(Reason.FIELD_MISSING, "nonce is required")
-    if not _B64URL.match(text) or len(text) % 4 == 1:
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise InvalidInput(Reason.NONCE_MALFORMED, "nonce must be base64url without padding")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

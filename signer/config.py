@@ -130,7 +130,7 @@ class Config(_Model):
         if not v:
             raise ValueError("at least one asset must be configured")
         for code in v:
-            if not _ASSET.match(code):
+            if not _ASSET.fullmatch(code):
                 raise ValueError(f"asset code {code!r} must match {_ASSET.pattern}")
         return v
 

@@ -57,7 +57,7 @@ def parse_spiffe(uri: str, trust_domain: str) -> Principal:
         raise NotAuthenticated(
             Reason.NO_IDENTITY, f"unknown role {role_text!r} in the certificate"
         ) from None
-    if not PRINCIPAL_ID.match(principal_id):
+    if not PRINCIPAL_ID.fullmatch(principal_id):
         raise NotAuthenticated(
             Reason.NO_IDENTITY, "the principal id in the certificate is malformed"
         )
@@ -74,10 +74,11 @@ def principal_from_auth_context(auth_context: Mapping[str, Any], trust_domain: s
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (ValueError, x509.ExtensionNotFound):
         raise NotAuthenticated(Reason.NO_IDENTITY, "the client certificate has no SAN") from None
+    # As in SPIFFE X.509-SVIDs: exactly one URI SAN, whatever its scheme, so
+    # that no other URI can be read as an identity by another component.
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    ours = [u for u in uris if u.startswith("spiffe://")]
-    if len(ours) != 1:
+    if len(uris) != 1:
         raise NotAuthenticated(
-            Reason.NO_IDENTITY, "the client certificate must carry exactly one spiffe:// URI SAN"
+            Reason.NO_IDENTITY, "the client certificate must carry exactly one URI SAN"
         )
-    return parse_spiffe(ours[0], trust_domain)
+    return parse_spiffe(uris[0], trust_domain)

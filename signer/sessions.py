@@ -29,7 +29,7 @@ def new_decision_id() -> str:
 def parse_session_id(text: str) -> str:
     if not text:
         raise InvalidInput(Reason.FIELD_MISSING, "session_id is required")
-    if not _SESSION_ID.match(text):
+    if not _SESSION_ID.fullmatch(text):
         raise InvalidInput(Reason.SESSION_ID_MALFORMED, "session_id is malformed")
     return text
 
@@ -55,7 +55,7 @@ def validate_session_request(
 ) -> SessionSpec:
     if not agent_id:
         raise InvalidInput(Reason.FIELD_MISSING, "agent_id is required")
-    if not PRINCIPAL_ID.match(agent_id):
+    if not PRINCIPAL_ID.fullmatch(agent_id):
         raise InvalidInput(Reason.STRING_INVALID, "agent_id is not a valid principal id")
     task = clean_text("task_description", task_description, max_len=MAX_TASK, allow_newlines=True)
     if not budgets:

@@ -1,0 +1,751 @@
+"""Authentication and authorisation: who may call what, and who may see which session.
+
+Everything over gRPC runs against the in-process server of the conftest (mutual
+TLS, the test PKI); the identity parsing is also tested directly, with
+certificates built here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from google.protobuf import message_factory
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from paywarden.signer.authz import RPC_ROLES
+from paywarden.signer.errors import NotAuthenticated, Reason
+from paywarden.signer.identity import (
+    Principal,
+    Role,
+    parse_spiffe,
+    principal_from_auth_context,
+)
+from paywarden.signer.status import ERROR_DOMAIN, to_grpc_status
+from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+
+from tests.helpers import ROOT, Pki, Stack, new_nonce, reason_of
+
+TRUST_DOMAIN = "paywarden.test"
+SERVICES = (
+    signer_pb2.DESCRIPTOR.services_by_name["Signer"],
+    sessions_pb2.DESCRIPTOR.services_by_name["Sessions"],
+)
+PRINCIPAL_OF = {
+    Role.AGENT: "agent-1",
+    Role.PLANNER: "planner-1",
+    Role.APPROVER: "approver-1",
+    Role.OPERATOR: "operator-1",
+}
+TASK = "buy one weather dataset for the forecast report"
+SESSION_ID = re.compile(r"^ses_[A-Za-z0-9_-]{43}$")
+UNKNOWN_SESSION = "ses_" + "A" * 43  # well formed, never issued
+CALL_TIMEOUT = 10
+
+
+def _rpcs() -> list[tuple[str, Any]]:
+    """(full method name, method descriptor) for every RPC of Signer and Sessions."""
+    return [
+        (f"/{service.full_name}/{method.name}", method)
+        for service in SERVICES
+        for method in service.methods
+    ]
+
+
+RPCS = _rpcs()
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _refused(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def _error_infos(err: grpc.RpcError) -> list[error_details_pb2.ErrorInfo]:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "no google.rpc.Status in the trailers"
+    infos = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            infos.append(info)
+    return infos
+
+
+def assert_status(err: grpc.RpcError, code: grpc.StatusCode, reason: Reason) -> None:
+    """The code, and the reason in all three places: metadata, detail and message."""
+    assert err.code() == code, (err.code(), err.details())  # type: ignore[attr-defined]
+    assert reason_of(err) == reason.value
+    infos = _error_infos(err)
+    assert [(i.reason, i.domain) for i in infos] == [(reason.value, ERROR_DOMAIN)]
+    assert err.details().startswith(f"[{reason.value}]")  # type: ignore[attr-defined]
+
+
+def _open_request(
+    agent_id: str = "agent-1", asset: str = "USD", amount: str = "10.00"
+) -> sessions_pb2.OpenSessionRequest:
+    return sessions_pb2.OpenSessionRequest(
+        agent_id=agent_id,
+        task_description=TASK,
+        budgets=[sessions_pb2.AssetBudget(asset=asset, amount=amount)],
+        ttl_seconds=600,
+    )
+
+
+class Clients:
+    """One channel per (role, principal, CA), opened on first use, closed at the end."""
+
+    def __init__(self, create: Callable[..., grpc.Channel]) -> None:
+        self._create = create
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
+
+    def channel(self, role: str, principal: str) -> grpc.Channel:
+        key = (role, principal)
+        if key not in self._channels:
+            self._channels[key] = self._create(role, principal)
+        return self._channels[key]
+
+    def sessions(self, role: str, principal: str) -> sessions_pb2_grpc.SessionsStub:
+        return sessions_pb2_grpc.SessionsStub(self.channel(role, principal))
+
+    def signer(self, role: str, principal: str) -> signer_pb2_grpc.SignerStub:
+        return signer_pb2_grpc.SignerStub(self.channel(role, principal))
+
+    def close(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+
+
+@pytest.fixture(scope="module")
+def clients(grpc_create_channel: Callable[..., grpc.Channel]) -> Iterator[Clients]:
+    c = Clients(grpc_create_channel)
+    yield c
+    c.close()
+
+
+def _open(clients: Clients, planner: str = "planner-1") -> sessions_pb2.Session:
+    resp = clients.sessions("planner", planner).OpenSession(_open_request(), timeout=CALL_TIMEOUT)
+    return resp.session
+
+
+def _get(clients: Clients, role: str, principal: str, sid: str) -> sessions_pb2.Session:
+    return (
+        clients.sessions(role, principal)
+        .GetSession(sessions_pb2.GetSessionRequest(session_id=sid), timeout=CALL_TIMEOUT)
+        .session
+    )
+
+
+@pytest.fixture(scope="module")
+def session(clients: Clients) -> sessions_pb2.Session:
+    """planner-1's session for agent-1 (USD 10.00, 600 s); nothing is ever spent in it."""
+    return _open(clients)
+
+
+# -- 1. the role table, walked completely --------------------------------------
+
+
+def _documented_roles() -> dict[str, frozenset[Role]]:
+    """The roles each RPC's comment in the .proto files names ("// Roles: ...")."""
+    documented: dict[str, frozenset[Role]] = {}
+    for proto in sorted((ROOT / "proto" / "paywarden" / "v1").glob("*.proto")):
+        text = proto.read_text(encoding="utf-8")
+        service = ""
+        roles_text: str | None = None
+        for line in text.splitlines():
+            line = line.strip()
+            if m := re.match(r"service (\w+) \{", line):
+                service = m.group(1)
+            elif m := re.match(r"//\s*Roles:(.*)", line):
+                roles_text = m.group(1)
+            elif m := re.match(r"rpc (\w+)\(", line):
+                assert roles_text is not None, f"{service}.{m.group(1)} documents no roles"
+                # "planner (sessions it opened), agent (its own sessions). More text."
+                listed = re.sub(r"\([^)]*\)", "", roles_text).split(".")[0]
+                roles = frozenset(Role(r.strip()) for r in listed.split(","))
+                documented[f"/paywarden.v1.{service}/{m.group(1)}"] = roles
+                roles_text = None
+    return documented
+
+
+def test_role_table_has_exactly_one_entry_per_rpc() -> None:
+    names = [name for name, _ in RPCS]
+    assert len(names) == len(set(names)) == 5
+    assert sorted(RPC_ROLES) == sorted(names)
+    for name, roles in RPC_ROLES.items():
+        assert roles, f"{name} allows nobody"
+        assert roles <= set(Role), name
+
+
+def test_role_table_matches_the_roles_documented_in_the_protos() -> None:
+    assert RPC_ROLES == _documented_roles()
+
+
+def test_agent_is_only_allowed_sign_own_session_status_and_public_keys() -> None:
+    agent_may = {name for name, roles in RPC_ROLES.items() if Role.AGENT in roles}
+    assert agent_may == {
+        "/paywarden.v1.Signer/Sign",
+        "/paywarden.v1.Signer/GetPublicKeys",
+        "/paywarden.v1.Sessions/GetSession",
+    }
+    signers = {
+        role for name, roles in RPC_ROLES.items() if name.endswith("/Sign") for role in roles
+    }
+    assert signers == {Role.AGENT}
+
+
+@pytest.mark.parametrize("role", list(Role), ids=str)
+@pytest.mark.parametrize("rpc", RPCS, ids=[name for name, _ in RPCS])
+def test_every_rpc_for_every_role(clients: Clients, rpc: tuple[str, Any], role: Role) -> None:
+    name, method = rpc
+    request_cls = message_factory.GetMessageClass(method.input_type)
+    response_cls = message_factory.GetMessageClass(method.output_type)
+    call = clients.channel(role.value, PRINCIPAL_OF[role]).unary_unary(
+        name,
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=response_cls.FromString,
+    )
+
+    def invoke() -> Message:
+        return call(request_cls(), timeout=CALL_TIMEOUT)  # type: ignore[no-any-return]
+
+    if role not in RPC_ROLES[name]:
+        assert_status(_refused(invoke), grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
+        return
+    try:
+        response = invoke()
+    except grpc.RpcError as err:
+        # An empty request may be invalid, but the role check must have passed,
+        # the caller must have been authenticated and the refusal must be a clean one.
+        assert reason_of(err) not in (None, Reason.ROLE_NOT_ALLOWED, Reason.NO_IDENTITY)
+        assert err.code() not in (  # type: ignore[attr-defined]
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.INTERNAL,
+            grpc.StatusCode.UNKNOWN,
+            grpc.StatusCode.UNIMPLEMENTED,
+            grpc.StatusCode.UNAVAILABLE,
+        ), (err.code(), err.details())  # type: ignore[attr-defined]
+    else:
+        assert isinstance(response, response_cls)
+
+
+# -- 2. no certificate, or one from another CA: the handshake fails ------------
+
+
+def test_client_without_certificate_fails_handshake(
+    grpc_addr: str, grpc_create_channel: object, pki: Pki
+) -> None:
+    creds = grpc.ssl_channel_credentials(root_certificates=pki.ca)
+    with grpc.secure_channel(
+        grpc_addr, creds, options=[("grpc.ssl_target_name_override", "localhost")]
+    ) as ch:
+        stub = signer_pb2_grpc.SignerStub(ch)
+        # GetPublicKeys is open to every role: any handler reached would answer it.
+        err = _refused(
+            lambda: stub.GetPublicKeys(signer_pb2.GetPublicKeysRequest(), timeout=CALL_TIMEOUT)
+        )
+    assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert reason_of(err) is None  # no handler ran, so no paywarden reason
+
+
+@pytest.mark.parametrize(
+    ("role", "principal"),
+    [("agent", "agent-1"), ("planner", "planner-1"), ("operator", "operator-1")],
+)
+def test_client_with_rogue_ca_certificate_fails_handshake(
+    grpc_create_channel: Callable[..., grpc.Channel],
+    rogue_pki: Pki,
+    pki: Pki,
+    role: str,
+    principal: str,
+) -> None:
+    assert rogue_pki.trust_domain == pki.trust_domain
+    assert rogue_pki.ca != pki.ca
+    with grpc_create_channel(role, principal, ca=rogue_pki) as ch:
+        stub = signer_pb2_grpc.SignerStub(ch)
+        err = _refused(
+            lambda: stub.GetPublicKeys(signer_pb2.GetPublicKeysRequest(), timeout=CALL_TIMEOUT)
+        )
+    assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert reason_of(err) is None
+
+
+def test_rogue_planner_cannot_open_a_session(
+    grpc_create_channel: Callable[..., grpc.Channel], rogue_pki: Pki
+) -> None:
+    with grpc_create_channel("planner", "planner-1", ca=rogue_pki) as ch:
+        stub = sessions_pb2_grpc.SessionsStub(ch)
+        err = _refused(lambda: stub.OpenSession(_open_request(), timeout=CALL_TIMEOUT))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert reason_of(err) is None
+
+
+def test_real_certificate_still_works_after_refused_handshakes(
+    grpc_addr: str, grpc_create_channel: Callable[..., grpc.Channel], pki: Pki, rogue_pki: Pki
+) -> None:
+    with grpc_create_channel("agent", "agent-2", ca=rogue_pki) as ch:
+        err = _refused(
+            lambda: signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
+                signer_pb2.GetPublicKeysRequest(), timeout=CALL_TIMEOUT
+            )
+        )
+    assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    with grpc_create_channel("agent", "agent-2") as ch:
+        keys = signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
+            signer_pb2.GetPublicKeysRequest(), timeout=CALL_TIMEOUT
+        )
+    assert {k.key_id for k in keys.keys} == {"payments.v1", "payments.v2"}
+
+
+# -- 3. identity parsing -------------------------------------------------------
+
+_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _cert_pem(
+    sans: list[x509.GeneralName] | None, common_name: str = "paywarden test client"
+) -> bytes:
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(_KEY.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
+    if sans is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(_KEY, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _uri(text: str) -> x509.UniformResourceIdentifier:
+    return x509.UniformResourceIdentifier(text)
+
+
+def _principal(pem: bytes) -> Principal:
+    return principal_from_auth_context({"x509_pem_cert": [pem]}, TRUST_DOMAIN)
+
+
+def _assert_no_identity(fn: Callable[[], object]) -> None:
+    with pytest.raises(NotAuthenticated) as info:
+        fn()
+    assert info.value.reason is Reason.NO_IDENTITY
+    assert to_grpc_status(info.value).code == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("role", list(Role), ids=str)
+def test_parse_spiffe_accepts_each_role(role: Role) -> None:
+    uri = f"spiffe://{TRUST_DOMAIN}/{role}/{role}-7"
+    assert parse_spiffe(uri, TRUST_DOMAIN) == Principal(role, f"{role}-7")
+
+
+@pytest.mark.parametrize("principal_id", ["a", "agent-1", "Agent_7.prod", "x" * 128])
+def test_parse_spiffe_accepts_well_formed_ids(principal_id: str) -> None:
+    got = parse_spiffe(f"spiffe://{TRUST_DOMAIN}/agent/{principal_id}", TRUST_DOMAIN)
+    assert got == Principal(Role.AGENT, principal_id)
+
+
+BAD_URIS = {
+    # not our trust domain
+    "other-domain": "spiffe://evil.test/agent/agent-1",
+    "domain-suffix": "spiffe://paywarden.test.evil/agent/agent-1",
+    "domain-longer": "spiffe://paywarden.testx/agent/agent-1",
+    "domain-case": "spiffe://PAYWARDEN.TEST/agent/agent-1",
+    "domain-port": "spiffe://paywarden.test:443/agent/agent-1",
+    "domain-userinfo": "spiffe://agent@paywarden.test/agent/agent-1",
+    "other-scheme": "https://paywarden.test/agent/agent-1",
+    # role
+    "role-admin": "spiffe://paywarden.test/admin/agent-1",
+    "role-case": "spiffe://paywarden.test/Agent/agent-1",
+    "role-empty": "spiffe://paywarden.test//agent-1",
+    # path segments
+    "too-many-segments": "spiffe://paywarden.test/agent/agent-1/extra",
+    "trailing-slash": "spiffe://paywarden.test/agent/agent-1/",
+    "too-few-segments": "spiffe://paywarden.test/agent",
+    "no-path": "spiffe://paywarden.test/",
+    "dot-segments": "spiffe://paywarden.test/planner/../agent/agent-1",
+    # malformed principal id
+    "id-empty": "spiffe://paywarden.test/agent/",
+    "id-leading-dash": "spiffe://paywarden.test/agent/-agent-1",
+    "id-leading-dot": "spiffe://paywarden.test/agent/.agent",
+    "id-space": "spiffe://paywarden.test/agent/agent 1",
+    "id-percent": "spiffe://paywarden.test/agent/agent%2D1",
+    "id-query": "spiffe://paywarden.test/agent/agent-1?role=planner",
+    "id-fragment": "spiffe://paywarden.test/agent/agent-1#x",
+    "id-too-long": "spiffe://paywarden.test/agent/" + "x" * 129,
+    "id-non-ascii": "spiffe://paywarden.test/agent/agént-1",
+    "id-trailing-newline": "spiffe://paywarden.test/agent/agent-1\n",
+}
+
+
+@pytest.mark.parametrize("uri", list(BAD_URIS.values()), ids=list(BAD_URIS))
+def test_parse_spiffe_refuses(uri: str) -> None:
+    _assert_no_identity(lambda: parse_spiffe(uri, TRUST_DOMAIN))
+
+
+# cryptography only builds URI SANs of ASCII characters.
+ASCII_BAD_URIS = {k: v for k, v in BAD_URIS.items() if v.isascii()}
+
+
+@pytest.mark.parametrize("uri", list(ASCII_BAD_URIS.values()), ids=list(ASCII_BAD_URIS))
+def test_certificate_with_bad_uri_san_is_refused(uri: str) -> None:
+    pem = _cert_pem([_uri(uri)])
+    _assert_no_identity(lambda: _principal(pem))
+
+
+def test_certificate_with_good_uri_san_is_accepted() -> None:
+    pem = _cert_pem([_uri("spiffe://paywarden.test/approver/approver-1")])
+    assert _principal(pem) == Principal(Role.APPROVER, "approver-1")
+
+
+BAD_CERTS: dict[str, Callable[[], list[x509.GeneralName] | None]] = {
+    "no-san": lambda: None,
+    "dns-san-only": lambda: [x509.DNSName("agent-1.paywarden.test")],
+    "non-spiffe-uri-only": lambda: [_uri("https://paywarden.test/agent/agent-1")],
+    "two-spiffe-uris": lambda: [
+        _uri("spiffe://paywarden.test/agent/agent-1"),
+        _uri("spiffe://paywarden.test/planner/planner-1"),
+    ],
+    "same-spiffe-uri-twice": lambda: [
+        _uri("spiffe://paywarden.test/agent/agent-1"),
+        _uri("spiffe://paywarden.test/agent/agent-1"),
+    ],
+    "ours-and-another-domain": lambda: [
+        _uri("spiffe://paywarden.test/agent/agent-1"),
+        _uri("spiffe://evil.test/planner/planner-1"),
+    ],
+    # X.509-SVID rule: exactly one URI SAN of any scheme or case
+    "ours-and-uppercase-scheme": lambda: [
+        _uri("SPIFFE://paywarden.test/planner/planner-1"),
+        _uri("spiffe://paywarden.test/agent/agent-1"),
+    ],
+    "ours-and-https": lambda: [
+        _uri("spiffe://paywarden.test/agent/agent-1"),
+        _uri("https://paywarden.test/planner/planner-1"),
+    ],
+}
+
+
+@pytest.mark.parametrize("sans", list(BAD_CERTS.values()), ids=list(BAD_CERTS))
+def test_certificate_without_exactly_one_usable_spiffe_id_is_refused(
+    sans: Callable[[], list[x509.GeneralName] | None],
+) -> None:
+    pem = _cert_pem(sans())
+    _assert_no_identity(lambda: _principal(pem))
+
+
+@pytest.mark.parametrize(
+    "auth_context",
+    [{}, {"x509_pem_cert": []}, {"transport_security_type": [b"ssl"]}],
+    ids=["empty", "no-cert", "tls-without-cert"],
+)
+def test_auth_context_without_certificate_is_refused(auth_context: dict[str, Any]) -> None:
+    _assert_no_identity(lambda: principal_from_auth_context(auth_context, TRUST_DOMAIN))
+
+
+def test_auth_context_with_two_certificates_is_refused() -> None:
+    a = _cert_pem([_uri("spiffe://paywarden.test/agent/agent-1")])
+    b = _cert_pem([_uri("spiffe://paywarden.test/agent/agent-2")])
+    _assert_no_identity(
+        lambda: principal_from_auth_context({"x509_pem_cert": [a, b]}, TRUST_DOMAIN)
+    )
+
+
+def test_auth_context_with_garbage_certificate_is_refused() -> None:
+    _assert_no_identity(
+        lambda: principal_from_auth_context({"x509_pem_cert": [b"not a cert"]}, TRUST_DOMAIN)
+    )
+
+
+def test_common_name_is_never_used() -> None:
+    pem = _cert_pem(
+        [_uri("spiffe://paywarden.test/planner/planner-1")], common_name="agent/agent-1"
+    )
+    assert _principal(pem) == Principal(Role.PLANNER, "planner-1")
+    pem = _cert_pem(
+        [_uri("spiffe://paywarden.test/planner/planner-1")],
+        common_name="spiffe://paywarden.test/agent/agent-1",
+    )
+    assert _principal(pem) == Principal(Role.PLANNER, "planner-1")
+
+
+def test_common_name_is_no_fallback_when_san_is_missing() -> None:
+    for cn in ("agent/agent-1", "spiffe://paywarden.test/agent/agent-1"):
+        pem = _cert_pem(None, common_name=cn)
+        _assert_no_identity(lambda pem=pem: _principal(pem))  # type: ignore[misc]
+
+
+def test_issued_test_certificates_name_their_principal(pki: Pki) -> None:
+    for role, principal in PRINCIPAL_OF.items():
+        _, pem = pki.cert(role.value, principal)
+        assert _principal(pem) == Principal(role, principal)
+
+
+# -- 4. session visibility over gRPC -------------------------------------------
+
+
+def test_planner_opens_session_for_agent(
+    clients: Clients, session: sessions_pb2.Session, stack: Stack
+) -> None:
+    assert SESSION_ID.match(session.session_id)
+    assert session.agent_id == "agent-1"
+    assert session.planner_id == "planner-1"  # from the certificate, not the request
+    assert session.state == "open"
+    assert session.task_digest == hashlib.sha256(TASK.encode()).hexdigest()
+    assert session.expires_at - session.created_at == 600
+    assert abs(session.created_at - stack.clock.now()) < 60
+    assert [(s.asset, s.budget, s.spent) for s in session.spend] == [("USD", "10.00", "0.00")]
+    assert list(session.allowed_payees) == []
+
+
+def test_owning_planner_and_agent_see_the_session(
+    clients: Clients, session: sessions_pb2.Session
+) -> None:
+    for role, principal in (("planner", "planner-1"), ("agent", "agent-1")):
+        got = _get(clients, role, principal, session.session_id)
+        assert got.session_id == session.session_id
+        assert got.state == "open"
+        assert got.agent_id == "agent-1"
+        assert got.planner_id == "planner-1"
+        assert [(s.asset, s.budget, s.spent) for s in got.spend] == [("USD", "10.00", "0.00")]
+
+
+def test_other_planner_cannot_get_session(clients: Clients, session: sessions_pb2.Session) -> None:
+    stub = clients.sessions("planner", "planner-2")
+    err = _refused(
+        lambda: stub.GetSession(
+            sessions_pb2.GetSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
+        )
+    )
+    assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.SESSION_PLANNER_MISMATCH)
+    assert session.session_id not in err.details()  # type: ignore[attr-defined]
+    # planner-2 still works, on its own session.
+    own = _open(clients, "planner-2")
+    assert _get(clients, "planner", "planner-2", own.session_id).planner_id == "planner-2"
+
+
+def test_other_planner_cannot_close_session(
+    clients: Clients, session: sessions_pb2.Session
+) -> None:
+    stub = clients.sessions("planner", "planner-2")
+    err = _refused(
+        lambda: stub.CloseSession(
+            sessions_pb2.CloseSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
+        )
+    )
+    assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.SESSION_PLANNER_MISMATCH)
+    assert _get(clients, "agent", "agent-1", session.session_id).state == "open"
+
+
+def test_other_agent_cannot_get_session(clients: Clients, session: sessions_pb2.Session) -> None:
+    stub = clients.sessions("agent", "agent-2")
+    err = _refused(
+        lambda: stub.GetSession(
+            sessions_pb2.GetSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
+        )
+    )
+    assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.SESSION_AGENT_MISMATCH)
+    # agent-2 still works.
+    keys = clients.signer("agent", "agent-2").GetPublicKeys(
+        signer_pb2.GetPublicKeysRequest(), timeout=CALL_TIMEOUT
+    )
+    assert len(keys.keys) == 2
+
+
+@pytest.mark.parametrize(
+    ("role", "principal"), [("approver", "approver-1"), ("operator", "operator-1")]
+)
+def test_approver_and_operator_cannot_read_a_real_session(
+    clients: Clients, session: sessions_pb2.Session, role: str, principal: str
+) -> None:
+    stub = clients.sessions(role, principal)
+    err = _refused(
+        lambda: stub.GetSession(
+            sessions_pb2.GetSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
+        )
+    )
+    assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
+
+
+@pytest.mark.parametrize(("role", "principal"), [("agent", "agent-1"), ("planner", "planner-1")])
+def test_unknown_session_is_not_found(
+    clients: Clients, session: sessions_pb2.Session, role: str, principal: str
+) -> None:
+    stub = clients.sessions(role, principal)
+    err = _refused(
+        lambda: stub.GetSession(
+            sessions_pb2.GetSessionRequest(session_id=UNKNOWN_SESSION), timeout=CALL_TIMEOUT
+        )
+    )
+    assert_status(err, grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND)
+    assert _get(clients, role, principal, session.session_id).state == "open"
+
+
+def test_closing_unknown_session_is_not_found(
+    clients: Clients, session: sessions_pb2.Session
+) -> None:
+    stub = clients.sessions("planner", "planner-1")
+    err = _refused(
+        lambda: stub.CloseSession(
+            sessions_pb2.CloseSessionRequest(session_id=UNKNOWN_SESSION), timeout=CALL_TIMEOUT
+        )
+    )
+    assert_status(err, grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND)
+    assert _get(clients, "planner", "planner-1", session.session_id).state == "open"
+
+
+MALFORMED_SESSION_IDS = {
+    "short": "ses_abc",
+    "no-prefix": "A" * 47,
+    "wrong-prefix": "sess" + "A" * 43,
+    "one-too-long": "ses_" + "A" * 44,
+    "bad-char": "ses_" + "A" * 42 + "!",
+    "padding": "ses_" + "A" * 42 + "=",
+    "sql": "ses_' OR '1'='1",
+    "trailing-newline": "ses_" + "A" * 43 + "\n",
+}
+
+
+@pytest.mark.parametrize(
+    "session_id", list(MALFORMED_SESSION_IDS.values()), ids=list(MALFORMED_SESSION_IDS)
+)
+@pytest.mark.parametrize(("role", "principal"), [("agent", "agent-1"), ("planner", "planner-1")])
+def test_malformed_session_id_is_invalid(
+    clients: Clients, session: sessions_pb2.Session, session_id: str, role: str, principal: str
+) -> None:
+    stub = clients.sessions(role, principal)
+    err = _refused(
+        lambda: stub.GetSession(
+            sessions_pb2.GetSessionRequest(session_id=session_id), timeout=CALL_TIMEOUT
+        )
+    )
+    assert_status(err, grpc.StatusCode.INVALID_ARGUMENT, Reason.SESSION_ID_MALFORMED)
+    assert _get(clients, role, principal, session.session_id).state == "open"
+
+
+def test_open_session_with_unknown_asset_is_invalid(clients: Clients) -> None:
+    stub = clients.sessions("planner", "planner-1")
+    err = _refused(lambda: stub.OpenSession(_open_request(asset="XYZ"), timeout=CALL_TIMEOUT))
+    assert_status(err, grpc.StatusCode.INVALID_ARGUMENT, Reason.UNKNOWN_ASSET)
+    ok = stub.OpenSession(_open_request(), timeout=CALL_TIMEOUT).session
+    assert ok.state == "open"
+    assert [(s.asset, s.budget) for s in ok.spend] == [("USD", "10.00")]
+
+
+@pytest.mark.parametrize(
+    "agent_id",
+    ["agent-1\n", "-agent", "agent 1", "x" * 129],
+    ids=["newline", "dash", "space", "long"],
+)
+def test_open_session_for_malformed_agent_id_is_invalid(clients: Clients, agent_id: str) -> None:
+    stub = clients.sessions("planner", "planner-1")
+    err = _refused(lambda: stub.OpenSession(_open_request(agent_id), timeout=CALL_TIMEOUT))
+    assert_status(err, grpc.StatusCode.INVALID_ARGUMENT, Reason.STRING_INVALID)
+    assert stub.OpenSession(_open_request(), timeout=CALL_TIMEOUT).session.state == "open"
+
+
+def test_planner_closes_its_session_and_agent_sees_it_closed(clients: Clients) -> None:
+    opened = _open(clients)
+    closed = (
+        clients.sessions("planner", "planner-1")
+        .CloseSession(
+            sessions_pb2.CloseSessionRequest(session_id=opened.session_id), timeout=CALL_TIMEOUT
+        )
+        .session
+    )
+    assert closed.session_id == opened.session_id
+    assert closed.state == "closed"
+    assert _get(clients, "agent", "agent-1", opened.session_id).state == "closed"
+
+
+# -- 5. what an agent must never do --------------------------------------------
+
+
+def test_agent_cannot_open_a_session_even_for_itself(clients: Clients) -> None:
+    stub = clients.sessions("agent", "agent-1")
+    err = _refused(lambda: stub.OpenSession(_open_request("agent-1"), timeout=CALL_TIMEOUT))
+    assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
+
+
+def test_agent_cannot_close_its_own_session(
+    clients: Clients, session: sessions_pb2.Session
+) -> None:
+    stub = clients.sessions("agent", "agent-1")
+    err = _refused(
+        lambda: stub.CloseSession(
+            sessions_pb2.CloseSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
+        )
+    )
+    assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
+    assert _get(clients, "agent", "agent-1", session.session_id).state == "open"
+
+
+def _intent(session_id: str, stack: Stack, amount: str = "1.00") -> signer_pb2.SignRequest:
+    return signer_pb2.SignRequest(
+        intent=signer_pb2.PaymentIntent(
+            session_id=session_id,
+            key_id="payments.v1",
+            payee="acme-weather",
+            amount=amount,
+            asset="USD",
+            reference="inv-authz-1",
+            purpose="weather data",
+            nonce=new_nonce(),
+            expires_at=int(stack.clock.now()) + 60,
+        )
+    )
+
+
+def test_agent_cannot_sign_in_another_agents_session(clients: Clients, stack: Stack) -> None:
+    opened = _open(clients)  # for agent-1
+    err = _refused(
+        lambda: clients.signer("agent", "agent-2").Sign(
+            _intent(opened.session_id, stack), timeout=CALL_TIMEOUT
+        )
+    )
+    assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.SESSION_AGENT_MISMATCH)
+    got = _get(clients, "agent", "agent-1", opened.session_id)
+    assert [(s.budget, s.spent) for s in got.spend] == [("10.00", "0.00")]
+    # The owner signs in it afterwards, and only its own payment is counted.
+    resp = clients.signer("agent", "agent-1").Sign(
+        _intent(opened.session_id, stack), timeout=CALL_TIMEOUT
+    )
+    assert resp.jws.count(".") == 2
+    got = _get(clients, "agent", "agent-1", opened.session_id)
+    assert [(s.budget, s.spent) for s in got.spend] == [("10.00", "1.00")]
+
+
+@pytest.mark.parametrize(
+    ("role", "principal"),
+    [("planner", "planner-1"), ("approver", "approver-1"), ("operator", "operator-1")],
+)
+def test_only_agents_sign_even_with_a_valid_intent(
+    clients: Clients, session: sessions_pb2.Session, stack: Stack, role: str, principal: str
+) -> None:
+    err = _refused(
+        lambda: clients.signer(role, principal).Sign(
+            _intent(session.session_id, stack), timeout=CALL_TIMEOUT
+        )
+    )
+    assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
+    got = _get(clients, "agent", "agent-1", session.session_id)
+    assert [(s.budget, s.spent) for s in got.spend] == [("10.00", "0.00")]
