@@ -118,6 +118,11 @@ class Hsm:
             self._fail_locked(f"no token labelled {self._token_label!r}")
         except pkcs11.exceptions.PinIncorrect:
             self._fail_locked(f"login to token {self._token_label!r} refused: PIN incorrect")
+        except pkcs11.exceptions.UserAlreadyLoggedIn:
+            # Login is per token and process: one Hsm (or provisioning call) at a time.
+            self._fail_locked(
+                f"token {self._token_label!r} is already logged in by another user in this process"
+            )
         except pkcs11.exceptions.PinLocked:
             self._fail_locked(f"login to token {self._token_label!r} refused: PIN locked")
         except (pkcs11.exceptions.PKCS11Error, OSError) as exc:
