@@ -15,7 +15,7 @@ from paywarden.signer.errors import InvalidInput, Reason
 def reject_unknown_fields(message: Message, path: str = "") -> None:
     unknown = unknown_fields.UnknownFieldSet(message)
     if len(unknown):
-        numbers = sorted({f.field_number for f in unknown})
+        numbers = sorted({unknown[i].field_number for i in range(len(unknown))})
         where = path or message.DESCRIPTOR.name
         raise InvalidInput(Reason.UNKNOWN_FIELD, f"{where} has unknown fields {numbers}")
     for field, value in message.ListFields():
@@ -23,7 +23,7 @@ def reject_unknown_fields(message: Message, path: str = "") -> None:
             continue
         name = f"{path}.{field.name}" if path else field.name
         if field.is_repeated:
-            if field.message_type.GetOptions().map_entry:
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
                 continue
             for i, item in enumerate(value):
                 reject_unknown_fields(item, f"{name}[{i}]")
