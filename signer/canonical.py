@@ -99,7 +99,8 @@ def _is_forbidden_char(ch: str) -> bool:
     # Cc: C0/C1 controls and DEL; Cf: format characters (bidi overrides,
     # zero-width joiners) that make two identifiers look alike; Cs/Co/Cn:
     # surrogates, private use and unassigned code points.
-    return unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"}
+    # Zl/Zp: line and paragraph separators would break what a human reads.
+    return unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
 def clean_text(
@@ -182,6 +183,8 @@ def _jcs(value: Json) -> str:
     if isinstance(value, list):
         return "[" + ",".join(_jcs(v) for v in value) + "]"
     if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("object keys must be strings")
         items = sorted(value.items(), key=lambda kv: _utf16_key(kv[0]))
         return "{" + ",".join(f"{_jcs(k)}:{_jcs(v)}" for k, v in items) + "}"
     raise TypeError(f"cannot canonicalise {type(value).__name__}")

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from paywarden.hsm import KeyRef
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "PAYWARDEN_"
 DEFAULT_DATA_DIR = Path("data")
@@ -43,7 +51,7 @@ class ServerConfig(_Model):
     @classmethod
     def _listen(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:50051")
         return v
 
@@ -87,6 +95,18 @@ class AssetConfig(_Model):
     decimals: int = Field(ge=0, le=18)
     # Largest amount a single payment or budget may name, in the asset's units.
     max_amount: str = "1000000000"
+
+    @field_validator("max_amount")
+    @classmethod
+    def _max_amount(cls, v: str, info: ValidationInfo) -> str:
+        from paywarden.signer.canonical import parse_limit
+
+        decimals = info.data.get("decimals")
+        if decimals is None:
+            return v  # decimals is invalid and reported on its own
+        if parse_limit(v, decimals) <= 0:
+            raise ValueError("must be greater than zero")
+        return v
 
 
 class KeyConfig(_Model):
@@ -163,7 +183,12 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        raw_path = name[len(ENV_PREFIX) :].split("__")
+        # Section and setting names are lowercase; asset codes keep their case.
+        path = [
+            p if i > 0 and raw_path[i - 1].lower() == "assets" else p.lower()
+            for i, p in enumerate(raw_path)
+        ]
         if any(not p for p in path):
             raise ConfigError(f"environment variable {name}: malformed setting path")
         node = data

@@ -15,7 +15,6 @@ import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from paywarden.signer.canonical import PAYLOAD_TYPE, jcs
 from paywarden.signer.config import AssetConfig
 from paywarden.signer.payments import (
@@ -94,7 +93,14 @@ def test_jcs_sorts_keys_by_utf16_code_units() -> None:
     out = jcs(RFC_SORT_VECTOR)
     assert out == rfc8785.dumps(RFC_SORT_VECTOR)
     assert list(json.loads(out)) == RFC_SORT_ORDER
-    expected = "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + json.dumps(RFC_SORT_VECTOR[k]) for k in RFC_SORT_ORDER) + "}"
+    expected = (
+        "{"
+        + ",".join(
+            json.dumps(k, ensure_ascii=False) + ":" + json.dumps(RFC_SORT_VECTOR[k])
+            for k in RFC_SORT_ORDER
+        )
+        + "}"
+    )
     assert out == expected.encode("utf-8")
 
 
@@ -263,10 +269,17 @@ _payee_chars = st.characters(exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "
     reference=st.text(alphabet=_payee_chars, min_size=1, max_size=40),
     agent=st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,20}\Z"),
 )
-def test_claims_payload_canonical_for_any_valid_text(payee: str, reference: str, agent: str) -> None:
+def test_claims_payload_canonical_for_any_valid_text(
+    payee: str, reference: str, agent: str
+) -> None:
     payload, signing_input, body = _signing_parts(
         _intent(payee=payee, reference=reference), agent_id=agent
     )
     assert rfc8785.dumps(json.loads(payload)) == payload
     assert _b64url_decode(signing_input.decode("ascii").split(".")[1]) == payload
     assert body["sub"] == agent
+
+
+def test_jcs_refuses_non_string_keys() -> None:
+    with pytest.raises(TypeError):
+        jcs({1: "a"})  # type: ignore[dict-item]
