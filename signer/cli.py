@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
 
+import sqlite_utils
 from paywarden.signer import logs
-from paywarden.signer.config import ConfigError, load_config
+from paywarden.signer.config import Config, ConfigError, load_config
 from paywarden.signer.server import StartupError, start
 
 
@@ -41,52 +43,44 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_config(args: argparse.Namespace) -> int:
+class _Exit(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _config(args: argparse.Namespace) -> Config:
     try:
-        config = load_config(args.config)
+        return load_config(args.config)
     except ConfigError as exc:
-        print(f"paywarden: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    print(config.model_dump_json(indent=2))
+        raise _Exit(2, f"invalid configuration: {exc}") from None
+
+
+def _database(args: argparse.Namespace) -> tuple[Path, sqlite_utils.Database]:
+    path = _config(args).store.path
+    if not path.exists():
+        raise _Exit(1, f"no store at {path}")
+    return path, sqlite_utils.Database(path)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    print(_config(args).model_dump_json(indent=2))
     return 0
 
 
 def _store_info(args: argparse.Namespace) -> int:
-    import sqlite_utils
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"paywarden: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    if not config.store.path.exists():
-        print(f"paywarden: no store at {config.store.path}", file=sys.stderr)
-        return 1
-    db = sqlite_utils.Database(config.store.path)
+    path, db = _database(args)
     version = db.execute("PRAGMA user_version").fetchone()[0]
-    print(f"store {config.store.path} schema version {version}")
+    print(f"store {path} schema version {version}")
     for table in db.tables:
         print(f"  {table.name}: {table.count} rows")
     return 0
 
 
 def _store_export(args: argparse.Namespace) -> int:
-    import json
-
-    import sqlite_utils
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"paywarden: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    if not config.store.path.exists():
-        print(f"paywarden: no store at {config.store.path}", file=sys.stderr)
-        return 1
-    db = sqlite_utils.Database(config.store.path)
+    _path, db = _database(args)
     if args.table not in db.table_names():
-        print(f"paywarden: no table {args.table!r} (have {db.table_names()})", file=sys.stderr)
-        return 1
+        raise _Exit(1, f"no table {args.table!r} (have {db.table_names()})")
     for row in db.table(args.table).rows:
         out = {
             k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in row.items()
@@ -113,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--table", required=True)
     export.set_defaults(fn=_store_export)
     args = parser.parse_args(argv)
-    code: int = args.fn(args)
+    try:
+        code: int = args.fn(args)
+    except _Exit as exc:
+        print(f"paywarden: {exc}", file=sys.stderr)
+        return exc.code
     return code
 
 
