@@ -1,45 +1,65 @@
 """The embedded policy engine: pure rules over facts, deny by default.
 
-A rule reads the :class:`Facts` it is given and returns a :class:`RuleResult`;
-:func:`evaluate` runs a :class:`Policy` (all its rules, in order) and returns a
-:class:`Decision` whose trace lists every rule with its outcome, reason code,
-limit and observed value. Nothing here does I/O or knows about gRPC.
+Packs (TOML, :mod:`paywarden.policy.packs`) are compiled into an
+:class:`AllOf` of small rules (:mod:`paywarden.policy.rules`). :func:`evaluate`
+runs every rule over the :class:`Facts` the signer read inside its deciding
+transaction and returns a :class:`Decision` whose trace lists each rule with
+its outcome, reason code, limit and observed value. Nothing here does I/O
+beyond reading pack files, and nothing knows about gRPC or the store.
 """
 
+from paywarden.policy.compile import (
+    AssetInfo,
+    SessionViolation,
+    check_session,
+    compile_all,
+    compile_pack,
+    no_pack_policy,
+    payee_allowed_by_pack,
+    to_minor,
+)
 from paywarden.policy.engine import (
+    AgentFacts,
     AllOf,
     Decision,
     Facts,
     Outcome,
+    PlanLine,
     Policy,
     Rule,
     RuleResult,
     SessionFacts,
+    Verdict,
     evaluate,
 )
-from paywarden.policy.rules import (
-    AssetInSession,
-    PayeeInSession,
-    SessionNotExpired,
-    SessionOpen,
-    WithinSessionBudget,
-    session_policy,
-)
+from paywarden.policy.packs import PackError, PackSet, PolicyPack, load_pack, load_pack_dir
+from paywarden.policy.payees import normalise
 
 __all__ = [
+    "AgentFacts",
     "AllOf",
-    "AssetInSession",
+    "AssetInfo",
     "Decision",
     "Facts",
     "Outcome",
-    "PayeeInSession",
+    "PackError",
+    "PackSet",
+    "PlanLine",
     "Policy",
+    "PolicyPack",
     "Rule",
     "RuleResult",
     "SessionFacts",
-    "SessionNotExpired",
-    "SessionOpen",
-    "WithinSessionBudget",
+    "SessionViolation",
+    "Verdict",
+    "check_session",
+    "compile_all",
+    "compile_pack",
     "evaluate",
-    "session_policy",
+    "load_pack",
+    "load_pack_dir",
+    "no_pack_policy",
+    "normalise",
+    "payee_allowed_by_pack",
+    "to_minor",
 ]

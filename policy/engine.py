@@ -1,4 +1,10 @@
-"""Decisions, facts and the evaluation loop."""
+"""Decisions, facts and the evaluation loop.
+
+Deny by default: a payment is allowed only when the rules that grant (asset,
+key, payee) allow it explicitly and no rule denies. A rule may also ask for
+human approval; then the decision is NEEDS_APPROVAL with the largest number
+of approvers any rule asked for. Every rule runs, so the trace is complete.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,22 @@ from typing import Protocol
 class Outcome(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
+    APPROVE = "approve"  # a rule result: allowed only with human approval
+
+
+class Verdict(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    NEEDS_APPROVAL = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLine:
+    payee: str  # normalised payee key
+    asset: str
+    max_amount_minor: int
+    count: int
+    used: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,23 +40,37 @@ class SessionFacts:
     session_id: str
     agent_id: str
     state: str  # "open" or "closed"
+    phase: str  # "normal", "explore" or "execute"
     expires_at: int
     budgets_minor: Mapping[str, int]
     spent_minor: Mapping[str, int]
-    allowed_payees: frozenset[str]
+    allowed_payees: frozenset[str]  # normalised keys; empty: any payee the pack allows
+    payees: frozenset[str] = frozenset()  # distinct payees paid or held in the session
+    plan: tuple[PlanLine, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFacts:
+    spent_24h_minor: int = 0  # in this payment's asset, signed or held
+    spent_today_minor: int = 0  # calendar day in the policy time zone
+    payments_in_window: int = 0  # velocity window of the agent's pack
+    payees_paid: frozenset[str] = frozenset()  # ever paid (signed), normalised
+    payees_today: frozenset[str] = frozenset()  # signed or held today
 
 
 @dataclass(frozen=True, slots=True)
 class Facts:
-    """What the signer read (inside the deciding transaction) about one payment."""
+    """What the signer read, inside the deciding transaction, about one payment."""
 
     now: int
+    minute_of_day: int  # local time in the policy time zone, 0..1439
     agent_id: str
-    payee: str
+    payee: str  # normalised key (NFC, case-folded if the asset is case-insensitive)
     asset: str
     amount_minor: int
     key_id: str
     session: SessionFacts
+    agent: AgentFacts = field(default_factory=AgentFacts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +81,11 @@ class RuleResult:
     limit: str | None = None
     observed: str | None = None
     detail: str = ""
+    approvers: int = 0  # with Outcome.APPROVE: how many distinct approvers
+    plan_line: int | None = None  # the plan line this payment uses
 
-    def as_json(self) -> dict[str, str | None]:
-        return {
+    def as_json(self) -> dict[str, str | int | None]:
+        out: dict[str, str | int | None] = {
             "rule": self.rule,
             "outcome": str(self.outcome),
             "reason": self.reason,
@@ -55,18 +93,29 @@ class RuleResult:
             "observed": self.observed,
             "detail": self.detail,
         }
+        if self.approvers:
+            out["approvers"] = self.approvers
+        if self.plan_line is not None:
+            out["plan_line"] = self.plan_line
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    outcome: Outcome
+    verdict: Verdict
     reason: str
     message: str
-    trace: tuple[RuleResult, ...] = field(default_factory=tuple)
+    trace: tuple[RuleResult, ...] = ()
+    approvers: int = 0
+    plan_line: int | None = None
+    pack: Mapping[str, str | int] = field(default_factory=dict)
 
     @property
     def allowed(self) -> bool:
-        return self.outcome is Outcome.ALLOW
+        return self.verdict is Verdict.ALLOW
+
+    def trace_json(self) -> list[dict[str, str | int | None]]:
+        return [r.as_json() for r in self.trace]
 
 
 class Rule(Protocol):
@@ -81,6 +130,7 @@ class AllOf:
     """Allows only when every rule allows. An empty list is refused."""
 
     rules: Sequence[Rule]
+    pack: Mapping[str, str | int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.rules:
@@ -93,15 +143,37 @@ NO_RULE_ALLOWED = "POLICY_NO_RULE_ALLOWED"
 
 
 def evaluate(policy: Policy, facts: Facts) -> Decision:
-    """Runs every rule in order (the trace is complete even after a denial).
+    """Runs every rule in order; the first denial gives the reason.
 
-    The first denying rule gives the decision's reason. A rule that raises
-    is a bug: the exception propagates and the caller denies.
+    A rule that raises is a bug: the exception propagates and the caller denies.
     """
     trace = tuple(rule.check(facts) for rule in policy.rules)
+    if not trace:
+        return Decision(Verdict.DENY, NO_RULE_ALLOWED, "no rule allowed the payment", trace)
+    plan_line = next((r.plan_line for r in trace if r.plan_line is not None), None)
+    for result in trace:
+        if result.outcome is Outcome.DENY:
+            return Decision(Verdict.DENY, result.reason, result.detail, trace, pack=policy.pack)
+    approvals = [r for r in trace if r.outcome is Outcome.APPROVE]
+    if approvals:
+        top = max(approvals, key=lambda r: r.approvers)
+        return Decision(
+            Verdict.NEEDS_APPROVAL,
+            top.reason,
+            top.detail,
+            trace,
+            approvers=max(1, top.approvers),
+            plan_line=plan_line,
+            pack=policy.pack,
+        )
     for result in trace:
         if result.outcome is not Outcome.ALLOW:
-            return Decision(Outcome.DENY, result.reason, result.detail, trace)
-    if not trace:
-        return Decision(Outcome.DENY, NO_RULE_ALLOWED, "no rule allowed the payment", trace)
-    return Decision(Outcome.ALLOW, "ALLOWED", "every rule allowed the payment", trace)
+            return Decision(Verdict.DENY, NO_RULE_ALLOWED, "unknown rule outcome", trace)
+    return Decision(
+        Verdict.ALLOW,
+        "ALLOWED",
+        "every rule allowed the payment",
+        trace,
+        plan_line=plan_line,
+        pack=policy.pack,
+    )

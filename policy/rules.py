@@ -1,16 +1,24 @@
-"""Session rules: one class, one reason code each."""
+"""The rules: one small class, one reason code each.
+
+A rule reads :class:`Facts` and returns a :class:`RuleResult` with its
+outcome, the limit it enforces and the value it observed. Limits are held in
+the asset's smallest unit (integers), compiled from a pack by
+:mod:`paywarden.policy.compile`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from paywarden.policy.engine import AllOf, Facts, Outcome, RuleResult
+from paywarden.policy.engine import Facts, Outcome, RuleResult
+from paywarden.policy.payees import confusable_with, matches_any
 
 
 def _ok(
-    rule: str, reason: str, limit: str | None = None, observed: str | None = None
+    rule: str, reason: str, limit: str | None = None, observed: str | None = None, **kw: object
 ) -> RuleResult:
-    return RuleResult(rule, Outcome.ALLOW, reason, limit, observed)
+    return RuleResult(rule, Outcome.ALLOW, reason, limit, observed, **kw)  # type: ignore[arg-type]
 
 
 def _deny(
@@ -19,16 +27,18 @@ def _deny(
     return RuleResult(rule, Outcome.DENY, reason, limit, observed, detail)
 
 
+# -- session state -------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class SessionOpen:
     name: str = "session_open"
 
     def check(self, facts: Facts) -> RuleResult:
-        if facts.session.state != "open":
-            return _deny(
-                self.name, "SESSION_CLOSED", "the session is closed", "open", facts.session.state
-            )
-        return _ok(self.name, "SESSION_OPEN", "open", facts.session.state)
+        state = facts.session.state
+        if state != "open":
+            return _deny(self.name, "SESSION_CLOSED", "the session is closed", "open", state)
+        return _ok(self.name, "SESSION_OPEN", "open", state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,20 +53,39 @@ class SessionNotExpired:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionPhase:
+    """Nothing is signed while a plan-bound session is still exploring."""
+
+    name: str = "session_phase"
+
+    def check(self, facts: Facts) -> RuleResult:
+        phase = facts.session.phase
+        if phase == "explore":
+            return _deny(
+                self.name,
+                "SESSION_IN_EXPLORE_PHASE",
+                "the session has no committed plan yet; nothing can be signed",
+                "execute",
+                phase,
+            )
+        return _ok(self.name, "SESSION_PHASE_OK", None, phase)
+
+
+@dataclass(frozen=True, slots=True)
 class AssetInSession:
     name: str = "asset_in_session"
 
     def check(self, facts: Facts) -> RuleResult:
-        budgets = sorted(facts.session.budgets_minor)
+        budgets = ",".join(sorted(facts.session.budgets_minor))
         if facts.asset not in facts.session.budgets_minor:
             return _deny(
                 self.name,
                 "ASSET_NOT_IN_SESSION",
                 f"the session has no budget in {facts.asset}",
-                ",".join(budgets),
+                budgets,
                 facts.asset,
             )
-        return _ok(self.name, "ASSET_IN_SESSION", ",".join(budgets), facts.asset)
+        return _ok(self.name, "ASSET_IN_SESSION", budgets, facts.asset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +109,7 @@ class PayeeInSession:
 
 @dataclass(frozen=True, slots=True)
 class WithinSessionBudget:
-    """Spent so far plus this amount must not exceed the session's budget."""
+    """Spent (and held) so far plus this amount must not exceed the session budget."""
 
     name: str = "session_budget"
 
@@ -100,14 +129,347 @@ class WithinSessionBudget:
         return _ok(self.name, "WITHIN_BUDGET", str(budget), str(after))
 
 
-def session_policy() -> AllOf:
-    """The rules every payment passes today (later issues add policy packs)."""
-    return AllOf(
-        (
-            SessionOpen(),
-            SessionNotExpired(),
-            AssetInSession(),
-            PayeeInSession(),
-            WithinSessionBudget(),
+@dataclass(frozen=True, slots=True)
+class PlanLineAvailable:
+    """In the execute phase a payment must match an unused line of the committed plan."""
+
+    name: str = "plan_line"
+
+    def check(self, facts: Facts) -> RuleResult:
+        if facts.session.phase != "execute":
+            return _ok(self.name, "NO_PLAN", None, facts.session.phase)
+        matching = [
+            (i, line)
+            for i, line in enumerate(facts.session.plan)
+            if line.payee == facts.payee and line.asset == facts.asset
+        ]
+        for i, line in matching:
+            if facts.amount_minor <= line.max_amount_minor and line.used < line.count:
+                return _ok(
+                    self.name,
+                    "PLAN_LINE_MATCHED",
+                    f"line {i}: {line.used}/{line.count} used, max {line.max_amount_minor}",
+                    str(facts.amount_minor),
+                    plan_line=i,
+                )
+        if not matching:
+            detail = "no plan line names this payee and asset"
+        elif all(line.used >= line.count for _, line in matching):
+            detail = "the plan lines for this payee and asset are used up"
+        else:
+            detail = "the amount is above every matching plan line's maximum"
+        return _deny(
+            self.name, "PLAN_NO_MATCH", detail, f"{len(facts.session.plan)} lines", facts.payee
         )
-    )
+
+
+# -- what the pack grants ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AssetAllowed:
+    assets: frozenset[str]
+    name: str = "asset_allowed"
+
+    def check(self, facts: Facts) -> RuleResult:
+        limit = ",".join(sorted(self.assets))
+        if facts.asset not in self.assets:
+            return _deny(
+                self.name,
+                "ASSET_NOT_ALLOWED",
+                "the pack does not allow this asset",
+                limit,
+                facts.asset,
+            )
+        return _ok(self.name, "ASSET_ALLOWED", limit, facts.asset)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAllowed:
+    keys_by_asset: Mapping[str, frozenset[str]]
+    name: str = "key_allowed"
+
+    def check(self, facts: Facts) -> RuleResult:
+        keys = self.keys_by_asset.get(facts.asset, frozenset())
+        limit = ",".join(sorted(keys))
+        if facts.key_id not in keys:
+            return _deny(
+                self.name,
+                "KEY_NOT_ALLOWED",
+                f"the pack does not allow key {facts.key_id} for {facts.asset}",
+                limit,
+                facts.key_id,
+            )
+        return _ok(self.name, "KEY_ALLOWED", limit, facts.key_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PayeeNotDenied:
+    deny: Mapping[str, frozenset[str]]  # asset -> normalised denied payees
+    deny_patterns: tuple[str, ...]
+    case_insensitive: Mapping[str, bool]
+    name: str = "payee_denylist"
+
+    def check(self, facts: Facts) -> RuleResult:
+        ci = self.case_insensitive.get(facts.asset, False)
+        if facts.payee in self.deny.get(facts.asset, frozenset()):
+            return _deny(
+                self.name, "PAYEE_DENYLISTED", "the payee is on the denylist", None, facts.payee
+            )
+        pattern = matches_any(facts.payee, self.deny_patterns, case_insensitive=ci)
+        if pattern is not None:
+            return _deny(
+                self.name,
+                "PAYEE_DENYLISTED",
+                f"the payee matches {pattern!r}",
+                pattern,
+                facts.payee,
+            )
+        return _ok(self.name, "PAYEE_NOT_DENYLISTED", None, facts.payee)
+
+
+@dataclass(frozen=True, slots=True)
+class PayeeAllowed:
+    allow: Mapping[str, frozenset[str]]  # asset -> normalised allowed payees
+    allow_patterns: tuple[str, ...]
+    case_insensitive: Mapping[str, bool]
+    name: str = "payee_allowlist"
+
+    def check(self, facts: Facts) -> RuleResult:
+        allowed = self.allow.get(facts.asset, frozenset())
+        ci = self.case_insensitive.get(facts.asset, False)
+        limit = f"{len(allowed)} payees, {len(self.allow_patterns)} patterns"
+        if facts.payee in allowed:
+            return _ok(self.name, "PAYEE_ALLOWED", limit, facts.payee)
+        pattern = matches_any(facts.payee, self.allow_patterns, case_insensitive=ci)
+        if pattern is not None:
+            return _ok(self.name, "PAYEE_ALLOWED_BY_PATTERN", pattern, facts.payee)
+        twin = confusable_with(facts.payee, sorted(allowed))
+        if twin is not None:
+            return _deny(
+                self.name,
+                "PAYEE_CONFUSABLE",
+                f"the payee looks like the allowed payee {twin!r} but is not it",
+                twin,
+                facts.payee,
+            )
+        return _deny(
+            self.name, "PAYEE_NOT_ALLOWED", "the pack does not allow this payee", limit, facts.payee
+        )
+
+
+# -- limits ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MaxPerPayment:
+    limits: Mapping[str, int]
+    name: str = "max_per_payment"
+
+    def check(self, facts: Facts) -> RuleResult:
+        limit = self.limits.get(facts.asset)
+        if limit is None:
+            return _deny(self.name, "ASSET_NOT_ALLOWED", "no per-payment limit for this asset")
+        if facts.amount_minor > limit:
+            return _deny(
+                self.name,
+                "AMOUNT_ABOVE_MAX",
+                "the amount is above the per-payment maximum",
+                str(limit),
+                str(facts.amount_minor),
+            )
+        return _ok(self.name, "AMOUNT_WITHIN_MAX", str(limit), str(facts.amount_minor))
+
+
+@dataclass(frozen=True, slots=True)
+class DailyLimit:
+    """Per agent and asset, over the calendar day in the policy time zone."""
+
+    limits: Mapping[str, int]
+    name: str = "daily_limit"
+
+    def check(self, facts: Facts) -> RuleResult:
+        limit = self.limits.get(facts.asset)
+        if limit is None:
+            return _ok(self.name, "NO_DAILY_LIMIT")
+        after = facts.agent.spent_today_minor + facts.amount_minor
+        if after > limit:
+            return _deny(
+                self.name,
+                "DAILY_LIMIT_EXCEEDED",
+                "the agent's spend today would exceed the daily limit",
+                str(limit),
+                str(after),
+            )
+        return _ok(self.name, "WITHIN_DAILY_LIMIT", str(limit), str(after))
+
+
+@dataclass(frozen=True, slots=True)
+class Rolling24hLimit:
+    limits: Mapping[str, int]
+    name: str = "rolling_24h_limit"
+
+    def check(self, facts: Facts) -> RuleResult:
+        limit = self.limits.get(facts.asset)
+        if limit is None:
+            return _ok(self.name, "NO_ROLLING_LIMIT")
+        after = facts.agent.spent_24h_minor + facts.amount_minor
+        if after > limit:
+            return _deny(
+                self.name,
+                "ROLLING_LIMIT_EXCEEDED",
+                "the agent's spend over the last 24 hours would exceed the limit",
+                str(limit),
+                str(after),
+            )
+        return _ok(self.name, "WITHIN_ROLLING_LIMIT", str(limit), str(after))
+
+
+@dataclass(frozen=True, slots=True)
+class Velocity:
+    max_payments: int
+    window_seconds: int
+    name: str = "velocity"
+
+    def check(self, facts: Facts) -> RuleResult:
+        after = facts.agent.payments_in_window + 1
+        limit = f"{self.max_payments} per {self.window_seconds}s"
+        if after > self.max_payments:
+            return _deny(
+                self.name,
+                "VELOCITY_EXCEEDED",
+                "too many payments by this agent in the window",
+                limit,
+                str(after),
+            )
+        return _ok(self.name, "WITHIN_VELOCITY", limit, str(after))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDiversity:
+    max_payees: int
+    name: str = "session_diversity"
+
+    def check(self, facts: Facts) -> RuleResult:
+        seen = facts.session.payees
+        after = len(seen | {facts.payee})
+        if facts.payee not in seen and after > self.max_payees:
+            return _deny(
+                self.name,
+                "SESSION_DIVERSITY_EXCEEDED",
+                "too many distinct payees in this session",
+                str(self.max_payees),
+                str(after),
+            )
+        return _ok(self.name, "WITHIN_SESSION_DIVERSITY", str(self.max_payees), str(after))
+
+
+@dataclass(frozen=True, slots=True)
+class DailyDiversity:
+    max_payees: int
+    name: str = "daily_diversity"
+
+    def check(self, facts: Facts) -> RuleResult:
+        seen = facts.agent.payees_today
+        after = len(seen | {facts.payee})
+        if facts.payee not in seen and after > self.max_payees:
+            return _deny(
+                self.name,
+                "DAILY_DIVERSITY_EXCEEDED",
+                "too many distinct payees for this agent today",
+                str(self.max_payees),
+                str(after),
+            )
+        return _ok(self.name, "WITHIN_DAILY_DIVERSITY", str(self.max_payees), str(after))
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedHours:
+    start_minute: int
+    end_minute: int  # exclusive; end < start spans midnight
+    name: str = "allowed_hours"
+
+    def check(self, facts: Facts) -> RuleResult:
+        m, s, e = facts.minute_of_day, self.start_minute, self.end_minute
+        inside = s <= m < e if s <= e else (m >= s or m < e)
+        limit = f"{s // 60:02d}:{s % 60:02d}-{e // 60:02d}:{e % 60:02d}"
+        observed = f"{m // 60:02d}:{m % 60:02d}"
+        if not inside:
+            return _deny(
+                self.name, "OUTSIDE_ALLOWED_HOURS", "payments are not allowed now", limit, observed
+            )
+        return _ok(self.name, "WITHIN_ALLOWED_HOURS", limit, observed)
+
+
+# -- human approval ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FirstPayment:
+    """A payee this agent has never paid: allow, require approval, or deny."""
+
+    mode: str  # "allow", "approve" or "deny"
+    name: str = "first_payment"
+
+    def check(self, facts: Facts) -> RuleResult:
+        if facts.payee in facts.agent.payees_paid:
+            return _ok(self.name, "PAYEE_PAID_BEFORE", self.mode, "paid before")
+        if self.mode == "deny":
+            return _deny(
+                self.name,
+                "FIRST_PAYMENT_DENIED",
+                "the agent has never paid this payee and the pack denies first payments",
+                self.mode,
+                "first payment",
+            )
+        if self.mode == "approve":
+            return RuleResult(
+                self.name,
+                Outcome.APPROVE,
+                "FIRST_PAYMENT_NEEDS_APPROVAL",
+                self.mode,
+                "first payment",
+                "a first payment to this payee needs human approval",
+                approvers=1,
+            )
+        return _ok(self.name, "FIRST_PAYMENT_ALLOWED", self.mode, "first payment")
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalTiers:
+    """Amounts above a tier's threshold need that tier's number of approvers."""
+
+    tiers: Mapping[str, tuple[tuple[int, int], ...]]  # asset -> ((above_minor, approvers), ...)
+    name: str = "approval_threshold"
+
+    def check(self, facts: Facts) -> RuleResult:
+        tiers = self.tiers.get(facts.asset, ())
+        needed = [(above, k) for above, k in tiers if facts.amount_minor > above]
+        if not needed:
+            lowest = min((above for above, _ in tiers), default=None)
+            return _ok(
+                self.name,
+                "BELOW_APPROVAL_THRESHOLD",
+                None if lowest is None else str(lowest),
+                str(facts.amount_minor),
+            )
+        above, k = max(needed, key=lambda t: (t[1], t[0]))
+        return RuleResult(
+            self.name,
+            Outcome.APPROVE,
+            "AMOUNT_NEEDS_APPROVAL",
+            str(above),
+            str(facts.amount_minor),
+            f"payments above {above} need {k} distinct approver(s)",
+            approvers=k,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NoPack:
+    """The agent has no policy pack: nothing is allowed."""
+
+    name: str = "policy_pack"
+
+    def check(self, facts: Facts) -> RuleResult:
+        return _deny(self.name, "NO_POLICY_PACK", "no policy pack applies to this agent")

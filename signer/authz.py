@@ -30,6 +30,11 @@ RPC_ROLES: dict[str, frozenset[Role]] = {
     "/paywarden.v1.Sessions/OpenSession": frozenset({Role.PLANNER}),
     "/paywarden.v1.Sessions/GetSession": frozenset({Role.PLANNER, Role.AGENT}),
     "/paywarden.v1.Sessions/CloseSession": frozenset({Role.PLANNER}),
+    "/paywarden.v1.Sessions/CommitPlan": frozenset({Role.PLANNER}),
+    "/paywarden.v1.Approvals/ListPending": frozenset({Role.APPROVER}),
+    "/paywarden.v1.Approvals/GetApproval": frozenset({Role.APPROVER}),
+    "/paywarden.v1.Approvals/Approve": frozenset({Role.APPROVER}),
+    "/paywarden.v1.Approvals/Deny": frozenset({Role.APPROVER}),
 }
 
 Req = TypeVar("Req")

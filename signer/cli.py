@@ -89,6 +89,36 @@ def _store_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_check(args: argparse.Namespace) -> int:
+    from paywarden.policy import AssetInfo, PackError, compile_all, load_pack
+    from paywarden.policy.describe import describe
+    from paywarden.policy.packs import build_pack_set
+
+    config = _config(args)
+    assets = {c: AssetInfo(a.decimals, a.case_insensitive_payees) for c, a in config.assets.items()}
+    packs = []
+    failed = False
+    for path in args.files:
+        try:
+            pack = load_pack(path)
+            compile_all([pack], assets)
+        except PackError as exc:
+            print(f"paywarden: invalid policy pack: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        packs.append(pack)
+    if failed:
+        return 1
+    try:
+        build_pack_set(packs, config.groups)
+    except PackError as exc:
+        print(f"paywarden: invalid policy packs: {exc}", file=sys.stderr)
+        return 1
+    for pack in packs:
+        print(describe(pack))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="paywarden", description="Paywarden payment signer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--config", type=Path)
     export.add_argument("--table", required=True)
     export.set_defaults(fn=_store_export)
+    policy = sub.add_parser("policy", help="policy packs")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    pcheck = policy_sub.add_parser("check", help="validate packs and print what they allow")
+    pcheck.add_argument("files", nargs="+", type=Path)
+    pcheck.add_argument("--config", type=Path, help="signer config (assets, groups)")
+    pcheck.set_defaults(fn=_policy_check)
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)

@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from paywarden.hsm import KeyRef
 from pydantic import (
@@ -93,6 +94,8 @@ class StoreConfig(_Model):
 
 class AssetConfig(_Model):
     decimals: int = Field(ge=0, le=18)
+    # Payee identifiers of this asset compare case-insensitively (e-mail-like ids).
+    case_insensitive_payees: bool = False
     # Largest amount a single payment or budget may name, in the asset's units.
     max_amount: str = "1000000000"
 
@@ -122,6 +125,22 @@ class KeyConfig(_Model):
         return self
 
 
+class PolicyConfig(_Model):
+    # Directory of policy packs (*.toml), loaded at start-up.
+    dir: _Path = DEFAULT_DATA_DIR / "policy"
+    # Time zone of calendar days and allowed hours.
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+
 class LimitsConfig(_Model):
     max_expiry_seconds: int = Field(default=300, ge=1, le=86_400)
     max_session_ttl_seconds: int = Field(default=86_400, ge=1, le=30 * 86_400)
@@ -141,6 +160,9 @@ class Config(_Model):
     hsm: HsmConfig = HsmConfig()
     store: StoreConfig = StoreConfig()
     limits: LimitsConfig = LimitsConfig()
+    policy: PolicyConfig = PolicyConfig()
+    # Agent groups that policy packs may name: group -> agent ids.
+    groups: dict[str, list[str]] = Field(default_factory=dict)
     assets: dict[str, AssetConfig] = Field(default_factory=_default_assets)
     keys: list[KeyConfig] = Field(default_factory=_default_keys)
 
@@ -186,7 +208,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         raw_path = name[len(ENV_PREFIX) :].split("__")
         # Section and setting names are lowercase; asset codes keep their case.
         path = [
-            p if i > 0 and raw_path[i - 1].lower() == "assets" else p.lower()
+            p if i > 0 and raw_path[i - 1].lower() in ("assets", "groups") else p.lower()
             for i, p in enumerate(raw_path)
         ]
         if any(not p for p in path):
@@ -223,6 +245,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
                 }
             ),
             "store": cfg.store.model_copy(update={"path": _resolve(cfg.store.path, base)}),
+            "policy": cfg.policy.model_copy(update={"dir": _resolve(cfg.policy.dir, base)}),
         }
     )
 

@@ -49,12 +49,23 @@ class Reason(StrEnum):
     HSM_UNAVAILABLE = "HSM_UNAVAILABLE"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     INTERNAL = "INTERNAL"
+    # policy packs, approvals and plans (rule reason codes live in paywarden.policy)
+    NO_POLICY_PACK = "NO_POLICY_PACK"
+    SESSION_PACK_CHANGED = "SESSION_PACK_CHANGED"
+    APPROVAL_NOT_FOUND = "APPROVAL_NOT_FOUND"
+    APPROVAL_NOT_PENDING = "APPROVAL_NOT_PENDING"
+    APPROVAL_DENIED = "APPROVAL_DENIED"
+    APPROVAL_EXPIRED = "APPROVAL_EXPIRED"
+    APPROVER_IS_REQUESTER = "APPROVER_IS_REQUESTER"
+    APPROVER_IS_PLANNER = "APPROVER_IS_PLANNER"
+    PLAN_INVALID = "PLAN_INVALID"
+    SESSION_NOT_EXPLORING = "SESSION_NOT_EXPLORING"
 
 
 class PaywardenError(Exception):
     """Base of every signer failure: a reason code and a message safe to show."""
 
-    def __init__(self, reason: Reason, message: str, *, decision_id: str | None = None) -> None:
+    def __init__(self, reason: str, message: str, *, decision_id: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-_FIELDS = ("decision_id", "session_id", "planner", "rpc", "reason", "replayed")
+_FIELDS = ("decision_id", "session_id", "planner", "approver", "state", "rpc", "reason", "replayed")
 
 
 class JsonFormatter(logging.Formatter):

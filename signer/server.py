@@ -12,18 +12,27 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from paywarden.hsm import Hsm, HsmError, read_pin
+from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pack_dir
 from paywarden.signer.config import Config
 from paywarden.signer.service import SigningService
-from paywarden.signer.servicers import SessionsServicer, SignerServicer
+from paywarden.signer.servicers import ApprovalsServicer, SessionsServicer, SignerServicer
 from paywarden.signer.sqlite_store import SqliteStore
 from paywarden.signer.store import StoreError
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import (
+    approvals_pb2,
+    approvals_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
+    signer_pb2,
+    signer_pb2_grpc,
+)
 
 log = logging.getLogger("paywarden.signer.server")
 
 SERVICE_NAMES = (
     signer_pb2.DESCRIPTOR.services_by_name["Signer"].full_name,
     sessions_pb2.DESCRIPTOR.services_by_name["Sessions"].full_name,
+    approvals_pb2.DESCRIPTOR.services_by_name["Approvals"].full_name,
 )
 
 
@@ -46,6 +55,21 @@ def server_credentials(config: Config) -> grpc.ServerCredentials:
         root_certificates=_read(s.client_ca, "server.client_ca"),
         require_client_auth=True,
     )
+
+
+def load_packs(config: Config) -> PackSet:
+    """Loads and compiles the policy packs; any error stops start-up (fail closed)."""
+    try:
+        packs = load_pack_dir(config.policy.dir, config.groups)
+        assets = {
+            c: AssetInfo(a.decimals, a.case_insensitive_payees) for c, a in config.assets.items()
+        }
+        compile_all(packs.packs, assets)
+    except PackError as exc:
+        raise StartupError(f"policy.dir: {exc}") from None
+    if not packs.packs:
+        log.warning("no policy packs in %s: every payment will be denied", config.policy.dir)
+    return packs
 
 
 def open_hsm(config: Config) -> Hsm:
@@ -113,8 +137,9 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         store.migrate()
     except StoreError as exc:
         raise StartupError(f"store.path: {exc}") from None
+    packs = load_packs(config)
     hsm = open_hsm(config)
-    service = SigningService(config, store, hsm)
+    service = SigningService(config, store, hsm, packs)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
         options=[("grpc.so_reuseport", 0)],
@@ -125,6 +150,9 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     )
     sessions_pb2_grpc.add_SessionsServicer_to_server(  # type: ignore[no-untyped-call]
         SessionsServicer(service, domain), server
+    )
+    approvals_pb2_grpc.add_ApprovalsServicer_to_server(  # type: ignore[no-untyped-call]
+        ApprovalsServicer(service, domain), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

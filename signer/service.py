@@ -1,27 +1,47 @@
 """The signer service: plain Python that knows nothing about gRPC.
 
 ``sign`` is the path of one payment: validate → session binding → replay
-guard → policy → durable commit → HSM → answer. Every branch that does not
-end in a signature raises a :class:`PaywardenError`.
+guard → policy (facts read in the deciding transaction) → durable commit →
+HSM → answer. Every branch that does not end in a signature or a pending
+approval raises a :class:`PaywardenError`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import NoReturn, TypeVar
+from zoneinfo import ZoneInfo
 
 from paywarden.hsm import Hsm, HsmError, HsmUnavailable, KeyNotFound, PublicKeyInfo
-from paywarden.policy import Decision, Facts, Policy, SessionFacts, evaluate, session_policy
-from paywarden.signer.canonical import jcs, sha256_hex
+from paywarden.policy import (
+    AgentFacts,
+    AllOf,
+    AssetInfo,
+    Decision,
+    Facts,
+    PackSet,
+    PlanLine,
+    SessionFacts,
+    Verdict,
+    check_session,
+    compile_all,
+    evaluate,
+    no_pack_policy,
+    normalise,
+)
+from paywarden.signer.canonical import Amount, clean_text, jcs, sha256_hex
 from paywarden.signer.config import Config
 from paywarden.signer.errors import (
     Denied,
     Forbidden,
+    InvalidInput,
     NotFound,
     Reason,
     Replayed,
@@ -38,27 +58,46 @@ from paywarden.signer.payments import (
     jws_signing_input,
     validate_intent,
 )
+from paywarden.signer.plans import PlanInput, validate_plan
 from paywarden.signer.sessions import (
     new_decision_id,
     new_session_id,
     parse_session_id,
     validate_session_request,
 )
-from paywarden.signer.store import DecisionRecord, SessionRecord, Store, StoreError
+from paywarden.signer.store import (
+    AgentUsage,
+    ApprovalRecord,
+    ApprovalTx,
+    DecisionRecord,
+    PaymentTx,
+    Reservation,
+    SessionRecord,
+    Store,
+    StoreError,
+)
 
 log = logging.getLogger("paywarden.signer")
 T = TypeVar("T")
 
-_SESSION_REASONS = {Reason.SESSION_CLOSED.value, Reason.SESSION_EXPIRED.value}
+_SESSION_REASONS = {"SESSION_CLOSED", "SESSION_EXPIRED", "SESSION_IN_EXPLORE_PHASE"}
+MAX_NOTE = 1024
+
+
+class SignStatus(StrEnum):
+    SIGNED = "signed"
+    PENDING_APPROVAL = "pending_approval"
 
 
 @dataclass(frozen=True, slots=True)
 class SignResult:
-    jws: str
+    status: SignStatus
     decision_id: str
     key_id: str
     payload: bytes
     replayed: bool
+    jws: str = ""
+    approval_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,22 +107,37 @@ class SessionView:
     decimals: Mapping[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class ApprovalView:
+    approval: ApprovalRecord
+    state: str
+    decision: DecisionRecord
+    session: SessionRecord
+    amount: str
+
+
 class SigningService:
     def __init__(
         self,
         config: Config,
         store: Store,
         hsm: Hsm,
+        packs: PackSet,
         *,
-        policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._store = store
         self._hsm = hsm
-        self._policy = policy or session_policy()
+        self._packs = packs
         self._clock = clock
         self._key_ids = set(hsm.key_ids())
+        self._assets = {
+            code: AssetInfo(a.decimals, a.case_insensitive_payees)
+            for code, a in config.assets.items()
+        }
+        self._policies: dict[str, AllOf] = compile_all(packs.packs, self._assets)
+        self._tz = ZoneInfo(config.policy.timezone)
 
     def _now(self) -> int:
         return int(self._clock())
@@ -98,6 +152,7 @@ class SigningService:
         budgets: list[tuple[str, str]],
         ttl_seconds: int,
         allowed_payees: list[str],
+        plan_bound: bool = False,
     ) -> SessionView:
         _require(caller, Role.PLANNER)
         spec = validate_session_request(
@@ -109,6 +164,19 @@ class SigningService:
             assets=self._config.assets,
             max_ttl=self._config.limits.max_session_ttl_seconds,
         )
+        pack = self._packs.for_agent(spec.agent_id)
+        if pack is None:
+            raise Denied(Reason.NO_POLICY_PACK, "no policy pack applies to this agent")
+        violation = check_session(
+            pack,
+            self._assets,
+            spec.budgets_minor,
+            spec.ttl_seconds,
+            spec.allowed_payees,
+            plan_bound,
+        )
+        if violation is not None:
+            raise Denied(violation.reason, violation.message)
         now = self._now()
         record = SessionRecord(
             id=new_session_id(),
@@ -119,21 +187,26 @@ class SigningService:
             expires_at=now + spec.ttl_seconds,
             closed_at=None,
             budgets_minor=spec.budgets_minor,
-            spent_minor={a: 0 for a in spec.budgets_minor},
+            spent_minor=dict.fromkeys(spec.budgets_minor, 0),
             allowed_payees=spec.allowed_payees,
+            phase="explore" if plan_bound else "normal",
+            pack_id=pack.id,
         )
         _store_call(lambda: self._store.create_session(record))
         log.info("session opened", extra={"session_id": record.id, "planner": caller.id})
         return self._view(record, now)
 
     def _view(self, record: SessionRecord, now: int) -> SessionView:
-        assets = self._config.assets
-        decimals = {a: assets[a].decimals if a in assets else 0 for a in record.budgets_minor}
+        decimals = {a: self._decimals(a) for a in record.budgets_minor}
         return SessionView(record, record.state(now), decimals)
 
-    def _visible_session(self, caller: Principal, session_id: str) -> SessionRecord:
+    def _decimals(self, asset: str) -> int:
+        cfg = self._config.assets.get(asset)
+        return cfg.decimals if cfg is not None else 0
+
+    def _visible_session(self, caller: Principal, session_id: str, now: int) -> SessionRecord:
         sid = parse_session_id(session_id)
-        record = _store_call(lambda: self._store.get_session(sid))
+        record = _store_call(lambda: self._store.get_session(sid, now))
         if record is None:
             raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
         if caller.role is Role.AGENT and record.agent_id != caller.id:
@@ -147,18 +220,40 @@ class SigningService:
         return record
 
     def get_session(self, caller: Principal, session_id: str) -> SessionView:
-        record = self._visible_session(caller, session_id)
-        return self._view(record, self._now())
+        now = self._now()
+        return self._view(self._visible_session(caller, session_id, now), now)
 
     def close_session(self, caller: Principal, session_id: str) -> SessionView:
         _require(caller, Role.PLANNER)
-        record = self._visible_session(caller, session_id)
         now = self._now()
+        record = self._visible_session(caller, session_id, now)
         closed = _store_call(lambda: self._store.close_session(record.id, now))
         if closed is None:
             raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
         log.info("session closed", extra={"session_id": record.id, "planner": caller.id})
         return self._view(closed, now)
+
+    def commit_plan(
+        self, caller: Principal, session_id: str, lines: list[PlanInput]
+    ) -> SessionView:
+        """``lines``: (payee, asset, max_amount, count) each."""
+        _require(caller, Role.PLANNER)
+        now = self._now()
+        record = self._visible_session(caller, session_id, now)
+        if record.phase != "explore" or record.state(now) != "open":
+            raise SessionNotUsable(
+                Reason.SESSION_NOT_EXPLORING,
+                "only an open plan-bound session in its explore phase can commit a plan",
+            )
+        pack = self._packs.for_agent(record.agent_id)
+        if pack is None or pack.id != record.pack_id:
+            raise Denied(Reason.SESSION_PACK_CHANGED, "the session's policy pack no longer applies")
+        out = validate_plan(record, lines, pack, self._config.assets, self._assets)
+        committed = _store_call(lambda: self._store.commit_plan(record.id, out, now))
+        if committed is None:
+            raise SessionNotUsable(Reason.SESSION_NOT_EXPLORING, "the plan was already committed")
+        log.info("plan committed", extra={"session_id": record.id, "planner": caller.id})
+        return self._view(committed, now)
 
     # -- keys ------------------------------------------------------------
 
@@ -183,15 +278,23 @@ class SigningService:
             raise Unavailable(
                 Reason.HSM_UNAVAILABLE, "the HSM is unavailable; nothing was signed"
             ) from None
-        record, replayed = _store_call(lambda: self._decide(caller, intent, request_hash))
+        record, approval, replayed = _store_call(lambda: self._decide(caller, intent, request_hash))
+        if record.outcome == "pending" and approval is not None and approval.status == "pending":
+            return SignResult(
+                SignStatus.PENDING_APPROVAL,
+                record.id,
+                record.key_id,
+                record.payload or b"",
+                replayed,
+                approval_id=approval.id,
+            )
         return self._finish(record, replayed=replayed)
 
     def _decide(
         self, caller: Principal, intent: Intent, request_hash: str
-    ) -> tuple[DecisionRecord, bool]:
-        """The deciding transaction: (decision, answered from an earlier one)."""
+    ) -> tuple[DecisionRecord, ApprovalRecord | None, bool]:
+        """The deciding transaction: (decision, its approval, answered from an earlier one)."""
         now = self._now()
-        decision_id = new_decision_id()
         with self._store.payment_tx() as tx:
             previous = tx.decision_for_nonce(intent.nonce)
             if previous is not None:
@@ -200,25 +303,30 @@ class SigningService:
                         Reason.NONCE_REPLAYED,
                         "this nonce was already used for a different request",
                     )
-                return previous, True
-            session = tx.session(intent.session_id)
+                return self._retry(tx, previous, now)
+            session = tx.session(intent.session_id, now)
             if session is None:
                 raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
             if session.agent_id != caller.id:
                 raise Forbidden(
                     Reason.SESSION_AGENT_MISMATCH, "the session belongs to another agent"
                 )
-            state = session.state(now)
-            if state == "open":
+            if session.state(now) == "open":
                 check_expiry(
                     intent.expires_at,
                     now,
                     self._config.limits.max_expiry_seconds,
                     session.expires_at,
                 )
-            decision = evaluate(self._policy, _facts(now, caller, intent, session))
+            policy, window = self._policy_for(caller.id, session)
+            info = self._assets[intent.asset]
+            payee_key = normalise(intent.payee, case_insensitive=info.case_insensitive)
+            usage = tx.agent_usage(caller.id, intent.asset, now, self._day_start(now), window)
+            facts = self._facts(now, caller, intent, payee_key, session, usage)
+            decision = evaluate(policy, facts)
+            decision_id = new_decision_id()
             payload = None
-            if decision.allowed:
+            if decision.verdict is not Verdict.DENY:
                 payload = jcs(
                     claims(
                         intent,
@@ -229,18 +337,138 @@ class SigningService:
                     )
                 )
             record = _record(decision_id, now, caller, intent, request_hash, decision, payload)
-            tx.record_decision(record, consume_nonce=True)
-        return record, False
+            reservation = None
+            approval = None
+            if decision.verdict is not Verdict.DENY:
+                held = decision.verdict is Verdict.NEEDS_APPROVAL
+                reservation = Reservation(
+                    decision_id=decision_id,
+                    agent_id=caller.id,
+                    session_id=session.id,
+                    asset=intent.asset,
+                    payee_key=payee_key,
+                    amount_minor=intent.amount.minor,
+                    created_at=now,
+                    expires_at=intent.expires_at,
+                    status="held" if held else "spent",
+                    plan_line=decision.plan_line,
+                )
+                if held:
+                    approval = ApprovalRecord(
+                        id="apr_" + decision_id[4:],
+                        decision_id=decision_id,
+                        required=decision.approvers,
+                        status="pending",
+                        created_at=now,
+                        expires_at=intent.expires_at,
+                    )
+            tx.record_decision(
+                record, consume_nonce=True, reservation=reservation, approval=approval
+            )
+        return record, approval, False
+
+    def _retry(
+        self, tx: PaymentTx, previous: DecisionRecord, now: int
+    ) -> tuple[DecisionRecord, ApprovalRecord | None, bool]:
+        """The same request again: the same answer, or the approval's outcome."""
+        if previous.outcome != "pending":
+            return previous, None, True
+        approval = tx.approval_for_decision(previous.id)
+        if approval is None:
+            raise StoreError(f"pending decision {previous.id} has no approval")
+        if approval.status in ("pending", "approved") and now >= approval.expires_at:
+            tx.set_approval_status(approval.id, "expired", now)
+            tx.set_reservation(previous.id, "released")
+            approval = _with_status(approval, "expired")
+        if approval.status == "pending":
+            return previous, approval, True
+        if approval.status == "approved":
+            session = tx.session(previous.session_id, now)
+            state = session.state(now) if session is not None else "closed"
+            if state != "open":
+                tx.set_approval_status(approval.id, "expired", now)
+                tx.set_reservation(previous.id, "released")
+                reason = "SESSION_EXPIRED" if state == "expired" else "SESSION_CLOSED"
+                return _denied(previous, reason, f"the session is {state}"), approval, True
+            tx.set_reservation(previous.id, "spent")
+            return previous, approval, True
+        if approval.status == "denied":
+            note = f": {approval.note}" if approval.note else ""
+            denial = _denied(previous, Reason.APPROVAL_DENIED, f"an approver denied it{note}")
+            return denial, approval, True
+        return _denied(previous, Reason.APPROVAL_EXPIRED, "approval expired"), approval, True
+
+    def _policy_for(self, agent_id: str, session: SessionRecord) -> tuple[AllOf, int]:
+        pack = self._packs.for_agent(agent_id)
+        if pack is None:
+            return no_pack_policy(), 0
+        if pack.id != session.pack_id:
+            return _pack_changed_policy(pack.ref()), 0
+        velocity = pack.model.velocity
+        return self._policies[pack.id], velocity.window_seconds if velocity else 0
+
+    def _day_start(self, now: int) -> int:
+        local = dt.datetime.fromtimestamp(now, self._tz)
+        return int(local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+
+    def _facts(
+        self,
+        now: int,
+        caller: Principal,
+        intent: Intent,
+        payee_key: str,
+        session: SessionRecord,
+        usage: AgentUsage,
+    ) -> Facts:
+        ci = self._assets[intent.asset].case_insensitive
+        local = dt.datetime.fromtimestamp(now, self._tz)
+        return Facts(
+            now=now,
+            minute_of_day=local.hour * 60 + local.minute,
+            agent_id=caller.id,
+            payee=payee_key,
+            asset=intent.asset,
+            amount_minor=intent.amount.minor,
+            key_id=intent.key_id,
+            session=SessionFacts(
+                session_id=session.id,
+                agent_id=session.agent_id,
+                state="closed" if session.closed_at is not None else "open",
+                phase=session.phase,
+                expires_at=session.expires_at,
+                budgets_minor=session.budgets_minor,
+                spent_minor=session.spent_minor,
+                allowed_payees=frozenset(
+                    normalise(p, case_insensitive=ci) for p in session.allowed_payees
+                ),
+                payees=session.payees,
+                plan=tuple(
+                    PlanLine(
+                        line.payee_key, line.asset, line.max_amount_minor, line.count, line.used
+                    )
+                    for line in session.plan
+                ),
+            ),
+            agent=AgentFacts(
+                spent_24h_minor=usage.spent_24h_minor,
+                spent_today_minor=usage.spent_today_minor,
+                payments_in_window=usage.payments_in_window,
+                payees_paid=usage.payees_paid,
+                payees_today=usage.payees_today,
+            ),
+        )
 
     def _finish(self, record: DecisionRecord, *, replayed: bool) -> SignResult:
-        if record.outcome != "allow" or record.payload is None:
+        if record.outcome == "deny" or record.payload is None:
             _raise_denial(record)
         log.info(
             "payment allowed",
             extra={"decision_id": record.id, "session_id": record.session_id, "replayed": replayed},
         )
         if record.jws is not None:
-            return SignResult(record.jws, record.id, record.key_id, record.payload, replayed)
+            return SignResult(
+                SignStatus.SIGNED, record.id, record.key_id, record.payload, replayed, record.jws
+            )
         signing_input = jws_signing_input(record.key_id, record.payload)
         try:
             signature = self._hsm.sign_es256(record.key_id, signing_input)
@@ -256,10 +484,121 @@ class SigningService:
                 "same request completes it",
                 decision_id=record.id,
             ) from None
-        jws = _store_call(
-            lambda: self._store.attach_signature(record.id, jws_compact(signing_input, signature))
+        compact = jws_compact(signing_input, signature)
+        jws = _store_call(lambda: self._store.attach_signature(record.id, compact))
+        return SignResult(
+            SignStatus.SIGNED, record.id, record.key_id, record.payload, replayed, jws
         )
-        return SignResult(jws, record.id, record.key_id, record.payload, replayed)
+
+    # -- approvals -------------------------------------------------------
+
+    def list_pending(self, caller: Principal) -> list[ApprovalView]:
+        _require(caller, Role.APPROVER)
+        now = self._now()
+        pending = _store_call(lambda: self._store.pending_approvals(now))
+        return [self.get_approval(caller, a.id) for a in pending]
+
+    def get_approval(self, caller: Principal, approval_id: str) -> ApprovalView:
+        _require(caller, Role.APPROVER)
+        now = self._now()
+
+        def read() -> ApprovalView:
+            with self._store.approval_tx() as tx:
+                return self._approval_view(tx, approval_id, now)
+
+        return _store_call(read)
+
+    def _approval_view(self, tx: ApprovalTx, approval_id: str, now: int) -> ApprovalView:
+        approval = tx.approval(approval_id)
+        if approval is None:
+            raise NotFound(Reason.APPROVAL_NOT_FOUND, "no such approval")
+        decision = tx.decision(approval.decision_id)
+        session = tx.session(decision.session_id, now) if decision else None
+        if decision is None or session is None:
+            raise StoreError(f"approval {approval_id} lost its decision or session")
+        state = approval.status
+        if state in ("pending", "approved") and now >= approval.expires_at:
+            state = "expired"
+        amount = str(_amount(decision.amount_minor, self._decimals(decision.asset)))
+        return ApprovalView(approval, state, decision, session, amount)
+
+    def vote(self, caller: Principal, approval_id: str, approve: bool, note: str) -> ApprovalView:
+        _require(caller, Role.APPROVER)
+        note = clean_text("note", note, max_len=MAX_NOTE, required=False, allow_newlines=True)
+        if not approval_id.startswith("apr_") or len(approval_id) > 64:
+            raise InvalidInput(Reason.STRING_INVALID, "approval_id is malformed")
+        now = self._now()
+
+        def run() -> ApprovalView:
+            with self._store.approval_tx() as tx:
+                view = self._approval_view(tx, approval_id, now)
+                if view.decision.agent_id == caller.id:
+                    raise Forbidden(
+                        Reason.APPROVER_IS_REQUESTER, "an approver cannot approve its own request"
+                    )
+                if view.session.planner_id == caller.id:
+                    raise Forbidden(
+                        Reason.APPROVER_IS_PLANNER,
+                        "an approver cannot approve a payment in a session it opened",
+                    )
+                if view.state == "expired" and view.approval.status != "expired":
+                    tx.set_approval_status(approval_id, "expired", now)
+                    tx.set_reservation(view.decision.id, "released")
+                if view.state != "pending":
+                    raise SessionNotUsable(
+                        Reason.APPROVAL_NOT_PENDING, f"the approval is {view.state}"
+                    )
+                tx.add_vote(approval_id, caller.id, "approve" if approve else "deny", now, note)
+                after = tx.approval(approval_id)
+                assert after is not None
+                if not approve:
+                    tx.set_approval_status(approval_id, "denied", now)
+                    tx.set_reservation(view.decision.id, "released")
+                elif len(after.approved_by) >= after.required:
+                    tx.set_approval_status(approval_id, "approved", now)
+                return self._approval_view(tx, approval_id, now)
+
+        view = _store_call(run)
+        log.info(
+            "approval vote",
+            extra={"decision_id": view.decision.id, "approver": caller.id, "state": view.state},
+        )
+        return view
+
+
+def _amount(minor: int, decimals: int) -> str:
+    return str(Amount(minor, decimals))
+
+
+def _pack_changed_policy(pack: Mapping[str, str | int]) -> AllOf:
+    from paywarden.policy.engine import Outcome, RuleResult
+
+    class _PackChanged:
+        name = "policy_pack"
+
+        def check(self, facts: Facts) -> RuleResult:
+            return RuleResult(
+                self.name,
+                Outcome.DENY,
+                Reason.SESSION_PACK_CHANGED,
+                str(pack.get("id")),
+                None,
+                "the session was opened under another policy pack",
+            )
+
+    return AllOf([_PackChanged()], pack)
+
+
+def _with_status(approval: ApprovalRecord, status: str) -> ApprovalRecord:
+    from dataclasses import replace
+
+    return replace(approval, status=status)
+
+
+def _denied(record: DecisionRecord, reason: str, message: str) -> DecisionRecord:
+    from dataclasses import replace
+
+    return replace(record, outcome="deny", reason=reason, message=message)
 
 
 def _require(caller: Principal, role: Role) -> None:
@@ -279,26 +618,6 @@ def _store_call(fn: Callable[[], T]) -> T:
         ) from None
 
 
-def _facts(now: int, caller: Principal, intent: Intent, session: SessionRecord) -> Facts:
-    return Facts(
-        now=now,
-        agent_id=caller.id,
-        payee=intent.payee,
-        asset=intent.asset,
-        amount_minor=intent.amount.minor,
-        key_id=intent.key_id,
-        session=SessionFacts(
-            session_id=session.id,
-            agent_id=session.agent_id,
-            state="closed" if session.closed_at is not None else "open",
-            expires_at=session.expires_at,
-            budgets_minor=session.budgets_minor,
-            spent_minor=session.spent_minor,
-            allowed_payees=frozenset(session.allowed_payees),
-        ),
-    )
-
-
 def _record(
     decision_id: str,
     now: int,
@@ -315,23 +634,22 @@ def _record(
         session_id=intent.session_id,
         nonce=intent.nonce,
         request_hash=request_hash,
-        outcome=str(decision.outcome),
+        outcome=str(decision.verdict),
         reason=decision.reason,
         message=decision.message,
         key_id=intent.key_id,
         asset=intent.asset,
         amount_minor=intent.amount.minor,
         payload=payload,
-        trace_json=json.dumps([r.as_json() for r in decision.trace]),
+        trace_json=json.dumps(decision.trace_json()),
         purpose=intent.purpose,
+        pack_json=json.dumps(dict(decision.pack), sort_keys=True),
+        payee=intent.payee,
+        expires_at=intent.expires_at,
     )
 
 
 def _raise_denial(record: DecisionRecord) -> NoReturn:
-    try:
-        reason = Reason(record.reason)
-    except ValueError:
-        reason = Reason.POLICY_NO_RULE_ALLOWED
     if record.reason in _SESSION_REASONS:
-        raise SessionNotUsable(reason, record.message, decision_id=record.id)
-    raise Denied(reason, record.message, decision_id=record.id)
+        raise SessionNotUsable(record.reason, record.message, decision_id=record.id)
+    raise Denied(record.reason, record.message, decision_id=record.id)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 from paywarden.signer.authz import rpc
 from paywarden.signer.canonical import Amount
 from paywarden.signer.identity import Principal
 from paywarden.signer.payments import IntentFields
-from paywarden.signer.service import SessionView, SigningService
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.signer.service import ApprovalView, SessionView, SigningService, SignStatus
+from paywarden.v1 import (
+    approvals_pb2,
+    approvals_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
+    signer_pb2,
+    signer_pb2_grpc,
+)
 
 
 class SignerServicer(signer_pb2_grpc.SignerServicer):
@@ -32,7 +41,17 @@ class SignerServicer(signer_pb2_grpc.SignerServicer):
                 expires_at=i.expires_at,
             ),
         )
+        if result.status is SignStatus.PENDING_APPROVAL:
+            return signer_pb2.SignResponse(
+                status=signer_pb2.PENDING_APPROVAL,
+                approval_id=result.approval_id,
+                decision_id=result.decision_id,
+                key_id=result.key_id,
+                canonical_payload=result.payload,
+                replayed_result=result.replayed,
+            )
         return signer_pb2.SignResponse(
+            status=signer_pb2.SIGNED,
             jws=result.jws,
             decision_id=result.decision_id,
             key_id=result.key_id,
@@ -73,6 +92,18 @@ def _session_proto(view: SessionView) -> sessions_pb2.Session:
             for a in sorted(r.budgets_minor)
         ],
         allowed_payees=list(r.allowed_payees),
+        phase=r.phase,
+        pack_id=r.pack_id,
+        plan=[
+            sessions_pb2.PlanLine(
+                payee=line.payee,
+                asset=line.asset,
+                max_amount=str(Amount(line.max_amount_minor, view.decimals.get(line.asset, 0))),
+                count=line.count,
+                used=line.used,
+            )
+            for line in r.plan
+        ],
     )
 
 
@@ -92,6 +123,7 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
             budgets=[(b.asset, b.amount) for b in request.budgets],
             ttl_seconds=request.ttl_seconds,
             allowed_payees=list(request.allowed_payees),
+            plan_bound=request.plan_bound,
         )
         return sessions_pb2.OpenSessionResponse(session=_session_proto(view))
 
@@ -108,3 +140,75 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
     ) -> sessions_pb2.CloseSessionResponse:
         view = self.service.close_session(caller, request.session_id)
         return sessions_pb2.CloseSessionResponse(session=_session_proto(view))
+
+    @rpc("/paywarden.v1.Sessions/CommitPlan")
+    def CommitPlan(
+        self, caller: Principal, request: sessions_pb2.CommitPlanRequest
+    ) -> sessions_pb2.CommitPlanResponse:
+        lines = [(ln.payee, ln.asset, ln.max_amount, ln.count) for ln in request.lines]
+        view = self.service.commit_plan(caller, request.session_id, lines)
+        return sessions_pb2.CommitPlanResponse(session=_session_proto(view))
+
+
+def _approval_proto(view: ApprovalView) -> approvals_pb2.Approval:
+    a, d = view.approval, view.decision
+    pack = json.loads(d.pack_json or "{}")
+    return approvals_pb2.Approval(
+        approval_id=a.id,
+        decision_id=d.id,
+        state=view.state,
+        agent_id=d.agent_id,
+        session_id=d.session_id,
+        planner_id=view.session.planner_id,
+        canonical_payload=d.payload or b"",
+        payee=d.payee,
+        amount=view.amount,
+        asset=d.asset,
+        key_id=d.key_id,
+        reason=d.reason,
+        trace_json=d.trace_json,
+        untrusted_purpose=d.purpose,
+        approvals_required=a.required,
+        approved_by=list(a.approved_by),
+        denied_by=a.denied_by or "",
+        denial_note=a.note,
+        created_at=a.created_at,
+        expires_at=a.expires_at,
+        pack_id=str(pack.get("id", "")),
+        pack_version=int(pack.get("version", 0)),
+        pack_sha256=str(pack.get("sha256", "")),
+    )
+
+
+class ApprovalsServicer(approvals_pb2_grpc.ApprovalsServicer):
+    def __init__(self, service: SigningService, trust_domain: str) -> None:
+        self.service = service
+        self.trust_domain = trust_domain
+
+    @rpc("/paywarden.v1.Approvals/ListPending")
+    def ListPending(
+        self, caller: Principal, request: approvals_pb2.ListPendingRequest
+    ) -> approvals_pb2.ListPendingResponse:
+        views = self.service.list_pending(caller)
+        return approvals_pb2.ListPendingResponse(approvals=[_approval_proto(v) for v in views])
+
+    @rpc("/paywarden.v1.Approvals/GetApproval")
+    def GetApproval(
+        self, caller: Principal, request: approvals_pb2.GetApprovalRequest
+    ) -> approvals_pb2.GetApprovalResponse:
+        view = self.service.get_approval(caller, request.approval_id)
+        return approvals_pb2.GetApprovalResponse(approval=_approval_proto(view))
+
+    @rpc("/paywarden.v1.Approvals/Approve")
+    def Approve(
+        self, caller: Principal, request: approvals_pb2.ApproveRequest
+    ) -> approvals_pb2.ApproveResponse:
+        view = self.service.vote(caller, request.approval_id, True, request.note)
+        return approvals_pb2.ApproveResponse(approval=_approval_proto(view))
+
+    @rpc("/paywarden.v1.Approvals/Deny")
+    def Deny(
+        self, caller: Principal, request: approvals_pb2.DenyRequest
+    ) -> approvals_pb2.DenyResponse:
+        view = self.service.vote(caller, request.approval_id, False, request.note)
+        return approvals_pb2.DenyResponse(approval=_approval_proto(view))

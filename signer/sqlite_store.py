@@ -4,7 +4,7 @@ WAL mode with ``synchronous=FULL``: a decision is on disk before its
 signature leaves the service. One connection per store, guarded by a lock
 in-process and by ``BEGIN IMMEDIATE`` against other processes. Amounts are
 integers in the asset's smallest unit, stored as decimal TEXT so that no
-asset can overflow SQLite's 64-bit integers.
+asset can overflow SQLite's 64-bit integers; sums are made in Python.
 """
 
 from __future__ import annotations
@@ -17,9 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from paywarden.signer.store import DecisionRecord, SessionRecord, StoreError
+from paywarden.signer.store import (
+    AgentUsage,
+    ApprovalRecord,
+    DecisionRecord,
+    PlanLineRecord,
+    Reservation,
+    SessionRecord,
+    StoreError,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -64,25 +72,134 @@ _MIGRATIONS: dict[int, str] = {
         decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(id)
     );
     """,
+    # Policy packs, approvals and plan-bound sessions. Spend moves from a
+    # counter to reservations; decisions gain "pending".
+    2: """
+    ALTER TABLE sessions ADD COLUMN phase TEXT NOT NULL DEFAULT 'normal';
+    ALTER TABLE sessions ADD COLUMN pack_id TEXT NOT NULL DEFAULT '';
+    CREATE TABLE plan_lines (
+        session_id TEXT NOT NULL REFERENCES sessions(id),
+        idx INTEGER NOT NULL,
+        payee TEXT NOT NULL,
+        payee_key TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        max_amount_minor TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (session_id, idx)
+    );
+    CREATE TABLE decisions_v2 (
+        id TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        agent_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('allow', 'deny', 'pending')),
+        reason TEXT NOT NULL,
+        message TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        amount_minor TEXT NOT NULL,
+        payload BLOB,
+        jws TEXT,
+        trace TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        pack TEXT NOT NULL DEFAULT '{}',
+        payee TEXT NOT NULL DEFAULT '',
+        expires_at INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO decisions_v2 (id, created_at, agent_id, session_id, nonce, request_hash,
+        outcome, reason, message, key_id, asset, amount_minor, payload, jws, trace, purpose,
+        payee, expires_at)
+      SELECT id, created_at, agent_id, session_id, nonce, request_hash, outcome, reason,
+        message, key_id, asset, amount_minor, payload, jws, trace, purpose,
+        COALESCE(json_extract(CAST(payload AS TEXT), '$.payee'), ''),
+        COALESCE(json_extract(CAST(payload AS TEXT), '$.exp'), 0)
+      FROM decisions;
+    CREATE TABLE reservations (
+        decision_id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        payee_key TEXT NOT NULL,
+        amount_minor TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('spent', 'held', 'released')),
+        plan_line INTEGER
+    );
+    INSERT INTO reservations SELECT id, agent_id, session_id, asset, payee, amount_minor,
+        created_at, expires_at, 'spent', NULL FROM decisions_v2 WHERE outcome = 'allow';
+    DROP TABLE nonces;
+    DROP TABLE decisions;
+    ALTER TABLE decisions_v2 RENAME TO decisions;
+    CREATE INDEX decisions_session ON decisions(session_id);
+    CREATE TABLE nonces (
+        nonce TEXT PRIMARY KEY,
+        decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(id)
+    );
+    INSERT INTO nonces SELECT nonce, id FROM decisions;
+    CREATE INDEX reservations_agent ON reservations(agent_id, created_at);
+    CREATE INDEX reservations_session ON reservations(session_id);
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(id),
+        required INTEGER NOT NULL CHECK (required >= 1),
+        status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'expired')),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        decided_at INTEGER
+    );
+    CREATE INDEX approvals_status ON approvals(status);
+    CREATE TABLE approval_votes (
+        approval_id TEXT NOT NULL REFERENCES approvals(id),
+        approver_id TEXT NOT NULL,
+        vote TEXT NOT NULL CHECK (vote IN ('approve', 'deny')),
+        at INTEGER NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (approval_id, approver_id)
+    );
+    """,
 }
 
+# A reservation counts while spent, or held and not yet past its expiry.
+_LIVE = "(status = 'spent' OR (status = 'held' AND expires_at > ?))"
 
-def _session(conn: sqlite3.Connection, session_id: str) -> SessionRecord | None:
+
+def _session(conn: sqlite3.Connection, session_id: str, now: int) -> SessionRecord | None:
     row = conn.execute(
         "SELECT id, agent_id, planner_id, task_digest, created_at, expires_at, closed_at,"
-        " allowed_payees FROM sessions WHERE id = ?",
+        " allowed_payees, phase, pack_id FROM sessions WHERE id = ?",
         (session_id,),
     ).fetchone()
     if row is None:
         return None
-    budgets: dict[str, int] = {}
-    spent: dict[str, int] = {}
-    for asset, budget, used in conn.execute(
-        "SELECT asset, budget_minor, spent_minor FROM session_budgets WHERE session_id = ?",
-        (session_id,),
+    budgets = {
+        asset: int(budget)
+        for asset, budget in conn.execute(
+            "SELECT asset, budget_minor FROM session_budgets WHERE session_id = ?", (session_id,)
+        )
+    }
+    spent = dict.fromkeys(budgets, 0)
+    payees: set[str] = set()
+    used: dict[int, int] = {}
+    for asset, amount, payee_key, line in conn.execute(
+        f"SELECT asset, amount_minor, payee_key, plan_line FROM reservations"  # noqa: S608
+        f" WHERE session_id = ? AND {_LIVE}",
+        (session_id, now),
     ):
-        budgets[asset] = int(budget)
-        spent[asset] = int(used)
+        spent[asset] = spent.get(asset, 0) + int(amount)
+        payees.add(payee_key)
+        if line is not None:
+            used[line] = used.get(line, 0) + 1
+    plan = tuple(
+        PlanLineRecord(payee, key, asset, int(max_minor), count, used.get(idx, 0))
+        for idx, payee, key, asset, max_minor, count in conn.execute(
+            "SELECT idx, payee, payee_key, asset, max_amount_minor, count FROM plan_lines"
+            " WHERE session_id = ? ORDER BY idx",
+            (session_id,),
+        )
+    )
     return SessionRecord(
         id=row[0],
         agent_id=row[1],
@@ -94,12 +211,16 @@ def _session(conn: sqlite3.Connection, session_id: str) -> SessionRecord | None:
         budgets_minor=budgets,
         spent_minor=spent,
         allowed_payees=tuple(json.loads(row[7])),
+        phase=row[8],
+        pack_id=row[9],
+        plan=plan,
+        payees=frozenset(payees),
     )
 
 
 _DECISION_COLUMNS = (
     "id, created_at, agent_id, session_id, nonce, request_hash, outcome, reason, message,"
-    " key_id, asset, amount_minor, payload, jws, trace, purpose"
+    " key_id, asset, amount_minor, payload, jws, trace, purpose, pack, payee, expires_at"
 )
 
 
@@ -121,15 +242,91 @@ def _decision(row: Any) -> DecisionRecord:
         jws=row[13],
         trace_json=row[14],
         purpose=row[15],
+        pack_json=row[16],
+        payee=row[17],
+        expires_at=row[18],
     )
 
 
-class _Tx:
+def _get_decision(conn: sqlite3.Connection, decision_id: str) -> DecisionRecord | None:
+    row = conn.execute(
+        f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE id = ?",  # noqa: S608
+        (decision_id,),
+    ).fetchone()
+    return _decision(row) if row is not None else None
+
+
+def _approval(conn: sqlite3.Connection, where: str, key: str) -> ApprovalRecord | None:
+    row = conn.execute(
+        "SELECT id, decision_id, required, status, created_at, expires_at FROM approvals"  # noqa: S608
+        f" WHERE {where} = ?",
+        (key,),
+    ).fetchone()
+    if row is None:
+        return None
+    votes = conn.execute(
+        "SELECT approver_id, vote, note FROM approval_votes WHERE approval_id = ? ORDER BY at,"
+        " approver_id",
+        (row[0],),
+    ).fetchall()
+    denied = [v for v in votes if v[1] == "deny"]
+    return ApprovalRecord(
+        id=row[0],
+        decision_id=row[1],
+        required=row[2],
+        status=row[3],
+        created_at=row[4],
+        expires_at=row[5],
+        approved_by=tuple(v[0] for v in votes if v[1] == "approve"),
+        denied_by=denied[0][0] if denied else None,
+        note=denied[0][2] if denied else "",
+    )
+
+
+def _set_reservation(conn: sqlite3.Connection, decision_id: str, status: str) -> None:
+    conn.execute(
+        "UPDATE reservations SET status = ? WHERE decision_id = ? AND status = 'held'",
+        (status, decision_id),
+    )
+
+
+def _set_approval_status(conn: sqlite3.Connection, approval_id: str, status: str, now: int) -> None:
+    conn.execute(
+        "UPDATE approvals SET status = ?, decided_at = ? WHERE id = ? AND status IN"
+        " ('pending', 'approved')",
+        (status, now, approval_id),
+    )
+
+
+class _PaymentTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def session(self, session_id: str) -> SessionRecord | None:
-        return _session(self._conn, session_id)
+    def session(self, session_id: str, now: int) -> SessionRecord | None:
+        return _session(self._conn, session_id, now)
+
+    def agent_usage(
+        self, agent_id: str, asset: str, now: int, day_start: int, window_seconds: int
+    ) -> AgentUsage:
+        since = min(now - 86_400, day_start, now - window_seconds)
+        rows = self._conn.execute(
+            "SELECT asset, amount_minor, payee_key, created_at FROM reservations"  # noqa: S608
+            f" WHERE agent_id = ? AND created_at > ? AND {_LIVE}",
+            (agent_id, since, now),
+        ).fetchall()
+        spent_24h = sum(int(a) for s, a, _p, t in rows if s == asset and t > now - 86_400)
+        spent_today = sum(int(a) for s, a, _p, t in rows if s == asset and t >= day_start)
+        in_window = sum(1 for _s, _a, _p, t in rows if t > now - window_seconds)
+        today = frozenset(p for _s, _a, p, t in rows if t >= day_start)
+        paid = frozenset(
+            r[0]
+            for r in self._conn.execute(
+                "SELECT DISTINCT payee_key FROM reservations WHERE agent_id = ?"
+                " AND status = 'spent'",
+                (agent_id,),
+            )
+        )
+        return AgentUsage(spent_24h, spent_today, in_window, paid, today)
 
     def decision_for_nonce(self, nonce: str) -> DecisionRecord | None:
         row = self._conn.execute(
@@ -139,15 +336,25 @@ class _Tx:
         ).fetchone()
         return _decision(row) if row is not None else None
 
-    def record_decision(self, decision: DecisionRecord, *, consume_nonce: bool) -> None:
+    def approval_for_decision(self, decision_id: str) -> ApprovalRecord | None:
+        return _approval(self._conn, "decision_id", decision_id)
+
+    def record_decision(
+        self,
+        decision: DecisionRecord,
+        *,
+        consume_nonce: bool,
+        reservation: Reservation | None = None,
+        approval: ApprovalRecord | None = None,
+    ) -> None:
         d = decision
         self._conn.execute(
             f"INSERT INTO decisions ({_DECISION_COLUMNS})"  # noqa: S608 - constant column list
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 d.id, d.created_at, d.agent_id, d.session_id, d.nonce, d.request_hash,
                 d.outcome, d.reason, d.message, d.key_id, d.asset, str(d.amount_minor),
-                d.payload, d.jws, d.trace_json, d.purpose,
+                d.payload, d.jws, d.trace_json, d.purpose, d.pack_json, d.payee, d.expires_at,
             ),
         )  # fmt: skip
         if consume_nonce:
@@ -155,23 +362,71 @@ class _Tx:
             self._conn.execute(
                 "INSERT INTO nonces (nonce, decision_id) VALUES (?, ?)", (d.nonce, d.id)
             )
-        if d.outcome == "allow":
-            row = self._conn.execute(
-                "SELECT spent_minor, budget_minor FROM session_budgets"
-                " WHERE session_id = ? AND asset = ?",
-                (d.session_id, d.asset),
-            ).fetchone()
-            if row is None:
-                raise StoreError(f"session {d.session_id} has no budget in {d.asset}")
-            spent = int(row[0]) + d.amount_minor
-            if spent > int(row[1]):
-                # the policy said yes on the facts of this very transaction;
-                # reaching this means a bug, and the whole transaction is undone
-                raise StoreError("spend would exceed the session budget")
+        if reservation is not None:
+            self._reserve(reservation)
+        if approval is not None:
+            a = approval
             self._conn.execute(
-                "UPDATE session_budgets SET spent_minor = ? WHERE session_id = ? AND asset = ?",
-                (str(spent), d.session_id, d.asset),
+                "INSERT INTO approvals (id, decision_id, required, status, created_at,"
+                " expires_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+                (a.id, a.decision_id, a.required, a.created_at, a.expires_at),
             )
+
+    def _reserve(self, r: Reservation) -> None:
+        row = self._conn.execute(
+            "SELECT budget_minor FROM session_budgets WHERE session_id = ? AND asset = ?",
+            (r.session_id, r.asset),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"session {r.session_id} has no budget in {r.asset}")
+        session = _session(self._conn, r.session_id, r.created_at)
+        assert session is not None
+        if session.spent_minor.get(r.asset, 0) + r.amount_minor > int(row[0]):
+            # the policy said yes on the facts of this very transaction;
+            # reaching this means a bug, and the whole transaction is undone
+            raise StoreError("spend would exceed the session budget")
+        self._conn.execute(
+            "INSERT INTO reservations (decision_id, agent_id, session_id, asset, payee_key,"
+            " amount_minor, created_at, expires_at, status, plan_line)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                r.decision_id, r.agent_id, r.session_id, r.asset, r.payee_key,
+                str(r.amount_minor), r.created_at, r.expires_at, r.status, r.plan_line,
+            ),
+        )  # fmt: skip
+
+    def set_reservation(self, decision_id: str, status: str) -> None:
+        _set_reservation(self._conn, decision_id, status)
+
+    def set_approval_status(self, approval_id: str, status: str, now: int) -> None:
+        _set_approval_status(self._conn, approval_id, status, now)
+
+
+class _ApprovalTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def approval(self, approval_id: str) -> ApprovalRecord | None:
+        return _approval(self._conn, "id", approval_id)
+
+    def decision(self, decision_id: str) -> DecisionRecord | None:
+        return _get_decision(self._conn, decision_id)
+
+    def session(self, session_id: str, now: int) -> SessionRecord | None:
+        return _session(self._conn, session_id, now)
+
+    def add_vote(self, approval_id: str, approver_id: str, vote: str, now: int, note: str) -> None:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO approval_votes (approval_id, approver_id, vote, at, note)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (approval_id, approver_id, vote, now, note),
+        )
+
+    def set_approval_status(self, approval_id: str, status: str, now: int) -> None:
+        _set_approval_status(self._conn, approval_id, status, now)
+
+    def set_reservation(self, decision_id: str, status: str) -> None:
+        _set_reservation(self._conn, decision_id, status)
 
 
 class SqliteStore:
@@ -240,10 +495,12 @@ class SqliteStore:
             with self._write() as conn:
                 conn.execute(
                     "INSERT INTO sessions (id, agent_id, planner_id, task_digest, created_at,"
-                    " expires_at, closed_at, allowed_payees) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " expires_at, closed_at, allowed_payees, phase, pack_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         s.id, s.agent_id, s.planner_id, s.task_digest, s.created_at,
                         s.expires_at, s.closed_at, json.dumps(list(s.allowed_payees)),
+                        s.phase, s.pack_id,
                     ),
                 )  # fmt: skip
                 for asset, budget in s.budgets_minor.items():
@@ -255,8 +512,8 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot create session: {exc}") from None
 
-    def get_session(self, session_id: str) -> SessionRecord | None:
-        result: SessionRecord | None = self._read(_session, session_id)
+    def get_session(self, session_id: str, now: int) -> SessionRecord | None:
+        result: SessionRecord | None = self._read(_session, session_id, now)
         return result
 
     def close_session(self, session_id: str, now: int) -> SessionRecord | None:
@@ -266,15 +523,48 @@ class SqliteStore:
                     "UPDATE sessions SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
                     (now, session_id),
                 )
-                return _session(conn, session_id)
+                return _session(conn, session_id, now)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot close session: {exc}") from None
 
-    @contextmanager
-    def payment_tx(self) -> Iterator[_Tx]:
+    def commit_plan(
+        self, session_id: str, lines: tuple[PlanLineRecord, ...], now: int
+    ) -> SessionRecord | None:
         try:
             with self._write() as conn:
-                yield _Tx(conn)
+                changed = conn.execute(
+                    "UPDATE sessions SET phase = 'execute' WHERE id = ? AND phase = 'explore'"
+                    " AND closed_at IS NULL",
+                    (session_id,),
+                ).rowcount
+                if changed != 1:
+                    return None
+                for idx, line in enumerate(lines):
+                    conn.execute(
+                        "INSERT INTO plan_lines (session_id, idx, payee, payee_key, asset,"
+                        " max_amount_minor, count) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            session_id, idx, line.payee, line.payee_key, line.asset,
+                            str(line.max_amount_minor), line.count,
+                        ),
+                    )  # fmt: skip
+                return _session(conn, session_id, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot commit the plan: {exc}") from None
+
+    @contextmanager
+    def payment_tx(self) -> Iterator[_PaymentTx]:
+        try:
+            with self._write() as conn:
+                yield _PaymentTx(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store unavailable: {exc}") from None
+
+    @contextmanager
+    def approval_tx(self) -> Iterator[_ApprovalTx]:
+        try:
+            with self._write() as conn:
+                yield _ApprovalTx(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from None
 
@@ -282,8 +572,8 @@ class SqliteStore:
         try:
             with self._write() as conn:
                 conn.execute(
-                    "UPDATE decisions SET jws = ? WHERE id = ? AND outcome = 'allow'"
-                    " AND jws IS NULL",
+                    "UPDATE decisions SET jws = ? WHERE id = ? AND outcome IN ('allow', 'pending')"
+                    " AND jws IS NULL AND payload IS NOT NULL",
                     (jws, decision_id),
                 )
                 row = conn.execute(
@@ -292,18 +582,28 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot record the signature: {exc}") from None
         if row is None or row[0] is None:
-            raise StoreError(f"decision {decision_id} is not an allowed decision")
+            raise StoreError(f"decision {decision_id} is not a signable decision")
         stored: str = row[0]
         return stored
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
-        row = self._read(
-            lambda c: c.execute(
-                f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE id = ?",  # noqa: S608
-                (decision_id,),
-            ).fetchone()
-        )
-        return _decision(row) if row is not None else None
+        result: DecisionRecord | None = self._read(_get_decision, decision_id)
+        return result
+
+    def pending_approvals(self, now: int) -> list[ApprovalRecord]:
+        def read(conn: sqlite3.Connection) -> list[ApprovalRecord]:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM approvals WHERE status = 'pending' AND expires_at > ?"
+                    " ORDER BY created_at, id",
+                    (now,),
+                )
+            ]
+            return [a for a in (_approval(conn, "id", i) for i in ids) if a is not None]
+
+        result: list[ApprovalRecord] = self._read(read)
+        return result
 
     def close(self) -> None:
         with self._lock:

@@ -1,10 +1,15 @@
-"""The state store interface: sessions, nonces, spend and decisions.
+"""The state store interface: sessions, plans, nonces, reservations, decisions
+and approvals.
 
 One small interface so that a PostgreSQL backend can serve several signer
-replicas later. The deciding read-check-write happens inside one
-:meth:`Store.payment_tx` transaction: on SQLite a ``BEGIN IMMEDIATE``, on
-PostgreSQL a serialisable transaction with the session row locked. Nothing
-SQLite-specific appears in this module.
+replicas later. Every deciding read-check-write happens inside one
+transaction (:meth:`Store.payment_tx`, :meth:`Store.approval_tx`): on SQLite
+a ``BEGIN IMMEDIATE``, on PostgreSQL a serialisable transaction with the
+session row locked. Nothing SQLite-specific appears in this module.
+
+Spend is derived from *reservations*: one per allowed or pending decision.
+A reservation is ``spent`` (allowed), ``held`` (waiting for approval, counted
+until the payment's expiry) or ``released`` (approval denied or expired).
 """
 
 from __future__ import annotations
@@ -13,6 +18,16 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLineRecord:
+    payee: str  # as the planner wrote it (NFC)
+    payee_key: str  # normalised for comparison
+    asset: str
+    max_amount_minor: int
+    count: int
+    used: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +42,10 @@ class SessionRecord:
     budgets_minor: Mapping[str, int]
     spent_minor: Mapping[str, int]
     allowed_payees: tuple[str, ...] = ()
+    phase: str = "normal"  # "normal", or "explore" then "execute" for plan-bound sessions
+    pack_id: str = ""
+    plan: tuple[PlanLineRecord, ...] = ()
+    payees: frozenset[str] = frozenset()  # distinct payee keys paid or held
 
     def state(self, now: int) -> str:
         if self.closed_at is not None:
@@ -37,8 +56,33 @@ class SessionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentUsage:
+    """An agent's live reservations, as the policy's limits need them."""
+
+    spent_24h_minor: int = 0
+    spent_today_minor: int = 0
+    payments_in_window: int = 0
+    payees_paid: frozenset[str] = frozenset()
+    payees_today: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    decision_id: str
+    agent_id: str
+    session_id: str
+    asset: str
+    payee_key: str
+    amount_minor: int
+    created_at: int
+    expires_at: int
+    status: str  # "spent", "held" or "released"
+    plan_line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRecord:
-    """One Sign decision, allowed or denied, as recorded."""
+    """One Sign decision (allow, deny or pending), as recorded."""
 
     id: str
     created_at: int
@@ -46,28 +90,76 @@ class DecisionRecord:
     session_id: str
     nonce: str
     request_hash: str
-    outcome: str  # "allow" or "deny"
+    outcome: str  # "allow", "deny" or "pending"
     reason: str
     message: str
     key_id: str
     asset: str
     amount_minor: int
-    payload: bytes | None = None  # canonical claims, only when allowed
+    payload: bytes | None = None  # canonical claims, when allowed or pending
     jws: str | None = None  # attached once the HSM signed
     trace_json: str = "[]"
     purpose: str = ""  # untrusted agent text, never decisive
+    pack_json: str = "{}"  # id, version and sha256 of the deciding pack
+    payee: str = ""
+    expires_at: int = 0
     extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    id: str
+    decision_id: str
+    required: int
+    status: str  # "pending", "approved", "denied" or "expired"
+    created_at: int
+    expires_at: int
+    approved_by: tuple[str, ...] = ()
+    denied_by: str | None = None
+    note: str = ""
 
 
 class PaymentTx(Protocol):
     """The deciding transaction: every read and the write see one state."""
 
-    def session(self, session_id: str) -> SessionRecord | None: ...
+    def session(self, session_id: str, now: int) -> SessionRecord | None: ...
+
+    def agent_usage(
+        self, agent_id: str, asset: str, now: int, day_start: int, window_seconds: int
+    ) -> AgentUsage: ...
 
     def decision_for_nonce(self, nonce: str) -> DecisionRecord | None: ...
 
-    def record_decision(self, decision: DecisionRecord, *, consume_nonce: bool) -> None:
-        """Stores the decision; consumes the nonce when asked; adds the spend if allowed."""
+    def approval_for_decision(self, decision_id: str) -> ApprovalRecord | None: ...
+
+    def record_decision(
+        self,
+        decision: DecisionRecord,
+        *,
+        consume_nonce: bool,
+        reservation: Reservation | None = None,
+        approval: ApprovalRecord | None = None,
+    ) -> None:
+        """Stores the decision, consumes the nonce, and adds its reservation/approval."""
+
+    def set_reservation(self, decision_id: str, status: str) -> None: ...
+
+    def set_approval_status(self, approval_id: str, status: str, now: int) -> None: ...
+
+
+class ApprovalTx(Protocol):
+    def approval(self, approval_id: str) -> ApprovalRecord | None: ...
+
+    def decision(self, decision_id: str) -> DecisionRecord | None: ...
+
+    def session(self, session_id: str, now: int) -> SessionRecord | None: ...
+
+    def add_vote(self, approval_id: str, approver_id: str, vote: str, now: int, note: str) -> None:
+        """Records a vote; a second vote by the same approver changes nothing."""
+
+    def set_approval_status(self, approval_id: str, status: str, now: int) -> None: ...
+
+    def set_reservation(self, decision_id: str, status: str) -> None: ...
 
 
 class Store(Protocol):
@@ -79,17 +171,27 @@ class Store(Protocol):
 
     def create_session(self, session: SessionRecord) -> None: ...
 
-    def get_session(self, session_id: str) -> SessionRecord | None: ...
+    def get_session(self, session_id: str, now: int) -> SessionRecord | None: ...
 
     def close_session(self, session_id: str, now: int) -> SessionRecord | None:
         """Marks an open session closed (idempotent); returns it, or None if unknown."""
 
+    def commit_plan(
+        self, session_id: str, lines: tuple[PlanLineRecord, ...], now: int
+    ) -> SessionRecord | None:
+        """Stores the plan and moves an exploring session to execute; None if it was not
+        exploring (the plan is immutable once committed)."""
+
     def payment_tx(self) -> AbstractContextManager[PaymentTx]: ...
 
+    def approval_tx(self) -> AbstractContextManager[ApprovalTx]: ...
+
     def attach_signature(self, decision_id: str, jws: str) -> str:
-        """Stores the JWS of an allowed decision unless one is stored; returns the stored one."""
+        """Stores the JWS of a signable decision unless one is stored; returns the stored one."""
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None: ...
+
+    def pending_approvals(self, now: int) -> list[ApprovalRecord]: ...
 
     def close(self) -> None: ...
 

@@ -112,7 +112,7 @@ def config_path(tmp_path: Path, token: TestToken, pki: Pki) -> Path:
 def stack(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) -> Iterator[object]:
     """Config, store, HSM and service for an in-process server (one per module)."""
     from paywarden.signer.config import load_config
-    from paywarden.signer.server import open_hsm
+    from paywarden.signer.server import load_packs, open_hsm
     from paywarden.signer.service import SigningService
     from paywarden.signer.sqlite_store import SqliteStore
 
@@ -123,31 +123,37 @@ def stack(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) 
     store.migrate()
     hsm = open_hsm(cfg)
     clock = Clock()
-    yield Stack(cfg, store, hsm, SigningService(cfg, store, hsm, clock=clock.now), clock)
+    service = SigningService(cfg, store, hsm, load_packs(cfg), clock=clock.now)
+    yield Stack(cfg, store, hsm, service, clock)
     hsm.close()
     store.close()
 
 
 @pytest.fixture(scope="module")
 def grpc_add_to_server() -> object:
-    from paywarden.v1 import sessions_pb2_grpc, signer_pb2_grpc
+    from paywarden.v1 import approvals_pb2_grpc, sessions_pb2_grpc, signer_pb2_grpc
 
-    def add(servicers: tuple[object, object], server: grpc.Server) -> None:
+    def add(servicers: tuple[object, object, object], server: grpc.Server) -> None:
         signer_pb2_grpc.add_SignerServicer_to_server(servicers[0], server)
         sessions_pb2_grpc.add_SessionsServicer_to_server(servicers[1], server)
+        approvals_pb2_grpc.add_ApprovalsServicer_to_server(servicers[2], server)
 
     return add
 
 
 @pytest.fixture(scope="module")
-def grpc_servicer(stack: object) -> tuple[object, object]:
-    from paywarden.signer.servicers import SessionsServicer, SignerServicer
+def grpc_servicer(stack: object) -> tuple[object, object, object]:
+    from paywarden.signer.servicers import ApprovalsServicer, SessionsServicer, SignerServicer
 
     from tests.helpers import Stack
 
     assert isinstance(stack, Stack)
     domain = stack.config.server.trust_domain
-    return SignerServicer(stack.service, domain), SessionsServicer(stack.service, domain)
+    return (
+        SignerServicer(stack.service, domain),
+        SessionsServicer(stack.service, domain),
+        ApprovalsServicer(stack.service, domain),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,35 @@ class Stack:
     clock: Clock
 
 
+OPEN_PACK = """
+# Lets agent-1 and agent-2 pay anyone within the session's budget: the
+# signing-path tests exercise sessions, replay and budgets, not the packs.
+id = "test-open"
+version = 1
+agents = ["agent-1", "agent-2"]
+
+[assets.USD]
+keys = ["payments.v1", "payments.v2"]
+max_per_payment = "1000000"
+
+[assets.BTC]
+keys = ["payments.v1", "payments.v2"]
+max_per_payment = "1000"
+
+[assets.JPY]
+keys = ["payments.v1", "payments.v2"]
+max_per_payment = "100000000"
+
+[payees]
+allow_patterns = [".+"]
+first_payment = "allow"
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = { USD = "1000000", BTC = "1000", JPY = "100000000" }
+"""
+
+
 def write_config(
     directory: Path,
     token: TestToken,
@@ -92,8 +121,15 @@ def write_config(
     listen: str = "127.0.0.1:0",
     extra: str = "",
     softhsm_conf: Path | None = None,
+    packs: dict[str, str] | None = None,
+    timezone: str = "UTC",
 ) -> Path:
+    """A signer config in ``directory``; ``packs`` (file name -> TOML) replace the open pack."""
     directory.mkdir(parents=True, exist_ok=True)
+    policy_dir = directory / "policy"
+    policy_dir.mkdir(exist_ok=True)
+    for name, text in (packs if packs is not None else {"open.toml": OPEN_PACK}).items():
+        (policy_dir / name).write_text(text, encoding="utf-8")
     path = directory / "paywarden.toml"
     path.write_text(
         f"""
@@ -119,6 +155,10 @@ path = "{directory / "state.db"}"
 [limits]
 max_expiry_seconds = 300
 max_session_ttl_seconds = 3600
+
+[policy]
+dir = "{policy_dir}"
+timezone = "{timezone}"
 
 [assets.USD]
 decimals = 2

@@ -32,7 +32,13 @@ from paywarden.signer.identity import (
     principal_from_auth_context,
 )
 from paywarden.signer.status import ERROR_DOMAIN, to_grpc_status
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import (
+    approvals_pb2,
+    sessions_pb2,
+    sessions_pb2_grpc,
+    signer_pb2,
+    signer_pb2_grpc,
+)
 
 from tests.helpers import ROOT, Pki, Stack, new_nonce, reason_of
 
@@ -40,6 +46,7 @@ TRUST_DOMAIN = "paywarden.test"
 SERVICES = (
     signer_pb2.DESCRIPTOR.services_by_name["Signer"],
     sessions_pb2.DESCRIPTOR.services_by_name["Sessions"],
+    approvals_pb2.DESCRIPTOR.services_by_name["Approvals"],
 )
 PRINCIPAL_OF = {
     Role.AGENT: "agent-1",
@@ -54,7 +61,7 @@ CALL_TIMEOUT = 10
 
 
 def _rpcs() -> list[tuple[str, Any]]:
-    """(full method name, method descriptor) for every RPC of Signer and Sessions."""
+    """(full method name, method descriptor) for every RPC of every service."""
     return [
         (f"/{service.full_name}/{method.name}", method)
         for service in SERVICES
@@ -184,7 +191,7 @@ def _documented_roles() -> dict[str, frozenset[Role]]:
 
 def test_role_table_has_exactly_one_entry_per_rpc() -> None:
     names = [name for name, _ in RPCS]
-    assert len(names) == len(set(names)) == 5
+    assert len(names) == len(set(names)) == 10
     assert sorted(RPC_ROLES) == sorted(names)
     for name, roles in RPC_ROLES.items():
         assert roles, f"{name} allows nobody"

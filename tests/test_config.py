@@ -282,7 +282,9 @@ def test_cli_config_good_file_exits_0(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
     assert shown["limits"]["max_expiry_seconds"] == 120
-    assert shown["assets"] == {"BTC": {"decimals": 8, "max_amount": "21"}}
+    assert shown["assets"] == {
+        "BTC": {"decimals": 8, "max_amount": "21", "case_insensitive_payees": False}
+    }
     assert Path(shown["store"]["path"]) == good.resolve().parent / "state" / "pw.db"
 
 

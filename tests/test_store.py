@@ -9,10 +9,11 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from paywarden.signer.sqlite_store import SCHEMA_VERSION, SqliteStore
-from paywarden.signer.store import DecisionRecord, SessionRecord, StoreError
+from paywarden.signer.store import DecisionRecord, Reservation, SessionRecord, StoreError
 
 from tests.helpers import ROOT, Pki, TestToken, write_config
 
@@ -29,6 +30,28 @@ def _session(sid: str = "ses_" + "A" * 43, budget: int = 1000) -> SessionRecord:
         budgets_minor={"USD": budget},
         spent_minor={"USD": 0},
     )
+
+
+def _reservation(i: int, amount: int, sid: str = "ses_" + "A" * 43) -> Reservation:
+    return Reservation(
+        decision_id=f"dec_{i}",
+        agent_id="agent-1",
+        session_id=sid,
+        asset="USD",
+        payee_key="acme",
+        amount_minor=amount,
+        created_at=1,
+        expires_at=2**40,
+        status="spent",
+    )
+
+
+def _put(tx: Any, i: int, amount: int, outcome: str = "allow", nonce: str | None = None) -> None:
+    decision = _decision(i, amount, outcome)
+    if nonce is not None:
+        decision = replace(decision, nonce=nonce)
+    reservation = _reservation(i, amount) if outcome == "allow" else None
+    tx.record_decision(decision, consume_nonce=True, reservation=reservation)
 
 
 def _decision(
@@ -82,12 +105,12 @@ def test_nonce_is_unique_in_the_store_itself(tmp_path: Path) -> None:
     store.migrate()
     store.create_session(_session())
     with store.payment_tx() as tx:
-        tx.record_decision(_decision(1, 10), consume_nonce=True)
+        _put(tx, 1, 10)
     with pytest.raises(StoreError), store.payment_tx() as tx:
-        tx.record_decision(replace(_decision(2, 10), nonce="nonce-1"), consume_nonce=True)
+        _put(tx, 2, 10, nonce="nonce-1")
     # the failed transaction left nothing behind: no decision, no spend
     assert store.get_decision("dec_2") is None
-    session = store.get_session(_session().id)
+    session = store.get_session(_session().id, 2)
     assert session is not None and session.spent_minor["USD"] == 10
     store.close()
 
@@ -97,7 +120,7 @@ def test_spend_beyond_budget_is_refused_by_the_store(tmp_path: Path) -> None:
     store.migrate()
     store.create_session(_session(budget=100))
     with pytest.raises(StoreError), store.payment_tx() as tx:
-        tx.record_decision(_decision(1, 101), consume_nonce=True)
+        _put(tx, 1, 101)
     assert store.get_decision("dec_1") is None
     store.close()
 
@@ -115,10 +138,10 @@ def test_two_stores_race_for_the_last_of_a_budget(tmp_path: Path) -> None:
     def worker(n: int) -> None:
         store = stores[n % 2]
         with store.payment_tx() as tx:
-            session = tx.session(_session().id)
+            session = tx.session(_session().id, 2)
             assert session is not None
             fits = session.spent_minor["USD"] + 7 <= session.budgets_minor["USD"]
-            tx.record_decision(_decision(n, 7, "allow" if fits else "deny"), consume_nonce=True)
+            _put(tx, n, 7, "allow" if fits else "deny")
         if fits:
             with lock:
                 allowed.append(n)
@@ -129,7 +152,7 @@ def test_two_stores_race_for_the_last_of_a_budget(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert len(allowed) == 100 // 7
-    session = first.get_session(_session().id)
+    session = first.get_session(_session().id, 2)
     assert session is not None and session.spent_minor["USD"] == 7 * (100 // 7)
     for s in stores:
         s.close()
@@ -140,8 +163,8 @@ def test_signature_is_attached_once(tmp_path: Path) -> None:
     store.migrate()
     store.create_session(_session())
     with store.payment_tx() as tx:
-        tx.record_decision(_decision(1, 10), consume_nonce=True)
-        tx.record_decision(_decision(2, 10, "deny"), consume_nonce=True)
+        _put(tx, 1, 10)
+        _put(tx, 2, 10, "deny")
     assert store.attach_signature("dec_1", "first") == "first"
     assert store.attach_signature("dec_1", "second") == "first"
     with pytest.raises(StoreError):
@@ -186,3 +209,39 @@ def test_store_cli_inspection_and_export(tmp_path: Path, token: TestToken, pki: 
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert missing.returncode == 1 and "nope" in missing.stderr
+
+
+def test_migration_from_version_1_keeps_spend_nonces_and_decisions(tmp_path: Path) -> None:
+    """A v1 database (counter-based spend) migrates to reservations without loss."""
+    from paywarden.signer.sqlite_store import _MIGRATIONS
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_MIGRATIONS[1])
+    conn.execute("PRAGMA user_version = 1")
+    sid = _session().id
+    conn.execute(
+        "INSERT INTO sessions VALUES (?, 'agent-1', 'planner-1', ?, 1, ?, NULL, '[]')",
+        (sid, "0" * 64, 2**40),
+    )
+    conn.execute("INSERT INTO session_budgets VALUES (?, 'USD', '1000', '250')", (sid,))
+    payload = json.dumps({"payee": "acme", "exp": 2**40}).encode()
+    conn.execute(
+        "INSERT INTO decisions VALUES ('dec_1', 1, 'agent-1', ?, 'n1', 'h1', 'allow', 'ALLOWED',"
+        " '', 'payments.v1', 'USD', '250', ?, 'jws', '[]', '')",
+        (sid, payload),
+    )
+    conn.execute("INSERT INTO nonces VALUES ('n1', 'dec_1')")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    assert store.migrate() == SCHEMA_VERSION
+    session = store.get_session(sid, 2)
+    assert session is not None
+    assert session.spent_minor == {"USD": 250}
+    assert session.payees == frozenset({"acme"})
+    decision = store.get_decision("dec_1")
+    assert decision is not None and decision.jws == "jws" and decision.payee == "acme"
+    with store.payment_tx() as tx:
+        assert tx.decision_for_nonce("n1") is not None
+    store.close()

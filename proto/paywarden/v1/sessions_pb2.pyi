@@ -15,18 +15,20 @@ class AssetBudget(_message.Message):
     def __init__(self, asset: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("agent_id", "task_description", "budgets", "ttl_seconds", "allowed_payees")
+    __slots__ = ("agent_id", "task_description", "budgets", "ttl_seconds", "allowed_payees", "plan_bound")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_PAYEES_FIELD_NUMBER: _ClassVar[int]
+    PLAN_BOUND_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     task_description: str
     budgets: _containers.RepeatedCompositeFieldContainer[AssetBudget]
     ttl_seconds: int
     allowed_payees: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, agent_id: _Optional[str] = ..., task_description: _Optional[str] = ..., budgets: _Optional[_Iterable[_Union[AssetBudget, _Mapping]]] = ..., ttl_seconds: _Optional[int] = ..., allowed_payees: _Optional[_Iterable[str]] = ...) -> None: ...
+    plan_bound: bool
+    def __init__(self, agent_id: _Optional[str] = ..., task_description: _Optional[str] = ..., budgets: _Optional[_Iterable[_Union[AssetBudget, _Mapping]]] = ..., ttl_seconds: _Optional[int] = ..., allowed_payees: _Optional[_Iterable[str]] = ..., plan_bound: _Optional[bool] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
     __slots__ = ("session",)
@@ -69,7 +71,7 @@ class AssetSpend(_message.Message):
     def __init__(self, asset: _Optional[str] = ..., budget: _Optional[str] = ..., spent: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "agent_id", "planner_id", "task_digest", "created_at", "expires_at", "state", "spend", "allowed_payees")
+    __slots__ = ("session_id", "agent_id", "planner_id", "task_digest", "created_at", "expires_at", "state", "spend", "allowed_payees", "phase", "pack_id", "plan")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     PLANNER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +81,9 @@ class Session(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEND_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_PAYEES_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PACK_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     agent_id: str
     planner_id: str
@@ -88,4 +93,35 @@ class Session(_message.Message):
     state: str
     spend: _containers.RepeatedCompositeFieldContainer[AssetSpend]
     allowed_payees: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., planner_id: _Optional[str] = ..., task_digest: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., state: _Optional[str] = ..., spend: _Optional[_Iterable[_Union[AssetSpend, _Mapping]]] = ..., allowed_payees: _Optional[_Iterable[str]] = ...) -> None: ...
+    phase: str
+    pack_id: str
+    plan: _containers.RepeatedCompositeFieldContainer[PlanLine]
+    def __init__(self, session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., planner_id: _Optional[str] = ..., task_digest: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., state: _Optional[str] = ..., spend: _Optional[_Iterable[_Union[AssetSpend, _Mapping]]] = ..., allowed_payees: _Optional[_Iterable[str]] = ..., phase: _Optional[str] = ..., pack_id: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[PlanLine, _Mapping]]] = ...) -> None: ...
+
+class PlanLine(_message.Message):
+    __slots__ = ("payee", "asset", "max_amount", "count", "used")
+    PAYEE_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    MAX_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    payee: str
+    asset: str
+    max_amount: str
+    count: int
+    used: int
+    def __init__(self, payee: _Optional[str] = ..., asset: _Optional[str] = ..., max_amount: _Optional[str] = ..., count: _Optional[int] = ..., used: _Optional[int] = ...) -> None: ...
+
+class CommitPlanRequest(_message.Message):
+    __slots__ = ("session_id", "lines")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    lines: _containers.RepeatedCompositeFieldContainer[PlanLine]
+    def __init__(self, session_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[PlanLine, _Mapping]]] = ...) -> None: ...
+
+class CommitPlanResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: Session
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...

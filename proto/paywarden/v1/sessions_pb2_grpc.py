@@ -49,6 +49,11 @@ class SessionsStub:
                 request_serializer=paywarden_dot_v1_dot_sessions__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=paywarden_dot_v1_dot_sessions__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.CommitPlan = channel.unary_unary(
+                '/paywarden.v1.Sessions/CommitPlan',
+                request_serializer=paywarden_dot_v1_dot_sessions__pb2.CommitPlanRequest.SerializeToString,
+                response_deserializer=paywarden_dot_v1_dot_sessions__pb2.CommitPlanResponse.FromString,
+                _registered_method=True)
 
 
 class SessionsServicer:
@@ -75,6 +80,15 @@ class SessionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CommitPlan(self, request, context):
+        """Roles: planner (sessions it opened). Commits the plan of a plan-bound
+        session in its explore phase and moves it to execute: from then on only
+        payments matching an unused plan line are signed. The plan cannot change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +106,11 @@ def add_SessionsServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=paywarden_dot_v1_dot_sessions__pb2.CloseSessionRequest.FromString,
                     response_serializer=paywarden_dot_v1_dot_sessions__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'CommitPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitPlan,
+                    request_deserializer=paywarden_dot_v1_dot_sessions__pb2.CommitPlanRequest.FromString,
+                    response_serializer=paywarden_dot_v1_dot_sessions__pb2.CommitPlanResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +194,33 @@ class Sessions:
             '/paywarden.v1.Sessions/CloseSession',
             paywarden_dot_v1_dot_sessions__pb2.CloseSessionRequest.SerializeToString,
             paywarden_dot_v1_dot_sessions__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paywarden.v1.Sessions/CommitPlan',
+            paywarden_dot_v1_dot_sessions__pb2.CommitPlanRequest.SerializeToString,
+            paywarden_dot_v1_dot_sessions__pb2.CommitPlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

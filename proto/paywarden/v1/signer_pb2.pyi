@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SignStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIGN_STATUS_UNSPECIFIED: _ClassVar[SignStatus]
+    SIGNED: _ClassVar[SignStatus]
+    PENDING_APPROVAL: _ClassVar[SignStatus]
+SIGN_STATUS_UNSPECIFIED: SignStatus
+SIGNED: SignStatus
+PENDING_APPROVAL: SignStatus
 
 class PaymentIntent(_message.Message):
     __slots__ = ("session_id", "key_id", "payee", "amount", "asset", "reference", "purpose", "nonce", "expires_at")
@@ -35,18 +45,22 @@ class SignRequest(_message.Message):
     def __init__(self, intent: _Optional[_Union[PaymentIntent, _Mapping]] = ...) -> None: ...
 
 class SignResponse(_message.Message):
-    __slots__ = ("jws", "decision_id", "key_id", "canonical_payload", "replayed_result")
+    __slots__ = ("status", "approval_id", "jws", "decision_id", "key_id", "canonical_payload", "replayed_result")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
     JWS_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     CANONICAL_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_RESULT_FIELD_NUMBER: _ClassVar[int]
+    status: SignStatus
+    approval_id: str
     jws: str
     decision_id: str
     key_id: str
     canonical_payload: bytes
     replayed_result: bool
-    def __init__(self, jws: _Optional[str] = ..., decision_id: _Optional[str] = ..., key_id: _Optional[str] = ..., canonical_payload: _Optional[bytes] = ..., replayed_result: _Optional[bool] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[SignStatus, str]] = ..., approval_id: _Optional[str] = ..., jws: _Optional[str] = ..., decision_id: _Optional[str] = ..., key_id: _Optional[str] = ..., canonical_payload: _Optional[bytes] = ..., replayed_result: _Optional[bool] = ...) -> None: ...
 
 class GetPublicKeysRequest(_message.Message):
     __slots__ = ()

@@ -57,7 +57,10 @@ class SignerServicer:
         """Roles: agent. Validates the intent, binds it to the caller's session,
         checks the replay guard and the policy, records the decision durably and
         only then signs the canonical payload in the HSM. A retry of the same
-        request (same session, nonce and fields) returns the same result.
+        request (same session, nonce and fields) returns the same result. When
+        the policy asks for human approval the answer is OK with status
+        PENDING_APPROVAL and an approval id, and nothing is signed; the agent
+        retries the same request to collect the signature once approved.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

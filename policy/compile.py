@@ -1,0 +1,199 @@
+"""Turns a validated pack into rules over integer amounts, and checks sessions
+against the pack (a session may only narrow what its pack allows)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from paywarden.policy.engine import AllOf, Rule
+from paywarden.policy.packs import PackError, PolicyPack
+from paywarden.policy.payees import confusable_with, matches_any, normalise
+from paywarden.policy.rules import (
+    AllowedHours,
+    ApprovalTiers,
+    AssetAllowed,
+    AssetInSession,
+    DailyDiversity,
+    DailyLimit,
+    FirstPayment,
+    KeyAllowed,
+    MaxPerPayment,
+    NoPack,
+    PayeeAllowed,
+    PayeeInSession,
+    PayeeNotDenied,
+    PlanLineAvailable,
+    Rolling24hLimit,
+    SessionDiversity,
+    SessionNotExpired,
+    SessionOpen,
+    SessionPhase,
+    Velocity,
+    WithinSessionBudget,
+)
+
+_PLAIN = re.compile(r"(0|[1-9][0-9]*)(?:\.([0-9]+))?")
+
+
+@dataclass(frozen=True, slots=True)
+class AssetInfo:
+    decimals: int
+    case_insensitive: bool = False
+
+
+def to_minor(text: str, decimals: int, where: str) -> int:
+    match = _PLAIN.fullmatch(text)
+    if match is None:
+        raise PackError(f"{where}: {text!r} is not a plain decimal")
+    frac = match.group(2) or ""
+    if len(frac) > decimals:
+        raise PackError(f"{where}: {text!r} has more than the asset's {decimals} decimals")
+    scale: int = 10**decimals
+    return int(match.group(1)) * scale + (int(frac.ljust(decimals, "0")) if decimals else 0)
+
+
+def session_rules() -> list[Rule]:
+    """The session-binding rules every payment passes, before the pack's own."""
+    return [SessionOpen(), SessionNotExpired(), SessionPhase(), AssetInSession(), PayeeInSession()]
+
+
+def no_pack_policy() -> AllOf:
+    return AllOf([*session_rules(), NoPack()])
+
+
+def compile_pack(pack: PolicyPack, assets: Mapping[str, AssetInfo]) -> AllOf:
+    """Raises :class:`PackError` when the pack names an asset the signer lacks
+    or an amount finer than the asset's decimals (fail closed at start-up)."""
+    m = pack.model
+    where = pack.path
+    for code in m.assets:
+        if code not in assets:
+            raise PackError(f"{where}: field assets.{code}: the signer has no asset {code}")
+    ci = {code: assets[code].case_insensitive for code in m.assets}
+
+    def limits(attr: str) -> dict[str, int]:
+        out = {}
+        for code, rules in m.assets.items():
+            value = getattr(rules, attr)
+            if value is not None:
+                out[code] = to_minor(value, assets[code].decimals, f"{where}: assets.{code}.{attr}")
+        return out
+
+    tiers: dict[str, tuple[tuple[int, int], ...]] = {}
+    for code, rules in m.assets.items():
+        decimals = assets[code].decimals
+        entries = []
+        if rules.approval_above is not None:
+            entries.append((to_minor(rules.approval_above, decimals, f"{where}: {code}"), 1))
+        for i, tier in enumerate(rules.approval_tiers):
+            entries.append(
+                (
+                    to_minor(tier.above, decimals, f"{where}: {code}.approval_tiers[{i}]"),
+                    tier.approvers,
+                )
+            )
+        tiers[code] = tuple(entries)
+    rules_: list[Rule] = [
+        *session_rules(),
+        AssetAllowed(frozenset(m.assets)),
+        KeyAllowed({code: frozenset(r.keys) for code, r in m.assets.items()}),
+        PayeeNotDenied(
+            {c: frozenset(normalise(p, case_insensitive=ci[c]) for p in m.payees.deny) for c in ci},
+            tuple(m.payees.deny_patterns),
+            ci,
+        ),
+        PayeeAllowed(
+            {
+                c: frozenset(normalise(p, case_insensitive=ci[c]) for p in m.payees.allow)
+                for c in ci
+            },
+            tuple(m.payees.allow_patterns),
+            ci,
+        ),
+        MaxPerPayment(limits("max_per_payment")),
+        DailyLimit(limits("daily_limit")),
+        Rolling24hLimit(limits("rolling_24h_limit")),
+    ]
+    if m.velocity is not None:
+        rules_.append(Velocity(m.velocity.max_payments, m.velocity.window_seconds))
+    if m.diversity.max_payees_per_session is not None:
+        rules_.append(SessionDiversity(m.diversity.max_payees_per_session))
+    if m.diversity.max_payees_per_day is not None:
+        rules_.append(DailyDiversity(m.diversity.max_payees_per_day))
+    if m.hours is not None:
+        start, end = m.hours.minutes()
+        rules_.append(AllowedHours(start, end))
+    rules_ += [
+        WithinSessionBudget(),
+        PlanLineAvailable(),
+        FirstPayment(str(m.payees.first_payment)),
+        ApprovalTiers(tiers),
+    ]
+    return AllOf(rules_, pack.ref())
+
+
+# -- sessions within their pack -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionViolation:
+    reason: str
+    message: str
+
+
+def payee_allowed_by_pack(pack: PolicyPack, payee: str, info: AssetInfo) -> SessionViolation | None:
+    ci = info.case_insensitive
+    key = normalise(payee, case_insensitive=ci)
+    p = pack.model.payees
+    if key in {normalise(d, case_insensitive=ci) for d in p.deny} or matches_any(
+        key, p.deny_patterns, case_insensitive=ci
+    ):
+        return SessionViolation("PAYEE_DENYLISTED", f"payee {payee!r} is on the pack's denylist")
+    allowed = {normalise(a, case_insensitive=ci) for a in p.allow}
+    if key in allowed or matches_any(key, p.allow_patterns, case_insensitive=ci):
+        return None
+    if confusable_with(key, sorted(allowed)) is not None:
+        return SessionViolation("PAYEE_CONFUSABLE", f"payee {payee!r} looks like an allowed payee")
+    return SessionViolation("PAYEE_NOT_ALLOWED", f"the pack does not allow payee {payee!r}")
+
+
+def check_session(
+    pack: PolicyPack,
+    assets: Mapping[str, AssetInfo],
+    budgets_minor: Mapping[str, int],
+    ttl_seconds: int,
+    allowed_payees: Sequence[str],
+    plan_bound: bool,
+) -> SessionViolation | None:
+    """A session may only narrow its pack: budgets, lifetime and payees within it."""
+    s = pack.model.sessions
+    if ttl_seconds > s.max_ttl_seconds:
+        return SessionViolation(
+            "SESSION_TTL_ABOVE_PACK", f"ttl_seconds is above the pack's {s.max_ttl_seconds}"
+        )
+    if s.require_plan and not plan_bound:
+        return SessionViolation("PLAN_REQUIRED", "the pack requires plan-bound sessions")
+    for code, budget in budgets_minor.items():
+        if code not in pack.model.assets:
+            return SessionViolation("ASSET_NOT_ALLOWED", f"the pack does not allow {code}")
+        ceiling = s.max_budget.get(code)
+        if ceiling is None:
+            return SessionViolation(
+                "SESSION_BUDGET_ABOVE_PACK", f"the pack sets no session budget for {code}"
+            )
+        if budget > to_minor(ceiling, assets[code].decimals, f"{pack.path}: max_budget.{code}"):
+            return SessionViolation(
+                "SESSION_BUDGET_ABOVE_PACK", f"the {code} budget is above the pack's {ceiling}"
+            )
+    for payee in allowed_payees:
+        for code in budgets_minor:
+            violation = payee_allowed_by_pack(pack, payee, assets[code])
+            if violation is not None:
+                return violation
+    return None
+
+
+def compile_all(packs: Sequence[PolicyPack], assets: Mapping[str, AssetInfo]) -> dict[str, AllOf]:
+    return {pack.id: compile_pack(pack, assets) for pack in packs}
