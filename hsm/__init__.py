@@ -6,13 +6,14 @@ and reports its health. Provisioning (token initialisation, key generation)
 lives in :mod:`paywarden.hsm.provision` and is used by ``scripts/`` only.
 """
 
-from paywarden.hsm.errors import HsmError, HsmUnavailable, KeyNotFound, UnsafeKey
+from paywarden.hsm.errors import HsmError, HsmPinRejected, HsmUnavailable, KeyNotFound, UnsafeKey
 from paywarden.hsm.keys import KeyRef, PublicKeyInfo
 from paywarden.hsm.token import Hsm, read_pin
 
 __all__ = [
     "Hsm",
     "HsmError",
+    "HsmPinRejected",
     "HsmUnavailable",
     "KeyNotFound",
     "KeyRef",

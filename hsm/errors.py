@@ -15,3 +15,7 @@ class KeyNotFound(HsmError):
 
 class UnsafeKey(HsmError):
     """A key on the token is extractable or not sensitive: it is refused."""
+
+
+class HsmPinRejected(HsmUnavailable):
+    """The token refused the PIN (incorrect, locked, expired): never retried."""

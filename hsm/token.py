@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pkcs11
-from paywarden.hsm.errors import HsmUnavailable, KeyNotFound, UnsafeKey
+from paywarden.hsm.errors import HsmPinRejected, HsmUnavailable, KeyNotFound, UnsafeKey
 from paywarden.hsm.keys import KeyRef, PublicKeyInfo
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key
@@ -53,16 +53,31 @@ def read_pin(pin_file: Path | None, pin_env: str | None) -> str:
     raise HsmUnavailable("no HSM PIN source configured (pin_file or pin_env)")
 
 
+_MUST_BE = {
+    Attribute.SENSITIVE: True,
+    Attribute.ALWAYS_SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.NEVER_EXTRACTABLE: True,
+    Attribute.SIGN: True,
+    Attribute.DECRYPT: False,
+    Attribute.UNWRAP: False,
+    Attribute.DERIVE: False,
+    Attribute.SIGN_RECOVER: False,
+}
+
+
 def _check_private_key(ref: KeyRef, key: Any) -> None:
     """Refuses a key that could ever leave the token or do more than sign."""
-    sensitive = key[Attribute.SENSITIVE]
-    extractable = key[Attribute.EXTRACTABLE]
-    never_extractable = key[Attribute.NEVER_EXTRACTABLE]
-    if not sensitive or extractable or not never_extractable:
-        raise UnsafeKey(
-            f"key {ref.key_id} is not safe to use: sensitive={bool(sensitive)}, "
-            f"extractable={bool(extractable)}, never_extractable={bool(never_extractable)}"
-        )
+    wrong = []
+    for attribute, wanted in _MUST_BE.items():
+        try:
+            value = bool(key[attribute])
+        except pkcs11.exceptions.PKCS11Error:
+            value = not wanted  # unreadable counts as wrong
+        if value != wanted:
+            wrong.append(f"{attribute.name}={value}")
+    if wrong:
+        raise UnsafeKey(f"key {ref.key_id} is not safe to use: {', '.join(wrong)}")
 
 
 class Hsm:
@@ -90,6 +105,7 @@ class Hsm:
         self._next_attempt = 0.0
         self._last_error = "not opened yet"
         self._needs_reinit = False
+        self._pin_rejected = False
 
     def __repr__(self) -> str:
         return f"Hsm(module={self._module!r}, token={self._token_label!r}, keys={list(self._refs)})"
@@ -106,6 +122,9 @@ class Hsm:
             self._drop_locked("closed")
 
     def _open_locked(self) -> None:
+        if self._pin_rejected:
+            # Never retry a rejected PIN: a real HSM locks the user after a few tries.
+            raise HsmPinRejected(f"HSM unavailable: {self._last_error}")
         self._drop_locked(self._last_error)
         try:
             lib = pkcs11.lib(self._module)
@@ -116,15 +135,29 @@ class Hsm:
             session = token.open(user_pin=self.__pin)
         except pkcs11.exceptions.NoSuchToken:
             self._fail_locked(f"no token labelled {self._token_label!r}")
-        except pkcs11.exceptions.PinIncorrect:
-            self._fail_locked(f"login to token {self._token_label!r} refused: PIN incorrect")
+        except (
+            pkcs11.exceptions.PinIncorrect,
+            pkcs11.exceptions.PinLocked,
+            pkcs11.exceptions.PinExpired,
+            pkcs11.exceptions.PinInvalid,
+            pkcs11.exceptions.PinLenRange,
+        ) as exc:
+            self._pin_rejected = True
+            words = {
+                "PinIncorrect": "PIN incorrect",
+                "PinLocked": "PIN locked",
+                "PinExpired": "PIN expired",
+            }.get(type(exc).__name__, "PIN invalid")
+            self._drop_locked(
+                f"login to token {self._token_label!r} refused: {words}; "
+                "not retrying until restarted with a correct PIN"
+            )
+            raise HsmPinRejected(f"HSM unavailable: {self._last_error}") from None
         except pkcs11.exceptions.UserAlreadyLoggedIn:
             # Login is per token and process: one Hsm (or provisioning call) at a time.
             self._fail_locked(
                 f"token {self._token_label!r} is already logged in by another user in this process"
             )
-        except pkcs11.exceptions.PinLocked:
-            self._fail_locked(f"login to token {self._token_label!r} refused: PIN locked")
         except (pkcs11.exceptions.PKCS11Error, OSError) as exc:
             self._fail_locked(f"cannot open token {self._token_label!r}: {type(exc).__name__}")
         try:
@@ -140,6 +173,10 @@ class Hsm:
             self._session = session
             self._drop_locked(f"cannot read keys: {type(exc).__name__}")
             self._fail_locked(self._last_error)
+        except BaseException:
+            self._session = session  # never leave a logged-in session behind
+            self._drop_locked("unexpected error while reading keys")
+            raise
         self._session = session
         self._private = private
         self._public = public
@@ -165,7 +202,10 @@ class Hsm:
             raise UnsafeKey(f"key {ref.key_id} is on the token more than once") from None
         _check_private_key(ref, priv)
         info = PublicKeyInfo(ref, encode_ec_public_key(pub))
-        info.public_key()  # raises unless P-256
+        try:
+            info.public_key()  # raises unless P-256
+        except ValueError as exc:
+            raise UnsafeKey(f"key {ref.key_id}: {exc}") from None
         return priv, info
 
     def _drop_locked(self, reason: str) -> None:
@@ -194,6 +234,8 @@ class Hsm:
             raise HsmUnavailable(f"HSM unavailable: {self._last_error}")
         try:
             self._open_locked()
+        except HsmPinRejected:
+            raise
         except (KeyNotFound, UnsafeKey) as exc:
             self._next_attempt = self._clock() + self._retry_interval
             raise HsmUnavailable(f"HSM unavailable: {exc}") from None

@@ -62,7 +62,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         f"key {status.ref.key_id}: {verb} (sensitive={status.sensitive}, "
         f"extractable={status.extractable}, never_extractable={status.never_extractable})"
     )
-    if not status.sensitive or status.extractable or not status.never_extractable:
+    safe = (
+        status.sensitive
+        and status.always_sensitive
+        and not status.extractable
+        and status.never_extractable
+        and status.can_sign
+        and not status.can_decrypt
+    )
+    if not safe:
         print(f"key {status.ref.key_id}: UNSAFE, the signer will refuse it", file=sys.stderr)
         return 1
     return 0

@@ -20,6 +20,7 @@ from paywarden.signer.sessions import parse_session_id
 MAX_PAYEE = 256
 MAX_REFERENCE = 128
 MAX_PURPOSE = 1024
+MAX_EXPIRES_AT = 2**53 - 1  # the largest integer JSON numbers carry exactly
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +91,12 @@ def validate_intent(
         "purpose", fields.purpose, max_len=MAX_PURPOSE, required=False, allow_newlines=True
     )
     nonce = parse_nonce(fields.nonce)
-    if fields.expires_at <= 0:
+    if fields.expires_at == 0:
         raise InvalidInput(Reason.FIELD_MISSING, "expires_at is required")
+    if fields.expires_at < 0:
+        raise InvalidInput(Reason.EXPIRY_IN_PAST, "expires_at is not in the future")
+    if fields.expires_at > MAX_EXPIRES_AT:
+        raise InvalidInput(Reason.EXPIRY_TOO_FAR, "expires_at is too far ahead")
     return Intent(
         session_id=session_id,
         key_id=fields.key_id,

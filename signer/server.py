@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from paywarden.hsm import Hsm, HsmError, read_pin
+from paywarden.hsm import Hsm, HsmError, HsmPinRejected, read_pin
 from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pack_dir
 from paywarden.signer.config import Config
 from paywarden.signer.service import SigningService
@@ -89,6 +89,9 @@ def open_hsm(config: Config) -> Hsm:
     )
     try:
         hsm.open()
+    except HsmPinRejected as exc:
+        source = "hsm.pin_file" if config.hsm.pin_file is not None else "hsm.pin_env"
+        raise StartupError(f"{source}: {exc}") from None
     except HsmError as exc:
         # Keep serving: Sign answers UNAVAILABLE until the token comes back.
         log.error("HSM not usable at start-up: %s", exc)

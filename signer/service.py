@@ -294,16 +294,10 @@ class SigningService:
         self, caller: Principal, intent: Intent, request_hash: str
     ) -> tuple[DecisionRecord, ApprovalRecord | None, bool]:
         """The deciding transaction: (decision, its approval, answered from an earlier one)."""
-        now = self._now()
         with self._store.payment_tx() as tx:
-            previous = tx.decision_for_nonce(intent.nonce)
-            if previous is not None:
-                if previous.request_hash != request_hash:
-                    raise Replayed(
-                        Reason.NONCE_REPLAYED,
-                        "this nonce was already used for a different request",
-                    )
-                return self._retry(tx, previous, now)
+            # Read the clock once the transaction holds the write lock, so that a
+            # request that waited for the lock is not decided on a stale time.
+            now = self._now()
             session = tx.session(intent.session_id, now)
             if session is None:
                 raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
@@ -311,6 +305,15 @@ class SigningService:
                 raise Forbidden(
                     Reason.SESSION_AGENT_MISMATCH, "the session belongs to another agent"
                 )
+            # Only after session binding: nobody learns about nonces outside its sessions.
+            previous = tx.decision_for_nonce(intent.nonce)
+            if previous is not None:
+                if previous.request_hash != request_hash:
+                    raise Replayed(
+                        Reason.NONCE_REPLAYED,
+                        "this nonce was already used for a different request",
+                    )
+                return self._retry(tx, previous, session, now)
             if session.state(now) == "open":
                 check_expiry(
                     intent.expires_at,
@@ -368,10 +371,21 @@ class SigningService:
         return record, approval, False
 
     def _retry(
-        self, tx: PaymentTx, previous: DecisionRecord, now: int
+        self, tx: PaymentTx, previous: DecisionRecord, session: SessionRecord, now: int
     ) -> tuple[DecisionRecord, ApprovalRecord | None, bool]:
-        """The same request again: the same answer, or the approval's outcome."""
-        if previous.outcome != "pending":
+        """The same request again: the same answer, or the approval's outcome.
+
+        A decision that was allowed but never signed (the HSM failed) is signed
+        on retry only while its session is open and its payload unexpired;
+        otherwise its reservation is released and the retry is denied.
+        """
+        if previous.outcome == "deny" or previous.jws is not None:
+            return previous, None, True
+        if previous.outcome == "allow":
+            refusal = _unsignable(session, previous, now)
+            if refusal is not None:
+                tx.void_unsigned(previous.id)
+                return _denied(previous, *refusal), None, True
             return previous, None, True
         approval = tx.approval_for_decision(previous.id)
         if approval is None:
@@ -383,13 +397,11 @@ class SigningService:
         if approval.status == "pending":
             return previous, approval, True
         if approval.status == "approved":
-            session = tx.session(previous.session_id, now)
-            state = session.state(now) if session is not None else "closed"
-            if state != "open":
+            refusal = _unsignable(session, previous, now)
+            if refusal is not None:
                 tx.set_approval_status(approval.id, "expired", now)
                 tx.set_reservation(previous.id, "released")
-                reason = "SESSION_EXPIRED" if state == "expired" else "SESSION_CLOSED"
-                return _denied(previous, reason, f"the session is {state}"), approval, True
+                return _denied(previous, *refusal), approval, True
             tx.set_reservation(previous.id, "spent")
             return previous, approval, True
         if approval.status == "denied":
@@ -587,6 +599,20 @@ def _pack_changed_policy(pack: Mapping[str, str | int]) -> AllOf:
             )
 
     return AllOf([_PackChanged()], pack)
+
+
+def _unsignable(
+    session: SessionRecord, decision: DecisionRecord, now: int
+) -> tuple[str, str] | None:
+    """Why a recorded, unsigned decision can no longer be signed (or None)."""
+    state = session.state(now)
+    if state == "closed":
+        return "SESSION_CLOSED", "the session was closed before the payment was signed"
+    if state == "expired":
+        return "SESSION_EXPIRED", "the session expired before the payment was signed"
+    if now >= decision.expires_at:
+        return "EXPIRY_IN_PAST", "the payment expired before it was signed"
+    return None
 
 
 def _with_status(approval: ApprovalRecord, status: str) -> ApprovalRecord:

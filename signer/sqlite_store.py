@@ -398,6 +398,13 @@ class _PaymentTx:
     def set_reservation(self, decision_id: str, status: str) -> None:
         _set_reservation(self._conn, decision_id, status)
 
+    def void_unsigned(self, decision_id: str) -> None:
+        self._conn.execute(
+            "UPDATE reservations SET status = 'released' WHERE decision_id = ? AND"
+            " (SELECT jws FROM decisions WHERE id = ?) IS NULL",
+            (decision_id, decision_id),
+        )
+
     def set_approval_status(self, approval_id: str, status: str, now: int) -> None:
         _set_approval_status(self._conn, approval_id, status, now)
 

@@ -144,6 +144,9 @@ class PaymentTx(Protocol):
 
     def set_reservation(self, decision_id: str, status: str) -> None: ...
 
+    def void_unsigned(self, decision_id: str) -> None:
+        """Releases the reservation of an allowed decision that was never signed."""
+
     def set_approval_status(self, approval_id: str, status: str, now: int) -> None: ...
 
 

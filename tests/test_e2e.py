@@ -227,3 +227,38 @@ def test_serve_refuses_a_bad_config_naming_the_setting(
     assert proc.returncode == 2
     assert "limits2" in proc.stderr
     assert token.pin not in proc.stderr + proc.stdout
+
+
+def test_recorded_unsigned_payment_is_not_signed_after_its_session_closed(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """The HSM failed after the decision was recorded; the planner then closed the
+    session. The retry must be refused and the reservation released, not signed."""
+    tok: TestToken = make_token(tmp_path / "hsm", label="closed-retry")
+    config = write_config(tmp_path / "cfg", tok, pki)
+    tokens = tok.base / "tokens"
+    with serve(config) as srv:
+        session_id = open_session(srv.addr, pki, budget="50.00")
+        assert sign(srv.addr, pki, intent(session_id, new_nonce(), amount="1.00")).jws
+        shutil.move(tokens, tok.base / "tokens.away")
+        tokens.mkdir()
+        pending = intent(session_id, new_nonce(), amount="5.00")
+        with pytest.raises(grpc.RpcError) as err:
+            sign(srv.addr, pki, pending)
+        assert reason_of(err.value) == "HSM_UNAVAILABLE"
+        assert spent(srv.addr, pki, session_id) == "6.00"
+        with pki.channel(srv.addr, "planner", "planner-1") as ch:
+            sessions_pb2_grpc.SessionsStub(ch).CloseSession(
+                sessions_pb2.CloseSessionRequest(session_id=session_id), timeout=30
+            )
+        shutil.rmtree(tokens)
+        shutil.move(tok.base / "tokens.away", tokens)
+        with pytest.raises(grpc.RpcError) as err:
+            sign(srv.addr, pki, pending)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason_of(err.value) == "SESSION_CLOSED"
+        # the reservation of the never-signed payment is released; a second retry agrees
+        assert spent(srv.addr, pki, session_id) == "1.00"
+        with pytest.raises(grpc.RpcError) as err:
+            sign(srv.addr, pki, pending)
+        assert reason_of(err.value) == "SESSION_CLOSED"

@@ -638,3 +638,76 @@ def test_keys_has_no_way_to_export_a_private_key(keys_token: TestToken) -> None:
     for fmt in ("pem", "jwk"):
         text = _export(keys_token, "payments.v1", fmt)
         assert "PRIVATE" not in text.upper()
+
+
+def test_a_rejected_pin_is_never_retried(token: TestToken) -> None:
+    """A real HSM locks its user after a few bad logins: one refusal latches."""
+    from paywarden.hsm import HsmPinRejected
+
+    hsm = Hsm(MODULE, token.label, "not-the-pin", [KeyRef("payments", 1)], retry_interval=0)
+    with pytest.raises(HsmPinRejected):
+        hsm.open()
+    for attempt in (hsm.open, hsm.check, lambda: hsm.sign_es256("payments.v1", b"x")):
+        with pytest.raises(HsmPinRejected, match="not retrying"):
+            attempt()
+    assert not hsm.available
+
+
+UNSAFE_KEYS_SCRIPT = r"""
+import os, sys
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.util.ec import encode_named_curve_parameters
+from paywarden.hsm import Hsm, KeyRef, UnsafeKey
+
+MOD, LABEL, PIN = sys.argv[1], sys.argv[2], open(sys.argv[3]).read().strip()
+lib = pkcs11.lib(MOD)
+with lib.get_token(token_label=LABEL).open(rw=True, user_pin=PIN) as s:
+    def gen(version, curve, sensitive, derive):
+        params = s.create_domain_parameters(
+            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)}, local=True
+        )
+        params.generate_keypair(
+            store=True, label="payments", id=f"v{version}".encode(),
+            mechanism=Mechanism.EC_KEY_PAIR_GEN,
+            private_template={
+                Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: sensitive,
+                Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.DERIVE: derive,
+                Attribute.SIGN_RECOVER: False, Attribute.DECRYPT: False, Attribute.UNWRAP: False,
+            },
+        )
+    gen(7, "secp256r1", True, True)     # may derive
+    gen(8, "secp256r1", False, False)   # was readable in the clear once
+    for o in s.get_objects({Attribute.ID: b"v8", Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
+        o[Attribute.SENSITIVE] = True
+    gen(9, "secp384r1", True, False)    # not P-256
+lib.finalize()
+for version in (7, 8, 9):
+    hsm = Hsm(MOD, LABEL, PIN, [KeyRef("payments", version)], retry_interval=0)
+    for attempt in range(2):  # the second attempt proves no session was left logged in
+        try:
+            hsm.open()
+            print(f"v{version} ACCEPTED")
+        except UnsafeKey as exc:
+            print(f"v{version} refused: {exc}")
+    hsm.close()
+"""
+
+
+def test_unsafe_keys_are_refused(tmp_path: Path) -> None:
+    tok = make_token(tmp_path / "t", label="unsafe")
+    script = tmp_path / "unsafe.py"
+    script.write_text(UNSAFE_KEYS_SCRIPT, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(script), MODULE, tok.label, str(tok.pin_file)],
+        cwd=ROOT, env={**os.environ, "SOFTHSM2_CONF": str(tok.conf)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "ACCEPTED" not in proc.stdout
+    assert len(lines) == 6
+    assert all("refused" in line for line in lines)
+    assert "DERIVE=True" in lines[0] and "DERIVE=True" in lines[1]
+    assert "ALWAYS_SENSITIVE=False" in lines[2]
+    assert "P-256" in lines[4]

@@ -369,8 +369,9 @@ def test_nonce_is_single_use_across_sessions_and_agents(api: Api, stack: Stack) 
     moved = with_fields(request, session_id=other)
     assert_refused(api.signer.Sign, moved, REPLAYED, "NONCE_REPLAYED")
     assert spent(api, other) == {"USD": "0.00"}
-    # agent-2 replaying agent-1's exact request must not get agent-1's signature
-    assert_refused(api.signer2.Sign, request, REPLAYED, "NONCE_REPLAYED")
+    # agent-2 replaying agent-1's exact request gets neither agent-1's signature nor
+    # any word about the nonce: the session binding refuses it first
+    assert_refused(api.signer2.Sign, request, DENIED, "SESSION_AGENT_MISMATCH")
     sid2 = open_session(api, agent="agent-2").session_id
     assert_refused(
         api.signer2.Sign, with_fields(request, session_id=sid2), REPLAYED, "NONCE_REPLAYED"

@@ -305,7 +305,9 @@ def test_intent_valid_is_normalised() -> None:
         ({"nonce": NONCE16 + "=="}, Reason.NONCE_MALFORMED),
         ({"nonce": ""}, Reason.FIELD_MISSING),
         ({"expires_at": 0}, Reason.FIELD_MISSING),
-        ({"expires_at": -5}, Reason.FIELD_MISSING),
+        ({"expires_at": -5}, Reason.EXPIRY_IN_PAST),
+        ({"expires_at": 2**53}, Reason.EXPIRY_TOO_FAR),
+        ({"expires_at": 2**63 - 1}, Reason.EXPIRY_TOO_FAR),
     ],
 )
 def test_intent_rejected(change: dict[str, Any], reason: Reason) -> None:
