@@ -14,9 +14,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import Message
-from paywarden.signer.errors import Forbidden, Internal, PaywardenError, Reason
+from google.protobuf.message import DecodeError, Message
+from paywarden.signer.errors import Forbidden, Internal, InvalidInput, PaywardenError, Reason
 from paywarden.signer.identity import Principal, Role, principal_from_auth_context
+from paywarden.signer.registry import request_class
 from paywarden.signer.status import to_grpc_status
 from paywarden.signer.wire import reject_unknown_fields
 
@@ -59,6 +60,13 @@ def rpc(
             try:
                 principal = principal_from_auth_context(context.auth_context(), self.trust_domain)
                 authorize(method, principal)
+                if isinstance(request, bytes):
+                    try:
+                        request = request_class(method).FromString(request)  # type: ignore[assignment]
+                    except DecodeError:
+                        raise InvalidInput(
+                            Reason.MALFORMED_REQUEST, "the request is not a valid message"
+                        ) from None
                 if isinstance(request, Message):
                     reject_unknown_fields(request)
                 return fn(self, principal, request)

@@ -14,26 +14,15 @@ from grpc_reflection.v1alpha import reflection
 from paywarden.hsm import Hsm, HsmError, HsmPinRejected, read_pin
 from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pack_dir
 from paywarden.signer.config import Config
+from paywarden.signer.registry import SERVICES, add_servicer
 from paywarden.signer.service import SigningService
 from paywarden.signer.servicers import ApprovalsServicer, SessionsServicer, SignerServicer
 from paywarden.signer.sqlite_store import SqliteStore
 from paywarden.signer.store import StoreError
-from paywarden.v1 import (
-    approvals_pb2,
-    approvals_pb2_grpc,
-    sessions_pb2,
-    sessions_pb2_grpc,
-    signer_pb2,
-    signer_pb2_grpc,
-)
 
 log = logging.getLogger("paywarden.signer.server")
 
-SERVICE_NAMES = (
-    signer_pb2.DESCRIPTOR.services_by_name["Signer"].full_name,
-    sessions_pb2.DESCRIPTOR.services_by_name["Sessions"].full_name,
-    approvals_pb2.DESCRIPTOR.services_by_name["Approvals"].full_name,
-)
+SERVICE_NAMES = tuple(s.full_name for s in SERVICES)
 
 
 class StartupError(Exception):
@@ -148,15 +137,9 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         options=[("grpc.so_reuseport", 0)],
     )
     domain = config.server.trust_domain
-    signer_pb2_grpc.add_SignerServicer_to_server(  # type: ignore[no-untyped-call]
-        SignerServicer(service, domain), server
-    )
-    sessions_pb2_grpc.add_SessionsServicer_to_server(  # type: ignore[no-untyped-call]
-        SessionsServicer(service, domain), server
-    )
-    approvals_pb2_grpc.add_ApprovalsServicer_to_server(  # type: ignore[no-untyped-call]
-        ApprovalsServicer(service, domain), server
-    )
+    add_servicer(server, SignerServicer(service, domain), "paywarden.v1.Signer")
+    add_servicer(server, SessionsServicer(service, domain), "paywarden.v1.Sessions")
+    add_servicer(server, ApprovalsServicer(service, domain), "paywarden.v1.Approvals")
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -131,12 +131,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) 
 
 @pytest.fixture(scope="module")
 def grpc_add_to_server() -> object:
-    from paywarden.v1 import approvals_pb2_grpc, sessions_pb2_grpc, signer_pb2_grpc
+    from paywarden.signer.registry import add_servicer
 
     def add(servicers: tuple[object, object, object], server: grpc.Server) -> None:
-        signer_pb2_grpc.add_SignerServicer_to_server(servicers[0], server)
-        sessions_pb2_grpc.add_SessionsServicer_to_server(servicers[1], server)
-        approvals_pb2_grpc.add_ApprovalsServicer_to_server(servicers[2], server)
+        add_servicer(server, servicers[0], "paywarden.v1.Signer")
+        add_servicer(server, servicers[1], "paywarden.v1.Sessions")
+        add_servicer(server, servicers[2], "paywarden.v1.Approvals")
 
     return add
 

@@ -71,3 +71,34 @@ def test_unknown_field_inside_repeated_message_is_refused(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason_of(err.value) == "UNKNOWN_FIELD"
     assert "budgets[0]" in (err.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("role", "principal", "code", "reason"),
+    [
+        ("agent", "agent-1", grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST"),
+        # a caller who may not call Sign learns nothing about how its body parses
+        ("planner", "planner-1", grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED"),
+    ],
+)
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xff\xff\xff",  # not protobuf at all
+        bytes([0x0A, 0x05, 0x1A, 0x03, 0xC3, 0x28, 0x41]),  # intent.payee with invalid UTF-8
+    ],
+    ids=["garbage", "invalid-utf8"],
+)
+def test_undecodable_request_is_refused_with_a_reason(
+    grpc_create_channel: ChannelFactory,
+    role: str,
+    principal: str,
+    code: grpc.StatusCode,
+    reason: str,
+    body: bytes,
+) -> None:
+    with grpc_create_channel(role, principal) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            _raw_call(ch, "/paywarden.v1.Signer/Sign", body)
+    assert err.value.code() == code
+    assert reason_of(err.value) == reason
