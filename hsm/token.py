@@ -46,7 +46,9 @@ def read_pin(pin_file: Path | None, pin_env: str | None) -> str:
             raise HsmUnavailable(f"the HSM PIN file {pin_file} is empty")
         return pin
     if pin_env is not None:
-        pin = os.environ.get(pin_env, "").strip()
+        # Taken out of the environment so that child processes and
+        # /proc/<pid>/environ readers after start-up do not see it.
+        pin = os.environ.pop(pin_env, "").strip()
         if not pin:
             raise HsmUnavailable(f"the environment variable {pin_env} (HSM PIN) is not set")
         return pin

@@ -47,6 +47,8 @@ class ServerConfig(_Model):
     client_ca: _Path = DEFAULT_DATA_DIR / "pki" / "ca.crt"
     max_workers: int = Field(default=16, ge=1, le=256)
     grace_seconds: float = Field(default=5.0, ge=0, le=60)
+    # Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = Field(default=256, ge=1, le=100_000)
 
     @field_validator("listen")
     @classmethod
@@ -144,7 +146,6 @@ class PolicyConfig(_Model):
 class LimitsConfig(_Model):
     max_expiry_seconds: int = Field(default=300, ge=1, le=86_400)
     max_session_ttl_seconds: int = Field(default=86_400, ge=1, le=30 * 86_400)
-    clock_skew_seconds: int = Field(default=0, ge=0, le=60)
 
 
 def _default_assets() -> dict[str, AssetConfig]:

@@ -20,6 +20,7 @@ from paywarden.signer.sessions import parse_session_id
 MAX_PAYEE = 256
 MAX_REFERENCE = 128
 MAX_PURPOSE = 1024
+JWS_TYPE = "paywarden-payment+jwt"
 MAX_EXPIRES_AT = 2**53 - 1  # the largest integer JSON numbers carry exactly
 
 
@@ -139,7 +140,8 @@ def claims(
 
 
 def jws_signing_input(key_id: str, payload: bytes) -> bytes:
-    header = jcs({"alg": "ES256", "kid": key_id, "typ": "JWT"})
+    # Explicit typing (RFC 8725 3.11): a payment is not a generic access token.
+    header = jcs({"alg": "ES256", "kid": key_id, "typ": JWS_TYPE})
     return f"{b64url(header)}.{b64url(payload)}".encode("ascii")
 
 

@@ -9,6 +9,8 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from paywarden.hsm import Hsm, HsmError, HsmPinRejected, read_pin
@@ -38,11 +40,29 @@ def _read(path: os.PathLike[str], what: str) -> bytes:
 
 
 def server_credentials(config: Config) -> grpc.ServerCredentials:
+    """mTLS credentials; each file is parsed first so that an error names its setting."""
     s = config.server
+    key_pem = _read(s.tls_key, "server.tls_key")
+    cert_pem = _read(s.tls_cert, "server.tls_cert")
+    ca_pem = _read(s.client_ca, "server.client_ca")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise StartupError(f"server.tls_cert: {s.tls_cert} is not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise StartupError(f"server.tls_key: {s.tls_key} is not an unencrypted PEM key") from None
+    try:
+        x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
+        raise StartupError(f"server.client_ca: {s.client_ca} holds no PEM certificate") from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
+        raise StartupError("server.tls_key: the key does not match server.tls_cert")
     return grpc.ssl_server_credentials(
-        [(_read(s.tls_key, "server.tls_key"), _read(s.tls_cert, "server.tls_cert"))],
-        root_certificates=_read(s.client_ca, "server.client_ca"),
-        require_client_auth=True,
+        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
     )
 
 
@@ -127,14 +147,20 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     try:
         store = SqliteStore(config.store.path)
         store.migrate()
+        changed = store.adopt_decimals({c: a.decimals for c, a in config.assets.items()})
     except StoreError as exc:
         raise StartupError(f"store.path: {exc}") from None
+    if changed:
+        store.close()
+        names = ", ".join(f"assets.{a}.decimals" for a in changed)
+        raise StartupError(f"{names}: differs from the decimals the store's amounts were kept in")
     packs = load_packs(config)
     hsm = open_hsm(config)
     service = SigningService(config, store, hsm, packs)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
         options=[("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
     )
     domain = config.server.trust_domain
     add_servicer(server, SignerServicer(service, domain), "paywarden.v1.Signer")

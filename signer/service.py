@@ -192,7 +192,8 @@ class SigningService:
             phase="explore" if plan_bound else "normal",
             pack_id=pack.id,
         )
-        _store_call(lambda: self._store.create_session(record))
+        decimals = {a: self._decimals(a) for a in record.budgets_minor}
+        _store_call(lambda: self._store.create_session(record, decimals))
         log.info("session opened", extra={"session_id": record.id, "planner": caller.id})
         return self._view(record, now)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ _MIGRATIONS: dict[int, str] = {
     2: """
     ALTER TABLE sessions ADD COLUMN phase TEXT NOT NULL DEFAULT 'normal';
     ALTER TABLE sessions ADD COLUMN pack_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE session_budgets ADD COLUMN decimals INTEGER;
     CREATE TABLE plan_lines (
         session_id TEXT NOT NULL REFERENCES sessions(id),
         idx INTEGER NOT NULL,
@@ -441,10 +442,15 @@ class SqliteStore:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # Decisions and purposes are private: owner-only file (the WAL and
+            # shared-memory files SQLite makes take the same mode).
+            path.touch(mode=0o600, exist_ok=True)
             self._conn = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=30.0
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"the store at {path} cannot use WAL mode (got {mode})")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.execute("PRAGMA busy_timeout=30000")
@@ -496,7 +502,19 @@ class SqliteStore:
     def check(self) -> None:
         self._read(lambda c: c.execute("SELECT 1").fetchone())
 
-    def create_session(self, session: SessionRecord) -> None:
+    def adopt_decimals(self, decimals: Mapping[str, int]) -> list[str]:
+        """Amounts are stored in minor units: the assets whose stored decimals
+        differ from ``decimals`` (rows from before decimals were kept adopt them)."""
+        with self._write() as conn:
+            for asset, places in decimals.items():
+                conn.execute(
+                    "UPDATE session_budgets SET decimals = ? WHERE asset = ? AND decimals IS NULL",
+                    (places, asset),
+                )
+            stored = conn.execute("SELECT DISTINCT asset, decimals FROM session_budgets").fetchall()
+        return sorted({a for a, d in stored if decimals.get(a) != d})
+
+    def create_session(self, session: SessionRecord, decimals: Mapping[str, int]) -> None:
         s = session
         try:
             with self._write() as conn:
@@ -512,9 +530,9 @@ class SqliteStore:
                 )  # fmt: skip
                 for asset, budget in s.budgets_minor.items():
                     conn.execute(
-                        "INSERT INTO session_budgets (session_id, asset, budget_minor)"
-                        " VALUES (?, ?, ?)",
-                        (s.id, asset, str(budget)),
+                        "INSERT INTO session_budgets (session_id, asset, budget_minor, decimals)"
+                        " VALUES (?, ?, ?, ?)",
+                        (s.id, asset, str(budget), decimals[asset]),
                     )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot create session: {exc}") from None

@@ -172,7 +172,10 @@ class Store(Protocol):
     def check(self) -> None:
         """Raises ``StoreError`` unless the store answers now."""
 
-    def create_session(self, session: SessionRecord) -> None: ...
+    def adopt_decimals(self, decimals: Mapping[str, int]) -> list[str]:
+        """Assets whose stored amounts were written with other decimals than these."""
+
+    def create_session(self, session: SessionRecord, decimals: Mapping[str, int]) -> None: ...
 
     def get_session(self, session_id: str, now: int) -> SessionRecord | None: ...
 

@@ -244,7 +244,7 @@ def test_jws_signing_input_holds_canonical_header_and_exact_payload() -> None:
     assert "=" not in header_b64 + payload_b64
     header = _b64url_decode(header_b64)
     assert rfc8785.dumps(json.loads(header)) == header
-    assert json.loads(header) == {"alg": "ES256", "kid": KEY_ID, "typ": "JWT"}
+    assert json.loads(header) == {"alg": "ES256", "kid": KEY_ID, "typ": "paywarden-payment+jwt"}
     decoded = _b64url_decode(payload_b64)
     assert decoded == payload
     assert rfc8785.dumps(json.loads(decoded)) == decoded

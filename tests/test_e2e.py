@@ -262,3 +262,38 @@ def test_recorded_unsigned_payment_is_not_signed_after_its_session_closed(
         with pytest.raises(grpc.RpcError) as err:
             sign(srv.addr, pki, pending)
         assert reason_of(err.value) == "SESSION_CLOSED"
+
+
+@pytest.mark.parametrize(
+    ("setting", "make_bad", "expected"),
+    [
+        ("TLS_CERT", lambda pki, bad: bad.write_text("not a certificate"), "server.tls_cert"),
+        ("CLIENT_CA", lambda pki, bad: bad.write_text("not a CA"), "server.client_ca"),
+        ("TLS_KEY", lambda pki, bad: bad.write_bytes(pki.cert("agent", "agent-1")[0]),
+         "server.tls_key: the key does not match"),
+    ],
+    ids=["cert", "ca", "key-mismatch"],
+)  # fmt: skip
+def test_serve_names_bad_tls_material(
+    tmp_path: Path,
+    token: TestToken,
+    pki: Pki,
+    setting: str,
+    make_bad: object,
+    expected: str,
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    config = write_config(tmp_path, token, pki)
+    bad = tmp_path / "bad.pem"
+    make_bad(pki, bad)  # type: ignore[operator]
+    proc = subprocess.run(
+        [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**__import__("os").environ, f"PAYWARDEN_SERVER__{setting}": str(bad)},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr

@@ -183,7 +183,7 @@ def test_sign_happy_path_payload_and_signature(api: Api, stack: Stack) -> None:
     assert json.loads(b64url_decode(header_b64)) == {
         "alg": "ES256",
         "kid": "payments.v1",
-        "typ": "JWT",
+        "typ": "paywarden-payment+jwt",
     }
     assert len(b64url_decode(signature_b64)) == 64
 

@@ -17,6 +17,8 @@ from paywarden.signer.store import DecisionRecord, Reservation, SessionRecord, S
 
 from tests.helpers import ROOT, Pki, TestToken, write_config
 
+USD2 = {"USD": 2}
+
 
 def _session(sid: str = "ses_" + "A" * 43, budget: int = 1000) -> SessionRecord:
     return SessionRecord(
@@ -103,7 +105,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_nonce_is_unique_in_the_store_itself(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
-    store.create_session(_session())
+    store.create_session(_session(), USD2)
     with store.payment_tx() as tx:
         _put(tx, 1, 10)
     with pytest.raises(StoreError), store.payment_tx() as tx:
@@ -118,7 +120,7 @@ def test_nonce_is_unique_in_the_store_itself(tmp_path: Path) -> None:
 def test_spend_beyond_budget_is_refused_by_the_store(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
-    store.create_session(_session(budget=100))
+    store.create_session(_session(budget=100), USD2)
     with pytest.raises(StoreError), store.payment_tx() as tx:
         _put(tx, 1, 101)
     assert store.get_decision("dec_1") is None
@@ -130,7 +132,7 @@ def test_two_stores_race_for_the_last_of_a_budget(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     first = SqliteStore(path)
     first.migrate()
-    first.create_session(_session(budget=100))
+    first.create_session(_session(budget=100), USD2)
     stores = [first, SqliteStore(path)]
     allowed: list[int] = []
     lock = threading.Lock()
@@ -161,7 +163,7 @@ def test_two_stores_race_for_the_last_of_a_budget(tmp_path: Path) -> None:
 def test_signature_is_attached_once(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
-    store.create_session(_session())
+    store.create_session(_session(), USD2)
     with store.payment_tx() as tx:
         _put(tx, 1, 10)
         _put(tx, 2, 10, "deny")
@@ -175,7 +177,7 @@ def test_signature_is_attached_once(tmp_path: Path) -> None:
 def test_close_session_is_idempotent(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
-    store.create_session(_session())
+    store.create_session(_session(), USD2)
     first = store.close_session(_session().id, 100)
     second = store.close_session(_session().id, 200)
     assert first is not None and second is not None
@@ -188,7 +190,7 @@ def test_store_cli_inspection_and_export(tmp_path: Path, token: TestToken, pki: 
     config = write_config(tmp_path, token, pki)
     store = SqliteStore(tmp_path / "state.db")
     store.migrate()
-    store.create_session(_session())
+    store.create_session(_session(), USD2)
     store.close()
     run = [sys.executable, "-m", "paywarden.signer.cli"]
     info = subprocess.run(
@@ -245,3 +247,36 @@ def test_migration_from_version_1_keeps_spend_nonces_and_decisions(tmp_path: Pat
     with store.payment_tx() as tx:
         assert tx.decision_for_nonce("n1") is not None
     store.close()
+
+
+def test_changed_decimals_are_detected(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    store.create_session(_session(), USD2)
+    assert store.adopt_decimals({"USD": 2}) == []
+    assert store.adopt_decimals({"USD": 0}) == ["USD"]
+    assert store.adopt_decimals({}) == ["USD"]
+    store.close()
+
+
+def test_serve_refuses_to_start_when_an_asset_changed_decimals(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    config = write_config(tmp_path, token, pki)
+    store = SqliteStore(tmp_path / "state.db")
+    store.migrate()
+    store.create_session(_session(), {"USD": 3})  # written when USD had 3 decimals
+    store.close()
+    proc = subprocess.run(
+        [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "assets.USD.decimals" in proc.stderr
+
+
+def test_store_file_is_private(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    store.close()
+    assert (tmp_path / "s.db").stat().st_mode & 0o777 == 0o600
