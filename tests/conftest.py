@@ -27,7 +27,9 @@ from tests.helpers import (
 
 AGENTS = ("agent-1", "agent-2")
 PLANNERS = ("planner-1", "planner-2")
-APPROVERS = ("approver-1",)
+# agent-1 and planner-1 also hold approver certificates: the same principal id
+# under another role, to show that nobody approves its own request or session.
+APPROVERS = ("approver-1", "approver-2", "approver-3", "agent-1", "planner-1")
 OPERATORS = ("operator-1",)
 KEYS = ("payments.v1", "payments.v2")
 
@@ -109,8 +111,17 @@ def config_path(tmp_path: Path, token: TestToken, pki: Pki) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) -> Iterator[object]:
-    """Config, store, HSM and service for an in-process server (one per module)."""
+def stack(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    token: TestToken,
+    pki: Pki,
+) -> Iterator[object]:
+    """Config, store, HSM and service for an in-process server (one per module).
+
+    A test module may set ``STACK_PACKS`` (file name -> pack TOML), ``STACK_EXTRA``
+    (extra config TOML, e.g. groups or assets) and ``STACK_TIMEZONE``.
+    """
     from paywarden.signer.config import load_config
     from paywarden.signer.server import load_packs, open_hsm
     from paywarden.signer.service import SigningService
@@ -118,7 +129,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) 
 
     from tests.helpers import Clock, Stack
 
-    cfg = load_config(write_config(tmp_path_factory.mktemp("stack"), token, pki), environ={})
+    path = write_config(
+        tmp_path_factory.mktemp("stack"),
+        token,
+        pki,
+        packs=getattr(request.module, "STACK_PACKS", None),
+        extra=getattr(request.module, "STACK_EXTRA", ""),
+        timezone=getattr(request.module, "STACK_TIMEZONE", "UTC"),
+    )
+    cfg = load_config(path, environ={})
     store = SqliteStore(cfg.store.path)
     store.migrate()
     hsm = open_hsm(cfg)
