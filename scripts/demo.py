@@ -39,6 +39,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--addr", default="127.0.0.1:50051")
     parser.add_argument("--pki", type=Path, default=Path("data/pki"))
+    parser.add_argument(
+        "--amount", default="0.25", help="USD; above 50.00 the dev pack asks a human"
+    )
     args = parser.parse_args()
     with channel(args.addr, args.pki, "planner", "dev-planner") as ch:
         session = (
@@ -47,13 +50,13 @@ def main() -> int:
                 sessions_pb2.OpenSessionRequest(
                     agent_id="dev-agent",
                     task_description="demo: buy one API call",
-                    budgets=[sessions_pb2.AssetBudget(asset="USD", amount="10.00")],
+                    budgets=[sessions_pb2.AssetBudget(asset="USD", amount="200.00")],
                     ttl_seconds=900,
                 )
             )
             .session
         )
-    print(f"session {session.session_id} for {session.agent_id}, budget USD 10.00")
+    print(f"session {session.session_id} for {session.agent_id}, budget USD 200.00")
     nonce = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
     with channel(args.addr, args.pki, "agent", "dev-agent") as ch:
         stub = signer_pb2_grpc.SignerStub(ch)
@@ -63,7 +66,7 @@ def main() -> int:
                     session_id=session.session_id,
                     key_id="payments.v1",
                     payee="api.example",
-                    amount="0.25",
+                    amount=args.amount,
                     asset="USD",
                     reference="demo-1",
                     purpose="one API call",
@@ -73,6 +76,10 @@ def main() -> int:
             )
         )
         jwks = stub.GetPublicKeys(signer_pb2.GetPublicKeysRequest()).jwks_json
+    if resp.status == signer_pb2.PENDING_APPROVAL:
+        print(f"held for human approval: {resp.approval_id}")
+        print("  .venv/bin/paywarden approvals show " + resp.approval_id)
+        return 0
     token = jws.deserialize_compact(resp.jws, KeySet.import_key_set(json.loads(jwks)))
     print(f"decision {resp.decision_id}, key {resp.key_id}")
     print(f"JWS {resp.jws}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 import sqlite_utils
-from paywarden.signer import logs
+from paywarden.signer import approvals_cli, logs
 from paywarden.signer.config import Config, ConfigError, load_config
 from paywarden.signer.server import StartupError, start
 
@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     pcheck.add_argument("files", nargs="+", type=Path)
     pcheck.add_argument("--config", type=Path, help="signer config (assets, groups)")
     pcheck.set_defaults(fn=_policy_check)
+    approvals = sub.add_parser("approvals", help="approve or deny held payments (approver)")
+    approvals_cli.add_arguments(approvals)
+    approvals.set_defaults(fn=approvals_cli.run)
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)
