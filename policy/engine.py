@@ -71,6 +71,14 @@ class Facts:
     key_id: str
     session: SessionFacts
     agent: AgentFacts = field(default_factory=AgentFacts)
+    decimals: int = 0  # of the asset: traces show amounts in its units ("12.50")
+
+    def units(self, minor: int) -> str:
+        if self.decimals == 0:
+            return str(minor)
+        scale: int = 10**self.decimals
+        whole, frac = divmod(minor, scale)
+        return f"{whole}.{frac:0{self.decimals}d}"
 
 
 @dataclass(frozen=True, slots=True)

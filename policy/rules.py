@@ -123,10 +123,10 @@ class WithinSessionBudget:
                 self.name,
                 "BUDGET_EXCEEDED",
                 "the payment would exceed the session's budget",
-                str(budget),
-                str(after),
+                facts.units(budget),
+                facts.units(after),
             )
-        return _ok(self.name, "WITHIN_BUDGET", str(budget), str(after))
+        return _ok(self.name, "WITHIN_BUDGET", facts.units(budget), facts.units(after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +148,9 @@ class PlanLineAvailable:
                 return _ok(
                     self.name,
                     "PLAN_LINE_MATCHED",
-                    f"line {i}: {line.used}/{line.count} used, max {line.max_amount_minor}",
-                    str(facts.amount_minor),
+                    f"line {i}: {line.used}/{line.count} used, "
+                    f"max {facts.units(line.max_amount_minor)}",
+                    facts.units(facts.amount_minor),
                     plan_line=i,
                 )
         if not matching:
@@ -275,10 +276,12 @@ class MaxPerPayment:
                 self.name,
                 "AMOUNT_ABOVE_MAX",
                 "the amount is above the per-payment maximum",
-                str(limit),
-                str(facts.amount_minor),
+                facts.units(limit),
+                facts.units(facts.amount_minor),
             )
-        return _ok(self.name, "AMOUNT_WITHIN_MAX", str(limit), str(facts.amount_minor))
+        return _ok(
+            self.name, "AMOUNT_WITHIN_MAX", facts.units(limit), facts.units(facts.amount_minor)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,10 +301,10 @@ class DailyLimit:
                 self.name,
                 "DAILY_LIMIT_EXCEEDED",
                 "the agent's spend today would exceed the daily limit",
-                str(limit),
-                str(after),
+                facts.units(limit),
+                facts.units(after),
             )
-        return _ok(self.name, "WITHIN_DAILY_LIMIT", str(limit), str(after))
+        return _ok(self.name, "WITHIN_DAILY_LIMIT", facts.units(limit), facts.units(after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,10 +322,10 @@ class Rolling24hLimit:
                 self.name,
                 "ROLLING_LIMIT_EXCEEDED",
                 "the agent's spend over the last 24 hours would exceed the limit",
-                str(limit),
-                str(after),
+                facts.units(limit),
+                facts.units(after),
             )
-        return _ok(self.name, "WITHIN_ROLLING_LIMIT", str(limit), str(after))
+        return _ok(self.name, "WITHIN_ROLLING_LIMIT", facts.units(limit), facts.units(after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,17 +453,17 @@ class ApprovalTiers:
             return _ok(
                 self.name,
                 "BELOW_APPROVAL_THRESHOLD",
-                None if lowest is None else str(lowest),
-                str(facts.amount_minor),
+                None if lowest is None else facts.units(lowest),
+                facts.units(facts.amount_minor),
             )
         above, k = max(needed, key=lambda t: (t[1], t[0]))
         return RuleResult(
             self.name,
             Outcome.APPROVE,
             "AMOUNT_NEEDS_APPROVAL",
-            str(above),
-            str(facts.amount_minor),
-            f"payments above {above} need {k} distinct approver(s)",
+            facts.units(above),
+            facts.units(facts.amount_minor),
+            f"payments above {facts.units(above)} need {k} distinct approver(s)",
             approvers=k,
         )
 

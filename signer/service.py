@@ -462,6 +462,7 @@ class SigningService:
                     for line in session.plan
                 ),
             ),
+            decimals=self._decimals(intent.asset),
             agent=AgentFacts(
                 spent_24h_minor=usage.spent_24h_minor,
                 spent_today_minor=usage.spent_today_minor,
