@@ -143,20 +143,27 @@ class PlanLineAvailable:
             for i, line in enumerate(facts.session.plan)
             if line.payee == facts.payee and line.asset == facts.asset
         ]
-        for i, line in matching:
-            if facts.amount_minor <= line.max_amount_minor and line.used < line.count:
-                return _ok(
-                    self.name,
-                    "PLAN_LINE_MATCHED",
-                    f"line {i}: {line.used}/{line.count} used, "
-                    f"max {facts.units(line.max_amount_minor)}",
-                    facts.units(facts.amount_minor),
-                    plan_line=i,
-                )
+        # Best fit: the unused line with the smallest maximum that covers the
+        # amount, so that a small payment never uses up a line a larger one needs.
+        fitting = [
+            (line.max_amount_minor, i, line)
+            for i, line in matching
+            if facts.amount_minor <= line.max_amount_minor and line.used < line.count
+        ]
+        if fitting:
+            _, i, line = min(fitting, key=lambda t: (t[0], t[1]))
+            return _ok(
+                self.name,
+                "PLAN_LINE_MATCHED",
+                f"line {i}: {line.used}/{line.count} used, "
+                f"max {facts.units(line.max_amount_minor)}",
+                facts.units(facts.amount_minor),
+                plan_line=i,
+            )
         if not matching:
             detail = "no plan line names this payee and asset"
-        elif all(line.used >= line.count for _, line in matching):
-            detail = "the plan lines for this payee and asset are used up"
+        elif any(facts.amount_minor <= line.max_amount_minor for _, line in matching):
+            detail = "the plan lines that cover this amount are used up"
         else:
             detail = "the amount is above every matching plan line's maximum"
         return _deny(

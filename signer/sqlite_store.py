@@ -424,9 +424,16 @@ class _ApprovalTx:
         return _session(self._conn, session_id, now)
 
     def add_vote(self, approval_id: str, approver_id: str, vote: str, now: int, note: str) -> None:
+        # A second approval by the same approver counts once; a denial always
+        # records who denied and why, even after that approver approved.
+        conflict = (
+            "DO UPDATE SET vote = 'deny', at = excluded.at, note = excluded.note"
+            if vote == "deny"
+            else "DO NOTHING"
+        )
         self._conn.execute(
-            "INSERT OR IGNORE INTO approval_votes (approval_id, approver_id, vote, at, note)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO approval_votes (approval_id, approver_id, vote, at, note)"  # noqa: S608
+            f" VALUES (?, ?, ?, ?, ?) ON CONFLICT (approval_id, approver_id) {conflict}",
             (approval_id, approver_id, vote, now, note),
         )
 
