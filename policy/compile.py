@@ -86,11 +86,16 @@ def compile_pack(pack: PolicyPack, assets: Mapping[str, AssetInfo]) -> AllOf:
         decimals = assets[code].decimals
         entries = []
         if rules.approval_above is not None:
-            entries.append((to_minor(rules.approval_above, decimals, f"{where}: {code}"), 1))
+            above = to_minor(
+                rules.approval_above, decimals, f"{where}: assets.{code}.approval_above"
+            )
+            entries.append((above, 1))
         for i, tier in enumerate(rules.approval_tiers):
             entries.append(
                 (
-                    to_minor(tier.above, decimals, f"{where}: {code}.approval_tiers[{i}]"),
+                    to_minor(
+                        tier.above, decimals, f"{where}: assets.{code}.approval_tiers[{i}].above"
+                    ),
                     tier.approvers,
                 )
             )

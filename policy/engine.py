@@ -72,6 +72,7 @@ class Facts:
     session: SessionFacts
     agent: AgentFacts = field(default_factory=AgentFacts)
     decimals: int = 0  # of the asset: traces show amounts in its units ("12.50")
+    payee_text: str = ""  # the payee in NFC before case-folding (deny patterns see both)
 
     def units(self, minor: int) -> str:
         if self.decimals == 0:

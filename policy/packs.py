@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import time as dtime
@@ -93,7 +94,13 @@ class PayeeRules(_Strict):
                 raise ValueError(
                     f"pattern {pattern!r} is not a regular expression: {exc}"
                 ) from None
-        return v
+        # Identifiers are compared in NFC; so are the patterns that name them.
+        return [unicodedata.normalize("NFC", p) for p in v]
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _identifiers(cls, v: list[str]) -> list[str]:
+        return [unicodedata.normalize("NFC", p) for p in v]
 
     @model_validator(mode="after")
     def _not_empty(self) -> PayeeRules:
@@ -126,6 +133,12 @@ class Hours(_Strict):
         if not re.fullmatch(r"[0-2][0-9]:[0-5][0-9]", v):
             raise ValueError(f"{v!r} is not a time HH:MM")
         return v
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Hours:
+        if self.start == self.end:
+            raise ValueError("start and end are equal: the window would be empty")
+        return self
 
     def minutes(self) -> tuple[int, int]:
         s, e = dtime.fromisoformat(self.start), dtime.fromisoformat(self.end)

@@ -62,8 +62,10 @@ def confusable_with(identifier: str, candidates: Iterable[str]) -> str | None:
 
 @lru_cache(maxsize=1024)
 def compile_pattern(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
-    """Patterns are anchored to the whole identifier (``fullmatch``)."""
-    return re.compile(pattern, re.IGNORECASE if case_insensitive else 0)
+    """Patterns are anchored to the whole identifier (``fullmatch``) and, like
+    identifiers, read in NFC."""
+    text = unicodedata.normalize("NFC", pattern)
+    return re.compile(text, re.IGNORECASE if case_insensitive else 0)
 
 
 def matches_any(identifier: str, patterns: Iterable[str], *, case_insensitive: bool) -> str | None:

@@ -224,7 +224,10 @@ class PayeeNotDenied:
             return _deny(
                 self.name, "PAYEE_DENYLISTED", "the payee is on the denylist", None, facts.payee
             )
+        # Fail closed: a deny pattern that matches either spelling denies.
         pattern = matches_any(facts.payee, self.deny_patterns, case_insensitive=ci)
+        if pattern is None and facts.payee_text:
+            pattern = matches_any(facts.payee_text, self.deny_patterns, case_insensitive=ci)
         if pattern is not None:
             return _deny(
                 self.name,

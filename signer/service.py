@@ -463,6 +463,7 @@ class SigningService:
                 ),
             ),
             decimals=self._decimals(intent.asset),
+            payee_text=intent.payee,
             agent=AgentFacts(
                 spent_24h_minor=usage.spent_24h_minor,
                 spent_today_minor=usage.spent_today_minor,

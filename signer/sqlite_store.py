@@ -312,7 +312,7 @@ class _PaymentTx:
         since = min(now - 86_400, day_start, now - window_seconds)
         rows = self._conn.execute(
             "SELECT asset, amount_minor, payee_key, created_at FROM reservations"  # noqa: S608
-            f" WHERE agent_id = ? AND created_at > ? AND {_LIVE}",
+            f" WHERE agent_id = ? AND created_at >= ? AND {_LIVE}",
             (agent_id, since, now),
         ).fetchall()
         spent_24h = sum(int(a) for s, a, _p, t in rows if s == asset and t > now - 86_400)

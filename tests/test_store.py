@@ -280,3 +280,22 @@ def test_store_file_is_private(tmp_path: Path) -> None:
     store.migrate()
     store.close()
     assert (tmp_path / "s.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_payment_at_the_first_second_of_a_long_day_counts_for_that_day(tmp_path: Path) -> None:
+    """On a 25-hour (DST) day the day starts more than 24 h before now."""
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    store.create_session(_session(), USD2)
+    day_start = 1_000_000
+    with store.payment_tx() as tx:
+        tx.record_decision(
+            _decision(1, 10),
+            consume_nonce=True,
+            reservation=replace(_reservation(1, 10), created_at=day_start),
+        )
+    with store.payment_tx() as tx:
+        usage = tx.agent_usage("agent-1", "USD", day_start + 90_000, day_start, 60)
+    assert usage.spent_today_minor == 10
+    assert usage.spent_24h_minor == 0
+    store.close()
