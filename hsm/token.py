@@ -92,6 +92,7 @@ class Hsm:
         pin: str,
         keys: Sequence[KeyRef],
         *,
+        audit_key: KeyRef | None = None,
         retry_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -99,6 +100,9 @@ class Hsm:
         self._token_label = token_label
         self.__pin = pin
         self._refs = {ref.key_id: ref for ref in keys}
+        if audit_key is not None and audit_key.key_id in self._refs:
+            raise ValueError(f"key {audit_key.key_id} cannot be both a payment and the audit key")
+        self._audit_ref = audit_key
         self._retry_interval = retry_interval
         self._clock = clock
         self._session: Any = None
@@ -165,8 +169,9 @@ class Hsm:
         try:
             private: dict[str, Any] = {}
             public: dict[str, PublicKeyInfo] = {}
-            for key_id, ref in self._refs.items():
-                private[key_id], public[key_id] = self._load_key(session, ref)
+            refs = [*self._refs.values(), *([self._audit_ref] if self._audit_ref else [])]
+            for ref in refs:
+                private[ref.key_id], public[ref.key_id] = self._load_key(session, ref)
         except (KeyNotFound, UnsafeKey) as exc:
             self._session = session
             self._drop_locked(str(exc))
@@ -269,6 +274,32 @@ class Hsm:
             raise HsmUnavailable(f"HSM returned a {len(signature)}-byte ECDSA signature")
         return signature
 
+    def sign_checkpoint(self, body: bytes) -> bytes:
+        """ES256 (r||s) over SHA-256 of an audit checkpoint, with the audit key only.
+
+        The audit key is never a payment key: :meth:`sign_es256` refuses it.
+        """
+        if self._audit_ref is None:
+            raise KeyNotFound("no audit key is configured")
+        digest = hashlib.sha256(body).digest()
+        with PKCS11_LOCK:
+            self._ensure_open_locked()
+            try:
+                key = self._private[self._audit_ref.key_id]
+                signature: bytes = key.sign(digest, mechanism=Mechanism.ECDSA)
+            except pkcs11.exceptions.PKCS11Error as exc:
+                self._fail_locked(f"checkpoint signing failed: {type(exc).__name__}")
+        return signature
+
+    def audit_public_key(self) -> PublicKeyInfo:
+        if self._audit_ref is None:
+            raise KeyNotFound("no audit key is configured")
+        with PKCS11_LOCK:
+            info = self._public.get(self._audit_ref.key_id)
+        if info is None:
+            raise HsmUnavailable("the audit public key has not been read yet")
+        return info
+
     def check(self) -> None:
         """Raises :class:`HsmUnavailable` unless the token answers now."""
         with PKCS11_LOCK:
@@ -296,4 +327,4 @@ class Hsm:
     def public_keys(self) -> list[PublicKeyInfo]:
         """Public keys read at the last successful open (kept while unavailable)."""
         with PKCS11_LOCK:
-            return [self._public[k] for k in sorted(self._public)]
+            return [self._public[k] for k in sorted(self._public) if k in self._refs]

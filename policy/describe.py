@@ -44,6 +44,17 @@ def describe(pack: PolicyPack) -> str:
             f"{d.max_payees_per_day or 'any'} per day"
         )
     lines.append(f"  hours: {m.hours.start}-{m.hours.end}" if m.hours else "  hours: any")
+    if m.breaker:
+        b = m.breaker
+        trips = []
+        if b.max_rejections is not None:
+            trips.append(f"more than {b.max_rejections} rejections")
+        if b.max_rejection_rate is not None:
+            trips.append(f"a rejection rate above {b.max_rejection_rate} (of {b.min_decisions}+)")
+        trips += [f"{c} spend above {v}" for c, v in sorted(b.max_spend.items())]
+        if b.max_payees is not None:
+            trips.append(f"more than {b.max_payees} payees")
+        lines.append(f"  breaker: freezes the agent on {_list(trips)} in {b.window_seconds} s")
     s = m.sessions
     budgets = _list([f"{c} {v}" for c, v in sorted(s.max_budget.items())])
     lines.append(

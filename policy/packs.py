@@ -145,6 +145,25 @@ class Hours(_Strict):
         return s.hour * 60 + s.minute, e.hour * 60 + e.minute
 
 
+class Breaker(_Strict):
+    """Freezes the agent (until an operator unfreezes it) when, over the window,
+    its rejections, rejection rate, spend or distinct payees pass a threshold."""
+
+    window_seconds: int = Field(ge=1, le=7 * 86_400)
+    max_rejections: int | None = Field(default=None, ge=0)
+    max_rejection_rate: float | None = Field(default=None, gt=0, le=1)
+    min_decisions: int = Field(default=10, ge=1)
+    max_spend: dict[str, Amount] = Field(default_factory=dict)
+    max_payees: int | None = Field(default=None, ge=1)
+
+    @field_validator("max_spend")
+    @classmethod
+    def _spend(cls, v: dict[str, str]) -> dict[str, str]:
+        for asset, amount in v.items():
+            _check_amount(amount, f"max_spend.{asset}")
+        return v
+
+
 class SessionLimits(_Strict):
     max_ttl_seconds: int = Field(ge=1, le=30 * 86_400)
     max_budget: dict[str, Amount] = Field(default_factory=dict)
@@ -169,6 +188,7 @@ class PolicyPackModel(_Strict):
     velocity: Velocity | None = None
     diversity: Diversity = Diversity()
     hours: Hours | None = None
+    breaker: Breaker | None = None
     sessions: SessionLimits
 
     @field_validator("agents")

@@ -21,6 +21,7 @@ done
 K=".venv/bin/python scripts/keys.py --label paywarden-dev"
 $K init-token --so-pin-file data/dev/DEVELOPMENT-ONLY-so.pin --pin-file data/dev/DEVELOPMENT-ONLY-user.pin
 $K generate --pin-file data/dev/DEVELOPMENT-ONLY-user.pin --key payments.v1
+$K generate --pin-file data/dev/DEVELOPMENT-ONLY-user.pin --key audit.v1
 mkdir -p data/policy
 if [ ! -e data/policy/dev.toml ]; then cp examples/policy/dev.toml data/policy/dev.toml; fi
 .venv/bin/paywarden policy check data/policy/*.toml >/dev/null

@@ -8,4 +8,4 @@ PY="${PYTHON:-.venv/bin/python}"
 exec "$PY" -m grpc_tools.protoc -Iproto \
   --python_out=proto --pyi_out=proto --grpc_python_out=proto \
   proto/paywarden/v1/signer.proto proto/paywarden/v1/sessions.proto \
-  proto/paywarden/v1/approvals.proto
+  proto/paywarden/v1/approvals.proto proto/paywarden/v1/control.proto

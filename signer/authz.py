@@ -36,6 +36,12 @@ RPC_ROLES: dict[str, frozenset[Role]] = {
     "/paywarden.v1.Approvals/GetApproval": frozenset({Role.APPROVER}),
     "/paywarden.v1.Approvals/Approve": frozenset({Role.APPROVER}),
     "/paywarden.v1.Approvals/Deny": frozenset({Role.APPROVER}),
+    "/paywarden.v1.Control/Freeze": frozenset({Role.OPERATOR}),
+    "/paywarden.v1.Control/Unfreeze": frozenset({Role.OPERATOR}),
+    "/paywarden.v1.Control/ListFreezes": frozenset({Role.OPERATOR}),
+    "/paywarden.v1.Control/Checkpoint": frozenset({Role.OPERATOR}),
+    "/paywarden.v1.Control/InclusionProof": frozenset({Role.OPERATOR}),
+    "/paywarden.v1.Control/ConsistencyProof": frozenset({Role.OPERATOR}),
 }
 
 Req = TypeVar("Req")

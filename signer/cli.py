@@ -33,8 +33,10 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     host = config.server.listen.rpartition(":")[0]
     # Tests and scripts wait for this line (a readiness probe, not a sleep).
+    metrics = f"{host}:{running.metrics_port}" if running.metrics_port else "off"
     print(
-        f"paywarden: serving on {host}:{running.port} (hsm available: {running.hsm.available})",
+        f"paywarden: serving on {host}:{running.port} (hsm available: {running.hsm.available};"
+        f" metrics {metrics})",
         flush=True,
     )
     stop.wait()

@@ -143,6 +143,28 @@ class PolicyConfig(_Model):
         return v
 
 
+class AuditConfig(_Model):
+    # The HSM key that signs checkpoints; never a payment key.
+    key: str = "audit.v1"
+    # A signed checkpoint after this many records, and at least this often.
+    checkpoint_every: int = Field(default=100, ge=1, le=1_000_000)
+    checkpoint_seconds: float = Field(default=60.0, gt=0, le=86_400)
+
+    def ref(self) -> KeyRef:
+        return KeyRef.parse(self.key)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        KeyRef.parse(v)
+        return v
+
+
+class MetricsConfig(_Model):
+    # Prometheus endpoint, loopback only by default; "" turns it off.
+    listen: str = "127.0.0.1:9464"
+
+
 class LimitsConfig(_Model):
     max_expiry_seconds: int = Field(default=300, ge=1, le=86_400)
     max_session_ttl_seconds: int = Field(default=86_400, ge=1, le=30 * 86_400)
@@ -162,6 +184,8 @@ class Config(_Model):
     store: StoreConfig = StoreConfig()
     limits: LimitsConfig = LimitsConfig()
     policy: PolicyConfig = PolicyConfig()
+    audit: AuditConfig = AuditConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # Agent groups that policy packs may name: group -> agent ids.
     groups: dict[str, list[str]] = Field(default_factory=dict)
     assets: dict[str, AssetConfig] = Field(default_factory=_default_assets)
@@ -186,6 +210,12 @@ class Config(_Model):
         if len(set(ids)) != len(ids):
             raise ValueError("a key is listed twice")
         return v
+
+    @model_validator(mode="after")
+    def _audit_key_is_not_a_payment_key(self) -> Config:
+        if self.audit.key in {k.ref().key_id for k in self.keys}:
+            raise ValueError(f"audit.key {self.audit.key} is also a payment key")
+        return self
 
     def key_refs(self) -> list[KeyRef]:
         return [k.ref() for k in self.keys]

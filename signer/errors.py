@@ -61,6 +61,7 @@ class Reason(StrEnum):
     APPROVER_IS_PLANNER = "APPROVER_IS_PLANNER"
     PLAN_INVALID = "PLAN_INVALID"
     SESSION_NOT_EXPLORING = "SESSION_NOT_EXPLORING"
+    FROZEN = "FROZEN"
 
 
 class PaywardenError(Exception):
@@ -71,6 +72,7 @@ class PaywardenError(Exception):
         self.reason = reason
         self.message = message
         self.decision_id = decision_id
+        self.audit_seq: int | None = None  # the audit record of this answer, once written
 
     def diagnostics(self) -> str:
         return f"[{self.reason}] {self.message}"

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
-from paywarden.v1 import approvals_pb2, sessions_pb2, signer_pb2
+from paywarden.v1 import approvals_pb2, control_pb2, sessions_pb2, signer_pb2
 
 
 def request_class(method: str) -> type[Message]:
@@ -29,6 +29,7 @@ SERVICES = (
     signer_pb2.DESCRIPTOR.services_by_name["Signer"],
     sessions_pb2.DESCRIPTOR.services_by_name["Sessions"],
     approvals_pb2.DESCRIPTOR.services_by_name["Approvals"],
+    control_pb2.DESCRIPTOR.services_by_name["Control"],
 )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -15,10 +17,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from paywarden.hsm import Hsm, HsmError, HsmPinRejected, read_pin
 from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pack_dir
+from paywarden.signer import audit
 from paywarden.signer.config import Config
+from paywarden.signer.control import Checkpointer, ControlService
+from paywarden.signer.errors import PaywardenError
+from paywarden.signer.metrics import Metrics
 from paywarden.signer.registry import SERVICES, add_servicer
 from paywarden.signer.service import SigningService
-from paywarden.signer.servicers import ApprovalsServicer, SessionsServicer, SignerServicer
+from paywarden.signer.servicers import (
+    ApprovalsServicer,
+    ControlServicer,
+    SessionsServicer,
+    SignerServicer,
+)
 from paywarden.signer.sqlite_store import SqliteStore
 from paywarden.signer.store import StoreError
 
@@ -94,6 +105,7 @@ def open_hsm(config: Config) -> Hsm:
         config.hsm.token_label,
         pin,
         config.key_refs(),
+        audit_key=config.audit.ref(),
         retry_interval=config.hsm.retry_interval_seconds,
     )
     try:
@@ -116,10 +128,19 @@ class Running:
     store: SqliteStore
     health: health.HealthServicer
     _stop: threading.Event
+    control: ControlService
+    checkpointer: Checkpointer
+    metrics: Metrics
+    metrics_port: int | None
 
     def stop(self, grace: float | None) -> None:
         self._stop.set()
         self.server.stop(grace).wait()
+        self.checkpointer.stop()
+        try:  # seal what was appended since the last checkpoint
+            self.control.checkpoint()
+        except PaywardenError as exc:
+            log.error("final checkpoint failed: %s", exc)
         self.store.close()
 
 
@@ -134,6 +155,11 @@ def _watch_health(running: Running, interval: float) -> None:
             running.store.check()
         except StoreError:
             ok = False
+        running.metrics.hsm_up.set(1 if running.hsm.available else 0)
+        try:
+            running.metrics.pending.set(len(running.store.pending_approvals(int(time.time()))))
+        except StoreError:
+            ok = False
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if ok
@@ -141,6 +167,37 @@ def _watch_health(running: Running, interval: float) -> None:
         )
         for name in ("", *SERVICE_NAMES):
             running.health.set(name, status)
+
+
+def _audit_start(store: SqliteStore, hsm: Hsm, packs: PackSet, config: Config) -> None:
+    """Records which policy packs and keys this start-up runs with."""
+    now = int(time.time())
+    try:
+        store.audit_event(
+            audit.event(
+                "policy.load",
+                None,
+                now,
+                packs=[p.ref() for p in packs.packs],
+                dir=str(config.policy.dir),
+            )
+        )
+        keys = [
+            {"key_id": k.key_id, "spki_sha256": hashlib.sha256(k.spki_der).hexdigest()}
+            for k in hsm.public_keys()
+        ]
+        store.audit_event(
+            audit.event(
+                "keys.load",
+                None,
+                now,
+                keys=keys,
+                audit_key=config.audit.key,
+                hsm_available=hsm.available,
+            )
+        )
+    except StoreError as exc:
+        raise StartupError(f"store.path: cannot write the audit log: {exc}") from None
 
 
 def start(config: Config, *, health_interval: float = 2.0) -> Running:
@@ -156,7 +213,10 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         raise StartupError(f"{names}: differs from the decimals the store's amounts were kept in")
     packs = load_packs(config)
     hsm = open_hsm(config)
-    service = SigningService(config, store, hsm, packs)
+    metrics = Metrics()
+    service = SigningService(config, store, hsm, packs, metrics=metrics)
+    control = ControlService(config, store, hsm, metrics)
+    _audit_start(store, hsm, packs, config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
         options=[("grpc.so_reuseport", 0)],
@@ -166,6 +226,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     add_servicer(server, SignerServicer(service, domain), "paywarden.v1.Signer")
     add_servicer(server, SessionsServicer(service, domain), "paywarden.v1.Sessions")
     add_servicer(server, ApprovalsServicer(service, domain), "paywarden.v1.Approvals")
+    add_servicer(server, ControlServicer(control, domain), "paywarden.v1.Control")
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -175,8 +236,32 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         port = server.add_secure_port(config.server.listen, server_credentials(config))
     except RuntimeError as exc:
         raise StartupError(f"server.listen: cannot bind {config.server.listen}: {exc}") from None
+    metrics_port = None
+    if config.metrics.listen:
+        try:
+            metrics_port = metrics.serve(config.metrics.listen)
+        except OSError as exc:
+            raise StartupError(
+                f"metrics.listen: cannot bind {config.metrics.listen}: {exc}"
+            ) from None
     server.start()
-    running = Running(server, port, service, hsm, store, health_servicer, threading.Event())
+    checkpointer = Checkpointer(control, store, config)
+    checkpointer.start()
+    metrics.hsm_up.set(1 if hsm.available else 0)
+    control.freezes()  # the frozen-scopes gauge starts from what is persisted
+    running = Running(
+        server,
+        port,
+        service,
+        hsm,
+        store,
+        health_servicer,
+        threading.Event(),
+        control,
+        checkpointer,
+        metrics,
+        metrics_port,
+    )
     initial = (
         health_pb2.HealthCheckResponse.SERVING
         if hsm.available

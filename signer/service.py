@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
-from paywarden.hsm import Hsm, HsmError, HsmUnavailable, KeyNotFound, PublicKeyInfo
+from paywarden.hsm import Hsm, HsmError, HsmUnavailable, PublicKeyInfo
 from paywarden.policy import (
     AgentFacts,
     AllOf,
@@ -35,7 +35,10 @@ from paywarden.policy import (
     evaluate,
     no_pack_policy,
     normalise,
+    to_minor,
 )
+from paywarden.policy.packs import Breaker
+from paywarden.signer import audit
 from paywarden.signer.canonical import Amount, clean_text, jcs, sha256_hex
 from paywarden.signer.config import Config
 from paywarden.signer.errors import (
@@ -43,12 +46,14 @@ from paywarden.signer.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
+    PaywardenError,
     Reason,
     Replayed,
     SessionNotUsable,
     Unavailable,
 )
 from paywarden.signer.identity import Principal, Role
+from paywarden.signer.metrics import Metrics
 from paywarden.signer.payments import (
     Intent,
     IntentFields,
@@ -70,11 +75,13 @@ from paywarden.signer.store import (
     ApprovalRecord,
     ApprovalTx,
     DecisionRecord,
+    Freeze,
     PaymentTx,
     Reservation,
     SessionRecord,
     Store,
     StoreError,
+    WindowStats,
 )
 
 log = logging.getLogger("paywarden.signer")
@@ -98,6 +105,7 @@ class SignResult:
     replayed: bool
     jws: str = ""
     approval_id: str = ""
+    audit_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,7 @@ class SigningService:
         packs: PackSet,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -138,6 +147,7 @@ class SigningService:
         }
         self._policies: dict[str, AllOf] = compile_all(packs.packs, self._assets)
         self._tz = ZoneInfo(config.policy.timezone)
+        self.metrics = metrics or Metrics()
 
     def _now(self) -> int:
         return int(self._clock())
@@ -193,7 +203,20 @@ class SigningService:
             pack_id=pack.id,
         )
         decimals = {a: self._decimals(a) for a in record.budgets_minor}
-        _store_call(lambda: self._store.create_session(record, decimals))
+        opened = audit.event(
+            "session.open",
+            caller,
+            now,
+            session_id=record.id,
+            agent_id=record.agent_id,
+            task_digest=record.task_digest,
+            budgets={a: _amount(m, decimals[a]) for a, m in sorted(record.budgets_minor.items())},
+            expires_at=record.expires_at,
+            allowed_payees=list(record.allowed_payees),
+            phase=record.phase,
+            pack_id=record.pack_id,
+        )
+        _store_call(lambda: self._store.create_session(record, decimals, opened))
         log.info("session opened", extra={"session_id": record.id, "planner": caller.id})
         return self._view(record, now)
 
@@ -228,7 +251,8 @@ class SigningService:
         _require(caller, Role.PLANNER)
         now = self._now()
         record = self._visible_session(caller, session_id, now)
-        closed = _store_call(lambda: self._store.close_session(record.id, now))
+        closing = audit.event("session.close", caller, now, session_id=record.id)
+        closed = _store_call(lambda: self._store.close_session(record.id, now, closing))
         if closed is None:
             raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
         log.info("session closed", extra={"session_id": record.id, "planner": caller.id})
@@ -250,7 +274,17 @@ class SigningService:
         if pack is None or pack.id != record.pack_id:
             raise Denied(Reason.SESSION_PACK_CHANGED, "the session's policy pack no longer applies")
         out = validate_plan(record, lines, pack, self._config.assets, self._assets)
-        committed = _store_call(lambda: self._store.commit_plan(record.id, out, now))
+        plan = [
+            {
+                "payee": ln.payee,
+                "asset": ln.asset,
+                "max_amount": _amount(ln.max_amount_minor, self._decimals(ln.asset)),
+                "count": ln.count,
+            }
+            for ln in out
+        ]
+        committing = audit.event("plan.commit", caller, now, session_id=record.id, plan=plan)
+        committed = _store_call(lambda: self._store.commit_plan(record.id, out, now, committing))
         if committed is None:
             raise SessionNotUsable(Reason.SESSION_NOT_EXPLORING, "the plan was already committed")
         log.info("plan committed", extra={"session_id": record.id, "planner": caller.id})
@@ -270,6 +304,43 @@ class SigningService:
     # -- signing ---------------------------------------------------------
 
     def sign(self, caller: Principal, fields: IntentFields) -> SignResult:
+        """Every call leaves exactly one audit record, whatever its answer."""
+        started = time.monotonic()
+        try:
+            result = self._sign(caller, fields)
+        except PaywardenError as exc:
+            if exc.audit_seq is None:
+                self._audit_refusal(caller, fields, exc)
+            self.metrics.sign_answered("refused", str(exc.reason), time.monotonic() - started)
+            raise
+        self.metrics.sign_answered(str(result.status), "OK", time.monotonic() - started)
+        return result
+
+    def _audit_refusal(self, caller: Principal, fields: IntentFields, exc: PaywardenError) -> None:
+        """A refusal that no decision recorded (bad input, binding, replay, HSM, freeze)."""
+        refused = audit.event(
+            "sign.refused",
+            caller,
+            self._now(),
+            reason=str(exc.reason),
+            message=exc.message,
+            request={
+                "session_id": fields.session_id[:100],
+                "key_id": fields.key_id[:100],
+                "payee": fields.payee[:300],
+                "amount": fields.amount[:60],
+                "asset": fields.asset[:20],
+                "nonce": fields.nonce[:100],
+                "expires_at": fields.expires_at,
+            },
+            untrusted=audit.untrusted(fields.purpose[:2048]),
+        )
+        try:
+            exc.audit_seq = self._store.audit_event(refused)
+        except StoreError as err:
+            log.error("cannot audit a refused Sign: %s", err)
+
+    def _sign(self, caller: Principal, fields: IntentFields) -> SignResult:
         _require(caller, Role.AGENT)
         intent = validate_intent(fields, self._config.assets, self._key_ids)
         request_hash = hashlib.sha256(intent.request_digest_input(caller.id)).hexdigest()
@@ -279,7 +350,9 @@ class SigningService:
             raise Unavailable(
                 Reason.HSM_UNAVAILABLE, "the HSM is unavailable; nothing was signed"
             ) from None
-        record, approval, replayed = _store_call(lambda: self._decide(caller, intent, request_hash))
+        record, approval, replayed, seq = _store_call(
+            lambda: self._decide(caller, intent, request_hash)
+        )
         if record.outcome == "pending" and approval is not None and approval.status == "pending":
             return SignResult(
                 SignStatus.PENDING_APPROVAL,
@@ -288,13 +361,15 @@ class SigningService:
                 record.payload or b"",
                 replayed,
                 approval_id=approval.id,
+                audit_seq=seq,
             )
-        return self._finish(record, replayed=replayed)
+        return self._finish(record, replayed=replayed, audit_seq=seq)
 
     def _decide(
         self, caller: Principal, intent: Intent, request_hash: str
-    ) -> tuple[DecisionRecord, ApprovalRecord | None, bool]:
-        """The deciding transaction: (decision, its approval, answered from an earlier one)."""
+    ) -> tuple[DecisionRecord, ApprovalRecord | None, bool, int]:
+        """The deciding transaction: (decision, its approval, answered from an earlier
+        one, the sequence number of this call's audit record)."""
         with self._store.payment_tx() as tx:
             # Read the clock once the transaction holds the write lock, so that a
             # request that waited for the lock is not decided on a stale time.
@@ -306,6 +381,13 @@ class SigningService:
                 raise Forbidden(
                     Reason.SESSION_AGENT_MISMATCH, "the session belongs to another agent"
                 )
+            # A freeze stops every signature not yet issued, retries included.
+            freeze = tx.frozen(caller.id, session.id, intent.key_id)
+            if freeze is not None:
+                target = f" {freeze.target}" if freeze.target else ""
+                raise SessionNotUsable(
+                    Reason.FROZEN, f"{freeze.scope}{target} is frozen: {freeze.reason}"
+                )
             # Only after session binding: nobody learns about nonces outside its sessions.
             previous = tx.decision_for_nonce(intent.nonce)
             if previous is not None:
@@ -314,7 +396,19 @@ class SigningService:
                         Reason.NONCE_REPLAYED,
                         "this nonce was already used for a different request",
                     )
-                return self._retry(tx, previous, session, now)
+                answer, approval, replayed = self._retry(tx, previous, session, now)
+                seq = tx.audit(
+                    audit.event(
+                        "sign.retry",
+                        caller,
+                        now,
+                        decision_id=previous.id,
+                        answer=answer.outcome,
+                        reason=answer.reason,
+                        approval=approval.status if approval is not None else None,
+                    )
+                )
+                return answer, approval, replayed, seq
             if session.state(now) == "open":
                 check_expiry(
                     intent.expires_at,
@@ -369,7 +463,53 @@ class SigningService:
             tx.record_decision(
                 record, consume_nonce=True, reservation=reservation, approval=approval
             )
-        return record, approval, False
+            amount = _amount(intent.amount.minor, self._decimals(intent.asset))
+            seq = tx.audit(
+                audit.event(
+                    "sign.decision",
+                    caller,
+                    now,
+                    decision=audit.decision_fields(record, amount),
+                    approval_id=approval.id if approval is not None else None,
+                    approvals_required=approval.required if approval is not None else None,
+                    payload=audit.payload_text(record),
+                    untrusted=audit.untrusted(intent.purpose),
+                )
+            )
+            self._trip_breaker(tx, caller, now)
+        self.metrics.decided(record.outcome, record.reason)
+        if approval is not None:
+            self.metrics.approval("requested")
+        self.metrics.payees(
+            caller.id, len(session.payees | {payee_key}), len(usage.payees_today | {payee_key})
+        )
+        return record, approval, False, seq
+
+    def _trip_breaker(self, tx: PaymentTx, caller: Principal, now: int) -> None:
+        """Freezes the agent when its pack's circuit breaker trips (recorded, audited)."""
+        pack = self._packs.for_agent(caller.id)
+        breaker = pack.model.breaker if pack is not None else None
+        if breaker is None:
+            return
+        stats = tx.window_stats(caller.id, now - breaker.window_seconds)
+        why = _breaker_reason(breaker, stats, self._assets)
+        if why is None:
+            return
+        freeze = Freeze("agent", caller.id, f"circuit breaker: {why}", "breaker", "breaker", now)
+        if tx.freeze(freeze):
+            tx.audit(
+                audit.event(
+                    "breaker.freeze",
+                    None,
+                    now,
+                    scope="agent",
+                    target=caller.id,
+                    reason=freeze.reason,
+                    pack_id=pack.id if pack is not None else None,
+                )
+            )
+            self.metrics.froze("agent", caller.id, "breaker", now)
+            log.warning("circuit breaker froze an agent", extra={"reason": freeze.reason})
 
     def _retry(
         self, tx: PaymentTx, previous: DecisionRecord, session: SessionRecord, now: int
@@ -473,36 +613,52 @@ class SigningService:
             ),
         )
 
-    def _finish(self, record: DecisionRecord, *, replayed: bool) -> SignResult:
+    def _finish(self, record: DecisionRecord, *, replayed: bool, audit_seq: int) -> SignResult:
         if record.outcome == "deny" or record.payload is None:
-            _raise_denial(record)
+            _raise_denial(record, audit_seq)
         log.info(
             "payment allowed",
             extra={"decision_id": record.id, "session_id": record.session_id, "replayed": replayed},
         )
         if record.jws is not None:
             return SignResult(
-                SignStatus.SIGNED, record.id, record.key_id, record.payload, replayed, record.jws
+                SignStatus.SIGNED,
+                record.id,
+                record.key_id,
+                record.payload,
+                replayed,
+                record.jws,
+                audit_seq=audit_seq,
             )
         signing_input = jws_signing_input(record.key_id, record.payload)
+        started = time.monotonic()
         try:
             signature = self._hsm.sign_es256(record.key_id, signing_input)
-        except KeyNotFound:
-            raise Unavailable(Reason.HSM_UNAVAILABLE, "the key is not usable now") from None
         except HsmError:
             log.warning(
                 "HSM failed after the decision was recorded", extra={"decision_id": record.id}
             )
-            raise Unavailable(
+            error = Unavailable(
                 Reason.HSM_UNAVAILABLE,
                 "the HSM is unavailable; the decision is recorded and a retry with the "
                 "same request completes it",
                 decision_id=record.id,
-            ) from None
+            )
+            error.audit_seq = audit_seq
+            raise error from None
+        self.metrics.hsm_latency.observe(time.monotonic() - started)
         compact = jws_compact(signing_input, signature)
         jws = _store_call(lambda: self._store.attach_signature(record.id, compact))
+        units = float(_amount(record.amount_minor, self._decimals(record.asset)))
+        self.metrics.signed(record.asset, units, record.session_id, record.agent_id, record.key_id)
         return SignResult(
-            SignStatus.SIGNED, record.id, record.key_id, record.payload, replayed, jws
+            SignStatus.SIGNED,
+            record.id,
+            record.key_id,
+            record.payload,
+            replayed,
+            jws,
+            audit_seq=audit_seq,
         )
 
     # -- approvals -------------------------------------------------------
@@ -571,9 +727,25 @@ class SigningService:
                     tx.set_reservation(view.decision.id, "released")
                 elif len(after.approved_by) >= after.required:
                     tx.set_approval_status(approval_id, "approved", now)
-                return self._approval_view(tx, approval_id, now)
+                final = self._approval_view(tx, approval_id, now)
+                tx.audit(
+                    audit.event(
+                        "approval.approve" if approve else "approval.deny",
+                        caller,
+                        now,
+                        approval_id=approval_id,
+                        decision_id=view.decision.id,
+                        note=note or None,
+                        state=final.state,
+                        approved_by=list(final.approval.approved_by),
+                        required=final.approval.required,
+                    )
+                )
+                return final
 
         view = _store_call(run)
+        if view.state in ("approved", "denied"):
+            self.metrics.approval(view.state)
         log.info(
             "approval vote",
             extra={"decision_id": view.decision.id, "approver": caller.id, "state": view.state},
@@ -678,7 +850,37 @@ def _record(
     )
 
 
-def _raise_denial(record: DecisionRecord) -> NoReturn:
+def _raise_denial(record: DecisionRecord, audit_seq: int) -> NoReturn:
+    error: PaywardenError
     if record.reason in _SESSION_REASONS:
-        raise SessionNotUsable(record.reason, record.message, decision_id=record.id)
-    raise Denied(record.reason, record.message, decision_id=record.id)
+        error = SessionNotUsable(record.reason, record.message, decision_id=record.id)
+    else:
+        error = Denied(record.reason, record.message, decision_id=record.id)
+    error.audit_seq = audit_seq
+    raise error
+
+
+def _breaker_reason(
+    breaker: Breaker, stats: WindowStats, assets: Mapping[str, AssetInfo]
+) -> str | None:
+    window = f"in {breaker.window_seconds} s"
+    if breaker.max_rejections is not None and stats.denials > breaker.max_rejections:
+        return f"{stats.denials} rejections {window} (more than {breaker.max_rejections})"
+    if (
+        breaker.max_rejection_rate is not None
+        and stats.decisions >= breaker.min_decisions
+        and stats.denials / stats.decisions > breaker.max_rejection_rate
+    ):
+        rate = stats.denials / stats.decisions
+        return f"rejection rate {rate:.2f} {window} (above {breaker.max_rejection_rate})"
+    for asset, ceiling in sorted(breaker.max_spend.items()):
+        info = assets.get(asset)
+        if info is None:
+            continue
+        limit = to_minor(ceiling, info.decimals, f"breaker.max_spend.{asset}")
+        if stats.spend_minor.get(asset, 0) > limit:
+            spent = _amount(stats.spend_minor[asset], info.decimals)
+            return f"{asset} spend {spent} {window} (above {ceiling})"
+    if breaker.max_payees is not None and stats.payees > breaker.max_payees:
+        return f"{stats.payees} distinct payees {window} (more than {breaker.max_payees})"
+    return None

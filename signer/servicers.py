@@ -6,12 +6,17 @@ import json
 
 from paywarden.signer.authz import rpc
 from paywarden.signer.canonical import Amount
+from paywarden.signer.control import ControlService
+from paywarden.signer.errors import InvalidInput, NotFound, Reason
 from paywarden.signer.identity import Principal
 from paywarden.signer.payments import IntentFields
 from paywarden.signer.service import ApprovalView, SessionView, SigningService, SignStatus
+from paywarden.signer.store import Freeze
 from paywarden.v1 import (
     approvals_pb2,
     approvals_pb2_grpc,
+    control_pb2,
+    control_pb2_grpc,
     sessions_pb2,
     sessions_pb2_grpc,
     signer_pb2,
@@ -57,6 +62,7 @@ class SignerServicer(signer_pb2_grpc.SignerServicer):
             key_id=result.key_id,
             canonical_payload=result.payload,
             replayed_result=result.replayed,
+            audit_seq=result.audit_seq,
         )
 
     @rpc("/paywarden.v1.Signer/GetPublicKeys")
@@ -212,3 +218,102 @@ class ApprovalsServicer(approvals_pb2_grpc.ApprovalsServicer):
     ) -> approvals_pb2.DenyResponse:
         view = self.service.vote(caller, request.approval_id, False, request.note)
         return approvals_pb2.DenyResponse(approval=_approval_proto(view))
+
+
+_SCOPE_NAMES: dict[int, str] = {
+    int(control_pb2.GLOBAL): "global",
+    int(control_pb2.AGENT): "agent",
+    int(control_pb2.SESSION): "session",
+    int(control_pb2.KEY): "key",
+}
+_SCOPE_ENUMS = {v: k for k, v in _SCOPE_NAMES.items()}
+
+
+def _scope(value: int) -> str:
+    name = _SCOPE_NAMES.get(int(value))
+    if name is None:
+        raise InvalidInput(Reason.STRING_INVALID, "scope must be GLOBAL, AGENT, SESSION or KEY")
+    return name
+
+
+def _freeze_proto(f: Freeze) -> control_pb2.FreezeRecord:
+    return control_pb2.FreezeRecord(
+        scope=_SCOPE_ENUMS[f.scope],  # type: ignore[arg-type]
+        target=f.target,
+        reason=f.reason,
+        actor=f.actor,
+        at=f.at,
+    )
+
+
+class ControlServicer(control_pb2_grpc.ControlServicer):
+    def __init__(self, control: ControlService, trust_domain: str) -> None:
+        self.control = control
+        self.trust_domain = trust_domain
+
+    @rpc("/paywarden.v1.Control/Freeze")
+    def Freeze(
+        self, caller: Principal, request: control_pb2.FreezeRequest
+    ) -> control_pb2.FreezeResponse:
+        freeze, created = self.control.freeze(
+            caller, _scope(request.scope), request.target, request.reason
+        )
+        return control_pb2.FreezeResponse(freeze=_freeze_proto(freeze), created=created)
+
+    @rpc("/paywarden.v1.Control/Unfreeze")
+    def Unfreeze(
+        self, caller: Principal, request: control_pb2.UnfreezeRequest
+    ) -> control_pb2.UnfreezeResponse:
+        removed = self.control.unfreeze(
+            caller, _scope(request.scope), request.target, request.reason
+        )
+        return control_pb2.UnfreezeResponse(removed=removed)
+
+    @rpc("/paywarden.v1.Control/ListFreezes")
+    def ListFreezes(
+        self, caller: Principal, request: control_pb2.ListFreezesRequest
+    ) -> control_pb2.ListFreezesResponse:
+        return control_pb2.ListFreezesResponse(
+            freezes=[_freeze_proto(f) for f in self.control.freezes()]
+        )
+
+    @rpc("/paywarden.v1.Control/Checkpoint")
+    def Checkpoint(
+        self, caller: Principal, request: control_pb2.CheckpointRequest
+    ) -> control_pb2.CheckpointResponse:
+        cp = self.control.checkpoint()
+        if cp is None:
+            raise NotFound(Reason.STRING_INVALID, "the audit log is empty")
+        return control_pb2.CheckpointResponse(
+            checkpoint=control_pb2.SignedCheckpoint(
+                tree_size=cp.size,
+                root_hash=cp.root,
+                time=cp.at,
+                key_id=cp.key_id,
+                body=cp.body,
+                signature=cp.signature,
+            ),
+            audit_public_key_pem=self.control.audit_public_key_pem(),
+        )
+
+    @rpc("/paywarden.v1.Control/InclusionProof")
+    def InclusionProof(
+        self, caller: Principal, request: control_pb2.InclusionProofRequest
+    ) -> control_pb2.InclusionProofResponse:
+        p = self.control.inclusion_proof(request.seq, request.tree_size)
+        return control_pb2.InclusionProofResponse(
+            record=p.record,
+            leaf_hash=p.leaf.hex(),
+            tree_size=p.size,
+            root_hash=p.root.hex(),
+            proof=[h.hex() for h in p.proof],
+        )
+
+    @rpc("/paywarden.v1.Control/ConsistencyProof")
+    def ConsistencyProof(
+        self, caller: Principal, request: control_pb2.ConsistencyProofRequest
+    ) -> control_pb2.ConsistencyProofResponse:
+        first, second, proof = self.control.consistency_proof(request.first, request.second)
+        return control_pb2.ConsistencyProofResponse(
+            first_root=first.hex(), second_root=second.hex(), proof=[h.hex() for h in proof]
+        )

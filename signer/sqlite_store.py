@@ -17,17 +17,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from paywarden.signer import merkle
+from paywarden.signer.canonical import jcs
 from paywarden.signer.store import (
     AgentUsage,
     ApprovalRecord,
+    Checkpoint,
     DecisionRecord,
+    Freeze,
     PlanLineRecord,
     Reservation,
     SessionRecord,
     StoreError,
+    WindowStats,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -161,7 +166,96 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (approval_id, approver_id)
     );
     """,
+    # The tamper-evident audit log, its signed checkpoints, and freezes.
+    3: """
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        body TEXT NOT NULL,
+        leaf BLOB NOT NULL
+    );
+    CREATE TABLE audit_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        size INTEGER NOT NULL,
+        frontier TEXT NOT NULL
+    );
+    INSERT INTO audit_state VALUES (1, 0, '[]');
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+      BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+      BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+    CREATE TABLE audit_checkpoints (
+        size INTEGER PRIMARY KEY,
+        root TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        signature TEXT NOT NULL
+    );
+    CREATE TABLE freezes (
+        scope TEXT NOT NULL CHECK (scope IN ('global', 'agent', 'session', 'key')),
+        target TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('operator', 'breaker')),
+        at INTEGER NOT NULL,
+        PRIMARY KEY (scope, target)
+    );
+    """,
 }
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Splits a migration into statements (trigger bodies hold semicolons too)."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                yield buf
+            buf = ""
+    if buf.strip():
+        raise StoreError("a migration ends in an incomplete statement")
+
+
+# -- the audit log ---------------------------------------------------------------------
+
+
+def _append_audit(conn: sqlite3.Connection, event: Mapping[str, Any]) -> int:
+    """Appends one record in the caller's transaction; returns its sequence number.
+
+    The record is the event plus ``seq`` and ``prev_root`` (the tree head before
+    it), serialised with RFC 8785; its leaf hash is computed over those bytes.
+    """
+    size, frontier_json = conn.execute(
+        "SELECT size, frontier FROM audit_state WHERE id = 1"
+    ).fetchone()
+    frontier: merkle.Frontier = [(s, bytes.fromhex(h)) for s, h in json.loads(frontier_json)]
+    seq = int(size) + 1
+    body = jcs({**event, "seq": seq, "prev_root": merkle.frontier_root(frontier).hex()})
+    leaf = merkle.leaf_hash(body)
+    conn.execute(
+        "INSERT INTO audit_log (seq, body, leaf) VALUES (?, ?, ?)",
+        (seq, body.decode("utf-8"), leaf),
+    )
+    frontier = merkle.frontier_append(frontier, leaf)
+    conn.execute(
+        "UPDATE audit_state SET size = ?, frontier = ? WHERE id = 1",
+        (seq, json.dumps([[s, h.hex()] for s, h in frontier])),
+    )
+    return seq
+
+
+def _frozen(conn: sqlite3.Connection, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
+    row = conn.execute(
+        "SELECT scope, target, reason, actor, source, at FROM freezes WHERE"
+        " (scope = 'global') OR (scope = 'agent' AND target = ?) OR"
+        " (scope = 'session' AND target = ?) OR (scope = 'key' AND target = ?)"
+        " ORDER BY CASE scope WHEN 'global' THEN 0 WHEN 'agent' THEN 1 WHEN 'session' THEN 2"
+        " ELSE 3 END LIMIT 1",
+        (agent_id, session_id, key_id),
+    ).fetchone()
+    return Freeze(*row) if row is not None else None
+
 
 # A reservation counts while spent, or held and not yet past its expiry.
 _LIVE = "(status = 'spent' OR (status = 'held' AND expires_at > ?))"
@@ -399,6 +493,38 @@ class _PaymentTx:
     def set_reservation(self, decision_id: str, status: str) -> None:
         _set_reservation(self._conn, decision_id, status)
 
+    def audit(self, event: Mapping[str, Any]) -> int:
+        return _append_audit(self._conn, event)
+
+    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
+        return _frozen(self._conn, agent_id, session_id, key_id)
+
+    def window_stats(self, agent_id: str, since: int) -> WindowStats:
+        decided = self._conn.execute(
+            "SELECT outcome, COUNT(*) FROM decisions WHERE agent_id = ? AND created_at > ?"
+            " GROUP BY outcome",
+            (agent_id, since),
+        ).fetchall()
+        counts = dict(decided)
+        spend: dict[str, int] = {}
+        payees: set[str] = set()
+        for asset, amount, payee in self._conn.execute(
+            "SELECT asset, amount_minor, payee_key FROM reservations WHERE agent_id = ?"
+            " AND created_at > ? AND status != 'released'",
+            (agent_id, since),
+        ):
+            spend[asset] = spend.get(asset, 0) + int(amount)
+            payees.add(payee)
+        return WindowStats(
+            decisions=sum(counts.values()),
+            denials=counts.get("deny", 0),
+            spend_minor=spend,
+            payees=len(payees),
+        )
+
+    def freeze(self, freeze: Freeze) -> bool:
+        return _freeze(self._conn, freeze)
+
     def void_unsigned(self, decision_id: str) -> None:
         self._conn.execute(
             "UPDATE reservations SET status = 'released' WHERE decision_id = ? AND"
@@ -442,6 +568,22 @@ class _ApprovalTx:
 
     def set_reservation(self, decision_id: str, status: str) -> None:
         _set_reservation(self._conn, decision_id, status)
+
+    def audit(self, event: Mapping[str, Any]) -> int:
+        return _append_audit(self._conn, event)
+
+    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
+        return _frozen(self._conn, agent_id, session_id, key_id)
+
+
+def _freeze(conn: sqlite3.Connection, f: Freeze) -> bool:
+    """Adds a freeze; False when the same scope and target were frozen already."""
+    changed = conn.execute(
+        "INSERT OR IGNORE INTO freezes (scope, target, reason, actor, source, at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (f.scope, f.target, f.reason, f.actor, f.source, f.at),
+    ).rowcount
+    return bool(changed)
 
 
 class SqliteStore:
@@ -500,9 +642,8 @@ class SqliteStore:
                     f"({SCHEMA_VERSION})"
                 )
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(_MIGRATIONS[target]):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {target}")
         return SCHEMA_VERSION
 
@@ -521,10 +662,13 @@ class SqliteStore:
             stored = conn.execute("SELECT DISTINCT asset, decimals FROM session_budgets").fetchall()
         return sorted({a for a, d in stored if decimals.get(a) != d})
 
-    def create_session(self, session: SessionRecord, decimals: Mapping[str, int]) -> None:
+    def create_session(
+        self, session: SessionRecord, decimals: Mapping[str, int], audit: Mapping[str, Any]
+    ) -> None:
         s = session
         try:
             with self._write() as conn:
+                _append_audit(conn, audit)
                 conn.execute(
                     "INSERT INTO sessions (id, agent_id, planner_id, task_digest, created_at,"
                     " expires_at, closed_at, allowed_payees, phase, pack_id)"
@@ -548,19 +692,26 @@ class SqliteStore:
         result: SessionRecord | None = self._read(_session, session_id, now)
         return result
 
-    def close_session(self, session_id: str, now: int) -> SessionRecord | None:
+    def close_session(
+        self, session_id: str, now: int, audit: Mapping[str, Any]
+    ) -> SessionRecord | None:
         try:
             with self._write() as conn:
                 conn.execute(
                     "UPDATE sessions SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
                     (now, session_id),
                 )
+                _append_audit(conn, audit)
                 return _session(conn, session_id, now)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot close session: {exc}") from None
 
     def commit_plan(
-        self, session_id: str, lines: tuple[PlanLineRecord, ...], now: int
+        self,
+        session_id: str,
+        lines: tuple[PlanLineRecord, ...],
+        now: int,
+        audit: Mapping[str, Any],
     ) -> SessionRecord | None:
         try:
             with self._write() as conn:
@@ -571,6 +722,7 @@ class SqliteStore:
                 ).rowcount
                 if changed != 1:
                     return None
+                _append_audit(conn, audit)
                 for idx, line in enumerate(lines):
                     conn.execute(
                         "INSERT INTO plan_lines (session_id, idx, payee, payee_key, asset,"
@@ -636,6 +788,87 @@ class SqliteStore:
 
         result: list[ApprovalRecord] = self._read(read)
         return result
+
+    # -- audit log and freezes ------------------------------------------------------
+
+    def audit_event(self, event: Mapping[str, Any]) -> int:
+        try:
+            with self._write() as conn:
+                return _append_audit(conn, event)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot append to the audit log: {exc}") from None
+
+    def audit_head(self) -> tuple[int, bytes]:
+        row = self._read(
+            lambda c: c.execute("SELECT size, frontier FROM audit_state WHERE id = 1").fetchone()
+        )
+        frontier = [(s, bytes.fromhex(h)) for s, h in json.loads(row[1])]
+        return int(row[0]), merkle.frontier_root(frontier)
+
+    def audit_leaves(self, size: int) -> list[bytes]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT leaf FROM audit_log WHERE seq <= ? ORDER BY seq", (size,)
+            ).fetchall()
+        )
+        return [bytes(r[0]) for r in rows]
+
+    def audit_records(self) -> list[tuple[int, str, bytes]]:
+        rows = self._read(
+            lambda c: c.execute("SELECT seq, body, leaf FROM audit_log ORDER BY seq").fetchall()
+        )
+        return [(int(s), str(b), bytes(h)) for s, b, h in rows]
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        c = checkpoint
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO audit_checkpoints (size, root, at, key_id, body,"
+                    " signature) VALUES (?, ?, ?, ?, ?, ?)",
+                    (c.size, c.root, c.at, c.key_id, c.body, c.signature),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store the checkpoint: {exc}") from None
+
+    def checkpoints(self) -> list[Checkpoint]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT size, root, at, key_id, body, signature FROM audit_checkpoints"
+                " ORDER BY size"
+            ).fetchall()
+        )
+        return [Checkpoint(*r) for r in rows]
+
+    def set_freeze(self, freeze: Freeze, audit: Mapping[str, Any]) -> bool:
+        try:
+            with self._write() as conn:
+                added = _freeze(conn, freeze)
+                if added:
+                    _append_audit(conn, audit)
+                return added
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot freeze: {exc}") from None
+
+    def clear_freeze(self, scope: str, target: str, audit: Mapping[str, Any]) -> bool:
+        try:
+            with self._write() as conn:
+                removed = conn.execute(
+                    "DELETE FROM freezes WHERE scope = ? AND target = ?", (scope, target)
+                ).rowcount
+                if removed:
+                    _append_audit(conn, audit)
+                return bool(removed)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot unfreeze: {exc}") from None
+
+    def freezes(self) -> list[Freeze]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT scope, target, reason, actor, source, at FROM freezes ORDER BY at, scope"
+            ).fetchall()
+        )
+        return [Freeze(*r) for r in rows]
 
     def close(self) -> None:
         with self._lock:

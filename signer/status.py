@@ -28,6 +28,7 @@ from paywarden.signer.errors import (
 ERROR_DOMAIN = "paywarden.dev"
 REASON_KEY = "paywarden-reason"
 DECISION_KEY = "paywarden-decision-id"
+AUDIT_KEY = "paywarden-audit-seq"
 
 _CODES: dict[type[PaywardenError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -73,4 +74,6 @@ def to_grpc_status(error: PaywardenError) -> grpc.Status:
     ]
     if error.decision_id:
         metadata.append((DECISION_KEY, error.decision_id))
+    if error.audit_seq is not None:
+        metadata.append((AUDIT_KEY, str(error.audit_seq)))
     return _Status(code, error.diagnostics(), tuple(metadata))

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +119,36 @@ class ApprovalRecord:
     note: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Freeze:
+    scope: str  # "global", "agent", "session" or "key"
+    target: str  # "" for global
+    reason: str
+    actor: str  # "operator/<id>" or "breaker"
+    source: str  # "operator" or "breaker"
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """An agent's recent activity, for the circuit breaker."""
+
+    decisions: int
+    denials: int
+    spend_minor: Mapping[str, int]
+    payees: int
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    size: int
+    root: str  # hex
+    at: int
+    key_id: str
+    body: str  # the signed RFC 8785 JSON
+    signature: str  # base64url r||s (ES256)
+
+
 class PaymentTx(Protocol):
     """The deciding transaction: every read and the write see one state."""
 
@@ -147,6 +177,16 @@ class PaymentTx(Protocol):
     def void_unsigned(self, decision_id: str) -> None:
         """Releases the reservation of an allowed decision that was never signed."""
 
+    def audit(self, event: Mapping[str, Any]) -> int:
+        """Appends an audit record in this transaction; returns its sequence number."""
+
+    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None: ...
+
+    def window_stats(self, agent_id: str, since: int) -> WindowStats: ...
+
+    def freeze(self, freeze: Freeze) -> bool:
+        """Adds a freeze; False if that scope and target were already frozen."""
+
     def set_approval_status(self, approval_id: str, status: str, now: int) -> None: ...
 
 
@@ -164,6 +204,10 @@ class ApprovalTx(Protocol):
 
     def set_reservation(self, decision_id: str, status: str) -> None: ...
 
+    def audit(self, event: Mapping[str, Any]) -> int: ...
+
+    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None: ...
+
 
 class Store(Protocol):
     def migrate(self) -> int:
@@ -175,15 +219,23 @@ class Store(Protocol):
     def adopt_decimals(self, decimals: Mapping[str, int]) -> list[str]:
         """Assets whose stored amounts were written with other decimals than these."""
 
-    def create_session(self, session: SessionRecord, decimals: Mapping[str, int]) -> None: ...
+    def create_session(
+        self, session: SessionRecord, decimals: Mapping[str, int], audit: Mapping[str, Any]
+    ) -> None: ...
 
     def get_session(self, session_id: str, now: int) -> SessionRecord | None: ...
 
-    def close_session(self, session_id: str, now: int) -> SessionRecord | None:
+    def close_session(
+        self, session_id: str, now: int, audit: Mapping[str, Any]
+    ) -> SessionRecord | None:
         """Marks an open session closed (idempotent); returns it, or None if unknown."""
 
     def commit_plan(
-        self, session_id: str, lines: tuple[PlanLineRecord, ...], now: int
+        self,
+        session_id: str,
+        lines: tuple[PlanLineRecord, ...],
+        now: int,
+        audit: Mapping[str, Any],
     ) -> SessionRecord | None:
         """Stores the plan and moves an exploring session to execute; None if it was not
         exploring (the plan is immutable once committed)."""
@@ -198,6 +250,29 @@ class Store(Protocol):
     def get_decision(self, decision_id: str) -> DecisionRecord | None: ...
 
     def pending_approvals(self, now: int) -> list[ApprovalRecord]: ...
+
+    # -- audit log and freezes --
+
+    def audit_event(self, event: Mapping[str, Any]) -> int:
+        """Appends one audit record in a transaction of its own."""
+
+    def audit_head(self) -> tuple[int, bytes]:
+        """(size, root) of the audit tree now."""
+
+    def audit_leaves(self, size: int) -> list[bytes]: ...
+
+    def audit_records(self) -> list[tuple[int, str, bytes]]:
+        """(seq, body, stored leaf hash), in sequence order."""
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
+
+    def checkpoints(self) -> list[Checkpoint]: ...
+
+    def set_freeze(self, freeze: Freeze, audit: Mapping[str, Any]) -> bool: ...
+
+    def clear_freeze(self, scope: str, target: str, audit: Mapping[str, Any]) -> bool: ...
+
+    def freezes(self) -> list[Freeze]: ...
 
     def close(self) -> None: ...
 

@@ -31,7 +31,7 @@ PLANNERS = ("planner-1", "planner-2")
 # under another role, to show that nobody approves its own request or session.
 APPROVERS = ("approver-1", "approver-2", "approver-3", "agent-1", "planner-1")
 OPERATORS = ("operator-1",)
-KEYS = ("payments.v1", "payments.v2")
+KEYS = ("payments.v1", "payments.v2", "audit.v1")
 
 
 def _run(args: list[str], env: dict[str, str] | None = None) -> str:
@@ -123,6 +123,7 @@ def stack(
     (extra config TOML, e.g. groups or assets) and ``STACK_TIMEZONE``.
     """
     from paywarden.signer.config import load_config
+    from paywarden.signer.control import ControlService
     from paywarden.signer.server import load_packs, open_hsm
     from paywarden.signer.service import SigningService
     from paywarden.signer.sqlite_store import SqliteStore
@@ -143,7 +144,8 @@ def stack(
     hsm = open_hsm(cfg)
     clock = Clock()
     service = SigningService(cfg, store, hsm, load_packs(cfg), clock=clock.now)
-    yield Stack(cfg, store, hsm, service, clock)
+    control = ControlService(cfg, store, hsm, service.metrics, clock=clock.now)
+    yield Stack(cfg, store, hsm, service, clock, control)
     hsm.close()
     store.close()
 
@@ -152,17 +154,23 @@ def stack(
 def grpc_add_to_server() -> object:
     from paywarden.signer.registry import add_servicer
 
-    def add(servicers: tuple[object, object, object], server: grpc.Server) -> None:
+    def add(servicers: tuple[object, ...], server: grpc.Server) -> None:
         add_servicer(server, servicers[0], "paywarden.v1.Signer")
         add_servicer(server, servicers[1], "paywarden.v1.Sessions")
         add_servicer(server, servicers[2], "paywarden.v1.Approvals")
+        add_servicer(server, servicers[3], "paywarden.v1.Control")
 
     return add
 
 
 @pytest.fixture(scope="module")
-def grpc_servicer(stack: object) -> tuple[object, object, object]:
-    from paywarden.signer.servicers import ApprovalsServicer, SessionsServicer, SignerServicer
+def grpc_servicer(stack: object) -> tuple[object, ...]:
+    from paywarden.signer.servicers import (
+        ApprovalsServicer,
+        ControlServicer,
+        SessionsServicer,
+        SignerServicer,
+    )
 
     from tests.helpers import Stack
 
@@ -172,6 +180,7 @@ def grpc_servicer(stack: object) -> tuple[object, object, object]:
         SignerServicer(stack.service, domain),
         SessionsServicer(stack.service, domain),
         ApprovalsServicer(stack.service, domain),
+        ControlServicer(stack.control, domain),
     )
 
 

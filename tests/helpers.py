@@ -82,6 +82,7 @@ class Stack:
     hsm: Any
     service: Any
     clock: Clock
+    control: Any = None
 
 
 OPEN_PACK = """
@@ -151,6 +152,13 @@ retry_interval_seconds = 0.0
 
 [store]
 path = "{directory / "state.db"}"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[audit]
+checkpoint_every = 10
+checkpoint_seconds = 60
 
 [limits]
 max_expiry_seconds = 300

@@ -34,6 +34,7 @@ from paywarden.signer.identity import (
 from paywarden.signer.status import ERROR_DOMAIN, to_grpc_status
 from paywarden.v1 import (
     approvals_pb2,
+    control_pb2,
     sessions_pb2,
     sessions_pb2_grpc,
     signer_pb2,
@@ -47,6 +48,7 @@ SERVICES = (
     signer_pb2.DESCRIPTOR.services_by_name["Signer"],
     sessions_pb2.DESCRIPTOR.services_by_name["Sessions"],
     approvals_pb2.DESCRIPTOR.services_by_name["Approvals"],
+    control_pb2.DESCRIPTOR.services_by_name["Control"],
 )
 PRINCIPAL_OF = {
     Role.AGENT: "agent-1",
@@ -191,7 +193,7 @@ def _documented_roles() -> dict[str, frozenset[Role]]:
 
 def test_role_table_has_exactly_one_entry_per_rpc() -> None:
     names = [name for name, _ in RPCS]
-    assert len(names) == len(set(names)) == 10
+    assert len(names) == len(set(names)) == 16
     assert sorted(RPC_ROLES) == sorted(names)
     for name, roles in RPC_ROLES.items():
         assert roles, f"{name} allows nobody"

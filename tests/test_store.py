@@ -18,6 +18,7 @@ from paywarden.signer.store import DecisionRecord, Reservation, SessionRecord, S
 from tests.helpers import ROOT, Pki, TestToken, write_config
 
 USD2 = {"USD": 2}
+EVENT = {"action": "test", "time": 1, "actor": {"role": "system", "id": "test"}}
 
 
 def _session(sid: str = "ses_" + "A" * 43, budget: int = 1000) -> SessionRecord:
@@ -105,7 +106,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_nonce_is_unique_in_the_store_itself(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
-    store.create_session(_session(), USD2)
+    store.create_session(_session(), USD2, EVENT)
     with store.payment_tx() as tx:
         _put(tx, 1, 10)
     with pytest.raises(StoreError), store.payment_tx() as tx:
@@ -120,7 +121,7 @@ def test_nonce_is_unique_in_the_store_itself(tmp_path: Path) -> None:
 def test_spend_beyond_budget_is_refused_by_the_store(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
-    store.create_session(_session(budget=100), USD2)
+    store.create_session(_session(budget=100), USD2, EVENT)
     with pytest.raises(StoreError), store.payment_tx() as tx:
         _put(tx, 1, 101)
     assert store.get_decision("dec_1") is None
@@ -132,7 +133,7 @@ def test_two_stores_race_for_the_last_of_a_budget(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     first = SqliteStore(path)
     first.migrate()
-    first.create_session(_session(budget=100), USD2)
+    first.create_session(_session(budget=100), USD2, EVENT)
     stores = [first, SqliteStore(path)]
     allowed: list[int] = []
     lock = threading.Lock()
@@ -163,7 +164,7 @@ def test_two_stores_race_for_the_last_of_a_budget(tmp_path: Path) -> None:
 def test_signature_is_attached_once(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
-    store.create_session(_session(), USD2)
+    store.create_session(_session(), USD2, EVENT)
     with store.payment_tx() as tx:
         _put(tx, 1, 10)
         _put(tx, 2, 10, "deny")
@@ -177,12 +178,12 @@ def test_signature_is_attached_once(tmp_path: Path) -> None:
 def test_close_session_is_idempotent(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
-    store.create_session(_session(), USD2)
-    first = store.close_session(_session().id, 100)
-    second = store.close_session(_session().id, 200)
+    store.create_session(_session(), USD2, EVENT)
+    first = store.close_session(_session().id, 100, EVENT)
+    second = store.close_session(_session().id, 200, EVENT)
     assert first is not None and second is not None
     assert first.closed_at == second.closed_at == 100
-    assert store.close_session("ses_" + "B" * 43, 1) is None
+    assert store.close_session("ses_" + "B" * 43, 1, EVENT) is None
     store.close()
 
 
@@ -190,7 +191,7 @@ def test_store_cli_inspection_and_export(tmp_path: Path, token: TestToken, pki: 
     config = write_config(tmp_path, token, pki)
     store = SqliteStore(tmp_path / "state.db")
     store.migrate()
-    store.create_session(_session(), USD2)
+    store.create_session(_session(), USD2, EVENT)
     store.close()
     run = [sys.executable, "-m", "paywarden.signer.cli"]
     info = subprocess.run(
@@ -252,7 +253,7 @@ def test_migration_from_version_1_keeps_spend_nonces_and_decisions(tmp_path: Pat
 def test_changed_decimals_are_detected(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
-    store.create_session(_session(), USD2)
+    store.create_session(_session(), USD2, EVENT)
     assert store.adopt_decimals({"USD": 2}) == []
     assert store.adopt_decimals({"USD": 0}) == ["USD"]
     assert store.adopt_decimals({}) == ["USD"]
@@ -265,7 +266,7 @@ def test_serve_refuses_to_start_when_an_asset_changed_decimals(
     config = write_config(tmp_path, token, pki)
     store = SqliteStore(tmp_path / "state.db")
     store.migrate()
-    store.create_session(_session(), {"USD": 3})  # written when USD had 3 decimals
+    store.create_session(_session(), {"USD": 3}, EVENT)  # written when USD had 3 decimals
     store.close()
     proc = subprocess.run(
         [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
@@ -286,7 +287,7 @@ def test_a_payment_at_the_first_second_of_a_long_day_counts_for_that_day(tmp_pat
     """On a 25-hour (DST) day the day starts more than 24 h before now."""
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
-    store.create_session(_session(), USD2)
+    store.create_session(_session(), USD2, EVENT)
     day_start = 1_000_000
     with store.payment_tx() as tx:
         tx.record_decision(

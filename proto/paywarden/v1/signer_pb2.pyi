@@ -45,7 +45,7 @@ class SignRequest(_message.Message):
     def __init__(self, intent: _Optional[_Union[PaymentIntent, _Mapping]] = ...) -> None: ...
 
 class SignResponse(_message.Message):
-    __slots__ = ("status", "approval_id", "jws", "decision_id", "key_id", "canonical_payload", "replayed_result")
+    __slots__ = ("status", "approval_id", "jws", "decision_id", "key_id", "canonical_payload", "replayed_result", "audit_seq")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
     JWS_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class SignResponse(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     CANONICAL_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_RESULT_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_SEQ_FIELD_NUMBER: _ClassVar[int]
     status: SignStatus
     approval_id: str
     jws: str
@@ -60,7 +61,8 @@ class SignResponse(_message.Message):
     key_id: str
     canonical_payload: bytes
     replayed_result: bool
-    def __init__(self, status: _Optional[_Union[SignStatus, str]] = ..., approval_id: _Optional[str] = ..., jws: _Optional[str] = ..., decision_id: _Optional[str] = ..., key_id: _Optional[str] = ..., canonical_payload: _Optional[bytes] = ..., replayed_result: _Optional[bool] = ...) -> None: ...
+    audit_seq: int
+    def __init__(self, status: _Optional[_Union[SignStatus, str]] = ..., approval_id: _Optional[str] = ..., jws: _Optional[str] = ..., decision_id: _Optional[str] = ..., key_id: _Optional[str] = ..., canonical_payload: _Optional[bytes] = ..., replayed_result: _Optional[bool] = ..., audit_seq: _Optional[int] = ...) -> None: ...
 
 class GetPublicKeysRequest(_message.Message):
     __slots__ = ()

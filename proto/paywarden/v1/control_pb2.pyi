@@ -1,0 +1,147 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FreezeScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FREEZE_SCOPE_UNSPECIFIED: _ClassVar[FreezeScope]
+    GLOBAL: _ClassVar[FreezeScope]
+    AGENT: _ClassVar[FreezeScope]
+    SESSION: _ClassVar[FreezeScope]
+    KEY: _ClassVar[FreezeScope]
+FREEZE_SCOPE_UNSPECIFIED: FreezeScope
+GLOBAL: FreezeScope
+AGENT: FreezeScope
+SESSION: FreezeScope
+KEY: FreezeScope
+
+class FreezeRecord(_message.Message):
+    __slots__ = ("scope", "target", "reason", "actor", "at")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    scope: FreezeScope
+    target: str
+    reason: str
+    actor: str
+    at: int
+    def __init__(self, scope: _Optional[_Union[FreezeScope, str]] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., at: _Optional[int] = ...) -> None: ...
+
+class FreezeRequest(_message.Message):
+    __slots__ = ("scope", "target", "reason")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    scope: FreezeScope
+    target: str
+    reason: str
+    def __init__(self, scope: _Optional[_Union[FreezeScope, str]] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FreezeResponse(_message.Message):
+    __slots__ = ("freeze", "created")
+    FREEZE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    freeze: FreezeRecord
+    created: bool
+    def __init__(self, freeze: _Optional[_Union[FreezeRecord, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class UnfreezeRequest(_message.Message):
+    __slots__ = ("scope", "target", "reason")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    scope: FreezeScope
+    target: str
+    reason: str
+    def __init__(self, scope: _Optional[_Union[FreezeScope, str]] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class UnfreezeResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+
+class ListFreezesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListFreezesResponse(_message.Message):
+    __slots__ = ("freezes",)
+    FREEZES_FIELD_NUMBER: _ClassVar[int]
+    freezes: _containers.RepeatedCompositeFieldContainer[FreezeRecord]
+    def __init__(self, freezes: _Optional[_Iterable[_Union[FreezeRecord, _Mapping]]] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SignedCheckpoint(_message.Message):
+    __slots__ = ("tree_size", "root_hash", "time", "key_id", "body", "signature")
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    tree_size: int
+    root_hash: str
+    time: int
+    key_id: str
+    body: str
+    signature: str
+    def __init__(self, tree_size: _Optional[int] = ..., root_hash: _Optional[str] = ..., time: _Optional[int] = ..., key_id: _Optional[str] = ..., body: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class CheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint", "audit_public_key_pem")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: SignedCheckpoint
+    audit_public_key_pem: str
+    def __init__(self, checkpoint: _Optional[_Union[SignedCheckpoint, _Mapping]] = ..., audit_public_key_pem: _Optional[str] = ...) -> None: ...
+
+class InclusionProofRequest(_message.Message):
+    __slots__ = ("seq", "tree_size")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    tree_size: int
+    def __init__(self, seq: _Optional[int] = ..., tree_size: _Optional[int] = ...) -> None: ...
+
+class InclusionProofResponse(_message.Message):
+    __slots__ = ("record", "leaf_hash", "tree_size", "root_hash", "proof")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    LEAF_HASH_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    record: str
+    leaf_hash: str
+    tree_size: int
+    root_hash: str
+    proof: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, record: _Optional[str] = ..., leaf_hash: _Optional[str] = ..., tree_size: _Optional[int] = ..., root_hash: _Optional[str] = ..., proof: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConsistencyProofRequest(_message.Message):
+    __slots__ = ("first", "second")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    SECOND_FIELD_NUMBER: _ClassVar[int]
+    first: int
+    second: int
+    def __init__(self, first: _Optional[int] = ..., second: _Optional[int] = ...) -> None: ...
+
+class ConsistencyProofResponse(_message.Message):
+    __slots__ = ("first_root", "second_root", "proof")
+    FIRST_ROOT_FIELD_NUMBER: _ClassVar[int]
+    SECOND_ROOT_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    first_root: str
+    second_root: str
+    proof: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, first_root: _Optional[str] = ..., second_root: _Optional[str] = ..., proof: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,220 @@
+"""Checkpoints, verification and explanations of the audit log.
+
+Verification trusts nothing in the store but the audit public key: it
+recomputes every leaf from the record bytes, checks that each record names
+its own position (``seq``) and the tree head before it (``prev_root``), and
+checks every signed checkpoint against the recomputed tree. The first record
+that was edited, removed, reordered or added after the fact is named.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from paywarden.signer import merkle
+from paywarden.signer.canonical import jcs
+from paywarden.signer.store import Checkpoint
+
+CHECKPOINT_TYPE = "paywarden.checkpoint.v1"
+
+
+def checkpoint_body(size: int, root: bytes, at: int) -> bytes:
+    return jcs({"typ": CHECKPOINT_TYPE, "size": size, "root": root.hex(), "time": at})
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def encode_signature(raw: bytes) -> str:
+    return _b64url(raw)
+
+
+def verify_checkpoint_signature(
+    checkpoint: Checkpoint, public_key: ec.EllipticCurvePublicKey
+) -> bool:
+    raw = _unb64url(checkpoint.signature)
+    if len(raw) != 64:
+        return False
+    der = utils.encode_dss_signature(
+        int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+    )
+    try:
+        public_key.verify(der, checkpoint.body.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+@dataclass
+class Report:
+    records: int = 0
+    checkpoints: int = 0
+    problems: list[str] = field(default_factory=list)
+    first_bad_seq: int | None = None
+    unsealed: int = 0  # records after the last checkpoint
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def bad(self, seq: int | None, message: str) -> None:
+        if seq is not None and (self.first_bad_seq is None or seq < self.first_bad_seq):
+            self.first_bad_seq = seq
+        self.problems.append(message)
+
+
+def verify(
+    records: Sequence[tuple[int, str, bytes | None]],
+    checkpoints: Iterable[Checkpoint],
+    public_key: ec.EllipticCurvePublicKey,
+) -> Report:
+    """``records``: (seq, body, stored leaf hash or None for an export), in row order."""
+    report = Report(records=len(records))
+    leaves: list[bytes] = []
+    frontier: merkle.Frontier = []
+    for position, (seq, body, stored_leaf) in enumerate(records, start=1):
+        problem = _check_record(position, seq, body, stored_leaf, frontier)
+        if problem is not None:
+            report.bad(position, problem)
+            break
+        leaf = merkle.leaf_hash(body.encode("utf-8"))
+        leaves.append(leaf)
+        frontier = merkle.frontier_append(frontier, leaf)
+    last_sealed = 0
+    sealed_ok = 0
+    for cp in sorted(checkpoints, key=lambda c: c.size):
+        report.checkpoints += 1
+        problem = _check_checkpoint(cp, public_key)
+        if problem is not None:
+            report.bad(None, problem)
+            continue
+        if cp.size > len(leaves):
+            if report.first_bad_seq is None:
+                first = len(leaves) + 1
+                report.bad(first, f"record {first}: removed (checkpoint {cp.size} covers it)")
+            continue
+        if merkle.root(leaves[: cp.size]).hex() != cp.root:
+            first = sealed_ok + 1
+            report.bad(
+                first,
+                f"records {first} to {cp.size}: rewritten (checkpoint {cp.size} no longer "
+                "matches the log)",
+            )
+            continue
+        sealed_ok = cp.size
+        last_sealed = max(last_sealed, cp.size)
+    report.unsealed = max(0, len(leaves) - last_sealed)
+    return report
+
+
+def _check_record(
+    position: int, seq: int, body: str, stored_leaf: bytes | None, frontier: merkle.Frontier
+) -> str | None:
+    if seq != position:
+        how = "removed" if seq > position else "reordered or added"
+        return f"record {position}: missing or out of place ({how}; found seq {seq})"
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return f"record {position}: not JSON (edited)"
+    if not isinstance(parsed, dict) or jcs(parsed).decode("utf-8") != body:
+        return f"record {position}: not in canonical form (edited)"
+    if parsed.get("seq") != position:
+        return f"record {position}: names position {parsed.get('seq')} (reordered)"
+    if stored_leaf is not None and merkle.leaf_hash(body.encode("utf-8")) != stored_leaf:
+        return f"record {position}: its bytes no longer match its leaf hash (edited)"
+    if parsed.get("prev_root") != merkle.frontier_root(frontier).hex():
+        return (
+            f"record {position}: does not follow the records before it "
+            "(added after the fact, or an earlier record was rewritten)"
+        )
+    return None
+
+
+def _check_checkpoint(cp: Checkpoint, public_key: ec.EllipticCurvePublicKey) -> str | None:
+    if not verify_checkpoint_signature(cp, public_key):
+        return f"checkpoint {cp.size}: bad signature"
+    try:
+        body = json.loads(cp.body)
+    except ValueError:
+        return f"checkpoint {cp.size}: its body is not JSON"
+    if body.get("size") != cp.size or body.get("root") != cp.root:
+        return f"checkpoint {cp.size}: its row disagrees with its signed body"
+    return None
+
+
+def _when(epoch: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def explain(records: Sequence[tuple[int, str]], decision_id: str) -> str | None:
+    """One decision in words: who asked, what, which rules, why, who approved."""
+    events = [json.loads(body) for _, body in records]
+    decided = [e for e in events if e.get("decision", {}).get("id") == decision_id]
+    if not decided:
+        return None
+    e = decided[0]
+    d = e["decision"]
+    who = e["actor"]
+    pack = d.get("pack") or {}
+    lines = [
+        f"Decision {decision_id} (audit record {e['seq']}, {_when(e['time'])})",
+        f"  {who['role']} {who['id']} asked to pay {d['amount']} {d['asset']} to "
+        f"{d['payee']!r} with key {d['key_id']} in session {d['session_id']}.",
+        f"  Policy pack: {pack.get('id', 'none')} v{pack.get('version', '-')} "
+        f"(sha256 {str(pack.get('sha256', '-'))[:16]}…).",
+    ]
+    deciding = next((r for r in d["trace"] if r["outcome"] == "deny"), None)
+    if d["outcome"] == "deny":
+        rule = deciding["rule"] if deciding else "—"
+        lines.append(f"  DENIED by rule {rule}: {d['reason']} — {d['message']}")
+    elif d["outcome"] == "pending":
+        held = next((r for r in d["trace"] if r["outcome"] == "approve"), None)
+        rule = held["rule"] if held else "—"
+        lines.append(
+            f"  HELD FOR APPROVAL by rule {rule}: {d['reason']} — {d['message']} "
+            f"({e.get('approvals_required', 1)} approver(s), approval {e.get('approval_id')})"
+        )
+    else:
+        lines.append("  ALLOWED: every rule allowed it.")
+    lines.append("  Rules evaluated:")
+    for r in d["trace"]:
+        limit = f" limit {r['limit']}" if r.get("limit") is not None else ""
+        seen = f", observed {r['observed']}" if r.get("observed") is not None else ""
+        lines.append(f"    {r['outcome']:<7} {r['rule']}: {r['reason']}{limit}{seen}")
+    approval_id = e.get("approval_id")
+    for later in events:
+        related = later.get("decision_id") == decision_id or (
+            approval_id is not None and later.get("approval_id") == approval_id
+        )
+        if later is e or not related:
+            continue
+        a = later["actor"]
+        action = later["action"]
+        if action.startswith("approval."):
+            note = f" ({later['note']})" if later.get("note") else ""
+            lines.append(
+                f"  {_when(later['time'])}: {a['role']} {a['id']} {action[9:]}d it{note}; "
+                f"approval now {later.get('state')}."
+            )
+        elif action == "sign.retry":
+            lines.append(
+                f"  {_when(later['time'])}: the agent retried; answer {later.get('answer')}"
+                f" ({later.get('reason')})."
+            )
+    purpose = e.get("untrusted", {}).get("purpose", "")
+    lines.append(f"  Agent's purpose (UNTRUSTED, decided nothing): {json.dumps(purpose)}")
+    return "\n".join(lines)
