@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 import sqlite_utils
-from paywarden.signer import approvals_cli, logs
+from paywarden.signer import approvals_cli, audit_cli, logs
 from paywarden.signer.config import Config, ConfigError, load_config
 from paywarden.signer.server import StartupError, start
 
@@ -147,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     approvals = sub.add_parser("approvals", help="approve or deny held payments (approver)")
     approvals_cli.add_arguments(approvals)
     approvals.set_defaults(fn=approvals_cli.run)
+    audit_parser = sub.add_parser("audit", help="verify, export and explain the audit log")
+    audit_cli.add_audit_arguments(audit_parser)
+    ctl = sub.add_parser("ctl", help="operator: freeze, unfreeze, checkpoint (over mTLS)")
+    audit_cli.add_ctl_arguments(ctl)
+    ctl.set_defaults(fn=audit_cli.run_ctl)
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)

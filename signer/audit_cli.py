@@ -1,0 +1,274 @@
+"""``paywarden audit …`` (offline, from the store or an export) and ``paywarden ctl …``
+(the operator's kill switch and checkpoints, over mTLS)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from paywarden.signer import auditlog, merkle
+from paywarden.signer.store import Checkpoint
+from paywarden.v1 import control_pb2, control_pb2_grpc
+
+DEFAULT_PKI = Path("data/pki")
+
+
+# -- reading the log -------------------------------------------------------------------
+
+
+def read_store(path: Path) -> tuple[list[tuple[int, str, bytes | None]], list[Checkpoint]]:
+    """Reads the raw rows, trusting nothing (read-only, no migration)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        records = [
+            (int(s), str(b), bytes(h) if h is not None else None)
+            for s, b, h in conn.execute("SELECT seq, body, leaf FROM audit_log ORDER BY rowid")
+        ]
+        checkpoints = [
+            Checkpoint(*r)
+            for r in conn.execute(
+                "SELECT size, root, at, key_id, body, signature FROM audit_checkpoints"
+                " ORDER BY size"
+            )
+        ]
+    finally:
+        conn.close()
+    return records, checkpoints
+
+
+def read_export(path: Path) -> tuple[list[tuple[int, str, bytes | None]], list[Checkpoint]]:
+    records: list[tuple[int, str, bytes | None]] = []
+    checkpoints: list[Checkpoint] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        if item["kind"] == "record":
+            records.append((int(item["seq"]), str(item["record"]), None))
+        elif item["kind"] == "checkpoint":
+            c = item["checkpoint"]
+            checkpoints.append(
+                Checkpoint(c["size"], c["root"], c["time"], c["key_id"], c["body"], c["signature"])
+            )
+    return records, checkpoints
+
+
+def _load(args: argparse.Namespace) -> tuple[list[tuple[int, str, bytes | None]], list[Checkpoint]]:
+    if args.export is not None:
+        return read_export(args.export)
+    from paywarden.signer.cli import _config
+
+    path = args.db or _config(args).store.path
+    if not path.exists():
+        raise SystemExit(f"paywarden: no store at {path}")
+    return read_store(path)
+
+
+def _public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise SystemExit(f"paywarden: {path} is not an EC public key")
+    return key
+
+
+# -- audit commands ---------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    records, checkpoints = _load(args)
+    report = auditlog.verify(records, checkpoints, _public_key(args.public_key))
+    if report.ok:
+        print(
+            f"audit log OK: {report.records} records, {report.checkpoints} signed checkpoints, "
+            f"{report.unsealed} records after the last checkpoint"
+        )
+        return 0
+    print(f"audit log BROKEN: first bad record {report.first_bad_seq}", file=sys.stderr)
+    for problem in report.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    records, checkpoints = _load(args)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        for seq, body, _leaf in records:
+            leaf = merkle.leaf_hash(body.encode("utf-8")).hex()
+            out.write(
+                json.dumps({"kind": "record", "seq": seq, "leaf": leaf, "record": body}) + "\n"
+            )
+        for c in checkpoints:
+            cp = {
+                "size": c.size, "root": c.root, "time": c.at, "key_id": c.key_id,
+                "body": c.body, "signature": c.signature,
+            }  # fmt: skip
+            out.write(json.dumps({"kind": "checkpoint", "checkpoint": cp}) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    records, _ = _load(args)
+    text = auditlog.explain([(s, b) for s, b, _ in records], args.decision_id)
+    if text is None:
+        print(f"paywarden: no decision {args.decision_id} in the audit log", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+def cmd_prove(args: argparse.Namespace) -> int:
+    records, _ = _load(args)
+    leaves = [merkle.leaf_hash(b.encode("utf-8")) for _, b, _ in records]
+    size = args.size or len(leaves)
+    if not 1 <= args.seq <= size <= len(leaves):
+        print(f"paywarden: record {args.seq} is not in a tree of {size}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "seq": args.seq,
+                "tree_size": size,
+                "leaf_hash": leaves[args.seq - 1].hex(),
+                "root_hash": merkle.root(leaves[:size]).hex(),
+                "proof": [h.hex() for h in merkle.inclusion_proof(args.seq - 1, leaves[:size])],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_consistency(args: argparse.Namespace) -> int:
+    records, _ = _load(args)
+    leaves = [merkle.leaf_hash(b.encode("utf-8")) for _, b, _ in records]
+    if not 0 < args.first <= args.second <= len(leaves):
+        print(f"paywarden: need 0 < first <= second <= {len(leaves)}", file=sys.stderr)
+        return 1
+    part = leaves[: args.second]
+    print(
+        json.dumps(
+            {
+                "first": args.first,
+                "second": args.second,
+                "first_root": merkle.root(part[: args.first]).hex(),
+                "second_root": merkle.root(part).hex(),
+                "proof": [h.hex() for h in merkle.consistency_proof(args.first, part)],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    source = argparse.ArgumentParser(add_help=False)
+    source.add_argument("--config", type=Path, help="signer config (its store.path)")
+    source.add_argument("--db", type=Path, help="a store file instead of the config's")
+    source.add_argument("--export", type=Path, help="a JSON Lines export instead of a store")
+    sub = parser.add_subparsers(dest="audit_command", required=True)
+    p = sub.add_parser("verify", parents=[source], help="recompute and check the whole log")
+    p.add_argument("--public-key", type=Path, required=True, help="the audit public key (PEM)")
+    p.set_defaults(fn=cmd_verify)
+    p = sub.add_parser("export", parents=[source], help="records and checkpoints as JSON Lines")
+    p.add_argument("--out", type=Path)
+    p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("show", parents=[source], help="explain one decision in words")
+    p.add_argument("decision_id")
+    p.set_defaults(fn=cmd_show)
+    p = sub.add_parser("prove", parents=[source], help="inclusion proof of one record")
+    p.add_argument("--seq", type=int, required=True)
+    p.add_argument("--size", type=int, default=0)
+    p.set_defaults(fn=cmd_prove)
+    p = sub.add_parser("consistency", parents=[source], help="consistency proof of two sizes")
+    p.add_argument("--first", type=int, required=True)
+    p.add_argument("--second", type=int, required=True)
+    p.set_defaults(fn=cmd_consistency)
+
+
+# -- ctl: the operator over mTLS ------------------------------------------------------
+
+_SCOPES = {"global": control_pb2.GLOBAL, "agent": control_pb2.AGENT,
+           "session": control_pb2.SESSION, "key": control_pb2.KEY}  # fmt: skip
+_NAMES = {v: k for k, v in _SCOPES.items()}
+
+
+def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--addr", default="127.0.0.1:50051")
+    parser.add_argument("--ca", type=Path, default=DEFAULT_PKI / "ca.crt")
+    parser.add_argument("--cert", type=Path, default=DEFAULT_PKI / "operator-dev-operator.crt")
+    parser.add_argument("--key", type=Path, default=DEFAULT_PKI / "operator-dev-operator.key")
+    parser.add_argument("--server-name", default="localhost")
+    sub = parser.add_subparsers(dest="ctl_command", required=True)
+    for name, helptext in (("freeze", "stop signing in a scope"), ("unfreeze", "lift a freeze")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("scope", choices=sorted(_SCOPES))
+        p.add_argument("target", nargs="?", default="")
+        p.add_argument("--reason", required=True)
+    sub.add_parser("freezes", help="the freezes in force")
+    p = sub.add_parser("checkpoint", help="sign a checkpoint of the audit log now")
+    p.add_argument("--public-key-out", type=Path, help="write the audit public key (PEM) here")
+
+
+def run_ctl(args: argparse.Namespace) -> int:
+    try:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=args.ca.read_bytes(),
+            private_key=args.key.read_bytes(),
+            certificate_chain=args.cert.read_bytes(),
+        )
+    except OSError as exc:
+        print(f"paywarden: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    options = [("grpc.ssl_target_name_override", args.server_name)]
+    with grpc.secure_channel(args.addr, creds, options=options) as channel:
+        stub = control_pb2_grpc.ControlStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            return _ctl(stub, args)
+        except grpc.RpcError as err:
+            print(f"paywarden: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+
+
+def _ctl(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    cmd = args.ctl_command
+    if cmd == "freeze":
+        resp = stub.Freeze(
+            control_pb2.FreezeRequest(
+                scope=_SCOPES[args.scope], target=args.target, reason=args.reason
+            ),
+            timeout=30,
+        )
+        state = "frozen" if resp.created else "already frozen"
+        print(f"{args.scope} {args.target}: {state} ({resp.freeze.reason})".replace("  ", " "))
+        return 0
+    if cmd == "unfreeze":
+        removed = stub.Unfreeze(
+            control_pb2.UnfreezeRequest(
+                scope=_SCOPES[args.scope], target=args.target, reason=args.reason
+            ),
+            timeout=30,
+        ).removed
+        print(f"{args.scope} {args.target}: {'unfrozen' if removed else 'was not frozen'}")
+        return 0
+    if cmd == "freezes":
+        freezes = stub.ListFreezes(control_pb2.ListFreezesRequest(), timeout=30).freezes
+        if not freezes:
+            print("nothing is frozen")
+        for f in freezes:
+            print(f"{_NAMES[f.scope]} {f.target or '-'}  by {f.actor}  at {f.at}  {f.reason}")
+        return 0
+    resp_cp = stub.Checkpoint(control_pb2.CheckpointRequest(), timeout=30)
+    cp = resp_cp.checkpoint
+    print(f"checkpoint: {cp.tree_size} records, root {cp.root_hash}, key {cp.key_id}")
+    if args.public_key_out:
+        args.public_key_out.write_text(resp_cp.audit_public_key_pem, encoding="ascii")
+        print(f"audit public key written to {args.public_key_out}")
+    return 0
