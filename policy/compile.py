@@ -100,6 +100,13 @@ def compile_pack(pack: PolicyPack, assets: Mapping[str, AssetInfo]) -> AllOf:
                 )
             )
         tiers[code] = tuple(entries)
+    for code, ceiling in m.sessions.max_budget.items():
+        to_minor(ceiling, assets[code].decimals, f"{where}: sessions.max_budget.{code}")
+    if m.breaker is not None:
+        for code, ceiling in m.breaker.max_spend.items():
+            if code not in assets:
+                raise PackError(f"{where}: field breaker.max_spend.{code}: no asset {code}")
+            to_minor(ceiling, assets[code].decimals, f"{where}: breaker.max_spend.{code}")
     rules_: list[Rule] = [
         *session_rules(),
         AssetAllowed(frozenset(m.assets)),
@@ -157,10 +164,12 @@ def payee_allowed_by_pack(pack: PolicyPack, payee: str, info: AssetInfo) -> Sess
     ):
         return SessionViolation("PAYEE_DENYLISTED", f"payee {payee!r} is on the pack's denylist")
     allowed = {normalise(a, case_insensitive=ci) for a in p.allow}
-    if key in allowed or matches_any(key, p.allow_patterns, case_insensitive=ci):
+    if key in allowed:
         return None
     if confusable_with(key, sorted(allowed)) is not None:
         return SessionViolation("PAYEE_CONFUSABLE", f"payee {payee!r} looks like an allowed payee")
+    if matches_any(key, p.allow_patterns, case_insensitive=ci):
+        return None
     return SessionViolation("PAYEE_NOT_ALLOWED", f"the pack does not allow payee {payee!r}")
 
 

@@ -64,8 +64,10 @@ def confusable_with(identifier: str, candidates: Iterable[str]) -> str | None:
 def compile_pattern(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
     """Patterns are anchored to the whole identifier (``fullmatch``) and, like
     identifiers, read in NFC."""
+    # re.ASCII: classes like [a-z] or \w never match non-ASCII look-alikes (with
+    # IGNORECASE, [a-z] would otherwise also match the dotless i).
     text = unicodedata.normalize("NFC", pattern)
-    return re.compile(text, re.IGNORECASE if case_insensitive else 0)
+    return re.compile(text, re.ASCII | (re.IGNORECASE if case_insensitive else 0))
 
 
 def matches_any(identifier: str, patterns: Iterable[str], *, case_insensitive: bool) -> str | None:

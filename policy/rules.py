@@ -252,10 +252,12 @@ class PayeeAllowed:
         limit = f"{len(allowed)} payees, {len(self.allow_patterns)} patterns"
         if facts.payee in allowed:
             return _ok(self.name, "PAYEE_ALLOWED", limit, facts.payee)
-        pattern = matches_any(facts.payee, self.allow_patterns, case_insensitive=ci)
-        if pattern is not None:
-            return _ok(self.name, "PAYEE_ALLOWED_BY_PATTERN", pattern, facts.payee)
+        # A look-alike of a named payee is denied even when a pattern would match it.
         twin = confusable_with(facts.payee, sorted(allowed))
+        if twin is None:
+            pattern = matches_any(facts.payee, self.allow_patterns, case_insensitive=ci)
+            if pattern is not None:
+                return _ok(self.name, "PAYEE_ALLOWED_BY_PATTERN", pattern, facts.payee)
         if twin is not None:
             return _deny(
                 self.name,

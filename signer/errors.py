@@ -62,6 +62,7 @@ class Reason(StrEnum):
     PLAN_INVALID = "PLAN_INVALID"
     SESSION_NOT_EXPLORING = "SESSION_NOT_EXPLORING"
     FROZEN = "FROZEN"
+    PAYMENT_WITHDRAWN = "PAYMENT_WITHDRAWN"
 
 
 class PaywardenError(Exception):

@@ -531,24 +531,27 @@ class SigningService:
         approval = tx.approval_for_decision(previous.id)
         if approval is None:
             raise StoreError(f"pending decision {previous.id} has no approval")
-        if approval.status in ("pending", "approved") and now >= approval.expires_at:
-            tx.set_approval_status(approval.id, "expired", now)
-            tx.set_reservation(previous.id, "released")
-            approval = _with_status(approval, "expired")
-        if approval.status == "pending":
-            return previous, approval, True
-        if approval.status == "approved":
+        if approval.status in ("pending", "approved"):
+            # closed or expired session, or the payment's exp passed: never signable again
             refusal = _unsignable(session, previous, now)
             if refusal is not None:
                 tx.set_approval_status(approval.id, "expired", now)
-                tx.set_reservation(previous.id, "released")
-                return _denied(previous, *refusal), approval, True
+                tx.void_unsigned(previous.id)
+                if refusal[0] == "EXPIRY_IN_PAST":
+                    refusal = (Reason.APPROVAL_EXPIRED, "approval expired with the payment")
+                return _denied(previous, *refusal), _with_status(approval, "expired"), True
+        if approval.status == "pending":
+            return previous, approval, True
+        if approval.status == "approved":
             tx.set_reservation(previous.id, "spent")
             return previous, approval, True
         if approval.status == "denied":
             note = f": {approval.note}" if approval.note else ""
             denial = _denied(previous, Reason.APPROVAL_DENIED, f"an approver denied it{note}")
             return denial, approval, True
+        refusal = _unsignable(session, previous, now)
+        if refusal is not None and refusal[0] != "EXPIRY_IN_PAST":
+            return _denied(previous, *refusal), approval, True  # expired by closing
         return _denied(previous, Reason.APPROVAL_EXPIRED, "approval expired"), approval, True
 
     def _policy_for(self, agent_id: str, session: SessionRecord) -> tuple[AllOf, int]:
@@ -561,8 +564,7 @@ class SigningService:
         return self._policies[pack.id], velocity.window_seconds if velocity else 0
 
     def _day_start(self, now: int) -> int:
-        local = dt.datetime.fromtimestamp(now, self._tz)
-        return int(local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+        return day_start(now, self._tz)
 
     def _facts(
         self,
@@ -649,6 +651,17 @@ class SigningService:
         self.metrics.hsm_latency.observe(time.monotonic() - started)
         compact = jws_compact(signing_input, signature)
         jws = _store_call(lambda: self._store.attach_signature(record.id, compact))
+        if jws is None:
+            # The payment was withdrawn (session closed, payment expired) while the
+            # HSM signed: the signature is discarded, never returned.
+            withdrawn = SessionNotUsable(
+                Reason.PAYMENT_WITHDRAWN,
+                "the payment was withdrawn (session closed or payment expired) before it was "
+                "signed; nothing was signed",
+                decision_id=record.id,
+            )
+            withdrawn.audit_seq = audit_seq
+            raise withdrawn
         units = float(_amount(record.amount_minor, self._decimals(record.asset)))
         self.metrics.signed(record.asset, units, record.session_id, record.agent_id, record.key_id)
         return SignResult(
@@ -774,6 +787,14 @@ def _pack_changed_policy(pack: Mapping[str, str | int]) -> AllOf:
             )
 
     return AllOf([_PackChanged()], pack)
+
+
+def day_start(now: int, tz: dt.tzinfo) -> int:
+    """Start of the calendar day of ``now`` in ``tz``. combine() gives fold=0: on a
+    day whose clocks go back over midnight the day starts at the first midnight,
+    never the repeated one."""
+    local = dt.datetime.fromtimestamp(now, tz)
+    return int(dt.datetime.combine(local.date(), dt.time(0), tzinfo=tz).timestamp())
 
 
 def _unsignable(

@@ -379,6 +379,14 @@ def _approval(conn: sqlite3.Connection, where: str, key: str) -> ApprovalRecord 
 
 
 def _set_reservation(conn: sqlite3.Connection, decision_id: str, status: str) -> None:
+    if status == "released":
+        # Anything not yet signed can be released; a signed payment never is.
+        conn.execute(
+            "UPDATE reservations SET status = 'released' WHERE decision_id = ?"
+            " AND status != 'released' AND (SELECT jws FROM decisions WHERE id = ?) IS NULL",
+            (decision_id, decision_id),
+        )
+        return
     conn.execute(
         "UPDATE reservations SET status = ? WHERE decision_id = ? AND status = 'held'",
         (status, decision_id),
@@ -701,6 +709,20 @@ class SqliteStore:
                     "UPDATE sessions SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
                     (now, session_id),
                 )
+                # Nothing unsigned in a closed session can ever be signed: expire its
+                # approvals and release what it held.
+                conn.execute(
+                    "UPDATE approvals SET status = 'expired', decided_at = ? WHERE status IN"
+                    " ('pending', 'approved') AND decision_id IN (SELECT id FROM decisions"
+                    " WHERE session_id = ? AND jws IS NULL)",
+                    (now, session_id),
+                )
+                conn.execute(
+                    "UPDATE reservations SET status = 'released' WHERE status != 'released'"
+                    " AND decision_id IN (SELECT id FROM decisions WHERE session_id = ?"
+                    " AND jws IS NULL)",
+                    (session_id,),
+                )
                 _append_audit(conn, audit)
                 return _session(conn, session_id, now)
         except sqlite3.Error as exc:
@@ -752,13 +774,21 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from None
 
-    def attach_signature(self, decision_id: str, jws: str) -> str:
+    def attach_signature(self, decision_id: str, jws: str) -> str | None:
+        """Attaches the JWS only while the payment is still committed: its reservation
+        spent and, for a held payment, its approval approved. Otherwise (the session
+        was closed, the payment expired or was withdrawn while the HSM signed) the
+        signature is thrown away and None is returned."""
         try:
             with self._write() as conn:
                 conn.execute(
-                    "UPDATE decisions SET jws = ? WHERE id = ? AND outcome IN ('allow', 'pending')"
-                    " AND jws IS NULL AND payload IS NOT NULL",
-                    (jws, decision_id),
+                    "UPDATE decisions SET jws = ? WHERE id = ? AND jws IS NULL"
+                    " AND payload IS NOT NULL AND ("
+                    "   (outcome = 'allow') OR (outcome = 'pending' AND EXISTS (SELECT 1 FROM"
+                    "   approvals WHERE decision_id = ? AND status = 'approved')))"
+                    " AND EXISTS (SELECT 1 FROM reservations WHERE decision_id = ?"
+                    "   AND status = 'spent')",
+                    (jws, decision_id, decision_id, decision_id),
                 )
                 row = conn.execute(
                     "SELECT jws FROM decisions WHERE id = ?", (decision_id,)
@@ -766,7 +796,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot record the signature: {exc}") from None
         if row is None or row[0] is None:
-            raise StoreError(f"decision {decision_id} is not a signable decision")
+            return None
         stored: str = row[0]
         return stored
 

@@ -244,8 +244,9 @@ class Store(Protocol):
 
     def approval_tx(self) -> AbstractContextManager[ApprovalTx]: ...
 
-    def attach_signature(self, decision_id: str, jws: str) -> str:
-        """Stores the JWS of a signable decision unless one is stored; returns the stored one."""
+    def attach_signature(self, decision_id: str, jws: str) -> str | None:
+        """Stores the JWS of a still-committed decision unless one is stored; returns the
+        stored one, or None when the payment was withdrawn meanwhile (nothing stored)."""
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None: ...
 

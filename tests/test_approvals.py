@@ -572,7 +572,19 @@ def test_approved_after_the_session_closed_is_never_signed(api: Api, stack: Stac
     sid = open_session(api)
     request, resp = pending(api, stack, sid)
     api.planner.CloseSession(sessions_pb2.CloseSessionRequest(session_id=sid))
-    approve(api, resp.approval_id, "approver-1")
+    # closing the session expired its approvals: nobody can approve it any more
+    assert_refused(
+        api.approver("approver-1").Approve,
+        approvals_pb2.ApproveRequest(approval_id=resp.approval_id),
+        PRECONDITION,
+        "APPROVAL_NOT_PENDING",
+    )
+    assert resp.approval_id not in {
+        a.approval_id
+        for a in api.approver("approver-1")
+        .ListPending(approvals_pb2.ListPendingRequest())
+        .approvals
+    }
     assert_refused(api.signer.Sign, request, PRECONDITION, "SESSION_CLOSED")
     assert stack.store.get_decision(resp.decision_id).jws is None
     assert spent(api, sid) == "0.00"

@@ -76,11 +76,13 @@ def test_a_good_pack_is_described(tmp_path: Path) -> None:
         (lambda t: t.replace('[assets.USD]', '[assets.XYZ]').replace("USD =", "XYZ ="),
          "assets.XYZ"),
         (lambda t: t + '\n[hours]\nstart = "09:00"\nend = "09:00"\n', "field hours"),
+        (lambda t: t.replace('USD = "200.00"', 'USD = "200.001"'), "sessions.max_budget.USD"),
         (lambda t: t.replace(DAILY, DAILY + '\napproval_above = "1.001"'),
          "assets.USD.approval_above"),
     ],
     ids=["unknown-top", "unknown-nested", "negative-limit", "empty-allowlist", "negative-ttl",
-         "bad-key-id", "finer-than-asset", "unknown-asset", "empty-hours", "approval-too-fine"],
+         "bad-key-id", "finer-than-asset", "unknown-asset", "empty-hours", "approval-too-fine",
+         "budget-too-fine"],
 )  # fmt: skip
 def test_a_bad_pack_fails_naming_the_field(tmp_path: Path, edit: object, field: str) -> None:
     bad = edit(GOOD)  # type: ignore[operator]

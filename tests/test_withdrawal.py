@@ -1,0 +1,116 @@
+"""Payments withdrawn while the HSM signs, calendar days across DST, look-alikes
+behind patterns: the fixes for the policy review, each shown at its own level."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from paywarden.policy.engine import Outcome
+from paywarden.policy.rules import PayeeAllowed
+from paywarden.signer.service import day_start
+from paywarden.signer.sqlite_store import SqliteStore
+from paywarden.signer.store import ApprovalRecord, DecisionRecord, Reservation, SessionRecord
+
+from tests.test_policy_rules import make_facts
+
+SID = "ses_" + "C" * 43
+EVENT = {"action": "test", "time": 1, "actor": {"role": "system", "id": "test"}}
+
+
+def _store(tmp_path: Path) -> SqliteStore:
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    store.create_session(
+        SessionRecord(SID, "agent-1", "planner-1", "0" * 64, 1, 2**40, None, {"USD": 1000}, {}),
+        {"USD": 2},
+        EVENT,
+    )
+    return store
+
+
+def _commit(store: SqliteStore, i: int, outcome: str = "allow", status: str = "spent") -> str:
+    decision = DecisionRecord(
+        f"dec_{i}", 1, "agent-1", SID, f"n{i}", f"h{i}", outcome, "ALLOWED", "",
+        "payments.v1", "USD", 100, payload=b"{}", expires_at=2**40,
+    )  # fmt: skip
+    reservation = Reservation(f"dec_{i}", "agent-1", SID, "USD", "acme", 100, 1, 2**40, status)
+    approval = (
+        ApprovalRecord(f"apr_{i}", f"dec_{i}", 1, "pending", 1, 2**40)
+        if outcome == "pending"
+        else None
+    )
+    with store.payment_tx() as tx:
+        tx.record_decision(decision, consume_nonce=True, reservation=reservation, approval=approval)
+    return decision.id
+
+
+def test_a_signature_made_after_the_session_closed_is_discarded(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    first = _commit(store, 1)
+    second = _commit(store, 2)
+    assert store.attach_signature(first, "jws-1") == "jws-1"
+    # the planner closes the session while the HSM signs the second payment
+    closed = store.close_session(SID, 5, EVENT)
+    assert closed is not None and closed.spent_minor == {"USD": 100}  # only the signed one
+    assert store.attach_signature(second, "jws-2") is None
+    decision = store.get_decision(second)
+    assert decision is not None and decision.jws is None
+    store.close()
+
+
+def test_closing_expires_approvals_and_releases_holds(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    held = _commit(store, 3, outcome="pending", status="held")
+    store.close_session(SID, 5, EVENT)
+    assert store.pending_approvals(6) == []
+    with store.approval_tx() as tx:
+        approval = tx.approval("apr_3")
+    assert approval is not None and approval.status == "expired"
+    session = store.get_session(SID, 6)
+    assert session is not None and session.spent_minor == {"USD": 0}
+    assert store.attach_signature(held, "jws") is None
+    store.close()
+
+
+def test_an_unsigned_spent_reservation_can_be_released_but_a_signed_one_never(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    unsigned = _commit(store, 4)  # e.g. approved, then the HSM failed
+    signed = _commit(store, 5)
+    assert store.attach_signature(signed, "jws-5") == "jws-5"
+    with store.payment_tx() as tx:
+        tx.set_reservation(unsigned, "released")
+        tx.set_reservation(signed, "released")
+    session = store.get_session(SID, 6)
+    assert session is not None and session.spent_minor == {"USD": 100}
+    store.close()
+
+
+def test_the_day_starts_at_the_first_midnight_when_clocks_go_back_over_it() -> None:
+    azores = ZoneInfo("Atlantic/Azores")  # 2023-10-29: 01:00 back to 00:00
+    first_midnight = dt.datetime(2023, 10, 29, 0, 0, tzinfo=azores)
+    second_pass = int(dt.datetime(2023, 10, 29, 0, 30, fold=1, tzinfo=azores).timestamp())
+    first_pass = int(dt.datetime(2023, 10, 29, 0, 30, fold=0, tzinfo=azores).timestamp())
+    assert second_pass - first_pass == 3600
+    assert day_start(second_pass, azores) == int(first_midnight.timestamp())
+    assert day_start(first_pass, azores) == int(first_midnight.timestamp())
+    utc = ZoneInfo("UTC")
+    assert day_start(86_400 * 3 + 5, utc) == 86_400 * 3
+
+
+def test_a_look_alike_of_a_named_payee_is_denied_even_when_a_pattern_matches() -> None:
+    rule = PayeeAllowed(
+        {"USD": frozenset({"acme.shop.example"})},
+        (r"[a-z0-9-]+\.shop\.example",),
+        {"USD": True},
+    )
+    looks_alike = rule.check(make_facts(payee="acrne.shop.example"))
+    assert (looks_alike.outcome, looks_alike.reason) == (Outcome.DENY, "PAYEE_CONFUSABLE")
+    other = rule.check(make_facts(payee="books.shop.example"))
+    assert (other.outcome, other.reason) == (Outcome.ALLOW, "PAYEE_ALLOWED_BY_PATTERN")
+    # with IGNORECASE, [a-z] would match the dotless i; patterns are ASCII-only
+    dotless = rule.check(make_facts(payee="acme-\u0131.shop.example"))
+    assert dotless.outcome is Outcome.DENY
