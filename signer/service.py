@@ -711,10 +711,10 @@ class SigningService:
         note = clean_text("note", note, max_len=MAX_NOTE, required=False, allow_newlines=True)
         if not approval_id.startswith("apr_") or len(approval_id) > 64:
             raise InvalidInput(Reason.STRING_INVALID, "approval_id is malformed")
-        now = self._now()
 
         def run() -> ApprovalView:
             with self._store.approval_tx() as tx:
+                now = self._now()  # read under the write lock, like every decision
                 view = self._approval_view(tx, approval_id, now)
                 if view.decision.agent_id == caller.id:
                     raise Forbidden(
