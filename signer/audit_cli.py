@@ -87,7 +87,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"{report.unsealed} records after the last checkpoint"
         )
         return 0
-    print(f"audit log BROKEN: first bad record {report.first_bad_seq}", file=sys.stderr)
+    if report.first_bad_seq is not None:
+        print(f"audit log BROKEN: first bad record {report.first_bad_seq}", file=sys.stderr)
+    else:
+        print("audit log BROKEN: a signed checkpoint does not hold", file=sys.stderr)
     for problem in report.problems:
         print(f"  {problem}", file=sys.stderr)
     return 1

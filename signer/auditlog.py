@@ -86,7 +86,7 @@ def verify(
     for position, (seq, body, stored_leaf) in enumerate(records, start=1):
         problem = _check_record(position, seq, body, stored_leaf, frontier)
         if problem is not None:
-            report.bad(position, problem)
+            report.bad(*_blame(position, problem))
             break
         leaf = merkle.leaf_hash(body.encode("utf-8"))
         leaves.append(leaf)
@@ -140,6 +140,18 @@ def _check_record(
             "(added after the fact, or an earlier record was rewritten)"
         )
     return None
+
+
+def _blame(position: int, problem: str) -> tuple[int, str]:
+    """A broken link at ``position`` means record ``position - 1`` was rewritten
+    (its own link held, so everything before it is intact) or this one was inserted."""
+    if "does not follow" in problem and position > 1:
+        prev = position - 1
+        return prev, (
+            f"records {prev} to {position}: record {prev} was rewritten after the fact, "
+            f"or record {position} was inserted"
+        )
+    return position, problem
 
 
 def _check_checkpoint(cp: Checkpoint, public_key: ec.EllipticCurvePublicKey) -> str | None:

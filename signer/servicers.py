@@ -54,6 +54,7 @@ class SignerServicer(signer_pb2_grpc.SignerServicer):
                 key_id=result.key_id,
                 canonical_payload=result.payload,
                 replayed_result=result.replayed,
+                audit_seq=result.audit_seq,
             )
         return signer_pb2.SignResponse(
             status=signer_pb2.SIGNED,

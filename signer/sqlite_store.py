@@ -183,6 +183,9 @@ _MIGRATIONS: dict[int, str] = {
       BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
       BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+    CREATE TRIGGER audit_log_no_replace BEFORE INSERT ON audit_log
+      WHEN EXISTS (SELECT 1 FROM audit_log WHERE seq = NEW.seq)
+      BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
     CREATE TABLE audit_checkpoints (
         size INTEGER PRIMARY KEY,
         root TEXT NOT NULL,
