@@ -250,7 +250,8 @@ def _ctl(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
             timeout=30,
         )
         state = "frozen" if resp.created else "already frozen"
-        print(f"{args.scope} {args.target}: {state} ({resp.freeze.reason})".replace("  ", " "))
+        where = f"{args.scope} {args.target}".strip()
+        print(f"{where}: {state} ({resp.freeze.reason})")
         return 0
     if cmd == "unfreeze":
         removed = stub.Unfreeze(
@@ -259,7 +260,8 @@ def _ctl(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
             ),
             timeout=30,
         ).removed
-        print(f"{args.scope} {args.target}: {'unfrozen' if removed else 'was not frozen'}")
+        where = f"{args.scope} {args.target}".strip()
+        print(f"{where}: {'unfrozen' if removed else 'was not frozen'}")
         return 0
     if cmd == "freezes":
         freezes = stub.ListFreezes(control_pb2.ListFreezesRequest(), timeout=30).freezes

@@ -101,9 +101,10 @@ class ControlService:
         reason = clean_text("reason", reason, max_len=MAX_REASON)
         now = self._now()
         event = audit.event("freeze.clear", caller, now, scope=scope, target=target, reason=reason)
-        removed = _store(lambda: self._store.clear_freeze(scope, target, event))
+        removed = _store(lambda: self._store.clear_freeze(scope, target, now, event))
         self.freezes()
         if removed:
+            self._metrics.unfroze(scope, target)
             log.warning("freeze lifted", extra={"reason": reason})
         return removed
 

@@ -130,9 +130,17 @@ class Metrics:
 
     def froze(self, scope: str, target: str, source: str, at: float) -> None:
         self.freezes.labels(scope, source).inc()
+        self.frozen.labels(scope).inc()
         with self._lock:
             self._last_freeze = _FreezeClock(scope, target, at)
             self.time_to_intervention.set(0.0)
+
+    def unfroze(self, scope: str, target: str) -> None:
+        """Signatures after an unfreeze say nothing about that freeze's intervention."""
+        with self._lock:
+            clock = self._last_freeze
+            if clock is not None and (clock.scope, clock.target) == (scope, target):
+                self._last_freeze = None
 
     def frozen_now(self, counts: dict[str, int]) -> None:
         for scope in ("global", "agent", "session", "key"):

@@ -194,6 +194,10 @@ _MIGRATIONS: dict[int, str] = {
         body TEXT NOT NULL,
         signature TEXT NOT NULL
     );
+    CREATE TABLE breaker_resets (
+        agent_id TEXT PRIMARY KEY,
+        at INTEGER NOT NULL
+    );
     CREATE TABLE freezes (
         scope TEXT NOT NULL CHECK (scope IN ('global', 'agent', 'session', 'key')),
         target TEXT NOT NULL,
@@ -511,6 +515,12 @@ class _PaymentTx:
         return _frozen(self._conn, agent_id, session_id, key_id)
 
     def window_stats(self, agent_id: str, since: int) -> WindowStats:
+        # An operator's unfreeze starts the breaker's window afresh for the agent.
+        reset = self._conn.execute(
+            "SELECT at FROM breaker_resets WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        if reset is not None:
+            since = max(since, int(reset[0]))
         decided = self._conn.execute(
             "SELECT outcome, COUNT(*) FROM decisions WHERE agent_id = ? AND created_at > ?"
             " GROUP BY outcome",
@@ -883,12 +893,17 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot freeze: {exc}") from None
 
-    def clear_freeze(self, scope: str, target: str, audit: Mapping[str, Any]) -> bool:
+    def clear_freeze(self, scope: str, target: str, now: int, audit: Mapping[str, Any]) -> bool:
         try:
             with self._write() as conn:
                 removed = conn.execute(
                     "DELETE FROM freezes WHERE scope = ? AND target = ?", (scope, target)
                 ).rowcount
+                if removed and scope == "agent":
+                    conn.execute(
+                        "INSERT OR REPLACE INTO breaker_resets (agent_id, at) VALUES (?, ?)",
+                        (target, now),
+                    )
                 if removed:
                     _append_audit(conn, audit)
                 return bool(removed)

@@ -271,7 +271,8 @@ class Store(Protocol):
 
     def set_freeze(self, freeze: Freeze, audit: Mapping[str, Any]) -> bool: ...
 
-    def clear_freeze(self, scope: str, target: str, audit: Mapping[str, Any]) -> bool: ...
+    def clear_freeze(self, scope: str, target: str, now: int, audit: Mapping[str, Any]) -> bool:
+        """Lifts a freeze; lifting an agent's also restarts its breaker window."""
 
     def freezes(self) -> list[Freeze]: ...
 
