@@ -297,3 +297,22 @@ def test_serve_names_bad_tls_material(
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr
+
+
+def test_logs_are_json_lines_with_decision_ids_and_no_secrets(
+    config_path: Path, pki: Pki, token: TestToken
+) -> None:
+    with serve(config_path) as srv:
+        session_id = open_session(srv.addr, pki)
+        resp = sign(srv.addr, pki, intent(session_id, new_nonce()))
+        with pytest.raises(grpc.RpcError):
+            sign(srv.addr, pki, intent(session_id, new_nonce(), amount="-1"))
+    logs = [line for line in srv.output if line.startswith("{")]
+    assert logs, srv.output
+    parsed = [json.loads(line) for line in logs]
+    assert {"ts", "level", "logger", "msg"} <= set(parsed[0])
+    assert any(p.get("decision_id") == resp.decision_id for p in parsed)
+    everything = "".join(srv.output)
+    assert token.pin not in everything
+    assert token.so_pin_file.read_text().strip() not in everything
+    assert "PRIVATE KEY" not in everything
