@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import NoReturn, TypeVar
 from zoneinfo import ZoneInfo
@@ -55,6 +55,7 @@ from paywarden.signer.errors import (
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.metrics import Metrics
 from paywarden.signer.payments import (
+    MAX_EXPIRES_AT,
     Intent,
     IntentFields,
     check_expiry,
@@ -317,27 +318,36 @@ class SigningService:
         return result
 
     def _audit_refusal(self, caller: Principal, fields: IntentFields, exc: PaywardenError) -> None:
-        """A refusal that no decision recorded (bad input, binding, replay, HSM, freeze)."""
+        """A refusal that no decision recorded (bad input, binding, replay, HSM, freeze).
+
+        The request as the agent sent it is untrusted text: it goes under ``untrusted``,
+        bounded, and numbers JSON cannot carry exactly are kept as strings.
+        """
+        if exc.reason == Reason.STORE_UNAVAILABLE:
+            return  # the store just failed; waiting on it again helps nobody
+        expires = fields.expires_at
         refused = audit.event(
             "sign.refused",
             caller,
             self._now(),
             reason=str(exc.reason),
             message=exc.message,
-            request={
-                "session_id": fields.session_id[:100],
-                "key_id": fields.key_id[:100],
-                "payee": fields.payee[:300],
-                "amount": fields.amount[:60],
-                "asset": fields.asset[:20],
-                "nonce": fields.nonce[:100],
-                "expires_at": fields.expires_at,
+            untrusted={
+                "purpose": fields.purpose[:2048],
+                "request": {
+                    "session_id": fields.session_id[:100],
+                    "key_id": fields.key_id[:100],
+                    "payee": fields.payee[:300],
+                    "amount": fields.amount[:60],
+                    "asset": fields.asset[:20],
+                    "nonce": fields.nonce[:100],
+                    "expires_at": expires if abs(expires) <= MAX_EXPIRES_AT else str(expires),
+                },
             },
-            untrusted=audit.untrusted(fields.purpose[:2048]),
         )
         try:
             exc.audit_seq = self._store.audit_event(refused)
-        except StoreError as err:
+        except (StoreError, ValueError, TypeError) as err:
             log.error("cannot audit a refused Sign: %s", err)
 
     def _sign(self, caller: Principal, fields: IntentFields) -> SignResult:
@@ -384,10 +394,10 @@ class SigningService:
             # A freeze stops every signature not yet issued, retries included.
             freeze = tx.frozen(caller.id, session.id, intent.key_id)
             if freeze is not None:
-                target = f" {freeze.target}" if freeze.target else ""
-                raise SessionNotUsable(
-                    Reason.FROZEN, f"{freeze.scope}{target} is frozen: {freeze.reason}"
-                )
+                # The agent learns the scope, never the operator's reason (which may
+                # well be about the agent) nor other principals' names.
+                by = "the circuit breaker" if freeze.source == "breaker" else "an operator"
+                raise SessionNotUsable(Reason.FROZEN, f"signing is frozen ({freeze.scope}) by {by}")
             # Only after session binding: nobody learns about nonces outside its sessions.
             previous = tx.decision_for_nonce(intent.nonce)
             if previous is not None:
@@ -422,6 +432,11 @@ class SigningService:
             usage = tx.agent_usage(caller.id, intent.asset, now, self._day_start(now), window)
             facts = self._facts(now, caller, intent, payee_key, session, usage)
             decision = evaluate(policy, facts)
+            # The breaker judges the window as it would be with this payment in it:
+            # the payment that would cross its threshold is denied, not signed.
+            tripped = self._breaker_trip(tx, caller, now, decision, intent, payee_key)
+            if tripped is not None and decision.verdict is not Verdict.DENY:
+                decision = _breaker_denial(decision, tripped)
             decision_id = new_decision_id()
             payload = None
             if decision.verdict is not Verdict.DENY:
@@ -476,7 +491,10 @@ class SigningService:
                     untrusted=audit.untrusted(intent.purpose),
                 )
             )
-            self._trip_breaker(tx, caller, now)
+            froze = tripped is not None and self._freeze_by_breaker(tx, caller, now, tripped)
+        if froze:
+            self.metrics.froze("agent", caller.id, "breaker", now)
+            log.warning("circuit breaker froze an agent", extra={"reason": tripped})
         self.metrics.decided(record.outcome, record.reason)
         if approval is not None:
             self.metrics.approval("requested")
@@ -485,31 +503,51 @@ class SigningService:
         )
         return record, approval, False, seq
 
-    def _trip_breaker(self, tx: PaymentTx, caller: Principal, now: int) -> None:
-        """Freezes the agent when its pack's circuit breaker trips (recorded, audited)."""
+    def _breaker_trip(
+        self,
+        tx: PaymentTx,
+        caller: Principal,
+        now: int,
+        decision: Decision,
+        intent: Intent,
+        payee_key: str,
+    ) -> str | None:
+        """Why the agent's breaker trips with this decision counted (None: it does not)."""
         pack = self._packs.for_agent(caller.id)
         breaker = pack.model.breaker if pack is not None else None
         if breaker is None:
-            return
+            return None
         stats = tx.window_stats(caller.id, now - breaker.window_seconds)
-        why = _breaker_reason(breaker, stats, self._assets)
-        if why is None:
-            return
-        freeze = Freeze("agent", caller.id, f"circuit breaker: {why}", "breaker", "breaker", now)
-        if tx.freeze(freeze):
-            tx.audit(
-                audit.event(
-                    "breaker.freeze",
-                    None,
-                    now,
-                    scope="agent",
-                    target=caller.id,
-                    reason=freeze.reason,
-                    pack_id=pack.id if pack is not None else None,
-                )
+        if decision.verdict is Verdict.DENY:
+            projected = replace(stats, decisions=stats.decisions + 1, denials=stats.denials + 1)
+        else:
+            spend = dict(stats.spend_minor)
+            spend[intent.asset] = spend.get(intent.asset, 0) + intent.amount.minor
+            projected = replace(
+                stats,
+                decisions=stats.decisions + 1,
+                spend_minor=spend,
+                payees=stats.payees | {payee_key},
             )
-            self.metrics.froze("agent", caller.id, "breaker", now)
-            log.warning("circuit breaker froze an agent", extra={"reason": freeze.reason})
+        return _breaker_reason(breaker, projected, self._assets)
+
+    def _freeze_by_breaker(self, tx: PaymentTx, caller: Principal, now: int, why: str) -> bool:
+        freeze = Freeze("agent", caller.id, f"circuit breaker: {why}", "breaker", "breaker", now)
+        if not tx.freeze(freeze):
+            return False
+        pack = self._packs.for_agent(caller.id)
+        tx.audit(
+            audit.event(
+                "breaker.freeze",
+                None,
+                now,
+                scope="agent",
+                target=caller.id,
+                reason=freeze.reason,
+                pack_id=pack.id if pack is not None else None,
+            )
+        )
+        return True
 
     def _retry(
         self, tx: PaymentTx, previous: DecisionRecord, session: SessionRecord, now: int
@@ -812,14 +850,10 @@ def _unsignable(
 
 
 def _with_status(approval: ApprovalRecord, status: str) -> ApprovalRecord:
-    from dataclasses import replace
-
     return replace(approval, status=status)
 
 
 def _denied(record: DecisionRecord, reason: str, message: str) -> DecisionRecord:
-    from dataclasses import replace
-
     return replace(record, outcome="deny", reason=reason, message=message)
 
 
@@ -902,6 +936,26 @@ def _breaker_reason(
         if stats.spend_minor.get(asset, 0) > limit:
             spent = _amount(stats.spend_minor[asset], info.decimals)
             return f"{asset} spend {spent} {window} (above {ceiling})"
-    if breaker.max_payees is not None and stats.payees > breaker.max_payees:
-        return f"{stats.payees} distinct payees {window} (more than {breaker.max_payees})"
+    if breaker.max_payees is not None and len(stats.payees) > breaker.max_payees:
+        return f"{len(stats.payees)} distinct payees {window} (more than {breaker.max_payees})"
     return None
+
+
+def _breaker_denial(decision: Decision, why: str) -> Decision:
+    from paywarden.policy.engine import Outcome, RuleResult
+
+    result = RuleResult(
+        "circuit_breaker",
+        Outcome.DENY,
+        "BREAKER_TRIPPED",
+        None,
+        None,
+        f"this payment would trip the agent's circuit breaker: {why}",
+    )
+    return Decision(
+        Verdict.DENY,
+        result.reason,
+        result.detail,
+        (*decision.trace, result),
+        pack=decision.pack,
+    )

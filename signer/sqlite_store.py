@@ -194,6 +194,7 @@ _MIGRATIONS: dict[int, str] = {
         body TEXT NOT NULL,
         signature TEXT NOT NULL
     );
+    CREATE INDEX decisions_agent ON decisions(agent_id, created_at);
     CREATE TABLE breaker_resets (
         agent_id TEXT PRIMARY KEY,
         at INTEGER NOT NULL
@@ -540,7 +541,7 @@ class _PaymentTx:
             decisions=sum(counts.values()),
             denials=counts.get("deny", 0),
             spend_minor=spend,
-            payees=len(payees),
+            payees=frozenset(payees),
         )
 
     def freeze(self, freeze: Freeze) -> bool:
@@ -718,10 +719,12 @@ class SqliteStore:
     ) -> SessionRecord | None:
         try:
             with self._write() as conn:
-                conn.execute(
+                changed = conn.execute(
                     "UPDATE sessions SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
                     (now, session_id),
-                )
+                ).rowcount
+                if not changed:  # unknown or closed already: nothing happened, nothing to log
+                    return _session(conn, session_id, now)
                 # Nothing unsigned in a closed session can ever be signed: expire its
                 # approvals and release what it held.
                 conn.execute(

@@ -136,7 +136,7 @@ class WindowStats:
     decisions: int
     denials: int
     spend_minor: Mapping[str, int]
-    payees: int
+    payees: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)

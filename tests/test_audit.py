@@ -1163,7 +1163,10 @@ def test_every_sign_leaves_exactly_one_audit_record(
     for seq in range(len(before) + 1, len(after) + 1):
         event = dict(records[seq])
         if event["action"] != "sign.retry":
-            assert event.pop("untrusted") == {"purpose": INJECTION}
+            kept = event.pop("untrusted")
+            assert kept["purpose"] == INJECTION
+            # a refusal keeps the request as sent, also as untrusted text
+            assert set(kept) <= {"purpose", "request"}
         assert "ignore all limits" not in json.dumps(event)
 
     # audit show: who asked, what, which rule, why
