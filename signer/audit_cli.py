@@ -24,8 +24,11 @@ DEFAULT_PKI = Path("data/pki")
 
 def read_store(path: Path) -> tuple[list[tuple[int, str, bytes | None]], list[Checkpoint]]:
     """Reads the raw rows, trusting nothing (read-only, no migration)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     try:
+        # One read transaction: a checkpoint committed between two reads would
+        # otherwise cover records that were not read.
+        conn.execute("BEGIN")
         records = [
             (int(s), str(b), bytes(h) if h is not None else None)
             for s, b, h in conn.execute("SELECT seq, body, leaf FROM audit_log ORDER BY rowid")
@@ -37,6 +40,7 @@ def read_store(path: Path) -> tuple[list[tuple[int, str, bytes | None]], list[Ch
                 " ORDER BY size"
             )
         ]
+        conn.execute("COMMIT")
     finally:
         conn.close()
     return records, checkpoints
@@ -68,11 +72,14 @@ def _load(args: argparse.Namespace) -> tuple[list[tuple[int, str, bytes | None]]
     return read_store(path)
 
 
-def _public_key(path: Path) -> ec.EllipticCurvePublicKey:
-    key = serialization.load_pem_public_key(path.read_bytes())
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise SystemExit(f"paywarden: {path} is not an EC public key")
-    return key
+def _public_keys(paths: list[Path]) -> list[ec.EllipticCurvePublicKey]:
+    keys = []
+    for path in paths:
+        key = serialization.load_pem_public_key(path.read_bytes())
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise SystemExit(f"paywarden: {path} is not an EC public key")
+        keys.append(key)
+    return keys
 
 
 # -- audit commands ---------------------------------------------------------------------
@@ -80,7 +87,7 @@ def _public_key(path: Path) -> ec.EllipticCurvePublicKey:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     records, checkpoints = _load(args)
-    report = auditlog.verify(records, checkpoints, _public_key(args.public_key))
+    report = auditlog.verify(records, checkpoints, _public_keys(args.public_key))
     if report.ok:
         print(
             f"audit log OK: {report.records} records, {report.checkpoints} signed checkpoints, "
@@ -178,7 +185,13 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--export", type=Path, help="a JSON Lines export instead of a store")
     sub = parser.add_subparsers(dest="audit_command", required=True)
     p = sub.add_parser("verify", parents=[source], help="recompute and check the whole log")
-    p.add_argument("--public-key", type=Path, required=True, help="the audit public key (PEM)")
+    p.add_argument(
+        "--public-key",
+        type=Path,
+        action="append",
+        required=True,
+        help="an audit public key (PEM); repeat it for keys used before a rotation",
+    )
     p.set_defaults(fn=cmd_verify)
     p = sub.add_parser("export", parents=[source], help="records and checkpoints as JSON Lines")
     p.add_argument("--out", type=Path)

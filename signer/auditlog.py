@@ -24,8 +24,10 @@ from paywarden.signer.store import Checkpoint
 CHECKPOINT_TYPE = "paywarden.checkpoint.v1"
 
 
-def checkpoint_body(size: int, root: bytes, at: int) -> bytes:
-    return jcs({"typ": CHECKPOINT_TYPE, "size": size, "root": root.hex(), "time": at})
+def checkpoint_body(size: int, root: bytes, at: int, key_id: str) -> bytes:
+    return jcs(
+        {"typ": CHECKPOINT_TYPE, "size": size, "root": root.hex(), "time": at, "kid": key_id}
+    )
 
 
 def _b64url(data: bytes) -> str:
@@ -43,7 +45,10 @@ def encode_signature(raw: bytes) -> str:
 def verify_checkpoint_signature(
     checkpoint: Checkpoint, public_key: ec.EllipticCurvePublicKey
 ) -> bool:
-    raw = _unb64url(checkpoint.signature)
+    try:
+        raw = _unb64url(checkpoint.signature)
+    except (ValueError, TypeError):
+        return False
     if len(raw) != 64:
         return False
     der = utils.encode_dss_signature(
@@ -77,25 +82,34 @@ class Report:
 def verify(
     records: Sequence[tuple[int, str, bytes | None]],
     checkpoints: Iterable[Checkpoint],
-    public_key: ec.EllipticCurvePublicKey,
+    public_keys: ec.EllipticCurvePublicKey | Sequence[ec.EllipticCurvePublicKey],
 ) -> Report:
     """``records``: (seq, body, stored leaf hash or None for an export), in row order."""
+    keys = [public_keys] if isinstance(public_keys, ec.EllipticCurvePublicKey) else public_keys
+    checkpoints = sorted(checkpoints, key=lambda c: c.size)
+    sizes = {c.size for c in checkpoints}
     report = Report(records=len(records))
     leaves: list[bytes] = []
+    roots: dict[int, str] = {}  # tree heads at the checkpoint sizes, computed in one pass
     frontier: merkle.Frontier = []
     for position, (seq, body, stored_leaf) in enumerate(records, start=1):
-        problem = _check_record(position, seq, body, stored_leaf, frontier)
+        try:
+            problem = _check_record(position, seq, body, stored_leaf, frontier)
+        except (ValueError, TypeError, RecursionError):
+            problem = f"record {position}: not in canonical form (edited)"
         if problem is not None:
             report.bad(*_blame(position, problem))
             break
         leaf = merkle.leaf_hash(body.encode("utf-8"))
         leaves.append(leaf)
         frontier = merkle.frontier_append(frontier, leaf)
+        if position in sizes:
+            roots[position] = merkle.frontier_root(frontier).hex()
     last_sealed = 0
     sealed_ok = 0
-    for cp in sorted(checkpoints, key=lambda c: c.size):
+    for cp in checkpoints:
         report.checkpoints += 1
-        problem = _check_checkpoint(cp, public_key)
+        problem = _check_checkpoint(cp, keys)
         if problem is not None:
             report.bad(None, problem)
             continue
@@ -104,7 +118,7 @@ def verify(
                 first = len(leaves) + 1
                 report.bad(first, f"record {first}: removed (checkpoint {cp.size} covers it)")
             continue
-        if merkle.root(leaves[: cp.size]).hex() != cp.root:
+        if roots.get(cp.size) != cp.root:
             first = sealed_ok + 1
             report.bad(
                 first,
@@ -154,9 +168,11 @@ def _blame(position: int, problem: str) -> tuple[int, str]:
     return position, problem
 
 
-def _check_checkpoint(cp: Checkpoint, public_key: ec.EllipticCurvePublicKey) -> str | None:
-    if not verify_checkpoint_signature(cp, public_key):
-        return f"checkpoint {cp.size}: bad signature"
+def _check_checkpoint(
+    cp: Checkpoint, public_keys: Sequence[ec.EllipticCurvePublicKey]
+) -> str | None:
+    if not any(verify_checkpoint_signature(cp, key) for key in public_keys):
+        return f"checkpoint {cp.size}: bad signature (no given audit key verifies it)"
     try:
         body = json.loads(cp.body)
     except ValueError:

@@ -41,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     stop.wait()
     print("paywarden: stopping", flush=True)
+    running.health.enter_graceful_shutdown()
     running.stop(config.server.grace_seconds)
     return 0
 

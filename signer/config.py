@@ -9,6 +9,7 @@ working directory for the embedded defaults).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -161,8 +162,24 @@ class AuditConfig(_Model):
 
 
 class MetricsConfig(_Model):
-    # Prometheus endpoint, loopback only by default; "" turns it off.
+    # Prometheus endpoint, on a loopback address; "" turns it off.
     listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        if not v:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+            raise ValueError("must be HOST:PORT on a loopback address, e.g. 127.0.0.1:9464")
+        try:
+            loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise ValueError("must be a loopback address (metrics are not for the network)")
+        return v
 
 
 class LimitsConfig(_Model):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from paywarden.hsm import Hsm, HsmError, KeyRef
+from paywarden.hsm import Hsm, HsmError
 from paywarden.signer import audit, auditlog, merkle
 from paywarden.signer.canonical import clean_text
 from paywarden.signer.config import Config
@@ -72,11 +72,8 @@ class ControlService:
             raise InvalidInput(Reason.STRING_INVALID, "target is not an agent id")
         if scope == "session":
             return parse_session_id(target)
-        if scope == "key":
-            try:
-                KeyRef.parse(target)
-            except ValueError:
-                raise InvalidInput(Reason.UNKNOWN_KEY, "target is not a key id") from None
+        if scope == "key" and target not in self._key_ids:
+            raise InvalidInput(Reason.UNKNOWN_KEY, "target is not a payment key of this signer")
         return target
 
     def freeze(
@@ -122,13 +119,13 @@ class ControlService:
         """Signs the current tree head (None while the log is empty)."""
         with self._checkpoint_lock:
             size, root = _store(self._store.audit_head)
-            existing = _store(self._store.checkpoints)
-            if existing and existing[-1].size == size:
-                return existing[-1]
+            last = _store(self._store.last_checkpoint)
+            if last is not None and last.size == size:
+                return last
             if size == 0:
                 return None
             now = self._now()
-            body = auditlog.checkpoint_body(size, root, now)
+            body = auditlog.checkpoint_body(size, root, now, self._config.audit.key)
             try:
                 signature = self._hsm.sign_checkpoint(body)
             except HsmError:
@@ -158,9 +155,9 @@ class ControlService:
         if not 1 <= seq <= size <= head:
             raise NotFound(Reason.STRING_INVALID, f"record {seq} is not in a tree of {size}")
         leaves = _store(lambda: self._store.audit_leaves(size))
-        records = _store(self._store.audit_records)
+        record = _store(lambda: self._store.audit_record(seq))
         return InclusionProof(
-            record=records[seq - 1][1],
+            record=record,
             leaf=leaves[seq - 1],
             size=size,
             root=merkle.root(leaves),
@@ -202,8 +199,8 @@ class Checkpointer:
         while not self._stop.wait(tick):
             try:
                 size, _ = self._store.audit_head()
-                sealed = self._store.checkpoints()
-                last = sealed[-1].size if sealed else 0
+                sealed = self._store.last_checkpoint()
+                last = sealed.size if sealed is not None else 0
                 due = time.monotonic() - last_at >= self._seconds
                 if size > last and (size - last >= self._every or due):
                     self._control.checkpoint()

@@ -688,8 +688,8 @@ class SigningService:
             raise error from None
         self.metrics.hsm_latency.observe(time.monotonic() - started)
         compact = jws_compact(signing_input, signature)
-        jws = _store_call(lambda: self._store.attach_signature(record.id, compact))
-        if jws is None:
+        attached = _store_call(lambda: self._store.attach_signature(record.id, compact))
+        if attached is None:
             # The payment was withdrawn (session closed, payment expired) while the
             # HSM signed: the signature is discarded, never returned.
             withdrawn = SessionNotUsable(
@@ -700,8 +700,12 @@ class SigningService:
             )
             withdrawn.audit_seq = audit_seq
             raise withdrawn
-        units = float(_amount(record.amount_minor, self._decimals(record.asset)))
-        self.metrics.signed(record.asset, units, record.session_id, record.agent_id, record.key_id)
+        jws, first = attached
+        if first:  # concurrent identical retries: only the signature kept counts
+            units = float(_amount(record.amount_minor, self._decimals(record.asset)))
+            self.metrics.signed(
+                record.asset, units, record.session_id, record.agent_id, record.key_id
+            )
         return SignResult(
             SignStatus.SIGNED,
             record.id,

@@ -670,7 +670,18 @@ class SqliteStore:
         return SCHEMA_VERSION
 
     def check(self) -> None:
-        self._read(lambda c: c.execute("SELECT 1").fetchone())
+        """Can a write transaction start now? Its own connection and a short timeout,
+        so that the probe never waits behind the service's lock."""
+        try:
+            probe = sqlite3.connect(str(self.path), isolation_level=None, timeout=1.0)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("SELECT size FROM audit_state WHERE id = 1").fetchone()
+                probe.execute("ROLLBACK")
+            finally:
+                probe.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store unavailable: {exc}") from None
 
     def adopt_decimals(self, decimals: Mapping[str, int]) -> list[str]:
         """Amounts are stored in minor units: the assets whose stored decimals
@@ -790,14 +801,14 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from None
 
-    def attach_signature(self, decision_id: str, jws: str) -> str | None:
+    def attach_signature(self, decision_id: str, jws: str) -> tuple[str, bool] | None:
         """Attaches the JWS only while the payment is still committed: its reservation
         spent and, for a held payment, its approval approved. Otherwise (the session
         was closed, the payment expired or was withdrawn while the HSM signed) the
         signature is thrown away and None is returned."""
         try:
             with self._write() as conn:
-                conn.execute(
+                attached = conn.execute(
                     "UPDATE decisions SET jws = ? WHERE id = ? AND jws IS NULL"
                     " AND payload IS NOT NULL AND ("
                     "   (outcome = 'allow') OR (outcome = 'pending' AND EXISTS (SELECT 1 FROM"
@@ -805,7 +816,7 @@ class SqliteStore:
                     " AND EXISTS (SELECT 1 FROM reservations WHERE decision_id = ?"
                     "   AND status = 'spent')",
                     (jws, decision_id, decision_id, decision_id),
-                )
+                ).rowcount
                 row = conn.execute(
                     "SELECT jws FROM decisions WHERE id = ?", (decision_id,)
                 ).fetchone()
@@ -814,7 +825,7 @@ class SqliteStore:
         if row is None or row[0] is None:
             return None
         stored: str = row[0]
-        return stored
+        return stored, bool(attached)
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
         result: DecisionRecord | None = self._read(_get_decision, decision_id)
@@ -876,6 +887,23 @@ class SqliteStore:
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store the checkpoint: {exc}") from None
+
+    def last_checkpoint(self) -> Checkpoint | None:
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT size, root, at, key_id, body, signature FROM audit_checkpoints"
+                " ORDER BY size DESC LIMIT 1"
+            ).fetchone()
+        )
+        return Checkpoint(*row) if row is not None else None
+
+    def audit_record(self, seq: int) -> str:
+        row = self._read(
+            lambda c: c.execute("SELECT body FROM audit_log WHERE seq = ?", (seq,)).fetchone()
+        )
+        if row is None:
+            raise StoreError(f"audit record {seq} is missing")
+        return str(row[0])
 
     def checkpoints(self) -> list[Checkpoint]:
         rows = self._read(

@@ -244,9 +244,10 @@ class Store(Protocol):
 
     def approval_tx(self) -> AbstractContextManager[ApprovalTx]: ...
 
-    def attach_signature(self, decision_id: str, jws: str) -> str | None:
-        """Stores the JWS of a still-committed decision unless one is stored; returns the
-        stored one, or None when the payment was withdrawn meanwhile (nothing stored)."""
+    def attach_signature(self, decision_id: str, jws: str) -> tuple[str, bool] | None:
+        """Stores the JWS of a still-committed decision unless one is stored; returns
+        (the stored JWS, whether this call stored it), or None when the payment was
+        withdrawn meanwhile (nothing stored)."""
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None: ...
 
@@ -268,6 +269,10 @@ class Store(Protocol):
     def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
     def checkpoints(self) -> list[Checkpoint]: ...
+
+    def last_checkpoint(self) -> Checkpoint | None: ...
+
+    def audit_record(self, seq: int) -> str: ...
 
     def set_freeze(self, freeze: Freeze, audit: Mapping[str, Any]) -> bool: ...
 

@@ -964,6 +964,7 @@ def test_checkpoints_verify_with_cryptography_against_the_audit_key(run: Run) ->
             "size": cp.tree_size,
             "root": cp.root_hash,
             "time": cp.time,
+            "kid": "audit.v1",
         }
         _verify_es256(public, cp.body.encode("utf-8"), cp.signature)
         with pytest.raises(InvalidSignature):
