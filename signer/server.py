@@ -156,10 +156,12 @@ def _watch_health(running: Running, interval: float) -> None:
         except StoreError:
             ok = False
         running.metrics.hsm_up.set(1 if running.hsm.available else 0)
-        try:
-            running.metrics.pending.set(len(running.store.pending_approvals(int(time.time()))))
-        except StoreError:
-            ok = False
+        if ok:  # never wait on a store the probe just found unusable
+            try:
+                pending = running.store.pending_approvals(int(time.time()))
+                running.metrics.pending.set(len(pending))
+            except StoreError:
+                ok = False
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if ok
