@@ -179,7 +179,7 @@ class SessionLimits(_Strict):
 
 class PolicyPackModel(_Strict):
     id: Annotated[str, Field(pattern=_ID)]
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**53 - 1)
     description: str = ""
     agents: list[str] = Field(default_factory=list)
     groups: list[str] = Field(default_factory=list)
