@@ -38,9 +38,16 @@ def _rv(name: str, rv: int) -> None:
         raise HsmError(f"{name} failed with CKR 0x{rv:08x}")
 
 
+def _lib(module: str) -> Any:
+    try:
+        return pkcs11.lib(module)
+    except (pkcs11.exceptions.PKCS11Error, OSError, RuntimeError) as exc:
+        raise HsmUnavailable(f"cannot load the PKCS#11 module {module}: {exc}") from None
+
+
 def token_exists(module: str, label: str) -> bool:
     with PKCS11_LOCK:
-        lib = pkcs11.lib(module)
+        lib = _lib(module)
         return any(True for _ in lib.get_tokens(token_label=label))
 
 
@@ -130,12 +137,14 @@ def _status(ref: KeyRef, priv: Any) -> KeyStatus:
 
 def _open(module: str, token_label: str, user_pin: str, rw: bool) -> Any:
     try:
-        token = pkcs11.lib(module).get_token(token_label=token_label)
+        token = _lib(module).get_token(token_label=token_label)
         return token.open(rw=rw, user_pin=user_pin)
     except pkcs11.exceptions.NoSuchToken:
         raise HsmUnavailable(f"no token labelled {token_label!r}") from None
     except pkcs11.exceptions.PinIncorrect:
         raise HsmUnavailable(f"login to token {token_label!r} refused: PIN incorrect") from None
+    except pkcs11.exceptions.PKCS11Error as exc:
+        raise HsmUnavailable(f"cannot open token {token_label!r}: {type(exc).__name__}") from None
 
 
 def generate_key(

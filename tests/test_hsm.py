@@ -711,3 +711,15 @@ def test_unsafe_keys_are_refused(tmp_path: Path) -> None:
     assert "DERIVE=True" in lines[0] and "DERIVE=True" in lines[1]
     assert "ALWAYS_SENSITIVE=False" in lines[2]
     assert "P-256" in lines[4]
+
+
+def test_keys_script_names_a_missing_pkcs11_module(tmp_path: Path, token: TestToken) -> None:
+    proc = subprocess.run(
+        [sys.executable, "scripts/keys.py", "--module", str(tmp_path / "missing.so"),
+         "--label", token.label, "list", "--pin-file", str(token.pin_file)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "cannot load the PKCS#11 module" in proc.stderr and "missing.so" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert token.pin not in proc.stderr + proc.stdout
