@@ -560,37 +560,31 @@ class SigningService:
         """
         if previous.outcome == "deny" or previous.jws is not None:
             return previous, None, True
-        if previous.outcome == "allow":
-            refusal = _unsignable(session, previous, now)
-            if refusal is not None:
-                tx.void_unsigned(previous.id)
-                return _denied(previous, *refusal), None, True
-            return previous, None, True
-        approval = tx.approval_for_decision(previous.id)
-        if approval is None:
-            raise StoreError(f"pending decision {previous.id} has no approval")
-        if approval.status in ("pending", "approved"):
+        approval = None
+        if previous.outcome == "pending":
+            approval = tx.approval_for_decision(previous.id)
+            if approval is None:
+                raise StoreError(f"pending decision {previous.id} has no approval")
+            if approval.status == "denied":
+                note = f": {approval.note}" if approval.note else ""
+                reason, message = Reason.APPROVAL_DENIED, f"an approver denied it{note}"
+                return _denied(previous, reason, message), approval, True
+        held = approval is not None
+        refusal = _unsignable(session, previous, now, held=held)
+        if approval is not None and approval.status == "expired":
+            refusal = refusal or (Reason.APPROVAL_EXPIRED, "approval expired")
+            return _denied(previous, *refusal), approval, True
+        if refusal is not None:
             # closed or expired session, or the payment's exp passed: never signable again
-            refusal = _unsignable(session, previous, now)
-            if refusal is not None:
+            if approval is not None:
                 tx.set_approval_status(approval.id, "expired", now)
-                tx.void_unsigned(previous.id)
-                if refusal[0] == "EXPIRY_IN_PAST":
-                    refusal = (Reason.APPROVAL_EXPIRED, "approval expired with the payment")
-                return _denied(previous, *refusal), _with_status(approval, "expired"), True
-        if approval.status == "pending":
+                approval = replace(approval, status="expired")
+            tx.set_reservation(previous.id, "released")
+            return _denied(previous, *refusal), approval, True
+        if approval is not None and approval.status == "pending":
             return previous, approval, True
-        if approval.status == "approved":
-            tx.set_reservation(previous.id, "spent")
-            return previous, approval, True
-        if approval.status == "denied":
-            note = f": {approval.note}" if approval.note else ""
-            denial = _denied(previous, Reason.APPROVAL_DENIED, f"an approver denied it{note}")
-            return denial, approval, True
-        refusal = _unsignable(session, previous, now)
-        if refusal is not None and refusal[0] != "EXPIRY_IN_PAST":
-            return _denied(previous, *refusal), approval, True  # expired by closing
-        return _denied(previous, Reason.APPROVAL_EXPIRED, "approval expired"), approval, True
+        tx.set_reservation(previous.id, "spent")  # an approved hold becomes spend
+        return previous, approval, True
 
     def _policy_for(self, agent_id: str, session: SessionRecord) -> tuple[AllOf, int]:
         pack = self._packs.for_agent(agent_id)
@@ -840,7 +834,7 @@ def day_start(now: int, tz: dt.tzinfo) -> int:
 
 
 def _unsignable(
-    session: SessionRecord, decision: DecisionRecord, now: int
+    session: SessionRecord, decision: DecisionRecord, now: int, *, held: bool
 ) -> tuple[str, str] | None:
     """Why a recorded, unsigned decision can no longer be signed (or None)."""
     state = session.state(now)
@@ -849,12 +843,10 @@ def _unsignable(
     if state == "expired":
         return "SESSION_EXPIRED", "the session expired before the payment was signed"
     if now >= decision.expires_at:
+        if held:
+            return Reason.APPROVAL_EXPIRED, "approval expired with the payment"
         return "EXPIRY_IN_PAST", "the payment expired before it was signed"
     return None
-
-
-def _with_status(approval: ApprovalRecord, status: str) -> ApprovalRecord:
-    return replace(approval, status=status)
 
 
 def _denied(record: DecisionRecord, reason: str, message: str) -> DecisionRecord:

@@ -547,13 +547,6 @@ class _PaymentTx:
     def freeze(self, freeze: Freeze) -> bool:
         return _freeze(self._conn, freeze)
 
-    def void_unsigned(self, decision_id: str) -> None:
-        self._conn.execute(
-            "UPDATE reservations SET status = 'released' WHERE decision_id = ? AND"
-            " (SELECT jws FROM decisions WHERE id = ?) IS NULL",
-            (decision_id, decision_id),
-        )
-
     def set_approval_status(self, approval_id: str, status: str, now: int) -> None:
         _set_approval_status(self._conn, approval_id, status, now)
 
@@ -870,12 +863,6 @@ class SqliteStore:
         )
         return [bytes(r[0]) for r in rows]
 
-    def audit_records(self) -> list[tuple[int, str, bytes]]:
-        rows = self._read(
-            lambda c: c.execute("SELECT seq, body, leaf FROM audit_log ORDER BY seq").fetchall()
-        )
-        return [(int(s), str(b), bytes(h)) for s, b, h in rows]
-
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         c = checkpoint
         try:
@@ -904,15 +891,6 @@ class SqliteStore:
         if row is None:
             raise StoreError(f"audit record {seq} is missing")
         return str(row[0])
-
-    def checkpoints(self) -> list[Checkpoint]:
-        rows = self._read(
-            lambda c: c.execute(
-                "SELECT size, root, at, key_id, body, signature FROM audit_checkpoints"
-                " ORDER BY size"
-            ).fetchall()
-        )
-        return [Checkpoint(*r) for r in rows]
 
     def set_freeze(self, freeze: Freeze, audit: Mapping[str, Any]) -> bool:
         try:

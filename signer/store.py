@@ -174,9 +174,6 @@ class PaymentTx(Protocol):
 
     def set_reservation(self, decision_id: str, status: str) -> None: ...
 
-    def void_unsigned(self, decision_id: str) -> None:
-        """Releases the reservation of an allowed decision that was never signed."""
-
     def audit(self, event: Mapping[str, Any]) -> int:
         """Appends an audit record in this transaction; returns its sequence number."""
 
@@ -263,12 +260,7 @@ class Store(Protocol):
 
     def audit_leaves(self, size: int) -> list[bytes]: ...
 
-    def audit_records(self) -> list[tuple[int, str, bytes]]:
-        """(seq, body, stored leaf hash), in sequence order."""
-
     def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
-
-    def checkpoints(self) -> list[Checkpoint]: ...
 
     def last_checkpoint(self) -> Checkpoint | None: ...
 
