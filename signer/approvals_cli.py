@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-import grpc
+from paywarden.signer.client import add_connection_arguments, call
 from paywarden.v1 import approvals_pb2, approvals_pb2_grpc
-
-DEFAULT_PKI = Path("data/pki")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--addr", default="127.0.0.1:50051", help="signer address")
-    parser.add_argument("--ca", type=Path, default=DEFAULT_PKI / "ca.crt")
-    parser.add_argument("--cert", type=Path, default=DEFAULT_PKI / "approver-dev-approver.crt")
-    parser.add_argument("--key", type=Path, default=DEFAULT_PKI / "approver-dev-approver.key")
-    parser.add_argument(
-        "--server-name", default="localhost", help="name the server certificate is checked for"
-    )
+    add_connection_arguments(parser, "approver-dev-approver")
     sub = parser.add_subparsers(dest="approvals_command", required=True)
     sub.add_parser("list", help="payments waiting for approval")
     show = sub.add_parser("show", help="one approval with its payload and decision trace")
@@ -76,23 +66,7 @@ def details(a: approvals_pb2.Approval) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=args.ca.read_bytes(),
-            private_key=args.key.read_bytes(),
-            certificate_chain=args.cert.read_bytes(),
-        )
-    except OSError as exc:
-        print(f"paywarden: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 2
-    options = [("grpc.ssl_target_name_override", args.server_name)]
-    with grpc.secure_channel(args.addr, creds, options=options) as channel:
-        stub = approvals_pb2_grpc.ApprovalsStub(channel)  # type: ignore[no-untyped-call]
-        try:
-            return _call(stub, args)
-        except grpc.RpcError as err:
-            print(f"paywarden: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
+    return call(args, approvals_pb2_grpc.ApprovalsStub, _call)
 
 
 def _call(stub: approvals_pb2_grpc.ApprovalsStub, args: argparse.Namespace) -> int:

@@ -9,15 +9,12 @@ import sqlite3
 import sys
 from pathlib import Path
 
-import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer import auditlog, merkle
+from paywarden.signer.client import add_connection_arguments, call
 from paywarden.signer.store import Checkpoint
 from paywarden.v1 import control_pb2, control_pb2_grpc
-
-DEFAULT_PKI = Path("data/pki")
-
 
 # -- reading the log -------------------------------------------------------------------
 
@@ -217,11 +214,7 @@ _NAMES = {v: k for k, v in _SCOPES.items()}
 
 
 def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--addr", default="127.0.0.1:50051")
-    parser.add_argument("--ca", type=Path, default=DEFAULT_PKI / "ca.crt")
-    parser.add_argument("--cert", type=Path, default=DEFAULT_PKI / "operator-dev-operator.crt")
-    parser.add_argument("--key", type=Path, default=DEFAULT_PKI / "operator-dev-operator.key")
-    parser.add_argument("--server-name", default="localhost")
+    add_connection_arguments(parser, "operator-dev-operator")
     sub = parser.add_subparsers(dest="ctl_command", required=True)
     for name, helptext in (("freeze", "stop signing in a scope"), ("unfreeze", "lift a freeze")):
         p = sub.add_parser(name, help=helptext)
@@ -234,23 +227,7 @@ def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_ctl(args: argparse.Namespace) -> int:
-    try:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=args.ca.read_bytes(),
-            private_key=args.key.read_bytes(),
-            certificate_chain=args.cert.read_bytes(),
-        )
-    except OSError as exc:
-        print(f"paywarden: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 2
-    options = [("grpc.ssl_target_name_override", args.server_name)]
-    with grpc.secure_channel(args.addr, creds, options=options) as channel:
-        stub = control_pb2_grpc.ControlStub(channel)  # type: ignore[no-untyped-call]
-        try:
-            return _ctl(stub, args)
-        except grpc.RpcError as err:
-            print(f"paywarden: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
+    return call(args, control_pb2_grpc.ControlStub, _ctl)
 
 
 def _ctl(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:

@@ -68,12 +68,19 @@ class Reason(StrEnum):
 class PaywardenError(Exception):
     """Base of every signer failure: a reason code and a message safe to show."""
 
-    def __init__(self, reason: str, message: str, *, decision_id: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        decision_id: str | None = None,
+        audit_seq: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.decision_id = decision_id
-        self.audit_seq: int | None = None  # the audit record of this answer, once written
+        self.audit_seq = audit_seq  # the audit record of this answer, once written
 
     def diagnostics(self) -> str:
         return f"[{self.reason}] {self.message}"

@@ -672,28 +672,26 @@ class SigningService:
             log.warning(
                 "HSM failed after the decision was recorded", extra={"decision_id": record.id}
             )
-            error = Unavailable(
+            raise Unavailable(
                 Reason.HSM_UNAVAILABLE,
                 "the HSM is unavailable; the decision is recorded and a retry with the "
                 "same request completes it",
                 decision_id=record.id,
-            )
-            error.audit_seq = audit_seq
-            raise error from None
+                audit_seq=audit_seq,
+            ) from None
         self.metrics.hsm_latency.observe(time.monotonic() - started)
         compact = jws_compact(signing_input, signature)
         attached = _store_call(lambda: self._store.attach_signature(record.id, compact))
         if attached is None:
             # The payment was withdrawn (session closed, payment expired) while the
             # HSM signed: the signature is discarded, never returned.
-            withdrawn = SessionNotUsable(
+            raise SessionNotUsable(
                 Reason.PAYMENT_WITHDRAWN,
                 "the payment was withdrawn (session closed or payment expired) before it was "
                 "signed; nothing was signed",
                 decision_id=record.id,
+                audit_seq=audit_seq,
             )
-            withdrawn.audit_seq = audit_seq
-            raise withdrawn
         jws, first = attached
         if first:  # concurrent identical retries: only the signature kept counts
             units = float(_amount(record.amount_minor, self._decimals(record.asset)))
@@ -902,13 +900,8 @@ def _record(
 
 
 def _raise_denial(record: DecisionRecord, audit_seq: int) -> NoReturn:
-    error: PaywardenError
-    if record.reason in _SESSION_REASONS:
-        error = SessionNotUsable(record.reason, record.message, decision_id=record.id)
-    else:
-        error = Denied(record.reason, record.message, decision_id=record.id)
-    error.audit_seq = audit_seq
-    raise error
+    kind = SessionNotUsable if record.reason in _SESSION_REASONS else Denied
+    raise kind(record.reason, record.message, decision_id=record.id, audit_seq=audit_seq)
 
 
 def _breaker_reason(
