@@ -490,9 +490,16 @@ class _PaymentTx:
         ).fetchone()
         if row is None:
             raise StoreError(f"session {r.session_id} has no budget in {r.asset}")
-        session = _session(self._conn, r.session_id, r.created_at)
-        assert session is not None
-        if session.spent_minor.get(r.asset, 0) + r.amount_minor > int(row[0]):
+        # Only this asset's live spend: the whole session was read for the facts already.
+        spent = sum(
+            int(amount)
+            for (amount,) in self._conn.execute(
+                "SELECT amount_minor FROM reservations"  # noqa: S608 - _LIVE is a constant
+                f" WHERE session_id = ? AND asset = ? AND {_LIVE}",
+                (r.session_id, r.asset, r.created_at),
+            )
+        )
+        if spent + r.amount_minor > int(row[0]):
             # the policy said yes on the facts of this very transaction;
             # reaching this means a bug, and the whole transaction is undone
             raise StoreError("spend would exceed the session budget")
