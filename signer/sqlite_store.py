@@ -409,13 +409,29 @@ def _set_approval_status(conn: sqlite3.Connection, approval_id: str, status: str
     )
 
 
-class _PaymentTx:
+class _Tx:
+    """What both deciding transactions can do."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
     def session(self, session_id: str, now: int) -> SessionRecord | None:
         return _session(self._conn, session_id, now)
 
+    def set_reservation(self, decision_id: str, status: str) -> None:
+        _set_reservation(self._conn, decision_id, status)
+
+    def set_approval_status(self, approval_id: str, status: str, now: int) -> None:
+        _set_approval_status(self._conn, approval_id, status, now)
+
+    def audit(self, event: Mapping[str, Any]) -> int:
+        return _append_audit(self._conn, event)
+
+    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
+        return _frozen(self._conn, agent_id, session_id, key_id)
+
+
+class _PaymentTx(_Tx):
     def agent_usage(
         self, agent_id: str, asset: str, now: int, day_start: int, window_seconds: int
     ) -> AgentUsage:
@@ -513,15 +529,6 @@ class _PaymentTx:
             ),
         )  # fmt: skip
 
-    def set_reservation(self, decision_id: str, status: str) -> None:
-        _set_reservation(self._conn, decision_id, status)
-
-    def audit(self, event: Mapping[str, Any]) -> int:
-        return _append_audit(self._conn, event)
-
-    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
-        return _frozen(self._conn, agent_id, session_id, key_id)
-
     def window_stats(self, agent_id: str, since: int) -> WindowStats:
         # An operator's unfreeze starts the breaker's window afresh for the agent.
         reset = self._conn.execute(
@@ -554,22 +561,13 @@ class _PaymentTx:
     def freeze(self, freeze: Freeze) -> bool:
         return _freeze(self._conn, freeze)
 
-    def set_approval_status(self, approval_id: str, status: str, now: int) -> None:
-        _set_approval_status(self._conn, approval_id, status, now)
 
-
-class _ApprovalTx:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
+class _ApprovalTx(_Tx):
     def approval(self, approval_id: str) -> ApprovalRecord | None:
         return _approval(self._conn, "id", approval_id)
 
     def decision(self, decision_id: str) -> DecisionRecord | None:
         return _get_decision(self._conn, decision_id)
-
-    def session(self, session_id: str, now: int) -> SessionRecord | None:
-        return _session(self._conn, session_id, now)
 
     def add_vote(self, approval_id: str, approver_id: str, vote: str, now: int, note: str) -> None:
         # A second approval by the same approver counts once; a denial always
@@ -584,18 +582,6 @@ class _ApprovalTx:
             f" VALUES (?, ?, ?, ?, ?) ON CONFLICT (approval_id, approver_id) {conflict}",
             (approval_id, approver_id, vote, now, note),
         )
-
-    def set_approval_status(self, approval_id: str, status: str, now: int) -> None:
-        _set_approval_status(self._conn, approval_id, status, now)
-
-    def set_reservation(self, decision_id: str, status: str) -> None:
-        _set_reservation(self._conn, decision_id, status)
-
-    def audit(self, event: Mapping[str, Any]) -> int:
-        return _append_audit(self._conn, event)
-
-    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
-        return _frozen(self._conn, agent_id, session_id, key_id)
 
 
 def _freeze(conn: sqlite3.Connection, f: Freeze) -> bool:
