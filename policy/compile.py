@@ -3,12 +3,11 @@ against the pack (a session may only narrow what its pack allows)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from paywarden.policy.engine import AllOf, Rule
-from paywarden.policy.packs import PackError, PolicyPack
+from paywarden.policy.packs import AMOUNT, PackError, PolicyPack
 from paywarden.policy.payees import confusable_with, matches_any, normalise
 from paywarden.policy.rules import (
     AllowedHours,
@@ -34,8 +33,6 @@ from paywarden.policy.rules import (
     WithinSessionBudget,
 )
 
-_PLAIN = re.compile(r"(0|[1-9][0-9]*)(?:\.([0-9]+))?")
-
 
 @dataclass(frozen=True, slots=True)
 class AssetInfo:
@@ -44,7 +41,7 @@ class AssetInfo:
 
 
 def to_minor(text: str, decimals: int, where: str) -> int:
-    match = _PLAIN.fullmatch(text)
+    match = AMOUNT.fullmatch(text)
     if match is None:
         raise PackError(f"{where}: {text!r} is not a plain decimal")
     frac = match.group(2) or ""

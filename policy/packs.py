@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _ID = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-_AMOUNT = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
+AMOUNT = re.compile(r"(0|[1-9][0-9]*)(?:\.([0-9]+))?")  # whole part, decimals
 _PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _KEY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\.v[1-9][0-9]{0,5}")
 
@@ -33,7 +33,7 @@ class _Strict(BaseModel):
 
 
 def _check_amount(value: str, name: str) -> str:
-    if not _AMOUNT.fullmatch(value):
+    if not AMOUNT.fullmatch(value):
         raise ValueError(f'{name} must be a plain decimal string like "12.50" (no sign)')
     return value
 
