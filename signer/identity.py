@@ -35,10 +35,6 @@ class Principal:
         return f"{self.role}/{self.id}"
 
 
-def spiffe_uri(trust_domain: str, role: Role, principal_id: str) -> str:
-    return f"spiffe://{trust_domain}/{role}/{principal_id}"
-
-
 def parse_spiffe(uri: str, trust_domain: str) -> Principal:
     prefix = f"spiffe://{trust_domain}/"
     if not uri.startswith(prefix):
