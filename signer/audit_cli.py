@@ -8,6 +8,7 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -82,19 +83,109 @@ def _public_keys(paths: list[Path]) -> list[ec.EllipticCurvePublicKey]:
 # -- audit commands ---------------------------------------------------------------------
 
 
+def _trusted_arg(text: str) -> auditlog.TrustedHead:
+    size, sep, root = text.partition(":")
+    root = root.strip().lower()
+    if (
+        not sep
+        or not (size.isascii() and size.isdigit())
+        or int(size) < 1
+        or len(root) != 64
+        or any(c not in "0123456789abcdef" for c in root)
+    ):
+        raise argparse.ArgumentTypeError("must be SIZE:ROOT (a record count and a hex root)")
+    return auditlog.TrustedHead(int(size), root, f"--trusted {int(size)}:{root[:16]}…")
+
+
+def _checkpoint_objects(path: Path) -> list[dict[str, Any]]:
+    """The checkpoints in a file: one JSON object, or JSON Lines (an export)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"paywarden: cannot read checkpoint file {path}: {exc}") from None
+    try:
+        items = [json.loads(text)]
+    except ValueError:
+        try:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError:
+            raise SystemExit(f"paywarden: {path} is neither JSON nor JSON Lines") from None
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or item.get("kind") == "record":
+            continue
+        if item.get("kind") == "checkpoint":
+            item = item.get("checkpoint")
+        if isinstance(item, dict):
+            out.append(item)
+    if not out:
+        raise SystemExit(f"paywarden: {path} holds no checkpoint")
+    return out
+
+
+def _trusted_from_file(
+    path: Path, keys: list[ec.EllipticCurvePublicKey]
+) -> list[auditlog.TrustedHead]:
+    """Checkpoints saved by ``ctl checkpoint --out`` or ``audit export`` (or a signed
+    body alone). A signed one must verify with a given audit key: a copy kept
+    elsewhere is trusted for what it says, never for a signature that fails."""
+    heads = []
+    for item in _checkpoint_objects(path):
+        size, root = item.get("size"), item.get("root")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise SystemExit(f"paywarden: {path}: a checkpoint without a valid size")
+        if not isinstance(root, str) or len(root) != 64:
+            raise SystemExit(f"paywarden: {path}: checkpoint {size} has no valid root")
+        if "signature" in item:
+            cp = Checkpoint(
+                size,
+                root,
+                0,  # the time that counts is in the signed body
+                str(item.get("key_id", "")),
+                str(item.get("body", "")),
+                str(item["signature"]),
+            )
+            problem = auditlog.check_checkpoint(cp, keys)
+            if problem is not None:
+                raise SystemExit(f"paywarden: {path}: {problem}")
+        heads.append(auditlog.TrustedHead(size, root.lower(), f"{path}"))
+    return heads
+
+
+def _seal_limits(args: argparse.Namespace) -> auditlog.SealLimits:
+    """--max-unsealed*, else twice the configured interval (a checkpoint is signed
+    on the checkpointer's next tick once due; twice leaves room for a busy signer)."""
+    records, seconds = args.max_unsealed, args.max_unsealed_seconds
+    if records is None or seconds is None:
+        from paywarden.signer.cli import _config
+
+        configured = _config(args).audit
+        if records is None:
+            records = 2 * configured.checkpoint_every
+        if seconds is None:
+            seconds = 2 * configured.checkpoint_seconds
+    return auditlog.SealLimits(records=records, seconds=seconds)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     records, checkpoints = _load(args)
-    report = auditlog.verify(records, checkpoints, _public_keys(args.public_key))
+    keys = _public_keys(args.public_key)
+    trusted = list(args.trusted or [])
+    for path in args.checkpoint or []:
+        trusted.extend(_trusted_from_file(path, keys))
+    report = auditlog.verify(records, checkpoints, keys, trusted=trusted, limits=_seal_limits(args))
     if report.ok:
         print(
             f"audit log OK: {report.records} records, {report.checkpoints} signed checkpoints, "
             f"{report.unsealed} records after the last checkpoint"
         )
+        for head in report.trusted:
+            print(f"consistent with trusted checkpoint {head.size} ({head.source})")
         return 0
     if report.first_bad_seq is not None:
         print(f"audit log BROKEN: first bad record {report.first_bad_seq}", file=sys.stderr)
     else:
-        print("audit log BROKEN: a signed checkpoint does not hold", file=sys.stderr)
+        print(f"audit log BROKEN: {report.problems[0]}", file=sys.stderr)
     for problem in report.problems:
         print(f"  {problem}", file=sys.stderr)
     return 1
@@ -189,6 +280,32 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="an audit public key (PEM); repeat it for keys used before a rotation",
     )
+    p.add_argument(
+        "--trusted",
+        type=_trusted_arg,
+        action="append",
+        metavar="SIZE:ROOT",
+        help="a tree head kept elsewhere: the log's first SIZE records must hash to ROOT",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="checkpoints kept elsewhere (ctl checkpoint --out, or an audit export)",
+    )
+    p.add_argument(
+        "--max-unsealed",
+        type=int,
+        metavar="N",
+        help="most records after the last checkpoint (default: 2 x audit.checkpoint_every)",
+    )
+    p.add_argument(
+        "--max-unsealed-seconds",
+        type=float,
+        metavar="S",
+        help="longest span of unsealed record times (default: 2 x audit.checkpoint_seconds)",
+    )
     p.set_defaults(fn=cmd_verify)
     p = sub.add_parser("export", parents=[source], help="records and checkpoints as JSON Lines")
     p.add_argument("--out", type=Path)
@@ -224,6 +341,9 @@ def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("freezes", help="the freezes in force")
     p = sub.add_parser("checkpoint", help="sign a checkpoint of the audit log now")
     p.add_argument("--public-key-out", type=Path, help="write the audit public key (PEM) here")
+    p.add_argument(
+        "--out", type=Path, help="save the signed checkpoint (JSON) for audit verify --checkpoint"
+    )
 
 
 def run_ctl(args: argparse.Namespace) -> int:
@@ -263,6 +383,13 @@ def _ctl(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
     resp_cp = stub.Checkpoint(control_pb2.CheckpointRequest(), timeout=30)
     cp = resp_cp.checkpoint
     print(f"checkpoint: {cp.tree_size} records, root {cp.root_hash}, key {cp.key_id}")
+    if args.out:
+        saved = {
+            "size": cp.tree_size, "root": cp.root_hash, "time": cp.time, "key_id": cp.key_id,
+            "body": cp.body, "signature": cp.signature,
+        }  # fmt: skip
+        args.out.write_text(json.dumps(saved) + "\n", encoding="utf-8")
+        print(f"checkpoint written to {args.out}")
     if args.public_key_out:
         args.public_key_out.write_text(resp_cp.audit_public_key_pem, encoding="ascii")
         print(f"audit public key written to {args.public_key_out}")

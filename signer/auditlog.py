@@ -5,6 +5,15 @@ recomputes every leaf from the record bytes, checks that each record names
 its own position (``seq``) and the tree head before it (``prev_root``), and
 checks every signed checkpoint against the recomputed tree. The first record
 that was edited, removed, reordered or added after the fact is named.
+
+A log whose checkpoints were deleted and whose chain was recomputed is
+self-consistent, so the checkpoints themselves must be required: a non-empty
+log without one fails, and so does a log whose unsealed tail is longer than
+the signer's checkpoint interval allows (the signer seals every
+``audit.checkpoint_every`` records or ``audit.checkpoint_seconds``, and once
+more when it stops). A tree head kept elsewhere (:class:`TrustedHead`) pins
+history further: the log's first ``size`` records must hash to its root
+(RFC 9162 consistency, checked by recomputing the prefix).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import base64
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -61,6 +71,27 @@ def verify_checkpoint_signature(
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class TrustedHead:
+    """A tree head kept outside the log (``--trusted SIZE:ROOT`` or a checkpoint file)."""
+
+    size: int
+    root: str  # hex
+    source: str  # where it came from, for the report
+
+
+@dataclass(frozen=True, slots=True)
+class SealLimits:
+    """How much of the log may be unsealed: more means checkpoints were removed.
+
+    ``records``: most records after the last checkpoint; ``seconds``: longest
+    span of record times after it. None: not checked.
+    """
+
+    records: int | None = None
+    seconds: float | None = None
+
+
 @dataclass
 class Report:
     records: int = 0
@@ -68,6 +99,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     first_bad_seq: int | None = None
     unsealed: int = 0  # records after the last checkpoint
+    trusted: list[TrustedHead] = field(default_factory=list)  # the heads the log matched
 
     @property
     def ok(self) -> bool:
@@ -83,33 +115,41 @@ def verify(
     records: Sequence[tuple[int, str, bytes | None]],
     checkpoints: Iterable[Checkpoint],
     public_keys: ec.EllipticCurvePublicKey | Sequence[ec.EllipticCurvePublicKey],
+    *,
+    trusted: Sequence[TrustedHead] = (),
+    limits: SealLimits | None = None,
 ) -> Report:
     """``records``: (seq, body, stored leaf hash or None for an export), in row order."""
     keys = [public_keys] if isinstance(public_keys, ec.EllipticCurvePublicKey) else public_keys
     checkpoints = sorted(checkpoints, key=lambda c: c.size)
-    sizes = {c.size for c in checkpoints}
+    sizes = {c.size for c in checkpoints} | {t.size for t in trusted}
     report = Report(records=len(records))
     leaves: list[bytes] = []
+    times: list[int | None] = []
     roots: dict[int, str] = {}  # tree heads at the checkpoint sizes, computed in one pass
     frontier: merkle.Frontier = []
     for position, (seq, body, stored_leaf) in enumerate(records, start=1):
         try:
-            problem = _check_record(position, seq, body, stored_leaf, frontier)
+            parsed = _check_record(position, seq, body, stored_leaf, frontier)
+        except _BadRecord as exc:
+            report.bad(*_blame(position, str(exc)))
+            break
         except (ValueError, TypeError, RecursionError):
-            problem = f"record {position}: not in canonical form (edited)"
-        if problem is not None:
-            report.bad(*_blame(position, problem))
+            report.bad(position, f"record {position}: not in canonical form (edited)")
             break
         leaf = merkle.leaf_hash(body.encode("utf-8"))
         leaves.append(leaf)
+        at = parsed.get("time")
+        times.append(at if isinstance(at, int) and not isinstance(at, bool) else None)
         frontier = merkle.frontier_append(frontier, leaf)
         if position in sizes:
             roots[position] = merkle.frontier_root(frontier).hex()
+    intact = len(leaves) == len(records)
     last_sealed = 0
     sealed_ok = 0
     for cp in checkpoints:
         report.checkpoints += 1
-        problem = _check_checkpoint(cp, keys)
+        problem = check_checkpoint(cp, keys)
         if problem is not None:
             report.bad(None, problem)
             continue
@@ -128,32 +168,99 @@ def verify(
             continue
         sealed_ok = cp.size
         last_sealed = max(last_sealed, cp.size)
+    for head in trusted:
+        if head.size > len(leaves):
+            if intact:
+                report.bad(
+                    None,
+                    f"trusted checkpoint {head.size} ({head.source}): the log holds only "
+                    f"{len(leaves)} records; records {len(leaves) + 1} to {head.size} "
+                    "were removed",
+                )
+            continue
+        if roots.get(head.size) != head.root:
+            report.bad(
+                None,
+                f"trusted checkpoint {head.size} ({head.source}): the log is not consistent "
+                f"with it: its first {head.size} records hash to {roots.get(head.size)}, "
+                f"not {head.root} (history was rewritten, or this is another log)",
+            )
+            continue
+        report.trusted.append(head)
+        last_sealed = max(last_sealed, head.size)
     report.unsealed = max(0, len(leaves) - last_sealed)
+    if intact:
+        _check_sealed(report, checkpoints, last_sealed, times, limits or SealLimits())
     return report
+
+
+def _check_sealed(
+    report: Report,
+    checkpoints: Sequence[Checkpoint],
+    sealed: int,
+    times: Sequence[int | None],
+    limits: SealLimits,
+) -> None:
+    """A log the signer wrote is sealed: a checkpoint exists, and the tail after the
+    last one is no longer than the checkpoint interval allows."""
+    n = len(times)
+    if n == 0:
+        return
+    if not checkpoints:
+        report.bad(
+            None,
+            f"no signed checkpoint: nothing seals these {n} records (the checkpoints were "
+            "deleted, or the log was rewritten)",
+        )
+        return
+    tail = n - sealed
+    if limits.records is not None and tail > limits.records:
+        report.bad(
+            None,
+            f"records {sealed + 1} to {n}: {tail} records after the last checkpoint, more "
+            f"than the {limits.records} the checkpoint interval allows (checkpoints were "
+            "deleted, or the signer could not seal them; --max-unsealed changes the limit)",
+        )
+    tail_times = [t for t in times[sealed:] if t is not None]
+    if limits.seconds is not None and tail_times:
+        span = max(tail_times) - tail_times[0]
+        if span > limits.seconds:
+            report.bad(
+                None,
+                f"records {sealed + 1} to {n}: unsealed across {span} seconds of record "
+                f"times, longer than the {limits.seconds:g} seconds the checkpoint interval allows "
+                "(checkpoints were deleted, or the signer could not seal them; "
+                "--max-unsealed-seconds changes the limit)",
+            )
+
+
+class _BadRecord(Exception):
+    """A record that is not where, or what, the signer wrote."""
 
 
 def _check_record(
     position: int, seq: int, body: str, stored_leaf: bytes | None, frontier: merkle.Frontier
-) -> str | None:
+) -> dict[str, Any]:
+    """The parsed record, or :class:`_BadRecord` naming what is wrong with it."""
     if seq != position:
         how = "removed" if seq > position else "reordered or added"
-        return f"record {position}: missing or out of place ({how}; found seq {seq})"
+        raise _BadRecord(f"record {position}: missing or out of place ({how}; found seq {seq})")
     try:
         parsed = json.loads(body)
     except ValueError:
-        return f"record {position}: not JSON (edited)"
+        raise _BadRecord(f"record {position}: not JSON (edited)") from None
     if not isinstance(parsed, dict) or jcs(parsed).decode("utf-8") != body:
-        return f"record {position}: not in canonical form (edited)"
+        raise _BadRecord(f"record {position}: not in canonical form (edited)")
     if parsed.get("seq") != position:
-        return f"record {position}: names position {parsed.get('seq')} (reordered)"
+        raise _BadRecord(f"record {position}: names position {parsed.get('seq')} (reordered)")
     if stored_leaf is not None and merkle.leaf_hash(body.encode("utf-8")) != stored_leaf:
-        return f"record {position}: its bytes no longer match its leaf hash (edited)"
+        raise _BadRecord(f"record {position}: its bytes no longer match its leaf hash (edited)")
     if parsed.get("prev_root") != merkle.frontier_root(frontier).hex():
-        return (
+        raise _BadRecord(
             f"record {position}: does not follow the records before it "
             "(added after the fact, or an earlier record was rewritten)"
         )
-    return None
+    return parsed
 
 
 def _blame(position: int, problem: str) -> tuple[int, str]:
@@ -168,7 +275,7 @@ def _blame(position: int, problem: str) -> tuple[int, str]:
     return position, problem
 
 
-def _check_checkpoint(
+def check_checkpoint(
     cp: Checkpoint, public_keys: Sequence[ec.EllipticCurvePublicKey]
 ) -> str | None:
     if not any(verify_checkpoint_signature(cp, key) for key in public_keys):
