@@ -306,6 +306,14 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="longest span of unsealed record times (default: 2 x audit.checkpoint_seconds)",
     )
+    p.add_argument(
+        "--max-time-skew",
+        type=int,
+        default=auditlog.TIME_SKEW,
+        metavar="S",
+        help="how far a record's time may lie below an earlier one's "
+        f"(default {auditlog.TIME_SKEW}: calls that waited for the store's lock)",
+    )
     p.set_defaults(fn=cmd_verify)
     p = sub.add_parser("export", parents=[source], help="records and checkpoints as JSON Lines")
     p.add_argument("--out", type=Path)

@@ -14,6 +14,10 @@ the signer's checkpoint interval allows (the signer seals every
 more when it stops). A tree head kept elsewhere (:class:`TrustedHead`) pins
 history further: the log's first ``size`` records must hash to its root
 (RFC 9162 consistency, checked by recomputing the prefix).
+
+Record times never go back by more than ``time_skew`` seconds: a record that
+reads the clock before it waits for the write lock may land after one that
+read it a little later, but a clock stepped back (or a record moved) shows.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from paywarden.signer.canonical import jcs
 from paywarden.signer.store import Checkpoint
 
 CHECKPOINT_TYPE = "paywarden.checkpoint.v1"
+# A record's time may be this much below an earlier record's: a call reads the
+# clock, then may wait for the store's write lock (bounded by its busy timeout).
+TIME_SKEW = 60
 
 
 def checkpoint_body(size: int, root: bytes, at: int, key_id: str) -> bytes:
@@ -118,6 +125,7 @@ def verify(
     *,
     trusted: Sequence[TrustedHead] = (),
     limits: SealLimits | None = None,
+    time_skew: int = TIME_SKEW,
 ) -> Report:
     """``records``: (seq, body, stored leaf hash or None for an export), in row order."""
     keys = [public_keys] if isinstance(public_keys, ec.EllipticCurvePublicKey) else public_keys
@@ -128,6 +136,8 @@ def verify(
     times: list[int | None] = []
     roots: dict[int, str] = {}  # tree heads at the checkpoint sizes, computed in one pass
     frontier: merkle.Frontier = []
+    latest: tuple[int, int] | None = None  # (time, position) of the latest time so far
+    time_reported = False
     for position, (seq, body, stored_leaf) in enumerate(records, start=1):
         try:
             parsed = _check_record(position, seq, body, stored_leaf, frontier)
@@ -140,7 +150,23 @@ def verify(
         leaf = merkle.leaf_hash(body.encode("utf-8"))
         leaves.append(leaf)
         at = parsed.get("time")
-        times.append(at if isinstance(at, int) and not isinstance(at, bool) else None)
+        if not isinstance(at, int) or isinstance(at, bool):
+            times.append(None)
+            if not time_reported:
+                time_reported = True
+                report.bad(position, f"record {position}: has no time in whole seconds (edited)")
+        else:
+            times.append(at)
+            if latest is not None and at < latest[0] - time_skew and not time_reported:
+                time_reported = True
+                report.bad(
+                    position,
+                    f"record {position}: its time {_when(at)} is {latest[0] - at} seconds "
+                    f"before record {latest[1]}'s {_when(latest[0])}: time went backwards "
+                    "(the clock was stepped back, or records were moved)",
+                )
+            if latest is None or at > latest[0]:
+                latest = (at, position)
         frontier = merkle.frontier_append(frontier, leaf)
         if position in sizes:
             roots[position] = merkle.frontier_root(frontier).hex()

@@ -99,7 +99,8 @@ def test_verify_accepts_checkpoints_signed_before_and_after_a_key_rotation() -> 
     frontier: merkle.Frontier = []
     checkpoints = []
     for seq in range(1, 7):
-        body = jcs({"seq": seq, "prev_root": merkle.frontier_root(frontier).hex(), "n": seq})
+        prev = merkle.frontier_root(frontier).hex()
+        body = jcs({"seq": seq, "prev_root": prev, "n": seq, "time": 100 + seq})
         records.append((seq, body.decode(), None))
         frontier = merkle.frontier_append(frontier, merkle.leaf_hash(body))
         if seq in (3, 6):

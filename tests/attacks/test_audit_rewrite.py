@@ -66,7 +66,7 @@ def log(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) ->
 
 
 def rewritten(
-    log: Log,
+    source: Path,
     tmp_path: Path,
     change: Callable[[int, dict[str, Any]], dict[str, Any]],
     *,
@@ -76,7 +76,7 @@ def rewritten(
     chain recomputed from the first changed one, and the checkpoints above
     ``keep_checkpoints_upto`` deleted: a log that is consistent with itself."""
     copy = tmp_path / "state.db"
-    shutil.copyfile(log.db, copy)
+    shutil.copyfile(source, copy)
     conn = sqlite3.connect(copy)
     conn.execute("DROP TRIGGER audit_log_no_update")
     bodies = [str(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
@@ -129,7 +129,7 @@ def test_the_untouched_log_verifies_with_no_unsealed_tail(log: Log, tmp_path: Pa
 def test_a_rewritten_log_with_its_checkpoints_deleted_fails_verify(
     log: Log, tmp_path: Path
 ) -> None:
-    copy = rewritten(log, tmp_path, inflate_first_payment())
+    copy = rewritten(log.db, tmp_path, inflate_first_payment())
     proc = verify(log, copy)
     assert proc.returncode == 1, proc.stdout
     assert "audit log OK" not in proc.stdout
@@ -137,7 +137,7 @@ def test_a_rewritten_log_with_its_checkpoints_deleted_fails_verify(
 
 
 def test_a_rewrite_contradicts_a_checkpoint_file_kept_elsewhere(log: Log, tmp_path: Path) -> None:
-    copy = rewritten(log, tmp_path, inflate_first_payment())
+    copy = rewritten(log.db, tmp_path, inflate_first_payment())
     proc = verify(log, copy, "--checkpoint", log.trusted_file)
     assert proc.returncode == 1, proc.stdout
     assert f"trusted checkpoint {log.trusted_size} ({log.trusted_file})" in proc.stderr
@@ -145,7 +145,7 @@ def test_a_rewrite_contradicts_a_checkpoint_file_kept_elsewhere(log: Log, tmp_pa
 
 
 def test_a_rewrite_contradicts_a_trusted_tree_head(log: Log, tmp_path: Path) -> None:
-    copy = rewritten(log, tmp_path, inflate_first_payment())
+    copy = rewritten(log.db, tmp_path, inflate_first_payment())
     proc = verify(log, copy, "--trusted", f"{log.trusted_size}:{log.trusted_root}")
     assert proc.returncode == 1, proc.stdout
     assert f"trusted checkpoint {log.trusted_size}" in proc.stderr
@@ -201,7 +201,7 @@ def test_rewriting_after_a_kept_checkpoint_leaves_a_tail_longer_than_the_interva
             record["decision"] = {**decision, "payee": "attacker-inc"}
         return record
 
-    copy = rewritten(log, tmp_path, rename_payee, keep_checkpoints_upto=log.trusted_size)
+    copy = rewritten(log.db, tmp_path, rename_payee, keep_checkpoints_upto=log.trusted_size)
     proc = verify(log, copy, "--config", log.config)
     assert proc.returncode == 1, proc.stdout
     assert "more than the 20 the checkpoint interval allows" in proc.stderr
@@ -221,7 +221,7 @@ def test_an_unsealed_tail_spanning_longer_than_the_interval_fails(log: Log, tmp_
             record["time"] = int(record["time"]) + 3600
         return record
 
-    copy = rewritten(log, tmp_path, later, keep_checkpoints_upto=log.trusted_size)
+    copy = rewritten(log.db, tmp_path, later, keep_checkpoints_upto=log.trusted_size)
     proc = verify(log, copy, "--config", log.config, "--max-unsealed", "1000")
     assert proc.returncode == 1, proc.stdout
     assert "seconds the checkpoint interval allows" in proc.stderr

@@ -1,0 +1,137 @@
+"""Attack: step the clock back, so that the audit log's times go backwards.
+
+Under a clock stepped back ten minutes the signer once wrote records dated
+before earlier ones, and ``paywarden audit verify`` said OK. The signer no
+longer follows the clock back (tests/attacks/test_clock_rollback.py); these
+tests check that verify notices such a log all the same. The log is a real
+``paywarden serve`` log with one record's time moved back, its chain
+recomputed and a checkpoint signed again with the real audit key in the
+token: everything else about it verifies, as it did for the signer that
+wrote it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rfc8785
+from paywarden.hsm import Hsm, KeyRef
+
+from tests.attacks.test_audit_rewrite import rewritten
+from tests.helpers import MODULE, Pki, TestToken, serve, write_config
+from tests.test_audit import AUDIT_PACK, _intent, _open, _sign, _signed, cli, mth
+
+
+@dataclass
+class Sealed:
+    db: Path
+    config: Path
+    public_key: Path
+    records: int
+
+
+@pytest.fixture(scope="module")
+def hsm(token: TestToken) -> Iterator[Hsm]:
+    """The token's audit key, as the signer holds it (one login per process)."""
+    h = Hsm(
+        MODULE, token.label, token.pin, [KeyRef("payments", 1)],
+        audit_key=KeyRef.parse("audit.v1"), retry_interval=0,
+    )  # fmt: skip
+    h.open()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def sealed(
+    tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki, hsm: Hsm
+) -> Sealed:
+    base = tmp_path_factory.mktemp("time")
+    config = write_config(base, token, pki, packs={"audit.toml": AUDIT_PACK})
+    with serve(config) as srv:
+        session = _open(srv.addr, pki, "planner-1", "agent-1", "100.00")
+        for _ in range(6):
+            _signed(_sign(srv.addr, pki, "agent-1", _intent(session, "1.00")))
+    db = base / "state.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    n = int(conn.execute("SELECT count(*) FROM audit_log").fetchone()[0])
+    conn.close()
+    pem = base / "audit.pem"
+    pem.write_text(hsm.audit_public_key().spki_pem, encoding="ascii")
+    return Sealed(db, config, pem, n)
+
+
+def reseal(db: Path, hsm: Hsm) -> None:
+    """One checkpoint over the whole (rewritten) log, signed by the audit key."""
+    conn = sqlite3.connect(db)
+    bodies = [str(b).encode() for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
+    last = json.loads(bodies[-1])["time"]
+    root = mth(bodies).hex()
+    body = rfc8785.dumps(
+        {"typ": "paywarden.checkpoint.v1", "size": len(bodies), "root": root,
+         "time": last, "kid": "audit.v1"}
+    ).decode()  # fmt: skip
+    signature = base64.urlsafe_b64encode(hsm.sign_checkpoint(body.encode())).rstrip(b"=")
+    conn.execute("DELETE FROM audit_checkpoints")
+    conn.execute(
+        "INSERT INTO audit_checkpoints (size, root, at, key_id, body, signature)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (len(bodies), root, last, "audit.v1", body, signature.decode()),
+    )
+    conn.commit()
+    conn.close()
+
+
+def stepped_back(sealed: Sealed, tmp_path: Path, hsm: Hsm, seq: int, seconds: int) -> Path:
+    def back(s: int, record: dict[str, Any]) -> dict[str, Any]:
+        if s == seq:
+            record["time"] = int(record["time"]) - seconds
+        return record
+
+    copy = rewritten(sealed.db, tmp_path, back)
+    reseal(copy, hsm)
+    return copy
+
+
+def verify(sealed: Sealed, db: Path) -> subprocess.CompletedProcess[str]:
+    return cli(
+        "audit", "verify", "--db", db, "--public-key", sealed.public_key, "--config", sealed.config
+    )
+
+
+def test_the_log_as_written_verifies(sealed: Sealed, tmp_path: Path) -> None:
+    copy = tmp_path / "state.db"
+    shutil.copyfile(sealed.db, copy)
+    proc = verify(sealed, copy)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_record_dated_ten_minutes_back_is_named(sealed: Sealed, tmp_path: Path, hsm: Hsm) -> None:
+    k = sealed.records - 3
+    copy = stepped_back(sealed, tmp_path, hsm, k, 600)
+    proc = verify(sealed, copy)
+    assert proc.returncode == 1, proc.stdout
+    assert f"first bad record {k}" in proc.stderr
+    assert f"record {k}: its time" in proc.stderr and "time went backwards" in proc.stderr
+    # the only thing wrong with this log is its time
+    assert proc.stderr.count("\n  ") == 1, proc.stderr
+
+
+def test_a_record_a_second_behind_a_concurrent_one_is_not_an_attack(
+    sealed: Sealed, tmp_path: Path, hsm: Hsm
+) -> None:
+    """A call reads the clock before it waits for the store's lock, so its record
+    may follow one stamped a little later: that is not the clock going back."""
+    copy = stepped_back(sealed, tmp_path, hsm, sealed.records - 3, 1)
+    proc = verify(sealed, copy)
+    assert proc.returncode == 0, proc.stderr
