@@ -121,6 +121,22 @@ class KeyStatus:
     always_sensitive: bool
     can_sign: bool
     can_decrypt: bool
+    private: bool  # CKA_PRIVATE: usable only after login
+    modifiable: bool  # CKA_MODIFIABLE: attributes can be changed after generation
+
+    @property
+    def safe(self) -> bool:
+        """What the signer requires of a key it opens (hsm/token.py checks more)."""
+        return (
+            self.sensitive
+            and self.always_sensitive
+            and not self.extractable
+            and self.never_extractable
+            and self.can_sign
+            and not self.can_decrypt
+            and self.private
+            and not self.modifiable
+        )
 
 
 def _status(ref: KeyRef, priv: Any) -> KeyStatus:
@@ -132,6 +148,8 @@ def _status(ref: KeyRef, priv: Any) -> KeyStatus:
         always_sensitive=bool(priv[Attribute.ALWAYS_SENSITIVE]),
         can_sign=bool(priv[Attribute.SIGN]),
         can_decrypt=bool(priv[Attribute.DECRYPT]),
+        private=bool(priv[Attribute.PRIVATE]),
+        modifiable=bool(priv[Attribute.MODIFIABLE]),
     )
 
 
@@ -152,8 +170,10 @@ def generate_key(
 ) -> tuple[bool, KeyStatus]:
     """Generates an EC P-256 key pair inside the token, unless it exists.
 
-    The private key is sensitive, never extractable and may only sign.
-    Returns (created, status).
+    The private key is sensitive, never extractable, may only sign, and is not
+    modifiable: nobody holding the user PIN can later turn on DERIVE, DECRYPT
+    or another use (SoftHSM2 refuses to set CKA_MODIFIABLE after generation,
+    so keys made before this need a new version). Returns (created, status).
     """
     with PKCS11_LOCK:
         session = _open(module, token_label, user_pin, rw=True)
@@ -190,6 +210,7 @@ def generate_key(
                     Attribute.UNWRAP: False,
                     Attribute.DERIVE: False,
                     Attribute.SIGN_RECOVER: False,
+                    Attribute.MODIFIABLE: False,
                 },
             )
             return True, _status(ref, priv)

@@ -65,6 +65,10 @@ _MUST_BE = {
     Attribute.UNWRAP: False,
     Attribute.DERIVE: False,
     Attribute.SIGN_RECOVER: False,
+    # Only after login, and fixed at generation: with CKA_MODIFIABLE true, anyone
+    # holding the user PIN could turn on DERIVE or DECRYPT later.
+    Attribute.PRIVATE: True,
+    Attribute.MODIFIABLE: False,
 }
 
 

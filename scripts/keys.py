@@ -60,18 +60,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     verb = "generated" if created else "already exists, nothing done"
     print(
         f"key {status.ref.key_id}: {verb} (sensitive={status.sensitive}, "
-        f"extractable={status.extractable}, never_extractable={status.never_extractable})"
+        f"extractable={status.extractable}, never_extractable={status.never_extractable}, "
+        f"modifiable={status.modifiable})"
     )
-    safe = (
-        status.sensitive
-        and status.always_sensitive
-        and not status.extractable
-        and status.never_extractable
-        and status.can_sign
-        and not status.can_decrypt
-    )
-    if not safe:
+    if not status.safe:
         print(f"key {status.ref.key_id}: UNSAFE, the signer will refuse it", file=sys.stderr)
+        if status.modifiable:
+            print(
+                f"key {status.ref.key_id}: made modifiable by an older keys.py; generate a new "
+                "version (e.g. --key LABEL.v<N+1>) and configure it",
+                file=sys.stderr,
+            )
         return 1
     return 0
 
@@ -81,9 +80,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not keys:
         print(f"token {args.label!r}: no payment keys")
     for s in keys:
+        unsafe = "" if s.safe else "\tUNSAFE"
         print(
             f"{s.ref.key_id}\tsensitive={s.sensitive}\textractable={s.extractable}"
             f"\tnever_extractable={s.never_extractable}\tsign={s.can_sign}\tdecrypt={s.can_decrypt}"
+            f"\tprivate={s.private}\tmodifiable={s.modifiable}{unsafe}"
         )
     return 0
 

@@ -663,7 +663,7 @@ from paywarden.hsm import Hsm, KeyRef, UnsafeKey
 MOD, LABEL, PIN = sys.argv[1], sys.argv[2], open(sys.argv[3]).read().strip()
 lib = pkcs11.lib(MOD)
 with lib.get_token(token_label=LABEL).open(rw=True, user_pin=PIN) as s:
-    def gen(version, curve, sensitive, derive):
+    def gen(version, curve, sensitive, derive, modifiable=False):
         params = s.create_domain_parameters(
             KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)}, local=True
         )
@@ -674,10 +674,11 @@ with lib.get_token(token_label=LABEL).open(rw=True, user_pin=PIN) as s:
                 Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: sensitive,
                 Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.DERIVE: derive,
                 Attribute.SIGN_RECOVER: False, Attribute.DECRYPT: False, Attribute.UNWRAP: False,
+                Attribute.MODIFIABLE: modifiable,
             },
         )
     gen(7, "secp256r1", True, True)     # may derive
-    gen(8, "secp256r1", False, False)   # was readable in the clear once
+    gen(8, "secp256r1", False, False, modifiable=True)   # was readable in the clear once
     for o in s.get_objects({Attribute.ID: b"v8", Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
         o[Attribute.SENSITIVE] = True
     gen(9, "secp384r1", True, False)    # not P-256
