@@ -30,8 +30,12 @@ PKCS11_LOCK = threading.RLock()
 """Serialises every PKCS#11 call made by this process (see module docstring)."""
 
 
-def read_pin(pin_file: Path | None, pin_env: str | None) -> str:
-    """Reads the user PIN from a file or an environment variable, never argv.
+MAX_PIN_BYTES = 4096
+
+
+def read_pin(pin_file: Path | None, pin_env: str | None, pin_fd: int | None = None) -> str:
+    """Reads the user PIN from a file, an inherited file descriptor or an
+    environment variable, never argv.
 
     Errors name the source, never the value.
     """
@@ -45,14 +49,50 @@ def read_pin(pin_file: Path | None, pin_env: str | None) -> str:
         if not pin:
             raise HsmUnavailable(f"the HSM PIN file {pin_file} is empty")
         return pin
+    if pin_fd is not None:
+        return _read_pin_fd(pin_fd)
     if pin_env is not None:
-        # Taken out of the environment so that child processes and
-        # /proc/<pid>/environ readers after start-up do not see it.
+        # Popped so that child processes started later do not inherit it. This
+        # does NOT hide it: /proc/<pid>/environ shows the environment the process
+        # was started with, PIN included, to its user and root for as long as it
+        # runs. Prefer a PIN file or an inherited file descriptor.
         pin = os.environ.pop(pin_env, "").strip()
         if not pin:
             raise HsmUnavailable(f"the environment variable {pin_env} (HSM PIN) is not set")
         return pin
-    raise HsmUnavailable("no HSM PIN source configured (pin_file or pin_env)")
+    raise HsmUnavailable("no HSM PIN source configured (pin_file, pin_fd or pin_env)")
+
+
+def _read_pin_fd(fd: int) -> str:
+    """Reads the PIN to end of file from an inherited descriptor (a pipe, or a file
+    opened by the parent) and closes it, so that nothing else in the process or
+    its children can read it again."""
+    chunks: list[bytes] = []
+    try:
+        while sum(map(len, chunks)) <= MAX_PIN_BYTES:
+            chunk = os.read(fd, MAX_PIN_BYTES + 1)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError as exc:
+        raise HsmUnavailable(
+            f"cannot read the HSM PIN from file descriptor {fd}: {exc.strerror}"
+        ) from None
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # already closed or never open: the read above said which
+    raw = b"".join(chunks)
+    if len(raw) > MAX_PIN_BYTES:
+        raise HsmUnavailable(f"file descriptor {fd} holds more than an HSM PIN")
+    try:
+        pin = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise HsmUnavailable(f"the HSM PIN from file descriptor {fd} is not UTF-8") from None
+    if not pin:
+        raise HsmUnavailable(f"file descriptor {fd} gave an empty HSM PIN")
+    return pin
 
 
 _MUST_BE = {

@@ -71,23 +71,29 @@ class HsmConfig(_Model):
     module: str = "/usr/lib/softhsm/libsofthsm2.so"
     token_label: str = "paywarden-dev"  # noqa: S105 - a label, not a secret
     pin_file: _Path | None = DEFAULT_DATA_DIR / "dev" / "DEVELOPMENT-ONLY-user.pin"
+    # Stays readable in /proc/<pid>/environ for the life of the process: prefer
+    # pin_file, or pin_fd (a descriptor the parent opened; read once, then closed).
     pin_env: str | None = None
+    pin_fd: int | None = Field(default=None, ge=3, le=65_535)
     softhsm_conf: _Path | None = Path("softhsm.conf")
     retry_interval_seconds: float = Field(default=1.0, ge=0, le=300)
 
     @model_validator(mode="before")
     @classmethod
     def _pin_env_replaces_default_file(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "pin_env" in data and "pin_file" not in data:
+        if not isinstance(data, dict) or "pin_file" in data:
+            return data
+        if "pin_env" in data or "pin_fd" in data:
             return {**data, "pin_file": None}
         return data
 
     @model_validator(mode="after")
     def _one_pin_source(self) -> HsmConfig:
-        if self.pin_env is not None and self.pin_file is not None:
-            raise ValueError("set exactly one of hsm.pin_file and hsm.pin_env")
-        if self.pin_env is None and self.pin_file is None:
-            raise ValueError("set one of hsm.pin_file and hsm.pin_env")
+        sources = [s for s in (self.pin_file, self.pin_env, self.pin_fd) if s is not None]
+        if len(sources) > 1:
+            raise ValueError("set exactly one of hsm.pin_file, hsm.pin_fd and hsm.pin_env")
+        if not sources:
+            raise ValueError("set one of hsm.pin_file, hsm.pin_fd and hsm.pin_env")
         return self
 
 

@@ -97,9 +97,15 @@ def open_hsm(config: Config) -> Hsm:
     if config.hsm.softhsm_conf is not None:
         os.environ["SOFTHSM2_CONF"] = str(config.hsm.softhsm_conf)
     try:
-        pin = read_pin(config.hsm.pin_file, config.hsm.pin_env)
+        pin = read_pin(config.hsm.pin_file, config.hsm.pin_env, config.hsm.pin_fd)
     except HsmError as exc:
         raise StartupError(str(exc)) from None
+    if config.hsm.pin_env is not None:
+        log.warning(
+            "hsm.pin_env: the HSM PIN stays readable in /proc/%d/environ for as long as "
+            "this process runs; prefer hsm.pin_file or hsm.pin_fd",
+            os.getpid(),
+        )
     hsm = Hsm(
         config.hsm.module,
         config.hsm.token_label,
@@ -111,7 +117,13 @@ def open_hsm(config: Config) -> Hsm:
     try:
         hsm.open()
     except HsmPinRejected as exc:
-        source = "hsm.pin_file" if config.hsm.pin_file is not None else "hsm.pin_env"
+        source = (
+            "hsm.pin_file"
+            if config.hsm.pin_file is not None
+            else "hsm.pin_fd"
+            if config.hsm.pin_fd is not None
+            else "hsm.pin_env"
+        )
         raise StartupError(f"{source}: {exc}") from None
     except HsmError as exc:
         # Keep serving: Sign answers UNAVAILABLE until the token comes back.

@@ -224,12 +224,15 @@ class ServeProcess:
 
 
 @contextmanager
-def serve(config: Path, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
+def serve(
+    config: Path, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()
+) -> Iterator[ServeProcess]:
     """Runs ``paywarden serve`` and waits for its readiness line (no sleeps)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
+        pass_fds=pass_fds,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
