@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pkcs11
-from paywarden.hsm.errors import HsmPinRejected, HsmUnavailable, KeyNotFound, UnsafeKey
+from paywarden.hsm.errors import (
+    HsmError,
+    HsmPinRejected,
+    HsmUnavailable,
+    KeyNotFound,
+    UnsafeKey,
+)
 from paywarden.hsm.keys import KeyRef, PublicKeyInfo
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key
@@ -156,6 +162,7 @@ class Hsm:
         self._last_error = "not opened yet"
         self._needs_reinit = False
         self._pin_rejected = False
+        self._on_open: Callable[[list[PublicKeyInfo]], None] | None = None
 
     def __repr__(self) -> str:
         return f"Hsm(module={self._module!r}, token={self._token_label!r}, keys={list(self._refs)})"
@@ -170,6 +177,18 @@ class Hsm:
     def close(self) -> None:
         with PKCS11_LOCK:
             self._drop_locked("closed")
+
+    def on_open(self, callback: Callable[[list[PublicKeyInfo]], None]) -> None:
+        """Calls ``callback(payment public keys)`` after every later successful open,
+        a reopen after a fault included, before anything is signed in the new session.
+
+        It runs with ``PKCS11_LOCK`` held (that is what orders it before the next
+        signature), so nothing may wait for the HSM while holding a lock the
+        callback takes. If it raises :class:`HsmError` the session is dropped and
+        the open fails like any other (retried after ``retry_interval``).
+        """
+        with PKCS11_LOCK:
+            self._on_open = callback
 
     def _open_locked(self) -> None:
         if self._pin_rejected:
@@ -232,6 +251,14 @@ class Hsm:
         self._private = private
         self._public = public
         self._last_error = ""
+        if self._on_open is not None:
+            try:
+                self._on_open([public[k] for k in sorted(public) if k in self._refs])
+            except HsmError as exc:
+                self._fail_locked(str(exc))
+            except BaseException:
+                self._drop_locked("the on-open callback failed")
+                raise
 
     def _load_key(self, session: Any, ref: KeyRef) -> tuple[Any, PublicKeyInfo]:
         try:

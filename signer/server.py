@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from paywarden.hsm import Hsm, HsmError, HsmPinRejected, read_pin
+from paywarden.hsm import Hsm, HsmError, HsmPinRejected, HsmUnavailable, PublicKeyInfo, read_pin
 from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pack_dir
 from paywarden.signer import audit
 from paywarden.signer.config import Config
@@ -183,8 +183,15 @@ def _watch_health(running: Running, interval: float) -> None:
             running.health.set(name, status)
 
 
+def _key_fingerprints(keys: list[PublicKeyInfo]) -> list[dict[str, str]]:
+    return [
+        {"key_id": k.key_id, "spki_sha256": hashlib.sha256(k.spki_der).hexdigest()} for k in keys
+    ]
+
+
 def _audit_start(store: SqliteStore, hsm: Hsm, packs: PackSet, config: Config) -> None:
-    """Records which policy packs and keys this start-up runs with."""
+    """Records which policy packs and keys this start-up runs with, and the keys
+    again whenever the token reopens (it may come up, or come back, later)."""
     now = int(time.time())
     try:
         store.audit_event(
@@ -196,22 +203,39 @@ def _audit_start(store: SqliteStore, hsm: Hsm, packs: PackSet, config: Config) -
                 dir=str(config.policy.dir),
             )
         )
-        keys = [
-            {"key_id": k.key_id, "spki_sha256": hashlib.sha256(k.spki_der).hexdigest()}
-            for k in hsm.public_keys()
-        ]
         store.audit_event(
             audit.event(
                 "keys.load",
                 None,
                 now,
-                keys=keys,
+                keys=_key_fingerprints(hsm.public_keys()),
                 audit_key=config.audit.key,
                 hsm_available=hsm.available,
             )
         )
     except StoreError as exc:
         raise StartupError(f"store.path: cannot write the audit log: {exc}") from None
+
+    def reopened(keys: list[PublicKeyInfo]) -> None:
+        # Runs before the first signature of the new session: no payment is
+        # signed with a key whose fingerprint the log does not hold.
+        event = audit.event(
+            "keys.load",
+            None,
+            int(time.time()),
+            keys=_key_fingerprints(keys),
+            audit_key=config.audit.key,
+            hsm_available=True,
+            reopened=True,
+        )
+        try:
+            store.audit_event(event)
+        except StoreError as exc:
+            raise HsmUnavailable(
+                f"cannot record the token's keys in the audit log: {exc}"
+            ) from None
+
+    hsm.on_open(reopened)
 
 
 def start(config: Config, *, health_interval: float = 2.0) -> Running:

@@ -1,0 +1,103 @@
+"""Attack surface: payments signed with keys the audit log never fingerprinted.
+
+When the token was unavailable at start-up, the only ``keys.load`` record
+listed no keys, and payments signed after the token came back had no audited
+key fingerprint: a token swapped while the signer ran would have left no
+trace. Now every (re)open of the token writes a ``keys.load`` record with each
+key's SPKI SHA-256, before anything is signed in the new session. The test
+runs a real ``paywarden serve`` whose token directory is missing at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from paywarden.hsm import Hsm, HsmUnavailable, KeyRef, PublicKeyInfo
+from paywarden.v1 import signer_pb2, signer_pb2_grpc
+
+from tests.conftest import make_token
+from tests.helpers import MODULE, Pki, TestToken, new_nonce, serve, write_config
+from tests.test_e2e import intent, open_session, sign
+
+
+def _records(db: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def _spki_sha256(pem: str) -> str:
+    key = serialization.load_pem_public_key(pem.encode("ascii"))
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def test_keys_are_audited_when_the_token_comes_up_after_start(tmp_path: Path, pki: Pki) -> None:
+    tok = make_token(tmp_path / "hsm", label="late")
+    config = write_config(tmp_path / "cfg", tok, pki)
+    tokens, away = tok.base / "tokens", tok.base / "tokens.away"
+    shutil.move(tokens, away)  # the token directory is missing at start
+    with serve(config) as srv:
+        assert "hsm available: False" in srv.output[-1]
+        session_id = open_session(srv.addr, pki, budget="50.00")
+        shutil.move(away, tokens)  # the token comes up
+        signed = sign(srv.addr, pki, intent(session_id, new_nonce(), amount="1.00"))
+        with pki.channel(srv.addr, "agent", "agent-1") as ch:
+            published = signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
+                signer_pb2.GetPublicKeysRequest(), timeout=30
+            )
+    records = _records(tmp_path / "cfg" / "state.db")
+    loads = [(seq, r) for seq, r in enumerate(records, start=1) if r["action"] == "keys.load"]
+    assert loads[0][1]["keys"] == [] and loads[0][1]["hsm_available"] is False
+    audited = [(seq, r) for seq, r in loads if r["keys"]]
+    assert audited, "no keys.load record lists the keys after the token came up"
+    first_seq, first = audited[0]
+    assert {k["key_id"]: k["spki_sha256"] for k in first["keys"]} == {
+        k.key_id: _spki_sha256(k.spki_pem) for k in published.keys
+    }
+    (decision_seq,) = [
+        seq
+        for seq, r in enumerate(records, start=1)
+        if r["action"] == "sign.decision" and r["decision"]["id"] == signed.decision_id
+    ]
+    # the fingerprint was on record before the payment was decided (and so signed)
+    assert first_seq < decision_seq
+    assert signed.key_id in {k["key_id"] for k in first["keys"]}
+
+
+def test_a_token_whose_keys_cannot_be_audited_signs_nothing(token: TestToken) -> None:
+    """The audit write fails (a fault the real store cannot produce on demand):
+    the reopened session is dropped and nothing is signed until it succeeds."""
+    hsm = Hsm(MODULE, token.label, token.pin, [KeyRef("payments", 1)], retry_interval=0)
+    hsm.open()
+    events: list[str] = []
+
+    def cannot_record(keys: list[PublicKeyInfo]) -> None:
+        events.append("refused")
+        raise HsmUnavailable("cannot record the token's keys in the audit log")
+
+    def record(keys: list[PublicKeyInfo]) -> None:
+        events.append("recorded " + ",".join(k.key_id for k in keys))
+
+    try:
+        hsm.on_open(cannot_record)
+        hsm.close()  # as after a fault: the next use reopens
+        with pytest.raises(HsmUnavailable, match="audit log"):
+            hsm.sign_es256("payments.v1", b"payload")
+        assert not hsm.available
+        hsm.on_open(record)
+        assert len(hsm.sign_es256("payments.v1", b"payload")) == 64
+        assert events == ["refused", "recorded payments.v1"]
+    finally:
+        hsm.close()
