@@ -83,6 +83,12 @@ def _public_keys(paths: list[Path]) -> list[ec.EllipticCurvePublicKey]:
 # -- audit commands ---------------------------------------------------------------------
 
 
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError("must be a whole number, 0 or more")
+    return int(text)
+
+
 def _trusted_arg(text: str) -> auditlog.TrustedHead:
     size, sep, root = text.partition(":")
     root = root.strip().lower()
@@ -185,7 +191,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if report.first_bad_seq is not None:
         print(f"audit log BROKEN: first bad record {report.first_bad_seq}", file=sys.stderr)
     else:
-        print(f"audit log BROKEN: {report.problems[0]}", file=sys.stderr)
+        n = len(report.problems)
+        print(f"audit log BROKEN: {n} problem{'s' if n > 1 else ''}", file=sys.stderr)
     for problem in report.problems:
         print(f"  {problem}", file=sys.stderr)
     return 1
@@ -268,7 +275,9 @@ def cmd_consistency(args: argparse.Namespace) -> int:
 
 def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     source = argparse.ArgumentParser(add_help=False)
-    source.add_argument("--config", type=Path, help="signer config (its store.path)")
+    source.add_argument(
+        "--config", type=Path, help="signer config (its store.path and audit checkpoint interval)"
+    )
     source.add_argument("--db", type=Path, help="a store file instead of the config's")
     source.add_argument("--export", type=Path, help="a JSON Lines export instead of a store")
     sub = parser.add_subparsers(dest="audit_command", required=True)
@@ -296,19 +305,19 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-unsealed",
-        type=int,
+        type=_count,
         metavar="N",
         help="most records after the last checkpoint (default: 2 x audit.checkpoint_every)",
     )
     p.add_argument(
         "--max-unsealed-seconds",
-        type=float,
+        type=_count,
         metavar="S",
         help="longest span of unsealed record times (default: 2 x audit.checkpoint_seconds)",
     )
     p.add_argument(
         "--max-time-skew",
-        type=int,
+        type=_count,
         default=auditlog.TIME_SKEW,
         metavar="S",
         help="how far a record's time may lie below an earlier one's "
