@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from paywarden.signer.identity import PRINCIPAL_ID
 
 ROLES = ("agent", "planner", "approver", "operator")
 
@@ -172,6 +173,15 @@ def main(argv: list[str] | None = None) -> int:
             args.force,
         )
     else:
+        # The id names the files written (DIR/<role>-<id>.crt) and the identity
+        # the signer reads back: the signer's own rule keeps both safe.
+        if not PRINCIPAL_ID.fullmatch(args.id):
+            print(
+                f"pki.py: --id {args.id!r} is not a principal id: 1-128 characters of"
+                " lower-case letters, digits, '.', '_' and '-', starting with a letter or digit",
+                file=sys.stderr,
+            )
+            return 2
         domain = (args.dir / "trust-domain").read_text(encoding="ascii").strip()
         uri = f"spiffe://{domain}/{args.role}/{args.id}"
         _leaf(

@@ -16,7 +16,9 @@ from typing import Any
 from cryptography import x509
 from paywarden.signer.errors import NotAuthenticated, Reason
 
-PRINCIPAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Lower case only: ids are compared byte for byte everywhere (sessions, packs,
+# approvals), so ``Dev-Agent`` must not exist beside ``dev-agent``.
+PRINCIPAL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 
 
 class Role(StrEnum):
@@ -55,7 +57,8 @@ def parse_spiffe(uri: str, trust_domain: str) -> Principal:
         ) from None
     if not PRINCIPAL_ID.fullmatch(principal_id):
         raise NotAuthenticated(
-            Reason.NO_IDENTITY, "the principal id in the certificate is malformed"
+            Reason.NO_IDENTITY,
+            "the principal id in the certificate is malformed (lower-case letters, digits, . _ -)",
         )
     return Principal(role, principal_id)
 
