@@ -1,7 +1,8 @@
 """Which roles may call which RPC, and the one wrapper every handler goes through.
 
 gRPC interceptors cannot see the TLS auth context, so each handler is wrapped:
-identity from the client certificate, role check from :data:`RPC_ROLES`, and
+identity from the client certificate (the servicer's ``auth``, an
+:class:`~paywarden.signer.identity.Authenticator`), role check from :data:`RPC_ROLES`, and
 the mapping of our exceptions to statuses. A method missing from the table is
 refused to everyone.
 """
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 from paywarden.signer.errors import Forbidden, Internal, InvalidInput, PaywardenError, Reason
-from paywarden.signer.identity import Principal, Role, principal_from_auth_context
+from paywarden.signer.identity import Principal, Role
 from paywarden.signer.registry import request_class
 from paywarden.signer.status import to_grpc_status
 from paywarden.signer.wire import reject_unknown_fields
@@ -64,7 +65,7 @@ def rpc(
         @functools.wraps(fn)
         def handler(self: Any, request: Req, context: grpc.ServicerContext) -> Resp:
             try:
-                principal = principal_from_auth_context(context.auth_context(), self.trust_domain)
+                principal = self.auth.principal(context.auth_context())
                 authorize(method, principal)
                 if isinstance(request, bytes):
                     try:

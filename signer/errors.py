@@ -63,6 +63,8 @@ class Reason(StrEnum):
     SESSION_NOT_EXPLORING = "SESSION_NOT_EXPLORING"
     FROZEN = "FROZEN"
     PAYMENT_WITHDRAWN = "PAYMENT_WITHDRAWN"
+    # the client certificate is not a client leaf issued directly by the client CA
+    CLIENT_CERT_PROFILE = "CLIENT_CERT_PROFILE"
 
 
 class PaywardenError(Exception):

@@ -1,8 +1,10 @@
 """Who is calling: the role and id in the client certificate's URI SAN.
 
-``spiffe://<trust-domain>/<role>/<id>``. The certificate was already checked
-against the client CA by the TLS handshake; here we read its SANs (never the
-common name) and require exactly one URI SAN in our trust domain.
+``spiffe://<trust-domain>/<role>/<id>``. The TLS handshake already checked the
+chain up to the client CA; :class:`Authenticator` then holds the leaf to a
+client profile (not a CA, clientAuth, issued directly by the configured CA: a
+chain through an intermediate is refused) and reads its SANs (never the common
+name), requiring exactly one URI SAN in our trust domain.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from enum import StrEnum
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from paywarden.signer.errors import NotAuthenticated, Reason
 
 # Lower case only: ids are compared byte for byte everywhere (sessions, packs,
@@ -63,13 +67,23 @@ def parse_spiffe(uri: str, trust_domain: str) -> Principal:
     return Principal(role, principal_id)
 
 
-def principal_from_auth_context(auth_context: Mapping[str, Any], trust_domain: str) -> Principal:
-    """Reads the caller from gRPC's auth context (``x509_pem_cert``)."""
+def _leaf(auth_context: Mapping[str, Any]) -> x509.Certificate:
     pems = auth_context.get("x509_pem_cert") or []
     if len(pems) != 1:
         raise NotAuthenticated(Reason.NO_IDENTITY, "no client certificate")
     try:
-        cert = x509.load_pem_x509_certificate(pems[0])
+        return x509.load_pem_x509_certificate(pems[0])
+    except ValueError:
+        raise NotAuthenticated(Reason.NO_IDENTITY, "the client certificate is malformed") from None
+
+
+def principal_from_auth_context(auth_context: Mapping[str, Any], trust_domain: str) -> Principal:
+    """Reads the caller from gRPC's auth context (``x509_pem_cert``), SANs only."""
+    return principal_from_cert(_leaf(auth_context), trust_domain)
+
+
+def principal_from_cert(cert: x509.Certificate, trust_domain: str) -> Principal:
+    try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (ValueError, x509.ExtensionNotFound):
         raise NotAuthenticated(Reason.NO_IDENTITY, "the client certificate has no SAN") from None
@@ -81,3 +95,46 @@ def principal_from_auth_context(auth_context: Mapping[str, Any], trust_domain: s
             Reason.NO_IDENTITY, "the client certificate must carry exactly one URI SAN"
         )
     return parse_spiffe(uris[0], trust_domain)
+
+
+def _profile_refused(why: str) -> NotAuthenticated:
+    return NotAuthenticated(Reason.CLIENT_CERT_PROFILE, f"the client certificate {why}")
+
+
+def check_client_profile(cert: x509.Certificate, issuers: tuple[x509.Certificate, ...]) -> None:
+    """A client leaf: CA:FALSE, EKU clientAuth, signed directly by one of ``issuers``."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        raise _profile_refused("must carry basicConstraints and extendedKeyUsage") from None
+    except ValueError:
+        raise _profile_refused("has malformed extensions") from None
+    if constraints.ca:
+        raise _profile_refused("is a CA certificate (basicConstraints CA:TRUE)")
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise _profile_refused("is not for client authentication (EKU clientAuth)")
+    for issuer in issuers:
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return
+    raise _profile_refused("is not issued directly by the configured client CA")
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticator:
+    """Reads the caller of an RPC: the client profile first, then the identity."""
+
+    trust_domain: str
+    client_cas: tuple[x509.Certificate, ...]
+
+    @classmethod
+    def from_pem(cls, trust_domain: str, client_ca_pem: bytes) -> Authenticator:
+        return cls(trust_domain, tuple(x509.load_pem_x509_certificates(client_ca_pem)))
+
+    def principal(self, auth_context: Mapping[str, Any]) -> Principal:
+        cert = _leaf(auth_context)
+        check_client_profile(cert, self.client_cas)
+        return principal_from_cert(cert, self.trust_domain)

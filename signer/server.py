@@ -21,6 +21,7 @@ from paywarden.signer import audit
 from paywarden.signer.config import Config
 from paywarden.signer.control import Checkpointer, ControlService
 from paywarden.signer.errors import PaywardenError
+from paywarden.signer.identity import Authenticator
 from paywarden.signer.metrics import Metrics
 from paywarden.signer.registry import SERVICES, add_servicer
 from paywarden.signer.service import SigningService
@@ -75,6 +76,15 @@ def server_credentials(config: Config) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
         [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
     )
+
+
+def authenticator(config: Config) -> Authenticator:
+    """Holds client certificates to the client profile of ``server.client_ca``."""
+    s = config.server
+    try:
+        return Authenticator.from_pem(s.trust_domain, _read(s.client_ca, "server.client_ca"))
+    except ValueError:
+        raise StartupError(f"server.client_ca: {s.client_ca} holds no PEM certificate") from None
 
 
 def load_packs(config: Config) -> PackSet:
@@ -260,11 +270,11 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         options=[("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
     )
-    domain = config.server.trust_domain
-    add_servicer(server, SignerServicer(service, domain), "paywarden.v1.Signer")
-    add_servicer(server, SessionsServicer(service, domain), "paywarden.v1.Sessions")
-    add_servicer(server, ApprovalsServicer(service, domain), "paywarden.v1.Approvals")
-    add_servicer(server, ControlServicer(control, domain), "paywarden.v1.Control")
+    auth = authenticator(config)
+    add_servicer(server, SignerServicer(service, auth), "paywarden.v1.Signer")
+    add_servicer(server, SessionsServicer(service, auth), "paywarden.v1.Sessions")
+    add_servicer(server, ApprovalsServicer(service, auth), "paywarden.v1.Approvals")
+    add_servicer(server, ControlServicer(control, auth), "paywarden.v1.Control")
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -165,6 +165,7 @@ def grpc_add_to_server() -> object:
 
 @pytest.fixture(scope="module")
 def grpc_servicer(stack: object) -> tuple[object, ...]:
+    from paywarden.signer.server import authenticator
     from paywarden.signer.servicers import (
         ApprovalsServicer,
         ControlServicer,
@@ -175,12 +176,12 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
     from tests.helpers import Stack
 
     assert isinstance(stack, Stack)
-    domain = stack.config.server.trust_domain
+    auth = authenticator(stack.config)
     return (
-        SignerServicer(stack.service, domain),
-        SessionsServicer(stack.service, domain),
-        ApprovalsServicer(stack.service, domain),
-        ControlServicer(stack.control, domain),
+        SignerServicer(stack.service, auth),
+        SessionsServicer(stack.service, auth),
+        ApprovalsServicer(stack.service, auth),
+        ControlServicer(stack.control, auth),
     )
 
 
