@@ -1,25 +1,30 @@
 """Which roles may call which RPC, and the one wrapper every handler goes through.
 
 gRPC interceptors cannot see the TLS auth context, so each handler is wrapped:
-identity from the client certificate (the servicer's ``auth``, an
-:class:`~paywarden.signer.identity.Authenticator`), role check from :data:`RPC_ROLES`, and
-the mapping of our exceptions to statuses. A method missing from the table is
-refused to everyone.
+identity from the client certificate (the servicer's :class:`Edge`), role
+check from :data:`RPC_ROLES`, and the mapping of our exceptions to statuses. A
+method missing from the table is refused to everyone. A bug (any other
+exception) is answered INTERNAL and audited, so that every call, failed or
+not, leaves its record.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from paywarden.signer import audit
 from paywarden.signer.errors import Forbidden, Internal, InvalidInput, PaywardenError, Reason
-from paywarden.signer.identity import Principal, Role
+from paywarden.signer.identity import Authenticator, Principal, Role
 from paywarden.signer.registry import request_class
 from paywarden.signer.status import to_grpc_status
+from paywarden.signer.store import Store, StoreError
 from paywarden.signer.wire import reject_unknown_fields
 
 log = logging.getLogger("paywarden.signer.rpc")
@@ -45,6 +50,29 @@ RPC_ROLES: dict[str, frozenset[Role]] = {
     "/paywarden.v1.Control/ConsistencyProof": frozenset({Role.OPERATOR}),
 }
 
+
+@dataclass(frozen=True)
+class Edge:
+    """What the wrapper of every handler needs: who calls, and where a failure is audited."""
+
+    auth: Authenticator
+    store: Store
+    clock: Callable[[], float] = time.time
+
+    def audit_error(self, method: str, caller: Principal | None) -> int | None:
+        """One ``rpc.error`` record: the method and the caller, never the exception's text."""
+        fields: dict[str, Any] = {"rpc": method}
+        if caller is None:
+            fields["authenticated"] = False
+        try:
+            return self.store.audit_event(
+                audit.event("rpc.error", caller, int(self.clock()), **fields)
+            )
+        except StoreError as exc:
+            log.error("cannot audit a failed rpc: %s", exc, extra={"rpc": method})
+            return None
+
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Principal, Req], Resp]
@@ -64,8 +92,10 @@ def rpc(
     def decorate(fn: Handler[Req, Resp]) -> Callable[[Any, Req, grpc.ServicerContext], Resp]:
         @functools.wraps(fn)
         def handler(self: Any, request: Req, context: grpc.ServicerContext) -> Resp:
+            edge: Edge = self.edge
+            principal: Principal | None = None
             try:
-                principal = self.auth.principal(context.auth_context())
+                principal = edge.auth.principal(context.auth_context())
                 authorize(method, principal)
                 if isinstance(request, bytes):
                     try:
@@ -88,11 +118,11 @@ def rpc(
                 )
                 context.abort_with_status(to_grpc_status(exc))
                 raise  # abort_with_status raises; this line is never reached
-            except Exception:  # a bug: deny, log the traceback, reveal nothing
+            except Exception:  # a bug: deny, log the traceback, audit it, reveal nothing
                 log.exception("rpc failed", extra={"rpc": method})
-                context.abort_with_status(
-                    to_grpc_status(Internal(Reason.INTERNAL, "internal error; nothing was signed"))
-                )
+                error = Internal(Reason.INTERNAL, "internal error; nothing was signed")
+                error.audit_seq = edge.audit_error(method, principal)
+                context.abort_with_status(to_grpc_status(error))
                 raise
 
         return handler

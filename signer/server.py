@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from paywarden.hsm import Hsm, HsmError, HsmPinRejected, HsmUnavailable, PublicKeyInfo, read_pin
 from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pack_dir
 from paywarden.signer import audit
+from paywarden.signer.authz import Edge
 from paywarden.signer.config import Config
 from paywarden.signer.control import Checkpointer, ControlService
 from paywarden.signer.errors import PaywardenError
@@ -270,11 +271,11 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         options=[("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
     )
-    auth = authenticator(config)
-    add_servicer(server, SignerServicer(service, auth), "paywarden.v1.Signer")
-    add_servicer(server, SessionsServicer(service, auth), "paywarden.v1.Sessions")
-    add_servicer(server, ApprovalsServicer(service, auth), "paywarden.v1.Approvals")
-    add_servicer(server, ControlServicer(control, auth), "paywarden.v1.Control")
+    edge = Edge(authenticator(config), store)
+    add_servicer(server, SignerServicer(service, edge), "paywarden.v1.Signer")
+    add_servicer(server, SessionsServicer(service, edge), "paywarden.v1.Sessions")
+    add_servicer(server, ApprovalsServicer(service, edge), "paywarden.v1.Approvals")
+    add_servicer(server, ControlServicer(control, edge), "paywarden.v1.Control")
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from paywarden.signer.authz import rpc
+from paywarden.signer.authz import Edge, rpc
 from paywarden.signer.canonical import Amount
 from paywarden.signer.control import ControlService
 from paywarden.signer.errors import InvalidInput, NotFound, Reason
-from paywarden.signer.identity import Authenticator, Principal
+from paywarden.signer.identity import Principal
 from paywarden.signer.payments import IntentFields
 from paywarden.signer.service import ApprovalView, SessionView, SigningService, SignStatus
 from paywarden.signer.store import Freeze
@@ -25,9 +25,9 @@ from paywarden.v1 import (
 
 
 class SignerServicer(signer_pb2_grpc.SignerServicer):
-    def __init__(self, service: SigningService, auth: Authenticator) -> None:
+    def __init__(self, service: SigningService, edge: Edge) -> None:
         self.service = service
-        self.auth = auth
+        self.edge = edge
 
     @rpc("/paywarden.v1.Signer/Sign")
     def Sign(self, caller: Principal, request: signer_pb2.SignRequest) -> signer_pb2.SignResponse:
@@ -115,9 +115,9 @@ def _session_proto(view: SessionView) -> sessions_pb2.Session:
 
 
 class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
-    def __init__(self, service: SigningService, auth: Authenticator) -> None:
+    def __init__(self, service: SigningService, edge: Edge) -> None:
         self.service = service
-        self.auth = auth
+        self.edge = edge
 
     @rpc("/paywarden.v1.Sessions/OpenSession")
     def OpenSession(
@@ -188,9 +188,9 @@ def _approval_proto(view: ApprovalView) -> approvals_pb2.Approval:
 
 
 class ApprovalsServicer(approvals_pb2_grpc.ApprovalsServicer):
-    def __init__(self, service: SigningService, auth: Authenticator) -> None:
+    def __init__(self, service: SigningService, edge: Edge) -> None:
         self.service = service
-        self.auth = auth
+        self.edge = edge
 
     @rpc("/paywarden.v1.Approvals/ListPending")
     def ListPending(
@@ -248,9 +248,9 @@ def _freeze_proto(f: Freeze) -> control_pb2.FreezeRecord:
 
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    def __init__(self, control: ControlService, auth: Authenticator) -> None:
+    def __init__(self, control: ControlService, edge: Edge) -> None:
         self.control = control
-        self.auth = auth
+        self.edge = edge
 
     @rpc("/paywarden.v1.Control/Freeze")
     def Freeze(

@@ -165,6 +165,7 @@ def grpc_add_to_server() -> object:
 
 @pytest.fixture(scope="module")
 def grpc_servicer(stack: object) -> tuple[object, ...]:
+    from paywarden.signer.authz import Edge
     from paywarden.signer.server import authenticator
     from paywarden.signer.servicers import (
         ApprovalsServicer,
@@ -176,12 +177,12 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
     from tests.helpers import Stack
 
     assert isinstance(stack, Stack)
-    auth = authenticator(stack.config)
+    edge = Edge(authenticator(stack.config), stack.store, stack.clock.now)
     return (
-        SignerServicer(stack.service, auth),
-        SessionsServicer(stack.service, auth),
-        ApprovalsServicer(stack.service, auth),
-        ControlServicer(stack.control, auth),
+        SignerServicer(stack.service, edge),
+        SessionsServicer(stack.service, edge),
+        ApprovalsServicer(stack.service, edge),
+        ControlServicer(stack.control, edge),
     )
 
 
