@@ -50,6 +50,12 @@ class ServerConfig(_Model):
     grace_seconds: float = Field(default=5.0, ge=0, le=60)
     # Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = Field(default=256, ge=1, le=100_000)
+    # A connection that has not finished its TLS handshake within this time is
+    # closed (gRPC's default is 120 s: idle sockets could hold every descriptor).
+    handshake_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # Connections beyond this many are closed as they arrive; keep it well
+    # below the process's descriptor limit (``ulimit -n``), see the README.
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
 
     @field_validator("listen")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import resource
 import threading
 import time
 from concurrent import futures
@@ -77,6 +78,41 @@ def server_credentials(config: Config) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
         [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
     )
+
+
+# Descriptors the process needs besides client connections: the store, the
+# HSM library, the metrics listener, gRPC's own pipes and epoll.
+DESCRIPTOR_RESERVE = 128
+
+
+def server_options(config: Config) -> list[tuple[str, int]]:
+    """Channel arguments that bound what unauthenticated sockets can hold."""
+    s = config.server
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.server_handshake_timeout_ms", max(1, round(s.handshake_timeout_seconds * 1000))),
+        ("grpc.max_allowed_incoming_connections", s.max_connections),
+    ]
+
+
+def check_descriptor_limit(config: Config) -> None:
+    """Raises the soft ``RLIMIT_NOFILE`` to fit ``server.max_connections`` if it may."""
+    need = config.server.max_connections + DESCRIPTOR_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning(
+            "the descriptor limit (%d) is below server.max_connections + %d (%d): raise"
+            " `ulimit -n` or lower server.max_connections, or idle connections can"
+            " exhaust descriptors",
+            soft,
+            DESCRIPTOR_RESERVE,
+            need,
+        )
 
 
 def authenticator(config: Config) -> Authenticator:
@@ -261,6 +297,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         names = ", ".join(f"assets.{a}.decimals" for a in changed)
         raise StartupError(f"{names}: differs from the decimals the store's amounts were kept in")
     packs = load_packs(config)
+    check_descriptor_limit(config)
     hsm = open_hsm(config)
     metrics = Metrics()
     service = SigningService(config, store, hsm, packs, metrics=metrics)
@@ -268,7 +305,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     _audit_start(store, hsm, packs, config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
-        options=[("grpc.so_reuseport", 0)],
+        options=server_options(config),
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
     )
     edge = Edge(authenticator(config), store)
