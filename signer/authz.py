@@ -78,8 +78,17 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Principal, Req], Resp]
 
 
+# Services the server registers that are not ours (their handlers are not
+# wrapped by ``rpc``): the admission layer authorises them from this table.
+EXTERNAL_RPC_ROLES: dict[str, frozenset[Role]] = {
+    "/grpc.health.v1.Health/Check": _ALL,
+    "/grpc.health.v1.Health/Watch": _ALL,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": frozenset({Role.OPERATOR}),
+}
+
+
 def authorize(method: str, principal: Principal) -> None:
-    allowed = RPC_ROLES.get(method, frozenset())
+    allowed = RPC_ROLES.get(method) or EXTERNAL_RPC_ROLES.get(method, frozenset())
     if principal.role not in allowed:
         raise Forbidden(Reason.ROLE_NOT_ALLOWED, f"role {principal.role} may not call {method}")
 

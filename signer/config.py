@@ -56,6 +56,16 @@ class ServerConfig(_Model):
     # Connections beyond this many are closed as they arrive; keep it well
     # below the process's descriptor limit (``ulimit -n``), see the README.
     max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    # Server reflection (for grpcurl and the like), operators only when on.
+    reflection: bool = False
+    # Worker threads kept for operators' unary calls (Control stays answerable):
+    # every other call, and every stream, shares the rest of max_workers.
+    reserved_workers: int = Field(default=2, ge=1, le=255)
+    # Streams (health Watch, reflection) open at once, in all and per principal.
+    max_streams: int = Field(default=4, ge=0, le=10_000)
+    max_streams_per_principal: int = Field(default=2, ge=0, le=10_000)
+    # Unary calls one principal may have in flight at once.
+    max_calls_per_principal: int = Field(default=8, ge=1, le=10_000)
 
     @field_validator("listen")
     @classmethod
@@ -71,6 +81,12 @@ class ServerConfig(_Model):
         if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", v):
             raise ValueError("must be a lowercase DNS-style name")
         return v
+
+    @model_validator(mode="after")
+    def _reserve_leaves_workers(self) -> ServerConfig:
+        if self.reserved_workers >= self.max_workers:
+            raise ValueError("server.reserved_workers must be below server.max_workers")
+        return self
 
 
 class HsmConfig(_Model):

@@ -65,6 +65,10 @@ class Reason(StrEnum):
     PAYMENT_WITHDRAWN = "PAYMENT_WITHDRAWN"
     # the client certificate is not a client leaf issued directly by the client CA
     CLIENT_CERT_PROFILE = "CLIENT_CERT_PROFILE"
+    # admission: the worker threads are shared out (signer/admission.py)
+    SERVER_BUSY = "SERVER_BUSY"
+    TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
+    TOO_MANY_CALLS = "TOO_MANY_CALLS"
 
 
 class PaywardenError(Exception):
@@ -125,3 +129,7 @@ class Unavailable(PaywardenError):
 
 class Internal(PaywardenError):
     """A bug: deny, say nothing more."""
+
+
+class Overloaded(PaywardenError):
+    """The caller has its share of the server in use; nothing was done, retry later."""

@@ -1,4 +1,4 @@
-"""Builds and runs the gRPC server: mutual TLS, health, reflection."""
+"""Builds and runs the gRPC server: mutual TLS, admission, health, reflection (if on)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from paywarden.hsm import Hsm, HsmError, HsmPinRejected, HsmUnavailable, PublicKeyInfo, read_pin
 from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pack_dir
 from paywarden.signer import audit
+from paywarden.signer.admission import Admission, AdmissionInterceptor
 from paywarden.signer.authz import Edge
 from paywarden.signer.config import Config
 from paywarden.signer.control import Checkpointer, ControlService
@@ -303,21 +304,24 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     service = SigningService(config, store, hsm, packs, metrics=metrics)
     control = ControlService(config, store, hsm, metrics)
     _audit_start(store, hsm, packs, config)
+    auth = authenticator(config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
+        interceptors=[AdmissionInterceptor(Admission.from_config(config.server), auth)],
         options=server_options(config),
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
     )
-    edge = Edge(authenticator(config), store)
+    edge = Edge(auth, store)
     add_servicer(server, SignerServicer(service, edge), "paywarden.v1.Signer")
     add_servicer(server, SessionsServicer(service, edge), "paywarden.v1.Sessions")
     add_servicer(server, ApprovalsServicer(service, edge), "paywarden.v1.Approvals")
     add_servicer(server, ControlServicer(control, edge), "paywarden.v1.Control")
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if config.server.reflection:  # operators only: see authz.EXTERNAL_RPC_ROLES
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     try:
         port = server.add_secure_port(config.server.listen, server_credentials(config))
     except RuntimeError as exc:

@@ -19,6 +19,7 @@ from paywarden.signer.errors import (
     InvalidInput,
     NotAuthenticated,
     NotFound,
+    Overloaded,
     PaywardenError,
     Replayed,
     SessionNotUsable,
@@ -40,6 +41,7 @@ _CODES: dict[type[PaywardenError], grpc.StatusCode] = {
     Replayed: grpc.StatusCode.ALREADY_EXISTS,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Internal: grpc.StatusCode.INTERNAL,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

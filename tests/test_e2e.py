@@ -149,7 +149,11 @@ def test_nonce_replayed_after_restart(config_path: Path, pki: Pki) -> None:
 
 
 def test_health_and_reflection_are_served(config_path: Path, pki: Pki) -> None:
-    with serve(config_path) as srv, pki.channel(srv.addr, "operator", "operator-1") as ch:
+    reflection_on = {"PAYWARDEN_SERVER__REFLECTION": "true"}  # off by default
+    with (
+        serve(config_path, env=reflection_on) as srv,
+        pki.channel(srv.addr, "operator", "operator-1") as ch,
+    ):
         health = health_pb2_grpc.HealthStub(ch)
         for service in ("", "paywarden.v1.Signer", "paywarden.v1.Sessions"):
             status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)

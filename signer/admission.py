@@ -1,0 +1,194 @@
+"""Admission: which calls may hold one of the server's worker threads.
+
+The sync gRPC server runs every call on one thread of a fixed pool, and a
+stream (health ``Watch``, reflection) holds its thread for as long as the
+client keeps it open. Without a bound, sixteen idle streams from any
+certificate stalled every RPC, the kill switch included. Here every handler,
+ours and the health and reflection ones, is wrapped by one interceptor that,
+on the worker thread and before the handler runs:
+
+- authenticates the caller (the client profile and identity of
+  :class:`~paywarden.signer.identity.Authenticator`) and checks its role
+  (:func:`~paywarden.signer.authz.authorize`; reflection is for operators);
+- keeps ``server.reserved_workers`` threads for operators' unary calls: every
+  other call, and every stream, shares the rest of ``server.max_workers`` and
+  is refused RESOURCE_EXHAUSTED (``SERVER_BUSY``) when that share is in use;
+- bounds open streams in all and per principal (``TOO_MANY_STREAMS``) and a
+  principal's unary calls in flight (``TOO_MANY_CALLS``).
+
+A refusal costs the thread only for the check, and is not audited: a caller
+must not be able to fill the log by knocking. gRPC's own
+``maximum_concurrent_rpcs`` refuses operators too, so it stays a flood guard
+set well above ``max_workers``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from paywarden.signer.authz import authorize
+from paywarden.signer.config import ServerConfig
+from paywarden.signer.errors import Overloaded, PaywardenError, Reason
+from paywarden.signer.identity import Authenticator, Principal, Role
+from paywarden.signer.status import to_grpc_status
+
+log = logging.getLogger("paywarden.signer.admission")
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One admitted call; :meth:`Admission.leave` gives its place back."""
+
+    principal: Principal
+    streaming: bool
+    shared: bool
+
+
+class Admission:
+    """Counts the calls in flight and refuses those beyond their share (thread-safe)."""
+
+    def __init__(
+        self,
+        *,
+        workers: int,
+        reserved: int,
+        max_streams: int,
+        max_streams_per_principal: int,
+        max_calls_per_principal: int,
+    ) -> None:
+        if not 0 < reserved < workers:
+            raise ValueError("reserved workers must be at least one and below the workers")
+        self._shared_capacity = workers - reserved
+        self._max_streams = max_streams
+        self._max_streams_per_principal = max_streams_per_principal
+        self._max_calls_per_principal = max_calls_per_principal
+        self._lock = threading.Lock()
+        self._shared = 0
+        self._streams = 0
+        self._streams_of: Counter[Principal] = Counter()
+        self._calls_of: Counter[Principal] = Counter()
+
+    @classmethod
+    def from_config(cls, server: ServerConfig) -> Admission:
+        return cls(
+            workers=server.max_workers,
+            reserved=server.reserved_workers,
+            max_streams=server.max_streams,
+            max_streams_per_principal=server.max_streams_per_principal,
+            max_calls_per_principal=server.max_calls_per_principal,
+        )
+
+    def enter(self, principal: Principal, *, streaming: bool) -> Ticket:
+        """Admits the call or raises :class:`Overloaded` with the reason."""
+        # Only an operator's unary call may use the reserved threads.
+        shared = streaming or principal.role is not Role.OPERATOR
+        with self._lock:
+            if streaming:
+                if self._streams_of[principal] >= self._max_streams_per_principal:
+                    raise Overloaded(
+                        Reason.TOO_MANY_STREAMS, "this caller has as many open streams as allowed"
+                    )
+                if self._streams >= self._max_streams:
+                    raise Overloaded(
+                        Reason.TOO_MANY_STREAMS, "the server has as many open streams as allowed"
+                    )
+            elif self._calls_of[principal] >= self._max_calls_per_principal:
+                raise Overloaded(
+                    Reason.TOO_MANY_CALLS, "this caller has as many calls in flight as allowed"
+                )
+            if shared and self._shared >= self._shared_capacity:
+                raise Overloaded(Reason.SERVER_BUSY, "the server is busy; retry later")
+            if shared:
+                self._shared += 1
+            if streaming:
+                self._streams += 1
+                self._streams_of[principal] += 1
+            else:
+                self._calls_of[principal] += 1
+        return Ticket(principal, streaming, shared)
+
+    def leave(self, ticket: Ticket) -> None:
+        with self._lock:
+            if ticket.shared:
+                self._shared -= 1
+            counts = self._streams_of if ticket.streaming else self._calls_of
+            if ticket.streaming:
+                self._streams -= 1
+            counts[ticket.principal] -= 1
+            if counts[ticket.principal] <= 0:
+                del counts[ticket.principal]  # no entry kept per principal ever seen
+
+
+Behaviour = Callable[[Any, grpc.ServicerContext], Any]
+if TYPE_CHECKING:  # generic only in the type stubs
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    _Interceptor = grpc.ServerInterceptor
+
+
+class AdmissionInterceptor(_Interceptor):
+    """Wraps every handler's behaviour with :meth:`admit` and the matching leave."""
+
+    def __init__(self, admission: Admission, auth: Authenticator) -> None:
+        self._admission = admission
+        self._auth = auth
+
+    def admit(self, method: str, context: grpc.ServicerContext, *, streaming: bool) -> Ticket:
+        try:
+            principal = self._auth.principal(context.auth_context())
+            authorize(method, principal)
+            return self._admission.enter(principal, streaming=streaming)
+        except PaywardenError as exc:
+            level = logging.DEBUG if isinstance(exc, Overloaded) else logging.INFO
+            log.log(level, "call refused at admission", extra={"rpc": method, "reason": exc.reason})
+            context.abort_with_status(to_grpc_status(exc))
+            raise  # abort_with_status raises; this line is never reached
+
+    def _unary_response(self, method: str, behaviour: Behaviour, streaming: bool) -> Behaviour:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            ticket = self.admit(method, context, streaming=streaming)
+            try:
+                return behaviour(request, context)
+            finally:
+                self._admission.leave(ticket)
+
+        return wrapped
+
+    def _stream_response(self, method: str, behaviour: Behaviour) -> Behaviour:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            ticket = self.admit(method, context, streaming=True)
+            try:
+                yield from behaviour(request, context)
+            finally:  # runs when the stream ends, fails or is cancelled
+                self._admission.leave(ticket)
+
+        return wrapped
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # UNIMPLEMENTED, from gRPC
+        method: str = handler_call_details.method
+        h: Any = handler  # a namedtuple: one behaviour is set, by the kind of call
+        wrapped: Handler
+        if h.unary_unary is not None:
+            wrapped = h._replace(unary_unary=self._unary_response(method, h.unary_unary, False))
+        elif h.stream_unary is not None:
+            wrapped = h._replace(stream_unary=self._unary_response(method, h.stream_unary, True))
+        elif h.unary_stream is not None:
+            wrapped = h._replace(unary_stream=self._stream_response(method, h.unary_stream))
+        else:
+            wrapped = h._replace(stream_stream=self._stream_response(method, h.stream_stream))
+        return wrapped

@@ -1,0 +1,287 @@
+"""Streams and slow callers must not starve the operator's kill switch.
+
+The attack: every call holds one of the server's worker threads while it
+runs, and a stream holds its thread for as long as the client keeps it open.
+Sixteen idle reflection streams from an agent's certificate (a frozen
+agent's too) made ``Control.Freeze`` and ``Control.ListFreezes`` hit their
+deadline. Now reflection is off by default and for operators only, streams
+are bounded in all and per principal, a principal's unary calls in flight are
+bounded, and threads are reserved for operators' unary calls.
+
+Each test runs a real ``paywarden serve`` with 16 workers (the default) and
+saturates it; the slow unary callers are real: ``Sign`` and ``OpenSession``
+calls waiting for the store's write lock, which the test holds from another
+connection (``BEGIN IMMEDIATE`` on the database file).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from paywarden.signer.errors import Reason
+from paywarden.v1 import (
+    control_pb2,
+    control_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
+    signer_pb2,
+    signer_pb2_grpc,
+)
+
+from tests.helpers import Pki, ServeProcess, TestToken, new_nonce, reason_of, serve, write_config
+
+OPERATOR_DEADLINE = 1.0  # the operator's calls must answer within this
+SATURATION_WAIT = 20.0  # longest wait for the attack to be in place
+STREAMS_PER_KIND = 16
+SLOW_CALLS = 12  # per slow principal
+WORKERS = {"PAYWARDEN_SERVER__MAX_WORKERS": "16"}
+REFLECTION_ON = {"PAYWARDEN_SERVER__REFLECTION": "true"}
+
+OPEN = "open"
+
+
+class Streams:
+    """Streams opened by the attacker; each is settled once it answers or fails."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._settled: dict[int, object] = {}  # index -> OPEN or the RpcError
+        self._calls: list[grpc.RpcContext] = []
+        self._stop = threading.Event()
+
+    def _settle(self, index: int, outcome: object) -> None:
+        with self._cond:
+            self._settled.setdefault(index, outcome)
+            self._cond.notify_all()
+
+    def _read(self, index: int, call: Iterator[object]) -> None:
+        try:
+            for _ in call:
+                self._settle(index, OPEN)
+        except grpc.RpcError as err:
+            self._settle(index, err)
+
+    def _start(self, call: Iterator[object]) -> None:
+        assert isinstance(call, grpc.RpcContext)
+        index = len(self._calls)
+        self._calls.append(call)
+        threading.Thread(target=self._read, args=(index, call), daemon=True).start()
+
+    def watch(self, channel: grpc.Channel) -> None:
+        stub = health_pb2_grpc.HealthStub(channel)
+        self._start(stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=120))
+
+    def reflect(self, channel: grpc.Channel) -> None:
+        def requests() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+            self._stop.wait()  # then stay open, idle
+
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        self._start(stub.ServerReflectionInfo(requests(), timeout=120))
+
+    def wait_settled(self, deadline: float) -> list[object]:
+        with self._cond:
+            while len(self._settled) < len(self._calls) and time.monotonic() < deadline:
+                self._cond.wait(0.5)
+            return list(self._settled.values())
+
+    def close(self) -> None:
+        self._stop.set()
+        for call in self._calls:
+            call.cancel()
+
+
+@contextmanager
+def _streams() -> Iterator[Streams]:
+    s = Streams()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@contextmanager
+def _channels(srv: ServeProcess, pki: Pki) -> Iterator[Callable[[str, str], grpc.Channel]]:
+    opened: dict[tuple[str, str], grpc.Channel] = {}
+
+    def channel(role: str, principal: str) -> grpc.Channel:
+        if (role, principal) not in opened:
+            opened[(role, principal)] = pki.channel(srv.addr, role, principal)
+        return opened[(role, principal)]
+
+    try:
+        yield channel
+    finally:
+        for ch in opened.values():
+            ch.close()
+
+
+def _status(outcome: object) -> tuple[grpc.StatusCode, str | None] | str:
+    if isinstance(outcome, grpc.RpcError):
+        return (outcome.code(), reason_of(outcome))  # type: ignore[attr-defined]
+    return str(outcome)
+
+
+def _freeze(channel: grpc.Channel, agent: str) -> control_pb2.FreezeResponse:
+    return control_pb2_grpc.ControlStub(channel).Freeze(
+        control_pb2.FreezeRequest(scope=control_pb2.AGENT, target=agent, reason="attack test"),
+        timeout=OPERATOR_DEADLINE,
+    )
+
+
+def _list_freezes(channel: grpc.Channel) -> control_pb2.ListFreezesResponse:
+    return control_pb2_grpc.ControlStub(channel).ListFreezes(
+        control_pb2.ListFreezesRequest(), timeout=OPERATOR_DEADLINE
+    )
+
+
+def _saturate_with_streams(streams: Streams, channel: Callable[[str, str], grpc.Channel]) -> None:
+    """16 reflection streams from the frozen agent-2, 16 health watches from agent-1 and -2."""
+    for i in range(STREAMS_PER_KIND):
+        streams.reflect(channel("agent", "agent-2"))
+        streams.watch(channel("agent", ("agent-1", "agent-2")[i % 2]))
+
+
+def _saturated(channel: Callable[[str, str], grpc.Channel], deadline: float) -> bool:
+    """True once a caller with nothing in flight is refused or left waiting (a probe)."""
+    probe = signer_pb2_grpc.SignerStub(channel("approver", "approver-2"))
+    while time.monotonic() < deadline:
+        try:
+            probe.GetPublicKeys(signer_pb2.GetPublicKeysRequest(), timeout=1.0)
+        except grpc.RpcError as err:
+            if err.code() in (  # type: ignore[attr-defined]
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ):
+                return True
+            raise
+        threading.Event().wait(0.05)  # the attack's calls are still arriving
+    return False
+
+
+def test_reflection_is_off_by_default(tmp_path: Path, token: TestToken, pki: Pki) -> None:
+    config = write_config(tmp_path, token, pki)
+    with serve(config) as srv, pki.channel(srv.addr, "operator", "operator-1") as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        with pytest.raises(grpc.RpcError) as info:
+            list(
+                stub.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+
+
+def test_sixteen_reflection_and_watch_streams_do_not_stall_freeze(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    config = write_config(tmp_path, token, pki)
+    with (
+        serve(config, env={**WORKERS, **REFLECTION_ON}) as srv,
+        _channels(srv, pki) as channel,
+        _streams() as streams,
+    ):
+        operator = channel("operator", "operator-1")
+        assert _freeze(operator, "agent-2").created  # a frozen agent attacks too
+        _saturate_with_streams(streams, channel)
+        outcomes = streams.wait_settled(time.monotonic() + SATURATION_WAIT)
+
+        assert _freeze(operator, "agent-1").created
+        listed = _list_freezes(operator)
+        assert {(f.scope, f.target) for f in listed.freezes} == {
+            (control_pb2.AGENT, "agent-1"),
+            (control_pb2.AGENT, "agent-2"),
+        }
+        # What the attacker got: reflection refused to agents, watches bounded.
+        statuses = [_status(o) for o in outcomes]
+        assert len(statuses) == 2 * STREAMS_PER_KIND
+        assert statuses.count((grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)) == 16
+        assert statuses.count(OPEN) == 4  # server.max_streams_per_principal 2, two agents
+        assert statuses.count((grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_STREAMS)) == 12
+
+
+def test_streams_and_slow_callers_on_a_locked_store_do_not_stall_the_operator(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    config = write_config(tmp_path, token, pki)
+    with (
+        serve(config, env={**WORKERS, **REFLECTION_ON}) as srv,
+        _channels(srv, pki) as channel,
+        _streams() as streams,
+    ):
+        operator = channel("operator", "operator-1")
+        opened = sessions_pb2_grpc.SessionsStub(channel("planner", "planner-1")).OpenSession(
+            sessions_pb2.OpenSessionRequest(
+                agent_id="agent-1",
+                task_description="buy weather data",
+                budgets=[sessions_pb2.AssetBudget(asset="USD", amount="100.00")],
+                ttl_seconds=600,
+            ),
+            timeout=30,
+        )
+        _saturate_with_streams(streams, channel)
+        streams.wait_settled(time.monotonic() + SATURATION_WAIT)
+
+        lock = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # every write of the signer now waits
+        slow: list[grpc.Future] = []
+        try:
+            signer = signer_pb2_grpc.SignerStub(channel("agent", "agent-1"))
+            for _ in range(SLOW_CALLS):
+                intent = signer_pb2.PaymentIntent(
+                    session_id=opened.session.session_id,
+                    key_id="payments.v1",
+                    payee="weather-data-inc",
+                    amount="0.01",
+                    asset="USD",
+                    reference="slow",
+                    purpose="hold a worker thread",
+                    nonce=new_nonce(),
+                    expires_at=int(time.time()) + 120,
+                )
+                slow.append(signer.Sign.future(signer_pb2.SignRequest(intent=intent), timeout=30))
+            for planner in ("planner-1", "planner-2"):
+                sessions = sessions_pb2_grpc.SessionsStub(channel("planner", planner))
+                for _ in range(SLOW_CALLS):
+                    request = sessions_pb2.OpenSessionRequest(
+                        agent_id="agent-2",
+                        task_description="hold a worker thread",
+                        budgets=[sessions_pb2.AssetBudget(asset="USD", amount="1.00")],
+                        ttl_seconds=600,
+                    )
+                    slow.append(sessions.OpenSession.future(request, timeout=30))
+            assert _saturated(channel, time.monotonic() + SATURATION_WAIT)
+            # Every shared thread is held; the operator still gets one. (Control
+            # calls read the store, which this test has locked: a call that needs
+            # no store shows the thread, Freeze follows once the store is free.)
+            keys = signer_pb2_grpc.SignerStub(operator).GetPublicKeys(
+                signer_pb2.GetPublicKeysRequest(), timeout=OPERATOR_DEADLINE
+            )
+            assert len(keys.keys) == 2
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        refused = []
+        for future in slow:
+            try:
+                future.result()
+            except grpc.RpcError as err:
+                refused.append(_status(err))
+        # Calls beyond a principal's share were refused at once, with a reason.
+        assert refused
+        assert set(refused) <= {
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_CALLS),
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.SERVER_BUSY),
+        }
+        # The streams still hold their share: the kill switch answers in time.
+        assert _freeze(operator, "agent-1").created
+        assert len(_list_freezes(operator).freezes) == 1
