@@ -83,9 +83,13 @@ class ServerConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _reserve_leaves_workers(self) -> ServerConfig:
+    def _operators_keep_their_share(self) -> ServerConfig:
         if self.reserved_workers >= self.max_workers:
             raise ValueError("server.reserved_workers must be below server.max_workers")
+        # gRPC refuses every caller, operators too, past max_concurrent_rpcs: the
+        # calls admitted to the workers alone must never reach it.
+        if self.max_concurrent_rpcs <= self.max_workers:
+            raise ValueError("server.max_concurrent_rpcs must be above server.max_workers")
         return self
 
 

@@ -27,6 +27,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from paywarden.signer.config import ConfigError, load_config
 from paywarden.signer.errors import Reason
 from paywarden.v1 import (
     control_pb2,
@@ -285,3 +286,24 @@ def test_streams_and_slow_callers_on_a_locked_store_do_not_stall_the_operator(
         # The streams still hold their share: the kill switch answers in time.
         assert _freeze(operator, "agent-1").created
         assert len(_list_freezes(operator).freezes) == 1
+
+
+def _environ(settings: dict[str, int]) -> dict[str, str]:
+    return {f"PAYWARDEN_SERVER__{k.upper()}": str(v) for k, v in settings.items()}
+
+
+@pytest.mark.parametrize(
+    ("settings", "names"),
+    [
+        ({"max_workers": 16, "reserved_workers": 16}, "server.reserved_workers"),
+        ({"max_workers": 16, "max_concurrent_rpcs": 16}, "server.max_concurrent_rpcs"),
+    ],
+    ids=["no-worker-left-to-share", "grpc-would-refuse-operators"],
+)
+def test_settings_that_would_cancel_the_operators_reserve_are_refused(
+    settings: dict[str, int], names: str
+) -> None:
+    with pytest.raises(ConfigError, match=names):
+        load_config(
+            None, environ={f"PAYWARDEN_SERVER__{k.upper()}": str(v) for k, v in settings.items()}
+        )
