@@ -307,3 +307,38 @@ def test_settings_that_would_cancel_the_operators_reserve_are_refused(
         load_config(
             None, environ={f"PAYWARDEN_SERVER__{k.upper()}": str(v) for k, v in settings.items()}
         )
+
+
+def _open_watch_until_admitted(channel: grpc.Channel, deadline: float) -> bool:
+    """Opens a Watch, reads its first answer and cancels it; retries while refused for streams."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    while time.monotonic() < deadline:
+        call = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        try:
+            next(call)
+            return True
+        except grpc.RpcError as err:
+            if reason_of(err) != Reason.TOO_MANY_STREAMS:
+                raise
+            threading.Event().wait(0.05)  # a cancelled stream gives its place back shortly
+        finally:
+            call.cancel()
+    return False
+
+
+def test_cancelled_and_finished_streams_give_their_place_back(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    config = write_config(tmp_path, token, pki)
+    with (
+        serve(config, env=REFLECTION_ON) as srv,
+        pki.channel(srv.addr, "operator", "operator-1") as ch,
+    ):
+        deadline = time.monotonic() + SATURATION_WAIT
+        # Three times the per-principal bound (2), one after the other.
+        for _ in range(6):
+            assert _open_watch_until_admitted(ch, deadline)
+            answers = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+            )
+            assert len(list(answers)) == 1  # the client half-closes: the stream ends
