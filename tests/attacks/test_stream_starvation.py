@@ -277,11 +277,14 @@ def test_streams_and_slow_callers_on_a_locked_store_do_not_stall_the_operator(
                 future.result()
             except grpc.RpcError as err:
                 refused.append(_status(err))
-        # Calls beyond a principal's share were refused at once, with a reason.
-        assert refused
+        # Calls beyond a principal's share were refused at once, with a reason:
+        # agent-1 sent 12 Sign calls and may have 8 in flight.
+        assert refused.count((grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_CALLS)) >= 4
         assert set(refused) <= {
             (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_CALLS),
             (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.SERVER_BUSY),
+            # the store's own bounded wait for its lock, on a slow machine
+            (grpc.StatusCode.UNAVAILABLE, Reason.STORE_UNAVAILABLE),
         }
         # The streams still hold their share: the kill switch answers in time.
         assert _freeze(operator, "agent-1").created
