@@ -741,6 +741,37 @@ class SigningService:
         return ApprovalView(approval, state, decision, session, amount)
 
     def vote(self, caller: Principal, approval_id: str, approve: bool, note: str) -> ApprovalView:
+        """Every call leaves exactly one audit record: the vote, or its refusal."""
+        try:
+            return self._vote(caller, approval_id, approve, note)
+        except PaywardenError as exc:
+            if exc.audit_seq is None:
+                self._audit_vote_refusal(caller, approval_id, approve, note, exc)
+            raise
+
+    def _audit_vote_refusal(
+        self, caller: Principal, approval_id: str, approve: bool, note: str, exc: PaywardenError
+    ) -> None:
+        """A refused vote (requester, planner, not pending, not found, malformed).
+
+        The approval id and note are as the caller sent them: untrusted, bounded."""
+        if exc.reason == Reason.STORE_UNAVAILABLE:
+            return  # the store just failed; waiting on it again helps nobody
+        refused = audit.event(
+            "approval.refused",
+            caller,
+            self._now(),
+            vote="approve" if approve else "deny",
+            reason=str(exc.reason),
+            message=exc.message,
+            untrusted={"approval_id": approval_id[:100], "note": note[:MAX_NOTE]},
+        )
+        try:
+            exc.audit_seq = self._store.audit_event(refused)
+        except (StoreError, ValueError, TypeError) as err:
+            log.error("cannot audit a refused vote: %s", err)
+
+    def _vote(self, caller: Principal, approval_id: str, approve: bool, note: str) -> ApprovalView:
         _require(caller, Role.APPROVER)
         note = clean_text("note", note, max_len=MAX_NOTE, required=False, allow_newlines=True)
         if not approval_id.startswith("apr_") or len(approval_id) > 64:
