@@ -41,6 +41,7 @@ from paywarden.policy.packs import Breaker
 from paywarden.signer import audit
 from paywarden.signer.canonical import Amount, clean_text, jcs, sha256_hex
 from paywarden.signer.config import Config
+from paywarden.signer.disclosure import agent_facing
 from paywarden.signer.errors import (
     Denied,
     Forbidden,
@@ -313,6 +314,8 @@ class SigningService:
             if exc.audit_seq is None:
                 self._audit_refusal(caller, fields, exc)
             self.metrics.sign_answered("refused", str(exc.reason), time.monotonic() - started)
+            # The audit record keeps the detailed message; the agent gets the reason code.
+            agent_facing(exc)
             raise
         self.metrics.sign_answered(str(result.status), "OK", time.monotonic() - started)
         return result

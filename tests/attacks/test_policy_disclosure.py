@@ -1,0 +1,193 @@
+"""Attack: an agent learns from its refusals what only humans should know.
+
+A confusable payee's refusal named the allowed payee it resembles (so the
+allowlist could be enumerated one guess at a time), an approver's deny note
+("INTERNAL: SOC ticket ...") reached the agent, and deny patterns and circuit
+breaker thresholds were echoed back. The agent now gets its reason code and
+one fixed sentence per reason code; the details stay in the audit log and in
+the approvers' views. Real token, real store, real gRPC server over mTLS.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import grpc
+import pytest
+from paywarden.signer.disclosure import AGENT_MESSAGES
+from paywarden.v1 import (
+    approvals_pb2,
+    approvals_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
+    signer_pb2,
+    signer_pb2_grpc,
+)
+
+from tests.helpers import Stack, new_nonce, reason_of
+
+SECRET_PAYEE = "globex-payments.example"
+SOC_NOTE = "INTERNAL: SOC ticket 4411, vendor under fraud review"
+
+AGENT1_PACK = f"""
+id = "disclosure-a1"
+version = 1
+agents = ["agent-1"]
+
+[assets.USD]
+keys = ["payments.v1"]
+max_per_payment = "1000.00"
+approval_above = "100.00"
+
+[payees]
+allow = ["{SECRET_PAYEE}"]
+allow_patterns = ["[a-z]+\\\\.shop\\\\.example"]
+deny_patterns = ["evil-[a-z]+\\\\.shop\\\\.example"]
+first_payment = "allow"
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = {{ USD = "5000.00" }}
+"""
+
+AGENT2_PACK = """
+id = "disclosure-a2"
+version = 1
+agents = ["agent-2"]
+
+[assets.USD]
+keys = ["payments.v1"]
+max_per_payment = "1000.00"
+
+[payees]
+allow_patterns = ["[a-z]+\\\\.shop\\\\.example"]
+first_payment = "allow"
+
+[breaker]
+window_seconds = 3600
+max_payees = 1
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = { USD = "5000.00" }
+"""
+
+STACK_PACKS = {"a1.toml": AGENT1_PACK, "a2.toml": AGENT2_PACK}
+
+Dial = Callable[[str, str], grpc.Channel]
+
+
+@pytest.fixture(scope="module")
+def dial(grpc_create_channel: Dial) -> Iterator[Dial]:
+    with ExitStack() as channels:
+        yield lambda role, who: channels.enter_context(grpc_create_channel(role, who))
+
+
+def _session(dial: Dial, agent: str) -> str:
+    planner = sessions_pb2_grpc.SessionsStub(dial("planner", "planner-1"))
+    return str(
+        planner.OpenSession(
+            sessions_pb2.OpenSessionRequest(
+                agent_id=agent,
+                task_description="buy things",
+                budgets=[sessions_pb2.AssetBudget(asset="USD", amount="1000.00")],
+                ttl_seconds=900,
+            )
+        ).session.session_id
+    )
+
+
+def _intent(stack: Stack, sid: str, payee: str, amount: str = "5.00") -> signer_pb2.SignRequest:
+    return signer_pb2.SignRequest(
+        intent=signer_pb2.PaymentIntent(
+            session_id=sid,
+            key_id="payments.v1",
+            payee=payee,
+            amount=amount,
+            asset="USD",
+            reference="inv-1",
+            purpose="supplies",
+            nonce=new_nonce(),
+            expires_at=int(stack.clock.now()) + 120,
+        )
+    )
+
+
+def _refused(dial: Dial, agent: str, request: signer_pb2.SignRequest, reason: str) -> Any:
+    with pytest.raises(grpc.RpcError) as info:
+        signer_pb2_grpc.SignerStub(dial("agent", agent)).Sign(request)
+    err: Any = info.value
+    assert reason_of(err) == reason
+    # one fixed sentence per reason code, whatever the policy or the people said
+    assert err.details() == f"[{reason}] {AGENT_MESSAGES[reason]}"
+    return err
+
+
+def _audit_record(stack: Stack, err: Any) -> dict[str, Any]:
+    seq = int(dict(err.trailing_metadata())["paywarden-audit-seq"])
+    record: dict[str, Any] = json.loads(stack.store.audit_record(seq))
+    return record
+
+
+def test_confusable_refusal_does_not_name_the_allowed_payee(dial: Dial, stack: Stack) -> None:
+    sid = _session(dial, "agent-1")
+    lookalike = SECRET_PAYEE.replace("l", "1")  # "g1obex-payments.examp1e"
+    err = _refused(dial, "agent-1", _intent(stack, sid, lookalike), "PAYEE_CONFUSABLE")
+    assert SECRET_PAYEE not in err.details()
+    assert "globex" not in err.details()
+    # the detail is kept for humans: the audit record names the payee it resembles
+    record = _audit_record(stack, err)
+    assert SECRET_PAYEE in record["decision"]["message"]
+
+
+def test_deny_pattern_is_not_echoed(dial: Dial, stack: Stack) -> None:
+    sid = _session(dial, "agent-1")
+    err = _refused(
+        dial, "agent-1", _intent(stack, sid, "evil-corp.shop.example"), "PAYEE_DENYLISTED"
+    )
+    assert "evil-" not in err.details() and "\\." not in err.details()
+    assert "evil-[a-z]+" in _audit_record(stack, err)["decision"]["message"]
+
+
+def test_approver_deny_note_does_not_reach_the_agent(dial: Dial, stack: Stack) -> None:
+    sid = _session(dial, "agent-1")
+    request = _intent(stack, sid, SECRET_PAYEE, amount="500.00")
+    resp = signer_pb2_grpc.SignerStub(dial("agent", "agent-1")).Sign(request)
+    assert resp.status == signer_pb2.PENDING_APPROVAL
+    approver = approvals_pb2_grpc.ApprovalsStub(dial("approver", "approver-1"))
+    approver.Deny(approvals_pb2.DenyRequest(approval_id=resp.approval_id, note=SOC_NOTE))
+    err = _refused(dial, "agent-1", request, "APPROVAL_DENIED")
+    assert "SOC" not in err.details() and "4411" not in err.details()
+    # approvers still see the note
+    view = approver.GetApproval(approvals_pb2.GetApprovalRequest(approval_id=resp.approval_id))
+    assert view.approval.denial_note == SOC_NOTE
+
+
+def test_breaker_threshold_is_not_echoed(dial: Dial, stack: Stack) -> None:
+    sid = _session(dial, "agent-2")
+    signer = signer_pb2_grpc.SignerStub(dial("agent", "agent-2"))
+    assert signer.Sign(_intent(stack, sid, "first.shop.example")).status == signer_pb2.SIGNED
+    err = _refused(dial, "agent-2", _intent(stack, sid, "second.shop.example"), "BREAKER_TRIPPED")
+    assert "more than" not in err.details() and "3600" not in err.details()
+    assert "(more than 1)" in _audit_record(stack, err)["decision"]["message"]
+
+
+def test_operator_freeze_reason_does_not_reach_the_agent(dial: Dial, stack: Stack) -> None:
+    # agent-2 was frozen by its breaker above; the operator adds a global freeze too
+    reason = "INTERNAL: incident 77 - agent-2 suspected of exfiltration"
+    stack.control.freeze(_operator(), "global", "", reason)
+    try:
+        sid = _session(dial, "agent-1")
+        err = _refused(dial, "agent-1", _intent(stack, sid, SECRET_PAYEE), "FROZEN")
+        assert "incident" not in err.details() and "operator" not in err.details()
+    finally:
+        stack.control.unfreeze(_operator(), "global", "", "done")
+
+
+def _operator() -> Any:
+    from paywarden.signer.identity import Principal, Role
+
+    return Principal(Role.OPERATOR, "operator-1")
