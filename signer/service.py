@@ -401,8 +401,11 @@ class SigningService:
                 # well be about the agent) nor other principals' names.
                 by = "the circuit breaker" if freeze.source == "breaker" else "an operator"
                 raise SessionNotUsable(Reason.FROZEN, f"signing is frozen ({freeze.scope}) by {by}")
-            # Only after session binding: nobody learns about nonces outside its sessions.
-            previous = tx.decision_for_nonce(intent.nonce)
+            # Only after session binding, and only the caller's own nonces: an agent
+            # learns nothing about other agents' nonces. A nonce is still signed at
+            # most once per agent, and the claims name the agent ("sub"), so no two
+            # signed payloads share (sub, nonce).
+            previous = tx.decision_for_nonce(caller.id, intent.nonce)
             if previous is not None:
                 if previous.request_hash != request_hash:
                     raise Replayed(

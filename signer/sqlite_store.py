@@ -32,7 +32,7 @@ from paywarden.signer.store import (
     WindowStats,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -208,6 +208,20 @@ _MIGRATIONS: dict[int, str] = {
         at INTEGER NOT NULL,
         PRIMARY KEY (scope, target)
     );
+    """,
+    # Nonces are unique per agent: another agent's nonce is a fresh nonce, so that
+    # nobody learns whether some other agent used it (the claims carry "sub").
+    4: """
+    CREATE TABLE nonces_v4 (
+        agent_id TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(id),
+        PRIMARY KEY (agent_id, nonce)
+    );
+    INSERT INTO nonces_v4 SELECT d.agent_id, n.nonce, n.decision_id
+      FROM nonces n JOIN decisions d ON d.id = n.decision_id;
+    DROP TABLE nonces;
+    ALTER TABLE nonces_v4 RENAME TO nonces;
     """,
 }
 
@@ -455,11 +469,11 @@ class _PaymentTx(_Tx):
         )
         return AgentUsage(spent_24h, spent_today, in_window, paid, today)
 
-    def decision_for_nonce(self, nonce: str) -> DecisionRecord | None:
+    def decision_for_nonce(self, agent_id: str, nonce: str) -> DecisionRecord | None:
         row = self._conn.execute(
             f"SELECT {_DECISION_COLUMNS} FROM decisions"  # noqa: S608 - constant column list
-            " WHERE id = (SELECT decision_id FROM nonces WHERE nonce = ?)",
-            (nonce,),
+            " WHERE id = (SELECT decision_id FROM nonces WHERE agent_id = ? AND nonce = ?)",
+            (agent_id, nonce),
         ).fetchone()
         return _decision(row) if row is not None else None
 
@@ -485,9 +499,10 @@ class _PaymentTx(_Tx):
             ),
         )  # fmt: skip
         if consume_nonce:
-            # PRIMARY KEY: a second insert of the nonce fails the transaction.
+            # PRIMARY KEY: a second insert of the agent's nonce fails the transaction.
             self._conn.execute(
-                "INSERT INTO nonces (nonce, decision_id) VALUES (?, ?)", (d.nonce, d.id)
+                "INSERT INTO nonces (agent_id, nonce, decision_id) VALUES (?, ?, ?)",
+                (d.agent_id, d.nonce, d.id),
             )
         if reservation is not None:
             self._reserve(reservation)

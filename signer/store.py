@@ -158,7 +158,9 @@ class PaymentTx(Protocol):
         self, agent_id: str, asset: str, now: int, day_start: int, window_seconds: int
     ) -> AgentUsage: ...
 
-    def decision_for_nonce(self, nonce: str) -> DecisionRecord | None: ...
+    def decision_for_nonce(self, agent_id: str, nonce: str) -> DecisionRecord | None:
+        """The agent's decision that used this nonce. Nonces are unique per agent:
+        another agent's use of the same nonce is invisible here."""
 
     def approval_for_decision(self, decision_id: str) -> ApprovalRecord | None: ...
 

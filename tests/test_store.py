@@ -245,7 +245,8 @@ def test_migration_from_version_1_keeps_spend_nonces_and_decisions(tmp_path: Pat
     decision = store.get_decision("dec_1")
     assert decision is not None and decision.jws == "jws" and decision.payee == "acme"
     with store.payment_tx() as tx:
-        assert tx.decision_for_nonce("n1") is not None
+        assert tx.decision_for_nonce("agent-1", "n1") is not None
+        assert tx.decision_for_nonce("agent-2", "n1") is None
     store.close()
 
 

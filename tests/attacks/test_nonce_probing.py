@@ -1,0 +1,163 @@
+"""Attack: agent B learns which nonces agent A used.
+
+Nonces were unique across all agents, so agent B, signing in its own session
+with a nonce it saw (or guessed) from agent A, got NONCE_REPLAYED where a
+fresh nonce would have been signed: an oracle on other agents' activity.
+Nonces are now unique per agent: B's use of A's nonce is a fresh nonce for B.
+A nonce is still signed at most once per agent, and the signed claims carry
+the agent ("sub") and a unique "jti", so no two signatures share (sub, nonce).
+Real token, real store, real gRPC server over mTLS; JWS checked with joserfc.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from joserfc import jws
+from joserfc.jwk import KeySet
+from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+
+from tests.helpers import Stack, new_nonce, reason_of
+
+Dial = Callable[[str, str], grpc.Channel]
+
+
+@pytest.fixture(scope="module")
+def dial(grpc_create_channel: Dial) -> Iterator[Dial]:
+    with ExitStack() as channels:
+        yield lambda role, who: channels.enter_context(grpc_create_channel(role, who))
+
+
+def _session(dial: Dial, agent: str, budget: str = "100.00") -> str:
+    planner = sessions_pb2_grpc.SessionsStub(dial("planner", "planner-1"))
+    return str(
+        planner.OpenSession(
+            sessions_pb2.OpenSessionRequest(
+                agent_id=agent,
+                task_description="buy things",
+                budgets=[sessions_pb2.AssetBudget(asset="USD", amount=budget)],
+                ttl_seconds=900,
+            )
+        ).session.session_id
+    )
+
+
+def _request(stack: Stack, sid: str, nonce: str, amount: str = "1.00") -> signer_pb2.SignRequest:
+    return signer_pb2.SignRequest(
+        intent=signer_pb2.PaymentIntent(
+            session_id=sid,
+            key_id="payments.v1",
+            payee="acme-data",
+            amount=amount,
+            asset="USD",
+            reference="inv-1",
+            purpose="supplies",
+            nonce=nonce,
+            expires_at=int(stack.clock.now()) + 120,
+        )
+    )
+
+
+def _answer(dial: Dial, agent: str, request: signer_pb2.SignRequest) -> tuple[str, str | None]:
+    """(gRPC status name, reason code) as the agent sees it."""
+    try:
+        resp = signer_pb2_grpc.SignerStub(dial("agent", agent)).Sign(request)
+    except grpc.RpcError as err:
+        return err.code().name, reason_of(err)  # type: ignore[attr-defined]
+    return signer_pb2.SignStatus.Name(resp.status), None
+
+
+def _claims(dial: Dial, token: str) -> dict[str, Any]:
+    stub = signer_pb2_grpc.SignerStub(dial("agent", "agent-2"))
+    keys = KeySet.import_key_set(
+        json.loads(stub.GetPublicKeys(signer_pb2.GetPublicKeysRequest()).jwks_json)
+    )
+    payload = jws.deserialize_compact(token, keys, algorithms=["ES256"]).payload
+    claims: dict[str, Any] = json.loads(payload)
+    return claims
+
+
+def test_other_agents_signed_nonce_looks_fresh(dial: Dial, stack: Stack) -> None:
+    nonce = new_nonce()
+    a = signer_pb2_grpc.SignerStub(dial("agent", "agent-1")).Sign(
+        _request(stack, _session(dial, "agent-1"), nonce)
+    )
+    assert a.status == signer_pb2.SIGNED
+    sid_b = _session(dial, "agent-2")
+    # agent-2's answer for agent-1's nonce is the answer for a nonce nobody used
+    assert _answer(dial, "agent-2", _request(stack, sid_b, new_nonce())) == ("SIGNED", None)
+    b = signer_pb2_grpc.SignerStub(dial("agent", "agent-2")).Sign(_request(stack, sid_b, nonce))
+    assert b.status == signer_pb2.SIGNED and not b.replayed_result
+    ca, cb = _claims(dial, a.jws), _claims(dial, b.jws)
+    assert (ca["sub"], ca["nonce"]) == ("agent-1", nonce)
+    assert (cb["sub"], cb["nonce"]) == ("agent-2", nonce)
+    assert ca["jti"] != cb["jti"]
+
+
+def test_other_agents_denied_nonce_looks_fresh(dial: Dial, stack: Stack) -> None:
+    nonce = new_nonce()
+    over = _request(stack, _session(dial, "agent-1", budget="1.00"), nonce, amount="5.00")
+    assert _answer(dial, "agent-1", over) == ("PERMISSION_DENIED", "BUDGET_EXCEEDED")
+    sid_b = _session(dial, "agent-2")
+    assert _answer(dial, "agent-2", _request(stack, sid_b, nonce)) == ("SIGNED", None)
+
+
+def test_own_nonce_is_still_signed_at_most_once(dial: Dial, stack: Stack) -> None:
+    nonce = new_nonce()
+    sid, other = _session(dial, "agent-1"), _session(dial, "agent-1")
+    stub = signer_pb2_grpc.SignerStub(dial("agent", "agent-1"))
+    first = stub.Sign(_request(stack, sid, nonce))
+    again = stub.Sign(_request(stack, sid, nonce))
+    assert again.replayed_result and again.jws == first.jws
+    assert _answer(dial, "agent-1", _request(stack, sid, nonce, amount="2.00")) == (
+        "ALREADY_EXISTS",
+        "NONCE_REPLAYED",
+    )
+    assert _answer(dial, "agent-1", _request(stack, other, nonce)) == (
+        "ALREADY_EXISTS",
+        "NONCE_REPLAYED",
+    )
+    # in the store, no two signatures ever share (agent, nonce)
+    db = sqlite3.connect(stack.config.store.path)
+    try:
+        dupes = db.execute(
+            "SELECT agent_id, nonce, COUNT(*) FROM decisions WHERE jws IS NOT NULL"
+            " GROUP BY agent_id, nonce HAVING COUNT(*) > 1"
+        ).fetchall()
+    finally:
+        db.close()
+    assert dupes == []
+
+
+def test_nonces_from_before_the_upgrade_stay_used(tmp_path: Path) -> None:
+    from paywarden.signer.sqlite_store import _MIGRATIONS, SqliteStore, _statements
+
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for version in (1, 2, 3):
+        for statement in _statements(_MIGRATIONS[version]):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 3")
+    conn.execute(
+        "INSERT INTO decisions (id, created_at, agent_id, session_id, nonce, request_hash,"
+        " outcome, reason, message, key_id, asset, amount_minor, trace, purpose) VALUES"
+        " ('dec_1', 1, 'agent-1', 'ses_x', 'n1', 'h', 'deny', 'R', '', 'k', 'USD', '1', '[]', '')"
+    )
+    conn.execute("INSERT INTO nonces VALUES ('n1', 'dec_1')")
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        store.migrate()
+        with store.payment_tx() as tx:
+            previous = tx.decision_for_nonce("agent-1", "n1")
+            assert previous is not None and previous.id == "dec_1"
+            assert tx.decision_for_nonce("agent-2", "n1") is None
+    finally:
+        store.close()
