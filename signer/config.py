@@ -217,6 +217,16 @@ class MetricsConfig(_Model):
 class LimitsConfig(_Model):
     max_expiry_seconds: int = Field(default=300, ge=1, le=86_400)
     max_session_ttl_seconds: int = Field(default=86_400, ge=1, le=30 * 86_400)
+    # Refusal budget per principal (a token bucket): this many refusals in a burst,
+    # refilled at this rate; past it, Sign is refused (RATE_LIMITED) before parsing.
+    refusal_burst: int = Field(default=100, ge=1, le=1_000_000)
+    refusal_rate_per_second: float = Field(default=2.0, gt=0, le=1_000_000)
+    # A repeated refusal (same principal and reason) within this window is counted,
+    # not recorded in full: one sign.refused.summary record per window.
+    refusal_summary_seconds: int = Field(default=60, ge=1, le=86_400)
+    # How stale the in-memory view of freezes used before parsing may get (freezes
+    # set in this process refresh it at once; the check in the transaction stays).
+    freeze_cache_seconds: float = Field(default=1.0, gt=0, le=60)
 
 
 def _default_assets() -> dict[str, AssetConfig]:

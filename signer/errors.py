@@ -69,6 +69,8 @@ class Reason(StrEnum):
     SERVER_BUSY = "SERVER_BUSY"
     TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
     TOO_MANY_CALLS = "TOO_MANY_CALLS"
+    # the principal spent its refusal budget: refused before its request is read
+    RATE_LIMITED = "RATE_LIMITED"
 
 
 class PaywardenError(Exception):
@@ -133,3 +135,7 @@ class Internal(PaywardenError):
 
 class Overloaded(PaywardenError):
     """The caller has its share of the server in use; nothing was done, retry later."""
+
+
+class RateLimited(PaywardenError):
+    """The caller was refused too often lately; nothing was read or recorded in full."""

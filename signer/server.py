@@ -196,6 +196,7 @@ class Running:
     def stop(self, grace: float | None) -> None:
         self._stop.set()
         self.server.stop(grace).wait()
+        self.service.flush_refusals()  # counted refusals are recorded before the seal
         self.checkpointer.stop()
         try:  # seal what was appended since the last checkpoint
             self.control.checkpoint()

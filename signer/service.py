@@ -48,6 +48,7 @@ from paywarden.signer.errors import (
     InvalidInput,
     NotFound,
     PaywardenError,
+    RateLimited,
     Reason,
     Replayed,
     SessionNotUsable,
@@ -66,6 +67,7 @@ from paywarden.signer.payments import (
     validate_intent,
 )
 from paywarden.signer.plans import PlanInput, validate_plan
+from paywarden.signer.refusals import FreezeView, RefusalBudget, RefusalCounter, RefusalLog
 from paywarden.signer.sessions import (
     new_decision_id,
     new_session_id,
@@ -90,6 +92,9 @@ log = logging.getLogger("paywarden.signer")
 T = TypeVar("T")
 
 _SESSION_REASONS = {"SESSION_CLOSED", "SESSION_EXPIRED", "SESSION_IN_EXPLORE_PHASE"}
+# Refusals that are not the caller's doing: they take no refusal budget and are not
+# counted by the circuit breaker (they are still recorded, and summarised).
+_NOT_THE_CALLERS = {Reason.STORE_UNAVAILABLE, Reason.HSM_UNAVAILABLE, Reason.INTERNAL}
 MAX_NOTE = 1024
 
 
@@ -150,6 +155,13 @@ class SigningService:
         self._policies: dict[str, AllOf] = compile_all(packs.packs, self._assets)
         self._tz = ZoneInfo(config.policy.timezone)
         self.metrics = metrics or Metrics()
+        limits = config.limits
+        self._freeze_view = FreezeView(
+            store.freezes, store.freeze_generation, limits.freeze_cache_seconds, time.monotonic
+        )
+        self._refusal_budget = RefusalBudget(limits.refusal_burst, limits.refusal_rate_per_second)
+        self._refusal_log = RefusalLog(limits.refusal_summary_seconds)
+        self._refusal_count = RefusalCounter()
 
     def _now(self) -> int:
         return int(self._clock())
@@ -308,17 +320,121 @@ class SigningService:
     def sign(self, caller: Principal, fields: IntentFields) -> SignResult:
         """Every call leaves exactly one audit record, whatever its answer."""
         started = time.monotonic()
+        early = True
         try:
+            self._flush_refusal_summaries()
+            self._refuse_early(caller, fields)
+            early = False
             result = self._sign(caller, fields)
         except PaywardenError as exc:
-            if exc.audit_seq is None:
-                self._audit_refusal(caller, fields, exc)
+            self._refused(caller, fields, exc, early=early)
             self.metrics.sign_answered("refused", str(exc.reason), time.monotonic() - started)
             # The audit record keeps the detailed message; the agent gets the reason code.
             agent_facing(exc)
             raise
         self.metrics.sign_answered(str(result.status), "OK", time.monotonic() - started)
         return result
+
+    def _refuse_early(self, caller: Principal, fields: IntentFields) -> None:
+        """Before the request is read: a frozen agent or key (the cached view of the
+        freezes), or a caller whose refusal budget is spent, is refused at once."""
+        _require(caller, Role.AGENT)
+        try:
+            lifted = self._freeze_view.refresh()
+        except StoreError as exc:  # the deciding transaction will meet it too
+            log.error("cannot read the freezes: %s", exc)
+            lifted = frozenset()
+        for agent_id in lifted:
+            self._refusal_count.reset(agent_id)  # an unfreeze restarts the breaker's window
+        scope = self._freeze_view.frozen(caller.id, fields.key_id)
+        if scope is not None:
+            raise SessionNotUsable(
+                Reason.FROZEN, f"signing is frozen ({scope}); refused before the request was read"
+            )
+        if self._refusal_budget.exhausted(str(caller), time.monotonic()):
+            raise RateLimited(
+                Reason.RATE_LIMITED,
+                "the caller's refusal budget is spent; refused before the request was read",
+            )
+
+    def _refused(
+        self, caller: Principal, fields: IntentFields, exc: PaywardenError, *, early: bool
+    ) -> None:
+        """Charges the refusal to the caller and records it: in full if it is the first
+        of its (caller, reason) in the window, otherwise counted into a summary.
+
+        A refusal made before the request was read (``early``) costs next to nothing
+        and takes no budget: an agent is not rate-limited for having been frozen."""
+        reason = str(exc.reason)
+        now = self._now()
+        ours = exc.reason in _NOT_THE_CALLERS
+        if not ours and not early:
+            self._refusal_budget.spend(str(caller), time.monotonic())
+        if exc.audit_seq is None:
+            if self._refusal_log.admit(caller, reason, now):
+                self._audit_refusal(caller, fields, exc)
+                self._refusal_log.recorded(caller, reason, exc.audit_seq)
+        # A decision is counted by the breaker from the store; a freeze's refusals
+        # are the freeze's doing, not the agent's.
+        if not ours and exc.decision_id is None and exc.reason != Reason.FROZEN:
+            self._breaker_counts_refusal(caller, now)
+
+    def _flush_refusal_summaries(self, *, everything: bool = False) -> None:
+        """Writes a summary for each refusal window that is over (every open one with
+        ``everything``, e.g. at shutdown) and counted refusals not recorded in full."""
+        now = self._now()
+        for s in self._refusal_log.due(now, everything=everything):
+            summary = audit.event(
+                "sign.refused.summary",
+                s.principal,
+                now,
+                reason=s.reason,
+                count=s.count,
+                since=s.since,
+                until=s.until,
+                first_seq=s.first_seq,
+            )
+            try:
+                self._store.audit_event(summary)
+            except StoreError as err:
+                log.error("cannot audit a refusal summary: %s", err)
+
+    def flush_refusals(self) -> None:
+        """Records every pending refusal summary now (call before the final checkpoint)."""
+        self._flush_refusal_summaries(everything=True)
+
+    def _breaker_counts_refusal(self, caller: Principal, now: int) -> None:
+        """Counts a refusal in the agent's breaker window (O(1)); past the breaker's
+        max_rejections the agent is frozen, as a denial past it would."""
+        if caller.role is not Role.AGENT:
+            return
+        pack = self._packs.for_agent(caller.id)
+        breaker = pack.model.breaker if pack is not None else None
+        if pack is None or breaker is None:
+            return
+        count = self._refusal_count.add(caller.id, breaker.window_seconds, now)
+        if breaker.max_rejections is None or count <= breaker.max_rejections:
+            return
+        why = f"{count} refusals in {breaker.window_seconds} s (more than {breaker.max_rejections})"
+        freeze = Freeze("agent", caller.id, f"circuit breaker: {why}", "breaker", "breaker", now)
+        event = audit.event(
+            "breaker.freeze",
+            None,
+            now,
+            scope="agent",
+            target=caller.id,
+            reason=freeze.reason,
+            pack_id=pack.id,
+        )
+        try:
+            created = self._store.set_freeze(freeze, event)
+        except StoreError as err:
+            log.error("cannot freeze an agent for its refusals: %s", err)
+            return
+        self._freeze_view.invalidate()
+        if created:
+            self.metrics.froze("agent", caller.id, "breaker", now)
+            log.warning("circuit breaker froze an agent", extra={"reason": freeze.reason})
 
     def _audit_refusal(self, caller: Principal, fields: IntentFields, exc: PaywardenError) -> None:
         """A refusal that no decision recorded (bad input, binding, replay, HSM, freeze).
@@ -499,6 +615,7 @@ class SigningService:
             )
             froze = tripped is not None and self._freeze_by_breaker(tx, caller, now, tripped)
         if froze:
+            self._freeze_view.invalidate()
             self.metrics.froze("agent", caller.id, "breaker", now)
             log.warning("circuit breaker froze an agent", extra={"reason": tripped})
         self.metrics.decided(record.outcome, record.reason)
@@ -524,6 +641,9 @@ class SigningService:
         if breaker is None:
             return None
         stats = tx.window_stats(caller.id, now - breaker.window_seconds)
+        # Refusals count as rejected requests too (held in memory, O(1) to read).
+        refused = self._refusal_count.count(caller.id, breaker.window_seconds, now)
+        stats = replace(stats, decisions=stats.decisions + refused, denials=stats.denials + refused)
         if decision.verdict is Verdict.DENY:
             projected = replace(stats, decisions=stats.decisions + 1, denials=stats.denials + 1)
         else:

@@ -629,6 +629,7 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the store at {path}: {exc}") from None
         self._lock = threading.Lock()
+        self._freeze_generation = 0
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -906,6 +907,7 @@ class SqliteStore:
                 added = _freeze(conn, freeze)
                 if added:
                     _append_audit(conn, audit)
+                    self._freeze_generation += 1  # under the lock, before the commit
                 return added
         except sqlite3.Error as exc:
             raise StoreError(f"cannot freeze: {exc}") from None
@@ -923,6 +925,7 @@ class SqliteStore:
                     )
                 if removed:
                     _append_audit(conn, audit)
+                    self._freeze_generation += 1  # under the lock, before the commit
                 return bool(removed)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot unfreeze: {exc}") from None
@@ -938,3 +941,6 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def freeze_generation(self) -> int:
+        return self._freeze_generation

@@ -21,6 +21,7 @@ from paywarden.signer.errors import (
     NotFound,
     Overloaded,
     PaywardenError,
+    RateLimited,
     Replayed,
     SessionNotUsable,
     Unavailable,
@@ -42,6 +43,7 @@ _CODES: dict[type[PaywardenError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Internal: grpc.StatusCode.INTERNAL,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -277,6 +277,10 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
+    def freeze_generation(self) -> int:
+        """A number that changes whenever this process sets or lifts a freeze through
+        the store (no I/O): in-memory views of the freezes reload when it moves."""
+
 
 class StoreError(Exception):
     """The store cannot be used (I/O error, locked too long, corrupt)."""

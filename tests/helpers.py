@@ -163,6 +163,8 @@ checkpoint_seconds = 60
 [limits]
 max_expiry_seconds = 300
 max_session_ttl_seconds = 3600
+# Tests send many bad requests on purpose; the refusal budget has its own attack test.
+refusal_burst = 1000000
 
 [policy]
 dir = "{policy_dir}"

@@ -1108,7 +1108,9 @@ def test_every_sign_leaves_exactly_one_audit_record(
             ("other agent's session", _intent(s1, "1.00"), "agent-2", "SESSION_AGENT_MISMATCH"),
             ("malformed amount", _intent(s1, "1.2.3"), "agent-1", "AMOUNT_MALFORMED"),
             ("unknown key", _intent(s1, "1.00", key_id="payments.v9"), "agent-1", "UNKNOWN_KEY"),
-            ("audit key", _intent(s1, "1.00", key_id="audit.v1"), "agent-1", "UNKNOWN_KEY"),
+            # another caller: a repeat of one caller's refusal within the window is only
+            # counted (tests/attacks/test_refusal_flood.py)
+            ("audit key", _intent(s1, "1.00", key_id="audit.v1"), "agent-2", "UNKNOWN_KEY"),
             ("expired", _intent(s1, "1.00", expires_at=int(time.time()) - 5), "agent-1",
              "EXPIRY_IN_PAST"),
             ("nonce replay", _changed(allowed, amount="11.00"), "agent-1", "NONCE_REPLAYED"),

@@ -585,11 +585,16 @@ def test_freeze_stops_every_later_signature_while_20_agents_sign(
     for a in again:
         assert by_decision[a.decision_id]["seq"] > f_clear
 
-    # every FROZEN answer left one sign.refused record, after the freeze and before the clear
+    # every FROZEN answer is in the log, after the freeze and before the clear: the
+    # first of each agent as a sign.refused record, the repeats counted in its summary
     refused = [r for r in actions(records, "sign.refused") if r["reason"] == FROZEN]
+    summaries = [r for r in actions(records, "sign.refused.summary") if r["reason"] == FROZEN]
     frozen_answers = [a for a in attempts if a.frozen]
-    assert len(refused) == len(frozen_answers)
-    for a in frozen_answers:
+    assert len(refused) + sum(s["count"] for s in summaries) == len(frozen_answers)
+    assert {s["first_seq"] for s in summaries} <= {r["seq"] for r in refused}
+    recorded = [a for a in frozen_answers if a.audit_seq is not None]
+    assert len(recorded) == len(refused)
+    for a in recorded:
         assert a.audit_seq is not None
         rec = by_seq[a.audit_seq]
         assert rec["action"] == "sign.refused" and rec["reason"] == FROZEN
@@ -730,10 +735,11 @@ def test_pending_and_approved_payments_are_frozen_until_unfreeze(
     (f_set,) = [r["seq"] for r in actions(records, "freeze.set")]
     (f_clear,) = [r["seq"] for r in actions(records, "freeze.clear")]
     refused = [r for r in actions(records, "sign.refused") if r["reason"] == FROZEN]
-    assert sorted(r["untrusted"]["request"]["nonce"] for r in refused) == sorted(
-        [held_req.nonce, waiting_req.nonce]
-    )
+    # the first refusal in full, the repeat within the window counted in a summary
+    assert [r["untrusted"]["request"]["nonce"] for r in refused] == [held_req.nonce]
     assert all(f_set < r["seq"] < f_clear for r in refused)
+    (summary,) = [r for r in actions(records, "sign.refused.summary") if r["reason"] == FROZEN]
+    assert (summary["count"], summary["first_seq"]) == (1, refused[0]["seq"])
     signed_retry = [
         r for r in actions(records, "sign.retry") if r["decision_id"] == held.decision_id
     ]

@@ -1,0 +1,263 @@
+"""Refusals kept cheap: what a principal that is refused again and again can cost.
+
+An agent that is frozen, or that sends bad requests in a loop, must not be able
+to fill the disk or hold the store's write lock. Everything here is in memory,
+O(1) per request, and bounded in size:
+
+* :class:`FreezeView` — the freezes in force, cached, so that a frozen agent (or
+  the whole signer, or a payment key) is refused before its request is parsed.
+  It reloads from the store when this process sets or lifts a freeze, and at
+  least every ``freeze_cache_seconds`` (freezes set by another process). The
+  authoritative check inside the deciding transaction stays.
+* :class:`RefusalBudget` — a token bucket per principal: each refusal takes a
+  token; with none left the principal is refused (``RATE_LIMITED``) before its
+  request is read.
+* :class:`RefusalLog` — the first refusal of a (principal, reason) in a window is
+  recorded in full; later ones in that window are counted and written as one
+  ``sign.refused.summary`` record (with the count) when the window is over.
+* :class:`RefusalCounter` — refusals per agent over its circuit breaker's window,
+  in fixed buckets, so that the breaker counts refusals, not only decisions.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from paywarden.signer.identity import Principal
+from paywarden.signer.store import Freeze
+
+# More principals than this and the fullest (least recently refused) buckets go:
+# memory stays bounded whatever ids the certificates carry.
+MAX_TRACKED = 10_000
+
+
+class FreezeView:
+    """The freezes in force as a set of (scope, target), cheap to ask."""
+
+    def __init__(
+        self,
+        load: Callable[[], list[Freeze]],
+        generation: Callable[[], int],
+        max_age: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._load = load
+        self._generation = generation
+        self._max_age = max_age
+        self._clock = clock
+        self._scopes: frozenset[tuple[str, str]] = frozenset()
+        self._agents: frozenset[str] = frozenset()
+        self._seen_generation: int | None = None
+        self._loaded_at = -math.inf
+        self._reload = threading.Lock()
+
+    def invalidate(self) -> None:
+        self._seen_generation = None
+
+    def refresh(self) -> frozenset[str]:
+        """Reloads when stale; returns the agents whose freeze was lifted by it.
+
+        One thread reloads at a time; the others go on with the view they have
+        (a stale view only lets a request through to the authoritative check)."""
+        generation = self._generation()
+        fresh = self._clock() - self._loaded_at < self._max_age
+        if generation == self._seen_generation and fresh:
+            return frozenset()
+        if not self._reload.acquire(blocking=False):
+            return frozenset()
+        try:
+            freezes = self._load()
+            self._scopes = frozenset((f.scope, f.target) for f in freezes)
+            lifted = self._agents - {t for s, t in self._scopes if s == "agent"}
+            self._agents = frozenset(t for s, t in self._scopes if s == "agent")
+            self._seen_generation = generation
+            self._loaded_at = self._clock()
+            return lifted
+        finally:
+            self._reload.release()
+
+    def frozen(self, agent_id: str, key_id: str) -> str | None:
+        """The scope that freezes this agent or key (raw key text: an unknown key
+        simply matches nothing), or None. Session freezes are left to the
+        transaction, after session binding."""
+        scopes = self._scopes
+        if ("global", "") in scopes:
+            return "global"
+        if ("agent", agent_id) in scopes:
+            return "agent"
+        if key_id and ("key", key_id) in scopes:
+            return "key"
+        return None
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class RefusalBudget:
+    """A token bucket per principal: ``burst`` refusals, refilled at ``rate`` per second."""
+
+    def __init__(self, burst: int, rate: float, max_tracked: int = MAX_TRACKED) -> None:
+        self._burst = float(burst)
+        self._rate = rate
+        self._max = max_tracked
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def _level(self, bucket: _Bucket, now: float) -> float:
+        return min(self._burst, bucket.tokens + max(0.0, now - bucket.at) * self._rate)
+
+    def exhausted(self, principal: str, now: float) -> bool:
+        with self._lock:
+            bucket = self._buckets.get(principal)
+            return bucket is not None and self._level(bucket, now) < 1.0
+
+    def spend(self, principal: str, now: float) -> None:
+        with self._lock:
+            bucket = self._buckets.pop(principal, None)
+            level = self._burst if bucket is None else self._level(bucket, now)
+            self._buckets[principal] = _Bucket(max(0.0, level - 1.0), now)  # most recent last
+            if len(self._buckets) > self._max:
+                self._shrink(now)
+
+    def _shrink(self, now: float) -> None:
+        full = [p for p, b in self._buckets.items() if self._level(b, now) >= self._burst]
+        for principal in full:
+            del self._buckets[principal]
+        while len(self._buckets) > self._max:  # the least recently refused go first
+            del self._buckets[next(iter(self._buckets))]
+
+    def tracked(self) -> int:
+        with self._lock:
+            return len(self._buckets)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Refusals of one (principal, reason) counted but not recorded in full."""
+
+    principal: Principal
+    reason: str
+    count: int
+    since: int
+    until: int
+    first_seq: int | None
+
+
+@dataclass(slots=True)
+class _Window:
+    principal: Principal
+    start: int
+    count: int = 0
+    first_seq: int | None = None
+
+
+class RefusalLog:
+    """Decides which refusals are recorded in full and which are only counted."""
+
+    def __init__(self, window_seconds: int, max_tracked: int = MAX_TRACKED) -> None:
+        self._window = window_seconds
+        self._max = max_tracked
+        self._open: dict[tuple[Principal, str], _Window] = {}
+        self._next_end: float = math.inf
+        self._lock = threading.Lock()
+
+    def admit(self, principal: Principal, reason: str, now: int) -> bool:
+        """True: record this refusal in full (and call :meth:`recorded`); False: it
+        was counted into the window's summary. Call :meth:`due` with the same ``now``
+        first: a window that is over has been closed by it."""
+        key = (principal, reason)
+        with self._lock:
+            window = self._open.get(key)
+            if window is not None and now < window.start + self._window:
+                window.count += 1
+                return False
+            if window is None and len(self._open) >= self._max:
+                return True  # too many at once: record in full rather than lose a count
+            self._open[key] = _Window(principal, now)
+            self._next_end = min(self._next_end, now + self._window)
+            return True
+
+    def recorded(self, principal: Principal, reason: str, seq: int | None) -> None:
+        with self._lock:
+            window = self._open.get((principal, reason))
+            if window is not None and window.first_seq is None:
+                window.first_seq = seq
+
+    def due(self, now: int, *, everything: bool = False) -> list[Summary]:
+        """Closes the windows that are over (all of them with ``everything``) and
+        returns the summaries to write: one for each window that counted refusals."""
+        with self._lock:
+            if not everything and now < self._next_end:
+                return []
+            out: list[Summary] = []
+            next_end = math.inf
+            for (principal, reason), w in list(self._open.items()):
+                end = w.start + self._window
+                if everything or now >= end:
+                    del self._open[(principal, reason)]
+                    if w.count:
+                        out.append(Summary(principal, reason, w.count, w.start, now, w.first_seq))
+                else:
+                    next_end = min(next_end, end)
+            self._next_end = next_end
+            return out
+
+
+class _Ring:
+    """Counts over the last ``window`` seconds in ``BUCKETS`` buckets (the oldest
+    bucket counts whole: the count errs high, never low)."""
+
+    BUCKETS = 60
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.width = max(1, math.ceil(window / self.BUCKETS))
+        self.slots = [(-1, 0)] * self.BUCKETS  # (bucket index, count)
+
+    def add(self, now: int) -> int:
+        index = now // self.width
+        slot = index % self.BUCKETS
+        at, count = self.slots[slot]
+        self.slots[slot] = (index, count + 1 if at == index else 1)
+        return self.total(now)
+
+    def total(self, now: int) -> int:
+        index = now // self.width
+        oldest = index - math.ceil(self.window / self.width)
+        return sum(c for at, c in self.slots if oldest <= at <= index)
+
+
+class RefusalCounter:
+    """Refusals per agent over its breaker's window, for the circuit breaker."""
+
+    def __init__(self, max_tracked: int = MAX_TRACKED) -> None:
+        self._rings: dict[str, _Ring] = {}
+        self._max = max_tracked
+        self._lock = threading.Lock()
+
+    def add(self, agent_id: str, window: int, now: int) -> int:
+        """Counts one refusal; returns the agent's refusals in the window."""
+        with self._lock:
+            ring = self._rings.pop(agent_id, None)
+            if ring is None or ring.window != window:
+                ring = _Ring(window)
+            self._rings[agent_id] = ring  # most recent last
+            while len(self._rings) > self._max:
+                del self._rings[next(iter(self._rings))]
+            return ring.add(now)
+
+    def count(self, agent_id: str, window: int, now: int) -> int:
+        with self._lock:
+            ring = self._rings.get(agent_id)
+            return ring.total(now) if ring is not None and ring.window == window else 0
+
+    def reset(self, agent_id: str) -> None:
+        """An operator lifted the agent's freeze: its breaker window starts afresh."""
+        with self._lock:
+            self._rings.pop(agent_id, None)

@@ -1,0 +1,259 @@
+"""Attack: refused Signs fill the audit log and hold the write lock.
+
+Each refused Sign (a frozen agent, bad input...) appended a full audit record,
+with up to 2 KB of the agent's purpose text and an fsync under the write lock:
+1,000 refused calls from a frozen agent added 1,000 records. Now a frozen agent
+(or key, or the whole signer) is refused before its request is read, a
+principal refused too often is refused (RATE_LIMITED) before its request is
+read, repeats of a refusal within a window are one counted summary record, and
+the circuit breaker counts refusals, not only decisions.
+
+Every test runs the real ``paywarden serve`` on its own store and talks to it
+over mutual TLS; the audit log is read from the SQLite file and checked with
+``paywarden audit verify``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from paywarden.v1 import (
+    control_pb2,
+    control_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
+    signer_pb2,
+    signer_pb2_grpc,
+)
+
+from tests.helpers import (
+    OPEN_PACK,
+    ROOT,
+    Pki,
+    ServeProcess,
+    TestToken,
+    new_nonce,
+    reason_of,
+    serve,
+    write_config,
+)
+
+FLOOD = 1000
+TIMEOUT = 30
+
+AGENT1_PACK = OPEN_PACK.replace('agents = ["agent-1", "agent-2"]', 'agents = ["agent-1"]')
+BREAKER_PACK = """
+id = "breaker-refusals"
+version = 1
+agents = ["agent-2"]
+
+[assets.USD]
+keys = ["payments.v1"]
+max_per_payment = "100.00"
+
+[payees]
+allow_patterns = [".+"]
+first_payment = "allow"
+
+[breaker]
+window_seconds = 3600
+max_rejections = 3
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = { USD = "1000.00" }
+"""
+PACKS = {"a1.toml": AGENT1_PACK, "a2.toml": BREAKER_PACK}
+
+
+class Client:
+    def __init__(self, srv: ServeProcess, pki: Pki) -> None:
+        self.srv, self.pki = srv, pki
+        self._channels: list[grpc.Channel] = []
+
+    def _channel(self, role: str, who: str) -> grpc.Channel:
+        channel = self.pki.channel(self.srv.addr, role, who)
+        self._channels.append(channel)
+        return channel
+
+    def signer(self, agent: str) -> signer_pb2_grpc.SignerStub:
+        return signer_pb2_grpc.SignerStub(self._channel("agent", agent))
+
+    def control(self) -> control_pb2_grpc.ControlStub:
+        return control_pb2_grpc.ControlStub(self._channel("operator", "operator-1"))
+
+    def session(self, agent: str) -> str:
+        stub = sessions_pb2_grpc.SessionsStub(self._channel("planner", "planner-1"))
+        return str(
+            stub.OpenSession(
+                sessions_pb2.OpenSessionRequest(
+                    agent_id=agent,
+                    task_description="buy things",
+                    budgets=[sessions_pb2.AssetBudget(asset="USD", amount="100.00")],
+                    ttl_seconds=900,
+                ),
+                timeout=TIMEOUT,
+            ).session.session_id
+        )
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+@contextmanager
+def running(
+    tmp_path: Path, token: TestToken, pki: Pki, env: dict[str, str] | None = None
+) -> Iterator[tuple[ServeProcess, Client]]:
+    with serve(write_config(tmp_path, token, pki, packs=PACKS), env=env) as srv:
+        client = Client(srv, pki)
+        try:
+            yield srv, client
+        finally:
+            client.close()
+
+
+def _intent(sid: str, amount: str = "1.00", purpose: str = "supplies") -> signer_pb2.SignRequest:
+    return signer_pb2.SignRequest(
+        intent=signer_pb2.PaymentIntent(
+            session_id=sid,
+            key_id="payments.v1",
+            payee="acme-data",
+            amount=amount,
+            asset="USD",
+            reference="inv-1",
+            purpose=purpose,
+            nonce=new_nonce(),
+            expires_at=int(time.time()) + 120,
+        )
+    )
+
+
+def _answer(stub: signer_pb2_grpc.SignerStub, request: signer_pb2.SignRequest) -> str:
+    try:
+        resp = stub.Sign(request, timeout=TIMEOUT)
+    except grpc.RpcError as err:
+        return f"{err.code().name}/{reason_of(err)}"  # type: ignore[attr-defined]
+    return str(signer_pb2.SignStatus.Name(resp.status))
+
+
+def _records(db: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_records(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    db = tmp_path / "state.db"
+    with running(tmp_path, token, pki) as (srv, client):
+        sid = client.session("agent-1")
+        control = client.control()
+        control.Freeze(
+            control_pb2.FreezeRequest(scope=control_pb2.AGENT, target="agent-1", reason="flood"),
+            timeout=TIMEOUT,
+        )
+        before = len(_records(db))
+        signer = client.signer("agent-1")
+        purpose = "P" * 1024  # the longest purpose a request may carry
+        bad = "1.2.3"  # malformed too: refused before it is read, so it says FROZEN
+        requests = [_intent(sid, bad if i % 2 else "1.00", purpose) for i in range(FLOOD)]
+        with ThreadPoolExecutor(8) as pool:
+            answers = Counter(pool.map(lambda r: _answer(signer, r), requests))
+        assert answers == {"FAILED_PRECONDITION/FROZEN": FLOOD}
+        during = _records(db)[before:]
+        # an explicit small bound: the first refusal in full, the rest counted
+        assert len(during) <= 2, [r["action"] for r in during]
+        assert during[0]["action"] == "sign.refused"
+        assert during[0]["untrusted"]["purpose"] == purpose
+        pem = control.Checkpoint(control_pb2.CheckpointRequest(), timeout=TIMEOUT)
+        public_key = tmp_path / "audit.pem"
+        public_key.write_text(pem.audit_public_key_pem, encoding="utf-8")
+    assert srv.proc.returncode == 0
+    flood = [r for r in _records(db)[before:] if r["action"].startswith("sign.refused")]
+    assert len(flood) <= 3, [r["action"] for r in flood]
+    # the log still proves what happened: every one of the 1,000 refusals is counted
+    full = [r for r in flood if r["action"] == "sign.refused"]
+    summaries = [r for r in flood if r["action"] == "sign.refused.summary"]
+    assert all(r["reason"] == "FROZEN" and r["actor"]["id"] == "agent-1" for r in flood)
+    assert len(full) + sum(s["count"] for s in summaries) == FLOOD
+    assert all(s["first_seq"] == full[0]["seq"] for s in summaries)
+    verify = subprocess.run(
+        [sys.executable, "-m", "paywarden.signer.cli", "audit", "verify", "--db", str(db),
+         "--public-key", str(public_key)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_refusal_budget_refuses_before_reading_the_request(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    env = {
+        "PAYWARDEN_LIMITS__REFUSAL_BURST": "5",
+        "PAYWARDEN_LIMITS__REFUSAL_RATE_PER_SECOND": "0.0001",
+    }
+    db = tmp_path / "state.db"
+    with running(tmp_path, token, pki, env) as (_, client):
+        sid1, sid2 = client.session("agent-1"), client.session("agent-2")
+        agent1, agent2 = client.signer("agent-1"), client.signer("agent-2")
+        before = len(_records(db))
+        for _ in range(3):
+            assert _answer(agent2, _intent(sid2, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+        # the budget is the caller's own: agent-1's bad requests do not spend agent-2's
+        for _ in range(5):
+            assert _answer(agent1, _intent(sid1, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+        # agent-1 spent its five: even a valid request is refused before it is read
+        assert _answer(agent1, _intent(sid1)) == "RESOURCE_EXHAUSTED/RATE_LIMITED"
+        for _ in range(200):
+            assert _answer(agent1, _intent(sid1, "1.2.3")) == "RESOURCE_EXHAUSTED/RATE_LIMITED"
+        assert _answer(agent2, _intent(sid2)) == "SIGNED"
+        added = Counter((r["action"], r.get("reason")) for r in _records(db)[before:])
+        assert added == {
+            ("sign.refused", "AMOUNT_MALFORMED"): 2,  # one each for agent-1 and agent-2
+            ("sign.refused", "RATE_LIMITED"): 1,
+            ("sign.decision", None): 1,
+        }
+
+
+def test_breaker_with_max_rejections_trips_from_refusals_alone(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    db = tmp_path / "state.db"
+    with running(tmp_path, token, pki) as (_, client):
+        sid = client.session("agent-2")
+        agent2 = client.signer("agent-2")
+        # max_rejections = 3: the fourth refusal in the window trips the breaker
+        for _ in range(4):
+            assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+        assert _answer(agent2, _intent(sid)) == "FAILED_PRECONDITION/FROZEN"
+        freezes = client.control().ListFreezes(control_pb2.ListFreezesRequest(), timeout=TIMEOUT)
+        assert [(f.scope, f.target, f.actor) for f in freezes.freezes] == [
+            (control_pb2.AGENT, "agent-2", "breaker")
+        ]
+        records = _records(db)
+        trips = [r for r in records if r["action"] == "breaker.freeze"]
+        assert len(trips) == 1 and "4 refusals" in trips[0]["reason"]
+        assert not [r for r in records if r["action"] == "sign.decision"]  # no decision at all
+        # an operator's unfreeze starts the breaker's window afresh
+        client.control().Unfreeze(
+            control_pb2.UnfreezeRequest(scope=control_pb2.AGENT, target="agent-2", reason="ok"),
+            timeout=TIMEOUT,
+        )
+        assert _answer(agent2, _intent(sid)) == "SIGNED"
+        assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+        assert _answer(agent2, _intent(sid)) == "SIGNED"
