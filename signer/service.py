@@ -37,7 +37,7 @@ from paywarden.policy import (
     normalise,
     to_minor,
 )
-from paywarden.policy.packs import Breaker
+from paywarden.policy.packs import Breaker, PolicyPack
 from paywarden.signer import audit
 from paywarden.signer.canonical import Amount, clean_text, jcs, sha256_hex
 from paywarden.signer.config import Config
@@ -95,6 +95,7 @@ _SESSION_REASONS = {"SESSION_CLOSED", "SESSION_EXPIRED", "SESSION_IN_EXPLORE_PHA
 # Refusals that are not the caller's doing: they take no refusal budget and are not
 # counted by the circuit breaker (they are still recorded, and summarised).
 _NOT_THE_CALLERS = {Reason.STORE_UNAVAILABLE, Reason.HSM_UNAVAILABLE, Reason.INTERNAL}
+_MAX_SESSION_FITS = 10_000  # (session, pack) checks remembered
 MAX_NOTE = 1024
 
 
@@ -162,6 +163,7 @@ class SigningService:
         self._refusal_budget = RefusalBudget(limits.refusal_burst, limits.refusal_rate_per_second)
         self._refusal_log = RefusalLog(limits.refusal_summary_seconds)
         self._refusal_count = RefusalCounter()
+        self._session_fits: dict[tuple[str, str], str | None] = {}
 
     def _now(self) -> int:
         return int(self._clock())
@@ -215,6 +217,8 @@ class SigningService:
             allowed_payees=spec.allowed_payees,
             phase="explore" if plan_bound else "normal",
             pack_id=pack.id,
+            pack_version=pack.version,
+            pack_sha256=pack.sha256,
         )
         decimals = {a: self._decimals(a) for a in record.budgets_minor}
         opened = audit.event(
@@ -229,6 +233,8 @@ class SigningService:
             allowed_payees=list(record.allowed_payees),
             phase=record.phase,
             pack_id=record.pack_id,
+            pack_version=record.pack_version,
+            pack_sha256=record.pack_sha256,
         )
         _store_call(lambda: self._store.create_session(record, decimals, opened))
         log.info("session opened", extra={"session_id": record.id, "planner": caller.id})
@@ -718,8 +724,39 @@ class SigningService:
             return no_pack_policy(), 0
         if pack.id != session.pack_id:
             return _pack_changed_policy(pack.ref()), 0
+        if (pack.version, pack.sha256) != (session.pack_version, session.pack_sha256):
+            # Same id, another text: the session must still fit the pack now in force
+            # (a session opened under a looser version keeps none of its limits).
+            why = self._session_outgrew(pack, session)
+            if why is not None:
+                return _pack_changed_policy(pack.ref(), why), 0
         velocity = pack.model.velocity
         return self._policies[pack.id], velocity.window_seconds if velocity else 0
+
+    def _session_outgrew(self, pack: PolicyPack, session: SessionRecord) -> str | None:
+        """Why the session no longer fits ``pack`` (None: it does). A session and a
+        pack never change, so each pair is checked once."""
+        key = (session.id, pack.sha256)
+        if key in self._session_fits:
+            return self._session_fits[key]
+        violation = check_session(
+            pack,
+            self._assets,
+            session.budgets_minor,
+            session.expires_at - session.created_at,
+            session.allowed_payees,
+            session.phase != "normal",
+        )
+        why = None
+        if violation is not None:
+            why = (
+                f"the session was opened under version {session.pack_version or '?'} of pack "
+                f"{pack.id} and does not fit version {pack.version}: {violation.message}"
+            )
+        if len(self._session_fits) >= _MAX_SESSION_FITS:
+            self._session_fits.pop(next(iter(self._session_fits)))
+        self._session_fits[key] = why
+        return why
 
     def _day_start(self, now: int) -> int:
         return day_start(now, self._tz)
@@ -961,7 +998,9 @@ def _amount(minor: int, decimals: int) -> str:
     return str(Amount(minor, decimals))
 
 
-def _pack_changed_policy(pack: Mapping[str, str | int]) -> AllOf:
+def _pack_changed_policy(
+    pack: Mapping[str, str | int], why: str = "the session was opened under another policy pack"
+) -> AllOf:
     from paywarden.policy.engine import Outcome, RuleResult
 
     class _PackChanged:
@@ -974,7 +1013,7 @@ def _pack_changed_policy(pack: Mapping[str, str | int]) -> AllOf:
                 Reason.SESSION_PACK_CHANGED,
                 str(pack.get("id")),
                 None,
-                "the session was opened under another policy pack",
+                why,
             )
 
     return AllOf([_PackChanged()], pack)

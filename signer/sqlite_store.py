@@ -32,7 +32,7 @@ from paywarden.signer.store import (
     WindowStats,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -223,6 +223,12 @@ _MIGRATIONS: dict[int, str] = {
     DROP TABLE nonces;
     ALTER TABLE nonces_v4 RENAME TO nonces;
     """,
+    # The version and SHA-256 of the pack a session was opened under: a session is
+    # checked again against a changed pack with the same id.
+    5: """
+    ALTER TABLE sessions ADD COLUMN pack_version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN pack_sha256 TEXT NOT NULL DEFAULT '';
+    """,
 }
 
 
@@ -286,7 +292,7 @@ _LIVE = "(status = 'spent' OR (status = 'held' AND expires_at > ?))"
 def _session(conn: sqlite3.Connection, session_id: str, now: int) -> SessionRecord | None:
     row = conn.execute(
         "SELECT id, agent_id, planner_id, task_digest, created_at, expires_at, closed_at,"
-        " allowed_payees, phase, pack_id FROM sessions WHERE id = ?",
+        " allowed_payees, phase, pack_id, pack_version, pack_sha256 FROM sessions WHERE id = ?",
         (session_id,),
     ).fetchone()
     if row is None:
@@ -332,6 +338,8 @@ def _session(conn: sqlite3.Connection, session_id: str, now: int) -> SessionReco
         pack_id=row[9],
         plan=plan,
         payees=frozenset(payees),
+        pack_version=row[10],
+        pack_sha256=row[11],
     )
 
 
@@ -706,12 +714,12 @@ class SqliteStore:
                 _append_audit(conn, audit)
                 conn.execute(
                     "INSERT INTO sessions (id, agent_id, planner_id, task_digest, created_at,"
-                    " expires_at, closed_at, allowed_payees, phase, pack_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " expires_at, closed_at, allowed_payees, phase, pack_id, pack_version,"
+                    " pack_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         s.id, s.agent_id, s.planner_id, s.task_digest, s.created_at,
                         s.expires_at, s.closed_at, json.dumps(list(s.allowed_payees)),
-                        s.phase, s.pack_id,
+                        s.phase, s.pack_id, s.pack_version, s.pack_sha256,
                     ),
                 )  # fmt: skip
                 for asset, budget in s.budgets_minor.items():

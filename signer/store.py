@@ -46,6 +46,9 @@ class SessionRecord:
     pack_id: str = ""
     plan: tuple[PlanLineRecord, ...] = ()
     payees: frozenset[str] = frozenset()  # distinct payee keys paid or held
+    # The pack the session was opened under (0 and "": opened before these were kept).
+    pack_version: int = 0
+    pack_sha256: str = ""
 
     def state(self, now: int) -> str:
         if self.closed_at is not None:
