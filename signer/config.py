@@ -196,6 +196,8 @@ class AuditConfig(_Model):
 class MetricsConfig(_Model):
     # Prometheus endpoint, on a loopback address; "" turns it off.
     listen: str = "127.0.0.1:9464"
+    # Sessions remembered for the average spend per task (memory stays bounded).
+    max_tracked_sessions: int = Field(default=10_000, ge=1, le=10_000_000)
 
     @field_validator("listen")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -24,8 +25,12 @@ class _FreezeClock:
     at: float
 
 
+# Sessions remembered per asset to tell a session's first signature from a later one.
+MAX_TRACKED_SESSIONS = 10_000
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, max_tracked_sessions: int = MAX_TRACKED_SESSIONS) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "paywarden_sign_requests", "Sign calls by answer and reason code",
@@ -88,7 +93,14 @@ class Metrics:
         self._refused = 0
         self._approved = 0
         self._decided_approvals = 0
-        self._task_totals: dict[str, dict[str, float]] = {}
+        # Per asset: units signed and sessions that signed (running totals, O(1) per
+        # signature), and the recent sessions that signed, bounded: a session leaves
+        # when it is closed or when max_tracked_sessions newer ones signed after it
+        # (one evicted and signing again would count twice; sessions are short).
+        self._max_sessions = max_tracked_sessions
+        self._task_units: dict[str, float] = {}
+        self._task_count: dict[str, int] = {}
+        self._task_seen: dict[str, OrderedDict[str, None]] = {}
         self._last_freeze: _FreezeClock | None = None
 
     # -- events --
@@ -108,12 +120,29 @@ class Metrics:
     def signed(self, asset: str, units: float, session_id: str, agent_id: str, key_id: str) -> None:
         self.spend.labels(asset).inc(units)
         with self._lock:
-            per = self._task_totals.setdefault(asset, {})
-            per[session_id] = per.get(session_id, 0.0) + units
-            self.task_spend.labels(asset).set(sum(per.values()) / len(per))
+            seen = self._task_seen.setdefault(asset, OrderedDict())
+            if session_id in seen:
+                seen.move_to_end(session_id)
+            else:
+                seen[session_id] = None
+                self._task_count[asset] = self._task_count.get(asset, 0) + 1
+                while len(seen) > self._max_sessions:
+                    seen.popitem(last=False)
+            self._task_units[asset] = self._task_units.get(asset, 0.0) + units
+            self.task_spend.labels(asset).set(self._task_units[asset] / self._task_count[asset])
             clock = self._last_freeze
             if clock is not None and _in_scope(clock, agent_id, session_id, key_id):
                 self.time_to_intervention.set(max(0.0, time.time() - clock.at))
+
+    def session_ended(self, session_id: str) -> None:
+        """A closed session signs nothing more: forget it (its spend stays counted)."""
+        with self._lock:
+            for seen in self._task_seen.values():
+                seen.pop(session_id, None)
+
+    def tracked_sessions(self) -> int:
+        with self._lock:
+            return sum(len(seen) for seen in self._task_seen.values())
 
     def payees(self, agent_id: str, session_payees: int, day_payees: int) -> None:
         self.diversity.labels(agent_id, "session").set(session_payees)

@@ -301,7 +301,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     packs = load_packs(config)
     check_descriptor_limit(config)
     hsm = open_hsm(config)
-    metrics = Metrics()
+    metrics = Metrics(config.metrics.max_tracked_sessions)
     service = SigningService(config, store, hsm, packs, metrics=metrics)
     control = ControlService(config, store, hsm, metrics)
     _audit_start(store, hsm, packs, config)

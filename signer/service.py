@@ -155,7 +155,7 @@ class SigningService:
         }
         self._policies: dict[str, AllOf] = compile_all(packs.packs, self._assets)
         self._tz = ZoneInfo(config.policy.timezone)
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(config.metrics.max_tracked_sessions)
         limits = config.limits
         self._freeze_view = FreezeView(
             store.freezes, store.freeze_generation, limits.freeze_cache_seconds, time.monotonic
@@ -275,6 +275,7 @@ class SigningService:
         closed = _store_call(lambda: self._store.close_session(record.id, now, closing))
         if closed is None:
             raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
+        self.metrics.session_ended(record.id)
         log.info("session closed", extra={"session_id": record.id, "planner": caller.id})
         return self._view(closed, now)
 
