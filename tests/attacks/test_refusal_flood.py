@@ -257,3 +257,20 @@ def test_breaker_with_max_rejections_trips_from_refusals_alone(
         assert _answer(agent2, _intent(sid)) == "SIGNED"
         assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
         assert _answer(agent2, _intent(sid)) == "SIGNED"
+
+
+def test_breaker_counts_refusals_and_denials_together(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    db = tmp_path / "state.db"
+    with running(tmp_path, token, pki) as (_, client):
+        sid = client.session("agent-2")
+        agent2 = client.signer("agent-2")
+        for _ in range(2):  # two refusals: no decision recorded
+            assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+        # two policy denials: 2 + 2 = 4 rejections is more than max_rejections = 3
+        assert _answer(agent2, _intent(sid, "200.00")) == "PERMISSION_DENIED/AMOUNT_ABOVE_MAX"
+        assert _answer(agent2, _intent(sid, "200.00")) == "PERMISSION_DENIED/AMOUNT_ABOVE_MAX"
+        assert _answer(agent2, _intent(sid)) == "FAILED_PRECONDITION/FROZEN"
+        (trip,) = [r for r in _records(db) if r["action"] == "breaker.freeze"]
+        assert "4 rejections" in trip["reason"]
