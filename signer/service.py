@@ -325,7 +325,9 @@ class SigningService:
     # -- signing ---------------------------------------------------------
 
     def sign(self, caller: Principal, fields: IntentFields) -> SignResult:
-        """Every call leaves exactly one audit record, whatever its answer."""
+        """Every call leaves one audit record, whatever its answer; a repeat of the
+        caller's refusal (same reason) within the summary window is counted into one
+        ``sign.refused.summary`` record instead, so that refusals cannot fill the log."""
         started = time.monotonic()
         early = True
         try:
