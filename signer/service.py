@@ -701,8 +701,9 @@ class SigningService:
             if approval is None:
                 raise StoreError(f"pending decision {previous.id} has no approval")
             if approval.status == "denied":
-                note = f": {approval.note}" if approval.note else ""
-                reason, message = Reason.APPROVAL_DENIED, f"an approver denied it{note}"
+                # Who denied it and why are for humans (approvers' views, the vote's
+                # audit record): neither goes into the answer, even before redaction.
+                reason, message = Reason.APPROVAL_DENIED, "an approver denied it"
                 return _denied(previous, reason, message), approval, True
         held = approval is not None
         refusal = _unsignable(session, previous, now, held=held)
