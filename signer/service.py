@@ -848,7 +848,9 @@ class SigningService:
             ) from None
         self.metrics.hsm_latency.observe(time.monotonic() - started)
         compact = jws_compact(signing_input, signature)
-        attached = _store_call(lambda: self._store.attach_signature(record.id, compact))
+        attached = _store_call(
+            lambda: self._store.attach_signature(record.id, compact, self._now())
+        )
         if attached is None:
             # The payment was withdrawn (session closed, payment expired) while the
             # HSM signed: the signature is discarded, never returned.

@@ -285,8 +285,15 @@ def _frozen(conn: sqlite3.Connection, agent_id: str, session_id: str, key_id: st
     return Freeze(*row) if row is not None else None
 
 
-# A reservation counts while spent, or held and not yet past its expiry.
-_LIVE = "(status = 'spent' OR (status = 'held' AND expires_at > ?))"
+# A reservation counts while held or spent and not yet past the payment's expiry,
+# and for ever once signed. An allowed payment the HSM never signed cannot be signed
+# after its exp (a retry is denied), so its spend lapses then, without a retry. The
+# signed check is one primary-key lookup per row the caller reads anyway.
+_LIVE = (
+    "(status != 'released' AND (expires_at > ? OR (status = 'spent' AND EXISTS"
+    " (SELECT 1 FROM decisions WHERE decisions.id = reservations.decision_id"
+    " AND decisions.jws IS NOT NULL))))"
+)
 
 
 def _session(conn: sqlite3.Connection, session_id: str, now: int) -> SessionRecord | None:
@@ -811,11 +818,12 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from None
 
-    def attach_signature(self, decision_id: str, jws: str) -> tuple[str, bool] | None:
+    def attach_signature(self, decision_id: str, jws: str, now: int) -> tuple[str, bool] | None:
         """Attaches the JWS only while the payment is still committed: its reservation
-        spent and, for a held payment, its approval approved. Otherwise (the session
-        was closed, the payment expired or was withdrawn while the HSM signed) the
-        signature is thrown away and None is returned."""
+        spent and unexpired at ``now`` and, for a held payment, its approval approved.
+        Otherwise (the session was closed, the payment expired or was withdrawn while
+        the HSM signed) the signature is thrown away and None is returned. An expired
+        unsigned payment's spend has lapsed already and may be in use by another."""
         try:
             with self._write() as conn:
                 attached = conn.execute(
@@ -824,8 +832,8 @@ class SqliteStore:
                     "   (outcome = 'allow') OR (outcome = 'pending' AND EXISTS (SELECT 1 FROM"
                     "   approvals WHERE decision_id = ? AND status = 'approved')))"
                     " AND EXISTS (SELECT 1 FROM reservations WHERE decision_id = ?"
-                    "   AND status = 'spent')",
-                    (jws, decision_id, decision_id, decision_id),
+                    "   AND status = 'spent' AND expires_at > ?)",
+                    (jws, decision_id, decision_id, decision_id, now),
                 ).rowcount
                 row = conn.execute(
                     "SELECT jws FROM decisions WHERE id = ?", (decision_id,)

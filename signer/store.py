@@ -246,8 +246,8 @@ class Store(Protocol):
 
     def approval_tx(self) -> AbstractContextManager[ApprovalTx]: ...
 
-    def attach_signature(self, decision_id: str, jws: str) -> tuple[str, bool] | None:
-        """Stores the JWS of a still-committed decision unless one is stored; returns
+    def attach_signature(self, decision_id: str, jws: str, now: int) -> tuple[str, bool] | None:
+        """Stores the JWS of a still-committed, unexpired decision unless one is stored; returns
         (the stored JWS, whether this call stored it), or None when the payment was
         withdrawn meanwhile (nothing stored)."""
 

@@ -1,0 +1,137 @@
+"""Attack: a payment that was allowed but never signed keeps its spend for ever.
+
+The HSM fails after the decision is recorded; the agent never retries. Once the
+payment's ``exp`` has passed nothing can sign it, so its spend must stop counting
+against the session's budget (and the agent's limits) without a retry, while a
+late retry of that very request is still denied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from paywarden.hsm import HsmError
+from paywarden.signer.errors import PaywardenError, Reason, Unavailable
+from paywarden.signer.identity import Principal, Role
+from paywarden.signer.payments import IntentFields
+from paywarden.signer.server import load_packs
+from paywarden.signer.service import SigningService, SignStatus
+
+from tests.helpers import Stack, new_nonce
+
+AGENT = Principal(Role.AGENT, "agent-1")
+PLANNER = Principal(Role.PLANNER, "planner-1")
+
+
+class FailingHsm:
+    """The real HSM, except that ``fail_next`` signatures fail (an injected fault)."""
+
+    def __init__(self, hsm: Any) -> None:
+        self._hsm = hsm
+        self.fail_next = 0
+        self.while_signing: Callable[[], None] = lambda: None
+
+    def sign_es256(self, key_id: str, signing_input: bytes) -> bytes:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise HsmError("injected: the module failed mid-call")
+        self.while_signing()
+        result: bytes = self._hsm.sign_es256(key_id, signing_input)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._hsm, name)
+
+
+@pytest.fixture
+def flaky(stack: Stack) -> Iterator[tuple[SigningService, FailingHsm]]:
+    hsm = FailingHsm(stack.hsm)
+    service = SigningService(
+        stack.config, stack.store, hsm, load_packs(stack.config), clock=stack.clock.now
+    )
+    yield service, hsm
+
+
+def _intent(session_id: str, amount: str, expires_at: int, nonce: str) -> IntentFields:
+    return IntentFields(
+        session_id=session_id,
+        key_id="payments.v1",
+        payee="weather-data-inc",
+        amount=amount,
+        asset="USD",
+        reference="inv-1",
+        purpose="dataset",
+        nonce=nonce,
+        expires_at=expires_at,
+    )
+
+
+def test_an_unsigned_payment_past_its_expiry_no_longer_blocks_the_budget(
+    stack: Stack, flaky: tuple[SigningService, FailingHsm]
+) -> None:
+    service, hsm = flaky
+    session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
+    sid = session.record.id
+    now = int(stack.clock.now())
+    unsigned = _intent(sid, "0.60", now + 60, new_nonce())
+    hsm.fail_next = 1
+    with pytest.raises(Unavailable) as failed:
+        service.sign(AGENT, unsigned)
+    assert failed.value.reason == Reason.HSM_UNAVAILABLE
+    # while its exp has not passed, the unsigned payment holds its spend
+    view = service.get_session(PLANNER, sid)
+    assert view.record.spent_minor == {"USD": 60}
+
+    stack.clock.advance(61)  # the payment's exp passes; nobody retries
+    view = service.get_session(PLANNER, sid)
+    assert view.record.spent_minor == {"USD": 0}
+    later = _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce())
+    signed = service.sign(AGENT, later)
+    assert signed.status is SignStatus.SIGNED and signed.jws
+
+    # the expired request is never signed later: its retry is denied
+    with pytest.raises(PaywardenError) as retried:
+        service.sign(AGENT, unsigned)
+    assert retried.value.reason == Reason.EXPIRY_IN_PAST
+    decision = stack.store.get_decision(failed.value.decision_id or "")
+    assert decision is not None and decision.jws is None
+    # and the budget counts the one signed payment, not the unsigned one
+    assert service.get_session(PLANNER, sid).record.spent_minor == {"USD": 60}
+
+
+def test_a_signed_payment_keeps_its_spend_after_its_expiry(
+    stack: Stack, flaky: tuple[SigningService, FailingHsm]
+) -> None:
+    service, _hsm = flaky
+    session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
+    sid = session.record.id
+    paid = service.sign(AGENT, _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce()))
+    assert paid.status is SignStatus.SIGNED
+    stack.clock.advance(61)
+    assert service.get_session(PLANNER, sid).record.spent_minor == {"USD": 60}
+    with pytest.raises(PaywardenError) as over:
+        service.sign(AGENT, _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce()))
+    assert over.value.reason == Reason.BUDGET_EXCEEDED
+
+
+def test_a_signature_finished_after_the_expiry_is_discarded_not_double_counted(
+    stack: Stack, flaky: tuple[SigningService, FailingHsm]
+) -> None:
+    """The HSM finishes after the payment's exp, when its spend has lapsed and another
+    payment may be using it: the late signature must not bring the spend back."""
+    service, hsm = flaky
+    session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
+    sid = session.record.id
+    slow = _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce())
+    hsm.while_signing = lambda: stack.clock.advance(61)
+    with pytest.raises(PaywardenError) as late:
+        service.sign(AGENT, slow)
+    hsm.while_signing = lambda: None
+    assert late.value.reason == Reason.PAYMENT_WITHDRAWN
+    decision = stack.store.get_decision(late.value.decision_id or "")
+    assert decision is not None and decision.jws is None
+    other = service.sign(AGENT, _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce()))
+    assert other.status is SignStatus.SIGNED
+    assert service.get_session(PLANNER, sid).record.spent_minor == {"USD": 60}
