@@ -852,8 +852,15 @@ class SigningService:
             lambda: self._store.attach_signature(record.id, compact, self._now())
         )
         if attached is None:
-            # The payment was withdrawn (session closed, payment expired) while the
-            # HSM signed: the signature is discarded, never returned.
+            # The payment was withdrawn (session closed, payment expired) or frozen
+            # while the HSM signed: the signature is discarded, never returned.
+            if self._frozen_now(record):
+                raise SessionNotUsable(
+                    Reason.FROZEN,
+                    "signing was frozen while the payment was being signed; nothing was signed",
+                    decision_id=record.id,
+                    audit_seq=audit_seq,
+                )
             raise SessionNotUsable(
                 Reason.PAYMENT_WITHDRAWN,
                 "the payment was withdrawn (session closed or payment expired) before it was "
@@ -876,6 +883,16 @@ class SigningService:
             jws,
             audit_seq=audit_seq,
         )
+
+    def _frozen_now(self, record: DecisionRecord) -> bool:
+        targets = {
+            "global": "",
+            "agent": record.agent_id,
+            "session": record.session_id,
+            "key": record.key_id,
+        }
+        freezes = _store_call(self._store.freezes)
+        return any(targets.get(f.scope) == f.target for f in freezes)
 
     # -- approvals -------------------------------------------------------
 

@@ -820,9 +820,10 @@ class SqliteStore:
 
     def attach_signature(self, decision_id: str, jws: str, now: int) -> tuple[str, bool] | None:
         """Attaches the JWS only while the payment is still committed: its reservation
-        spent and unexpired at ``now`` and, for a held payment, its approval approved.
-        Otherwise (the session was closed, the payment expired or was withdrawn while
-        the HSM signed) the signature is thrown away and None is returned. An expired
+        spent and unexpired at ``now``, for a held payment its approval approved, and
+        nothing frozen. Otherwise (the session was closed, the payment expired, was
+        withdrawn or frozen while the HSM signed) the signature is thrown away and None
+        is returned. An expired
         unsigned payment's spend has lapsed already and may be in use by another."""
         try:
             with self._write() as conn:
@@ -832,7 +833,12 @@ class SqliteStore:
                     "   (outcome = 'allow') OR (outcome = 'pending' AND EXISTS (SELECT 1 FROM"
                     "   approvals WHERE decision_id = ? AND status = 'approved')))"
                     " AND EXISTS (SELECT 1 FROM reservations WHERE decision_id = ?"
-                    "   AND status = 'spent' AND expires_at > ?)",
+                    "   AND status = 'spent' AND expires_at > ?)"
+                    # the kill switch wins over a signature made after it was set
+                    " AND NOT EXISTS (SELECT 1 FROM freezes WHERE scope = 'global'"
+                    "   OR (scope = 'agent' AND target = decisions.agent_id)"
+                    "   OR (scope = 'session' AND target = decisions.session_id)"
+                    "   OR (scope = 'key' AND target = decisions.key_id))",
                     (jws, decision_id, decision_id, decision_id, now),
                 ).rowcount
                 row = conn.execute(

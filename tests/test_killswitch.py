@@ -578,18 +578,23 @@ def test_freeze_stops_every_later_signature_while_20_agents_sign(
         assert jws_in_store[a.decision_id] == a.jws
         if in_scope(a.agent, a.session_id, a.key_id):
             assert rec["seq"] < f_set, (a, rec["seq"], f_set)
-    # … and every allowed decision of the loop reached a client (none signed unseen)
+    # … and every allowed decision of the loop reached a client (none signed unseen):
+    # signed, or allowed before the freeze and its signature discarded (FROZEN)
+    discarded = [a for a in attempts if a.frozen and a.decision_id]
+    for a in discarded:
+        assert by_decision[a.decision_id]["seq"] < f_set and not jws_in_store[a.decision_id]
     assert {r["decision"]["id"] for r in decisions if r["seq"] < f_clear} == {
-        a.decision_id for a in signed
+        a.decision_id for a in signed + discarded
     }
     for a in again:
         assert by_decision[a.decision_id]["seq"] > f_clear
 
-    # every FROZEN answer is in the log, after the freeze and before the clear: the
-    # first of each agent as a sign.refused record, the repeats counted in its summary
+    # every FROZEN answer without a decision is in the log, after the freeze and before
+    # the clear: the first of each agent as a sign.refused record, the repeats counted
+    # in its summary (a discarded signature's record is its decision)
     refused = [r for r in actions(records, "sign.refused") if r["reason"] == FROZEN]
     summaries = [r for r in actions(records, "sign.refused.summary") if r["reason"] == FROZEN]
-    frozen_answers = [a for a in attempts if a.frozen]
+    frozen_answers = [a for a in attempts if a.frozen and not a.decision_id]
     assert len(refused) + sum(s["count"] for s in summaries) == len(frozen_answers)
     assert {s["first_seq"] for s in summaries} <= {r["seq"] for r in refused}
     recorded = [a for a in frozen_answers if a.audit_seq is not None]
@@ -609,8 +614,9 @@ def test_freeze_stops_every_later_signature_while_20_agents_sign(
     refused_frozen = metric(
         while_frozen, "paywarden_sign_requests_total", outcome="refused", reason=FROZEN
     )
-    assert refused_frozen == len(frozen_answers)
-    assert metric(while_frozen, "paywarden_hsm_sign_latency_seconds_count") == len(signed)
+    assert refused_frozen == len(frozen_answers) + len(discarded)
+    hsm_signed = len(signed) + len(discarded)
+    assert metric(while_frozen, "paywarden_hsm_sign_latency_seconds_count") == hsm_signed
     tti = metric(while_frozen, "paywarden_time_to_intervention_seconds")
     assert tti is not None and 0 <= tti < 5
 

@@ -1,0 +1,86 @@
+"""Attack: an operator freezes signing while the HSM is signing a payment.
+
+The decision was allowed before the freeze, but the kill switch must win: a
+signature finished after the freeze is discarded, never stored nor returned,
+as for a payment withdrawn while it was being signed. A freeze is an injected
+fault from inside the HSM call, the only way to hit that window on demand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from paywarden.signer.errors import PaywardenError, Reason, SessionNotUsable
+from paywarden.signer.identity import Principal, Role
+from paywarden.signer.payments import IntentFields
+from paywarden.signer.server import load_packs
+from paywarden.signer.service import SigningService, SignStatus
+
+from tests.helpers import Stack, new_nonce
+
+AGENT = Principal(Role.AGENT, "agent-1")
+PLANNER = Principal(Role.PLANNER, "planner-1")
+OPERATOR = Principal(Role.OPERATOR, "operator-1")
+
+
+class FreezingHsm:
+    """The real HSM; ``during_sign`` runs inside the signing call (the fault hook)."""
+
+    def __init__(self, hsm: Any) -> None:
+        self._hsm = hsm
+        self.during_sign: Callable[[], None] = lambda: None
+
+    def sign_es256(self, key_id: str, signing_input: bytes) -> bytes:
+        self.during_sign()
+        result: bytes = self._hsm.sign_es256(key_id, signing_input)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._hsm, name)
+
+
+def _intent(session_id: str, now: float) -> IntentFields:
+    return IntentFields(
+        session_id=session_id,
+        key_id="payments.v1",
+        payee="weather-data-inc",
+        amount="0.60",
+        asset="USD",
+        reference="inv-1",
+        purpose="dataset",
+        nonce=new_nonce(),
+        expires_at=int(now) + 60,
+    )
+
+
+@pytest.mark.parametrize("scope", ["global", "agent", "session", "key"])
+def test_a_freeze_set_while_the_hsm_signs_discards_the_signature(stack: Stack, scope: str) -> None:
+    hsm = FreezingHsm(stack.hsm)
+    service = SigningService(
+        stack.config, stack.store, hsm, load_packs(stack.config), clock=stack.clock.now
+    )
+    session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "5.00")], 3600, [])
+    sid = session.record.id
+    target = {"global": "", "agent": "agent-1", "session": sid, "key": "payments.v1"}[scope]
+    hsm.during_sign = lambda: stack.control.freeze(OPERATOR, scope, target, "incident")
+    request = _intent(sid, stack.clock.now())
+    try:
+        with pytest.raises(SessionNotUsable) as frozen:
+            service.sign(AGENT, request)
+        assert frozen.value.reason == Reason.FROZEN
+        decision = stack.store.get_decision(frozen.value.decision_id or "")
+        assert decision is not None and decision.outcome == "allow" and decision.jws is None
+        hsm.during_sign = lambda: None
+        # while frozen, the identical retry is refused too, and nothing is stored
+        with pytest.raises(PaywardenError) as again:
+            service.sign(AGENT, request)
+        assert again.value.reason == Reason.FROZEN
+        decision = stack.store.get_decision(decision.id)
+        assert decision is not None and decision.jws is None
+    finally:
+        stack.control.unfreeze(OPERATOR, scope, target, "all clear")
+    # lifted: the recorded decision completes on retry, as after an HSM failure
+    done = service.sign(AGENT, request)
+    assert done.status is SignStatus.SIGNED and done.replayed
