@@ -21,6 +21,7 @@ from paywarden.signer.identity import PRINCIPAL_ID, Principal
 from paywarden.signer.metrics import Metrics
 from paywarden.signer.sessions import parse_session_id
 from paywarden.signer.store import Checkpoint, Freeze, Store, StoreError
+from paywarden.signer.timekeeping import HighWater
 
 log = logging.getLogger("paywarden.signer.control")
 
@@ -52,12 +53,12 @@ class ControlService:
         self._store = store
         self._hsm = hsm
         self._metrics = metrics
-        self._clock = clock
+        self._time = HighWater(clock, store.latest_audit_time())
         self._key_ids = {k.ref().key_id for k in config.keys}
         self._checkpoint_lock = threading.Lock()
 
     def _now(self) -> int:
-        return int(self._clock())
+        return self._time.now()
 
     # -- kill switch ---------------------------------------------------------
 

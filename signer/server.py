@@ -8,6 +8,7 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from paywarden.signer.servicers import (
 )
 from paywarden.signer.sqlite_store import SqliteStore
 from paywarden.signer.store import StoreError
+from paywarden.signer.timekeeping import HighWater
 
 log = logging.getLogger("paywarden.signer.server")
 
@@ -238,10 +240,12 @@ def _key_fingerprints(keys: list[PublicKeyInfo]) -> list[dict[str, str]]:
     ]
 
 
-def _audit_start(store: SqliteStore, hsm: Hsm, packs: PackSet, config: Config) -> None:
+def _audit_start(
+    store: SqliteStore, hsm: Hsm, packs: PackSet, config: Config, clock: Callable[[], int]
+) -> None:
     """Records which policy packs and keys this start-up runs with, and the keys
     again whenever the token reopens (it may come up, or come back, later)."""
-    now = int(time.time())
+    now = clock()
     try:
         store.audit_event(
             audit.event(
@@ -271,7 +275,7 @@ def _audit_start(store: SqliteStore, hsm: Hsm, packs: PackSet, config: Config) -
         event = audit.event(
             "keys.load",
             None,
-            int(time.time()),
+            clock(),
             keys=_key_fingerprints(keys),
             audit_key=config.audit.key,
             hsm_available=True,
@@ -302,9 +306,13 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     check_descriptor_limit(config)
     hsm = open_hsm(config)
     metrics = Metrics(config.metrics.max_tracked_sessions)
-    service = SigningService(config, store, hsm, packs, metrics=metrics)
-    control = ControlService(config, store, hsm, metrics)
-    _audit_start(store, hsm, packs, config)
+    try:  # one decision time for every service: never below what is recorded
+        clock = HighWater(time.time, store.latest_audit_time())
+    except StoreError as exc:
+        raise StartupError(f"store.path: {exc}") from None
+    service = SigningService(config, store, hsm, packs, clock=clock.now, metrics=metrics)
+    control = ControlService(config, store, hsm, metrics, clock=clock.now)
+    _audit_start(store, hsm, packs, config, clock.now)
     auth = authenticator(config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),

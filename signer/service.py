@@ -87,6 +87,7 @@ from paywarden.signer.store import (
     StoreError,
     WindowStats,
 )
+from paywarden.signer.timekeeping import HighWater
 
 log = logging.getLogger("paywarden.signer")
 T = TypeVar("T")
@@ -147,7 +148,7 @@ class SigningService:
         self._store = store
         self._hsm = hsm
         self._packs = packs
-        self._clock = clock
+        self._time = HighWater(clock, store.latest_audit_time())
         self._key_ids = set(hsm.key_ids())
         self._assets = {
             code: AssetInfo(a.decimals, a.case_insensitive_payees)
@@ -166,7 +167,7 @@ class SigningService:
         self._session_fits: dict[tuple[str, str], str | None] = {}
 
     def _now(self) -> int:
-        return int(self._clock())
+        return self._time.now()
 
     # -- sessions --------------------------------------------------------
 

@@ -886,6 +886,19 @@ class SqliteStore:
         frontier = [(s, bytes.fromhex(h)) for s, h in json.loads(row[1])]
         return int(row[0]), merkle.frontier_root(frontier)
 
+    def latest_audit_time(self) -> int:
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT body FROM audit_log WHERE seq = (SELECT size FROM audit_state WHERE id = 1)"
+            ).fetchone()
+        )
+        if row is None:
+            return 0
+        try:
+            return int(json.loads(row[0])["time"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"the audit log's head has no readable time: {exc}") from None
+
     def audit_leaves(self, size: int) -> list[bytes]:
         rows = self._read(
             lambda c: c.execute(

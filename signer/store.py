@@ -265,6 +265,9 @@ class Store(Protocol):
 
     def audit_leaves(self, size: int) -> list[bytes]: ...
 
+    def latest_audit_time(self) -> int:
+        """The time of the record at the log's head (0 while empty): decision time's floor."""
+
     def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
     def last_checkpoint(self) -> Checkpoint | None: ...

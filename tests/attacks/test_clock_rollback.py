@@ -1,0 +1,112 @@
+"""Attack: step the clock back to revive an expired session.
+
+The system clock is an input the signer does not control (NTP steps, a VM
+restore, libfaketime). Time used for decisions must never go below the latest
+time already recorded, in this process or, after a restart, in the audit log.
+The service's injectable clock stands in for the stepped system clock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from paywarden.signer.control import ControlService
+from paywarden.signer.errors import PaywardenError, Reason
+from paywarden.signer.identity import Principal, Role
+from paywarden.signer.payments import IntentFields
+from paywarden.signer.server import load_packs
+from paywarden.signer.service import SigningService, SignStatus
+from paywarden.signer.sqlite_store import SqliteStore
+
+from tests.helpers import Clock, Stack, new_nonce
+
+AGENT = Principal(Role.AGENT, "agent-1")
+PLANNER = Principal(Role.PLANNER, "planner-1")
+OPERATOR = Principal(Role.OPERATOR, "operator-1")
+
+
+def _intent(session_id: str, clock: Clock) -> IntentFields:
+    return IntentFields(
+        session_id=session_id,
+        key_id="payments.v1",
+        payee="weather-data-inc",
+        amount="0.60",
+        asset="USD",
+        reference="inv-1",
+        purpose="dataset",
+        nonce=new_nonce(),
+        expires_at=int(clock.now()) + 30,  # the agent's own (stepped) clock
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    """A store of its own: the times a test records are the floor of the next signer."""
+    store = SqliteStore(tmp_path / "state.db")
+    store.migrate()
+    yield store
+    store.close()
+
+
+def _service(stack: Stack, store: SqliteStore, clock: Clock) -> SigningService:
+    return SigningService(stack.config, store, stack.hsm, load_packs(stack.config), clock=clock.now)
+
+
+def _times(store: SqliteStore) -> list[int]:
+    with sqlite3.connect(store.path) as conn:
+        rows = conn.execute("SELECT body FROM audit_log ORDER BY seq")
+        return [json.loads(body)["time"] for (body,) in rows]
+
+
+def test_stepping_the_clock_back_does_not_revive_an_expired_session(
+    stack: Stack, store: SqliteStore
+) -> None:
+    clock = Clock()
+    service = _service(stack, store, clock)
+    session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "5.00")], 60, [])
+    sid = session.record.id
+    assert service.sign(AGENT, _intent(sid, clock)).status is SignStatus.SIGNED
+
+    clock.advance(61)
+    with pytest.raises(PaywardenError) as expired:
+        service.sign(AGENT, _intent(sid, clock))
+    assert expired.value.reason == Reason.SESSION_EXPIRED
+
+    clock.advance(-600)  # the clock steps back ten minutes
+    with pytest.raises(PaywardenError) as still:
+        service.sign(AGENT, _intent(sid, clock))
+    assert still.value.reason == Reason.SESSION_EXPIRED
+    assert service.get_session(PLANNER, sid).state == "expired"
+    # an operator's action in the same process is not dated in the past either
+    control = ControlService(stack.config, store, stack.hsm, service.metrics, clock=clock.now)
+    control.freeze(OPERATOR, "agent", "agent-2", "rollback drill")
+    control.unfreeze(OPERATOR, "agent", "agent-2", "rollback drill over")
+
+    times = _times(store)
+    assert len(times) >= 5
+    assert times == sorted(times), f"audit times went backwards: {times}"
+
+
+def test_a_restart_with_the_clock_behind_keeps_the_session_expired(
+    stack: Stack, store: SqliteStore
+) -> None:
+    clock = Clock()
+    service = _service(stack, store, clock)
+    session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "5.00")], 60, [])
+    sid = session.record.id
+    clock.advance(61)
+    with pytest.raises(PaywardenError) as expired:
+        service.sign(AGENT, _intent(sid, clock))
+    assert expired.value.reason == Reason.SESSION_EXPIRED
+
+    behind = Clock(offset=-600)  # the signer restarts on a clock ten minutes behind
+    restarted = _service(stack, store, behind)
+    with pytest.raises(PaywardenError) as still:
+        restarted.sign(AGENT, _intent(sid, behind))
+    assert still.value.reason == Reason.SESSION_EXPIRED
+    times = _times(store)
+    assert times == sorted(times), f"audit times went backwards: {times}"
