@@ -32,7 +32,7 @@ from paywarden.signer.store import (
     WindowStats,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -228,6 +228,13 @@ _MIGRATIONS: dict[int, str] = {
     5: """
     ALTER TABLE sessions ADD COLUMN pack_version INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE sessions ADD COLUMN pack_sha256 TEXT NOT NULL DEFAULT '';
+    """,
+    # The health probe's row: the probe commits a write, as a decision would.
+    6: """
+    CREATE TABLE health_probe (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        probes INTEGER NOT NULL
+    );
     """,
 }
 
@@ -687,15 +694,22 @@ class SqliteStore:
         return SCHEMA_VERSION
 
     def check(self) -> None:
-        """Can a write transaction start now? Its own connection and a short timeout,
-        so that the probe never waits behind the service's lock."""
+        """Can a decision be committed now? The probe commits a one-row write on its own
+        connection, as a decision would: a full disk, a read-only file or a lock held
+        too long fail it. A short timeout, so that it never waits behind the service."""
         try:
             probe = sqlite3.connect(str(self.path), isolation_level=None, timeout=1.0)
             try:
+                probe.execute("PRAGMA synchronous=FULL")
                 probe.execute("BEGIN IMMEDIATE")
-                probe.execute("SELECT size FROM audit_state WHERE id = 1").fetchone()
-                probe.execute("ROLLBACK")
+                probe.execute(
+                    "INSERT INTO health_probe (id, probes) VALUES (1, 1)"
+                    " ON CONFLICT (id) DO UPDATE SET probes = probes + 1"
+                )
+                probe.execute("COMMIT")
             finally:
+                if probe.in_transaction:
+                    probe.execute("ROLLBACK")
                 probe.close()
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from None
