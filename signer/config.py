@@ -66,6 +66,9 @@ class ServerConfig(_Model):
     max_streams_per_principal: int = Field(default=2, ge=0, le=10_000)
     # Unary calls one principal may have in flight at once.
     max_calls_per_principal: int = Field(default=8, ge=1, le=10_000)
+    # A Sign is committed only with more than this much of its deadline left: room
+    # for the HSM, the signature's commit and the answer.
+    deadline_margin_seconds: float = Field(default=0.25, ge=0, le=10)
 
     @field_validator("listen")
     @classmethod
@@ -125,6 +128,8 @@ class HsmConfig(_Model):
 
 class StoreConfig(_Model):
     path: _Path = DEFAULT_DATA_DIR / "paywarden.db"
+    # Longest wait for the store's write lock; a call's own deadline shortens it.
+    lock_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
 
 class AssetConfig(_Model):

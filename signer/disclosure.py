@@ -78,6 +78,8 @@ AGENT_MESSAGES: dict[str, str] = {
     # infrastructure
     "HSM_UNAVAILABLE": "the HSM is unavailable; nothing was signed (retry the same request)",
     "STORE_UNAVAILABLE": "the signer cannot record decisions now; nothing was signed",
+    "DEADLINE_EXCEEDED": "the call's deadline passed; nothing was signed",
+    "CALL_CANCELLED": "the caller cancelled the call; nothing was signed",
     "INTERNAL": "internal error; nothing was signed",
 }
 

@@ -71,6 +71,9 @@ class Reason(StrEnum):
     TOO_MANY_CALLS = "TOO_MANY_CALLS"
     # the principal spent its refusal budget: refused before its request is read
     RATE_LIMITED = "RATE_LIMITED"
+    # the caller's deadline passed, or it cancelled: nothing was decided or signed
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CALL_CANCELLED = "CALL_CANCELLED"
 
 
 class PaywardenError(Exception):
@@ -139,3 +142,7 @@ class Overloaded(PaywardenError):
 
 class RateLimited(PaywardenError):
     """The caller was refused too often lately; nothing was read or recorded in full."""
+
+
+class DeadlineExceeded(PaywardenError):
+    """The caller gave up (deadline passed or cancelled): nothing was decided or signed."""

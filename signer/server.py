@@ -22,6 +22,7 @@ from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pa
 from paywarden.signer import audit
 from paywarden.signer.admission import Admission, AdmissionInterceptor
 from paywarden.signer.authz import Edge
+from paywarden.signer.calls import CallInterceptor
 from paywarden.signer.config import Config
 from paywarden.signer.control import Checkpointer, ControlService
 from paywarden.signer.errors import PaywardenError
@@ -293,7 +294,7 @@ def _audit_start(
 
 def start(config: Config, *, health_interval: float = 2.0) -> Running:
     try:
-        store = SqliteStore(config.store.path)
+        store = SqliteStore(config.store.path, lock_timeout=config.store.lock_timeout_seconds)
         store.migrate()
         changed = store.adopt_decimals({c: a.decimals for c, a in config.assets.items()})
     except StoreError as exc:
@@ -316,7 +317,10 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     auth = authenticator(config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
-        interceptors=[AdmissionInterceptor(Admission.from_config(config.server), auth)],
+        interceptors=[
+            AdmissionInterceptor(Admission.from_config(config.server), auth),
+            CallInterceptor("/paywarden.v1.", config.server.deadline_margin_seconds),
+        ],
         options=server_options(config),
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
     )

@@ -39,6 +39,7 @@ from paywarden.policy import (
 )
 from paywarden.policy.packs import Breaker, PolicyPack
 from paywarden.signer import audit
+from paywarden.signer.calls import NO_DEADLINE, Deadline
 from paywarden.signer.canonical import Amount, clean_text, jcs, sha256_hex
 from paywarden.signer.config import Config
 from paywarden.signer.disclosure import agent_facing
@@ -95,7 +96,13 @@ T = TypeVar("T")
 _SESSION_REASONS = {"SESSION_CLOSED", "SESSION_EXPIRED", "SESSION_IN_EXPLORE_PHASE"}
 # Refusals that are not the caller's doing: they take no refusal budget and are not
 # counted by the circuit breaker (they are still recorded, and summarised).
-_NOT_THE_CALLERS = {Reason.STORE_UNAVAILABLE, Reason.HSM_UNAVAILABLE, Reason.INTERNAL}
+_NOT_THE_CALLERS = {
+    Reason.STORE_UNAVAILABLE,
+    Reason.HSM_UNAVAILABLE,
+    Reason.INTERNAL,
+    Reason.DEADLINE_EXCEEDED,
+    Reason.CALL_CANCELLED,
+}
 _MAX_SESSION_FITS = 10_000  # (session, pack) checks remembered
 MAX_NOTE = 1024
 
@@ -325,17 +332,24 @@ class SigningService:
 
     # -- signing ---------------------------------------------------------
 
-    def sign(self, caller: Principal, fields: IntentFields) -> SignResult:
+    def sign(
+        self, caller: Principal, fields: IntentFields, deadline: Deadline = NO_DEADLINE
+    ) -> SignResult:
         """Every call leaves one audit record, whatever its answer; a repeat of the
         caller's refusal (same reason) within the summary window is counted into one
-        ``sign.refused.summary`` record instead, so that refusals cannot fill the log."""
+        ``sign.refused.summary`` record instead, so that refusals cannot fill the log.
+        A call whose caller is gone, or whose store is unusable, decided nothing and
+        leaves none.
+
+        ``deadline``: when the caller stops waiting. Nothing is decided, signed or
+        answered once it has passed, and the store's lock wait ends before it."""
         started = time.monotonic()
         early = True
         try:
             self._flush_refusal_summaries()
             self._refuse_early(caller, fields)
             early = False
-            result = self._sign(caller, fields)
+            result = self._sign(caller, fields, deadline)
         except PaywardenError as exc:
             self._refused(caller, fields, exc, early=early)
             self.metrics.sign_answered("refused", str(exc.reason), time.monotonic() - started)
@@ -454,6 +468,8 @@ class SigningService:
         """
         if exc.reason == Reason.STORE_UNAVAILABLE:
             return  # the store just failed; waiting on it again helps nobody
+        if exc.reason in (Reason.DEADLINE_EXCEEDED, Reason.CALL_CANCELLED):
+            return  # the caller is gone and nothing was decided; nobody waits on a record
         expires = fields.expires_at
         refused = audit.event(
             "sign.refused",
@@ -479,7 +495,7 @@ class SigningService:
         except (StoreError, ValueError, TypeError) as err:
             log.error("cannot audit a refused Sign: %s", err)
 
-    def _sign(self, caller: Principal, fields: IntentFields) -> SignResult:
+    def _sign(self, caller: Principal, fields: IntentFields, deadline: Deadline) -> SignResult:
         _require(caller, Role.AGENT)
         intent = validate_intent(fields, self._config.assets, self._key_ids)
         request_hash = hashlib.sha256(intent.request_digest_input(caller.id)).hexdigest()
@@ -489,8 +505,9 @@ class SigningService:
             raise Unavailable(
                 Reason.HSM_UNAVAILABLE, "the HSM is unavailable; nothing was signed"
             ) from None
+        deadline.check()
         record, approval, replayed, seq = _store_call(
-            lambda: self._decide(caller, intent, request_hash)
+            lambda: self._decide(caller, intent, request_hash, deadline)
         )
         if record.outcome == "pending" and approval is not None and approval.status == "pending":
             return SignResult(
@@ -502,14 +519,16 @@ class SigningService:
                 approval_id=approval.id,
                 audit_seq=seq,
             )
-        return self._finish(record, replayed=replayed, audit_seq=seq)
+        return self._finish(record, replayed=replayed, audit_seq=seq, deadline=deadline)
 
     def _decide(
-        self, caller: Principal, intent: Intent, request_hash: str
+        self, caller: Principal, intent: Intent, request_hash: str, deadline: Deadline
     ) -> tuple[DecisionRecord, ApprovalRecord | None, bool, int]:
         """The deciding transaction: (decision, its approval, answered from an earlier
         one, the sequence number of this call's audit record)."""
-        with self._store.payment_tx() as tx:
+        # The lock wait ends before the caller's deadline, and a caller gone by the
+        # time the lock is taken, or by the commit, has nothing decided for it.
+        with self._store.payment_tx(wait=deadline.lock_wait(), check=deadline.check) as tx:
             # Read the clock once the transaction holds the write lock, so that a
             # request that waited for the lock is not decided on a stale time.
             now = self._now()
@@ -815,9 +834,14 @@ class SigningService:
             ),
         )
 
-    def _finish(self, record: DecisionRecord, *, replayed: bool, audit_seq: int) -> SignResult:
+    def _finish(
+        self, record: DecisionRecord, *, replayed: bool, audit_seq: int, deadline: Deadline
+    ) -> SignResult:
         if record.outcome == "deny" or record.payload is None:
             _raise_denial(record, audit_seq)
+        # Committed but not signed yet: a caller gone now gets nothing signed (a retry
+        # of the same request completes it, as after an HSM failure).
+        deadline.check(0.0)
         log.info(
             "payment allowed",
             extra={"decision_id": record.id, "session_id": record.session_id, "replayed": replayed},
@@ -850,7 +874,9 @@ class SigningService:
         self.metrics.hsm_latency.observe(time.monotonic() - started)
         compact = jws_compact(signing_input, signature)
         attached = _store_call(
-            lambda: self._store.attach_signature(record.id, compact, self._now())
+            lambda: self._store.attach_signature(
+                record.id, compact, self._now(), wait=deadline.remaining()
+            )
         )
         if attached is None:
             # The payment was withdrawn (session closed, payment expired) or frozen
@@ -875,6 +901,7 @@ class SigningService:
             self.metrics.signed(
                 record.asset, units, record.session_id, record.agent_id, record.key_id
             )
+        deadline.check(0.0)  # stored, so a retry gets it; a caller gone gets nothing
         return SignResult(
             SignStatus.SIGNED,
             record.id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from paywarden.signer import calls
 from paywarden.signer.authz import Edge, rpc
 from paywarden.signer.canonical import Amount
 from paywarden.signer.control import ControlService
@@ -45,6 +46,7 @@ class SignerServicer(signer_pb2_grpc.SignerServicer):
                 nonce=i.nonce,
                 expires_at=i.expires_at,
             ),
+            calls.current(),
         )
         if result.status is SignStatus.PENDING_APPROVAL:
             return signer_pb2.SignResponse(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -632,38 +633,62 @@ def _freeze(conn: sqlite3.Connection, f: Freeze) -> bool:
 
 
 class SqliteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, lock_timeout: float = 10.0) -> None:
         self.path = path
+        self._lock_timeout = lock_timeout
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Decisions and purposes are private: owner-only file (the WAL and
             # shared-memory files SQLite makes take the same mode).
             path.touch(mode=0o600, exist_ok=True)
             self._conn = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=30.0
+                str(path), isolation_level=None, check_same_thread=False, timeout=lock_timeout
             )
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"the store at {path} cannot use WAL mode (got {mode})")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.execute("PRAGMA busy_timeout=30000")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the store at {path}: {exc}") from None
         self._lock = threading.Lock()
         self._freeze_generation = 0
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+    def _locked(self, wait: float | None) -> Iterator[float]:
+        """Holds the in-process lock; yields how much of ``wait`` is left (never more
+        than the store's lock timeout). Nobody waits longer than it was given."""
+        budget = self._lock_timeout if wait is None else min(max(wait, 0.0), self._lock_timeout)
+        ends = time.monotonic() + budget
+        if not self._lock.acquire(timeout=budget):
+            raise StoreError(f"store busy: waited {budget:.2f} s for the lock")
+        try:
+            yield max(0.0, ends - time.monotonic())
+        finally:
+            self._lock.release()
+
+    @contextmanager
+    def _write(
+        self, wait: float | None = None, check: Callable[[], None] | None = None
+    ) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction, waiting at most ``wait`` seconds for the
+        locks. ``check`` runs once the lock is taken and again just before the commit:
+        whatever it raises abandons the transaction (a caller whose deadline passed)."""
+        with self._locked(wait) as left:
             try:
+                self._conn.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreError(f"store unavailable: {exc}") from None
             try:
+                if check is not None:
+                    check()
                 yield self._conn
+                if check is not None:
+                    check()
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
             try:
                 self._conn.execute("COMMIT")
@@ -673,7 +698,7 @@ class SqliteStore:
                 raise StoreError(f"commit failed: {exc}") from None
 
     def _read(self, fn: Any, *args: Any) -> Any:
-        with self._lock:
+        with self._locked(None):
             try:
                 return fn(self._conn, *args)
             except sqlite3.Error as exc:
@@ -817,9 +842,11 @@ class SqliteStore:
             raise StoreError(f"cannot commit the plan: {exc}") from None
 
     @contextmanager
-    def payment_tx(self) -> Iterator[_PaymentTx]:
+    def payment_tx(
+        self, wait: float | None = None, check: Callable[[], None] | None = None
+    ) -> Iterator[_PaymentTx]:
         try:
-            with self._write() as conn:
+            with self._write(wait, check) as conn:
                 yield _PaymentTx(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from None
@@ -832,7 +859,9 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from None
 
-    def attach_signature(self, decision_id: str, jws: str, now: int) -> tuple[str, bool] | None:
+    def attach_signature(
+        self, decision_id: str, jws: str, now: int, wait: float | None = None
+    ) -> tuple[str, bool] | None:
         """Attaches the JWS only while the payment is still committed: its reservation
         spent and unexpired at ``now``, for a held payment its approval approved, and
         nothing frozen. Otherwise (the session was closed, the payment expired, was
@@ -840,7 +869,7 @@ class SqliteStore:
         is returned. An expired
         unsigned payment's spend has lapsed already and may be in use by another."""
         try:
-            with self._write() as conn:
+            with self._write(wait) as conn:
                 attached = conn.execute(
                     "UPDATE decisions SET jws = ? WHERE id = ? AND jws IS NULL"
                     " AND payload IS NOT NULL AND ("

@@ -14,7 +14,7 @@ until the payment's expiry) or ``released`` (approval denied or expired).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -242,11 +242,18 @@ class Store(Protocol):
         """Stores the plan and moves an exploring session to execute; None if it was not
         exploring (the plan is immutable once committed)."""
 
-    def payment_tx(self) -> AbstractContextManager[PaymentTx]: ...
+    def payment_tx(
+        self, wait: float | None = None, check: Callable[[], None] | None = None
+    ) -> AbstractContextManager[PaymentTx]:
+        """``wait``: the longest wait for the write lock (None: the store's own bound);
+        ``check`` runs once the lock is held and before the commit, and what it raises
+        abandons the transaction."""
 
     def approval_tx(self) -> AbstractContextManager[ApprovalTx]: ...
 
-    def attach_signature(self, decision_id: str, jws: str, now: int) -> tuple[str, bool] | None:
+    def attach_signature(
+        self, decision_id: str, jws: str, now: int, wait: float | None = None
+    ) -> tuple[str, bool] | None:
         """Stores the JWS of a still-committed, unexpired decision unless one is stored; returns
         (the stored JWS, whether this call stored it), or None when the payment was
         withdrawn meanwhile (nothing stored)."""

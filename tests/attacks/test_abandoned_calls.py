@@ -1,0 +1,146 @@
+"""Attack (fault): callers give up while another process holds the store's lock.
+
+A real ``paywarden serve``; the test itself takes the SQLite write lock
+(``BEGIN IMMEDIATE`` on the same file) and holds it until every client has hit
+its deadline. Those calls must never be decided, recorded or signed, not even
+once the lock is released, and the server must go on serving.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from paywarden.signer.calls import Deadline
+from paywarden.signer.errors import DeadlineExceeded, Reason
+from paywarden.signer.identity import Principal, Role
+from paywarden.signer.payments import IntentFields
+from paywarden.signer.service import SignStatus
+from paywarden.v1 import signer_pb2
+
+from tests.helpers import Pki, Stack, TestToken, new_nonce, reason_of, write_config
+from tests.test_killswitch import Api, intent, metric, poll, running, scrape
+
+DEADLINE = 2.0  # the clients' deadline, seconds
+
+
+def _sign_within(api: Api, req: signer_pb2.PaymentIntent, timeout: float) -> tuple[str, Any]:
+    try:
+        resp = api.signer("agent-1").Sign(signer_pb2.SignRequest(intent=req), timeout=timeout)
+    except grpc.RpcError as exc:
+        err: Any = exc
+        return err.code().name, reason_of(err)
+    return "OK", resp.jws
+
+
+def _answered(api: Api) -> float:
+    return metric(scrape(api.srv), "paywarden_sign_latency_seconds_count") or 0.0
+
+
+def test_calls_abandoned_behind_a_held_store_lock_are_never_decided_or_signed(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    config = write_config(tmp_path, token, pki)
+    db = tmp_path / "state.db"
+    with running(config, pki) as api:
+        sid = api.open_session("agent-1")
+        assert api.sign("agent-1", intent(sid)).signed
+        abandoned = [intent(sid) for _ in range(3)]
+        holder = sqlite3.connect(db, isolation_level=None, timeout=30)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            with ThreadPoolExecutor(len(abandoned)) as pool:
+                answers = list(pool.map(lambda r: _sign_within(api, r, DEADLINE), abandoned))
+        finally:  # released only once every caller has given up
+            holder.execute("ROLLBACK")
+            holder.close()
+        for code, detail in answers:
+            assert code in ("DEADLINE_EXCEEDED", "UNAVAILABLE"), (code, detail)
+
+        # every call the server took has been answered: nothing is still waiting to commit
+        poll(lambda: _answered(api), lambda n: n >= 1 + len(abandoned), "abandoned calls", 60)
+        later = api.sign("agent-1", intent(sid))
+        assert later.signed  # still serving
+
+        nonces = {r.nonce for r in abandoned}
+        with sqlite3.connect(db) as conn:
+            stored = {n for (n,) in conn.execute("SELECT nonce FROM decisions")}
+            records = [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log")]
+        assert not nonces & stored, "a call whose caller gave up was decided"
+        decided = {r["decision"]["nonce"] for r in records if r["action"] == "sign.decision"}
+        assert not nonces & decided, "a call whose caller gave up was audited as decided"
+        assert later.nonce in stored
+
+
+def test_a_call_cancelled_while_it_waited_for_the_lock_is_not_decided(stack: Stack) -> None:
+    """The service side: the caller cancels while the call waits for the store's lock;
+    once the lock is taken the call is abandoned and its transaction rolled back."""
+    planner, agent = Principal(Role.PLANNER, "planner-1"), Principal(Role.AGENT, "agent-1")
+    session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
+    answers = iter([True])  # still there when the call starts, gone once the lock is held
+    deadline = Deadline(time.monotonic() + 30, lambda: next(answers, False))
+    fields = IntentFields(
+        session_id=session.record.id,
+        key_id="payments.v1",
+        payee="weather-data-inc",
+        amount="1.00",
+        asset="USD",
+        reference="r",
+        purpose="p",
+        nonce=new_nonce(),
+        expires_at=int(stack.clock.now()) + 60,
+    )
+    size_before, _ = stack.store.audit_head()
+    with pytest.raises(DeadlineExceeded) as gone:
+        stack.service.sign(agent, fields, deadline)
+    assert gone.value.reason == Reason.CALL_CANCELLED
+    assert stack.store.audit_head()[0] == size_before  # nothing recorded
+    assert stack.service.get_session(planner, session.record.id).record.spent_minor == {"USD": 0}
+
+
+def test_a_call_gone_after_its_commit_gets_nothing_signed_and_a_retry_completes_it(
+    stack: Stack,
+) -> None:
+    """The caller leaves just after the decision is committed: the HSM is not asked
+    to sign for it; the identical retry, while the payment is unexpired, completes it."""
+    planner, agent = Principal(Role.PLANNER, "planner-1"), Principal(Role.AGENT, "agent-1")
+    session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
+    path = stack.config.store.path
+
+    def committed_size() -> int:  # what another connection sees: only committed records
+        with sqlite3.connect(path) as conn:
+            return int(conn.execute("SELECT size FROM audit_state").fetchone()[0])
+
+    before = committed_size()
+    deadline = Deadline(time.monotonic() + 30, lambda: committed_size() == before)
+    fields = IntentFields(
+        session_id=session.record.id,
+        key_id="payments.v1",
+        payee="weather-data-inc",
+        amount="1.00",
+        asset="USD",
+        reference="r",
+        purpose="p",
+        nonce=new_nonce(),
+        expires_at=int(stack.clock.now()) + 60,
+    )
+    registry = stack.service.metrics.registry
+    hsm_calls = "paywarden_hsm_sign_latency_seconds_count"
+    signed_before = registry.get_sample_value(hsm_calls)
+    with pytest.raises(DeadlineExceeded) as gone:
+        stack.service.sign(agent, fields, deadline)
+    assert gone.value.reason == Reason.CALL_CANCELLED
+    assert registry.get_sample_value(hsm_calls) == signed_before  # the HSM never signed
+    with sqlite3.connect(path) as conn:
+        (jws,) = conn.execute(
+            "SELECT jws FROM decisions WHERE nonce = ?", (fields.nonce,)
+        ).fetchone()
+    assert jws is None
+    retry = stack.service.sign(agent, fields)
+    assert retry.status is SignStatus.SIGNED and retry.replayed and retry.jws
