@@ -4,11 +4,16 @@ A caller that gave up must not be paid anyway. The gRPC layer records each
 call's deadline and cancellation (a server interceptor, which sees the call's
 context), and the service asks before it waits for the store, before it commits
 a decision, before the HSM signs and before it answers.
+
+Stopping is the same question: once the server stops (:class:`Gate`), new calls
+are refused and every call in flight sees the end of the grace period as its
+deadline, if that comes first.
 """
 
 from __future__ import annotations
 
 import contextvars
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,11 +21,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from paywarden.signer.errors import DeadlineExceeded, Reason
+from paywarden.signer.errors import DeadlineExceeded, Reason, Unavailable
+from paywarden.signer.status import to_grpc_status
 
 
 def _always() -> bool:
     return True
+
+
+def _never() -> float | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -31,9 +41,18 @@ class Deadline:
     at: float | None = None
     active: Callable[[], bool] = field(default=_always)
     margin: float = 0.0  # left for signing and answering after a commit
+    stop_at: Callable[[], float | None] = field(default=_never)  # the server's grace end
+
+    def _ends(self) -> tuple[float | None, bool]:
+        """(when the call must be over, whether the server's stop decides it)."""
+        stop = self.stop_at()
+        if stop is not None and (self.at is None or stop < self.at):
+            return stop, True
+        return self.at, False
 
     def remaining(self) -> float | None:
-        return None if self.at is None else self.at - time.monotonic()
+        ends, _ = self._ends()
+        return None if ends is None else ends - time.monotonic()
 
     def lock_wait(self) -> float | None:
         """How long the store may wait for its lock (None: its own bound)."""
@@ -41,17 +60,21 @@ class Deadline:
         return None if left is None else max(0.0, left - self.margin)
 
     def check(self, margin: float | None = None) -> None:
-        """Raises :class:`DeadlineExceeded` when the caller is gone or has less than
-        ``margin`` seconds left (the deadline's own margin by default)."""
+        """Raises when the caller is gone or has ``margin`` seconds left or less (the
+        deadline's own margin by default): :class:`DeadlineExceeded`, or
+        :class:`Unavailable` (SHUTTING_DOWN) when the server's stop came first."""
         if not self.active():
             raise DeadlineExceeded(
                 Reason.CALL_CANCELLED, "the caller cancelled the call; nothing was signed"
             )
-        left = self.remaining()
-        if left is not None and left <= (self.margin if margin is None else margin):
-            raise DeadlineExceeded(
-                Reason.DEADLINE_EXCEEDED, "the call's deadline passed; nothing was signed"
-            )
+        ends, stopping = self._ends()
+        if ends is None or ends - time.monotonic() > (self.margin if margin is None else margin):
+            return
+        if stopping:
+            raise Unavailable(Reason.SHUTTING_DOWN, "the signer is stopping; nothing was signed")
+        raise DeadlineExceeded(
+            Reason.DEADLINE_EXCEEDED, "the call's deadline passed; nothing was signed"
+        )
 
 
 NO_DEADLINE = Deadline()
@@ -74,10 +97,57 @@ def serving(deadline: Deadline) -> Iterator[None]:
         _CURRENT.reset(token)
 
 
-def from_context(context: grpc.ServicerContext, margin: float) -> Deadline:
+class Gate:
+    """The calls in flight, and the server's stop: once :meth:`close` is called new
+    calls are refused (UNAVAILABLE, SHUTTING_DOWN) and those in flight must be over
+    by the end of the grace period."""
+
+    def __init__(self, on_change: Callable[[int], None] | None = None) -> None:
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._stop_at: float | None = None
+        self._on_change = on_change
+
+    def stop_at(self) -> float | None:
+        return self._stop_at
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self._in_flight)
+
+    def enter(self) -> None:
+        with self._cond:
+            if self._stop_at is not None:
+                raise Unavailable(
+                    Reason.SHUTTING_DOWN, "the signer is stopping; retry on another replica"
+                )
+            self._in_flight += 1
+            self._changed()
+
+    def leave(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._changed()
+            self._cond.notify_all()
+
+    def close(self, stop_at: float) -> None:
+        """Refuses new calls from now on; calls in flight must end by ``stop_at``
+        (``time.monotonic``)."""
+        with self._cond:
+            self._stop_at = stop_at if self._stop_at is None else min(self._stop_at, stop_at)
+
+    def wait_idle(self, until: float) -> int:
+        """Waits until no call is in flight, or ``until``; returns how many still are."""
+        with self._cond:
+            while self._in_flight and (left := until - time.monotonic()) > 0:
+                self._cond.wait(left)
+            return self._in_flight
+
+
+def from_context(context: grpc.ServicerContext, margin: float, gate: Gate) -> Deadline:
     left = context.time_remaining()
     at = None if left is None else time.monotonic() + left
-    return Deadline(at, context.is_active, margin)
+    return Deadline(at, context.is_active, margin, gate.stop_at)
 
 
 if TYPE_CHECKING:
@@ -87,11 +157,14 @@ else:  # not generic at run time
 
 
 class CallInterceptor(_Interceptor):
-    """Records the deadline of every unary call to our services for the service."""
+    """Counts every unary call to our services through the gate and records its
+    deadline for the service. Health and reflection are left alone: health must
+    answer NOT_SERVING while the server drains."""
 
-    def __init__(self, prefix: str, margin: float) -> None:
+    def __init__(self, prefix: str, margin: float, gate: Gate) -> None:
         self._prefix = prefix
         self._margin = margin
+        self._gate = gate
 
     def intercept_service(
         self,
@@ -103,11 +176,19 @@ class CallInterceptor(_Interceptor):
         if handler is None or handler.unary_unary is None or not method.startswith(self._prefix):
             return handler
         behavior = handler.unary_unary
-        margin = self._margin
+        margin, gate = self._margin, self._gate
 
         def run(request: Any, context: grpc.ServicerContext) -> Any:
-            with serving(from_context(context, margin)):
-                return behavior(request, context)
+            try:
+                gate.enter()
+            except Unavailable as exc:
+                context.abort_with_status(to_grpc_status(exc))
+                raise
+            try:
+                with serving(from_context(context, margin, gate)):
+                    return behavior(request, context)
+            finally:
+                gate.leave()
 
         return grpc.unary_unary_rpc_method_handler(
             run,

@@ -41,8 +41,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     stop.wait()
     print("paywarden: stopping", flush=True)
-    running.health.enter_graceful_shutdown()
     running.stop(config.server.grace_seconds)
+    print("paywarden: stopped", flush=True)
     return 0
 
 

@@ -80,6 +80,7 @@ AGENT_MESSAGES: dict[str, str] = {
     "STORE_UNAVAILABLE": "the signer cannot record decisions now; nothing was signed",
     "DEADLINE_EXCEEDED": "the call's deadline passed; nothing was signed",
     "CALL_CANCELLED": "the caller cancelled the call; nothing was signed",
+    "SHUTTING_DOWN": "the signer is stopping; nothing was signed (retry elsewhere or later)",
     "INTERNAL": "internal error; nothing was signed",
 }
 

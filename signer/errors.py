@@ -74,6 +74,7 @@ class Reason(StrEnum):
     # the caller's deadline passed, or it cancelled: nothing was decided or signed
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     CALL_CANCELLED = "CALL_CANCELLED"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
 
 
 class PaywardenError(Exception):

@@ -22,7 +22,7 @@ from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pa
 from paywarden.signer import audit
 from paywarden.signer.admission import Admission, AdmissionInterceptor
 from paywarden.signer.authz import Edge
-from paywarden.signer.calls import CallInterceptor
+from paywarden.signer.calls import CallInterceptor, Gate
 from paywarden.signer.config import Config
 from paywarden.signer.control import Checkpointer, ControlService
 from paywarden.signer.errors import PaywardenError
@@ -39,10 +39,14 @@ from paywarden.signer.servicers import (
 from paywarden.signer.sqlite_store import SqliteStore
 from paywarden.signer.store import StoreError
 from paywarden.signer.timekeeping import HighWater
+from prometheus_client import Gauge
 
 log = logging.getLogger("paywarden.signer.server")
 
 SERVICE_NAMES = tuple(s.full_name for s in SERVICES)
+# After the grace period, how long a call past its deadline may take to answer, and
+# how long the answers of ended calls get to reach their callers before the server stops.
+_ANSWER_SECONDS = 1.0
 
 
 class StartupError(Exception):
@@ -195,12 +199,30 @@ class Running:
     checkpointer: Checkpointer
     metrics: Metrics
     metrics_port: int | None
+    gate: Gate
 
     def stop(self, grace: float | None) -> None:
-        self._stop.set()
-        self.server.stop(grace).wait()
-        self.service.flush_refusals()  # counted refusals are recorded before the seal
+        """Stops taking work, drains, seals, closes, in that order.
+
+        New calls are refused at once (UNAVAILABLE, SHUTTING_DOWN) and health turns
+        NOT_SERVING for good; calls in flight finish or fail closed by the end of the
+        grace period (their deadline is the earlier of theirs and that end, and the
+        store's lock waits end there too); then refusal summaries are written and the
+        final checkpoint seals the audit log, and only then is the store closed."""
+        self._stop.set()  # the health watcher
+        self.health.enter_graceful_shutdown()
+        ends = time.monotonic() + (grace or 0.0)
+        self.gate.close(ends)
+        self.store.wait_until(ends)
+        left = self.gate.wait_idle(ends + _ANSWER_SECONDS)
+        if left:
+            log.error("%d calls still running after the grace period", left)
+        # Answers of calls that just ended may still be on their way: a short grace to
+        # send them; streams (health watch, reflection) are cancelled after it.
+        self.server.stop(_ANSWER_SECONDS).wait()
         self.checkpointer.stop()
+        self.store.wait_until(None)  # the seal gets the store's own lock timeout
+        self.service.flush_refusals()  # counted refusals are recorded before the seal
         try:  # seal what was appended since the last checkpoint
             self.control.checkpoint()
         except PaywardenError as exc:
@@ -315,11 +337,18 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     control = ControlService(config, store, hsm, metrics, clock=clock.now)
     _audit_start(store, hsm, packs, config, clock.now)
     auth = authenticator(config)
+    in_flight = Gauge(
+        "paywarden_calls_in_flight",
+        "Calls to the signer's services being served now",
+        registry=metrics.registry,
+    )
+    gate = Gate(in_flight.set)
+    margin = config.server.deadline_margin_seconds
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
         interceptors=[
             AdmissionInterceptor(Admission.from_config(config.server), auth),
-            CallInterceptor("/paywarden.v1.", config.server.deadline_margin_seconds),
+            CallInterceptor("/paywarden.v1.", margin, gate),
         ],
         options=server_options(config),
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
@@ -364,6 +393,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         checkpointer,
         metrics,
         metrics_port,
+        gate,
     )
     initial = (
         health_pb2.HealthCheckResponse.SERVING

@@ -102,6 +102,7 @@ _NOT_THE_CALLERS = {
     Reason.INTERNAL,
     Reason.DEADLINE_EXCEEDED,
     Reason.CALL_CANCELLED,
+    Reason.SHUTTING_DOWN,
 }
 _MAX_SESSION_FITS = 10_000  # (session, pack) checks remembered
 MAX_NOTE = 1024
@@ -468,7 +469,7 @@ class SigningService:
         """
         if exc.reason == Reason.STORE_UNAVAILABLE:
             return  # the store just failed; waiting on it again helps nobody
-        if exc.reason in (Reason.DEADLINE_EXCEEDED, Reason.CALL_CANCELLED):
+        if exc.reason in (Reason.DEADLINE_EXCEEDED, Reason.CALL_CANCELLED, Reason.SHUTTING_DOWN):
             return  # the caller is gone and nothing was decided; nobody waits on a record
         expires = fields.expires_at
         refused = audit.event(

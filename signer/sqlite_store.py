@@ -293,6 +293,9 @@ def _frozen(conn: sqlite3.Connection, agent_id: str, session_id: str, key_id: st
     return Freeze(*row) if row is not None else None
 
 
+# Lock waits are taken in slices this long, so that a server's stop can end them.
+_SLICE = 0.05
+
 # A reservation counts while held or spent and not yet past the payment's expiry,
 # and for ever once signed. An allowed payment the HSM never signed cannot be signed
 # after its exp (a retry is denied), so its spend lapses then, without a retry. The
@@ -636,6 +639,8 @@ class SqliteStore:
     def __init__(self, path: Path, *, lock_timeout: float = 10.0) -> None:
         self.path = path
         self._lock_timeout = lock_timeout
+        self._not_after: float | None = None  # no wait ends later (while stopping)
+        self._closed = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Decisions and purposes are private: owner-only file (the WAL and
@@ -654,18 +659,44 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._freeze_generation = 0
 
+    def _left(self, ends: float) -> float:
+        """Seconds left of a wait that ends at ``ends``, or earlier once the server stops."""
+        if self._not_after is not None:
+            ends = min(ends, self._not_after)
+        return ends - time.monotonic()
+
     @contextmanager
     def _locked(self, wait: float | None) -> Iterator[float]:
-        """Holds the in-process lock; yields how much of ``wait`` is left (never more
-        than the store's lock timeout). Nobody waits longer than it was given."""
+        """Holds the in-process lock; yields when the wait for the locks ends: ``wait``
+        seconds from now, never more than the store's lock timeout. The wait is taken in
+        slices so that a server that starts stopping meanwhile shortens it."""
         budget = self._lock_timeout if wait is None else min(max(wait, 0.0), self._lock_timeout)
         ends = time.monotonic() + budget
-        if not self._lock.acquire(timeout=budget):
-            raise StoreError(f"store busy: waited {budget:.2f} s for the lock")
+        while not self._lock.acquire(timeout=max(0.0, min(_SLICE, self._left(ends)))):
+            if self._left(ends) <= 0:
+                raise StoreError(f"store busy: waited {budget:.2f} s for the lock")
         try:
-            yield max(0.0, ends - time.monotonic())
+            if self._closed:  # a call that outlived the server's stop
+                raise StoreError("the store is closed")
+            yield ends
         finally:
             self._lock.release()
+
+    def _begin(self, ends: float) -> None:
+        """``BEGIN IMMEDIATE``, retried in slices of SQLite's busy timeout until ``ends``."""
+        while True:
+            left = self._left(ends)
+            try:
+                self._conn.execute(
+                    f"PRAGMA busy_timeout = {int(max(0.0, min(_SLICE, left)) * 1000)}"
+                )
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or self._left(ends) <= 0:
+                    raise StoreError(f"store unavailable: {exc}") from None
+            except sqlite3.Error as exc:
+                raise StoreError(f"store unavailable: {exc}") from None
 
     @contextmanager
     def _write(
@@ -674,12 +705,8 @@ class SqliteStore:
         """One ``BEGIN IMMEDIATE`` transaction, waiting at most ``wait`` seconds for the
         locks. ``check`` runs once the lock is taken and again just before the commit:
         whatever it raises abandons the transaction (a caller whose deadline passed)."""
-        with self._locked(wait) as left:
-            try:
-                self._conn.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"store unavailable: {exc}") from None
+        with self._locked(wait) as ends:
+            self._begin(ends)
             try:
                 if check is not None:
                     check()
@@ -1016,8 +1043,14 @@ class SqliteStore:
         )
         return [Freeze(*r) for r in rows]
 
+    def wait_until(self, not_after: float | None) -> None:
+        """Ends every lock wait by ``not_after`` (``time.monotonic``; None lifts it): while
+        the server drains, no call outlives the grace period waiting for the store."""
+        self._not_after = not_after
+
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._conn.close()
 
     def freeze_generation(self) -> int:
