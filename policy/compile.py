@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 from paywarden.policy.engine import AllOf, Rule
 from paywarden.policy.packs import AMOUNT, PackError, PolicyPack
-from paywarden.policy.payees import confusable_with, matches_any, normalise
+from paywarden.policy.payees import (
+    ADMITTED,
+    PatternError,
+    PayeeLists,
+    compile_pattern,
+    normalise,
+)
 from paywarden.policy.rules import (
     AllowedHours,
     ApprovalTiers,
@@ -104,23 +110,13 @@ def compile_pack(pack: PolicyPack, assets: Mapping[str, AssetInfo]) -> AllOf:
             if code not in assets:
                 raise PackError(f"{where}: field breaker.max_spend.{code}: no asset {code}")
             to_minor(ceiling, assets[code].decimals, f"{where}: breaker.max_spend.{code}")
+    payee_lists = {code: _payee_lists(pack, ci[code]) for code in m.assets}
     rules_: list[Rule] = [
         *session_rules(),
         AssetAllowed(frozenset(m.assets)),
         KeyAllowed({code: frozenset(r.keys) for code, r in m.assets.items()}),
-        PayeeNotDenied(
-            {c: frozenset(normalise(p, case_insensitive=ci[c]) for p in m.payees.deny) for c in ci},
-            tuple(m.payees.deny_patterns),
-            ci,
-        ),
-        PayeeAllowed(
-            {
-                c: frozenset(normalise(p, case_insensitive=ci[c]) for p in m.payees.allow)
-                for c in ci
-            },
-            tuple(m.payees.allow_patterns),
-            ci,
-        ),
+        PayeeNotDenied(payee_lists),
+        PayeeAllowed(payee_lists),
         MaxPerPayment(limits("max_per_payment")),
         DailyLimit(limits("daily_limit")),
         Rolling24hLimit(limits("rolling_24h_limit")),
@@ -152,22 +148,35 @@ class SessionViolation:
     message: str
 
 
-def payee_allowed_by_pack(pack: PolicyPack, payee: str, info: AssetInfo) -> SessionViolation | None:
-    ci = info.case_insensitive
-    key = normalise(payee, case_insensitive=ci)
+def _payee_lists(pack: PolicyPack, case_insensitive: bool) -> PayeeLists:
     p = pack.model.payees
-    if key in {normalise(d, case_insensitive=ci) for d in p.deny} or matches_any(
-        key, p.deny_patterns, case_insensitive=ci
-    ):
-        return SessionViolation("PAYEE_DENYLISTED", f"payee {payee!r} is on the pack's denylist")
-    allowed = {normalise(a, case_insensitive=ci) for a in p.allow}
-    if key in allowed:
+    for field in ("allow_patterns", "deny_patterns"):
+        for i, pattern in enumerate(getattr(p, field)):
+            try:
+                compile_pattern(pattern, case_insensitive)
+            except PatternError as exc:
+                raise PackError(f"{pack.path}: field payees.{field}.{i}: {exc}") from None
+    return PayeeLists.build(
+        allow=p.allow,
+        deny=p.deny,
+        allow_patterns=p.allow_patterns,
+        deny_patterns=p.deny_patterns,
+        case_insensitive=case_insensitive,
+    )
+
+
+def payee_allowed_by_pack(pack: PolicyPack, payee: str, info: AssetInfo) -> SessionViolation | None:
+    """The pack's payee rules, as a payment to ``payee`` meets them, for a session's
+    or a plan's payee list."""
+    lists = _payee_lists(pack, info.case_insensitive)
+    key = normalise(payee, case_insensitive=info.case_insensitive)
+    denied = lists.denial(payee, key)
+    if denied is not None:
+        return SessionViolation(denied.reason, f"payee {payee!r}: {denied.detail}")
+    admitted = lists.admission(payee, key)
+    if admitted.reason in ADMITTED:
         return None
-    if confusable_with(key, sorted(allowed)) is not None:
-        return SessionViolation("PAYEE_CONFUSABLE", f"payee {payee!r} looks like an allowed payee")
-    if matches_any(key, p.allow_patterns, case_insensitive=ci):
-        return None
-    return SessionViolation("PAYEE_NOT_ALLOWED", f"the pack does not allow payee {payee!r}")
+    return SessionViolation(admitted.reason, f"payee {payee!r}: {admitted.detail}")
 
 
 def check_session(

@@ -18,7 +18,16 @@ from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from paywarden.policy.payees import PatternError, compile_pattern
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _ID = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 AMOUNT = re.compile(r"(0|[1-9][0-9]*)(?:\.([0-9]+))?")  # whole part, decimals
@@ -72,30 +81,31 @@ class AssetRules(_Strict):
         return None if v is None else _check_amount(v, "amount")
 
 
+MAX_PATTERNS = 256  # per list: matching costs (patterns x identifier length), bounded
+
+
+def _pattern(value: str) -> str:
+    """What validates is what runs: the runtime compiler, with both case flags
+    (the pack may serve case-sensitive and case-insensitive assets)."""
+    for case_insensitive in (False, True):
+        try:
+            compile_pattern(value, case_insensitive)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
+    # Identifiers are compared in NFC; so are the patterns that name them.
+    return unicodedata.normalize("NFC", value)
+
+
+PayeePattern = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_pattern)]
+
+
 class PayeeRules(_Strict):
     allow: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
-    allow_patterns: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        default_factory=list
-    )
+    allow_patterns: list[PayeePattern] = Field(default_factory=list, max_length=MAX_PATTERNS)
     deny: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
-    deny_patterns: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        default_factory=list
-    )
+    deny_patterns: list[PayeePattern] = Field(default_factory=list, max_length=MAX_PATTERNS)
     # A payee this agent has never paid: "deny", "approve" (human approval) or "allow".
     first_payment: Literal["allow", "approve", "deny"] = "deny"
-
-    @field_validator("allow_patterns", "deny_patterns")
-    @classmethod
-    def _patterns(cls, v: list[str]) -> list[str]:
-        for pattern in v:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(
-                    f"pattern {pattern!r} is not a regular expression: {exc}"
-                ) from None
-        # Identifiers are compared in NFC; so are the patterns that name them.
-        return [unicodedata.normalize("NFC", p) for p in v]
 
     @field_validator("allow", "deny")
     @classmethod

@@ -2,19 +2,25 @@
 """Payee identifiers: normalisation, patterns and confusable look-alikes.
 
 Two identifiers are *equal* when they are equal after NFC normalisation (and
-case-folding when the asset says identifiers are case-insensitive). They are
-*confusable* when they differ but their skeletons match: the skeleton folds
-compatibility forms (NFKC), case, invisible characters and a table of common
-homoglyphs (Cyrillic and Greek letters that look Latin, 0/o, 1/l, rn/m, …),
-in the spirit of Unicode TS #39.
+case-folding when the asset says identifiers are case-insensitive). Two
+identifiers are *confusable* when they differ but their skeletons match:
+the skeleton folds compatibility forms (NFKC), case, invisible characters and
+a table of common homoglyphs (Cyrillic and Greek letters that look Latin,
+0/o, 1/l, rn/m, …), in the spirit of Unicode TS #39.
+
+Patterns run on RE2 (linear time in the identifier, whatever the pattern) and
+are anchored to the whole identifier. They are compiled when a pack is loaded,
+by :func:`compile_pattern`, exactly as they run.
 """
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
+
+import re2  # type: ignore[import-untyped]
 
 # Single characters that render like a Latin letter or digit.
 _HOMOGLYPHS = {
@@ -33,6 +39,12 @@ _HOMOGLYPHS = {
 }  # fmt: skip
 _SEQUENCES = (("rn", "m"), ("vv", "w"), ("cl", "d"))
 _IGNORABLE = {"Cf", "Mn", "Me"}  # format characters and combining marks
+
+
+# RE2 keeps the DFA of one pattern within this budget (it falls back to its
+# NFA, still linear, when the DFA would need more); a pattern whose program
+# alone is larger is refused at load.
+PATTERN_MAX_MEM = 1 << 20
 
 
 def normalise(identifier: str, *, case_insensitive: bool) -> str:
@@ -60,18 +72,145 @@ def confusable_with(identifier: str, candidates: Iterable[str]) -> str | None:
     return None
 
 
+# -- patterns ------------------------------------------------------------------------
+
+
+class PatternError(ValueError):
+    """RE2 cannot compile a pattern; the message says why."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Pattern:
+    """A pack pattern compiled by RE2: matching takes time linear in the identifier."""
+
+    source: str
+    regex: object
+
+    def fullmatch(self, identifier: str) -> bool:
+        if not identifier.isascii():
+            # RE2 reads UTF-8, which cannot encode a lone surrogate.
+            identifier = identifier.encode("utf-8", "replace").decode("utf-8")
+        return self.regex.fullmatch(identifier) is not None  # type: ignore[attr-defined]
+
+
 @lru_cache(maxsize=1024)
-def compile_pattern(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
-    """Patterns are anchored to the whole identifier (``fullmatch``) and, like
-    identifiers, read in NFC."""
-    # re.ASCII: classes like [a-z] or \w never match non-ASCII look-alikes (with
-    # IGNORECASE, [a-z] would otherwise also match the dotless i).
+def compile_pattern(pattern: str, case_insensitive: bool) -> Pattern:
+    """The one way a payee pattern is compiled, at load and for evaluation alike.
+
+    Patterns are read in NFC, like identifiers. RE2 refuses what it cannot run in
+    linear time (backreferences, lookarounds, atomic groups, possessive
+    quantifiers) and inline flags other than ``i``, ``m``, ``s`` and ``U``.
+    """
     text = unicodedata.normalize("NFC", pattern)
-    return re.compile(text, re.ASCII | (re.IGNORECASE if case_insensitive else 0))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PatternError(f"pattern {pattern!r} is not valid Unicode") from None
+    options = re2.Options()
+    options.case_sensitive = not case_insensitive
+    options.log_errors = False
+    options.max_mem = PATTERN_MAX_MEM
+    try:
+        regex = re2.compile(text, options)
+    except re2.error as exc:
+        why = exc.args[0] if exc.args else exc
+        if isinstance(why, bytes):
+            why = why.decode("utf-8", "replace")
+        raise PatternError(
+            f"pattern {pattern!r} cannot be compiled by RE2 ({why}); payee patterns must "
+            "match in linear time: no backreferences, lookarounds, atomic groups, possessive "
+            "quantifiers, or inline flags other than (?i), (?m), (?s) and (?U)"
+        ) from None
+    return Pattern(pattern, regex)
 
 
-def matches_any(identifier: str, patterns: Iterable[str], *, case_insensitive: bool) -> str | None:
+def first_match(identifiers: Iterable[str], patterns: Iterable[Pattern]) -> Pattern | None:
+    """The first pattern that matches any of ``identifiers`` in full."""
+    texts = tuple(dict.fromkeys(identifiers))
     for pattern in patterns:
-        if compile_pattern(pattern, case_insensitive).fullmatch(identifier):
+        if any(pattern.fullmatch(text) for text in texts):
             return pattern
     return None
+
+
+# -- a pack's payee lists, compiled for one asset ------------------------------------
+
+ADMITTED = frozenset({"PAYEE_ALLOWED", "PAYEE_ALLOWED_BY_PATTERN"})
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Why a payee is refused (or admitted): a reason code, details for the audit
+    trail, and the limit that decided."""
+
+    reason: str
+    detail: str
+    limit: str | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PayeeLists:
+    """The allow and deny lists of a pack as they apply to one asset."""
+
+    case_insensitive: bool
+    allow: frozenset[str]  # normalised keys
+    deny: frozenset[str]
+    allow_patterns: tuple[Pattern, ...]
+    deny_patterns: tuple[Pattern, ...]
+    allow_skeletons: dict[str, str]  # skeleton -> an allowed key with it
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        allow: Iterable[str],
+        deny: Iterable[str],
+        allow_patterns: Iterable[str],
+        deny_patterns: Iterable[str],
+        case_insensitive: bool,
+    ) -> PayeeLists:
+        """Raises :class:`PatternError` for a pattern RE2 cannot compile."""
+        ci = case_insensitive
+        allowed = frozenset(normalise(p, case_insensitive=ci) for p in allow)
+        denied = frozenset(normalise(p, case_insensitive=ci) for p in deny)
+        return cls(
+            ci,
+            allowed,
+            denied,
+            tuple(compile_pattern(p, ci) for p in allow_patterns),
+            tuple(compile_pattern(p, ci) for p in deny_patterns),
+            {skeleton(k): k for k in sorted(allowed, reverse=True)},
+        )
+
+    def denial(self, text: str, key: str) -> Finding | None:
+        """Deny entries catch the key; deny patterns the payee as written and its key."""
+        if key in self.deny:
+            return Finding("PAYEE_DENYLISTED", "the payee is on the denylist")
+        pattern = first_match((text, key), self.deny_patterns)
+        if pattern is not None:
+            return Finding(
+                "PAYEE_DENYLISTED",
+                f"the payee matches deny pattern {pattern.source!r}",
+                pattern.source,
+            )
+        return None
+
+    def admission(self, text: str, key: str) -> Finding:
+        """``PAYEE_ALLOWED`` or ``PAYEE_ALLOWED_BY_PATTERN`` admit; any other reason refuses.
+
+        A look-alike of a named payee is refused even when a pattern would admit it.
+        """
+        limit = f"{len(self.allow)} payees, {len(self.allow_patterns)} patterns"
+        if key in self.allow:
+            return Finding("PAYEE_ALLOWED", "", limit)
+        twin = self.allow_skeletons.get(skeleton(key))
+        if twin is not None:
+            return Finding(
+                "PAYEE_CONFUSABLE",
+                f"the payee looks like the allowed payee {twin!r} but is not it",
+                twin,
+            )
+        pattern = first_match((key,), self.allow_patterns)
+        if pattern is None:
+            return Finding("PAYEE_NOT_ALLOWED", "the pack does not allow this payee", limit)
+        return Finding("PAYEE_ALLOWED_BY_PATTERN", "", pattern.source)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from paywarden.policy.engine import Facts, Outcome, RuleResult
-from paywarden.policy.payees import confusable_with, matches_any
+from paywarden.policy.payees import ADMITTED, PayeeLists
 
 
 def _ok(
@@ -211,64 +211,47 @@ class KeyAllowed:
         return _ok(self.name, "KEY_ALLOWED", limit, facts.key_id)
 
 
+def _payee_text(facts: Facts) -> str:
+    """The payee as the agent wrote it (NFC): what is signed. Facts built without
+    it carry only the key, which then stands for itself."""
+    return facts.payee_text or facts.payee
+
+
+_NO_LISTS = PayeeLists.build(
+    allow=(), deny=(), allow_patterns=(), deny_patterns=(), case_insensitive=False
+)
+
+
 @dataclass(frozen=True, slots=True)
 class PayeeNotDenied:
-    deny: Mapping[str, frozenset[str]]  # asset -> normalised denied payees
-    deny_patterns: tuple[str, ...]
-    case_insensitive: Mapping[str, bool]
+    """Deny entries and deny patterns catch the payee as written, its key and its
+    look-alikes (``PAYEE_LOOKS_DENYLISTED``)."""
+
+    lists: Mapping[str, PayeeLists]  # asset -> the pack's payee lists for it
     name: str = "payee_denylist"
 
     def check(self, facts: Facts) -> RuleResult:
-        ci = self.case_insensitive.get(facts.asset, False)
-        if facts.payee in self.deny.get(facts.asset, frozenset()):
-            return _deny(
-                self.name, "PAYEE_DENYLISTED", "the payee is on the denylist", None, facts.payee
-            )
-        # Fail closed: a deny pattern that matches either spelling denies.
-        pattern = matches_any(facts.payee, self.deny_patterns, case_insensitive=ci)
-        if pattern is None and facts.payee_text:
-            pattern = matches_any(facts.payee_text, self.deny_patterns, case_insensitive=ci)
-        if pattern is not None:
-            return _deny(
-                self.name,
-                "PAYEE_DENYLISTED",
-                f"the payee matches {pattern!r}",
-                pattern,
-                facts.payee,
-            )
+        lists = self.lists.get(facts.asset, _NO_LISTS)
+        found = lists.denial(_payee_text(facts), facts.payee)
+        if found is not None:
+            return _deny(self.name, found.reason, found.detail, found.limit, facts.payee)
         return _ok(self.name, "PAYEE_NOT_DENYLISTED", None, facts.payee)
 
 
 @dataclass(frozen=True, slots=True)
 class PayeeAllowed:
-    allow: Mapping[str, frozenset[str]]  # asset -> normalised allowed payees
-    allow_patterns: tuple[str, ...]
-    case_insensitive: Mapping[str, bool]
+    """Named payees (in their canonical spelling only), then patterns (ASCII payees
+    only); a look-alike of a named payee is refused even if a pattern matches it."""
+
+    lists: Mapping[str, PayeeLists]  # asset -> the pack's payee lists for it
     name: str = "payee_allowlist"
 
     def check(self, facts: Facts) -> RuleResult:
-        allowed = self.allow.get(facts.asset, frozenset())
-        ci = self.case_insensitive.get(facts.asset, False)
-        limit = f"{len(allowed)} payees, {len(self.allow_patterns)} patterns"
-        if facts.payee in allowed:
-            return _ok(self.name, "PAYEE_ALLOWED", limit, facts.payee)
-        # A look-alike of a named payee is denied even when a pattern would match it.
-        twin = confusable_with(facts.payee, sorted(allowed))
-        if twin is None:
-            pattern = matches_any(facts.payee, self.allow_patterns, case_insensitive=ci)
-            if pattern is not None:
-                return _ok(self.name, "PAYEE_ALLOWED_BY_PATTERN", pattern, facts.payee)
-        if twin is not None:
-            return _deny(
-                self.name,
-                "PAYEE_CONFUSABLE",
-                f"the payee looks like the allowed payee {twin!r} but is not it",
-                twin,
-                facts.payee,
-            )
-        return _deny(
-            self.name, "PAYEE_NOT_ALLOWED", "the pack does not allow this payee", limit, facts.payee
-        )
+        lists = self.lists.get(facts.asset, _NO_LISTS)
+        found = lists.admission(_payee_text(facts), facts.payee)
+        if found.reason in ADMITTED:
+            return _ok(self.name, found.reason, found.limit, facts.payee)
+        return _deny(self.name, found.reason, found.detail, found.limit, facts.payee)
 
 
 # -- limits ------------------------------------------------------------------------

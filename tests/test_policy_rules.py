@@ -36,7 +36,7 @@ from paywarden.policy import (
     to_minor,
 )
 from paywarden.policy.packs import build_pack_set
-from paywarden.policy.payees import confusable_with, skeleton
+from paywarden.policy.payees import PayeeLists, confusable_with, skeleton
 from paywarden.policy.rules import (
     AllowedHours,
     ApprovalTiers,
@@ -608,11 +608,10 @@ class TestAssetAndKey:
 def payee_allowed(
     allow: list[str], patterns: list[str], *, ci: bool = True, asset: str = "USD"
 ) -> PayeeAllowed:
-    return PayeeAllowed(
-        {asset: frozenset(normalise(p, case_insensitive=ci) for p in allow)},
-        tuple(patterns),
-        {asset: ci},
+    lists = PayeeLists.build(
+        allow=allow, deny=(), allow_patterns=patterns, deny_patterns=(), case_insensitive=ci
     )
+    return PayeeAllowed({asset: lists})
 
 
 def payee_facts(payee: str, *, ci: bool = True, asset: str = "USD") -> Facts:
@@ -718,11 +717,10 @@ class TestPayeeAllowed:
 
 
 def payee_not_denied(deny: list[str], patterns: list[str], *, ci: bool = True) -> PayeeNotDenied:
-    return PayeeNotDenied(
-        {"USD": frozenset(normalise(p, case_insensitive=ci) for p in deny)},
-        tuple(patterns),
-        {"USD": ci},
+    lists = PayeeLists.build(
+        allow=(), deny=deny, allow_patterns=(), deny_patterns=patterns, case_insensitive=ci
     )
+    return PayeeNotDenied({"USD": lists})
 
 
 class TestPayeeNotDenied:

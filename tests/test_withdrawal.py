@@ -8,6 +8,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from paywarden.policy.engine import Outcome
+from paywarden.policy.payees import PayeeLists
 from paywarden.policy.rules import PayeeAllowed
 from paywarden.signer.service import day_start
 from paywarden.signer.sqlite_store import SqliteStore
@@ -102,15 +103,18 @@ def test_the_day_starts_at_the_first_midnight_when_clocks_go_back_over_it() -> N
 
 
 def test_a_look_alike_of_a_named_payee_is_denied_even_when_a_pattern_matches() -> None:
-    rule = PayeeAllowed(
-        {"USD": frozenset({"acme.shop.example"})},
-        (r"[a-z0-9-]+\.shop\.example",),
-        {"USD": True},
+    lists = PayeeLists.build(
+        allow=["acme.shop.example"],
+        deny=[],
+        allow_patterns=[r"[a-z0-9-]+\.shop\.example"],
+        deny_patterns=[],
+        case_insensitive=True,
     )
+    rule = PayeeAllowed({"USD": lists})
     looks_alike = rule.check(make_facts(payee="acrne.shop.example"))
     assert (looks_alike.outcome, looks_alike.reason) == (Outcome.DENY, "PAYEE_CONFUSABLE")
     other = rule.check(make_facts(payee="books.shop.example"))
     assert (other.outcome, other.reason) == (Outcome.ALLOW, "PAYEE_ALLOWED_BY_PATTERN")
-    # with IGNORECASE, [a-z] would match the dotless i; patterns are ASCII-only
+    # with IGNORECASE, [a-z] would match the dotless i; patterns admit ASCII payees only
     dotless = rule.check(make_facts(payee="acme-\u0131.shop.example"))
     assert dotless.outcome is Outcome.DENY
