@@ -72,7 +72,9 @@ class Facts:
     session: SessionFacts
     agent: AgentFacts = field(default_factory=AgentFacts)
     decimals: int = 0  # of the asset: traces show amounts in its units ("12.50")
-    payee_text: str = ""  # the payee in NFC before case-folding (deny patterns see both)
+    # The payee as written (NFC), as it is signed: deny patterns see it as well as the
+    # key, and the payee is matched only if folding it changes nothing but ASCII case.
+    payee_text: str = ""
 
     def units(self, minor: int) -> str:
         if self.decimals == 0:

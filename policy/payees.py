@@ -2,8 +2,12 @@
 """Payee identifiers: normalisation, patterns and confusable look-alikes.
 
 Two identifiers are *equal* when they are equal after NFC normalisation (and
-case-folding when the asset says identifiers are case-insensitive). Two
-identifiers are *confusable* when they differ but their skeletons match:
+case-folding when the asset says identifiers are case-insensitive). An
+identifier is *canonical* when that normalisation changes nothing but ASCII
+letter case: only a canonical identifier is ever matched, so the text that is
+signed is the identifier the policy approved, up to ASCII case.
+
+Two identifiers are *confusable* when they differ but their skeletons match:
 the skeleton folds compatibility forms (NFKC), case, invisible characters and
 a table of common homoglyphs (Cyrillic and Greek letters that look Latin,
 0/o, 1/l, rn/m, …), in the spirit of Unicode TS #39.
@@ -39,6 +43,7 @@ _HOMOGLYPHS = {
 }  # fmt: skip
 _SEQUENCES = (("rn", "m"), ("vv", "w"), ("cl", "d"))
 _IGNORABLE = {"Cf", "Mn", "Me"}  # format characters and combining marks
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 # RE2 keeps the DFA of one pattern within this budget (it falls back to its
@@ -50,6 +55,19 @@ PATTERN_MAX_MEM = 1 << 20
 def normalise(identifier: str, *, case_insensitive: bool) -> str:
     text = unicodedata.normalize("NFC", identifier)
     return text.casefold() if case_insensitive else text
+
+
+def ascii_lower(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
+
+
+def is_canonical(identifier: str, *, case_insensitive: bool) -> bool:
+    """Normalisation changes nothing but ASCII letter case (no long s, ligature,
+    sharp s, decomposed accent …), and the text is valid Unicode."""
+    if any(unicodedata.category(ch) == "Cs" for ch in identifier):
+        return False
+    expected = ascii_lower(identifier) if case_insensitive else identifier
+    return normalise(identifier, case_insensitive=case_insensitive) == expected
 
 
 @lru_cache(maxsize=4096)
@@ -182,6 +200,12 @@ class PayeeLists:
             {skeleton(k): k for k in sorted(allowed, reverse=True)},
         )
 
+    def canonical(self, text: str, key: str) -> bool:
+        ci = self.case_insensitive
+        return (
+            is_canonical(text, case_insensitive=ci) and normalise(text, case_insensitive=ci) == key
+        )
+
     def denial(self, text: str, key: str) -> Finding | None:
         """Deny entries catch the key; deny patterns the payee as written and its key."""
         if key in self.deny:
@@ -198,12 +222,22 @@ class PayeeLists:
     def admission(self, text: str, key: str) -> Finding:
         """``PAYEE_ALLOWED`` or ``PAYEE_ALLOWED_BY_PATTERN`` admit; any other reason refuses.
 
-        A look-alike of a named payee is refused even when a pattern would admit it.
+        Only a canonical spelling is matched; a look-alike of a named payee is
+        refused even when a pattern would admit it.
         """
         limit = f"{len(self.allow)} payees, {len(self.allow_patterns)} patterns"
-        if key in self.allow:
+        canonical = self.canonical(text, key)
+        if canonical and key in self.allow:
             return Finding("PAYEE_ALLOWED", "", limit)
-        twin = self.allow_skeletons.get(skeleton(key))
+        if not canonical:
+            return Finding(
+                "PAYEE_NOT_CANONICAL",
+                "the payee changes under normalisation beyond ASCII lower-casing "
+                "(compatibility form, long s, ligature, sharp s, decomposed accent …)",
+                "canonical spelling",
+            )
+        # The look-alike check reads the payee as written, not its folded key.
+        twin = self.allow_skeletons.get(skeleton(text))
         if twin is not None:
             return Finding(
                 "PAYEE_CONFUSABLE",

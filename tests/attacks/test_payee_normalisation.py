@@ -1,0 +1,198 @@
+# ruff: noqa: RUF001, RUF002 - the attacks spell payees with look-alike characters on purpose
+"""Case-folding must not sign a spelling the policy never approved (issue 8, defect 4).
+
+The attack: on an asset with ``case_insensitive_payees = true`` the signer
+case-folded the payee before matching it, so ``ſhop@example.com`` (long s) and
+``ﬀ@example.com`` (ligature) matched the allowed ``shop@example.com`` and
+``ff@example.com`` — and were SIGNED with the look-alike text in the JWS. A
+payee is now matched only in its canonical spelling: normalisation may change
+nothing but ASCII letter case; anything else is refused (``PAYEE_NOT_CANONICAL``)
+and nothing is signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from paywarden.policy import AllOf, AssetInfo, Verdict, check_session, compile_pack, evaluate
+from paywarden.policy.engine import AgentFacts, Facts, SessionFacts
+from paywarden.policy.packs import PolicyPack, PolicyPackModel
+from paywarden.policy.payees import normalise
+from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+
+from tests.helpers import Stack, new_nonce, reason_of
+
+PACK = """
+id = "mail"
+version = 1
+agents = ["agent-1"]
+
+[assets.MAIL]
+keys = ["payments.v1"]
+max_per_payment = "10.00"
+
+[payees]
+allow = ["shop@example.com", "ff@example.com", "strasse@example.com"]
+first_payment = "allow"
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = { MAIL = "100.00" }
+"""
+
+STACK_PACKS = {"mail.toml": PACK}
+STACK_EXTRA = """
+[assets.MAIL]
+decimals = 2
+case_insensitive_payees = true
+"""
+
+# (payee as an attacker writes it, the allowed payee it folds onto)
+ATTACKS = [
+    ("ſhop@example.com", "shop@example.com"),  # U+017F LATIN SMALL LETTER LONG S
+    ("ﬀ@example.com", "ff@example.com"),  # U+FB00 LATIN SMALL LIGATURE FF
+    ("ſHOP@example.com", "shop@example.com"),
+    ("straße@example.com", "strasse@example.com"),  # sharp s folds to "ss"
+]
+
+
+@dataclass
+class Api:
+    planner: sessions_pb2_grpc.SessionsStub
+    signer: signer_pb2_grpc.SignerStub
+
+
+@pytest.fixture(scope="module")
+def api(grpc_create_channel: Callable[[str, str], grpc.Channel]) -> Iterator[Api]:
+    with ExitStack() as stack:
+        planner = stack.enter_context(grpc_create_channel("planner", "planner-1"))
+        agent = stack.enter_context(grpc_create_channel("agent", "agent-1"))
+        yield Api(sessions_pb2_grpc.SessionsStub(planner), signer_pb2_grpc.SignerStub(agent))
+
+
+def open_session(api: Api, allowed_payees: tuple[str, ...] = ()) -> str:
+    request = sessions_pb2.OpenSessionRequest(
+        agent_id="agent-1",
+        task_description="buy mail credits",
+        budgets=[sessions_pb2.AssetBudget(asset="MAIL", amount="100.00")],
+        ttl_seconds=900,
+        allowed_payees=list(allowed_payees),
+    )
+    return str(api.planner.OpenSession(request).session.session_id)
+
+
+def sign(api: Api, stack: Stack, session_id: str, payee: str) -> signer_pb2.SignResponse:
+    intent = signer_pb2.PaymentIntent(
+        session_id=session_id,
+        key_id="payments.v1",
+        payee=payee,
+        amount="1.00",
+        asset="MAIL",
+        reference="inv-1",
+        nonce=new_nonce(),
+        expires_at=int(stack.clock.now()) + 60,
+    )
+    resp: signer_pb2.SignResponse = api.signer.Sign(signer_pb2.SignRequest(intent=intent))
+    return resp
+
+
+def jws_payee(jws: str) -> Any:
+    body = jws.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["payee"]
+
+
+@pytest.mark.parametrize(("payee", "allowed"), ATTACKS)
+def test_case_folded_lookalike_of_an_allowed_payee_is_not_signed(
+    api: Api, stack: Stack, payee: str, allowed: str
+) -> None:
+    assert normalise(payee, case_insensitive=True) == allowed  # it does fold onto it
+    session_id = open_session(api)
+    with pytest.raises(grpc.RpcError) as info:
+        sign(api, stack, session_id, payee)
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert reason_of(info.value) == "PAYEE_NOT_CANONICAL"
+    # the genuine payee, in any ASCII case, is still paid, and signed as written
+    resp = sign(api, stack, session_id, allowed.upper())
+    assert resp.status == signer_pb2.SIGNED
+    assert jws_payee(resp.jws) == allowed.upper()
+
+
+@pytest.mark.parametrize(("payee", "allowed"), ATTACKS)
+def test_session_cannot_name_a_case_folded_lookalike(api: Api, payee: str, allowed: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        open_session(api, allowed_payees=(payee,))
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert reason_of(info.value) == "PAYEE_NOT_CANONICAL"
+    open_session(api, allowed_payees=(allowed,))
+
+
+# -- the same rule inside the policy engine, on the facts the signer builds ----------------
+
+
+def _policy() -> tuple[AllOf, PolicyPack]:
+    import tomllib
+
+    model = PolicyPackModel.model_validate(tomllib.loads(PACK))
+    pack = PolicyPack(model, "0" * 64, "mail.toml")
+    return compile_pack(pack, {"MAIL": AssetInfo(2, case_insensitive=True)}), pack
+
+
+def _facts(payee: str) -> Facts:
+    # As signer/service.py builds them: payee is the folded key, payee_text as written.
+    return Facts(
+        now=1_750_000_000,
+        minute_of_day=600,
+        agent_id="agent-1",
+        payee=normalise(payee, case_insensitive=True),
+        asset="MAIL",
+        amount_minor=100,
+        key_id="payments.v1",
+        session=SessionFacts(
+            session_id="s-1",
+            agent_id="agent-1",
+            state="open",
+            phase="normal",
+            expires_at=1_750_003_600,
+            budgets_minor={"MAIL": 10_000},
+            spent_minor={"MAIL": 0},
+            allowed_payees=frozenset(),
+        ),
+        agent=AgentFacts(),
+        decimals=2,
+        payee_text=payee,
+    )
+
+
+@pytest.mark.parametrize(("payee", "allowed"), ATTACKS)
+def test_policy_refuses_the_folded_spelling_on_the_signers_facts(payee: str, allowed: str) -> None:
+    policy, pack = _policy()
+    decision = evaluate(policy, _facts(payee))
+    assert (decision.verdict, decision.reason) == (Verdict.DENY, "PAYEE_NOT_CANONICAL")
+    assert evaluate(policy, _facts(allowed.title())).verdict is Verdict.ALLOW
+    violation = check_session(
+        pack, {"MAIL": AssetInfo(2, True)}, {"MAIL": 100}, 60, [payee], plan_bound=False
+    )
+    assert violation is not None and violation.reason == "PAYEE_NOT_CANONICAL"
+
+
+def test_non_ascii_payee_already_in_folded_form_is_still_paid() -> None:
+    """Canonical is not "ASCII": a lower-case non-ASCII name that folding leaves
+    alone is the identifier the policy matched, and is paid when the pack names it."""
+    import tomllib
+
+    text = PACK.replace('"strasse@example.com"', '"strasse@example.com", "müller@example.de"')
+    model = PolicyPackModel.model_validate(tomllib.loads(text))
+    policy = compile_pack(
+        PolicyPack(model, "0" * 64, "mail.toml"), {"MAIL": AssetInfo(2, case_insensitive=True)}
+    )
+    assert evaluate(policy, _facts("müller@example.de")).verdict is Verdict.ALLOW
+    # but its upper-case Ü would be folded by more than ASCII lower-casing
+    refused = evaluate(policy, _facts("MÜLLER@example.de"))
+    assert (refused.verdict, refused.reason) == (Verdict.DENY, "PAYEE_NOT_CANONICAL")
