@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001 - the homoglyph table holds look-alike characters on purpose
+# ruff: noqa: RUF001 - the look-alike tables hold look-alike characters on purpose
 """Payee identifiers: normalisation, patterns and confusable look-alikes.
 
 Two identifiers are *equal* when they are equal after NFC normalisation (and
@@ -8,9 +8,12 @@ letter case: only a canonical identifier is ever matched, so the text that is
 signed is the identifier the policy approved, up to ASCII case.
 
 Two identifiers are *confusable* when they differ but their skeletons match:
-the skeleton folds compatibility forms (NFKC), case, invisible characters and
+the skeleton folds compatibility forms (NFKD), case, invisible characters and
 a table of common homoglyphs (Cyrillic and Greek letters that look Latin,
-0/o, 1/l, rn/m, …), in the spirit of Unicode TS #39.
+dashes that look like "-", 0/o, 1/l, rn/m, …), in the spirit of Unicode
+TS #39. The *prototype* of an identifier only replaces non-ASCII look-alikes
+by the ASCII characters they imitate, keeping ASCII as it is: a deny pattern,
+which cannot itself be skeletonised, is matched against it as well.
 
 Patterns run on RE2 (linear time in the identifier, whatever the pattern) and
 are anchored to the whole identifier. They are compiled when a pack is loaded,
@@ -26,25 +29,41 @@ from functools import lru_cache
 
 import re2  # type: ignore[import-untyped]
 
-# Single characters that render like a Latin letter or digit.
-_HOMOGLYPHS = {
+# Non-ASCII characters that render like an ASCII letter, digit or punctuation
+# mark (both cases: the prototype keeps case, for case-sensitive assets).
+_LOOKALIKES = {
     # Cyrillic
     "а": "a", "в": "b", "с": "c", "ԁ": "d", "е": "e", "ё": "e", "һ": "h", "і": "i", "ї": "i",
     "ј": "j", "к": "k", "ӏ": "l", "м": "m", "н": "h", "о": "o", "р": "p", "ԛ": "q", "г": "r",
     "ѕ": "s", "т": "t", "ц": "u", "ѵ": "v", "ԝ": "w", "х": "x", "у": "y", "з": "3", "ь": "b",
+    "А": "A", "В": "B", "С": "C", "Е": "E", "Ё": "E", "Н": "H", "І": "I", "Ї": "I", "Ј": "J",
+    "К": "K", "М": "M", "О": "O", "Р": "P", "Ԛ": "Q", "Ѕ": "S", "Т": "T", "Ԝ": "W", "Х": "X",
+    "У": "Y", "Ү": "Y", "ү": "y", "Ӏ": "I", "З": "3", "Ь": "b",
     # Greek
     "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
     "τ": "t", "υ": "u", "χ": "x", "γ": "y", "ω": "w", "μ": "u",
-    # Latin look-alikes and digits
-    "ı": "i", "ɩ": "i", "ɡ": "g", "ʟ": "l", "ɑ": "a", "0": "o", "1": "l", "|": "l", "!": "l",
-    "5": "s", "$": "s", "@": "a",
-    # punctuation
-    "‐": "-", "‑": "-", "‒": "-", "–": "-", "—": "-", "−": "-", "․": ".", "。": ".", "·": ".",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
+    "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+    # Armenian
+    "օ": "o", "ս": "u", "հ": "h", "ո": "n", "ց": "g", "զ": "q",
+    # Latin letters that are not ASCII, and small capitals
+    "ı": "i", "ɩ": "i", "ɡ": "g", "ʟ": "l", "ɑ": "a", "ǀ": "l", "ɪ": "i", "ᴀ": "a", "ʙ": "b",
+    "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ɢ": "g", "ʜ": "h", "ᴊ": "j", "ᴋ": "k", "ᴍ": "m", "ɴ": "n",
+    "ᴏ": "o", "ᴘ": "p", "ʀ": "r", "ꜱ": "s", "ᴛ": "t", "ᴜ": "u", "ᴠ": "v", "ᴡ": "w", "ʏ": "y",
+    "ᴢ": "z", "ł": "l", "đ": "d", "ħ": "h", "ø": "o", "Ø": "O",
+    # dashes and minus signs
+    "‐": "-", "‑": "-", "‒": "-", "–": "-", "—": "-", "―": "-", "−": "-", "﹣": "-", "－": "-",
+    "⁃": "-", "˗": "-", "➖": "-", "ー": "-", "一": "-",
+    # dots
+    "․": ".", "‧": ".", "。": ".", "·": ".", "．": ".", "｡": ".", "۔": ".", "܁": ".", "܂": ".",
+    # at signs and underscores
+    "＠": "@", "﹫": "@", "＿": "_",
 }  # fmt: skip
+# ASCII characters commonly read as another ASCII character (skeleton only).
+_ASCII_CONFUSIONS = {"0": "o", "1": "l", "|": "l", "!": "l", "5": "s", "$": "s", "@": "a"}
 _SEQUENCES = (("rn", "m"), ("vv", "w"), ("cl", "d"))
 _IGNORABLE = {"Cf", "Mn", "Me"}  # format characters and combining marks
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
 
 # RE2 keeps the DFA of one pattern within this budget (it falls back to its
 # NFA, still linear, when the DFA would need more); a pattern whose program
@@ -70,11 +89,25 @@ def is_canonical(identifier: str, *, case_insensitive: bool) -> bool:
     return normalise(identifier, case_insensitive=case_insensitive) == expected
 
 
+def _strip(identifier: str) -> str:
+    text = unicodedata.normalize("NFKD", identifier)
+    return "".join(ch for ch in text if unicodedata.category(ch) not in _IGNORABLE)
+
+
+@lru_cache(maxsize=4096)
+def prototype(identifier: str) -> str:
+    """Non-ASCII look-alikes replaced by the ASCII they imitate; ASCII and case kept."""
+    if identifier.isascii():
+        return identifier
+    return "".join(_LOOKALIKES.get(ch, ch) for ch in _strip(identifier))
+
+
 @lru_cache(maxsize=4096)
 def skeleton(identifier: str) -> str:
     text = unicodedata.normalize("NFKD", identifier).casefold()
     text = "".join(ch for ch in text if unicodedata.category(ch) not in _IGNORABLE)
-    text = "".join(_HOMOGLYPHS.get(ch, ch) for ch in text)
+    text = "".join(_LOOKALIKES.get(ch, ch) for ch in text)
+    text = "".join(_ASCII_CONFUSIONS.get(ch, ch) for ch in text)
     text = text.replace("i", "l")  # i and l are the commonest confusion after folding
     for seq, repl in _SEQUENCES:
         text = text.replace(seq, repl)
@@ -176,6 +209,7 @@ class PayeeLists:
     allow_patterns: tuple[Pattern, ...]
     deny_patterns: tuple[Pattern, ...]
     allow_skeletons: dict[str, str]  # skeleton -> an allowed key with it
+    deny_skeletons: dict[str, str]  # skeleton -> a denied key with it
 
     @classmethod
     def build(
@@ -198,6 +232,7 @@ class PayeeLists:
             tuple(compile_pattern(p, ci) for p in allow_patterns),
             tuple(compile_pattern(p, ci) for p in deny_patterns),
             {skeleton(k): k for k in sorted(allowed, reverse=True)},
+            {skeleton(k): k for k in sorted(denied, reverse=True)},
         )
 
     def canonical(self, text: str, key: str) -> bool:
@@ -207,7 +242,8 @@ class PayeeLists:
         )
 
     def denial(self, text: str, key: str) -> Finding | None:
-        """Deny entries catch the key; deny patterns the payee as written and its key."""
+        """Deny entries and patterns catch the payee as written, its normalised key,
+        and its look-alikes (unless the pack names the payee exactly in ``allow``)."""
         if key in self.deny:
             return Finding("PAYEE_DENYLISTED", "the payee is on the denylist")
         pattern = first_match((text, key), self.deny_patterns)
@@ -217,13 +253,27 @@ class PayeeLists:
                 f"the payee matches deny pattern {pattern.source!r}",
                 pattern.source,
             )
+        if key in self.allow and self.canonical(text, key):
+            return None  # named exactly: a look-alike match does not override the pack's own name
+        twin = self.deny_skeletons.get(skeleton(text))
+        if twin is not None:
+            return Finding(
+                "PAYEE_LOOKS_DENYLISTED", f"the payee looks like the denylisted {twin!r}", twin
+            )
+        pattern = first_match((prototype(text), prototype(key)), self.deny_patterns)
+        if pattern is not None:
+            return Finding(
+                "PAYEE_LOOKS_DENYLISTED",
+                f"the payee looks like a payee deny pattern {pattern.source!r} matches",
+                pattern.source,
+            )
         return None
 
     def admission(self, text: str, key: str) -> Finding:
         """``PAYEE_ALLOWED`` or ``PAYEE_ALLOWED_BY_PATTERN`` admit; any other reason refuses.
 
-        Only a canonical spelling is matched; a look-alike of a named payee is
-        refused even when a pattern would admit it.
+        Only a canonical spelling is matched; a pattern admits only ASCII payees; a
+        look-alike of a named payee is refused even when a pattern would admit it.
         """
         limit = f"{len(self.allow)} payees, {len(self.allow_patterns)} patterns"
         canonical = self.canonical(text, key)
@@ -247,4 +297,10 @@ class PayeeLists:
         pattern = first_match((key,), self.allow_patterns)
         if pattern is None:
             return Finding("PAYEE_NOT_ALLOWED", "the pack does not allow this payee", limit)
+        if not (text.isascii() and key.isascii()):
+            return Finding(
+                "PAYEE_NOT_ASCII",
+                f"pattern {pattern.source!r} matches, but patterns admit ASCII payees only",
+                "ASCII",
+            )
         return Finding("PAYEE_ALLOWED_BY_PATTERN", "", pattern.source)

@@ -240,8 +240,9 @@ class PayeeNotDenied:
 
 @dataclass(frozen=True, slots=True)
 class PayeeAllowed:
-    """Named payees, then patterns, each in its canonical spelling only; a
-    look-alike of a named payee is refused even if a pattern matches it."""
+    """Named payees, then patterns (ASCII payees only), each in its canonical
+    spelling only; a look-alike of a named payee is refused even if a pattern
+    matches it."""
 
     lists: Mapping[str, PayeeLists]  # asset -> the pack's payee lists for it
     name: str = "payee_allowlist"

@@ -106,6 +106,8 @@ max_per_payment = "100000000"
 
 [payees]
 allow_patterns = [".+"]
+# Patterns admit ASCII payees only: a non-ASCII payee is paid when named.
+allow = ["caf\u00e9"]
 first_payment = "allow"
 
 [sessions]

@@ -1,0 +1,170 @@
+# ruff: noqa: RUF002, RUF003 - the attacks spell payees with look-alike characters on purpose
+"""Patterns and deny lists must not miss look-alikes (issue 8, defect 6).
+
+The attacks: the allow pattern ``[^.]+\\.cdn\\.example`` admitted
+``аpi.cdn.example`` (Cyrillic а), and the deny pattern ``bad-.*`` let
+``bad‐x.cdn.example`` (U+2010 HYPHEN) through. Now a pattern admits only ASCII
+payees, and deny entries and deny patterns also catch the look-alikes of what
+they name (``PAYEE_LOOKS_DENYLISTED``): entries by confusable skeleton, patterns
+on the payee's prototype (its non-ASCII look-alikes replaced by the ASCII they
+imitate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from paywarden.policy.payees import skeleton
+from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+
+from tests.helpers import Stack, new_nonce, reason_of
+
+PACK = """
+id = "cdn"
+version = 1
+agents = ["agent-1"]
+
+[assets.USD]
+keys = ["payments.v1"]
+max_per_payment = "10.00"
+
+[payees]
+allow = ["bücher.example", "paypal.example"]
+allow_patterns = ["[^.]+\\\\.cdn\\\\.example"]
+deny = ["evil.cdn.example", "paypa1.example"]
+deny_patterns = ["bad-.*"]
+first_payment = "allow"
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = { USD = "100.00" }
+"""
+
+STACK_PACKS = {"cdn.toml": PACK}
+
+# The dash family of issue 8: each renders like "-".
+DASHES = ["\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2015", "\u2212", "\ufe63", "\uff0d"]
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+@dataclass
+class Api:
+    planner: sessions_pb2_grpc.SessionsStub
+    signer: signer_pb2_grpc.SignerStub
+
+
+@pytest.fixture(scope="module")
+def api(grpc_create_channel: Callable[[str, str], grpc.Channel]) -> Iterator[Api]:
+    with ExitStack() as stack:
+        planner = stack.enter_context(grpc_create_channel("planner", "planner-1"))
+        agent = stack.enter_context(grpc_create_channel("agent", "agent-1"))
+        yield Api(sessions_pb2_grpc.SessionsStub(planner), signer_pb2_grpc.SignerStub(agent))
+
+
+@pytest.fixture(scope="module")
+def session_id(api: Api) -> str:
+    request = sessions_pb2.OpenSessionRequest(
+        agent_id="agent-1",
+        task_description="fetch assets",
+        budgets=[sessions_pb2.AssetBudget(asset="USD", amount="100.00")],
+        ttl_seconds=3600,
+    )
+    return str(api.planner.OpenSession(request).session.session_id)
+
+
+def sign(api: Api, stack: Stack, session_id: str, payee: str) -> signer_pb2.SignResponse:
+    intent = signer_pb2.PaymentIntent(
+        session_id=session_id,
+        key_id="payments.v1",
+        payee=payee,
+        amount="0.01",
+        asset="USD",
+        reference="inv-1",
+        nonce=new_nonce(),
+        expires_at=int(stack.clock.now()) + 60,
+    )
+    resp: signer_pb2.SignResponse = api.signer.Sign(signer_pb2.SignRequest(intent=intent))
+    return resp
+
+
+def refused(api: Api, stack: Stack, session_id: str, payee: str) -> str | None:
+    with pytest.raises(grpc.RpcError) as info:
+        sign(api, stack, session_id, payee)
+    assert info.value.code() is DENIED, info.value.details()
+    return reason_of(info.value)
+
+
+@pytest.mark.parametrize(
+    "payee",
+    [
+        "\u0430pi.cdn.example",  # Cyrillic а
+        "ap\u0456.cdn.example",  # Cyrillic і
+        "\u03bfrigin.cdn.example",  # Greek ο
+        "café.cdn.example",
+    ],
+)
+def test_cyrillic_a_does_not_pass_an_allow_pattern(
+    api: Api, stack: Stack, session_id: str, payee: str
+) -> None:
+    assert refused(api, stack, session_id, payee) == "PAYEE_NOT_ASCII"
+    assert sign(api, stack, session_id, "api.cdn.example").status == signer_pb2.SIGNED
+
+
+@pytest.mark.parametrize("dash", DASHES)
+def test_unicode_hyphen_does_not_slip_past_a_deny_pattern(
+    api: Api, stack: Stack, session_id: str, dash: str
+) -> None:
+    payee = f"bad{dash}x.cdn.example"
+    assert refused(api, stack, session_id, payee) == "PAYEE_LOOKS_DENYLISTED"
+    assert refused(api, stack, session_id, "bad-x.cdn.example") == "PAYEE_DENYLISTED"
+
+
+@pytest.mark.parametrize(
+    "payee",
+    [
+        "ev\u0456l.cdn.example",  # Cyrillic і
+        "\u0435vil.cdn.example",  # Cyrillic е
+        "evi1.cdn.example",  # digit one: ASCII, and the allow pattern matches it
+        "evii.cdn.example",
+        "EVIL.cdn.example",  # the asset is case-sensitive, but this looks the same
+    ],
+)
+def test_lookalike_of_a_denied_payee_is_denied(
+    api: Api, stack: Stack, session_id: str, payee: str
+) -> None:
+    assert skeleton(payee) == skeleton("evil.cdn.example")
+    assert refused(api, stack, session_id, payee) == "PAYEE_LOOKS_DENYLISTED"
+
+
+def test_payee_the_pack_names_exactly_is_not_taken_for_a_lookalike(
+    api: Api, stack: Stack, session_id: str
+) -> None:
+    # "paypal.example" is allowed by name and its look-alike "paypa1.example" is denied:
+    # the skeletons are equal, and the pack's own exact names decide.
+    assert skeleton("paypal.example") == skeleton("paypa1.example")
+    assert sign(api, stack, session_id, "paypal.example").status == signer_pb2.SIGNED
+    assert refused(api, stack, session_id, "paypa1.example") == "PAYEE_DENYLISTED"
+    # a non-ASCII payee the pack names exactly is paid: only patterns are ASCII-only
+    assert sign(api, stack, session_id, "bücher.example").status == signer_pb2.SIGNED
+
+
+def test_session_cannot_list_a_lookalike_either(api: Api) -> None:
+    for payee, reason in [
+        ("\u0430pi.cdn.example", "PAYEE_NOT_ASCII"),
+        ("bad\u2010x.cdn.example", "PAYEE_LOOKS_DENYLISTED"),
+        ("ev\u0456l.cdn.example", "PAYEE_LOOKS_DENYLISTED"),
+    ]:
+        request = sessions_pb2.OpenSessionRequest(
+            agent_id="agent-1",
+            task_description="fetch assets",
+            budgets=[sessions_pb2.AssetBudget(asset="USD", amount="100.00")],
+            ttl_seconds=600,
+            allowed_payees=[payee],
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            api.planner.OpenSession(request)
+        assert (info.value.code(), reason_of(info.value)) == (DENIED, reason), payee
