@@ -38,10 +38,10 @@ _LOOKALIKES = {
     "ѕ": "s", "т": "t", "ц": "u", "ѵ": "v", "ԝ": "w", "х": "x", "у": "y", "з": "3", "ь": "b",
     "А": "A", "В": "B", "С": "C", "Е": "E", "Ё": "E", "Н": "H", "І": "I", "Ї": "I", "Ј": "J",
     "К": "K", "М": "M", "О": "O", "Р": "P", "Ԛ": "Q", "Ѕ": "S", "Т": "T", "Ԝ": "W", "Х": "X",
-    "У": "Y", "Ү": "Y", "ү": "y", "Ӏ": "I", "З": "3", "Ь": "b",
+    "У": "Y", "Ү": "Y", "ү": "y", "Ӏ": "I", "З": "3", "Ь": "b", "є": "e", "Є": "E", "ԍ": "G",
     # Greek
     "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
-    "τ": "t", "υ": "u", "χ": "x", "γ": "y", "ω": "w", "μ": "u",
+    "τ": "t", "υ": "u", "χ": "x", "γ": "y", "ω": "w", "μ": "u", "ϲ": "c", "Ϲ": "C", "ϳ": "j",
     "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
     "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
     # Armenian
@@ -89,8 +89,14 @@ def is_canonical(identifier: str, *, case_insensitive: bool) -> bool:
     return normalise(identifier, case_insensitive=case_insensitive) == expected
 
 
+def _lookalikes(text: str) -> str:
+    return "".join(_LOOKALIKES.get(ch, ch) for ch in text)
+
+
 def _strip(identifier: str) -> str:
-    text = unicodedata.normalize("NFKD", identifier)
+    # Look-alikes are mapped before NFKD too: compatibility decomposition turns
+    # some of them into characters the table does not hold (lunate sigma -> final sigma).
+    text = unicodedata.normalize("NFKD", _lookalikes(identifier))
     return "".join(ch for ch in text if unicodedata.category(ch) not in _IGNORABLE)
 
 
@@ -99,14 +105,12 @@ def prototype(identifier: str) -> str:
     """Non-ASCII look-alikes replaced by the ASCII they imitate; ASCII and case kept."""
     if identifier.isascii():
         return identifier
-    return "".join(_LOOKALIKES.get(ch, ch) for ch in _strip(identifier))
+    return _lookalikes(_strip(identifier))
 
 
 @lru_cache(maxsize=4096)
 def skeleton(identifier: str) -> str:
-    text = unicodedata.normalize("NFKD", identifier).casefold()
-    text = "".join(ch for ch in text if unicodedata.category(ch) not in _IGNORABLE)
-    text = "".join(_LOOKALIKES.get(ch, ch) for ch in text)
+    text = _lookalikes(_strip(_strip(identifier).casefold()))  # casefold may add marks (İ)
     text = "".join(_ASCII_CONFUSIONS.get(ch, ch) for ch in text)
     text = text.replace("i", "l")  # i and l are the commonest confusion after folding
     for seq, repl in _SEQUENCES:

@@ -131,6 +131,8 @@ def test_unicode_hyphen_does_not_slip_past_a_deny_pattern(
         "evi1.cdn.example",  # digit one: ASCII, and the allow pattern matches it
         "evii.cdn.example",
         "EVIL.cdn.example",  # the asset is case-sensitive, but this looks the same
+        "\u0454vil.cdn.example",  # Cyrillic є
+        "evil.\u03f2dn.example",  # Greek lunate sigma, which NFKD turns into final sigma
     ],
 )
 def test_lookalike_of_a_denied_payee_is_denied(
