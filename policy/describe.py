@@ -28,7 +28,8 @@ def describe(pack: PolicyPack) -> str:
         lines.append(f"  {code}: " + "; ".join(parts))
     p = m.payees
     lines.append(
-        f"  payees: allow {_list(p.allow)}; patterns {_list(p.allow_patterns)}; "
+        f"  payees: allow {_list(p.allow)}; patterns (ASCII payees only) "
+        f"{_list(p.allow_patterns)}; "
         f"deny {_list(p.deny)}; deny patterns {_list(p.deny_patterns)}; "
         f"first payment to a payee: {p.first_payment}"
     )
