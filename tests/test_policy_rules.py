@@ -36,7 +36,13 @@ from paywarden.policy import (
     to_minor,
 )
 from paywarden.policy.packs import build_pack_set
-from paywarden.policy.payees import PayeeLists, confusable_with, skeleton
+from paywarden.policy.payees import (
+    PayeeLists,
+    confusable_with,
+    is_canonical,
+    prototype,
+    skeleton,
+)
 from paywarden.policy.rules import (
     AllowedHours,
     ApprovalTiers,
@@ -769,6 +775,36 @@ class TestPayees:
         assert confusable_with("acme-data", ["acme-data"]) is None
         assert confusable_with("acrne-data", ["x", "acme-data"]) == "acme-data"
         assert confusable_with("other", ["acme-data"]) is None
+
+    @pytest.mark.parametrize(
+        ("payee", "ci", "canonical"),
+        [
+            ("Shop@Example.COM", True, True),  # ASCII case is what the asset ignores
+            ("\u017fhop@example.com", True, False),  # long s folds to s
+            ("\ufb00@example.com", True, False),  # the ff ligature folds to ff
+            ("stra\u00dfe", True, False),  # sharp s folds to ss
+            ("m\u00fcller", True, True),  # folding leaves it alone
+            ("M\u00dcLLER", True, False),  # folding changes more than ASCII case
+            ("M\u00dcLLER", False, True),
+            ("cafe\u0301", False, False),  # NFC changes it
+            ("caf\u00e9", False, True),
+            ("\ud800x", False, False),  # not valid Unicode
+        ],
+    )
+    def test_canonical_spelling(self, payee: str, ci: bool, canonical: bool) -> None:
+        assert is_canonical(payee, case_insensitive=ci) is canonical
+
+    @pytest.mark.parametrize(
+        "dash", ["\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2015", "\u2212",
+                 "\ufe63", "\uff0d"],
+    )  # fmt: skip
+    def test_prototype_maps_the_dash_family_to_hyphen_minus(self, dash: str) -> None:
+        assert prototype(f"bad{dash}x") == "bad-x"
+        assert skeleton(f"bad{dash}x") == skeleton("bad-x")
+
+    def test_prototype_keeps_ascii_and_case(self) -> None:
+        assert prototype("\u0410PI-\u0430pi") == "API-api"  # Cyrillic A and a
+        assert prototype("evi1.example") == "evi1.example"  # ASCII confusions are the skeleton's
 
     def test_normalise(self) -> None:
         assert normalise("ACME\u00e9", case_insensitive=True) == "acme\u00e9"
