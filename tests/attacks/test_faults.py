@@ -1,0 +1,384 @@
+"""Fault injection against a real ``paywarden serve``: the HSM or the store goes bad.
+
+Required of every fault (README, "Metrics and health"; signer/errors.py): each ``Sign``
+fails closed with ``UNAVAILABLE`` and reason ``HSM_UNAVAILABLE`` or ``STORE_UNAVAILABLE``,
+nothing is signed, the standard gRPC health service answers ``NOT_SERVING``, and once
+the fault clears the same process serves again, without a restart. Health is followed
+with the health service's own ``Watch`` stream (an event, not a sleep), bounded.
+
+Real parts only: the token directory and key objects of a real SoftHSM2 token are
+removed under the server; the store sits on a real, small tmpfs that is filled up
+(or, where mounting is not allowed, under a real RLIMIT_FSIZE set on the server
+process); a real second SQLite connection holds the write lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+
+from tests.conftest import make_token
+from tests.helpers import (
+    ROOT,
+    Pki,
+    ServeProcess,
+    TestToken,
+    new_nonce,
+    reason_of,
+    serve,
+    write_config,
+)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+HEALTH_WAIT = 20.0  # the health watcher looks every 2 s; generous on a busy machine
+RPC_TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def fault_token(tmp_path_factory: pytest.TempPathFactory) -> TestToken:
+    """A token of this module's own: its files are taken away under the server."""
+    return make_token(tmp_path_factory.mktemp("faults") / "hsm", label="faults")
+
+
+def _open_session(addr: str, pki: Pki, budget: str = "50.00") -> str:
+    with pki.channel(addr, "planner", "planner-1") as ch:
+        resp = sessions_pb2_grpc.SessionsStub(ch).OpenSession(
+            sessions_pb2.OpenSessionRequest(
+                agent_id="agent-1",
+                task_description="fault injection",
+                budgets=[sessions_pb2.AssetBudget(asset="USD", amount=budget)],
+                ttl_seconds=600,
+            ),
+            timeout=RPC_TIMEOUT,
+        )
+    return resp.session.session_id
+
+
+def _intent(session_id: str, amount: str = "1.00") -> signer_pb2.PaymentIntent:
+    return signer_pb2.PaymentIntent(
+        session_id=session_id,
+        key_id="payments.v1",
+        payee="weather-data-inc",
+        amount=amount,
+        asset="USD",
+        reference="inv-fault",
+        purpose="fault injection",
+        nonce=new_nonce(),
+        expires_at=int(time.time()) + 240,
+    )
+
+
+def _sign(
+    addr: str, pki: Pki, intent: signer_pb2.PaymentIntent, timeout: float = RPC_TIMEOUT
+) -> signer_pb2.SignResponse:
+    with pki.channel(addr, "agent", "agent-1") as ch:
+        resp: signer_pb2.SignResponse = signer_pb2_grpc.SignerStub(ch).Sign(
+            signer_pb2.SignRequest(intent=intent), timeout=timeout
+        )
+    return resp
+
+
+def _fails_closed(
+    addr: str, pki: Pki, intent: signer_pb2.PaymentIntent, reason: str, timeout: float = 30.0
+) -> grpc.RpcError:
+    """The documented refusal: UNAVAILABLE with ``reason``, and no signature."""
+    with pytest.raises(grpc.RpcError) as err:
+        resp = _sign(addr, pki, intent, timeout)
+        pytest.fail(f"signed during the fault: {resp.status} {resp.jws[:40]}")
+    assert (err.value.code(), reason_of(err.value)) == (grpc.StatusCode.UNAVAILABLE, reason), (
+        err.value.details()
+    )
+    return err.value
+
+
+def _health_becomes(srv: ServeProcess, pki: Pki, want: int) -> None:
+    """Follows the standard health service's Watch stream until it reports ``want``."""
+    seen = []
+    with pki.channel(srv.addr, "operator", "operator-1") as ch:
+        stream = health_pb2_grpc.HealthStub(ch).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_WAIT
+        )
+        try:
+            for answer in stream:
+                seen.append(answer.status)
+                if answer.status == want:
+                    stream.cancel()
+                    break
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name
+    assert seen and seen[-1] == want, (
+        f"health never said {name(want)} in {HEALTH_WAIT}s: saw {[name(s) for s in seen]}"
+    )
+    with pki.channel(srv.addr, "operator", "operator-1") as ch:  # and Check agrees
+        check = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="paywarden.v1.Signer"), timeout=RPC_TIMEOUT
+        )
+    assert check.status == want
+
+
+def _still_the_same_process(srv: ServeProcess, pid: int) -> None:
+    assert srv.proc.pid == pid and srv.proc.poll() is None, "the signer restarted or died"
+
+
+def _signed_in_store(db: Path, nonce: str) -> list[tuple[str, str | None]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT outcome, jws FROM decisions WHERE nonce = ?", (nonce,))
+        return [(str(o), j) for o, j in rows]
+    finally:
+        conn.close()
+
+
+# -- the HSM ---------------------------------------------------------------------------
+
+
+def test_token_directory_removed_while_serving_fails_closed_and_recovers(
+    tmp_path: Path, fault_token: TestToken, pki: Pki
+) -> None:
+    config = write_config(tmp_path, fault_token, pki)
+    tokens = fault_token.base / "tokens"
+    away = fault_token.base / "tokens.away"
+    with serve(config) as srv:
+        pid = srv.proc.pid
+        session_id = _open_session(srv.addr, pki)
+        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        _health_becomes(srv, pki, SERVING)
+        shutil.move(tokens, away)
+        try:
+            refused = [_intent(session_id) for _ in range(3)]
+            for intent in refused:
+                _fails_closed(srv.addr, pki, intent, "HSM_UNAVAILABLE")
+            _health_becomes(srv, pki, NOT_SERVING)
+            _fails_closed(srv.addr, pki, _intent(session_id), "HSM_UNAVAILABLE")
+        finally:
+            shutil.move(away, tokens)
+        _health_becomes(srv, pki, SERVING)
+        _still_the_same_process(srv, pid)
+        # a refused request, sent again, is signed exactly once; new ones sign too
+        again = _sign(srv.addr, pki, refused[0])
+        assert _sign(srv.addr, pki, refused[0]).jws == again.jws
+        assert _sign(srv.addr, pki, _intent(session_id)).jws
+    for intent in refused[1:]:
+        assert all(jws is None for _, jws in _signed_in_store(tmp_path / "state.db", intent.nonce))
+
+
+def test_key_objects_vanishing_mid_sign_fail_closed_and_recover(
+    tmp_path: Path, fault_token: TestToken, pki: Pki
+) -> None:
+    """The token stays, its key objects go: the module fails inside C_Sign."""
+    config = write_config(tmp_path, fault_token, pki)
+    (slot,) = (fault_token.base / "tokens").iterdir()
+    keys = [f for f in slot.glob("*.object") if f.name != "token.object"]
+    away = fault_token.base / "objects.away"
+    away.mkdir(exist_ok=True)
+    with serve(config) as srv:
+        pid = srv.proc.pid
+        session_id = _open_session(srv.addr, pki)
+        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        for f in keys:
+            shutil.move(f, away / f.name)
+        try:
+            first = _intent(session_id)
+            err = _fails_closed(srv.addr, pki, first, "HSM_UNAVAILABLE")
+            # decided and recorded before the HSM failed: the answer names the decision
+            decision = dict(err.trailing_metadata() or ()).get("paywarden-decision-id")  # type: ignore[attr-defined]
+            for _ in range(2):
+                _fails_closed(srv.addr, pki, _intent(session_id), "HSM_UNAVAILABLE")
+            _health_becomes(srv, pki, NOT_SERVING)
+        finally:
+            for f in keys:
+                shutil.move(away / f.name, f)
+        _health_becomes(srv, pki, SERVING)
+        _still_the_same_process(srv, pid)
+        done = _sign(srv.addr, pki, first)  # the recorded request completes, once
+        assert done.jws and done.replayed_result and done.decision_id == decision
+        assert _sign(srv.addr, pki, first).jws == done.jws
+        assert _sign(srv.addr, pki, _intent(session_id)).jws
+    assert _signed_in_store(tmp_path / "state.db", first.nonce) == [("allow", done.jws)]
+
+
+def test_wrong_pin_at_start_serves_nothing_and_never_shows_the_pin(
+    tmp_path: Path, fault_token: TestToken, pki: Pki
+) -> None:
+    """A rejected PIN is never retried (a real HSM locks the user): the signer stops."""
+    config = write_config(tmp_path, fault_token, pki)
+    wrong = tmp_path / "wrong.pin"
+    wrong.write_text("not-the-pin-" + fault_token.pin[::-1] + "\n", encoding="utf-8")
+    wrong.chmod(0o600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PAYWARDEN_HSM__PIN_FILE": str(wrong)},
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "paywarden: serving on" not in out
+    assert "hsm.pin_file" in out and "PIN incorrect" in out
+    assert wrong.read_text(encoding="utf-8").strip() not in out
+    assert fault_token.pin not in out
+    # the token was not locked out: the right PIN serves and signs
+    with serve(config) as srv:
+        assert _sign(srv.addr, pki, _intent(_open_session(srv.addr, pki))).jws
+
+
+# -- the store -------------------------------------------------------------------------
+
+
+class SmallDisk:
+    """A real small filesystem for the store: a tmpfs (root), else RLIMIT_FSIZE.
+
+    ``fill`` leaves no free byte (or caps every file the server writes at its present
+    size); ``clear`` gives the space back.
+    """
+
+    def __init__(self, mount: Path) -> None:
+        self.dir = mount
+        self.filler = mount / "filler"
+        self.mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        )
+        self._pid: int | None = None
+
+    def fill(self, pid: int) -> None:
+        if not self.mounted:
+            sizes = [p.stat().st_size for p in self.dir.iterdir() if p.is_file()]
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (max(sizes), resource.RLIM_INFINITY))
+            self._pid = pid
+            return
+        with open(self.filler, "wb", buffering=0) as fh:
+            for size in (65536, 1):  # then the last bytes of a partial page
+                try:
+                    while fh.write(b"\0" * size):
+                        pass
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+
+    def clear(self) -> None:
+        if self._pid is not None:
+            limit = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+            resource.prlimit(self._pid, resource.RLIMIT_FSIZE, limit)
+        self.filler.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.dir)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    disk = SmallDisk(mount)
+    try:
+        yield disk
+    finally:
+        disk.close()
+
+
+def test_full_filesystem_fails_closed_health_not_serving_and_recovers(
+    tmp_path: Path, token: TestToken, pki: Pki, small_disk: SmallDisk
+) -> None:
+    config = write_config(tmp_path, token, pki)
+    db = small_disk.dir / "state.db"
+    with serve(config, env={"PAYWARDEN_STORE__PATH": str(db)}) as srv:
+        pid = srv.proc.pid
+        session_id = _open_session(srv.addr, pki)
+        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        small_disk.fill(pid)
+        try:
+            refused = [_intent(session_id) for _ in range(3)]
+            for intent in refused:
+                _fails_closed(srv.addr, pki, intent, "STORE_UNAVAILABLE")
+            # health must say whether a decision can be committed now (issue 8, item 16)
+            _health_becomes(srv, pki, NOT_SERVING)
+            _fails_closed(srv.addr, pki, _intent(session_id), "STORE_UNAVAILABLE")
+        finally:
+            small_disk.clear()
+        _health_becomes(srv, pki, SERVING)
+        _still_the_same_process(srv, pid)
+        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        for intent in refused:
+            assert _signed_in_store(db, intent.nonce) == []
+        again = _sign(srv.addr, pki, refused[0])  # decided now, for the first time
+        assert again.jws and not again.replayed_result
+
+
+def test_read_only_store_at_start_serves_nothing_and_names_the_store(
+    tmp_path: Path, token: TestToken, pki: Pki, small_disk: SmallDisk
+) -> None:
+    """A store the signer cannot write never serves (a running server's open files
+    cannot be made read-only here: the kernel refuses to remount a filesystem with
+    writers, and chattr +i spares open descriptors)."""
+    if not small_disk.mounted:
+        pytest.fail("needs a tmpfs mount (root): the read-only store is a read-only filesystem")
+    config = write_config(tmp_path, token, pki)
+    env = {"PAYWARDEN_STORE__PATH": str(small_disk.dir / "state.db")}
+    with serve(config, env=env) as srv:
+        session_id = _open_session(srv.addr, pki)
+        assert _sign(srv.addr, pki, _intent(session_id)).jws
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk.dir)], check=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, **env},
+        )  # fmt: skip
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk.dir)], check=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "paywarden: serving on" not in out
+    assert "store.path" in out
+    # the store is intact and serves again once writable
+    with serve(config, env=env) as srv:
+        assert _sign(srv.addr, pki, _intent(session_id)).jws
+
+
+def test_locked_database_fails_closed_within_the_deadline_and_decides_nothing(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    """Another process holds the write lock: the caller is told UNAVAILABLE before its
+    deadline, and a call that is over is never decided later (issue 8, item 13)."""
+    config = write_config(tmp_path, token, pki)
+    db = tmp_path / "state.db"
+    deadline = 5.0
+    with serve(config) as srv:
+        pid = srv.proc.pid
+        session_id = _open_session(srv.addr, pki)
+        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        holder = sqlite3.connect(db, isolation_level=None, timeout=30)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            _health_becomes(srv, pki, NOT_SERVING)
+            waiting = _intent(session_id)
+            _fails_closed(srv.addr, pki, waiting, "STORE_UNAVAILABLE", timeout=deadline)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        _health_becomes(srv, pki, SERVING)
+        _still_the_same_process(srv, pid)
+        assert _sign(srv.addr, pki, _intent(session_id)).jws  # after anything still queued
+        assert _signed_in_store(db, waiting.nonce) == [], "a call that was over got decided"
+        again = _sign(srv.addr, pki, waiting)
+        assert again.jws and not again.replayed_result
