@@ -1,11 +1,29 @@
 #!/usr/bin/env bash
 # Installs what Paywarden needs on Debian/Ubuntu: SoftHSM2 and Python's venv
-# support (apt, when missing) and a virtual environment in .venv with the
-# project and its dev tools. Idempotent; safe to run again.
+# support (apt, when missing) and a virtual environment made only from a
+# hash-pinned lock file (scripts/lock.sh writes them), then the project itself
+# without dependencies:
+#   ./scripts/install.sh           .venv        requirements/dev.lock: the service and the
+#                                               dev tools (tests, lint, the README's commands)
+#   ./scripts/install.sh --serve   .venv-serve  requirements/serve.lock: what serving needs
+#                                               and nothing else (no test or build tools)
+# Every file is checked against its hash (pip --require-hashes, wheels only); the build
+# backend comes from the lock too. A venv whose lock changed is made again from scratch,
+# so it holds exactly its lock. PAYWARDEN_VENV names another directory for the venv.
+# Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
+case "${1:-}" in
+  "") venv=.venv lock=requirements/dev.lock ;;
+  --serve) venv=.venv-serve lock=requirements/serve.lock ;;
+  *)
+    echo "usage: install.sh [--serve]" >&2
+    exit 2
+    ;;
+esac
+venv="${PAYWARDEN_VENV:-$venv}"
 
 apt_install() {
   local sudo=""
@@ -32,21 +50,26 @@ if ! command -v softhsm2-util >/dev/null || [ ! -e /usr/lib/softhsm/libsofthsm2.
   apt_install softhsm2
 fi
 
-# A venv is usable only if its pip runs (Debian's python3 without python3-venv
-# leaves a half-made .venv behind).
-if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
-  rm -rf .venv
-  if ! "$PYTHON" -m venv .venv >/dev/null 2>&1; then
-    rm -rf .venv
+stamp="$venv/.paywarden-lock"
+want="$(sha256sum "$lock" | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  rm -rf "$venv"
+  # Debian's python3 without python3-venv leaves a half-made venv behind.
+  if ! "$PYTHON" -m venv "$venv" >/dev/null 2>&1; then
+    rm -rf "$venv"
     minor="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
     apt_install python3-venv "python${minor}-venv"
-    "$PYTHON" -m venv .venv
+    "$PYTHON" -m venv "$venv"
   fi
+  "$venv/bin/python" -m pip install -q --require-hashes --no-deps --only-binary :all: -r "$lock"
+  rm -f "$venv/.paywarden-project"
+  echo "$want" >"$stamp"
 fi
-stamp=.venv/.paywarden-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
-  touch "$stamp"
+# The project itself: its dependencies are the lock's, its build backend the lock's.
+project="$venv/.paywarden-project"
+if [ ! -f "$project" ] || [ pyproject.toml -nt "$project" ]; then
+  "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+  "$venv/bin/python" -m pip check >/dev/null
+  touch "$project"
 fi
-echo "install.sh: ready (.venv, softhsm2 $(softhsm2-util --version))"
+echo "install.sh: ready ($venv from $lock, softhsm2 $(softhsm2-util --version))"
