@@ -191,3 +191,13 @@ def _operator() -> Any:
     from paywarden.signer.identity import Principal, Role
 
     return Principal(Role.OPERATOR, "operator-1")
+
+
+def test_every_reason_code_has_its_own_fixed_sentence() -> None:
+    """A reason code added without a sentence would reach agents only as the
+    generic one: every code the signer defines has a sentence of its own."""
+    from paywarden.signer.disclosure import GENERIC, agent_message
+    from paywarden.signer.errors import Reason
+
+    missing = [r.value for r in Reason if agent_message(r.value) == GENERIC]
+    assert missing == []
