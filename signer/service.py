@@ -876,7 +876,7 @@ class SigningService:
         compact = jws_compact(signing_input, signature)
         attached = _store_call(
             lambda: self._store.attach_signature(
-                record.id, compact, self._now(), wait=deadline.remaining()
+                record.id, compact, self._now, wait=deadline.remaining()
             )
         )
         if attached is None:

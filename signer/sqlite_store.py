@@ -887,16 +887,17 @@ class SqliteStore:
             raise StoreError(f"store unavailable: {exc}") from None
 
     def attach_signature(
-        self, decision_id: str, jws: str, now: int, wait: float | None = None
+        self, decision_id: str, jws: str, clock: Callable[[], int], wait: float | None = None
     ) -> tuple[str, bool] | None:
         """Attaches the JWS only while the payment is still committed: its reservation
-        spent and unexpired at ``now``, for a held payment its approval approved, and
-        nothing frozen. Otherwise (the session was closed, the payment expired, was
-        withdrawn or frozen while the HSM signed) the signature is thrown away and None
-        is returned. An expired
-        unsigned payment's spend has lapsed already and may be in use by another."""
+        spent and unexpired at ``clock()`` read under the write lock, for a held payment
+        its approval approved, and nothing frozen. Otherwise (the session was closed,
+        the payment expired, was withdrawn or frozen while the HSM signed, or while this
+        call waited for the lock) the signature is thrown away and None is returned. An
+        expired unsigned payment's spend has lapsed already and may be in use by another."""
         try:
             with self._write(wait) as conn:
+                now = clock()  # not before the wait: the spend may have lapsed meanwhile
                 attached = conn.execute(
                     "UPDATE decisions SET jws = ? WHERE id = ? AND jws IS NULL"
                     " AND payload IS NOT NULL AND ("

@@ -168,9 +168,11 @@ def test_signature_is_attached_once(tmp_path: Path) -> None:
     with store.payment_tx() as tx:
         _put(tx, 1, 10)
         _put(tx, 2, 10, "deny")
-    assert store.attach_signature("dec_1", "first", 2) == ("first", True)
-    assert store.attach_signature("dec_1", "second", 2) == ("first", False)
-    assert store.attach_signature("dec_2", "x", 2) is None  # a denial never gets a signature
+    assert store.attach_signature("dec_1", "first", lambda: 2) == ("first", True)
+    assert store.attach_signature("dec_1", "second", lambda: 2) == ("first", False)
+    assert (
+        store.attach_signature("dec_2", "x", lambda: 2) is None
+    )  # a denial never gets a signature
     store.close()
 
 

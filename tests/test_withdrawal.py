@@ -51,11 +51,11 @@ def test_a_signature_made_after_the_session_closed_is_discarded(tmp_path: Path) 
     store = _store(tmp_path)
     first = _commit(store, 1)
     second = _commit(store, 2)
-    assert store.attach_signature(first, "jws-1", 2) == ("jws-1", True)
+    assert store.attach_signature(first, "jws-1", lambda: 2) == ("jws-1", True)
     # the planner closes the session while the HSM signs the second payment
     closed = store.close_session(SID, 5, EVENT)
     assert closed is not None and closed.spent_minor == {"USD": 100}  # only the signed one
-    assert store.attach_signature(second, "jws-2", 2) is None
+    assert store.attach_signature(second, "jws-2", lambda: 2) is None
     decision = store.get_decision(second)
     assert decision is not None and decision.jws is None
     store.close()
@@ -71,7 +71,7 @@ def test_closing_expires_approvals_and_releases_holds(tmp_path: Path) -> None:
     assert approval is not None and approval.status == "expired"
     session = store.get_session(SID, 6)
     assert session is not None and session.spent_minor == {"USD": 0}
-    assert store.attach_signature(held, "jws", 2) is None
+    assert store.attach_signature(held, "jws", lambda: 2) is None
     store.close()
 
 
@@ -81,7 +81,7 @@ def test_an_unsigned_spent_reservation_can_be_released_but_a_signed_one_never(
     store = _store(tmp_path)
     unsigned = _commit(store, 4)  # e.g. approved, then the HSM failed
     signed = _commit(store, 5)
-    assert store.attach_signature(signed, "jws-5", 2) == ("jws-5", True)
+    assert store.attach_signature(signed, "jws-5", lambda: 2) == ("jws-5", True)
     with store.payment_tx() as tx:
         tx.set_reservation(unsigned, "released")
         tx.set_reservation(signed, "released")

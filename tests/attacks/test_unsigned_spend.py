@@ -9,6 +9,7 @@ late retry of that very request is still denied.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
@@ -134,4 +135,48 @@ def test_a_signature_finished_after_the_expiry_is_discarded_not_double_counted(
     assert decision is not None and decision.jws is None
     other = service.sign(AGENT, _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce()))
     assert other.status is SignStatus.SIGNED
+    assert service.get_session(PLANNER, sid).record.spent_minor == {"USD": 60}
+
+
+def test_a_signature_attached_after_its_expiry_lapsed_cannot_overspend_the_session(
+    stack: Stack, flaky: tuple[SigningService, FailingHsm], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payment A is signed by the HSM, then waits for the store's lock to attach its
+    signature. Meanwhile its exp passes, its unsigned spend lapses and payment B,
+    which needs that spend, takes the lock first and is signed. A's signature must
+    then be judged at the time it is attached, not at the time it began to wait:
+    on a 1.00 budget, 0.60 + 0.60 must never both be signed."""
+    service, hsm = flaky
+    session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
+    sid = session.record.id
+    a = _intent(sid, "0.60", int(stack.clock.now()) + 5, new_nonce())
+    b = _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce())
+    real_locked = stack.store._locked
+    armed: list[bool] = []
+    answers: list[Any] = []
+
+    def lock_wait(wait: float | None) -> AbstractContextManager[float]:
+        # the store's lock is taken by others while A waits for it (a simulated
+        # wait: the real lock has no hook to hold A exactly here)
+        if armed:
+            armed.clear()
+            stack.clock.advance(6)  # A's exp passes while it waits
+            answers.append(service.sign(AGENT, b))  # B takes the lock first
+        result: AbstractContextManager[float] = real_locked(wait)
+        return result
+
+    def signed_a() -> None:  # A's next store call is the attach of its signature
+        hsm.while_signing = lambda: None
+        armed.append(True)
+
+    monkeypatch.setattr(stack.store, "_locked", lock_wait)
+    hsm.while_signing = signed_a
+    with pytest.raises(PaywardenError) as late:
+        service.sign(AGENT, a)
+    monkeypatch.undo()
+
+    assert answers and answers[0].status is SignStatus.SIGNED  # B was signed
+    assert late.value.reason == Reason.PAYMENT_WITHDRAWN  # A's signature was discarded
+    decision = stack.store.get_decision(late.value.decision_id or "")
+    assert decision is not None and decision.jws is None
     assert service.get_session(PLANNER, sid).record.spent_minor == {"USD": 60}
