@@ -840,14 +840,11 @@ class SigningService:
     ) -> SignResult:
         if record.outcome == "deny" or record.payload is None:
             _raise_denial(record, audit_seq)
-        # Committed but not signed yet: a caller gone now gets nothing signed (a retry
-        # of the same request completes it, as after an HSM failure).
-        deadline.check(0.0)
         log.info(
             "payment allowed",
             extra={"decision_id": record.id, "session_id": record.session_id, "replayed": replayed},
         )
-        if record.jws is not None:
+        if record.jws is not None:  # signed already: the payment is spent, so it is answered
             return SignResult(
                 SignStatus.SIGNED,
                 record.id,
@@ -857,6 +854,9 @@ class SigningService:
                 record.jws,
                 audit_seq=audit_seq,
             )
+        # Committed but not signed yet: a caller gone now gets nothing signed (a retry
+        # of the same request completes it, as after an HSM failure).
+        deadline.check(0.0)
         signing_input = jws_signing_input(record.key_id, record.payload)
         started = time.monotonic()
         try:
@@ -874,9 +874,15 @@ class SigningService:
             ) from None
         self.metrics.hsm_latency.observe(time.monotonic() - started)
         compact = jws_compact(signing_input, signature)
+        # A caller gone while the HSM signed gets nothing stored (the same check runs
+        # just before the commit); once stored, the token is always answered.
         attached = _store_call(
             lambda: self._store.attach_signature(
-                record.id, compact, self._now, wait=deadline.remaining()
+                record.id,
+                compact,
+                self._now,
+                wait=deadline.remaining(),
+                check=lambda: deadline.check(0.0),
             )
         )
         if attached is None:
@@ -902,7 +908,6 @@ class SigningService:
             self.metrics.signed(
                 record.asset, units, record.session_id, record.agent_id, record.key_id
             )
-        deadline.check(0.0)  # stored, so a retry gets it; a caller gone gets nothing
         return SignResult(
             SignStatus.SIGNED,
             record.id,

@@ -887,7 +887,12 @@ class SqliteStore:
             raise StoreError(f"store unavailable: {exc}") from None
 
     def attach_signature(
-        self, decision_id: str, jws: str, clock: Callable[[], int], wait: float | None = None
+        self,
+        decision_id: str,
+        jws: str,
+        clock: Callable[[], int],
+        wait: float | None = None,
+        check: Callable[[], None] | None = None,
     ) -> tuple[str, bool] | None:
         """Attaches the JWS only while the payment is still committed: its reservation
         spent and unexpired at ``clock()`` read under the write lock, for a held payment
@@ -896,7 +901,7 @@ class SqliteStore:
         call waited for the lock) the signature is thrown away and None is returned. An
         expired unsigned payment's spend has lapsed already and may be in use by another."""
         try:
-            with self._write(wait) as conn:
+            with self._write(wait, check) as conn:
                 now = clock()  # not before the wait: the spend may have lapsed meanwhile
                 attached = conn.execute(
                     "UPDATE decisions SET jws = ? WHERE id = ? AND jws IS NULL"

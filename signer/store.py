@@ -252,12 +252,19 @@ class Store(Protocol):
     def approval_tx(self) -> AbstractContextManager[ApprovalTx]: ...
 
     def attach_signature(
-        self, decision_id: str, jws: str, clock: Callable[[], int], wait: float | None = None
+        self,
+        decision_id: str,
+        jws: str,
+        clock: Callable[[], int],
+        wait: float | None = None,
+        check: Callable[[], None] | None = None,
     ) -> tuple[str, bool] | None:
         """Stores the JWS of a still-committed, unexpired decision unless one is stored; returns
         (the stored JWS, whether this call stored it), or None when the payment was
         withdrawn meanwhile (nothing stored). ``clock`` is read once the transaction
-        holds the write lock: an expiry that passed while the call waited for it counts."""
+        holds the write lock: an expiry that passed while the call waited for it counts.
+        ``check`` runs under the lock and just before the commit, as for
+        :meth:`payment_tx`: whatever it raises leaves nothing stored."""
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None: ...
 

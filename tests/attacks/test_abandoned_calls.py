@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from paywarden.signer.calls import Deadline
-from paywarden.signer.errors import DeadlineExceeded, Reason
+from paywarden.signer.errors import DeadlineExceeded, PaywardenError, Reason
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.payments import IntentFields
 from paywarden.signer.service import SignStatus
@@ -144,3 +145,98 @@ def test_a_call_gone_after_its_commit_gets_nothing_signed_and_a_retry_completes_
     assert jws is None
     retry = stack.service.sign(agent, fields)
     assert retry.status is SignStatus.SIGNED and retry.replayed and retry.jws
+
+
+def _fields(stack: Stack, session_id: str) -> IntentFields:
+    return IntentFields(
+        session_id=session_id,
+        key_id="payments.v1",
+        payee="weather-data-inc",
+        amount="1.00",
+        asset="USD",
+        reference="r",
+        purpose="p",
+        nonce=new_nonce(),
+        expires_at=int(stack.clock.now()) + 60,
+    )
+
+
+def _stored_jws(path: Path, nonce: str) -> str | None:
+    """What another connection sees: only a committed signature."""
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT jws FROM decisions WHERE nonce = ?", (nonce,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _gone_when(ended: Callable[[], bool], how: str) -> Deadline:
+    """A deadline that ends once ``ended()``: the caller cancels, or the server's
+    stop (the end of its grace period) passes."""
+    if how == "cancelled":
+        return Deadline(time.monotonic() + 30, lambda: not ended())
+    return Deadline(
+        time.monotonic() + 30, stop_at=lambda: time.monotonic() - 1 if ended() else None
+    )
+
+
+@pytest.mark.parametrize("how", ["cancelled", "stopping"])
+def test_a_signature_stored_is_always_returned_not_denied(stack: Stack, how: str) -> None:
+    """The caller's deadline (or the server's stop) passes just after the signature
+    was stored: the payment is spent for good and a retry would get that very token,
+    so the caller that is still there gets it too, never "nothing was signed"."""
+    planner, agent = Principal(Role.PLANNER, "planner-1"), Principal(Role.AGENT, "agent-1")
+    session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
+    path = stack.config.store.path
+    fields = _fields(stack, session.record.id)
+    deadline = _gone_when(lambda: _stored_jws(path, fields.nonce) is not None, how)
+    result = stack.service.sign(agent, fields, deadline)
+    assert result.status is SignStatus.SIGNED and result.jws
+    assert result.jws == _stored_jws(path, fields.nonce)
+    spent = stack.service.get_session(planner, session.record.id).record.spent_minor
+    assert spent == {"USD": 100}
+
+
+@pytest.mark.parametrize("how", ["cancelled", "stopping"])
+def test_a_caller_past_its_deadline_gets_no_signature_stored(stack: Stack, how: str) -> None:
+    """The caller's deadline (or the server's stop) passes while the HSM signs: the
+    signature is thrown away, not stored, and the caller is told nothing was signed;
+    the identical retry, while the payment is unexpired, completes it."""
+    planner, agent = Principal(Role.PLANNER, "planner-1"), Principal(Role.AGENT, "agent-1")
+    session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
+    path = stack.config.store.path
+    registry = stack.service.metrics.registry
+    hsm_calls = "paywarden_hsm_sign_latency_seconds_count"
+    signed_before = registry.get_sample_value(hsm_calls)
+    fields = _fields(stack, session.record.id)
+    deadline = _gone_when(lambda: registry.get_sample_value(hsm_calls) != signed_before, how)
+    with pytest.raises(PaywardenError) as gone:
+        stack.service.sign(agent, fields, deadline)
+    expected = Reason.CALL_CANCELLED if how == "cancelled" else Reason.SHUTTING_DOWN
+    assert gone.value.reason == expected
+    assert registry.get_sample_value(hsm_calls) != signed_before  # the HSM did sign
+    assert _stored_jws(path, fields.nonce) is None  # but nothing was stored
+    retry = stack.service.sign(agent, fields)
+    assert retry.status is SignStatus.SIGNED and retry.replayed and retry.jws
+    assert retry.jws == _stored_jws(path, fields.nonce)
+
+
+@pytest.mark.parametrize("how", ["cancelled", "stopping"])
+def test_a_retry_of_a_signed_payment_is_answered_its_token_not_denied(
+    stack: Stack, how: str
+) -> None:
+    """The retry of a signed payment ends (caller or server's stop) just after its
+    commit: the token it finds is answered, not "nothing was signed"."""
+    planner, agent = Principal(Role.PLANNER, "planner-1"), Principal(Role.AGENT, "agent-1")
+    session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
+    path = stack.config.store.path
+    fields = _fields(stack, session.record.id)
+    first = stack.service.sign(agent, fields)
+    assert first.status is SignStatus.SIGNED
+
+    def committed_size() -> int:  # what another connection sees: only committed records
+        with sqlite3.connect(path) as conn:
+            return int(conn.execute("SELECT size FROM audit_state").fetchone()[0])
+
+    before = committed_size()
+    retry = stack.service.sign(agent, fields, _gone_when(lambda: committed_size() > before, how))
+    assert retry.status is SignStatus.SIGNED and retry.replayed
+    assert retry.jws == first.jws
