@@ -179,7 +179,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     trusted = list(args.trusted or [])
     for path in args.checkpoint or []:
         trusted.extend(_trusted_from_file(path, keys))
-    report = auditlog.verify(records, checkpoints, keys, trusted=trusted, limits=_seal_limits(args))
+    report = auditlog.verify(
+        records,
+        checkpoints,
+        keys,
+        trusted=trusted,
+        limits=_seal_limits(args),
+        time_skew=args.max_time_skew,
+    )
     if report.ok:
         print(
             f"audit log OK: {report.records} records, {report.checkpoints} signed checkpoints, "

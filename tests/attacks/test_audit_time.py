@@ -103,10 +103,11 @@ def stepped_back(sealed: Sealed, tmp_path: Path, hsm: Hsm, seq: int, seconds: in
     return copy
 
 
-def verify(sealed: Sealed, db: Path) -> subprocess.CompletedProcess[str]:
+def verify(sealed: Sealed, db: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return cli(
-        "audit", "verify", "--db", db, "--public-key", sealed.public_key, "--config", sealed.config
-    )
+        "audit", "verify", "--db", db, "--public-key", sealed.public_key,
+        "--config", sealed.config, *extra,
+    )  # fmt: skip
 
 
 def test_the_log_as_written_verifies(sealed: Sealed, tmp_path: Path) -> None:
@@ -135,3 +136,17 @@ def test_a_record_a_second_behind_a_concurrent_one_is_not_an_attack(
     copy = stepped_back(sealed, tmp_path, hsm, sealed.records - 3, 1)
     proc = verify(sealed, copy)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_record_thirty_seconds_back_fails_a_tighter_skew(
+    sealed: Sealed, tmp_path: Path, hsm: Hsm
+) -> None:
+    """``--max-time-skew`` is the auditor's: a record 30 s back passes the default
+    60 s and fails once the auditor allows only 10."""
+    k = sealed.records - 3
+    copy = stepped_back(sealed, tmp_path, hsm, k, 30)
+    proc = verify(sealed, copy)
+    assert proc.returncode == 0, proc.stderr
+    proc = verify(sealed, copy, "--max-time-skew", "10")
+    assert proc.returncode == 1, proc.stdout
+    assert f"first bad record {k}" in proc.stderr and "time went backwards" in proc.stderr
