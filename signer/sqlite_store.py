@@ -261,10 +261,24 @@ def _append_audit(conn: sqlite3.Connection, event: Mapping[str, Any]) -> int:
 
     The record is the event plus ``seq`` and ``prev_root`` (the tree head before
     it), serialised with RFC 8785; its leaf hash is computed over those bytes.
+
+    Audit times never go back: its ``time`` is at least the previous record's.
+    A refusal, a vote or a freeze reads the clock and then waits for the write
+    lock (up to ``store.lock_timeout_seconds``), so a record dated later may be
+    appended first; the event happened by the time it is appended, which is
+    after both. A decision reads the (high-water) time under the lock, so it is
+    not moved.
     """
     size, frontier_json = conn.execute(
         "SELECT size, frontier FROM audit_state WHERE id = 1"
     ).fetchone()
+    at = event.get("time")
+    if size and isinstance(at, int) and not isinstance(at, bool):
+        (head,) = conn.execute(  # O(1): the record at the log's head, by key
+            "SELECT json_extract(body, '$.time') FROM audit_log WHERE seq = ?", (size,)
+        ).fetchone() or (None,)
+        if isinstance(head, int) and head > at:
+            event = {**event, "time": head}
     frontier: merkle.Frontier = [(s, bytes.fromhex(h)) for s, h in json.loads(frontier_json)]
     seq = int(size) + 1
     body = jcs({**event, "seq": seq, "prev_root": merkle.frontier_root(frontier).hex()})

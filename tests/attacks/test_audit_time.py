@@ -25,6 +25,9 @@ from typing import Any
 import pytest
 import rfc8785
 from paywarden.hsm import Hsm, KeyRef
+from paywarden.signer import audit
+from paywarden.signer.identity import Principal, Role
+from paywarden.signer.sqlite_store import SqliteStore
 
 from tests.attacks.test_audit_rewrite import rewritten
 from tests.helpers import MODULE, Pki, TestToken, serve, write_config
@@ -150,3 +153,35 @@ def test_a_record_thirty_seconds_back_fails_a_tighter_skew(
     proc = verify(sealed, copy, "--max-time-skew", "10")
     assert proc.returncode == 1, proc.stdout
     assert f"first bad record {k}" in proc.stderr and "time went backwards" in proc.stderr
+
+
+def test_a_refusal_that_waited_for_the_lock_does_not_date_the_log_backwards(
+    sealed: Sealed, tmp_path: Path, hsm: Hsm
+) -> None:
+    """A refusal (or a vote, a freeze, a session close) reads the clock and then
+    waits for the store's lock, up to ``store.lock_timeout_seconds`` (at most
+    120 s), so a record dated later can be appended before it. Here the freeze
+    was read 90 s after the refusal and won the lock: the log the signer writes
+    must still pass verify, and its times must not go back."""
+    db = tmp_path / "state.db"
+    store = SqliteStore(db, lock_timeout=120)
+    store.migrate()
+    agent, operator = Principal(Role.AGENT, "agent-1"), Principal(Role.OPERATOR, "operator-1")
+    read_at = 1_800_000_000  # when the refusal read the clock, before its wait
+    store.audit_event(
+        audit.event("freeze.set", operator, read_at + 90, scope="global", target="", reason="drill")
+    )
+    refusal = audit.event("sign.refused", agent, read_at, reason="FROZEN", message="frozen")
+    store.audit_event(refusal)
+    store.close()
+    reseal(db, hsm)
+    conn = sqlite3.connect(db)
+    records = [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
+    conn.close()
+    assert [r["time"] for r in records] == [read_at + 90, read_at + 90]
+    assert {k: v for k, v in records[1].items() if k not in ("time", "seq", "prev_root")} == {
+        k: v for k, v in refusal.items() if k != "time"
+    }
+    proc = verify(sealed, db)
+    assert proc.returncode == 0, proc.stderr
+    assert verify(sealed, db, "--max-time-skew", "0").returncode == 0
