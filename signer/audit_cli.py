@@ -327,8 +327,9 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
         type=_count,
         default=auditlog.TIME_SKEW,
         metavar="S",
-        help="how far a record's time may lie below an earlier one's "
-        f"(default {auditlog.TIME_SKEW}: calls that waited for the store's lock)",
+        help="how far a record's time may lie below an earlier one's (default "
+        f"{auditlog.TIME_SKEW}, for logs written before the store kept times from going "
+        "back; 0 for logs written since)",
     )
     p.set_defaults(fn=cmd_verify)
     p = sub.add_parser("export", parents=[source], help="records and checkpoints as JSON Lines")

@@ -15,9 +15,11 @@ more when it stops). A tree head kept elsewhere (:class:`TrustedHead`) pins
 history further: the log's first ``size`` records must hash to its root
 (RFC 9162 consistency, checked by recomputing the prefix).
 
-Record times never go back by more than ``time_skew`` seconds: a record that
-reads the clock before it waits for the write lock may land after one that
-read it a little later, but a clock stepped back (or a record moved) shows.
+Record times never go back by more than ``time_skew`` seconds: a clock stepped
+back (or a record moved) shows. The store stamps each record no earlier than
+the one before it, so a log written by this version never goes back at all;
+the skew allows for logs written before it did, where a record that read the
+clock before waiting for the write lock could land after a later-dated one.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from paywarden.signer.canonical import jcs
 from paywarden.signer.store import Checkpoint
 
 CHECKPOINT_TYPE = "paywarden.checkpoint.v1"
-# A record's time may be this much below an earlier record's: a call reads the
-# clock, then may wait for the store's write lock (bounded by its busy timeout).
+# A record's time may be this much below an earlier record's. The store no longer
+# writes such records; logs written before it clamped times may hold them (a call
+# read the clock, then waited for the write lock, up to store.lock_timeout_seconds).
 TIME_SKEW = 60
 
 
