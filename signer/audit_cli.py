@@ -202,6 +202,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"audit log BROKEN: {n} problem{'s' if n > 1 else ''}", file=sys.stderr)
     for problem in report.problems:
         print(f"  {problem}", file=sys.stderr)
+    for line in report.advice:
+        print(line, file=sys.stderr)
     return 1
 
 

@@ -110,6 +110,7 @@ class Report:
     first_bad_seq: int | None = None
     unsealed: int = 0  # records after the last checkpoint
     trusted: list[TrustedHead] = field(default_factory=list)  # the heads the log matched
+    advice: list[str] = field(default_factory=list)  # what may explain the problems, and what to do
 
     @property
     def ok(self) -> bool:
@@ -241,15 +242,24 @@ def _check_sealed(
             f"no signed checkpoint: nothing seals these {n} records (the checkpoints were "
             "deleted, or the log was rewritten)",
         )
+        report.advice.extend(_UNSEALED_CAUSES)
+        report.advice.extend(
+            (
+                "If the signer's own logs show that, verify again once it has run long enough",
+                "to seal. Never seal an unexplained log with `paywarden ctl checkpoint`: that",
+                "signs whatever the store holds now.",
+            )
+        )
         return
     tail = n - sealed
+    fixes = []
     if limits.records is not None and tail > limits.records:
         report.bad(
             None,
             f"records {sealed + 1} to {n}: {tail} records after the last checkpoint, more "
-            f"than the {limits.records} the checkpoint interval allows (checkpoints were "
-            "deleted, or the signer could not seal them; --max-unsealed changes the limit)",
+            f"than the {limits.records} the checkpoint interval allows",
         )
+        fixes.append(f"--max-unsealed {tail}")
     tail_times = [t for t in times[sealed:] if t is not None]
     if limits.seconds is not None and tail_times:
         span = max(tail_times) - tail_times[0]
@@ -257,10 +267,32 @@ def _check_sealed(
             report.bad(
                 None,
                 f"records {sealed + 1} to {n}: unsealed across {span} seconds of record "
-                f"times, longer than the {limits.seconds:g} seconds the checkpoint interval allows "
-                "(checkpoints were deleted, or the signer could not seal them; "
-                "--max-unsealed-seconds changes the limit)",
+                f"times, longer than the {limits.seconds:g} seconds the checkpoint interval "
+                "allows",
             )
+            fixes.append(f"--max-unsealed-seconds {span}")
+    if fixes:
+        report.advice.extend(_UNSEALED_CAUSES)
+        report.advice.extend(
+            (
+                "If the signer's own logs show such a crash or outage, it seals these records",
+                "once it runs again with its HSM back. To accept the log as it is now, give",
+                f"{' and '.join(fixes)}, or a checkpoint kept elsewhere that covers",
+                f"records {sealed + 1} to {n} (--trusted SIZE:ROOT, --checkpoint FILE).",
+                "Never seal an unexplained tail with `paywarden ctl checkpoint`: that signs",
+                "whatever the store holds now.",
+            )
+        )
+
+
+# What legitimately leaves records unsealed for longer than the checkpoint interval.
+_UNSEALED_CAUSES = (
+    "Unsealed records mean the checkpoints were deleted, or the signer could not seal them:",
+    "  - it was killed before its next checkpoint (at a high rate, many records are",
+    "    written between two ticks of its checkpointer);",
+    "  - its HSM was out, so the audit key could not sign a checkpoint while records",
+    "    were still appended.",
+)
 
 
 class _BadRecord(Exception):

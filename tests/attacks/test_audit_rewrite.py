@@ -225,3 +225,49 @@ def test_an_unsealed_tail_spanning_longer_than_the_interval_fails(log: Log, tmp_
     proc = verify(log, copy, "--config", log.config, "--max-unsealed", "1000")
     assert proc.returncode == 1, proc.stdout
     assert "seconds the checkpoint interval allows" in proc.stderr
+
+
+def test_a_long_unsealed_tail_says_what_may_cause_it_and_how_to_accept_it(
+    log: Log, tmp_path: Path
+) -> None:
+    """An auditor told only "BROKEN" after a crash or an HSM outage cannot tell it
+    from a rewrite: the failure names the legitimate causes and the options that
+    accept such a tail, never the checkpoint command that would seal a rewrite."""
+    conn = sqlite3.connect(log.db)
+    last = int(conn.execute("SELECT max(seq) FROM audit_log").fetchone()[0])
+    conn.close()
+
+    def later(seq: int, record: dict[str, Any]) -> dict[str, Any]:
+        if seq == last:
+            record["time"] = int(record["time"]) + 3600
+        return record
+
+    copy = rewritten(log.db, tmp_path, later, keep_checkpoints_upto=log.trusted_size)
+    proc = verify(log, copy, "--config", log.config)
+    assert proc.returncode == 1, proc.stdout
+    tail = last - log.trusted_size
+    assert f"records {log.trusted_size + 1} to {last}: {tail} records" in proc.stderr
+    assert "killed before its next checkpoint" in proc.stderr
+    assert "HSM was out, so the audit key could not sign a checkpoint" in proc.stderr
+    span = proc.stderr.split("unsealed across ")[1].split(" seconds")[0]
+    assert f"--max-unsealed {tail} and --max-unsealed-seconds {span}, or a" in proc.stderr
+    assert "(--trusted SIZE:ROOT, --checkpoint FILE)" in proc.stderr
+    assert "Never seal an unexplained tail with `paywarden ctl checkpoint`" in proc.stderr
+    # the options it names accept this tail, and nothing else is wrong with it
+    accepted = verify(
+        log, copy, "--config", log.config,
+        "--max-unsealed", str(tail), "--max-unsealed-seconds", span,
+    )  # fmt: skip
+    assert accepted.returncode == 0, accepted.stderr
+    # a checkpoint kept from before the tail does not cover it
+    kept = verify(log, copy, "--config", log.config, "--checkpoint", log.trusted_file)
+    assert kept.returncode == 1, kept.stdout
+
+
+def test_a_log_without_checkpoints_says_what_may_cause_it(log: Log, tmp_path: Path) -> None:
+    copy = rewritten(log.db, tmp_path, inflate_first_payment())
+    proc = verify(log, copy, "--config", log.config)
+    assert proc.returncode == 1, proc.stdout
+    assert "no signed checkpoint" in proc.stderr
+    assert "killed before its next checkpoint" in proc.stderr
+    assert "Never seal an unexplained log with `paywarden ctl checkpoint`" in proc.stderr
