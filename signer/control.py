@@ -48,7 +48,10 @@ class ControlService:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
+        unfrozen: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``unfrozen(scope, target)`` is called after a freeze is lifted: the signing
+        service resets what it counted for the breaker (``SigningService.operator_unfroze``)."""
         self._config = config
         self._store = store
         self._hsm = hsm
@@ -56,6 +59,7 @@ class ControlService:
         self._time = HighWater(clock, store.latest_audit_time())
         self._key_ids = {k.ref().key_id for k in config.keys}
         self._checkpoint_lock = threading.Lock()
+        self._unfrozen = unfrozen
 
     def _now(self) -> int:
         return self._time.now()
@@ -100,6 +104,8 @@ class ControlService:
         now = self._now()
         event = audit.event("freeze.clear", caller, now, scope=scope, target=target, reason=reason)
         removed = _store(lambda: self._store.clear_freeze(scope, target, now, event))
+        if removed and self._unfrozen is not None:
+            self._unfrozen(scope, target)
         self.freezes()
         if removed:
             self._metrics.unfroze(scope, target)

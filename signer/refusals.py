@@ -8,7 +8,9 @@ O(1) per request, and bounded in size:
   the whole signer, or a payment key) is refused before its request is parsed.
   It reloads from the store when this process sets or lifts a freeze, and at
   least every ``freeze_cache_seconds`` (freezes set by another process). The
-  authoritative check inside the deciding transaction stays.
+  authoritative check inside the deciding transaction stays. It only answers
+  "frozen or not": what an unfreeze resets is told by the operator's act itself
+  (:meth:`RefusalCounter.reset`), never inferred from what the cache happened to see.
 * :class:`RefusalBudget` — a token bucket per principal: each refusal takes a
   token; with none left the principal is refused (``RATE_LIMITED``) before its
   request is read.
@@ -49,7 +51,6 @@ class FreezeView:
         self._max_age = max_age
         self._clock = clock
         self._scopes: frozenset[tuple[str, str]] = frozenset()
-        self._agents: frozenset[str] = frozenset()
         self._seen_generation: int | None = None
         self._loaded_at = -math.inf
         self._reload = threading.Lock()
@@ -57,25 +58,22 @@ class FreezeView:
     def invalidate(self) -> None:
         self._seen_generation = None
 
-    def refresh(self) -> frozenset[str]:
-        """Reloads when stale; returns the agents whose freeze was lifted by it.
+    def refresh(self) -> None:
+        """Reloads when stale.
 
         One thread reloads at a time; the others go on with the view they have
         (a stale view only lets a request through to the authoritative check)."""
         generation = self._generation()
         fresh = self._clock() - self._loaded_at < self._max_age
         if generation == self._seen_generation and fresh:
-            return frozenset()
+            return
         if not self._reload.acquire(blocking=False):
-            return frozenset()
+            return
         try:
             freezes = self._load()
             self._scopes = frozenset((f.scope, f.target) for f in freezes)
-            lifted = self._agents - {t for s, t in self._scopes if s == "agent"}
-            self._agents = frozenset(t for s, t in self._scopes if s == "agent")
             self._seen_generation = generation
             self._loaded_at = self._clock()
-            return lifted
         finally:
             self._reload.release()
 
@@ -258,6 +256,7 @@ class RefusalCounter:
             return ring.total(now) if ring is not None and ring.window == window else 0
 
     def reset(self, agent_id: str) -> None:
-        """An operator lifted the agent's freeze: its breaker window starts afresh."""
+        """An operator lifted the agent's freeze: its breaker window starts afresh
+        (as the store's ``breaker_resets`` restarts the window of its decisions)."""
         with self._lock:
             self._rings.pop(agent_id, None)

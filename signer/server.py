@@ -334,7 +334,9 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     except StoreError as exc:
         raise StartupError(f"store.path: {exc}") from None
     service = SigningService(config, store, hsm, packs, clock=clock.now, metrics=metrics)
-    control = ControlService(config, store, hsm, metrics, clock=clock.now)
+    control = ControlService(
+        config, store, hsm, metrics, clock=clock.now, unfrozen=service.operator_unfroze
+    )
     _audit_start(store, hsm, packs, config, clock.now)
     auth = authenticator(config)
     in_flight = Gauge(

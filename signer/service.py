@@ -365,12 +365,9 @@ class SigningService:
         freezes), or a caller whose refusal budget is spent, is refused at once."""
         _require(caller, Role.AGENT)
         try:
-            lifted = self._freeze_view.refresh()
+            self._freeze_view.refresh()
         except StoreError as exc:  # the deciding transaction will meet it too
             log.error("cannot read the freezes: %s", exc)
-            lifted = frozenset()
-        for agent_id in lifted:
-            self._refusal_count.reset(agent_id)  # an unfreeze restarts the breaker's window
         scope = self._freeze_view.frozen(caller.id, fields.key_id)
         if scope is not None:
             raise SessionNotUsable(
@@ -427,6 +424,16 @@ class SigningService:
     def flush_refusals(self) -> None:
         """Records every pending refusal summary now (call before the final checkpoint)."""
         self._flush_refusal_summaries(everything=True)
+
+    def operator_unfroze(self, scope: str, target: str) -> None:
+        """An operator lifted a freeze (told by :class:`ControlService`, after the store
+        recorded it): an agent's breaker window starts afresh, the refusals counted
+        before the unfreeze included, as the store restarts the window of its decisions.
+        Only the operator's act says so: the cached freeze view may never have seen
+        the breaker's freeze at all."""
+        if scope == "agent":
+            self._refusal_count.reset(target)
+        self._freeze_view.invalidate()
 
     def _breaker_counts_refusal(self, caller: Principal, now: int) -> None:
         """Counts a refusal in the agent's breaker window (O(1)); past the breaker's

@@ -144,7 +144,9 @@ def stack(
     hsm = open_hsm(cfg)
     clock = Clock()
     service = SigningService(cfg, store, hsm, load_packs(cfg), clock=clock.now)
-    control = ControlService(cfg, store, hsm, service.metrics, clock=clock.now)
+    control = ControlService(
+        cfg, store, hsm, service.metrics, clock=clock.now, unfrozen=service.operator_unfroze
+    )
     yield Stack(cfg, store, hsm, service, clock, control)
     hsm.close()
     store.close()

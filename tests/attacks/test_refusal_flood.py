@@ -274,3 +274,29 @@ def test_breaker_counts_refusals_and_denials_together(
         assert _answer(agent2, _intent(sid)) == "FAILED_PRECONDITION/FROZEN"
         (trip,) = [r for r in _records(db) if r["action"] == "breaker.freeze"]
         assert "4 rejections" in trip["reason"]
+
+
+def test_an_unfreeze_is_not_undone_by_refusals_counted_before_it(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    db = tmp_path / "state.db"
+    with running(tmp_path, token, pki) as (_, client):
+        sid = client.session("agent-2")
+        agent2 = client.signer("agent-2")
+        # max_rejections = 3: the fourth refusal trips the breaker and freezes agent-2
+        for _ in range(4):
+            assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+        # the agent goes quiet (no Sign sees the freeze); an operator reviews and lifts it
+        control = client.control()
+        assert control.Unfreeze(
+            control_pb2.UnfreezeRequest(scope=control_pb2.AGENT, target="agent-2", reason="ok"),
+            timeout=TIMEOUT,
+        ).removed
+        # the refusals counted before the unfreeze no longer count: payments sign, and
+        # the agent is not frozen again behind the operator's back
+        assert _answer(agent2, _intent(sid)) == "SIGNED"
+        assert _answer(agent2, _intent(sid)) == "SIGNED"
+        freezes = control.ListFreezes(control_pb2.ListFreezesRequest(), timeout=TIMEOUT)
+        assert list(freezes.freezes) == []
+        trips = [r for r in _records(db) if r["action"] == "breaker.freeze"]
+        assert len(trips) == 1
