@@ -156,19 +156,25 @@ class _Window:
 
 
 class RefusalLog:
-    """Decides which refusals are recorded in full and which are only counted."""
+    """Decides which refusals are recorded in full and which are only counted.
+
+    A window that is over is never dropped with its count: :meth:`admit` moves it to
+    the pending summaries when it opens the next one, and :meth:`due` hands them out.
+    Call :meth:`due` often (the checkpointer does, on every tick, before it seals):
+    counted refusals stay in memory until then, and a crash loses what was not written.
+    """
 
     def __init__(self, window_seconds: int, max_tracked: int = MAX_TRACKED) -> None:
         self._window = window_seconds
         self._max = max_tracked
         self._open: dict[tuple[Principal, str], _Window] = {}
+        self._pending: list[Summary] = []
         self._next_end: float = math.inf
         self._lock = threading.Lock()
 
     def admit(self, principal: Principal, reason: str, now: int) -> bool:
         """True: record this refusal in full (and call :meth:`recorded`); False: it
-        was counted into the window's summary. Call :meth:`due` with the same ``now``
-        first: a window that is over has been closed by it."""
+        was counted into the window's summary."""
         key = (principal, reason)
         with self._lock:
             window = self._open.get(key)
@@ -177,6 +183,8 @@ class RefusalLog:
                 return False
             if window is None and len(self._open) >= self._max:
                 return True  # too many at once: record in full rather than lose a count
+            if window is not None:  # over but not yet closed: its count is kept
+                self._close(window, reason, now)
             self._open[key] = _Window(principal, now)
             self._next_end = min(self._next_end, now + self._window)
             return True
@@ -189,22 +197,30 @@ class RefusalLog:
 
     def due(self, now: int, *, everything: bool = False) -> list[Summary]:
         """Closes the windows that are over (all of them with ``everything``) and
-        returns the summaries to write: one for each window that counted refusals."""
+        returns the summaries to write: one for each window that counted refusals,
+        those closed earlier by :meth:`admit` included."""
         with self._lock:
-            if not everything and now < self._next_end:
+            if not everything and now < self._next_end and not self._pending:
                 return []
-            out: list[Summary] = []
             next_end = math.inf
             for (principal, reason), w in list(self._open.items()):
                 end = w.start + self._window
                 if everything or now >= end:
                     del self._open[(principal, reason)]
-                    if w.count:
-                        out.append(Summary(principal, reason, w.count, w.start, now, w.first_seq))
+                    self._close(w, reason, now)
                 else:
                     next_end = min(next_end, end)
             self._next_end = next_end
+            out, self._pending = self._pending, []
             return out
+
+    def _close(self, w: _Window, reason: str, now: int) -> None:
+        """Keeps the window's summary (if it counted any) until :meth:`due` takes it.
+        Its refusals all fell before its end: ``until`` is that end, or ``now`` when a
+        window still open is closed early."""
+        if w.count:
+            until = min(now, w.start + self._window)
+            self._pending.append(Summary(w.principal, reason, w.count, w.start, until, w.first_seq))
 
 
 class _Ring:

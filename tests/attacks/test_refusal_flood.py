@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from paywarden.signer.identity import Principal, Role
+from paywarden.signer.refusals import RefusalLog
 from paywarden.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -300,3 +302,21 @@ def test_an_unfreeze_is_not_undone_by_refusals_counted_before_it(
         assert list(freezes.freezes) == []
         trips = [r for r in _records(db) if r["action"] == "breaker.freeze"]
         assert len(trips) == 1
+
+
+def test_refusals_counted_in_a_window_that_lapsed_unclosed_are_still_summarised() -> None:
+    # A window that is over but was not closed (no flush between two refusals) used
+    # to be replaced by the next refusal's window, and its count went with it.
+    log = RefusalLog(60)
+    agent = Principal(Role.AGENT, "agent-1")
+    assert log.admit(agent, "AMOUNT_MALFORMED", 0)  # recorded in full
+    log.recorded(agent, "AMOUNT_MALFORMED", 7)
+    assert not log.admit(agent, "AMOUNT_MALFORMED", 10)  # counted
+    assert not log.admit(agent, "AMOUNT_MALFORMED", 30)  # counted
+    assert log.admit(agent, "AMOUNT_MALFORMED", 61)  # a new window: recorded in full
+    log.recorded(agent, "AMOUNT_MALFORMED", 9)
+    summaries = log.due(61) + log.due(10_000, everything=True)
+    assert [(s.principal, s.count, s.since, s.until, s.first_seq) for s in summaries] == [
+        (agent, 2, 0, 60, 7)
+    ]
+    assert log.due(20_000, everything=True) == []
