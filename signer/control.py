@@ -183,11 +183,22 @@ class ControlService:
 
 
 class Checkpointer:
-    """Signs a checkpoint every ``checkpoint_every`` records or ``checkpoint_seconds``."""
+    """Signs a checkpoint every ``checkpoint_every`` records or ``checkpoint_seconds``.
 
-    def __init__(self, control: ControlService, store: Store, config: Config) -> None:
+    ``before`` runs on every tick, before the checkpoint is considered: the signing
+    service writes the refusal summaries that are due (``flush_due_refusals``), so
+    they are sealed with the rest even if no Sign comes after them."""
+
+    def __init__(
+        self,
+        control: ControlService,
+        store: Store,
+        config: Config,
+        before: Callable[[], None] | None = None,
+    ) -> None:
         self._control = control
         self._store = store
+        self._before = before
         self._every = config.audit.checkpoint_every
         self._seconds = config.audit.checkpoint_seconds
         self._stop = threading.Event()
@@ -205,6 +216,8 @@ class Checkpointer:
         tick = min(1.0, self._seconds)
         while not self._stop.wait(tick):
             try:
+                if self._before is not None:
+                    self._before()
                 size, _ = self._store.audit_head()
                 sealed = self._store.last_checkpoint()
                 last = sealed.size if sealed is not None else 0

@@ -379,7 +379,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
                 f"metrics.listen: cannot bind {config.metrics.listen}: {exc}"
             ) from None
     server.start()
-    checkpointer = Checkpointer(control, store, config)
+    checkpointer = Checkpointer(control, store, config, before=service.flush_due_refusals)
     checkpointer.start()
     metrics.hsm_up.set(1 if hsm.available else 0)
     control.freezes()  # the frozen-scopes gauge starts from what is persisted

@@ -419,7 +419,12 @@ class SigningService:
             try:
                 self._store.audit_event(summary)
             except StoreError as err:
-                log.error("cannot audit a refusal summary: %s", err)
+                log.error("cannot audit a refusal summary of %d refusals: %s", s.count, err)
+
+    def flush_due_refusals(self) -> None:
+        """Records the refusal summaries whose window is over (the checkpointer calls
+        it on every tick, before it seals: a quiet agent's counts reach the log)."""
+        self._flush_refusal_summaries()
 
     def flush_refusals(self) -> None:
         """Records every pending refusal summary now (call before the final checkpoint)."""

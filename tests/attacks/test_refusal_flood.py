@@ -320,3 +320,69 @@ def test_refusals_counted_in_a_window_that_lapsed_unclosed_are_still_summarised(
         (agent, 2, 0, 60, 7)
     ]
     assert log.due(20_000, everything=True) == []
+
+
+def _sealed_summaries(db: Path, agent: str) -> tuple[list[dict[str, Any]], int]:
+    """The agent's refusal summaries in the log, and the size the last checkpoint seals."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        bodies = conn.execute("SELECT body FROM audit_log ORDER BY seq").fetchall()
+        (sealed,) = conn.execute("SELECT COALESCE(MAX(size), 0) FROM audit_checkpoints").fetchone()
+    finally:
+        conn.close()
+    records = [json.loads(b) for (b,) in bodies]
+    summaries = [
+        r for r in records if r["action"] == "sign.refused.summary" and r["actor"]["id"] == agent
+    ]
+    return summaries, int(sealed)
+
+
+def test_a_quiet_agents_counted_refusals_are_sealed_without_a_later_sign_or_a_shutdown(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    # Counted refusals were written only when a later Sign came, or at a clean
+    # shutdown: an agent that went quiet left them in memory, and a SIGKILL lost them.
+    env = {
+        "PAYWARDEN_LIMITS__REFUSAL_SUMMARY_SECONDS": "1",
+        "PAYWARDEN_AUDIT__CHECKPOINT_SECONDS": "0.2",
+    }
+    db = tmp_path / "state.db"
+    repeats = 5
+    with running(tmp_path, token, pki, env) as (srv, client):
+        sid = client.session("agent-1")
+        agent1 = client.signer("agent-1")
+        for _ in range(repeats):
+            assert _answer(agent1, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+        full = [
+            r
+            for r in _records(db)
+            if r["action"] == "sign.refused" and r["actor"]["id"] == "agent-1"
+        ]
+        assert 1 <= len(full) < repeats  # some repeats were only counted, in memory
+        # the agent goes quiet: no Sign, no shutdown; the summary must reach the log
+        # and be sealed by a checkpoint (readiness polled on the store, bounded)
+        deadline = time.monotonic() + 30
+        summaries, sealed = _sealed_summaries(db, "agent-1")
+        while time.monotonic() < deadline and not (
+            len(full) + sum(s["count"] for s in summaries) == repeats
+            and sealed >= max(s["seq"] for s in summaries)
+        ):
+            time.sleep(0.05)
+            summaries, sealed = _sealed_summaries(db, "agent-1")
+        assert len(full) + sum(s["count"] for s in summaries) == repeats, summaries
+        assert all(s["reason"] == "AMOUNT_MALFORMED" for s in summaries)
+        assert {s["first_seq"] for s in summaries} <= {r["seq"] for r in full}
+        assert sealed >= max(s["seq"] for s in summaries)
+        pem = client.control().Checkpoint(control_pb2.CheckpointRequest(), timeout=TIMEOUT)
+        public_key = tmp_path / "audit.pem"
+        public_key.write_text(pem.audit_public_key_pem, encoding="utf-8")
+        srv.proc.kill()  # no clean shutdown: what the log holds is what was written
+        srv.proc.wait(timeout=TIMEOUT)
+    summaries_after, _ = _sealed_summaries(db, "agent-1")
+    assert summaries_after == summaries
+    verify = subprocess.run(
+        [sys.executable, "-m", "paywarden.signer.cli", "audit", "verify", "--db", str(db),
+         "--public-key", str(public_key)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
