@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from paywarden.signer.errors import DeadlineExceeded, Reason, Unavailable
+from paywarden.signer.errors import Cancelled, DeadlineExceeded, Reason, Unavailable
 from paywarden.signer.status import to_grpc_status
 
 
@@ -61,10 +61,11 @@ class Deadline:
 
     def check(self, margin: float | None = None) -> None:
         """Raises when the caller is gone or has ``margin`` seconds left or less (the
-        deadline's own margin by default): :class:`DeadlineExceeded`, or
+        deadline's own margin by default): :class:`DeadlineExceeded` (:class:`Cancelled`
+        once the caller cancelled), or
         :class:`Unavailable` (SHUTTING_DOWN) when the server's stop came first."""
         if not self.active():
-            raise DeadlineExceeded(
+            raise Cancelled(
                 Reason.CALL_CANCELLED, "the caller cancelled the call; nothing was signed"
             )
         ends, stopping = self._ends()

@@ -147,3 +147,7 @@ class RateLimited(PaywardenError):
 
 class DeadlineExceeded(PaywardenError):
     """The caller gave up (deadline passed or cancelled): nothing was decided or signed."""
+
+
+class Cancelled(DeadlineExceeded):
+    """The caller cancelled the call: nothing was decided or signed."""

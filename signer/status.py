@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from paywarden.signer.errors import (
+    Cancelled,
     DeadlineExceeded,
     Denied,
     Forbidden,
@@ -46,6 +47,7 @@ _CODES: dict[type[PaywardenError], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
 }
 
 

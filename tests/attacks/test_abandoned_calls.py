@@ -23,6 +23,7 @@ from paywarden.signer.errors import DeadlineExceeded, PaywardenError, Reason
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.payments import IntentFields
 from paywarden.signer.service import SignStatus
+from paywarden.signer.status import status_code_for
 from paywarden.v1 import signer_pb2
 
 from tests.helpers import Pki, Stack, TestToken, new_nonce, reason_of, write_config
@@ -101,6 +102,7 @@ def test_a_call_cancelled_while_it_waited_for_the_lock_is_not_decided(stack: Sta
     with pytest.raises(DeadlineExceeded) as gone:
         stack.service.sign(agent, fields, deadline)
     assert gone.value.reason == Reason.CALL_CANCELLED
+    assert status_code_for(gone.value) is grpc.StatusCode.CANCELLED  # not DEADLINE_EXCEEDED
     assert stack.store.audit_head()[0] == size_before  # nothing recorded
     assert stack.service.get_session(planner, session.record.id).record.spent_minor == {"USD": 0}
 
