@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -53,11 +52,14 @@ RPC_ROLES: dict[str, frozenset[Role]] = {
 
 @dataclass(frozen=True)
 class Edge:
-    """What the wrapper of every handler needs: who calls, and where a failure is audited."""
+    """What the wrapper of every handler needs: who calls, and where a failure is audited.
+
+    ``clock`` is the services' decision time (:class:`~paywarden.signer.timekeeping.HighWater`),
+    never the raw system clock: an ``rpc.error`` record must not go back in time."""
 
     auth: Authenticator
     store: Store
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], float]
 
     def audit_error(self, method: str, caller: Principal | None) -> int | None:
         """One ``rpc.error`` record: the method and the caller, never the exception's text."""

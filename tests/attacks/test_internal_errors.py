@@ -6,19 +6,27 @@ not show that the call happened. The rpc wrapper now writes one ``rpc.error``
 record naming the method and the caller, and nothing of the exception's text,
 which could carry secrets. The fault is injected: the real service has no bug
 to trigger on demand.
+
+That record keeps the services' time too: after the system clock steps back,
+its time is not below the time of the record before it (the server's wrapper
+once read the raw clock while the services read the high-water one).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
+from paywarden.signer import server
+from paywarden.signer.config import load_config
 from paywarden.signer.errors import Reason
 from paywarden.v1 import control_pb2, control_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.helpers import Stack, reason_of
+from tests.helpers import Pki, Stack, TestToken, reason_of, write_config
 
 SECRET = "pin=918273-not-for-logs"
 TIMEOUT = 10
@@ -116,3 +124,42 @@ def test_the_call_after_the_bug_is_served_normally(
         keys = _call_get_public_keys(channel)
     assert isinstance(keys, signer_pb2.GetPublicKeysResponse)
     assert _records_after(stack, audit_size) == []
+
+
+class _SteppedClock:
+    """The ``time`` module as ``server.start`` sees it, with ``time()`` moved by ``offset``
+    seconds: the system clock stepping back is a fault the test cannot cause for real."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def test_an_internal_error_after_the_clock_steps_back_is_not_recorded_back_in_time(
+    tmp_path: Path, token: TestToken, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _SteppedClock(offset=600.0)  # ten minutes ahead; then the step back to now
+    monkeypatch.setattr(server, "time", clock)
+    running = server.start(load_config(write_config(tmp_path, token, pki), environ={}))
+    try:
+        size, _root = running.store.audit_head()
+        before = json.loads(running.store.audit_record(size))  # keys.load, at start-up
+        clock.offset = 0.0
+        monkeypatch.setattr(running.service, "public_keys", _boom)
+        with pki.channel(f"127.0.0.1:{running.port}", "agent", "agent-2") as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                _call_get_public_keys(channel)
+        assert info.value.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+        assert running.store.audit_head()[0] == size + 1  # the call's one record
+        record = json.loads(running.store.audit_record(size + 1))
+    finally:
+        running.stop(0)
+        running.hsm.close()  # logged out: the next module's token session is its own
+    assert record["action"] == "rpc.error"
+    assert before["time"] >= time.time() + 500  # written while the clock was ahead
+    assert record["time"] >= before["time"]
