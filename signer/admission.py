@@ -17,9 +17,22 @@ on the worker thread and before the handler runs:
   principal's unary calls in flight (``TOO_MANY_CALLS``).
 
 A refusal costs the thread only for the check, and is not audited: a caller
-must not be able to fill the log by knocking. gRPC's own
-``maximum_concurrent_rpcs`` refuses operators too, so it stays a flood guard
-set well above ``max_workers``.
+must not be able to fill the log by knocking.
+
+gRPC reads a unary call's request message on the worker thread, before any
+interceptor's code runs: a call that sends its headers and never its message
+held a thread that admission never saw, and sixteen of them stalled the kill
+switch again. So every handler is served as a request-streaming one here: the
+caller is authenticated and admitted first, and only an admitted call waits for
+its message (:func:`_one_request`), on its share of the threads. The wire does
+not change: a unary call is one message on a stream either way.
+
+Some services run on an executor of their own (``executors``: the operator's
+``Control``, so that it never queues behind the signing path's calls); gRPC
+picks it from the wrapper's ``experimental_thread_pool`` attribute
+(:func:`~paywarden.signer.calls.run_on`). A caller without the role is refused on
+that executor before its message is read. gRPC's own ``maximum_concurrent_rpcs``
+counts every call and refuses operators too: see ``server.max_concurrent_rpcs``.
 """
 
 from __future__ import annotations
@@ -27,14 +40,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from paywarden.signer.authz import authorize
+from paywarden.signer.calls import executor_of, run_on
 from paywarden.signer.config import ServerConfig
-from paywarden.signer.errors import Overloaded, PaywardenError, Reason
+from paywarden.signer.errors import InvalidInput, Overloaded, PaywardenError, Reason
 from paywarden.signer.identity import Authenticator, Principal, Role
 from paywarden.signer.status import to_grpc_status
 
@@ -134,12 +149,30 @@ else:
     _Interceptor = grpc.ServerInterceptor
 
 
-class AdmissionInterceptor(_Interceptor):
-    """Wraps every handler's behaviour with :meth:`admit` and the matching leave."""
+def _one_request(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+    """The one request message of an admitted unary call; raises ``grpc.RpcError`` if
+    the caller cancels while it is awaited, and ends the call (INVALID_ARGUMENT) if the
+    caller closes its side without one."""
+    for request in requests:
+        return request  # a second message, if any, is never read (as gRPC does)
+    missing = InvalidInput(Reason.MALFORMED_REQUEST, "the call carries no request message")
+    context.abort_with_status(to_grpc_status(missing))
 
-    def __init__(self, admission: Admission, auth: Authenticator) -> None:
+
+class AdmissionInterceptor(_Interceptor):
+    """Serves every handler as a request-streaming one, its behaviour wrapped by
+    :meth:`admit` and the matching leave, on the executor of its service
+    (``executors``: method prefix -> executor; the server's own for the rest)."""
+
+    def __init__(
+        self,
+        admission: Admission,
+        auth: Authenticator,
+        executors: Mapping[str, futures.ThreadPoolExecutor] | None = None,
+    ) -> None:
         self._admission = admission
         self._auth = auth
+        self._executors = dict(executors or {})
 
     def admit(self, method: str, context: grpc.ServicerContext, *, streaming: bool) -> Ticket:
         try:
@@ -152,25 +185,51 @@ class AdmissionInterceptor(_Interceptor):
             context.abort_with_status(to_grpc_status(exc))
             raise  # abort_with_status raises; this line is never reached
 
-    def _unary_response(self, method: str, behaviour: Behaviour, streaming: bool) -> Behaviour:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            ticket = self.admit(method, context, streaming=streaming)
+    def _unary_unary(self, method: str, behaviour: Behaviour) -> Behaviour:
+        def wrapped(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            ticket = self.admit(method, context, streaming=False)
             try:
-                return behaviour(request, context)
+                return behaviour(_one_request(requests, context), context)
             finally:
                 self._admission.leave(ticket)
 
         return wrapped
 
-    def _stream_response(self, method: str, behaviour: Behaviour) -> Behaviour:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def _unary_stream(self, method: str, behaviour: Behaviour) -> Behaviour:
+        def wrapped(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             ticket = self.admit(method, context, streaming=True)
             try:
-                yield from behaviour(request, context)
+                yield from behaviour(_one_request(requests, context), context)
             finally:  # runs when the stream ends, fails or is cancelled
                 self._admission.leave(ticket)
 
         return wrapped
+
+    def _stream_unary(self, method: str, behaviour: Behaviour) -> Behaviour:
+        def wrapped(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            ticket = self.admit(method, context, streaming=True)
+            try:
+                return behaviour(requests, context)
+            finally:
+                self._admission.leave(ticket)
+
+        return wrapped
+
+    def _stream_stream(self, method: str, behaviour: Behaviour) -> Behaviour:
+        def wrapped(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            ticket = self.admit(method, context, streaming=True)
+            try:
+                yield from behaviour(requests, context)
+            finally:  # runs when the stream ends, fails or is cancelled
+                self._admission.leave(ticket)
+
+        return wrapped
+
+    def _executor(self, method: str, behaviour: Behaviour) -> futures.ThreadPoolExecutor | None:
+        for prefix, pool in self._executors.items():
+            if method.startswith(prefix):
+                return pool
+        return executor_of(behaviour)  # one an inner layer gave it, or the server's
 
     def intercept_service(
         self,
@@ -182,13 +241,25 @@ class AdmissionInterceptor(_Interceptor):
             return None  # UNIMPLEMENTED, from gRPC
         method: str = handler_call_details.method
         h: Any = handler  # a namedtuple: one behaviour is set, by the kind of call
-        wrapped: Handler
+        options = {
+            "request_deserializer": h.request_deserializer,
+            "response_serializer": h.response_serializer,
+        }
         if h.unary_unary is not None:
-            wrapped = h._replace(unary_unary=self._unary_response(method, h.unary_unary, False))
-        elif h.stream_unary is not None:
-            wrapped = h._replace(stream_unary=self._unary_response(method, h.stream_unary, True))
+            inner = h.unary_unary
+            wrapped = self._unary_unary(method, inner)
+            make = grpc.stream_unary_rpc_method_handler
         elif h.unary_stream is not None:
-            wrapped = h._replace(unary_stream=self._stream_response(method, h.unary_stream))
+            inner = h.unary_stream
+            wrapped = self._unary_stream(method, inner)
+            make = grpc.stream_stream_rpc_method_handler
+        elif h.stream_unary is not None:
+            inner = h.stream_unary
+            wrapped = self._stream_unary(method, inner)
+            make = grpc.stream_unary_rpc_method_handler
         else:
-            wrapped = h._replace(stream_stream=self._stream_response(method, h.stream_stream))
-        return wrapped
+            inner = h.stream_stream
+            wrapped = self._stream_stream(method, inner)
+            make = grpc.stream_stream_rpc_method_handler
+        result: Handler = make(run_on(wrapped, self._executor(method, inner)), **options)
+        return result

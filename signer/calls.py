@@ -16,13 +16,39 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from paywarden.signer.errors import Cancelled, DeadlineExceeded, Reason, Unavailable
 from paywarden.signer.status import to_grpc_status
+
+# grpc/_server.py (_select_thread_pool_for_behavior) runs a call on the executor named
+# by this attribute of the handler's behaviour, if it has one, instead of the server's.
+# An interceptor that wraps a behaviour must carry it over (:func:`keep_executor`).
+EXECUTOR_ATTRIBUTE = "experimental_thread_pool"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def executor_of(behaviour: object) -> futures.ThreadPoolExecutor | None:
+    """The executor gRPC will run ``behaviour`` on (None: the server's own)."""
+    pool = getattr(behaviour, EXECUTOR_ATTRIBUTE, None)
+    return pool if isinstance(pool, futures.ThreadPoolExecutor) else None
+
+
+def run_on(behaviour: _F, pool: futures.ThreadPoolExecutor | None) -> _F:
+    """Makes gRPC run ``behaviour`` on ``pool`` (nothing changes for None)."""
+    if pool is not None:
+        setattr(behaviour, EXECUTOR_ATTRIBUTE, pool)
+    return behaviour
+
+
+def keep_executor(inner: object, outer: _F) -> _F:
+    """``outer`` wraps ``inner``: it runs on the executor ``inner`` was given."""
+    return run_on(outer, executor_of(inner))
 
 
 def _always() -> bool:
@@ -160,7 +186,8 @@ else:  # not generic at run time
 class CallInterceptor(_Interceptor):
     """Counts every unary call to our services through the gate and records its
     deadline for the service. Health and reflection are left alone: health must
-    answer NOT_SERVING while the server drains."""
+    answer NOT_SERVING while the server drains. The wrapped call keeps the executor
+    its handler was given (:func:`keep_executor`)."""
 
     def __init__(self, prefix: str, margin: float, gate: Gate) -> None:
         self._prefix = prefix
@@ -192,7 +219,7 @@ class CallInterceptor(_Interceptor):
                 gate.leave()
 
         return grpc.unary_unary_rpc_method_handler(
-            run,
+            keep_executor(behavior, run),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -48,8 +48,10 @@ class ServerConfig(_Model):
     client_ca: _Path = DEFAULT_DATA_DIR / "pki" / "ca.crt"
     max_workers: int = Field(default=16, ge=1, le=256)
     grace_seconds: float = Field(default=5.0, ge=0, le=60)
-    # Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED.
-    max_concurrent_rpcs: int = Field(default=256, ge=1, le=100_000)
+    # gRPC's own cap on calls in flight (queued ones included), past which it refuses
+    # every caller, operators too. Unset by default: max_connections and
+    # max_concurrent_streams bound the calls; when set, it must be above their product.
+    max_concurrent_rpcs: int | None = Field(default=None, ge=1, le=1_000_000_000)
     # A connection that has not finished its TLS handshake within this time is
     # closed (gRPC's default is 120 s: idle sockets could hold every descriptor).
     handshake_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
@@ -58,8 +60,8 @@ class ServerConfig(_Model):
     max_connections: int = Field(default=1000, ge=1, le=1_000_000)
     # Server reflection (for grpcurl and the like), operators only when on.
     reflection: bool = False
-    # Worker threads kept for operators' unary calls (Control stays answerable):
-    # every other call, and every stream, shares the rest of max_workers.
+    # Worker threads kept for operators' unary calls besides Control (which has
+    # control_workers): every other call, and every stream, shares the rest of max_workers.
     reserved_workers: int = Field(default=2, ge=1, le=255)
     # Streams (health Watch, reflection) open at once, in all and per principal.
     max_streams: int = Field(default=4, ge=0, le=10_000)
@@ -69,6 +71,12 @@ class ServerConfig(_Model):
     # A Sign is committed only with more than this much of its deadline left: room
     # for the HSM, the signature's commit and the answer.
     deadline_margin_seconds: float = Field(default=0.25, ge=0, le=10)
+    # Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS):
+    # a client's further calls wait on its side until one ends.
+    max_concurrent_streams: int = Field(default=16, ge=1, le=10_000)
+    # Threads of the operators' Control service, apart from every other call's: the
+    # kill switch never waits behind the signing path.
+    control_workers: int = Field(default=4, ge=1, le=256)
 
     @field_validator("listen")
     @classmethod
@@ -89,10 +97,15 @@ class ServerConfig(_Model):
     def _operators_keep_their_share(self) -> ServerConfig:
         if self.reserved_workers >= self.max_workers:
             raise ValueError("server.reserved_workers must be below server.max_workers")
-        # gRPC refuses every caller, operators too, past max_concurrent_rpcs: the
-        # calls admitted to the workers alone must never reach it.
-        if self.max_concurrent_rpcs <= self.max_workers:
-            raise ValueError("server.max_concurrent_rpcs must be above server.max_workers")
+        # gRPC refuses every caller, operators too, past max_concurrent_rpcs; it counts
+        # calls queued for a thread as well, and calls that never send their message
+        # can be queued up to what the connection and stream caps allow.
+        most = self.max_connections * self.max_concurrent_streams
+        if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs <= most:
+            raise ValueError(
+                "server.max_concurrent_rpcs must be above server.max_connections x"
+                f" server.max_concurrent_streams ({most}), or unset"
+            )
         return self
 
 

@@ -94,12 +94,14 @@ DESCRIPTOR_RESERVE = 128
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:
-    """Channel arguments that bound what unauthenticated sockets can hold."""
+    """Channel arguments that bound what sockets can hold: unauthenticated ones, and the
+    calls of each connection."""
     s = config.server
     return [
         ("grpc.so_reuseport", 0),
         ("grpc.server_handshake_timeout_ms", max(1, round(s.handshake_timeout_seconds * 1000))),
         ("grpc.max_allowed_incoming_connections", s.max_connections),
+        ("grpc.max_concurrent_streams", s.max_concurrent_streams),
     ]
 
 
@@ -346,10 +348,20 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     )
     gate = Gate(in_flight.set)
     margin = config.server.deadline_margin_seconds
+    # The operators' Control service runs on threads of its own (admission refuses
+    # every other role there before reading a request): the kill switch answers
+    # however many calls hold or wait for the other threads.
+    control_pool = futures.ThreadPoolExecutor(
+        max_workers=config.server.control_workers, thread_name_prefix="control"
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="rpc"),
-        interceptors=[
-            AdmissionInterceptor(Admission.from_config(config.server), auth),
+        interceptors=[  # admission first: it sees every call before its request is read
+            AdmissionInterceptor(
+                Admission.from_config(config.server),
+                auth,
+                {"/paywarden.v1.Control/": control_pool},
+            ),
             CallInterceptor("/paywarden.v1.", margin, gate),
         ],
         options=server_options(config),

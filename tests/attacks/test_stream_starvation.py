@@ -12,6 +12,12 @@ Each test runs a real ``paywarden serve`` with 16 workers (the default) and
 saturates it; the slow unary callers are real: ``Sign`` and ``OpenSession``
 calls waiting for the store's write lock, which the test holds from another
 connection (``BEGIN IMMEDIATE`` on the database file).
+
+The slowest callers of all send a call's headers and never its message. gRPC
+read a unary request on the worker thread before any of our code ran, so such
+calls held threads that admission never saw: sixteen of them from an agent's
+certificate stalled the kill switch again. Now every call is admitted before its
+message is awaited, and ``Control`` runs on threads of its own.
 """
 
 from __future__ import annotations
@@ -20,15 +26,19 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent import futures
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from paywarden.signer.config import ConfigError, load_config
+from paywarden.signer.admission import Admission, AdmissionInterceptor
+from paywarden.signer.calls import CallInterceptor, Gate, executor_of, run_on
+from paywarden.signer.config import ConfigError, ServerConfig, load_config
 from paywarden.signer.errors import Reason
+from paywarden.signer.identity import Authenticator
 from paywarden.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -300,8 +310,12 @@ def _environ(settings: dict[str, int]) -> dict[str, str]:
     [
         ({"max_workers": 16, "reserved_workers": 16}, "server.reserved_workers"),
         ({"max_workers": 16, "max_concurrent_rpcs": 16}, "server.max_concurrent_rpcs"),
+        (  # calls queued for a thread, up to what the connections may hold, count too
+            {"max_connections": 100, "max_concurrent_streams": 16, "max_concurrent_rpcs": 1600},
+            "server.max_concurrent_rpcs",
+        ),
     ],
-    ids=["no-worker-left-to-share", "grpc-would-refuse-operators"],
+    ids=["no-worker-left-to-share", "grpc-would-refuse-operators", "queued-calls-would-too"],
 )
 def test_settings_that_would_cancel_the_operators_reserve_are_refused(
     settings: dict[str, int], names: str
@@ -345,3 +359,189 @@ def test_cancelled_and_finished_streams_give_their_place_back(
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
             )
             assert len(list(answers)) == 1  # the client half-closes: the stream ends
+
+
+# -- calls that never send their request message ------------------------------------------
+
+# (method, how the server serves it) for one attacker connection: 12 calls, 40+ in all.
+STALLED_CALLS = (
+    *[("/paywarden.v1.Signer/GetPublicKeys", "unary")] * 4,
+    *[("/paywarden.v1.Signer/Sign", "unary")] * 3,
+    ("/grpc.health.v1.Health/Check", "unary"),
+    *[("/paywarden.v1.Control/Freeze", "unary")] * 2,  # not an agent's: refused, not held
+    ("/paywarden.v1.Control/ListFreezes", "unary"),
+    ("/grpc.health.v1.Health/Watch", "stream"),
+)
+ATTACKER_CONNECTIONS = (("agent-1", 0), ("agent-1", 1), ("agent-2", 0), ("agent-2", 1))
+SHARED_WORKERS = 14  # 16 workers, 2 reserved for operators (the defaults)
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+class Stalled:
+    """Calls whose request iterator blocks: the client sends the headers, never a message."""
+
+    def __init__(self) -> None:
+        self._release = threading.Event()
+        self._cond = threading.Condition()
+        self.calls: list[tuple[str, grpc.Future]] = []
+
+    def _requests(self) -> Iterator[bytes]:
+        self._release.wait()  # then end without a message: the client half-closes
+        yield from ()
+
+    def _ended(self, _call: grpc.Future) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def open(self, channel: grpc.Channel, method: str, kind: str) -> None:
+        call: grpc.Future
+        if kind == "unary":
+            stub = channel.stream_unary(method, request_serializer=_raw, response_deserializer=_raw)
+            call = stub.future(self._requests(), timeout=120)
+        else:
+            streams = channel.stream_stream(
+                method, request_serializer=_raw, response_deserializer=_raw
+            )
+            call = streams(self._requests(), timeout=120)  # type: ignore[assignment]
+        call.add_done_callback(self._ended)
+        self.calls.append((method, call))
+
+    def wait_ended(self, count: int, deadline: float) -> list[tuple[str, grpc.Future]]:
+        """Waits until ``count`` calls have ended (or the deadline); returns those that have."""
+        with self._cond:
+            while sum(c.done() for _, c in self.calls) < count and time.monotonic() < deadline:
+                self._cond.wait(0.5)
+            return [(m, c) for m, c in self.calls if c.done()]
+
+    def release(self) -> None:
+        self._release.set()
+
+    def cancel(self) -> None:
+        self._release.set()
+        for _, call in self.calls:
+            call.cancel()
+
+
+def _outcome(call: grpc.Future) -> tuple[grpc.StatusCode, str | None]:
+    err: grpc.RpcError = call  # type: ignore[assignment]  # an ended call is its own error
+    return call.code(), reason_of(err)  # type: ignore[attr-defined]
+
+
+def _attacker_channel(srv: ServeProcess, pki: Pki, agent: str, index: int) -> grpc.Channel:
+    """A connection of its own (a distinct channel argument keeps gRPC from sharing one)."""
+    key, cert = pki.cert("agent", agent)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca, private_key=key, certificate_chain=cert
+    )
+    return grpc.secure_channel(
+        srv.addr,
+        creds,
+        options=[
+            ("grpc.ssl_target_name_override", "localhost"),
+            ("grpc.primary_user_agent", f"stalling-{agent}-{index}"),
+        ],
+    )
+
+
+def test_calls_that_never_send_their_body_do_not_stall_freeze(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    config = write_config(tmp_path, token, pki)
+    stalled = Stalled()
+    with (
+        serve(config, env=WORKERS) as srv,
+        _channels(srv, pki) as channel,
+        ExitStack() as attackers,
+    ):
+        operator = channel("operator", "operator-1")
+        assert _list_freezes(operator).freezes == []  # connected, before the attack
+        attackers.callback(stalled.cancel)
+        for agent, index in ATTACKER_CONNECTIONS:
+            conn = attackers.enter_context(_attacker_channel(srv, pki, agent, index))
+            for method, kind in STALLED_CALLS:
+                stalled.open(conn, method, kind)
+        assert len(stalled.calls) >= 40
+        assert _saturated(channel, time.monotonic() + SATURATION_WAIT)
+
+        # The kill switch answers while every shared thread is held.
+        assert _freeze(operator, "agent-1").created
+        listed = _list_freezes(operator)
+        assert [(f.scope, f.target) for f in listed.freezes] == [(control_pb2.AGENT, "agent-1")]
+
+        # What the attacker got: its Control calls were refused before their message,
+        # its other calls held no more than the shared threads and were refused beyond.
+        total = len(stalled.calls)
+        ended = stalled.wait_ended(total - SHARED_WORKERS, time.monotonic() + SATURATION_WAIT)
+        assert len(ended) >= total - SHARED_WORKERS
+        control = [c for m, c in stalled.calls if m.startswith("/paywarden.v1.Control/")]
+        assert all(c.done() for c in control)
+        assert {_outcome(c) for c in control} == {
+            (grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
+        }
+        assert {_outcome(c) for m, c in ended if not m.startswith("/paywarden.v1.Control/")} <= {
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_CALLS),
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_STREAMS),
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.SERVER_BUSY),
+        }
+
+        # Calls that end without their message are refused, and give their place back.
+        stalled.release()
+        rest = stalled.wait_ended(total, time.monotonic() + SATURATION_WAIT)
+        assert len(rest) == total
+        assert (grpc.StatusCode.INVALID_ARGUMENT, Reason.MALFORMED_REQUEST) in {
+            _outcome(c) for _, c in rest
+        }
+        keys = signer_pb2_grpc.SignerStub(channel("agent", "agent-2")).GetPublicKeys(
+            signer_pb2.GetPublicKeysRequest(), timeout=OPERATOR_DEADLINE
+        )
+        assert len(keys.keys) == 2
+
+
+def _handler(behaviour: Callable[[object, grpc.ServicerContext], object]) -> object:
+    return grpc.unary_unary_rpc_method_handler(behaviour)
+
+
+class _Details(grpc.HandlerCallDetails):
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = ()
+
+
+def test_the_control_executor_survives_every_interceptor(pki: Pki) -> None:
+    """gRPC picks a call's executor from the outermost behaviour: each layer keeps it."""
+    control_pool = futures.ThreadPoolExecutor(max_workers=1)
+    other_pool = futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        admission = AdmissionInterceptor(
+            Admission.from_config(ServerConfig()),
+            Authenticator.from_pem(pki.trust_domain, pki.ca),
+            {"/paywarden.v1.Control/": control_pool},
+        )
+        inner = CallInterceptor("/paywarden.v1.", 0.25, Gate())
+
+        def behaviour(request: object, context: grpc.ServicerContext) -> object:
+            return request
+
+        def chain(method: str, handler: object) -> object:
+            details = _Details(method)
+            return admission.intercept_service(
+                lambda d: inner.intercept_service(lambda _d: handler, d),  # type: ignore[arg-type,return-value]
+                details,
+            )
+
+        freeze: object = chain("/paywarden.v1.Control/Freeze", _handler(behaviour))
+        keys: object = chain("/paywarden.v1.Signer/GetPublicKeys", _handler(behaviour))
+        given: object = chain(
+            "/paywarden.v1.Signer/Sign", _handler(run_on(lambda r, c: r, other_pool))
+        )
+        for handler in (freeze, keys, given):  # read before the request: admitted first
+            assert handler.request_streaming and handler.unary_unary is None  # type: ignore[attr-defined]
+        assert executor_of(freeze.stream_unary) is control_pool  # type: ignore[attr-defined]
+        assert executor_of(keys.stream_unary) is None  # type: ignore[attr-defined]
+        assert executor_of(given.stream_unary) is other_pool  # type: ignore[attr-defined]
+    finally:
+        control_pool.shutdown()
+        other_pool.shutdown()
