@@ -202,6 +202,7 @@ class Running:
     metrics: Metrics
     metrics_port: int | None
     gate: Gate
+    control_pool: futures.ThreadPoolExecutor
 
     def stop(self, grace: float | None) -> None:
         """Stops taking work, drains, seals, closes, in that order.
@@ -210,7 +211,8 @@ class Running:
         NOT_SERVING for good; calls in flight finish or fail closed by the end of the
         grace period (their deadline is the earlier of theirs and that end, and the
         store's lock waits end there too); then refusal summaries are written and the
-        final checkpoint seals the audit log, and only then is the store closed."""
+        final checkpoint seals the audit log, and only then are the store and the
+        HSM session closed."""
         self._stop.set()  # the health watcher
         self.health.enter_graceful_shutdown()
         ends = time.monotonic() + (grace or 0.0)
@@ -230,6 +232,8 @@ class Running:
         except PaywardenError as exc:
             log.error("final checkpoint failed: %s", exc)
         self.store.close()
+        self.control_pool.shutdown(wait=False)
+        self.hsm.close()  # logs the token session out: nothing signs after the seal
 
 
 def _watch_health(running: Running, interval: float) -> None:
@@ -408,6 +412,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         metrics,
         metrics_port,
         gate,
+        control_pool,
     )
     initial = (
         health_pb2.HealthCheckResponse.SERVING
