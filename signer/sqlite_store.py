@@ -440,19 +440,20 @@ def _approval(conn: sqlite3.Connection, where: str, key: str) -> ApprovalRecord 
     )
 
 
-def _set_reservation(conn: sqlite3.Connection, decision_id: str, status: str) -> None:
+def _set_reservation(conn: sqlite3.Connection, decision_id: str, status: str) -> bool:
     if status == "released":
         # Anything not yet signed can be released; a signed payment never is.
-        conn.execute(
+        cur = conn.execute(
             "UPDATE reservations SET status = 'released' WHERE decision_id = ?"
             " AND status != 'released' AND (SELECT jws FROM decisions WHERE id = ?) IS NULL",
             (decision_id, decision_id),
         )
-        return
-    conn.execute(
+        return cur.rowcount > 0
+    cur = conn.execute(
         "UPDATE reservations SET status = ? WHERE decision_id = ? AND status = 'held'",
         (status, decision_id),
     )
+    return cur.rowcount > 0
 
 
 def _set_approval_status(conn: sqlite3.Connection, approval_id: str, status: str, now: int) -> None:
@@ -472,8 +473,8 @@ class _Tx:
     def session(self, session_id: str, now: int) -> SessionRecord | None:
         return _session(self._conn, session_id, now)
 
-    def set_reservation(self, decision_id: str, status: str) -> None:
-        _set_reservation(self._conn, decision_id, status)
+    def set_reservation(self, decision_id: str, status: str) -> bool:
+        return _set_reservation(self._conn, decision_id, status)
 
     def set_approval_status(self, approval_id: str, status: str, now: int) -> None:
         _set_approval_status(self._conn, approval_id, status, now)

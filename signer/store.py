@@ -177,7 +177,8 @@ class PaymentTx(Protocol):
     ) -> None:
         """Stores the decision, consumes the nonce, and adds its reservation/approval."""
 
-    def set_reservation(self, decision_id: str, status: str) -> None: ...
+    def set_reservation(self, decision_id: str, status: str) -> bool:
+        """Moves a reservation on; True if this changed it."""
 
     def audit(self, event: Mapping[str, Any]) -> int:
         """Appends an audit record in this transaction; returns its sequence number."""
@@ -204,7 +205,7 @@ class ApprovalTx(Protocol):
 
     def set_approval_status(self, approval_id: str, status: str, now: int) -> None: ...
 
-    def set_reservation(self, decision_id: str, status: str) -> None: ...
+    def set_reservation(self, decision_id: str, status: str) -> bool: ...
 
     def audit(self, event: Mapping[str, Any]) -> int: ...
 
