@@ -17,6 +17,8 @@ O(1) per request, and bounded in size:
 * :class:`RefusalLog` — the first refusal of a (principal, reason) in a window is
   recorded in full; later ones in that window are counted and written as one
   ``sign.refused.summary`` record (with the count) when the window is over.
+  The same windows bound identical retries of an answered request
+  (:meth:`RefusalLog.counts`, ``sign.retry.summary``).
 * :class:`RefusalCounter` — refusals per agent over its circuit breaker's window,
   in fixed buckets, so that the breaker counts refusals, not only decisions.
 """
@@ -25,8 +27,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from paywarden.signer.identity import Principal
 from paywarden.signer.store import Freeze
@@ -34,6 +37,8 @@ from paywarden.signer.store import Freeze
 # More principals than this and the fullest (least recently refused) buckets go:
 # memory stays bounded whatever ids the certificates carry.
 MAX_TRACKED = 10_000
+
+K = TypeVar("K", bound=Hashable)
 
 
 class FreezeView:
@@ -136,11 +141,12 @@ class RefusalBudget:
 
 
 @dataclass(frozen=True, slots=True)
-class Summary:
-    """Refusals of one (principal, reason) counted but not recorded in full."""
+class Summary(Generic[K]):
+    """Calls of one (principal, kind) counted but not recorded in full; the kind is
+    a refusal's reason, or what identifies a retry and its answer."""
 
     principal: Principal
-    reason: str
+    kind: K
     count: int
     since: int
     until: int
@@ -155,8 +161,8 @@ class _Window:
     first_seq: int | None = None
 
 
-class RefusalLog:
-    """Decides which refusals are recorded in full and which are only counted.
+class RefusalLog(Generic[K]):
+    """Decides which refusals (or retries) are recorded in full and which are only counted.
 
     A window that is over is never dropped with its count: :meth:`admit` moves it to
     the pending summaries when it opens the next one, and :meth:`due` hands them out.
@@ -167,12 +173,12 @@ class RefusalLog:
     def __init__(self, window_seconds: int, max_tracked: int = MAX_TRACKED) -> None:
         self._window = window_seconds
         self._max = max_tracked
-        self._open: dict[tuple[Principal, str], _Window] = {}
-        self._pending: list[Summary] = []
+        self._open: dict[tuple[Principal, K], _Window] = {}
+        self._pending: list[Summary[K]] = []
         self._next_end: float = math.inf
         self._lock = threading.Lock()
 
-    def admit(self, principal: Principal, reason: str, now: int) -> bool:
+    def admit(self, principal: Principal, reason: K, now: int) -> bool:
         """True: record this refusal in full (and call :meth:`recorded`); False: it
         was counted into the window's summary."""
         key = (principal, reason)
@@ -189,13 +195,40 @@ class RefusalLog:
             self._next_end = min(self._next_end, now + self._window)
             return True
 
-    def recorded(self, principal: Principal, reason: str, seq: int | None) -> None:
+    def counts(self, principal: Principal, kind: K, now: int) -> int | None:
+        """Counts this call into its window and returns the sequence number of the
+        record it repeats, or returns None: record this call in full, then call
+        :meth:`recorded` once that record is committed.
+
+        Unlike :meth:`admit`, a window counts nothing until its first record is
+        confirmed (a first record lost with its transaction is written again by the
+        next call), and a full table closes its oldest window (its count is kept for
+        :meth:`due`) instead of recording every call in full."""
+        key = (principal, kind)
+        with self._lock:
+            window = self._open.get(key)
+            if window is not None and now < window.start + self._window:
+                if window.first_seq is None:
+                    return None
+                window.count += 1
+                return window.first_seq
+            if window is not None:  # over but not yet closed: its count is kept
+                del self._open[key]
+                self._close(window, kind, now)
+            elif len(self._open) >= self._max:
+                oldest_key = next(iter(self._open))
+                self._close(self._open.pop(oldest_key), oldest_key[1], now)
+            self._open[key] = _Window(principal, now)
+            self._next_end = min(self._next_end, now + self._window)
+            return None
+
+    def recorded(self, principal: Principal, reason: K, seq: int | None) -> None:
         with self._lock:
             window = self._open.get((principal, reason))
             if window is not None and window.first_seq is None:
                 window.first_seq = seq
 
-    def due(self, now: int, *, everything: bool = False) -> list[Summary]:
+    def due(self, now: int, *, everything: bool = False) -> list[Summary[K]]:
         """Closes the windows that are over (all of them with ``everything``) and
         returns the summaries to write: one for each window that counted refusals,
         those closed earlier by :meth:`admit` included."""
@@ -214,7 +247,7 @@ class RefusalLog:
             out, self._pending = self._pending, []
             return out
 
-    def _close(self, w: _Window, reason: str, now: int) -> None:
+    def _close(self, w: _Window, reason: K, now: int) -> None:
         """Keeps the window's summary (if it counted any) until :meth:`due` takes it.
         Its refusals all fell before its end: ``until`` is that end, or ``now`` when a
         window still open is closed early."""

@@ -170,7 +170,7 @@ class SigningService:
             store.freezes, store.freeze_generation, limits.freeze_cache_seconds, time.monotonic
         )
         self._refusal_budget = RefusalBudget(limits.refusal_burst, limits.refusal_rate_per_second)
-        self._refusal_log = RefusalLog(limits.refusal_summary_seconds)
+        self._refusal_log: RefusalLog[str] = RefusalLog(limits.refusal_summary_seconds)
         self._refusal_count = RefusalCounter()
         self._session_fits: dict[tuple[str, str], str | None] = {}
 
@@ -410,7 +410,7 @@ class SigningService:
                 "sign.refused.summary",
                 s.principal,
                 now,
-                reason=s.reason,
+                reason=s.kind,
                 count=s.count,
                 since=s.since,
                 until=s.until,
