@@ -105,6 +105,9 @@ _NOT_THE_CALLERS = {
     Reason.SHUTTING_DOWN,
 }
 _MAX_SESSION_FITS = 10_000  # (session, pack) checks remembered
+# What makes two retries the same: the decision they answer from, and the answer
+# (outcome, reason, approval state). A new answer is a new kind, recorded in full.
+RetryKind = tuple[str, str, str, str | None]
 MAX_NOTE = 1024
 
 
@@ -171,6 +174,7 @@ class SigningService:
         )
         self._refusal_budget = RefusalBudget(limits.refusal_burst, limits.refusal_rate_per_second)
         self._refusal_log: RefusalLog[str] = RefusalLog(limits.refusal_summary_seconds)
+        self._retry_log: RefusalLog[RetryKind] = RefusalLog(limits.refusal_summary_seconds)
         self._refusal_count = RefusalCounter()
         self._session_fits: dict[tuple[str, str], str | None] = {}
 
@@ -348,6 +352,7 @@ class SigningService:
         early = True
         try:
             self._flush_refusal_summaries()
+            self._flush_retry_summaries()
             self._refuse_early(caller, fields)
             early = False
             result = self._sign(caller, fields, deadline)
@@ -421,14 +426,43 @@ class SigningService:
             except StoreError as err:
                 log.error("cannot audit a refusal summary of %d refusals: %s", s.count, err)
 
+    def _flush_retry_summaries(self, *, everything: bool = False) -> None:
+        """Writes a ``sign.retry.summary`` for each retry window that is over (every
+        open one with ``everything``): the identical retries of one decision, with one
+        answer, that changed nothing and were counted rather than recorded in full."""
+        now = self._now()
+        for s in self._retry_log.due(now, everything=everything):
+            decision_id, outcome, reason, approval = s.kind
+            summary = audit.event(
+                "sign.retry.summary",
+                s.principal,
+                now,
+                decision_id=decision_id,
+                answer=outcome,
+                reason=reason,
+                approval=approval,
+                count=s.count,
+                since=s.since,
+                until=s.until,
+                first_seq=s.first_seq,
+            )
+            try:
+                self._store.audit_event(summary)
+            except StoreError as err:
+                log.error("cannot audit a retry summary of %d retries: %s", s.count, err)
+
     def flush_due_refusals(self) -> None:
-        """Records the refusal summaries whose window is over (the checkpointer calls
-        it on every tick, before it seals: a quiet agent's counts reach the log)."""
+        """Records the refusal and retry summaries whose window is over (the
+        checkpointer calls it on every tick, before it seals: a quiet agent's counts
+        reach the log)."""
         self._flush_refusal_summaries()
+        self._flush_retry_summaries()
 
     def flush_refusals(self) -> None:
-        """Records every pending refusal summary now (call before the final checkpoint)."""
+        """Records every pending refusal and retry summary now (call before the final
+        checkpoint)."""
         self._flush_refusal_summaries(everything=True)
+        self._flush_retry_summaries(everything=True)
 
     def operator_unfroze(self, scope: str, target: str) -> None:
         """An operator lifted a freeze (told by :class:`ControlService`, after the store
@@ -519,9 +553,11 @@ class SigningService:
                 Reason.HSM_UNAVAILABLE, "the HSM is unavailable; nothing was signed"
             ) from None
         deadline.check()
-        record, approval, replayed, seq = _store_call(
+        record, approval, replayed, seq, confirm = _store_call(
             lambda: self._decide(caller, intent, request_hash, deadline)
         )
+        if confirm is not None:
+            self._retry_log.recorded(caller, confirm, seq)
         if record.outcome == "pending" and approval is not None and approval.status == "pending":
             return SignResult(
                 SignStatus.PENDING_APPROVAL,
@@ -536,9 +572,11 @@ class SigningService:
 
     def _decide(
         self, caller: Principal, intent: Intent, request_hash: str, deadline: Deadline
-    ) -> tuple[DecisionRecord, ApprovalRecord | None, bool, int]:
+    ) -> tuple[DecisionRecord, ApprovalRecord | None, bool, int, RetryKind | None]:
         """The deciding transaction: (decision, its approval, answered from an earlier
-        one, the sequence number of this call's audit record)."""
+        one, the sequence number of this call's audit record — for a counted retry,
+        the record it repeats —, and the retry whose full record opens a window, to
+        confirm once committed)."""
         # The lock wait ends before the caller's deadline, and a caller gone by the
         # time the lock is taken, or by the commit, has nothing decided for it.
         with self._store.payment_tx(wait=deadline.lock_wait(), check=deadline.check) as tx:
@@ -570,7 +608,16 @@ class SigningService:
                         Reason.NONCE_REPLAYED,
                         "this nonce was already used for a different request",
                     )
-                answer, approval, replayed = self._retry(tx, previous, session, now)
+                answer, approval, replayed, changed = self._retry(tx, previous, session, now)
+                status = approval.status if approval is not None else None
+                kind: RetryKind = (previous.id, answer.outcome, answer.reason, status)
+                # A retry that changes nothing (same decision, same answer) within the
+                # window is counted into one sign.retry.summary, so that replaying an
+                # answered request cannot fill the log; the first of the window, and
+                # every retry that changes state or signs, is recorded in full.
+                repeats = None if changed else self._retry_log.counts(caller, kind, now)
+                if repeats is not None:
+                    return answer, approval, replayed, repeats, None
                 seq = tx.audit(
                     audit.event(
                         "sign.retry",
@@ -579,10 +626,12 @@ class SigningService:
                         decision_id=previous.id,
                         answer=answer.outcome,
                         reason=answer.reason,
-                        approval=approval.status if approval is not None else None,
+                        approval=status,
                     )
                 )
-                return answer, approval, replayed, seq
+                # once committed, later repeats are counted against this record
+                confirm = None if changed else kind
+                return answer, approval, replayed, seq, confirm
             if session.state(now) == "open":
                 check_expiry(
                     intent.expires_at,
@@ -666,7 +715,7 @@ class SigningService:
         self.metrics.payees(
             caller.id, len(session.payees | {payee_key}), len(usage.payees_today | {payee_key})
         )
-        return record, approval, False, seq
+        return record, approval, False, seq, None
 
     def _breaker_trip(
         self,
@@ -719,15 +768,17 @@ class SigningService:
 
     def _retry(
         self, tx: PaymentTx, previous: DecisionRecord, session: SessionRecord, now: int
-    ) -> tuple[DecisionRecord, ApprovalRecord | None, bool]:
-        """The same request again: the same answer, or the approval's outcome.
+    ) -> tuple[DecisionRecord, ApprovalRecord | None, bool, bool]:
+        """The same request again: the same answer, or the approval's outcome, and
+        whether this retry changes state (releases, expires or spends a reservation
+        or an approval, or goes on to be signed).
 
         A decision that was allowed but never signed (the HSM failed) is signed
         on retry only while its session is open and its payload unexpired;
         otherwise its reservation is released and the retry is denied.
         """
         if previous.outcome == "deny" or previous.jws is not None:
-            return previous, None, True
+            return previous, None, True, False
         approval = None
         if previous.outcome == "pending":
             approval = tx.approval_for_decision(previous.id)
@@ -737,23 +788,25 @@ class SigningService:
                 # Who denied it and why are for humans (approvers' views, the vote's
                 # audit record): neither goes into the answer, even before redaction.
                 reason, message = Reason.APPROVAL_DENIED, "an approver denied it"
-                return _denied(previous, reason, message), approval, True
+                return _denied(previous, reason, message), approval, True, False
         held = approval is not None
         refusal = _unsignable(session, previous, now, held=held)
         if approval is not None and approval.status == "expired":
             refusal = refusal or (Reason.APPROVAL_EXPIRED, "approval expired")
-            return _denied(previous, *refusal), approval, True
+            return _denied(previous, *refusal), approval, True, False
         if refusal is not None:
             # closed or expired session, or the payment's exp passed: never signable again
+            changed = False
             if approval is not None:
                 tx.set_approval_status(approval.id, "expired", now)
                 approval = replace(approval, status="expired")
-            tx.set_reservation(previous.id, "released")
-            return _denied(previous, *refusal), approval, True
+                changed = True
+            changed = tx.set_reservation(previous.id, "released") or changed
+            return _denied(previous, *refusal), approval, True, changed
         if approval is not None and approval.status == "pending":
-            return previous, approval, True
+            return previous, approval, True, False
         tx.set_reservation(previous.id, "spent")  # an approved hold becomes spend
-        return previous, approval, True
+        return previous, approval, True, True  # and is signed now
 
     def _policy_for(self, agent_id: str, session: SessionRecord) -> tuple[AllOf, int]:
         pack = self._packs.for_agent(agent_id)

@@ -1,0 +1,284 @@
+"""Attack: identical retries of an answered request fill the audit log.
+
+Each identical retry (same session, nonce and payload) of a request already
+answered — signed, denied or held — appended a full ``sign.retry`` audit record
+with an fsync under the write lock, outside the refusal budget: an agent holding
+one signed request could replay it thousands of times and fill the disk. Now the
+first retry of a decision with a given answer in a window is recorded in full,
+repeats that change nothing are counted into one ``sign.retry.summary`` record
+(decision id, answer, count, ``first_seq``), and a retry that changes state (an
+approved hold now signed, a hold denied, a payment released) is always recorded
+in full.
+
+Every test runs the real ``paywarden serve`` on its own store and talks to it
+over mutual TLS; the audit log is read from the SQLite file and checked with
+``paywarden audit verify``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from paywarden.v1 import (
+    approvals_pb2,
+    approvals_pb2_grpc,
+    control_pb2,
+    control_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
+    signer_pb2,
+    signer_pb2_grpc,
+)
+
+from tests.helpers import (
+    ROOT,
+    Pki,
+    ServeProcess,
+    TestToken,
+    new_nonce,
+    reason_of,
+    serve,
+    write_config,
+)
+
+FLOOD = 1000
+WORKERS = 8
+TIMEOUT = 30
+
+PACK = """
+id = "retry-flood"
+version = 1
+agents = ["agent-1"]
+
+[assets.USD]
+keys = ["payments.v1"]
+max_per_payment = "500.00"
+approval_above = "100.00"
+
+[payees]
+allow = ["acme-data"]
+first_payment = "allow"
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = { USD = "1000.00" }
+"""
+
+
+class Client:
+    def __init__(self, srv: ServeProcess, pki: Pki) -> None:
+        self.srv, self.pki = srv, pki
+        self._channels: list[grpc.Channel] = []
+
+    def _channel(self, role: str, who: str) -> grpc.Channel:
+        channel = self.pki.channel(self.srv.addr, role, who)
+        self._channels.append(channel)
+        return channel
+
+    def signer(self) -> signer_pb2_grpc.SignerStub:
+        return signer_pb2_grpc.SignerStub(self._channel("agent", "agent-1"))
+
+    def approvals(self) -> approvals_pb2_grpc.ApprovalsStub:
+        return approvals_pb2_grpc.ApprovalsStub(self._channel("approver", "approver-1"))
+
+    def control(self) -> control_pb2_grpc.ControlStub:
+        return control_pb2_grpc.ControlStub(self._channel("operator", "operator-1"))
+
+    def session(self) -> str:
+        stub = sessions_pb2_grpc.SessionsStub(self._channel("planner", "planner-1"))
+        return str(
+            stub.OpenSession(
+                sessions_pb2.OpenSessionRequest(
+                    agent_id="agent-1",
+                    task_description="buy things",
+                    budgets=[sessions_pb2.AssetBudget(asset="USD", amount="1000.00")],
+                    ttl_seconds=900,
+                ),
+                timeout=TIMEOUT,
+            ).session.session_id
+        )
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+@contextmanager
+def running(tmp_path: Path, token: TestToken, pki: Pki) -> Iterator[tuple[ServeProcess, Client]]:
+    with serve(write_config(tmp_path, token, pki, packs={"retry.toml": PACK})) as srv:
+        client = Client(srv, pki)
+        try:
+            yield srv, client
+        finally:
+            client.close()
+
+
+def _intent(sid: str, amount: str) -> signer_pb2.SignRequest:
+    return signer_pb2.SignRequest(
+        intent=signer_pb2.PaymentIntent(
+            session_id=sid,
+            key_id="payments.v1",
+            payee="acme-data",
+            amount=amount,
+            asset="USD",
+            reference="inv-1",
+            purpose="P" * 1024,  # the longest purpose a request may carry
+            nonce=new_nonce(),
+            expires_at=int(time.time()) + 240,
+        )
+    )
+
+
+def _answer(stub: signer_pb2_grpc.SignerStub, request: signer_pb2.SignRequest) -> str:
+    """The answer as one comparable string: status and JWS, or status and reason."""
+    try:
+        resp = stub.Sign(request, timeout=TIMEOUT)
+    except grpc.RpcError as err:
+        return f"{err.code().name}/{reason_of(err)}"  # type: ignore[attr-defined]
+    status = signer_pb2.SignStatus.Name(resp.status)
+    return f"{status}/{resp.decision_id}/{resp.jws}/{resp.replayed_result}"
+
+
+def _records(db: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def _retries(records: list[dict[str, Any]], decision_id: str) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in records
+        if r["action"] in ("sign.retry", "sign.retry.summary") and r["decision_id"] == decision_id
+    ]
+
+
+def _verify(db: Path, public_key: Path) -> None:
+    verify = subprocess.run(
+        [sys.executable, "-m", "paywarden.signer.cli", "audit", "verify", "--db", str(db),
+         "--public-key", str(public_key)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _audit_key(client: Client, tmp_path: Path) -> Path:
+    pem = client.control().Checkpoint(control_pb2.CheckpointRequest(), timeout=TIMEOUT)
+    public_key = tmp_path / "audit.pem"
+    public_key.write_text(pem.audit_public_key_pem, encoding="utf-8")
+    return public_key
+
+
+def test_thousand_replays_of_a_signed_request_add_a_bounded_number_of_records(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    db = tmp_path / "state.db"
+    with running(tmp_path, token, pki) as (srv, client):
+        signer = client.signer()
+        request = _intent(client.session(), "10.00")
+        resp = signer.Sign(request, timeout=TIMEOUT)
+        assert resp.status == signer_pb2.SIGNED and resp.jws
+        before = len(_records(db))
+        with ThreadPoolExecutor(WORKERS) as pool:
+            answers = Counter(pool.map(lambda _: _answer(signer, request), range(FLOOD)))
+        # every replay gets the identical JWS
+        assert answers == {f"SIGNED/{resp.decision_id}/{resp.jws}/True": FLOOD}
+        during = _records(db)[before:]
+        # an explicit small bound: the first retry in full (a caller that comes in
+        # before that record is confirmed writes its own: at most one per worker);
+        # the rest are only counted
+        assert 1 <= len(during) <= WORKERS, [r["action"] for r in during]
+        assert {r["action"] for r in during} <= {"sign.retry", "audit.checkpoint"}
+        public_key = _audit_key(client, tmp_path)
+    assert srv.proc.returncode == 0
+    # the log still proves what happened: every one of the 1,000 replays is accounted for
+    retries = _retries(_records(db), resp.decision_id)
+    full = [r for r in retries if r["action"] == "sign.retry"]
+    summaries = [r for r in retries if r["action"] == "sign.retry.summary"]
+    assert full and len(summaries) == 1
+    assert all(r["actor"] == {"role": "agent", "id": "agent-1"} for r in retries)
+    assert all(
+        (r["answer"], r["reason"]) == (full[0]["answer"], full[0]["reason"]) for r in retries
+    )
+    assert len(full) + summaries[0]["count"] == FLOOD
+    assert summaries[0]["first_seq"] in {r["seq"] for r in full}
+    assert summaries[0]["since"] <= summaries[0]["until"]
+    _verify(db, public_key)
+
+
+def test_retries_that_change_state_are_recorded_in_full_among_counted_repeats(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    db = tmp_path / "state.db"
+    polls = 50
+    with running(tmp_path, token, pki) as (srv, client):
+        signer, approvals = client.signer(), client.approvals()
+        sid = client.session()
+        held, refused = _intent(sid, "150.00"), _intent(sid, "120.00")
+        first = signer.Sign(held, timeout=TIMEOUT)
+        assert first.status == signer_pb2.PENDING_APPROVAL
+        other = signer.Sign(refused, timeout=TIMEOUT)
+        assert other.status == signer_pb2.PENDING_APPROVAL
+        pending = f"PENDING_APPROVAL/{first.decision_id}//True"
+        # the agent polls by retrying: counted, not recorded one by one
+        assert {_answer(signer, held) for _ in range(polls)} == {pending}
+        # an approver grants it between retries: the next retry signs, in full
+        approvals.Approve(
+            approvals_pb2.ApproveRequest(approval_id=first.approval_id), timeout=TIMEOUT
+        )
+        signed = signer.Sign(held, timeout=TIMEOUT)
+        assert signed.status == signer_pb2.SIGNED and signed.replayed_result
+        again = f"SIGNED/{first.decision_id}/{signed.jws}/True"
+        assert {_answer(signer, held) for _ in range(polls)} == {again}
+        # a hold denied between retries: the first retry to learn it is recorded in full
+        assert {_answer(signer, refused) for _ in range(polls)} == {
+            f"PENDING_APPROVAL/{other.decision_id}//True"
+        }
+        approvals.Deny(approvals_pb2.DenyRequest(approval_id=other.approval_id), timeout=TIMEOUT)
+        assert {_answer(signer, refused) for _ in range(polls)} == {
+            "PERMISSION_DENIED/APPROVAL_DENIED"
+        }
+        public_key = _audit_key(client, tmp_path)
+    assert srv.proc.returncode == 0
+    records = _records(db)
+
+    retries = _retries(records, first.decision_id)
+    full = [r for r in retries if r["action"] == "sign.retry"]
+    # the first poll, the retry that signed (approval approved), the first retry
+    # answered with the stored signature: each recorded in full, in that order
+    assert [(r["answer"], r.get("approval")) for r in full] == [
+        ("pending", "pending"),
+        ("pending", "approved"),
+        ("pending", None),
+    ]
+    # the signing retry's record comes after the approval's
+    (vote,) = [r for r in records if r["action"] == "approval.approve"]
+    assert full[0]["seq"] < vote["seq"] < full[1]["seq"]
+    summaries = [r for r in retries if r["action"] == "sign.retry.summary"]
+    assert sorted((str(s.get("approval")), s["count"]) for s in summaries) == sorted(
+        [("pending", polls - 1), ("None", polls - 1)]
+    )
+    assert len(full) + sum(s["count"] for s in summaries) == 2 * polls + 1
+
+    retries = _retries(records, other.decision_id)
+    full = [r for r in retries if r["action"] == "sign.retry"]
+    assert [(r["answer"], r["reason"], r["approval"]) for r in full] == [
+        ("pending", full[0]["reason"], "pending"),
+        ("deny", "APPROVAL_DENIED", "denied"),
+    ]
+    summaries = [r for r in retries if r["action"] == "sign.retry.summary"]
+    assert sorted(s["count"] for s in summaries) == [polls - 1, polls - 1]
+    _verify(db, public_key)
