@@ -411,6 +411,13 @@ def explain(records: Sequence[tuple[int, str]], decision_id: str) -> str | None:
                 f"  {_when(later['time'])}: the agent retried; answer {later.get('answer')}"
                 f" ({later.get('reason')})."
             )
+        elif action == "sign.retry.summary":
+            lines.append(
+                f"  {_when(later['since'])} to {_when(later['until'])}: the agent retried"
+                f" {later.get('count')} more time(s) with the same answer {later.get('answer')}"
+                f" ({later.get('reason')}), counted, not recorded one by one"
+                f" (first recorded as #{later.get('first_seq')})."
+            )
     purpose = e.get("untrusted", {}).get("purpose", "")
     lines.append(f"  Agent's purpose (UNTRUSTED, decided nothing): {json.dumps(purpose)}")
     return "\n".join(lines)

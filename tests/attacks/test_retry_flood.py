@@ -217,6 +217,14 @@ def test_thousand_replays_of_a_signed_request_add_a_bounded_number_of_records(
     assert summaries[0]["first_seq"] in {r["seq"] for r in full}
     assert summaries[0]["since"] <= summaries[0]["until"]
     _verify(db, public_key)
+    # and audit show tells a human how many replays were counted
+    show = subprocess.run(
+        [sys.executable, "-m", "paywarden.signer.cli", "audit", "show", resp.decision_id,
+         "--db", str(db)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert show.returncode == 0, show.stderr
+    assert f"the agent retried {summaries[0]['count']} more time(s)" in show.stdout, show.stdout
 
 
 def test_retries_that_change_state_are_recorded_in_full_among_counted_repeats(
