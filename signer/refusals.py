@@ -212,15 +212,26 @@ class RefusalLog(Generic[K]):
                     return None
                 window.count += 1
                 return window.first_seq
-            if window is not None:  # over but not yet closed: its count is kept
-                del self._open[key]
-                self._close(window, kind, now)
-            elif len(self._open) >= self._max:
-                oldest_key = next(iter(self._open))
-                self._close(self._open.pop(oldest_key), oldest_key[1], now)
-            self._open[key] = _Window(principal, now)
-            self._next_end = min(self._next_end, now + self._window)
+            self._reopen(principal, kind, now)
             return None
+
+    def opens(self, principal: Principal, kind: K, now: int) -> None:
+        """A call recorded in full whatever its window says (it changed state): a new
+        window starts with it (call :meth:`recorded` once its record is committed),
+        and the count of the one it replaces is kept for :meth:`due`."""
+        with self._lock:
+            self._reopen(principal, kind, now)
+
+    def _reopen(self, principal: Principal, kind: K, now: int) -> None:
+        key = (principal, kind)
+        window = self._open.pop(key, None)
+        if window is not None:
+            self._close(window, kind, now)
+        elif len(self._open) >= self._max:  # the oldest window closes, its count kept
+            oldest = next(iter(self._open))
+            self._close(self._open.pop(oldest), oldest[1], now)
+        self._open[key] = _Window(principal, now)
+        self._next_end = min(self._next_end, now + self._window)
 
     def recorded(self, principal: Principal, reason: K, seq: int | None) -> None:
         with self._lock:

@@ -575,8 +575,8 @@ class SigningService:
     ) -> tuple[DecisionRecord, ApprovalRecord | None, bool, int, RetryKind | None]:
         """The deciding transaction: (decision, its approval, answered from an earlier
         one, the sequence number of this call's audit record — for a counted retry,
-        the record it repeats —, and the retry whose full record opens a window, to
-        confirm once committed)."""
+        the record it repeats —, and the retry recorded in full, whose window counts
+        repeats once that record is committed)."""
         # The lock wait ends before the caller's deadline, and a caller gone by the
         # time the lock is taken, or by the commit, has nothing decided for it.
         with self._store.payment_tx(wait=deadline.lock_wait(), check=deadline.check) as tx:
@@ -615,8 +615,9 @@ class SigningService:
                 # window is counted into one sign.retry.summary, so that replaying an
                 # answered request cannot fill the log; the first of the window, and
                 # every retry that changes state or signs, is recorded in full.
-                repeats = None if changed else self._retry_log.counts(caller, kind, now)
-                if repeats is not None:
+                if changed:  # later repeats of this answer are counted against it
+                    self._retry_log.opens(caller, kind, now)
+                elif (repeats := self._retry_log.counts(caller, kind, now)) is not None:
                     return answer, approval, replayed, repeats, None
                 seq = tx.audit(
                     audit.event(
@@ -630,8 +631,7 @@ class SigningService:
                     )
                 )
                 # once committed, later repeats are counted against this record
-                confirm = None if changed else kind
-                return answer, approval, replayed, seq, confirm
+                return answer, approval, replayed, seq, kind
             if session.state(now) == "open":
                 check_expiry(
                     intent.expires_at,

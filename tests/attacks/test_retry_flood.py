@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +45,7 @@ from tests.helpers import (
     ROOT,
     Pki,
     ServeProcess,
+    Stack,
     TestToken,
     new_nonce,
     reason_of,
@@ -74,6 +75,8 @@ first_payment = "allow"
 max_ttl_seconds = 3600
 max_budget = { USD = "1000.00" }
 """
+
+STACK_PACKS = {"retry.toml": PACK}
 
 
 class Client:
@@ -290,3 +293,57 @@ def test_retries_that_change_state_are_recorded_in_full_among_counted_repeats(
     summaries = [r for r in retries if r["action"] == "sign.retry.summary"]
     assert sorted(s["count"] for s in summaries) == [polls - 1, polls - 1]
     _verify(db, public_key)
+
+
+def test_a_retry_that_expires_and_releases_a_hold_is_recorded_in_full_among_repeats(
+    stack: Stack, grpc_create_channel: Callable[[str, str], grpc.Channel]
+) -> None:
+    """In process, so that time can pass: the hold's payment expires between polls."""
+    db = Path(stack.config.store.path)
+    polls = 20
+    with (
+        grpc_create_channel("planner", "planner-1") as planner,
+        grpc_create_channel("agent", "agent-1") as agent,
+    ):
+        sid = (
+            sessions_pb2_grpc.SessionsStub(planner)
+            .OpenSession(
+                sessions_pb2.OpenSessionRequest(
+                    agent_id="agent-1",
+                    task_description="buy things",
+                    budgets=[sessions_pb2.AssetBudget(asset="USD", amount="1000.00")],
+                    ttl_seconds=3600,
+                )
+            )
+            .session.session_id
+        )
+        signer = signer_pb2_grpc.SignerStub(agent)
+        held = _intent(sid, "150.00")
+        held.intent.expires_at = int(stack.clock.now()) + 60
+        first = signer.Sign(held, timeout=TIMEOUT)
+        assert first.status == signer_pb2.PENDING_APPROVAL
+        pending = f"PENDING_APPROVAL/{first.decision_id}//True"
+        assert {_answer(signer, held) for _ in range(polls)} == {pending}
+        stack.clock.advance(120)  # the payment, and so its approval, expires
+        expired = "PERMISSION_DENIED/APPROVAL_EXPIRED"
+        assert {_answer(signer, held) for _ in range(polls)} == {expired}
+        spent = (
+            sessions_pb2_grpc.SessionsStub(agent)
+            .GetSession(sessions_pb2.GetSessionRequest(session_id=sid))
+            .session.spend
+        )
+        assert [(s.asset, s.spent) for s in spent] == [("USD", "0.00")]  # the hold is released
+    stack.service.flush_refusals()
+    retries = _retries(_records(db), first.decision_id)
+    full = [r for r in retries if r["action"] == "sign.retry"]
+    # the first poll, and the retry that expired the approval and released the hold
+    assert [(r["answer"], r["reason"], r.get("approval")) for r in full] == [
+        ("pending", full[0]["reason"], "pending"),
+        ("deny", "APPROVAL_EXPIRED", "expired"),
+    ]
+    summaries = [r for r in retries if r["action"] == "sign.retry.summary"]
+    assert sorted((s["answer"], s["count"]) for s in summaries) == [
+        ("deny", polls - 1),
+        ("pending", polls - 1),
+    ]
+    assert {s["first_seq"] for s in summaries} == {r["seq"] for r in full}
