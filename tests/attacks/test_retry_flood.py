@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from paywarden.signer.identity import Principal, Role
+from paywarden.signer.refusals import RefusalLog
 from paywarden.v1 import (
     approvals_pb2,
     approvals_pb2_grpc,
@@ -347,3 +349,27 @@ def test_a_retry_that_expires_and_releases_a_hold_is_recorded_in_full_among_repe
         ("pending", polls - 1),
     ]
     assert {s["first_seq"] for s in summaries} == {r["seq"] for r in full}
+
+
+def test_replays_of_more_decisions_than_the_table_holds_stay_bounded_and_counted() -> None:
+    # Retry kinds carry decision ids, which an agent can mint: a full table must not
+    # turn every replay into a full record, nor grow, nor lose a count.
+    cap = 3
+    log: RefusalLog[str] = RefusalLog(60, max_tracked=cap)
+    agent = Principal(Role.AGENT, "agent-1")
+    full = 0
+    for round_ in range(4):
+        for i in range(cap + 2):  # more decisions than the table holds, replayed in turn
+            kind = f"dec_{i}"
+            for _ in range(10):
+                seq = log.counts(agent, kind, round_)
+                if seq is None:
+                    full += 1
+                    log.recorded(agent, kind, 100 + i)
+                else:
+                    assert seq == 100 + i
+            assert len(log._open) <= cap
+    summaries = log.due(10_000, everything=True)
+    assert full + sum(s.count for s in summaries) == 4 * (cap + 2) * 10
+    assert full == 4 * (cap + 2)  # one full record per window a decision gets
+    assert log.due(20_000, everything=True) == []
