@@ -487,16 +487,7 @@ class SigningService:
         if breaker.max_rejections is None or count <= breaker.max_rejections:
             return
         why = f"{count} refusals in {breaker.window_seconds} s (more than {breaker.max_rejections})"
-        freeze = Freeze("agent", caller.id, f"circuit breaker: {why}", "breaker", "breaker", now)
-        event = audit.event(
-            "breaker.freeze",
-            None,
-            now,
-            scope="agent",
-            target=caller.id,
-            reason=freeze.reason,
-            pack_id=pack.id,
-        )
+        freeze, event = _breaker_freeze(caller, now, why, pack.id)
         try:
             created = self._store.set_freeze(freeze, event)
         except StoreError as err:
@@ -749,21 +740,11 @@ class SigningService:
         return _breaker_reason(breaker, projected, self._assets)
 
     def _freeze_by_breaker(self, tx: PaymentTx, caller: Principal, now: int, why: str) -> bool:
-        freeze = Freeze("agent", caller.id, f"circuit breaker: {why}", "breaker", "breaker", now)
+        pack = self._packs.for_agent(caller.id)
+        freeze, event = _breaker_freeze(caller, now, why, pack.id if pack is not None else None)
         if not tx.freeze(freeze):
             return False
-        pack = self._packs.for_agent(caller.id)
-        tx.audit(
-            audit.event(
-                "breaker.freeze",
-                None,
-                now,
-                scope="agent",
-                target=caller.id,
-                reason=freeze.reason,
-                pack_id=pack.id if pack is not None else None,
-            )
-        )
+        tx.audit(event)
         return True
 
     def _retry(
@@ -1246,6 +1227,23 @@ def _breaker_reason(
     if breaker.max_payees is not None and len(stats.payees) > breaker.max_payees:
         return f"{len(stats.payees)} distinct payees {window} (more than {breaker.max_payees})"
     return None
+
+
+def _breaker_freeze(
+    caller: Principal, now: int, why: str, pack_id: str | None
+) -> tuple[Freeze, audit.Event]:
+    """The agent freeze a tripped breaker sets, and its audit record."""
+    freeze = Freeze("agent", caller.id, f"circuit breaker: {why}", "breaker", "breaker", now)
+    event = audit.event(
+        "breaker.freeze",
+        None,
+        now,
+        scope="agent",
+        target=caller.id,
+        reason=freeze.reason,
+        pack_id=pack_id,
+    )
+    return freeze, event
 
 
 def _breaker_denial(decision: Decision, why: str) -> Decision:
