@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
 from paywarden.hsm import Hsm, HsmError, HsmUnavailable, PublicKeyInfo
@@ -68,7 +68,13 @@ from paywarden.signer.payments import (
     validate_intent,
 )
 from paywarden.signer.plans import PlanInput, validate_plan
-from paywarden.signer.refusals import FreezeView, RefusalBudget, RefusalCounter, RefusalLog
+from paywarden.signer.refusals import (
+    FreezeView,
+    RefusalBudget,
+    RefusalCounter,
+    RefusalLog,
+    Summary,
+)
 from paywarden.signer.sessions import (
     new_decision_id,
     new_session_id,
@@ -351,8 +357,7 @@ class SigningService:
         started = time.monotonic()
         early = True
         try:
-            self._flush_refusal_summaries()
-            self._flush_retry_summaries()
+            self._flush_summaries()
             self._refuse_early(caller, fields)
             early = False
             result = self._sign(caller, fields, deadline)
@@ -406,63 +411,53 @@ class SigningService:
         if not ours and exc.decision_id is None and exc.reason != Reason.FROZEN:
             self._breaker_counts_refusal(caller, now)
 
-    def _flush_refusal_summaries(self, *, everything: bool = False) -> None:
-        """Writes a summary for each refusal window that is over (every open one with
-        ``everything``, e.g. at shutdown) and counted refusals not recorded in full."""
+    def _flush_summaries(self, *, everything: bool = False) -> None:
+        """Writes a summary for each refusal or retry window that is over (every open
+        one with ``everything``, e.g. at shutdown): the calls counted there rather than
+        recorded in full. ``sign.refused.summary`` counts one (caller, reason);
+        ``sign.retry.summary`` the identical retries of one decision with one answer
+        that changed nothing."""
         now = self._now()
         for s in self._refusal_log.due(now, everything=everything):
-            summary = audit.event(
-                "sign.refused.summary",
-                s.principal,
-                now,
-                reason=s.kind,
-                count=s.count,
-                since=s.since,
-                until=s.until,
-                first_seq=s.first_seq,
-            )
-            try:
-                self._store.audit_event(summary)
-            except StoreError as err:
-                log.error("cannot audit a refusal summary of %d refusals: %s", s.count, err)
-
-    def _flush_retry_summaries(self, *, everything: bool = False) -> None:
-        """Writes a ``sign.retry.summary`` for each retry window that is over (every
-        open one with ``everything``): the identical retries of one decision, with one
-        answer, that changed nothing and were counted rather than recorded in full."""
-        now = self._now()
-        for s in self._retry_log.due(now, everything=everything):
-            decision_id, outcome, reason, approval = s.kind
-            summary = audit.event(
+            self._write_summary("sign.refused.summary", s, now, reason=s.kind)
+        for r in self._retry_log.due(now, everything=everything):
+            decision_id, outcome, reason, approval = r.kind
+            self._write_summary(
                 "sign.retry.summary",
-                s.principal,
+                r,
                 now,
                 decision_id=decision_id,
                 answer=outcome,
                 reason=reason,
                 approval=approval,
-                count=s.count,
-                since=s.since,
-                until=s.until,
-                first_seq=s.first_seq,
             )
-            try:
-                self._store.audit_event(summary)
-            except StoreError as err:
-                log.error("cannot audit a retry summary of %d retries: %s", s.count, err)
+
+    def _write_summary(self, action: str, s: Summary[Any], now: int, **fields: Any) -> None:
+        summary = audit.event(
+            action,
+            s.principal,
+            now,
+            **fields,
+            count=s.count,
+            since=s.since,
+            until=s.until,
+            first_seq=s.first_seq,
+        )
+        try:
+            self._store.audit_event(summary)
+        except StoreError as err:
+            log.error("cannot audit %s of %d calls: %s", action, s.count, err)
 
     def flush_due_refusals(self) -> None:
         """Records the refusal and retry summaries whose window is over (the
         checkpointer calls it on every tick, before it seals: a quiet agent's counts
         reach the log)."""
-        self._flush_refusal_summaries()
-        self._flush_retry_summaries()
+        self._flush_summaries()
 
     def flush_refusals(self) -> None:
         """Records every pending refusal and retry summary now (call before the final
         checkpoint)."""
-        self._flush_refusal_summaries(everything=True)
-        self._flush_retry_summaries(everything=True)
+        self._flush_summaries(everything=True)
 
     def operator_unfroze(self, scope: str, target: str) -> None:
         """An operator lifted a freeze (told by :class:`ControlService`, after the store
