@@ -10,8 +10,6 @@ Real SoftHSM2 token, real SQLite store, a real gRPC server over mutual TLS.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import grpc
@@ -25,6 +23,7 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
+from tests.attacks.kit import Dial
 from tests.helpers import Stack, new_nonce, reason_of
 
 PACK = """
@@ -47,14 +46,6 @@ max_budget = { USD = "5000.00" }
 """
 
 STACK_PACKS = {"votes.toml": PACK}
-
-Dial = Callable[[str, str], grpc.Channel]
-
-
-@pytest.fixture(scope="module")
-def dial(grpc_create_channel: Dial) -> Iterator[Dial]:
-    with ExitStack() as channels:
-        yield lambda role, who: channels.enter_context(grpc_create_channel(role, who))
 
 
 def _pending(dial: Dial, stack: Stack) -> str:

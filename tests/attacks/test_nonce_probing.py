@@ -13,26 +13,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from joserfc import jws
 from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
+from tests.attacks.kit import Dial
 from tests.helpers import Stack, new_nonce, reason_of
-
-Dial = Callable[[str, str], grpc.Channel]
-
-
-@pytest.fixture(scope="module")
-def dial(grpc_create_channel: Dial) -> Iterator[Dial]:
-    with ExitStack() as channels:
-        yield lambda role, who: channels.enter_context(grpc_create_channel(role, who))
 
 
 def _session(dial: Dial, agent: str, budget: str = "100.00") -> str:

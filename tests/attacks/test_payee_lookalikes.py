@@ -12,15 +12,12 @@ imitate).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
-
 import grpc
 import pytest
 from paywarden.policy.payees import skeleton
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import sessions_pb2, signer_pb2
 
+from tests.attacks.kit import Api
 from tests.helpers import Stack, new_nonce, reason_of
 
 PACK = """
@@ -49,20 +46,6 @@ STACK_PACKS = {"cdn.toml": PACK}
 # The dash family of issue 8: each renders like "-".
 DASHES = ["\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2015", "\u2212", "\ufe63", "\uff0d"]
 DENIED = grpc.StatusCode.PERMISSION_DENIED
-
-
-@dataclass
-class Api:
-    planner: sessions_pb2_grpc.SessionsStub
-    signer: signer_pb2_grpc.SignerStub
-
-
-@pytest.fixture(scope="module")
-def api(grpc_create_channel: Callable[[str, str], grpc.Channel]) -> Iterator[Api]:
-    with ExitStack() as stack:
-        planner = stack.enter_context(grpc_create_channel("planner", "planner-1"))
-        agent = stack.enter_context(grpc_create_channel("agent", "agent-1"))
-        yield Api(sessions_pb2_grpc.SessionsStub(planner), signer_pb2_grpc.SignerStub(agent))
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -25,8 +22,9 @@ from paywarden.policy import AllOf, AssetInfo, Verdict, check_session, compile_p
 from paywarden.policy.engine import AgentFacts, Facts, SessionFacts
 from paywarden.policy.packs import PolicyPack, PolicyPackModel
 from paywarden.policy.payees import normalise
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import sessions_pb2, signer_pb2
 
+from tests.attacks.kit import Api
 from tests.helpers import Stack, new_nonce, reason_of
 
 PACK = """
@@ -61,20 +59,6 @@ ATTACKS = [
     ("ſHOP@example.com", "shop@example.com"),
     ("straße@example.com", "strasse@example.com"),  # sharp s folds to "ss"
 ]
-
-
-@dataclass
-class Api:
-    planner: sessions_pb2_grpc.SessionsStub
-    signer: signer_pb2_grpc.SignerStub
-
-
-@pytest.fixture(scope="module")
-def api(grpc_create_channel: Callable[[str, str], grpc.Channel]) -> Iterator[Api]:
-    with ExitStack() as stack:
-        planner = stack.enter_context(grpc_create_channel("planner", "planner-1"))
-        agent = stack.enter_context(grpc_create_channel("agent", "agent-1"))
-        yield Api(sessions_pb2_grpc.SessionsStub(planner), signer_pb2_grpc.SignerStub(agent))
 
 
 def open_session(api: Api, allowed_payees: tuple[str, ...] = ()) -> str:

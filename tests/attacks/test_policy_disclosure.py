@@ -11,8 +11,6 @@ the approvers' views. Real token, real store, real gRPC server over mTLS.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import grpc
@@ -27,6 +25,7 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
+from tests.attacks.kit import Dial
 from tests.helpers import Stack, new_nonce, reason_of
 
 SECRET_PAYEE = "globex-payments.example"
@@ -76,14 +75,6 @@ max_budget = { USD = "5000.00" }
 """
 
 STACK_PACKS = {"a1.toml": AGENT1_PACK, "a2.toml": AGENT2_PACK}
-
-Dial = Callable[[str, str], grpc.Channel]
-
-
-@pytest.fixture(scope="module")
-def dial(grpc_create_channel: Dial) -> Iterator[Dial]:
-    with ExitStack() as channels:
-        yield lambda role, who: channels.enter_context(grpc_create_channel(role, who))
 
 
 def _session(dial: Dial, agent: str) -> str:
