@@ -17,13 +17,12 @@ import pytest
 from paywarden.v1 import (
     approvals_pb2,
     approvals_pb2_grpc,
-    sessions_pb2,
     sessions_pb2_grpc,
     signer_pb2,
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import Dial
+from tests.attacks.kit import Dial, open_session
 from tests.helpers import Stack, new_nonce, reason_of
 
 PACK = """
@@ -50,14 +49,7 @@ STACK_PACKS = {"votes.toml": PACK}
 
 def _pending(dial: Dial, stack: Stack) -> str:
     planner = sessions_pb2_grpc.SessionsStub(dial("planner", "planner-1"))
-    sid = planner.OpenSession(
-        sessions_pb2.OpenSessionRequest(
-            agent_id="agent-1",
-            task_description="buy a dataset",
-            budgets=[sessions_pb2.AssetBudget(asset="USD", amount="500.00")],
-            ttl_seconds=900,
-        )
-    ).session.session_id
+    sid = open_session(planner, "agent-1", "500.00", task="buy a dataset")
     intent = signer_pb2.PaymentIntent(
         session_id=sid,
         key_id="payments.v1",

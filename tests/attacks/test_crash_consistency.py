@@ -37,12 +37,12 @@ from joserfc.jwk import KeySet
 from paywarden.v1 import (
     control_pb2,
     control_pb2_grpc,
-    sessions_pb2,
     sessions_pb2_grpc,
     signer_pb2,
     signer_pb2_grpc,
 )
 
+from tests.attacks.kit import open_session
 from tests.conftest import make_token
 from tests.helpers import ROOT, Pki, ServeProcess, new_nonce, reason_of, serve, write_config
 
@@ -80,16 +80,14 @@ class SessionSlot:
     def session(self, sessions: sessions_pb2_grpc.SessionsStub) -> str:
         with self.lock:
             if self.current is None:
-                resp = sessions.OpenSession(
-                    sessions_pb2.OpenSessionRequest(
-                        agent_id=self.agent,
-                        task_description="crash consistency load",
-                        budgets=[sessions_pb2.AssetBudget(asset="USD", amount=BUDGET)],
-                        ttl_seconds=3600,
-                    ),
+                self.current = open_session(
+                    sessions,
+                    self.agent,
+                    BUDGET,
+                    task="crash consistency load",
+                    ttl=3600,
                     timeout=RPC_TIMEOUT,
                 )
-                self.current = resp.session.session_id
                 self.budgets[self.current] = _cents(BUDGET)
             return self.current
 

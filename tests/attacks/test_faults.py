@@ -28,8 +28,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
+from tests.attacks.kit import open_session
 from tests.conftest import make_token
 from tests.helpers import (
     ROOT,
@@ -56,16 +57,10 @@ def fault_token(tmp_path_factory: pytest.TempPathFactory) -> TestToken:
 
 def _open_session(addr: str, pki: Pki, budget: str = "50.00") -> str:
     with pki.channel(addr, "planner", "planner-1") as ch:
-        resp = sessions_pb2_grpc.SessionsStub(ch).OpenSession(
-            sessions_pb2.OpenSessionRequest(
-                agent_id="agent-1",
-                task_description="fault injection",
-                budgets=[sessions_pb2.AssetBudget(asset="USD", amount=budget)],
-                ttl_seconds=600,
-            ),
-            timeout=RPC_TIMEOUT,
+        planner = sessions_pb2_grpc.SessionsStub(ch)
+        return open_session(
+            planner, "agent-1", budget, task="fault injection", ttl=600, timeout=RPC_TIMEOUT
         )
-    return resp.session.session_id
 
 
 def _intent(session_id: str, amount: str = "1.00") -> signer_pb2.PaymentIntent:

@@ -19,24 +19,14 @@ from typing import Any
 import grpc
 from joserfc import jws
 from joserfc.jwk import KeySet
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import Dial
+from tests.attacks.kit import Dial, open_session
 from tests.helpers import Stack, new_nonce, reason_of
 
 
 def _session(dial: Dial, agent: str, budget: str = "100.00") -> str:
-    planner = sessions_pb2_grpc.SessionsStub(dial("planner", "planner-1"))
-    return str(
-        planner.OpenSession(
-            sessions_pb2.OpenSessionRequest(
-                agent_id=agent,
-                task_description="buy things",
-                budgets=[sessions_pb2.AssetBudget(asset="USD", amount=budget)],
-                ttl_seconds=900,
-            )
-        ).session.session_id
-    )
+    return open_session(sessions_pb2_grpc.SessionsStub(dial("planner", "planner-1")), agent, budget)
 
 
 def _request(stack: Stack, sid: str, nonce: str, amount: str = "1.00") -> signer_pb2.SignRequest:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import grpc
 import pytest
 from paywarden.policy.payees import skeleton
-from paywarden.v1 import sessions_pb2, signer_pb2
+from paywarden.v1 import signer_pb2
 
-from tests.attacks.kit import Api
+from tests.attacks.kit import Api, open_session
 from tests.helpers import Stack, new_nonce, reason_of
 
 PACK = """
@@ -50,13 +50,7 @@ DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 @pytest.fixture(scope="module")
 def session_id(api: Api) -> str:
-    request = sessions_pb2.OpenSessionRequest(
-        agent_id="agent-1",
-        task_description="fetch assets",
-        budgets=[sessions_pb2.AssetBudget(asset="USD", amount="100.00")],
-        ttl_seconds=3600,
-    )
-    return str(api.planner.OpenSession(request).session.session_id)
+    return open_session(api.planner, "agent-1", "100.00", task="fetch assets", ttl=3600)
 
 
 def sign(api: Api, stack: Stack, session_id: str, payee: str) -> signer_pb2.SignResponse:
@@ -143,13 +137,13 @@ def test_session_cannot_list_a_lookalike_either(api: Api) -> None:
         ("bad\u2010x.cdn.example", "PAYEE_LOOKS_DENYLISTED"),
         ("ev\u0456l.cdn.example", "PAYEE_LOOKS_DENYLISTED"),
     ]:
-        request = sessions_pb2.OpenSessionRequest(
-            agent_id="agent-1",
-            task_description="fetch assets",
-            budgets=[sessions_pb2.AssetBudget(asset="USD", amount="100.00")],
-            ttl_seconds=600,
-            allowed_payees=[payee],
-        )
         with pytest.raises(grpc.RpcError) as info:
-            api.planner.OpenSession(request)
+            open_session(
+                api.planner,
+                "agent-1",
+                "100.00",
+                task="fetch assets",
+                ttl=600,
+                allowed_payees=[payee],
+            )
         assert (info.value.code(), reason_of(info.value)) == (DENIED, reason), payee

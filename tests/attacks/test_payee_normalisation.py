@@ -22,8 +22,9 @@ from paywarden.policy import AllOf, AssetInfo, Verdict, check_session, compile_p
 from paywarden.policy.engine import AgentFacts, Facts, SessionFacts
 from paywarden.policy.packs import PolicyPack, PolicyPackModel
 from paywarden.policy.payees import normalise
-from paywarden.v1 import sessions_pb2, signer_pb2
+from paywarden.v1 import signer_pb2
 
+from tests.attacks import kit
 from tests.attacks.kit import Api
 from tests.helpers import Stack, new_nonce, reason_of
 
@@ -62,14 +63,14 @@ ATTACKS = [
 
 
 def open_session(api: Api, allowed_payees: tuple[str, ...] = ()) -> str:
-    request = sessions_pb2.OpenSessionRequest(
-        agent_id="agent-1",
-        task_description="buy mail credits",
-        budgets=[sessions_pb2.AssetBudget(asset="MAIL", amount="100.00")],
-        ttl_seconds=900,
-        allowed_payees=list(allowed_payees),
+    return kit.open_session(
+        api.planner,
+        "agent-1",
+        "100.00",
+        task="buy mail credits",
+        asset="MAIL",
+        allowed_payees=allowed_payees,
     )
-    return str(api.planner.OpenSession(request).session.session_id)
 
 
 def sign(api: Api, stack: Stack, session_id: str, payee: str) -> signer_pb2.SignResponse:

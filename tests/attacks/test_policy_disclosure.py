@@ -19,13 +19,12 @@ from paywarden.signer.disclosure import AGENT_MESSAGES
 from paywarden.v1 import (
     approvals_pb2,
     approvals_pb2_grpc,
-    sessions_pb2,
     sessions_pb2_grpc,
     signer_pb2,
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import Dial
+from tests.attacks.kit import Dial, open_session
 from tests.helpers import Stack, new_nonce, reason_of
 
 SECRET_PAYEE = "globex-payments.example"
@@ -79,16 +78,7 @@ STACK_PACKS = {"a1.toml": AGENT1_PACK, "a2.toml": AGENT2_PACK}
 
 def _session(dial: Dial, agent: str) -> str:
     planner = sessions_pb2_grpc.SessionsStub(dial("planner", "planner-1"))
-    return str(
-        planner.OpenSession(
-            sessions_pb2.OpenSessionRequest(
-                agent_id=agent,
-                task_description="buy things",
-                budgets=[sessions_pb2.AssetBudget(asset="USD", amount="1000.00")],
-                ttl_seconds=900,
-            )
-        ).session.session_id
-    )
+    return open_session(planner, agent, "1000.00")
 
 
 def _intent(stack: Stack, sid: str, payee: str, amount: str = "5.00") -> signer_pb2.SignRequest:

@@ -33,12 +33,12 @@ from paywarden.signer.refusals import RefusalLog
 from paywarden.v1 import (
     control_pb2,
     control_pb2_grpc,
-    sessions_pb2,
     sessions_pb2_grpc,
     signer_pb2,
     signer_pb2_grpc,
 )
 
+from tests.attacks.kit import open_session
 from tests.helpers import (
     OPEN_PACK,
     ROOT,
@@ -97,17 +97,7 @@ class Client:
 
     def session(self, agent: str) -> str:
         stub = sessions_pb2_grpc.SessionsStub(self._channel("planner", "planner-1"))
-        return str(
-            stub.OpenSession(
-                sessions_pb2.OpenSessionRequest(
-                    agent_id=agent,
-                    task_description="buy things",
-                    budgets=[sessions_pb2.AssetBudget(asset="USD", amount="100.00")],
-                    ttl_seconds=900,
-                ),
-                timeout=TIMEOUT,
-            ).session.session_id
-        )
+        return open_session(stub, agent, "100.00", timeout=TIMEOUT)
 
     def close(self) -> None:
         for channel in self._channels:

@@ -22,12 +22,12 @@ from paywarden.policy import PackError, load_pack
 from paywarden.v1 import (
     control_pb2,
     control_pb2_grpc,
-    sessions_pb2,
     sessions_pb2_grpc,
     signer_pb2,
     signer_pb2_grpc,
 )
 
+from tests.attacks.kit import open_session
 from tests.helpers import ROOT, Pki, TestToken, new_nonce, reason_of, serve, write_config
 
 EVIL = r"([a-z0-9]+-?)*\\.evil\\.example"  # as written inside a TOML basic string
@@ -83,24 +83,18 @@ def test_nested_repetition_deny_pattern_does_not_hang_the_signer(
         agent = pki.channel(server.addr, "agent", "agent-1")
         operator = pki.channel(server.addr, "operator", "operator-1")
         with planner, agent, operator:
-            session = (
-                sessions_pb2_grpc.SessionsStub(planner)
-                .OpenSession(
-                    sessions_pb2.OpenSessionRequest(
-                        agent_id="agent-1",
-                        task_description="fetch assets",
-                        budgets=[sessions_pb2.AssetBudget(asset="USD", amount="100.00")],
-                        ttl_seconds=900,
-                    ),
-                    timeout=30,
-                )
-                .session
+            session_id = open_session(
+                sessions_pb2_grpc.SessionsStub(planner),
+                "agent-1",
+                "100.00",
+                task="fetch assets",
+                timeout=30,
             )
             signer = signer_pb2_grpc.SignerStub(agent)
 
             def sign(payee: str) -> signer_pb2.SignResponse:
                 intent = signer_pb2.PaymentIntent(
-                    session_id=session.session_id,
+                    session_id=session_id,
                     key_id="payments.v1",
                     payee=payee,
                     amount="1.00",

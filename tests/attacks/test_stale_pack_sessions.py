@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 import grpc
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
+from tests.attacks.kit import open_session
 from tests.helpers import Pki, ServeProcess, TestToken, new_nonce, reason_of, serve, write_config
 
 PACK = """
@@ -42,19 +43,8 @@ max_budget = {{ USD = "{max_budget}" }}
 
 def _session(srv: ServeProcess, pki: Pki, budget: str) -> str:
     with pki.channel(srv.addr, "planner", "planner-1") as ch:
-        return str(
-            sessions_pb2_grpc.SessionsStub(ch)
-            .OpenSession(
-                sessions_pb2.OpenSessionRequest(
-                    agent_id="agent-1",
-                    task_description="shopping",
-                    budgets=[sessions_pb2.AssetBudget(asset="USD", amount=budget)],
-                    ttl_seconds=1800,
-                ),
-                timeout=30,
-            )
-            .session.session_id
-        )
+        planner = sessions_pb2_grpc.SessionsStub(ch)
+        return open_session(planner, "agent-1", budget, task="shopping", ttl=1800, timeout=30)
 
 
 def _sign(srv: ServeProcess, pki: Pki, sid: str, amount: str) -> str:

@@ -48,6 +48,7 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
+from tests.attacks.kit import open_session
 from tests.helpers import Pki, ServeProcess, TestToken, new_nonce, reason_of, serve, write_config
 
 OPERATOR_DEADLINE = 1.0  # the operator's calls must answer within this
@@ -230,13 +231,12 @@ def test_streams_and_slow_callers_on_a_locked_store_do_not_stall_the_operator(
         _streams() as streams,
     ):
         operator = channel("operator", "operator-1")
-        opened = sessions_pb2_grpc.SessionsStub(channel("planner", "planner-1")).OpenSession(
-            sessions_pb2.OpenSessionRequest(
-                agent_id="agent-1",
-                task_description="buy weather data",
-                budgets=[sessions_pb2.AssetBudget(asset="USD", amount="100.00")],
-                ttl_seconds=600,
-            ),
+        session_id = open_session(
+            sessions_pb2_grpc.SessionsStub(channel("planner", "planner-1")),
+            "agent-1",
+            "100.00",
+            task="buy weather data",
+            ttl=600,
             timeout=30,
         )
         _saturate_with_streams(streams, channel)
@@ -249,7 +249,7 @@ def test_streams_and_slow_callers_on_a_locked_store_do_not_stall_the_operator(
             signer = signer_pb2_grpc.SignerStub(channel("agent", "agent-1"))
             for _ in range(SLOW_CALLS):
                 intent = signer_pb2.PaymentIntent(
-                    session_id=opened.session.session_id,
+                    session_id=session_id,
                     key_id="payments.v1",
                     payee="weather-data-inc",
                     amount="0.01",

@@ -21,8 +21,9 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
+from tests.attacks.kit import open_session
 from tests.helpers import ROOT, Pki, TestToken, new_nonce, write_config
 
 LOCKS = {"serve": ROOT / "requirements" / "serve.lock", "dev": ROOT / "requirements" / "dev.lock"}
@@ -159,19 +160,15 @@ def test_the_serving_venv_holds_exactly_the_serve_lock_and_runs_the_signer(
                 break
         assert addr, "the signer did not start from the serving venv"
         with pki.channel(addr, "planner", "planner-1") as ch:
-            session = sessions_pb2_grpc.SessionsStub(ch).OpenSession(
-                sessions_pb2.OpenSessionRequest(
-                    agent_id="agent-1", task_description="supply chain",
-                    budgets=[sessions_pb2.AssetBudget(asset="USD", amount="5.00")],
-                    ttl_seconds=600,
-                ),
-                timeout=30,
-            ).session  # fmt: skip
+            planner = sessions_pb2_grpc.SessionsStub(ch)
+            session_id = open_session(
+                planner, "agent-1", "5.00", task="supply chain", ttl=600, timeout=30
+            )
         with pki.channel(addr, "agent", "agent-1") as ch:
             resp = signer_pb2_grpc.SignerStub(ch).Sign(
                 signer_pb2.SignRequest(
                     intent=signer_pb2.PaymentIntent(
-                        session_id=session.session_id, key_id="payments.v1", payee="acme",
+                        session_id=session_id, key_id="payments.v1", payee="acme",
                         amount="1.00", asset="USD", reference="r", purpose="",
                         nonce=new_nonce(), expires_at=int(time.time()) + 60,
                     )
