@@ -26,7 +26,8 @@ from paywarden.signer.service import SignStatus
 from paywarden.signer.status import status_code_for
 from paywarden.v1 import signer_pb2
 
-from tests.helpers import Pki, Stack, TestToken, new_nonce, reason_of, write_config
+from tests.attacks.kit import intent_fields
+from tests.helpers import Pki, Stack, TestToken, reason_of, write_config
 from tests.test_killswitch import Api, intent, metric, poll, running, scrape
 
 DEADLINE = 2.0  # the clients' deadline, seconds
@@ -87,17 +88,7 @@ def test_a_call_cancelled_while_it_waited_for_the_lock_is_not_decided(stack: Sta
     session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
     answers = iter([True])  # still there when the call starts, gone once the lock is held
     deadline = Deadline(time.monotonic() + 30, lambda: next(answers, False))
-    fields = IntentFields(
-        session_id=session.record.id,
-        key_id="payments.v1",
-        payee="weather-data-inc",
-        amount="1.00",
-        asset="USD",
-        reference="r",
-        purpose="p",
-        nonce=new_nonce(),
-        expires_at=int(stack.clock.now()) + 60,
-    )
+    fields = _fields(stack, session.record.id)
     size_before, _ = stack.store.audit_head()
     with pytest.raises(DeadlineExceeded) as gone:
         stack.service.sign(agent, fields, deadline)
@@ -122,17 +113,7 @@ def test_a_call_gone_after_its_commit_gets_nothing_signed_and_a_retry_completes_
 
     before = committed_size()
     deadline = Deadline(time.monotonic() + 30, lambda: committed_size() == before)
-    fields = IntentFields(
-        session_id=session.record.id,
-        key_id="payments.v1",
-        payee="weather-data-inc",
-        amount="1.00",
-        asset="USD",
-        reference="r",
-        purpose="p",
-        nonce=new_nonce(),
-        expires_at=int(stack.clock.now()) + 60,
-    )
+    fields = _fields(stack, session.record.id)
     registry = stack.service.metrics.registry
     hsm_calls = "paywarden_hsm_sign_latency_seconds_count"
     signed_before = registry.get_sample_value(hsm_calls)
@@ -150,15 +131,12 @@ def test_a_call_gone_after_its_commit_gets_nothing_signed_and_a_retry_completes_
 
 
 def _fields(stack: Stack, session_id: str) -> IntentFields:
-    return IntentFields(
-        session_id=session_id,
-        key_id="payments.v1",
+    return intent_fields(
+        session_id,
         payee="weather-data-inc",
         amount="1.00",
-        asset="USD",
         reference="r",
         purpose="p",
-        nonce=new_nonce(),
         expires_at=int(stack.clock.now()) + 60,
     )
 

@@ -22,8 +22,8 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import Dial, open_session
-from tests.helpers import Stack, new_nonce, reason_of
+from tests.attacks.kit import Dial, open_session, payment_intent
+from tests.helpers import Stack, reason_of
 
 PACK = """
 id = "votes"
@@ -50,15 +50,11 @@ STACK_PACKS = {"votes.toml": PACK}
 def _pending(dial: Dial, stack: Stack) -> str:
     planner = sessions_pb2_grpc.SessionsStub(dial("planner", "planner-1"))
     sid = open_session(planner, "agent-1", "500.00", task="buy a dataset")
-    intent = signer_pb2.PaymentIntent(
-        session_id=sid,
-        key_id="payments.v1",
+    intent = payment_intent(
+        sid,
         payee="acme-data",
         amount="50.00",
-        asset="USD",
-        reference="inv-1",
         purpose="dataset",
-        nonce=new_nonce(),
         expires_at=int(stack.clock.now()) + 120,
     )
     resp = signer_pb2_grpc.SignerStub(dial("agent", "agent-1")).Sign(

@@ -22,7 +22,8 @@ from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 from paywarden.signer.sqlite_store import SqliteStore
 
-from tests.helpers import Clock, Stack, new_nonce
+from tests.attacks.kit import intent_fields
+from tests.helpers import Clock, Stack
 
 AGENT = Principal(Role.AGENT, "agent-1")
 PLANNER = Principal(Role.PLANNER, "planner-1")
@@ -30,15 +31,11 @@ OPERATOR = Principal(Role.OPERATOR, "operator-1")
 
 
 def _intent(session_id: str, clock: Clock) -> IntentFields:
-    return IntentFields(
-        session_id=session_id,
-        key_id="payments.v1",
+    return intent_fields(
+        session_id,
         payee="weather-data-inc",
         amount="0.60",
-        asset="USD",
-        reference="inv-1",
         purpose="dataset",
-        nonce=new_nonce(),
         expires_at=int(clock.now()) + 30,  # the agent's own (stepped) clock
     )
 

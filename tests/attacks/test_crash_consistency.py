@@ -42,9 +42,9 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import open_session
+from tests.attacks.kit import open_session, payment_intent
 from tests.conftest import make_token
-from tests.helpers import ROOT, Pki, ServeProcess, new_nonce, reason_of, serve, write_config
+from tests.helpers import ROOT, Pki, ServeProcess, reason_of, serve, write_config
 
 ROUNDS = int(os.environ.get("PAYWARDEN_CRASH_ROUNDS", "20"))
 SEED = int(os.environ.get("PAYWARDEN_CRASH_SEED", str(secrets.randbits(32))))
@@ -180,15 +180,13 @@ class Client:
                 if rnd.killed.is_set():
                     raise ServerGone from None
                 raise exc
-            intent = signer_pb2.PaymentIntent(
-                session_id=session_id,
+            intent = payment_intent(
+                session_id,
                 key_id=self.rng.choice(("payments.v1", "payments.v2")),
                 payee=f"shop-{self.rng.randrange(8)}.example",
                 amount=f"{self.rng.randint(1, 150) / 100:.2f}",
-                asset="USD",
                 reference=f"inv-{self.rng.randrange(10**6)}",
                 purpose="crash consistency",
-                nonce=new_nonce(),
                 expires_at=int(time.time()) + 290,
             )
             self._sign(signer, intent, rnd, retry=False)

@@ -30,14 +30,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import open_session
+from tests.attacks.kit import open_session, payment_intent
 from tests.conftest import make_token
 from tests.helpers import (
     ROOT,
     Pki,
     ServeProcess,
     TestToken,
-    new_nonce,
     reason_of,
     serve,
     write_config,
@@ -64,15 +63,12 @@ def _open_session(addr: str, pki: Pki, budget: str = "50.00") -> str:
 
 
 def _intent(session_id: str, amount: str = "1.00") -> signer_pb2.PaymentIntent:
-    return signer_pb2.PaymentIntent(
-        session_id=session_id,
-        key_id="payments.v1",
+    return payment_intent(
+        session_id,
         payee="weather-data-inc",
         amount=amount,
-        asset="USD",
         reference="inv-fault",
         purpose="fault injection",
-        nonce=new_nonce(),
         expires_at=int(time.time()) + 240,
     )
 

@@ -18,7 +18,8 @@ from paywarden.signer.payments import IntentFields
 from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 
-from tests.helpers import Stack, new_nonce
+from tests.attacks.kit import intent_fields
+from tests.helpers import Stack
 
 AGENT = Principal(Role.AGENT, "agent-1")
 PLANNER = Principal(Role.PLANNER, "planner-1")
@@ -42,15 +43,11 @@ class FreezingHsm:
 
 
 def _intent(session_id: str, now: float) -> IntentFields:
-    return IntentFields(
-        session_id=session_id,
-        key_id="payments.v1",
+    return intent_fields(
+        session_id,
         payee="weather-data-inc",
         amount="0.60",
-        asset="USD",
-        reference="inv-1",
         purpose="dataset",
-        nonce=new_nonce(),
         expires_at=int(now) + 60,
     )
 

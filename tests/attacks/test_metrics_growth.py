@@ -15,12 +15,12 @@ import time
 
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.metrics import Metrics
-from paywarden.signer.payments import IntentFields
 from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 from prometheus_client import generate_latest
 
-from tests.helpers import Stack, new_nonce
+from tests.attacks.kit import intent_fields
+from tests.helpers import Stack
 
 CAP = 5
 PLANNER = Principal(Role.PLANNER, "planner-1")
@@ -35,15 +35,11 @@ def _series(metrics: Metrics) -> int:
 def _pay(service: SigningService, session_id: str) -> None:
     result = service.sign(
         AGENT,
-        IntentFields(
-            session_id=session_id,
-            key_id="payments.v1",
+        intent_fields(
+            session_id,
             payee="acme-data",
             amount="1.00",
-            asset="USD",
-            reference="inv-1",
             purpose="a task",
-            nonce=new_nonce(),
             expires_at=int(time.time()) + 120,
         ),
     )

@@ -21,7 +21,7 @@ from joserfc import jws
 from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import Dial, open_session
+from tests.attacks.kit import Dial, open_session, payment_intent
 from tests.helpers import Stack, new_nonce, reason_of
 
 
@@ -31,13 +31,10 @@ def _session(dial: Dial, agent: str, budget: str = "100.00") -> str:
 
 def _request(stack: Stack, sid: str, nonce: str, amount: str = "1.00") -> signer_pb2.SignRequest:
     return signer_pb2.SignRequest(
-        intent=signer_pb2.PaymentIntent(
-            session_id=sid,
-            key_id="payments.v1",
+        intent=payment_intent(
+            sid,
             payee="acme-data",
             amount=amount,
-            asset="USD",
-            reference="inv-1",
             purpose="supplies",
             nonce=nonce,
             expires_at=int(stack.clock.now()) + 120,

@@ -17,8 +17,8 @@ import pytest
 from paywarden.policy.payees import skeleton
 from paywarden.v1 import signer_pb2
 
-from tests.attacks.kit import Api, open_session
-from tests.helpers import Stack, new_nonce, reason_of
+from tests.attacks.kit import Api, open_session, payment_intent
+from tests.helpers import Stack, reason_of
 
 PACK = """
 id = "cdn"
@@ -54,15 +54,8 @@ def session_id(api: Api) -> str:
 
 
 def sign(api: Api, stack: Stack, session_id: str, payee: str) -> signer_pb2.SignResponse:
-    intent = signer_pb2.PaymentIntent(
-        session_id=session_id,
-        key_id="payments.v1",
-        payee=payee,
-        amount="0.01",
-        asset="USD",
-        reference="inv-1",
-        nonce=new_nonce(),
-        expires_at=int(stack.clock.now()) + 60,
+    intent = payment_intent(
+        session_id, payee=payee, amount="0.01", expires_at=int(stack.clock.now()) + 60
     )
     resp: signer_pb2.SignResponse = api.signer.Sign(signer_pb2.SignRequest(intent=intent))
     return resp

@@ -26,7 +26,7 @@ from paywarden.v1 import signer_pb2
 
 from tests.attacks import kit
 from tests.attacks.kit import Api
-from tests.helpers import Stack, new_nonce, reason_of
+from tests.helpers import Stack, reason_of
 
 PACK = """
 id = "mail"
@@ -74,14 +74,11 @@ def open_session(api: Api, allowed_payees: tuple[str, ...] = ()) -> str:
 
 
 def sign(api: Api, stack: Stack, session_id: str, payee: str) -> signer_pb2.SignResponse:
-    intent = signer_pb2.PaymentIntent(
-        session_id=session_id,
-        key_id="payments.v1",
+    intent = kit.payment_intent(
+        session_id,
         payee=payee,
         amount="1.00",
         asset="MAIL",
-        reference="inv-1",
-        nonce=new_nonce(),
         expires_at=int(stack.clock.now()) + 60,
     )
     resp: signer_pb2.SignResponse = api.signer.Sign(signer_pb2.SignRequest(intent=intent))

@@ -24,8 +24,8 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import Dial, open_session
-from tests.helpers import Stack, new_nonce, reason_of
+from tests.attacks.kit import Dial, open_session, payment_intent
+from tests.helpers import Stack, reason_of
 
 SECRET_PAYEE = "globex-payments.example"
 SOC_NOTE = "INTERNAL: SOC ticket 4411, vendor under fraud review"
@@ -83,15 +83,11 @@ def _session(dial: Dial, agent: str) -> str:
 
 def _intent(stack: Stack, sid: str, payee: str, amount: str = "5.00") -> signer_pb2.SignRequest:
     return signer_pb2.SignRequest(
-        intent=signer_pb2.PaymentIntent(
-            session_id=sid,
-            key_id="payments.v1",
+        intent=payment_intent(
+            sid,
             payee=payee,
             amount=amount,
-            asset="USD",
-            reference="inv-1",
             purpose="supplies",
-            nonce=new_nonce(),
             expires_at=int(stack.clock.now()) + 120,
         )
     )

@@ -38,14 +38,13 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import open_session
+from tests.attacks.kit import open_session, payment_intent
 from tests.helpers import (
     OPEN_PACK,
     ROOT,
     Pki,
     ServeProcess,
     TestToken,
-    new_nonce,
     reason_of,
     serve,
     write_config,
@@ -118,15 +117,11 @@ def running(
 
 def _intent(sid: str, amount: str = "1.00", purpose: str = "supplies") -> signer_pb2.SignRequest:
     return signer_pb2.SignRequest(
-        intent=signer_pb2.PaymentIntent(
-            session_id=sid,
-            key_id="payments.v1",
+        intent=payment_intent(
+            sid,
             payee="acme-data",
             amount=amount,
-            asset="USD",
-            reference="inv-1",
             purpose=purpose,
-            nonce=new_nonce(),
             expires_at=int(time.time()) + 120,
         )
     )

@@ -27,8 +27,8 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import open_session
-from tests.helpers import ROOT, Pki, TestToken, new_nonce, reason_of, serve, write_config
+from tests.attacks.kit import open_session, payment_intent
+from tests.helpers import ROOT, Pki, TestToken, reason_of, serve, write_config
 
 EVIL = r"([a-z0-9]+-?)*\\.evil\\.example"  # as written inside a TOML basic string
 
@@ -93,15 +93,8 @@ def test_nested_repetition_deny_pattern_does_not_hang_the_signer(
             signer = signer_pb2_grpc.SignerStub(agent)
 
             def sign(payee: str) -> signer_pb2.SignResponse:
-                intent = signer_pb2.PaymentIntent(
-                    session_id=session_id,
-                    key_id="payments.v1",
-                    payee=payee,
-                    amount="1.00",
-                    asset="USD",
-                    reference="inv-1",
-                    nonce=new_nonce(),
-                    expires_at=int(time.time()) + 120,
+                intent = payment_intent(
+                    session_id, payee=payee, amount="1.00", expires_at=int(time.time()) + 120
                 )
                 # A generous deadline: the old matcher needed hours for this payee.
                 resp: signer_pb2.SignResponse = signer.Sign(

@@ -42,6 +42,7 @@ from joserfc import jws
 from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
+from tests.attacks.kit import payment_intent
 from tests.helpers import (
     OPEN_PACK,
     Pki,
@@ -248,9 +249,8 @@ def _still_serving(t: Target) -> None:
             health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT
         )
     assert health.status == health_pb2.HealthCheckResponse.SERVING
-    intent = signer_pb2.PaymentIntent(
-        session_id=t.roomy, key_id="payments.v1", payee="after-fuzzing",
-        amount="0.01", asset="USD", reference="ok", purpose="", nonce=new_nonce(),
+    intent = payment_intent(
+        t.roomy, payee="after-fuzzing", amount="0.01", reference="ok",
         expires_at=int(time.time()) + 60,
     )  # fmt: skip
     sent = time.time()
@@ -513,9 +513,8 @@ def test_fuzzed_raw_sign_bytes_are_refused_with_documented_statuses(target: Targ
     @given(case=raw_requests())
     def one(case: tuple[str, bytes]) -> None:
         kind, extra = case
-        intent = signer_pb2.PaymentIntent(
-            session_id=session_id, key_id="payments.v1", payee="raw-bytes", amount="0.01",
-            asset="USD", reference="raw", purpose="", nonce=new_nonce(),
+        intent = payment_intent(
+            session_id, payee="raw-bytes", amount="0.01", reference="raw",
             expires_at=int(time.time()) + 120,
         ).SerializeToString()  # fmt: skip
         if kind == "random":

@@ -19,8 +19,8 @@ from pathlib import Path
 import grpc
 from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import open_session
-from tests.helpers import Pki, ServeProcess, TestToken, new_nonce, reason_of, serve, write_config
+from tests.attacks.kit import open_session, payment_intent
+from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_config
 
 PACK = """
 id = "shopping"
@@ -48,15 +48,11 @@ def _session(srv: ServeProcess, pki: Pki, budget: str) -> str:
 
 
 def _sign(srv: ServeProcess, pki: Pki, sid: str, amount: str) -> str:
-    intent = signer_pb2.PaymentIntent(
-        session_id=sid,
-        key_id="payments.v1",
+    intent = payment_intent(
+        sid,
         payee="acme-data",
         amount=amount,
-        asset="USD",
-        reference="inv-1",
         purpose="shopping",
-        nonce=new_nonce(),
         expires_at=int(time.time()) + 120,
     )
     with pki.channel(srv.addr, "agent", "agent-1") as ch:

@@ -48,8 +48,8 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import open_session
-from tests.helpers import Pki, ServeProcess, TestToken, new_nonce, reason_of, serve, write_config
+from tests.attacks.kit import open_session, payment_intent
+from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_config
 
 OPERATOR_DEADLINE = 1.0  # the operator's calls must answer within this
 SATURATION_WAIT = 20.0  # longest wait for the attack to be in place
@@ -248,15 +248,12 @@ def test_streams_and_slow_callers_on_a_locked_store_do_not_stall_the_operator(
         try:
             signer = signer_pb2_grpc.SignerStub(channel("agent", "agent-1"))
             for _ in range(SLOW_CALLS):
-                intent = signer_pb2.PaymentIntent(
-                    session_id=session_id,
-                    key_id="payments.v1",
+                intent = payment_intent(
+                    session_id,
                     payee="weather-data-inc",
                     amount="0.01",
-                    asset="USD",
                     reference="slow",
                     purpose="hold a worker thread",
-                    nonce=new_nonce(),
                     expires_at=int(time.time()) + 120,
                 )
                 slow.append(signer.Sign.future(signer_pb2.SignRequest(intent=intent), timeout=30))

@@ -23,8 +23,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import open_session
-from tests.helpers import ROOT, Pki, TestToken, new_nonce, write_config
+from tests.attacks.kit import open_session, payment_intent
+from tests.helpers import ROOT, Pki, TestToken, write_config
 
 LOCKS = {"serve": ROOT / "requirements" / "serve.lock", "dev": ROOT / "requirements" / "dev.lock"}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -167,10 +167,9 @@ def test_the_serving_venv_holds_exactly_the_serve_lock_and_runs_the_signer(
         with pki.channel(addr, "agent", "agent-1") as ch:
             resp = signer_pb2_grpc.SignerStub(ch).Sign(
                 signer_pb2.SignRequest(
-                    intent=signer_pb2.PaymentIntent(
-                        session_id=session_id, key_id="payments.v1", payee="acme",
-                        amount="1.00", asset="USD", reference="r", purpose="",
-                        nonce=new_nonce(), expires_at=int(time.time()) + 60,
+                    intent=payment_intent(
+                        session_id, payee="acme", amount="1.00", reference="r",
+                        expires_at=int(time.time()) + 60,
                     )
                 ),
                 timeout=30,

@@ -20,6 +20,7 @@ from paywarden.signer.payments import IntentFields
 from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 
+from tests.attacks.kit import intent_fields
 from tests.helpers import Stack, new_nonce
 
 AGENT = Principal(Role.AGENT, "agent-1")
@@ -56,13 +57,10 @@ def flaky(stack: Stack) -> Iterator[tuple[SigningService, FailingHsm]]:
 
 
 def _intent(session_id: str, amount: str, expires_at: int, nonce: str) -> IntentFields:
-    return IntentFields(
-        session_id=session_id,
-        key_id="payments.v1",
+    return intent_fields(
+        session_id,
         payee="weather-data-inc",
         amount=amount,
-        asset="USD",
-        reference="inv-1",
         purpose="dataset",
         nonce=nonce,
         expires_at=expires_at,
