@@ -6,8 +6,11 @@ The values a test cares about (budget, payee, amount, expiry) stay at the call s
 from __future__ import annotations
 
 import dataclasses
+import json
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -79,3 +82,18 @@ def intent_fields(
 def payment_intent(session_id: str, **fields: Any) -> signer_pb2.PaymentIntent:
     """``intent_fields(...)`` as the message an agent sends."""
     return signer_pb2.PaymentIntent(**dataclasses.asdict(intent_fields(session_id, **fields)))
+
+
+def audit_log(db: Path) -> list[dict[str, Any]]:
+    """Every audit record in the SQLite file, in order (opened read-only)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def stored_records(store: Any, after: int = 0) -> list[dict[str, Any]]:
+    """The audit records an open store holds past the first ``after``, in order."""
+    size, _root = store.audit_head()
+    return [json.loads(store.audit_record(seq)) for seq in range(after + 1, size + 1)]

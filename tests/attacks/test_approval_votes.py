@@ -9,7 +9,6 @@ Real SoftHSM2 token, real SQLite store, a real gRPC server over mutual TLS.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import grpc
@@ -22,7 +21,7 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import Dial, open_session, payment_intent
+from tests.attacks.kit import Dial, open_session, payment_intent, stored_records
 from tests.helpers import Stack, reason_of
 
 PACK = """
@@ -64,11 +63,6 @@ def _pending(dial: Dial, stack: Stack) -> str:
     return str(resp.approval_id)
 
 
-def _records(stack: Stack) -> list[dict[str, Any]]:
-    size, _ = stack.store.audit_head()
-    return [json.loads(stack.store.audit_record(seq)) for seq in range(1, size + 1)]
-
-
 def _refused_vote(
     dial: Dial, stack: Stack, who: str, method: str, approval_id: str, reason: str, note: str = ""
 ) -> dict[str, Any]:
@@ -77,11 +71,11 @@ def _refused_vote(
     request = (approvals_pb2.ApproveRequest if method == "Approve" else approvals_pb2.DenyRequest)(
         approval_id=approval_id, note=note
     )
-    before = len(_records(stack))
+    before = len(stored_records(stack.store))
     with pytest.raises(grpc.RpcError) as info:
         getattr(stub, method)(request)
     assert reason_of(info.value) == reason
-    added = _records(stack)[before:]
+    added = stored_records(stack.store)[before:]
     assert len(added) == 1, added
     record = added[0]
     assert record["action"] == "approval.refused"

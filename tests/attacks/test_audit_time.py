@@ -29,6 +29,7 @@ from paywarden.signer import audit
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.sqlite_store import SqliteStore
 
+from tests.attacks.kit import audit_log
 from tests.attacks.test_audit_rewrite import rewritten
 from tests.helpers import MODULE, Pki, TestToken, serve, write_config
 from tests.test_audit import AUDIT_PACK, _intent, _open, _sign, _signed, cli, mth
@@ -175,9 +176,7 @@ def test_a_refusal_that_waited_for_the_lock_does_not_date_the_log_backwards(
     store.audit_event(refusal)
     store.close()
     reseal(db, hsm)
-    conn = sqlite3.connect(db)
-    records = [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
-    conn.close()
+    records = audit_log(db)
     assert [r["time"] for r in records] == [read_at + 90, read_at + 90]
     assert {k: v for k, v in records[1].items() if k not in ("time", "seq", "prev_root")} == {
         k: v for k, v in refusal.items() if k != "time"

@@ -8,8 +8,6 @@ The service's injectable clock stands in for the stepped system clock.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 from paywarden.signer.sqlite_store import SqliteStore
 
-from tests.attacks.kit import intent_fields
+from tests.attacks.kit import audit_log, intent_fields
 from tests.helpers import Clock, Stack
 
 AGENT = Principal(Role.AGENT, "agent-1")
@@ -54,9 +52,7 @@ def _service(stack: Stack, store: SqliteStore, clock: Clock) -> SigningService:
 
 
 def _times(store: SqliteStore) -> list[int]:
-    with sqlite3.connect(store.path) as conn:
-        rows = conn.execute("SELECT body FROM audit_log ORDER BY seq")
-        return [json.loads(body)["time"] for (body,) in rows]
+    return [record["time"] for record in audit_log(Path(store.path))]
 
 
 def test_stepping_the_clock_back_does_not_revive_an_expired_session(

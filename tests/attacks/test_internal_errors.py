@@ -26,6 +26,7 @@ from paywarden.signer.config import load_config
 from paywarden.signer.errors import Reason
 from paywarden.v1 import control_pb2, control_pb2_grpc, signer_pb2, signer_pb2_grpc
 
+from tests.attacks.kit import stored_records
 from tests.helpers import Pki, Stack, TestToken, reason_of, write_config
 
 SECRET = "pin=918273-not-for-logs"
@@ -34,11 +35,6 @@ TIMEOUT = 10
 
 def _boom(*_args: object, **_kwargs: object) -> object:
     raise RuntimeError(f"the HSM said {SECRET}")
-
-
-def _records_after(stack: Stack, size: int) -> list[dict[str, object]]:
-    head, _root = stack.store.audit_head()
-    return [json.loads(stack.store.audit_record(seq)) for seq in range(size + 1, head + 1)]
 
 
 @pytest.fixture
@@ -105,7 +101,7 @@ def test_a_bug_in_any_rpc_is_answered_internal_and_audited_once(
     assert reason_of(err) == Reason.INTERNAL
     assert SECRET not in (err.details() or "")  # type: ignore[attr-defined]
 
-    records = _records_after(stack, audit_size)
+    records = stored_records(stack.store, audit_size)
     assert len(records) == 1, records
     (record,) = records
     assert record["action"] == "rpc.error"
@@ -123,7 +119,7 @@ def test_the_call_after_the_bug_is_served_normally(
     with grpc_create_channel("agent", "agent-2") as channel:
         keys = _call_get_public_keys(channel)
     assert isinstance(keys, signer_pb2.GetPublicKeysResponse)
-    assert _records_after(stack, audit_size) == []
+    assert stored_records(stack.store, audit_size) == []
 
 
 class _SteppedClock:

@@ -11,28 +11,18 @@ runs a real ``paywarden serve`` whose token directory is missing at start.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from paywarden.hsm import Hsm, HsmUnavailable, KeyRef, PublicKeyInfo
 from paywarden.v1 import signer_pb2, signer_pb2_grpc
 
+from tests.attacks.kit import audit_log
 from tests.conftest import make_token
 from tests.helpers import MODULE, Pki, TestToken, new_nonce, serve, write_config
 from tests.test_e2e import intent, open_session, sign
-
-
-def _records(db: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
-    finally:
-        conn.close()
 
 
 def _spki_sha256(pem: str) -> str:
@@ -57,7 +47,7 @@ def test_keys_are_audited_when_the_token_comes_up_after_start(tmp_path: Path, pk
             published = signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
                 signer_pb2.GetPublicKeysRequest(), timeout=30
             )
-    records = _records(tmp_path / "cfg" / "state.db")
+    records = audit_log(tmp_path / "cfg" / "state.db")
     loads = [(seq, r) for seq, r in enumerate(records, start=1) if r["action"] == "keys.load"]
     assert loads[0][1]["keys"] == [] and loads[0][1]["hsm_available"] is False
     audited = [(seq, r) for seq, r in loads if r["keys"]]

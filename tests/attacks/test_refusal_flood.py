@@ -38,7 +38,7 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import open_session, payment_intent
+from tests.attacks.kit import audit_log, open_session, payment_intent
 from tests.helpers import (
     OPEN_PACK,
     ROOT,
@@ -135,14 +135,6 @@ def _answer(stub: signer_pb2_grpc.SignerStub, request: signer_pb2.SignRequest) -
     return str(signer_pb2.SignStatus.Name(resp.status))
 
 
-def _records(db: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
-    finally:
-        conn.close()
-
-
 def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_records(
     tmp_path: Path, token: TestToken, pki: Pki
 ) -> None:
@@ -154,7 +146,7 @@ def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_reco
             control_pb2.FreezeRequest(scope=control_pb2.AGENT, target="agent-1", reason="flood"),
             timeout=TIMEOUT,
         )
-        before = len(_records(db))
+        before = len(audit_log(db))
         signer = client.signer("agent-1")
         purpose = "P" * 1024  # the longest purpose a request may carry
         bad = "1.2.3"  # malformed too: refused before it is read, so it says FROZEN
@@ -162,7 +154,7 @@ def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_reco
         with ThreadPoolExecutor(8) as pool:
             answers = Counter(pool.map(lambda r: _answer(signer, r), requests))
         assert answers == {"FAILED_PRECONDITION/FROZEN": FLOOD}
-        during = _records(db)[before:]
+        during = audit_log(db)[before:]
         # an explicit small bound: the first refusal in full, the rest counted
         assert len(during) <= 2, [r["action"] for r in during]
         assert during[0]["action"] == "sign.refused"
@@ -171,7 +163,7 @@ def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_reco
         public_key = tmp_path / "audit.pem"
         public_key.write_text(pem.audit_public_key_pem, encoding="utf-8")
     assert srv.proc.returncode == 0
-    flood = [r for r in _records(db)[before:] if r["action"].startswith("sign.refused")]
+    flood = [r for r in audit_log(db)[before:] if r["action"].startswith("sign.refused")]
     assert len(flood) <= 3, [r["action"] for r in flood]
     # the log still proves what happened: every one of the 1,000 refusals is counted
     full = [r for r in flood if r["action"] == "sign.refused"]
@@ -198,7 +190,7 @@ def test_refusal_budget_refuses_before_reading_the_request(
     with running(tmp_path, token, pki, env) as (_, client):
         sid1, sid2 = client.session("agent-1"), client.session("agent-2")
         agent1, agent2 = client.signer("agent-1"), client.signer("agent-2")
-        before = len(_records(db))
+        before = len(audit_log(db))
         for _ in range(3):
             assert _answer(agent2, _intent(sid2, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
         # the budget is the caller's own: agent-1's bad requests do not spend agent-2's
@@ -209,7 +201,7 @@ def test_refusal_budget_refuses_before_reading_the_request(
         for _ in range(200):
             assert _answer(agent1, _intent(sid1, "1.2.3")) == "RESOURCE_EXHAUSTED/RATE_LIMITED"
         assert _answer(agent2, _intent(sid2)) == "SIGNED"
-        added = Counter((r["action"], r.get("reason")) for r in _records(db)[before:])
+        added = Counter((r["action"], r.get("reason")) for r in audit_log(db)[before:])
         assert added == {
             ("sign.refused", "AMOUNT_MALFORMED"): 2,  # one each for agent-1 and agent-2
             ("sign.refused", "RATE_LIMITED"): 1,
@@ -232,7 +224,7 @@ def test_breaker_with_max_rejections_trips_from_refusals_alone(
         assert [(f.scope, f.target, f.actor) for f in freezes.freezes] == [
             (control_pb2.AGENT, "agent-2", "breaker")
         ]
-        records = _records(db)
+        records = audit_log(db)
         trips = [r for r in records if r["action"] == "breaker.freeze"]
         assert len(trips) == 1 and "4 refusals" in trips[0]["reason"]
         assert not [r for r in records if r["action"] == "sign.decision"]  # no decision at all
@@ -259,7 +251,7 @@ def test_breaker_counts_refusals_and_denials_together(
         assert _answer(agent2, _intent(sid, "200.00")) == "PERMISSION_DENIED/AMOUNT_ABOVE_MAX"
         assert _answer(agent2, _intent(sid, "200.00")) == "PERMISSION_DENIED/AMOUNT_ABOVE_MAX"
         assert _answer(agent2, _intent(sid)) == "FAILED_PRECONDITION/FROZEN"
-        (trip,) = [r for r in _records(db) if r["action"] == "breaker.freeze"]
+        (trip,) = [r for r in audit_log(db) if r["action"] == "breaker.freeze"]
         assert "4 rejections" in trip["reason"]
 
 
@@ -285,7 +277,7 @@ def test_an_unfreeze_is_not_undone_by_refusals_counted_before_it(
         assert _answer(agent2, _intent(sid)) == "SIGNED"
         freezes = control.ListFreezes(control_pb2.ListFreezesRequest(), timeout=TIMEOUT)
         assert list(freezes.freezes) == []
-        trips = [r for r in _records(db) if r["action"] == "breaker.freeze"]
+        trips = [r for r in audit_log(db) if r["action"] == "breaker.freeze"]
         assert len(trips) == 1
 
 
@@ -340,7 +332,7 @@ def test_a_quiet_agents_counted_refusals_are_sealed_without_a_later_sign_or_a_sh
             assert _answer(agent1, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
         full = [
             r
-            for r in _records(db)
+            for r in audit_log(db)
             if r["action"] == "sign.refused" and r["actor"]["id"] == "agent-1"
         ]
         assert 1 <= len(full) < repeats  # some repeats were only counted, in memory

@@ -11,15 +11,13 @@ the live pack's session limits and a session that no longer fits is denied
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
 from pathlib import Path
 
 import grpc
 from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import open_session, payment_intent
+from tests.attacks.kit import audit_log, open_session, payment_intent
 from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_config
 
 PACK = """
@@ -87,16 +85,11 @@ def test_session_opened_under_a_looser_pack_version_cannot_spend_beyond_the_new_
         assert _sign(srv, pki, small, "30.00") == "SIGNED"
         # and new sessions are held to the new version
         assert _sign(srv, pki, _session(srv, pki, "100.00"), "60.00") == "SIGNED"
-    conn = sqlite3.connect(f"file:{tmp_path / 'state.db'}?mode=ro", uri=True)
-    try:
-        denied = [
-            json.loads(b)["decision"]
-            for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")
-            if json.loads(b)["action"] == "sign.decision"
-            and json.loads(b)["decision"]["reason"] == "SESSION_PACK_CHANGED"
-        ]
-    finally:
-        conn.close()
+    denied = [
+        r["decision"]
+        for r in audit_log(tmp_path / "state.db")
+        if r["action"] == "sign.decision" and r["decision"]["reason"] == "SESSION_PACK_CHANGED"
+    ]
     # the audit log says why, and which version decided
     assert len(denied) == 2
     assert all(d["pack"]["version"] == 2 for d in denied)
