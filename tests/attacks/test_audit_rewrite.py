@@ -209,9 +209,9 @@ def test_rewriting_after_a_kept_checkpoint_leaves_a_tail_longer_than_the_interva
     assert verify(log, copy, "--max-unsealed", "1000").returncode == 0
 
 
-def test_an_unsealed_tail_spanning_longer_than_the_interval_fails(log: Log, tmp_path: Path) -> None:
-    """The same rewrite, record times kept as written but the last record an hour
-    later: the signer seals at least every checkpoint_seconds."""
+def _last_record_an_hour_later(log: Log, tmp_path: Path) -> tuple[Path, int]:
+    """A rewritten copy of the log, record times kept as written but the last
+    record's an hour later, and that record's seq."""
     conn = sqlite3.connect(log.db)
     last = int(conn.execute("SELECT max(seq) FROM audit_log").fetchone()[0])
     conn.close()
@@ -222,6 +222,13 @@ def test_an_unsealed_tail_spanning_longer_than_the_interval_fails(log: Log, tmp_
         return record
 
     copy = rewritten(log.db, tmp_path, later, keep_checkpoints_upto=log.trusted_size)
+    return copy, last
+
+
+def test_an_unsealed_tail_spanning_longer_than_the_interval_fails(log: Log, tmp_path: Path) -> None:
+    """The same rewrite, record times kept as written but the last record an hour
+    later: the signer seals at least every checkpoint_seconds."""
+    copy, _last = _last_record_an_hour_later(log, tmp_path)
     proc = verify(log, copy, "--config", log.config, "--max-unsealed", "1000")
     assert proc.returncode == 1, proc.stdout
     assert "seconds the checkpoint interval allows" in proc.stderr
@@ -233,16 +240,7 @@ def test_a_long_unsealed_tail_says_what_may_cause_it_and_how_to_accept_it(
     """An auditor told only "BROKEN" after a crash or an HSM outage cannot tell it
     from a rewrite: the failure names the legitimate causes and the options that
     accept such a tail, never the checkpoint command that would seal a rewrite."""
-    conn = sqlite3.connect(log.db)
-    last = int(conn.execute("SELECT max(seq) FROM audit_log").fetchone()[0])
-    conn.close()
-
-    def later(seq: int, record: dict[str, Any]) -> dict[str, Any]:
-        if seq == last:
-            record["time"] = int(record["time"]) + 3600
-        return record
-
-    copy = rewritten(log.db, tmp_path, later, keep_checkpoints_upto=log.trusted_size)
+    copy, last = _last_record_an_hour_later(log, tmp_path)
     proc = verify(log, copy, "--config", log.config)
     assert proc.returncode == 1, proc.stdout
     tail = last - log.trusted_size
