@@ -14,10 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from paywarden.signer.identity import Principal, Role
 from paywarden.signer.payments import IntentFields
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
 from tests.helpers import new_nonce
+
+# The callers a test names when it calls the service in process, not over gRPC.
+AGENT = Principal(Role.AGENT, "agent-1")
+PLANNER = Principal(Role.PLANNER, "planner-1")
+OPERATOR = Principal(Role.OPERATOR, "operator-1")
 
 Dial = Callable[[str, str], grpc.Channel]
 """(role, principal) -> a channel that presents that principal's certificate."""

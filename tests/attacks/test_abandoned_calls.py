@@ -20,13 +20,12 @@ import grpc
 import pytest
 from paywarden.signer.calls import Deadline
 from paywarden.signer.errors import DeadlineExceeded, PaywardenError, Reason
-from paywarden.signer.identity import Principal, Role
 from paywarden.signer.payments import IntentFields
 from paywarden.signer.service import SignStatus
 from paywarden.signer.status import status_code_for
 from paywarden.v1 import signer_pb2
 
-from tests.attacks.kit import intent_fields
+from tests.attacks.kit import AGENT, PLANNER, intent_fields
 from tests.helpers import Pki, Stack, TestToken, reason_of, write_config
 from tests.test_killswitch import Api, intent, metric, poll, running, scrape
 
@@ -84,7 +83,7 @@ def test_calls_abandoned_behind_a_held_store_lock_are_never_decided_or_signed(
 def test_a_call_cancelled_while_it_waited_for_the_lock_is_not_decided(stack: Stack) -> None:
     """The service side: the caller cancels while the call waits for the store's lock;
     once the lock is taken the call is abandoned and its transaction rolled back."""
-    planner, agent = Principal(Role.PLANNER, "planner-1"), Principal(Role.AGENT, "agent-1")
+    planner, agent = PLANNER, AGENT
     session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
     answers = iter([True])  # still there when the call starts, gone once the lock is held
     deadline = Deadline(time.monotonic() + 30, lambda: next(answers, False))
@@ -103,7 +102,7 @@ def test_a_call_gone_after_its_commit_gets_nothing_signed_and_a_retry_completes_
 ) -> None:
     """The caller leaves just after the decision is committed: the HSM is not asked
     to sign for it; the identical retry, while the payment is unexpired, completes it."""
-    planner, agent = Principal(Role.PLANNER, "planner-1"), Principal(Role.AGENT, "agent-1")
+    planner, agent = PLANNER, AGENT
     session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
     path = stack.config.store.path
 
@@ -163,7 +162,7 @@ def test_a_signature_stored_is_always_returned_not_denied(stack: Stack, how: str
     """The caller's deadline (or the server's stop) passes just after the signature
     was stored: the payment is spent for good and a retry would get that very token,
     so the caller that is still there gets it too, never "nothing was signed"."""
-    planner, agent = Principal(Role.PLANNER, "planner-1"), Principal(Role.AGENT, "agent-1")
+    planner, agent = PLANNER, AGENT
     session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
     path = stack.config.store.path
     fields = _fields(stack, session.record.id)
@@ -180,7 +179,7 @@ def test_a_caller_past_its_deadline_gets_no_signature_stored(stack: Stack, how: 
     """The caller's deadline (or the server's stop) passes while the HSM signs: the
     signature is thrown away, not stored, and the caller is told nothing was signed;
     the identical retry, while the payment is unexpired, completes it."""
-    planner, agent = Principal(Role.PLANNER, "planner-1"), Principal(Role.AGENT, "agent-1")
+    planner, agent = PLANNER, AGENT
     session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
     path = stack.config.store.path
     registry = stack.service.metrics.registry
@@ -205,7 +204,7 @@ def test_a_retry_of_a_signed_payment_is_answered_its_token_not_denied(
 ) -> None:
     """The retry of a signed payment ends (caller or server's stop) just after its
     commit: the token it finds is answered, not "nothing was signed"."""
-    planner, agent = Principal(Role.PLANNER, "planner-1"), Principal(Role.AGENT, "agent-1")
+    planner, agent = PLANNER, AGENT
     session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
     path = stack.config.store.path
     fields = _fields(stack, session.record.id)

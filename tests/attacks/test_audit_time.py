@@ -26,10 +26,9 @@ import pytest
 import rfc8785
 from paywarden.hsm import Hsm, KeyRef
 from paywarden.signer import audit
-from paywarden.signer.identity import Principal, Role
 from paywarden.signer.sqlite_store import SqliteStore
 
-from tests.attacks.kit import audit_log
+from tests.attacks.kit import AGENT, OPERATOR, audit_log
 from tests.attacks.test_audit_rewrite import rewritten
 from tests.helpers import MODULE, Pki, TestToken, serve, write_config
 from tests.test_audit import AUDIT_PACK, _intent, _open, _sign, _signed, cli, mth
@@ -167,7 +166,7 @@ def test_a_refusal_that_waited_for_the_lock_does_not_date_the_log_backwards(
     db = tmp_path / "state.db"
     store = SqliteStore(db, lock_timeout=120)
     store.migrate()
-    agent, operator = Principal(Role.AGENT, "agent-1"), Principal(Role.OPERATOR, "operator-1")
+    agent, operator = AGENT, OPERATOR
     read_at = 1_800_000_000  # when the refusal read the clock, before its wait
     store.audit_event(
         audit.event("freeze.set", operator, read_at + 90, scope="global", target="", reason="drill")

@@ -14,18 +14,13 @@ from pathlib import Path
 import pytest
 from paywarden.signer.control import ControlService
 from paywarden.signer.errors import PaywardenError, Reason
-from paywarden.signer.identity import Principal, Role
 from paywarden.signer.payments import IntentFields
 from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 from paywarden.signer.sqlite_store import SqliteStore
 
-from tests.attacks.kit import audit_log, intent_fields
+from tests.attacks.kit import AGENT, OPERATOR, PLANNER, audit_log, intent_fields
 from tests.helpers import Clock, Stack
-
-AGENT = Principal(Role.AGENT, "agent-1")
-PLANNER = Principal(Role.PLANNER, "planner-1")
-OPERATOR = Principal(Role.OPERATOR, "operator-1")
 
 
 def _intent(session_id: str, clock: Clock) -> IntentFields:

@@ -13,17 +13,12 @@ from typing import Any
 
 import pytest
 from paywarden.signer.errors import PaywardenError, Reason, SessionNotUsable
-from paywarden.signer.identity import Principal, Role
 from paywarden.signer.payments import IntentFields
 from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 
-from tests.attacks.kit import intent_fields
+from tests.attacks.kit import AGENT, OPERATOR, PLANNER, intent_fields
 from tests.helpers import Stack
-
-AGENT = Principal(Role.AGENT, "agent-1")
-PLANNER = Principal(Role.PLANNER, "planner-1")
-OPERATOR = Principal(Role.OPERATOR, "operator-1")
 
 
 class FreezingHsm:

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import time
 
-from paywarden.signer.identity import Principal, Role
 from paywarden.signer.metrics import Metrics
 from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 from prometheus_client import generate_latest
 
-from tests.attacks.kit import intent_fields
+from tests.attacks.kit import AGENT, PLANNER, intent_fields
 from tests.helpers import Stack
 
 CAP = 5
-PLANNER = Principal(Role.PLANNER, "planner-1")
-AGENT = Principal(Role.AGENT, "agent-1")
 
 
 def _series(metrics: Metrics) -> int:

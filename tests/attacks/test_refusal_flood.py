@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from paywarden.signer.identity import Principal, Role
 from paywarden.signer.refusals import RefusalLog
 from paywarden.v1 import (
     control_pb2,
@@ -38,7 +37,7 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import audit_log, open_session, payment_intent
+from tests.attacks.kit import AGENT, audit_log, open_session, payment_intent
 from tests.helpers import (
     OPEN_PACK,
     ROOT,
@@ -285,7 +284,7 @@ def test_refusals_counted_in_a_window_that_lapsed_unclosed_are_still_summarised(
     # A window that is over but was not closed (no flush between two refusals) used
     # to be replaced by the next refusal's window, and its count went with it.
     log = RefusalLog(60)
-    agent = Principal(Role.AGENT, "agent-1")
+    agent = AGENT
     assert log.admit(agent, "AMOUNT_MALFORMED", 0)  # recorded in full
     log.recorded(agent, "AMOUNT_MALFORMED", 7)
     assert not log.admit(agent, "AMOUNT_MALFORMED", 10)  # counted

@@ -15,16 +15,12 @@ from typing import Any
 import pytest
 from paywarden.hsm import HsmError
 from paywarden.signer.errors import PaywardenError, Reason, Unavailable
-from paywarden.signer.identity import Principal, Role
 from paywarden.signer.payments import IntentFields
 from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 
-from tests.attacks.kit import intent_fields
+from tests.attacks.kit import AGENT, PLANNER, intent_fields
 from tests.helpers import Stack, new_nonce
-
-AGENT = Principal(Role.AGENT, "agent-1")
-PLANNER = Principal(Role.PLANNER, "planner-1")
 
 
 class FailingHsm:
