@@ -19,7 +19,9 @@ from typing import Any
 import grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+# The PKCS#11 module under test: SoftHSM2 unless PKCS11_MODULE names another
+# (scripts/keys.py, which makes the test token, reads the same variable).
+MODULE = os.environ.get("PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
 
 
 @dataclass(frozen=True)
