@@ -13,6 +13,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer import auditlog, merkle
+from paywarden.signer.cli_support import config_from_args
 from paywarden.signer.client import add_connection_arguments, call
 from paywarden.signer.store import Checkpoint
 from paywarden.v1 import control_pb2, control_pb2_grpc
@@ -62,9 +63,7 @@ def read_export(path: Path) -> tuple[list[tuple[int, str, bytes | None]], list[C
 def _load(args: argparse.Namespace) -> tuple[list[tuple[int, str, bytes | None]], list[Checkpoint]]:
     if args.export is not None:
         return read_export(args.export)
-    from paywarden.signer.cli import _config
-
-    path = args.db or _config(args).store.path
+    path = args.db or config_from_args(args).store.path
     if not path.exists():
         raise SystemExit(f"paywarden: no store at {path}")
     return read_store(path)
@@ -163,9 +162,7 @@ def _seal_limits(args: argparse.Namespace) -> auditlog.SealLimits:
     on the checkpointer's next tick once due; twice leaves room for a busy signer)."""
     records, seconds = args.max_unsealed, args.max_unsealed_seconds
     if records is None or seconds is None:
-        from paywarden.signer.cli import _config
-
-        configured = _config(args).audit
+        configured = config_from_args(args).audit
         if records is None:
             records = 2 * configured.checkpoint_every
         if seconds is None:

@@ -12,7 +12,8 @@ from types import FrameType
 
 import sqlite_utils
 from paywarden.signer import approvals_cli, audit_cli, logs
-from paywarden.signer.config import Config, ConfigError, load_config
+from paywarden.signer.cli_support import CliExit, config_from_args
+from paywarden.signer.config import ConfigError, load_config
 from paywarden.signer.server import StartupError, start
 
 
@@ -46,28 +47,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Exit(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _config(args: argparse.Namespace) -> Config:
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        raise _Exit(2, f"invalid configuration: {exc}") from None
-
-
 def _database(args: argparse.Namespace) -> tuple[Path, sqlite_utils.Database]:
-    path = _config(args).store.path
+    path = config_from_args(args).store.path
     if not path.exists():
-        raise _Exit(1, f"no store at {path}")
+        raise CliExit(1, f"no store at {path}")
     return path, sqlite_utils.Database(path)
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    print(_config(args).model_dump_json(indent=2))
+    print(config_from_args(args).model_dump_json(indent=2))
     return 0
 
 
@@ -83,7 +71,7 @@ def _store_info(args: argparse.Namespace) -> int:
 def _store_export(args: argparse.Namespace) -> int:
     _path, db = _database(args)
     if args.table not in db.table_names():
-        raise _Exit(1, f"no table {args.table!r} (have {db.table_names()})")
+        raise CliExit(1, f"no table {args.table!r} (have {db.table_names()})")
     for row in db.table(args.table).rows:
         out = {
             k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in row.items()
@@ -97,7 +85,7 @@ def _policy_check(args: argparse.Namespace) -> int:
     from paywarden.policy.describe import describe
     from paywarden.policy.packs import build_pack_set
 
-    config = _config(args)
+    config = config_from_args(args)
     assets = {c: AssetInfo(a.decimals, a.case_insensitive_payees) for c, a in config.assets.items()}
     packs = []
     failed = False
@@ -156,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)
-    except _Exit as exc:
+    except CliExit as exc:
         print(f"paywarden: {exc}", file=sys.stderr)
         return exc.code
     return code

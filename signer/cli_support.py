@@ -1,0 +1,23 @@
+"""What the command groups share (``cli``, ``audit_cli``): the configuration named
+by ``--config``, and an exit with a message and a status code."""
+
+from __future__ import annotations
+
+import argparse
+
+from paywarden.signer.config import Config, ConfigError, load_config
+
+
+class CliExit(Exception):
+    """Ends a command: ``main`` prints the message and exits with ``code``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        raise CliExit(2, f"invalid configuration: {exc}") from None
