@@ -625,7 +625,8 @@ class SigningService:
                     self._config.limits.max_expiry_seconds,
                     session.expires_at,
                 )
-            policy, window = self._policy_for(caller.id, session)
+            pack = self._packs.for_agent(caller.id)  # looked up once per decision
+            policy, window = self._policy_for(pack, session)
             info = self._assets[intent.asset]
             payee_key = normalise(intent.payee, case_insensitive=info.case_insensitive)
             usage = tx.agent_usage(caller.id, intent.asset, now, self._day_start(now), window)
@@ -633,7 +634,7 @@ class SigningService:
             decision = evaluate(policy, facts)
             # The breaker judges the window as it would be with this payment in it:
             # the payment that would cross its threshold is denied, not signed.
-            tripped = self._breaker_trip(tx, caller, now, decision, intent, payee_key)
+            tripped = self._breaker_trip(tx, pack, caller, now, decision, intent, payee_key)
             if tripped is not None and decision.verdict is not Verdict.DENY:
                 decision = _breaker_denial(decision, tripped)
             decision_id = new_decision_id()
@@ -690,7 +691,7 @@ class SigningService:
                     untrusted=audit.untrusted(intent.purpose),
                 )
             )
-            froze = tripped is not None and self._freeze_by_breaker(tx, caller, now, tripped)
+            froze = tripped is not None and self._freeze_by_breaker(tx, pack, caller, now, tripped)
         if froze:
             self._freeze_view.invalidate()
             self.metrics.froze("agent", caller.id, "breaker", now)
@@ -706,6 +707,7 @@ class SigningService:
     def _breaker_trip(
         self,
         tx: PaymentTx,
+        pack: PolicyPack | None,
         caller: Principal,
         now: int,
         decision: Decision,
@@ -713,7 +715,6 @@ class SigningService:
         payee_key: str,
     ) -> str | None:
         """Why the agent's breaker trips with this decision counted (None: it does not)."""
-        pack = self._packs.for_agent(caller.id)
         breaker = pack.model.breaker if pack is not None else None
         if breaker is None:
             return None
@@ -734,8 +735,9 @@ class SigningService:
             )
         return _breaker_reason(breaker, projected, self._assets)
 
-    def _freeze_by_breaker(self, tx: PaymentTx, caller: Principal, now: int, why: str) -> bool:
-        pack = self._packs.for_agent(caller.id)
+    def _freeze_by_breaker(
+        self, tx: PaymentTx, pack: PolicyPack | None, caller: Principal, now: int, why: str
+    ) -> bool:
         freeze, event = _breaker_freeze(caller, now, why, pack.id if pack is not None else None)
         if not tx.freeze(freeze):
             return False
@@ -784,8 +786,7 @@ class SigningService:
         tx.set_reservation(previous.id, "spent")  # an approved hold becomes spend
         return previous, approval, True, True  # and is signed now
 
-    def _policy_for(self, agent_id: str, session: SessionRecord) -> tuple[AllOf, int]:
-        pack = self._packs.for_agent(agent_id)
+    def _policy_for(self, pack: PolicyPack | None, session: SessionRecord) -> tuple[AllOf, int]:
         if pack is None:
             return no_pack_policy(), 0
         if pack.id != session.pack_id:
