@@ -15,6 +15,7 @@ from paywarden.policy.compile import (
     compile_all,
     compile_pack,
     no_pack_policy,
+    pack_changed_policy,
     payee_allowed_by_pack,
     to_minor,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "load_pack_dir",
     "no_pack_policy",
     "normalise",
+    "pack_changed_policy",
     "payee_allowed_by_pack",
     "to_minor",
 ]

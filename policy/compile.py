@@ -26,6 +26,7 @@ from paywarden.policy.rules import (
     KeyAllowed,
     MaxPerPayment,
     NoPack,
+    PackChanged,
     PayeeAllowed,
     PayeeInSession,
     PayeeNotDenied,
@@ -64,6 +65,13 @@ def session_rules() -> list[Rule]:
 
 def no_pack_policy() -> AllOf:
     return AllOf([*session_rules(), NoPack()])
+
+
+def pack_changed_policy(
+    pack: Mapping[str, str | int], why: str = "the session was opened under another policy pack"
+) -> AllOf:
+    """The policy of a session whose pack changed under it: it denies everything."""
+    return AllOf([PackChanged(str(pack.get("id")), why)], pack)
 
 
 def compile_pack(pack: PolicyPack, assets: Mapping[str, AssetInfo]) -> AllOf:

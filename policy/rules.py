@@ -472,3 +472,16 @@ class NoPack:
 
     def check(self, facts: Facts) -> RuleResult:
         return _deny(self.name, "NO_POLICY_PACK", "no policy pack applies to this agent")
+
+
+@dataclass(frozen=True, slots=True)
+class PackChanged:
+    """The session was opened under another pack, or under a version of this pack it
+    no longer fits: nothing is allowed in it."""
+
+    pack_id: str
+    why: str
+    name: str = "policy_pack"
+
+    def check(self, facts: Facts) -> RuleResult:
+        return _deny(self.name, "SESSION_PACK_CHANGED", self.why, self.pack_id)

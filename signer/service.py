@@ -35,6 +35,7 @@ from paywarden.policy import (
     evaluate,
     no_pack_policy,
     normalise,
+    pack_changed_policy,
     to_minor,
 )
 from paywarden.policy.packs import Breaker, PolicyPack
@@ -790,13 +791,13 @@ class SigningService:
         if pack is None:
             return no_pack_policy(), 0
         if pack.id != session.pack_id:
-            return _pack_changed_policy(pack.ref()), 0
+            return pack_changed_policy(pack.ref()), 0
         if (pack.version, pack.sha256) != (session.pack_version, session.pack_sha256):
             # Same id, another text: the session must still fit the pack now in force
             # (a session opened under a looser version keeps none of its limits).
             why = self._session_outgrew(pack, session)
             if why is not None:
-                return _pack_changed_policy(pack.ref(), why), 0
+                return pack_changed_policy(pack.ref(), why), 0
         velocity = pack.model.velocity
         return self._policies[pack.id], velocity.window_seconds if velocity else 0
 
@@ -1095,27 +1096,6 @@ class SigningService:
 
 def _amount(minor: int, decimals: int) -> str:
     return str(Amount(minor, decimals))
-
-
-def _pack_changed_policy(
-    pack: Mapping[str, str | int], why: str = "the session was opened under another policy pack"
-) -> AllOf:
-    from paywarden.policy.engine import Outcome, RuleResult
-
-    class _PackChanged:
-        name = "policy_pack"
-
-        def check(self, facts: Facts) -> RuleResult:
-            return RuleResult(
-                self.name,
-                Outcome.DENY,
-                Reason.SESSION_PACK_CHANGED,
-                str(pack.get("id")),
-                None,
-                why,
-            )
-
-    return AllOf([_PackChanged()], pack)
 
 
 def day_start(now: int, tz: dt.tzinfo) -> int:

@@ -33,6 +33,7 @@ from paywarden.policy import (
     load_pack,
     no_pack_policy,
     normalise,
+    pack_changed_policy,
     to_minor,
 )
 from paywarden.policy.packs import build_pack_set
@@ -957,6 +958,18 @@ class TestCompiledPack:
         assert not decision.allowed
         assert denied_by(decision) == ["NO_POLICY_PACK"]
         assert decision.trace[-1].rule == "policy_pack"
+
+    def test_a_changed_pack_denies_everything_and_says_why(self, pack: PolicyPack) -> None:
+        decision = evaluate(pack_changed_policy(pack.ref(), "does not fit v4"), payment())
+        assert decision.verdict is Verdict.DENY
+        assert denied_by(decision) == ["SESSION_PACK_CHANGED"]
+        (result,) = decision.trace
+        assert (result.rule, result.limit, result.detail) == (
+            "policy_pack",
+            "test-pack",
+            "does not fit v4",
+        )
+        assert decision.pack == pack.ref()
 
     def test_allows_a_payment_that_satisfies_everything(self, policy: AllOf) -> None:
         decision = evaluate(policy, payment())
