@@ -14,6 +14,14 @@ from enum import StrEnum
 from typing import Protocol
 
 
+def format_units(minor: int, decimals: int) -> str:
+    """An amount in minor units written in the asset's units (``1234``, 2 -> ``12.34``)."""
+    if decimals == 0:
+        return str(minor)
+    whole, frac = divmod(minor, 10**decimals)
+    return f"{whole}.{frac:0{decimals}d}"
+
+
 class Outcome(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
@@ -77,11 +85,7 @@ class Facts:
     payee_text: str = ""
 
     def units(self, minor: int) -> str:
-        if self.decimals == 0:
-            return str(minor)
-        scale: int = 10**self.decimals
-        whole, frac = divmod(minor, scale)
-        return f"{whole}.{frac:0{self.decimals}d}"
+        return format_units(minor, self.decimals)
 
 
 @dataclass(frozen=True, slots=True)

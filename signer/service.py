@@ -36,9 +36,9 @@ from paywarden.policy import (
     no_pack_policy,
     normalise,
     pack_changed_policy,
-    to_minor,
 )
-from paywarden.policy.packs import Breaker, PolicyPack
+from paywarden.policy.breaker import breaker_denial, breaker_trips
+from paywarden.policy.packs import PolicyPack
 from paywarden.signer import audit
 from paywarden.signer.calls import NO_DEADLINE, Deadline
 from paywarden.signer.canonical import Amount, clean_text, jcs, sha256_hex
@@ -93,7 +93,6 @@ from paywarden.signer.store import (
     SessionRecord,
     Store,
     StoreError,
-    WindowStats,
 )
 from paywarden.signer.timekeeping import HighWater
 
@@ -637,7 +636,7 @@ class SigningService:
             # the payment that would cross its threshold is denied, not signed.
             tripped = self._breaker_trip(tx, pack, caller, now, decision, intent, payee_key)
             if tripped is not None and decision.verdict is not Verdict.DENY:
-                decision = _breaker_denial(decision, tripped)
+                decision = breaker_denial(decision, tripped)
             decision_id = new_decision_id()
             payload = None
             if decision.verdict is not Verdict.DENY:
@@ -734,7 +733,7 @@ class SigningService:
                 spend_minor=spend,
                 payees=stats.payees | {payee_key},
             )
-        return _breaker_reason(breaker, projected, self._assets)
+        return breaker_trips(breaker, projected, self._assets)
 
     def _freeze_by_breaker(
         self, tx: PaymentTx, pack: PolicyPack | None, caller: Principal, now: int, why: str
@@ -1179,32 +1178,6 @@ def _raise_denial(record: DecisionRecord, audit_seq: int) -> NoReturn:
     raise kind(record.reason, record.message, decision_id=record.id, audit_seq=audit_seq)
 
 
-def _breaker_reason(
-    breaker: Breaker, stats: WindowStats, assets: Mapping[str, AssetInfo]
-) -> str | None:
-    window = f"in {breaker.window_seconds} s"
-    if breaker.max_rejections is not None and stats.denials > breaker.max_rejections:
-        return f"{stats.denials} rejections {window} (more than {breaker.max_rejections})"
-    if (
-        breaker.max_rejection_rate is not None
-        and stats.decisions >= breaker.min_decisions
-        and stats.denials / stats.decisions > breaker.max_rejection_rate
-    ):
-        rate = stats.denials / stats.decisions
-        return f"rejection rate {rate:.2f} {window} (above {breaker.max_rejection_rate})"
-    for asset, ceiling in sorted(breaker.max_spend.items()):
-        info = assets.get(asset)
-        if info is None:
-            continue
-        limit = to_minor(ceiling, info.decimals, f"breaker.max_spend.{asset}")
-        if stats.spend_minor.get(asset, 0) > limit:
-            spent = _amount(stats.spend_minor[asset], info.decimals)
-            return f"{asset} spend {spent} {window} (above {ceiling})"
-    if breaker.max_payees is not None and len(stats.payees) > breaker.max_payees:
-        return f"{len(stats.payees)} distinct payees {window} (more than {breaker.max_payees})"
-    return None
-
-
 def _breaker_freeze(
     caller: Principal, now: int, why: str, pack_id: str | None
 ) -> tuple[Freeze, audit.Event]:
@@ -1220,23 +1193,3 @@ def _breaker_freeze(
         pack_id=pack_id,
     )
     return freeze, event
-
-
-def _breaker_denial(decision: Decision, why: str) -> Decision:
-    from paywarden.policy.engine import Outcome, RuleResult
-
-    result = RuleResult(
-        "circuit_breaker",
-        Outcome.DENY,
-        "BREAKER_TRIPPED",
-        None,
-        None,
-        f"this payment would trip the agent's circuit breaker: {why}",
-    )
-    return Decision(
-        Verdict.DENY,
-        result.reason,
-        result.detail,
-        (*decision.trace, result),
-        pack=decision.pack,
-    )

@@ -1408,3 +1408,54 @@ class TestPackSet:
         b = load_pack(write_pack(tmp_path, (tmp_path / "pack-a.toml").read_text(), "copy.toml"))
         with pytest.raises(PackError, match="pack-a"):
             build_pack_set([a, b], {})
+
+
+class TestBreaker:
+    """The breaker's judgement on a window's counts, each threshold at and just past it."""
+
+    @staticmethod
+    def window(decisions: int = 0, denials: int = 0, spend: int = 0, payees: int = 0) -> Any:
+        from paywarden.signer.store import WindowStats
+
+        return WindowStats(
+            decisions, denials, {"USD": spend}, frozenset(f"p{i}" for i in range(payees))
+        )
+
+    def test_each_threshold_trips_only_past_it(self) -> None:
+        from paywarden.policy.breaker import breaker_trips
+        from paywarden.policy.packs import Breaker
+
+        assets = {"USD": AssetInfo(2, False)}
+        b = Breaker(
+            window_seconds=60,
+            max_rejections=3,
+            max_rejection_rate=0.5,
+            min_decisions=10,
+            max_spend={"USD": "5.00"},
+            max_payees=2,
+        )
+        assert breaker_trips(b, self.window(10, 3, 500, 2), assets) is None
+        assert breaker_trips(b, self.window(10, 4, 0, 0), assets) == (
+            "4 rejections in 60 s (more than 3)"
+        )
+        assert breaker_trips(b, self.window(501, 0, 501, 0), assets) == (
+            "USD spend 5.01 in 60 s (above 5.00)"
+        )
+        assert breaker_trips(b, self.window(1, 0, 0, 3), assets) == (
+            "3 distinct payees in 60 s (more than 2)"
+        )
+        rate = Breaker(window_seconds=60, max_rejection_rate=0.5, min_decisions=4)
+        assert breaker_trips(rate, self.window(3, 3), assets) is None  # too few to judge
+        assert breaker_trips(rate, self.window(4, 2), assets) is None  # at the rate
+        assert breaker_trips(rate, self.window(4, 3), assets) == (
+            "rejection rate 0.75 in 60 s (above 0.5)"
+        )
+
+    def test_a_tripped_breaker_denies_with_its_own_result_last(self) -> None:
+        from paywarden.policy.breaker import breaker_denial
+
+        allowed = evaluate(no_pack_policy(), payment())
+        denied = breaker_denial(allowed, "4 rejections in 60 s (more than 3)")
+        assert denied.verdict is Verdict.DENY and denied.reason == "BREAKER_TRIPPED"
+        assert denied.trace[:-1] == allowed.trace
+        assert denied.trace[-1].rule == "circuit_breaker"
