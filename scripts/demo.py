@@ -45,7 +45,7 @@ def main() -> int:
     args = parser.parse_args()
     with channel(args.addr, args.pki, "planner", "dev-planner") as ch:
         session = (
-            sessions_pb2_grpc.SessionsStub(ch)
+            sessions_pb2_grpc.SessionsStub(ch)  # type: ignore[no-untyped-call]
             .OpenSession(
                 sessions_pb2.OpenSessionRequest(
                     agent_id="dev-agent",
@@ -59,7 +59,7 @@ def main() -> int:
     print(f"session {session.session_id} for {session.agent_id}, budget USD 200.00")
     nonce = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
     with channel(args.addr, args.pki, "agent", "dev-agent") as ch:
-        stub = signer_pb2_grpc.SignerStub(ch)
+        stub = signer_pb2_grpc.SignerStub(ch)  # type: ignore[no-untyped-call]
         resp = stub.Sign(
             signer_pb2.SignRequest(
                 intent=signer_pb2.PaymentIntent(

@@ -14,3 +14,5 @@ ln -s "$PWD/policy" "$tree/policy"
 ln -s "$PWD/hsm" "$tree/hsm"
 ln -s "$PWD/proto/paywarden/v1" "$tree/v1"
 MYPYPATH=build/typecheck "$VENV/bin/mypy" -p paywarden.signer -p paywarden.policy -p paywarden.hsm
+# The security team's scripts are held to the same standard.
+MYPYPATH=build/typecheck "$VENV/bin/mypy" scripts/*.py
