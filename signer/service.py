@@ -47,6 +47,7 @@ from paywarden.signer.disclosure import agent_facing
 from paywarden.signer.errors import (
     Denied,
     Forbidden,
+    Internal,
     InvalidInput,
     NotFound,
     PaywardenError,
@@ -88,6 +89,7 @@ from paywarden.signer.store import (
     ApprovalTx,
     DecisionRecord,
     Freeze,
+    InvariantBroken,
     PaymentTx,
     Reservation,
     SessionRecord,
@@ -761,7 +763,7 @@ class SigningService:
         if previous.outcome == "pending":
             approval = tx.approval_for_decision(previous.id)
             if approval is None:
-                raise StoreError(f"pending decision {previous.id} has no approval")
+                raise InvariantBroken(f"pending decision {previous.id} has no approval")
             if approval.status == "denied":
                 # Who denied it and why are for humans (approvers' views, the vote's
                 # audit record): neither goes into the answer, even before redaction.
@@ -995,7 +997,7 @@ class SigningService:
         decision = tx.decision(approval.decision_id)
         session = tx.session(decision.session_id, now) if decision else None
         if decision is None or session is None:
-            raise StoreError(f"approval {approval_id} lost its decision or session")
+            raise InvariantBroken(f"approval {approval_id} lost its decision or session")
         state = approval.status
         if state in ("pending", "approved") and now >= approval.expires_at:
             state = "expired"
@@ -1135,6 +1137,9 @@ def _require(caller: Principal, role: Role) -> None:
 def _store_call(fn: Callable[[], T]) -> T:
     try:
         return fn()
+    except InvariantBroken as exc:
+        log.error("store invariant broken: %s", exc)
+        raise Internal(Reason.INTERNAL, "internal error; nothing was signed") from None
     except StoreError as exc:
         log.error("store error: %s", exc)
         raise Unavailable(

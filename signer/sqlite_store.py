@@ -26,6 +26,7 @@ from paywarden.signer.store import (
     Checkpoint,
     DecisionRecord,
     Freeze,
+    InvariantBroken,
     PlanLineRecord,
     Reservation,
     SessionRecord,
@@ -561,7 +562,7 @@ class _PaymentTx(_Tx):
             (r.session_id, r.asset),
         ).fetchone()
         if row is None:
-            raise StoreError(f"session {r.session_id} has no budget in {r.asset}")
+            raise InvariantBroken(f"session {r.session_id} has no budget in {r.asset}")
         # Only this asset's live spend: the whole session was read for the facts already.
         spent = sum(
             int(amount)
@@ -574,7 +575,7 @@ class _PaymentTx(_Tx):
         if spent + r.amount_minor > int(row[0]):
             # the policy said yes on the facts of this very transaction;
             # reaching this means a bug, and the whole transaction is undone
-            raise StoreError("spend would exceed the session budget")
+            raise InvariantBroken("spend would exceed the session budget")
         self._conn.execute(
             "INSERT INTO reservations (decision_id, agent_id, session_id, asset, payee_key,"
             " amount_minor, created_at, expires_at, status, plan_line)"

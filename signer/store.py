@@ -306,3 +306,10 @@ class Store(Protocol):
 
 class StoreError(Exception):
     """The store cannot be used (I/O error, locked too long, corrupt)."""
+
+
+class InvariantBroken(Exception):
+    """The store's contents break a rule every write keeps (a held payment without
+    its approval, spend beyond a budget the policy just checked): a bug or an edit
+    behind the signer's back, not unavailability. Nothing is decided or signed; the
+    caller gets INTERNAL, not a hint to retry."""

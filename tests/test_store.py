@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 from paywarden.signer.sqlite_store import SCHEMA_VERSION, SqliteStore
-from paywarden.signer.store import DecisionRecord, Reservation, SessionRecord, StoreError
+from paywarden.signer.store import (
+    DecisionRecord,
+    InvariantBroken,
+    Reservation,
+    SessionRecord,
+    StoreError,
+)
 
 from tests.helpers import ROOT, Pki, TestToken, write_config
 
@@ -122,7 +128,7 @@ def test_spend_beyond_budget_is_refused_by_the_store(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
     store.create_session(_session(budget=100), USD2, EVENT)
-    with pytest.raises(StoreError), store.payment_tx() as tx:
+    with pytest.raises(InvariantBroken), store.payment_tx() as tx:
         _put(tx, 1, 101)
     assert store.get_decision("dec_1") is None
     store.close()

@@ -1,0 +1,79 @@
+"""A store whose contents break a rule every write keeps (here: a held payment
+whose approval row was deleted behind the signer's back) is a bug or tampering,
+not unavailability: the call is answered INTERNAL, nothing is signed, and the
+service keeps serving other payments. Real token, real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from paywarden.signer.errors import Internal, Reason
+from paywarden.signer.identity import Principal, Role
+from paywarden.signer.payments import IntentFields
+from paywarden.signer.service import SignStatus
+
+from tests.helpers import Stack, new_nonce
+
+STACK_PACKS = {
+    "held.toml": """
+id = "invariants"
+version = 1
+agents = ["agent-1"]
+
+[assets.USD]
+keys = ["payments.v1"]
+max_per_payment = "1000.00"
+approval_above = "100.00"
+
+[payees]
+allow = ["acme-data"]
+first_payment = "allow"
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = { USD = "1000.00" }
+"""
+}
+
+AGENT = Principal(Role.AGENT, "agent-1")
+PLANNER = Principal(Role.PLANNER, "planner-1")
+
+
+def _intent(session_id: str, amount: str, expires_at: int) -> IntentFields:
+    return IntentFields(
+        session_id=session_id,
+        key_id="payments.v1",
+        payee="acme-data",
+        amount=amount,
+        asset="USD",
+        reference="inv-1",
+        purpose="",
+        nonce=new_nonce(),
+        expires_at=expires_at,
+    )
+
+
+def test_a_held_payment_whose_approval_vanished_is_internal_not_unavailable(
+    stack: Stack,
+) -> None:
+    service = stack.service
+    session = service.open_session(
+        PLANNER, "agent-1", "invariants", [("USD", "1000.00")], 600, []
+    ).record
+    expires = int(stack.clock.now()) + 120
+    held = _intent(session.id, "150.00", expires)
+    first = service.sign(AGENT, held)
+    assert first.status is SignStatus.PENDING_APPROVAL
+    with sqlite3.connect(stack.config.store.path) as conn:
+        conn.execute("DELETE FROM approvals WHERE id = ?", (first.approval_id,))
+    with pytest.raises(Internal) as info:
+        service.sign(AGENT, held)  # the same request again: its approval is gone
+    assert info.value.reason == Reason.INTERNAL
+    with sqlite3.connect(stack.config.store.path) as conn:
+        (jws,) = conn.execute(
+            "SELECT jws FROM decisions WHERE id = ?", (first.decision_id,)
+        ).fetchone()
+    assert jws is None  # nothing signed
+    after = service.sign(AGENT, _intent(session.id, "50.00", expires))
+    assert after.status is SignStatus.SIGNED  # and the service keeps serving
