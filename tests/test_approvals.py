@@ -31,7 +31,8 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.helpers import Stack, new_nonce, reason_of
+from tests.helpers import Stack, new_nonce
+from tests.support.refusals import assert_refused
 
 grpc_max_workers = 64
 
@@ -170,16 +171,6 @@ def sign_request(stack: Stack, session_id: str, /, **fields: Any) -> signer_pb2.
     }
     values.update(fields)
     return signer_pb2.SignRequest(intent=signer_pb2.PaymentIntent(**values))
-
-
-def assert_refused(
-    call: Callable[[Any], Any], request: Any, code: grpc.StatusCode, reason: str
-) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call(request)
-    err = info.value
-    assert (err.code(), reason_of(err)) == (code, reason), err.details()
-    return err
 
 
 def spent(api: Api, session_id: str, agent: str = "agent-1") -> str:

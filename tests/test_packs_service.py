@@ -37,6 +37,7 @@ import pytest
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
 from tests.helpers import Stack, new_nonce, reason_of
+from tests.support.refusals import assert_refused
 
 grpc_max_workers = 64
 
@@ -290,16 +291,6 @@ def sign_request(stack: Stack, session_id: str, /, **fields: Any) -> signer_pb2.
     return signer_pb2.SignRequest(intent=signer_pb2.PaymentIntent(**values))
 
 
-def refused(
-    call: Callable[[Any], Any], request: Any, reason: str, code: grpc.StatusCode = DENIED
-) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call(request)
-    err = info.value
-    assert (err.code(), reason_of(err)) == (code, reason), err.details()
-    return err
-
-
 def decision_id_of(err: grpc.RpcError) -> str:
     for key, value in err.trailing_metadata() or ():
         if key == "paywarden-decision-id":
@@ -335,7 +326,7 @@ def sha256(text: str) -> str:
 
 @pytest.mark.parametrize("agent", ["agent-9", "approver-1", "planner-1"])
 def test_agent_without_a_pack_cannot_open_a_session(api: Api, agent: str) -> None:
-    refused(api.planner.OpenSession, open_request(agent=agent), "NO_POLICY_PACK")
+    assert_refused(api.planner.OpenSession, open_request(agent=agent), DENIED, "NO_POLICY_PACK")
 
 
 def test_pack_applies_by_name_and_through_a_group(api: Api, stack: Stack) -> None:
@@ -352,8 +343,8 @@ def test_pack_applies_by_name_and_through_a_group(api: Api, stack: Stack) -> Non
     assert json.loads(decision.pack_json) == {"id": "ops", "version": 2, "sha256": sha256(OPS_PACK)}
     assert [r["rule"] for r in json.loads(decision.trace_json)] == OPS_RULES
     # agent-2 is not in core: payees that core allows and ops does not are refused
-    err = refused(
-        api.signer2.Sign, sign_request(stack, sid, payee="acme-data"), "PAYEE_NOT_ALLOWED"
+    err = assert_refused(
+        api.signer2.Sign, sign_request(stack, sid, payee="acme-data"), DENIED, "PAYEE_NOT_ALLOWED"
     )
     assert json.loads(stack.store.get_decision(decision_id_of(err)).pack_json)["id"] == "ops"
 
@@ -379,7 +370,7 @@ def test_pack_applies_by_name_and_through_a_group(api: Api, stack: Stack) -> Non
     ids=lambda v: str(v) if isinstance(v, str) else None,
 )
 def test_session_cannot_widen_its_pack(api: Api, kw: dict[str, Any], reason: str) -> None:
-    refused(api.planner.OpenSession, open_request(**kw), reason)
+    assert_refused(api.planner.OpenSession, open_request(**kw), DENIED, reason)
 
 
 def test_narrower_session_is_opened_and_enforced(api: Api, stack: Stack) -> None:
@@ -395,7 +386,9 @@ def test_narrower_session_is_opened_and_enforced(api: Api, stack: Stack) -> None
     assert sorted(session.allowed_payees) == ["acme-data", "vendor-12"]
     sid = session.session_id
     # the pack allows globex; this session does not
-    refused(api.signer.Sign, sign_request(stack, sid, payee="globex"), "PAYEE_NOT_IN_SESSION")
+    assert_refused(
+        api.signer.Sign, sign_request(stack, sid, payee="globex"), DENIED, "PAYEE_NOT_IN_SESSION"
+    )
     assert signed(api.signer.Sign(sign_request(stack, sid, payee="vendor-12", amount="5.00")))
     assert spent(api.sessions, sid) == {"EMAIL": "0.00", "USD": "5.00"}
 
@@ -404,11 +397,14 @@ def test_narrower_session_is_opened_and_enforced(api: Api, stack: Stack) -> None
 
 
 def test_asset_outside_the_pack_can_never_be_spent(api: Api, stack: Stack) -> None:
-    refused(api.planner.OpenSession, open_request(budgets={"BTC": "1"}), "ASSET_NOT_ALLOWED")
+    assert_refused(
+        api.planner.OpenSession, open_request(budgets={"BTC": "1"}), DENIED, "ASSET_NOT_ALLOWED"
+    )
     sid = open_session(api)
-    err = refused(
+    err = assert_refused(
         api.signer.Sign,
         sign_request(stack, sid, asset="BTC", amount="0.001"),
+        DENIED,
         "ASSET_NOT_IN_SESSION",
     )
     trace = trace_of(stack, decision_id_of(err))
@@ -440,7 +436,7 @@ def test_pack_denies_key_and_payee(
     api: Api, stack: Stack, fields: dict[str, str], reason: str
 ) -> None:
     sid = open_session(api, budgets={"USD": "150.00", "EMAIL": "300.00"})
-    err = refused(api.signer.Sign, sign_request(stack, sid, **fields), reason)
+    err = assert_refused(api.signer.Sign, sign_request(stack, sid, **fields), DENIED, reason)
     denials = [r for r in trace_of(stack, decision_id_of(err)).values() if r["outcome"] == "deny"]
     assert denials[0]["reason"] == reason
     assert spent(api.sessions, sid) == {"EMAIL": "0.00", "USD": "0.00"}
@@ -450,7 +446,9 @@ def test_confusable_trace_names_the_allowed_twin(api: Api, stack: Stack) -> None
     sid = open_session(api)
     twin = "acme-d\u0430ta"  # Cyrillic a
     assert twin != "acme-data"
-    err = refused(api.signer.Sign, sign_request(stack, sid, payee=twin), "PAYEE_CONFUSABLE")
+    err = assert_refused(
+        api.signer.Sign, sign_request(stack, sid, payee=twin), DENIED, "PAYEE_CONFUSABLE"
+    )
     rule = trace_of(stack, decision_id_of(err))["payee_allowlist"]
     assert entry(rule) == ("deny", "PAYEE_CONFUSABLE", "acme-data", twin)
 
@@ -483,9 +481,10 @@ def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack
     assert signed(
         api.signer.Sign(sign_request(stack, narrowed, asset="EMAIL", payee="SHOP@example.com"))
     )
-    refused(
+    assert_refused(
         api.signer.Sign,
         sign_request(stack, narrowed, asset="EMAIL", payee="acme-data"),
+        DENIED,
         "PAYEE_NOT_IN_SESSION",
     )
 
@@ -495,15 +494,18 @@ def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack
 
 def test_per_payment_maximum(api: Api, stack: Stack) -> None:
     sid = open_session(api, budgets={"USD": "150.00", "EMAIL": "300.00"})
-    err = refused(api.signer.Sign, sign_request(stack, sid, amount="50.01"), "AMOUNT_ABOVE_MAX")
+    err = assert_refused(
+        api.signer.Sign, sign_request(stack, sid, amount="50.01"), DENIED, "AMOUNT_ABOVE_MAX"
+    )
     rule = trace_of(stack, decision_id_of(err))["max_per_payment"]
     assert entry(rule) == ("deny", "AMOUNT_ABOVE_MAX", "50.00", "50.01")
     at_max = api.signer.Sign(sign_request(stack, sid, amount="50.00"))
     assert at_max.status == signer_pb2.PENDING_APPROVAL  # above approval_above, not denied
     assert signed(api.signer.Sign(sign_request(stack, sid, amount="40.00")))
-    refused(
+    assert_refused(
         api.signer.Sign,
         sign_request(stack, sid, asset="EMAIL", amount="100.01"),
+        DENIED,
         "AMOUNT_ABOVE_MAX",
     )
     at_email_max = api.signer.Sign(sign_request(stack, sid, asset="EMAIL", amount="100.00"))
@@ -520,7 +522,9 @@ def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
             assert signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))
     assert spent(api.sessions, a) == {"USD": "120.00"}
     assert spent(api.sessions, b) == {"USD": "80.00"}  # 70.00 left in b's own budget
-    err = refused(api.signer.Sign, sign_request(stack, b, amount="0.01"), "DAILY_LIMIT_EXCEEDED")
+    err = assert_refused(
+        api.signer.Sign, sign_request(stack, b, amount="0.01"), DENIED, "DAILY_LIMIT_EXCEEDED"
+    )
     trace = trace_of(stack, decision_id_of(err))
     assert entry(trace["daily_limit"]) == ("deny", "DAILY_LIMIT_EXCEEDED", "200.00", "200.01")
     assert entry(trace["session_budget"]) == ("allow", "WITHIN_BUDGET", "150.00", "80.01")
@@ -528,12 +532,14 @@ def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
     # a minute before midnight: still today
     advance_to(stack, fresh_day + DAY - 60)
     late = open_session(api)
-    refused(api.signer.Sign, sign_request(stack, late, amount="0.01"), "DAILY_LIMIT_EXCEEDED")
+    assert_refused(
+        api.signer.Sign, sign_request(stack, late, amount="0.01"), DENIED, "DAILY_LIMIT_EXCEEDED"
+    )
     # midnight: a new calendar day, but the last 24 hours still hold 200.00
     advance_to(stack, fresh_day + DAY)
     assert signed(api.signer.Sign(sign_request(stack, late, amount="40.00")))
-    err = refused(
-        api.signer.Sign, sign_request(stack, late, amount="10.01"), "ROLLING_LIMIT_EXCEEDED"
+    err = assert_refused(
+        api.signer.Sign, sign_request(stack, late, amount="10.01"), DENIED, "ROLLING_LIMIT_EXCEEDED"
     )
     trace = trace_of(stack, decision_id_of(err))
     assert entry(trace["daily_limit"]) == ("allow", "WITHIN_DAILY_LIMIT", "200.00", "50.01")
@@ -556,11 +562,15 @@ def test_held_payment_counts_against_the_daily_limit_until_it_expires(
         sign_request(stack, b, amount="50.00", expires_at=int(stack.clock.now()) + 30)
     )
     assert held.status == signer_pb2.PENDING_APPROVAL  # 170.00 of 200.00 signed or held
-    err = refused(api.signer.Sign, sign_request(stack, b, amount="40.00"), "DAILY_LIMIT_EXCEEDED")
+    err = assert_refused(
+        api.signer.Sign, sign_request(stack, b, amount="40.00"), DENIED, "DAILY_LIMIT_EXCEEDED"
+    )
     rule = trace_of(stack, decision_id_of(err))["daily_limit"]
     assert entry(rule) == ("deny", "DAILY_LIMIT_EXCEEDED", "200.00", "210.00")
     assert signed(api.signer.Sign(sign_request(stack, b, amount="30.00")))
-    refused(api.signer.Sign, sign_request(stack, b, amount="0.01"), "DAILY_LIMIT_EXCEEDED")
+    assert_refused(
+        api.signer.Sign, sign_request(stack, b, amount="0.01"), DENIED, "DAILY_LIMIT_EXCEEDED"
+    )
     stack.clock.advance(31)  # the held payment expired: its 50.00 no longer counts
     assert signed(api.signer.Sign(sign_request(stack, b, amount="40.00")))
     assert spent(api.sessions, b) == {"USD": "70.00"}
@@ -572,13 +582,17 @@ def test_velocity(api: Api, stack: Stack) -> None:
     assert signed(first)
     for _ in range(2):
         assert signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha")))
-    err = refused(api.signer2.Sign, sign_request(stack, sid, payee="alpha"), "VELOCITY_EXCEEDED")
+    err = assert_refused(
+        api.signer2.Sign, sign_request(stack, sid, payee="alpha"), DENIED, "VELOCITY_EXCEEDED"
+    )
     trace = trace_of(stack, decision_id_of(err))
     assert list(trace) == OPS_RULES
     assert entry(trace["velocity"]) == ("deny", "VELOCITY_EXCEEDED", "3 per 60s", "4")
     t0 = stack.store.get_decision(first.decision_id).created_at
     advance_to(stack, t0 + 58.5)  # the first payment is still in the window
-    refused(api.signer2.Sign, sign_request(stack, sid, payee="alpha"), "VELOCITY_EXCEEDED")
+    assert_refused(
+        api.signer2.Sign, sign_request(stack, sid, payee="alpha"), DENIED, "VELOCITY_EXCEEDED"
+    )
     advance_to(stack, t0 + 60)  # now it has left the window
     assert signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha")))
     assert spent(api.sessions2, sid) == {"USD": "4.00"}
@@ -586,7 +600,9 @@ def test_velocity(api: Api, stack: Stack) -> None:
 
 def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> None:
     sid = open_session(api, agent="agent-2")
-    err = refused(api.signer2.Sign, sign_request(stack, sid, payee="echo"), "FIRST_PAYMENT_DENIED")
+    err = assert_refused(
+        api.signer2.Sign, sign_request(stack, sid, payee="echo"), DENIED, "FIRST_PAYMENT_DENIED"
+    )
     trace = trace_of(stack, decision_id_of(err))
     assert entry(trace["first_payment"]) == (
         "deny",
@@ -603,7 +619,9 @@ def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> N
         "deny",
         "paid before",
     )
-    refused(api.signer2.Sign, sign_request(stack, sid, payee="echo"), "FIRST_PAYMENT_DENIED")
+    assert_refused(
+        api.signer2.Sign, sign_request(stack, sid, payee="echo"), DENIED, "FIRST_PAYMENT_DENIED"
+    )
     assert spent(api.sessions2, sid) == {"USD": "1.00"}
 
 
@@ -613,8 +631,11 @@ def test_recipient_diversity_per_session_and_per_day(
     s1 = open_session(api, agent="agent-2")
     for payee in ("alpha", "bravo"):
         assert signed(api.signer2.Sign(sign_request(stack, s1, payee=payee)))
-    err = refused(
-        api.signer2.Sign, sign_request(stack, s1, payee="charlie"), "SESSION_DIVERSITY_EXCEEDED"
+    err = assert_refused(
+        api.signer2.Sign,
+        sign_request(stack, s1, payee="charlie"),
+        DENIED,
+        "SESSION_DIVERSITY_EXCEEDED",
     )
     rule = trace_of(stack, decision_id_of(err))["session_diversity"]
     assert entry(rule) == ("deny", "SESSION_DIVERSITY_EXCEEDED", "2", "3")
@@ -623,8 +644,8 @@ def test_recipient_diversity_per_session_and_per_day(
     stack.clock.advance(60)  # out of the velocity window
     s2 = open_session(api, agent="agent-2")
     assert signed(api.signer2.Sign(sign_request(stack, s2, payee="charlie")))  # 3rd today
-    err = refused(
-        api.signer2.Sign, sign_request(stack, s2, payee="delta"), "DAILY_DIVERSITY_EXCEEDED"
+    err = assert_refused(
+        api.signer2.Sign, sign_request(stack, s2, payee="delta"), DENIED, "DAILY_DIVERSITY_EXCEEDED"
     )
     rule = trace_of(stack, decision_id_of(err))["daily_diversity"]
     assert entry(rule) == ("deny", "DAILY_DIVERSITY_EXCEEDED", "3", "4")
@@ -642,11 +663,20 @@ def test_allowed_hours(api: Api, stack: Stack, fresh_day: int) -> None:
 
     assert signed(api.signer2.Sign(pay_at(fresh_day + 12 * 3600 + 60)))
     assert signed(api.signer2.Sign(pay_at(fresh_day + 16 * 3600 + 59 * 60)))
-    err = refused(api.signer2.Sign, pay_at(fresh_day + 17 * 3600), "OUTSIDE_ALLOWED_HOURS")
+    err = assert_refused(
+        api.signer2.Sign, pay_at(fresh_day + 17 * 3600), DENIED, "OUTSIDE_ALLOWED_HOURS"
+    )
     rule = trace_of(stack, decision_id_of(err))["allowed_hours"]
     assert entry(rule) == ("deny", "OUTSIDE_ALLOWED_HOURS", "09:00-17:00", "17:00")
-    refused(api.signer2.Sign, pay_at(fresh_day + 23 * 3600 + 30 * 60), "OUTSIDE_ALLOWED_HOURS")
-    refused(api.signer2.Sign, pay_at(fresh_day + DAY + 8 * 3600 + 59 * 60), "OUTSIDE_ALLOWED_HOURS")
+    assert_refused(
+        api.signer2.Sign, pay_at(fresh_day + 23 * 3600 + 30 * 60), DENIED, "OUTSIDE_ALLOWED_HOURS"
+    )
+    assert_refused(
+        api.signer2.Sign,
+        pay_at(fresh_day + DAY + 8 * 3600 + 59 * 60),
+        DENIED,
+        "OUTSIDE_ALLOWED_HOURS",
+    )
     assert signed(api.signer2.Sign(pay_at(fresh_day + DAY + 9 * 3600)))
 
 
@@ -655,7 +685,9 @@ def test_allowed_hours(api: Api, stack: Stack, fresh_day: int) -> None:
 
 def test_denial_trace_lists_every_rule_and_the_pack(api: Api, stack: Stack) -> None:
     sid = open_session(api)
-    err = refused(api.signer.Sign, sign_request(stack, sid, amount="50.01"), "AMOUNT_ABOVE_MAX")
+    err = assert_refused(
+        api.signer.Sign, sign_request(stack, sid, amount="50.01"), DENIED, "AMOUNT_ABOVE_MAX"
+    )
     decision = stack.store.get_decision(decision_id_of(err))
     assert (decision.outcome, decision.reason) == ("deny", "AMOUNT_ABOVE_MAX")
     assert decision.payload is None

@@ -29,6 +29,7 @@ from paywarden.v1 import (
 )
 
 from tests.helpers import Stack, new_nonce, reason_of
+from tests.support.refusals import assert_refused
 
 grpc_max_workers = 64
 
@@ -172,16 +173,6 @@ def sign_request(stack: Stack, session_id: str, /, **fields: Any) -> signer_pb2.
     return signer_pb2.SignRequest(intent=signer_pb2.PaymentIntent(**values))
 
 
-def refused(
-    call: Callable[[Any], Any], request: Any, code: grpc.StatusCode, reason: str
-) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call(request)
-    err = info.value
-    assert (err.code(), reason_of(err)) == (code, reason), err.details()
-    return err
-
-
 def get_session(api: Api, session_id: str) -> sessions_pb2.Session:
     return api.agent_sessions.GetSession(
         sessions_pb2.GetSessionRequest(session_id=session_id)
@@ -221,20 +212,22 @@ def test_explore_commit_execute(api: Api, stack: Stack) -> None:
     sid = session.session_id
 
     early = sign_request(stack, sid)
-    err = refused(api.signer.Sign, early, PRECONDITION, "SESSION_IN_EXPLORE_PHASE")
+    err = assert_refused(api.signer.Sign, early, PRECONDITION, "SESSION_IN_EXPLORE_PHASE")
     trace = json.loads(stack.store.get_decision(decision_id_of(err)).trace_json)
     (phase,) = [r for r in trace if r["rule"] == "session_phase"]
     assert (phase["outcome"], phase["limit"], phase["observed"]) == ("deny", "execute", "explore")
     assert spent(api, sid) == "0.00"
 
     lines: list[Line] = [("acme-data", "USD", "25", 2), ("globex", "USD", "100.00", 1)]
-    refused(
+    assert_refused(
         api.planner2.CommitPlan,
         commit_request(sid, lines),
         DENIED,
         "SESSION_PLANNER_MISMATCH",
     )
-    refused(api.agent_sessions.CommitPlan, commit_request(sid, lines), DENIED, "ROLE_NOT_ALLOWED")
+    assert_refused(
+        api.agent_sessions.CommitPlan, commit_request(sid, lines), DENIED, "ROLE_NOT_ALLOWED"
+    )
     assert get_session(api, sid).phase == "explore"
 
     committed = commit(api, sid, lines)
@@ -245,7 +238,7 @@ def test_explore_commit_execute(api: Api, stack: Stack) -> None:
     ]
     assert plan_of(get_session(api, sid)) == plan_of(committed)  # the agent sees the plan
 
-    refused(
+    assert_refused(
         api.planner.CommitPlan,
         commit_request(sid, [("initech", "USD", "400.00", 5)]),
         PRECONDITION,
@@ -254,7 +247,7 @@ def test_explore_commit_execute(api: Api, stack: Stack) -> None:
     assert plan_of(get_session(api, sid)) == plan_of(committed)
 
     # the request refused while exploring stays refused: its nonce is spent
-    refused(api.signer.Sign, early, PRECONDITION, "SESSION_IN_EXPLORE_PHASE")
+    assert_refused(api.signer.Sign, early, PRECONDITION, "SESSION_IN_EXPLORE_PHASE")
     resp = api.signer.Sign(sign_request(stack, sid, amount="20.00"))
     assert is_signed(resp)
     trace = json.loads(stack.store.get_decision(resp.decision_id).trace_json)
@@ -267,7 +260,7 @@ def test_commit_only_in_an_open_exploring_session(api: Api, stack: Stack) -> Non
     lines: list[Line] = [("acme-data", "USD", "10.00", 1)]
     normal = open_session(api, plan_bound=False)
     assert normal.phase == "normal"
-    refused(
+    assert_refused(
         api.planner.CommitPlan,
         commit_request(normal.session_id, lines),
         PRECONDITION,
@@ -277,14 +270,14 @@ def test_commit_only_in_an_open_exploring_session(api: Api, stack: Stack) -> Non
 
     closed = open_session(api).session_id
     api.planner.CloseSession(sessions_pb2.CloseSessionRequest(session_id=closed))
-    refused(
+    assert_refused(
         api.planner.CommitPlan, commit_request(closed, lines), PRECONDITION, "SESSION_NOT_EXPLORING"
     )
     assert get_session(api, closed).phase == "explore"
 
     short = open_session(api, ttl=30).session_id
     stack.clock.advance(31)
-    refused(
+    assert_refused(
         api.planner.CommitPlan, commit_request(short, lines), PRECONDITION, "SESSION_NOT_EXPLORING"
     )
 
@@ -293,7 +286,7 @@ def test_closing_an_executing_session_stops_it(api: Api, stack: Stack) -> None:
     sid = executing(api, [("acme-data", "USD", "10.00", 3)])
     assert is_signed(api.signer.Sign(sign_request(stack, sid)))
     api.planner.CloseSession(sessions_pb2.CloseSessionRequest(session_id=sid))
-    refused(api.signer.Sign, sign_request(stack, sid), PRECONDITION, "SESSION_CLOSED")
+    assert_refused(api.signer.Sign, sign_request(stack, sid), PRECONDITION, "SESSION_CLOSED")
     assert used(api, sid) == [1]
 
 
@@ -303,20 +296,22 @@ def test_closing_an_executing_session_stops_it(api: Api, stack: Stack) -> None:
 def test_payments_outside_the_plan_are_denied(api: Api, stack: Stack) -> None:
     sid = executing(api, [("acme-data", "USD", "25.00", 2), ("globex", "USD", "150.00", 1)])
     # initech is allowed by the pack and the session, but not in the plan
-    err = refused(
+    err = assert_refused(
         api.signer.Sign, sign_request(stack, sid, payee="initech"), DENIED, "PLAN_NO_MATCH"
     )
     trace = json.loads(stack.store.get_decision(decision_id_of(err)).trace_json)
     (line,) = [r for r in trace if r["rule"] == "plan_line"]
     assert (line["outcome"], line["reason"], line["limit"]) == ("deny", "PLAN_NO_MATCH", "2 lines")
     assert [r["rule"] for r in trace if r["outcome"] == "deny"] == ["plan_line"]
-    refused(api.signer.Sign, sign_request(stack, sid, amount="25.01"), DENIED, "PLAN_NO_MATCH")
+    assert_refused(
+        api.signer.Sign, sign_request(stack, sid, amount="25.01"), DENIED, "PLAN_NO_MATCH"
+    )
     # a payee the pack does not allow is refused for that first
-    refused(
+    assert_refused(
         api.signer.Sign, sign_request(stack, sid, payee="stranger"), DENIED, "PAYEE_NOT_ALLOWED"
     )
     # the plan does not widen the pack: globex's line allows 150.00, the pack 100.00
-    refused(
+    assert_refused(
         api.signer.Sign,
         sign_request(stack, sid, payee="globex", amount="100.01"),
         DENIED,
@@ -334,10 +329,12 @@ def test_plan_lines_are_consumed(api: Api, stack: Stack) -> None:
     assert used(api, sid) == [1, 0]
     assert is_signed(api.signer.Sign(sign_request(stack, sid, amount="25.00")))
     assert used(api, sid) == [2, 0]
-    err = refused(api.signer.Sign, sign_request(stack, sid, amount="1.00"), DENIED, "PLAN_NO_MATCH")
+    err = assert_refused(
+        api.signer.Sign, sign_request(stack, sid, amount="1.00"), DENIED, "PLAN_NO_MATCH"
+    )
     assert "used up" in stack.store.get_decision(decision_id_of(err)).message
     assert is_signed(api.signer.Sign(sign_request(stack, sid, payee="globex", amount="50.00")))
-    refused(
+    assert_refused(
         api.signer.Sign,
         sign_request(stack, sid, payee="globex", amount="1.00"),
         DENIED,
@@ -351,7 +348,9 @@ def test_plan_does_not_widen_the_session_budget(api: Api, stack: Stack) -> None:
     sid = executing(api, [("acme-data", "USD", "40.00", 3)], budget="100.00")
     for _ in range(2):
         assert is_signed(api.signer.Sign(sign_request(stack, sid, amount="40.00")))
-    refused(api.signer.Sign, sign_request(stack, sid, amount="40.00"), DENIED, "BUDGET_EXCEEDED")
+    assert_refused(
+        api.signer.Sign, sign_request(stack, sid, amount="40.00"), DENIED, "BUDGET_EXCEEDED"
+    )
     assert used(api, sid) == [2]
     assert is_signed(api.signer.Sign(sign_request(stack, sid, amount="20.00")))
     assert (used(api, sid), spent(api, sid)) == ([3], "100.00")
@@ -403,7 +402,7 @@ def test_pending_payment_holds_its_line_until_denied(api: Api, stack: Stack) -> 
     resp = api.signer.Sign(request)
     assert resp.status == signer_pb2.PENDING_APPROVAL
     assert used(api, sid) == [1]  # held while pending
-    refused(
+    assert_refused(
         api.signer.Sign,
         sign_request(stack, sid, payee="hooli", amount="10.00"),
         DENIED,
@@ -411,7 +410,7 @@ def test_pending_payment_holds_its_line_until_denied(api: Api, stack: Stack) -> 
     )
     assert vote(api, resp.approval_id, approve=False).state == "denied"
     assert used(api, sid) == [0]
-    refused(api.signer.Sign, request, DENIED, "APPROVAL_DENIED")
+    assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_DENIED")
     assert is_signed(api.signer.Sign(sign_request(stack, sid, payee="hooli", amount="50.00")))
     assert (used(api, sid), spent(api, sid)) == ([1], "50.00")
 
@@ -425,7 +424,7 @@ def test_expired_pending_payment_frees_its_line(api: Api, stack: Stack) -> None:
     assert used(api, sid) == [1]
     stack.clock.advance(31)
     assert used(api, sid) == [0]
-    refused(api.signer.Sign, request, DENIED, "APPROVAL_EXPIRED")
+    assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_EXPIRED")
     assert is_signed(api.signer.Sign(sign_request(stack, sid, payee="hooli", amount="50.00")))
     assert (used(api, sid), spent(api, sid)) == ([1], "50.00")
 
@@ -437,7 +436,7 @@ def test_approved_pending_payment_keeps_its_line(api: Api, stack: Stack) -> None
     assert vote(api, resp.approval_id, approve=True).state == "approved"
     assert is_signed(api.signer.Sign(request))
     assert used(api, sid) == [1]
-    refused(
+    assert_refused(
         api.signer.Sign,
         sign_request(stack, sid, payee="hooli", amount="1.00"),
         DENIED,
@@ -494,17 +493,19 @@ def test_invalid_plan_is_refused_and_changes_nothing(
     api: Api, stack: Stack, lines: list[Line], code: grpc.StatusCode, reason: str
 ) -> None:
     sid = open_session(api).session_id
-    refused(api.planner.CommitPlan, commit_request(sid, lines), code, reason)
+    assert_refused(api.planner.CommitPlan, commit_request(sid, lines), code, reason)
     after = get_session(api, sid)
     assert (after.phase, list(after.plan)) == ("explore", [])
-    refused(api.signer.Sign, sign_request(stack, sid), PRECONDITION, "SESSION_IN_EXPLORE_PHASE")
+    assert_refused(
+        api.signer.Sign, sign_request(stack, sid), PRECONDITION, "SESSION_IN_EXPLORE_PHASE"
+    )
     # the session can still commit a valid plan
     assert commit(api, sid, [GOOD]).phase == "execute"
 
 
 def test_plan_stays_within_the_sessions_payees(api: Api) -> None:
     sid = open_session(api, allowed_payees=("acme-data",)).session_id
-    refused(
+    assert_refused(
         api.planner.CommitPlan,
         commit_request(sid, [("globex", "USD", "10.00", 1)]),
         DENIED,
@@ -524,7 +525,7 @@ def test_plan_sizes_at_the_limits_are_accepted(api: Api) -> None:
 
 
 def test_pack_requiring_a_plan_refuses_sessions_without_one(api: Api, stack: Stack) -> None:
-    refused(
+    assert_refused(
         api.planner.OpenSession,
         open_request(agent="agent-2", plan_bound=False),
         DENIED,
@@ -532,7 +533,7 @@ def test_pack_requiring_a_plan_refuses_sessions_without_one(api: Api, stack: Sta
     )
     session = open_session(api, agent="agent-2")
     assert (session.phase, session.pack_id) == ("explore", "plans-required")
-    refused(
+    assert_refused(
         api.signer2.Sign,
         sign_request(stack, session.session_id),
         PRECONDITION,
@@ -540,7 +541,7 @@ def test_pack_requiring_a_plan_refuses_sessions_without_one(api: Api, stack: Sta
     )
     commit(api, session.session_id, [("acme-data", "USD", "30.00", 1)])
     assert is_signed(api.signer2.Sign(sign_request(stack, session.session_id, amount="30.00")))
-    refused(
+    assert_refused(
         api.signer2.Sign,
         sign_request(stack, session.session_id, payee="globex"),
         DENIED,

@@ -25,6 +25,7 @@ from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
 from tests.helpers import Stack, new_nonce, reason_of
+from tests.support.refusals import assert_refused
 
 # pytest-grpc reads this: enough server threads for the concurrency test to race.
 grpc_max_workers = 64
@@ -121,20 +122,6 @@ def with_fields(request: signer_pb2.SignRequest, **fields: Any) -> signer_pb2.Si
     for name, value in fields.items():
         setattr(copy.intent, name, value)
     return copy
-
-
-def refused(call: Callable[[Any], Any], request: Any) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call(request)
-    return info.value
-
-
-def assert_refused(
-    call: Callable[[Any], Any], request: Any, code: grpc.StatusCode, reason: str
-) -> grpc.RpcError:
-    err = refused(call, request)
-    assert (err.code(), reason_of(err)) == (code, reason), err.details()
-    return err
 
 
 def decision_of(err: grpc.RpcError) -> str | None:

@@ -1,0 +1,1 @@
+"""Test helpers written once: the test modules import these instead of declaring their own."""
