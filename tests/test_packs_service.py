@@ -37,6 +37,7 @@ import pytest
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
 from tests.helpers import Stack, new_nonce, reason_of
+from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused
 
 grpc_max_workers = 64
@@ -275,22 +276,6 @@ def open_session(api: Api, **kw: Any) -> str:
     return api.planner.OpenSession(open_request(**kw)).session.session_id
 
 
-def sign_request(stack: Stack, session_id: str, /, **fields: Any) -> signer_pb2.SignRequest:
-    values: dict[str, Any] = {
-        "session_id": session_id,
-        "key_id": "payments.v1",
-        "payee": "acme-data",
-        "amount": "1.00",
-        "asset": "USD",
-        "reference": "inv-1",
-        "purpose": "",
-        "nonce": new_nonce(),
-        "expires_at": int(stack.clock.now()) + 60,
-    }
-    values.update(fields)
-    return signer_pb2.SignRequest(intent=signer_pb2.PaymentIntent(**values))
-
-
 def decision_id_of(err: grpc.RpcError) -> str:
     for key, value in err.trailing_metadata() or ():
         if key == "paywarden-decision-id":
@@ -337,14 +322,17 @@ def test_pack_applies_by_name_and_through_a_group(api: Api, stack: Stack) -> Non
     assert by_agent == {"agent-1": "core", "agent-2": "ops", "agent-7": "ops"}
 
     sid = open_session(api, agent="agent-2")
-    resp = api.signer2.Sign(sign_request(stack, sid, payee="alpha"))
+    resp = api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00"))
     assert signed(resp)
     decision = stack.store.get_decision(resp.decision_id)
     assert json.loads(decision.pack_json) == {"id": "ops", "version": 2, "sha256": sha256(OPS_PACK)}
     assert [r["rule"] for r in json.loads(decision.trace_json)] == OPS_RULES
     # agent-2 is not in core: payees that core allows and ops does not are refused
     err = assert_refused(
-        api.signer2.Sign, sign_request(stack, sid, payee="acme-data"), DENIED, "PAYEE_NOT_ALLOWED"
+        api.signer2.Sign,
+        sign_request(stack, sid, payee="acme-data", amount="1.00"),
+        DENIED,
+        "PAYEE_NOT_ALLOWED",
     )
     assert json.loads(stack.store.get_decision(decision_id_of(err)).pack_json)["id"] == "ops"
 
@@ -387,7 +375,10 @@ def test_narrower_session_is_opened_and_enforced(api: Api, stack: Stack) -> None
     sid = session.session_id
     # the pack allows globex; this session does not
     assert_refused(
-        api.signer.Sign, sign_request(stack, sid, payee="globex"), DENIED, "PAYEE_NOT_IN_SESSION"
+        api.signer.Sign,
+        sign_request(stack, sid, payee="globex", amount="1.00"),
+        DENIED,
+        "PAYEE_NOT_IN_SESSION",
     )
     assert signed(api.signer.Sign(sign_request(stack, sid, payee="vendor-12", amount="5.00")))
     assert spent(api.sessions, sid) == {"EMAIL": "0.00", "USD": "5.00"}
@@ -436,7 +427,9 @@ def test_pack_denies_key_and_payee(
     api: Api, stack: Stack, fields: dict[str, str], reason: str
 ) -> None:
     sid = open_session(api, budgets={"USD": "150.00", "EMAIL": "300.00"})
-    err = assert_refused(api.signer.Sign, sign_request(stack, sid, **fields), DENIED, reason)
+    err = assert_refused(
+        api.signer.Sign, sign_request(stack, sid, amount="1.00", **fields), DENIED, reason
+    )
     denials = [r for r in trace_of(stack, decision_id_of(err)).values() if r["outcome"] == "deny"]
     assert denials[0]["reason"] == reason
     assert spent(api.sessions, sid) == {"EMAIL": "0.00", "USD": "0.00"}
@@ -447,7 +440,10 @@ def test_confusable_trace_names_the_allowed_twin(api: Api, stack: Stack) -> None
     twin = "acme-d\u0430ta"  # Cyrillic a
     assert twin != "acme-data"
     err = assert_refused(
-        api.signer.Sign, sign_request(stack, sid, payee=twin), DENIED, "PAYEE_CONFUSABLE"
+        api.signer.Sign,
+        sign_request(stack, sid, payee=twin, amount="1.00"),
+        DENIED,
+        "PAYEE_CONFUSABLE",
     )
     rule = trace_of(stack, decision_id_of(err))["payee_allowlist"]
     assert entry(rule) == ("deny", "PAYEE_CONFUSABLE", "acme-data", twin)
@@ -460,7 +456,9 @@ def test_confusable_trace_names_the_allowed_twin(api: Api, stack: Stack) -> None
 def test_allowed_keys_and_payees_sign(api: Api, stack: Stack, asset: str, key: str) -> None:
     sid = open_session(api, budgets={"USD": "150.00", "EMAIL": "300.00"})
     for payee in ("acme-data", "vendor-7", "shop@example.com"):
-        resp = api.signer.Sign(sign_request(stack, sid, asset=asset, key_id=key, payee=payee))
+        resp = api.signer.Sign(
+            sign_request(stack, sid, asset=asset, key_id=key, payee=payee, amount="1.00")
+        )
         assert signed(resp), payee
         assert json.loads(resp.canonical_payload)["payee"] == payee
     assert spent(api.sessions, sid)[asset] == "3.00"
@@ -468,7 +466,9 @@ def test_allowed_keys_and_payees_sign(api: Api, stack: Stack, asset: str, key: s
 
 def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack) -> None:
     sid = open_session(api, budgets={"EMAIL": "300.00"})
-    resp = api.signer.Sign(sign_request(stack, sid, asset="EMAIL", payee="Shop@Example.COM"))
+    resp = api.signer.Sign(
+        sign_request(stack, sid, asset="EMAIL", payee="Shop@Example.COM", amount="1.00")
+    )
     assert signed(resp)
     rule = trace_of(stack, resp.decision_id)["payee_allowlist"]
     assert (rule["outcome"], rule["reason"], rule["observed"]) == (
@@ -479,11 +479,13 @@ def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack
     # and a session narrowed to the lower-case form accepts the upper-case one
     narrowed = open_session(api, budgets={"EMAIL": "300.00"}, allowed_payees=("shop@example.com",))
     assert signed(
-        api.signer.Sign(sign_request(stack, narrowed, asset="EMAIL", payee="SHOP@example.com"))
+        api.signer.Sign(
+            sign_request(stack, narrowed, asset="EMAIL", payee="SHOP@example.com", amount="1.00")
+        )
     )
     assert_refused(
         api.signer.Sign,
-        sign_request(stack, narrowed, asset="EMAIL", payee="acme-data"),
+        sign_request(stack, narrowed, asset="EMAIL", payee="acme-data", amount="1.00"),
         DENIED,
         "PAYEE_NOT_IN_SESSION",
     )
@@ -578,12 +580,15 @@ def test_held_payment_counts_against_the_daily_limit_until_it_expires(
 
 def test_velocity(api: Api, stack: Stack) -> None:
     sid = open_session(api, agent="agent-2")
-    first = api.signer2.Sign(sign_request(stack, sid, payee="alpha"))
+    first = api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00"))
     assert signed(first)
     for _ in range(2):
-        assert signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha")))
+        assert signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00")))
     err = assert_refused(
-        api.signer2.Sign, sign_request(stack, sid, payee="alpha"), DENIED, "VELOCITY_EXCEEDED"
+        api.signer2.Sign,
+        sign_request(stack, sid, payee="alpha", amount="1.00"),
+        DENIED,
+        "VELOCITY_EXCEEDED",
     )
     trace = trace_of(stack, decision_id_of(err))
     assert list(trace) == OPS_RULES
@@ -591,17 +596,23 @@ def test_velocity(api: Api, stack: Stack) -> None:
     t0 = stack.store.get_decision(first.decision_id).created_at
     advance_to(stack, t0 + 58.5)  # the first payment is still in the window
     assert_refused(
-        api.signer2.Sign, sign_request(stack, sid, payee="alpha"), DENIED, "VELOCITY_EXCEEDED"
+        api.signer2.Sign,
+        sign_request(stack, sid, payee="alpha", amount="1.00"),
+        DENIED,
+        "VELOCITY_EXCEEDED",
     )
     advance_to(stack, t0 + 60)  # now it has left the window
-    assert signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha")))
+    assert signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00")))
     assert spent(api.sessions2, sid) == {"USD": "4.00"}
 
 
 def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> None:
     sid = open_session(api, agent="agent-2")
     err = assert_refused(
-        api.signer2.Sign, sign_request(stack, sid, payee="echo"), DENIED, "FIRST_PAYMENT_DENIED"
+        api.signer2.Sign,
+        sign_request(stack, sid, payee="echo", amount="1.00"),
+        DENIED,
+        "FIRST_PAYMENT_DENIED",
     )
     trace = trace_of(stack, decision_id_of(err))
     assert entry(trace["first_payment"]) == (
@@ -611,7 +622,7 @@ def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> N
         "first payment",
     )
     assert entry(trace["payee_allowlist"])[:2] == ("allow", "PAYEE_ALLOWED_BY_PATTERN")
-    resp = api.signer2.Sign(sign_request(stack, sid, payee="bravo"))
+    resp = api.signer2.Sign(sign_request(stack, sid, payee="bravo", amount="1.00"))
     assert signed(resp)
     assert entry(trace_of(stack, resp.decision_id)["first_payment"]) == (
         "allow",
@@ -620,7 +631,10 @@ def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> N
         "paid before",
     )
     assert_refused(
-        api.signer2.Sign, sign_request(stack, sid, payee="echo"), DENIED, "FIRST_PAYMENT_DENIED"
+        api.signer2.Sign,
+        sign_request(stack, sid, payee="echo", amount="1.00"),
+        DENIED,
+        "FIRST_PAYMENT_DENIED",
     )
     assert spent(api.sessions2, sid) == {"USD": "1.00"}
 
@@ -630,36 +644,45 @@ def test_recipient_diversity_per_session_and_per_day(
 ) -> None:
     s1 = open_session(api, agent="agent-2")
     for payee in ("alpha", "bravo"):
-        assert signed(api.signer2.Sign(sign_request(stack, s1, payee=payee)))
+        assert signed(api.signer2.Sign(sign_request(stack, s1, payee=payee, amount="1.00")))
     err = assert_refused(
         api.signer2.Sign,
-        sign_request(stack, s1, payee="charlie"),
+        sign_request(stack, s1, payee="charlie", amount="1.00"),
         DENIED,
         "SESSION_DIVERSITY_EXCEEDED",
     )
     rule = trace_of(stack, decision_id_of(err))["session_diversity"]
     assert entry(rule) == ("deny", "SESSION_DIVERSITY_EXCEEDED", "2", "3")
-    assert signed(api.signer2.Sign(sign_request(stack, s1, payee="alpha")))  # seen: fine
+    assert signed(
+        api.signer2.Sign(sign_request(stack, s1, payee="alpha", amount="1.00"))
+    )  # seen: fine
 
     stack.clock.advance(60)  # out of the velocity window
     s2 = open_session(api, agent="agent-2")
-    assert signed(api.signer2.Sign(sign_request(stack, s2, payee="charlie")))  # 3rd today
+    assert signed(
+        api.signer2.Sign(sign_request(stack, s2, payee="charlie", amount="1.00"))
+    )  # 3rd today
     err = assert_refused(
-        api.signer2.Sign, sign_request(stack, s2, payee="delta"), DENIED, "DAILY_DIVERSITY_EXCEEDED"
+        api.signer2.Sign,
+        sign_request(stack, s2, payee="delta", amount="1.00"),
+        DENIED,
+        "DAILY_DIVERSITY_EXCEEDED",
     )
     rule = trace_of(stack, decision_id_of(err))["daily_diversity"]
     assert entry(rule) == ("deny", "DAILY_DIVERSITY_EXCEEDED", "3", "4")
-    assert signed(api.signer2.Sign(sign_request(stack, s2, payee="bravo")))  # paid today
+    assert signed(
+        api.signer2.Sign(sign_request(stack, s2, payee="bravo", amount="1.00"))
+    )  # paid today
 
     advance_to(stack, fresh_day + DAY + 12 * 3600)  # the next day
     s3 = open_session(api, agent="agent-2")
-    assert signed(api.signer2.Sign(sign_request(stack, s3, payee="delta")))
+    assert signed(api.signer2.Sign(sign_request(stack, s3, payee="delta", amount="1.00")))
 
 
 def test_allowed_hours(api: Api, stack: Stack, fresh_day: int) -> None:
     def pay_at(t: int) -> signer_pb2.SignRequest:
         advance_to(stack, t)
-        return sign_request(stack, open_session(api, agent="agent-2"), payee="alpha")
+        return sign_request(stack, open_session(api, agent="agent-2"), payee="alpha", amount="1.00")
 
     assert signed(api.signer2.Sign(pay_at(fresh_day + 12 * 3600 + 60)))
     assert signed(api.signer2.Sign(pay_at(fresh_day + 16 * 3600 + 59 * 60)))
@@ -746,7 +769,9 @@ def test_purpose_text_changes_neither_decision_nor_trace(
     # asset has no daily limit, so the agent's facts stay the same from one request
     # to the next; each request has a fresh session with the same budget.
     warm = open_session(api, budgets={"EMAIL": "300.00"})
-    assert signed(api.signer.Sign(sign_request(stack, warm, asset="EMAIL", payee="globex")))
+    assert signed(
+        api.signer.Sign(sign_request(stack, warm, asset="EMAIL", payee="globex", amount="1.00"))
+    )
 
     start_of_second(stack)  # same second for all: the same "now" in every trace
     sessions = [open_session(api, budgets={"EMAIL": "300.00"}, ttl=600) for _ in range(3)]

@@ -28,7 +28,8 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.helpers import Stack, new_nonce, reason_of
+from tests.helpers import Stack, reason_of
+from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused
 
 grpc_max_workers = 64
@@ -157,22 +158,6 @@ def executing(api: Api, lines: list[Line], **kw: Any) -> str:
     return sid
 
 
-def sign_request(stack: Stack, session_id: str, /, **fields: Any) -> signer_pb2.SignRequest:
-    values: dict[str, Any] = {
-        "session_id": session_id,
-        "key_id": "payments.v1",
-        "payee": "acme-data",
-        "amount": "10.00",
-        "asset": "USD",
-        "reference": "inv-1",
-        "purpose": "",
-        "nonce": new_nonce(),
-        "expires_at": int(stack.clock.now()) + 60,
-    }
-    values.update(fields)
-    return signer_pb2.SignRequest(intent=signer_pb2.PaymentIntent(**values))
-
-
 def get_session(api: Api, session_id: str) -> sessions_pb2.Session:
     return api.agent_sessions.GetSession(
         sessions_pb2.GetSessionRequest(session_id=session_id)
@@ -211,7 +196,7 @@ def test_explore_commit_execute(api: Api, stack: Stack) -> None:
     assert (session.phase, session.state, list(session.plan)) == ("explore", "open", [])
     sid = session.session_id
 
-    early = sign_request(stack, sid)
+    early = sign_request(stack, sid, amount="10.00")
     err = assert_refused(api.signer.Sign, early, PRECONDITION, "SESSION_IN_EXPLORE_PHASE")
     trace = json.loads(stack.store.get_decision(decision_id_of(err)).trace_json)
     (phase,) = [r for r in trace if r["rule"] == "session_phase"]
@@ -266,7 +251,9 @@ def test_commit_only_in_an_open_exploring_session(api: Api, stack: Stack) -> Non
         PRECONDITION,
         "SESSION_NOT_EXPLORING",
     )
-    assert is_signed(api.signer.Sign(sign_request(stack, normal.session_id, payee="initech")))
+    assert is_signed(
+        api.signer.Sign(sign_request(stack, normal.session_id, payee="initech", amount="10.00"))
+    )
 
     closed = open_session(api).session_id
     api.planner.CloseSession(sessions_pb2.CloseSessionRequest(session_id=closed))
@@ -284,9 +271,11 @@ def test_commit_only_in_an_open_exploring_session(api: Api, stack: Stack) -> Non
 
 def test_closing_an_executing_session_stops_it(api: Api, stack: Stack) -> None:
     sid = executing(api, [("acme-data", "USD", "10.00", 3)])
-    assert is_signed(api.signer.Sign(sign_request(stack, sid)))
+    assert is_signed(api.signer.Sign(sign_request(stack, sid, amount="10.00")))
     api.planner.CloseSession(sessions_pb2.CloseSessionRequest(session_id=sid))
-    assert_refused(api.signer.Sign, sign_request(stack, sid), PRECONDITION, "SESSION_CLOSED")
+    assert_refused(
+        api.signer.Sign, sign_request(stack, sid, amount="10.00"), PRECONDITION, "SESSION_CLOSED"
+    )
     assert used(api, sid) == [1]
 
 
@@ -297,7 +286,10 @@ def test_payments_outside_the_plan_are_denied(api: Api, stack: Stack) -> None:
     sid = executing(api, [("acme-data", "USD", "25.00", 2), ("globex", "USD", "150.00", 1)])
     # initech is allowed by the pack and the session, but not in the plan
     err = assert_refused(
-        api.signer.Sign, sign_request(stack, sid, payee="initech"), DENIED, "PLAN_NO_MATCH"
+        api.signer.Sign,
+        sign_request(stack, sid, payee="initech", amount="10.00"),
+        DENIED,
+        "PLAN_NO_MATCH",
     )
     trace = json.loads(stack.store.get_decision(decision_id_of(err)).trace_json)
     (line,) = [r for r in trace if r["rule"] == "plan_line"]
@@ -308,7 +300,10 @@ def test_payments_outside_the_plan_are_denied(api: Api, stack: Stack) -> None:
     )
     # a payee the pack does not allow is refused for that first
     assert_refused(
-        api.signer.Sign, sign_request(stack, sid, payee="stranger"), DENIED, "PAYEE_NOT_ALLOWED"
+        api.signer.Sign,
+        sign_request(stack, sid, payee="stranger", amount="10.00"),
+        DENIED,
+        "PAYEE_NOT_ALLOWED",
     )
     # the plan does not widen the pack: globex's line allows 150.00, the pack 100.00
     assert_refused(
@@ -497,7 +492,10 @@ def test_invalid_plan_is_refused_and_changes_nothing(
     after = get_session(api, sid)
     assert (after.phase, list(after.plan)) == ("explore", [])
     assert_refused(
-        api.signer.Sign, sign_request(stack, sid), PRECONDITION, "SESSION_IN_EXPLORE_PHASE"
+        api.signer.Sign,
+        sign_request(stack, sid, amount="10.00"),
+        PRECONDITION,
+        "SESSION_IN_EXPLORE_PHASE",
     )
     # the session can still commit a valid plan
     assert commit(api, sid, [GOOD]).phase == "execute"
@@ -535,7 +533,7 @@ def test_pack_requiring_a_plan_refuses_sessions_without_one(api: Api, stack: Sta
     assert (session.phase, session.pack_id) == ("explore", "plans-required")
     assert_refused(
         api.signer2.Sign,
-        sign_request(stack, session.session_id),
+        sign_request(stack, session.session_id, amount="10.00"),
         PRECONDITION,
         "SESSION_IN_EXPLORE_PHASE",
     )
@@ -543,7 +541,7 @@ def test_pack_requiring_a_plan_refuses_sessions_without_one(api: Api, stack: Sta
     assert is_signed(api.signer2.Sign(sign_request(stack, session.session_id, amount="30.00")))
     assert_refused(
         api.signer2.Sign,
-        sign_request(stack, session.session_id, payee="globex"),
+        sign_request(stack, session.session_id, payee="globex", amount="10.00"),
         DENIED,
         "PLAN_NO_MATCH",
     )

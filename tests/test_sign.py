@@ -25,11 +25,13 @@ from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
 from tests.helpers import Stack, new_nonce, reason_of
+from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused
 
 # pytest-grpc reads this: enough server threads for the concurrency test to race.
 grpc_max_workers = 64
 
+PURPOSE = "dataset for the report"  # what a request is for, unless a test says
 TASK = "Buy the 2024 weather dataset for the Q3 forecast report"
 CLAIMS = {
     "typ",
@@ -98,23 +100,6 @@ def open_session(
     ).session
 
 
-def sign_request(stack: Stack, session_id: str, /, **fields: Any) -> signer_pb2.SignRequest:
-    """A valid request for ``session_id`` (USD 1.00, expiring in 60 s), with overrides."""
-    values: dict[str, Any] = {
-        "session_id": session_id,
-        "key_id": "payments.v1",
-        "payee": "acme-data",
-        "amount": "1.00",
-        "asset": "USD",
-        "reference": "inv-1",
-        "purpose": "dataset for the report",
-        "nonce": new_nonce(),
-        "expires_at": int(stack.clock.now()) + 60,
-    }
-    values.update(fields)
-    return signer_pb2.SignRequest(intent=signer_pb2.PaymentIntent(**values))
-
-
 def with_fields(request: signer_pb2.SignRequest, **fields: Any) -> signer_pb2.SignRequest:
     """A copy of ``request`` with some intent fields changed (the nonce kept)."""
     copy = signer_pb2.SignRequest()
@@ -158,7 +143,7 @@ def start_of_second(stack: Stack) -> int:
 def test_sign_happy_path_payload_and_signature(api: Api, stack: Stack) -> None:
     session = open_session(api)
     before = int(stack.clock.now())
-    request = sign_request(stack, session.session_id, amount="5")
+    request = sign_request(stack, session.session_id, amount="5", purpose=PURPOSE)
     resp = api.signer.Sign(request)
     after = int(stack.clock.now())
 
@@ -214,20 +199,26 @@ def test_sign_happy_path_payload_and_signature(api: Api, stack: Stack) -> None:
 def test_another_agents_session_is_refused(api: Api, stack: Stack) -> None:
     session = open_session(api)
     assert_refused(
-        api.signer2.Sign, sign_request(stack, session.session_id), DENIED, "SESSION_AGENT_MISMATCH"
+        api.signer2.Sign,
+        sign_request(stack, session.session_id, amount="1.00", purpose=PURPOSE),
+        DENIED,
+        "SESSION_AGENT_MISMATCH",
     )
     assert spent(api, session.session_id) == {"USD": "0.00"}
 
 
 def test_closed_session_is_refused(api: Api, stack: Stack) -> None:
     session = open_session(api)
-    api.signer.Sign(sign_request(stack, session.session_id))
+    api.signer.Sign(sign_request(stack, session.session_id, amount="1.00", purpose=PURPOSE))
     closed = api.planner.CloseSession(
         sessions_pb2.CloseSessionRequest(session_id=session.session_id)
     ).session
     assert closed.state == "closed"
     assert_refused(
-        api.signer.Sign, sign_request(stack, session.session_id), PRECONDITION, "SESSION_CLOSED"
+        api.signer.Sign,
+        sign_request(stack, session.session_id, amount="1.00", purpose=PURPOSE),
+        PRECONDITION,
+        "SESSION_CLOSED",
     )
     assert spent(api, session.session_id) == {"USD": "1.00"}
 
@@ -236,7 +227,13 @@ def test_expired_session_is_refused(api: Api, stack: Stack) -> None:
     session = open_session(api, ttl=60)
     stack.clock.advance(61)
     assert get_session(api, session.session_id).state == "expired"
-    request = sign_request(stack, session.session_id, expires_at=int(stack.clock.now()) + 30)
+    request = sign_request(
+        stack,
+        session.session_id,
+        expires_at=int(stack.clock.now()) + 30,
+        amount="1.00",
+        purpose=PURPOSE,
+    )
     assert_refused(api.signer.Sign, request, PRECONDITION, "SESSION_EXPIRED")
     assert spent(api, session.session_id) == {"USD": "0.00"}
 
@@ -246,22 +243,30 @@ def test_expired_session_is_refused(api: Api, stack: Stack) -> None:
 
 def test_budget_exceeded(api: Api, stack: Stack) -> None:
     sid = open_session(api, {"USD": "10.00"}).session_id
-    api.signer.Sign(sign_request(stack, sid, amount="6.00"))
+    api.signer.Sign(sign_request(stack, sid, amount="6.00", purpose=PURPOSE))
     assert_refused(
-        api.signer.Sign, sign_request(stack, sid, amount="5.00"), DENIED, "BUDGET_EXCEEDED"
+        api.signer.Sign,
+        sign_request(stack, sid, amount="5.00", purpose=PURPOSE),
+        DENIED,
+        "BUDGET_EXCEEDED",
     )
     assert spent(api, sid) == {"USD": "6.00"}
-    api.signer.Sign(sign_request(stack, sid, amount="4.00"))  # exactly up to the budget
+    api.signer.Sign(
+        sign_request(stack, sid, amount="4.00", purpose=PURPOSE)
+    )  # exactly up to the budget
     assert_refused(
-        api.signer.Sign, sign_request(stack, sid, amount="0.01"), DENIED, "BUDGET_EXCEEDED"
+        api.signer.Sign,
+        sign_request(stack, sid, amount="0.01", purpose=PURPOSE),
+        DENIED,
+        "BUDGET_EXCEEDED",
     )
     assert spent(api, sid) == {"USD": "10.00"}
 
 
 def test_concurrent_signs_never_overspend(api: Api, stack: Stack) -> None:
     sid = open_session(api, {"USD": "10.00"}).session_id
-    api.signer.Sign(sign_request(stack, sid, amount="7.00"))
-    requests = [sign_request(stack, sid, amount="0.25") for _ in range(50)]
+    api.signer.Sign(sign_request(stack, sid, amount="7.00", purpose=PURPOSE))
+    requests = [sign_request(stack, sid, amount="0.25", purpose=PURPOSE) for _ in range(50)]
     assert len({r.intent.nonce for r in requests}) == 50
     barrier = threading.Barrier(50)
 
@@ -292,17 +297,17 @@ def test_concurrent_signs_never_overspend(api: Api, stack: Stack) -> None:
 
 def test_asset_not_in_session(api: Api, stack: Stack) -> None:
     sid = open_session(api, {"USD": "10.00"}).session_id
-    request = sign_request(stack, sid, asset="BTC", amount="0.001")
+    request = sign_request(stack, sid, asset="BTC", amount="0.001", purpose=PURPOSE)
     assert_refused(api.signer.Sign, request, DENIED, "ASSET_NOT_IN_SESSION")
     assert spent(api, sid) == {"USD": "0.00"}
 
 
 def test_payee_not_in_session(api: Api, stack: Stack) -> None:
     sid = open_session(api, allowed_payees=("acme-data", "globex")).session_id
-    request = sign_request(stack, sid, payee="evil-corp")
+    request = sign_request(stack, sid, payee="evil-corp", amount="1.00", purpose=PURPOSE)
     assert_refused(api.signer.Sign, request, DENIED, "PAYEE_NOT_IN_SESSION")
     assert spent(api, sid) == {"USD": "0.00"}
-    api.signer.Sign(sign_request(stack, sid, payee="globex"))
+    api.signer.Sign(sign_request(stack, sid, payee="globex", amount="1.00", purpose=PURPOSE))
     assert spent(api, sid) == {"USD": "1.00"}
 
 
@@ -311,7 +316,7 @@ def test_payee_not_in_session(api: Api, stack: Stack) -> None:
 
 def test_identical_retry_returns_the_same_result(api: Api, stack: Stack) -> None:
     sid = open_session(api).session_id
-    request = sign_request(stack, sid, amount="3.00")
+    request = sign_request(stack, sid, amount="3.00", purpose=PURPOSE)
     first = api.signer.Sign(request)
     second = api.signer.Sign(request)
     assert first.replayed_result is False
@@ -340,7 +345,7 @@ def test_same_nonce_different_request_is_replay(
     api: Api, stack: Stack, change: dict[str, Any]
 ) -> None:
     sid = open_session(api).session_id
-    request = sign_request(stack, sid)
+    request = sign_request(stack, sid, amount="1.00", purpose=PURPOSE)
     api.signer.Sign(request)
     if "expires_at_delta" in change:
         change = {"expires_at": request.intent.expires_at + change["expires_at_delta"]}
@@ -351,7 +356,7 @@ def test_same_nonce_different_request_is_replay(
 def test_nonce_is_single_use_across_one_agents_sessions(api: Api, stack: Stack) -> None:
     sid = open_session(api).session_id
     other = open_session(api).session_id
-    request = sign_request(stack, sid)
+    request = sign_request(stack, sid, amount="1.00", purpose=PURPOSE)
     api.signer.Sign(request)
     moved = with_fields(request, session_id=other)
     assert_refused(api.signer.Sign, moved, REPLAYED, "NONCE_REPLAYED")
@@ -368,8 +373,8 @@ def test_nonce_is_single_use_across_one_agents_sessions(api: Api, stack: Stack) 
 
 def test_denied_request_retried_gives_the_same_denial(api: Api, stack: Stack) -> None:
     sid = open_session(api, {"USD": "10.00"}).session_id
-    api.signer.Sign(sign_request(stack, sid, amount="9.00"))
-    request = sign_request(stack, sid, amount="2.00")
+    api.signer.Sign(sign_request(stack, sid, amount="9.00", purpose=PURPOSE))
+    request = sign_request(stack, sid, amount="2.00", purpose=PURPOSE)
     first = assert_refused(api.signer.Sign, request, DENIED, "BUDGET_EXCEEDED")
     second = assert_refused(api.signer.Sign, request, DENIED, "BUDGET_EXCEEDED")
     assert decision_of(first) is not None
@@ -394,7 +399,7 @@ def test_bad_expiry_is_refused_and_keeps_the_nonce(
 ) -> None:
     sid = open_session(api, ttl=ttl).session_id
     now = start_of_second(stack)
-    request = sign_request(stack, sid, expires_at=now + delta)
+    request = sign_request(stack, sid, expires_at=now + delta, amount="1.00", purpose=PURPOSE)
     assert_refused(api.signer.Sign, request, INVALID, reason)
     assert spent(api, sid) == {"USD": "0.00"}
     retry = with_fields(request, expires_at=int(stack.clock.now()) + 30)
@@ -407,10 +412,16 @@ def test_bad_expiry_is_refused_and_keeps_the_nonce(
 def test_expiry_boundaries_are_accepted(api: Api, stack: Stack) -> None:
     sid = open_session(api).session_id
     now = start_of_second(stack)
-    api.signer.Sign(sign_request(stack, sid, expires_at=now + 300))
+    api.signer.Sign(sign_request(stack, sid, expires_at=now + 300, amount="1.00", purpose=PURPOSE))
     short = open_session(api, ttl=100)
-    api.signer.Sign(sign_request(stack, short.session_id, expires_at=short.expires_at))
-    late = sign_request(stack, short.session_id, expires_at=short.expires_at + 1)
+    api.signer.Sign(
+        sign_request(
+            stack, short.session_id, expires_at=short.expires_at, amount="1.00", purpose=PURPOSE
+        )
+    )
+    late = sign_request(
+        stack, short.session_id, expires_at=short.expires_at + 1, amount="1.00", purpose=PURPOSE
+    )
     assert_refused(api.signer.Sign, late, INVALID, "EXPIRY_AFTER_SESSION")
 
 
@@ -488,7 +499,8 @@ def test_malformed_field_is_invalid_argument(
 ) -> None:
     sid = shared_session.session_id
     if "session_id" in fields:
-        fields = {"session_id": fields["session_id"].replace("<sid>", sid)}
+        sid, fields = fields["session_id"].replace("<sid>", sid), {}
+    fields = {"amount": "1.00", "purpose": PURPOSE, **fields}
     assert_refused(api.signer.Sign, sign_request(stack, sid, **fields), INVALID, reason)
 
 
@@ -501,20 +513,22 @@ def test_service_keeps_serving_after_malformed_requests(
         if "session_id" in fields:
             continue
         try:
-            api.signer.Sign(sign_request(stack, sid, **fields))
+            api.signer.Sign(
+                sign_request(stack, sid, **{"amount": "1.00", "purpose": PURPOSE, **fields})
+            )
         except grpc.RpcError as err:
             assert err.code() == INVALID, name
         else:
             signed.append(name)
     assert spent(api, sid) == {"BTC": "0.00000000", "JPY": "0", "USD": "0.00"}
     assert signed == []
-    resp = api.signer.Sign(sign_request(stack, sid, amount="2.50"))
+    resp = api.signer.Sign(sign_request(stack, sid, amount="2.50", purpose=PURPOSE))
     assert json.loads(resp.canonical_payload)["amount"] == "2.50"
     assert spent(api, sid) == {"BTC": "0.00000000", "JPY": "0", "USD": "2.50"}
 
 
 def test_unknown_session_is_not_found(api: Api, stack: Stack) -> None:
-    request = sign_request(stack, "ses_" + "A" * 43)
+    request = sign_request(stack, "ses_" + "A" * 43, amount="1.00", purpose=PURPOSE)
     assert_refused(api.signer.Sign, request, grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
 
 
@@ -523,7 +537,9 @@ def test_unknown_session_is_not_found(api: Api, stack: Stack) -> None:
 
 def test_payee_is_signed_in_nfc(api: Api, stack: Stack) -> None:
     sid = open_session(api, allowed_payees=("caf\u00e9",)).session_id
-    resp = api.signer.Sign(sign_request(stack, sid, payee="cafe\u0301"))
+    resp = api.signer.Sign(
+        sign_request(stack, sid, payee="cafe\u0301", amount="1.00", purpose=PURPOSE)
+    )
     payee = json.loads(resp.canonical_payload)["payee"]
     assert payee == "caf\u00e9"
     assert "caf\u00e9".encode() in resp.canonical_payload
