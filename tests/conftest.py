@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -24,6 +25,7 @@ from tests.helpers import (
     TestToken,
     write_config,
 )
+from tests.support.clients import Api, Dial
 
 AGENTS = ("agent-1", "agent-2")
 PLANNERS = ("planner-1", "planner-2")
@@ -222,3 +224,16 @@ def grpc_create_channel(grpc_addr: str, grpc_server: grpc.Server, pki: Pki) -> o
 def grpc_channel(grpc_create_channel: object) -> Iterator[grpc.Channel]:
     with grpc_create_channel("agent", "agent-1") as channel:  # type: ignore[operator]
         yield channel
+
+
+@pytest.fixture(scope="module")
+def dial(grpc_create_channel: Dial) -> Iterator[Dial]:
+    """Channels by (role, principal) to the module's in-process server, closed at the end."""
+    with ExitStack() as channels:
+        yield lambda role, who: channels.enter_context(grpc_create_channel(role, who))
+
+
+@pytest.fixture(scope="module")
+def api(dial: Dial) -> Api:
+    """Stubs on the module's in-process server, by identity (see tests/support/clients.py)."""
+    return Api(dial)

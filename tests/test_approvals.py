@@ -12,10 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -24,14 +21,13 @@ from joserfc import jws
 from joserfc.jwk import KeySet
 from paywarden.v1 import (
     approvals_pb2,
-    approvals_pb2_grpc,
     sessions_pb2,
     sessions_pb2_grpc,
     signer_pb2,
-    signer_pb2_grpc,
 )
 
 from tests.helpers import Stack
+from tests.support.clients import Api
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused
 
@@ -85,54 +81,6 @@ DENIED = grpc.StatusCode.PERMISSION_DENIED
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-@dataclass
-class Api:
-    planner: sessions_pb2_grpc.SessionsStub  # planner-1
-    planner2: sessions_pb2_grpc.SessionsStub  # planner-2
-    signer: signer_pb2_grpc.SignerStub  # agent-1
-    signer2: signer_pb2_grpc.SignerStub  # agent-2
-    agent_sessions: sessions_pb2_grpc.SessionsStub  # agent-1
-    agent2_sessions: sessions_pb2_grpc.SessionsStub  # agent-2
-    approvers: dict[str, approvals_pb2_grpc.ApprovalsStub]  # approver certificates by id
-    others: dict[str, approvals_pb2_grpc.ApprovalsStub]  # non-approver roles
-
-    def approver(self, principal: str) -> approvals_pb2_grpc.ApprovalsStub:
-        return self.approvers[principal]
-
-
-@pytest.fixture(scope="module")
-def api(grpc_create_channel: Callable[[str, str], grpc.Channel]) -> Iterator[Api]:
-    with ExitStack() as stack:
-
-        def dial(role: str, principal: str) -> grpc.Channel:
-            return stack.enter_context(grpc_create_channel(role, principal))
-
-        planner, agent, agent2 = (
-            dial("planner", "planner-1"),
-            dial("agent", "agent-1"),
-            dial("agent", "agent-2"),
-        )
-        approvers = {
-            p: approvals_pb2_grpc.ApprovalsStub(dial("approver", p))
-            for p in ("approver-1", "approver-2", "approver-3", "agent-1", "planner-1")
-        }
-        others = {
-            "agent": approvals_pb2_grpc.ApprovalsStub(agent),
-            "planner": approvals_pb2_grpc.ApprovalsStub(planner),
-            "operator": approvals_pb2_grpc.ApprovalsStub(dial("operator", "operator-1")),
-        }
-        yield Api(
-            planner=sessions_pb2_grpc.SessionsStub(planner),
-            planner2=sessions_pb2_grpc.SessionsStub(dial("planner", "planner-2")),
-            signer=signer_pb2_grpc.SignerStub(agent),
-            signer2=signer_pb2_grpc.SignerStub(agent2),
-            agent_sessions=sessions_pb2_grpc.SessionsStub(agent),
-            agent2_sessions=sessions_pb2_grpc.SessionsStub(agent2),
-            approvers=approvers,
-            others=others,
-        )
 
 
 # -- helpers -------------------------------------------------------------------
@@ -462,7 +410,7 @@ def test_other_roles_cannot_use_approvals(api: Api, stack: Stack, role: str, met
         "ListPending": approvals_pb2.ListPendingRequest(),
         "GetApproval": approvals_pb2.GetApprovalRequest(approval_id=resp.approval_id),
     }
-    stub = api.others[role]
+    stub = api.approvals(role, f"{role}-1")
     assert_refused(getattr(stub, method), bodies[method], DENIED, "ROLE_NOT_ALLOWED")
     assert get_approval(api, resp.approval_id).state == "pending"
 

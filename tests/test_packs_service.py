@@ -24,19 +24,17 @@ import hashlib
 import json
 import math
 import threading
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2
 
 from tests.helpers import Stack, new_nonce, reason_of
+from tests.support.clients import Api
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused
 
@@ -171,30 +169,6 @@ INJECTIONS = (
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 DAY = 86_400
-
-
-@dataclass
-class Api:
-    planner: sessions_pb2_grpc.SessionsStub  # planner-1
-    signer: signer_pb2_grpc.SignerStub  # agent-1
-    signer2: signer_pb2_grpc.SignerStub  # agent-2 (through the group)
-    sessions: sessions_pb2_grpc.SessionsStub  # agent-1
-    sessions2: sessions_pb2_grpc.SessionsStub  # agent-2
-
-
-@pytest.fixture(scope="module")
-def api(grpc_create_channel: Callable[[str, str], grpc.Channel]) -> Iterator[Api]:
-    with ExitStack() as stack:
-        planner = stack.enter_context(grpc_create_channel("planner", "planner-1"))
-        agent = stack.enter_context(grpc_create_channel("agent", "agent-1"))
-        agent2 = stack.enter_context(grpc_create_channel("agent", "agent-2"))
-        yield Api(
-            planner=sessions_pb2_grpc.SessionsStub(planner),
-            signer=signer_pb2_grpc.SignerStub(agent),
-            signer2=signer_pb2_grpc.SignerStub(agent2),
-            sessions=sessions_pb2_grpc.SessionsStub(agent),
-            sessions2=sessions_pb2_grpc.SessionsStub(agent2),
-        )
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +355,7 @@ def test_narrower_session_is_opened_and_enforced(api: Api, stack: Stack) -> None
         "PAYEE_NOT_IN_SESSION",
     )
     assert signed(api.signer.Sign(sign_request(stack, sid, payee="vendor-12", amount="5.00")))
-    assert spent(api.sessions, sid) == {"EMAIL": "0.00", "USD": "5.00"}
+    assert spent(api.agent_sessions, sid) == {"EMAIL": "0.00", "USD": "5.00"}
 
 
 # -- what the pack allows: asset, key, payee -----------------------------------------
@@ -432,7 +406,7 @@ def test_pack_denies_key_and_payee(
     )
     denials = [r for r in trace_of(stack, decision_id_of(err)).values() if r["outcome"] == "deny"]
     assert denials[0]["reason"] == reason
-    assert spent(api.sessions, sid) == {"EMAIL": "0.00", "USD": "0.00"}
+    assert spent(api.agent_sessions, sid) == {"EMAIL": "0.00", "USD": "0.00"}
 
 
 def test_confusable_trace_names_the_allowed_twin(api: Api, stack: Stack) -> None:
@@ -461,7 +435,7 @@ def test_allowed_keys_and_payees_sign(api: Api, stack: Stack, asset: str, key: s
         )
         assert signed(resp), payee
         assert json.loads(resp.canonical_payload)["payee"] == payee
-    assert spent(api.sessions, sid)[asset] == "3.00"
+    assert spent(api.agent_sessions, sid)[asset] == "3.00"
 
 
 def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack) -> None:
@@ -522,8 +496,8 @@ def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
     for sid, amounts in ((a, ["40.00"] * 3), (b, ["40.00"] * 2)):
         for amount in amounts:
             assert signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))
-    assert spent(api.sessions, a) == {"USD": "120.00"}
-    assert spent(api.sessions, b) == {"USD": "80.00"}  # 70.00 left in b's own budget
+    assert spent(api.agent_sessions, a) == {"USD": "120.00"}
+    assert spent(api.agent_sessions, b) == {"USD": "80.00"}  # 70.00 left in b's own budget
     err = assert_refused(
         api.signer.Sign, sign_request(stack, b, amount="0.01"), DENIED, "DAILY_LIMIT_EXCEEDED"
     )
@@ -575,7 +549,7 @@ def test_held_payment_counts_against_the_daily_limit_until_it_expires(
     )
     stack.clock.advance(31)  # the held payment expired: its 50.00 no longer counts
     assert signed(api.signer.Sign(sign_request(stack, b, amount="40.00")))
-    assert spent(api.sessions, b) == {"USD": "70.00"}
+    assert spent(api.agent_sessions, b) == {"USD": "70.00"}
 
 
 def test_velocity(api: Api, stack: Stack) -> None:
@@ -603,7 +577,7 @@ def test_velocity(api: Api, stack: Stack) -> None:
     )
     advance_to(stack, t0 + 60)  # now it has left the window
     assert signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00")))
-    assert spent(api.sessions2, sid) == {"USD": "4.00"}
+    assert spent(api.agent2_sessions, sid) == {"USD": "4.00"}
 
 
 def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> None:
@@ -636,7 +610,7 @@ def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> N
         DENIED,
         "FIRST_PAYMENT_DENIED",
     )
-    assert spent(api.sessions2, sid) == {"USD": "1.00"}
+    assert spent(api.agent2_sessions, sid) == {"USD": "1.00"}
 
 
 def test_recipient_diversity_per_session_and_per_day(
@@ -828,5 +802,5 @@ def test_concurrent_signs_never_pass_the_daily_limit(api: Api, stack: Stack) -> 
         sum(int(json.loads(r.canonical_payload)["amount"].replace(".", "")) for r in ok) + 19_000
     )
     assert total == 20_000
-    spent_a, spent_b = spent(api.sessions, a)["USD"], spent(api.sessions, b)["USD"]
+    spent_a, spent_b = spent(api.agent_sessions, a)["USD"], spent(api.agent_sessions, b)["USD"]
     assert int(spent_a.replace(".", "")) + int(spent_b.replace(".", "")) == 20_000

@@ -11,24 +11,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
 from paywarden.v1 import (
     approvals_pb2,
-    approvals_pb2_grpc,
     sessions_pb2,
-    sessions_pb2_grpc,
     signer_pb2,
-    signer_pb2_grpc,
 )
 
 from tests.helpers import Stack, reason_of
+from tests.support.clients import Api
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused
 
@@ -84,34 +79,6 @@ PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 Line = tuple[str, str, str, int]  # payee, asset, max_amount, count
-
-
-@dataclass
-class Api:
-    planner: sessions_pb2_grpc.SessionsStub  # planner-1
-    planner2: sessions_pb2_grpc.SessionsStub  # planner-2
-    agent_sessions: sessions_pb2_grpc.SessionsStub  # agent-1
-    signer: signer_pb2_grpc.SignerStub  # agent-1
-    signer2: signer_pb2_grpc.SignerStub  # agent-2
-    approvals: approvals_pb2_grpc.ApprovalsStub  # approver-1
-
-
-@pytest.fixture(scope="module")
-def api(grpc_create_channel: Callable[[str, str], grpc.Channel]) -> Iterator[Api]:
-    with ExitStack() as stack:
-
-        def dial(role: str, principal: str) -> grpc.Channel:
-            return stack.enter_context(grpc_create_channel(role, principal))
-
-        agent = dial("agent", "agent-1")
-        yield Api(
-            planner=sessions_pb2_grpc.SessionsStub(dial("planner", "planner-1")),
-            planner2=sessions_pb2_grpc.SessionsStub(dial("planner", "planner-2")),
-            agent_sessions=sessions_pb2_grpc.SessionsStub(agent),
-            signer=signer_pb2_grpc.SignerStub(agent),
-            signer2=signer_pb2_grpc.SignerStub(dial("agent", "agent-2")),
-            approvals=approvals_pb2_grpc.ApprovalsStub(dial("approver", "approver-1")),
-        )
 
 
 # -- helpers -------------------------------------------------------------------
@@ -387,8 +354,14 @@ def test_concurrent_payments_never_overuse_a_line(api: Api, stack: Stack) -> Non
 
 def vote(api: Api, approval_id: str, approve: bool) -> approvals_pb2.Approval:
     if approve:
-        return api.approvals.Approve(approvals_pb2.ApproveRequest(approval_id=approval_id)).approval
-    return api.approvals.Deny(approvals_pb2.DenyRequest(approval_id=approval_id)).approval
+        return (
+            api.approver("approver-1")
+            .Approve(approvals_pb2.ApproveRequest(approval_id=approval_id))
+            .approval
+        )
+    return (
+        api.approver("approver-1").Deny(approvals_pb2.DenyRequest(approval_id=approval_id)).approval
+    )
 
 
 def test_pending_payment_holds_its_line_until_denied(api: Api, stack: Stack) -> None:

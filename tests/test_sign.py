@@ -12,9 +12,7 @@ import hashlib
 import json
 import math
 import threading
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -22,9 +20,10 @@ import pytest
 from joserfc import jws
 from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import sessions_pb2, signer_pb2
 
 from tests.helpers import Stack, new_nonce, reason_of
+from tests.support.clients import Api
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused
 
@@ -52,29 +51,6 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 REPLAYED = grpc.StatusCode.ALREADY_EXISTS
-
-
-@dataclass
-class Api:
-    planner: sessions_pb2_grpc.SessionsStub  # planner-1
-    signer: signer_pb2_grpc.SignerStub  # agent-1
-    agent_sessions: sessions_pb2_grpc.SessionsStub  # agent-1
-    signer2: signer_pb2_grpc.SignerStub  # agent-2
-
-
-@pytest.fixture(scope="module")
-def api(grpc_create_channel: Callable[[str, str], grpc.Channel]) -> Iterator[Api]:
-    with (
-        grpc_create_channel("planner", "planner-1") as planner,
-        grpc_create_channel("agent", "agent-1") as agent,
-        grpc_create_channel("agent", "agent-2") as agent2,
-    ):
-        yield Api(
-            planner=sessions_pb2_grpc.SessionsStub(planner),
-            signer=signer_pb2_grpc.SignerStub(agent),
-            agent_sessions=sessions_pb2_grpc.SessionsStub(agent),
-            signer2=signer_pb2_grpc.SignerStub(agent2),
-        )
 
 
 # -- helpers -------------------------------------------------------------------

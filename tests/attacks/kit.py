@@ -8,15 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.payments import IntentFields
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2
 
 from tests.helpers import new_nonce
 
@@ -24,17 +22,6 @@ from tests.helpers import new_nonce
 AGENT = Principal(Role.AGENT, "agent-1")
 PLANNER = Principal(Role.PLANNER, "planner-1")
 OPERATOR = Principal(Role.OPERATOR, "operator-1")
-
-Dial = Callable[[str, str], grpc.Channel]
-"""(role, principal) -> a channel that presents that principal's certificate."""
-
-
-@dataclass
-class Api:
-    """planner-1's Sessions stub and agent-1's Signer stub."""
-
-    planner: sessions_pb2_grpc.SessionsStub
-    signer: signer_pb2_grpc.SignerStub
 
 
 def open_session(

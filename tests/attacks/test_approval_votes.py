@@ -21,8 +21,9 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import Dial, open_session, payment_intent, stored_records
+from tests.attacks.kit import open_session, payment_intent, stored_records
 from tests.helpers import Stack, reason_of
+from tests.support.clients import Dial
 
 PACK = """
 id = "votes"

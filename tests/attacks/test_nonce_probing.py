@@ -21,8 +21,9 @@ from joserfc import jws
 from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import Dial, open_session, payment_intent
+from tests.attacks.kit import open_session, payment_intent
 from tests.helpers import Stack, new_nonce, reason_of
+from tests.support.clients import Dial
 
 
 def _session(dial: Dial, agent: str, budget: str = "100.00") -> str:

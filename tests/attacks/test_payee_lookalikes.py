@@ -17,8 +17,9 @@ import pytest
 from paywarden.policy.payees import skeleton
 from paywarden.v1 import signer_pb2
 
-from tests.attacks.kit import Api, open_session, payment_intent
+from tests.attacks.kit import open_session, payment_intent
 from tests.helpers import Stack, reason_of
+from tests.support.clients import Api
 
 PACK = """
 id = "cdn"

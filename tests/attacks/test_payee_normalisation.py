@@ -25,8 +25,8 @@ from paywarden.policy.payees import normalise
 from paywarden.v1 import signer_pb2
 
 from tests.attacks import kit
-from tests.attacks.kit import Api
 from tests.helpers import Stack, reason_of
+from tests.support.clients import Api
 
 PACK = """
 id = "mail"

@@ -1,0 +1,79 @@
+"""One client for the in-process stack: stubs by identity, each channel dialled once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from paywarden.v1 import (
+    approvals_pb2_grpc,
+    control_pb2_grpc,
+    sessions_pb2_grpc,
+    signer_pb2_grpc,
+)
+
+Dial = Callable[[str, str], grpc.Channel]
+"""(role, principal) -> a channel that presents that principal's certificate."""
+
+
+class Api:
+    """Stubs on one server. A channel per (role, principal), opened on first use and
+    closed by whoever owns ``dial`` (the module-scoped ``dial`` fixture)."""
+
+    def __init__(self, dial: Dial) -> None:
+        self._dial = dial
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
+
+    def channel(self, role: str, principal: str) -> grpc.Channel:
+        key = (role, principal)
+        if key not in self._channels:
+            self._channels[key] = self._dial(role, principal)
+        return self._channels[key]
+
+    def sessions(self, role: str, principal: str) -> sessions_pb2_grpc.SessionsStub:
+        return sessions_pb2_grpc.SessionsStub(self.channel(role, principal))
+
+    def signer_of(self, agent: str) -> signer_pb2_grpc.SignerStub:
+        return signer_pb2_grpc.SignerStub(self.channel("agent", agent))
+
+    def approvals(self, role: str, principal: str) -> approvals_pb2_grpc.ApprovalsStub:
+        return approvals_pb2_grpc.ApprovalsStub(self.channel(role, principal))
+
+    def approver(self, principal: str) -> approvals_pb2_grpc.ApprovalsStub:
+        """Approvals as ``principal`` with an approver certificate."""
+        return self.approvals("approver", principal)
+
+    def control(self, role: str, principal: str) -> control_pb2_grpc.ControlStub:
+        return control_pb2_grpc.ControlStub(self.channel(role, principal))
+
+    # The callers most tests use.
+
+    @property
+    def planner(self) -> sessions_pb2_grpc.SessionsStub:
+        """planner-1's Sessions stub."""
+        return self.sessions("planner", "planner-1")
+
+    @property
+    def planner2(self) -> sessions_pb2_grpc.SessionsStub:
+        """planner-2's Sessions stub."""
+        return self.sessions("planner", "planner-2")
+
+    @property
+    def signer(self) -> signer_pb2_grpc.SignerStub:
+        """agent-1's Signer stub."""
+        return self.signer_of("agent-1")
+
+    @property
+    def signer2(self) -> signer_pb2_grpc.SignerStub:
+        """agent-2's Signer stub."""
+        return self.signer_of("agent-2")
+
+    @property
+    def agent_sessions(self) -> sessions_pb2_grpc.SessionsStub:
+        """agent-1's Sessions stub."""
+        return self.sessions("agent", "agent-1")
+
+    @property
+    def agent2_sessions(self) -> sessions_pb2_grpc.SessionsStub:
+        """agent-2's Sessions stub."""
+        return self.sessions("agent", "agent-2")
