@@ -31,9 +31,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from paywarden.v1 import (
     approvals_pb2,
-    approvals_pb2_grpc,
     control_pb2,
-    control_pb2_grpc,
     sessions_pb2,
     sessions_pb2_grpc,
     signer_pb2,
@@ -52,6 +50,7 @@ from tests.helpers import (
     serve,
     write_config,
 )
+from tests.support.clients import Api
 
 FLEET = tuple(f"fleet-{i}" for i in range(20))
 KEYS = ("payments.v1", "payments.v2")
@@ -249,32 +248,16 @@ def sign(stub: signer_pb2_grpc.SignerStub, agent: str, req: signer_pb2.PaymentIn
     return a
 
 
-class Api:
-    """Stubs over channels opened once per test (one channel per identity)."""
+class ServedApi(Api):
+    """The shared client on a ``paywarden serve`` process (channels opened once per
+    test, one per identity), with the kill-switch operations."""
 
     def __init__(self, srv: ServeProcess, pki: Pki, stack: ExitStack) -> None:
-        self.srv, self.pki, self._stack = srv, pki, stack
-        self._channels: dict[tuple[str, str], grpc.Channel] = {}
-
-    def channel(self, role: str, principal: str) -> grpc.Channel:
-        if (role, principal) not in self._channels:
-            ch = self._stack.enter_context(self.pki.channel(self.srv.addr, role, principal))
-            self._channels[role, principal] = ch
-        return self._channels[role, principal]
-
-    def signer(self, agent: str) -> signer_pb2_grpc.SignerStub:
-        return signer_pb2_grpc.SignerStub(self.channel("agent", agent))
-
-    def control(
-        self, role: str = "operator", principal: str = OPERATOR
-    ) -> control_pb2_grpc.ControlStub:
-        return control_pb2_grpc.ControlStub(self.channel(role, principal))
-
-    def approvals(self, role: str, principal: str) -> approvals_pb2_grpc.ApprovalsStub:
-        return approvals_pb2_grpc.ApprovalsStub(self.channel(role, principal))
+        super().__init__(lambda role, who: stack.enter_context(pki.channel(srv.addr, role, who)))
+        self.srv, self.pki = srv, pki
 
     def sign(self, agent: str, req: signer_pb2.PaymentIntent) -> Attempt:
-        return sign(self.signer(agent), agent, req)
+        return sign(self.signer_of(agent), agent, req)
 
     def open_session(self, agent: str, budget: str = "5000.00") -> str:
         stub = sessions_pb2_grpc.SessionsStub(self.channel("planner", "planner-1"))
@@ -315,9 +298,9 @@ class Api:
 
 
 @contextmanager
-def running(config: Path, pki: Pki) -> Iterator[Api]:
+def running(config: Path, pki: Pki) -> Iterator[ServedApi]:
     with serve(config) as srv, ExitStack() as stack:
-        yield Api(srv, pki, stack)
+        yield ServedApi(srv, pki, stack)
 
 
 def rpc_error(call: Callable[[], object]) -> tuple[str, str | None]:
@@ -407,7 +390,9 @@ def poll(
 class Fleet:
     """One thread per agent, each with its own channel, cycling over its sessions and keys."""
 
-    def __init__(self, api: Api, agents: tuple[str, ...], sessions_per_agent: int = 2) -> None:
+    def __init__(
+        self, api: ServedApi, agents: tuple[str, ...], sessions_per_agent: int = 2
+    ) -> None:
         self.api = api
         self.agents = agents
         self.sessions = {
@@ -842,7 +827,7 @@ def breaker_config(tmp_path: Path, token: TestToken, pki: Pki) -> Path:
     )
 
 
-def trip_rejection_breaker(api: Api) -> tuple[str, list[Attempt]]:
+def trip_rejection_breaker(api: ServedApi) -> tuple[str, list[Attempt]]:
     """agent-1: three rejections, a payment, a fourth rejection (the breaker trips)."""
     sid = api.open_session("agent-1")
     seen = [api.sign("agent-1", intent(sid, payee="unknown-vendor")) for _ in range(3)]

@@ -27,21 +27,21 @@ from paywarden.v1 import signer_pb2
 
 from tests.attacks.kit import AGENT, PLANNER, intent_fields
 from tests.helpers import Pki, Stack, TestToken, reason_of, write_config
-from tests.test_killswitch import Api, intent, metric, poll, running, scrape
+from tests.test_killswitch import ServedApi, intent, metric, poll, running, scrape
 
 DEADLINE = 2.0  # the clients' deadline, seconds
 
 
-def _sign_within(api: Api, req: signer_pb2.PaymentIntent, timeout: float) -> tuple[str, Any]:
+def _sign_within(api: ServedApi, req: signer_pb2.PaymentIntent, timeout: float) -> tuple[str, Any]:
     try:
-        resp = api.signer("agent-1").Sign(signer_pb2.SignRequest(intent=req), timeout=timeout)
+        resp = api.signer_of("agent-1").Sign(signer_pb2.SignRequest(intent=req), timeout=timeout)
     except grpc.RpcError as exc:
         err: Any = exc
         return err.code().name, reason_of(err)
     return "OK", resp.jws
 
 
-def _answered(api: Api) -> float:
+def _answered(api: ServedApi) -> float:
     return metric(scrape(api.srv), "paywarden_sign_latency_seconds_count") or 0.0
 
 

@@ -43,7 +43,9 @@ class Api:
         """Approvals as ``principal`` with an approver certificate."""
         return self.approvals("approver", principal)
 
-    def control(self, role: str, principal: str) -> control_pb2_grpc.ControlStub:
+    def control(
+        self, role: str = "operator", principal: str = "operator-1"
+    ) -> control_pb2_grpc.ControlStub:
         return control_pb2_grpc.ControlStub(self.channel(role, principal))
 
     # The callers most tests use.
