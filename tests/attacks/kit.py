@@ -5,7 +5,6 @@ The values a test cares about (budget, payee, amount, expiry) stay at the call s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -13,10 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from paywarden.signer.identity import Principal, Role
-from paywarden.signer.payments import IntentFields
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2
-
-from tests.helpers import new_nonce
+from paywarden.v1 import sessions_pb2, sessions_pb2_grpc
 
 # The callers a test names when it calls the service in process, not over gRPC.
 AGENT = Principal(Role.AGENT, "agent-1")
@@ -44,37 +40,6 @@ def open_session(
         allowed_payees=list(allowed_payees),
     )
     return str(planner.OpenSession(request, timeout=timeout).session.session_id)
-
-
-def intent_fields(
-    session_id: str,
-    *,
-    payee: str,
-    amount: str,
-    expires_at: int,
-    nonce: str | None = None,
-    key_id: str = "payments.v1",
-    asset: str = "USD",
-    reference: str = "inv-1",
-    purpose: str = "",
-) -> IntentFields:
-    """A payment intent as the service takes it; a fresh nonce unless one is given."""
-    return IntentFields(
-        session_id=session_id,
-        key_id=key_id,
-        payee=payee,
-        amount=amount,
-        asset=asset,
-        reference=reference,
-        purpose=purpose,
-        nonce=new_nonce() if nonce is None else nonce,
-        expires_at=expires_at,
-    )
-
-
-def payment_intent(session_id: str, **fields: Any) -> signer_pb2.PaymentIntent:
-    """``intent_fields(...)`` as the message an agent sends."""
-    return signer_pb2.PaymentIntent(**dataclasses.asdict(intent_fields(session_id, **fields)))
 
 
 def audit_log(db: Path) -> list[dict[str, Any]]:

@@ -25,8 +25,9 @@ from paywarden.signer.service import SignStatus
 from paywarden.signer.status import status_code_for
 from paywarden.v1 import signer_pb2
 
-from tests.attacks.kit import AGENT, PLANNER, intent_fields
+from tests.attacks.kit import AGENT, PLANNER
 from tests.helpers import Pki, Stack, TestToken, reason_of, write_config
+from tests.support.intents import intent_fields
 from tests.test_killswitch import ServedApi, intent, metric, poll, running, scrape
 
 DEADLINE = 2.0  # the clients' deadline, seconds

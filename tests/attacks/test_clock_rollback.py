@@ -19,8 +19,9 @@ from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 from paywarden.signer.sqlite_store import SqliteStore
 
-from tests.attacks.kit import AGENT, OPERATOR, PLANNER, audit_log, intent_fields
+from tests.attacks.kit import AGENT, OPERATOR, PLANNER, audit_log
 from tests.helpers import Clock, Stack
+from tests.support.intents import intent_fields
 
 
 def _intent(session_id: str, clock: Clock) -> IntentFields:

@@ -17,8 +17,9 @@ from paywarden.signer.payments import IntentFields
 from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 
-from tests.attacks.kit import AGENT, OPERATOR, PLANNER, intent_fields
+from tests.attacks.kit import AGENT, OPERATOR, PLANNER
 from tests.helpers import Stack
+from tests.support.intents import intent_fields
 
 
 class FreezingHsm:

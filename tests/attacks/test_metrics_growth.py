@@ -18,8 +18,9 @@ from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 from prometheus_client import generate_latest
 
-from tests.attacks.kit import AGENT, PLANNER, intent_fields
+from tests.attacks.kit import AGENT, PLANNER
 from tests.helpers import Stack
+from tests.support.intents import intent_fields
 
 CAP = 5
 

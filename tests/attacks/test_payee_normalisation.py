@@ -27,6 +27,7 @@ from paywarden.v1 import signer_pb2
 from tests.attacks import kit
 from tests.helpers import Stack, reason_of
 from tests.support.clients import Api
+from tests.support.intents import payment_intent
 
 PACK = """
 id = "mail"
@@ -74,7 +75,7 @@ def open_session(api: Api, allowed_payees: tuple[str, ...] = ()) -> str:
 
 
 def sign(api: Api, stack: Stack, session_id: str, payee: str) -> signer_pb2.SignResponse:
-    intent = kit.payment_intent(
+    intent = payment_intent(
         session_id,
         payee=payee,
         amount="1.00",

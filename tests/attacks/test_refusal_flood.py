@@ -37,7 +37,7 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import AGENT, audit_log, open_session, payment_intent
+from tests.attacks.kit import AGENT, audit_log, open_session
 from tests.helpers import (
     OPEN_PACK,
     ROOT,
@@ -48,6 +48,7 @@ from tests.helpers import (
     serve,
     write_config,
 )
+from tests.support.intents import payment_intent
 
 FLOOD = 1000
 TIMEOUT = 30

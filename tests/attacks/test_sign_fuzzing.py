@@ -42,7 +42,6 @@ from joserfc import jws
 from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import payment_intent
 from tests.helpers import (
     OPEN_PACK,
     Pki,
@@ -53,6 +52,7 @@ from tests.helpers import (
     serve,
     write_config,
 )
+from tests.support.intents import payment_intent
 
 EXAMPLES = int(os.environ.get("PAYWARDEN_FUZZ_EXAMPLES", "150"))
 RPC_TIMEOUT = 30.0

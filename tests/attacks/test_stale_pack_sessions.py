@@ -17,8 +17,9 @@ from pathlib import Path
 import grpc
 from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import audit_log, open_session, payment_intent
+from tests.attacks.kit import audit_log, open_session
 from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_config
+from tests.support.intents import payment_intent
 
 PACK = """
 id = "shopping"

@@ -19,8 +19,9 @@ from paywarden.signer.payments import IntentFields
 from paywarden.signer.server import load_packs
 from paywarden.signer.service import SigningService, SignStatus
 
-from tests.attacks.kit import AGENT, PLANNER, intent_fields
+from tests.attacks.kit import AGENT, PLANNER
 from tests.helpers import Stack, new_nonce
+from tests.support.intents import intent_fields
 
 
 class FailingHsm:

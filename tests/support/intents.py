@@ -6,9 +6,65 @@ The amount has no default: each call site says what it pays, so no module's
 
 from __future__ import annotations
 
+import dataclasses
+
+from paywarden.signer.payments import IntentFields
 from paywarden.v1 import signer_pb2
 
 from tests.helpers import Stack, new_nonce
+
+
+def intent_fields(
+    session_id: str,
+    *,
+    payee: str,
+    amount: str,
+    expires_at: int,
+    nonce: str | None = None,
+    key_id: str = "payments.v1",
+    asset: str = "USD",
+    reference: str = "inv-1",
+    purpose: str = "",
+) -> IntentFields:
+    """A payment intent as the service takes it; a fresh nonce unless one is given."""
+    return IntentFields(
+        session_id=session_id,
+        key_id=key_id,
+        payee=payee,
+        amount=amount,
+        asset=asset,
+        reference=reference,
+        purpose=purpose,
+        nonce=new_nonce() if nonce is None else nonce,
+        expires_at=expires_at,
+    )
+
+
+def payment_intent(
+    session_id: str,
+    *,
+    payee: str,
+    amount: str,
+    expires_at: int,
+    nonce: str | None = None,
+    key_id: str = "payments.v1",
+    asset: str = "USD",
+    reference: str = "inv-1",
+    purpose: str = "",
+) -> signer_pb2.PaymentIntent:
+    """``intent_fields(...)`` as the message an agent sends."""
+    fields = intent_fields(
+        session_id,
+        payee=payee,
+        amount=amount,
+        expires_at=expires_at,
+        nonce=nonce,
+        key_id=key_id,
+        asset=asset,
+        reference=reference,
+        purpose=purpose,
+    )
+    return signer_pb2.PaymentIntent(**dataclasses.asdict(fields))
 
 
 def sign_request(
@@ -26,18 +82,18 @@ def sign_request(
     expires_at: int | None = None,
     expires_in: int = 60,
 ) -> signer_pb2.SignRequest:
-    """A request for ``session_id``; a fresh nonce and an expiry ``expires_in`` seconds
-    from the stack's clock unless ``nonce`` / ``expires_at`` are given."""
+    """``payment_intent(...)`` in a request, paying acme-data unless told; it expires
+    ``expires_in`` seconds from the stack's clock unless ``expires_at`` is given."""
     return signer_pb2.SignRequest(
-        intent=signer_pb2.PaymentIntent(
-            session_id=session_id,
-            key_id=key_id,
+        intent=payment_intent(
+            session_id,
             payee=payee,
             amount=amount,
+            expires_at=int(stack.clock.now()) + expires_in if expires_at is None else expires_at,
+            nonce=nonce,
+            key_id=key_id,
             asset=asset,
             reference=reference,
             purpose=purpose,
-            nonce=new_nonce() if nonce is None else nonce,
-            expires_at=int(stack.clock.now()) + expires_in if expires_at is None else expires_at,
         )
     )
