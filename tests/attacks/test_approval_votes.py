@@ -21,10 +21,11 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import open_session, stored_records
+from tests.attacks.kit import stored_records
 from tests.helpers import Stack, reason_of
 from tests.support.clients import Dial
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 PACK = """
 id = "votes"

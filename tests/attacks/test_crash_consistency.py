@@ -42,10 +42,10 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import open_session
 from tests.conftest import make_token
 from tests.helpers import ROOT, Pki, ServeProcess, reason_of, serve, write_config
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 ROUNDS = int(os.environ.get("PAYWARDEN_CRASH_ROUNDS", "20"))
 SEED = int(os.environ.get("PAYWARDEN_CRASH_SEED", str(secrets.randbits(32))))

@@ -30,7 +30,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import open_session
 from tests.conftest import make_token
 from tests.helpers import (
     ROOT,
@@ -42,6 +41,7 @@ from tests.helpers import (
     write_config,
 )
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -21,10 +21,10 @@ from joserfc import jws
 from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import open_session
 from tests.helpers import Stack, new_nonce, reason_of
 from tests.support.clients import Dial
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 
 def _session(dial: Dial, agent: str, budget: str = "100.00") -> str:

@@ -17,10 +17,10 @@ import pytest
 from paywarden.policy.payees import skeleton
 from paywarden.v1 import signer_pb2
 
-from tests.attacks.kit import open_session
 from tests.helpers import Stack, reason_of
 from tests.support.clients import Api
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 PACK = """
 id = "cdn"

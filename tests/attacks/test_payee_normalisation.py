@@ -24,10 +24,10 @@ from paywarden.policy.packs import PolicyPack, PolicyPackModel
 from paywarden.policy.payees import normalise
 from paywarden.v1 import signer_pb2
 
-from tests.attacks import kit
 from tests.helpers import Stack, reason_of
 from tests.support.clients import Api
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 PACK = """
 id = "mail"
@@ -63,17 +63,6 @@ ATTACKS = [
 ]
 
 
-def open_session(api: Api, allowed_payees: tuple[str, ...] = ()) -> str:
-    return kit.open_session(
-        api.planner,
-        "agent-1",
-        "100.00",
-        task="buy mail credits",
-        asset="MAIL",
-        allowed_payees=allowed_payees,
-    )
-
-
 def sign(api: Api, stack: Stack, session_id: str, payee: str) -> signer_pb2.SignResponse:
     intent = payment_intent(
         session_id,
@@ -96,7 +85,9 @@ def test_case_folded_lookalike_of_an_allowed_payee_is_not_signed(
     api: Api, stack: Stack, payee: str, allowed: str
 ) -> None:
     assert normalise(payee, case_insensitive=True) == allowed  # it does fold onto it
-    session_id = open_session(api)
+    session_id = open_session(
+        api.planner, "agent-1", "100.00", task="buy mail credits", asset="MAIL"
+    )
     with pytest.raises(grpc.RpcError) as info:
         sign(api, stack, session_id, payee)
     assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -110,10 +101,24 @@ def test_case_folded_lookalike_of_an_allowed_payee_is_not_signed(
 @pytest.mark.parametrize(("payee", "allowed"), ATTACKS)
 def test_session_cannot_name_a_case_folded_lookalike(api: Api, payee: str, allowed: str) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        open_session(api, allowed_payees=(payee,))
+        open_session(
+            api.planner,
+            "agent-1",
+            "100.00",
+            task="buy mail credits",
+            asset="MAIL",
+            allowed_payees=(payee,),
+        )
     assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert reason_of(info.value) == "PAYEE_NOT_CANONICAL"
-    open_session(api, allowed_payees=(allowed,))
+    open_session(
+        api.planner,
+        "agent-1",
+        "100.00",
+        task="buy mail credits",
+        asset="MAIL",
+        allowed_payees=(allowed,),
+    )
 
 
 # -- the same rule inside the policy engine, on the facts the signer builds ----------------

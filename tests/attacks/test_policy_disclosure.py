@@ -24,10 +24,10 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import open_session
 from tests.helpers import Stack, reason_of
 from tests.support.clients import Dial
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 SECRET_PAYEE = "globex-payments.example"
 SOC_NOTE = "INTERNAL: SOC ticket 4411, vendor under fraud review"

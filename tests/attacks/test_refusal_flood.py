@@ -37,7 +37,7 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import AGENT, audit_log, open_session
+from tests.attacks.kit import AGENT, audit_log
 from tests.helpers import (
     OPEN_PACK,
     ROOT,
@@ -49,6 +49,7 @@ from tests.helpers import (
     write_config,
 )
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 FLOOD = 1000
 TIMEOUT = 30

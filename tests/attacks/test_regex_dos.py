@@ -27,9 +27,9 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import open_session
 from tests.helpers import ROOT, Pki, TestToken, reason_of, serve, write_config
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 EVIL = r"([a-z0-9]+-?)*\\.evil\\.example"  # as written inside a TOML basic string
 

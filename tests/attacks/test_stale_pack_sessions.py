@@ -17,9 +17,10 @@ from pathlib import Path
 import grpc
 from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import audit_log, open_session
+from tests.attacks.kit import audit_log
 from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_config
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 PACK = """
 id = "shopping"

@@ -48,9 +48,9 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import open_session
 from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_config
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 OPERATOR_DEADLINE = 1.0  # the operator's calls must answer within this
 SATURATION_WAIT = 20.0  # longest wait for the attack to be in place

@@ -23,9 +23,9 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
-from tests.attacks.kit import open_session
 from tests.helpers import ROOT, Pki, TestToken, write_config
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 LOCKS = {"serve": ROOT / "requirements" / "serve.lock", "dev": ROOT / "requirements" / "dev.lock"}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
