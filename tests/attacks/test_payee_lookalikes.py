@@ -63,7 +63,8 @@ def sign(api: Api, stack: Stack, session_id: str, payee: str) -> signer_pb2.Sign
     return resp
 
 
-def refused(api: Api, stack: Stack, session_id: str, payee: str) -> str | None:
+def denial_reason(api: Api, stack: Stack, session_id: str, payee: str) -> str | None:
+    """The reason code of the PERMISSION_DENIED a payment to ``payee`` gets."""
     with pytest.raises(grpc.RpcError) as info:
         sign(api, stack, session_id, payee)
     assert info.value.code() is DENIED, info.value.details()
@@ -82,7 +83,7 @@ def refused(api: Api, stack: Stack, session_id: str, payee: str) -> str | None:
 def test_cyrillic_a_does_not_pass_an_allow_pattern(
     api: Api, stack: Stack, session_id: str, payee: str
 ) -> None:
-    assert refused(api, stack, session_id, payee) == "PAYEE_NOT_ASCII"
+    assert denial_reason(api, stack, session_id, payee) == "PAYEE_NOT_ASCII"
     assert sign(api, stack, session_id, "api.cdn.example").status == signer_pb2.SIGNED
 
 
@@ -91,8 +92,8 @@ def test_unicode_hyphen_does_not_slip_past_a_deny_pattern(
     api: Api, stack: Stack, session_id: str, dash: str
 ) -> None:
     payee = f"bad{dash}x.cdn.example"
-    assert refused(api, stack, session_id, payee) == "PAYEE_LOOKS_DENYLISTED"
-    assert refused(api, stack, session_id, "bad-x.cdn.example") == "PAYEE_DENYLISTED"
+    assert denial_reason(api, stack, session_id, payee) == "PAYEE_LOOKS_DENYLISTED"
+    assert denial_reason(api, stack, session_id, "bad-x.cdn.example") == "PAYEE_DENYLISTED"
 
 
 @pytest.mark.parametrize(
@@ -111,7 +112,7 @@ def test_lookalike_of_a_denied_payee_is_denied(
     api: Api, stack: Stack, session_id: str, payee: str
 ) -> None:
     assert skeleton(payee) == skeleton("evil.cdn.example")
-    assert refused(api, stack, session_id, payee) == "PAYEE_LOOKS_DENYLISTED"
+    assert denial_reason(api, stack, session_id, payee) == "PAYEE_LOOKS_DENYLISTED"
 
 
 def test_payee_the_pack_names_exactly_is_not_taken_for_a_lookalike(
@@ -121,7 +122,7 @@ def test_payee_the_pack_names_exactly_is_not_taken_for_a_lookalike(
     # the skeletons are equal, and the pack's own exact names decide.
     assert skeleton("paypal.example") == skeleton("paypa1.example")
     assert sign(api, stack, session_id, "paypal.example").status == signer_pb2.SIGNED
-    assert refused(api, stack, session_id, "paypa1.example") == "PAYEE_DENYLISTED"
+    assert denial_reason(api, stack, session_id, "paypa1.example") == "PAYEE_DENYLISTED"
     # a non-ASCII payee the pack names exactly is paid: only patterns are ASCII-only
     assert sign(api, stack, session_id, "bücher.example").status == signer_pb2.SIGNED
 
