@@ -10,10 +10,10 @@ import sqlite3
 import pytest
 from paywarden.signer.errors import Internal, Reason
 from paywarden.signer.identity import Principal, Role
-from paywarden.signer.payments import IntentFields
 from paywarden.signer.service import SignStatus
 
-from tests.helpers import Stack, new_nonce
+from tests.helpers import Stack
+from tests.support.intents import intent_fields
 
 STACK_PACKS = {
     "held.toml": """
@@ -40,20 +40,6 @@ AGENT = Principal(Role.AGENT, "agent-1")
 PLANNER = Principal(Role.PLANNER, "planner-1")
 
 
-def _intent(session_id: str, amount: str, expires_at: int) -> IntentFields:
-    return IntentFields(
-        session_id=session_id,
-        key_id="payments.v1",
-        payee="acme-data",
-        amount=amount,
-        asset="USD",
-        reference="inv-1",
-        purpose="",
-        nonce=new_nonce(),
-        expires_at=expires_at,
-    )
-
-
 def test_a_held_payment_whose_approval_vanished_is_internal_not_unavailable(
     stack: Stack,
 ) -> None:
@@ -62,7 +48,7 @@ def test_a_held_payment_whose_approval_vanished_is_internal_not_unavailable(
         PLANNER, "agent-1", "invariants", [("USD", "1000.00")], 600, []
     ).record
     expires = int(stack.clock.now()) + 120
-    held = _intent(session.id, "150.00", expires)
+    held = intent_fields(session.id, payee="acme-data", amount="150.00", expires_at=expires)
     first = service.sign(AGENT, held)
     assert first.status is SignStatus.PENDING_APPROVAL
     with sqlite3.connect(stack.config.store.path) as conn:
@@ -75,5 +61,7 @@ def test_a_held_payment_whose_approval_vanished_is_internal_not_unavailable(
             "SELECT jws FROM decisions WHERE id = ?", (first.decision_id,)
         ).fetchone()
     assert jws is None  # nothing signed
-    after = service.sign(AGENT, _intent(session.id, "50.00", expires))
+    after = service.sign(
+        AGENT, intent_fields(session.id, payee="acme-data", amount="50.00", expires_at=expires)
+    )
     assert after.status is SignStatus.SIGNED  # and the service keeps serving
