@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,34 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer import auditlog, merkle
 from paywarden.signer.cli_support import config_from_args
 from paywarden.signer.client import add_connection_arguments, call
+from paywarden.signer.sqlite_store import read_audit_log
 from paywarden.signer.store import Checkpoint
 from paywarden.v1 import control_pb2, control_pb2_grpc
 
 # -- reading the log -------------------------------------------------------------------
-
-
-def read_store(path: Path) -> tuple[list[tuple[int, str, bytes | None]], list[Checkpoint]]:
-    """Reads the raw rows, trusting nothing (read-only, no migration)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    try:
-        # One read transaction: a checkpoint committed between two reads would
-        # otherwise cover records that were not read.
-        conn.execute("BEGIN")
-        records = [
-            (int(s), str(b), bytes(h) if h is not None else None)
-            for s, b, h in conn.execute("SELECT seq, body, leaf FROM audit_log ORDER BY rowid")
-        ]
-        checkpoints = [
-            Checkpoint(*r)
-            for r in conn.execute(
-                "SELECT size, root, at, key_id, body, signature FROM audit_checkpoints"
-                " ORDER BY size"
-            )
-        ]
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-    return records, checkpoints
 
 
 def read_export(path: Path) -> tuple[list[tuple[int, str, bytes | None]], list[Checkpoint]]:
@@ -66,7 +42,7 @@ def _load(args: argparse.Namespace) -> tuple[list[tuple[int, str, bytes | None]]
     path = args.db or config_from_args(args).store.path
     if not path.exists():
         raise SystemExit(f"paywarden: no store at {path}")
-    return read_store(path)
+    return read_audit_log(path)
 
 
 def _public_keys(paths: list[Path]) -> list[ec.EllipticCurvePublicKey]:

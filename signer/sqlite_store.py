@@ -1077,3 +1077,30 @@ class SqliteStore:
 
     def freeze_generation(self) -> int:
         return self._freeze_generation
+
+
+def read_audit_log(
+    path: Path,
+) -> tuple[list[tuple[int, str, bytes | None]], list[Checkpoint]]:
+    """The audit log's raw rows (seq, body, leaf) and its checkpoints, for offline
+    checks that trust nothing: read-only, no migration, one read transaction."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        # One read transaction: a checkpoint committed between two reads would
+        # otherwise cover records that were not read.
+        conn.execute("BEGIN")
+        records = [
+            (int(s), str(b), bytes(h) if h is not None else None)
+            for s, b, h in conn.execute("SELECT seq, body, leaf FROM audit_log ORDER BY rowid")
+        ]
+        checkpoints = [
+            Checkpoint(*r)
+            for r in conn.execute(
+                "SELECT size, root, at, key_id, body, signature FROM audit_checkpoints"
+                " ORDER BY size"
+            )
+        ]
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return records, checkpoints
