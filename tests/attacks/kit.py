@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from paywarden.signer.identity import Principal, Role
+
+from tests.helpers import ROOT
 
 # The callers a test names when it calls the service in process, not over gRPC.
 AGENT = Principal(Role.AGENT, "agent-1")
@@ -31,3 +35,13 @@ def stored_records(store: Any, after: int = 0) -> list[dict[str, Any]]:
     """The audit records an open store holds past the first ``after``, in order."""
     size, _root = store.audit_head()
     return [json.loads(store.audit_record(seq)) for seq in range(after + 1, size + 1)]
+
+
+def assert_audit_verifies(db: Path, public_key: Path) -> None:
+    """``paywarden audit verify`` accepts the log in ``db`` (run as the CLI)."""
+    verify = subprocess.run(
+        [sys.executable, "-m", "paywarden.signer.cli", "audit", "verify", "--db", str(db),
+         "--public-key", str(public_key)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,16 +29,13 @@ import grpc
 from paywarden.signer.refusals import RefusalLog
 from paywarden.v1 import (
     control_pb2,
-    control_pb2_grpc,
-    sessions_pb2_grpc,
     signer_pb2,
     signer_pb2_grpc,
 )
 
-from tests.attacks.kit import AGENT, audit_log
+from tests.attacks.kit import AGENT, assert_audit_verifies, audit_log
 from tests.helpers import (
     OPEN_PACK,
-    ROOT,
     Pki,
     ServeProcess,
     TestToken,
@@ -48,6 +43,7 @@ from tests.helpers import (
     serve,
     write_config,
 )
+from tests.support.clients import Api, served_api
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session
 
@@ -79,41 +75,15 @@ max_budget = { USD = "1000.00" }
 PACKS = {"a1.toml": AGENT1_PACK, "a2.toml": BREAKER_PACK}
 
 
-class Client:
-    def __init__(self, srv: ServeProcess, pki: Pki) -> None:
-        self.srv, self.pki = srv, pki
-        self._channels: list[grpc.Channel] = []
-
-    def _channel(self, role: str, who: str) -> grpc.Channel:
-        channel = self.pki.channel(self.srv.addr, role, who)
-        self._channels.append(channel)
-        return channel
-
-    def signer(self, agent: str) -> signer_pb2_grpc.SignerStub:
-        return signer_pb2_grpc.SignerStub(self._channel("agent", agent))
-
-    def control(self) -> control_pb2_grpc.ControlStub:
-        return control_pb2_grpc.ControlStub(self._channel("operator", "operator-1"))
-
-    def session(self, agent: str) -> str:
-        stub = sessions_pb2_grpc.SessionsStub(self._channel("planner", "planner-1"))
-        return open_session(stub, agent, "100.00", timeout=TIMEOUT)
-
-    def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
-
-
 @contextmanager
 def running(
     tmp_path: Path, token: TestToken, pki: Pki, env: dict[str, str] | None = None
-) -> Iterator[tuple[ServeProcess, Client]]:
-    with serve(write_config(tmp_path, token, pki, packs=PACKS), env=env) as srv:
-        client = Client(srv, pki)
-        try:
-            yield srv, client
-        finally:
-            client.close()
+) -> Iterator[tuple[ServeProcess, Api]]:
+    with (
+        serve(write_config(tmp_path, token, pki, packs=PACKS), env=env) as srv,
+        served_api(srv, pki) as client,
+    ):
+        yield srv, client
 
 
 def _intent(sid: str, amount: str = "1.00", purpose: str = "supplies") -> signer_pb2.SignRequest:
@@ -141,14 +111,14 @@ def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_reco
 ) -> None:
     db = tmp_path / "state.db"
     with running(tmp_path, token, pki) as (srv, client):
-        sid = client.session("agent-1")
+        sid = open_session(client.planner, "agent-1", "100.00", timeout=TIMEOUT)
         control = client.control()
         control.Freeze(
             control_pb2.FreezeRequest(scope=control_pb2.AGENT, target="agent-1", reason="flood"),
             timeout=TIMEOUT,
         )
         before = len(audit_log(db))
-        signer = client.signer("agent-1")
+        signer = client.signer_of("agent-1")
         purpose = "P" * 1024  # the longest purpose a request may carry
         bad = "1.2.3"  # malformed too: refused before it is read, so it says FROZEN
         requests = [_intent(sid, bad if i % 2 else "1.00", purpose) for i in range(FLOOD)]
@@ -172,12 +142,7 @@ def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_reco
     assert all(r["reason"] == "FROZEN" and r["actor"]["id"] == "agent-1" for r in flood)
     assert len(full) + sum(s["count"] for s in summaries) == FLOOD
     assert all(s["first_seq"] == full[0]["seq"] for s in summaries)
-    verify = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "audit", "verify", "--db", str(db),
-         "--public-key", str(public_key)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert_audit_verifies(db, public_key)
 
 
 def test_refusal_budget_refuses_before_reading_the_request(
@@ -189,8 +154,11 @@ def test_refusal_budget_refuses_before_reading_the_request(
     }
     db = tmp_path / "state.db"
     with running(tmp_path, token, pki, env) as (_, client):
-        sid1, sid2 = client.session("agent-1"), client.session("agent-2")
-        agent1, agent2 = client.signer("agent-1"), client.signer("agent-2")
+        sid1, sid2 = (
+            open_session(client.planner, "agent-1", "100.00", timeout=TIMEOUT),
+            open_session(client.planner, "agent-2", "100.00", timeout=TIMEOUT),
+        )
+        agent1, agent2 = client.signer_of("agent-1"), client.signer_of("agent-2")
         before = len(audit_log(db))
         for _ in range(3):
             assert _answer(agent2, _intent(sid2, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
@@ -215,8 +183,8 @@ def test_breaker_with_max_rejections_trips_from_refusals_alone(
 ) -> None:
     db = tmp_path / "state.db"
     with running(tmp_path, token, pki) as (_, client):
-        sid = client.session("agent-2")
-        agent2 = client.signer("agent-2")
+        sid = open_session(client.planner, "agent-2", "100.00", timeout=TIMEOUT)
+        agent2 = client.signer_of("agent-2")
         # max_rejections = 3: the fourth refusal in the window trips the breaker
         for _ in range(4):
             assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
@@ -244,8 +212,8 @@ def test_breaker_counts_refusals_and_denials_together(
 ) -> None:
     db = tmp_path / "state.db"
     with running(tmp_path, token, pki) as (_, client):
-        sid = client.session("agent-2")
-        agent2 = client.signer("agent-2")
+        sid = open_session(client.planner, "agent-2", "100.00", timeout=TIMEOUT)
+        agent2 = client.signer_of("agent-2")
         for _ in range(2):  # two refusals: no decision recorded
             assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
         # two policy denials: 2 + 2 = 4 rejections is more than max_rejections = 3
@@ -261,8 +229,8 @@ def test_an_unfreeze_is_not_undone_by_refusals_counted_before_it(
 ) -> None:
     db = tmp_path / "state.db"
     with running(tmp_path, token, pki) as (_, client):
-        sid = client.session("agent-2")
-        agent2 = client.signer("agent-2")
+        sid = open_session(client.planner, "agent-2", "100.00", timeout=TIMEOUT)
+        agent2 = client.signer_of("agent-2")
         # max_rejections = 3: the fourth refusal trips the breaker and freezes agent-2
         for _ in range(4):
             assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
@@ -327,8 +295,8 @@ def test_a_quiet_agents_counted_refusals_are_sealed_without_a_later_sign_or_a_sh
     db = tmp_path / "state.db"
     repeats = 5
     with running(tmp_path, token, pki, env) as (srv, client):
-        sid = client.session("agent-1")
-        agent1 = client.signer("agent-1")
+        sid = open_session(client.planner, "agent-1", "100.00", timeout=TIMEOUT)
+        agent1 = client.signer_of("agent-1")
         for _ in range(repeats):
             assert _answer(agent1, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
         full = [
@@ -358,9 +326,4 @@ def test_a_quiet_agents_counted_refusals_are_sealed_without_a_later_sign_or_a_sh
         srv.proc.wait(timeout=TIMEOUT)
     summaries_after, _ = _sealed_summaries(db, "agent-1")
     assert summaries_after == summaries
-    verify = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "audit", "verify", "--db", str(db),
-         "--public-key", str(public_key)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert_audit_verifies(db, public_key)

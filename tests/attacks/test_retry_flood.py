@@ -17,8 +17,6 @@ over mutual TLS; the audit log is read from the SQLite file and checked with
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -34,15 +32,14 @@ from paywarden.signer.identity import Principal, Role
 from paywarden.signer.refusals import RefusalLog
 from paywarden.v1 import (
     approvals_pb2,
-    approvals_pb2_grpc,
     control_pb2,
-    control_pb2_grpc,
     sessions_pb2,
     sessions_pb2_grpc,
     signer_pb2,
     signer_pb2_grpc,
 )
 
+from tests.attacks.kit import assert_audit_verifies, audit_log
 from tests.helpers import (
     ROOT,
     Pki,
@@ -54,6 +51,8 @@ from tests.helpers import (
     serve,
     write_config,
 )
+from tests.support.clients import Api, served_api
+from tests.support.sessions import open_session
 
 FLOOD = 1000
 WORKERS = 8
@@ -81,52 +80,13 @@ max_budget = { USD = "1000.00" }
 STACK_PACKS = {"retry.toml": PACK}
 
 
-class Client:
-    def __init__(self, srv: ServeProcess, pki: Pki) -> None:
-        self.srv, self.pki = srv, pki
-        self._channels: list[grpc.Channel] = []
-
-    def _channel(self, role: str, who: str) -> grpc.Channel:
-        channel = self.pki.channel(self.srv.addr, role, who)
-        self._channels.append(channel)
-        return channel
-
-    def signer(self) -> signer_pb2_grpc.SignerStub:
-        return signer_pb2_grpc.SignerStub(self._channel("agent", "agent-1"))
-
-    def approvals(self) -> approvals_pb2_grpc.ApprovalsStub:
-        return approvals_pb2_grpc.ApprovalsStub(self._channel("approver", "approver-1"))
-
-    def control(self) -> control_pb2_grpc.ControlStub:
-        return control_pb2_grpc.ControlStub(self._channel("operator", "operator-1"))
-
-    def session(self) -> str:
-        stub = sessions_pb2_grpc.SessionsStub(self._channel("planner", "planner-1"))
-        return str(
-            stub.OpenSession(
-                sessions_pb2.OpenSessionRequest(
-                    agent_id="agent-1",
-                    task_description="buy things",
-                    budgets=[sessions_pb2.AssetBudget(asset="USD", amount="1000.00")],
-                    ttl_seconds=900,
-                ),
-                timeout=TIMEOUT,
-            ).session.session_id
-        )
-
-    def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
-
-
 @contextmanager
-def running(tmp_path: Path, token: TestToken, pki: Pki) -> Iterator[tuple[ServeProcess, Client]]:
-    with serve(write_config(tmp_path, token, pki, packs={"retry.toml": PACK})) as srv:
-        client = Client(srv, pki)
-        try:
-            yield srv, client
-        finally:
-            client.close()
+def running(tmp_path: Path, token: TestToken, pki: Pki) -> Iterator[tuple[ServeProcess, Api]]:
+    with (
+        serve(write_config(tmp_path, token, pki, packs={"retry.toml": PACK})) as srv,
+        served_api(srv, pki) as client,
+    ):
+        yield srv, client
 
 
 def _intent(sid: str, amount: str) -> signer_pb2.SignRequest:
@@ -155,14 +115,6 @@ def _answer(stub: signer_pb2_grpc.SignerStub, request: signer_pb2.SignRequest) -
     return f"{status}/{resp.decision_id}/{resp.jws}/{resp.replayed_result}"
 
 
-def _records(db: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
-    finally:
-        conn.close()
-
-
 def _retries(records: list[dict[str, Any]], decision_id: str) -> list[dict[str, Any]]:
     return [
         r
@@ -171,16 +123,7 @@ def _retries(records: list[dict[str, Any]], decision_id: str) -> list[dict[str, 
     ]
 
 
-def _verify(db: Path, public_key: Path) -> None:
-    verify = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "audit", "verify", "--db", str(db),
-         "--public-key", str(public_key)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-
-
-def _audit_key(client: Client, tmp_path: Path) -> Path:
+def _audit_key(client: Api, tmp_path: Path) -> Path:
     pem = client.control().Checkpoint(control_pb2.CheckpointRequest(), timeout=TIMEOUT)
     public_key = tmp_path / "audit.pem"
     public_key.write_text(pem.audit_public_key_pem, encoding="utf-8")
@@ -192,16 +135,18 @@ def test_thousand_replays_of_a_signed_request_add_a_bounded_number_of_records(
 ) -> None:
     db = tmp_path / "state.db"
     with running(tmp_path, token, pki) as (srv, client):
-        signer = client.signer()
-        request = _intent(client.session(), "10.00")
+        signer = client.signer
+        request = _intent(
+            open_session(client.planner, "agent-1", "1000.00", timeout=TIMEOUT), "10.00"
+        )
         resp = signer.Sign(request, timeout=TIMEOUT)
         assert resp.status == signer_pb2.SIGNED and resp.jws
-        before = len(_records(db))
+        before = len(audit_log(db))
         with ThreadPoolExecutor(WORKERS) as pool:
             answers = Counter(pool.map(lambda _: _answer(signer, request), range(FLOOD)))
         # every replay gets the identical JWS
         assert answers == {f"SIGNED/{resp.decision_id}/{resp.jws}/True": FLOOD}
-        during = _records(db)[before:]
+        during = audit_log(db)[before:]
         # an explicit small bound: the first retry in full (a caller that comes in
         # before that record is confirmed writes its own: at most one per worker);
         # the rest are only counted
@@ -210,7 +155,7 @@ def test_thousand_replays_of_a_signed_request_add_a_bounded_number_of_records(
         public_key = _audit_key(client, tmp_path)
     assert srv.proc.returncode == 0
     # the log still proves what happened: every one of the 1,000 replays is accounted for
-    retries = _retries(_records(db), resp.decision_id)
+    retries = _retries(audit_log(db), resp.decision_id)
     full = [r for r in retries if r["action"] == "sign.retry"]
     summaries = [r for r in retries if r["action"] == "sign.retry.summary"]
     assert full and len(summaries) == 1
@@ -221,7 +166,7 @@ def test_thousand_replays_of_a_signed_request_add_a_bounded_number_of_records(
     assert len(full) + summaries[0]["count"] == FLOOD
     assert summaries[0]["first_seq"] in {r["seq"] for r in full}
     assert summaries[0]["since"] <= summaries[0]["until"]
-    _verify(db, public_key)
+    assert_audit_verifies(db, public_key)
     # and audit show tells a human how many replays were counted
     show = subprocess.run(
         [sys.executable, "-m", "paywarden.signer.cli", "audit", "show", resp.decision_id,
@@ -238,8 +183,8 @@ def test_retries_that_change_state_are_recorded_in_full_among_counted_repeats(
     db = tmp_path / "state.db"
     polls = 50
     with running(tmp_path, token, pki) as (srv, client):
-        signer, approvals = client.signer(), client.approvals()
-        sid = client.session()
+        signer, approvals = client.signer, client.approver("approver-1")
+        sid = open_session(client.planner, "agent-1", "1000.00", timeout=TIMEOUT)
         held, refused = _intent(sid, "150.00"), _intent(sid, "120.00")
         first = signer.Sign(held, timeout=TIMEOUT)
         assert first.status == signer_pb2.PENDING_APPROVAL
@@ -266,7 +211,7 @@ def test_retries_that_change_state_are_recorded_in_full_among_counted_repeats(
         }
         public_key = _audit_key(client, tmp_path)
     assert srv.proc.returncode == 0
-    records = _records(db)
+    records = audit_log(db)
 
     retries = _retries(records, first.decision_id)
     full = [r for r in retries if r["action"] == "sign.retry"]
@@ -294,7 +239,7 @@ def test_retries_that_change_state_are_recorded_in_full_among_counted_repeats(
     ]
     summaries = [r for r in retries if r["action"] == "sign.retry.summary"]
     assert sorted(s["count"] for s in summaries) == [polls - 1, polls - 1]
-    _verify(db, public_key)
+    assert_audit_verifies(db, public_key)
 
 
 def test_a_retry_that_expires_and_releases_a_hold_is_recorded_in_full_among_repeats(
@@ -336,7 +281,7 @@ def test_a_retry_that_expires_and_releases_a_hold_is_recorded_in_full_among_repe
         )
         assert [(s.asset, s.spent) for s in spent] == [("USD", "0.00")]  # the hold is released
     stack.service.flush_refusals()
-    retries = _retries(_records(db), first.decision_id)
+    retries = _retries(audit_log(db), first.decision_id)
     full = [r for r in retries if r["action"] == "sign.retry"]
     # the first poll, and the retry that expired the approval and released the hold
     assert [(r["answer"], r["reason"], r.get("approval")) for r in full] == [

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import grpc
 from paywarden.v1 import (
@@ -11,6 +12,8 @@ from paywarden.v1 import (
     sessions_pb2_grpc,
     signer_pb2_grpc,
 )
+
+from tests.helpers import Pki, ServeProcess
 
 Dial = Callable[[str, str], grpc.Channel]
 """(role, principal) -> a channel that presents that principal's certificate."""
@@ -79,3 +82,11 @@ class Api:
     def agent2_sessions(self) -> sessions_pb2_grpc.SessionsStub:
         """agent-2's Sessions stub."""
         return self.sessions("agent", "agent-2")
+
+
+@contextmanager
+def served_api(srv: ServeProcess, pki: Pki) -> Iterator[Api]:
+    """The shared client on a ``paywarden serve`` process; its channels are closed
+    when the block ends."""
+    with ExitStack() as channels:
+        yield Api(lambda role, who: channels.enter_context(pki.channel(srv.addr, role, who)))
