@@ -155,7 +155,7 @@ class AssetConfig(_Model):
     @field_validator("max_amount")
     @classmethod
     def _max_amount(cls, v: str, info: ValidationInfo) -> str:
-        from paywarden.signer.canonical import parse_limit
+        from paywarden.signer.core.canonical import parse_limit
 
         decimals = info.data.get("decimals")
         if decimals is None:

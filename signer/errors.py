@@ -1,7 +1,7 @@
 """Every failure the signer reports, each with a machine-readable reason code.
 
 Callers catch :class:`PaywardenError`; the gRPC layer maps each subclass to
-one status code in :mod:`paywarden.signer.status` and nowhere else.
+one status code in :mod:`paywarden.signer.api.status` and nowhere else.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Reason(StrEnum):
     PAYMENT_WITHDRAWN = "PAYMENT_WITHDRAWN"
     # the client certificate is not a client leaf issued directly by the client CA
     CLIENT_CERT_PROFILE = "CLIENT_CERT_PROFILE"
-    # admission: the worker threads are shared out (signer/admission.py)
+    # admission: the worker threads are shared out (signer/api/admission.py)
     SERVER_BUSY = "SERVER_BUSY"
     TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
     TOO_MANY_CALLS = "TOO_MANY_CALLS"

@@ -124,11 +124,11 @@ def stack(
     A test module may set ``STACK_PACKS`` (file name -> pack TOML), ``STACK_EXTRA``
     (extra config TOML, e.g. groups or assets) and ``STACK_TIMEZONE``.
     """
+    from paywarden.signer.api.server import load_packs, open_hsm
     from paywarden.signer.config import load_config
-    from paywarden.signer.control import ControlService
-    from paywarden.signer.server import load_packs, open_hsm
-    from paywarden.signer.service import SigningService
-    from paywarden.signer.sqlite_store import SqliteStore
+    from paywarden.signer.core.control import ControlService
+    from paywarden.signer.core.service import SigningService
+    from paywarden.signer.store.sqlite import SqliteStore
 
     from tests.helpers import Clock, Stack
 
@@ -156,7 +156,7 @@ def stack(
 
 @pytest.fixture(scope="module")
 def grpc_add_to_server() -> object:
-    from paywarden.signer.registry import add_servicer
+    from paywarden.signer.api.registry import add_servicer
 
     def add(servicers: tuple[object, ...], server: grpc.Server) -> None:
         add_servicer(server, servicers[0], "paywarden.v1.Signer")
@@ -169,9 +169,9 @@ def grpc_add_to_server() -> object:
 
 @pytest.fixture(scope="module")
 def grpc_servicer(stack: object) -> tuple[object, ...]:
-    from paywarden.signer.authz import Edge
-    from paywarden.signer.server import authenticator
-    from paywarden.signer.servicers import (
+    from paywarden.signer.api.authz import Edge
+    from paywarden.signer.api.server import authenticator
+    from paywarden.signer.api.servicers import (
         ApprovalsServicer,
         ControlServicer,
         SessionsServicer,
@@ -198,7 +198,7 @@ def grpc_server(
     grpc_servicer: object,
     stack: object,
 ) -> Iterator[grpc.Server]:
-    from paywarden.signer.server import server_credentials
+    from paywarden.signer.api.server import server_credentials
 
     from tests.helpers import Stack
 

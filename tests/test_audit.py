@@ -5,7 +5,7 @@ A real ``paywarden serve`` produces the log; each tampering happens on its own
 copy of the stopped server's SQLite file, with ``sqlite3`` directly (the
 append-only triggers dropped first, as an attacker holding the file would).
 Inclusion and consistency proofs are checked by a verifier written here from
-RFC 9162 section 2.1; it does not import ``paywarden.signer.merkle``.
+RFC 9162 section 2.1; it does not import ``paywarden.signer.auditlog.merkle``.
 """
 
 from __future__ import annotations
@@ -1074,7 +1074,7 @@ def _sign_records(records: list[tuple[int, str, bytes]]) -> list[tuple[int, dict
 def test_every_sign_leaves_exactly_one_audit_record(
     tmp_path: Path, token: TestToken, pki: Pki
 ) -> None:
-    from paywarden.signer.sessions import new_session_id
+    from paywarden.signer.core.session_input import new_session_id
 
     config = write_config(tmp_path, token, pki, packs={"audit.toml": AUDIT_PACK})
     db = tmp_path / "state.db"

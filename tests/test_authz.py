@@ -23,7 +23,8 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from paywarden.signer.authz import RPC_ROLES
+from paywarden.signer.api.authz import RPC_ROLES
+from paywarden.signer.api.status import ERROR_DOMAIN, to_grpc_status
 from paywarden.signer.errors import NotAuthenticated, Reason
 from paywarden.signer.identity import (
     Principal,
@@ -31,7 +32,6 @@ from paywarden.signer.identity import (
     parse_spiffe,
     principal_from_auth_context,
 )
-from paywarden.signer.status import ERROR_DOMAIN, to_grpc_status
 from paywarden.v1 import (
     approvals_pb2,
     control_pb2,

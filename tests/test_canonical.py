@@ -15,16 +15,16 @@ import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from paywarden.signer.canonical import PAYLOAD_TYPE, jcs
 from paywarden.signer.config import AssetConfig
-from paywarden.signer.payments import (
+from paywarden.signer.core.canonical import PAYLOAD_TYPE, jcs
+from paywarden.signer.core.payments import (
     IntentFields,
     claims,
     jws_compact,
     jws_signing_input,
     validate_intent,
 )
-from paywarden.signer.sessions import new_decision_id, new_session_id
+from paywarden.signer.core.session_input import new_decision_id, new_session_id
 
 MAX_SAFE = 2**53 - 1
 

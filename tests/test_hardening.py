@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
-from paywarden.signer import auditlog, merkle
-from paywarden.signer.canonical import jcs
+from paywarden.signer.auditlog import merkle, verification
 from paywarden.signer.config import ConfigError, load_config
+from paywarden.signer.core.canonical import jcs
+from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.errors import InvalidInput, Reason
 from paywarden.signer.identity import Principal, Role
-from paywarden.signer.payments import IntentFields
-from paywarden.signer.sqlite_store import SqliteStore
-from paywarden.signer.store import Checkpoint, SessionRecord, StoreError
+from paywarden.signer.store.records import Checkpoint, SessionRecord, StoreError
+from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.helpers import Stack
 
@@ -106,11 +106,11 @@ def test_verify_accepts_checkpoints_signed_before_and_after_a_key_rotation() -> 
         if seq in (3, 6):
             key, kid = (old, "audit.v1") if seq == 3 else (new, "audit.v2")
             root = merkle.frontier_root(frontier)
-            cp_body = auditlog.checkpoint_body(seq, root, 100 + seq, kid)
+            cp_body = verification.checkpoint_body(seq, root, 100 + seq, kid)
             checkpoints.append(
                 Checkpoint(seq, root.hex(), 100 + seq, kid, cp_body.decode(), _signed(cp_body, key))
             )
     both = [old.public_key(), new.public_key()]
-    assert auditlog.verify(records, checkpoints, both).ok
-    only_new = auditlog.verify(records, checkpoints, [new.public_key()])
+    assert verification.verify(records, checkpoints, both).ok
+    only_new = verification.verify(records, checkpoints, [new.public_key()])
     assert not only_new.ok and "checkpoint 3: bad signature" in only_new.problems[0]

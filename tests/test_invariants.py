@@ -8,9 +8,9 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from paywarden.signer.core.service import SignStatus
 from paywarden.signer.errors import Internal, Reason
 from paywarden.signer.identity import Principal, Role
-from paywarden.signer.service import SignStatus
 
 from tests.helpers import Stack
 from tests.support.intents import intent_fields

@@ -1415,7 +1415,7 @@ class TestBreaker:
 
     @staticmethod
     def window(decisions: int = 0, denials: int = 0, spend: int = 0, payees: int = 0) -> Any:
-        from paywarden.signer.store import WindowStats
+        from paywarden.signer.store.records import WindowStats
 
         return WindowStats(
             decisions, denials, {"USD": spend}, frozenset(f"p{i}" for i in range(payees))

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from paywarden.signer.sqlite_store import SCHEMA_VERSION, SqliteStore
-from paywarden.signer.store import (
+from paywarden.signer.store.records import (
     DecisionRecord,
     InvariantBroken,
     Reservation,
     SessionRecord,
     StoreError,
 )
+from paywarden.signer.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 from tests.helpers import ROOT, Pki, TestToken, write_config
 
@@ -223,7 +223,7 @@ def test_store_cli_inspection_and_export(tmp_path: Path, token: TestToken, pki: 
 
 def test_migration_from_version_1_keeps_spend_nonces_and_decisions(tmp_path: Path) -> None:
     """A v1 database (counter-based spend) migrates to reservations without loss."""
-    from paywarden.signer.sqlite_store import _MIGRATIONS
+    from paywarden.signer.store.sqlite import _MIGRATIONS
 
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)

@@ -12,15 +12,15 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from paywarden.signer.canonical import Amount, clean_text, parse_amount, parse_nonce
 from paywarden.signer.config import AssetConfig
-from paywarden.signer.errors import InvalidInput, Reason
-from paywarden.signer.payments import IntentFields, check_expiry, validate_intent
-from paywarden.signer.sessions import (
+from paywarden.signer.core.canonical import Amount, clean_text, parse_amount, parse_nonce
+from paywarden.signer.core.payments import IntentFields, check_expiry, validate_intent
+from paywarden.signer.core.session_input import (
     new_session_id,
     parse_session_id,
     validate_session_request,
 )
+from paywarden.signer.errors import InvalidInput, Reason
 
 MAX = "1000000000"
 

@@ -10,9 +10,14 @@ from zoneinfo import ZoneInfo
 from paywarden.policy.engine import Outcome
 from paywarden.policy.payees import PayeeLists
 from paywarden.policy.rules import PayeeAllowed
-from paywarden.signer.service import day_start
-from paywarden.signer.sqlite_store import SqliteStore
-from paywarden.signer.store import ApprovalRecord, DecisionRecord, Reservation, SessionRecord
+from paywarden.signer.core.service import day_start
+from paywarden.signer.store.records import (
+    ApprovalRecord,
+    DecisionRecord,
+    Reservation,
+    SessionRecord,
+)
+from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.test_policy_rules import make_facts
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import grpc
 import pytest
-from paywarden.signer.calls import Deadline
+from paywarden.signer.api.calls import Deadline
+from paywarden.signer.api.status import status_code_for
+from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.core.service import SignStatus
 from paywarden.signer.errors import DeadlineExceeded, PaywardenError, Reason
-from paywarden.signer.payments import IntentFields
-from paywarden.signer.service import SignStatus
-from paywarden.signer.status import status_code_for
 from paywarden.v1 import signer_pb2
 
 from tests.attacks.kit import AGENT, PLANNER

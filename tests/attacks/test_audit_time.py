@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import rfc8785
 from paywarden.hsm import Hsm, KeyRef
-from paywarden.signer import audit
-from paywarden.signer.sqlite_store import SqliteStore
+from paywarden.signer.core import audit_events
+from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.attacks.kit import AGENT, OPERATOR, audit_log
 from tests.attacks.test_audit_rewrite import rewritten
@@ -169,9 +169,11 @@ def test_a_refusal_that_waited_for_the_lock_does_not_date_the_log_backwards(
     agent, operator = AGENT, OPERATOR
     read_at = 1_800_000_000  # when the refusal read the clock, before its wait
     store.audit_event(
-        audit.event("freeze.set", operator, read_at + 90, scope="global", target="", reason="drill")
+        audit_events.event(
+            "freeze.set", operator, read_at + 90, scope="global", target="", reason="drill"
+        )
     )
-    refusal = audit.event("sign.refused", agent, read_at, reason="FROZEN", message="frozen")
+    refusal = audit_events.event("sign.refused", agent, read_at, reason="FROZEN", message="frozen")
     store.audit_event(refusal)
     store.close()
     reseal(db, hsm)

@@ -24,8 +24,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from paywarden.signer.api.registry import SERVICES
 from paywarden.signer.errors import Reason
-from paywarden.signer.registry import SERVICES
 
 from tests.attacks.certs import ClientCert, client_cert, intermediate, spiffe
 from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_config

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from paywarden.signer.control import ControlService
+from paywarden.signer.api.server import load_packs
+from paywarden.signer.core.control import ControlService
+from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.core.service import SigningService, SignStatus
 from paywarden.signer.errors import PaywardenError, Reason
-from paywarden.signer.payments import IntentFields
-from paywarden.signer.server import load_packs
-from paywarden.signer.service import SigningService, SignStatus
-from paywarden.signer.sqlite_store import SqliteStore
+from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.attacks.kit import AGENT, OPERATOR, PLANNER, audit_log
 from tests.helpers import Clock, Stack

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from paywarden.signer.api.server import load_packs
+from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.core.service import SigningService, SignStatus
 from paywarden.signer.errors import PaywardenError, Reason, SessionNotUsable
-from paywarden.signer.payments import IntentFields
-from paywarden.signer.server import load_packs
-from paywarden.signer.service import SigningService, SignStatus
 
 from tests.attacks.kit import AGENT, OPERATOR, PLANNER
 from tests.helpers import Stack

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import time
 
+from paywarden.signer.api.server import load_packs
+from paywarden.signer.core.service import SigningService, SignStatus
 from paywarden.signer.metrics import Metrics
-from paywarden.signer.server import load_packs
-from paywarden.signer.service import SigningService, SignStatus
 from prometheus_client import generate_latest
 
 from tests.attacks.kit import AGENT, PLANNER

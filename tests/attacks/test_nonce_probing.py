@@ -116,7 +116,7 @@ def test_own_nonce_is_still_signed_at_most_once(dial: Dial, stack: Stack) -> Non
 
 
 def test_nonces_from_before_the_upgrade_stay_used(tmp_path: Path) -> None:
-    from paywarden.signer.sqlite_store import _MIGRATIONS, SqliteStore, _statements
+    from paywarden.signer.store.sqlite import _MIGRATIONS, SqliteStore, _statements
 
     path = tmp_path / "v3.db"
     conn = sqlite3.connect(path, isolation_level=None)

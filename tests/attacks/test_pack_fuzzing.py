@@ -41,7 +41,7 @@ from paywarden.policy import (
     load_pack,
     normalise,
 )
-from paywarden.signer import cli
+from paywarden.signer.cli import commands
 
 EXAMPLES = int(os.environ.get("PAYWARDEN_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
@@ -209,7 +209,7 @@ def check_with_cli(path: Path) -> tuple[int, str]:
     """``paywarden policy check FILE``, in process, as the command runs it."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["policy", "check", str(path)])
+        code = commands.main(["policy", "check", str(path)])
     return code, err.getvalue()
 
 
@@ -356,7 +356,7 @@ def reference_denies(case: Case) -> bool:
 
 
 def facts(payee: str, asset: str, *, ci: bool) -> Facts:
-    """As signer/service.py builds them: the key, and the payee as written."""
+    """As signer/core/service.py builds them: the key, and the payee as written."""
     text = unicodedata.normalize("NFC", payee)
     return Facts(
         now=1_750_000_000,

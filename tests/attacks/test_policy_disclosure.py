@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from paywarden.signer.disclosure import AGENT_MESSAGES
+from paywarden.signer.core.disclosure import AGENT_MESSAGES
 from paywarden.v1 import (
     approvals_pb2,
     approvals_pb2_grpc,
@@ -175,7 +175,7 @@ def _operator() -> Any:
 def test_every_reason_code_has_its_own_fixed_sentence() -> None:
     """A reason code added without a sentence would reach agents only as the
     generic one: every code the signer defines has a sentence of its own."""
-    from paywarden.signer.disclosure import GENERIC, agent_message
+    from paywarden.signer.core.disclosure import GENERIC, agent_message
     from paywarden.signer.errors import Reason
 
     missing = [r.value for r in Reason if agent_message(r.value) == GENERIC]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from paywarden.signer.refusals import RefusalLog
+from paywarden.signer.core.refusals import RefusalLog
 from paywarden.v1 import (
     control_pb2,
     signer_pb2,

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from paywarden.signer.core.refusals import RefusalLog
 from paywarden.signer.identity import Principal, Role
-from paywarden.signer.refusals import RefusalLog
 from paywarden.v1 import (
     approvals_pb2,
     control_pb2,

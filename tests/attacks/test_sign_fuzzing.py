@@ -59,7 +59,7 @@ RPC_TIMEOUT = 30.0
 MAX_EXPIRY = 300  # limits.max_expiry_seconds in tests.helpers.write_config
 DECIMALS = {"USD": 2, "BTC": 8, "JPY": 0}
 KEYS = ("payments.v1", "payments.v2")
-# Every status a Sign may answer with (README "Call it"; signer/status.py). INTERNAL,
+# Every status a Sign may answer with (README "Call it"; signer/api/status.py). INTERNAL,
 # UNKNOWN or a transport error is a failure; UNAVAILABLE is for HSM and store faults,
 # and none is injected here.
 DOCUMENTED = {

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from paywarden.hsm import HsmError
+from paywarden.signer.api.server import load_packs
+from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.core.service import SigningService, SignStatus
 from paywarden.signer.errors import PaywardenError, Reason, Unavailable
-from paywarden.signer.payments import IntentFields
-from paywarden.signer.server import load_packs
-from paywarden.signer.service import SigningService, SignStatus
 
 from tests.attacks.kit import AGENT, PLANNER
 from tests.helpers import Stack, new_nonce

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from paywarden.signer.payments import IntentFields
+from paywarden.signer.core.payments import IntentFields
 from paywarden.v1 import signer_pb2
 
 from tests.helpers import Stack, new_nonce

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from paywarden.signer.api.status import to_grpc_status
 from paywarden.signer.errors import Cancelled, DeadlineExceeded, Reason, Unavailable
-from paywarden.signer.status import to_grpc_status
 
 # grpc/_server.py (_select_thread_pool_for_behavior) runs a call on the executor named
 # by this attribute of the handler's behaviour, if it has one, instead of the server's.

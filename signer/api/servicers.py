@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 
-from paywarden.signer import calls
-from paywarden.signer.authz import Edge, rpc
-from paywarden.signer.canonical import Amount
-from paywarden.signer.control import ControlService
+from paywarden.signer.api import calls
+from paywarden.signer.api.authz import Edge, rpc
+from paywarden.signer.core.canonical import Amount
+from paywarden.signer.core.control import ControlService
+from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.core.service import ApprovalView, SessionView, SigningService, SignStatus
 from paywarden.signer.errors import InvalidInput, NotFound, Reason
 from paywarden.signer.identity import Principal
-from paywarden.signer.payments import IntentFields
-from paywarden.signer.service import ApprovalView, SessionView, SigningService, SignStatus
-from paywarden.signer.store import Freeze
+from paywarden.signer.store.records import Freeze
 from paywarden.v1 import (
     approvals_pb2,
     approvals_pb2_grpc,

@@ -11,11 +11,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from paywarden.signer import auditlog, merkle
-from paywarden.signer.cli_support import config_from_args
-from paywarden.signer.client import add_connection_arguments, call
-from paywarden.signer.sqlite_store import read_audit_log
-from paywarden.signer.store import Checkpoint
+from paywarden.signer.auditlog import merkle, verification
+from paywarden.signer.cli.dial import add_connection_arguments, call
+from paywarden.signer.cli.support import config_from_args
+from paywarden.signer.store.records import Checkpoint
+from paywarden.signer.store.sqlite import read_audit_log
 from paywarden.v1 import control_pb2, control_pb2_grpc
 
 # -- reading the log -------------------------------------------------------------------
@@ -64,7 +64,7 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _trusted_arg(text: str) -> auditlog.TrustedHead:
+def _trusted_arg(text: str) -> verification.TrustedHead:
     size, sep, root = text.partition(":")
     root = root.strip().lower()
     if (
@@ -75,7 +75,7 @@ def _trusted_arg(text: str) -> auditlog.TrustedHead:
         or any(c not in "0123456789abcdef" for c in root)
     ):
         raise argparse.ArgumentTypeError("must be SIZE:ROOT (a record count and a hex root)")
-    return auditlog.TrustedHead(int(size), root, f"--trusted {int(size)}:{root[:16]}…")
+    return verification.TrustedHead(int(size), root, f"--trusted {int(size)}:{root[:16]}…")
 
 
 def _checkpoint_objects(path: Path) -> list[dict[str, Any]]:
@@ -106,7 +106,7 @@ def _checkpoint_objects(path: Path) -> list[dict[str, Any]]:
 
 def _trusted_from_file(
     path: Path, keys: list[ec.EllipticCurvePublicKey]
-) -> list[auditlog.TrustedHead]:
+) -> list[verification.TrustedHead]:
     """Checkpoints saved by ``ctl checkpoint --out`` or ``audit export`` (or a signed
     body alone). A signed one must verify with a given audit key: a copy kept
     elsewhere is trusted for what it says, never for a signature that fails."""
@@ -126,14 +126,14 @@ def _trusted_from_file(
                 str(item.get("body", "")),
                 str(item["signature"]),
             )
-            problem = auditlog.check_checkpoint(cp, keys)
+            problem = verification.check_checkpoint(cp, keys)
             if problem is not None:
                 raise SystemExit(f"paywarden: {path}: {problem}")
-        heads.append(auditlog.TrustedHead(size, root.lower(), f"{path}"))
+        heads.append(verification.TrustedHead(size, root.lower(), f"{path}"))
     return heads
 
 
-def _seal_limits(args: argparse.Namespace) -> auditlog.SealLimits:
+def _seal_limits(args: argparse.Namespace) -> verification.SealLimits:
     """--max-unsealed*, else twice the configured interval (a checkpoint is signed
     on the checkpointer's next tick once due; twice leaves room for a busy signer)."""
     records, seconds = args.max_unsealed, args.max_unsealed_seconds
@@ -143,7 +143,7 @@ def _seal_limits(args: argparse.Namespace) -> auditlog.SealLimits:
             records = 2 * configured.checkpoint_every
         if seconds is None:
             seconds = 2 * configured.checkpoint_seconds
-    return auditlog.SealLimits(records=records, seconds=seconds)
+    return verification.SealLimits(records=records, seconds=seconds)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -152,7 +152,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     trusted = list(args.trusted or [])
     for path in args.checkpoint or []:
         trusted.extend(_trusted_from_file(path, keys))
-    report = auditlog.verify(
+    report = verification.verify(
         records,
         checkpoints,
         keys,
@@ -203,7 +203,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     records, _ = _load(args)
-    text = auditlog.explain([(s, b) for s, b, _ in records], args.decision_id)
+    text = verification.explain([(s, b) for s, b, _ in records], args.decision_id)
     if text is None:
         print(f"paywarden: no decision {args.decision_id} in the audit log", file=sys.stderr)
         return 1
@@ -300,10 +300,10 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-time-skew",
         type=_count,
-        default=auditlog.TIME_SKEW,
+        default=verification.TIME_SKEW,
         metavar="S",
         help="how far a record's time may lie below an earlier one's (default "
-        f"{auditlog.TIME_SKEW}, for logs written before the store kept times from going "
+        f"{verification.TIME_SKEW}, for logs written before the store kept times from going "
         "back; 0 for logs written since)",
     )
     p.set_defaults(fn=cmd_verify)

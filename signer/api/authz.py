@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
-from paywarden.signer import audit
+from paywarden.signer.api.registry import request_class
+from paywarden.signer.api.status import to_grpc_status
+from paywarden.signer.api.wire import reject_unknown_fields
+from paywarden.signer.core import audit_events
 from paywarden.signer.errors import Forbidden, Internal, InvalidInput, PaywardenError, Reason
 from paywarden.signer.identity import Authenticator, Principal, Role
-from paywarden.signer.registry import request_class
-from paywarden.signer.status import to_grpc_status
-from paywarden.signer.store import Store, StoreError
-from paywarden.signer.wire import reject_unknown_fields
+from paywarden.signer.store.records import Store, StoreError
 
 log = logging.getLogger("paywarden.signer.rpc")
 
@@ -68,7 +68,7 @@ class Edge:
             fields["authenticated"] = False
         try:
             return self.store.audit_event(
-                audit.event("rpc.error", caller, int(self.clock()), **fields)
+                audit_events.event("rpc.error", caller, int(self.clock()), **fields)
             )
         except StoreError as exc:
             log.error("cannot audit a failed rpc: %s", exc, extra={"rpc": method})

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from paywarden.signer.identity import Principal
-from paywarden.signer.store import DecisionRecord
+from paywarden.signer.store.records import DecisionRecord
 
 Event = dict[str, Any]
 

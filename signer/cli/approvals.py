@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from paywarden.signer.client import add_connection_arguments, call
+from paywarden.signer.cli.dial import add_connection_arguments, call
 from paywarden.v1 import approvals_pb2, approvals_pb2_grpc
 
 

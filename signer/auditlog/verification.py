@@ -33,9 +33,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
-from paywarden.signer import merkle
-from paywarden.signer.canonical import jcs
-from paywarden.signer.store import Checkpoint
+from paywarden.signer.auditlog import merkle
+from paywarden.signer.core.canonical import jcs
+from paywarden.signer.store.records import Checkpoint
 
 CHECKPOINT_TYPE = "paywarden.checkpoint.v1"
 # A record's time may be this much below an earlier record's. The store no longer

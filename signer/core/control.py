@@ -13,17 +13,18 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from paywarden.hsm import Hsm, HsmError
-from paywarden.signer import audit, auditlog, merkle
-from paywarden.signer.canonical import clean_text
+from paywarden.signer.auditlog import merkle, verification
 from paywarden.signer.config import Config
+from paywarden.signer.core import audit_events
+from paywarden.signer.core.canonical import clean_text
+from paywarden.signer.core.session_input import parse_session_id
 from paywarden.signer.errors import InvalidInput, NotFound, Reason, Unavailable
 from paywarden.signer.identity import PRINCIPAL_ID, Principal
 from paywarden.signer.metrics import Metrics
-from paywarden.signer.sessions import parse_session_id
-from paywarden.signer.store import Checkpoint, Freeze, Store, StoreError
+from paywarden.signer.store.records import Checkpoint, Freeze, Store, StoreError
 from paywarden.signer.timekeeping import HighWater
 
-log = logging.getLogger("paywarden.signer.control")
+log = logging.getLogger("paywarden.signer.core.control")
 
 T = TypeVar("T")
 SCOPES = ("global", "agent", "session", "key")
@@ -88,7 +89,9 @@ class ControlService:
         reason = clean_text("reason", reason, max_len=MAX_REASON)
         now = self._now()
         freeze = Freeze(scope, target, reason, f"{caller.role}/{caller.id}", "operator", now)
-        event = audit.event("freeze.set", caller, now, scope=scope, target=target, reason=reason)
+        event = audit_events.event(
+            "freeze.set", caller, now, scope=scope, target=target, reason=reason
+        )
         created = _store(lambda: self._store.set_freeze(freeze, event))
         if created:
             self._metrics.froze(scope, target, "operator", now)
@@ -102,7 +105,9 @@ class ControlService:
         target = self._target(scope, target)
         reason = clean_text("reason", reason, max_len=MAX_REASON)
         now = self._now()
-        event = audit.event("freeze.clear", caller, now, scope=scope, target=target, reason=reason)
+        event = audit_events.event(
+            "freeze.clear", caller, now, scope=scope, target=target, reason=reason
+        )
         removed = _store(lambda: self._store.clear_freeze(scope, target, now, event))
         if removed and self._unfrozen is not None:
             self._unfrozen(scope, target)
@@ -132,7 +137,7 @@ class ControlService:
             if size == 0:
                 return None
             now = self._now()
-            body = auditlog.checkpoint_body(size, root, now, self._config.audit.key)
+            body = verification.checkpoint_body(size, root, now, self._config.audit.key)
             try:
                 signature = self._hsm.sign_checkpoint(body)
             except HsmError:
@@ -145,7 +150,7 @@ class ControlService:
                 now,
                 self._config.audit.key,
                 body.decode("utf-8"),
-                auditlog.encode_signature(signature),
+                verification.encode_signature(signature),
             )
             _store(lambda: self._store.add_checkpoint(cp))
             return cp

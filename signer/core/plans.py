@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from paywarden.policy import AssetInfo, PolicyPack, normalise, payee_allowed_by_pack
-from paywarden.signer.canonical import clean_text, parse_amount
 from paywarden.signer.config import AssetConfig
+from paywarden.signer.core.canonical import clean_text, parse_amount
+from paywarden.signer.core.payments import MAX_PAYEE
 from paywarden.signer.errors import Denied, InvalidInput, Reason
-from paywarden.signer.payments import MAX_PAYEE
-from paywarden.signer.store import PlanLineRecord, SessionRecord
+from paywarden.signer.store.records import PlanLineRecord, SessionRecord
 
 MAX_PLAN_LINES = 100
 MAX_LINE_COUNT = 1000

@@ -9,7 +9,7 @@ on the worker thread and before the handler runs:
 
 - authenticates the caller (the client profile and identity of
   :class:`~paywarden.signer.identity.Authenticator`) and checks its role
-  (:func:`~paywarden.signer.authz.authorize`; reflection is for operators);
+  (:func:`~paywarden.signer.api.authz.authorize`; reflection is for operators);
 - keeps ``server.reserved_workers`` threads for operators' unary calls: every
   other call, and every stream, shares the rest of ``server.max_workers`` and
   is refused RESOURCE_EXHAUSTED (``SERVER_BUSY``) when that share is in use;
@@ -30,7 +30,7 @@ not change: a unary call is one message on a stream either way.
 Some services run on an executor of their own (``executors``: the operator's
 ``Control``, so that it never queues behind the signing path's calls); gRPC
 picks it from the wrapper's ``experimental_thread_pool`` attribute
-(:func:`~paywarden.signer.calls.run_on`). A caller without the role is refused on
+(:func:`~paywarden.signer.api.calls.run_on`). A caller without the role is refused on
 that executor before its message is read. gRPC's own ``maximum_concurrent_rpcs``
 counts every call and refuses operators too: see ``server.max_concurrent_rpcs``.
 """
@@ -46,14 +46,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from paywarden.signer.authz import authorize
-from paywarden.signer.calls import executor_of, run_on
+from paywarden.signer.api.authz import authorize
+from paywarden.signer.api.calls import executor_of, run_on
+from paywarden.signer.api.status import to_grpc_status
 from paywarden.signer.config import ServerConfig
 from paywarden.signer.errors import InvalidInput, Overloaded, PaywardenError, Reason
 from paywarden.signer.identity import Authenticator, Principal, Role
-from paywarden.signer.status import to_grpc_status
 
-log = logging.getLogger("paywarden.signer.admission")
+log = logging.getLogger("paywarden.signer.api.admission")
 
 
 @dataclass(frozen=True, slots=True)

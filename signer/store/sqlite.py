@@ -1,4 +1,4 @@
-"""SQLite implementation of :class:`~paywarden.signer.store.Store`.
+"""SQLite implementation of :class:`~paywarden.signer.store.records.Store`.
 
 WAL mode with ``synchronous=FULL``: a decision is on disk before its
 signature leaves the service. One connection per store, guarded by a lock
@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from paywarden.signer import merkle
-from paywarden.signer.canonical import jcs
-from paywarden.signer.store import (
+from paywarden.signer.auditlog import merkle
+from paywarden.signer.core.canonical import jcs
+from paywarden.signer.store.records import (
     AgentUsage,
     ApprovalRecord,
     Checkpoint,

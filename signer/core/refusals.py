@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from paywarden.signer.identity import Principal
-from paywarden.signer.store import Freeze
+from paywarden.signer.store.records import Freeze
 
 # More principals than this and the fullest (least recently refused) buckets go:
 # memory stays bounded whatever ids the certificates carry.

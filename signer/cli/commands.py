@@ -11,10 +11,11 @@ from pathlib import Path
 from types import FrameType
 
 import sqlite_utils
-from paywarden.signer import approvals_cli, audit_cli, logs
-from paywarden.signer.cli_support import CliExit, config_from_args
+from paywarden.signer import logs
+from paywarden.signer.api.server import StartupError, start
+from paywarden.signer.cli import approvals, audit
+from paywarden.signer.cli.support import CliExit, config_from_args
 from paywarden.signer.config import ConfigError, load_config
-from paywarden.signer.server import StartupError, start
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -133,14 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     pcheck.add_argument("files", nargs="+", type=Path)
     pcheck.add_argument("--config", type=Path, help="signer config (assets, groups)")
     pcheck.set_defaults(fn=_policy_check)
-    approvals = sub.add_parser("approvals", help="approve or deny held payments (approver)")
-    approvals_cli.add_arguments(approvals)
-    approvals.set_defaults(fn=approvals_cli.run)
+    approvals_parser = sub.add_parser("approvals", help="approve or deny held payments (approver)")
+    approvals.add_arguments(approvals_parser)
+    approvals_parser.set_defaults(fn=approvals.run)
     audit_parser = sub.add_parser("audit", help="verify, export and explain the audit log")
-    audit_cli.add_audit_arguments(audit_parser)
+    audit.add_audit_arguments(audit_parser)
     ctl = sub.add_parser("ctl", help="operator: freeze, unfreeze, checkpoint (over mTLS)")
-    audit_cli.add_ctl_arguments(ctl)
-    ctl.set_defaults(fn=audit_cli.run_ctl)
+    audit.add_ctl_arguments(ctl)
+    ctl.set_defaults(fn=audit.run_ctl)
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paywarden.signer.canonical import (
+from paywarden.signer.config import AssetConfig
+from paywarden.signer.core.canonical import (
     PAYLOAD_TYPE,
     Amount,
     b64url,
@@ -13,9 +14,8 @@ from paywarden.signer.canonical import (
     parse_amount,
     parse_nonce,
 )
-from paywarden.signer.config import AssetConfig
+from paywarden.signer.core.session_input import parse_session_id
 from paywarden.signer.errors import InvalidInput, Reason
-from paywarden.signer.sessions import parse_session_id
 
 MAX_PAYEE = 256
 MAX_REFERENCE = 128

@@ -1,4 +1,4 @@
-"""What the command groups share (``cli``, ``audit_cli``): the configuration named
+"""What the command groups share (``commands``, ``audit``): the configuration named
 by ``--config``, and an exit with a message and a status code."""
 
 from __future__ import annotations

@@ -19,29 +19,29 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from paywarden.hsm import Hsm, HsmError, HsmPinRejected, HsmUnavailable, PublicKeyInfo, read_pin
 from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pack_dir
-from paywarden.signer import audit
-from paywarden.signer.admission import Admission, AdmissionInterceptor
-from paywarden.signer.authz import Edge
-from paywarden.signer.calls import CallInterceptor, Gate
-from paywarden.signer.config import Config
-from paywarden.signer.control import Checkpointer, ControlService
-from paywarden.signer.errors import PaywardenError
-from paywarden.signer.identity import Authenticator
-from paywarden.signer.metrics import Metrics
-from paywarden.signer.registry import SERVICES, add_servicer
-from paywarden.signer.service import SigningService
-from paywarden.signer.servicers import (
+from paywarden.signer.api.admission import Admission, AdmissionInterceptor
+from paywarden.signer.api.authz import Edge
+from paywarden.signer.api.calls import CallInterceptor, Gate
+from paywarden.signer.api.registry import SERVICES, add_servicer
+from paywarden.signer.api.servicers import (
     ApprovalsServicer,
     ControlServicer,
     SessionsServicer,
     SignerServicer,
 )
-from paywarden.signer.sqlite_store import SqliteStore
-from paywarden.signer.store import StoreError
+from paywarden.signer.config import Config
+from paywarden.signer.core import audit_events
+from paywarden.signer.core.control import Checkpointer, ControlService
+from paywarden.signer.core.service import SigningService
+from paywarden.signer.errors import PaywardenError
+from paywarden.signer.identity import Authenticator
+from paywarden.signer.metrics import Metrics
+from paywarden.signer.store.records import StoreError
+from paywarden.signer.store.sqlite import SqliteStore
 from paywarden.signer.timekeeping import HighWater
 from prometheus_client import Gauge
 
-log = logging.getLogger("paywarden.signer.server")
+log = logging.getLogger("paywarden.signer.api.server")
 
 SERVICE_NAMES = tuple(s.full_name for s in SERVICES)
 # After the grace period, how long a call past its deadline may take to answer, and
@@ -277,7 +277,7 @@ def _audit_start(
     now = clock()
     try:
         store.audit_event(
-            audit.event(
+            audit_events.event(
                 "policy.load",
                 None,
                 now,
@@ -286,7 +286,7 @@ def _audit_start(
             )
         )
         store.audit_event(
-            audit.event(
+            audit_events.event(
                 "keys.load",
                 None,
                 now,
@@ -301,7 +301,7 @@ def _audit_start(
     def reopened(keys: list[PublicKeyInfo]) -> None:
         # Runs before the first signature of the new session: no payment is
         # signed with a key whose fingerprint the log does not hold.
-        event = audit.event(
+        event = audit_events.event(
             "keys.load",
             None,
             clock(),

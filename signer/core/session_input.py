@@ -6,8 +6,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from paywarden.signer.canonical import b64url, clean_text, parse_amount
 from paywarden.signer.config import AssetConfig
+from paywarden.signer.core.canonical import b64url, clean_text, parse_amount
 from paywarden.signer.errors import InvalidInput, Reason
 from paywarden.signer.identity import PRINCIPAL_ID
 

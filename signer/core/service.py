@@ -39,11 +39,35 @@ from paywarden.policy import (
 )
 from paywarden.policy.breaker import breaker_denial, breaker_trips
 from paywarden.policy.packs import PolicyPack
-from paywarden.signer import audit
-from paywarden.signer.calls import NO_DEADLINE, Deadline
-from paywarden.signer.canonical import Amount, clean_text, jcs, sha256_hex
+from paywarden.signer.api.calls import NO_DEADLINE, Deadline
 from paywarden.signer.config import Config
-from paywarden.signer.disclosure import agent_facing
+from paywarden.signer.core import audit_events
+from paywarden.signer.core.canonical import Amount, clean_text, jcs, sha256_hex
+from paywarden.signer.core.disclosure import agent_facing
+from paywarden.signer.core.payments import (
+    MAX_EXPIRES_AT,
+    Intent,
+    IntentFields,
+    check_expiry,
+    claims,
+    jws_compact,
+    jws_signing_input,
+    validate_intent,
+)
+from paywarden.signer.core.plans import PlanInput, validate_plan
+from paywarden.signer.core.refusals import (
+    FreezeView,
+    RefusalBudget,
+    RefusalCounter,
+    RefusalLog,
+    Summary,
+)
+from paywarden.signer.core.session_input import (
+    new_decision_id,
+    new_session_id,
+    parse_session_id,
+    validate_session_request,
+)
 from paywarden.signer.errors import (
     Denied,
     Forbidden,
@@ -59,31 +83,7 @@ from paywarden.signer.errors import (
 )
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.metrics import Metrics
-from paywarden.signer.payments import (
-    MAX_EXPIRES_AT,
-    Intent,
-    IntentFields,
-    check_expiry,
-    claims,
-    jws_compact,
-    jws_signing_input,
-    validate_intent,
-)
-from paywarden.signer.plans import PlanInput, validate_plan
-from paywarden.signer.refusals import (
-    FreezeView,
-    RefusalBudget,
-    RefusalCounter,
-    RefusalLog,
-    Summary,
-)
-from paywarden.signer.sessions import (
-    new_decision_id,
-    new_session_id,
-    parse_session_id,
-    validate_session_request,
-)
-from paywarden.signer.store import (
+from paywarden.signer.store.records import (
     AgentUsage,
     ApprovalRecord,
     ApprovalTx,
@@ -242,7 +242,7 @@ class SigningService:
             pack_sha256=pack.sha256,
         )
         decimals = {a: self._decimals(a) for a in record.budgets_minor}
-        opened = audit.event(
+        opened = audit_events.event(
             "session.open",
             caller,
             now,
@@ -292,7 +292,7 @@ class SigningService:
         _require(caller, Role.PLANNER)
         now = self._now()
         record = self._visible_session(caller, session_id, now)
-        closing = audit.event("session.close", caller, now, session_id=record.id)
+        closing = audit_events.event("session.close", caller, now, session_id=record.id)
         closed = _store_call(lambda: self._store.close_session(record.id, now, closing))
         if closed is None:
             raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
@@ -325,7 +325,7 @@ class SigningService:
             }
             for ln in out
         ]
-        committing = audit.event("plan.commit", caller, now, session_id=record.id, plan=plan)
+        committing = audit_events.event("plan.commit", caller, now, session_id=record.id, plan=plan)
         committed = _store_call(lambda: self._store.commit_plan(record.id, out, now, committing))
         if committed is None:
             raise SessionNotUsable(Reason.SESSION_NOT_EXPLORING, "the plan was already committed")
@@ -435,7 +435,7 @@ class SigningService:
             )
 
     def _write_summary(self, action: str, s: Summary[Any], now: int, **fields: Any) -> None:
-        summary = audit.event(
+        summary = audit_events.event(
             action,
             s.principal,
             now,
@@ -506,7 +506,7 @@ class SigningService:
         if exc.reason in (Reason.DEADLINE_EXCEEDED, Reason.CALL_CANCELLED, Reason.SHUTTING_DOWN):
             return  # the caller is gone and nothing was decided; nobody waits on a record
         expires = fields.expires_at
-        refused = audit.event(
+        refused = audit_events.event(
             "sign.refused",
             caller,
             self._now(),
@@ -608,7 +608,7 @@ class SigningService:
                 elif (repeats := self._retry_log.counts(caller, kind, now)) is not None:
                     return answer, approval, replayed, repeats, None
                 seq = tx.audit(
-                    audit.event(
+                    audit_events.event(
                         "sign.retry",
                         caller,
                         now,
@@ -682,15 +682,15 @@ class SigningService:
             )
             amount = _amount(intent.amount.minor, self._decimals(intent.asset))
             seq = tx.audit(
-                audit.event(
+                audit_events.event(
                     "sign.decision",
                     caller,
                     now,
-                    decision=audit.decision_fields(record, amount),
+                    decision=audit_events.decision_fields(record, amount),
                     approval_id=approval.id if approval is not None else None,
                     approvals_required=approval.required if approval is not None else None,
-                    payload=audit.payload_text(record),
-                    untrusted=audit.untrusted(intent.purpose),
+                    payload=audit_events.payload_text(record),
+                    untrusted=audit_events.untrusted(intent.purpose),
                 )
             )
             froze = tripped is not None and self._freeze_by_breaker(tx, pack, caller, now, tripped)
@@ -1021,7 +1021,7 @@ class SigningService:
         The approval id and note are as the caller sent them: untrusted, bounded."""
         if exc.reason == Reason.STORE_UNAVAILABLE:
             return  # the store just failed; waiting on it again helps nobody
-        refused = audit.event(
+        refused = audit_events.event(
             "approval.refused",
             caller,
             self._now(),
@@ -1071,7 +1071,7 @@ class SigningService:
                     tx.set_approval_status(approval_id, "approved", now)
                 final = self._approval_view(tx, approval_id, now)
                 tx.audit(
-                    audit.event(
+                    audit_events.event(
                         "approval.approve" if approve else "approval.deny",
                         caller,
                         now,
@@ -1185,10 +1185,10 @@ def _raise_denial(record: DecisionRecord, audit_seq: int) -> NoReturn:
 
 def _breaker_freeze(
     caller: Principal, now: int, why: str, pack_id: str | None
-) -> tuple[Freeze, audit.Event]:
+) -> tuple[Freeze, audit_events.Event]:
     """The agent freeze a tripped breaker sets, and its audit record."""
     freeze = Freeze("agent", caller.id, f"circuit breaker: {why}", "breaker", "breaker", now)
-    event = audit.event(
+    event = audit_events.event(
         "breaker.freeze",
         None,
         now,
