@@ -3,7 +3,8 @@
 The public surface is small on purpose: :class:`Hsm` signs ES256 over bytes
 it hashes itself (there is no way to hand it a digest), exports public keys,
 and reports its health. Provisioning (token initialisation, key generation)
-lives in :mod:`paywarden.hsm.provision` and is used by ``scripts/`` only.
+lives in :mod:`paywarden.hsm.provision` and is used only by the security team's
+``paywarden-keys`` command (:mod:`paywarden.signer.cli.keys`, also ``scripts/keys.py``).
 """
 
 from paywarden.hsm.errors import HsmError, HsmPinRejected, HsmUnavailable, KeyNotFound, UnsafeKey

@@ -1,0 +1,208 @@
+"""Development PKI: a CA, the server certificate and role client certificates.
+
+    paywarden-pki init-ca  --dir DIR [--trust-domain paywarden.local]
+    paywarden-pki server   --dir DIR [--host 127.0.0.1] [--dns localhost]
+    paywarden-pki issue    --dir DIR --role agent --id agent-7 [--days 30]
+
+``scripts/pki.py`` runs the same commands. Client certificates carry exactly one
+URI SAN, spiffe://<trust-domain>/<role>/<id>, which is what the signer authorises
+on. This is what a security team runs for development and tests; production uses
+its own CA. Private keys are written with mode 0600. Idempotent: an existing CA or
+certificate is kept (use --force to reissue a leaf certificate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from paywarden.signer.identity import PRINCIPAL_ID
+
+ROLES = ("agent", "planner", "approver", "operator")
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+class PkiError(Exception):
+    """A command cannot go on: ``main`` prints the message and exits 1."""
+
+
+def _load_ca(d: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
+        key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
+    except FileNotFoundError:
+        raise PkiError(f"no CA in {d}; run init-ca first") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError("the CA key is not an EC key")
+    return cert, key
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def init_ca(d: Path, trust_domain: str, days: int) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    if (d / "ca.crt").exists():
+        print(f"CA in {d}: already exists, nothing done")
+        return
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"Paywarden dev CA ({trust_domain})")]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_after(_now() + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_key(d / "ca.key", key)
+    _write_cert(d / "ca.crt", cert)
+    (d / "trust-domain").write_text(trust_domain + "\n", encoding="ascii")
+    print(f"CA in {d}: created")
+
+
+def _leaf(
+    d: Path,
+    stem: str,
+    common_name: str,
+    sans: list[x509.GeneralName],
+    usage: x509.ObjectIdentifier,
+    days: int,
+    force: bool,
+) -> None:
+    if (d / f"{stem}.crt").exists() and not force:
+        print(f"{stem}: already exists, nothing done")
+        return
+    ca_cert, ca_key = _load_ca(d)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_after(_now() + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_key(d / f"{stem}.key", key)
+    _write_cert(d / f"{stem}.crt", cert)
+    print(f"{stem}: issued")
+
+
+def main(argv: list[str] | None = None, *, prog: str = "paywarden-pki") -> int:
+    """Runs one command; ``prog`` names the command in usage and errors."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("init-ca")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--trust-domain", default="paywarden.local")
+    p.add_argument("--days", type=int, default=365)
+    p = sub.add_parser("server")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--host", action="append", default=None, help="IP SAN (default 127.0.0.1)")
+    p.add_argument("--dns", action="append", default=None, help="DNS SAN (default localhost)")
+    p.add_argument("--days", type=int, default=90)
+    p.add_argument("--force", action="store_true")
+    p = sub.add_parser("issue")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--role", choices=ROLES, required=True)
+    p.add_argument("--id", required=True)
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args, prog)
+    except PkiError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, prog: str) -> int:
+    if args.command == "init-ca":
+        init_ca(args.dir, args.trust_domain, args.days)
+    elif args.command == "server":
+        hosts = args.host or ["127.0.0.1"]
+        dns = args.dns or ["localhost"]
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
+        sans += [x509.IPAddress(ipaddress.ip_address(h)) for h in hosts]
+        _leaf(
+            args.dir,
+            "server",
+            "paywarden server",
+            sans,
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            args.days,
+            args.force,
+        )
+    else:
+        # The id names the files written (DIR/<role>-<id>.crt) and the identity
+        # the signer reads back: the signer's own rule keeps both safe.
+        if not PRINCIPAL_ID.fullmatch(args.id):
+            print(
+                f"{prog}: --id {args.id!r} is not a principal id: 1-128 characters of"
+                " lower-case letters, digits, '.', '_' and '-', starting with a letter or digit",
+                file=sys.stderr,
+            )
+            return 2
+        domain = (args.dir / "trust-domain").read_text(encoding="ascii").strip()
+        uri = f"spiffe://{domain}/{args.role}/{args.id}"
+        _leaf(
+            args.dir,
+            f"{args.role}-{args.id}",
+            f"{args.role} {args.id}",
+            [x509.UniformResourceIdentifier(uri)],
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            args.days,
+            args.force,
+        )
+    return 0
