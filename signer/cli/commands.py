@@ -13,7 +13,7 @@ from types import FrameType
 import sqlite_utils
 from paywarden.signer import logs
 from paywarden.signer.api.server import StartupError, start
-from paywarden.signer.cli import approvals, audit
+from paywarden.signer.cli import approvals, audit, ctl
 from paywarden.signer.cli.support import CliExit, config_from_args
 from paywarden.signer.config import ConfigError, load_config
 
@@ -139,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     approvals_parser.set_defaults(fn=approvals.run)
     audit_parser = sub.add_parser("audit", help="verify, export and explain the audit log")
     audit.add_audit_arguments(audit_parser)
-    ctl = sub.add_parser("ctl", help="operator: freeze, unfreeze, checkpoint (over mTLS)")
-    audit.add_ctl_arguments(ctl)
-    ctl.set_defaults(fn=audit.run_ctl)
+    ctl_parser = sub.add_parser("ctl", help="operator: freeze, unfreeze, checkpoint (over mTLS)")
+    ctl.add_arguments(ctl_parser)
+    ctl_parser.set_defaults(fn=ctl.run)
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)

@@ -1,0 +1,80 @@
+"""``paywarden ctl …``: the operator's kill switch and audit checkpoints, over mTLS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from paywarden.signer.cli.dial import add_connection_arguments, call
+from paywarden.v1 import control_pb2, control_pb2_grpc
+
+_SCOPES = {"global": control_pb2.GLOBAL, "agent": control_pb2.AGENT,
+           "session": control_pb2.SESSION, "key": control_pb2.KEY}  # fmt: skip
+_NAMES = {v: k for k, v in _SCOPES.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_connection_arguments(parser, "operator-dev-operator")
+    sub = parser.add_subparsers(dest="ctl_command", required=True)
+    for name, helptext in (("freeze", "stop signing in a scope"), ("unfreeze", "lift a freeze")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("scope", choices=sorted(_SCOPES))
+        p.add_argument("target", nargs="?", default="")
+        p.add_argument("--reason", required=True)
+    sub.add_parser("freezes", help="the freezes in force")
+    p = sub.add_parser("checkpoint", help="sign a checkpoint of the audit log now")
+    p.add_argument("--public-key-out", type=Path, help="write the audit public key (PEM) here")
+    p.add_argument(
+        "--out", type=Path, help="save the signed checkpoint (JSON) for audit verify --checkpoint"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    return call(args, control_pb2_grpc.ControlStub, _ctl)
+
+
+def _ctl(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    cmd = args.ctl_command
+    if cmd == "freeze":
+        resp = stub.Freeze(
+            control_pb2.FreezeRequest(
+                scope=_SCOPES[args.scope], target=args.target, reason=args.reason
+            ),
+            timeout=30,
+        )
+        state = "frozen" if resp.created else "already frozen"
+        where = f"{args.scope} {args.target}".strip()
+        print(f"{where}: {state} ({resp.freeze.reason})")
+        return 0
+    if cmd == "unfreeze":
+        removed = stub.Unfreeze(
+            control_pb2.UnfreezeRequest(
+                scope=_SCOPES[args.scope], target=args.target, reason=args.reason
+            ),
+            timeout=30,
+        ).removed
+        where = f"{args.scope} {args.target}".strip()
+        print(f"{where}: {'unfrozen' if removed else 'was not frozen'}")
+        return 0
+    if cmd == "freezes":
+        freezes = stub.ListFreezes(control_pb2.ListFreezesRequest(), timeout=30).freezes
+        if not freezes:
+            print("nothing is frozen")
+        for f in freezes:
+            print(f"{_NAMES[f.scope]} {f.target or '-'}  by {f.actor}  at {f.at}  {f.reason}")
+        return 0
+    resp_cp = stub.Checkpoint(control_pb2.CheckpointRequest(), timeout=30)
+    cp = resp_cp.checkpoint
+    print(f"checkpoint: {cp.tree_size} records, root {cp.root_hash}, key {cp.key_id}")
+    if args.out:
+        saved = {
+            "size": cp.tree_size, "root": cp.root_hash, "time": cp.time, "key_id": cp.key_id,
+            "body": cp.body, "signature": cp.signature,
+        }  # fmt: skip
+        args.out.write_text(json.dumps(saved) + "\n", encoding="utf-8")
+        print(f"checkpoint written to {args.out}")
+    if args.public_key_out:
+        args.public_key_out.write_text(resp_cp.audit_public_key_pem, encoding="ascii")
+        print(f"audit public key written to {args.public_key_out}")
+    return 0
