@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from paywarden.signer.auditlog import merkle, verification
+from paywarden.signer.auditlog.checkpoints import checkpoint_body
 from paywarden.signer.config import ConfigError, load_config
 from paywarden.signer.core.canonical import jcs
 from paywarden.signer.core.payments import IntentFields
@@ -106,7 +107,7 @@ def test_verify_accepts_checkpoints_signed_before_and_after_a_key_rotation() -> 
         if seq in (3, 6):
             key, kid = (old, "audit.v1") if seq == 3 else (new, "audit.v2")
             root = merkle.frontier_root(frontier)
-            cp_body = verification.checkpoint_body(seq, root, 100 + seq, kid)
+            cp_body = checkpoint_body(seq, root, 100 + seq, kid)
             checkpoints.append(
                 Checkpoint(seq, root.hex(), 100 + seq, kid, cp_body.decode(), _signed(cp_body, key))
             )

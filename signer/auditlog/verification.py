@@ -1,4 +1,4 @@
-"""Checkpoints, verification and explanations of the audit log.
+"""Verification of the audit log.
 
 Verification trusts nothing in the store but the audit public key: it
 recomputes every leaf from the record bytes, checks that each record names
@@ -24,61 +24,22 @@ clock before waiting for the write lock could land after a later-dated one.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer.auditlog import merkle
+from paywarden.signer.auditlog.checkpoints import check_checkpoint
+from paywarden.signer.auditlog.explain import when
 from paywarden.signer.core.canonical import jcs
 from paywarden.signer.store.records import Checkpoint
 
-CHECKPOINT_TYPE = "paywarden.checkpoint.v1"
 # A record's time may be this much below an earlier record's. The store no longer
 # writes such records; logs written before it clamped times may hold them (a call
 # read the clock, then waited for the write lock, up to store.lock_timeout_seconds).
 TIME_SKEW = 60
-
-
-def checkpoint_body(size: int, root: bytes, at: int, key_id: str) -> bytes:
-    return jcs(
-        {"typ": CHECKPOINT_TYPE, "size": size, "root": root.hex(), "time": at, "kid": key_id}
-    )
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def encode_signature(raw: bytes) -> str:
-    return _b64url(raw)
-
-
-def verify_checkpoint_signature(
-    checkpoint: Checkpoint, public_key: ec.EllipticCurvePublicKey
-) -> bool:
-    try:
-        raw = _unb64url(checkpoint.signature)
-    except (ValueError, TypeError):
-        return False
-    if len(raw) != 64:
-        return False
-    der = utils.encode_dss_signature(
-        int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
-    )
-    try:
-        public_key.verify(der, checkpoint.body.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +126,8 @@ def verify(
                 time_reported = True
                 report.bad(
                     position,
-                    f"record {position}: its time {_when(at)} is {latest[0] - at} seconds "
-                    f"before record {latest[1]}'s {_when(latest[0])}: time went backwards "
+                    f"record {position}: its time {when(at)} is {latest[0] - at} seconds "
+                    f"before record {latest[1]}'s {when(latest[0])}: time went backwards "
                     "(the clock was stepped back, or records were moved)",
                 )
             if latest is None or at > latest[0]:
@@ -334,90 +295,3 @@ def _blame(position: int, problem: str) -> tuple[int, str]:
             f"or record {position} was inserted"
         )
     return position, problem
-
-
-def check_checkpoint(
-    cp: Checkpoint, public_keys: Sequence[ec.EllipticCurvePublicKey]
-) -> str | None:
-    if not any(verify_checkpoint_signature(cp, key) for key in public_keys):
-        return f"checkpoint {cp.size}: bad signature (no given audit key verifies it)"
-    try:
-        body = json.loads(cp.body)
-    except ValueError:
-        return f"checkpoint {cp.size}: its body is not JSON"
-    if body.get("size") != cp.size or body.get("root") != cp.root:
-        return f"checkpoint {cp.size}: its row disagrees with its signed body"
-    return None
-
-
-def _when(epoch: int) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
-
-
-def explain(records: Sequence[tuple[int, str]], decision_id: str) -> str | None:
-    """One decision in words: who asked, what, which rules, why, who approved."""
-    events = [json.loads(body) for _, body in records]
-    decided = [e for e in events if e.get("decision", {}).get("id") == decision_id]
-    if not decided:
-        return None
-    e = decided[0]
-    d = e["decision"]
-    who = e["actor"]
-    pack = d.get("pack") or {}
-    lines = [
-        f"Decision {decision_id} (audit record {e['seq']}, {_when(e['time'])})",
-        f"  {who['role']} {who['id']} asked to pay {d['amount']} {d['asset']} to "
-        f"{d['payee']!r} with key {d['key_id']} in session {d['session_id']}.",
-        f"  Policy pack: {pack.get('id', 'none')} v{pack.get('version', '-')} "
-        f"(sha256 {str(pack.get('sha256', '-'))[:16]}…).",
-    ]
-    deciding = next((r for r in d["trace"] if r["outcome"] == "deny"), None)
-    if d["outcome"] == "deny":
-        rule = deciding["rule"] if deciding else "—"
-        lines.append(f"  DENIED by rule {rule}: {d['reason']} — {d['message']}")
-    elif d["outcome"] == "pending":
-        held = next((r for r in d["trace"] if r["outcome"] == "approve"), None)
-        rule = held["rule"] if held else "—"
-        lines.append(
-            f"  HELD FOR APPROVAL by rule {rule}: {d['reason']} — {d['message']} "
-            f"({e.get('approvals_required', 1)} approver(s), approval {e.get('approval_id')})"
-        )
-    else:
-        lines.append("  ALLOWED: every rule allowed it.")
-    lines.append("  Rules evaluated:")
-    for r in d["trace"]:
-        limit = f" limit {r['limit']}" if r.get("limit") is not None else ""
-        seen = f", observed {r['observed']}" if r.get("observed") is not None else ""
-        lines.append(f"    {r['outcome']:<7} {r['rule']}: {r['reason']}{limit}{seen}")
-    approval_id = e.get("approval_id")
-    for later in events:
-        related = later.get("decision_id") == decision_id or (
-            approval_id is not None and later.get("approval_id") == approval_id
-        )
-        if later is e or not related:
-            continue
-        a = later["actor"]
-        action = later["action"]
-        if action.startswith("approval."):
-            note = f" ({later['note']})" if later.get("note") else ""
-            lines.append(
-                f"  {_when(later['time'])}: {a['role']} {a['id']} {action[9:]}d it{note}; "
-                f"approval now {later.get('state')}."
-            )
-        elif action == "sign.retry":
-            lines.append(
-                f"  {_when(later['time'])}: the agent retried; answer {later.get('answer')}"
-                f" ({later.get('reason')})."
-            )
-        elif action == "sign.retry.summary":
-            lines.append(
-                f"  {_when(later['since'])} to {_when(later['until'])}: the agent retried"
-                f" {later.get('count')} more time(s) with the same answer {later.get('answer')}"
-                f" ({later.get('reason')}), counted, not recorded one by one"
-                f" (first recorded as #{later.get('first_seq')})."
-            )
-    purpose = e.get("untrusted", {}).get("purpose", "")
-    lines.append(f"  Agent's purpose (UNTRUSTED, decided nothing): {json.dumps(purpose)}")
-    return "\n".join(lines)

@@ -12,6 +12,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer.auditlog import merkle, verification
+from paywarden.signer.auditlog.checkpoints import check_checkpoint
+from paywarden.signer.auditlog.explain import explain
 from paywarden.signer.cli.support import config_from_args
 from paywarden.signer.store.records import Checkpoint
 from paywarden.signer.store.sqlite import read_audit_log
@@ -124,7 +126,7 @@ def _trusted_from_file(
                 str(item.get("body", "")),
                 str(item["signature"]),
             )
-            problem = verification.check_checkpoint(cp, keys)
+            problem = check_checkpoint(cp, keys)
             if problem is not None:
                 raise SystemExit(f"paywarden: {path}: {problem}")
         heads.append(verification.TrustedHead(size, root.lower(), f"{path}"))
@@ -201,7 +203,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     records, _ = _load(args)
-    text = verification.explain([(s, b) for s, b, _ in records], args.decision_id)
+    text = explain([(s, b) for s, b, _ in records], args.decision_id)
     if text is None:
         print(f"paywarden: no decision {args.decision_id} in the audit log", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from paywarden.hsm import Hsm, HsmError
-from paywarden.signer.auditlog import merkle, verification
+from paywarden.signer.auditlog import checkpoints, merkle
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.canonical import clean_text
@@ -137,7 +137,7 @@ class ControlService:
             if size == 0:
                 return None
             now = self._now()
-            body = verification.checkpoint_body(size, root, now, self._config.audit.key)
+            body = checkpoints.checkpoint_body(size, root, now, self._config.audit.key)
             try:
                 signature = self._hsm.sign_checkpoint(body)
             except HsmError:
@@ -150,7 +150,7 @@ class ControlService:
                 now,
                 self._config.audit.key,
                 body.decode("utf-8"),
-                verification.encode_signature(signature),
+                checkpoints.encode_signature(signature),
             )
             _store(lambda: self._store.add_checkpoint(cp))
             return cp
