@@ -124,7 +124,7 @@ def stack(
     A test module may set ``STACK_PACKS`` (file name -> pack TOML), ``STACK_EXTRA``
     (extra config TOML, e.g. groups or assets) and ``STACK_TIMEZONE``.
     """
-    from paywarden.signer.api.server import load_packs, open_hsm
+    from paywarden.signer.api.startup import load_packs, open_hsm
     from paywarden.signer.config import load_config
     from paywarden.signer.core.control import ControlService
     from paywarden.signer.core.service import SigningService
@@ -170,13 +170,13 @@ def grpc_add_to_server() -> object:
 @pytest.fixture(scope="module")
 def grpc_servicer(stack: object) -> tuple[object, ...]:
     from paywarden.signer.api.authz import Edge
-    from paywarden.signer.api.server import authenticator
     from paywarden.signer.api.servicers import (
         ApprovalsServicer,
         ControlServicer,
         SessionsServicer,
         SignerServicer,
     )
+    from paywarden.signer.api.startup import authenticator
 
     from tests.helpers import Stack
 
@@ -198,7 +198,7 @@ def grpc_server(
     grpc_servicer: object,
     stack: object,
 ) -> Iterator[grpc.Server]:
-    from paywarden.signer.api.server import server_credentials
+    from paywarden.signer.api.startup import server_credentials
 
     from tests.helpers import Stack
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import resource
 import threading
 import time
 from collections.abc import Callable
@@ -13,12 +11,10 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from paywarden.hsm import Hsm, HsmError, HsmPinRejected, HsmUnavailable, PublicKeyInfo, read_pin
-from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pack_dir
+from paywarden.hsm import Hsm, HsmError, HsmUnavailable, PublicKeyInfo
+from paywarden.policy import PackSet
 from paywarden.signer.api.admission import Admission, AdmissionInterceptor
 from paywarden.signer.api.authz import Edge
 from paywarden.signer.api.calls import CallInterceptor, Gate
@@ -29,12 +25,19 @@ from paywarden.signer.api.servicers import (
     SessionsServicer,
     SignerServicer,
 )
+from paywarden.signer.api.startup import (
+    StartupError,
+    authenticator,
+    check_descriptor_limit,
+    load_packs,
+    open_hsm,
+    server_credentials,
+)
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.control import Checkpointer, ControlService
 from paywarden.signer.core.service import SigningService
 from paywarden.signer.errors import PaywardenError
-from paywarden.signer.identity import Authenticator
 from paywarden.signer.metrics import Metrics
 from paywarden.signer.store.records import StoreError
 from paywarden.signer.store.sqlite import SqliteStore
@@ -49,50 +52,6 @@ SERVICE_NAMES = tuple(s.full_name for s in SERVICES)
 _ANSWER_SECONDS = 1.0
 
 
-class StartupError(Exception):
-    """The signer cannot start; the message says which setting or file."""
-
-
-def _read(path: os.PathLike[str], what: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise StartupError(f"cannot read {what} {path}: {exc.strerror}") from None
-
-
-def server_credentials(config: Config) -> grpc.ServerCredentials:
-    """mTLS credentials; each file is parsed first so that an error names its setting."""
-    s = config.server
-    key_pem = _read(s.tls_key, "server.tls_key")
-    cert_pem = _read(s.tls_cert, "server.tls_cert")
-    ca_pem = _read(s.client_ca, "server.client_ca")
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
-        raise StartupError(f"server.tls_cert: {s.tls_cert} is not a PEM certificate") from None
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError):
-        raise StartupError(f"server.tls_key: {s.tls_key} is not an unencrypted PEM key") from None
-    try:
-        x509.load_pem_x509_certificates(ca_pem)
-    except ValueError:
-        raise StartupError(f"server.client_ca: {s.client_ca} holds no PEM certificate") from None
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
-        raise StartupError("server.tls_key: the key does not match server.tls_cert")
-    return grpc.ssl_server_credentials(
-        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
-    )
-
-
-# Descriptors the process needs besides client connections: the store, the
-# HSM library, the metrics listener, gRPC's own pipes and epoll.
-DESCRIPTOR_RESERVE = 128
-
-
 def server_options(config: Config) -> list[tuple[str, int]]:
     """Channel arguments that bound what sockets can hold: unauthenticated ones, and the
     calls of each connection."""
@@ -103,89 +62,6 @@ def server_options(config: Config) -> list[tuple[str, int]]:
         ("grpc.max_allowed_incoming_connections", s.max_connections),
         ("grpc.max_concurrent_streams", s.max_concurrent_streams),
     ]
-
-
-def check_descriptor_limit(config: Config) -> None:
-    """Raises the soft ``RLIMIT_NOFILE`` to fit ``server.max_connections`` if it may."""
-    need = config.server.max_connections + DESCRIPTOR_RESERVE
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
-        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
-        if target > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-    if soft != resource.RLIM_INFINITY and soft < need:
-        log.warning(
-            "the descriptor limit (%d) is below server.max_connections + %d (%d): raise"
-            " `ulimit -n` or lower server.max_connections, or idle connections can"
-            " exhaust descriptors",
-            soft,
-            DESCRIPTOR_RESERVE,
-            need,
-        )
-
-
-def authenticator(config: Config) -> Authenticator:
-    """Holds client certificates to the client profile of ``server.client_ca``."""
-    s = config.server
-    try:
-        return Authenticator.from_pem(s.trust_domain, _read(s.client_ca, "server.client_ca"))
-    except ValueError:
-        raise StartupError(f"server.client_ca: {s.client_ca} holds no PEM certificate") from None
-
-
-def load_packs(config: Config) -> PackSet:
-    """Loads and compiles the policy packs; any error stops start-up (fail closed)."""
-    try:
-        packs = load_pack_dir(config.policy.dir, config.groups)
-        assets = {
-            c: AssetInfo(a.decimals, a.case_insensitive_payees) for c, a in config.assets.items()
-        }
-        compile_all(packs.packs, assets)
-    except PackError as exc:
-        raise StartupError(f"policy.dir: {exc}") from None
-    if not packs.packs:
-        log.warning("no policy packs in %s: every payment will be denied", config.policy.dir)
-    return packs
-
-
-def open_hsm(config: Config) -> Hsm:
-    """Builds the HSM client and tries to open it; an unusable HSM is not fatal."""
-    if config.hsm.softhsm_conf is not None:
-        os.environ["SOFTHSM2_CONF"] = str(config.hsm.softhsm_conf)
-    try:
-        pin = read_pin(config.hsm.pin_file, config.hsm.pin_env, config.hsm.pin_fd)
-    except HsmError as exc:
-        raise StartupError(str(exc)) from None
-    if config.hsm.pin_env is not None:
-        log.warning(
-            "hsm.pin_env: the HSM PIN stays readable in /proc/%d/environ for as long as "
-            "this process runs; prefer hsm.pin_file or hsm.pin_fd",
-            os.getpid(),
-        )
-    hsm = Hsm(
-        config.hsm.module,
-        config.hsm.token_label,
-        pin,
-        config.key_refs(),
-        audit_key=config.audit.ref(),
-        retry_interval=config.hsm.retry_interval_seconds,
-    )
-    try:
-        hsm.open()
-    except HsmPinRejected as exc:
-        source = (
-            "hsm.pin_file"
-            if config.hsm.pin_file is not None
-            else "hsm.pin_fd"
-            if config.hsm.pin_fd is not None
-            else "hsm.pin_env"
-        )
-        raise StartupError(f"{source}: {exc}") from None
-    except HsmError as exc:
-        # Keep serving: Sign answers UNAVAILABLE until the token comes back.
-        log.error("HSM not usable at start-up: %s", exc)
-    return hsm
 
 
 @dataclass

@@ -12,7 +12,8 @@ from types import FrameType
 
 import sqlite_utils
 from paywarden.signer import logs
-from paywarden.signer.api.server import StartupError, start
+from paywarden.signer.api.server import start
+from paywarden.signer.api.startup import StartupError
 from paywarden.signer.cli import approvals, audit, ctl
 from paywarden.signer.cli.support import CliExit, config_from_args
 from paywarden.signer.config import ConfigError, load_config

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from paywarden.signer.api.server import load_packs
+from paywarden.signer.api.startup import load_packs
 from paywarden.signer.core.control import ControlService
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.service import SigningService, SignStatus

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from paywarden.hsm import HsmError
-from paywarden.signer.api.server import load_packs
+from paywarden.signer.api.startup import load_packs
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.service import SigningService, SignStatus
 from paywarden.signer.errors import PaywardenError, Reason, Unavailable
