@@ -19,7 +19,8 @@ from paywarden.signer.store.records import (
     SessionRecord,
     StoreError,
 )
-from paywarden.signer.store.sqlite import SCHEMA_VERSION, SqliteStore
+from paywarden.signer.store.schema import SCHEMA_VERSION
+from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.helpers import ROOT, Pki, TestToken, write_config
 
@@ -223,11 +224,11 @@ def test_store_cli_inspection_and_export(tmp_path: Path, token: TestToken, pki: 
 
 def test_migration_from_version_1_keeps_spend_nonces_and_decisions(tmp_path: Path) -> None:
     """A v1 database (counter-based spend) migrates to reservations without loss."""
-    from paywarden.signer.store.sqlite import _MIGRATIONS
+    from paywarden.signer.store.schema import MIGRATIONS
 
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)
-    conn.executescript(_MIGRATIONS[1])
+    conn.executescript(MIGRATIONS[1])
     conn.execute("PRAGMA user_version = 1")
     sid = _session().id
     conn.execute(

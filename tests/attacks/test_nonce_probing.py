@@ -116,12 +116,13 @@ def test_own_nonce_is_still_signed_at_most_once(dial: Dial, stack: Stack) -> Non
 
 
 def test_nonces_from_before_the_upgrade_stay_used(tmp_path: Path) -> None:
-    from paywarden.signer.store.sqlite import _MIGRATIONS, SqliteStore, _statements
+    from paywarden.signer.store.schema import MIGRATIONS, statements
+    from paywarden.signer.store.sqlite import SqliteStore
 
     path = tmp_path / "v3.db"
     conn = sqlite3.connect(path, isolation_level=None)
     for version in (1, 2, 3):
-        for statement in _statements(_MIGRATIONS[version]):
+        for statement in statements(MIGRATIONS[version]):
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 3")
     conn.execute(

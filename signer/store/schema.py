@@ -1,0 +1,246 @@
+"""The SQLite store's schema: its DDL, one migration per version, and how to apply them.
+
+``PRAGMA user_version`` holds the version a database is at; :func:`migrate` brings it
+to :data:`SCHEMA_VERSION` in the caller's transaction. A migration is never edited
+once released: a change of schema is a new version.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+from paywarden.signer.store.records import StoreError
+
+SCHEMA_VERSION = 6
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        planner_id TEXT NOT NULL,
+        task_digest TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        closed_at INTEGER,
+        allowed_payees TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE session_budgets (
+        session_id TEXT NOT NULL REFERENCES sessions(id),
+        asset TEXT NOT NULL,
+        budget_minor TEXT NOT NULL,
+        spent_minor TEXT NOT NULL DEFAULT '0',
+        PRIMARY KEY (session_id, asset)
+    );
+    CREATE TABLE decisions (
+        id TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        agent_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('allow', 'deny')),
+        reason TEXT NOT NULL,
+        message TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        amount_minor TEXT NOT NULL,
+        payload BLOB,
+        jws TEXT,
+        trace TEXT NOT NULL,
+        purpose TEXT NOT NULL
+    );
+    CREATE INDEX decisions_session ON decisions(session_id);
+    CREATE TABLE nonces (
+        nonce TEXT PRIMARY KEY,
+        decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(id)
+    );
+    """,
+    # Policy packs, approvals and plan-bound sessions. Spend moves from a
+    # counter to reservations; decisions gain "pending".
+    2: """
+    ALTER TABLE sessions ADD COLUMN phase TEXT NOT NULL DEFAULT 'normal';
+    ALTER TABLE sessions ADD COLUMN pack_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE session_budgets ADD COLUMN decimals INTEGER;
+    CREATE TABLE plan_lines (
+        session_id TEXT NOT NULL REFERENCES sessions(id),
+        idx INTEGER NOT NULL,
+        payee TEXT NOT NULL,
+        payee_key TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        max_amount_minor TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (session_id, idx)
+    );
+    CREATE TABLE decisions_v2 (
+        id TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        agent_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('allow', 'deny', 'pending')),
+        reason TEXT NOT NULL,
+        message TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        amount_minor TEXT NOT NULL,
+        payload BLOB,
+        jws TEXT,
+        trace TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        pack TEXT NOT NULL DEFAULT '{}',
+        payee TEXT NOT NULL DEFAULT '',
+        expires_at INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO decisions_v2 (id, created_at, agent_id, session_id, nonce, request_hash,
+        outcome, reason, message, key_id, asset, amount_minor, payload, jws, trace, purpose,
+        payee, expires_at)
+      SELECT id, created_at, agent_id, session_id, nonce, request_hash, outcome, reason,
+        message, key_id, asset, amount_minor, payload, jws, trace, purpose,
+        COALESCE(json_extract(CAST(payload AS TEXT), '$.payee'), ''),
+        COALESCE(json_extract(CAST(payload AS TEXT), '$.exp'), 0)
+      FROM decisions;
+    CREATE TABLE reservations (
+        decision_id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        payee_key TEXT NOT NULL,
+        amount_minor TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('spent', 'held', 'released')),
+        plan_line INTEGER
+    );
+    INSERT INTO reservations SELECT id, agent_id, session_id, asset, payee, amount_minor,
+        created_at, expires_at, 'spent', NULL FROM decisions_v2 WHERE outcome = 'allow';
+    DROP TABLE nonces;
+    DROP TABLE decisions;
+    ALTER TABLE decisions_v2 RENAME TO decisions;
+    CREATE INDEX decisions_session ON decisions(session_id);
+    CREATE TABLE nonces (
+        nonce TEXT PRIMARY KEY,
+        decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(id)
+    );
+    INSERT INTO nonces SELECT nonce, id FROM decisions;
+    CREATE INDEX reservations_agent ON reservations(agent_id, created_at);
+    CREATE INDEX reservations_session ON reservations(session_id);
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(id),
+        required INTEGER NOT NULL CHECK (required >= 1),
+        status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'expired')),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        decided_at INTEGER
+    );
+    CREATE INDEX approvals_status ON approvals(status);
+    CREATE TABLE approval_votes (
+        approval_id TEXT NOT NULL REFERENCES approvals(id),
+        approver_id TEXT NOT NULL,
+        vote TEXT NOT NULL CHECK (vote IN ('approve', 'deny')),
+        at INTEGER NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (approval_id, approver_id)
+    );
+    """,
+    # The tamper-evident audit log, its signed checkpoints, and freezes.
+    3: """
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        body TEXT NOT NULL,
+        leaf BLOB NOT NULL
+    );
+    CREATE TABLE audit_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        size INTEGER NOT NULL,
+        frontier TEXT NOT NULL
+    );
+    INSERT INTO audit_state VALUES (1, 0, '[]');
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+      BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+      BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+    CREATE TRIGGER audit_log_no_replace BEFORE INSERT ON audit_log
+      WHEN EXISTS (SELECT 1 FROM audit_log WHERE seq = NEW.seq)
+      BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+    CREATE TABLE audit_checkpoints (
+        size INTEGER PRIMARY KEY,
+        root TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        signature TEXT NOT NULL
+    );
+    CREATE INDEX decisions_agent ON decisions(agent_id, created_at);
+    CREATE TABLE breaker_resets (
+        agent_id TEXT PRIMARY KEY,
+        at INTEGER NOT NULL
+    );
+    CREATE TABLE freezes (
+        scope TEXT NOT NULL CHECK (scope IN ('global', 'agent', 'session', 'key')),
+        target TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('operator', 'breaker')),
+        at INTEGER NOT NULL,
+        PRIMARY KEY (scope, target)
+    );
+    """,
+    # Nonces are unique per agent: another agent's nonce is a fresh nonce, so that
+    # nobody learns whether some other agent used it (the claims carry "sub").
+    4: """
+    CREATE TABLE nonces_v4 (
+        agent_id TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(id),
+        PRIMARY KEY (agent_id, nonce)
+    );
+    INSERT INTO nonces_v4 SELECT d.agent_id, n.nonce, n.decision_id
+      FROM nonces n JOIN decisions d ON d.id = n.decision_id;
+    DROP TABLE nonces;
+    ALTER TABLE nonces_v4 RENAME TO nonces;
+    """,
+    # The version and SHA-256 of the pack a session was opened under: a session is
+    # checked again against a changed pack with the same id.
+    5: """
+    ALTER TABLE sessions ADD COLUMN pack_version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN pack_sha256 TEXT NOT NULL DEFAULT '';
+    """,
+    # The health probe's row: the probe commits a write, as a decision would.
+    6: """
+    CREATE TABLE health_probe (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        probes INTEGER NOT NULL
+    );
+    """,
+}
+
+
+def statements(script: str) -> Iterator[str]:
+    """Splits a migration into statements (trigger bodies hold semicolons too)."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                yield buf
+            buf = ""
+    if buf.strip():
+        raise StoreError("a migration ends in an incomplete statement")
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Applies the missing migrations in the caller's transaction; returns the version."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the store's schema version {version} is newer than this signer's ({SCHEMA_VERSION})"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        for statement in statements(MIGRATIONS[target]):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {target}")
+    return SCHEMA_VERSION
