@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from paywarden.signer.auditlog import merkle
-from paywarden.signer.core.canonical import jcs
+from paywarden.signer.auditlog import append
+from paywarden.signer.auditlog.append import AuditState
 from paywarden.signer.store import schema
 from paywarden.signer.store.records import (
     AgentUsage,
@@ -38,43 +38,33 @@ from paywarden.signer.store.records import (
 # -- the audit log ---------------------------------------------------------------------
 
 
-def _append_audit(conn: sqlite3.Connection, event: Mapping[str, Any]) -> int:
-    """Appends one record in the caller's transaction; returns its sequence number.
-
-    The record is the event plus ``seq`` and ``prev_root`` (the tree head before
-    it), serialised with RFC 8785; its leaf hash is computed over those bytes.
-
-    Audit times never go back: its ``time`` is at least the previous record's.
-    A refusal, a vote or a freeze reads the clock and then waits for the write
-    lock (up to ``store.lock_timeout_seconds``), so a record dated later may be
-    appended first; the event happened by the time it is appended, which is
-    after both. A decision reads the (high-water) time under the lock, so it is
-    not moved.
-    """
+def _audit_state(conn: sqlite3.Connection) -> AuditState:
     size, frontier_json = conn.execute(
         "SELECT size, frontier FROM audit_state WHERE id = 1"
     ).fetchone()
-    at = event.get("time")
-    if size and isinstance(at, int) and not isinstance(at, bool):
+    head_time = None
+    if size:
         (head,) = conn.execute(  # O(1): the record at the log's head, by key
             "SELECT json_extract(body, '$.time') FROM audit_log WHERE seq = ?", (size,)
         ).fetchone() or (None,)
-        if isinstance(head, int) and head > at:
-            event = {**event, "time": head}
-    frontier: merkle.Frontier = [(s, bytes.fromhex(h)) for s, h in json.loads(frontier_json)]
-    seq = int(size) + 1
-    body = jcs({**event, "seq": seq, "prev_root": merkle.frontier_root(frontier).hex()})
-    leaf = merkle.leaf_hash(body)
+        if isinstance(head, int):
+            head_time = head
+    frontier = tuple((int(s), bytes.fromhex(h)) for s, h in json.loads(frontier_json))
+    return AuditState(int(size), frontier, head_time)
+
+
+def _append_audit(conn: sqlite3.Connection, event: Mapping[str, Any]) -> int:
+    """Appends one record in the caller's transaction (see :func:`append.append`);
+    returns its sequence number."""
+    record, leaf, state = append.append(_audit_state(conn), event)
     conn.execute(
-        "INSERT INTO audit_log (seq, body, leaf) VALUES (?, ?, ?)",
-        (seq, body.decode("utf-8"), leaf),
+        "INSERT INTO audit_log (seq, body, leaf) VALUES (?, ?, ?)", (state.size, record, leaf)
     )
-    frontier = merkle.frontier_append(frontier, leaf)
     conn.execute(
         "UPDATE audit_state SET size = ?, frontier = ? WHERE id = 1",
-        (seq, json.dumps([[s, h.hex()] for s, h in frontier])),
+        (state.size, json.dumps([[s, h.hex()] for s, h in state.frontier])),
     )
-    return seq
+    return state.size
 
 
 def _frozen(conn: sqlite3.Connection, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
@@ -743,11 +733,8 @@ class SqliteStore:
             raise StoreError(f"cannot append to the audit log: {exc}") from None
 
     def audit_head(self) -> tuple[int, bytes]:
-        row = self._read(
-            lambda c: c.execute("SELECT size, frontier FROM audit_state WHERE id = 1").fetchone()
-        )
-        frontier = [(s, bytes.fromhex(h)) for s, h in json.loads(row[1])]
-        return int(row[0]), merkle.frontier_root(frontier)
+        state: AuditState = self._read(_audit_state)
+        return state.size, state.root
 
     def latest_audit_time(self) -> int:
         row = self._read(
