@@ -24,7 +24,8 @@ from paywarden.signer.api.wire import reject_unknown_fields
 from paywarden.signer.core import audit_events
 from paywarden.signer.errors import Forbidden, Internal, InvalidInput, PaywardenError, Reason
 from paywarden.signer.identity import Authenticator, Principal, Role
-from paywarden.signer.store.records import Store, StoreError
+from paywarden.signer.store.protocols import Store
+from paywarden.signer.store.records import StoreError
 
 log = logging.getLogger("paywarden.signer.rpc")
 

@@ -21,7 +21,8 @@ from paywarden.signer.core.session_input import parse_session_id
 from paywarden.signer.errors import InvalidInput, NotFound, Reason, Unavailable
 from paywarden.signer.identity import PRINCIPAL_ID, Principal
 from paywarden.signer.metrics import Metrics
-from paywarden.signer.store.records import Checkpoint, Freeze, Store, StoreError
+from paywarden.signer.store.protocols import Store
+from paywarden.signer.store.records import Checkpoint, Freeze, StoreError
 from paywarden.signer.timekeeping import HighWater
 
 log = logging.getLogger("paywarden.signer.core.control")

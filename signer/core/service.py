@@ -83,17 +83,15 @@ from paywarden.signer.errors import (
 )
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.metrics import Metrics
+from paywarden.signer.store.protocols import ApprovalTx, PaymentTx, Store
 from paywarden.signer.store.records import (
     AgentUsage,
     ApprovalRecord,
-    ApprovalTx,
     DecisionRecord,
     Freeze,
     InvariantBroken,
-    PaymentTx,
     Reservation,
     SessionRecord,
-    Store,
     StoreError,
 )
 from paywarden.signer.timekeeping import HighWater

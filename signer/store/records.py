@@ -1,11 +1,6 @@
-"""The state store interface: sessions, plans, nonces, reservations, decisions
-and approvals.
-
-One small interface so that a PostgreSQL backend can serve several signer
-replicas later. Every deciding read-check-write happens inside one
-transaction (:meth:`Store.payment_tx`, :meth:`Store.approval_tx`): on SQLite
-a ``BEGIN IMMEDIATE``, on PostgreSQL a serialisable transaction with the
-session row locked. Nothing SQLite-specific appears in this module.
+"""The state store's records (sessions, plans, reservations, decisions, approvals,
+freezes, checkpoints) and its errors: plain values that every backend reads and
+writes. The interfaces that serve them are in :mod:`.protocols`.
 
 Spend is derived from *reservations*: one per allowed or pending decision.
 A reservation is ``spent`` (allowed), ``held`` (waiting for approval, counted
@@ -14,10 +9,8 @@ until the payment's expiry) or ``released`` (approval denied or expired).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,158 +143,6 @@ class Checkpoint:
     key_id: str
     body: str  # the signed RFC 8785 JSON
     signature: str  # base64url r||s (ES256)
-
-
-class PaymentTx(Protocol):
-    """The deciding transaction: every read and the write see one state."""
-
-    def session(self, session_id: str, now: int) -> SessionRecord | None: ...
-
-    def agent_usage(
-        self, agent_id: str, asset: str, now: int, day_start: int, window_seconds: int
-    ) -> AgentUsage: ...
-
-    def decision_for_nonce(self, agent_id: str, nonce: str) -> DecisionRecord | None:
-        """The agent's decision that used this nonce. Nonces are unique per agent:
-        another agent's use of the same nonce is invisible here."""
-
-    def approval_for_decision(self, decision_id: str) -> ApprovalRecord | None: ...
-
-    def record_decision(
-        self,
-        decision: DecisionRecord,
-        *,
-        consume_nonce: bool,
-        reservation: Reservation | None = None,
-        approval: ApprovalRecord | None = None,
-    ) -> None:
-        """Stores the decision, consumes the nonce, and adds its reservation/approval."""
-
-    def set_reservation(self, decision_id: str, status: str) -> bool:
-        """Moves a reservation on; True if this changed it."""
-
-    def audit(self, event: Mapping[str, Any]) -> int:
-        """Appends an audit record in this transaction; returns its sequence number."""
-
-    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None: ...
-
-    def window_stats(self, agent_id: str, since: int) -> WindowStats: ...
-
-    def freeze(self, freeze: Freeze) -> bool:
-        """Adds a freeze; False if that scope and target were already frozen."""
-
-    def set_approval_status(self, approval_id: str, status: str, now: int) -> None: ...
-
-
-class ApprovalTx(Protocol):
-    def approval(self, approval_id: str) -> ApprovalRecord | None: ...
-
-    def decision(self, decision_id: str) -> DecisionRecord | None: ...
-
-    def session(self, session_id: str, now: int) -> SessionRecord | None: ...
-
-    def add_vote(self, approval_id: str, approver_id: str, vote: str, now: int, note: str) -> None:
-        """Records a vote; a second vote by the same approver changes nothing."""
-
-    def set_approval_status(self, approval_id: str, status: str, now: int) -> None: ...
-
-    def set_reservation(self, decision_id: str, status: str) -> bool: ...
-
-    def audit(self, event: Mapping[str, Any]) -> int: ...
-
-    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None: ...
-
-
-class Store(Protocol):
-    def migrate(self) -> int:
-        """Brings the schema to the current version; returns it."""
-
-    def check(self) -> None:
-        """Raises ``StoreError`` unless the store answers now."""
-
-    def adopt_decimals(self, decimals: Mapping[str, int]) -> list[str]:
-        """Assets whose stored amounts were written with other decimals than these."""
-
-    def create_session(
-        self, session: SessionRecord, decimals: Mapping[str, int], audit: Mapping[str, Any]
-    ) -> None: ...
-
-    def get_session(self, session_id: str, now: int) -> SessionRecord | None: ...
-
-    def close_session(
-        self, session_id: str, now: int, audit: Mapping[str, Any]
-    ) -> SessionRecord | None:
-        """Marks an open session closed (idempotent); returns it, or None if unknown."""
-
-    def commit_plan(
-        self,
-        session_id: str,
-        lines: tuple[PlanLineRecord, ...],
-        now: int,
-        audit: Mapping[str, Any],
-    ) -> SessionRecord | None:
-        """Stores the plan and moves an exploring session to execute; None if it was not
-        exploring (the plan is immutable once committed)."""
-
-    def payment_tx(
-        self, wait: float | None = None, check: Callable[[], None] | None = None
-    ) -> AbstractContextManager[PaymentTx]:
-        """``wait``: the longest wait for the write lock (None: the store's own bound);
-        ``check`` runs once the lock is held and before the commit, and what it raises
-        abandons the transaction."""
-
-    def approval_tx(self) -> AbstractContextManager[ApprovalTx]: ...
-
-    def attach_signature(
-        self,
-        decision_id: str,
-        jws: str,
-        clock: Callable[[], int],
-        wait: float | None = None,
-        check: Callable[[], None] | None = None,
-    ) -> tuple[str, bool] | None:
-        """Stores the JWS of a still-committed, unexpired decision unless one is stored; returns
-        (the stored JWS, whether this call stored it), or None when the payment was
-        withdrawn meanwhile (nothing stored). ``clock`` is read once the transaction
-        holds the write lock: an expiry that passed while the call waited for it counts.
-        ``check`` runs under the lock and just before the commit, as for
-        :meth:`payment_tx`: whatever it raises leaves nothing stored."""
-
-    def get_decision(self, decision_id: str) -> DecisionRecord | None: ...
-
-    def pending_approvals(self, now: int) -> list[ApprovalRecord]: ...
-
-    # -- audit log and freezes --
-
-    def audit_event(self, event: Mapping[str, Any]) -> int:
-        """Appends one audit record in a transaction of its own."""
-
-    def audit_head(self) -> tuple[int, bytes]:
-        """(size, root) of the audit tree now."""
-
-    def audit_leaves(self, size: int) -> list[bytes]: ...
-
-    def latest_audit_time(self) -> int:
-        """The time of the record at the log's head (0 while empty): decision time's floor."""
-
-    def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
-
-    def last_checkpoint(self) -> Checkpoint | None: ...
-
-    def audit_record(self, seq: int) -> str: ...
-
-    def set_freeze(self, freeze: Freeze, audit: Mapping[str, Any]) -> bool: ...
-
-    def clear_freeze(self, scope: str, target: str, now: int, audit: Mapping[str, Any]) -> bool:
-        """Lifts a freeze; lifting an agent's also restarts its breaker window."""
-
-    def freezes(self) -> list[Freeze]: ...
-
-    def close(self) -> None: ...
-
-    def freeze_generation(self) -> int:
-        """A number that changes whenever this process sets or lifts a freeze through
-        the store (no I/O): in-memory views of the freezes reload when it moves."""
 
 
 class StoreError(Exception):

@@ -1,4 +1,4 @@
-"""SQLite implementation of :class:`~paywarden.signer.store.records.Store`.
+"""SQLite implementation of :class:`~paywarden.signer.store.protocols.Store`.
 
 WAL mode with ``synchronous=FULL``: a decision is on disk before its
 signature leaves the service. One connection per store, guarded by a lock
@@ -705,6 +705,7 @@ class SqliteStore:
         return stored, bool(attached)
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
+        """One decision as recorded: for tests and inspection, not part of ``Store``."""
         result: DecisionRecord | None = self._read(_get_decision, decision_id)
         return result
 

@@ -1,0 +1,212 @@
+"""The state store's interfaces, one per use case, so that a PostgreSQL backend
+can serve several signer replicas later and a use case sees only what it needs.
+
+Every deciding read-check-write happens inside one transaction
+(:meth:`PaymentStore.payment_tx`, :meth:`ApprovalStore.approval_tx`): on SQLite a
+``BEGIN IMMEDIATE``, on PostgreSQL a serialisable transaction with the session row
+locked. Nothing SQLite-specific appears in this module. A backend implements
+:class:`Store` (all of them); an audit record is built by
+:func:`paywarden.signer.auditlog.append.append` and persisted by the backend, in the
+transaction of the change it describes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from paywarden.signer.store.records import (
+    AgentUsage,
+    ApprovalRecord,
+    Checkpoint,
+    DecisionRecord,
+    Freeze,
+    PlanLineRecord,
+    Reservation,
+    SessionRecord,
+    WindowStats,
+)
+
+# -- inside a deciding transaction -------------------------------------------------------
+
+
+class DecidingTx(Protocol):
+    """What both deciding transactions can do; every read and write sees one state."""
+
+    def session(self, session_id: str, now: int) -> SessionRecord | None: ...
+
+    def set_reservation(self, decision_id: str, status: str) -> bool:
+        """Moves a reservation on; True if this changed it."""
+
+    def set_approval_status(self, approval_id: str, status: str, now: int) -> None: ...
+
+    def audit(self, event: Mapping[str, Any]) -> int:
+        """Appends an audit record in this transaction; returns its sequence number."""
+
+    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None: ...
+
+
+class PaymentTx(DecidingTx, Protocol):
+    """The Sign decision's transaction."""
+
+    def agent_usage(
+        self, agent_id: str, asset: str, now: int, day_start: int, window_seconds: int
+    ) -> AgentUsage: ...
+
+    def decision_for_nonce(self, agent_id: str, nonce: str) -> DecisionRecord | None:
+        """The agent's decision that used this nonce. Nonces are unique per agent:
+        another agent's use of the same nonce is invisible here."""
+
+    def approval_for_decision(self, decision_id: str) -> ApprovalRecord | None: ...
+
+    def record_decision(
+        self,
+        decision: DecisionRecord,
+        *,
+        consume_nonce: bool,
+        reservation: Reservation | None = None,
+        approval: ApprovalRecord | None = None,
+    ) -> None:
+        """Stores the decision, consumes the nonce, and adds its reservation/approval."""
+
+    def window_stats(self, agent_id: str, since: int) -> WindowStats: ...
+
+    def freeze(self, freeze: Freeze) -> bool:
+        """Adds a freeze; False if that scope and target were already frozen."""
+
+
+class ApprovalTx(DecidingTx, Protocol):
+    """An approver's vote's transaction."""
+
+    def approval(self, approval_id: str) -> ApprovalRecord | None: ...
+
+    def decision(self, decision_id: str) -> DecisionRecord | None: ...
+
+    def add_vote(self, approval_id: str, approver_id: str, vote: str, now: int, note: str) -> None:
+        """Records a vote; a second vote by the same approver changes nothing."""
+
+
+# -- per use case -------------------------------------------------------------------------
+
+
+class SessionStore(Protocol):
+    """Planners' sessions and plans."""
+
+    def create_session(
+        self, session: SessionRecord, decimals: Mapping[str, int], audit: Mapping[str, Any]
+    ) -> None: ...
+
+    def get_session(self, session_id: str, now: int) -> SessionRecord | None: ...
+
+    def close_session(
+        self, session_id: str, now: int, audit: Mapping[str, Any]
+    ) -> SessionRecord | None:
+        """Marks an open session closed (idempotent); returns it, or None if unknown."""
+
+    def commit_plan(
+        self,
+        session_id: str,
+        lines: tuple[PlanLineRecord, ...],
+        now: int,
+        audit: Mapping[str, Any],
+    ) -> SessionRecord | None:
+        """Stores the plan and moves an exploring session to execute; None if it was not
+        exploring (the plan is immutable once committed)."""
+
+
+class PaymentStore(Protocol):
+    """Signing: the deciding transaction, then the signature."""
+
+    def payment_tx(
+        self, wait: float | None = None, check: Callable[[], None] | None = None
+    ) -> AbstractContextManager[PaymentTx]:
+        """``wait``: the longest wait for the write lock (None: the store's own bound);
+        ``check`` runs once the lock is held and before the commit, and what it raises
+        abandons the transaction."""
+
+    def attach_signature(
+        self,
+        decision_id: str,
+        jws: str,
+        clock: Callable[[], int],
+        wait: float | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> tuple[str, bool] | None:
+        """Stores the JWS of a still-committed, unexpired decision unless one is stored; returns
+        (the stored JWS, whether this call stored it), or None when the payment was
+        withdrawn meanwhile (nothing stored). ``clock`` is read once the transaction
+        holds the write lock: an expiry that passed while the call waited for it counts.
+        ``check`` runs under the lock and just before the commit, as for
+        :meth:`payment_tx`: whatever it raises leaves nothing stored."""
+
+
+class ApprovalStore(Protocol):
+    """Approvers: the held payments and the voting transaction."""
+
+    def approval_tx(self) -> AbstractContextManager[ApprovalTx]: ...
+
+    def pending_approvals(self, now: int) -> list[ApprovalRecord]: ...
+
+
+class AuditLogStore(Protocol):
+    """The audit log and its signed checkpoints."""
+
+    def audit_event(self, event: Mapping[str, Any]) -> int:
+        """Appends one audit record in a transaction of its own."""
+
+    def audit_head(self) -> tuple[int, bytes]:
+        """(size, root) of the audit tree now."""
+
+    def audit_leaves(self, size: int) -> list[bytes]: ...
+
+    def audit_record(self, seq: int) -> str: ...
+
+    def latest_audit_time(self) -> int:
+        """The time of the record at the log's head (0 while empty): decision time's floor."""
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
+
+    def last_checkpoint(self) -> Checkpoint | None: ...
+
+
+class FreezeStore(Protocol):
+    """The kill switch: freezes set by operators and by the breaker."""
+
+    def set_freeze(self, freeze: Freeze, audit: Mapping[str, Any]) -> bool: ...
+
+    def clear_freeze(self, scope: str, target: str, now: int, audit: Mapping[str, Any]) -> bool:
+        """Lifts a freeze; lifting an agent's also restarts its breaker window."""
+
+    def freezes(self) -> list[Freeze]: ...
+
+    def freeze_generation(self) -> int:
+        """A number that changes whenever this process sets or lifts a freeze through
+        the store (no I/O): in-memory views of the freezes reload when it moves."""
+
+
+class StoreLifecycle(Protocol):
+    """Start-up, health and shutdown."""
+
+    def migrate(self) -> int:
+        """Brings the schema to the current version; returns it."""
+
+    def check(self) -> None:
+        """Raises ``StoreError`` unless the store answers now."""
+
+    def adopt_decimals(self, decimals: Mapping[str, int]) -> list[str]:
+        """Assets whose stored amounts were written with other decimals than these."""
+
+    def close(self) -> None: ...
+
+
+class Store(
+    SessionStore,
+    PaymentStore,
+    ApprovalStore,
+    AuditLogStore,
+    FreezeStore,
+    StoreLifecycle,
+    Protocol,
+):
+    """Everything a backend implements; a use case asks for the narrow protocol it needs."""
