@@ -16,7 +16,7 @@ from paywarden.signer.auditlog.checkpoints import check_checkpoint
 from paywarden.signer.auditlog.explain import explain
 from paywarden.signer.cli.support import config_from_args
 from paywarden.signer.store.records import Checkpoint
-from paywarden.signer.store.sqlite import read_audit_log
+from paywarden.signer.store.sqlite_reads import read_audit_log
 
 # -- reading the log -------------------------------------------------------------------
 

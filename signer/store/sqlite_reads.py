@@ -1,0 +1,217 @@
+"""Reads of the SQLite store: the row mappers and queries that transactions and
+:class:`~paywarden.signer.store.sqlite.SqliteStore` share (each runs on a connection
+the caller holds), and the read-only readers that offline tools use instead of SQL
+of their own (``paywarden audit``, ``store-info``, ``store-export``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from paywarden.signer.auditlog.append import AuditState
+from paywarden.signer.store.records import (
+    ApprovalRecord,
+    Checkpoint,
+    DecisionRecord,
+    Freeze,
+    PlanLineRecord,
+    SessionRecord,
+)
+
+# A reservation counts while held or spent and not yet past the payment's expiry,
+# and for ever once signed. An allowed payment the HSM never signed cannot be signed
+# after its exp (a retry is denied), so its spend lapses then, without a retry. The
+# signed check is one primary-key lookup per row the caller reads anyway.
+LIVE = (
+    "(status != 'released' AND (expires_at > ? OR (status = 'spent' AND EXISTS"
+    " (SELECT 1 FROM decisions WHERE decisions.id = reservations.decision_id"
+    " AND decisions.jws IS NOT NULL))))"
+)
+
+
+def session(conn: sqlite3.Connection, session_id: str, now: int) -> SessionRecord | None:
+    row = conn.execute(
+        "SELECT id, agent_id, planner_id, task_digest, created_at, expires_at, closed_at,"
+        " allowed_payees, phase, pack_id, pack_version, pack_sha256 FROM sessions WHERE id = ?",
+        (session_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    budgets = {
+        asset: int(budget)
+        for asset, budget in conn.execute(
+            "SELECT asset, budget_minor FROM session_budgets WHERE session_id = ?", (session_id,)
+        )
+    }
+    spent = dict.fromkeys(budgets, 0)
+    payees: set[str] = set()
+    used: dict[int, int] = {}
+    for asset, amount, payee_key, line in conn.execute(
+        f"SELECT asset, amount_minor, payee_key, plan_line FROM reservations"  # noqa: S608
+        f" WHERE session_id = ? AND {LIVE}",
+        (session_id, now),
+    ):
+        spent[asset] = spent.get(asset, 0) + int(amount)
+        payees.add(payee_key)
+        if line is not None:
+            used[line] = used.get(line, 0) + 1
+    plan = tuple(
+        PlanLineRecord(payee, key, asset, int(max_minor), count, used.get(idx, 0))
+        for idx, payee, key, asset, max_minor, count in conn.execute(
+            "SELECT idx, payee, payee_key, asset, max_amount_minor, count FROM plan_lines"
+            " WHERE session_id = ? ORDER BY idx",
+            (session_id,),
+        )
+    )
+    return SessionRecord(
+        id=row[0],
+        agent_id=row[1],
+        planner_id=row[2],
+        task_digest=row[3],
+        created_at=row[4],
+        expires_at=row[5],
+        closed_at=row[6],
+        budgets_minor=budgets,
+        spent_minor=spent,
+        allowed_payees=tuple(json.loads(row[7])),
+        phase=row[8],
+        pack_id=row[9],
+        plan=plan,
+        payees=frozenset(payees),
+        pack_version=row[10],
+        pack_sha256=row[11],
+    )
+
+
+DECISION_COLUMNS = (
+    "id, created_at, agent_id, session_id, nonce, request_hash, outcome, reason, message,"
+    " key_id, asset, amount_minor, payload, jws, trace, purpose, pack, payee, expires_at"
+)
+
+
+def decision(row: Any) -> DecisionRecord:
+    return DecisionRecord(
+        id=row[0],
+        created_at=row[1],
+        agent_id=row[2],
+        session_id=row[3],
+        nonce=row[4],
+        request_hash=row[5],
+        outcome=row[6],
+        reason=row[7],
+        message=row[8],
+        key_id=row[9],
+        asset=row[10],
+        amount_minor=int(row[11]),
+        payload=bytes(row[12]) if row[12] is not None else None,
+        jws=row[13],
+        trace_json=row[14],
+        purpose=row[15],
+        pack_json=row[16],
+        payee=row[17],
+        expires_at=row[18],
+    )
+
+
+def decision_by_id(conn: sqlite3.Connection, decision_id: str) -> DecisionRecord | None:
+    row = conn.execute(
+        f"SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?",  # noqa: S608
+        (decision_id,),
+    ).fetchone()
+    return decision(row) if row is not None else None
+
+
+def approval(conn: sqlite3.Connection, where: str, key: str) -> ApprovalRecord | None:
+    row = conn.execute(
+        "SELECT id, decision_id, required, status, created_at, expires_at FROM approvals"  # noqa: S608
+        f" WHERE {where} = ?",
+        (key,),
+    ).fetchone()
+    if row is None:
+        return None
+    votes = conn.execute(
+        "SELECT approver_id, vote, note FROM approval_votes WHERE approval_id = ? ORDER BY at,"
+        " approver_id",
+        (row[0],),
+    ).fetchall()
+    denied = [v for v in votes if v[1] == "deny"]
+    return ApprovalRecord(
+        id=row[0],
+        decision_id=row[1],
+        required=row[2],
+        status=row[3],
+        created_at=row[4],
+        expires_at=row[5],
+        approved_by=tuple(v[0] for v in votes if v[1] == "approve"),
+        denied_by=denied[0][0] if denied else None,
+        note=denied[0][2] if denied else "",
+    )
+
+
+def audit_state(conn: sqlite3.Connection) -> AuditState:
+    size, frontier_json = conn.execute(
+        "SELECT size, frontier FROM audit_state WHERE id = 1"
+    ).fetchone()
+    head_time = None
+    if size:
+        (head,) = conn.execute(  # O(1): the record at the log's head, by key
+            "SELECT json_extract(body, '$.time') FROM audit_log WHERE seq = ?", (size,)
+        ).fetchone() or (None,)
+        if isinstance(head, int):
+            head_time = head
+    frontier = tuple((int(s), bytes.fromhex(h)) for s, h in json.loads(frontier_json))
+    return AuditState(int(size), frontier, head_time)
+
+
+def frozen(conn: sqlite3.Connection, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
+    row = conn.execute(
+        "SELECT scope, target, reason, actor, source, at FROM freezes WHERE"
+        " (scope = 'global') OR (scope = 'agent' AND target = ?) OR"
+        " (scope = 'session' AND target = ?) OR (scope = 'key' AND target = ?)"
+        " ORDER BY CASE scope WHEN 'global' THEN 0 WHEN 'agent' THEN 1 WHEN 'session' THEN 2"
+        " ELSE 3 END LIMIT 1",
+        (agent_id, session_id, key_id),
+    ).fetchone()
+    return Freeze(*row) if row is not None else None
+
+
+# -- read-only, for offline tools -----------------------------------------------------
+
+
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection: no migration, nothing written."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def read_audit_log(
+    path: Path,
+) -> tuple[list[tuple[int, str, bytes | None]], list[Checkpoint]]:
+    """The audit log's raw rows (seq, body, leaf) and its checkpoints, for offline
+    checks that trust nothing: read-only, no migration, one read transaction."""
+    with _read_only(path) as conn:
+        # One read transaction: a checkpoint committed between two reads would
+        # otherwise cover records that were not read.
+        conn.execute("BEGIN")
+        records = [
+            (int(s), str(b), bytes(h) if h is not None else None)
+            for s, b, h in conn.execute("SELECT seq, body, leaf FROM audit_log ORDER BY rowid")
+        ]
+        checkpoints = [
+            Checkpoint(*r)
+            for r in conn.execute(
+                "SELECT size, root, at, key_id, body, signature FROM audit_checkpoints"
+                " ORDER BY size"
+            )
+        ]
+        conn.execute("COMMIT")
+    return records, checkpoints

@@ -1,0 +1,250 @@
+"""The SQLite store's writes inside a transaction the caller holds: the audit append
+(built by :func:`paywarden.signer.auditlog.append.append`, persisted here), the
+reservation, approval and freeze updates, and the deciding transactions
+(:class:`~paywarden.signer.store.protocols.PaymentTx`,
+:class:`~paywarden.signer.store.protocols.ApprovalTx`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+from paywarden.signer.auditlog import append
+from paywarden.signer.store import sqlite_reads as reads
+from paywarden.signer.store.records import (
+    AgentUsage,
+    ApprovalRecord,
+    DecisionRecord,
+    Freeze,
+    InvariantBroken,
+    Reservation,
+    SessionRecord,
+    WindowStats,
+)
+
+
+def append_audit(conn: sqlite3.Connection, event: Mapping[str, Any]) -> int:
+    """Appends one record in the caller's transaction (see :func:`append.append`);
+    returns its sequence number."""
+    record, leaf, state = append.append(reads.audit_state(conn), event)
+    conn.execute(
+        "INSERT INTO audit_log (seq, body, leaf) VALUES (?, ?, ?)", (state.size, record, leaf)
+    )
+    conn.execute(
+        "UPDATE audit_state SET size = ?, frontier = ? WHERE id = 1",
+        (state.size, json.dumps([[s, h.hex()] for s, h in state.frontier])),
+    )
+    return state.size
+
+
+def set_reservation(conn: sqlite3.Connection, decision_id: str, status: str) -> bool:
+    if status == "released":
+        # Anything not yet signed can be released; a signed payment never is.
+        cur = conn.execute(
+            "UPDATE reservations SET status = 'released' WHERE decision_id = ?"
+            " AND status != 'released' AND (SELECT jws FROM decisions WHERE id = ?) IS NULL",
+            (decision_id, decision_id),
+        )
+        return cur.rowcount > 0
+    cur = conn.execute(
+        "UPDATE reservations SET status = ? WHERE decision_id = ? AND status = 'held'",
+        (status, decision_id),
+    )
+    return cur.rowcount > 0
+
+
+def set_approval_status(conn: sqlite3.Connection, approval_id: str, status: str, now: int) -> None:
+    conn.execute(
+        "UPDATE approvals SET status = ?, decided_at = ? WHERE id = ? AND status IN"
+        " ('pending', 'approved')",
+        (status, now, approval_id),
+    )
+
+
+class SqliteTx:
+    """What both deciding transactions can do."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def session(self, session_id: str, now: int) -> SessionRecord | None:
+        return reads.session(self._conn, session_id, now)
+
+    def set_reservation(self, decision_id: str, status: str) -> bool:
+        return set_reservation(self._conn, decision_id, status)
+
+    def set_approval_status(self, approval_id: str, status: str, now: int) -> None:
+        set_approval_status(self._conn, approval_id, status, now)
+
+    def audit(self, event: Mapping[str, Any]) -> int:
+        return append_audit(self._conn, event)
+
+    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
+        return reads.frozen(self._conn, agent_id, session_id, key_id)
+
+
+class SqlitePaymentTx(SqliteTx):
+    def agent_usage(
+        self, agent_id: str, asset: str, now: int, day_start: int, window_seconds: int
+    ) -> AgentUsage:
+        since = min(now - 86_400, day_start, now - window_seconds)
+        rows = self._conn.execute(
+            "SELECT asset, amount_minor, payee_key, created_at FROM reservations"  # noqa: S608
+            f" WHERE agent_id = ? AND created_at >= ? AND {reads.LIVE}",
+            (agent_id, since, now),
+        ).fetchall()
+        spent_24h = sum(int(a) for s, a, _p, t in rows if s == asset and t > now - 86_400)
+        spent_today = sum(int(a) for s, a, _p, t in rows if s == asset and t >= day_start)
+        in_window = sum(1 for _s, _a, _p, t in rows if t > now - window_seconds)
+        today = frozenset(p for _s, _a, p, t in rows if t >= day_start)
+        paid = frozenset(
+            r[0]
+            for r in self._conn.execute(
+                "SELECT DISTINCT payee_key FROM reservations WHERE agent_id = ?"
+                " AND status = 'spent'",
+                (agent_id,),
+            )
+        )
+        return AgentUsage(spent_24h, spent_today, in_window, paid, today)
+
+    def decision_for_nonce(self, agent_id: str, nonce: str) -> DecisionRecord | None:
+        row = self._conn.execute(
+            f"SELECT {reads.DECISION_COLUMNS} FROM decisions"  # noqa: S608 - constant column list
+            " WHERE id = (SELECT decision_id FROM nonces WHERE agent_id = ? AND nonce = ?)",
+            (agent_id, nonce),
+        ).fetchone()
+        return reads.decision(row) if row is not None else None
+
+    def approval_for_decision(self, decision_id: str) -> ApprovalRecord | None:
+        return reads.approval(self._conn, "decision_id", decision_id)
+
+    def record_decision(
+        self,
+        decision: DecisionRecord,
+        *,
+        consume_nonce: bool,
+        reservation: Reservation | None = None,
+        approval: ApprovalRecord | None = None,
+    ) -> None:
+        d = decision
+        self._conn.execute(
+            f"INSERT INTO decisions ({reads.DECISION_COLUMNS})"  # noqa: S608 - constant column list
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                d.id, d.created_at, d.agent_id, d.session_id, d.nonce, d.request_hash,
+                d.outcome, d.reason, d.message, d.key_id, d.asset, str(d.amount_minor),
+                d.payload, d.jws, d.trace_json, d.purpose, d.pack_json, d.payee, d.expires_at,
+            ),
+        )  # fmt: skip
+        if consume_nonce:
+            # PRIMARY KEY: a second insert of the agent's nonce fails the transaction.
+            self._conn.execute(
+                "INSERT INTO nonces (agent_id, nonce, decision_id) VALUES (?, ?, ?)",
+                (d.agent_id, d.nonce, d.id),
+            )
+        if reservation is not None:
+            self._reserve(reservation)
+        if approval is not None:
+            a = approval
+            self._conn.execute(
+                "INSERT INTO approvals (id, decision_id, required, status, created_at,"
+                " expires_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+                (a.id, a.decision_id, a.required, a.created_at, a.expires_at),
+            )
+
+    def _reserve(self, r: Reservation) -> None:
+        row = self._conn.execute(
+            "SELECT budget_minor FROM session_budgets WHERE session_id = ? AND asset = ?",
+            (r.session_id, r.asset),
+        ).fetchone()
+        if row is None:
+            raise InvariantBroken(f"session {r.session_id} has no budget in {r.asset}")
+        # Only this asset's live spend: the whole session was read for the facts already.
+        spent = sum(
+            int(amount)
+            for (amount,) in self._conn.execute(
+                "SELECT amount_minor FROM reservations"  # noqa: S608 - _LIVE is a constant
+                f" WHERE session_id = ? AND asset = ? AND {reads.LIVE}",
+                (r.session_id, r.asset, r.created_at),
+            )
+        )
+        if spent + r.amount_minor > int(row[0]):
+            # the policy said yes on the facts of this very transaction;
+            # reaching this means a bug, and the whole transaction is undone
+            raise InvariantBroken("spend would exceed the session budget")
+        self._conn.execute(
+            "INSERT INTO reservations (decision_id, agent_id, session_id, asset, payee_key,"
+            " amount_minor, created_at, expires_at, status, plan_line)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                r.decision_id, r.agent_id, r.session_id, r.asset, r.payee_key,
+                str(r.amount_minor), r.created_at, r.expires_at, r.status, r.plan_line,
+            ),
+        )  # fmt: skip
+
+    def window_stats(self, agent_id: str, since: int) -> WindowStats:
+        # An operator's unfreeze starts the breaker's window afresh for the agent.
+        reset = self._conn.execute(
+            "SELECT at FROM breaker_resets WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        if reset is not None:
+            since = max(since, int(reset[0]))
+        decided = self._conn.execute(
+            "SELECT outcome, COUNT(*) FROM decisions WHERE agent_id = ? AND created_at > ?"
+            " GROUP BY outcome",
+            (agent_id, since),
+        ).fetchall()
+        counts = dict(decided)
+        spend: dict[str, int] = {}
+        payees: set[str] = set()
+        for asset, amount, payee in self._conn.execute(
+            "SELECT asset, amount_minor, payee_key FROM reservations WHERE agent_id = ?"
+            " AND created_at > ? AND status != 'released'",
+            (agent_id, since),
+        ):
+            spend[asset] = spend.get(asset, 0) + int(amount)
+            payees.add(payee)
+        return WindowStats(
+            decisions=sum(counts.values()),
+            denials=counts.get("deny", 0),
+            spend_minor=spend,
+            payees=frozenset(payees),
+        )
+
+    def freeze(self, freeze: Freeze) -> bool:
+        return add_freeze(self._conn, freeze)
+
+
+class SqliteApprovalTx(SqliteTx):
+    def approval(self, approval_id: str) -> ApprovalRecord | None:
+        return reads.approval(self._conn, "id", approval_id)
+
+    def decision(self, decision_id: str) -> DecisionRecord | None:
+        return reads.decision_by_id(self._conn, decision_id)
+
+    def add_vote(self, approval_id: str, approver_id: str, vote: str, now: int, note: str) -> None:
+        # A second approval by the same approver counts once; a denial always
+        # records who denied and why, even after that approver approved.
+        conflict = (
+            "DO UPDATE SET vote = 'deny', at = excluded.at, note = excluded.note"
+            if vote == "deny"
+            else "DO NOTHING"
+        )
+        self._conn.execute(
+            "INSERT INTO approval_votes (approval_id, approver_id, vote, at, note)"  # noqa: S608
+            f" VALUES (?, ?, ?, ?, ?) ON CONFLICT (approval_id, approver_id) {conflict}",
+            (approval_id, approver_id, vote, now, note),
+        )
+
+
+def add_freeze(conn: sqlite3.Connection, f: Freeze) -> bool:
+    """Adds a freeze; False when the same scope and target were frozen already."""
+    changed = conn.execute(
+        "INSERT OR IGNORE INTO freezes (scope, target, reason, actor, source, at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (f.scope, f.target, f.reason, f.actor, f.source, f.at),
+    ).rowcount
+    return bool(changed)
