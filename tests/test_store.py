@@ -309,3 +309,22 @@ def test_a_payment_at_the_first_second_of_a_long_day_counts_for_that_day(tmp_pat
     assert usage.spent_today_minor == 10
     assert usage.spent_24h_minor == 0
     store.close()
+
+
+def test_read_only_table_readers(tmp_path: Path) -> None:
+    from paywarden.signer.store import sqlite_reads
+
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    store.create_session(_session(), USD2, EVENT)
+    store.close()
+    before = (tmp_path / "s.db").read_bytes()
+    version, counts = sqlite_reads.table_counts(tmp_path / "s.db")
+    assert version == SCHEMA_VERSION
+    assert dict(counts)["sessions"] == 1 and dict(counts)["audit_log"] == 1
+    assert [name for name, _ in counts] == sqlite_reads.table_names(tmp_path / "s.db")
+    rows = list(sqlite_reads.table_rows(tmp_path / "s.db", "sessions"))
+    assert [r["id"] for r in rows] == [_session().id]
+    with pytest.raises(ValueError, match="nope"):
+        list(sqlite_reads.table_rows(tmp_path / "s.db", "nope"))
+    assert (tmp_path / "s.db").read_bytes() == before  # nothing written

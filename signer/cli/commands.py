@@ -10,13 +10,13 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-import sqlite_utils
 from paywarden.signer import logs
 from paywarden.signer.api.server import start
 from paywarden.signer.api.startup import StartupError
 from paywarden.signer.cli import approvals, audit, ctl
 from paywarden.signer.cli.support import CliExit, config_from_args
 from paywarden.signer.config import ConfigError, load_config
+from paywarden.signer.store import sqlite_reads
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -49,11 +49,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _database(args: argparse.Namespace) -> tuple[Path, sqlite_utils.Database]:
+def _store_path(args: argparse.Namespace) -> Path:
     path = config_from_args(args).store.path
     if not path.exists():
         raise CliExit(1, f"no store at {path}")
-    return path, sqlite_utils.Database(path)
+    return path
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -62,19 +62,20 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _store_info(args: argparse.Namespace) -> int:
-    path, db = _database(args)
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+    path = _store_path(args)
+    version, counts = sqlite_reads.table_counts(path)
     print(f"store {path} schema version {version}")
-    for table in db.tables:
-        print(f"  {table.name}: {table.count} rows")
+    for name, count in counts:
+        print(f"  {name}: {count} rows")
     return 0
 
 
 def _store_export(args: argparse.Namespace) -> int:
-    _path, db = _database(args)
-    if args.table not in db.table_names():
-        raise CliExit(1, f"no table {args.table!r} (have {db.table_names()})")
-    for row in db.table(args.table).rows:
+    path = _store_path(args)
+    names = sqlite_reads.table_names(path)
+    if args.table not in names:
+        raise CliExit(1, f"no table {args.table!r} (have {names})")
+    for row in sqlite_reads.table_rows(path, args.table):
         out = {
             k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in row.items()
         }

@@ -215,3 +215,41 @@ def read_audit_log(
         ]
         conn.execute("COMMIT")
     return records, checkpoints
+
+
+def _table_names(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_names(path: Path) -> list[str]:
+    """The store's tables, in the order SQLite lists them."""
+    with _read_only(path) as conn:
+        return _table_names(conn)
+
+
+def table_counts(path: Path) -> tuple[int, list[tuple[str, int]]]:
+    """The store's schema version and each table's row count, in one read transaction."""
+    with _read_only(path) as conn:
+        conn.execute("BEGIN")
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        counts = [
+            (name, int(conn.execute(f"SELECT count(*) FROM {_quoted(name)}").fetchone()[0]))  # noqa: S608 - a name from sqlite_master
+            for name in _table_names(conn)
+        ]
+        conn.execute("COMMIT")
+    return version, counts
+
+
+def table_rows(path: Path, table: str) -> Iterator[dict[str, Any]]:
+    """Every row of one table as a dict of column to value; ValueError if no such table."""
+    with _read_only(path) as conn:
+        if table not in _table_names(conn):
+            raise ValueError(f"no table {table!r}")
+        cursor = conn.execute(f"SELECT * FROM {_quoted(table)}")  # noqa: S608 - a listed table
+        columns = [c[0] for c in cursor.description]
+        for row in cursor:
+            yield dict(zip(columns, row, strict=True))
