@@ -24,17 +24,16 @@ from paywarden.policy.engine import (
     AllOf,
     Decision,
     Facts,
-    Outcome,
     PlanLine,
     Policy,
     Rule,
     RuleResult,
     SessionFacts,
-    Verdict,
     evaluate,
 )
 from paywarden.policy.packs import PackError, PackSet, PolicyPack, load_pack, load_pack_dir
 from paywarden.policy.payees import normalise
+from paywarden.policy.vocabulary import Outcome, Reason, Verdict
 
 __all__ = [
     "AgentFacts",
@@ -48,6 +47,7 @@ __all__ = [
     "PlanLine",
     "Policy",
     "PolicyPack",
+    "Reason",
     "Rule",
     "RuleResult",
     "SessionFacts",

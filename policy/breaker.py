@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from paywarden.policy.compile import AssetInfo, to_minor
-from paywarden.policy.engine import Decision, Outcome, RuleResult, Verdict, format_units
+from paywarden.policy.engine import Decision, RuleResult, format_units
 from paywarden.policy.packs import Breaker
+from paywarden.policy.vocabulary import Outcome, Reason, Verdict
 
 
 class WindowCounts(Protocol):
@@ -61,7 +62,7 @@ def breaker_denial(decision: Decision, why: str) -> Decision:
     result = RuleResult(
         "circuit_breaker",
         Outcome.DENY,
-        "BREAKER_TRIPPED",
+        Reason.BREAKER_TRIPPED,
         None,
         None,
         f"this payment would trip the agent's circuit breaker: {why}",

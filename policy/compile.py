@@ -39,6 +39,7 @@ from paywarden.policy.rules import (
     Velocity,
     WithinSessionBudget,
 )
+from paywarden.policy.vocabulary import Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,7 @@ def compile_pack(pack: PolicyPack, assets: Mapping[str, AssetInfo]) -> AllOf:
 
 @dataclass(frozen=True, slots=True)
 class SessionViolation:
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -199,21 +200,21 @@ def check_session(
     s = pack.model.sessions
     if ttl_seconds > s.max_ttl_seconds:
         return SessionViolation(
-            "SESSION_TTL_ABOVE_PACK", f"ttl_seconds is above the pack's {s.max_ttl_seconds}"
+            Reason.SESSION_TTL_ABOVE_PACK, f"ttl_seconds is above the pack's {s.max_ttl_seconds}"
         )
     if s.require_plan and not plan_bound:
-        return SessionViolation("PLAN_REQUIRED", "the pack requires plan-bound sessions")
+        return SessionViolation(Reason.PLAN_REQUIRED, "the pack requires plan-bound sessions")
     for code, budget in budgets_minor.items():
         if code not in pack.model.assets:
-            return SessionViolation("ASSET_NOT_ALLOWED", f"the pack does not allow {code}")
+            return SessionViolation(Reason.ASSET_NOT_ALLOWED, f"the pack does not allow {code}")
         ceiling = s.max_budget.get(code)
         if ceiling is None:
             return SessionViolation(
-                "SESSION_BUDGET_ABOVE_PACK", f"the pack sets no session budget for {code}"
+                Reason.SESSION_BUDGET_ABOVE_PACK, f"the pack sets no session budget for {code}"
             )
         if budget > to_minor(ceiling, assets[code].decimals, f"{pack.path}: max_budget.{code}"):
             return SessionViolation(
-                "SESSION_BUDGET_ABOVE_PACK", f"the {code} budget is above the pack's {ceiling}"
+                Reason.SESSION_BUDGET_ABOVE_PACK, f"the {code} budget is above the pack's {ceiling}"
             )
     for payee in allowed_payees:
         for code in budgets_minor:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
+
+from paywarden.policy.vocabulary import Outcome, Reason, Verdict
 
 
 def format_units(minor: int, decimals: int) -> str:
@@ -20,18 +21,6 @@ def format_units(minor: int, decimals: int) -> str:
         return str(minor)
     whole, frac = divmod(minor, 10**decimals)
     return f"{whole}.{frac:0{decimals}d}"
-
-
-class Outcome(StrEnum):
-    ALLOW = "allow"
-    DENY = "deny"
-    APPROVE = "approve"  # a rule result: allowed only with human approval
-
-
-class Verdict(StrEnum):
-    ALLOW = "allow"
-    DENY = "deny"
-    NEEDS_APPROVAL = "pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +81,7 @@ class Facts:
 class RuleResult:
     rule: str
     outcome: Outcome
-    reason: str
+    reason: Reason
     limit: str | None = None
     observed: str | None = None
     detail: str = ""
@@ -103,7 +92,7 @@ class RuleResult:
         out: dict[str, str | int | None] = {
             "rule": self.rule,
             "outcome": str(self.outcome),
-            "reason": self.reason,
+            "reason": str(self.reason),
             "limit": self.limit,
             "observed": self.observed,
             "detail": self.detail,
@@ -118,7 +107,7 @@ class RuleResult:
 @dataclass(frozen=True, slots=True)
 class Decision:
     verdict: Verdict
-    reason: str
+    reason: Reason
     message: str
     trace: tuple[RuleResult, ...] = ()
     approvers: int = 0
@@ -154,8 +143,6 @@ class AllOf:
 
 Policy = AllOf
 
-NO_RULE_ALLOWED = "POLICY_NO_RULE_ALLOWED"
-
 
 def evaluate(policy: Policy, facts: Facts) -> Decision:
     """Runs every rule in order; the first denial gives the reason.
@@ -164,7 +151,9 @@ def evaluate(policy: Policy, facts: Facts) -> Decision:
     """
     trace = tuple(rule.check(facts) for rule in policy.rules)
     if not trace:
-        return Decision(Verdict.DENY, NO_RULE_ALLOWED, "no rule allowed the payment", trace)
+        return Decision(
+            Verdict.DENY, Reason.POLICY_NO_RULE_ALLOWED, "no rule allowed the payment", trace
+        )
     plan_line = next((r.plan_line for r in trace if r.plan_line is not None), None)
     for result in trace:
         if result.outcome is Outcome.DENY:
@@ -183,10 +172,12 @@ def evaluate(policy: Policy, facts: Facts) -> Decision:
         )
     for result in trace:
         if result.outcome is not Outcome.ALLOW:
-            return Decision(Verdict.DENY, NO_RULE_ALLOWED, "unknown rule outcome", trace)
+            return Decision(
+                Verdict.DENY, Reason.POLICY_NO_RULE_ALLOWED, "unknown rule outcome", trace
+            )
     return Decision(
         Verdict.ALLOW,
-        "ALLOWED",
+        Reason.ALLOWED,
         "every rule allowed the payment",
         trace,
         plan_line=plan_line,

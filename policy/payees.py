@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import re2  # type: ignore[import-untyped]
+from paywarden.policy.vocabulary import Reason
 
 # Non-ASCII characters that render like an ASCII letter, digit or punctuation
 # mark (both cases: the prototype keeps case, for case-sensitive assets).
@@ -190,7 +191,7 @@ def first_match(identifiers: Iterable[str], patterns: Iterable[Pattern]) -> Patt
 
 # -- a pack's payee lists, compiled for one asset ------------------------------------
 
-ADMITTED = frozenset({"PAYEE_ALLOWED", "PAYEE_ALLOWED_BY_PATTERN"})
+ADMITTED: frozenset[Reason] = frozenset({Reason.PAYEE_ALLOWED, Reason.PAYEE_ALLOWED_BY_PATTERN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +199,7 @@ class Finding:
     """Why a payee is refused (or admitted): a reason code, details for the audit
     trail, and the limit that decided."""
 
-    reason: str
+    reason: Reason
     detail: str
     limit: str | None = None
 
@@ -249,11 +250,11 @@ class PayeeLists:
         """Deny entries and patterns catch the payee as written, its normalised key,
         and its look-alikes (unless the pack names the payee exactly in ``allow``)."""
         if key in self.deny:
-            return Finding("PAYEE_DENYLISTED", "the payee is on the denylist")
+            return Finding(Reason.PAYEE_DENYLISTED, "the payee is on the denylist")
         pattern = first_match((text, key), self.deny_patterns)
         if pattern is not None:
             return Finding(
-                "PAYEE_DENYLISTED",
+                Reason.PAYEE_DENYLISTED,
                 f"the payee matches deny pattern {pattern.source!r}",
                 pattern.source,
             )
@@ -262,12 +263,12 @@ class PayeeLists:
         twin = self.deny_skeletons.get(skeleton(text))
         if twin is not None:
             return Finding(
-                "PAYEE_LOOKS_DENYLISTED", f"the payee looks like the denylisted {twin!r}", twin
+                Reason.PAYEE_LOOKS_DENYLISTED, f"the payee looks like the denylisted {twin!r}", twin
             )
         pattern = first_match((prototype(text), prototype(key)), self.deny_patterns)
         if pattern is not None:
             return Finding(
-                "PAYEE_LOOKS_DENYLISTED",
+                Reason.PAYEE_LOOKS_DENYLISTED,
                 f"the payee looks like a payee deny pattern {pattern.source!r} matches",
                 pattern.source,
             )
@@ -282,10 +283,10 @@ class PayeeLists:
         limit = f"{len(self.allow)} payees, {len(self.allow_patterns)} patterns"
         canonical = self.canonical(text, key)
         if canonical and key in self.allow:
-            return Finding("PAYEE_ALLOWED", "", limit)
+            return Finding(Reason.PAYEE_ALLOWED, "", limit)
         if not canonical:
             return Finding(
-                "PAYEE_NOT_CANONICAL",
+                Reason.PAYEE_NOT_CANONICAL,
                 "the payee changes under normalisation beyond ASCII lower-casing "
                 "(compatibility form, long s, ligature, sharp s, decomposed accent …)",
                 "canonical spelling",
@@ -294,17 +295,17 @@ class PayeeLists:
         twin = self.allow_skeletons.get(skeleton(text))
         if twin is not None:
             return Finding(
-                "PAYEE_CONFUSABLE",
+                Reason.PAYEE_CONFUSABLE,
                 f"the payee looks like the allowed payee {twin!r} but is not it",
                 twin,
             )
         pattern = first_match((key,), self.allow_patterns)
         if pattern is None:
-            return Finding("PAYEE_NOT_ALLOWED", "the pack does not allow this payee", limit)
+            return Finding(Reason.PAYEE_NOT_ALLOWED, "the pack does not allow this payee", limit)
         if not (text.isascii() and key.isascii()):
             return Finding(
-                "PAYEE_NOT_ASCII",
+                Reason.PAYEE_NOT_ASCII,
                 f"pattern {pattern.source!r} matches, but patterns admit ASCII payees only",
                 "ASCII",
             )
-        return Finding("PAYEE_ALLOWED_BY_PATTERN", "", pattern.source)
+        return Finding(Reason.PAYEE_ALLOWED_BY_PATTERN, "", pattern.source)

@@ -11,18 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from paywarden.policy.engine import Facts, Outcome, RuleResult
+from paywarden.policy.engine import Facts, RuleResult
 from paywarden.policy.payees import ADMITTED, PayeeLists
+from paywarden.policy.vocabulary import Outcome, Reason
 
 
 def _ok(
-    rule: str, reason: str, limit: str | None = None, observed: str | None = None, **kw: object
+    rule: str, reason: Reason, limit: str | None = None, observed: str | None = None, **kw: object
 ) -> RuleResult:
     return RuleResult(rule, Outcome.ALLOW, reason, limit, observed, **kw)  # type: ignore[arg-type]
 
 
 def _deny(
-    rule: str, reason: str, detail: str, limit: str | None = None, observed: str | None = None
+    rule: str, reason: Reason, detail: str, limit: str | None = None, observed: str | None = None
 ) -> RuleResult:
     return RuleResult(rule, Outcome.DENY, reason, limit, observed, detail)
 
@@ -37,8 +38,8 @@ class SessionOpen:
     def check(self, facts: Facts) -> RuleResult:
         state = facts.session.state
         if state != "open":
-            return _deny(self.name, "SESSION_CLOSED", "the session is closed", "open", state)
-        return _ok(self.name, "SESSION_OPEN", "open", state)
+            return _deny(self.name, Reason.SESSION_CLOSED, "the session is closed", "open", state)
+        return _ok(self.name, Reason.SESSION_OPEN, "open", state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +49,8 @@ class SessionNotExpired:
     def check(self, facts: Facts) -> RuleResult:
         limit, now = str(facts.session.expires_at), str(facts.now)
         if facts.now >= facts.session.expires_at:
-            return _deny(self.name, "SESSION_EXPIRED", "the session has expired", limit, now)
-        return _ok(self.name, "SESSION_LIVE", limit, now)
+            return _deny(self.name, Reason.SESSION_EXPIRED, "the session has expired", limit, now)
+        return _ok(self.name, Reason.SESSION_LIVE, limit, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +64,12 @@ class SessionPhase:
         if phase == "explore":
             return _deny(
                 self.name,
-                "SESSION_IN_EXPLORE_PHASE",
+                Reason.SESSION_IN_EXPLORE_PHASE,
                 "the session has no committed plan yet; nothing can be signed",
                 "execute",
                 phase,
             )
-        return _ok(self.name, "SESSION_PHASE_OK", None, phase)
+        return _ok(self.name, Reason.SESSION_PHASE_OK, None, phase)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +81,12 @@ class AssetInSession:
         if facts.asset not in facts.session.budgets_minor:
             return _deny(
                 self.name,
-                "ASSET_NOT_IN_SESSION",
+                Reason.ASSET_NOT_IN_SESSION,
                 f"the session has no budget in {facts.asset}",
                 budgets,
                 facts.asset,
             )
-        return _ok(self.name, "ASSET_IN_SESSION", budgets, facts.asset)
+        return _ok(self.name, Reason.ASSET_IN_SESSION, budgets, facts.asset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +96,16 @@ class PayeeInSession:
     def check(self, facts: Facts) -> RuleResult:
         allowed = facts.session.allowed_payees
         if not allowed:
-            return _ok(self.name, "SESSION_ANY_PAYEE", None, facts.payee)
+            return _ok(self.name, Reason.SESSION_ANY_PAYEE, None, facts.payee)
         if facts.payee not in allowed:
             return _deny(
                 self.name,
-                "PAYEE_NOT_IN_SESSION",
+                Reason.PAYEE_NOT_IN_SESSION,
                 "the payee is not in the session's payee list",
                 f"{len(allowed)} payees",
                 facts.payee,
             )
-        return _ok(self.name, "PAYEE_IN_SESSION", f"{len(allowed)} payees", facts.payee)
+        return _ok(self.name, Reason.PAYEE_IN_SESSION, f"{len(allowed)} payees", facts.payee)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,17 +117,17 @@ class WithinSessionBudget:
     def check(self, facts: Facts) -> RuleResult:
         budget = facts.session.budgets_minor.get(facts.asset)
         if budget is None:
-            return _deny(self.name, "ASSET_NOT_IN_SESSION", f"no budget in {facts.asset}")
+            return _deny(self.name, Reason.ASSET_NOT_IN_SESSION, f"no budget in {facts.asset}")
         after = facts.session.spent_minor.get(facts.asset, 0) + facts.amount_minor
         if after > budget:
             return _deny(
                 self.name,
-                "BUDGET_EXCEEDED",
+                Reason.BUDGET_EXCEEDED,
                 "the payment would exceed the session's budget",
                 facts.units(budget),
                 facts.units(after),
             )
-        return _ok(self.name, "WITHIN_BUDGET", facts.units(budget), facts.units(after))
+        return _ok(self.name, Reason.WITHIN_BUDGET, facts.units(budget), facts.units(after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +138,7 @@ class PlanLineAvailable:
 
     def check(self, facts: Facts) -> RuleResult:
         if facts.session.phase != "execute":
-            return _ok(self.name, "NO_PLAN", None, facts.session.phase)
+            return _ok(self.name, Reason.NO_PLAN, None, facts.session.phase)
         matching = [
             (i, line)
             for i, line in enumerate(facts.session.plan)
@@ -154,7 +155,7 @@ class PlanLineAvailable:
             _, i, line = min(fitting, key=lambda t: (t[0], t[1]))
             return _ok(
                 self.name,
-                "PLAN_LINE_MATCHED",
+                Reason.PLAN_LINE_MATCHED,
                 f"line {i}: {line.used}/{line.count} used, "
                 f"max {facts.units(line.max_amount_minor)}",
                 facts.units(facts.amount_minor),
@@ -167,7 +168,7 @@ class PlanLineAvailable:
         else:
             detail = "the amount is above every matching plan line's maximum"
         return _deny(
-            self.name, "PLAN_NO_MATCH", detail, f"{len(facts.session.plan)} lines", facts.payee
+            self.name, Reason.PLAN_NO_MATCH, detail, f"{len(facts.session.plan)} lines", facts.payee
         )
 
 
@@ -184,12 +185,12 @@ class AssetAllowed:
         if facts.asset not in self.assets:
             return _deny(
                 self.name,
-                "ASSET_NOT_ALLOWED",
+                Reason.ASSET_NOT_ALLOWED,
                 "the pack does not allow this asset",
                 limit,
                 facts.asset,
             )
-        return _ok(self.name, "ASSET_ALLOWED", limit, facts.asset)
+        return _ok(self.name, Reason.ASSET_ALLOWED, limit, facts.asset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +204,12 @@ class KeyAllowed:
         if facts.key_id not in keys:
             return _deny(
                 self.name,
-                "KEY_NOT_ALLOWED",
+                Reason.KEY_NOT_ALLOWED,
                 f"the pack does not allow key {facts.key_id} for {facts.asset}",
                 limit,
                 facts.key_id,
             )
-        return _ok(self.name, "KEY_ALLOWED", limit, facts.key_id)
+        return _ok(self.name, Reason.KEY_ALLOWED, limit, facts.key_id)
 
 
 def _payee_text(facts: Facts) -> str:
@@ -235,7 +236,7 @@ class PayeeNotDenied:
         found = lists.denial(_payee_text(facts), facts.payee)
         if found is not None:
             return _deny(self.name, found.reason, found.detail, found.limit, facts.payee)
-        return _ok(self.name, "PAYEE_NOT_DENYLISTED", None, facts.payee)
+        return _ok(self.name, Reason.PAYEE_NOT_DENYLISTED, None, facts.payee)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,17 +267,17 @@ class MaxPerPayment:
     def check(self, facts: Facts) -> RuleResult:
         limit = self.limits.get(facts.asset)
         if limit is None:
-            return _deny(self.name, "ASSET_NOT_ALLOWED", "no per-payment limit for this asset")
+            return _deny(self.name, Reason.ASSET_NOT_ALLOWED, "no per-payment limit for this asset")
         if facts.amount_minor > limit:
             return _deny(
                 self.name,
-                "AMOUNT_ABOVE_MAX",
+                Reason.AMOUNT_ABOVE_MAX,
                 "the amount is above the per-payment maximum",
                 facts.units(limit),
                 facts.units(facts.amount_minor),
             )
         return _ok(
-            self.name, "AMOUNT_WITHIN_MAX", facts.units(limit), facts.units(facts.amount_minor)
+            self.name, Reason.AMOUNT_WITHIN_MAX, facts.units(limit), facts.units(facts.amount_minor)
         )
 
 
@@ -290,17 +291,17 @@ class DailyLimit:
     def check(self, facts: Facts) -> RuleResult:
         limit = self.limits.get(facts.asset)
         if limit is None:
-            return _ok(self.name, "NO_DAILY_LIMIT")
+            return _ok(self.name, Reason.NO_DAILY_LIMIT)
         after = facts.agent.spent_today_minor + facts.amount_minor
         if after > limit:
             return _deny(
                 self.name,
-                "DAILY_LIMIT_EXCEEDED",
+                Reason.DAILY_LIMIT_EXCEEDED,
                 "the agent's spend today would exceed the daily limit",
                 facts.units(limit),
                 facts.units(after),
             )
-        return _ok(self.name, "WITHIN_DAILY_LIMIT", facts.units(limit), facts.units(after))
+        return _ok(self.name, Reason.WITHIN_DAILY_LIMIT, facts.units(limit), facts.units(after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,17 +312,17 @@ class Rolling24hLimit:
     def check(self, facts: Facts) -> RuleResult:
         limit = self.limits.get(facts.asset)
         if limit is None:
-            return _ok(self.name, "NO_ROLLING_LIMIT")
+            return _ok(self.name, Reason.NO_ROLLING_LIMIT)
         after = facts.agent.spent_24h_minor + facts.amount_minor
         if after > limit:
             return _deny(
                 self.name,
-                "ROLLING_LIMIT_EXCEEDED",
+                Reason.ROLLING_LIMIT_EXCEEDED,
                 "the agent's spend over the last 24 hours would exceed the limit",
                 facts.units(limit),
                 facts.units(after),
             )
-        return _ok(self.name, "WITHIN_ROLLING_LIMIT", facts.units(limit), facts.units(after))
+        return _ok(self.name, Reason.WITHIN_ROLLING_LIMIT, facts.units(limit), facts.units(after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,12 +337,12 @@ class Velocity:
         if after > self.max_payments:
             return _deny(
                 self.name,
-                "VELOCITY_EXCEEDED",
+                Reason.VELOCITY_EXCEEDED,
                 "too many payments by this agent in the window",
                 limit,
                 str(after),
             )
-        return _ok(self.name, "WITHIN_VELOCITY", limit, str(after))
+        return _ok(self.name, Reason.WITHIN_VELOCITY, limit, str(after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,12 +356,12 @@ class SessionDiversity:
         if facts.payee not in seen and after > self.max_payees:
             return _deny(
                 self.name,
-                "SESSION_DIVERSITY_EXCEEDED",
+                Reason.SESSION_DIVERSITY_EXCEEDED,
                 "too many distinct payees in this session",
                 str(self.max_payees),
                 str(after),
             )
-        return _ok(self.name, "WITHIN_SESSION_DIVERSITY", str(self.max_payees), str(after))
+        return _ok(self.name, Reason.WITHIN_SESSION_DIVERSITY, str(self.max_payees), str(after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,12 +375,12 @@ class DailyDiversity:
         if facts.payee not in seen and after > self.max_payees:
             return _deny(
                 self.name,
-                "DAILY_DIVERSITY_EXCEEDED",
+                Reason.DAILY_DIVERSITY_EXCEEDED,
                 "too many distinct payees for this agent today",
                 str(self.max_payees),
                 str(after),
             )
-        return _ok(self.name, "WITHIN_DAILY_DIVERSITY", str(self.max_payees), str(after))
+        return _ok(self.name, Reason.WITHIN_DAILY_DIVERSITY, str(self.max_payees), str(after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,9 +396,13 @@ class AllowedHours:
         observed = f"{m // 60:02d}:{m % 60:02d}"
         if not inside:
             return _deny(
-                self.name, "OUTSIDE_ALLOWED_HOURS", "payments are not allowed now", limit, observed
+                self.name,
+                Reason.OUTSIDE_ALLOWED_HOURS,
+                "payments are not allowed now",
+                limit,
+                observed,
             )
-        return _ok(self.name, "WITHIN_ALLOWED_HOURS", limit, observed)
+        return _ok(self.name, Reason.WITHIN_ALLOWED_HOURS, limit, observed)
 
 
 # -- human approval ----------------------------------------------------------------
@@ -412,11 +417,11 @@ class FirstPayment:
 
     def check(self, facts: Facts) -> RuleResult:
         if facts.payee in facts.agent.payees_paid:
-            return _ok(self.name, "PAYEE_PAID_BEFORE", self.mode, "paid before")
+            return _ok(self.name, Reason.PAYEE_PAID_BEFORE, self.mode, "paid before")
         if self.mode == "deny":
             return _deny(
                 self.name,
-                "FIRST_PAYMENT_DENIED",
+                Reason.FIRST_PAYMENT_DENIED,
                 "the agent has never paid this payee and the pack denies first payments",
                 self.mode,
                 "first payment",
@@ -425,13 +430,13 @@ class FirstPayment:
             return RuleResult(
                 self.name,
                 Outcome.APPROVE,
-                "FIRST_PAYMENT_NEEDS_APPROVAL",
+                Reason.FIRST_PAYMENT_NEEDS_APPROVAL,
                 self.mode,
                 "first payment",
                 "a first payment to this payee needs human approval",
                 approvers=1,
             )
-        return _ok(self.name, "FIRST_PAYMENT_ALLOWED", self.mode, "first payment")
+        return _ok(self.name, Reason.FIRST_PAYMENT_ALLOWED, self.mode, "first payment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +453,7 @@ class ApprovalTiers:
             lowest = min((above for above, _ in tiers), default=None)
             return _ok(
                 self.name,
-                "BELOW_APPROVAL_THRESHOLD",
+                Reason.BELOW_APPROVAL_THRESHOLD,
                 None if lowest is None else facts.units(lowest),
                 facts.units(facts.amount_minor),
             )
@@ -456,7 +461,7 @@ class ApprovalTiers:
         return RuleResult(
             self.name,
             Outcome.APPROVE,
-            "AMOUNT_NEEDS_APPROVAL",
+            Reason.AMOUNT_NEEDS_APPROVAL,
             facts.units(above),
             facts.units(facts.amount_minor),
             f"payments above {facts.units(above)} need {k} distinct approver(s)",
@@ -471,7 +476,7 @@ class NoPack:
     name: str = "policy_pack"
 
     def check(self, facts: Facts) -> RuleResult:
-        return _deny(self.name, "NO_POLICY_PACK", "no policy pack applies to this agent")
+        return _deny(self.name, Reason.NO_POLICY_PACK, "no policy pack applies to this agent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,4 +489,4 @@ class PackChanged:
     name: str = "policy_pack"
 
     def check(self, facts: Facts) -> RuleResult:
-        return _deny(self.name, "SESSION_PACK_CHANGED", self.why, self.pack_id)
+        return _deny(self.name, Reason.SESSION_PACK_CHANGED, self.why, self.pack_id)

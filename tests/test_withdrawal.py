@@ -7,9 +7,9 @@ import datetime as dt
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from paywarden.policy.engine import Outcome
 from paywarden.policy.payees import PayeeLists
 from paywarden.policy.rules import PayeeAllowed
+from paywarden.policy.vocabulary import Outcome
 from paywarden.signer.core.service import day_start
 from paywarden.signer.store.records import (
     ApprovalRecord,

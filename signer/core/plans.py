@@ -44,7 +44,9 @@ def validate_plan(
             normalise(p, case_insensitive=info.case_insensitive) for p in session.allowed_payees
         }
         if listed and key not in listed:
-            raise Denied("PAYEE_NOT_IN_SESSION", f"{where}: the payee is not in the session's list")
+            raise Denied(
+                Reason.PAYEE_NOT_IN_SESSION, f"{where}: the payee is not in the session's list"
+            )
         violation = payee_allowed_by_pack(pack, name, info)
         if violation is not None:
             raise Denied(violation.reason, f"{where}: {violation.message}")

@@ -1,0 +1,193 @@
+"""The words every layer shares: reason codes and outcomes.
+
+The bottom of the stack: pure values, no I/O, nothing imported from the rest of
+Paywarden. A reason code or an outcome is written here once, as an enum member,
+and everyone else names the member. The values are what audit records and the
+wire carry: never change one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Every reason code: the signer's refusals and the rules' own words."""
+
+    # authentication / authorisation
+    NO_IDENTITY = "NO_IDENTITY"
+    ROLE_NOT_ALLOWED = "ROLE_NOT_ALLOWED"
+    SESSION_AGENT_MISMATCH = "SESSION_AGENT_MISMATCH"
+    SESSION_PLANNER_MISMATCH = "SESSION_PLANNER_MISMATCH"
+    # input validation
+    FIELD_MISSING = "FIELD_MISSING"
+    UNKNOWN_FIELD = "UNKNOWN_FIELD"
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
+    AMOUNT_MALFORMED = "AMOUNT_MALFORMED"
+    AMOUNT_NOT_POSITIVE = "AMOUNT_NOT_POSITIVE"
+    AMOUNT_TOO_PRECISE = "AMOUNT_TOO_PRECISE"
+    AMOUNT_TOO_LARGE = "AMOUNT_TOO_LARGE"
+    STRING_TOO_LONG = "STRING_TOO_LONG"
+    STRING_EMPTY = "STRING_EMPTY"
+    STRING_CONTROL_CHAR = "STRING_CONTROL_CHAR"
+    STRING_INVALID = "STRING_INVALID"
+    NONCE_MALFORMED = "NONCE_MALFORMED"
+    UNKNOWN_ASSET = "UNKNOWN_ASSET"
+    UNKNOWN_KEY = "UNKNOWN_KEY"
+    BUDGET_INVALID = "BUDGET_INVALID"
+    TTL_INVALID = "TTL_INVALID"
+    SESSION_ID_MALFORMED = "SESSION_ID_MALFORMED"
+    # replay guard
+    EXPIRY_IN_PAST = "EXPIRY_IN_PAST"
+    EXPIRY_TOO_FAR = "EXPIRY_TOO_FAR"
+    EXPIRY_AFTER_SESSION = "EXPIRY_AFTER_SESSION"
+    NONCE_REPLAYED = "NONCE_REPLAYED"
+    # sessions and policy
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    SESSION_CLOSED = "SESSION_CLOSED"
+    SESSION_EXPIRED = "SESSION_EXPIRED"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    ASSET_NOT_IN_SESSION = "ASSET_NOT_IN_SESSION"
+    PAYEE_NOT_IN_SESSION = "PAYEE_NOT_IN_SESSION"
+    POLICY_NO_RULE_ALLOWED = "POLICY_NO_RULE_ALLOWED"
+    # infrastructure
+    HSM_UNAVAILABLE = "HSM_UNAVAILABLE"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+    # policy packs, approvals and plans
+    NO_POLICY_PACK = "NO_POLICY_PACK"
+    SESSION_PACK_CHANGED = "SESSION_PACK_CHANGED"
+    APPROVAL_NOT_FOUND = "APPROVAL_NOT_FOUND"
+    APPROVAL_NOT_PENDING = "APPROVAL_NOT_PENDING"
+    APPROVAL_DENIED = "APPROVAL_DENIED"
+    APPROVAL_EXPIRED = "APPROVAL_EXPIRED"
+    APPROVER_IS_REQUESTER = "APPROVER_IS_REQUESTER"
+    APPROVER_IS_PLANNER = "APPROVER_IS_PLANNER"
+    PLAN_INVALID = "PLAN_INVALID"
+    SESSION_NOT_EXPLORING = "SESSION_NOT_EXPLORING"
+    FROZEN = "FROZEN"
+    PAYMENT_WITHDRAWN = "PAYMENT_WITHDRAWN"
+    # the client certificate is not a client leaf issued directly by the client CA
+    CLIENT_CERT_PROFILE = "CLIENT_CERT_PROFILE"
+    # admission: the worker threads are shared out (signer/api/admission.py)
+    SERVER_BUSY = "SERVER_BUSY"
+    TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
+    TOO_MANY_CALLS = "TOO_MANY_CALLS"
+    # the principal spent its refusal budget: refused before its request is read
+    RATE_LIMITED = "RATE_LIMITED"
+    # the caller's deadline passed, or it cancelled: nothing was decided or signed
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CALL_CANCELLED = "CALL_CANCELLED"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+
+    # -- the rules' denials (paywarden.policy.rules, payees, breaker) --
+    SESSION_IN_EXPLORE_PHASE = "SESSION_IN_EXPLORE_PHASE"
+    PLAN_NO_MATCH = "PLAN_NO_MATCH"
+    ASSET_NOT_ALLOWED = "ASSET_NOT_ALLOWED"
+    KEY_NOT_ALLOWED = "KEY_NOT_ALLOWED"
+    PAYEE_DENYLISTED = "PAYEE_DENYLISTED"
+    PAYEE_LOOKS_DENYLISTED = "PAYEE_LOOKS_DENYLISTED"
+    PAYEE_NOT_CANONICAL = "PAYEE_NOT_CANONICAL"
+    PAYEE_CONFUSABLE = "PAYEE_CONFUSABLE"
+    PAYEE_NOT_ALLOWED = "PAYEE_NOT_ALLOWED"
+    PAYEE_NOT_ASCII = "PAYEE_NOT_ASCII"
+    AMOUNT_ABOVE_MAX = "AMOUNT_ABOVE_MAX"
+    DAILY_LIMIT_EXCEEDED = "DAILY_LIMIT_EXCEEDED"
+    ROLLING_LIMIT_EXCEEDED = "ROLLING_LIMIT_EXCEEDED"
+    VELOCITY_EXCEEDED = "VELOCITY_EXCEEDED"
+    SESSION_DIVERSITY_EXCEEDED = "SESSION_DIVERSITY_EXCEEDED"
+    DAILY_DIVERSITY_EXCEEDED = "DAILY_DIVERSITY_EXCEEDED"
+    OUTSIDE_ALLOWED_HOURS = "OUTSIDE_ALLOWED_HOURS"
+    FIRST_PAYMENT_DENIED = "FIRST_PAYMENT_DENIED"
+    BREAKER_TRIPPED = "BREAKER_TRIPPED"
+    # a session or plan that does not fit its pack (paywarden.policy.compile)
+    SESSION_TTL_ABOVE_PACK = "SESSION_TTL_ABOVE_PACK"
+    SESSION_BUDGET_ABOVE_PACK = "SESSION_BUDGET_ABOVE_PACK"
+    PLAN_REQUIRED = "PLAN_REQUIRED"
+    # -- the rules asking for human approval --
+    FIRST_PAYMENT_NEEDS_APPROVAL = "FIRST_PAYMENT_NEEDS_APPROVAL"
+    AMOUNT_NEEDS_APPROVAL = "AMOUNT_NEEDS_APPROVAL"
+    # -- the rules allowing (trace words only: never a refusal) --
+    ALLOWED = "ALLOWED"  # the decision: every rule allowed
+    SESSION_OPEN = "SESSION_OPEN"
+    SESSION_LIVE = "SESSION_LIVE"
+    SESSION_PHASE_OK = "SESSION_PHASE_OK"
+    ASSET_IN_SESSION = "ASSET_IN_SESSION"
+    SESSION_ANY_PAYEE = "SESSION_ANY_PAYEE"
+    PAYEE_IN_SESSION = "PAYEE_IN_SESSION"
+    WITHIN_BUDGET = "WITHIN_BUDGET"
+    NO_PLAN = "NO_PLAN"
+    PLAN_LINE_MATCHED = "PLAN_LINE_MATCHED"
+    ASSET_ALLOWED = "ASSET_ALLOWED"
+    KEY_ALLOWED = "KEY_ALLOWED"
+    PAYEE_NOT_DENYLISTED = "PAYEE_NOT_DENYLISTED"
+    PAYEE_ALLOWED = "PAYEE_ALLOWED"
+    PAYEE_ALLOWED_BY_PATTERN = "PAYEE_ALLOWED_BY_PATTERN"
+    AMOUNT_WITHIN_MAX = "AMOUNT_WITHIN_MAX"
+    NO_DAILY_LIMIT = "NO_DAILY_LIMIT"
+    WITHIN_DAILY_LIMIT = "WITHIN_DAILY_LIMIT"
+    NO_ROLLING_LIMIT = "NO_ROLLING_LIMIT"
+    WITHIN_ROLLING_LIMIT = "WITHIN_ROLLING_LIMIT"
+    WITHIN_VELOCITY = "WITHIN_VELOCITY"
+    WITHIN_SESSION_DIVERSITY = "WITHIN_SESSION_DIVERSITY"
+    WITHIN_DAILY_DIVERSITY = "WITHIN_DAILY_DIVERSITY"
+    WITHIN_ALLOWED_HOURS = "WITHIN_ALLOWED_HOURS"
+    PAYEE_PAID_BEFORE = "PAYEE_PAID_BEFORE"
+    FIRST_PAYMENT_ALLOWED = "FIRST_PAYMENT_ALLOWED"
+    BELOW_APPROVAL_THRESHOLD = "BELOW_APPROVAL_THRESHOLD"
+
+
+# The codes a rule gives when it allows, and the allowed decision's own: words of a
+# trace, never the reason of a refusal (so no agent is ever told one).
+ALLOWING: frozenset[Reason] = frozenset(
+    {
+        Reason.ALLOWED,
+        Reason.SESSION_OPEN,
+        Reason.SESSION_LIVE,
+        Reason.SESSION_PHASE_OK,
+        Reason.ASSET_IN_SESSION,
+        Reason.SESSION_ANY_PAYEE,
+        Reason.PAYEE_IN_SESSION,
+        Reason.WITHIN_BUDGET,
+        Reason.NO_PLAN,
+        Reason.PLAN_LINE_MATCHED,
+        Reason.ASSET_ALLOWED,
+        Reason.KEY_ALLOWED,
+        Reason.PAYEE_NOT_DENYLISTED,
+        Reason.PAYEE_ALLOWED,
+        Reason.PAYEE_ALLOWED_BY_PATTERN,
+        Reason.AMOUNT_WITHIN_MAX,
+        Reason.NO_DAILY_LIMIT,
+        Reason.WITHIN_DAILY_LIMIT,
+        Reason.NO_ROLLING_LIMIT,
+        Reason.WITHIN_ROLLING_LIMIT,
+        Reason.WITHIN_VELOCITY,
+        Reason.WITHIN_SESSION_DIVERSITY,
+        Reason.WITHIN_DAILY_DIVERSITY,
+        Reason.WITHIN_ALLOWED_HOURS,
+        Reason.PAYEE_PAID_BEFORE,
+        Reason.FIRST_PAYMENT_ALLOWED,
+        Reason.BELOW_APPROVAL_THRESHOLD,
+    }
+)
+
+# The codes a rule gives when it asks for human approval: the payment is held, not refused.
+ASKING_APPROVAL: frozenset[Reason] = frozenset(
+    {Reason.FIRST_PAYMENT_NEEDS_APPROVAL, Reason.AMOUNT_NEEDS_APPROVAL}
+)
+
+
+class Outcome(StrEnum):
+    """One rule's result."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVE = "approve"  # allowed only with human approval
+
+
+class Verdict(StrEnum):
+    """A decision's outcome, as evaluated and as recorded."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    NEEDS_APPROVAL = "pending"
