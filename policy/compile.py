@@ -39,7 +39,7 @@ from paywarden.policy.rules import (
     Velocity,
     WithinSessionBudget,
 )
-from paywarden.policy.vocabulary import Reason
+from paywarden.policy.vocabulary import FirstPaymentMode, Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +142,7 @@ def compile_pack(pack: PolicyPack, assets: Mapping[str, AssetInfo]) -> AllOf:
     rules_ += [
         WithinSessionBudget(),
         PlanLineAvailable(),
-        FirstPayment(str(m.payees.first_payment)),
+        FirstPayment(FirstPaymentMode(m.payees.first_payment)),
         ApprovalTiers(tiers),
     ]
     return AllOf(rules_, pack.ref())

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from paywarden.policy.vocabulary import Outcome, Reason, Verdict
+from paywarden.policy.vocabulary import Outcome, Phase, Reason, SessionState, Verdict
 
 
 def format_units(minor: int, decimals: int) -> str:
@@ -36,8 +36,8 @@ class PlanLine:
 class SessionFacts:
     session_id: str
     agent_id: str
-    state: str  # "open" or "closed"
-    phase: str  # "normal", "explore" or "execute"
+    state: SessionState
+    phase: Phase
     expires_at: int
     budgets_minor: Mapping[str, int]
     spent_minor: Mapping[str, int]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from paywarden.policy.engine import Facts, RuleResult
 from paywarden.policy.payees import ADMITTED, PayeeLists
-from paywarden.policy.vocabulary import Outcome, Reason
+from paywarden.policy.vocabulary import FirstPaymentMode, Outcome, Phase, Reason, SessionState
 
 
 def _ok(
@@ -36,10 +36,10 @@ class SessionOpen:
     name: str = "session_open"
 
     def check(self, facts: Facts) -> RuleResult:
-        state = facts.session.state
-        if state != "open":
-            return _deny(self.name, Reason.SESSION_CLOSED, "the session is closed", "open", state)
-        return _ok(self.name, Reason.SESSION_OPEN, "open", state)
+        state, open_ = facts.session.state, SessionState.OPEN
+        if state != open_:
+            return _deny(self.name, Reason.SESSION_CLOSED, "the session is closed", open_, state)
+        return _ok(self.name, Reason.SESSION_OPEN, open_, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +61,12 @@ class SessionPhase:
 
     def check(self, facts: Facts) -> RuleResult:
         phase = facts.session.phase
-        if phase == "explore":
+        if phase == Phase.EXPLORE:
             return _deny(
                 self.name,
                 Reason.SESSION_IN_EXPLORE_PHASE,
                 "the session has no committed plan yet; nothing can be signed",
-                "execute",
+                Phase.EXECUTE,
                 phase,
             )
         return _ok(self.name, Reason.SESSION_PHASE_OK, None, phase)
@@ -137,7 +137,7 @@ class PlanLineAvailable:
     name: str = "plan_line"
 
     def check(self, facts: Facts) -> RuleResult:
-        if facts.session.phase != "execute":
+        if facts.session.phase != Phase.EXECUTE:
             return _ok(self.name, Reason.NO_PLAN, None, facts.session.phase)
         matching = [
             (i, line)
@@ -412,13 +412,13 @@ class AllowedHours:
 class FirstPayment:
     """A payee this agent has never paid: allow, require approval, or deny."""
 
-    mode: str  # "allow", "approve" or "deny"
+    mode: FirstPaymentMode
     name: str = "first_payment"
 
     def check(self, facts: Facts) -> RuleResult:
         if facts.payee in facts.agent.payees_paid:
             return _ok(self.name, Reason.PAYEE_PAID_BEFORE, self.mode, "paid before")
-        if self.mode == "deny":
+        if self.mode == FirstPaymentMode.DENY:
             return _deny(
                 self.name,
                 Reason.FIRST_PAYMENT_DENIED,
@@ -426,7 +426,7 @@ class FirstPayment:
                 self.mode,
                 "first payment",
             )
-        if self.mode == "approve":
+        if self.mode == FirstPaymentMode.APPROVE:
             return RuleResult(
                 self.name,
                 Outcome.APPROVE,

@@ -1,4 +1,4 @@
-"""The words every layer shares: reason codes and outcomes.
+"""The words every layer shares: reason codes, outcomes and states.
 
 The bottom of the stack: pure values, no I/O, nothing imported from the rest of
 Paywarden. A reason code or an outcome is written here once, as an enum member,
@@ -191,3 +191,65 @@ class Verdict(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
     NEEDS_APPROVAL = "pending"
+
+
+class Phase(StrEnum):
+    """Where a session is: a plan-bound one explores, then executes its plan."""
+
+    NORMAL = "normal"
+    EXPLORE = "explore"
+    EXECUTE = "execute"
+
+
+class SessionState(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+    EXPIRED = "expired"
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+
+
+class Vote(StrEnum):
+    APPROVE = "approve"
+    DENY = "deny"
+
+
+class ReservationStatus(StrEnum):
+    """A decision's hold on spend: counted while ``SPENT`` (allowed) or ``HELD``
+    (waiting for approval, until the payment's expiry); ``RELEASED`` counts no more."""
+
+    SPENT = "spent"
+    HELD = "held"
+    RELEASED = "released"
+
+
+class FreezeScope(StrEnum):
+    GLOBAL = "global"
+    AGENT = "agent"
+    SESSION = "session"
+    KEY = "key"
+
+
+class FreezeSource(StrEnum):
+    OPERATOR = "operator"
+    BREAKER = "breaker"
+
+
+class SignStatus(StrEnum):
+    """What a Sign call returns: a signature, or a payment held for approval."""
+
+    SIGNED = "signed"
+    PENDING_APPROVAL = "pending_approval"
+
+
+class FirstPaymentMode(StrEnum):
+    """What a pack does with a payee the agent has never paid."""
+
+    ALLOW = "allow"
+    APPROVE = "approve"
+    DENY = "deny"

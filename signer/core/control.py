@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from paywarden.hsm import Hsm, HsmError
+from paywarden.policy.vocabulary import FreezeScope, FreezeSource
 from paywarden.signer.auditlog import checkpoints, merkle
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
@@ -89,7 +90,14 @@ class ControlService:
         target = self._target(scope, target)
         reason = clean_text("reason", reason, max_len=MAX_REASON)
         now = self._now()
-        freeze = Freeze(scope, target, reason, f"{caller.role}/{caller.id}", "operator", now)
+        freeze = Freeze(
+            FreezeScope(scope),
+            target,
+            reason,
+            f"{caller.role}/{caller.id}",
+            FreezeSource.OPERATOR,
+            now,
+        )
         event = audit_events.event(
             "freeze.set", caller, now, scope=scope, target=target, reason=reason
         )

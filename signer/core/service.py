@@ -39,6 +39,14 @@ from paywarden.policy import (
 )
 from paywarden.policy.breaker import breaker_denial, breaker_trips
 from paywarden.policy.packs import PolicyPack
+from paywarden.policy.vocabulary import (
+    ApprovalStatus,
+    FreezeScope,
+    FreezeSource,
+    Phase,
+    ReservationStatus,
+    SessionState,
+)
 from paywarden.signer.api.calls import NO_DEADLINE, Deadline
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
@@ -234,7 +242,7 @@ class SigningService:
             budgets_minor=spec.budgets_minor,
             spent_minor=dict.fromkeys(spec.budgets_minor, 0),
             allowed_payees=spec.allowed_payees,
-            phase="explore" if plan_bound else "normal",
+            phase=Phase.EXPLORE if plan_bound else Phase.NORMAL,
             pack_id=pack.id,
             pack_version=pack.version,
             pack_sha256=pack.sha256,
@@ -663,7 +671,7 @@ class SigningService:
                     amount_minor=intent.amount.minor,
                     created_at=now,
                     expires_at=intent.expires_at,
-                    status="held" if held else "spent",
+                    status=ReservationStatus.HELD if held else ReservationStatus.SPENT,
                     plan_line=decision.plan_line,
                 )
                 if held:
@@ -671,7 +679,7 @@ class SigningService:
                         id="apr_" + decision_id[4:],
                         decision_id=decision_id,
                         required=decision.approvers,
-                        status="pending",
+                        status=ApprovalStatus.PENDING,
                         created_at=now,
                         expires_at=intent.expires_at,
                     )
@@ -777,7 +785,7 @@ class SigningService:
             changed = False
             if approval is not None:
                 tx.set_approval_status(approval.id, "expired", now)
-                approval = replace(approval, status="expired")
+                approval = replace(approval, status=ApprovalStatus.EXPIRED)
                 changed = True
             changed = tx.set_reservation(previous.id, "released") or changed
             return _denied(previous, *refusal), approval, True, changed
@@ -850,7 +858,7 @@ class SigningService:
             session=SessionFacts(
                 session_id=session.id,
                 agent_id=session.agent_id,
-                state="closed" if session.closed_at is not None else "open",
+                state=SessionState.CLOSED if session.closed_at is not None else SessionState.OPEN,
                 phase=session.phase,
                 expires_at=session.expires_at,
                 budgets_minor=session.budgets_minor,
@@ -998,7 +1006,7 @@ class SigningService:
             raise InvariantBroken(f"approval {approval_id} lost its decision or session")
         state = approval.status
         if state in ("pending", "approved") and now >= approval.expires_at:
-            state = "expired"
+            state = ApprovalStatus.EXPIRED
         amount = str(_amount(decision.amount_minor, self._decimals(decision.asset)))
         return ApprovalView(approval, state, decision, session, amount)
 
@@ -1122,7 +1130,7 @@ def _unsignable(
 
 
 def _denied(record: DecisionRecord, reason: str, message: str) -> DecisionRecord:
-    return replace(record, outcome="deny", reason=reason, message=message)
+    return replace(record, outcome=Verdict.DENY, reason=reason, message=message)
 
 
 def _require(caller: Principal, role: Role) -> None:
@@ -1161,7 +1169,7 @@ def _record(
         session_id=intent.session_id,
         nonce=intent.nonce,
         request_hash=request_hash,
-        outcome=str(decision.verdict),
+        outcome=decision.verdict,
         reason=decision.reason,
         message=decision.message,
         key_id=intent.key_id,
@@ -1185,7 +1193,14 @@ def _breaker_freeze(
     caller: Principal, now: int, why: str, pack_id: str | None
 ) -> tuple[Freeze, audit_events.Event]:
     """The agent freeze a tripped breaker sets, and its audit record."""
-    freeze = Freeze("agent", caller.id, f"circuit breaker: {why}", "breaker", "breaker", now)
+    freeze = Freeze(
+        FreezeScope.AGENT,
+        caller.id,
+        f"circuit breaker: {why}",
+        "breaker",
+        FreezeSource.BREAKER,
+        now,
+    )
     event = audit_events.event(
         "breaker.freeze",
         None,

@@ -12,6 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from paywarden.policy.vocabulary import (
+    ApprovalStatus,
+    FreezeScope,
+    FreezeSource,
+    Phase,
+    ReservationStatus,
+    SessionState,
+    Verdict,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class PlanLineRecord:
@@ -35,7 +45,7 @@ class SessionRecord:
     budgets_minor: Mapping[str, int]
     spent_minor: Mapping[str, int]
     allowed_payees: tuple[str, ...] = ()
-    phase: str = "normal"  # "normal", or "explore" then "execute" for plan-bound sessions
+    phase: Phase = Phase.NORMAL  # plan-bound sessions: EXPLORE, then EXECUTE
     pack_id: str = ""
     plan: tuple[PlanLineRecord, ...] = ()
     payees: frozenset[str] = frozenset()  # distinct payee keys paid or held
@@ -43,12 +53,12 @@ class SessionRecord:
     pack_version: int = 0
     pack_sha256: str = ""
 
-    def state(self, now: int) -> str:
+    def state(self, now: int) -> SessionState:
         if self.closed_at is not None:
-            return "closed"
+            return SessionState.CLOSED
         if now >= self.expires_at:
-            return "expired"
-        return "open"
+            return SessionState.EXPIRED
+        return SessionState.OPEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +82,7 @@ class Reservation:
     amount_minor: int
     created_at: int
     expires_at: int
-    status: str  # "spent", "held" or "released"
+    status: ReservationStatus
     plan_line: int | None = None
 
 
@@ -86,7 +96,7 @@ class DecisionRecord:
     session_id: str
     nonce: str
     request_hash: str
-    outcome: str  # "allow", "deny" or "pending"
+    outcome: Verdict
     reason: str
     message: str
     key_id: str
@@ -107,7 +117,7 @@ class ApprovalRecord:
     id: str
     decision_id: str
     required: int
-    status: str  # "pending", "approved", "denied" or "expired"
+    status: ApprovalStatus
     created_at: int
     expires_at: int
     approved_by: tuple[str, ...] = ()
@@ -117,11 +127,11 @@ class ApprovalRecord:
 
 @dataclass(frozen=True, slots=True)
 class Freeze:
-    scope: str  # "global", "agent", "session" or "key"
+    scope: FreezeScope
     target: str  # "" for global
     reason: str
     actor: str  # "operator/<id>" or "breaker"
-    source: str  # "operator" or "breaker"
+    source: FreezeSource
     at: int
 
 

@@ -324,7 +324,7 @@ class SqliteStore(SqliteConnection):
                 "SELECT scope, target, reason, actor, source, at FROM freezes ORDER BY at, scope"
             ).fetchall()
         )
-        return [Freeze(*r) for r in rows]
+        return [reads.freeze_row(r) for r in rows]
 
     def freeze_generation(self) -> int:
         return self._freeze_generation

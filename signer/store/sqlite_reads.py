@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from paywarden.policy.vocabulary import ApprovalStatus, FreezeScope, FreezeSource, Phase, Verdict
 from paywarden.signer.auditlog.append import AuditState
 from paywarden.signer.store.records import (
     ApprovalRecord,
@@ -79,7 +80,7 @@ def session(conn: sqlite3.Connection, session_id: str, now: int) -> SessionRecor
         budgets_minor=budgets,
         spent_minor=spent,
         allowed_payees=tuple(json.loads(row[7])),
-        phase=row[8],
+        phase=Phase(row[8]),
         pack_id=row[9],
         plan=plan,
         payees=frozenset(payees),
@@ -102,7 +103,7 @@ def decision(row: Any) -> DecisionRecord:
         session_id=row[3],
         nonce=row[4],
         request_hash=row[5],
-        outcome=row[6],
+        outcome=Verdict(row[6]),
         reason=row[7],
         message=row[8],
         key_id=row[9],
@@ -144,7 +145,7 @@ def approval(conn: sqlite3.Connection, where: str, key: str) -> ApprovalRecord |
         id=row[0],
         decision_id=row[1],
         required=row[2],
-        status=row[3],
+        status=ApprovalStatus(row[3]),
         created_at=row[4],
         expires_at=row[5],
         approved_by=tuple(v[0] for v in votes if v[1] == "approve"),
@@ -168,6 +169,11 @@ def audit_state(conn: sqlite3.Connection) -> AuditState:
     return AuditState(int(size), frontier, head_time)
 
 
+def freeze_row(row: tuple[Any, ...]) -> Freeze:
+    scope, target, reason, actor, source, at = row
+    return Freeze(FreezeScope(scope), target, reason, actor, FreezeSource(source), at)
+
+
 def frozen(conn: sqlite3.Connection, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
     row = conn.execute(
         "SELECT scope, target, reason, actor, source, at FROM freezes WHERE"
@@ -177,7 +183,7 @@ def frozen(conn: sqlite3.Connection, agent_id: str, session_id: str, key_id: str
         " ELSE 3 END LIMIT 1",
         (agent_id, session_id, key_id),
     ).fetchone()
-    return Freeze(*row) if row is not None else None
+    return freeze_row(row) if row is not None else None
 
 
 # -- read-only, for offline tools -----------------------------------------------------
