@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from paywarden.policy.compile import AssetInfo, to_minor
-from paywarden.policy.engine import Decision, RuleResult, format_units
+from paywarden.policy.engine import Decision, RuleResult
 from paywarden.policy.packs import Breaker
-from paywarden.policy.vocabulary import Outcome, Reason, Verdict
+from paywarden.policy.vocabulary import Outcome, Reason, Verdict, format_amount
 
 
 class WindowCounts(Protocol):
@@ -50,7 +50,7 @@ def breaker_trips(
             continue
         limit = to_minor(ceiling, info.decimals, f"breaker.max_spend.{asset}")
         if window.spend_minor.get(asset, 0) > limit:
-            spent = format_units(window.spend_minor[asset], info.decimals)
+            spent = format_amount(window.spend_minor[asset], info.decimals)
             return f"{asset} spend {spent} {span} (above {ceiling})"
     if breaker.max_payees is not None and len(window.payees) > breaker.max_payees:
         return f"{len(window.payees)} distinct payees {span} (more than {breaker.max_payees})"

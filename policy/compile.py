@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from paywarden.policy.engine import AllOf, Rule
-from paywarden.policy.packs import AMOUNT, PackError, PolicyPack
+from paywarden.policy.packs import PackError, PolicyPack
 from paywarden.policy.payees import (
     ADMITTED,
     PatternError,
@@ -39,7 +39,7 @@ from paywarden.policy.rules import (
     Velocity,
     WithinSessionBudget,
 )
-from paywarden.policy.vocabulary import FirstPaymentMode, Reason
+from paywarden.policy.vocabulary import AmountError, FirstPaymentMode, Reason, parse_amount
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +49,16 @@ class AssetInfo:
 
 
 def to_minor(text: str, decimals: int, where: str) -> int:
-    match = AMOUNT.fullmatch(text)
-    if match is None:
-        raise PackError(f"{where}: {text!r} is not a plain decimal")
-    frac = match.group(2) or ""
-    if len(frac) > decimals:
-        raise PackError(f"{where}: {text!r} has more than the asset's {decimals} decimals")
-    scale: int = 10**decimals
-    return int(match.group(1)) * scale + (int(frac.ljust(decimals, "0")) if decimals else 0)
+    """A pack's amount in minor units (:func:`~paywarden.policy.vocabulary.parse_amount`);
+    :class:`PackError` names ``where``."""
+    try:
+        return parse_amount(text, decimals).minor
+    except AmountError as exc:
+        if exc.reason == Reason.AMOUNT_TOO_PRECISE:
+            raise PackError(
+                f"{where}: {text!r} has more than the asset's {decimals} decimals"
+            ) from None
+        raise PackError(f"{where}: {text!r} is not a plain decimal") from None
 
 
 def session_rules() -> list[Rule]:

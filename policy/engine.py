@@ -12,15 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from paywarden.policy.vocabulary import Outcome, Phase, Reason, SessionState, Verdict
-
-
-def format_units(minor: int, decimals: int) -> str:
-    """An amount in minor units written in the asset's units (``1234``, 2 -> ``12.34``)."""
-    if decimals == 0:
-        return str(minor)
-    whole, frac = divmod(minor, 10**decimals)
-    return f"{whole}.{frac:0{decimals}d}"
+from paywarden.policy.vocabulary import (
+    Outcome,
+    Phase,
+    Reason,
+    SessionState,
+    Verdict,
+    format_amount,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +73,7 @@ class Facts:
     payee_text: str = ""
 
     def units(self, minor: int) -> str:
-        return format_units(minor, self.decimals)
+        return format_amount(minor, self.decimals)
 
 
 @dataclass(frozen=True, slots=True)

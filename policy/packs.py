@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from paywarden.policy.payees import PatternError, compile_pattern
+from paywarden.policy.vocabulary import is_plain_decimal
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -30,11 +31,11 @@ from pydantic import (
 )
 
 _ID = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-AMOUNT = re.compile(r"(0|[1-9][0-9]*)(?:\.([0-9]+))?")  # whole part, decimals
 _PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _KEY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\.v[1-9][0-9]{0,5}")
 
-Amount = Annotated[str, Field(min_length=1, max_length=40)]
+# An amount as the pack writes it; compiled to minor units once the asset is known.
+AmountText = Annotated[str, Field(min_length=1, max_length=40)]
 
 
 class _Strict(BaseModel):
@@ -42,13 +43,13 @@ class _Strict(BaseModel):
 
 
 def _check_amount(value: str, name: str) -> str:
-    if not AMOUNT.fullmatch(value):
+    if not is_plain_decimal(value):
         raise ValueError(f'{name} must be a plain decimal string like "12.50" (no sign)')
     return value
 
 
 class ApprovalTier(_Strict):
-    above: Amount  # payments strictly above this amount need `approvers` approvals
+    above: AmountText  # payments strictly above this amount need `approvers` approvals
     approvers: int = Field(ge=1, le=10)
 
     @field_validator("above")
@@ -59,10 +60,10 @@ class ApprovalTier(_Strict):
 
 class AssetRules(_Strict):
     keys: list[str] = Field(min_length=1)
-    max_per_payment: Amount
-    daily_limit: Amount | None = None  # calendar day in the policy time zone
-    rolling_24h_limit: Amount | None = None
-    approval_above: Amount | None = None  # one approver above this amount
+    max_per_payment: AmountText
+    daily_limit: AmountText | None = None  # calendar day in the policy time zone
+    rolling_24h_limit: AmountText | None = None
+    approval_above: AmountText | None = None  # one approver above this amount
     approval_tiers: list[ApprovalTier] = Field(default_factory=list)
 
     @field_validator("keys")
@@ -163,7 +164,7 @@ class Breaker(_Strict):
     max_rejections: int | None = Field(default=None, ge=0)
     max_rejection_rate: float | None = Field(default=None, gt=0, le=1)
     min_decisions: int = Field(default=10, ge=1)
-    max_spend: dict[str, Amount] = Field(default_factory=dict)
+    max_spend: dict[str, AmountText] = Field(default_factory=dict)
     max_payees: int | None = Field(default=None, ge=1)
 
     @field_validator("max_spend")
@@ -176,7 +177,7 @@ class Breaker(_Strict):
 
 class SessionLimits(_Strict):
     max_ttl_seconds: int = Field(ge=1, le=30 * 86_400)
-    max_budget: dict[str, Amount] = Field(default_factory=dict)
+    max_budget: dict[str, AmountText] = Field(default_factory=dict)
     require_plan: bool = False
 
     @field_validator("max_budget")

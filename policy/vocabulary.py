@@ -1,4 +1,4 @@
-"""The words every layer shares: reason codes, outcomes and states.
+"""The words every layer shares: reason codes, outcomes, states and amounts.
 
 The bottom of the stack: pure values, no I/O, nothing imported from the rest of
 Paywarden. A reason code or an outcome is written here once, as an enum member,
@@ -8,6 +8,8 @@ wire carry: never change one.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -253,3 +255,62 @@ class FirstPaymentMode(StrEnum):
     ALLOW = "allow"
     APPROVE = "approve"
     DENY = "deny"
+
+
+# -- amounts ---------------------------------------------------------------------------
+
+# Digits, at most one dot with digits on both sides; no sign, exponent, whitespace or
+# leading zero. ``[0-9]`` is ASCII only: other scripts' digits never match.
+_PLAIN_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(?:\.([0-9]+))?")
+
+
+def format_amount(minor: int, decimals: int) -> str:
+    """Minor units written in the asset's units, every decimal shown (``1250``, 2 -> ``12.50``)."""
+    if decimals == 0:
+        return str(minor)
+    whole, frac = divmod(minor, 10**decimals)
+    return f"{whole}.{frac:0{decimals}d}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Amount:
+    """An amount as an integer count of the asset's smallest unit."""
+
+    minor: int
+    decimals: int
+
+    def __str__(self) -> str:
+        return format_amount(self.minor, self.decimals)
+
+
+class AmountError(ValueError):
+    """A text is not an amount of the asset; ``reason`` says why (an ``AMOUNT_*`` code)."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def is_plain_decimal(text: str) -> bool:
+    """Has the shape of an amount, whatever the asset's decimals."""
+    return _PLAIN_DECIMAL.fullmatch(text) is not None
+
+
+def parse_amount(text: str, decimals: int, *, max_digits: int | None = None) -> Amount:
+    """The one parser of amounts: a plain decimal, exactly (never rounded); zero is an
+    amount. Raises :class:`AmountError`: malformed, more decimals than ``decimals``, or
+    (with ``max_digits``) more digits before the dot than that."""
+    match = _PLAIN_DECIMAL.fullmatch(text) if text.isascii() else None
+    if match is None:
+        raise AmountError(Reason.AMOUNT_MALFORMED, f"{text!r} is not a plain decimal")
+    whole, frac = match.group(1), match.group(2) or ""
+    if len(frac) > decimals:
+        raise AmountError(
+            Reason.AMOUNT_TOO_PRECISE, f"{text!r} has {len(frac)} decimals, not at most {decimals}"
+        )
+    if max_digits is not None and len(whole) > max_digits:
+        raise AmountError(Reason.AMOUNT_TOO_LARGE, f"{text!r} has more than {max_digits} digits")
+    scale: int = 10**decimals
+    return Amount(
+        int(whole) * scale + (int(frac.ljust(decimals, "0")) if decimals else 0), decimals
+    )

@@ -16,13 +16,14 @@ import json
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from paywarden.policy import vocabulary
+from paywarden.policy.vocabulary import Amount as Amount
+from paywarden.policy.vocabulary import AmountError
 from paywarden.signer.errors import InvalidInput, Reason
 
 PAYLOAD_TYPE = "paywarden.payment.v1"
 
-_AMOUNT = re.compile(r"^(0|[1-9][0-9]*)(?:\.([0-9]+))?$")
 _MAX_SAFE_INT = 2**53 - 1
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 MIN_NONCE_BYTES = 16
@@ -31,23 +32,13 @@ MAX_NONCE_BYTES = 64
 
 # -- amounts -----------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True, order=True)
-class Amount:
-    """An amount as an integer count of the asset's smallest unit."""
-
-    minor: int
-    decimals: int
-
-    def __str__(self) -> str:
-        if self.decimals == 0:
-            return str(self.minor)
-        whole, frac = divmod(self.minor, 10**self.decimals)
-        return f"{whole}.{frac:0{self.decimals}d}"
+MAX_WHOLE_DIGITS = 30  # digits before the dot an amount in a request may have
 
 
 def parse_amount(field: str, text: str, decimals: int, max_amount: str) -> Amount:
-    """Parses a plain decimal string; never rounds.
+    """A request's amount (:func:`paywarden.policy.vocabulary.parse_amount`), positive
+    and at most ``max_amount``; refusals are :class:`InvalidInput` with an ``AMOUNT_*``
+    reason naming ``field``.
 
     Rejected: empty, sign, exponent, whitespace, NaN/Infinity, leading zeros
     ("01"), a dot without digits on both sides, more decimals than the asset
@@ -55,41 +46,39 @@ def parse_amount(field: str, text: str, decimals: int, max_amount: str) -> Amoun
     """
     if not text:
         raise InvalidInput(Reason.FIELD_MISSING, f"{field} is required")
-    match = _AMOUNT.fullmatch(text) if text.isascii() else None
-    if match is None:
-        raise InvalidInput(
-            Reason.AMOUNT_MALFORMED,
-            f"{field} must be a plain decimal like 12.50 (digits, at most one dot; "
-            "no sign, exponent or whitespace)",
-        )
-    whole, frac = match.group(1), match.group(2) or ""
-    if len(frac) > decimals:
-        raise InvalidInput(
-            Reason.AMOUNT_TOO_PRECISE,
-            f"{field} has {len(frac)} decimals; the asset allows {decimals}",
-        )
-    if len(whole) > 30:
-        raise InvalidInput(Reason.AMOUNT_TOO_LARGE, f"{field} is too large")
-    minor = int(whole) * 10**decimals + (int(frac.ljust(decimals, "0")) if decimals else 0)
-    if minor <= 0:
+    try:
+        amount = vocabulary.parse_amount(text, decimals, max_digits=MAX_WHOLE_DIGITS)
+    except AmountError as exc:
+        raise InvalidInput(exc.reason, _amount_refusal(field, text, decimals, exc)) from None
+    if amount.minor <= 0:
         raise InvalidInput(Reason.AMOUNT_NOT_POSITIVE, f"{field} must be greater than zero")
-    limit = parse_limit(max_amount, decimals)
-    if minor > limit:
+    if amount.minor > parse_limit(max_amount, decimals):
         raise InvalidInput(
             Reason.AMOUNT_TOO_LARGE, f"{field} exceeds the asset's maximum of {max_amount}"
         )
-    return Amount(minor, decimals)
+    return amount
+
+
+def _amount_refusal(field: str, text: str, decimals: int, exc: AmountError) -> str:
+    if exc.reason == Reason.AMOUNT_TOO_PRECISE:
+        given = len(text.partition(".")[2])
+        return f"{field} has {given} decimals; the asset allows {decimals}"
+    if exc.reason == Reason.AMOUNT_TOO_LARGE:
+        return f"{field} is too large"
+    return (
+        f"{field} must be a plain decimal like 12.50 (digits, at most one dot; "
+        "no sign, exponent or whitespace)"
+    )
 
 
 def parse_limit(text: str, decimals: int) -> int:
     """A configured limit in minor units (configuration is trusted to be plain)."""
-    match = _AMOUNT.fullmatch(text)
-    if match is None or len(match.group(2) or "") > decimals:
-        raise ValueError(f"limit {text!r} is not a plain decimal with at most {decimals} decimals")
-    frac = (match.group(2) or "").ljust(decimals, "0")
-    whole = int(match.group(1))
-    scale: int = 10**decimals
-    return whole * scale + (int(frac) if decimals else 0)
+    try:
+        return vocabulary.parse_amount(text, decimals).minor
+    except AmountError:
+        raise ValueError(
+            f"limit {text!r} is not a plain decimal with at most {decimals} decimals"
+        ) from None
 
 
 # -- strings -----------------------------------------------------------------

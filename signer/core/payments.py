@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from paywarden.policy.vocabulary import Amount
 from paywarden.signer.config import AssetConfig
 from paywarden.signer.core.canonical import (
     PAYLOAD_TYPE,
-    Amount,
     b64url,
     clean_text,
     jcs,
