@@ -9,7 +9,6 @@ beyond reading pack files, and nothing knows about gRPC or the store.
 """
 
 from paywarden.policy.compile import (
-    AssetInfo,
     SessionViolation,
     check_session,
     compile_all,
@@ -33,12 +32,12 @@ from paywarden.policy.engine import (
 )
 from paywarden.policy.packs import PackError, PackSet, PolicyPack, load_pack, load_pack_dir
 from paywarden.policy.payees import normalise
-from paywarden.policy.vocabulary import Outcome, Reason, Verdict
+from paywarden.policy.vocabulary import Asset, Outcome, Reason, Verdict
 
 __all__ = [
     "AgentFacts",
     "AllOf",
-    "AssetInfo",
+    "Asset",
     "Decision",
     "Facts",
     "Outcome",

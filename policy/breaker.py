@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from paywarden.policy.compile import AssetInfo, to_minor
+from paywarden.policy.compile import to_minor
 from paywarden.policy.engine import Decision, RuleResult
 from paywarden.policy.packs import Breaker
-from paywarden.policy.vocabulary import Outcome, Reason, Verdict, format_amount
+from paywarden.policy.vocabulary import Asset, Outcome, Reason, Verdict, format_amount
 
 
 class WindowCounts(Protocol):
@@ -31,7 +31,7 @@ class WindowCounts(Protocol):
 
 
 def breaker_trips(
-    breaker: Breaker, window: WindowCounts, assets: Mapping[str, AssetInfo]
+    breaker: Breaker, window: WindowCounts, assets: Mapping[str, Asset]
 ) -> str | None:
     """Why the breaker trips on ``window`` (None: it does not)."""
     span = f"in {breaker.window_seconds} s"

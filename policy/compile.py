@@ -39,13 +39,7 @@ from paywarden.policy.rules import (
     Velocity,
     WithinSessionBudget,
 )
-from paywarden.policy.vocabulary import AmountError, FirstPaymentMode, Reason, parse_amount
-
-
-@dataclass(frozen=True, slots=True)
-class AssetInfo:
-    decimals: int
-    case_insensitive: bool = False
+from paywarden.policy.vocabulary import AmountError, Asset, FirstPaymentMode, Reason, parse_amount
 
 
 def to_minor(text: str, decimals: int, where: str) -> int:
@@ -77,7 +71,7 @@ def pack_changed_policy(
     return AllOf([PackChanged(str(pack.get("id")), why)], pack)
 
 
-def compile_pack(pack: PolicyPack, assets: Mapping[str, AssetInfo]) -> AllOf:
+def compile_pack(pack: PolicyPack, assets: Mapping[str, Asset]) -> AllOf:
     """Raises :class:`PackError` when the pack names an asset the signer lacks
     or an amount finer than the asset's decimals (fail closed at start-up)."""
     m = pack.model
@@ -176,7 +170,7 @@ def _payee_lists(pack: PolicyPack, case_insensitive: bool) -> PayeeLists:
     )
 
 
-def payee_allowed_by_pack(pack: PolicyPack, payee: str, info: AssetInfo) -> SessionViolation | None:
+def payee_allowed_by_pack(pack: PolicyPack, payee: str, info: Asset) -> SessionViolation | None:
     """The pack's payee rules, as a payment to ``payee`` meets them, for a session's
     or a plan's payee list."""
     lists = _payee_lists(pack, info.case_insensitive)
@@ -192,7 +186,7 @@ def payee_allowed_by_pack(pack: PolicyPack, payee: str, info: AssetInfo) -> Sess
 
 def check_session(
     pack: PolicyPack,
-    assets: Mapping[str, AssetInfo],
+    assets: Mapping[str, Asset],
     budgets_minor: Mapping[str, int],
     ttl_seconds: int,
     allowed_payees: Sequence[str],
@@ -226,5 +220,5 @@ def check_session(
     return None
 
 
-def compile_all(packs: Sequence[PolicyPack], assets: Mapping[str, AssetInfo]) -> dict[str, AllOf]:
+def compile_all(packs: Sequence[PolicyPack], assets: Mapping[str, Asset]) -> dict[str, AllOf]:
     return {pack.id: compile_pack(pack, assets) for pack in packs}

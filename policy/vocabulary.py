@@ -1,4 +1,4 @@
-"""The words every layer shares: reason codes, outcomes, states and amounts.
+"""The words every layer shares: reason codes, outcomes, states, amounts and assets.
 
 The bottom of the stack: pure values, no I/O, nothing imported from the rest of
 Paywarden. A reason code or an outcome is written here once, as an enum member,
@@ -9,7 +9,7 @@ wire carry: never change one.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -314,3 +314,24 @@ def parse_amount(text: str, decimals: int, *, max_digits: int | None = None) -> 
     return Amount(
         int(whole) * scale + (int(frac.ljust(decimals, "0")) if decimals else 0), decimals
     )
+
+
+# -- assets ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """An asset the signer knows (built once from its configuration)."""
+
+    code: str
+    decimals: int
+    # Payee identifiers of this asset compare case-insensitively (e-mail-like ids).
+    case_insensitive: bool = False
+    # The largest amount one payment or budget may name, as configured (None: no cap).
+    max_amount: str | None = None
+    max_amount_minor: int | None = field(default=None, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_amount is not None:
+            limit = parse_amount(self.max_amount, self.decimals).minor
+            object.__setattr__(self, "max_amount_minor", limit)

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from paywarden.hsm import KeyRef
+from paywarden.policy.vocabulary import AmountError, Asset, parse_amount
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -155,14 +156,21 @@ class AssetConfig(_Model):
     @field_validator("max_amount")
     @classmethod
     def _max_amount(cls, v: str, info: ValidationInfo) -> str:
-        from paywarden.signer.core.canonical import parse_limit
-
         decimals = info.data.get("decimals")
         if decimals is None:
             return v  # decimals is invalid and reported on its own
-        if parse_limit(v, decimals) <= 0:
+        try:
+            limit = parse_amount(v, decimals).minor
+        except AmountError:
+            raise ValueError(
+                f"limit {v!r} is not a plain decimal with at most {decimals} decimals"
+            ) from None
+        if limit <= 0:
             raise ValueError("must be greater than zero")
         return v
+
+    def asset(self, code: str) -> Asset:
+        return Asset(code, self.decimals, self.case_insensitive_payees, self.max_amount)
 
 
 class KeyConfig(_Model):
@@ -298,6 +306,11 @@ class Config(_Model):
 
     def key_refs(self) -> list[KeyRef]:
         return [k.ref() for k in self.keys]
+
+    def asset_table(self) -> dict[str, Asset]:
+        """The configured assets as the vocabulary's :class:`Asset`, by code: what every
+        layer past the configuration uses."""
+        return {code: a.asset(code) for code, a in self.assets.items()}
 
 
 class ConfigError(Exception):

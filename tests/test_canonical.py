@@ -194,7 +194,10 @@ def test_jcs_rejects_floats_and_other_types(value: Any) -> None:
 
 # -- the payload the signer signs ----------------------------------------------------
 
-ASSETS = {"USD": AssetConfig(decimals=2), "BTC": AssetConfig(decimals=8, max_amount="21")}
+ASSETS = {
+    "USD": AssetConfig(decimals=2).asset("USD"),
+    "BTC": AssetConfig(decimals=8, max_amount="21").asset("BTC"),
+}
 KEY_ID = "payments.v1"
 NONCE = base64.urlsafe_b64encode(bytes(range(16))).rstrip(b"=").decode()
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from paywarden.policy import (
     AgentFacts,
     AllOf,
-    AssetInfo,
+    Asset,
     Facts,
     Outcome,
     PolicyPack,
@@ -38,7 +38,7 @@ from paywarden.policy.payees import skeleton
 
 DAY = 86_400
 START = 1_767_225_600  # 2026-01-01T00:00:00Z, a UTC midnight
-ASSETS = {"USD": AssetInfo(decimals=2, case_insensitive=True)}
+ASSETS = {"USD": Asset("USD", decimals=2, case_insensitive=True)}
 PAYEES = ("alpha.example", "bravo.example", "charlie.example", "delta.example", "echo.example")
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -17,7 +17,7 @@ import pytest
 from paywarden.policy import (
     AgentFacts,
     AllOf,
-    AssetInfo,
+    Asset,
     Decision,
     Facts,
     Outcome,
@@ -839,9 +839,9 @@ def test_facts_carry_no_agent_free_text() -> None:
 # -- deny by default through a compiled pack ------------------------------------------------
 
 ASSETS = {
-    "USD": AssetInfo(decimals=2, case_insensitive=True),
-    "EUR": AssetInfo(decimals=2, case_insensitive=True),
-    "GBP": AssetInfo(decimals=2, case_insensitive=True),  # the signer has it; the pack doesn't
+    "USD": Asset("USD", decimals=2, case_insensitive=True),
+    "EUR": Asset("EUR", decimals=2, case_insensitive=True),
+    "GBP": Asset("GBP", decimals=2, case_insensitive=True),  # the signer has it; the pack doesn't
 }
 
 PACK = """\
@@ -1142,9 +1142,9 @@ class TestCompiledPack:
 
     def test_compile_refuses_amounts_finer_than_the_asset(self, pack: PolicyPack) -> None:
         with pytest.raises(PackError, match="more than the asset's 1 decimals"):
-            compile_pack(pack, {**ASSETS, "USD": AssetInfo(decimals=1)})
+            compile_pack(pack, {**ASSETS, "USD": Asset("USD", decimals=1)})
         # EUR's "10" is whole, so an asset without decimals is fine
-        compile_pack(pack, {**ASSETS, "EUR": AssetInfo(decimals=0)})
+        compile_pack(pack, {**ASSETS, "EUR": Asset("EUR", decimals=0)})
 
     @pytest.mark.parametrize(
         ("old", "new", "field"),
@@ -1425,7 +1425,7 @@ class TestBreaker:
         from paywarden.policy.breaker import breaker_trips
         from paywarden.policy.packs import Breaker
 
-        assets = {"USD": AssetInfo(2, False)}
+        assets = {"USD": Asset("USD", 2, False)}
         b = Breaker(
             window_seconds=60,
             max_rejections=3,

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from paywarden.policy.vocabulary import Asset
 from paywarden.signer.config import AssetConfig
 from paywarden.signer.core.canonical import Amount, clean_text, parse_amount, parse_nonce
 from paywarden.signer.core.payments import IntentFields, check_expiry, validate_intent
@@ -23,6 +24,10 @@ from paywarden.signer.core.session_input import (
 from paywarden.signer.errors import InvalidInput, Reason
 
 MAX = "1000000000"
+
+
+def _asset(decimals: int, max_amount: str) -> Asset:
+    return Asset("X", decimals, max_amount=max_amount)
 
 
 def _reject(reason: Reason, fn: Any, *args: Any, **kwargs: Any) -> InvalidInput:
@@ -44,17 +49,17 @@ MALFORMED_AMOUNTS += ["\uff11", "\u0661"]  # fullwidth one, Arabic-Indic one
 
 @pytest.mark.parametrize("text", MALFORMED_AMOUNTS)
 def test_amount_malformed(text: str) -> None:
-    err = _reject(Reason.AMOUNT_MALFORMED, parse_amount, "amount", text, 2, MAX)
+    err = _reject(Reason.AMOUNT_MALFORMED, parse_amount, "amount", text, _asset(2, MAX))
     assert "amount" in err.message
 
 
 def test_amount_empty_is_missing() -> None:
-    _reject(Reason.FIELD_MISSING, parse_amount, "amount", "", 2, MAX)
+    _reject(Reason.FIELD_MISSING, parse_amount, "amount", "", _asset(2, MAX))
 
 
 @pytest.mark.parametrize(("text", "decimals"), [("0", 2), ("0.00", 2), ("0", 0), ("0.0", 8)])
 def test_amount_zero_is_not_positive(text: str, decimals: int) -> None:
-    _reject(Reason.AMOUNT_NOT_POSITIVE, parse_amount, "amount", text, decimals, MAX)
+    _reject(Reason.AMOUNT_NOT_POSITIVE, parse_amount, "amount", text, _asset(decimals, MAX))
 
 
 @pytest.mark.parametrize(
@@ -62,7 +67,7 @@ def test_amount_zero_is_not_positive(text: str, decimals: int) -> None:
     [("1.001", 2), ("1.5", 0), ("1.0", 0), ("0.000000001", 8), ("12.500", 2)],
 )
 def test_amount_too_precise_is_never_rounded(text: str, decimals: int) -> None:
-    _reject(Reason.AMOUNT_TOO_PRECISE, parse_amount, "amount", text, decimals, MAX)
+    _reject(Reason.AMOUNT_TOO_PRECISE, parse_amount, "amount", text, _asset(decimals, MAX))
 
 
 @pytest.mark.parametrize(
@@ -78,7 +83,7 @@ def test_amount_too_precise_is_never_rounded(text: str, decimals: int) -> None:
     ],
 )
 def test_amount_too_large(text: str, decimals: int, max_amount: str) -> None:
-    _reject(Reason.AMOUNT_TOO_LARGE, parse_amount, "amount", text, decimals, max_amount)
+    _reject(Reason.AMOUNT_TOO_LARGE, parse_amount, "amount", text, _asset(decimals, max_amount))
 
 
 @pytest.mark.parametrize(
@@ -97,7 +102,7 @@ def test_amount_too_large(text: str, decimals: int, max_amount: str) -> None:
 def test_amount_valid(
     text: str, decimals: int, max_amount: str, minor: int, canonical: str
 ) -> None:
-    amount = parse_amount("amount", text, decimals, max_amount)
+    amount = parse_amount("amount", text, _asset(decimals, max_amount))
     assert amount == Amount(minor, decimals)
     assert amount.minor == minor
     assert str(amount) == canonical
@@ -257,7 +262,10 @@ def test_expiry_accepted(expires_at: int, session_end: int) -> None:
 
 # -- intents ---------------------------------------------------------------------
 
-ASSETS = {"USD": AssetConfig(decimals=2), "BTC": AssetConfig(decimals=8, max_amount="21")}
+ASSETS = {
+    "USD": AssetConfig(decimals=2).asset("USD"),
+    "BTC": AssetConfig(decimals=8, max_amount="21").asset("BTC"),
+}
 KEYS = {"payments.v1", "payments.v2"}
 GOOD = IntentFields(
     session_id=new_session_id(),

@@ -12,7 +12,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from paywarden.hsm import Hsm, HsmError, HsmPinRejected, read_pin
-from paywarden.policy import AssetInfo, PackError, PackSet, compile_all, load_pack_dir
+from paywarden.policy import PackError, PackSet, compile_all, load_pack_dir
 from paywarden.signer.config import Config
 from paywarden.signer.identity import Authenticator
 
@@ -96,10 +96,7 @@ def load_packs(config: Config) -> PackSet:
     """Loads and compiles the policy packs; any error stops start-up (fail closed)."""
     try:
         packs = load_pack_dir(config.policy.dir, config.groups)
-        assets = {
-            c: AssetInfo(a.decimals, a.case_insensitive_payees) for c, a in config.assets.items()
-        }
-        compile_all(packs.packs, assets)
+        compile_all(packs.packs, config.asset_table())
     except PackError as exc:
         raise StartupError(f"policy.dir: {exc}") from None
     if not packs.packs:

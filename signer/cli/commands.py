@@ -84,12 +84,12 @@ def _store_export(args: argparse.Namespace) -> int:
 
 
 def _policy_check(args: argparse.Namespace) -> int:
-    from paywarden.policy import AssetInfo, PackError, compile_all, load_pack
+    from paywarden.policy import PackError, compile_all, load_pack
     from paywarden.policy.describe import describe
     from paywarden.policy.packs import build_pack_set
 
     config = config_from_args(args)
-    assets = {c: AssetInfo(a.decimals, a.case_insensitive_payees) for c, a in config.assets.items()}
+    assets = config.asset_table()
     packs = []
     failed = False
     for path in args.files:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from paywarden.policy import vocabulary
 from paywarden.policy.vocabulary import Amount as Amount
-from paywarden.policy.vocabulary import AmountError
+from paywarden.policy.vocabulary import AmountError, Asset
 from paywarden.signer.errors import InvalidInput, Reason
 
 PAYLOAD_TYPE = "paywarden.payment.v1"
@@ -35,26 +35,27 @@ MAX_NONCE_BYTES = 64
 MAX_WHOLE_DIGITS = 30  # digits before the dot an amount in a request may have
 
 
-def parse_amount(field: str, text: str, decimals: int, max_amount: str) -> Amount:
-    """A request's amount (:func:`paywarden.policy.vocabulary.parse_amount`), positive
-    and at most ``max_amount``; refusals are :class:`InvalidInput` with an ``AMOUNT_*``
-    reason naming ``field``.
+def parse_amount(field: str, text: str, asset: Asset) -> Amount:
+    """A request's amount of ``asset`` (:func:`paywarden.policy.vocabulary.parse_amount`),
+    positive and at most the asset's maximum; refusals are :class:`InvalidInput` with an
+    ``AMOUNT_*`` reason naming ``field``.
 
     Rejected: empty, sign, exponent, whitespace, NaN/Infinity, leading zeros
     ("01"), a dot without digits on both sides, more decimals than the asset
-    has, zero, and anything above ``max_amount``.
+    has, zero, and anything above the asset's ``max_amount``.
     """
     if not text:
         raise InvalidInput(Reason.FIELD_MISSING, f"{field} is required")
+    decimals = asset.decimals
     try:
         amount = vocabulary.parse_amount(text, decimals, max_digits=MAX_WHOLE_DIGITS)
     except AmountError as exc:
         raise InvalidInput(exc.reason, _amount_refusal(field, text, decimals, exc)) from None
     if amount.minor <= 0:
         raise InvalidInput(Reason.AMOUNT_NOT_POSITIVE, f"{field} must be greater than zero")
-    if amount.minor > parse_limit(max_amount, decimals):
+    if asset.max_amount_minor is not None and amount.minor > asset.max_amount_minor:
         raise InvalidInput(
-            Reason.AMOUNT_TOO_LARGE, f"{field} exceeds the asset's maximum of {max_amount}"
+            Reason.AMOUNT_TOO_LARGE, f"{field} exceeds the asset's maximum of {asset.max_amount}"
         )
     return amount
 
@@ -69,16 +70,6 @@ def _amount_refusal(field: str, text: str, decimals: int, exc: AmountError) -> s
         f"{field} must be a plain decimal like 12.50 (digits, at most one dot; "
         "no sign, exponent or whitespace)"
     )
-
-
-def parse_limit(text: str, decimals: int) -> int:
-    """A configured limit in minor units (configuration is trusted to be plain)."""
-    try:
-        return vocabulary.parse_amount(text, decimals).minor
-    except AmountError:
-        raise ValueError(
-            f"limit {text!r} is not a plain decimal with at most {decimals} decimals"
-        ) from None
 
 
 # -- strings -----------------------------------------------------------------

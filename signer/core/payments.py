@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from paywarden.policy.vocabulary import Amount
-from paywarden.signer.config import AssetConfig
+from paywarden.policy.vocabulary import Amount, Asset
 from paywarden.signer.core.canonical import (
     PAYLOAD_TYPE,
     b64url,
@@ -71,21 +71,19 @@ class Intent:
         )
 
 
-def validate_intent(
-    fields: IntentFields, assets: dict[str, AssetConfig], key_ids: set[str]
-) -> Intent:
+def validate_intent(fields: IntentFields, assets: Mapping[str, Asset], key_ids: set[str]) -> Intent:
     """Raises :class:`InvalidInput` with a precise reason for the first problem."""
     session_id = parse_session_id(fields.session_id)
     if not fields.asset:
         raise InvalidInput(Reason.FIELD_MISSING, "asset is required")
-    asset_cfg = assets.get(fields.asset)
-    if asset_cfg is None:
+    asset = assets.get(fields.asset)
+    if asset is None:
         raise InvalidInput(Reason.UNKNOWN_ASSET, "asset is not one this signer knows")
     if not fields.key_id:
         raise InvalidInput(Reason.FIELD_MISSING, "key_id is required")
     if fields.key_id not in key_ids:
         raise InvalidInput(Reason.UNKNOWN_KEY, "key_id is not a payment key of this signer")
-    amount = parse_amount("amount", fields.amount, asset_cfg.decimals, asset_cfg.max_amount)
+    amount = parse_amount("amount", fields.amount, asset)
     payee = clean_text("payee", fields.payee, max_len=MAX_PAYEE)
     reference = clean_text("reference", fields.reference, max_len=MAX_REFERENCE)
     purpose = clean_text(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from paywarden.policy import AssetInfo, PolicyPack, normalise, payee_allowed_by_pack
-from paywarden.signer.config import AssetConfig
+from paywarden.policy import PolicyPack, normalise, payee_allowed_by_pack
+from paywarden.policy.vocabulary import Asset
 from paywarden.signer.core.canonical import clean_text, parse_amount
 from paywarden.signer.core.payments import MAX_PAYEE
 from paywarden.signer.errors import Denied, InvalidInput, Reason
@@ -21,8 +21,7 @@ def validate_plan(
     session: SessionRecord,
     lines: Sequence[PlanInput],
     pack: PolicyPack,
-    assets: Mapping[str, AssetConfig],
-    infos: Mapping[str, AssetInfo],
+    assets: Mapping[str, Asset],
 ) -> tuple[PlanLineRecord, ...]:
     """A plan may only narrow its session and pack; raises on the first bad line."""
     if not 1 <= len(lines) <= MAX_PLAN_LINES:
@@ -32,10 +31,10 @@ def validate_plan(
         where = f"lines[{i}]"
         if asset not in session.budgets_minor:
             raise InvalidInput(Reason.PLAN_INVALID, f"{where}: the session has no {asset} budget")
-        info, cfg = infos[asset], assets[asset]
+        info = assets[asset]
         name = clean_text(f"{where}.payee", payee, max_len=MAX_PAYEE)
         key = normalise(name, case_insensitive=info.case_insensitive)
-        limit = parse_amount(f"{where}.max_amount", max_amount, cfg.decimals, cfg.max_amount)
+        limit = parse_amount(f"{where}.max_amount", max_amount, info)
         if limit.minor > session.budgets_minor[asset]:
             raise InvalidInput(Reason.PLAN_INVALID, f"{where}: max_amount is above the budget")
         if not 1 <= count <= MAX_LINE_COUNT:

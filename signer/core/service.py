@@ -23,7 +23,6 @@ from paywarden.hsm import Hsm, HsmError, HsmUnavailable, PublicKeyInfo
 from paywarden.policy import (
     AgentFacts,
     AllOf,
-    AssetInfo,
     Decision,
     Facts,
     PackSet,
@@ -175,10 +174,7 @@ class SigningService:
         self._packs = packs
         self._time = HighWater(clock, store.latest_audit_time())
         self._key_ids = set(hsm.key_ids())
-        self._assets = {
-            code: AssetInfo(a.decimals, a.case_insensitive_payees)
-            for code, a in config.assets.items()
-        }
+        self._assets = config.asset_table()
         self._policies: dict[str, AllOf] = compile_all(packs.packs, self._assets)
         self._tz = ZoneInfo(config.policy.timezone)
         self.metrics = metrics or Metrics(config.metrics.max_tracked_sessions)
@@ -214,7 +210,7 @@ class SigningService:
             budgets,
             ttl_seconds,
             allowed_payees,
-            assets=self._config.assets,
+            assets=self._assets,
             max_ttl=self._config.limits.max_session_ttl_seconds,
         )
         pack = self._packs.for_agent(spec.agent_id)
@@ -321,7 +317,7 @@ class SigningService:
         pack = self._packs.for_agent(record.agent_id)
         if pack is None or pack.id != record.pack_id:
             raise Denied(Reason.SESSION_PACK_CHANGED, "the session's policy pack no longer applies")
-        out = validate_plan(record, lines, pack, self._config.assets, self._assets)
+        out = validate_plan(record, lines, pack, self._assets)
         plan = [
             {
                 "payee": ln.payee,
@@ -538,7 +534,7 @@ class SigningService:
 
     def _sign(self, caller: Principal, fields: IntentFields, deadline: Deadline) -> SignResult:
         _require(caller, Role.AGENT)
-        intent = validate_intent(fields, self._config.assets, self._key_ids)
+        intent = validate_intent(fields, self._assets, self._key_ids)
         request_hash = hashlib.sha256(intent.request_digest_input(caller.id)).hexdigest()
         try:
             self._hsm.ensure_available()

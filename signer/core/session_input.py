@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from paywarden.signer.config import AssetConfig
+from paywarden.policy.vocabulary import Asset
 from paywarden.signer.core.canonical import b64url, clean_text, parse_amount
 from paywarden.signer.errors import InvalidInput, Reason
 from paywarden.signer.identity import PRINCIPAL_ID
@@ -50,7 +51,7 @@ def validate_session_request(
     ttl_seconds: int,
     allowed_payees: list[str],
     *,
-    assets: dict[str, AssetConfig],
+    assets: Mapping[str, Asset],
     max_ttl: int,
 ) -> SessionSpec:
     if not agent_id:
@@ -62,16 +63,14 @@ def validate_session_request(
         raise InvalidInput(Reason.BUDGET_INVALID, "at least one budget is required")
     budgets_minor: dict[str, int] = {}
     for asset, amount in budgets:
-        cfg = assets.get(asset)
-        if cfg is None:
+        known = assets.get(asset)
+        if known is None:
             raise InvalidInput(
                 Reason.UNKNOWN_ASSET, "a budget names an asset this signer does not know"
             )
         if asset in budgets_minor:
             raise InvalidInput(Reason.BUDGET_INVALID, f"asset {asset} has two budgets")
-        budgets_minor[asset] = parse_amount(
-            f"budget[{asset}]", amount, cfg.decimals, cfg.max_amount
-        ).minor
+        budgets_minor[asset] = parse_amount(f"budget[{asset}]", amount, known).minor
     if not 1 <= ttl_seconds <= max_ttl:
         raise InvalidInput(Reason.TTL_INVALID, f"ttl_seconds must be between 1 and {max_ttl}")
     if len(allowed_payees) > MAX_PAYEES:

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paywarden.policy import (
     AgentFacts,
-    AssetInfo,
+    Asset,
     Facts,
     PackError,
     PolicyPack,
@@ -49,7 +49,7 @@ FUZZ = settings(
     deadline=None,  # a hang is caught by the test timeout, not by timing examples
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-ASSETS = {"USD": AssetInfo(2), "EUR": AssetInfo(2, case_insensitive=True)}
+ASSETS = {"USD": Asset("USD", 2), "EUR": Asset("EUR", 2, case_insensitive=True)}
 
 # -- writing TOML (tomllib only reads it) ------------------------------------------------
 

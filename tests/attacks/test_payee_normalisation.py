@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from paywarden.policy import AllOf, AssetInfo, Verdict, check_session, compile_pack, evaluate
+from paywarden.policy import AllOf, Asset, Verdict, check_session, compile_pack, evaluate
 from paywarden.policy.engine import AgentFacts, Facts, SessionFacts
 from paywarden.policy.packs import PolicyPack, PolicyPackModel
 from paywarden.policy.payees import normalise
@@ -129,7 +129,7 @@ def _policy() -> tuple[AllOf, PolicyPack]:
 
     model = PolicyPackModel.model_validate(tomllib.loads(PACK))
     pack = PolicyPack(model, "0" * 64, "mail.toml")
-    return compile_pack(pack, {"MAIL": AssetInfo(2, case_insensitive=True)}), pack
+    return compile_pack(pack, {"MAIL": Asset("MAIL", 2, case_insensitive=True)}), pack
 
 
 def _facts(payee: str) -> Facts:
@@ -165,7 +165,7 @@ def test_policy_refuses_the_folded_spelling_on_the_signers_facts(payee: str, all
     assert (decision.verdict, decision.reason) == (Verdict.DENY, "PAYEE_NOT_CANONICAL")
     assert evaluate(policy, _facts(allowed.title())).verdict is Verdict.ALLOW
     violation = check_session(
-        pack, {"MAIL": AssetInfo(2, True)}, {"MAIL": 100}, 60, [payee], plan_bound=False
+        pack, {"MAIL": Asset("MAIL", 2, True)}, {"MAIL": 100}, 60, [payee], plan_bound=False
     )
     assert violation is not None and violation.reason == "PAYEE_NOT_CANONICAL"
 
@@ -178,7 +178,7 @@ def test_non_ascii_payee_already_in_folded_form_is_still_paid() -> None:
     text = PACK.replace('"strasse@example.com"', '"strasse@example.com", "müller@example.de"')
     model = PolicyPackModel.model_validate(tomllib.loads(text))
     policy = compile_pack(
-        PolicyPack(model, "0" * 64, "mail.toml"), {"MAIL": AssetInfo(2, case_insensitive=True)}
+        PolicyPack(model, "0" * 64, "mail.toml"), {"MAIL": Asset("MAIL", 2, case_insensitive=True)}
     )
     assert evaluate(policy, _facts("müller@example.de")).verdict is Verdict.ALLOW
     # but its upper-case Ü would be folded by more than ASCII lower-casing
