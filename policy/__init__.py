@@ -23,7 +23,6 @@ from paywarden.policy.engine import (
     AllOf,
     Decision,
     Facts,
-    PlanLine,
     Policy,
     Rule,
     RuleResult,
@@ -32,7 +31,7 @@ from paywarden.policy.engine import (
 )
 from paywarden.policy.packs import PackError, PackSet, PolicyPack, load_pack, load_pack_dir
 from paywarden.policy.payees import normalise
-from paywarden.policy.vocabulary import Asset, Outcome, Reason, Verdict
+from paywarden.policy.vocabulary import Asset, Outcome, PlanLine, Reason, Verdict
 
 __all__ = [
     "AgentFacts",

@@ -15,20 +15,12 @@ from typing import Protocol
 from paywarden.policy.vocabulary import (
     Outcome,
     Phase,
+    PlanLine,
     Reason,
     SessionState,
     Verdict,
     format_amount,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class PlanLine:
-    payee: str  # normalised payee key
-    asset: str
-    max_amount_minor: int
-    count: int
-    used: int
 
 
 @dataclass(frozen=True, slots=True)

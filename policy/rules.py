@@ -142,7 +142,7 @@ class PlanLineAvailable:
         matching = [
             (i, line)
             for i, line in enumerate(facts.session.plan)
-            if line.payee == facts.payee and line.asset == facts.asset
+            if line.payee_key == facts.payee and line.asset == facts.asset
         ]
         # Best fit: the unused line with the smallest maximum that covers the
         # amount, so that a small payment never uses up a line a larger one needs.

@@ -1,4 +1,5 @@
-"""The words every layer shares: reason codes, outcomes, states, amounts and assets.
+"""The words every layer shares: reason codes, outcomes, states, amounts, assets and
+plan lines.
 
 The bottom of the stack: pure values, no I/O, nothing imported from the rest of
 Paywarden. A reason code or an outcome is written here once, as an enum member,
@@ -335,3 +336,19 @@ class Asset:
         if self.max_amount is not None:
             limit = parse_amount(self.max_amount, self.decimals).minor
             object.__setattr__(self, "max_amount_minor", limit)
+
+
+# -- plans -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLine:
+    """One line of a session's committed plan: at most ``count`` payments to ``payee``
+    in ``asset``, each at most ``max_amount_minor``; ``used`` of them made or held."""
+
+    payee: str  # as the planner wrote it (NFC)
+    payee_key: str  # normalised: what a payment's payee is compared with
+    asset: str
+    max_amount_minor: int
+    count: int
+    used: int = 0

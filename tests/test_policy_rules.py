@@ -471,28 +471,29 @@ class TestPlanLineAvailable:
         assert result.plan_line is None
 
     def test_match_at_line_max(self) -> None:
-        session = self.execute(PlanLine("acme-data", "USD", 1_000, 2, 1))
+        session = self.execute(PlanLine("acme-data", "acme-data", "USD", 1_000, 2, 1))
         result = self.rule.check(make_facts(amount_minor=1_000, session=session))
         assert_result(result, Outcome.ALLOW, "PLAN_LINE_MATCHED", observed="1000")
         assert result.plan_line == 0
         assert result.limit == "line 0: 1/2 used, max 1000"
 
     def test_amount_just_above_line_max(self) -> None:
-        session = self.execute(PlanLine("acme-data", "USD", 1_000, 2, 0))
+        session = self.execute(PlanLine("acme-data", "acme-data", "USD", 1_000, 2, 0))
         result = self.rule.check(make_facts(amount_minor=1_001, session=session))
         assert_result(result, Outcome.DENY, "PLAN_NO_MATCH", limit="1 lines", observed="acme-data")
         assert "above" in result.detail
         assert result.plan_line is None
 
     def test_used_up_line(self) -> None:
-        session = self.execute(PlanLine("acme-data", "USD", 1_000, 2, 2))
+        session = self.execute(PlanLine("acme-data", "acme-data", "USD", 1_000, 2, 2))
         result = self.rule.check(make_facts(amount_minor=1, session=session))
         assert_result(result, Outcome.DENY, "PLAN_NO_MATCH")
         assert "used up" in result.detail
 
     def test_no_line_for_payee_or_asset(self) -> None:
         session = self.execute(
-            PlanLine("api.example", "USD", 1_000, 1, 0), PlanLine("acme-data", "EUR", 1_000, 1, 0)
+            PlanLine("api.example", "api.example", "USD", 1_000, 1, 0),
+            PlanLine("acme-data", "acme-data", "EUR", 1_000, 1, 0),
         )
         result = self.rule.check(make_facts(amount_minor=1, session=session))
         assert_result(result, Outcome.DENY, "PLAN_NO_MATCH", limit="2 lines")
@@ -504,9 +505,9 @@ class TestPlanLineAvailable:
 
     def test_skips_a_used_up_line_for_a_later_one(self) -> None:
         session = self.execute(
-            PlanLine("acme-data", "USD", 5_000, 1, 1),
-            PlanLine("api.example", "USD", 5_000, 1, 0),
-            PlanLine("acme-data", "USD", 5_000, 1, 0),
+            PlanLine("acme-data", "acme-data", "USD", 5_000, 1, 1),
+            PlanLine("api.example", "api.example", "USD", 5_000, 1, 0),
+            PlanLine("acme-data", "acme-data", "USD", 5_000, 1, 0),
         )
         result = self.rule.check(make_facts(amount_minor=5_000, session=session))
         assert_result(result, Outcome.ALLOW, "PLAN_LINE_MATCHED")
@@ -1074,8 +1075,8 @@ class TestCompiledPack:
         session = session_facts(
             phase="execute",
             plan=(
-                PlanLine("api.example", "USD", 9_999, 1, 0),
-                PlanLine("acme-data", "USD", 3_000, 1, 0),
+                PlanLine("api.example", "api.example", "USD", 9_999, 1, 0),
+                PlanLine("acme-data", "acme-data", "USD", 3_000, 1, 0),
             ),
         )
         decision = evaluate(policy, payment(session=session))

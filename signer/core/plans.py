@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from paywarden.policy import PolicyPack, normalise, payee_allowed_by_pack
-from paywarden.policy.vocabulary import Asset
+from paywarden.policy.vocabulary import Asset, PlanLine
 from paywarden.signer.core.canonical import clean_text, parse_amount
 from paywarden.signer.core.payments import MAX_PAYEE
 from paywarden.signer.errors import Denied, InvalidInput, Reason
-from paywarden.signer.store.records import PlanLineRecord, SessionRecord
+from paywarden.signer.store.records import SessionRecord
 
 MAX_PLAN_LINES = 100
 MAX_LINE_COUNT = 1000
@@ -22,11 +22,11 @@ def validate_plan(
     lines: Sequence[PlanInput],
     pack: PolicyPack,
     assets: Mapping[str, Asset],
-) -> tuple[PlanLineRecord, ...]:
+) -> tuple[PlanLine, ...]:
     """A plan may only narrow its session and pack; raises on the first bad line."""
     if not 1 <= len(lines) <= MAX_PLAN_LINES:
         raise InvalidInput(Reason.PLAN_INVALID, f"a plan has 1 to {MAX_PLAN_LINES} lines")
-    out: list[PlanLineRecord] = []
+    out: list[PlanLine] = []
     for i, (payee, asset, max_amount, count) in enumerate(lines):
         where = f"lines[{i}]"
         if asset not in session.budgets_minor:
@@ -49,5 +49,5 @@ def validate_plan(
         violation = payee_allowed_by_pack(pack, name, info)
         if violation is not None:
             raise Denied(violation.reason, f"{where}: {violation.message}")
-        out.append(PlanLineRecord(name, key, asset, limit.minor, count))
+        out.append(PlanLine(name, key, asset, limit.minor, count))
     return tuple(out)

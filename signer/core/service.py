@@ -26,7 +26,6 @@ from paywarden.policy import (
     Decision,
     Facts,
     PackSet,
-    PlanLine,
     SessionFacts,
     Verdict,
     check_session,
@@ -863,12 +862,7 @@ class SigningService:
                     normalise(p, case_insensitive=ci) for p in session.allowed_payees
                 ),
                 payees=session.payees,
-                plan=tuple(
-                    PlanLine(
-                        line.payee_key, line.asset, line.max_amount_minor, line.count, line.used
-                    )
-                    for line in session.plan
-                ),
+                plan=session.plan,
             ),
             decimals=self._decimals(intent.asset),
             payee_text=intent.payee,

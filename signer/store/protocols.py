@@ -16,13 +16,13 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from paywarden.policy.vocabulary import PlanLine
 from paywarden.signer.store.records import (
     AgentUsage,
     ApprovalRecord,
     Checkpoint,
     DecisionRecord,
     Freeze,
-    PlanLineRecord,
     Reservation,
     SessionRecord,
     WindowStats,
@@ -107,7 +107,7 @@ class SessionStore(Protocol):
     def commit_plan(
         self,
         session_id: str,
-        lines: tuple[PlanLineRecord, ...],
+        lines: tuple[PlanLine, ...],
         now: int,
         audit: Mapping[str, Any],
     ) -> SessionRecord | None:

@@ -17,20 +17,11 @@ from paywarden.policy.vocabulary import (
     FreezeScope,
     FreezeSource,
     Phase,
+    PlanLine,
     ReservationStatus,
     SessionState,
     Verdict,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class PlanLineRecord:
-    payee: str  # as the planner wrote it (NFC)
-    payee_key: str  # normalised for comparison
-    asset: str
-    max_amount_minor: int
-    count: int
-    used: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +38,7 @@ class SessionRecord:
     allowed_payees: tuple[str, ...] = ()
     phase: Phase = Phase.NORMAL  # plan-bound sessions: EXPLORE, then EXECUTE
     pack_id: str = ""
-    plan: tuple[PlanLineRecord, ...] = ()
+    plan: tuple[PlanLine, ...] = ()
     payees: frozenset[str] = frozenset()  # distinct payee keys paid or held
     # The pack the session was opened under (0 and "": opened before these were kept).
     pack_version: int = 0

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from paywarden.policy.vocabulary import PlanLine
 from paywarden.signer.auditlog.append import AuditState
 from paywarden.signer.store import schema
 from paywarden.signer.store import sqlite_reads as reads
@@ -26,7 +27,6 @@ from paywarden.signer.store.records import (
     Checkpoint,
     DecisionRecord,
     Freeze,
-    PlanLineRecord,
     SessionRecord,
     StoreError,
 )
@@ -120,7 +120,7 @@ class SqliteStore(SqliteConnection):
     def commit_plan(
         self,
         session_id: str,
-        lines: tuple[PlanLineRecord, ...],
+        lines: tuple[PlanLine, ...],
         now: int,
         audit: Mapping[str, Any],
     ) -> SessionRecord | None:

@@ -13,14 +13,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from paywarden.policy.vocabulary import ApprovalStatus, FreezeScope, FreezeSource, Phase, Verdict
+from paywarden.policy.vocabulary import (
+    ApprovalStatus,
+    FreezeScope,
+    FreezeSource,
+    Phase,
+    PlanLine,
+    Verdict,
+)
 from paywarden.signer.auditlog.append import AuditState
 from paywarden.signer.store.records import (
     ApprovalRecord,
     Checkpoint,
     DecisionRecord,
     Freeze,
-    PlanLineRecord,
     SessionRecord,
 )
 
@@ -62,7 +68,7 @@ def session(conn: sqlite3.Connection, session_id: str, now: int) -> SessionRecor
         if line is not None:
             used[line] = used.get(line, 0) + 1
     plan = tuple(
-        PlanLineRecord(payee, key, asset, int(max_minor), count, used.get(idx, 0))
+        PlanLine(payee, key, asset, int(max_minor), count, used.get(idx, 0))
         for idx, payee, key, asset, max_minor, count in conn.execute(
             "SELECT idx, payee, payee_key, asset, max_amount_minor, count FROM plan_lines"
             " WHERE session_id = ? ORDER BY idx",
