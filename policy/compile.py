@@ -39,7 +39,7 @@ from paywarden.policy.rules import (
     Velocity,
     WithinSessionBudget,
 )
-from paywarden.policy.vocabulary import AmountError, Asset, FirstPaymentMode, Reason, parse_amount
+from paywarden.policy.vocabulary import AmountError, Asset, Reason, parse_amount
 
 
 def to_minor(text: str, decimals: int, where: str) -> int:
@@ -138,7 +138,7 @@ def compile_pack(pack: PolicyPack, assets: Mapping[str, Asset]) -> AllOf:
     rules_ += [
         WithinSessionBudget(),
         PlanLineAvailable(),
-        FirstPayment(FirstPaymentMode(m.payees.first_payment)),
+        FirstPayment(m.payees.first_payment),
         ApprovalTiers(tiers),
     ]
     return AllOf(rules_, pack.ref())

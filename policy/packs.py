@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import time as dtime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from paywarden.policy.payees import PatternError, compile_pattern
-from paywarden.policy.vocabulary import is_plain_decimal
+from paywarden.policy.vocabulary import FirstPaymentMode, is_plain_decimal
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -105,8 +105,9 @@ class PayeeRules(_Strict):
     allow_patterns: list[PayeePattern] = Field(default_factory=list, max_length=MAX_PATTERNS)
     deny: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
     deny_patterns: list[PayeePattern] = Field(default_factory=list, max_length=MAX_PATTERNS)
-    # A payee this agent has never paid: "deny", "approve" (human approval) or "allow".
-    first_payment: Literal["allow", "approve", "deny"] = "deny"
+    # A payee this agent has never paid: deny, approve (human approval) or allow. Not
+    # strict: the file's text names the member.
+    first_payment: Annotated[FirstPaymentMode, Field(strict=False)] = FirstPaymentMode.DENY
 
     @field_validator("allow", "deny")
     @classmethod

@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -45,6 +44,7 @@ from paywarden.policy.vocabulary import (
     ReservationStatus,
     SessionState,
 )
+from paywarden.policy.vocabulary import SignStatus as SignStatus
 from paywarden.signer.api.calls import NO_DEADLINE, Deadline
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
@@ -121,11 +121,6 @@ _MAX_SESSION_FITS = 10_000  # (session, pack) checks remembered
 # (outcome, reason, approval state). A new answer is a new kind, recorded in full.
 RetryKind = tuple[str, str, str, str | None]
 MAX_NOTE = 1024
-
-
-class SignStatus(StrEnum):
-    SIGNED = "signed"
-    PENDING_APPROVAL = "pending_approval"
 
 
 @dataclass(frozen=True, slots=True)
