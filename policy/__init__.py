@@ -6,6 +6,10 @@ runs every rule over the :class:`Facts` the signer read inside its deciding
 transaction and returns a :class:`Decision` whose trace lists each rule with
 its outcome, reason code, limit and observed value. Nothing here does I/O
 beyond reading pack files, and nothing knows about gRPC or the store.
+
+The words every layer shares (reason codes, outcomes and states, amounts,
+assets, plan lines) live in :mod:`paywarden.policy.vocabulary`, the bottom of
+the stack.
 """
 
 from paywarden.policy.compile import (
