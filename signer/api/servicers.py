@@ -9,7 +9,8 @@ from paywarden.signer.api.authz import Edge, rpc
 from paywarden.signer.core.canonical import Amount
 from paywarden.signer.core.control import ControlService
 from paywarden.signer.core.payments import IntentFields
-from paywarden.signer.core.service import ApprovalView, SessionView, SigningService, SignStatus
+from paywarden.signer.core.service import SigningService
+from paywarden.signer.core.views import ApprovalView, SessionView, SignStatus
 from paywarden.signer.errors import InvalidInput, NotFound, Reason
 from paywarden.signer.identity import Principal
 from paywarden.signer.store.records import Freeze

@@ -13,17 +13,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, NoReturn, TypeVar
-from zoneinfo import ZoneInfo
 
 from paywarden.hsm import Hsm, HsmError, HsmUnavailable, PublicKeyInfo
 from paywarden.policy import (
     AgentFacts,
     AllOf,
-    AssetInfo,
     Decision,
     Facts,
     PackSet,
@@ -42,7 +39,8 @@ from paywarden.policy.packs import PolicyPack
 from paywarden.signer.api.calls import NO_DEADLINE, Deadline
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
-from paywarden.signer.core.canonical import Amount, clean_text, jcs, sha256_hex
+from paywarden.signer.core.canonical import clean_text, jcs, sha256_hex
+from paywarden.signer.core.deps import Deps, amount_text, require, store_call
 from paywarden.signer.core.disclosure import agent_facing
 from paywarden.signer.core.payments import (
     MAX_EXPIRES_AT,
@@ -68,10 +66,10 @@ from paywarden.signer.core.session_input import (
     parse_session_id,
     validate_session_request,
 )
+from paywarden.signer.core.views import ApprovalView, SessionView, SignResult, SignStatus
 from paywarden.signer.errors import (
     Denied,
     Forbidden,
-    Internal,
     InvalidInput,
     NotFound,
     PaywardenError,
@@ -96,7 +94,6 @@ from paywarden.signer.store.records import (
     Store,
     StoreError,
 )
-from paywarden.signer.timekeeping import HighWater
 
 log = logging.getLogger("paywarden.signer")
 T = TypeVar("T")
@@ -119,39 +116,6 @@ RetryKind = tuple[str, str, str, str | None]
 MAX_NOTE = 1024
 
 
-class SignStatus(StrEnum):
-    SIGNED = "signed"
-    PENDING_APPROVAL = "pending_approval"
-
-
-@dataclass(frozen=True, slots=True)
-class SignResult:
-    status: SignStatus
-    decision_id: str
-    key_id: str
-    payload: bytes
-    replayed: bool
-    jws: str = ""
-    approval_id: str = ""
-    audit_seq: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SessionView:
-    record: SessionRecord
-    state: str
-    decimals: Mapping[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class ApprovalView:
-    approval: ApprovalRecord
-    state: str
-    decision: DecisionRecord
-    session: SessionRecord
-    amount: str
-
-
 class SigningService:
     def __init__(
         self,
@@ -163,20 +127,16 @@ class SigningService:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
-        self._config = config
+        deps = Deps.from_config(config, store, hsm, packs, clock=clock, metrics=metrics)
+        self.deps = deps
         self._store = store
         self._hsm = hsm
         self._packs = packs
-        self._time = HighWater(clock, store.latest_audit_time())
         self._key_ids = set(hsm.key_ids())
-        self._assets = {
-            code: AssetInfo(a.decimals, a.case_insensitive_payees)
-            for code, a in config.assets.items()
-        }
+        self._assets = deps.assets
         self._policies: dict[str, AllOf] = compile_all(packs.packs, self._assets)
-        self._tz = ZoneInfo(config.policy.timezone)
-        self.metrics = metrics or Metrics(config.metrics.max_tracked_sessions)
-        limits = config.limits
+        self.metrics = deps.metrics
+        limits = deps.limits
         self._freeze_view = FreezeView(
             store.freezes, store.freeze_generation, limits.freeze_cache_seconds, time.monotonic
         )
@@ -187,7 +147,7 @@ class SigningService:
         self._session_fits: dict[tuple[str, str], str | None] = {}
 
     def _now(self) -> int:
-        return self._time.now()
+        return self.deps.now()
 
     # -- sessions --------------------------------------------------------
 
@@ -201,15 +161,15 @@ class SigningService:
         allowed_payees: list[str],
         plan_bound: bool = False,
     ) -> SessionView:
-        _require(caller, Role.PLANNER)
+        require(caller, Role.PLANNER)
         spec = validate_session_request(
             agent_id,
             task_description,
             budgets,
             ttl_seconds,
             allowed_payees,
-            assets=self._config.assets,
-            max_ttl=self._config.limits.max_session_ttl_seconds,
+            assets=self.deps.asset_config,
+            max_ttl=self.deps.limits.max_session_ttl_seconds,
         )
         pack = self._packs.for_agent(spec.agent_id)
         if pack is None:
@@ -249,7 +209,9 @@ class SigningService:
             session_id=record.id,
             agent_id=record.agent_id,
             task_digest=record.task_digest,
-            budgets={a: _amount(m, decimals[a]) for a, m in sorted(record.budgets_minor.items())},
+            budgets={
+                a: amount_text(m, decimals[a]) for a, m in sorted(record.budgets_minor.items())
+            },
             expires_at=record.expires_at,
             allowed_payees=list(record.allowed_payees),
             phase=record.phase,
@@ -257,7 +219,7 @@ class SigningService:
             pack_version=record.pack_version,
             pack_sha256=record.pack_sha256,
         )
-        _store_call(lambda: self._store.create_session(record, decimals, opened))
+        store_call(lambda: self._store.create_session(record, decimals, opened))
         log.info("session opened", extra={"session_id": record.id, "planner": caller.id})
         return self._view(record, now)
 
@@ -266,12 +228,11 @@ class SigningService:
         return SessionView(record, record.state(now), decimals)
 
     def _decimals(self, asset: str) -> int:
-        cfg = self._config.assets.get(asset)
-        return cfg.decimals if cfg is not None else 0
+        return self.deps.decimals(asset)
 
     def _visible_session(self, caller: Principal, session_id: str, now: int) -> SessionRecord:
         sid = parse_session_id(session_id)
-        record = _store_call(lambda: self._store.get_session(sid, now))
+        record = store_call(lambda: self._store.get_session(sid, now))
         if record is None:
             raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
         if caller.role is Role.AGENT and record.agent_id != caller.id:
@@ -289,11 +250,11 @@ class SigningService:
         return self._view(self._visible_session(caller, session_id, now), now)
 
     def close_session(self, caller: Principal, session_id: str) -> SessionView:
-        _require(caller, Role.PLANNER)
+        require(caller, Role.PLANNER)
         now = self._now()
         record = self._visible_session(caller, session_id, now)
         closing = audit_events.event("session.close", caller, now, session_id=record.id)
-        closed = _store_call(lambda: self._store.close_session(record.id, now, closing))
+        closed = store_call(lambda: self._store.close_session(record.id, now, closing))
         if closed is None:
             raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
         self.metrics.session_ended(record.id)
@@ -304,7 +265,7 @@ class SigningService:
         self, caller: Principal, session_id: str, lines: list[PlanInput]
     ) -> SessionView:
         """``lines``: (payee, asset, max_amount, count) each."""
-        _require(caller, Role.PLANNER)
+        require(caller, Role.PLANNER)
         now = self._now()
         record = self._visible_session(caller, session_id, now)
         if record.phase != "explore" or record.state(now) != "open":
@@ -315,18 +276,18 @@ class SigningService:
         pack = self._packs.for_agent(record.agent_id)
         if pack is None or pack.id != record.pack_id:
             raise Denied(Reason.SESSION_PACK_CHANGED, "the session's policy pack no longer applies")
-        out = validate_plan(record, lines, pack, self._config.assets, self._assets)
+        out = validate_plan(record, lines, pack, self.deps.asset_config, self._assets)
         plan = [
             {
                 "payee": ln.payee,
                 "asset": ln.asset,
-                "max_amount": _amount(ln.max_amount_minor, self._decimals(ln.asset)),
+                "max_amount": amount_text(ln.max_amount_minor, self._decimals(ln.asset)),
                 "count": ln.count,
             }
             for ln in out
         ]
         committing = audit_events.event("plan.commit", caller, now, session_id=record.id, plan=plan)
-        committed = _store_call(lambda: self._store.commit_plan(record.id, out, now, committing))
+        committed = store_call(lambda: self._store.commit_plan(record.id, out, now, committing))
         if committed is None:
             raise SessionNotUsable(Reason.SESSION_NOT_EXPLORING, "the plan was already committed")
         log.info("plan committed", extra={"session_id": record.id, "planner": caller.id})
@@ -375,7 +336,7 @@ class SigningService:
     def _refuse_early(self, caller: Principal, fields: IntentFields) -> None:
         """Before the request is read: a frozen agent or key (the cached view of the
         freezes), or a caller whose refusal budget is spent, is refused at once."""
-        _require(caller, Role.AGENT)
+        require(caller, Role.AGENT)
         try:
             self._freeze_view.refresh()
         except StoreError as exc:  # the deciding transaction will meet it too
@@ -531,8 +492,8 @@ class SigningService:
             log.error("cannot audit a refused Sign: %s", err)
 
     def _sign(self, caller: Principal, fields: IntentFields, deadline: Deadline) -> SignResult:
-        _require(caller, Role.AGENT)
-        intent = validate_intent(fields, self._config.assets, self._key_ids)
+        require(caller, Role.AGENT)
+        intent = validate_intent(fields, self.deps.asset_config, self._key_ids)
         request_hash = hashlib.sha256(intent.request_digest_input(caller.id)).hexdigest()
         try:
             self._hsm.ensure_available()
@@ -541,7 +502,7 @@ class SigningService:
                 Reason.HSM_UNAVAILABLE, "the HSM is unavailable; nothing was signed"
             ) from None
         deadline.check()
-        record, approval, replayed, seq, confirm = _store_call(
+        record, approval, replayed, seq, confirm = store_call(
             lambda: self._decide(caller, intent, request_hash, deadline)
         )
         if confirm is not None:
@@ -624,7 +585,7 @@ class SigningService:
                 check_expiry(
                     intent.expires_at,
                     now,
-                    self._config.limits.max_expiry_seconds,
+                    self.deps.limits.max_expiry_seconds,
                     session.expires_at,
                 )
             pack = self._packs.for_agent(caller.id)  # looked up once per decision
@@ -680,7 +641,7 @@ class SigningService:
             tx.record_decision(
                 record, consume_nonce=True, reservation=reservation, approval=approval
             )
-            amount = _amount(intent.amount.minor, self._decimals(intent.asset))
+            amount = amount_text(intent.amount.minor, self._decimals(intent.asset))
             seq = tx.audit(
                 audit_events.event(
                     "sign.decision",
@@ -828,7 +789,7 @@ class SigningService:
         return why
 
     def _day_start(self, now: int) -> int:
-        return day_start(now, self._tz)
+        return day_start(now, self.deps.tz)
 
     def _facts(
         self,
@@ -840,7 +801,7 @@ class SigningService:
         usage: AgentUsage,
     ) -> Facts:
         ci = self._assets[intent.asset].case_insensitive
-        local = dt.datetime.fromtimestamp(now, self._tz)
+        local = dt.datetime.fromtimestamp(now, self.deps.tz)
         return Facts(
             now=now,
             minute_of_day=local.hour * 60 + local.minute,
@@ -920,7 +881,7 @@ class SigningService:
         compact = jws_compact(signing_input, signature)
         # A caller gone while the HSM signed gets nothing stored (the same check runs
         # just before the commit); once stored, the token is always answered.
-        attached = _store_call(
+        attached = store_call(
             lambda: self._store.attach_signature(
                 record.id,
                 compact,
@@ -948,7 +909,7 @@ class SigningService:
             )
         jws, first = attached
         if first:  # concurrent identical retries: only the signature kept counts
-            units = float(_amount(record.amount_minor, self._decimals(record.asset)))
+            units = float(amount_text(record.amount_minor, self._decimals(record.asset)))
             self.metrics.signed(
                 record.asset, units, record.session_id, record.agent_id, record.key_id
             )
@@ -969,26 +930,26 @@ class SigningService:
             "session": record.session_id,
             "key": record.key_id,
         }
-        freezes = _store_call(self._store.freezes)
+        freezes = store_call(self._store.freezes)
         return any(targets.get(f.scope) == f.target for f in freezes)
 
     # -- approvals -------------------------------------------------------
 
     def list_pending(self, caller: Principal) -> list[ApprovalView]:
-        _require(caller, Role.APPROVER)
+        require(caller, Role.APPROVER)
         now = self._now()
-        pending = _store_call(lambda: self._store.pending_approvals(now))
+        pending = store_call(lambda: self._store.pending_approvals(now))
         return [self.get_approval(caller, a.id) for a in pending]
 
     def get_approval(self, caller: Principal, approval_id: str) -> ApprovalView:
-        _require(caller, Role.APPROVER)
+        require(caller, Role.APPROVER)
         now = self._now()
 
         def read() -> ApprovalView:
             with self._store.approval_tx() as tx:
                 return self._approval_view(tx, approval_id, now)
 
-        return _store_call(read)
+        return store_call(read)
 
     def _approval_view(self, tx: ApprovalTx, approval_id: str, now: int) -> ApprovalView:
         approval = tx.approval(approval_id)
@@ -1001,7 +962,7 @@ class SigningService:
         state = approval.status
         if state in ("pending", "approved") and now >= approval.expires_at:
             state = "expired"
-        amount = str(_amount(decision.amount_minor, self._decimals(decision.asset)))
+        amount = str(amount_text(decision.amount_minor, self._decimals(decision.asset)))
         return ApprovalView(approval, state, decision, session, amount)
 
     def vote(self, caller: Principal, approval_id: str, approve: bool, note: str) -> ApprovalView:
@@ -1036,7 +997,7 @@ class SigningService:
             log.error("cannot audit a refused vote: %s", err)
 
     def _vote(self, caller: Principal, approval_id: str, approve: bool, note: str) -> ApprovalView:
-        _require(caller, Role.APPROVER)
+        require(caller, Role.APPROVER)
         note = clean_text("note", note, max_len=MAX_NOTE, required=False, allow_newlines=True)
         if not approval_id.startswith("apr_") or len(approval_id) > 64:
             raise InvalidInput(Reason.STRING_INVALID, "approval_id is malformed")
@@ -1085,7 +1046,7 @@ class SigningService:
                 )
                 return final
 
-        view = _store_call(run)
+        view = store_call(run)
         if view.state in ("approved", "denied"):
             self.metrics.approval(view.state)
         log.info(
@@ -1093,10 +1054,6 @@ class SigningService:
             extra={"decision_id": view.decision.id, "approver": caller.id, "state": view.state},
         )
         return view
-
-
-def _amount(minor: int, decimals: int) -> str:
-    return str(Amount(minor, decimals))
 
 
 def day_start(now: int, tz: dt.tzinfo) -> int:
@@ -1125,26 +1082,6 @@ def _unsignable(
 
 def _denied(record: DecisionRecord, reason: str, message: str) -> DecisionRecord:
     return replace(record, outcome="deny", reason=reason, message=message)
-
-
-def _require(caller: Principal, role: Role) -> None:
-    # The gRPC layer checks roles from its table; this second check keeps the
-    # service safe when it is called directly.
-    if caller.role is not role:
-        raise Forbidden(Reason.ROLE_NOT_ALLOWED, f"role {caller.role} may not do this")
-
-
-def _store_call(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except InvariantBroken as exc:
-        log.error("store invariant broken: %s", exc)
-        raise Internal(Reason.INTERNAL, "internal error; nothing was signed") from None
-    except StoreError as exc:
-        log.error("store error: %s", exc)
-        raise Unavailable(
-            Reason.STORE_UNAVAILABLE, "the state store is unavailable; nothing was signed"
-        ) from None
 
 
 def _record(

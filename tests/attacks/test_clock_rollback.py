@@ -15,7 +15,8 @@ import pytest
 from paywarden.signer.api.server import load_packs
 from paywarden.signer.core.control import ControlService
 from paywarden.signer.core.payments import IntentFields
-from paywarden.signer.core.service import SigningService, SignStatus
+from paywarden.signer.core.service import SigningService
+from paywarden.signer.core.views import SignStatus
 from paywarden.signer.errors import PaywardenError, Reason
 from paywarden.signer.store.sqlite import SqliteStore
 
