@@ -126,7 +126,6 @@ def stack(
     """
     from paywarden.signer.api.server import load_packs, open_hsm
     from paywarden.signer.config import load_config
-    from paywarden.signer.core.control import ControlService
     from paywarden.signer.core.service import SigningService
     from paywarden.signer.store.sqlite import SqliteStore
 
@@ -146,10 +145,7 @@ def stack(
     hsm = open_hsm(cfg)
     clock = Clock()
     service = SigningService(cfg, store, hsm, load_packs(cfg), clock=clock.now)
-    control = ControlService(
-        cfg, store, hsm, service.metrics, clock=clock.now, unfrozen=service.operator_unfroze
-    )
-    yield Stack(cfg, store, hsm, service, clock, control)
+    yield Stack(cfg, store, hsm, service, clock, service.freezes)
     hsm.close()
     store.close()
 
@@ -186,7 +182,7 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
         SignerServicer(stack.service, edge),
         SessionsServicer(stack.service, edge),
         ApprovalsServicer(stack.service, edge),
-        ControlServicer(stack.control, edge),
+        ControlServicer(stack.service.freezes, stack.service.checkpoints, edge),
     )
 
 

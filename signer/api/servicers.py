@@ -7,7 +7,8 @@ import json
 from paywarden.signer.api import calls
 from paywarden.signer.api.authz import Edge, rpc
 from paywarden.signer.core.canonical import Amount
-from paywarden.signer.core.control import ControlService
+from paywarden.signer.core.checkpoints import Checkpoints
+from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.service import SigningService
 from paywarden.signer.core.views import ApprovalView, SessionView, SignStatus
@@ -251,15 +252,16 @@ def _freeze_proto(f: Freeze) -> control_pb2.FreezeRecord:
 
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    def __init__(self, control: ControlService, edge: Edge) -> None:
-        self.control = control
+    def __init__(self, freezes: Freezes, checkpoints: Checkpoints, edge: Edge) -> None:
+        self.freezes = freezes
+        self.checkpoints = checkpoints
         self.edge = edge
 
     @rpc("/paywarden.v1.Control/Freeze")
     def Freeze(
         self, caller: Principal, request: control_pb2.FreezeRequest
     ) -> control_pb2.FreezeResponse:
-        freeze, created = self.control.freeze(
+        freeze, created = self.freezes.freeze(
             caller, _scope(request.scope), request.target, request.reason
         )
         return control_pb2.FreezeResponse(freeze=_freeze_proto(freeze), created=created)
@@ -268,7 +270,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     def Unfreeze(
         self, caller: Principal, request: control_pb2.UnfreezeRequest
     ) -> control_pb2.UnfreezeResponse:
-        removed = self.control.unfreeze(
+        removed = self.freezes.unfreeze(
             caller, _scope(request.scope), request.target, request.reason
         )
         return control_pb2.UnfreezeResponse(removed=removed)
@@ -278,14 +280,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, caller: Principal, request: control_pb2.ListFreezesRequest
     ) -> control_pb2.ListFreezesResponse:
         return control_pb2.ListFreezesResponse(
-            freezes=[_freeze_proto(f) for f in self.control.freezes()]
+            freezes=[_freeze_proto(f) for f in self.freezes.freezes()]
         )
 
     @rpc("/paywarden.v1.Control/Checkpoint")
     def Checkpoint(
         self, caller: Principal, request: control_pb2.CheckpointRequest
     ) -> control_pb2.CheckpointResponse:
-        cp = self.control.checkpoint()
+        cp = self.checkpoints.checkpoint()
         if cp is None:
             raise NotFound(Reason.STRING_INVALID, "the audit log is empty")
         return control_pb2.CheckpointResponse(
@@ -297,14 +299,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 body=cp.body,
                 signature=cp.signature,
             ),
-            audit_public_key_pem=self.control.audit_public_key_pem(),
+            audit_public_key_pem=self.checkpoints.audit_public_key_pem(),
         )
 
     @rpc("/paywarden.v1.Control/InclusionProof")
     def InclusionProof(
         self, caller: Principal, request: control_pb2.InclusionProofRequest
     ) -> control_pb2.InclusionProofResponse:
-        p = self.control.inclusion_proof(request.seq, request.tree_size)
+        p = self.checkpoints.inclusion_proof(request.seq, request.tree_size)
         return control_pb2.InclusionProofResponse(
             record=p.record,
             leaf_hash=p.leaf.hex(),
@@ -317,7 +319,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     def ConsistencyProof(
         self, caller: Principal, request: control_pb2.ConsistencyProofRequest
     ) -> control_pb2.ConsistencyProofResponse:
-        first, second, proof = self.control.consistency_proof(request.first, request.second)
+        first, second, proof = self.checkpoints.consistency_proof(request.first, request.second)
         return control_pb2.ConsistencyProofResponse(
             first_root=first.hex(), second_root=second.hex(), proof=[h.hex() for h in proof]
         )

@@ -107,3 +107,13 @@ def store_call(fn: Callable[[], T]) -> T:
         raise Unavailable(
             Reason.STORE_UNAVAILABLE, "the state store is unavailable; nothing was signed"
         ) from None
+
+
+def control_store_call(fn: Callable[[], T]) -> T:
+    """Runs a store call for an operator's request (freezes, checkpoints, proofs):
+    a store failure makes the store unavailable."""
+    try:
+        return fn()
+    except StoreError as exc:
+        log.error("store error: %s", exc)
+        raise Unavailable(Reason.STORE_UNAVAILABLE, "the state store is unavailable") from None

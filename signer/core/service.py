@@ -40,8 +40,10 @@ from paywarden.signer.api.calls import NO_DEADLINE, Deadline
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.canonical import clean_text, jcs, sha256_hex
+from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.deps import Deps, amount_text, require, store_call
 from paywarden.signer.core.disclosure import agent_facing
+from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.payments import (
     MAX_EXPIRES_AT,
     Intent,
@@ -145,6 +147,8 @@ class SigningService:
         self._retry_log: RefusalLog[RetryKind] = RefusalLog(limits.refusal_summary_seconds)
         self._refusal_count = RefusalCounter()
         self._session_fits: dict[tuple[str, str], str | None] = {}
+        self.freezes = Freezes(deps, unfrozen=self.operator_unfroze)
+        self.checkpoints = Checkpoints(deps)
 
     def _now(self) -> int:
         return self.deps.now()
@@ -423,7 +427,7 @@ class SigningService:
         self._flush_summaries(everything=True)
 
     def operator_unfroze(self, scope: str, target: str) -> None:
-        """An operator lifted a freeze (told by :class:`ControlService`, after the store
+        """An operator lifted a freeze (told by :class:`Freezes`, after the store
         recorded it): an agent's breaker window starts afresh, the refusals counted
         before the unfreeze included, as the store restarts the window of its decisions.
         Only the operator's act says so: the cached freeze view may never have seen

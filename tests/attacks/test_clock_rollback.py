@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from paywarden.signer.api.server import load_packs
-from paywarden.signer.core.control import ControlService
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.service import SigningService
 from paywarden.signer.core.views import SignStatus
@@ -72,7 +71,7 @@ def test_stepping_the_clock_back_does_not_revive_an_expired_session(
     assert still.value.reason == Reason.SESSION_EXPIRED
     assert service.get_session(PLANNER, sid).state == "expired"
     # an operator's action in the same process is not dated in the past either
-    control = ControlService(stack.config, store, stack.hsm, service.metrics, clock=clock.now)
+    control = service.freezes
     control.freeze(OPERATOR, "agent", "agent-2", "rollback drill")
     control.unfreeze(OPERATOR, "agent", "agent-2", "rollback drill over")
 
