@@ -181,7 +181,7 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
     return (
         SignerServicer(stack.service, edge),
         SessionsServicer(stack.service, edge),
-        ApprovalsServicer(stack.service, edge),
+        ApprovalsServicer(stack.service.approvals, edge),
         ControlServicer(stack.service.freezes, stack.service.checkpoints, edge),
     )
 

@@ -6,6 +6,7 @@ import json
 
 from paywarden.signer.api import calls
 from paywarden.signer.api.authz import Edge, rpc
+from paywarden.signer.core.approvals import Approvals
 from paywarden.signer.core.canonical import Amount
 from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.freezes import Freezes
@@ -192,36 +193,36 @@ def _approval_proto(view: ApprovalView) -> approvals_pb2.Approval:
 
 
 class ApprovalsServicer(approvals_pb2_grpc.ApprovalsServicer):
-    def __init__(self, service: SigningService, edge: Edge) -> None:
-        self.service = service
+    def __init__(self, approvals: Approvals, edge: Edge) -> None:
+        self.approvals = approvals
         self.edge = edge
 
     @rpc("/paywarden.v1.Approvals/ListPending")
     def ListPending(
         self, caller: Principal, request: approvals_pb2.ListPendingRequest
     ) -> approvals_pb2.ListPendingResponse:
-        views = self.service.list_pending(caller)
+        views = self.approvals.list_pending(caller)
         return approvals_pb2.ListPendingResponse(approvals=[_approval_proto(v) for v in views])
 
     @rpc("/paywarden.v1.Approvals/GetApproval")
     def GetApproval(
         self, caller: Principal, request: approvals_pb2.GetApprovalRequest
     ) -> approvals_pb2.GetApprovalResponse:
-        view = self.service.get_approval(caller, request.approval_id)
+        view = self.approvals.get_approval(caller, request.approval_id)
         return approvals_pb2.GetApprovalResponse(approval=_approval_proto(view))
 
     @rpc("/paywarden.v1.Approvals/Approve")
     def Approve(
         self, caller: Principal, request: approvals_pb2.ApproveRequest
     ) -> approvals_pb2.ApproveResponse:
-        view = self.service.vote(caller, request.approval_id, True, request.note)
+        view = self.approvals.vote(caller, request.approval_id, True, request.note)
         return approvals_pb2.ApproveResponse(approval=_approval_proto(view))
 
     @rpc("/paywarden.v1.Approvals/Deny")
     def Deny(
         self, caller: Principal, request: approvals_pb2.DenyRequest
     ) -> approvals_pb2.DenyResponse:
-        view = self.service.vote(caller, request.approval_id, False, request.note)
+        view = self.approvals.vote(caller, request.approval_id, False, request.note)
         return approvals_pb2.DenyResponse(approval=_approval_proto(view))
 
 
