@@ -10,8 +10,10 @@ from paywarden.signer.core.approvals import Approvals
 from paywarden.signer.core.canonical import Amount
 from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.freezes import Freezes
+from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.service import SigningService
+from paywarden.signer.core.sessions import Sessions
 from paywarden.signer.core.views import ApprovalView, SessionView, SignStatus
 from paywarden.signer.errors import InvalidInput, NotFound, Reason
 from paywarden.signer.identity import Principal
@@ -29,8 +31,9 @@ from paywarden.v1 import (
 
 
 class SignerServicer(signer_pb2_grpc.SignerServicer):
-    def __init__(self, service: SigningService, edge: Edge) -> None:
+    def __init__(self, service: SigningService, keys: PublicKeys, edge: Edge) -> None:
         self.service = service
+        self.keys = keys
         self.edge = edge
 
     @rpc("/paywarden.v1.Signer/Sign")
@@ -75,9 +78,9 @@ class SignerServicer(signer_pb2_grpc.SignerServicer):
     def GetPublicKeys(
         self, caller: Principal, request: signer_pb2.GetPublicKeysRequest
     ) -> signer_pb2.GetPublicKeysResponse:
-        keys = self.service.public_keys()
+        keys = self.keys.public_keys()
         return signer_pb2.GetPublicKeysResponse(
-            jwks_json=self.service.jwks(),
+            jwks_json=self.keys.jwks(),
             keys=[
                 signer_pb2.PublicKey(key_id=k.key_id, algorithm=k.algorithm, spki_pem=k.spki_pem)
                 for k in keys
@@ -120,15 +123,15 @@ def _session_proto(view: SessionView) -> sessions_pb2.Session:
 
 
 class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
-    def __init__(self, service: SigningService, edge: Edge) -> None:
-        self.service = service
+    def __init__(self, sessions: Sessions, edge: Edge) -> None:
+        self.sessions = sessions
         self.edge = edge
 
     @rpc("/paywarden.v1.Sessions/OpenSession")
     def OpenSession(
         self, caller: Principal, request: sessions_pb2.OpenSessionRequest
     ) -> sessions_pb2.OpenSessionResponse:
-        view = self.service.open_session(
+        view = self.sessions.open_session(
             caller,
             agent_id=request.agent_id,
             task_description=request.task_description,
@@ -143,14 +146,14 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
     def GetSession(
         self, caller: Principal, request: sessions_pb2.GetSessionRequest
     ) -> sessions_pb2.GetSessionResponse:
-        view = self.service.get_session(caller, request.session_id)
+        view = self.sessions.get_session(caller, request.session_id)
         return sessions_pb2.GetSessionResponse(session=_session_proto(view))
 
     @rpc("/paywarden.v1.Sessions/CloseSession")
     def CloseSession(
         self, caller: Principal, request: sessions_pb2.CloseSessionRequest
     ) -> sessions_pb2.CloseSessionResponse:
-        view = self.service.close_session(caller, request.session_id)
+        view = self.sessions.close_session(caller, request.session_id)
         return sessions_pb2.CloseSessionResponse(session=_session_proto(view))
 
     @rpc("/paywarden.v1.Sessions/CommitPlan")
@@ -158,7 +161,7 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
         self, caller: Principal, request: sessions_pb2.CommitPlanRequest
     ) -> sessions_pb2.CommitPlanResponse:
         lines = [(ln.payee, ln.asset, ln.max_amount, ln.count) for ln in request.lines]
-        view = self.service.commit_plan(caller, request.session_id, lines)
+        view = self.sessions.commit_plan(caller, request.session_id, lines)
         return sessions_pb2.CommitPlanResponse(session=_session_proto(view))
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NoReturn, TypeVar
 
-from paywarden.hsm import Hsm, HsmError, HsmUnavailable, PublicKeyInfo
+from paywarden.hsm import Hsm, HsmError, HsmUnavailable
 from paywarden.policy import (
     AgentFacts,
     AllOf,
@@ -40,11 +40,12 @@ from paywarden.signer.api.calls import NO_DEADLINE, Deadline
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.approvals import Approvals
-from paywarden.signer.core.canonical import jcs, sha256_hex
+from paywarden.signer.core.canonical import jcs
 from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.deps import Deps, amount_text, require, store_call
 from paywarden.signer.core.disclosure import agent_facing
 from paywarden.signer.core.freezes import Freezes
+from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import (
     MAX_EXPIRES_AT,
     Intent,
@@ -55,7 +56,6 @@ from paywarden.signer.core.payments import (
     jws_signing_input,
     validate_intent,
 )
-from paywarden.signer.core.plans import PlanInput, validate_plan
 from paywarden.signer.core.refusals import (
     FreezeView,
     RefusalBudget,
@@ -65,10 +65,8 @@ from paywarden.signer.core.refusals import (
 )
 from paywarden.signer.core.session_input import (
     new_decision_id,
-    new_session_id,
-    parse_session_id,
-    validate_session_request,
 )
+from paywarden.signer.core.sessions import Sessions
 from paywarden.signer.core.views import SessionView, SignResult, SignStatus
 from paywarden.signer.errors import (
     Denied,
@@ -148,11 +146,13 @@ class SigningService:
         self.freezes = Freezes(deps, unfrozen=self.operator_unfroze)
         self.checkpoints = Checkpoints(deps)
         self.approvals = Approvals(deps)
+        self.sessions = Sessions(deps)
+        self.keys = PublicKeys(hsm)
 
     def _now(self) -> int:
         return self.deps.now()
 
-    # -- sessions --------------------------------------------------------
+    # What tests and tools that drive the core directly call.
 
     def open_session(
         self,
@@ -164,148 +164,15 @@ class SigningService:
         allowed_payees: list[str],
         plan_bound: bool = False,
     ) -> SessionView:
-        require(caller, Role.PLANNER)
-        spec = validate_session_request(
-            agent_id,
-            task_description,
-            budgets,
-            ttl_seconds,
-            allowed_payees,
-            assets=self.deps.asset_config,
-            max_ttl=self.deps.limits.max_session_ttl_seconds,
+        return self.sessions.open_session(
+            caller, agent_id, task_description, budgets, ttl_seconds, allowed_payees, plan_bound
         )
-        pack = self._packs.for_agent(spec.agent_id)
-        if pack is None:
-            raise Denied(Reason.NO_POLICY_PACK, "no policy pack applies to this agent")
-        violation = check_session(
-            pack,
-            self._assets,
-            spec.budgets_minor,
-            spec.ttl_seconds,
-            spec.allowed_payees,
-            plan_bound,
-        )
-        if violation is not None:
-            raise Denied(violation.reason, violation.message)
-        now = self._now()
-        record = SessionRecord(
-            id=new_session_id(),
-            agent_id=spec.agent_id,
-            planner_id=caller.id,
-            task_digest=sha256_hex(spec.task_description),
-            created_at=now,
-            expires_at=now + spec.ttl_seconds,
-            closed_at=None,
-            budgets_minor=spec.budgets_minor,
-            spent_minor=dict.fromkeys(spec.budgets_minor, 0),
-            allowed_payees=spec.allowed_payees,
-            phase="explore" if plan_bound else "normal",
-            pack_id=pack.id,
-            pack_version=pack.version,
-            pack_sha256=pack.sha256,
-        )
-        decimals = {a: self._decimals(a) for a in record.budgets_minor}
-        opened = audit_events.event(
-            "session.open",
-            caller,
-            now,
-            session_id=record.id,
-            agent_id=record.agent_id,
-            task_digest=record.task_digest,
-            budgets={
-                a: amount_text(m, decimals[a]) for a, m in sorted(record.budgets_minor.items())
-            },
-            expires_at=record.expires_at,
-            allowed_payees=list(record.allowed_payees),
-            phase=record.phase,
-            pack_id=record.pack_id,
-            pack_version=record.pack_version,
-            pack_sha256=record.pack_sha256,
-        )
-        store_call(lambda: self._store.create_session(record, decimals, opened))
-        log.info("session opened", extra={"session_id": record.id, "planner": caller.id})
-        return self._view(record, now)
-
-    def _view(self, record: SessionRecord, now: int) -> SessionView:
-        decimals = {a: self._decimals(a) for a in record.budgets_minor}
-        return SessionView(record, record.state(now), decimals)
-
-    def _decimals(self, asset: str) -> int:
-        return self.deps.decimals(asset)
-
-    def _visible_session(self, caller: Principal, session_id: str, now: int) -> SessionRecord:
-        sid = parse_session_id(session_id)
-        record = store_call(lambda: self._store.get_session(sid, now))
-        if record is None:
-            raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
-        if caller.role is Role.AGENT and record.agent_id != caller.id:
-            raise Forbidden(Reason.SESSION_AGENT_MISMATCH, "the session belongs to another agent")
-        if caller.role is Role.PLANNER and record.planner_id != caller.id:
-            raise Forbidden(
-                Reason.SESSION_PLANNER_MISMATCH, "the session was opened by another planner"
-            )
-        if caller.role not in (Role.AGENT, Role.PLANNER):
-            raise Forbidden(Reason.ROLE_NOT_ALLOWED, f"role {caller.role} may not read sessions")
-        return record
 
     def get_session(self, caller: Principal, session_id: str) -> SessionView:
-        now = self._now()
-        return self._view(self._visible_session(caller, session_id, now), now)
+        return self.sessions.get_session(caller, session_id)
 
     def close_session(self, caller: Principal, session_id: str) -> SessionView:
-        require(caller, Role.PLANNER)
-        now = self._now()
-        record = self._visible_session(caller, session_id, now)
-        closing = audit_events.event("session.close", caller, now, session_id=record.id)
-        closed = store_call(lambda: self._store.close_session(record.id, now, closing))
-        if closed is None:
-            raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
-        self.metrics.session_ended(record.id)
-        log.info("session closed", extra={"session_id": record.id, "planner": caller.id})
-        return self._view(closed, now)
-
-    def commit_plan(
-        self, caller: Principal, session_id: str, lines: list[PlanInput]
-    ) -> SessionView:
-        """``lines``: (payee, asset, max_amount, count) each."""
-        require(caller, Role.PLANNER)
-        now = self._now()
-        record = self._visible_session(caller, session_id, now)
-        if record.phase != "explore" or record.state(now) != "open":
-            raise SessionNotUsable(
-                Reason.SESSION_NOT_EXPLORING,
-                "only an open plan-bound session in its explore phase can commit a plan",
-            )
-        pack = self._packs.for_agent(record.agent_id)
-        if pack is None or pack.id != record.pack_id:
-            raise Denied(Reason.SESSION_PACK_CHANGED, "the session's policy pack no longer applies")
-        out = validate_plan(record, lines, pack, self.deps.asset_config, self._assets)
-        plan = [
-            {
-                "payee": ln.payee,
-                "asset": ln.asset,
-                "max_amount": amount_text(ln.max_amount_minor, self._decimals(ln.asset)),
-                "count": ln.count,
-            }
-            for ln in out
-        ]
-        committing = audit_events.event("plan.commit", caller, now, session_id=record.id, plan=plan)
-        committed = store_call(lambda: self._store.commit_plan(record.id, out, now, committing))
-        if committed is None:
-            raise SessionNotUsable(Reason.SESSION_NOT_EXPLORING, "the plan was already committed")
-        log.info("plan committed", extra={"session_id": record.id, "planner": caller.id})
-        return self._view(committed, now)
-
-    # -- keys ------------------------------------------------------------
-
-    def public_keys(self) -> list[PublicKeyInfo]:
-        keys = self._hsm.public_keys()
-        if not keys:
-            raise Unavailable(Reason.HSM_UNAVAILABLE, "the public keys have not been read yet")
-        return keys
-
-    def jwks(self) -> str:
-        return json.dumps({"keys": [k.jwk() for k in self.public_keys()]}, sort_keys=True)
+        return self.sessions.close_session(caller, session_id)
 
     # -- signing ---------------------------------------------------------
 
@@ -644,7 +511,7 @@ class SigningService:
             tx.record_decision(
                 record, consume_nonce=True, reservation=reservation, approval=approval
             )
-            amount = amount_text(intent.amount.minor, self._decimals(intent.asset))
+            amount = amount_text(intent.amount.minor, self.deps.decimals(intent.asset))
             seq = tx.audit(
                 audit_events.event(
                     "sign.decision",
@@ -832,7 +699,7 @@ class SigningService:
                     for line in session.plan
                 ),
             ),
-            decimals=self._decimals(intent.asset),
+            decimals=self.deps.decimals(intent.asset),
             payee_text=intent.payee,
             agent=AgentFacts(
                 spent_24h_minor=usage.spent_24h_minor,
@@ -912,7 +779,7 @@ class SigningService:
             )
         jws, first = attached
         if first:  # concurrent identical retries: only the signature kept counts
-            units = float(amount_text(record.amount_minor, self._decimals(record.asset)))
+            units = float(amount_text(record.amount_minor, self.deps.decimals(record.asset)))
             self.metrics.signed(
                 record.asset, units, record.session_id, record.agent_id, record.key_id
             )
