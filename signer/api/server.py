@@ -226,7 +226,7 @@ class Running:
         self.server.stop(_ANSWER_SECONDS).wait()
         self.checkpointer.stop()
         self.store.wait_until(None)  # the seal gets the store's own lock timeout
-        self.service.flush_refusals()  # counted refusals are recorded before the seal
+        self.service.refusals.flush_all()  # counted refusals are recorded before the seal
         try:  # seal what was appended since the last checkpoint
             self.checkpoints.checkpoint()
         except PaywardenError as exc:
@@ -397,7 +397,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
             ) from None
     server.start()
     checkpointer = Checkpointer(
-        service.checkpoints, service.deps, before=service.flush_due_refusals
+        service.checkpoints, service.deps, before=service.refusals.flush_due
     )
     checkpointer.start()
     metrics.hsm_up.set(1 if hsm.available else 0)

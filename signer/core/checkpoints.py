@@ -101,7 +101,7 @@ class Checkpointer:
     """Signs a checkpoint every ``checkpoint_every`` records or ``checkpoint_seconds``.
 
     ``before`` runs on every tick, before the checkpoint is considered: the signing
-    service writes the refusal summaries that are due (``flush_due_refusals``), so
+    path writes the refusal summaries that are due (``Refusals.flush_due``), so
     they are sealed with the rest even if no Sign comes after them."""
 
     def __init__(

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 from paywarden.hsm import Hsm, HsmError, HsmUnavailable
 from paywarden.policy import (
@@ -47,7 +47,6 @@ from paywarden.signer.core.disclosure import agent_facing
 from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import (
-    MAX_EXPIRES_AT,
     Intent,
     IntentFields,
     check_expiry,
@@ -56,13 +55,7 @@ from paywarden.signer.core.payments import (
     jws_signing_input,
     validate_intent,
 )
-from paywarden.signer.core.refusals import (
-    FreezeView,
-    RefusalBudget,
-    RefusalCounter,
-    RefusalLog,
-    Summary,
-)
+from paywarden.signer.core.refusing import Refusals, RetryKind, breaker_freeze
 from paywarden.signer.core.session_input import (
     new_decision_id,
 )
@@ -73,7 +66,6 @@ from paywarden.signer.errors import (
     Forbidden,
     NotFound,
     PaywardenError,
-    RateLimited,
     Reason,
     Replayed,
     SessionNotUsable,
@@ -85,33 +77,18 @@ from paywarden.signer.store.records import (
     AgentUsage,
     ApprovalRecord,
     DecisionRecord,
-    Freeze,
     InvariantBroken,
     PaymentTx,
     Reservation,
     SessionRecord,
     Store,
-    StoreError,
 )
 
 log = logging.getLogger("paywarden.signer")
 T = TypeVar("T")
 
 _SESSION_REASONS = {"SESSION_CLOSED", "SESSION_EXPIRED", "SESSION_IN_EXPLORE_PHASE"}
-# Refusals that are not the caller's doing: they take no refusal budget and are not
-# counted by the circuit breaker (they are still recorded, and summarised).
-_NOT_THE_CALLERS = {
-    Reason.STORE_UNAVAILABLE,
-    Reason.HSM_UNAVAILABLE,
-    Reason.INTERNAL,
-    Reason.DEADLINE_EXCEEDED,
-    Reason.CALL_CANCELLED,
-    Reason.SHUTTING_DOWN,
-}
 _MAX_SESSION_FITS = 10_000  # (session, pack) checks remembered
-# What makes two retries the same: the decision they answer from, and the answer
-# (outcome, reason, approval state). A new answer is a new kind, recorded in full.
-RetryKind = tuple[str, str, str, str | None]
 
 
 class SigningService:
@@ -134,16 +111,9 @@ class SigningService:
         self._assets = deps.assets
         self._policies: dict[str, AllOf] = compile_all(packs.packs, self._assets)
         self.metrics = deps.metrics
-        limits = deps.limits
-        self._freeze_view = FreezeView(
-            store.freezes, store.freeze_generation, limits.freeze_cache_seconds, time.monotonic
-        )
-        self._refusal_budget = RefusalBudget(limits.refusal_burst, limits.refusal_rate_per_second)
-        self._refusal_log: RefusalLog[str] = RefusalLog(limits.refusal_summary_seconds)
-        self._retry_log: RefusalLog[RetryKind] = RefusalLog(limits.refusal_summary_seconds)
-        self._refusal_count = RefusalCounter()
+        self.refusals = Refusals(deps)
         self._session_fits: dict[tuple[str, str], str | None] = {}
-        self.freezes = Freezes(deps, unfrozen=self.operator_unfroze)
+        self.freezes = Freezes(deps, unfrozen=self.refusals.operator_unfroze)
         self.checkpoints = Checkpoints(deps)
         self.approvals = Approvals(deps)
         self.sessions = Sessions(deps)
@@ -190,176 +160,18 @@ class SigningService:
         started = time.monotonic()
         early = True
         try:
-            self._flush_summaries()
-            self._refuse_early(caller, fields)
+            self.refusals.flush()
+            self.refusals.refuse_early(caller, fields)
             early = False
             result = self._sign(caller, fields, deadline)
         except PaywardenError as exc:
-            self._refused(caller, fields, exc, early=early)
+            self.refusals.refused(caller, fields, exc, early=early)
             self.metrics.sign_answered("refused", str(exc.reason), time.monotonic() - started)
             # The audit record keeps the detailed message; the agent gets the reason code.
             agent_facing(exc)
             raise
         self.metrics.sign_answered(str(result.status), "OK", time.monotonic() - started)
         return result
-
-    def _refuse_early(self, caller: Principal, fields: IntentFields) -> None:
-        """Before the request is read: a frozen agent or key (the cached view of the
-        freezes), or a caller whose refusal budget is spent, is refused at once."""
-        require(caller, Role.AGENT)
-        try:
-            self._freeze_view.refresh()
-        except StoreError as exc:  # the deciding transaction will meet it too
-            log.error("cannot read the freezes: %s", exc)
-        scope = self._freeze_view.frozen(caller.id, fields.key_id)
-        if scope is not None:
-            raise SessionNotUsable(
-                Reason.FROZEN, f"signing is frozen ({scope}); refused before the request was read"
-            )
-        if self._refusal_budget.exhausted(str(caller), time.monotonic()):
-            raise RateLimited(
-                Reason.RATE_LIMITED,
-                "the caller's refusal budget is spent; refused before the request was read",
-            )
-
-    def _refused(
-        self, caller: Principal, fields: IntentFields, exc: PaywardenError, *, early: bool
-    ) -> None:
-        """Charges the refusal to the caller and records it: in full if it is the first
-        of its (caller, reason) in the window, otherwise counted into a summary.
-
-        A refusal made before the request was read (``early``) costs next to nothing
-        and takes no budget: an agent is not rate-limited for having been frozen."""
-        reason = str(exc.reason)
-        now = self._now()
-        ours = exc.reason in _NOT_THE_CALLERS
-        if not ours and not early:
-            self._refusal_budget.spend(str(caller), time.monotonic())
-        if exc.audit_seq is None:
-            if self._refusal_log.admit(caller, reason, now):
-                self._audit_refusal(caller, fields, exc)
-                self._refusal_log.recorded(caller, reason, exc.audit_seq)
-        # A decision is counted by the breaker from the store; a freeze's refusals
-        # are the freeze's doing, not the agent's.
-        if not ours and exc.decision_id is None and exc.reason != Reason.FROZEN:
-            self._breaker_counts_refusal(caller, now)
-
-    def _flush_summaries(self, *, everything: bool = False) -> None:
-        """Writes a summary for each refusal or retry window that is over (every open
-        one with ``everything``, e.g. at shutdown): the calls counted there rather than
-        recorded in full. ``sign.refused.summary`` counts one (caller, reason);
-        ``sign.retry.summary`` the identical retries of one decision with one answer
-        that changed nothing."""
-        now = self._now()
-        for s in self._refusal_log.due(now, everything=everything):
-            self._write_summary("sign.refused.summary", s, now, reason=s.kind)
-        for r in self._retry_log.due(now, everything=everything):
-            decision_id, outcome, reason, approval = r.kind
-            self._write_summary(
-                "sign.retry.summary",
-                r,
-                now,
-                decision_id=decision_id,
-                answer=outcome,
-                reason=reason,
-                approval=approval,
-            )
-
-    def _write_summary(self, action: str, s: Summary[Any], now: int, **fields: Any) -> None:
-        summary = audit_events.event(
-            action,
-            s.principal,
-            now,
-            **fields,
-            count=s.count,
-            since=s.since,
-            until=s.until,
-            first_seq=s.first_seq,
-        )
-        try:
-            self._store.audit_event(summary)
-        except StoreError as err:
-            log.error("cannot audit %s of %d calls: %s", action, s.count, err)
-
-    def flush_due_refusals(self) -> None:
-        """Records the refusal and retry summaries whose window is over (the
-        checkpointer calls it on every tick, before it seals: a quiet agent's counts
-        reach the log)."""
-        self._flush_summaries()
-
-    def flush_refusals(self) -> None:
-        """Records every pending refusal and retry summary now (call before the final
-        checkpoint)."""
-        self._flush_summaries(everything=True)
-
-    def operator_unfroze(self, scope: str, target: str) -> None:
-        """An operator lifted a freeze (told by :class:`Freezes`, after the store
-        recorded it): an agent's breaker window starts afresh, the refusals counted
-        before the unfreeze included, as the store restarts the window of its decisions.
-        Only the operator's act says so: the cached freeze view may never have seen
-        the breaker's freeze at all."""
-        if scope == "agent":
-            self._refusal_count.reset(target)
-        self._freeze_view.invalidate()
-
-    def _breaker_counts_refusal(self, caller: Principal, now: int) -> None:
-        """Counts a refusal in the agent's breaker window (O(1)); past the breaker's
-        max_rejections the agent is frozen, as a denial past it would."""
-        if caller.role is not Role.AGENT:
-            return
-        pack = self._packs.for_agent(caller.id)
-        breaker = pack.model.breaker if pack is not None else None
-        if pack is None or breaker is None:
-            return
-        count = self._refusal_count.add(caller.id, breaker.window_seconds, now)
-        if breaker.max_rejections is None or count <= breaker.max_rejections:
-            return
-        why = f"{count} refusals in {breaker.window_seconds} s (more than {breaker.max_rejections})"
-        freeze, event = _breaker_freeze(caller, now, why, pack.id)
-        try:
-            created = self._store.set_freeze(freeze, event)
-        except StoreError as err:
-            log.error("cannot freeze an agent for its refusals: %s", err)
-            return
-        self._freeze_view.invalidate()
-        if created:
-            self.metrics.froze("agent", caller.id, "breaker", now)
-            log.warning("circuit breaker froze an agent", extra={"reason": freeze.reason})
-
-    def _audit_refusal(self, caller: Principal, fields: IntentFields, exc: PaywardenError) -> None:
-        """A refusal that no decision recorded (bad input, binding, replay, HSM, freeze).
-
-        The request as the agent sent it is untrusted text: it goes under ``untrusted``,
-        bounded, and numbers JSON cannot carry exactly are kept as strings.
-        """
-        if exc.reason == Reason.STORE_UNAVAILABLE:
-            return  # the store just failed; waiting on it again helps nobody
-        if exc.reason in (Reason.DEADLINE_EXCEEDED, Reason.CALL_CANCELLED, Reason.SHUTTING_DOWN):
-            return  # the caller is gone and nothing was decided; nobody waits on a record
-        expires = fields.expires_at
-        refused = audit_events.event(
-            "sign.refused",
-            caller,
-            self._now(),
-            reason=str(exc.reason),
-            message=exc.message,
-            untrusted={
-                "purpose": fields.purpose[:2048],
-                "request": {
-                    "session_id": fields.session_id[:100],
-                    "key_id": fields.key_id[:100],
-                    "payee": fields.payee[:300],
-                    "amount": fields.amount[:60],
-                    "asset": fields.asset[:20],
-                    "nonce": fields.nonce[:100],
-                    "expires_at": expires if abs(expires) <= MAX_EXPIRES_AT else str(expires),
-                },
-            },
-        )
-        try:
-            exc.audit_seq = self._store.audit_event(refused)
-        except (StoreError, ValueError, TypeError) as err:
-            log.error("cannot audit a refused Sign: %s", err)
 
     def _sign(self, caller: Principal, fields: IntentFields, deadline: Deadline) -> SignResult:
         require(caller, Role.AGENT)
@@ -376,7 +188,7 @@ class SigningService:
             lambda: self._decide(caller, intent, request_hash, deadline)
         )
         if confirm is not None:
-            self._retry_log.recorded(caller, confirm, seq)
+            self.refusals.retries.recorded(caller, confirm, seq)
         if record.outcome == "pending" and approval is not None and approval.status == "pending":
             return SignResult(
                 SignStatus.PENDING_APPROVAL,
@@ -435,8 +247,8 @@ class SigningService:
                 # answered request cannot fill the log; the first of the window, and
                 # every retry that changes state or signs, is recorded in full.
                 if changed:  # later repeats of this answer are counted against it
-                    self._retry_log.opens(caller, kind, now)
-                elif (repeats := self._retry_log.counts(caller, kind, now)) is not None:
+                    self.refusals.retries.opens(caller, kind, now)
+                elif (repeats := self.refusals.retries.counts(caller, kind, now)) is not None:
                     return answer, approval, replayed, repeats, None
                 seq = tx.audit(
                     audit_events.event(
@@ -526,7 +338,7 @@ class SigningService:
             )
             froze = tripped is not None and self._freeze_by_breaker(tx, pack, caller, now, tripped)
         if froze:
-            self._freeze_view.invalidate()
+            self.refusals.freezes_changed()
             self.metrics.froze("agent", caller.id, "breaker", now)
             log.warning("circuit breaker froze an agent", extra={"reason": tripped})
         self.metrics.decided(record.outcome, record.reason)
@@ -553,7 +365,7 @@ class SigningService:
             return None
         stats = tx.window_stats(caller.id, now - breaker.window_seconds)
         # Refusals count as rejected requests too (held in memory, O(1) to read).
-        refused = self._refusal_count.count(caller.id, breaker.window_seconds, now)
+        refused = self.refusals.refused_in_window(caller.id, breaker.window_seconds, now)
         stats = replace(stats, decisions=stats.decisions + refused, denials=stats.denials + refused)
         if decision.verdict is Verdict.DENY:
             projected = replace(stats, decisions=stats.decisions + 1, denials=stats.denials + 1)
@@ -571,7 +383,7 @@ class SigningService:
     def _freeze_by_breaker(
         self, tx: PaymentTx, pack: PolicyPack | None, caller: Principal, now: int, why: str
     ) -> bool:
-        freeze, event = _breaker_freeze(caller, now, why, pack.id if pack is not None else None)
+        freeze, event = breaker_freeze(caller, now, why, pack.id if pack is not None else None)
         if not tx.freeze(freeze):
             return False
         tx.audit(event)
@@ -866,20 +678,3 @@ def _record(
 def _raise_denial(record: DecisionRecord, audit_seq: int) -> NoReturn:
     kind = SessionNotUsable if record.reason in _SESSION_REASONS else Denied
     raise kind(record.reason, record.message, decision_id=record.id, audit_seq=audit_seq)
-
-
-def _breaker_freeze(
-    caller: Principal, now: int, why: str, pack_id: str | None
-) -> tuple[Freeze, audit_events.Event]:
-    """The agent freeze a tripped breaker sets, and its audit record."""
-    freeze = Freeze("agent", caller.id, f"circuit breaker: {why}", "breaker", "breaker", now)
-    event = audit_events.event(
-        "breaker.freeze",
-        None,
-        now,
-        scope="agent",
-        target=caller.id,
-        reason=freeze.reason,
-        pack_id=pack_id,
-    )
-    return freeze, event
