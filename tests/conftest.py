@@ -179,7 +179,7 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
     assert isinstance(stack, Stack)
     edge = Edge(authenticator(stack.config), stack.store, stack.clock.now)
     return (
-        SignerServicer(stack.service, stack.service.keys, edge),
+        SignerServicer(stack.service.signing, stack.service.keys, edge),
         SessionsServicer(stack.service.sessions, edge),
         ApprovalsServicer(stack.service.approvals, edge),
         ControlServicer(stack.service.freezes, stack.service.checkpoints, edge),

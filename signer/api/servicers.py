@@ -12,8 +12,8 @@ from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import IntentFields
-from paywarden.signer.core.service import SigningService
 from paywarden.signer.core.sessions import Sessions
+from paywarden.signer.core.signing import Signing
 from paywarden.signer.core.views import ApprovalView, SessionView, SignStatus
 from paywarden.signer.errors import InvalidInput, NotFound, Reason
 from paywarden.signer.identity import Principal
@@ -31,15 +31,15 @@ from paywarden.v1 import (
 
 
 class SignerServicer(signer_pb2_grpc.SignerServicer):
-    def __init__(self, service: SigningService, keys: PublicKeys, edge: Edge) -> None:
-        self.service = service
+    def __init__(self, signing: Signing, keys: PublicKeys, edge: Edge) -> None:
+        self.signing = signing
         self.keys = keys
         self.edge = edge
 
     @rpc("/paywarden.v1.Signer/Sign")
     def Sign(self, caller: Principal, request: signer_pb2.SignRequest) -> signer_pb2.SignResponse:
         i = request.intent
-        result = self.service.sign(
+        result = self.signing.sign(
             caller,
             IntentFields(
                 session_id=i.session_id,
