@@ -17,6 +17,7 @@ from paywarden.signer.core.deps import Deps, control_store_call
 from paywarden.signer.errors import InvalidInput, NotFound, Reason, Unavailable
 from paywarden.signer.store.records import Checkpoint, StoreError
 
+# The kill switch and the checkpoints log under the name they had before the split.
 log = logging.getLogger("paywarden.signer.core.control")
 
 

@@ -16,6 +16,7 @@ from paywarden.signer.errors import InvalidInput, Reason
 from paywarden.signer.identity import PRINCIPAL_ID, Principal
 from paywarden.signer.store.records import Freeze
 
+# The kill switch and the checkpoints log under the name they had before the split.
 log = logging.getLogger("paywarden.signer.core.control")
 
 SCOPES = ("global", "agent", "session", "key")
