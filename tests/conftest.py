@@ -126,7 +126,6 @@ def stack(
     """
     from paywarden.signer.api.startup import load_packs, open_hsm
     from paywarden.signer.config import load_config
-    from paywarden.signer.core.control import ControlService
     from paywarden.signer.core.service import SigningService
     from paywarden.signer.store.sqlite import SqliteStore
 
@@ -146,10 +145,7 @@ def stack(
     hsm = open_hsm(cfg)
     clock = Clock()
     service = SigningService(cfg, store, hsm, load_packs(cfg), clock=clock.now)
-    control = ControlService(
-        cfg, store, hsm, service.metrics, clock=clock.now, unfrozen=service.operator_unfroze
-    )
-    yield Stack(cfg, store, hsm, service, clock, control)
+    yield Stack(cfg, store, hsm, service, clock, service.freezes)
     hsm.close()
     store.close()
 
@@ -183,10 +179,10 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
     assert isinstance(stack, Stack)
     edge = Edge(authenticator(stack.config), stack.store, stack.clock.now)
     return (
-        SignerServicer(stack.service, edge),
-        SessionsServicer(stack.service, edge),
-        ApprovalsServicer(stack.service, edge),
-        ControlServicer(stack.control, edge),
+        SignerServicer(stack.service.signing, stack.service.keys, edge),
+        SessionsServicer(stack.service.sessions, edge),
+        ApprovalsServicer(stack.service.approvals, edge),
+        ControlServicer(stack.service.freezes, stack.service.checkpoints, edge),
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from paywarden.signer.core.service import SignStatus
+from paywarden.signer.core.views import SignStatus
 from paywarden.signer.errors import Internal, Reason
 from paywarden.signer.identity import Principal, Role
 

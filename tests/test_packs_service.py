@@ -176,7 +176,8 @@ def history(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
     """agent-2 paid PAID_BEFORE under ops v1 (a signer with that pack, same store)."""
     from paywarden.policy.packs import build_pack_set, load_pack
     from paywarden.signer.core.payments import IntentFields
-    from paywarden.signer.core.service import SigningService, SignStatus
+    from paywarden.signer.core.service import SigningService
+    from paywarden.signer.core.views import SignStatus
     from paywarden.signer.identity import Principal, Role
 
     path: Path = tmp_path_factory.mktemp("ops-v1") / "ops.toml"

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from paywarden.policy.payees import PayeeLists
 from paywarden.policy.rules import PayeeAllowed
 from paywarden.policy.vocabulary import Outcome
-from paywarden.signer.core.service import day_start
+from paywarden.signer.core.facts import day_start
 from paywarden.signer.store.records import (
     ApprovalRecord,
     DecisionRecord,

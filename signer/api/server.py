@@ -35,7 +35,7 @@ from paywarden.signer.api.startup import (
 )
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
-from paywarden.signer.core.control import Checkpointer, ControlService
+from paywarden.signer.core.checkpoints import Checkpointer, Checkpoints
 from paywarden.signer.core.service import SigningService
 from paywarden.signer.errors import PaywardenError
 from paywarden.signer.metrics import Metrics
@@ -73,7 +73,7 @@ class Running:
     store: SqliteStore
     health: health.HealthServicer
     _stop: threading.Event
-    control: ControlService
+    checkpoints: Checkpoints
     checkpointer: Checkpointer
     metrics: Metrics
     metrics_port: int | None
@@ -102,9 +102,9 @@ class Running:
         self.server.stop(_ANSWER_SECONDS).wait()
         self.checkpointer.stop()
         self.store.wait_until(None)  # the seal gets the store's own lock timeout
-        self.service.flush_refusals()  # counted refusals are recorded before the seal
+        self.service.refusals.flush_all()  # counted refusals are recorded before the seal
         try:  # seal what was appended since the last checkpoint
-            self.control.checkpoint()
+            self.checkpoints.checkpoint()
         except PaywardenError as exc:
             log.error("final checkpoint failed: %s", exc)
         self.store.close()
@@ -216,9 +216,6 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     except StoreError as exc:
         raise StartupError(f"store.path: {exc}") from None
     service = SigningService(config, store, hsm, packs, clock=clock.now, metrics=metrics)
-    control = ControlService(
-        config, store, hsm, metrics, clock=clock.now, unfrozen=service.operator_unfroze
-    )
     _audit_start(store, hsm, packs, config, clock.now)
     auth = authenticator(config)
     in_flight = Gauge(
@@ -248,10 +245,14 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
     )
     edge = Edge(auth, store, clock.now)  # rpc.error records keep the services' time
-    add_servicer(server, SignerServicer(service, edge), "paywarden.v1.Signer")
-    add_servicer(server, SessionsServicer(service, edge), "paywarden.v1.Sessions")
-    add_servicer(server, ApprovalsServicer(service, edge), "paywarden.v1.Approvals")
-    add_servicer(server, ControlServicer(control, edge), "paywarden.v1.Control")
+    add_servicer(server, SignerServicer(service.signing, service.keys, edge), "paywarden.v1.Signer")
+    add_servicer(server, SessionsServicer(service.sessions, edge), "paywarden.v1.Sessions")
+    add_servicer(server, ApprovalsServicer(service.approvals, edge), "paywarden.v1.Approvals")
+    add_servicer(
+        server,
+        ControlServicer(service.freezes, service.checkpoints, edge),
+        "paywarden.v1.Control",
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.server.reflection:  # operators only: see authz.EXTERNAL_RPC_ROLES
@@ -271,10 +272,12 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
                 f"metrics.listen: cannot bind {config.metrics.listen}: {exc}"
             ) from None
     server.start()
-    checkpointer = Checkpointer(control, store, config, before=service.flush_due_refusals)
+    checkpointer = Checkpointer(
+        service.checkpoints, service.deps, before=service.refusals.flush_due
+    )
     checkpointer.start()
     metrics.hsm_up.set(1 if hsm.available else 0)
-    control.freezes()  # the frozen-scopes gauge starts from what is persisted
+    service.freezes.freezes()  # the frozen-scopes gauge starts from what is persisted
     running = Running(
         server,
         port,
@@ -283,7 +286,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         store,
         health_servicer,
         threading.Event(),
-        control,
+        service.checkpoints,
         checkpointer,
         metrics,
         metrics_port,

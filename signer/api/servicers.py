@@ -6,10 +6,15 @@ import json
 
 from paywarden.signer.api import calls
 from paywarden.signer.api.authz import Edge, rpc
+from paywarden.signer.core.approvals import Approvals
 from paywarden.signer.core.canonical import Amount
-from paywarden.signer.core.control import ControlService
+from paywarden.signer.core.checkpoints import Checkpoints
+from paywarden.signer.core.freezes import Freezes
+from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import IntentFields
-from paywarden.signer.core.service import ApprovalView, SessionView, SigningService, SignStatus
+from paywarden.signer.core.sessions import Sessions
+from paywarden.signer.core.signing import Signing
+from paywarden.signer.core.views import ApprovalView, SessionView, SignStatus
 from paywarden.signer.errors import InvalidInput, NotFound, Reason
 from paywarden.signer.identity import Principal
 from paywarden.signer.store.records import Freeze
@@ -26,14 +31,15 @@ from paywarden.v1 import (
 
 
 class SignerServicer(signer_pb2_grpc.SignerServicer):
-    def __init__(self, service: SigningService, edge: Edge) -> None:
-        self.service = service
+    def __init__(self, signing: Signing, keys: PublicKeys, edge: Edge) -> None:
+        self.signing = signing
+        self.keys = keys
         self.edge = edge
 
     @rpc("/paywarden.v1.Signer/Sign")
     def Sign(self, caller: Principal, request: signer_pb2.SignRequest) -> signer_pb2.SignResponse:
         i = request.intent
-        result = self.service.sign(
+        result = self.signing.sign(
             caller,
             IntentFields(
                 session_id=i.session_id,
@@ -72,9 +78,9 @@ class SignerServicer(signer_pb2_grpc.SignerServicer):
     def GetPublicKeys(
         self, caller: Principal, request: signer_pb2.GetPublicKeysRequest
     ) -> signer_pb2.GetPublicKeysResponse:
-        keys = self.service.public_keys()
+        keys = self.keys.public_keys()
         return signer_pb2.GetPublicKeysResponse(
-            jwks_json=self.service.jwks(),
+            jwks_json=self.keys.jwks(),
             keys=[
                 signer_pb2.PublicKey(key_id=k.key_id, algorithm=k.algorithm, spki_pem=k.spki_pem)
                 for k in keys
@@ -117,15 +123,15 @@ def _session_proto(view: SessionView) -> sessions_pb2.Session:
 
 
 class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
-    def __init__(self, service: SigningService, edge: Edge) -> None:
-        self.service = service
+    def __init__(self, sessions: Sessions, edge: Edge) -> None:
+        self.sessions = sessions
         self.edge = edge
 
     @rpc("/paywarden.v1.Sessions/OpenSession")
     def OpenSession(
         self, caller: Principal, request: sessions_pb2.OpenSessionRequest
     ) -> sessions_pb2.OpenSessionResponse:
-        view = self.service.open_session(
+        view = self.sessions.open_session(
             caller,
             agent_id=request.agent_id,
             task_description=request.task_description,
@@ -140,14 +146,14 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
     def GetSession(
         self, caller: Principal, request: sessions_pb2.GetSessionRequest
     ) -> sessions_pb2.GetSessionResponse:
-        view = self.service.get_session(caller, request.session_id)
+        view = self.sessions.get_session(caller, request.session_id)
         return sessions_pb2.GetSessionResponse(session=_session_proto(view))
 
     @rpc("/paywarden.v1.Sessions/CloseSession")
     def CloseSession(
         self, caller: Principal, request: sessions_pb2.CloseSessionRequest
     ) -> sessions_pb2.CloseSessionResponse:
-        view = self.service.close_session(caller, request.session_id)
+        view = self.sessions.close_session(caller, request.session_id)
         return sessions_pb2.CloseSessionResponse(session=_session_proto(view))
 
     @rpc("/paywarden.v1.Sessions/CommitPlan")
@@ -155,7 +161,7 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
         self, caller: Principal, request: sessions_pb2.CommitPlanRequest
     ) -> sessions_pb2.CommitPlanResponse:
         lines = [(ln.payee, ln.asset, ln.max_amount, ln.count) for ln in request.lines]
-        view = self.service.commit_plan(caller, request.session_id, lines)
+        view = self.sessions.commit_plan(caller, request.session_id, lines)
         return sessions_pb2.CommitPlanResponse(session=_session_proto(view))
 
 
@@ -190,36 +196,36 @@ def _approval_proto(view: ApprovalView) -> approvals_pb2.Approval:
 
 
 class ApprovalsServicer(approvals_pb2_grpc.ApprovalsServicer):
-    def __init__(self, service: SigningService, edge: Edge) -> None:
-        self.service = service
+    def __init__(self, approvals: Approvals, edge: Edge) -> None:
+        self.approvals = approvals
         self.edge = edge
 
     @rpc("/paywarden.v1.Approvals/ListPending")
     def ListPending(
         self, caller: Principal, request: approvals_pb2.ListPendingRequest
     ) -> approvals_pb2.ListPendingResponse:
-        views = self.service.list_pending(caller)
+        views = self.approvals.list_pending(caller)
         return approvals_pb2.ListPendingResponse(approvals=[_approval_proto(v) for v in views])
 
     @rpc("/paywarden.v1.Approvals/GetApproval")
     def GetApproval(
         self, caller: Principal, request: approvals_pb2.GetApprovalRequest
     ) -> approvals_pb2.GetApprovalResponse:
-        view = self.service.get_approval(caller, request.approval_id)
+        view = self.approvals.get_approval(caller, request.approval_id)
         return approvals_pb2.GetApprovalResponse(approval=_approval_proto(view))
 
     @rpc("/paywarden.v1.Approvals/Approve")
     def Approve(
         self, caller: Principal, request: approvals_pb2.ApproveRequest
     ) -> approvals_pb2.ApproveResponse:
-        view = self.service.vote(caller, request.approval_id, True, request.note)
+        view = self.approvals.vote(caller, request.approval_id, True, request.note)
         return approvals_pb2.ApproveResponse(approval=_approval_proto(view))
 
     @rpc("/paywarden.v1.Approvals/Deny")
     def Deny(
         self, caller: Principal, request: approvals_pb2.DenyRequest
     ) -> approvals_pb2.DenyResponse:
-        view = self.service.vote(caller, request.approval_id, False, request.note)
+        view = self.approvals.vote(caller, request.approval_id, False, request.note)
         return approvals_pb2.DenyResponse(approval=_approval_proto(view))
 
 
@@ -250,15 +256,16 @@ def _freeze_proto(f: Freeze) -> control_pb2.FreezeRecord:
 
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    def __init__(self, control: ControlService, edge: Edge) -> None:
-        self.control = control
+    def __init__(self, freezes: Freezes, checkpoints: Checkpoints, edge: Edge) -> None:
+        self.freezes = freezes
+        self.checkpoints = checkpoints
         self.edge = edge
 
     @rpc("/paywarden.v1.Control/Freeze")
     def Freeze(
         self, caller: Principal, request: control_pb2.FreezeRequest
     ) -> control_pb2.FreezeResponse:
-        freeze, created = self.control.freeze(
+        freeze, created = self.freezes.freeze(
             caller, _scope(request.scope), request.target, request.reason
         )
         return control_pb2.FreezeResponse(freeze=_freeze_proto(freeze), created=created)
@@ -267,7 +274,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     def Unfreeze(
         self, caller: Principal, request: control_pb2.UnfreezeRequest
     ) -> control_pb2.UnfreezeResponse:
-        removed = self.control.unfreeze(
+        removed = self.freezes.unfreeze(
             caller, _scope(request.scope), request.target, request.reason
         )
         return control_pb2.UnfreezeResponse(removed=removed)
@@ -277,14 +284,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, caller: Principal, request: control_pb2.ListFreezesRequest
     ) -> control_pb2.ListFreezesResponse:
         return control_pb2.ListFreezesResponse(
-            freezes=[_freeze_proto(f) for f in self.control.freezes()]
+            freezes=[_freeze_proto(f) for f in self.freezes.freezes()]
         )
 
     @rpc("/paywarden.v1.Control/Checkpoint")
     def Checkpoint(
         self, caller: Principal, request: control_pb2.CheckpointRequest
     ) -> control_pb2.CheckpointResponse:
-        cp = self.control.checkpoint()
+        cp = self.checkpoints.checkpoint()
         if cp is None:
             raise NotFound(Reason.STRING_INVALID, "the audit log is empty")
         return control_pb2.CheckpointResponse(
@@ -296,14 +303,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 body=cp.body,
                 signature=cp.signature,
             ),
-            audit_public_key_pem=self.control.audit_public_key_pem(),
+            audit_public_key_pem=self.checkpoints.audit_public_key_pem(),
         )
 
     @rpc("/paywarden.v1.Control/InclusionProof")
     def InclusionProof(
         self, caller: Principal, request: control_pb2.InclusionProofRequest
     ) -> control_pb2.InclusionProofResponse:
-        p = self.control.inclusion_proof(request.seq, request.tree_size)
+        p = self.checkpoints.inclusion_proof(request.seq, request.tree_size)
         return control_pb2.InclusionProofResponse(
             record=p.record,
             leaf_hash=p.leaf.hex(),
@@ -316,7 +323,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     def ConsistencyProof(
         self, caller: Principal, request: control_pb2.ConsistencyProofRequest
     ) -> control_pb2.ConsistencyProofResponse:
-        first, second, proof = self.control.consistency_proof(request.first, request.second)
+        first, second, proof = self.checkpoints.consistency_proof(request.first, request.second)
         return control_pb2.ConsistencyProofResponse(
             first_root=first.hex(), second_root=second.hex(), proof=[h.hex() for h in proof]
         )

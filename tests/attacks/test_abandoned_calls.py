@@ -21,7 +21,7 @@ import pytest
 from paywarden.signer.api.calls import Deadline
 from paywarden.signer.api.status import status_code_for
 from paywarden.signer.core.payments import IntentFields
-from paywarden.signer.core.service import SignStatus
+from paywarden.signer.core.views import SignStatus
 from paywarden.signer.errors import DeadlineExceeded, PaywardenError, Reason
 from paywarden.v1 import signer_pb2
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from paywarden.signer.api.startup import load_packs
-from paywarden.signer.core.control import ControlService
 from paywarden.signer.core.payments import IntentFields
-from paywarden.signer.core.service import SigningService, SignStatus
+from paywarden.signer.core.service import SigningService
+from paywarden.signer.core.views import SignStatus
 from paywarden.signer.errors import PaywardenError, Reason
 from paywarden.signer.store.sqlite import SqliteStore
 
@@ -71,7 +71,7 @@ def test_stepping_the_clock_back_does_not_revive_an_expired_session(
     assert still.value.reason == Reason.SESSION_EXPIRED
     assert service.get_session(PLANNER, sid).state == "expired"
     # an operator's action in the same process is not dated in the past either
-    control = ControlService(stack.config, store, stack.hsm, service.metrics, clock=clock.now)
+    control = service.freezes
     control.freeze(OPERATOR, "agent", "agent-2", "rollback drill")
     control.unfreeze(OPERATOR, "agent", "agent-2", "rollback drill over")
 

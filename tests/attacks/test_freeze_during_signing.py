@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from paywarden.signer.api.startup import load_packs
 from paywarden.signer.core.payments import IntentFields
-from paywarden.signer.core.service import SigningService, SignStatus
+from paywarden.signer.core.service import SigningService
+from paywarden.signer.core.views import SignStatus
 from paywarden.signer.errors import PaywardenError, Reason, SessionNotUsable
 
 from tests.attacks.kit import AGENT, OPERATOR, PLANNER

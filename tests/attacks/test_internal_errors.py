@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from operator import attrgetter
 from pathlib import Path
 
 import grpc
@@ -66,7 +67,7 @@ Case = tuple[str, str, str, str, str, Callable[[grpc.Channel], object]]
 CASES: dict[str, Case] = {
     # name: (stack attribute, its method to break, role, principal, rpc, call)
     "signer": (
-        "service",
+        "service.keys",
         "public_keys",
         "agent",
         "agent-2",
@@ -93,7 +94,7 @@ def test_a_bug_in_any_rpc_is_answered_internal_and_audited_once(
     case: Case,
 ) -> None:
     owner, attr, role, principal, rpc, call = case
-    monkeypatch.setattr(getattr(stack, owner), attr, _boom)
+    monkeypatch.setattr(attrgetter(owner)(stack), attr, _boom)
     with grpc_create_channel(role, principal) as channel, pytest.raises(grpc.RpcError) as info:
         call(channel)
     err = info.value
@@ -146,7 +147,7 @@ def test_an_internal_error_after_the_clock_steps_back_is_not_recorded_back_in_ti
         size, _root = running.store.audit_head()
         before = json.loads(running.store.audit_record(size))  # keys.load, at start-up
         clock.offset = 0.0
-        monkeypatch.setattr(running.service, "public_keys", _boom)
+        monkeypatch.setattr(running.service.keys, "public_keys", _boom)
         with pki.channel(f"127.0.0.1:{running.port}", "agent", "agent-2") as channel:
             with pytest.raises(grpc.RpcError) as info:
                 _call_get_public_keys(channel)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 
 from paywarden.signer.api.startup import load_packs
-from paywarden.signer.core.service import SigningService, SignStatus
+from paywarden.signer.core.service import SigningService
+from paywarden.signer.core.views import SignStatus
 from paywarden.signer.metrics import Metrics
 from prometheus_client import generate_latest
 

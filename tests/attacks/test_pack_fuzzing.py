@@ -356,7 +356,7 @@ def reference_denies(case: Case) -> bool:
 
 
 def facts(payee: str, asset: str, *, ci: bool) -> Facts:
-    """As signer/core/service.py builds them: the key, and the payee as written."""
+    """As signer/core/facts.py builds them: the key, and the payee as written."""
     text = unicodedata.normalize("NFC", payee)
     return Facts(
         now=1_750_000_000,

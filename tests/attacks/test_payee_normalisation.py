@@ -133,7 +133,7 @@ def _policy() -> tuple[AllOf, PolicyPack]:
 
 
 def _facts(payee: str) -> Facts:
-    # As signer/core/service.py builds them: payee is the folded key, payee_text as written.
+    # As signer/core/facts.py builds them: payee is the folded key, payee_text as written.
     return Facts(
         now=1_750_000_000,
         minute_of_day=600,

@@ -280,7 +280,7 @@ def test_a_retry_that_expires_and_releases_a_hold_is_recorded_in_full_among_repe
             .session.spend
         )
         assert [(s.asset, s.spent) for s in spent] == [("USD", "0.00")]  # the hold is released
-    stack.service.flush_refusals()
+    stack.service.refusals.flush_all()
     retries = _retries(audit_log(db), first.decision_id)
     full = [r for r in retries if r["action"] == "sign.retry"]
     # the first poll, and the retry that expired the approval and released the hold

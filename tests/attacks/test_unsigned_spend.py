@@ -16,7 +16,8 @@ import pytest
 from paywarden.hsm import HsmError
 from paywarden.signer.api.startup import load_packs
 from paywarden.signer.core.payments import IntentFields
-from paywarden.signer.core.service import SigningService, SignStatus
+from paywarden.signer.core.service import SigningService
+from paywarden.signer.core.views import SignStatus
 from paywarden.signer.errors import PaywardenError, Reason, Unavailable
 
 from tests.attacks.kit import AGENT, PLANNER

@@ -1,0 +1,380 @@
+"""The deciding transaction of one Sign: bind → guard → facts → evaluate → commit.
+
+Everything a decision reads and writes happens in one store transaction under
+the write lock: the session it is bound to, the freezes, the agent's nonces and
+spend, and then the decision, its reservation or approval, and its audit record.
+A caller gone by the time the lock is taken, or by the commit, has nothing
+decided for it. Nothing here signs: :mod:`paywarden.signer.core.signing` does,
+once this transaction has committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, replace
+
+from paywarden.policy import AllOf, Decision, Facts, PolicyPack, Verdict, evaluate, normalise
+from paywarden.policy.breaker import breaker_denial, breaker_trips
+from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus
+from paywarden.signer.api.calls import Deadline
+from paywarden.signer.core import audit_events
+from paywarden.signer.core.canonical import jcs
+from paywarden.signer.core.deps import Deps
+from paywarden.signer.core.facts import day_start, payment_facts
+from paywarden.signer.core.payments import Intent, check_expiry, claims
+from paywarden.signer.core.policies import Policies
+from paywarden.signer.core.refusing import Refusals, RetryKind, breaker_freeze
+from paywarden.signer.core.retries import answer_retry
+from paywarden.signer.core.session_input import new_decision_id
+from paywarden.signer.errors import Forbidden, NotFound, Reason, Replayed, SessionNotUsable
+from paywarden.signer.identity import Principal
+from paywarden.signer.store.protocols import PaymentTx
+from paywarden.signer.store.records import (
+    AgentUsage,
+    ApprovalRecord,
+    DecisionRecord,
+    Reservation,
+    SessionRecord,
+)
+
+log = logging.getLogger("paywarden.signer")
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What the deciding transaction committed, or answered a retry from."""
+
+    record: DecisionRecord
+    approval: ApprovalRecord | None
+    replayed: bool  # answered from an earlier decision
+    audit_seq: int  # this call's audit record (a counted retry: the record it repeats)
+    retry: RetryKind | None = None  # a retry recorded in full: its window counts repeats
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What the facts step read for a new decision."""
+
+    pack: PolicyPack | None  # the agent's pack, looked up once per decision
+    policy: AllOf  # the pack's policy, or one that denies (see core/policies.py)
+    payee_key: str
+    usage: AgentUsage
+    facts: Facts
+
+
+class Decider:
+    def __init__(self, deps: Deps, refusals: Refusals) -> None:
+        self._deps = deps
+        self._store = deps.store
+        self._metrics = deps.metrics
+        self._refusals = refusals
+        self._policies = Policies(deps.packs.packs, deps.assets)
+
+    def decide(
+        self, caller: Principal, intent: Intent, request_hash: str, deadline: Deadline
+    ) -> Decided:
+        # The lock wait ends before the caller's deadline, and a caller gone by the
+        # time the lock is taken, or by the commit, has nothing decided for it.
+        with self._store.payment_tx(wait=deadline.lock_wait(), check=deadline.check) as tx:
+            # Read the clock once the transaction holds the write lock, so that a
+            # request that waited for the lock is not decided on a stale time.
+            now = self._deps.now()
+            session = self._bind(tx, caller, intent, now)
+            previous = self._guard(tx, caller, intent, session, request_hash, now)
+            if previous is not None:
+                return self._answer_retry(tx, caller, previous, session, now)
+            read = self._facts(tx, caller, intent, session, now)
+            decision, tripped = self._evaluate(tx, caller, intent, read, now)
+            decided, froze = self._commit(
+                tx, caller, intent, request_hash, session, read, decision, tripped, now
+            )
+        self._report(caller, session, read, decided, tripped if froze else None, now)
+        return decided
+
+    def _bind(self, tx: PaymentTx, caller: Principal, intent: Intent, now: int) -> SessionRecord:
+        """The session the payment is bound to: it exists and is the caller's."""
+        session = tx.session(intent.session_id, now)
+        if session is None:
+            raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
+        if session.agent_id != caller.id:
+            raise Forbidden(Reason.SESSION_AGENT_MISMATCH, "the session belongs to another agent")
+        return session
+
+    def _guard(
+        self,
+        tx: PaymentTx,
+        caller: Principal,
+        intent: Intent,
+        session: SessionRecord,
+        request_hash: str,
+        now: int,
+    ) -> DecisionRecord | None:
+        """Freezes, the replay guard and the expiry window. Returns the earlier
+        decision when this request was seen before (a retry, answered from it)."""
+        # A freeze stops every signature not yet issued, retries included.
+        freeze = tx.frozen(caller.id, session.id, intent.key_id)
+        if freeze is not None:
+            # The agent learns the scope, never the operator's reason (which may
+            # well be about the agent) nor other principals' names.
+            by = "the circuit breaker" if freeze.source == "breaker" else "an operator"
+            raise SessionNotUsable(Reason.FROZEN, f"signing is frozen ({freeze.scope}) by {by}")
+        # Only after session binding, and only the caller's own nonces: an agent
+        # learns nothing about other agents' nonces. A nonce is still signed at
+        # most once per agent, and the claims name the agent ("sub"), so no two
+        # signed payloads share (sub, nonce).
+        previous = tx.decision_for_nonce(caller.id, intent.nonce)
+        if previous is not None:
+            if previous.request_hash != request_hash:
+                raise Replayed(
+                    Reason.NONCE_REPLAYED,
+                    "this nonce was already used for a different request",
+                )
+            return previous
+        if session.state(now) == "open":
+            check_expiry(
+                intent.expires_at, now, self._deps.limits.max_expiry_seconds, session.expires_at
+            )
+        return None
+
+    def _answer_retry(
+        self,
+        tx: PaymentTx,
+        caller: Principal,
+        previous: DecisionRecord,
+        session: SessionRecord,
+        now: int,
+    ) -> Decided:
+        answer, approval, replayed, changed = answer_retry(tx, previous, session, now)
+        status = approval.status if approval is not None else None
+        kind: RetryKind = (previous.id, answer.outcome, answer.reason, status)
+        # A retry that changes nothing (same decision, same answer) within the
+        # window is counted into one sign.retry.summary, so that replaying an
+        # answered request cannot fill the log; the first of the window, and
+        # every retry that changes state or signs, is recorded in full.
+        retries = self._refusals.retries
+        if changed:  # later repeats of this answer are counted against it
+            retries.opens(caller, kind, now)
+        elif (repeats := retries.counts(caller, kind, now)) is not None:
+            return Decided(answer, approval, replayed, repeats)
+        seq = tx.audit(
+            audit_events.event(
+                "sign.retry",
+                caller,
+                now,
+                decision_id=previous.id,
+                answer=answer.outcome,
+                reason=answer.reason,
+                approval=status,
+            )
+        )
+        # once committed, later repeats are counted against this record
+        return Decided(answer, approval, replayed, seq, kind)
+
+    def _facts(
+        self, tx: PaymentTx, caller: Principal, intent: Intent, session: SessionRecord, now: int
+    ) -> _Read:
+        pack = self._deps.packs.for_agent(caller.id)  # looked up once per decision
+        policy, window = self._policies.for_session(pack, session)
+        info = self._deps.assets[intent.asset]
+        payee_key = normalise(intent.payee, case_insensitive=info.case_insensitive)
+        tz = self._deps.tz
+        usage = tx.agent_usage(caller.id, intent.asset, now, day_start(now, tz), window)
+        facts = payment_facts(
+            now,
+            tz,
+            caller.id,
+            intent,
+            payee_key,
+            session,
+            usage,
+            decimals=self._deps.decimals(intent.asset),
+            case_insensitive=info.case_insensitive,
+        )
+        return _Read(pack, policy, payee_key, usage, facts)
+
+    def _evaluate(
+        self, tx: PaymentTx, caller: Principal, intent: Intent, read: _Read, now: int
+    ) -> tuple[Decision, str | None]:
+        """The policy's decision, and why the agent's breaker trips with it (None:
+        it does not)."""
+        decision = evaluate(read.policy, read.facts)
+        # The breaker judges the window as it would be with this payment in it:
+        # the payment that would cross its threshold is denied, not signed.
+        tripped = self._breaker_trip(tx, read.pack, caller, now, decision, intent, read.payee_key)
+        if tripped is not None and decision.verdict is not Verdict.DENY:
+            decision = breaker_denial(decision, tripped)
+        return decision, tripped
+
+    def _breaker_trip(
+        self,
+        tx: PaymentTx,
+        pack: PolicyPack | None,
+        caller: Principal,
+        now: int,
+        decision: Decision,
+        intent: Intent,
+        payee_key: str,
+    ) -> str | None:
+        """Why the agent's breaker trips with this decision counted (None: it does not)."""
+        breaker = pack.model.breaker if pack is not None else None
+        if breaker is None:
+            return None
+        stats = tx.window_stats(caller.id, now - breaker.window_seconds)
+        # Refusals count as rejected requests too (held in memory, O(1) to read).
+        refused = self._refusals.refused_in_window(caller.id, breaker.window_seconds, now)
+        stats = replace(stats, decisions=stats.decisions + refused, denials=stats.denials + refused)
+        if decision.verdict is Verdict.DENY:
+            projected = replace(stats, decisions=stats.decisions + 1, denials=stats.denials + 1)
+        else:
+            spend = dict(stats.spend_minor)
+            spend[intent.asset] = spend.get(intent.asset, 0) + intent.amount.minor
+            projected = replace(
+                stats,
+                decisions=stats.decisions + 1,
+                spend_minor=spend,
+                payees=stats.payees | {payee_key},
+            )
+        return breaker_trips(breaker, projected, self._deps.assets)
+
+    def _commit(
+        self,
+        tx: PaymentTx,
+        caller: Principal,
+        intent: Intent,
+        request_hash: str,
+        session: SessionRecord,
+        read: _Read,
+        decision: Decision,
+        tripped: str | None,
+        now: int,
+    ) -> tuple[Decided, bool]:
+        """Records the decision, its nonce, its reservation or approval and its audit
+        record, and the breaker's freeze if it tripped (whether it froze the agent
+        now is the second value)."""
+        decision_id = new_decision_id()
+        payload = None
+        if decision.verdict is not Verdict.DENY:
+            payload = jcs(
+                claims(
+                    intent,
+                    agent_id=caller.id,
+                    task_digest=session.task_digest,
+                    issued_at=now,
+                    decision_id=decision_id,
+                )
+            )
+        record = _record(decision_id, now, caller, intent, request_hash, decision, payload)
+        reservation, approval = _holds(record, session, read.payee_key, decision)
+        tx.record_decision(record, consume_nonce=True, reservation=reservation, approval=approval)
+        amount = self._deps.amount(intent.amount.minor, intent.asset)
+        seq = tx.audit(
+            audit_events.event(
+                "sign.decision",
+                caller,
+                now,
+                decision=audit_events.decision_fields(record, amount),
+                approval_id=approval.id if approval is not None else None,
+                approvals_required=approval.required if approval is not None else None,
+                payload=audit_events.payload_text(record),
+                untrusted=audit_events.untrusted(intent.purpose),
+            )
+        )
+        froze = tripped is not None and self._freeze_by_breaker(tx, read.pack, caller, now, tripped)
+        return Decided(record, approval, False, seq), froze
+
+    def _freeze_by_breaker(
+        self, tx: PaymentTx, pack: PolicyPack | None, caller: Principal, now: int, why: str
+    ) -> bool:
+        freeze, event = breaker_freeze(caller, now, why, pack.id if pack is not None else None)
+        if not tx.freeze(freeze):
+            return False
+        tx.audit(event)
+        return True
+
+    def _report(
+        self,
+        caller: Principal,
+        session: SessionRecord,
+        read: _Read,
+        decided: Decided,
+        froze: str | None,
+        now: int,
+    ) -> None:
+        """Once committed: the metrics, and the freeze view if the breaker froze."""
+        if froze is not None:
+            self._refusals.freezes_changed()
+            self._metrics.froze("agent", caller.id, "breaker", now)
+            log.warning("circuit breaker froze an agent", extra={"reason": froze})
+        record = decided.record
+        self._metrics.decided(record.outcome, record.reason)
+        if decided.approval is not None:
+            self._metrics.approval("requested")
+        payee_key = read.payee_key
+        self._metrics.payees(
+            caller.id, len(session.payees | {payee_key}), len(read.usage.payees_today | {payee_key})
+        )
+
+
+def _record(
+    decision_id: str,
+    now: int,
+    caller: Principal,
+    intent: Intent,
+    request_hash: str,
+    decision: Decision,
+    payload: bytes | None,
+) -> DecisionRecord:
+    return DecisionRecord(
+        id=decision_id,
+        created_at=now,
+        agent_id=caller.id,
+        session_id=intent.session_id,
+        nonce=intent.nonce,
+        request_hash=request_hash,
+        outcome=decision.verdict,
+        reason=decision.reason,
+        message=decision.message,
+        key_id=intent.key_id,
+        asset=intent.asset,
+        amount_minor=intent.amount.minor,
+        payload=payload,
+        trace_json=json.dumps(decision.trace_json()),
+        purpose=intent.purpose,
+        pack_json=json.dumps(dict(decision.pack), sort_keys=True),
+        payee=intent.payee,
+        expires_at=intent.expires_at,
+    )
+
+
+def _holds(
+    record: DecisionRecord, session: SessionRecord, payee_key: str, decision: Decision
+) -> tuple[Reservation | None, ApprovalRecord | None]:
+    """What an allowed decision reserves (spent), or a held one (held, with its
+    pending approval); a denial reserves nothing."""
+    if decision.verdict is Verdict.DENY:
+        return None, None
+    held = decision.verdict is Verdict.NEEDS_APPROVAL
+    reservation = Reservation(
+        decision_id=record.id,
+        agent_id=record.agent_id,
+        session_id=session.id,
+        asset=record.asset,
+        payee_key=payee_key,
+        amount_minor=record.amount_minor,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        status=ReservationStatus.HELD if held else ReservationStatus.SPENT,
+        plan_line=decision.plan_line,
+    )
+    approval = None
+    if held:
+        approval = ApprovalRecord(
+            id="apr_" + record.id[4:],
+            decision_id=record.id,
+            required=decision.approvers,
+            status=ApprovalStatus.PENDING,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+        )
+    return reservation, approval

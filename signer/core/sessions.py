@@ -1,0 +1,176 @@
+"""Sessions: what a planner opens, reads, closes and commits a plan to for an agent.
+
+A session binds an agent to a task, budgets, payees and the policy pack in force
+when it was opened; an agent may only read its own sessions, a planner the ones
+it opened.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from paywarden.policy import check_session
+from paywarden.policy.vocabulary import Phase
+from paywarden.signer.core import audit_events
+from paywarden.signer.core.canonical import sha256_hex
+from paywarden.signer.core.deps import Deps, amount_text, require, store_call
+from paywarden.signer.core.plans import PlanInput, validate_plan
+from paywarden.signer.core.session_input import (
+    new_session_id,
+    parse_session_id,
+    validate_session_request,
+)
+from paywarden.signer.core.views import SessionView
+from paywarden.signer.errors import Denied, Forbidden, NotFound, Reason, SessionNotUsable
+from paywarden.signer.identity import Principal, Role
+from paywarden.signer.store.records import SessionRecord
+
+log = logging.getLogger("paywarden.signer")
+
+
+class Sessions:
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+        self._store = deps.store
+        self._packs = deps.packs
+        self._assets = deps.assets
+        self._metrics = deps.metrics
+
+    def open_session(
+        self,
+        caller: Principal,
+        agent_id: str,
+        task_description: str,
+        budgets: list[tuple[str, str]],
+        ttl_seconds: int,
+        allowed_payees: list[str],
+        plan_bound: bool = False,
+    ) -> SessionView:
+        require(caller, Role.PLANNER)
+        spec = validate_session_request(
+            agent_id,
+            task_description,
+            budgets,
+            ttl_seconds,
+            allowed_payees,
+            assets=self._assets,
+            max_ttl=self._deps.limits.max_session_ttl_seconds,
+        )
+        pack = self._packs.for_agent(spec.agent_id)
+        if pack is None:
+            raise Denied(Reason.NO_POLICY_PACK, "no policy pack applies to this agent")
+        violation = check_session(
+            pack,
+            self._assets,
+            spec.budgets_minor,
+            spec.ttl_seconds,
+            spec.allowed_payees,
+            plan_bound,
+        )
+        if violation is not None:
+            raise Denied(violation.reason, violation.message)
+        now = self._deps.now()
+        record = SessionRecord(
+            id=new_session_id(),
+            agent_id=spec.agent_id,
+            planner_id=caller.id,
+            task_digest=sha256_hex(spec.task_description),
+            created_at=now,
+            expires_at=now + spec.ttl_seconds,
+            closed_at=None,
+            budgets_minor=spec.budgets_minor,
+            spent_minor=dict.fromkeys(spec.budgets_minor, 0),
+            allowed_payees=spec.allowed_payees,
+            phase=Phase.EXPLORE if plan_bound else Phase.NORMAL,
+            pack_id=pack.id,
+            pack_version=pack.version,
+            pack_sha256=pack.sha256,
+        )
+        decimals = {a: self._deps.decimals(a) for a in record.budgets_minor}
+        opened = audit_events.event(
+            "session.open",
+            caller,
+            now,
+            session_id=record.id,
+            agent_id=record.agent_id,
+            task_digest=record.task_digest,
+            budgets={
+                a: amount_text(m, decimals[a]) for a, m in sorted(record.budgets_minor.items())
+            },
+            expires_at=record.expires_at,
+            allowed_payees=list(record.allowed_payees),
+            phase=record.phase,
+            pack_id=record.pack_id,
+            pack_version=record.pack_version,
+            pack_sha256=record.pack_sha256,
+        )
+        store_call(lambda: self._store.create_session(record, decimals, opened))
+        log.info("session opened", extra={"session_id": record.id, "planner": caller.id})
+        return self._view(record, now)
+
+    def _view(self, record: SessionRecord, now: int) -> SessionView:
+        decimals = {a: self._deps.decimals(a) for a in record.budgets_minor}
+        return SessionView(record, record.state(now), decimals)
+
+    def _visible_session(self, caller: Principal, session_id: str, now: int) -> SessionRecord:
+        sid = parse_session_id(session_id)
+        record = store_call(lambda: self._store.get_session(sid, now))
+        if record is None:
+            raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
+        if caller.role is Role.AGENT and record.agent_id != caller.id:
+            raise Forbidden(Reason.SESSION_AGENT_MISMATCH, "the session belongs to another agent")
+        if caller.role is Role.PLANNER and record.planner_id != caller.id:
+            raise Forbidden(
+                Reason.SESSION_PLANNER_MISMATCH, "the session was opened by another planner"
+            )
+        if caller.role not in (Role.AGENT, Role.PLANNER):
+            raise Forbidden(Reason.ROLE_NOT_ALLOWED, f"role {caller.role} may not read sessions")
+        return record
+
+    def get_session(self, caller: Principal, session_id: str) -> SessionView:
+        now = self._deps.now()
+        return self._view(self._visible_session(caller, session_id, now), now)
+
+    def close_session(self, caller: Principal, session_id: str) -> SessionView:
+        require(caller, Role.PLANNER)
+        now = self._deps.now()
+        record = self._visible_session(caller, session_id, now)
+        closing = audit_events.event("session.close", caller, now, session_id=record.id)
+        closed = store_call(lambda: self._store.close_session(record.id, now, closing))
+        if closed is None:
+            raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
+        self._metrics.session_ended(record.id)
+        log.info("session closed", extra={"session_id": record.id, "planner": caller.id})
+        return self._view(closed, now)
+
+    def commit_plan(
+        self, caller: Principal, session_id: str, lines: list[PlanInput]
+    ) -> SessionView:
+        """``lines``: (payee, asset, max_amount, count) each."""
+        require(caller, Role.PLANNER)
+        now = self._deps.now()
+        record = self._visible_session(caller, session_id, now)
+        if record.phase != "explore" or record.state(now) != "open":
+            raise SessionNotUsable(
+                Reason.SESSION_NOT_EXPLORING,
+                "only an open plan-bound session in its explore phase can commit a plan",
+            )
+        pack = self._packs.for_agent(record.agent_id)
+        if pack is None or pack.id != record.pack_id:
+            raise Denied(Reason.SESSION_PACK_CHANGED, "the session's policy pack no longer applies")
+        out = validate_plan(record, lines, pack, self._assets)
+        plan = [
+            {
+                "payee": ln.payee,
+                "asset": ln.asset,
+                "max_amount": amount_text(ln.max_amount_minor, self._deps.decimals(ln.asset)),
+                "count": ln.count,
+            }
+            for ln in out
+        ]
+        committing = audit_events.event("plan.commit", caller, now, session_id=record.id, plan=plan)
+        committed = store_call(lambda: self._store.commit_plan(record.id, out, now, committing))
+        if committed is None:
+            raise SessionNotUsable(Reason.SESSION_NOT_EXPLORING, "the plan was already committed")
+        log.info("plan committed", extra={"session_id": record.id, "planner": caller.id})
+        return self._view(committed, now)
