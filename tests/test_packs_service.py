@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,12 +30,13 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2
+from paywarden.v1 import signer_pb2
 
-from tests.helpers import Stack, new_nonce, reason_of
+from tests.helpers import Stack, new_nonce, reason_of, sha256_hex
 from tests.support.clients import Api
 from tests.support.intents import sign_request
-from tests.support.refusals import assert_refused
+from tests.support.refusals import assert_refused, decision_id_of
+from tests.support.sessions import open_request, open_session, spent
 
 grpc_max_workers = 64
 
@@ -169,6 +169,9 @@ INJECTIONS = (
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 DAY = 86_400
+TASK = "Buy what the report needs"
+# What a session opened here asks for, unless a test says otherwise.
+USUAL: dict[str, Any] = {"agent": "agent-1", "budget": "150.00", "task": TASK}
 
 
 @pytest.fixture(scope="module")
@@ -224,39 +227,6 @@ def advance_to(stack: Stack, t: float) -> None:
     stack.clock.advance(delta + 0.001)
 
 
-def start_of_second(stack: Stack) -> int:
-    t = stack.clock.now()
-    stack.clock.advance(math.ceil(t) - t + 0.01)
-    return int(stack.clock.now())
-
-
-def open_request(
-    agent: str = "agent-1",
-    budgets: dict[str, str] | None = None,
-    ttl: int = 900,
-    allowed_payees: tuple[str, ...] = (),
-) -> sessions_pb2.OpenSessionRequest:
-    budgets = budgets or {"USD": "150.00"}
-    return sessions_pb2.OpenSessionRequest(
-        agent_id=agent,
-        task_description="Buy what the report needs",
-        budgets=[sessions_pb2.AssetBudget(asset=a, amount=v) for a, v in budgets.items()],
-        ttl_seconds=ttl,
-        allowed_payees=list(allowed_payees),
-    )
-
-
-def open_session(api: Api, **kw: Any) -> str:
-    return api.planner.OpenSession(open_request(**kw)).session.session_id
-
-
-def decision_id_of(err: grpc.RpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "paywarden-decision-id":
-            return str(value)
-    raise AssertionError("no paywarden-decision-id in the trailing metadata")
-
-
 def trace_of(stack: Stack, decision_id: str) -> dict[str, dict[str, Any]]:
     decision = stack.store.get_decision(decision_id)
     assert decision is not None
@@ -271,35 +241,32 @@ def signed(resp: signer_pb2.SignResponse) -> bool:
     return resp.status == signer_pb2.SIGNED and resp.jws.count(".") == 2
 
 
-def spent(stub: sessions_pb2_grpc.SessionsStub, session_id: str) -> dict[str, str]:
-    session = stub.GetSession(sessions_pb2.GetSessionRequest(session_id=session_id)).session
-    return {s.asset: s.spent for s in session.spend}
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 # -- which pack applies ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("agent", ["agent-9", "approver-1", "planner-1"])
 def test_agent_without_a_pack_cannot_open_a_session(api: Api, agent: str) -> None:
-    assert_refused(api.planner.OpenSession, open_request(agent=agent), DENIED, "NO_POLICY_PACK")
+    assert_refused(
+        api.planner.OpenSession, open_request(agent, "150.00", task=TASK), DENIED, "NO_POLICY_PACK"
+    )
 
 
 def test_pack_applies_by_name_and_through_a_group(api: Api, stack: Stack) -> None:
     by_agent = {
-        agent: api.planner.OpenSession(open_request(agent=agent)).session.pack_id
+        agent: api.planner.OpenSession(open_request(agent, "150.00", task=TASK)).session.pack_id
         for agent in ("agent-1", "agent-2", "agent-7")
     }
     assert by_agent == {"agent-1": "core", "agent-2": "ops", "agent-7": "ops"}
 
-    sid = open_session(api, agent="agent-2")
+    sid = open_session(api.planner, "agent-2", "150.00", task=TASK)
     resp = api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00"))
     assert signed(resp)
     decision = stack.store.get_decision(resp.decision_id)
-    assert json.loads(decision.pack_json) == {"id": "ops", "version": 2, "sha256": sha256(OPS_PACK)}
+    assert json.loads(decision.pack_json) == {
+        "id": "ops",
+        "version": 2,
+        "sha256": sha256_hex(OPS_PACK),
+    }
     assert [r["rule"] for r in json.loads(decision.trace_json)] == OPS_RULES
     # agent-2 is not in core: payees that core allows and ops does not are refused
     err = assert_refused(
@@ -318,27 +285,29 @@ def test_pack_applies_by_name_and_through_a_group(api: Api, stack: Stack) -> Non
     ("kw", "reason"),
     [
         ({"ttl": 1801}, "SESSION_TTL_ABOVE_PACK"),
-        ({"budgets": {"USD": "150.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
-        ({"budgets": {"USD": "10.00", "EMAIL": "300.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
-        ({"budgets": {"BTC": "0.10000000"}}, "ASSET_NOT_ALLOWED"),
-        ({"budgets": {"USD": "10.00", "JPY": "100"}}, "ASSET_NOT_ALLOWED"),
+        ({"budget": {"USD": "150.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
+        ({"budget": {"USD": "10.00", "EMAIL": "300.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
+        ({"budget": {"BTC": "0.10000000"}}, "ASSET_NOT_ALLOWED"),
+        ({"budget": {"USD": "10.00", "JPY": "100"}}, "ASSET_NOT_ALLOWED"),
         ({"allowed_payees": ("acme-data", "stranger")}, "PAYEE_NOT_ALLOWED"),
         ({"allowed_payees": ("vendor-666",)}, "PAYEE_DENYLISTED"),
         ({"allowed_payees": ("scam-co",)}, "PAYEE_DENYLISTED"),
         ({"allowed_payees": ("acme-d\u0430ta",)}, "PAYEE_CONFUSABLE"),
-        ({"agent": "agent-2", "budgets": {"BTC": "0.1"}}, "ASSET_NOT_ALLOWED"),
-        ({"agent": "agent-7", "budgets": {"USD": "500.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
+        ({"agent": "agent-2", "budget": {"BTC": "0.1"}}, "ASSET_NOT_ALLOWED"),
+        ({"agent": "agent-7", "budget": {"USD": "500.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,
 )
 def test_session_cannot_widen_its_pack(api: Api, kw: dict[str, Any], reason: str) -> None:
-    assert_refused(api.planner.OpenSession, open_request(**kw), DENIED, reason)
+    assert_refused(api.planner.OpenSession, open_request(**{**USUAL, **kw}), DENIED, reason)
 
 
 def test_narrower_session_is_opened_and_enforced(api: Api, stack: Stack) -> None:
     session = api.planner.OpenSession(
         open_request(
-            budgets={"USD": "150.00", "EMAIL": "300.00"},
+            "agent-1",
+            {"USD": "150.00", "EMAIL": "300.00"},
+            task=TASK,
             ttl=1800,
             allowed_payees=("acme-data", "vendor-12"),
         )
@@ -363,9 +332,12 @@ def test_narrower_session_is_opened_and_enforced(api: Api, stack: Stack) -> None
 
 def test_asset_outside_the_pack_can_never_be_spent(api: Api, stack: Stack) -> None:
     assert_refused(
-        api.planner.OpenSession, open_request(budgets={"BTC": "1"}), DENIED, "ASSET_NOT_ALLOWED"
+        api.planner.OpenSession,
+        open_request("agent-1", {"BTC": "1"}, task=TASK),
+        DENIED,
+        "ASSET_NOT_ALLOWED",
     )
-    sid = open_session(api)
+    sid = open_session(api.planner, "agent-1", "150.00", task=TASK)
     err = assert_refused(
         api.signer.Sign,
         sign_request(stack, sid, asset="BTC", amount="0.001"),
@@ -400,7 +372,7 @@ def test_asset_outside_the_pack_can_never_be_spent(api: Api, stack: Stack) -> No
 def test_pack_denies_key_and_payee(
     api: Api, stack: Stack, fields: dict[str, str], reason: str
 ) -> None:
-    sid = open_session(api, budgets={"USD": "150.00", "EMAIL": "300.00"})
+    sid = open_session(api.planner, "agent-1", {"USD": "150.00", "EMAIL": "300.00"}, task=TASK)
     err = assert_refused(
         api.signer.Sign, sign_request(stack, sid, amount="1.00", **fields), DENIED, reason
     )
@@ -410,7 +382,7 @@ def test_pack_denies_key_and_payee(
 
 
 def test_confusable_trace_names_the_allowed_twin(api: Api, stack: Stack) -> None:
-    sid = open_session(api)
+    sid = open_session(api.planner, "agent-1", "150.00", task=TASK)
     twin = "acme-d\u0430ta"  # Cyrillic a
     assert twin != "acme-data"
     err = assert_refused(
@@ -428,7 +400,7 @@ def test_confusable_trace_names_the_allowed_twin(api: Api, stack: Stack) -> None
     [("USD", "payments.v1"), ("EMAIL", "payments.v1"), ("EMAIL", "payments.v2")],
 )
 def test_allowed_keys_and_payees_sign(api: Api, stack: Stack, asset: str, key: str) -> None:
-    sid = open_session(api, budgets={"USD": "150.00", "EMAIL": "300.00"})
+    sid = open_session(api.planner, "agent-1", {"USD": "150.00", "EMAIL": "300.00"}, task=TASK)
     for payee in ("acme-data", "vendor-7", "shop@example.com"):
         resp = api.signer.Sign(
             sign_request(stack, sid, asset=asset, key_id=key, payee=payee, amount="1.00")
@@ -439,7 +411,7 @@ def test_allowed_keys_and_payees_sign(api: Api, stack: Stack, asset: str, key: s
 
 
 def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack) -> None:
-    sid = open_session(api, budgets={"EMAIL": "300.00"})
+    sid = open_session(api.planner, "agent-1", {"EMAIL": "300.00"}, task=TASK)
     resp = api.signer.Sign(
         sign_request(stack, sid, asset="EMAIL", payee="Shop@Example.COM", amount="1.00")
     )
@@ -451,7 +423,9 @@ def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack
         "shop@example.com",
     )
     # and a session narrowed to the lower-case form accepts the upper-case one
-    narrowed = open_session(api, budgets={"EMAIL": "300.00"}, allowed_payees=("shop@example.com",))
+    narrowed = open_session(
+        api.planner, "agent-1", {"EMAIL": "300.00"}, task=TASK, allowed_payees=("shop@example.com",)
+    )
     assert signed(
         api.signer.Sign(
             sign_request(stack, narrowed, asset="EMAIL", payee="SHOP@example.com", amount="1.00")
@@ -469,7 +443,7 @@ def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack
 
 
 def test_per_payment_maximum(api: Api, stack: Stack) -> None:
-    sid = open_session(api, budgets={"USD": "150.00", "EMAIL": "300.00"})
+    sid = open_session(api.planner, "agent-1", {"USD": "150.00", "EMAIL": "300.00"}, task=TASK)
     err = assert_refused(
         api.signer.Sign, sign_request(stack, sid, amount="50.01"), DENIED, "AMOUNT_ABOVE_MAX"
     )
@@ -492,7 +466,10 @@ def test_per_payment_maximum(api: Api, stack: Stack) -> None:
 def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
     api: Api, stack: Stack, fresh_day: int
 ) -> None:
-    a, b = open_session(api), open_session(api)
+    a, b = (
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+    )
     for sid, amounts in ((a, ["40.00"] * 3), (b, ["40.00"] * 2)):
         for amount in amounts:
             assert signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))
@@ -507,7 +484,7 @@ def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
 
     # a minute before midnight: still today
     advance_to(stack, fresh_day + DAY - 60)
-    late = open_session(api)
+    late = open_session(api.planner, "agent-1", "150.00", task=TASK)
     assert_refused(
         api.signer.Sign, sign_request(stack, late, amount="0.01"), DENIED, "DAILY_LIMIT_EXCEEDED"
     )
@@ -531,7 +508,10 @@ def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
 def test_held_payment_counts_against_the_daily_limit_until_it_expires(
     api: Api, stack: Stack
 ) -> None:
-    a, b = open_session(api), open_session(api)
+    a, b = (
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+    )
     for _ in range(3):
         assert signed(api.signer.Sign(sign_request(stack, a, amount="40.00")))
     held = api.signer.Sign(
@@ -553,7 +533,7 @@ def test_held_payment_counts_against_the_daily_limit_until_it_expires(
 
 
 def test_velocity(api: Api, stack: Stack) -> None:
-    sid = open_session(api, agent="agent-2")
+    sid = open_session(api.planner, "agent-2", "150.00", task=TASK)
     first = api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00"))
     assert signed(first)
     for _ in range(2):
@@ -581,7 +561,7 @@ def test_velocity(api: Api, stack: Stack) -> None:
 
 
 def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> None:
-    sid = open_session(api, agent="agent-2")
+    sid = open_session(api.planner, "agent-2", "150.00", task=TASK)
     err = assert_refused(
         api.signer2.Sign,
         sign_request(stack, sid, payee="echo", amount="1.00"),
@@ -616,7 +596,7 @@ def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> N
 def test_recipient_diversity_per_session_and_per_day(
     api: Api, stack: Stack, fresh_day: int
 ) -> None:
-    s1 = open_session(api, agent="agent-2")
+    s1 = open_session(api.planner, "agent-2", "150.00", task=TASK)
     for payee in ("alpha", "bravo"):
         assert signed(api.signer2.Sign(sign_request(stack, s1, payee=payee, amount="1.00")))
     err = assert_refused(
@@ -632,7 +612,7 @@ def test_recipient_diversity_per_session_and_per_day(
     )  # seen: fine
 
     stack.clock.advance(60)  # out of the velocity window
-    s2 = open_session(api, agent="agent-2")
+    s2 = open_session(api.planner, "agent-2", "150.00", task=TASK)
     assert signed(
         api.signer2.Sign(sign_request(stack, s2, payee="charlie", amount="1.00"))
     )  # 3rd today
@@ -649,14 +629,19 @@ def test_recipient_diversity_per_session_and_per_day(
     )  # paid today
 
     advance_to(stack, fresh_day + DAY + 12 * 3600)  # the next day
-    s3 = open_session(api, agent="agent-2")
+    s3 = open_session(api.planner, "agent-2", "150.00", task=TASK)
     assert signed(api.signer2.Sign(sign_request(stack, s3, payee="delta", amount="1.00")))
 
 
 def test_allowed_hours(api: Api, stack: Stack, fresh_day: int) -> None:
     def pay_at(t: int) -> signer_pb2.SignRequest:
         advance_to(stack, t)
-        return sign_request(stack, open_session(api, agent="agent-2"), payee="alpha", amount="1.00")
+        return sign_request(
+            stack,
+            open_session(api.planner, "agent-2", "150.00", task=TASK),
+            payee="alpha",
+            amount="1.00",
+        )
 
     assert signed(api.signer2.Sign(pay_at(fresh_day + 12 * 3600 + 60)))
     assert signed(api.signer2.Sign(pay_at(fresh_day + 16 * 3600 + 59 * 60)))
@@ -681,7 +666,7 @@ def test_allowed_hours(api: Api, stack: Stack, fresh_day: int) -> None:
 
 
 def test_denial_trace_lists_every_rule_and_the_pack(api: Api, stack: Stack) -> None:
-    sid = open_session(api)
+    sid = open_session(api.planner, "agent-1", "150.00", task=TASK)
     err = assert_refused(
         api.signer.Sign, sign_request(stack, sid, amount="50.01"), DENIED, "AMOUNT_ABOVE_MAX"
     )
@@ -716,10 +701,10 @@ def test_denial_trace_lists_every_rule_and_the_pack(api: Api, stack: Stack) -> N
     assert json.loads(decision.pack_json) == {
         "id": "core",
         "version": 3,
-        "sha256": sha256(CORE_PACK),
+        "sha256": sha256_hex(CORE_PACK),
     }
     assert (
-        sha256(CORE_PACK)
+        sha256_hex(CORE_PACK)
         == hashlib.sha256((Path(stack.config.policy.dir) / "core.toml").read_bytes()).hexdigest()
     )
 
@@ -742,13 +727,16 @@ def test_purpose_text_changes_neither_decision_nor_trace(
     # Warm-up: the payee is "paid before" for every request below alike. The e-mail
     # asset has no daily limit, so the agent's facts stay the same from one request
     # to the next; each request has a fresh session with the same budget.
-    warm = open_session(api, budgets={"EMAIL": "300.00"})
+    warm = open_session(api.planner, "agent-1", {"EMAIL": "300.00"}, task=TASK)
     assert signed(
         api.signer.Sign(sign_request(stack, warm, asset="EMAIL", payee="globex", amount="1.00"))
     )
 
-    start_of_second(stack)  # same second for all: the same "now" in every trace
-    sessions = [open_session(api, budgets={"EMAIL": "300.00"}, ttl=600) for _ in range(3)]
+    stack.clock.start_of_second()  # same second for all: the same "now" in every trace
+    sessions = [
+        open_session(api.planner, "agent-1", {"EMAIL": "300.00"}, task=TASK, ttl=600)
+        for _ in range(3)
+    ]
     decision_ids = []
     for sid, purpose in zip(sessions, ("", *INJECTIONS), strict=True):
         request = sign_request(stack, sid, asset="EMAIL", payee="globex", purpose=purpose, **fields)
@@ -774,7 +762,10 @@ def test_purpose_text_changes_neither_decision_nor_trace(
 
 
 def test_concurrent_signs_never_pass_the_daily_limit(api: Api, stack: Stack) -> None:
-    a, b = open_session(api), open_session(api)
+    a, b = (
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+    )
     for sid, amounts in ((a, ["40.00", "40.00", "40.00"]), (b, ["40.00", "30.00"])):
         for amount in amounts:
             assert signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))

@@ -25,3 +25,12 @@ def assert_refused(
     err = refused(call, request)
     assert (err.code(), reason_of(err)) == (code, reason), err.details()
     return err
+
+
+def decision_id_of(err: grpc.RpcError) -> str:
+    """The decision id a refusal carries in its trailing metadata; fails the test
+    if there is none."""
+    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == "paywarden-decision-id":
+            return str(value)
+    raise AssertionError("no paywarden-decision-id in the trailing metadata")
