@@ -9,7 +9,6 @@ Time only moves through ``stack.clock``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from paywarden.v1 import (
     signer_pb2,
 )
 
-from tests.helpers import Stack
+from tests.helpers import Stack, sha256_hex
 from tests.support.clients import Api
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused
@@ -137,10 +136,6 @@ def verify(api: Api, token: str) -> bytes:
     return payload
 
 
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 # -- pending → approved → signed -------------------------------------------------
 
 
@@ -189,7 +184,7 @@ def test_pending_payment_is_shown_to_approvers_and_signed_once_approved(
     assert (shown.pack_id, shown.pack_version, shown.pack_sha256) == (
         "approvals-a1",
         7,
-        sha256(A1_PACK),
+        sha256_hex(A1_PACK),
     )
     trace = json.loads(shown.trace_json)
     assert isinstance(trace, list)
@@ -665,7 +660,7 @@ def test_first_payment_to_a_payee_needs_approval_once(api: Api, stack: Stack) ->
         1,
         "agent-2",
     )
-    assert (shown.pack_id, shown.pack_sha256) == ("approvals-a2", sha256(A2_PACK))
+    assert (shown.pack_id, shown.pack_sha256) == ("approvals-a2", sha256_hex(A2_PACK))
     # while the first payment waits, the payee is still unpaid: another one waits too
     other = api.signer2.Sign(
         sign_request(

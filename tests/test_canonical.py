@@ -26,6 +26,8 @@ from paywarden.signer.core.payments import (
 )
 from paywarden.signer.core.session_input import new_decision_id, new_session_id
 
+from tests.helpers import b64url_decode
+
 MAX_SAFE = 2**53 - 1
 
 # Any Unicode text except lone surrogates (which cannot be encoded as UTF-8).
@@ -44,10 +46,6 @@ _json = st.recursive(
     ),
     max_leaves=40,
 )
-
-
-def _b64url_decode(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
 # -- property: same bytes as the reference implementation -----------------------
@@ -242,10 +240,10 @@ def test_jws_signing_input_holds_canonical_header_and_exact_payload() -> None:
     payload, signing_input, _ = _signing_parts(_intent(amount="0.00000001", asset="BTC"))
     header_b64, payload_b64 = signing_input.decode("ascii").split(".")
     assert "=" not in header_b64 + payload_b64
-    header = _b64url_decode(header_b64)
+    header = b64url_decode(header_b64)
     assert rfc8785.dumps(json.loads(header)) == header
     assert json.loads(header) == {"alg": "ES256", "kid": KEY_ID, "typ": "paywarden-payment+jwt"}
-    decoded = _b64url_decode(payload_b64)
+    decoded = b64url_decode(payload_b64)
     assert decoded == payload
     assert rfc8785.dumps(json.loads(decoded)) == decoded
     assert json.loads(decoded)["amount"] == "0.00000001"
@@ -256,7 +254,7 @@ def test_jws_compact_appends_signature() -> None:
     compact = jws_compact(signing_input, b"\xff" * 64)
     head, _, sig = compact.rpartition(".")
     assert head.encode("ascii") == signing_input
-    assert _b64url_decode(sig) == b"\xff" * 64
+    assert b64url_decode(sig) == b"\xff" * 64
     assert "=" not in sig
 
 
@@ -276,7 +274,7 @@ def test_claims_payload_canonical_for_any_valid_text(
         _intent(payee=payee, reference=reference), agent_id=agent
     )
     assert rfc8785.dumps(json.loads(payload)) == payload
-    assert _b64url_decode(signing_input.decode("ascii").split(".")[1]) == payload
+    assert b64url_decode(signing_input.decode("ascii").split(".")[1]) == payload
     assert body["sub"] == agent
 
 

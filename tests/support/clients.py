@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import grpc
 from paywarden.v1 import (
     approvals_pb2_grpc,
     control_pb2_grpc,
     sessions_pb2_grpc,
+    signer_pb2,
     signer_pb2_grpc,
 )
 
-from tests.helpers import Pki, ServeProcess
+from tests.helpers import Pki, ServeProcess, serve
 
 Dial = Callable[[str, str], grpc.Channel]
 """(role, principal) -> a channel that presents that principal's certificate."""
@@ -51,6 +53,19 @@ class Api:
     ) -> control_pb2_grpc.ControlStub:
         return control_pb2_grpc.ControlStub(self.channel(role, principal))
 
+    def sign(
+        self,
+        intent: signer_pb2.PaymentIntent,
+        *,
+        agent: str = "agent-1",
+        timeout: float | None = 30,
+    ) -> signer_pb2.SignResponse:
+        """``agent`` asks to sign ``intent``; raises the call's error if refused."""
+        resp: signer_pb2.SignResponse = self.signer_of(agent).Sign(
+            signer_pb2.SignRequest(intent=intent), timeout=timeout
+        )
+        return resp
+
     # The callers most tests use.
 
     @property
@@ -85,8 +100,26 @@ class Api:
 
 
 @contextmanager
+def api_at(addr: str, pki: Pki) -> Iterator[Api]:
+    """The shared client on the server at ``addr``; its channels are closed when the
+    block ends."""
+    with ExitStack() as channels:
+        yield Api(lambda role, who: channels.enter_context(pki.channel(addr, role, who)))
+
+
+@contextmanager
 def served_api(srv: ServeProcess, pki: Pki) -> Iterator[Api]:
     """The shared client on a ``paywarden serve`` process; its channels are closed
     when the block ends."""
-    with ExitStack() as channels:
-        yield Api(lambda role, who: channels.enter_context(pki.channel(srv.addr, role, who)))
+    with api_at(srv.addr, pki) as api:
+        yield api
+
+
+@contextmanager
+def running_api(
+    config: Path, pki: Pki, env: dict[str, str] | None = None
+) -> Iterator[tuple[ServeProcess, Api]]:
+    """``paywarden serve --config config`` and the shared client on it; the client's
+    channels close before the server stops."""
+    with serve(config, env=env) as srv, served_api(srv, pki) as api:
+        yield srv, api
