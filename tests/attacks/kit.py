@@ -23,12 +23,16 @@ OPERATOR = Principal(Role.OPERATOR, "operator-1")
 
 
 def audit_log(db: Path) -> list[dict[str, Any]]:
-    """Every audit record in the SQLite file, in order (opened read-only)."""
+    """Every audit record in the SQLite file, in order (opened read-only); fails the
+    test unless the records are numbered 1..n, each carrying its own row's number."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
+        rows = conn.execute("SELECT seq, body FROM audit_log ORDER BY seq").fetchall()
     finally:
         conn.close()
+    records = [json.loads(body) for _seq, body in rows]
+    assert [r["seq"] for r in records] == [seq for seq, _ in rows] == list(range(1, len(rows) + 1))
+    return records
 
 
 def stored_records(store: Any, after: int = 0) -> list[dict[str, Any]]:
