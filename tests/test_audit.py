@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,11 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.helpers import ROOT, Pki, Stack, TestToken, new_nonce, reason_of, serve, write_config
+from tests.helpers import ROOT, Pki, Stack, TestToken, reason_of, write_config
+from tests.support.clients import running_api, signed
+from tests.support.intents import payment_intent
+from tests.support.refusals import refusal
+from tests.support.sessions import open_session
 
 # pytest-grpc (the in-process stack): a few server threads are enough here.
 grpc_max_workers = 16
@@ -241,20 +246,6 @@ def test_the_independent_verifier_accepts_rfc_proofs_and_rejects_altered_ones() 
 # -- talking to a real server ------------------------------------------------------------
 
 
-def _open(addr: str, pki: Pki, planner: str, agent: str, budget: str) -> str:
-    with pki.channel(addr, "planner", planner) as ch:
-        resp = sessions_pb2_grpc.SessionsStub(ch).OpenSession(
-            sessions_pb2.OpenSessionRequest(
-                agent_id=agent,
-                task_description=TASK,
-                budgets=[sessions_pb2.AssetBudget(asset="USD", amount=budget)],
-                ttl_seconds=900,
-            ),
-            timeout=30,
-        )
-    return resp.session.session_id
-
-
 def _close(addr: str, pki: Pki, planner: str, session_id: str) -> None:
     with pki.channel(addr, "planner", planner) as ch:
         sessions_pb2_grpc.SessionsStub(ch).CloseSession(
@@ -262,20 +253,14 @@ def _close(addr: str, pki: Pki, planner: str, session_id: str) -> None:
         )
 
 
-def _intent(session_id: str, amount: str, **fields: Any) -> signer_pb2.PaymentIntent:
-    values: dict[str, Any] = {
-        "session_id": session_id,
-        "key_id": "payments.v1",
-        "payee": "weather-data-inc",
-        "amount": amount,
-        "asset": "USD",
-        "reference": "inv-7",
-        "purpose": INJECTION,
-        "nonce": new_nonce(),
-        "expires_at": int(time.time()) + 120,
-    }
-    values.update(fields)
-    return signer_pb2.PaymentIntent(**values)
+# What this module's agents pay for: the purpose is a prompt injection, kept verbatim.
+audit_intent = partial(
+    payment_intent,
+    payee="weather-data-inc",
+    reference="inv-7",
+    purpose=INJECTION,
+    expires_in=120,
+)
 
 
 def _changed(intent: signer_pb2.PaymentIntent, **fields: Any) -> signer_pb2.PaymentIntent:
@@ -284,33 +269,6 @@ def _changed(intent: signer_pb2.PaymentIntent, **fields: Any) -> signer_pb2.Paym
     for name, value in fields.items():
         setattr(copy, name, value)
     return copy
-
-
-def _sign(
-    addr: str, pki: Pki, agent: str, intent: signer_pb2.PaymentIntent
-) -> signer_pb2.SignResponse | grpc.RpcError:
-    with pki.channel(addr, "agent", agent) as ch:
-        try:
-            resp: signer_pb2.SignResponse = signer_pb2_grpc.SignerStub(ch).Sign(
-                signer_pb2.SignRequest(intent=intent), timeout=30
-            )
-        except grpc.RpcError as err:
-            return err
-    return resp
-
-
-def _signed(result: signer_pb2.SignResponse | grpc.RpcError) -> signer_pb2.SignResponse:
-    assert isinstance(result, signer_pb2.SignResponse), (
-        f"refused: {result.code()} {reason_of(result)}"
-    )
-    assert result.status == signer_pb2.SIGNED and result.jws.count(".") == 2
-    return result
-
-
-def _refused(result: signer_pb2.SignResponse | grpc.RpcError, reason: str) -> grpc.RpcError:
-    assert isinstance(result, grpc.RpcError), f"expected {reason}, got an answer"
-    assert reason_of(result) == reason, result.details()
-    return result
 
 
 def _trailer(err: grpc.RpcError, key: str) -> str | None:
@@ -379,33 +337,41 @@ def run(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) ->
     config = write_config(base, token, pki, packs={"audit.toml": AUDIT_PACK})
     db = base / "state.db"
     pem = base / "audit-public.pem"
-    with serve(config) as srv:
+    with running_api(config, pki) as (srv, api):
         addr = srv.addr
         # ~25 records: start-up (policy and keys), sessions, signatures allowed and
         # denied, refusals, a retry, a close.
-        s1 = _open(addr, pki, "planner-1", "agent-1", "100.00")
-        s2 = _open(addr, pki, "planner-2", "agent-2", "50.00")
-        first_payment = _intent(s1, "12.50")
-        _signed(_sign(addr, pki, "agent-1", first_payment))
+        s1 = open_session(
+            api.sessions("planner", "planner-1"), "agent-1", "100.00", task=TASK, timeout=30
+        )
+        s2 = open_session(
+            api.sessions("planner", "planner-2"), "agent-2", "50.00", task=TASK, timeout=30
+        )
+        first_payment = audit_intent(s1, amount="12.50")
+        signed(api.answer(first_payment))
         for _ in range(5):
-            _signed(_sign(addr, pki, "agent-1", _intent(s1, "12.50")))
-        _refused(_sign(addr, pki, "agent-1", _intent(s1, "30.00")), "BUDGET_EXCEEDED")
-        assert _signed(_sign(addr, pki, "agent-1", first_payment)).replayed_result
+            signed(api.answer(audit_intent(s1, amount="12.50")))
+        refusal(api.answer(audit_intent(s1, amount="30.00")), "BUDGET_EXCEEDED")
+        assert signed(api.answer(first_payment)).replayed_result
         for _ in range(4):
-            _signed(_sign(addr, pki, "agent-2", _intent(s2, "10.00")))
-        _refused(_sign(addr, pki, "agent-2", _intent(s2, "20.00")), "BUDGET_EXCEEDED")
-        _refused(_sign(addr, pki, "agent-2", _intent(s1, "1.00")), "SESSION_AGENT_MISMATCH")
-        _refused(
-            _sign(addr, pki, "agent-1", _intent(s1, "1.00", key_id="payments.v9")), "UNKNOWN_KEY"
+            signed(api.answer(audit_intent(s2, amount="10.00"), agent="agent-2"))
+        refusal(api.answer(audit_intent(s2, amount="20.00"), agent="agent-2"), "BUDGET_EXCEEDED")
+        refusal(
+            api.answer(audit_intent(s1, amount="1.00"), agent="agent-2"), "SESSION_AGENT_MISMATCH"
         )
-        _refused(
-            _sign(addr, pki, "agent-1", _changed(first_payment, amount="1.00")), "NONCE_REPLAYED"
+        refusal(
+            api.answer(audit_intent(s1, amount="1.00", key_id="payments.v9")),
+            "UNKNOWN_KEY",
         )
-        _signed(_sign(addr, pki, "agent-1", _intent(s1, "10.00")))
+        refusal(
+            api.answer(_changed(first_payment, amount="1.00")),
+            "NONCE_REPLAYED",
+        )
+        signed(api.answer(audit_intent(s1, amount="10.00")))
         _close(addr, pki, "planner-2", s2)
-        _refused(_sign(addr, pki, "agent-2", _intent(s2, "1.00")), "SESSION_CLOSED")
+        refusal(api.answer(audit_intent(s2, amount="1.00"), agent="agent-2"), "SESSION_CLOSED")
         for _ in range(2):
-            _signed(_sign(addr, pki, "agent-1", _intent(s1, "5.00")))
+            signed(api.answer(audit_intent(s1, amount="5.00")))
 
         with pki.channel(addr, "operator", "operator-1") as ch:
             control = control_pb2_grpc.ControlStub(ch)
@@ -416,9 +382,11 @@ def run(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) ->
             snapshot = _read_log(db)
 
             # a few more records, then a second checkpoint
-            s3 = _open(addr, pki, "planner-1", "agent-1", "20.00")
+            s3 = open_session(
+                api.sessions("planner", "planner-1"), "agent-1", "20.00", task=TASK, timeout=30
+            )
             for _ in range(3):
-                _signed(_sign(addr, pki, "agent-1", _intent(s3, "1.00")))
+                signed(api.answer(audit_intent(s3, amount="1.00")))
             _close(addr, pki, "planner-1", s1)
             second = control.Checkpoint(control_pb2.CheckpointRequest(), timeout=30).checkpoint
 
@@ -1013,9 +981,9 @@ def test_the_audit_key_cannot_sign_a_payment(stack: Stack, grpc_create_channel: 
         )
     with grpc_create_channel("agent", "agent-1") as ch:
         stub = signer_pb2_grpc.SignerStub(ch)
-        request = _intent(
+        request = audit_intent(
             session.session_id,
-            "1.00",
+            amount="1.00",
             key_id="audit.v1",
             expires_at=int(stack.clock.now()) + 60,
         )
@@ -1079,49 +1047,59 @@ def test_every_sign_leaves_exactly_one_audit_record(
     config = write_config(tmp_path, token, pki, packs={"audit.toml": AUDIT_PACK})
     db = tmp_path / "state.db"
     calls: list[Call] = []
-    with serve(config) as srv:
-        addr = srv.addr
-        s1 = _open(addr, pki, "planner-1", "agent-1", "100.00")
-        big = _open(addr, pki, "planner-1", "agent-1", "1000.00")
-        s2 = _open(addr, pki, "planner-2", "agent-2", "50.00")
+    with running_api(config, pki) as (srv, api):
+        s1 = open_session(
+            api.sessions("planner", "planner-1"), "agent-1", "100.00", task=TASK, timeout=30
+        )
+        big = open_session(
+            api.sessions("planner", "planner-1"), "agent-1", "1000.00", task=TASK, timeout=30
+        )
+        s2 = open_session(
+            api.sessions("planner", "planner-2"), "agent-2", "50.00", task=TASK, timeout=30
+        )
         before = _read_log(db)
 
         def sign(label: str, intent: signer_pb2.PaymentIntent, action: str, **kw: Any) -> Call:
-            call = Call(label, _sign(addr, pki, kw.get("agent", "agent-1"), intent), action, **kw)
+            call = Call(label, api.answer(intent, agent=kw.get("agent", "agent-1")), action, **kw)
             calls.append(call)
             return call
 
-        allowed = _intent(s1, "10.00")
+        allowed = audit_intent(s1, amount="10.00")
         first = sign("signed", allowed, "sign.decision")
-        _signed(first.result)
+        signed(first.result)
         retried = sign("retry", allowed, "sign.retry", decision_of=first.result.decision_id)  # type: ignore[union-attr]
-        assert _signed(retried.result).replayed_result
-        over = _intent(s1, "95.00")
+        assert signed(retried.result).replayed_result
+        over = audit_intent(s1, amount="95.00")
         denied = sign("budget", over, "sign.decision", reason="BUDGET_EXCEEDED")
-        _refused(denied.result, "BUDGET_EXCEEDED")
+        refusal(denied.result, "BUDGET_EXCEEDED")
         again = sign(
             "denied retry", over, "sign.retry", reason="BUDGET_EXCEEDED",
             decision_of=_decision_id(denied),
         )  # fmt: skip
-        _refused(again.result, "BUDGET_EXCEEDED")
+        refusal(again.result, "BUDGET_EXCEEDED")
         for label, intent, agent, reason in (
-            ("other agent's session", _intent(s1, "1.00"), "agent-2", "SESSION_AGENT_MISMATCH"),
-            ("malformed amount", _intent(s1, "1.2.3"), "agent-1", "AMOUNT_MALFORMED"),
-            ("unknown key", _intent(s1, "1.00", key_id="payments.v9"), "agent-1", "UNKNOWN_KEY"),
+            ("other agent's session", audit_intent(s1, amount="1.00"), "agent-2",
+             "SESSION_AGENT_MISMATCH"),
+            ("malformed amount", audit_intent(s1, amount="1.2.3"), "agent-1", "AMOUNT_MALFORMED"),
+            ("unknown key", audit_intent(s1, amount="1.00", key_id="payments.v9"), "agent-1",
+             "UNKNOWN_KEY"),
             # another caller: a repeat of one caller's refusal within the window is only
             # counted (tests/attacks/test_refusal_flood.py)
-            ("audit key", _intent(s1, "1.00", key_id="audit.v1"), "agent-2", "UNKNOWN_KEY"),
-            ("expired", _intent(s1, "1.00", expires_at=int(time.time()) - 5), "agent-1",
+            ("audit key", audit_intent(s1, amount="1.00", key_id="audit.v1"), "agent-2",
+             "UNKNOWN_KEY"),
+            ("expired", audit_intent(s1, amount="1.00", expires_at=int(time.time()) - 5), "agent-1",
              "EXPIRY_IN_PAST"),
             ("nonce replay", _changed(allowed, amount="11.00"), "agent-1", "NONCE_REPLAYED"),
-            ("unknown session", _intent(new_session_id(), "1.00"), "agent-1",
+            ("unknown session", audit_intent(new_session_id(), amount="1.00"), "agent-1",
              "SESSION_NOT_FOUND"),
         ):  # fmt: skip
             call = sign(label, intent, "sign.refused", agent=agent, reason=reason)
-            _refused(call.result, reason)
-        other = sign("agent-2 signed", _intent(s2, "5.00"), "sign.decision", agent="agent-2")
-        _signed(other.result)
-        pending = sign("pending", _intent(big, "600.00"), "sign.decision")
+            refusal(call.result, reason)
+        other = sign(
+            "agent-2 signed", audit_intent(s2, amount="5.00"), "sign.decision", agent="agent-2"
+        )
+        signed(other.result)
+        pending = sign("pending", audit_intent(big, amount="600.00"), "sign.decision")
         assert isinstance(pending.result, signer_pb2.SignResponse)
         assert pending.result.status == signer_pb2.PENDING_APPROVAL
     assert srv.proc.returncode == 0

@@ -15,7 +15,7 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.helpers import Pki, ServeProcess, serve
+from tests.helpers import Pki, ServeProcess, reason_of, serve
 
 Dial = Callable[[str, str], grpc.Channel]
 """(role, principal) -> a channel that presents that principal's certificate."""
@@ -65,6 +65,19 @@ class Api:
             signer_pb2.SignRequest(intent=intent), timeout=timeout
         )
         return resp
+
+    def answer(
+        self,
+        intent: signer_pb2.PaymentIntent,
+        *,
+        agent: str = "agent-1",
+        timeout: float | None = 30,
+    ) -> signer_pb2.SignResponse | grpc.RpcError:
+        """``agent`` asks to sign ``intent``: the response, or the error the call raised."""
+        try:
+            return self.sign(intent, agent=agent, timeout=timeout)
+        except grpc.RpcError as err:
+            return err
 
     # The callers most tests use.
 
@@ -123,3 +136,12 @@ def running_api(
     channels close before the server stops."""
     with serve(config, env=env) as srv, served_api(srv, pki) as api:
         yield srv, api
+
+
+def signed(answer: signer_pb2.SignResponse | grpc.RpcError) -> signer_pb2.SignResponse:
+    """``answer`` is a signature (status SIGNED, a compact JWS); returns it."""
+    assert isinstance(answer, signer_pb2.SignResponse), (
+        f"refused: {answer.code()} {reason_of(answer)}"  # type: ignore[attr-defined]
+    )
+    assert answer.status == signer_pb2.SIGNED and answer.jws.count(".") == 2
+    return answer

@@ -34,3 +34,11 @@ def decision_id_of(err: grpc.RpcError) -> str:
         if key == "paywarden-decision-id":
             return str(value)
     raise AssertionError("no paywarden-decision-id in the trailing metadata")
+
+
+def refusal(answer: object, reason: str) -> grpc.RpcError:
+    """``answer`` (a response or the error a call raised) is a refusal with reason code
+    ``reason``; returns the error."""
+    assert isinstance(answer, grpc.RpcError), f"expected {reason}, got an answer"
+    assert reason_of(answer) == reason, answer.details()  # type: ignore[attr-defined]
+    return answer
