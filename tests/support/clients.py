@@ -38,8 +38,12 @@ class Api:
     def sessions(self, role: str, principal: str) -> sessions_pb2_grpc.SessionsStub:
         return sessions_pb2_grpc.SessionsStub(self.channel(role, principal))
 
+    def signer_as(self, role: str, principal: str) -> signer_pb2_grpc.SignerStub:
+        """Signer as any caller (only agents may sign; the others are refused)."""
+        return signer_pb2_grpc.SignerStub(self.channel(role, principal))
+
     def signer_of(self, agent: str) -> signer_pb2_grpc.SignerStub:
-        return signer_pb2_grpc.SignerStub(self.channel("agent", agent))
+        return self.signer_as("agent", agent)
 
     def approvals(self, role: str, principal: str) -> approvals_pb2_grpc.ApprovalsStub:
         return approvals_pb2_grpc.ApprovalsStub(self.channel(role, principal))

@@ -11,10 +11,10 @@ import pytest
 from tests.helpers import reason_of
 
 
-def refused(call: Callable[[Any], Any], request: Any) -> grpc.RpcError:
-    """The error ``call(request)`` raises; fails the test if it does not raise one."""
+def refused(call: Callable[..., Any], /, *args: Any, **kwargs: Any) -> grpc.RpcError:
+    """The error ``call(*args, **kwargs)`` raises; fails the test if it does not raise one."""
     with pytest.raises(grpc.RpcError) as info:
-        call(request)
+        call(*args, **kwargs)
     return info.value
 
 
