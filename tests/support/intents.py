@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 from paywarden.signer.core.payments import IntentFields
 from paywarden.v1 import signer_pb2
@@ -101,3 +102,9 @@ def sign_request(
             purpose=purpose,
         )
     )
+
+
+def payment_request(session_id: str, /, **fields: Any) -> signer_pb2.SignRequest:
+    """``payment_intent(session_id, **fields)`` in the request an agent sends; for a
+    served process, whose clock is the wall clock."""
+    return signer_pb2.SignRequest(intent=payment_intent(session_id, **fields))

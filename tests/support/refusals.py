@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
+from paywarden.v1 import signer_pb2
 
 from tests.helpers import reason_of
 
@@ -42,3 +43,19 @@ def refusal(answer: object, reason: str) -> grpc.RpcError:
     assert isinstance(answer, grpc.RpcError), f"expected {reason}, got an answer"
     assert reason_of(answer) == reason, answer.details()  # type: ignore[attr-defined]
     return answer
+
+
+def outcome(
+    call: Callable[..., Any], request: Any, *, timeout: float | None = None, detail: bool = False
+) -> str:
+    """The answer to ``call(request)`` as one comparable string: ``CODE/REASON`` for a
+    refusal, the SignStatus name for a response (``detail``: with its decision id, JWS
+    and whether it was replayed, ``STATUS/decision/jws/replayed``)."""
+    try:
+        resp = call(request, timeout=timeout)
+    except grpc.RpcError as err:
+        return f"{err.code().name}/{reason_of(err)}"  # type: ignore[attr-defined]
+    status = str(signer_pb2.SignStatus.Name(resp.status))
+    if detail:
+        return f"{status}/{resp.decision_id}/{resp.jws}/{resp.replayed_result}"
+    return status
