@@ -33,7 +33,7 @@ import pytest
 from paywarden.v1 import signer_pb2
 
 from tests.helpers import Stack, new_nonce, reason_of, sha256_hex
-from tests.support.clients import Api
+from tests.support.clients import Api, is_signed
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused, decision_id_of
 from tests.support.sessions import open_request, open_session, spent
@@ -237,10 +237,6 @@ def entry(rule: dict[str, Any]) -> tuple[Any, ...]:
     return (rule["outcome"], rule["reason"], rule["limit"], rule["observed"])
 
 
-def signed(resp: signer_pb2.SignResponse) -> bool:
-    return resp.status == signer_pb2.SIGNED and resp.jws.count(".") == 2
-
-
 # -- which pack applies ----------------------------------------------------------
 
 
@@ -260,7 +256,7 @@ def test_pack_applies_by_name_and_through_a_group(api: Api, stack: Stack) -> Non
 
     sid = open_session(api.planner, "agent-2", "150.00", task=TASK)
     resp = api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00"))
-    assert signed(resp)
+    assert is_signed(resp)
     decision = stack.store.get_decision(resp.decision_id)
     assert json.loads(decision.pack_json) == {
         "id": "ops",
@@ -323,7 +319,7 @@ def test_narrower_session_is_opened_and_enforced(api: Api, stack: Stack) -> None
         DENIED,
         "PAYEE_NOT_IN_SESSION",
     )
-    assert signed(api.signer.Sign(sign_request(stack, sid, payee="vendor-12", amount="5.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, sid, payee="vendor-12", amount="5.00")))
     assert spent(api.agent_sessions, sid) == {"EMAIL": "0.00", "USD": "5.00"}
 
 
@@ -405,7 +401,7 @@ def test_allowed_keys_and_payees_sign(api: Api, stack: Stack, asset: str, key: s
         resp = api.signer.Sign(
             sign_request(stack, sid, asset=asset, key_id=key, payee=payee, amount="1.00")
         )
-        assert signed(resp), payee
+        assert is_signed(resp), payee
         assert json.loads(resp.canonical_payload)["payee"] == payee
     assert spent(api.agent_sessions, sid)[asset] == "3.00"
 
@@ -415,7 +411,7 @@ def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack
     resp = api.signer.Sign(
         sign_request(stack, sid, asset="EMAIL", payee="Shop@Example.COM", amount="1.00")
     )
-    assert signed(resp)
+    assert is_signed(resp)
     rule = trace_of(stack, resp.decision_id)["payee_allowlist"]
     assert (rule["outcome"], rule["reason"], rule["observed"]) == (
         "allow",
@@ -426,7 +422,7 @@ def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack
     narrowed = open_session(
         api.planner, "agent-1", {"EMAIL": "300.00"}, task=TASK, allowed_payees=("shop@example.com",)
     )
-    assert signed(
+    assert is_signed(
         api.signer.Sign(
             sign_request(stack, narrowed, asset="EMAIL", payee="SHOP@example.com", amount="1.00")
         )
@@ -451,7 +447,7 @@ def test_per_payment_maximum(api: Api, stack: Stack) -> None:
     assert entry(rule) == ("deny", "AMOUNT_ABOVE_MAX", "50.00", "50.01")
     at_max = api.signer.Sign(sign_request(stack, sid, amount="50.00"))
     assert at_max.status == signer_pb2.PENDING_APPROVAL  # above approval_above, not denied
-    assert signed(api.signer.Sign(sign_request(stack, sid, amount="40.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, sid, amount="40.00")))
     assert_refused(
         api.signer.Sign,
         sign_request(stack, sid, asset="EMAIL", amount="100.01"),
@@ -460,7 +456,7 @@ def test_per_payment_maximum(api: Api, stack: Stack) -> None:
     )
     at_email_max = api.signer.Sign(sign_request(stack, sid, asset="EMAIL", amount="100.00"))
     assert at_email_max.status == signer_pb2.PENDING_APPROVAL
-    assert signed(api.signer.Sign(sign_request(stack, sid, asset="EMAIL", amount="60.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, sid, asset="EMAIL", amount="60.00")))
 
 
 def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
@@ -472,7 +468,7 @@ def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
     )
     for sid, amounts in ((a, ["40.00"] * 3), (b, ["40.00"] * 2)):
         for amount in amounts:
-            assert signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))
+            assert is_signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))
     assert spent(api.agent_sessions, a) == {"USD": "120.00"}
     assert spent(api.agent_sessions, b) == {"USD": "80.00"}  # 70.00 left in b's own budget
     err = assert_refused(
@@ -490,7 +486,7 @@ def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
     )
     # midnight: a new calendar day, but the last 24 hours still hold 200.00
     advance_to(stack, fresh_day + DAY)
-    assert signed(api.signer.Sign(sign_request(stack, late, amount="40.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, late, amount="40.00")))
     err = assert_refused(
         api.signer.Sign, sign_request(stack, late, amount="10.01"), DENIED, "ROLLING_LIMIT_EXCEEDED"
     )
@@ -502,7 +498,7 @@ def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
         "250.00",
         "250.01",
     )
-    assert signed(api.signer.Sign(sign_request(stack, late, amount="10.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, late, amount="10.00")))
 
 
 def test_held_payment_counts_against_the_daily_limit_until_it_expires(
@@ -513,7 +509,7 @@ def test_held_payment_counts_against_the_daily_limit_until_it_expires(
         open_session(api.planner, "agent-1", "150.00", task=TASK),
     )
     for _ in range(3):
-        assert signed(api.signer.Sign(sign_request(stack, a, amount="40.00")))
+        assert is_signed(api.signer.Sign(sign_request(stack, a, amount="40.00")))
     held = api.signer.Sign(
         sign_request(stack, b, amount="50.00", expires_at=int(stack.clock.now()) + 30)
     )
@@ -523,21 +519,21 @@ def test_held_payment_counts_against_the_daily_limit_until_it_expires(
     )
     rule = trace_of(stack, decision_id_of(err))["daily_limit"]
     assert entry(rule) == ("deny", "DAILY_LIMIT_EXCEEDED", "200.00", "210.00")
-    assert signed(api.signer.Sign(sign_request(stack, b, amount="30.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, b, amount="30.00")))
     assert_refused(
         api.signer.Sign, sign_request(stack, b, amount="0.01"), DENIED, "DAILY_LIMIT_EXCEEDED"
     )
     stack.clock.advance(31)  # the held payment expired: its 50.00 no longer counts
-    assert signed(api.signer.Sign(sign_request(stack, b, amount="40.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, b, amount="40.00")))
     assert spent(api.agent_sessions, b) == {"USD": "70.00"}
 
 
 def test_velocity(api: Api, stack: Stack) -> None:
     sid = open_session(api.planner, "agent-2", "150.00", task=TASK)
     first = api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00"))
-    assert signed(first)
+    assert is_signed(first)
     for _ in range(2):
-        assert signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00")))
+        assert is_signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00")))
     err = assert_refused(
         api.signer2.Sign,
         sign_request(stack, sid, payee="alpha", amount="1.00"),
@@ -556,7 +552,7 @@ def test_velocity(api: Api, stack: Stack) -> None:
         "VELOCITY_EXCEEDED",
     )
     advance_to(stack, t0 + 60)  # now it has left the window
-    assert signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00")))
+    assert is_signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00")))
     assert spent(api.agent2_sessions, sid) == {"USD": "4.00"}
 
 
@@ -577,7 +573,7 @@ def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> N
     )
     assert entry(trace["payee_allowlist"])[:2] == ("allow", "PAYEE_ALLOWED_BY_PATTERN")
     resp = api.signer2.Sign(sign_request(stack, sid, payee="bravo", amount="1.00"))
-    assert signed(resp)
+    assert is_signed(resp)
     assert entry(trace_of(stack, resp.decision_id)["first_payment"]) == (
         "allow",
         "PAYEE_PAID_BEFORE",
@@ -598,7 +594,7 @@ def test_recipient_diversity_per_session_and_per_day(
 ) -> None:
     s1 = open_session(api.planner, "agent-2", "150.00", task=TASK)
     for payee in ("alpha", "bravo"):
-        assert signed(api.signer2.Sign(sign_request(stack, s1, payee=payee, amount="1.00")))
+        assert is_signed(api.signer2.Sign(sign_request(stack, s1, payee=payee, amount="1.00")))
     err = assert_refused(
         api.signer2.Sign,
         sign_request(stack, s1, payee="charlie", amount="1.00"),
@@ -607,13 +603,13 @@ def test_recipient_diversity_per_session_and_per_day(
     )
     rule = trace_of(stack, decision_id_of(err))["session_diversity"]
     assert entry(rule) == ("deny", "SESSION_DIVERSITY_EXCEEDED", "2", "3")
-    assert signed(
+    assert is_signed(
         api.signer2.Sign(sign_request(stack, s1, payee="alpha", amount="1.00"))
     )  # seen: fine
 
     stack.clock.advance(60)  # out of the velocity window
     s2 = open_session(api.planner, "agent-2", "150.00", task=TASK)
-    assert signed(
+    assert is_signed(
         api.signer2.Sign(sign_request(stack, s2, payee="charlie", amount="1.00"))
     )  # 3rd today
     err = assert_refused(
@@ -624,13 +620,13 @@ def test_recipient_diversity_per_session_and_per_day(
     )
     rule = trace_of(stack, decision_id_of(err))["daily_diversity"]
     assert entry(rule) == ("deny", "DAILY_DIVERSITY_EXCEEDED", "3", "4")
-    assert signed(
+    assert is_signed(
         api.signer2.Sign(sign_request(stack, s2, payee="bravo", amount="1.00"))
     )  # paid today
 
     advance_to(stack, fresh_day + DAY + 12 * 3600)  # the next day
     s3 = open_session(api.planner, "agent-2", "150.00", task=TASK)
-    assert signed(api.signer2.Sign(sign_request(stack, s3, payee="delta", amount="1.00")))
+    assert is_signed(api.signer2.Sign(sign_request(stack, s3, payee="delta", amount="1.00")))
 
 
 def test_allowed_hours(api: Api, stack: Stack, fresh_day: int) -> None:
@@ -643,8 +639,8 @@ def test_allowed_hours(api: Api, stack: Stack, fresh_day: int) -> None:
             amount="1.00",
         )
 
-    assert signed(api.signer2.Sign(pay_at(fresh_day + 12 * 3600 + 60)))
-    assert signed(api.signer2.Sign(pay_at(fresh_day + 16 * 3600 + 59 * 60)))
+    assert is_signed(api.signer2.Sign(pay_at(fresh_day + 12 * 3600 + 60)))
+    assert is_signed(api.signer2.Sign(pay_at(fresh_day + 16 * 3600 + 59 * 60)))
     err = assert_refused(
         api.signer2.Sign, pay_at(fresh_day + 17 * 3600), DENIED, "OUTSIDE_ALLOWED_HOURS"
     )
@@ -659,7 +655,7 @@ def test_allowed_hours(api: Api, stack: Stack, fresh_day: int) -> None:
         DENIED,
         "OUTSIDE_ALLOWED_HOURS",
     )
-    assert signed(api.signer2.Sign(pay_at(fresh_day + DAY + 9 * 3600)))
+    assert is_signed(api.signer2.Sign(pay_at(fresh_day + DAY + 9 * 3600)))
 
 
 # -- the decision trace --------------------------------------------------------------
@@ -728,7 +724,7 @@ def test_purpose_text_changes_neither_decision_nor_trace(
     # asset has no daily limit, so the agent's facts stay the same from one request
     # to the next; each request has a fresh session with the same budget.
     warm = open_session(api.planner, "agent-1", {"EMAIL": "300.00"}, task=TASK)
-    assert signed(
+    assert is_signed(
         api.signer.Sign(sign_request(stack, warm, asset="EMAIL", payee="globex", amount="1.00"))
     )
 
@@ -768,7 +764,7 @@ def test_concurrent_signs_never_pass_the_daily_limit(api: Api, stack: Stack) -> 
     )
     for sid, amounts in ((a, ["40.00", "40.00", "40.00"]), (b, ["40.00", "30.00"])):
         for amount in amounts:
-            assert signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))
+            assert is_signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))
     # 190.00 of the 200.00 daily limit is spent; a has 30.00 and b 80.00 of budget left
     requests = [sign_request(stack, (a, b)[i % 2], amount="1.00") for i in range(50)]
     assert len({r.intent.nonce for r in requests}) == 50
@@ -787,7 +783,7 @@ def test_concurrent_signs_never_pass_the_daily_limit(api: Api, stack: Stack) -> 
     ok = [r for r in results if isinstance(r, signer_pb2.SignResponse)]
     errors = [r for r in results if isinstance(r, grpc.RpcError)]
     assert len(ok) == 10
-    assert all(signed(r) for r in ok)
+    assert all(is_signed(r) for r in ok)
     assert [(e.code(), reason_of(e)) for e in errors] == [(DENIED, "DAILY_LIMIT_EXCEEDED")] * 40
     total = (
         sum(int(json.loads(r.canonical_payload)["amount"].replace(".", "")) for r in ok) + 19_000

@@ -23,7 +23,7 @@ from paywarden.v1 import (
 )
 
 from tests.helpers import Stack, reason_of
-from tests.support.clients import Api
+from tests.support.clients import Api, is_signed
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused, decision_id_of
 from tests.support.sessions import get_session, open_request, opened_session, spent
@@ -114,10 +114,6 @@ def used(api: Api, session_id: str) -> list[int]:
 
 def plan_of(session: sessions_pb2.Session) -> list[tuple[str, str, str, int, int]]:
     return [(ln.payee, ln.asset, ln.max_amount, ln.count, ln.used) for ln in session.plan]
-
-
-def is_signed(resp: signer_pb2.SignResponse) -> bool:
-    return resp.status == signer_pb2.SIGNED and resp.jws.count(".") == 2
 
 
 # -- explore, commit, execute ------------------------------------------------------

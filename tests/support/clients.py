@@ -147,5 +147,10 @@ def signed(answer: signer_pb2.SignResponse | grpc.RpcError) -> signer_pb2.SignRe
     assert isinstance(answer, signer_pb2.SignResponse), (
         f"refused: {answer.code()} {reason_of(answer)}"  # type: ignore[attr-defined]
     )
-    assert answer.status == signer_pb2.SIGNED and answer.jws.count(".") == 2
+    assert is_signed(answer)
     return answer
+
+
+def is_signed(resp: signer_pb2.SignResponse) -> bool:
+    """``resp`` carries a signature: status SIGNED and a compact JWS."""
+    return resp.status == signer_pb2.SIGNED and resp.jws.count(".") == 2
