@@ -29,7 +29,7 @@ from tests.support.sessions import open_session, spent
 
 TASK = "Buy the 2026 weather dataset for the forecasting task"
 # What this module's agent pays for: the amount and nonce are said at each call.
-intent = partial(
+forecast_intent = partial(
     payment_intent,
     payee="weather-data-inc",
     reference="inv-2026-001",
@@ -41,7 +41,7 @@ intent = partial(
 def test_open_sign_verify_with_independent_libraries(config_path: Path, pki: Pki) -> None:
     with running_api(config_path, pki) as (srv, api):
         session_id = open_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600, timeout=30)
-        resp = api.sign(intent(session_id, nonce=new_nonce(), amount="12.5"))
+        resp = api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="12.5"))
         with pki.channel(srv.addr, "agent", "agent-1") as ch:
             keys = signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
                 signer_pb2.GetPublicKeysRequest(), timeout=30
@@ -91,7 +91,7 @@ def test_nonce_replayed_after_restart(config_path: Path, pki: Pki) -> None:
     nonce = new_nonce()
     with running_api(config_path, pki) as (_, api):
         session_id = open_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600, timeout=30)
-        req = intent(session_id, nonce=nonce, amount="12.5")
+        req = forecast_intent(session_id, nonce=nonce, amount="12.5")
         first = api.sign(req)
     with running_api(config_path, pki) as (_, api):
         # the same request: the same answer, spent once
@@ -100,7 +100,7 @@ def test_nonce_replayed_after_restart(config_path: Path, pki: Pki) -> None:
         assert again.replayed_result
         assert spent(api.planner, session_id, timeout=30) == {"USD": "12.50"}
         # the same nonce with another amount: a replay
-        changed = intent(session_id, nonce=nonce, amount="1.00")
+        changed = forecast_intent(session_id, nonce=nonce, amount="1.00")
         changed.expires_at = req.expires_at
         with pytest.raises(grpc.RpcError) as err:
             api.sign(changed)
@@ -137,13 +137,13 @@ def test_hsm_unavailable_fails_closed_and_recovers(tmp_path: Path, pki: Pki) -> 
     tokens = tok.base / "tokens"
     with running_api(config, pki) as (srv, api):
         session_id = open_session(api.planner, "agent-1", "50.00", task=TASK, ttl=600, timeout=30)
-        assert api.sign(intent(session_id, nonce=new_nonce(), amount="1.00")).jws
+        assert api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="1.00")).jws
         away = tok.base / "tokens.away"
         shutil.move(tokens, away)
         tokens.mkdir()
         # The first request is decided and recorded, then the HSM fails: no
         # signature, the amount stays reserved, and the answer names the decision.
-        pending = intent(session_id, nonce=new_nonce(), amount="1.00")
+        pending = forecast_intent(session_id, nonce=new_nonce(), amount="1.00")
         with pytest.raises(grpc.RpcError) as err:
             api.sign(pending)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -153,7 +153,7 @@ def test_hsm_unavailable_fails_closed_and_recovers(tmp_path: Path, pki: Pki) -> 
         # While the HSM stays down, requests are refused before anything is recorded.
         for _ in range(3):
             with pytest.raises(grpc.RpcError) as err:
-                api.sign(intent(session_id, nonce=new_nonce(), amount="1.00"))
+                api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="1.00"))
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert reason_of(err.value) == "HSM_UNAVAILABLE"
             assert "paywarden-decision-id" not in dict(err.value.trailing_metadata())  # type: ignore[attr-defined]
@@ -171,7 +171,7 @@ def test_hsm_unavailable_fails_closed_and_recovers(tmp_path: Path, pki: Pki) -> 
         assert done.decision_id == decision_id
         assert done.replayed_result
         assert spent(api.planner, session_id, timeout=30) == {"USD": "2.00"}
-        resp = api.sign(intent(session_id, nonce=new_nonce(), amount="2.00"))
+        resp = api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="2.00"))
         assert resp.jws.count(".") == 2
         assert spent(api.planner, session_id, timeout=30) == {"USD": "4.00"}
 
@@ -204,10 +204,10 @@ def test_recorded_unsigned_payment_is_not_signed_after_its_session_closed(
     tokens = tok.base / "tokens"
     with running_api(config, pki) as (srv, api):
         session_id = open_session(api.planner, "agent-1", "50.00", task=TASK, ttl=600, timeout=30)
-        assert api.sign(intent(session_id, nonce=new_nonce(), amount="1.00")).jws
+        assert api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="1.00")).jws
         shutil.move(tokens, tok.base / "tokens.away")
         tokens.mkdir()
-        pending = intent(session_id, nonce=new_nonce(), amount="5.00")
+        pending = forecast_intent(session_id, nonce=new_nonce(), amount="5.00")
         with pytest.raises(grpc.RpcError) as err:
             api.sign(pending)
         assert reason_of(err.value) == "HSM_UNAVAILABLE"
@@ -269,9 +269,9 @@ def test_logs_are_json_lines_with_decision_ids_and_no_secrets(
 ) -> None:
     with running_api(config_path, pki) as (srv, api):
         session_id = open_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600, timeout=30)
-        resp = api.sign(intent(session_id, nonce=new_nonce(), amount="12.5"))
+        resp = api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="12.5"))
         with pytest.raises(grpc.RpcError):
-            api.sign(intent(session_id, nonce=new_nonce(), amount="-1"))
+            api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="-1"))
     logs = [line for line in srv.output if line.startswith("{")]
     assert logs, srv.output
     parsed = [json.loads(line) for line in logs]

@@ -24,7 +24,7 @@ from tests.conftest import make_token
 from tests.helpers import MODULE, Pki, TestToken, new_nonce, write_config
 from tests.support.clients import running_api
 from tests.support.sessions import open_session
-from tests.test_e2e import TASK, intent
+from tests.test_e2e import TASK, forecast_intent
 
 
 def _spki_sha256(pem: str) -> str:
@@ -44,7 +44,7 @@ def test_keys_are_audited_when_the_token_comes_up_after_start(tmp_path: Path, pk
         assert "hsm available: False" in srv.output[-1]
         session_id = open_session(api.planner, "agent-1", "50.00", task=TASK, ttl=600, timeout=30)
         shutil.move(away, tokens)  # the token comes up
-        signed = api.sign(intent(session_id, nonce=new_nonce(), amount="1.00"))
+        signed = api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="1.00"))
         published = api.signer.GetPublicKeys(signer_pb2.GetPublicKeysRequest(), timeout=30)
     records = audit_log(tmp_path / "cfg" / "state.db")
     loads = [(seq, r) for seq, r in enumerate(records, start=1) if r["action"] == "keys.load"]

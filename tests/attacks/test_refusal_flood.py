@@ -74,7 +74,7 @@ PACKS = {"a1.toml": AGENT1_PACK, "a2.toml": BREAKER_PACK}
 flood_request = partial(
     payment_request, payee="acme-data", amount="1.00", purpose="supplies", expires_in=120
 )
-answer = partial(outcome, timeout=TIMEOUT)
+flood_answer = partial(outcome, timeout=TIMEOUT)
 
 
 def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_records(
@@ -97,7 +97,7 @@ def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_reco
             for i in range(FLOOD)
         ]
         with ThreadPoolExecutor(8) as pool:
-            answers = Counter(pool.map(lambda r: answer(signer.Sign, r), requests))
+            answers = Counter(pool.map(lambda r: flood_answer(signer.Sign, r), requests))
         assert answers == {"FAILED_PRECONDITION/FROZEN": FLOOD}
         during = audit_log(db)[before:]
         # an explicit small bound: the first refusal in full, the rest counted
@@ -136,23 +136,23 @@ def test_refusal_budget_refuses_before_reading_the_request(
         before = len(audit_log(db))
         for _ in range(3):
             assert (
-                answer(agent2.Sign, flood_request(sid2, amount="1.2.3"))
+                flood_answer(agent2.Sign, flood_request(sid2, amount="1.2.3"))
                 == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
             )
         # the budget is the caller's own: agent-1's bad requests do not spend agent-2's
         for _ in range(5):
             assert (
-                answer(agent1.Sign, flood_request(sid1, amount="1.2.3"))
+                flood_answer(agent1.Sign, flood_request(sid1, amount="1.2.3"))
                 == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
             )
         # agent-1 spent its five: even a valid request is refused before it is read
-        assert answer(agent1.Sign, flood_request(sid1)) == "RESOURCE_EXHAUSTED/RATE_LIMITED"
+        assert flood_answer(agent1.Sign, flood_request(sid1)) == "RESOURCE_EXHAUSTED/RATE_LIMITED"
         for _ in range(200):
             assert (
-                answer(agent1.Sign, flood_request(sid1, amount="1.2.3"))
+                flood_answer(agent1.Sign, flood_request(sid1, amount="1.2.3"))
                 == "RESOURCE_EXHAUSTED/RATE_LIMITED"
             )
-        assert answer(agent2.Sign, flood_request(sid2)) == "SIGNED"
+        assert flood_answer(agent2.Sign, flood_request(sid2)) == "SIGNED"
         added = Counter((r["action"], r.get("reason")) for r in audit_log(db)[before:])
         assert added == {
             ("sign.refused", "AMOUNT_MALFORMED"): 2,  # one each for agent-1 and agent-2
@@ -171,10 +171,10 @@ def test_breaker_with_max_rejections_trips_from_refusals_alone(
         # max_rejections = 3: the fourth refusal in the window trips the breaker
         for _ in range(4):
             assert (
-                answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
+                flood_answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
                 == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
             )
-        assert answer(agent2.Sign, flood_request(sid)) == "FAILED_PRECONDITION/FROZEN"
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "FAILED_PRECONDITION/FROZEN"
         freezes = client.control().ListFreezes(control_pb2.ListFreezesRequest(), timeout=TIMEOUT)
         assert [(f.scope, f.target, f.actor) for f in freezes.freezes] == [
             (control_pb2.AGENT, "agent-2", "breaker")
@@ -188,12 +188,12 @@ def test_breaker_with_max_rejections_trips_from_refusals_alone(
             control_pb2.UnfreezeRequest(scope=control_pb2.AGENT, target="agent-2", reason="ok"),
             timeout=TIMEOUT,
         )
-        assert answer(agent2.Sign, flood_request(sid)) == "SIGNED"
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "SIGNED"
         assert (
-            answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
+            flood_answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
             == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
         )
-        assert answer(agent2.Sign, flood_request(sid)) == "SIGNED"
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "SIGNED"
 
 
 def test_breaker_counts_refusals_and_denials_together(
@@ -205,19 +205,19 @@ def test_breaker_counts_refusals_and_denials_together(
         agent2 = client.signer_of("agent-2")
         for _ in range(2):  # two refusals: no decision recorded
             assert (
-                answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
+                flood_answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
                 == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
             )
         # two policy denials: 2 + 2 = 4 rejections is more than max_rejections = 3
         assert (
-            answer(agent2.Sign, flood_request(sid, amount="200.00"))
+            flood_answer(agent2.Sign, flood_request(sid, amount="200.00"))
             == "PERMISSION_DENIED/AMOUNT_ABOVE_MAX"
         )
         assert (
-            answer(agent2.Sign, flood_request(sid, amount="200.00"))
+            flood_answer(agent2.Sign, flood_request(sid, amount="200.00"))
             == "PERMISSION_DENIED/AMOUNT_ABOVE_MAX"
         )
-        assert answer(agent2.Sign, flood_request(sid)) == "FAILED_PRECONDITION/FROZEN"
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "FAILED_PRECONDITION/FROZEN"
         (trip,) = [r for r in audit_log(db) if r["action"] == "breaker.freeze"]
         assert "4 rejections" in trip["reason"]
 
@@ -232,7 +232,7 @@ def test_an_unfreeze_is_not_undone_by_refusals_counted_before_it(
         # max_rejections = 3: the fourth refusal trips the breaker and freezes agent-2
         for _ in range(4):
             assert (
-                answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
+                flood_answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
                 == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
             )
         # the agent goes quiet (no Sign sees the freeze); an operator reviews and lifts it
@@ -243,8 +243,8 @@ def test_an_unfreeze_is_not_undone_by_refusals_counted_before_it(
         ).removed
         # the refusals counted before the unfreeze no longer count: payments sign, and
         # the agent is not frozen again behind the operator's back
-        assert answer(agent2.Sign, flood_request(sid)) == "SIGNED"
-        assert answer(agent2.Sign, flood_request(sid)) == "SIGNED"
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "SIGNED"
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "SIGNED"
         freezes = control.ListFreezes(control_pb2.ListFreezesRequest(), timeout=TIMEOUT)
         assert list(freezes.freezes) == []
         trips = [r for r in audit_log(db) if r["action"] == "breaker.freeze"]
@@ -300,7 +300,7 @@ def test_a_quiet_agents_counted_refusals_are_sealed_without_a_later_sign_or_a_sh
         agent1 = client.signer_of("agent-1")
         for _ in range(repeats):
             assert (
-                answer(agent1.Sign, flood_request(sid, amount="1.2.3"))
+                flood_answer(agent1.Sign, flood_request(sid, amount="1.2.3"))
                 == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
             )
         full = [

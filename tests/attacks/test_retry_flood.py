@@ -80,7 +80,7 @@ STACK_PACKS = {"retry.toml": PACK}
 # What this module's agent asks to sign (the longest purpose a request may carry), and
 # how an answer is read: one comparable string, status and JWS or status and reason.
 retry_request = partial(payment_request, payee="acme-data", purpose="P" * 1024, expires_in=240)
-answer = partial(outcome, timeout=TIMEOUT, detail=True)
+retry_answer = partial(outcome, timeout=TIMEOUT, detail=True)
 
 
 def _retries(records: list[dict[str, Any]], decision_id: str) -> list[dict[str, Any]]:
@@ -110,7 +110,7 @@ def test_thousand_replays_of_a_signed_request_add_a_bounded_number_of_records(
         assert resp.status == signer_pb2.SIGNED and resp.jws
         before = len(audit_log(db))
         with ThreadPoolExecutor(WORKERS) as pool:
-            answers = Counter(pool.map(lambda _: answer(signer.Sign, request), range(FLOOD)))
+            answers = Counter(pool.map(lambda _: retry_answer(signer.Sign, request), range(FLOOD)))
         # every replay gets the identical JWS
         assert answers == {f"SIGNED/{resp.decision_id}/{resp.jws}/True": FLOOD}
         during = audit_log(db)[before:]
@@ -159,7 +159,7 @@ def test_retries_that_change_state_are_recorded_in_full_among_counted_repeats(
         assert other.status == signer_pb2.PENDING_APPROVAL
         pending = f"PENDING_APPROVAL/{first.decision_id}//True"
         # the agent polls by retrying: counted, not recorded one by one
-        assert {answer(signer.Sign, held) for _ in range(polls)} == {pending}
+        assert {retry_answer(signer.Sign, held) for _ in range(polls)} == {pending}
         # an approver grants it between retries: the next retry signs, in full
         approvals.Approve(
             approvals_pb2.ApproveRequest(approval_id=first.approval_id), timeout=TIMEOUT
@@ -167,13 +167,13 @@ def test_retries_that_change_state_are_recorded_in_full_among_counted_repeats(
         signed = signer.Sign(held, timeout=TIMEOUT)
         assert signed.status == signer_pb2.SIGNED and signed.replayed_result
         again = f"SIGNED/{first.decision_id}/{signed.jws}/True"
-        assert {answer(signer.Sign, held) for _ in range(polls)} == {again}
+        assert {retry_answer(signer.Sign, held) for _ in range(polls)} == {again}
         # a hold denied between retries: the first retry to learn it is recorded in full
-        assert {answer(signer.Sign, refused) for _ in range(polls)} == {
+        assert {retry_answer(signer.Sign, refused) for _ in range(polls)} == {
             f"PENDING_APPROVAL/{other.decision_id}//True"
         }
         approvals.Deny(approvals_pb2.DenyRequest(approval_id=other.approval_id), timeout=TIMEOUT)
-        assert {answer(signer.Sign, refused) for _ in range(polls)} == {
+        assert {retry_answer(signer.Sign, refused) for _ in range(polls)} == {
             "PERMISSION_DENIED/APPROVAL_DENIED"
         }
         public_key = _audit_key(client, tmp_path)
@@ -237,10 +237,10 @@ def test_a_retry_that_expires_and_releases_a_hold_is_recorded_in_full_among_repe
         first = signer.Sign(held, timeout=TIMEOUT)
         assert first.status == signer_pb2.PENDING_APPROVAL
         pending = f"PENDING_APPROVAL/{first.decision_id}//True"
-        assert {answer(signer.Sign, held) for _ in range(polls)} == {pending}
+        assert {retry_answer(signer.Sign, held) for _ in range(polls)} == {pending}
         stack.clock.advance(120)  # the payment, and so its approval, expires
         expired = "PERMISSION_DENIED/APPROVAL_EXPIRED"
-        assert {answer(signer.Sign, held) for _ in range(polls)} == {expired}
+        assert {retry_answer(signer.Sign, held) for _ in range(polls)} == {expired}
         spent = (
             sessions_pb2_grpc.SessionsStub(agent)
             .GetSession(sessions_pb2.GetSessionRequest(session_id=sid))

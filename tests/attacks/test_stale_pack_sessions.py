@@ -42,7 +42,7 @@ max_budget = {{ USD = "{max_budget}" }}
 # "CODE/REASON").
 shopping_session = partial(open_session, task="shopping", ttl=1800, timeout=30)
 shopping_request = partial(payment_request, payee="acme-data", purpose="shopping", expires_in=120)
-answer = partial(outcome, timeout=30)
+shopping_answer = partial(outcome, timeout=30)
 
 
 def test_session_opened_under_a_looser_pack_version_cannot_spend_beyond_the_new_one(
@@ -54,7 +54,7 @@ def test_session_opened_under_a_looser_pack_version_cannot_spend_beyond_the_new_
     with running_api(config, pki) as (_, api):
         big = shopping_session(api.planner, "agent-1", "1000.00")  # fits v1 only
         small = shopping_session(api.planner, "agent-1", "80.00")  # fits v1 and v2
-        assert answer(api.signer.Sign, shopping_request(big, amount="90.00")) == "SIGNED"
+        assert shopping_answer(api.signer.Sign, shopping_request(big, amount="90.00")) == "SIGNED"
     # the security team tightens the pack: same id, a new version
     (tmp_path / "policy" / "shopping.toml").write_text(
         PACK.format(version=2, max_budget="100.00"), encoding="utf-8"
@@ -62,18 +62,18 @@ def test_session_opened_under_a_looser_pack_version_cannot_spend_beyond_the_new_
     with running_api(config, pki) as (_, api):
         # the big session would still have 910.00 to spend under v1's limits
         assert (
-            answer(api.signer.Sign, shopping_request(big, amount="10.00"))
+            shopping_answer(api.signer.Sign, shopping_request(big, amount="10.00"))
             == "PERMISSION_DENIED/SESSION_PACK_CHANGED"
         )
         assert (
-            answer(api.signer.Sign, shopping_request(big, amount="50.00"))
+            shopping_answer(api.signer.Sign, shopping_request(big, amount="50.00"))
             == "PERMISSION_DENIED/SESSION_PACK_CHANGED"
         )
         # a session that fits the new version goes on as before
-        assert answer(api.signer.Sign, shopping_request(small, amount="30.00")) == "SIGNED"
+        assert shopping_answer(api.signer.Sign, shopping_request(small, amount="30.00")) == "SIGNED"
         # and new sessions are held to the new version
         fresh = shopping_session(api.planner, "agent-1", "100.00")
-        assert answer(api.signer.Sign, shopping_request(fresh, amount="60.00")) == "SIGNED"
+        assert shopping_answer(api.signer.Sign, shopping_request(fresh, amount="60.00")) == "SIGNED"
     denied = [
         r["decision"]
         for r in audit_log(tmp_path / "state.db")
