@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -13,7 +12,8 @@ from joserfc import jws
 from joserfc.jwk import KeySet
 from paywarden.v1 import signer_pb2, signer_pb2_grpc
 
-from tests.helpers import ROOT, Pki, TestToken, reason_of, write_config
+from tests.helpers import Pki, TestToken, reason_of, write_config
+from tests.support.cli import paywarden
 from tests.support.clients import Api, running_api
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session
@@ -43,15 +43,12 @@ max_budget = { USD = "1000.00" }
 
 
 def _cli(srv_addr: str, pki: Pki, approver: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable, "-m", "paywarden.signer.cli", "approvals",
-            "--addr", srv_addr, "--ca", str(pki.dir / "ca.crt"),
-            "--cert", str(pki.dir / f"approver-{approver}.crt"),
-            "--key", str(pki.dir / f"approver-{approver}.key"),
-            *args,
-        ],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    """``paywarden approvals ARGS`` as ``approver``, against the server at ``srv_addr``."""
+    return paywarden(
+        "approvals", "--addr", srv_addr, "--ca", pki.dir / "ca.crt",
+        "--cert", pki.dir / f"approver-{approver}.crt",
+        "--key", pki.dir / f"approver-{approver}.key",
+        *args, timeout=60,
     )  # fmt: skip
 
 

@@ -43,6 +43,7 @@ from paywarden.v1 import (
 )
 
 from tests.helpers import ROOT, Pki, Stack, TestToken, reason_of, write_config
+from tests.support.cli import paywarden
 from tests.support.clients import running_api, signed
 from tests.support.intents import payment_intent
 from tests.support.refusals import refusal
@@ -297,20 +298,6 @@ def _checkpoint_sizes(db: Path) -> list[int]:
         conn.close()
 
 
-def cli(
-    *args: str | Path | int, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
-
-
 # -- one real server run, shared by the tamper, export, proof and checkpoint tests -------
 
 
@@ -452,7 +439,7 @@ def test_the_run_produced_a_log_with_two_checkpoints(run: Run) -> None:
 
 
 def verify_db(db: Path, public_key: Path) -> subprocess.CompletedProcess[str]:
-    return cli("audit", "verify", "--db", db, "--public-key", public_key)
+    return paywarden("audit", "verify", "--db", db, "--public-key", public_key)
 
 
 def first_bad(proc: subprocess.CompletedProcess[str]) -> str:
@@ -687,13 +674,13 @@ def _export(run: Run, tmp_path: Path) -> Path:
     copy = tmp_path / "state.db"
     shutil.copyfile(run.db, copy)
     out = tmp_path / "audit.jsonl"
-    proc = cli("audit", "export", "--db", copy, "--out", out)
+    proc = paywarden("audit", "export", "--db", copy, "--out", out)
     assert proc.returncode == 0, proc.stderr
     return out
 
 
 def verify_export(export: Path, public_key: Path) -> subprocess.CompletedProcess[str]:
-    return cli("audit", "verify", "--export", export, "--public-key", public_key)
+    return paywarden("audit", "verify", "--export", export, "--public-key", public_key)
 
 
 def test_an_export_verifies(run: Run, tmp_path: Path) -> None:
@@ -847,7 +834,7 @@ def _cli_json(run: Run, tmp_path: Path, *args: str | int) -> dict[str, Any]:
     copy = tmp_path / "state.db"
     if not copy.exists():
         shutil.copyfile(run.db, copy)
-    proc = cli("audit", *map(str, args), "--db", copy)
+    proc = paywarden("audit", *map(str, args), "--db", copy)
     assert proc.returncode == 0, proc.stderr
     out: dict[str, Any] = json.loads(proc.stdout)
     return out
@@ -909,7 +896,7 @@ def test_a_rewritten_log_cannot_prove_consistency_with_a_kept_checkpoint(
             (edited, rfc_leaf(edited.encode()), k),
         )
     n = len(run.records)
-    proc = cli("audit", "consistency", "--db", copy, "--first", size1, "--second", n)
+    proc = paywarden("audit", "consistency", "--db", copy, "--first", size1, "--second", n)
     assert proc.returncode == 0, proc.stderr
     p = json.loads(proc.stdout)
     proof = [bytes.fromhex(h) for h in p["proof"]]
@@ -1152,7 +1139,7 @@ def test_every_sign_leaves_exactly_one_audit_record(
 
     # audit show: who asked, what, which rule, why
     def show(decision_id: str) -> str:
-        proc = cli("audit", "show", decision_id, "--db", db)
+        proc = paywarden("audit", "show", decision_id, "--db", db)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
@@ -1173,7 +1160,7 @@ def test_every_sign_leaves_exactly_one_audit_record(
     text = show(pending_id)
     assert "HELD FOR APPROVAL by rule approval_threshold" in text
     untrusted_only(text)
-    missing = cli("audit", "show", "dec_nothing", "--db", db)
+    missing = paywarden("audit", "show", "dec_nothing", "--db", db)
     assert missing.returncode != 0 and "no decision dec_nothing" in missing.stderr
 
     # Sign answers carry the audit sequence number of their decision: PENDING_APPROVAL too

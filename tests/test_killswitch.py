@@ -49,6 +49,7 @@ from tests.helpers import (
     serve,
     write_config,
 )
+from tests.support.cli import paywarden
 from tests.support.clients import Api
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session
@@ -581,12 +582,12 @@ def test_freeze_stops_every_later_signature_while_20_agents_sign(
 
 
 def ctl(srv: ServeProcess, pki: Pki, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "ctl", "--addr", srv.addr,
-         "--ca", str(pki.dir / "ca.crt"),
-         "--cert", str(pki.dir / f"operator-{OPERATOR}.crt"),
-         "--key", str(pki.dir / f"operator-{OPERATOR}.key"), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    """``paywarden ctl ARGS`` as the operator, against ``srv``."""
+    return paywarden(
+        "ctl", "--addr", srv.addr, "--ca", pki.dir / "ca.crt",
+        "--cert", pki.dir / f"operator-{OPERATOR}.crt",
+        "--key", pki.dir / f"operator-{OPERATOR}.key",
+        *args, timeout=60,
     )  # fmt: skip
 
 

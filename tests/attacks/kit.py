@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from paywarden.signer.identity import Principal, Role
 
-from tests.helpers import ROOT
+from tests.support.cli import paywarden
 
 # The callers a test names when it calls the service in process, not over gRPC.
 AGENT = Principal(Role.AGENT, "agent-1")
@@ -43,9 +41,5 @@ def stored_records(store: Any, after: int = 0) -> list[dict[str, Any]]:
 
 def assert_audit_verifies(db: Path, public_key: Path) -> None:
     """``paywarden audit verify`` accepts the log in ``db`` (run as the CLI)."""
-    verify = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "audit", "verify", "--db", str(db),
-         "--public-key", str(public_key)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    verify = paywarden("audit", "verify", "--db", db, "--public-key", public_key)
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -23,9 +23,10 @@ import pytest
 import rfc8785
 
 from tests.helpers import Pki, TestToken, write_config
+from tests.support.cli import paywarden
 from tests.support.clients import running_api, signed
 from tests.support.sessions import open_session
-from tests.test_audit import AUDIT_PACK, TASK, audit_intent, cli, mth, rfc_leaf
+from tests.test_audit import AUDIT_PACK, TASK, audit_intent, mth, rfc_leaf
 
 AFTER_TRUSTED = 25  # payments signed after the trusted checkpoint was taken
 
@@ -52,7 +53,7 @@ def log(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) ->
         for _ in range(5):
             signed(api.answer(audit_intent(session, amount="12.50")))
         operator = pki.dir / "operator-operator-1"
-        proc = cli(
+        proc = paywarden(
             "ctl", "--addr", srv.addr, "--ca", pki.dir / "ca.crt",
             "--cert", operator.with_suffix(".crt"), "--key", operator.with_suffix(".key"),
             "checkpoint", "--out", saved, "--public-key-out", pem,
@@ -119,7 +120,7 @@ def inflate_first_payment() -> Callable[[int, dict[str, Any]], dict[str, Any]]:
 
 
 def verify(log: Log, db: Path, *extra: str | Path) -> subprocess.CompletedProcess[str]:
-    return cli("audit", "verify", "--db", db, "--public-key", log.public_key, *extra)
+    return paywarden("audit", "verify", "--db", db, "--public-key", log.public_key, *extra)
 
 
 def test_the_untouched_log_verifies_with_no_unsealed_tail(log: Log, tmp_path: Path) -> None:

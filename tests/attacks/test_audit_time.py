@@ -31,9 +31,10 @@ from paywarden.signer.store.sqlite import SqliteStore
 from tests.attacks.kit import AGENT, OPERATOR, audit_log
 from tests.attacks.test_audit_rewrite import rewritten
 from tests.helpers import MODULE, Pki, TestToken, write_config
+from tests.support.cli import paywarden
 from tests.support.clients import running_api, signed
 from tests.support.sessions import open_session
-from tests.test_audit import AUDIT_PACK, TASK, audit_intent, cli, mth
+from tests.test_audit import AUDIT_PACK, TASK, audit_intent, mth
 
 
 @dataclass
@@ -111,7 +112,7 @@ def stepped_back(sealed: Sealed, tmp_path: Path, hsm: Hsm, seq: int, seconds: in
 
 
 def verify(sealed: Sealed, db: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return cli(
+    return paywarden(
         "audit", "verify", "--db", db, "--public-key", sealed.public_key,
         "--config", sealed.config, *extra,
     )  # fmt: skip

@@ -17,8 +17,6 @@ over mutual TLS; the audit log is read from the SQLite file and checked with
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,12 +38,12 @@ from paywarden.v1 import (
 
 from tests.attacks.kit import assert_audit_verifies, audit_log
 from tests.helpers import (
-    ROOT,
     Pki,
     Stack,
     TestToken,
     write_config,
 )
+from tests.support.cli import paywarden
 from tests.support.clients import Api, running_api
 from tests.support.intents import payment_request
 from tests.support.refusals import outcome
@@ -135,11 +133,7 @@ def test_thousand_replays_of_a_signed_request_add_a_bounded_number_of_records(
     assert summaries[0]["since"] <= summaries[0]["until"]
     assert_audit_verifies(db, public_key)
     # and audit show tells a human how many replays were counted
-    show = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "audit", "show", resp.decision_id,
-         "--db", str(db)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    show = paywarden("audit", "show", resp.decision_id, "--db", db)
     assert show.returncode == 0, show.stderr
     assert f"the agent retried {summaries[0]['count']} more time(s)" in show.stdout, show.stdout
 
