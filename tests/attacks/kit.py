@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from paywarden.signer.identity import Principal, Role
 
 from tests.support.cli import paywarden
+from tests.support.intents import intent_fields
 
 # The callers a test names when it calls the service in process, not over gRPC.
 AGENT = Principal(Role.AGENT, "agent-1")
 PLANNER = Principal(Role.PLANNER, "planner-1")
 OPERATOR = Principal(Role.OPERATOR, "operator-1")
+
+# The payment the in-process attack tests ask for: a USD 0.60 dataset; the session and
+# expiry (and a nonce, when one matters) are said at the call site.
+dataset_fields = partial(intent_fields, payee="weather-data-inc", amount="0.60", purpose="dataset")
 
 
 def audit_log(db: Path) -> list[dict[str, Any]]:

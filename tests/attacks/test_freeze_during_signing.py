@@ -13,13 +13,11 @@ from typing import Any
 
 import pytest
 from paywarden.signer.api.server import load_packs
-from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.service import SigningService, SignStatus
 from paywarden.signer.errors import PaywardenError, Reason, SessionNotUsable
 
-from tests.attacks.kit import AGENT, OPERATOR, PLANNER
+from tests.attacks.kit import AGENT, OPERATOR, PLANNER, dataset_fields
 from tests.helpers import Stack
-from tests.support.intents import intent_fields
 
 
 class FreezingHsm:
@@ -38,16 +36,6 @@ class FreezingHsm:
         return getattr(self._hsm, name)
 
 
-def _intent(session_id: str, now: float) -> IntentFields:
-    return intent_fields(
-        session_id,
-        payee="weather-data-inc",
-        amount="0.60",
-        purpose="dataset",
-        expires_at=int(now) + 60,
-    )
-
-
 @pytest.mark.parametrize("scope", ["global", "agent", "session", "key"])
 def test_a_freeze_set_while_the_hsm_signs_discards_the_signature(stack: Stack, scope: str) -> None:
     hsm = FreezingHsm(stack.hsm)
@@ -58,7 +46,7 @@ def test_a_freeze_set_while_the_hsm_signs_discards_the_signature(stack: Stack, s
     sid = session.record.id
     target = {"global": "", "agent": "agent-1", "session": sid, "key": "payments.v1"}[scope]
     hsm.during_sign = lambda: stack.control.freeze(OPERATOR, scope, target, "incident")
-    request = _intent(sid, stack.clock.now())
+    request = dataset_fields(sid, expires_at=int(stack.clock.now()) + 60)
     try:
         with pytest.raises(SessionNotUsable) as frozen:
             service.sign(AGENT, request)

@@ -15,13 +15,11 @@ from typing import Any
 import pytest
 from paywarden.hsm import HsmError
 from paywarden.signer.api.server import load_packs
-from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.service import SigningService, SignStatus
 from paywarden.signer.errors import PaywardenError, Reason, Unavailable
 
-from tests.attacks.kit import AGENT, PLANNER
-from tests.helpers import Stack, new_nonce
-from tests.support.intents import intent_fields
+from tests.attacks.kit import AGENT, PLANNER, dataset_fields
+from tests.helpers import Stack
 
 
 class FailingHsm:
@@ -53,17 +51,6 @@ def flaky(stack: Stack) -> Iterator[tuple[SigningService, FailingHsm]]:
     yield service, hsm
 
 
-def _intent(session_id: str, amount: str, expires_at: int, nonce: str) -> IntentFields:
-    return intent_fields(
-        session_id,
-        payee="weather-data-inc",
-        amount=amount,
-        purpose="dataset",
-        nonce=nonce,
-        expires_at=expires_at,
-    )
-
-
 def test_an_unsigned_payment_past_its_expiry_no_longer_blocks_the_budget(
     stack: Stack, flaky: tuple[SigningService, FailingHsm]
 ) -> None:
@@ -71,7 +58,7 @@ def test_an_unsigned_payment_past_its_expiry_no_longer_blocks_the_budget(
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
     sid = session.record.id
     now = int(stack.clock.now())
-    unsigned = _intent(sid, "0.60", now + 60, new_nonce())
+    unsigned = dataset_fields(sid, expires_at=now + 60)
     hsm.fail_next = 1
     with pytest.raises(Unavailable) as failed:
         service.sign(AGENT, unsigned)
@@ -83,7 +70,7 @@ def test_an_unsigned_payment_past_its_expiry_no_longer_blocks_the_budget(
     stack.clock.advance(61)  # the payment's exp passes; nobody retries
     view = service.get_session(PLANNER, sid)
     assert view.record.spent_minor == {"USD": 0}
-    later = _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce())
+    later = dataset_fields(sid, expires_at=int(stack.clock.now()) + 60)
     signed = service.sign(AGENT, later)
     assert signed.status is SignStatus.SIGNED and signed.jws
 
@@ -103,12 +90,12 @@ def test_a_signed_payment_keeps_its_spend_after_its_expiry(
     service, _hsm = flaky
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
     sid = session.record.id
-    paid = service.sign(AGENT, _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce()))
+    paid = service.sign(AGENT, dataset_fields(sid, expires_at=int(stack.clock.now()) + 60))
     assert paid.status is SignStatus.SIGNED
     stack.clock.advance(61)
     assert service.get_session(PLANNER, sid).record.spent_minor == {"USD": 60}
     with pytest.raises(PaywardenError) as over:
-        service.sign(AGENT, _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce()))
+        service.sign(AGENT, dataset_fields(sid, expires_at=int(stack.clock.now()) + 60))
     assert over.value.reason == Reason.BUDGET_EXCEEDED
 
 
@@ -120,7 +107,7 @@ def test_a_signature_finished_after_the_expiry_is_discarded_not_double_counted(
     service, hsm = flaky
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
     sid = session.record.id
-    slow = _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce())
+    slow = dataset_fields(sid, expires_at=int(stack.clock.now()) + 60)
     hsm.while_signing = lambda: stack.clock.advance(61)
     with pytest.raises(PaywardenError) as late:
         service.sign(AGENT, slow)
@@ -128,7 +115,7 @@ def test_a_signature_finished_after_the_expiry_is_discarded_not_double_counted(
     assert late.value.reason == Reason.PAYMENT_WITHDRAWN
     decision = stack.store.get_decision(late.value.decision_id or "")
     assert decision is not None and decision.jws is None
-    other = service.sign(AGENT, _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce()))
+    other = service.sign(AGENT, dataset_fields(sid, expires_at=int(stack.clock.now()) + 60))
     assert other.status is SignStatus.SIGNED
     assert service.get_session(PLANNER, sid).record.spent_minor == {"USD": 60}
 
@@ -144,8 +131,8 @@ def test_a_signature_attached_after_its_expiry_lapsed_cannot_overspend_the_sessi
     service, hsm = flaky
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
     sid = session.record.id
-    a = _intent(sid, "0.60", int(stack.clock.now()) + 5, new_nonce())
-    b = _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce())
+    a = dataset_fields(sid, expires_at=int(stack.clock.now()) + 5)
+    b = dataset_fields(sid, expires_at=int(stack.clock.now()) + 60)
     real_locked = stack.store._locked
     armed: list[bool] = []
     answers: list[Any] = []
