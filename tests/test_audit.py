@@ -4,14 +4,14 @@ record per Sign.
 A real ``paywarden serve`` produces the log; each tampering happens on its own
 copy of the stopped server's SQLite file, with ``sqlite3`` directly (the
 append-only triggers dropped first, as an attacker holding the file would).
-Inclusion and consistency proofs are checked by a verifier written here from
-RFC 9162 section 2.1; it does not import ``paywarden.signer.auditlog.merkle``.
+Inclusion and consistency proofs are checked by the RFC 9162 section 2.1 reference
+in scripts/vectors.py (tests/support/vectors); it does not import
+``paywarden.signer.auditlog.merkle``.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -48,6 +48,14 @@ from tests.support.clients import running_api, signed
 from tests.support.intents import payment_intent
 from tests.support.refusals import refusal
 from tests.support.sessions import open_session
+from tests.support.vectors import (
+    mth,
+    rfc_leaf,
+    rfc_path,
+    rfc_proof,
+    rfc_verify_consistency,
+    rfc_verify_inclusion,
+)
 
 # pytest-grpc (the in-process stack): a few server threads are enough here.
 grpc_max_workers = 16
@@ -81,167 +89,8 @@ AUDIT_SEQ = "paywarden-audit-seq"
 DECISION_ID = "paywarden-decision-id"
 
 
-# -- an independent RFC 9162 section 2.1 implementation (no paywarden imports) ---------
-
-
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def rfc_leaf(entry: bytes) -> bytes:
-    """2.1.1: MTH({d(0)}) = HASH(0x00 || d(0))."""
-    return _sha256(b"\x00" + entry)
-
-
-def rfc_node(left: bytes, right: bytes) -> bytes:
-    return _sha256(b"\x01" + left + right)
-
-
-def _largest_power_of_two_below(n: int) -> int:
-    """k < n <= 2k, for n > 1."""
-    k = 1
-    while k << 1 < n:
-        k <<= 1
-    return k
-
-
-def mth(entries: Sequence[bytes]) -> bytes:
-    """2.1.1: the Merkle Tree Hash of a list of entries (raw bytes, not hashes)."""
-    n = len(entries)
-    if n == 0:
-        return _sha256(b"")
-    if n == 1:
-        return rfc_leaf(entries[0])
-    k = _largest_power_of_two_below(n)
-    return rfc_node(mth(entries[:k]), mth(entries[k:]))
-
-
-def rfc_path(m: int, entries: Sequence[bytes]) -> list[bytes]:
-    """2.1.3.1: PATH(m, D[n])."""
-    n = len(entries)
-    if n == 1:
-        return []
-    k = _largest_power_of_two_below(n)
-    if m < k:
-        return [*rfc_path(m, entries[:k]), mth(entries[k:])]
-    return [*rfc_path(m - k, entries[k:]), mth(entries[:k])]
-
-
-def rfc_proof(m: int, entries: Sequence[bytes]) -> list[bytes]:
-    """2.1.4.1: PROOF(m, D[n]) = SUBPROOF(m, D[n], true)."""
-    return _rfc_subproof(m, entries, True)
-
-
-def _rfc_subproof(m: int, entries: Sequence[bytes], b: bool) -> list[bytes]:
-    n = len(entries)
-    if m == n:
-        return [] if b else [mth(entries)]
-    k = _largest_power_of_two_below(n)
-    if m <= k:
-        return [*_rfc_subproof(m, entries[:k], b), mth(entries[k:])]
-    return [*_rfc_subproof(m - k, entries[k:], False), mth(entries[:k])]
-
-
-def rfc_verify_inclusion(
-    leaf_index: int, tree_size: int, leaf_hash: bytes, path: Sequence[bytes], root: bytes
-) -> bool:
-    """2.1.3.2, step by step."""
-    # 1. leaf_index >= tree_size fails
-    if leaf_index >= tree_size:
-        return False
-    # 2. fn = leaf_index, sn = tree_size - 1; 3. r = hash
-    fn, sn, r = leaf_index, tree_size - 1, leaf_hash
-    # 4. for each p in the inclusion path
-    for p in path:
-        if sn == 0:  # a.
-            return False
-        if fn & 1 or fn == sn:  # b.
-            r = rfc_node(p, r)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = rfc_node(r, p)
-        fn >>= 1  # c.
-        sn >>= 1
-    # 5.
-    return sn == 0 and r == root
-
-
-def rfc_verify_consistency(
-    first: int, second: int, first_hash: bytes, second_hash: bytes, path: Sequence[bytes]
-) -> bool:
-    """2.1.4.2 (for 0 < first < second); first == second: PROOF is empty, heads equal."""
-    if first == second:
-        return not path and first_hash == second_hash
-    if not 0 < first < second:
-        return False
-    # 1. an empty path fails
-    if not path:
-        return False
-    consistency_path = list(path)
-    # 2. first an exact power of 2: prepend first_hash
-    if first & (first - 1) == 0:
-        consistency_path.insert(0, first_hash)
-    # 3.
-    fn, sn = first - 1, second - 1
-    # 4.
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    # 5.
-    fr = sr = consistency_path[0]
-    # 6.
-    for c in consistency_path[1:]:
-        if sn == 0:  # a.
-            return False
-        if fn & 1 or fn == sn:  # b.
-            fr = rfc_node(c, fr)
-            sr = rfc_node(c, sr)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            sr = rfc_node(sr, c)
-        fn >>= 1  # c.
-        sn >>= 1
-    # 7.
-    return fr == first_hash and sr == second_hash and sn == 0
-
-
 def _flip(h: bytes) -> bytes:
     return bytes([h[0] ^ 1]) + h[1:]
-
-
-def test_the_independent_verifier_accepts_rfc_proofs_and_rejects_altered_ones() -> None:
-    """The test's own verifier, checked on its own before it judges the service."""
-    entries = [f"entry {i}".encode() for i in range(19)]
-    for n in range(1, len(entries) + 1):
-        tree = entries[:n]
-        root = mth(tree)
-        for m in range(n):
-            path = rfc_path(m, tree)
-            assert rfc_verify_inclusion(m, n, rfc_leaf(tree[m]), path, root)
-            assert not rfc_verify_inclusion(m, n, rfc_leaf(b"other"), path, root)
-            assert not rfc_verify_inclusion(m, n, rfc_leaf(tree[m]), path, _flip(root))
-            assert not rfc_verify_inclusion(m, n, rfc_leaf(tree[m]), [*path, root], root)
-            for i in range(len(path)):
-                bad = [*path[:i], _flip(path[i]), *path[i + 1 :]]
-                assert not rfc_verify_inclusion(m, n, rfc_leaf(tree[m]), bad, root)
-        for m in range(1, n + 1):
-            proof = rfc_proof(m, tree)
-            assert rfc_verify_consistency(m, n, mth(tree[:m]), root, proof)
-            assert not rfc_verify_consistency(m, n, _flip(mth(tree[:m])), root, proof)
-            assert not rfc_verify_consistency(m, n, mth(tree[:m]), _flip(root), proof)
-            for i in range(len(proof)):
-                bad = [*proof[:i], _flip(proof[i]), *proof[i + 1 :]]
-                assert not rfc_verify_consistency(m, n, mth(tree[:m]), root, bad)
-    # a tree whose prefix was rewritten is not consistent with the old head
-    old = entries[:7]
-    rewritten = [*entries[:3], b"forged", *entries[4:12]]
-    assert not rfc_verify_consistency(7, 12, mth(old), mth(rewritten), rfc_proof(7, rewritten))
 
 
 # -- talking to a real server ------------------------------------------------------------

@@ -26,7 +26,8 @@ from tests.helpers import Pki, TestToken, write_config
 from tests.support.cli import paywarden
 from tests.support.clients import running_api, signed
 from tests.support.sessions import open_session
-from tests.test_audit import AUDIT_PACK, TASK, audit_intent, mth, rfc_leaf
+from tests.support.vectors import mth, rfc_leaf
+from tests.test_audit import AUDIT_PACK, TASK, audit_intent
 
 AFTER_TRUSTED = 25  # payments signed after the trusted checkpoint was taken
 

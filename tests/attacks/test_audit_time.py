@@ -34,7 +34,8 @@ from tests.helpers import MODULE, Pki, TestToken, write_config
 from tests.support.cli import paywarden
 from tests.support.clients import running_api, signed
 from tests.support.sessions import open_session
-from tests.test_audit import AUDIT_PACK, TASK, audit_intent, mth
+from tests.support.vectors import mth
+from tests.test_audit import AUDIT_PACK, TASK, audit_intent
 
 
 @dataclass
