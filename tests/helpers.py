@@ -219,11 +219,15 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def trailing_metadata(err: grpc.RpcError) -> dict[str, str]:
+    """A failed call's trailing metadata as {key: value}. (grpc-stubs types the items
+    as objects with ``key`` and ``value``; at run time they are (key, value) pairs.)"""
+    items: Any = err.trailing_metadata() or ()
+    return {str(key): str(value) for key, value in items}
+
+
 def reason_of(err: grpc.RpcError) -> str | None:
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "paywarden-reason":
-            return str(value)
-    return None
+    return trailing_metadata(err).get("paywarden-reason")
 
 
 @dataclass

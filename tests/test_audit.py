@@ -42,7 +42,7 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.helpers import ROOT, Pki, Stack, TestToken, reason_of, write_config
+from tests.helpers import ROOT, Pki, Stack, TestToken, reason_of, trailing_metadata, write_config
 from tests.support.cli import paywarden
 from tests.support.clients import running_api, signed
 from tests.support.intents import payment_intent
@@ -119,14 +119,6 @@ def _changed(intent: signer_pb2.PaymentIntent, **fields: Any) -> signer_pb2.Paym
     for name, value in fields.items():
         setattr(copy, name, value)
     return copy
-
-
-def _trailer(err: grpc.RpcError, key: str) -> str | None:
-    metadata: Any = err.trailing_metadata() or ()  # type: ignore[attr-defined]
-    for k, v in metadata:
-        if k == key:
-            return str(v)
-    return None
 
 
 def _read_log(db: Path) -> list[tuple[int, str, bytes]]:
@@ -853,7 +845,7 @@ class Call:
 def _seq_of(call: Call) -> int:
     if isinstance(call.result, signer_pb2.SignResponse):
         return int(call.result.audit_seq)
-    value = _trailer(call.result, AUDIT_SEQ)
+    value = trailing_metadata(call.result).get(AUDIT_SEQ)
     assert value is not None, f"{call.label}: no {AUDIT_SEQ} in the trailing metadata"
     return int(value)
 
@@ -861,7 +853,7 @@ def _seq_of(call: Call) -> int:
 def _decision_id(call: Call) -> str:
     if isinstance(call.result, signer_pb2.SignResponse):
         return str(call.result.decision_id)
-    value = _trailer(call.result, DECISION_ID)
+    value = trailing_metadata(call.result).get(DECISION_ID)
     assert value is not None, call.label
     return value
 

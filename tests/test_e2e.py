@@ -22,7 +22,16 @@ from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
 from tests.conftest import make_token
-from tests.helpers import Pki, TestToken, b64url_decode, new_nonce, reason_of, serve, write_config
+from tests.helpers import (
+    Pki,
+    TestToken,
+    b64url_decode,
+    new_nonce,
+    reason_of,
+    serve,
+    trailing_metadata,
+    write_config,
+)
 from tests.support.clients import running_api
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session, spent
@@ -148,7 +157,7 @@ def test_hsm_unavailable_fails_closed_and_recovers(tmp_path: Path, pki: Pki) -> 
             api.sign(pending)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert reason_of(err.value) == "HSM_UNAVAILABLE"
-        metadata = dict(err.value.trailing_metadata())  # type: ignore[attr-defined]
+        metadata = trailing_metadata(err.value)
         decision_id = metadata["paywarden-decision-id"]
         # While the HSM stays down, requests are refused before anything is recorded.
         for _ in range(3):
@@ -156,7 +165,7 @@ def test_hsm_unavailable_fails_closed_and_recovers(tmp_path: Path, pki: Pki) -> 
                 api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="1.00"))
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert reason_of(err.value) == "HSM_UNAVAILABLE"
-            assert "paywarden-decision-id" not in dict(err.value.trailing_metadata())  # type: ignore[attr-defined]
+            assert "paywarden-decision-id" not in trailing_metadata(err.value)
         assert spent(api.planner, session_id, timeout=30) == {"USD": "2.00"}
         # the service keeps serving everything that does not need the HSM
         with pki.channel(srv.addr, "agent", "agent-1") as ch:

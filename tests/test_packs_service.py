@@ -366,7 +366,7 @@ def test_asset_outside_the_pack_can_never_be_spent(api: Api, stack: Stack) -> No
     ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())),
 )
 def test_pack_denies_key_and_payee(
-    api: Api, stack: Stack, fields: dict[str, str], reason: str
+    api: Api, stack: Stack, fields: dict[str, Any], reason: str
 ) -> None:
     sid = open_session(api.planner, "agent-1", {"USD": "150.00", "EMAIL": "300.00"}, task=TASK)
     err = assert_refused(
@@ -718,7 +718,7 @@ def test_denial_trace_lists_every_rule_and_the_pack(api: Api, stack: Stack) -> N
     ids=["allowed", "denied", "pending"],
 )
 def test_purpose_text_changes_neither_decision_nor_trace(
-    api: Api, stack: Stack, fields: dict[str, str], outcome: str, reason: str
+    api: Api, stack: Stack, fields: dict[str, Any], outcome: str, reason: str
 ) -> None:
     # Warm-up: the payee is "paid before" for every request below alike. The e-mail
     # asset has no daily limit, so the agent's facts stay the same from one request

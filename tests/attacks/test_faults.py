@@ -37,6 +37,7 @@ from tests.helpers import (
     ServeProcess,
     TestToken,
     reason_of,
+    trailing_metadata,
     write_config,
 )
 from tests.support.clients import Api, running_api
@@ -175,7 +176,7 @@ def test_key_objects_vanishing_mid_sign_fail_closed_and_recover(
             first = fault_intent(session_id)
             err = _fails_closed(api, first, "HSM_UNAVAILABLE")
             # decided and recorded before the HSM failed: the answer names the decision
-            decision = dict(err.trailing_metadata() or ()).get("paywarden-decision-id")  # type: ignore[attr-defined]
+            decision = trailing_metadata(err).get("paywarden-decision-id")
             for _ in range(2):
                 _fails_closed(api, fault_intent(session_id), "HSM_UNAVAILABLE")
             _health_becomes(srv, pki, NOT_SERVING)

@@ -9,9 +9,10 @@ fault from inside the HSM call, the only way to hit that window on demand.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from paywarden.hsm import Hsm
 from paywarden.signer.api.server import load_packs
 from paywarden.signer.core.service import SigningService, SignStatus
 from paywarden.signer.errors import PaywardenError, Reason, SessionNotUsable
@@ -39,8 +40,9 @@ class FreezingHsm:
 @pytest.mark.parametrize("scope", ["global", "agent", "session", "key"])
 def test_a_freeze_set_while_the_hsm_signs_discards_the_signature(stack: Stack, scope: str) -> None:
     hsm = FreezingHsm(stack.hsm)
+    # FreezingHsm stands in for the Hsm (it wraps the real one): a test double, not a subclass.
     service = SigningService(
-        stack.config, stack.store, hsm, load_packs(stack.config), clock=stack.clock.now
+        stack.config, stack.store, cast(Hsm, hsm), load_packs(stack.config), clock=stack.clock.now
     )
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "5.00")], 3600, [])
     sid = session.record.id

@@ -254,7 +254,7 @@ def test_an_unfreeze_is_not_undone_by_refusals_counted_before_it(
 def test_refusals_counted_in_a_window_that_lapsed_unclosed_are_still_summarised() -> None:
     # A window that is over but was not closed (no flush between two refusals) used
     # to be replaced by the next refusal's window, and its count went with it.
-    log = RefusalLog(60)
+    log: RefusalLog[str] = RefusalLog(60)
     agent = AGENT
     assert log.admit(agent, "AMOUNT_MALFORMED", 0)  # recorded in full
     log.recorded(agent, "AMOUNT_MALFORMED", 7)

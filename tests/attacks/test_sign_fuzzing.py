@@ -50,6 +50,7 @@ from tests.helpers import (
     TestToken,
     new_nonce,
     reason_of,
+    trailing_metadata,
     write_config,
 )
 from tests.support.clients import running_api
@@ -178,7 +179,7 @@ class Target:
     srv: ServeProcess
     channel: grpc.Channel
     stub: signer_pb2_grpc.SignerStub
-    raw: grpc.UnaryUnaryMultiCallable
+    raw: grpc.UnaryUnaryMultiCallable[Any, Any]
     model: Model
     keys: KeySet
     fuzzed: list[str]  # agent-1's sessions the fuzzer spends (small budgets, run out)
@@ -221,7 +222,9 @@ def target(
         with pki.channel(srv.addr, "agent", "agent-1") as ch:
             stub = signer_pb2_grpc.SignerStub(ch)
             jwks = stub.GetPublicKeys(signer_pb2.GetPublicKeysRequest(), timeout=RPC_TIMEOUT)
-            raw = ch.unary_unary("/paywarden.v1.Signer/Sign")
+            raw = ch.unary_unary(
+                "/paywarden.v1.Signer/Sign", request_serializer=None, response_deserializer=None
+            )
             yield Target(
                 srv, ch, stub, raw, model, KeySet.import_key_set(json.loads(jwks.jwks_json)),
                 fuzzed, roomy, other, closed, config.parent / "state.db", pki,
@@ -405,7 +408,7 @@ def _send(t: Target, spec: dict[str, Any]) -> None:
     except grpc.RpcError as err:
         reason = _refusal(err, f"Sign({intent})")
         t.stats[reason] += 1
-        decision = dict(err.trailing_metadata() or ()).get("paywarden-decision-id")  # type: ignore[attr-defined]
+        decision = trailing_metadata(err).get("paywarden-decision-id")
         if decision and intent.nonce not in t.model.used:
             t.model.used[intent.nonce] = (Model.key(intent), None)  # recorded, not signed
         return

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from paywarden.hsm import HsmError
+from paywarden.hsm import Hsm, HsmError
 from paywarden.signer.api.server import load_packs
 from paywarden.signer.core.service import SigningService, SignStatus
 from paywarden.signer.errors import PaywardenError, Reason, Unavailable
@@ -45,8 +45,9 @@ class FailingHsm:
 @pytest.fixture
 def flaky(stack: Stack) -> Iterator[tuple[SigningService, FailingHsm]]:
     hsm = FailingHsm(stack.hsm)
+    # FailingHsm stands in for the Hsm (it wraps the real one): a test double, not a subclass.
     service = SigningService(
-        stack.config, stack.store, hsm, load_packs(stack.config), clock=stack.clock.now
+        stack.config, stack.store, cast(Hsm, hsm), load_packs(stack.config), clock=stack.clock.now
     )
     yield service, hsm
 

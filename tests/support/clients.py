@@ -145,7 +145,7 @@ def running_api(
 def signed(answer: signer_pb2.SignResponse | grpc.RpcError) -> signer_pb2.SignResponse:
     """``answer`` is a signature (status SIGNED, a compact JWS); returns it."""
     assert isinstance(answer, signer_pb2.SignResponse), (
-        f"refused: {answer.code()} {reason_of(answer)}"  # type: ignore[attr-defined]
+        f"refused: {answer.code()} {reason_of(answer)}"
     )
     assert is_signed(answer)
     return answer

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from paywarden.v1 import signer_pb2
 
-from tests.helpers import reason_of
+from tests.helpers import reason_of, trailing_metadata
 
 
 def refused(call: Callable[..., Any], /, *args: Any, **kwargs: Any) -> grpc.RpcError:
@@ -31,17 +31,17 @@ def assert_refused(
 def decision_id_of(err: grpc.RpcError) -> str:
     """The decision id a refusal carries in its trailing metadata; fails the test
     if there is none."""
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "paywarden-decision-id":
-            return str(value)
-    raise AssertionError("no paywarden-decision-id in the trailing metadata")
+    decision_id = trailing_metadata(err).get("paywarden-decision-id")
+    if decision_id is None:
+        raise AssertionError("no paywarden-decision-id in the trailing metadata")
+    return decision_id
 
 
 def refusal(answer: object, reason: str) -> grpc.RpcError:
     """``answer`` (a response or the error a call raised) is a refusal with reason code
     ``reason``; returns the error."""
     assert isinstance(answer, grpc.RpcError), f"expected {reason}, got an answer"
-    assert reason_of(answer) == reason, answer.details()  # type: ignore[attr-defined]
+    assert reason_of(answer) == reason, answer.details()
     return answer
 
 
@@ -54,7 +54,7 @@ def outcome(
     try:
         resp = call(request, timeout=timeout)
     except grpc.RpcError as err:
-        return f"{err.code().name}/{reason_of(err)}"  # type: ignore[attr-defined]
+        return f"{err.code().name}/{reason_of(err)}"
     status = str(signer_pb2.SignStatus.Name(resp.status))
     if detail:
         return f"{status}/{resp.decision_id}/{resp.jws}/{resp.replayed_result}"
