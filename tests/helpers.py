@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import math
 import os
 import secrets
 import signal
@@ -75,6 +77,12 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+    def start_of_second(self) -> int:
+        """Moves the clock just past a second boundary: ~1 s before ``int(now)`` changes."""
+        t = self.now()
+        self.advance(math.ceil(t) - t + 0.01)
+        return int(self.now())
 
 
 @dataclass
@@ -201,11 +209,25 @@ def new_nonce(n: int = 16) -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(n)).rstrip(b"=").decode("ascii")
 
 
+def b64url_decode(text: str) -> bytes:
+    """Base64url without padding, as JWS and our nonces write it."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sha256_hex(text: str) -> str:
+    """The hex SHA-256 of ``text`` in UTF-8 (how packs and tasks are digested)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def trailing_metadata(err: grpc.RpcError) -> dict[str, str]:
+    """A failed call's trailing metadata as {key: value}. (grpc-stubs types the items
+    as objects with ``key`` and ``value``; at run time they are (key, value) pairs.)"""
+    items: Any = err.trailing_metadata() or ()
+    return {str(key): str(value) for key, value in items}
+
+
 def reason_of(err: grpc.RpcError) -> str | None:
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "paywarden-reason":
-            return str(value)
-    return None
+    return trailing_metadata(err).get("paywarden-reason")
 
 
 @dataclass

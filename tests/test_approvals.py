@@ -9,7 +9,6 @@ Time only moves through ``stack.clock``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +24,11 @@ from paywarden.v1 import (
     signer_pb2,
 )
 
-from tests.helpers import Stack
+from tests.helpers import Stack, sha256_hex
 from tests.support.clients import Api
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused
-from tests.support.sessions import open_session
+from tests.support.sessions import open_session, spent
 
 grpc_max_workers = 64
 
@@ -87,13 +86,6 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 # -- helpers -------------------------------------------------------------------
 
 
-def spent(api: Api, session_id: str, agent: str = "agent-1") -> str:
-    stub = api.agent_sessions if agent == "agent-1" else api.agent2_sessions
-    session = stub.GetSession(sessions_pb2.GetSessionRequest(session_id=session_id)).session
-    (usd,) = [s for s in session.spend if s.asset == "USD"]
-    return usd.spent
-
-
 def get_approval(api: Api, approval_id: str, who: str = "approver-3") -> approvals_pb2.Approval:
     return (
         api.approver(who)
@@ -137,10 +129,6 @@ def verify(api: Api, token: str) -> bytes:
     return payload
 
 
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 # -- pending → approved → signed -------------------------------------------------
 
 
@@ -159,7 +147,9 @@ def test_pending_payment_is_shown_to_approvers_and_signed_once_approved(
         "acme-data",
         resp.decision_id,
     )
-    assert spent(api, sid) == "150.00"  # held against the budget while pending
+    assert (
+        spent(api.agent_sessions, sid)["USD"] == "150.00"
+    )  # held against the budget while pending
 
     listed = [
         a
@@ -189,7 +179,7 @@ def test_pending_payment_is_shown_to_approvers_and_signed_once_approved(
     assert (shown.pack_id, shown.pack_version, shown.pack_sha256) == (
         "approvals-a1",
         7,
-        sha256(A1_PACK),
+        sha256_hex(A1_PACK),
     )
     trace = json.loads(shown.trace_json)
     assert isinstance(trace, list)
@@ -223,7 +213,7 @@ def test_pending_payment_is_shown_to_approvers_and_signed_once_approved(
     assert signed.decision_id == resp.decision_id
     assert signed.canonical_payload == shown.canonical_payload
     assert verify(api, signed.jws) == shown.canonical_payload
-    assert spent(api, sid) == "150.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "150.00"
 
     once_more = api.signer.Sign(request)
     assert once_more.status == signer_pb2.SIGNED
@@ -232,7 +222,7 @@ def test_pending_payment_is_shown_to_approvers_and_signed_once_approved(
         resp.decision_id,
         True,
     )
-    assert spent(api, sid) == "150.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "150.00"
     assert stack.store.get_decision(resp.decision_id).jws == signed.jws
 
 
@@ -254,7 +244,7 @@ def test_concurrent_retries_after_approval_get_one_signature(api: Api, stack: St
     assert len({r.jws for r in results}) == 1
     assert {r.decision_id for r in results} == {resp.decision_id}
     assert verify(api, results[0].jws) == resp.canonical_payload
-    assert spent(api, sid) == "120.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "120.00"
 
 
 # -- denial ----------------------------------------------------------------------
@@ -265,11 +255,11 @@ def test_denied_payment_is_refused_on_retry_and_releases_the_hold(api: Api, stac
     api.signer.Sign(
         sign_request(stack, sid, amount="30.00", reference="inv-7", purpose=PURPOSE, expires_in=120)
     )  # below the threshold: signed
-    assert spent(api, sid) == "30.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "30.00"
     request, resp = pending(
         api, stack, sid, amount="200.00", reference="inv-7", purpose=PURPOSE, expires_in=120
     )
-    assert spent(api, sid) == "230.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "230.00"
 
     denied = deny(api, resp.approval_id, "approver-2", note="no PO for this vendor")
     assert denied.state == "denied"
@@ -278,12 +268,12 @@ def test_denied_payment_is_refused_on_retry_and_releases_the_hold(api: Api, stac
     assert list(denied.approved_by) == []
     assert get_approval(api, resp.approval_id).denial_note == "no PO for this vendor"
     assert resp.approval_id not in pending_ids(api)
-    assert spent(api, sid) == "30.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "30.00"
 
     err = assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_DENIED")
     assert "no PO for this vendor" not in (err.details() or "")  # approvers only
     assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_DENIED")
-    assert spent(api, sid) == "30.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "30.00"
     assert stack.store.get_decision(resp.decision_id).jws is None
     # the released 200.00 is available again (payments below the approval threshold)
     for amount in ("100.00", "100.00", "20.00"):
@@ -295,7 +285,7 @@ def test_denied_payment_is_refused_on_retry_and_releases_the_hold(api: Api, stac
             ).status
             == signer_pb2.SIGNED
         )
-    assert spent(api, sid) == "250.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "250.00"
 
 
 @pytest.mark.parametrize(
@@ -315,7 +305,7 @@ def test_approval_thresholds_are_strictly_above(
     else:
         assert resp.status == signer_pb2.PENDING_APPROVAL
         assert get_approval(api, resp.approval_id).approvals_required == required
-    assert spent(api, sid) == amount
+    assert spent(api.agent_sessions, sid)["USD"] == amount
 
 
 def test_list_pending_is_oldest_first(api: Api, stack: Stack) -> None:
@@ -423,7 +413,7 @@ def test_two_approver_tier_needs_two_distinct_approvers(api: Api, stack: Stack) 
     signed = api.signer.Sign(request)
     assert signed.status == signer_pb2.SIGNED
     assert verify(api, signed.jws) == resp.canonical_payload
-    assert spent(api, sid) == "600.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "600.00"
 
 
 def test_one_deny_vetoes_a_partly_approved_payment(api: Api, stack: Stack) -> None:
@@ -440,7 +430,7 @@ def test_one_deny_vetoes_a_partly_approved_payment(api: Api, stack: Stack) -> No
     )
     assert list(vetoed.approved_by) == ["approver-1"]
     assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_DENIED")
-    assert spent(api, sid) == "0.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "0.00"
 
 
 def test_approver_who_approved_then_denies_is_recorded_as_the_denier(
@@ -455,7 +445,7 @@ def test_approver_who_approved_then_denies_is_recorded_as_the_denier(
     after = deny(api, resp.approval_id, "approver-1", note="changed my mind: wrong vendor")
     assert after.state == "denied"
     assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_DENIED")
-    assert spent(api, sid) == "0.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "0.00"
     # the audit trail: who denied, and the note
     assert (after.denied_by, after.denial_note) == ("approver-1", "changed my mind: wrong vendor")
 
@@ -474,7 +464,7 @@ def test_pending_approval_expires_with_the_payload(api: Api, stack: Stack) -> No
         reference="inv-7",
         purpose=PURPOSE,
     )
-    assert spent(api, sid) == "250.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "250.00"
     assert resp.approval_id in pending_ids(api)
 
     stack.clock.advance(61)
@@ -495,7 +485,7 @@ def test_pending_approval_expires_with_the_payload(api: Api, stack: Stack) -> No
     )
     assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_EXPIRED")
     assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_EXPIRED")
-    assert spent(api, sid) == "0.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "0.00"
     assert stack.store.get_decision(resp.decision_id).jws is None
     # the whole budget is free again (payments below the approval threshold)
     for _ in range(3):
@@ -504,7 +494,7 @@ def test_pending_approval_expires_with_the_payload(api: Api, stack: Stack) -> No
                 stack, sid, amount="100.00", reference="inv-7", purpose=PURPOSE, expires_in=120
             )
         )
-    assert spent(api, sid) == "300.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "300.00"
 
 
 def test_approved_but_collected_after_expiry_is_never_signed(api: Api, stack: Stack) -> None:
@@ -522,7 +512,7 @@ def test_approved_but_collected_after_expiry_is_never_signed(api: Api, stack: St
     stack.clock.advance(31)
     assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_EXPIRED")
     assert stack.store.get_decision(resp.decision_id).jws is None
-    assert spent(api, sid) == "0.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "0.00"
     assert get_approval(api, resp.approval_id).state == "expired"
 
 
@@ -547,7 +537,7 @@ def test_approved_after_the_session_closed_is_never_signed(api: Api, stack: Stac
     }
     assert_refused(api.signer.Sign, request, PRECONDITION, "SESSION_CLOSED")
     assert stack.store.get_decision(resp.decision_id).jws is None
-    assert spent(api, sid) == "0.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "0.00"
 
 
 # -- the hold counts -----------------------------------------------------------------
@@ -558,7 +548,7 @@ def test_held_amount_counts_against_the_session_budget(api: Api, stack: Stack) -
     _, held = pending(
         api, stack, sid, amount="150.00", reference="inv-7", purpose=PURPOSE, expires_in=120
     )
-    assert spent(api, sid) == "150.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "150.00"
     # 60.00 needs no approval and would fit without the held 150.00
     assert_refused(
         api.signer.Sign,
@@ -576,9 +566,9 @@ def test_held_amount_counts_against_the_session_budget(api: Api, stack: Stack) -
         ).status
         == signer_pb2.SIGNED
     )
-    assert spent(api, sid) == "200.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "200.00"
     deny(api, held.approval_id, "approver-1")
-    assert spent(api, sid) == "50.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "50.00"
     assert (
         api.signer.Sign(
             sign_request(
@@ -587,7 +577,7 @@ def test_held_amount_counts_against_the_session_budget(api: Api, stack: Stack) -
         ).status
         == signer_pb2.SIGNED
     )
-    assert spent(api, sid) == "110.00"
+    assert spent(api.agent_sessions, sid)["USD"] == "110.00"
 
 
 # -- unknown and finished approvals --------------------------------------------------
@@ -637,10 +627,10 @@ def test_finished_approval_is_not_pending(api: Api, stack: Stack, first: str, th
     assert get_approval(api, resp.approval_id).state == expected
     if first == "approve":
         assert api.signer.Sign(request).status == signer_pb2.SIGNED
-        assert spent(api, sid) == "150.00"
+        assert spent(api.agent_sessions, sid)["USD"] == "150.00"
     else:
         assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_DENIED")
-        assert spent(api, sid) == "0.00"
+        assert spent(api.agent_sessions, sid)["USD"] == "0.00"
 
 
 # -- first payment to a payee ---------------------------------------------------------
@@ -665,7 +655,7 @@ def test_first_payment_to_a_payee_needs_approval_once(api: Api, stack: Stack) ->
         1,
         "agent-2",
     )
-    assert (shown.pack_id, shown.pack_sha256) == ("approvals-a2", sha256(A2_PACK))
+    assert (shown.pack_id, shown.pack_sha256) == ("approvals-a2", sha256_hex(A2_PACK))
     # while the first payment waits, the payee is still unpaid: another one waits too
     other = api.signer2.Sign(
         sign_request(
@@ -695,4 +685,4 @@ def test_first_payment_to_a_payee_needs_approval_once(api: Api, stack: Stack) ->
         )
     )
     assert follow_up.status == signer_pb2.SIGNED
-    assert spent(api, sid, agent="agent-2") == "27.00"
+    assert spent(api.agent2_sessions, sid)["USD"] == "27.00"

@@ -4,14 +4,14 @@ record per Sign.
 A real ``paywarden serve`` produces the log; each tampering happens on its own
 copy of the stopped server's SQLite file, with ``sqlite3`` directly (the
 append-only triggers dropped first, as an attacker holding the file would).
-Inclusion and consistency proofs are checked by a verifier written here from
-RFC 9162 section 2.1; it does not import ``paywarden.signer.auditlog.merkle``.
+Inclusion and consistency proofs are checked by the RFC 9162 section 2.1 reference
+in scripts/vectors.py (tests/support/vectors); it does not import
+``paywarden.signer.auditlog.merkle``.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
@@ -20,9 +20,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,20 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.helpers import ROOT, Pki, Stack, TestToken, new_nonce, reason_of, serve, write_config
+from tests.helpers import ROOT, Pki, Stack, TestToken, reason_of, trailing_metadata, write_config
+from tests.support.cli import paywarden
+from tests.support.clients import running_api, signed
+from tests.support.intents import payment_intent
+from tests.support.refusals import refusal
+from tests.support.sessions import open_session
+from tests.support.vectors import (
+    mth,
+    rfc_leaf,
+    rfc_path,
+    rfc_proof,
+    rfc_verify_consistency,
+    rfc_verify_inclusion,
+)
 
 # pytest-grpc (the in-process stack): a few server threads are enough here.
 grpc_max_workers = 16
@@ -75,184 +89,11 @@ AUDIT_SEQ = "paywarden-audit-seq"
 DECISION_ID = "paywarden-decision-id"
 
 
-# -- an independent RFC 9162 section 2.1 implementation (no paywarden imports) ---------
-
-
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def rfc_leaf(entry: bytes) -> bytes:
-    """2.1.1: MTH({d(0)}) = HASH(0x00 || d(0))."""
-    return _sha256(b"\x00" + entry)
-
-
-def rfc_node(left: bytes, right: bytes) -> bytes:
-    return _sha256(b"\x01" + left + right)
-
-
-def _largest_power_of_two_below(n: int) -> int:
-    """k < n <= 2k, for n > 1."""
-    k = 1
-    while k << 1 < n:
-        k <<= 1
-    return k
-
-
-def mth(entries: Sequence[bytes]) -> bytes:
-    """2.1.1: the Merkle Tree Hash of a list of entries (raw bytes, not hashes)."""
-    n = len(entries)
-    if n == 0:
-        return _sha256(b"")
-    if n == 1:
-        return rfc_leaf(entries[0])
-    k = _largest_power_of_two_below(n)
-    return rfc_node(mth(entries[:k]), mth(entries[k:]))
-
-
-def rfc_path(m: int, entries: Sequence[bytes]) -> list[bytes]:
-    """2.1.3.1: PATH(m, D[n])."""
-    n = len(entries)
-    if n == 1:
-        return []
-    k = _largest_power_of_two_below(n)
-    if m < k:
-        return [*rfc_path(m, entries[:k]), mth(entries[k:])]
-    return [*rfc_path(m - k, entries[k:]), mth(entries[:k])]
-
-
-def rfc_proof(m: int, entries: Sequence[bytes]) -> list[bytes]:
-    """2.1.4.1: PROOF(m, D[n]) = SUBPROOF(m, D[n], true)."""
-    return _rfc_subproof(m, entries, True)
-
-
-def _rfc_subproof(m: int, entries: Sequence[bytes], b: bool) -> list[bytes]:
-    n = len(entries)
-    if m == n:
-        return [] if b else [mth(entries)]
-    k = _largest_power_of_two_below(n)
-    if m <= k:
-        return [*_rfc_subproof(m, entries[:k], b), mth(entries[k:])]
-    return [*_rfc_subproof(m - k, entries[k:], False), mth(entries[:k])]
-
-
-def rfc_verify_inclusion(
-    leaf_index: int, tree_size: int, leaf_hash: bytes, path: Sequence[bytes], root: bytes
-) -> bool:
-    """2.1.3.2, step by step."""
-    # 1. leaf_index >= tree_size fails
-    if leaf_index >= tree_size:
-        return False
-    # 2. fn = leaf_index, sn = tree_size - 1; 3. r = hash
-    fn, sn, r = leaf_index, tree_size - 1, leaf_hash
-    # 4. for each p in the inclusion path
-    for p in path:
-        if sn == 0:  # a.
-            return False
-        if fn & 1 or fn == sn:  # b.
-            r = rfc_node(p, r)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = rfc_node(r, p)
-        fn >>= 1  # c.
-        sn >>= 1
-    # 5.
-    return sn == 0 and r == root
-
-
-def rfc_verify_consistency(
-    first: int, second: int, first_hash: bytes, second_hash: bytes, path: Sequence[bytes]
-) -> bool:
-    """2.1.4.2 (for 0 < first < second); first == second: PROOF is empty, heads equal."""
-    if first == second:
-        return not path and first_hash == second_hash
-    if not 0 < first < second:
-        return False
-    # 1. an empty path fails
-    if not path:
-        return False
-    consistency_path = list(path)
-    # 2. first an exact power of 2: prepend first_hash
-    if first & (first - 1) == 0:
-        consistency_path.insert(0, first_hash)
-    # 3.
-    fn, sn = first - 1, second - 1
-    # 4.
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    # 5.
-    fr = sr = consistency_path[0]
-    # 6.
-    for c in consistency_path[1:]:
-        if sn == 0:  # a.
-            return False
-        if fn & 1 or fn == sn:  # b.
-            fr = rfc_node(c, fr)
-            sr = rfc_node(c, sr)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            sr = rfc_node(sr, c)
-        fn >>= 1  # c.
-        sn >>= 1
-    # 7.
-    return fr == first_hash and sr == second_hash and sn == 0
-
-
 def _flip(h: bytes) -> bytes:
     return bytes([h[0] ^ 1]) + h[1:]
 
 
-def test_the_independent_verifier_accepts_rfc_proofs_and_rejects_altered_ones() -> None:
-    """The test's own verifier, checked on its own before it judges the service."""
-    entries = [f"entry {i}".encode() for i in range(19)]
-    for n in range(1, len(entries) + 1):
-        tree = entries[:n]
-        root = mth(tree)
-        for m in range(n):
-            path = rfc_path(m, tree)
-            assert rfc_verify_inclusion(m, n, rfc_leaf(tree[m]), path, root)
-            assert not rfc_verify_inclusion(m, n, rfc_leaf(b"other"), path, root)
-            assert not rfc_verify_inclusion(m, n, rfc_leaf(tree[m]), path, _flip(root))
-            assert not rfc_verify_inclusion(m, n, rfc_leaf(tree[m]), [*path, root], root)
-            for i in range(len(path)):
-                bad = [*path[:i], _flip(path[i]), *path[i + 1 :]]
-                assert not rfc_verify_inclusion(m, n, rfc_leaf(tree[m]), bad, root)
-        for m in range(1, n + 1):
-            proof = rfc_proof(m, tree)
-            assert rfc_verify_consistency(m, n, mth(tree[:m]), root, proof)
-            assert not rfc_verify_consistency(m, n, _flip(mth(tree[:m])), root, proof)
-            assert not rfc_verify_consistency(m, n, mth(tree[:m]), _flip(root), proof)
-            for i in range(len(proof)):
-                bad = [*proof[:i], _flip(proof[i]), *proof[i + 1 :]]
-                assert not rfc_verify_consistency(m, n, mth(tree[:m]), root, bad)
-    # a tree whose prefix was rewritten is not consistent with the old head
-    old = entries[:7]
-    rewritten = [*entries[:3], b"forged", *entries[4:12]]
-    assert not rfc_verify_consistency(7, 12, mth(old), mth(rewritten), rfc_proof(7, rewritten))
-
-
 # -- talking to a real server ------------------------------------------------------------
-
-
-def _open(addr: str, pki: Pki, planner: str, agent: str, budget: str) -> str:
-    with pki.channel(addr, "planner", planner) as ch:
-        resp = sessions_pb2_grpc.SessionsStub(ch).OpenSession(
-            sessions_pb2.OpenSessionRequest(
-                agent_id=agent,
-                task_description=TASK,
-                budgets=[sessions_pb2.AssetBudget(asset="USD", amount=budget)],
-                ttl_seconds=900,
-            ),
-            timeout=30,
-        )
-    return resp.session.session_id
 
 
 def _close(addr: str, pki: Pki, planner: str, session_id: str) -> None:
@@ -262,20 +103,14 @@ def _close(addr: str, pki: Pki, planner: str, session_id: str) -> None:
         )
 
 
-def _intent(session_id: str, amount: str, **fields: Any) -> signer_pb2.PaymentIntent:
-    values: dict[str, Any] = {
-        "session_id": session_id,
-        "key_id": "payments.v1",
-        "payee": "weather-data-inc",
-        "amount": amount,
-        "asset": "USD",
-        "reference": "inv-7",
-        "purpose": INJECTION,
-        "nonce": new_nonce(),
-        "expires_at": int(time.time()) + 120,
-    }
-    values.update(fields)
-    return signer_pb2.PaymentIntent(**values)
+# What this module's agents pay for: the purpose is a prompt injection, kept verbatim.
+audit_intent = partial(
+    payment_intent,
+    payee="weather-data-inc",
+    reference="inv-7",
+    purpose=INJECTION,
+    expires_in=120,
+)
 
 
 def _changed(intent: signer_pb2.PaymentIntent, **fields: Any) -> signer_pb2.PaymentIntent:
@@ -284,41 +119,6 @@ def _changed(intent: signer_pb2.PaymentIntent, **fields: Any) -> signer_pb2.Paym
     for name, value in fields.items():
         setattr(copy, name, value)
     return copy
-
-
-def _sign(
-    addr: str, pki: Pki, agent: str, intent: signer_pb2.PaymentIntent
-) -> signer_pb2.SignResponse | grpc.RpcError:
-    with pki.channel(addr, "agent", agent) as ch:
-        try:
-            resp: signer_pb2.SignResponse = signer_pb2_grpc.SignerStub(ch).Sign(
-                signer_pb2.SignRequest(intent=intent), timeout=30
-            )
-        except grpc.RpcError as err:
-            return err
-    return resp
-
-
-def _signed(result: signer_pb2.SignResponse | grpc.RpcError) -> signer_pb2.SignResponse:
-    assert isinstance(result, signer_pb2.SignResponse), (
-        f"refused: {result.code()} {reason_of(result)}"
-    )
-    assert result.status == signer_pb2.SIGNED and result.jws.count(".") == 2
-    return result
-
-
-def _refused(result: signer_pb2.SignResponse | grpc.RpcError, reason: str) -> grpc.RpcError:
-    assert isinstance(result, grpc.RpcError), f"expected {reason}, got an answer"
-    assert reason_of(result) == reason, result.details()
-    return result
-
-
-def _trailer(err: grpc.RpcError, key: str) -> str | None:
-    metadata: Any = err.trailing_metadata() or ()  # type: ignore[attr-defined]
-    for k, v in metadata:
-        if k == key:
-            return str(v)
-    return None
 
 
 def _read_log(db: Path) -> list[tuple[int, str, bytes]]:
@@ -337,20 +137,6 @@ def _checkpoint_sizes(db: Path) -> list[int]:
         return [int(s) for (s,) in conn.execute("SELECT size FROM audit_checkpoints")]
     finally:
         conn.close()
-
-
-def cli(
-    *args: str | Path | int, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
 
 
 # -- one real server run, shared by the tamper, export, proof and checkpoint tests -------
@@ -379,33 +165,41 @@ def run(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) ->
     config = write_config(base, token, pki, packs={"audit.toml": AUDIT_PACK})
     db = base / "state.db"
     pem = base / "audit-public.pem"
-    with serve(config) as srv:
+    with running_api(config, pki) as (srv, api):
         addr = srv.addr
         # ~25 records: start-up (policy and keys), sessions, signatures allowed and
         # denied, refusals, a retry, a close.
-        s1 = _open(addr, pki, "planner-1", "agent-1", "100.00")
-        s2 = _open(addr, pki, "planner-2", "agent-2", "50.00")
-        first_payment = _intent(s1, "12.50")
-        _signed(_sign(addr, pki, "agent-1", first_payment))
+        s1 = open_session(
+            api.sessions("planner", "planner-1"), "agent-1", "100.00", task=TASK, timeout=30
+        )
+        s2 = open_session(
+            api.sessions("planner", "planner-2"), "agent-2", "50.00", task=TASK, timeout=30
+        )
+        first_payment = audit_intent(s1, amount="12.50")
+        signed(api.answer(first_payment))
         for _ in range(5):
-            _signed(_sign(addr, pki, "agent-1", _intent(s1, "12.50")))
-        _refused(_sign(addr, pki, "agent-1", _intent(s1, "30.00")), "BUDGET_EXCEEDED")
-        assert _signed(_sign(addr, pki, "agent-1", first_payment)).replayed_result
+            signed(api.answer(audit_intent(s1, amount="12.50")))
+        refusal(api.answer(audit_intent(s1, amount="30.00")), "BUDGET_EXCEEDED")
+        assert signed(api.answer(first_payment)).replayed_result
         for _ in range(4):
-            _signed(_sign(addr, pki, "agent-2", _intent(s2, "10.00")))
-        _refused(_sign(addr, pki, "agent-2", _intent(s2, "20.00")), "BUDGET_EXCEEDED")
-        _refused(_sign(addr, pki, "agent-2", _intent(s1, "1.00")), "SESSION_AGENT_MISMATCH")
-        _refused(
-            _sign(addr, pki, "agent-1", _intent(s1, "1.00", key_id="payments.v9")), "UNKNOWN_KEY"
+            signed(api.answer(audit_intent(s2, amount="10.00"), agent="agent-2"))
+        refusal(api.answer(audit_intent(s2, amount="20.00"), agent="agent-2"), "BUDGET_EXCEEDED")
+        refusal(
+            api.answer(audit_intent(s1, amount="1.00"), agent="agent-2"), "SESSION_AGENT_MISMATCH"
         )
-        _refused(
-            _sign(addr, pki, "agent-1", _changed(first_payment, amount="1.00")), "NONCE_REPLAYED"
+        refusal(
+            api.answer(audit_intent(s1, amount="1.00", key_id="payments.v9")),
+            "UNKNOWN_KEY",
         )
-        _signed(_sign(addr, pki, "agent-1", _intent(s1, "10.00")))
+        refusal(
+            api.answer(_changed(first_payment, amount="1.00")),
+            "NONCE_REPLAYED",
+        )
+        signed(api.answer(audit_intent(s1, amount="10.00")))
         _close(addr, pki, "planner-2", s2)
-        _refused(_sign(addr, pki, "agent-2", _intent(s2, "1.00")), "SESSION_CLOSED")
+        refusal(api.answer(audit_intent(s2, amount="1.00"), agent="agent-2"), "SESSION_CLOSED")
         for _ in range(2):
-            _signed(_sign(addr, pki, "agent-1", _intent(s1, "5.00")))
+            signed(api.answer(audit_intent(s1, amount="5.00")))
 
         with pki.channel(addr, "operator", "operator-1") as ch:
             control = control_pb2_grpc.ControlStub(ch)
@@ -416,9 +210,11 @@ def run(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) ->
             snapshot = _read_log(db)
 
             # a few more records, then a second checkpoint
-            s3 = _open(addr, pki, "planner-1", "agent-1", "20.00")
+            s3 = open_session(
+                api.sessions("planner", "planner-1"), "agent-1", "20.00", task=TASK, timeout=30
+            )
             for _ in range(3):
-                _signed(_sign(addr, pki, "agent-1", _intent(s3, "1.00")))
+                signed(api.answer(audit_intent(s3, amount="1.00")))
             _close(addr, pki, "planner-1", s1)
             second = control.Checkpoint(control_pb2.CheckpointRequest(), timeout=30).checkpoint
 
@@ -484,7 +280,7 @@ def test_the_run_produced_a_log_with_two_checkpoints(run: Run) -> None:
 
 
 def verify_db(db: Path, public_key: Path) -> subprocess.CompletedProcess[str]:
-    return cli("audit", "verify", "--db", db, "--public-key", public_key)
+    return paywarden("audit", "verify", "--db", db, "--public-key", public_key)
 
 
 def first_bad(proc: subprocess.CompletedProcess[str]) -> str:
@@ -719,13 +515,13 @@ def _export(run: Run, tmp_path: Path) -> Path:
     copy = tmp_path / "state.db"
     shutil.copyfile(run.db, copy)
     out = tmp_path / "audit.jsonl"
-    proc = cli("audit", "export", "--db", copy, "--out", out)
+    proc = paywarden("audit", "export", "--db", copy, "--out", out)
     assert proc.returncode == 0, proc.stderr
     return out
 
 
 def verify_export(export: Path, public_key: Path) -> subprocess.CompletedProcess[str]:
-    return cli("audit", "verify", "--export", export, "--public-key", public_key)
+    return paywarden("audit", "verify", "--export", export, "--public-key", public_key)
 
 
 def test_an_export_verifies(run: Run, tmp_path: Path) -> None:
@@ -879,7 +675,7 @@ def _cli_json(run: Run, tmp_path: Path, *args: str | int) -> dict[str, Any]:
     copy = tmp_path / "state.db"
     if not copy.exists():
         shutil.copyfile(run.db, copy)
-    proc = cli("audit", *map(str, args), "--db", copy)
+    proc = paywarden("audit", *map(str, args), "--db", copy)
     assert proc.returncode == 0, proc.stderr
     out: dict[str, Any] = json.loads(proc.stdout)
     return out
@@ -941,7 +737,7 @@ def test_a_rewritten_log_cannot_prove_consistency_with_a_kept_checkpoint(
             (edited, rfc_leaf(edited.encode()), k),
         )
     n = len(run.records)
-    proc = cli("audit", "consistency", "--db", copy, "--first", size1, "--second", n)
+    proc = paywarden("audit", "consistency", "--db", copy, "--first", size1, "--second", n)
     assert proc.returncode == 0, proc.stderr
     p = json.loads(proc.stdout)
     proof = [bytes.fromhex(h) for h in p["proof"]]
@@ -1013,9 +809,9 @@ def test_the_audit_key_cannot_sign_a_payment(stack: Stack, grpc_create_channel: 
         )
     with grpc_create_channel("agent", "agent-1") as ch:
         stub = signer_pb2_grpc.SignerStub(ch)
-        request = _intent(
+        request = audit_intent(
             session.session_id,
-            "1.00",
+            amount="1.00",
             key_id="audit.v1",
             expires_at=int(stack.clock.now()) + 60,
         )
@@ -1049,7 +845,7 @@ class Call:
 def _seq_of(call: Call) -> int:
     if isinstance(call.result, signer_pb2.SignResponse):
         return int(call.result.audit_seq)
-    value = _trailer(call.result, AUDIT_SEQ)
+    value = trailing_metadata(call.result).get(AUDIT_SEQ)
     assert value is not None, f"{call.label}: no {AUDIT_SEQ} in the trailing metadata"
     return int(value)
 
@@ -1057,7 +853,7 @@ def _seq_of(call: Call) -> int:
 def _decision_id(call: Call) -> str:
     if isinstance(call.result, signer_pb2.SignResponse):
         return str(call.result.decision_id)
-    value = _trailer(call.result, DECISION_ID)
+    value = trailing_metadata(call.result).get(DECISION_ID)
     assert value is not None, call.label
     return value
 
@@ -1079,49 +875,59 @@ def test_every_sign_leaves_exactly_one_audit_record(
     config = write_config(tmp_path, token, pki, packs={"audit.toml": AUDIT_PACK})
     db = tmp_path / "state.db"
     calls: list[Call] = []
-    with serve(config) as srv:
-        addr = srv.addr
-        s1 = _open(addr, pki, "planner-1", "agent-1", "100.00")
-        big = _open(addr, pki, "planner-1", "agent-1", "1000.00")
-        s2 = _open(addr, pki, "planner-2", "agent-2", "50.00")
+    with running_api(config, pki) as (srv, api):
+        s1 = open_session(
+            api.sessions("planner", "planner-1"), "agent-1", "100.00", task=TASK, timeout=30
+        )
+        big = open_session(
+            api.sessions("planner", "planner-1"), "agent-1", "1000.00", task=TASK, timeout=30
+        )
+        s2 = open_session(
+            api.sessions("planner", "planner-2"), "agent-2", "50.00", task=TASK, timeout=30
+        )
         before = _read_log(db)
 
         def sign(label: str, intent: signer_pb2.PaymentIntent, action: str, **kw: Any) -> Call:
-            call = Call(label, _sign(addr, pki, kw.get("agent", "agent-1"), intent), action, **kw)
+            call = Call(label, api.answer(intent, agent=kw.get("agent", "agent-1")), action, **kw)
             calls.append(call)
             return call
 
-        allowed = _intent(s1, "10.00")
+        allowed = audit_intent(s1, amount="10.00")
         first = sign("signed", allowed, "sign.decision")
-        _signed(first.result)
+        signed(first.result)
         retried = sign("retry", allowed, "sign.retry", decision_of=first.result.decision_id)  # type: ignore[union-attr]
-        assert _signed(retried.result).replayed_result
-        over = _intent(s1, "95.00")
+        assert signed(retried.result).replayed_result
+        over = audit_intent(s1, amount="95.00")
         denied = sign("budget", over, "sign.decision", reason="BUDGET_EXCEEDED")
-        _refused(denied.result, "BUDGET_EXCEEDED")
+        refusal(denied.result, "BUDGET_EXCEEDED")
         again = sign(
             "denied retry", over, "sign.retry", reason="BUDGET_EXCEEDED",
             decision_of=_decision_id(denied),
         )  # fmt: skip
-        _refused(again.result, "BUDGET_EXCEEDED")
+        refusal(again.result, "BUDGET_EXCEEDED")
         for label, intent, agent, reason in (
-            ("other agent's session", _intent(s1, "1.00"), "agent-2", "SESSION_AGENT_MISMATCH"),
-            ("malformed amount", _intent(s1, "1.2.3"), "agent-1", "AMOUNT_MALFORMED"),
-            ("unknown key", _intent(s1, "1.00", key_id="payments.v9"), "agent-1", "UNKNOWN_KEY"),
+            ("other agent's session", audit_intent(s1, amount="1.00"), "agent-2",
+             "SESSION_AGENT_MISMATCH"),
+            ("malformed amount", audit_intent(s1, amount="1.2.3"), "agent-1", "AMOUNT_MALFORMED"),
+            ("unknown key", audit_intent(s1, amount="1.00", key_id="payments.v9"), "agent-1",
+             "UNKNOWN_KEY"),
             # another caller: a repeat of one caller's refusal within the window is only
             # counted (tests/attacks/test_refusal_flood.py)
-            ("audit key", _intent(s1, "1.00", key_id="audit.v1"), "agent-2", "UNKNOWN_KEY"),
-            ("expired", _intent(s1, "1.00", expires_at=int(time.time()) - 5), "agent-1",
+            ("audit key", audit_intent(s1, amount="1.00", key_id="audit.v1"), "agent-2",
+             "UNKNOWN_KEY"),
+            ("expired", audit_intent(s1, amount="1.00", expires_at=int(time.time()) - 5), "agent-1",
              "EXPIRY_IN_PAST"),
             ("nonce replay", _changed(allowed, amount="11.00"), "agent-1", "NONCE_REPLAYED"),
-            ("unknown session", _intent(new_session_id(), "1.00"), "agent-1",
+            ("unknown session", audit_intent(new_session_id(), amount="1.00"), "agent-1",
              "SESSION_NOT_FOUND"),
         ):  # fmt: skip
             call = sign(label, intent, "sign.refused", agent=agent, reason=reason)
-            _refused(call.result, reason)
-        other = sign("agent-2 signed", _intent(s2, "5.00"), "sign.decision", agent="agent-2")
-        _signed(other.result)
-        pending = sign("pending", _intent(big, "600.00"), "sign.decision")
+            refusal(call.result, reason)
+        other = sign(
+            "agent-2 signed", audit_intent(s2, amount="5.00"), "sign.decision", agent="agent-2"
+        )
+        signed(other.result)
+        pending = sign("pending", audit_intent(big, amount="600.00"), "sign.decision")
         assert isinstance(pending.result, signer_pb2.SignResponse)
         assert pending.result.status == signer_pb2.PENDING_APPROVAL
     assert srv.proc.returncode == 0
@@ -1174,7 +980,7 @@ def test_every_sign_leaves_exactly_one_audit_record(
 
     # audit show: who asked, what, which rule, why
     def show(decision_id: str) -> str:
-        proc = cli("audit", "show", decision_id, "--db", db)
+        proc = paywarden("audit", "show", decision_id, "--db", db)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
@@ -1195,7 +1001,7 @@ def test_every_sign_leaves_exactly_one_audit_record(
     text = show(pending_id)
     assert "HELD FOR APPROVAL by rule approval_threshold" in text
     untrusted_only(text)
-    missing = cli("audit", "show", "dec_nothing", "--db", db)
+    missing = paywarden("audit", "show", "dec_nothing", "--db", db)
     assert missing.returncode != 0 and "no decision dec_nothing" in missing.stderr
 
     # Sign answers carry the audit sequence number of their decision: PENDING_APPROVAL too

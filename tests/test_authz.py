@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -41,7 +42,11 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.helpers import ROOT, Pki, Stack, new_nonce, reason_of
+from tests.helpers import ROOT, Pki, Stack, reason_of
+from tests.support.clients import Api
+from tests.support.intents import sign_request
+from tests.support.refusals import refused
+from tests.support.sessions import get_session, open_request, opened_session
 
 TRUST_DOMAIN = "paywarden.test"
 SERVICES = (
@@ -60,6 +65,14 @@ TASK = "buy one weather dataset for the forecast report"
 SESSION_ID = re.compile(r"^ses_[A-Za-z0-9_-]{43}$")
 UNKNOWN_SESSION = "ses_" + "A" * 43  # well formed, never issued
 CALL_TIMEOUT = 10
+# What this module's agents ask to sign, unless a test says otherwise.
+authz_request = partial(
+    sign_request,
+    payee="acme-weather",
+    amount="1.00",
+    reference="inv-authz-1",
+    purpose="weather data",
+)
 
 
 def _rpcs() -> list[tuple[str, Any]]:
@@ -77,12 +90,6 @@ RPCS = _rpcs()
 # -- helpers -------------------------------------------------------------------
 
 
-def _refused(call: Callable[[], object]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value
-
-
 def _error_infos(err: grpc.RpcError) -> list[error_details_pb2.ErrorInfo]:
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
     assert status is not None, "no google.rpc.Status in the trailers"
@@ -97,72 +104,17 @@ def _error_infos(err: grpc.RpcError) -> list[error_details_pb2.ErrorInfo]:
 
 def assert_status(err: grpc.RpcError, code: grpc.StatusCode, reason: Reason) -> None:
     """The code, and the reason in all three places: metadata, detail and message."""
-    assert err.code() == code, (err.code(), err.details())  # type: ignore[attr-defined]
+    assert err.code() == code, (err.code(), err.details())
     assert reason_of(err) == reason.value
     infos = _error_infos(err)
     assert [(i.reason, i.domain) for i in infos] == [(reason.value, ERROR_DOMAIN)]
-    assert err.details().startswith(f"[{reason.value}]")  # type: ignore[attr-defined]
-
-
-def _open_request(
-    agent_id: str = "agent-1", asset: str = "USD", amount: str = "10.00"
-) -> sessions_pb2.OpenSessionRequest:
-    return sessions_pb2.OpenSessionRequest(
-        agent_id=agent_id,
-        task_description=TASK,
-        budgets=[sessions_pb2.AssetBudget(asset=asset, amount=amount)],
-        ttl_seconds=600,
-    )
-
-
-class Clients:
-    """One channel per (role, principal, CA), opened on first use, closed at the end."""
-
-    def __init__(self, create: Callable[..., grpc.Channel]) -> None:
-        self._create = create
-        self._channels: dict[tuple[str, str], grpc.Channel] = {}
-
-    def channel(self, role: str, principal: str) -> grpc.Channel:
-        key = (role, principal)
-        if key not in self._channels:
-            self._channels[key] = self._create(role, principal)
-        return self._channels[key]
-
-    def sessions(self, role: str, principal: str) -> sessions_pb2_grpc.SessionsStub:
-        return sessions_pb2_grpc.SessionsStub(self.channel(role, principal))
-
-    def signer(self, role: str, principal: str) -> signer_pb2_grpc.SignerStub:
-        return signer_pb2_grpc.SignerStub(self.channel(role, principal))
-
-    def close(self) -> None:
-        for ch in self._channels.values():
-            ch.close()
+    assert (err.details() or "").startswith(f"[{reason.value}]")
 
 
 @pytest.fixture(scope="module")
-def clients(grpc_create_channel: Callable[..., grpc.Channel]) -> Iterator[Clients]:
-    c = Clients(grpc_create_channel)
-    yield c
-    c.close()
-
-
-def _open(clients: Clients, planner: str = "planner-1") -> sessions_pb2.Session:
-    resp = clients.sessions("planner", planner).OpenSession(_open_request(), timeout=CALL_TIMEOUT)
-    return resp.session
-
-
-def _get(clients: Clients, role: str, principal: str, sid: str) -> sessions_pb2.Session:
-    return (
-        clients.sessions(role, principal)
-        .GetSession(sessions_pb2.GetSessionRequest(session_id=sid), timeout=CALL_TIMEOUT)
-        .session
-    )
-
-
-@pytest.fixture(scope="module")
-def session(clients: Clients) -> sessions_pb2.Session:
+def session(api: Api) -> sessions_pb2.Session:
     """planner-1's session for agent-1 (USD 10.00, 600 s); nothing is ever spent in it."""
-    return _open(clients)
+    return opened_session(api.planner, "agent-1", "10.00", task=TASK, ttl=600, timeout=CALL_TIMEOUT)
 
 
 # -- 1. the role table, walked completely --------------------------------------
@@ -219,21 +171,21 @@ def test_agent_is_only_allowed_sign_own_session_status_and_public_keys() -> None
 
 @pytest.mark.parametrize("role", list(Role), ids=str)
 @pytest.mark.parametrize("rpc", RPCS, ids=[name for name, _ in RPCS])
-def test_every_rpc_for_every_role(clients: Clients, rpc: tuple[str, Any], role: Role) -> None:
+def test_every_rpc_for_every_role(api: Api, rpc: tuple[str, Any], role: Role) -> None:
     name, method = rpc
     request_cls = message_factory.GetMessageClass(method.input_type)
     response_cls = message_factory.GetMessageClass(method.output_type)
-    call = clients.channel(role.value, PRINCIPAL_OF[role]).unary_unary(
+    call = api.channel(role.value, PRINCIPAL_OF[role]).unary_unary(
         name,
         request_serializer=lambda m: m.SerializeToString(),
         response_deserializer=response_cls.FromString,
     )
 
     def invoke() -> Message:
-        return call(request_cls(), timeout=CALL_TIMEOUT)  # type: ignore[no-any-return]
+        return call(request_cls(), timeout=CALL_TIMEOUT)
 
     if role not in RPC_ROLES[name]:
-        assert_status(_refused(invoke), grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
+        assert_status(refused(invoke), grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
         return
     try:
         response = invoke()
@@ -241,14 +193,14 @@ def test_every_rpc_for_every_role(clients: Clients, rpc: tuple[str, Any], role: 
         # An empty request may be invalid, but the role check must have passed,
         # the caller must have been authenticated and the refusal must be a clean one.
         assert reason_of(err) not in (None, Reason.ROLE_NOT_ALLOWED, Reason.NO_IDENTITY)
-        assert err.code() not in (  # type: ignore[attr-defined]
+        assert err.code() not in (
             grpc.StatusCode.PERMISSION_DENIED,
             grpc.StatusCode.UNAUTHENTICATED,
             grpc.StatusCode.INTERNAL,
             grpc.StatusCode.UNKNOWN,
             grpc.StatusCode.UNIMPLEMENTED,
             grpc.StatusCode.UNAVAILABLE,
-        ), (err.code(), err.details())  # type: ignore[attr-defined]
+        ), (err.code(), err.details())
     else:
         assert isinstance(response, response_cls)
 
@@ -265,10 +217,10 @@ def test_client_without_certificate_fails_handshake(
     ) as ch:
         stub = signer_pb2_grpc.SignerStub(ch)
         # GetPublicKeys is open to every role: any handler reached would answer it.
-        err = _refused(
+        err = refused(
             lambda: stub.GetPublicKeys(signer_pb2.GetPublicKeysRequest(), timeout=CALL_TIMEOUT)
         )
-    assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert reason_of(err) is None  # no handler ran, so no paywarden reason
 
 
@@ -287,10 +239,10 @@ def test_client_with_rogue_ca_certificate_fails_handshake(
     assert rogue_pki.ca != pki.ca
     with grpc_create_channel(role, principal, ca=rogue_pki) as ch:
         stub = signer_pb2_grpc.SignerStub(ch)
-        err = _refused(
+        err = refused(
             lambda: stub.GetPublicKeys(signer_pb2.GetPublicKeysRequest(), timeout=CALL_TIMEOUT)
         )
-    assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert reason_of(err) is None
 
 
@@ -299,8 +251,12 @@ def test_rogue_planner_cannot_open_a_session(
 ) -> None:
     with grpc_create_channel("planner", "planner-1", ca=rogue_pki) as ch:
         stub = sessions_pb2_grpc.SessionsStub(ch)
-        err = _refused(lambda: stub.OpenSession(_open_request(), timeout=CALL_TIMEOUT))
-    assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        err = refused(
+            lambda: stub.OpenSession(
+                open_request("agent-1", "10.00", task=TASK, ttl=600), timeout=CALL_TIMEOUT
+            )
+        )
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert reason_of(err) is None
 
 
@@ -308,12 +264,12 @@ def test_real_certificate_still_works_after_refused_handshakes(
     grpc_addr: str, grpc_create_channel: Callable[..., grpc.Channel], pki: Pki, rogue_pki: Pki
 ) -> None:
     with grpc_create_channel("agent", "agent-2", ca=rogue_pki) as ch:
-        err = _refused(
+        err = refused(
             lambda: signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
                 signer_pb2.GetPublicKeysRequest(), timeout=CALL_TIMEOUT
             )
         )
-    assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
     with grpc_create_channel("agent", "agent-2") as ch:
         keys = signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
             signer_pb2.GetPublicKeysRequest(), timeout=CALL_TIMEOUT
@@ -513,7 +469,7 @@ def test_issued_test_certificates_name_their_principal(pki: Pki) -> None:
 
 
 def test_planner_opens_session_for_agent(
-    clients: Clients, session: sessions_pb2.Session, stack: Stack
+    api: Api, session: sessions_pb2.Session, stack: Stack
 ) -> None:
     assert SESSION_ID.match(session.session_id)
     assert session.agent_id == "agent-1"
@@ -526,11 +482,9 @@ def test_planner_opens_session_for_agent(
     assert list(session.allowed_payees) == []
 
 
-def test_owning_planner_and_agent_see_the_session(
-    clients: Clients, session: sessions_pb2.Session
-) -> None:
+def test_owning_planner_and_agent_see_the_session(api: Api, session: sessions_pb2.Session) -> None:
     for role, principal in (("planner", "planner-1"), ("agent", "agent-1")):
-        got = _get(clients, role, principal, session.session_id)
+        got = get_session(api.sessions(role, principal), session.session_id, timeout=CALL_TIMEOUT)
         assert got.session_id == session.session_id
         assert got.state == "open"
         assert got.agent_id == "agent-1"
@@ -538,43 +492,51 @@ def test_owning_planner_and_agent_see_the_session(
         assert [(s.asset, s.budget, s.spent) for s in got.spend] == [("USD", "10.00", "0.00")]
 
 
-def test_other_planner_cannot_get_session(clients: Clients, session: sessions_pb2.Session) -> None:
-    stub = clients.sessions("planner", "planner-2")
-    err = _refused(
+def test_other_planner_cannot_get_session(api: Api, session: sessions_pb2.Session) -> None:
+    stub = api.sessions("planner", "planner-2")
+    err = refused(
         lambda: stub.GetSession(
             sessions_pb2.GetSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
         )
     )
     assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.SESSION_PLANNER_MISMATCH)
-    assert session.session_id not in err.details()  # type: ignore[attr-defined]
+    assert session.session_id not in (err.details() or "")
     # planner-2 still works, on its own session.
-    own = _open(clients, "planner-2")
-    assert _get(clients, "planner", "planner-2", own.session_id).planner_id == "planner-2"
+    own = opened_session(api.planner2, "agent-1", "10.00", task=TASK, ttl=600, timeout=CALL_TIMEOUT)
+    assert (
+        get_session(
+            api.sessions("planner", "planner-2"), own.session_id, timeout=CALL_TIMEOUT
+        ).planner_id
+        == "planner-2"
+    )
 
 
-def test_other_planner_cannot_close_session(
-    clients: Clients, session: sessions_pb2.Session
-) -> None:
-    stub = clients.sessions("planner", "planner-2")
-    err = _refused(
+def test_other_planner_cannot_close_session(api: Api, session: sessions_pb2.Session) -> None:
+    stub = api.sessions("planner", "planner-2")
+    err = refused(
         lambda: stub.CloseSession(
             sessions_pb2.CloseSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
         )
     )
     assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.SESSION_PLANNER_MISMATCH)
-    assert _get(clients, "agent", "agent-1", session.session_id).state == "open"
+    assert (
+        get_session(
+            api.sessions("agent", "agent-1"), session.session_id, timeout=CALL_TIMEOUT
+        ).state
+        == "open"
+    )
 
 
-def test_other_agent_cannot_get_session(clients: Clients, session: sessions_pb2.Session) -> None:
-    stub = clients.sessions("agent", "agent-2")
-    err = _refused(
+def test_other_agent_cannot_get_session(api: Api, session: sessions_pb2.Session) -> None:
+    stub = api.sessions("agent", "agent-2")
+    err = refused(
         lambda: stub.GetSession(
             sessions_pb2.GetSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
         )
     )
     assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.SESSION_AGENT_MISMATCH)
     # agent-2 still works.
-    keys = clients.signer("agent", "agent-2").GetPublicKeys(
+    keys = api.signer_as("agent", "agent-2").GetPublicKeys(
         signer_pb2.GetPublicKeysRequest(), timeout=CALL_TIMEOUT
     )
     assert len(keys.keys) == 2
@@ -584,10 +546,10 @@ def test_other_agent_cannot_get_session(clients: Clients, session: sessions_pb2.
     ("role", "principal"), [("approver", "approver-1"), ("operator", "operator-1")]
 )
 def test_approver_and_operator_cannot_read_a_real_session(
-    clients: Clients, session: sessions_pb2.Session, role: str, principal: str
+    api: Api, session: sessions_pb2.Session, role: str, principal: str
 ) -> None:
-    stub = clients.sessions(role, principal)
-    err = _refused(
+    stub = api.sessions(role, principal)
+    err = refused(
         lambda: stub.GetSession(
             sessions_pb2.GetSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
         )
@@ -597,29 +559,35 @@ def test_approver_and_operator_cannot_read_a_real_session(
 
 @pytest.mark.parametrize(("role", "principal"), [("agent", "agent-1"), ("planner", "planner-1")])
 def test_unknown_session_is_not_found(
-    clients: Clients, session: sessions_pb2.Session, role: str, principal: str
+    api: Api, session: sessions_pb2.Session, role: str, principal: str
 ) -> None:
-    stub = clients.sessions(role, principal)
-    err = _refused(
+    stub = api.sessions(role, principal)
+    err = refused(
         lambda: stub.GetSession(
             sessions_pb2.GetSessionRequest(session_id=UNKNOWN_SESSION), timeout=CALL_TIMEOUT
         )
     )
     assert_status(err, grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND)
-    assert _get(clients, role, principal, session.session_id).state == "open"
+    assert (
+        get_session(api.sessions(role, principal), session.session_id, timeout=CALL_TIMEOUT).state
+        == "open"
+    )
 
 
-def test_closing_unknown_session_is_not_found(
-    clients: Clients, session: sessions_pb2.Session
-) -> None:
-    stub = clients.sessions("planner", "planner-1")
-    err = _refused(
+def test_closing_unknown_session_is_not_found(api: Api, session: sessions_pb2.Session) -> None:
+    stub = api.sessions("planner", "planner-1")
+    err = refused(
         lambda: stub.CloseSession(
             sessions_pb2.CloseSessionRequest(session_id=UNKNOWN_SESSION), timeout=CALL_TIMEOUT
         )
     )
     assert_status(err, grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND)
-    assert _get(clients, "planner", "planner-1", session.session_id).state == "open"
+    assert (
+        get_session(
+            api.sessions("planner", "planner-1"), session.session_id, timeout=CALL_TIMEOUT
+        ).state
+        == "open"
+    )
 
 
 MALFORMED_SESSION_IDS = {
@@ -639,23 +607,32 @@ MALFORMED_SESSION_IDS = {
 )
 @pytest.mark.parametrize(("role", "principal"), [("agent", "agent-1"), ("planner", "planner-1")])
 def test_malformed_session_id_is_invalid(
-    clients: Clients, session: sessions_pb2.Session, session_id: str, role: str, principal: str
+    api: Api, session: sessions_pb2.Session, session_id: str, role: str, principal: str
 ) -> None:
-    stub = clients.sessions(role, principal)
-    err = _refused(
+    stub = api.sessions(role, principal)
+    err = refused(
         lambda: stub.GetSession(
             sessions_pb2.GetSessionRequest(session_id=session_id), timeout=CALL_TIMEOUT
         )
     )
     assert_status(err, grpc.StatusCode.INVALID_ARGUMENT, Reason.SESSION_ID_MALFORMED)
-    assert _get(clients, role, principal, session.session_id).state == "open"
+    assert (
+        get_session(api.sessions(role, principal), session.session_id, timeout=CALL_TIMEOUT).state
+        == "open"
+    )
 
 
-def test_open_session_with_unknown_asset_is_invalid(clients: Clients) -> None:
-    stub = clients.sessions("planner", "planner-1")
-    err = _refused(lambda: stub.OpenSession(_open_request(asset="XYZ"), timeout=CALL_TIMEOUT))
+def test_open_session_with_unknown_asset_is_invalid(api: Api) -> None:
+    stub = api.sessions("planner", "planner-1")
+    err = refused(
+        lambda: stub.OpenSession(
+            open_request("agent-1", "10.00", asset="XYZ", task=TASK, ttl=600), timeout=CALL_TIMEOUT
+        )
+    )
     assert_status(err, grpc.StatusCode.INVALID_ARGUMENT, Reason.UNKNOWN_ASSET)
-    ok = stub.OpenSession(_open_request(), timeout=CALL_TIMEOUT).session
+    ok = stub.OpenSession(
+        open_request("agent-1", "10.00", task=TASK, ttl=600), timeout=CALL_TIMEOUT
+    ).session
     assert ok.state == "open"
     assert [(s.asset, s.budget) for s in ok.spend] == [("USD", "10.00")]
 
@@ -665,17 +642,28 @@ def test_open_session_with_unknown_asset_is_invalid(clients: Clients) -> None:
     ["agent-1\n", "-agent", "agent 1", "x" * 129],
     ids=["newline", "dash", "space", "long"],
 )
-def test_open_session_for_malformed_agent_id_is_invalid(clients: Clients, agent_id: str) -> None:
-    stub = clients.sessions("planner", "planner-1")
-    err = _refused(lambda: stub.OpenSession(_open_request(agent_id), timeout=CALL_TIMEOUT))
+def test_open_session_for_malformed_agent_id_is_invalid(api: Api, agent_id: str) -> None:
+    stub = api.sessions("planner", "planner-1")
+    err = refused(
+        lambda: stub.OpenSession(
+            open_request(agent_id, "10.00", task=TASK, ttl=600), timeout=CALL_TIMEOUT
+        )
+    )
     assert_status(err, grpc.StatusCode.INVALID_ARGUMENT, Reason.STRING_INVALID)
-    assert stub.OpenSession(_open_request(), timeout=CALL_TIMEOUT).session.state == "open"
+    assert (
+        stub.OpenSession(
+            open_request("agent-1", "10.00", task=TASK, ttl=600), timeout=CALL_TIMEOUT
+        ).session.state
+        == "open"
+    )
 
 
-def test_planner_closes_its_session_and_agent_sees_it_closed(clients: Clients) -> None:
-    opened = _open(clients)
+def test_planner_closes_its_session_and_agent_sees_it_closed(api: Api) -> None:
+    opened = opened_session(
+        api.planner, "agent-1", "10.00", task=TASK, ttl=600, timeout=CALL_TIMEOUT
+    )
     closed = (
-        clients.sessions("planner", "planner-1")
+        api.sessions("planner", "planner-1")
         .CloseSession(
             sessions_pb2.CloseSessionRequest(session_id=opened.session_id), timeout=CALL_TIMEOUT
         )
@@ -683,63 +671,59 @@ def test_planner_closes_its_session_and_agent_sees_it_closed(clients: Clients) -
     )
     assert closed.session_id == opened.session_id
     assert closed.state == "closed"
-    assert _get(clients, "agent", "agent-1", opened.session_id).state == "closed"
+    assert (
+        get_session(api.sessions("agent", "agent-1"), opened.session_id, timeout=CALL_TIMEOUT).state
+        == "closed"
+    )
 
 
 # -- 5. what an agent must never do --------------------------------------------
 
 
-def test_agent_cannot_open_a_session_even_for_itself(clients: Clients) -> None:
-    stub = clients.sessions("agent", "agent-1")
-    err = _refused(lambda: stub.OpenSession(_open_request("agent-1"), timeout=CALL_TIMEOUT))
+def test_agent_cannot_open_a_session_even_for_itself(api: Api) -> None:
+    stub = api.sessions("agent", "agent-1")
+    err = refused(
+        lambda: stub.OpenSession(
+            open_request("agent-1", "10.00", task=TASK, ttl=600), timeout=CALL_TIMEOUT
+        )
+    )
     assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
 
 
-def test_agent_cannot_close_its_own_session(
-    clients: Clients, session: sessions_pb2.Session
-) -> None:
-    stub = clients.sessions("agent", "agent-1")
-    err = _refused(
+def test_agent_cannot_close_its_own_session(api: Api, session: sessions_pb2.Session) -> None:
+    stub = api.sessions("agent", "agent-1")
+    err = refused(
         lambda: stub.CloseSession(
             sessions_pb2.CloseSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT
         )
     )
     assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
-    assert _get(clients, "agent", "agent-1", session.session_id).state == "open"
-
-
-def _intent(session_id: str, stack: Stack, amount: str = "1.00") -> signer_pb2.SignRequest:
-    return signer_pb2.SignRequest(
-        intent=signer_pb2.PaymentIntent(
-            session_id=session_id,
-            key_id="payments.v1",
-            payee="acme-weather",
-            amount=amount,
-            asset="USD",
-            reference="inv-authz-1",
-            purpose="weather data",
-            nonce=new_nonce(),
-            expires_at=int(stack.clock.now()) + 60,
-        )
+    assert (
+        get_session(
+            api.sessions("agent", "agent-1"), session.session_id, timeout=CALL_TIMEOUT
+        ).state
+        == "open"
     )
 
 
-def test_agent_cannot_sign_in_another_agents_session(clients: Clients, stack: Stack) -> None:
-    opened = _open(clients)  # for agent-1
-    err = _refused(
-        lambda: clients.signer("agent", "agent-2").Sign(
-            _intent(opened.session_id, stack), timeout=CALL_TIMEOUT
+def test_agent_cannot_sign_in_another_agents_session(api: Api, stack: Stack) -> None:
+    opened = opened_session(
+        api.planner, "agent-1", "10.00", task=TASK, ttl=600, timeout=CALL_TIMEOUT
+    )  # for agent-1
+    err = refused(
+        lambda: api.signer_as("agent", "agent-2").Sign(
+            authz_request(stack, opened.session_id), timeout=CALL_TIMEOUT
         )
     )
     assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.SESSION_AGENT_MISMATCH)
-    got = _get(clients, "agent", "agent-1", opened.session_id)
+    got = get_session(api.sessions("agent", "agent-1"), opened.session_id, timeout=CALL_TIMEOUT)
     assert [(s.budget, s.spent) for s in got.spend] == [("10.00", "0.00")]
     # The owner signs in it afterwards, and only its own payment is counted.
-    resp = clients.signer("agent", "agent-1").Sign(
-        _intent(opened.session_id, stack), timeout=CALL_TIMEOUT
+    resp = api.signer_as("agent", "agent-1").Sign(
+        authz_request(stack, opened.session_id), timeout=CALL_TIMEOUT
     )
     assert resp.jws.count(".") == 2
-    got = _get(clients, "agent", "agent-1", opened.session_id)
+    got = get_session(api.sessions("agent", "agent-1"), opened.session_id, timeout=CALL_TIMEOUT)
     assert [(s.budget, s.spent) for s in got.spend] == [("10.00", "1.00")]
 
 
@@ -748,13 +732,13 @@ def test_agent_cannot_sign_in_another_agents_session(clients: Clients, stack: St
     [("planner", "planner-1"), ("approver", "approver-1"), ("operator", "operator-1")],
 )
 def test_only_agents_sign_even_with_a_valid_intent(
-    clients: Clients, session: sessions_pb2.Session, stack: Stack, role: str, principal: str
+    api: Api, session: sessions_pb2.Session, stack: Stack, role: str, principal: str
 ) -> None:
-    err = _refused(
-        lambda: clients.signer(role, principal).Sign(
-            _intent(session.session_id, stack), timeout=CALL_TIMEOUT
+    err = refused(
+        lambda: api.signer_as(role, principal).Sign(
+            authz_request(stack, session.session_id), timeout=CALL_TIMEOUT
         )
     )
     assert_status(err, grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
-    got = _get(clients, "agent", "agent-1", session.session_id)
+    got = get_session(api.sessions("agent", "agent-1"), session.session_id, timeout=CALL_TIMEOUT)
     assert [(s.budget, s.spent) for s in got.spend] == [("10.00", "0.00")]

@@ -4,13 +4,12 @@ path resolution, and the real CLI's exit codes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from paywarden.signer.config import ConfigError, load_config
+
+from tests.support.cli import paywarden, settings_free_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -240,24 +239,10 @@ def test_env_paths_resolve_against_the_file_directory(tmp_path: Path) -> None:
 # -- the real CLI ----------------------------------------------------------------------------
 
 
-def _cli(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYWARDEN_")}
-    env.update(extra_env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,  # a safety net only: a bad config must exit at once
-    )
-
-
 @pytest.mark.parametrize("command", ["serve", "config"])
 def test_cli_bad_config_exits_2_naming_the_setting(tmp_path: Path, command: str) -> None:
     bad = _write(tmp_path, '[server]\nlistn = "x"\n')
-    proc = _cli(command, "--config", str(bad))
+    proc = paywarden(command, "--config", str(bad), env=settings_free_env())
     assert proc.returncode == 2, proc.stderr
     assert "server.listn" in proc.stderr
     assert "server.listn" not in proc.stdout
@@ -265,8 +250,11 @@ def test_cli_bad_config_exits_2_naming_the_setting(tmp_path: Path, command: str)
 
 def test_cli_serve_bad_env_override_exits_2(tmp_path: Path) -> None:
     good = _write(tmp_path, "[limits]\nmax_expiry_seconds = 120\n")
-    proc = _cli(
-        "serve", "--config", str(good), extra_env={"PAYWARDEN_LIMITS__MAX_EXPIRY_SECONDS": "0"}
+    proc = paywarden(
+        "serve",
+        "--config",
+        str(good),
+        env=settings_free_env({"PAYWARDEN_LIMITS__MAX_EXPIRY_SECONDS": "0"}),
     )
     assert proc.returncode == 2, proc.stderr
     assert "limits.max_expiry_seconds" in proc.stderr
@@ -278,7 +266,7 @@ def test_cli_config_good_file_exits_0(tmp_path: Path) -> None:
         '[limits]\nmax_expiry_seconds = 120\n[store]\npath = "state/pw.db"\n'
         '[assets.BTC]\ndecimals = 8\nmax_amount = "21"\n',
     )
-    proc = _cli("config", "--config", str(good))
+    proc = paywarden("config", "--config", str(good), env=settings_free_env())
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
     assert shown["limits"]["max_expiry_seconds"] == 120

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import json
 import shutil
-import time
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -22,65 +22,35 @@ from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
 from tests.conftest import make_token
-from tests.helpers import Pki, TestToken, new_nonce, reason_of, serve, write_config
+from tests.helpers import (
+    Pki,
+    TestToken,
+    b64url_decode,
+    new_nonce,
+    reason_of,
+    serve,
+    trailing_metadata,
+    write_config,
+)
+from tests.support.clients import running_api
+from tests.support.intents import payment_intent
+from tests.support.sessions import open_session, spent
 
 TASK = "Buy the 2026 weather dataset for the forecasting task"
-
-
-def _b64d(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-def open_session(addr: str, pki: Pki, budget: str = "100.00", ttl: int = 600) -> str:
-    with pki.channel(addr, "planner", "planner-1") as ch:
-        resp = sessions_pb2_grpc.SessionsStub(ch).OpenSession(
-            sessions_pb2.OpenSessionRequest(
-                agent_id="agent-1",
-                task_description=TASK,
-                budgets=[sessions_pb2.AssetBudget(asset="USD", amount=budget)],
-                ttl_seconds=ttl,
-            ),
-            timeout=30,
-        )
-    return resp.session.session_id
-
-
-def intent(session_id: str, nonce: str, amount: str = "12.5") -> signer_pb2.PaymentIntent:
-    return signer_pb2.PaymentIntent(
-        session_id=session_id,
-        key_id="payments.v1",
-        payee="weather-data-inc",
-        amount=amount,
-        asset="USD",
-        reference="inv-2026-001",
-        purpose="dataset for the forecast",
-        nonce=nonce,
-        expires_at=int(time.time()) + 120,
-    )
-
-
-def sign(addr: str, pki: Pki, req: signer_pb2.PaymentIntent) -> signer_pb2.SignResponse:
-    with pki.channel(addr, "agent", "agent-1") as ch:
-        resp: signer_pb2.SignResponse = signer_pb2_grpc.SignerStub(ch).Sign(
-            signer_pb2.SignRequest(intent=req), timeout=30
-        )
-        return resp
-
-
-def spent(addr: str, pki: Pki, session_id: str) -> str:
-    with pki.channel(addr, "planner", "planner-1") as ch:
-        s = (
-            sessions_pb2_grpc.SessionsStub(ch)
-            .GetSession(sessions_pb2.GetSessionRequest(session_id=session_id), timeout=30)
-            .session
-        )
-    return s.spend[0].spent
+# What this module's agent pays for: the amount and nonce are said at each call.
+forecast_intent = partial(
+    payment_intent,
+    payee="weather-data-inc",
+    reference="inv-2026-001",
+    purpose="dataset for the forecast",
+    expires_in=120,
+)
 
 
 def test_open_sign_verify_with_independent_libraries(config_path: Path, pki: Pki) -> None:
-    with serve(config_path) as srv:
-        session_id = open_session(srv.addr, pki)
-        resp = sign(srv.addr, pki, intent(session_id, new_nonce()))
+    with running_api(config_path, pki) as (srv, api):
+        session_id = open_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600, timeout=30)
+        resp = api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="12.5"))
         with pki.channel(srv.addr, "agent", "agent-1") as ch:
             keys = signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
                 signer_pb2.GetPublicKeysRequest(), timeout=30
@@ -95,7 +65,7 @@ def test_open_sign_verify_with_independent_libraries(config_path: Path, pki: Pki
 
     # 2. cryptography verifies the canonical bytes against the SPKI key
     header_b64, payload_b64, sig_b64 = resp.jws.split(".")
-    raw = _b64d(sig_b64)
+    raw = b64url_decode(sig_b64)
     assert len(raw) == 64
     der = utils.encode_dss_signature(
         int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
@@ -106,7 +76,7 @@ def test_open_sign_verify_with_independent_libraries(config_path: Path, pki: Pki
     public = load_pem_public_key(spki.encode())
     assert isinstance(public, ec.EllipticCurvePublicKey)
     public.verify(der, f"{header_b64}.{payload_b64}".encode(), ec.ECDSA(hashes.SHA256()))
-    assert _b64d(payload_b64) == resp.canonical_payload
+    assert b64url_decode(payload_b64) == resp.canonical_payload
     with pytest.raises(InvalidSignature):
         tampered = resp.canonical_payload.replace(b"12.50", b"92.50")
         signing_input = f"{header_b64}.{base64.urlsafe_b64encode(tampered).rstrip(b'=').decode()}"
@@ -128,24 +98,24 @@ def test_open_sign_verify_with_independent_libraries(config_path: Path, pki: Pki
 
 def test_nonce_replayed_after_restart(config_path: Path, pki: Pki) -> None:
     nonce = new_nonce()
-    with serve(config_path) as srv:
-        session_id = open_session(srv.addr, pki)
-        req = intent(session_id, nonce)
-        first = sign(srv.addr, pki, req)
-    with serve(config_path) as srv:
+    with running_api(config_path, pki) as (_, api):
+        session_id = open_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600, timeout=30)
+        req = forecast_intent(session_id, nonce=nonce, amount="12.5")
+        first = api.sign(req)
+    with running_api(config_path, pki) as (_, api):
         # the same request: the same answer, spent once
-        again = sign(srv.addr, pki, req)
+        again = api.sign(req)
         assert (again.jws, again.decision_id) == (first.jws, first.decision_id)
         assert again.replayed_result
-        assert spent(srv.addr, pki, session_id) == "12.50"
+        assert spent(api.planner, session_id, timeout=30) == {"USD": "12.50"}
         # the same nonce with another amount: a replay
-        changed = intent(session_id, nonce, amount="1.00")
+        changed = forecast_intent(session_id, nonce=nonce, amount="1.00")
         changed.expires_at = req.expires_at
         with pytest.raises(grpc.RpcError) as err:
-            sign(srv.addr, pki, changed)
+            api.sign(changed)
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
         assert reason_of(err.value) == "NONCE_REPLAYED"
-        assert spent(srv.addr, pki, session_id) == "12.50"
+        assert spent(api.planner, session_id, timeout=30) == {"USD": "12.50"}
 
 
 def test_health_and_reflection_are_served(config_path: Path, pki: Pki) -> None:
@@ -174,29 +144,29 @@ def test_hsm_unavailable_fails_closed_and_recovers(tmp_path: Path, pki: Pki) -> 
     tok: TestToken = make_token(tmp_path / "hsm", label="unavailable")
     config = write_config(tmp_path / "cfg", tok, pki)
     tokens = tok.base / "tokens"
-    with serve(config) as srv:
-        session_id = open_session(srv.addr, pki, budget="50.00")
-        assert sign(srv.addr, pki, intent(session_id, new_nonce(), amount="1.00")).jws
+    with running_api(config, pki) as (srv, api):
+        session_id = open_session(api.planner, "agent-1", "50.00", task=TASK, ttl=600, timeout=30)
+        assert api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="1.00")).jws
         away = tok.base / "tokens.away"
         shutil.move(tokens, away)
         tokens.mkdir()
         # The first request is decided and recorded, then the HSM fails: no
         # signature, the amount stays reserved, and the answer names the decision.
-        pending = intent(session_id, new_nonce(), amount="1.00")
+        pending = forecast_intent(session_id, nonce=new_nonce(), amount="1.00")
         with pytest.raises(grpc.RpcError) as err:
-            sign(srv.addr, pki, pending)
+            api.sign(pending)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert reason_of(err.value) == "HSM_UNAVAILABLE"
-        metadata = dict(err.value.trailing_metadata())  # type: ignore[attr-defined]
+        metadata = trailing_metadata(err.value)
         decision_id = metadata["paywarden-decision-id"]
         # While the HSM stays down, requests are refused before anything is recorded.
         for _ in range(3):
             with pytest.raises(grpc.RpcError) as err:
-                sign(srv.addr, pki, intent(session_id, new_nonce(), amount="1.00"))
+                api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="1.00"))
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert reason_of(err.value) == "HSM_UNAVAILABLE"
-            assert "paywarden-decision-id" not in dict(err.value.trailing_metadata())  # type: ignore[attr-defined]
-        assert spent(srv.addr, pki, session_id) == "2.00"
+            assert "paywarden-decision-id" not in trailing_metadata(err.value)
+        assert spent(api.planner, session_id, timeout=30) == {"USD": "2.00"}
         # the service keeps serving everything that does not need the HSM
         with pki.channel(srv.addr, "agent", "agent-1") as ch:
             jwks = signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
@@ -206,13 +176,13 @@ def test_hsm_unavailable_fails_closed_and_recovers(tmp_path: Path, pki: Pki) -> 
         shutil.rmtree(tokens)
         shutil.move(away, tokens)
         # the retry of the recorded request completes it, exactly once
-        done = sign(srv.addr, pki, pending)
+        done = api.sign(pending)
         assert done.decision_id == decision_id
         assert done.replayed_result
-        assert spent(srv.addr, pki, session_id) == "2.00"
-        resp = sign(srv.addr, pki, intent(session_id, new_nonce(), amount="2.00"))
+        assert spent(api.planner, session_id, timeout=30) == {"USD": "2.00"}
+        resp = api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="2.00"))
         assert resp.jws.count(".") == 2
-        assert spent(srv.addr, pki, session_id) == "4.00"
+        assert spent(api.planner, session_id, timeout=30) == {"USD": "4.00"}
 
 
 def test_serve_refuses_a_bad_config_naming_the_setting(
@@ -241,16 +211,16 @@ def test_recorded_unsigned_payment_is_not_signed_after_its_session_closed(
     tok: TestToken = make_token(tmp_path / "hsm", label="closed-retry")
     config = write_config(tmp_path / "cfg", tok, pki)
     tokens = tok.base / "tokens"
-    with serve(config) as srv:
-        session_id = open_session(srv.addr, pki, budget="50.00")
-        assert sign(srv.addr, pki, intent(session_id, new_nonce(), amount="1.00")).jws
+    with running_api(config, pki) as (srv, api):
+        session_id = open_session(api.planner, "agent-1", "50.00", task=TASK, ttl=600, timeout=30)
+        assert api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="1.00")).jws
         shutil.move(tokens, tok.base / "tokens.away")
         tokens.mkdir()
-        pending = intent(session_id, new_nonce(), amount="5.00")
+        pending = forecast_intent(session_id, nonce=new_nonce(), amount="5.00")
         with pytest.raises(grpc.RpcError) as err:
-            sign(srv.addr, pki, pending)
+            api.sign(pending)
         assert reason_of(err.value) == "HSM_UNAVAILABLE"
-        assert spent(srv.addr, pki, session_id) == "6.00"
+        assert spent(api.planner, session_id, timeout=30) == {"USD": "6.00"}
         with pki.channel(srv.addr, "planner", "planner-1") as ch:
             sessions_pb2_grpc.SessionsStub(ch).CloseSession(
                 sessions_pb2.CloseSessionRequest(session_id=session_id), timeout=30
@@ -258,13 +228,13 @@ def test_recorded_unsigned_payment_is_not_signed_after_its_session_closed(
         shutil.rmtree(tokens)
         shutil.move(tok.base / "tokens.away", tokens)
         with pytest.raises(grpc.RpcError) as err:
-            sign(srv.addr, pki, pending)
+            api.sign(pending)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert reason_of(err.value) == "SESSION_CLOSED"
         # the reservation of the never-signed payment is released; a second retry agrees
-        assert spent(srv.addr, pki, session_id) == "1.00"
+        assert spent(api.planner, session_id, timeout=30) == {"USD": "1.00"}
         with pytest.raises(grpc.RpcError) as err:
-            sign(srv.addr, pki, pending)
+            api.sign(pending)
         assert reason_of(err.value) == "SESSION_CLOSED"
 
 
@@ -306,11 +276,11 @@ def test_serve_names_bad_tls_material(
 def test_logs_are_json_lines_with_decision_ids_and_no_secrets(
     config_path: Path, pki: Pki, token: TestToken
 ) -> None:
-    with serve(config_path) as srv:
-        session_id = open_session(srv.addr, pki)
-        resp = sign(srv.addr, pki, intent(session_id, new_nonce()))
+    with running_api(config_path, pki) as (srv, api):
+        session_id = open_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600, timeout=30)
+        resp = api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="12.5"))
         with pytest.raises(grpc.RpcError):
-            sign(srv.addr, pki, intent(session_id, new_nonce(), amount="-1"))
+            api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="-1"))
     logs = [line for line in srv.output if line.startswith("{")]
     assert logs, srv.output
     parsed = [json.loads(line) for line in logs]

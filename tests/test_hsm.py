@@ -126,7 +126,8 @@ def test_jwk_equals_spki_key_and_verifies_a_jws(hsm: Hsm) -> None:
         assert jwk["alg"] == "ES256"
         spki_numbers = info.public_key().public_numbers()
 
-        jose_key = ECKey.import_key(jwk)
+        as_jwk: dict[str, str | list[str]] = dict(jwk)
+        jose_key = ECKey.import_key(as_jwk)
         assert not jose_key.is_private
         assert jose_key.public_key.public_numbers() == spki_numbers
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +33,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from paywarden.v1 import (
     approvals_pb2,
     control_pb2,
-    sessions_pb2,
-    sessions_pb2_grpc,
     signer_pb2,
     signer_pb2_grpc,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.attacks.kit import audit_log
 from tests.conftest import make_token
 from tests.helpers import (
     ROOT,
     Pki,
     ServeProcess,
     TestToken,
-    new_nonce,
     reason_of,
     serve,
     write_config,
 )
+from tests.support.cli import paywarden
 from tests.support.clients import Api
+from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 FLEET = tuple(f"fleet-{i}" for i in range(20))
 KEYS = ("payments.v1", "payments.v2")
@@ -203,25 +205,15 @@ class Attempt:
         return self.code == FAILED_PRECONDITION and self.reason == FROZEN
 
 
-def intent(
-    session_id: str,
-    *,
-    amount: str = "1.00",
-    payee: str = "acme-data",
-    key_id: str = "payments.v1",
-    nonce: str | None = None,
-) -> signer_pb2.PaymentIntent:
-    return signer_pb2.PaymentIntent(
-        session_id=session_id,
-        key_id=key_id,
-        payee=payee,
-        amount=amount,
-        asset="USD",
-        reference="inv-ks",
-        purpose="kill switch test",
-        nonce=nonce or new_nonce(),
-        expires_at=int(time.time()) + 240,
-    )
+# What this module's agents pay, unless a test says otherwise.
+intent = partial(
+    payment_intent,
+    amount="1.00",
+    payee="acme-data",
+    reference="inv-ks",
+    purpose="kill switch test",
+    expires_in=240,
+)
 
 
 def sign(stub: signer_pb2_grpc.SignerStub, agent: str, req: signer_pb2.PaymentIntent) -> Attempt:
@@ -256,21 +248,12 @@ class ServedApi(Api):
         super().__init__(lambda role, who: stack.enter_context(pki.channel(srv.addr, role, who)))
         self.srv, self.pki = srv, pki
 
-    def sign(self, agent: str, req: signer_pb2.PaymentIntent) -> Attempt:
+    def attempt(self, agent: str, req: signer_pb2.PaymentIntent) -> Attempt:
         return sign(self.signer_of(agent), agent, req)
 
     def open_session(self, agent: str, budget: str = "5000.00") -> str:
-        stub = sessions_pb2_grpc.SessionsStub(self.channel("planner", "planner-1"))
-        resp = stub.OpenSession(
-            sessions_pb2.OpenSessionRequest(
-                agent_id=agent,
-                task_description=f"kill switch test task for {agent}",
-                budgets=[sessions_pb2.AssetBudget(asset="USD", amount=budget)],
-                ttl_seconds=900,
-            ),
-            timeout=30,
-        )
-        return str(resp.session.session_id)
+        task = f"kill switch test task for {agent}"
+        return open_session(self.planner, agent, budget, task=task, timeout=30)
 
     def freeze(
         self, scope: str, target: str = "", reason: str = "test"
@@ -311,17 +294,6 @@ def rpc_error(call: Callable[[], object]) -> tuple[str, str | None]:
 
 
 # -- the store, read-only -------------------------------------------------------------------
-
-
-def audit_log(db: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT seq, body FROM audit_log ORDER BY seq").fetchall()
-    finally:
-        conn.close()
-    records = [json.loads(body) for _seq, body in rows]
-    assert [r["seq"] for r in records] == [seq for seq, _ in rows] == list(range(1, len(rows) + 1))
-    return records
 
 
 def stored_jws(db: Path) -> dict[str, str | None]:
@@ -493,7 +465,7 @@ def test_freeze_stops_every_later_signature_while_20_agents_sign(
         for agent in fleet:
             for session_id, key_id in crew.combos[agent]:
                 if in_scope(agent, session_id, key_id):
-                    again.append(api.sign(agent, intent(session_id, key_id=key_id)))
+                    again.append(api.attempt(agent, intent(session_id, key_id=key_id)))
                     break
         after_unfreeze = scrape(api.srv)
 
@@ -610,12 +582,12 @@ def test_freeze_stops_every_later_signature_while_20_agents_sign(
 
 
 def ctl(srv: ServeProcess, pki: Pki, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "ctl", "--addr", srv.addr,
-         "--ca", str(pki.dir / "ca.crt"),
-         "--cert", str(pki.dir / f"operator-{OPERATOR}.crt"),
-         "--key", str(pki.dir / f"operator-{OPERATOR}.key"), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    """``paywarden ctl ARGS`` as the operator, against ``srv``."""
+    return paywarden(
+        "ctl", "--addr", srv.addr, "--ca", pki.dir / "ca.crt",
+        "--cert", pki.dir / f"operator-{OPERATOR}.crt",
+        "--key", pki.dir / f"operator-{OPERATOR}.key",
+        *args, timeout=60,
     )  # fmt: skip
 
 
@@ -626,7 +598,7 @@ def test_freeze_survives_restart_and_ctl_lists_and_lifts_it(
     with running(config, pki) as api:
         sid = api.open_session("agent-1")
         first_req = intent(sid)
-        first = api.sign("agent-1", first_req)
+        first = api.attempt("agent-1", first_req)
         assert first.signed
         out = ctl(api.srv, pki, "freeze", "global", "--reason", "incident 42")
         assert out.returncode == 0, out.stderr
@@ -634,18 +606,18 @@ def test_freeze_survives_restart_and_ctl_lists_and_lifts_it(
         out = ctl(api.srv, pki, "freeze", "key", "payments.v2", "--reason", "rotating v2")
         assert out.returncode == 0, out.stderr
         assert "payments.v2: frozen (rotating v2)" in out.stdout
-        assert api.sign("agent-1", intent(sid)).frozen
+        assert api.attempt("agent-1", intent(sid)).frozen
 
     with running(config, pki) as api:
         gauges = scrape(api.srv)
         assert metric(gauges, "paywarden_frozen_scopes", scope="global") == 1
         assert metric(gauges, "paywarden_frozen_scopes", scope="key") == 1
         assert metric(gauges, "paywarden_frozen_scopes", scope="agent") == 0
-        still = api.sign("agent-1", intent(sid))
+        still = api.attempt("agent-1", intent(sid))
         assert still.frozen and still.details == "[FROZEN] signing is frozen for this request"
         assert "incident 42" not in still.details  # the agent never sees the reason
         # a retry of a request signed before the freeze is refused too
-        retry = api.sign("agent-1", first_req)
+        retry = api.attempt("agent-1", first_req)
         assert retry.frozen and not retry.jws
 
         out = ctl(api.srv, pki, "freezes")
@@ -662,13 +634,13 @@ def test_freeze_survives_restart_and_ctl_lists_and_lifts_it(
 
         out = ctl(api.srv, pki, "unfreeze", "global", "--reason", "incident 42 resolved")
         assert out.returncode == 0 and "unfrozen" in out.stdout, out.stdout + out.stderr
-        assert api.sign("agent-1", intent(sid, key_id="payments.v1")).signed
-        v2 = api.sign("agent-1", intent(sid, key_id="payments.v2"))
+        assert api.attempt("agent-1", intent(sid, key_id="payments.v1")).signed
+        v2 = api.attempt("agent-1", intent(sid, key_id="payments.v2"))
         assert v2.frozen and v2.details == "[FROZEN] signing is frozen for this request"
 
         out = ctl(api.srv, pki, "unfreeze", "key", "payments.v2", "--reason", "rotated")
         assert out.returncode == 0 and "unfrozen" in out.stdout
-        assert api.sign("agent-1", intent(sid, key_id="payments.v2")).signed
+        assert api.attempt("agent-1", intent(sid, key_id="payments.v2")).signed
         out = ctl(api.srv, pki, "freezes")
         assert out.returncode == 0 and out.stdout.strip() == "nothing is frozen"
         out = ctl(api.srv, pki, "unfreeze", "global", "--reason", "nothing to lift")
@@ -694,10 +666,10 @@ def test_pending_and_approved_payments_are_frozen_until_unfreeze(
     with running(config, pki) as api:
         sid = api.open_session("agent-1")
         held_req = intent(sid, amount="600.00", payee="big-vendor")
-        held = api.sign("agent-1", held_req)
+        held = api.attempt("agent-1", held_req)
         assert (held.code, held.status) == ("OK", signer_pb2.PENDING_APPROVAL)
         waiting_req = intent(sid, amount="700.00", payee="big-vendor")
-        waiting = api.sign("agent-1", waiting_req)
+        waiting = api.attempt("agent-1", waiting_req)
         assert (waiting.code, waiting.status) == ("OK", signer_pb2.PENDING_APPROVAL)
         approved = (
             api.approvals("approver", "approver-1")
@@ -709,17 +681,17 @@ def test_pending_and_approved_payments_are_frozen_until_unfreeze(
 
         assert api.freeze("global", reason="stop held payments").created
         for req in (held_req, waiting_req):
-            retry = api.sign("agent-1", req)
+            retry = api.attempt("agent-1", req)
             assert retry.frozen and not retry.jws, retry
         # nothing was signed: no JWS in the store, no HSM signature
         assert stored_jws(db)[held.decision_id] is None
         assert metric(scrape(api.srv), "paywarden_hsm_sign_latency_seconds_count") == hsm_before
 
         assert api.unfreeze("global")
-        done = api.sign("agent-1", held_req)
+        done = api.attempt("agent-1", held_req)
         assert done.signed and done.replayed and done.decision_id == held.decision_id
         assert jws_payload(done.jws) == held.payload
-        still = api.sign("agent-1", waiting_req)
+        still = api.attempt("agent-1", waiting_req)
         assert (still.code, still.status, still.jws) == ("OK", signer_pb2.PENDING_APPROVAL, "")
 
     records = audit_log(db)
@@ -746,7 +718,7 @@ def test_operators_cannot_sign_or_approve_and_others_cannot_freeze(
     config = make_config(tmp_path, token, pki)
     with running(config, pki) as api:
         sid = api.open_session("agent-1")
-        held = api.sign("agent-1", intent(sid, amount="600.00"))
+        held = api.attempt("agent-1", intent(sid, amount="600.00"))
         assert held.status == signer_pb2.PENDING_APPROVAL
 
         # the operator cannot sign, approve, deny or list approvals
@@ -795,8 +767,8 @@ def test_operators_cannot_sign_or_approve_and_others_cannot_freeze(
                 assert rpc_error(call) == (PERMISSION_DENIED, "ROLE_NOT_ALLOWED"), (role, principal)
         assert [(f.scope, f.target) for f in api.freezes()] == [(control_pb2.AGENT, "agent-2")]
         sid2 = api.open_session("agent-2")
-        assert api.sign("agent-2", intent(sid2)).frozen
-        assert api.sign("agent-1", intent(sid)).signed
+        assert api.attempt("agent-2", intent(sid2)).frozen
+        assert api.attempt("agent-1", intent(sid)).signed
 
     records = audit_log(tmp_path / "state.db")
     assert len(actions(records, "freeze.set")) == 1
@@ -830,9 +802,9 @@ def breaker_config(tmp_path: Path, token: TestToken, pki: Pki) -> Path:
 def trip_rejection_breaker(api: ServedApi) -> tuple[str, list[Attempt]]:
     """agent-1: three rejections, a payment, a fourth rejection (the breaker trips)."""
     sid = api.open_session("agent-1")
-    seen = [api.sign("agent-1", intent(sid, payee="unknown-vendor")) for _ in range(3)]
-    seen.append(api.sign("agent-1", intent(sid)))  # three rejections: not frozen yet
-    seen.append(api.sign("agent-1", intent(sid, payee="unknown-vendor")))  # the fourth
+    seen = [api.attempt("agent-1", intent(sid, payee="unknown-vendor")) for _ in range(3)]
+    seen.append(api.attempt("agent-1", intent(sid)))  # three rejections: not frozen yet
+    seen.append(api.attempt("agent-1", intent(sid, payee="unknown-vendor")))  # the fourth
     for a in seen[:3] + seen[4:]:
         assert (a.code, a.reason) == (PERMISSION_DENIED, "PAYEE_NOT_ALLOWED"), a
     assert seen[3].signed, seen[3]
@@ -845,7 +817,7 @@ def test_breaker_freezes_an_agent_after_the_fourth_rejection(
     config = breaker_config(tmp_path, token, pki)
     with running(config, pki) as api:
         sid, seen = trip_rejection_breaker(api)
-        blocked = api.sign("agent-1", intent(sid))
+        blocked = api.attempt("agent-1", intent(sid))
         assert blocked.frozen and not blocked.jws
         assert blocked.details == "[FROZEN] signing is frozen for this request"
         # scraped before anyone lists the freezes
@@ -867,7 +839,7 @@ def test_breaker_freezes_an_agent_after_the_fourth_rejection(
                 timeout=30,
             )
         ) == (PERMISSION_DENIED, "ROLE_NOT_ALLOWED")
-        assert api.sign("agent-1", intent(sid)).frozen
+        assert api.attempt("agent-1", intent(sid)).frozen
 
     records = audit_log(tmp_path / "state.db")
     (trip,) = actions(records, "breaker.freeze")
@@ -902,11 +874,11 @@ def test_breaker_freeze_is_lifted_only_by_an_operator_and_stays_lifted(
     config = breaker_config(tmp_path, token, pki)
     with running(config, pki) as api:
         sid, _ = trip_rejection_breaker(api)
-        assert api.sign("agent-1", intent(sid)).frozen
+        assert api.attempt("agent-1", intent(sid)).frozen
         assert api.unfreeze("agent", "agent-1", reason="reviewed: the agent is fine")
         assert api.freezes() == []
         # the operator's unfreeze restores service: good payments sign, one after another
-        after = [api.sign("agent-1", intent(sid)) for _ in range(3)]
+        after = [api.attempt("agent-1", intent(sid)) for _ in range(3)]
         assert [a.signed for a in after] == [True, True, True], after
         assert api.freezes() == []
         samples = scrape(api.srv)
@@ -921,34 +893,34 @@ def test_payee_spend_and_rate_breakers_trip(
         # agent-2: at most 2 distinct payees in the window
         s2 = api.open_session("agent-2")
         for payee in ("p-one", "p-two", "p-one"):
-            assert api.sign("agent-2", intent(s2, payee=payee)).signed
+            assert api.attempt("agent-2", intent(s2, payee=payee)).signed
         # the third payee would trip it: that payment is denied, not signed
-        tripping = api.sign("agent-2", intent(s2, payee="p-three"))
+        tripping = api.attempt("agent-2", intent(s2, payee="p-three"))
         assert not tripping.signed and (tripping.code, tripping.reason) == (
             PERMISSION_DENIED,
             "BREAKER_TRIPPED",
         )
-        blocked = api.sign("agent-2", intent(s2, payee="p-one"))
+        blocked = api.attempt("agent-2", intent(s2, payee="p-one"))
         assert blocked.frozen
         assert blocked.details == "[FROZEN] signing is frozen for this request"
 
         # fleet-0: at most USD 10.00 in the window
         s0 = api.open_session("fleet-0")
-        assert api.sign("fleet-0", intent(s0, amount="6.00")).signed
-        assert api.sign("fleet-0", intent(s0, amount="4.00")).signed  # exactly 10.00: fine
-        tripping = api.sign("fleet-0", intent(s0, amount="999.00"))  # would pass 10.00
+        assert api.attempt("fleet-0", intent(s0, amount="6.00")).signed
+        assert api.attempt("fleet-0", intent(s0, amount="4.00")).signed  # exactly 10.00: fine
+        tripping = api.attempt("fleet-0", intent(s0, amount="999.00"))  # would pass 10.00
         assert not tripping.signed and tripping.reason == "BREAKER_TRIPPED"
-        blocked = api.sign("fleet-0", intent(s0, amount="0.01"))
+        blocked = api.attempt("fleet-0", intent(s0, amount="0.01"))
         assert blocked.frozen
 
         # fleet-1: rejection rate above 0.5 once there are at least 4 decisions
         s1 = api.open_session("fleet-1")
-        bad = [api.sign("fleet-1", intent(s1, payee="unknown-vendor")) for _ in range(2)]
-        good = api.sign("fleet-1", intent(s1))  # 2 of 3 rejected, but fewer than 4 decisions
-        bad.append(api.sign("fleet-1", intent(s1, payee="unknown-vendor")))  # 3 of 4: trips
+        bad = [api.attempt("fleet-1", intent(s1, payee="unknown-vendor")) for _ in range(2)]
+        good = api.attempt("fleet-1", intent(s1))  # 2 of 3 rejected, but fewer than 4 decisions
+        bad.append(api.attempt("fleet-1", intent(s1, payee="unknown-vendor")))  # 3 of 4: trips
         assert [(a.code, a.reason) for a in bad] == [(PERMISSION_DENIED, "PAYEE_NOT_ALLOWED")] * 3
         assert good.signed
-        blocked = api.sign("fleet-1", intent(s1))
+        blocked = api.attempt("fleet-1", intent(s1))
         assert blocked.frozen
         assert blocked.details == "[FROZEN] signing is frozen for this request"
 
@@ -960,7 +932,7 @@ def test_payee_spend_and_rate_breakers_trip(
         ]  # fmt: skip
         # the others are not frozen
         s_other = api.open_session("agent-1")
-        assert api.sign("agent-1", intent(s_other)).signed
+        assert api.attempt("agent-1", intent(s_other)).signed
 
     trips = actions(audit_log(tmp_path / "state.db"), "breaker.freeze")
     assert sorted((t["target"], t["pack_id"]) for t in trips) == [
@@ -980,32 +952,32 @@ def test_metrics_after_a_known_sequence(tmp_path: Path, token: TestToken, pki: P
         s1 = api.open_session("agent-1")
         s2 = api.open_session("agent-1")
         s3 = api.open_session("agent-2")
-        assert api.sign("agent-1", intent(s1, amount="10.00", payee="payee-a")).signed
-        assert api.sign("agent-1", intent(s1, amount="20.00", payee="payee-b")).signed
-        assert api.sign("agent-1", intent(s2, amount="30.00", payee="payee-x")).signed
+        assert api.attempt("agent-1", intent(s1, amount="10.00", payee="payee-a")).signed
+        assert api.attempt("agent-1", intent(s1, amount="20.00", payee="payee-b")).signed
+        assert api.attempt("agent-1", intent(s2, amount="30.00", payee="payee-x")).signed
         during = scrape(api.srv)
         assert metric(during, "paywarden_spend_total", asset="USD") == 60.0
         assert metric(during, "paywarden_hsm_sign_latency_seconds_count") == 3
         assert metric(during, "paywarden_sign_requests_total", outcome="signed", reason="OK") == 3
 
-        denied = api.sign("agent-1", intent(s1, amount="5.00", payee="evil-corp"))
+        denied = api.attempt("agent-1", intent(s1, amount="5.00", payee="evil-corp"))
         assert (denied.code, denied.reason) == (PERMISSION_DENIED, "PAYEE_DENYLISTED")
         held_req = intent(s1, amount="600.00", payee="payee-c")
-        held = api.sign("agent-1", held_req)
+        held = api.attempt("agent-1", held_req)
         assert held.status == signer_pb2.PENDING_APPROVAL
         approver = api.approvals("approver", "approver-1")
         approver.Approve(approvals_pb2.ApproveRequest(approval_id=held.approval_id), timeout=30)
-        assert api.sign("agent-1", held_req).signed
+        assert api.attempt("agent-1", held_req).signed
 
-        refused_by_human = api.sign("agent-2", intent(s3, amount="700.00", payee="payee-e"))
+        refused_by_human = api.attempt("agent-2", intent(s3, amount="700.00", payee="payee-e"))
         assert refused_by_human.status == signer_pb2.PENDING_APPROVAL
         approver.Deny(
             approvals_pb2.DenyRequest(approval_id=refused_by_human.approval_id), timeout=30
         )
-        left = api.sign("agent-2", intent(s3, amount="800.00", payee="payee-d"))
+        left = api.attempt("agent-2", intent(s3, amount="800.00", payee="payee-d"))
         assert left.status == signer_pb2.PENDING_APPROVAL
         assert api.freeze("agent", "agent-2", reason="metrics test").created
-        assert api.sign("agent-2", intent(s3, amount="1.00")).frozen
+        assert api.attempt("agent-2", intent(s3, amount="1.00")).frozen
 
         # the health watcher refreshes the pending gauge every 2 s
         samples = poll(
@@ -1070,12 +1042,12 @@ def test_time_to_intervention_ignores_signatures_after_the_unfreeze(
     config = make_config(tmp_path, token, pki)
     with running(config, pki) as api:
         sid = api.open_session("agent-1")
-        assert api.sign("agent-1", intent(sid)).signed
+        assert api.attempt("agent-1", intent(sid)).signed
         assert api.freeze("agent", "agent-1").created
-        assert api.sign("agent-1", intent(sid)).frozen
+        assert api.attempt("agent-1", intent(sid)).frozen
         assert metric(scrape(api.srv), "paywarden_time_to_intervention_seconds") == 0
         assert api.unfreeze("agent", "agent-1")
-        assert api.sign("agent-1", intent(sid)).signed
+        assert api.attempt("agent-1", intent(sid)).signed
         # the freeze stopped every signature at once: one made after it was lifted
         # is not a signature that escaped it
         assert metric(scrape(api.srv), "paywarden_time_to_intervention_seconds") == 0
@@ -1112,10 +1084,10 @@ def test_health_is_not_serving_while_the_hsm_is_unusable(tmp_path: Path, pki: Pk
         try:
             poll(state, lambda s: s == (not_serving, not_serving, 0), "health with the HSM gone")
             sid = api.open_session("agent-1")
-            down = api.sign("agent-1", intent(sid))
+            down = api.attempt("agent-1", intent(sid))
             assert (down.code, down.reason) == ("UNAVAILABLE", "HSM_UNAVAILABLE")
         finally:
             shutil.rmtree(tokens)
             shutil.move(away, tokens)
         poll(state, lambda s: s == (serving, serving, 1), "health with the HSM back")
-        assert api.sign("agent-1", intent(sid)).signed
+        assert api.attempt("agent-1", intent(sid)).signed

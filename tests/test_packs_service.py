@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,12 +30,13 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
-from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2
+from paywarden.v1 import signer_pb2
 
-from tests.helpers import Stack, new_nonce, reason_of
-from tests.support.clients import Api
+from tests.helpers import Stack, new_nonce, reason_of, sha256_hex
+from tests.support.clients import Api, is_signed
 from tests.support.intents import sign_request
-from tests.support.refusals import assert_refused
+from tests.support.refusals import assert_refused, decision_id_of
+from tests.support.sessions import open_request, open_session, spent
 
 grpc_max_workers = 64
 
@@ -169,6 +169,9 @@ INJECTIONS = (
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 DAY = 86_400
+TASK = "Buy what the report needs"
+# What a session opened here asks for, unless a test says otherwise.
+USUAL: dict[str, Any] = {"agent": "agent-1", "budget": "150.00", "task": TASK}
 
 
 @pytest.fixture(scope="module")
@@ -225,39 +228,6 @@ def advance_to(stack: Stack, t: float) -> None:
     stack.clock.advance(delta + 0.001)
 
 
-def start_of_second(stack: Stack) -> int:
-    t = stack.clock.now()
-    stack.clock.advance(math.ceil(t) - t + 0.01)
-    return int(stack.clock.now())
-
-
-def open_request(
-    agent: str = "agent-1",
-    budgets: dict[str, str] | None = None,
-    ttl: int = 900,
-    allowed_payees: tuple[str, ...] = (),
-) -> sessions_pb2.OpenSessionRequest:
-    budgets = budgets or {"USD": "150.00"}
-    return sessions_pb2.OpenSessionRequest(
-        agent_id=agent,
-        task_description="Buy what the report needs",
-        budgets=[sessions_pb2.AssetBudget(asset=a, amount=v) for a, v in budgets.items()],
-        ttl_seconds=ttl,
-        allowed_payees=list(allowed_payees),
-    )
-
-
-def open_session(api: Api, **kw: Any) -> str:
-    return api.planner.OpenSession(open_request(**kw)).session.session_id
-
-
-def decision_id_of(err: grpc.RpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "paywarden-decision-id":
-            return str(value)
-    raise AssertionError("no paywarden-decision-id in the trailing metadata")
-
-
 def trace_of(stack: Stack, decision_id: str) -> dict[str, dict[str, Any]]:
     decision = stack.store.get_decision(decision_id)
     assert decision is not None
@@ -268,39 +238,32 @@ def entry(rule: dict[str, Any]) -> tuple[Any, ...]:
     return (rule["outcome"], rule["reason"], rule["limit"], rule["observed"])
 
 
-def signed(resp: signer_pb2.SignResponse) -> bool:
-    return resp.status == signer_pb2.SIGNED and resp.jws.count(".") == 2
-
-
-def spent(stub: sessions_pb2_grpc.SessionsStub, session_id: str) -> dict[str, str]:
-    session = stub.GetSession(sessions_pb2.GetSessionRequest(session_id=session_id)).session
-    return {s.asset: s.spent for s in session.spend}
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 # -- which pack applies ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("agent", ["agent-9", "approver-1", "planner-1"])
 def test_agent_without_a_pack_cannot_open_a_session(api: Api, agent: str) -> None:
-    assert_refused(api.planner.OpenSession, open_request(agent=agent), DENIED, "NO_POLICY_PACK")
+    assert_refused(
+        api.planner.OpenSession, open_request(agent, "150.00", task=TASK), DENIED, "NO_POLICY_PACK"
+    )
 
 
 def test_pack_applies_by_name_and_through_a_group(api: Api, stack: Stack) -> None:
     by_agent = {
-        agent: api.planner.OpenSession(open_request(agent=agent)).session.pack_id
+        agent: api.planner.OpenSession(open_request(agent, "150.00", task=TASK)).session.pack_id
         for agent in ("agent-1", "agent-2", "agent-7")
     }
     assert by_agent == {"agent-1": "core", "agent-2": "ops", "agent-7": "ops"}
 
-    sid = open_session(api, agent="agent-2")
+    sid = open_session(api.planner, "agent-2", "150.00", task=TASK)
     resp = api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00"))
-    assert signed(resp)
+    assert is_signed(resp)
     decision = stack.store.get_decision(resp.decision_id)
-    assert json.loads(decision.pack_json) == {"id": "ops", "version": 2, "sha256": sha256(OPS_PACK)}
+    assert json.loads(decision.pack_json) == {
+        "id": "ops",
+        "version": 2,
+        "sha256": sha256_hex(OPS_PACK),
+    }
     assert [r["rule"] for r in json.loads(decision.trace_json)] == OPS_RULES
     # agent-2 is not in core: payees that core allows and ops does not are refused
     err = assert_refused(
@@ -319,27 +282,29 @@ def test_pack_applies_by_name_and_through_a_group(api: Api, stack: Stack) -> Non
     ("kw", "reason"),
     [
         ({"ttl": 1801}, "SESSION_TTL_ABOVE_PACK"),
-        ({"budgets": {"USD": "150.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
-        ({"budgets": {"USD": "10.00", "EMAIL": "300.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
-        ({"budgets": {"BTC": "0.10000000"}}, "ASSET_NOT_ALLOWED"),
-        ({"budgets": {"USD": "10.00", "JPY": "100"}}, "ASSET_NOT_ALLOWED"),
+        ({"budget": {"USD": "150.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
+        ({"budget": {"USD": "10.00", "EMAIL": "300.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
+        ({"budget": {"BTC": "0.10000000"}}, "ASSET_NOT_ALLOWED"),
+        ({"budget": {"USD": "10.00", "JPY": "100"}}, "ASSET_NOT_ALLOWED"),
         ({"allowed_payees": ("acme-data", "stranger")}, "PAYEE_NOT_ALLOWED"),
         ({"allowed_payees": ("vendor-666",)}, "PAYEE_DENYLISTED"),
         ({"allowed_payees": ("scam-co",)}, "PAYEE_DENYLISTED"),
         ({"allowed_payees": ("acme-d\u0430ta",)}, "PAYEE_CONFUSABLE"),
-        ({"agent": "agent-2", "budgets": {"BTC": "0.1"}}, "ASSET_NOT_ALLOWED"),
-        ({"agent": "agent-7", "budgets": {"USD": "500.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
+        ({"agent": "agent-2", "budget": {"BTC": "0.1"}}, "ASSET_NOT_ALLOWED"),
+        ({"agent": "agent-7", "budget": {"USD": "500.01"}}, "SESSION_BUDGET_ABOVE_PACK"),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,
 )
 def test_session_cannot_widen_its_pack(api: Api, kw: dict[str, Any], reason: str) -> None:
-    assert_refused(api.planner.OpenSession, open_request(**kw), DENIED, reason)
+    assert_refused(api.planner.OpenSession, open_request(**{**USUAL, **kw}), DENIED, reason)
 
 
 def test_narrower_session_is_opened_and_enforced(api: Api, stack: Stack) -> None:
     session = api.planner.OpenSession(
         open_request(
-            budgets={"USD": "150.00", "EMAIL": "300.00"},
+            "agent-1",
+            {"USD": "150.00", "EMAIL": "300.00"},
+            task=TASK,
             ttl=1800,
             allowed_payees=("acme-data", "vendor-12"),
         )
@@ -355,7 +320,7 @@ def test_narrower_session_is_opened_and_enforced(api: Api, stack: Stack) -> None
         DENIED,
         "PAYEE_NOT_IN_SESSION",
     )
-    assert signed(api.signer.Sign(sign_request(stack, sid, payee="vendor-12", amount="5.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, sid, payee="vendor-12", amount="5.00")))
     assert spent(api.agent_sessions, sid) == {"EMAIL": "0.00", "USD": "5.00"}
 
 
@@ -364,9 +329,12 @@ def test_narrower_session_is_opened_and_enforced(api: Api, stack: Stack) -> None
 
 def test_asset_outside_the_pack_can_never_be_spent(api: Api, stack: Stack) -> None:
     assert_refused(
-        api.planner.OpenSession, open_request(budgets={"BTC": "1"}), DENIED, "ASSET_NOT_ALLOWED"
+        api.planner.OpenSession,
+        open_request("agent-1", {"BTC": "1"}, task=TASK),
+        DENIED,
+        "ASSET_NOT_ALLOWED",
     )
-    sid = open_session(api)
+    sid = open_session(api.planner, "agent-1", "150.00", task=TASK)
     err = assert_refused(
         api.signer.Sign,
         sign_request(stack, sid, asset="BTC", amount="0.001"),
@@ -399,9 +367,9 @@ def test_asset_outside_the_pack_can_never_be_spent(api: Api, stack: Stack) -> No
     ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())),
 )
 def test_pack_denies_key_and_payee(
-    api: Api, stack: Stack, fields: dict[str, str], reason: str
+    api: Api, stack: Stack, fields: dict[str, Any], reason: str
 ) -> None:
-    sid = open_session(api, budgets={"USD": "150.00", "EMAIL": "300.00"})
+    sid = open_session(api.planner, "agent-1", {"USD": "150.00", "EMAIL": "300.00"}, task=TASK)
     err = assert_refused(
         api.signer.Sign, sign_request(stack, sid, amount="1.00", **fields), DENIED, reason
     )
@@ -411,7 +379,7 @@ def test_pack_denies_key_and_payee(
 
 
 def test_confusable_trace_names_the_allowed_twin(api: Api, stack: Stack) -> None:
-    sid = open_session(api)
+    sid = open_session(api.planner, "agent-1", "150.00", task=TASK)
     twin = "acme-d\u0430ta"  # Cyrillic a
     assert twin != "acme-data"
     err = assert_refused(
@@ -429,22 +397,22 @@ def test_confusable_trace_names_the_allowed_twin(api: Api, stack: Stack) -> None
     [("USD", "payments.v1"), ("EMAIL", "payments.v1"), ("EMAIL", "payments.v2")],
 )
 def test_allowed_keys_and_payees_sign(api: Api, stack: Stack, asset: str, key: str) -> None:
-    sid = open_session(api, budgets={"USD": "150.00", "EMAIL": "300.00"})
+    sid = open_session(api.planner, "agent-1", {"USD": "150.00", "EMAIL": "300.00"}, task=TASK)
     for payee in ("acme-data", "vendor-7", "shop@example.com"):
         resp = api.signer.Sign(
             sign_request(stack, sid, asset=asset, key_id=key, payee=payee, amount="1.00")
         )
-        assert signed(resp), payee
+        assert is_signed(resp), payee
         assert json.loads(resp.canonical_payload)["payee"] == payee
     assert spent(api.agent_sessions, sid)[asset] == "3.00"
 
 
 def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack) -> None:
-    sid = open_session(api, budgets={"EMAIL": "300.00"})
+    sid = open_session(api.planner, "agent-1", {"EMAIL": "300.00"}, task=TASK)
     resp = api.signer.Sign(
         sign_request(stack, sid, asset="EMAIL", payee="Shop@Example.COM", amount="1.00")
     )
-    assert signed(resp)
+    assert is_signed(resp)
     rule = trace_of(stack, resp.decision_id)["payee_allowlist"]
     assert (rule["outcome"], rule["reason"], rule["observed"]) == (
         "allow",
@@ -452,8 +420,10 @@ def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack
         "shop@example.com",
     )
     # and a session narrowed to the lower-case form accepts the upper-case one
-    narrowed = open_session(api, budgets={"EMAIL": "300.00"}, allowed_payees=("shop@example.com",))
-    assert signed(
+    narrowed = open_session(
+        api.planner, "agent-1", {"EMAIL": "300.00"}, task=TASK, allowed_payees=("shop@example.com",)
+    )
+    assert is_signed(
         api.signer.Sign(
             sign_request(stack, narrowed, asset="EMAIL", payee="SHOP@example.com", amount="1.00")
         )
@@ -470,7 +440,7 @@ def test_case_insensitive_asset_matches_the_allowed_payee(api: Api, stack: Stack
 
 
 def test_per_payment_maximum(api: Api, stack: Stack) -> None:
-    sid = open_session(api, budgets={"USD": "150.00", "EMAIL": "300.00"})
+    sid = open_session(api.planner, "agent-1", {"USD": "150.00", "EMAIL": "300.00"}, task=TASK)
     err = assert_refused(
         api.signer.Sign, sign_request(stack, sid, amount="50.01"), DENIED, "AMOUNT_ABOVE_MAX"
     )
@@ -478,7 +448,7 @@ def test_per_payment_maximum(api: Api, stack: Stack) -> None:
     assert entry(rule) == ("deny", "AMOUNT_ABOVE_MAX", "50.00", "50.01")
     at_max = api.signer.Sign(sign_request(stack, sid, amount="50.00"))
     assert at_max.status == signer_pb2.PENDING_APPROVAL  # above approval_above, not denied
-    assert signed(api.signer.Sign(sign_request(stack, sid, amount="40.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, sid, amount="40.00")))
     assert_refused(
         api.signer.Sign,
         sign_request(stack, sid, asset="EMAIL", amount="100.01"),
@@ -487,16 +457,19 @@ def test_per_payment_maximum(api: Api, stack: Stack) -> None:
     )
     at_email_max = api.signer.Sign(sign_request(stack, sid, asset="EMAIL", amount="100.00"))
     assert at_email_max.status == signer_pb2.PENDING_APPROVAL
-    assert signed(api.signer.Sign(sign_request(stack, sid, asset="EMAIL", amount="60.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, sid, asset="EMAIL", amount="60.00")))
 
 
 def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
     api: Api, stack: Stack, fresh_day: int
 ) -> None:
-    a, b = open_session(api), open_session(api)
+    a, b = (
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+    )
     for sid, amounts in ((a, ["40.00"] * 3), (b, ["40.00"] * 2)):
         for amount in amounts:
-            assert signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))
+            assert is_signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))
     assert spent(api.agent_sessions, a) == {"USD": "120.00"}
     assert spent(api.agent_sessions, b) == {"USD": "80.00"}  # 70.00 left in b's own budget
     err = assert_refused(
@@ -508,13 +481,13 @@ def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
 
     # a minute before midnight: still today
     advance_to(stack, fresh_day + DAY - 60)
-    late = open_session(api)
+    late = open_session(api.planner, "agent-1", "150.00", task=TASK)
     assert_refused(
         api.signer.Sign, sign_request(stack, late, amount="0.01"), DENIED, "DAILY_LIMIT_EXCEEDED"
     )
     # midnight: a new calendar day, but the last 24 hours still hold 200.00
     advance_to(stack, fresh_day + DAY)
-    assert signed(api.signer.Sign(sign_request(stack, late, amount="40.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, late, amount="40.00")))
     err = assert_refused(
         api.signer.Sign, sign_request(stack, late, amount="10.01"), DENIED, "ROLLING_LIMIT_EXCEEDED"
     )
@@ -526,15 +499,18 @@ def test_daily_limit_spans_sessions_and_the_rolling_limit_spans_days(
         "250.00",
         "250.01",
     )
-    assert signed(api.signer.Sign(sign_request(stack, late, amount="10.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, late, amount="10.00")))
 
 
 def test_held_payment_counts_against_the_daily_limit_until_it_expires(
     api: Api, stack: Stack
 ) -> None:
-    a, b = open_session(api), open_session(api)
+    a, b = (
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+    )
     for _ in range(3):
-        assert signed(api.signer.Sign(sign_request(stack, a, amount="40.00")))
+        assert is_signed(api.signer.Sign(sign_request(stack, a, amount="40.00")))
     held = api.signer.Sign(
         sign_request(stack, b, amount="50.00", expires_at=int(stack.clock.now()) + 30)
     )
@@ -544,21 +520,21 @@ def test_held_payment_counts_against_the_daily_limit_until_it_expires(
     )
     rule = trace_of(stack, decision_id_of(err))["daily_limit"]
     assert entry(rule) == ("deny", "DAILY_LIMIT_EXCEEDED", "200.00", "210.00")
-    assert signed(api.signer.Sign(sign_request(stack, b, amount="30.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, b, amount="30.00")))
     assert_refused(
         api.signer.Sign, sign_request(stack, b, amount="0.01"), DENIED, "DAILY_LIMIT_EXCEEDED"
     )
     stack.clock.advance(31)  # the held payment expired: its 50.00 no longer counts
-    assert signed(api.signer.Sign(sign_request(stack, b, amount="40.00")))
+    assert is_signed(api.signer.Sign(sign_request(stack, b, amount="40.00")))
     assert spent(api.agent_sessions, b) == {"USD": "70.00"}
 
 
 def test_velocity(api: Api, stack: Stack) -> None:
-    sid = open_session(api, agent="agent-2")
+    sid = open_session(api.planner, "agent-2", "150.00", task=TASK)
     first = api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00"))
-    assert signed(first)
+    assert is_signed(first)
     for _ in range(2):
-        assert signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00")))
+        assert is_signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00")))
     err = assert_refused(
         api.signer2.Sign,
         sign_request(stack, sid, payee="alpha", amount="1.00"),
@@ -577,12 +553,12 @@ def test_velocity(api: Api, stack: Stack) -> None:
         "VELOCITY_EXCEEDED",
     )
     advance_to(stack, t0 + 60)  # now it has left the window
-    assert signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00")))
+    assert is_signed(api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00")))
     assert spent(api.agent2_sessions, sid) == {"USD": "4.00"}
 
 
 def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> None:
-    sid = open_session(api, agent="agent-2")
+    sid = open_session(api.planner, "agent-2", "150.00", task=TASK)
     err = assert_refused(
         api.signer2.Sign,
         sign_request(stack, sid, payee="echo", amount="1.00"),
@@ -598,7 +574,7 @@ def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> N
     )
     assert entry(trace["payee_allowlist"])[:2] == ("allow", "PAYEE_ALLOWED_BY_PATTERN")
     resp = api.signer2.Sign(sign_request(stack, sid, payee="bravo", amount="1.00"))
-    assert signed(resp)
+    assert is_signed(resp)
     assert entry(trace_of(stack, resp.decision_id)["first_payment"]) == (
         "allow",
         "PAYEE_PAID_BEFORE",
@@ -617,9 +593,9 @@ def test_first_payment_is_denied_unless_paid_before(api: Api, stack: Stack) -> N
 def test_recipient_diversity_per_session_and_per_day(
     api: Api, stack: Stack, fresh_day: int
 ) -> None:
-    s1 = open_session(api, agent="agent-2")
+    s1 = open_session(api.planner, "agent-2", "150.00", task=TASK)
     for payee in ("alpha", "bravo"):
-        assert signed(api.signer2.Sign(sign_request(stack, s1, payee=payee, amount="1.00")))
+        assert is_signed(api.signer2.Sign(sign_request(stack, s1, payee=payee, amount="1.00")))
     err = assert_refused(
         api.signer2.Sign,
         sign_request(stack, s1, payee="charlie", amount="1.00"),
@@ -628,13 +604,13 @@ def test_recipient_diversity_per_session_and_per_day(
     )
     rule = trace_of(stack, decision_id_of(err))["session_diversity"]
     assert entry(rule) == ("deny", "SESSION_DIVERSITY_EXCEEDED", "2", "3")
-    assert signed(
+    assert is_signed(
         api.signer2.Sign(sign_request(stack, s1, payee="alpha", amount="1.00"))
     )  # seen: fine
 
     stack.clock.advance(60)  # out of the velocity window
-    s2 = open_session(api, agent="agent-2")
-    assert signed(
+    s2 = open_session(api.planner, "agent-2", "150.00", task=TASK)
+    assert is_signed(
         api.signer2.Sign(sign_request(stack, s2, payee="charlie", amount="1.00"))
     )  # 3rd today
     err = assert_refused(
@@ -645,22 +621,27 @@ def test_recipient_diversity_per_session_and_per_day(
     )
     rule = trace_of(stack, decision_id_of(err))["daily_diversity"]
     assert entry(rule) == ("deny", "DAILY_DIVERSITY_EXCEEDED", "3", "4")
-    assert signed(
+    assert is_signed(
         api.signer2.Sign(sign_request(stack, s2, payee="bravo", amount="1.00"))
     )  # paid today
 
     advance_to(stack, fresh_day + DAY + 12 * 3600)  # the next day
-    s3 = open_session(api, agent="agent-2")
-    assert signed(api.signer2.Sign(sign_request(stack, s3, payee="delta", amount="1.00")))
+    s3 = open_session(api.planner, "agent-2", "150.00", task=TASK)
+    assert is_signed(api.signer2.Sign(sign_request(stack, s3, payee="delta", amount="1.00")))
 
 
 def test_allowed_hours(api: Api, stack: Stack, fresh_day: int) -> None:
     def pay_at(t: int) -> signer_pb2.SignRequest:
         advance_to(stack, t)
-        return sign_request(stack, open_session(api, agent="agent-2"), payee="alpha", amount="1.00")
+        return sign_request(
+            stack,
+            open_session(api.planner, "agent-2", "150.00", task=TASK),
+            payee="alpha",
+            amount="1.00",
+        )
 
-    assert signed(api.signer2.Sign(pay_at(fresh_day + 12 * 3600 + 60)))
-    assert signed(api.signer2.Sign(pay_at(fresh_day + 16 * 3600 + 59 * 60)))
+    assert is_signed(api.signer2.Sign(pay_at(fresh_day + 12 * 3600 + 60)))
+    assert is_signed(api.signer2.Sign(pay_at(fresh_day + 16 * 3600 + 59 * 60)))
     err = assert_refused(
         api.signer2.Sign, pay_at(fresh_day + 17 * 3600), DENIED, "OUTSIDE_ALLOWED_HOURS"
     )
@@ -675,14 +656,14 @@ def test_allowed_hours(api: Api, stack: Stack, fresh_day: int) -> None:
         DENIED,
         "OUTSIDE_ALLOWED_HOURS",
     )
-    assert signed(api.signer2.Sign(pay_at(fresh_day + DAY + 9 * 3600)))
+    assert is_signed(api.signer2.Sign(pay_at(fresh_day + DAY + 9 * 3600)))
 
 
 # -- the decision trace --------------------------------------------------------------
 
 
 def test_denial_trace_lists_every_rule_and_the_pack(api: Api, stack: Stack) -> None:
-    sid = open_session(api)
+    sid = open_session(api.planner, "agent-1", "150.00", task=TASK)
     err = assert_refused(
         api.signer.Sign, sign_request(stack, sid, amount="50.01"), DENIED, "AMOUNT_ABOVE_MAX"
     )
@@ -717,10 +698,10 @@ def test_denial_trace_lists_every_rule_and_the_pack(api: Api, stack: Stack) -> N
     assert json.loads(decision.pack_json) == {
         "id": "core",
         "version": 3,
-        "sha256": sha256(CORE_PACK),
+        "sha256": sha256_hex(CORE_PACK),
     }
     assert (
-        sha256(CORE_PACK)
+        sha256_hex(CORE_PACK)
         == hashlib.sha256((Path(stack.config.policy.dir) / "core.toml").read_bytes()).hexdigest()
     )
 
@@ -738,18 +719,21 @@ def test_denial_trace_lists_every_rule_and_the_pack(api: Api, stack: Stack) -> N
     ids=["allowed", "denied", "pending"],
 )
 def test_purpose_text_changes_neither_decision_nor_trace(
-    api: Api, stack: Stack, fields: dict[str, str], outcome: str, reason: str
+    api: Api, stack: Stack, fields: dict[str, Any], outcome: str, reason: str
 ) -> None:
     # Warm-up: the payee is "paid before" for every request below alike. The e-mail
     # asset has no daily limit, so the agent's facts stay the same from one request
     # to the next; each request has a fresh session with the same budget.
-    warm = open_session(api, budgets={"EMAIL": "300.00"})
-    assert signed(
+    warm = open_session(api.planner, "agent-1", {"EMAIL": "300.00"}, task=TASK)
+    assert is_signed(
         api.signer.Sign(sign_request(stack, warm, asset="EMAIL", payee="globex", amount="1.00"))
     )
 
-    start_of_second(stack)  # same second for all: the same "now" in every trace
-    sessions = [open_session(api, budgets={"EMAIL": "300.00"}, ttl=600) for _ in range(3)]
+    stack.clock.start_of_second()  # same second for all: the same "now" in every trace
+    sessions = [
+        open_session(api.planner, "agent-1", {"EMAIL": "300.00"}, task=TASK, ttl=600)
+        for _ in range(3)
+    ]
     decision_ids = []
     for sid, purpose in zip(sessions, ("", *INJECTIONS), strict=True):
         request = sign_request(stack, sid, asset="EMAIL", payee="globex", purpose=purpose, **fields)
@@ -775,10 +759,13 @@ def test_purpose_text_changes_neither_decision_nor_trace(
 
 
 def test_concurrent_signs_never_pass_the_daily_limit(api: Api, stack: Stack) -> None:
-    a, b = open_session(api), open_session(api)
+    a, b = (
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+        open_session(api.planner, "agent-1", "150.00", task=TASK),
+    )
     for sid, amounts in ((a, ["40.00", "40.00", "40.00"]), (b, ["40.00", "30.00"])):
         for amount in amounts:
-            assert signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))
+            assert is_signed(api.signer.Sign(sign_request(stack, sid, amount=amount)))
     # 190.00 of the 200.00 daily limit is spent; a has 30.00 and b 80.00 of budget left
     requests = [sign_request(stack, (a, b)[i % 2], amount="1.00") for i in range(50)]
     assert len({r.intent.nonce for r in requests}) == 50
@@ -797,7 +784,7 @@ def test_concurrent_signs_never_pass_the_daily_limit(api: Api, stack: Stack) -> 
     ok = [r for r in results if isinstance(r, signer_pb2.SignResponse)]
     errors = [r for r in results if isinstance(r, grpc.RpcError)]
     assert len(ok) == 10
-    assert all(signed(r) for r in ok)
+    assert all(is_signed(r) for r in ok)
     assert [(e.code(), reason_of(e)) for e in errors] == [(DENIED, "DAILY_LIMIT_EXCEEDED")] * 40
     total = (
         sum(int(json.loads(r.canonical_payload)["amount"].replace(".", "")) for r in ok) + 19_000

@@ -23,9 +23,10 @@ from paywarden.v1 import (
 )
 
 from tests.helpers import Stack, reason_of
-from tests.support.clients import Api
+from tests.support.clients import Api, is_signed
 from tests.support.intents import sign_request
-from tests.support.refusals import assert_refused
+from tests.support.refusals import assert_refused, decision_id_of
+from tests.support.sessions import get_session, open_request, opened_session, spent
 
 grpc_max_workers = 64
 
@@ -77,32 +78,14 @@ STACK_PACKS = {"plans.toml": PLANS_PACK, "required.toml": REQUIRED_PACK}
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+TASK = "Compare three weather datasets and buy the best two"
+# What a session opened here asks for, unless a test says otherwise: plan-bound.
+USUAL: dict[str, Any] = {"agent": "agent-1", "budget": "500.00", "task": TASK, "plan_bound": True}
 
 Line = tuple[str, str, str, int]  # payee, asset, max_amount, count
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def open_request(
-    agent: str = "agent-1",
-    budget: str = "500.00",
-    plan_bound: bool = True,
-    ttl: int = 900,
-    allowed_payees: tuple[str, ...] = (),
-) -> sessions_pb2.OpenSessionRequest:
-    return sessions_pb2.OpenSessionRequest(
-        agent_id=agent,
-        task_description="Compare three weather datasets and buy the best two",
-        budgets=[sessions_pb2.AssetBudget(asset="USD", amount=budget)],
-        ttl_seconds=ttl,
-        allowed_payees=list(allowed_payees),
-        plan_bound=plan_bound,
-    )
-
-
-def open_session(api: Api, **kw: Any) -> sessions_pb2.Session:
-    return api.planner.OpenSession(open_request(**kw)).session
 
 
 def commit_request(session_id: str, lines: list[Line]) -> sessions_pb2.CommitPlanRequest:
@@ -120,46 +103,24 @@ def commit(api: Api, session_id: str, lines: list[Line]) -> sessions_pb2.Session
 
 def executing(api: Api, lines: list[Line], **kw: Any) -> str:
     """A plan-bound session with ``lines`` committed; returns its id."""
-    sid = open_session(api, **kw).session_id
+    sid = opened_session(api.planner, **{**USUAL, **kw}).session_id
     assert commit(api, sid, lines).phase == "execute"
     return sid
 
 
-def get_session(api: Api, session_id: str) -> sessions_pb2.Session:
-    return api.agent_sessions.GetSession(
-        sessions_pb2.GetSessionRequest(session_id=session_id)
-    ).session
-
-
 def used(api: Api, session_id: str) -> list[int]:
-    return [line.used for line in get_session(api, session_id).plan]
-
-
-def spent(api: Api, session_id: str) -> str:
-    (usd,) = get_session(api, session_id).spend
-    return usd.spent
+    return [line.used for line in get_session(api.agent_sessions, session_id).plan]
 
 
 def plan_of(session: sessions_pb2.Session) -> list[tuple[str, str, str, int, int]]:
     return [(ln.payee, ln.asset, ln.max_amount, ln.count, ln.used) for ln in session.plan]
 
 
-def decision_id_of(err: grpc.RpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "paywarden-decision-id":
-            return str(value)
-    raise AssertionError("no decision id")
-
-
-def is_signed(resp: signer_pb2.SignResponse) -> bool:
-    return resp.status == signer_pb2.SIGNED and resp.jws.count(".") == 2
-
-
 # -- explore, commit, execute ------------------------------------------------------
 
 
 def test_explore_commit_execute(api: Api, stack: Stack) -> None:
-    session = open_session(api)
+    session = opened_session(api.planner, "agent-1", "500.00", task=TASK, plan_bound=True)
     assert (session.phase, session.state, list(session.plan)) == ("explore", "open", [])
     sid = session.session_id
 
@@ -168,7 +129,7 @@ def test_explore_commit_execute(api: Api, stack: Stack) -> None:
     trace = json.loads(stack.store.get_decision(decision_id_of(err)).trace_json)
     (phase,) = [r for r in trace if r["rule"] == "session_phase"]
     assert (phase["outcome"], phase["limit"], phase["observed"]) == ("deny", "execute", "explore")
-    assert spent(api, sid) == "0.00"
+    assert spent(api.agent_sessions, sid) == {"USD": "0.00"}
 
     lines: list[Line] = [("acme-data", "USD", "25", 2), ("globex", "USD", "100.00", 1)]
     assert_refused(
@@ -180,7 +141,7 @@ def test_explore_commit_execute(api: Api, stack: Stack) -> None:
     assert_refused(
         api.agent_sessions.CommitPlan, commit_request(sid, lines), DENIED, "ROLE_NOT_ALLOWED"
     )
-    assert get_session(api, sid).phase == "explore"
+    assert get_session(api.agent_sessions, sid).phase == "explore"
 
     committed = commit(api, sid, lines)
     assert committed.phase == "execute"
@@ -188,7 +149,8 @@ def test_explore_commit_execute(api: Api, stack: Stack) -> None:
         ("acme-data", "USD", "25.00", 2, 0),
         ("globex", "USD", "100.00", 1, 0),
     ]
-    assert plan_of(get_session(api, sid)) == plan_of(committed)  # the agent sees the plan
+    # the agent sees the plan
+    assert plan_of(get_session(api.agent_sessions, sid)) == plan_of(committed)
 
     assert_refused(
         api.planner.CommitPlan,
@@ -196,7 +158,7 @@ def test_explore_commit_execute(api: Api, stack: Stack) -> None:
         PRECONDITION,
         "SESSION_NOT_EXPLORING",
     )
-    assert plan_of(get_session(api, sid)) == plan_of(committed)
+    assert plan_of(get_session(api.agent_sessions, sid)) == plan_of(committed)
 
     # the request refused while exploring stays refused: its nonce is spent
     assert_refused(api.signer.Sign, early, PRECONDITION, "SESSION_IN_EXPLORE_PHASE")
@@ -210,7 +172,7 @@ def test_explore_commit_execute(api: Api, stack: Stack) -> None:
 
 def test_commit_only_in_an_open_exploring_session(api: Api, stack: Stack) -> None:
     lines: list[Line] = [("acme-data", "USD", "10.00", 1)]
-    normal = open_session(api, plan_bound=False)
+    normal = opened_session(api.planner, "agent-1", "500.00", task=TASK)
     assert normal.phase == "normal"
     assert_refused(
         api.planner.CommitPlan,
@@ -222,14 +184,16 @@ def test_commit_only_in_an_open_exploring_session(api: Api, stack: Stack) -> Non
         api.signer.Sign(sign_request(stack, normal.session_id, payee="initech", amount="10.00"))
     )
 
-    closed = open_session(api).session_id
+    closed = opened_session(api.planner, "agent-1", "500.00", task=TASK, plan_bound=True).session_id
     api.planner.CloseSession(sessions_pb2.CloseSessionRequest(session_id=closed))
     assert_refused(
         api.planner.CommitPlan, commit_request(closed, lines), PRECONDITION, "SESSION_NOT_EXPLORING"
     )
-    assert get_session(api, closed).phase == "explore"
+    assert get_session(api.agent_sessions, closed).phase == "explore"
 
-    short = open_session(api, ttl=30).session_id
+    short = opened_session(
+        api.planner, "agent-1", "500.00", task=TASK, plan_bound=True, ttl=30
+    ).session_id
     stack.clock.advance(31)
     assert_refused(
         api.planner.CommitPlan, commit_request(short, lines), PRECONDITION, "SESSION_NOT_EXPLORING"
@@ -280,7 +244,7 @@ def test_payments_outside_the_plan_are_denied(api: Api, stack: Stack) -> None:
         "AMOUNT_ABOVE_MAX",
     )
     assert used(api, sid) == [0, 0]
-    assert spent(api, sid) == "0.00"
+    assert spent(api.agent_sessions, sid) == {"USD": "0.00"}
     assert is_signed(api.signer.Sign(sign_request(stack, sid, amount="25.00")))
     assert used(api, sid) == [1, 0]
 
@@ -303,7 +267,7 @@ def test_plan_lines_are_consumed(api: Api, stack: Stack) -> None:
         "PLAN_NO_MATCH",
     )
     assert used(api, sid) == [2, 1]
-    assert spent(api, sid) == "95.00"
+    assert spent(api.agent_sessions, sid) == {"USD": "95.00"}
 
 
 def test_plan_does_not_widen_the_session_budget(api: Api, stack: Stack) -> None:
@@ -315,7 +279,7 @@ def test_plan_does_not_widen_the_session_budget(api: Api, stack: Stack) -> None:
     )
     assert used(api, sid) == [2]
     assert is_signed(api.signer.Sign(sign_request(stack, sid, amount="20.00")))
-    assert (used(api, sid), spent(api, sid)) == ([3], "100.00")
+    assert (used(api, sid), spent(api.agent_sessions, sid)) == ([3], {"USD": "100.00"})
 
 
 def test_a_payment_uses_the_line_that_leaves_the_plan_most_room(api: Api, stack: Stack) -> None:
@@ -346,7 +310,7 @@ def test_concurrent_payments_never_overuse_a_line(api: Api, stack: Stack) -> Non
     assert len(ok) == 3
     assert all(is_signed(r) for r in ok)
     assert [(e.code(), reason_of(e)) for e in errors] == [(DENIED, "PLAN_NO_MATCH")] * 17
-    assert (used(api, sid), spent(api, sid)) == ([3], "3.00")
+    assert (used(api, sid), spent(api.agent_sessions, sid)) == ([3], {"USD": "3.00"})
 
 
 # -- pending payments and plan lines ------------------------------------------------
@@ -380,7 +344,7 @@ def test_pending_payment_holds_its_line_until_denied(api: Api, stack: Stack) -> 
     assert used(api, sid) == [0]
     assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_DENIED")
     assert is_signed(api.signer.Sign(sign_request(stack, sid, payee="hooli", amount="50.00")))
-    assert (used(api, sid), spent(api, sid)) == ([1], "50.00")
+    assert (used(api, sid), spent(api.agent_sessions, sid)) == ([1], {"USD": "50.00"})
 
 
 def test_expired_pending_payment_frees_its_line(api: Api, stack: Stack) -> None:
@@ -394,7 +358,7 @@ def test_expired_pending_payment_frees_its_line(api: Api, stack: Stack) -> None:
     assert used(api, sid) == [0]
     assert_refused(api.signer.Sign, request, DENIED, "APPROVAL_EXPIRED")
     assert is_signed(api.signer.Sign(sign_request(stack, sid, payee="hooli", amount="50.00")))
-    assert (used(api, sid), spent(api, sid)) == ([1], "50.00")
+    assert (used(api, sid), spent(api.agent_sessions, sid)) == ([1], {"USD": "50.00"})
 
 
 def test_approved_pending_payment_keeps_its_line(api: Api, stack: Stack) -> None:
@@ -410,7 +374,7 @@ def test_approved_pending_payment_keeps_its_line(api: Api, stack: Stack) -> None
         DENIED,
         "PLAN_NO_MATCH",
     )
-    assert (used(api, sid), spent(api, sid)) == ([1], "90.00")
+    assert (used(api, sid), spent(api.agent_sessions, sid)) == ([1], {"USD": "90.00"})
 
 
 # -- what a plan may contain --------------------------------------------------------
@@ -460,9 +424,9 @@ GOOD: Line = ("acme-data", "USD", "10.00", 1)
 def test_invalid_plan_is_refused_and_changes_nothing(
     api: Api, stack: Stack, lines: list[Line], code: grpc.StatusCode, reason: str
 ) -> None:
-    sid = open_session(api).session_id
+    sid = opened_session(api.planner, "agent-1", "500.00", task=TASK, plan_bound=True).session_id
     assert_refused(api.planner.CommitPlan, commit_request(sid, lines), code, reason)
-    after = get_session(api, sid)
+    after = get_session(api.agent_sessions, sid)
     assert (after.phase, list(after.plan)) == ("explore", [])
     assert_refused(
         api.signer.Sign,
@@ -475,7 +439,9 @@ def test_invalid_plan_is_refused_and_changes_nothing(
 
 
 def test_plan_stays_within_the_sessions_payees(api: Api) -> None:
-    sid = open_session(api, allowed_payees=("acme-data",)).session_id
+    sid = opened_session(
+        api.planner, "agent-1", "500.00", task=TASK, plan_bound=True, allowed_payees=("acme-data",)
+    ).session_id
     assert_refused(
         api.planner.CommitPlan,
         commit_request(sid, [("globex", "USD", "10.00", 1)]),
@@ -486,7 +452,7 @@ def test_plan_stays_within_the_sessions_payees(api: Api) -> None:
 
 
 def test_plan_sizes_at_the_limits_are_accepted(api: Api) -> None:
-    sid = open_session(api).session_id
+    sid = opened_session(api.planner, "agent-1", "500.00", task=TASK, plan_bound=True).session_id
     session = commit(api, sid, [("acme-data", "USD", "500.00", 1000), *[GOOD] * 99])
     assert len(session.plan) == 100
     assert plan_of(session)[0] == ("acme-data", "USD", "500.00", 1000, 0)
@@ -498,11 +464,11 @@ def test_plan_sizes_at_the_limits_are_accepted(api: Api) -> None:
 def test_pack_requiring_a_plan_refuses_sessions_without_one(api: Api, stack: Stack) -> None:
     assert_refused(
         api.planner.OpenSession,
-        open_request(agent="agent-2", plan_bound=False),
+        open_request("agent-2", "500.00", task=TASK),
         DENIED,
         "PLAN_REQUIRED",
     )
-    session = open_session(api, agent="agent-2")
+    session = opened_session(api.planner, "agent-2", "500.00", task=TASK, plan_bound=True)
     assert (session.phase, session.pack_id) == ("explore", "plans-required")
     assert_refused(
         api.signer2.Sign,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import ROOT
+from tests.support.cli import policy_check
 
 GOOD = """
 id = "research"
@@ -36,18 +34,10 @@ DAILY = 'daily_limit = "100.00"'
 ALLOW_LINES = 'allow = ["weather-data-inc"]\nallow_patterns = ["[a-z]+\\\\.example\\\\.com"]'
 
 
-def _check(*paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "policy", "check", *map(str, paths)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PAYWARDEN_")},
-    )  # fmt: skip
-
-
 def test_a_good_pack_is_described(tmp_path: Path) -> None:
     pack = tmp_path / "research.toml"
     pack.write_text(GOOD, encoding="utf-8")
-    proc = _check(pack)
+    proc = policy_check(pack)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "pack research v2" in out
@@ -89,7 +79,7 @@ def test_a_bad_pack_fails_naming_the_field(tmp_path: Path, edit: object, field: 
     assert bad != GOOD, "the edit did not apply"
     pack = tmp_path / "bad.toml"
     pack.write_text(bad, encoding="utf-8")
-    proc = _check(pack)
+    proc = policy_check(pack)
     assert proc.returncode != 0
     assert field in proc.stderr, proc.stderr
     assert str(pack) in proc.stderr
@@ -99,7 +89,7 @@ def test_two_packs_claiming_one_agent_fail(tmp_path: Path) -> None:
     a, b = tmp_path / "a.toml", tmp_path / "b.toml"
     a.write_text(GOOD, encoding="utf-8")
     b.write_text(GOOD.replace('id = "research"', 'id = "other"'), encoding="utf-8")
-    proc = _check(a, b)
+    proc = policy_check(a, b)
     assert proc.returncode != 0
     assert "agent 'agent-7' is already in pack 'research'" in proc.stderr
 
@@ -107,10 +97,10 @@ def test_two_packs_claiming_one_agent_fail(tmp_path: Path) -> None:
 def test_not_toml_fails(tmp_path: Path) -> None:
     pack = tmp_path / "broken.toml"
     pack.write_text("id = \n", encoding="utf-8")
-    proc = _check(pack)
+    proc = policy_check(pack)
     assert proc.returncode != 0 and "not valid TOML" in proc.stderr
 
 
 def test_the_dev_pack_is_valid() -> None:
-    proc = _check(ROOT / "examples" / "policy" / "dev.toml")
+    proc = policy_check(ROOT / "examples" / "policy" / "dev.toml")
     assert proc.returncode == 0, proc.stderr

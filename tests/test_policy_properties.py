@@ -35,6 +35,7 @@ from paywarden.policy import (
 )
 from paywarden.policy.packs import PolicyPackModel
 from paywarden.policy.payees import skeleton
+from paywarden.policy.vocabulary import Phase, SessionState
 
 DAY = 86_400
 START = 1_767_225_600  # 2026-01-01T00:00:00Z, a UTC midnight
@@ -221,8 +222,8 @@ def simulate_facts(limits: Limits, allowed: list[Payment], p: Payment) -> Facts:
         session=SessionFacts(
             session_id="s-1",
             agent_id="agent-1",
-            state="open",
-            phase="normal",
+            state=SessionState.OPEN,
+            phase=Phase.NORMAL,
             expires_at=START + 30 * DAY,
             budgets_minor={"USD": limits.session_budget},
             spent_minor={"USD": sum(a.amount for a in allowed)},

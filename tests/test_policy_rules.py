@@ -66,6 +66,7 @@ from paywarden.policy.rules import (
     Velocity,
     WithinSessionBudget,
 )
+from paywarden.policy.vocabulary import FirstPaymentMode
 
 NOW = 1_750_000_000  # a fixed instant; nothing here reads the clock
 CYRILLIC_A = "\u0430"  # looks like Latin "a"
@@ -522,30 +523,32 @@ class TestFirstPayment:
     again = make_facts(payee="acme-data", agent=AgentFacts(payees_paid=frozenset({"acme-data"})))
 
     def test_allow_mode(self) -> None:
-        result = FirstPayment("allow").check(self.first)
+        result = FirstPayment(FirstPaymentMode.ALLOW).check(self.first)
         assert_result(
             result, Outcome.ALLOW, "FIRST_PAYMENT_ALLOWED", limit="allow", observed="first payment"
         )
 
     def test_approve_mode(self) -> None:
-        result = FirstPayment("approve").check(self.first)
+        result = FirstPayment(FirstPaymentMode.APPROVE).check(self.first)
         assert_result(result, Outcome.APPROVE, "FIRST_PAYMENT_NEEDS_APPROVAL", limit="approve")
         assert result.approvers == 1
 
     def test_deny_mode(self) -> None:
-        result = FirstPayment("deny").check(self.first)
+        result = FirstPayment(FirstPaymentMode.DENY).check(self.first)
         assert_result(
             result, Outcome.DENY, "FIRST_PAYMENT_DENIED", limit="deny", observed="first payment"
         )
 
-    @pytest.mark.parametrize("mode", ["allow", "approve", "deny"])
-    def test_paid_before_passes(self, mode: str) -> None:
+    @pytest.mark.parametrize("mode", list(FirstPaymentMode))
+    def test_paid_before_passes(self, mode: FirstPaymentMode) -> None:
         result = FirstPayment(mode).check(self.again)
         assert_result(result, Outcome.ALLOW, "PAYEE_PAID_BEFORE", observed="paid before")
 
     def test_held_today_is_not_paid_before(self) -> None:
         facts = make_facts(payee="held", agent=AgentFacts(payees_today=frozenset({"held"})))
-        assert_result(FirstPayment("deny").check(facts), Outcome.DENY, "FIRST_PAYMENT_DENIED")
+        assert_result(
+            FirstPayment(FirstPaymentMode.DENY).check(facts), Outcome.DENY, "FIRST_PAYMENT_DENIED"
+        )
 
 
 class TestApprovalTiers:

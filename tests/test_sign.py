@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,10 +21,11 @@ from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, signer_pb2
 
-from tests.helpers import Stack, new_nonce, reason_of
+from tests.helpers import Stack, b64url_decode, new_nonce, reason_of
 from tests.support.clients import Api
 from tests.support.intents import sign_request
-from tests.support.refusals import assert_refused
+from tests.support.refusals import assert_refused, decision_id_of
+from tests.support.sessions import get_session, opened_session, spent
 
 # pytest-grpc reads this: enough server threads for the concurrency test to race.
 grpc_max_workers = 64
@@ -56,26 +56,6 @@ REPLAYED = grpc.StatusCode.ALREADY_EXISTS
 # -- helpers -------------------------------------------------------------------
 
 
-def open_session(
-    api: Api,
-    budgets: dict[str, str] | None = None,
-    ttl: int = 600,
-    allowed_payees: tuple[str, ...] = (),
-    agent: str = "agent-1",
-) -> sessions_pb2.Session:
-    """planner-1 opens a session for ``agent`` (default: USD 100.00, 600 s)."""
-    budgets = budgets or {"USD": "100.00"}
-    return api.planner.OpenSession(
-        sessions_pb2.OpenSessionRequest(
-            agent_id=agent,
-            task_description=TASK,
-            budgets=[sessions_pb2.AssetBudget(asset=a, amount=v) for a, v in budgets.items()],
-            ttl_seconds=ttl,
-            allowed_payees=list(allowed_payees),
-        )
-    ).session
-
-
 def with_fields(request: signer_pb2.SignRequest, **fields: Any) -> signer_pb2.SignRequest:
     """A copy of ``request`` with some intent fields changed (the nonce kept)."""
     copy = signer_pb2.SignRequest()
@@ -85,39 +65,11 @@ def with_fields(request: signer_pb2.SignRequest, **fields: Any) -> signer_pb2.Si
     return copy
 
 
-def decision_of(err: grpc.RpcError) -> str | None:
-    for key, value in err.trailing_metadata() or ():
-        if key == "paywarden-decision-id":
-            return str(value)
-    return None
-
-
-def get_session(api: Api, session_id: str) -> sessions_pb2.Session:
-    return api.agent_sessions.GetSession(
-        sessions_pb2.GetSessionRequest(session_id=session_id)
-    ).session
-
-
-def spent(api: Api, session_id: str) -> dict[str, str]:
-    return {s.asset: s.spent for s in get_session(api, session_id).spend}
-
-
-def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def start_of_second(stack: Stack) -> int:
-    """Moves the clock just past a second boundary: ~1 s before ``int(now)`` changes."""
-    t = stack.clock.now()
-    stack.clock.advance(math.ceil(t) - t + 0.01)
-    return int(stack.clock.now())
-
-
 # -- the happy path ----------------------------------------------------------
 
 
 def test_sign_happy_path_payload_and_signature(api: Api, stack: Stack) -> None:
-    session = open_session(api)
+    session = opened_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600)
     before = int(stack.clock.now())
     request = sign_request(stack, session.session_id, amount="5", purpose=PURPOSE)
     resp = api.signer.Sign(request)
@@ -138,7 +90,7 @@ def test_sign_happy_path_payload_and_signature(api: Api, stack: Stack) -> None:
     claims = json.loads(resp.canonical_payload)
     assert set(claims) == CLAIMS  # purpose is audit-only, never signed
     task_digest = hashlib.sha256(TASK.encode("utf-8")).hexdigest()
-    assert get_session(api, session.session_id).task_digest == task_digest
+    assert get_session(api.agent_sessions, session.session_id).task_digest == task_digest
     assert claims["typ"] == "paywarden.payment.v1"
     assert claims["sid"] == session.session_id
     assert claims["sub"] == "agent-1"
@@ -154,7 +106,7 @@ def test_sign_happy_path_payload_and_signature(api: Api, stack: Stack) -> None:
     # RFC 8785: sorted keys, no whitespace
     compact = json.dumps(claims, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert resp.canonical_payload == compact.encode("utf-8")
-    assert spent(api, session.session_id) == {"USD": "5.00"}
+    assert spent(api.agent_sessions, session.session_id) == {"USD": "5.00"}
 
     jwks = api.signer.GetPublicKeys(signer_pb2.GetPublicKeysRequest()).jwks_json
     keys = KeySet.import_key_set(json.loads(jwks))
@@ -173,18 +125,18 @@ def test_sign_happy_path_payload_and_signature(api: Api, stack: Stack) -> None:
 
 
 def test_another_agents_session_is_refused(api: Api, stack: Stack) -> None:
-    session = open_session(api)
+    session = opened_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600)
     assert_refused(
         api.signer2.Sign,
         sign_request(stack, session.session_id, amount="1.00", purpose=PURPOSE),
         DENIED,
         "SESSION_AGENT_MISMATCH",
     )
-    assert spent(api, session.session_id) == {"USD": "0.00"}
+    assert spent(api.agent_sessions, session.session_id) == {"USD": "0.00"}
 
 
 def test_closed_session_is_refused(api: Api, stack: Stack) -> None:
-    session = open_session(api)
+    session = opened_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600)
     api.signer.Sign(sign_request(stack, session.session_id, amount="1.00", purpose=PURPOSE))
     closed = api.planner.CloseSession(
         sessions_pb2.CloseSessionRequest(session_id=session.session_id)
@@ -196,13 +148,13 @@ def test_closed_session_is_refused(api: Api, stack: Stack) -> None:
         PRECONDITION,
         "SESSION_CLOSED",
     )
-    assert spent(api, session.session_id) == {"USD": "1.00"}
+    assert spent(api.agent_sessions, session.session_id) == {"USD": "1.00"}
 
 
 def test_expired_session_is_refused(api: Api, stack: Stack) -> None:
-    session = open_session(api, ttl=60)
+    session = opened_session(api.planner, "agent-1", "100.00", task=TASK, ttl=60)
     stack.clock.advance(61)
-    assert get_session(api, session.session_id).state == "expired"
+    assert get_session(api.agent_sessions, session.session_id).state == "expired"
     request = sign_request(
         stack,
         session.session_id,
@@ -211,14 +163,14 @@ def test_expired_session_is_refused(api: Api, stack: Stack) -> None:
         purpose=PURPOSE,
     )
     assert_refused(api.signer.Sign, request, PRECONDITION, "SESSION_EXPIRED")
-    assert spent(api, session.session_id) == {"USD": "0.00"}
+    assert spent(api.agent_sessions, session.session_id) == {"USD": "0.00"}
 
 
 # -- budgets -------------------------------------------------------------------
 
 
 def test_budget_exceeded(api: Api, stack: Stack) -> None:
-    sid = open_session(api, {"USD": "10.00"}).session_id
+    sid = opened_session(api.planner, "agent-1", "10.00", task=TASK, ttl=600).session_id
     api.signer.Sign(sign_request(stack, sid, amount="6.00", purpose=PURPOSE))
     assert_refused(
         api.signer.Sign,
@@ -226,7 +178,7 @@ def test_budget_exceeded(api: Api, stack: Stack) -> None:
         DENIED,
         "BUDGET_EXCEEDED",
     )
-    assert spent(api, sid) == {"USD": "6.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "6.00"}
     api.signer.Sign(
         sign_request(stack, sid, amount="4.00", purpose=PURPOSE)
     )  # exactly up to the budget
@@ -236,11 +188,11 @@ def test_budget_exceeded(api: Api, stack: Stack) -> None:
         DENIED,
         "BUDGET_EXCEEDED",
     )
-    assert spent(api, sid) == {"USD": "10.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "10.00"}
 
 
 def test_concurrent_signs_never_overspend(api: Api, stack: Stack) -> None:
-    sid = open_session(api, {"USD": "10.00"}).session_id
+    sid = opened_session(api.planner, "agent-1", "10.00", task=TASK, ttl=600).session_id
     api.signer.Sign(sign_request(stack, sid, amount="7.00", purpose=PURPOSE))
     requests = [sign_request(stack, sid, amount="0.25", purpose=PURPOSE) for _ in range(50)]
     assert len({r.intent.nonce for r in requests}) == 50
@@ -265,33 +217,35 @@ def test_concurrent_signs_never_overspend(api: Api, stack: Stack) -> None:
         int(json.loads(r.canonical_payload)["amount"].replace(".", "")) for r in signed
     )
     assert total_minor <= 1000
-    assert spent(api, sid) == {"USD": "10.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "10.00"}
 
 
 # -- what the session allows -----------------------------------------------------
 
 
 def test_asset_not_in_session(api: Api, stack: Stack) -> None:
-    sid = open_session(api, {"USD": "10.00"}).session_id
+    sid = opened_session(api.planner, "agent-1", "10.00", task=TASK, ttl=600).session_id
     request = sign_request(stack, sid, asset="BTC", amount="0.001", purpose=PURPOSE)
     assert_refused(api.signer.Sign, request, DENIED, "ASSET_NOT_IN_SESSION")
-    assert spent(api, sid) == {"USD": "0.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "0.00"}
 
 
 def test_payee_not_in_session(api: Api, stack: Stack) -> None:
-    sid = open_session(api, allowed_payees=("acme-data", "globex")).session_id
+    sid = opened_session(
+        api.planner, "agent-1", "100.00", task=TASK, ttl=600, allowed_payees=("acme-data", "globex")
+    ).session_id
     request = sign_request(stack, sid, payee="evil-corp", amount="1.00", purpose=PURPOSE)
     assert_refused(api.signer.Sign, request, DENIED, "PAYEE_NOT_IN_SESSION")
-    assert spent(api, sid) == {"USD": "0.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "0.00"}
     api.signer.Sign(sign_request(stack, sid, payee="globex", amount="1.00", purpose=PURPOSE))
-    assert spent(api, sid) == {"USD": "1.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "1.00"}
 
 
 # -- replay guard and exactly-once ---------------------------------------------
 
 
 def test_identical_retry_returns_the_same_result(api: Api, stack: Stack) -> None:
-    sid = open_session(api).session_id
+    sid = opened_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600).session_id
     request = sign_request(stack, sid, amount="3.00", purpose=PURPOSE)
     first = api.signer.Sign(request)
     second = api.signer.Sign(request)
@@ -302,7 +256,7 @@ def test_identical_retry_returns_the_same_result(api: Api, stack: Stack) -> None
         first.decision_id,
         first.canonical_payload,
     )
-    assert spent(api, sid) == {"USD": "3.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "3.00"}
 
 
 @pytest.mark.parametrize(
@@ -320,42 +274,41 @@ def test_identical_retry_returns_the_same_result(api: Api, stack: Stack) -> None
 def test_same_nonce_different_request_is_replay(
     api: Api, stack: Stack, change: dict[str, Any]
 ) -> None:
-    sid = open_session(api).session_id
+    sid = opened_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600).session_id
     request = sign_request(stack, sid, amount="1.00", purpose=PURPOSE)
     api.signer.Sign(request)
     if "expires_at_delta" in change:
         change = {"expires_at": request.intent.expires_at + change["expires_at_delta"]}
     assert_refused(api.signer.Sign, with_fields(request, **change), REPLAYED, "NONCE_REPLAYED")
-    assert spent(api, sid) == {"USD": "1.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "1.00"}
 
 
 def test_nonce_is_single_use_across_one_agents_sessions(api: Api, stack: Stack) -> None:
-    sid = open_session(api).session_id
-    other = open_session(api).session_id
+    sid = opened_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600).session_id
+    other = opened_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600).session_id
     request = sign_request(stack, sid, amount="1.00", purpose=PURPOSE)
     api.signer.Sign(request)
     moved = with_fields(request, session_id=other)
     assert_refused(api.signer.Sign, moved, REPLAYED, "NONCE_REPLAYED")
-    assert spent(api, other) == {"USD": "0.00"}
+    assert spent(api.agent_sessions, other) == {"USD": "0.00"}
     # agent-2 replaying agent-1's exact request gets neither agent-1's signature nor
     # any word about the nonce: the session binding refuses it first
     assert_refused(api.signer2.Sign, request, DENIED, "SESSION_AGENT_MISMATCH")
     # in its own session, agent-1's nonce is simply a fresh nonce for agent-2 (nonces
     # are unique per agent; the claims name the agent): it learns nothing about agent-1
-    sid2 = open_session(api, agent="agent-2").session_id
+    sid2 = opened_session(api.planner, "agent-2", "100.00", task=TASK, ttl=600).session_id
     assert api.signer2.Sign(with_fields(request, session_id=sid2)).status == signer_pb2.SIGNED
-    assert spent(api, sid) == {"USD": "1.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "1.00"}
 
 
 def test_denied_request_retried_gives_the_same_denial(api: Api, stack: Stack) -> None:
-    sid = open_session(api, {"USD": "10.00"}).session_id
+    sid = opened_session(api.planner, "agent-1", "10.00", task=TASK, ttl=600).session_id
     api.signer.Sign(sign_request(stack, sid, amount="9.00", purpose=PURPOSE))
     request = sign_request(stack, sid, amount="2.00", purpose=PURPOSE)
     first = assert_refused(api.signer.Sign, request, DENIED, "BUDGET_EXCEEDED")
     second = assert_refused(api.signer.Sign, request, DENIED, "BUDGET_EXCEEDED")
-    assert decision_of(first) is not None
-    assert decision_of(second) == decision_of(first)
-    assert spent(api, sid) == {"USD": "9.00"}
+    assert decision_id_of(second) == decision_id_of(first)  # one decision, and it is named
+    assert spent(api.agent_sessions, sid) == {"USD": "9.00"}
 
 
 # -- expiry window ---------------------------------------------------------------
@@ -373,23 +326,23 @@ def test_denied_request_retried_gives_the_same_denial(api: Api, stack: Stack) ->
 def test_bad_expiry_is_refused_and_keeps_the_nonce(
     api: Api, stack: Stack, ttl: int, delta: int, reason: str
 ) -> None:
-    sid = open_session(api, ttl=ttl).session_id
-    now = start_of_second(stack)
+    sid = opened_session(api.planner, "agent-1", "100.00", task=TASK, ttl=ttl).session_id
+    now = stack.clock.start_of_second()
     request = sign_request(stack, sid, expires_at=now + delta, amount="1.00", purpose=PURPOSE)
     assert_refused(api.signer.Sign, request, INVALID, reason)
-    assert spent(api, sid) == {"USD": "0.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "0.00"}
     retry = with_fields(request, expires_at=int(stack.clock.now()) + 30)
     resp = api.signer.Sign(retry)
     assert resp.replayed_result is False
     assert json.loads(resp.canonical_payload)["nonce"] == request.intent.nonce
-    assert spent(api, sid) == {"USD": "1.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "1.00"}
 
 
 def test_expiry_boundaries_are_accepted(api: Api, stack: Stack) -> None:
-    sid = open_session(api).session_id
-    now = start_of_second(stack)
+    sid = opened_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600).session_id
+    now = stack.clock.start_of_second()
     api.signer.Sign(sign_request(stack, sid, expires_at=now + 300, amount="1.00", purpose=PURPOSE))
-    short = open_session(api, ttl=100)
+    short = opened_session(api.planner, "agent-1", "100.00", task=TASK, ttl=100)
     api.signer.Sign(
         sign_request(
             stack, short.session_id, expires_at=short.expires_at, amount="1.00", purpose=PURPOSE
@@ -459,7 +412,13 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
 @pytest.fixture(scope="module")
 def shared_session(api: Api) -> sessions_pb2.Session:
     """One session (USD, BTC and JPY) that only malformed requests are sent to."""
-    return open_session(api, {"USD": "100.00", "BTC": "1.00000000", "JPY": "10000"})
+    return opened_session(
+        api.planner,
+        "agent-1",
+        {"USD": "100.00", "BTC": "1.00000000", "JPY": "10000"},
+        task=TASK,
+        ttl=600,
+    )
 
 
 @pytest.mark.parametrize(
@@ -496,11 +455,11 @@ def test_service_keeps_serving_after_malformed_requests(
             assert err.code() == INVALID, name
         else:
             signed.append(name)
-    assert spent(api, sid) == {"BTC": "0.00000000", "JPY": "0", "USD": "0.00"}
+    assert spent(api.agent_sessions, sid) == {"BTC": "0.00000000", "JPY": "0", "USD": "0.00"}
     assert signed == []
     resp = api.signer.Sign(sign_request(stack, sid, amount="2.50", purpose=PURPOSE))
     assert json.loads(resp.canonical_payload)["amount"] == "2.50"
-    assert spent(api, sid) == {"BTC": "0.00000000", "JPY": "0", "USD": "2.50"}
+    assert spent(api.agent_sessions, sid) == {"BTC": "0.00000000", "JPY": "0", "USD": "2.50"}
 
 
 def test_unknown_session_is_not_found(api: Api, stack: Stack) -> None:
@@ -512,7 +471,9 @@ def test_unknown_session_is_not_found(api: Api, stack: Stack) -> None:
 
 
 def test_payee_is_signed_in_nfc(api: Api, stack: Stack) -> None:
-    sid = open_session(api, allowed_payees=("caf\u00e9",)).session_id
+    sid = opened_session(
+        api.planner, "agent-1", "100.00", task=TASK, ttl=600, allowed_payees=("caf\u00e9",)
+    ).session_id
     resp = api.signer.Sign(
         sign_request(stack, sid, payee="cafe\u0301", amount="1.00", purpose=PURPOSE)
     )
@@ -531,7 +492,7 @@ def test_payee_is_signed_in_nfc(api: Api, stack: Stack) -> None:
     ],
 )
 def test_purpose_never_changes_the_decision(api: Api, stack: Stack, purpose: str) -> None:
-    sid = open_session(api, {"USD": "10.00"}).session_id
+    sid = opened_session(api.planner, "agent-1", "10.00", task=TASK, ttl=600).session_id
     request = sign_request(stack, sid, amount="10.01", purpose=purpose)
     assert_refused(api.signer.Sign, request, DENIED, "BUDGET_EXCEEDED")
-    assert spent(api, sid) == {"USD": "0.00"}
+    assert spent(api.agent_sessions, sid) == {"USD": "0.00"}

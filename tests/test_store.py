@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paywarden.policy.vocabulary import ReservationStatus, Verdict
 from paywarden.signer.store.records import (
     DecisionRecord,
     InvariantBroken,
@@ -52,7 +53,7 @@ def _reservation(i: int, amount: int, sid: str = "ses_" + "A" * 43) -> Reservati
         amount_minor=amount,
         created_at=1,
         expires_at=2**40,
-        status="spent",
+        status=ReservationStatus.SPENT,
     )
 
 
@@ -74,7 +75,7 @@ def _decision(
         session_id=sid,
         nonce=f"nonce-{i}",
         request_hash=f"h{i}",
-        outcome=outcome,
+        outcome=Verdict(outcome),
         reason="ALLOWED" if outcome == "allow" else "BUDGET_EXCEEDED",
         message="",
         key_id="payments.v1",

@@ -4,6 +4,7 @@ amounts are parsed and formatted in one place."""
 from __future__ import annotations
 
 import ast
+from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_allowing_and_approval_codes_are_apart() -> None:
         (FirstPaymentMode, ["allow", "approve", "deny"]),
     ],
 )
-def test_state_values_are_what_the_store_holds(enum: type, values: list[str]) -> None:
+def test_state_values_are_what_the_store_holds(enum: type[Enum], values: list[str]) -> None:
     # The store's CHECK constraints and every audit record spell them so.
     assert [m.value for m in enum] == values
 

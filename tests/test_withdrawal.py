@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from paywarden.policy.payees import PayeeLists
 from paywarden.policy.rules import PayeeAllowed
-from paywarden.policy.vocabulary import Outcome
+from paywarden.policy.vocabulary import ApprovalStatus, Outcome, ReservationStatus, Verdict
 from paywarden.signer.core.facts import day_start
 from paywarden.signer.store.records import (
     ApprovalRecord,
@@ -38,12 +38,14 @@ def _store(tmp_path: Path) -> SqliteStore:
 
 def _commit(store: SqliteStore, i: int, outcome: str = "allow", status: str = "spent") -> str:
     decision = DecisionRecord(
-        f"dec_{i}", 1, "agent-1", SID, f"n{i}", f"h{i}", outcome, "ALLOWED", "",
+        f"dec_{i}", 1, "agent-1", SID, f"n{i}", f"h{i}", Verdict(outcome), "ALLOWED", "",
         "payments.v1", "USD", 100, payload=b"{}", expires_at=2**40,
     )  # fmt: skip
-    reservation = Reservation(f"dec_{i}", "agent-1", SID, "USD", "acme", 100, 1, 2**40, status)
+    reservation = Reservation(
+        f"dec_{i}", "agent-1", SID, "USD", "acme", 100, 1, 2**40, ReservationStatus(status)
+    )
     approval = (
-        ApprovalRecord(f"apr_{i}", f"dec_{i}", 1, "pending", 1, 2**40)
+        ApprovalRecord(f"apr_{i}", f"dec_{i}", 1, ApprovalStatus.PENDING, 1, 2**40)
         if outcome == "pending"
         else None
     )

@@ -7,28 +7,36 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from paywarden.signer.identity import Principal, Role
 
-from tests.helpers import ROOT
+from tests.support.cli import paywarden
+from tests.support.intents import intent_fields
 
 # The callers a test names when it calls the service in process, not over gRPC.
 AGENT = Principal(Role.AGENT, "agent-1")
 PLANNER = Principal(Role.PLANNER, "planner-1")
 OPERATOR = Principal(Role.OPERATOR, "operator-1")
 
+# The payment the in-process attack tests ask for: a USD 0.60 dataset; the session and
+# expiry (and a nonce, when one matters) are said at the call site.
+dataset_fields = partial(intent_fields, payee="weather-data-inc", amount="0.60", purpose="dataset")
+
 
 def audit_log(db: Path) -> list[dict[str, Any]]:
-    """Every audit record in the SQLite file, in order (opened read-only)."""
+    """Every audit record in the SQLite file, in order (opened read-only); fails the
+    test unless the records are numbered 1..n, each carrying its own row's number."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
+        rows = conn.execute("SELECT seq, body FROM audit_log ORDER BY seq").fetchall()
     finally:
         conn.close()
+    records = [json.loads(body) for _seq, body in rows]
+    assert [r["seq"] for r in records] == [seq for seq, _ in rows] == list(range(1, len(rows) + 1))
+    return records
 
 
 def stored_records(store: Any, after: int = 0) -> list[dict[str, Any]]:
@@ -39,9 +47,5 @@ def stored_records(store: Any, after: int = 0) -> list[dict[str, Any]]:
 
 def assert_audit_verifies(db: Path, public_key: Path) -> None:
     """``paywarden audit verify`` accepts the log in ``db`` (run as the CLI)."""
-    verify = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "audit", "verify", "--db", str(db),
-         "--public-key", str(public_key)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    verify = paywarden("audit", "verify", "--db", db, "--public-key", public_key)
     assert verify.returncode == 0, verify.stdout + verify.stderr

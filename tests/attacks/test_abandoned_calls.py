@@ -53,7 +53,7 @@ def test_calls_abandoned_behind_a_held_store_lock_are_never_decided_or_signed(
     db = tmp_path / "state.db"
     with running(config, pki) as api:
         sid = api.open_session("agent-1")
-        assert api.sign("agent-1", intent(sid)).signed
+        assert api.attempt("agent-1", intent(sid)).signed
         abandoned = [intent(sid) for _ in range(3)]
         holder = sqlite3.connect(db, isolation_level=None, timeout=30)
         holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
@@ -68,7 +68,7 @@ def test_calls_abandoned_behind_a_held_store_lock_are_never_decided_or_signed(
 
         # every call the server took has been answered: nothing is still waiting to commit
         poll(lambda: _answered(api), lambda n: n >= 1 + len(abandoned), "abandoned calls", 60)
-        later = api.sign("agent-1", intent(sid))
+        later = api.attempt("agent-1", intent(sid))
         assert later.signed  # still serving
 
         nonces = {r.nonce for r in abandoned}

@@ -22,7 +22,7 @@ from paywarden.v1 import (
 )
 
 from tests.attacks.kit import stored_records
-from tests.helpers import Stack, reason_of
+from tests.helpers import Stack, reason_of, trailing_metadata
 from tests.support.clients import Dial
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session
@@ -85,7 +85,7 @@ def _refused_vote(
     assert record["actor"] == {"role": "approver", "id": who}
     assert record["reason"] == reason
     assert record["vote"] == ("approve" if method == "Approve" else "deny")
-    metadata = dict(info.value.trailing_metadata() or ())  # type: ignore[attr-defined]
+    metadata = trailing_metadata(info.value)
     assert int(metadata["paywarden-audit-seq"]) == record["seq"]
     return record
 

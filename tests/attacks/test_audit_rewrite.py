@@ -22,8 +22,12 @@ from typing import Any
 import pytest
 import rfc8785
 
-from tests.helpers import Pki, TestToken, serve, write_config
-from tests.test_audit import AUDIT_PACK, _intent, _open, _sign, _signed, cli, mth, rfc_leaf
+from tests.helpers import Pki, TestToken, write_config
+from tests.support.cli import paywarden
+from tests.support.clients import running_api, signed
+from tests.support.sessions import open_session
+from tests.support.vectors import mth, rfc_leaf
+from tests.test_audit import AUDIT_PACK, TASK, audit_intent
 
 AFTER_TRUSTED = 25  # payments signed after the trusted checkpoint was taken
 
@@ -43,19 +47,21 @@ def log(tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki) ->
     base = tmp_path_factory.mktemp("rewrite")
     config = write_config(base, token, pki, packs={"audit.toml": AUDIT_PACK})
     pem, saved = base / "audit.pem", base / "kept-elsewhere.json"
-    with serve(config) as srv:
-        session = _open(srv.addr, pki, "planner-1", "agent-1", "1000.00")
+    with running_api(config, pki) as (srv, api):
+        session = open_session(
+            api.sessions("planner", "planner-1"), "agent-1", "1000.00", task=TASK, timeout=30
+        )
         for _ in range(5):
-            _signed(_sign(srv.addr, pki, "agent-1", _intent(session, "12.50")))
+            signed(api.answer(audit_intent(session, amount="12.50")))
         operator = pki.dir / "operator-operator-1"
-        proc = cli(
+        proc = paywarden(
             "ctl", "--addr", srv.addr, "--ca", pki.dir / "ca.crt",
             "--cert", operator.with_suffix(".crt"), "--key", operator.with_suffix(".key"),
             "checkpoint", "--out", saved, "--public-key-out", pem,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         for _ in range(AFTER_TRUSTED):
-            _signed(_sign(srv.addr, pki, "agent-1", _intent(session, "1.00")))
+            signed(api.answer(audit_intent(session, amount="1.00")))
     assert srv.proc.returncode == 0
     db = base / "state.db"
     conn = sqlite3.connect(db)
@@ -115,7 +121,7 @@ def inflate_first_payment() -> Callable[[int, dict[str, Any]], dict[str, Any]]:
 
 
 def verify(log: Log, db: Path, *extra: str | Path) -> subprocess.CompletedProcess[str]:
-    return cli("audit", "verify", "--db", db, "--public-key", log.public_key, *extra)
+    return paywarden("audit", "verify", "--db", db, "--public-key", log.public_key, *extra)
 
 
 def test_the_untouched_log_verifies_with_no_unsealed_tail(log: Log, tmp_path: Path) -> None:

@@ -30,8 +30,12 @@ from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.attacks.kit import AGENT, OPERATOR, audit_log
 from tests.attacks.test_audit_rewrite import rewritten
-from tests.helpers import MODULE, Pki, TestToken, serve, write_config
-from tests.test_audit import AUDIT_PACK, _intent, _open, _sign, _signed, cli, mth
+from tests.helpers import MODULE, Pki, TestToken, write_config
+from tests.support.cli import paywarden
+from tests.support.clients import running_api, signed
+from tests.support.sessions import open_session
+from tests.support.vectors import mth
+from tests.test_audit import AUDIT_PACK, TASK, audit_intent
 
 
 @dataclass
@@ -60,10 +64,12 @@ def sealed(
 ) -> Sealed:
     base = tmp_path_factory.mktemp("time")
     config = write_config(base, token, pki, packs={"audit.toml": AUDIT_PACK})
-    with serve(config) as srv:
-        session = _open(srv.addr, pki, "planner-1", "agent-1", "100.00")
+    with running_api(config, pki) as (_, api):
+        session = open_session(
+            api.sessions("planner", "planner-1"), "agent-1", "100.00", task=TASK, timeout=30
+        )
         for _ in range(6):
-            _signed(_sign(srv.addr, pki, "agent-1", _intent(session, "1.00")))
+            signed(api.answer(audit_intent(session, amount="1.00")))
     db = base / "state.db"
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -107,7 +113,7 @@ def stepped_back(sealed: Sealed, tmp_path: Path, hsm: Hsm, seq: int, seconds: in
 
 
 def verify(sealed: Sealed, db: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return cli(
+    return paywarden(
         "audit", "verify", "--db", db, "--public-key", sealed.public_key,
         "--config", sealed.config, *extra,
     )  # fmt: skip

@@ -248,7 +248,7 @@ def _call(channel: grpc.Channel, method: str) -> Message:
             method, request_serializer=serialize, response_deserializer=parse
         )(iter([request_cls()]), timeout=TIMEOUT)
     try:
-        first: Message = next(stream)
+        first: Message = next(iter(stream))
         return first
     finally:
         stream.cancel()
@@ -270,7 +270,7 @@ def _outcome(channel: grpc.Channel, method: str) -> Outcome:
     try:
         _call(channel, method)
     except grpc.RpcError as err:
-        code, reason = err.code(), reason_of(err)  # type: ignore[attr-defined]
+        code, reason = err.code(), reason_of(err)
         if reason is not None and code not in _NOT_THROUGH_CODES:
             if reason not in _NOT_THROUGH_REASONS:
                 return ALLOWED  # e.g. an empty request is invalid: the handler ran

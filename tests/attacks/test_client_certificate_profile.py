@@ -49,7 +49,7 @@ def test_certificate_outside_the_client_profile_is_refused(
     # GetPublicKeys is open to every role: only the certificate can be refused.
     with pytest.raises(grpc.RpcError) as info:
         _get_public_keys(grpc_addr, pki, make(pki))
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert reason_of(info.value) == Reason.CLIENT_CERT_PROFILE
 
 

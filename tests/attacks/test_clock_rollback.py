@@ -13,25 +13,13 @@ from pathlib import Path
 
 import pytest
 from paywarden.signer.api.startup import load_packs
-from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.service import SigningService
 from paywarden.signer.core.views import SignStatus
 from paywarden.signer.errors import PaywardenError, Reason
 from paywarden.signer.store.sqlite import SqliteStore
 
-from tests.attacks.kit import AGENT, OPERATOR, PLANNER, audit_log
+from tests.attacks.kit import AGENT, OPERATOR, PLANNER, audit_log, dataset_fields
 from tests.helpers import Clock, Stack
-from tests.support.intents import intent_fields
-
-
-def _intent(session_id: str, clock: Clock) -> IntentFields:
-    return intent_fields(
-        session_id,
-        payee="weather-data-inc",
-        amount="0.60",
-        purpose="dataset",
-        expires_at=int(clock.now()) + 30,  # the agent's own (stepped) clock
-    )
 
 
 @pytest.fixture
@@ -58,16 +46,19 @@ def test_stepping_the_clock_back_does_not_revive_an_expired_session(
     service = _service(stack, store, clock)
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "5.00")], 60, [])
     sid = session.record.id
-    assert service.sign(AGENT, _intent(sid, clock)).status is SignStatus.SIGNED
+    assert (
+        service.sign(AGENT, dataset_fields(sid, expires_at=int(clock.now()) + 30)).status
+        is SignStatus.SIGNED
+    )
 
     clock.advance(61)
     with pytest.raises(PaywardenError) as expired:
-        service.sign(AGENT, _intent(sid, clock))
+        service.sign(AGENT, dataset_fields(sid, expires_at=int(clock.now()) + 30))
     assert expired.value.reason == Reason.SESSION_EXPIRED
 
     clock.advance(-600)  # the clock steps back ten minutes
     with pytest.raises(PaywardenError) as still:
-        service.sign(AGENT, _intent(sid, clock))
+        service.sign(AGENT, dataset_fields(sid, expires_at=int(clock.now()) + 30))
     assert still.value.reason == Reason.SESSION_EXPIRED
     assert service.get_session(PLANNER, sid).state == "expired"
     # an operator's action in the same process is not dated in the past either
@@ -89,13 +80,13 @@ def test_a_restart_with_the_clock_behind_keeps_the_session_expired(
     sid = session.record.id
     clock.advance(61)
     with pytest.raises(PaywardenError) as expired:
-        service.sign(AGENT, _intent(sid, clock))
+        service.sign(AGENT, dataset_fields(sid, expires_at=int(clock.now()) + 30))
     assert expired.value.reason == Reason.SESSION_EXPIRED
 
     behind = Clock(offset=-600)  # the signer restarts on a clock ten minutes behind
     restarted = _service(stack, store, behind)
     with pytest.raises(PaywardenError) as still:
-        restarted.sign(AGENT, _intent(sid, behind))
+        restarted.sign(AGENT, dataset_fields(sid, expires_at=int(behind.now()) + 30))
     assert still.value.reason == Reason.SESSION_EXPIRED
     times = _times(store)
     assert times == sorted(times), f"audit times went backwards: {times}"

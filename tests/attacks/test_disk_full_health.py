@@ -81,18 +81,18 @@ def test_a_full_disk_turns_health_not_serving_and_sign_fails_closed_until_it_cle
             return int(overall.status), int(signer.status)
 
         sid = api.open_session("agent-1", budget="100.00")
-        assert api.sign("agent-1", intent(sid)).signed
+        assert api.attempt("agent-1", intent(sid)).signed
         assert status() == (SERVING, SERVING)
 
         _fill(filler)
         try:
             poll(status, lambda s: s == (NOT_SERVING, NOT_SERVING), "health on a full disk", 30)
             for _ in range(3):
-                down = api.sign("agent-1", intent(sid))
+                down = api.attempt("agent-1", intent(sid))
                 assert (down.code, down.reason) == ("UNAVAILABLE", "STORE_UNAVAILABLE"), down
                 assert not down.jws
         finally:
             filler.unlink()
         poll(status, lambda s: s == (SERVING, SERVING), "health after space was freed", 30)
-        assert api.sign("agent-1", intent(sid)).signed
+        assert api.attempt("agent-1", intent(sid)).signed
         assert api.srv.proc.poll() is None  # the same process throughout

@@ -21,14 +21,14 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import signer_pb2
 
 from tests.conftest import make_token
 from tests.helpers import (
@@ -37,9 +37,10 @@ from tests.helpers import (
     ServeProcess,
     TestToken,
     reason_of,
-    serve,
+    trailing_metadata,
     write_config,
 )
+from tests.support.clients import Api, running_api
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session
 
@@ -55,41 +56,23 @@ def fault_token(tmp_path_factory: pytest.TempPathFactory) -> TestToken:
     return make_token(tmp_path_factory.mktemp("faults") / "hsm", label="faults")
 
 
-def _open_session(addr: str, pki: Pki, budget: str = "50.00") -> str:
-    with pki.channel(addr, "planner", "planner-1") as ch:
-        planner = sessions_pb2_grpc.SessionsStub(ch)
-        return open_session(
-            planner, "agent-1", budget, task="fault injection", ttl=600, timeout=RPC_TIMEOUT
-        )
-
-
-def _intent(session_id: str, amount: str = "1.00") -> signer_pb2.PaymentIntent:
-    return payment_intent(
-        session_id,
-        payee="weather-data-inc",
-        amount=amount,
-        reference="inv-fault",
-        purpose="fault injection",
-        expires_at=int(time.time()) + 240,
-    )
-
-
-def _sign(
-    addr: str, pki: Pki, intent: signer_pb2.PaymentIntent, timeout: float = RPC_TIMEOUT
-) -> signer_pb2.SignResponse:
-    with pki.channel(addr, "agent", "agent-1") as ch:
-        resp: signer_pb2.SignResponse = signer_pb2_grpc.SignerStub(ch).Sign(
-            signer_pb2.SignRequest(intent=intent), timeout=timeout
-        )
-    return resp
+# What this module's agent pays, unless a test says otherwise.
+fault_intent = partial(
+    payment_intent,
+    payee="weather-data-inc",
+    amount="1.00",
+    reference="inv-fault",
+    purpose="fault injection",
+    expires_in=240,
+)
 
 
 def _fails_closed(
-    addr: str, pki: Pki, intent: signer_pb2.PaymentIntent, reason: str, timeout: float = 30.0
+    api: Api, intent: signer_pb2.PaymentIntent, reason: str, timeout: float = 30.0
 ) -> grpc.RpcError:
     """The documented refusal: UNAVAILABLE with ``reason``, and no signature."""
     with pytest.raises(grpc.RpcError) as err:
-        resp = _sign(addr, pki, intent, timeout)
+        resp = api.sign(intent, timeout=timeout)
         pytest.fail(f"signed during the fault: {resp.status} {resp.jws[:40]}")
     assert (err.value.code(), reason_of(err.value)) == (grpc.StatusCode.UNAVAILABLE, reason), (
         err.value.details()
@@ -146,26 +129,28 @@ def test_token_directory_removed_while_serving_fails_closed_and_recovers(
     config = write_config(tmp_path, fault_token, pki)
     tokens = fault_token.base / "tokens"
     away = fault_token.base / "tokens.away"
-    with serve(config) as srv:
+    with running_api(config, pki) as (srv, api):
         pid = srv.proc.pid
-        session_id = _open_session(srv.addr, pki)
-        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        session_id = open_session(
+            api.planner, "agent-1", "50.00", task="fault injection", ttl=600, timeout=RPC_TIMEOUT
+        )
+        assert api.sign(fault_intent(session_id), timeout=RPC_TIMEOUT).jws
         _health_becomes(srv, pki, SERVING)
         shutil.move(tokens, away)
         try:
-            refused = [_intent(session_id) for _ in range(3)]
+            refused = [fault_intent(session_id) for _ in range(3)]
             for intent in refused:
-                _fails_closed(srv.addr, pki, intent, "HSM_UNAVAILABLE")
+                _fails_closed(api, intent, "HSM_UNAVAILABLE")
             _health_becomes(srv, pki, NOT_SERVING)
-            _fails_closed(srv.addr, pki, _intent(session_id), "HSM_UNAVAILABLE")
+            _fails_closed(api, fault_intent(session_id), "HSM_UNAVAILABLE")
         finally:
             shutil.move(away, tokens)
         _health_becomes(srv, pki, SERVING)
         _still_the_same_process(srv, pid)
         # a refused request, sent again, is signed exactly once; new ones sign too
-        again = _sign(srv.addr, pki, refused[0])
-        assert _sign(srv.addr, pki, refused[0]).jws == again.jws
-        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        again = api.sign(refused[0], timeout=RPC_TIMEOUT)
+        assert api.sign(refused[0], timeout=RPC_TIMEOUT).jws == again.jws
+        assert api.sign(fault_intent(session_id), timeout=RPC_TIMEOUT).jws
     for intent in refused[1:]:
         assert all(jws is None for _, jws in _signed_in_store(tmp_path / "state.db", intent.nonce))
 
@@ -179,29 +164,31 @@ def test_key_objects_vanishing_mid_sign_fail_closed_and_recover(
     keys = [f for f in slot.glob("*.object") if f.name != "token.object"]
     away = fault_token.base / "objects.away"
     away.mkdir(exist_ok=True)
-    with serve(config) as srv:
+    with running_api(config, pki) as (srv, api):
         pid = srv.proc.pid
-        session_id = _open_session(srv.addr, pki)
-        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        session_id = open_session(
+            api.planner, "agent-1", "50.00", task="fault injection", ttl=600, timeout=RPC_TIMEOUT
+        )
+        assert api.sign(fault_intent(session_id), timeout=RPC_TIMEOUT).jws
         for f in keys:
             shutil.move(f, away / f.name)
         try:
-            first = _intent(session_id)
-            err = _fails_closed(srv.addr, pki, first, "HSM_UNAVAILABLE")
+            first = fault_intent(session_id)
+            err = _fails_closed(api, first, "HSM_UNAVAILABLE")
             # decided and recorded before the HSM failed: the answer names the decision
-            decision = dict(err.trailing_metadata() or ()).get("paywarden-decision-id")  # type: ignore[attr-defined]
+            decision = trailing_metadata(err).get("paywarden-decision-id")
             for _ in range(2):
-                _fails_closed(srv.addr, pki, _intent(session_id), "HSM_UNAVAILABLE")
+                _fails_closed(api, fault_intent(session_id), "HSM_UNAVAILABLE")
             _health_becomes(srv, pki, NOT_SERVING)
         finally:
             for f in keys:
                 shutil.move(away / f.name, f)
         _health_becomes(srv, pki, SERVING)
         _still_the_same_process(srv, pid)
-        done = _sign(srv.addr, pki, first)  # the recorded request completes, once
+        done = api.sign(first, timeout=RPC_TIMEOUT)  # the recorded request completes, once
         assert done.jws and done.replayed_result and done.decision_id == decision
-        assert _sign(srv.addr, pki, first).jws == done.jws
-        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        assert api.sign(first, timeout=RPC_TIMEOUT).jws == done.jws
+        assert api.sign(fault_intent(session_id), timeout=RPC_TIMEOUT).jws
     assert _signed_in_store(tmp_path / "state.db", first.nonce) == [("allow", done.jws)]
 
 
@@ -225,8 +212,20 @@ def test_wrong_pin_at_start_serves_nothing_and_never_shows_the_pin(
     assert wrong.read_text(encoding="utf-8").strip() not in out
     assert fault_token.pin not in out
     # the token was not locked out: the right PIN serves and signs
-    with serve(config) as srv:
-        assert _sign(srv.addr, pki, _intent(_open_session(srv.addr, pki))).jws
+    with running_api(config, pki) as (_, api):
+        assert api.sign(
+            fault_intent(
+                open_session(
+                    api.planner,
+                    "agent-1",
+                    "50.00",
+                    task="fault injection",
+                    ttl=600,
+                    timeout=RPC_TIMEOUT,
+                )
+            ),
+            timeout=RPC_TIMEOUT,
+        ).jws
 
 
 # -- the store -------------------------------------------------------------------------
@@ -293,26 +292,28 @@ def test_full_filesystem_fails_closed_health_not_serving_and_recovers(
 ) -> None:
     config = write_config(tmp_path, token, pki)
     db = small_disk.dir / "state.db"
-    with serve(config, env={"PAYWARDEN_STORE__PATH": str(db)}) as srv:
+    with running_api(config, pki, env={"PAYWARDEN_STORE__PATH": str(db)}) as (srv, api):
         pid = srv.proc.pid
-        session_id = _open_session(srv.addr, pki)
-        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        session_id = open_session(
+            api.planner, "agent-1", "50.00", task="fault injection", ttl=600, timeout=RPC_TIMEOUT
+        )
+        assert api.sign(fault_intent(session_id), timeout=RPC_TIMEOUT).jws
         small_disk.fill(pid)
         try:
-            refused = [_intent(session_id) for _ in range(3)]
+            refused = [fault_intent(session_id) for _ in range(3)]
             for intent in refused:
-                _fails_closed(srv.addr, pki, intent, "STORE_UNAVAILABLE")
+                _fails_closed(api, intent, "STORE_UNAVAILABLE")
             # health must say whether a decision can be committed now (issue 8, item 16)
             _health_becomes(srv, pki, NOT_SERVING)
-            _fails_closed(srv.addr, pki, _intent(session_id), "STORE_UNAVAILABLE")
+            _fails_closed(api, fault_intent(session_id), "STORE_UNAVAILABLE")
         finally:
             small_disk.clear()
         _health_becomes(srv, pki, SERVING)
         _still_the_same_process(srv, pid)
-        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        assert api.sign(fault_intent(session_id), timeout=RPC_TIMEOUT).jws
         for intent in refused:
             assert _signed_in_store(db, intent.nonce) == []
-        again = _sign(srv.addr, pki, refused[0])  # decided now, for the first time
+        again = api.sign(refused[0], timeout=RPC_TIMEOUT)  # decided now, for the first time
         assert again.jws and not again.replayed_result
 
 
@@ -326,9 +327,11 @@ def test_read_only_store_at_start_serves_nothing_and_names_the_store(
         pytest.fail("needs a tmpfs mount (root): the read-only store is a read-only filesystem")
     config = write_config(tmp_path, token, pki)
     env = {"PAYWARDEN_STORE__PATH": str(small_disk.dir / "state.db")}
-    with serve(config, env=env) as srv:
-        session_id = _open_session(srv.addr, pki)
-        assert _sign(srv.addr, pki, _intent(session_id)).jws
+    with running_api(config, pki, env=env) as (_, api):
+        session_id = open_session(
+            api.planner, "agent-1", "50.00", task="fault injection", ttl=600, timeout=RPC_TIMEOUT
+        )
+        assert api.sign(fault_intent(session_id), timeout=RPC_TIMEOUT).jws
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk.dir)], check=True)
     try:
         proc = subprocess.run(
@@ -343,8 +346,8 @@ def test_read_only_store_at_start_serves_nothing_and_names_the_store(
     assert "paywarden: serving on" not in out
     assert "store.path" in out
     # the store is intact and serves again once writable
-    with serve(config, env=env) as srv:
-        assert _sign(srv.addr, pki, _intent(session_id)).jws
+    with running_api(config, pki, env=env) as (_, api):
+        assert api.sign(fault_intent(session_id), timeout=RPC_TIMEOUT).jws
 
 
 def test_locked_database_fails_closed_within_the_deadline_and_decides_nothing(
@@ -355,22 +358,26 @@ def test_locked_database_fails_closed_within_the_deadline_and_decides_nothing(
     config = write_config(tmp_path, token, pki)
     db = tmp_path / "state.db"
     deadline = 5.0
-    with serve(config) as srv:
+    with running_api(config, pki) as (srv, api):
         pid = srv.proc.pid
-        session_id = _open_session(srv.addr, pki)
-        assert _sign(srv.addr, pki, _intent(session_id)).jws
+        session_id = open_session(
+            api.planner, "agent-1", "50.00", task="fault injection", ttl=600, timeout=RPC_TIMEOUT
+        )
+        assert api.sign(fault_intent(session_id), timeout=RPC_TIMEOUT).jws
         holder = sqlite3.connect(db, isolation_level=None, timeout=30)
         holder.execute("BEGIN IMMEDIATE")
         try:
             _health_becomes(srv, pki, NOT_SERVING)
-            waiting = _intent(session_id)
-            _fails_closed(srv.addr, pki, waiting, "STORE_UNAVAILABLE", timeout=deadline)
+            waiting = fault_intent(session_id)
+            _fails_closed(api, waiting, "STORE_UNAVAILABLE", timeout=deadline)
         finally:
             holder.execute("ROLLBACK")
             holder.close()
         _health_becomes(srv, pki, SERVING)
         _still_the_same_process(srv, pid)
-        assert _sign(srv.addr, pki, _intent(session_id)).jws  # after anything still queued
+        assert api.sign(
+            fault_intent(session_id), timeout=RPC_TIMEOUT
+        ).jws  # after anything still queued
         assert _signed_in_store(db, waiting.nonce) == [], "a call that was over got decided"
-        again = _sign(srv.addr, pki, waiting)
+        again = api.sign(waiting, timeout=RPC_TIMEOUT)
         assert again.jws and not again.replayed_result

@@ -9,18 +9,17 @@ fault from inside the HSM call, the only way to hit that window on demand.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from paywarden.hsm import Hsm
 from paywarden.signer.api.startup import load_packs
-from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.service import SigningService
 from paywarden.signer.core.views import SignStatus
 from paywarden.signer.errors import PaywardenError, Reason, SessionNotUsable
 
-from tests.attacks.kit import AGENT, OPERATOR, PLANNER
+from tests.attacks.kit import AGENT, OPERATOR, PLANNER, dataset_fields
 from tests.helpers import Stack
-from tests.support.intents import intent_fields
 
 
 class FreezingHsm:
@@ -39,27 +38,18 @@ class FreezingHsm:
         return getattr(self._hsm, name)
 
 
-def _intent(session_id: str, now: float) -> IntentFields:
-    return intent_fields(
-        session_id,
-        payee="weather-data-inc",
-        amount="0.60",
-        purpose="dataset",
-        expires_at=int(now) + 60,
-    )
-
-
 @pytest.mark.parametrize("scope", ["global", "agent", "session", "key"])
 def test_a_freeze_set_while_the_hsm_signs_discards_the_signature(stack: Stack, scope: str) -> None:
     hsm = FreezingHsm(stack.hsm)
+    # FreezingHsm stands in for the Hsm (it wraps the real one): a test double, not a subclass.
     service = SigningService(
-        stack.config, stack.store, hsm, load_packs(stack.config), clock=stack.clock.now
+        stack.config, stack.store, cast(Hsm, hsm), load_packs(stack.config), clock=stack.clock.now
     )
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "5.00")], 3600, [])
     sid = session.record.id
     target = {"global": "", "agent": "agent-1", "session": sid, "key": "payments.v1"}[scope]
     hsm.during_sign = lambda: stack.control.freeze(OPERATOR, scope, target, "incident")
-    request = _intent(sid, stack.clock.now())
+    request = dataset_fields(sid, expires_at=int(stack.clock.now()) + 60)
     try:
         with pytest.raises(SessionNotUsable) as frozen:
             service.sign(AGENT, request)

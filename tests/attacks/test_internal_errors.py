@@ -28,7 +28,7 @@ from paywarden.signer.errors import Reason
 from paywarden.v1 import control_pb2, control_pb2_grpc, signer_pb2, signer_pb2_grpc
 
 from tests.attacks.kit import stored_records
-from tests.helpers import Pki, Stack, TestToken, reason_of, write_config
+from tests.helpers import Pki, Stack, TestToken, reason_of, trailing_metadata, write_config
 
 SECRET = "pin=918273-not-for-logs"
 TIMEOUT = 10
@@ -45,10 +45,8 @@ def audit_size(stack: Stack) -> Iterator[int]:
 
 
 def _audit_seq(err: grpc.RpcError) -> int | None:
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "paywarden-audit-seq":
-            return int(value)
-    return None
+    seq = trailing_metadata(err).get("paywarden-audit-seq")
+    return None if seq is None else int(seq)
 
 
 def _call_get_public_keys(channel: grpc.Channel) -> object:
@@ -98,9 +96,9 @@ def test_a_bug_in_any_rpc_is_answered_internal_and_audited_once(
     with grpc_create_channel(role, principal) as channel, pytest.raises(grpc.RpcError) as info:
         call(channel)
     err = info.value
-    assert err.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+    assert err.code() == grpc.StatusCode.INTERNAL
     assert reason_of(err) == Reason.INTERNAL
-    assert SECRET not in (err.details() or "")  # type: ignore[attr-defined]
+    assert SECRET not in (err.details() or "")
 
     records = stored_records(stack.store, audit_size)
     assert len(records) == 1, records
@@ -151,7 +149,7 @@ def test_an_internal_error_after_the_clock_steps_back_is_not_recorded_back_in_ti
         with pki.channel(f"127.0.0.1:{running.port}", "agent", "agent-2") as channel:
             with pytest.raises(grpc.RpcError) as info:
                 _call_get_public_keys(channel)
-        assert info.value.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+        assert info.value.code() == grpc.StatusCode.INTERNAL
         assert running.store.audit_head()[0] == size + 1  # the call's one record
         record = json.loads(running.store.audit_record(size + 1))
     finally:

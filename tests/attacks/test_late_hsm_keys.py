@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from paywarden.hsm import Hsm, HsmUnavailable, KeyRef, PublicKeyInfo
-from paywarden.v1 import signer_pb2, signer_pb2_grpc
+from paywarden.v1 import signer_pb2
 
 from tests.attacks.kit import audit_log
 from tests.conftest import make_token
-from tests.helpers import MODULE, Pki, TestToken, new_nonce, serve, write_config
-from tests.test_e2e import intent, open_session, sign
+from tests.helpers import MODULE, Pki, TestToken, new_nonce, write_config
+from tests.support.clients import running_api
+from tests.support.sessions import open_session
+from tests.test_e2e import TASK, forecast_intent
 
 
 def _spki_sha256(pem: str) -> str:
@@ -38,15 +40,12 @@ def test_keys_are_audited_when_the_token_comes_up_after_start(tmp_path: Path, pk
     config = write_config(tmp_path / "cfg", tok, pki)
     tokens, away = tok.base / "tokens", tok.base / "tokens.away"
     shutil.move(tokens, away)  # the token directory is missing at start
-    with serve(config) as srv:
+    with running_api(config, pki) as (srv, api):
         assert "hsm available: False" in srv.output[-1]
-        session_id = open_session(srv.addr, pki, budget="50.00")
+        session_id = open_session(api.planner, "agent-1", "50.00", task=TASK, ttl=600, timeout=30)
         shutil.move(away, tokens)  # the token comes up
-        signed = sign(srv.addr, pki, intent(session_id, new_nonce(), amount="1.00"))
-        with pki.channel(srv.addr, "agent", "agent-1") as ch:
-            published = signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
-                signer_pb2.GetPublicKeysRequest(), timeout=30
-            )
+        signed = api.sign(forecast_intent(session_id, nonce=new_nonce(), amount="1.00"))
+        published = api.signer.GetPublicKeys(signer_pb2.GetPublicKeysRequest(), timeout=30)
     records = audit_log(tmp_path / "cfg" / "state.db")
     loads = [(seq, r) for seq, r in enumerate(records, start=1) if r["action"] == "keys.load"]
     assert loads[0][1]["keys"] == [] and loads[0][1]["hsm_available"] is False

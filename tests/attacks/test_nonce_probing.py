@@ -16,19 +16,15 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import grpc
 from joserfc import jws
 from joserfc.jwk import KeySet
-from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
+from paywarden.v1 import signer_pb2
 
-from tests.helpers import Stack, new_nonce, reason_of
-from tests.support.clients import Dial
+from tests.helpers import Stack, new_nonce
+from tests.support.clients import Api
 from tests.support.intents import payment_intent
+from tests.support.refusals import outcome
 from tests.support.sessions import open_session
-
-
-def _session(dial: Dial, agent: str, budget: str = "100.00") -> str:
-    return open_session(sessions_pb2_grpc.SessionsStub(dial("planner", "planner-1")), agent, budget)
 
 
 def _request(stack: Stack, sid: str, nonce: str, amount: str = "1.00") -> signer_pb2.SignRequest:
@@ -44,17 +40,8 @@ def _request(stack: Stack, sid: str, nonce: str, amount: str = "1.00") -> signer
     )
 
 
-def _answer(dial: Dial, agent: str, request: signer_pb2.SignRequest) -> tuple[str, str | None]:
-    """(gRPC status name, reason code) as the agent sees it."""
-    try:
-        resp = signer_pb2_grpc.SignerStub(dial("agent", agent)).Sign(request)
-    except grpc.RpcError as err:
-        return err.code().name, reason_of(err)  # type: ignore[attr-defined]
-    return signer_pb2.SignStatus.Name(resp.status), None
-
-
-def _claims(dial: Dial, token: str) -> dict[str, Any]:
-    stub = signer_pb2_grpc.SignerStub(dial("agent", "agent-2"))
+def _claims(api: Api, token: str) -> dict[str, Any]:
+    stub = api.signer2
     keys = KeySet.import_key_set(
         json.loads(stub.GetPublicKeys(signer_pb2.GetPublicKeysRequest()).jwks_json)
     )
@@ -63,45 +50,45 @@ def _claims(dial: Dial, token: str) -> dict[str, Any]:
     return claims
 
 
-def test_other_agents_signed_nonce_looks_fresh(dial: Dial, stack: Stack) -> None:
+def test_other_agents_signed_nonce_looks_fresh(api: Api, stack: Stack) -> None:
     nonce = new_nonce()
-    a = signer_pb2_grpc.SignerStub(dial("agent", "agent-1")).Sign(
-        _request(stack, _session(dial, "agent-1"), nonce)
-    )
+    a = api.signer.Sign(_request(stack, open_session(api.planner, "agent-1", "100.00"), nonce))
     assert a.status == signer_pb2.SIGNED
-    sid_b = _session(dial, "agent-2")
+    sid_b = open_session(api.planner, "agent-2", "100.00")
     # agent-2's answer for agent-1's nonce is the answer for a nonce nobody used
-    assert _answer(dial, "agent-2", _request(stack, sid_b, new_nonce())) == ("SIGNED", None)
-    b = signer_pb2_grpc.SignerStub(dial("agent", "agent-2")).Sign(_request(stack, sid_b, nonce))
+    assert outcome(api.signer2.Sign, _request(stack, sid_b, new_nonce())) == "SIGNED"
+    b = api.signer2.Sign(_request(stack, sid_b, nonce))
     assert b.status == signer_pb2.SIGNED and not b.replayed_result
-    ca, cb = _claims(dial, a.jws), _claims(dial, b.jws)
+    ca, cb = _claims(api, a.jws), _claims(api, b.jws)
     assert (ca["sub"], ca["nonce"]) == ("agent-1", nonce)
     assert (cb["sub"], cb["nonce"]) == ("agent-2", nonce)
     assert ca["jti"] != cb["jti"]
 
 
-def test_other_agents_denied_nonce_looks_fresh(dial: Dial, stack: Stack) -> None:
+def test_other_agents_denied_nonce_looks_fresh(api: Api, stack: Stack) -> None:
     nonce = new_nonce()
-    over = _request(stack, _session(dial, "agent-1", budget="1.00"), nonce, amount="5.00")
-    assert _answer(dial, "agent-1", over) == ("PERMISSION_DENIED", "BUDGET_EXCEEDED")
-    sid_b = _session(dial, "agent-2")
-    assert _answer(dial, "agent-2", _request(stack, sid_b, nonce)) == ("SIGNED", None)
+    over = _request(stack, open_session(api.planner, "agent-1", "1.00"), nonce, amount="5.00")
+    assert outcome(api.signer.Sign, over) == "PERMISSION_DENIED/BUDGET_EXCEEDED"
+    sid_b = open_session(api.planner, "agent-2", "100.00")
+    assert outcome(api.signer2.Sign, _request(stack, sid_b, nonce)) == "SIGNED"
 
 
-def test_own_nonce_is_still_signed_at_most_once(dial: Dial, stack: Stack) -> None:
+def test_own_nonce_is_still_signed_at_most_once(api: Api, stack: Stack) -> None:
     nonce = new_nonce()
-    sid, other = _session(dial, "agent-1"), _session(dial, "agent-1")
-    stub = signer_pb2_grpc.SignerStub(dial("agent", "agent-1"))
+    sid, other = (
+        open_session(api.planner, "agent-1", "100.00"),
+        open_session(api.planner, "agent-1", "100.00"),
+    )
+    stub = api.signer
     first = stub.Sign(_request(stack, sid, nonce))
     again = stub.Sign(_request(stack, sid, nonce))
     assert again.replayed_result and again.jws == first.jws
-    assert _answer(dial, "agent-1", _request(stack, sid, nonce, amount="2.00")) == (
-        "ALREADY_EXISTS",
-        "NONCE_REPLAYED",
+    assert (
+        outcome(api.signer.Sign, _request(stack, sid, nonce, amount="2.00"))
+        == "ALREADY_EXISTS/NONCE_REPLAYED"
     )
-    assert _answer(dial, "agent-1", _request(stack, other, nonce)) == (
-        "ALREADY_EXISTS",
-        "NONCE_REPLAYED",
+    assert (
+        outcome(api.signer.Sign, _request(stack, other, nonce)) == "ALREADY_EXISTS/NONCE_REPLAYED"
     )
     # in the store, no two signatures ever share (agent, nonce)
     db = sqlite3.connect(stack.config.store.path)

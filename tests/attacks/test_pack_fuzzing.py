@@ -41,6 +41,7 @@ from paywarden.policy import (
     load_pack,
     normalise,
 )
+from paywarden.policy.vocabulary import Phase, SessionState
 from paywarden.signer.cli import commands
 
 EXAMPLES = int(os.environ.get("PAYWARDEN_FUZZ_EXAMPLES", "200"))
@@ -96,7 +97,7 @@ def to_toml(doc: dict[str, object]) -> str:
 # -- generated packs ---------------------------------------------------------------------
 
 # Characters a pack may hold: any scalar value TOML can carry in a UTF-8 file.
-_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+_text = st.text(st.characters(codec="utf-8"), max_size=40)  # no lone surrogates
 
 
 def mostly(
@@ -369,8 +370,8 @@ def facts(payee: str, asset: str, *, ci: bool) -> Facts:
         session=SessionFacts(
             session_id="s-1",
             agent_id="agent-1",
-            state="open",
-            phase="normal",
+            state=SessionState.OPEN,
+            phase=Phase.NORMAL,
             expires_at=1_750_003_600,
             budgets_minor={asset: 10_000},
             spent_minor={asset: 0},

@@ -19,7 +19,7 @@ from paywarden.v1 import signer_pb2
 
 from tests.helpers import Stack, reason_of
 from tests.support.clients import Api
-from tests.support.intents import payment_intent
+from tests.support.intents import sign_request
 from tests.support.sessions import open_session
 
 PACK = """
@@ -55,18 +55,10 @@ def session_id(api: Api) -> str:
     return open_session(api.planner, "agent-1", "100.00", task="fetch assets", ttl=3600)
 
 
-def sign(api: Api, stack: Stack, session_id: str, payee: str) -> signer_pb2.SignResponse:
-    intent = payment_intent(
-        session_id, payee=payee, amount="0.01", expires_at=int(stack.clock.now()) + 60
-    )
-    resp: signer_pb2.SignResponse = api.signer.Sign(signer_pb2.SignRequest(intent=intent))
-    return resp
-
-
 def denial_reason(api: Api, stack: Stack, session_id: str, payee: str) -> str | None:
     """The reason code of the PERMISSION_DENIED a payment to ``payee`` gets."""
     with pytest.raises(grpc.RpcError) as info:
-        sign(api, stack, session_id, payee)
+        api.signer.Sign(sign_request(stack, session_id, payee=payee, amount="0.01"))
     assert info.value.code() is DENIED, info.value.details()
     return reason_of(info.value)
 
@@ -84,7 +76,12 @@ def test_cyrillic_a_does_not_pass_an_allow_pattern(
     api: Api, stack: Stack, session_id: str, payee: str
 ) -> None:
     assert denial_reason(api, stack, session_id, payee) == "PAYEE_NOT_ASCII"
-    assert sign(api, stack, session_id, "api.cdn.example").status == signer_pb2.SIGNED
+    assert (
+        api.signer.Sign(
+            sign_request(stack, session_id, payee="api.cdn.example", amount="0.01")
+        ).status
+        == signer_pb2.SIGNED
+    )
 
 
 @pytest.mark.parametrize("dash", DASHES)
@@ -121,10 +118,20 @@ def test_payee_the_pack_names_exactly_is_not_taken_for_a_lookalike(
     # "paypal.example" is allowed by name and its look-alike "paypa1.example" is denied:
     # the skeletons are equal, and the pack's own exact names decide.
     assert skeleton("paypal.example") == skeleton("paypa1.example")
-    assert sign(api, stack, session_id, "paypal.example").status == signer_pb2.SIGNED
+    assert (
+        api.signer.Sign(
+            sign_request(stack, session_id, payee="paypal.example", amount="0.01")
+        ).status
+        == signer_pb2.SIGNED
+    )
     assert denial_reason(api, stack, session_id, "paypa1.example") == "PAYEE_DENYLISTED"
     # a non-ASCII payee the pack names exactly is paid: only patterns are ASCII-only
-    assert sign(api, stack, session_id, "bücher.example").status == signer_pb2.SIGNED
+    assert (
+        api.signer.Sign(
+            sign_request(stack, session_id, payee="bücher.example", amount="0.01")
+        ).status
+        == signer_pb2.SIGNED
+    )
 
 
 def test_session_cannot_list_a_lookalike_either(api: Api) -> None:

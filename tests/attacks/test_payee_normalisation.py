@@ -22,11 +22,12 @@ from paywarden.policy import AllOf, Asset, Verdict, check_session, compile_pack,
 from paywarden.policy.engine import AgentFacts, Facts, SessionFacts
 from paywarden.policy.packs import PolicyPack, PolicyPackModel
 from paywarden.policy.payees import normalise
+from paywarden.policy.vocabulary import Phase, SessionState
 from paywarden.v1 import signer_pb2
 
 from tests.helpers import Stack, reason_of
 from tests.support.clients import Api
-from tests.support.intents import payment_intent
+from tests.support.intents import sign_request
 from tests.support.sessions import open_session
 
 PACK = """
@@ -63,18 +64,6 @@ ATTACKS = [
 ]
 
 
-def sign(api: Api, stack: Stack, session_id: str, payee: str) -> signer_pb2.SignResponse:
-    intent = payment_intent(
-        session_id,
-        payee=payee,
-        amount="1.00",
-        asset="MAIL",
-        expires_at=int(stack.clock.now()) + 60,
-    )
-    resp: signer_pb2.SignResponse = api.signer.Sign(signer_pb2.SignRequest(intent=intent))
-    return resp
-
-
 def jws_payee(jws: str) -> Any:
     body = jws.split(".")[1]
     return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["payee"]
@@ -89,11 +78,13 @@ def test_case_folded_lookalike_of_an_allowed_payee_is_not_signed(
         api.planner, "agent-1", "100.00", task="buy mail credits", asset="MAIL"
     )
     with pytest.raises(grpc.RpcError) as info:
-        sign(api, stack, session_id, payee)
+        api.signer.Sign(sign_request(stack, session_id, payee=payee, amount="1.00", asset="MAIL"))
     assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert reason_of(info.value) == "PAYEE_NOT_CANONICAL"
     # the genuine payee, in any ASCII case, is still paid, and signed as written
-    resp = sign(api, stack, session_id, allowed.upper())
+    resp = api.signer.Sign(
+        sign_request(stack, session_id, payee=allowed.upper(), amount="1.00", asset="MAIL")
+    )
     assert resp.status == signer_pb2.SIGNED
     assert jws_payee(resp.jws) == allowed.upper()
 
@@ -145,8 +136,8 @@ def _facts(payee: str) -> Facts:
         session=SessionFacts(
             session_id="s-1",
             agent_id="agent-1",
-            state="open",
-            phase="normal",
+            state=SessionState.OPEN,
+            phase=Phase.NORMAL,
             expires_at=1_750_003_600,
             budgets_minor={"MAIL": 10_000},
             spent_minor={"MAIL": 0},

@@ -11,22 +11,19 @@ the approvers' views. Real token, real store, real gRPC server over mTLS.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
-import grpc
-import pytest
 from paywarden.signer.core.disclosure import AGENT_MESSAGES
 from paywarden.v1 import (
     approvals_pb2,
-    approvals_pb2_grpc,
-    sessions_pb2_grpc,
     signer_pb2,
-    signer_pb2_grpc,
 )
 
 from tests.helpers import Stack, reason_of
-from tests.support.clients import Dial
-from tests.support.intents import payment_intent
+from tests.support.clients import Api
+from tests.support.intents import sign_request
+from tests.support.refusals import refused
 from tests.support.sessions import open_session
 
 SECRET_PAYEE = "globex-payments.example"
@@ -78,27 +75,13 @@ max_budget = { USD = "5000.00" }
 STACK_PACKS = {"a1.toml": AGENT1_PACK, "a2.toml": AGENT2_PACK}
 
 
-def _session(dial: Dial, agent: str) -> str:
-    planner = sessions_pb2_grpc.SessionsStub(dial("planner", "planner-1"))
-    return open_session(planner, agent, "1000.00")
+# What this module's agents ask to sign, unless a test says otherwise.
+supplies_request = partial(sign_request, amount="5.00", purpose="supplies", expires_in=120)
 
 
-def _intent(stack: Stack, sid: str, payee: str, amount: str = "5.00") -> signer_pb2.SignRequest:
-    return signer_pb2.SignRequest(
-        intent=payment_intent(
-            sid,
-            payee=payee,
-            amount=amount,
-            purpose="supplies",
-            expires_at=int(stack.clock.now()) + 120,
-        )
-    )
-
-
-def _refused(dial: Dial, agent: str, request: signer_pb2.SignRequest, reason: str) -> Any:
-    with pytest.raises(grpc.RpcError) as info:
-        signer_pb2_grpc.SignerStub(dial("agent", agent)).Sign(request)
-    err: Any = info.value
+def _refused_plainly(api: Api, agent: str, request: signer_pb2.SignRequest, reason: str) -> Any:
+    """Refused with ``reason`` in the one fixed sentence that reason code has."""
+    err: Any = refused(api.signer_of(agent).Sign, request)
     assert reason_of(err) == reason
     # one fixed sentence per reason code, whatever the policy or the people said
     assert err.details() == f"[{reason}] {AGENT_MESSAGES[reason]}"
@@ -111,10 +94,12 @@ def _audit_record(stack: Stack, err: Any) -> dict[str, Any]:
     return record
 
 
-def test_confusable_refusal_does_not_name_the_allowed_payee(dial: Dial, stack: Stack) -> None:
-    sid = _session(dial, "agent-1")
+def test_confusable_refusal_does_not_name_the_allowed_payee(api: Api, stack: Stack) -> None:
+    sid = open_session(api.planner, "agent-1", "1000.00")
     lookalike = SECRET_PAYEE.replace("l", "1")  # "g1obex-payments.examp1e"
-    err = _refused(dial, "agent-1", _intent(stack, sid, lookalike), "PAYEE_CONFUSABLE")
+    err = _refused_plainly(
+        api, "agent-1", supplies_request(stack, sid, payee=lookalike), "PAYEE_CONFUSABLE"
+    )
     assert SECRET_PAYEE not in err.details()
     assert "globex" not in err.details()
     # the detail is kept for humans: the audit record names the payee it resembles
@@ -122,45 +107,55 @@ def test_confusable_refusal_does_not_name_the_allowed_payee(dial: Dial, stack: S
     assert SECRET_PAYEE in record["decision"]["message"]
 
 
-def test_deny_pattern_is_not_echoed(dial: Dial, stack: Stack) -> None:
-    sid = _session(dial, "agent-1")
-    err = _refused(
-        dial, "agent-1", _intent(stack, sid, "evil-corp.shop.example"), "PAYEE_DENYLISTED"
+def test_deny_pattern_is_not_echoed(api: Api, stack: Stack) -> None:
+    sid = open_session(api.planner, "agent-1", "1000.00")
+    err = _refused_plainly(
+        api,
+        "agent-1",
+        supplies_request(stack, sid, payee="evil-corp.shop.example"),
+        "PAYEE_DENYLISTED",
     )
     assert "evil-" not in err.details() and "\\." not in err.details()
     assert "evil-[a-z]+" in _audit_record(stack, err)["decision"]["message"]
 
 
-def test_approver_deny_note_does_not_reach_the_agent(dial: Dial, stack: Stack) -> None:
-    sid = _session(dial, "agent-1")
-    request = _intent(stack, sid, SECRET_PAYEE, amount="500.00")
-    resp = signer_pb2_grpc.SignerStub(dial("agent", "agent-1")).Sign(request)
+def test_approver_deny_note_does_not_reach_the_agent(api: Api, stack: Stack) -> None:
+    sid = open_session(api.planner, "agent-1", "1000.00")
+    request = supplies_request(stack, sid, payee=SECRET_PAYEE, amount="500.00")
+    resp = api.signer.Sign(request)
     assert resp.status == signer_pb2.PENDING_APPROVAL
-    approver = approvals_pb2_grpc.ApprovalsStub(dial("approver", "approver-1"))
+    approver = api.approver("approver-1")
     approver.Deny(approvals_pb2.DenyRequest(approval_id=resp.approval_id, note=SOC_NOTE))
-    err = _refused(dial, "agent-1", request, "APPROVAL_DENIED")
+    err = _refused_plainly(api, "agent-1", request, "APPROVAL_DENIED")
     assert "SOC" not in err.details() and "4411" not in err.details()
     # approvers still see the note
     view = approver.GetApproval(approvals_pb2.GetApprovalRequest(approval_id=resp.approval_id))
     assert view.approval.denial_note == SOC_NOTE
 
 
-def test_breaker_threshold_is_not_echoed(dial: Dial, stack: Stack) -> None:
-    sid = _session(dial, "agent-2")
-    signer = signer_pb2_grpc.SignerStub(dial("agent", "agent-2"))
-    assert signer.Sign(_intent(stack, sid, "first.shop.example")).status == signer_pb2.SIGNED
-    err = _refused(dial, "agent-2", _intent(stack, sid, "second.shop.example"), "BREAKER_TRIPPED")
+def test_breaker_threshold_is_not_echoed(api: Api, stack: Stack) -> None:
+    sid = open_session(api.planner, "agent-2", "1000.00")
+    signer = api.signer2
+    assert (
+        signer.Sign(supplies_request(stack, sid, payee="first.shop.example")).status
+        == signer_pb2.SIGNED
+    )
+    err = _refused_plainly(
+        api, "agent-2", supplies_request(stack, sid, payee="second.shop.example"), "BREAKER_TRIPPED"
+    )
     assert "more than" not in err.details() and "3600" not in err.details()
     assert "(more than 1)" in _audit_record(stack, err)["decision"]["message"]
 
 
-def test_operator_freeze_reason_does_not_reach_the_agent(dial: Dial, stack: Stack) -> None:
+def test_operator_freeze_reason_does_not_reach_the_agent(api: Api, stack: Stack) -> None:
     # agent-2 was frozen by its breaker above; the operator adds a global freeze too
     reason = "INTERNAL: incident 77 - agent-2 suspected of exfiltration"
     stack.control.freeze(_operator(), "global", "", reason)
     try:
-        sid = _session(dial, "agent-1")
-        err = _refused(dial, "agent-1", _intent(stack, sid, SECRET_PAYEE), "FROZEN")
+        sid = open_session(api.planner, "agent-1", "1000.00")
+        err = _refused_plainly(
+            api, "agent-1", supplies_request(stack, sid, payee=SECRET_PAYEE), "FROZEN"
+        )
         assert "incident" not in err.details() and "operator" not in err.details()
     finally:
         stack.control.unfreeze(_operator(), "global", "", "done")

@@ -36,7 +36,7 @@ def test_upper_case_approver_id_is_refused_at_the_identity_step(
 ) -> None:
     with pytest.raises(grpc.RpcError) as info:
         _list_pending(grpc_addr, pki, principal)
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert reason_of(info.value) == Reason.NO_IDENTITY
 
 

@@ -19,32 +19,26 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import grpc
 from paywarden.signer.core.refusals import RefusalLog
 from paywarden.v1 import (
     control_pb2,
-    signer_pb2,
-    signer_pb2_grpc,
 )
 
 from tests.attacks.kit import AGENT, assert_audit_verifies, audit_log
 from tests.helpers import (
     OPEN_PACK,
     Pki,
-    ServeProcess,
     TestToken,
-    reason_of,
-    serve,
     write_config,
 )
-from tests.support.clients import Api, served_api
-from tests.support.intents import payment_intent
+from tests.support.clients import running_api
+from tests.support.intents import payment_request
+from tests.support.refusals import outcome
 from tests.support.sessions import open_session
 
 FLOOD = 1000
@@ -75,42 +69,19 @@ max_budget = { USD = "1000.00" }
 PACKS = {"a1.toml": AGENT1_PACK, "a2.toml": BREAKER_PACK}
 
 
-@contextmanager
-def running(
-    tmp_path: Path, token: TestToken, pki: Pki, env: dict[str, str] | None = None
-) -> Iterator[tuple[ServeProcess, Api]]:
-    with (
-        serve(write_config(tmp_path, token, pki, packs=PACKS), env=env) as srv,
-        served_api(srv, pki) as client,
-    ):
-        yield srv, client
-
-
-def _intent(sid: str, amount: str = "1.00", purpose: str = "supplies") -> signer_pb2.SignRequest:
-    return signer_pb2.SignRequest(
-        intent=payment_intent(
-            sid,
-            payee="acme-data",
-            amount=amount,
-            purpose=purpose,
-            expires_at=int(time.time()) + 120,
-        )
-    )
-
-
-def _answer(stub: signer_pb2_grpc.SignerStub, request: signer_pb2.SignRequest) -> str:
-    try:
-        resp = stub.Sign(request, timeout=TIMEOUT)
-    except grpc.RpcError as err:
-        return f"{err.code().name}/{reason_of(err)}"  # type: ignore[attr-defined]
-    return str(signer_pb2.SignStatus.Name(resp.status))
+# What this module's agents ask to sign, unless a test says otherwise, and how an
+# answer is read (one string: "SIGNED", or "CODE/REASON").
+flood_request = partial(
+    payment_request, payee="acme-data", amount="1.00", purpose="supplies", expires_in=120
+)
+flood_answer = partial(outcome, timeout=TIMEOUT)
 
 
 def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_records(
     tmp_path: Path, token: TestToken, pki: Pki
 ) -> None:
     db = tmp_path / "state.db"
-    with running(tmp_path, token, pki) as (srv, client):
+    with running_api(write_config(tmp_path, token, pki, packs=PACKS), pki) as (srv, client):
         sid = open_session(client.planner, "agent-1", "100.00", timeout=TIMEOUT)
         control = client.control()
         control.Freeze(
@@ -121,9 +92,12 @@ def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_reco
         signer = client.signer_of("agent-1")
         purpose = "P" * 1024  # the longest purpose a request may carry
         bad = "1.2.3"  # malformed too: refused before it is read, so it says FROZEN
-        requests = [_intent(sid, bad if i % 2 else "1.00", purpose) for i in range(FLOOD)]
+        requests = [
+            flood_request(sid, amount=bad if i % 2 else "1.00", purpose=purpose)
+            for i in range(FLOOD)
+        ]
         with ThreadPoolExecutor(8) as pool:
-            answers = Counter(pool.map(lambda r: _answer(signer, r), requests))
+            answers = Counter(pool.map(lambda r: flood_answer(signer.Sign, r), requests))
         assert answers == {"FAILED_PRECONDITION/FROZEN": FLOOD}
         during = audit_log(db)[before:]
         # an explicit small bound: the first refusal in full, the rest counted
@@ -153,7 +127,7 @@ def test_refusal_budget_refuses_before_reading_the_request(
         "PAYWARDEN_LIMITS__REFUSAL_RATE_PER_SECOND": "0.0001",
     }
     db = tmp_path / "state.db"
-    with running(tmp_path, token, pki, env) as (_, client):
+    with running_api(write_config(tmp_path, token, pki, packs=PACKS), pki, env) as (_, client):
         sid1, sid2 = (
             open_session(client.planner, "agent-1", "100.00", timeout=TIMEOUT),
             open_session(client.planner, "agent-2", "100.00", timeout=TIMEOUT),
@@ -161,15 +135,24 @@ def test_refusal_budget_refuses_before_reading_the_request(
         agent1, agent2 = client.signer_of("agent-1"), client.signer_of("agent-2")
         before = len(audit_log(db))
         for _ in range(3):
-            assert _answer(agent2, _intent(sid2, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+            assert (
+                flood_answer(agent2.Sign, flood_request(sid2, amount="1.2.3"))
+                == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+            )
         # the budget is the caller's own: agent-1's bad requests do not spend agent-2's
         for _ in range(5):
-            assert _answer(agent1, _intent(sid1, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+            assert (
+                flood_answer(agent1.Sign, flood_request(sid1, amount="1.2.3"))
+                == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+            )
         # agent-1 spent its five: even a valid request is refused before it is read
-        assert _answer(agent1, _intent(sid1)) == "RESOURCE_EXHAUSTED/RATE_LIMITED"
+        assert flood_answer(agent1.Sign, flood_request(sid1)) == "RESOURCE_EXHAUSTED/RATE_LIMITED"
         for _ in range(200):
-            assert _answer(agent1, _intent(sid1, "1.2.3")) == "RESOURCE_EXHAUSTED/RATE_LIMITED"
-        assert _answer(agent2, _intent(sid2)) == "SIGNED"
+            assert (
+                flood_answer(agent1.Sign, flood_request(sid1, amount="1.2.3"))
+                == "RESOURCE_EXHAUSTED/RATE_LIMITED"
+            )
+        assert flood_answer(agent2.Sign, flood_request(sid2)) == "SIGNED"
         added = Counter((r["action"], r.get("reason")) for r in audit_log(db)[before:])
         assert added == {
             ("sign.refused", "AMOUNT_MALFORMED"): 2,  # one each for agent-1 and agent-2
@@ -182,13 +165,16 @@ def test_breaker_with_max_rejections_trips_from_refusals_alone(
     tmp_path: Path, token: TestToken, pki: Pki
 ) -> None:
     db = tmp_path / "state.db"
-    with running(tmp_path, token, pki) as (_, client):
+    with running_api(write_config(tmp_path, token, pki, packs=PACKS), pki) as (_, client):
         sid = open_session(client.planner, "agent-2", "100.00", timeout=TIMEOUT)
         agent2 = client.signer_of("agent-2")
         # max_rejections = 3: the fourth refusal in the window trips the breaker
         for _ in range(4):
-            assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
-        assert _answer(agent2, _intent(sid)) == "FAILED_PRECONDITION/FROZEN"
+            assert (
+                flood_answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
+                == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+            )
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "FAILED_PRECONDITION/FROZEN"
         freezes = client.control().ListFreezes(control_pb2.ListFreezesRequest(), timeout=TIMEOUT)
         assert [(f.scope, f.target, f.actor) for f in freezes.freezes] == [
             (control_pb2.AGENT, "agent-2", "breaker")
@@ -202,24 +188,36 @@ def test_breaker_with_max_rejections_trips_from_refusals_alone(
             control_pb2.UnfreezeRequest(scope=control_pb2.AGENT, target="agent-2", reason="ok"),
             timeout=TIMEOUT,
         )
-        assert _answer(agent2, _intent(sid)) == "SIGNED"
-        assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
-        assert _answer(agent2, _intent(sid)) == "SIGNED"
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "SIGNED"
+        assert (
+            flood_answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
+            == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+        )
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "SIGNED"
 
 
 def test_breaker_counts_refusals_and_denials_together(
     tmp_path: Path, token: TestToken, pki: Pki
 ) -> None:
     db = tmp_path / "state.db"
-    with running(tmp_path, token, pki) as (_, client):
+    with running_api(write_config(tmp_path, token, pki, packs=PACKS), pki) as (_, client):
         sid = open_session(client.planner, "agent-2", "100.00", timeout=TIMEOUT)
         agent2 = client.signer_of("agent-2")
         for _ in range(2):  # two refusals: no decision recorded
-            assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+            assert (
+                flood_answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
+                == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+            )
         # two policy denials: 2 + 2 = 4 rejections is more than max_rejections = 3
-        assert _answer(agent2, _intent(sid, "200.00")) == "PERMISSION_DENIED/AMOUNT_ABOVE_MAX"
-        assert _answer(agent2, _intent(sid, "200.00")) == "PERMISSION_DENIED/AMOUNT_ABOVE_MAX"
-        assert _answer(agent2, _intent(sid)) == "FAILED_PRECONDITION/FROZEN"
+        assert (
+            flood_answer(agent2.Sign, flood_request(sid, amount="200.00"))
+            == "PERMISSION_DENIED/AMOUNT_ABOVE_MAX"
+        )
+        assert (
+            flood_answer(agent2.Sign, flood_request(sid, amount="200.00"))
+            == "PERMISSION_DENIED/AMOUNT_ABOVE_MAX"
+        )
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "FAILED_PRECONDITION/FROZEN"
         (trip,) = [r for r in audit_log(db) if r["action"] == "breaker.freeze"]
         assert "4 rejections" in trip["reason"]
 
@@ -228,12 +226,15 @@ def test_an_unfreeze_is_not_undone_by_refusals_counted_before_it(
     tmp_path: Path, token: TestToken, pki: Pki
 ) -> None:
     db = tmp_path / "state.db"
-    with running(tmp_path, token, pki) as (_, client):
+    with running_api(write_config(tmp_path, token, pki, packs=PACKS), pki) as (_, client):
         sid = open_session(client.planner, "agent-2", "100.00", timeout=TIMEOUT)
         agent2 = client.signer_of("agent-2")
         # max_rejections = 3: the fourth refusal trips the breaker and freezes agent-2
         for _ in range(4):
-            assert _answer(agent2, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+            assert (
+                flood_answer(agent2.Sign, flood_request(sid, amount="1.2.3"))
+                == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+            )
         # the agent goes quiet (no Sign sees the freeze); an operator reviews and lifts it
         control = client.control()
         assert control.Unfreeze(
@@ -242,8 +243,8 @@ def test_an_unfreeze_is_not_undone_by_refusals_counted_before_it(
         ).removed
         # the refusals counted before the unfreeze no longer count: payments sign, and
         # the agent is not frozen again behind the operator's back
-        assert _answer(agent2, _intent(sid)) == "SIGNED"
-        assert _answer(agent2, _intent(sid)) == "SIGNED"
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "SIGNED"
+        assert flood_answer(agent2.Sign, flood_request(sid)) == "SIGNED"
         freezes = control.ListFreezes(control_pb2.ListFreezesRequest(), timeout=TIMEOUT)
         assert list(freezes.freezes) == []
         trips = [r for r in audit_log(db) if r["action"] == "breaker.freeze"]
@@ -253,7 +254,7 @@ def test_an_unfreeze_is_not_undone_by_refusals_counted_before_it(
 def test_refusals_counted_in_a_window_that_lapsed_unclosed_are_still_summarised() -> None:
     # A window that is over but was not closed (no flush between two refusals) used
     # to be replaced by the next refusal's window, and its count went with it.
-    log = RefusalLog(60)
+    log: RefusalLog[str] = RefusalLog(60)
     agent = AGENT
     assert log.admit(agent, "AMOUNT_MALFORMED", 0)  # recorded in full
     log.recorded(agent, "AMOUNT_MALFORMED", 7)
@@ -294,11 +295,14 @@ def test_a_quiet_agents_counted_refusals_are_sealed_without_a_later_sign_or_a_sh
     }
     db = tmp_path / "state.db"
     repeats = 5
-    with running(tmp_path, token, pki, env) as (srv, client):
+    with running_api(write_config(tmp_path, token, pki, packs=PACKS), pki, env) as (srv, client):
         sid = open_session(client.planner, "agent-1", "100.00", timeout=TIMEOUT)
         agent1 = client.signer_of("agent-1")
         for _ in range(repeats):
-            assert _answer(agent1, _intent(sid, "1.2.3")) == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+            assert (
+                flood_answer(agent1.Sign, flood_request(sid, amount="1.2.3"))
+                == "INVALID_ARGUMENT/AMOUNT_MALFORMED"
+            )
         full = [
             r
             for r in audit_log(db)

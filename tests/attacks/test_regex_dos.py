@@ -10,9 +10,6 @@ know, such as ``(?u)``) is refused when the pack is loaded, naming the field.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +24,8 @@ from paywarden.v1 import (
     signer_pb2_grpc,
 )
 
-from tests.helpers import ROOT, Pki, TestToken, reason_of, serve, write_config
+from tests.helpers import Pki, TestToken, reason_of, serve, write_config
+from tests.support.cli import policy_check
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session
 
@@ -61,18 +59,6 @@ def _pack(tmp_path: Path, deny: str, name: str = "cdn.toml") -> Path:
     path = tmp_path / name
     path.write_text(PACK.format(deny=deny), encoding="utf-8")
     return path
-
-
-def _policy_check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "policy", "check", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PAYWARDEN_")},
-    )
 
 
 def test_nested_repetition_deny_pattern_does_not_hang_the_signer(
@@ -129,7 +115,7 @@ def test_nested_repetition_deny_pattern_does_not_hang_the_signer(
 def test_pattern_re2_cannot_bound_is_refused_by_policy_check(
     tmp_path: Path, deny: str, what: str
 ) -> None:
-    proc = _policy_check(_pack(tmp_path, deny))
+    proc = policy_check(_pack(tmp_path, deny))
     assert proc.returncode == 1, (what, proc.stdout)
     assert "field payees.deny_patterns.0" in proc.stderr, proc.stderr
     assert "RE2" in proc.stderr, proc.stderr
@@ -141,7 +127,7 @@ def test_inline_unicode_flag_is_refused_at_load_not_at_every_payment(tmp_path: P
     path = _pack(tmp_path, r"(?u)[a-z]+\\.evil\\.example")
     with pytest.raises(PackError, match=r"field payees\.deny_patterns\.0: .*RE2"):
         load_pack(path)
-    proc = _policy_check(path)
+    proc = policy_check(path)
     assert proc.returncode == 1
     assert "field payees.deny_patterns.0" in proc.stderr, proc.stderr
 

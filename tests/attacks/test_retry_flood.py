@@ -17,13 +17,10 @@ over mutual TLS; the audit log is read from the SQLite file and checked with
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +38,15 @@ from paywarden.v1 import (
 
 from tests.attacks.kit import assert_audit_verifies, audit_log
 from tests.helpers import (
-    ROOT,
     Pki,
-    ServeProcess,
     Stack,
     TestToken,
-    new_nonce,
-    reason_of,
-    serve,
     write_config,
 )
-from tests.support.clients import Api, served_api
+from tests.support.cli import paywarden
+from tests.support.clients import Api, running_api
+from tests.support.intents import payment_request
+from tests.support.refusals import outcome
 from tests.support.sessions import open_session
 
 FLOOD = 1000
@@ -80,39 +75,10 @@ max_budget = { USD = "1000.00" }
 STACK_PACKS = {"retry.toml": PACK}
 
 
-@contextmanager
-def running(tmp_path: Path, token: TestToken, pki: Pki) -> Iterator[tuple[ServeProcess, Api]]:
-    with (
-        serve(write_config(tmp_path, token, pki, packs={"retry.toml": PACK})) as srv,
-        served_api(srv, pki) as client,
-    ):
-        yield srv, client
-
-
-def _intent(sid: str, amount: str) -> signer_pb2.SignRequest:
-    return signer_pb2.SignRequest(
-        intent=signer_pb2.PaymentIntent(
-            session_id=sid,
-            key_id="payments.v1",
-            payee="acme-data",
-            amount=amount,
-            asset="USD",
-            reference="inv-1",
-            purpose="P" * 1024,  # the longest purpose a request may carry
-            nonce=new_nonce(),
-            expires_at=int(time.time()) + 240,
-        )
-    )
-
-
-def _answer(stub: signer_pb2_grpc.SignerStub, request: signer_pb2.SignRequest) -> str:
-    """The answer as one comparable string: status and JWS, or status and reason."""
-    try:
-        resp = stub.Sign(request, timeout=TIMEOUT)
-    except grpc.RpcError as err:
-        return f"{err.code().name}/{reason_of(err)}"  # type: ignore[attr-defined]
-    status = signer_pb2.SignStatus.Name(resp.status)
-    return f"{status}/{resp.decision_id}/{resp.jws}/{resp.replayed_result}"
+# What this module's agent asks to sign (the longest purpose a request may carry), and
+# how an answer is read: one comparable string, status and JWS or status and reason.
+retry_request = partial(payment_request, payee="acme-data", purpose="P" * 1024, expires_in=240)
+retry_answer = partial(outcome, timeout=TIMEOUT, detail=True)
 
 
 def _retries(records: list[dict[str, Any]], decision_id: str) -> list[dict[str, Any]]:
@@ -134,16 +100,15 @@ def test_thousand_replays_of_a_signed_request_add_a_bounded_number_of_records(
     tmp_path: Path, token: TestToken, pki: Pki
 ) -> None:
     db = tmp_path / "state.db"
-    with running(tmp_path, token, pki) as (srv, client):
+    with running_api(write_config(tmp_path, token, pki, packs=STACK_PACKS), pki) as (srv, client):
         signer = client.signer
-        request = _intent(
-            open_session(client.planner, "agent-1", "1000.00", timeout=TIMEOUT), "10.00"
-        )
+        sid = open_session(client.planner, "agent-1", "1000.00", timeout=TIMEOUT)
+        request = retry_request(sid, amount="10.00")
         resp = signer.Sign(request, timeout=TIMEOUT)
         assert resp.status == signer_pb2.SIGNED and resp.jws
         before = len(audit_log(db))
         with ThreadPoolExecutor(WORKERS) as pool:
-            answers = Counter(pool.map(lambda _: _answer(signer, request), range(FLOOD)))
+            answers = Counter(pool.map(lambda _: retry_answer(signer.Sign, request), range(FLOOD)))
         # every replay gets the identical JWS
         assert answers == {f"SIGNED/{resp.decision_id}/{resp.jws}/True": FLOOD}
         during = audit_log(db)[before:]
@@ -168,11 +133,7 @@ def test_thousand_replays_of_a_signed_request_add_a_bounded_number_of_records(
     assert summaries[0]["since"] <= summaries[0]["until"]
     assert_audit_verifies(db, public_key)
     # and audit show tells a human how many replays were counted
-    show = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "audit", "show", resp.decision_id,
-         "--db", str(db)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    show = paywarden("audit", "show", resp.decision_id, "--db", db)
     assert show.returncode == 0, show.stderr
     assert f"the agent retried {summaries[0]['count']} more time(s)" in show.stdout, show.stdout
 
@@ -182,17 +143,17 @@ def test_retries_that_change_state_are_recorded_in_full_among_counted_repeats(
 ) -> None:
     db = tmp_path / "state.db"
     polls = 50
-    with running(tmp_path, token, pki) as (srv, client):
+    with running_api(write_config(tmp_path, token, pki, packs=STACK_PACKS), pki) as (srv, client):
         signer, approvals = client.signer, client.approver("approver-1")
         sid = open_session(client.planner, "agent-1", "1000.00", timeout=TIMEOUT)
-        held, refused = _intent(sid, "150.00"), _intent(sid, "120.00")
+        held, refused = retry_request(sid, amount="150.00"), retry_request(sid, amount="120.00")
         first = signer.Sign(held, timeout=TIMEOUT)
         assert first.status == signer_pb2.PENDING_APPROVAL
         other = signer.Sign(refused, timeout=TIMEOUT)
         assert other.status == signer_pb2.PENDING_APPROVAL
         pending = f"PENDING_APPROVAL/{first.decision_id}//True"
         # the agent polls by retrying: counted, not recorded one by one
-        assert {_answer(signer, held) for _ in range(polls)} == {pending}
+        assert {retry_answer(signer.Sign, held) for _ in range(polls)} == {pending}
         # an approver grants it between retries: the next retry signs, in full
         approvals.Approve(
             approvals_pb2.ApproveRequest(approval_id=first.approval_id), timeout=TIMEOUT
@@ -200,13 +161,13 @@ def test_retries_that_change_state_are_recorded_in_full_among_counted_repeats(
         signed = signer.Sign(held, timeout=TIMEOUT)
         assert signed.status == signer_pb2.SIGNED and signed.replayed_result
         again = f"SIGNED/{first.decision_id}/{signed.jws}/True"
-        assert {_answer(signer, held) for _ in range(polls)} == {again}
+        assert {retry_answer(signer.Sign, held) for _ in range(polls)} == {again}
         # a hold denied between retries: the first retry to learn it is recorded in full
-        assert {_answer(signer, refused) for _ in range(polls)} == {
+        assert {retry_answer(signer.Sign, refused) for _ in range(polls)} == {
             f"PENDING_APPROVAL/{other.decision_id}//True"
         }
         approvals.Deny(approvals_pb2.DenyRequest(approval_id=other.approval_id), timeout=TIMEOUT)
-        assert {_answer(signer, refused) for _ in range(polls)} == {
+        assert {retry_answer(signer.Sign, refused) for _ in range(polls)} == {
             "PERMISSION_DENIED/APPROVAL_DENIED"
         }
         public_key = _audit_key(client, tmp_path)
@@ -265,15 +226,15 @@ def test_a_retry_that_expires_and_releases_a_hold_is_recorded_in_full_among_repe
             .session.session_id
         )
         signer = signer_pb2_grpc.SignerStub(agent)
-        held = _intent(sid, "150.00")
+        held = retry_request(sid, amount="150.00")
         held.intent.expires_at = int(stack.clock.now()) + 60
         first = signer.Sign(held, timeout=TIMEOUT)
         assert first.status == signer_pb2.PENDING_APPROVAL
         pending = f"PENDING_APPROVAL/{first.decision_id}//True"
-        assert {_answer(signer, held) for _ in range(polls)} == {pending}
+        assert {retry_answer(signer.Sign, held) for _ in range(polls)} == {pending}
         stack.clock.advance(120)  # the payment, and so its approval, expires
         expired = "PERMISSION_DENIED/APPROVAL_EXPIRED"
-        assert {_answer(signer, held) for _ in range(polls)} == {expired}
+        assert {retry_answer(signer.Sign, held) for _ in range(polls)} == {expired}
         spent = (
             sessions_pb2_grpc.SessionsStub(agent)
             .GetSession(sessions_pb2.GetSessionRequest(session_id=sid))

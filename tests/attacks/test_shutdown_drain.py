@@ -38,7 +38,7 @@ def test_sigterm_under_a_held_store_lock_drains_then_seals_then_closes(
     with running(config, pki) as api:
         srv = api.srv
         sid = api.open_session("agent-1")
-        assert api.sign("agent-1", intent(sid)).signed
+        assert api.attempt("agent-1", intent(sid)).signed
         checkpoint = api.control().Checkpoint(control_pb2.CheckpointRequest(), timeout=30)
         pem = tmp_path / "audit.pem"
         pem.write_text(checkpoint.audit_public_key_pem, encoding="ascii")
@@ -48,7 +48,7 @@ def test_sigterm_under_a_held_store_lock_drains_then_seals_then_closes(
         holder.execute("BEGIN IMMEDIATE")  # the store is slow: another process writes
         pool = ThreadPoolExecutor(IN_FLIGHT)
         try:
-            calls = [pool.submit(api.sign, "agent-1", r) for r in requests]  # 30 s deadlines
+            calls = [pool.submit(api.attempt, "agent-1", r) for r in requests]  # 30 s deadlines
             poll(
                 lambda: metric(scrape(srv), "paywarden_calls_in_flight"),
                 lambda n: n == IN_FLIGHT,
@@ -63,7 +63,7 @@ def test_sigterm_under_a_held_store_lock_drains_then_seals_then_closes(
                 lambda s: s == health_pb2.HealthCheckResponse.NOT_SERVING,
                 "health after SIGTERM",
             )
-            late = api.sign("agent-1", intent(sid))
+            late = api.attempt("agent-1", intent(sid))
             assert (late.code, late.reason) == ("UNAVAILABLE", "SHUTTING_DOWN"), late
             # every caller in flight is answered within the grace period, and fails closed
             answers = [c.result(timeout=GRACE + 10) for c in calls]

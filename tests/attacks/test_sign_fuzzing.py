@@ -30,6 +30,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,17 @@ from tests.helpers import (
     TestToken,
     new_nonce,
     reason_of,
-    serve,
+    trailing_metadata,
     write_config,
 )
+from tests.support.clients import running_api
 from tests.support.intents import payment_intent
+from tests.support.sessions import open_session
 
 EXAMPLES = int(os.environ.get("PAYWARDEN_FUZZ_EXAMPLES", "150"))
 RPC_TIMEOUT = 30.0
+# The sessions the fuzzer signs in: an hour long, opened by the agent's own planner.
+fuzz_session = partial(open_session, task="fuzzing", ttl=3600, timeout=RPC_TIMEOUT)
 MAX_EXPIRY = 300  # limits.max_expiry_seconds in tests.helpers.write_config
 DECIMALS = {"USD": 2, "BTC": 8, "JPY": 0}
 KEYS = ("payments.v1", "payments.v2")
@@ -174,7 +179,7 @@ class Target:
     srv: ServeProcess
     channel: grpc.Channel
     stub: signer_pb2_grpc.SignerStub
-    raw: grpc.UnaryUnaryMultiCallable
+    raw: grpc.UnaryUnaryMultiCallable[Any, Any]
     model: Model
     keys: KeySet
     fuzzed: list[str]  # agent-1's sessions the fuzzer spends (small budgets, run out)
@@ -186,21 +191,6 @@ class Target:
     stats: Counter[str] = field(default_factory=Counter)
 
 
-def _open(addr: str, pki: Pki, agent: str, budgets: dict[str, str]) -> str:
-    planner = "planner-1" if agent == "agent-1" else "planner-2"
-    with pki.channel(addr, "planner", planner) as ch:
-        resp = sessions_pb2_grpc.SessionsStub(ch).OpenSession(
-            sessions_pb2.OpenSessionRequest(
-                agent_id=agent,
-                task_description="fuzzing",
-                budgets=[sessions_pb2.AssetBudget(asset=a, amount=v) for a, v in budgets.items()],
-                ttl_seconds=3600,
-            ),
-            timeout=RPC_TIMEOUT,
-        )
-    return resp.session.session_id
-
-
 @pytest.fixture(scope="module")
 def target(
     tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki
@@ -209,20 +199,20 @@ def target(
     # Hundreds of refusals from one agent are the point here, not a flood to throttle:
     # with the default refusal budget the fuzzer would stop reaching the signing path.
     env = {"PAYWARDEN_LIMITS__REFUSAL_BURST": "1000000"}
-    with serve(config, env=env) as srv:
+    with running_api(config, pki, env=env) as (srv, api):
         big = {"USD": "1000.00", "BTC": "0.5", "JPY": "5000"}
-        budgets = {_open(srv.addr, pki, "agent-1", big): big}
+        budgets = {fuzz_session(api.planner, "agent-1", big): big}
         small = {"USD": "3.00"}
-        budgets[_open(srv.addr, pki, "agent-1", small)] = small
+        budgets[fuzz_session(api.planner, "agent-1", small)] = small
         fuzzed = list(budgets)
-        roomy = _open(srv.addr, pki, "agent-1", {"USD": "1000.00"})
+        roomy = fuzz_session(api.planner, "agent-1", {"USD": "1000.00"})
         budgets[roomy] = {"USD": "1000.00"}
-        closed = _open(srv.addr, pki, "agent-1", small)
+        closed = fuzz_session(api.planner, "agent-1", small)
         with pki.channel(srv.addr, "planner", "planner-1") as ch:
             sessions_pb2_grpc.SessionsStub(ch).CloseSession(
                 sessions_pb2.CloseSessionRequest(session_id=closed), timeout=RPC_TIMEOUT
             )
-        other = _open(srv.addr, pki, "agent-2", small)
+        other = fuzz_session(api.planner2, "agent-2", small)
         model = Model(
             {
                 sid: {a: _minor(v, a) or 0 for a, v in assets.items()}
@@ -232,7 +222,9 @@ def target(
         with pki.channel(srv.addr, "agent", "agent-1") as ch:
             stub = signer_pb2_grpc.SignerStub(ch)
             jwks = stub.GetPublicKeys(signer_pb2.GetPublicKeysRequest(), timeout=RPC_TIMEOUT)
-            raw = ch.unary_unary("/paywarden.v1.Signer/Sign")
+            raw = ch.unary_unary(
+                "/paywarden.v1.Signer/Sign", request_serializer=None, response_deserializer=None
+            )
             yield Target(
                 srv, ch, stub, raw, model, KeySet.import_key_set(json.loads(jwks.jwks_json)),
                 fuzzed, roomy, other, closed, config.parent / "state.db", pki,
@@ -416,7 +408,7 @@ def _send(t: Target, spec: dict[str, Any]) -> None:
     except grpc.RpcError as err:
         reason = _refusal(err, f"Sign({intent})")
         t.stats[reason] += 1
-        decision = dict(err.trailing_metadata() or ()).get("paywarden-decision-id")  # type: ignore[attr-defined]
+        decision = trailing_metadata(err).get("paywarden-decision-id")
         if decision and intent.nonce not in t.model.used:
             t.model.used[intent.nonce] = (Model.key(intent), None)  # recorded, not signed
         return

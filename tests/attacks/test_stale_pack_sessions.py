@@ -11,15 +11,14 @@ the live pack's session limits and a session that no longer fits is denied
 
 from __future__ import annotations
 
-import time
+from functools import partial
 from pathlib import Path
 
-import grpc
-from paywarden.v1 import sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
-
 from tests.attacks.kit import audit_log
-from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_config
-from tests.support.intents import payment_intent
+from tests.helpers import Pki, TestToken, write_config
+from tests.support.clients import running_api
+from tests.support.intents import payment_request
+from tests.support.refusals import outcome
 from tests.support.sessions import open_session
 
 PACK = """
@@ -39,30 +38,11 @@ first_payment = "allow"
 max_ttl_seconds = 3600
 max_budget = {{ USD = "{max_budget}" }}
 """
-
-
-def _session(srv: ServeProcess, pki: Pki, budget: str) -> str:
-    with pki.channel(srv.addr, "planner", "planner-1") as ch:
-        planner = sessions_pb2_grpc.SessionsStub(ch)
-        return open_session(planner, "agent-1", budget, task="shopping", ttl=1800, timeout=30)
-
-
-def _sign(srv: ServeProcess, pki: Pki, sid: str, amount: str) -> str:
-    intent = payment_intent(
-        sid,
-        payee="acme-data",
-        amount=amount,
-        purpose="shopping",
-        expires_at=int(time.time()) + 120,
-    )
-    with pki.channel(srv.addr, "agent", "agent-1") as ch:
-        try:
-            resp = signer_pb2_grpc.SignerStub(ch).Sign(
-                signer_pb2.SignRequest(intent=intent), timeout=30
-            )
-        except grpc.RpcError as err:
-            return str(reason_of(err))
-    return str(signer_pb2.SignStatus.Name(resp.status))
+# The sessions and payments of this module, and how an answer is read ("SIGNED", or
+# "CODE/REASON").
+shopping_session = partial(open_session, task="shopping", ttl=1800, timeout=30)
+shopping_request = partial(payment_request, payee="acme-data", purpose="shopping", expires_in=120)
+shopping_answer = partial(outcome, timeout=30)
 
 
 def test_session_opened_under_a_looser_pack_version_cannot_spend_beyond_the_new_one(
@@ -71,22 +51,29 @@ def test_session_opened_under_a_looser_pack_version_cannot_spend_beyond_the_new_
     config = write_config(
         tmp_path, token, pki, packs={"shopping.toml": PACK.format(version=1, max_budget="1000.00")}
     )
-    with serve(config) as srv:
-        big = _session(srv, pki, "1000.00")  # fits v1 only
-        small = _session(srv, pki, "80.00")  # fits v1 and v2
-        assert _sign(srv, pki, big, "90.00") == "SIGNED"
+    with running_api(config, pki) as (_, api):
+        big = shopping_session(api.planner, "agent-1", "1000.00")  # fits v1 only
+        small = shopping_session(api.planner, "agent-1", "80.00")  # fits v1 and v2
+        assert shopping_answer(api.signer.Sign, shopping_request(big, amount="90.00")) == "SIGNED"
     # the security team tightens the pack: same id, a new version
     (tmp_path / "policy" / "shopping.toml").write_text(
         PACK.format(version=2, max_budget="100.00"), encoding="utf-8"
     )
-    with serve(config) as srv:
+    with running_api(config, pki) as (_, api):
         # the big session would still have 910.00 to spend under v1's limits
-        assert _sign(srv, pki, big, "10.00") == "SESSION_PACK_CHANGED"
-        assert _sign(srv, pki, big, "50.00") == "SESSION_PACK_CHANGED"
+        assert (
+            shopping_answer(api.signer.Sign, shopping_request(big, amount="10.00"))
+            == "PERMISSION_DENIED/SESSION_PACK_CHANGED"
+        )
+        assert (
+            shopping_answer(api.signer.Sign, shopping_request(big, amount="50.00"))
+            == "PERMISSION_DENIED/SESSION_PACK_CHANGED"
+        )
         # a session that fits the new version goes on as before
-        assert _sign(srv, pki, small, "30.00") == "SIGNED"
+        assert shopping_answer(api.signer.Sign, shopping_request(small, amount="30.00")) == "SIGNED"
         # and new sessions are held to the new version
-        assert _sign(srv, pki, _session(srv, pki, "100.00"), "60.00") == "SIGNED"
+        fresh = shopping_session(api.planner, "agent-1", "100.00")
+        assert shopping_answer(api.signer.Sign, shopping_request(fresh, amount="60.00")) == "SIGNED"
     denied = [
         r["decision"]
         for r in audit_log(tmp_path / "state.db")

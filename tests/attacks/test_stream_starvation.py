@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -140,7 +141,7 @@ def _channels(srv: ServeProcess, pki: Pki) -> Iterator[Callable[[str, str], grpc
 
 def _status(outcome: object) -> tuple[grpc.StatusCode, str | None] | str:
     if isinstance(outcome, grpc.RpcError):
-        return (outcome.code(), reason_of(outcome))  # type: ignore[attr-defined]
+        return (outcome.code(), reason_of(outcome))
     return str(outcome)
 
 
@@ -171,7 +172,7 @@ def _saturated(channel: Callable[[str, str], grpc.Channel], deadline: float) -> 
         try:
             probe.GetPublicKeys(signer_pb2.GetPublicKeysRequest(), timeout=1.0)
         except grpc.RpcError as err:
-            if err.code() in (  # type: ignore[attr-defined]
+            if err.code() in (
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
             ):
@@ -191,7 +192,7 @@ def test_reflection_is_off_by_default(tmp_path: Path, token: TestToken, pki: Pki
                     iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
                 )
             )
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_sixteen_reflection_and_watch_streams_do_not_stall_freeze(
@@ -245,7 +246,7 @@ def test_streams_and_slow_callers_on_a_locked_store_do_not_stall_the_operator(
 
         lock = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
         lock.execute("BEGIN IMMEDIATE")  # every write of the signer now waits
-        slow: list[grpc.Future] = []
+        slow: list[grpc.Future[Any]] = []
         try:
             signer = signer_pb2_grpc.SignerStub(channel("agent", "agent-1"))
             for _ in range(SLOW_CALLS):
@@ -384,18 +385,18 @@ class Stalled:
     def __init__(self) -> None:
         self._release = threading.Event()
         self._cond = threading.Condition()
-        self.calls: list[tuple[str, grpc.Future]] = []
+        self.calls: list[tuple[str, grpc.Future[Any]]] = []
 
     def _requests(self) -> Iterator[bytes]:
         self._release.wait()  # then end without a message: the client half-closes
         yield from ()
 
-    def _ended(self, _call: grpc.Future) -> None:
+    def _ended(self, _call: grpc.Future[Any]) -> None:
         with self._cond:
             self._cond.notify_all()
 
     def open(self, channel: grpc.Channel, method: str, kind: str) -> None:
-        call: grpc.Future
+        call: grpc.Future[Any]
         if kind == "unary":
             stub = channel.stream_unary(method, request_serializer=_raw, response_deserializer=_raw)
             call = stub.future(self._requests(), timeout=120)
@@ -407,7 +408,7 @@ class Stalled:
         call.add_done_callback(self._ended)
         self.calls.append((method, call))
 
-    def wait_ended(self, count: int, deadline: float) -> list[tuple[str, grpc.Future]]:
+    def wait_ended(self, count: int, deadline: float) -> list[tuple[str, grpc.Future[Any]]]:
         """Waits until ``count`` calls have ended (or the deadline); returns those that have."""
         with self._cond:
             while sum(c.done() for _, c in self.calls) < count and time.monotonic() < deadline:
@@ -423,7 +424,7 @@ class Stalled:
             call.cancel()
 
 
-def _outcome(call: grpc.Future) -> tuple[grpc.StatusCode, str | None]:
+def _outcome(call: grpc.Future[Any]) -> tuple[grpc.StatusCode, str | None]:
     err: grpc.RpcError = call  # type: ignore[assignment]  # an ended call is its own error
     return call.code(), reason_of(err)  # type: ignore[attr-defined]
 

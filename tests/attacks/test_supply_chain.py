@@ -52,7 +52,7 @@ def _pins(lock: Path) -> dict[str, Version]:
         requirement = entry.split(" --hash", 1)[0].strip()
         match = _PIN.fullmatch(requirement)
         assert match, f"{lock.name}: not an exact pin: {requirement!r}"
-        pins[canonicalize_name(match.group(1))] = Version(match.group(2))
+        pins[str(canonicalize_name(match.group(1)))] = Version(match.group(2))
     return pins
 
 
@@ -135,7 +135,7 @@ def test_the_serving_venv_holds_exactly_the_serve_lock_and_runs_the_signer(
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     installed = {
-        canonicalize_name(p["name"]): Version(p["version"]) for p in json.loads(listed.stdout)
+        str(canonicalize_name(p["name"])): Version(p["version"]) for p in json.loads(listed.stdout)
     }
     assert installed.pop("paywarden") == Version(PYPROJECT["project"]["version"])
     assert installed == _pins(LOCKS["serve"])

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from paywarden.hsm import HsmError
+from paywarden.hsm import Hsm, HsmError
 from paywarden.signer.api.startup import load_packs
-from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.service import SigningService
 from paywarden.signer.core.views import SignStatus
 from paywarden.signer.errors import PaywardenError, Reason, Unavailable
 
-from tests.attacks.kit import AGENT, PLANNER
-from tests.helpers import Stack, new_nonce
-from tests.support.intents import intent_fields
+from tests.attacks.kit import AGENT, PLANNER, dataset_fields
+from tests.helpers import Stack
 
 
 class FailingHsm:
@@ -48,21 +46,11 @@ class FailingHsm:
 @pytest.fixture
 def flaky(stack: Stack) -> Iterator[tuple[SigningService, FailingHsm]]:
     hsm = FailingHsm(stack.hsm)
+    # FailingHsm stands in for the Hsm (it wraps the real one): a test double, not a subclass.
     service = SigningService(
-        stack.config, stack.store, hsm, load_packs(stack.config), clock=stack.clock.now
+        stack.config, stack.store, cast(Hsm, hsm), load_packs(stack.config), clock=stack.clock.now
     )
     yield service, hsm
-
-
-def _intent(session_id: str, amount: str, expires_at: int, nonce: str) -> IntentFields:
-    return intent_fields(
-        session_id,
-        payee="weather-data-inc",
-        amount=amount,
-        purpose="dataset",
-        nonce=nonce,
-        expires_at=expires_at,
-    )
 
 
 def test_an_unsigned_payment_past_its_expiry_no_longer_blocks_the_budget(
@@ -72,7 +60,7 @@ def test_an_unsigned_payment_past_its_expiry_no_longer_blocks_the_budget(
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
     sid = session.record.id
     now = int(stack.clock.now())
-    unsigned = _intent(sid, "0.60", now + 60, new_nonce())
+    unsigned = dataset_fields(sid, expires_at=now + 60)
     hsm.fail_next = 1
     with pytest.raises(Unavailable) as failed:
         service.sign(AGENT, unsigned)
@@ -84,7 +72,7 @@ def test_an_unsigned_payment_past_its_expiry_no_longer_blocks_the_budget(
     stack.clock.advance(61)  # the payment's exp passes; nobody retries
     view = service.get_session(PLANNER, sid)
     assert view.record.spent_minor == {"USD": 0}
-    later = _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce())
+    later = dataset_fields(sid, expires_at=int(stack.clock.now()) + 60)
     signed = service.sign(AGENT, later)
     assert signed.status is SignStatus.SIGNED and signed.jws
 
@@ -104,12 +92,12 @@ def test_a_signed_payment_keeps_its_spend_after_its_expiry(
     service, _hsm = flaky
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
     sid = session.record.id
-    paid = service.sign(AGENT, _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce()))
+    paid = service.sign(AGENT, dataset_fields(sid, expires_at=int(stack.clock.now()) + 60))
     assert paid.status is SignStatus.SIGNED
     stack.clock.advance(61)
     assert service.get_session(PLANNER, sid).record.spent_minor == {"USD": 60}
     with pytest.raises(PaywardenError) as over:
-        service.sign(AGENT, _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce()))
+        service.sign(AGENT, dataset_fields(sid, expires_at=int(stack.clock.now()) + 60))
     assert over.value.reason == Reason.BUDGET_EXCEEDED
 
 
@@ -121,7 +109,7 @@ def test_a_signature_finished_after_the_expiry_is_discarded_not_double_counted(
     service, hsm = flaky
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
     sid = session.record.id
-    slow = _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce())
+    slow = dataset_fields(sid, expires_at=int(stack.clock.now()) + 60)
     hsm.while_signing = lambda: stack.clock.advance(61)
     with pytest.raises(PaywardenError) as late:
         service.sign(AGENT, slow)
@@ -129,7 +117,7 @@ def test_a_signature_finished_after_the_expiry_is_discarded_not_double_counted(
     assert late.value.reason == Reason.PAYMENT_WITHDRAWN
     decision = stack.store.get_decision(late.value.decision_id or "")
     assert decision is not None and decision.jws is None
-    other = service.sign(AGENT, _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce()))
+    other = service.sign(AGENT, dataset_fields(sid, expires_at=int(stack.clock.now()) + 60))
     assert other.status is SignStatus.SIGNED
     assert service.get_session(PLANNER, sid).record.spent_minor == {"USD": 60}
 
@@ -145,8 +133,8 @@ def test_a_signature_attached_after_its_expiry_lapsed_cannot_overspend_the_sessi
     service, hsm = flaky
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
     sid = session.record.id
-    a = _intent(sid, "0.60", int(stack.clock.now()) + 5, new_nonce())
-    b = _intent(sid, "0.60", int(stack.clock.now()) + 60, new_nonce())
+    a = dataset_fields(sid, expires_at=int(stack.clock.now()) + 5)
+    b = dataset_fields(sid, expires_at=int(stack.clock.now()) + 60)
     real_locked = stack.store._locked
     armed: list[bool] = []
     answers: list[Any] = []

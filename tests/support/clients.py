@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import grpc
 from paywarden.v1 import (
     approvals_pb2_grpc,
     control_pb2_grpc,
     sessions_pb2_grpc,
+    signer_pb2,
     signer_pb2_grpc,
 )
 
-from tests.helpers import Pki, ServeProcess
+from tests.helpers import Pki, ServeProcess, reason_of, serve
 
 Dial = Callable[[str, str], grpc.Channel]
 """(role, principal) -> a channel that presents that principal's certificate."""
@@ -36,8 +38,12 @@ class Api:
     def sessions(self, role: str, principal: str) -> sessions_pb2_grpc.SessionsStub:
         return sessions_pb2_grpc.SessionsStub(self.channel(role, principal))
 
+    def signer_as(self, role: str, principal: str) -> signer_pb2_grpc.SignerStub:
+        """Signer as any caller (only agents may sign; the others are refused)."""
+        return signer_pb2_grpc.SignerStub(self.channel(role, principal))
+
     def signer_of(self, agent: str) -> signer_pb2_grpc.SignerStub:
-        return signer_pb2_grpc.SignerStub(self.channel("agent", agent))
+        return self.signer_as("agent", agent)
 
     def approvals(self, role: str, principal: str) -> approvals_pb2_grpc.ApprovalsStub:
         return approvals_pb2_grpc.ApprovalsStub(self.channel(role, principal))
@@ -50,6 +56,32 @@ class Api:
         self, role: str = "operator", principal: str = "operator-1"
     ) -> control_pb2_grpc.ControlStub:
         return control_pb2_grpc.ControlStub(self.channel(role, principal))
+
+    def sign(
+        self,
+        intent: signer_pb2.PaymentIntent,
+        *,
+        agent: str = "agent-1",
+        timeout: float | None = 30,
+    ) -> signer_pb2.SignResponse:
+        """``agent`` asks to sign ``intent``; raises the call's error if refused."""
+        resp: signer_pb2.SignResponse = self.signer_of(agent).Sign(
+            signer_pb2.SignRequest(intent=intent), timeout=timeout
+        )
+        return resp
+
+    def answer(
+        self,
+        intent: signer_pb2.PaymentIntent,
+        *,
+        agent: str = "agent-1",
+        timeout: float | None = 30,
+    ) -> signer_pb2.SignResponse | grpc.RpcError:
+        """``agent`` asks to sign ``intent``: the response, or the error the call raised."""
+        try:
+            return self.sign(intent, agent=agent, timeout=timeout)
+        except grpc.RpcError as err:
+            return err
 
     # The callers most tests use.
 
@@ -85,8 +117,40 @@ class Api:
 
 
 @contextmanager
+def api_at(addr: str, pki: Pki) -> Iterator[Api]:
+    """The shared client on the server at ``addr``; its channels are closed when the
+    block ends."""
+    with ExitStack() as channels:
+        yield Api(lambda role, who: channels.enter_context(pki.channel(addr, role, who)))
+
+
+@contextmanager
 def served_api(srv: ServeProcess, pki: Pki) -> Iterator[Api]:
     """The shared client on a ``paywarden serve`` process; its channels are closed
     when the block ends."""
-    with ExitStack() as channels:
-        yield Api(lambda role, who: channels.enter_context(pki.channel(srv.addr, role, who)))
+    with api_at(srv.addr, pki) as api:
+        yield api
+
+
+@contextmanager
+def running_api(
+    config: Path, pki: Pki, env: dict[str, str] | None = None
+) -> Iterator[tuple[ServeProcess, Api]]:
+    """``paywarden serve --config config`` and the shared client on it; the client's
+    channels close before the server stops."""
+    with serve(config, env=env) as srv, served_api(srv, pki) as api:
+        yield srv, api
+
+
+def signed(answer: signer_pb2.SignResponse | grpc.RpcError) -> signer_pb2.SignResponse:
+    """``answer`` is a signature (status SIGNED, a compact JWS); returns it."""
+    assert isinstance(answer, signer_pb2.SignResponse), (
+        f"refused: {answer.code()} {reason_of(answer)}"
+    )
+    assert is_signed(answer)
+    return answer
+
+
+def is_signed(resp: signer_pb2.SignResponse) -> bool:
+    """``resp`` carries a signature: status SIGNED and a compact JWS."""
+    return resp.status == signer_pb2.SIGNED and resp.jws.count(".") == 2

@@ -7,6 +7,8 @@ The amount has no default: each call site says what it pays, so no module's
 from __future__ import annotations
 
 import dataclasses
+import time
+from typing import Any
 
 from paywarden.signer.core.payments import IntentFields
 from paywarden.v1 import signer_pb2
@@ -45,19 +47,22 @@ def payment_intent(
     *,
     payee: str,
     amount: str,
-    expires_at: int,
+    expires_at: int | None = None,
+    expires_in: int = 60,
     nonce: str | None = None,
     key_id: str = "payments.v1",
     asset: str = "USD",
     reference: str = "inv-1",
     purpose: str = "",
 ) -> signer_pb2.PaymentIntent:
-    """``intent_fields(...)`` as the message an agent sends."""
+    """``intent_fields(...)`` as the message an agent sends. It expires ``expires_in``
+    seconds from now on the wall clock (a served process's clock) unless
+    ``expires_at`` is given."""
     fields = intent_fields(
         session_id,
         payee=payee,
         amount=amount,
-        expires_at=expires_at,
+        expires_at=int(time.time()) + expires_in if expires_at is None else expires_at,
         nonce=nonce,
         key_id=key_id,
         asset=asset,
@@ -97,3 +102,9 @@ def sign_request(
             purpose=purpose,
         )
     )
+
+
+def payment_request(session_id: str, /, **fields: Any) -> signer_pb2.SignRequest:
+    """``payment_intent(session_id, **fields)`` in the request an agent sends; for a
+    served process, whose clock is the wall clock."""
+    return signer_pb2.SignRequest(intent=payment_intent(session_id, **fields))
