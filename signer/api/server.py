@@ -17,7 +17,7 @@ from paywarden.hsm import Hsm, HsmError, HsmUnavailable, PublicKeyInfo
 from paywarden.policy import PackSet
 from paywarden.signer.api.admission import Admission, AdmissionInterceptor
 from paywarden.signer.api.authz import Edge
-from paywarden.signer.api.calls import CallInterceptor, Gate
+from paywarden.signer.api.calls import CallInterceptor
 from paywarden.signer.api.registry import SERVICES, add_servicer
 from paywarden.signer.api.servicers import (
     ApprovalsServicer,
@@ -37,6 +37,7 @@ from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.checkpoints import Checkpointer, Checkpoints
 from paywarden.signer.core.service import SigningService
+from paywarden.signer.deadlines import Gate
 from paywarden.signer.errors import PaywardenError
 from paywarden.signer.metrics import Metrics
 from paywarden.signer.store.records import StoreError

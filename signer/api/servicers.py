@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from paywarden.signer.api import calls
+from paywarden.signer import deadlines
 from paywarden.signer.api.authz import Edge, rpc
 from paywarden.signer.core.approvals import Approvals
 from paywarden.signer.core.canonical import Amount
@@ -52,7 +52,7 @@ class SignerServicer(signer_pb2_grpc.SignerServicer):
                 nonce=i.nonce,
                 expires_at=i.expires_at,
             ),
-            calls.current(),
+            deadlines.current(),
         )
         if result.status is SignStatus.PENDING_APPROVAL:
             return signer_pb2.SignResponse(

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 from paywarden.hsm import Hsm
 from paywarden.policy import PackSet
-from paywarden.signer.api.calls import NO_DEADLINE, Deadline
 from paywarden.signer.config import Config
 from paywarden.signer.core.approvals import Approvals
 from paywarden.signer.core.checkpoints import Checkpoints
@@ -27,6 +26,7 @@ from paywarden.signer.core.refusing import Refusals
 from paywarden.signer.core.sessions import Sessions
 from paywarden.signer.core.signing import Signing
 from paywarden.signer.core.views import SessionView, SignResult
+from paywarden.signer.deadlines import NO_DEADLINE, Deadline
 from paywarden.signer.identity import Principal
 from paywarden.signer.metrics import Metrics
 from paywarden.signer.store.protocols import Store

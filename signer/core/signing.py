@@ -16,7 +16,6 @@ import time
 from typing import NoReturn
 
 from paywarden.hsm import HsmError, HsmUnavailable
-from paywarden.signer.api.calls import NO_DEADLINE, Deadline
 from paywarden.signer.core.deciding import Decider
 from paywarden.signer.core.deps import Deps, require, store_call
 from paywarden.signer.core.disclosure import agent_facing
@@ -28,6 +27,7 @@ from paywarden.signer.core.payments import (
 )
 from paywarden.signer.core.refusing import Refusals
 from paywarden.signer.core.views import SignResult, SignStatus
+from paywarden.signer.deadlines import NO_DEADLINE, Deadline
 from paywarden.signer.errors import (
     Denied,
     PaywardenError,

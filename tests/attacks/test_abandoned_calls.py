@@ -18,10 +18,10 @@ from typing import Any
 
 import grpc
 import pytest
-from paywarden.signer.api.calls import Deadline
 from paywarden.signer.api.status import status_code_for
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.views import SignStatus
+from paywarden.signer.deadlines import Deadline
 from paywarden.signer.errors import DeadlineExceeded, PaywardenError, Reason
 from paywarden.v1 import signer_pb2
 
