@@ -17,7 +17,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paywarden.signer.config import AssetConfig
-from paywarden.signer.core.canonical import PAYLOAD_TYPE, jcs
+from paywarden.signer.core.canonical import PAYLOAD_TYPE
 from paywarden.signer.core.payments import (
     IntentFields,
     claims,
@@ -26,6 +26,7 @@ from paywarden.signer.core.payments import (
     validate_intent,
 )
 from paywarden.signer.core.session_input import new_decision_id, new_session_id
+from paywarden.signer.encoding import jcs
 
 from tests.helpers import b64url_decode
 

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from paywarden.signer.auditlog import merkle, verification
 from paywarden.signer.auditlog.checkpoints import checkpoint_body
 from paywarden.signer.config import ConfigError, load_config
-from paywarden.signer.core.canonical import jcs
 from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.encoding import jcs
 from paywarden.signer.errors import InvalidInput, Reason
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.store.records import Checkpoint, SessionRecord, StoreError

@@ -14,8 +14,8 @@ from typing import Any
 import jwt
 import pytest
 from paywarden.signer.auditlog import merkle
-from paywarden.signer.core.canonical import jcs
 from paywarden.signer.core.payments import JWS_TYPE, jws_compact, jws_signing_input
+from paywarden.signer.encoding import jcs
 
 from tests.helpers import b64url_decode
 from tests.support.vectors import (

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from paywarden.signer.auditlog import merkle
-from paywarden.signer.core.canonical import jcs
+from paywarden.signer.encoding import jcs
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
-from paywarden.signer.core.canonical import jcs
+from paywarden.signer.encoding import jcs
 from paywarden.signer.store.records import Checkpoint
 
 CHECKPOINT_TYPE = "paywarden.checkpoint.v1"

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer.auditlog import merkle
 from paywarden.signer.auditlog.checkpoints import check_checkpoint
 from paywarden.signer.auditlog.explain import when
-from paywarden.signer.core.canonical import jcs
+from paywarden.signer.encoding import jcs
 from paywarden.signer.store.records import Checkpoint
 
 # A record's time may be this much below an earlier record's. The store no longer

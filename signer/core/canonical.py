@@ -1,30 +1,23 @@
-"""Strict validation of payment fields and the canonical payload.
+"""Strict validation of payment fields: amounts, strings and nonces.
 
-The payload is RFC 8785 (JCS) JSON built here from validated, typed fields.
-Our claims hold only strings, integers (|n| < 2**53) and objects, for which
-JCS reduces to: keys sorted by UTF-16 code units, no whitespace, minimal
-string escaping, integers in plain decimal. The tests check this encoder
-against an independent RFC 8785 implementation.
+The payload built from them is RFC 8785 (JCS) JSON (:mod:`paywarden.signer.encoding`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import json
 import re
 import unicodedata
-from collections.abc import Mapping
 
 from paywarden.policy import vocabulary
 from paywarden.policy.vocabulary import Amount as Amount
 from paywarden.policy.vocabulary import AmountError, Asset
+from paywarden.signer.encoding import b64url
 from paywarden.signer.errors import InvalidInput, Reason
 
 PAYLOAD_TYPE = "paywarden.payment.v1"
 
-_MAX_SAFE_INT = 2**53 - 1
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 MIN_NONCE_BYTES = 16
 MAX_NONCE_BYTES = 64
@@ -127,44 +120,3 @@ def parse_nonce(text: str) -> str:
         # non-zero padding bits: two spellings of one nonce would defeat the guard
         raise InvalidInput(Reason.NONCE_MALFORMED, "nonce is not in canonical base64url form")
     return canonical
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-# -- RFC 8785 ------------------------------------------------------------------
-
-Json = str | int | bool | None | Mapping[str, "Json"] | list["Json"]
-
-
-def jcs(value: Json) -> bytes:
-    """RFC 8785 serialisation for strings, safe integers, booleans, null, arrays, objects."""
-    return _jcs(value).encode("utf-8")
-
-
-def _utf16_key(key: str) -> bytes:
-    return key.encode("utf-16-be")
-
-
-def _jcs(value: Json) -> str:
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, int):
-        if abs(value) > _MAX_SAFE_INT:
-            raise ValueError("integer outside the range JCS represents exactly")
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ",".join(_jcs(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError("object keys must be strings")
-        items = sorted(value.items(), key=lambda kv: _utf16_key(kv[0]))
-        return "{" + ",".join(f"{_jcs(k)}:{_jcs(v)}" for k, v in items) + "}"
-    raise TypeError(f"cannot canonicalise {type(value).__name__}")

@@ -18,7 +18,6 @@ from paywarden.policy import AllOf, Decision, Facts, PolicyPack, Verdict, evalua
 from paywarden.policy.breaker import breaker_denial, breaker_trips
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus
 from paywarden.signer.core import audit_events
-from paywarden.signer.core.canonical import jcs
 from paywarden.signer.core.deps import Deps
 from paywarden.signer.core.facts import day_start, payment_facts
 from paywarden.signer.core.payments import Intent, check_expiry, claims
@@ -27,6 +26,7 @@ from paywarden.signer.core.refusing import Refusals, RetryKind, breaker_freeze
 from paywarden.signer.core.retries import answer_retry
 from paywarden.signer.core.session_input import new_decision_id
 from paywarden.signer.deadlines import Deadline
+from paywarden.signer.encoding import jcs
 from paywarden.signer.errors import Forbidden, NotFound, Reason, Replayed, SessionNotUsable
 from paywarden.signer.identity import Principal
 from paywarden.signer.store.protocols import PaymentTx

@@ -12,7 +12,6 @@ import logging
 from paywarden.policy import check_session
 from paywarden.policy.vocabulary import Phase
 from paywarden.signer.core import audit_events
-from paywarden.signer.core.canonical import sha256_hex
 from paywarden.signer.core.deps import Deps, amount_text, require, store_call
 from paywarden.signer.core.plans import PlanInput, validate_plan
 from paywarden.signer.core.session_input import (
@@ -21,6 +20,7 @@ from paywarden.signer.core.session_input import (
     validate_session_request,
 )
 from paywarden.signer.core.views import SessionView
+from paywarden.signer.encoding import sha256_hex
 from paywarden.signer.errors import Denied, Forbidden, NotFound, Reason, SessionNotUsable
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.store.records import SessionRecord
