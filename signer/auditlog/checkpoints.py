@@ -1,4 +1,4 @@
-"""Audit checkpoints: the signed body of a tree head, and checking one.
+"""Audit checkpoints: the record of a signed tree head, its signed body, and checking one.
 
 A checkpoint signs ``{"typ", "size", "root", "time", "kid"}`` in canonical JSON
 with the audit key (ES256, the signature as base64url of r‖s). The signer makes
@@ -11,14 +11,24 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from paywarden.signer.encoding import jcs
-from paywarden.signer.store.records import Checkpoint
 
 CHECKPOINT_TYPE = "paywarden.checkpoint.v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    size: int
+    root: str  # hex
+    at: int
+    key_id: str
+    body: str  # the signed RFC 8785 JSON
+    signature: str  # base64url r||s (ES256)
 
 
 def checkpoint_body(size: int, root: bytes, at: int, key_id: str) -> bytes:

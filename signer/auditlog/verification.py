@@ -31,10 +31,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer.auditlog import merkle
-from paywarden.signer.auditlog.checkpoints import check_checkpoint
+from paywarden.signer.auditlog.checkpoints import Checkpoint, check_checkpoint
 from paywarden.signer.auditlog.explain import when
 from paywarden.signer.encoding import jcs
-from paywarden.signer.store.records import Checkpoint
 
 # A record's time may be this much below an earlier record's. The store no longer
 # writes such records; logs written before it clamped times may hold them (a call

@@ -12,10 +12,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer.auditlog import merkle, verification
-from paywarden.signer.auditlog.checkpoints import check_checkpoint
+from paywarden.signer.auditlog.checkpoints import Checkpoint, check_checkpoint
 from paywarden.signer.auditlog.explain import explain
 from paywarden.signer.cli.support import config_from_args
-from paywarden.signer.store.records import Checkpoint
 from paywarden.signer.store.sqlite_reads import read_audit_log
 
 # -- reading the log -------------------------------------------------------------------

@@ -22,6 +22,7 @@ from paywarden.policy.vocabulary import (
     SessionState,
     Verdict,
 )
+from paywarden.signer.auditlog.checkpoints import Checkpoint as Checkpoint  # stored, not owned
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,16 +135,6 @@ class WindowStats:
     denials: int
     spend_minor: Mapping[str, int]
     payees: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    size: int
-    root: str  # hex
-    at: int
-    key_id: str
-    body: str  # the signed RFC 8785 JSON
-    signature: str  # base64url r||s (ES256)
 
 
 class StoreError(Exception):
