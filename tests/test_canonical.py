@@ -17,8 +17,8 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paywarden.signer.config import AssetConfig
-from paywarden.signer.core.canonical import PAYLOAD_TYPE
 from paywarden.signer.core.payments import (
+    PAYLOAD_TYPE,
     IntentFields,
     claims,
     jws_compact,

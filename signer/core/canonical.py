@@ -16,8 +16,6 @@ from paywarden.policy.vocabulary import AmountError, Asset
 from paywarden.signer.encoding import b64url
 from paywarden.signer.errors import InvalidInput, Reason
 
-PAYLOAD_TYPE = "paywarden.payment.v1"
-
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 MIN_NONCE_BYTES = 16
 MAX_NONCE_BYTES = 64

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from paywarden.policy.vocabulary import Amount, Asset
-from paywarden.signer.core.canonical import PAYLOAD_TYPE, clean_text, parse_amount, parse_nonce
+from paywarden.signer.core.canonical import clean_text, parse_amount, parse_nonce
 from paywarden.signer.core.session_input import parse_session_id
 from paywarden.signer.encoding import b64url, jcs
 from paywarden.signer.errors import InvalidInput, Reason
@@ -14,6 +14,7 @@ from paywarden.signer.errors import InvalidInput, Reason
 MAX_PAYEE = 256
 MAX_REFERENCE = 128
 MAX_PURPOSE = 1024
+PAYLOAD_TYPE = "paywarden.payment.v1"
 JWS_TYPE = "paywarden-payment+jwt"
 MAX_EXPIRES_AT = 2**53 - 1  # the largest integer JSON numbers carry exactly
 
