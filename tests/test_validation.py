@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from paywarden.policy.vocabulary import Asset
 from paywarden.signer.config import AssetConfig
-from paywarden.signer.core.canonical import Amount, clean_text, parse_amount, parse_nonce
 from paywarden.signer.core.payments import IntentFields, check_expiry, validate_intent
 from paywarden.signer.core.session_input import (
     new_session_id,
     parse_session_id,
     validate_session_request,
 )
+from paywarden.signer.core.validation import Amount, clean_text, parse_amount, parse_nonce
 from paywarden.signer.errors import InvalidInput, Reason
 
 MAX = "1000000000"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from paywarden.policy.vocabulary import Amount
 from paywarden.signer import deadlines
 from paywarden.signer.api.authz import Edge, rpc
 from paywarden.signer.core.approvals import Approvals
-from paywarden.signer.core.canonical import Amount
 from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import PublicKeys

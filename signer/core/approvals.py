@@ -10,8 +10,8 @@ import logging
 
 from paywarden.policy.vocabulary import ApprovalStatus
 from paywarden.signer.core import audit_events
-from paywarden.signer.core.canonical import clean_text
 from paywarden.signer.core.deps import Deps, require, store_call
+from paywarden.signer.core.validation import clean_text
 from paywarden.signer.core.views import ApprovalView
 from paywarden.signer.errors import (
     Forbidden,

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from paywarden.policy.vocabulary import FreezeScope, FreezeSource
 from paywarden.signer.core import audit_events
-from paywarden.signer.core.canonical import clean_text
 from paywarden.signer.core.deps import Deps, control_store_call
 from paywarden.signer.core.session_input import parse_session_id
+from paywarden.signer.core.validation import clean_text
 from paywarden.signer.errors import InvalidInput, Reason
 from paywarden.signer.identity import PRINCIPAL_ID, Principal
 from paywarden.signer.store.records import Freeze

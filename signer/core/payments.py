@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from paywarden.policy.vocabulary import Amount, Asset
-from paywarden.signer.core.canonical import clean_text, parse_amount, parse_nonce
 from paywarden.signer.core.session_input import parse_session_id
+from paywarden.signer.core.validation import clean_text, parse_amount, parse_nonce
 from paywarden.signer.encoding import b64url, jcs
 from paywarden.signer.errors import InvalidInput, Reason
 

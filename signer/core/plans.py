@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 
 from paywarden.policy import PolicyPack, normalise, payee_allowed_by_pack
 from paywarden.policy.vocabulary import Asset, PlanLine
-from paywarden.signer.core.canonical import clean_text, parse_amount
 from paywarden.signer.core.payments import MAX_PAYEE
+from paywarden.signer.core.validation import clean_text, parse_amount
 from paywarden.signer.errors import Denied, InvalidInput, Reason
 from paywarden.signer.store.records import SessionRecord
 

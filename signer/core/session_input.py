@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from paywarden.policy.vocabulary import Asset
-from paywarden.signer.core.canonical import clean_text, parse_amount
+from paywarden.signer.core.validation import clean_text, parse_amount
 from paywarden.signer.encoding import b64url
 from paywarden.signer.errors import InvalidInput, Reason
 from paywarden.signer.identity import PRINCIPAL_ID
