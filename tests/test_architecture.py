@@ -9,10 +9,12 @@ import graph. The rules (docs/architecture.md states them in words):
 - ``paywarden.policy`` is pure: it imports nothing from ``paywarden.signer`` or ``paywarden.hsm``;
 - only ``paywarden.hsm`` imports python-pkcs11;
 - only the gRPC edge (``paywarden.signer.api``) and the command lines (``paywarden.signer.cli``)
-  import gRPC (``grpc``, ``grpc_*`` and the generated ``*_pb2_grpc`` stubs).
+  import gRPC (``grpc``, ``grpc_*`` and the generated ``*_pb2_grpc`` stubs);
+- each module imports only from its own part of its layer or from the layers below it
+  (``LAYERS``), and of the command lines only ``serve``'s module imports the gRPC edge.
 
-The last three are about a module's own import statements, not what those modules import in
-turn; the cycle rule follows the whole graph.
+All but the cycle rule are about a module's own import statements, not what those modules
+import in turn; the cycle rule follows the whole graph.
 """
 
 from __future__ import annotations
@@ -27,6 +29,23 @@ from pathlib import Path
 
 PACKAGES = ("paywarden.signer", "paywarden.policy", "paywarden.hsm")
 GRPC_LAYERS = ("paywarden.signer.api", "paywarden.signer.cli")
+
+# Lowest first. A module belongs to the part with the longest name that prefixes its own
+# (``paywarden.signer`` itself: the base modules, errors, config, identity, logs, metrics,
+# timekeeping, deadlines, encoding). It may import its own part and any part of a lower
+# layer; two parts of one layer import nothing from each other.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("paywarden.policy.vocabulary",),
+    ("paywarden.policy", "paywarden.hsm"),
+    ("paywarden.signer",),
+    ("paywarden.signer.auditlog",),
+    ("paywarden.signer.store",),
+    ("paywarden.signer.core",),
+    ("paywarden.signer.api",),
+    ("paywarden.signer.cli",),
+)
+# The command lines import the gRPC edge only to start the server (``paywarden serve``).
+CLI_MODULES_STARTING_THE_SERVER = ("paywarden.signer.cli.commands",)
 
 
 @dataclass(frozen=True)
@@ -245,3 +264,71 @@ def test_only_the_grpc_edge_and_the_command_lines_import_grpc() -> None:
     ]
     assert not bad, bad
     assert any(_is_grpc(imp.name) for imp in known["paywarden.signer.api.server"].imports())
+
+
+def part_of(module: str) -> tuple[int, str]:
+    """(layer, part) of a module: the part in ``LAYERS`` with the longest matching name."""
+    found = [
+        (len(part), layer, part)
+        for layer, parts in enumerate(LAYERS)
+        for part in parts
+        if module == part or module.startswith(f"{part}.")
+    ]
+    assert found, f"{module} is in no layer: add its package to LAYERS"
+    _, layer, part = max(found)
+    return layer, part
+
+
+def layer_breaches(graph: dict[str, dict[str, int]]) -> list[str]:
+    """Every edge from a module to a higher layer, or to another part of its own layer."""
+    bad = []
+    for name, edges in sorted(graph.items()):
+        layer, part = part_of(name)
+        for target, line in edges.items():
+            target_layer, target_part = part_of(target)
+            if target_layer > layer or (target_layer == layer and target_part != part):
+                bad.append(f"{name} ({part}, line {line}) imports {target} ({target_part})")
+    return bad
+
+
+def test_the_layer_table_places_modules_by_their_longest_prefix() -> None:
+    assert part_of("paywarden.policy.vocabulary") == (0, "paywarden.policy.vocabulary")
+    assert part_of("paywarden.policy.rules") == (1, "paywarden.policy")
+    assert part_of("paywarden.signer.deadlines") == (2, "paywarden.signer")
+    assert part_of("paywarden.signer.core") == (5, "paywarden.signer.core")
+    assert part_of("paywarden.signer.cli.commands") == (7, "paywarden.signer.cli")
+    graph = {
+        "paywarden.signer.store.sqlite": {"paywarden.signer.core.deps": 3},
+        "paywarden.hsm.token": {"paywarden.policy.rules": 4},
+        "paywarden.policy.vocabulary": {"paywarden.policy.rules": 5},
+        "paywarden.signer.core.signing": {
+            "paywarden.signer.store.records": 6,
+            "paywarden.signer.core.deps": 7,
+            "paywarden.signer.deadlines": 8,
+            "paywarden.policy.vocabulary": 9,
+        },
+    }
+    assert [b.split(" ")[0] for b in layer_breaches(graph)] == [
+        "paywarden.hsm.token",
+        "paywarden.policy.vocabulary",
+        "paywarden.signer.store.sqlite",
+    ]
+
+
+def test_every_module_imports_only_its_own_layer_or_layers_below() -> None:
+    known = modules()
+    for name in known:
+        part_of(name)  # every module has a layer
+    bad = layer_breaches(import_graph(known))
+    assert not bad, "imports against the layers (LAYERS, lowest first):\n" + "\n".join(bad)
+
+
+def test_of_the_command_lines_only_serve_imports_the_grpc_edge() -> None:
+    known = modules()
+    importers = sorted(
+        name
+        for name, edges in import_graph(known).items()
+        if part_of(name)[1] == "paywarden.signer.cli"
+        and any(part_of(target)[1] == "paywarden.signer.api" for target in edges)
+    )
+    assert importers == sorted(CLI_MODULES_STARTING_THE_SERVER)
