@@ -125,7 +125,7 @@ def stack(
     (extra config TOML, e.g. groups or assets) and ``STACK_TIMEZONE``.
     """
     from paywarden.signer.api.startup import load_packs, open_hsm
-    from paywarden.signer.config import load_config
+    from paywarden.signer.config_file import load_config
     from paywarden.signer.core.service import SigningService
     from paywarden.signer.store.sqlite import SqliteStore
 

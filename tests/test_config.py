@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from paywarden.signer.config import ConfigError, load_config
+from paywarden.signer.config_file import ConfigError, load_config
 
 from tests.support.cli import paywarden, settings_free_env
 

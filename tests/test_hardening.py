@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from paywarden.signer.auditlog import merkle, verification
 from paywarden.signer.auditlog.checkpoints import checkpoint_body
-from paywarden.signer.config import ConfigError, load_config
+from paywarden.signer.config_file import ConfigError, load_config
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.encoding import jcs
 from paywarden.signer.errors import InvalidInput, Reason

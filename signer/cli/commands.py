@@ -15,7 +15,7 @@ from paywarden.signer.api.server import start
 from paywarden.signer.api.startup import StartupError
 from paywarden.signer.cli import approvals, audit, ctl
 from paywarden.signer.cli.support import CliExit, config_from_args
-from paywarden.signer.config import ConfigError, load_config
+from paywarden.signer.config_file import ConfigError, load_config
 from paywarden.signer.store import sqlite_reads
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from paywarden.signer.config import Config, ConfigError, load_config
+from paywarden.signer.config import Config
+from paywarden.signer.config_file import ConfigError, load_config
 
 
 class CliExit(Exception):

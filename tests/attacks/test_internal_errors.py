@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 from paywarden.signer.api import server
-from paywarden.signer.config import load_config
+from paywarden.signer.config_file import load_config
 from paywarden.signer.errors import Reason
 from paywarden.v1 import control_pb2, control_pb2_grpc, signer_pb2, signer_pb2_grpc
 

@@ -37,7 +37,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from paywarden.signer.api.admission import Admission, AdmissionInterceptor
 from paywarden.signer.api.calls import CallInterceptor, executor_of, run_on
-from paywarden.signer.config import ConfigError, ServerConfig, load_config
+from paywarden.signer.config import ServerConfig
+from paywarden.signer.config_file import ConfigError, load_config
 from paywarden.signer.deadlines import Gate
 from paywarden.signer.errors import Reason
 from paywarden.signer.identity import Authenticator
