@@ -11,7 +11,8 @@ import graph. The rules (docs/architecture.md states them in words):
 - only the gRPC edge (``paywarden.signer.api``) and the command lines (``paywarden.signer.cli``)
   import gRPC (``grpc``, ``grpc_*`` and the generated ``*_pb2_grpc`` stubs);
 - each module imports only from its own part of its layer or from the layers below it
-  (``LAYERS``), and of the command lines only ``serve``'s module imports the gRPC edge.
+  (``LAYERS``), and of the command lines only ``serve``'s module imports the gRPC edge;
+- no module of ``paywarden.signer`` is over ``MAX_LINES`` lines.
 
 All but the cycle rule are about a module's own import statements, not what those modules
 import in turn; the cycle rule follows the whole graph.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 PACKAGES = ("paywarden.signer", "paywarden.policy", "paywarden.hsm")
 GRPC_LAYERS = ("paywarden.signer.api", "paywarden.signer.cli")
+MAX_LINES = 400
 
 # Lowest first. A module belongs to the part with the longest name that prefixes its own
 # (``paywarden.signer`` itself: the base modules, errors, config, identity, logs, metrics,
@@ -332,3 +334,18 @@ def test_of_the_command_lines_only_serve_imports_the_grpc_edge() -> None:
         and any(part_of(target)[1] == "paywarden.signer.api" for target in edges)
     )
     assert importers == sorted(CLI_MODULES_STARTING_THE_SERVER)
+
+
+def oversized_modules() -> dict[str, int]:
+    """The modules of ``paywarden.signer`` over ``MAX_LINES`` lines, with their length."""
+    sizes = {
+        name: len(module.source.splitlines())
+        for name, module in modules().items()
+        if name == "paywarden.signer" or name.startswith("paywarden.signer.")
+    }
+    return {name: n for name, n in sorted(sizes.items()) if n > MAX_LINES}
+
+
+def test_no_module_of_the_signer_is_over_400_lines() -> None:
+    oversized = oversized_modules()
+    assert not oversized, f"split these modules (over {MAX_LINES} lines): {oversized}"
