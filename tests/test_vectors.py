@@ -19,6 +19,7 @@ from paywarden.signer.encoding import jcs
 
 from tests.helpers import b64url_decode
 from tests.support.vectors import (
+    flipped,
     load,
     mth,
     rfc_leaf,
@@ -37,10 +38,6 @@ LEAVES = [merkle.leaf_hash(e) for e in ENTRIES]
 
 def _name(case: dict[str, Any]) -> str:
     return str(case["name"])
-
-
-def _flip(h: bytes) -> bytes:
-    return bytes([h[0] ^ 1]) + h[1:]
 
 
 def _hashes(hexes: list[str]) -> list[bytes]:
@@ -84,18 +81,18 @@ def test_the_independent_verifier_accepts_the_vectors_and_rejects_altered_ones()
         root, leaf = ROOTS[n], rfc_leaf(ENTRIES[m])
         assert rfc_verify_inclusion(m, n, leaf, path, root)
         assert not rfc_verify_inclusion(m, n, rfc_leaf(b"other"), path, root)
-        assert not rfc_verify_inclusion(m, n, leaf, path, _flip(root))
+        assert not rfc_verify_inclusion(m, n, leaf, path, flipped(root))
         assert not rfc_verify_inclusion(m, n, leaf, [*path, root], root)
         for i in range(len(path)):
-            bad = [*path[:i], _flip(path[i]), *path[i + 1 :]]
+            bad = [*path[:i], flipped(path[i]), *path[i + 1 :]]
             assert not rfc_verify_inclusion(m, n, leaf, bad, root)
     for v in MERKLE["consistency"]:
         m, n, proof = v["first"], v["second"], _hashes(v["proof"])
         assert rfc_verify_consistency(m, n, ROOTS[m], ROOTS[n], proof)
-        assert not rfc_verify_consistency(m, n, _flip(ROOTS[m]), ROOTS[n], proof)
-        assert not rfc_verify_consistency(m, n, ROOTS[m], _flip(ROOTS[n]), proof)
+        assert not rfc_verify_consistency(m, n, flipped(ROOTS[m]), ROOTS[n], proof)
+        assert not rfc_verify_consistency(m, n, ROOTS[m], flipped(ROOTS[n]), proof)
         for i in range(len(proof)):
-            bad = [*proof[:i], _flip(proof[i]), *proof[i + 1 :]]
+            bad = [*proof[:i], flipped(proof[i]), *proof[i + 1 :]]
             assert not rfc_verify_consistency(m, n, ROOTS[m], ROOTS[n], bad)
     # a tree whose prefix was rewritten is not consistent with the old head
     rewritten = [*ENTRIES[:3], b"forged", *ENTRIES[4:]]

@@ -24,6 +24,11 @@ def load(name: str) -> dict[str, Any]:
     return data
 
 
+def flipped(digest: bytes) -> bytes:
+    """``digest`` with the lowest bit of its first byte flipped: a hash that must not verify."""
+    return bytes([digest[0] ^ 1]) + digest[1:]
+
+
 def _script() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "paywarden_vectors_script", ROOT / "scripts" / "vectors.py"
