@@ -43,7 +43,7 @@ from paywarden.v1 import (
 )
 
 from tests.helpers import ROOT, Pki, Stack, TestToken, reason_of, trailing_metadata, write_config
-from tests.support.cli import paywarden
+from tests.support.cli import audit_verify, paywarden
 from tests.support.clients import running_api, signed
 from tests.support.intents import payment_intent
 from tests.support.refusals import refusal
@@ -276,10 +276,6 @@ def test_the_run_produced_a_log_with_two_checkpoints(run: Run) -> None:
 # -- 1. tamper evidence -------------------------------------------------------------------
 
 
-def verify_db(db: Path, public_key: Path) -> subprocess.CompletedProcess[str]:
-    return paywarden("audit", "verify", "--db", db, "--public-key", public_key)
-
-
 def first_bad(proc: subprocess.CompletedProcess[str]) -> str:
     found = re.search(r"first bad record (\S+)", proc.stderr)
     assert found, proc.stderr
@@ -322,7 +318,7 @@ def _edit_amount(body: str) -> str:
 def test_verify_passes_on_the_untouched_log(run: Run, tmp_path: Path) -> None:
     copy = tmp_path / "state.db"
     shutil.copyfile(run.db, copy)
-    proc = verify_db(copy, run.public_key_pem)
+    proc = audit_verify(copy, run.public_key_pem)
     assert proc.returncode == 0, proc.stderr
     sizes = _checkpoint_sizes(copy)
     assert len(sizes) >= 2 and {run.first.tree_size, run.second.tree_size} <= set(sizes)
@@ -338,7 +334,7 @@ def test_verify_fails_with_another_public_key(run: Run, tmp_path: Path) -> None:
     shutil.copyfile(run.db, copy)
     wrong = tmp_path / "payments.pem"
     wrong.write_text(run.payment_keys["payments.v1"], encoding="ascii")
-    proc = verify_db(copy, wrong)
+    proc = audit_verify(copy, wrong)
     assert proc.returncode != 0
     assert f"checkpoint {run.first.tree_size}: bad signature" in proc.stderr
 
@@ -349,7 +345,7 @@ def test_an_edited_record_is_named(run: Run, tmp_path: Path) -> None:
         conn.execute(
             "UPDATE audit_log SET body = ? WHERE seq = ?", (_edit_amount(_body(conn, k)), k)
         )
-    proc = verify_db(copy, run.public_key_pem)
+    proc = audit_verify(copy, run.public_key_pem)
     assert proc.returncode != 0
     # reported: "first bad record k" / "record k: its bytes no longer match its leaf hash"
     assert first_bad(proc) == str(k)
@@ -360,7 +356,7 @@ def test_a_deleted_record_is_named(run: Run, tmp_path: Path) -> None:
     k = run.middle
     with tampering(run, tmp_path) as (copy, conn):
         conn.execute("DELETE FROM audit_log WHERE seq = ?", (k,))
-    proc = verify_db(copy, run.public_key_pem)
+    proc = audit_verify(copy, run.public_key_pem)
     assert proc.returncode != 0
     # reported: "record k: missing or out of place (removed; found seq k+1)"
     assert first_bad(proc) == str(k)
@@ -374,7 +370,7 @@ def test_deleting_the_last_record_of_a_checkpoint_is_named(
     size = getattr(run, which).tree_size
     with tampering(run, tmp_path) as (copy, conn):
         conn.execute("DELETE FROM audit_log WHERE seq = ?", (size,))
-    proc = verify_db(copy, run.public_key_pem)
+    proc = audit_verify(copy, run.public_key_pem)
     assert proc.returncode != 0
     # with records after it: "record S: missing or out of place (removed; found seq S+1)";
     # when it was the last record: "record S: removed (checkpoint S covers it)"
@@ -395,7 +391,7 @@ def test_reordered_records_are_named(run: Run, tmp_path: Path) -> None:
             conn.execute(
                 "UPDATE audit_log SET body = ?, leaf = ? WHERE seq = ?", (*rows[other], seq)
             )
-    proc = verify_db(copy, run.public_key_pem)
+    proc = audit_verify(copy, run.public_key_pem)
     assert proc.returncode != 0
     # reported: "record k: names position k+1 (reordered)"
     assert first_bad(proc) == str(k)
@@ -410,7 +406,7 @@ def test_an_appended_forged_record_is_named(run: Run, tmp_path: Path) -> None:
             "INSERT INTO audit_log (seq, body, leaf) VALUES (?, ?, ?)",
             (n + 1, body, rfc_leaf(body.encode())),
         )
-    proc = verify_db(copy, run.public_key_pem)
+    proc = audit_verify(copy, run.public_key_pem)
     assert proc.returncode != 0
     # reported: "record n+1: names position <middle> (reordered)"
     assert first_bad(proc) == str(n + 1)
@@ -431,7 +427,7 @@ def test_an_edited_record_with_its_leaf_recomputed_is_named(run: Run, tmp_path: 
             "UPDATE audit_log SET body = ?, leaf = ? WHERE seq = ?",
             (edited, rfc_leaf(edited.encode()), k),
         )
-    proc = verify_db(copy, run.public_key_pem)
+    proc = audit_verify(copy, run.public_key_pem)
     assert proc.returncode != 0
     bad = first_bad(proc)
     assert bad.isdigit() and int(bad) <= k, proc.stderr
@@ -457,7 +453,7 @@ def test_a_rewritten_history_is_caught_by_the_checkpoint(run: Run, tmp_path: Pat
                 "UPDATE audit_log SET body = ?, leaf = ? WHERE seq = ?",
                 (body, rfc_leaf(body.encode()), seq),
             )
-    proc = verify_db(copy, run.public_key_pem)
+    proc = audit_verify(copy, run.public_key_pem)
     assert proc.returncode != 0
     ranges = [
         (int(a), int(b)) for a, b in re.findall(r"records (\d+) to (\d+): rewritten", proc.stderr)
@@ -484,7 +480,7 @@ def test_an_edited_checkpoint_root_is_named(run: Run, tmp_path: Path, where: str
                 "UPDATE audit_checkpoints SET root = ?, body = ? WHERE size = ?",
                 (forged, body, size),
             )
-    proc = verify_db(copy, run.public_key_pem)
+    proc = audit_verify(copy, run.public_key_pem)
     assert proc.returncode != 0
     expected = "its row disagrees with its signed body" if where == "row" else "bad signature"
     assert f"checkpoint {size}: {expected}" in proc.stderr
@@ -499,7 +495,7 @@ def test_a_bad_checkpoint_alone_is_not_reported_as_record_none(run: Run, tmp_pat
             "UPDATE audit_checkpoints SET root = ? WHERE size = ?",
             (flipped(bytes.fromhex(run.first.root_hash)).hex(), size),
         )
-    proc = verify_db(copy, run.public_key_pem)
+    proc = audit_verify(copy, run.public_key_pem)
     assert proc.returncode != 0
     summary = proc.stderr.splitlines()[0]
     assert "None" not in summary, summary

@@ -13,7 +13,7 @@ from typing import Any
 
 from paywarden.signer.identity import Principal, Role
 
-from tests.support.cli import paywarden
+from tests.support.cli import audit_verify
 from tests.support.intents import intent_fields
 
 # The callers a test names when it calls the service in process, not over gRPC.
@@ -47,5 +47,5 @@ def stored_records(store: Any, after: int = 0) -> list[dict[str, Any]]:
 
 def assert_audit_verifies(db: Path, public_key: Path) -> None:
     """``paywarden audit verify`` accepts the log in ``db`` (run as the CLI)."""
-    verify = paywarden("audit", "verify", "--db", db, "--public-key", public_key)
+    verify = audit_verify(db, public_key)
     assert verify.returncode == 0, verify.stdout + verify.stderr

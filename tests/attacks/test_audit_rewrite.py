@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 import rfc8785
 
 from tests.helpers import Pki, TestToken, write_config
-from tests.support.cli import paywarden
+from tests.support.cli import audit_verify, paywarden
 from tests.support.clients import running_api, signed
 from tests.support.sessions import open_session
 from tests.support.vectors import mth, rfc_leaf
@@ -120,14 +119,10 @@ def inflate_first_payment() -> Callable[[int, dict[str, Any]], dict[str, Any]]:
     return change
 
 
-def verify(log: Log, db: Path, *extra: str | Path) -> subprocess.CompletedProcess[str]:
-    return paywarden("audit", "verify", "--db", db, "--public-key", log.public_key, *extra)
-
-
 def test_the_untouched_log_verifies_with_no_unsealed_tail(log: Log, tmp_path: Path) -> None:
     copy = tmp_path / "state.db"
     shutil.copyfile(log.db, copy)
-    proc = verify(log, copy, "--config", log.config)
+    proc = audit_verify(copy, log.public_key, "--config", log.config)
     assert proc.returncode == 0, proc.stderr
     assert "0 records after the last checkpoint" in proc.stdout  # sealed when it stopped
 
@@ -136,7 +131,7 @@ def test_a_rewritten_log_with_its_checkpoints_deleted_fails_verify(
     log: Log, tmp_path: Path
 ) -> None:
     copy = rewritten(log.db, tmp_path, inflate_first_payment())
-    proc = verify(log, copy)
+    proc = audit_verify(copy, log.public_key)
     assert proc.returncode == 1, proc.stdout
     assert "audit log OK" not in proc.stdout
     assert "no signed checkpoint" in proc.stderr
@@ -144,7 +139,7 @@ def test_a_rewritten_log_with_its_checkpoints_deleted_fails_verify(
 
 def test_a_rewrite_contradicts_a_checkpoint_file_kept_elsewhere(log: Log, tmp_path: Path) -> None:
     copy = rewritten(log.db, tmp_path, inflate_first_payment())
-    proc = verify(log, copy, "--checkpoint", log.trusted_file)
+    proc = audit_verify(copy, log.public_key, "--checkpoint", log.trusted_file)
     assert proc.returncode == 1, proc.stdout
     assert f"trusted checkpoint {log.trusted_size} ({log.trusted_file})" in proc.stderr
     assert "not consistent with it" in proc.stderr
@@ -152,7 +147,7 @@ def test_a_rewrite_contradicts_a_checkpoint_file_kept_elsewhere(log: Log, tmp_pa
 
 def test_a_rewrite_contradicts_a_trusted_tree_head(log: Log, tmp_path: Path) -> None:
     copy = rewritten(log.db, tmp_path, inflate_first_payment())
-    proc = verify(log, copy, "--trusted", f"{log.trusted_size}:{log.trusted_root}")
+    proc = audit_verify(copy, log.public_key, "--trusted", f"{log.trusted_size}:{log.trusted_root}")
     assert proc.returncode == 1, proc.stdout
     assert f"trusted checkpoint {log.trusted_size}" in proc.stderr
     assert "not consistent with it" in proc.stderr
@@ -163,8 +158,7 @@ def test_the_untouched_log_is_consistent_with_the_trusted_checkpoint(
 ) -> None:
     copy = tmp_path / "state.db"
     shutil.copyfile(log.db, copy)
-    proc = verify(
-        log, copy, "--checkpoint", log.trusted_file,
+    proc = audit_verify(copy, log.public_key, "--checkpoint", log.trusted_file,
         "--trusted", f"{log.trusted_size}:{log.trusted_root}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -176,7 +170,7 @@ def test_a_trusted_checkpoint_longer_than_the_log_names_the_removed_records(
 ) -> None:
     copy = tmp_path / "state.db"
     shutil.copyfile(log.db, copy)
-    proc = verify(log, copy, "--trusted", f"100000:{log.trusted_root}")
+    proc = audit_verify(copy, log.public_key, "--trusted", f"100000:{log.trusted_root}")
     assert proc.returncode == 1
     assert "records" in proc.stderr and "to 100000 were removed" in proc.stderr
 
@@ -189,7 +183,7 @@ def test_a_forged_checkpoint_file_is_refused(log: Log, tmp_path: Path) -> None:
     forged.write_text(json.dumps(kept), encoding="utf-8")
     copy = tmp_path / "state.db"
     shutil.copyfile(log.db, copy)
-    proc = verify(log, copy, "--checkpoint", forged)
+    proc = audit_verify(copy, log.public_key, "--checkpoint", forged)
     assert proc.returncode == 1
     assert "disagrees with its signed body" in proc.stderr
 
@@ -208,11 +202,11 @@ def test_rewriting_after_a_kept_checkpoint_leaves_a_tail_longer_than_the_interva
         return record
 
     copy = rewritten(log.db, tmp_path, rename_payee, keep_checkpoints_upto=log.trusted_size)
-    proc = verify(log, copy, "--config", log.config)
+    proc = audit_verify(copy, log.public_key, "--config", log.config)
     assert proc.returncode == 1, proc.stdout
     assert "more than the 20 the checkpoint interval allows" in proc.stderr
     # a wider limit given on the command line lets the same tail through
-    assert verify(log, copy, "--max-unsealed", "1000").returncode == 0
+    assert audit_verify(copy, log.public_key, "--max-unsealed", "1000").returncode == 0
 
 
 def _last_record_an_hour_later(log: Log, tmp_path: Path) -> tuple[Path, int]:
@@ -235,7 +229,7 @@ def test_an_unsealed_tail_spanning_longer_than_the_interval_fails(log: Log, tmp_
     """The same rewrite, record times kept as written but the last record an hour
     later: the signer seals at least every checkpoint_seconds."""
     copy, _last = _last_record_an_hour_later(log, tmp_path)
-    proc = verify(log, copy, "--config", log.config, "--max-unsealed", "1000")
+    proc = audit_verify(copy, log.public_key, "--config", log.config, "--max-unsealed", "1000")
     assert proc.returncode == 1, proc.stdout
     assert "seconds the checkpoint interval allows" in proc.stderr
 
@@ -247,7 +241,7 @@ def test_a_long_unsealed_tail_says_what_may_cause_it_and_how_to_accept_it(
     from a rewrite: the failure names the legitimate causes and the options that
     accept such a tail, never the checkpoint command that would seal a rewrite."""
     copy, last = _last_record_an_hour_later(log, tmp_path)
-    proc = verify(log, copy, "--config", log.config)
+    proc = audit_verify(copy, log.public_key, "--config", log.config)
     assert proc.returncode == 1, proc.stdout
     tail = last - log.trusted_size
     assert f"records {log.trusted_size + 1} to {last}: {tail} records" in proc.stderr
@@ -258,19 +252,20 @@ def test_a_long_unsealed_tail_says_what_may_cause_it_and_how_to_accept_it(
     assert "(--trusted SIZE:ROOT, --checkpoint FILE)" in proc.stderr
     assert "Never seal an unexplained tail with `paywarden ctl checkpoint`" in proc.stderr
     # the options it names accept this tail, and nothing else is wrong with it
-    accepted = verify(
-        log, copy, "--config", log.config,
+    accepted = audit_verify(copy, log.public_key, "--config", log.config,
         "--max-unsealed", str(tail), "--max-unsealed-seconds", span,
     )  # fmt: skip
     assert accepted.returncode == 0, accepted.stderr
     # a checkpoint kept from before the tail does not cover it
-    kept = verify(log, copy, "--config", log.config, "--checkpoint", log.trusted_file)
+    kept = audit_verify(
+        copy, log.public_key, "--config", log.config, "--checkpoint", log.trusted_file
+    )
     assert kept.returncode == 1, kept.stdout
 
 
 def test_a_log_without_checkpoints_says_what_may_cause_it(log: Log, tmp_path: Path) -> None:
     copy = rewritten(log.db, tmp_path, inflate_first_payment())
-    proc = verify(log, copy, "--config", log.config)
+    proc = audit_verify(copy, log.public_key, "--config", log.config)
     assert proc.returncode == 1, proc.stdout
     assert "no signed checkpoint" in proc.stderr
     assert "killed before its next checkpoint" in proc.stderr

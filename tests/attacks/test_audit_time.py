@@ -16,7 +16,6 @@ import base64
 import json
 import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from paywarden.signer.store.sqlite import SqliteStore
 from tests.attacks.kit import AGENT, OPERATOR, audit_log
 from tests.attacks.test_audit_rewrite import rewritten
 from tests.helpers import MODULE, Pki, TestToken, write_config
-from tests.support.cli import paywarden
+from tests.support.cli import audit_verify
 from tests.support.clients import running_api, signed
 from tests.support.sessions import open_session
 from tests.support.vectors import mth
@@ -112,24 +111,17 @@ def stepped_back(sealed: Sealed, tmp_path: Path, hsm: Hsm, seq: int, seconds: in
     return copy
 
 
-def verify(sealed: Sealed, db: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return paywarden(
-        "audit", "verify", "--db", db, "--public-key", sealed.public_key,
-        "--config", sealed.config, *extra,
-    )  # fmt: skip
-
-
 def test_the_log_as_written_verifies(sealed: Sealed, tmp_path: Path) -> None:
     copy = tmp_path / "state.db"
     shutil.copyfile(sealed.db, copy)
-    proc = verify(sealed, copy)
+    proc = audit_verify(copy, sealed.public_key, "--config", sealed.config)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_a_record_dated_ten_minutes_back_is_named(sealed: Sealed, tmp_path: Path, hsm: Hsm) -> None:
     k = sealed.records - 3
     copy = stepped_back(sealed, tmp_path, hsm, k, 600)
-    proc = verify(sealed, copy)
+    proc = audit_verify(copy, sealed.public_key, "--config", sealed.config)
     assert proc.returncode == 1, proc.stdout
     assert f"first bad record {k}" in proc.stderr
     assert f"record {k}: its time" in proc.stderr and "time went backwards" in proc.stderr
@@ -143,7 +135,7 @@ def test_a_record_a_second_behind_a_concurrent_one_is_not_an_attack(
     """A call reads the clock before it waits for the store's lock, so its record
     may follow one stamped a little later: that is not the clock going back."""
     copy = stepped_back(sealed, tmp_path, hsm, sealed.records - 3, 1)
-    proc = verify(sealed, copy)
+    proc = audit_verify(copy, sealed.public_key, "--config", sealed.config)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -154,9 +146,9 @@ def test_a_record_thirty_seconds_back_fails_a_tighter_skew(
     60 s and fails once the auditor allows only 10."""
     k = sealed.records - 3
     copy = stepped_back(sealed, tmp_path, hsm, k, 30)
-    proc = verify(sealed, copy)
+    proc = audit_verify(copy, sealed.public_key, "--config", sealed.config)
     assert proc.returncode == 0, proc.stderr
-    proc = verify(sealed, copy, "--max-time-skew", "10")
+    proc = audit_verify(copy, sealed.public_key, "--config", sealed.config, "--max-time-skew", "10")
     assert proc.returncode == 1, proc.stdout
     assert f"first bad record {k}" in proc.stderr and "time went backwards" in proc.stderr
 
@@ -188,6 +180,11 @@ def test_a_refusal_that_waited_for_the_lock_does_not_date_the_log_backwards(
     assert {k: v for k, v in records[1].items() if k not in ("time", "seq", "prev_root")} == {
         k: v for k, v in refusal.items() if k != "time"
     }
-    proc = verify(sealed, db)
+    proc = audit_verify(db, sealed.public_key, "--config", sealed.config)
     assert proc.returncode == 0, proc.stderr
-    assert verify(sealed, db, "--max-time-skew", "0").returncode == 0
+    assert (
+        audit_verify(
+            db, sealed.public_key, "--config", sealed.config, "--max-time-skew", "0"
+        ).returncode
+        == 0
+    )

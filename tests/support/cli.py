@@ -36,6 +36,13 @@ def paywarden(
     )
 
 
+def audit_verify(
+    db: Path, public_key: Path, *extra: str | Path
+) -> subprocess.CompletedProcess[str]:
+    """``paywarden audit verify --db DB --public-key KEY EXTRA`` (e.g. ``--config``)."""
+    return paywarden("audit", "verify", "--db", db, "--public-key", public_key, *extra)
+
+
 def policy_check(*paths: Path) -> subprocess.CompletedProcess[str]:
     """``paywarden policy check PATHS``, with no ``PAYWARDEN_*`` setting around it."""
     return paywarden("policy", "check", *paths, env=settings_free_env())
