@@ -16,8 +16,6 @@ from typing import Any
 
 import grpc
 import pytest
-from joserfc import jws
-from joserfc.jwk import KeySet
 from paywarden.v1 import (
     approvals_pb2,
     sessions_pb2,
@@ -25,7 +23,7 @@ from paywarden.v1 import (
 )
 
 from tests.helpers import Stack, sha256_hex
-from tests.support.clients import Api
+from tests.support.clients import Api, jws_payload
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused
 from tests.support.sessions import open_session, spent
@@ -122,13 +120,6 @@ def pending(api: Api, stack: Stack, sid: str, **fields: Any) -> tuple[Any, signe
     return request, resp
 
 
-def verify(api: Api, token: str) -> bytes:
-    jwks = api.signer.GetPublicKeys(signer_pb2.GetPublicKeysRequest()).jwks_json
-    keys = KeySet.import_key_set(json.loads(jwks))
-    payload: bytes = jws.deserialize_compact(token, keys, algorithms=["ES256"]).payload
-    return payload
-
-
 # -- pending → approved → signed -------------------------------------------------
 
 
@@ -212,7 +203,7 @@ def test_pending_payment_is_shown_to_approvers_and_signed_once_approved(
     assert signed.approval_id == ""
     assert signed.decision_id == resp.decision_id
     assert signed.canonical_payload == shown.canonical_payload
-    assert verify(api, signed.jws) == shown.canonical_payload
+    assert jws_payload(api.signer, signed.jws) == shown.canonical_payload
     assert spent(api.agent_sessions, sid)["USD"] == "150.00"
 
     once_more = api.signer.Sign(request)
@@ -243,7 +234,7 @@ def test_concurrent_retries_after_approval_get_one_signature(api: Api, stack: St
     assert {r.status for r in results} == {signer_pb2.SIGNED}
     assert len({r.jws for r in results}) == 1
     assert {r.decision_id for r in results} == {resp.decision_id}
-    assert verify(api, results[0].jws) == resp.canonical_payload
+    assert jws_payload(api.signer, results[0].jws) == resp.canonical_payload
     assert spent(api.agent_sessions, sid)["USD"] == "120.00"
 
 
@@ -412,7 +403,7 @@ def test_two_approver_tier_needs_two_distinct_approvers(api: Api, stack: Stack) 
     assert sorted(second.approved_by) == ["approver-1", "approver-2"]
     signed = api.signer.Sign(request)
     assert signed.status == signer_pb2.SIGNED
-    assert verify(api, signed.jws) == resp.canonical_payload
+    assert jws_payload(api.signer, signed.jws) == resp.canonical_payload
     assert spent(api.agent_sessions, sid)["USD"] == "600.00"
 
 

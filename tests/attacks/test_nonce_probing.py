@@ -16,12 +16,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from joserfc import jws
-from joserfc.jwk import KeySet
 from paywarden.v1 import signer_pb2
 
 from tests.helpers import Stack, new_nonce
-from tests.support.clients import Api
+from tests.support.clients import Api, jws_payload
 from tests.support.intents import payment_intent
 from tests.support.refusals import outcome
 from tests.support.sessions import open_session
@@ -41,12 +39,7 @@ def _request(stack: Stack, sid: str, nonce: str, amount: str = "1.00") -> signer
 
 
 def _claims(api: Api, token: str) -> dict[str, Any]:
-    stub = api.signer2
-    keys = KeySet.import_key_set(
-        json.loads(stub.GetPublicKeys(signer_pb2.GetPublicKeysRequest()).jwks_json)
-    )
-    payload = jws.deserialize_compact(token, keys, algorithms=["ES256"]).payload
-    claims: dict[str, Any] = json.loads(payload)
+    claims: dict[str, Any] = json.loads(jws_payload(api.signer2, token))
     return claims
 
 

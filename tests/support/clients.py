@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
+from joserfc import jws
+from joserfc.jwk import KeySet
 from paywarden.v1 import (
     approvals_pb2_grpc,
     control_pb2_grpc,
@@ -149,6 +152,15 @@ def signed(answer: signer_pb2.SignResponse | grpc.RpcError) -> signer_pb2.SignRe
     )
     assert is_signed(answer)
     return answer
+
+
+def jws_payload(signer: signer_pb2_grpc.SignerStub, token: str) -> bytes:
+    """The payload of the compact JWS ``token``, checked by an independent JOSE library
+    (joserfc) against the JWKS that ``signer`` serves; raises if it does not verify."""
+    jwks = signer.GetPublicKeys(signer_pb2.GetPublicKeysRequest()).jwks_json
+    keys = KeySet.import_key_set(json.loads(jwks))
+    payload: bytes = jws.deserialize_compact(token, keys, algorithms=["ES256"]).payload
+    return payload
 
 
 def is_signed(resp: signer_pb2.SignResponse) -> bool:
