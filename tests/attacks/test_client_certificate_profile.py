@@ -16,11 +16,11 @@ import pytest
 from cryptography import x509
 from paywarden.signer.errors import Reason
 from paywarden.signer.identity import Role, check_client_profile
-from paywarden.v1 import signer_pb2, signer_pb2_grpc
 
 from tests.attacks.certs import ClientCert, ca_of, client_cert, intermediate, spiffe
 from tests.conftest import AGENTS, APPROVERS, OPERATORS, PLANNERS
 from tests.helpers import Pki, reason_of
+from tests.support.clients import public_keys
 
 TIMEOUT = 10
 
@@ -35,20 +35,13 @@ BAD_PROFILES: dict[str, Callable[[Pki], ClientCert]] = {
 }
 
 
-def _get_public_keys(addr: str, pki: Pki, cert: ClientCert) -> signer_pb2.GetPublicKeysResponse:
-    with cert.channel(addr, pki) as ch:
-        return signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
-            signer_pb2.GetPublicKeysRequest(), timeout=TIMEOUT
-        )
-
-
 @pytest.mark.parametrize("make", list(BAD_PROFILES.values()), ids=list(BAD_PROFILES))
 def test_certificate_outside_the_client_profile_is_refused(
     grpc_addr: str, grpc_server: grpc.Server, pki: Pki, make: Callable[[Pki], ClientCert]
 ) -> None:
     # GetPublicKeys is open to every role: only the certificate can be refused.
-    with pytest.raises(grpc.RpcError) as info:
-        _get_public_keys(grpc_addr, pki, make(pki))
+    with pytest.raises(grpc.RpcError) as info, make(pki).channel(grpc_addr, pki) as ch:
+        public_keys(ch, TIMEOUT)
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert reason_of(info.value) == Reason.CLIENT_CERT_PROFILE
 
@@ -57,7 +50,8 @@ def test_a_leaf_built_the_same_way_in_profile_is_accepted(
     grpc_addr: str, grpc_server: grpc.Server, pki: Pki
 ) -> None:
     cert = client_cert(pki, spiffe(pki, "agent", "agent-1"))
-    assert len(_get_public_keys(grpc_addr, pki, cert).keys) == 2
+    with cert.channel(grpc_addr, pki) as ch:
+        assert len(public_keys(ch, TIMEOUT).keys) == 2
 
 
 def test_every_certificate_pki_py_issues_is_in_profile(pki: Pki) -> None:

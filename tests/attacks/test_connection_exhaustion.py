@@ -23,21 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from paywarden.v1 import signer_pb2, signer_pb2_grpc
-
 from tests.helpers import Pki, ServeProcess, TestToken, serve, write_config
+from tests.support.clients import public_keys
 
 HEADROOM = 64  # descriptors the server may open beyond those it holds when the flood starts
 IDLE = 300  # idle connections: well beyond the headroom
 CALL_TIMEOUT = 10
 WAIT = 30.0  # longest wait for the server to close idle sockets (its timeout is 1 s here)
-
-
-def _get_public_keys(srv: ServeProcess, pki: Pki) -> signer_pb2.GetPublicKeysResponse:
-    with pki.channel(srv.addr, "agent", "agent-1") as ch:
-        return signer_pb2_grpc.SignerStub(ch).GetPublicKeys(
-            signer_pb2.GetPublicKeysRequest(), timeout=CALL_TIMEOUT
-        )
 
 
 def _limit_descriptors(pid: int) -> int:
@@ -90,13 +82,15 @@ def test_idle_connections_exhausting_descriptors_are_closed_and_service_resumes(
 ) -> None:
     config = write_config(tmp_path, token, pki)
     with serve(config, env=_serve_env(1.0, 1000)) as srv:
-        assert len(_get_public_keys(srv, pki).keys) == 2
+        with pki.channel(srv.addr, "agent", "agent-1") as ch:
+            assert len(public_keys(ch, CALL_TIMEOUT).keys) == 2
         _limit_descriptors(srv.proc.pid)
         with _idle_sockets(srv, IDLE) as socks:
             closed = _closed_by_server(socks, IDLE, time.monotonic() + WAIT)
             assert closed == IDLE, f"{IDLE - closed} idle connections still held"
             # The flood is over only because the server closed it: a new caller is served.
-            assert len(_get_public_keys(srv, pki).keys) == 2
+            with pki.channel(srv.addr, "agent", "agent-1") as ch:
+                assert len(public_keys(ch, CALL_TIMEOUT).keys) == 2
         assert srv.proc.poll() is None
 
 

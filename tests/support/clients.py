@@ -154,6 +154,14 @@ def signed(answer: signer_pb2.SignResponse | grpc.RpcError) -> signer_pb2.SignRe
     return answer
 
 
+def public_keys(channel: grpc.Channel, timeout: float = 30) -> signer_pb2.GetPublicKeysResponse:
+    """``GetPublicKeys`` on ``channel``: open to every role, so only the connection (the
+    certificate, the server's state) decides whether it is answered."""
+    return signer_pb2_grpc.SignerStub(channel).GetPublicKeys(
+        signer_pb2.GetPublicKeysRequest(), timeout=timeout
+    )
+
+
 def jws_payload(signer: signer_pb2_grpc.SignerStub, token: str) -> bytes:
     """The payload of the compact JWS ``token``, checked by an independent JOSE library
     (joserfc) against the JWKS that ``signer`` serves; raises if it does not verify."""
