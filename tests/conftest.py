@@ -36,7 +36,8 @@ OPERATORS = ("operator-1",)
 KEYS = ("payments.v1", "payments.v2", "audit.v1")
 
 
-def _run(args: list[str], env: dict[str, str] | None = None) -> str:
+def _run_python_checked(args: list[str], env: dict[str, str] | None = None) -> str:
+    """``python ARGS`` from the project root; its stdout, or RuntimeError if it fails."""
     proc = subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
     )
@@ -65,9 +66,11 @@ def make_token(base: Path, label: str = "paywarden-test") -> TestToken:
         f.chmod(0o600)
     env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
     keys = [sys.executable, "scripts/keys.py", "--label", label]
-    _run([*keys[1:], "init-token", "--so-pin-file", str(so_pin), "--pin-file", str(user_pin)], env)
+    _run_python_checked(
+        [*keys[1:], "init-token", "--so-pin-file", str(so_pin), "--pin-file", str(user_pin)], env
+    )
     for key in KEYS:
-        _run([*keys[1:], "generate", "--pin-file", str(user_pin), "--key", key], env)
+        _run_python_checked([*keys[1:], "generate", "--pin-file", str(user_pin), "--key", key], env)
     return TestToken(base=base, conf=conf, label=label, so_pin_file=so_pin, pin_file=user_pin)
 
 
@@ -80,8 +83,10 @@ def token(run_dir: Path) -> TestToken:
 
 
 def make_pki(base: Path, trust_domain: str = "paywarden.test") -> Pki:
-    _run(["scripts/pki.py", "init-ca", "--dir", str(base), "--trust-domain", trust_domain])
-    _run(["scripts/pki.py", "server", "--dir", str(base)])
+    _run_python_checked(
+        ["scripts/pki.py", "init-ca", "--dir", str(base), "--trust-domain", trust_domain]
+    )
+    _run_python_checked(["scripts/pki.py", "server", "--dir", str(base)])
     for role, ids in (
         ("agent", AGENTS),
         ("planner", PLANNERS),
@@ -89,7 +94,9 @@ def make_pki(base: Path, trust_domain: str = "paywarden.test") -> Pki:
         ("operator", OPERATORS),
     ):
         for principal in ids:
-            _run(["scripts/pki.py", "issue", "--dir", str(base), "--role", role, "--id", principal])
+            _run_python_checked(
+                ["scripts/pki.py", "issue", "--dir", str(base), "--role", role, "--id", principal]
+            )
     return Pki(base, trust_domain)
 
 

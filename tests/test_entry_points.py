@@ -22,7 +22,10 @@ ENTRY_POINTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text
 TIMEOUT = 120
 
 
-def _run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run_command(
+    argv: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``ARGV`` from the project root, this environment plus ``env``; not checked."""
     return subprocess.run(
         argv, cwd=ROOT, env={**os.environ, **(env or {})},
         capture_output=True, text=True, timeout=TIMEOUT, check=False,
@@ -35,7 +38,7 @@ def _entry_point(
     """Runs console script ``name`` as its generated launcher does: ``sys.exit(main())``."""
     module, _, attr = ENTRY_POINTS[name].partition(":")
     launcher = f"import sys; from {module} import {attr}; sys.exit({attr}())"
-    return _run([sys.executable, "-c", launcher, *args], env)
+    return _run_command([sys.executable, "-c", launcher, *args], env)
 
 
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
@@ -53,7 +56,7 @@ def test_paywarden_keys_lists_what_scripts_keys_py_lists(token: TestToken) -> No
     args = ["--label", token.label, "list", "--pin-file", str(token.pin_file)]
     env = {"SOFTHSM2_CONF": str(token.conf)}
     entry = _entry_point("paywarden-keys", *args, env=env)
-    script = _run([sys.executable, "scripts/keys.py", *args], env)
+    script = _run_command([sys.executable, "scripts/keys.py", *args], env)
     assert entry.returncode == script.returncode == 0, entry.stderr + script.stderr
     assert entry.stdout == script.stdout
     assert [line.split("\t")[0] for line in entry.stdout.splitlines()] == sorted(KEYS)
@@ -64,7 +67,7 @@ def test_paywarden_keys_names_itself_in_its_errors(tmp_path: Path, token: TestTo
     args = ["--module", str(tmp_path / "missing.so"), "--label", token.label, "list",
             "--pin-file", str(token.pin_file)]  # fmt: skip
     entry = _entry_point("paywarden-keys", *args, env=env)
-    script = _run([sys.executable, "scripts/keys.py", *args], env)
+    script = _run_command([sys.executable, "scripts/keys.py", *args], env)
     assert entry.returncode == script.returncode == 1
     assert entry.stderr.startswith("paywarden-keys: ")
     assert script.stderr.startswith("keys.py: ")
@@ -75,11 +78,11 @@ def test_paywarden_pki_and_scripts_pki_py_work_on_one_pki(tmp_path: Path) -> Non
     d = str(tmp_path / "pki")
     created = _entry_point("paywarden-pki", "init-ca", "--dir", d, "--trust-domain", "ep.test")
     assert created.returncode == 0 and created.stdout == f"CA in {d}: created\n", created.stderr
-    kept = _run([sys.executable, "scripts/pki.py", "init-ca", "--dir", d])
+    kept = _run_command([sys.executable, "scripts/pki.py", "init-ca", "--dir", d])
     assert kept.returncode == 0 and kept.stdout == f"CA in {d}: already exists, nothing done\n"
     issued = _entry_point("paywarden-pki", "issue", "--dir", d, "--role", "agent", "--id", "a-1")
     assert issued.returncode == 0 and issued.stdout == "agent-a-1: issued\n", issued.stderr
-    again = _run([sys.executable, "scripts/pki.py", "issue", "--dir", d, "--role", "agent",
+    again = _run_command([sys.executable, "scripts/pki.py", "issue", "--dir", d, "--role", "agent",
                   "--id", "a-1"])  # fmt: skip
     assert again.stdout == "agent-a-1: already exists, nothing done\n"
     refused = _entry_point("paywarden-pki", "issue", "--dir", d, "--role", "agent", "--id", "A")
@@ -91,7 +94,7 @@ def test_paywarden_pki_without_a_ca_says_so_and_fails(tmp_path: Path) -> None:
     d.mkdir()
     (d / "trust-domain").write_text("ep.test\n", encoding="ascii")
     entry = _entry_point("paywarden-pki", "server", "--dir", str(d))
-    script = _run([sys.executable, "scripts/pki.py", "server", "--dir", str(d)])
+    script = _run_command([sys.executable, "scripts/pki.py", "server", "--dir", str(d)])
     assert entry.returncode == script.returncode == 1
     assert entry.stderr == f"paywarden-pki: no CA in {d}; run init-ca first\n"
     assert script.stderr == f"pki.py: no CA in {d}; run init-ca first\n"

@@ -81,7 +81,8 @@ for version in (1, 5, 6):
 """
 
 
-def _run(script: str, tok: TestToken, tmp_path: Path) -> list[str]:
+def _run_token_script(script: str, tok: TestToken, tmp_path: Path) -> list[str]:
+    """Runs ``script`` against the token in a child process; its output lines."""
     path = tmp_path / "script.py"
     path.write_text(script, encoding="utf-8")
     proc = subprocess.run(
@@ -96,7 +97,7 @@ def _run(script: str, tok: TestToken, tmp_path: Path) -> list[str]:
 
 def test_the_user_pin_cannot_turn_on_derive_or_decrypt_on_a_payment_key(tmp_path: Path) -> None:
     tok = make_token(tmp_path / "t", label="tamper")  # keys made by scripts/keys.py
-    lines = _run(TAMPER, tok, tmp_path)
+    lines = _run_token_script(TAMPER, tok, tmp_path)
     for key_id in ("v1", "v2"):
         assert f"{key_id} private True modifiable False" in lines
         for attribute in ("DERIVE", "DECRYPT", "LABEL"):
@@ -106,7 +107,7 @@ def test_the_user_pin_cannot_turn_on_derive_or_decrypt_on_a_payment_key(tmp_path
 
 def test_a_modifiable_or_public_private_key_is_refused_at_open(tmp_path: Path) -> None:
     tok = make_token(tmp_path / "t", label="oldstyle")
-    lines = _run(OLD_STYLE, tok, tmp_path)
+    lines = _run_token_script(OLD_STYLE, tok, tmp_path)
     assert lines[0] == "v1 ACCEPTED"
     assert lines[1].startswith("v5 refused") and "MODIFIABLE=True" in lines[1], lines
     assert lines[2].startswith("v6 refused") and "PRIVATE=False" in lines[2], lines
