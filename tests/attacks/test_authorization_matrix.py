@@ -266,7 +266,7 @@ _NOT_THROUGH_CODES = {
 _NOT_THROUGH_REASONS = {Reason.NO_IDENTITY, Reason.CLIENT_CERT_PROFILE, Reason.ROLE_NOT_ALLOWED}
 
 
-def _outcome(channel: grpc.Channel, method: str) -> Outcome:
+def _call_outcome(channel: grpc.Channel, method: str) -> Outcome:
     try:
         _call(channel, method)
     except grpc.RpcError as err:
@@ -283,4 +283,4 @@ def _outcome(channel: grpc.Channel, method: str) -> Outcome:
 def test_every_rpc_for_every_kind_of_caller(
     channels: dict[str, grpc.Channel], method: str, caller: str
 ) -> None:
-    assert _outcome(channels[caller], method) == CALLERS[caller].expected(method)
+    assert _call_outcome(channels[caller], method) == CALLERS[caller].expected(method)

@@ -426,7 +426,7 @@ class Stalled:
             call.cancel()
 
 
-def _outcome(call: grpc.Future[Any]) -> tuple[grpc.StatusCode, str | None]:
+def _ended_status(call: grpc.Future[Any]) -> tuple[grpc.StatusCode, str | None]:
     err: grpc.RpcError = call  # type: ignore[assignment]  # an ended call is its own error
     return call.code(), reason_of(err)  # type: ignore[attr-defined]
 
@@ -479,10 +479,12 @@ def test_calls_that_never_send_their_body_do_not_stall_freeze(
         assert len(ended) >= total - SHARED_WORKERS
         control = [c for m, c in stalled.calls if m.startswith("/paywarden.v1.Control/")]
         assert all(c.done() for c in control)
-        assert {_outcome(c) for c in control} == {
+        assert {_ended_status(c) for c in control} == {
             (grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_NOT_ALLOWED)
         }
-        assert {_outcome(c) for m, c in ended if not m.startswith("/paywarden.v1.Control/")} <= {
+        assert {
+            _ended_status(c) for m, c in ended if not m.startswith("/paywarden.v1.Control/")
+        } <= {
             (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_CALLS),
             (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_STREAMS),
             (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.SERVER_BUSY),
@@ -493,7 +495,7 @@ def test_calls_that_never_send_their_body_do_not_stall_freeze(
         rest = stalled.wait_ended(total, time.monotonic() + SATURATION_WAIT)
         assert len(rest) == total
         assert (grpc.StatusCode.INVALID_ARGUMENT, Reason.MALFORMED_REQUEST) in {
-            _outcome(c) for _, c in rest
+            _ended_status(c) for _, c in rest
         }
         keys = signer_pb2_grpc.SignerStub(channel("agent", "agent-2")).GetPublicKeys(
             signer_pb2.GetPublicKeysRequest(), timeout=OPERATOR_DEADLINE
