@@ -46,7 +46,7 @@ class Sealed:
 
 
 @pytest.fixture(scope="module")
-def hsm(token: TestToken) -> Iterator[Hsm]:
+def audit_hsm(token: TestToken) -> Iterator[Hsm]:
     """The token's audit key, as the signer holds it (one login per process)."""
     h = Hsm(
         MODULE, token.label, token.pin, [KeyRef("payments", 1)],
@@ -59,7 +59,7 @@ def hsm(token: TestToken) -> Iterator[Hsm]:
 
 @pytest.fixture(scope="module")
 def sealed(
-    tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki, hsm: Hsm
+    tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki, audit_hsm: Hsm
 ) -> Sealed:
     base = tmp_path_factory.mktemp("time")
     config = write_config(base, token, pki, packs={"audit.toml": AUDIT_PACK})
@@ -75,11 +75,11 @@ def sealed(
     n = int(conn.execute("SELECT count(*) FROM audit_log").fetchone()[0])
     conn.close()
     pem = base / "audit.pem"
-    pem.write_text(hsm.audit_public_key().spki_pem, encoding="ascii")
+    pem.write_text(audit_hsm.audit_public_key().spki_pem, encoding="ascii")
     return Sealed(db, config, pem, n)
 
 
-def reseal(db: Path, hsm: Hsm) -> None:
+def reseal(db: Path, audit_hsm: Hsm) -> None:
     """One checkpoint over the whole (rewritten) log, signed by the audit key."""
     conn = sqlite3.connect(db)
     bodies = [str(b).encode() for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
@@ -89,7 +89,7 @@ def reseal(db: Path, hsm: Hsm) -> None:
         {"typ": "paywarden.checkpoint.v1", "size": len(bodies), "root": root,
          "time": last, "kid": "audit.v1"}
     ).decode()  # fmt: skip
-    signature = base64.urlsafe_b64encode(hsm.sign_checkpoint(body.encode())).rstrip(b"=")
+    signature = base64.urlsafe_b64encode(audit_hsm.sign_checkpoint(body.encode())).rstrip(b"=")
     conn.execute("DELETE FROM audit_checkpoints")
     conn.execute(
         "INSERT INTO audit_checkpoints (size, root, at, key_id, body, signature)"
@@ -100,14 +100,14 @@ def reseal(db: Path, hsm: Hsm) -> None:
     conn.close()
 
 
-def stepped_back(sealed: Sealed, tmp_path: Path, hsm: Hsm, seq: int, seconds: int) -> Path:
+def stepped_back(sealed: Sealed, tmp_path: Path, audit_hsm: Hsm, seq: int, seconds: int) -> Path:
     def back(s: int, record: dict[str, Any]) -> dict[str, Any]:
         if s == seq:
             record["time"] = int(record["time"]) - seconds
         return record
 
     copy = rewritten(sealed.db, tmp_path, back)
-    reseal(copy, hsm)
+    reseal(copy, audit_hsm)
     return copy
 
 
@@ -118,9 +118,11 @@ def test_the_log_as_written_verifies(sealed: Sealed, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_a_record_dated_ten_minutes_back_is_named(sealed: Sealed, tmp_path: Path, hsm: Hsm) -> None:
+def test_a_record_dated_ten_minutes_back_is_named(
+    sealed: Sealed, tmp_path: Path, audit_hsm: Hsm
+) -> None:
     k = sealed.records - 3
-    copy = stepped_back(sealed, tmp_path, hsm, k, 600)
+    copy = stepped_back(sealed, tmp_path, audit_hsm, k, 600)
     proc = audit_verify(copy, sealed.public_key, "--config", sealed.config)
     assert proc.returncode == 1, proc.stdout
     assert f"first bad record {k}" in proc.stderr
@@ -130,22 +132,22 @@ def test_a_record_dated_ten_minutes_back_is_named(sealed: Sealed, tmp_path: Path
 
 
 def test_a_record_a_second_behind_a_concurrent_one_is_not_an_attack(
-    sealed: Sealed, tmp_path: Path, hsm: Hsm
+    sealed: Sealed, tmp_path: Path, audit_hsm: Hsm
 ) -> None:
     """A call reads the clock before it waits for the store's lock, so its record
     may follow one stamped a little later: that is not the clock going back."""
-    copy = stepped_back(sealed, tmp_path, hsm, sealed.records - 3, 1)
+    copy = stepped_back(sealed, tmp_path, audit_hsm, sealed.records - 3, 1)
     proc = audit_verify(copy, sealed.public_key, "--config", sealed.config)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_a_record_thirty_seconds_back_fails_a_tighter_skew(
-    sealed: Sealed, tmp_path: Path, hsm: Hsm
+    sealed: Sealed, tmp_path: Path, audit_hsm: Hsm
 ) -> None:
     """``--max-time-skew`` is the auditor's: a record 30 s back passes the default
     60 s and fails once the auditor allows only 10."""
     k = sealed.records - 3
-    copy = stepped_back(sealed, tmp_path, hsm, k, 30)
+    copy = stepped_back(sealed, tmp_path, audit_hsm, k, 30)
     proc = audit_verify(copy, sealed.public_key, "--config", sealed.config)
     assert proc.returncode == 0, proc.stderr
     proc = audit_verify(copy, sealed.public_key, "--config", sealed.config, "--max-time-skew", "10")
@@ -154,7 +156,7 @@ def test_a_record_thirty_seconds_back_fails_a_tighter_skew(
 
 
 def test_a_refusal_that_waited_for_the_lock_does_not_date_the_log_backwards(
-    sealed: Sealed, tmp_path: Path, hsm: Hsm
+    sealed: Sealed, tmp_path: Path, audit_hsm: Hsm
 ) -> None:
     """A refusal (or a vote, a freeze, a session close) reads the clock and then
     waits for the store's lock, up to ``store.lock_timeout_seconds`` (at most
@@ -174,7 +176,7 @@ def test_a_refusal_that_waited_for_the_lock_does_not_date_the_log_backwards(
     refusal = audit_events.event("sign.refused", agent, read_at, reason="FROZEN", message="frozen")
     store.audit_event(refusal)
     store.close()
-    reseal(db, hsm)
+    reseal(db, audit_hsm)
     records = audit_log(db)
     assert [r["time"] for r in records] == [read_at + 90, read_at + 90]
     assert {k: v for k, v in records[1].items() if k not in ("time", "seq", "prev_root")} == {
