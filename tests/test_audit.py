@@ -504,7 +504,7 @@ def test_a_bad_checkpoint_alone_is_not_reported_as_record_none(run: Run, tmp_pat
 # -- 2. export ------------------------------------------------------------------------------
 
 
-def _export(run: Run, tmp_path: Path) -> Path:
+def _export_audit(run: Run, tmp_path: Path) -> Path:
     copy = tmp_path / "state.db"
     shutil.copyfile(run.db, copy)
     out = tmp_path / "audit.jsonl"
@@ -518,7 +518,7 @@ def verify_export(export: Path, public_key: Path) -> subprocess.CompletedProcess
 
 
 def test_an_export_verifies(run: Run, tmp_path: Path) -> None:
-    export = _export(run, tmp_path)
+    export = _export_audit(run, tmp_path)
     items = [json.loads(line) for line in export.read_text(encoding="utf-8").splitlines()]
     records = [i for i in items if i["kind"] == "record"]
     assert [(r["seq"], r["record"]) for r in records] == [(s, b) for s, b, _ in run.records]
@@ -544,7 +544,7 @@ def _rewrite_export(
 def test_an_export_with_an_edited_record_fails(run: Run, tmp_path: Path) -> None:
     """An export carries no trusted leaf: the edit shows in the next record's
     prev_root. A record number <= k is accepted if the report names k or a range."""
-    export = _export(run, tmp_path)
+    export = _export_audit(run, tmp_path)
     k = run.middle
 
     def edit(item: dict[str, Any]) -> dict[str, Any]:
@@ -561,7 +561,7 @@ def test_an_export_with_an_edited_record_fails(run: Run, tmp_path: Path) -> None
 
 
 def test_an_export_with_a_removed_record_fails(run: Run, tmp_path: Path) -> None:
-    export = _export(run, tmp_path)
+    export = _export_audit(run, tmp_path)
     k = run.middle
     _rewrite_export(
         export, lambda item: None if item["kind"] == "record" and item["seq"] == k else item
@@ -598,7 +598,7 @@ def signed_root(run: Run, cp: control_pb2.SignedCheckpoint) -> tuple[int, bytes]
     return int(body["size"]), bytes.fromhex(body["root"])
 
 
-def _entries(run: Run, size: int) -> list[bytes]:
+def _leaf_entries(run: Run, size: int) -> list[bytes]:
     return [b.encode("utf-8") for _, b, _ in run.records[:size]]
 
 
@@ -606,14 +606,14 @@ def test_the_signed_roots_are_the_rfc_tree_heads_of_the_log(run: Run) -> None:
     for cp in (run.first, run.second):
         size, root = signed_root(run, cp)
         assert size == cp.tree_size
-        assert root == mth(_entries(run, size))
+        assert root == mth(_leaf_entries(run, size))
         assert rfc_leaf(run.records[0][1].encode()) == run.records[0][2]
 
 
 def test_inclusion_proofs_from_the_rpc_verify_against_the_signed_checkpoints(run: Run) -> None:
     for cp in (run.first, run.second):
         size, root = signed_root(run, cp)
-        entries = _entries(run, size)
+        entries = _leaf_entries(run, size)
         for seq in range(1, size + 1):
             p = run.inclusion[seq, size]
             assert p.tree_size == size
@@ -643,7 +643,7 @@ def test_consistency_proofs_from_the_rpc_verify_against_the_signed_checkpoints(r
     p = run.consistency[size1, size2]
     assert (bytes.fromhex(p.first_root), bytes.fromhex(p.second_root)) == (root1, root2)
     proof = [bytes.fromhex(h) for h in p.proof]
-    assert proof == rfc_proof(size1, _entries(run, size2))
+    assert proof == rfc_proof(size1, _leaf_entries(run, size2))
     assert rfc_verify_consistency(size1, size2, root1, root2, proof)
     # the checkpoint kept elsewhere does not accept another history
     assert not rfc_verify_consistency(size1, size2, flipped(root1), root2, proof)
@@ -651,7 +651,7 @@ def test_consistency_proofs_from_the_rpc_verify_against_the_signed_checkpoints(r
     assert not rfc_verify_consistency(size1, size2, root1, root2, proof[:-1])
     # every prefix of both checkpoints
     for n in (size1, size2):
-        entries = _entries(run, n)
+        entries = _leaf_entries(run, n)
         for m in range(1, n + 1):
             answer = run.consistency[m, n]
             first_root, second_root = (
@@ -712,8 +712,8 @@ def test_cli_consistency_proof_verifies_against_the_signed_checkpoints(
     # a power-of-two first size (its root is not in the proof)
     p = _cli_json(run, tmp_path, "consistency", "--first", 16, "--second", size2)
     proof = [bytes.fromhex(h) for h in p["proof"]]
-    assert bytes.fromhex(p["first_root"]) == mth(_entries(run, 16))
-    assert rfc_verify_consistency(16, size2, mth(_entries(run, 16)), root2, proof)
+    assert bytes.fromhex(p["first_root"]) == mth(_leaf_entries(run, 16))
+    assert rfc_verify_consistency(16, size2, mth(_leaf_entries(run, 16)), root2, proof)
 
 
 def test_a_rewritten_log_cannot_prove_consistency_with_a_kept_checkpoint(

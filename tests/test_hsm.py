@@ -443,7 +443,7 @@ def _pin_args(tok: TestToken) -> list[str]:
     return ["--pin-file", str(tok.pin_file)]
 
 
-def _export(tok: TestToken, key: str, fmt: str) -> str:
+def _export_key(tok: TestToken, key: str, fmt: str) -> str:
     proc = _keys(tok, "export", *_pin_args(tok), "--key", key, "--format", fmt)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -466,12 +466,12 @@ def _jwk_numbers(text: str) -> ec.EllipticCurvePublicNumbers:
 
 
 def test_keys_generate_existing_key_is_idempotent(keys_token: TestToken) -> None:
-    before = _export(keys_token, "payments.v1", "pem")
+    before = _export_key(keys_token, "payments.v1", "pem")
     proc = _keys(keys_token, "generate", *_pin_args(keys_token), "--key", "payments.v1")
     assert proc.returncode == 0, proc.stderr
     assert "already exists" in proc.stdout
     assert "payments.v1" in proc.stdout
-    assert _export(keys_token, "payments.v1", "pem") == before  # not regenerated
+    assert _export_key(keys_token, "payments.v1", "pem") == before  # not regenerated
 
 
 def test_keys_generate_new_key_then_list_shows_it(keys_token: TestToken) -> None:
@@ -541,9 +541,9 @@ def test_keys_export_pem_and_jwk_match_hsm_public_keys(
 
     exported = {}
     for key in ("payments.v1", "payments.v2"):
-        pem = _export(keys_token, key, "pem")
+        pem = _export_key(keys_token, key, "pem")
         assert pem.startswith("-----BEGIN PUBLIC KEY-----")
-        jwk_text = _export(keys_token, key, "jwk")
+        jwk_text = _export_key(keys_token, key, "jwk")
         assert json.loads(jwk_text)["kid"] == key
         assert _pem_numbers(pem) == _jwk_numbers(jwk_text)
         assert _pem_numbers(pem) == _pem_numbers(hsm_pems[key])
@@ -637,7 +637,7 @@ def test_keys_has_no_way_to_export_a_private_key(keys_token: TestToken) -> None:
         assert "BEGIN" not in proc.stdout, args
 
     for fmt in ("pem", "jwk"):
-        text = _export(keys_token, "payments.v1", fmt)
+        text = _export_key(keys_token, "payments.v1", fmt)
         assert "PRIVATE" not in text.upper()
 
 

@@ -39,7 +39,7 @@ _PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)(?:\s*;\s*(
 _HASH = re.compile(r"--hash=sha256:[0-9a-f]{64}")
 
 
-def _entries(lock: Path) -> list[str]:
+def _lock_lines(lock: Path) -> list[str]:
     """The lock's logical lines (continuations joined), comments dropped."""
     text = lock.read_text(encoding="utf-8")
     lines = [line.split("#", 1)[0].rstrip() for line in text.replace("\\\n", " ").splitlines()]
@@ -48,7 +48,7 @@ def _entries(lock: Path) -> list[str]:
 
 def _pins(lock: Path) -> dict[str, Version]:
     pins = {}
-    for entry in _entries(lock):
+    for entry in _lock_lines(lock):
         requirement = entry.split(" --hash", 1)[0].strip()
         match = _PIN.fullmatch(requirement)
         assert match, f"{lock.name}: not an exact pin: {requirement!r}"
@@ -68,7 +68,7 @@ def _covered(requirements: list[str], pins: dict[str, Version], lock: str) -> No
 
 @pytest.mark.parametrize("which", sorted(LOCKS))
 def test_every_locked_requirement_is_pinned_exactly_with_hashes(which: str) -> None:
-    entries = _entries(LOCKS[which])
+    entries = _lock_lines(LOCKS[which])
     assert len(entries) >= 10
     for entry in entries:
         # no index, find-links, editable, URL or other option can widen what is fetched
