@@ -14,7 +14,7 @@ from tests.support.cli import paywarden, settings_free_env
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _write(directory: Path, text: str, name: str = "paywarden.toml") -> Path:
+def _write_file(directory: Path, text: str, name: str = "paywarden.toml") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     path.write_text(text, encoding="utf-8")
@@ -44,7 +44,7 @@ def test_defaults_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_file_overrides_only_what_it_names(tmp_path: Path) -> None:
-    path = _write(tmp_path, "[limits]\nmax_expiry_seconds = 120\n")
+    path = _write_file(tmp_path, "[limits]\nmax_expiry_seconds = 120\n")
     cfg = load_config(path, environ={})
     assert cfg.limits.max_expiry_seconds == 120
     assert cfg.limits.max_session_ttl_seconds == 86_400
@@ -61,7 +61,9 @@ def test_env_override_changes_limit(tmp_path: Path) -> None:
 
 
 def test_env_override_beats_file(tmp_path: Path) -> None:
-    path = _write(tmp_path, '[limits]\nmax_expiry_seconds = 120\n[server]\nlisten = "[::1]:1"\n')
+    path = _write_file(
+        tmp_path, '[limits]\nmax_expiry_seconds = 120\n[server]\nlisten = "[::1]:1"\n'
+    )
     environ = {
         "PAYWARDEN_LIMITS__MAX_EXPIRY_SECONDS": "45",
         "PAYWARDEN_SERVER__LISTEN": "0.0.0.0:7443",  # not a TOML literal: read as a string
@@ -103,7 +105,7 @@ def test_env_errors_name_the_setting(name: str, value: str, expected: str) -> No
 
 
 def test_env_pin_env_with_explicit_pin_file_in_file_is_refused(tmp_path: Path) -> None:
-    path = _write(tmp_path, '[hsm]\npin_file = "user.pin"\n')
+    path = _write_file(tmp_path, '[hsm]\npin_file = "user.pin"\n')
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={"PAYWARDEN_HSM__PIN_ENV": "PIN"})
     assert "hsm.pin_env" in str(info.value)
@@ -172,7 +174,7 @@ BAD_FILES = {
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
 def test_file_errors_name_the_setting(tmp_path: Path, case: str) -> None:
     text, expected = BAD_FILES[case]
-    path = _write(tmp_path, text)
+    path = _write_file(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     message = str(info.value)
@@ -181,7 +183,7 @@ def test_file_errors_name_the_setting(tmp_path: Path, case: str) -> None:
 
 
 def test_not_toml_names_the_file(tmp_path: Path) -> None:
-    path = _write(tmp_path, "[server\nlisten = \n")
+    path = _write_file(tmp_path, "[server\nlisten = \n")
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     assert str(path) in str(info.value)
@@ -202,7 +204,7 @@ def test_relative_paths_resolve_against_the_file_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     absolute_key = tmp_path / "abs" / "server.key"
-    path = _write(
+    path = _write_file(
         tmp_path / "etc" / "paywarden",
         "[server]\n"
         'tls_cert = "pki/server.crt"\n'
@@ -231,7 +233,7 @@ def test_relative_paths_resolve_against_the_file_directory(
 
 
 def test_env_paths_resolve_against_the_file_directory(tmp_path: Path) -> None:
-    path = _write(tmp_path / "conf", "")
+    path = _write_file(tmp_path / "conf", "")
     cfg = load_config(path, environ={"PAYWARDEN_STORE__PATH": "db/x.db"})
     assert cfg.store.path == path.resolve().parent / "db" / "x.db"
 
@@ -241,7 +243,7 @@ def test_env_paths_resolve_against_the_file_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["serve", "config"])
 def test_cli_bad_config_exits_2_naming_the_setting(tmp_path: Path, command: str) -> None:
-    bad = _write(tmp_path, '[server]\nlistn = "x"\n')
+    bad = _write_file(tmp_path, '[server]\nlistn = "x"\n')
     proc = paywarden(command, "--config", str(bad), env=settings_free_env())
     assert proc.returncode == 2, proc.stderr
     assert "server.listn" in proc.stderr
@@ -249,7 +251,7 @@ def test_cli_bad_config_exits_2_naming_the_setting(tmp_path: Path, command: str)
 
 
 def test_cli_serve_bad_env_override_exits_2(tmp_path: Path) -> None:
-    good = _write(tmp_path, "[limits]\nmax_expiry_seconds = 120\n")
+    good = _write_file(tmp_path, "[limits]\nmax_expiry_seconds = 120\n")
     proc = paywarden(
         "serve",
         "--config",
@@ -261,7 +263,7 @@ def test_cli_serve_bad_env_override_exits_2(tmp_path: Path) -> None:
 
 
 def test_cli_config_good_file_exits_0(tmp_path: Path) -> None:
-    good = _write(
+    good = _write_file(
         tmp_path,
         '[limits]\nmax_expiry_seconds = 120\n[store]\npath = "state/pw.db"\n'
         '[assets.BTC]\ndecimals = 8\nmax_amount = "21"\n',

@@ -108,7 +108,7 @@ def pack_toml(limits: Limits) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load(limits: Limits) -> PolicyPack:
+def load_random_pack(limits: Limits) -> PolicyPack:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "random.toml"
         path.write_text(pack_toml(limits), encoding="utf-8")
@@ -287,8 +287,8 @@ def broken_limits(limits: Limits, payments: list[Payment]) -> set[str]:
     return broken
 
 
-def compiled(limits: Limits) -> tuple[PolicyPack, AllOf]:
-    pack = load(limits)
+def compiled_limits(limits: Limits) -> tuple[PolicyPack, AllOf]:
+    pack = load_random_pack(limits)
     # the session the simulator uses is one the pack lets a planner open
     assert (
         check_session(pack, ASSETS, {"USD": limits.session_budget}, 3600, [], plan_bound=False)
@@ -297,7 +297,7 @@ def compiled(limits: Limits) -> tuple[PolicyPack, AllOf]:
     return pack, compile_pack(pack, ASSETS)
 
 
-def run(limits: Limits, policy: AllOf, payments: list[Payment]) -> list[Payment]:
+def play(limits: Limits, policy: AllOf, payments: list[Payment]) -> list[Payment]:
     """Plays the sequence; returns the allowed payments, checking each decision."""
     allowed: list[Payment] = []
     for p in payments:
@@ -325,9 +325,9 @@ def run(limits: Limits, policy: AllOf, payments: list[Payment]) -> list[Payment]
 @SETTINGS
 @given(limits=limits_strategy(), payments=payments_strategy())
 def test_engine_matches_the_reference_model(limits: Limits, payments: list[Payment]) -> None:
-    pack, policy = compiled(limits)
+    pack, policy = compiled_limits(limits)
     assert pack.model.payees.first_payment == "allow"
-    allowed = run(limits, policy, payments)
+    allowed = play(limits, policy, payments)
     # no accepted sequence ever exceeds a limit: check every prefix of what was accepted
     for i in range(1, len(allowed) + 1):
         assert broken_limits(limits, allowed[:i]) == set(), allowed[:i]
@@ -356,7 +356,7 @@ def test_approval_only_within_limits_and_by_the_largest_tier(
 ) -> None:
     """With approval tiers: a payment needs approval exactly when it breaks no limit and
     is above a tier's threshold, and then by the largest number of approvers asked."""
-    _pack, policy = compiled(limits)
+    _pack, policy = compiled_limits(limits)
     history: list[Payment] = []
     for p in payments:
         p = resolve(limits, history, p)
@@ -379,7 +379,7 @@ def test_approval_only_within_limits_and_by_the_largest_tier(
 @given(limits=limits_strategy())
 def test_pack_round_trips_through_toml(limits: Limits) -> None:
     """The TOML the tests write is the pack they mean (so the model above is the pack's)."""
-    pack = load(limits)
+    pack = load_random_pack(limits)
     model = PolicyPackModel.model_validate(
         {
             "id": "random-pack",
@@ -459,7 +459,7 @@ def test_lookalike_of_an_allowed_payee_is_denied_as_confusable(pair: tuple[str, 
     key = normalise(lookalike, case_insensitive=True)
     assert key != normalise(allowed, case_insensitive=True)
     limits = Limits(10_000, None, None, None, None, None, 10_000, 10_000)
-    base = load(limits).model
+    base = load_random_pack(limits).model
     model = base.model_copy(update={"payees": base.payees.model_copy(update={"allow": [allowed]})})
     policy = compile_pack(PolicyPack(model, "0" * 64, "lookalike"), ASSETS)
     facts = simulate_facts(limits, [], Payment(START, 100, lookalike))

@@ -226,7 +226,7 @@ def load_and_compile(path: Path) -> None:
             evaluate(policy, facts(payee, asset, ci=ASSETS[asset].case_insensitive))
 
 
-def _write(data: bytes) -> Path:
+def _write_temp_pack(data: bytes) -> Path:
     fd, name = tempfile.mkstemp(suffix=".toml")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -251,14 +251,14 @@ def _refused_or_loaded(path: Path) -> None:
 def test_generated_pack_is_loaded_or_refused_never_crashes(doc: dict[str, object]) -> None:
     text = render(doc)
     tomllib.loads(text)  # the generator writes valid TOML; the pack need not be valid
-    path = _write(text.encode("utf-8"))
+    path = _write_temp_pack(text.encode("utf-8"))
     _refused_or_loaded(path)
 
 
 @FUZZ
 @given(data=mutated())
 def test_mutated_pack_file_is_refused_with_a_pack_error(data: bytes) -> None:
-    path = _write(data)
+    path = _write_temp_pack(data)
     _refused_or_loaded(path)
 
 
@@ -383,7 +383,7 @@ def facts(payee: str, asset: str, *, ci: bool) -> Facts:
     )
 
 
-def compiled(case: Case) -> tuple[object, str]:
+def compiled_case(case: Case) -> tuple[object, str]:
     asset = "EUR" if case.ci else "USD"
     doc = {
         "id": "fuzz",
@@ -408,7 +408,7 @@ def compiled(case: Case) -> tuple[object, str]:
 @FUZZ
 @given(case=payee_case())
 def test_nothing_is_paid_that_the_reference_model_refuses(case: Case) -> None:
-    policy, asset = compiled(case)
+    policy, asset = compiled_case(case)
     decision = evaluate(policy, facts(case.payee, asset, ci=case.ci))  # type: ignore[arg-type]
     if decision.verdict is Verdict.ALLOW:
         assert not reference_denies(case), (case, decision.trace_json())
@@ -439,7 +439,7 @@ def denied_lookalike(draw: st.DrawFn) -> Case:
 def test_unicode_lookalike_of_a_denied_payee_is_caught_by_the_denylist(case: Case) -> None:
     """The denylist rule itself refuses it (not only the ASCII-only rule for patterns)."""
     assert reference_denies(case)
-    policy, asset = compiled(case)
+    policy, asset = compiled_case(case)
     decision = evaluate(policy, facts(case.payee, asset, ci=case.ci))  # type: ignore[arg-type]
     denylist = next(r for r in decision.trace if r.rule == "payee_denylist")
     assert denylist.reason in {"PAYEE_DENYLISTED", "PAYEE_LOOKS_DENYLISTED"}, (
