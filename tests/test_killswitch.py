@@ -308,7 +308,8 @@ def actions(records: list[dict[str, Any]], action: str) -> list[dict[str, Any]]:
     return [r for r in records if r["action"] == action]
 
 
-def jws_payload(compact: str) -> bytes:
+def unverified_payload(compact: str) -> bytes:
+    """The payload part of a compact JWS, decoded without checking the signature."""
     part = compact.split(".")[1]
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
@@ -530,7 +531,7 @@ def test_freeze_stops_every_later_signature_while_20_agents_sign(
         rec = by_decision[a.decision_id]
         assert rec["seq"] == a.audit_seq
         assert rec["actor"]["id"] == a.agent
-        assert jws_payload(a.jws) == a.payload == rec["payload"].encode()
+        assert unverified_payload(a.jws) == a.payload == rec["payload"].encode()
         assert json.loads(a.payload)["jti"] == a.decision_id
         assert jws_in_store[a.decision_id] == a.jws
         if in_scope(a.agent, a.session_id, a.key_id):
@@ -690,7 +691,7 @@ def test_pending_and_approved_payments_are_frozen_until_unfreeze(
         assert api.unfreeze("global")
         done = api.attempt("agent-1", held_req)
         assert done.signed and done.replayed and done.decision_id == held.decision_id
-        assert jws_payload(done.jws) == held.payload
+        assert unverified_payload(done.jws) == held.payload
         still = api.attempt("agent-1", waiting_req)
         assert (still.code, still.status, still.jws) == ("OK", signer_pb2.PENDING_APPROVAL, "")
 
