@@ -15,13 +15,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import pytest
 
 from tests.helpers import (
     ROOT,
+    Clock,
     Pki,
+    Stack,
     TestToken,
     write_config,
 )
@@ -119,42 +122,66 @@ def config_path(tmp_path: Path, token: TestToken, pki: Pki) -> Path:
 # -- pytest-grpc: its server and channel fixtures, overridden for mutual TLS ----
 
 
-@pytest.fixture(scope="module")
-def stack(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    token: TestToken,
-    pki: Pki,
-) -> Iterator[object]:
-    """Config, store, HSM and service for an in-process server (one per module).
+class MakeStack(Protocol):
+    """``make_stack(packs=…, extra=…, timezone=…)``: see the ``make_stack`` fixture."""
 
-    A test module may set ``STACK_PACKS`` (file name -> pack TOML), ``STACK_EXTRA``
-    (extra config TOML, e.g. groups or assets) and ``STACK_TIMEZONE``.
-    """
+    def __call__(
+        self, *, packs: dict[str, str] | None = None, extra: str = "", timezone: str = "UTC"
+    ) -> Stack: ...
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "stack(packs=None, extra='', timezone='UTC'): what the module's in-process stack "
+        "is made with (the arguments of make_stack)",
+    )
+
+
+@pytest.fixture(scope="module")
+def make_stack(
+    tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki
+) -> Iterator[MakeStack]:
+    """A factory of started stacks (config, store, HSM and service for an in-process
+    server): ``packs`` (file name -> pack TOML), ``extra`` (config TOML, e.g. groups or
+    assets) and ``timezone`` go into the config. Each is stopped when the module ends."""
     from paywarden.signer.api.startup import load_packs, open_hsm
     from paywarden.signer.config_file import load_config
     from paywarden.signer.core.service import SigningService
     from paywarden.signer.store.sqlite import SqliteStore
 
-    from tests.helpers import Clock, Stack
+    with ExitStack() as started:
 
-    path = write_config(
-        tmp_path_factory.mktemp("stack"),
-        token,
-        pki,
-        packs=getattr(request.module, "STACK_PACKS", None),
-        extra=getattr(request.module, "STACK_EXTRA", ""),
-        timezone=getattr(request.module, "STACK_TIMEZONE", "UTC"),
-    )
-    cfg = load_config(path, environ={})
-    store = SqliteStore(cfg.store.path)
-    store.migrate()
-    hsm = open_hsm(cfg)
-    clock = Clock()
-    service = SigningService(cfg, store, hsm, load_packs(cfg), clock=clock.now)
-    yield Stack(cfg, store, hsm, service, clock, service.freezes)
-    hsm.close()
-    store.close()
+        def make(
+            *, packs: dict[str, str] | None = None, extra: str = "", timezone: str = "UTC"
+        ) -> Stack:
+            path = write_config(
+                tmp_path_factory.mktemp("stack"),
+                token,
+                pki,
+                packs=packs,
+                extra=extra,
+                timezone=timezone,
+            )
+            cfg = load_config(path, environ={})
+            store = SqliteStore(cfg.store.path)
+            started.callback(store.close)
+            store.migrate()
+            hsm = open_hsm(cfg)
+            started.callback(hsm.close)
+            clock = Clock()
+            service = SigningService(cfg, store, hsm, load_packs(cfg), clock=clock.now)
+            return Stack(cfg, store, hsm, service, clock, service.freezes)
+
+        yield make
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest, make_stack: MakeStack) -> Stack:
+    """The stack the module's in-process server serves (one per module): the defaults,
+    or what the module asks for with ``pytestmark = pytest.mark.stack(packs=…, …)``."""
+    asked = request.node.get_closest_marker("stack")
+    return make_stack(**(asked.kwargs if asked is not None else {}))
 
 
 @pytest.fixture(scope="module")

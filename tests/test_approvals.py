@@ -69,7 +69,8 @@ max_ttl_seconds = 3600
 max_budget = { USD = "1000.00" }
 """
 
-STACK_PACKS = {"a1.toml": A1_PACK, "a2.toml": A2_PACK}
+PACKS = {"a1.toml": A1_PACK, "a2.toml": A2_PACK}
+pytestmark = pytest.mark.stack(packs=PACKS)
 
 TASK = "Buy datasets for the quarterly report"
 PURPOSE = "the weather dataset for the Q3 report"  # what a request is for, unless a test says

@@ -15,7 +15,7 @@ from paywarden.signer.identity import Principal, Role
 from tests.helpers import Stack
 from tests.support.intents import intent_fields
 
-STACK_PACKS = {
+PACKS = {
     "held.toml": """
 id = "invariants"
 version = 1
@@ -35,6 +35,7 @@ max_ttl_seconds = 3600
 max_budget = { USD = "1000.00" }
 """
 }
+pytestmark = pytest.mark.stack(packs=PACKS)
 
 AGENT = Principal(Role.AGENT, "agent-1")
 PLANNER = Principal(Role.PLANNER, "planner-1")

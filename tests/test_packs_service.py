@@ -120,10 +120,10 @@ max_ttl_seconds = 3600
 max_budget = { USD = "500.00" }
 """
 
-STACK_PACKS = {"core.toml": CORE_PACK, "ops.toml": OPS_PACK}
-STACK_TIMEZONE = "Asia/Kolkata"
-TZ = ZoneInfo(STACK_TIMEZONE)
-STACK_EXTRA = """
+PACKS = {"core.toml": CORE_PACK, "ops.toml": OPS_PACK}
+TIMEZONE = "Asia/Kolkata"
+TZ = ZoneInfo(TIMEZONE)
+EXTRA_CONFIG = """
 [groups]
 ops = ["agent-2", "agent-7"]
 
@@ -131,6 +131,7 @@ ops = ["agent-2", "agent-7"]
 decimals = 2
 case_insensitive_payees = true
 """
+pytestmark = pytest.mark.stack(packs=PACKS, extra=EXTRA_CONFIG, timezone=TIMEZONE)
 
 PAID_BEFORE = ("alpha", "bravo", "charlie", "delta")  # agent-2's history under ops v1
 

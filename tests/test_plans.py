@@ -73,7 +73,8 @@ max_budget = { USD = "500.00" }
 require_plan = true
 """
 
-STACK_PACKS = {"plans.toml": PLANS_PACK, "required.toml": REQUIRED_PACK}
+PACKS = {"plans.toml": PLANS_PACK, "required.toml": REQUIRED_PACK}
+pytestmark = pytest.mark.stack(packs=PACKS)
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION

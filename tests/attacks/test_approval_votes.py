@@ -46,7 +46,8 @@ max_ttl_seconds = 3600
 max_budget = { USD = "5000.00" }
 """
 
-STACK_PACKS = {"votes.toml": PACK}
+PACKS = {"votes.toml": PACK}
+pytestmark = pytest.mark.stack(packs=PACKS)
 
 
 def _pending(dial: Dial, stack: Stack) -> str:

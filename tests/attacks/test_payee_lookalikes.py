@@ -43,7 +43,8 @@ max_ttl_seconds = 3600
 max_budget = { USD = "100.00" }
 """
 
-STACK_PACKS = {"cdn.toml": PACK}
+PACKS = {"cdn.toml": PACK}
+pytestmark = pytest.mark.stack(packs=PACKS)
 
 # The dash family of issue 8: each renders like "-".
 DASHES = ["\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2015", "\u2212", "\ufe63", "\uff0d"]

@@ -48,12 +48,13 @@ max_ttl_seconds = 3600
 max_budget = { MAIL = "100.00" }
 """
 
-STACK_PACKS = {"mail.toml": PACK}
-STACK_EXTRA = """
+PACKS = {"mail.toml": PACK}
+EXTRA_CONFIG = """
 [assets.MAIL]
 decimals = 2
 case_insensitive_payees = true
 """
+pytestmark = pytest.mark.stack(packs=PACKS, extra=EXTRA_CONFIG)
 
 # (payee as an attacker writes it, the allowed payee it folds onto)
 ATTACKS = [

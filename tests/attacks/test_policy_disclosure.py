@@ -14,6 +14,7 @@ import json
 from functools import partial
 from typing import Any
 
+import pytest
 from paywarden.signer.core.disclosure import AGENT_MESSAGES
 from paywarden.v1 import (
     approvals_pb2,
@@ -72,7 +73,8 @@ max_ttl_seconds = 3600
 max_budget = { USD = "5000.00" }
 """
 
-STACK_PACKS = {"a1.toml": AGENT1_PACK, "a2.toml": AGENT2_PACK}
+PACKS = {"a1.toml": AGENT1_PACK, "a2.toml": AGENT2_PACK}
+pytestmark = pytest.mark.stack(packs=PACKS)
 
 
 # What this module's agents ask to sign, unless a test says otherwise.

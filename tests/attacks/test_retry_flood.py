@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from paywarden.signer.core.refusals import RefusalLog
 from paywarden.signer.identity import Principal, Role
 from paywarden.v1 import (
@@ -72,7 +73,8 @@ max_ttl_seconds = 3600
 max_budget = { USD = "1000.00" }
 """
 
-STACK_PACKS = {"retry.toml": PACK}
+PACKS = {"retry.toml": PACK}
+pytestmark = pytest.mark.stack(packs=PACKS)
 
 
 # What this module's agent asks to sign (the longest purpose a request may carry), and
@@ -100,7 +102,7 @@ def test_thousand_replays_of_a_signed_request_add_a_bounded_number_of_records(
     tmp_path: Path, token: TestToken, pki: Pki
 ) -> None:
     db = tmp_path / "state.db"
-    with running_api(write_config(tmp_path, token, pki, packs=STACK_PACKS), pki) as (srv, client):
+    with running_api(write_config(tmp_path, token, pki, packs=PACKS), pki) as (srv, client):
         signer = client.signer
         sid = open_session(client.planner, "agent-1", "1000.00", timeout=TIMEOUT)
         request = retry_request(sid, amount="10.00")
@@ -143,7 +145,7 @@ def test_retries_that_change_state_are_recorded_in_full_among_counted_repeats(
 ) -> None:
     db = tmp_path / "state.db"
     polls = 50
-    with running_api(write_config(tmp_path, token, pki, packs=STACK_PACKS), pki) as (srv, client):
+    with running_api(write_config(tmp_path, token, pki, packs=PACKS), pki) as (srv, client):
         signer, approvals = client.signer, client.approver("approver-1")
         sid = open_session(client.planner, "agent-1", "1000.00", timeout=TIMEOUT)
         held, refused = retry_request(sid, amount="150.00"), retry_request(sid, amount="120.00")
