@@ -10,8 +10,6 @@ Time only moves through ``stack.clock``.
 from __future__ import annotations
 
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -23,7 +21,7 @@ from paywarden.v1 import (
 )
 
 from tests.helpers import Stack, sha256_hex
-from tests.support.clients import Api, jws_payload
+from tests.support.clients import Api, jws_payload, sign_at_once
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused
 from tests.support.sessions import open_session, spent
@@ -224,14 +222,8 @@ def test_concurrent_retries_after_approval_get_one_signature(api: Api, stack: St
         api, stack, sid, amount="120.00", reference="inv-7", purpose=PURPOSE, expires_in=120
     )
     approve(api, resp.approval_id, "approver-2")
-    barrier = threading.Barrier(20)
-
-    def retry(_: int) -> signer_pb2.SignResponse:
-        barrier.wait()
-        return api.signer.Sign(request)
-
-    with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(retry, range(20)))
+    results, errors = sign_at_once(api.signer, [request] * 20)
+    assert not errors
     assert {r.status for r in results} == {signer_pb2.SIGNED}
     assert len({r.jws for r in results}) == 1
     assert {r.decision_id for r in results} == {resp.decision_id}

@@ -22,8 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,7 +31,7 @@ import pytest
 from paywarden.v1 import signer_pb2
 
 from tests.helpers import Stack, new_nonce, reason_of, sha256_hex
-from tests.support.clients import Api, is_signed
+from tests.support.clients import Api, is_signed, sign_at_once
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused, decision_id_of
 from tests.support.sessions import open_request, open_session, spent
@@ -770,20 +768,7 @@ def test_concurrent_signs_never_pass_the_daily_limit(api: Api, stack: Stack) -> 
     # 190.00 of the 200.00 daily limit is spent; a has 30.00 and b 80.00 of budget left
     requests = [sign_request(stack, (a, b)[i % 2], amount="1.00") for i in range(50)]
     assert len({r.intent.nonce for r in requests}) == 50
-    barrier = threading.Barrier(50)
-
-    def attempt(request: signer_pb2.SignRequest) -> signer_pb2.SignResponse | grpc.RpcError:
-        barrier.wait()
-        try:
-            return api.signer.Sign(request)
-        except grpc.RpcError as err:
-            return err
-
-    with ThreadPoolExecutor(50) as pool:
-        results = list(pool.map(attempt, requests))
-
-    ok = [r for r in results if isinstance(r, signer_pb2.SignResponse)]
-    errors = [r for r in results if isinstance(r, grpc.RpcError)]
+    ok, errors = sign_at_once(api.signer, requests)
     assert len(ok) == 10
     assert all(is_signed(r) for r in ok)
     assert [(e.code(), reason_of(e)) for e in errors] == [(DENIED, "DAILY_LIMIT_EXCEEDED")] * 40

@@ -10,8 +10,6 @@ code and reason code (``paywarden-reason``).
 from __future__ import annotations
 
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -23,7 +21,7 @@ from paywarden.v1 import (
 )
 
 from tests.helpers import Stack, reason_of
-from tests.support.clients import Api, is_signed
+from tests.support.clients import Api, is_signed, sign_at_once
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused, decision_id_of
 from tests.support.sessions import get_session, open_request, opened_session, spent
@@ -295,19 +293,7 @@ def test_a_payment_uses_the_line_that_leaves_the_plan_most_room(api: Api, stack:
 def test_concurrent_payments_never_overuse_a_line(api: Api, stack: Stack) -> None:
     sid = executing(api, [("acme-data", "USD", "5.00", 3)])
     requests = [sign_request(stack, sid, amount="1.00") for _ in range(20)]
-    barrier = threading.Barrier(20)
-
-    def attempt(request: signer_pb2.SignRequest) -> signer_pb2.SignResponse | grpc.RpcError:
-        barrier.wait()
-        try:
-            return api.signer.Sign(request)
-        except grpc.RpcError as err:
-            return err
-
-    with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(attempt, requests))
-    ok = [r for r in results if isinstance(r, signer_pb2.SignResponse)]
-    errors = [r for r in results if isinstance(r, grpc.RpcError)]
+    ok, errors = sign_at_once(api.signer, requests)
     assert len(ok) == 3
     assert all(is_signed(r) for r in ok)
     assert [(e.code(), reason_of(e)) for e in errors] == [(DENIED, "PLAN_NO_MATCH")] * 17

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -22,7 +20,7 @@ from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, signer_pb2
 
 from tests.helpers import Stack, b64url_decode, new_nonce, reason_of
-from tests.support.clients import Api
+from tests.support.clients import Api, sign_at_once
 from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused, decision_id_of
 from tests.support.sessions import get_session, opened_session, spent
@@ -196,20 +194,7 @@ def test_concurrent_signs_never_overspend(api: Api, stack: Stack) -> None:
     api.signer.Sign(sign_request(stack, sid, amount="7.00", purpose=PURPOSE))
     requests = [sign_request(stack, sid, amount="0.25", purpose=PURPOSE) for _ in range(50)]
     assert len({r.intent.nonce for r in requests}) == 50
-    barrier = threading.Barrier(50)
-
-    def attempt(request: signer_pb2.SignRequest) -> signer_pb2.SignResponse | grpc.RpcError:
-        barrier.wait()
-        try:
-            return api.signer.Sign(request)
-        except grpc.RpcError as err:
-            return err
-
-    with ThreadPoolExecutor(50) as pool:
-        results = list(pool.map(attempt, requests))
-
-    signed = [r for r in results if isinstance(r, signer_pb2.SignResponse)]
-    errors = [r for r in results if isinstance(r, grpc.RpcError)]
+    signed, errors = sign_at_once(api.signer, requests)
     assert len(signed) == 12
     assert [(e.code(), reason_of(e)) for e in errors] == [(DENIED, "BUDGET_EXCEEDED")] * 38
     assert len({r.decision_id for r in signed}) == 12

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -169,6 +171,26 @@ def jws_payload(signer: signer_pb2_grpc.SignerStub, token: str) -> bytes:
     keys = KeySet.import_key_set(json.loads(jwks))
     payload: bytes = jws.deserialize_compact(token, keys, algorithms=["ES256"]).payload
     return payload
+
+
+def sign_at_once(
+    signer: signer_pb2_grpc.SignerStub, requests: Sequence[signer_pb2.SignRequest]
+) -> tuple[list[signer_pb2.SignResponse], list[grpc.RpcError]]:
+    """Sends every request at the same moment (a thread each, released together): the
+    responses, and the errors the other calls raised, each in request order."""
+    barrier = threading.Barrier(len(requests))
+
+    def attempt(request: signer_pb2.SignRequest) -> signer_pb2.SignResponse | grpc.RpcError:
+        barrier.wait()
+        try:
+            return signer.Sign(request)
+        except grpc.RpcError as err:
+            return err
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        results = list(pool.map(attempt, requests))
+    answers = [r for r in results if isinstance(r, signer_pb2.SignResponse)]
+    return answers, [r for r in results if isinstance(r, grpc.RpcError)]
 
 
 def is_signed(resp: signer_pb2.SignResponse) -> bool:
