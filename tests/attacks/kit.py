@@ -11,6 +11,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from paywarden.policy.engine import AgentFacts, Facts, SessionFacts
+from paywarden.policy.payees import normalise
+from paywarden.policy.vocabulary import Phase, SessionState
 from paywarden.signer.identity import Principal, Role
 
 from tests.support.cli import audit_verify
@@ -24,6 +27,33 @@ OPERATOR = Principal(Role.OPERATOR, "operator-1")
 # The payment the in-process attack tests ask for: a USD 0.60 dataset; the session and
 # expiry (and a nonce, when one matters) are said at the call site.
 dataset_fields = partial(intent_fields, payee="weather-data-inc", amount="0.60", purpose="dataset")
+
+
+def signer_facts(payee_text: str, asset: str, *, case_insensitive: bool) -> Facts:
+    """Facts for a payment of 100 minor units to ``payee_text`` in an open session, as
+    signer/core/facts.py builds them: ``payee`` is the folded key, ``payee_text`` as written."""
+    return Facts(
+        now=1_750_000_000,
+        minute_of_day=600,
+        agent_id="agent-1",
+        payee=normalise(payee_text, case_insensitive=case_insensitive),
+        asset=asset,
+        amount_minor=100,
+        key_id="payments.v1",
+        session=SessionFacts(
+            session_id="s-1",
+            agent_id="agent-1",
+            state=SessionState.OPEN,
+            phase=Phase.NORMAL,
+            expires_at=1_750_003_600,
+            budgets_minor={asset: 10_000},
+            spent_minor={asset: 0},
+            allowed_payees=frozenset(),
+        ),
+        agent=AgentFacts(),
+        decimals=2,
+        payee_text=payee_text,
+    )
 
 
 def audit_log(db: Path) -> list[dict[str, Any]]:

@@ -29,20 +29,18 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paywarden.policy import (
-    AgentFacts,
     Asset,
     Facts,
     PackError,
     PolicyPack,
-    SessionFacts,
     Verdict,
     compile_pack,
     evaluate,
     load_pack,
-    normalise,
 )
-from paywarden.policy.vocabulary import Phase, SessionState
 from paywarden.signer.cli import commands
+
+from tests.attacks.kit import signer_facts
 
 EXAMPLES = int(os.environ.get("PAYWARDEN_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
@@ -358,29 +356,7 @@ def reference_denies(case: Case) -> bool:
 
 def facts(payee: str, asset: str, *, ci: bool) -> Facts:
     """As signer/core/facts.py builds them: the key, and the payee as written."""
-    text = unicodedata.normalize("NFC", payee)
-    return Facts(
-        now=1_750_000_000,
-        minute_of_day=600,
-        agent_id="agent-1",
-        payee=normalise(text, case_insensitive=ci),
-        asset=asset,
-        amount_minor=100,
-        key_id="payments.v1",
-        session=SessionFacts(
-            session_id="s-1",
-            agent_id="agent-1",
-            state=SessionState.OPEN,
-            phase=Phase.NORMAL,
-            expires_at=1_750_003_600,
-            budgets_minor={asset: 10_000},
-            spent_minor={asset: 0},
-            allowed_payees=frozenset(),
-        ),
-        agent=AgentFacts(),
-        decimals=2,
-        payee_text=text,
-    )
+    return signer_facts(unicodedata.normalize("NFC", payee), asset, case_insensitive=ci)
 
 
 def compiled_case(case: Case) -> tuple[object, str]:

@@ -19,12 +19,11 @@ from typing import Any
 import grpc
 import pytest
 from paywarden.policy import AllOf, Asset, Verdict, check_session, compile_pack, evaluate
-from paywarden.policy.engine import AgentFacts, Facts, SessionFacts
 from paywarden.policy.packs import PolicyPack, PolicyPackModel
 from paywarden.policy.payees import normalise
-from paywarden.policy.vocabulary import Phase, SessionState
 from paywarden.v1 import signer_pb2
 
+from tests.attacks.kit import signer_facts
 from tests.helpers import Stack, reason_of
 from tests.support.clients import Api
 from tests.support.intents import sign_request
@@ -124,38 +123,15 @@ def _policy() -> tuple[AllOf, PolicyPack]:
     return compile_pack(pack, {"MAIL": Asset("MAIL", 2, case_insensitive=True)}), pack
 
 
-def _facts(payee: str) -> Facts:
-    # As signer/core/facts.py builds them: payee is the folded key, payee_text as written.
-    return Facts(
-        now=1_750_000_000,
-        minute_of_day=600,
-        agent_id="agent-1",
-        payee=normalise(payee, case_insensitive=True),
-        asset="MAIL",
-        amount_minor=100,
-        key_id="payments.v1",
-        session=SessionFacts(
-            session_id="s-1",
-            agent_id="agent-1",
-            state=SessionState.OPEN,
-            phase=Phase.NORMAL,
-            expires_at=1_750_003_600,
-            budgets_minor={"MAIL": 10_000},
-            spent_minor={"MAIL": 0},
-            allowed_payees=frozenset(),
-        ),
-        agent=AgentFacts(),
-        decimals=2,
-        payee_text=payee,
-    )
-
-
 @pytest.mark.parametrize(("payee", "allowed"), ATTACKS)
 def test_policy_refuses_the_folded_spelling_on_the_signers_facts(payee: str, allowed: str) -> None:
     policy, pack = _policy()
-    decision = evaluate(policy, _facts(payee))
+    decision = evaluate(policy, signer_facts(payee, "MAIL", case_insensitive=True))
     assert (decision.verdict, decision.reason) == (Verdict.DENY, "PAYEE_NOT_CANONICAL")
-    assert evaluate(policy, _facts(allowed.title())).verdict is Verdict.ALLOW
+    assert (
+        evaluate(policy, signer_facts(allowed.title(), "MAIL", case_insensitive=True)).verdict
+        is Verdict.ALLOW
+    )
     violation = check_session(
         pack, {"MAIL": Asset("MAIL", 2, True)}, {"MAIL": 100}, 60, [payee], plan_bound=False
     )
@@ -172,7 +148,10 @@ def test_non_ascii_payee_already_in_folded_form_is_still_paid() -> None:
     policy = compile_pack(
         PolicyPack(model, "0" * 64, "mail.toml"), {"MAIL": Asset("MAIL", 2, case_insensitive=True)}
     )
-    assert evaluate(policy, _facts("müller@example.de")).verdict is Verdict.ALLOW
+    assert (
+        evaluate(policy, signer_facts("müller@example.de", "MAIL", case_insensitive=True)).verdict
+        is Verdict.ALLOW
+    )
     # but its upper-case Ü would be folded by more than ASCII lower-casing
-    refused = evaluate(policy, _facts("MÜLLER@example.de"))
+    refused = evaluate(policy, signer_facts("MÜLLER@example.de", "MAIL", case_insensitive=True))
     assert (refused.verdict, refused.reason) == (Verdict.DENY, "PAYEE_NOT_CANONICAL")
