@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,7 @@ from tests.helpers import (
     trailing_metadata,
     write_config,
 )
+from tests.support.cli import paywarden
 from tests.support.clients import running_api
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session, spent
@@ -188,16 +190,8 @@ def test_hsm_unavailable_fails_closed_and_recovers(tmp_path: Path, pki: Pki) -> 
 def test_serve_refuses_a_bad_config_naming_the_setting(
     tmp_path: Path, token: TestToken, pki: Pki
 ) -> None:
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT
-
     bad = write_config(tmp_path, token, pki, extra="\n[limits2]\nx = 1\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(bad)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    proc = paywarden("serve", "--config", bad, timeout=60)
     assert proc.returncode == 2
     assert "limits2" in proc.stderr
     assert token.pin not in proc.stderr + proc.stdout
@@ -256,19 +250,16 @@ def test_serve_names_bad_tls_material(
     make_bad: object,
     expected: str,
 ) -> None:
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT
-
     config = write_config(tmp_path, token, pki)
     bad = tmp_path / "bad.pem"
     make_bad(pki, bad)  # type: ignore[operator]
-    proc = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-        env={**__import__("os").environ, f"PAYWARDEN_SERVER__{setting}": str(bad)},
-    )  # fmt: skip
+    proc = paywarden(
+        "serve",
+        "--config",
+        config,
+        env={**os.environ, f"PAYWARDEN_SERVER__{setting}": str(bad)},
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr
 

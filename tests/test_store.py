@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +21,8 @@ from paywarden.signer.store.records import (
 from paywarden.signer.store.schema import SCHEMA_VERSION
 from paywarden.signer.store.sqlite import SqliteStore
 
-from tests.helpers import ROOT, Pki, TestToken, write_config
+from tests.helpers import Pki, TestToken, write_config
+from tests.support.cli import paywarden
 
 USD2 = {"USD": 2}
 EVENT = {"action": "test", "time": 1, "actor": {"role": "system", "id": "test"}}
@@ -202,24 +201,15 @@ def test_store_cli_inspection_and_export(tmp_path: Path, token: TestToken, pki: 
     store.migrate()
     store.create_session(_session(), USD2, EVENT)
     store.close()
-    run = [sys.executable, "-m", "paywarden.signer.cli"]
-    info = subprocess.run(
-        [*run, "store-info", "--config", str(config)], cwd=ROOT, capture_output=True, text=True
-    )
+    info = paywarden("store-info", "--config", config)
     assert info.returncode == 0, info.stderr
     assert f"schema version {SCHEMA_VERSION}" in info.stdout
     assert "sessions: 1 rows" in info.stdout
-    export = subprocess.run(
-        [*run, "store-export", "--config", str(config), "--table", "sessions"],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+    export = paywarden("store-export", "--config", config, "--table", "sessions")
     assert export.returncode == 0, export.stderr
     rows = [json.loads(line) for line in export.stdout.splitlines()]
     assert [r["id"] for r in rows] == [_session().id]
-    missing = subprocess.run(
-        [*run, "store-export", "--config", str(config), "--table", "nope"],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+    missing = paywarden("store-export", "--config", config, "--table", "nope")
     assert missing.returncode == 1 and "nope" in missing.stderr
 
 
@@ -278,10 +268,7 @@ def test_serve_refuses_to_start_when_an_asset_changed_decimals(
     store.migrate()
     store.create_session(_session(), {"USD": 3}, EVENT)  # written when USD had 3 decimals
     store.close()
-    proc = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    proc = paywarden("serve", "--config", config, timeout=60)
     assert proc.returncode == 2
     assert "assets.USD.decimals" in proc.stderr
 

@@ -20,7 +20,6 @@ import resource
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -32,7 +31,6 @@ from paywarden.v1 import signer_pb2
 
 from tests.conftest import make_token
 from tests.helpers import (
-    ROOT,
     Pki,
     ServeProcess,
     TestToken,
@@ -40,6 +38,7 @@ from tests.helpers import (
     trailing_metadata,
     write_config,
 )
+from tests.support.cli import paywarden
 from tests.support.clients import Api, running_api
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session
@@ -200,11 +199,13 @@ def test_wrong_pin_at_start_serves_nothing_and_never_shows_the_pin(
     wrong = tmp_path / "wrong.pin"
     wrong.write_text("not-the-pin-" + fault_token.pin[::-1] + "\n", encoding="utf-8")
     wrong.chmod(0o600)
-    proc = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    proc = paywarden(
+        "serve",
+        "--config",
+        config,
         env={**os.environ, "PAYWARDEN_HSM__PIN_FILE": str(wrong)},
-    )  # fmt: skip
+        timeout=60,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "paywarden: serving on" not in out
@@ -334,11 +335,7 @@ def test_read_only_store_at_start_serves_nothing_and_names_the_store(
         assert api.sign(fault_intent(session_id), timeout=RPC_TIMEOUT).jws
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk.dir)], check=True)
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-            env={**os.environ, **env},
-        )  # fmt: skip
+        proc = paywarden("serve", "--config", config, env={**os.environ, **env}, timeout=60)
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk.dir)], check=True)
     out = proc.stdout + proc.stderr
