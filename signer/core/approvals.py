@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from paywarden.policy.vocabulary import ApprovalStatus
+from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Vote
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.deps import Deps, require, store_call
 from paywarden.signer.core.validation import clean_text
@@ -89,7 +89,7 @@ class Approvals:
             "approval.refused",
             caller,
             self._deps.now(),
-            vote="approve" if approve else "deny",
+            vote=Vote.APPROVE if approve else Vote.DENY,
             reason=str(exc.reason),
             message=exc.message,
             untrusted={"approval_id": approval_id[:100], "note": note[:MAX_NOTE]},
@@ -118,21 +118,25 @@ class Approvals:
                         Reason.APPROVER_IS_PLANNER,
                         "an approver cannot approve a payment in a session it opened",
                     )
-                if view.state == "expired" and view.approval.status != "expired":
-                    tx.set_approval_status(approval_id, "expired", now)
-                    tx.set_reservation(view.decision.id, "released")
-                if view.state != "pending":
+                if (
+                    view.state == ApprovalStatus.EXPIRED
+                    and view.approval.status != ApprovalStatus.EXPIRED
+                ):
+                    tx.set_approval_status(approval_id, ApprovalStatus.EXPIRED, now)
+                    tx.set_reservation(view.decision.id, ReservationStatus.RELEASED)
+                if view.state != ApprovalStatus.PENDING:
                     raise SessionNotUsable(
                         Reason.APPROVAL_NOT_PENDING, f"the approval is {view.state}"
                     )
-                tx.add_vote(approval_id, caller.id, "approve" if approve else "deny", now, note)
+                vote = Vote.APPROVE if approve else Vote.DENY
+                tx.add_vote(approval_id, caller.id, vote, now, note)
                 after = tx.approval(approval_id)
                 assert after is not None
                 if not approve:
-                    tx.set_approval_status(approval_id, "denied", now)
-                    tx.set_reservation(view.decision.id, "released")
+                    tx.set_approval_status(approval_id, ApprovalStatus.DENIED, now)
+                    tx.set_reservation(view.decision.id, ReservationStatus.RELEASED)
                 elif len(after.approved_by) >= after.required:
-                    tx.set_approval_status(approval_id, "approved", now)
+                    tx.set_approval_status(approval_id, ApprovalStatus.APPROVED, now)
                 final = self._approval_view(tx, approval_id, now)
                 tx.audit(
                     audit_events.event(
@@ -150,7 +154,7 @@ class Approvals:
                 return final
 
         view = store_call(run)
-        if view.state in ("approved", "denied"):
+        if view.state in (ApprovalStatus.APPROVED, ApprovalStatus.DENIED):
             self._metrics.approval(view.state)
         log.info(
             "approval vote",

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from paywarden.policy.vocabulary import Outcome
 from paywarden.signer.identity import Principal
 from paywarden.signer.store.records import DecisionRecord
 
@@ -41,7 +42,7 @@ def decision_fields(record: DecisionRecord, amount: str) -> dict[str, Any]:
         "outcome": record.outcome,
         "reason": record.reason,
         "message": record.message,
-        "denied_by": [r["reason"] for r in trace if r.get("outcome") == "deny"],
+        "denied_by": [r["reason"] for r in trace if r.get("outcome") == Outcome.DENY],
         "trace": trace,
         "pack": json.loads(record.pack_json or "{}"),
         "key_id": record.key_id,

@@ -16,7 +16,13 @@ from dataclasses import dataclass, replace
 
 from paywarden.policy import AllOf, Decision, Facts, PolicyPack, Verdict, evaluate, normalise
 from paywarden.policy.breaker import breaker_denial, breaker_trips
-from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus
+from paywarden.policy.vocabulary import (
+    ApprovalStatus,
+    FreezeScope,
+    FreezeSource,
+    ReservationStatus,
+    SessionState,
+)
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.deps import Deps
 from paywarden.signer.core.facts import day_start, payment_facts
@@ -117,7 +123,7 @@ class Decider:
         if freeze is not None:
             # The agent learns the scope, never the operator's reason (which may
             # well be about the agent) nor other principals' names.
-            by = "the circuit breaker" if freeze.source == "breaker" else "an operator"
+            by = "the circuit breaker" if freeze.source == FreezeSource.BREAKER else "an operator"
             raise SessionNotUsable(Reason.FROZEN, f"signing is frozen ({freeze.scope}) by {by}")
         # Only after session binding, and only the caller's own nonces: an agent
         # learns nothing about other agents' nonces. A nonce is still signed at
@@ -131,7 +137,7 @@ class Decider:
                     "this nonce was already used for a different request",
                 )
             return previous
-        if session.state(now) == "open":
+        if session.state(now) == SessionState.OPEN:
             check_expiry(
                 intent.expires_at, now, self._deps.limits.max_expiry_seconds, session.expires_at
             )
@@ -304,7 +310,7 @@ class Decider:
         """Once committed: the metrics, and the freeze view if the breaker froze."""
         if froze is not None:
             self._refusals.freezes_changed()
-            self._metrics.froze("agent", caller.id, "breaker", now)
+            self._metrics.froze(FreezeScope.AGENT, caller.id, FreezeSource.BREAKER, now)
             log.warning("circuit breaker froze an agent", extra={"reason": froze})
         record = decided.record
         self._metrics.decided(record.outcome, record.reason)

@@ -20,7 +20,7 @@ from paywarden.signer.store.records import Freeze
 # The kill switch and the checkpoints log under the name they had before the split.
 log = logging.getLogger("paywarden.signer.core.control")
 
-SCOPES = ("global", "agent", "session", "key")
+SCOPES = tuple(FreezeScope)
 MAX_REASON = 1024
 
 
@@ -33,29 +33,33 @@ class Freezes:
         self._metrics = deps.metrics
         self._unfrozen = unfrozen
 
-    def _target(self, scope: str, target: str) -> str:
+    def _target(self, scope: str, target: str) -> tuple[FreezeScope, str]:
+        """The scope and the target, checked."""
         if scope not in SCOPES:
             raise InvalidInput(Reason.STRING_INVALID, f"scope must be one of {', '.join(SCOPES)}")
-        if scope == "global":
+        return FreezeScope(scope), self._checked_target(FreezeScope(scope), target)
+
+    def _checked_target(self, scope: FreezeScope, target: str) -> str:
+        if scope == FreezeScope.GLOBAL:
             if target:
                 raise InvalidInput(Reason.STRING_INVALID, "a global freeze has no target")
             return ""
-        if scope == "agent" and not PRINCIPAL_ID.fullmatch(target):
+        if scope == FreezeScope.AGENT and not PRINCIPAL_ID.fullmatch(target):
             raise InvalidInput(Reason.STRING_INVALID, "target is not an agent id")
-        if scope == "session":
+        if scope == FreezeScope.SESSION:
             return parse_session_id(target)
-        if scope == "key" and target not in self._deps.payment_keys:
+        if scope == FreezeScope.KEY and target not in self._deps.payment_keys:
             raise InvalidInput(Reason.UNKNOWN_KEY, "target is not a payment key of this signer")
         return target
 
     def freeze(
-        self, caller: Principal, scope: str, target: str, reason: str
+        self, caller: Principal, requested_scope: str, target: str, reason: str
     ) -> tuple[Freeze, bool]:
-        target = self._target(scope, target)
+        scope, target = self._target(requested_scope, target)
         reason = clean_text("reason", reason, max_len=MAX_REASON)
         now = self._deps.now()
         freeze = Freeze(
-            FreezeScope(scope),
+            scope,
             target,
             reason,
             f"{caller.role}/{caller.id}",
@@ -67,15 +71,15 @@ class Freezes:
         )
         created = control_store_call(lambda: self._store.set_freeze(freeze, event))
         if created:
-            self._metrics.froze(scope, target, "operator", now)
+            self._metrics.froze(scope, target, FreezeSource.OPERATOR, now)
             log.warning("freeze set", extra={"reason": reason})
         current = next(
             (f for f in self.freezes() if f.scope == scope and f.target == target), freeze
         )
         return current, created
 
-    def unfreeze(self, caller: Principal, scope: str, target: str, reason: str) -> bool:
-        target = self._target(scope, target)
+    def unfreeze(self, caller: Principal, requested_scope: str, target: str, reason: str) -> bool:
+        scope, target = self._target(requested_scope, target)
         reason = clean_text("reason", reason, max_len=MAX_REASON)
         now = self._deps.now()
         event = audit_events.event(

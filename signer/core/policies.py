@@ -18,7 +18,7 @@ from paywarden.policy import (
     no_pack_policy,
     pack_changed_policy,
 )
-from paywarden.policy.vocabulary import Asset
+from paywarden.policy.vocabulary import Asset, Phase
 from paywarden.signer.store.records import SessionRecord
 
 _MAX_SESSION_FITS = 10_000  # (session, pack) checks remembered
@@ -57,7 +57,7 @@ class Policies:
             session.budgets_minor,
             session.expires_at - session.created_at,
             session.allowed_payees,
-            session.phase != "normal",
+            session.phase != Phase.NORMAL,
         )
         why = None
         if violation is not None:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from paywarden.policy.vocabulary import FreezeScope
 from paywarden.signer.identity import Principal
 from paywarden.signer.store.records import Freeze
 
@@ -82,17 +83,17 @@ class FreezeView:
         finally:
             self._reload.release()
 
-    def frozen(self, agent_id: str, key_id: str) -> str | None:
+    def frozen(self, agent_id: str, key_id: str) -> FreezeScope | None:
         """The scope that freezes this agent or key (raw key text: an unknown key
         simply matches nothing), or None. Session freezes are left to the
         transaction, after session binding."""
         scopes = self._scopes
-        if ("global", "") in scopes:
-            return "global"
-        if ("agent", agent_id) in scopes:
-            return "agent"
-        if key_id and ("key", key_id) in scopes:
-            return "key"
+        if (FreezeScope.GLOBAL, "") in scopes:
+            return FreezeScope.GLOBAL
+        if (FreezeScope.AGENT, agent_id) in scopes:
+            return FreezeScope.AGENT
+        if key_id and (FreezeScope.KEY, key_id) in scopes:
+            return FreezeScope.KEY
         return None
 
 

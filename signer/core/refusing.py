@@ -169,7 +169,7 @@ class Refusals:
         before the unfreeze included, as the store restarts the window of its decisions.
         Only the operator's act says so: the cached freeze view may never have seen
         the breaker's freeze at all."""
-        if scope == "agent":
+        if scope == FreezeScope.AGENT:
             self._count.reset(target)
         self._freeze_view.invalidate()
 
@@ -194,7 +194,7 @@ class Refusals:
             return
         self._freeze_view.invalidate()
         if created:
-            self._metrics.froze("agent", caller.id, "breaker", now)
+            self._metrics.froze(FreezeScope.AGENT, caller.id, FreezeSource.BREAKER, now)
             log.warning("circuit breaker froze an agent", extra={"reason": freeze.reason})
 
     def _audit_refusal(self, caller: Principal, fields: IntentFields, exc: PaywardenError) -> None:
@@ -241,7 +241,7 @@ def breaker_freeze(
         FreezeScope.AGENT,
         caller.id,
         f"circuit breaker: {why}",
-        "breaker",
+        FreezeSource.BREAKER,  # the actor
         FreezeSource.BREAKER,
         now,
     )
@@ -249,7 +249,7 @@ def breaker_freeze(
         "breaker.freeze",
         None,
         now,
-        scope="agent",
+        scope=FreezeScope.AGENT,
         target=caller.id,
         reason=freeze.reason,
         pack_id=pack_id,

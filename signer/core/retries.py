@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from paywarden.policy.vocabulary import ApprovalStatus, Verdict
+from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, SessionState, Verdict
 from paywarden.signer.errors import Reason
 from paywarden.signer.store.protocols import PaymentTx
 from paywarden.signer.store.records import (
@@ -31,21 +31,21 @@ def answer_retry(
     on retry only while its session is open and its payload unexpired;
     otherwise its reservation is released and the retry is denied.
     """
-    if previous.outcome == "deny" or previous.jws is not None:
+    if previous.outcome == Verdict.DENY or previous.jws is not None:
         return previous, None, True, False
     approval = None
-    if previous.outcome == "pending":
+    if previous.outcome == Verdict.NEEDS_APPROVAL:
         approval = tx.approval_for_decision(previous.id)
         if approval is None:
             raise InvariantBroken(f"pending decision {previous.id} has no approval")
-        if approval.status == "denied":
+        if approval.status == ApprovalStatus.DENIED:
             # Who denied it and why are for humans (approvers' views, the vote's
             # audit record): neither goes into the answer, even before redaction.
             reason, message = Reason.APPROVAL_DENIED, "an approver denied it"
             return _denied(previous, reason, message), approval, True, False
     held = approval is not None
     refusal = _unsignable(session, previous, now, held=held)
-    if approval is not None and approval.status == "expired":
+    if approval is not None and approval.status == ApprovalStatus.EXPIRED:
         refusal = refusal or (Reason.APPROVAL_EXPIRED, "approval expired")
         return _denied(previous, *refusal), approval, True, False
     if refusal is not None:
@@ -55,29 +55,29 @@ def answer_retry(
             tx.set_approval_status(approval.id, ApprovalStatus.EXPIRED, now)
             approval = replace(approval, status=ApprovalStatus.EXPIRED)
             changed = True
-        changed = tx.set_reservation(previous.id, "released") or changed
+        changed = tx.set_reservation(previous.id, ReservationStatus.RELEASED) or changed
         return _denied(previous, *refusal), approval, True, changed
-    if approval is not None and approval.status == "pending":
+    if approval is not None and approval.status == ApprovalStatus.PENDING:
         return previous, approval, True, False
-    tx.set_reservation(previous.id, "spent")  # an approved hold becomes spend
+    tx.set_reservation(previous.id, ReservationStatus.SPENT)  # an approved hold becomes spend
     return previous, approval, True, True  # and is signed now
 
 
 def _unsignable(
     session: SessionRecord, decision: DecisionRecord, now: int, *, held: bool
-) -> tuple[str, str] | None:
+) -> tuple[Reason, str] | None:
     """Why a recorded, unsigned decision can no longer be signed (or None)."""
     state = session.state(now)
-    if state == "closed":
-        return "SESSION_CLOSED", "the session was closed before the payment was signed"
-    if state == "expired":
-        return "SESSION_EXPIRED", "the session expired before the payment was signed"
+    if state == SessionState.CLOSED:
+        return Reason.SESSION_CLOSED, "the session was closed before the payment was signed"
+    if state == SessionState.EXPIRED:
+        return Reason.SESSION_EXPIRED, "the session expired before the payment was signed"
     if now >= decision.expires_at:
         if held:
             return Reason.APPROVAL_EXPIRED, "approval expired with the payment"
-        return "EXPIRY_IN_PAST", "the payment expired before it was signed"
+        return Reason.EXPIRY_IN_PAST, "the payment expired before it was signed"
     return None
 
 
-def _denied(record: DecisionRecord, reason: str, message: str) -> DecisionRecord:
+def _denied(record: DecisionRecord, reason: Reason, message: str) -> DecisionRecord:
     return replace(record, outcome=Verdict.DENY, reason=reason, message=message)

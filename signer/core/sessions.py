@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from paywarden.policy import check_session
-from paywarden.policy.vocabulary import Phase
+from paywarden.policy.vocabulary import Phase, SessionState
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.deps import Deps, amount_text, require, store_call
 from paywarden.signer.core.plans import PlanInput, validate_plan
@@ -150,7 +150,7 @@ class Sessions:
         require(caller, Role.PLANNER)
         now = self._deps.now()
         record = self._visible_session(caller, session_id, now)
-        if record.phase != "explore" or record.state(now) != "open":
+        if record.phase != Phase.EXPLORE or record.state(now) != SessionState.OPEN:
             raise SessionNotUsable(
                 Reason.SESSION_NOT_EXPLORING,
                 "only an open plan-bound session in its explore phase can commit a plan",

@@ -16,6 +16,7 @@ import time
 from typing import NoReturn
 
 from paywarden.hsm import HsmError, HsmUnavailable
+from paywarden.policy.vocabulary import ApprovalStatus, FreezeScope, Verdict
 from paywarden.signer.core.deciding import Decider
 from paywarden.signer.core.deps import Deps, require, store_call
 from paywarden.signer.core.disclosure import agent_facing
@@ -40,7 +41,11 @@ from paywarden.signer.store.records import DecisionRecord
 
 log = logging.getLogger("paywarden.signer")
 
-_SESSION_REASONS = {"SESSION_CLOSED", "SESSION_EXPIRED", "SESSION_IN_EXPLORE_PHASE"}
+_SESSION_REASONS = {
+    Reason.SESSION_CLOSED,
+    Reason.SESSION_EXPIRED,
+    Reason.SESSION_IN_EXPLORE_PHASE,
+}
 
 
 class Signing:
@@ -95,7 +100,11 @@ class Signing:
         record, approval, seq = decided.record, decided.approval, decided.audit_seq
         if decided.retry is not None:
             self._refusals.retries.recorded(caller, decided.retry, seq)
-        if record.outcome == "pending" and approval is not None and approval.status == "pending":
+        if (
+            record.outcome == Verdict.NEEDS_APPROVAL
+            and approval is not None
+            and approval.status == ApprovalStatus.PENDING
+        ):
             return SignResult(
                 SignStatus.PENDING_APPROVAL,
                 record.id,
@@ -112,7 +121,7 @@ class Signing:
     ) -> SignResult:
         """A committed decision answered: its denial raised, its signature (made
         now by the HSM and attached to the decision, or attached already) returned."""
-        if record.outcome == "deny" or record.payload is None:
+        if record.outcome == Verdict.DENY or record.payload is None:
             _raise_denial(record, audit_seq)
         log.info(
             "payment allowed",
@@ -194,10 +203,10 @@ class Signing:
 
     def _frozen_now(self, record: DecisionRecord) -> bool:
         targets = {
-            "global": "",
-            "agent": record.agent_id,
-            "session": record.session_id,
-            "key": record.key_id,
+            FreezeScope.GLOBAL: "",
+            FreezeScope.AGENT: record.agent_id,
+            FreezeScope.SESSION: record.session_id,
+            FreezeScope.KEY: record.key_id,
         }
         freezes = store_call(self._store.freezes)
         return any(targets.get(f.scope) == f.target for f in freezes)

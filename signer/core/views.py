@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from paywarden.policy.vocabulary import ApprovalStatus, SessionState
 from paywarden.policy.vocabulary import SignStatus as SignStatus
 from paywarden.signer.store.records import ApprovalRecord, DecisionRecord, SessionRecord
 
@@ -24,14 +25,14 @@ class SignResult:
 @dataclass(frozen=True, slots=True)
 class SessionView:
     record: SessionRecord
-    state: str
+    state: SessionState
     decimals: Mapping[str, int]
 
 
 @dataclass(frozen=True, slots=True)
 class ApprovalView:
     approval: ApprovalRecord
-    state: str
+    state: ApprovalStatus
     decision: DecisionRecord
     session: SessionRecord
     amount: str
