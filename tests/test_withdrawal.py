@@ -90,8 +90,8 @@ def test_an_unsigned_spent_reservation_can_be_released_but_a_signed_one_never(
     signed = _commit(store, 5)
     assert store.attach_signature(signed, "jws-5", lambda: 2) == ("jws-5", True)
     with store.payment_tx() as tx:
-        tx.set_reservation(unsigned, "released")
-        tx.set_reservation(signed, "released")
+        tx.set_reservation(unsigned, ReservationStatus.RELEASED)
+        tx.set_reservation(signed, ReservationStatus.RELEASED)
     session = store.get_session(SID, 6)
     assert session is not None and session.spent_minor == {"USD": 100}
     store.close()

@@ -16,7 +16,13 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from paywarden.policy.vocabulary import PlanLine
+from paywarden.policy.vocabulary import (
+    ApprovalStatus,
+    FreezeScope,
+    PlanLine,
+    ReservationStatus,
+    Vote,
+)
 from paywarden.signer.store.records import (
     AgentUsage,
     ApprovalRecord,
@@ -36,10 +42,10 @@ class DecidingTx(Protocol):
 
     def session(self, session_id: str, now: int) -> SessionRecord | None: ...
 
-    def set_reservation(self, decision_id: str, status: str) -> bool:
+    def set_reservation(self, decision_id: str, status: ReservationStatus) -> bool:
         """Moves a reservation on; True if this changed it."""
 
-    def set_approval_status(self, approval_id: str, status: str, now: int) -> None: ...
+    def set_approval_status(self, approval_id: str, status: ApprovalStatus, now: int) -> None: ...
 
     def audit(self, event: Mapping[str, Any]) -> int:
         """Appends an audit record in this transaction; returns its sequence number."""
@@ -83,7 +89,7 @@ class ApprovalTx(DecidingTx, Protocol):
 
     def decision(self, decision_id: str) -> DecisionRecord | None: ...
 
-    def add_vote(self, approval_id: str, approver_id: str, vote: str, now: int, note: str) -> None:
+    def add_vote(self, approval_id: str, approver_id: str, vote: Vote, now: int, note: str) -> None:
         """Records a vote; a second vote by the same approver changes nothing."""
 
 
@@ -175,7 +181,9 @@ class FreezeStore(Protocol):
 
     def set_freeze(self, freeze: Freeze, audit: Mapping[str, Any]) -> bool: ...
 
-    def clear_freeze(self, scope: str, target: str, now: int, audit: Mapping[str, Any]) -> bool:
+    def clear_freeze(
+        self, scope: FreezeScope, target: str, now: int, audit: Mapping[str, Any]
+    ) -> bool:
         """Lifts a freeze; lifting an agent's also restarts its breaker window."""
 
     def freezes(self) -> list[Freeze]: ...

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from paywarden.policy.vocabulary import PlanLine
+from paywarden.policy.vocabulary import FreezeScope, PlanLine
 from paywarden.signer.auditlog.append import AuditState
 from paywarden.signer.store import schema
 from paywarden.signer.store import sqlite_reads as reads
@@ -300,13 +300,15 @@ class SqliteStore(SqliteConnection):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot freeze: {exc}") from None
 
-    def clear_freeze(self, scope: str, target: str, now: int, audit: Mapping[str, Any]) -> bool:
+    def clear_freeze(
+        self, scope: FreezeScope, target: str, now: int, audit: Mapping[str, Any]
+    ) -> bool:
         try:
             with self._write() as conn:
                 removed = conn.execute(
                     "DELETE FROM freezes WHERE scope = ? AND target = ?", (scope, target)
                 ).rowcount
-                if removed and scope == "agent":
+                if removed and scope == FreezeScope.AGENT:
                     conn.execute(
                         "INSERT OR REPLACE INTO breaker_resets (agent_id, at) VALUES (?, ?)",
                         (target, now),

@@ -20,6 +20,7 @@ from paywarden.policy.vocabulary import (
     Phase,
     PlanLine,
     Verdict,
+    Vote,
 )
 from paywarden.signer.auditlog.append import AuditState
 from paywarden.signer.store.records import (
@@ -146,7 +147,7 @@ def approval(conn: sqlite3.Connection, where: str, key: str) -> ApprovalRecord |
         " approver_id",
         (row[0],),
     ).fetchall()
-    denied = [v for v in votes if v[1] == "deny"]
+    denied = [v for v in votes if v[1] == Vote.DENY]
     return ApprovalRecord(
         id=row[0],
         decision_id=row[1],
@@ -154,7 +155,7 @@ def approval(conn: sqlite3.Connection, where: str, key: str) -> ApprovalRecord |
         status=ApprovalStatus(row[3]),
         created_at=row[4],
         expires_at=row[5],
-        approved_by=tuple(v[0] for v in votes if v[1] == "approve"),
+        approved_by=tuple(v[0] for v in votes if v[1] == Vote.APPROVE),
         denied_by=denied[0][0] if denied else None,
         note=denied[0][2] if denied else "",
     )

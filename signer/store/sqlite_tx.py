@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Verdict, Vote
 from paywarden.signer.auditlog import append
 from paywarden.signer.store import sqlite_reads as reads
 from paywarden.signer.store.records import (
@@ -40,8 +41,8 @@ def append_audit(conn: sqlite3.Connection, event: Mapping[str, Any]) -> int:
     return state.size
 
 
-def set_reservation(conn: sqlite3.Connection, decision_id: str, status: str) -> bool:
-    if status == "released":
+def set_reservation(conn: sqlite3.Connection, decision_id: str, status: ReservationStatus) -> bool:
+    if status == ReservationStatus.RELEASED:
         # Anything not yet signed can be released; a signed payment never is.
         cur = conn.execute(
             "UPDATE reservations SET status = 'released' WHERE decision_id = ?"
@@ -56,7 +57,9 @@ def set_reservation(conn: sqlite3.Connection, decision_id: str, status: str) -> 
     return cur.rowcount > 0
 
 
-def set_approval_status(conn: sqlite3.Connection, approval_id: str, status: str, now: int) -> None:
+def set_approval_status(
+    conn: sqlite3.Connection, approval_id: str, status: ApprovalStatus, now: int
+) -> None:
     conn.execute(
         "UPDATE approvals SET status = ?, decided_at = ? WHERE id = ? AND status IN"
         " ('pending', 'approved')",
@@ -73,10 +76,10 @@ class SqliteTx:
     def session(self, session_id: str, now: int) -> SessionRecord | None:
         return reads.session(self._conn, session_id, now)
 
-    def set_reservation(self, decision_id: str, status: str) -> bool:
+    def set_reservation(self, decision_id: str, status: ReservationStatus) -> bool:
         return set_reservation(self._conn, decision_id, status)
 
-    def set_approval_status(self, approval_id: str, status: str, now: int) -> None:
+    def set_approval_status(self, approval_id: str, status: ApprovalStatus, now: int) -> None:
         set_approval_status(self._conn, approval_id, status, now)
 
     def audit(self, event: Mapping[str, Any]) -> int:
@@ -209,7 +212,7 @@ class SqlitePaymentTx(SqliteTx):
             payees.add(payee)
         return WindowStats(
             decisions=sum(counts.values()),
-            denials=counts.get("deny", 0),
+            denials=counts.get(Verdict.DENY, 0),
             spend_minor=spend,
             payees=frozenset(payees),
         )
@@ -225,12 +228,12 @@ class SqliteApprovalTx(SqliteTx):
     def decision(self, decision_id: str) -> DecisionRecord | None:
         return reads.decision_by_id(self._conn, decision_id)
 
-    def add_vote(self, approval_id: str, approver_id: str, vote: str, now: int, note: str) -> None:
+    def add_vote(self, approval_id: str, approver_id: str, vote: Vote, now: int, note: str) -> None:
         # A second approval by the same approver counts once; a denial always
         # records who denied and why, even after that approver approved.
         conflict = (
             "DO UPDATE SET vote = 'deny', at = excluded.at, note = excluded.note"
-            if vote == "deny"
+            if vote == Vote.DENY
             else "DO NOTHING"
         )
         self._conn.execute(
