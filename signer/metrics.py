@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from paywarden.policy.vocabulary import ApprovalStatus, FreezeScope, FreezeSource
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -151,13 +152,13 @@ class Metrics:
     def approval(self, event: str) -> None:
         self.approvals.labels(event).inc()
         with self._lock:
-            if event in ("approved", "denied", "expired"):
+            if event in (ApprovalStatus.APPROVED, ApprovalStatus.DENIED, ApprovalStatus.EXPIRED):
                 self._decided_approvals += 1
-                if event == "approved":
+                if event == ApprovalStatus.APPROVED:
                     self._approved += 1
                 self.override_frequency.set(self._approved / self._decided_approvals)
 
-    def froze(self, scope: str, target: str, source: str, at: float) -> None:
+    def froze(self, scope: FreezeScope, target: str, source: FreezeSource, at: float) -> None:
         self.freezes.labels(scope, source).inc()
         self.frozen.labels(scope).inc()
         with self._lock:
@@ -172,7 +173,7 @@ class Metrics:
                 self._last_freeze = None
 
     def frozen_now(self, counts: dict[str, int]) -> None:
-        for scope in ("global", "agent", "session", "key"):
+        for scope in FreezeScope:
             self.frozen.labels(scope).set(counts.get(scope, 0))
 
     def serve(self, listen: str) -> int:
@@ -185,8 +186,8 @@ class Metrics:
 
 def _in_scope(clock: _FreezeClock, agent_id: str, session_id: str, key_id: str) -> bool:
     return (
-        clock.scope == "global"
-        or (clock.scope == "agent" and clock.target == agent_id)
-        or (clock.scope == "session" and clock.target == session_id)
-        or (clock.scope == "key" and clock.target == key_id)
+        clock.scope == FreezeScope.GLOBAL
+        or (clock.scope == FreezeScope.AGENT and clock.target == agent_id)
+        or (clock.scope == FreezeScope.SESSION and clock.target == session_id)
+        or (clock.scope == FreezeScope.KEY and clock.target == key_id)
     )
