@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from paywarden.policy.vocabulary import Amount
+from paywarden.policy.vocabulary import Amount, FreezeScope
 from paywarden.signer import deadlines
 from paywarden.signer.api.authz import Edge, rpc
 from paywarden.signer.core.approvals import Approvals
@@ -229,16 +229,16 @@ class ApprovalsServicer(approvals_pb2_grpc.ApprovalsServicer):
         return approvals_pb2.DenyResponse(approval=_approval_proto(view))
 
 
-_SCOPE_NAMES: dict[int, str] = {
-    int(control_pb2.GLOBAL): "global",
-    int(control_pb2.AGENT): "agent",
-    int(control_pb2.SESSION): "session",
-    int(control_pb2.KEY): "key",
+_SCOPE_NAMES: dict[int, FreezeScope] = {
+    int(control_pb2.GLOBAL): FreezeScope.GLOBAL,
+    int(control_pb2.AGENT): FreezeScope.AGENT,
+    int(control_pb2.SESSION): FreezeScope.SESSION,
+    int(control_pb2.KEY): FreezeScope.KEY,
 }
 _SCOPE_ENUMS = {v: k for k, v in _SCOPE_NAMES.items()}
 
 
-def _scope(value: int) -> str:
+def _scope(value: int) -> FreezeScope:
     name = _SCOPE_NAMES.get(int(value))
     if name is None:
         raise InvalidInput(Reason.STRING_INVALID, "scope must be GLOBAL, AGENT, SESSION or KEY")

@@ -6,6 +6,8 @@ import json
 import time
 from collections.abc import Sequence
 
+from paywarden.policy.vocabulary import Outcome, Verdict
+
 
 def when(epoch: int) -> str:
     """A record time as people read it, in UTC."""
@@ -29,12 +31,12 @@ def explain(records: Sequence[tuple[int, str]], decision_id: str) -> str | None:
         f"  Policy pack: {pack.get('id', 'none')} v{pack.get('version', '-')} "
         f"(sha256 {str(pack.get('sha256', '-'))[:16]}…).",
     ]
-    deciding = next((r for r in d["trace"] if r["outcome"] == "deny"), None)
-    if d["outcome"] == "deny":
+    deciding = next((r for r in d["trace"] if r["outcome"] == Outcome.DENY), None)
+    if d["outcome"] == Verdict.DENY:
         rule = deciding["rule"] if deciding else "—"
         lines.append(f"  DENIED by rule {rule}: {d['reason']} — {d['message']}")
-    elif d["outcome"] == "pending":
-        held = next((r for r in d["trace"] if r["outcome"] == "approve"), None)
+    elif d["outcome"] == Verdict.NEEDS_APPROVAL:
+        held = next((r for r in d["trace"] if r["outcome"] == Outcome.APPROVE), None)
         rule = held["rule"] if held else "—"
         lines.append(
             f"  HELD FOR APPROVAL by rule {rule}: {d['reason']} — {d['message']} "

@@ -11,6 +11,7 @@ import argparse
 import json
 import time
 
+from paywarden.policy.vocabulary import Vote
 from paywarden.signer.cli.dial import add_connection_arguments, call
 from paywarden.v1 import approvals_pb2, approvals_pb2_grpc
 
@@ -82,7 +83,7 @@ def _call(stub: approvals_pb2_grpc.ApprovalsStub, args: argparse.Namespace) -> i
         req = approvals_pb2.GetApprovalRequest(approval_id=args.approval_id)
         print(details(stub.GetApproval(req, timeout=30).approval))
         return 0
-    if command == "approve":
+    if command == Vote.APPROVE:  # the subcommand is named after the vote it casts
         approved = stub.Approve(
             approvals_pb2.ApproveRequest(approval_id=args.approval_id, note=args.note), timeout=30
         )

@@ -6,11 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
+from paywarden.policy.vocabulary import FreezeScope
 from paywarden.signer.cli.dial import add_connection_arguments, call
 from paywarden.v1 import control_pb2, control_pb2_grpc
 
-_SCOPES = {"global": control_pb2.GLOBAL, "agent": control_pb2.AGENT,
-           "session": control_pb2.SESSION, "key": control_pb2.KEY}  # fmt: skip
+# Plain strings as keys: argparse shows its choices with repr().
+_SCOPES = {
+    FreezeScope.GLOBAL.value: control_pb2.GLOBAL,
+    FreezeScope.AGENT.value: control_pb2.AGENT,
+    FreezeScope.SESSION.value: control_pb2.SESSION,
+    FreezeScope.KEY.value: control_pb2.KEY,
+}
 _NAMES = {v: k for k, v in _SCOPES.items()}
 
 
