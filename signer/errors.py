@@ -15,7 +15,7 @@ class PaywardenError(Exception):
 
     def __init__(
         self,
-        reason: str,
+        reason: Reason,
         message: str,
         *,
         decision_id: str | None = None,

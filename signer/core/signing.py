@@ -213,5 +213,7 @@ class Signing:
 
 
 def _raise_denial(record: DecisionRecord, audit_seq: int) -> NoReturn:
-    kind = SessionNotUsable if record.reason in _SESSION_REASONS else Denied
-    raise kind(record.reason, record.message, decision_id=record.id, audit_seq=audit_seq)
+    # A recorded reason is the text of a Reason member (every code ever written is one).
+    reason = Reason(record.reason)
+    kind = SessionNotUsable if reason in _SESSION_REASONS else Denied
+    raise kind(reason, record.message, decision_id=record.id, audit_seq=audit_seq)
