@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from paywarden.policy.vocabulary import ApprovalStatus, FreezeScope, FreezeSource
+from paywarden.policy.vocabulary import ApprovalStatus, FreezeScope, FreezeSource, Verdict
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -21,7 +21,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 @dataclass
 class _FreezeClock:
-    scope: str
+    scope: FreezeScope
     target: str
     at: float
 
@@ -115,7 +115,7 @@ class Metrics:
                 self._refused += 1
             self.rejection_rate.set(self._refused / self._answered)
 
-    def decided(self, outcome: str, reason: str) -> None:
+    def decided(self, outcome: Verdict, reason: str) -> None:
         self.decisions.labels(outcome, reason).inc()
 
     def signed(self, asset: str, units: float, session_id: str, agent_id: str, key_id: str) -> None:
@@ -165,7 +165,7 @@ class Metrics:
             self._last_freeze = _FreezeClock(scope, target, at)
             self.time_to_intervention.set(0.0)
 
-    def unfroze(self, scope: str, target: str) -> None:
+    def unfroze(self, scope: FreezeScope, target: str) -> None:
         """Signatures after an unfreeze say nothing about that freeze's intervention."""
         with self._lock:
             clock = self._last_freeze

@@ -25,7 +25,9 @@ MAX_REASON = 1024
 
 
 class Freezes:
-    def __init__(self, deps: Deps, *, unfrozen: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self, deps: Deps, *, unfrozen: Callable[[FreezeScope, str], None] | None = None
+    ) -> None:
         """``unfrozen(scope, target)`` is called after a freeze is lifted: the signing
         path resets what it counted for the breaker (``Refusals.operator_unfroze``)."""
         self._deps = deps

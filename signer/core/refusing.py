@@ -163,7 +163,7 @@ class Refusals:
         checkpoint)."""
         self.flush(everything=True)
 
-    def operator_unfroze(self, scope: str, target: str) -> None:
+    def operator_unfroze(self, scope: FreezeScope, target: str) -> None:
         """An operator lifted a freeze (told by :class:`Freezes`, after the store
         recorded it): an agent's breaker window starts afresh, the refusals counted
         before the unfreeze included, as the store restarts the window of its decisions.
