@@ -91,9 +91,10 @@ class Running:
         final checkpoint seals the audit log, and only then are the store and the
         HSM session closed."""
         self._stop.set()  # the health watcher
-        self.health.enter_graceful_shutdown()
         ends = time.monotonic() + (grace or 0.0)
+        # The gate first: whoever sees NOT_SERVING is refused SHUTTING_DOWN from then on.
         self.gate.close(ends)
+        self.health.enter_graceful_shutdown()
         self.store.wait_until(ends)
         left = self.gate.wait_idle(ends + _ANSWER_SECONDS)
         if left:
