@@ -67,15 +67,22 @@ class FreezeView:
     def refresh(self) -> None:
         """Reloads when stale.
 
-        One thread reloads at a time; the others go on with the view they have
-        (a stale view only lets a request through to the authoritative check)."""
+        One thread reloads at a time. When this process set or lifted a freeze
+        (the generation moved), every caller waits for that reload, so that none
+        goes on with a view that misses the operator's act. When the view is only
+        old (a freeze set by another process), the others go on with the view they
+        have (a stale view only lets a request through to the authoritative check)."""
         generation = self._generation()
         fresh = self._clock() - self._loaded_at < self._max_age
         if generation == self._seen_generation and fresh:
             return
-        if not self._reload.acquire(blocking=False):
+        if not self._reload.acquire(blocking=generation != self._seen_generation):
             return
         try:
+            if self._seen_generation == generation and (
+                self._clock() - self._loaded_at < self._max_age
+            ):
+                return  # another caller reloaded it while this one waited
             freezes = self._load()
             self._scopes = frozenset((f.scope, f.target) for f in freezes)
             self._seen_generation = generation

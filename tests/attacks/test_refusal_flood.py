@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from paywarden.signer.core.refusals import RefusalLog
+from paywarden.policy.vocabulary import FreezeScope, FreezeSource
+from paywarden.signer.core.refusals import FreezeView, RefusalLog
+from paywarden.signer.store.records import Freeze
 from paywarden.v1 import (
     control_pb2,
 )
@@ -117,6 +120,36 @@ def test_thousand_refused_signs_from_a_frozen_agent_add_a_bounded_number_of_reco
     assert len(full) + sum(s["count"] for s in summaries) == FLOOD
     assert all(s["first_seq"] == full[0]["seq"] for s in summaries)
     assert_audit_verifies(db, public_key)
+
+
+def test_callers_racing_the_reload_after_a_freeze_wait_for_it_rather_than_pass() -> None:
+    # The flood above failed now and then: one malformed request answered
+    # AMOUNT_MALFORMED, because a caller that found the view's reload in progress
+    # went on with the view from before the operator's freeze.
+    frozen = Freeze(FreezeScope.AGENT, "agent-1", "flood", "operator/op", FreezeSource.OPERATOR, 0)
+    loading, release = threading.Event(), threading.Event()
+
+    def load() -> list[Freeze]:
+        loading.set()
+        assert release.wait(30)
+        return [frozen]
+
+    view = FreezeView(load, lambda: 1, max_age=3600.0, clock=time.monotonic)
+    seen: dict[str, FreezeScope | None] = {}
+
+    def ask(who: str) -> None:
+        view.refresh()
+        seen[who] = view.frozen("agent-1", "payments.v1")
+
+    reloader = threading.Thread(target=ask, args=("reloader",))
+    reloader.start()
+    assert loading.wait(30)  # the first caller is inside the reload
+    racer = threading.Thread(target=ask, args=("racer",))
+    racer.start()
+    release.set()
+    reloader.join(30)
+    racer.join(30)
+    assert seen == {"reloader": FreezeScope.AGENT, "racer": FreezeScope.AGENT}
 
 
 def test_refusal_budget_refuses_before_reading_the_request(
