@@ -11,6 +11,7 @@ from paywarden.policy.payees import PayeeLists
 from paywarden.policy.rules import PayeeAllowed
 from paywarden.policy.vocabulary import ApprovalStatus, Outcome, ReservationStatus, Verdict
 from paywarden.signer.core.facts import day_start
+from paywarden.signer.core.withdrawal import close_session, withdraw, withdraw_unsigned
 from paywarden.signer.store.records import (
     ApprovalRecord,
     DecisionRecord,
@@ -125,3 +126,105 @@ def test_a_look_alike_of_a_named_payee_is_denied_even_when_a_pattern_matches() -
     # with IGNORECASE, [a-z] would match the dotless i; patterns admit ASCII payees only
     dotless = rule.check(make_facts(payee="acme-\u0131.shop.example"))
     assert dotless.outcome is Outcome.DENY
+
+
+def test_withdrawing_a_sessions_unsigned_decisions_spares_the_signed_the_settled_and_others(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    other = "ses_" + "D" * 43
+    store.create_session(
+        SessionRecord(other, "agent-1", "planner-1", "0" * 64, 1, 2**40, None, {"USD": 1000}, {}),
+        {"USD": 2},
+        EVENT,
+    )
+    signed = _commit(store, 1)
+    unsigned = _commit(store, 2)  # allowed, the HSM failed
+    held = _commit(store, 3, outcome="pending", status="held")
+    approved = _commit(store, 4, outcome="pending", status="held")
+    denied = _commit(store, 5, outcome="pending", status="held")
+    assert store.attach_signature(signed, "jws-1", lambda: 2) == ("jws-1", True)
+    with store.approval_tx() as atx:
+        atx.set_approval_status("apr_4", ApprovalStatus.APPROVED, 2)
+        atx.set_reservation(approved, ReservationStatus.SPENT)
+        atx.set_approval_status("apr_5", ApprovalStatus.DENIED, 2)
+        atx.set_reservation(denied, ReservationStatus.RELEASED)
+    elsewhere = DecisionRecord(
+        "dec_6", 1, "agent-1", other, "n6", "h6", Verdict.ALLOW, "ALLOWED", "",
+        "payments.v1", "USD", 100, payload=b"{}", expires_at=2**40,
+    )  # fmt: skip
+    with store.payment_tx() as ptx:
+        ptx.record_decision(
+            elsewhere,
+            consume_nonce=True,
+            reservation=Reservation(
+                "dec_6", "agent-1", other, "USD", "acme", 100, 1, 2**40, ReservationStatus.SPENT
+            ),
+        )
+    size, _ = store.audit_head()
+    with store.session_tx() as stx:
+        assert withdraw_unsigned(stx, SID, 5) == [unsigned, held, approved]
+    with store.session_tx() as stx:
+        assert withdraw_unsigned(stx, SID, 6) == []  # nothing holds anything any more
+    with store.approval_tx() as atx:
+        statuses = [atx.approval(f"apr_{i}") for i in (3, 4, 5)]
+    assert [a.status if a else None for a in statuses] == [
+        ApprovalStatus.EXPIRED,
+        ApprovalStatus.EXPIRED,
+        ApprovalStatus.DENIED,
+    ]
+    session = store.get_session(SID, 6)
+    assert session is not None and session.spent_minor == {"USD": 100}  # the signed one
+    assert session.closed_at is None  # withdrawing does not close
+    elsewhere_now = store.get_session(other, 6)
+    assert elsewhere_now is not None and elsewhere_now.spent_minor == {"USD": 100}
+    assert store.audit_head()[0] == size  # the caller audits, not the step
+    store.close()
+
+
+def test_withdrawing_one_decision_expires_only_an_open_approval() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str]] = []
+
+        def set_approval_status(self, approval_id: str, status: ApprovalStatus, now: int) -> None:
+            self.calls.append((approval_id, status))
+
+        def set_reservation(self, decision_id: str, status: ReservationStatus) -> bool:
+            self.calls.append((decision_id, status))
+            return False
+
+    for status, expired in [
+        (ApprovalStatus.PENDING, True),
+        (ApprovalStatus.APPROVED, True),
+        (ApprovalStatus.DENIED, False),
+        (ApprovalStatus.EXPIRED, False),
+    ]:
+        tx = Recorder()
+        approval = ApprovalRecord("apr_1", "dec_1", 1, status, 1, 2**40)
+        after, changed = withdraw(tx, "dec_1", approval, 5)
+        assert changed is expired
+        assert after is not None and after.status == (ApprovalStatus.EXPIRED if expired else status)
+        assert tx.calls[-1] == ("dec_1", ReservationStatus.RELEASED)
+        assert (("apr_1", ApprovalStatus.EXPIRED) in tx.calls) is expired
+    tx = Recorder()
+    assert withdraw(tx, "dec_1", None, 5) == (None, False)
+    assert tx.calls == [("dec_1", ReservationStatus.RELEASED)]
+
+
+def test_closing_withdraws_once_and_audits_once(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    held = _commit(store, 7, outcome="pending", status="held")
+    size, _ = store.audit_head()
+    assert close_session(store, "ses_" + "Z" * 43, 5, EVENT) is None  # unknown
+    assert store.audit_head()[0] == size
+    closed = close_session(store, SID, 5, EVENT)
+    assert closed is not None and closed.closed_at == 5 and closed.spent_minor == {"USD": 0}
+    assert store.audit_head()[0] == size + 1
+    again = close_session(store, SID, 9, EVENT)
+    with store.session_tx() as stx:
+        assert stx.unsigned_decisions(SID) == []
+    assert again is not None and again.closed_at == 5
+    assert store.audit_head()[0] == size + 1
+    assert store.attach_signature(held, "jws", lambda: 2) is None
+    store.close()

@@ -11,7 +11,7 @@ import logging
 
 from paywarden.policy import check_session
 from paywarden.policy.vocabulary import Phase, SessionState
-from paywarden.signer.core import audit_events
+from paywarden.signer.core import audit_events, withdrawal
 from paywarden.signer.core.deps import Deps, amount_text, require, store_call
 from paywarden.signer.core.plans import PlanInput, validate_plan
 from paywarden.signer.core.session_input import (
@@ -136,7 +136,7 @@ class Sessions:
         now = self._deps.now()
         record = self._visible_session(caller, session_id, now)
         closing = audit_events.event("session.close", caller, now, session_id=record.id)
-        closed = store_call(lambda: self._store.close_session(record.id, now, closing))
+        closed = store_call(lambda: withdrawal.close_session(self._store, record.id, now, closing))
         if closed is None:
             raise NotFound(Reason.SESSION_NOT_FOUND, "no such session")
         self._metrics.session_ended(record.id)

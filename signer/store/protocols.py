@@ -53,6 +53,30 @@ class DecidingTx(Protocol):
     def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None: ...
 
 
+class SessionTx(Protocol):
+    """Closing a session's transaction: the primitives that the core's
+    :func:`~paywarden.signer.core.withdrawal.close_session` composes."""
+
+    def session(self, session_id: str, now: int) -> SessionRecord | None: ...
+
+    def mark_closed(self, session_id: str, now: int) -> bool:
+        """Sets an open session's ``closed_at``; False if it is unknown or closed already."""
+
+    def unsigned_decisions(self, session_id: str) -> list[str]:
+        """Ids of the session's unsigned decisions that still hold something: a reservation
+        not released or an approval pending or approved."""
+
+    def approval_for_decision(self, decision_id: str) -> ApprovalRecord | None: ...
+
+    def set_approval_status(self, approval_id: str, status: ApprovalStatus, now: int) -> None: ...
+
+    def set_reservation(self, decision_id: str, status: ReservationStatus) -> bool:
+        """Moves a reservation on; True if this changed it."""
+
+    def audit(self, event: Mapping[str, Any]) -> int:
+        """Appends an audit record in this transaction; returns its sequence number."""
+
+
 class PaymentTx(DecidingTx, Protocol):
     """The Sign decision's transaction."""
 
@@ -105,10 +129,8 @@ class SessionStore(Protocol):
 
     def get_session(self, session_id: str, now: int) -> SessionRecord | None: ...
 
-    def close_session(
-        self, session_id: str, now: int, audit: Mapping[str, Any]
-    ) -> SessionRecord | None:
-        """Marks an open session closed (idempotent); returns it, or None if unknown."""
+    def session_tx(self) -> AbstractContextManager[SessionTx]:
+        """One transaction for closing a session (see :class:`SessionTx`)."""
 
     def commit_plan(
         self,

@@ -19,6 +19,7 @@ from typing import Any
 
 from paywarden.policy.vocabulary import FreezeScope, PlanLine
 from paywarden.signer.auditlog.append import AuditState
+from paywarden.signer.core import withdrawal
 from paywarden.signer.store import schema
 from paywarden.signer.store import sqlite_reads as reads
 from paywarden.signer.store import sqlite_tx as tx
@@ -31,7 +32,7 @@ from paywarden.signer.store.records import (
     StoreError,
 )
 from paywarden.signer.store.sqlite_connection import SqliteConnection
-from paywarden.signer.store.sqlite_tx import SqliteApprovalTx, SqlitePaymentTx
+from paywarden.signer.store.sqlite_tx import SqliteApprovalTx, SqlitePaymentTx, SqliteSessionTx
 
 
 class SqliteStore(SqliteConnection):
@@ -87,35 +88,20 @@ class SqliteStore(SqliteConnection):
         result: SessionRecord | None = self._read(reads.session, session_id, now)
         return result
 
+    @contextmanager
+    def session_tx(self) -> Iterator[SqliteSessionTx]:
+        try:
+            with self._write() as conn:
+                yield SqliteSessionTx(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot close session: {exc}") from None
+
     def close_session(
         self, session_id: str, now: int, audit: Mapping[str, Any]
     ) -> SessionRecord | None:
-        try:
-            with self._write() as conn:
-                changed = conn.execute(
-                    "UPDATE sessions SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
-                    (now, session_id),
-                ).rowcount
-                if not changed:  # unknown or closed already: nothing happened, nothing to log
-                    return reads.session(conn, session_id, now)
-                # Nothing unsigned in a closed session can ever be signed: expire its
-                # approvals and release what it held.
-                conn.execute(
-                    "UPDATE approvals SET status = 'expired', decided_at = ? WHERE status IN"
-                    " ('pending', 'approved') AND decision_id IN (SELECT id FROM decisions"
-                    " WHERE session_id = ? AND jws IS NULL)",
-                    (now, session_id),
-                )
-                conn.execute(
-                    "UPDATE reservations SET status = 'released' WHERE status != 'released'"
-                    " AND decision_id IN (SELECT id FROM decisions WHERE session_id = ?"
-                    " AND jws IS NULL)",
-                    (session_id,),
-                )
-                tx.append_audit(conn, audit)
-                return reads.session(conn, session_id, now)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot close session: {exc}") from None
+        """Closes a session as the core does (:func:`withdrawal.close_session`): for
+        tests, not part of ``Store``."""
+        return withdrawal.close_session(self, session_id, now, audit)
 
     def commit_plan(
         self,

@@ -2,7 +2,8 @@
 (built by :func:`paywarden.signer.auditlog.append.append`, persisted here), the
 reservation, approval and freeze updates, and the deciding transactions
 (:class:`~paywarden.signer.store.protocols.PaymentTx`,
-:class:`~paywarden.signer.store.protocols.ApprovalTx`).
+:class:`~paywarden.signer.store.protocols.ApprovalTx`) and closing a session's
+(:class:`~paywarden.signer.store.protocols.SessionTx`).
 """
 
 from __future__ import annotations
@@ -87,6 +88,33 @@ class SqliteTx:
 
     def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
         return reads.frozen(self._conn, agent_id, session_id, key_id)
+
+
+class SqliteSessionTx(SqliteTx):
+    """Closing a session (:class:`~paywarden.signer.store.protocols.SessionTx`)."""
+
+    def mark_closed(self, session_id: str, now: int) -> bool:
+        changed = self._conn.execute(
+            "UPDATE sessions SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
+            (now, session_id),
+        ).rowcount
+        return bool(changed)
+
+    def unsigned_decisions(self, session_id: str) -> list[str]:
+        return [
+            r[0]
+            for r in self._conn.execute(
+                "SELECT id FROM decisions WHERE session_id = ? AND jws IS NULL AND ("
+                " EXISTS (SELECT 1 FROM reservations WHERE decision_id = decisions.id"
+                "   AND status != 'released')"
+                " OR EXISTS (SELECT 1 FROM approvals WHERE decision_id = decisions.id"
+                "   AND status IN ('pending', 'approved'))) ORDER BY created_at, id",
+                (session_id,),
+            )
+        ]
+
+    def approval_for_decision(self, decision_id: str) -> ApprovalRecord | None:
+        return reads.approval(self._conn, "decision_id", decision_id)
 
 
 class SqlitePaymentTx(SqliteTx):
