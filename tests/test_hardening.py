@@ -14,6 +14,7 @@ from paywarden.signer.auditlog import merkle, verification
 from paywarden.signer.auditlog.checkpoints import checkpoint_body
 from paywarden.signer.config_file import ConfigError, load_config
 from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.core.withdrawal import close_session
 from paywarden.signer.encoding import jcs
 from paywarden.signer.errors import InvalidInput, Reason
 from paywarden.signer.identity import Principal, Role
@@ -65,9 +66,9 @@ def test_closing_a_closed_session_writes_no_record(tmp_path: Path) -> None:
         {"USD": 2},
         EVENT,
     )
-    store.close_session(sid, 2, EVENT)
+    close_session(store, sid, 2, EVENT)
     size, _ = store.audit_head()
-    store.close_session(sid, 3, EVENT)
+    close_session(store, sid, 3, EVENT)
     assert store.audit_head()[0] == size
     store.close()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from paywarden.policy.vocabulary import ReservationStatus, Verdict
+from paywarden.signer.core.withdrawal import close_session
 from paywarden.signer.store.records import (
     DecisionRecord,
     InvariantBroken,
@@ -187,11 +188,11 @@ def test_close_session_is_idempotent(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
     store.create_session(_session(), USD2, EVENT)
-    first = store.close_session(_session().id, 100, EVENT)
-    second = store.close_session(_session().id, 200, EVENT)
+    first = close_session(store, _session().id, 100, EVENT)
+    second = close_session(store, _session().id, 200, EVENT)
     assert first is not None and second is not None
     assert first.closed_at == second.closed_at == 100
-    assert store.close_session("ses_" + "B" * 43, 1, EVENT) is None
+    assert close_session(store, "ses_" + "B" * 43, 1, EVENT) is None
     store.close()
 
 

@@ -61,7 +61,7 @@ def test_a_signature_made_after_the_session_closed_is_discarded(tmp_path: Path) 
     second = _commit(store, 2)
     assert store.attach_signature(first, "jws-1", lambda: 2) == ("jws-1", True)
     # the planner closes the session while the HSM signs the second payment
-    closed = store.close_session(SID, 5, EVENT)
+    closed = close_session(store, SID, 5, EVENT)
     assert closed is not None and closed.spent_minor == {"USD": 100}  # only the signed one
     assert store.attach_signature(second, "jws-2", lambda: 2) is None
     decision = store.get_decision(second)
@@ -72,7 +72,7 @@ def test_a_signature_made_after_the_session_closed_is_discarded(tmp_path: Path) 
 def test_closing_expires_approvals_and_releases_holds(tmp_path: Path) -> None:
     store = _store(tmp_path)
     held = _commit(store, 3, outcome="pending", status="held")
-    store.close_session(SID, 5, EVENT)
+    close_session(store, SID, 5, EVENT)
     assert store.pending_approvals(6) == []
     with store.approval_tx() as tx:
         approval = tx.approval("apr_3")

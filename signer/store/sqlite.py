@@ -19,7 +19,6 @@ from typing import Any
 
 from paywarden.policy.vocabulary import FreezeScope, PlanLine
 from paywarden.signer.auditlog.append import AuditState
-from paywarden.signer.core import withdrawal
 from paywarden.signer.store import schema
 from paywarden.signer.store import sqlite_reads as reads
 from paywarden.signer.store import sqlite_tx as tx
@@ -95,13 +94,6 @@ class SqliteStore(SqliteConnection):
                 yield SqliteSessionTx(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot close session: {exc}") from None
-
-    def close_session(
-        self, session_id: str, now: int, audit: Mapping[str, Any]
-    ) -> SessionRecord | None:
-        """Closes a session as the core does (:func:`withdrawal.close_session`): for
-        tests, not part of ``Store``."""
-        return withdrawal.close_session(self, session_id, now, audit)
 
     def commit_plan(
         self,
