@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, SessionState, Verdict
+from paywarden.signer.core.withdrawal import withdraw
 from paywarden.signer.errors import Reason
 from paywarden.signer.store.protocols import PaymentTx
 from paywarden.signer.store.records import (
@@ -50,12 +51,7 @@ def answer_retry(
         return _denied(previous, *refusal), approval, True, False
     if refusal is not None:
         # closed or expired session, or the payment's exp passed: never signable again
-        changed = False
-        if approval is not None:
-            tx.set_approval_status(approval.id, ApprovalStatus.EXPIRED, now)
-            approval = replace(approval, status=ApprovalStatus.EXPIRED)
-            changed = True
-        changed = tx.set_reservation(previous.id, ReservationStatus.RELEASED) or changed
+        approval, changed = withdraw(tx, previous.id, approval, now)
         return _denied(previous, *refusal), approval, True, changed
     if approval is not None and approval.status == ApprovalStatus.PENDING:
         return previous, approval, True, False
