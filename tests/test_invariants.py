@@ -11,6 +11,7 @@ import pytest
 from paywarden.signer.core.views import SignStatus
 from paywarden.signer.errors import Internal, Reason
 from paywarden.signer.identity import Principal, Role
+from paywarden.signer.store.sqlite_tx import SqlitePaymentTx
 
 from tests.helpers import Stack
 from tests.support.intents import intent_fields
@@ -66,3 +67,34 @@ def test_a_held_payment_whose_approval_vanished_is_internal_not_unavailable(
         AGENT, intent_fields(session.id, payee="acme-data", amount="50.00", expires_at=expires)
     )
     assert after.status is SignStatus.SIGNED  # and the service keeps serving
+
+
+def test_a_spend_the_budget_backstop_refuses_is_internal_and_leaves_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy checks the budget on the facts of the same transaction, so only a bug
+    reaches the backstop: made here by a store that reports more spend to the backstop
+    than it gave the policy."""
+    service = stack.service
+    session = service.open_session(
+        PLANNER, "agent-1", "invariants", [("USD", "1000.00")], 600, []
+    ).record
+    expires = int(stack.clock.now()) + 120
+    monkeypatch.setattr(SqlitePaymentTx, "live_spend", lambda *_: 10**9)
+    with pytest.raises(Internal) as info:
+        service.sign(
+            AGENT, intent_fields(session.id, payee="acme-data", amount="50.00", expires_at=expires)
+        )
+    assert info.value.reason == Reason.INTERNAL
+    with sqlite3.connect(stack.config.store.path) as conn:
+        for table in ("decisions", "reservations"):
+            count = conn.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE session_id = ?",
+                (session.id,),
+            ).fetchone()
+            assert count == (0,), table
+    monkeypatch.undo()
+    after = service.sign(
+        AGENT, intent_fields(session.id, payee="acme-data", amount="50.00", expires_at=expires)
+    )
+    assert after.status is SignStatus.SIGNED  # the same request, once the bug is gone

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from paywarden.policy.vocabulary import ReservationStatus, Verdict
+from paywarden.signer.core.backstop import check_budget
 from paywarden.signer.core.withdrawal import close_session
 from paywarden.signer.store.records import (
     DecisionRecord,
@@ -131,8 +132,29 @@ def test_spend_beyond_budget_is_refused_by_the_store(tmp_path: Path) -> None:
     store.migrate()
     store.create_session(_session(budget=100), USD2, EVENT)
     with pytest.raises(InvariantBroken), store.payment_tx() as tx:
+        check_budget(tx, _reservation(1, 101))  # the core's backstop, before the record
         _put(tx, 1, 101)
     assert store.get_decision("dec_1") is None
+    store.close()
+
+
+def test_the_budget_backstop_counts_live_spend_only(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    store.create_session(_session(budget=100), USD2, EVENT)
+    with store.payment_tx() as tx:
+        _put(tx, 1, 60)
+        _put(tx, 2, 30)
+        tx.set_reservation("dec_2", ReservationStatus.RELEASED)  # counts no more
+        assert (tx.budget(_session().id, "USD"), tx.live_spend(_session().id, "USD", 2)) == (
+            100,
+            60,
+        )
+        check_budget(tx, _reservation(3, 40))  # exactly what is left
+        with pytest.raises(InvariantBroken, match="exceed"):
+            check_budget(tx, _reservation(3, 41))
+        with pytest.raises(InvariantBroken, match="no budget"):
+            check_budget(tx, replace(_reservation(3, 1), asset="EUR"))
     store.close()
 
 

@@ -24,6 +24,7 @@ from paywarden.policy.vocabulary import (
     SessionState,
 )
 from paywarden.signer.core import audit_events
+from paywarden.signer.core.backstop import check_budget
 from paywarden.signer.core.deps import Deps
 from paywarden.signer.core.facts import day_start, payment_facts
 from paywarden.signer.core.payments import Intent, check_expiry, claims
@@ -272,6 +273,8 @@ class Decider:
             )
         record = _record(decision_id, now, caller, intent, request_hash, decision, payload)
         reservation, approval = _holds(record, session, read.payee_key, decision)
+        if reservation is not None:
+            check_budget(tx, reservation)
         tx.record_decision(record, consume_nonce=True, reservation=reservation, approval=approval)
         amount = self._deps.amount(intent.amount.minor, intent.asset)
         seq = tx.audit(

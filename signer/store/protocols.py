@@ -98,7 +98,16 @@ class PaymentTx(DecidingTx, Protocol):
         reservation: Reservation | None = None,
         approval: ApprovalRecord | None = None,
     ) -> None:
-        """Stores the decision, consumes the nonce, and adds its reservation/approval."""
+        """Stores the decision, consumes the nonce, and adds its reservation/approval
+        (the core checked the reservation against the budget first:
+        :func:`~paywarden.signer.core.backstop.check_budget`)."""
+
+    def budget(self, session_id: str, asset: str) -> int | None:
+        """The session's budget in the asset (minor units); None if it has none."""
+
+    def live_spend(self, session_id: str, asset: str, now: int) -> int:
+        """The session's spend in the asset that still counts at ``now``: reservations
+        held or spent until the payment's expiry, and signed ones for ever."""
 
     def window_stats(self, agent_id: str, since: int) -> WindowStats: ...
 

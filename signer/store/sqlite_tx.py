@@ -21,7 +21,6 @@ from paywarden.signer.store.records import (
     ApprovalRecord,
     DecisionRecord,
     Freeze,
-    InvariantBroken,
     Reservation,
     SessionRecord,
     WindowStats,
@@ -186,26 +185,25 @@ class SqlitePaymentTx(SqliteTx):
                 (a.id, a.decision_id, a.required, a.created_at, a.expires_at),
             )
 
-    def _reserve(self, r: Reservation) -> None:
+    def budget(self, session_id: str, asset: str) -> int | None:
         row = self._conn.execute(
             "SELECT budget_minor FROM session_budgets WHERE session_id = ? AND asset = ?",
-            (r.session_id, r.asset),
+            (session_id, asset),
         ).fetchone()
-        if row is None:
-            raise InvariantBroken(f"session {r.session_id} has no budget in {r.asset}")
+        return int(row[0]) if row is not None else None
+
+    def live_spend(self, session_id: str, asset: str, now: int) -> int:
         # Only this asset's live spend: the whole session was read for the facts already.
-        spent = sum(
+        return sum(
             int(amount)
             for (amount,) in self._conn.execute(
-                "SELECT amount_minor FROM reservations"  # noqa: S608 - _LIVE is a constant
+                "SELECT amount_minor FROM reservations"  # noqa: S608 - LIVE is a constant
                 f" WHERE session_id = ? AND asset = ? AND {reads.LIVE}",
-                (r.session_id, r.asset, r.created_at),
+                (session_id, asset, now),
             )
         )
-        if spent + r.amount_minor > int(row[0]):
-            # the policy said yes on the facts of this very transaction;
-            # reaching this means a bug, and the whole transaction is undone
-            raise InvariantBroken("spend would exceed the session budget")
+
+    def _reserve(self, r: Reservation) -> None:
         self._conn.execute(
             "INSERT INTO reservations (decision_id, agent_id, session_id, asset, payee_key,"
             " amount_minor, created_at, expires_at, status, plan_line)"
