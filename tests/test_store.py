@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from paywarden.policy.vocabulary import ReservationStatus, Verdict
 from paywarden.signer.core.backstop import check_budget
+from paywarden.signer.core.committed import attach_signature
 from paywarden.signer.core.withdrawal import close_session
 from paywarden.signer.store.records import (
     DecisionRecord,
@@ -198,10 +199,10 @@ def test_signature_is_attached_once(tmp_path: Path) -> None:
     with store.payment_tx() as tx:
         _put(tx, 1, 10)
         _put(tx, 2, 10, "deny")
-    assert store.attach_signature("dec_1", "first", lambda: 2) == ("first", True)
-    assert store.attach_signature("dec_1", "second", lambda: 2) == ("first", False)
+    assert attach_signature(store, "dec_1", "first", lambda: 2) == ("first", True)
+    assert attach_signature(store, "dec_1", "second", lambda: 2) == ("first", False)
     assert (
-        store.attach_signature("dec_2", "x", lambda: 2) is None
+        attach_signature(store, "dec_2", "x", lambda: 2) is None
     )  # a denial never gets a signature
     store.close()
 

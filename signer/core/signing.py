@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from paywarden.hsm import HsmError, HsmUnavailable
 from paywarden.policy.vocabulary import ApprovalStatus, FreezeScope, Verdict
+from paywarden.signer.core import committed
 from paywarden.signer.core.deciding import Decider
 from paywarden.signer.core.deps import Deps, require, store_call
 from paywarden.signer.core.disclosure import agent_facing
@@ -160,7 +161,8 @@ class Signing:
         # A caller gone while the HSM signed gets nothing stored (the same check runs
         # just before the commit); once stored, the token is always answered.
         attached = store_call(
-            lambda: self._store.attach_signature(
+            lambda: committed.attach_signature(
+                self._store,
                 record.id,
                 compact,
                 self._deps.now,

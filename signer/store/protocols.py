@@ -77,6 +77,22 @@ class SessionTx(Protocol):
         """Appends an audit record in this transaction; returns its sequence number."""
 
 
+class SignatureTx(Protocol):
+    """Attaching a signature's transaction: the primitives that the core's
+    :func:`~paywarden.signer.core.committed.attach_signature` composes."""
+
+    def decision(self, decision_id: str) -> DecisionRecord | None: ...
+
+    def approval_for_decision(self, decision_id: str) -> ApprovalRecord | None: ...
+
+    def reservation(self, decision_id: str) -> Reservation | None: ...
+
+    def frozen(self, agent_id: str, session_id: str, key_id: str) -> Freeze | None: ...
+
+    def set_signature(self, decision_id: str, jws: str) -> bool:
+        """Stores the JWS unless one is stored; True if this stored it."""
+
+
 class PaymentTx(DecidingTx, Protocol):
     """The Sign decision's transaction."""
 
@@ -162,20 +178,11 @@ class PaymentStore(Protocol):
         ``check`` runs once the lock is held and before the commit, and what it raises
         abandons the transaction."""
 
-    def attach_signature(
-        self,
-        decision_id: str,
-        jws: str,
-        clock: Callable[[], int],
-        wait: float | None = None,
-        check: Callable[[], None] | None = None,
-    ) -> tuple[str, bool] | None:
-        """Stores the JWS of a still-committed, unexpired decision unless one is stored; returns
-        (the stored JWS, whether this call stored it), or None when the payment was
-        withdrawn meanwhile (nothing stored). ``clock`` is read once the transaction
-        holds the write lock: an expiry that passed while the call waited for it counts.
-        ``check`` runs under the lock and just before the commit, as for
-        :meth:`payment_tx`: whatever it raises leaves nothing stored."""
+    def signature_tx(
+        self, wait: float | None = None, check: Callable[[], None] | None = None
+    ) -> AbstractContextManager[SignatureTx]:
+        """The transaction that attaches a signature (see :class:`SignatureTx`);
+        ``wait`` and ``check`` as for :meth:`payment_tx`."""
 
 
 class ApprovalStore(Protocol):

@@ -31,7 +31,12 @@ from paywarden.signer.store.records import (
     StoreError,
 )
 from paywarden.signer.store.sqlite_connection import SqliteConnection
-from paywarden.signer.store.sqlite_tx import SqliteApprovalTx, SqlitePaymentTx, SqliteSessionTx
+from paywarden.signer.store.sqlite_tx import (
+    SqliteApprovalTx,
+    SqlitePaymentTx,
+    SqliteSessionTx,
+    SqliteSignatureTx,
+)
 
 
 class SqliteStore(SqliteConnection):
@@ -143,46 +148,15 @@ class SqliteStore(SqliteConnection):
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from None
 
-    def attach_signature(
-        self,
-        decision_id: str,
-        jws: str,
-        clock: Callable[[], int],
-        wait: float | None = None,
-        check: Callable[[], None] | None = None,
-    ) -> tuple[str, bool] | None:
-        """Attaches the JWS only while the payment is still committed: its reservation
-        spent and unexpired at ``clock()`` read under the write lock, for a held payment
-        its approval approved, and nothing frozen. Otherwise (the session was closed,
-        the payment expired, was withdrawn or frozen while the HSM signed, or while this
-        call waited for the lock) the signature is thrown away and None is returned. An
-        expired unsigned payment's spend has lapsed already and may be in use by another."""
+    @contextmanager
+    def signature_tx(
+        self, wait: float | None = None, check: Callable[[], None] | None = None
+    ) -> Iterator[SqliteSignatureTx]:
         try:
             with self._write(wait, check) as conn:
-                now = clock()  # not before the wait: the spend may have lapsed meanwhile
-                attached = conn.execute(
-                    "UPDATE decisions SET jws = ? WHERE id = ? AND jws IS NULL"
-                    " AND payload IS NOT NULL AND ("
-                    "   (outcome = 'allow') OR (outcome = 'pending' AND EXISTS (SELECT 1 FROM"
-                    "   approvals WHERE decision_id = ? AND status = 'approved')))"
-                    " AND EXISTS (SELECT 1 FROM reservations WHERE decision_id = ?"
-                    "   AND status = 'spent' AND expires_at > ?)"
-                    # the kill switch wins over a signature made after it was set
-                    " AND NOT EXISTS (SELECT 1 FROM freezes WHERE scope = 'global'"
-                    "   OR (scope = 'agent' AND target = decisions.agent_id)"
-                    "   OR (scope = 'session' AND target = decisions.session_id)"
-                    "   OR (scope = 'key' AND target = decisions.key_id))",
-                    (jws, decision_id, decision_id, decision_id, now),
-                ).rowcount
-                row = conn.execute(
-                    "SELECT jws FROM decisions WHERE id = ?", (decision_id,)
-                ).fetchone()
+                yield SqliteSignatureTx(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot record the signature: {exc}") from None
-        if row is None or row[0] is None:
-            return None
-        stored: str = row[0]
-        return stored, bool(attached)
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
         """One decision as recorded: for tests and inspection, not part of ``Store``."""

@@ -19,6 +19,7 @@ from paywarden.policy.vocabulary import (
     FreezeSource,
     Phase,
     PlanLine,
+    ReservationStatus,
     Verdict,
     Vote,
 )
@@ -28,6 +29,7 @@ from paywarden.signer.store.records import (
     Checkpoint,
     DecisionRecord,
     Freeze,
+    Reservation,
     SessionRecord,
 )
 
@@ -132,6 +134,28 @@ def decision_by_id(conn: sqlite3.Connection, decision_id: str) -> DecisionRecord
         (decision_id,),
     ).fetchone()
     return decision(row) if row is not None else None
+
+
+def reservation(conn: sqlite3.Connection, decision_id: str) -> Reservation | None:
+    row = conn.execute(
+        "SELECT decision_id, agent_id, session_id, asset, payee_key, amount_minor, created_at,"
+        " expires_at, status, plan_line FROM reservations WHERE decision_id = ?",
+        (decision_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Reservation(
+        decision_id=row[0],
+        agent_id=row[1],
+        session_id=row[2],
+        asset=row[3],
+        payee_key=row[4],
+        amount_minor=int(row[5]),
+        created_at=row[6],
+        expires_at=row[7],
+        status=ReservationStatus(row[8]),
+        plan_line=row[9],
+    )
 
 
 def approval(conn: sqlite3.Connection, where: str, key: str) -> ApprovalRecord | None:

@@ -2,8 +2,9 @@
 (built by :func:`paywarden.signer.auditlog.append.append`, persisted here), the
 reservation, approval and freeze updates, and the deciding transactions
 (:class:`~paywarden.signer.store.protocols.PaymentTx`,
-:class:`~paywarden.signer.store.protocols.ApprovalTx`) and closing a session's
-(:class:`~paywarden.signer.store.protocols.SessionTx`).
+:class:`~paywarden.signer.store.protocols.ApprovalTx`), closing a session's
+(:class:`~paywarden.signer.store.protocols.SessionTx`) and attaching a signature's
+(:class:`~paywarden.signer.store.protocols.SignatureTx`).
 """
 
 from __future__ import annotations
@@ -114,6 +115,25 @@ class SqliteSessionTx(SqliteTx):
 
     def approval_for_decision(self, decision_id: str) -> ApprovalRecord | None:
         return reads.approval(self._conn, "decision_id", decision_id)
+
+
+class SqliteSignatureTx(SqliteTx):
+    """Attaching a signature (:class:`~paywarden.signer.store.protocols.SignatureTx`)."""
+
+    def decision(self, decision_id: str) -> DecisionRecord | None:
+        return reads.decision_by_id(self._conn, decision_id)
+
+    def approval_for_decision(self, decision_id: str) -> ApprovalRecord | None:
+        return reads.approval(self._conn, "decision_id", decision_id)
+
+    def reservation(self, decision_id: str) -> Reservation | None:
+        return reads.reservation(self._conn, decision_id)
+
+    def set_signature(self, decision_id: str, jws: str) -> bool:
+        changed = self._conn.execute(
+            "UPDATE decisions SET jws = ? WHERE id = ? AND jws IS NULL", (jws, decision_id)
+        ).rowcount
+        return bool(changed)
 
 
 class SqlitePaymentTx(SqliteTx):
