@@ -12,7 +12,8 @@ import graph. The rules (docs/architecture.md states them in words):
   import gRPC (``grpc``, ``grpc_*`` and the generated ``*_pb2_grpc`` stubs);
 - each module imports only from its own part of its layer or from the layers below it
   (``LAYERS``), and of the command lines only ``serve``'s module imports the gRPC edge;
-- no module of ``paywarden.signer`` is over ``MAX_LINES`` lines.
+- no module of ``paywarden.signer`` is over ``MAX_LINES`` lines;
+- no module outside ``paywarden.signer.store`` imports a database driver or holds an SQL statement.
 
 All but the cycle rule are about a module's own import statements, not what those modules
 import in turn; the cycle rule follows the whole graph.
@@ -24,6 +25,7 @@ import ast
 import importlib
 import importlib.util
 import pkgutil
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,3 +351,44 @@ def oversized_modules() -> dict[str, int]:
 def test_no_module_of_the_signer_is_over_400_lines() -> None:
     oversized = oversized_modules()
     assert not oversized, f"split these modules (over {MAX_LINES} lines): {oversized}"
+
+
+# SQL as the store writes it: statements open with an upper-case keyword.
+_SQL = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|PRAGMA|BEGIN)\b")
+_SQL_DRIVERS = ("sqlite3", "sqlite_utils", "psycopg", "psycopg2", "sqlalchemy")
+
+
+def sql_outside_the_store(known: dict[str, Module]) -> list[str]:
+    """Where a module outside ``paywarden.signer.store`` imports a database driver or
+    holds a string that is an SQL statement."""
+    found = []
+    for name, module in known.items():
+        if name == "paywarden.signer.store" or name.startswith("paywarden.signer.store."):
+            continue
+        found += [
+            _where(module, imp)
+            for imp in module.imports()
+            if imp.name.split(".")[0] in _SQL_DRIVERS
+        ]
+        for node in ast.walk(ast.parse(module.source)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if _SQL.match(node.value):
+                    found.append(f"{name}:{node.lineno} {node.value.strip()[:40]!r}")
+    return found
+
+
+def test_the_sql_check_finds_a_driver_and_a_statement(tmp_path: Path) -> None:
+    path = tmp_path / "leaky.py"
+    path.write_text('import sqlite3\nQ = "SELECT seq FROM audit_log"\nNOTE = "select a payee"\n')
+    found = sql_outside_the_store({"paywarden.signer.core.leaky": Module("x", path, False)})
+    assert found == [
+        "x (line 1) imports sqlite3",
+        "paywarden.signer.core.leaky:2 'SELECT seq FROM audit_log'",
+    ]
+
+
+def test_no_sql_outside_the_store_package() -> None:
+    known = modules()
+    assert not sql_outside_the_store(known)
+    # and the store does hold SQL (the check is not vacuous)
+    assert sql_outside_the_store({"x": known["paywarden.signer.store.sqlite_tx"]})
