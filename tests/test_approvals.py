@@ -173,6 +173,9 @@ def test_pending_payment_is_shown_to_approvers_and_signed_once_approved(
     )
     trace = json.loads(shown.trace_json)
     assert isinstance(trace, list)
+    # the wire carries the trace as the store keeps it, the same text
+    stored = stack.store.get_decision(shown.decision_id)
+    assert shown.trace_json == json.dumps([r.as_json() for r in stored.trace])
     assert all({"rule", "outcome", "reason", "limit", "observed"} <= set(r) for r in trace)
     (rule,) = [r for r in trace if r["rule"] == "approval_threshold"]
     assert (rule["outcome"], rule["reason"], rule["limit"], rule["observed"]) == (

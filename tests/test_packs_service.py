@@ -22,12 +22,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
+import rfc8785
+from paywarden.signer.store.records import PackRef
 from paywarden.v1 import signer_pb2
 
 from tests.helpers import Stack, new_nonce, reason_of, sha256_hex
@@ -213,7 +216,7 @@ def advance_to(stack: Stack, t: float) -> None:
 def trace_of(stack: Stack, decision_id: str) -> dict[str, dict[str, Any]]:
     decision = stack.store.get_decision(decision_id)
     assert decision is not None
-    return {r["rule"]: r for r in json.loads(decision.trace_json)}
+    return {r.rule: r.as_json() for r in decision.trace}
 
 
 def entry(rule: dict[str, Any]) -> tuple[Any, ...]:
@@ -241,12 +244,8 @@ def test_pack_applies_by_name_and_through_a_group(api: Api, stack: Stack) -> Non
     resp = api.signer2.Sign(sign_request(stack, sid, payee="alpha", amount="1.00"))
     assert is_signed(resp)
     decision = stack.store.get_decision(resp.decision_id)
-    assert json.loads(decision.pack_json) == {
-        "id": "ops",
-        "version": 2,
-        "sha256": sha256_hex(OPS_PACK),
-    }
-    assert [r["rule"] for r in json.loads(decision.trace_json)] == OPS_RULES
+    assert decision.pack == PackRef("ops", 2, sha256_hex(OPS_PACK))
+    assert [r.rule for r in decision.trace] == OPS_RULES
     # agent-2 is not in core: payees that core allows and ops does not are refused
     err = assert_refused(
         api.signer2.Sign,
@@ -254,7 +253,7 @@ def test_pack_applies_by_name_and_through_a_group(api: Api, stack: Stack) -> Non
         DENIED,
         "PAYEE_NOT_ALLOWED",
     )
-    assert json.loads(stack.store.get_decision(decision_id_of(err)).pack_json)["id"] == "ops"
+    assert stack.store.get_decision(decision_id_of(err)).pack.id == "ops"
 
 
 # -- sessions narrow their pack ----------------------------------------------------
@@ -652,7 +651,7 @@ def test_denial_trace_lists_every_rule_and_the_pack(api: Api, stack: Stack) -> N
     decision = stack.store.get_decision(decision_id_of(err))
     assert (decision.outcome, decision.reason) == ("deny", "AMOUNT_ABOVE_MAX")
     assert decision.payload is None
-    trace = json.loads(decision.trace_json)
+    trace = [r.as_json() for r in decision.trace]
     assert [r["rule"] for r in trace] == CORE_RULES
     for rule in trace:
         assert {"rule", "outcome", "reason", "limit", "observed", "detail"} <= set(rule)
@@ -677,15 +676,49 @@ def test_denial_trace_lists_every_rule_and_the_pack(api: Api, stack: Stack) -> N
         "40.00",
         "50.01",
     )
-    assert json.loads(decision.pack_json) == {
-        "id": "core",
-        "version": 3,
-        "sha256": sha256_hex(CORE_PACK),
-    }
+    assert decision.pack == PackRef("core", 3, sha256_hex(CORE_PACK))
     assert (
         sha256_hex(CORE_PACK)
         == hashlib.sha256((Path(stack.config.policy.dir) / "core.toml").read_bytes()).hexdigest()
     )
+
+
+def test_the_store_keeps_the_trace_and_pack_as_the_same_json_text(api: Api, stack: Stack) -> None:
+    """The decision's trace and pack, typed inside the signer, are stored and logged
+    as the very text the signer has always written (pinned here byte for byte)."""
+    sid = open_session(api.planner, "agent-1", "150.00", task=TASK)
+    err = assert_refused(
+        api.signer.Sign, sign_request(stack, sid, amount="50.01"), DENIED, "AMOUNT_ABOVE_MAX"
+    )
+    decision_id = decision_id_of(err)
+    conn = sqlite3.connect(f"file:{stack.config.store.path}?mode=ro", uri=True)
+    try:
+        trace_text, pack_text = conn.execute(
+            "SELECT trace, pack FROM decisions WHERE id = ?", (decision_id,)
+        ).fetchone()
+        bodies = [str(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
+    finally:
+        conn.close()
+    assert pack_text == '{"id": "core", "sha256": "' + sha256_hex(CORE_PACK) + '", "version": 3}'
+    trace = json.loads(trace_text)
+    assert trace_text == json.dumps(trace)  # json.dumps' own separators, nothing re-sorted
+    assert trace_text.startswith(
+        '[{"rule": "session_open", "outcome": "allow", "reason": "SESSION_OPEN",'
+        ' "limit": "open", "observed": "open", "detail": ""}, '
+    )
+    keys = ["rule", "outcome", "reason", "limit", "observed", "detail", "approvers"]
+    assert list(trace[-1]) == keys and trace[-1]["approvers"] == 1
+    # read back typed, the same values; written again, the same text
+    decision = stack.store.get_decision(decision_id)
+    assert decision.pack == PackRef("core", 3, sha256_hex(CORE_PACK))
+    assert [r.as_json() for r in decision.trace] == trace
+    assert json.dumps([r.as_json() for r in decision.trace]) == trace_text
+    # the audit record: RFC 8785 of the same trace and pack
+    (body,) = [b for b in bodies if decision_id in b]
+    assert body == rfc8785.dumps(json.loads(body)).decode()
+    logged = json.loads(body)["decision"]
+    assert (logged["trace"], logged["pack"]) == (trace, json.loads(pack_text))
+    assert logged["denied_by"] == ["AMOUNT_ABOVE_MAX"]
 
 
 # -- prompt injection changes nothing --------------------------------------------------
@@ -732,9 +765,10 @@ def test_purpose_text_changes_neither_decision_nor_trace(
     assert len({d.created_at for d in decisions}) == 1, "the requests straddled a second"
     assert [d.purpose for d in decisions] == ["", *INJECTIONS]
     assert {(d.outcome, d.reason) for d in decisions} == {(outcome, reason)}
-    assert len({d.trace_json for d in decisions}) == 1
-    assert len({d.pack_json for d in decisions}) == 1
-    assert all(purpose not in decisions[0].trace_json for purpose in INJECTIONS)
+    assert len({d.trace for d in decisions}) == 1
+    assert len({d.pack for d in decisions}) == 1
+    trace_text = json.dumps([r.as_json() for r in decisions[0].trace])
+    assert all(purpose not in trace_text for purpose in INJECTIONS)
 
 
 # -- concurrency -----------------------------------------------------------------------

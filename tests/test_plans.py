@@ -9,7 +9,6 @@ code and reason code (``paywarden-reason``).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import grpc
@@ -125,7 +124,7 @@ def test_explore_commit_execute(api: Api, stack: Stack) -> None:
 
     early = sign_request(stack, sid, amount="10.00")
     err = assert_refused(api.signer.Sign, early, PRECONDITION, "SESSION_IN_EXPLORE_PHASE")
-    trace = json.loads(stack.store.get_decision(decision_id_of(err)).trace_json)
+    trace = [r.as_json() for r in stack.store.get_decision(decision_id_of(err)).trace]
     (phase,) = [r for r in trace if r["rule"] == "session_phase"]
     assert (phase["outcome"], phase["limit"], phase["observed"]) == ("deny", "execute", "explore")
     assert spent(api.agent_sessions, sid) == {"USD": "0.00"}
@@ -163,7 +162,7 @@ def test_explore_commit_execute(api: Api, stack: Stack) -> None:
     assert_refused(api.signer.Sign, early, PRECONDITION, "SESSION_IN_EXPLORE_PHASE")
     resp = api.signer.Sign(sign_request(stack, sid, amount="20.00"))
     assert is_signed(resp)
-    trace = json.loads(stack.store.get_decision(resp.decision_id).trace_json)
+    trace = [r.as_json() for r in stack.store.get_decision(resp.decision_id).trace]
     (line,) = [r for r in trace if r["rule"] == "plan_line"]
     assert (line["outcome"], line["reason"], line["plan_line"]) == ("allow", "PLAN_LINE_MATCHED", 0)
     assert used(api, sid) == [1, 0]
@@ -221,7 +220,7 @@ def test_payments_outside_the_plan_are_denied(api: Api, stack: Stack) -> None:
         DENIED,
         "PLAN_NO_MATCH",
     )
-    trace = json.loads(stack.store.get_decision(decision_id_of(err)).trace_json)
+    trace = [r.as_json() for r in stack.store.get_decision(decision_id_of(err)).trace]
     (line,) = [r for r in trace if r["rule"] == "plan_line"]
     assert (line["outcome"], line["reason"], line["limit"]) == ("deny", "PLAN_NO_MATCH", "2 lines")
     assert [r["rule"] for r in trace if r["outcome"] == "deny"] == ["plan_line"]

@@ -167,7 +167,6 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
 
 def _approval_proto(view: ApprovalView) -> approvals_pb2.Approval:
     a, d = view.approval, view.decision
-    pack = json.loads(d.pack_json or "{}")
     return approvals_pb2.Approval(
         approval_id=a.id,
         decision_id=d.id,
@@ -181,7 +180,7 @@ def _approval_proto(view: ApprovalView) -> approvals_pb2.Approval:
         asset=d.asset,
         key_id=d.key_id,
         reason=d.reason,
-        trace_json=d.trace_json,
+        trace_json=json.dumps([r.as_json() for r in d.trace]),  # the stored column's text
         untrusted_purpose=d.purpose,
         approvals_required=a.required,
         approved_by=list(a.approved_by),
@@ -189,9 +188,9 @@ def _approval_proto(view: ApprovalView) -> approvals_pb2.Approval:
         denial_note=a.note,
         created_at=a.created_at,
         expires_at=a.expires_at,
-        pack_id=str(pack.get("id", "")),
-        pack_version=int(pack.get("version", 0)),
-        pack_sha256=str(pack.get("sha256", "")),
+        pack_id=d.pack.id if d.pack is not None else "",
+        pack_version=d.pack.version if d.pack is not None else 0,
+        pack_sha256=d.pack.sha256 if d.pack is not None else "",
     )
 
 

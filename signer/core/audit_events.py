@@ -9,7 +9,6 @@ transaction as the change it records.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,15 +35,14 @@ def event(action: str, who: Principal | None, time: int, **fields: Any) -> Event
 
 def decision_fields(record: DecisionRecord, amount: str) -> dict[str, Any]:
     """The decision as the log keeps it: outcome, reasons, trace, pack, payment."""
-    trace = json.loads(record.trace_json or "[]")
     return {
         "id": record.id,
         "outcome": record.outcome,
         "reason": record.reason,
         "message": record.message,
-        "denied_by": [r["reason"] for r in trace if r.get("outcome") == Outcome.DENY],
-        "trace": trace,
-        "pack": json.loads(record.pack_json or "{}"),
+        "denied_by": [str(r.reason) for r in record.trace if r.outcome is Outcome.DENY],
+        "trace": [r.as_json() for r in record.trace],
+        "pack": record.pack.as_json() if record.pack is not None else {},
         "key_id": record.key_id,
         "session_id": record.session_id,
         "payee": record.payee,

@@ -10,7 +10,6 @@ once this transaction has committed.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 
@@ -41,6 +40,7 @@ from paywarden.signer.store.records import (
     AgentUsage,
     ApprovalRecord,
     DecisionRecord,
+    PackRef,
     Reservation,
     SessionRecord,
 )
@@ -348,9 +348,9 @@ def _record(
         asset=intent.asset,
         amount_minor=intent.amount.minor,
         payload=payload,
-        trace_json=json.dumps(decision.trace_json()),
+        trace=decision.trace,
         purpose=intent.purpose,
-        pack_json=json.dumps(dict(decision.pack), sort_keys=True),
+        pack=PackRef.of(decision.pack),
         payee=intent.payee,
         expires_at=intent.expires_at,
     )

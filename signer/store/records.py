@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from paywarden.policy.engine import RuleResult
 from paywarden.policy.vocabulary import (
     ApprovalStatus,
     FreezeScope,
@@ -79,6 +80,26 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class PackRef:
+    """The policy pack a decision was made under: its id, version and sha256."""
+
+    id: str
+    version: int
+    sha256: str
+
+    @classmethod
+    def of(cls, ref: Mapping[str, str | int]) -> PackRef | None:
+        """From a policy's pack reference (``PolicyPack.ref()``); None for a policy
+        without a pack (the empty reference)."""
+        if not ref:
+            return None
+        return cls(str(ref["id"]), int(ref["version"]), str(ref["sha256"]))
+
+    def as_json(self) -> dict[str, str | int]:
+        return {"id": self.id, "sha256": self.sha256, "version": self.version}
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """One Sign decision (allow, deny or pending), as recorded."""
 
@@ -96,9 +117,9 @@ class DecisionRecord:
     amount_minor: int
     payload: bytes | None = None  # canonical claims, when allowed or pending
     jws: str | None = None  # attached once the HSM signed
-    trace_json: str = "[]"
+    trace: tuple[RuleResult, ...] = ()  # every rule's result, in the policy's order
     purpose: str = ""  # untrusted agent text, never decisive
-    pack_json: str = "{}"  # id, version and sha256 of the deciding pack
+    pack: PackRef | None = None  # the deciding pack; None: the policy had no pack
     payee: str = ""
     expires_at: int = 0
     extra: Mapping[str, str] = field(default_factory=dict)

@@ -24,6 +24,7 @@ from paywarden.policy.vocabulary import (
     Vote,
 )
 from paywarden.signer.auditlog.append import AuditState
+from paywarden.signer.store.decision_text import pack_of, trace_of
 from paywarden.signer.store.records import (
     ApprovalRecord,
     Checkpoint,
@@ -120,9 +121,9 @@ def decision(row: Any) -> DecisionRecord:
         amount_minor=int(row[11]),
         payload=bytes(row[12]) if row[12] is not None else None,
         jws=row[13],
-        trace_json=row[14],
+        trace=trace_of(row[14]),
         purpose=row[15],
-        pack_json=row[16],
+        pack=pack_of(row[16]),
         payee=row[17],
         expires_at=row[18],
     )

@@ -17,6 +17,7 @@ from typing import Any
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Verdict, Vote
 from paywarden.signer.auditlog import append
 from paywarden.signer.store import sqlite_reads as reads
+from paywarden.signer.store.decision_text import pack_text, trace_text
 from paywarden.signer.store.records import (
     AgentUsage,
     ApprovalRecord,
@@ -186,7 +187,8 @@ class SqlitePaymentTx(SqliteTx):
             (
                 d.id, d.created_at, d.agent_id, d.session_id, d.nonce, d.request_hash,
                 d.outcome, d.reason, d.message, d.key_id, d.asset, str(d.amount_minor),
-                d.payload, d.jws, d.trace_json, d.purpose, d.pack_json, d.payee, d.expires_at,
+                d.payload, d.jws, trace_text(d.trace), d.purpose, pack_text(d.pack), d.payee,
+                d.expires_at,
             ),
         )  # fmt: skip
         if consume_nonce:
