@@ -339,6 +339,21 @@ def test_verify_fails_with_another_public_key(run: Run, tmp_path: Path) -> None:
     assert f"checkpoint {run.first.tree_size}: bad signature" in proc.stderr
 
 
+@pytest.mark.parametrize("problem", ["missing", "not PEM"])
+def test_verify_with_an_unreadable_public_key_says_so(
+    run: Run, tmp_path: Path, problem: str
+) -> None:
+    copy = tmp_path / "state.db"
+    shutil.copyfile(run.db, copy)
+    key = tmp_path / "audit.pem"
+    if problem == "not PEM":
+        key.write_text("not a key\n", encoding="ascii")
+    proc = audit_verify(copy, key)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert str(key) in proc.stderr
+
+
 def test_an_edited_record_is_named(run: Run, tmp_path: Path) -> None:
     k = run.middle
     with tampering(run, tmp_path) as (copy, conn):

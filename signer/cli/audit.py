@@ -47,7 +47,12 @@ def _load(args: argparse.Namespace) -> tuple[list[tuple[int, str, bytes | None]]
 def _public_keys(paths: list[Path]) -> list[ec.EllipticCurvePublicKey]:
     keys = []
     for path in paths:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        try:
+            key = serialization.load_pem_public_key(path.read_bytes())
+        except OSError as exc:
+            raise SystemExit(f"paywarden: cannot read public key {path}: {exc.strerror}") from None
+        except ValueError:
+            raise SystemExit(f"paywarden: {path} holds no PEM public key") from None
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise SystemExit(f"paywarden: {path} is not an EC public key")
         keys.append(key)
