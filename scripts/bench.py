@@ -373,6 +373,56 @@ def sign_request(session_id: str, serial: int, expires_at: int) -> bytes:
     return signer_pb2.SignRequest(intent=intent).SerializeToString()
 
 
+def preload(data: DataDir, sessions: list[tuple[str, str]], count: int) -> None:
+    """``count`` earlier allowed decisions, spread over the agents' sessions and the last
+    23 hours, each with its spent reservation, written through the store's own API in
+    transactions of 10,000 (the history that the signer's limits read). They have no
+    signature and no audit record: the log covers only what the run itself decides."""
+    from paywarden.policy.vocabulary import Reason, ReservationStatus, Verdict
+    from paywarden.signer.store.records import DecisionRecord, Reservation
+    from paywarden.signer.store.sqlite import SqliteStore
+
+    store = SqliteStore(data.root / "data" / "paywarden.db")
+    now = int(time.time())
+    span = 23 * 3600
+    amount = int(AMOUNT.replace(".", ""))
+    written = 0
+    try:
+        while written < count:
+            with store.payment_tx(wait=60) as tx:
+                for i in range(written, min(count, written + 10_000)):
+                    agent, session_id = sessions[i % len(sessions)]
+                    at = now - span + span * i // count
+                    decision_id = f"preload-{i}"
+                    payee = PAYEES[i % len(PAYEES)]
+                    record = DecisionRecord(
+                        id=decision_id,
+                        created_at=at,
+                        agent_id=agent,
+                        session_id=session_id,
+                        nonce=f"preload-{i}",
+                        request_hash=f"{i:064x}",
+                        outcome=Verdict.ALLOW,
+                        reason=Reason.ALLOWED,
+                        message="preloaded by scripts/bench.py",
+                        key_id="payments.v1",
+                        asset="USD",
+                        amount_minor=amount,
+                        payee=payee,
+                        expires_at=at + 60,
+                    )
+                    hold = Reservation(
+                        decision_id, agent, session_id, "USD", payee, amount, at, at + 60,
+                        ReservationStatus.SPENT,
+                    )  # fmt: skip
+                    tx.record_decision(record, consume_nonce=True, reservation=hold)
+            written = min(count, written + 10_000)
+            if written % 100_000 == 0 or written == count:
+                print(f"bench: preloaded {written} decisions", flush=True)
+    finally:
+        store.close()
+
+
 # -- client processes ---------------------------------------------------------------------------
 
 
@@ -635,12 +685,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, help="sessions (default: --concurrency)")
     parser.add_argument("--processes", type=int, default=2, help="client processes (2)")
     parser.add_argument("--workers", type=int, default=64, help="server thread pools (64)")
+    parser.add_argument(
+        "--preload", type=int, default=0, metavar="N", help="earlier decisions to store first (0)"
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="make the data directory here")
     args = parser.parse_args(argv)
     for name in ("concurrency", "rounds", "agents", "processes", "workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.preload < 0:
+        parser.error("--preload must not be negative")
     if args.duration <= 0:
         parser.error("--duration must be positive")
     if args.duration / args.rounds > EXPIRY_SECONDS - 60:
@@ -667,6 +722,8 @@ def run(args: argparse.Namespace, root: Path) -> int:
         signer_addr, echo_addr = f"127.0.0.1:{signer.port}", f"127.0.0.1:{echo_port}"
         print(f"bench: signer on {signer_addr}, echo on {echo_addr}", flush=True)
         sessions = open_sessions(data, signer_addr, args.sessions)
+        if args.preload:
+            preload(data, sessions, args.preload)
         slots = [Slot(*sessions[i % len(sessions)]) for i in range(args.concurrency)]
         for p in range(args.processes):
             mine = slots[p :: args.processes]
@@ -745,6 +802,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
             "sessions": args.sessions,
             "processes": args.processes,
             "workers": args.workers,
+            "preload": args.preload,
             "cpus": os.cpu_count(),
             "signer_rss_kib": {"start": rss_start, "end": rss_end},
             "echo": asdict(echo),
