@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from paywarden.policy.vocabulary import ReservationStatus, Verdict
 from paywarden.signer.core.backstop import check_budget
-from paywarden.signer.core.committed import attach_signature
 from paywarden.signer.core.withdrawal import close_session
 from paywarden.signer.store.records import (
     DecisionRecord,
@@ -26,6 +25,7 @@ from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.helpers import Pki, TestToken, write_config
 from tests.support.cli import paywarden
+from tests.support.stored import attach
 
 USD2 = {"USD": 2}
 EVENT = {"action": "test", "time": 1, "actor": {"role": "system", "id": "test"}}
@@ -199,11 +199,9 @@ def test_signature_is_attached_once(tmp_path: Path) -> None:
     with store.payment_tx() as tx:
         _put(tx, 1, 10)
         _put(tx, 2, 10, "deny")
-    assert attach_signature(store, "dec_1", "first", lambda: 2) == ("first", True)
-    assert attach_signature(store, "dec_1", "second", lambda: 2) == ("first", False)
-    assert (
-        attach_signature(store, "dec_2", "x", lambda: 2) is None
-    )  # a denial never gets a signature
+    assert attach(store, "dec_1", "first", 2) == ("first", True)
+    assert attach(store, "dec_1", "second", 2) == ("first", False)
+    assert attach(store, "dec_2", "x", 2) is None  # a denial never gets a signature
     store.close()
 
 

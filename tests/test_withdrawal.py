@@ -17,7 +17,6 @@ from paywarden.policy.vocabulary import (
     ReservationStatus,
     Verdict,
 )
-from paywarden.signer.core.committed import attach_signature
 from paywarden.signer.core.facts import day_start
 from paywarden.signer.core.withdrawal import close_session, withdraw, withdraw_unsigned
 from paywarden.signer.store.records import (
@@ -29,6 +28,7 @@ from paywarden.signer.store.records import (
 )
 from paywarden.signer.store.sqlite import SqliteStore
 
+from tests.support.stored import attach
 from tests.test_policy_rules import make_facts
 
 SID = "ses_" + "C" * 43
@@ -69,11 +69,11 @@ def test_a_signature_made_after_the_session_closed_is_discarded(tmp_path: Path) 
     store = _store(tmp_path)
     first = _commit(store, 1)
     second = _commit(store, 2)
-    assert attach_signature(store, first, "jws-1", lambda: 2) == ("jws-1", True)
+    assert attach(store, first, "jws-1", 2) == ("jws-1", True)
     # the planner closes the session while the HSM signs the second payment
     closed = close_session(store, SID, 5, EVENT)
     assert closed is not None and closed.spent_minor == {"USD": 100}  # only the signed one
-    assert attach_signature(store, second, "jws-2", lambda: 2) is None
+    assert attach(store, second, "jws-2", 2) is None
     decision = store.get_decision(second)
     assert decision is not None and decision.jws is None
     store.close()
@@ -89,7 +89,7 @@ def test_closing_expires_approvals_and_releases_holds(tmp_path: Path) -> None:
     assert approval is not None and approval.status == "expired"
     session = store.get_session(SID, 6)
     assert session is not None and session.spent_minor == {"USD": 0}
-    assert attach_signature(store, held, "jws", lambda: 2) is None
+    assert attach(store, held, "jws", 2) is None
     store.close()
 
 
@@ -99,7 +99,7 @@ def test_an_unsigned_spent_reservation_can_be_released_but_a_signed_one_never(
     store = _store(tmp_path)
     unsigned = _commit(store, 4)  # e.g. approved, then the HSM failed
     signed = _commit(store, 5)
-    assert attach_signature(store, signed, "jws-5", lambda: 2) == ("jws-5", True)
+    assert attach(store, signed, "jws-5", 2) == ("jws-5", True)
     with store.payment_tx() as tx:
         tx.set_reservation(unsigned, ReservationStatus.RELEASED)
         tx.set_reservation(signed, ReservationStatus.RELEASED)
@@ -153,7 +153,7 @@ def test_withdrawing_a_sessions_unsigned_decisions_spares_the_signed_the_settled
     held = _commit(store, 3, outcome="pending", status="held")
     approved = _commit(store, 4, outcome="pending", status="held")
     denied = _commit(store, 5, outcome="pending", status="held")
-    assert attach_signature(store, signed, "jws-1", lambda: 2) == ("jws-1", True)
+    assert attach(store, signed, "jws-1", 2) == ("jws-1", True)
     with store.approval_tx() as atx:
         atx.set_approval_status("apr_4", ApprovalStatus.APPROVED, 2)
         atx.set_reservation(approved, ReservationStatus.SPENT)
@@ -236,7 +236,7 @@ def test_closing_withdraws_once_and_audits_once(tmp_path: Path) -> None:
         assert stx.unsigned_decisions(SID) == []
     assert again is not None and again.closed_at == 5
     assert store.audit_head()[0] == size + 1
-    assert attach_signature(store, held, "jws", lambda: 2) is None
+    assert attach(store, held, "jws", 2) is None
     store.close()
 
 
@@ -253,13 +253,13 @@ def test_a_signature_is_kept_only_while_its_payment_is_still_committed(tmp_path:
         atx.set_reservation(approved, ReservationStatus.SPENT)  # 13's hold stays held
     # a freeze over another agent changes nothing; over this payment's key, everything
     store.set_freeze(Freeze(FreezeScope.AGENT, "agent-2", "x", "operator/o", OPERATOR, 2), EVENT)
-    assert attach_signature(store, allowed, "a", lambda: 2**40) is None  # its exp passed
-    assert attach_signature(store, allowed, "a", lambda: 2) == ("a", True)
-    assert attach_signature(store, pending, "p", lambda: 2) is None  # not approved yet
-    assert attach_signature(store, approved_held, "h", lambda: 2) is None  # hold not spent
-    assert attach_signature(store, approved, "b", lambda: 2) == ("b", True)
+    assert attach(store, allowed, "a", 2**40) is None  # its exp passed
+    assert attach(store, allowed, "a", 2) == ("a", True)
+    assert attach(store, pending, "p", 2) is None  # not approved yet
+    assert attach(store, approved_held, "h", 2) is None  # hold not spent
+    assert attach(store, approved, "b", 2) == ("b", True)
     store.set_freeze(Freeze(FreezeScope.KEY, "payments.v1", "x", "operator/o", OPERATOR, 2), EVENT)
-    assert attach_signature(store, frozen, "f", lambda: 2) is None
-    assert attach_signature(store, allowed, "again", lambda: 2) == ("a", False)  # kept as is
-    assert attach_signature(store, "dec_unknown", "u", lambda: 2) is None
+    assert attach(store, frozen, "f", 2) is None
+    assert attach(store, allowed, "again", 2) == ("a", False)  # kept as is
+    assert attach(store, "dec_unknown", "u", 2) is None
     store.close()

@@ -1,21 +1,20 @@
 """Attaching a signature: the HSM's signature is kept only while the payment is still
 committed.
 
-Between the decision's commit and the signature's, the planner may close the
-session, the payment may expire or be withdrawn, an approver's approval may lapse,
-and an operator may freeze signing. The signature is kept only if none of that
-happened by the time the write lock is held; otherwise it is thrown away and the
-caller is told the payment was withdrawn. The rule lives here, over the store's
+The signature is made and attached inside the Sign decision's transaction (one
+commit holds the decision, its spend, its audit record and its signature), so that
+nothing can close the session, withdraw the payment or freeze signing between the
+decision and its signature. Time still moves while the HSM signs: a payment whose
+expiry passed meanwhile, or a retry that completes an earlier decision, is judged
+again here at the time it is attached. The rule lives here, over the store's
 primitives (:class:`~paywarden.signer.store.protocols.SignatureTx`), so that every
 backend keeps it the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Verdict
-from paywarden.signer.store.protocols import PaymentStore, SignatureTx
+from paywarden.signer.store.protocols import SignatureTx
 from paywarden.signer.store.records import DecisionRecord
 
 
@@ -42,26 +41,17 @@ def still_committed(tx: SignatureTx, decision: DecisionRecord, now: int) -> bool
 
 
 def attach_signature(
-    store: PaymentStore,
-    decision_id: str,
-    jws: str,
-    clock: Callable[[], int],
-    wait: float | None = None,
-    check: Callable[[], None] | None = None,
+    tx: SignatureTx, decision_id: str, jws: str, now: int
 ) -> tuple[str, bool] | None:
-    """Stores the JWS of a still-committed decision unless one is stored; returns (the
-    stored JWS, whether this call stored it), or None when the payment was withdrawn
-    or frozen meanwhile (nothing stored). ``clock`` is read once the transaction holds
-    the write lock: an expiry that passed while the call waited for it counts.
-    ``wait`` and ``check`` are :meth:`PaymentStore.signature_tx`'s."""
-    with store.signature_tx(wait, check) as tx:
-        now = clock()  # not before the wait: the spend may have lapsed meanwhile
-        decision = tx.decision(decision_id)
-        if decision is None:
-            return None
-        if decision.jws is not None:
-            return decision.jws, False
-        if not still_committed(tx, decision, now):
-            return None
-        tx.set_signature(decision_id, jws)
-        return jws, True
+    """Stores the JWS of a decision still committed at ``now`` unless one is stored, in
+    the caller's transaction; returns (the stored JWS, whether this call stored it), or
+    None when the payment was withdrawn or frozen (nothing stored)."""
+    decision = tx.decision(decision_id)
+    if decision is None:
+        return None
+    if decision.jws is not None:
+        return decision.jws, False
+    if not still_committed(tx, decision, now):
+        return None
+    tx.set_signature(decision_id, jws)
+    return jws, True

@@ -1,16 +1,16 @@
 """The deciding transaction of one Sign: bind → guard → facts → evaluate → commit.
 
 Everything a decision reads and writes happens in one store transaction under
-the write lock: the session it is bound to, the freezes, the agent's nonces and
-spend, and then the decision, its reservation or approval, and its audit record.
-A caller gone by the time the lock is taken, or by the commit, has nothing
-decided for it. Nothing here signs: :mod:`paywarden.signer.core.signing` does,
-once this transaction has committed.
+the write lock: the session it is bound to, the freezes, the agent's nonces and spend, and then the
+decision, its reservation or approval, and its audit record.
+:mod:`paywarden.signer.core.signing` signs in the same transaction, so that the
+decision and its signature are committed together.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from paywarden.policy import AllOf, Decision, Facts, PolicyPack, Verdict, evaluate, normalise
@@ -31,7 +31,6 @@ from paywarden.signer.core.policies import Policies
 from paywarden.signer.core.refusing import Refusals, RetryKind, breaker_freeze
 from paywarden.signer.core.retries import answer_retry
 from paywarden.signer.core.session_input import new_decision_id
-from paywarden.signer.deadlines import Deadline
 from paywarden.signer.encoding import jcs
 from paywarden.signer.errors import Forbidden, NotFound, Reason, Replayed, SessionNotUsable
 from paywarden.signer.identity import Principal
@@ -46,6 +45,10 @@ from paywarden.signer.store.records import (
 )
 
 log = logging.getLogger("paywarden.signer")
+
+
+def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,25 +82,24 @@ class Decider:
         self._policies = Policies(deps.packs.packs, deps.assets)
 
     def decide(
-        self, caller: Principal, intent: Intent, request_hash: str, deadline: Deadline
-    ) -> Decided:
-        # The lock wait ends before the caller's deadline, and a caller gone by the
-        # time the lock is taken, or by the commit, has nothing decided for it.
-        with self._store.payment_tx(wait=deadline.lock_wait(), check=deadline.check) as tx:
-            # Read the clock once the transaction holds the write lock, so that a
-            # request that waited for the lock is not decided on a stale time.
-            now = self._deps.now()
-            session = self._bind(tx, caller, intent, now)
-            previous = self._guard(tx, caller, intent, session, request_hash, now)
-            if previous is not None:
-                return self._answer_retry(tx, caller, previous, session, now)
-            read = self._facts(tx, caller, intent, session, now)
-            decision, tripped = self._evaluate(tx, caller, intent, read, now)
-            decided, froze = self._commit(
-                tx, caller, intent, request_hash, session, read, decision, tripped, now
-            )
-        self._report(caller, session, read, decided, tripped if froze else None, now)
-        return decided
+        self, tx: PaymentTx, caller: Principal, intent: Intent, request_hash: str
+    ) -> tuple[Decided, Callable[[], None]]:
+        """The decision, made and recorded in ``tx`` (the Sign's transaction), and
+        what to report once its transaction has committed (metrics, the freeze view)."""
+        # Read the clock once the transaction holds the write lock, so that a
+        # request that waited for the lock is not decided on a stale time.
+        now = self._deps.now()
+        session = self._bind(tx, caller, intent, now)
+        previous = self._guard(tx, caller, intent, session, request_hash, now)
+        if previous is not None:
+            return self._answer_retry(tx, caller, previous, session, now), _nothing
+        read = self._facts(tx, caller, intent, session, now)
+        decision, tripped = self._evaluate(tx, caller, intent, read, now)
+        decided, froze = self._commit(
+            tx, caller, intent, request_hash, session, read, decision, tripped, now
+        )
+        froze_why = tripped if froze else None
+        return decided, lambda: self._report(caller, session, read, decided, froze_why, now)
 
     def _bind(self, tx: PaymentTx, caller: Principal, intent: Intent, now: int) -> SessionRecord:
         """The session the payment is bound to: it exists and is the caller's."""

@@ -1,11 +1,13 @@
 """Sign: the path of one payment, from the agent's request to its signature.
 
 ``sign`` is that path: early refusals (frozen, refusal budget spent) → validate →
-the deciding transaction (:mod:`paywarden.signer.core.deciding`: bind → guard →
-facts → evaluate → commit) → HSM → answer. Every branch that does not end in a
-signature or a pending approval raises a :class:`PaywardenError`; every refusal
-goes through :class:`Refusals`. A signature is never returned unless the decision
-that allowed it is durably recorded and still stands.
+one transaction: the deciding
+transaction (:mod:`paywarden.signer.core.deciding`: bind → guard → facts → evaluate
+→ record) and, for an allowed payment, the HSM's signature attached to it → its
+commit → answer. The decision, its spend, its audit record and its
+signature are committed together, and the signature leaves only after that commit.
+Every branch that does not end in a signature or a pending approval raises a
+:class:`PaywardenError`; every refusal goes through :class:`Refusals`.
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NoReturn
 
 from paywarden.hsm import HsmError, HsmUnavailable
-from paywarden.policy.vocabulary import ApprovalStatus, FreezeScope, Verdict
+from paywarden.policy.vocabulary import ApprovalStatus, Verdict
 from paywarden.signer.core import committed
-from paywarden.signer.core.deciding import Decider
+from paywarden.signer.core.deciding import Decided, Decider
 from paywarden.signer.core.deps import Deps, require, store_call
 from paywarden.signer.core.disclosure import agent_facing
 from paywarden.signer.core.payments import (
+    Intent,
     IntentFields,
     jws_compact,
     jws_signing_input,
@@ -38,7 +43,8 @@ from paywarden.signer.errors import (
     Unavailable,
 )
 from paywarden.signer.identity import Principal, Role
-from paywarden.signer.store.records import DecisionRecord
+from paywarden.signer.store.protocols import PaymentTx
+from paywarden.signer.store.records import DecisionRecord, InvariantBroken
 
 log = logging.getLogger("paywarden.signer")
 
@@ -97,10 +103,72 @@ class Signing:
                 Reason.HSM_UNAVAILABLE, "the HSM is unavailable; nothing was signed"
             ) from None
         deadline.check()
-        decided = store_call(lambda: self._decider.decide(caller, intent, request_hash, deadline))
-        record, approval, seq = decided.record, decided.approval, decided.audit_seq
+        done = store_call(
+            lambda: self._in_transaction(
+                lambda tx: self._decide_and_sign(tx, caller, intent, request_hash, deadline),
+                deadline,
+            )
+        )
+        # Committed (with its signature, if it has one): now the caller may learn of it.
+        done.report()
+        decided = done.decided
         if decided.retry is not None:
-            self._refusals.retries.recorded(caller, decided.retry, seq)
+            self._refusals.retries.recorded(caller, decided.retry, decided.audit_seq)
+        return self._answer(done)
+
+    def _in_transaction(self, work: Callable[[PaymentTx], _Done], deadline: Deadline) -> _Done:
+        with self._store.payment_tx(wait=deadline.lock_wait()) as tx:
+            return work(tx)
+
+    def _decide_and_sign(
+        self,
+        tx: PaymentTx,
+        caller: Principal,
+        intent: Intent,
+        request_hash: str,
+        deadline: Deadline,
+    ) -> _Done:
+        """One Sign's transaction: the decision and, if it allows a payment not
+        signed yet, its signature, in the same transaction. A caller gone before the
+        decision has nothing decided; one gone while the HSM signs has the decision
+        kept and nothing signed (an identical retry completes it)."""
+        deadline.check()
+        decided, report = self._decider.decide(tx, caller, intent, request_hash)
+        record = decided.record
+        if not _to_sign(decided):
+            return _Done(decided, report)
+        try:
+            deadline.check(0.0)
+        except PaywardenError as exc:
+            return _Done(decided, report, gone=exc)
+        signing_input = jws_signing_input(record.key_id, record.payload or b"")
+        started = time.monotonic()
+        try:
+            signature = self._hsm.sign_es256(record.key_id, signing_input)
+        except HsmError:
+            return _Done(decided, report, hsm_failed=True)
+        self._metrics.hsm_latency.observe(time.monotonic() - started)
+        try:  # a caller gone while the HSM signed gets nothing stored
+            deadline.check(0.0)
+        except PaywardenError as exc:
+            return _Done(decided, report, gone=exc)
+        # The clock is read again: the payment may have expired while the HSM signed.
+        compact = jws_compact(signing_input, signature)
+        attached = committed.attach_signature(tx, record.id, compact, self._deps.now())
+        if attached is None:
+            frozen = tx.frozen(record.agent_id, record.session_id, record.key_id) is not None
+            return _Done(decided, report, withdrawn=True, frozen=frozen)
+        return _Done(decided, report, jws=attached[0], first=attached[1])
+
+    def _answer(self, done: _Done) -> SignResult:
+        """A committed decision answered: pending, its denial raised, or its signature."""
+        decided = done.decided
+        record, approval, seq, replayed = (
+            decided.record,
+            decided.approval,
+            decided.audit_seq,
+            decided.replayed,
+        )
         if (
             record.outcome == Verdict.NEEDS_APPROVAL
             and approval is not None
@@ -111,41 +179,15 @@ class Signing:
                 record.id,
                 record.key_id,
                 record.payload or b"",
-                decided.replayed,
+                replayed,
                 approval_id=approval.id,
                 audit_seq=seq,
             )
-        return self._issue(record, replayed=decided.replayed, audit_seq=seq, deadline=deadline)
-
-    def _issue(
-        self, record: DecisionRecord, *, replayed: bool, audit_seq: int, deadline: Deadline
-    ) -> SignResult:
-        """A committed decision answered: its denial raised, its signature (made
-        now by the HSM and attached to the decision, or attached already) returned."""
         if record.outcome == Verdict.DENY or record.payload is None:
-            _raise_denial(record, audit_seq)
-        log.info(
-            "payment allowed",
-            extra={"decision_id": record.id, "session_id": record.session_id, "replayed": replayed},
-        )
-        if record.jws is not None:  # signed already: the payment is spent, so it is answered
-            return SignResult(
-                SignStatus.SIGNED,
-                record.id,
-                record.key_id,
-                record.payload,
-                replayed,
-                record.jws,
-                audit_seq=audit_seq,
-            )
-        # Committed but not signed yet: a caller gone now gets nothing signed (a retry
-        # of the same request completes it, as after an HSM failure).
-        deadline.check(0.0)
-        signing_input = jws_signing_input(record.key_id, record.payload)
-        started = time.monotonic()
-        try:
-            signature = self._hsm.sign_es256(record.key_id, signing_input)
-        except HsmError:
+            _raise_denial(record, seq)
+        if done.gone is not None:
+            raise done.gone
+        if done.hsm_failed:
             log.warning(
                 "HSM failed after the decision was recorded", extra={"decision_id": record.id}
             )
@@ -154,41 +196,33 @@ class Signing:
                 "the HSM is unavailable; the decision is recorded and a retry with the "
                 "same request completes it",
                 decision_id=record.id,
-                audit_seq=audit_seq,
-            ) from None
-        self._metrics.hsm_latency.observe(time.monotonic() - started)
-        compact = jws_compact(signing_input, signature)
-        # A caller gone while the HSM signed gets nothing stored (the same check runs
-        # just before the commit); once stored, the token is always answered.
-        attached = store_call(
-            lambda: committed.attach_signature(
-                self._store,
-                record.id,
-                compact,
-                self._deps.now,
-                wait=deadline.remaining(),
-                check=lambda: deadline.check(0.0),
+                audit_seq=seq,
             )
-        )
-        if attached is None:
-            # The payment was withdrawn (session closed, payment expired) or frozen
-            # while the HSM signed: the signature is discarded, never returned.
-            if self._frozen_now(record):
+        if done.withdrawn:
+            # The payment expired (or was withdrawn or frozen) while the HSM signed:
+            # the signature is discarded, never returned.
+            if done.frozen:
                 raise SessionNotUsable(
                     Reason.FROZEN,
                     "signing was frozen while the payment was being signed; nothing was signed",
                     decision_id=record.id,
-                    audit_seq=audit_seq,
+                    audit_seq=seq,
                 )
             raise SessionNotUsable(
                 Reason.PAYMENT_WITHDRAWN,
                 "the payment was withdrawn (session closed or payment expired) before it was "
                 "signed; nothing was signed",
                 decision_id=record.id,
-                audit_seq=audit_seq,
+                audit_seq=seq,
             )
-        jws, first = attached
-        if first:  # concurrent identical retries: only the signature kept counts
+        jws = done.jws if done.jws is not None else record.jws
+        if jws is None:  # neither signed now nor before: never answered as signed
+            raise InvariantBroken(f"decision {record.id} has no signature to answer")
+        log.info(
+            "payment allowed",
+            extra={"decision_id": record.id, "session_id": record.session_id, "replayed": replayed},
+        )
+        if done.first:  # concurrent identical retries: only the signature kept counts
             units = float(self._deps.amount(record.amount_minor, record.asset))
             self._metrics.signed(
                 record.asset, units, record.session_id, record.agent_id, record.key_id
@@ -200,18 +234,35 @@ class Signing:
             record.payload,
             replayed,
             jws,
-            audit_seq=audit_seq,
+            audit_seq=seq,
         )
 
-    def _frozen_now(self, record: DecisionRecord) -> bool:
-        targets = {
-            FreezeScope.GLOBAL: "",
-            FreezeScope.AGENT: record.agent_id,
-            FreezeScope.SESSION: record.session_id,
-            FreezeScope.KEY: record.key_id,
-        }
-        freezes = store_call(self._store.freezes)
-        return any(targets.get(f.scope) == f.target for f in freezes)
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """What one Sign's transaction decided and signed, for its caller to answer once
+    it has committed."""
+
+    decided: Decided
+    report: Callable[[], None]
+    jws: str | None = None  # the signature stored with the decision
+    first: bool = False  # this call stored it (not a concurrent identical retry)
+    hsm_failed: bool = False  # the decision is kept, unsigned
+    gone: PaywardenError | None = None  # the caller left; the decision is kept, unsigned
+    withdrawn: bool = False  # the payment could no longer be signed once the HSM had signed
+    frozen: bool = False  # ... because signing is frozen
+
+
+def _to_sign(decided: Decided) -> bool:
+    """Does this decision need its signature now? An allowed (or approved) payment
+    with a payload and none stored yet."""
+    record, approval = decided.record, decided.approval
+    if record.outcome == Verdict.DENY or record.payload is None or record.jws is not None:
+        return False
+    return not (
+        record.outcome == Verdict.NEEDS_APPROVAL
+        and (approval is None or approval.status == ApprovalStatus.PENDING)
+    )
 
 
 def _raise_denial(record: DecisionRecord, audit_seq: int) -> NoReturn:

@@ -78,8 +78,8 @@ class SessionTx(Protocol):
 
 
 class SignatureTx(Protocol):
-    """Attaching a signature's transaction: the primitives that the core's
-    :func:`~paywarden.signer.core.committed.attach_signature` composes."""
+    """Attaching a signature, in the Sign decision's transaction: the primitives that
+    the core's :func:`~paywarden.signer.core.committed.attach_signature` composes."""
 
     def decision(self, decision_id: str) -> DecisionRecord | None: ...
 
@@ -93,8 +93,9 @@ class SignatureTx(Protocol):
         """Stores the JWS unless one is stored; True if this stored it."""
 
 
-class PaymentTx(DecidingTx, Protocol):
-    """The Sign decision's transaction."""
+class PaymentTx(DecidingTx, SignatureTx, Protocol):
+    """The Sign decision's transaction: the decision, its spend, its audit record and
+    its signature are committed together."""
 
     def agent_usage(
         self, agent_id: str, asset: str, now: int, day_start: int, window_seconds: int
@@ -177,12 +178,6 @@ class PaymentStore(Protocol):
         """``wait``: the longest wait for the write lock (None: the store's own bound);
         ``check`` runs once the lock is held and before the commit, and what it raises
         abandons the transaction."""
-
-    def signature_tx(
-        self, wait: float | None = None, check: Callable[[], None] | None = None
-    ) -> AbstractContextManager[SignatureTx]:
-        """The transaction that attaches a signature (see :class:`SignatureTx`);
-        ``wait`` and ``check`` as for :meth:`payment_tx`."""
 
 
 class ApprovalStore(Protocol):

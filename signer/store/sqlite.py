@@ -35,7 +35,6 @@ from paywarden.signer.store.sqlite_tx import (
     SqliteApprovalTx,
     SqlitePaymentTx,
     SqliteSessionTx,
-    SqliteSignatureTx,
 )
 
 
@@ -147,16 +146,6 @@ class SqliteStore(SqliteConnection):
                 yield SqliteApprovalTx(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from None
-
-    @contextmanager
-    def signature_tx(
-        self, wait: float | None = None, check: Callable[[], None] | None = None
-    ) -> Iterator[SqliteSignatureTx]:
-        try:
-            with self._write(wait, check) as conn:
-                yield SqliteSignatureTx(conn)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot record the signature: {exc}") from None
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
         """One decision as recorded: for tests and inspection, not part of ``Store``."""

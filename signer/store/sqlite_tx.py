@@ -137,7 +137,9 @@ class SqliteSignatureTx(SqliteTx):
         return bool(changed)
 
 
-class SqlitePaymentTx(SqliteTx):
+class SqlitePaymentTx(SqliteSignatureTx):
+    """The Sign decision's transaction, which attaches its signature too."""
+
     def agent_usage(
         self, agent_id: str, asset: str, now: int, day_start: int, window_seconds: int
     ) -> AgentUsage:

@@ -98,22 +98,26 @@ def test_a_call_cancelled_while_it_waited_for_the_lock_is_not_decided(stack: Sta
     assert stack.service.get_session(planner, session.record.id).record.spent_minor == {"USD": 0}
 
 
-def test_a_call_gone_after_its_commit_gets_nothing_signed_and_a_retry_completes_it(
+def test_a_call_gone_once_decided_gets_nothing_signed_and_a_retry_completes_it(
     stack: Stack,
 ) -> None:
-    """The caller leaves just after the decision is committed: the HSM is not asked
-    to sign for it; the identical retry, while the payment is unexpired, completes it."""
+    """The caller leaves once its decision is written, before the HSM signs (the HSM
+    signs inside the decision's transaction): the HSM is not asked to sign for it,
+    the decision is committed unsigned, and the identical retry, while the payment is
+    unexpired, completes it."""
     planner, agent = PLANNER, AGENT
     session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
-    path = stack.config.store.path
-
-    def committed_size() -> int:  # what another connection sees: only committed records
-        with sqlite3.connect(path) as conn:
-            return int(conn.execute("SELECT size FROM audit_state").fetchone()[0])
-
-    before = committed_size()
-    deadline = Deadline(time.monotonic() + 30, lambda: committed_size() == before)
     fields = _fields(stack, session.record.id)
+
+    def decided() -> bool:
+        # The store's own connection, read from inside the transaction that holds it
+        # (the deadline is checked there): it sees the decision before its commit.
+        row = stack.store._conn.execute(
+            "SELECT 1 FROM decisions WHERE nonce = ?", (fields.nonce,)
+        ).fetchone()
+        return row is not None
+
+    deadline = Deadline(time.monotonic() + 30, lambda: not decided())
     registry = stack.service.metrics.registry
     hsm_calls = "paywarden_hsm_sign_latency_seconds_count"
     signed_before = registry.get_sample_value(hsm_calls)
@@ -121,7 +125,7 @@ def test_a_call_gone_after_its_commit_gets_nothing_signed_and_a_retry_completes_
         stack.service.sign(agent, fields, deadline)
     assert gone.value.reason == Reason.CALL_CANCELLED
     assert registry.get_sample_value(hsm_calls) == signed_before  # the HSM never signed
-    with sqlite3.connect(path) as conn:
+    with sqlite3.connect(stack.config.store.path) as conn:  # committed, unsigned
         (jws,) = conn.execute(
             "SELECT jws FROM decisions WHERE nonce = ?", (fields.nonce,)
         ).fetchone()

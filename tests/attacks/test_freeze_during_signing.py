@@ -1,13 +1,18 @@
 """Attack: an operator freezes signing while the HSM is signing a payment.
 
-The decision was allowed before the freeze, but the kill switch must win: a
-signature finished after the freeze is discarded, never stored nor returned,
-as for a payment withdrawn while it was being signed. A freeze is an injected
-fault from inside the HSM call, the only way to hit that window on demand.
+The decision, its spend, its audit record and its signature are committed in one
+transaction, and the HSM signs inside it: a freeze set meanwhile cannot slip in
+between the decision and its signature. It waits for that commit, so the payment
+decided before it is signed and kept whole, the freeze's record follows the
+decision's in the audit log, and the kill switch wins for every signature after
+it, the identical retry included. The freeze is sent from another thread while the
+HSM call is held open (an injected fault: the only way to hit that window on demand).
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -16,10 +21,11 @@ from paywarden.hsm import Hsm
 from paywarden.signer.api.startup import load_packs
 from paywarden.signer.core.service import SigningService
 from paywarden.signer.core.views import SignStatus
-from paywarden.signer.errors import PaywardenError, Reason, SessionNotUsable
+from paywarden.signer.errors import PaywardenError, Reason
 
 from tests.attacks.kit import AGENT, OPERATOR, PLANNER, dataset_fields
 from tests.helpers import Stack
+from tests.support.threads import start_and_wait_until_in
 
 
 class FreezingHsm:
@@ -39,7 +45,9 @@ class FreezingHsm:
 
 
 @pytest.mark.parametrize("scope", ["global", "agent", "session", "key"])
-def test_a_freeze_set_while_the_hsm_signs_discards_the_signature(stack: Stack, scope: str) -> None:
+def test_a_freeze_sent_while_the_hsm_signs_takes_effect_after_that_payment_commits(
+    stack: Stack, scope: str
+) -> None:
     hsm = FreezingHsm(stack.hsm)
     # FreezingHsm stands in for the Hsm (it wraps the real one): a test double, not a subclass.
     service = SigningService(
@@ -48,23 +56,34 @@ def test_a_freeze_set_while_the_hsm_signs_discards_the_signature(stack: Stack, s
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "5.00")], 3600, [])
     sid = session.record.id
     target = {"global": "", "agent": "agent-1", "session": sid, "key": "payments.v1"}[scope]
-    hsm.during_sign = lambda: stack.control.freeze(OPERATOR, scope, target, "incident")
+    freezer = threading.Thread(
+        target=lambda: stack.control.freeze(OPERATOR, scope, target, "incident")
+    )
+
+    # the freeze is on its way: it waits for the store's lock while the HSM signs
+    hsm.during_sign = lambda: start_and_wait_until_in(freezer, "SqliteConnection._locked")
     request = dataset_fields(sid, expires_at=int(stack.clock.now()) + 60)
     try:
-        with pytest.raises(SessionNotUsable) as frozen:
-            service.sign(AGENT, request)
-        assert frozen.value.reason == Reason.FROZEN
-        decision = stack.store.get_decision(frozen.value.decision_id or "")
-        assert decision is not None and decision.outcome == "allow" and decision.jws is None
+        signed = service.sign(AGENT, request)
         hsm.during_sign = lambda: None
-        # while frozen, the identical retry is refused too, and nothing is stored
-        with pytest.raises(PaywardenError) as again:
-            service.sign(AGENT, request)
-        assert again.value.reason == Reason.FROZEN
-        decision = stack.store.get_decision(decision.id)
-        assert decision is not None and decision.jws is None
+        freezer.join()
+        # decided before the freeze: signed and kept whole, in one commit
+        assert signed.status is SignStatus.SIGNED and signed.jws
+        decision = stack.store.get_decision(signed.decision_id)
+        assert decision is not None and decision.jws == signed.jws
+        assert service.get_session(PLANNER, sid).record.spent_minor == {"USD": 60}
+        # the freeze's record follows the decision's
+        size, _root = stack.store.audit_head()
+        later = [json.loads(stack.store.audit_record(s)) for s in range(signed.audit_seq, size + 1)]
+        assert later[0]["action"] == "sign.decision"
+        assert [r["action"] for r in later].count("freeze.set") == 1
+        # and the kill switch wins from then on: a new payment, and the identical retry
+        for again in (dataset_fields(sid, expires_at=int(stack.clock.now()) + 60), request):
+            with pytest.raises(PaywardenError) as frozen:
+                service.sign(AGENT, again)
+            assert frozen.value.reason == Reason.FROZEN
     finally:
         stack.control.unfreeze(OPERATOR, scope, target, "all clear")
-    # lifted: the recorded decision completes on retry, as after an HSM failure
+    # lifted: the identical retry is answered the token it was signed with
     done = service.sign(AGENT, request)
-    assert done.status is SignStatus.SIGNED and done.replayed
+    assert done.status is SignStatus.SIGNED and done.replayed and done.jws == signed.jws

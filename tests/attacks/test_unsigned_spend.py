@@ -8,8 +8,8 @@ late retry of that very request is still denied.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from typing import Any, cast
 
 import pytest
@@ -21,6 +21,7 @@ from paywarden.signer.errors import PaywardenError, Reason, Unavailable
 
 from tests.attacks.kit import AGENT, PLANNER, dataset_fields
 from tests.helpers import Stack
+from tests.support.threads import start_and_wait_until_in
 
 
 class FailingHsm:
@@ -123,41 +124,30 @@ def test_a_signature_finished_after_the_expiry_is_discarded_not_double_counted(
 
 
 def test_a_signature_attached_after_its_expiry_lapsed_cannot_overspend_the_session(
-    stack: Stack, flaky: tuple[SigningService, FailingHsm], monkeypatch: pytest.MonkeyPatch
+    stack: Stack, flaky: tuple[SigningService, FailingHsm]
 ) -> None:
-    """Payment A is signed by the HSM, then waits for the store's lock to attach its
-    signature. Meanwhile its exp passes, its unsigned spend lapses and payment B,
-    which needs that spend, takes the lock first and is signed. A's signature must
-    then be judged at the time it is attached, not at the time it began to wait:
-    on a 1.00 budget, 0.60 + 0.60 must never both be signed."""
+    """Payment A is signed by the HSM inside its own transaction; meanwhile its exp
+    passes, and payment B, which needs A's spend, arrives and waits for A's commit.
+    A's signature must be judged at the time it is attached (its spend has lapsed:
+    discarded), and B decided on what A's transaction committed: on a 1.00 budget,
+    0.60 + 0.60 must never both be signed."""
     service, hsm = flaky
     session = service.open_session(PLANNER, "agent-1", "buy data", [("USD", "1.00")], 3600, [])
     sid = session.record.id
     a = dataset_fields(sid, expires_at=int(stack.clock.now()) + 5)
     b = dataset_fields(sid, expires_at=int(stack.clock.now()) + 60)
-    real_locked = stack.store._locked
-    armed: list[bool] = []
     answers: list[Any] = []
+    second = threading.Thread(target=lambda: answers.append(service.sign(AGENT, b)))
 
-    def lock_wait(wait: float | None) -> AbstractContextManager[float]:
-        # the store's lock is taken by others while A waits for it (a simulated
-        # wait: the real lock has no hook to hold A exactly here)
-        if armed:
-            armed.clear()
-            stack.clock.advance(6)  # A's exp passes while it waits
-            answers.append(service.sign(AGENT, b))  # B takes the lock first
-        result: AbstractContextManager[float] = real_locked(wait)
-        return result
-
-    def signed_a() -> None:  # A's next store call is the attach of its signature
+    def while_a_is_signed() -> None:
         hsm.while_signing = lambda: None
-        armed.append(True)
+        stack.clock.advance(6)  # A's exp passes while the HSM signs it
+        start_and_wait_until_in(second, "SqliteConnection._locked")  # B waits for A's commit
 
-    monkeypatch.setattr(stack.store, "_locked", lock_wait)
-    hsm.while_signing = signed_a
+    hsm.while_signing = while_a_is_signed
     with pytest.raises(PaywardenError) as late:
         service.sign(AGENT, a)
-    monkeypatch.undo()
+    second.join()
 
     assert answers and answers[0].status is SignStatus.SIGNED  # B was signed
     assert late.value.reason == Reason.PAYMENT_WITHDRAWN  # A's signature was discarded
