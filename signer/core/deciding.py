@@ -1,7 +1,8 @@
 """The deciding transaction of one Sign: bind → guard → facts → evaluate → commit.
 
 Everything a decision reads and writes happens in one store transaction under
-the write lock: the session it is bound to, the freezes, the agent's nonces and spend, and then the
+the write lock (an item of a group commit: :mod:`paywarden.signer.core.batching`):
+the session it is bound to, the freezes, the agent's nonces and spend, and then the
 decision, its reservation or approval, and its audit record.
 :mod:`paywarden.signer.core.signing` signs in the same transaction, so that the
 decision and its signature are committed together.
@@ -84,7 +85,7 @@ class Decider:
     def decide(
         self, tx: PaymentTx, caller: Principal, intent: Intent, request_hash: str
     ) -> tuple[Decided, Callable[[], None]]:
-        """The decision, made and recorded in ``tx`` (the Sign's transaction), and
+        """The decision, made and recorded in ``tx`` (one item of a group commit), and
         what to report once its transaction has committed (metrics, the freeze view)."""
         # Read the clock once the transaction holds the write lock, so that a
         # request that waited for the lock is not decided on a stale time.

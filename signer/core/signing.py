@@ -1,10 +1,10 @@
 """Sign: the path of one payment, from the agent's request to its signature.
 
 ``sign`` is that path: early refusals (frozen, refusal budget spent) → validate →
-one transaction: the deciding
+one item of a group commit (:mod:`paywarden.signer.core.batching`): the deciding
 transaction (:mod:`paywarden.signer.core.deciding`: bind → guard → facts → evaluate
-→ record) and, for an allowed payment, the HSM's signature attached to it → its
-commit → answer. The decision, its spend, its audit record and its
+→ record) and, for an allowed payment, the HSM's signature attached to it → the
+batch's commit → answer. The decision, its spend, its audit record and its
 signature are committed together, and the signature leaves only after that commit.
 Every branch that does not end in a signature or a pending approval raises a
 :class:`PaywardenError`; every refusal goes through :class:`Refusals`.
@@ -22,6 +22,7 @@ from typing import NoReturn
 from paywarden.hsm import HsmError, HsmUnavailable
 from paywarden.policy.vocabulary import ApprovalStatus, Verdict
 from paywarden.signer.core import committed
+from paywarden.signer.core.batching import GroupCommit
 from paywarden.signer.core.deciding import Decided, Decider
 from paywarden.signer.core.deps import Deps, require, store_call
 from paywarden.signer.core.disclosure import agent_facing
@@ -64,6 +65,7 @@ class Signing:
         self._refusals = refusals
         self._key_ids = set(deps.hsm.key_ids())
         self._decider = Decider(deps, refusals)
+        self._batches = GroupCommit(deps.store)
 
     def sign(
         self, caller: Principal, fields: IntentFields, deadline: Deadline = NO_DEADLINE
@@ -104,9 +106,9 @@ class Signing:
             ) from None
         deadline.check()
         done = store_call(
-            lambda: self._in_transaction(
+            lambda: self._batches.run(
                 lambda tx: self._decide_and_sign(tx, caller, intent, request_hash, deadline),
-                deadline,
+                wait=deadline.lock_wait(),
             )
         )
         # Committed (with its signature, if it has one): now the caller may learn of it.
@@ -116,10 +118,6 @@ class Signing:
             self._refusals.retries.recorded(caller, decided.retry, decided.audit_seq)
         return self._answer(done)
 
-    def _in_transaction(self, work: Callable[[PaymentTx], _Done], deadline: Deadline) -> _Done:
-        with self._store.payment_tx(wait=deadline.lock_wait()) as tx:
-            return work(tx)
-
     def _decide_and_sign(
         self,
         tx: PaymentTx,
@@ -128,7 +126,7 @@ class Signing:
         request_hash: str,
         deadline: Deadline,
     ) -> _Done:
-        """One Sign's transaction: the decision and, if it allows a payment not
+        """One item of a group commit: the decision and, if it allows a payment not
         signed yet, its signature, in the same transaction. A caller gone before the
         decision has nothing decided; one gone while the HSM signs has the decision
         kept and nothing signed (an identical retry completes it)."""
@@ -240,8 +238,8 @@ class Signing:
 
 @dataclass(frozen=True, slots=True)
 class _Done:
-    """What one Sign's transaction decided and signed, for its caller to answer once
-    it has committed."""
+    """What one Sign's item of a group commit decided and signed, for its caller to
+    answer once the batch has committed."""
 
     decided: Decided
     report: Callable[[], None]

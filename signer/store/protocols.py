@@ -132,6 +132,13 @@ class PaymentTx(DecidingTx, SignatureTx, Protocol):
         """Adds a freeze; False if that scope and target were already frozen."""
 
 
+class PaymentBatch(Protocol):
+    """The items of a group commit (see :meth:`PaymentStore.payment_batch`)."""
+
+    def item(self) -> AbstractContextManager[PaymentTx]:
+        """One decision of the batch: what its block raises undoes only its own writes."""
+
+
 class ApprovalTx(DecidingTx, Protocol):
     """An approver's vote's transaction."""
 
@@ -178,6 +185,11 @@ class PaymentStore(Protocol):
         """``wait``: the longest wait for the write lock (None: the store's own bound);
         ``check`` runs once the lock is held and before the commit, and what it raises
         abandons the transaction."""
+
+    def payment_batch(self, wait: float | None = None) -> AbstractContextManager[PaymentBatch]:
+        """One transaction for several Sign decisions, committed once (group commit);
+        ``wait`` as for :meth:`payment_tx`. Whatever the batch's block raises, or a
+        failed commit, undoes every item of it."""
 
 
 class ApprovalStore(Protocol):

@@ -33,6 +33,7 @@ from paywarden.signer.store.records import (
 from paywarden.signer.store.sqlite_connection import SqliteConnection
 from paywarden.signer.store.sqlite_tx import (
     SqliteApprovalTx,
+    SqlitePaymentBatch,
     SqlitePaymentTx,
     SqliteSessionTx,
 )
@@ -136,6 +137,18 @@ class SqliteStore(SqliteConnection):
         try:
             with self._write(wait, check) as conn:
                 yield SqlitePaymentTx(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store unavailable: {exc}") from None
+
+    @contextmanager
+    def payment_batch(self, wait: float | None = None) -> Iterator[SqlitePaymentBatch]:
+        batch: SqlitePaymentBatch | None = None
+        try:
+            with self._write(wait) as conn:
+                batch = SqlitePaymentBatch(conn)
+                yield batch
+                if batch.broken:  # an item could not be undone: nothing of the batch commits
+                    raise StoreError("a decision of the batch could not be rolled back")
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from None
 

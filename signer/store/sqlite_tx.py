@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Verdict, Vote
@@ -25,6 +26,7 @@ from paywarden.signer.store.records import (
     Freeze,
     Reservation,
     SessionRecord,
+    StoreError,
     WindowStats,
 )
 
@@ -269,6 +271,30 @@ class SqlitePaymentTx(SqliteSignatureTx):
 
     def freeze(self, freeze: Freeze) -> bool:
         return add_freeze(self._conn, freeze)
+
+
+class SqlitePaymentBatch:
+    """Several Sign decisions in one transaction (one commit, one fsync): each item is a
+    savepoint, so that what one item raises undoes only that item's writes."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.broken = False  # an item's rollback failed: the batch must not commit
+
+    @contextmanager
+    def item(self) -> Iterator[SqlitePaymentTx]:
+        self._conn.execute("SAVEPOINT item")
+        try:
+            yield SqlitePaymentTx(self._conn)
+        except BaseException:
+            try:
+                self._conn.execute("ROLLBACK TO item")
+                self._conn.execute("RELEASE item")
+            except sqlite3.Error as exc:
+                self.broken = True
+                raise StoreError(f"cannot undo a decision of the batch: {exc}") from None
+            raise
+        self._conn.execute("RELEASE item")
 
 
 class SqliteApprovalTx(SqliteTx):

@@ -142,7 +142,7 @@ def test_a_signature_attached_after_its_expiry_lapsed_cannot_overspend_the_sessi
     def while_a_is_signed() -> None:
         hsm.while_signing = lambda: None
         stack.clock.advance(6)  # A's exp passes while the HSM signs it
-        start_and_wait_until_in(second, "SqliteConnection._locked")  # B waits for A's commit
+        start_and_wait_until_in(second, "GroupCommit.run")  # B waits for A's commit
 
     hsm.while_signing = while_a_is_signed
     with pytest.raises(PaywardenError) as late:
