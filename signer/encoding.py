@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 
 _MAX_SAFE_INT = 2**53 - 1
@@ -32,8 +33,46 @@ Json = str | int | bool | None | Mapping[str, "Json"] | list["Json"]
 
 
 def jcs(value: Json) -> bytes:
-    """RFC 8785 serialisation for strings, safe integers, booleans, null, arrays, objects."""
+    """RFC 8785 serialisation for strings, safe integers, booleans, null, arrays, objects.
+
+    For these types JCS is what the C JSON encoder writes with sorted keys, no
+    whitespace and UTF-8 output, once two things are checked: every value has one of
+    those types (and every integer is safe), and no key holds a character beyond the
+    Basic Multilingual Plane (where code-point order and JCS's UTF-16 order differ).
+    The checks are one pass without building text; anything they do not vouch for
+    (a Mapping that is not a dict, a character beyond the BMP) takes the slower
+    encoder written from the RFC."""
+    if _plain(value):
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        if not _ASTRAL.search(text):
+            return text.encode("utf-8")
     return _jcs(value).encode("utf-8")
+
+
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _plain(value: object) -> bool:
+    """Does ``value`` hold only str (or a subclass: a StrEnum is its text), safe int,
+    bool, None, list and dict with str keys?
+    Raises what :func:`_jcs` raises for an unsafe integer or a non-string key."""
+    kind = type(value)
+    if isinstance(value, str) or kind is bool or value is None:  # StrEnum: its text
+        return True
+    if kind is int:
+        if abs(value) > _MAX_SAFE_INT:  # type: ignore[arg-type]
+            raise ValueError("integer outside the range JCS represents exactly")
+        return True
+    if kind is list:
+        return all(_plain(v) for v in value)  # type: ignore[attr-defined]
+    if kind is dict:
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str:
+                raise TypeError("object keys must be strings")
+            if not _plain(v):
+                return False
+        return True
+    return False
 
 
 def _utf16_key(key: str) -> bytes:
