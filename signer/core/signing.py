@@ -152,7 +152,12 @@ class Signing:
             return _Done(decided, report, gone=exc)
         # The clock is read again: the payment may have expired while the HSM signed.
         compact = jws_compact(signing_input, signature)
-        attached = committed.attach_signature(tx, record.id, compact, self._deps.now())
+        now = self._deps.now()
+        attached = (
+            committed.attach_signature(tx, record.id, compact, now)
+            if decided.replayed  # an earlier decision: whatever became of it is judged
+            else committed.attach_new_signature(tx, record, compact, now)
+        )
         if attached is None:
             frozen = tx.frozen(record.agent_id, record.session_id, record.key_id) is not None
             return _Done(decided, report, withdrawn=True, frozen=frozen)
