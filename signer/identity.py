@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -129,12 +129,26 @@ class Authenticator:
 
     trust_domain: str
     client_cas: tuple[x509.Certificate, ...]
+    # Who a certificate (its exact PEM bytes) was found to be: the answer is a function
+    # of the certificate, the CAs and the trust domain alone, so it is read once per
+    # certificate, not once per call. Bounded: emptied when full. Refusals are not kept.
+    _known: dict[bytes, Principal] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_pem(cls, trust_domain: str, client_ca_pem: bytes) -> Authenticator:
         return cls(trust_domain, tuple(x509.load_pem_x509_certificates(client_ca_pem)))
 
     def principal(self, auth_context: Mapping[str, Any]) -> Principal:
+        pems = auth_context.get("x509_pem_cert") or []
+        if len(pems) == 1 and (known := self._known.get(pems[0])) is not None:
+            return known
         cert = _leaf(auth_context)
         check_client_profile(cert, self.client_cas)
-        return principal_from_cert(cert, self.trust_domain)
+        principal = principal_from_cert(cert, self.trust_domain)
+        if len(self._known) >= _KNOWN_CERTIFICATES:
+            self._known.clear()
+        self._known[pems[0]] = principal
+        return principal
+
+
+_KNOWN_CERTIFICATES = 4096

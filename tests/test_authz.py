@@ -28,6 +28,7 @@ from paywarden.signer.api.authz import RPC_ROLES
 from paywarden.signer.api.status import ERROR_DOMAIN, to_grpc_status
 from paywarden.signer.errors import NotAuthenticated, Reason
 from paywarden.signer.identity import (
+    Authenticator,
     Principal,
     Role,
     parse_spiffe,
@@ -463,6 +464,25 @@ def test_issued_test_certificates_name_their_principal(pki: Pki) -> None:
     for role, principal in PRINCIPAL_OF.items():
         _, pem = pki.cert(role.value, principal)
         assert _principal(pem) == Principal(role, principal)
+
+
+def test_the_authenticator_reads_each_certificate_once_and_never_confuses_two(
+    pki: Pki,
+) -> None:
+    auth = Authenticator.from_pem(pki.trust_domain, pki.ca)
+    _, agent = pki.cert("agent", "agent-1")
+    _, planner = pki.cert("planner", "planner-1")
+    for _ in range(3):  # the second and third answers come from what the first read
+        assert auth.principal({"x509_pem_cert": [agent]}) == Principal(Role.AGENT, "agent-1")
+        assert auth.principal({"x509_pem_cert": [planner]}) == Principal(Role.PLANNER, "planner-1")
+    assert set(auth._known) == {agent, planner}
+    # a refusal is never kept: refused again, and nothing remembered for it
+    rogue = _cert_pem([_uri(f"spiffe://{TRUST_DOMAIN}/agent/agent-1")])
+    for _ in range(2):
+        with pytest.raises(NotAuthenticated) as refused_again:
+            auth.principal({"x509_pem_cert": [rogue]})
+        assert refused_again.value.reason is Reason.CLIENT_CERT_PROFILE
+    assert rogue not in auth._known
 
 
 # -- 4. session visibility over gRPC -------------------------------------------
