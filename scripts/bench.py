@@ -2,7 +2,8 @@
 """Benchmarks Sign against a bare unary mutual-TLS echo server in the same run.
 
     .venv/bin/python scripts/bench.py [--concurrency 32] [--duration 10] [--rounds 2]
-                                      [--agents 8] [--processes 2] [--json FILE]
+                                      [--agents 8] [--processes 2] [--preload N]
+                                      [--sign-only] [--json FILE] [--keep DIR]
 
 Makes a fresh data directory in a temporary directory (a SoftHSM2 token with
 the payment and audit keys, a PKI, a config and a full policy pack), starts
@@ -14,7 +15,9 @@ alternating phases (echo, Sign, echo, Sign, ...), each target ``--duration``
 seconds in all. Prints throughput and p50/p99/p99.9 latency for both and their
 ratio, as a table and (``--json``) as JSON; then verifies every returned JWS
 against the served JWKS and runs ``paywarden audit verify`` on the store.
-Exits 1 if any call failed or anything did not verify. The figures depend on
+``--sign-only`` skips the echo phases (a long run that watches the signer's
+memory: its RSS is printed after every phase). Exits 1 if any call failed or
+anything did not verify. The figures depend on
 the machine: run it by hand, never as an assertion in the test suite.
 """
 
@@ -688,6 +691,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--preload", type=int, default=0, metavar="N", help="earlier decisions to store first (0)"
     )
+    parser.add_argument(
+        "--sign-only", action="store_true", help="no echo phases (a long run for memory)"
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="make the data directory here")
     args = parser.parse_args(argv)
@@ -740,7 +746,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
                 raise SystemExit("bench: a client process did not start")
         rss_start = rss_kib(signer.proc.pid)
         seconds = args.duration / args.rounds
-        kinds = ("echo", "sign") * args.rounds
+        kinds = ("sign",) * args.rounds if args.sign_only else ("echo", "sign") * args.rounds
         latencies: dict[str, list[float]] = {"echo": [], "sign": []}
         # Each phase lasts until its last answer (calls in flight at the end count).
         elapsed: dict[str, float] = {"echo": 0.0, "sign": 0.0}
@@ -758,7 +764,8 @@ def run(args: argparse.Namespace, root: Path) -> int:
             results: list[PhaseResult] = [conn.recv() for _, conn in clients]
             done = sum(len(r.latencies) for r in results)
             print(
-                f"bench: phase {number}/{len(kinds)} {kind}: {done} calls in {seconds:g} s",
+                f"bench: phase {number}/{len(kinds)} {kind}: {done} calls in {seconds:g} s,"
+                f" signer RSS {rss_kib(signer.proc.pid)} KiB",
                 flush=True,
             )
             elapsed[kind] += max(r.elapsed for r in results)
@@ -803,6 +810,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
             "processes": args.processes,
             "workers": args.workers,
             "preload": args.preload,
+            "sign_only": args.sign_only,
             "cpus": os.cpu_count(),
             "signer_rss_kib": {"start": rss_start, "end": rss_end},
             "echo": asdict(echo),
