@@ -17,10 +17,8 @@ from dataclasses import dataclass, replace
 from paywarden.policy import AllOf, Decision, Facts, PolicyPack, Verdict, evaluate, normalise
 from paywarden.policy.breaker import breaker_denial, breaker_trips
 from paywarden.policy.vocabulary import (
-    ApprovalStatus,
     FreezeScope,
     FreezeSource,
-    ReservationStatus,
     SessionState,
 )
 from paywarden.signer.core import audit_events
@@ -29,6 +27,7 @@ from paywarden.signer.core.deps import Deps
 from paywarden.signer.core.facts import day_start, payment_facts
 from paywarden.signer.core.payments import Intent, check_expiry, claims
 from paywarden.signer.core.policies import Policies
+from paywarden.signer.core.recording import holds, new_record
 from paywarden.signer.core.refusing import Refusals, RetryKind, breaker_freeze
 from paywarden.signer.core.retries import answer_retry
 from paywarden.signer.core.session_input import new_decision_id
@@ -40,8 +39,6 @@ from paywarden.signer.store.records import (
     AgentUsage,
     ApprovalRecord,
     DecisionRecord,
-    PackRef,
-    Reservation,
     SessionRecord,
 )
 
@@ -274,8 +271,8 @@ class Decider:
                     decision_id=decision_id,
                 )
             )
-        record = _record(decision_id, now, caller, intent, request_hash, decision, payload)
-        reservation, approval = _holds(record, session, read.payee_key, decision)
+        record = new_record(decision_id, now, caller, intent, request_hash, decision, payload)
+        reservation, approval = holds(record, session, read.payee_key, decision)
         if reservation is not None:
             check_budget(tx, reservation)
         tx.record_decision(record, consume_nonce=True, reservation=reservation, approval=approval)
@@ -326,67 +323,3 @@ class Decider:
         self._metrics.payees(
             caller.id, len(session.payees | {payee_key}), len(read.usage.payees_today | {payee_key})
         )
-
-
-def _record(
-    decision_id: str,
-    now: int,
-    caller: Principal,
-    intent: Intent,
-    request_hash: str,
-    decision: Decision,
-    payload: bytes | None,
-) -> DecisionRecord:
-    return DecisionRecord(
-        id=decision_id,
-        created_at=now,
-        agent_id=caller.id,
-        session_id=intent.session_id,
-        nonce=intent.nonce,
-        request_hash=request_hash,
-        outcome=decision.verdict,
-        reason=decision.reason,
-        message=decision.message,
-        key_id=intent.key_id,
-        asset=intent.asset,
-        amount_minor=intent.amount.minor,
-        payload=payload,
-        trace=decision.trace,
-        purpose=intent.purpose,
-        pack=PackRef.of(decision.pack),
-        payee=intent.payee,
-        expires_at=intent.expires_at,
-    )
-
-
-def _holds(
-    record: DecisionRecord, session: SessionRecord, payee_key: str, decision: Decision
-) -> tuple[Reservation | None, ApprovalRecord | None]:
-    """What an allowed decision reserves (spent), or a held one (held, with its
-    pending approval); a denial reserves nothing."""
-    if decision.verdict is Verdict.DENY:
-        return None, None
-    held = decision.verdict is Verdict.NEEDS_APPROVAL
-    reservation = Reservation(
-        decision_id=record.id,
-        agent_id=record.agent_id,
-        session_id=session.id,
-        asset=record.asset,
-        payee_key=payee_key,
-        amount_minor=record.amount_minor,
-        created_at=record.created_at,
-        expires_at=record.expires_at,
-        status=ReservationStatus.HELD if held else ReservationStatus.SPENT,
-        plan_line=decision.plan_line,
-    )
-    approval = None
-    if held:
-        approval = ApprovalRecord(
-            id="apr_" + record.id[4:],
-            decision_id=record.id,
-            required=decision.approvers,
-            status=ApprovalStatus.PENDING,
-            created_at=record.created_at,
-            expires_at=record.expires_at,
-        )
-    return reservation, approval
