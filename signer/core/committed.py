@@ -57,14 +57,10 @@ def attach_signature(
     return jws, True
 
 
-def attach_new_signature(
-    tx: SignatureTx, decision: DecisionRecord, jws: str, now: int
-) -> tuple[str, bool] | None:
-    """:func:`attach_signature` for a decision recorded in this very transaction:
-    nothing can have closed its session, released its spend or frozen its scope
-    since (the transaction holds the write lock and checked the freezes), so only
-    time is judged again: kept unless its expiry passed while the HSM signed."""
-    if decision.expires_at <= now:
-        return None
-    tx.set_signature(decision.id, jws)
-    return jws, True
+def new_decision_signable(decision: DecisionRecord, now: int) -> bool:
+    """May a decision being recorded in this very transaction carry the signature the
+    HSM just made? Nothing can have closed its session, released its spend or frozen
+    its scope since it was decided (the transaction holds the write lock and checked
+    the freezes), so only time is judged again: not if its expiry passed while the
+    HSM signed."""
+    return decision.expires_at > now

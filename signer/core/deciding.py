@@ -80,10 +80,17 @@ class Decider:
         self._policies = Policies(deps.packs.packs, deps.assets)
 
     def decide(
-        self, tx: PaymentTx, caller: Principal, intent: Intent, request_hash: str
+        self,
+        tx: PaymentTx,
+        caller: Principal,
+        intent: Intent,
+        request_hash: str,
+        sign: Callable[[DecisionRecord], str | None],
     ) -> tuple[Decided, Callable[[], None]]:
         """The decision, made and recorded in ``tx`` (one item of a group commit), and
-        what to report once its transaction has committed (metrics, the freeze view)."""
+        what to report once its transaction has committed (metrics, the freeze view).
+        ``sign``: the JWS of a new allowed decision (None: it is recorded unsigned),
+        made before it is recorded so that the decision is written once, signed."""
         # Read the clock once the transaction holds the write lock, so that a
         # request that waited for the lock is not decided on a stale time.
         now = self._deps.now()
@@ -94,7 +101,7 @@ class Decider:
         read = self._facts(tx, caller, intent, session, now)
         decision, tripped = self._evaluate(tx, caller, intent, read, now)
         decided, froze = self._commit(
-            tx, caller, intent, request_hash, session, read, decision, tripped, now
+            tx, caller, intent, request_hash, session, read, decision, tripped, now, sign
         )
         froze_why = tripped if froze else None
         return decided, lambda: self._report(caller, session, read, decided, froze_why, now)
@@ -255,6 +262,7 @@ class Decider:
         decision: Decision,
         tripped: str | None,
         now: int,
+        sign: Callable[[DecisionRecord], str | None],
     ) -> tuple[Decided, bool]:
         """Records the decision, its nonce, its reservation or approval and its audit
         record, and the breaker's freeze if it tripped (whether it froze the agent
@@ -272,6 +280,8 @@ class Decider:
                 )
             )
         record = new_record(decision_id, now, caller, intent, request_hash, decision, payload)
+        if decision.verdict is Verdict.ALLOW:
+            record = replace(record, jws=sign(record))
         reservation, approval = holds(record, session, read.payee_key, decision)
         if reservation is not None:
             check_budget(tx, reservation)

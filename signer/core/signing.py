@@ -127,41 +127,71 @@ class Signing:
         deadline: Deadline,
     ) -> _Done:
         """One item of a group commit: the decision and, if it allows a payment not
-        signed yet, its signature, in the same transaction. A caller gone before the
-        decision has nothing decided; one gone while the HSM signs has the decision
-        kept and nothing signed (an identical retry completes it)."""
+        signed yet, its signature, in the same transaction (a new decision is written
+        once, with its JWS). A caller gone before the decision has nothing decided;
+        one gone while the HSM signs has the decision kept and nothing signed (an
+        identical retry completes it)."""
         deadline.check()
-        decided, report = self._decider.decide(tx, caller, intent, request_hash)
+        attempt = _Attempt()
+        decided, report = self._decider.decide(
+            tx, caller, intent, request_hash, lambda r: self._sign_new(r, deadline, attempt)
+        )
+        if attempt.tried or not _to_sign(decided):
+            return attempt.done(decided, report)
+        # A retry completes an earlier decision: whatever became of it is judged.
         record = decided.record
-        if not _to_sign(decided):
-            return _Done(decided, report)
+        compact = self._signature(record, deadline, attempt)
+        if compact is None:
+            return attempt.done(decided, report)
+        attached = committed.attach_signature(tx, record.id, compact, self._deps.now())
+        if attached is None:
+            attempt.withdrawn = True
+            attempt.frozen = (
+                tx.frozen(record.agent_id, record.session_id, record.key_id) is not None
+            )
+        else:
+            attempt.jws, attempt.first = attached
+        return attempt.done(decided, report)
+
+    def _sign_new(
+        self, record: DecisionRecord, deadline: Deadline, attempt: _Attempt
+    ) -> str | None:
+        """The JWS to record with a new allowed decision, or None (recorded unsigned)."""
+        attempt.tried = True
+        compact = self._signature(record, deadline, attempt)
+        if compact is None:
+            return None
+        # The clock is read again: the payment may have expired while the HSM signed.
+        if not committed.new_decision_signable(record, self._deps.now()):
+            attempt.withdrawn = True
+            return None
+        attempt.jws, attempt.first = compact, True
+        return compact
+
+    def _signature(
+        self, record: DecisionRecord, deadline: Deadline, attempt: _Attempt
+    ) -> str | None:
+        """The HSM's JWS over ``record``'s payload, or None with the reason in ``attempt``:
+        the caller is gone (before or while the HSM signs) or the HSM failed."""
         try:
             deadline.check(0.0)
         except PaywardenError as exc:
-            return _Done(decided, report, gone=exc)
+            attempt.gone = exc
+            return None
         signing_input = jws_signing_input(record.key_id, record.payload or b"")
         started = time.monotonic()
         try:
             signature = self._hsm.sign_es256(record.key_id, signing_input)
         except HsmError:
-            return _Done(decided, report, hsm_failed=True)
+            attempt.hsm_failed = True
+            return None
         self._metrics.hsm_latency.observe(time.monotonic() - started)
         try:  # a caller gone while the HSM signed gets nothing stored
             deadline.check(0.0)
         except PaywardenError as exc:
-            return _Done(decided, report, gone=exc)
-        # The clock is read again: the payment may have expired while the HSM signed.
-        compact = jws_compact(signing_input, signature)
-        now = self._deps.now()
-        attached = (
-            committed.attach_signature(tx, record.id, compact, now)
-            if decided.replayed  # an earlier decision: whatever became of it is judged
-            else committed.attach_new_signature(tx, record, compact, now)
-        )
-        if attached is None:
-            frozen = tx.frozen(record.agent_id, record.session_id, record.key_id) is not None
-            return _Done(decided, report, withdrawn=True, frozen=frozen)
-        return _Done(decided, report, jws=attached[0], first=attached[1])
+            attempt.gone = exc
+            return None
+        return jws_compact(signing_input, signature)
 
     def _answer(self, done: _Done) -> SignResult:
         """A committed decision answered: pending, its denial raised, or its signature."""
@@ -254,6 +284,31 @@ class _Done:
     gone: PaywardenError | None = None  # the caller left; the decision is kept, unsigned
     withdrawn: bool = False  # the payment could no longer be signed once the HSM had signed
     frozen: bool = False  # ... because signing is frozen
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What the signing asked for in one item came to, as it goes."""
+
+    tried: bool = False  # a new decision asked for its signature
+    jws: str | None = None
+    first: bool = False
+    hsm_failed: bool = False
+    gone: PaywardenError | None = None
+    withdrawn: bool = False
+    frozen: bool = False
+
+    def done(self, decided: Decided, report: Callable[[], None]) -> _Done:
+        return _Done(
+            decided,
+            report,
+            jws=self.jws,
+            first=self.first,
+            hsm_failed=self.hsm_failed,
+            gone=self.gone,
+            withdrawn=self.withdrawn,
+            frozen=self.frozen,
+        )
 
 
 def _to_sign(decided: Decided) -> bool:

@@ -28,6 +28,7 @@ from paywarden.v1 import signer_pb2
 from tests.attacks.kit import AGENT, PLANNER
 from tests.helpers import Pki, Stack, TestToken, reason_of, write_config
 from tests.support.intents import intent_fields
+from tests.support.threads import inside
 from tests.test_killswitch import ServedApi, intent, metric, poll, running, scrape
 
 DEADLINE = 2.0  # the clients' deadline, seconds
@@ -101,23 +102,15 @@ def test_a_call_cancelled_while_it_waited_for_the_lock_is_not_decided(stack: Sta
 def test_a_call_gone_once_decided_gets_nothing_signed_and_a_retry_completes_it(
     stack: Stack,
 ) -> None:
-    """The caller leaves once its decision is written, before the HSM signs (the HSM
-    signs inside the decision's transaction): the HSM is not asked to sign for it,
-    the decision is committed unsigned, and the identical retry, while the payment is
-    unexpired, completes it."""
+    """The caller leaves once its payment is decided, as the signer turns to the HSM
+    (which signs inside the decision's transaction): the HSM is not asked to sign for
+    it, the decision is committed unsigned, and the identical retry, while the payment
+    is unexpired, completes it."""
     planner, agent = PLANNER, AGENT
     session = stack.service.open_session(planner, "agent-1", "buy", [("USD", "5.00")], 600, [])
     fields = _fields(stack, session.record.id)
-
-    def decided() -> bool:
-        # The store's own connection, read from inside the transaction that holds it
-        # (the deadline is checked there): it sees the decision before its commit.
-        row = stack.store._conn.execute(
-            "SELECT 1 FROM decisions WHERE nonce = ?", (fields.nonce,)
-        ).fetchone()
-        return row is not None
-
-    deadline = Deadline(time.monotonic() + 30, lambda: not decided())
+    # still there until the signer asks for the signature of its decision
+    deadline = Deadline(time.monotonic() + 30, lambda: not inside("Signing._signature"))
     registry = stack.service.metrics.registry
     hsm_calls = "paywarden_hsm_sign_latency_seconds_count"
     signed_before = registry.get_sample_value(hsm_calls)
@@ -126,10 +119,10 @@ def test_a_call_gone_once_decided_gets_nothing_signed_and_a_retry_completes_it(
     assert gone.value.reason == Reason.CALL_CANCELLED
     assert registry.get_sample_value(hsm_calls) == signed_before  # the HSM never signed
     with sqlite3.connect(stack.config.store.path) as conn:  # committed, unsigned
-        (jws,) = conn.execute(
-            "SELECT jws FROM decisions WHERE nonce = ?", (fields.nonce,)
+        (outcome, jws) = conn.execute(
+            "SELECT outcome, jws FROM decisions WHERE nonce = ?", (fields.nonce,)
         ).fetchone()
-    assert jws is None
+    assert (outcome, jws) == ("allow", None)
     retry = stack.service.sign(agent, fields)
     assert retry.status is SignStatus.SIGNED and retry.replayed and retry.jws
 

@@ -18,6 +18,11 @@ def waiting_in(thread: threading.Thread, qualname: str) -> bool:
     return False
 
 
+def inside(qualname: str) -> bool:
+    """Is the calling thread inside ``qualname`` (see :func:`waiting_in`)?"""
+    return waiting_in(threading.current_thread(), qualname)
+
+
 def start_and_wait_until_in(thread: threading.Thread, qualname: str) -> None:
     """Starts ``thread`` and returns once it is inside ``qualname``; fails if it ends first."""
     thread.start()
