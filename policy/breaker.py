@@ -27,7 +27,7 @@ class WindowCounts(Protocol):
     @property
     def spend_minor(self) -> Mapping[str, int]: ...
     @property
-    def payees(self) -> frozenset[str]: ...
+    def payees(self) -> int: ...  # how many distinct payees
 
 
 def breaker_trips(
@@ -52,8 +52,8 @@ def breaker_trips(
         if window.spend_minor.get(asset, 0) > limit:
             spent = format_amount(window.spend_minor[asset], info.decimals)
             return f"{asset} spend {spent} {span} (above {ceiling})"
-    if breaker.max_payees is not None and len(window.payees) > breaker.max_payees:
-        return f"{len(window.payees)} distinct payees {span} (more than {breaker.max_payees})"
+    if breaker.max_payees is not None and window.payees > breaker.max_payees:
+        return f"{window.payees} distinct payees {span} (more than {breaker.max_payees})"
     return None
 
 

@@ -33,8 +33,13 @@ class SessionFacts:
     budgets_minor: Mapping[str, int]
     spent_minor: Mapping[str, int]
     allowed_payees: frozenset[str]  # normalised keys; empty: any payee the pack allows
-    payees: frozenset[str] = frozenset()  # distinct payees paid or held in the session
+    payees: int = 0  # how many distinct payees were paid or held in the session
+    payee_seen: bool = False  # this payment's payee is one of them
     plan: tuple[PlanLine, ...] = ()
+
+    def payees_after(self) -> int:
+        """Distinct payees of the session with this payment's counted in."""
+        return self.payees if self.payee_seen else self.payees + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +47,13 @@ class AgentFacts:
     spent_24h_minor: int = 0  # in this payment's asset, signed or held
     spent_today_minor: int = 0  # calendar day in the policy time zone
     payments_in_window: int = 0  # velocity window of the agent's pack
-    payees_paid: frozenset[str] = frozenset()  # ever paid (signed), normalised
-    payees_today: frozenset[str] = frozenset()  # signed or held today
+    payee_paid_before: bool = False  # this payee was paid (signed, or allowed and live)
+    payees_today: int = 0  # how many distinct payees were paid or held today
+    payee_seen_today: bool = False  # this payment's payee is one of them
+
+    def payees_today_after(self) -> int:
+        """Distinct payees of the day with this payment's counted in."""
+        return self.payees_today if self.payee_seen_today else self.payees_today + 1
 
 
 @dataclass(frozen=True, slots=True)

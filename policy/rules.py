@@ -351,9 +351,8 @@ class SessionDiversity:
     name: str = "session_diversity"
 
     def check(self, facts: Facts) -> RuleResult:
-        seen = facts.session.payees
-        after = len(seen | {facts.payee})
-        if facts.payee not in seen and after > self.max_payees:
+        after = facts.session.payees_after()
+        if not facts.session.payee_seen and after > self.max_payees:
             return _deny(
                 self.name,
                 Reason.SESSION_DIVERSITY_EXCEEDED,
@@ -370,9 +369,8 @@ class DailyDiversity:
     name: str = "daily_diversity"
 
     def check(self, facts: Facts) -> RuleResult:
-        seen = facts.agent.payees_today
-        after = len(seen | {facts.payee})
-        if facts.payee not in seen and after > self.max_payees:
+        after = facts.agent.payees_today_after()
+        if not facts.agent.payee_seen_today and after > self.max_payees:
             return _deny(
                 self.name,
                 Reason.DAILY_DIVERSITY_EXCEEDED,
@@ -416,7 +414,7 @@ class FirstPayment:
     name: str = "first_payment"
 
     def check(self, facts: Facts) -> RuleResult:
-        if facts.payee in facts.agent.payees_paid:
+        if facts.agent.payee_paid_before:
             return _ok(self.name, Reason.PAYEE_PAID_BEFORE, self.mode, "paid before")
         if self.mode == FirstPaymentMode.DENY:
             return _deny(

@@ -210,11 +210,14 @@ def simulate_facts(limits: Limits, allowed: list[Payment], p: Payment) -> Facts:
     now = p.t
     day_start = now - now % DAY  # policy time zone: UTC
     window = limits.velocity[1] if limits.velocity else 0
+    payee = normalise(p.payee, case_insensitive=True)
+    session_payees = frozenset(a.payee for a in allowed)
+    today = frozenset(a.payee for a in allowed if a.t >= day_start)
     return Facts(
         now=now,
         minute_of_day=(now % DAY) // 60,
         agent_id="agent-1",
-        payee=normalise(p.payee, case_insensitive=True),
+        payee=payee,
         asset="USD",
         amount_minor=p.amount,
         key_id="payments.v1",
@@ -228,14 +231,16 @@ def simulate_facts(limits: Limits, allowed: list[Payment], p: Payment) -> Facts:
             budgets_minor={"USD": limits.session_budget},
             spent_minor={"USD": sum(a.amount for a in allowed)},
             allowed_payees=frozenset(),
-            payees=frozenset(a.payee for a in allowed),
+            payees=len(session_payees),
+            payee_seen=payee in session_payees,
         ),
         agent=AgentFacts(
             spent_24h_minor=sum(a.amount for a in allowed if a.t > now - DAY),
             spent_today_minor=sum(a.amount for a in allowed if a.t >= day_start),
             payments_in_window=sum(1 for a in allowed if a.t > now - window),
-            payees_paid=frozenset(a.payee for a in allowed),
-            payees_today=frozenset(a.payee for a in allowed if a.t >= day_start),
+            payee_paid_before=any(a.payee == payee for a in allowed),
+            payees_today=len(today),
+            payee_seen_today=payee in today,
         ),
     )
 

@@ -193,7 +193,7 @@ class Decider:
         info = self._deps.assets[intent.asset]
         payee_key = normalise(intent.payee, case_insensitive=info.case_insensitive)
         tz = self._deps.tz
-        usage = tx.agent_usage(caller.id, intent.asset, now, day_start(now, tz), window)
+        usage = tx.agent_usage(caller.id, intent.asset, payee_key, now, day_start(now, tz), window)
         facts = payment_facts(
             now,
             tz,
@@ -202,6 +202,7 @@ class Decider:
             payee_key,
             session,
             usage,
+            payee_in_session=tx.payee_in_session(session.id, payee_key, now),
             decimals=self._deps.decimals(intent.asset),
             case_insensitive=info.case_insensitive,
         )
@@ -234,7 +235,7 @@ class Decider:
         breaker = pack.model.breaker if pack is not None else None
         if breaker is None:
             return None
-        stats = tx.window_stats(caller.id, now - breaker.window_seconds)
+        stats = tx.window_stats(caller.id, now - breaker.window_seconds, payee_key)
         # Refusals count as rejected requests too (held in memory, O(1) to read).
         refused = self._refusals.refused_in_window(caller.id, breaker.window_seconds, now)
         stats = replace(stats, decisions=stats.decisions + refused, denials=stats.denials + refused)
@@ -247,7 +248,7 @@ class Decider:
                 stats,
                 decisions=stats.decisions + 1,
                 spend_minor=spend,
-                payees=stats.payees | {payee_key},
+                payees=stats.payees if stats.payee_seen else stats.payees + 1,
             )
         return breaker_trips(breaker, projected, self._deps.assets)
 
@@ -329,7 +330,7 @@ class Decider:
         self._metrics.decided(record.outcome, record.reason)
         if decided.approval is not None:
             self._metrics.approval("requested")
-        payee_key = read.payee_key
+        facts = read.facts
         self._metrics.payees(
-            caller.id, len(session.payees | {payee_key}), len(read.usage.payees_today | {payee_key})
+            caller.id, facts.session.payees_after(), facts.agent.payees_today_after()
         )

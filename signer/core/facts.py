@@ -31,6 +31,7 @@ def payment_facts(
     session: SessionRecord,
     usage: AgentUsage,
     *,
+    payee_in_session: bool,
     decimals: int,
     case_insensitive: bool,
 ) -> Facts:
@@ -55,6 +56,7 @@ def payment_facts(
                 normalise(p, case_insensitive=case_insensitive) for p in session.allowed_payees
             ),
             payees=session.payees,
+            payee_seen=payee_in_session,
             plan=session.plan,
         ),
         decimals=decimals,
@@ -63,7 +65,8 @@ def payment_facts(
             spent_24h_minor=usage.spent_24h_minor,
             spent_today_minor=usage.spent_today_minor,
             payments_in_window=usage.payments_in_window,
-            payees_paid=usage.payees_paid,
+            payee_paid_before=usage.payee_paid_before,
             payees_today=usage.payees_today,
+            payee_seen_today=usage.payee_seen_today,
         ),
     )

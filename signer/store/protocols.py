@@ -98,8 +98,22 @@ class PaymentTx(DecidingTx, SignatureTx, Protocol):
     its signature are committed together."""
 
     def agent_usage(
-        self, agent_id: str, asset: str, now: int, day_start: int, window_seconds: int
-    ) -> AgentUsage: ...
+        self,
+        agent_id: str,
+        asset: str,
+        payee_key: str,
+        now: int,
+        day_start: int,
+        window_seconds: int,
+    ) -> AgentUsage:
+        """The agent's live spend in ``asset`` over the rolling 24 hours (created after
+        ``now - 86400``) and since ``day_start``, its live payments in every asset in the
+        velocity window, and its payees: whether ``payee_key`` was paid before, how many
+        distinct payees today and whether ``payee_key`` is one. Costs O(log n) of the
+        agent's history (plus its payees today and its unsigned holds)."""
+
+    def payee_in_session(self, session_id: str, payee_key: str, now: int) -> bool:
+        """Whether the session paid or holds a payment to ``payee_key`` that still counts."""
 
     def decision_for_nonce(self, agent_id: str, nonce: str) -> DecisionRecord | None:
         """The agent's decision that used this nonce. Nonces are unique per agent:
@@ -126,7 +140,10 @@ class PaymentTx(DecidingTx, SignatureTx, Protocol):
         """The session's spend in the asset that still counts at ``now``: reservations
         held or spent until the payment's expiry, and signed ones for ever."""
 
-    def window_stats(self, agent_id: str, since: int) -> WindowStats: ...
+    def window_stats(self, agent_id: str, since: int, payee_key: str) -> WindowStats:
+        """The agent's decisions, denials, spend and distinct payees of reservations
+        not released, created after ``since`` (or the agent's last breaker reset),
+        and whether ``payee_key`` is among those payees."""
 
     def freeze(self, freeze: Freeze) -> bool:
         """Adds a freeze; False if that scope and target were already frozen."""

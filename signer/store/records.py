@@ -41,7 +41,7 @@ class SessionRecord:
     phase: Phase = Phase.NORMAL  # plan-bound sessions: EXPLORE, then EXECUTE
     pack_id: str = ""
     plan: tuple[PlanLine, ...] = ()
-    payees: frozenset[str] = frozenset()  # distinct payee keys paid or held
+    payees: int = 0  # how many distinct payee keys were paid or held (live)
     # The pack the session was opened under (0 and "": opened before these were kept).
     pack_version: int = 0
     pack_sha256: str = ""
@@ -56,13 +56,14 @@ class SessionRecord:
 
 @dataclass(frozen=True, slots=True)
 class AgentUsage:
-    """An agent's live reservations, as the policy's limits need them."""
+    """An agent's live reservations, as the policy's limits need them, for one payee."""
 
-    spent_24h_minor: int = 0
+    spent_24h_minor: int = 0  # in the payment's asset
     spent_today_minor: int = 0
-    payments_in_window: int = 0
-    payees_paid: frozenset[str] = frozenset()
-    payees_today: frozenset[str] = frozenset()
+    payments_in_window: int = 0  # every asset
+    payee_paid_before: bool = False  # the payee was paid: signed, or allowed and live
+    payees_today: int = 0  # distinct payees paid or held today
+    payee_seen_today: bool = False  # the payee is one of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +156,8 @@ class WindowStats:
     decisions: int
     denials: int
     spend_minor: Mapping[str, int]
-    payees: frozenset[str]
+    payees: int  # distinct payees paid or held
+    payee_seen: bool = False  # the payment's payee is one of them
 
 
 class StoreError(Exception):

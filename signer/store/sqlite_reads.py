@@ -93,7 +93,7 @@ def session(conn: sqlite3.Connection, session_id: str, now: int) -> SessionRecor
         phase=Phase(row[8]),
         pack_id=row[9],
         plan=plan,
-        payees=frozenset(payees),
+        payees=len(payees),
         pack_version=row[10],
         pack_sha256=row[11],
     )

@@ -143,7 +143,13 @@ class SqlitePaymentTx(SqliteSignatureTx):
     """The Sign decision's transaction, which attaches its signature too."""
 
     def agent_usage(
-        self, agent_id: str, asset: str, now: int, day_start: int, window_seconds: int
+        self,
+        agent_id: str,
+        asset: str,
+        payee_key: str,
+        now: int,
+        day_start: int,
+        window_seconds: int,
     ) -> AgentUsage:
         since = min(now - 86_400, day_start, now - window_seconds)
         rows = self._conn.execute(
@@ -163,7 +169,17 @@ class SqlitePaymentTx(SqliteSignatureTx):
                 (agent_id,),
             )
         )
-        return AgentUsage(spent_24h, spent_today, in_window, paid, today)
+        return AgentUsage(
+            spent_24h, spent_today, in_window, payee_key in paid, len(today), payee_key in today
+        )
+
+    def payee_in_session(self, session_id: str, payee_key: str, now: int) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM reservations"  # noqa: S608 - LIVE is a constant
+            f" WHERE session_id = ? AND payee_key = ? AND {reads.LIVE} LIMIT 1",
+            (session_id, payee_key, now),
+        ).fetchone()
+        return row is not None
 
     def decision_for_nonce(self, agent_id: str, nonce: str) -> DecisionRecord | None:
         row = self._conn.execute(
@@ -240,7 +256,7 @@ class SqlitePaymentTx(SqliteSignatureTx):
             ),
         )  # fmt: skip
 
-    def window_stats(self, agent_id: str, since: int) -> WindowStats:
+    def window_stats(self, agent_id: str, since: int, payee_key: str) -> WindowStats:
         # An operator's unfreeze starts the breaker's window afresh for the agent.
         reset = self._conn.execute(
             "SELECT at FROM breaker_resets WHERE agent_id = ?", (agent_id,)
@@ -266,7 +282,8 @@ class SqlitePaymentTx(SqliteSignatureTx):
             decisions=sum(counts.values()),
             denials=counts.get(Verdict.DENY, 0),
             spend_minor=spend,
-            payees=frozenset(payees),
+            payees=len(payees),
+            payee_seen=payee_key in payees,
         )
 
     def freeze(self, freeze: Freeze) -> bool:
