@@ -8,11 +8,12 @@ once released: a change of schema is a new version.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from paywarden.signer.store import sqlite_facts
 from paywarden.signer.store.records import StoreError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -216,7 +217,82 @@ MIGRATIONS: dict[int, str] = {
         probes INTEGER NOT NULL
     );
     """,
+    # Facts in O(log n) of the history (see sqlite_facts.py): a signed reservation
+    # ("signed": spent and its decision has a JWS) is summed into aggregates once;
+    # the open ones are read through partial indexes that hold only them. The
+    # aggregates are filled from the existing rows by _backfill_facts.
+    7: """
+    ALTER TABLE reservations ADD COLUMN signed INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX reservations_open_agent ON reservations(agent_id, expires_at)
+      WHERE signed = 0 AND status != 'released';
+    CREATE INDEX reservations_open_agent_made ON reservations(agent_id, created_at)
+      WHERE signed = 0 AND status != 'released';
+    CREATE INDEX reservations_open_session ON reservations(session_id, expires_at)
+      WHERE signed = 0 AND status != 'released';
+    CREATE TABLE agent_spend (
+        agent_id TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        total TEXT NOT NULL,
+        PRIMARY KEY (agent_id, asset, at)
+    ) WITHOUT ROWID;
+    CREATE TABLE agent_payments (
+        agent_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        total INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, at)
+    ) WITHOUT ROWID;
+    CREATE TABLE agent_decisions (
+        agent_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        decisions INTEGER NOT NULL,
+        denials INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, at)
+    ) WITHOUT ROWID;
+    CREATE TABLE agent_payees (
+        agent_id TEXT NOT NULL,
+        payee_key TEXT NOT NULL,
+        first_at INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, payee_key)
+    ) WITHOUT ROWID;
+    CREATE INDEX agent_payees_recent ON agent_payees(agent_id, last_at);
+    CREATE TABLE session_payees (
+        session_id TEXT NOT NULL,
+        payee_key TEXT NOT NULL,
+        PRIMARY KEY (session_id, payee_key)
+    ) WITHOUT ROWID;
+    ALTER TABLE sessions ADD COLUMN signed_payees INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE plan_lines ADD COLUMN signed_used INTEGER NOT NULL DEFAULT 0;
+    UPDATE session_budgets SET spent_minor = '0';
+    """,
 }
+
+
+def _backfill_facts(conn: sqlite3.Connection) -> None:
+    """Version 7's aggregates from the rows already stored, in time order."""
+    per_second = conn.execute(
+        "SELECT agent_id, created_at, COUNT(*), SUM(outcome = 'deny') FROM decisions"
+        " GROUP BY agent_id, created_at ORDER BY agent_id, created_at"
+    ).fetchall()
+    totals: dict[str, tuple[int, int]] = {}
+    for agent_id, at, decided, denied in per_second:
+        before = totals.get(agent_id, (0, 0))
+        totals[agent_id] = (before[0] + decided, before[1] + denied)
+        conn.execute(
+            "INSERT INTO agent_decisions (agent_id, at, decisions, denials) VALUES (?, ?, ?, ?)",
+            (agent_id, at, *totals[agent_id]),
+        )
+    signed = conn.execute(
+        "SELECT r.decision_id FROM reservations r JOIN decisions d ON d.id = r.decision_id"
+        " WHERE r.status = 'spent' AND d.jws IS NOT NULL ORDER BY r.created_at, r.decision_id"
+    ).fetchall()
+    for (decision_id,) in signed:
+        sqlite_facts.settle(conn, decision_id)
+
+
+# What a migration computes in Python after its SQL (sums of decimal TEXT amounts).
+BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {7: _backfill_facts}
 
 
 def statements(script: str) -> Iterator[str]:
@@ -242,5 +318,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     for target in range(version + 1, SCHEMA_VERSION + 1):
         for statement in statements(MIGRATIONS[target]):
             conn.execute(statement)
+        if target in BACKFILLS:
+            BACKFILLS[target](conn)
         conn.execute(f"PRAGMA user_version = {target}")
     return SCHEMA_VERSION

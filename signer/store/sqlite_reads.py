@@ -24,6 +24,7 @@ from paywarden.policy.vocabulary import (
     Vote,
 )
 from paywarden.signer.auditlog.append import AuditState
+from paywarden.signer.store import sqlite_facts as facts
 from paywarden.signer.store.decision_text import pack_of, trace_of
 from paywarden.signer.store.records import (
     ApprovalRecord,
@@ -36,8 +37,10 @@ from paywarden.signer.store.records import (
 
 # A reservation counts while held or spent and not yet past the payment's expiry,
 # and for ever once signed. An allowed payment the HSM never signed cannot be signed
-# after its exp (a retry is denied), so its spend lapses then, without a retry. The
-# signed check is one primary-key lookup per row the caller reads anyway.
+# after its exp (a retry is denied), so its spend lapses then, without a retry.
+# The rule, as SQL over one reservation; the signer's reads do not run it over the
+# history but keep it in two parts (:mod:`.sqlite_facts`): the signed reservations'
+# aggregates, and the open ones that have not expired.
 LIVE = (
     "(status != 'released' AND (expires_at > ? OR (status = 'spent' AND EXISTS"
     " (SELECT 1 FROM decisions WHERE decisions.id = reservations.decision_id"
@@ -46,36 +49,31 @@ LIVE = (
 
 
 def session(conn: sqlite3.Connection, session_id: str, now: int) -> SessionRecord | None:
+    """The session with what it spent and paid that still counts at ``now`` (see
+    :data:`LIVE`): the signed part from its aggregates, the open part from its
+    unsigned reservations (:mod:`.sqlite_facts`)."""
     row = conn.execute(
         "SELECT id, agent_id, planner_id, task_digest, created_at, expires_at, closed_at,"
-        " allowed_payees, phase, pack_id, pack_version, pack_sha256 FROM sessions WHERE id = ?",
+        " allowed_payees, phase, pack_id, pack_version, pack_sha256, signed_payees"
+        " FROM sessions WHERE id = ?",
         (session_id,),
     ).fetchone()
     if row is None:
         return None
-    budgets = {
-        asset: int(budget)
-        for asset, budget in conn.execute(
-            "SELECT asset, budget_minor FROM session_budgets WHERE session_id = ?", (session_id,)
-        )
-    }
-    spent = dict.fromkeys(budgets, 0)
-    payees: set[str] = set()
-    used: dict[int, int] = {}
-    for asset, amount, payee_key, line in conn.execute(
-        f"SELECT asset, amount_minor, payee_key, plan_line FROM reservations"  # noqa: S608
-        f" WHERE session_id = ? AND {LIVE}",
-        (session_id, now),
+    held = facts.open_session_usage(conn, session_id, now)
+    budgets: dict[str, int] = {}
+    spent = dict(held.spent_minor)
+    for asset, budget, signed in conn.execute(
+        "SELECT asset, budget_minor, spent_minor FROM session_budgets WHERE session_id = ?",
+        (session_id,),
     ):
-        spent[asset] = spent.get(asset, 0) + int(amount)
-        payees.add(payee_key)
-        if line is not None:
-            used[line] = used.get(line, 0) + 1
+        budgets[asset] = int(budget)
+        spent[asset] = spent.get(asset, 0) + int(signed)
     plan = tuple(
-        PlanLine(payee, key, asset, int(max_minor), count, used.get(idx, 0))
-        for idx, payee, key, asset, max_minor, count in conn.execute(
-            "SELECT idx, payee, payee_key, asset, max_amount_minor, count FROM plan_lines"
-            " WHERE session_id = ? ORDER BY idx",
+        PlanLine(payee, key, asset, int(max_minor), count, used + held.plan_used.get(idx, 0))
+        for idx, payee, key, asset, max_minor, count, used in conn.execute(
+            "SELECT idx, payee, payee_key, asset, max_amount_minor, count, signed_used"
+            " FROM plan_lines WHERE session_id = ? ORDER BY idx",
             (session_id,),
         )
     )
@@ -93,7 +91,7 @@ def session(conn: sqlite3.Connection, session_id: str, now: int) -> SessionRecor
         phase=Phase(row[8]),
         pack_id=row[9],
         plan=plan,
-        payees=len(payees),
+        payees=facts.session_payees(conn, session_id, row[12], held.payees),
         pack_version=row[10],
         pack_sha256=row[11],
     )

@@ -15,8 +15,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Verdict, Vote
+from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Vote
 from paywarden.signer.auditlog import append
+from paywarden.signer.store import sqlite_facts as facts
 from paywarden.signer.store import sqlite_reads as reads
 from paywarden.signer.store.decision_text import pack_text, trace_text
 from paywarden.signer.store.records import (
@@ -58,6 +59,7 @@ def set_reservation(conn: sqlite3.Connection, decision_id: str, status: Reservat
         "UPDATE reservations SET status = ? WHERE decision_id = ? AND status = 'held'",
         (status, decision_id),
     )
+    facts.settle(conn, decision_id)  # a held payment signed already: spent now
     return cur.rowcount > 0
 
 
@@ -136,6 +138,7 @@ class SqliteSignatureTx(SqliteTx):
         changed = self._conn.execute(
             "UPDATE decisions SET jws = ? WHERE id = ? AND jws IS NULL", (jws, decision_id)
         ).rowcount
+        facts.settle(self._conn, decision_id)
         return bool(changed)
 
 
@@ -151,35 +154,12 @@ class SqlitePaymentTx(SqliteSignatureTx):
         day_start: int,
         window_seconds: int,
     ) -> AgentUsage:
-        since = min(now - 86_400, day_start, now - window_seconds)
-        rows = self._conn.execute(
-            "SELECT asset, amount_minor, payee_key, created_at FROM reservations"  # noqa: S608
-            f" WHERE agent_id = ? AND created_at >= ? AND {reads.LIVE}",
-            (agent_id, since, now),
-        ).fetchall()
-        spent_24h = sum(int(a) for s, a, _p, t in rows if s == asset and t > now - 86_400)
-        spent_today = sum(int(a) for s, a, _p, t in rows if s == asset and t >= day_start)
-        in_window = sum(1 for _s, _a, _p, t in rows if t > now - window_seconds)
-        today = frozenset(p for _s, _a, p, t in rows if t >= day_start)
-        paid = frozenset(
-            r[0]
-            for r in self._conn.execute(
-                "SELECT DISTINCT payee_key FROM reservations WHERE agent_id = ?"
-                " AND status = 'spent'",
-                (agent_id,),
-            )
-        )
-        return AgentUsage(
-            spent_24h, spent_today, in_window, payee_key in paid, len(today), payee_key in today
+        return facts.agent_usage(
+            self._conn, agent_id, asset, payee_key, now, day_start, window_seconds
         )
 
     def payee_in_session(self, session_id: str, payee_key: str, now: int) -> bool:
-        row = self._conn.execute(
-            "SELECT 1 FROM reservations"  # noqa: S608 - LIVE is a constant
-            f" WHERE session_id = ? AND payee_key = ? AND {reads.LIVE} LIMIT 1",
-            (session_id, payee_key, now),
-        ).fetchone()
-        return row is not None
+        return facts.payee_in_session(self._conn, session_id, payee_key, now)
 
     def decision_for_nonce(self, agent_id: str, nonce: str) -> DecisionRecord | None:
         row = self._conn.execute(
@@ -217,8 +197,10 @@ class SqlitePaymentTx(SqliteSignatureTx):
                 "INSERT INTO nonces (agent_id, nonce, decision_id) VALUES (?, ?, ?)",
                 (d.agent_id, d.nonce, d.id),
             )
+        facts.count_decision(self._conn, d.agent_id, d.created_at, d.outcome)
         if reservation is not None:
             self._reserve(reservation)
+            facts.settle(self._conn, reservation.decision_id)  # signed in the same commit
         if approval is not None:
             a = approval
             self._conn.execute(
@@ -235,15 +217,7 @@ class SqlitePaymentTx(SqliteSignatureTx):
         return int(row[0]) if row is not None else None
 
     def live_spend(self, session_id: str, asset: str, now: int) -> int:
-        # Only this asset's live spend: the whole session was read for the facts already.
-        return sum(
-            int(amount)
-            for (amount,) in self._conn.execute(
-                "SELECT amount_minor FROM reservations"  # noqa: S608 - LIVE is a constant
-                f" WHERE session_id = ? AND asset = ? AND {reads.LIVE}",
-                (session_id, asset, now),
-            )
-        )
+        return facts.live_spend(self._conn, session_id, asset, now)
 
     def _reserve(self, r: Reservation) -> None:
         self._conn.execute(
@@ -263,28 +237,7 @@ class SqlitePaymentTx(SqliteSignatureTx):
         ).fetchone()
         if reset is not None:
             since = max(since, int(reset[0]))
-        decided = self._conn.execute(
-            "SELECT outcome, COUNT(*) FROM decisions WHERE agent_id = ? AND created_at > ?"
-            " GROUP BY outcome",
-            (agent_id, since),
-        ).fetchall()
-        counts = dict(decided)
-        spend: dict[str, int] = {}
-        payees: set[str] = set()
-        for asset, amount, payee in self._conn.execute(
-            "SELECT asset, amount_minor, payee_key FROM reservations WHERE agent_id = ?"
-            " AND created_at > ? AND status != 'released'",
-            (agent_id, since),
-        ):
-            spend[asset] = spend.get(asset, 0) + int(amount)
-            payees.add(payee)
-        return WindowStats(
-            decisions=sum(counts.values()),
-            denials=counts.get(Verdict.DENY, 0),
-            spend_minor=spend,
-            payees=len(payees),
-            payee_seen=payee_key in payees,
-        )
+        return facts.window_stats(self._conn, agent_id, since, payee_key)
 
     def freeze(self, freeze: Freeze) -> bool:
         return add_freeze(self._conn, freeze)

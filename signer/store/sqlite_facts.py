@@ -1,0 +1,335 @@
+"""The facts a decision reads, at a cost that does not grow with the history.
+
+A reservation counts while it is not released and not past its expiry, and for ever
+once signed (:data:`~paywarden.signer.store.sqlite_reads.LIVE`). Every fact is split
+in two:
+
+- *settled*: signed reservations. They never change again, so their sums are kept
+  in aggregate tables, updated by :func:`settle` in the transaction that signs them:
+  cumulative spend per agent and asset and cumulative payment counts per agent, each
+  keyed by the second of ``created_at`` (the sum over ``(since, now]`` is two
+  lookups), the agent's payees with the first and last time each was paid, and per
+  session its spend per asset (``session_budgets.spent_minor``), its payees and its
+  plan lines' use. Decisions (every outcome counts for the breaker) are counted the
+  same way as they are recorded (:func:`count_decision`).
+- *open*: unsigned reservations not released. They are read row by row through
+  partial indexes that hold only them, limited to ``expires_at > now`` (or, for
+  the breaker, ``created_at > since``): an unsigned reservation expires at most the
+  configured maximum expiry after it was made, so these are young rows only.
+
+Amounts are decimal TEXT (they may exceed 64 bits): sums are made in Python.
+Every query here is an index SEARCH (``tests/test_aggregates.py`` checks the plans).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from paywarden.policy.vocabulary import ReservationStatus, Verdict
+from paywarden.signer.store.records import AgentUsage, InvariantBroken, WindowStats
+
+DAY = 86_400
+
+# The partial indexes' condition, spelt as in their DDL (SQLite uses a partial
+# index only for a query whose WHERE clause contains it verbatim).
+OPEN = "signed = 0 AND status != 'released'"
+
+
+# -- writes: settling a signed reservation, counting a decision ----------------------------
+
+
+def settle(conn: sqlite3.Connection, decision_id: str) -> None:
+    """Moves a reservation into the aggregates once it is both spent and signed (in
+    either order); nothing if it is not, or was settled already."""
+    row = conn.execute(
+        "SELECT r.agent_id, r.session_id, r.asset, r.payee_key, r.amount_minor, r.created_at,"
+        " r.plan_line FROM reservations r JOIN decisions d ON d.id = r.decision_id"
+        " WHERE r.decision_id = ? AND r.signed = 0 AND r.status = 'spent'"
+        " AND d.jws IS NOT NULL",
+        (decision_id,),
+    ).fetchone()
+    if row is None:
+        return
+    agent_id, session_id, asset, payee_key, amount_text, at, plan_line = row
+    amount = int(amount_text)
+    conn.execute("UPDATE reservations SET signed = 1 WHERE decision_id = ?", (decision_id,))
+    _add_spend(conn, agent_id, asset, at, amount)
+    _add_counts(conn, "agent_payments", ("total",), agent_id, at, (1,))
+    conn.execute(
+        "INSERT INTO agent_payees (agent_id, payee_key, first_at, last_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (agent_id, payee_key) DO UPDATE SET"
+        " first_at = min(first_at, excluded.first_at), last_at = max(last_at, excluded.last_at)",
+        (agent_id, payee_key, at, at),
+    )
+    spent = conn.execute(
+        "SELECT spent_minor FROM session_budgets WHERE session_id = ? AND asset = ?",
+        (session_id, asset),
+    ).fetchone()
+    if spent is None:
+        raise InvariantBroken(f"a signed payment in {asset}, which its session has no budget in")
+    conn.execute(
+        "UPDATE session_budgets SET spent_minor = ? WHERE session_id = ? AND asset = ?",
+        (str(int(spent[0]) + amount), session_id, asset),
+    )
+    added = conn.execute(
+        "INSERT OR IGNORE INTO session_payees (session_id, payee_key) VALUES (?, ?)",
+        (session_id, payee_key),
+    ).rowcount
+    if added:
+        conn.execute(
+            "UPDATE sessions SET signed_payees = signed_payees + 1 WHERE id = ?", (session_id,)
+        )
+    if plan_line is not None:
+        conn.execute(
+            "UPDATE plan_lines SET signed_used = signed_used + 1 WHERE session_id = ? AND idx = ?",
+            (session_id, plan_line),
+        )
+
+
+def count_decision(conn: sqlite3.Connection, agent_id: str, at: int, outcome: str) -> None:
+    """Counts a recorded decision (and a denial) for the breaker's window."""
+    denied = 1 if outcome == Verdict.DENY else 0
+    _add_counts(conn, "agent_decisions", ("decisions", "denials"), agent_id, at, (1, denied))
+
+
+def _add_spend(conn: sqlite3.Connection, agent_id: str, asset: str, at: int, amount: int) -> None:
+    # The row at ``at`` starts from the total before it; it and every later row grow
+    # by ``amount``. Later rows exist only when a payment is signed after others made
+    # after it (an approval): at most the maximum expiry's seconds of them.
+    conn.execute(
+        "INSERT OR IGNORE INTO agent_spend (agent_id, asset, at, total) VALUES (?, ?, ?,"
+        " COALESCE((SELECT total FROM agent_spend WHERE agent_id = ? AND asset = ? AND at < ?"
+        " ORDER BY at DESC LIMIT 1), '0'))",
+        (agent_id, asset, at, agent_id, asset, at),
+    )
+    later = conn.execute(
+        "SELECT at, total FROM agent_spend WHERE agent_id = ? AND asset = ? AND at >= ?",
+        (agent_id, asset, at),
+    ).fetchall()
+    conn.executemany(
+        "UPDATE agent_spend SET total = ? WHERE agent_id = ? AND asset = ? AND at = ?",
+        [(str(int(total) + amount), agent_id, asset, t) for t, total in later],
+    )
+
+
+def _add_counts(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: tuple[str, ...],
+    agent_id: str,
+    at: int,
+    deltas: tuple[int, ...],
+) -> None:
+    # As _add_spend, for integer counts; ``table`` and ``columns`` are constants.
+    names = ", ".join(columns)
+    before = conn.execute(
+        f"SELECT {names} FROM {table} WHERE agent_id = ? AND at < ?"  # noqa: S608
+        " ORDER BY at DESC LIMIT 1",
+        (agent_id, at),
+    ).fetchone()
+    conn.execute(
+        f"INSERT OR IGNORE INTO {table} (agent_id, at, {names})"  # noqa: S608
+        f" VALUES (?, ?{', ?' * len(columns)})",
+        (agent_id, at, *(before or (0,) * len(columns))),
+    )
+    conn.execute(
+        f"UPDATE {table} SET {', '.join(f'{c} = {c} + ?' for c in columns)}"  # noqa: S608
+        " WHERE agent_id = ? AND at >= ?",
+        (*deltas, agent_id, at),
+    )
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+def _spend_since(conn: sqlite3.Connection, agent_id: str, asset: str, *after: int) -> list[int]:
+    """Settled spend of the agent in ``asset`` created after each of ``after``."""
+    where = "FROM agent_spend WHERE agent_id = ? AND asset = ?"
+    subqueries = [f"(SELECT total {where} ORDER BY at DESC LIMIT 1)"] + [
+        f"(SELECT total {where} AND at <= ? ORDER BY at DESC LIMIT 1)" for _ in after
+    ]
+    params: list[str | int] = [agent_id, asset]
+    for t in after:
+        params += [agent_id, asset, t]
+    total, *before = conn.execute("SELECT " + ", ".join(subqueries), params).fetchone()
+    whole = int(total or 0)
+    return [whole - int(b or 0) for b in before]
+
+
+def _count_since(
+    conn: sqlite3.Connection, table: str, column: str, agent_id: str, after: int
+) -> int:
+    """A settled count of the agent's created after ``after``."""
+    where = f"FROM {table} WHERE agent_id = ?"
+    total, before = conn.execute(
+        f"SELECT (SELECT {column} {where} ORDER BY at DESC LIMIT 1),"
+        f" (SELECT {column} {where} AND at <= ? ORDER BY at DESC LIMIT 1)",
+        (agent_id, agent_id, after),
+    ).fetchone()
+    return int(total or 0) - int(before or 0)
+
+
+def _last_paid(conn: sqlite3.Connection, agent_id: str, payee_key: str) -> int | None:
+    """When the agent's latest signed payment to ``payee_key`` was made (None: never)."""
+    row = conn.execute(
+        "SELECT last_at FROM agent_payees WHERE agent_id = ? AND payee_key = ?",
+        (agent_id, payee_key),
+    ).fetchone()
+    return int(row[0]) if row is not None else None
+
+
+def _payees_since(
+    conn: sqlite3.Connection, agent_id: str, payee_key: str, since: int, held: set[str]
+) -> tuple[int, bool]:
+    """Distinct payees of the agent's settled payments created at or after ``since``
+    and of the ``held`` (open ones'), and whether ``payee_key`` is one of them.
+    Costs the number of payees paid since then, not the history."""
+    (settled,) = conn.execute(
+        "SELECT COUNT(*) FROM agent_payees WHERE agent_id = ? AND last_at >= ?", (agent_id, since)
+    ).fetchone()
+    extra = 0
+    for payee in held:
+        last = _last_paid(conn, agent_id, payee)
+        if last is None or last < since:
+            extra += 1
+    last = _last_paid(conn, agent_id, payee_key)
+    seen = payee_key in held or (last is not None and last >= since)
+    return int(settled) + extra, seen
+
+
+def agent_usage(
+    conn: sqlite3.Connection,
+    agent_id: str,
+    asset: str,
+    payee_key: str,
+    now: int,
+    day_start: int,
+    window_seconds: int,
+) -> AgentUsage:
+    rolling, today = _spend_since(conn, agent_id, asset, now - DAY, day_start - 1)
+    in_window = _count_since(conn, "agent_payments", "total", agent_id, now - window_seconds)
+    paid_before = _last_paid(conn, agent_id, payee_key) is not None
+    held_today: set[str] = set()
+    for a, amount, payee, at, status in conn.execute(
+        "SELECT asset, amount_minor, payee_key, created_at, status FROM reservations"  # noqa: S608
+        f" INDEXED BY reservations_open_agent WHERE agent_id = ? AND expires_at > ? AND {OPEN}",
+        (agent_id, now),
+    ):
+        if a == asset and at > now - DAY:
+            rolling += int(amount)
+        if a == asset and at >= day_start:
+            today += int(amount)
+        if at > now - window_seconds:
+            in_window += 1
+        if at >= day_start:
+            held_today.add(payee)
+        if payee == payee_key and status == ReservationStatus.SPENT:
+            paid_before = True
+    payees_today, seen_today = _payees_since(conn, agent_id, payee_key, day_start, held_today)
+    return AgentUsage(rolling, today, in_window, paid_before, payees_today, seen_today)
+
+
+def _assets(conn: sqlite3.Connection, agent_id: str) -> list[str]:
+    """The assets the agent has settled spend in: one index step per asset."""
+    assets: list[str] = []
+    while True:
+        (asset,) = conn.execute(
+            "SELECT MIN(asset) FROM agent_spend WHERE agent_id = ? AND asset > ?",
+            (agent_id, assets[-1] if assets else ""),
+        ).fetchone()
+        if asset is None:
+            return assets
+        assets.append(asset)
+
+
+def window_stats(
+    conn: sqlite3.Connection, agent_id: str, since: int, payee_key: str
+) -> WindowStats:
+    """Reservations not released and decisions created after ``since``."""
+    decisions = _count_since(conn, "agent_decisions", "decisions", agent_id, since)
+    denials = _count_since(conn, "agent_decisions", "denials", agent_id, since)
+    spend = {a: _spend_since(conn, agent_id, a, since)[0] for a in _assets(conn, agent_id)}
+    held: set[str] = set()
+    for asset, amount, payee in conn.execute(
+        "SELECT asset, amount_minor, payee_key FROM reservations"  # noqa: S608
+        f" INDEXED BY reservations_open_agent_made WHERE agent_id = ? AND created_at > ?"
+        f" AND {OPEN}",
+        (agent_id, since),
+    ):
+        spend[asset] = spend.get(asset, 0) + int(amount)
+        held.add(payee)
+    payees, seen = _payees_since(conn, agent_id, payee_key, since + 1, held)
+    return WindowStats(
+        decisions=decisions,
+        denials=denials,
+        spend_minor={a: v for a, v in spend.items() if v},
+        payees=payees,
+        payee_seen=seen,
+    )
+
+
+@dataclass(slots=True)
+class SessionUsage:
+    """A session's open (unsigned, live) reservations, summed."""
+
+    spent_minor: dict[str, int] = field(default_factory=dict)
+    payees: set[str] = field(default_factory=set)
+    plan_used: dict[int, int] = field(default_factory=dict)
+
+
+def open_session_usage(conn: sqlite3.Connection, session_id: str, now: int) -> SessionUsage:
+    usage = SessionUsage()
+    for asset, amount, payee, line in conn.execute(
+        "SELECT asset, amount_minor, payee_key, plan_line FROM reservations"  # noqa: S608
+        f" INDEXED BY reservations_open_session WHERE session_id = ? AND expires_at > ?"
+        f" AND {OPEN}",
+        (session_id, now),
+    ):
+        usage.spent_minor[asset] = usage.spent_minor.get(asset, 0) + int(amount)
+        usage.payees.add(payee)
+        if line is not None:
+            usage.plan_used[line] = usage.plan_used.get(line, 0) + 1
+    return usage
+
+
+def settled_session_payee(conn: sqlite3.Connection, session_id: str, payee_key: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM session_payees WHERE session_id = ? AND payee_key = ?",
+        (session_id, payee_key),
+    ).fetchone()
+    return row is not None
+
+
+def session_payees(conn: sqlite3.Connection, session_id: str, settled: int, held: set[str]) -> int:
+    """Distinct payees of the session: ``settled`` signed ones and the ``held`` (open
+    ones') that are not among them."""
+    return settled + sum(1 for p in held if not settled_session_payee(conn, session_id, p))
+
+
+def payee_in_session(conn: sqlite3.Connection, session_id: str, payee_key: str, now: int) -> bool:
+    if settled_session_payee(conn, session_id, payee_key):
+        return True
+    row = conn.execute(
+        "SELECT 1 FROM reservations INDEXED BY reservations_open_session"  # noqa: S608
+        f" WHERE session_id = ? AND expires_at > ? AND {OPEN} AND payee_key = ? LIMIT 1",
+        (session_id, now, payee_key),
+    ).fetchone()
+    return row is not None
+
+
+def live_spend(conn: sqlite3.Connection, session_id: str, asset: str, now: int) -> int:
+    row = conn.execute(
+        "SELECT spent_minor FROM session_budgets WHERE session_id = ? AND asset = ?",
+        (session_id, asset),
+    ).fetchone()
+    settled = int(row[0]) if row is not None else 0
+    return settled + sum(
+        int(amount)
+        for (amount,) in conn.execute(
+            "SELECT amount_minor FROM reservations"  # noqa: S608
+            f" INDEXED BY reservations_open_session WHERE session_id = ? AND expires_at > ?"
+            f" AND {OPEN} AND asset = ?",
+            (session_id, now, asset),
+        )
+    )
