@@ -97,6 +97,18 @@ def _add_spend(conn: sqlite3.Connection, agent_id: str, asset: str, at: int, amo
     # The row at ``at`` starts from the total before it; it and every later row grow
     # by ``amount``. Later rows exist only when a payment is signed after others made
     # after it (an approval): at most the maximum expiry's seconds of them.
+    latest = conn.execute(
+        "SELECT at, total FROM agent_spend WHERE agent_id = ? AND asset = ?"
+        " ORDER BY at DESC LIMIT 1",
+        (agent_id, asset),
+    ).fetchone()
+    if latest is None or latest[0] <= at:  # the usual case: the newest row
+        total = int(latest[1]) if latest is not None else 0
+        conn.execute(
+            "INSERT OR REPLACE INTO agent_spend (agent_id, asset, at, total) VALUES (?, ?, ?, ?)",
+            (agent_id, asset, at, str(total + amount)),
+        )
+        return
     conn.execute(
         "INSERT OR IGNORE INTO agent_spend (agent_id, asset, at, total) VALUES (?, ?, ?,"
         " COALESCE((SELECT total FROM agent_spend WHERE agent_id = ? AND asset = ? AND at < ?"
@@ -123,6 +135,19 @@ def _add_counts(
 ) -> None:
     # As _add_spend, for integer counts; ``table`` and ``columns`` are constants.
     names = ", ".join(columns)
+    latest = conn.execute(
+        f"SELECT at, {names} FROM {table} WHERE agent_id = ?"  # noqa: S608
+        " ORDER BY at DESC LIMIT 1",
+        (agent_id,),
+    ).fetchone()
+    if latest is None or latest[0] <= at:  # the usual case: the newest row
+        before = latest[1:] if latest is not None else (0,) * len(columns)
+        conn.execute(
+            f"INSERT OR REPLACE INTO {table} (agent_id, at, {names})"  # noqa: S608
+            f" VALUES (?, ?{', ?' * len(columns)})",
+            (agent_id, at, *(b + d for b, d in zip(before, deltas, strict=True))),
+        )
+        return
     before = conn.execute(
         f"SELECT {names} FROM {table} WHERE agent_id = ? AND at < ?"  # noqa: S608
         " ORDER BY at DESC LIMIT 1",
