@@ -284,12 +284,28 @@ def _check(h: History, data: st.DataObject) -> None:
         spent = dict.fromkeys(ASSETS, 0)
         for x in rows:
             spent[x.r.asset] += x.r.amount_minor
-        assert dict(record.spent_minor) == spent
+        assert dict(record.spent_minor) == spent == _live_by_sql(h.store.path, sid, h.now)
         assert live[sid] == spent[asset]
         assert record.payees == len({x.r.payee_key for x in rows})
         assert in_session[sid] == any(x.r.payee_key == payee for x in rows)
         used = [sum(1 for x in rows if x.r.plan_line == i) for i in range(len(record.plan))]
         assert [line.used for line in record.plan] == used
+
+
+def _live_by_sql(path: Path, session_id: str, now: int) -> dict[str, int]:
+    """The session's spend by the LIVE rule over every one of its reservations."""
+    spent = dict.fromkeys(ASSETS, 0)
+    conn = sqlite3.connect(path)
+    try:
+        for asset, amount in conn.execute(
+            "SELECT asset, amount_minor FROM reservations"
+            f" WHERE session_id = ? AND {sqlite_reads.LIVE}",
+            (session_id, now),
+        ):
+            spent[asset] += int(amount)
+    finally:
+        conn.close()
+    return spent
 
 
 def _aggregates(path: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -446,4 +462,31 @@ def test_a_late_signature_counts_from_its_creation_time(tmp_path: Path) -> None:
         recent = tx.window_stats(AGENTS[0], START, "alpha")
         assert recent.spend_minor == {"ETH": 10**20}
         assert (recent.payees, recent.payee_seen) == (1, True)  # paid last at START + 100
+    store.close()
+
+
+def test_an_allowed_payment_never_signed_stops_counting_as_paid_when_it_lapses(
+    tmp_path: Path,
+) -> None:
+    """ "Paid before" is a signed payment, or an allowed one that may still be signed;
+    one that lapsed unsigned paid nobody."""
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    _open_sessions(store)
+    sid = SESSIONS[0]
+    decision = DecisionRecord(
+        id="dec_1", created_at=START, agent_id=AGENTS[0], session_id=sid, nonce="n1",
+        request_hash="h", outcome=Verdict.ALLOW, reason="X", message="", key_id="k",
+        asset="USD", amount_minor=5,
+    )  # fmt: skip
+    reservation = Reservation("dec_1", AGENTS[0], sid, "USD", "alpha", 5, START, START + 60,
+                              ReservationStatus.SPENT)  # fmt: skip
+    with store.payment_tx() as tx:
+        tx.record_decision(decision, consume_nonce=True, reservation=reservation)
+    with store.payment_tx() as tx:
+        day = START - START % DAY
+        assert tx.agent_usage(AGENTS[0], "USD", "alpha", START + 59, day, 60).payee_paid_before
+        lapsed = tx.agent_usage(AGENTS[0], "USD", "alpha", START + 60, day, 60)
+        assert not lapsed.payee_paid_before
+        assert (lapsed.payees_today, lapsed.spent_today_minor) == (0, 0)
     store.close()
