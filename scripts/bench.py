@@ -65,6 +65,7 @@ PAYEES = ("api.example", "weather-data-inc", "search.example.com", "llm.example.
 AMOUNT = "0.01"
 # The channel options every client uses: the server certificate names localhost.
 CHANNEL_OPTIONS = (("grpc.ssl_target_name_override", "localhost"),)
+PRELOADED_TOKEN = "preloaded-by-scripts-bench"  # not a JWS: never verified, never answered
 EXPIRY_SECONDS = 300  # = limits.max_expiry_seconds in the config below
 
 # A pack that exercises every rule family on each Sign (asset limits, rolling and
@@ -377,10 +378,12 @@ def sign_request(session_id: str, serial: int, expires_at: int) -> bytes:
 
 
 def preload(data: DataDir, sessions: list[tuple[str, str]], count: int) -> None:
-    """``count`` earlier allowed decisions, spread over the agents' sessions and the last
+    """``count`` earlier signed payments, spread over the agents' sessions and the last
     23 hours, each with its spent reservation, written through the store's own API in
-    transactions of 10,000 (the history that the signer's limits read). They have no
-    signature and no audit record: the log covers only what the run itself decides."""
+    transactions of 10,000: the history that the signer's limits read (signed spend
+    counts for ever, so every one of them is in the agents' rolling 24 hours). Their
+    token is a placeholder, not a JWS, and they have no audit record: what the run
+    verifies is what the run itself signs."""
     from paywarden.policy.vocabulary import Reason, ReservationStatus, Verdict
     from paywarden.signer.store.records import DecisionRecord, Reservation
     from paywarden.signer.store.sqlite import SqliteStore
@@ -413,6 +416,7 @@ def preload(data: DataDir, sessions: list[tuple[str, str]], count: int) -> None:
                         amount_minor=amount,
                         payee=payee,
                         expires_at=at + 60,
+                        jws=PRELOADED_TOKEN,
                     )
                     hold = Reservation(
                         decision_id, agent, session_id, "USD", payee, amount, at, at + 60,
