@@ -161,7 +161,7 @@ def _pick(h: History, data: st.DataObject, ok: Callable[[Held], bool]) -> Held |
     return data.draw(st.sampled_from(candidates)) if candidates else None
 
 
-def _sign(h: History, data: st.DataObject) -> None:
+def _sign_later(h: History, data: st.DataObject) -> None:
     # As core/committed.py allows: spent, unsigned, not expired.
     x = _pick(
         h,
@@ -208,7 +208,7 @@ def _advance(h: History, data: st.DataObject) -> None:
     h.now += data.draw(st.sampled_from((0, 1, 30, MAX_EXPIRY, 3_600, DAY - 1, DAY + 7)))
 
 
-OPERATIONS = (_decide, _decide, _decide, _sign, _approve, _release, _reset_breaker, _advance)
+OPERATIONS = (_decide, _decide, _decide, _sign_later, _approve, _release, _reset_breaker, _advance)
 
 
 # -- the recomputation -----------------------------------------------------------------------
