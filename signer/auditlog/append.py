@@ -1,8 +1,9 @@
 """Appending to the audit log, as a pure function that every store backend persists.
 
 A backend reads the log's state (its size, the Merkle frontier and the time of the
-record at its head), calls :func:`append`, and writes the record, its leaf and the new
-state in the same transaction as the change the record describes. The rules of the
+record at its head), calls :func:`grow`, and writes the record, its leaf, the perfect
+subtrees the leaf completed (which proofs read, :mod:`.subtrees`) and the new state in
+the same transaction as the change the record describes. The rules of the
 log live here, once: what a record holds, how it chains to the tree before it, and
 that its times never go back.
 """
@@ -36,7 +37,22 @@ class Appended(NamedTuple):
     state: AuditState  # the log with the record appended; its size is the record's seq
 
 
+@dataclass(frozen=True, slots=True)
+class Grown:
+    """An append with the perfect subtrees it completed, for the store to keep."""
+
+    appended: Appended
+    # (level, index, root) of each subtree the new leaf completed, levels 1, 2, ...:
+    # about one per append, so that proofs read O(log n) stored nodes (.subtrees).
+    nodes: tuple[tuple[int, int, bytes], ...]
+
+
 def append(state: AuditState, event: Mapping[str, Any]) -> Appended:
+    """The record that appends ``event`` to the log at ``state`` (see :func:`grow`)."""
+    return grow(state, event).appended
+
+
+def grow(state: AuditState, event: Mapping[str, Any]) -> Grown:
     """The record that appends ``event`` to the log at ``state``.
 
     The record is the event plus ``seq`` and ``prev_root`` (the tree head before
@@ -62,7 +78,11 @@ def append(state: AuditState, event: Mapping[str, Any]) -> Appended:
     seq = state.size + 1
     body = jcs({**event, "seq": seq, "prev_root": state.root.hex()})
     leaf = merkle.leaf_hash(body)
-    frontier = tuple(merkle.frontier_append(list(state.frontier), leaf))
+    frontier, completed = merkle.frontier_push(list(state.frontier), leaf)
     new_time = event.get("time")
     head_time = new_time if isinstance(new_time, int) and not isinstance(new_time, bool) else None
-    return Appended(body.decode("utf-8"), leaf, AuditState(seq, frontier, head_time))
+    appended = Appended(body.decode("utf-8"), leaf, AuditState(seq, tuple(frontier), head_time))
+    # The new leaf is leaf state.size (0-based); the subtree it completes at level l
+    # is the one that holds it.
+    nodes = tuple((level, state.size >> level, h) for level, h in enumerate(completed, start=1))
+    return Grown(appended, nodes)

@@ -57,11 +57,20 @@ def frontier_root(frontier: Frontier) -> bytes:
 
 
 def frontier_append(frontier: Frontier, leaf: bytes) -> Frontier:
+    return frontier_push(frontier, leaf)[0]
+
+
+def frontier_push(frontier: Frontier, leaf: bytes) -> tuple[Frontier, list[bytes]]:
+    """The frontier with ``leaf`` appended, and the roots of the perfect subtrees
+    that the leaf completed, smallest first (sizes 2, 4, 8, ...: levels 1, 2, 3, ...)."""
     out = [*frontier, (1, leaf)]
+    completed = []
     while len(out) >= 2 and out[-1][0] == out[-2][0]:
         (size, left), (_, right) = out[-2], out[-1]
-        out[-2:] = [(size * 2, node_hash(left, right))]
-    return out
+        merged = node_hash(left, right)
+        completed.append(merged)
+        out[-2:] = [(size * 2, merged)]
+    return out, completed
 
 
 # -- proofs --------------------------------------------------------------------------
