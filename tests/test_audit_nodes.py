@@ -2,16 +2,30 @@
 
 The list-based functions in ``merkle`` (checked against the RFC vectors in test_vectors.py)
 are the reference: for random sizes, the proofs and tree heads folded from perfect
-subtrees equal theirs.
+subtrees equal theirs. Then through a real SQLite store: the nodes that appends write,
+and those a migration computes for a log written before they were kept, give the same
+heads and proofs as the leaves, and a proof reads O(log n) of them.
 """
 
 from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Collection, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paywarden.signer.auditlog import merkle, subtrees
 from paywarden.signer.auditlog.append import AuditState, append, grow
+from paywarden.signer.core.checkpoints import Checkpoints
+from paywarden.signer.core.deps import Deps
+from paywarden.signer.store import schema
+from paywarden.signer.store.records import StoreError
+from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.support.vectors import load
 
@@ -133,3 +147,183 @@ def test_each_append_yields_the_subtrees_its_leaf_completes() -> None:
     expected = {node: h for node, h in _perfect(leaves).items() if node[0] >= 1}
     assert kept == expected
     assert len(kept) == 70 - 3  # n minus the number of frontier entries (70 = 64 + 4 + 2)
+
+
+# -- through a real store ---------------------------------------------------------------------
+
+
+class CountingStore(SqliteStore):
+    """A real store that counts the subtree nodes the proofs read."""
+
+    reads: list[int]
+
+    def audit_subtrees(self, nodes: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        self.reads.append(len(nodes))
+        return super().audit_subtrees(nodes)
+
+
+@pytest.fixture
+def counted_store(tmp_path: Path) -> Iterator[CountingStore]:
+    s = CountingStore(tmp_path / "state.db")
+    s.reads = []
+    s.migrate()
+    yield s
+    s.close()
+
+
+def _stored(path: Path) -> tuple[list[bytes], dict[tuple[int, int], bytes]]:
+    conn = sqlite3.connect(path)
+    try:
+        leaves = [bytes(r[0]) for r in conn.execute("SELECT leaf FROM audit_log ORDER BY seq")]
+        nodes = {
+            (int(level), int(idx)): bytes(h)
+            for level, idx, h in conn.execute("SELECT level, idx, hash FROM audit_nodes")
+        }
+    finally:
+        conn.close()
+    return leaves, nodes
+
+
+def _checkpoints(store: SqliteStore) -> Checkpoints:
+    # Proofs read only the store: no HSM is needed for them.
+    return Checkpoints(cast(Deps, SimpleNamespace(store=store, hsm=None)))
+
+
+def _assert_proofs_match_the_leaves(store: CountingStore, sizes: range) -> None:
+    leaves, _ = _stored(store.path)
+    proofs = _checkpoints(store)
+    head, root = store.audit_head()
+    assert head == len(leaves) and root == merkle.root(leaves)
+    for size in sizes:
+        for seq in range(1, size + 1):
+            got = proofs.inclusion_proof(seq, size)
+            assert got.leaf == leaves[seq - 1]
+            assert got.root == merkle.root(leaves[:size])
+            assert got.proof == merkle.inclusion_proof(seq - 1, leaves[:size])
+            assert got.record == store.audit_record(seq)
+        for first in range(1, size + 1):
+            old, new, proof = proofs.consistency_proof(first, size)
+            assert old == merkle.root(leaves[:first])
+            assert new == merkle.root(leaves[:size])
+            assert proof == merkle.consistency_proof(first, leaves[:size])
+
+
+def test_appends_store_every_complete_subtree_in_the_same_transaction(
+    counted_store: CountingStore,
+) -> None:
+    store = counted_store
+    for i in range(20):
+        store.audit_event({"action": "test", "time": i})
+    with store.payment_tx() as tx:  # several appends in one transaction
+        for i in range(20, 45):
+            tx.audit({"action": "test", "time": i})
+    leaves, nodes = _stored(store.path)
+    assert len(leaves) == 45
+    assert nodes == {node: h for node, h in _perfect(leaves).items() if node[0] >= 1}
+    _assert_proofs_match_the_leaves(store, range(1, 46))
+
+
+def test_a_rolled_back_append_leaves_no_node(counted_store: CountingStore) -> None:
+    store = counted_store
+    store.audit_event({"action": "test", "time": 1})
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort), store.payment_tx() as tx:
+        tx.audit({"action": "test", "time": 2})  # would complete node (1, 0)
+        raise Abort
+    assert _stored(store.path)[1] == {}
+    store.audit_event({"action": "test", "time": 3})
+    leaves, nodes = _stored(store.path)
+    assert nodes == {(1, 0): merkle.node_hash(leaves[0], leaves[1])}
+
+
+def test_a_proof_reads_log_n_stored_nodes_not_the_leaves(counted_store: CountingStore) -> None:
+    store = counted_store
+    n = 1000
+    with store.payment_tx() as tx:
+        for i in range(n):
+            tx.audit({"action": "test", "time": i})
+    proofs = _checkpoints(store)
+    leaves, _ = _stored(store.path)
+    store.reads.clear()
+    got = proofs.inclusion_proof(377, 0)
+    assert got.proof == merkle.inclusion_proof(376, leaves)
+    old, new, proof = proofs.consistency_proof(513, 999)
+    assert (old, new) == (merkle.root(leaves[:513]), merkle.root(leaves[:999]))
+    assert proof == merkle.consistency_proof(513, leaves[:999])
+    assert len(store.reads) == 2
+    assert all(r <= _log_bound(n) + bin(n).count("1") + 1 for r in store.reads), store.reads
+
+
+def test_a_missing_node_is_a_store_error(counted_store: CountingStore) -> None:
+    store = counted_store
+    with pytest.raises(StoreError, match=r"no stored node \(3, 0\)"):
+        store.audit_subtrees([(3, 0)])
+
+
+# -- the migration that indexes a log written before nodes were kept ---------------------------
+
+
+def _store_at_version_6(path: Path, records: int) -> None:
+    """A store as version 6 made it: the migrations up to 6, records appended the way
+    it appended them (the record, its leaf and the frontier; no nodes)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    for version in range(1, 7):
+        for statement in schema.statements(schema.MIGRATIONS[version]):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 6")
+    state = AuditState()
+    for i in range(records):
+        record, leaf, state = append(state, {"action": "test", "time": 1000 + i, "i": i})
+        conn.execute(
+            "INSERT INTO audit_log (seq, body, leaf) VALUES (?, ?, ?)", (state.size, record, leaf)
+        )
+    frontier = json.dumps([[s, h.hex()] for s, h in state.frontier])
+    conn.execute("UPDATE audit_state SET size = ?, frontier = ? WHERE id = 1", (records, frontier))
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_migrating_a_version_6_log_stores_its_subtrees(tmp_path: Path) -> None:
+    path = tmp_path / "v6.db"
+    _store_at_version_6(path, 77)
+    assert "audit_nodes" not in {
+        r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")
+    }
+    store = CountingStore(path)
+    store.reads = []
+    try:
+        assert store.migrate() == schema.SCHEMA_VERSION == 8
+        leaves, nodes = _stored(path)
+        assert len(leaves) == 77
+        assert nodes == {node: h for node, h in _perfect(leaves).items() if node[0] >= 1}
+        _assert_proofs_match_the_leaves(store, range(1, 78, 4))
+        for i in range(77, 100):  # and appends go on from there
+            store.audit_event({"action": "test", "time": 1000 + i, "i": i})
+        leaves, nodes = _stored(path)
+        assert nodes == {node: h for node, h in _perfect(leaves).items() if node[0] >= 1}
+        _assert_proofs_match_the_leaves(store, range(95, 101))
+    finally:
+        store.close()
+
+
+def test_migrating_a_log_whose_leaves_were_changed_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "v6.db"
+    _store_at_version_6(path, 10)
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER audit_log_no_update")
+    conn.execute("UPDATE audit_log SET leaf = ? WHERE seq = 4", (bytes(32),))
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        with pytest.raises(StoreError, match="do not fold to the tree head"):
+            store.migrate()
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 6  # nothing half-done
+    conn.close()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from paywarden.hsm import HsmError
-from paywarden.signer.auditlog import checkpoints, merkle
+from paywarden.signer.auditlog import checkpoints, subtrees
 from paywarden.signer.core.deps import Deps, control_store_call
 from paywarden.signer.errors import InvalidInput, NotFound, Reason, Unavailable
 from paywarden.signer.store.records import Checkpoint, StoreError
@@ -77,14 +77,17 @@ class Checkpoints:
         size = size or head
         if not 1 <= seq <= size <= head:
             raise NotFound(Reason.STRING_INVALID, f"record {seq} is not in a tree of {size}")
-        leaves = control_store_call(lambda: self._store.audit_leaves(size))
+        leaf = ((0, seq - 1),)
+        runs = subtrees.inclusion_nodes(seq - 1, size)
+        top = subtrees.root_nodes(size)
+        subtree = self._subtrees([leaf, top, *runs])
         record = control_store_call(lambda: self._store.audit_record(seq))
         return InclusionProof(
             record=record,
-            leaf=leaves[seq - 1],
+            leaf=subtree(0, seq - 1),
             size=size,
-            root=merkle.root(leaves),
-            proof=merkle.inclusion_proof(seq - 1, leaves),
+            root=subtrees.fold(top, subtree),
+            proof=subtrees.folds(runs, subtree),
         )
 
     def consistency_proof(self, first: int, second: int) -> tuple[bytes, bytes, list[bytes]]:
@@ -93,9 +96,20 @@ class Checkpoints:
             raise InvalidInput(
                 Reason.STRING_INVALID, f"need 0 < first <= second <= {head} (the log's size)"
             )
-        leaves = control_store_call(lambda: self._store.audit_leaves(second))
-        proof = merkle.consistency_proof(first, leaves)
-        return merkle.root(leaves[:first]), merkle.root(leaves), proof
+        runs = subtrees.consistency_nodes(first, second)
+        old, new = subtrees.root_nodes(first), subtrees.root_nodes(second)
+        subtree = self._subtrees([old, new, *runs])
+        return (
+            subtrees.fold(old, subtree),
+            subtrees.fold(new, subtree),
+            subtrees.folds(runs, subtree),
+        )
+
+    def _subtrees(self, runs: list[subtrees.Run]) -> subtrees.Subtree:
+        """The stored nodes these runs read, fetched at once: O(log n) rows by key."""
+        nodes = subtrees.needed(runs)
+        stored = control_store_call(lambda: self._store.audit_subtrees(nodes))
+        return lambda level, index: stored[level, index]
 
 
 class Checkpointer:

@@ -12,7 +12,7 @@ transaction of the change it describes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -226,7 +226,9 @@ class AuditLogStore(Protocol):
     def audit_head(self) -> tuple[int, bytes]:
         """(size, root) of the audit tree now."""
 
-    def audit_leaves(self, size: int) -> list[bytes]: ...
+    def audit_subtrees(self, nodes: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The stored roots of these complete perfect subtrees, by (level, index)
+        (:mod:`paywarden.signer.auditlog.subtrees`); StoreError if one is missing."""
 
     def audit_record(self, seq: int) -> str: ...
 

@@ -7,13 +7,15 @@ once released: a change of schema is a new version.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 
+from paywarden.signer.auditlog import merkle
 from paywarden.signer.store import sqlite_facts
 from paywarden.signer.store.records import StoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -266,6 +268,22 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE plan_lines ADD COLUMN signed_used INTEGER NOT NULL DEFAULT 0;
     UPDATE session_budgets SET spent_minor = '0';
     """,
+    # The audit tree's complete perfect subtrees above the leaves (a leaf is
+    # audit_log.leaf): node (level, idx) is the root over leaves idx * 2^level to
+    # (idx + 1) * 2^level - 1, 0-based. Proofs and tree heads read O(log n) of them.
+    # Filled for an existing log by _index_audit_tree.
+    8: """
+    CREATE TABLE audit_nodes (
+        level INTEGER NOT NULL CHECK (level >= 1),
+        idx INTEGER NOT NULL CHECK (idx >= 0),
+        hash BLOB NOT NULL,
+        PRIMARY KEY (level, idx)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER audit_nodes_no_update BEFORE UPDATE ON audit_nodes
+      BEGIN SELECT RAISE(ABORT, 'audit nodes are append-only'); END;
+    CREATE TRIGGER audit_nodes_no_delete BEFORE DELETE ON audit_nodes
+      BEGIN SELECT RAISE(ABORT, 'audit nodes are append-only'); END;
+    """,
 }
 
 
@@ -291,8 +309,37 @@ def _backfill_facts(conn: sqlite3.Connection) -> None:
         sqlite_facts.settle(conn, decision_id)
 
 
-# What a migration computes in Python after its SQL (sums of decimal TEXT amounts).
-BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {7: _backfill_facts}
+def _index_audit_tree(conn: sqlite3.Connection) -> None:
+    """Stores every complete perfect subtree of the log as it stands (O(n), once),
+    and checks that its leaves still fold to the tree head the store kept."""
+    frontier: merkle.Frontier = []
+    batch: list[tuple[int, int, bytes]] = []
+    size = 0
+    for seq, leaf in conn.execute("SELECT seq, leaf FROM audit_log ORDER BY seq"):
+        if seq != size + 1:
+            raise StoreError(f"the audit log has no record {size + 1}: cannot index its tree")
+        frontier, completed = merkle.frontier_push(frontier, bytes(leaf))
+        batch.extend((level, size >> level, h) for level, h in enumerate(completed, start=1))
+        size = seq
+        if len(batch) >= 10_000:
+            conn.executemany("INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", batch)
+            batch.clear()
+    conn.executemany("INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", batch)
+    kept_size, kept = conn.execute("SELECT size, frontier FROM audit_state WHERE id = 1").fetchone()
+    kept_frontier = [(int(s), bytes.fromhex(h)) for s, h in json.loads(kept)]
+    if kept_size != size or kept_frontier != frontier:
+        raise StoreError(
+            f"the audit log's {size} leaves do not fold to the tree head the store kept "
+            f"({kept_size} records): the log was changed outside the signer"
+        )
+
+
+# What a migration computes in Python after its SQL: sums of decimal TEXT amounts (7),
+# hashes, which SQLite lacks (8).
+BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    7: _backfill_facts,
+    8: _index_audit_tree,
+}
 
 
 def statements(script: str) -> Iterator[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -206,13 +206,9 @@ class SqliteStore(SqliteConnection):
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"the audit log's head has no readable time: {exc}") from None
 
-    def audit_leaves(self, size: int) -> list[bytes]:
-        rows = self._read(
-            lambda c: c.execute(
-                "SELECT leaf FROM audit_log WHERE seq <= ? ORDER BY seq", (size,)
-            ).fetchall()
-        )
-        return [bytes(r[0]) for r in rows]
+    def audit_subtrees(self, nodes: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        result: dict[tuple[int, int], bytes] = self._read(reads.audit_subtrees, list(nodes))
+        return result
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         c = checkpoint

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from paywarden.signer.store.records import (
     Freeze,
     Reservation,
     SessionRecord,
+    StoreError,
 )
 
 # A reservation counts while held or spent and not yet past the payment's expiry,
@@ -197,6 +198,25 @@ def audit_state(conn: sqlite3.Connection) -> AuditState:
             head_time = head
     frontier = tuple((int(s), bytes.fromhex(h)) for s, h in json.loads(frontier_json))
     return AuditState(int(size), frontier, head_time)
+
+
+def audit_subtrees(
+    conn: sqlite3.Connection, nodes: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    """Stored roots of perfect subtrees of the audit tree, by (level, index): a leaf
+    (level 0) from its record's row, the rest from ``audit_nodes``; each by key."""
+    out: dict[tuple[int, int], bytes] = {}
+    for level, index in nodes:
+        if level == 0:
+            row = conn.execute("SELECT leaf FROM audit_log WHERE seq = ?", (index + 1,)).fetchone()
+        else:
+            row = conn.execute(
+                "SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, index)
+            ).fetchone()
+        if row is None:
+            raise StoreError(f"the audit tree has no stored node ({level}, {index})")
+        out[level, index] = bytes(row[0])
+    return out
 
 
 def freeze_row(row: tuple[Any, ...]) -> Freeze:

@@ -33,12 +33,15 @@ from paywarden.signer.store.records import (
 
 
 def append_audit(conn: sqlite3.Connection, event: Mapping[str, Any]) -> int:
-    """Appends one record in the caller's transaction (see :func:`append.append`);
-    returns its sequence number."""
-    record, leaf, state = append.append(reads.audit_state(conn), event)
+    """Appends one record in the caller's transaction (see :func:`append.grow`), with
+    the perfect subtrees its leaf completed; returns its sequence number."""
+    grown = append.grow(reads.audit_state(conn), event)
+    record, leaf, state = grown.appended
     conn.execute(
         "INSERT INTO audit_log (seq, body, leaf) VALUES (?, ?, ?)", (state.size, record, leaf)
     )
+    if grown.nodes:
+        conn.executemany("INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", grown.nodes)
     conn.execute(
         "UPDATE audit_state SET size = ?, frontier = ? WHERE id = 1",
         (state.size, json.dumps([[s, h.hex()] for s, h in state.frontier])),
