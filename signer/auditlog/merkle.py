@@ -105,3 +105,40 @@ def _subproof(m: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:
     if m <= k:
         return [*_subproof(m, leaves[:k], complete), root(leaves[k:])]
     return [*_subproof(m - k, leaves[k:], False), root(leaves[:k])]
+
+
+# -- the tree as a verifier grows it ------------------------------------------------
+
+
+class Tree:
+    """The Merkle tree of the records so far, grown one leaf at a time from its frontier
+    (the roots of its perfect subtrees; their sizes are the binary digits of its size).
+    The same tree as :func:`frontier_append` and :func:`frontier_root`, in a verifier's
+    inner loop: one hash per merge, no tuples."""
+
+    __slots__ = ("frontier", "size")
+
+    def __init__(self) -> None:
+        self.frontier: list[bytes] = []
+        self.size = 0
+
+    def push(self, leaf: bytes) -> None:
+        frontier, node, size = self.frontier, leaf, self.size
+        while size & 1:
+            node = _sha256(b"\x01" + frontier.pop() + node).digest()
+            size >>= 1
+        frontier.append(node)
+        self.size += 1
+
+    def root_hex(self) -> str:
+        frontier = self.frontier
+        if not frontier:
+            return _EMPTY_HEX
+        acc = frontier[-1]
+        for i in range(len(frontier) - 2, -1, -1):
+            acc = _sha256(b"\x01" + frontier[i] + acc).digest()
+        return acc.hex()
+
+
+_EMPTY_HEX = EMPTY_ROOT.hex()
+_sha256 = hashlib.sha256

@@ -24,16 +24,15 @@ clock before waiting for the write lock could land after a later-dated one.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from paywarden.signer.auditlog import merkle
+from paywarden.signer.auditlog import canonical, merkle
 from paywarden.signer.auditlog.checkpoints import Checkpoint, check_checkpoint
 from paywarden.signer.auditlog.explain import when
-from paywarden.signer.encoding import jcs
 
 # A record's time may be this much below an earlier record's. The store no longer
 # writes such records; logs written before it clamped times may hold them (a call
@@ -82,8 +81,11 @@ class Report:
         self.problems.append(message)
 
 
+Row = tuple[int, str, bytes | None]  # (seq, body, stored leaf hash or None for an export)
+
+
 def verify(
-    records: Sequence[tuple[int, str, bytes | None]],
+    records: Iterable[Row],
     checkpoints: Iterable[Checkpoint],
     public_keys: ec.EllipticCurvePublicKey | Sequence[ec.EllipticCurvePublicKey],
     *,
@@ -91,28 +93,29 @@ def verify(
     limits: SealLimits | None = None,
     time_skew: int = TIME_SKEW,
 ) -> Report:
-    """``records``: (seq, body, stored leaf hash or None for an export), in row order."""
+    """Checks every record (``records`` in row order, read once) and every checkpoint."""
     keys = [public_keys] if isinstance(public_keys, ec.EllipticCurvePublicKey) else public_keys
     checkpoints = sorted(checkpoints, key=lambda c: c.size)
     sizes = {c.size for c in checkpoints} | {t.size for t in trusted}
-    report = Report(records=len(records))
-    leaves: list[bytes] = []
+    report = Report()
     times: list[int | None] = []
     roots: dict[int, str] = {}  # tree heads at the checkpoint sizes, computed in one pass
-    frontier: merkle.Frontier = []
+    tree = merkle.Tree()
     latest: tuple[int, int] | None = None  # (time, position) of the latest time so far
     time_reported = False
-    for position, (seq, body, stored_leaf) in enumerate(records, start=1):
+    rows = iter(records)
+    for position, (seq, body, stored_leaf) in enumerate(rows, start=1):
         try:
-            parsed = _check_record(position, seq, body, stored_leaf, frontier)
-        except _BadRecord as exc:
+            parsed, leaf = check_record(position, seq, body, stored_leaf, tree.root_hex())
+        except BadRecord as exc:
             report.bad(*_blame(position, str(exc)))
+            report.records = position + sum(1 for _ in rows)
             break
         except (ValueError, TypeError, RecursionError):
             report.bad(position, f"record {position}: not in canonical form (edited)")
+            report.records = position + sum(1 for _ in rows)
             break
-        leaf = merkle.leaf_hash(body.encode("utf-8"))
-        leaves.append(leaf)
+        report.records = position
         at = parsed.get("time")
         if not isinstance(at, int) or isinstance(at, bool):
             times.append(None)
@@ -123,29 +126,51 @@ def verify(
             times.append(at)
             if latest is not None and at < latest[0] - time_skew and not time_reported:
                 time_reported = True
-                report.bad(
-                    position,
-                    f"record {position}: its time {when(at)} is {latest[0] - at} seconds "
-                    f"before record {latest[1]}'s {when(latest[0])}: time went backwards "
-                    "(the clock was stepped back, or records were moved)",
-                )
+                report.bad(position, _backwards(position, at, latest))
             if latest is None or at > latest[0]:
                 latest = (at, position)
-        frontier = merkle.frontier_append(frontier, leaf)
+        tree.push(leaf)
         if position in sizes:
-            roots[position] = merkle.frontier_root(frontier).hex()
-    intact = len(leaves) == len(records)
+            roots[position] = tree.root_hex()
+    judge(report, checkpoints, keys, trusted, roots, len(times), limits, times.__getitem__)
+    return report
+
+
+def _backwards(position: int, at: int, latest: tuple[int, int]) -> str:
+    return (
+        f"record {position}: its time {when(at)} is {latest[0] - at} seconds "
+        f"before record {latest[1]}'s {when(latest[0])}: time went backwards "
+        "(the clock was stepped back, or records were moved)"
+    )
+
+
+def judge(
+    report: Report,
+    checkpoints: Sequence[Checkpoint],
+    keys: Sequence[ec.EllipticCurvePublicKey],
+    trusted: Sequence[TrustedHead],
+    roots: dict[int, str],
+    good: int,
+    limits: SealLimits | None,
+    times_from: Callable[[slice], Sequence[int | None]],
+    *,
+    signatures_checked: bool = False,
+) -> None:
+    """The checks after the records: each checkpoint and trusted head against the
+    tree heads of the first ``good`` records (those that passed), then the seal.
+    ``signatures_checked``: every checkpoint's signature is known to verify."""
+    intact = good == report.records
     last_sealed = 0
     sealed_ok = 0
     for cp in checkpoints:
         report.checkpoints += 1
-        problem = check_checkpoint(cp, keys)
+        problem = None if signatures_checked else check_checkpoint(cp, keys)
         if problem is not None:
             report.bad(None, problem)
             continue
-        if cp.size > len(leaves):
+        if cp.size > good:
             if report.first_bad_seq is None:
-                first = len(leaves) + 1
+                first = good + 1
                 report.bad(first, f"record {first}: removed (checkpoint {cp.size} covers it)")
             continue
         if roots.get(cp.size) != cp.root:
@@ -159,12 +184,12 @@ def verify(
         sealed_ok = cp.size
         last_sealed = max(last_sealed, cp.size)
     for head in trusted:
-        if head.size > len(leaves):
+        if head.size > good:
             if intact:
                 report.bad(
                     None,
                     f"trusted checkpoint {head.size} ({head.source}): the log holds only "
-                    f"{len(leaves)} records; records {len(leaves) + 1} to {head.size} "
+                    f"{good} records; records {good + 1} to {head.size} "
                     "were removed",
                 )
             continue
@@ -178,22 +203,23 @@ def verify(
             continue
         report.trusted.append(head)
         last_sealed = max(last_sealed, head.size)
-    report.unsealed = max(0, len(leaves) - last_sealed)
+    report.unsealed = max(0, good - last_sealed)
     if intact:
-        _check_sealed(report, checkpoints, last_sealed, times, limits or SealLimits())
-    return report
+        unsealed = times_from(slice(last_sealed, None))
+        _check_sealed(report, checkpoints, last_sealed, good, unsealed, limits or SealLimits())
 
 
 def _check_sealed(
     report: Report,
     checkpoints: Sequence[Checkpoint],
     sealed: int,
-    times: Sequence[int | None],
+    n: int,
+    unsealed_times: Sequence[int | None],
     limits: SealLimits,
 ) -> None:
     """A log the signer wrote is sealed: a checkpoint exists, and the tail after the
-    last one is no longer than the checkpoint interval allows."""
-    n = len(times)
+    last one (records ``sealed + 1`` to ``n``, with ``unsealed_times``) is no longer
+    than the checkpoint interval allows."""
     if n == 0:
         return
     if not checkpoints:
@@ -220,7 +246,7 @@ def _check_sealed(
             f"than the {limits.records} the checkpoint interval allows",
         )
         fixes.append(f"--max-unsealed {tail}")
-    tail_times = [t for t in times[sealed:] if t is not None]
+    tail_times = [t for t in unsealed_times if t is not None]
     if limits.seconds is not None and tail_times:
         span = max(tail_times) - tail_times[0]
         if span > limits.seconds:
@@ -255,33 +281,38 @@ _UNSEALED_CAUSES = (
 )
 
 
-class _BadRecord(Exception):
+class BadRecord(Exception):
     """A record that is not where, or what, the signer wrote."""
 
 
-def _check_record(
-    position: int, seq: int, body: str, stored_leaf: bytes | None, frontier: merkle.Frontier
-) -> dict[str, Any]:
-    """The parsed record, or :class:`_BadRecord` naming what is wrong with it."""
+def check_record(
+    position: int, seq: int, body: str, stored_leaf: bytes | None, prev_root: str
+) -> tuple[dict[str, Any], bytes]:
+    """The parsed record and its leaf hash, or :class:`BadRecord` naming what is
+    wrong with it. ``prev_root``: the tree head (hex) of the records before it."""
     if seq != position:
         how = "removed" if seq > position else "reordered or added"
-        raise _BadRecord(f"record {position}: missing or out of place ({how}; found seq {seq})")
+        raise BadRecord(f"record {position}: missing or out of place ({how}; found seq {seq})")
     try:
-        parsed = json.loads(body)
+        parsed, plain = canonical.parse(body)
     except ValueError:
-        raise _BadRecord(f"record {position}: not JSON (edited)") from None
-    if not isinstance(parsed, dict) or jcs(parsed).decode("utf-8") != body:
-        raise _BadRecord(f"record {position}: not in canonical form (edited)")
+        raise BadRecord(f"record {position}: not JSON (edited)") from None
+    if not isinstance(parsed, dict) or not canonical.is_canonical(parsed, body, plain):
+        raise BadRecord(f"record {position}: not in canonical form (edited)")
     if parsed.get("seq") != position:
-        raise _BadRecord(f"record {position}: names position {parsed.get('seq')} (reordered)")
-    if stored_leaf is not None and merkle.leaf_hash(body.encode("utf-8")) != stored_leaf:
-        raise _BadRecord(f"record {position}: its bytes no longer match its leaf hash (edited)")
-    if parsed.get("prev_root") != merkle.frontier_root(frontier).hex():
-        raise _BadRecord(
+        raise BadRecord(f"record {position}: names position {parsed.get('seq')} (reordered)")
+    leaf = _sha256(b"\x00" + body.encode("utf-8")).digest()
+    if stored_leaf is not None and leaf != stored_leaf:
+        raise BadRecord(f"record {position}: its bytes no longer match its leaf hash (edited)")
+    if parsed.get("prev_root") != prev_root:
+        raise BadRecord(
             f"record {position}: does not follow the records before it "
             "(added after the fact, or an earlier record was rewritten)"
         )
-    return parsed
+    return parsed, leaf
+
+
+_sha256 = hashlib.sha256
 
 
 def _blame(position: int, problem: str) -> tuple[int, str]:
