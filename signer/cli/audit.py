@@ -6,16 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from paywarden.signer.auditlog import merkle, verification
+from paywarden.signer.auditlog import merkle, verification, vouched
 from paywarden.signer.auditlog.checkpoints import Checkpoint, check_checkpoint
 from paywarden.signer.auditlog.explain import explain
 from paywarden.signer.cli.support import config_from_args
-from paywarden.signer.store.sqlite_reads import read_audit_log
+from paywarden.signer.store.sqlite_reads import audit_log_snapshot, read_audit_log
 
 # -- reading the log -------------------------------------------------------------------
 
@@ -42,6 +44,23 @@ def _load(args: argparse.Namespace) -> tuple[list[tuple[int, str, bytes | None]]
     if not path.exists():
         raise SystemExit(f"paywarden: no store at {path}")
     return read_audit_log(path)
+
+
+@contextmanager
+def _snapshot(
+    args: argparse.Namespace,
+) -> Iterator[tuple[Callable[[], Iterable[vouched.RawRow]], list[Checkpoint]]]:
+    """The log to verify: its records as they stream (within one read transaction of
+    the store, as often as asked) and its checkpoints."""
+    if args.export is not None:
+        records, checkpoints = read_export(args.export)
+        yield (lambda: iter(records)), checkpoints
+        return
+    path = args.db or config_from_args(args).store.path
+    if not path.exists():
+        raise SystemExit(f"paywarden: no store at {path}")
+    with audit_log_snapshot(path) as snapshot:
+        yield snapshot.records, snapshot.checkpoints
 
 
 def _public_keys(paths: list[Path]) -> list[ec.EllipticCurvePublicKey]:
@@ -151,19 +170,30 @@ def _seal_limits(args: argparse.Namespace) -> verification.SealLimits:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    records, checkpoints = _load(args)
-    keys = _public_keys(args.public_key)
-    trusted = list(args.trusted or [])
-    for path in args.checkpoint or []:
-        trusted.extend(_trusted_from_file(path, keys))
-    report = verification.verify(
-        records,
-        checkpoints,
-        keys,
-        trusted=trusted,
-        limits=_seal_limits(args),
-        time_skew=args.max_time_skew,
-    )
+    with _snapshot(args) as (records, checkpoints):
+        keys = _public_keys(args.public_key)
+        trusted = list(args.trusted or [])
+        for path in args.checkpoint or []:
+            trusted.extend(_trusted_from_file(path, keys))
+        limits = _seal_limits(args)
+        if args.full:
+            report = verification.verify(
+                vouched.as_text(records()),
+                checkpoints,
+                keys,
+                trusted=trusted,
+                limits=limits,
+                time_skew=args.max_time_skew,
+            )
+        else:
+            report = vouched.verify(
+                records,
+                checkpoints,
+                keys,
+                trusted=trusted,
+                limits=limits,
+                time_skew=args.max_time_skew,
+            )
     if report.ok:
         print(
             f"audit log OK: {report.records} records, {report.checkpoints} signed checkpoints, "
@@ -309,6 +339,13 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
         help="how far a record's time may lie below an earlier one's (default "
         f"{verification.TIME_SKEW}, for logs written before the store kept times from going "
         "back; 0 for logs written since)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="parse and check every record's form and link, also those a signed checkpoint "
+        "vouches for (slower; the verdict is the same unless the signer wrote a malformed "
+        "record)",
     )
     p.set_defaults(fn=cmd_verify)
     p = sub.add_parser("export", parents=[source], help="records and checkpoints as JSON Lines")
