@@ -513,7 +513,9 @@ async def _client(
         phase: Phase | None = await loop.run_in_executor(None, commands.recv)
         if phase is None:
             break
-        expires = int(time.time() + phase.seconds) + EXPIRY_SECONDS - 30
+        # Within the signer's expiry window from the first call to the last: a phase is
+        # shorter than EXPIRY_SECONDS - 60 (see parse_args).
+        expires = int(time.time()) + EXPIRY_SECONDS - 10
         queues: list[list[bytes]] = []
         extras: list[Callable[[], bytes]] = []
         for slot in slots:
