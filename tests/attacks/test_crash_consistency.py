@@ -4,12 +4,13 @@ the same data directory, and check that no signature was lost, unrecorded or dou
 Four clients (two agents, two clients each sharing one session, so that budgets are
 raced) sign payments against a real server process. Each round kills the server
 with SIGKILL once a random number of answers has arrived, so that in-flight calls are
-cut at every stage (before the decision, between the commit and the HSM, between the
-HSM and the signature's commit). After every restart the log is sealed by an operator
-and ``paywarden audit verify`` must pass; every client first retries, identically,
-what it sent without an answer and some of what it got signed (the same JWS must come
-back). After the last round every JWS that any client received must be recorded with
-its decision and spend, no nonce is signed twice and no session's budget is exceeded.
+cut at every stage (waiting for a batch, deciding, while the HSM signs inside the
+decision's transaction, at the batch's commit, after it before the answer). After every
+restart the log is sealed by an operator and ``paywarden audit verify`` must pass;
+every client first retries, identically, what it sent without an answer and some of
+what it got signed (the same JWS must come back). After the last round every JWS that
+any client received must be recorded with its decision and spend, no nonce is signed
+twice and no session's budget is exceeded.
 
 ``PAYWARDEN_CRASH_ROUNDS`` (default 20) sets the number of kills;
 ``PAYWARDEN_CRASH_SEED`` replays a run (the seed is printed on failure).
