@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from paywarden.signer.core.batching import GroupCommit
@@ -207,3 +207,43 @@ def test_a_caller_still_queued_when_its_wait_ends_gives_up_and_decides_nothing(
     assert isinstance(results["hasty"], StoreError)
     assert results["patient"] == 1 and ran == ["patient"]
     assert batch_store.audit_head()[0] == 1
+
+
+class _ReleaseFails:
+    """The store's real connection, except that closing a savepoint fails (an injected
+    fault: an I/O error at that statement cannot be had on demand)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "RELEASE item":
+            raise sqlite3.OperationalError("injected: disk I/O error")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_decision_that_cannot_be_closed_fails_its_whole_batch(batch_store: SqliteStore) -> None:
+    """Its writes are neither kept apart nor undone: the batch commits nothing, rather
+    than commit a decision whose caller was told it failed."""
+    with pytest.raises(StoreError), batch_store.payment_batch() as batch:
+        batch._conn = cast(sqlite3.Connection, _ReleaseFails(batch._conn))
+        with pytest.raises(StoreError), batch.item() as tx:
+            tx.audit({"action": "test.item", "time": 1, "actor": "closing"})
+        assert batch.broken
+    assert batch_store.audit_head()[0] == 0
+
+
+def test_a_store_error_inside_an_item_is_undone_and_reported_as_the_store_s(
+    batch_store: SqliteStore,
+) -> None:
+    with batch_store.payment_batch() as batch:
+        with pytest.raises(StoreError), batch.item() as tx:
+            tx.audit({"action": "test.item", "time": 1, "actor": "undone"})
+            raise sqlite3.OperationalError("injected: the statement failed")
+        with batch.item() as tx:
+            tx.audit({"action": "test.item", "time": 1, "actor": "kept"})
+    assert batch_store.audit_head()[0] == 1
+    assert "kept" in batch_store.audit_record(1)

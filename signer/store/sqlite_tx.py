@@ -256,18 +256,30 @@ class SqlitePaymentBatch:
 
     @contextmanager
     def item(self) -> Iterator[SqlitePaymentTx]:
-        self._conn.execute("SAVEPOINT item")
+        try:
+            self._conn.execute("SAVEPOINT item")
+        except sqlite3.Error as exc:
+            self.broken = True
+            raise StoreError(f"cannot open a decision of the batch: {exc}") from None
         try:
             yield SqlitePaymentTx(self._conn)
-        except BaseException:
+        except BaseException as failed:
             try:
                 self._conn.execute("ROLLBACK TO item")
                 self._conn.execute("RELEASE item")
             except sqlite3.Error as exc:
                 self.broken = True
                 raise StoreError(f"cannot undo a decision of the batch: {exc}") from None
+            if isinstance(failed, sqlite3.Error):  # undone: the store failed this decision
+                raise StoreError(f"store unavailable: {failed}") from None
             raise
-        self._conn.execute("RELEASE item")
+        try:
+            self._conn.execute("RELEASE item")
+        except sqlite3.Error as exc:
+            # Its writes are neither kept apart nor undone: the batch must not commit them
+            # while their caller is told the call failed.
+            self.broken = True
+            raise StoreError(f"cannot close a decision of the batch: {exc}") from None
 
 
 class SqliteApprovalTx(SqliteTx):
