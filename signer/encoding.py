@@ -68,6 +68,8 @@ def _plain(value: object) -> bool:
     if kind is dict:
         for k, v in value.items():  # type: ignore[attr-defined]
             if type(k) is not str:
+                if isinstance(k, str):  # a StrEnum key: the encoder from the RFC writes it
+                    return False
                 raise TypeError("object keys must be strings")
             if not _plain(v):
                 return False

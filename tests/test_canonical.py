@@ -9,6 +9,7 @@ decoded JSON gets exactly the bytes that were signed.
 from __future__ import annotations
 
 import base64
+import enum
 import json
 from typing import Any
 
@@ -282,3 +283,13 @@ def test_claims_payload_canonical_for_any_valid_text(
 def test_jcs_refuses_non_string_keys() -> None:
     with pytest.raises(TypeError):
         jcs({1: "a"})  # type: ignore[dict-item]
+
+
+def test_jcs_writes_str_enum_keys_and_values_as_their_text() -> None:
+    class Key(enum.StrEnum):
+        B = "b"
+        A = "a"
+
+    value: dict[str, Any] = {Key.B: Key.A, Key.A: [Key.B], "c": 1}
+    plain: dict[str, Any] = {"b": "a", "a": ["b"], "c": 1}
+    assert jcs(value) == rfc8785.dumps(plain) == jcs(plain)
