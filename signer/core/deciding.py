@@ -281,11 +281,11 @@ class Decider:
                 )
             )
         record = new_record(decision_id, now, caller, intent, request_hash, decision, payload)
-        if decision.verdict is Verdict.ALLOW:
-            record = replace(record, jws=sign(record))
         reservation, approval = holds(record, session, read.payee_key, decision)
         if reservation is not None:
             check_budget(tx, reservation)
+        if decision.verdict is Verdict.ALLOW:  # signed last: nothing left to refuse it
+            record = replace(record, jws=sign(record))
         tx.record_decision(record, consume_nonce=True, reservation=reservation, approval=approval)
         amount = self._deps.amount(intent.amount.minor, intent.asset)
         seq = tx.audit(
