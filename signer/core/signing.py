@@ -137,12 +137,12 @@ class Signing:
             tx, caller, intent, request_hash, lambda r: self._sign_new(r, deadline, attempt)
         )
         if attempt.tried or not _to_sign(decided):
-            return attempt.done(decided, report)
+            return _Done(decided, report, attempt)
         # A retry completes an earlier decision: whatever became of it is judged.
         record = decided.record
         compact = self._signature(record, deadline, attempt)
         if compact is None:
-            return attempt.done(decided, report)
+            return _Done(decided, report, attempt)
         attached = committed.attach_signature(tx, record.id, compact, self._deps.now())
         if attached is None:
             attempt.withdrawn = True
@@ -151,7 +151,7 @@ class Signing:
             )
         else:
             attempt.jws, attempt.first = attached
-        return attempt.done(decided, report)
+        return _Done(decided, report, attempt)
 
     def _sign_new(
         self, record: DecisionRecord, deadline: Deadline, attempt: _Attempt
@@ -218,9 +218,9 @@ class Signing:
             )
         if record.outcome == Verdict.DENY or record.payload is None:
             _raise_denial(record, seq)
-        if done.gone is not None:
-            raise done.gone
-        if done.hsm_failed:
+        if done.signing.gone is not None:
+            raise done.signing.gone
+        if done.signing.hsm_failed:
             log.warning(
                 "HSM failed after the decision was recorded", extra={"decision_id": record.id}
             )
@@ -231,10 +231,10 @@ class Signing:
                 decision_id=record.id,
                 audit_seq=seq,
             )
-        if done.withdrawn:
+        if done.signing.withdrawn:
             # The payment expired (or was withdrawn or frozen) while the HSM signed:
             # the signature is discarded, never returned.
-            if done.frozen:
+            if done.signing.frozen:
                 raise SessionNotUsable(
                     Reason.FROZEN,
                     "signing was frozen while the payment was being signed; nothing was signed",
@@ -248,14 +248,14 @@ class Signing:
                 decision_id=record.id,
                 audit_seq=seq,
             )
-        jws = done.jws if done.jws is not None else record.jws
+        jws = done.signing.jws if done.signing.jws is not None else record.jws
         if jws is None:  # neither signed now nor before: never answered as signed
             raise InvariantBroken(f"decision {record.id} has no signature to answer")
         log.info(
             "payment allowed",
             extra={"decision_id": record.id, "session_id": record.session_id, "replayed": replayed},
         )
-        if done.first:  # concurrent identical retries: only the signature kept counts
+        if done.signing.first:  # concurrent identical retries: only the signature kept counts
             units = float(self._deps.amount(record.amount_minor, record.asset))
             self._metrics.signed(
                 record.asset, units, record.session_id, record.agent_id, record.key_id
@@ -271,13 +271,11 @@ class Signing:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Done:
-    """What one Sign's item of a group commit decided and signed, for its caller to
-    answer once the batch has committed."""
+@dataclass(slots=True)
+class _Attempt:
+    """What the signing asked for in one item came to, as it goes."""
 
-    decided: Decided
-    report: Callable[[], None]
+    tried: bool = False  # a new decision asked for its signature
     jws: str | None = None  # the signature stored with the decision
     first: bool = False  # this call stored it (not a concurrent identical retry)
     hsm_failed: bool = False  # the decision is kept, unsigned
@@ -286,29 +284,14 @@ class _Done:
     frozen: bool = False  # ... because signing is frozen
 
 
-@dataclass(slots=True)
-class _Attempt:
-    """What the signing asked for in one item came to, as it goes."""
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """What one Sign's item of a group commit decided and signed, for its caller to
+    answer once the batch has committed."""
 
-    tried: bool = False  # a new decision asked for its signature
-    jws: str | None = None
-    first: bool = False
-    hsm_failed: bool = False
-    gone: PaywardenError | None = None
-    withdrawn: bool = False
-    frozen: bool = False
-
-    def done(self, decided: Decided, report: Callable[[], None]) -> _Done:
-        return _Done(
-            decided,
-            report,
-            jws=self.jws,
-            first=self.first,
-            hsm_failed=self.hsm_failed,
-            gone=self.gone,
-            withdrawn=self.withdrawn,
-            frozen=self.frozen,
-        )
+    decided: Decided
+    report: Callable[[], None]
+    signing: _Attempt
 
 
 def _to_sign(decided: Decided) -> bool:
