@@ -307,6 +307,16 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in seconds (Linux /proc; 0 elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _echo(request: bytes, _context: grpc.ServicerContext) -> bytes:
     return request
 
@@ -758,6 +768,9 @@ def run(args: argparse.Namespace, root: Path) -> int:
         elapsed: dict[str, float] = {"echo": 0.0, "sign": 0.0}
         errors: dict[str, list[str]] = {"echo": [], "sign": []}
         responses: list[bytes] = []
+        # CPU seconds used during the phases, by the server under test and by the clients.
+        cpu: dict[str, dict[str, float]] = {k: {"server": 0.0, "clients": 0.0} for k in elapsed}
+        servers = {"echo": echo_proc.pid or 0, "sign": signer.proc.pid}
         for number, kind in enumerate(kinds, 1):
             for _, conn in clients:
                 conn.send(Phase(kind, seconds))
@@ -765,9 +778,13 @@ def run(args: argparse.Namespace, root: Path) -> int:
                 if conn.recv() != "prepared":
                     raise SystemExit("bench: a client process failed")
             start = time.time() + 0.2  # every client starts at the same moment
+            server_cpu = cpu_seconds(servers[kind])
+            clients_cpu = sum(cpu_seconds(proc.pid or 0) for proc, _ in clients)
             for _, conn in clients:
                 conn.send(start)
             results: list[PhaseResult] = [conn.recv() for _, conn in clients]
+            cpu[kind]["server"] += cpu_seconds(servers[kind]) - server_cpu
+            cpu[kind]["clients"] += sum(cpu_seconds(p.pid or 0) for p, _ in clients) - clients_cpu
             done = sum(len(r.latencies) for r in results)
             print(
                 f"bench: phase {number}/{len(kinds)} {kind}: {done} calls in {seconds:g} s,"
@@ -792,6 +809,15 @@ def run(args: argparse.Namespace, root: Path) -> int:
                 print(f"bench: {kind} error ({errs.count(err)}x): {err}", file=sys.stderr)
         verified, bad = verify_signatures(data, signer_addr, responses)
         print(f"bench: signer RSS {rss_start} KiB before the first phase, {rss_end} KiB after")
+        for kind, figs in (("echo", echo), ("sign", sign)):
+            if figs.calls:
+                used = cpu[kind]
+                print(
+                    f"bench: {kind}: CPU per call {used['server'] / figs.calls * 1000:.3f} ms"
+                    f" in the server, {used['clients'] / figs.calls * 1000:.3f} ms in the clients"
+                    f" ({used['server'] / elapsed[kind]:.2f} and"
+                    f" {used['clients'] / elapsed[kind]:.2f} cores)"
+                )
         print(f"bench: {verified} signatures verified against the JWKS, {bad} failed")
     finally:
         for client, _ in clients:
@@ -819,6 +845,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
             "sign_only": args.sign_only,
             "cpus": os.cpu_count(),
             "signer_rss_kib": {"start": rss_start, "end": rss_end},
+            "cpu_seconds": cpu,
             "echo": asdict(echo),
             "sign": asdict(sign),
             "ratio": {
