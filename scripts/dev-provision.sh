@@ -28,7 +28,8 @@ if [ ! -e data/policy/dev.toml ]; then cp examples/policy/dev.toml data/policy/d
 P=".venv/bin/python scripts/pki.py"
 $P init-ca --dir data/pki
 $P server --dir data/pki
-$P issue --dir data/pki --role planner --id dev-planner
-$P issue --dir data/pki --role agent --id dev-agent
-$P issue --dir data/pki --role approver --id dev-approver
-$P issue --dir data/pki --role operator --id dev-operator
+# Client certificates last 24 hours: one made on an earlier day is renewed.
+for who in planner:dev-planner agent:dev-agent approver:dev-approver operator:dev-operator; do
+  $P issue --dir data/pki --role "${who%%:*}" --id "${who#*:}"
+  $P renew --dir data/pki --role "${who%%:*}" --id "${who#*:}" --if-within 2
+done

@@ -2,13 +2,19 @@
 
     paywarden-pki init-ca  --dir DIR [--trust-domain paywarden.local]
     paywarden-pki server   --dir DIR [--host 127.0.0.1] [--dns localhost]
-    paywarden-pki issue    --dir DIR --role agent --id agent-7 [--days 30]
+    paywarden-pki issue    --dir DIR --role agent --id agent-7 [--hours 24]
+    paywarden-pki renew    --dir DIR --role agent --id agent-7 [--hours 24] [--if-within H]
 
 ``scripts/pki.py`` runs the same commands. Client certificates carry exactly one
 URI SAN, spiffe://<trust-domain>/<role>/<id>, which is what the signer authorises
 on. This is what a security team runs for development and tests; production uses
-its own CA. Private keys are written with mode 0600. Idempotent: an existing CA or
-certificate is kept (use --force to reissue a leaf certificate).
+its own CA. Private keys are written with mode 0600, and every file is replaced
+whole (written aside, then renamed), so that a reader never sees half of one.
+Idempotent: an existing CA or certificate is kept (use --force to reissue a leaf
+certificate). Client certificates are short-lived (24 hours unless --hours says
+otherwise): ``renew`` gives an identity that has one a new key and certificate,
+with a new serial, for the same SPIFFE id; with --if-within H only when the
+current one ends within H hours (for a script that runs at every start).
 """
 
 from __future__ import annotations
@@ -29,19 +35,26 @@ from paywarden.signer.identity import PRINCIPAL_ID
 ROLES = ("agent", "planner", "approver", "operator")
 
 
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Writes ``data`` beside ``path`` and renames it over ``path`` (readers see all or none)."""
+    aside = path.with_name(f".{path.name}.new")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(aside, path)
+
+
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     data = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    _replace(path, data, 0o600)
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _replace(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 class PkiError(Exception):
@@ -110,7 +123,7 @@ def _leaf(
     common_name: str,
     sans: list[x509.GeneralName],
     usage: x509.ObjectIdentifier,
-    days: int,
+    lifetime: dt.timedelta,
     force: bool,
 ) -> None:
     if (d / f"{stem}.crt").exists() and not force:
@@ -125,7 +138,7 @@ def _leaf(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(_now() - dt.timedelta(minutes=5))
-        .not_valid_after(_now() + dt.timedelta(days=days))
+        .not_valid_after(_now() + lifetime)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -136,7 +149,7 @@ def _leaf(
     )
     _write_key(d / f"{stem}.key", key)
     _write_cert(d / f"{stem}.crt", cert)
-    print(f"{stem}: issued")
+    print(f"{stem}: issued, valid until {cert.not_valid_after_utc.isoformat()}")
 
 
 def main(argv: list[str] | None = None, *, prog: str = "paywarden-pki") -> int:
@@ -153,12 +166,14 @@ def main(argv: list[str] | None = None, *, prog: str = "paywarden-pki") -> int:
     p.add_argument("--dns", action="append", default=None, help="DNS SAN (default localhost)")
     p.add_argument("--days", type=int, default=90)
     p.add_argument("--force", action="store_true")
-    p = sub.add_parser("issue")
-    p.add_argument("--dir", type=Path, required=True)
-    p.add_argument("--role", choices=ROLES, required=True)
-    p.add_argument("--id", required=True)
-    p.add_argument("--days", type=int, default=30)
-    p.add_argument("--force", action="store_true")
+    issue, renew = sub.add_parser("issue"), sub.add_parser("renew")
+    for p in (issue, renew):
+        p.add_argument("--dir", type=Path, required=True)
+        p.add_argument("--role", choices=ROLES, required=True)
+        p.add_argument("--id", required=True)
+        p.add_argument("--hours", type=_hours, default=24, help="lifetime (24)")
+    issue.add_argument("--force", action="store_true")
+    renew.add_argument("--if-within", type=_hours, metavar="HOURS", help="only if it ends sooner")
     args = parser.parse_args(argv)
     try:
         return _run(args, prog)
@@ -181,7 +196,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
             "paywarden server",
             sans,
             ExtendedKeyUsageOID.SERVER_AUTH,
-            args.days,
+            dt.timedelta(days=args.days),
             args.force,
         )
     else:
@@ -194,15 +209,45 @@ def _run(args: argparse.Namespace, prog: str) -> int:
                 file=sys.stderr,
             )
             return 2
+        stem = f"{args.role}-{args.id}"
+        force = args.command == "renew" or args.force
+        if args.command == "renew" and not _due(args.dir / f"{stem}.crt", args.if_within):
+            return 0
         domain = (args.dir / "trust-domain").read_text(encoding="ascii").strip()
         uri = f"spiffe://{domain}/{args.role}/{args.id}"
         _leaf(
             args.dir,
-            f"{args.role}-{args.id}",
+            stem,
             f"{args.role} {args.id}",
             [x509.UniformResourceIdentifier(uri)],
             ExtendedKeyUsageOID.CLIENT_AUTH,
-            args.days,
-            args.force,
+            dt.timedelta(hours=args.hours),
+            force,
         )
     return 0
+
+
+def _hours(text: str) -> float:
+    """A positive number of hours, at most ten years."""
+    try:
+        hours = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
+    if not 0 < hours <= 87_600:
+        raise argparse.ArgumentTypeError(f"{text!r}: hours must be above 0 and at most 87600")
+    return hours
+
+
+def _due(path: Path, within: float | None) -> bool:
+    """Whether the certificate at ``path`` (which must exist) is to be renewed now."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise PkiError(f"{path.name}: no certificate to renew; issue one first") from None
+    except ValueError:
+        raise PkiError(f"{path.name}: not a PEM certificate") from None
+    ends = cert.not_valid_after_utc
+    if within is not None and ends - _now() > dt.timedelta(hours=within):
+        print(f"{path.stem}: valid until {ends.isoformat()}, nothing done")
+        return False
+    return True

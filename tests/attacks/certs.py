@@ -51,9 +51,9 @@ def ca_of(pki: Pki) -> Issuer:
 
 
 def _builder(
-    subject: str, issuer: Issuer, key: ec.EllipticCurvePrivateKey
+    subject: str, issuer: Issuer, key: ec.EllipticCurvePrivateKey, *, expired: bool = False
 ) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC) - (dt.timedelta(days=2) if expired else dt.timedelta())
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
@@ -103,11 +103,13 @@ def client_cert(
     ca: bool = False,
     usages: tuple[x509.ObjectIdentifier, ...] = (CLIENT_AUTH,),
     issuer: Issuer | None = None,
+    expired: bool = False,
 ) -> ClientCert:
-    """A leaf for ``uri`` signed by the test CA (or ``issuer``), shaped as asked."""
+    """A leaf for ``uri`` signed by the test CA (or ``issuer``), shaped as asked
+    (``expired``: its validity ended a day ago)."""
     signer = issuer or ca_of(pki)
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = _builder(f"attack {uri}", signer, key).add_extension(
+    builder = _builder(f"attack {uri}", signer, key, expired=expired).add_extension(
         x509.BasicConstraints(ca=ca, path_length=None), critical=True
     )
     builder = builder.add_extension(
