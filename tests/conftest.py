@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -106,6 +107,15 @@ def make_pki(base: Path, trust_domain: str = "paywarden.test") -> Pki:
 @pytest.fixture(scope="session")
 def pki(run_dir: Path) -> Pki:
     return make_pki(run_dir / "pki")
+
+
+@pytest.fixture
+def pki_copy(tmp_path: Path, pki: Pki) -> Pki:
+    """A copy of the run's PKI (the same CA, so servers on the run's PKI trust it) that
+    a test may write in: renew, replace, break."""
+    d = tmp_path / "pki-copy"
+    shutil.copytree(pki.dir, d)
+    return Pki(d, pki.trust_domain)
 
 
 @pytest.fixture(scope="session")

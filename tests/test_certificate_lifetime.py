@@ -10,9 +10,6 @@ the call never reaches the signer.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -20,29 +17,12 @@ import pytest
 from cryptography import x509
 
 from tests.attacks.certs import client_cert, spiffe
-from tests.helpers import ROOT, Pki
+from tests.helpers import Pki
+from tests.support.cli import pki_script
 from tests.support.clients import public_keys
 
 TIMEOUT = 10
 SLACK = dt.timedelta(minutes=1)  # the run's own duration between issuing and reading back
-
-
-def _pki(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "scripts/pki.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
-@pytest.fixture
-def own_pki(tmp_path: Path, pki: Pki) -> Pki:
-    """A copy of the run's PKI (same CA, so the run's server trusts it) to write in."""
-    d = tmp_path / "pki"
-    shutil.copytree(pki.dir, d)
-    return Pki(d, pki.trust_domain)
 
 
 def _cert(d: Path, stem: str) -> x509.Certificate:
@@ -54,67 +34,69 @@ def _lifetime(cert: x509.Certificate) -> dt.timedelta:
     return cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
 
 
-def test_a_client_certificate_lasts_24_hours_unless_told_otherwise(own_pki: Pki) -> None:
-    d = str(own_pki.dir)
-    default = _pki("issue", "--dir", d, "--role", "agent", "--id", "short-1")
+def test_a_client_certificate_lasts_24_hours_unless_told_otherwise(pki_copy: Pki) -> None:
+    d = str(pki_copy.dir)
+    default = pki_script("issue", "--dir", d, "--role", "agent", "--id", "short-1")
     assert default.returncode == 0, default.stderr
-    assert abs(_lifetime(_cert(own_pki.dir, "agent-short-1")) - dt.timedelta(hours=24)) < SLACK
-    told = _pki("issue", "--dir", d, "--role", "agent", "--id", "short-2", "--hours", "2.5")
+    assert abs(_lifetime(_cert(pki_copy.dir, "agent-short-1")) - dt.timedelta(hours=24)) < SLACK
+    told = pki_script("issue", "--dir", d, "--role", "agent", "--id", "short-2", "--hours", "2.5")
     assert told.returncode == 0, told.stderr
-    assert abs(_lifetime(_cert(own_pki.dir, "agent-short-2")) - dt.timedelta(hours=2.5)) < SLACK
+    assert abs(_lifetime(_cert(pki_copy.dir, "agent-short-2")) - dt.timedelta(hours=2.5)) < SLACK
 
 
 @pytest.mark.parametrize("hours", ["0", "-1", "abc", "87601"])
 def test_a_lifetime_that_is_not_a_positive_number_of_hours_is_refused(
-    own_pki: Pki, hours: str
+    pki_copy: Pki, hours: str
 ) -> None:
-    d = str(own_pki.dir)
-    done = _pki("issue", "--dir", d, "--role", "agent", "--id", "x", "--hours", hours)
+    d = str(pki_copy.dir)
+    done = pki_script("issue", "--dir", d, "--role", "agent", "--id", "x", "--hours", hours)
     assert done.returncode == 2
     assert "--hours" in done.stderr
-    assert not (own_pki.dir / "agent-x.crt").exists()
+    assert not (pki_copy.dir / "agent-x.crt").exists()
 
 
 def test_renew_gives_a_new_key_and_serial_for_the_same_identity(
-    own_pki: Pki, grpc_addr: str, grpc_server: grpc.Server
+    pki_copy: Pki, grpc_addr: str, grpc_server: grpc.Server
 ) -> None:
-    before = _cert(own_pki.dir, "agent-agent-1")
-    key_before = (own_pki.dir / "agent-agent-1.key").read_bytes()
-    done = _pki("renew", "--dir", str(own_pki.dir), "--role", "agent", "--id", "agent-1",
+    before = _cert(pki_copy.dir, "agent-agent-1")
+    key_before = (pki_copy.dir / "agent-agent-1.key").read_bytes()
+    done = pki_script("renew", "--dir", str(pki_copy.dir), "--role", "agent", "--id", "agent-1",
                 "--hours", "6")  # fmt: skip
     assert done.returncode == 0, done.stderr
-    after = _cert(own_pki.dir, "agent-agent-1")
+    after = _cert(pki_copy.dir, "agent-agent-1")
     assert after.serial_number != before.serial_number
-    assert (own_pki.dir / "agent-agent-1.key").read_bytes() != key_before
-    assert (own_pki.dir / "agent-agent-1.key").stat().st_mode & 0o777 == 0o600
+    assert (pki_copy.dir / "agent-agent-1.key").read_bytes() != key_before
+    assert (pki_copy.dir / "agent-agent-1.key").stat().st_mode & 0o777 == 0o600
     assert abs(_lifetime(after) - dt.timedelta(hours=6)) < SLACK
     san = after.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
-        spiffe(own_pki, "agent", "agent-1")
+        spiffe(pki_copy, "agent", "agent-1")
     ]
-    assert not list(own_pki.dir.glob(".*.new"))  # written aside, then renamed
+    assert not list(pki_copy.dir.glob(".*.new"))  # written aside, then renamed
     # The renewed certificate is a working identity on the running signer.
-    with own_pki.channel(grpc_addr, "agent", "agent-1") as ch:
+    with pki_copy.channel(grpc_addr, "agent", "agent-1") as ch:
         assert len(public_keys(ch, TIMEOUT).keys) == 2
 
 
-def test_renew_if_within_renews_only_a_certificate_that_ends_sooner(own_pki: Pki) -> None:
-    d = str(own_pki.dir)
-    serial = _cert(own_pki.dir, "agent-agent-2").serial_number  # issued for 24 hours
-    kept = _pki("renew", "--dir", d, "--role", "agent", "--id", "agent-2", "--if-within", "1")
+def test_renew_if_within_renews_only_a_certificate_that_ends_sooner(pki_copy: Pki) -> None:
+    d = str(pki_copy.dir)
+    serial = _cert(pki_copy.dir, "agent-agent-2").serial_number  # issued for 24 hours
+    kept = pki_script("renew", "--dir", d, "--role", "agent", "--id", "agent-2", "--if-within", "1")
     assert kept.returncode == 0, kept.stderr
     assert kept.stdout.startswith("agent-agent-2: valid until ") and "nothing done" in kept.stdout
-    assert _cert(own_pki.dir, "agent-agent-2").serial_number == serial
-    renewed = _pki("renew", "--dir", d, "--role", "agent", "--id", "agent-2", "--if-within", "48")
+    assert _cert(pki_copy.dir, "agent-agent-2").serial_number == serial
+    renewed = pki_script(
+        "renew", "--dir", d, "--role", "agent", "--id", "agent-2", "--if-within", "48"
+    )
     assert renewed.returncode == 0, renewed.stderr
-    assert _cert(own_pki.dir, "agent-agent-2").serial_number != serial
+    assert _cert(pki_copy.dir, "agent-agent-2").serial_number != serial
 
 
-def test_renew_of_an_identity_without_a_certificate_fails(own_pki: Pki) -> None:
-    done = _pki("renew", "--dir", str(own_pki.dir), "--role", "agent", "--id", "nobody")
+def test_renew_of_an_identity_without_a_certificate_fails(pki_copy: Pki) -> None:
+    done = pki_script("renew", "--dir", str(pki_copy.dir), "--role", "agent", "--id", "nobody")
     assert done.returncode == 1
     assert done.stderr == "pki.py: agent-nobody.crt: no certificate to renew; issue one first\n"
-    assert not (own_pki.dir / "agent-nobody.crt").exists()
+    assert not (pki_copy.dir / "agent-nobody.crt").exists()
 
 
 def test_a_certificate_past_its_end_is_refused_by_the_tls_layer(

@@ -8,8 +8,6 @@ others (nor an id that is not a safe file name).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -18,7 +16,8 @@ from paywarden.signer.errors import Reason
 from paywarden.v1 import approvals_pb2, approvals_pb2_grpc
 
 from tests.attacks.certs import client_cert, spiffe
-from tests.helpers import ROOT, Pki, reason_of
+from tests.helpers import Pki, reason_of
+from tests.support.cli import pki_script
 
 TIMEOUT = 10
 
@@ -46,25 +45,15 @@ def test_the_same_certificate_with_a_lower_case_id_is_accepted(
     assert isinstance(_list_pending(grpc_addr, pki, "agent-1"), approvals_pb2.ListPendingResponse)
 
 
-def _pki(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "scripts/pki.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     "bad_id",
     ["Dev-Agent", "../x", "../../etc/x", "a/b", ".hidden", "-flag", "x" * 129, "agent 1"],
 )
 def test_pki_issue_refuses_an_id_that_is_not_a_principal_id(tmp_path: Path, bad_id: str) -> None:
     ca_dir = tmp_path / "pki"
-    assert _pki(["init-ca", "--dir", str(ca_dir)]).returncode == 0
+    assert pki_script("init-ca", "--dir", ca_dir).returncode == 0
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    proc = _pki(["issue", "--dir", str(ca_dir), "--role", "approver", f"--id={bad_id}"])
+    proc = pki_script("issue", "--dir", ca_dir, "--role", "approver", f"--id={bad_id}")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "is not a principal id" in proc.stderr
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
@@ -72,7 +61,7 @@ def test_pki_issue_refuses_an_id_that_is_not_a_principal_id(tmp_path: Path, bad_
 
 def test_pki_issue_accepts_a_lower_case_id(tmp_path: Path) -> None:
     ca_dir = tmp_path / "pki"
-    assert _pki(["init-ca", "--dir", str(ca_dir)]).returncode == 0
-    proc = _pki(["issue", "--dir", str(ca_dir), "--role", "agent", "--id", "dev-agent_2.prod"])
+    assert pki_script("init-ca", "--dir", ca_dir).returncode == 0
+    proc = pki_script("issue", "--dir", ca_dir, "--role", "agent", "--id", "dev-agent_2.prod")
     assert proc.returncode == 0, proc.stderr
     assert (ca_dir / "agent-dev-agent_2.prod.crt").exists()

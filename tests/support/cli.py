@@ -46,3 +46,14 @@ def audit_verify(
 def policy_check(*paths: Path) -> subprocess.CompletedProcess[str]:
     """``paywarden policy check PATHS``, with no ``PAYWARDEN_*`` setting around it."""
     return paywarden("policy", "check", *paths, env=settings_free_env())
+
+
+def pki_script(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``scripts/pki.py ARGS`` from the project root, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "scripts/pki.py", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
