@@ -124,30 +124,53 @@ def check_client_profile(cert: x509.Certificate, issuers: tuple[x509.Certificate
 
 
 @dataclass(frozen=True, slots=True)
-class Authenticator:
-    """Reads the caller of an RPC: the client profile first, then the identity."""
-
-    trust_domain: str
+class _Trust:
     client_cas: tuple[x509.Certificate, ...]
     # Who a certificate (its exact PEM bytes) was found to be: the answer is a function
     # of the certificate, the CAs and the trust domain alone, so it is read once per
     # certificate, not once per call. Bounded: emptied when full. Refusals are not kept.
-    _known: dict[bytes, Principal] = field(default_factory=dict, compare=False, repr=False)
+    known: dict[bytes, Principal] = field(default_factory=dict)
+
+
+class Authenticator:
+    """Reads the caller of an RPC: the client profile first, then the identity.
+
+    :meth:`trust` replaces the client CAs (``server.client_ca`` read again): the CAs
+    and what was read under them change together, in one assignment."""
+
+    __slots__ = ("_trust", "trust_domain")
+
+    def __init__(self, trust_domain: str, client_cas: tuple[x509.Certificate, ...]) -> None:
+        self.trust_domain = trust_domain
+        self._trust = _Trust(tuple(client_cas))
 
     @classmethod
     def from_pem(cls, trust_domain: str, client_ca_pem: bytes) -> Authenticator:
         return cls(trust_domain, tuple(x509.load_pem_x509_certificates(client_ca_pem)))
 
+    @property
+    def client_cas(self) -> tuple[x509.Certificate, ...]:
+        return self._trust.client_cas
+
+    @property
+    def _known(self) -> dict[bytes, Principal]:
+        return self._trust.known
+
+    def trust(self, client_ca_pem: bytes) -> None:
+        """Holds client certificates to these CAs from now on (ValueError: no certificate)."""
+        self._trust = _Trust(tuple(x509.load_pem_x509_certificates(client_ca_pem)))
+
     def principal(self, auth_context: Mapping[str, Any]) -> Principal:
+        trust = self._trust  # one view for the whole call, whatever a reload does meanwhile
         pems = auth_context.get("x509_pem_cert") or []
-        if len(pems) == 1 and (known := self._known.get(pems[0])) is not None:
+        if len(pems) == 1 and (known := trust.known.get(pems[0])) is not None:
             return known
         cert = _leaf(auth_context)
-        check_client_profile(cert, self.client_cas)
+        check_client_profile(cert, trust.client_cas)
         principal = principal_from_cert(cert, self.trust_domain)
-        if len(self._known) >= _KNOWN_CERTIFICATES:
-            self._known.clear()
-        self._known[pems[0]] = principal
+        if len(trust.known) >= _KNOWN_CERTIFICATES:
+            trust.known.clear()
+        trust.known[pems[0]] = principal
         return principal
 
 

@@ -262,7 +262,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
     try:
-        port = server.add_secure_port(config.server.listen, server_credentials(config))
+        port = server.add_secure_port(config.server.listen, server_credentials(config, auth))
     except RuntimeError as exc:
         raise StartupError(f"server.listen: cannot bind {config.server.listen}: {exc}") from None
     metrics_port = None

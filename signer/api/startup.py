@@ -9,10 +9,9 @@ import os
 import resource
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from paywarden.hsm import Hsm, HsmError, HsmPinRejected, read_pin
 from paywarden.policy import PackError, PackSet, compile_all, load_pack_dir
+from paywarden.signer.api.tls import ServerTls, TlsFilesError, read_file
 from paywarden.signer.config import Config
 from paywarden.signer.identity import Authenticator
 
@@ -28,39 +27,13 @@ class StartupError(Exception):
     """The signer cannot start; the message says which setting or file."""
 
 
-def _read(path: os.PathLike[str], what: str) -> bytes:
+def server_credentials(config: Config, auth: Authenticator | None = None) -> grpc.ServerCredentials:
+    """mTLS credentials that follow the TLS files (:mod:`paywarden.signer.api.tls`); ``auth``
+    is held to the client CAs they trust. An unusable file stops start-up, naming its setting."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise StartupError(f"cannot read {what} {path}: {exc.strerror}") from None
-
-
-def server_credentials(config: Config) -> grpc.ServerCredentials:
-    """mTLS credentials; each file is parsed first so that an error names its setting."""
-    s = config.server
-    key_pem = _read(s.tls_key, "server.tls_key")
-    cert_pem = _read(s.tls_cert, "server.tls_cert")
-    ca_pem = _read(s.client_ca, "server.client_ca")
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
-        raise StartupError(f"server.tls_cert: {s.tls_cert} is not a PEM certificate") from None
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError):
-        raise StartupError(f"server.tls_key: {s.tls_key} is not an unencrypted PEM key") from None
-    try:
-        x509.load_pem_x509_certificates(ca_pem)
-    except ValueError:
-        raise StartupError(f"server.client_ca: {s.client_ca} holds no PEM certificate") from None
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
-        raise StartupError("server.tls_key: the key does not match server.tls_cert")
-    return grpc.ssl_server_credentials(
-        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
-    )
+        return ServerTls(config.server, auth).credentials()
+    except TlsFilesError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def check_descriptor_limit(config: Config) -> None:
@@ -87,7 +60,9 @@ def authenticator(config: Config) -> Authenticator:
     """Holds client certificates to the client profile of ``server.client_ca``."""
     s = config.server
     try:
-        return Authenticator.from_pem(s.trust_domain, _read(s.client_ca, "server.client_ca"))
+        return Authenticator.from_pem(s.trust_domain, read_file(s.client_ca, "server.client_ca"))
+    except TlsFilesError as exc:
+        raise StartupError(str(exc)) from None
     except ValueError:
         raise StartupError(f"server.client_ca: {s.client_ca} holds no PEM certificate") from None
 

@@ -1,0 +1,149 @@
+"""The server's TLS files: read and checked at start, read again when they change.
+
+``server.tls_cert``, ``server.tls_key`` and ``server.client_ca`` are read before the
+signer serves; an unreadable or inconsistent file stops start-up with a
+:class:`~paywarden.signer.api.startup.StartupError` naming its setting. While it
+serves, gRPC asks :meth:`ServerTls.fetch` before every new TLS handshake; when
+any of the three files has changed since it was last read (its size, times or
+inode), the files are read and checked again, and a consistent set replaces the
+one in use for the connections that follow: connections already open, and the
+calls on them, are not touched. The client CAs that the authenticator holds
+client certificates to change with the ones the handshake trusts. A set that
+fails a check (a key that does not match its certificate, say, while a renewal
+is half written) is not used: the files in use stay, a warning names the
+setting at fault once, and the next handshake looks again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from paywarden.signer.config import ServerConfig
+from paywarden.signer.identity import Authenticator
+
+log = logging.getLogger("paywarden.signer.api.tls")
+
+
+class TlsFilesError(Exception):
+    """A TLS file cannot be used; the message names its setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+    serial: int  # of the server certificate, for the log
+
+
+def read_file(path: os.PathLike[str], what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise TlsFilesError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def read_tls_files(s: ServerConfig) -> TlsFiles:
+    """The three files, each parsed so that an error names its setting."""
+    key_pem = read_file(s.tls_key, "server.tls_key")
+    cert_pem = read_file(s.tls_cert, "server.tls_cert")
+    ca_pem = read_file(s.client_ca, "server.client_ca")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise TlsFilesError(f"server.tls_cert: {s.tls_cert} is not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise TlsFilesError(f"server.tls_key: {s.tls_key} is not an unencrypted PEM key") from None
+    try:
+        x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
+        raise TlsFilesError(f"server.client_ca: {s.client_ca} holds no PEM certificate") from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
+        raise TlsFilesError("server.tls_key: the key does not match server.tls_cert")
+    return TlsFiles(key_pem, cert_pem, ca_pem, cert.serial_number)
+
+
+Stamp = tuple[tuple[int, int, int, int] | None, ...]
+
+
+def _stamp(s: ServerConfig) -> Stamp:
+    """What changes when a file is rewritten or replaced (None: cannot be read)."""
+    stamps: list[tuple[int, int, int, int] | None] = []
+    for path in (s.tls_key, s.tls_cert, s.client_ca):
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamps.append(None)
+            continue
+        stamps.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(stamps)
+
+
+def _configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration(
+        [(files.key_pem, files.cert_pem)], root_certificates=files.ca_pem
+    )
+
+
+class ServerTls:
+    """Mutual-TLS server credentials that follow the files (see the module's text)."""
+
+    def __init__(self, server: ServerConfig, auth: Authenticator | None = None) -> None:
+        self._server = server
+        self._auth = auth
+        self._lock = threading.Lock()
+        self._stamp = _stamp(server)  # taken before reading: a later change is seen
+        self._files = read_tls_files(server)
+        self._refused: Stamp | None = None  # a changed set that failed its checks
+
+    def credentials(self) -> grpc.ServerCredentials:
+        # gRPC documents None from the fetcher as "no change"; its stubs leave None out.
+        fetcher = cast("Callable[[], grpc.ServerCertificateConfiguration]", self.fetch)
+        return grpc.dynamic_ssl_server_credentials(
+            _configuration(self._files), fetcher, require_client_authentication=True
+        )
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by gRPC before each handshake: a new configuration, or None to keep it."""
+        try:
+            return self._fetch()
+        except Exception:  # never fail a handshake for the reload's sake: keep what is in use
+            log.exception("reading the server's TLS files again failed; the ones in use stay")
+            return None
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        stamp = _stamp(self._server)
+        if stamp == self._stamp or stamp == self._refused:
+            return None
+        with self._lock:
+            if stamp == self._stamp or stamp == self._refused:
+                return None
+            try:
+                files = read_tls_files(self._server)
+                if self._auth is not None and files.ca_pem != self._files.ca_pem:
+                    self._auth.trust(files.ca_pem)
+            except (TlsFilesError, ValueError) as exc:
+                self._refused = stamp
+                log.warning("the server's TLS files changed but the ones in use stay: %s", exc)
+                return None
+            self._files, self._stamp, self._refused = files, stamp, None
+        log.info(
+            "the server's TLS files changed: now serving certificate serial %x (%s), client CAs %s",
+            files.serial,
+            self._server.tls_cert,
+            self._server.client_ca,
+        )
+        return _configuration(files)
