@@ -30,6 +30,7 @@ from paywarden.signer.store.records import (
     DecisionRecord,
     Freeze,
     Reservation,
+    Revocation,
     SessionRecord,
     WindowStats,
 )
@@ -257,6 +258,21 @@ class FreezeStore(Protocol):
         the store (no I/O): in-memory views of the freezes reload when it moves."""
 
 
+class RevocationStore(Protocol):
+    """Revoked client identities, set by operators and never lifted."""
+
+    def revoke(self, revocation: Revocation, audit: Mapping[str, Any]) -> bool:
+        """Records a revocation and its audit record in one transaction; False (and
+        nothing written) if that identity was revoked already."""
+
+    def revocations(self) -> list[Revocation]:
+        """Every revocation, oldest first."""
+
+    def revocation_generation(self) -> int:
+        """A number that changes whenever this process revokes through the store (no
+        I/O): in-memory views of the revocations reload at once when it moves."""
+
+
 class StoreLifecycle(Protocol):
     """Start-up, health and shutdown."""
 
@@ -278,6 +294,7 @@ class Store(
     ApprovalStore,
     AuditLogStore,
     FreezeStore,
+    RevocationStore,
     StoreLifecycle,
     Protocol,
 ):

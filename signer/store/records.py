@@ -1,5 +1,5 @@
 """The state store's records (sessions, plans, reservations, decisions, approvals,
-freezes, checkpoints) and its errors: plain values that every backend reads and
+freezes, revocations, checkpoints) and its errors: plain values that every backend reads and
 writes. The interfaces that serve them are in :mod:`.protocols`.
 
 Spend is derived from *reservations*: one per allowed or pending decision.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from paywarden.policy.engine import RuleResult
 from paywarden.policy.vocabulary import (
@@ -147,6 +148,22 @@ class Freeze:
     actor: str  # "operator/<id>" or "breaker"
     source: FreezeSource
     at: int
+
+
+class RevocationKind(StrEnum):
+    """What a revocation names: a principal id (in every role) or a certificate serial."""
+
+    PRINCIPAL = "principal"
+    SERIAL = "serial"
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    kind: RevocationKind
+    value: str  # a principal id, or a serial as lower-case hex without leading zeros
+    reason: str
+    operator: str  # "operator/<id>"
+    created_at: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from paywarden.signer.auditlog import merkle
 from paywarden.signer.store import sqlite_facts
 from paywarden.signer.store.records import StoreError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -283,6 +283,18 @@ MIGRATIONS: dict[int, str] = {
       BEGIN SELECT RAISE(ABORT, 'audit nodes are append-only'); END;
     CREATE TRIGGER audit_nodes_no_delete BEFORE DELETE ON audit_nodes
       BEGIN SELECT RAISE(ABORT, 'audit nodes are append-only'); END;
+    """,
+    # Revoked client identities: a principal id (in every role) or a certificate serial
+    # (lower-case hex, no leading zeros). Never deleted: a revocation is for good.
+    9: """
+    CREATE TABLE revocations (
+        kind TEXT NOT NULL CHECK (kind IN ('principal', 'serial')),
+        value TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (kind, value)
+    );
     """,
 }
 

@@ -27,6 +27,8 @@ from paywarden.signer.store.records import (
     Checkpoint,
     DecisionRecord,
     Freeze,
+    Revocation,
+    RevocationKind,
     SessionRecord,
     StoreError,
 )
@@ -45,6 +47,7 @@ class SqliteStore(SqliteConnection):
     def __init__(self, path: Path, *, lock_timeout: float = 10.0) -> None:
         super().__init__(path, lock_timeout=lock_timeout)
         self._freeze_generation = 0
+        self._revocation_generation = 0
 
     def migrate(self) -> int:
         with self._write() as conn:
@@ -280,3 +283,33 @@ class SqliteStore(SqliteConnection):
 
     def freeze_generation(self) -> int:
         return self._freeze_generation
+
+    # -- revoked identities ----------------------------------------------------------
+
+    def revoke(self, revocation: Revocation, audit: Mapping[str, Any]) -> bool:
+        r = revocation
+        try:
+            with self._write() as conn:
+                added = conn.execute(
+                    "INSERT OR IGNORE INTO revocations (kind, value, reason, operator, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (r.kind, r.value, r.reason, r.operator, r.created_at),
+                ).rowcount
+                if added:
+                    tx.append_audit(conn, audit)
+                    self._revocation_generation += 1  # under the lock, before the commit
+                return bool(added)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot revoke: {exc}") from None
+
+    def revocations(self) -> list[Revocation]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT kind, value, reason, operator, created_at FROM revocations"
+                " ORDER BY created_at, rowid"
+            ).fetchall()
+        )
+        return [Revocation(RevocationKind(k), v, why, op, at) for k, v, why, op, at in rows]
+
+    def revocation_generation(self) -> int:
+        return self._revocation_generation
