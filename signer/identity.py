@@ -10,7 +10,7 @@ name), requiring exactly one URI SAN in our trust domain.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -123,26 +123,38 @@ def check_client_profile(cert: x509.Certificate, issuers: tuple[x509.Certificate
     raise _profile_refused("is not issued directly by the configured client CA")
 
 
+RevocationCheck = Callable[[Principal, str], None]
+"""Raises unless the principal and the certificate serial (lower-case hex) may call."""
+
+
+def serial_hex(serial: int) -> str:
+    """A certificate serial as revocations name it: lower-case hex, no leading zeros."""
+    return format(serial, "x")
+
+
 @dataclass(frozen=True, slots=True)
 class _Trust:
     client_cas: tuple[x509.Certificate, ...]
-    # Who a certificate (its exact PEM bytes) was found to be: the answer is a function
-    # of the certificate, the CAs and the trust domain alone, so it is read once per
-    # certificate, not once per call. Bounded: emptied when full. Refusals are not kept.
-    known: dict[bytes, Principal] = field(default_factory=dict)
+    # Who a certificate (its exact PEM bytes) was found to be, and its serial: the answer
+    # is a function of the certificate, the CAs and the trust domain alone, so it is read
+    # once per certificate, not once per call. Bounded: emptied when full. Refusals are
+    # not kept. Revocation is not a function of the certificate: it is asked every time.
+    known: dict[bytes, tuple[Principal, str]] = field(default_factory=dict)
 
 
 class Authenticator:
-    """Reads the caller of an RPC: the client profile first, then the identity.
+    """Reads the caller of an RPC: the client profile first, then the identity, then
+    whether it is revoked (:meth:`check_revocations`, asked on every call).
 
     :meth:`trust` replaces the client CAs (``server.client_ca`` read again): the CAs
     and what was read under them change together, in one assignment."""
 
-    __slots__ = ("_trust", "trust_domain")
+    __slots__ = ("_revoked", "_trust", "trust_domain")
 
     def __init__(self, trust_domain: str, client_cas: tuple[x509.Certificate, ...]) -> None:
         self.trust_domain = trust_domain
         self._trust = _Trust(tuple(client_cas))
+        self._revoked: RevocationCheck | None = None
 
     @classmethod
     def from_pem(cls, trust_domain: str, client_ca_pem: bytes) -> Authenticator:
@@ -153,25 +165,31 @@ class Authenticator:
         return self._trust.client_cas
 
     @property
-    def _known(self) -> dict[bytes, Principal]:
+    def _known(self) -> dict[bytes, tuple[Principal, str]]:
         return self._trust.known
 
     def trust(self, client_ca_pem: bytes) -> None:
         """Holds client certificates to these CAs from now on (ValueError: no certificate)."""
         self._trust = _Trust(tuple(x509.load_pem_x509_certificates(client_ca_pem)))
 
+    def check_revocations(self, revoked: RevocationCheck) -> None:
+        """From now on every call is refused that ``revoked`` refuses (set once, at start-up)."""
+        self._revoked = revoked
+
     def principal(self, auth_context: Mapping[str, Any]) -> Principal:
         trust = self._trust  # one view for the whole call, whatever a reload does meanwhile
         pems = auth_context.get("x509_pem_cert") or []
-        if len(pems) == 1 and (known := trust.known.get(pems[0])) is not None:
-            return known
-        cert = _leaf(auth_context)
-        check_client_profile(cert, trust.client_cas)
-        principal = principal_from_cert(cert, self.trust_domain)
-        if len(trust.known) >= _KNOWN_CERTIFICATES:
-            trust.known.clear()
-        trust.known[pems[0]] = principal
-        return principal
+        known = trust.known.get(pems[0]) if len(pems) == 1 else None
+        if known is None:
+            cert = _leaf(auth_context)
+            check_client_profile(cert, trust.client_cas)
+            known = (principal_from_cert(cert, self.trust_domain), serial_hex(cert.serial_number))
+            if len(trust.known) >= _KNOWN_CERTIFICATES:
+                trust.known.clear()
+            trust.known[pems[0]] = known
+        if self._revoked is not None:
+            self._revoked(*known)
+        return known[0]
 
 
 _KNOWN_CERTIFICATES = 4096

@@ -221,12 +221,16 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
     from tests.helpers import Stack
 
     assert isinstance(stack, Stack)
-    edge = Edge(authenticator(stack.config), stack.store, stack.clock.now)
+    auth = authenticator(stack.config)
+    auth.check_revocations(stack.service.revocations.check)
+    edge = Edge(auth, stack.store, stack.clock.now)
     return (
         SignerServicer(stack.service.signing, stack.service.keys, edge),
         SessionsServicer(stack.service.sessions, edge),
         ApprovalsServicer(stack.service.approvals, edge),
-        ControlServicer(stack.service.freezes, stack.service.checkpoints, edge),
+        ControlServicer(
+            stack.service.freezes, stack.service.checkpoints, edge, stack.service.revocations
+        ),
     )
 
 

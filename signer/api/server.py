@@ -220,6 +220,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     service = SigningService(config, store, hsm, packs, clock=clock.now, metrics=metrics)
     _audit_start(store, hsm, packs, config, clock.now)
     auth = authenticator(config)
+    auth.check_revocations(service.revocations.check)
     in_flight = Gauge(
         "paywarden_calls_in_flight",
         "Calls to the signer's services being served now",
@@ -252,7 +253,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     add_servicer(server, ApprovalsServicer(service.approvals, edge), "paywarden.v1.Approvals")
     add_servicer(
         server,
-        ControlServicer(service.freezes, service.checkpoints, edge),
+        ControlServicer(service.freezes, service.checkpoints, edge, service.revocations),
         "paywarden.v1.Control",
     )
     health_servicer = health.HealthServicer()

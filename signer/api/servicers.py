@@ -12,12 +12,13 @@ from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.core.revocations import Revocations
 from paywarden.signer.core.sessions import Sessions
 from paywarden.signer.core.signing import Signing
 from paywarden.signer.core.views import ApprovalView, SessionView, SignStatus
 from paywarden.signer.errors import InvalidInput, NotFound, Reason
 from paywarden.signer.identity import Principal
-from paywarden.signer.store.records import Freeze
+from paywarden.signer.store.records import Freeze, Revocation, RevocationKind
 from paywarden.v1 import (
     approvals_pb2,
     approvals_pb2_grpc,
@@ -254,11 +255,25 @@ def _freeze_proto(f: Freeze) -> control_pb2.FreezeRecord:
     )
 
 
+def _revocation_proto(r: Revocation) -> control_pb2.RevocationRecord:
+    principal = r.kind is RevocationKind.PRINCIPAL
+    return control_pb2.RevocationRecord(
+        principal_id=r.value if principal else "",
+        cert_serial="" if principal else r.value,
+        reason=r.reason,
+        operator=r.operator,
+        at=r.created_at,
+    )
+
+
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    def __init__(self, freezes: Freezes, checkpoints: Checkpoints, edge: Edge) -> None:
+    def __init__(
+        self, freezes: Freezes, checkpoints: Checkpoints, edge: Edge, revocations: Revocations
+    ) -> None:
         self.freezes = freezes
         self.checkpoints = checkpoints
         self.edge = edge
+        self.revocations = revocations
 
     @rpc("/paywarden.v1.Control/Freeze")
     def Freeze(
@@ -284,6 +299,25 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.ListFreezesResponse:
         return control_pb2.ListFreezesResponse(
             freezes=[_freeze_proto(f) for f in self.freezes.freezes()]
+        )
+
+    @rpc("/paywarden.v1.Control/RevokeIdentity")
+    def RevokeIdentity(
+        self, caller: Principal, request: control_pb2.RevokeIdentityRequest
+    ) -> control_pb2.RevokeIdentityResponse:
+        revocation, created = self.revocations.revoke(
+            caller, request.principal_id, request.cert_serial, request.reason
+        )
+        return control_pb2.RevokeIdentityResponse(
+            revocation=_revocation_proto(revocation), created=created
+        )
+
+    @rpc("/paywarden.v1.Control/ListRevocations")
+    def ListRevocations(
+        self, caller: Principal, request: control_pb2.ListRevocationsRequest
+    ) -> control_pb2.ListRevocationsResponse:
+        return control_pb2.ListRevocationsResponse(
+            revocations=[_revocation_proto(r) for r in self.revocations.revocations()]
         )
 
     @rpc("/paywarden.v1.Control/Checkpoint")

@@ -1,4 +1,4 @@
-"""``paywarden ctl …``: the operator's kill switch and audit checkpoints, over mTLS."""
+"""``paywarden ctl …``: the operator's kill switch, revocations and audit checkpoints, over mTLS."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("target", nargs="?", default="")
         p.add_argument("--reason", required=True)
     sub.add_parser("freezes", help="the freezes in force")
+    p = sub.add_parser("revoke", help="revoke a client identity for good")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--principal", default="", help="a principal id, revoked in every role")
+    who.add_argument("--serial", default="", help="a client certificate's serial, in hex")
+    p.add_argument("--reason", required=True)
+    sub.add_parser("revocations", help="the revoked identities")
     p = sub.add_parser("checkpoint", help="sign a checkpoint of the audit log now")
     p.add_argument("--public-key-out", type=Path, help="write the audit public key (PEM) here")
     p.add_argument(
@@ -70,6 +76,8 @@ def _ctl(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
         for f in freezes:
             print(f"{_NAMES[f.scope]} {f.target or '-'}  by {f.actor}  at {f.at}  {f.reason}")
         return 0
+    if cmd in ("revoke", "revocations"):
+        return _revocations(stub, args)
     resp_cp = stub.Checkpoint(control_pb2.CheckpointRequest(), timeout=30)
     cp = resp_cp.checkpoint
     print(f"checkpoint: {cp.tree_size} records, root {cp.root_hash}, key {cp.key_id}")
@@ -84,3 +92,26 @@ def _ctl(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
         args.public_key_out.write_text(resp_cp.audit_public_key_pem, encoding="ascii")
         print(f"audit public key written to {args.public_key_out}")
     return 0
+
+
+def _revocations(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    if args.ctl_command == "revoke":
+        resp = stub.RevokeIdentity(
+            control_pb2.RevokeIdentityRequest(
+                principal_id=args.principal, cert_serial=args.serial, reason=args.reason
+            ),
+            timeout=30,
+        )
+        state = "revoked" if resp.created else "already revoked"
+        print(f"{_revoked(resp.revocation)}: {state} ({resp.revocation.reason})")
+        return 0
+    revocations = stub.ListRevocations(control_pb2.ListRevocationsRequest(), timeout=30)
+    if not revocations.revocations:
+        print("nothing is revoked")
+    for r in revocations.revocations:
+        print(f"{_revoked(r)}  by {r.operator}  at {r.at}  {r.reason}")
+    return 0
+
+
+def _revoked(r: control_pb2.RevocationRecord) -> str:
+    return f"principal {r.principal_id}" if r.principal_id else f"serial {r.cert_serial}"

@@ -19,6 +19,7 @@ AGENT_MESSAGES: dict[str, str] = {
     # authentication / authorisation
     Reason.NO_IDENTITY: "the caller presented no usable identity",
     Reason.ROLE_NOT_ALLOWED: "this role may not make this call",
+    Reason.IDENTITY_REVOKED: "the caller's identity is revoked",
     Reason.SESSION_AGENT_MISMATCH: "the session belongs to another agent",
     # input validation
     Reason.FIELD_MISSING: "a required field is missing",

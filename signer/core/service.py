@@ -2,7 +2,8 @@
 
 The api layer hands each servicer the use case it serves (``server.start``):
 Signer → :class:`Signing` and :class:`PublicKeys`, Sessions → :class:`Sessions`,
-Approvals → :class:`Approvals`, Control → :class:`Freezes` and
+Approvals → :class:`Approvals`, Control → :class:`Freezes`,
+:class:`Revocations` (the authenticator also asks its check on every call) and
 :class:`Checkpoints`. :class:`Refusals` is shared by the Sign path, the
 kill switch (an unfreeze restarts the breaker's count) and the checkpointer
 (due summaries are written before a seal). Plain Python: nothing here knows gRPC.
@@ -23,6 +24,7 @@ from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.refusing import Refusals
+from paywarden.signer.core.revocations import Revocations
 from paywarden.signer.core.sessions import Sessions
 from paywarden.signer.core.signing import Signing
 from paywarden.signer.core.views import SessionView, SignResult
@@ -53,6 +55,7 @@ class SigningService:
         self.approvals = Approvals(deps)
         self.freezes = Freezes(deps, unfrozen=self.refusals.operator_unfroze)
         self.checkpoints = Checkpoints(deps)
+        self.revocations = Revocations(deps)
 
     # Shortcuts for tests and tools that drive the core directly.
 

@@ -78,6 +78,48 @@ class ListFreezesResponse(_message.Message):
     freezes: _containers.RepeatedCompositeFieldContainer[FreezeRecord]
     def __init__(self, freezes: _Optional[_Iterable[_Union[FreezeRecord, _Mapping]]] = ...) -> None: ...
 
+class RevocationRecord(_message.Message):
+    __slots__ = ("principal_id", "cert_serial", "reason", "operator", "at")
+    PRINCIPAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    principal_id: str
+    cert_serial: str
+    reason: str
+    operator: str
+    at: int
+    def __init__(self, principal_id: _Optional[str] = ..., cert_serial: _Optional[str] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ..., at: _Optional[int] = ...) -> None: ...
+
+class RevokeIdentityRequest(_message.Message):
+    __slots__ = ("principal_id", "cert_serial", "reason")
+    PRINCIPAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    principal_id: str
+    cert_serial: str
+    reason: str
+    def __init__(self, principal_id: _Optional[str] = ..., cert_serial: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokeIdentityResponse(_message.Message):
+    __slots__ = ("revocation", "created")
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    revocation: RevocationRecord
+    created: bool
+    def __init__(self, revocation: _Optional[_Union[RevocationRecord, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class ListRevocationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRevocationsResponse(_message.Message):
+    __slots__ = ("revocations",)
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    revocations: _containers.RepeatedCompositeFieldContainer[RevocationRecord]
+    def __init__(self, revocations: _Optional[_Iterable[_Union[RevocationRecord, _Mapping]]] = ...) -> None: ...
+
 class CheckpointRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -49,6 +49,16 @@ class ControlStub:
                 request_serializer=paywarden_dot_v1_dot_control__pb2.ListFreezesRequest.SerializeToString,
                 response_deserializer=paywarden_dot_v1_dot_control__pb2.ListFreezesResponse.FromString,
                 _registered_method=True)
+        self.RevokeIdentity = channel.unary_unary(
+                '/paywarden.v1.Control/RevokeIdentity',
+                request_serializer=paywarden_dot_v1_dot_control__pb2.RevokeIdentityRequest.SerializeToString,
+                response_deserializer=paywarden_dot_v1_dot_control__pb2.RevokeIdentityResponse.FromString,
+                _registered_method=True)
+        self.ListRevocations = channel.unary_unary(
+                '/paywarden.v1.Control/ListRevocations',
+                request_serializer=paywarden_dot_v1_dot_control__pb2.ListRevocationsRequest.SerializeToString,
+                response_deserializer=paywarden_dot_v1_dot_control__pb2.ListRevocationsResponse.FromString,
+                _registered_method=True)
         self.Checkpoint = channel.unary_unary(
                 '/paywarden.v1.Control/Checkpoint',
                 request_serializer=paywarden_dot_v1_dot_control__pb2.CheckpointRequest.SerializeToString,
@@ -86,6 +96,22 @@ class ControlServicer:
 
     def ListFreezes(self, request, context):
         """Roles: operator. The freezes in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeIdentity(self, request, context):
+        """Roles: operator. Revokes a client identity (a principal id, in every role,
+        or a certificate serial) for good: its next call is refused PERMISSION_DENIED
+        (IDENTITY_REVOKED), by every signer sharing the store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevocations(self, request, context):
+        """Roles: operator. The revoked identities.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +155,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListFreezes,
                     request_deserializer=paywarden_dot_v1_dot_control__pb2.ListFreezesRequest.FromString,
                     response_serializer=paywarden_dot_v1_dot_control__pb2.ListFreezesResponse.SerializeToString,
+            ),
+            'RevokeIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeIdentity,
+                    request_deserializer=paywarden_dot_v1_dot_control__pb2.RevokeIdentityRequest.FromString,
+                    response_serializer=paywarden_dot_v1_dot_control__pb2.RevokeIdentityResponse.SerializeToString,
+            ),
+            'ListRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocations,
+                    request_deserializer=paywarden_dot_v1_dot_control__pb2.ListRevocationsRequest.FromString,
+                    response_serializer=paywarden_dot_v1_dot_control__pb2.ListRevocationsResponse.SerializeToString,
             ),
             'Checkpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.Checkpoint,
@@ -227,6 +263,60 @@ class Control:
             '/paywarden.v1.Control/ListFreezes',
             paywarden_dot_v1_dot_control__pb2.ListFreezesRequest.SerializeToString,
             paywarden_dot_v1_dot_control__pb2.ListFreezesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paywarden.v1.Control/RevokeIdentity',
+            paywarden_dot_v1_dot_control__pb2.RevokeIdentityRequest.SerializeToString,
+            paywarden_dot_v1_dot_control__pb2.RevokeIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paywarden.v1.Control/ListRevocations',
+            paywarden_dot_v1_dot_control__pb2.ListRevocationsRequest.SerializeToString,
+            paywarden_dot_v1_dot_control__pb2.ListRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
