@@ -49,7 +49,7 @@ from tests.helpers import (
     serve,
     write_config,
 )
-from tests.support.cli import paywarden
+from tests.support.cli import ctl
 from tests.support.clients import Api
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session
@@ -580,16 +580,6 @@ def test_freeze_stops_every_later_signature_while_20_agents_sign(
 
 
 # -- 3: a freeze survives a restart; paywarden ctl lists and lifts it ----------------------
-
-
-def ctl(srv: ServeProcess, pki: Pki, *args: str) -> subprocess.CompletedProcess[str]:
-    """``paywarden ctl ARGS`` as the operator, against ``srv``."""
-    return paywarden(
-        "ctl", "--addr", srv.addr, "--ca", pki.dir / "ca.crt",
-        "--cert", pki.dir / f"operator-{OPERATOR}.crt",
-        "--key", pki.dir / f"operator-{OPERATOR}.key",
-        *args, timeout=60,
-    )  # fmt: skip
 
 
 def test_freeze_survives_restart_and_ctl_lists_and_lifts_it(

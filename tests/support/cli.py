@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, Pki, ServeProcess
 
 
 def settings_free_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -57,3 +57,15 @@ def pki_script(*args: str | Path) -> subprocess.CompletedProcess[str]:
         text=True,
         check=False,
     )
+
+
+def ctl(
+    srv: ServeProcess, pki: Pki, *args: str, operator: str = "operator-1"
+) -> subprocess.CompletedProcess[str]:
+    """``paywarden ctl ARGS`` as ``operator``, against ``srv``."""
+    return paywarden(
+        "ctl", "--addr", srv.addr, "--ca", pki.dir / "ca.crt",
+        "--cert", pki.dir / f"operator-{operator}.crt",
+        "--key", pki.dir / f"operator-{operator}.key",
+        *args, timeout=60,
+    )  # fmt: skip
