@@ -112,3 +112,13 @@ def test_a_certificate_past_its_end_is_refused_by_the_tls_layer(
         public_keys(ch, TIMEOUT)
     # The handshake fails: no status from the signer, no reason code, only the transport's.
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_key_is_never_written_into_a_readable_file_left_by_a_crash(pki_copy: Pki) -> None:
+    left = pki_copy.dir / ".agent-agent-2.key.new"
+    left.write_bytes(b"left behind\n")
+    left.chmod(0o644)
+    done = pki_script("renew", "--dir", pki_copy.dir, "--role", "agent", "--id", "agent-2")
+    assert done.returncode == 0, done.stderr
+    assert (pki_copy.dir / "agent-agent-2.key").stat().st_mode & 0o777 == 0o600
+    assert not left.exists()

@@ -38,7 +38,8 @@ ROLES = ("agent", "planner", "approver", "operator")
 def _replace(path: Path, data: bytes, mode: int) -> None:
     """Writes ``data`` beside ``path`` and renames it over ``path`` (readers see all or none)."""
     aside = path.with_name(f".{path.name}.new")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    aside.unlink(missing_ok=True)  # one left by a crash keeps its mode: never write into it
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     os.replace(aside, path)
