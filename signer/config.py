@@ -39,6 +39,9 @@ class ServerConfig(_Model):
     tls_cert: _Path = DEFAULT_DATA_DIR / "pki" / "server.crt"
     tls_key: _Path = DEFAULT_DATA_DIR / "pki" / "server.key"
     client_ca: _Path = DEFAULT_DATA_DIR / "pki" / "ca.crt"
+    # A CRL (PEM or DER) signed by a client CA, published by the security team: the
+    # serials it lists are refused like revoked ones. Read again when the file changes.
+    crl_file: _Path | None = None
     max_workers: int = Field(default=16, ge=1, le=256)
     grace_seconds: float = Field(default=5.0, ge=0, le=60)
     # gRPC's own cap on calls in flight (queued ones included), past which it refuses

@@ -67,6 +67,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
                     "tls_cert": _resolve(cfg.server.tls_cert, base),
                     "tls_key": _resolve(cfg.server.tls_key, base),
                     "client_ca": _resolve(cfg.server.client_ca, base),
+                    "crl_file": _resolve(cfg.server.crl_file, base),
                 }
             ),
             "hsm": cfg.hsm.model_copy(

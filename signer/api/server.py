@@ -31,8 +31,10 @@ from paywarden.signer.api.startup import (
     check_descriptor_limit,
     load_packs,
     open_hsm,
+    revocation_list,
     server_credentials,
 )
+from paywarden.signer.api.tls import with_crl
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.checkpoints import Checkpointer, Checkpoints
@@ -220,7 +222,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     service = SigningService(config, store, hsm, packs, clock=clock.now, metrics=metrics)
     _audit_start(store, hsm, packs, config, clock.now)
     auth = authenticator(config)
-    auth.check_revocations(service.revocations.check)
+    auth.check_revocations(with_crl(service.revocations.check, revocation_list(config)))
     in_flight = Gauge(
         "paywarden_calls_in_flight",
         "Calls to the signer's services being served now",

@@ -11,7 +11,7 @@ import resource
 import grpc
 from paywarden.hsm import Hsm, HsmError, HsmPinRejected, read_pin
 from paywarden.policy import PackError, PackSet, compile_all, load_pack_dir
-from paywarden.signer.api.tls import ServerTls, TlsFilesError, read_file
+from paywarden.signer.api.tls import RevocationList, ServerTls, TlsFilesError, read_file
 from paywarden.signer.config import Config
 from paywarden.signer.identity import Authenticator
 
@@ -32,6 +32,16 @@ def server_credentials(config: Config, auth: Authenticator | None = None) -> grp
     is held to the client CAs they trust. An unusable file stops start-up, naming its setting."""
     try:
         return ServerTls(config.server, auth).credentials()
+    except TlsFilesError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def revocation_list(config: Config) -> RevocationList | None:
+    """``server.crl_file`` read and checked (None when it is not set)."""
+    if config.server.crl_file is None:
+        return None
+    try:
+        return RevocationList(config.server, config.server.crl_file)
     except TlsFilesError as exc:
         raise StartupError(str(exc)) from None
 

@@ -16,6 +16,7 @@ setting at fault once, and the next handshake looks again.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
@@ -27,7 +28,8 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from paywarden.signer.config import ServerConfig
-from paywarden.signer.identity import Authenticator
+from paywarden.signer.errors import Forbidden, Reason
+from paywarden.signer.identity import Authenticator, Principal, RevocationCheck, serial_hex
 
 log = logging.getLogger("paywarden.signer.api.tls")
 
@@ -147,3 +149,86 @@ class ServerTls:
             self._server.client_ca,
         )
         return _configuration(files)
+
+
+class RevocationList:
+    """``server.crl_file``: the certificate serials a CRL the security team publishes lists.
+
+    Read at start (an unusable file stops start-up) and again whenever the file changes,
+    checked on every call by a ``stat``. The CRL must be signed by one of the client CAs
+    in use. A changed file that fails that check, or cannot be parsed, is not used: the
+    serials already read stay revoked and one warning names the file. A CRL past its
+    ``nextUpdate`` is still honoured, with one warning: it lists fewer revocations than
+    a fresh one, never more."""
+
+    def __init__(self, server: ServerConfig, path: os.PathLike[str]) -> None:
+        self._server = server
+        self._path = path
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self._serials = self._read()
+        self._refused: tuple[int, int, int, int] | None = None
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _read(self) -> frozenset[str]:
+        data = read_file(self._path, "server.crl_file")
+        try:
+            crl = (
+                x509.load_pem_x509_crl(data)
+                if data.lstrip().startswith(b"-----")
+                else x509.load_der_x509_crl(data)
+            )
+        except ValueError:
+            raise TlsFilesError(f"server.crl_file: {self._path} is not a CRL") from None
+        cas = x509.load_pem_x509_certificates(read_file(self._server.client_ca, "server.client_ca"))
+        if not any(_signed_by(crl, ca) for ca in cas):
+            raise TlsFilesError(
+                f"server.crl_file: {self._path} is not signed by a CA of server.client_ca"
+            )
+        next_update = crl.next_update_utc
+        if next_update is not None and next_update < dt.datetime.now(dt.UTC):
+            log.warning("server.crl_file %s is past its nextUpdate (%s)", self._path, next_update)
+        return frozenset(serial_hex(entry.serial_number) for entry in crl)
+
+    def revoked(self, serial: str) -> bool:
+        """Whether the CRL in use lists this serial (lower-case hex, as revocations name it)."""
+        stamp = self._stat()
+        if stamp is not None and stamp != self._stamp and stamp != self._refused:
+            with self._lock:
+                if stamp != self._stamp and stamp != self._refused:
+                    try:
+                        self._serials = self._read()
+                        self._stamp, self._refused = stamp, None
+                        log.info("server.crl_file %s read again", self._path)
+                    except (TlsFilesError, ValueError) as exc:
+                        self._refused = stamp
+                        log.warning("server.crl_file changed but the list in use stays: %s", exc)
+        return serial in self._serials
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    if crl.issuer != ca.subject:
+        return False
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def with_crl(check: RevocationCheck, crl: RevocationList | None) -> RevocationCheck:
+    """``check``, and before it a refusal of every certificate the CRL lists."""
+    if crl is None:
+        return check
+
+    def checked(principal: Principal, serial: str) -> None:
+        if crl.revoked(serial):
+            raise Forbidden(Reason.IDENTITY_REVOKED, "the client certificate is revoked (CRL)")
+        check(principal, serial)
+
+    return checked
