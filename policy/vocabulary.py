@@ -73,6 +73,8 @@ class Reason(StrEnum):
     PAYMENT_WITHDRAWN = "PAYMENT_WITHDRAWN"
     # the client certificate is not a client leaf issued directly by the client CA
     CLIENT_CERT_PROFILE = "CLIENT_CERT_PROFILE"
+    # the client certificate ended after its connection opened (the handshake checked it)
+    CLIENT_CERT_EXPIRED = "CLIENT_CERT_EXPIRED"
     # admission: the worker threads are shared out (signer/api/admission.py)
     SERVER_BUSY = "SERVER_BUSY"
     TOO_MANY_STREAMS = "TOO_MANY_STREAMS"

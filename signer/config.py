@@ -73,6 +73,12 @@ class ServerConfig(_Model):
     # Threads of the operators' Control service, apart from every other call's: the
     # kill switch never waits behind the signing path.
     control_workers: int = Field(default=4, ge=1, le=256)
+    # A connection is told to go away (GOAWAY) after this long, and its calls in flight
+    # get max_connection_age_grace_seconds more before it is closed: clients reconnect,
+    # and each new handshake checks the client certificate's dates, the client CAs and
+    # the server certificate in use (gRPC adds up to 10% of jitter to the age).
+    max_connection_age_seconds: float = Field(default=3600.0, ge=1, le=7 * 86400)
+    max_connection_age_grace_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("listen")
     @classmethod

@@ -4,12 +4,17 @@
 chain up to the client CA; :class:`Authenticator` then holds the leaf to a
 client profile (not a CA, clientAuth, issued directly by the configured CA: a
 chain through an intermediate is refused) and reads its SANs (never the common
-name), requiring exactly one URI SAN in our trust domain.
+name), requiring exactly one URI SAN in our trust domain. The handshake checks the
+certificate's dates only when the connection opens: every call is held to the
+certificate's ``notAfter`` again, so that a connection opened before it ends
+serves no call after it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -133,39 +138,58 @@ def serial_hex(serial: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _Known:
+    """What a certificate that passed the checks was found to be."""
+
+    principal: Principal
+    serial: str  # lower-case hex, as revocations name it
+    not_after: float  # the end of its validity (inclusive), POSIX seconds
+
+
+@dataclass(frozen=True, slots=True)
 class _Trust:
     client_cas: tuple[x509.Certificate, ...]
-    # Who a certificate (its exact PEM bytes) was found to be, and its serial: the answer
-    # is a function of the certificate, the CAs and the trust domain alone, so it is read
-    # once per certificate, not once per call. Bounded: emptied when full. Refusals are
-    # not kept. Revocation is not a function of the certificate: it is asked every time.
-    known: dict[bytes, tuple[Principal, str]] = field(default_factory=dict)
+    # Who a certificate (its exact PEM bytes) was found to be, its serial and its end:
+    # the answer is a function of the certificate, the CAs and the trust domain alone,
+    # so it is read once per certificate, not once per call. Bounded: emptied when full.
+    # Refusals are not kept. Revocation and expiry are not functions of the certificate
+    # alone: they are asked every time.
+    known: dict[bytes, _Known] = field(default_factory=dict)
 
 
 class Authenticator:
     """Reads the caller of an RPC: the client profile first, then the identity, then
-    whether it is revoked (:meth:`check_revocations`, asked on every call).
+    whether the certificate has ended (by ``clock``, the wall clock in POSIX seconds)
+    and whether it is revoked (:meth:`check_revocations`): the last two on every call.
 
     :meth:`trust` replaces the client CAs (``server.client_ca`` read again): the CAs
     and what was read under them change together, in one assignment."""
 
-    __slots__ = ("_revoked", "_trust", "trust_domain")
+    __slots__ = ("_clock", "_revoked", "_trust", "trust_domain")
 
-    def __init__(self, trust_domain: str, client_cas: tuple[x509.Certificate, ...]) -> None:
+    def __init__(
+        self,
+        trust_domain: str,
+        client_cas: tuple[x509.Certificate, ...],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.trust_domain = trust_domain
         self._trust = _Trust(tuple(client_cas))
         self._revoked: RevocationCheck | None = None
+        self._clock = clock
 
     @classmethod
-    def from_pem(cls, trust_domain: str, client_ca_pem: bytes) -> Authenticator:
-        return cls(trust_domain, tuple(x509.load_pem_x509_certificates(client_ca_pem)))
+    def from_pem(
+        cls, trust_domain: str, client_ca_pem: bytes, clock: Callable[[], float] = time.time
+    ) -> Authenticator:
+        return cls(trust_domain, tuple(x509.load_pem_x509_certificates(client_ca_pem)), clock)
 
     @property
     def client_cas(self) -> tuple[x509.Certificate, ...]:
         return self._trust.client_cas
 
     @property
-    def _known(self) -> dict[bytes, tuple[Principal, str]]:
+    def _known(self) -> dict[bytes, _Known]:
         return self._trust.known
 
     def trust(self, client_ca_pem: bytes) -> None:
@@ -183,13 +207,22 @@ class Authenticator:
         if known is None:
             cert = _leaf(auth_context)
             check_client_profile(cert, trust.client_cas)
-            known = (principal_from_cert(cert, self.trust_domain), serial_hex(cert.serial_number))
+            known = _Known(
+                principal_from_cert(cert, self.trust_domain),
+                serial_hex(cert.serial_number),
+                cert.not_valid_after_utc.timestamp(),
+            )
             if len(trust.known) >= _KNOWN_CERTIFICATES:
                 trust.known.clear()
             trust.known[pems[0]] = known
+        if self._clock() > known.not_after:  # the connection outlived its certificate
+            ended = dt.datetime.fromtimestamp(known.not_after, dt.UTC).isoformat()
+            raise NotAuthenticated(
+                Reason.CLIENT_CERT_EXPIRED, f"the client certificate expired at {ended}"
+            )
         if self._revoked is not None:
-            self._revoked(*known)
-        return known[0]
+            self._revoked(known.principal, known.serial)
+        return known.principal
 
 
 _KNOWN_CERTIFICATES = 4096

@@ -485,6 +485,22 @@ def test_the_authenticator_reads_each_certificate_once_and_never_confuses_two(
     assert rogue not in auth._known
 
 
+def test_the_authenticator_refuses_a_certificate_past_its_end_on_every_call(pki: Pki) -> None:
+    now = [dt.datetime.now(dt.UTC).timestamp()]
+    auth = Authenticator.from_pem(pki.trust_domain, pki.ca, clock=lambda: now[0])
+    _, agent = pki.cert("agent", "agent-1")
+    end = x509.load_pem_x509_certificate(agent).not_valid_after_utc.timestamp()
+    assert auth.principal({"x509_pem_cert": [agent]}) == Principal(Role.AGENT, "agent-1")
+    now[0] = end  # notAfter itself is still inside the validity period (RFC 5280)
+    assert auth.principal({"x509_pem_cert": [agent]}) == Principal(Role.AGENT, "agent-1")
+    now[0] = end + 1  # the connection that carries this certificate outlived it
+    for _ in range(2):  # what was read for the certificate does not let it through
+        with pytest.raises(NotAuthenticated) as info:
+            auth.principal({"x509_pem_cert": [agent]})
+        assert info.value.reason is Reason.CLIENT_CERT_EXPIRED
+        assert to_grpc_status(info.value).code == grpc.StatusCode.UNAUTHENTICATED
+
+
 # -- 4. session visibility over gRPC -------------------------------------------
 
 

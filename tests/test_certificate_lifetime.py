@@ -4,25 +4,33 @@
 says otherwise; ``renew`` gives an identity that has a certificate a new key and a
 new serial for the same SPIFFE id (with ``--if-within H`` only when the current
 one ends within H hours). A certificate past its end is refused by the TLS layer:
-the call never reaches the signer.
+the call never reaches the signer. A connection opened before the end serves no
+call after it (``UNAUTHENTICATED``, ``CLIENT_CERT_EXPIRED``), and no connection
+lives longer than ``server.max_connection_age_seconds`` between two handshakes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
+from paywarden.signer.api.server import server_options
+from paywarden.signer.config import Config
+from paywarden.signer.errors import Reason
 
 from tests.attacks.certs import client_cert, spiffe
-from tests.helpers import Pki
+from tests.helpers import Pki, TestToken, reason_of, serve, write_config
 from tests.support.cli import pki_script
 from tests.support.clients import public_keys
 
 TIMEOUT = 10
 SLACK = dt.timedelta(minutes=1)  # the run's own duration between issuing and reading back
+# Of the certificate whose connection outlives it: long enough for its first call.
+LIFETIME = dt.timedelta(seconds=4)
 
 
 def _cert(d: Path, stem: str) -> x509.Certificate:
@@ -122,3 +130,54 @@ def test_a_key_is_never_written_into_a_readable_file_left_by_a_crash(pki_copy: P
     assert done.returncode == 0, done.stderr
     assert (pki_copy.dir / "agent-agent-2.key").stat().st_mode & 0o777 == 0o600
     assert not left.exists()
+
+
+def test_a_call_on_a_connection_opened_before_the_certificate_ended_is_refused(
+    pki: Pki, grpc_addr: str, grpc_server: grpc.Server
+) -> None:
+    ends = dt.datetime.now(dt.UTC).replace(microsecond=0) + LIFETIME
+    leaf = client_cert(pki, spiffe(pki, "agent", "agent-1"), ends=ends)
+    with leaf.channel(grpc_addr, pki) as ch:
+        assert len(public_keys(ch, TIMEOUT).keys) == 2  # the handshake: in date
+        while dt.datetime.now(dt.UTC) <= ends + dt.timedelta(seconds=1):
+            time.sleep(0.1)  # waits for the certificate's end (RFC 5280: notAfter is in it)
+        with pytest.raises(grpc.RpcError) as info:
+            public_keys(ch, TIMEOUT)  # the same connection: no new handshake
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason_of(info.value) == Reason.CLIENT_CERT_EXPIRED
+
+
+def test_connections_live_an_hour_between_handshakes_unless_told_otherwise() -> None:
+    options = dict(server_options(Config()))
+    assert options["grpc.max_connection_age_ms"] == 3_600_000
+    assert options["grpc.max_connection_age_grace_ms"] == 30_000
+    told = Config.model_validate(
+        {"server": {"max_connection_age_seconds": 120, "max_connection_age_grace_seconds": 5}}
+    )
+    options = dict(server_options(told))
+    assert options["grpc.max_connection_age_ms"] == 120_000
+    assert options["grpc.max_connection_age_grace_ms"] == 5_000
+
+
+def test_an_open_connection_is_handshaken_again_after_its_maximum_age(
+    tmp_path: Path, token: TestToken, pki_copy: Pki
+) -> None:
+    config = write_config(tmp_path / "signer", token, pki_copy)
+    env = {
+        "PAYWARDEN_SERVER__MAX_CONNECTION_AGE_SECONDS": "1",
+        "PAYWARDEN_SERVER__MAX_CONNECTION_AGE_GRACE_SECONDS": "1",
+    }
+    with serve(config, env=env) as signer, pki_copy.channel(signer.addr, "agent", "agent-1") as ch:
+        assert len(public_keys(ch, TIMEOUT).keys) == 2
+        # A server certificate that does not name "localhost": only a new handshake sees it.
+        renewed = pki_script("server", "--dir", pki_copy.dir, "--dns", "renewed.test", "--force")
+        assert renewed.returncode == 0, renewed.stderr
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                public_keys(ch, TIMEOUT)
+            except grpc.RpcError as exc:  # the connection aged out; its successor failed
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                break
+            assert time.monotonic() < deadline, "the open connection was never handshaken again"
+            time.sleep(0.2)

@@ -55,15 +55,21 @@ SERVICE_NAMES = tuple(s.full_name for s in SERVICES)
 _ANSWER_SECONDS = 1.0
 
 
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 def server_options(config: Config) -> list[tuple[str, int]]:
-    """Channel arguments that bound what sockets can hold: unauthenticated ones, and the
-    calls of each connection."""
+    """Channel arguments that bound what sockets can hold: unauthenticated ones, the
+    calls of each connection, and how long a connection lives between handshakes."""
     s = config.server
     return [
         ("grpc.so_reuseport", 0),
-        ("grpc.server_handshake_timeout_ms", max(1, round(s.handshake_timeout_seconds * 1000))),
+        ("grpc.server_handshake_timeout_ms", _ms(s.handshake_timeout_seconds)),
         ("grpc.max_allowed_incoming_connections", s.max_connections),
         ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+        ("grpc.max_connection_age_ms", _ms(s.max_connection_age_seconds)),
+        ("grpc.max_connection_age_grace_ms", _ms(s.max_connection_age_grace_seconds)),
     ]
 
 

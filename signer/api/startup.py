@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import time
+from collections.abc import Callable
 
 import grpc
 from paywarden.hsm import Hsm, HsmError, HsmPinRejected, read_pin
@@ -66,11 +68,13 @@ def check_descriptor_limit(config: Config) -> None:
         )
 
 
-def authenticator(config: Config) -> Authenticator:
-    """Holds client certificates to the client profile of ``server.client_ca``."""
+def authenticator(config: Config, clock: Callable[[], float] = time.time) -> Authenticator:
+    """Holds client certificates to the client profile of ``server.client_ca``, and to
+    their dates by ``clock`` (the wall clock) on every call."""
     s = config.server
     try:
-        return Authenticator.from_pem(s.trust_domain, read_file(s.client_ca, "server.client_ca"))
+        ca_pem = read_file(s.client_ca, "server.client_ca")
+        return Authenticator.from_pem(s.trust_domain, ca_pem, clock)
     except TlsFilesError as exc:
         raise StartupError(str(exc)) from None
     except ValueError:

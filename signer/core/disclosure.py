@@ -57,6 +57,7 @@ AGENT_MESSAGES: dict[str, str] = {
     Reason.RATE_LIMITED: "too many refused requests; slow down",
     Reason.PAYMENT_WITHDRAWN: "the payment was withdrawn before it was signed; nothing was signed",
     Reason.CLIENT_CERT_PROFILE: "the client certificate is not a client certificate of this signer",
+    Reason.CLIENT_CERT_EXPIRED: "the client certificate has expired; renew it and reconnect",
     Reason.SERVER_BUSY: "the signer is busy; retry later",
     Reason.TOO_MANY_STREAMS: "too many open streams; close one and retry",
     Reason.TOO_MANY_CALLS: "too many calls in flight; retry later",

@@ -51,7 +51,12 @@ def ca_of(pki: Pki) -> Issuer:
 
 
 def _builder(
-    subject: str, issuer: Issuer, key: ec.EllipticCurvePrivateKey, *, expired: bool = False
+    subject: str,
+    issuer: Issuer,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    expired: bool = False,
+    ends: dt.datetime | None = None,
 ) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC) - (dt.timedelta(days=2) if expired else dt.timedelta())
     return (
@@ -61,7 +66,7 @@ def _builder(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_after(ends or now + dt.timedelta(days=1))
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
             critical=False,
@@ -104,12 +109,13 @@ def client_cert(
     usages: tuple[x509.ObjectIdentifier, ...] = (CLIENT_AUTH,),
     issuer: Issuer | None = None,
     expired: bool = False,
+    ends: dt.datetime | None = None,
 ) -> ClientCert:
     """A leaf for ``uri`` signed by the test CA (or ``issuer``), shaped as asked
-    (``expired``: its validity ended a day ago)."""
+    (``expired``: its validity ended a day ago; ``ends``: its validity ends then)."""
     signer = issuer or ca_of(pki)
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = _builder(f"attack {uri}", signer, key, expired=expired).add_extension(
+    builder = _builder(f"attack {uri}", signer, key, expired=expired, ends=ends).add_extension(
         x509.BasicConstraints(ca=ca, path_length=None), critical=True
     )
     builder = builder.add_extension(
