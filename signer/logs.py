@@ -7,7 +7,19 @@ import logging
 import sys
 import time
 
-_FIELDS = ("decision_id", "session_id", "planner", "approver", "state", "rpc", "reason", "replayed")
+_FIELDS = (
+    "decision_id",
+    "session_id",
+    "planner",
+    "approver",
+    "operator",
+    "state",
+    "rpc",
+    "reason",
+    "replayed",
+    "revoked_kind",
+    "revoked_value",
+)
 
 
 class JsonFormatter(logging.Formatter):

@@ -10,6 +10,7 @@ revocation is one audit record, and the log still verifies.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -184,6 +185,32 @@ def test_a_revocation_reaches_a_second_signer_sharing_the_store(
         _sign_one_dollar(
             second, "agent-2", open_session(second.planner, "agent-2", "1.00", timeout=TIMEOUT)
         )
+
+
+def test_the_log_says_what_was_revoked_and_by_which_operator(served_config: Path, pki: Pki) -> None:
+    with running_api(served_config, pki) as (srv, api):
+        _revoke(api, principal_id="agent-1", reason="key leaked")
+        _revoke(api, cert_serial="0A:0B", reason="laptop stolen")
+        _revoke(api, principal_id="agent-1", reason="twice")  # nothing new: no line
+    lines = [json.loads(line) for line in srv.output if "identity revoked" in line]
+    fields = ("msg", "revoked_kind", "revoked_value", "operator", "reason")
+    assert [tuple(line[f] for f in fields) for line in lines] == [
+        (
+            f"identity revoked: principal agent-1 by operator/{OPERATOR}",
+            "principal",
+            "agent-1",
+            f"operator/{OPERATOR}",
+            "key leaked",
+        ),
+        (
+            f"identity revoked: serial a0b by operator/{OPERATOR}",
+            "serial",
+            "a0b",
+            f"operator/{OPERATOR}",
+            "laptop stolen",
+        ),
+    ]
+    assert all(line["level"] == "warning" for line in lines)
 
 
 # -- who may revoke, and what --------------------------------------------------------------

@@ -161,8 +161,19 @@ class Revocations:
         )
         created = control_store_call(lambda: self._store.revoke(revocation, event))
         self.view.invalidate()  # after the commit: the next call reloads what it wrote
-        if created:
-            log.warning("identity revoked", extra={"reason": reason})
+        if created:  # what and by whom: a principal id or a serial, never a secret
+            log.warning(
+                "identity revoked: %s %s by %s",
+                kind,
+                value,
+                caller,
+                extra={
+                    "revoked_kind": str(kind),
+                    "revoked_value": value,
+                    "operator": str(caller),
+                    "reason": reason,
+                },
+            )
         current = next(
             (r for r in self.revocations() if r.kind == kind and r.value == value), revocation
         )
