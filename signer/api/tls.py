@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -27,6 +26,7 @@ from typing import cast
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from paywarden.signer.api.watched import WatchedFiles
 from paywarden.signer.config import ServerConfig
 from paywarden.signer.errors import Forbidden, Reason
 from paywarden.signer.identity import Authenticator, Principal, RevocationCheck, serial_hex
@@ -78,22 +78,6 @@ def read_tls_files(s: ServerConfig) -> TlsFiles:
     return TlsFiles(key_pem, cert_pem, ca_pem, cert.serial_number)
 
 
-Stamp = tuple[tuple[int, int, int, int] | None, ...]
-
-
-def _stamp(s: ServerConfig) -> Stamp:
-    """What changes when a file is rewritten or replaced (None: cannot be read)."""
-    stamps: list[tuple[int, int, int, int] | None] = []
-    for path in (s.tls_key, s.tls_cert, s.client_ca):
-        try:
-            st = os.stat(path)
-        except OSError:
-            stamps.append(None)
-            continue
-        stamps.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    return tuple(stamps)
-
-
 def _configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration(
         [(files.key_pem, files.cert_pem)], root_certificates=files.ca_pem
@@ -106,49 +90,44 @@ class ServerTls:
     def __init__(self, server: ServerConfig, auth: Authenticator | None = None) -> None:
         self._server = server
         self._auth = auth
-        self._lock = threading.Lock()
-        self._stamp = _stamp(server)  # taken before reading: a later change is seen
-        self._files = read_tls_files(server)
-        self._refused: Stamp | None = None  # a changed set that failed its checks
+        self._files = WatchedFiles(
+            (server.tls_key, server.tls_cert, server.client_ca),
+            lambda: read_tls_files(server),
+            errors=(TlsFilesError, ValueError),
+            log=log,
+            refused="the server's TLS files changed but the ones in use stay",
+            changed=self._changed,
+        )
+        self._served = self._files.value  # what gRPC was last given
 
     def credentials(self) -> grpc.ServerCredentials:
         # gRPC documents None from the fetcher as "no change"; its stubs leave None out.
         fetcher = cast("Callable[[], grpc.ServerCertificateConfiguration]", self.fetch)
         return grpc.dynamic_ssl_server_credentials(
-            _configuration(self._files), fetcher, require_client_authentication=True
+            _configuration(self._served), fetcher, require_client_authentication=True
         )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """Called by gRPC before each handshake: a new configuration, or None to keep it."""
         try:
-            return self._fetch()
+            files = self._files.current()
         except Exception:  # never fail a handshake for the reload's sake: keep what is in use
             log.exception("reading the server's TLS files again failed; the ones in use stay")
             return None
-
-    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        stamp = _stamp(self._server)
-        if stamp == self._stamp or stamp == self._refused:
+        if files is self._served:
             return None
-        with self._lock:
-            if stamp == self._stamp or stamp == self._refused:
-                return None
-            try:
-                files = read_tls_files(self._server)
-                if self._auth is not None and files.ca_pem != self._files.ca_pem:
-                    self._auth.trust(files.ca_pem)
-            except (TlsFilesError, ValueError) as exc:
-                self._refused = stamp
-                log.warning("the server's TLS files changed but the ones in use stay: %s", exc)
-                return None
-            self._files, self._stamp, self._refused = files, stamp, None
+        self._served = files
+        return _configuration(files)
+
+    def _changed(self, old: TlsFiles, new: TlsFiles) -> None:
+        if self._auth is not None and new.ca_pem != old.ca_pem:
+            self._auth.trust(new.ca_pem)
         log.info(
             "the server's TLS files changed: now serving certificate serial %x (%s), client CAs %s",
-            files.serial,
+            new.serial,
             self._server.tls_cert,
             self._server.client_ca,
         )
-        return _configuration(files)
 
 
 class RevocationList:
@@ -164,17 +143,14 @@ class RevocationList:
     def __init__(self, server: ServerConfig, path: os.PathLike[str]) -> None:
         self._server = server
         self._path = path
-        self._lock = threading.Lock()
-        self._stamp = self._stat()
-        self._serials = self._read()
-        self._refused: tuple[int, int, int, int] | None = None
-
-    def _stat(self) -> tuple[int, int, int, int] | None:
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        self._serials = WatchedFiles(
+            (path,),
+            self._read,
+            errors=(TlsFilesError, ValueError),
+            log=log,
+            refused="server.crl_file changed but the list in use stays",
+            changed=lambda _old, _new: log.info("server.crl_file %s read again", self._path),
+        )
 
     def _read(self) -> frozenset[str]:
         data = read_file(self._path, "server.crl_file")
@@ -198,18 +174,7 @@ class RevocationList:
 
     def revoked(self, serial: str) -> bool:
         """Whether the CRL in use lists this serial (lower-case hex, as revocations name it)."""
-        stamp = self._stat()
-        if stamp is not None and stamp != self._stamp and stamp != self._refused:
-            with self._lock:
-                if stamp != self._stamp and stamp != self._refused:
-                    try:
-                        self._serials = self._read()
-                        self._stamp, self._refused = stamp, None
-                        log.info("server.crl_file %s read again", self._path)
-                    except (TlsFilesError, ValueError) as exc:
-                        self._refused = stamp
-                        log.warning("server.crl_file changed but the list in use stays: %s", exc)
-        return serial in self._serials
+        return serial in self._serials.current()
 
 
 def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
