@@ -165,7 +165,7 @@ class Authenticator:
     :meth:`trust` replaces the client CAs (``server.client_ca`` read again): the CAs
     and what was read under them change together, in one assignment."""
 
-    __slots__ = ("_clock", "_revoked", "_trust", "trust_domain")
+    __slots__ = ("_clock", "_follow", "_revoked", "_trust", "trust_domain")
 
     def __init__(
         self,
@@ -176,6 +176,7 @@ class Authenticator:
         self.trust_domain = trust_domain
         self._trust = _Trust(tuple(client_cas))
         self._revoked: RevocationCheck | None = None
+        self._follow: Callable[[], object] | None = None
         self._clock = clock
 
     @classmethod
@@ -196,11 +197,19 @@ class Authenticator:
         """Holds client certificates to these CAs from now on (ValueError: no certificate)."""
         self._trust = _Trust(tuple(x509.load_pem_x509_certificates(client_ca_pem)))
 
+    def follow(self, refresh: Callable[[], object]) -> None:
+        """From now on ``refresh`` runs first in every call: it calls :meth:`trust` when
+        the client CA file changed (set once, at start-up), so that calls on a connection
+        already open are held to the CAs in use, not to those of its handshake."""
+        self._follow = refresh
+
     def check_revocations(self, revoked: RevocationCheck) -> None:
         """From now on every call is refused that ``revoked`` refuses (set once, at start-up)."""
         self._revoked = revoked
 
     def principal(self, auth_context: Mapping[str, Any]) -> Principal:
+        if self._follow is not None:
+            self._follow()
         trust = self._trust  # one view for the whole call, whatever a reload does meanwhile
         pems = auth_context.get("x509_pem_cert") or []
         known = trust.known.get(pems[0]) if len(pems) == 1 else None

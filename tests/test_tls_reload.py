@@ -4,6 +4,7 @@ A real ``paywarden serve`` on a copy of the test PKI. While a client keeps
 calling on one connection, the server certificate or the client CA bundle is
 replaced on disk: the next new connection gets the new files, the calls on the
 open connection never fail. A set of files that fails its checks is not used.
+A CA taken out of the bundle refuses the next call of a connection opened under it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from paywarden.signer.errors import Reason
 
-from tests.helpers import Pki, TestToken, serve, write_config
+from tests.helpers import Pki, TestToken, reason_of, serve, write_config
 from tests.support.cli import pki_script
 from tests.support.clients import public_keys
 
@@ -124,6 +126,27 @@ def test_a_new_client_ca_bundle_is_trusted_by_the_handshake_and_the_identity_che
         _replace(pki_copy.dir / "ca.crt", first)
         assert not _new_connection_answered(pki_copy, signer.addr, "localhost", client=rogue_pki)
         assert _new_connection_answered(pki_copy, signer.addr, "localhost")
+
+
+def test_a_ca_taken_out_of_the_bundle_refuses_the_next_call_on_an_open_connection(
+    tmp_path: Path, token: TestToken, pki_copy: Pki, rogue_pki: Pki
+) -> None:
+    first = pki_copy.ca
+    _replace(pki_copy.dir / "ca.crt", first + rogue_pki.ca)
+    with (
+        serve(write_config(tmp_path / "signer", token, pki_copy)) as signer,
+        _channel(pki_copy, signer.addr, "localhost", client=rogue_pki) as rogue,
+        _channel(pki_copy, signer.addr, "localhost") as kept,
+    ):
+        assert len(public_keys(rogue, TIMEOUT).keys) == 2  # both connections open
+        assert len(public_keys(kept, TIMEOUT).keys) == 2
+        _replace(pki_copy.dir / "ca.crt", first)  # the rogue CA is taken out
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError) as info:
+                public_keys(rogue, TIMEOUT)  # the same connection, no new handshake
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, info.value
+            assert reason_of(info.value) == Reason.CLIENT_CERT_PROFILE
+            assert len(public_keys(kept, TIMEOUT).keys) == 2  # its CA is still in
 
 
 @pytest.mark.parametrize("broken", ["garbage certificate", "key of another certificate"])

@@ -6,9 +6,12 @@ signer serves; an unreadable or inconsistent file stops start-up with a
 serves, gRPC asks :meth:`ServerTls.fetch` before every new TLS handshake; when
 any of the three files has changed since it was last read (its size, times or
 inode), the files are read and checked again, and a consistent set replaces the
-one in use for the connections that follow: connections already open, and the
-calls on them, are not touched. The client CAs that the authenticator holds
-client certificates to change with the ones the handshake trusts. A set that
+one in use for the connections that follow: connections already open are not
+dropped. The client CAs that the authenticator holds client certificates to
+change with the ones the handshake trusts, and the authenticator looks at the
+files (a ``stat``) before every call too: a call on a connection opened under a
+CA since taken out of the bundle is refused (``UNAUTHENTICATED``,
+``CLIENT_CERT_PROFILE``) without waiting for a new handshake. A set that
 fails a check (a key that does not match its certificate, say, while a renewal
 is half written) is not used: the files in use stay, a warning names the
 setting at fault once, and the next handshake looks again.
@@ -99,6 +102,8 @@ class ServerTls:
             changed=self._changed,
         )
         self._served = self._files.value  # what gRPC was last given
+        if auth is not None:  # every call looks too: a CA taken out stops open connections
+            auth.follow(self._files.current)
 
     def credentials(self) -> grpc.ServerCredentials:
         # gRPC documents None from the fetcher as "no change"; its stubs leave None out.
