@@ -4,7 +4,8 @@ A real ``paywarden serve`` with a CRL signed by the test CA. The serials it list
 are refused ``PERMISSION_DENIED`` (``IDENTITY_REVOKED``) on their next call; a
 new CRL written over the file is honoured from the next call, without a restart;
 a CRL that is not signed by a client CA stops start-up, and a broken one written
-while the signer runs leaves the list in use.
+while the signer runs leaves the list in use, as does an older one (an earlier
+thisUpdate or a lower CRL number), however validly signed.
 """
 
 from __future__ import annotations
@@ -29,14 +30,24 @@ def _agent_serial(pki: Pki, agent: str) -> int:
     return x509.load_pem_x509_certificate(pki.cert("agent", agent)[1]).serial_number
 
 
-def _crl(issuer: Issuer, serials: list[int], *, der: bool = False) -> bytes:
+def _crl(
+    issuer: Issuer,
+    serials: list[int],
+    *,
+    der: bool = False,
+    age: dt.timedelta = dt.timedelta(minutes=5),
+    number: int | None = None,
+) -> bytes:
+    """A CRL whose thisUpdate is ``age`` ago, with a CRL number if ``number`` is given."""
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(issuer.cert.subject)
-        .last_update(now - dt.timedelta(minutes=5))
+        .last_update(now - age)
         .next_update(now + dt.timedelta(days=1))
     )
+    if number is not None:
+        builder = builder.add_extension(x509.CRLNumber(number), critical=False)
     for serial in serials:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
@@ -108,3 +119,28 @@ def test_a_broken_crl_written_while_serving_leaves_the_list_in_use(
             assert _outcome(pki, signer.addr, "agent-1") == "ok"
     warnings = [line for line in signer.output if "crl_file changed but" in line]
     assert len(warnings) == 1, signer.output
+
+
+def test_an_older_crl_never_replaces_the_one_in_use(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    crl, ca = tmp_path / "clients.crl", ca_of(pki)
+    revoked = [_agent_serial(pki, "agent-2")]
+    _write(crl, _crl(ca, revoked, age=dt.timedelta(minutes=10), number=5))
+    env = {"PAYWARDEN_SERVER__CRL_FILE": str(crl)}
+    with serve(write_config(tmp_path / "signer", token, pki), env=env) as signer:
+        assert _outcome(pki, signer.addr, "agent-2") == REVOKED
+        # Validly signed, but issued before the list in use: it would lift agent-2's revocation.
+        _write(crl, _crl(ca, [], age=dt.timedelta(hours=1), number=6))
+        assert _outcome(pki, signer.addr, "agent-2") == REVOKED
+        assert _outcome(pki, signer.addr, "agent-2") == REVOKED
+        _write(crl, _crl(ca, [], age=dt.timedelta(minutes=1), number=4))  # newer, lower number
+        assert _outcome(pki, signer.addr, "agent-2") == REVOKED
+        _write(crl, _crl(ca, revoked, age=dt.timedelta(minutes=10), number=5))  # the same again
+        assert _outcome(pki, signer.addr, "agent-2") == REVOKED
+        _write(crl, _crl(ca, [], age=dt.timedelta(minutes=1), number=6))  # a newer one is read
+        assert _outcome(pki, signer.addr, "agent-2") == "ok"
+    warnings = [line for line in signer.output if "crl_file changed but" in line]
+    assert len(warnings) == 2, signer.output  # once for each refused CRL, not at every call
+    assert "is older (thisUpdate" in warnings[0]
+    assert "has a lower CRL number (4) than the CRL in use (5)" in warnings[1]

@@ -34,7 +34,7 @@ def test_a_change_is_read_and_a_bad_one_keeps_the_last_good_with_one_warning(
     reads: list[int] = []
     changes: list[tuple[int, int]] = []
 
-    def read() -> int:
+    def read(_in_use: int | None) -> int:
         reads.append(1)
         return _number(path)
 
@@ -70,5 +70,5 @@ def test_the_first_reading_raises(tmp_path: Path) -> None:
     path.write_text("x", encoding="ascii")
     with pytest.raises(ValueError, match="holds no number"):
         WatchedFiles(
-            (path,), lambda: _number(path), errors=(ValueError,), log=LOG, refused="unused"
+            (path,), lambda _: _number(path), errors=(ValueError,), log=LOG, refused="unused"
         )

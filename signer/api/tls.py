@@ -95,7 +95,7 @@ class ServerTls:
         self._auth = auth
         self._files = WatchedFiles(
             (server.tls_key, server.tls_cert, server.client_ca),
-            lambda: read_tls_files(server),
+            lambda _in_use: read_tls_files(server),
             errors=(TlsFilesError, ValueError),
             log=log,
             refused="the server's TLS files changed but the ones in use stay",
@@ -135,20 +135,40 @@ class ServerTls:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Crl:
+    serials: frozenset[str]
+    this_update: dt.datetime
+    number: int | None  # the CRL number extension, when the CRL has one
+
+    @classmethod
+    def of(cls, crl: x509.CertificateRevocationList) -> _Crl:
+        try:
+            number: int | None = crl.extensions.get_extension_for_class(
+                x509.CRLNumber
+            ).value.crl_number
+        except x509.ExtensionNotFound:
+            number = None
+        serials = frozenset(serial_hex(entry.serial_number) for entry in crl)
+        return cls(serials, crl.last_update_utc, number)
+
+
 class RevocationList:
     """``server.crl_file``: the certificate serials a CRL the security team publishes lists.
 
     Read at start (an unusable file stops start-up) and again whenever the file changes,
     checked on every call by a ``stat``. The CRL must be signed by one of the client CAs
     in use. A changed file that fails that check, or cannot be parsed, is not used: the
-    serials already read stay revoked and one warning names the file. A CRL past its
+    serials already read stay revoked and one warning names the file. So is a CRL older
+    than the one in use (an earlier ``thisUpdate``, or a lower CRL number), however
+    validly signed: an old list would lift later revocations. A CRL past its
     ``nextUpdate`` is still honoured, with one warning: it lists fewer revocations than
     a fresh one, never more."""
 
     def __init__(self, server: ServerConfig, path: os.PathLike[str]) -> None:
         self._server = server
         self._path = path
-        self._serials = WatchedFiles(
+        self._crl = WatchedFiles(
             (path,),
             self._read,
             errors=(TlsFilesError, ValueError),
@@ -157,7 +177,7 @@ class RevocationList:
             changed=lambda _old, _new: log.info("server.crl_file %s read again", self._path),
         )
 
-    def _read(self) -> frozenset[str]:
+    def _read(self, in_use: _Crl | None) -> _Crl:
         data = read_file(self._path, "server.crl_file")
         try:
             crl = (
@@ -172,14 +192,29 @@ class RevocationList:
             raise TlsFilesError(
                 f"server.crl_file: {self._path} is not signed by a CA of server.client_ca"
             )
+        read = _Crl.of(crl)
+        if in_use is not None:
+            self._not_older(read, in_use)
         next_update = crl.next_update_utc
         if next_update is not None and next_update < dt.datetime.now(dt.UTC):
             log.warning("server.crl_file %s is past its nextUpdate (%s)", self._path, next_update)
-        return frozenset(serial_hex(entry.serial_number) for entry in crl)
+        return read
+
+    def _not_older(self, read: _Crl, in_use: _Crl) -> None:
+        if read.this_update < in_use.this_update:
+            raise TlsFilesError(
+                f"server.crl_file: {self._path} is older (thisUpdate {read.this_update}) than"
+                f" the CRL in use ({in_use.this_update})"
+            )
+        if read.number is not None and in_use.number is not None and read.number < in_use.number:
+            raise TlsFilesError(
+                f"server.crl_file: {self._path} has a lower CRL number ({read.number}) than"
+                f" the CRL in use ({in_use.number})"
+            )
 
     def revoked(self, serial: str) -> bool:
         """Whether the CRL in use lists this serial (lower-case hex, as revocations name it)."""
-        return serial in self._serials.current()
+        return serial in self._crl.current().serials
 
 
 def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:

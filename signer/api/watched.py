@@ -36,15 +36,17 @@ def stamp(paths: tuple[os.PathLike[str], ...]) -> Stamp:
 
 
 class WatchedFiles(Generic[T]):
-    """``read()`` of ``paths``, read again when they change (see the module's text).
+    """``read(in_use)`` of ``paths``, read again when they change (see the module's text).
 
-    ``changed(old, new)`` runs, under the watch's lock, before a new reading replaces the
-    one in use; ``refused`` starts the warning logged on ``log`` when a reading fails."""
+    ``read`` gets the reading in use (None the first time): it may refuse a new reading
+    that must not replace it (raise one of ``errors``). ``changed(old, new)`` runs, under
+    the watch's lock, before a new reading replaces the one in use; ``refused`` starts
+    the warning logged on ``log`` when a reading fails."""
 
     def __init__(
         self,
         paths: tuple[os.PathLike[str], ...],
-        read: Callable[[], T],
+        read: Callable[[T | None], T],
         *,
         errors: tuple[type[Exception], ...],
         log: logging.Logger,
@@ -59,7 +61,7 @@ class WatchedFiles(Generic[T]):
         self._changed = changed
         self._lock = threading.Lock()
         self._stamp = stamp(paths)  # taken before reading: a change made meanwhile is seen
-        self._value = read()
+        self._value = read(None)
         self._refused: Stamp | None = None  # changed files whose reading failed
 
     @property
@@ -76,7 +78,7 @@ class WatchedFiles(Generic[T]):
             if now == self._stamp or now == self._refused:
                 return self._value  # another caller read them while this one waited
             try:
-                value = self._read()
+                value = self._read(self._value)
             except self._errors as exc:
                 self._refused = now
                 self._log.warning("%s: %s", self._refused_text, exc)
