@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from paywarden.policy.vocabulary import FreezeScope
+from paywarden.signer.core.refreshing import Refresher
 from paywarden.signer.identity import Principal
 from paywarden.signer.store.records import Freeze
 
@@ -43,7 +44,12 @@ K = TypeVar("K", bound=Hashable)
 
 
 class FreezeView:
-    """The freezes in force as a set of (scope, target), cheap to ask."""
+    """The freezes in force as a set of (scope, target), cheap to ask.
+
+    Reloaded by a :class:`~paywarden.signer.core.refreshing.Refresher`: at once when this
+    process set or lifted a freeze (every caller waits for that reload), at least every
+    ``max_age`` seconds otherwise (the others go on with the view they have: a stale view
+    only lets a request through to the authoritative check)."""
 
     def __init__(
         self,
@@ -53,42 +59,18 @@ class FreezeView:
         clock: Callable[[], float],
     ) -> None:
         self._load = load
-        self._generation = generation
-        self._max_age = max_age
-        self._clock = clock
         self._scopes: frozenset[tuple[str, str]] = frozenset()
-        self._seen_generation: int | None = None
-        self._loaded_at = -math.inf
-        self._reload = threading.Lock()
+        self._refresher = Refresher(self._reload, generation, max_age, clock)
 
     def invalidate(self) -> None:
-        self._seen_generation = None
+        self._refresher.invalidate()
 
     def refresh(self) -> None:
-        """Reloads when stale.
+        """Reloads when stale (see the class's text)."""
+        self._refresher.refresh()
 
-        One thread reloads at a time. When this process set or lifted a freeze
-        (the generation moved), every caller waits for that reload, so that none
-        goes on with a view that misses the operator's act. When the view is only
-        old (a freeze set by another process), the others go on with the view they
-        have (a stale view only lets a request through to the authoritative check)."""
-        generation = self._generation()
-        fresh = self._clock() - self._loaded_at < self._max_age
-        if generation == self._seen_generation and fresh:
-            return
-        if not self._reload.acquire(blocking=generation != self._seen_generation):
-            return
-        try:
-            if self._seen_generation == generation and (
-                self._clock() - self._loaded_at < self._max_age
-            ):
-                return  # another caller reloaded it while this one waited
-            freezes = self._load()
-            self._scopes = frozenset((f.scope, f.target) for f in freezes)
-            self._seen_generation = generation
-            self._loaded_at = self._clock()
-        finally:
-            self._reload.release()
+    def _reload(self) -> None:
+        self._scopes = frozenset((f.scope, f.target) for f in self._load())
 
     def frozen(self, agent_id: str, key_id: str) -> FreezeScope | None:
         """The scope that freezes this agent or key (raw key text: an unknown key

@@ -13,14 +13,13 @@ refusal is the safe one. A revocation is never lifted: a new identity is issued 
 from __future__ import annotations
 
 import logging
-import math
 import re
-import threading
 import time
 from collections.abc import Callable
 
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.deps import Deps, control_store_call
+from paywarden.signer.core.refreshing import Refresher
 from paywarden.signer.core.validation import clean_text
 from paywarden.signer.errors import Forbidden, InvalidInput, Reason, Unavailable
 from paywarden.signer.identity import PRINCIPAL_ID, Principal
@@ -55,7 +54,11 @@ def _identity(principal_id: str, cert_serial: str) -> tuple[RevocationKind, str]
 
 
 class RevocationView:
-    """The revocations in force as two sets, cheap to ask on every call (thread-safe)."""
+    """The revocations in force as two sets, cheap to ask on every call (thread-safe).
+
+    Reloaded by a :class:`~paywarden.signer.core.refreshing.Refresher`, as the freezes
+    are, but failing closed: a view that could not be loaded refuses every call, and
+    every caller waits for its next reload."""
 
     def __init__(
         self,
@@ -65,54 +68,24 @@ class RevocationView:
         clock: Callable[[], float],
     ) -> None:
         self._load = load
-        self._generation = generation
-        self._max_age = max_age
-        self._clock = clock
         self._principals: frozenset[str] = frozenset()
         self._serials: frozenset[str] = frozenset()
-        self._loaded = False  # False until a load succeeds, and again after one fails
-        self._seen_generation: int | None = None
-        self._loaded_at = -math.inf
-        self._reload = threading.Lock()
+        self._refresher = Refresher(self._reload, generation, max_age, clock, fail_closed=True)
 
     def invalidate(self) -> None:
-        self._seen_generation = None
+        self._refresher.invalidate()
 
     def refresh(self) -> None:
-        """Reloads when stale, as :class:`~paywarden.signer.core.refusals.FreezeView`
-        does: everyone waits for the reload after this process revoked (the generation
-        moved) or while no load has succeeded; when the view is only old, the others go
-        on with the view they have. A failed load leaves the view unusable."""
-        generation = self._generation()
-        fresh = self._clock() - self._loaded_at < self._max_age
-        if generation == self._seen_generation and fresh and self._loaded:
-            return
-        wait = generation != self._seen_generation or not self._loaded
-        if not self._reload.acquire(blocking=wait):
-            return
-        try:
-            if (
-                self._loaded
-                and self._seen_generation == generation
-                and self._clock() - self._loaded_at < self._max_age
-            ):
-                return  # another caller reloaded it while this one waited
-            try:
-                revocations = self._load()
-            except StoreError:
-                self._loaded = False
-                raise
-            self._principals = frozenset(
-                r.value for r in revocations if r.kind is RevocationKind.PRINCIPAL
-            )
-            self._serials = frozenset(
-                r.value for r in revocations if r.kind is RevocationKind.SERIAL
-            )
-            self._seen_generation = generation
-            self._loaded_at = self._clock()
-            self._loaded = True
-        finally:
-            self._reload.release()
+        """Reloads when stale (see the class's text); raises :class:`StoreError` when the
+        store cannot be read, and the view is then unusable until a reload succeeds."""
+        self._refresher.refresh()
+
+    def _reload(self) -> None:
+        revocations = self._load()
+        self._principals = frozenset(
+            r.value for r in revocations if r.kind is RevocationKind.PRINCIPAL
+        )
+        self._serials = frozenset(r.value for r in revocations if r.kind is RevocationKind.SERIAL)
 
     def check(self, principal: Principal, serial: str) -> None:
         """Raises :class:`Forbidden` (``IDENTITY_REVOKED``) for a revoked principal id or
@@ -121,7 +94,7 @@ class RevocationView:
             self.refresh()
         except StoreError as exc:
             log.error("cannot read the revocations: %s", exc)
-        if not self._loaded:
+        if not self._refresher.loaded:
             raise Unavailable(
                 Reason.STORE_UNAVAILABLE, "the revocations cannot be read; refused (fail closed)"
             )
