@@ -19,9 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from paywarden.signer.core import audit_events
 from paywarden.signer.core.revocations import RevocationView
 from paywarden.signer.errors import Forbidden, Reason, Unavailable
 from paywarden.signer.identity import Principal, Role
+from paywarden.signer.store.records import Revocation, RevocationKind
 from paywarden.signer.store.sqlite import SqliteStore
 from paywarden.v1 import control_pb2, control_pb2_grpc, sessions_pb2
 
@@ -259,7 +261,9 @@ def test_the_view_refuses_every_call_while_the_revocations_cannot_be_read(
 ) -> None:
     store = SqliteStore(tmp_path / "state.db")
     store.migrate()
-    view = RevocationView(store.revocations, store.revocation_generation, 60.0, time.monotonic)
+    view = RevocationView(
+        store.revocations_after, store.revocation_generation, 60.0, time.monotonic
+    )
     agent = Principal(Role.AGENT, "agent-1")
     view.check(agent, "a1")  # nothing revoked
     conn = sqlite3.connect(tmp_path / "state.db")
@@ -279,4 +283,44 @@ def test_the_view_refuses_every_call_while_the_revocations_cannot_be_read(
         view.check(agent, "a1")
     assert refused.value.reason is Reason.IDENTITY_REVOKED
     view.check(agent, "a2")
+    store.close()
+
+
+def test_a_refresh_reads_only_the_revocations_committed_since_the_last_one(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    store.migrate()
+    operator = Principal(Role.OPERATOR, OPERATOR)
+
+    def revoke(kind: RevocationKind, value: str) -> None:
+        event = audit_events.event("identity.revoke", operator, 1, kind=kind, value=value)
+        assert store.revoke(Revocation(kind, value, "test", str(operator), 1), event)
+
+    for n in range(1, 51):
+        revoke(RevocationKind.SERIAL, format(n, "x"))
+    read: list[int] = []  # rows each refresh read from the store
+
+    def load_after(position: int) -> tuple[list[Revocation], int]:
+        found, after = store.revocations_after(position)
+        read.append(len(found))
+        return found, after
+
+    now = [0.0]
+    view = RevocationView(load_after, store.revocation_generation, 60.0, lambda: now[0])
+    agent = Principal(Role.AGENT, "agent-1")
+    view.check(agent, "ff")
+    assert read == [50]
+    revoke(RevocationKind.PRINCIPAL, "agent-1")  # the generation moves: the next call reloads
+    with pytest.raises(Forbidden):
+        view.check(agent, "ff")
+    assert read == [50, 1]
+    now[0] += 61  # old: read again, and nothing is new
+    view.check(Principal(Role.AGENT, "agent-2"), "ff")
+    assert read == [50, 1, 0]
+    for serial in ("1", "32"):  # what the first refresh read is still refused
+        with pytest.raises(Forbidden) as info:
+            view.check(Principal(Role.AGENT, "agent-2"), serial)
+        assert info.value.reason is Reason.IDENTITY_REVOKED
+    assert read == [50, 1, 0]  # no call since read the store again
     store.close()

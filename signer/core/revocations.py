@@ -5,8 +5,9 @@ one transaction) and every call is checked against an in-memory view of the stor
 revocations when its certificate is read (:class:`~paywarden.signer.identity.Authenticator`).
 The view reloads at once after this process revokes, and at least every
 ``limits.freeze_cache_seconds`` for revocations made by another process sharing the
-store. A view that cannot be loaded refuses every call (fail closed). A principal id
-is revoked in every role: ids name a person or an agent across roles, and the wider
+store; each reload reads only the revocations committed since the one before. A
+view that cannot be loaded refuses every call (fail closed). A principal id is
+revoked in every role: ids name a person or an agent across roles, and the wider
 refusal is the safe one. A revocation is never lifted: a new identity is issued instead.
 """
 
@@ -58,16 +59,19 @@ class RevocationView:
 
     Reloaded by a :class:`~paywarden.signer.core.refreshing.Refresher`, as the freezes
     are, but failing closed: a view that could not be loaded refuses every call, and
-    every caller waits for its next reload."""
+    every caller waits for its next reload. A reload reads only the revocations
+    committed since the last one (``load_after``, from the store's position): a
+    revocation is never lifted, so what the view holds stays true."""
 
     def __init__(
         self,
-        load: Callable[[], list[Revocation]],
+        load_after: Callable[[int], tuple[list[Revocation], int]],
         generation: Callable[[], int],
         max_age: float,
         clock: Callable[[], float],
     ) -> None:
-        self._load = load
+        self._load_after = load_after
+        self._position = 0  # of the last revocation read
         self._principals: frozenset[str] = frozenset()
         self._serials: frozenset[str] = frozenset()
         self._refresher = Refresher(self._reload, generation, max_age, clock, fail_closed=True)
@@ -81,11 +85,11 @@ class RevocationView:
         self._refresher.refresh()
 
     def _reload(self) -> None:
-        revocations = self._load()
-        self._principals = frozenset(
-            r.value for r in revocations if r.kind is RevocationKind.PRINCIPAL
-        )
-        self._serials = frozenset(r.value for r in revocations if r.kind is RevocationKind.SERIAL)
+        added, position = self._load_after(self._position)
+        if added:  # new sets, each replaced in one assignment: readers never see one half-built
+            self._principals |= {r.value for r in added if r.kind is RevocationKind.PRINCIPAL}
+            self._serials |= {r.value for r in added if r.kind is RevocationKind.SERIAL}
+        self._position = position
 
     def check(self, principal: Principal, serial: str) -> None:
         """Raises :class:`Forbidden` (``IDENTITY_REVOKED``) for a revoked principal id or
@@ -111,7 +115,7 @@ class Revocations:
         self._deps = deps
         self._store = deps.store
         self.view = RevocationView(
-            deps.store.revocations,
+            deps.store.revocations_after,
             deps.store.revocation_generation,
             deps.limits.freeze_cache_seconds,
             time.monotonic,

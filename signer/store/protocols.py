@@ -268,6 +268,13 @@ class RevocationStore(Protocol):
     def revocations(self) -> list[Revocation]:
         """Every revocation, oldest first."""
 
+    def revocations_after(self, position: int) -> tuple[list[Revocation], int]:
+        """The revocations committed after ``position`` (0: every one), in commit order,
+        and the position to ask from next time: an in-memory view reads only what is new,
+        at a cost that does not grow with the revocations it already holds. A backend
+        hands out positions in commit order, so that no revocation committed later gets
+        a position below one a reader has already seen."""
+
     def revocation_generation(self) -> int:
         """A number that changes whenever this process revokes through the store (no
         I/O): in-memory views of the revocations reload at once when it moves."""

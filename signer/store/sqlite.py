@@ -311,5 +311,18 @@ class SqliteStore(SqliteConnection):
         )
         return [Revocation(RevocationKind(k), v, why, op, at) for k, v, why, op, at in rows]
 
+    def revocations_after(self, position: int) -> tuple[list[Revocation], int]:
+        # The rowid: never reused (nothing is deleted), and handed out in commit order
+        # (one writer at a time): a reader that saw a row has seen every earlier one.
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT rowid, kind, value, reason, operator, created_at FROM revocations"
+                " WHERE rowid > ? ORDER BY rowid",
+                (position,),
+            ).fetchall()
+        )
+        found = [Revocation(RevocationKind(k), v, why, op, at) for _, k, v, why, op, at in rows]
+        return found, rows[-1][0] if rows else position
+
     def revocation_generation(self) -> int:
         return self._revocation_generation
