@@ -186,3 +186,16 @@ class InvariantBroken(Exception):
     its approval, spend beyond a budget the policy just checked): a bug or an edit
     behind the signer's back, not unavailability. Nothing is decided or signed; the
     caller gets INTERNAL, not a hint to retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOverview:
+    """What an agent holds and uses now, read in one read transaction by the same
+    fact reads as a decision (``paywarden explain agent``)."""
+
+    usage: Mapping[str, AgentUsage]  # per asset asked for (payee facts: none asked)
+    sessions: tuple[SessionRecord, ...]  # its open sessions, soonest expiry first, capped
+    open_sessions: int  # how many are open in all
+    pending_approvals: int  # its payments waiting for an approver, not expired
+    freezes: tuple[Freeze, ...]  # global, the agent's, its open sessions', the keys asked for
+    window: WindowStats | None  # the breaker's window, when a breaker window was asked for

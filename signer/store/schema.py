@@ -15,7 +15,7 @@ from paywarden.signer.auditlog import merkle
 from paywarden.signer.store import sqlite_facts
 from paywarden.signer.store.records import StoreError
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -295,6 +295,11 @@ MIGRATIONS: dict[int, str] = {
         created_at INTEGER NOT NULL,
         PRIMARY KEY (kind, value)
     );
+    """,
+    # An agent's open sessions, found without reading every session ever opened
+    # (``paywarden explain agent``): closed ones leave the index.
+    10: """
+    CREATE INDEX sessions_open_agent ON sessions(agent_id, expires_at) WHERE closed_at IS NULL;
     """,
 }
 

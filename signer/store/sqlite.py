@@ -19,10 +19,11 @@ from typing import Any
 
 from paywarden.policy.vocabulary import FreezeScope, PlanLine
 from paywarden.signer.auditlog.append import AuditState
-from paywarden.signer.store import schema
+from paywarden.signer.store import schema, sqlite_agent
 from paywarden.signer.store import sqlite_reads as reads
 from paywarden.signer.store import sqlite_tx as tx
 from paywarden.signer.store.records import (
+    AgentOverview,
     ApprovalRecord,
     Checkpoint,
     DecisionRecord,
@@ -326,3 +327,37 @@ class SqliteStore(SqliteConnection):
 
     def revocation_generation(self) -> int:
         return self._revocation_generation
+
+    # -- an agent's overview ---------------------------------------------------------
+
+    def agent_overview(
+        self,
+        agent_id: str,
+        *,
+        assets: Collection[str],
+        keys: Collection[str],
+        now: int,
+        day_start: int,
+        velocity_seconds: int,
+        breaker_seconds: int | None,
+        max_sessions: int,
+    ) -> AgentOverview:
+        def read(conn: sqlite3.Connection) -> AgentOverview:
+            conn.execute("BEGIN")  # one snapshot for every part
+            try:
+                return sqlite_agent.agent_overview(
+                    conn,
+                    agent_id,
+                    assets=assets,
+                    keys=keys,
+                    now=now,
+                    day_start=day_start,
+                    velocity_seconds=velocity_seconds,
+                    breaker_seconds=breaker_seconds,
+                    max_sessions=max_sessions,
+                )
+            finally:
+                conn.execute("COMMIT")
+
+        result: AgentOverview = self._read(read)
+        return result

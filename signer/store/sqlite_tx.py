@@ -30,6 +30,7 @@ from paywarden.signer.store.records import (
     StoreError,
     WindowStats,
 )
+from paywarden.signer.store.sqlite_agent import breaker_window
 
 
 def append_audit(conn: sqlite3.Connection, event: Mapping[str, Any]) -> int:
@@ -235,12 +236,7 @@ class SqlitePaymentTx(SqliteSignatureTx):
 
     def window_stats(self, agent_id: str, since: int, payee_key: str) -> WindowStats:
         # An operator's unfreeze starts the breaker's window afresh for the agent.
-        reset = self._conn.execute(
-            "SELECT at FROM breaker_resets WHERE agent_id = ?", (agent_id,)
-        ).fetchone()
-        if reset is not None:
-            since = max(since, int(reset[0]))
-        return facts.window_stats(self._conn, agent_id, since, payee_key)
+        return breaker_window(self._conn, agent_id, since, payee_key)
 
     def freeze(self, freeze: Freeze) -> bool:
         return add_freeze(self._conn, freeze)
