@@ -229,7 +229,11 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
         SessionsServicer(stack.service.sessions, edge),
         ApprovalsServicer(stack.service.approvals, edge),
         ControlServicer(
-            stack.service.freezes, stack.service.checkpoints, edge, stack.service.revocations
+            stack.service.freezes,
+            stack.service.checkpoints,
+            edge,
+            stack.service.revocations,
+            stack.service.explain,
         ),
     )
 

@@ -1,14 +1,29 @@
 """``paywarden explain agent`` (issue 12, point 5): what an agent can do right now.
 
 The store's overview of one agent is read with the deciding path's own fact reads and
-searches indexes only (no scan of the history).
+searches indexes only (no scan of the history). Against the real ``paywarden serve``:
+a fixture agent with a pack, signed payments, a held one and open sessions is explained
+by ``Control.ExplainAgent`` and by ``paywarden explain agent``, and every field is
+checked against the pack's text and against the spend the store recorded (its rows,
+recomputed here by the rule of what counts, not by the signer's aggregates).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
+import grpc
+import pytest
 from paywarden.policy.vocabulary import (
     ApprovalStatus,
     FreezeScope,
@@ -16,6 +31,7 @@ from paywarden.policy.vocabulary import (
     ReservationStatus,
     Verdict,
 )
+from paywarden.signer.errors import Reason
 from paywarden.signer.store.records import (
     ApprovalRecord,
     DecisionRecord,
@@ -24,6 +40,13 @@ from paywarden.signer.store.records import (
     SessionRecord,
 )
 from paywarden.signer.store.sqlite import SqliteStore
+from paywarden.v1 import control_pb2, sessions_pb2, signer_pb2
+
+from tests.helpers import Pki, ServeProcess, TestToken, reason_of, write_config
+from tests.support.cli import ctl, paywarden
+from tests.support.clients import Api, running_api, signed
+from tests.support.intents import payment_request
+from tests.support.sessions import open_session
 
 DAY = 86_400
 T0 = 1_750_000_000 - 1_750_000_000 % DAY + 12 * 3_600  # noon UTC
@@ -149,3 +172,371 @@ def test_the_overview_searches_indexes_and_never_scans(tmp_path: Path) -> None:
     assert checked > 10
     assert any("INDEXED BY sessions_open_agent" in s for s in statements)
     conn.close()
+
+
+# -- against the running signer --------------------------------------------------------
+
+TIMEOUT = 30
+FIXTURE_PACK = """
+id = "explain-fixture"
+version = 3
+agents = ["agent-1"]
+
+[assets.USD]
+keys = ["payments.v1", "payments.v2"]
+max_per_payment = "50"
+daily_limit = "120.5"
+rolling_24h_limit = "200"
+approval_above = "40"
+approval_tiers = [{ above = "45", approvers = 2 }]
+
+[assets.JPY]
+keys = ["payments.v2"]
+max_per_payment = "9000"
+
+[payees]
+allow = ["acme-data", "globex"]
+allow_patterns = ["vendor-[0-9]+"]
+deny = ["evil-corp"]
+deny_patterns = ["scam-.*"]
+first_payment = "allow"
+
+[velocity]
+max_payments = 10
+window_seconds = 3600
+
+[diversity]
+max_payees_per_session = 5
+max_payees_per_day = 8
+
+[hours]
+start = "{start}"
+end = "{end}"
+
+[breaker]
+window_seconds = 3600
+max_rejections = 50
+max_spend = { USD = "500" }
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = { USD = "100", JPY = "5000" }
+"""
+# (asset, payee, amount, key) signed for agent-1 in its first session, then one held.
+SIGNED = (
+    ("USD", "acme-data", "12.50", "payments.v1"),
+    ("USD", "vendor-7", "7.25", "payments.v2"),
+    ("USD", "globex", "30", "payments.v1"),
+    ("JPY", "acme-data", "500", "payments.v2"),
+)
+HELD = ("USD", "globex", "42", "payments.v1")  # above approval_above: waits for an approver
+
+
+@dataclass
+class Fixture:
+    srv: ServeProcess
+    api: Api
+    db: Path
+    first: str  # the session that paid
+    second: str  # an open session that paid nothing
+    closed: str
+
+
+@pytest.fixture(scope="module")
+def fixture_agent(
+    tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki
+) -> Iterator[Fixture]:
+    directory = tmp_path_factory.mktemp("explain")
+    config = write_config(directory, token, pki, packs={"fixture.toml": _fixture_pack()})
+    with running_api(config, pki) as (srv, api):
+        first = open_session(api.planner, "agent-1", {"USD": "100", "JPY": "5000"}, ttl=3000)
+        second = open_session(api.planner, "agent-1", {"USD": "10"}, ttl=3500)
+        closed = open_session(api.planner, "agent-1", {"USD": "10"}, ttl=3500)
+        api.planner.CloseSession(_close_request(closed), timeout=TIMEOUT)
+        for asset, payee, amount, key in SIGNED:
+            signed(api.answer(_fixture_intent(first, asset, payee, amount, key)))
+        held = api.sign(_fixture_intent(first, *HELD))
+        assert held.status == signer_pb2.PENDING_APPROVAL
+        denied = api.answer(_fixture_intent(first, "USD", "evil-corp", "1", "payments.v1"))
+        assert isinstance(denied, grpc.RpcError)
+        yield Fixture(srv, api, directory / "state.db", first, second, closed)
+
+
+def _fixture_pack() -> str:
+    """The pack, its allowed hours from an hour ago to two hours ahead (UTC): the
+    payments are made and explained well inside them, whenever the test runs."""
+    now = datetime.now(UTC)
+    start, end = now - timedelta(hours=1), now + timedelta(hours=2)
+    return FIXTURE_PACK.replace("{start}", start.strftime("%H:%M")).replace(
+        "{end}", end.strftime("%H:%M")
+    )
+
+
+def _close_request(session_id: str) -> sessions_pb2.CloseSessionRequest:
+    return sessions_pb2.CloseSessionRequest(session_id=session_id)
+
+
+def _fixture_intent(session_id: str, asset: str, payee: str, amount: str, key: str) -> Any:
+    return payment_request(
+        session_id, asset=asset, payee=payee, amount=amount, key_id=key, expires_in=240
+    ).intent
+
+
+def _explained(api: Api, agent: str) -> tuple[control_pb2.ExplainAgentResponse, dict[str, Any]]:
+    resp: control_pb2.ExplainAgentResponse = api.control().ExplainAgent(
+        control_pb2.ExplainAgentRequest(agent_id=agent), timeout=TIMEOUT
+    )
+    return resp, json.loads(resp.document)
+
+
+def _recorded(db: Path, agent: str, asset: str, since: int, now: int) -> Decimal:
+    """The agent's spend in ``asset`` created at or after ``since`` that counts at ``now``,
+    recomputed from the stored reservations by the rule of what counts (signed, or
+    not released and not expired), in the asset's units."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows = conn.execute(
+        "SELECT r.amount_minor, s.decimals FROM reservations r JOIN decisions d"
+        " ON d.id = r.decision_id JOIN session_budgets s ON s.session_id = r.session_id"
+        " AND s.asset = r.asset WHERE r.agent_id = ? AND r.asset = ? AND r.created_at >= ?"
+        " AND r.status != 'released' AND (r.expires_at > ? OR d.jws IS NOT NULL)",
+        (agent, asset, since, now),
+    ).fetchall()
+    conn.close()
+    return sum((Decimal(int(m)).scaleb(-d) for m, d in rows), Decimal(0))
+
+
+def _live_rows(db: Path, agent: str, since: int, now: int) -> list[tuple[str, int]]:
+    """(payee key, created_at) of the agent's reservations in every asset created at or
+    after ``since`` that count at ``now`` (signed, or not released and not expired)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows = conn.execute(
+        "SELECT r.payee_key, r.created_at FROM reservations r JOIN decisions d"
+        " ON d.id = r.decision_id WHERE r.agent_id = ? AND r.created_at >= ?"
+        " AND r.status != 'released' AND (r.expires_at > ? OR d.jws IS NOT NULL)",
+        (agent, since, now),
+    ).fetchall()
+    conn.close()
+    return [(str(p), int(t)) for p, t in rows]
+
+
+def _count(db: Path, sql: str, *params: object) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    (n,) = conn.execute(sql, params).fetchone()
+    conn.close()
+    return int(n)
+
+
+def _d(text: str) -> Decimal:
+    return Decimal(text)
+
+
+def test_every_field_matches_the_pack_and_the_recorded_spend(fixture_agent: Fixture) -> None:
+    fx = fixture_agent
+    resp, doc = _explained(fx.api, "agent-1")
+    assert resp.agent_id == "agent-1" and resp.covered and doc["covered"] is True
+    assert doc["schema"] == "paywarden.explain.agent/v1" and doc["agent_id"] == "agent-1"
+    now, tz = doc["at"], ZoneInfo(doc["timezone"])
+    assert doc["timezone"] == "UTC"
+    local = datetime.fromtimestamp(now, tz)
+    midnight = datetime.combine(local.date(), datetime.min.time(), tzinfo=tz)
+    assert doc["day_start"] == int(midnight.timestamp())
+    power = doc["power"]
+    pack_text = (fx.db.parent / "policy" / "fixture.toml").read_bytes()
+    assert power["cover"] == {
+        "id": "explain-fixture",
+        "version": 3,
+        "sha256": hashlib.sha256(pack_text).hexdigest(),
+        "via": "agents",
+    }
+    assets = {a["asset"]: a for a in power["assets"]}
+    assert sorted(assets) == ["JPY", "USD"]
+    usd, jpy = assets["USD"], assets["JPY"]
+    assert [k["key_id"] for k in usd["keys"]] == ["payments.v1", "payments.v2"]
+    assert [k["key_id"] for k in jpy["keys"]] == ["payments.v2"]
+    assert all(k["configured"] is True and k["state"] is None for k in usd["keys"] + jpy["keys"])
+    assert (usd["decimals"], jpy["decimals"]) == (2, 0)
+    assert _d(usd["max_per_payment"]) == _d("50") and usd["max_per_payment"] == "50.00"
+    assert _d(jpy["max_per_payment"]) == _d("9000")
+    # Spend: what the store recorded, and what the test sent.
+    sent_usd = sum(_d(a) for s, _, a, _ in (*SIGNED, HELD) if s == "USD")
+    sent_jpy = sum(_d(a) for s, _, a, _ in SIGNED if s == "JPY")
+    today_usd = _recorded(fx.db, "agent-1", "USD", doc["day_start"], now)
+    last_24h_usd = _recorded(fx.db, "agent-1", "USD", now - 86_400 + 1, now)
+    assert last_24h_usd == sent_usd == _d("91.75")  # "today" may have begun since
+    today_jpy = _recorded(fx.db, "agent-1", "JPY", doc["day_start"], now)
+    assert _recorded(fx.db, "agent-1", "JPY", now - 86_400 + 1, now) == sent_jpy
+    assert _d(usd["spent_today"]) == today_usd and _d(usd["spent_24h"]) == last_24h_usd
+    assert _d(jpy["spent_today"]) == today_jpy and _d(jpy["spent_24h"]) == sent_jpy
+    assert {k: _d(v) for k, v in usd["daily"].items()} == {
+        "limit": _d("120.5"), "used": today_usd, "remaining": _d("120.5") - today_usd,
+    }  # fmt: skip
+    assert {k: _d(v) for k, v in usd["rolling_24h"].items()} == {
+        "limit": _d("200"), "used": last_24h_usd, "remaining": _d("200") - last_24h_usd,
+    }  # fmt: skip
+    assert jpy["daily"] is None and jpy["rolling_24h"] is None
+    assert [(_d(s["above"]), s["approvers"]) for s in usd["approval"]] == [
+        (_d("40"), 1),
+        (_d("45"), 2),
+    ]
+    assert jpy["approval"] == []
+    assert power["payees"] == {
+        "allow": ["acme-data", "globex"],
+        "allow_patterns": ["vendor-[0-9]+"],
+        "deny": ["evil-corp"],
+        "deny_patterns": ["scam-.*"],
+        "first_payment": "allow",
+    }
+    payments = len(_live_rows(fx.db, "agent-1", now - 3600 + 1, now))
+    assert payments == len(SIGNED) + 1  # the held one counts too
+    assert power["velocity"] == {
+        "window_seconds": 3600,
+        "payments": {"limit": 10, "used": payments, "remaining": 10 - payments},
+    }
+    payees = len({p for p, _ in _live_rows(fx.db, "agent-1", doc["day_start"], now)})
+    assert power["diversity"] == {
+        "max_payees_per_session": 5,
+        "payees_today": payees,
+        "per_day": {"limit": 8, "used": payees, "remaining": 8 - payees},
+    }
+    hours = tomllib.loads(pack_text.decode("utf-8"))["hours"]
+    assert power["hours"] == {"start": hours["start"], "end": hours["end"], "open_now": True}
+    decisions = _count(
+        fx.db, "SELECT COUNT(*) FROM decisions WHERE agent_id = ? AND created_at > ?",
+        "agent-1", now - 3600,
+    )  # fmt: skip
+    denials = _count(
+        fx.db,
+        "SELECT COUNT(*) FROM decisions WHERE agent_id = ? AND created_at > ? AND outcome = ?",
+        "agent-1", now - 3600, "deny",
+    )  # fmt: skip
+    breaker = power["breaker"]
+    assert (decisions, denials) == (len(SIGNED) + 2, 1)
+    assert breaker["decisions"] >= decisions and breaker["denials"] >= denials
+    assert breaker["decisions"] - decisions == breaker["denials"] - denials  # refusals
+    assert {k: _d(v) for k, v in breaker["spend"].items()} == {"USD": sent_usd, "JPY": sent_jpy}
+    assert breaker["payees"] == len({p for _, p, _, _ in (*SIGNED, HELD)})
+    assert (breaker["window_seconds"], breaker["max_rejections"]) == (3600, 50)
+    assert breaker["max_rejection_rate"] is None and breaker["min_decisions"] == 10
+    assert {k: _d(v) for k, v in breaker["max_spend"].items()} == {"USD": _d("500")}
+    assert breaker["max_payees"] is None
+    assert power["sessions"] == {
+        "max_ttl_seconds": 3600,
+        "max_budget": {"JPY": "5000", "USD": "100.00"},
+        "require_plan": False,
+    }
+    # Sessions: the two open ones, soonest expiry first; the closed one is not listed.
+    assert doc["open_sessions_total"] == 2
+    first, second = doc["open_sessions"]
+    assert (first["session_id"], second["session_id"]) == (fx.first, fx.second)
+    assert first["state"] == second["state"] == "open"
+    assert first["phase"] == second["phase"] == "normal"
+    assert first["expires_at"] < second["expires_at"]
+    assert first["pack_id"] == "explain-fixture" and first["pack_version"] == 3
+    assert first["pack_sha256"] == power["cover"]["sha256"]
+    assert [(b["asset"], _d(b["budget"]), _d(b["spent"]), _d(b["remaining"])) for b in
+            first["budgets"]] == [
+        ("JPY", _d("5000"), sent_jpy, _d("5000") - sent_jpy),
+        ("USD", _d("100"), sent_usd, _d("100") - sent_usd),
+    ]  # fmt: skip
+    assert first["payees"] == len({p for _, p, _, _ in (*SIGNED, HELD)})
+    assert first["allowed_payees"] == []
+    assert (first["plan_lines"], first["plan_lines_used"]) == (0, 0)
+    assert [(b["asset"], b["spent"], b["remaining"]) for b in second["budgets"]] == [
+        ("USD", "0.00", "10.00")
+    ]
+    assert (
+        doc["pending_approvals"]
+        == 1
+        == _count(fx.db, "SELECT COUNT(*) FROM approvals WHERE status = 'pending'")
+    )
+    assert doc["freezes"] == []
+
+
+def test_the_freezes_that_stop_the_agent_are_listed(fixture_agent: Fixture, pki: Pki) -> None:
+    fx = fixture_agent
+    for args in (
+        ("agent", "agent-1"),
+        ("key", "payments.v2"),
+        ("session", fx.second),
+        ("agent", "agent-2"),  # another agent's: not listed
+    ):
+        assert ctl(fx.srv, pki, "freeze", *args, "--reason", "explain test").returncode == 0
+    try:
+        _, doc = _explained(fx.api, "agent-1")
+        assert {(f["scope"], f["target"]) for f in doc["freezes"]} == {
+            ("agent", "agent-1"),
+            ("key", "payments.v2"),
+            ("session", fx.second),
+        }
+        assert all(f["actor"] == "operator/operator-1" for f in doc["freezes"])
+        assert all(f["reason"] == "explain test" for f in doc["freezes"])
+        out = _explain_cli(fx.srv, pki, "agent-1")
+        assert out.returncode == 0, out.stderr
+        assert "FROZEN: agent agent-1 by operator/operator-1" in out.stdout
+    finally:
+        for args in (
+            ("agent", "agent-1"),
+            ("key", "payments.v2"),
+            ("session", fx.second),
+            ("agent", "agent-2"),
+        ):
+            ctl(fx.srv, pki, "unfreeze", *args, "--reason", "explain test over")
+    _, doc = _explained(fx.api, "agent-1")
+    assert doc["freezes"] == []
+
+
+def _explain_cli(srv: ServeProcess, pki: Pki, *args: str) -> Any:
+    return paywarden(
+        "explain", "--addr", srv.addr, "--ca", pki.dir / "ca.crt",
+        "--cert", pki.dir / "operator-operator-1.crt",
+        "--key", pki.dir / "operator-operator-1.key",
+        "agent", *args, timeout=60,
+    )  # fmt: skip
+
+
+def test_the_command_prints_the_report_and_the_document(fixture_agent: Fixture, pki: Pki) -> None:
+    fx = fixture_agent
+    as_json = _explain_cli(fx.srv, pki, "agent-1", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    printed = json.loads(as_json.stdout)
+    _, doc = _explained(fx.api, "agent-1")
+    for moving in ("at", "day_start"):  # read at two instants
+        printed.pop(moving), doc.pop(moving)
+    assert printed == doc
+    report = _explain_cli(fx.srv, pki, "agent-1")
+    assert report.returncode == 0, report.stderr
+    text = report.stdout
+    assert "pack explain-fixture v3" in text
+    assert "USD: keys payments.v1, payments.v2; at most 50.00 per payment" in text
+    assert "daily limit: 120.50, used 91.75, remains 28.75" in text
+    assert "rolling 24 h limit: 200.00, used 91.75, remains 108.25" in text
+    assert "approval: above 40.00: 1 approver(s); above 45.00: 2 approver(s)" in text
+    assert f"{fx.first}: open, phase normal" in text
+    assert "USD: budget 100.00, spent 91.75, remains 8.25" in text
+    assert "pending approvals: 1" in text and "freezes: none" in text
+
+
+def test_an_agent_no_pack_covers_is_reported_not_refused(fixture_agent: Fixture, pki: Pki) -> None:
+    resp, doc = _explained(fixture_agent.api, "agent-2")
+    assert resp.covered is False and doc["covered"] is False and doc["power"] is None
+    assert doc["open_sessions"] == [] and doc["open_sessions_total"] == 0
+    assert doc["pending_approvals"] == 0 and doc["freezes"] == []
+    report = _explain_cli(fixture_agent.srv, pki, "agent-2")
+    assert report.returncode == 0, report.stderr
+    assert "no policy pack covers this agent" in report.stdout
+
+
+def test_only_an_operator_may_ask_and_only_about_an_agent_id(fixture_agent: Fixture) -> None:
+    api = fixture_agent.api
+    request = control_pb2.ExplainAgentRequest(agent_id="agent-1")
+    for role, who in (("agent", "agent-1"), ("planner", "planner-1"), ("approver", "approver-1")):
+        with pytest.raises(grpc.RpcError) as err:
+            api.control(role, who).ExplainAgent(request, timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert reason_of(err.value) == Reason.ROLE_NOT_ALLOWED.value
+    for bad in ("", "Agent-1", "agent/1", "a" * 129, "agent-1\n"):
+        with pytest.raises(grpc.RpcError) as err:
+            api.control().ExplainAgent(
+                control_pb2.ExplainAgentRequest(agent_id=bad), timeout=TIMEOUT
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad

@@ -50,6 +50,7 @@ RPC_ROLES: dict[str, frozenset[Role]] = {
     "/paywarden.v1.Control/Checkpoint": frozenset({Role.OPERATOR}),
     "/paywarden.v1.Control/InclusionProof": frozenset({Role.OPERATOR}),
     "/paywarden.v1.Control/ConsistencyProof": frozenset({Role.OPERATOR}),
+    "/paywarden.v1.Control/ExplainAgent": frozenset({Role.OPERATOR}),
 }
 
 

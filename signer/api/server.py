@@ -261,7 +261,9 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     add_servicer(server, ApprovalsServicer(service.approvals, edge), "paywarden.v1.Approvals")
     add_servicer(
         server,
-        ControlServicer(service.freezes, service.checkpoints, edge, service.revocations),
+        ControlServicer(
+            service.freezes, service.checkpoints, edge, service.revocations, service.explain
+        ),
         "paywarden.v1.Control",
     )
     health_servicer = health.HealthServicer()

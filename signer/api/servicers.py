@@ -9,6 +9,8 @@ from paywarden.signer import deadlines
 from paywarden.signer.api.authz import Edge, rpc
 from paywarden.signer.core.approvals import Approvals
 from paywarden.signer.core.checkpoints import Checkpoints
+from paywarden.signer.core.explain import Explain
+from paywarden.signer.core.explain_document import document_bytes
 from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import IntentFields
@@ -268,12 +270,18 @@ def _revocation_proto(r: Revocation) -> control_pb2.RevocationRecord:
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
     def __init__(
-        self, freezes: Freezes, checkpoints: Checkpoints, edge: Edge, revocations: Revocations
+        self,
+        freezes: Freezes,
+        checkpoints: Checkpoints,
+        edge: Edge,
+        revocations: Revocations,
+        explain: Explain,
     ) -> None:
         self.freezes = freezes
         self.checkpoints = checkpoints
         self.edge = edge
         self.revocations = revocations
+        self.explain = explain
 
     @rpc("/paywarden.v1.Control/Freeze")
     def Freeze(
@@ -359,4 +367,15 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         first, second, proof = self.checkpoints.consistency_proof(request.first, request.second)
         return control_pb2.ConsistencyProofResponse(
             first_root=first.hex(), second_root=second.hex(), proof=[h.hex() for h in proof]
+        )
+
+    @rpc("/paywarden.v1.Control/ExplainAgent")
+    def ExplainAgent(
+        self, caller: Principal, request: control_pb2.ExplainAgentRequest
+    ) -> control_pb2.ExplainAgentResponse:
+        explanation = self.explain.agent(caller, request.agent_id)
+        return control_pb2.ExplainAgentResponse(
+            agent_id=explanation.agent_id,
+            covered=explanation.power is not None,
+            document=document_bytes(explanation).decode("utf-8"),
         )

@@ -13,7 +13,7 @@ from types import FrameType
 from paywarden.signer import logs
 from paywarden.signer.api.server import start
 from paywarden.signer.api.startup import StartupError
-from paywarden.signer.cli import approvals, audit, ctl
+from paywarden.signer.cli import approvals, audit, ctl, explain
 from paywarden.signer.cli.support import CliExit, config_from_args
 from paywarden.signer.config_file import ConfigError, load_config
 from paywarden.signer.store import sqlite_reads
@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ctl_parser = sub.add_parser("ctl", help="operator: freeze, unfreeze, checkpoint (over mTLS)")
     ctl.add_arguments(ctl_parser)
     ctl_parser.set_defaults(fn=ctl.run)
+    explain_parser = sub.add_parser("explain", help="operator: what an agent can do now (mTLS)")
+    explain.add_arguments(explain_parser)
+    explain_parser.set_defaults(fn=explain.run)
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)

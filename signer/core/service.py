@@ -20,6 +20,7 @@ from paywarden.signer.config import Config
 from paywarden.signer.core.approvals import Approvals
 from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.deps import Deps
+from paywarden.signer.core.explain import Explain
 from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import IntentFields
@@ -56,6 +57,7 @@ class SigningService:
         self.freezes = Freezes(deps, unfrozen=self.refusals.operator_unfroze)
         self.checkpoints = Checkpoints(deps)
         self.revocations = Revocations(deps)
+        self.explain = Explain(deps, self.refusals)
 
     # Shortcuts for tests and tools that drive the core directly.
 

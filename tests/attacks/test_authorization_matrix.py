@@ -54,6 +54,7 @@ EXPECTED: dict[str, tuple[str, frozenset[str]]] = {
     "/paywarden.v1.Control/Checkpoint": (UNARY, frozenset({OPERATOR})),
     "/paywarden.v1.Control/InclusionProof": (UNARY, frozenset({OPERATOR})),
     "/paywarden.v1.Control/ConsistencyProof": (UNARY, frozenset({OPERATOR})),
+    "/paywarden.v1.Control/ExplainAgent": (UNARY, frozenset({OPERATOR})),
     "/grpc.health.v1.Health/Check": (UNARY, EVERY_ROLE),
     "/grpc.health.v1.Health/Watch": (SERVER_STREAM, EVERY_ROLE),
     # Registered by grpc_health's generated code, not implemented by its servicer

@@ -187,3 +187,19 @@ class ConsistencyProofResponse(_message.Message):
     second_root: str
     proof: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, first_root: _Optional[str] = ..., second_root: _Optional[str] = ..., proof: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExplainAgentRequest(_message.Message):
+    __slots__ = ("agent_id",)
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+
+class ExplainAgentResponse(_message.Message):
+    __slots__ = ("agent_id", "covered", "document")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COVERED_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    covered: bool
+    document: str
+    def __init__(self, agent_id: _Optional[str] = ..., covered: _Optional[bool] = ..., document: _Optional[str] = ...) -> None: ...

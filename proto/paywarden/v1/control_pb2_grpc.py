@@ -74,6 +74,11 @@ class ControlStub:
                 request_serializer=paywarden_dot_v1_dot_control__pb2.ConsistencyProofRequest.SerializeToString,
                 response_deserializer=paywarden_dot_v1_dot_control__pb2.ConsistencyProofResponse.FromString,
                 _registered_method=True)
+        self.ExplainAgent = channel.unary_unary(
+                '/paywarden.v1.Control/ExplainAgent',
+                request_serializer=paywarden_dot_v1_dot_control__pb2.ExplainAgentRequest.SerializeToString,
+                response_deserializer=paywarden_dot_v1_dot_control__pb2.ExplainAgentResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -138,6 +143,16 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainAgent(self, request, context):
+        """Roles: operator. What an agent can do right now: the pack that covers it, every
+        limit with what is used and what remains today, its open sessions, pending
+        approvals and the freezes that stop it. An agent no pack covers is answered
+        (covered false); a malformed agent id is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +195,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ConsistencyProof,
                     request_deserializer=paywarden_dot_v1_dot_control__pb2.ConsistencyProofRequest.FromString,
                     response_serializer=paywarden_dot_v1_dot_control__pb2.ConsistencyProofResponse.SerializeToString,
+            ),
+            'ExplainAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainAgent,
+                    request_deserializer=paywarden_dot_v1_dot_control__pb2.ExplainAgentRequest.FromString,
+                    response_serializer=paywarden_dot_v1_dot_control__pb2.ExplainAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +418,33 @@ class Control:
             '/paywarden.v1.Control/ConsistencyProof',
             paywarden_dot_v1_dot_control__pb2.ConsistencyProofRequest.SerializeToString,
             paywarden_dot_v1_dot_control__pb2.ConsistencyProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paywarden.v1.Control/ExplainAgent',
+            paywarden_dot_v1_dot_control__pb2.ExplainAgentRequest.SerializeToString,
+            paywarden_dot_v1_dot_control__pb2.ExplainAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,
