@@ -9,11 +9,19 @@ exactly those warnings.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import subprocess
 from pathlib import Path
 
 from paywarden.policy.lint import LintCode, Observed, SignedPayment, lint
 from paywarden.policy.packs import PackSet, build_pack_set, load_pack
 from paywarden.policy.vocabulary import Asset
+
+from tests.helpers import Pki, TestToken, write_config
+from tests.support.cli import paywarden, settings_free_env
+from tests.support.clients import running_api, signed
+from tests.support.intents import payment_request
+from tests.support.sessions import open_session
 
 LINT_ASSETS = {
     "USD": Asset("USD", 2),
@@ -217,3 +225,111 @@ def test_a_calendar_day_is_the_policys(tmp_path: Path) -> None:
     assert utc.daily_peak["agent-4", "USD"] == (60_00, "agent-4")
     assert ny.daily_peak["agent-4", "USD"] == (120_00, "agent-4")
     assert utc.two_day_peak["agent-4", "USD"] == (120_00, "agent-4")
+
+
+# -- the command -------------------------------------------------------------------------
+
+USAGE_PACK = """
+id = "usage"
+version = 1
+agents = ["agent-1"]
+
+[assets.USD]
+keys = ["payments.v1", "payments.v2"]
+max_per_payment = "500"
+daily_limit = "1000"
+rolling_24h_limit = "2000"
+approval_above = "400"
+
+[assets.JPY]
+keys = ["payments.v1"]
+max_per_payment = "1000"
+daily_limit = "1000"
+approval_above = "500"
+
+[payees]
+allow = ["acme-data", "globex"]
+allow_patterns = ["vendor-[0-9]+", "shop-[a-z]+"]
+first_payment = "allow"
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = { USD = "100", JPY = "1000" }
+"""
+EVERYONE = '\n[groups]\neveryone = ["agent-1", "agent-2", "agent-3", "agent-4"]\n'
+
+
+def _lint_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return paywarden("policy", "lint", *args, env=settings_free_env())
+
+
+def _json_codes(out: str) -> set[tuple[str, str, str]]:
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert all(set(r) == {"code", "pack", "file", "path", "message"} for r in rows)
+    return {(r["pack"], r["code"], r["path"]) for r in rows}
+
+
+def test_the_command_exits_1_on_warnings_and_0_on_a_clean_pack(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    config = write_config(
+        tmp_path / "broad", token, pki, packs={"broad.toml": BROAD, "tight.toml": TIGHT},
+        extra=EVERYONE,
+    )  # fmt: skip
+    proc = _lint_cli("--config", config, "--no-usage")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for code, path in (
+        (LintCode.PATTERN_MATCHES_ANY, "payees.allow_patterns[0]"),
+        (LintCode.PATTERN_WIDE, "payees.allow_patterns[1]"),
+        (LintCode.NO_DAY_LIMIT, "assets.BTC"),
+        (LintCode.NO_APPROVAL, "assets.BTC"),
+        (LintCode.APPROVAL_UNREACHABLE, "assets.USD.approval_above"),
+        (LintCode.SESSION_NO_BUDGET, "sessions.max_budget.BTC"),
+        (LintCode.FIRST_PAYMENT_WITHOUT_APPROVAL, "payees.first_payment"),
+        (LintCode.SESSION_NO_PLAN, "sessions.require_plan"),
+        (LintCode.GROUP_COVERS_EVERY_AGENT, "groups[0]"),
+    ):
+        assert f"broad.toml: broad: {code}: {path}: " in proc.stdout
+    assert ": tight: " not in proc.stdout
+    assert "warning(s) in 2 pack(s)" in proc.stderr
+    as_json = _lint_cli("--config", config, "--no-usage", "--json")
+    assert as_json.returncode == 1
+    assert {c for p, c, _ in _json_codes(as_json.stdout)} == {
+        c for c in LintCode if not c.startswith("UNUSED_") and c != LintCode.LIMIT_FAR_ABOVE_SPEND
+    }
+    clean = write_config(tmp_path / "tight", token, pki, packs={"tight.toml": TIGHT})
+    proc = _lint_cli(tmp_path / "tight" / "policy", "--config", clean, "--no-usage")
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
+    assert "0 warning(s) in 1 pack(s)" in proc.stderr
+
+
+def test_the_command_reads_the_spend_the_store_recorded(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    config = write_config(tmp_path, token, pki, packs={"usage.toml": USAGE_PACK})
+    missing = _lint_cli("--config", config)
+    assert missing.returncode == 2 and "no store at" in missing.stderr
+    with running_api(config, pki) as (_srv, api):
+        session = open_session(api.planner, "agent-1", {"USD": "100", "JPY": "1000"}, ttl=600)
+        for payee, amount in (("acme-data", "10"), ("vendor-3", "5")):
+            request = payment_request(session, payee=payee, amount=amount, key_id="payments.v1")
+            signed(api.answer(request.intent))
+    proc = _lint_cli("--config", config, "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert _json_codes(proc.stdout) == {
+        ("usage", LintCode.LIMIT_FAR_ABOVE_SPEND, "assets.USD.max_per_payment"),  # 500 > 10 x 10
+        ("usage", LintCode.LIMIT_FAR_ABOVE_SPEND, "assets.USD.daily_limit"),  # 1000 > 10 x 15
+        ("usage", LintCode.LIMIT_FAR_ABOVE_SPEND, "assets.USD.rolling_24h_limit"),  # > 10 x 15
+        ("usage", LintCode.UNUSED_KEY, "assets.USD.keys[1]"),
+        ("usage", LintCode.UNUSED_ASSET, "assets.JPY"),
+        ("usage", LintCode.UNUSED_PAYEE, "payees.allow[1]"),
+        ("usage", LintCode.UNUSED_PATTERN, "payees.allow_patterns[1]"),
+        ("usage", LintCode.FIRST_PAYMENT_WITHOUT_APPROVAL, "payees.first_payment"),
+        ("usage", LintCode.SESSION_NO_PLAN, "sessions.require_plan"),
+    }
+    text = _lint_cli("--config", config).stdout
+    assert (
+        "daily_limit 1000 is more than 10x the highest calendar-day spend in the last 30 days"
+        " (15.00, agent-1)"
+    ) in text
+    assert _lint_cli("--config", config, "--days", "0").returncode == 2

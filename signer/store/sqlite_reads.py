@@ -348,3 +348,25 @@ def table_rows(path: Path, table: str) -> Iterator[dict[str, Any]]:
         columns = [c[0] for c in cursor.description]
         for row in cursor:
             yield dict(zip(columns, row, strict=True))
+
+
+def signed_payments(
+    path: Path, agent_ids: Iterable[str], since: int
+) -> list[tuple[str, str, str, str, int, int]]:
+    """The signed payments of these agents created at or after ``since``: (agent, asset,
+    key id, payee key, amount in minor units, created_at), read-only, in one read
+    transaction, through the agent's reservations index (the window's rows only)."""
+    out: list[tuple[str, str, str, str, int, int]] = []
+    with _read_only(path) as conn:
+        conn.execute("BEGIN")
+        for agent_id in sorted(set(agent_ids)):
+            for asset, key_id, payee, amount, at in conn.execute(
+                "SELECT r.asset, d.key_id, r.payee_key, r.amount_minor, r.created_at"
+                " FROM reservations r INDEXED BY reservations_agent"
+                " JOIN decisions d ON d.id = r.decision_id"
+                " WHERE r.agent_id = ? AND r.created_at >= ? AND r.signed = 1",
+                (agent_id, since),
+            ):
+                out.append((agent_id, asset, key_id, payee, int(amount), int(at)))
+        conn.execute("COMMIT")
+    return out
