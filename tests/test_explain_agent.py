@@ -514,6 +514,7 @@ def test_the_command_prints_the_report_and_the_document(fixture_agent: Fixture, 
     assert f"{fx.first}: open, phase normal" in text
     assert "USD: budget 100.00, spent 91.75, remains 8.25" in text
     assert "pending approvals: 1" in text and "freezes: none" in text
+    assert "breaker over 3600 s: freezes on more than 50 rejections, USD spend above 500.00" in text
 
 
 def test_an_agent_no_pack_covers_is_reported_not_refused(fixture_agent: Fixture, pki: Pki) -> None:

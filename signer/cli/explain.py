@@ -124,11 +124,7 @@ def _power(power: dict[str, Any]) -> list[str]:
         )
     b = power["breaker"]
     if b is not None:
-        lines.append(
-            f"  breaker over {b['window_seconds']} s: {b['decisions']} decisions,"
-            f" {b['denials']} denials, {b['payees']} payees, spend"
-            f" {_names([f'{k} {v}' for k, v in b['spend'].items()])}"
-        )
+        lines += _breaker(b)
     s = power["sessions"]
     budgets = _names([f"{k} {v}" for k, v in s["max_budget"].items()])
     lines.append(
@@ -136,3 +132,19 @@ def _power(power: dict[str, Any]) -> list[str]:
         f" plan required: {'yes' if s['require_plan'] else 'no'}"
     )
     return lines
+
+
+def _breaker(b: dict[str, Any]) -> list[str]:
+    trips = []
+    if b["max_rejections"] is not None:
+        trips.append(f"more than {b['max_rejections']} rejections")
+    if b["max_rejection_rate"] is not None:
+        trips.append(f"a rejection rate above {b['max_rejection_rate']} (of {b['min_decisions']}+)")
+    trips += [f"{k} spend above {v}" for k, v in b["max_spend"].items()]
+    if b["max_payees"] is not None:
+        trips.append(f"more than {b['max_payees']} payees")
+    return [
+        f"  breaker over {b['window_seconds']} s: freezes on {_names(trips)}",
+        f"    now: {b['decisions']} decisions, {b['denials']} denials, {b['payees']} payees,"
+        f" spend {_names([f'{k} {v}' for k, v in b['spend'].items()])}",
+    ]
