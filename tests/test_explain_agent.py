@@ -14,9 +14,9 @@ import hashlib
 import json
 import sqlite3
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,8 @@ from paywarden.policy.vocabulary import (
     ReservationStatus,
     Verdict,
 )
-from paywarden.signer.errors import Reason
+from paywarden.signer.errors import Forbidden, Reason
+from paywarden.signer.identity import Principal, Role
 from paywarden.signer.store.records import (
     ApprovalRecord,
     DecisionRecord,
@@ -42,10 +43,10 @@ from paywarden.signer.store.records import (
 from paywarden.signer.store.sqlite import SqliteStore
 from paywarden.v1 import control_pb2, sessions_pb2, signer_pb2
 
-from tests.helpers import Pki, ServeProcess, TestToken, reason_of, write_config
+from tests.helpers import Pki, ServeProcess, Stack, TestToken, reason_of, write_config
 from tests.support.cli import ctl, paywarden
 from tests.support.clients import Api, running_api, signed
-from tests.support.intents import payment_request
+from tests.support.intents import intent_fields, payment_request
 from tests.support.sessions import open_session
 
 DAY = 86_400
@@ -541,3 +542,81 @@ def test_only_an_operator_may_ask_and_only_about_an_agent_id(fixture_agent: Fixt
                 control_pb2.ExplainAgentRequest(agent_id=bad), timeout=TIMEOUT
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+
+
+# -- the policy's calendar day, groups and hours (the core, on an in-process stack) ----------
+
+NIGHT_PACK = """
+id = "night"
+version = 1
+groups = ["night-shift"]
+
+[assets.USD]
+keys = ["payments.v1"]
+max_per_payment = "100"
+daily_limit = "60"
+
+[payees]
+allow = ["acme-data"]
+first_payment = "allow"
+
+[hours]
+start = "22:00"
+end = "02:00"
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = { USD = "100" }
+"""
+NIGHT_TZ = ZoneInfo("America/New_York")
+
+
+def _move_to(stack: Stack, local: datetime) -> int:
+    """Moves the stack's clock forward to ``local`` (a time in New York)."""
+    delta = local.timestamp() - stack.clock.now()
+    assert delta > 0
+    stack.clock.advance(delta + 0.001)
+    return int(stack.clock.now())
+
+
+def test_a_day_is_the_policys_and_hours_are_read_at_decision_time(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(
+        packs={"night.toml": NIGHT_PACK},
+        extra='\n[groups]\nnight-shift = ["agent-2"]\n',
+        timezone="America/New_York",
+    )
+    operator = Principal(Role.OPERATOR, "operator-1")
+    agent = Principal(Role.AGENT, "agent-2")
+    day = datetime.fromtimestamp(stack.clock.now(), NIGHT_TZ).date() + timedelta(days=2)
+    _move_to(stack, datetime.combine(day, time(23, 35), tzinfo=NIGHT_TZ))
+    session = stack.service.open_session(
+        Principal(Role.PLANNER, "planner-1"), "agent-2", "night work", [("USD", "100")], 3600, []
+    ).record.id
+    for amount, local in (("10", time(23, 40)), ("5", time(0, 10))):
+        on = day + timedelta(days=1) if local < time(12) else day
+        _move_to(stack, datetime.combine(on, local, tzinfo=NIGHT_TZ))
+        stack.service.sign(
+            agent,
+            intent_fields(
+                session, payee="acme-data", amount=amount,
+                expires_at=int(stack.clock.now()) + 60,
+            ),
+        )  # fmt: skip
+    now = _move_to(stack, datetime.combine(day + timedelta(days=1), time(0, 15), tzinfo=NIGHT_TZ))
+    explained = stack.service.explain.agent(operator, "agent-2")
+    midnight = datetime.combine(day + timedelta(days=1), time(0), tzinfo=NIGHT_TZ)
+    assert (explained.at, explained.day_start) == (now, int(midnight.timestamp()))
+    assert explained.timezone == "America/New_York"
+    power = explained.power
+    assert power is not None and power.cover.via == "group night-shift"
+    (usd,) = power.assets
+    assert (usd.spent_today, usd.spent_24h) == ("5.00", "15.00")  # New York's day began at 00:00
+    assert usd.daily is not None and (usd.daily.used, usd.daily.remaining) == ("5.00", "55.00")
+    assert power.hours is not None and power.hours.open_now  # 00:15 is in 22:00-02:00
+    _move_to(stack, datetime.combine(day + timedelta(days=1), time(3, 0), tzinfo=NIGHT_TZ))
+    later = stack.service.explain.agent(operator, "agent-2").power
+    assert later is not None and later.hours is not None and not later.hours.open_now
+    with pytest.raises(Forbidden):
+        stack.service.explain.agent(agent, "agent-2")
