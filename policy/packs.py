@@ -202,6 +202,9 @@ class PolicyPackModel(_Strict):
     hours: Hours | None = None
     breaker: Breaker | None = None
     sessions: SessionLimits
+    # A reload that widens what an agent of this pack may do waits for a second
+    # operator's confirmation; the pack in force decides, so a new text cannot drop it.
+    widening_needs_second_operator: bool = False
 
     @field_validator("agents")
     @classmethod
@@ -228,6 +231,7 @@ class PolicyPack:
     model: PolicyPackModel
     sha256: str
     path: str
+    text: bytes = b""  # the file's bytes, as hashed (what a reload proposes and applies)
 
     @property
     def id(self) -> str:
@@ -258,6 +262,11 @@ def load_pack(path: Path) -> PolicyPack:
         raw = path.read_bytes()
     except OSError as exc:
         raise PackError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_pack(raw, path)
+
+
+def parse_pack(raw: bytes, path: Path) -> PolicyPack:
+    """A pack from its file's bytes; ``path`` names it in errors and in the pack."""
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -266,7 +275,7 @@ def load_pack(path: Path) -> PolicyPack:
         model = PolicyPackModel.model_validate(data)
     except ValidationError as exc:
         raise PackError(_describe(path, exc)) from None
-    return PolicyPack(model, hashlib.sha256(raw).hexdigest(), str(path))
+    return PolicyPack(model, hashlib.sha256(raw).hexdigest(), str(path), raw)
 
 
 @dataclass(frozen=True)
@@ -328,3 +337,9 @@ def load_pack_dir(directory: Path, groups: Mapping[str, Iterable[str]]) -> PackS
         raise PackError(f"{directory}: the policy directory does not exist")
     packs = [load_pack(p) for p in sorted(directory.glob("*.toml"))]
     return build_pack_set(packs, groups)
+
+
+def pack_set_sha256(packs: PackSet) -> str:
+    """One hash for a set of packs: of each pack's id, version and file hash, in id order."""
+    lines = sorted(f"{p.id}\t{p.version}\t{p.sha256}\n" for p in packs.packs)
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()

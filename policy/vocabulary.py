@@ -85,6 +85,13 @@ class Reason(StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     CALL_CANCELLED = "CALL_CANCELLED"
     SHUTTING_DOWN = "SHUTTING_DOWN"
+    # live policy reload (signer/core/reloads.py)
+    POLICY_PACK_INVALID = "POLICY_PACK_INVALID"
+    RELOAD_NOT_FOUND = "RELOAD_NOT_FOUND"
+    RELOAD_NOT_PENDING = "RELOAD_NOT_PENDING"
+    RELOAD_EXPIRED = "RELOAD_EXPIRED"
+    RELOAD_STALE = "RELOAD_STALE"
+    RELOAD_SAME_OPERATOR = "RELOAD_SAME_OPERATOR"
 
     # -- the rules' denials (paywarden.policy.rules, payees, breaker) --
     SESSION_IN_EXPLORE_PHASE = "SESSION_IN_EXPLORE_PHASE"
@@ -259,6 +266,27 @@ class FirstPaymentMode(StrEnum):
     ALLOW = "allow"
     APPROVE = "approve"
     DENY = "deny"
+
+
+class Direction(StrEnum):
+    """What one change between two pack sets does to an agent's power
+    (:mod:`paywarden.policy.diff`); a change it cannot judge widens."""
+
+    WIDENS = "widens"
+    NARROWS = "narrows"
+    NEUTRAL = "neutral"
+
+
+class ReloadState(StrEnum):
+    """Where a policy reload is: applied at once, pending a second operator, or
+    refused; a pending one is applied, expires, or is overtaken by another reload."""
+
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"  # the packs read were the set in force
+    PENDING = "pending"
+    REJECTED = "rejected"  # refused: nothing changed
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"
 
 
 # -- amounts ---------------------------------------------------------------------------

@@ -18,12 +18,14 @@ from paywarden.policy.vocabulary import (
     AmountError,
     ApprovalStatus,
     Asset,
+    Direction,
     FirstPaymentMode,
     FreezeScope,
     FreezeSource,
     Outcome,
     Phase,
     Reason,
+    ReloadState,
     ReservationStatus,
     SessionState,
     SignStatus,
@@ -59,6 +61,8 @@ def test_allowing_and_approval_codes_are_apart() -> None:
         (FreezeSource, ["operator", "breaker"]),
         (SignStatus, ["signed", "pending_approval"]),
         (FirstPaymentMode, ["allow", "approve", "deny"]),
+        (Direction, ["widens", "narrows", "neutral"]),
+        (ReloadState, ["applied", "unchanged", "pending", "rejected", "expired", "superseded"]),
     ],
 )
 def test_state_values_are_what_the_store_holds(enum: type[Enum], values: list[str]) -> None:

@@ -30,12 +30,14 @@ import pytest
 from paywarden.policy import vocabulary
 from paywarden.policy.vocabulary import (
     ApprovalStatus,
+    Direction,
     FirstPaymentMode,
     FreezeScope,
     FreezeSource,
     Outcome,
     Phase,
     Reason,
+    ReloadState,
     ReservationStatus,
     SessionState,
     SignStatus,
@@ -59,6 +61,8 @@ STATE_ENUMS: tuple[type[StrEnum], ...] = (
     FreezeSource,
     SignStatus,
     FirstPaymentMode,
+    Direction,
+    ReloadState,
 )
 REASONS = frozenset(member.value for member in Reason)
 STATES = frozenset(member.value for enum in STATE_ENUMS for member in enum)

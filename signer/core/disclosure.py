@@ -102,6 +102,13 @@ AGENT_MESSAGES: dict[str, str] = {
     Reason.CALL_CANCELLED: "the caller cancelled the call; nothing was signed",
     Reason.SHUTTING_DOWN: "the signer is stopping; nothing was signed (retry elsewhere or later)",
     Reason.INTERNAL: "internal error; nothing was signed",
+    # policy reloads (operators only)
+    Reason.POLICY_PACK_INVALID: "a policy pack is invalid; the packs in force are unchanged",
+    Reason.RELOAD_NOT_FOUND: "no such policy reload",
+    Reason.RELOAD_NOT_PENDING: "the policy reload is no longer pending",
+    Reason.RELOAD_EXPIRED: "the policy reload expired; propose it again",
+    Reason.RELOAD_STALE: "the packs in force changed since the reload was proposed",
+    Reason.RELOAD_SAME_OPERATOR: "a second operator must confirm this policy reload",
 }
 
 
