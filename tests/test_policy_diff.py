@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 from hypothesis import given, settings
@@ -12,6 +14,8 @@ from hypothesis import strategies as st
 from paywarden.policy.diff import PackChange, PackSetDiff, diff_pack_sets
 from paywarden.policy.packs import PackSet, PolicyPack, PolicyPackModel, build_pack_set
 from paywarden.policy.vocabulary import Direction
+
+from tests.support.cli import paywarden, settings_free_env
 
 W, N, NEUTRAL = Direction.WIDENS, Direction.NARROWS, Direction.NEUTRAL
 
@@ -268,3 +272,68 @@ def test_swapping_old_and_new_swaps_widening_and_narrowing(
     assert _flipped(forward.changes) == Counter(
         (c.subject, c.field, c.direction) for c in backward.changes
     )
+
+
+# -- paywarden policy diff -------------------------------------------------------------
+
+PACK_TEXT = """
+id = "research"
+version = 1
+agents = ["agent-7"]
+
+[assets.USD]
+keys = ["payments.v1"]
+max_per_payment = "25.00"
+daily_limit = "100.00"
+
+[payees]
+allow = ["weather-data-inc"]
+
+[sessions]
+max_ttl_seconds = 900
+max_budget = { USD = "200.00" }
+"""
+
+
+def _diff_cli(tmp_path: Path, old: str, new: str, *extra: str) -> CompletedProcess[str]:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "research.toml").write_text(old, encoding="utf-8")
+    (tmp_path / "new.toml").write_text(new, encoding="utf-8")
+    return paywarden(
+        "policy", "diff", tmp_path / "old", tmp_path / "new.toml", *extra,
+        env=settings_free_env(),
+    )  # fmt: skip
+
+
+def test_the_diff_command_exits_1_and_lists_what_widens(tmp_path: Path) -> None:
+    new = PACK_TEXT.replace('"25.00"', '"40.00"').replace('daily_limit = "100.00"\n', "")
+    proc = _diff_cli(tmp_path, PACK_TEXT, new)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.splitlines()[2:] == [
+        "agent agent-7:",
+        "  WIDENS   assets.USD.max_per_payment: raised from 25.00 to 40.00",
+        "  WIDENS   assets.USD.daily_limit: limit removed (was 100.00)",
+        "2 change(s), 2 widening",
+    ]
+
+
+def test_the_diff_command_exits_0_when_nothing_widens(tmp_path: Path) -> None:
+    new = PACK_TEXT.replace('"25.00"', '"20.00"').replace("version = 1", "version = 2")
+    proc = _diff_cli(tmp_path, PACK_TEXT, new, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["widens"] is False and out["needs_second_operator"] is False
+    assert [(c["field"], c["direction"]) for c in out["changes"]] == [
+        ("version", "neutral"),
+        ("assets.USD.max_per_payment", "narrows"),
+    ]
+    assert out["old"]["sha256"] != out["new"]["sha256"]
+    same = paywarden("policy", "diff", tmp_path / "new.toml", tmp_path / "new.toml")
+    assert same.returncode == 0 and "no change to any agent's power" in same.stdout
+
+
+def test_the_diff_command_exits_2_on_an_invalid_pack(tmp_path: Path) -> None:
+    proc = _diff_cli(tmp_path, PACK_TEXT, PACK_TEXT.replace('"25.00"', '"-1"'))
+    assert proc.returncode == 2
+    assert "new.toml: field assets.USD.max_per_payment" in proc.stderr
+    assert proc.stdout == ""

@@ -13,7 +13,7 @@ from types import FrameType
 from paywarden.signer import logs
 from paywarden.signer.api.server import start
 from paywarden.signer.api.startup import StartupError
-from paywarden.signer.cli import approvals, audit, ctl, explain, policy_lint
+from paywarden.signer.cli import approvals, audit, ctl, explain, policy_diff, policy_lint
 from paywarden.signer.cli.support import CliExit, config_from_args
 from paywarden.signer.config_file import ConfigError, load_config
 from paywarden.signer.store import sqlite_reads
@@ -139,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     plint = policy_sub.add_parser("lint", help="warn on broad grants (exit 1 on warnings)")
     policy_lint.add_arguments(plint)
     plint.set_defaults(fn=policy_lint.run)
+    pdiff = policy_sub.add_parser(
+        "diff", help="what changing packs widens or narrows, agent by agent (exit 1: widens)"
+    )
+    policy_diff.add_arguments(pdiff)
+    pdiff.set_defaults(fn=policy_diff.run)
     approvals_parser = sub.add_parser("approvals", help="approve or deny held payments (approver)")
     approvals.add_arguments(approvals_parser)
     approvals_parser.set_defaults(fn=approvals.run)
