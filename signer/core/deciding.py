@@ -26,7 +26,6 @@ from paywarden.signer.core.backstop import check_budget
 from paywarden.signer.core.deps import Deps
 from paywarden.signer.core.facts import day_start, payment_facts
 from paywarden.signer.core.payments import Intent, check_expiry, claims
-from paywarden.signer.core.policies import Policies
 from paywarden.signer.core.recording import holds, new_record
 from paywarden.signer.core.refusing import Refusals, RetryKind, breaker_freeze
 from paywarden.signer.core.retries import answer_retry
@@ -77,7 +76,6 @@ class Decider:
         self._store = deps.store
         self._metrics = deps.metrics
         self._refusals = refusals
-        self._policies = Policies(deps.packs.packs, deps.assets)
 
     def decide(
         self,
@@ -188,8 +186,10 @@ class Decider:
     def _facts(
         self, tx: PaymentTx, caller: Principal, intent: Intent, session: SessionRecord, now: int
     ) -> _Read:
-        pack = self._deps.packs.for_agent(caller.id)  # looked up once per decision
-        policy, window = self._policies.for_session(pack, session)
+        # The set in force, taken once: a reload meanwhile does not change this decision.
+        in_force = self._deps.policy.current()
+        pack = in_force.packs.for_agent(caller.id)
+        policy, window = in_force.policies.for_session(pack, session)
         info = self._deps.assets[intent.asset]
         payee_key = normalise(intent.payee, case_insensitive=info.case_insensitive)
         tz = self._deps.tz

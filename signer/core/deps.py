@@ -19,6 +19,7 @@ from paywarden.hsm import Hsm
 from paywarden.policy import PackSet
 from paywarden.policy.vocabulary import Asset, format_amount
 from paywarden.signer.config import AuditConfig, Config, LimitsConfig
+from paywarden.signer.core.policy_set import LivePolicy, PolicySet
 from paywarden.signer.errors import Forbidden, Internal, Reason, Unavailable
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.metrics import Metrics
@@ -34,7 +35,7 @@ T = TypeVar("T")
 class Deps:
     store: Store
     hsm: Hsm
-    packs: PackSet
+    policy: LivePolicy  # the packs in force; a reload replaces them whole
     clock: HighWater  # decision time: never below what is recorded
     metrics: Metrics
     assets: Mapping[str, Asset]  # the configured assets
@@ -57,7 +58,7 @@ class Deps:
         return cls(
             store=store,
             hsm=hsm,
-            packs=packs,
+            policy=LivePolicy(PolicySet.build(packs, config.asset_table())),
             clock=HighWater(clock, store.latest_audit_time()),
             metrics=metrics or Metrics(config.metrics.max_tracked_sessions),
             assets=config.asset_table(),
@@ -66,6 +67,11 @@ class Deps:
             audit=config.audit,
             payment_keys=frozenset(k.ref().key_id for k in config.keys),
         )
+
+    @property
+    def packs(self) -> PackSet:
+        """The packs in force now (a decision takes ``policy.current()`` once instead)."""
+        return self.policy.current().packs
 
     def now(self) -> int:
         return self.clock.now()

@@ -52,7 +52,6 @@ class Refusals:
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
         self._store = deps.store
-        self._packs = deps.packs
         self._metrics = deps.metrics
         limits = deps.limits
         store = deps.store
@@ -178,7 +177,7 @@ class Refusals:
         max_rejections the agent is frozen, as a denial past it would."""
         if caller.role is not Role.AGENT:
             return
-        pack = self._packs.for_agent(caller.id)
+        pack = self._deps.packs.for_agent(caller.id)
         breaker = pack.model.breaker if pack is not None else None
         if pack is None or breaker is None:
             return

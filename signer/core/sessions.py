@@ -32,7 +32,6 @@ class Sessions:
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
         self._store = deps.store
-        self._packs = deps.packs
         self._assets = deps.assets
         self._metrics = deps.metrics
 
@@ -56,7 +55,7 @@ class Sessions:
             assets=self._assets,
             max_ttl=self._deps.limits.max_session_ttl_seconds,
         )
-        pack = self._packs.for_agent(spec.agent_id)
+        pack = self._deps.packs.for_agent(spec.agent_id)
         if pack is None:
             raise Denied(Reason.NO_POLICY_PACK, "no policy pack applies to this agent")
         violation = check_session(
@@ -155,7 +154,7 @@ class Sessions:
                 Reason.SESSION_NOT_EXPLORING,
                 "only an open plan-bound session in its explore phase can commit a plan",
             )
-        pack = self._packs.for_agent(record.agent_id)
+        pack = self._deps.packs.for_agent(record.agent_id)
         if pack is None or pack.id != record.pack_id:
             raise Denied(Reason.SESSION_PACK_CHANGED, "the session's policy pack no longer applies")
         out = validate_plan(record, lines, pack, self._assets)
