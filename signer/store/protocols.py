@@ -12,7 +12,7 @@ transaction of the change it describes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from paywarden.policy.vocabulary import (
     ApprovalStatus,
     FreezeScope,
     PlanLine,
+    ReloadState,
     ReservationStatus,
     Vote,
 )
@@ -30,6 +31,7 @@ from paywarden.signer.store.records import (
     Checkpoint,
     DecisionRecord,
     Freeze,
+    PolicyReload,
     Reservation,
     Revocation,
     SessionRecord,
@@ -305,6 +307,40 @@ class AgentReadStore(Protocol):
         decision's reads cost plus the agent's open sessions, never its history."""
 
 
+class PolicyReloadStore(Protocol):
+    """Reloads of the policy packs: the set in force, and reloads pending a second operator."""
+
+    def propose_reload(self, reload: PolicyReload, audit: Mapping[str, Any]) -> None:
+        """Records a pending reload and its audit record in one transaction."""
+
+    def policy_reload(self, reload_id: str) -> PolicyReload | None: ...
+
+    def pending_reloads(self) -> list[PolicyReload]:
+        """The reloads still pending, oldest first."""
+
+    def settle_reload(
+        self, reload_id: str, state: ReloadState, at: int, audit: Mapping[str, Any]
+    ) -> bool:
+        """Moves a pending reload to ``state`` (expired, superseded) with its audit
+        record; False (nothing written) if it was no longer pending."""
+
+    def put_policy_in_force(
+        self,
+        sha256: str,
+        packs: Sequence[tuple[str, str]],
+        at: int,
+        audit: Mapping[str, Any],
+        confirm: tuple[str, str] | None = None,
+    ) -> bool:
+        """Records the pack set now in force (hash and files) and its audit record in
+        one transaction; with ``confirm`` (reload id, confirming operator) the pending
+        reload becomes applied in it too, and False (nothing written) if it was no
+        longer pending."""
+
+    def policy_in_force(self) -> tuple[str, list[tuple[str, str]]] | None:
+        """The pack set last recorded in force (hash, files), or None."""
+
+
 class StoreLifecycle(Protocol):
     """Start-up, health and shutdown."""
 
@@ -327,6 +363,7 @@ class Store(
     AuditLogStore,
     FreezeStore,
     RevocationStore,
+    PolicyReloadStore,
     StoreLifecycle,
     AgentReadStore,
     Protocol,

@@ -20,6 +20,7 @@ from paywarden.policy.vocabulary import (
     FreezeSource,
     Phase,
     PlanLine,
+    ReloadState,
     ReservationStatus,
     SessionState,
     Verdict,
@@ -164,6 +165,23 @@ class Revocation:
     reason: str
     operator: str  # "operator/<id>"
     created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReload:
+    """A widening reload waiting for a second operator: the exact pack files proposed."""
+
+    id: str
+    proposed_by: str  # the proposing operator's principal id
+    proposed_at: int
+    expires_at: int
+    old_sha256: str  # the pack set in force when it was proposed
+    new_sha256: str  # the set the files make
+    packs: tuple[tuple[str, str], ...]  # (file name, UTF-8 text), in file-name order
+    widening: tuple[Mapping[str, str], ...]  # the widening changes (policy.diff as_json)
+    state: ReloadState
+    decided_by: str | None = None  # who confirmed it (or None)
+    decided_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

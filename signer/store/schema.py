@@ -12,10 +12,10 @@ import sqlite3
 from collections.abc import Callable, Iterator
 
 from paywarden.signer.auditlog import merkle
-from paywarden.signer.store import sqlite_facts
+from paywarden.signer.store import sqlite_facts, sqlite_reloads
 from paywarden.signer.store.records import StoreError
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -301,6 +301,9 @@ MIGRATIONS: dict[int, str] = {
     10: """
     CREATE INDEX sessions_open_agent ON sessions(agent_id, expires_at) WHERE closed_at IS NULL;
     """,
+    # Live policy reload: the pack set in force (its files, so that a restart cannot put
+    # a wider set in force unconfirmed) and reloads waiting for a second operator.
+    11: sqlite_reloads.MIGRATION,
 }
 
 

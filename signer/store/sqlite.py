@@ -34,6 +34,7 @@ from paywarden.signer.store.records import (
     StoreError,
 )
 from paywarden.signer.store.sqlite_connection import SqliteConnection
+from paywarden.signer.store.sqlite_reloads import SqlitePolicyReloads
 from paywarden.signer.store.sqlite_tx import (
     SqliteApprovalTx,
     SqlitePaymentBatch,
@@ -42,7 +43,7 @@ from paywarden.signer.store.sqlite_tx import (
 )
 
 
-class SqliteStore(SqliteConnection):
+class SqliteStore(SqlitePolicyReloads, SqliteConnection):
     """Every use case's protocol (:class:`~paywarden.signer.store.protocols.Store`) on SQLite."""
 
     def __init__(self, path: Path, *, lock_timeout: float = 10.0) -> None:
