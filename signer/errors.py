@@ -58,6 +58,11 @@ class SessionNotUsable(PaywardenError):
     """The session is closed or expired (the decision is recorded)."""
 
 
+class PreconditionFailed(PaywardenError):
+    """The request does not fit the state as it is now (an invalid policy pack, a reload
+    that is stale, expired or settled): nothing changed."""
+
+
 class Replayed(PaywardenError):
     """The nonce was used before, with a different request."""
 

@@ -234,6 +234,7 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
             edge,
             stack.service.revocations,
             stack.service.explain,
+            stack.service.reloads,
         ),
     )
 

@@ -3,12 +3,30 @@ the pending reloads the store keeps, and the audit records of each."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import grpc
+import pytest
 from paywarden.policy.vocabulary import ReloadState
 from paywarden.signer.core import audit_events
+from paywarden.signer.core.reloads import PENDING_SECONDS
+from paywarden.signer.errors import Forbidden, InvalidInput, PreconditionFailed, Reason
+from paywarden.signer.identity import Principal, Role
 from paywarden.signer.store.records import PolicyReload
 from paywarden.signer.store.sqlite import SqliteStore
+from paywarden.v1 import control_pb2, control_pb2_grpc
+
+from tests.conftest import MakeStack
+from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_config
+from tests.support.cli import ctl, paywarden, pki_script
+from tests.support.clients import Api, served_api, signed
+from tests.support.intents import payment_request
+from tests.support.refusals import refused
+from tests.support.sessions import open_session
 
 # -- the store -------------------------------------------------------------------------
 
@@ -52,3 +70,258 @@ def test_an_expired_reload_cannot_be_applied(tmp_path: Path) -> None:
     assert not store.put_policy_in_force("b" * 64, [], 801, audit, confirm=("rld_1", "op"))
     assert store.policy_in_force() is None
     assert store.policy_reload("nope") is None
+
+
+# -- a real signer ---------------------------------------------------------------------
+
+SHOP = """
+id = "shop"
+version = 1
+agents = ["agent-1"]
+{guard}
+[assets.USD]
+keys = ["payments.v1"]
+max_per_payment = "{most}"
+
+[payees]
+allow_patterns = ["[a-z-]+"]
+first_payment = "allow"
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = {{ USD = "1000.00" }}
+"""
+GUARD = "widening_needs_second_operator = true\n"
+
+
+def shop(most: str, *, version: int = 1, guarded: bool = False) -> str:
+    """The pack of agent-1: at most ``most`` USD per payment."""
+    text = SHOP.format(most=most, guard=GUARD if guarded else "")
+    return text.replace("version = 1", f"version = {version}")
+
+
+@contextmanager
+def reloading_signer(
+    tmp_path: Path, token: TestToken, pki: Pki, pack: str
+) -> Iterator[tuple[ServeProcess, Api, Path]]:
+    """``paywarden serve`` with ``pack`` as its one pack, the client, and the pack's file."""
+    config = write_config(tmp_path, token, pki, packs={"shop.toml": pack})
+    with serve(config) as srv, served_api(srv, pki) as api:
+        yield srv, api, tmp_path / "policy" / "shop.toml"
+
+
+def pays(api: Api, session: str, amount: str) -> str | None:
+    """None when agent-1's payment of ``amount`` is signed, else the refusal's reason."""
+    answer = api.answer(payment_request(session, payee="acme", amount=amount).intent)
+    if isinstance(answer, grpc.RpcError):
+        return reason_of(answer)
+    signed(answer)
+    return None
+
+
+def reload_status(call: Any, request: Any) -> tuple[grpc.StatusCode, str | None, str]:
+    """The status, reason code and message of a refused ``call(request)``."""
+    err = refused(call, request, timeout=30)
+    return err.code(), reason_of(err), err.details() or ""
+
+
+def reload_records(db: Path, tmp_path: Path) -> list[dict[str, Any]]:
+    """The policy reload records of the audit log, through ``paywarden audit export``."""
+    out = tmp_path / "audit.jsonl"
+    proc = paywarden("audit", "export", "--db", db, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    items = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    records = [json.loads(i["record"]) for i in items if i["kind"] == "record"]
+    return [r for r in records if r["action"].startswith("policy.reload")]
+
+
+def test_an_invalid_pack_changes_nothing(tmp_path: Path, token: TestToken, pki: Pki) -> None:
+    with reloading_signer(tmp_path, token, pki, shop("10.00")) as (_srv, api, file):
+        session = open_session(api.planner, "agent-1", "100.00")
+        before = api.control().ReloadPolicy(control_pb2.ReloadPolicyRequest(), timeout=30)
+        assert before.state == control_pb2.RELOAD_UNCHANGED
+        file.write_text(shop("50.00").replace("max_per_payment", "max_per_paymnt"), "utf-8")
+        code, reason, details = reload_status(
+            api.control().ReloadPolicy, control_pb2.ReloadPolicyRequest()
+        )
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "POLICY_PACK_INVALID")
+        assert "shop.toml: field assets.USD.max_per_paymnt" in details
+        assert "nothing changed" in details
+        # Decided as before: 10.00 at most.
+        assert pays(api, session, "10.00") is None
+        assert pays(api, session, "10.01") == "AMOUNT_ABOVE_MAX"
+    records = reload_records(tmp_path / "state.db", tmp_path)
+    assert [(r["outcome"], r.get("reason")) for r in records] == [
+        ("unchanged", None),
+        ("rejected", "POLICY_PACK_INVALID"),
+    ]
+    assert records[1]["old_sha256"] == before.old_sha256 and "new_sha256" not in records[1]
+    assert "max_per_paymnt" in records[1]["error"]
+
+
+def test_a_narrowing_reload_decides_the_next_sign(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    with reloading_signer(tmp_path, token, pki, shop("10.00")) as (_srv, api, file):
+        session = open_session(api.planner, "agent-1", "100.00")
+        assert pays(api, session, "8.00") is None
+        file.write_text(shop("5.00", version=2), "utf-8")
+        resp = api.control().ReloadPolicy(control_pb2.ReloadPolicyRequest(), timeout=30)
+        assert resp.state == control_pb2.RELOAD_APPLIED and not resp.widens
+        assert [(c.subject, c.field, c.direction, c.description) for c in resp.changes] == [
+            ("agent agent-1", "version", "neutral", "version 1 -> 2"),
+            ("agent agent-1", "assets.USD.max_per_payment", "narrows",
+             "lowered from 10.00 to 5.00"),
+        ]  # fmt: skip
+        assert [(p.id, p.version) for p in resp.old_packs] == [("shop", 1)]
+        assert [(p.id, p.version) for p in resp.new_packs] == [("shop", 2)]
+        assert resp.old_sha256 != resp.new_sha256
+        # The session opened under version 1 fits version 2: decided by it at once.
+        assert pays(api, session, "8.00") == "AMOUNT_ABOVE_MAX"
+        assert pays(api, session, "5.00") is None
+    (record,) = reload_records(tmp_path / "state.db", tmp_path)
+    assert record["outcome"] == "applied" and record["widens"] is False
+    assert (record["old_sha256"], record["new_sha256"]) == (resp.old_sha256, resp.new_sha256)
+    assert [p["sha256"] for p in record["new_packs"]] == [resp.new_packs[0].sha256]
+
+
+def test_a_widening_reload_is_reported_by_ctl_reload(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    with reloading_signer(tmp_path, token, pki, shop("10.00")) as (srv, api, file):
+        session = open_session(api.planner, "agent-1", "100.00")
+        assert pays(api, session, "30.00") == "AMOUNT_ABOVE_MAX"
+        file.write_text(shop("50.00"), "utf-8")
+        proc = ctl(srv, pki, "reload")
+        assert proc.returncode == 0, proc.stderr
+        assert "  WIDENS   assets.USD.max_per_payment: raised from 10.00 to 50.00" in proc.stdout
+        assert "widens: yes" in proc.stdout and "applied: in force" in proc.stdout
+        assert pays(api, session, "30.00") is None
+    (record,) = reload_records(tmp_path / "state.db", tmp_path)
+    assert record["widens"] is True and record["needs_second_operator"] is False
+    assert record["widening"] == [
+        {"subject": "agent agent-1", "field": "assets.USD.max_per_payment",
+         "direction": "widens", "description": "raised from 10.00 to 50.00"},
+    ]  # fmt: skip
+    assert record["actor"] == {"role": "operator", "id": "operator-1"}
+
+
+@pytest.fixture
+def two_operators(pki_copy: Pki) -> Pki:
+    """The run's CA with a second operator, operator-2."""
+    made = pki_script("issue", "--dir", pki_copy.dir, "--role", "operator", "--id", "operator-2")
+    assert made.returncode == 0, made.stderr
+    return pki_copy
+
+
+def test_a_guarded_widening_waits_for_a_second_operator(
+    tmp_path: Path, token: TestToken, two_operators: Pki
+) -> None:
+    pki = two_operators
+    with reloading_signer(tmp_path, token, pki, shop("10.00", guarded=True)) as (srv, api, file):
+        session = open_session(api.planner, "agent-1", "100.00")
+        # The new text drops the requirement: the pack in force still asks for it.
+        file.write_text(shop("50.00"), "utf-8")
+        first = api.control().ReloadPolicy(control_pb2.ReloadPolicyRequest(), timeout=30)
+        assert first.state == control_pb2.RELOAD_PENDING and first.reload_id.startswith("rld_")
+        assert first.widens and first.needs_second_operator and first.proposed_by == "operator-1"
+        assert pays(api, session, "30.00") == "AMOUNT_ABOVE_MAX"  # nothing changed yet
+        confirm = control_pb2.ConfirmReloadRequest(reload_id=first.reload_id)
+        code, reason, _ = reload_status(api.control().ConfirmReload, confirm)
+        assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "RELOAD_SAME_OPERATOR")
+        assert pays(api, session, "30.00") == "AMOUNT_ABOVE_MAX"
+        # What is confirmed is what was proposed, not what the directory holds by then.
+        file.write_text(shop("1000.00"), "utf-8")
+        proc = ctl(srv, pki, "reload", "--confirm", first.reload_id, operator="operator-2")
+        assert proc.returncode == 0, proc.stderr
+        assert f"confirmed {first.reload_id} (proposed by operator-1): in force" in proc.stdout
+        assert pays(api, session, "30.00") is None
+        assert pays(api, session, "50.01") == "AMOUNT_ABOVE_MAX"
+        again = ctl(srv, pki, "reload", "--confirm", first.reload_id, operator="operator-2")
+        assert again.returncode == 1 and "RELOAD_NOT_PENDING" in again.stderr
+    records = reload_records(tmp_path / "state.db", tmp_path)
+    assert [(r["action"], r["outcome"], r["actor"]["id"]) for r in records] == [
+        ("policy.reload", "pending", "operator-1"),
+        ("policy.reload_confirm", "rejected", "operator-1"),
+        ("policy.reload_confirm", "applied", "operator-2"),
+        ("policy.reload_confirm", "rejected", "operator-2"),
+    ]
+    proposed, same, applied, _ = records
+    assert proposed["reload_id"] == applied["reload_id"] == first.reload_id
+    assert same["reason"] == "RELOAD_SAME_OPERATOR"
+    assert (applied["old_sha256"], applied["new_sha256"]) == (first.old_sha256, first.new_sha256)
+    assert applied["proposed_by"] == "operator-1" and applied["widens"] is True
+
+
+def test_a_pending_reload_goes_stale_when_the_set_in_force_changes(
+    tmp_path: Path, token: TestToken, two_operators: Pki
+) -> None:
+    pki = two_operators
+    with reloading_signer(tmp_path, token, pki, shop("10.00", guarded=True)) as (srv, api, file):
+        file.write_text(shop("50.00", guarded=True), "utf-8")
+        first = api.control().ReloadPolicy(control_pb2.ReloadPolicyRequest(), timeout=30)
+        assert first.state == control_pb2.RELOAD_PENDING
+        file.write_text(shop("5.00", guarded=True), "utf-8")  # narrows: applied at once
+        narrowed = ctl(srv, pki, "reload")
+        assert narrowed.returncode == 0 and "applied: in force" in narrowed.stdout
+        with pki.channel(srv.addr, "operator", "operator-2") as channel:
+            second = control_pb2_grpc.ControlStub(channel)
+            code, reason, _ = reload_status(
+                second.ConfirmReload, control_pb2.ConfirmReloadRequest(reload_id=first.reload_id)
+            )
+            assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RELOAD_STALE")
+            code, reason, _ = reload_status(
+                second.ConfirmReload, control_pb2.ConfirmReloadRequest(reload_id="rld_" + "0" * 32)
+            )
+            assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "RELOAD_NOT_FOUND")
+        session = open_session(api.planner, "agent-1", "100.00")
+        assert pays(api, session, "5.01") == "AMOUNT_ABOVE_MAX"
+
+
+# -- the use case, on the in-process stack (time is an input) ---------------------------
+
+FIRST = Principal(Role.OPERATOR, "operator-1")
+SECOND = Principal(Role.OPERATOR, "operator-2")
+
+
+def test_a_pending_reload_expires(make_stack: MakeStack) -> None:
+    stack = make_stack(packs={"shop.toml": shop("10.00", guarded=True)})
+    reloads = stack.service.reloads
+    (Path(stack.config.policy.dir) / "shop.toml").write_text(shop("50.00"), "utf-8")
+    pending = reloads.reload(FIRST)
+    assert pending.state is ReloadState.PENDING
+    assert pending.expires_at - stack.store.latest_audit_time() == PENDING_SECONDS
+    stack.clock.advance(PENDING_SECONDS)
+    with pytest.raises(PreconditionFailed) as caught:
+        reloads.confirm(SECOND, pending.reload_id)
+    assert caught.value.reason is Reason.RELOAD_EXPIRED
+    assert stack.store.policy_reload(pending.reload_id).state is ReloadState.EXPIRED
+    assert stack.service.deps.policy.current().sha256 == pending.old.sha256
+    with pytest.raises(PreconditionFailed) as again:
+        reloads.confirm(SECOND, pending.reload_id)
+    assert again.value.reason is Reason.RELOAD_NOT_PENDING
+
+
+def test_only_an_operator_reloads_and_ids_are_checked(make_stack: MakeStack) -> None:
+    stack = make_stack(packs={"shop.toml": shop("10.00")})
+    with pytest.raises(Forbidden):
+        stack.service.reloads.reload(Principal(Role.AGENT, "agent-1"))
+    with pytest.raises(Forbidden):
+        stack.service.reloads.confirm(Principal(Role.APPROVER, "approver-1"), "rld_" + "0" * 32)
+    with pytest.raises(InvalidInput):
+        stack.service.reloads.confirm(SECOND, "rld_../../etc")
+
+
+def test_a_reload_replaces_the_set_whole_and_an_earlier_holder_keeps_its_own(
+    make_stack: MakeStack,
+) -> None:
+    stack = make_stack(packs={"shop.toml": shop("10.00")})
+    live = stack.service.deps.policy
+    started = live.current()
+    (Path(stack.config.policy.dir) / "shop.toml").write_text(shop("5.00", version=2), "utf-8")
+    assert stack.service.reloads.reload(FIRST).state is ReloadState.APPLIED
+    assert live.current() is not started
+    pack = started.packs.for_agent("agent-1")
+    assert pack is not None and pack.model.assets["USD"].max_per_payment == "10.00"
+    now = live.current().packs.for_agent("agent-1")
+    assert now is not None and now.model.assets["USD"].max_per_payment == "5.00"

@@ -51,6 +51,8 @@ RPC_ROLES: dict[str, frozenset[Role]] = {
     "/paywarden.v1.Control/InclusionProof": frozenset({Role.OPERATOR}),
     "/paywarden.v1.Control/ConsistencyProof": frozenset({Role.OPERATOR}),
     "/paywarden.v1.Control/ExplainAgent": frozenset({Role.OPERATOR}),
+    "/paywarden.v1.Control/ReloadPolicy": frozenset({Role.OPERATOR}),
+    "/paywarden.v1.Control/ConfirmReload": frozenset({Role.OPERATOR}),
 }
 
 

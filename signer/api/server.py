@@ -262,7 +262,12 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     add_servicer(
         server,
         ControlServicer(
-            service.freezes, service.checkpoints, edge, service.revocations, service.explain
+            service.freezes,
+            service.checkpoints,
+            edge,
+            service.revocations,
+            service.explain,
+            service.reloads,
         ),
         "paywarden.v1.Control",
     )

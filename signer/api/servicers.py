@@ -7,6 +7,7 @@ import json
 from paywarden.policy.vocabulary import Amount, FreezeScope
 from paywarden.signer import deadlines
 from paywarden.signer.api.authz import Edge, rpc
+from paywarden.signer.api.reload_rpcs import ReloadRpcs
 from paywarden.signer.core.approvals import Approvals
 from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.explain import Explain
@@ -14,6 +15,7 @@ from paywarden.signer.core.explain_document import document_bytes
 from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.core.reloads import PolicyReloads
 from paywarden.signer.core.revocations import Revocations
 from paywarden.signer.core.sessions import Sessions
 from paywarden.signer.core.signing import Signing
@@ -268,7 +270,7 @@ def _revocation_proto(r: Revocation) -> control_pb2.RevocationRecord:
     )
 
 
-class ControlServicer(control_pb2_grpc.ControlServicer):
+class ControlServicer(ReloadRpcs, control_pb2_grpc.ControlServicer):
     def __init__(
         self,
         freezes: Freezes,
@@ -276,12 +278,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         edge: Edge,
         revocations: Revocations,
         explain: Explain,
+        reloads: PolicyReloads,
     ) -> None:
         self.freezes = freezes
         self.checkpoints = checkpoints
         self.edge = edge
         self.revocations = revocations
         self.explain = explain
+        self.reloads = reloads
 
     @rpc("/paywarden.v1.Control/Freeze")
     def Freeze(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from paywarden.policy.vocabulary import FreezeScope
 from paywarden.signer.cli.dial import add_connection_arguments, call
+from paywarden.signer.cli.reload import add_reload_arguments, reload_command
 from paywarden.v1 import control_pb2, control_pb2_grpc
 
 # Plain strings as keys: argparse shows its choices with repr().
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=Path, help="save the signed checkpoint (JSON) for audit verify --checkpoint"
     )
+    add_reload_arguments(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +80,8 @@ def _ctl(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
         return 0
     if cmd in ("revoke", "revocations"):
         return _revocations(stub, args)
+    if cmd == "reload":
+        return reload_command(stub, args)
     resp_cp = stub.Checkpoint(control_pb2.CheckpointRequest(), timeout=30)
     cp = resp_cp.checkpoint
     print(f"checkpoint: {cp.tree_size} records, root {cp.root_hash}, key {cp.key_id}")

@@ -25,6 +25,7 @@ from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.refusing import Refusals
+from paywarden.signer.core.reloads import PolicyReloads
 from paywarden.signer.core.revocations import Revocations
 from paywarden.signer.core.sessions import Sessions
 from paywarden.signer.core.signing import Signing
@@ -58,6 +59,7 @@ class SigningService:
         self.checkpoints = Checkpoints(deps)
         self.revocations = Revocations(deps)
         self.explain = Explain(deps, self.refusals)
+        self.reloads = PolicyReloads(deps, config.policy.dir, config.groups)
 
     # Shortcuts for tests and tools that drive the core directly.
 

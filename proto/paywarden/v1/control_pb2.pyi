@@ -14,11 +14,22 @@ class FreezeScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AGENT: _ClassVar[FreezeScope]
     SESSION: _ClassVar[FreezeScope]
     KEY: _ClassVar[FreezeScope]
+
+class ReloadState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RELOAD_STATE_UNSPECIFIED: _ClassVar[ReloadState]
+    RELOAD_APPLIED: _ClassVar[ReloadState]
+    RELOAD_UNCHANGED: _ClassVar[ReloadState]
+    RELOAD_PENDING: _ClassVar[ReloadState]
 FREEZE_SCOPE_UNSPECIFIED: FreezeScope
 GLOBAL: FreezeScope
 AGENT: FreezeScope
 SESSION: FreezeScope
 KEY: FreezeScope
+RELOAD_STATE_UNSPECIFIED: ReloadState
+RELOAD_APPLIED: ReloadState
+RELOAD_UNCHANGED: ReloadState
+RELOAD_PENDING: ReloadState
 
 class FreezeRecord(_message.Message):
     __slots__ = ("scope", "target", "reason", "actor", "at")
@@ -203,3 +214,61 @@ class ExplainAgentResponse(_message.Message):
     covered: bool
     document: str
     def __init__(self, agent_id: _Optional[str] = ..., covered: _Optional[bool] = ..., document: _Optional[str] = ...) -> None: ...
+
+class ReloadPolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ConfirmReloadRequest(_message.Message):
+    __slots__ = ("reload_id",)
+    RELOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    reload_id: str
+    def __init__(self, reload_id: _Optional[str] = ...) -> None: ...
+
+class PolicyPackRef(_message.Message):
+    __slots__ = ("id", "version", "sha256")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    version: int
+    sha256: str
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class PolicyChange(_message.Message):
+    __slots__ = ("subject", "field", "direction", "description")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    field: str
+    direction: str
+    description: str
+    def __init__(self, subject: _Optional[str] = ..., field: _Optional[str] = ..., direction: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class ReloadPolicyResponse(_message.Message):
+    __slots__ = ("state", "reload_id", "old_sha256", "new_sha256", "old_packs", "new_packs", "widens", "changes", "needs_second_operator", "expires_at", "proposed_by")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RELOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    OLD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    NEW_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OLD_PACKS_FIELD_NUMBER: _ClassVar[int]
+    NEW_PACKS_FIELD_NUMBER: _ClassVar[int]
+    WIDENS_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_SECOND_OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    PROPOSED_BY_FIELD_NUMBER: _ClassVar[int]
+    state: ReloadState
+    reload_id: str
+    old_sha256: str
+    new_sha256: str
+    old_packs: _containers.RepeatedCompositeFieldContainer[PolicyPackRef]
+    new_packs: _containers.RepeatedCompositeFieldContainer[PolicyPackRef]
+    widens: bool
+    changes: _containers.RepeatedCompositeFieldContainer[PolicyChange]
+    needs_second_operator: bool
+    expires_at: int
+    proposed_by: str
+    def __init__(self, state: _Optional[_Union[ReloadState, str]] = ..., reload_id: _Optional[str] = ..., old_sha256: _Optional[str] = ..., new_sha256: _Optional[str] = ..., old_packs: _Optional[_Iterable[_Union[PolicyPackRef, _Mapping]]] = ..., new_packs: _Optional[_Iterable[_Union[PolicyPackRef, _Mapping]]] = ..., widens: _Optional[bool] = ..., changes: _Optional[_Iterable[_Union[PolicyChange, _Mapping]]] = ..., needs_second_operator: _Optional[bool] = ..., expires_at: _Optional[int] = ..., proposed_by: _Optional[str] = ...) -> None: ...

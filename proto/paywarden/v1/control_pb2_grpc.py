@@ -79,6 +79,16 @@ class ControlStub:
                 request_serializer=paywarden_dot_v1_dot_control__pb2.ExplainAgentRequest.SerializeToString,
                 response_deserializer=paywarden_dot_v1_dot_control__pb2.ExplainAgentResponse.FromString,
                 _registered_method=True)
+        self.ReloadPolicy = channel.unary_unary(
+                '/paywarden.v1.Control/ReloadPolicy',
+                request_serializer=paywarden_dot_v1_dot_control__pb2.ReloadPolicyRequest.SerializeToString,
+                response_deserializer=paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.FromString,
+                _registered_method=True)
+        self.ConfirmReload = channel.unary_unary(
+                '/paywarden.v1.Control/ConfirmReload',
+                request_serializer=paywarden_dot_v1_dot_control__pb2.ConfirmReloadRequest.SerializeToString,
+                response_deserializer=paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -153,6 +163,28 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadPolicy(self, request, context):
+        """Roles: operator. Reads the policy directory again and validates every pack as
+        start-up does: one invalid pack changes nothing (FAILED_PRECONDITION,
+        POLICY_PACK_INVALID, the message naming the file and field). A set that widens an
+        agent whose running or new pack sets widening_needs_second_operator is kept
+        pending (RELOAD_PENDING, reload_id) until ConfirmReload; any other set is in force
+        for the next call. Every reload, refused or not, is audited with both set hashes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmReload(self, request, context):
+        """Roles: operator. Puts a pending reload in force: exactly the files proposed. Refused
+        to the operator who proposed it (PERMISSION_DENIED, RELOAD_SAME_OPERATOR), once the
+        set in force is no longer the one it was proposed against (FAILED_PRECONDITION,
+        RELOAD_STALE), after it expired (RELOAD_EXPIRED) or once settled (RELOAD_NOT_PENDING).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +232,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ExplainAgent,
                     request_deserializer=paywarden_dot_v1_dot_control__pb2.ExplainAgentRequest.FromString,
                     response_serializer=paywarden_dot_v1_dot_control__pb2.ExplainAgentResponse.SerializeToString,
+            ),
+            'ReloadPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadPolicy,
+                    request_deserializer=paywarden_dot_v1_dot_control__pb2.ReloadPolicyRequest.FromString,
+                    response_serializer=paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.SerializeToString,
+            ),
+            'ConfirmReload': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmReload,
+                    request_deserializer=paywarden_dot_v1_dot_control__pb2.ConfirmReloadRequest.FromString,
+                    response_serializer=paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +487,60 @@ class Control:
             '/paywarden.v1.Control/ExplainAgent',
             paywarden_dot_v1_dot_control__pb2.ExplainAgentRequest.SerializeToString,
             paywarden_dot_v1_dot_control__pb2.ExplainAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paywarden.v1.Control/ReloadPolicy',
+            paywarden_dot_v1_dot_control__pb2.ReloadPolicyRequest.SerializeToString,
+            paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmReload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paywarden.v1.Control/ConfirmReload',
+            paywarden_dot_v1_dot_control__pb2.ConfirmReloadRequest.SerializeToString,
+            paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,
