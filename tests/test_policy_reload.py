@@ -125,14 +125,18 @@ def reload_status(call: Any, request: Any) -> tuple[grpc.StatusCode, str | None,
     return err.code(), reason_of(err), err.details() or ""
 
 
-def reload_records(db: Path, tmp_path: Path) -> list[dict[str, Any]]:
-    """The policy reload records of the audit log, through ``paywarden audit export``."""
+def audit_records(tmp_path: Path) -> list[dict[str, Any]]:
+    """The audit log of the signer in ``tmp_path``, through ``paywarden audit export``."""
     out = tmp_path / "audit.jsonl"
-    proc = paywarden("audit", "export", "--db", db, "--out", out)
+    proc = paywarden("audit", "export", "--db", tmp_path / "state.db", "--out", out)
     assert proc.returncode == 0, proc.stderr
     items = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    records = [json.loads(i["record"]) for i in items if i["kind"] == "record"]
-    return [r for r in records if r["action"].startswith("policy.reload")]
+    return [json.loads(i["record"]) for i in items if i["kind"] == "record"]
+
+
+def reload_records(tmp_path: Path) -> list[dict[str, Any]]:
+    """The policy reload records of the audit log."""
+    return [r for r in audit_records(tmp_path) if r["action"].startswith("policy.reload")]
 
 
 def test_an_invalid_pack_changes_nothing(tmp_path: Path, token: TestToken, pki: Pki) -> None:
@@ -150,7 +154,7 @@ def test_an_invalid_pack_changes_nothing(tmp_path: Path, token: TestToken, pki: 
         # Decided as before: 10.00 at most.
         assert pays(api, session, "10.00") is None
         assert pays(api, session, "10.01") == "AMOUNT_ABOVE_MAX"
-    records = reload_records(tmp_path / "state.db", tmp_path)
+    records = reload_records(tmp_path)
     assert [(r["outcome"], r.get("reason")) for r in records] == [
         ("unchanged", None),
         ("rejected", "POLICY_PACK_INVALID"),
@@ -179,7 +183,7 @@ def test_a_narrowing_reload_decides_the_next_sign(
         # The session opened under version 1 fits version 2: decided by it at once.
         assert pays(api, session, "8.00") == "AMOUNT_ABOVE_MAX"
         assert pays(api, session, "5.00") is None
-    (record,) = reload_records(tmp_path / "state.db", tmp_path)
+    (record,) = reload_records(tmp_path)
     assert record["outcome"] == "applied" and record["widens"] is False
     assert (record["old_sha256"], record["new_sha256"]) == (resp.old_sha256, resp.new_sha256)
     assert [p["sha256"] for p in record["new_packs"]] == [resp.new_packs[0].sha256]
@@ -197,7 +201,7 @@ def test_a_widening_reload_is_reported_by_ctl_reload(
         assert "  WIDENS   assets.USD.max_per_payment: raised from 10.00 to 50.00" in proc.stdout
         assert "widens: yes" in proc.stdout and "applied: in force" in proc.stdout
         assert pays(api, session, "30.00") is None
-    (record,) = reload_records(tmp_path / "state.db", tmp_path)
+    (record,) = reload_records(tmp_path)
     assert record["widens"] is True and record["needs_second_operator"] is False
     assert record["widening"] == [
         {"subject": "agent agent-1", "field": "assets.USD.max_per_payment",
@@ -239,7 +243,7 @@ def test_a_guarded_widening_waits_for_a_second_operator(
         assert pays(api, session, "50.01") == "AMOUNT_ABOVE_MAX"
         again = ctl(srv, pki, "reload", "--confirm", first.reload_id, operator="operator-2")
         assert again.returncode == 1 and "RELOAD_NOT_PENDING" in again.stderr
-    records = reload_records(tmp_path / "state.db", tmp_path)
+    records = reload_records(tmp_path)
     assert [(r["action"], r["outcome"], r["actor"]["id"]) for r in records] == [
         ("policy.reload", "pending", "operator-1"),
         ("policy.reload_confirm", "rejected", "operator-1"),
@@ -276,6 +280,55 @@ def test_a_pending_reload_goes_stale_when_the_set_in_force_changes(
             assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "RELOAD_NOT_FOUND")
         session = open_session(api.planner, "agent-1", "100.00")
         assert pays(api, session, "5.01") == "AMOUNT_ABOVE_MAX"
+
+
+def test_a_restart_does_not_put_a_guarded_widening_in_force(
+    tmp_path: Path, token: TestToken, two_operators: Pki
+) -> None:
+    pki = two_operators
+    config = write_config(tmp_path, token, pki, packs={"shop.toml": shop("10.00", guarded=True)})
+    file = tmp_path / "policy" / "shop.toml"
+    with serve(config) as srv, served_api(srv, pki) as api:
+        file.write_text(shop("50.00", guarded=True), "utf-8")
+        proposed = api.control().ReloadPolicy(control_pb2.ReloadPolicyRequest(), timeout=30)
+        assert proposed.state == control_pb2.RELOAD_PENDING
+    # The directory now holds the wider pack: a restart runs the set in force before.
+    with serve(config) as srv, served_api(srv, pki) as api:
+        session = open_session(api.planner, "agent-1", "100.00")
+        assert pays(api, session, "30.00") == "AMOUNT_ABOVE_MAX"
+        # The pending reload survived the restart; operator-2 confirms it.
+        proc = ctl(srv, pki, "reload", "--confirm", proposed.reload_id, operator="operator-2")
+        assert proc.returncode == 0, proc.stderr
+        assert pays(api, session, "30.00") is None
+    # Once confirmed, a restart runs the directory's packs.
+    with serve(config) as srv, served_api(srv, pki) as api:
+        session = open_session(api.planner, "agent-1", "100.00")
+        assert pays(api, session, "30.00") is None
+    loads = [r for r in audit_records(tmp_path) if r["action"] == "policy.load"]
+    assert [(r.get("held"), r.get("widens")) for r in loads] == [
+        (None, None),  # the first start: nothing recorded in force before
+        (True, True),
+        (None, None),  # the directory is the set in force
+    ]
+    assert loads[1]["sha256"] == proposed.old_sha256
+    assert loads[1]["old_sha256"] == proposed.old_sha256
+    assert loads[2]["sha256"] == loads[2]["old_sha256"] == proposed.new_sha256
+
+
+def test_a_restart_takes_an_unguarded_change_and_records_it(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    config = write_config(tmp_path, token, pki, packs={"shop.toml": shop("10.00")})
+    with serve(config):
+        pass
+    (tmp_path / "policy" / "shop.toml").write_text(shop("50.00"), "utf-8")
+    with serve(config) as srv, served_api(srv, pki) as api:
+        session = open_session(api.planner, "agent-1", "100.00")
+        assert pays(api, session, "30.00") is None
+    first, second = [r for r in audit_records(tmp_path) if r["action"] == "policy.load"]
+    assert second["old_sha256"] == first["sha256"] != second["sha256"]
+    assert second["held"] is False and second["widens"] is True
+    assert [c["field"] for c in second["widening"]] == ["assets.USD.max_per_payment"]
 
 
 # -- the use case, on the in-process stack (time is an input) ---------------------------

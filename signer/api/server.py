@@ -9,12 +9,15 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from paywarden.hsm import Hsm, HsmError, HsmUnavailable, PublicKeyInfo
-from paywarden.policy import PackSet
+from paywarden.policy import PackError, PackSet
+from paywarden.policy.packs import pack_set_sha256
 from paywarden.signer.api.admission import Admission, AdmissionInterceptor
 from paywarden.signer.api.authz import Edge
 from paywarden.signer.api.calls import CallInterceptor
@@ -38,6 +41,7 @@ from paywarden.signer.api.tls import with_crl
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.checkpoints import Checkpointer, Checkpoints
+from paywarden.signer.core.policy_start import StartingPacks, starting_packs
 from paywarden.signer.core.service import SigningService
 from paywarden.signer.deadlines import Gate
 from paywarden.signer.errors import PaywardenError
@@ -155,21 +159,48 @@ def _key_fingerprints(keys: list[PublicKeyInfo]) -> list[dict[str, str]]:
     ]
 
 
-def _audit_start(
-    store: SqliteStore, hsm: Hsm, packs: PackSet, config: Config, clock: Callable[[], int]
-) -> None:
-    """Records which policy packs and keys this start-up runs with, and the keys
-    again whenever the token reopens (it may come up, or come back, later)."""
-    now = clock()
+def _starting_packs(store: SqliteStore, packs: PackSet, config: Config) -> StartingPacks:
+    """The directory's packs, or the set in force before when they widen what a second
+    operator must confirm (:mod:`paywarden.signer.core.policy_start`)."""
     try:
-        store.audit_event(
-            audit_events.event(
-                "policy.load",
-                None,
-                now,
-                packs=[p.ref() for p in packs.packs],
-                dir=str(config.policy.dir),
-            )
+        return starting_packs(store, packs, config.asset_table(), config.policy.dir, config.groups)
+    except PackError as exc:
+        raise StartupError(f"policy.dir: {exc}") from None
+    except StoreError as exc:
+        raise StartupError(f"store.path: {exc}") from None
+
+
+def _policy_load(starting: StartingPacks, config: Config) -> dict[str, Any]:
+    """The ``policy.load`` record's fields: the packs run, and what changed since the
+    set recorded in force (a restart is a reload)."""
+    packs = starting.packs
+    fields: dict[str, Any] = {
+        "packs": [p.ref() for p in packs.packs],
+        "dir": str(config.policy.dir),
+        "sha256": pack_set_sha256(packs),
+        "old_sha256": starting.recorded_sha256,
+    }
+    if starting.diff is not None:
+        fields["widens"] = starting.diff.widens
+        fields["widening"] = [c.as_json() for c in starting.diff.widening()]
+        fields["held"] = starting.held
+    return fields
+
+
+def _audit_start(
+    store: SqliteStore, hsm: Hsm, starting: StartingPacks, config: Config, clock: Callable[[], int]
+) -> None:
+    """Records which policy packs (recorded in force too) and keys this start-up runs
+    with, and the keys again whenever the token reopens (it may come up, or come back,
+    later)."""
+    now = clock()
+    packs = starting.packs
+    try:
+        store.put_policy_in_force(
+            pack_set_sha256(packs),
+            sorted((Path(p.path).name, p.text.decode("utf-8")) for p in packs.packs),
+            now,
+            audit_events.event("policy.load", None, now, **_policy_load(starting, config)),
         )
         store.audit_event(
             audit_events.event(
@@ -217,7 +248,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         store.close()
         names = ", ".join(f"assets.{a}.decimals" for a in changed)
         raise StartupError(f"{names}: differs from the decimals the store's amounts were kept in")
-    packs = load_packs(config)
+    starting = _starting_packs(store, load_packs(config), config)
     check_descriptor_limit(config)
     hsm = open_hsm(config)
     metrics = Metrics(config.metrics.max_tracked_sessions)
@@ -225,8 +256,8 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         clock = HighWater(time.time, store.latest_audit_time())
     except StoreError as exc:
         raise StartupError(f"store.path: {exc}") from None
-    service = SigningService(config, store, hsm, packs, clock=clock.now, metrics=metrics)
-    _audit_start(store, hsm, packs, config, clock.now)
+    service = SigningService(config, store, hsm, starting.packs, clock=clock.now, metrics=metrics)
+    _audit_start(store, hsm, starting, config, clock.now)
     auth = authenticator(config)
     auth.check_revocations(with_crl(service.revocations.check, revocation_list(config)))
     in_flight = Gauge(
