@@ -62,5 +62,7 @@ def describe(pack: PolicyPack) -> str:
         f"  sessions: ttl at most {s.max_ttl_seconds} s; budget at most {budgets}; "
         f"plan required: {'yes' if s.require_plan else 'no'}"
     )
+    if m.widening_needs_second_operator:
+        lines.append("  reloads: one that widens this pack waits for a second operator")
     lines.append("  everything else: denied")
     return "\n".join(lines)

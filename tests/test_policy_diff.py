@@ -15,7 +15,7 @@ from paywarden.policy.diff import PackChange, PackSetDiff, diff_pack_sets
 from paywarden.policy.packs import PackSet, PolicyPack, PolicyPackModel, build_pack_set
 from paywarden.policy.vocabulary import Direction
 
-from tests.support.cli import paywarden, settings_free_env
+from tests.support.cli import paywarden, policy_check, settings_free_env
 
 W, N, NEUTRAL = Direction.WIDENS, Direction.NARROWS, Direction.NEUTRAL
 
@@ -337,3 +337,16 @@ def test_the_diff_command_exits_2_on_an_invalid_pack(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "new.toml: field assets.USD.max_per_payment" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_policy_check_says_a_pack_guards_its_widening(tmp_path: Path) -> None:
+    pack = tmp_path / "research.toml"
+    pack.write_text(
+        PACK_TEXT.replace("version = 1", "version = 1\nwidening_needs_second_operator = true"),
+        "utf-8",
+    )
+    proc = policy_check(pack)
+    assert proc.returncode == 0, proc.stderr
+    assert "  reloads: one that widens this pack waits for a second operator" in proc.stdout
+    pack.write_text(PACK_TEXT, "utf-8")
+    assert "reloads:" not in policy_check(pack).stdout
