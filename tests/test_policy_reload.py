@@ -11,10 +11,12 @@ from typing import Any
 
 import grpc
 import pytest
+from paywarden.policy import load_pack_dir
 from paywarden.policy.vocabulary import ReloadState
 from paywarden.signer.core import audit_events
+from paywarden.signer.core.policy_set import PolicySet
 from paywarden.signer.core.reloads import PENDING_SECONDS
-from paywarden.signer.errors import Forbidden, InvalidInput, PreconditionFailed, Reason
+from paywarden.signer.errors import Denied, Forbidden, InvalidInput, PreconditionFailed, Reason
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.store.records import PolicyReload
 from paywarden.signer.store.sqlite import SqliteStore
@@ -24,7 +26,7 @@ from tests.conftest import MakeStack
 from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_config
 from tests.support.cli import ctl, paywarden, pki_script
 from tests.support.clients import Api, served_api, signed
-from tests.support.intents import payment_request
+from tests.support.intents import intent_fields, payment_request
 from tests.support.refusals import refused
 from tests.support.sessions import open_session
 
@@ -378,3 +380,39 @@ def test_a_reload_replaces_the_set_whole_and_an_earlier_holder_keeps_its_own(
     assert pack is not None and pack.model.assets["USD"].max_per_payment == "10.00"
     now = live.current().packs.for_agent("agent-1")
     assert now is not None and now.model.assets["USD"].max_per_payment == "5.00"
+
+
+def test_a_decision_keeps_the_set_it_started_with(
+    make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = make_stack(packs={"shop.toml": shop("10.00")})
+    service = stack.service
+    live = service.deps.policy
+    session = service.open_session(
+        Principal(Role.PLANNER, "planner-1"), "agent-1", "task", [("USD", "100.00")], 600, []
+    ).record.id
+    (Path(stack.config.policy.dir) / "shop.toml").write_text(shop("5.00", version=2), "utf-8")
+    narrower = PolicySet.build(
+        load_pack_dir(stack.config.policy.dir, {}), stack.config.asset_table()
+    )
+    taken = live.current
+
+    def reload_right_after_the_snapshot() -> PolicySet:
+        started = taken()
+        live.replace(narrower)  # a reload that completes while this decision runs
+        return started
+
+    monkeypatch.setattr(live, "current", reload_right_after_the_snapshot)
+    agent = Principal(Role.AGENT, "agent-1")
+    now = int(stack.clock.now())
+    first = service.sign(
+        agent, intent_fields(session, payee="acme", amount="8.00", expires_at=now + 60)
+    )
+    assert first.jws  # decided on the set it started with (10.00 at most)
+    monkeypatch.undo()
+    assert live.current() is narrower
+    with pytest.raises(Denied) as caught:
+        service.sign(
+            agent, intent_fields(session, payee="acme", amount="8.00", expires_at=now + 60)
+        )
+    assert caught.value.reason is Reason.AMOUNT_ABOVE_MAX
