@@ -4,6 +4,7 @@ the pending reloads the store keeps, and the audit records of each."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -265,15 +266,19 @@ def test_a_pending_reload_goes_stale_when_the_set_in_force_changes(
     pki = two_operators
     with reloading_signer(tmp_path, token, pki, shop("10.00", guarded=True)) as (srv, api, file):
         file.write_text(shop("50.00", guarded=True), "utf-8")
-        first = api.control().ReloadPolicy(control_pb2.ReloadPolicyRequest(), timeout=30)
-        assert first.state == control_pb2.RELOAD_PENDING
+        proposed = ctl(srv, pki, "reload")
+        assert proposed.returncode == 3, proposed.stderr  # pending: nothing changed yet
+        found = re.search(r"^pending (rld_[0-9a-f]{32}): nothing changed", proposed.stdout, re.M)
+        assert found is not None, proposed.stdout
+        reload_id = found.group(1)
+        assert f"`paywarden ctl reload --confirm {reload_id}`" in proposed.stdout
         file.write_text(shop("5.00", guarded=True), "utf-8")  # narrows: applied at once
         narrowed = ctl(srv, pki, "reload")
         assert narrowed.returncode == 0 and "applied: in force" in narrowed.stdout
         with pki.channel(srv.addr, "operator", "operator-2") as channel:
             second = control_pb2_grpc.ControlStub(channel)
             code, reason, _ = reload_status(
-                second.ConfirmReload, control_pb2.ConfirmReloadRequest(reload_id=first.reload_id)
+                second.ConfirmReload, control_pb2.ConfirmReloadRequest(reload_id=reload_id)
             )
             assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RELOAD_STALE")
             code, reason, _ = reload_status(
