@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,8 @@ def test_an_invalid_pack_changes_nothing(tmp_path: Path, token: TestToken, pki: 
         ("rejected", "POLICY_PACK_INVALID"),
     ]
     assert records[1]["old_sha256"] == before.old_sha256 and "new_sha256" not in records[1]
+    bad = (tmp_path / "policy" / "shop.toml").read_bytes()
+    assert records[1]["new_files"] == [{"file": "shop.toml", "sha256": sha256(bad).hexdigest()}]
     assert "max_per_paymnt" in records[1]["error"]
 
 

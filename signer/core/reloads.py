@@ -16,6 +16,7 @@ of both sets and the list of widening changes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
@@ -76,6 +77,19 @@ def _fields(
     return out
 
 
+def _file_hashes(directory: Path) -> list[dict[str, str]]:
+    """What a refused reload read: each pack file's name and SHA-256 (no set hash: the
+    files make no valid set)."""
+    out = []
+    for path in sorted(directory.glob("*.toml")) if directory.is_dir() else []:
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            digest = f"unreadable: {exc.strerror}"
+        out.append({"file": path.name, "sha256": digest})
+    return out
+
+
 class PolicyReloads:
     """The operator's use case: reload the packs, confirm a pending reload."""
 
@@ -125,7 +139,12 @@ class PolicyReloads:
             except PackError as exc:
                 error = PreconditionFailed(Reason.POLICY_PACK_INVALID, f"nothing changed: {exc}")
                 raise self._refuse(
-                    caller, "policy.reload", error, old_sha256=old.sha256, old_packs=old.refs()
+                    caller,
+                    "policy.reload",
+                    error,
+                    old_sha256=old.sha256,
+                    old_packs=old.refs(),
+                    new_files=_file_hashes(self._directory),
                 ) from None
             diff = diff_pack_sets(old.packs, new.packs)
             now = self._deps.now()
