@@ -61,15 +61,15 @@ class ReloadOutcome:
 
 
 def _fields(
-    old: PolicySet, new_sha: str, new_refs: Any, diff: PackSetDiff | None
+    old: PolicySet,
+    new_sha: str,
+    new_refs: list[dict[str, str | int]] | None,
+    diff: PackSetDiff | None,
 ) -> dict[str, Any]:
     """What every reload record holds: both set hashes and packs, and what widens."""
-    out: dict[str, Any] = {
-        "old_sha256": old.sha256,
-        "old_packs": old.refs(),
-        "new_sha256": new_sha,
-        "new_packs": new_refs,
-    }
+    out: dict[str, Any] = {"old_sha256": old.sha256, "old_packs": old.refs(), "new_sha256": new_sha}
+    if new_refs is not None:
+        out["new_packs"] = new_refs
     if diff is not None:
         out["widens"] = diff.widens
         out["widening"] = [c.as_json() for c in diff.widening()]
@@ -230,7 +230,6 @@ class PolicyReloads:
                 **_fields(old, pending.new_sha256, None, None),
                 "widening": list(pending.widening),
             }
-            known.pop("new_packs")
             now = self._deps.now()
             self._check(caller, pending, old, now, known)
             try:
