@@ -38,6 +38,8 @@ class Reason(StrEnum):
     NONCE_MALFORMED = "NONCE_MALFORMED"
     UNKNOWN_ASSET = "UNKNOWN_ASSET"
     UNKNOWN_KEY = "UNKNOWN_KEY"
+    # the key version exists but is not active (verify-only, revoked or destroyed)
+    KEY_NOT_ACTIVE = "KEY_NOT_ACTIVE"
     BUDGET_INVALID = "BUDGET_INVALID"
     TTL_INVALID = "TTL_INVALID"
     SESSION_ID_MALFORMED = "SESSION_ID_MALFORMED"
@@ -246,6 +248,15 @@ class FreezeScope(StrEnum):
     AGENT = "agent"
     SESSION = "session"
     KEY = "key"
+
+
+class KeyState(StrEnum):
+    """A payment key version's state: only an active version signs."""
+
+    ACTIVE = "active"
+    VERIFY_ONLY = "verify-only"  # listed in the JWKS, signs nothing
+    REVOKED = "revoked"  # listed with its revocation time, signs nothing
+    DESTROYED = "destroyed"  # gone from the token, no longer listed
 
 
 class FreezeSource(StrEnum):

@@ -34,6 +34,7 @@ from paywarden.policy.vocabulary import (
     FirstPaymentMode,
     FreezeScope,
     FreezeSource,
+    KeyState,
     Outcome,
     Phase,
     Reason,
@@ -63,6 +64,7 @@ STATE_ENUMS: tuple[type[StrEnum], ...] = (
     FirstPaymentMode,
     Direction,
     ReloadState,
+    KeyState,
 )
 REASONS = frozenset(member.value for member in Reason)
 STATES = frozenset(member.value for enum in STATE_ENUMS for member in enum)

@@ -106,8 +106,8 @@ def _revocations(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -
             ),
             timeout=30,
         )
-        state = "revoked" if resp.created else "already revoked"
-        print(f"{_revoked(resp.revocation)}: {state} ({resp.revocation.reason})")
+        done = "revoked" if resp.created else "already revoked"
+        print(f"{_revoked(resp.revocation)}: {done} ({resp.revocation.reason})")
         return 0
     revocations = stub.ListRevocations(control_pb2.ListRevocationsRequest(), timeout=30)
     if not revocations.revocations:

@@ -36,6 +36,7 @@ AGENT_MESSAGES: dict[str, str] = {
     Reason.NONCE_MALFORMED: "the nonce is malformed",
     Reason.UNKNOWN_ASSET: "the asset is not one this signer knows",
     Reason.UNKNOWN_KEY: "the key is not a payment key of this signer",
+    Reason.KEY_NOT_ACTIVE: "the key version is not active; sign with the key's active version",
     Reason.SESSION_ID_MALFORMED: "the session id is malformed",
     # replay guard
     Reason.EXPIRY_IN_PAST: "the payment's expiry is not in the future",

@@ -24,6 +24,7 @@ from paywarden.policy.vocabulary import (
     ReservationStatus,
     Vote,
 )
+from paywarden.signer.store.key_protocols import KeyStore
 from paywarden.signer.store.records import (
     AgentOverview,
     AgentUsage,
@@ -31,6 +32,7 @@ from paywarden.signer.store.records import (
     Checkpoint,
     DecisionRecord,
     Freeze,
+    KeyVersion,
     PolicyReload,
     Reservation,
     Revocation,
@@ -100,6 +102,12 @@ class SignatureTx(Protocol):
 class PaymentTx(DecidingTx, SignatureTx, Protocol):
     """The Sign decision's transaction: the decision, its spend, its audit record and
     its signature are committed together."""
+
+    def key_version(self, key_id: str) -> KeyVersion | None:
+        """One payment key version by its id (one index probe)."""
+
+    def active_key(self, label: str) -> KeyVersion | None:
+        """The label's active version, the newest if several (one index probe)."""
 
     def agent_usage(
         self,
@@ -364,6 +372,7 @@ class Store(
     FreezeStore,
     RevocationStore,
     PolicyReloadStore,
+    KeyStore,
     StoreLifecycle,
     AgentReadStore,
     Protocol,

@@ -18,6 +18,7 @@ from paywarden.policy.vocabulary import (
     ApprovalStatus,
     FreezeScope,
     FreezeSource,
+    KeyState,
     Phase,
     PlanLine,
     ReloadState,
@@ -182,6 +183,23 @@ class PolicyReload:
     state: ReloadState
     decided_by: str | None = None  # who confirmed it (or None)
     decided_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    """One version of a payment key as the store keeps it: ``<label>.v<version>``, its
+    state, and its public half (SubjectPublicKeyInfo DER) for the JWKS of every replica."""
+
+    key_id: str
+    label: str
+    version: int
+    state: KeyState
+    spki_der: bytes
+    created_at: int
+    state_changed_at: int
+    retired_at: int | None = None  # when it stopped being active: the grace period's start
+    revoked_at: int | None = None
+    revoked_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

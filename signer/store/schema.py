@@ -7,15 +7,14 @@ once released: a change of schema is a new version.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Iterator
 
-from paywarden.signer.auditlog import merkle
-from paywarden.signer.store import sqlite_facts, sqlite_reloads
+from paywarden.signer.store import sqlite_reloads
+from paywarden.signer.store.backfills import backfill_facts, index_audit_tree
 from paywarden.signer.store.records import StoreError
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -304,61 +303,43 @@ MIGRATIONS: dict[int, str] = {
     # Live policy reload: the pack set in force (its files, so that a restart cannot put
     # a wider set in force unconfirmed) and reloads waiting for a second operator.
     11: sqlite_reloads.MIGRATION,
+    # Payment key versions and their states, with each one's public half so that every
+    # replica serves the JWKS from here. Rows are never deleted: a destroyed version
+    # keeps its row (and its public key, for the record). The partial index makes the
+    # Sign path's "the label's active version" one index probe.
+    12: """
+    CREATE TABLE payment_keys (
+        key_id TEXT PRIMARY KEY,
+        label TEXT NOT NULL,
+        version INTEGER NOT NULL CHECK (version >= 1),
+        state TEXT NOT NULL CHECK (state IN ('active', 'verify-only', 'revoked', 'destroyed')),
+        spki BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        state_changed_at INTEGER NOT NULL,
+        retired_at INTEGER,
+        revoked_at INTEGER,
+        revoked_reason TEXT NOT NULL DEFAULT '',
+        UNIQUE (label, version),
+        CHECK (state = 'active' OR retired_at IS NOT NULL),
+        CHECK ((state = 'revoked') = (revoked_at IS NOT NULL) OR state = 'destroyed')
+    );
+    CREATE INDEX payment_keys_active ON payment_keys(label, version) WHERE state = 'active';
+    CREATE TRIGGER payment_keys_no_delete BEFORE DELETE ON payment_keys
+      BEGIN SELECT RAISE(ABORT, 'key versions are never deleted'); END;
+    CREATE TRIGGER payment_keys_never_back BEFORE UPDATE OF state ON payment_keys
+      WHEN OLD.state = 'destroyed'
+        OR (OLD.state != 'active' AND NEW.state = 'active')
+        OR (OLD.state = 'revoked' AND NEW.state = 'verify-only')
+      BEGIN SELECT RAISE(ABORT, 'a key version never goes back to an earlier state'); END;
+    """,
 }
-
-
-def _backfill_facts(conn: sqlite3.Connection) -> None:
-    """Version 7's aggregates from the rows already stored, in time order."""
-    per_second = conn.execute(
-        "SELECT agent_id, created_at, COUNT(*), SUM(outcome = 'deny') FROM decisions"
-        " GROUP BY agent_id, created_at ORDER BY agent_id, created_at"
-    ).fetchall()
-    totals: dict[str, tuple[int, int]] = {}
-    for agent_id, at, decided, denied in per_second:
-        before = totals.get(agent_id, (0, 0))
-        totals[agent_id] = (before[0] + decided, before[1] + denied)
-        conn.execute(
-            "INSERT INTO agent_decisions (agent_id, at, decisions, denials) VALUES (?, ?, ?, ?)",
-            (agent_id, at, *totals[agent_id]),
-        )
-    signed = conn.execute(
-        "SELECT r.decision_id FROM reservations r JOIN decisions d ON d.id = r.decision_id"
-        " WHERE r.status = 'spent' AND d.jws IS NOT NULL ORDER BY r.created_at, r.decision_id"
-    ).fetchall()
-    for (decision_id,) in signed:
-        sqlite_facts.settle(conn, decision_id)
-
-
-def _index_audit_tree(conn: sqlite3.Connection) -> None:
-    """Stores every complete perfect subtree of the log as it stands (O(n), once),
-    and checks that its leaves still fold to the tree head the store kept."""
-    frontier: merkle.Frontier = []
-    batch: list[tuple[int, int, bytes]] = []
-    size = 0
-    for seq, leaf in conn.execute("SELECT seq, leaf FROM audit_log ORDER BY seq"):
-        if seq != size + 1:
-            raise StoreError(f"the audit log has no record {size + 1}: cannot index its tree")
-        frontier, completed = merkle.frontier_push(frontier, bytes(leaf))
-        batch.extend((level, size >> level, h) for level, h in enumerate(completed, start=1))
-        size = seq
-        if len(batch) >= 10_000:
-            conn.executemany("INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", batch)
-            batch.clear()
-    conn.executemany("INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", batch)
-    kept_size, kept = conn.execute("SELECT size, frontier FROM audit_state WHERE id = 1").fetchone()
-    kept_frontier = [(int(s), bytes.fromhex(h)) for s, h in json.loads(kept)]
-    if kept_size != size or kept_frontier != frontier:
-        raise StoreError(
-            f"the audit log's {size} leaves do not fold to the tree head the store kept "
-            f"({kept_size} records): the log was changed outside the signer"
-        )
 
 
 # What a migration computes in Python after its SQL: sums of decimal TEXT amounts (7),
 # hashes, which SQLite lacks (8).
 BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    7: _backfill_facts,
-    8: _index_audit_tree,
+    7: backfill_facts,
+    8: index_audit_tree,
 }
 
 

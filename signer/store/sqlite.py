@@ -5,7 +5,8 @@ signature leaves the service (the connection and its locks:
 :mod:`.sqlite_connection`). Amounts are integers in the asset's smallest unit,
 stored as decimal TEXT so that no asset can overflow SQLite's 64-bit integers;
 sums are made in Python. Reads shared with the transactions are in
-:mod:`.sqlite_reads`, writes inside a transaction in :mod:`.sqlite_tx`.
+:mod:`.sqlite_reads`, writes inside a transaction in :mod:`.sqlite_tx`, the payment
+key versions in :mod:`.sqlite_keys`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from paywarden.signer.store.records import (
     SessionRecord,
     StoreError,
 )
-from paywarden.signer.store.sqlite_connection import SqliteConnection
+from paywarden.signer.store.sqlite_keys import SqliteKeyStore
 from paywarden.signer.store.sqlite_reloads import SqlitePolicyReloads
 from paywarden.signer.store.sqlite_tx import (
     SqliteApprovalTx,
@@ -43,7 +44,7 @@ from paywarden.signer.store.sqlite_tx import (
 )
 
 
-class SqliteStore(SqlitePolicyReloads, SqliteConnection):
+class SqliteStore(SqlitePolicyReloads, SqliteKeyStore):
     """Every use case's protocol (:class:`~paywarden.signer.store.protocols.Store`) on SQLite."""
 
     def __init__(self, path: Path, *, lock_timeout: float = 10.0) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Vote
 from paywarden.signer.auditlog import append
 from paywarden.signer.store import sqlite_facts as facts
+from paywarden.signer.store import sqlite_key_rows as keys
 from paywarden.signer.store import sqlite_reads as reads
 from paywarden.signer.store.decision_text import pack_text, trace_text
 from paywarden.signer.store.records import (
@@ -25,6 +26,7 @@ from paywarden.signer.store.records import (
     ApprovalRecord,
     DecisionRecord,
     Freeze,
+    KeyVersion,
     Reservation,
     SessionRecord,
     StoreError,
@@ -147,6 +149,12 @@ class SqliteSignatureTx(SqliteTx):
 
 
 class SqlitePaymentTx(SqliteSignatureTx):
+    def key_version(self, key_id: str) -> KeyVersion | None:
+        return keys.key_version(self._conn, key_id)
+
+    def active_key(self, label: str) -> KeyVersion | None:
+        return keys.active_key(self._conn, label)
+
     """The Sign decision's transaction, which attaches its signature too."""
 
     def agent_usage(

@@ -1,0 +1,141 @@
+"""Payment key versions through their lifecycle: the store's rows and rules, the custody
+commands over a real SoftHSM2 token, and a real signer that picks each change up
+without a restart (issue 12, points 1 and 2)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from paywarden.hsm import KeyRef, PublicKeyInfo
+from paywarden.policy.vocabulary import KeyState
+from paywarden.signer.core import key_custody
+from paywarden.signer.core.audit_events import SYSTEM
+from paywarden.signer.store.sqlite import SqliteStore
+
+from tests.attacks.kit import audit_log
+
+CUSTODY = {"role": "custody", "id": "test"}
+# Any P-256 public key will do for the store's rows: the token's own come later.
+SPKI = bytes.fromhex(
+    "3059301306072a8648ce3d020106082a8648ce3d030107034200"
+    "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
+    "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"
+)
+
+
+def _key_info(key_id: str) -> PublicKeyInfo:
+    return PublicKeyInfo(KeyRef.parse(key_id), SPKI)
+
+
+@pytest.fixture
+def keystore(tmp_path: Path) -> SqliteStore:
+    store = SqliteStore(tmp_path / "state.db")
+    store.migrate()
+    return store
+
+
+def _key_states(store: SqliteStore) -> dict[str, KeyState]:
+    return {k.key_id: k.state for k in store.key_versions()}
+
+
+class TestStore:
+    def test_configured_keys_are_registered_once_and_audited(self, keystore: SqliteStore) -> None:
+        done = key_custody.register_configured(
+            keystore, [_key_info("payments.v1"), _key_info("payments.v2")], 100, SYSTEM
+        )
+        assert done.added == ["payments.v1", "payments.v2"]
+        again = key_custody.register_configured(keystore, [_key_info("payments.v1")], 200, SYSTEM)
+        assert again.added == [] and again.skipped == []
+        assert _key_states(keystore) == {
+            "payments.v1": KeyState.ACTIVE,
+            "payments.v2": KeyState.ACTIVE,
+        }
+        records = [r for r in audit_log(keystore.path) if r["action"] == "key.register"]
+        assert [r["key_id"] for r in records] == ["payments.v1", "payments.v2"]
+
+    def test_rotation_demotes_every_active_version_in_one_transaction(
+        self, keystore: SqliteStore
+    ) -> None:
+        key_custody.register_configured(
+            keystore, [_key_info("payments.v1"), _key_info("payments.v2")], 100, SYSTEM
+        )
+        new, demoted = key_custody.rotate(
+            keystore, "payments", lambda r: _key_info(r.key_id), 150, CUSTODY
+        )
+        assert new.key_id == "payments.v3" and demoted == ["payments.v1", "payments.v2"]
+        assert _key_states(keystore) == {
+            "payments.v1": KeyState.VERIFY_ONLY,
+            "payments.v2": KeyState.VERIFY_ONLY,
+            "payments.v3": KeyState.ACTIVE,
+        }
+        (record,) = [r for r in audit_log(keystore.path) if r["action"] == "key.rotate"]
+        assert record["actor"] == CUSTODY and record["verify_only"] == demoted
+
+    def test_a_rotated_version_is_never_registered_again(self, keystore: SqliteStore) -> None:
+        key_custody.register_configured(keystore, [_key_info("payments.v1")], 100, SYSTEM)
+        key_custody.rotate(keystore, "payments", lambda r: _key_info(r.key_id), 150, CUSTODY)
+        # A configuration that names another version of a managed label registers nothing.
+        done = key_custody.register_configured(
+            keystore, [_key_info("payments.v1"), _key_info("payments.v7")], 200, SYSTEM
+        )
+        assert done.added == [] and done.skipped == ["payments.v7"]
+        assert _key_states(keystore)["payments.v1"] is KeyState.VERIFY_ONLY
+
+    def test_no_state_ever_goes_back_even_in_sql(self, keystore: SqliteStore) -> None:
+        key_custody.register_configured(keystore, [_key_info("payments.v1")], 100, SYSTEM)
+        key_custody.revoke(keystore, "payments.v1", "leaked", 120, CUSTODY)
+        conn = sqlite3.connect(keystore.path)
+        try:
+            with pytest.raises(sqlite3.IntegrityError, match="earlier state"):
+                conn.execute("UPDATE payment_keys SET state = 'active'")
+            with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+                conn.execute("DELETE FROM payment_keys")
+        finally:
+            conn.close()
+        with pytest.raises(key_custody.CustodyRefused, match="revoked already"):
+            key_custody.revoke(keystore, "payments.v1", "again", 130, CUSTODY)
+
+    def test_destroy_waits_for_the_grace_period(self, keystore: SqliteStore) -> None:
+        key_custody.register_configured(keystore, [_key_info("payments.v1")], 100, SYSTEM)
+        deleted: list[str] = []
+
+        def delete(ref: KeyRef) -> int:
+            deleted.append(ref.key_id)
+            return 2
+
+        with pytest.raises(key_custody.CustodyRefused, match="is active"):
+            key_custody.destroy(keystore, "payments.v1", 0, delete, 100, CUSTODY)
+        key_custody.rotate(keystore, "payments", lambda r: _key_info(r.key_id), 1_000, CUSTODY)
+        with pytest.raises(key_custody.CustodyRefused, match="grace period of 1 h ends at"):
+            key_custody.destroy(keystore, "payments.v1", 3600, delete, 1_000 + 3599, CUSTODY)
+        assert deleted == []
+        assert (
+            key_custody.destroy(keystore, "payments.v1", 3600, delete, 1_000 + 3600, CUSTODY) == 2
+        )
+        assert deleted == ["payments.v1"]
+        assert _key_states(keystore)["payments.v1"] is KeyState.DESTROYED
+        (record,) = [r for r in audit_log(keystore.path) if r["action"] == "key.destroy"]
+        assert record["previous"] == KeyState.VERIFY_ONLY and record["objects_deleted"] == 2
+
+    def test_the_sign_path_reads_one_row_through_an_index(self, keystore: SqliteStore) -> None:
+        conn = sqlite3.connect(keystore.path)
+        try:
+            plans = [
+                " ".join(str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+                for sql, args in (
+                    ("SELECT state FROM payment_keys WHERE key_id = ?", ("payments.v1",)),
+                    (
+                        "SELECT key_id FROM payment_keys WHERE label = ? AND state = 'active'"
+                        " ORDER BY version DESC LIMIT 1",
+                        ("payments",),
+                    ),
+                )
+            ]
+        finally:
+            conn.close()
+        assert "USING INDEX sqlite_autoindex_payment_keys_1" in plans[0]
+        assert "USING COVERING INDEX payment_keys_active" in plans[1] or (
+            "USING INDEX payment_keys_active" in plans[1]
+        )
