@@ -250,3 +250,37 @@ def export_public_key(module: str, token_label: str, user_pin: str, ref: KeyRef)
             return info
         finally:
             session.close()
+
+
+def generate_new_key(module: str, token_label: str, user_pin: str, ref: KeyRef) -> PublicKeyInfo:
+    """Generates a new version inside the token (as :func:`generate_key`) and returns its
+    public half; refuses a version that is on the token already, so that a rotation
+    never makes active a key it did not make."""
+    created, status = generate_key(module, token_label, user_pin, ref)
+    if not created:
+        raise UnsafeKey(
+            f"key {ref.key_id} is on token {token_label!r} already but not registered: "
+            "a rotation only activates a key it generates"
+        )
+    if not status.safe:
+        raise UnsafeKey(f"key {ref.key_id} was generated unsafe: {status}")
+    return export_public_key(module, token_label, user_pin, ref)
+
+
+def delete_key(module: str, token_label: str, user_pin: str, ref: KeyRef) -> int:
+    """Destroys the key pair's private and public objects on the token (C_DestroyObject);
+    returns how many objects it destroyed (0 when neither is there any more)."""
+    deleted = 0
+    with PKCS11_LOCK:
+        session = _open(module, token_label, user_pin, rw=True)
+        try:
+            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                found = _find(session, ref, object_class)
+                if found is not None:
+                    found.destroy()
+                    deleted += 1
+        except pkcs11.exceptions.PKCS11Error as exc:
+            raise HsmError(f"cannot destroy key {ref.key_id}: {type(exc).__name__}") from None
+        finally:
+            session.close()
+    return deleted

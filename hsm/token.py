@@ -16,7 +16,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -329,14 +329,19 @@ class Hsm:
         """ES256 signature (64 bytes, r||s) over SHA-256 of ``signing_input``.
 
         The digest is computed here, so no caller can have an arbitrary digest
-        signed. Raises :class:`KeyNotFound` for a key that is not configured and
+        signed. A payment key version that was not read at open (one rotated in
+        while the signer runs) is looked up on the token by label and CKA_ID now,
+        checked like the others, and kept. Whether a version may sign is the
+        caller's to decide (its state is in the store); this only refuses the audit
+        key. Raises :class:`KeyNotFound` for a key that is not on the token and
         :class:`HsmUnavailable` when the token cannot sign now.
         """
-        if key_id not in self._refs:
-            raise KeyNotFound(f"key {key_id} is not configured")
+        ref = self._payment_ref(key_id)
         digest = hashlib.sha256(signing_input).digest()
         with PKCS11_LOCK:
             self._ensure_open_locked()
+            if key_id not in self._private:
+                self._find_locked(ref)
             try:
                 signature: bytes = self._private[key_id].sign(digest, mechanism=Mechanism.ECDSA)
             except pkcs11.exceptions.PKCS11Error as exc:
@@ -344,6 +349,42 @@ class Hsm:
         if len(signature) != 64:
             raise HsmUnavailable(f"HSM returned a {len(signature)}-byte ECDSA signature")
         return signature
+
+    def _payment_ref(self, key_id: str) -> KeyRef:
+        ref = self._refs.get(key_id)
+        if ref is not None:
+            return ref
+        try:
+            ref = KeyRef.parse(key_id)
+        except ValueError:
+            raise KeyNotFound(f"{key_id!r} is not a payment key id") from None
+        if ref == self._audit_ref:
+            raise KeyNotFound(f"key {key_id} is the audit key, never a payment key")
+        return ref
+
+    def _find_locked(self, ref: KeyRef) -> None:
+        """Reads one payment key pair from the open session and keeps it (see
+        :meth:`sign_es256`). A key that is missing or unsafe is refused without
+        dropping the session: the token itself is fine."""
+        try:
+            private, public = self._load_key(self._session, ref)
+        except pkcs11.exceptions.PKCS11Error as exc:
+            self._fail_locked(f"cannot read key {ref.key_id}: {type(exc).__name__}")
+        self._refs[ref.key_id] = ref
+        self._private[ref.key_id] = private
+        self._public[ref.key_id] = public
+
+    def forget(self, key_ids: Iterable[str]) -> None:
+        """Stops holding these payment keys: their handles are dropped and a reopen of
+        the token no longer requires them (a version that stopped signing may be
+        destroyed later). Asked for again, a key is looked up again."""
+        with PKCS11_LOCK:
+            for key_id in key_ids:
+                if self._audit_ref is not None and key_id == self._audit_ref.key_id:
+                    continue
+                self._refs.pop(key_id, None)
+                self._private.pop(key_id, None)
+                self._public.pop(key_id, None)
 
     def sign_checkpoint(self, body: bytes) -> bytes:
         """ES256 (r||s) over SHA-256 of an audit checkpoint, with the audit key only.
@@ -393,7 +434,8 @@ class Hsm:
         return self._last_error
 
     def key_ids(self) -> list[str]:
-        return sorted(self._refs)
+        with PKCS11_LOCK:
+            return sorted(self._refs)
 
     def public_keys(self) -> list[PublicKeyInfo]:
         """Public keys read at the last successful open (kept while unavailable)."""

@@ -4,17 +4,23 @@ without a restart (issue 12, points 1 and 2)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from paywarden.hsm import KeyRef, PublicKeyInfo
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from paywarden.hsm import Hsm, KeyNotFound, KeyRef, PublicKeyInfo
 from paywarden.policy.vocabulary import KeyState
 from paywarden.signer.core import key_custody
 from paywarden.signer.core.audit_events import SYSTEM
 from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.attacks.kit import audit_log
+from tests.helpers import MODULE, ROOT, TestToken
 
 CUSTODY = {"role": "custody", "id": "test"}
 # Any P-256 public key will do for the store's rows: the token's own come later.
@@ -139,3 +145,82 @@ class TestStore:
         assert "USING COVERING INDEX payment_keys_active" in plans[1] or (
             "USING INDEX payment_keys_active" in plans[1]
         )
+
+
+def _on_token(token: TestToken, *args: str) -> str:
+    """Runs python (``-c`` code or a script) in another process against ``token``: the
+    security team's tools never share the signer's process (login is per process)."""
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, "SOFTHSM2_CONF": str(token.conf)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+class TestHsm:
+    def test_a_version_made_by_another_process_is_found_without_a_restart(
+        self, token: TestToken
+    ) -> None:
+        hsm = Hsm(MODULE, token.label, token.pin, [KeyRef("payments", 1)], retry_interval=0)
+        hsm.open()
+        try:
+            with pytest.raises(KeyNotFound):
+                hsm.sign_es256("lifecycle-hsm.v1", b"x")
+            assert hsm.available  # a key not (yet) on the token leaves the session alone
+            _on_token(
+                token, "scripts/keys.py", "--label", token.label, "generate",
+                "--pin-file", str(token.pin_file), "--key", "lifecycle-hsm.v1",
+            )  # fmt: skip
+            signature = hsm.sign_es256("lifecycle-hsm.v1", b"payload")
+            (info,) = [k for k in hsm.public_keys() if k.key_id == "lifecycle-hsm.v1"]
+            info.public_key().verify(
+                utils.encode_dss_signature(
+                    int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+                ),
+                b"payload",
+                ec.ECDSA(hashes.SHA256()),
+            )
+            # Forgotten, then destroyed by the custody tool: a reopen does not need it.
+            hsm.forget(["lifecycle-hsm.v1"])
+            out = _on_token(
+                token,
+                "-c",
+                "import sys; from paywarden.hsm import KeyRef, provision; "
+                "print(provision.delete_key(sys.argv[1], sys.argv[2], "
+                "open(sys.argv[3]).read().strip(), KeyRef('lifecycle-hsm', 1)))",
+                MODULE,
+                token.label,
+                str(token.pin_file),
+            )
+            assert out.strip() == "2"
+            hsm.close()
+            hsm.open()
+            assert "lifecycle-hsm.v1" not in hsm.key_ids()
+            with pytest.raises(KeyNotFound):
+                hsm.sign_es256("lifecycle-hsm.v1", b"x")
+        finally:
+            hsm.close()
+
+    def test_the_audit_key_is_never_looked_up_as_a_payment_key(self, token: TestToken) -> None:
+        hsm = Hsm(
+            MODULE,
+            token.label,
+            token.pin,
+            [KeyRef("payments", 1)],
+            audit_key=KeyRef("audit", 1),
+            retry_interval=0,
+        )
+        hsm.open()
+        try:
+            with pytest.raises(KeyNotFound, match="audit key"):
+                hsm.sign_es256("audit.v1", b"x")
+            hsm.forget(["audit.v1"])
+            assert len(hsm.sign_checkpoint(b"x")) == 64
+        finally:
+            hsm.close()
