@@ -5,6 +5,9 @@
     scripts/keys.py generate    --pin-file F --key LABEL.vN
     scripts/keys.py list        --pin-file F
     scripts/keys.py export      --pin-file F --key LABEL.vN [--format pem|jwk] [--out FILE]
+    scripts/keys.py rotate      --config FILE --label LABEL
+    scripts/keys.py revoke      --config FILE --key LABEL.vN [--reason TEXT]
+    scripts/keys.py destroy     --config FILE --key LABEL.vN [--grace-hours H]
 
 The commands are paywarden.signer.cli.keys (installed as ``paywarden-keys``);
 this wrapper runs them with softhsm.conf beside this repository as the SoftHSM2

@@ -615,7 +615,7 @@ def test_keys_invalid_key_id_is_refused(keys_token: TestToken) -> None:
 def test_keys_has_no_way_to_export_a_private_key(keys_token: TestToken) -> None:
     top = _keys(keys_token, "--help")
     assert top.returncode == 0
-    assert "{init-token,generate,list,export}" in top.stdout
+    assert "{init-token,generate,list,export,rotate,revoke,destroy}" in top.stdout
 
     export_help = _keys(keys_token, "export", "--help")
     assert export_help.returncode == 0

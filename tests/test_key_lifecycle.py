@@ -20,7 +20,8 @@ from paywarden.signer.core.audit_events import SYSTEM
 from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.attacks.kit import audit_log
-from tests.helpers import MODULE, ROOT, TestToken
+from tests.conftest import make_token
+from tests.helpers import MODULE, ROOT, Pki, TestToken, write_config
 
 CUSTODY = {"role": "custody", "id": "test"}
 # Any P-256 public key will do for the store's rows: the token's own come later.
@@ -224,3 +225,82 @@ class TestHsm:
             assert len(hsm.sign_checkpoint(b"x")) == 64
         finally:
             hsm.close()
+
+
+def _keys_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``scripts/keys.py COMMAND --config CONFIG ...`` as the security team runs it."""
+    command, *rest = args
+    return subprocess.run(
+        [sys.executable, "scripts/keys.py", command, "--config", str(config), *rest],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _token_listing(token: TestToken) -> str:
+    return _on_token(
+        token, "scripts/keys.py", "--label", token.label, "list", "--pin-file", str(token.pin_file)
+    )
+
+
+class TestCustodyCommands:
+    def test_rotate_revoke_destroy_refusals_and_effects(self, tmp_path: Path, pki: Pki) -> None:
+        tok = make_token(tmp_path / "hsm", label="custody")
+        config = write_config(tmp_path / "cfg", tok, pki)
+        missing = _keys_cli(config, "rotate", "--label", "payments")
+        assert missing.returncode == 1 and "no store at" in missing.stderr
+        store = SqliteStore(tmp_path / "cfg" / "state.db")
+        store.migrate()
+        unknown = _keys_cli(config, "rotate", "--label", "payments")
+        assert unknown.returncode == 1
+        assert "no version of key 'payments' is registered" in unknown.stderr
+        key_custody.register_configured(
+            store, [_key_info("payments.v1"), _key_info("payments.v2")], 100, SYSTEM
+        )
+        audit = _keys_cli(config, "rotate", "--label", "audit")
+        assert audit.returncode == 1 and "audit key's label" in audit.stderr
+
+        rotated = _keys_cli(config, "rotate", "--label", "payments")
+        assert rotated.returncode == 0, rotated.stderr
+        assert rotated.stdout.splitlines() == [
+            "key payments.v3: generated inside the HSM, active",
+            "key payments.v1: verify-only",
+            "key payments.v2: verify-only",
+        ]
+        # The open test pack grants payments.v1 and .v2 by their exact ids.
+        assert "pack test-open asset USD grants payments.v1, verify-only now" in rotated.stderr
+        listed = _token_listing(tok)
+        (v3,) = [ln for ln in listed.splitlines() if ln.startswith("payments.v3\t")]
+        assert "extractable=False" in v3 and "never_extractable=True" in v3
+        assert "UNSAFE" not in v3
+
+        active = _keys_cli(config, "destroy", "--key", "payments.v3", "--grace-hours", "0")
+        assert active.returncode == 1 and "payments.v3 is active" in active.stderr
+        revoked = _keys_cli(config, "revoke", "--key", "payments.v1", "--reason", "leaked")
+        assert revoked.returncode == 0, revoked.stderr
+        assert "payments.v1: revoked at " in revoked.stdout
+        early = _keys_cli(config, "destroy", "--key", "payments.v1")
+        assert early.returncode == 1
+        assert "grace period of 24 h ends at" in early.stderr
+        assert "payments.v1\t" in _token_listing(tok)
+        gone = _keys_cli(config, "destroy", "--key", "payments.v1", "--grace-hours", "0")
+        assert gone.returncode == 0, gone.stderr
+        assert "payments.v1: destroyed (2 objects deleted" in gone.stdout
+        assert "payments.v1\t" not in _token_listing(tok)
+        again = _keys_cli(config, "destroy", "--key", "payments.v1", "--grace-hours", "0")
+        assert again.returncode == 1 and "destroyed already" in again.stderr
+        assert _key_states(store) == {
+            "payments.v1": KeyState.DESTROYED,
+            "payments.v2": KeyState.VERIFY_ONLY,
+            "payments.v3": KeyState.ACTIVE,
+        }
+        actions = [r["action"] for r in audit_log(store.path) if r["action"].startswith("key.")]
+        assert actions == [
+            "key.register", "key.register", "key.rotate", "key.revoke", "key.destroy",
+        ]  # fmt: skip
+        for text in (rotated, revoked, gone, early):
+            assert tok.pin not in text.stdout + text.stderr
+        store.close()

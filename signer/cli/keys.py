@@ -4,13 +4,18 @@
     paywarden-keys generate    --pin-file F --key LABEL.vN
     paywarden-keys list        --pin-file F
     paywarden-keys export      --pin-file F --key LABEL.vN [--format pem|jwk] [--out FILE]
+    paywarden-keys rotate      --config FILE --label LABEL
+    paywarden-keys revoke      --config FILE --key LABEL.vN [--reason TEXT]
+    paywarden-keys destroy     --config FILE --key LABEL.vN [--grace-hours H]
 
 ``scripts/keys.py`` runs the same commands. PINs come from files or environment
 variables (--pin-env NAME), never from the command line. SOFTHSM2_CONF names the
 SoftHSM2 configuration (``scripts/keys.py`` defaults it to the repository's
 softhsm.conf). Every command is idempotent and exits non-zero with a message on
 failure. The token work itself is :mod:`paywarden.hsm.provision`; this module is
-its command line.
+its command line. ``rotate``, ``revoke`` and ``destroy`` move payment key versions
+through their lifecycle in the signer's store and token
+(:mod:`paywarden.signer.cli.key_lifecycle`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import sys
 from pathlib import Path
 
 from paywarden.hsm import HsmError, KeyRef, provision, read_pin
+from paywarden.signer.cli import key_lifecycle
+from paywarden.signer.cli.support import CliExit
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
@@ -128,10 +135,14 @@ def main(
     p.add_argument("--format", choices=("pem", "jwk"), default="pem")
     p.add_argument("--out")
     p.set_defaults(fn=cmd_export)
+    key_lifecycle.add_parsers(sub)
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)
     except HsmError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
+    except CliExit as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.code
     return code
