@@ -32,7 +32,9 @@ from pydantic import (
 
 _ID = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_KEY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\.v[1-9][0-9]{0,5}")
+# A key grant: an exact version ("payments.v2", only that version) or a label
+# ("payments", whichever version of it is active when the payment is signed).
+_KEY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}(\.v[1-9][0-9]{0,5})?")
 
 # An amount as the pack writes it; compiled to minor units once the asset is known.
 AmountText = Annotated[str, Field(min_length=1, max_length=40)]
@@ -71,7 +73,7 @@ class AssetRules(_Strict):
     def _keys(cls, v: list[str]) -> list[str]:
         for key in v:
             if not _KEY_ID.fullmatch(key):
-                raise ValueError(f"key {key!r} is not of the form <label>.v<version>")
+                raise ValueError(f"key {key!r} is not of the form <label>.v<version> or <label>")
         if len(set(v)) != len(v):
             raise ValueError("a key is listed twice")
         return v

@@ -201,7 +201,10 @@ class KeyAllowed:
     def check(self, facts: Facts) -> RuleResult:
         keys = self.keys_by_asset.get(facts.asset, frozenset())
         limit = ",".join(sorted(keys))
-        if facts.key_id not in keys:
+        # facts.key_id is the exact version signing; a pack grants it by that id, or by
+        # its label (the label's active version: the signer resolved it so).
+        label = facts.key_id.rpartition(".v")[0]
+        if facts.key_id not in keys and label not in keys:
             return _deny(
                 self.name,
                 Reason.KEY_NOT_ALLOWED,

@@ -67,6 +67,11 @@ class Replayed(PaywardenError):
     """The nonce was used before, with a different request."""
 
 
+class KeyNotActive(PaywardenError):
+    """The key version named is verify-only, revoked or destroyed (or the label named
+    has no active version): nothing was recorded or signed."""
+
+
 class Unavailable(PaywardenError):
     """A dependency (HSM, store) cannot be used now; nothing was signed."""
 

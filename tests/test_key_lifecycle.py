@@ -4,24 +4,36 @@ without a restart (issue 12, points 1 and 2)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from joserfc import jws
+from joserfc.jwk import KeySet
 from paywarden.hsm import Hsm, KeyNotFound, KeyRef, PublicKeyInfo
 from paywarden.policy.vocabulary import KeyState
 from paywarden.signer.core import key_custody
 from paywarden.signer.core.audit_events import SYSTEM
 from paywarden.signer.store.sqlite import SqliteStore
+from paywarden.v1 import signer_pb2
 
 from tests.attacks.kit import audit_log
 from tests.conftest import make_token
-from tests.helpers import MODULE, ROOT, Pki, TestToken, write_config
+from tests.helpers import MODULE, OPEN_PACK, ROOT, Pki, TestToken, write_config
+from tests.support.clients import Api, running_api
+from tests.support.intents import payment_intent
+from tests.support.refusals import assert_refused
+from tests.support.sessions import open_session
 
 CUSTODY = {"role": "custody", "id": "test"}
 # Any P-256 public key will do for the store's rows: the token's own come later.
@@ -304,3 +316,188 @@ class TestCustodyCommands:
         for text in (rotated, revoked, gone, early):
             assert tok.pin not in text.stdout + text.stderr
         store.close()
+
+
+# agent-1 is granted the label (its active version), agent-2 the exact version payments.v1.
+_LABEL_PACK = OPEN_PACK.replace('agents = ["agent-1", "agent-2"]', 'agents = ["agent-1"]').replace(
+    'keys = ["payments.v1", "payments.v2"]', 'keys = ["payments"]'
+)
+_EXACT_PACK = (
+    OPEN_PACK.replace('id = "test-open"', 'id = "test-exact"')
+    .replace('agents = ["agent-1", "agent-2"]', 'agents = ["agent-2"]')
+    .replace('keys = ["payments.v1", "payments.v2"]', 'keys = ["payments.v1"]')
+)
+_TASK = "Pay for the datasets of the key rotation drill"
+
+
+def _pay_with(
+    api: Api, session_id: str, key: str, agent: str = "agent-1"
+) -> signer_pb2.SignResponse:
+    return api.sign(
+        payment_intent(session_id, payee="data-inc", amount="1.00", key_id=key), agent=agent
+    )
+
+
+def _pay_refused(api: Api, session_id: str, key: str, agent: str = "agent-1") -> grpc.RpcError:
+    return assert_refused(
+        api.signer_of(agent).Sign,
+        signer_pb2.SignRequest(
+            intent=payment_intent(session_id, payee="data-inc", amount="1.00", key_id=key)
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "KEY_NOT_ACTIVE",
+    )
+
+
+def _jwks(
+    api: Api, shows: Callable[[dict[str, dict[str, object]]], bool]
+) -> tuple[dict[str, dict[str, object]], signer_pb2.GetPublicKeysResponse]:
+    """The served JWKS (by kid) once it ``shows`` what the test waits for: a change made
+    by the custody tools (another process) reaches it within the view's reload period,
+    ``limits.freeze_cache_seconds`` (a signature is refused at once: that is asserted
+    without waiting)."""
+    deadline = time.monotonic() + 30
+    while True:
+        keys = api.signer.GetPublicKeys(signer_pb2.GetPublicKeysRequest(), timeout=30)
+        jwks = {str(k["kid"]): k for k in json.loads(keys.jwks_json)["keys"]}
+        if shows(jwks) or time.monotonic() > deadline:
+            return jwks, keys
+        time.sleep(0.05)
+
+
+def _verify_jws(token: str, jwks_json: str) -> str:
+    """Verifies a JWS with joserfc (an independent JOSE library) against the served
+    JWKS; returns the kid it was verified with."""
+    obj = jws.deserialize_compact(
+        token, KeySet.import_key_set(json.loads(jwks_json)), algorithms=["ES256"]
+    )
+    return str(obj.headers()["kid"])
+
+
+def _objects_on_token(token: TestToken, label: str, cka_id: str) -> int:
+    """How many objects the token holds with this CKA_LABEL and CKA_ID, read back with
+    python-pkcs11 directly in another process."""
+    out = _on_token(
+        token,
+        "-c",
+        "import sys, pkcs11\n"
+        "from pkcs11 import Attribute\n"
+        "tok = pkcs11.lib(sys.argv[1]).get_token(token_label=sys.argv[2])\n"
+        "with tok.open(user_pin=open(sys.argv[3]).read().strip()) as s:\n"
+        "    wanted = {Attribute.LABEL: sys.argv[4], Attribute.ID: sys.argv[5].encode()}\n"
+        "    found = s.get_objects(wanted)\n"
+        "    print(len(list(found)))\n",
+        MODULE,
+        token.label,
+        str(token.pin_file),
+        label,
+        cka_id,
+    )
+    return int(out.strip())
+
+
+class TestRunningSigner:
+    def test_rotation_end_to_end(self, tmp_path: Path, pki: Pki) -> None:
+        tok = make_token(tmp_path / "hsm", label="rotation")
+        config = write_config(
+            tmp_path / "cfg", tok, pki, packs={"label.toml": _LABEL_PACK, "exact.toml": _EXACT_PACK}
+        )
+        with running_api(config, pki) as (_srv, api):
+            sid = open_session(api.planner, "agent-1", "100.00", task=_TASK, timeout=30)
+            sid2 = open_session(api.planner, "agent-2", "100.00", task=_TASK, timeout=30)
+            # Before: both configured versions sign; the label names the newest.
+            before = _pay_with(api, sid, "payments")
+            assert before.key_id == "payments.v2"
+            exact = _pay_with(api, sid2, "payments.v1", agent="agent-2")
+            assert exact.key_id == "payments.v1"
+
+            rotated = _keys_cli(config, "rotate", "--label", "payments")
+            assert rotated.returncode == 0, rotated.stderr
+            assert "pack test-exact asset USD grants payments.v1, verify-only now" in rotated.stderr
+
+            # After, without a restart: the label signs with the new version.
+            after = _pay_with(api, sid, "payments")
+            assert after.key_id == "payments.v3"
+            assert _pay_with(api, sid, "payments.v3").key_id == "payments.v3"
+            _pay_refused(api, sid, "payments.v1")
+            # The pack that names payments.v1 now grants only a verify-only version.
+            _pay_refused(api, sid2, "payments.v1", agent="agent-2")
+            refused_label = api.answer(
+                payment_intent(sid2, payee="data-inc", amount="1.00", key_id="payments"),
+                agent="agent-2",
+            )
+            assert isinstance(refused_label, grpc.RpcError)
+            assert refused_label.code() == grpc.StatusCode.PERMISSION_DENIED  # KEY_NOT_ALLOWED
+
+            jwks, keys = _jwks(api, lambda j: "payments.v3" in j)
+            assert {k: v["paywarden_state"] for k, v in jwks.items()} == {
+                "payments.v1": "verify-only",
+                "payments.v2": "verify-only",
+                "payments.v3": "active",
+            }
+            assert [k.key_id for k in keys.keys] == ["payments.v1", "payments.v2", "payments.v3"]
+            # Signed before the rotation, still verified against the JWKS; the new kid after.
+            assert _verify_jws(before.jws, keys.jwks_json) == "payments.v2"
+            assert _verify_jws(exact.jws, keys.jwks_json) == "payments.v1"
+            assert _verify_jws(after.jws, keys.jwks_json) == "payments.v3"
+
+            # Revoked: the next request is refused, the JWKS says when.
+            revoked = _keys_cli(config, "revoke", "--key", "payments.v3", "--reason", "drill")
+            assert revoked.returncode == 0, revoked.stderr
+            _pay_refused(api, sid, "payments")
+            _pay_refused(api, sid, "payments.v3")
+            jwks, keys = _jwks(api, lambda j: j["payments.v3"]["paywarden_state"] == "revoked")
+            v3 = jwks["payments.v3"]
+            assert v3["paywarden_state"] == "revoked"
+            revoked_at = v3["paywarden_revoked_at"]
+            assert (
+                isinstance(revoked_at, int)
+                and revoked_at >= json.loads(_payload_of(after.jws))["iat"]
+            )
+            assert _verify_jws(after.jws, keys.jwks_json) == "payments.v3"  # still checkable
+
+            # A new rotation signs again, still without a restart.
+            assert _keys_cli(config, "rotate", "--label", "payments").returncode == 0
+            assert _pay_with(api, sid, "payments").key_id == "payments.v4"
+
+            # Destroyed after its grace period: gone from the token and from the JWKS.
+            assert _objects_on_token(tok, "payments", "v1") == 2
+            early = _keys_cli(config, "destroy", "--key", "payments.v1")
+            assert early.returncode == 1 and "grace period" in early.stderr
+            gone = _keys_cli(config, "destroy", "--key", "payments.v1", "--grace-hours", "0")
+            assert gone.returncode == 0, gone.stderr
+            assert _objects_on_token(tok, "payments", "v1") == 0
+            assert _objects_on_token(tok, "payments", "v2") == 2
+            jwks, _keys = _jwks(api, lambda j: "payments.v1" not in j)
+            assert "payments.v1" not in jwks
+            assert jwks["payments.v4"]["paywarden_state"] == "active"
+            _pay_refused(api, sid2, "payments.v1", agent="agent-2")
+            assert _pay_with(api, sid, "payments").key_id == "payments.v4"
+
+        records = audit_log(tmp_path / "cfg" / "state.db")
+        changes = [
+            (r["action"], r.get("key_id")) for r in records if r["action"].startswith("key.")
+        ]
+        assert changes == [
+            ("key.register", "payments.v1"),
+            ("key.register", "payments.v2"),
+            ("key.rotate", "payments.v3"),
+            ("key.revoke", "payments.v3"),
+            ("key.rotate", "payments.v4"),
+            ("key.destroy", "payments.v1"),
+        ]
+        # Repeats of one refusal are counted into a summary: the first of each is in full.
+        said = [
+            (r["actor"]["id"], r["message"])
+            for r in records
+            if r["action"] == "sign.refused" and r["reason"] == "KEY_NOT_ACTIVE"
+        ]
+        assert said[:2] == [
+            ("agent-1", "key payments.v1 is verify-only; it signs nothing"),
+            ("agent-2", "key payments.v1 is verify-only; it signs nothing"),
+        ]
+
+
+def _payload_of(token: str) -> str:
+    payload = token.split(".")[1]
+    return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()

@@ -1310,7 +1310,7 @@ class TestPackValidation:
         text = replace_once(PACK, 'deny = ["evil.shop.example"]', 'deny_patterns = ["[z-a]"]')
         assert "field payees.deny_patterns" in self.load_error(tmp_path, text)
 
-    @pytest.mark.parametrize("key", ["payments", "Payments.v1", "payments.v0", "payments.V1"])
+    @pytest.mark.parametrize("key", ["payments.v", "Payments.v1", "payments.v0", "payments.V1"])
     def test_malformed_key_id(self, tmp_path: Path, key: str) -> None:
         text = replace_once(PACK, 'keys = ["payments.v1"]', f'keys = ["{key}"]')
         message = self.load_error(tmp_path, text)

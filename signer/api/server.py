@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from paywarden.hsm import Hsm, HsmError, HsmUnavailable, PublicKeyInfo
 from paywarden.policy import PackError, PackSet
 from paywarden.policy.packs import pack_set_sha256
+from paywarden.policy.vocabulary import KeyState
 from paywarden.signer.api.admission import Admission, AdmissionInterceptor
 from paywarden.signer.api.authz import Edge
 from paywarden.signer.api.calls import CallInterceptor
@@ -248,16 +249,23 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         store.close()
         names = ", ".join(f"assets.{a}.decimals" for a in changed)
         raise StartupError(f"{names}: differs from the decimals the store's amounts were kept in")
+    try:
+        versions = store.key_versions()
+    except StoreError as exc:
+        raise StartupError(f"store.path: {exc}") from None
     starting = _starting_packs(store, load_packs(config), config)
     check_descriptor_limit(config)
-    hsm = open_hsm(config)
+    # A configured version that stopped signing may be gone from the token.
+    retired = {k.key_id for k in versions if k.state is not KeyState.ACTIVE}
+    hsm = open_hsm(config, [ref for ref in config.key_refs() if ref.key_id not in retired])
     metrics = Metrics(config.metrics.max_tracked_sessions)
     try:  # one decision time for every service: never below what is recorded
         clock = HighWater(time.time, store.latest_audit_time())
     except StoreError as exc:
         raise StartupError(f"store.path: {exc}") from None
-    service = SigningService(config, store, hsm, starting.packs, clock=clock.now, metrics=metrics)
     _audit_start(store, hsm, starting, config, clock.now)
+    # After the start-up records: the service registers the configured keys it finds.
+    service = SigningService(config, store, hsm, starting.packs, clock=clock.now, metrics=metrics)
     auth = authenticator(config)
     auth.check_revocations(with_crl(service.revocations.check, revocation_list(config)))
     in_flight = Gauge(

@@ -87,7 +87,11 @@ class SignerServicer(signer_pb2_grpc.SignerServicer):
         return signer_pb2.GetPublicKeysResponse(
             jwks_json=self.keys.jwks(),
             keys=[
-                signer_pb2.PublicKey(key_id=k.key_id, algorithm=k.algorithm, spki_pem=k.spki_pem)
+                signer_pb2.PublicKey(
+                    key_id=k.info.key_id,
+                    algorithm=k.info.algorithm,
+                    spki_pem=k.info.spki_pem,
+                )
                 for k in keys
             ],
         )

@@ -8,10 +8,10 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
-from paywarden.hsm import Hsm, HsmError, HsmPinRejected, read_pin
+from paywarden.hsm import Hsm, HsmError, HsmPinRejected, KeyRef, read_pin
 from paywarden.policy import PackError, PackSet, compile_all, load_pack_dir
 from paywarden.signer.api.tls import RevocationList, ServerTls, TlsFilesError, read_file
 from paywarden.signer.config import Config
@@ -93,8 +93,9 @@ def load_packs(config: Config) -> PackSet:
     return packs
 
 
-def open_hsm(config: Config) -> Hsm:
-    """Builds the HSM client and tries to open it; an unusable HSM is not fatal."""
+def open_hsm(config: Config, keys: Sequence[KeyRef] | None = None) -> Hsm:
+    """Builds the HSM client and tries to open it; an unusable HSM is not fatal.
+    ``keys``: the payment keys it must find at open (default: the configured ones)."""
     if config.hsm.softhsm_conf is not None:
         os.environ["SOFTHSM2_CONF"] = str(config.hsm.softhsm_conf)
     try:
@@ -111,7 +112,7 @@ def open_hsm(config: Config) -> Hsm:
         config.hsm.module,
         config.hsm.token_label,
         pin,
-        config.key_refs(),
+        config.key_refs() if keys is None else keys,
         audit_key=config.audit.ref(),
         retry_interval=config.hsm.retry_interval_seconds,
     )

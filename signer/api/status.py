@@ -19,6 +19,7 @@ from paywarden.signer.errors import (
     Forbidden,
     Internal,
     InvalidInput,
+    KeyNotActive,
     NotAuthenticated,
     NotFound,
     Overloaded,
@@ -43,6 +44,9 @@ _CODES: dict[type[PaywardenError], grpc.StatusCode] = {
     Denied: grpc.StatusCode.PERMISSION_DENIED,
     SessionNotUsable: grpc.StatusCode.FAILED_PRECONDITION,
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    # The request is well formed and the caller may make it; the key version's state
+    # refuses it, and naming the active version (or the label) is the fix.
+    KeyNotActive: grpc.StatusCode.FAILED_PRECONDITION,
     Replayed: grpc.StatusCode.ALREADY_EXISTS,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Internal: grpc.StatusCode.INTERNAL,

@@ -25,13 +25,21 @@ from paywarden.signer.core import audit_events
 from paywarden.signer.core.backstop import check_budget
 from paywarden.signer.core.deps import Deps
 from paywarden.signer.core.facts import day_start, payment_facts
+from paywarden.signer.core.keys import KeyView, resolve
 from paywarden.signer.core.payments import Intent, check_expiry, claims
 from paywarden.signer.core.recording import holds, new_record
 from paywarden.signer.core.refusing import Refusals, RetryKind, breaker_freeze
 from paywarden.signer.core.retries import answer_retry
 from paywarden.signer.core.session_input import new_decision_id
 from paywarden.signer.encoding import jcs
-from paywarden.signer.errors import Forbidden, NotFound, Reason, Replayed, SessionNotUsable
+from paywarden.signer.errors import (
+    Forbidden,
+    KeyNotActive,
+    NotFound,
+    Reason,
+    Replayed,
+    SessionNotUsable,
+)
 from paywarden.signer.identity import Principal
 from paywarden.signer.store.protocols import PaymentTx
 from paywarden.signer.store.records import (
@@ -71,8 +79,9 @@ class _Read:
 
 
 class Decider:
-    def __init__(self, deps: Deps, refusals: Refusals) -> None:
+    def __init__(self, deps: Deps, refusals: Refusals, keys: KeyView) -> None:
         self._deps = deps
+        self._keys = keys
         self._store = deps.store
         self._metrics = deps.metrics
         self._refusals = refusals
@@ -93,6 +102,7 @@ class Decider:
         # request that waited for the lock is not decided on a stale time.
         now = self._deps.now()
         session = self._bind(tx, caller, intent, now)
+        intent = self._key(tx, intent)
         previous = self._guard(tx, caller, intent, session, request_hash, now)
         if previous is not None:
             return self._answer_retry(tx, caller, previous, session, now), _nothing
@@ -112,6 +122,18 @@ class Decider:
         if session.agent_id != caller.id:
             raise Forbidden(Reason.SESSION_AGENT_MISMATCH, "the session belongs to another agent")
         return session
+
+    def _key(self, tx: PaymentTx, intent: Intent) -> Intent:
+        """The intent with the exact version it signs with: the one named, or the label's
+        active version, read in this transaction (a version revoked a moment ago by
+        another process is refused here)."""
+        try:
+            version = resolve(tx, intent.key_id)
+        except KeyNotActive:
+            self._keys.invalidate()  # the view believed otherwise
+            raise
+        self._keys.saw(version)
+        return replace(intent, key_id=version.key_id)
 
     def _guard(
         self,

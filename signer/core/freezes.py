@@ -6,7 +6,7 @@ Operators cannot sign or approve; nothing here touches a payment key.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from paywarden.policy.vocabulary import FreezeScope, FreezeSource
 from paywarden.signer.core import audit_events
@@ -26,11 +26,18 @@ MAX_REASON = 1024
 
 class Freezes:
     def __init__(
-        self, deps: Deps, *, unfrozen: Callable[[FreezeScope, str], None] | None = None
+        self,
+        deps: Deps,
+        *,
+        unfrozen: Callable[[FreezeScope, str], None] | None = None,
+        key_ids: Callable[[], Collection[str]] | None = None,
     ) -> None:
         """``unfrozen(scope, target)`` is called after a freeze is lifted: the signing
-        path resets what it counted for the breaker (``Refusals.operator_unfroze``)."""
+        path resets what it counted for the breaker (``Refusals.operator_unfroze``).
+        ``key_ids``: the payment key versions a key freeze may name (default: the
+        configured ones); a version rotated in later may be frozen too."""
         self._deps = deps
+        self._key_ids = key_ids
         self._store = deps.store
         self._metrics = deps.metrics
         self._unfrozen = unfrozen
@@ -50,7 +57,8 @@ class Freezes:
             raise InvalidInput(Reason.STRING_INVALID, "target is not an agent id")
         if scope == FreezeScope.SESSION:
             return parse_session_id(target)
-        if scope == FreezeScope.KEY and target not in self._deps.payment_keys:
+        known = self._key_ids() if self._key_ids is not None else ()
+        if scope == FreezeScope.KEY and target not in {*self._deps.payment_keys, *known}:
             raise InvalidInput(Reason.UNKNOWN_KEY, "target is not a payment key of this signer")
         return target
 

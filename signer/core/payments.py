@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 from paywarden.policy.vocabulary import Amount, Asset
@@ -66,8 +66,11 @@ class Intent:
         )
 
 
-def validate_intent(fields: IntentFields, assets: Mapping[str, Asset], key_ids: set[str]) -> Intent:
-    """Raises :class:`InvalidInput` with a precise reason for the first problem."""
+def validate_intent(
+    fields: IntentFields, assets: Mapping[str, Asset], key_ids: Container[str]
+) -> Intent:
+    """Raises :class:`InvalidInput` with a precise reason for the first problem.
+    ``key_ids``: the key ids and labels a request may name."""
     session_id = parse_session_id(fields.session_id)
     if not fields.asset:
         raise InvalidInput(Reason.FIELD_MISSING, "asset is required")

@@ -11,6 +11,7 @@ kill switch (an unfreeze restarts the breaker's count) and the checkpointer
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.deps import Deps
 from paywarden.signer.core.explain import Explain
 from paywarden.signer.core.freezes import Freezes
-from paywarden.signer.core.keys import PublicKeys
+from paywarden.signer.core.keys import KeyView, PublicKeys
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.refusing import Refusals
 from paywarden.signer.core.reloads import PolicyReloads
@@ -31,9 +32,12 @@ from paywarden.signer.core.sessions import Sessions
 from paywarden.signer.core.signing import Signing
 from paywarden.signer.core.views import SessionView, SignResult
 from paywarden.signer.deadlines import NO_DEADLINE, Deadline
+from paywarden.signer.errors import PaywardenError
 from paywarden.signer.identity import Principal
 from paywarden.signer.metrics import Metrics
 from paywarden.signer.store.protocols import Store
+
+log = logging.getLogger("paywarden.signer")
 
 
 class SigningService:
@@ -51,11 +55,20 @@ class SigningService:
         self.deps = deps
         self.metrics = deps.metrics
         self.refusals = Refusals(deps)
-        self.signing = Signing(deps, self.refusals)
-        self.keys = PublicKeys(hsm)
+        self.key_view = KeyView(
+            store, hsm, deps.payment_keys, deps.limits.freeze_cache_seconds, now=deps.now
+        )
+        try:  # registers the configured keys on the token that the store lacks
+            self.key_view.refresh()
+        except PaywardenError as exc:
+            log.error("the payment keys cannot be loaded yet: %s", exc)
+        self.signing = Signing(deps, self.refusals, self.key_view)
+        self.keys = PublicKeys(self.key_view)
         self.sessions = Sessions(deps)
         self.approvals = Approvals(deps)
-        self.freezes = Freezes(deps, unfrozen=self.refusals.operator_unfroze)
+        self.freezes = Freezes(
+            deps, unfrozen=self.refusals.operator_unfroze, key_ids=self.key_view.key_ids
+        )
         self.checkpoints = Checkpoints(deps)
         self.revocations = Revocations(deps)
         self.explain = Explain(deps, self.refusals)

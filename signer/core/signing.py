@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from paywarden.hsm import HsmError, HsmUnavailable
-from paywarden.policy.vocabulary import ApprovalStatus, Verdict
+from paywarden.policy.vocabulary import ApprovalStatus, KeyState, Verdict
 from paywarden.signer.core import committed
 from paywarden.signer.core.batching import GroupCommit
 from paywarden.signer.core.deciding import Decided, Decider
 from paywarden.signer.core.deps import Deps, require, store_call
 from paywarden.signer.core.disclosure import agent_facing
+from paywarden.signer.core.keys import KeyView
 from paywarden.signer.core.payments import (
     Intent,
     IntentFields,
@@ -38,6 +39,7 @@ from paywarden.signer.core.views import SignResult, SignStatus
 from paywarden.signer.deadlines import NO_DEADLINE, Deadline
 from paywarden.signer.errors import (
     Denied,
+    KeyNotActive,
     PaywardenError,
     Reason,
     SessionNotUsable,
@@ -57,14 +59,14 @@ _SESSION_REASONS = {
 
 
 class Signing:
-    def __init__(self, deps: Deps, refusals: Refusals) -> None:
+    def __init__(self, deps: Deps, refusals: Refusals, keys: KeyView) -> None:
         self._deps = deps
         self._store = deps.store
         self._hsm = deps.hsm
         self._metrics = deps.metrics
         self._refusals = refusals
-        self._key_ids = set(deps.hsm.key_ids())
-        self._decider = Decider(deps, refusals)
+        self._keys = keys
+        self._decider = Decider(deps, refusals, keys)
         self._batches = GroupCommit(deps.store)
 
     def sign(
@@ -96,7 +98,8 @@ class Signing:
 
     def _sign(self, caller: Principal, fields: IntentFields, deadline: Deadline) -> SignResult:
         require(caller, Role.AGENT)
-        intent = validate_intent(fields, self._deps.assets, self._key_ids)
+        intent = validate_intent(fields, self._deps.assets, self._keys)
+        self._keys.check(intent.key_id)  # early; the decision reads the state again
         request_hash = hashlib.sha256(intent.request_digest_input(caller.id)).hexdigest()
         try:
             self._hsm.ensure_available()
@@ -140,6 +143,15 @@ class Signing:
             return _Done(decided, report, attempt)
         # A retry completes an earlier decision: whatever became of it is judged.
         record = decided.record
+        key = tx.key_version(record.key_id)
+        if key is None or key.state is not KeyState.ACTIVE:
+            self._keys.invalidate()
+            raise KeyNotActive(
+                Reason.KEY_NOT_ACTIVE,
+                f"key {record.key_id} is {key.state if key else 'unknown'} now: the earlier "
+                "decision stays unsigned",
+                decision_id=record.id,
+            )
         compact = self._signature(record, deadline, attempt)
         if compact is None:
             return _Done(decided, report, attempt)
