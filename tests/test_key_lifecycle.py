@@ -435,7 +435,11 @@ class TestRunningSigner:
                 "payments.v2": "verify-only",
                 "payments.v3": "active",
             }
-            assert [k.key_id for k in keys.keys] == ["payments.v1", "payments.v2", "payments.v3"]
+            assert {k.key_id: (k.state, k.revoked_at) for k in keys.keys} == {
+                "payments.v1": ("verify-only", 0),
+                "payments.v2": ("verify-only", 0),
+                "payments.v3": ("active", 0),
+            }
             # Signed before the rotation, still verified against the JWKS; the new kid after.
             assert _verify_jws(before.jws, keys.jwks_json) == "payments.v2"
             assert _verify_jws(exact.jws, keys.jwks_json) == "payments.v1"
@@ -454,6 +458,8 @@ class TestRunningSigner:
                 isinstance(revoked_at, int)
                 and revoked_at >= json.loads(_payload_of(after.jws))["iat"]
             )
+            assert {k.key_id: k.state for k in keys.keys}["payments.v3"] == "revoked"
+            assert [k.revoked_at for k in keys.keys if k.key_id == "payments.v3"] == [revoked_at]
             assert _verify_jws(after.jws, keys.jwks_json) == "payments.v3"  # still checkable
 
             # A new rotation signs again, still without a restart.

@@ -91,6 +91,8 @@ class SignerServicer(signer_pb2_grpc.SignerServicer):
                     key_id=k.info.key_id,
                     algorithm=k.info.algorithm,
                     spki_pem=k.info.spki_pem,
+                    state=str(k.state),
+                    revoked_at=k.revoked_at or 0,
                 )
                 for k in keys
             ],

@@ -77,11 +77,15 @@ class GetPublicKeysResponse(_message.Message):
     def __init__(self, jwks_json: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ...) -> None: ...
 
 class PublicKey(_message.Message):
-    __slots__ = ("key_id", "algorithm", "spki_pem")
+    __slots__ = ("key_id", "algorithm", "spki_pem", "state", "revoked_at")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     SPKI_PEM_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     algorithm: str
     spki_pem: str
-    def __init__(self, key_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., spki_pem: _Optional[str] = ...) -> None: ...
+    state: str
+    revoked_at: int
+    def __init__(self, key_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., spki_pem: _Optional[str] = ..., state: _Optional[str] = ..., revoked_at: _Optional[int] = ...) -> None: ...
