@@ -21,9 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from joserfc import jws
 from joserfc.jwk import KeySet
 from paywarden.hsm import Hsm, KeyNotFound, KeyRef, PublicKeyInfo
+from paywarden.policy import PackError, load_pack
 from paywarden.policy.vocabulary import KeyState
 from paywarden.signer.core import key_custody
 from paywarden.signer.core.audit_events import SYSTEM
+from paywarden.signer.core.key_grants import check_grants
+from paywarden.signer.store.records import KeyVersion
 from paywarden.signer.store.sqlite import SqliteStore
 from paywarden.v1 import signer_pb2
 
@@ -480,6 +483,29 @@ class TestRunningSigner:
             _pay_refused(api, sid2, "payments.v1", agent="agent-2")
             assert _pay_with(api, sid, "payments").key_id == "payments.v4"
 
+        # A restart: the pack that grants the destroyed version no longer loads ...
+        start = subprocess.run(
+            [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(config)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert start.returncode == 2
+        assert (
+            "pack test-exact asset BTC grants key payments.v1, which is destroyed" in start.stderr
+        )
+        # ... granted by label it does, and the configured payments.v1, gone from the
+        # token, is not needed to open it.
+        (tmp_path / "cfg" / "policy" / "exact.toml").write_text(
+            _EXACT_PACK.replace('keys = ["payments.v1"]', 'keys = ["payments"]'), encoding="utf-8"
+        )
+        with running_api(config, pki) as (srv, api):
+            assert "hsm available: True" in srv.output[-1]
+            sid2 = open_session(api.planner, "agent-2", "10.00", task=_TASK, timeout=30)
+            assert _pay_with(api, sid2, "payments", agent="agent-2").key_id == "payments.v4"
+
         records = audit_log(tmp_path / "cfg" / "state.db")
         changes = [
             (r["action"], r.get("key_id")) for r in records if r["action"].startswith("key.")
@@ -507,3 +533,39 @@ class TestRunningSigner:
 def _payload_of(token: str) -> str:
     payload = token.split(".")[1]
     return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
+
+
+class TestScoping:
+    def test_a_pack_may_grant_only_active_keys(self, tmp_path: Path) -> None:
+        def version(key_id: str, state: KeyState) -> KeyVersion:
+            ref = KeyRef.parse(key_id)
+            return KeyVersion(key_id, ref.label, ref.version, state, SPKI, 1, 1, 1)
+
+        stored = [
+            version("payments.v1", KeyState.VERIFY_ONLY),
+            version("payments.v2", KeyState.ACTIVE),
+            version("refunds.v1", KeyState.REVOKED),
+        ]
+        configured = ["payments.v1", "payments.v2", "eu.v1"]
+
+        def grants(*keys: str) -> None:
+            path = tmp_path / "p.toml"
+            path.write_text(
+                OPEN_PACK.replace(
+                    '"payments.v1", "payments.v2"', ", ".join(f'"{k}"' for k in keys)
+                ),
+                encoding="utf-8",
+            )
+            check_grants([load_pack(path)], stored, configured)
+
+        grants("payments", "payments.v2")
+        grants("eu.v1", "eu")  # configured, its token not up yet: registered when it is
+        for keys, why in (
+            (("payments.v1",), "grants key payments.v1, which is verify-only"),
+            (("payments.v9",), "grants key payments.v9, which is not a payment key"),
+            (("refunds",), "grants key refunds, which has no active version"),
+            (("refunds.v1",), "grants key refunds.v1, which is revoked"),
+            (("other",), "grants key other, which is not a payment key label"),
+        ):
+            with pytest.raises(PackError, match=f"pack test-open asset BTC {why}"):
+                grants(*keys)

@@ -253,7 +253,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         versions = store.key_versions()
     except StoreError as exc:
         raise StartupError(f"store.path: {exc}") from None
-    starting = _starting_packs(store, load_packs(config), config)
+    starting = _starting_packs(store, load_packs(config, versions), config)
     check_descriptor_limit(config)
     # A configured version that stopped signing may be gone from the token.
     retired = {k.key_id for k in versions if k.state is not KeyState.ACTIVE}

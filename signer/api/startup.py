@@ -15,7 +15,9 @@ from paywarden.hsm import Hsm, HsmError, HsmPinRejected, KeyRef, read_pin
 from paywarden.policy import PackError, PackSet, compile_all, load_pack_dir
 from paywarden.signer.api.tls import RevocationList, ServerTls, TlsFilesError, read_file
 from paywarden.signer.config import Config
+from paywarden.signer.core.key_grants import check_grants
 from paywarden.signer.identity import Authenticator
+from paywarden.signer.store.records import KeyVersion
 
 # The logger of start-up, as before these checks left server.py.
 log = logging.getLogger("paywarden.signer.api.server")
@@ -81,11 +83,15 @@ def authenticator(config: Config, clock: Callable[[], float] = time.time) -> Aut
         raise StartupError(f"server.client_ca: {s.client_ca} holds no PEM certificate") from None
 
 
-def load_packs(config: Config) -> PackSet:
-    """Loads and compiles the policy packs; any error stops start-up (fail closed)."""
+def load_packs(config: Config, keys: Sequence[KeyVersion] | None = None) -> PackSet:
+    """Loads and compiles the policy packs; any error stops start-up (fail closed).
+    ``keys``: the stored key versions, in which every key a pack grants must be active
+    (:func:`~paywarden.signer.core.key_grants.check_grants`)."""
     try:
         packs = load_pack_dir(config.policy.dir, config.groups)
         compile_all(packs.packs, config.asset_table())
+        if keys is not None:
+            check_grants(packs.packs, keys, [r.key_id for r in config.key_refs()])
     except PackError as exc:
         raise StartupError(f"policy.dir: {exc}") from None
     if not packs.packs:
