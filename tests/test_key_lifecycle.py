@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
@@ -33,6 +34,7 @@ from paywarden.v1 import signer_pb2
 from tests.attacks.kit import audit_log
 from tests.conftest import make_token
 from tests.helpers import MODULE, OPEN_PACK, ROOT, Pki, TestToken, write_config
+from tests.support.cli import ctl
 from tests.support.clients import Api, running_api
 from tests.support.intents import payment_intent
 from tests.support.refusals import assert_refused
@@ -405,7 +407,7 @@ class TestRunningSigner:
         config = write_config(
             tmp_path / "cfg", tok, pki, packs={"label.toml": _LABEL_PACK, "exact.toml": _EXACT_PACK}
         )
-        with running_api(config, pki) as (_srv, api):
+        with running_api(config, pki) as (srv, api):
             sid = open_session(api.planner, "agent-1", "100.00", task=_TASK, timeout=30)
             sid2 = open_session(api.planner, "agent-2", "100.00", task=_TASK, timeout=30)
             # Before: both configured versions sign; the label names the newest.
@@ -422,6 +424,19 @@ class TestRunningSigner:
             after = _pay_with(api, sid, "payments")
             assert after.key_id == "payments.v3"
             assert _pay_with(api, sid, "payments.v3").key_id == "payments.v3"
+            # A key freeze may name the rotated version, and stops the label that names it.
+            froze = ctl(srv, pki, "freeze", "key", "payments.v3", "--reason", "drill")
+            assert froze.returncode == 0, froze.stderr
+            assert_refused(
+                api.signer.Sign,
+                signer_pb2.SignRequest(
+                    intent=payment_intent(sid, payee="data-inc", amount="1.00", key_id="payments")
+                ),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "FROZEN",
+            )
+            thawed = ctl(srv, pki, "unfreeze", "key", "payments.v3", "--reason", "drill over")
+            assert thawed.returncode == 0, thawed.stderr
             _pay_refused(api, sid, "payments.v1")
             # The pack that names payments.v1 now grants only a verify-only version.
             _pay_refused(api, sid2, "payments.v1", agent="agent-2")
@@ -442,6 +457,12 @@ class TestRunningSigner:
                 "payments.v1": ("verify-only", 0),
                 "payments.v2": ("verify-only", 0),
                 "payments.v3": ("active", 0),
+            }
+            # pyjwt reads the set too: the state members are ignored (RFC 7517 section 4).
+            assert {k.key_id for k in jwt.PyJWKSet.from_dict(json.loads(keys.jwks_json)).keys} == {
+                "payments.v1",
+                "payments.v2",
+                "payments.v3",
             }
             # Signed before the rotation, still verified against the JWKS; the new kid after.
             assert _verify_jws(before.jws, keys.jwks_json) == "payments.v2"
