@@ -323,8 +323,13 @@ class _Usage:
                       f"the highest calendar-day spend {span}")  # fmt: skip
             self._far("rolling_24h_limit", rules.rolling_24h_limit, self.seen.two_day_peak, code,
                       f"the highest two consecutive calendar days' spend {span}")  # fmt: skip
+            labels = {(a, c, k.rpartition(".v")[0]) for a, c, k in self.seen.keys}
             for i, key in enumerate(rules.keys):
-                if not any((a, code, key) in self.seen.keys for a in self.agents):
+                # a label grant is used by a payment signed with any of its versions
+                if not any(
+                    (a, code, key) in self.seen.keys or (a, code, key) in labels
+                    for a in self.agents
+                ):
                     self.lint.warn(
                         LintCode.UNUSED_KEY,
                         f"{where}.keys[{i}]",

@@ -354,7 +354,8 @@ def test_every_field_matches_the_pack_and_the_recorded_spend(fixture_agent: Fixt
     usd, jpy = assets["USD"], assets["JPY"]
     assert [k["key_id"] for k in usd["keys"]] == ["payments.v1", "payments.v2"]
     assert [k["key_id"] for k in jpy["keys"]] == ["payments.v2"]
-    assert all(k["configured"] is True and k["state"] is None for k in usd["keys"] + jpy["keys"])
+    keys = usd["keys"] + jpy["keys"]
+    assert all(k["configured"] is True and k["state"] == "active" for k in keys)
     assert (usd["decimals"], jpy["decimals"]) == (2, 0)
     assert _d(usd["max_per_payment"]) == _d("50") and usd["max_per_payment"] == "50.00"
     assert _d(jpy["max_per_payment"]) == _d("9000")
@@ -508,7 +509,7 @@ def test_the_command_prints_the_report_and_the_document(fixture_agent: Fixture, 
     assert report.returncode == 0, report.stderr
     text = report.stdout
     assert "pack explain-fixture v3" in text
-    assert "USD: keys payments.v1, payments.v2; at most 50.00 per payment" in text
+    assert "USD: keys payments.v1 [active], payments.v2 [active]; at most 50.00 per payment" in text
     assert "daily limit: 120.50, used 91.75, remains 28.75" in text
     assert "rolling 24 h limit: 200.00, used 91.75, remains 108.25" in text
     assert "approval: above 40.00: 1 approver(s); above 45.00: 2 approver(s)" in text

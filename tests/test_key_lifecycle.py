@@ -26,6 +26,7 @@ from paywarden.policy import PackError, load_pack
 from paywarden.policy.vocabulary import KeyState
 from paywarden.signer.core import key_custody
 from paywarden.signer.core.audit_events import SYSTEM
+from paywarden.signer.core.explain import KeyGrant, key_grant
 from paywarden.signer.core.key_grants import check_grants
 from paywarden.signer.store.records import KeyVersion
 from paywarden.signer.store.sqlite import SqliteStore
@@ -590,3 +591,26 @@ class TestScoping:
         ):
             with pytest.raises(PackError, match=f"pack test-open asset BTC {why}"):
                 grants(*keys)
+
+    def test_explain_names_each_grants_state(self) -> None:
+        def version(key_id: str, state: KeyState) -> KeyVersion:
+            ref = KeyRef.parse(key_id)
+            return KeyVersion(key_id, ref.label, ref.version, state, SPKI, 1, 1, 1)
+
+        stored = [
+            version("payments.v1", KeyState.VERIFY_ONLY),
+            version("payments.v2", KeyState.ACTIVE),
+            version("refunds.v1", KeyState.REVOKED),
+        ]
+        configured = ["payments.v1", "eu.v1"]
+        assert [
+            key_grant(k, configured, stored)
+            for k in ("payments.v1", "payments", "refunds", "eu.v1", "eu", "other.v1")
+        ] == [
+            KeyGrant("payments.v1", True, "verify-only"),
+            KeyGrant("payments", True, "active"),
+            KeyGrant("refunds", True, "no active version"),
+            KeyGrant("eu.v1", True, None),
+            KeyGrant("eu", True, None),
+            KeyGrant("other.v1", False, None),
+        ]

@@ -199,6 +199,21 @@ def test_limits_far_above_spend_and_unused_grants(tmp_path: Path) -> None:
     }
 
 
+def test_a_label_grant_is_used_by_any_of_its_versions(tmp_path: Path) -> None:
+    label_pack = LOOSE.replace('keys = ["payments.v1", "payments.v2"]', 'keys = ["payments"]', 1)
+    packs = _pack_set(tmp_path, loose=label_pack)
+    observed = Observed.of(
+        [_paid("agent-4", "USD", "payments.v7", "acme-data", 10_00, DAY1)], dt.UTC, 30
+    )
+    unused = {w.path for w in lint(packs, LINT_ASSETS, observed) if w.code == LintCode.UNUSED_KEY}
+    assert "assets.USD.keys[0]" not in unused
+    other = Observed.of(
+        [_paid("agent-4", "USD", "refunds.v1", "acme-data", 10_00, DAY1)], dt.UTC, 30
+    )
+    unused = {w.path for w in lint(packs, LINT_ASSETS, other) if w.code == LintCode.UNUSED_KEY}
+    assert "assets.USD.keys[0]" in unused
+
+
 def test_limits_within_ten_times_the_spend_are_not_far_above(tmp_path: Path) -> None:
     payments = [
         _paid("agent-4", "USD", "payments.v1", "acme-data", 60_00, DAY1),

@@ -10,18 +10,24 @@ payment it asks for is denied. Plain values; :mod:`.explain_document` writes the
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from paywarden.policy import PolicyPack, to_minor
 from paywarden.policy.packs import AssetRules, PolicyPackModel
-from paywarden.policy.vocabulary import FirstPaymentMode, Phase, SessionState
+from paywarden.policy.vocabulary import FirstPaymentMode, KeyState, Phase, SessionState
 from paywarden.signer.core.deps import Deps, control_store_call, require
 from paywarden.signer.core.facts import day_start
 from paywarden.signer.core.refusing import Refusals
 from paywarden.signer.errors import InvalidInput, Reason
 from paywarden.signer.identity import PRINCIPAL_ID, Principal, Role
-from paywarden.signer.store.records import AgentOverview, AgentUsage, Freeze, SessionRecord
+from paywarden.signer.store.records import (
+    AgentOverview,
+    AgentUsage,
+    Freeze,
+    KeyVersion,
+    SessionRecord,
+)
 
 MAX_SESSIONS = 100  # open sessions listed (all are counted)
 
@@ -37,10 +43,10 @@ class Allowance:
 
 @dataclass(frozen=True, slots=True)
 class KeyGrant:
-    key_id: str
-    configured: bool  # one of this signer's configured payment keys
-    # KEY STATE: active, verify-only or revoked, from the key versions of issue 12
-    # point 1, once the signer keeps them. None: this signer does not know key states.
+    key_id: str  # a version, or a label (its active version)
+    configured: bool  # a payment key of this signer: configured, or a version in the store
+    # The version's state (active, verify-only, revoked, destroyed); for a label, "active"
+    # if it has an active version, else "no active version". None: not a key of this signer.
     state: str | None = None
 
 
@@ -296,13 +302,14 @@ class Explain:
                 deps.amount(max(ceiling - used, 0), code),
             )  # fmt: skip
 
+        versions = control_store_call(deps.store.key_versions)
         steps = [(to_minor(t.above, decimals, where), t.approvers) for t in rules.approval_tiers]
         if rules.approval_above is not None:
             steps.append((to_minor(rules.approval_above, decimals, where), 1))
         return AssetPower(
             asset=code,
             decimals=decimals,
-            keys=tuple(KeyGrant(k, k in deps.payment_keys) for k in rules.keys),
+            keys=tuple(key_grant(k, deps.payment_keys, versions) for k in rules.keys),
             max_per_payment=self._units(rules.max_per_payment, code, where),
             spent_today=deps.amount(usage.spent_today_minor, code),
             spent_24h=deps.amount(usage.spent_24h_minor, code),
@@ -370,3 +377,16 @@ class Explain:
 
 def _counted(limit: int, used: int) -> Counted:
     return Counted(limit, used, max(limit - used, 0))
+
+
+def key_grant(key: str, configured: Collection[str], versions: Iterable[KeyVersion]) -> KeyGrant:
+    """What a pack's key grant names now: the version's state, or a label's."""
+    stored = {v.key_id: v for v in versions}
+    if key in stored:
+        return KeyGrant(key, True, str(stored[key].state))
+    labelled = [v for v in stored.values() if v.label == key]
+    if labelled:
+        active = any(v.state is KeyState.ACTIVE for v in labelled)
+        return KeyGrant(key, True, str(KeyState.ACTIVE) if active else "no active version")
+    known = key in configured or any(k.partition(".v")[0] == key for k in configured)
+    return KeyGrant(key, known, None)
