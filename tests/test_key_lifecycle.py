@@ -504,6 +504,12 @@ class TestRunningSigner:
             assert jwks["payments.v4"]["paywarden_state"] == "active"
             _pay_refused(api, sid2, "payments.v1", agent="agent-2")
             assert _pay_with(api, sid, "payments").key_id == "payments.v4"
+            # A live reload refuses the pack as a restart does (below); nothing changes.
+            reload = ctl(srv, pki, "reload")
+            assert reload.returncode == 1
+            assert "pack test-exact asset BTC grants key payments.v1, which is destroyed" in (
+                reload.stderr
+            )
 
         # A restart: the pack that grants the destroyed version no longer loads ...
         start = subprocess.run(

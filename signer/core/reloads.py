@@ -31,6 +31,7 @@ from paywarden.policy.packs import build_pack_set, load_pack_dir, parse_pack
 from paywarden.policy.vocabulary import ReloadState
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.deps import Deps, control_store_call, require
+from paywarden.signer.core.key_grants import check_grants
 from paywarden.signer.core.policy_set import PolicySet
 from paywarden.signer.errors import (
     Forbidden,
@@ -108,7 +109,11 @@ class PolicyReloads:
         self._pending_seconds = pending_seconds
 
     def _build(self, packs_of: Callable[[], PackSet]) -> PolicySet:
-        return PolicySet.build(packs_of(), self._deps.assets)
+        packs = packs_of()
+        # Key scoping: every key a pack grants must exist and be active (issue 12, 2).
+        versions = control_store_call(self._store.key_versions)
+        check_grants(packs.packs, versions, self._deps.payment_keys)
+        return PolicySet.build(packs, self._deps.assets)
 
     def _refuse(
         self, caller: Principal, action: str, error: PaywardenError, **fields: Any
