@@ -487,6 +487,23 @@ def test_the_freezes_that_stop_the_agent_are_listed(fixture_agent: Fixture, pki:
     assert doc["freezes"] == []
 
 
+def test_a_revoked_agent_is_reported_revoked(fixture_agent: Fixture, pki: Pki) -> None:
+    # A revocation is never lifted: an agent no other test of this module uses.
+    fx = fixture_agent
+    assert _explained(fx.api, "agent-9")[1]["revoked"] is None
+    done = ctl(fx.srv, pki, "revoke", "--principal", "agent-9", "--reason", "explain revoked")
+    assert done.returncode == 0, done.stderr
+    _, doc = _explained(fx.api, "agent-9")
+    revoked = doc["revoked"]
+    assert revoked is not None
+    assert (revoked["kind"], revoked["value"]) == ("principal", "agent-9")
+    assert (revoked["operator"], revoked["reason"]) == ("operator/operator-1", "explain revoked")
+    assert _explained(fx.api, "agent-1")[1]["revoked"] is None
+    out = _explain_cli(fx.srv, pki, "agent-9")
+    assert out.returncode == 0, out.stderr
+    assert "REVOKED: by operator/operator-1" in out.stdout
+
+
 def _explain_cli(srv: ServeProcess, pki: Pki, *args: str) -> Any:
     return paywarden(
         "explain", "--addr", srv.addr, "--ca", pki.dir / "ca.crt",

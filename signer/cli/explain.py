@@ -80,6 +80,9 @@ def report(doc: dict[str, Any]) -> list[str]:
                 f" remains {b['remaining']}"
             )
     lines.append(f"  pending approvals: {doc['pending_approvals']}")
+    if doc["revoked"] is not None:
+        r = doc["revoked"]
+        lines.append(f"  REVOKED: by {r['operator']} at {r['created_at']}: {r['reason']}")
     if not doc["freezes"]:
         lines.append("  freezes: none")
     for f in doc["freezes"]:

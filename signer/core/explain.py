@@ -26,6 +26,7 @@ from paywarden.signer.store.records import (
     AgentUsage,
     Freeze,
     KeyVersion,
+    Revocation,
     SessionRecord,
 )
 
@@ -187,6 +188,7 @@ class Explanation:
     open_sessions_total: int
     pending_approvals: int
     freezes: tuple[Freeze, ...]  # global, the agent's, its open sessions', its keys'
+    revoked: Revocation | None  # its principal id revoked: every call it makes is refused
 
 
 class Explain:
@@ -229,6 +231,7 @@ class Explain:
             open_sessions_total=overview.open_sessions,
             pending_approvals=overview.pending_approvals,
             freezes=overview.freezes,
+            revoked=overview.revoked,
         )
 
     # -- the pack ---------------------------------------------------------------------

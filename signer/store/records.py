@@ -235,3 +235,4 @@ class AgentOverview:
     pending_approvals: int  # its payments waiting for an approver, not expired
     freezes: tuple[Freeze, ...]  # global, the agent's, its open sessions', the keys asked for
     window: WindowStats | None  # the breaker's window, when a breaker window was asked for
+    revoked: Revocation | None = None  # the agent's principal id revoked (every call refused)

@@ -1,6 +1,6 @@
 """An agent's overview (``paywarden explain agent``): the facts a decision reads,
-its open sessions, its pending approvals and the freezes that stop it, in one read
-transaction.
+its open sessions, its pending approvals, the freezes that stop it and whether its
+principal id is revoked, in one read transaction.
 
 Each part costs what the deciding path's reads cost, never the agent's history:
 spend and counts come from :mod:`.sqlite_facts` (aggregates and young open rows),
@@ -16,7 +16,14 @@ from collections.abc import Collection
 from paywarden.policy.vocabulary import FreezeScope
 from paywarden.signer.store import sqlite_facts as facts
 from paywarden.signer.store import sqlite_reads as reads
-from paywarden.signer.store.records import AgentOverview, Freeze, SessionRecord, WindowStats
+from paywarden.signer.store.records import (
+    AgentOverview,
+    Freeze,
+    Revocation,
+    RevocationKind,
+    SessionRecord,
+    WindowStats,
+)
 
 
 def breaker_window(
@@ -86,6 +93,18 @@ def _freezes(
     return tuple(found)
 
 
+def _revoked(conn: sqlite3.Connection, agent_id: str) -> Revocation | None:
+    """The revocation of the agent's principal id, by primary key. A certificate
+    serial's revocation stops one certificate, not the agent: it is not the agent's."""
+    row = conn.execute(
+        "SELECT reason, operator, created_at FROM revocations WHERE kind = ? AND value = ?",
+        (RevocationKind.PRINCIPAL.value, agent_id),
+    ).fetchone()
+    if row is None:
+        return None
+    return Revocation(RevocationKind.PRINCIPAL, agent_id, row[0], row[1], row[2])
+
+
 def agent_overview(
     conn: sqlite3.Connection,
     agent_id: str,
@@ -114,4 +133,5 @@ def agent_overview(
         pending_approvals=_pending_approvals(conn, agent_id, now),
         freezes=_freezes(conn, agent_id, [s.id for s in sessions], keys),
         window=window,
+        revoked=_revoked(conn, agent_id),
     )
