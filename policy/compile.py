@@ -92,22 +92,10 @@ def compile_pack(pack: PolicyPack, assets: Mapping[str, Asset]) -> AllOf:
     tiers: dict[str, tuple[tuple[int, int], ...]] = {}
     for code, rules in m.assets.items():
         decimals = assets[code].decimals
-        entries = []
-        if rules.approval_above is not None:
-            above = to_minor(
-                rules.approval_above, decimals, f"{where}: assets.{code}.approval_above"
-            )
-            entries.append((above, 1))
-        for i, tier in enumerate(rules.approval_tiers):
-            entries.append(
-                (
-                    to_minor(
-                        tier.above, decimals, f"{where}: assets.{code}.approval_tiers[{i}].above"
-                    ),
-                    tier.approvers,
-                )
-            )
-        tiers[code] = tuple(entries)
+        tiers[code] = tuple(
+            (to_minor(above, decimals, f"{where}: assets.{code}.{field}"), approvers)
+            for field, above, approvers in rules.approval_steps()
+        )
     for code, ceiling in m.sessions.max_budget.items():
         to_minor(ceiling, assets[code].decimals, f"{where}: sessions.max_budget.{code}")
     if m.breaker is not None:

@@ -240,17 +240,14 @@ class _Pack:
                     "budgets bound what the agent pays in a day",
                 )
             ceiling = Decimal(rules.max_per_payment)
-            steps = [("approval_above", rules.approval_above)] if rules.approval_above else []
-            steps += [
-                (f"approval_tiers[{i}].above", t.above) for i, t in enumerate(rules.approval_tiers)
-            ]
+            steps = rules.approval_steps()
             if not steps:
                 self.warn(
                     LintCode.NO_APPROVAL,
                     where,
                     f"{code} never asks a human: no approval_above and no approval_tiers",
                 )
-            for name, above in steps:
+            for name, above, _ in steps:
                 if Decimal(above) >= ceiling:
                     self.warn(
                         LintCode.APPROVAL_UNREACHABLE,

@@ -78,6 +78,18 @@ class AssetRules(_Strict):
             raise ValueError("a key is listed twice")
         return v
 
+    def approval_steps(self) -> list[tuple[str, str, int]]:
+        """Every approval threshold as (its field, the amount above which, approvers):
+        ``approval_above`` asks one approver. The one reading of the two fields that the
+        engine, ``explain``, ``lint`` and ``diff`` share; a payment needs the most
+        approvers of any step it is above."""
+        steps = [] if self.approval_above is None else [("approval_above", self.approval_above, 1)]
+        steps += [
+            (f"approval_tiers[{i}].above", t.above, t.approvers)
+            for i, t in enumerate(self.approval_tiers)
+        ]
+        return steps
+
     @field_validator("max_per_payment", "daily_limit", "rolling_24h_limit", "approval_above")
     @classmethod
     def _amounts(cls, v: str | None) -> str | None:

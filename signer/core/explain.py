@@ -306,9 +306,7 @@ class Explain:
             )  # fmt: skip
 
         versions = control_store_call(deps.store.key_versions)
-        steps = [(to_minor(t.above, decimals, where), t.approvers) for t in rules.approval_tiers]
-        if rules.approval_above is not None:
-            steps.append((to_minor(rules.approval_above, decimals, where), 1))
+        steps = [(to_minor(a, decimals, where), n) for _, a, n in rules.approval_steps()]
         return AssetPower(
             asset=code,
             decimals=decimals,
