@@ -50,7 +50,8 @@ from paywarden.signer.api.authz import authorize
 from paywarden.signer.api.calls import executor_of, run_on
 from paywarden.signer.api.status import to_grpc_status
 from paywarden.signer.config import ServerConfig
-from paywarden.signer.errors import InvalidInput, Overloaded, PaywardenError, Reason
+from paywarden.signer.deadlines import Gate
+from paywarden.signer.errors import InvalidInput, Overloaded, PaywardenError, Reason, Unavailable
 from paywarden.signer.identity import Authenticator, Principal, Role
 
 log = logging.getLogger("paywarden.signer.api.admission")
@@ -169,13 +170,23 @@ class AdmissionInterceptor(_Interceptor):
         admission: Admission,
         auth: Authenticator,
         executors: Mapping[str, futures.ThreadPoolExecutor] | None = None,
+        gate: tuple[str, Gate] | None = None,
     ) -> None:
         self._admission = admission
         self._auth = auth
         self._executors = dict(executors or {})
+        # (method prefix, gate): once the gate is closed, a call under the prefix is
+        # refused SHUTTING_DOWN before anything else, the authenticator's store reads
+        # included: whoever saw health NOT_SERVING is told the signer is stopping.
+        self._gate = gate
 
     def admit(self, method: str, context: grpc.ServicerContext, *, streaming: bool) -> Ticket:
         try:
+            if self._gate is not None and method.startswith(self._gate[0]):
+                if self._gate[1].stop_at() is not None:
+                    raise Unavailable(
+                        Reason.SHUTTING_DOWN, "the signer is stopping; retry on another replica"
+                    )
             principal = self._auth.principal(context.auth_context())
             authorize(method, principal)
             return self._admission.enter(principal, streaming=streaming)

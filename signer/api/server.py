@@ -288,6 +288,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
                 Admission.from_config(config.server),
                 auth,
                 {"/paywarden.v1.Control/": control_pool},
+                ("/paywarden.v1.", gate),
             ),
             CallInterceptor("/paywarden.v1.", margin, gate),
         ],

@@ -19,7 +19,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from paywarden.signer.api.admission import Admission, AdmissionInterceptor
+from paywarden.signer.config import ServerConfig
+from paywarden.signer.deadlines import Gate
+from paywarden.signer.errors import Reason, Unavailable
+from paywarden.signer.identity import Authenticator, Principal
 from paywarden.v1 import control_pb2
 
 from tests.helpers import ROOT, Pki, TestToken, write_config
@@ -115,3 +122,52 @@ def test_sigterm_under_a_held_store_lock_drains_then_seals_then_closes(
         check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """A call's context as admission reads it: the caller's certificate, and the abort."""
+
+    def __init__(self, pem: bytes) -> None:
+        self._pem = pem
+        self.status: grpc.Status | None = None
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self._pem]}
+
+    def abort_with_status(self, status: grpc.Status) -> None:
+        self.status = status
+        raise _Aborted
+
+
+def test_a_stopping_signer_says_so_before_it_reads_the_store(pki: Pki) -> None:
+    """Under a held store lock the revocations cannot be read (STORE_UNAVAILABLE); once
+    the stop has begun a new call must still learn that the signer is stopping."""
+    auth = Authenticator.from_pem(pki.trust_domain, pki.ca)
+
+    def store_unreadable(principal: Principal, serial: str) -> None:  # the fault injected
+        raise Unavailable(Reason.STORE_UNAVAILABLE, "the store is locked")
+
+    auth.check_revocations(store_unreadable)
+    gate = Gate()
+    interceptor = AdmissionInterceptor(
+        Admission.from_config(ServerConfig()), auth, None, ("/paywarden.v1.", gate)
+    )
+    _, agent = pki.cert("agent", "agent-1")
+
+    def refused(method: str) -> str:
+        context = _Context(agent)
+        with pytest.raises(_Aborted):
+            interceptor.admit(method, context, streaming=False)  # type: ignore[arg-type]
+        assert context.status is not None
+        return str(dict(context.status.trailing_metadata)["paywarden-reason"])
+
+    assert refused("/paywarden.v1.Signer/Sign") == "STORE_UNAVAILABLE"
+    gate.close(time.monotonic() + GRACE)
+    assert refused("/paywarden.v1.Signer/Sign") == "SHUTTING_DOWN"
+    assert refused("/paywarden.v1.Control/Freeze") == "SHUTTING_DOWN"
+    # health is not ours to close: its answer (NOT_SERVING) is how callers learn of the stop
+    assert refused("/grpc.health.v1.Health/Check") == "STORE_UNAVAILABLE"
