@@ -54,14 +54,28 @@ class PackSetDiff:
         return out
 
 
+_GUARD = "widening_needs_second_operator"
+
+
 def _coverage(old: PolicyPack | None, new: PolicyPack | None) -> list[tuple[str, Direction, str]]:
     if old is None and new is None:
         return []
     if old is None and new is not None:
         assets = ", ".join(sorted(new.model.assets))
-        return [("pack", W, f"newly covered by pack {new.id} v{new.version} (assets {assets})")]
+        found = [("pack", W, f"newly covered by pack {new.id} v{new.version} (assets {assets})")]
+        if _asks_second_operator(new):
+            found.append((_GUARD, N, f"second-operator guard added (pack {new.id})"))
+        return found
     if new is None and old is not None:
-        return [("pack", N, f"no longer covered by any pack (was {old.id}): every payment denied")]
+        found = [("pack", N, f"no longer covered by any pack (was {old.id}): every payment denied")]
+        if _asks_second_operator(old):
+            # Uncovering is a narrowing, but it drops the guard: the next reload could then
+            # cover the agent again, as widely as it likes, with one operator.
+            found.append(
+                (_GUARD, W, f"second-operator guard removed (was pack {old.id}): a later "
+                 "reload could cover this again without a second operator")
+            )  # fmt: skip
+        return found
     assert old is not None and new is not None
     if old.sha256 == new.sha256 and old.id == new.id:
         return []
@@ -85,7 +99,12 @@ def _asks_second_operator(*packs: PolicyPack | None) -> bool:
 
 
 def diff_pack_sets(old: PackSet, new: PackSet) -> PackSetDiff:
-    """What moving from ``old`` to ``new`` changes for each agent (and unbound group)."""
+    """What moving from ``old`` to ``new`` changes for each agent (and unbound group).
+
+    A change needs a second operator when it widens a subject whose old or new pack asks
+    for one. Dropping that guard is itself such a change, however it is done (the flag
+    turned off, the pack removed, the agent or group moved out of it): otherwise one
+    operator could remove the guard in one reload and widen freely in the next."""
     changes: list[PackChange] = []
     second = False
     for subject, before, after in _subjects(old, new):

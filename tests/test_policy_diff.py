@@ -194,6 +194,38 @@ def test_a_dropped_second_operator_requirement_widens_and_needs_one() -> None:
     assert narrowed.changes and not narrowed.widens and not narrowed.needs_second_operator
 
 
+def test_removing_a_guard_needs_a_second_operator_so_two_steps_cannot_bypass_it() -> None:
+    guarded = _base(widening_needs_second_operator=True)
+    other = _base(id="other", agents=["agent-9"])
+    wide = _usd(max_per_payment="9000.00")  # unguarded, 90 times the limit
+    guard = ("agent agent-1", "widening_needs_second_operator", W)
+    # Step 1 removes the guarded pack: agent-1 uncovered (a narrowing) but unguarded.
+    removed = diff_pack_sets(_set(guarded, other), _set(other))
+    assert guard in {(c.subject, c.field, c.direction) for c in removed.changes}
+    assert removed.widens and removed.needs_second_operator
+    (change,) = [c for c in removed.changes if c.field == "widening_needs_second_operator"]
+    assert change.description.startswith("second-operator guard removed (was pack shop)")
+    # Step 2 alone would then go through: that is why step 1 is held.
+    assert not diff_pack_sets(_set(other), _set(wide, other)).needs_second_operator
+    # The same through a group: unbinding it from the guarded pack.
+    groups = {"vip": ["agent-3"], "ops": ["agent-4"]}
+    bound = _set(_base(agents=[], groups=["vip"], widening_needs_second_operator=True), other,
+                 groups=groups)  # fmt: skip
+    unbound = _set(_base(agents=[], groups=["ops"], widening_needs_second_operator=True), other,
+                   groups=groups)  # fmt: skip
+    ungrouped = diff_pack_sets(bound, unbound)
+    assert ("agent agent-3", "widening_needs_second_operator", W) in {
+        (c.subject, c.field, c.direction) for c in ungrouped.changes
+    }
+    assert ungrouped.needs_second_operator
+    # Moving the agent to another guarded pack keeps the guard: no such change.
+    kept = diff_pack_sets(
+        _set(guarded, other),
+        _set(_base(id="shop2", widening_needs_second_operator=True), other),
+    )
+    assert not [c for c in kept.changes if c.field == "widening_needs_second_operator"]
+
+
 def test_the_first_payment_mode_orders_deny_approve_allow() -> None:
     approve = _base(payees={**_base()["payees"], "first_payment": "approve"})
     allow = _base(payees={**_base()["payees"], "first_payment": "allow"})
