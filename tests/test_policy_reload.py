@@ -341,6 +341,49 @@ def test_a_restart_takes_an_unguarded_change_and_records_it(
     assert [c["field"] for c in second["widening"]] == ["assets.USD.max_per_payment"]
 
 
+def vip(most: str, *, guarded: bool) -> str:
+    """A pack for the config group ``vip``: at most ``most`` USD per payment."""
+    text = shop(most, guarded=guarded).replace('id = "shop"', 'id = "vip"')
+    return text.replace('agents = ["agent-1"]', 'groups = ["vip"]')
+
+
+VIP_GROUP = '\n[groups]\nvip = ["agent-2"]\n'
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_restart_whose_recorded_set_no_longer_builds_fails_closed_if_it_was_guarded(
+    tmp_path: Path, token: TestToken, pki: Pki, guarded: bool
+) -> None:
+    packs = {"shop.toml": shop("10.00", guarded=guarded), "vip.toml": vip("1.00", guarded=False)}
+    config = write_config(tmp_path, token, pki, packs=packs, extra=VIP_GROUP)
+    with serve(config):
+        pass
+    # The config drops the group, the pack naming it goes, and shop widens 10 000 times.
+    (tmp_path / "policy" / "vip.toml").unlink()
+    (tmp_path / "policy" / "shop.toml").write_text(shop("100000.00", guarded=guarded), "utf-8")
+    config = write_config(
+        tmp_path, token, pki, packs={"shop.toml": shop("100000.00", guarded=guarded)}
+    )
+    if guarded:
+        proc = paywarden("serve", "--config", config, timeout=60)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "the pack set in force before" in proc.stderr
+        assert "no longer builds with this config" in proc.stderr
+        assert "group 'vip' is not defined in the config" in proc.stderr
+        assert "shop.toml asks for a second operator" in proc.stderr
+        assert "`paywarden ctl reload`" in proc.stderr
+        loads = [r for r in audit_records(tmp_path) if r["action"] == "policy.load"]
+        assert len(loads) == 1  # nothing was put in force
+        return
+    with serve(config) as srv, served_api(srv, pki) as api:
+        session = open_session(api.planner, "agent-1", "1000.00")
+        assert pays(api, session, "30.00") is None
+    first, second = [r for r in audit_records(tmp_path) if r["action"] == "policy.load"]
+    assert second["old_sha256"] == first["sha256"] != second["sha256"]
+    assert second["old_set_judged"] is False
+    assert "group 'vip' is not defined in the config" in second["old_set_error"]
+
+
 # -- the use case, on the in-process stack (time is an input) ---------------------------
 
 FIRST = Principal(Role.OPERATOR, "operator-1")

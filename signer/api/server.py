@@ -42,7 +42,11 @@ from paywarden.signer.api.tls import with_crl
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.checkpoints import Checkpointer, Checkpoints
-from paywarden.signer.core.policy_start import StartingPacks, starting_packs
+from paywarden.signer.core.policy_start import (
+    RecordedSetUnjudged,
+    StartingPacks,
+    starting_packs,
+)
 from paywarden.signer.core.service import SigningService
 from paywarden.signer.deadlines import Gate
 from paywarden.signer.errors import PaywardenError
@@ -167,6 +171,8 @@ def _starting_packs(store: SqliteStore, packs: PackSet, config: Config) -> Start
         return starting_packs(store, packs, config.asset_table(), config.policy.dir, config.groups)
     except PackError as exc:
         raise StartupError(f"policy.dir: {exc}") from None
+    except RecordedSetUnjudged as exc:
+        raise StartupError(f"policy.dir: {exc}") from None
     except StoreError as exc:
         raise StartupError(f"store.path: {exc}") from None
 
@@ -185,6 +191,10 @@ def _policy_load(starting: StartingPacks, config: Config) -> dict[str, Any]:
         fields["widens"] = starting.diff.widens
         fields["widening"] = [c.as_json() for c in starting.diff.widening()]
         fields["held"] = starting.held
+    if starting.unjudged is not None:
+        # The set before no longer builds: the directory's was taken without a diff.
+        fields["old_set_judged"] = False
+        fields["old_set_error"] = starting.unjudged
     return fields
 
 

@@ -6,7 +6,10 @@ sets ``widening_needs_second_operator``, the signer starts with the set it had a
 the directory's packs wait, like any other widening reload, for ``paywarden ctl
 reload`` and a second operator. Any other change is taken (a restart is a reload:
 its ``policy.load`` record carries both set hashes and what widens), and the set
-started with is recorded in force.
+started with is recorded in force. When the recorded set no longer builds (a group it
+names is gone from the config), nothing can be judged: if any recorded pack asks for a
+second operator the signer does not start; otherwise it takes the directory's packs and
+the record says the set before could not be judged.
 """
 
 from __future__ import annotations
@@ -26,12 +29,36 @@ from paywarden.signer.store.protocols import PolicyReloadStore
 log = logging.getLogger("paywarden.signer.core.policy_start")
 
 
+class RecordedSetUnjudged(Exception):
+    """The set recorded in force no longer builds and one of its packs asks for a second
+    operator: the directory's packs cannot be judged against it, so nothing may start."""
+
+
 @dataclass(frozen=True, slots=True)
 class StartingPacks:
     packs: PackSet  # what the signer runs with
     recorded_sha256: str | None  # the set the store held in force (None: none yet)
     diff: PackSetDiff | None  # from the recorded set to the directory's (None: no record)
     held: bool  # the directory's packs wait for a second operator; the recorded set runs
+    # Why the recorded set could not be judged against the directory's (None: it was,
+    # or there was none); the directory's set was taken only as no recorded pack is guarded.
+    unjudged: str | None = None
+
+
+def _guarded_files(files: Iterable[tuple[str, str]], directory: Path) -> list[str]:
+    """The recorded pack files that ask for a second operator, each parsed alone (no
+    groups resolved); a file that does not even parse alone counts as guarded."""
+    out = []
+    for name, text in files:
+        try:
+            guarded = parse_pack(
+                text.encode("utf-8"), directory / name
+            ).model.widening_needs_second_operator
+        except PackError:
+            guarded = True
+        if guarded:
+            out.append(name)
+    return out
 
 
 def starting_packs(
@@ -42,7 +69,9 @@ def starting_packs(
     groups: Mapping[str, Iterable[str]],
 ) -> StartingPacks:
     """Raises :class:`PackError` when the directory's packs must wait but the recorded
-    set no longer validates either: nothing can run unconfirmed (fail closed)."""
+    set no longer validates either, and :class:`RecordedSetUnjudged` when the recorded
+    set cannot be built and a pack of it is guarded: nothing can run unconfirmed (fail
+    closed)."""
     recorded = store.policy_in_force()
     if recorded is None:
         return StartingPacks(directory_packs, None, None, False)
@@ -54,9 +83,19 @@ def starting_packs(
             [parse_pack(text.encode("utf-8"), directory / name) for name, text in files], groups
         )
     except PackError as exc:
-        # The recorded set cannot even be read: judge the directory's on its own.
+        guarded = _guarded_files(files, directory)
+        if guarded:
+            raise RecordedSetUnjudged(
+                f"the pack set in force before ({sha256}) no longer builds with this config "
+                f"({exc}), and {', '.join(guarded)} asks for a second operator to widen what it "
+                f"covers, so {directory} cannot be judged against it: not starting. Restore the "
+                "config (groups) and packs the set in force was built with, start, and propose "
+                "the new packs with `paywarden ctl reload` for a second operator to confirm"
+            ) from None
+        # No recorded pack is guarded: the directory's set is taken, and the record says
+        # it was not judged against the one before.
         log.error("the pack set recorded in force no longer validates: %s", exc)
-        return StartingPacks(directory_packs, sha256, None, False)
+        return StartingPacks(directory_packs, sha256, None, False, unjudged=str(exc))
     diff = diff_pack_sets(kept, directory_packs)
     if not (diff.widens and diff.needs_second_operator):
         return StartingPacks(directory_packs, sha256, diff, False)
