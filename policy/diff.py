@@ -63,12 +63,12 @@ def _coverage(old: PolicyPack | None, new: PolicyPack | None) -> list[tuple[str,
     if old is None and new is not None:
         assets = ", ".join(sorted(new.model.assets))
         found = [("pack", W, f"newly covered by pack {new.id} v{new.version} (assets {assets})")]
-        if _asks_second_operator(new):
+        if asks_second_operator(new):
             found.append((_GUARD, N, f"second-operator guard added (pack {new.id})"))
         return found
     if new is None and old is not None:
         found = [("pack", N, f"no longer covered by any pack (was {old.id}): every payment denied")]
-        if _asks_second_operator(old):
+        if asks_second_operator(old):
             # Uncovering is a narrowing, but it drops the guard: the next reload could then
             # cover the agent again, as widely as it likes, with one operator.
             found.append(
@@ -82,7 +82,7 @@ def _coverage(old: PolicyPack | None, new: PolicyPack | None) -> list[tuple[str,
     return diff_models(old.model, new.model)
 
 
-def _subjects(old: PackSet, new: PackSet) -> list[tuple[str, PolicyPack | None, PolicyPack | None]]:
+def subjects(old: PackSet, new: PackSet) -> list[tuple[str, PolicyPack | None, PolicyPack | None]]:
     agents = set(old.by_agent) | set(new.by_agent)
     for groups in (old.groups, new.groups):
         agents |= {a for members in groups.values() for a in members}
@@ -94,7 +94,7 @@ def _subjects(old: PackSet, new: PackSet) -> list[tuple[str, PolicyPack | None, 
     return out
 
 
-def _asks_second_operator(*packs: PolicyPack | None) -> bool:
+def asks_second_operator(*packs: PolicyPack | None) -> bool:
     return any(p is not None and p.model.widening_needs_second_operator for p in packs)
 
 
@@ -107,9 +107,9 @@ def diff_pack_sets(old: PackSet, new: PackSet) -> PackSetDiff:
     operator could remove the guard in one reload and widen freely in the next."""
     changes: list[PackChange] = []
     second = False
-    for subject, before, after in _subjects(old, new):
+    for subject, before, after in subjects(old, new):
         found = [PackChange(subject, f, d, text) for f, d, text in _coverage(before, after)]
-        if any(c.direction is W for c in found) and _asks_second_operator(before, after):
+        if any(c.direction is W for c in found) and asks_second_operator(before, after):
             second = True
         changes += found
     return PackSetDiff(tuple(changes), second)

@@ -11,9 +11,10 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paywarden.policy.context import PolicyContext, diff_context, policy_context, policy_set_sha256
 from paywarden.policy.diff import PackChange, PackSetDiff, diff_pack_sets
 from paywarden.policy.packs import PackSet, PolicyPack, PolicyPackModel, build_pack_set
-from paywarden.policy.vocabulary import Direction
+from paywarden.policy.vocabulary import Asset, Direction
 
 from tests.support.cli import paywarden, policy_check, settings_free_env
 
@@ -382,3 +383,31 @@ def test_policy_check_says_a_pack_guards_its_widening(tmp_path: Path) -> None:
     assert "  reloads: one that widens this pack waits for a second operator" in proc.stdout
     pack.write_text(PACK_TEXT, "utf-8")
     assert "reloads:" not in policy_check(pack).stdout
+
+
+def test_the_set_hash_covers_the_context_and_a_looser_asset_widens() -> None:
+    guarded = _set(_base(agents=[], groups=["team"], widening_needs_second_operator=True),
+                   groups={"team": ["agent-1"]})  # fmt: skip
+    moved = _set(_base(agents=[], groups=["team"], widening_needs_second_operator=True),
+                 groups={"team": ["agent-1", "agent-2"]})  # fmt: skip
+    usd = {"USD": Asset("USD", 2)}
+    base = policy_context(guarded, usd, "UTC")
+    assert base.groups == {"team": ("agent-1",)}
+    assert PolicyContext.from_json(base.as_json()) == base
+    hashes = {
+        policy_set_sha256(guarded, base),
+        policy_set_sha256(moved, policy_context(moved, usd, "UTC")),
+        policy_set_sha256(guarded, policy_context(guarded, usd, "Europe/Paris")),
+        policy_set_sha256(guarded, policy_context(guarded, {"USD": Asset("USD", 3)}, "UTC")),
+        policy_set_sha256(guarded, policy_context(guarded, {"USD": Asset("USD", 2, True)}, "UTC")),
+    }
+    assert len(hashes) == 5
+    looser = policy_context(guarded, {"USD": Asset("USD", 2, True)}, "UTC")
+    widened = diff_context(guarded, guarded, base, looser)
+    assert [(c.subject, c.field, c.direction) for c in widened.changes] == [
+        ("agent agent-1", "assets.USD.case_insensitive_payees", W)
+    ]
+    assert widened.needs_second_operator
+    back = diff_context(guarded, guarded, looser, base)
+    assert not back.widens and not back.needs_second_operator
+    assert diff_context(guarded, guarded, base, base).changes == ()

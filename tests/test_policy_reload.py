@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from typing import Any
 import grpc
 import pytest
 from paywarden.policy import load_pack_dir
-from paywarden.policy.vocabulary import ReloadState
+from paywarden.policy.packs import build_pack_set, parse_pack
+from paywarden.policy.vocabulary import Asset, ReloadState
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.policy_set import PolicySet
+from paywarden.signer.core.policy_start import StartingPacks, StartRefused, starting_packs
 from paywarden.signer.core.reloads import PENDING_SECONDS
 from paywarden.signer.errors import Denied, Forbidden, InvalidInput, PreconditionFailed, Reason
 from paywarden.signer.identity import Principal, Role
@@ -358,6 +361,10 @@ def test_a_restart_whose_recorded_set_no_longer_builds_fails_closed_if_it_was_gu
     config = write_config(tmp_path, token, pki, packs=packs, extra=VIP_GROUP)
     with serve(config):
         pass
+    # Recorded as before the context was (a store migrated from schema 11): its groups
+    # are not known, so the set can only be rebuilt with today's config.
+    with closing(sqlite3.connect(tmp_path / "state.db")) as db, db:
+        db.execute("UPDATE policy_in_force SET context = NULL")
     # The config drops the group, the pack naming it goes, and shop widens 10 000 times.
     (tmp_path / "policy" / "vip.toml").unlink()
     (tmp_path / "policy" / "shop.toml").write_text(shop("100000.00", guarded=guarded), "utf-8")
@@ -382,6 +389,55 @@ def test_a_restart_whose_recorded_set_no_longer_builds_fails_closed_if_it_was_gu
     assert second["old_sha256"] == first["sha256"] != second["sha256"]
     assert second["old_set_judged"] is False
     assert "group 'vip' is not defined in the config" in second["old_set_error"]
+
+
+def _record_in_force(tmp_path: Path, packs: dict[str, str], groups: dict[str, list[str]],
+                     timezone: str = "UTC") -> SqliteStore:  # fmt: skip
+    """A store whose set in force is ``packs`` read with ``groups`` and ``timezone``."""
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    parsed = [parse_pack(t.encode(), tmp_path / n) for n, t in packs.items()]
+    built = PolicySet.build(build_pack_set(parsed, groups), ASSETS, timezone)
+    files = [(n, t.decode()) for n, t in built.texts()]
+    event = audit_events.event("policy.load", None, 1)
+    store.put_policy_in_force(built.sha256, files, 1, event, context=built.context.as_json())
+    return store
+
+
+ASSETS = {"USD": Asset("USD", 2)}
+
+
+def _starting(tmp_path: Path, store: SqliteStore, packs: dict[str, str],
+              groups: dict[str, list[str]], timezone: str = "UTC") -> StartingPacks:  # fmt: skip
+    parsed = [parse_pack(t.encode(), tmp_path / n) for n, t in packs.items()]
+    now = build_pack_set(parsed, groups)
+    return starting_packs(store, now, ASSETS, tmp_path, groups, timezone)
+
+
+def test_a_restart_reads_the_set_in_force_with_the_groups_it_was_built_with(
+    tmp_path: Path,
+) -> None:
+    packs = {"vip.toml": vip("10000.00", guarded=True)}
+    store = _record_in_force(tmp_path, packs, {"vip": ["agent-9"]})
+    # The same pack files; the config moves agent-2 into the group.
+    moved = _starting(tmp_path, store, packs, {"vip": ["agent-9", "agent-2"]})
+    assert moved.held and moved.diff is not None and moved.diff.needs_second_operator
+    assert ("agent agent-2", "pack") in {(c.subject, c.field) for c in moved.diff.widening()}
+    assert moved.packs.for_agent("agent-2") is None  # held: agent-2 gets no pack yet
+    assert moved.packs.for_agent("agent-9") is not None
+    # The same config again: nothing to judge. Another time zone changes the set's hash.
+    same = _starting(tmp_path, store, packs, {"vip": ["agent-9"]})
+    assert same.diff is None and not same.held
+    hours = {"vip.toml": vip("10.00", guarded=True) + '\n[hours]\nstart = "08:00"\nend = "18:00"\n'}
+    store = _record_in_force(tmp_path / "tz", hours, {"vip": ["agent-9"]})
+    with pytest.raises(StartRefused, match=r"agent agent-9: policy.timezone: hours read in "
+                       r"Pacific/Kiritimati instead of UTC.*not starting"):  # fmt: skip
+        _starting(tmp_path / "tz", store, hours, {"vip": ["agent-9"]}, "Pacific/Kiritimati")
+    unguarded = {"vip.toml": hours["vip.toml"].replace(GUARD, "")}
+    store = _record_in_force(tmp_path / "tz2", unguarded, {"vip": ["agent-9"]})
+    taken = _starting(tmp_path / "tz2", store, unguarded, {"vip": ["agent-9"]}, "Asia/Tokyo")
+    assert not taken.held and taken.diff is not None
+    assert [c.field for c in taken.diff.widening()] == ["policy.timezone"]
 
 
 # -- the use case, on the in-process stack (time is an input) ---------------------------
@@ -444,7 +500,9 @@ def test_a_decision_keeps_the_set_it_started_with(
     ).record.id
     (Path(stack.config.policy.dir) / "shop.toml").write_text(shop("5.00", version=2), "utf-8")
     narrower = PolicySet.build(
-        load_pack_dir(stack.config.policy.dir, {}), stack.config.asset_table()
+        load_pack_dir(stack.config.policy.dir, {}),
+        stack.config.asset_table(),
+        stack.config.policy.timezone,
     )
     taken = live.current
 

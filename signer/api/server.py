@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from paywarden.hsm import Hsm, HsmError, HsmUnavailable, PublicKeyInfo
 from paywarden.policy import PackError, PackSet
-from paywarden.policy.packs import pack_set_sha256
+from paywarden.policy.context import PolicyContext, policy_context, policy_set_sha256
 from paywarden.policy.vocabulary import KeyState
 from paywarden.signer.api.admission import Admission, AdmissionInterceptor
 from paywarden.signer.api.authz import Edge
@@ -43,8 +43,8 @@ from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.checkpoints import Checkpointer, Checkpoints
 from paywarden.signer.core.policy_start import (
-    RecordedSetUnjudged,
     StartingPacks,
+    StartRefused,
     starting_packs,
 )
 from paywarden.signer.core.service import SigningService
@@ -168,13 +168,25 @@ def _starting_packs(store: SqliteStore, packs: PackSet, config: Config) -> Start
     """The directory's packs, or the set in force before when they widen what a second
     operator must confirm (:mod:`paywarden.signer.core.policy_start`)."""
     try:
-        return starting_packs(store, packs, config.asset_table(), config.policy.dir, config.groups)
+        return starting_packs(
+            store,
+            packs,
+            config.asset_table(),
+            config.policy.dir,
+            config.groups,
+            config.policy.timezone,
+        )
     except PackError as exc:
         raise StartupError(f"policy.dir: {exc}") from None
-    except RecordedSetUnjudged as exc:
+    except StartRefused as exc:
         raise StartupError(f"policy.dir: {exc}") from None
     except StoreError as exc:
         raise StartupError(f"store.path: {exc}") from None
+
+
+def _context(packs: PackSet, config: Config) -> PolicyContext:
+    """The context the signer reads ``packs`` with (as :class:`PolicySet` does)."""
+    return policy_context(packs, config.asset_table(), config.policy.timezone)
 
 
 def _policy_load(starting: StartingPacks, config: Config) -> dict[str, Any]:
@@ -184,7 +196,7 @@ def _policy_load(starting: StartingPacks, config: Config) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "packs": [p.ref() for p in packs.packs],
         "dir": str(config.policy.dir),
-        "sha256": pack_set_sha256(packs),
+        "sha256": policy_set_sha256(packs, _context(packs, config)),
         "old_sha256": starting.recorded_sha256,
     }
     if starting.diff is not None:
@@ -206,12 +218,14 @@ def _audit_start(
     later)."""
     now = clock()
     packs = starting.packs
+    context = _context(packs, config)
     try:
         store.put_policy_in_force(
-            pack_set_sha256(packs),
+            policy_set_sha256(packs, context),
             sorted((Path(p.path).name, p.text.decode("utf-8")) for p in packs.packs),
             now,
             audit_events.event("policy.load", None, now, **_policy_load(starting, config)),
+            context=context.as_json(),
         )
         store.audit_event(
             audit_events.event(

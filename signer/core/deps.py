@@ -58,7 +58,7 @@ class Deps:
         return cls(
             store=store,
             hsm=hsm,
-            policy=LivePolicy(PolicySet.build(packs, config.asset_table())),
+            policy=LivePolicy(PolicySet.build(packs, config.asset_table(), config.policy.timezone)),
             clock=HighWater(clock, store.latest_audit_time()),
             metrics=metrics or Metrics(config.metrics.max_tracked_sessions),
             assets=config.asset_table(),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paywarden.policy import PackSet
-from paywarden.policy.packs import pack_set_sha256
+from paywarden.policy.context import PolicyContext, policy_context, policy_set_sha256
 from paywarden.policy.vocabulary import Asset
 from paywarden.signer.core.policies import Policies
 
@@ -27,13 +27,15 @@ from paywarden.signer.core.policies import Policies
 class PolicySet:
     packs: PackSet
     policies: Policies  # the packs compiled
-    sha256: str  # pack_set_sha256 of the packs
+    sha256: str  # policy_set_sha256 of the packs and their context
+    context: PolicyContext  # the groups, time zone and assets the packs are read with
 
     @classmethod
-    def build(cls, packs: PackSet, assets: Mapping[str, Asset]) -> PolicySet:
+    def build(cls, packs: PackSet, assets: Mapping[str, Asset], timezone: str) -> PolicySet:
         """Compiles every pack (raises :class:`~paywarden.policy.PackError`, naming the
         pack file and field, as start-up does)."""
-        return cls(packs, Policies(packs.packs, assets), pack_set_sha256(packs))
+        context = policy_context(packs, assets, timezone)
+        return cls(packs, Policies(packs.packs, assets), policy_set_sha256(packs, context), context)
 
     def texts(self) -> list[tuple[str, bytes]]:
         """Each pack's file name and bytes, in file-name order."""

@@ -20,6 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paywarden.policy import PackError, PackSet
+from paywarden.policy.context import (
+    PolicyContext,
+    diff_context,
+    merged,
+    policy_context,
+    policy_set_sha256,
+)
 from paywarden.policy.diff import PackSetDiff, diff_pack_sets
 from paywarden.policy.packs import build_pack_set, pack_set_sha256, parse_pack
 from paywarden.policy.vocabulary import Asset
@@ -29,9 +36,9 @@ from paywarden.signer.store.protocols import PolicyReloadStore
 log = logging.getLogger("paywarden.signer.core.policy_start")
 
 
-class RecordedSetUnjudged(Exception):
-    """The set recorded in force no longer builds and one of its packs asks for a second
-    operator: the directory's packs cannot be judged against it, so nothing may start."""
+class StartRefused(Exception):
+    """What the signer would start with cannot be judged, or widens what a second
+    operator must confirm in a way a held start cannot hold back: nothing may start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,31 +68,49 @@ def _guarded_files(files: Iterable[tuple[str, str]], directory: Path) -> list[st
     return out
 
 
+def _recorded_context(store: PolicyReloadStore) -> PolicyContext | None:
+    doc = store.policy_context_in_force()
+    if doc is None:
+        return None
+    try:
+        return PolicyContext.from_json(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PackError(f"the policy context recorded in force is malformed ({exc!r})") from None
+
+
 def starting_packs(
     store: PolicyReloadStore,
     directory_packs: PackSet,
     assets: Mapping[str, Asset],
     directory: Path,
     groups: Mapping[str, Iterable[str]],
+    timezone: str,
 ) -> StartingPacks:
     """Raises :class:`PackError` when the directory's packs must wait but the recorded
-    set no longer validates either, and :class:`RecordedSetUnjudged` when the recorded
-    set cannot be built and a pack of it is guarded: nothing can run unconfirmed (fail
-    closed)."""
+    set no longer validates either, and :class:`StartRefused` when the recorded set
+    cannot be built and a pack of it is guarded, or the config (time zone, assets)
+    widens what a guarded pack covers: nothing can run unconfirmed (fail closed)."""
     recorded = store.policy_in_force()
     if recorded is None:
         return StartingPacks(directory_packs, None, None, False)
     sha256, files = recorded
-    if sha256 == pack_set_sha256(directory_packs):
+    now_context = policy_context(directory_packs, assets, timezone)
+    if sha256 == policy_set_sha256(directory_packs, now_context):
         return StartingPacks(directory_packs, sha256, None, False)
     try:
+        context = _recorded_context(store)
+        if context is None and sha256 == pack_set_sha256(directory_packs):
+            # Recorded before the context was: the same packs, read as they were.
+            return StartingPacks(directory_packs, sha256, None, False)
+        # Rebuilt as it ran: with the groups it was built with, not today's.
         kept = build_pack_set(
-            [parse_pack(text.encode("utf-8"), directory / name) for name, text in files], groups
+            [parse_pack(text.encode("utf-8"), directory / name) for name, text in files],
+            context.groups if context is not None else groups,
         )
     except PackError as exc:
         guarded = _guarded_files(files, directory)
         if guarded:
-            raise RecordedSetUnjudged(
+            raise StartRefused(
                 f"the pack set in force before ({sha256}) no longer builds with this config "
                 f"({exc}), and {', '.join(guarded)} asks for a second operator to widen what it "
                 f"covers, so {directory} cannot be judged against it: not starting. Restore the "
@@ -96,11 +121,22 @@ def starting_packs(
         # it was not judged against the one before.
         log.error("the pack set recorded in force no longer validates: %s", exc)
         return StartingPacks(directory_packs, sha256, None, False, unjudged=str(exc))
-    diff = diff_pack_sets(kept, directory_packs)
+    if context is None:
+        context = policy_context(kept, assets, timezone)
+    by_config = diff_context(kept, directory_packs, context, now_context)
+    diff = merged(diff_pack_sets(kept, directory_packs), by_config)
     if not (diff.widens and diff.needs_second_operator):
         return StartingPacks(directory_packs, sha256, diff, False)
+    if by_config.widens and by_config.needs_second_operator:
+        # The running signer reads its packs with this config: it cannot hold it back.
+        what = "; ".join(f"{c.subject}: {c.field}: {c.description}" for c in by_config.widening())
+        raise StartRefused(
+            f"the config widens what packs that need a second operator cover ({what}): not "
+            "starting. Restore policy.timezone and the assets as they were, or have a second "
+            "operator confirm a reload that lifts the requirement first"
+        )
     try:
-        PolicySet.build(kept, assets)
+        PolicySet.build(kept, assets, timezone)
     except PackError as exc:
         raise PackError(
             f"{directory} widens packs that need a second operator, and the set in force "

@@ -113,7 +113,7 @@ class PolicyReloads:
         # Key scoping: every key a pack grants must exist and be active (issue 12, 2).
         versions = control_store_call(self._store.key_versions)
         check_grants(packs.packs, versions, self._deps.payment_keys)
-        return PolicySet.build(packs, self._deps.assets)
+        return PolicySet.build(packs, self._deps.assets, self._deps.tz.key)
 
     def _refuse(
         self, caller: Principal, action: str, error: PaywardenError, **fields: Any
@@ -209,7 +209,9 @@ class PolicyReloads:
         """Records ``new`` in force, then swaps it in (the caller holds the live lock)."""
         texts = [(name, text.decode("utf-8")) for name, text in new.texts()]
         done = control_store_call(
-            lambda: self._store.put_policy_in_force(new.sha256, texts, now, event, confirm)
+            lambda: self._store.put_policy_in_force(
+                new.sha256, texts, now, event, confirm, new.context.as_json()
+            )
         )
         if done:
             self._live.replace(new)

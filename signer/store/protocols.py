@@ -339,11 +339,15 @@ class PolicyReloadStore(Protocol):
         at: int,
         audit: Mapping[str, Any],
         confirm: tuple[str, str] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Records the pack set now in force (hash and files) and its audit record in
-        one transaction; with ``confirm`` (reload id, confirming operator) the pending
-        reload becomes applied in it too, and False (nothing written) if it was no
-        longer pending."""
+        """Records the pack set now in force (hash, files and the context it was built
+        with) and its audit record in one transaction; with ``confirm`` (reload id,
+        confirming operator) the pending reload becomes applied in it too, and False
+        (nothing written) if it was no longer pending."""
+
+    def policy_context_in_force(self) -> dict[str, Any] | None:
+        """The context recorded with the set in force (None: none recorded)."""
 
     def policy_in_force(self) -> tuple[str, list[tuple[str, str]]] | None:
         """The pack set last recorded in force (hash, files), or None."""

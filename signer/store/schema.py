@@ -14,7 +14,7 @@ from paywarden.signer.store import sqlite_reloads
 from paywarden.signer.store.backfills import backfill_facts, index_audit_tree
 from paywarden.signer.store.records import StoreError
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -332,6 +332,8 @@ MIGRATIONS: dict[int, str] = {
         OR (OLD.state = 'revoked' AND NEW.state = 'verify-only')
       BEGIN SELECT RAISE(ABORT, 'a key version never goes back to an earlier state'); END;
     """,
+    # The context (groups, time zone, assets) the set in force was built with.
+    13: sqlite_reloads.MIGRATION_CONTEXT,
 }
 
 

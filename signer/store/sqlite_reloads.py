@@ -37,6 +37,12 @@ CREATE TABLE policy_reloads (
 CREATE INDEX policy_reloads_pending ON policy_reloads(proposed_at) WHERE state = 'pending';
 """
 
+# The context the set in force was built with (groups resolved, time zone, assets), as
+# JSON: a restart rebuilds the recorded set with it. NULL for a set recorded before.
+MIGRATION_CONTEXT = """
+ALTER TABLE policy_in_force ADD COLUMN context TEXT;
+"""
+
 _SELECT = (
     "SELECT id, proposed_by, proposed_at, expires_at, old_sha256, new_sha256, packs, widening,"
     " state, decided_by, decided_at FROM policy_reloads"
@@ -102,7 +108,9 @@ class SqlitePolicyReloads(SqliteConnection):
         at: int,
         audit: Mapping[str, Any],
         confirm: tuple[str, str] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> bool:
+        ctx = None if context is None else json.dumps(context, sort_keys=True)
         try:
             with self._write() as conn:
                 if confirm is not None:
@@ -110,10 +118,11 @@ class SqlitePolicyReloads(SqliteConnection):
                     if not self._settle(conn, reload_id, ReloadState.APPLIED, operator, at):
                         return False
                 conn.execute(
-                    "INSERT INTO policy_in_force (id, sha256, packs, since) VALUES (1, ?, ?, ?)"
+                    "INSERT INTO policy_in_force (id, sha256, packs, since, context)"
+                    " VALUES (1, ?, ?, ?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET sha256 = excluded.sha256,"
-                    " packs = excluded.packs, since = excluded.since",
-                    (sha256, json.dumps([list(p) for p in packs]), at),
+                    " packs = excluded.packs, since = excluded.since, context = excluded.context",
+                    (sha256, json.dumps([list(p) for p in packs]), at, ctx),
                 )
                 append_audit(conn, audit)
                 return True
@@ -127,6 +136,18 @@ class SqlitePolicyReloads(SqliteConnection):
         if row is None:
             return None
         return str(row[0]), [(str(n), str(t)) for n, t in json.loads(row[1])]
+
+    def policy_context_in_force(self) -> dict[str, Any] | None:
+        """The context recorded with the set in force (None: none, or recorded before)."""
+        row = self._read(
+            lambda c: c.execute("SELECT context FROM policy_in_force WHERE id = 1").fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        doc = json.loads(row[0])
+        if not isinstance(doc, dict):
+            raise StoreError("the policy context in force is not a JSON object")
+        return doc
 
     @staticmethod
     def _settle(
