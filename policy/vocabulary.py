@@ -94,6 +94,8 @@ class Reason(StrEnum):
     RELOAD_EXPIRED = "RELOAD_EXPIRED"
     RELOAD_STALE = "RELOAD_STALE"
     RELOAD_SAME_OPERATOR = "RELOAD_SAME_OPERATOR"
+    # the confirmer reviewed another set than the one pending (ConfirmReload new_sha256)
+    RELOAD_NOT_REVIEWED = "RELOAD_NOT_REVIEWED"
 
     # -- the rules' denials (paywarden.policy.rules, payees, breaker) --
     SESSION_IN_EXPLORE_PHASE = "SESSION_IN_EXPLORE_PHASE"

@@ -239,7 +239,9 @@ def test_a_guarded_widening_waits_for_a_second_operator(
         assert first.state == control_pb2.RELOAD_PENDING and first.reload_id.startswith("rld_")
         assert first.widens and first.needs_second_operator and first.proposed_by == "operator-1"
         assert pays(api, session, "30.00") == "AMOUNT_ABOVE_MAX"  # nothing changed yet
-        confirm = control_pb2.ConfirmReloadRequest(reload_id=first.reload_id)
+        confirm = control_pb2.ConfirmReloadRequest(
+            reload_id=first.reload_id, new_sha256=first.new_sha256
+        )
         code, reason, _ = reload_status(api.control().ConfirmReload, confirm)
         assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "RELOAD_SAME_OPERATOR")
         assert pays(api, session, "30.00") == "AMOUNT_ABOVE_MAX"
@@ -266,6 +268,56 @@ def test_a_guarded_widening_waits_for_a_second_operator(
     assert applied["proposed_by"] == "operator-1" and applied["widens"] is True
 
 
+def test_the_second_operator_reviews_what_a_reload_changes_and_confirms_that(
+    tmp_path: Path, token: TestToken, two_operators: Pki
+) -> None:
+    pki = two_operators
+    with reloading_signer(tmp_path, token, pki, shop("10.00", guarded=True)) as (srv, api, file):
+        file.write_text(shop("50.00", guarded=True), "utf-8")
+        first = api.control().ReloadPolicy(control_pb2.ReloadPolicyRequest(), timeout=30)
+        assert first.state == control_pb2.RELOAD_PENDING
+        shown = ctl(srv, pki, "reload", "--show", first.reload_id, operator="operator-2")
+        assert shown.returncode == 3, shown.stderr
+        assert f"reload {first.reload_id}, proposed by operator-1:" in shown.stdout
+        assert f"packs read:            set {first.new_sha256}" in shown.stdout
+        assert "  WIDENS   assets.USD.max_per_payment: raised from 10.00 to 50.00" in shown.stdout
+        with pki.channel(srv.addr, "operator", "operator-2") as channel:
+            second = control_pb2_grpc.ControlStub(channel)
+            got = second.GetReload(control_pb2.GetReloadRequest(reload_id=first.reload_id))
+            assert (got.state, got.proposed_by) == (control_pb2.RELOAD_PENDING, "operator-1")
+            assert (got.old_sha256, got.new_sha256) == (first.old_sha256, first.new_sha256)
+            assert got.expires_at == first.expires_at and got.needs_second_operator
+            assert [c.field for c in got.changes] == [c.field for c in first.changes]
+            code, reason, _ = reload_status(
+                second.GetReload, control_pb2.GetReloadRequest(reload_id="rld_" + "0" * 32)
+            )
+            assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "RELOAD_NOT_FOUND")
+            blind = control_pb2.ConfirmReloadRequest(reload_id=first.reload_id)
+            code, _, details = reload_status(second.ConfirmReload, blind)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "new_sha256 is empty" in details
+            other = control_pb2.ConfirmReloadRequest(
+                reload_id=first.reload_id, new_sha256=first.old_sha256
+            )
+            code, reason, details = reload_status(second.ConfirmReload, other)
+            assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RELOAD_NOT_REVIEWED")
+            assert f"would put in force ({first.new_sha256})" in details
+        session = open_session(api.planner, "agent-1", "100.00")
+        assert pays(api, session, "30.00") == "AMOUNT_ABOVE_MAX"  # nothing changed
+        done = ctl(srv, pki, "reload", "--confirm", first.reload_id, operator="operator-2")
+        assert done.returncode == 0, done.stderr
+        printed = done.stdout.index("  WIDENS   assets.USD.max_per_payment")
+        assert printed < done.stdout.index(f"confirming set {first.new_sha256}, as shown above")
+        assert pays(api, session, "30.00") is None
+        settled = api.control().GetReload(
+            control_pb2.GetReloadRequest(reload_id=first.reload_id), timeout=30
+        )
+        assert settled.state == control_pb2.RELOAD_SETTLED and not settled.changes
+        again = ctl(srv, pki, "reload", "--show", first.reload_id, operator="operator-2")
+        assert again.returncode == 1 and "settled: no longer pending" in again.stdout
+    refused_ = [r for r in reload_records(tmp_path) if r.get("reason") == "RELOAD_NOT_REVIEWED"]
+    assert len(refused_) == 1 and refused_[0]["actor"]["id"] == "operator-2"
+
+
 def test_a_pending_reload_goes_stale_when_the_set_in_force_changes(
     tmp_path: Path, token: TestToken, two_operators: Pki
 ) -> None:
@@ -281,14 +333,18 @@ def test_a_pending_reload_goes_stale_when_the_set_in_force_changes(
         file.write_text(shop("5.00", guarded=True), "utf-8")  # narrows: applied at once
         narrowed = ctl(srv, pki, "reload")
         assert narrowed.returncode == 0 and "applied: in force" in narrowed.stdout
+        reviewed = re.search(r"^packs read: +set ([0-9a-f]{64})", proposed.stdout, re.M)
+        assert reviewed is not None, proposed.stdout
         with pki.channel(srv.addr, "operator", "operator-2") as channel:
             second = control_pb2_grpc.ControlStub(channel)
             code, reason, _ = reload_status(
-                second.ConfirmReload, control_pb2.ConfirmReloadRequest(reload_id=reload_id)
+                second.ConfirmReload,
+                control_pb2.ConfirmReloadRequest(reload_id=reload_id, new_sha256=reviewed[1]),
             )
             assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RELOAD_STALE")
             code, reason, _ = reload_status(
-                second.ConfirmReload, control_pb2.ConfirmReloadRequest(reload_id="rld_" + "0" * 32)
+                second.ConfirmReload,
+                control_pb2.ConfirmReloadRequest(reload_id="rld_" + "0" * 32, new_sha256="0" * 64),
             )
             assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "RELOAD_NOT_FOUND")
         session = open_session(api.planner, "agent-1", "100.00")
@@ -455,12 +511,12 @@ def test_a_pending_reload_expires(make_stack: MakeStack) -> None:
     assert pending.expires_at - stack.store.latest_audit_time() == PENDING_SECONDS
     stack.clock.advance(PENDING_SECONDS)
     with pytest.raises(PreconditionFailed) as caught:
-        reloads.confirm(SECOND, pending.reload_id)
+        reloads.confirm(SECOND, pending.reload_id, pending.new.sha256)
     assert caught.value.reason is Reason.RELOAD_EXPIRED
     assert stack.store.policy_reload(pending.reload_id).state is ReloadState.EXPIRED
     assert stack.service.deps.policy.current().sha256 == pending.old.sha256
     with pytest.raises(PreconditionFailed) as again:
-        reloads.confirm(SECOND, pending.reload_id)
+        reloads.confirm(SECOND, pending.reload_id, pending.new.sha256)
     assert again.value.reason is Reason.RELOAD_NOT_PENDING
 
 
@@ -469,9 +525,11 @@ def test_only_an_operator_reloads_and_ids_are_checked(make_stack: MakeStack) -> 
     with pytest.raises(Forbidden):
         stack.service.reloads.reload(Principal(Role.AGENT, "agent-1"))
     with pytest.raises(Forbidden):
-        stack.service.reloads.confirm(Principal(Role.APPROVER, "approver-1"), "rld_" + "0" * 32)
+        stack.service.reloads.confirm(
+            Principal(Role.APPROVER, "approver-1"), "rld_" + "0" * 32, "0" * 64
+        )
     with pytest.raises(InvalidInput):
-        stack.service.reloads.confirm(SECOND, "rld_../../etc")
+        stack.service.reloads.confirm(SECOND, "rld_../../etc", "0" * 64)
 
 
 def test_a_reload_replaces_the_set_whole_and_an_earlier_holder_keeps_its_own(

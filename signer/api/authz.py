@@ -53,6 +53,7 @@ RPC_ROLES: dict[str, frozenset[Role]] = {
     "/paywarden.v1.Control/ExplainAgent": frozenset({Role.OPERATOR}),
     "/paywarden.v1.Control/ReloadPolicy": frozenset({Role.OPERATOR}),
     "/paywarden.v1.Control/ConfirmReload": frozenset({Role.OPERATOR}),
+    "/paywarden.v1.Control/GetReload": frozenset({Role.OPERATOR}),
 }
 
 

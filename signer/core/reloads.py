@@ -61,6 +61,14 @@ class ReloadOutcome:
     proposed_by: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ShownReload:
+    record: PolicyReload
+    old: PolicySet  # the set in force now
+    new: PolicySet | None  # the proposed set (None once the reload is settled)
+    diff: PackSetDiff | None  # from the set in force now to the proposed one
+
+
 def _fields(
     old: PolicySet,
     new_sha: str,
@@ -220,10 +228,42 @@ class PolicyReloads:
 
     # -- ConfirmReload ------------------------------------------------------------------
 
-    def confirm(self, caller: Principal, reload_id: str) -> ReloadOutcome:
+    def get(self, caller: Principal, reload_id: str) -> ShownReload:
+        """A reload and, while pending, the changes it would make against the set in
+        force now (what its second operator reviews before confirming)."""
         require(caller, Role.OPERATOR)
         if not _RELOAD_ID.fullmatch(reload_id):
             raise InvalidInput(Reason.STRING_INVALID, "reload_id is not a reload id")
+        old = self._live.current()
+        pending = control_store_call(lambda: self._store.policy_reload(reload_id))
+        if pending is None:
+            raise NotFound(Reason.RELOAD_NOT_FOUND, "no such reload")
+        if pending.state is not ReloadState.PENDING:
+            return ShownReload(pending, old, None, None)
+        try:
+            new = self._build(lambda: self._pack_set(pending))
+        except PackError as exc:
+            raise PreconditionFailed(
+                Reason.POLICY_PACK_INVALID, f"the proposed packs no longer validate: {exc}"
+            ) from None
+        if new.sha256 != pending.new_sha256:
+            raise PreconditionFailed(
+                Reason.POLICY_PACK_INVALID, "the stored packs do not make the proposed set"
+            )
+        return ShownReload(pending, old, new, diff_pack_sets(old.packs, new.packs))
+
+    def confirm(self, caller: Principal, reload_id: str, reviewed_sha256: str) -> ReloadOutcome:
+        """Applies a pending reload; ``reviewed_sha256`` is the new set's hash as the
+        confirmer reviewed it (:meth:`get`): another one is refused."""
+        require(caller, Role.OPERATOR)
+        if not _RELOAD_ID.fullmatch(reload_id):
+            raise InvalidInput(Reason.STRING_INVALID, "reload_id is not a reload id")
+        if not reviewed_sha256:
+            raise InvalidInput(
+                Reason.STRING_INVALID,
+                "new_sha256 is empty: name the set you reviewed (GetReload, "
+                "`paywarden ctl reload --show ID`)",
+            )
         action = "policy.reload_confirm"
         with self._live.lock:
             old = self._live.current()
@@ -239,6 +279,14 @@ class PolicyReloads:
             }
             now = self._deps.now()
             self._check(caller, pending, old, now, known)
+            if reviewed_sha256 != pending.new_sha256:
+                error = PreconditionFailed(
+                    Reason.RELOAD_NOT_REVIEWED,
+                    f"the set reviewed ({reviewed_sha256[:64]}) is not the set this reload "
+                    f"would put in force ({pending.new_sha256}): review it again "
+                    "(`paywarden ctl reload --show ID`) and confirm what it shows",
+                )
+                raise self._refuse(caller, action, error, **known) from None
             try:
                 new = self._build(lambda: self._pack_set(pending))
             except PackError as exc:

@@ -57,6 +57,7 @@ EXPECTED: dict[str, tuple[str, frozenset[str]]] = {
     "/paywarden.v1.Control/ExplainAgent": (UNARY, frozenset({OPERATOR})),
     "/paywarden.v1.Control/ReloadPolicy": (UNARY, frozenset({OPERATOR})),
     "/paywarden.v1.Control/ConfirmReload": (UNARY, frozenset({OPERATOR})),
+    "/paywarden.v1.Control/GetReload": (UNARY, frozenset({OPERATOR})),
     "/grpc.health.v1.Health/Check": (UNARY, EVERY_ROLE),
     "/grpc.health.v1.Health/Watch": (SERVER_STREAM, EVERY_ROLE),
     # Registered by grpc_health's generated code, not implemented by its servicer

@@ -21,6 +21,7 @@ class ReloadState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RELOAD_APPLIED: _ClassVar[ReloadState]
     RELOAD_UNCHANGED: _ClassVar[ReloadState]
     RELOAD_PENDING: _ClassVar[ReloadState]
+    RELOAD_SETTLED: _ClassVar[ReloadState]
 FREEZE_SCOPE_UNSPECIFIED: FreezeScope
 GLOBAL: FreezeScope
 AGENT: FreezeScope
@@ -30,6 +31,7 @@ RELOAD_STATE_UNSPECIFIED: ReloadState
 RELOAD_APPLIED: ReloadState
 RELOAD_UNCHANGED: ReloadState
 RELOAD_PENDING: ReloadState
+RELOAD_SETTLED: ReloadState
 
 class FreezeRecord(_message.Message):
     __slots__ = ("scope", "target", "reason", "actor", "at")
@@ -220,6 +222,14 @@ class ReloadPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ConfirmReloadRequest(_message.Message):
+    __slots__ = ("reload_id", "new_sha256")
+    RELOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_SHA256_FIELD_NUMBER: _ClassVar[int]
+    reload_id: str
+    new_sha256: str
+    def __init__(self, reload_id: _Optional[str] = ..., new_sha256: _Optional[str] = ...) -> None: ...
+
+class GetReloadRequest(_message.Message):
     __slots__ = ("reload_id",)
     RELOAD_ID_FIELD_NUMBER: _ClassVar[int]
     reload_id: str

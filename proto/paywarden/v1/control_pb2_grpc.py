@@ -89,6 +89,11 @@ class ControlStub:
                 request_serializer=paywarden_dot_v1_dot_control__pb2.ConfirmReloadRequest.SerializeToString,
                 response_deserializer=paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.FromString,
                 _registered_method=True)
+        self.GetReload = channel.unary_unary(
+                '/paywarden.v1.Control/GetReload',
+                request_serializer=paywarden_dot_v1_dot_control__pb2.GetReloadRequest.SerializeToString,
+                response_deserializer=paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -180,6 +185,18 @@ class ControlServicer:
         to the operator who proposed it (PERMISSION_DENIED, RELOAD_SAME_OPERATOR), once the
         set in force is no longer the one it was proposed against (FAILED_PRECONDITION,
         RELOAD_STALE), after it expired (RELOAD_EXPIRED) or once settled (RELOAD_NOT_PENDING).
+        The request names the set the confirmer reviewed (GetReload's new_sha256): empty is
+        INVALID_ARGUMENT, another set FAILED_PRECONDITION, RELOAD_NOT_REVIEWED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReload(self, request, context):
+        """Roles: operator. A pending reload, for its second operator to review before
+        ConfirmReload: who proposed it, both set hashes, when it expires, and the changes
+        it would make against the set in force now (state RELOAD_PENDING); a settled one
+        is answered RELOAD_SETTLED without changes. Unknown: NOT_FOUND, RELOAD_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,6 +258,11 @@ def add_ControlServicer_to_server(servicer, server):
             'ConfirmReload': grpc.unary_unary_rpc_method_handler(
                     servicer.ConfirmReload,
                     request_deserializer=paywarden_dot_v1_dot_control__pb2.ConfirmReloadRequest.FromString,
+                    response_serializer=paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.SerializeToString,
+            ),
+            'GetReload': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReload,
+                    request_deserializer=paywarden_dot_v1_dot_control__pb2.GetReloadRequest.FromString,
                     response_serializer=paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.SerializeToString,
             ),
     }
@@ -540,6 +562,33 @@ class Control:
             target,
             '/paywarden.v1.Control/ConfirmReload',
             paywarden_dot_v1_dot_control__pb2.ConfirmReloadRequest.SerializeToString,
+            paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paywarden.v1.Control/GetReload',
+            paywarden_dot_v1_dot_control__pb2.GetReloadRequest.SerializeToString,
             paywarden_dot_v1_dot_control__pb2.ReloadPolicyResponse.FromString,
             options,
             channel_credentials,
