@@ -381,6 +381,11 @@ def test_a_restart_does_not_put_a_guarded_widening_in_force(
     ]
     assert loads[1]["sha256"] == proposed.old_sha256
     assert loads[1]["old_sha256"] == proposed.old_sha256
+    # The held start names the directory's set too: the one waiting for operator-2.
+    assert loads[1]["new_sha256"] == proposed.new_sha256
+    assert [p["sha256"] for p in loads[1]["new_packs"]] == [proposed.new_packs[0].sha256]
+    assert loads[0]["new_sha256"] == loads[0]["sha256"]
+    assert loads[2]["new_sha256"] == loads[2]["sha256"]
     assert loads[2]["sha256"] == loads[2]["old_sha256"] == proposed.new_sha256
 
 

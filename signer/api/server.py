@@ -199,6 +199,10 @@ def _policy_load(starting: StartingPacks, config: Config) -> dict[str, Any]:
         "sha256": policy_set_sha256(packs, _context(packs, config)),
         "old_sha256": starting.recorded_sha256,
     }
+    # The directory's set: the one run, or (held) the one waiting for a second operator.
+    read = starting.read if starting.read is not None else packs
+    fields["new_sha256"] = policy_set_sha256(read, _context(read, config))
+    fields["new_packs"] = [p.ref() for p in read.packs]
     if starting.diff is not None:
         fields["widens"] = starting.diff.widens
         fields["widening"] = [c.as_json() for c in starting.diff.widening()]

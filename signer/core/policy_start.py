@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from paywarden.policy import PackError, PackSet
@@ -50,6 +50,7 @@ class StartingPacks:
     # Why the recorded set could not be judged against the directory's (None: it was,
     # or there was none); the directory's set was taken only as no recorded pack is guarded.
     unjudged: str | None = None
+    read: PackSet | None = None  # the directory's packs (held or not)
 
 
 def _guarded_files(files: Iterable[tuple[str, str]], directory: Path) -> list[str]:
@@ -79,6 +80,21 @@ def _recorded_context(store: PolicyReloadStore) -> PolicyContext | None:
 
 
 def starting_packs(
+    store: PolicyReloadStore,
+    directory_packs: PackSet,
+    assets: Mapping[str, Asset],
+    directory: Path,
+    groups: Mapping[str, Iterable[str]],
+    timezone: str,
+) -> StartingPacks:
+    """What to start with, and what the directory held (:attr:`StartingPacks.read`).
+
+    Raises :class:`PackError` or :class:`StartRefused` as :func:`_starting` does."""
+    out = _starting(store, directory_packs, assets, directory, groups, timezone)
+    return replace(out, read=directory_packs)
+
+
+def _starting(
     store: PolicyReloadStore,
     directory_packs: PackSet,
     assets: Mapping[str, Asset],
