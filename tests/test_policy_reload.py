@@ -422,7 +422,7 @@ def test_a_restart_whose_recorded_set_no_longer_builds_fails_closed_if_it_was_gu
     config = write_config(tmp_path, token, pki, packs=packs, extra=VIP_GROUP)
     with serve(config):
         pass
-    # Recorded as before the context was (a store migrated from schema 11): its groups
+    # Recorded as before the context was (a store migrated from before migration 13): its groups
     # are not known, so the set can only be rebuilt with today's config.
     with closing(sqlite3.connect(tmp_path / "state.db")) as db, db:
         db.execute("UPDATE policy_in_force SET context = NULL")
