@@ -126,10 +126,7 @@ def _unknown(out: _Changes, where: str, old: BaseModel | None, new: BaseModel | 
 
 
 def _tiers(rules: AssetRules) -> list[tuple[Decimal, int]]:
-    tiers = [(_dec(t.above), t.approvers) for t in rules.approval_tiers]
-    if rules.approval_above is not None:
-        tiers.append((_dec(rules.approval_above), 1))
-    return tiers
+    return [(_dec(above), n) for _, above, n in rules.approval_steps()]
 
 
 def _approvers(tiers: Iterable[tuple[Decimal, int]], at_least_above: Decimal) -> int:
