@@ -1,4 +1,5 @@
-"""``paywarden ctl …``: the operator's kill switch, revocations and audit checkpoints, over mTLS."""
+"""``paywarden ctl …``: the operator's kill switch, revocations, audit checkpoints and policy
+reloads (``ctl reload [--show|--confirm ID]``), over mTLS."""
 
 from __future__ import annotations
 
