@@ -149,13 +149,13 @@ class SqliteSignatureTx(SqliteTx):
 
 
 class SqlitePaymentTx(SqliteSignatureTx):
+    """The Sign decision's transaction, which attaches its signature too."""
+
     def key_version(self, key_id: str) -> KeyVersion | None:
         return keys.key_version(self._conn, key_id)
 
     def active_key(self, label: str) -> KeyVersion | None:
         return keys.active_key(self._conn, label)
-
-    """The Sign decision's transaction, which attaches its signature too."""
 
     def agent_usage(
         self,
