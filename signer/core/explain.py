@@ -10,7 +10,7 @@ payment it asks for is denied. Plain values; :mod:`.explain_document` writes the
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from paywarden.policy import PolicyPack, to_minor
@@ -241,11 +241,12 @@ class Explain:
     ) -> PackPower:
         m = pack.model
         usage = next(iter(overview.usage.values()), AgentUsage())  # counts of every asset
+        versions = control_store_call(self._deps.store.key_versions)  # once, for every asset
         p = m.payees
         return PackPower(
             cover=PackCover(pack.id, pack.version, pack.sha256, self._via(m, agent_id)),
             assets=tuple(
-                self._asset(code, rules, overview.usage[code], pack.path)
+                self._asset(code, rules, overview.usage[code], pack.path, versions)
                 for code, rules in sorted(m.assets.items())
             ),
             payees=PayeePower(
@@ -291,7 +292,14 @@ class Explain:
         """A pack's amount written with the asset's decimals, as the decision reads it."""
         return self._deps.amount(to_minor(text, self._deps.decimals(asset), where), asset)
 
-    def _asset(self, code: str, rules: AssetRules, usage: AgentUsage, path: str) -> AssetPower:
+    def _asset(
+        self,
+        code: str,
+        rules: AssetRules,
+        usage: AgentUsage,
+        path: str,
+        versions: Sequence[KeyVersion],
+    ) -> AssetPower:
         deps = self._deps
         decimals = deps.decimals(code)
         where = f"{path}: assets.{code}"
@@ -305,7 +313,6 @@ class Explain:
                 deps.amount(max(ceiling - used, 0), code),
             )  # fmt: skip
 
-        versions = control_store_call(deps.store.key_versions)
         steps = [(to_minor(a, decimals, where), n) for _, a, n in rules.approval_steps()]
         return AssetPower(
             asset=code,
