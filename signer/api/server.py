@@ -189,19 +189,21 @@ def _context(packs: PackSet, config: Config) -> PolicyContext:
     return policy_context(packs, config.asset_table(), config.policy.timezone)
 
 
-def _policy_load(starting: StartingPacks, config: Config) -> dict[str, Any]:
-    """The ``policy.load`` record's fields: the packs run, and what changed since the
-    set recorded in force (a restart is a reload)."""
+def _policy_load(starting: StartingPacks, config: Config, sha256: str) -> dict[str, Any]:
+    """The ``policy.load`` record's fields: the packs run (their set hash ``sha256``), and
+    what changed since the set recorded in force (a restart is a reload)."""
     packs = starting.packs
     fields: dict[str, Any] = {
         "packs": [p.ref() for p in packs.packs],
         "dir": str(config.policy.dir),
-        "sha256": policy_set_sha256(packs, _context(packs, config)),
+        "sha256": sha256,
         "old_sha256": starting.recorded_sha256,
     }
     # The directory's set: the one run, or (held) the one waiting for a second operator.
     read = starting.read if starting.read is not None else packs
-    fields["new_sha256"] = policy_set_sha256(read, _context(read, config))
+    fields["new_sha256"] = (
+        sha256 if read is packs else policy_set_sha256(read, _context(read, config))
+    )
     fields["new_packs"] = [p.ref() for p in read.packs]
     if starting.diff is not None:
         fields["widens"] = starting.diff.widens
@@ -223,12 +225,13 @@ def _audit_start(
     now = clock()
     packs = starting.packs
     context = _context(packs, config)
+    sha256 = policy_set_sha256(packs, context)
     try:
         store.put_policy_in_force(
-            policy_set_sha256(packs, context),
+            sha256,
             sorted((Path(p.path).name, p.text.decode("utf-8")) for p in packs.packs),
             now,
-            audit_events.event("policy.load", None, now, **_policy_load(starting, config)),
+            audit_events.event("policy.load", None, now, **_policy_load(starting, config, sha256)),
             context=context.as_json(),
         )
         store.audit_event(
