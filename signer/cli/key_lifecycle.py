@@ -28,7 +28,7 @@ from typing import Any
 from paywarden.hsm import KeyRef, provision, read_pin
 from paywarden.policy import PackError, load_pack_dir
 from paywarden.policy.vocabulary import KeyState
-from paywarden.signer.cli.support import CliExit, config_from_args
+from paywarden.signer.cli.support import CliExit, config_from_args, key_argument
 from paywarden.signer.config import Config
 from paywarden.signer.core import key_custody
 from paywarden.signer.store.records import StoreError
@@ -36,13 +36,6 @@ from paywarden.signer.store.sqlite import SqliteStore
 from paywarden.signer.timekeeping import HighWater
 
 CUSTODY_ROLE = "custody"
-
-
-def _key(text: str) -> KeyRef:
-    try:
-        return KeyRef.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parsers(sub: Any) -> None:
@@ -53,12 +46,12 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(fn=cmd_rotate)
     p = sub.add_parser("revoke", help="revoke a key version: it signs nothing from now on")
     _common(p)
-    p.add_argument("--key", type=_key, required=True, help="LABEL.vN")
+    p.add_argument("--key", type=key_argument, required=True, help="LABEL.vN")
     p.add_argument("--reason", default="", help="why (kept in the store and the audit log)")
     p.set_defaults(fn=cmd_revoke)
     p = sub.add_parser("destroy", help="delete a retired key version from the token")
     _common(p)
-    p.add_argument("--key", type=_key, required=True, help="LABEL.vN")
+    p.add_argument("--key", type=key_argument, required=True, help="LABEL.vN")
     p.add_argument(
         "--grace-hours",
         type=float,

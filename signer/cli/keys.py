@@ -26,9 +26,9 @@ import os
 import sys
 from pathlib import Path
 
-from paywarden.hsm import HsmError, KeyRef, provision, read_pin
+from paywarden.hsm import HsmError, provision, read_pin
 from paywarden.signer.cli import key_lifecycle
-from paywarden.signer.cli.support import CliExit
+from paywarden.signer.cli.support import CliExit, key_argument
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
@@ -44,13 +44,6 @@ def _add_pin(p: argparse.ArgumentParser, prefix: str = "", what: str = "user PIN
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument(f"--{flag}pin-file", help=f"file holding the {what}")
     group.add_argument(f"--{flag}pin-env", help=f"environment variable holding the {what}")
-
-
-def _key(text: str) -> KeyRef:
-    try:
-        return KeyRef.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_init_token(args: argparse.Namespace) -> int:
@@ -124,14 +117,14 @@ def main(
     p.set_defaults(fn=cmd_init_token)
     p = sub.add_parser("generate", help="generate a payment key pair inside the token")
     _add_pin(p)
-    p.add_argument("--key", type=_key, required=True, help="LABEL.vN, e.g. payments.v1")
+    p.add_argument("--key", type=key_argument, required=True, help="LABEL.vN, e.g. payments.v1")
     p.set_defaults(fn=cmd_generate)
     p = sub.add_parser("list", help="list payment keys and their attributes")
     _add_pin(p)
     p.set_defaults(fn=cmd_list)
     p = sub.add_parser("export", help="export a public key (never a private one)")
     _add_pin(p)
-    p.add_argument("--key", type=_key, required=True)
+    p.add_argument("--key", type=key_argument, required=True)
     p.add_argument("--format", choices=("pem", "jwk"), default="pem")
     p.add_argument("--out")
     p.set_defaults(fn=cmd_export)
