@@ -31,7 +31,7 @@ from paywarden.signer.core.refreshing import Refresher
 from paywarden.signer.errors import InvalidInput, KeyNotActive, Reason, Unavailable
 from paywarden.signer.store.key_protocols import KeyStore
 from paywarden.signer.store.protocols import PaymentTx
-from paywarden.signer.store.records import KeyVersion, StoreError
+from paywarden.signer.store.records import KeyVersion
 
 log = logging.getLogger("paywarden.signer.core.keys")
 
@@ -102,14 +102,9 @@ class KeyView:
             self._clock() - self._loaded_at >= _FORCED_RELOAD_SECONDS or self._unregistered
         ):
             self._refresher.invalidate()
-        try:
-            self._refresher.refresh()
-        except StoreError as exc:
-            log.error("cannot read the payment keys: %s", exc)
-        if not self._refresher.loaded:
-            raise Unavailable(
-                Reason.STORE_UNAVAILABLE, "the payment keys cannot be read; nothing was signed"
-            )
+        self._refresher.refresh_or_refuse(
+            log, "the payment keys", "the payment keys cannot be read; nothing was signed"
+        )
 
     def _load(self) -> None:
         versions = {v.key_id: v for v in self._store.key_versions()}

@@ -16,9 +16,13 @@ while it is, every caller waits for the next reload; the others keep what they h
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable
+
+from paywarden.signer.errors import Reason, Unavailable
+from paywarden.signer.store.records import StoreError
 
 
 class Refresher:
@@ -81,3 +85,14 @@ class Refresher:
             self._loaded = True
         finally:
             self._lock.release()
+
+    def refresh_or_refuse(self, log: logging.Logger, what: str, refusal: str) -> None:
+        """For a ``fail_closed`` view asked on a call: reloads when stale, logs a store
+        error (``cannot read <what>``), and raises :class:`Unavailable`
+        (``STORE_UNAVAILABLE``, ``refusal``) while the view is not loaded."""
+        try:
+            self.refresh()
+        except StoreError as exc:
+            log.error("cannot read %s: %s", what, exc)
+        if not self._loaded:
+            raise Unavailable(Reason.STORE_UNAVAILABLE, refusal)

@@ -22,9 +22,9 @@ from paywarden.signer.core import audit_events
 from paywarden.signer.core.deps import Deps, control_store_call
 from paywarden.signer.core.refreshing import Refresher
 from paywarden.signer.core.validation import clean_text
-from paywarden.signer.errors import Forbidden, InvalidInput, Reason, Unavailable
+from paywarden.signer.errors import Forbidden, InvalidInput, Reason
 from paywarden.signer.identity import PRINCIPAL_ID, Principal
-from paywarden.signer.store.records import Revocation, RevocationKind, StoreError
+from paywarden.signer.store.records import Revocation, RevocationKind
 
 log = logging.getLogger("paywarden.signer.core.revocations")
 
@@ -94,14 +94,9 @@ class RevocationView:
     def check(self, principal: Principal, serial: str) -> None:
         """Raises :class:`Forbidden` (``IDENTITY_REVOKED``) for a revoked principal id or
         certificate serial, :class:`Unavailable` when the revocations cannot be read."""
-        try:
-            self.refresh()
-        except StoreError as exc:
-            log.error("cannot read the revocations: %s", exc)
-        if not self._refresher.loaded:
-            raise Unavailable(
-                Reason.STORE_UNAVAILABLE, "the revocations cannot be read; refused (fail closed)"
-            )
+        self._refresher.refresh_or_refuse(
+            log, "the revocations", "the revocations cannot be read; refused (fail closed)"
+        )
         if principal.id in self._principals:
             raise Forbidden(Reason.IDENTITY_REVOKED, f"the identity {principal.id} is revoked")
         if serial in self._serials:
