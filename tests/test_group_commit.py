@@ -16,6 +16,7 @@ import pytest
 from paywarden.signer.core.batching import GroupCommit
 from paywarden.signer.store.protocols import PaymentBatch, PaymentTx
 from paywarden.signer.store.records import StoreError
+from paywarden.signer.store.sql import Conn, Cursor
 from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.support.threads import start_and_wait_until_in
@@ -213,10 +214,10 @@ class _ReleaseFails:
     """The store's real connection, except that closing a savepoint fails (an injected
     fault: an I/O error at that statement cannot be had on demand)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+    def execute(self, sql: str, *args: Any) -> Cursor:
         if sql == "RELEASE item":
             raise sqlite3.OperationalError("injected: disk I/O error")
         return self._conn.execute(sql, *args)
@@ -229,7 +230,7 @@ def test_a_decision_that_cannot_be_closed_fails_its_whole_batch(batch_store: Sql
     """Its writes are neither kept apart nor undone: the batch commits nothing, rather
     than commit a decision whose caller was told it failed."""
     with pytest.raises(StoreError), batch_store.payment_batch() as batch:
-        batch._conn = cast(sqlite3.Connection, _ReleaseFails(batch._conn))
+        batch._conn = cast(Conn, _ReleaseFails(batch._conn))
         with pytest.raises(StoreError), batch.item() as tx:
             tx.audit({"action": "test.item", "time": 1, "actor": "closing"})
         assert batch.broken

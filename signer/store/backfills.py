@@ -4,14 +4,14 @@ sums of decimal TEXT amounts (7) and hashes (8), which SQLite lacks."""
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from paywarden.signer.auditlog import merkle
 from paywarden.signer.store import sqlite_facts
 from paywarden.signer.store.records import StoreError
+from paywarden.signer.store.sql import Conn
 
 
-def backfill_facts(conn: sqlite3.Connection) -> None:
+def backfill_facts(conn: Conn) -> None:
     """Version 7's aggregates from the rows already stored, in time order."""
     per_second = conn.execute(
         "SELECT agent_id, created_at, COUNT(*), SUM(outcome = 'deny') FROM decisions"
@@ -33,7 +33,7 @@ def backfill_facts(conn: sqlite3.Connection) -> None:
         sqlite_facts.settle(conn, decision_id)
 
 
-def index_audit_tree(conn: sqlite3.Connection) -> None:
+def index_audit_tree(conn: Conn) -> None:
     """Stores every complete perfect subtree of the log as it stands (O(n), once),
     and checks that its leaves still fold to the tree head the store kept."""
     frontier: merkle.Frontier = []

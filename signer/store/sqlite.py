@@ -20,7 +20,7 @@ from typing import Any
 
 from paywarden.policy.vocabulary import FreezeScope, PlanLine
 from paywarden.signer.auditlog.append import AuditState
-from paywarden.signer.store import schema, sqlite_agent
+from paywarden.signer.store import sqlite_agent
 from paywarden.signer.store import sqlite_reads as reads
 from paywarden.signer.store import sqlite_tx as tx
 from paywarden.signer.store.records import (
@@ -34,6 +34,8 @@ from paywarden.signer.store.records import (
     SessionRecord,
     StoreError,
 )
+from paywarden.signer.store.sql import Conn
+from paywarden.signer.store.sqlite_connection import SqliteConnection
 from paywarden.signer.store.sqlite_keys import SqliteKeyStore
 from paywarden.signer.store.sqlite_reloads import SqlitePolicyReloads
 from paywarden.signer.store.sqlite_tx import (
@@ -44,17 +46,9 @@ from paywarden.signer.store.sqlite_tx import (
 )
 
 
-class SqliteStore(SqlitePolicyReloads, SqliteKeyStore):
-    """Every use case's protocol (:class:`~paywarden.signer.store.protocols.Store`) on SQLite."""
-
-    def __init__(self, path: Path, *, lock_timeout: float = 10.0) -> None:
-        super().__init__(path, lock_timeout=lock_timeout)
-        self._freeze_generation = 0
-        self._revocation_generation = 0
-
-    def migrate(self) -> int:
-        with self._write() as conn:
-            return schema.migrate(conn)
+class SqlStore(SqlitePolicyReloads, SqliteKeyStore):
+    """Every use case's protocol (:class:`~paywarden.signer.store.protocols.Store`) in the
+    SQL both backends run, on a backend's :class:`~.connection.Connection`."""
 
     def adopt_decimals(self, decimals: Mapping[str, int]) -> list[str]:
         """Amounts are stored in minor units: the assets whose stored decimals
@@ -172,7 +166,7 @@ class SqliteStore(SqlitePolicyReloads, SqliteKeyStore):
         return result
 
     def pending_approvals(self, now: int) -> list[ApprovalRecord]:
-        def read(conn: sqlite3.Connection) -> list[ApprovalRecord]:
+        def read(conn: Conn) -> list[ApprovalRecord]:
             ids = [
                 r[0]
                 for r in conn.execute(
@@ -221,8 +215,8 @@ class SqliteStore(SqlitePolicyReloads, SqliteKeyStore):
         try:
             with self._write() as conn:
                 conn.execute(
-                    "INSERT OR IGNORE INTO audit_checkpoints (size, root, at, key_id, body,"
-                    " signature) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO audit_checkpoints (size, root, at, key_id, body, signature)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (c.size, c.root, c.at, c.key_id, c.body, c.signature),
                 )
         except sqlite3.Error as exc:
@@ -266,7 +260,8 @@ class SqliteStore(SqlitePolicyReloads, SqliteKeyStore):
                 ).rowcount
                 if removed and scope == FreezeScope.AGENT:
                     conn.execute(
-                        "INSERT OR REPLACE INTO breaker_resets (agent_id, at) VALUES (?, ?)",
+                        "INSERT INTO breaker_resets (agent_id, at) VALUES (?, ?)"
+                        " ON CONFLICT (agent_id) DO UPDATE SET at = excluded.at",
                         (target, now),
                     )
                 if removed:
@@ -294,8 +289,8 @@ class SqliteStore(SqlitePolicyReloads, SqliteKeyStore):
         try:
             with self._write() as conn:
                 added = conn.execute(
-                    "INSERT OR IGNORE INTO revocations (kind, value, reason, operator, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO revocations (kind, value, reason, operator, created_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (r.kind, r.value, r.reason, r.operator, r.created_at),
                 ).rowcount
                 if added:
@@ -344,22 +339,25 @@ class SqliteStore(SqlitePolicyReloads, SqliteKeyStore):
         breaker_seconds: int | None,
         max_sessions: int,
     ) -> AgentOverview:
-        def read(conn: sqlite3.Connection) -> AgentOverview:
-            conn.execute("BEGIN")  # one snapshot for every part
-            try:
-                return sqlite_agent.agent_overview(
-                    conn,
-                    agent_id,
-                    assets=assets,
-                    keys=keys,
-                    now=now,
-                    day_start=day_start,
-                    velocity_seconds=velocity_seconds,
-                    breaker_seconds=breaker_seconds,
-                    max_sessions=max_sessions,
-                )
-            finally:
-                conn.execute("COMMIT")
+        def read(conn: Conn) -> AgentOverview:
+            return sqlite_agent.agent_overview(
+                conn,
+                agent_id,
+                assets=assets,
+                keys=keys,
+                now=now,
+                day_start=day_start,
+                velocity_seconds=velocity_seconds,
+                breaker_seconds=breaker_seconds,
+                max_sessions=max_sessions,
+            )
 
-        result: AgentOverview = self._read(read)
+        result: AgentOverview = self._read_snapshot(read)  # one snapshot for every part
         return result
+
+
+class SqliteStore(SqlStore, SqliteConnection):
+    """:class:`SqlStore` on one SQLite file (WAL, ``BEGIN IMMEDIATE``)."""
+
+    def __init__(self, path: Path, *, lock_timeout: float = 10.0) -> None:
+        super().__init__(path, lock_timeout=lock_timeout)

@@ -10,7 +10,6 @@ not in it), pending approvals from the agent's open reservations.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Collection
 
 from paywarden.policy.vocabulary import FreezeScope
@@ -24,11 +23,10 @@ from paywarden.signer.store.records import (
     SessionRecord,
     WindowStats,
 )
+from paywarden.signer.store.sql import Conn
 
 
-def breaker_window(
-    conn: sqlite3.Connection, agent_id: str, since: int, payee_key: str
-) -> WindowStats:
+def breaker_window(conn: Conn, agent_id: str, since: int, payee_key: str) -> WindowStats:
     """The breaker's window: after ``since`` or the agent's last reset by an operator's
     unfreeze, whichever is later."""
     reset = conn.execute("SELECT at FROM breaker_resets WHERE agent_id = ?", (agent_id,)).fetchone()
@@ -38,7 +36,7 @@ def breaker_window(
 
 
 def _open_sessions(
-    conn: sqlite3.Connection, agent_id: str, now: int, limit: int
+    conn: Conn, agent_id: str, now: int, limit: int
 ) -> tuple[tuple[SessionRecord, ...], int]:
     where = "FROM sessions INDEXED BY sessions_open_agent WHERE agent_id = ? AND expires_at > ?"
     where += " AND closed_at IS NULL"
@@ -54,7 +52,7 @@ def _open_sessions(
     return tuple(s for s in found if s is not None), int(count)
 
 
-def _pending_approvals(conn: sqlite3.Connection, agent_id: str, now: int) -> int:
+def _pending_approvals(conn: Conn, agent_id: str, now: int) -> int:
     """The agent's held (unsigned, unreleased, unexpired) reservations whose approval
     is still pending: an approval expires with its payment."""
     held = conn.execute(
@@ -75,7 +73,7 @@ def _pending_approvals(conn: sqlite3.Connection, agent_id: str, now: int) -> int
 
 
 def _freezes(
-    conn: sqlite3.Connection, agent_id: str, session_ids: Collection[str], keys: Collection[str]
+    conn: Conn, agent_id: str, session_ids: Collection[str], keys: Collection[str]
 ) -> tuple[Freeze, ...]:
     """The freezes that stop this agent: by primary key, one lookup each."""
     wanted = [(FreezeScope.GLOBAL, ""), (FreezeScope.AGENT, agent_id)]
@@ -93,7 +91,7 @@ def _freezes(
     return tuple(found)
 
 
-def _revoked(conn: sqlite3.Connection, agent_id: str) -> Revocation | None:
+def _revoked(conn: Conn, agent_id: str) -> Revocation | None:
     """The revocation of the agent's principal id, by primary key. A certificate
     serial's revocation stops one certificate, not the agent: it is not the agent's."""
     row = conn.execute(
@@ -106,7 +104,7 @@ def _revoked(conn: sqlite3.Connection, agent_id: str) -> Revocation | None:
 
 
 def agent_overview(
-    conn: sqlite3.Connection,
+    conn: Conn,
     agent_id: str,
     *,
     assets: Collection[str],

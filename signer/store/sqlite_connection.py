@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from paywarden.signer.store import schema
+from paywarden.signer.store.connection import Connection
 from paywarden.signer.store.records import StoreError
 
 # Lock waits are taken in slices this long, so that a server's stop can end them.
@@ -22,10 +24,11 @@ _SLICE = 0.05
 _CACHE_KIB = 65536
 
 
-class SqliteConnection:
+class SqliteConnection(Connection):
     """One connection and its transactions; :class:`SqliteStore` builds on it."""
 
     def __init__(self, path: Path, *, lock_timeout: float = 10.0) -> None:
+        super().__init__()
         self.path = path
         self._lock_timeout = lock_timeout
         self._not_after: float | None = None  # no wait ends later (while stopping)
@@ -115,12 +118,26 @@ class SqliteConnection:
                     self._conn.execute("ROLLBACK")
                 raise StoreError(f"commit failed: {exc}") from None
 
-    def _read(self, fn: Any, *args: Any) -> Any:
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._locked(None):
             try:
                 return fn(self._conn, *args)
             except sqlite3.Error as exc:
                 raise StoreError(f"store unavailable: {exc}") from None
+
+    def _read_snapshot(self, fn: Callable[..., Any], *args: Any) -> Any:
+        def in_snapshot(conn: sqlite3.Connection) -> Any:
+            conn.execute("BEGIN")  # deferred: one snapshot from its first read on
+            try:
+                return fn(conn, *args)
+            finally:
+                conn.execute("COMMIT")
+
+        return self._read(in_snapshot)
+
+    def migrate(self) -> int:
+        with self._write() as conn:
+            return schema.migrate(conn)
 
     def check(self) -> None:
         """Can a decision be committed now? The probe commits a one-row write on its own

@@ -23,11 +23,11 @@ Every query here is an index SEARCH (``tests/test_aggregates.py`` checks the pla
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 
 from paywarden.policy.vocabulary import ReservationStatus, Verdict
 from paywarden.signer.store.records import AgentUsage, InvariantBroken, WindowStats
+from paywarden.signer.store.sql import Conn
 
 DAY = 86_400
 
@@ -39,7 +39,7 @@ OPEN = "signed = 0 AND status != 'released'"
 # -- writes: settling a signed reservation, counting a decision ----------------------------
 
 
-def settle(conn: sqlite3.Connection, decision_id: str) -> None:
+def settle(conn: Conn, decision_id: str) -> None:
     """Moves a reservation into the aggregates once it is both spent and signed (in
     either order); nothing if it is not, or was settled already."""
     row = conn.execute(
@@ -59,7 +59,10 @@ def settle(conn: sqlite3.Connection, decision_id: str) -> None:
     conn.execute(
         "INSERT INTO agent_payees (agent_id, payee_key, first_at, last_at) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (agent_id, payee_key) DO UPDATE SET"
-        " first_at = min(first_at, excluded.first_at), last_at = max(last_at, excluded.last_at)",
+        " first_at = CASE WHEN excluded.first_at < agent_payees.first_at"
+        " THEN excluded.first_at ELSE agent_payees.first_at END,"
+        " last_at = CASE WHEN excluded.last_at > agent_payees.last_at"
+        " THEN excluded.last_at ELSE agent_payees.last_at END",
         (agent_id, payee_key, at, at),
     )
     spent = conn.execute(
@@ -73,7 +76,7 @@ def settle(conn: sqlite3.Connection, decision_id: str) -> None:
         (str(int(spent[0]) + amount), session_id, asset),
     )
     added = conn.execute(
-        "INSERT OR IGNORE INTO session_payees (session_id, payee_key) VALUES (?, ?)",
+        "INSERT INTO session_payees (session_id, payee_key) VALUES (?, ?) ON CONFLICT DO NOTHING",
         (session_id, payee_key),
     ).rowcount
     if added:
@@ -87,13 +90,13 @@ def settle(conn: sqlite3.Connection, decision_id: str) -> None:
         )
 
 
-def count_decision(conn: sqlite3.Connection, agent_id: str, at: int, outcome: str) -> None:
+def count_decision(conn: Conn, agent_id: str, at: int, outcome: str) -> None:
     """Counts a recorded decision (and a denial) for the breaker's window."""
     denied = 1 if outcome == Verdict.DENY else 0
     _add_counts(conn, "agent_decisions", ("decisions", "denials"), agent_id, at, (1, denied))
 
 
-def _add_spend(conn: sqlite3.Connection, agent_id: str, asset: str, at: int, amount: int) -> None:
+def _add_spend(conn: Conn, agent_id: str, asset: str, at: int, amount: int) -> None:
     # The row at ``at`` starts from the total before it; it and every later row grow
     # by ``amount``. Later rows exist only when a payment is signed after others made
     # after it (an approval): at most the maximum expiry's seconds of them.
@@ -105,14 +108,15 @@ def _add_spend(conn: sqlite3.Connection, agent_id: str, asset: str, at: int, amo
     if latest is None or latest[0] <= at:  # the usual case: the newest row
         total = int(latest[1]) if latest is not None else 0
         conn.execute(
-            "INSERT OR REPLACE INTO agent_spend (agent_id, asset, at, total) VALUES (?, ?, ?, ?)",
+            "INSERT INTO agent_spend (agent_id, asset, at, total) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (agent_id, asset, at) DO UPDATE SET total = excluded.total",
             (agent_id, asset, at, str(total + amount)),
         )
         return
     conn.execute(
-        "INSERT OR IGNORE INTO agent_spend (agent_id, asset, at, total) VALUES (?, ?, ?,"
+        "INSERT INTO agent_spend (agent_id, asset, at, total) VALUES (?, ?, ?,"
         " COALESCE((SELECT total FROM agent_spend WHERE agent_id = ? AND asset = ? AND at < ?"
-        " ORDER BY at DESC LIMIT 1), '0'))",
+        " ORDER BY at DESC LIMIT 1), '0')) ON CONFLICT DO NOTHING",
         (agent_id, asset, at, agent_id, asset, at),
     )
     later = conn.execute(
@@ -126,7 +130,7 @@ def _add_spend(conn: sqlite3.Connection, agent_id: str, asset: str, at: int, amo
 
 
 def _add_counts(
-    conn: sqlite3.Connection,
+    conn: Conn,
     table: str,
     columns: tuple[str, ...],
     agent_id: str,
@@ -143,8 +147,9 @@ def _add_counts(
     if latest is None or latest[0] <= at:  # the usual case: the newest row
         before = latest[1:] if latest is not None else (0,) * len(columns)
         conn.execute(
-            f"INSERT OR REPLACE INTO {table} (agent_id, at, {names})"  # noqa: S608
-            f" VALUES (?, ?{', ?' * len(columns)})",
+            f"INSERT INTO {table} (agent_id, at, {names})"  # noqa: S608
+            f" VALUES (?, ?{', ?' * len(columns)}) ON CONFLICT (agent_id, at) DO UPDATE SET"
+            f" {', '.join(f'{c} = excluded.{c}' for c in columns)}",
             (agent_id, at, *(b + d for b, d in zip(before, deltas, strict=True))),
         )
         return
@@ -154,8 +159,8 @@ def _add_counts(
         (agent_id, at),
     ).fetchone()
     conn.execute(
-        f"INSERT OR IGNORE INTO {table} (agent_id, at, {names})"  # noqa: S608
-        f" VALUES (?, ?{', ?' * len(columns)})",
+        f"INSERT INTO {table} (agent_id, at, {names})"  # noqa: S608
+        f" VALUES (?, ?{', ?' * len(columns)}) ON CONFLICT DO NOTHING",
         (agent_id, at, *(before or (0,) * len(columns))),
     )
     conn.execute(
@@ -168,7 +173,7 @@ def _add_counts(
 # -- reads -------------------------------------------------------------------------------------
 
 
-def _spend_since(conn: sqlite3.Connection, agent_id: str, asset: str, *after: int) -> list[int]:
+def _spend_since(conn: Conn, agent_id: str, asset: str, *after: int) -> list[int]:
     """Settled spend of the agent in ``asset`` created after each of ``after``."""
     where = "FROM agent_spend WHERE agent_id = ? AND asset = ?"
     subqueries = [f"(SELECT total {where} ORDER BY at DESC LIMIT 1)"] + [
@@ -182,9 +187,7 @@ def _spend_since(conn: sqlite3.Connection, agent_id: str, asset: str, *after: in
     return [whole - int(b or 0) for b in before]
 
 
-def _count_since(
-    conn: sqlite3.Connection, table: str, column: str, agent_id: str, after: int
-) -> int:
+def _count_since(conn: Conn, table: str, column: str, agent_id: str, after: int) -> int:
     """A settled count of the agent's created after ``after``."""
     where = f"FROM {table} WHERE agent_id = ?"
     total, before = conn.execute(
@@ -195,7 +198,7 @@ def _count_since(
     return int(total or 0) - int(before or 0)
 
 
-def _last_paid(conn: sqlite3.Connection, agent_id: str, payee_key: str) -> int | None:
+def _last_paid(conn: Conn, agent_id: str, payee_key: str) -> int | None:
     """When the agent's latest signed payment to ``payee_key`` was made (None: never)."""
     row = conn.execute(
         "SELECT last_at FROM agent_payees WHERE agent_id = ? AND payee_key = ?",
@@ -205,7 +208,7 @@ def _last_paid(conn: sqlite3.Connection, agent_id: str, payee_key: str) -> int |
 
 
 def _payees_since(
-    conn: sqlite3.Connection, agent_id: str, payee_key: str, since: int, held: set[str]
+    conn: Conn, agent_id: str, payee_key: str, since: int, held: set[str]
 ) -> tuple[int, bool]:
     """Distinct payees of the agent's settled payments created at or after ``since``
     and of the ``held`` (open ones'), and whether ``payee_key`` is one of them.
@@ -224,7 +227,7 @@ def _payees_since(
 
 
 def agent_usage(
-    conn: sqlite3.Connection,
+    conn: Conn,
     agent_id: str,
     asset: str,
     payee_key: str,
@@ -255,7 +258,7 @@ def agent_usage(
     return AgentUsage(rolling, today, in_window, paid_before, payees_today, seen_today)
 
 
-def _assets(conn: sqlite3.Connection, agent_id: str) -> list[str]:
+def _assets(conn: Conn, agent_id: str) -> list[str]:
     """The assets the agent has settled spend in: one index step per asset."""
     assets: list[str] = []
     while True:
@@ -268,9 +271,7 @@ def _assets(conn: sqlite3.Connection, agent_id: str) -> list[str]:
         assets.append(asset)
 
 
-def window_stats(
-    conn: sqlite3.Connection, agent_id: str, since: int, payee_key: str
-) -> WindowStats:
+def window_stats(conn: Conn, agent_id: str, since: int, payee_key: str) -> WindowStats:
     """Reservations not released and decisions created after ``since``."""
     decisions = _count_since(conn, "agent_decisions", "decisions", agent_id, since)
     denials = _count_since(conn, "agent_decisions", "denials", agent_id, since)
@@ -303,7 +304,7 @@ class SessionUsage:
     plan_used: dict[int, int] = field(default_factory=dict)
 
 
-def open_session_usage(conn: sqlite3.Connection, session_id: str, now: int) -> SessionUsage:
+def open_session_usage(conn: Conn, session_id: str, now: int) -> SessionUsage:
     usage = SessionUsage()
     for asset, amount, payee, line in conn.execute(
         "SELECT asset, amount_minor, payee_key, plan_line FROM reservations"  # noqa: S608
@@ -318,7 +319,7 @@ def open_session_usage(conn: sqlite3.Connection, session_id: str, now: int) -> S
     return usage
 
 
-def settled_session_payee(conn: sqlite3.Connection, session_id: str, payee_key: str) -> bool:
+def settled_session_payee(conn: Conn, session_id: str, payee_key: str) -> bool:
     row = conn.execute(
         "SELECT 1 FROM session_payees WHERE session_id = ? AND payee_key = ?",
         (session_id, payee_key),
@@ -326,13 +327,13 @@ def settled_session_payee(conn: sqlite3.Connection, session_id: str, payee_key: 
     return row is not None
 
 
-def session_payees(conn: sqlite3.Connection, session_id: str, settled: int, held: set[str]) -> int:
+def session_payees(conn: Conn, session_id: str, settled: int, held: set[str]) -> int:
     """Distinct payees of the session: ``settled`` signed ones and the ``held`` (open
     ones') that are not among them."""
     return settled + sum(1 for p in held if not settled_session_payee(conn, session_id, p))
 
 
-def payee_in_session(conn: sqlite3.Connection, session_id: str, payee_key: str, now: int) -> bool:
+def payee_in_session(conn: Conn, session_id: str, payee_key: str, now: int) -> bool:
     if settled_session_payee(conn, session_id, payee_key):
         return True
     row = conn.execute(
@@ -343,7 +344,7 @@ def payee_in_session(conn: sqlite3.Connection, session_id: str, payee_key: str, 
     return row is not None
 
 
-def live_spend(conn: sqlite3.Connection, session_id: str, asset: str, now: int) -> int:
+def live_spend(conn: Conn, session_id: str, asset: str, now: int) -> int:
     row = conn.execute(
         "SELECT spent_minor FROM session_budgets WHERE session_id = ? AND asset = ?",
         (session_id, asset),

@@ -4,11 +4,11 @@ Sign path's transaction (:mod:`.sqlite_tx`) and the custody transaction
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from paywarden.policy.vocabulary import KeyState
 from paywarden.signer.store.records import KeyVersion
+from paywarden.signer.store.sql import Conn
 
 
 def to_version(row: tuple[Any, ...]) -> KeyVersion:
@@ -27,7 +27,7 @@ def to_version(row: tuple[Any, ...]) -> KeyVersion:
     )
 
 
-def key_version(conn: sqlite3.Connection, key_id: str) -> KeyVersion | None:
+def key_version(conn: Conn, key_id: str) -> KeyVersion | None:
     """One version by its id (the primary key: one index probe)."""
     row = conn.execute(
         "SELECT key_id, label, version, state, spki, created_at, state_changed_at,"
@@ -38,7 +38,7 @@ def key_version(conn: sqlite3.Connection, key_id: str) -> KeyVersion | None:
     return to_version(row) if row is not None else None
 
 
-def active_key(conn: sqlite3.Connection, label: str) -> KeyVersion | None:
+def active_key(conn: Conn, label: str) -> KeyVersion | None:
     """The label's active version (the newest if a configuration named several): one
     probe of the partial index ``payment_keys_active``."""
     row = conn.execute(
@@ -51,7 +51,7 @@ def active_key(conn: sqlite3.Connection, label: str) -> KeyVersion | None:
     return to_version(row) if row is not None else None
 
 
-def all_versions(conn: sqlite3.Connection) -> list[KeyVersion]:
+def all_versions(conn: Conn) -> list[KeyVersion]:
     rows = conn.execute(
         "SELECT key_id, label, version, state, spki, created_at, state_changed_at,"
         " retired_at, revoked_at, revoked_reason"
@@ -60,13 +60,13 @@ def all_versions(conn: sqlite3.Connection) -> list[KeyVersion]:
     return [to_version(r) for r in rows]
 
 
-def insert(conn: sqlite3.Connection, k: KeyVersion) -> bool:
+def insert(conn: Conn, k: KeyVersion) -> bool:
     """Adds a version unless its id is stored already (never replaces one)."""
     return (
         conn.execute(
-            "INSERT OR IGNORE INTO payment_keys (key_id, label, version, state, spki,"
+            "INSERT INTO payment_keys (key_id, label, version, state, spki,"
             " created_at, state_changed_at, retired_at, revoked_at, revoked_reason)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 k.key_id,
                 k.label,

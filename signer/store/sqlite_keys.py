@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from paywarden.policy.vocabulary import KeyState
+from paywarden.signer.store.connection import Connection
 from paywarden.signer.store.records import KeyVersion, StoreError
-from paywarden.signer.store.sqlite_connection import SqliteConnection
+from paywarden.signer.store.sql import Conn
 from paywarden.signer.store.sqlite_key_rows import (
     all_versions,
     insert,
@@ -30,7 +31,7 @@ from paywarden.signer.store.sqlite_tx import append_audit
 class SqliteKeyTx:
     """One custody transaction (``BEGIN IMMEDIATE``): read, change, audit, together."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self._conn = conn
 
     def version(self, key_id: str) -> KeyVersion | None:
@@ -83,12 +84,8 @@ class SqliteKeyTx:
         return append_audit(self._conn, event)
 
 
-class SqliteKeyStore(SqliteConnection):
-    """:class:`~paywarden.signer.store.protocols.KeyStore` on SQLite."""
-
-    def __init__(self, path: Any, *, lock_timeout: float = 10.0) -> None:
-        super().__init__(path, lock_timeout=lock_timeout)
-        self._key_generation = 0
+class SqliteKeyStore(Connection):
+    """:class:`~paywarden.signer.store.protocols.KeyStore` on either backend's connection."""
 
     @contextmanager
     def key_tx(self) -> Iterator[SqliteKeyTx]:

@@ -36,6 +36,7 @@ from paywarden.signer.store.records import (
     SessionRecord,
     StoreError,
 )
+from paywarden.signer.store.sql import Conn
 
 # A reservation counts while held or spent and not yet past the payment's expiry,
 # and for ever once signed. An allowed payment the HSM never signed cannot be signed
@@ -50,7 +51,7 @@ LIVE = (
 )
 
 
-def session(conn: sqlite3.Connection, session_id: str, now: int) -> SessionRecord | None:
+def session(conn: Conn, session_id: str, now: int) -> SessionRecord | None:
     """The session with what it spent and paid that still counts at ``now`` (see
     :data:`LIVE`): the signed part from its aggregates, the open part from its
     unsigned reservations (:mod:`.sqlite_facts`)."""
@@ -129,7 +130,7 @@ def decision(row: Any) -> DecisionRecord:
     )
 
 
-def decision_by_id(conn: sqlite3.Connection, decision_id: str) -> DecisionRecord | None:
+def decision_by_id(conn: Conn, decision_id: str) -> DecisionRecord | None:
     row = conn.execute(
         f"SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?",  # noqa: S608
         (decision_id,),
@@ -137,7 +138,7 @@ def decision_by_id(conn: sqlite3.Connection, decision_id: str) -> DecisionRecord
     return decision(row) if row is not None else None
 
 
-def reservation(conn: sqlite3.Connection, decision_id: str) -> Reservation | None:
+def reservation(conn: Conn, decision_id: str) -> Reservation | None:
     row = conn.execute(
         "SELECT decision_id, agent_id, session_id, asset, payee_key, amount_minor, created_at,"
         " expires_at, status, plan_line FROM reservations WHERE decision_id = ?",
@@ -159,7 +160,7 @@ def reservation(conn: sqlite3.Connection, decision_id: str) -> Reservation | Non
     )
 
 
-def approval(conn: sqlite3.Connection, where: str, key: str) -> ApprovalRecord | None:
+def approval(conn: Conn, where: str, key: str) -> ApprovalRecord | None:
     row = conn.execute(
         "SELECT id, decision_id, required, status, created_at, expires_at FROM approvals"  # noqa: S608
         f" WHERE {where} = ?",
@@ -186,24 +187,34 @@ def approval(conn: sqlite3.Connection, where: str, key: str) -> ApprovalRecord |
     )
 
 
-def audit_state(conn: sqlite3.Connection) -> AuditState:
+def audit_state(conn: Conn) -> AuditState:
     size, frontier_json = conn.execute(
         "SELECT size, frontier FROM audit_state WHERE id = 1"
     ).fetchone()
     head_time = None
     if size:
-        (head,) = conn.execute(  # O(1): the record at the log's head, by key
-            "SELECT json_extract(body, '$.time') FROM audit_log WHERE seq = ?", (size,)
+        (body,) = conn.execute(  # O(1): the record at the log's head, by key
+            "SELECT body FROM audit_log WHERE seq = ?", (size,)
         ).fetchone() or (None,)
-        if isinstance(head, int):
+        head = _time_of(body)
+        if isinstance(head, int) and not isinstance(head, bool):
             head_time = head
     frontier = tuple((int(s), bytes.fromhex(h)) for s, h in json.loads(frontier_json))
     return AuditState(int(size), frontier, head_time)
 
 
-def audit_subtrees(
-    conn: sqlite3.Connection, nodes: Iterable[tuple[int, int]]
-) -> dict[tuple[int, int], bytes]:
+def _time_of(body: str | None) -> object:
+    """The ``time`` member of an audit record's body (None if it has none)."""
+    if body is None:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return doc.get("time") if isinstance(doc, dict) else None
+
+
+def audit_subtrees(conn: Conn, nodes: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
     """Stored roots of perfect subtrees of the audit tree, by (level, index): a leaf
     (level 0) from its record's row, the rest from ``audit_nodes``; each by key."""
     out: dict[tuple[int, int], bytes] = {}
@@ -225,7 +236,7 @@ def freeze_row(row: tuple[Any, ...]) -> Freeze:
     return Freeze(FreezeScope(scope), target, reason, actor, FreezeSource(source), at)
 
 
-def frozen(conn: sqlite3.Connection, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
+def frozen(conn: Conn, agent_id: str, session_id: str, key_id: str) -> Freeze | None:
     row = conn.execute(
         "SELECT scope, target, reason, actor, source, at FROM freezes WHERE"
         " (scope = 'global') OR (scope = 'agent' AND target = ?) OR"

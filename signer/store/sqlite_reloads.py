@@ -10,8 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from paywarden.policy.vocabulary import ReloadState
+from paywarden.signer.store.connection import Connection
 from paywarden.signer.store.records import PolicyReload, StoreError
-from paywarden.signer.store.sqlite_connection import SqliteConnection
+from paywarden.signer.store.sql import Conn
 from paywarden.signer.store.sqlite_tx import append_audit
 
 MIGRATION = """
@@ -59,7 +60,7 @@ def _row(row: tuple[Any, ...]) -> PolicyReload:
     )
 
 
-class SqlitePolicyReloads(SqliteConnection):
+class SqlitePolicyReloads(Connection):
     def propose_reload(self, reload: PolicyReload, audit: Mapping[str, Any]) -> None:
         r = reload
         try:
@@ -150,9 +151,7 @@ class SqlitePolicyReloads(SqliteConnection):
         return doc
 
     @staticmethod
-    def _settle(
-        conn: sqlite3.Connection, reload_id: str, state: ReloadState, by: str | None, at: int
-    ) -> bool:
+    def _settle(conn: Conn, reload_id: str, state: ReloadState, by: str | None, at: int) -> bool:
         return bool(
             conn.execute(
                 "UPDATE policy_reloads SET state = ?, decided_by = ?, decided_at = ?"

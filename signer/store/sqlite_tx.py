@@ -32,10 +32,11 @@ from paywarden.signer.store.records import (
     StoreError,
     WindowStats,
 )
+from paywarden.signer.store.sql import Conn
 from paywarden.signer.store.sqlite_agent import breaker_window
 
 
-def append_audit(conn: sqlite3.Connection, event: Mapping[str, Any]) -> int:
+def append_audit(conn: Conn, event: Mapping[str, Any]) -> int:
     """Appends one record in the caller's transaction (see :func:`append.grow`), with
     the perfect subtrees its leaf completed; returns its sequence number."""
     grown = append.grow(reads.audit_state(conn), event)
@@ -52,7 +53,7 @@ def append_audit(conn: sqlite3.Connection, event: Mapping[str, Any]) -> int:
     return state.size
 
 
-def set_reservation(conn: sqlite3.Connection, decision_id: str, status: ReservationStatus) -> bool:
+def set_reservation(conn: Conn, decision_id: str, status: ReservationStatus) -> bool:
     if status == ReservationStatus.RELEASED:
         # Anything not yet signed can be released; a signed payment never is.
         cur = conn.execute(
@@ -69,9 +70,7 @@ def set_reservation(conn: sqlite3.Connection, decision_id: str, status: Reservat
     return cur.rowcount > 0
 
 
-def set_approval_status(
-    conn: sqlite3.Connection, approval_id: str, status: ApprovalStatus, now: int
-) -> None:
+def set_approval_status(conn: Conn, approval_id: str, status: ApprovalStatus, now: int) -> None:
     conn.execute(
         "UPDATE approvals SET status = ?, decided_at = ? WHERE id = ? AND status IN"
         " ('pending', 'approved')",
@@ -82,7 +81,7 @@ def set_approval_status(
 class SqliteTx:
     """What both deciding transactions can do."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self._conn = conn
 
     def session(self, session_id: str, now: int) -> SessionRecord | None:
@@ -254,7 +253,7 @@ class SqlitePaymentBatch:
     """Several Sign decisions in one transaction (one commit, one fsync): each item is a
     savepoint, so that what one item raises undoes only that item's writes."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self._conn = conn
         self.broken = False  # an item's rollback failed: the batch must not commit
 
@@ -308,11 +307,11 @@ class SqliteApprovalTx(SqliteTx):
         )
 
 
-def add_freeze(conn: sqlite3.Connection, f: Freeze) -> bool:
+def add_freeze(conn: Conn, f: Freeze) -> bool:
     """Adds a freeze; False when the same scope and target were frozen already."""
     changed = conn.execute(
-        "INSERT OR IGNORE INTO freezes (scope, target, reason, actor, source, at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO freezes (scope, target, reason, actor, source, at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (f.scope, f.target, f.reason, f.actor, f.source, f.at),
     ).rowcount
     return bool(changed)
