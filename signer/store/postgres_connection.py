@@ -1,0 +1,271 @@
+"""The PostgreSQL store's connections: a psycopg 3 pool, every write transaction
+serialised across all replicas by one transaction-level advisory lock, and the
+health probe. The store built on it is :class:`.postgres.PostgresStore`.
+
+Why one lock: every decision appends to the one audit log (the tree head is one row),
+so decisions are serialised whatever else is locked; taking that order first, with
+:data:`WRITE_LOCK`, before any row is read, gives each write transaction what
+SQLite's ``BEGIN IMMEDIATE`` gives it. Under ``READ COMMITTED`` each statement sees
+every transaction committed before it ran, and every writer committed before this
+one took the lock: a read-check-write inside the transaction sees the latest state
+and nobody changes it before the commit. A transaction waits for one lock only and
+takes it before any other, so no two wait for each other: no deadlock. Row locks
+taken later are never contended (their holders hold the advisory lock). Reads outside
+write transactions run in autocommit; a one-snapshot read runs ``REPEATABLE READ``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, cast
+
+import psycopg
+from paywarden.signer.store import postgres_schema, schema
+from paywarden.signer.store.connection import Connection
+from paywarden.signer.store.records import StoreError
+from paywarden.signer.store.sql import Conn, Cursor
+from psycopg import errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+# The advisory lock every write transaction takes first (any fixed 64-bit key: "pywrdn01").
+WRITE_LOCK = 0x707977_72646E3031
+# Lock waits are taken in slices this long, so that a server's stop can end them.
+_SLICE = 1.0
+_PLACEHOLDER = re.compile(r"\?")
+_INDEX_HINT = re.compile(r"\s+INDEXED BY \w+")
+
+
+@lru_cache(maxsize=512)
+def translate(sql: str) -> str:
+    """The shared SQL (:mod:`.sql`) as psycopg runs it: ``%`` doubled, ``?`` to ``%s``,
+    SQLite's index hints dropped (PostgreSQL's planner picks the partial indexes from
+    the same conditions)."""
+    return _PLACEHOLDER.sub("%s", _INDEX_HINT.sub("", sql.replace("%", "%%")))
+
+
+class PgConn:
+    """A pooled psycopg connection behind :class:`~.sql.Conn`: what a statement raises
+    comes out as :class:`StoreError` (the transaction is then failed, as PostgreSQL
+    fails it)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
+        try:
+            if not parameters:  # run as written: no placeholders to read, so no % to escape
+                return cast(Cursor, self._conn.execute(_INDEX_HINT.sub("", sql)))
+            return cast(Cursor, self._conn.execute(translate(sql), parameters))
+        except psycopg.Error as exc:
+            raise StoreError(f"store unavailable: {_first_line(exc)}") from None
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor:
+        try:
+            cursor = self._conn.cursor()
+            cursor.executemany(translate(sql), parameters)
+            return cast(Cursor, cursor)
+        except psycopg.Error as exc:
+            raise StoreError(f"store unavailable: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error's first line: PostgreSQL's detail lines quote row values."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+class PostgresConnection(Connection):
+    """A pool of ``pool_size`` connections to one database (see the module's text)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str | None,
+        pool_size: int = 8,
+        lock_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self._lock_timeout = lock_timeout
+        self._not_after: float | None = None
+        self._closed = False
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(1, int(connect_timeout)),
+            # No statement outlives the longest lock wait by much: a database that stops
+            # answering fails the call instead of holding it.
+            "options": f"-c statement_timeout={int(lock_timeout * 1000) + 5000}",
+            "application_name": "paywarden",
+        }
+        if password is not None:
+            kwargs["password"] = password
+        self._pool = ConnectionPool(
+            url,
+            kwargs=kwargs,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=lock_timeout,
+            name="paywarden-store",
+            reconnect_timeout=0,  # keep trying: the store comes back when the database does
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except (PoolTimeout, psycopg.Error) as exc:
+            self._pool.close()
+            raise StoreError(
+                f"cannot open the store at {redacted(url)}: {_first_line(exc)}"
+            ) from None
+        self._state_lock = threading.Lock()
+
+    def _left(self, ends: float) -> float:
+        if self._not_after is not None:
+            ends = min(ends, self._not_after)
+        return ends - time.monotonic()
+
+    @contextmanager
+    def _connection(self, ends: float) -> Iterator[psycopg.Connection[Any]]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            with self._pool.connection(timeout=max(0.001, self._left(ends))) as conn:
+                yield conn
+        except PoolTimeout:
+            raise StoreError("store unavailable: no database connection") from None
+        except psycopg.Error as exc:
+            raise StoreError(f"store unavailable: {_first_line(exc)}") from None
+
+    def _begin(self, conn: psycopg.Connection[Any], ends: float) -> None:
+        """``BEGIN`` and the write lock, waited for in slices until ``ends``."""
+        while True:
+            left = self._left(ends)
+            if left <= 0:
+                raise StoreError("store busy: the write lock was not had in time")
+            conn.execute("BEGIN")
+            conn.execute(f"SET LOCAL lock_timeout = {max(1, int(min(_SLICE, left) * 1000))}")
+            try:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                return
+            except errors.LockNotAvailable:
+                conn.execute("ROLLBACK")
+
+    @contextmanager
+    def _write(
+        self, wait: float | None = None, check: Callable[[], None] | None = None
+    ) -> Iterator[Conn]:
+        budget = self._lock_timeout if wait is None else min(max(wait, 0.0), self._lock_timeout)
+        ends = time.monotonic() + budget
+        with self._connection(ends) as conn:
+            try:
+                self._begin(conn, ends)
+            except psycopg.Error as exc:
+                raise StoreError(f"store unavailable: {_first_line(exc)}") from None
+            try:
+                if check is not None:
+                    check()
+                yield PgConn(conn)
+                if check is not None:
+                    check()
+            except BaseException:
+                _rollback(conn)
+                raise
+            try:
+                conn.execute("COMMIT")
+            except psycopg.Error as exc:
+                _rollback(conn)
+                # Not known whether it committed (the connection may have dropped after
+                # the server did): the caller is told it failed, and a retry with the
+                # same nonce finds the decision if it did.
+                raise StoreError(f"commit failed: {_first_line(exc)}") from None
+
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._connection(time.monotonic() + self._lock_timeout) as conn:
+            return fn(PgConn(conn), *args)
+
+    def _read_snapshot(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._connection(time.monotonic() + self._lock_timeout) as conn:
+            try:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            except psycopg.Error as exc:
+                raise StoreError(f"store unavailable: {_first_line(exc)}") from None
+            try:
+                return fn(PgConn(conn), *args)
+            finally:
+                _rollback(conn)
+
+    def migrate(self) -> int:
+        with self._write() as conn:
+            return migrate(conn)
+
+    def check(self) -> None:
+        """Commits a one-row write under the write lock, as a decision would, waiting at
+        most a second for a connection and for the lock."""
+        with self._write(wait=1.0) as conn:
+            conn.execute(
+                "INSERT INTO health_probe (id, probes) VALUES (1, 1)"
+                " ON CONFLICT (id) DO UPDATE SET probes = health_probe.probes + 1"
+            )
+
+    def wait_until(self, not_after: float | None) -> None:
+        self._not_after = not_after
+
+    def close(self) -> None:
+        with self._state_lock:
+            self._closed = True
+        self._pool.close()
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    try:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+    except psycopg.Error:
+        pass  # a broken connection: the pool discards it
+
+
+def redacted(url: str) -> str:
+    """The URL without any password it carries (for errors and logs)."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def schema_version(conn: Conn) -> int:
+    """The version a database is at: 0 when it has no Paywarden schema yet."""
+    (exists,) = conn.execute("SELECT to_regclass('paywarden_schema') IS NOT NULL").fetchone()
+    if not exists:
+        return 0
+    row = conn.execute("SELECT version FROM paywarden_schema WHERE id = 1").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def migrate(conn: Conn) -> int:
+    """Applies the missing versions in the caller's transaction; returns the version.
+    A database that has tables but no Paywarden schema is refused, not taken over."""
+    version = schema_version(conn)
+    if version > schema.SCHEMA_VERSION:
+        raise StoreError(
+            f"the store's schema version {version} is newer than this signer's"
+            f" ({schema.SCHEMA_VERSION})"
+        )
+    if version == 0:
+        (tables,) = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchone()
+        if tables:
+            raise StoreError(
+                "the database has tables but no Paywarden schema: give the store an empty database"
+            )
+        version = postgres_schema.BASELINE - 1
+    for target in range(version + 1, schema.SCHEMA_VERSION + 1):
+        conn.execute(postgres_schema.MIGRATIONS[target])
+        conn.execute(
+            "INSERT INTO paywarden_schema (id, version) VALUES (1, ?)"
+            " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+            (target,),
+        )
+    return schema.SCHEMA_VERSION
