@@ -10,6 +10,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from paywarden.hsm import KeyRef
@@ -142,9 +143,61 @@ class HsmConfig(_Model):
 
 
 class StoreConfig(_Model):
+    # "sqlite:///PATH" (the default: the file at ``path``) or
+    # "postgresql://USER@HOST:PORT/DBNAME?sslmode=verify-full&sslrootcert=…": libpq's URL,
+    # TLS to the database in its query; the password never in it (password_file/_env).
+    url: str | None = None
     path: _Path = DEFAULT_DATA_DIR / "paywarden.db"
+    password_file: _Path | None = None
+    password_env: str | None = None
+    # PostgreSQL: connections per signer process.
+    pool_size: int = Field(default=8, ge=1, le=200)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     # Longest wait for the store's write lock; a call's own deadline shortens it.
     lock_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sqlite_url(cls, data: Any) -> Any:
+        """``url = "sqlite:///PATH"`` is ``path = "PATH"`` (relative to the config's
+        directory unless absolute: ``sqlite:////abs/path``)."""
+        if isinstance(data, dict) and isinstance(data.get("url"), str):
+            url = data["url"]
+            if url.startswith("sqlite:"):
+                if "path" in data:
+                    raise ValueError("set store.url or store.path, not both")
+                if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+                    raise ValueError("store.url: a SQLite URL is sqlite:///PATH")
+                return {**data, "url": None, "path": url[len("sqlite:///") :]}
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("store.url: sqlite:///PATH or postgresql://USER@HOST:PORT/DBNAME")
+        if parts.password is not None or "password" in parse_qs(parts.query):
+            raise ValueError(
+                "store.url: no password in the URL; use store.password_file or store.password_env"
+            )
+        if not parts.path.strip("/"):
+            raise ValueError("store.url: name the database (postgresql://…/DBNAME)")
+        return v
+
+    @model_validator(mode="after")
+    def _password_source(self) -> StoreConfig:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("set at most one of store.password_file and store.password_env")
+        if self.url is None and (self.password_file or self.password_env):
+            raise ValueError("store.password_file and store.password_env are for PostgreSQL")
+        return self
+
+    @property
+    def postgres(self) -> bool:
+        return self.url is not None
 
 
 class AssetConfig(_Model):

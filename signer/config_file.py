@@ -76,7 +76,12 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
                     "softhsm_conf": _resolve(cfg.hsm.softhsm_conf, base),
                 }
             ),
-            "store": cfg.store.model_copy(update={"path": _resolve(cfg.store.path, base)}),
+            "store": cfg.store.model_copy(
+                update={
+                    "path": _resolve(cfg.store.path, base),
+                    "password_file": _resolve(cfg.store.password_file, base),
+                }
+            ),
             "policy": cfg.policy.model_copy(update={"dir": _resolve(cfg.policy.dir, base)}),
         }
     )

@@ -51,8 +51,9 @@ from paywarden.signer.core.service import SigningService
 from paywarden.signer.deadlines import Gate
 from paywarden.signer.errors import PaywardenError
 from paywarden.signer.metrics import Metrics
+from paywarden.signer.store.opening import open_store, setting
 from paywarden.signer.store.records import StoreError
-from paywarden.signer.store.sqlite import SqliteStore
+from paywarden.signer.store.sqlite import SqlStore
 from paywarden.signer.timekeeping import HighWater
 from prometheus_client import Gauge
 
@@ -88,7 +89,7 @@ class Running:
     port: int
     service: SigningService
     hsm: Hsm
-    store: SqliteStore
+    store: SqlStore
     health: health.HealthServicer
     _stop: threading.Event
     checkpoints: Checkpoints
@@ -164,7 +165,7 @@ def _key_fingerprints(keys: list[PublicKeyInfo]) -> list[dict[str, str]]:
     ]
 
 
-def _starting_packs(store: SqliteStore, packs: PackSet, config: Config) -> StartingPacks:
+def _starting_packs(store: SqlStore, packs: PackSet, config: Config) -> StartingPacks:
     """The directory's packs, or the set in force before when they widen what a second
     operator must confirm (:mod:`paywarden.signer.core.policy_start`)."""
     try:
@@ -181,7 +182,7 @@ def _starting_packs(store: SqliteStore, packs: PackSet, config: Config) -> Start
     except StartRefused as exc:
         raise StartupError(f"policy.dir: {exc}") from None
     except StoreError as exc:
-        raise StartupError(f"store.path: {exc}") from None
+        raise StartupError(f"{setting(config.store)}: {exc}") from None
 
 
 def _context(packs: PackSet, config: Config) -> PolicyContext:
@@ -217,7 +218,7 @@ def _policy_load(starting: StartingPacks, config: Config, sha256: str) -> dict[s
 
 
 def _audit_start(
-    store: SqliteStore, hsm: Hsm, starting: StartingPacks, config: Config, clock: Callable[[], int]
+    store: SqlStore, hsm: Hsm, starting: StartingPacks, config: Config, clock: Callable[[], int]
 ) -> None:
     """Records which policy packs (recorded in force too) and keys this start-up runs
     with, and the keys again whenever the token reopens (it may come up, or come back,
@@ -245,7 +246,7 @@ def _audit_start(
             )
         )
     except StoreError as exc:
-        raise StartupError(f"store.path: cannot write the audit log: {exc}") from None
+        raise StartupError(f"{setting(config.store)}: cannot write the audit log: {exc}") from None
 
     def reopened(keys: list[PublicKeyInfo]) -> None:
         # Runs before the first signature of the new session: no payment is
@@ -270,12 +271,17 @@ def _audit_start(
 
 
 def start(config: Config, *, health_interval: float = 2.0) -> Running:
+    where = setting(config.store)
     try:
-        store = SqliteStore(config.store.path, lock_timeout=config.store.lock_timeout_seconds)
+        store = open_store(config.store)
+    except StoreError as exc:
+        raise StartupError(f"{where}: {exc}") from None
+    try:
         store.migrate()
         changed = store.adopt_decimals({c: a.decimals for c, a in config.assets.items()})
     except StoreError as exc:
-        raise StartupError(f"store.path: {exc}") from None
+        store.close()
+        raise StartupError(f"{where}: {exc}") from None
     if changed:
         store.close()
         names = ", ".join(f"assets.{a}.decimals" for a in changed)
@@ -283,7 +289,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     try:
         versions = store.key_versions()
     except StoreError as exc:
-        raise StartupError(f"store.path: {exc}") from None
+        raise StartupError(f"{where}: {exc}") from None
     starting = _starting_packs(store, load_packs(config, versions), config)
     check_descriptor_limit(config)
     # A configured version that stopped signing may be gone from the token.
@@ -293,7 +299,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     try:  # one decision time for every service: never below what is recorded
         clock = HighWater(time.time, store.latest_audit_time())
     except StoreError as exc:
-        raise StartupError(f"store.path: {exc}") from None
+        raise StartupError(f"{where}: {exc}") from None
     _audit_start(store, hsm, starting, config, clock.now)
     # After the start-up records: the service registers the configured keys it finds.
     service = SigningService(config, store, hsm, starting.packs, clock=clock.now, metrics=metrics)

@@ -5,8 +5,8 @@
     paywarden-keys destroy  --config FILE --key LABEL.vN [--grace-hours H]
 
 They work on the signer's store and token, both named by the signer's configuration
-(``--config``, as ``paywarden audit`` reads it): ``store.path``, and ``hsm.module``,
-``hsm.token_label`` and ``hsm.softhsm_conf``. The PIN comes from ``--pin-file`` or
+(``--config``, as ``paywarden audit`` reads it): ``store.url`` or ``store.path``, and
+``hsm.module``, ``hsm.token_label`` and ``hsm.softhsm_conf``. The PIN comes from ``--pin-file`` or
 ``--pin-env``, else from the configuration's own source (``hsm.pin_file`` or
 ``hsm.pin_env``); it is never printed. A running signer (every replica sharing the
 store) picks each change up without a restart: a revoked version signs nothing from
@@ -31,8 +31,8 @@ from paywarden.policy.vocabulary import KeyState
 from paywarden.signer.cli.support import CliExit, config_from_args, key_argument
 from paywarden.signer.config import Config
 from paywarden.signer.core import key_custody
+from paywarden.signer.store.opening import open_store
 from paywarden.signer.store.records import StoreError
-from paywarden.signer.store.sqlite import SqliteStore
 from paywarden.signer.timekeeping import HighWater
 
 CUSTODY_ROLE = "custody"
@@ -81,10 +81,12 @@ class _Custody:
             self._pin = read_pin(Path(args.pin_file) if args.pin_file else None, args.pin_env)
         else:
             self._pin = read_pin(hsm.pin_file, hsm.pin_env)
-        path = self.config.store.path
-        if not path.exists():
-            raise CliExit(1, f"no store at {path}: start the signer once with this configuration")
-        self.store = SqliteStore(path, lock_timeout=self.config.store.lock_timeout_seconds)
+        store = self.config.store
+        if not store.postgres and not store.path.exists():
+            raise CliExit(
+                1, f"no store at {store.path}: start the signer once with this configuration"
+            )
+        self.store = open_store(store)
         self.store.migrate()
         self.now = HighWater(time.time, self.store.latest_audit_time()).now()
         try:
