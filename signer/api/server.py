@@ -274,13 +274,9 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     where = setting(config.store)
     try:
         store = open_store(config.store)
-    except StoreError as exc:
-        raise StartupError(f"{where}: {exc}") from None
-    try:
         store.migrate()
         changed = store.adopt_decimals({c: a.decimals for c, a in config.assets.items()})
     except StoreError as exc:
-        store.close()
         raise StartupError(f"{where}: {exc}") from None
     if changed:
         store.close()
