@@ -38,33 +38,38 @@ class Checkpoints:
         self._checkpoint_lock = threading.Lock()
 
     def checkpoint(self) -> Checkpoint | None:
-        """Signs the current tree head (None while the log is empty)."""
+        """Signs the current tree head (None while the log is empty). Replicas sharing a
+        store take turns: while another makes one, this one returns the last stored."""
         with self._checkpoint_lock:
-            size, root = control_store_call(self._store.audit_head)
-            last = control_store_call(self._store.last_checkpoint)
-            if last is not None and last.size == size:
-                return last
-            if size == 0:
-                return None
-            now = self._deps.now()
-            key = self._deps.audit.key
-            body = checkpoints.checkpoint_body(size, root, now, key)
-            try:
-                signature = self._hsm.sign_checkpoint(body)
-            except HsmError:
-                raise Unavailable(
-                    Reason.HSM_UNAVAILABLE, "the HSM cannot sign a checkpoint now"
-                ) from None
-            cp = Checkpoint(
-                size,
-                root.hex(),
-                now,
-                key,
-                body.decode("utf-8"),
-                checkpoints.encode_signature(signature),
-            )
-            control_store_call(lambda: self._store.add_checkpoint(cp))
-            return cp
+            made = control_store_call(lambda: self._store.in_checkpoint_turn(self._make))
+            return made if made is not None else control_store_call(self._store.last_checkpoint)
+
+    def _make(self) -> Checkpoint | None:
+        size, root = control_store_call(self._store.audit_head)
+        last = control_store_call(self._store.last_checkpoint)
+        if last is not None and last.size == size:
+            return last
+        if size == 0:
+            return None
+        now = self._deps.now()
+        key = self._deps.audit.key
+        body = checkpoints.checkpoint_body(size, root, now, key)
+        try:
+            signature = self._hsm.sign_checkpoint(body)
+        except HsmError:
+            raise Unavailable(
+                Reason.HSM_UNAVAILABLE, "the HSM cannot sign a checkpoint now"
+            ) from None
+        cp = Checkpoint(
+            size,
+            root.hex(),
+            now,
+            key,
+            body.decode("utf-8"),
+            checkpoints.encode_signature(signature),
+        )
+        control_store_call(lambda: self._store.add_checkpoint(cp))
+        return cp
 
     def audit_public_key_pem(self) -> str:
         try:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from paywarden.signer.store.sql import Conn
+
+T = TypeVar("T")
 
 
 class Connection(ABC):
@@ -41,6 +43,10 @@ class Connection(ABC):
     @abstractmethod
     def _read_snapshot(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(conn, *args)`` in one read transaction: every statement sees one state."""
+
+    @abstractmethod
+    def in_checkpoint_turn(self, make: Callable[[], T]) -> T | None:
+        """See :meth:`~.protocols.AuditLogStore.in_checkpoint_turn`."""
 
     @abstractmethod
     def migrate(self) -> int:

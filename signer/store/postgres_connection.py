@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import psycopg
 from paywarden.signer.store import postgres_schema, schema
@@ -34,8 +34,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 # The advisory lock every write transaction takes first (any fixed 64-bit key: "pywrdn01").
 WRITE_LOCK = 0x707977_72646E3031
+# The checkpoint turn: one replica at a time signs and stores a checkpoint ("pywrdn02").
+CHECKPOINT_LOCK = 0x707977_72646E3032
 # Lock waits are taken in slices this long, so that a server's stop can end them.
 _SLICE = 1.0
+T = TypeVar("T")
 _PLACEHOLDER = re.compile(r"\?")
 _INDEX_HINT = re.compile(r"\s+INDEXED BY \w+")
 
@@ -196,6 +199,23 @@ class PostgresConnection(Connection):
                 raise StoreError(f"store unavailable: {_first_line(exc)}") from None
             try:
                 return fn(PgConn(conn), *args)
+            finally:
+                _rollback(conn)
+
+    def in_checkpoint_turn(self, make: Callable[[], T]) -> T | None:
+        """The turn is :data:`CHECKPOINT_LOCK`, tried (never waited for) in a transaction
+        of its own, held while ``make`` reads the head, has it signed and stores it."""
+        with self._connection(time.monotonic() + self._lock_timeout) as conn:
+            try:
+                conn.execute("BEGIN")
+                row = conn.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s)", (CHECKPOINT_LOCK,)
+                ).fetchone()
+            except psycopg.Error as exc:
+                _rollback(conn)
+                raise StoreError(f"store unavailable: {_first_line(exc)}") from None
+            try:
+                return make() if row is not None and row[0] else None
             finally:
                 _rollback(conn)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from paywarden.policy.vocabulary import (
     ApprovalStatus,
@@ -39,6 +39,8 @@ from paywarden.signer.store.records import (
     SessionRecord,
     WindowStats,
 )
+
+T = TypeVar("T")
 
 # -- inside a deciding transaction -------------------------------------------------------
 
@@ -250,6 +252,11 @@ class AuditLogStore(Protocol):
     def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
     def last_checkpoint(self) -> Checkpoint | None: ...
+
+    def in_checkpoint_turn(self, make: Callable[[], T]) -> T | None:
+        """``make()`` while this process holds the checkpoint turn, which one process
+        sharing the store holds at a time; None, without running it, while another
+        holds it (that one is making the checkpoint)."""
 
 
 class FreezeStore(Protocol):

@@ -12,12 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from paywarden.signer.store import schema
 from paywarden.signer.store.connection import Connection
 from paywarden.signer.store.records import StoreError
 
+T = TypeVar("T")
 # Lock waits are taken in slices this long, so that a server's stop can end them.
 _SLICE = 0.05
 # The page cache of the store's connection, KiB.
@@ -134,6 +135,10 @@ class SqliteConnection(Connection):
                 conn.execute("COMMIT")
 
         return self._read(in_snapshot)
+
+    def in_checkpoint_turn(self, make: Callable[[], T]) -> T | None:
+        # One signer process per SQLite file: the turn is always this process's.
+        return make()
 
     def migrate(self) -> int:
         with self._write() as conn:
