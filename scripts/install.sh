@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what Paywarden needs on Debian/Ubuntu: SoftHSM2 and Python's venv
+# Installs what Paywarden needs on Debian/Ubuntu: SoftHSM2, PostgreSQL's server
+# (the tests start throwaway clusters with its initdb and pg_ctl) and Python's venv
 # support (apt, when missing) and a virtual environment made only from a
 # hash-pinned lock file (scripts/lock.sh writes them), then the project itself
 # without dependencies:
@@ -48,6 +49,17 @@ if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
 fi
 if ! command -v softhsm2-util >/dev/null || [ ! -e /usr/lib/softhsm/libsofthsm2.so ]; then
   apt_install softhsm2
+fi
+# Debian keeps the server binaries out of PATH, under /usr/lib/postgresql/VERSION/bin.
+postgres_server_present() {
+  local initdb
+  for initdb in /usr/lib/postgresql/*/bin/initdb; do
+    [ -x "$initdb" ] && return 0
+  done
+  command -v initdb >/dev/null
+}
+if ! postgres_server_present; then
+  apt_install postgresql
 fi
 
 stamp="$venv/.paywarden-lock"
