@@ -30,6 +30,7 @@ from tests.helpers import (
     write_config,
 )
 from tests.support.clients import Api, Dial
+from tests.support.postgres import PgCluster
 
 AGENTS = ("agent-1", "agent-2")
 PLANNERS = ("planner-1", "planner-2")
@@ -76,6 +77,29 @@ def make_token(base: Path, label: str = "paywarden-test") -> TestToken:
     for key in KEYS:
         _run_python_checked([*keys[1:], "generate", "--pin-file", str(user_pin), "--key", key], env)
     return TestToken(base=base, conf=conf, label=label, so_pin_file=so_pin, pin_file=user_pin)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster for the run (tests/support/postgres.py), stopped
+    and removed at the end whatever the tests did; its log is ``pg_cluster.log_file``."""
+    cluster = PgCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """A fresh empty database owned by ``paywarden`` (password in
+    ``pg_cluster.password_file``), dropped after the test; a test that stopped the
+    cluster leaves it started again."""
+    url = pg_cluster.create_database()
+    yield url
+    if not pg_cluster.running:
+        pg_cluster.start()
+    pg_cluster.drop_database(url)
 
 
 @pytest.fixture(scope="session")
