@@ -5,15 +5,31 @@ and every database handed out is new and empty."""
 
 from __future__ import annotations
 
+import json
 import os
+import select
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from tests.helpers import ROOT
 from tests.support.postgres import PgCluster
+
+# A process that makes a cluster, says where it is, and waits to be killed.
+OWNER = """
+import json, sys
+from tests.support.postgres import PgCluster
+c = PgCluster()
+pid = int((c.data_dir / "postmaster.pid").read_text().split()[0])
+print(json.dumps({"dir": str(c.dir), "postmaster": pid, "guardian": c._guardian.pid}), flush=True)
+sys.stdin.read()
+"""
 
 
 def cluster_password(cluster: PgCluster) -> str:
@@ -36,6 +52,19 @@ def process_gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return state in ("Z", "X")
+
+
+def wait_for_exit(pid: int, timeout_s: float) -> bool:
+    """Whether process ``pid`` (not our child) exits within ``timeout_s`` (a pidfd)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout_s)
+        return bool(readable)
+    finally:
+        os.close(fd)
 
 
 def test_the_role_runs_a_query_with_the_password_from_its_file(
@@ -139,3 +168,23 @@ def test_close_stops_the_server_and_removes_the_cluster() -> None:
     cluster.close()  # idempotent
     assert process_gone(pid)
     assert not cluster.dir.exists()
+
+
+def test_a_cluster_whose_owner_is_killed_is_stopped_and_removed() -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        made = json.loads(owner.stdout.readline())
+        assert not process_gone(made["postmaster"])
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    assert wait_for_exit(made["guardian"], timeout_s=60)
+    assert process_gone(made["postmaster"])
+    assert not Path(made["dir"]).exists()

@@ -14,6 +14,10 @@ the tests run as root, since initdb and pg_ctl refuse root. Clients reach it on
 127.0.0.1 only as the role ``paywarden`` (LOGIN, CREATEDB) with SCRAM-SHA-256; the
 server's OS user is the superuser, reachable through the socket alone (peer).
 
+If the process that made the cluster dies without ``close()`` (SIGKILL, a CI timeout), a
+guardian process it started sees its pipe close, stops the server (immediate) and
+removes the directory: no server outlives the test run.
+
 The password never reaches the server or any file but ``password_file``: the role is
 given a SCRAM verifier made here, so neither the server log nor a statement holds it.
 """
@@ -30,6 +34,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -50,6 +55,15 @@ fsync = on
 logging_collector = off
 log_line_prefix = '%m [%p] %u@%d '
 password_encryption = scram-sha-256
+"""
+
+# The guardian: waits for EOF on stdin (the owner closed the cluster or died), then runs
+# the stop command (argv[2:]) and removes the directory (argv[1]).
+_GUARDIAN = """
+import shutil, subprocess, sys
+sys.stdin.buffer.read()
+subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+shutil.rmtree(sys.argv[1], ignore_errors=True)
 """
 
 _HBA = f"""# Written by tests/support/postgres.py: the superuser by socket, {ROLE} by TCP.
@@ -125,6 +139,7 @@ class PgCluster:
         self.data_dir = pg / "data"
         self.socket_dir = pg / "socket"
         self.log_file = pg / "server.log"
+        self._guardian = self._start_guardian()
         try:
             for d in (pg, self.socket_dir):
                 d.mkdir(mode=0o700)
@@ -184,6 +199,9 @@ class PgCluster:
         finally:
             self._closed = True
             shutil.rmtree(self.dir, ignore_errors=True)
+            if self._guardian.stdin is not None:
+                self._guardian.stdin.close()
+            self._guardian.wait()
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run ``sql`` as the superuser through the socket; its output (unaligned, tuples
@@ -219,6 +237,28 @@ class PgCluster:
         verifier = scram_verifier(password)
         self.psql(f"CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{verifier}'")
 
+    def _start_guardian(self) -> subprocess.Popen[bytes]:
+        """The process that cleans up if this one dies: its own session (a Ctrl-C to
+        pytest's process group does not reach it), our end of its stdin held only here."""
+        stop = [self._bin("pg_ctl"), "stop", "-w", "-m", "immediate", "-D", str(self.data_dir)]
+        return subprocess.Popen(
+            [sys.executable, "-c", _GUARDIAN, str(self.dir), *self._as_server_user(stop)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            env=self._env(),
+            start_new_session=True,
+        )
+
+    def _as_server_user(self, args: list[str]) -> list[str]:
+        return ["runuser", "-u", self._superuser, "--", *args] if self._as_root else args
+
+    @staticmethod
+    def _env() -> dict[str, str]:
+        """Our environment without PG* variables (PGPASSWORD, PGHOST, ...)."""
+        return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
     def _bin(self, name: str) -> str:
         path = self.bin_dir / name
         if path.is_file():
@@ -232,14 +272,11 @@ class PgCluster:
         self, args: list[str], *, check: bool = True, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run a PostgreSQL program as the server's OS user, in ``dir/pg`` (a cwd that
-        user can read), with no PG* variables of ours (PGPASSWORD, PGHOST, ...)."""
-        if self._as_root:
-            args = ["runuser", "-u", self._superuser, "--", *args]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        user can read), with no PG* variables of ours."""
         proc = subprocess.run(
-            args,
+            self._as_server_user(args),
             cwd=self.dir / "pg",
-            env=env,
+            env=self._env(),
             input=stdin,
             capture_output=True,
             text=True,
