@@ -9,6 +9,7 @@ import json
 import os
 import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -19,11 +20,13 @@ import psycopg
 import pytest
 
 from tests.helpers import ROOT
+from tests.support import postgres
 from tests.support.postgres import PgCluster
 
 # A process that makes a cluster, says where it is, and waits to be killed.
 OWNER = """
 import json, sys
+from tests.support import postgres
 from tests.support.postgres import PgCluster
 c = PgCluster()
 pid = int((c.data_dir / "postmaster.pid").read_text().split()[0])
@@ -188,3 +191,21 @@ def test_a_cluster_whose_owner_is_killed_is_stopped_and_removed() -> None:
     assert wait_for_exit(made["guardian"], timeout_s=60)
     assert process_gone(made["postmaster"])
     assert not Path(made["dir"]).exists()
+
+
+def test_a_port_taken_before_the_server_binds_it_is_traded_for_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        real_free_port = postgres.free_port
+        monkeypatch.setattr(postgres, "free_port", lambda: next(ports, None) or real_free_port())
+        cluster = PgCluster()
+        try:
+            assert cluster.port != taken.getsockname()[1]
+            assert cluster.running
+            assert "could not bind" in cluster.log_file.read_text(encoding="utf-8")
+        finally:
+            cluster.close()

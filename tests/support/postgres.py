@@ -46,7 +46,7 @@ _START_TIMEOUT_S = 60
 # small, and there are connections for several signer processes with a pool each.
 _SETTINGS = """
 listen_addresses = '127.0.0.1'
-port = {port}
+include = 'port.conf'
 unix_socket_directories = '{socket_dir}'
 unix_socket_permissions = 0700
 max_connections = 200
@@ -144,9 +144,8 @@ class PgCluster:
             for d in (pg, self.socket_dir):
                 d.mkdir(mode=0o700)
                 os.chown(d, server_user.pw_uid, server_user.pw_gid)
-            self.port = free_port()
             self._initdb()
-            self.start()
+            self._start_on_a_free_port()
             self._create_role()
         except BaseException:
             self.close()
@@ -223,11 +222,24 @@ class PgCluster:
         initdb = [self._bin("initdb"), "-D", str(self.data_dir), "-U", self._superuser]
         auth = ["--auth-local=peer", "--auth-host=reject"]  # pg_hba.conf is written below
         self._run([*initdb, "-E", "UTF8", "--locale=C", "--no-sync", *auth])
-        settings = _SETTINGS.format(port=self.port, socket_dir=self.socket_dir)
+        settings = _SETTINGS.format(socket_dir=self.socket_dir)
         with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.write(settings)
         hba = _HBA.format(superuser=self._superuser)
         (self.data_dir / "pg_hba.conf").write_text(hba, encoding="utf-8")
+
+    def _start_on_a_free_port(self, attempts: int = 3) -> None:
+        """Start on a port that was free a moment ago; another one if something took it
+        meanwhile (the port stays the cluster's for every later ``start()``)."""
+        for attempt in range(1, attempts + 1):
+            self.port = free_port()
+            (self.data_dir / "port.conf").write_text(f"port = {self.port}\n", encoding="utf-8")
+            try:
+                self.start()
+                return
+            except RuntimeError as e:
+                if attempt == attempts or "could not bind" not in str(e):
+                    raise
 
     def _create_role(self) -> None:
         password = secrets.token_urlsafe(24)
