@@ -160,7 +160,10 @@ def test_each_database_handed_out_is_new_empty_and_the_roles(pg_cluster: PgClust
         assert user_tables(second, password) == []
     finally:
         pg_cluster.drop_database(first)
-        pg_cluster.drop_database(second)
+        pg_cluster.drop_database(second + "?sslmode=disable")
+    names = pg_cluster.psql("SELECT datname FROM pg_database").split()
+    assert urlsplit(first).path[1:] not in names
+    assert urlsplit(second).path[1:] not in names
 
 
 def test_close_stops_the_server_and_removes_the_cluster() -> None:
@@ -171,6 +174,7 @@ def test_close_stops_the_server_and_removes_the_cluster() -> None:
     cluster.close()  # idempotent
     assert process_gone(pid)
     assert not cluster.dir.exists()
+    assert not cluster.running
 
 
 def test_a_cluster_whose_owner_is_killed_is_stopped_and_removed() -> None:

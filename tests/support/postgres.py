@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROLE = "paywarden"
 SERVER_OS_USER_WHEN_ROOT = "postgres"
@@ -165,11 +166,13 @@ class PgCluster:
 
     def drop_database(self, url: str) -> None:
         """Drop the database that ``url`` names, ending whatever is still connected to it."""
-        name = url.rsplit("/", 1)[1]
+        name = urlsplit(url).path.lstrip("/")
         self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     @property
     def running(self) -> bool:
+        if self._closed:
+            return False
         status = self._run([self._bin("pg_ctl"), "status", "-D", str(self.data_dir)], check=False)
         return status.returncode == 0
 
