@@ -17,7 +17,9 @@ from paywarden.signer.auditlog import merkle, verification, vouched
 from paywarden.signer.auditlog.checkpoints import Checkpoint, check_checkpoint
 from paywarden.signer.auditlog.explain import explain
 from paywarden.signer.cli.support import config_from_args
-from paywarden.signer.store.sqlite_reads import audit_log_snapshot, read_audit_log
+from paywarden.signer.config import StoreConfig
+from paywarden.signer.store import offline_reads
+from paywarden.signer.store.records import StoreError
 
 # -- reading the log -------------------------------------------------------------------
 
@@ -37,13 +39,21 @@ def read_export(path: Path) -> tuple[list[tuple[int, str, bytes | None]], list[C
     return records, checkpoints
 
 
+def _store(args: argparse.Namespace) -> StoreConfig:
+    """The store to read: ``--db PATH`` (a SQLite file), else the config's (its
+    ``store.url`` or ``store.path``)."""
+    if args.db is not None:
+        return offline_reads.sqlite_file(args.db)
+    return config_from_args(args).store
+
+
 def _load(args: argparse.Namespace) -> tuple[list[tuple[int, str, bytes | None]], list[Checkpoint]]:
     if args.export is not None:
         return read_export(args.export)
-    path = args.db or config_from_args(args).store.path
-    if not path.exists():
-        raise SystemExit(f"paywarden: no store at {path}")
-    return read_audit_log(path)
+    try:
+        return offline_reads.read_audit_log(_store(args))
+    except StoreError as exc:
+        raise SystemExit(f"paywarden: {exc}") from None
 
 
 @contextmanager
@@ -56,11 +66,11 @@ def _snapshot(
         records, checkpoints = read_export(args.export)
         yield (lambda: iter(records)), checkpoints
         return
-    path = args.db or config_from_args(args).store.path
-    if not path.exists():
-        raise SystemExit(f"paywarden: no store at {path}")
-    with audit_log_snapshot(path) as snapshot:
-        yield snapshot.records, snapshot.checkpoints
+    try:
+        with offline_reads.audit_log_snapshot(_store(args)) as snapshot:
+            yield snapshot.records, snapshot.checkpoints
+    except StoreError as exc:
+        raise SystemExit(f"paywarden: {exc}") from None
 
 
 def _public_keys(paths: list[Path]) -> list[ec.EllipticCurvePublicKey]:
@@ -292,9 +302,11 @@ def cmd_consistency(args: argparse.Namespace) -> int:
 def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     source = argparse.ArgumentParser(add_help=False)
     source.add_argument(
-        "--config", type=Path, help="signer config (its store.path and audit checkpoint interval)"
+        "--config",
+        type=Path,
+        help="signer config (its store.url or store.path, and audit checkpoint interval)",
     )
-    source.add_argument("--db", type=Path, help="a store file instead of the config's")
+    source.add_argument("--db", type=Path, help="a SQLite store file instead of the config's")
     source.add_argument("--export", type=Path, help="a JSON Lines export instead of a store")
     sub = parser.add_subparsers(dest="audit_command", required=True)
     p = sub.add_parser("verify", parents=[source], help="recompute and check the whole log")

@@ -15,8 +15,10 @@ from paywarden.signer.api.server import start
 from paywarden.signer.api.startup import StartupError
 from paywarden.signer.cli import approvals, audit, ctl, explain, policy_diff, policy_lint
 from paywarden.signer.cli.support import CliExit, config_from_args
+from paywarden.signer.config import StoreConfig
 from paywarden.signer.config_file import ConfigError, load_config
-from paywarden.signer.store import sqlite_reads
+from paywarden.signer.store import offline_reads
+from paywarden.signer.store.records import StoreError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -49,11 +51,9 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_path(args: argparse.Namespace) -> Path:
-    path = config_from_args(args).store.path
-    if not path.exists():
-        raise CliExit(1, f"no store at {path}")
-    return path
+def _store(args: argparse.Namespace) -> StoreConfig:
+    """The configured store (``store.url`` or ``store.path``), read-only."""
+    return config_from_args(args).store
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -62,24 +62,31 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _store_info(args: argparse.Namespace) -> int:
-    path = _store_path(args)
-    version, counts = sqlite_reads.table_counts(path)
-    print(f"store {path} schema version {version}")
+    store = _store(args)
+    try:
+        version, counts = offline_reads.table_counts(store)
+    except StoreError as exc:
+        raise CliExit(1, str(exc)) from None
+    print(f"store {offline_reads.describe(store)} schema version {version}")
     for name, count in counts:
         print(f"  {name}: {count} rows")
     return 0
 
 
 def _store_export(args: argparse.Namespace) -> int:
-    path = _store_path(args)
-    names = sqlite_reads.table_names(path)
-    if args.table not in names:
-        raise CliExit(1, f"no table {args.table!r} (have {names})")
-    for row in sqlite_reads.table_rows(path, args.table):
-        out = {
-            k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in row.items()
-        }
-        print(json.dumps(out, sort_keys=True, ensure_ascii=False))
+    store = _store(args)
+    try:
+        names = offline_reads.table_names(store)
+        if args.table not in names:
+            raise CliExit(1, f"no table {args.table!r} (have {names})")
+        for row in offline_reads.table_rows(store, args.table):
+            out = {
+                k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                for k, v in row.items()
+            }
+            print(json.dumps(out, sort_keys=True, ensure_ascii=False))
+    except StoreError as exc:
+        raise CliExit(1, str(exc)) from None
     return 0
 
 

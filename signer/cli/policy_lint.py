@@ -2,9 +2,10 @@
 
 The packs of DIR (default: the configuration's policy directory) are loaded and
 checked as the signer loads them. With ``--config``, what the store recorded is read
-too, offline and read-only (like ``paywarden audit``): the signed payments of the
-agents each pack covers over the last ``--days`` days. Exit status: 0 no warning,
-1 warnings (each printed), 2 the packs, the configuration or the store cannot be read.
+too (its SQLite file or PostgreSQL database), offline and read-only (like ``paywarden
+audit``): the signed payments of the agents each pack covers over the last ``--days``
+days. Exit status: 0 no warning, 1 warnings (each printed), 2 the packs, the
+configuration or the store cannot be read.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from paywarden.policy.lint import LintWarning, Observed, SignedPayment, covered_
 from paywarden.policy.packs import PackSet, load_pack_dir
 from paywarden.signer.cli.support import CliExit, config_from_args
 from paywarden.signer.config import Config
-from paywarden.signer.store.sqlite_reads import signed_payments
+from paywarden.signer.store import offline_reads
+from paywarden.signer.store.records import StoreError
 
 DAY = 86_400
 
@@ -39,12 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _observed(config: Config, packs: PackSet, days: int) -> Observed:
-    path = config.store.path
-    if not path.exists():
-        raise CliExit(2, f"no store at {path} (--no-usage lints without it)")
     agents = {a for pack in packs.packs for a in covered_agents(packs, pack)}
     since = int(time.time()) - days * DAY
-    rows = signed_payments(path, agents, since)
+    try:
+        rows = offline_reads.signed_payments(config.store, agents, since)
+    except StoreError as exc:
+        raise CliExit(2, f"{exc} (--no-usage lints without it)") from None
     payments = [SignedPayment(*row) for row in rows]
     return Observed.of(payments, ZoneInfo(config.policy.timezone), days)
 

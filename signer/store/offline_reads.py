@@ -1,0 +1,128 @@
+"""The read-only readers offline tools use, whichever the backend: each takes the
+:class:`~paywarden.signer.config.StoreConfig` (the configured store, or the SQLite
+file of a ``--db PATH``) and reads the SQLite file (:mod:`.sqlite_reads`) or the
+PostgreSQL database (:mod:`.postgres_reads`, its password from
+``store.password_file`` or ``store.password_env``). Nothing is written or
+migrated. An error is a :class:`~.records.StoreError` that names the setting and
+never the password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from paywarden.signer.config import StoreConfig
+from paywarden.signer.store import postgres_reads, sqlite_reads
+from paywarden.signer.store.opening import location, password
+from paywarden.signer.store.records import Checkpoint, StoreError
+from paywarden.signer.store.sqlite_reads import AuditSnapshot
+
+__all__ = [
+    "AuditSnapshot",
+    "audit_log_snapshot",
+    "describe",
+    "read_audit_log",
+    "signed_payments",
+    "sqlite_file",
+    "table_counts",
+    "table_names",
+    "table_rows",
+]
+
+
+def sqlite_file(path: Path) -> StoreConfig:
+    """The store of a ``--db PATH`` option: always a SQLite file."""
+    return StoreConfig(path=path)
+
+
+def describe(config: StoreConfig) -> str:
+    """Where the store is, for output (no password)."""
+    return location(config)
+
+
+def _path(config: StoreConfig) -> Path:
+    """The SQLite file, which must exist (a reader never makes one)."""
+    if not config.path.exists():
+        raise StoreError(f"no store at {config.path}")
+    return config.path
+
+
+def _pg(config: StoreConfig, environ: Mapping[str, str] | None) -> tuple[str, str | None]:
+    assert config.url is not None
+    return config.url, password(config, environ)
+
+
+def read_audit_log(
+    config: StoreConfig, environ: Mapping[str, str] | None = None
+) -> tuple[list[tuple[int, str, bytes | None]], list[Checkpoint]]:
+    """The audit log's raw rows (seq, body, leaf) and its checkpoints, in one read."""
+    if config.url is None:
+        return sqlite_reads.read_audit_log(_path(config))
+    url, secret = _pg(config, environ)
+    return postgres_reads.read_audit_log(
+        url, secret, connect_timeout=config.connect_timeout_seconds
+    )
+
+
+@contextmanager
+def audit_log_snapshot(
+    config: StoreConfig, environ: Mapping[str, str] | None = None
+) -> Iterator[AuditSnapshot]:
+    """The checkpoints and the records as they stream, in one read transaction."""
+    if config.url is None:
+        with sqlite_reads.audit_log_snapshot(_path(config)) as snap:
+            yield snap
+        return
+    url, secret = _pg(config, environ)
+    with postgres_reads.audit_log_snapshot(
+        url, secret, connect_timeout=config.connect_timeout_seconds
+    ) as snap:
+        yield snap
+
+
+def table_names(config: StoreConfig, environ: Mapping[str, str] | None = None) -> list[str]:
+    if config.url is None:
+        return sqlite_reads.table_names(_path(config))
+    url, secret = _pg(config, environ)
+    return postgres_reads.table_names(url, secret, connect_timeout=config.connect_timeout_seconds)
+
+
+def table_counts(
+    config: StoreConfig, environ: Mapping[str, str] | None = None
+) -> tuple[int, list[tuple[str, int]]]:
+    """The schema version and each table's row count, in one read transaction."""
+    if config.url is None:
+        return sqlite_reads.table_counts(_path(config))
+    url, secret = _pg(config, environ)
+    return postgres_reads.table_counts(url, secret, connect_timeout=config.connect_timeout_seconds)
+
+
+def table_rows(
+    config: StoreConfig, table: str, environ: Mapping[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every row of one table as a dict of column to value; ValueError if no such table."""
+    if config.url is None:
+        return sqlite_reads.table_rows(_path(config), table)
+    url, secret = _pg(config, environ)
+    return postgres_reads.table_rows(
+        url, secret, table, connect_timeout=config.connect_timeout_seconds
+    )
+
+
+def signed_payments(
+    config: StoreConfig,
+    agent_ids: Iterable[str],
+    since: int,
+    environ: Mapping[str, str] | None = None,
+) -> list[tuple[str, str, str, str, int, int]]:
+    """The signed payments of these agents since ``since`` (see
+    :func:`.sqlite_reads.signed_payments`)."""
+    if config.url is None:
+        return sqlite_reads.signed_payments(_path(config), agent_ids, since)
+    url, secret = _pg(config, environ)
+    return postgres_reads.signed_payments(
+        url, secret, agent_ids, since, connect_timeout=config.connect_timeout_seconds
+    )
