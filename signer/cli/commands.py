@@ -13,7 +13,15 @@ from types import FrameType
 from paywarden.signer import logs
 from paywarden.signer.api.server import start
 from paywarden.signer.api.startup import StartupError
-from paywarden.signer.cli import approvals, audit, ctl, explain, policy_diff, policy_lint
+from paywarden.signer.cli import (
+    approvals,
+    audit,
+    ctl,
+    explain,
+    policy_diff,
+    policy_lint,
+    store_migrate,
+)
 from paywarden.signer.cli.support import CliExit, config_from_args
 from paywarden.signer.config import StoreConfig
 from paywarden.signer.config_file import ConfigError, load_config
@@ -137,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--config", type=Path)
     export.add_argument("--table", required=True)
     export.set_defaults(fn=_store_export)
+    store = sub.add_parser("store", help="the state store")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    migrate = store_sub.add_parser(
+        "migrate", help="copy a SQLite store into an empty PostgreSQL database, verified"
+    )
+    store_migrate.add_arguments(migrate)
+    migrate.set_defaults(fn=store_migrate.run)
     policy = sub.add_parser("policy", help="policy packs")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
     pcheck = policy_sub.add_parser("check", help="validate packs and print what they allow")

@@ -9,5 +9,5 @@ migrations), ``sqlite_connection`` (connection, locks, health probe),
 ``sqlite_reads`` (shared queries and the read-only readers offline tools use),
 ``sqlite_tx`` (writes inside a transaction) and ``sqlite`` (``SqliteStore``).
 Offline tools read either backend through ``offline_reads`` (``sqlite_reads`` or
-``postgres_reads``).
+``postgres_reads``); ``sqlite_to_postgres`` copies a SQLite store into PostgreSQL.
 """
