@@ -3,12 +3,20 @@
 
     .venv/bin/python scripts/bench.py [--concurrency 32] [--duration 10] [--rounds 2]
                                       [--agents 8] [--processes 2] [--preload N]
+                                      [--store sqlite|postgresql] [--replicas N]
+                                      [--pg-url URL [--pg-password-file FILE]]
                                       [--sign-only] [--json FILE] [--keep DIR]
 
 Makes a fresh data directory in a temporary directory (a SoftHSM2 token with
 the payment and audit keys, a PKI, a config and a full policy pack), starts
 ``paywarden serve`` as its own process and, in another process, a bare gRPC
-echo server with the same server certificate, client CA and worker pool. A
+echo server with the same server certificate, client CA and worker pool.
+``--store postgresql`` puts the store on PostgreSQL: a throwaway cluster
+(tests/support/postgres.py's ``PgCluster``, in a temporary directory, stopped
+and removed at the end), or the empty database ``--pg-url`` names; with
+``--replicas N``, N ``paywarden serve`` processes share that database (and the
+token) and the callers are dealt out across them in turn, the total
+concurrency unchanged. A
 planner opens the sessions first; then client processes (grpc.aio, requests
 serialised before the clock starts) call both at the same concurrency, in
 alternating phases (echo, Sign, echo, Sign, ...), each target ``--duration``
@@ -44,6 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
@@ -51,6 +60,9 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, signer_pb2
+
+if TYPE_CHECKING:
+    from tests.support.postgres import PgCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = os.environ.get("PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
@@ -135,7 +147,7 @@ pin_file = "{pin_file}"
 softhsm_conf = "{softhsm_conf}"
 
 [store]
-path = "{data}/paywarden.db"
+{store}
 
 [metrics]
 listen = ""
@@ -194,8 +206,29 @@ def _run(args: Sequence[str], env: dict[str, str] | None = None) -> str:
     return proc.stdout
 
 
-def make_data_dir(root: Path, agents: int, workers: int, concurrency: int) -> DataDir:
-    """Token, keys, PKI, pack and config under ``root`` (scripts/keys.py and scripts/pki.py)."""
+@dataclass(frozen=True)
+class PgTarget:
+    """The PostgreSQL database the signers share: its URL (no password) and password file."""
+
+    url: str
+    password_file: Path | None
+
+
+def store_settings(data: Path, pg: PgTarget | None) -> str:
+    """The config's ``[store]`` lines: the SQLite file in ``data``, or the database."""
+    if pg is None:
+        return f'path = "{data}/paywarden.db"'
+    lines = [f'url = "{pg.url}"']
+    if pg.password_file is not None:
+        lines.append(f'password_file = "{pg.password_file}"')
+    return "\n".join(lines)
+
+
+def make_data_dir(
+    root: Path, agents: int, workers: int, concurrency: int, pg: PgTarget | None = None
+) -> DataDir:
+    """Token, keys, PKI, pack and config under ``root`` (scripts/keys.py and scripts/pki.py);
+    the store in ``root``/data, or on the database ``pg``."""
     hsm = root / "hsm"
     (hsm / "tokens").mkdir(parents=True)
     softhsm_conf = hsm / "softhsm2.conf"
@@ -239,6 +272,7 @@ def make_data_dir(root: Path, agents: int, workers: int, concurrency: int) -> Da
             pin_file=pin,
             softhsm_conf=softhsm_conf,
             data=data,
+            store=store_settings(data, pg),
             expiry=EXPIRY_SECONDS,
         ),
         encoding="utf-8",
@@ -395,10 +429,11 @@ def preload(data: DataDir, sessions: list[tuple[str, str]], count: int) -> None:
     token is a placeholder, not a JWS, and they have no audit record: what the run
     verifies is what the run itself signs."""
     from paywarden.policy.vocabulary import Reason, ReservationStatus, Verdict
+    from paywarden.signer.config_file import load_config
+    from paywarden.signer.store.opening import open_store
     from paywarden.signer.store.records import DecisionRecord, Reservation
-    from paywarden.signer.store.sqlite import SqliteStore
 
-    store = SqliteStore(data.root / "data" / "paywarden.db")
+    store = open_store(load_config(data.config).store)
     now = int(time.time())
     span = 23 * 3600
     amount = int(AMOUNT.replace(".", ""))
@@ -445,10 +480,11 @@ def preload(data: DataDir, sessions: list[tuple[str, str]], count: int) -> None:
 
 @dataclass(frozen=True)
 class Slot:
-    """One concurrent caller: its agent's identity and its session."""
+    """One concurrent caller: its agent's identity, its session and the signer it calls."""
 
     agent: str
     session_id: str
+    signer_addr: str
 
 
 @dataclass(frozen=True)
@@ -464,6 +500,7 @@ class PhaseResult:
     errors: list[str]
     responses: list[bytes]  # Sign: the serialised responses, parsed after the run
     elapsed: float = 0.0  # from the common start to this client's last answer
+    by_signer: dict[str, int] = field(default_factory=dict)  # Sign: answers per replica
 
 
 def _raw(ch: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
@@ -477,6 +514,7 @@ async def _caller(
     kind: str,
     result: PhaseResult,
     extra: Callable[[], bytes],
+    target: str,
 ) -> None:
     """Calls back to back until ``end``; records each latency or error."""
     while time.time() < end:
@@ -490,34 +528,37 @@ async def _caller(
         result.latencies.append(time.perf_counter() - t0)
         if kind == "sign":
             result.responses.append(response)
+            result.by_signer[target] = result.by_signer.get(target, 0) + 1
         elif response != request:
             result.errors.append("the echo answered other bytes")
 
 
 async def _client(
     data: DataDir,
-    signer_addr: str,
     echo_addr: str,
     slots: list[Slot],
     serial0: int,
     commands: multiprocessing.connection.Connection,
 ) -> None:
     agents = sorted({s.agent for s in slots})
+    signer_addrs = sorted({s.signer_addr for s in slots})
     chans: dict[tuple[str, str], grpc.aio.Channel] = {}
     for agent in agents:
         key, cert = data.cert("agent", agent)
         creds = grpc.ssl_channel_credentials(data.ca, key, cert)
-        for addr in (signer_addr, echo_addr):
+        for addr in sorted({*signer_addrs, echo_addr}):
             chans[addr, agent] = grpc.aio.secure_channel(addr, creds, options=CHANNEL_OPTIONS)
     # No (de)serialisers: requests go as prepared bytes and responses come back as bytes.
-    sign = {a: _raw(chans[signer_addr, a], SIGN_METHOD) for a in agents}
+    sign = {
+        (s.signer_addr, s.agent): _raw(chans[s.signer_addr, s.agent], SIGN_METHOD) for s in slots
+    }
     echo = {a: _raw(chans[echo_addr, a], ECHO_METHOD) for a in agents}
     serials = itertools.count(serial0)
     loop = asyncio.get_running_loop()
     # Connect (TLS handshakes) before any phase: one call per channel.
     payload = sign_request(slots[0].session_id, 0, int(time.time()) + EXPIRY_SECONDS)
     await asyncio.gather(*(echo[a](payload, timeout=30) for a in agents))
-    await asyncio.gather(*(chans[signer_addr, a].channel_ready() for a in agents))
+    await asyncio.gather(*(chans[s.signer_addr, s.agent].channel_ready() for s in slots))
     commands.send("ready")
     while True:
         phase: Phase | None = await loop.run_in_executor(None, commands.recv)
@@ -543,11 +584,20 @@ async def _client(
         commands.send("prepared")
         start: float = await loop.run_in_executor(None, commands.recv)
         result = PhaseResult(phase.kind, [], [], [])
-        calls = sign if phase.kind == "sign" else echo
         await asyncio.sleep(max(0.0, start - time.time()))
         await asyncio.gather(
             *(
-                _caller(calls[slot.agent], queue, start + phase.seconds, phase.kind, result, extra)
+                _caller(
+                    sign[slot.signer_addr, slot.agent]
+                    if phase.kind == "sign"
+                    else echo[slot.agent],
+                    queue,
+                    start + phase.seconds,
+                    phase.kind,
+                    result,
+                    extra,
+                    slot.signer_addr,
+                )
                 for slot, queue, extra in zip(slots, queues, extras, strict=True)
             )
         )
@@ -567,13 +617,12 @@ def _same(request: bytes) -> bytes:
 
 def client_main(
     data: DataDir,
-    signer_addr: str,
     echo_addr: str,
     slots: list[Slot],
     serial0: int,
     commands: multiprocessing.connection.Connection,
 ) -> None:
-    asyncio.run(_client(data, signer_addr, echo_addr, slots, serial0, commands))
+    asyncio.run(_client(data, echo_addr, slots, serial0, commands))
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -708,16 +757,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--preload", type=int, default=0, metavar="N", help="earlier decisions to store first (0)"
     )
     parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the signers' store (sqlite)",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="signer processes on one PostgreSQL store (1)"
+    )
+    parser.add_argument(
+        "--pg-url",
+        metavar="URL",
+        help="an empty PostgreSQL database for --store postgresql (default: a throwaway cluster)",
+    )
+    parser.add_argument(
+        "--pg-password-file", type=Path, metavar="FILE", help="the password for --pg-url"
+    )
+    parser.add_argument(
         "--sign-only", action="store_true", help="no echo phases (a long run for memory)"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="make the data directory here")
     args = parser.parse_args(argv)
-    for name in ("concurrency", "rounds", "agents", "processes", "workers"):
+    for name in ("concurrency", "rounds", "agents", "processes", "workers", "replicas"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.preload < 0:
         parser.error("--preload must not be negative")
+    if args.store != "postgresql" and (args.replicas > 1 or args.pg_url or args.pg_password_file):
+        parser.error("--replicas, --pg-url and --pg-password-file need --store postgresql")
+    if args.pg_password_file is not None and args.pg_url is None:
+        parser.error("--pg-password-file needs --pg-url")
+    if args.replicas > args.concurrency:
+        parser.error("--replicas must not exceed --concurrency")
     if args.duration <= 0:
         parser.error("--duration must be positive")
     if args.duration / args.rounds > EXPIRY_SECONDS - 60:
@@ -727,11 +799,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace, root: Path) -> int:
+def run(
+    args: argparse.Namespace, root: Path, pg: PgTarget | None, watch: ClusterWatch | None
+) -> int:
+    """The run; ``pg``: the database the signers share (None: SQLite); ``watch``: its
+    server, when this run started it (its CPU is counted)."""
     print(f"bench: data directory {root}", flush=True)
-    data = make_data_dir(root, args.agents, args.workers, args.concurrency)
+    data = make_data_dir(root, args.agents, args.workers, args.concurrency, pg)
     ctx = multiprocessing.get_context("spawn")
-    signer = start_signer(data)
+    # One after another: the first migrates an empty database, the others find it done.
+    signers: list[Signer] = []
+    try:
+        for _ in range(args.replicas):
+            signers.append(start_signer(data))
+    except BaseException:
+        for started in signers:
+            started.stop()
+        raise
     echo_parent, echo_child = ctx.Pipe()
     echo_proc = ctx.Process(
         target=echo_server_main, args=(data.pki, args.workers, echo_child), daemon=True
@@ -741,18 +825,24 @@ def run(args: argparse.Namespace, root: Path) -> int:
     clients = []
     try:
         echo_port: int = echo_parent.recv()
-        signer_addr, echo_addr = f"127.0.0.1:{signer.port}", f"127.0.0.1:{echo_port}"
-        print(f"bench: signer on {signer_addr}, echo on {echo_addr}", flush=True)
-        sessions = open_sessions(data, signer_addr, args.sessions)
+        signer_addrs = [f"127.0.0.1:{s.port}" for s in signers]
+        echo_addr = f"127.0.0.1:{echo_port}"
+        print(f"bench: signers on {', '.join(signer_addrs)}, echo on {echo_addr}", flush=True)
+        sessions = open_sessions(data, signer_addrs[0], args.sessions)
         if args.preload:
             preload(data, sessions, args.preload)
-        slots = [Slot(*sessions[i % len(sessions)]) for i in range(args.concurrency)]
+        # Caller i goes to client process i % processes; within each process the callers
+        # are dealt out across the replicas in turn, so every process calls every replica.
+        slots = [
+            Slot(*sessions[i % len(sessions)], signer_addrs[(i // args.processes) % len(signers)])
+            for i in range(args.concurrency)
+        ]
         for p in range(args.processes):
             mine = slots[p :: args.processes]
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=client_main,
-                args=(data, signer_addr, echo_addr, mine, p * 1_000_000_000, child),
+                args=(data, echo_addr, mine, p * 1_000_000_000, child),
                 daemon=True,
             )
             proc.start()
@@ -760,7 +850,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
         for _, conn in clients:
             if conn.recv() != "ready":
                 raise SystemExit("bench: a client process did not start")
-        rss_start = rss_kib(signer.proc.pid)
+        rss_start = [rss_kib(s.proc.pid) for s in signers]
         seconds = args.duration / args.rounds
         kinds = ("sign",) * args.rounds if args.sign_only else ("echo", "sign") * args.rounds
         latencies: dict[str, list[float]] = {"echo": [], "sign": []}
@@ -768,9 +858,13 @@ def run(args: argparse.Namespace, root: Path) -> int:
         elapsed: dict[str, float] = {"echo": 0.0, "sign": 0.0}
         errors: dict[str, list[str]] = {"echo": [], "sign": []}
         responses: list[bytes] = []
-        # CPU seconds used during the phases, by the server under test and by the clients.
-        cpu: dict[str, dict[str, float]] = {k: {"server": 0.0, "clients": 0.0} for k in elapsed}
-        servers = {"echo": echo_proc.pid or 0, "sign": signer.proc.pid}
+        by_signer: dict[str, int] = dict.fromkeys(signer_addrs, 0)
+        # CPU seconds used during the phases, by the server(s) under test, by the clients
+        # and by the database's processes (PostgreSQL).
+        cpu: dict[str, dict[str, float]] = {
+            k: {"server": 0.0, "clients": 0.0, "database": 0.0} for k in elapsed
+        }
+        servers = {"echo": [echo_proc.pid or 0], "sign": [s.proc.pid for s in signers]}
         for number, kind in enumerate(kinds, 1):
             for _, conn in clients:
                 conn.send(Phase(kind, seconds))
@@ -778,17 +872,20 @@ def run(args: argparse.Namespace, root: Path) -> int:
                 if conn.recv() != "prepared":
                     raise SystemExit("bench: a client process failed")
             start = time.time() + 0.2  # every client starts at the same moment
-            server_cpu = cpu_seconds(servers[kind])
+            server_cpu = sum(cpu_seconds(pid) for pid in servers[kind])
             clients_cpu = sum(cpu_seconds(proc.pid or 0) for proc, _ in clients)
+            db_cpu = watch.cpu_seconds() if watch else 0.0
             for _, conn in clients:
                 conn.send(start)
             results: list[PhaseResult] = [conn.recv() for _, conn in clients]
-            cpu[kind]["server"] += cpu_seconds(servers[kind]) - server_cpu
+            cpu[kind]["server"] += sum(cpu_seconds(pid) for pid in servers[kind]) - server_cpu
             cpu[kind]["clients"] += sum(cpu_seconds(p.pid or 0) for p, _ in clients) - clients_cpu
+            cpu[kind]["database"] += (watch.cpu_seconds() if watch else 0.0) - db_cpu
             done = sum(len(r.latencies) for r in results)
+            rss = ", ".join(str(rss_kib(s.proc.pid)) for s in signers)
             print(
                 f"bench: phase {number}/{len(kinds)} {kind}: {done} calls in {seconds:g} s,"
-                f" signer RSS {rss_kib(signer.proc.pid)} KiB",
+                f" signer RSS {rss} KiB",
                 flush=True,
             )
             elapsed[kind] += max(r.elapsed for r in results)
@@ -796,9 +893,11 @@ def run(args: argparse.Namespace, root: Path) -> int:
                 latencies[kind].extend(r.latencies)
                 errors[kind].extend(r.errors)
                 responses.extend(r.responses)
+                for addr, count in r.by_signer.items():
+                    by_signer[addr] += count
         for _, conn in clients:
             conn.send(None)
-        rss_end = rss_kib(signer.proc.pid)
+        rss_end = [rss_kib(s.proc.pid) for s in signers]
         echo = figures(latencies["echo"], len(errors["echo"]), elapsed["echo"])
         sign = figures(latencies["sign"], len(errors["sign"]), elapsed["sign"])
         print()
@@ -807,16 +906,24 @@ def run(args: argparse.Namespace, root: Path) -> int:
         for kind, errs in errors.items():
             for err in sorted(set(errs))[:5]:
                 print(f"bench: {kind} error ({errs.count(err)}x): {err}", file=sys.stderr)
-        verified, bad = verify_signatures(data, signer_addr, responses)
+        verified, bad = verify_signatures(data, signer_addrs[0], responses)
+        store = "SQLite" if pg is None else f"PostgreSQL, {len(signers)} replica(s)"
+        print(f"bench: store {store}; Sign answers per signer: {by_signer}")
         print(f"bench: signer RSS {rss_start} KiB before the first phase, {rss_end} KiB after")
         for kind, figs in (("echo", echo), ("sign", sign)):
             if figs.calls:
                 used = cpu[kind]
+                db = (
+                    f", {used['database'] / figs.calls * 1000:.3f} ms in the database"
+                    f" ({used['database'] / elapsed[kind]:.2f} cores)"
+                    if watch is not None and kind == "sign"
+                    else ""
+                )
                 print(
                     f"bench: {kind}: CPU per call {used['server'] / figs.calls * 1000:.3f} ms"
-                    f" in the server, {used['clients'] / figs.calls * 1000:.3f} ms in the clients"
-                    f" ({used['server'] / elapsed[kind]:.2f} and"
-                    f" {used['clients'] / elapsed[kind]:.2f} cores)"
+                    f" in the server(s), {used['clients'] / figs.calls * 1000:.3f} ms in the"
+                    f" clients ({used['server'] / elapsed[kind]:.2f} and"
+                    f" {used['clients'] / elapsed[kind]:.2f} cores){db}"
                 )
         print(f"bench: {verified} signatures verified against the JWKS, {bad} failed")
     finally:
@@ -826,11 +933,12 @@ def run(args: argparse.Namespace, root: Path) -> int:
                 client.terminate()
         echo_parent.send("stop")
         echo_proc.join(timeout=30)
-        stopped = signer.stop()
+        stopped = [s.stop() for s in signers]
     audit_ok, audit_text = verify_audit(data)
     print(f"bench: paywarden audit verify: {'ok' if audit_ok else 'FAILED'}: {audit_text}")
-    if stopped != 0:
-        print(f"bench: paywarden serve exited {stopped}:\n{''.join(signer.output)}")
+    for signer, code in zip(signers, stopped, strict=True):
+        if code != 0:
+            print(f"bench: paywarden serve exited {code}:\n{''.join(signer.output)}")
     error_count = echo.errors + sign.errors + bad + (0 if audit_ok else 1)
     if args.json:
         report = {
@@ -843,6 +951,9 @@ def run(args: argparse.Namespace, root: Path) -> int:
             "workers": args.workers,
             "preload": args.preload,
             "sign_only": args.sign_only,
+            "store": args.store,
+            "replicas": args.replicas,
+            "sign_by_signer": by_signer,
             "cpus": os.cpu_count(),
             "signer_rss_kib": {"start": rss_start, "end": rss_end},
             "cpu_seconds": cpu,
@@ -862,13 +973,55 @@ def run(args: argparse.Namespace, root: Path) -> int:
     return 0 if error_count == 0 else 1
 
 
+class ClusterWatch:
+    """The throwaway cluster's server during the run: its processes' CPU time."""
+
+    def __init__(self, cluster: PgCluster) -> None:
+        pid_file = cluster.data_dir / "postmaster.pid"
+        self.postmaster = int(pid_file.read_text(encoding="ascii").split()[0])
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's processes that are still running (the
+        postmaster and its children: the connections' backends, the WAL writer, ...)."""
+        total = cpu_seconds(self.postmaster)
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text(encoding="ascii")
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.postmaster:
+                    total += cpu_seconds(int(entry.name))
+        return total
+
+
+def run_in(args: argparse.Namespace, root: Path) -> int:
+    """The run, on the store ``--store`` names (a throwaway PostgreSQL cluster made here)."""
+    if args.store == "sqlite":
+        return run(args, root, None, None)
+    if args.pg_url is not None:
+        return run(args, root, PgTarget(args.pg_url, args.pg_password_file), None)
+    # The tests' throwaway cluster: one place for that code (tests/support/postgres.py).
+    sys.path.insert(0, str(ROOT))
+    from tests.support.postgres import PgCluster
+
+    cluster = PgCluster()
+    try:
+        url = cluster.create_database()
+        print(f"bench: PostgreSQL {cluster.bin_dir.parent.name} at {url}", flush=True)
+        watch = ClusterWatch(cluster)
+        return run(args, root, PgTarget(url, cluster.password_file), watch)
+    finally:
+        cluster.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=False)
-        return run(args, args.keep.resolve())
+        return run_in(args, args.keep.resolve())
     with tempfile.TemporaryDirectory(prefix="paywarden-bench-") as tmp:
-        return run(args, Path(tmp))
+        return run_in(args, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -259,13 +259,14 @@ def measure(
     try:
         addr = f"127.0.0.1:{parent.recv()}"
         slots = [
-            bench.Slot(data.agents[i % len(data.agents)], "s") for i in range(args.concurrency)
+            bench.Slot(data.agents[i % len(data.agents)], "s", addr)
+            for i in range(args.concurrency)
         ]
         for p in range(args.processes):
             here, there = ctx.Pipe()
             proc = ctx.Process(
                 target=bench.client_main,
-                args=(data, addr, addr, slots[p :: args.processes], p * 1_000_000_000, there),
+                args=(data, addr, slots[p :: args.processes], p * 1_000_000_000, there),
                 daemon=True,
             )
             proc.start()
