@@ -5,6 +5,7 @@
                                       [--agents 8] [--processes 2] [--preload N]
                                       [--store sqlite|postgresql] [--replicas N]
                                       [--pg-url URL [--pg-password-file FILE]]
+                                      [--pg-statements]
                                       [--sign-only] [--json FILE] [--keep DIR]
 
 Makes a fresh data directory in a temporary directory (a SoftHSM2 token with
@@ -16,7 +17,9 @@ echo server with the same server certificate, client CA and worker pool.
 and removed at the end), or the empty database ``--pg-url`` names; with
 ``--replicas N``, N ``paywarden serve`` processes share that database (and the
 token) and the callers are dealt out across them in turn, the total
-concurrency unchanged. A
+concurrency unchanged. ``--pg-statements`` (the throwaway cluster) loads
+``pg_stat_statements`` and prints the statements and transactions per Sign and
+the statements that took the server the most time. A
 planner opens the sessions first; then client processes (grpc.aio, requests
 serialised before the clock starts) call both at the same concurrency, in
 alternating phases (echo, Sign, echo, Sign, ...), each target ``--duration``
@@ -774,6 +777,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--pg-password-file", type=Path, metavar="FILE", help="the password for --pg-url"
     )
     parser.add_argument(
+        "--pg-statements",
+        action="store_true",
+        help="count the statements per Sign (pg_stat_statements; the throwaway cluster only)",
+    )
+    parser.add_argument(
         "--sign-only", action="store_true", help="no echo phases (a long run for memory)"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
@@ -786,6 +794,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--preload must not be negative")
     if args.store != "postgresql" and (args.replicas > 1 or args.pg_url or args.pg_password_file):
         parser.error("--replicas, --pg-url and --pg-password-file need --store postgresql")
+    if args.pg_statements and (args.store != "postgresql" or args.pg_url):
+        parser.error("--pg-statements needs --store postgresql without --pg-url")
     if args.pg_password_file is not None and args.pg_url is None:
         parser.error("--pg-password-file needs --pg-url")
     if args.replicas > args.concurrency:
@@ -803,7 +813,7 @@ def run(
     args: argparse.Namespace, root: Path, pg: PgTarget | None, watch: ClusterWatch | None
 ) -> int:
     """The run; ``pg``: the database the signers share (None: SQLite); ``watch``: its
-    server, when this run started it (its CPU is counted)."""
+    server, when this run started it (its CPU and statements are counted)."""
     print(f"bench: data directory {root}", flush=True)
     data = make_data_dir(root, args.agents, args.workers, args.concurrency, pg)
     ctx = multiprocessing.get_context("spawn")
@@ -851,6 +861,8 @@ def run(
             if conn.recv() != "ready":
                 raise SystemExit("bench: a client process did not start")
         rss_start = [rss_kib(s.proc.pid) for s in signers]
+        if watch is not None:
+            watch.reset()
         seconds = args.duration / args.rounds
         kinds = ("sign",) * args.rounds if args.sign_only else ("echo", "sign") * args.rounds
         latencies: dict[str, list[float]] = {"echo": [], "sign": []}
@@ -926,6 +938,9 @@ def run(
                     f" {used['clients'] / elapsed[kind]:.2f} cores){db}"
                 )
         print(f"bench: {verified} signatures verified against the JWKS, {bad} failed")
+        if watch is not None:
+            for line in watch.report(sign.calls):
+                print(f"bench: {line}")
     finally:
         for client, _ in clients:
             client.join(timeout=30)
@@ -974,11 +989,17 @@ def run(
 
 
 class ClusterWatch:
-    """The throwaway cluster's server during the run: its processes' CPU time."""
+    """The throwaway cluster's server during the run: its processes' CPU time and, with
+    ``--pg-statements``, what ``pg_stat_statements`` counts for the signers' database
+    (reset once the sessions are open, read at the end)."""
 
-    def __init__(self, cluster: PgCluster) -> None:
+    def __init__(self, cluster: PgCluster, dbname: str, statements: bool) -> None:
+        self.cluster = cluster
+        self.dbname = dbname
+        self.statements = statements
         pid_file = cluster.data_dir / "postmaster.pid"
         self.postmaster = int(pid_file.read_text(encoding="ascii").split()[0])
+        self._xacts = 0
 
     def cpu_seconds(self) -> float:
         """CPU time used so far by the server's processes that are still running (the
@@ -994,6 +1015,46 @@ class ClusterWatch:
                     total += cpu_seconds(int(entry.name))
         return total
 
+    def _transactions(self) -> int:
+        sql = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{}'"
+        return int(self.cluster.psql(sql.format(self.dbname)).strip())
+
+    def reset(self) -> None:
+        if self.statements:
+            self.cluster.psql("SELECT pg_stat_statements_reset()")
+            self._xacts = self._transactions()
+
+    def report(self, signs: int) -> list[str]:
+        """Statements and transactions per Sign, and the statements that took the most
+        of the server's time (everything the signers ran since :meth:`reset`: the
+        Sign calls, and the health probes and refreshes of the replicas)."""
+        if not self.statements or not signs:
+            return []
+        time.sleep(1.0)  # the backends publish their counts when idle
+        xacts = self._transactions() - self._xacts
+        rows = self.cluster.psql(
+            "SELECT calls, round(total_exec_time::numeric, 1), rows,"
+            " left(regexp_replace(query, '\\s+', ' ', 'g'), 90)"
+            " FROM pg_stat_statements WHERE dbid ="
+            f" (SELECT oid FROM pg_database WHERE datname = '{self.dbname}')"
+            " ORDER BY total_exec_time DESC"
+        )
+        parsed = [line.split("|", 3) for line in rows.splitlines() if line.count("|") >= 3]
+        calls = sum(int(r[0]) for r in parsed)
+        total_ms = sum(float(r[1]) for r in parsed)
+        lines = [
+            f"PostgreSQL: {calls / signs:.1f} statements and {xacts / signs:.2f} transactions"
+            f" per Sign ({calls} and {xacts} for {signs} Sign calls; the replicas' health"
+            " probes and refreshes during the run count too),"
+            f" {total_ms / signs:.3f} ms of execution per Sign, lock waits included; the"
+            " statements that took the most:",
+        ]
+        for count, ms, _rows, query in parsed[:12]:
+            lines.append(
+                f"  {int(count) / signs:6.2f}/Sign {float(ms) / signs:7.4f} ms/Sign  {query}"
+            )
+        return lines
+
 
 def run_in(args: argparse.Namespace, root: Path) -> int:
     """The run, on the store ``--store`` names (a throwaway PostgreSQL cluster made here)."""
@@ -1007,9 +1068,16 @@ def run_in(args: argparse.Namespace, root: Path) -> int:
 
     cluster = PgCluster()
     try:
+        if args.pg_statements:
+            # Loaded at the server's start; its view lives in the postgres database (the
+            # signers' database must hold nothing but their schema).
+            cluster.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+            cluster.stop()
+            cluster.start()
+            cluster.psql("CREATE EXTENSION pg_stat_statements")
         url = cluster.create_database()
         print(f"bench: PostgreSQL {cluster.bin_dir.parent.name} at {url}", flush=True)
-        watch = ClusterWatch(cluster)
+        watch = ClusterWatch(cluster, url.rpartition("/")[2], args.pg_statements)
         return run(args, root, PgTarget(url, cluster.password_file), watch)
     finally:
         cluster.close()
