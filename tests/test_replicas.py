@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -32,11 +33,13 @@ from paywarden.v1 import control_pb2, signer_pb2
 
 from tests.helpers import Pki, TestToken, reason_of
 from tests.support.cli import ctl
-from tests.support.clients import signed
+from tests.support.clients import is_signed, signed
 from tests.support.intents import payment_request
 from tests.support.postgres import PgCluster
 from tests.support.replicas import (
+    SERVING,
     Replica,
+    health_turns,
     replica_config,
     running_replicas,
     signed_rows,
@@ -49,7 +52,6 @@ RETRIES = 200
 PAYMENTS = 50
 FITTING = 10  # payments of 1.00 that a budget of 10.00 holds
 RPC_TIMEOUT = 30.0
-OUTAGE_DEADLINE = 5.0  # each Sign's own deadline while the database is down
 # One agent sends every call of a race at once, on one connection per replica: each
 # replica must take its share (67 of 200) at once, or admission (8 calls in flight per
 # principal by default, 62 workers to share) and HTTP/2 (16 streams per connection)
@@ -250,3 +252,111 @@ def audit_log_of(config: Path) -> tuple[list[str], list[Checkpoint]]:
     finally:
         store.close()
     return bodies, [last] if last is not None else []
+
+
+# -- 5: SIGKILL of one replica under load --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One call of the load: where it went, what it asked, what came back, and whether
+    the answer came before the kill."""
+
+    replica: str
+    request: signer_pb2.SignRequest
+    answer: Answer
+    before_kill: bool
+
+
+class Load:
+    """Client threads paying in one session through each replica, each call a new
+    payment, until told to stop (or, on a replica that died, until its calls fail)."""
+
+    def __init__(self, replicas: list[Replica], session_id: str, per_replica: int) -> None:
+        self.sent: list[Sent] = []
+        self.killed = threading.Event()
+        self._stop = threading.Event()
+        self._signed: Counter[str] = Counter()
+        self._changed = threading.Condition()
+        self._session_id = session_id
+        self._threads = [
+            threading.Thread(target=self._pay, args=(r,), name=f"load-{r.name}-{i}")
+            for r in replicas
+            for i in range(per_replica)
+        ]
+
+    def _pay(self, replica: Replica) -> None:
+        while not self._stop.is_set():
+            request = payment_request(self._session_id, payee=PAYEE, amount="0.01")
+            answer = answer_of(replica, request)
+            with self._changed:
+                self.sent.append(Sent(replica.name, request, answer, not self.killed.is_set()))
+                if isinstance(answer, signer_pb2.SignResponse):
+                    self._signed[replica.name] += 1
+                self._changed.notify_all()
+            if isinstance(answer, grpc.RpcError) and replica.srv.proc.poll() is not None:
+                return  # its replica is gone
+
+    def signed_by(self, name: str) -> int:
+        with self._changed:
+            return self._signed[name]
+
+    def wait_until_signed(self, name: str, count: int) -> None:
+        """Until ``count`` payments were signed through replica ``name`` (bounded)."""
+        with self._changed:
+            done = self._changed.wait_for(lambda: self._signed[name] >= count, timeout=120)
+        assert done, f"replica {name} signed {self._signed[name]} of {count} payments"
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def test_sigkill_of_a_replica_under_load_loses_no_signature_and_the_other_serves_on(
+    pg_cluster: PgCluster, tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    with replicas_of(pg_cluster, tmp_path, token, pki, 2) as pair:
+        a, b = pair.replicas
+        session_id = open_session(b.api.planner, "agent-1", "1000.00", timeout=RPC_TIMEOUT)
+        with Load(pair.replicas, session_id, per_replica=3) as load:
+            load.wait_until_signed("A", 15)
+            load.killed.set()
+            a.srv.proc.kill()  # SIGKILL, mid-load
+            a.srv.proc.wait()
+            load.wait_until_signed("B", load.signed_by("B") + 15)  # B serves on
+        sent = load.sent
+
+        assert all(is_signed_answer(s.answer) for s in sent if s.before_kill)
+        assert all(is_signed_answer(s.answer) for s in sent if s.replica == "B")
+        received = {
+            s.request.intent.nonce: s.answer.jws
+            for s in sent
+            if isinstance(s.answer, signer_pb2.SignResponse)
+        }
+        rows = pair.rows(session_id)
+        assert {n: rows.get(n) for n in received} == {n: [j] for n, j in received.items()}
+        # a payment A answered, asked again of B: A's signature
+        answered_by_a = [s for s in sent if s.replica == "A" and is_signed_answer(s.answer)]
+        last = answered_by_a[-1].request
+        again = signed(answer_of(b, last))
+        assert again.replayed_result and again.jws == received[last.intent.nonce]
+        # the calls A died with, asked again of B: each signed, once
+        lost = [s.request for s in sent if s.replica == "A" and not is_signed_answer(s.answer)]
+        retried = {r.intent.nonce: signed(answer_of(b, r)).jws for r in lost}
+        rows = pair.rows(session_id)
+        assert {n: rows.get(n) for n in retried} == {n: [j] for n, j in retried.items()}
+        assert all(len(jws) == 1 for jws in rows.values())  # no payment signed twice
+        assert spent(b.api.planner, session_id, timeout=RPC_TIMEOUT) == {
+            "USD": f"{Decimal('0.01') * len(rows):.2f}"
+        }
+        health_turns(b, SERVING)
+
+
+def is_signed_answer(answer: Answer) -> bool:
+    return isinstance(answer, signer_pb2.SignResponse) and is_signed(answer)
