@@ -16,7 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -27,8 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer.auditlog import verification
 from paywarden.signer.auditlog.checkpoints import Checkpoint
+from paywarden.signer.config import StoreConfig
 from paywarden.signer.config_file import load_config
 from paywarden.signer.store.opening import open_store
+from paywarden.signer.store.records import StoreError
 from paywarden.v1 import control_pb2, signer_pb2
 
 from tests.helpers import Pki, TestToken, reason_of
@@ -37,7 +39,9 @@ from tests.support.clients import is_signed, signed
 from tests.support.intents import payment_request
 from tests.support.postgres import PgCluster
 from tests.support.replicas import (
+    NOT_SERVING,
     SERVING,
+    HealthWatch,
     Replica,
     health_turns,
     replica_config,
@@ -46,12 +50,15 @@ from tests.support.replicas import (
     wait_for,
 )
 from tests.support.sessions import open_session, spent
+from tests.support.threads import waiting_in
 
 PAYEE = "acme-data"
 RETRIES = 200
 PAYMENTS = 50
 FITTING = 10  # payments of 1.00 that a budget of 10.00 holds
 RPC_TIMEOUT = 30.0
+BURST = 8  # calls at once on each replica before its database stops
+OUTAGE_DEADLINE = 5.0  # each Sign's own deadline while the database is down
 # One agent sends every call of a race at once, on one connection per replica: each
 # replica must take its share (67 of 200) at once, or admission (8 calls in flight per
 # principal by default, 62 workers to share) and HTTP/2 (16 streams per connection)
@@ -360,3 +367,106 @@ def test_sigkill_of_a_replica_under_load_loses_no_signature_and_the_other_serves
 
 def is_signed_answer(answer: Answer) -> bool:
     return isinstance(answer, signer_pb2.SignResponse) and is_signed(answer)
+
+
+# -- 6: the database stopped under the replicas --------------------------------------
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[PgCluster]:
+    """A PostgreSQL cluster of the test's own, to stop without stopping the run's."""
+    cluster = PgCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_with_postgresql_stopped_every_sign_fails_closed_until_it_is_back(
+    own_cluster: PgCluster, tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    with replicas_of(own_cluster, tmp_path, token, pki, 2) as pair, ExitStack() as watches:
+        session_id = open_session(
+            pair.replicas[0].api.planner, "agent-1", "100.00", timeout=RPC_TIMEOUT
+        )
+        # a burst first: each replica's pool holds several connections when the server stops
+        burst = at_once(
+            [
+                (replica, payment_request(session_id, payee=PAYEE, amount="1.00"))
+                for replica in pair.replicas
+                for _ in range(BURST)
+            ]
+        )
+        assert Counter(described(a) for _, a in burst) == {"SIGNED": 2 * BURST}
+        health = []
+        for replica in pair.replicas:
+            health_turns(replica, SERVING)
+            health.append(HealthWatch(replica))
+            watches.callback(health[-1].close)
+
+        own_cluster.stop()
+        refused = []
+        for replica, watch in zip(pair.replicas, health, strict=True):
+            for _ in range(3):
+                request = payment_request(session_id, payee=PAYEE, amount="1.00")
+                answer = replica.sign(request, timeout=OUTAGE_DEADLINE)
+                assert described(answer) == "UNAVAILABLE/STORE_UNAVAILABLE", answer
+                refused.append(request)
+            watch.wait_for(NOT_SERVING)
+            request = payment_request(session_id, payee=PAYEE, amount="1.00")
+            answer = replica.sign(request, timeout=OUTAGE_DEADLINE)
+            assert described(answer) == "UNAVAILABLE/STORE_UNAVAILABLE", answer
+            refused.append(request)
+
+        own_cluster.start()
+        # the very next call signs: no connection pooled before the outage fails it
+        for replica in pair.replicas:
+            signed(answer_of(replica, payment_request(session_id, payee=PAYEE, amount="1.00")))
+        for replica, watch in zip(pair.replicas, health, strict=True):
+            watch.wait_for(SERVING)
+            health_turns(replica, SERVING)
+        rows = pair.rows(session_id)
+        assert len(rows) == 2 * BURST + 2 and not {r.intent.nonce for r in refused} & set(rows)
+        assert spent(pair.replicas[1].api.planner, session_id, timeout=RPC_TIMEOUT) == {
+            "USD": f"{2 * BURST + 2}.00"
+        }
+
+
+def test_connections_pooled_before_the_database_restarted_fail_no_call_after_it(
+    own_cluster: PgCluster,
+) -> None:
+    """The store itself: its pool held several connections when the database stopped;
+    once it is back, no call is given one of those (each would fail)."""
+    config = StoreConfig(
+        url=own_cluster.create_database(), password_file=own_cluster.password_file, pool_size=4
+    )
+    store = open_store(config)
+    try:
+        store.migrate()
+        holder = threading.Event()
+
+        def hold_the_lock() -> None:
+            with store.payment_tx():
+                holder.wait()
+
+        waiters = [threading.Thread(target=hold_the_lock) for _ in range(4)]
+        for thread in waiters:
+            thread.start()  # one holds the write lock, three wait for it, each on a connection
+        wait_for(
+            lambda: sum(waiting_in(t, "PostgresConnection._begin") for t in waiters),
+            lambda waiting: waiting == 3,
+            "three transactions waiting for the write lock",
+            30.0,
+        )
+        holder.set()
+        for thread in waiters:
+            thread.join()
+
+        own_cluster.stop()
+        with pytest.raises(StoreError):
+            store.check()
+        own_cluster.start()
+        for _ in range(4):
+            store.check()
+    finally:
+        store.close()

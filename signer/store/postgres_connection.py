@@ -12,6 +12,12 @@ and nobody changes it before the commit. A transaction waits for one lock only a
 takes it before any other, so no two wait for each other: no deadlock. Row locks
 taken later are never contended (their holders hold the advisory lock). Reads outside
 write transactions run in autocommit; a one-snapshot read runs ``REPEATABLE READ``.
+
+A database that stops answering fails every call at once (StoreError: UNAVAILABLE,
+and health NOT_SERVING), not after the pool's timeout: a connection that broke, or the
+pool failing to make one when it has none, marks the database unreachable, and no call
+waits on the pool until one new connection succeeds. Then the connections pooled
+before the outage are checked and the broken ones dropped, so that none fails a call.
 """
 
 from __future__ import annotations
@@ -108,6 +114,12 @@ class PostgresConnection(Connection):
         }
         if password is not None:
             kwargs["password"] = password
+        self._kwargs = kwargs
+        # Set while the database answers; cleared when a connection breaks or cannot be
+        # made. While it is clear, no call waits on the pool: see _probe.
+        self._reachable = threading.Event()
+        self._reachable.set()
+        self._probing = threading.Lock()
         self._pool = ConnectionPool(
             url,
             kwargs=kwargs,
@@ -116,7 +128,11 @@ class PostgresConnection(Connection):
             open=False,
             timeout=lock_timeout,
             name="paywarden-store",
-            reconnect_timeout=0,  # keep trying: the store comes back when the database does
+            # A connection the pool fails to make is given up after a second attempt
+            # (and the pool shrinks); it grows again on demand once _probe found the
+            # database back.
+            reconnect_timeout=0,
+            reconnect_failed=self._connect_failed,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
@@ -134,15 +150,66 @@ class PostgresConnection(Connection):
 
     @contextmanager
     def _connection(self, ends: float) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection, waited for in slices until ``ends``; at once a
+        StoreError while the database is unreachable (a stopped database must fail each
+        call closed within its deadline, not hold it until the pool's timeout)."""
         if self._closed:
             raise StoreError("the store is closed")
+        if not self._reachable.is_set():
+            self._probe(ends)
+        conn = self._pooled(ends)
         try:
-            with self._pool.connection(timeout=max(0.001, self._left(ends))) as conn:
-                yield conn
-        except PoolTimeout:
-            raise StoreError("store unavailable: no database connection") from None
+            yield conn
         except psycopg.Error as exc:
             raise StoreError(f"store unavailable: {_first_line(exc)}") from None
+        finally:
+            if conn.broken:  # the server went away under it: so may the others
+                self._reachable.clear()
+            self._pool.putconn(conn)
+
+    def _connect_failed(self, pool: ConnectionPool[Any]) -> None:
+        """The pool could not make a connection. With none left, the database is
+        unreachable; with some (the server refused one more: max_connections), the
+        calls wait for those."""
+        if pool.get_stats().get("pool_size", 0) == 0:
+            self._reachable.clear()
+
+    def _pooled(self, ends: float) -> psycopg.Connection[Any]:
+        while True:
+            left = self._left(ends)
+            try:
+                return self._pool.getconn(timeout=max(0.001, min(left, _SLICE)))
+            except PoolTimeout:
+                if not self._reachable.is_set():  # the pool failed to connect meanwhile
+                    raise StoreError("store unavailable: the database is unreachable") from None
+                if self._left(ends) <= 0:
+                    raise StoreError("store unavailable: no database connection") from None
+            except psycopg.Error as exc:
+                raise StoreError(f"store unavailable: {_first_line(exc)}") from None
+
+    def _probe(self, ends: float) -> None:
+        """The database was found unreachable: one caller at a time tries one new
+        connection, and the callers that came meanwhile take its answer. Once it
+        connects, the pool drops the connections that broke in the outage, so that none
+        fails the next call."""
+        if not self._probing.acquire(blocking=False):
+            if self._probing.acquire(timeout=max(0.0, self._left(ends))):
+                self._probing.release()
+            if not self._reachable.is_set():
+                raise StoreError("store unavailable: the database is unreachable")
+            return
+        try:
+            if self._reachable.is_set():
+                return
+            timeout = max(1, int(min(self._left(ends), self._kwargs["connect_timeout"])))
+            try:
+                psycopg.connect(self.url, **{**self._kwargs, "connect_timeout": timeout}).close()
+            except psycopg.Error as exc:
+                raise StoreError(f"store unavailable: {_first_line(exc)}") from None
+            self._pool.check()
+            self._reachable.set()
+        finally:
+            self._probing.release()
 
     def _begin(self, conn: psycopg.Connection[Any], ends: float) -> None:
         """``BEGIN`` and the write lock, waited for in slices until ``ends``."""

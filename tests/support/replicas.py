@@ -132,6 +132,43 @@ def health_turns(replica: Replica, want: int, bound: float = 30.0) -> None:
     wait_for(both, lambda got: got == (name(want), name(want)), f"health of {replica.name}", bound)
 
 
+class HealthWatch:
+    """The standard health service's ``Watch`` stream on one replica, opened (and so
+    admitted) while the replica serves, read on a thread of its own: what it reports
+    later is seen even while a new call could not be admitted (the authenticator's
+    fail-closed revocation check refuses every new call while the store is down)."""
+
+    def __init__(self, replica: Replica) -> None:
+        stub = health_pb2_grpc.HealthStub(replica.api.channel("operator", "operator-1"))
+        self.name = replica.name
+        self._stream = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+        self.seen: list[int] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name=f"health-{replica.name}")
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for answer in self._stream:
+                with self._changed:
+                    self.seen.append(int(answer.status))
+                    self._changed.notify_all()
+        except grpc.RpcError:
+            pass  # cancelled by close(), or the server went away
+
+    def wait_for(self, want: int, bound: float = 30.0) -> None:
+        """Until the stream's latest report is ``want`` (fails after ``bound`` seconds)."""
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name
+        with self._changed:
+            done = self._changed.wait_for(lambda: self.seen[-1:] == [want], timeout=bound)
+            seen = [name(s) for s in self.seen]
+        assert done, f"health of {self.name} never said {name(want)} in {bound} s: {seen}"
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self._reader.join()
+
+
 def signed_rows(url: str, password_file: Path, session_id: str) -> dict[str, list[str]]:
     """{nonce: the JWS of every decision row of the session that holds one}, read from
     the database itself (the store has no reader for every row of a nonce)."""
