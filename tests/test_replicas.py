@@ -20,13 +20,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from paywarden.signer.auditlog import verification
-from paywarden.signer.auditlog.checkpoints import Checkpoint
 from paywarden.signer.config import StoreConfig
 from paywarden.signer.config_file import load_config
 from paywarden.signer.store.opening import open_store
@@ -34,7 +31,7 @@ from paywarden.signer.store.records import StoreError
 from paywarden.v1 import control_pb2, signer_pb2
 
 from tests.helpers import Pki, TestToken, reason_of
-from tests.support.cli import ctl
+from tests.support.cli import ctl, paywarden
 from tests.support.clients import is_signed, signed
 from tests.support.intents import payment_request
 from tests.support.postgres import PgCluster
@@ -219,7 +216,9 @@ def test_a_freeze_through_one_replica_refuses_the_next_call_on_another(
 # -- 4: one audit log ----------------------------------------------------------------
 
 
-def test_the_shared_audit_log_verifies_and_holds_every_replicas_records(trio: Shared) -> None:
+def test_the_shared_audit_log_verifies_and_holds_every_replicas_records(
+    trio: Shared, tmp_path: Path
+) -> None:
     session_id = open_session(trio.replicas[2].api.planner, "agent-1", "10.00", timeout=RPC_TIMEOUT)
     decided = {
         replica.name: signed(
@@ -232,33 +231,29 @@ def test_the_shared_audit_log_verifies_and_holds_every_replicas_records(trio: Sh
         .api.control()
         .Checkpoint(control_pb2.CheckpointRequest(), timeout=RPC_TIMEOUT)
     )
-    audit_key = serialization.load_pem_public_key(checkpoint.audit_public_key_pem.encode("ascii"))
-    assert isinstance(audit_key, ec.EllipticCurvePublicKey)
+    audit_key = tmp_path / "audit.pem"
+    audit_key.write_text(checkpoint.audit_public_key_pem, encoding="ascii")
 
-    bodies, checkpoints = audit_log_of(trio.replicas[1].config)
+    config = trio.replicas[1].config
+    verified = paywarden("audit", "verify", "--config", config, "--public-key", audit_key)
 
-    report = verification.verify(
-        [(seq, body, None) for seq, body in enumerate(bodies, start=1)], checkpoints, audit_key
-    )
-    assert report.ok, report.problems
-    assert report.records == len(bodies) and report.checkpoints == len(checkpoints) >= 1
-    records = [json.loads(body) for body in bodies]
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.startswith("audit log OK: "), verified.stdout
+    records = audit_records_of(config)
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     in_log = {r["decision"]["id"] for r in records if r["action"] == "sign.decision"}
     assert set(decided.values()) <= in_log  # a decision of each replica's
 
 
-def audit_log_of(config: Path) -> tuple[list[str], list[Checkpoint]]:
-    """The audit records (in order) and the latest checkpoint of the store ``config``
-    names, read through the store's own API."""
+def audit_records_of(config: Path) -> list[dict[str, Any]]:
+    """The audit records of the store ``config`` names, in order, read through the
+    store's own API."""
     store = open_store(load_config(config, environ={}).store)
     try:
         size, _root = store.audit_head()
-        bodies = [store.audit_record(seq) for seq in range(1, size + 1)]
-        last = store.last_checkpoint()
+        return [json.loads(store.audit_record(seq)) for seq in range(1, size + 1)]
     finally:
         store.close()
-    return bodies, [last] if last is not None else []
 
 
 # -- 5: SIGKILL of one replica under load --------------------------------------------
