@@ -217,10 +217,12 @@ class PostgresConnection(Connection):
             left = self._left(ends)
             if left <= 0:
                 raise StoreError("store busy: the write lock was not had in time")
-            conn.execute("BEGIN")
-            conn.execute(f"SET LOCAL lock_timeout = {max(1, int(min(_SLICE, left) * 1000))}")
-            try:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            slice_ms = max(1, int(min(_SLICE, left) * 1000))
+            try:  # one round trip: three statements, no parameters (the simple protocol)
+                conn.execute(
+                    f"BEGIN; SET LOCAL lock_timeout = {slice_ms};"
+                    f" SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+                )
                 return
             except errors.LockNotAvailable:
                 conn.execute("ROLLBACK")
