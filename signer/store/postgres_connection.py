@@ -252,9 +252,12 @@ class PostgresConnection(Connection):
             except psycopg.Error as exc:
                 _rollback(conn)
                 # Not known whether it committed (the connection may have dropped after
-                # the server did): the caller is told it failed, and a retry with the
-                # same nonce finds the decision if it did.
-                raise StoreError(f"commit failed: {_first_line(exc)}") from None
+                # the server did): the caller is told it failed and sent nothing, and a
+                # retry with the same nonce finds the decision if it did.
+                raise StoreError(
+                    f"commit failed, outcome unknown (retry with the same nonce):"
+                    f" {_first_line(exc)}"
+                ) from None
 
     def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._connection(time.monotonic() + self._lock_timeout) as conn:
