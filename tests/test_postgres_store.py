@@ -213,6 +213,27 @@ def test_a_write_waits_for_another_replica_s_write_lock_and_gives_up_at_its_dead
     second.close()
 
 
+def test_a_replica_s_sessions_bound_idle_transactions_and_notice_a_vanished_peer(
+    pg_cluster: PgCluster, pg_url: str
+) -> None:
+    """A replica that hangs holding the write lock (or whose machine vanishes) must not
+    hold every other replica off: the server ends its idle transaction, and both ends
+    probe the connection."""
+    store = PostgresStore(
+        pg_url, password=pg_cluster.password_file.read_text().strip(), lock_timeout=2.0
+    )
+    names = (
+        "idle_in_transaction_session_timeout",
+        "statement_timeout",
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+    )
+    shown = store._read(lambda c: [c.execute(f"SHOW {n}").fetchone()[0] for n in names])
+    assert shown == ["22s", "7s", "10", "5", "3"]
+    store.close()
+
+
 def test_store_url_settings_are_checked() -> None:
     assert StoreConfig.model_validate({"url": "sqlite:///data/x.db"}).path == Path("data/x.db")
     assert StoreConfig.model_validate({"url": "sqlite:////abs/x.db"}).path == Path("/abs/x.db")

@@ -108,8 +108,20 @@ class PostgresConnection(Connection):
             "autocommit": True,
             "connect_timeout": max(1, int(connect_timeout)),
             # No statement outlives the longest lock wait by much: a database that stops
-            # answering fails the call instead of holding it.
-            "options": f"-c statement_timeout={int(lock_timeout * 1000) + 5000}",
+            # answering fails the call instead of holding it. A transaction left idle (a
+            # replica hung with the write lock, the HSM call that never returns) is ended
+            # by the server, which frees the lock for the other replicas; so is one whose
+            # replica's machine vanished (TCP keepalives, both ways).
+            "options": (
+                f"-c statement_timeout={int(lock_timeout * 1000) + 5000}"
+                f" -c idle_in_transaction_session_timeout={int(lock_timeout * 1000) + 20000}"
+                " -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5"
+                " -c tcp_keepalives_count=3"
+            ),
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
             "application_name": "paywarden",
         }
         if password is not None:
