@@ -193,6 +193,10 @@ class StoreConfig(_Model):
             raise ValueError("set at most one of store.password_file and store.password_env")
         if self.url is None and (self.password_file or self.password_env):
             raise ValueError("store.password_file and store.password_env are for PostgreSQL")
+        if self.url is not None and self.pool_size < 2:
+            # A checkpoint holds its turn on one connection while it reads and writes on
+            # another.
+            raise ValueError("store.pool_size: at least 2 for PostgreSQL")
         return self
 
     @property

@@ -248,6 +248,7 @@ def test_store_url_settings_are_checked() -> None:
         ({"url": "mysql://pw@db/x"}, "sqlite:///PATH or postgresql://"),
         ({"url": "sqlite:///x.db", "path": "y.db"}, "not both"),
         ({"password_env": "PW"}, "for PostgreSQL"),
+        ({"url": "postgresql://pw@db/x", "pool_size": 1}, "at least 2"),
         (
             {"url": "postgresql://pw@db/x", "password_env": "PW", "password_file": "/f"},
             "at most one",
