@@ -23,7 +23,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from paywarden.signer.errors import NotAuthenticated, Reason
+from paywarden.signer.errors import NotAuthenticated, Reason, Unavailable
 
 # Lower case only: ids are compared byte for byte everywhere (sessions, packs,
 # approvals), so ``Dev-Agent`` must not exist beside ``dev-agent``.
@@ -207,7 +207,11 @@ class Authenticator:
         """From now on every call is refused that ``revoked`` refuses (set once, at start-up)."""
         self._revoked = revoked
 
-    def principal(self, auth_context: Mapping[str, Any]) -> Principal:
+    def principal(self, auth_context: Mapping[str, Any], *, status_only: bool = False) -> Principal:
+        """The caller's principal; ``status_only`` (the health service) is answered even
+        while the revocations cannot be read (the store is down): it learns only whether
+        the signer serves, which then is NOT_SERVING. Whenever they can be read, a revoked
+        identity is refused here too."""
         if self._follow is not None:
             self._follow()
         trust = self._trust  # one view for the whole call, whatever a reload does meanwhile
@@ -230,7 +234,11 @@ class Authenticator:
                 Reason.CLIENT_CERT_EXPIRED, f"the client certificate expired at {ended}"
             )
         if self._revoked is not None:
-            self._revoked(known.principal, known.serial)
+            try:
+                self._revoked(known.principal, known.serial)
+            except Unavailable:
+                if not status_only:
+                    raise
         return known.principal
 
 

@@ -40,6 +40,7 @@ from tests.support.replicas import (
     SERVING,
     HealthWatch,
     Replica,
+    health_status,
     health_turns,
     replica_config,
     running_replicas,
@@ -408,6 +409,9 @@ def test_with_postgresql_stopped_every_sign_fails_closed_until_it_is_back(
                 assert described(answer) == "UNAVAILABLE/STORE_UNAVAILABLE", answer
                 refused.append(request)
             watch.wait_for(NOT_SERVING)
+            # and a health Check made now is answered, NOT_SERVING (not refused: the
+            # revocations it cannot read decide no status question)
+            assert health_status(replica) == NOT_SERVING
             request = payment_request(session_id, payee=PAYEE, amount="1.00")
             answer = replica.sign(request, timeout=OUTAGE_DEADLINE)
             assert described(answer) == "UNAVAILABLE/STORE_UNAVAILABLE", answer

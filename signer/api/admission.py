@@ -54,6 +54,9 @@ from paywarden.signer.deadlines import Gate
 from paywarden.signer.errors import InvalidInput, Overloaded, PaywardenError, Reason, Unavailable
 from paywarden.signer.identity import Authenticator, Principal, Role
 
+# The health service's methods: answered while the store (and the revocations) is down.
+HEALTH = "/grpc.health.v1.Health/"
+
 log = logging.getLogger("paywarden.signer.api.admission")
 
 
@@ -187,7 +190,9 @@ class AdmissionInterceptor(_Interceptor):
                     raise Unavailable(
                         Reason.SHUTTING_DOWN, "the signer is stopping; retry on another replica"
                     )
-            principal = self._auth.principal(context.auth_context())
+            principal = self._auth.principal(
+                context.auth_context(), status_only=method.startswith(HEALTH)
+            )
             authorize(method, principal)
             return self._admission.enter(principal, streaming=streaming)
         except PaywardenError as exc:

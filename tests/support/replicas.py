@@ -135,8 +135,8 @@ def health_turns(replica: Replica, want: int, bound: float = 30.0) -> None:
 class HealthWatch:
     """The standard health service's ``Watch`` stream on one replica, opened (and so
     admitted) while the replica serves, read on a thread of its own: what it reports
-    later is seen even while a new call could not be admitted (the authenticator's
-    fail-closed revocation check refuses every new call while the store is down)."""
+    later is seen as it changes (the authenticator's fail-closed revocation check
+    refuses every new call but the health service's while the store is down)."""
 
     def __init__(self, replica: Replica) -> None:
         stub = health_pb2_grpc.HealthStub(replica.api.channel("operator", "operator-1"))
