@@ -29,8 +29,9 @@ from tests.helpers import (
     TestToken,
     write_config,
 )
+from tests.support.backends import BACKENDS, POSTGRESQL, Stores, stores_on
 from tests.support.clients import Api, Dial
-from tests.support.postgres import PgCluster
+from tests.support.postgres import PgCluster, free_port
 
 AGENTS = ("agent-1", "agent-2")
 PLANNERS = ("planner-1", "planner-2")
@@ -149,8 +150,48 @@ def rogue_pki(run_dir: Path) -> Pki:
 
 
 @pytest.fixture
-def config_path(tmp_path: Path, token: TestToken, pki: Pki) -> Path:
-    return write_config(tmp_path, token, pki)
+def config_path(tmp_path: Path, token: TestToken, pki: Pki, stores: Stores) -> Path:
+    return write_config(tmp_path, token, pki, stores=stores)
+
+
+# -- the store backends (tests/support/backends.py) ----------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test of a ``both_backends`` module that builds a store runs once per backend
+    (unless it is ``sqlite_only``); one module-scoped parameter, so that the module's
+    stack is made once per backend."""
+    node = metafunc.definition
+    if (
+        "store_backend" in metafunc.fixturenames
+        and node.get_closest_marker("both_backends") is not None
+        and node.get_closest_marker("sqlite_only") is None
+    ):
+        metafunc.parametrize("store_backend", BACKENDS, indirect=True, scope="module", ids=BACKENDS)
+
+
+@pytest.fixture(scope="module")
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """The backend a test's stores are on: its parameter in a ``both_backends`` module,
+    else SQLite."""
+    backend: str = getattr(request, "param", BACKENDS[0])
+    return backend
+
+
+def _cluster_for(request: pytest.FixtureRequest, backend: str) -> PgCluster | None:
+    """The run's PostgreSQL cluster if ``backend`` needs it (started on first need only)."""
+    if backend != POSTGRESQL:
+        return None
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster
+
+
+@pytest.fixture
+def stores(request: pytest.FixtureRequest, store_backend: str) -> Iterator[Stores]:
+    """The test's stores on its backend: ``stores.open(path)``, ``stores.toml(path)``,
+    ``write_config(..., stores=stores)``; closed and dropped when the test ends."""
+    with stores_on(store_backend, _cluster_for(request, store_backend)) as made:
+        yield made
 
 
 # -- pytest-grpc: its server and channel fixtures, overridden for mutual TLS ----
@@ -167,6 +208,14 @@ class MakeStack(Protocol):
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
+        "both_backends: the module's tests that build a store run on SQLite and on "
+        "PostgreSQL (tests/support/backends.py)",
+    )
+    config.addinivalue_line(
+        "markers", "sqlite_only: in a both_backends module, this test runs on SQLite alone"
+    )
+    config.addinivalue_line(
+        "markers",
         "stack(packs=None, extra='', timezone='UTC'): what the module's in-process stack "
         "is made with (the arguments of make_stack)",
     )
@@ -174,17 +223,25 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="module")
 def make_stack(
-    tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    token: TestToken,
+    pki: Pki,
+    store_backend: str,
 ) -> Iterator[MakeStack]:
     """A factory of started stacks (config, store, HSM and service for an in-process
-    server): ``packs`` (file name -> pack TOML), ``extra`` (config TOML, e.g. groups or
-    assets) and ``timezone`` go into the config. Each is stopped when the module ends."""
+    server) on the module's store backend: ``packs`` (file name -> pack TOML), ``extra``
+    (config TOML, e.g. groups or assets) and ``timezone`` go into the config. Each is
+    stopped when the module ends."""
     from paywarden.signer.api.startup import load_packs, open_hsm
     from paywarden.signer.config_file import load_config
     from paywarden.signer.core.service import SigningService
-    from paywarden.signer.store.sqlite import SqliteStore
+    from paywarden.signer.store.opening import open_store
 
     with ExitStack() as started:
+        stores = started.enter_context(
+            stores_on(store_backend, _cluster_for(request, store_backend))
+        )
 
         def make(
             *, packs: dict[str, str] | None = None, extra: str = "", timezone: str = "UTC"
@@ -196,9 +253,10 @@ def make_stack(
                 packs=packs,
                 extra=extra,
                 timezone=timezone,
+                stores=stores,
             )
             cfg = load_config(path, environ={})
-            store = SqliteStore(cfg.store.path)
+            store = open_store(cfg.store)
             started.callback(store.close)
             store.migrate()
             hsm = open_hsm(cfg)
@@ -216,6 +274,13 @@ def stack(request: pytest.FixtureRequest, make_stack: MakeStack) -> Stack:
     or what the module asks for with ``pytestmark = pytest.mark.stack(packs=…, …)``."""
     asked = request.node.get_closest_marker("stack")
     return make_stack(**(asked.kwargs if asked is not None else {}))
+
+
+@pytest.fixture(scope="module")
+def grpc_addr(store_backend: str) -> str:
+    """pytest-grpc's, on a free port of its own per store backend: a ``both_backends``
+    module's server (pytest-grpc's ``_grpc_server``) is then made afresh for each."""
+    return f"localhost:{free_port()}"
 
 
 @pytest.fixture(scope="module")

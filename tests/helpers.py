@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
+
+if TYPE_CHECKING:
+    from tests.support.backends import Stores
 
 ROOT = Path(__file__).resolve().parent.parent
 # The PKCS#11 module under test: SoftHSM2 unless PKCS11_MODULE names another
@@ -136,8 +139,13 @@ def write_config(
     softhsm_conf: Path | None = None,
     packs: dict[str, str] | None = None,
     timezone: str = "UTC",
+    stores: Stores | None = None,
 ) -> Path:
-    """A signer config in ``directory``; ``packs`` (file name -> TOML) replace the open pack."""
+    """A signer config in ``directory``; ``packs`` (file name -> TOML) replace the open pack.
+    Its store is ``stores``' store named ``directory / "state.db"`` (tests/support/backends.py;
+    without ``stores``, the SQLite file there)."""
+    state = directory / "state.db"
+    store = stores.toml(state) if stores is not None else f'path = "{state}"'
     directory.mkdir(parents=True, exist_ok=True)
     policy_dir = directory / "policy"
     policy_dir.mkdir(exist_ok=True)
@@ -163,7 +171,7 @@ softhsm_conf = "{softhsm_conf or token.conf}"
 retry_interval_seconds = 0.0
 
 [store]
-path = "{directory / "state.db"}"
+{store}
 
 [metrics]
 listen = "127.0.0.1:0"
