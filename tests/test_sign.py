@@ -25,6 +25,9 @@ from tests.support.intents import sign_request
 from tests.support.refusals import assert_refused, decision_id_of
 from tests.support.sessions import get_session, opened_session, spent
 
+# Every test runs on SQLite and on PostgreSQL (the module's stack is made once per backend).
+pytestmark = pytest.mark.both_backends
+
 # pytest-grpc reads this: enough server threads for the concurrency test to race.
 grpc_max_workers = 64
 
