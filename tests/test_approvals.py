@@ -68,7 +68,7 @@ max_budget = { USD = "1000.00" }
 """
 
 PACKS = {"a1.toml": A1_PACK, "a2.toml": A2_PACK}
-pytestmark = pytest.mark.stack(packs=PACKS)
+pytestmark = [pytest.mark.stack(packs=PACKS), pytest.mark.both_backends]
 
 TASK = "Buy datasets for the quarterly report"
 PURPOSE = "the weather dataset for the Q3 report"  # what a request is for, unless a test says

@@ -71,7 +71,7 @@ require_plan = true
 """
 
 PACKS = {"plans.toml": PLANS_PACK, "required.toml": REQUIRED_PACK}
-pytestmark = pytest.mark.stack(packs=PACKS)
+pytestmark = [pytest.mark.stack(packs=PACKS), pytest.mark.both_backends]
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
