@@ -1,4 +1,6 @@
-"""The SQLite store: migrations, durability settings, transactional spend."""
+"""The store: transactional spend, nonces, signatures and sessions on both backends;
+the SQLite file's own migrations, durability settings and mode on SQLite alone
+(PostgreSQL's: tests/test_postgres_store.py)."""
 
 from __future__ import annotations
 
@@ -24,8 +26,12 @@ from paywarden.signer.store.schema import SCHEMA_VERSION
 from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.helpers import Pki, TestToken, write_config
+from tests.support.backends import Stores
 from tests.support.cli import paywarden
 from tests.support.stored import attach
+
+# The tests that take ``stores`` run on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 USD2 = {"USD": 2}
 EVENT = {"action": "test", "time": 1, "actor": {"role": "system", "id": "test"}}
@@ -113,8 +119,8 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     store.close()
 
 
-def test_nonce_is_unique_in_the_store_itself(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_nonce_is_unique_in_the_store_itself(tmp_path: Path, stores: Stores) -> None:
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     store.create_session(_session(), USD2, EVENT)
     with store.payment_tx() as tx:
@@ -128,8 +134,8 @@ def test_nonce_is_unique_in_the_store_itself(tmp_path: Path) -> None:
     store.close()
 
 
-def test_spend_beyond_budget_is_refused_by_the_store(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_spend_beyond_budget_is_refused_by_the_store(tmp_path: Path, stores: Stores) -> None:
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     store.create_session(_session(budget=100), USD2, EVENT)
     with pytest.raises(InvariantBroken), store.payment_tx() as tx:
@@ -139,8 +145,8 @@ def test_spend_beyond_budget_is_refused_by_the_store(tmp_path: Path) -> None:
     store.close()
 
 
-def test_the_budget_backstop_counts_live_spend_only(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_the_budget_backstop_counts_live_spend_only(tmp_path: Path, stores: Stores) -> None:
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     store.create_session(_session(budget=100), USD2, EVENT)
     with store.payment_tx() as tx:
@@ -159,18 +165,19 @@ def test_the_budget_backstop_counts_live_spend_only(tmp_path: Path) -> None:
     store.close()
 
 
-def test_two_stores_race_for_the_last_of_a_budget(tmp_path: Path) -> None:
-    """Check-and-spend in one BEGIN IMMEDIATE: two connections never both pass."""
+def test_two_stores_race_for_the_last_of_a_budget(tmp_path: Path, stores: Stores) -> None:
+    """Check-and-spend in one write transaction (SQLite's BEGIN IMMEDIATE, PostgreSQL's
+    write lock): two stores on one database never both pass."""
     path = tmp_path / "s.db"
-    first = SqliteStore(path)
+    first = stores.open(path)
     first.migrate()
     first.create_session(_session(budget=100), USD2, EVENT)
-    stores = [first, SqliteStore(path)]
+    racing = [first, stores.open(path)]
     allowed: list[int] = []
     lock = threading.Lock()
 
     def worker(n: int) -> None:
-        store = stores[n % 2]
+        store = racing[n % 2]
         with store.payment_tx() as tx:
             session = tx.session(_session().id, 2)
             assert session is not None
@@ -188,12 +195,12 @@ def test_two_stores_race_for_the_last_of_a_budget(tmp_path: Path) -> None:
     assert len(allowed) == 100 // 7
     session = first.get_session(_session().id, 2)
     assert session is not None and session.spent_minor["USD"] == 7 * (100 // 7)
-    for s in stores:
+    for s in racing:
         s.close()
 
 
-def test_signature_is_attached_once(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_signature_is_attached_once(tmp_path: Path, stores: Stores) -> None:
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     store.create_session(_session(), USD2, EVENT)
     with store.payment_tx() as tx:
@@ -205,8 +212,8 @@ def test_signature_is_attached_once(tmp_path: Path) -> None:
     store.close()
 
 
-def test_close_session_is_idempotent(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_close_session_is_idempotent(tmp_path: Path, stores: Stores) -> None:
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     store.create_session(_session(), USD2, EVENT)
     first = close_session(store, _session().id, 100, EVENT)
@@ -272,8 +279,8 @@ def test_migration_from_version_1_keeps_spend_nonces_and_decisions(tmp_path: Pat
     store.close()
 
 
-def test_changed_decimals_are_detected(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_changed_decimals_are_detected(tmp_path: Path, stores: Stores) -> None:
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     store.create_session(_session(), USD2, EVENT)
     assert store.adopt_decimals({"USD": 2}) == []
@@ -283,10 +290,10 @@ def test_changed_decimals_are_detected(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_to_start_when_an_asset_changed_decimals(
-    tmp_path: Path, token: TestToken, pki: Pki
+    tmp_path: Path, token: TestToken, pki: Pki, stores: Stores
 ) -> None:
-    config = write_config(tmp_path, token, pki)
-    store = SqliteStore(tmp_path / "state.db")
+    config = write_config(tmp_path, token, pki, stores=stores)
+    store = stores.open(tmp_path / "state.db")
     store.migrate()
     store.create_session(_session(), {"USD": 3}, EVENT)  # written when USD had 3 decimals
     store.close()
@@ -302,9 +309,11 @@ def test_store_file_is_private(tmp_path: Path) -> None:
     assert (tmp_path / "s.db").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_payment_at_the_first_second_of_a_long_day_counts_for_that_day(tmp_path: Path) -> None:
+def test_a_payment_at_the_first_second_of_a_long_day_counts_for_that_day(
+    tmp_path: Path, stores: Stores
+) -> None:
     """On a 25-hour (DST) day the day starts more than 24 h before now."""
-    store = SqliteStore(tmp_path / "s.db")
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     store.create_session(_session(), USD2, EVENT)
     day_start = 1_000_000
