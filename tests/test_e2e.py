@@ -33,10 +33,14 @@ from tests.helpers import (
     trailing_metadata,
     write_config,
 )
+from tests.support.backends import Stores
 from tests.support.cli import paywarden
 from tests.support.clients import running_api
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session, spent
+
+# The tests that keep state run on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 TASK = "Buy the 2026 weather dataset for the forecasting task"
 # What this module's agent pays for: the amount and nonce are said at each call.
@@ -141,10 +145,12 @@ def test_health_and_reflection_are_served(config_path: Path, pki: Pki) -> None:
     assert any("paywarden: stopping" in line for line in srv.output)
 
 
-def test_hsm_unavailable_fails_closed_and_recovers(tmp_path: Path, pki: Pki) -> None:
+def test_hsm_unavailable_fails_closed_and_recovers(
+    tmp_path: Path, pki: Pki, stores: Stores
+) -> None:
     # A token of this test's own: its directory is moved away under the server.
     tok: TestToken = make_token(tmp_path / "hsm", label="unavailable")
-    config = write_config(tmp_path / "cfg", tok, pki)
+    config = write_config(tmp_path / "cfg", tok, pki, stores=stores)
     tokens = tok.base / "tokens"
     with running_api(config, pki) as (srv, api):
         session_id = open_session(api.planner, "agent-1", "50.00", task=TASK, ttl=600, timeout=30)
@@ -198,12 +204,12 @@ def test_serve_refuses_a_bad_config_naming_the_setting(
 
 
 def test_recorded_unsigned_payment_is_not_signed_after_its_session_closed(
-    tmp_path: Path, pki: Pki
+    tmp_path: Path, pki: Pki, stores: Stores
 ) -> None:
     """The HSM failed after the decision was recorded; the planner then closed the
     session. The retry must be refused and the reservation released, not signed."""
     tok: TestToken = make_token(tmp_path / "hsm", label="closed-retry")
-    config = write_config(tmp_path / "cfg", tok, pki)
+    config = write_config(tmp_path / "cfg", tok, pki, stores=stores)
     tokens = tok.base / "tokens"
     with running_api(config, pki) as (srv, api):
         session_id = open_session(api.planner, "agent-1", "50.00", task=TASK, ttl=600, timeout=30)
@@ -265,7 +271,7 @@ def test_serve_names_bad_tls_material(
 
 
 def test_logs_are_json_lines_with_decision_ids_and_no_secrets(
-    config_path: Path, pki: Pki, token: TestToken
+    config_path: Path, pki: Pki, token: TestToken, stores: Stores
 ) -> None:
     with running_api(config_path, pki) as (srv, api):
         session_id = open_session(api.planner, "agent-1", "100.00", task=TASK, ttl=600, timeout=30)
@@ -281,3 +287,5 @@ def test_logs_are_json_lines_with_decision_ids_and_no_secrets(
     assert token.pin not in everything
     assert token.so_pin_file.read_text().strip() not in everything
     assert "PRIVATE KEY" not in everything
+    if stores.password is not None:  # PostgreSQL's
+        assert stores.password not in everything
