@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from paywarden.policy.payees import PayeeLists
 from paywarden.policy.rules import PayeeAllowed
 from paywarden.policy.vocabulary import (
@@ -26,8 +27,9 @@ from paywarden.signer.store.records import (
     Reservation,
     SessionRecord,
 )
-from paywarden.signer.store.sqlite import SqliteStore
+from paywarden.signer.store.sqlite import SqlStore
 
+from tests.support.backends import Stores
 from tests.support.stored import attach
 from tests.test_policy_rules import make_facts
 
@@ -35,9 +37,12 @@ SID = "ses_" + "C" * 43
 OPERATOR = FreezeSource.OPERATOR
 EVENT = {"action": "test", "time": 1, "actor": {"role": "system", "id": "test"}}
 
+# The tests that take ``stores`` run on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
-def _store(tmp_path: Path) -> SqliteStore:
-    store = SqliteStore(tmp_path / "s.db")
+
+def _store(stores: Stores, tmp_path: Path) -> SqlStore:
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     store.create_session(
         SessionRecord(SID, "agent-1", "planner-1", "0" * 64, 1, 2**40, None, {"USD": 1000}, {}),
@@ -47,7 +52,7 @@ def _store(tmp_path: Path) -> SqliteStore:
     return store
 
 
-def _commit(store: SqliteStore, i: int, outcome: str = "allow", status: str = "spent") -> str:
+def _commit(store: SqlStore, i: int, outcome: str = "allow", status: str = "spent") -> str:
     decision = DecisionRecord(
         f"dec_{i}", 1, "agent-1", SID, f"n{i}", f"h{i}", Verdict(outcome), "ALLOWED", "",
         "payments.v1", "USD", 100, payload=b"{}", expires_at=2**40,
@@ -65,8 +70,10 @@ def _commit(store: SqliteStore, i: int, outcome: str = "allow", status: str = "s
     return decision.id
 
 
-def test_a_signature_made_after_the_session_closed_is_discarded(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_a_signature_made_after_the_session_closed_is_discarded(
+    tmp_path: Path, stores: Stores
+) -> None:
+    store = _store(stores, tmp_path)
     first = _commit(store, 1)
     second = _commit(store, 2)
     assert attach(store, first, "jws-1", 2) == ("jws-1", True)
@@ -79,8 +86,8 @@ def test_a_signature_made_after_the_session_closed_is_discarded(tmp_path: Path) 
     store.close()
 
 
-def test_closing_expires_approvals_and_releases_holds(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_closing_expires_approvals_and_releases_holds(tmp_path: Path, stores: Stores) -> None:
+    store = _store(stores, tmp_path)
     held = _commit(store, 3, outcome="pending", status="held")
     close_session(store, SID, 5, EVENT)
     assert store.pending_approvals(6) == []
@@ -94,9 +101,9 @@ def test_closing_expires_approvals_and_releases_holds(tmp_path: Path) -> None:
 
 
 def test_an_unsigned_spent_reservation_can_be_released_but_a_signed_one_never(
-    tmp_path: Path,
+    tmp_path: Path, stores: Stores
 ) -> None:
-    store = _store(tmp_path)
+    store = _store(stores, tmp_path)
     unsigned = _commit(store, 4)  # e.g. approved, then the HSM failed
     signed = _commit(store, 5)
     assert attach(store, signed, "jws-5", 2) == ("jws-5", True)
@@ -139,9 +146,9 @@ def test_a_look_alike_of_a_named_payee_is_denied_even_when_a_pattern_matches() -
 
 
 def test_withdrawing_a_sessions_unsigned_decisions_spares_the_signed_the_settled_and_others(
-    tmp_path: Path,
+    tmp_path: Path, stores: Stores
 ) -> None:
-    store = _store(tmp_path)
+    store = _store(stores, tmp_path)
     other = "ses_" + "D" * 43
     store.create_session(
         SessionRecord(other, "agent-1", "planner-1", "0" * 64, 1, 2**40, None, {"USD": 1000}, {}),
@@ -222,8 +229,8 @@ def test_withdrawing_one_decision_expires_only_an_open_approval() -> None:
     assert tx.calls == [("dec_1", ReservationStatus.RELEASED)]
 
 
-def test_closing_withdraws_once_and_audits_once(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_closing_withdraws_once_and_audits_once(tmp_path: Path, stores: Stores) -> None:
+    store = _store(stores, tmp_path)
     held = _commit(store, 7, outcome="pending", status="held")
     size, _ = store.audit_head()
     assert close_session(store, "ses_" + "Z" * 43, 5, EVENT) is None  # unknown
@@ -240,8 +247,10 @@ def test_closing_withdraws_once_and_audits_once(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_signature_is_kept_only_while_its_payment_is_still_committed(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_a_signature_is_kept_only_while_its_payment_is_still_committed(
+    tmp_path: Path, stores: Stores
+) -> None:
+    store = _store(stores, tmp_path)
     allowed = _commit(store, 11)
     pending = _commit(store, 12, outcome="pending", status="held")
     approved_held = _commit(store, 13, outcome="pending", status="held")
