@@ -1,11 +1,10 @@
-"""Group commit (core/batching.py) over a real SQLite store: decisions that arrive
+"""Group commit (core/batching.py) over a real store, SQLite and PostgreSQL: decisions that arrive
 together are applied in order in one transaction; each caller is answered only
 after the commit that holds its work; a failing item fails only its caller, and a
 batch that fails to commit fails every caller in it, closed."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,41 +13,52 @@ from typing import Any, cast
 
 import pytest
 from paywarden.signer.core.batching import GroupCommit
+from paywarden.signer.store.postgres_connection import PostgresConnection
 from paywarden.signer.store.protocols import PaymentBatch, PaymentTx
 from paywarden.signer.store.records import StoreError
 from paywarden.signer.store.sql import Conn, Cursor
-from paywarden.signer.store.sqlite import SqliteStore
+from paywarden.signer.store.sqlite import SqlStore
+from paywarden.signer.store.sqlite_connection import SqliteConnection
 
+from tests.support.backends import Stores
 from tests.support.threads import start_and_wait_until_in
+
+pytestmark = pytest.mark.both_backends
 
 
 @pytest.fixture
-def batch_store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "state.db")
+def batch_store(tmp_path: Path, stores: Stores) -> Iterator[SqlStore]:
+    s = stores.open(tmp_path / "state.db")
     s.migrate()
     yield s
     s.close()
 
 
-def _committed_size(path: Path) -> int:
-    """The audit log's size as another connection sees it: only committed records."""
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT size FROM audit_state").fetchone()[0])
+@pytest.fixture
+def other_store(tmp_path: Path, stores: Stores, batch_store: SqlStore) -> SqlStore:
+    """The batch store's database through a store of its own (another connection, as
+    another process would have): it sees only what is committed."""
+    return stores.open(tmp_path / "state.db")
 
 
-def _append(name: str, seen: dict[str, int], path: Path) -> Callable[[PaymentTx], int]:
+def _lock_wait(store: SqlStore) -> str:
+    """Where a writer of ``store`` waits for the store's write lock."""
+    backend = SqliteConnection if isinstance(store, SqliteConnection) else PostgresConnection
+    return backend._begin.__qualname__
+
+
+def _append(name: str, seen: dict[str, int], other: SqlStore) -> Callable[[PaymentTx], int]:
     def work(tx: PaymentTx) -> int:
-        seen[name] = _committed_size(path)  # what is committed while this item runs
+        seen[name] = other.audit_head()[0]  # what is committed while this item runs
         return tx.audit({"action": "test.item", "time": 1, "actor": name})
 
     return work
 
 
 def test_work_that_arrives_together_is_committed_together_in_order(
-    batch_store: SqliteStore,
+    batch_store: SqlStore, other_store: SqlStore
 ) -> None:
     commits = GroupCommit(batch_store)
-    path = batch_store.path
     release = threading.Event()
     seen: dict[str, int] = {}
     answers: dict[str, tuple[int, int]] = {}  # name -> (its seq, committed size on return)
@@ -59,13 +69,14 @@ def test_work_that_arrives_together_is_committed_together_in_order(
 
     def call(name: str, work: Callable[[PaymentTx], int]) -> None:
         seq = commits.run(work)
-        answers[name] = (seq, _committed_size(path))
+        answers[name] = (seq, other_store.audit_head()[0])
 
     leader = threading.Thread(target=call, args=("leader", leader_work))
     start_and_wait_until_in(leader, "leader_work")
     names = [f"f{i}" for i in range(4)]
     followers = [
-        threading.Thread(target=call, args=(n, _append(n, seen, path)), name=n) for n in names
+        threading.Thread(target=call, args=(n, _append(n, seen, other_store)), name=n)
+        for n in names
     ]
     for f in followers:  # one at a time, so that their order is known
         start_and_wait_until_in(f, "GroupCommit.run")
@@ -83,7 +94,7 @@ def test_work_that_arrives_together_is_committed_together_in_order(
 
 
 def test_a_failing_item_fails_only_its_caller_and_undoes_only_its_writes(
-    batch_store: SqliteStore,
+    batch_store: SqlStore,
 ) -> None:
     commits = GroupCommit(batch_store)
     release = threading.Event()
@@ -128,7 +139,7 @@ class _CommitFails:
     """The real store, except that its batch's commit fails (an injected fault: a
     full disk or a lost file cannot be had on demand)."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqlStore) -> None:
         self._store = store
 
     @contextmanager
@@ -139,7 +150,7 @@ class _CommitFails:
 
 
 def test_a_batch_whose_commit_fails_fails_every_caller_in_it_closed(
-    batch_store: SqliteStore,
+    batch_store: SqlStore,
 ) -> None:
     commits = GroupCommit(_CommitFails(batch_store))  # type: ignore[arg-type]
     release = threading.Event()
@@ -173,14 +184,12 @@ def test_a_batch_whose_commit_fails_fails_every_caller_in_it_closed(
 
 
 def test_a_caller_still_queued_when_its_wait_ends_gives_up_and_decides_nothing(
-    batch_store: SqliteStore,
+    batch_store: SqlStore, other_store: SqlStore
 ) -> None:
     """Another process holds the store's write lock: the batch in front waits for it;
     a caller queued behind whose own wait ends first is refused (the store is busy),
     and its work never runs, not even once the lock is free."""
     commits = GroupCommit(batch_store)
-    holder = sqlite3.connect(batch_store.path, isolation_level=None, timeout=30)
-    holder.execute("BEGIN IMMEDIATE")
     ran: list[str] = []
     results: dict[str, Any] = {}
 
@@ -198,12 +207,9 @@ def test_a_caller_still_queued_when_its_wait_ends_gives_up_and_decides_nothing(
             results[name] = exc
 
     first = threading.Thread(target=call, args=("patient", 60.0))
-    try:
-        start_and_wait_until_in(first, "SqliteConnection._begin")  # waits for the lock
+    with other_store.payment_tx():  # the other process's write transaction, left open
+        start_and_wait_until_in(first, _lock_wait(batch_store))  # waits for the lock
         call("hasty", 0.2)  # queued behind it; its wait ends while the lock is held
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     first.join(60)
     assert isinstance(results["hasty"], StoreError)
     assert results["patient"] == 1 and ran == ["patient"]
@@ -211,22 +217,23 @@ def test_a_caller_still_queued_when_its_wait_ends_gives_up_and_decides_nothing(
 
 
 class _ReleaseFails:
-    """The store's real connection, except that closing a savepoint fails (an injected
-    fault: an I/O error at that statement cannot be had on demand)."""
+    """The store's real connection, except that closing a savepoint fails: it releases
+    a savepoint that does not exist instead, which the database refuses (an I/O error at
+    that statement cannot be had on demand)."""
 
     def __init__(self, conn: Conn) -> None:
         self._conn = conn
 
     def execute(self, sql: str, *args: Any) -> Cursor:
         if sql == "RELEASE item":
-            raise sqlite3.OperationalError("injected: disk I/O error")
+            return self._conn.execute("RELEASE no_such_savepoint")
         return self._conn.execute(sql, *args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 
 
-def test_a_decision_that_cannot_be_closed_fails_its_whole_batch(batch_store: SqliteStore) -> None:
+def test_a_decision_that_cannot_be_closed_fails_its_whole_batch(batch_store: SqlStore) -> None:
     """Its writes are neither kept apart nor undone: the batch commits nothing, rather
     than commit a decision whose caller was told it failed."""
     with pytest.raises(StoreError), batch_store.payment_batch() as batch:
@@ -238,12 +245,12 @@ def test_a_decision_that_cannot_be_closed_fails_its_whole_batch(batch_store: Sql
 
 
 def test_a_store_error_inside_an_item_is_undone_and_reported_as_the_store_s(
-    batch_store: SqliteStore,
+    batch_store: SqlStore,
 ) -> None:
     with batch_store.payment_batch() as batch:
         with pytest.raises(StoreError), batch.item() as tx:
             tx.audit({"action": "test.item", "time": 1, "actor": "undone"})
-            raise sqlite3.OperationalError("injected: the statement failed")
+            tx._conn.execute("INSERT INTO no_such_table VALUES (1)")  # the database refuses it
         with batch.item() as tx:
             tx.audit({"action": "test.item", "time": 1, "actor": "kept"})
     assert batch_store.audit_head()[0] == 1

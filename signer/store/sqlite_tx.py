@@ -249,6 +249,11 @@ class SqlitePaymentTx(SqliteSignatureTx):
         return add_freeze(self._conn, freeze)
 
 
+# What a failed statement raises: sqlite3's errors on SQLite, StoreError on PostgreSQL
+# (:class:`~.postgres_connection.PgConn`).
+_STATEMENT_FAILED = (sqlite3.Error, StoreError)
+
+
 class SqlitePaymentBatch:
     """Several Sign decisions in one transaction (one commit, one fsync): each item is a
     savepoint, so that what one item raises undoes only that item's writes."""
@@ -261,7 +266,7 @@ class SqlitePaymentBatch:
     def item(self) -> Iterator[SqlitePaymentTx]:
         try:
             self._conn.execute("SAVEPOINT item")
-        except sqlite3.Error as exc:
+        except _STATEMENT_FAILED as exc:
             self.broken = True
             raise StoreError(f"cannot open a decision of the batch: {exc}") from None
         try:
@@ -270,7 +275,7 @@ class SqlitePaymentBatch:
             try:
                 self._conn.execute("ROLLBACK TO item")
                 self._conn.execute("RELEASE item")
-            except sqlite3.Error as exc:
+            except _STATEMENT_FAILED as exc:
                 self.broken = True
                 raise StoreError(f"cannot undo a decision of the batch: {exc}") from None
             if isinstance(failed, sqlite3.Error):  # undone: the store failed this decision
@@ -278,7 +283,7 @@ class SqlitePaymentBatch:
             raise
         try:
             self._conn.execute("RELEASE item")
-        except sqlite3.Error as exc:
+        except _STATEMENT_FAILED as exc:
             # Its writes are neither kept apart nor undone: the batch must not commit them
             # while their caller is told the call failed.
             self.broken = True
