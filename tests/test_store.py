@@ -199,6 +199,27 @@ def test_two_stores_race_for_the_last_of_a_budget(tmp_path: Path, stores: Stores
         s.close()
 
 
+def test_a_write_reported_committed_is_committed_even_after_a_failed_statement(
+    tmp_path: Path, stores: Stores
+) -> None:
+    """A statement fails inside a write transaction and its error is caught: SQLite goes
+    on and commits the rest; PostgreSQL can only roll back, and must say so rather than
+    report a commit."""
+    store = stores.open(tmp_path / "s.db")
+    store.migrate()
+    try:
+        with store.payment_tx() as tx:
+            tx.audit(EVENT)
+            with pytest.raises((StoreError, sqlite3.Error)):
+                tx._conn.execute("INSERT INTO no_such_table VALUES (1)")
+        committed = True
+    except StoreError:
+        committed = False
+    assert store.audit_head()[0] == (1 if committed else 0)
+    assert committed is not stores.postgres
+    store.close()
+
+
 def test_signature_is_attached_once(tmp_path: Path, stores: Stores) -> None:
     store = stores.open(tmp_path / "s.db")
     store.migrate()

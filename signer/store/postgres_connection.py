@@ -259,6 +259,11 @@ class PostgresConnection(Connection):
             except BaseException:
                 _rollback(conn)
                 raise
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                # A statement failed and its error was caught: PostgreSQL would answer
+                # COMMIT with a silent rollback, which must not pass for a commit.
+                _rollback(conn)
+                raise StoreError("store unavailable: a statement of the transaction failed")
             try:
                 conn.execute("COMMIT")
             except psycopg.Error as exc:
