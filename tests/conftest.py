@@ -189,7 +189,7 @@ def _cluster_for(request: pytest.FixtureRequest, backend: str) -> PgCluster | No
 @pytest.fixture
 def stores(request: pytest.FixtureRequest, store_backend: str) -> Iterator[Stores]:
     """The test's stores on its backend: ``stores.open(path)``, ``stores.toml(path)``,
-    ``write_config(..., stores=stores)``; closed and dropped when the test ends."""
+    ``write_config(..., stores=stores)``; its stores are closed when the test ends."""
     with stores_on(store_backend, _cluster_for(request, store_backend)) as made:
         yield made
 

@@ -7,9 +7,10 @@ fixtures, or ``make_stack``/``stack``) then runs once per backend, with the ids
 Every other test runs on SQLite as it always did, and no PostgreSQL cluster starts.
 
 A test names a store by a path, as the SQLite store always was named: on PostgreSQL
-each path is a fresh database of its own, made on first use and dropped when the test
-(or the module, for the module's stack) ends. So ``write_config(d, ..., stores=stores)``
-and ``stores.open(d / "state.db")`` are the same store on either backend.
+each path is a fresh database of its own, made on first use. So
+``write_config(d, ..., stores=stores)`` and ``stores.open(d / "state.db")`` are the
+same store on either backend. The databases are not dropped one by one (a DROP
+DATABASE waits for a checkpoint: up to seconds each); they go with the run's cluster.
 """
 
 from __future__ import annotations
@@ -82,16 +83,10 @@ class Stores:
         return store
 
     def close(self) -> None:
-        """Closes what ``open`` opened and drops the databases made for this test."""
+        """Closes what ``open`` opened (its databases stay until the cluster goes)."""
         for store in self._opened:
             store.close()
         self._opened.clear()
-        if self._cluster is not None:
-            if not self._cluster.running:  # a test stopped it: start it to drop its databases
-                self._cluster.start()
-            for url in self._urls.values():
-                self._cluster.drop_database(url)
-        self._urls.clear()
 
 
 @contextmanager
