@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paywarden.policy.vocabulary import (
@@ -30,7 +31,14 @@ from paywarden.signer.store.records import (
     SessionRecord,
     WindowStats,
 )
-from paywarden.signer.store.sqlite import SqliteStore
+from paywarden.signer.store.sql import Conn
+from paywarden.signer.store.sqlite import SqliteStore, SqlStore
+
+from tests.support.backends import Stores
+
+# The tests that take ``stores`` run on SQLite and on PostgreSQL; the query plans and
+# the version-7 backfill are SQLite's.
+pytestmark = pytest.mark.both_backends
 
 DAY = 86_400
 START = 1_750_000_000 - 1_750_000_000 % DAY - 3_600  # an hour before a UTC midnight
@@ -72,7 +80,7 @@ class Held:
 
 @dataclass
 class History:
-    store: SqliteStore
+    store: SqlStore
     now: int = START
     n: int = 0
     reset: dict[str, int] | None = None
@@ -83,7 +91,7 @@ class History:
         self.reset, self.decisions, self.held = {}, [], []
 
 
-def _open_sessions(store: SqliteStore) -> None:
+def _open_sessions(store: SqlStore) -> None:
     for sid in SESSIONS:
         agent = sid.removeprefix("ses_").rsplit("_", 1)[0]
         store.create_session(
@@ -284,7 +292,7 @@ def _check(h: History, data: st.DataObject) -> None:
         spent = dict.fromkeys(ASSETS, 0)
         for x in rows:
             spent[x.r.asset] += x.r.amount_minor
-        assert dict(record.spent_minor) == spent == _live_by_sql(h.store.path, sid, h.now)
+        assert dict(record.spent_minor) == spent == _live_by_sql(h.store, sid, h.now)
         assert live[sid] == spent[asset]
         assert record.payees == len({x.r.payee_key for x in rows})
         assert in_session[sid] == any(x.r.payee_key == payee for x in rows)
@@ -292,19 +300,20 @@ def _check(h: History, data: st.DataObject) -> None:
         assert [line.used for line in record.plan] == used
 
 
-def _live_by_sql(path: Path, session_id: str, now: int) -> dict[str, int]:
-    """The session's spend by the LIVE rule over every one of its reservations."""
+def _live_by_sql(store: SqlStore, session_id: str, now: int) -> dict[str, int]:
+    """The session's spend by the LIVE rule over every one of its reservations (read on
+    a connection of the store's own, outside any transaction)."""
     spent = dict.fromkeys(ASSETS, 0)
-    conn = sqlite3.connect(path)
-    try:
-        for asset, amount in conn.execute(
+
+    def read(conn: Conn) -> list[tuple[Any, ...]]:
+        return conn.execute(
             "SELECT asset, amount_minor FROM reservations"
             f" WHERE session_id = ? AND {sqlite_reads.LIVE}",
             (session_id, now),
-        ):
-            spent[asset] += int(amount)
-    finally:
-        conn.close()
+        ).fetchall()
+
+    for asset, amount in store._read(read):
+        spent[asset] += int(amount)
     return spent
 
 
@@ -347,28 +356,36 @@ def _backfilled(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     return _aggregates(copy)
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(data=st.data())
-def test_facts_equal_a_recomputation_over_the_history(data: st.DataObject) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "s.db"
-        store = SqliteStore(path)
-        try:
-            store.migrate()
-            _open_sessions(store)
-            h = History(store)
-            for _ in range(data.draw(st.integers(1, 40))):
-                data.draw(st.sampled_from(OPERATIONS))(h, data)
-                if data.draw(st.booleans()):
-                    _check(h, data)
-            _check(h, data)
-        finally:
-            store.close()
-        assert _backfilled(path) == _aggregates(path)
+def test_facts_equal_a_recomputation_over_the_history(stores: Stores) -> None:
+    """150 histories on SQLite, each also against the version-7 backfill; fewer on
+    PostgreSQL (each is a database of its own), against the recomputation alone."""
+    examples = 12 if stores.postgres else 150
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(data=st.data())
+    def histories(data: st.DataObject) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "s.db"
+            store = stores.open(path)
+            try:
+                store.migrate()
+                _open_sessions(store)
+                h = History(store)
+                for _ in range(data.draw(st.integers(1, 40))):
+                    data.draw(st.sampled_from(OPERATIONS))(h, data)
+                    if data.draw(st.booleans()):
+                        _check(h, data)
+                _check(h, data)
+            finally:
+                store.close()
+            if not stores.postgres:
+                assert _backfilled(path) == _aggregates(path)
+
+    histories()
 
 
 # -- no read on the signing path scans the history ------------------------------------------
@@ -426,10 +443,10 @@ def test_fact_reads_search_indexes_and_never_scan(tmp_path: Path) -> None:
     conn.close()
 
 
-def test_a_late_signature_counts_from_its_creation_time(tmp_path: Path) -> None:
+def test_a_late_signature_counts_from_its_creation_time(tmp_path: Path, stores: Stores) -> None:
     """An approved payment signed after later payments were: the rolling sums include it
     from when it was made, and the later payments' totals grow by it."""
-    store = SqliteStore(tmp_path / "s.db")
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     _open_sessions(store)
     sid = SESSIONS[0]
@@ -466,11 +483,11 @@ def test_a_late_signature_counts_from_its_creation_time(tmp_path: Path) -> None:
 
 
 def test_an_allowed_payment_never_signed_stops_counting_as_paid_when_it_lapses(
-    tmp_path: Path,
+    tmp_path: Path, stores: Stores
 ) -> None:
     """ "Paid before" is a signed payment, or an allowed one that may still be signed;
     one that lapsed unsigned paid nobody."""
-    store = SqliteStore(tmp_path / "s.db")
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     _open_sessions(store)
     sid = SESSIONS[0]
