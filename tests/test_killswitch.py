@@ -1,9 +1,10 @@
 """Kill switch, circuit breaker, metrics and health against the real ``paywarden serve``.
 
-Every test runs its own server process on its own store (``<tmp>/state.db``) and
-talks to it over mutual TLS. The audit log is read straight from the SQLite file
-(read-only) to prove the ordering claims: a freeze is one audit record, and no
-``sign.decision`` that allows a payment in the frozen scope comes after it until
+Every test runs its own server process on its own store (``<tmp>/state.db``, or a
+database of its own on PostgreSQL: the tests that keep state run on both backends) and
+talks to it over mutual TLS. The audit log is read through a store of the test's own
+on the same database to prove the ordering claims: a freeze is one audit record, and
+no ``sign.decision`` that allows a payment in the frozen scope comes after it until
 the matching ``freeze.clear``.
 """
 
@@ -13,7 +14,6 @@ import base64
 import json
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -38,7 +38,6 @@ from paywarden.v1 import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.attacks.kit import audit_log
 from tests.conftest import make_token
 from tests.helpers import (
     ROOT,
@@ -49,10 +48,13 @@ from tests.helpers import (
     serve,
     write_config,
 )
+from tests.support.backends import Stores
 from tests.support.cli import ctl
 from tests.support.clients import Api
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session
+
+pytestmark = pytest.mark.both_backends
 
 FLEET = tuple(f"fleet-{i}" for i in range(20))
 KEYS = ("payments.v1", "payments.v2")
@@ -165,12 +167,9 @@ def fleet(pki: Pki) -> tuple[str, ...]:
     return FLEET
 
 
-def make_config(
-    directory: Path, token: TestToken, pki: Pki, packs: dict[str, str] | None = None
-) -> Path:
-    return write_config(
-        directory, token, pki, packs=packs or {"base.toml": BASE_PACK, "fleet.toml": FLEET_PACK}
-    )
+def make_config(directory: Path, token: TestToken, pki: Pki, stores: Stores) -> Path:
+    packs = {"base.toml": BASE_PACK, "fleet.toml": FLEET_PACK}
+    return write_config(directory, token, pki, packs=packs, stores=stores)
 
 
 # -- clients ------------------------------------------------------------------------------
@@ -293,15 +292,18 @@ def rpc_error(call: Callable[[], object]) -> tuple[str, str | None]:
     return failure.code().name, reason_of(failure)
 
 
-# -- the store, read-only -------------------------------------------------------------------
+# -- the store, read through a store of the test's own ----------------------------------------
 
 
-def stored_jws(db: Path) -> dict[str, str | None]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+def stored_jws(stores: Stores, db: Path, decision_ids: list[str]) -> dict[str, str | None]:
+    """The JWS the store named by ``db`` holds for each decision (each must be recorded)."""
+    store = stores.open(db)
     try:
-        return dict(conn.execute("SELECT id, jws FROM decisions").fetchall())
+        found = {i: store.get_decision(i) for i in decision_ids}
     finally:
-        conn.close()
+        store.close()
+    assert all(d is not None for d in found.values()), found
+    return {i: d.jws for i, d in found.items() if d is not None}
 
 
 def actions(records: list[dict[str, Any]], action: str) -> list[dict[str, Any]]:
@@ -440,9 +442,9 @@ def pick_scope(scope: str, fleet: Fleet) -> tuple[str, Scope]:
 
 @pytest.mark.parametrize("scope", ["global", "agent", "session", "key"])
 def test_freeze_stops_every_later_signature_while_20_agents_sign(
-    scope: str, tmp_path: Path, token: TestToken, pki: Pki, fleet: tuple[str, ...]
+    scope: str, tmp_path: Path, token: TestToken, pki: Pki, fleet: tuple[str, ...], stores: Stores
 ) -> None:
-    config = make_config(tmp_path, token, pki)
+    config = make_config(tmp_path, token, pki, stores)
     reason = f"incident: freeze {scope} now"
     with running(config, pki) as api:
         crew = Fleet(api, fleet)
@@ -502,7 +504,7 @@ def test_freeze_stops_every_later_signature_while_20_agents_sign(
 
     # what the audit log proves
     db = tmp_path / "state.db"
-    records = audit_log(db)
+    records = stores.audit_log(db)
     by_seq = {r["seq"]: r for r in records}
     (set_rec,) = actions(records, "freeze.set")
     (clear_rec,) = actions(records, "freeze.clear")
@@ -525,7 +527,7 @@ def test_freeze_stops_every_later_signature_while_20_agents_sign(
         assert any(f_set < r["seq"] < f_clear for r in decisions), "other scopes kept deciding"
 
     # every JWS a client received belongs to a decision recorded before the freeze record
-    jws_in_store = stored_jws(db)
+    jws_in_store = stored_jws(stores, db, [a.decision_id for a in attempts if a.decision_id])
     signed = [a for a in attempts if a.signed]
     for a in signed:
         rec = by_decision[a.decision_id]
@@ -583,9 +585,9 @@ def test_freeze_stops_every_later_signature_while_20_agents_sign(
 
 
 def test_freeze_survives_restart_and_ctl_lists_and_lifts_it(
-    tmp_path: Path, token: TestToken, pki: Pki
+    tmp_path: Path, token: TestToken, pki: Pki, stores: Stores
 ) -> None:
-    config = make_config(tmp_path, token, pki)
+    config = make_config(tmp_path, token, pki, stores)
     with running(config, pki) as api:
         sid = api.open_session("agent-1")
         first_req = intent(sid)
@@ -637,7 +639,7 @@ def test_freeze_survives_restart_and_ctl_lists_and_lifts_it(
         out = ctl(api.srv, pki, "unfreeze", "global", "--reason", "nothing to lift")
         assert out.returncode == 0 and "was not frozen" in out.stdout
 
-    records = audit_log(tmp_path / "state.db")
+    records = stores.audit_log(tmp_path / "state.db")
     assert [(r["scope"], r["target"]) for r in actions(records, "freeze.set")] == [
         ("global", ""), ("key", "payments.v2")
     ]  # fmt: skip
@@ -650,9 +652,9 @@ def test_freeze_survives_restart_and_ctl_lists_and_lifts_it(
 
 
 def test_pending_and_approved_payments_are_frozen_until_unfreeze(
-    tmp_path: Path, token: TestToken, pki: Pki
+    tmp_path: Path, token: TestToken, pki: Pki, stores: Stores
 ) -> None:
-    config = make_config(tmp_path, token, pki)
+    config = make_config(tmp_path, token, pki, stores)
     db = tmp_path / "state.db"
     with running(config, pki) as api:
         sid = api.open_session("agent-1")
@@ -675,7 +677,7 @@ def test_pending_and_approved_payments_are_frozen_until_unfreeze(
             retry = api.attempt("agent-1", req)
             assert retry.frozen and not retry.jws, retry
         # nothing was signed: no JWS in the store, no HSM signature
-        assert stored_jws(db)[held.decision_id] is None
+        assert stored_jws(stores, db, [held.decision_id])[held.decision_id] is None
         assert metric(scrape(api.srv), "paywarden_hsm_sign_latency_seconds_count") == hsm_before
 
         assert api.unfreeze("global")
@@ -685,7 +687,7 @@ def test_pending_and_approved_payments_are_frozen_until_unfreeze(
         still = api.attempt("agent-1", waiting_req)
         assert (still.code, still.status, still.jws) == ("OK", signer_pb2.PENDING_APPROVAL, "")
 
-    records = audit_log(db)
+    records = stores.audit_log(db)
     (f_set,) = [r["seq"] for r in actions(records, "freeze.set")]
     (f_clear,) = [r["seq"] for r in actions(records, "freeze.clear")]
     refused = [r for r in actions(records, "sign.refused") if r["reason"] == FROZEN]
@@ -704,9 +706,9 @@ def test_pending_and_approved_payments_are_frozen_until_unfreeze(
 
 
 def test_operators_cannot_sign_or_approve_and_others_cannot_freeze(
-    tmp_path: Path, token: TestToken, pki: Pki
+    tmp_path: Path, token: TestToken, pki: Pki, stores: Stores
 ) -> None:
-    config = make_config(tmp_path, token, pki)
+    config = make_config(tmp_path, token, pki, stores)
     with running(config, pki) as api:
         sid = api.open_session("agent-1")
         held = api.attempt("agent-1", intent(sid, amount="600.00"))
@@ -761,7 +763,7 @@ def test_operators_cannot_sign_or_approve_and_others_cannot_freeze(
         assert api.attempt("agent-2", intent(sid2)).frozen
         assert api.attempt("agent-1", intent(sid)).signed
 
-    records = audit_log(tmp_path / "state.db")
+    records = stores.audit_log(tmp_path / "state.db")
     assert len(actions(records, "freeze.set")) == 1
     assert actions(records, "freeze.clear") == []
     assert not [r for r in records if r["action"].startswith("approval.")]
@@ -770,11 +772,12 @@ def test_operators_cannot_sign_or_approve_and_others_cannot_freeze(
 # -- 6: the circuit breaker ------------------------------------------------------------------
 
 
-def breaker_config(tmp_path: Path, token: TestToken, pki: Pki) -> Path:
+def breaker_config(tmp_path: Path, token: TestToken, pki: Pki, stores: Stores) -> Path:
     return write_config(
         tmp_path,
         token,
         pki,
+        stores=stores,
         packs={
             "rejections.toml": breaker_pack(
                 "brk-rejections", "agent-1", ONLY_ACME, "max_rejections = 3"
@@ -803,9 +806,9 @@ def trip_rejection_breaker(api: ServedApi) -> tuple[str, list[Attempt]]:
 
 
 def test_breaker_freezes_an_agent_after_the_fourth_rejection(
-    tmp_path: Path, token: TestToken, pki: Pki, fleet: tuple[str, ...]
+    tmp_path: Path, token: TestToken, pki: Pki, fleet: tuple[str, ...], stores: Stores
 ) -> None:
-    config = breaker_config(tmp_path, token, pki)
+    config = breaker_config(tmp_path, token, pki, stores)
     with running(config, pki) as api:
         sid, seen = trip_rejection_breaker(api)
         blocked = api.attempt("agent-1", intent(sid))
@@ -832,7 +835,7 @@ def test_breaker_freezes_an_agent_after_the_fourth_rejection(
         ) == (PERMISSION_DENIED, "ROLE_NOT_ALLOWED")
         assert api.attempt("agent-1", intent(sid)).frozen
 
-    records = audit_log(tmp_path / "state.db")
+    records = stores.audit_log(tmp_path / "state.db")
     (trip,) = actions(records, "breaker.freeze")
     assert (trip["scope"], trip["target"], trip["pack_id"]) == (
         "agent",
@@ -860,9 +863,9 @@ def by_id(records: list[dict[str, Any]], decision_id: str) -> dict[str, Any]:
 
 
 def test_breaker_freeze_is_lifted_only_by_an_operator_and_stays_lifted(
-    tmp_path: Path, token: TestToken, pki: Pki, fleet: tuple[str, ...]
+    tmp_path: Path, token: TestToken, pki: Pki, fleet: tuple[str, ...], stores: Stores
 ) -> None:
-    config = breaker_config(tmp_path, token, pki)
+    config = breaker_config(tmp_path, token, pki, stores)
     with running(config, pki) as api:
         sid, _ = trip_rejection_breaker(api)
         assert api.attempt("agent-1", intent(sid)).frozen
@@ -877,9 +880,9 @@ def test_breaker_freeze_is_lifted_only_by_an_operator_and_stays_lifted(
 
 
 def test_payee_spend_and_rate_breakers_trip(
-    tmp_path: Path, token: TestToken, pki: Pki, fleet: tuple[str, ...]
+    tmp_path: Path, token: TestToken, pki: Pki, fleet: tuple[str, ...], stores: Stores
 ) -> None:
-    config = breaker_config(tmp_path, token, pki)
+    config = breaker_config(tmp_path, token, pki, stores)
     with running(config, pki) as api:
         # agent-2: at most 2 distinct payees in the window
         s2 = api.open_session("agent-2")
@@ -925,7 +928,7 @@ def test_payee_spend_and_rate_breakers_trip(
         s_other = api.open_session("agent-1")
         assert api.attempt("agent-1", intent(s_other)).signed
 
-    trips = actions(audit_log(tmp_path / "state.db"), "breaker.freeze")
+    trips = actions(stores.audit_log(tmp_path / "state.db"), "breaker.freeze")
     assert sorted((t["target"], t["pack_id"]) for t in trips) == [
         ("agent-2", "brk-payees"), ("fleet-0", "brk-spend"), ("fleet-1", "brk-rate")
     ]  # fmt: skip
@@ -934,8 +937,10 @@ def test_payee_spend_and_rate_breakers_trip(
 # -- 7: the metrics after a known sequence of calls ------------------------------------------
 
 
-def test_metrics_after_a_known_sequence(tmp_path: Path, token: TestToken, pki: Pki) -> None:
-    config = make_config(tmp_path, token, pki)
+def test_metrics_after_a_known_sequence(
+    tmp_path: Path, token: TestToken, pki: Pki, stores: Stores
+) -> None:
+    config = make_config(tmp_path, token, pki, stores)
     with running(config, pki) as api:
         start = scrape(api.srv)
         assert metric(start, "paywarden_hsm_available") == 1
@@ -1028,9 +1033,9 @@ def test_metrics_after_a_known_sequence(tmp_path: Path, token: TestToken, pki: P
 
 
 def test_time_to_intervention_ignores_signatures_after_the_unfreeze(
-    tmp_path: Path, token: TestToken, pki: Pki
+    tmp_path: Path, token: TestToken, pki: Pki, stores: Stores
 ) -> None:
-    config = make_config(tmp_path, token, pki)
+    config = make_config(tmp_path, token, pki, stores)
     with running(config, pki) as api:
         sid = api.open_session("agent-1")
         assert api.attempt("agent-1", intent(sid)).signed

@@ -15,9 +15,11 @@ DATABASE waits for a checkpoint: up to seconds each); they go with the run's clu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from paywarden.signer.config import StoreConfig
 from paywarden.signer.store.opening import open_store
@@ -81,6 +83,18 @@ class Stores:
         store = open_store(self.config(path))
         self._opened.append(store)
         return store
+
+    def audit_log(self, path: Path) -> list[dict[str, Any]]:
+        """Every audit record of the store named by ``path``, in order, read through a
+        store of its own; fails the test unless they are numbered 1..n."""
+        store = self.open(path)
+        try:
+            size, _root = store.audit_head()
+            records = [json.loads(store.audit_record(seq)) for seq in range(1, size + 1)]
+        finally:
+            store.close()
+        assert [r["seq"] for r in records] == list(range(1, size + 1))
+        return records
 
     def close(self) -> None:
         """Closes what ``open`` opened (its databases stay until the cluster goes)."""
