@@ -245,9 +245,11 @@ def test_close_session_is_idempotent(tmp_path: Path, stores: Stores) -> None:
     store.close()
 
 
-def test_store_cli_inspection_and_export(tmp_path: Path, token: TestToken, pki: Pki) -> None:
-    config = write_config(tmp_path, token, pki)
-    store = SqliteStore(tmp_path / "state.db")
+def test_store_cli_inspection_and_export(
+    tmp_path: Path, token: TestToken, pki: Pki, stores: Stores
+) -> None:
+    config = write_config(tmp_path, token, pki, stores=stores)
+    store = stores.open(tmp_path / "state.db")
     store.migrate()
     store.create_session(_session(), USD2, EVENT)
     store.close()
@@ -261,6 +263,9 @@ def test_store_cli_inspection_and_export(tmp_path: Path, token: TestToken, pki: 
     assert [r["id"] for r in rows] == [_session().id]
     missing = paywarden("store-export", "--config", config, "--table", "nope")
     assert missing.returncode == 1 and "nope" in missing.stderr
+    if stores.password is not None:  # PostgreSQL's: never shown
+        for proc in (info, export, missing):
+            assert stores.password not in proc.stdout + proc.stderr
 
 
 def test_migration_from_version_1_keeps_spend_nonces_and_decisions(tmp_path: Path) -> None:
@@ -368,3 +373,25 @@ def test_read_only_table_readers(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nope"):
         list(sqlite_reads.table_rows(tmp_path / "s.db", "nope"))
     assert (tmp_path / "s.db").read_bytes() == before  # nothing written
+
+
+def test_the_offline_readers_read_either_backend_and_write_nothing(
+    tmp_path: Path, stores: Stores
+) -> None:
+    from paywarden.signer.store import offline_reads
+
+    store = stores.open(tmp_path / "s.db")
+    store.migrate()
+    store.create_session(_session(), USD2, EVENT)
+    store.close()
+    where = stores.config(tmp_path / "s.db")
+    before = stores.audit_log(tmp_path / "s.db")
+    version, counts = offline_reads.table_counts(where)
+    assert version == SCHEMA_VERSION
+    assert dict(counts)["sessions"] == 1 and dict(counts)["audit_log"] == 1
+    assert [name for name, _ in counts] == offline_reads.table_names(where)
+    rows = list(offline_reads.table_rows(where, "sessions"))
+    assert [r["id"] for r in rows] == [_session().id]
+    with pytest.raises(ValueError, match="nope"):
+        list(offline_reads.table_rows(where, "nope"))
+    assert stores.audit_log(tmp_path / "s.db") == before  # nothing written
