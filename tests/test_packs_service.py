@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,6 +30,7 @@ import grpc
 import pytest
 import rfc8785
 from paywarden.signer.store.records import PackRef
+from paywarden.signer.store.sql import Conn
 from paywarden.v1 import signer_pb2
 
 from tests.helpers import Stack, new_nonce, reason_of, sha256_hex
@@ -133,7 +133,10 @@ ops = ["agent-2", "agent-7"]
 decimals = 2
 case_insensitive_payees = true
 """
-pytestmark = pytest.mark.stack(packs=PACKS, extra=EXTRA_CONFIG, timezone=TIMEZONE)
+pytestmark = [
+    pytest.mark.stack(packs=PACKS, extra=EXTRA_CONFIG, timezone=TIMEZONE),
+    pytest.mark.both_backends,
+]
 
 PAID_BEFORE = ("alpha", "bravo", "charlie", "delta")  # agent-2's history under ops v1
 
@@ -691,14 +694,16 @@ def test_the_store_keeps_the_trace_and_pack_as_the_same_json_text(api: Api, stac
         api.signer.Sign, sign_request(stack, sid, amount="50.01"), DENIED, "AMOUNT_ABOVE_MAX"
     )
     decision_id = decision_id_of(err)
-    conn = sqlite3.connect(f"file:{stack.config.store.path}?mode=ro", uri=True)
-    try:
-        trace_text, pack_text = conn.execute(
+
+    def stored(conn: Conn) -> tuple[str, str, list[str]]:
+        """The columns as stored, read as text on the store's own connection."""
+        trace, pack = conn.execute(
             "SELECT trace, pack FROM decisions WHERE id = ?", (decision_id,)
         ).fetchone()
         bodies = [str(b) for (b,) in conn.execute("SELECT body FROM audit_log ORDER BY seq")]
-    finally:
-        conn.close()
+        return trace, pack, bodies
+
+    trace_text, pack_text, bodies = stack.store._read(stored)
     assert pack_text == '{"id": "core", "sha256": "' + sha256_hex(CORE_PACK) + '", "version": 3}'
     trace = json.loads(trace_text)
     assert trace_text == json.dumps(trace)  # json.dumps' own separators, nothing re-sorted
