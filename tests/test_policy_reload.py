@@ -24,16 +24,21 @@ from paywarden.signer.core.reloads import PENDING_SECONDS
 from paywarden.signer.errors import Denied, Forbidden, InvalidInput, PreconditionFailed, Reason
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.store.records import PolicyReload
-from paywarden.signer.store.sqlite import SqliteStore
+from paywarden.signer.store.sqlite import SqlStore
 from paywarden.v1 import control_pb2, control_pb2_grpc
 
 from tests.conftest import MakeStack
 from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_config
+from tests.support.backends import Stores
 from tests.support.cli import ctl, paywarden, pki_script
 from tests.support.clients import Api, served_api, signed
 from tests.support.intents import intent_fields, payment_request
 from tests.support.refusals import refused
 from tests.support.sessions import open_session
+
+# The store-level tests and the in-process stacks run on SQLite and on PostgreSQL; the
+# tests against paywarden serve run on SQLite.
+pytestmark = pytest.mark.both_backends
 
 # -- the store -------------------------------------------------------------------------
 
@@ -47,12 +52,12 @@ def _proposal(rid: str = "rld_1") -> PolicyReload:
     )  # fmt: skip
 
 
-def test_a_pending_reload_is_kept_and_applied_once(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_a_pending_reload_is_kept_and_applied_once(tmp_path: Path, stores: Stores) -> None:
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     store.propose_reload(_proposal(), audit_events.event("policy.reload", None, 100))
     store.close()
-    store = SqliteStore(tmp_path / "s.db")  # a restart keeps it
+    store = stores.open(tmp_path / "s.db")  # a restart keeps it
     assert store.pending_reloads() == [_proposal()]
     files = [("shop.toml", "id = 'shop'\n")]
     audit = audit_events.event("policy.reload_confirm", None, 200)
@@ -68,8 +73,8 @@ def test_a_pending_reload_is_kept_and_applied_once(tmp_path: Path) -> None:
     assert store.audit_head()[0] == 2  # the proposal and the one confirmation
 
 
-def test_an_expired_reload_cannot_be_applied(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_an_expired_reload_cannot_be_applied(tmp_path: Path, stores: Stores) -> None:
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     store.propose_reload(_proposal(), audit_events.event("policy.reload", None, 100))
     audit = audit_events.event("policy.reload_expired", None, 800)
@@ -452,10 +457,10 @@ def test_a_restart_whose_recorded_set_no_longer_builds_fails_closed_if_it_was_gu
     assert "group 'vip' is not defined in the config" in second["old_set_error"]
 
 
-def _record_in_force(tmp_path: Path, packs: dict[str, str], groups: dict[str, list[str]],
-                     timezone: str = "UTC") -> SqliteStore:  # fmt: skip
+def _record_in_force(stores: Stores, tmp_path: Path, packs: dict[str, str],
+                     groups: dict[str, list[str]], timezone: str = "UTC") -> SqlStore:  # fmt: skip
     """A store whose set in force is ``packs`` read with ``groups`` and ``timezone``."""
-    store = SqliteStore(tmp_path / "s.db")
+    store = stores.open(tmp_path / "s.db")
     store.migrate()
     parsed = [parse_pack(t.encode(), tmp_path / n) for n, t in packs.items()]
     built = PolicySet.build(build_pack_set(parsed, groups), ASSETS, timezone)
@@ -468,7 +473,7 @@ def _record_in_force(tmp_path: Path, packs: dict[str, str], groups: dict[str, li
 ASSETS = {"USD": Asset("USD", 2)}
 
 
-def _starting(tmp_path: Path, store: SqliteStore, packs: dict[str, str],
+def _starting(tmp_path: Path, store: SqlStore, packs: dict[str, str],
               groups: dict[str, list[str]], timezone: str = "UTC") -> StartingPacks:  # fmt: skip
     parsed = [parse_pack(t.encode(), tmp_path / n) for n, t in packs.items()]
     now = build_pack_set(parsed, groups)
@@ -476,10 +481,10 @@ def _starting(tmp_path: Path, store: SqliteStore, packs: dict[str, str],
 
 
 def test_a_restart_reads_the_set_in_force_with_the_groups_it_was_built_with(
-    tmp_path: Path,
+    tmp_path: Path, stores: Stores
 ) -> None:
     packs = {"vip.toml": vip("10000.00", guarded=True)}
-    store = _record_in_force(tmp_path, packs, {"vip": ["agent-9"]})
+    store = _record_in_force(stores, tmp_path, packs, {"vip": ["agent-9"]})
     # The same pack files; the config moves agent-2 into the group.
     moved = _starting(tmp_path, store, packs, {"vip": ["agent-9", "agent-2"]})
     assert moved.held and moved.diff is not None and moved.diff.needs_second_operator
@@ -490,12 +495,12 @@ def test_a_restart_reads_the_set_in_force_with_the_groups_it_was_built_with(
     same = _starting(tmp_path, store, packs, {"vip": ["agent-9"]})
     assert same.diff is None and not same.held
     hours = {"vip.toml": vip("10.00", guarded=True) + '\n[hours]\nstart = "08:00"\nend = "18:00"\n'}
-    store = _record_in_force(tmp_path / "tz", hours, {"vip": ["agent-9"]})
+    store = _record_in_force(stores, tmp_path / "tz", hours, {"vip": ["agent-9"]})
     with pytest.raises(StartRefused, match=r"agent agent-9: policy.timezone: hours read in "
                        r"Pacific/Kiritimati instead of UTC.*not starting"):  # fmt: skip
         _starting(tmp_path / "tz", store, hours, {"vip": ["agent-9"]}, "Pacific/Kiritimati")
     unguarded = {"vip.toml": hours["vip.toml"].replace(GUARD, "")}
-    store = _record_in_force(tmp_path / "tz2", unguarded, {"vip": ["agent-9"]})
+    store = _record_in_force(stores, tmp_path / "tz2", unguarded, {"vip": ["agent-9"]})
     taken = _starting(tmp_path / "tz2", store, unguarded, {"vip": ["agent-9"]}, "Asia/Tokyo")
     assert not taken.held and taken.diff is not None
     assert [c.field for c in taken.diff.widening()] == ["policy.timezone"]
