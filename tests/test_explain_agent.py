@@ -40,21 +40,26 @@ from paywarden.signer.store.records import (
     Reservation,
     SessionRecord,
 )
-from paywarden.signer.store.sqlite import SqliteStore
+from paywarden.signer.store.sqlite import SqliteStore, SqlStore
 from paywarden.v1 import control_pb2, sessions_pb2, signer_pb2
 
 from tests.helpers import Pki, ServeProcess, Stack, TestToken, reason_of, write_config
+from tests.support.backends import Stores
 from tests.support.cli import ctl, paywarden
 from tests.support.clients import Api, running_api, signed
 from tests.support.intents import intent_fields, payment_request
 from tests.support.sessions import open_session
+
+# The store's overview and the in-process stacks run on SQLite and on PostgreSQL; the
+# query plans and the tests against paywarden serve on SQLite.
+pytestmark = pytest.mark.both_backends
 
 DAY = 86_400
 T0 = 1_750_000_000 - 1_750_000_000 % DAY + 12 * 3_600  # noon UTC
 RECORD = {"action": "test", "time": 1, "actor": {"role": "system", "id": "test"}}
 
 
-def _session_at(store: SqliteStore, sid: str, agent: str, expires_at: int) -> None:
+def _session_at(store: SqlStore, sid: str, agent: str, expires_at: int) -> None:
     store.create_session(
         SessionRecord(
             id=sid, agent_id=agent, planner_id="planner-1", task_digest="0" * 64,
@@ -67,7 +72,7 @@ def _session_at(store: SqliteStore, sid: str, agent: str, expires_at: int) -> No
 
 
 def _payment(
-    store: SqliteStore, n: int, agent: str, sid: str, amount: int, at: int, *, held: bool = False
+    store: SqlStore, n: int, agent: str, sid: str, amount: int, at: int, *, held: bool = False
 ) -> None:
     with store.payment_tx() as tx:
         decision = DecisionRecord(
@@ -88,8 +93,8 @@ def _payment(
         tx.record_decision(decision, consume_nonce=True, reservation=reservation, approval=approval)
 
 
-def _a_store(path: Path) -> SqliteStore:
-    store = SqliteStore(path)
+def _a_store(store: SqlStore) -> SqlStore:
+    """``store`` migrated, with two agents' sessions, payments and freezes."""
     store.migrate()
     _session_at(store, "ses_open", "agent-1", T0 + 3_600)
     _session_at(store, "ses_later", "agent-1", T0 + 7_200)
@@ -116,9 +121,9 @@ def _a_store(path: Path) -> SqliteStore:
 
 
 def test_the_overview_is_the_agents_own_usage_sessions_approvals_and_freezes(
-    tmp_path: Path,
+    tmp_path: Path, stores: Stores
 ) -> None:
-    store = _a_store(tmp_path / "s.db")
+    store = _a_store(stores.open(tmp_path / "s.db"))
     overview = store.agent_overview(
         "agent-1", assets=["USD"], keys=["payments.v1"], now=T0,
         day_start=T0 - 12 * 3_600, velocity_seconds=2 * 3_600, breaker_seconds=DAY,
@@ -149,7 +154,7 @@ def test_the_overview_is_the_agents_own_usage_sessions_approvals_and_freezes(
 
 def test_the_overview_searches_indexes_and_never_scans(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    _a_store(path).close()
+    _a_store(SqliteStore(path)).close()
     store = SqliteStore(path)
     statements: list[str] = []
     store._conn.set_trace_callback(statements.append)
