@@ -29,10 +29,7 @@ from paywarden.signer.store.sql import Conn
 def breaker_window(conn: Conn, agent_id: str, since: int, payee_key: str) -> WindowStats:
     """The breaker's window: after ``since`` or the agent's last reset by an operator's
     unfreeze, whichever is later."""
-    reset = conn.execute("SELECT at FROM breaker_resets WHERE agent_id = ?", (agent_id,)).fetchone()
-    if reset is not None:
-        since = max(since, int(reset[0]))
-    return facts.window_stats(conn, agent_id, since, payee_key)
+    return facts.window_stats(conn, agent_id, since, payee_key, after_reset=True)
 
 
 def _open_sessions(

@@ -24,6 +24,7 @@ Every query here is an index SEARCH (``tests/test_aggregates.py`` checks the pla
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from paywarden.policy.vocabulary import ReservationStatus, Verdict
 from paywarden.signer.store.records import AgentUsage, InvariantBroken, WindowStats
@@ -171,59 +172,78 @@ def _add_counts(
 
 
 # -- reads -------------------------------------------------------------------------------------
+#
+# A decision's reads of single aggregate rows are made in one statement each time
+# (``SELECT (SELECT …), (SELECT …), …``, which both dialects run): on PostgreSQL every
+# statement is a round trip under the write lock. Each part is a scalar subquery and
+# its parameters (:data:`Part`), read together by :func:`_read`.
+
+Part = tuple[str, tuple[str | int, ...]]
 
 
-def _spend_since(conn: Conn, agent_id: str, asset: str, *after: int) -> list[int]:
-    """Settled spend of the agent in ``asset`` created after each of ``after``."""
+def _read(conn: Conn, parts: list[Part]) -> tuple[Any, ...]:
+    """The values of ``parts``, in their order, read in one statement."""
+    params: list[str | int] = []
+    for _, p in parts:
+        params += p
+    row = conn.execute("SELECT " + ", ".join(sql for sql, _ in parts), params).fetchone()
+    return tuple(row)
+
+
+def _spend_parts(agent_id: str, asset: str, *after: int) -> list[Part]:
+    """The settled spend total of the agent in ``asset``, and that before each of
+    ``after`` (see :func:`_since`)."""
     where = "FROM agent_spend WHERE agent_id = ? AND asset = ?"
-    subqueries = [f"(SELECT total {where} ORDER BY at DESC LIMIT 1)"] + [
-        f"(SELECT total {where} AND at <= ? ORDER BY at DESC LIMIT 1)" for _ in after
+    return [(f"(SELECT total {where} ORDER BY at DESC LIMIT 1)", (agent_id, asset))] + [
+        (f"(SELECT total {where} AND at <= ? ORDER BY at DESC LIMIT 1)", (agent_id, asset, t))
+        for t in after
     ]
-    params: list[str | int] = [agent_id, asset]
-    for t in after:
-        params += [agent_id, asset, t]
-    total, *before = conn.execute("SELECT " + ", ".join(subqueries), params).fetchone()
-    whole = int(total or 0)
-    return [whole - int(b or 0) for b in before]
 
 
-def _count_since(conn: Conn, table: str, column: str, agent_id: str, after: int) -> int:
-    """A settled count of the agent's created after ``after``."""
+def _count_parts(table: str, column: str, agent_id: str, after: int) -> list[Part]:
+    """A settled count's total for the agent and that before ``after``; ``table`` and
+    ``column`` are constants."""
     where = f"FROM {table} WHERE agent_id = ?"
-    total, before = conn.execute(
-        f"SELECT (SELECT {column} {where} ORDER BY at DESC LIMIT 1),"
-        f" (SELECT {column} {where} AND at <= ? ORDER BY at DESC LIMIT 1)",
-        (agent_id, agent_id, after),
-    ).fetchone()
-    return int(total or 0) - int(before or 0)
+    return [
+        (f"(SELECT {column} {where} ORDER BY at DESC LIMIT 1)", (agent_id,)),
+        (f"(SELECT {column} {where} AND at <= ? ORDER BY at DESC LIMIT 1)", (agent_id, after)),
+    ]
 
 
-def _last_paid(conn: Conn, agent_id: str, payee_key: str) -> int | None:
-    """When the agent's latest signed payment to ``payee_key`` was made (None: never)."""
-    row = conn.execute(
-        "SELECT last_at FROM agent_payees WHERE agent_id = ? AND payee_key = ?",
-        (agent_id, payee_key),
-    ).fetchone()
-    return int(row[0]) if row is not None else None
+def _since(total: Any, *before: Any) -> list[int]:
+    """What was added after each point, from a cumulative total and its value before."""
+    return [int(total or 0) - int(b or 0) for b in before]
 
 
-def _payees_since(
-    conn: Conn, agent_id: str, payee_key: str, since: int, held: set[str]
-) -> tuple[int, bool]:
-    """Distinct payees of the agent's settled payments created at or after ``since``
-    and of the ``held`` (open ones'), and whether ``payee_key`` is one of them.
+def _payee_parts(agent_id: str, payee_key: str, since: int) -> list[Part]:
+    """How many payees the agent's settled payments created at or after ``since`` went
+    to, and when its latest signed payment to ``payee_key`` was made (None: never).
     Costs the number of payees paid since then, not the history."""
-    (settled,) = conn.execute(
-        "SELECT COUNT(*) FROM agent_payees WHERE agent_id = ? AND last_at >= ?", (agent_id, since)
-    ).fetchone()
-    extra = 0
-    for payee in held:
-        last = _last_paid(conn, agent_id, payee)
-        if last is None or last < since:
-            extra += 1
-    last = _last_paid(conn, agent_id, payee_key)
-    seen = payee_key in held or (last is not None and last >= since)
-    return int(settled) + extra, seen
+    where = "FROM agent_payees WHERE agent_id = ?"
+    return [
+        (f"(SELECT COUNT(*) {where} AND last_at >= ?)", (agent_id, since)),
+        (f"(SELECT last_at {where} AND payee_key = ?)", (agent_id, payee_key)),
+    ]
+
+
+# The first asset after ``?`` the agent has settled spend in: one index step.
+_NEXT_ASSET = "(SELECT MIN(asset) FROM agent_spend WHERE agent_id = ? AND asset > ?)"
+# When the agent (the second ``?``) last paid an open reservation's payee in a settled
+# payment, for the rows created at or after the first ``?``.
+_HELD_LAST_PAID = (
+    "CASE WHEN reservations.created_at >= ? THEN (SELECT last_at FROM agent_payees"
+    " WHERE agent_payees.agent_id = ? AND agent_payees.payee_key = reservations.payee_key) END"
+)
+
+
+def _payees(
+    settled: Any, last: Any, payee_key: str, since: int, held: dict[str, Any]
+) -> tuple[int, bool]:
+    """Distinct payees paid since ``since``: ``settled`` signed ones (``last``: when
+    ``payee_key`` was last paid) and the ``held`` (open ones', each with when it was
+    last paid) not among them; and whether ``payee_key`` is one of them."""
+    extra = sum(1 for t in held.values() if t is None or t < since)
+    return int(settled) + extra, payee_key in held or (last is not None and last >= since)
 
 
 def agent_usage(
@@ -235,14 +255,21 @@ def agent_usage(
     day_start: int,
     window_seconds: int,
 ) -> AgentUsage:
-    rolling, today = _spend_since(conn, agent_id, asset, now - DAY, day_start - 1)
-    in_window = _count_since(conn, "agent_payments", "total", agent_id, now - window_seconds)
-    paid_before = _last_paid(conn, agent_id, payee_key) is not None
-    held_today: set[str] = set()
-    for a, amount, payee, at, status in conn.execute(
-        "SELECT asset, amount_minor, payee_key, created_at, status FROM reservations"  # noqa: S608
-        f" INDEXED BY reservations_open_agent WHERE agent_id = ? AND expires_at > ? AND {OPEN}",
-        (agent_id, now),
+    total, rolling_before, today_before, paid, paid_before_window, settled, last = _read(
+        conn,
+        _spend_parts(agent_id, asset, now - DAY, day_start - 1)
+        + _count_parts("agent_payments", "total", agent_id, now - window_seconds)
+        + _payee_parts(agent_id, payee_key, day_start),
+    )
+    rolling, today = _since(total, rolling_before, today_before)
+    (in_window,) = _since(paid, paid_before_window)
+    paid_before = last is not None
+    held_today: dict[str, Any] = {}
+    for a, amount, payee, at, status, last_paid in conn.execute(
+        f"SELECT asset, amount_minor, payee_key, created_at, status, {_HELD_LAST_PAID}"  # noqa: S608
+        f" FROM reservations INDEXED BY reservations_open_agent"
+        f" WHERE agent_id = ? AND expires_at > ? AND {OPEN}",
+        (day_start, agent_id, agent_id, now),
     ):
         if a == asset and at > now - DAY:
             rolling += int(amount)
@@ -251,44 +278,56 @@ def agent_usage(
         if at > now - window_seconds:
             in_window += 1
         if at >= day_start:
-            held_today.add(payee)
+            held_today[payee] = last_paid
         if payee == payee_key and status == ReservationStatus.SPENT:
             paid_before = True
-    payees_today, seen_today = _payees_since(conn, agent_id, payee_key, day_start, held_today)
+    payees_today, seen_today = _payees(settled, last, payee_key, day_start, held_today)
     return AgentUsage(rolling, today, in_window, paid_before, payees_today, seen_today)
 
 
-def _assets(conn: Conn, agent_id: str) -> list[str]:
-    """The assets the agent has settled spend in: one index step per asset."""
-    assets: list[str] = []
-    while True:
-        (asset,) = conn.execute(
-            "SELECT MIN(asset) FROM agent_spend WHERE agent_id = ? AND asset > ?",
-            (agent_id, assets[-1] if assets else ""),
-        ).fetchone()
-        if asset is None:
-            return assets
-        assets.append(asset)
-
-
-def window_stats(conn: Conn, agent_id: str, since: int, payee_key: str) -> WindowStats:
-    """Reservations not released and decisions created after ``since``."""
-    decisions = _count_since(conn, "agent_decisions", "decisions", agent_id, since)
-    denials = _count_since(conn, "agent_decisions", "denials", agent_id, since)
-    spend = {a: _spend_since(conn, agent_id, a, since)[0] for a in _assets(conn, agent_id)}
-    held: set[str] = set()
-    for asset, amount, payee in conn.execute(
-        "SELECT asset, amount_minor, payee_key FROM reservations"  # noqa: S608
-        f" INDEXED BY reservations_open_agent_made WHERE agent_id = ? AND created_at > ?"
-        f" AND {OPEN}",
-        (agent_id, since),
+def window_stats(
+    conn: Conn, agent_id: str, since: int, payee_key: str, *, after_reset: bool = False
+) -> WindowStats:
+    """Reservations not released and decisions created after ``since`` (with
+    ``after_reset``: or after the agent's last reset by an operator's unfreeze,
+    whichever is later)."""
+    first: list[Part] = [(_NEXT_ASSET, (agent_id, ""))]
+    if after_reset:
+        first.append(("(SELECT at FROM breaker_resets WHERE agent_id = ?)", (agent_id,)))
+    asset, *reset = _read(conn, first)
+    if reset and reset[0] is not None:
+        since = max(since, int(str(reset[0])))
+    # The counts, the payees, and each asset's spend with the next asset, one asset a statement.
+    parts = (
+        _count_parts("agent_decisions", "decisions", agent_id, since)
+        + _count_parts("agent_decisions", "denials", agent_id, since)
+        + _payee_parts(agent_id, payee_key, since + 1)
+    )
+    spend: dict[str, int] = {}
+    values = None
+    while asset is not None:
+        a = str(asset)
+        got = _read(conn, parts + _spend_parts(agent_id, a, since) + [(_NEXT_ASSET, (agent_id, a))])
+        values = values or got[: len(parts)]
+        spend[a] = _since(*got[len(parts) : len(parts) + 2])[0]
+        asset = got[-1]
+        parts = []
+    if values is None:
+        values = _read(conn, parts)
+    d_total, d_before, n_total, n_before, settled, last = values
+    held: dict[str, Any] = {}
+    for asset, amount, payee, last_paid in conn.execute(
+        f"SELECT asset, amount_minor, payee_key, {_HELD_LAST_PAID}"  # noqa: S608
+        f" FROM reservations INDEXED BY reservations_open_agent_made"
+        f" WHERE agent_id = ? AND created_at > ? AND {OPEN}",
+        (since, agent_id, agent_id, since),
     ):
         spend[asset] = spend.get(asset, 0) + int(amount)
-        held.add(payee)
-    payees, seen = _payees_since(conn, agent_id, payee_key, since + 1, held)
+        held[payee] = last_paid
+    payees, seen = _payees(settled, last, payee_key, since + 1, held)
     return WindowStats(
-        decisions=decisions,
-        denials=denials,
+        decisions=_since(d_total, d_before)[0],
+        denials=_since(n_total, n_before)[0],
         spend_minor={a: v for a, v in spend.items() if v},
         payees=payees,
         payee_seen=seen,
