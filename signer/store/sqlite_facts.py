@@ -43,19 +43,24 @@ OPEN = "signed = 0 AND status != 'released'"
 def settle(conn: Conn, decision_id: str) -> None:
     """Moves a reservation into the aggregates once it is both spent and signed (in
     either order); nothing if it is not, or was settled already."""
+    # With it, the rows it adds to: its session's spend and the agent's latest spend row.
+    latest = "FROM agent_spend s WHERE s.agent_id = r.agent_id AND s.asset = r.asset"
     row = conn.execute(
-        "SELECT r.agent_id, r.session_id, r.asset, r.payee_key, r.amount_minor, r.created_at,"
-        " r.plan_line FROM reservations r JOIN decisions d ON d.id = r.decision_id"
+        "SELECT r.agent_id, r.session_id, r.asset, r.payee_key, r.amount_minor, r.created_at,"  # noqa: S608 - constant text
+        f" r.plan_line, b.spent_minor, (SELECT s.at {latest} ORDER BY s.at DESC LIMIT 1),"
+        f" (SELECT s.total {latest} ORDER BY s.at DESC LIMIT 1)"
+        " FROM reservations r JOIN decisions d ON d.id = r.decision_id LEFT JOIN session_budgets b"
+        " ON b.session_id = r.session_id AND b.asset = r.asset"
         " WHERE r.decision_id = ? AND r.signed = 0 AND r.status = 'spent'"
         " AND d.jws IS NOT NULL",
         (decision_id,),
     ).fetchone()
     if row is None:
         return
-    agent_id, session_id, asset, payee_key, amount_text, at, plan_line = row
+    agent_id, session_id, asset, payee_key, amount_text, at, plan_line, spent, *newest = row
     amount = int(amount_text)
     conn.execute("UPDATE reservations SET signed = 1 WHERE decision_id = ?", (decision_id,))
-    _add_spend(conn, agent_id, asset, at, amount)
+    _add_spend(conn, agent_id, asset, at, amount, None if newest[0] is None else newest)
     _add_counts(conn, "agent_payments", ("total",), agent_id, at, (1,))
     conn.execute(
         "INSERT INTO agent_payees (agent_id, payee_key, first_at, last_at) VALUES (?, ?, ?, ?)"
@@ -66,15 +71,11 @@ def settle(conn: Conn, decision_id: str) -> None:
         " THEN excluded.last_at ELSE agent_payees.last_at END",
         (agent_id, payee_key, at, at),
     )
-    spent = conn.execute(
-        "SELECT spent_minor FROM session_budgets WHERE session_id = ? AND asset = ?",
-        (session_id, asset),
-    ).fetchone()
     if spent is None:
         raise InvariantBroken(f"a signed payment in {asset}, which its session has no budget in")
     conn.execute(
         "UPDATE session_budgets SET spent_minor = ? WHERE session_id = ? AND asset = ?",
-        (str(int(spent[0]) + amount), session_id, asset),
+        (str(int(spent) + amount), session_id, asset),
     )
     added = conn.execute(
         "INSERT INTO session_payees (session_id, payee_key) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -97,15 +98,13 @@ def count_decision(conn: Conn, agent_id: str, at: int, outcome: str) -> None:
     _add_counts(conn, "agent_decisions", ("decisions", "denials"), agent_id, at, (1, denied))
 
 
-def _add_spend(conn: Conn, agent_id: str, asset: str, at: int, amount: int) -> None:
+def _add_spend(
+    conn: Conn, agent_id: str, asset: str, at: int, amount: int, latest: list[Any] | None
+) -> None:
     # The row at ``at`` starts from the total before it; it and every later row grow
     # by ``amount``. Later rows exist only when a payment is signed after others made
-    # after it (an approval): at most the maximum expiry's seconds of them.
-    latest = conn.execute(
-        "SELECT at, total FROM agent_spend WHERE agent_id = ? AND asset = ?"
-        " ORDER BY at DESC LIMIT 1",
-        (agent_id, asset),
-    ).fetchone()
+    # after it (an approval): at most the maximum expiry's seconds of them. ``latest``:
+    # the agent's newest row in ``asset`` (at, total), None if it has none.
     if latest is None or latest[0] <= at:  # the usual case: the newest row
         total = int(latest[1]) if latest is not None else 0
         conn.execute(
@@ -138,21 +137,18 @@ def _add_counts(
     at: int,
     deltas: tuple[int, ...],
 ) -> None:
-    # As _add_spend, for integer counts; ``table`` and ``columns`` are constants.
+    # As _add_spend, for integer counts; ``table`` and ``columns`` are constants. The
+    # usual case in one statement: no row after ``at``, the newest total plus ``deltas``.
     names = ", ".join(columns)
-    latest = conn.execute(
-        f"SELECT at, {names} FROM {table} WHERE agent_id = ?"  # noqa: S608
-        " ORDER BY at DESC LIMIT 1",
-        (agent_id,),
-    ).fetchone()
-    if latest is None or latest[0] <= at:  # the usual case: the newest row
-        before = latest[1:] if latest is not None else (0,) * len(columns)
-        conn.execute(
-            f"INSERT INTO {table} (agent_id, at, {names})"  # noqa: S608
-            f" VALUES (?, ?{', ?' * len(columns)}) ON CONFLICT (agent_id, at) DO UPDATE SET"
-            f" {', '.join(f'{c} = excluded.{c}' for c in columns)}",
-            (agent_id, at, *(b + d for b, d in zip(before, deltas, strict=True))),
-        )
+    newest = f"FROM {table} WHERE agent_id = ? ORDER BY at DESC LIMIT 1"
+    values = ", ".join(f"COALESCE((SELECT {c} {newest}), 0) + ?" for c in columns)
+    if conn.execute(
+        f"INSERT INTO {table} (agent_id, at, {names}) SELECT ?, ?, {values}"  # noqa: S608
+        f" WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE agent_id = ? AND at > ?)"
+        f" ON CONFLICT (agent_id, at) DO UPDATE SET"
+        f" {', '.join(f'{c} = excluded.{c}' for c in columns)}",
+        (agent_id, at, *(x for d in deltas for x in (agent_id, d)), agent_id, at),
+    ).rowcount:
         return
     before = conn.execute(
         f"SELECT {names} FROM {table} WHERE agent_id = ? AND at < ?"  # noqa: S608
