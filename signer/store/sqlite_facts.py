@@ -380,17 +380,15 @@ def payee_in_session(conn: Conn, session_id: str, payee_key: str, now: int) -> b
 
 
 def live_spend(conn: Conn, session_id: str, asset: str, now: int) -> int:
-    row = conn.execute(
-        "SELECT spent_minor FROM session_budgets WHERE session_id = ? AND asset = ?",
-        (session_id, asset),
-    ).fetchone()
-    settled = int(row[0]) if row is not None else 0
-    return settled + sum(
+    """The session's settled spend in ``asset`` plus its open reservations', in one
+    statement (both are decimal TEXT, summed here)."""
+    return sum(
         int(amount)
         for (amount,) in conn.execute(
-            "SELECT amount_minor FROM reservations"  # noqa: S608
+            "SELECT spent_minor FROM session_budgets WHERE session_id = ? AND asset = ?"  # noqa: S608
+            " UNION ALL SELECT amount_minor FROM reservations"
             f" INDEXED BY reservations_open_session WHERE session_id = ? AND expires_at > ?"
             f" AND {OPEN} AND asset = ?",
-            (session_id, now, asset),
+            (session_id, asset, session_id, now, asset),
         )
     )
