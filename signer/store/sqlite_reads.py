@@ -188,14 +188,12 @@ def approval(conn: Conn, where: str, key: str) -> ApprovalRecord | None:
 
 
 def audit_state(conn: Conn) -> AuditState:
-    size, frontier_json = conn.execute(
-        "SELECT size, frontier FROM audit_state WHERE id = 1"
+    size, frontier_json, body = conn.execute(  # with the record at the log's head, by key
+        "SELECT size, frontier, (SELECT body FROM audit_log WHERE seq = audit_state.size)"
+        " FROM audit_state WHERE id = 1"
     ).fetchone()
     head_time = None
     if size:
-        (body,) = conn.execute(  # O(1): the record at the log's head, by key
-            "SELECT body FROM audit_log WHERE seq = ?", (size,)
-        ).fetchone() or (None,)
         head = _time_of(body)
         if isinstance(head, int) and not isinstance(head, bool):
             head_time = head
