@@ -43,23 +43,23 @@ OPEN = "signed = 0 AND status != 'released'"
 def settle(conn: Conn, decision_id: str) -> None:
     """Moves a reservation into the aggregates once it is both spent and signed (in
     either order); nothing if it is not, or was settled already."""
-    # With it, the rows it adds to: its session's spend and the agent's latest spend row.
-    latest = "FROM agent_spend s WHERE s.agent_id = r.agent_id AND s.asset = r.asset"
-    row = conn.execute(
-        "SELECT r.agent_id, r.session_id, r.asset, r.payee_key, r.amount_minor, r.created_at,"  # noqa: S608 - constant text
-        f" r.plan_line, b.spent_minor, (SELECT s.at {latest} ORDER BY s.at DESC LIMIT 1),"
-        f" (SELECT s.total {latest} ORDER BY s.at DESC LIMIT 1)"
-        " FROM reservations r JOIN decisions d ON d.id = r.decision_id LEFT JOIN session_budgets b"
-        " ON b.session_id = r.session_id AND b.asset = r.asset"
-        " WHERE r.decision_id = ? AND r.signed = 0 AND r.status = 'spent'"
-        " AND d.jws IS NOT NULL",
-        (decision_id,),
-    ).fetchone()
-    if row is None:
+    # Marked signed, returning with it the rows it adds to: its session's spend and the
+    # agent's newest spend row (one statement; RETURNING: SQLite 3.35, PostgreSQL).
+    r = "reservations"
+    latest = f"FROM agent_spend s WHERE s.agent_id = {r}.agent_id AND s.asset = {r}.asset"
+    rows = conn.execute(
+        "UPDATE reservations SET signed = 1 WHERE decision_id = ? AND signed = 0"  # noqa: S608 - constant text
+        " AND status = 'spent' AND (SELECT jws FROM decisions WHERE id = ?) IS NOT NULL"
+        " RETURNING agent_id, session_id, asset, payee_key, amount_minor, created_at, plan_line,"
+        f" (SELECT b.spent_minor FROM session_budgets b WHERE b.session_id = {r}.session_id"
+        f" AND b.asset = {r}.asset), (SELECT s.at {latest} ORDER BY s.at DESC LIMIT 1),"
+        f" (SELECT s.total {latest} ORDER BY s.at DESC LIMIT 1)",
+        (decision_id, decision_id),
+    ).fetchall()
+    if not rows:
         return
-    agent_id, session_id, asset, payee_key, amount_text, at, plan_line, spent, *newest = row
+    agent_id, session_id, asset, payee_key, amount_text, at, plan_line, spent, *newest = rows[0]
     amount = int(amount_text)
-    conn.execute("UPDATE reservations SET signed = 1 WHERE decision_id = ?", (decision_id,))
     _add_spend(conn, agent_id, asset, at, amount, None if newest[0] is None else newest)
     _add_counts(conn, "agent_payments", ("total",), agent_id, at, (1,))
     conn.execute(
