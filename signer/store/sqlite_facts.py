@@ -44,24 +44,26 @@ def settle(conn: Conn, decision_id: str) -> None:
     """Moves a reservation into the aggregates once it is both spent and signed (in
     either order); nothing if it is not, or was settled already."""
     # Marked signed, returning with it the rows it adds to: its session's spend and the
-    # agent's newest spend row (one statement; RETURNING: SQLite 3.35, PostgreSQL).
+    # agent's newest spend and payments rows (one statement; RETURNING: SQLite 3.35).
     r = "reservations"
     latest = f"FROM agent_spend s WHERE s.agent_id = {r}.agent_id AND s.asset = {r}.asset"
+    paid = f"FROM agent_payments p WHERE p.agent_id = {r}.agent_id ORDER BY p.at DESC LIMIT 1"
     rows = conn.execute(
         "UPDATE reservations SET signed = 1 WHERE decision_id = ? AND signed = 0"  # noqa: S608 - constant text
         " AND status = 'spent' AND (SELECT jws FROM decisions WHERE id = ?) IS NOT NULL"
         " RETURNING agent_id, session_id, asset, payee_key, amount_minor, created_at, plan_line,"
         f" (SELECT b.spent_minor FROM session_budgets b WHERE b.session_id = {r}.session_id"
         f" AND b.asset = {r}.asset), (SELECT s.at {latest} ORDER BY s.at DESC LIMIT 1),"
-        f" (SELECT s.total {latest} ORDER BY s.at DESC LIMIT 1)",
+        f" (SELECT s.total {latest} ORDER BY s.at DESC LIMIT 1),"
+        f" (SELECT p.at {paid}), (SELECT p.total {paid})",
         (decision_id, decision_id),
     ).fetchall()
     if not rows:
         return
     agent_id, session_id, asset, payee_key, amount_text, at, plan_line, spent, *newest = rows[0]
     amount = int(amount_text)
-    _add_spend(conn, agent_id, asset, at, amount, None if newest[0] is None else newest)
-    _add_counts(conn, "agent_payments", ("total",), agent_id, at, (1,))
+    _add_spend(conn, agent_id, asset, at, amount, None if newest[0] is None else newest[:2])
+    _add_counts(conn, "agent_payments", ("total",), agent_id, at, (1,), newest[2:])
     conn.execute(
         "INSERT INTO agent_payees (agent_id, payee_key, first_at, last_at) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (agent_id, payee_key) DO UPDATE SET"
@@ -94,8 +96,14 @@ def settle(conn: Conn, decision_id: str) -> None:
 
 def count_decision(conn: Conn, agent_id: str, at: int, outcome: str) -> None:
     """Counts a recorded decision (and a denial) for the breaker's window."""
-    denied = 1 if outcome == Verdict.DENY else 0
-    _add_counts(conn, "agent_decisions", ("decisions", "denials"), agent_id, at, (1, denied))
+    newest = conn.execute(
+        "SELECT at, decisions, denials FROM agent_decisions WHERE agent_id = ?"
+        " ORDER BY at DESC LIMIT 1",
+        (agent_id,),
+    ).fetchone()
+    deltas = (1, 1 if outcome == Verdict.DENY else 0)
+    columns = ("decisions", "denials")
+    _add_counts(conn, "agent_decisions", columns, agent_id, at, deltas, newest or [None])
 
 
 def _add_spend(
@@ -136,19 +144,18 @@ def _add_counts(
     agent_id: str,
     at: int,
     deltas: tuple[int, ...],
+    latest: list[Any],
 ) -> None:
-    # As _add_spend, for integer counts; ``table`` and ``columns`` are constants. The
-    # usual case in one statement: no row after ``at``, the newest total plus ``deltas``.
+    # As _add_spend, for integer counts (``table``, ``columns``: constants; no row: [None]).
     names = ", ".join(columns)
-    newest = f"FROM {table} WHERE agent_id = ? ORDER BY at DESC LIMIT 1"
-    values = ", ".join(f"COALESCE((SELECT {c} {newest}), 0) + ?" for c in columns)
-    if conn.execute(
-        f"INSERT INTO {table} (agent_id, at, {names}) SELECT ?, ?, {values}"  # noqa: S608
-        f" WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE agent_id = ? AND at > ?)"
-        f" ON CONFLICT (agent_id, at) DO UPDATE SET"
-        f" {', '.join(f'{c} = excluded.{c}' for c in columns)}",
-        (agent_id, at, *(x for d in deltas for x in (agent_id, d)), agent_id, at),
-    ).rowcount:
+    if latest[0] is None or latest[0] <= at:  # the usual case: the newest row
+        before = latest[1:] if latest[0] is not None else (0,) * len(columns)
+        conn.execute(
+            f"INSERT INTO {table} (agent_id, at, {names})"  # noqa: S608
+            f" VALUES (?, ?{', ?' * len(columns)}) ON CONFLICT (agent_id, at) DO UPDATE SET"
+            f" {', '.join(f'{c} = excluded.{c}' for c in columns)}",
+            (agent_id, at, *(int(b) + d for b, d in zip(before, deltas, strict=True))),
+        )
         return
     before = conn.execute(
         f"SELECT {names} FROM {table} WHERE agent_id = ? AND at < ?"  # noqa: S608
@@ -169,10 +176,9 @@ def _add_counts(
 
 # -- reads -------------------------------------------------------------------------------------
 #
-# A decision's reads of single aggregate rows are made in one statement each time
-# (``SELECT (SELECT …), (SELECT …), …``, which both dialects run): on PostgreSQL every
-# statement is a round trip under the write lock. Each part is a scalar subquery and
-# its parameters (:data:`Part`), read together by :func:`_read`.
+# A decision's single-row reads are made together, ``SELECT (SELECT …), (SELECT …), …``
+# (on PostgreSQL every statement is a round trip under the write lock): each a scalar
+# subquery and its parameters (:data:`Part`), read by :func:`_read`.
 
 Part = tuple[str, tuple[str | int, ...]]
 
