@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from paywarden.signer.api.admission import Admission, AdmissionInterceptor
 from paywarden.signer.config import ServerConfig
 from paywarden.signer.deadlines import Gate
-from paywarden.signer.errors import Reason, Unavailable
+from paywarden.signer.errors import Forbidden, Reason, Unavailable
 from paywarden.signer.identity import Authenticator, Principal
 from paywarden.v1 import control_pb2
 
@@ -169,5 +169,15 @@ def test_a_stopping_signer_says_so_before_it_reads_the_store(pki: Pki) -> None:
     gate.close(time.monotonic() + GRACE)
     assert refused("/paywarden.v1.Signer/Sign") == "SHUTTING_DOWN"
     assert refused("/paywarden.v1.Control/Freeze") == "SHUTTING_DOWN"
-    # health is not ours to close: its answer (NOT_SERVING) is how callers learn of the stop
-    assert refused("/grpc.health.v1.Health/Check") == "STORE_UNAVAILABLE"
+    # health is not ours to close: it is admitted (revocations it cannot read decide no
+    # status question) and its answer, NOT_SERVING, is how callers learn of the stop
+    health = _Context(agent)
+    ticket = interceptor.admit("/grpc.health.v1.Health/Check", health, streaming=False)  # type: ignore[arg-type]
+    interceptor._admission.leave(ticket)
+    assert health.status is None
+
+    def revoked(principal: Principal, serial: str) -> None:  # readable, and revoked
+        raise Forbidden(Reason.IDENTITY_REVOKED, "revoked")
+
+    auth.check_revocations(revoked)
+    assert refused("/grpc.health.v1.Health/Check") == "IDENTITY_REVOKED"
