@@ -24,23 +24,13 @@ import time
 from pathlib import Path
 
 import grpc
+from demo import channel  # scripts/demo.py: the dev PKI's mutual-TLS channel
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, sessions_pb2_grpc, signer_pb2, signer_pb2_grpc
 
 PAYEES = ("api.example", "weather-data-inc")
-
-
-def channel(addr: str, pki: Path, role: str, principal: str) -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=(pki / "ca.crt").read_bytes(),
-        private_key=(pki / f"{role}-{principal}.key").read_bytes(),
-        certificate_chain=(pki / f"{role}-{principal}.crt").read_bytes(),
-    )
-    return grpc.secure_channel(
-        addr, creds, options=[("grpc.ssl_target_name_override", "localhost")]
-    )
 
 
 def open_session(addr: str, pki: Path) -> str:
