@@ -26,6 +26,7 @@ from paywarden.signer.cli.support import CliExit, config_from_args
 from paywarden.signer.config import StoreConfig
 from paywarden.signer.config_file import ConfigError, load_config
 from paywarden.signer.store import offline_reads
+from paywarden.signer.store.opening import location
 from paywarden.signer.store.records import StoreError
 
 
@@ -75,7 +76,7 @@ def _store_info(args: argparse.Namespace) -> int:
         version, counts = offline_reads.table_counts(store)
     except StoreError as exc:
         raise CliExit(1, str(exc)) from None
-    print(f"store {offline_reads.describe(store)} schema version {version}")
+    print(f"store {location(store)} schema version {version}")
     for name, count in counts:
         print(f"  {name}: {count} rows")
     return 0

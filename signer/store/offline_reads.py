@@ -16,14 +16,13 @@ from typing import Any
 
 from paywarden.signer.config import StoreConfig
 from paywarden.signer.store import postgres_reads, sqlite_reads
-from paywarden.signer.store.opening import location, password
+from paywarden.signer.store.opening import password
 from paywarden.signer.store.records import Checkpoint, StoreError
 from paywarden.signer.store.sqlite_reads import AuditSnapshot
 
 __all__ = [
     "AuditSnapshot",
     "audit_log_snapshot",
-    "describe",
     "read_audit_log",
     "signed_payments",
     "sqlite_file",
@@ -36,11 +35,6 @@ __all__ = [
 def sqlite_file(path: Path) -> StoreConfig:
     """The store of a ``--db PATH`` option: always a SQLite file."""
     return StoreConfig(path=path)
-
-
-def describe(config: StoreConfig) -> str:
-    """Where the store is, for output (no password)."""
-    return location(config)
 
 
 def _path(config: StoreConfig) -> Path:
