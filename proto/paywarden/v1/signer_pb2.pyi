@@ -1,3 +1,4 @@
+from paywarden.v1 import control_pb2 as _control_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -12,9 +13,20 @@ class SignStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SIGN_STATUS_UNSPECIFIED: _ClassVar[SignStatus]
     SIGNED: _ClassVar[SignStatus]
     PENDING_APPROVAL: _ClassVar[SignStatus]
+
+class PaymentStanding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PAYMENT_STANDING_UNSPECIFIED: _ClassVar[PaymentStanding]
+    VALID: _ClassVar[PaymentStanding]
+    VOIDED: _ClassVar[PaymentStanding]
+    EXPIRED: _ClassVar[PaymentStanding]
 SIGN_STATUS_UNSPECIFIED: SignStatus
 SIGNED: SignStatus
 PENDING_APPROVAL: SignStatus
+PAYMENT_STANDING_UNSPECIFIED: PaymentStanding
+VALID: PaymentStanding
+VOIDED: PaymentStanding
+EXPIRED: PaymentStanding
 
 class PaymentIntent(_message.Message):
     __slots__ = ("session_id", "key_id", "payee", "amount", "asset", "reference", "purpose", "nonce", "expires_at")
@@ -89,3 +101,63 @@ class PublicKey(_message.Message):
     state: str
     revoked_at: int
     def __init__(self, key_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., spki_pem: _Optional[str] = ..., state: _Optional[str] = ..., revoked_at: _Optional[int] = ...) -> None: ...
+
+class CheckPaymentRequest(_message.Message):
+    __slots__ = ("decision_id",)
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    def __init__(self, decision_id: _Optional[str] = ...) -> None: ...
+
+class CheckPaymentResponse(_message.Message):
+    __slots__ = ("standing", "reason", "detail", "decision_id", "payee", "amount", "asset", "key_id", "expires_at", "checked_at")
+    STANDING_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYEE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_AT_FIELD_NUMBER: _ClassVar[int]
+    standing: PaymentStanding
+    reason: str
+    detail: str
+    decision_id: str
+    payee: str
+    amount: str
+    asset: str
+    key_id: str
+    expires_at: int
+    checked_at: int
+    def __init__(self, standing: _Optional[_Union[PaymentStanding, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., decision_id: _Optional[str] = ..., payee: _Optional[str] = ..., amount: _Optional[str] = ..., asset: _Optional[str] = ..., key_id: _Optional[str] = ..., expires_at: _Optional[int] = ..., checked_at: _Optional[int] = ...) -> None: ...
+
+class GetReceiptRequest(_message.Message):
+    __slots__ = ("decision_id", "audit_seq")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    audit_seq: int
+    def __init__(self, decision_id: _Optional[str] = ..., audit_seq: _Optional[int] = ...) -> None: ...
+
+class Receipt(_message.Message):
+    __slots__ = ("body", "signature", "key_id")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    body: str
+    signature: str
+    key_id: str
+    def __init__(self, body: _Optional[str] = ..., signature: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class GetReceiptResponse(_message.Message):
+    __slots__ = ("receipt", "checkpoint", "inclusion_proof", "audit_public_key_pem")
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    INCLUSION_PROOF_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    receipt: Receipt
+    checkpoint: _control_pb2.SignedCheckpoint
+    inclusion_proof: _containers.RepeatedScalarFieldContainer[str]
+    audit_public_key_pem: str
+    def __init__(self, receipt: _Optional[_Union[Receipt, _Mapping]] = ..., checkpoint: _Optional[_Union[_control_pb2.SignedCheckpoint, _Mapping]] = ..., inclusion_proof: _Optional[_Iterable[str]] = ..., audit_public_key_pem: _Optional[str] = ...) -> None: ...
