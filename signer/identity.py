@@ -35,6 +35,8 @@ class Role(StrEnum):
     PLANNER = "planner"
     APPROVER = "approver"
     OPERATOR = "operator"
+    # Receives payments: may read the public keys and ask after a payment that names it.
+    PAYEE = "payee"
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,8 @@ PLANNERS = ("planner-1", "planner-2")
 # under another role, to show that nobody approves its own request or session.
 APPROVERS = ("approver-1", "approver-2", "approver-3", "agent-1", "planner-1")
 OPERATORS = ("operator-1",)
+# Payees that receive the tests' payments (acme-weather is the usual payee).
+PAYEES = ("payee-1", "acme-weather")
 KEYS = ("payments.v1", "payments.v2", "audit.v1")
 
 
@@ -121,6 +123,7 @@ def make_pki(base: Path, trust_domain: str = "paywarden.test") -> Pki:
         ("planner", PLANNERS),
         ("approver", APPROVERS),
         ("operator", OPERATORS),
+        ("payee", PAYEES),
     ):
         for principal in ids:
             _run_python_checked(

@@ -61,6 +61,7 @@ PRINCIPAL_OF = {
     Role.PLANNER: "planner-1",
     Role.APPROVER: "approver-1",
     Role.OPERATOR: "operator-1",
+    Role.PAYEE: "payee-1",
 }
 TASK = "buy one weather dataset for the forecast report"
 SESSION_ID = re.compile(r"^ses_[A-Za-z0-9_-]{43}$")

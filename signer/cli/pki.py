@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paywarden.signer.identity import PRINCIPAL_ID
 
-ROLES = ("agent", "planner", "approver", "operator")
+ROLES = ("agent", "planner", "approver", "operator", "payee")
 
 
 def _replace(path: Path, data: bytes, mode: int) -> None:

@@ -67,8 +67,8 @@ class SignerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPublicKeys(self, request, context):
-        """Roles: agent, planner, approver, operator. The public payment keys as a
-        JWKS document, so that any JOSE library can verify a payment.
+        """Roles: agent, planner, approver, operator, payee. The public payment keys
+        as a JWKS document, so that any JOSE library can verify a payment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
