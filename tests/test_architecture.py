@@ -30,8 +30,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGES = ("paywarden.signer", "paywarden.policy", "paywarden.hsm")
-GRPC_LAYERS = ("paywarden.signer.api", "paywarden.signer.cli")
+PACKAGES = (
+    "paywarden.signer",
+    "paywarden.policy",
+    "paywarden.hsm",
+    "paywarden.verify",
+    "paywarden.client",
+)
+GRPC_LAYERS = ("paywarden.signer.api", "paywarden.signer.cli", "paywarden.client")
 MAX_LINES = 400
 
 # Lowest first. A module belongs to the part with the longest name that prefixes its own
@@ -40,12 +46,12 @@ MAX_LINES = 400
 # layer; two parts of one layer import nothing from each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("paywarden.policy.vocabulary",),
-    ("paywarden.policy", "paywarden.hsm"),
+    ("paywarden.policy", "paywarden.hsm", "paywarden.verify"),
     ("paywarden.signer",),
     ("paywarden.signer.auditlog",),
     ("paywarden.signer.store",),
     ("paywarden.signer.core",),
-    ("paywarden.signer.api",),
+    ("paywarden.signer.api", "paywarden.client"),
     ("paywarden.signer.cli",),
 )
 # The command lines import the gRPC edge only to start the server (``paywarden serve``).
