@@ -17,6 +17,7 @@ from paywarden.signer.cli import (
     approvals,
     audit,
     ctl,
+    demo,
     explain,
     policy_diff,
     policy_lint,
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     explain_parser = sub.add_parser("explain", help="operator: what an agent can do now (mTLS)")
     explain.add_arguments(explain_parser)
     explain_parser.set_defaults(fn=explain.run)
+    demo.add_arguments(sub.add_parser("demo", help="a guided story on a throwaway signer"))
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)
