@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
             code = _play(root, out, report)
         out.note(f"kept {root}" if args.keep else f"removed {root}")
     except KeyboardInterrupt:
-        print("paywarden: demo interrupted; signer stopped, files removed", file=sys.stderr)
+        where = report.get("workdir")
+        gone = f"; {where} removed" if where and not args.keep else ""
+        print(f"paywarden: demo interrupted; the signer is stopped{gone}", file=sys.stderr)
         return 130
     except _Stopped:
         return 143
@@ -94,9 +96,12 @@ def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 @contextmanager
 def _workdir(keep: Path | None) -> Iterator[Path]:
     if keep is not None:
-        keep.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if any(keep.iterdir()):
-            raise DemoError(f"--keep {keep}: the directory is not empty")
+        try:
+            keep.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if any(keep.iterdir()):
+                raise DemoError(f"--keep {keep}: the directory is not empty")
+        except OSError as exc:
+            raise DemoError(f"--keep {keep}: {exc.strerror}") from None
         yield keep.resolve()
         return
     root = Path(tempfile.mkdtemp(prefix="paywarden-demo-"))
@@ -115,6 +120,10 @@ def _play(root: Path, out: Printer, report: dict[str, Any]) -> int:
         "a CA, a server and five client certificates, the story's policy pack and a config"
     )
     out.note(", ".join(f"{role} {who}" for role, who in CAST))
+    final = StepResult("f", "Audit verify and the seed metrics", "audit log OK; "
+                       "the metrics agree with the story")  # fmt: skip
+    figures: dict[str, Any] = {}
+    audit_pem = ""
     signer = Signer(ws)
     try:
         signer.wait_ready()
@@ -124,21 +133,32 @@ def _play(root: Path, out: Printer, report: dict[str, Any]) -> int:
             for key, title, expected, play in story.steps():
                 out.step(key, title)
                 report["steps"].append(_step(key, title, expected, play, out).as_json())
-            final = StepResult("f", "Audit verify and the seed metrics", "audit log OK; "
-                               "the metrics agree with the story")  # fmt: skip
             out.step(final.key, final.title)
-            figures = _scrape(signer.metrics_port)
-            report["jwks"] = json.loads(story.jwks())  # for checking the JWSs elsewhere
-            audit_pem = story.checkpoint()
+            try:
+                figures = _scrape(signer.metrics_port)
+                report["jwks"] = json.loads(story.jwks())  # for checking the JWSs elsewhere
+                audit_pem = story.checkpoint()
+            except (grpc.RpcError, OSError, ValueError) as exc:
+                final.expect(False, f"cannot read the signer's metrics, keys or checkpoint: {exc}")
         finally:
             story.close()
     finally:
         stopped = signer.stop()
     out.note(f"signer stopped (exit {stopped}); it sealed the log with a final checkpoint")
-    (root / "audit.pem").write_text(audit_pem, encoding="ascii")
-    _audit_verify(ws, out, final)
-    _summary(figures, story.tally, out, final)
+    final.expect(stopped == 0, f"the signer exited with status {stopped}")
+    if audit_pem:
+        (root / "audit.pem").write_text(audit_pem, encoding="ascii")
+        _audit_verify(ws, out, final)
+    if figures:
+        _summary(figures, story.tally, out, final)
+    if not final.ok:
+        for problem in final.problems:
+            out.outcome(False, problem)
     report["steps"].append(final.as_json())
+    return _verdict(report, out)
+
+
+def _verdict(report: dict[str, Any], out: Printer) -> int:
     failed = [s for s in report["steps"] if not s["ok"]]
     report["ok"] = not failed
     out.banner("")
@@ -193,10 +213,14 @@ def _audit_verify(ws: Workspace, out: Printer, final: StepResult) -> None:
     key = ws.root / "audit.pem"
     argv = ["audit", "verify", "--config", str(ws.config), "--public-key", str(key)]
     out.say("auditor", "paywarden " + " ".join(argv[:2]) + " --config … --public-key audit.pem")
-    proc = subprocess.run(
-        [sys.executable, "-m", "paywarden.signer.cli", *argv],
-        cwd=ws.root, env=ws.env(), capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "paywarden.signer.cli", *argv],
+            cwd=ws.root, env=ws.env(), capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        final.expect(False, "audit verify did not finish within 300 s")
+        return
     said = (proc.stdout + proc.stderr).strip()
     final.observed["audit_verify"] = {"exit": proc.returncode, "output": said}
     if final.expect(proc.returncode == 0 and "audit log OK" in said, f"audit verify: {said}"):
