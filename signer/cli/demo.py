@@ -144,7 +144,7 @@ def _play(root: Path, out: Printer, report: dict[str, Any]) -> int:
             story.close()
     finally:
         stopped = signer.stop()
-    out.note(f"signer stopped (exit {stopped}); it sealed the log with a final checkpoint")
+    out.note(f"signer stopped (exit {stopped}); on SIGTERM it seals what no checkpoint covers yet")
     final.expect(stopped == 0, f"the signer exited with status {stopped}")
     if audit_pem:
         (root / "audit.pem").write_text(audit_pem, encoding="ascii")

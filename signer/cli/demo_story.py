@@ -22,6 +22,7 @@ from paywarden.signer.auditlog.explain import explain
 from paywarden.signer.cli.demo_output import Printer
 from paywarden.signer.cli.demo_setup import (
     APPROVER,
+    MAX_REJECTIONS,
     OPERATOR,
     PLANNER,
     RAIL,
@@ -266,7 +267,10 @@ class Story:
 
     def breaker(self, r: StepResult) -> None:
         sid = self._sessions[TRAVEL_AGENT]
-        self._out.warn("the injected travel agent keeps trying (2 rejections so far, 3 allowed)")
+        self._out.warn(
+            f"the injected travel agent keeps trying: 2 rejections so far, its pack's breaker "
+            f"freezes it past {MAX_REJECTIONS} in an hour"
+        )
         seen = []
         for payee, amount in ((ATTACKER, "90.00"), (MIXER, "95.00")):
             answer = self.sign(TRAVEL_AGENT, self.intent(sid, payee, amount, INJECTED))
