@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Paywarden needs on Debian/Ubuntu: SoftHSM2, PostgreSQL's server
-# (the tests start throwaway clusters with its initdb and pg_ctl) and Python's venv
+# (the tests start throwaway clusters with its initdb and pg_ctl), Chromium (dev mode:
+# the tests render the operator report headless) and Python's venv
 # support (apt, when missing) and a virtual environment made only from a
 # hash-pinned lock file (scripts/lock.sh writes them), then the project itself
 # without dependencies:
@@ -60,6 +61,10 @@ postgres_server_present() {
 }
 if ! postgres_server_present; then
   apt_install postgresql
+fi
+# Headless Chromium renders the operator report in the tests (dev mode only).
+if [ "$venv" != .venv-serve ] && [ -z "${1:-}" ] && ! command -v chromium >/dev/null; then
+  apt_install chromium
 fi
 
 stamp="$venv/.paywarden-lock"
