@@ -9,14 +9,16 @@ never the password.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from paywarden.signer.config import StoreConfig
-from paywarden.signer.store import postgres_reads, sqlite_reads
+from paywarden.signer.store import postgres_reads, report_reads, sqlite_reads
 from paywarden.signer.store.opening import password
+from paywarden.signer.store.postgres_connection import translate
 from paywarden.signer.store.records import Checkpoint, StoreError
 from paywarden.signer.store.sqlite_reads import AuditSnapshot
 
@@ -24,6 +26,7 @@ __all__ = [
     "AuditSnapshot",
     "audit_log_snapshot",
     "read_audit_log",
+    "report_facts",
     "signed_payments",
     "sqlite_file",
     "table_counts",
@@ -120,3 +123,32 @@ def signed_payments(
     return postgres_reads.signed_payments(
         url, secret, agent_ids, since, connect_timeout=config.connect_timeout_seconds
     )
+
+
+def report_facts(
+    config: StoreConfig, bucket_seconds: int | None = None, environ: Mapping[str, str] | None = None
+) -> report_reads.ReportFacts:
+    """The operator report's figures (:mod:`.report_reads`), read in one read-only
+    snapshot; ``bucket_seconds``: the spend chart's buckets (None: chosen by the span)."""
+    if config.url is None:
+        path = _path(config)
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            try:
+                conn.execute("BEGIN")
+
+                def rows(sql: str, params: Sequence[Any]) -> Iterator[Any]:
+                    return iter(conn.execute(sql, params))
+
+                return report_reads.read(rows, bucket_seconds)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the store at store.path {path}: {exc}") from None
+    url, secret = _pg(config, environ)
+    with postgres_reads.snapshot(url, secret, connect_timeout=config.connect_timeout_seconds) as pg:
+
+        def streamed(sql: str, params: Sequence[Any]) -> Iterator[Any]:
+            return postgres_reads.stream(pg, translate(sql), tuple(params))
+
+        return report_reads.read(streamed, bucket_seconds)
