@@ -21,6 +21,7 @@ from paywarden.signer.cli import (
     explain,
     policy_diff,
     policy_lint,
+    report,
     store_migrate,
 )
 from paywarden.signer.cli.support import CliExit, config_from_args
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_arguments(explain_parser)
     explain_parser.set_defaults(fn=explain.run)
     demo.add_arguments(sub.add_parser("demo", help="a guided story on a throwaway signer"))
+    report_parser = sub.add_parser("report", help="operator report: a static HTML page (offline)")
+    report.add_arguments(report_parser)
+    report_parser.set_defaults(fn=report.run)
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)
