@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import pytest
 from paywarden.policy.vocabulary import format_amount
+from paywarden.signer.cli.report_svg import attr_name, attrs
 from paywarden.signer.store.report_reads import DAY, HOUR, WEEK, bucket_for
 from paywarden.v1 import approvals_pb2, control_pb2, signer_pb2
 
@@ -390,6 +391,14 @@ def test_spend_buckets_follow_the_span_of_the_history() -> None:
     assert bucket_for(0, 72 * HOUR) == DAY
     assert bucket_for(0, 91 * DAY) == DAY
     assert bucket_for(0, 92 * DAY) == WEEK
+
+
+@pytest.mark.sqlite_only
+def test_an_attribute_name_that_could_break_out_is_refused() -> None:
+    assert attrs({"data-payee": '"><b>'}) == ' data-payee="&quot;&gt;&lt;b&gt;"'
+    with pytest.raises(ValueError, match="not an attribute name"):
+        attrs({'data-x" onload="alert(1)': "1"})
+    assert attr_name('USD" onload=') == "usd--onload-"
 
 
 @pytest.mark.sqlite_only

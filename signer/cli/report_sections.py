@@ -10,7 +10,15 @@ import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from paywarden.signer.cli.report_svg import OUTCOME_COLOURS, PALETTE, Segment, attrs, bars, esc
+from paywarden.signer.cli.report_svg import (
+    OUTCOME_COLOURS,
+    PALETTE,
+    Segment,
+    attr_name,
+    attrs,
+    bars,
+    esc,
+)
 from paywarden.signer.store.report_reads import DAY, HOUR, ReportFacts
 
 Amount = Callable[[int, str], str]
@@ -240,7 +248,7 @@ def payees(f: ReportFacts, amount: Amount) -> str:
                 "data-payee": p.payee,
                 "data-payments": p.payments,
                 "data-agents": p.agents,
-                **{f"data-amount-{a.lower()}": amount(v, a) for a, v in p.amounts.items()},
+                **{f"data-amount-{attr_name(a)}": amount(v, a) for a, v in p.amounts.items()},
             },
             (1, 2),
         )

@@ -8,6 +8,7 @@ float), so that a reader, a test or a screen reader gets the numbers, not only p
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -24,8 +25,20 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+_NAME = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def attr_name(text: str) -> str:
+    """``text`` as the tail of an attribute name: lower case, letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]", "-", text.lower())
+
+
 def attrs(values: Mapping[str, object]) -> str:
-    """`` name="value"`` pairs, every value escaped."""
+    """`` name="value"`` pairs, every value escaped; a name that is not a plain attribute
+    name is refused (a name cannot be escaped)."""
+    bad = [name for name in values if _NAME.fullmatch(name) is None]
+    if bad:
+        raise ValueError(f"not an attribute name: {bad!r}")
     return "".join(f' {name}="{esc(value)}"' for name, value in values.items())
 
 
