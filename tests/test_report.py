@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,6 +81,8 @@ class Story:
     page: Path
     dom: str
     freezes: list[tuple[str, str, str]]  # (scope, target, lifted?) in the order set
+    key: Path  # the audit public key (PEM)
+    store: Path  # the store's path (on PostgreSQL, only a name)
 
 
 def _freeze_scope(api: Api, scope: control_pb2.FreezeScope, target: str, reason: str) -> None:
@@ -168,7 +171,7 @@ def story(api: Api, stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> S
     assert run.returncode == 0, run.stderr
     assert "audit verify: ok" in run.stdout
     page = out / "index.html"
-    return Story(config, page, dump_dom(page), freezes)
+    return Story(config, page, dump_dom(page), freezes, key, Path(stack.config.store.path))
 
 
 def _export(story: Story, table: str) -> list[dict[str, Any]]:
@@ -399,6 +402,27 @@ def test_an_attribute_name_that_could_break_out_is_refused() -> None:
     with pytest.raises(ValueError, match="not an attribute name"):
         attrs({'data-x" onload="alert(1)': "1"})
     assert attr_name('USD" onload=') == "usd--onload-"
+
+
+@pytest.mark.sqlite_only
+def test_a_log_that_does_not_verify_is_reported_broken_with_exit_1(
+    story: Story, tmp_path: Path
+) -> None:
+    copy = tmp_path / "edited.db"
+    with sqlite3.connect(story.store) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    with sqlite3.connect(copy) as conn:  # an insider edits a record under the checkpoints
+        conn.execute("DROP TRIGGER audit_log_no_update")
+        conn.execute("UPDATE audit_log SET body = replace(body, 'odd payees', 'odd payers')")
+    out = tmp_path / "site"
+    run = paywarden(
+        "report", "--config", story.config, "--db", copy, "--out", out,
+        "--public-key", story.key, env=settings_free_env(),
+    )  # fmt: skip
+    assert run.returncode == 1 and "audit verify: broken" in run.stdout
+    verdict = [e for e in elements((out / "index.html").read_text()) if "data-audit" in e.attrs]
+    assert [e.attrs["data-audit"] for e in verdict] == ["broken"]
+    assert "BROKEN" in verdict[0].text
 
 
 @pytest.mark.sqlite_only
