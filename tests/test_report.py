@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 from collections import Counter
@@ -28,6 +29,7 @@ from typing import Any
 import grpc
 import pytest
 from paywarden.policy.vocabulary import format_amount
+from paywarden.signer.cli.commands import main
 from paywarden.signer.cli.report_svg import attr_name, attrs
 from paywarden.signer.store.report_reads import DAY, HOUR, WEEK, bucket_for
 from paywarden.v1 import approvals_pb2, control_pb2, signer_pb2
@@ -385,6 +387,21 @@ def test_screenshot_of_the_rendered_report(story: Story, tmp_path: Path) -> None
 
 
 # -- choices and failures ----------------------------------------------------------
+
+
+def test_the_page_is_the_same_made_in_process_and_by_the_command(
+    story: Story, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "again"
+    args = ["report", "--config", str(story.config), "--out", str(out), "--bucket", "day",
+            "--public-key", str(story.key)]  # fmt: skip
+    assert main(args) == 0
+    assert "audit verify: ok" in capsys.readouterr().out
+
+    def steady(page: Path) -> str:  # all but the time it was generated
+        return re.sub(r"generated [0-9: -]+ UTC", "", page.read_text(encoding="utf-8"))
+
+    assert steady(out / "index.html") == steady(story.page)
 
 
 @pytest.mark.sqlite_only
