@@ -13,6 +13,7 @@ the token is in doubt.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -37,6 +38,8 @@ PKCS11_LOCK = threading.RLock()
 
 
 MAX_PIN_BYTES = 4096
+# The only ``typ`` :meth:`Hsm.sign_receipt` signs (paywarden.verify.receipts checks it).
+RECEIPT_TYPE = "paywarden.receipt.v1"
 
 
 def read_pin(pin_file: Path | None, pin_env: str | None, pin_fd: int | None = None) -> str:
@@ -391,6 +394,25 @@ class Hsm:
 
         The audit key is never a payment key: :meth:`sign_es256` refuses it.
         """
+        return self._sign_audit(body, "checkpoint")
+
+    def sign_receipt(self, body: bytes) -> bytes:
+        """ES256 (r||s) over SHA-256 of a receipt body, with the audit key only.
+
+        The body must be a JSON object whose ``typ`` is ``paywarden.receipt.v1``: a
+        receipt's typ differs from a checkpoint's, so neither signature passes for the
+        other, and nothing else is signed through this door.
+        """
+        try:
+            typ = json.loads(body).get("typ")
+        except (ValueError, AttributeError):
+            typ = None
+        if typ != RECEIPT_TYPE:
+            raise ValueError(f"a receipt body has typ {RECEIPT_TYPE!r}")
+        return self._sign_audit(body, "receipt")
+
+    def _sign_audit(self, body: bytes, what: str) -> bytes:
+        """The audit key's ES256 (r||s) over SHA-256 of ``body``, under the one lock."""
         if self._audit_ref is None:
             raise KeyNotFound("no audit key is configured")
         digest = hashlib.sha256(body).digest()
@@ -400,7 +422,9 @@ class Hsm:
                 key = self._private[self._audit_ref.key_id]
                 signature: bytes = key.sign(digest, mechanism=Mechanism.ECDSA)
             except pkcs11.exceptions.PKCS11Error as exc:
-                self._fail_locked(f"checkpoint signing failed: {type(exc).__name__}")
+                self._fail_locked(f"{what} signing failed: {type(exc).__name__}")
+        if len(signature) != 64:
+            raise HsmUnavailable(f"HSM returned a {len(signature)}-byte ECDSA signature")
         return signature
 
     def audit_public_key(self) -> PublicKeyInfo:
