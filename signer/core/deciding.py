@@ -322,6 +322,7 @@ class Decider:
                 untrusted=audit_events.untrusted(intent.purpose),
             )
         )
+        tx.decision_audited(record.id, seq)  # its receipts find the record by the id
         froze = tripped is not None and self._freeze_by_breaker(tx, read.pack, caller, now, tripped)
         return Decided(record, approval, False, seq), froze
 

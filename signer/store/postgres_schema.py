@@ -274,4 +274,11 @@ CREATE TRIGGER payment_keys_never_back BEFORE UPDATE OF state ON payment_keys
 # Version to its script; each is run whole, in the migrating transaction.
 MIGRATIONS: dict[int, str] = {
     BASELINE: _TABLES + _TRIGGERS,
+    # A Sign decision's audit record, by the decision's id (receipts).
+    14: """
+    CREATE TABLE decision_audit (
+        decision_id TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL
+    );
+    """,
 }

@@ -147,6 +147,9 @@ class PaymentTx(DecidingTx, SignatureTx, Protocol):
         (the core checked the reservation against the budget first:
         :func:`~paywarden.signer.core.backstop.check_budget`)."""
 
+    def decision_audited(self, decision_id: str, seq: int) -> None:
+        """Indexes the decision's audit record (``seq``) by its id, for its receipts."""
+
     def budget(self, session_id: str, asset: str) -> int | None:
         """The session's budget in the asset (minor units); None if it has none."""
 
@@ -245,6 +248,10 @@ class AuditLogStore(Protocol):
         (:mod:`paywarden.signer.auditlog.subtrees`); StoreError if one is missing."""
 
     def audit_record(self, seq: int) -> str: ...
+
+    def decision_audit(self, decision_id: str) -> tuple[str, int | None] | None:
+        """A Sign decision's request hash and its audit record's seq (None before the
+        index), by the decision's id; None for an unknown decision. Two index probes."""
 
     def latest_audit_time(self) -> int:
         """The time of the record at the log's head (0 while empty): decision time's floor."""

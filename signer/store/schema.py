@@ -14,7 +14,14 @@ from paywarden.signer.store import sqlite_reloads
 from paywarden.signer.store.backfills import backfill_facts, index_audit_tree
 from paywarden.signer.store.records import StoreError
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
+
+DECISION_AUDIT = """
+    CREATE TABLE decision_audit (
+        decision_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    );
+    """
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -334,6 +341,10 @@ MIGRATIONS: dict[int, str] = {
     """,
     # The context (groups, time zone, assets) the set in force was built with.
     13: sqlite_reloads.MIGRATION_CONTEXT,
+    # The audit record of each Sign decision, by the decision's id: a receipt finds the
+    # record in one index probe. Decisions recorded before this version have no row
+    # (their receipts are asked for by the record's sequence number).
+    14: DECISION_AUDIT,
 }
 
 

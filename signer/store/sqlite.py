@@ -239,6 +239,16 @@ class SqlStore(SqlitePolicyReloads, SqliteKeyStore):
             raise StoreError(f"audit record {seq} is missing")
         return str(row[0])
 
+    def decision_audit(self, decision_id: str) -> tuple[str, int | None] | None:
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT d.request_hash, a.seq FROM decisions d"
+                " LEFT JOIN decision_audit a ON a.decision_id = d.id WHERE d.id = ?",
+                (decision_id,),
+            ).fetchone()
+        )
+        return (str(row[0]), None if row[1] is None else int(row[1])) if row else None
+
     def set_freeze(self, freeze: Freeze, audit: Mapping[str, Any]) -> bool:
         try:
             with self._write() as conn:

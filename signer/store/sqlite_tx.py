@@ -220,6 +220,11 @@ class SqlitePaymentTx(SqliteSignatureTx):
                 (a.id, a.decision_id, a.required, a.created_at, a.expires_at),
             )
 
+    def decision_audited(self, decision_id: str, seq: int) -> None:
+        self._conn.execute(
+            "INSERT INTO decision_audit (decision_id, seq) VALUES (?, ?)", (decision_id, seq)
+        )
+
     def budget(self, session_id: str, asset: str) -> int | None:
         row = self._conn.execute(
             "SELECT budget_minor FROM session_budgets WHERE session_id = ? AND asset = ?",
