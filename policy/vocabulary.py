@@ -96,6 +96,8 @@ class Reason(StrEnum):
     RELOAD_SAME_OPERATOR = "RELOAD_SAME_OPERATOR"
     # the confirmer reviewed another set than the one pending (ConfirmReload new_sha256)
     RELOAD_NOT_REVIEWED = "RELOAD_NOT_REVIEWED"
+    # receipts (Signer.GetReceipt): unknown, or not the caller's to see (the same answer)
+    RECEIPT_NOT_FOUND = "RECEIPT_NOT_FOUND"
 
     # -- the rules' denials (paywarden.policy.rules, payees, breaker) --
     SESSION_IN_EXPLORE_PHASE = "SESSION_IN_EXPLORE_PHASE"

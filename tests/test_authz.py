@@ -122,6 +122,10 @@ def session(api: Api) -> sessions_pb2.Session:
 # -- 1. the role table, walked completely --------------------------------------
 
 
+def _unbracketed(text: str) -> str:
+    return re.sub(r"\([^)]*\)", "", text)
+
+
 def _documented_roles() -> dict[str, frozenset[Role]]:
     """The roles each RPC's comment in the .proto files names ("// Roles: ...")."""
     documented: dict[str, frozenset[Role]] = {}
@@ -135,10 +139,16 @@ def _documented_roles() -> dict[str, frozenset[Role]]:
                 service = m.group(1)
             elif m := re.match(r"//\s*Roles:(.*)", line):
                 roles_text = m.group(1)
+            elif (
+                roles_text is not None
+                and line.startswith("//")
+                and "." not in _unbracketed(roles_text)
+            ):  # the list goes on on the next comment line, up to its full stop
+                roles_text += " " + line[2:]
             elif m := re.match(r"rpc (\w+)\(", line):
                 assert roles_text is not None, f"{service}.{m.group(1)} documents no roles"
                 # "planner (sessions it opened), agent (its own sessions). More text."
-                listed = re.sub(r"\([^)]*\)", "", roles_text).split(".")[0]
+                listed = _unbracketed(roles_text).split(".")[0]
                 roles = frozenset(Role(r.strip()) for r in listed.split(","))
                 documented[f"/paywarden.v1.{service}/{m.group(1)}"] = roles
                 roles_text = None
@@ -147,7 +157,7 @@ def _documented_roles() -> dict[str, frozenset[Role]]:
 
 def test_role_table_has_exactly_one_entry_per_rpc() -> None:
     names = [name for name, _ in RPCS]
-    assert len(names) == len(set(names)) == 22
+    assert len(names) == len(set(names)) == 23
     assert sorted(RPC_ROLES) == sorted(names)
     for name, roles in RPC_ROLES.items():
         assert roles, f"{name} allows nobody"
@@ -158,11 +168,12 @@ def test_role_table_matches_the_roles_documented_in_the_protos() -> None:
     assert RPC_ROLES == _documented_roles()
 
 
-def test_agent_is_only_allowed_sign_own_session_status_and_public_keys() -> None:
+def test_agent_is_only_allowed_sign_own_session_status_public_keys_and_receipts() -> None:
     agent_may = {name for name, roles in RPC_ROLES.items() if Role.AGENT in roles}
     assert agent_may == {
         "/paywarden.v1.Signer/Sign",
         "/paywarden.v1.Signer/GetPublicKeys",
+        "/paywarden.v1.Signer/GetReceipt",
         "/paywarden.v1.Sessions/GetSession",
     }
     signers = {

@@ -34,6 +34,9 @@ _ALL = frozenset(Role)
 RPC_ROLES: dict[str, frozenset[Role]] = {
     "/paywarden.v1.Signer/Sign": frozenset({Role.AGENT}),
     "/paywarden.v1.Signer/GetPublicKeys": _ALL,
+    "/paywarden.v1.Signer/GetReceipt": frozenset(
+        {Role.AGENT, Role.PAYEE, Role.APPROVER, Role.OPERATOR}
+    ),
     "/paywarden.v1.Sessions/OpenSession": frozenset({Role.PLANNER}),
     "/paywarden.v1.Sessions/GetSession": frozenset({Role.PLANNER, Role.AGENT}),
     "/paywarden.v1.Sessions/CloseSession": frozenset({Role.PLANNER}),

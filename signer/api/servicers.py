@@ -7,6 +7,7 @@ import json
 from paywarden.policy.vocabulary import Amount, FreezeScope
 from paywarden.signer import deadlines
 from paywarden.signer.api.authz import Edge, rpc
+from paywarden.signer.api.receipt_rpcs import ReceiptRpcs
 from paywarden.signer.api.reload_rpcs import ReloadRpcs
 from paywarden.signer.core.approvals import Approvals
 from paywarden.signer.core.checkpoints import Checkpoints
@@ -15,6 +16,7 @@ from paywarden.signer.core.explain_document import document_bytes
 from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.core.receipts import Receipts
 from paywarden.signer.core.reloads import PolicyReloads
 from paywarden.signer.core.revocations import Revocations
 from paywarden.signer.core.sessions import Sessions
@@ -35,11 +37,12 @@ from paywarden.v1 import (
 )
 
 
-class SignerServicer(signer_pb2_grpc.SignerServicer):
-    def __init__(self, signing: Signing, keys: PublicKeys, edge: Edge) -> None:
+class SignerServicer(ReceiptRpcs, signer_pb2_grpc.SignerServicer):
+    def __init__(self, signing: Signing, keys: PublicKeys, edge: Edge, receipts: Receipts) -> None:
         self.signing = signing
         self.keys = keys
         self.edge = edge
+        self.receipts = receipts
 
     @rpc("/paywarden.v1.Signer/Sign")
     def Sign(self, caller: Principal, request: signer_pb2.SignRequest) -> signer_pb2.SignResponse:

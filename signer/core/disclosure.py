@@ -111,6 +111,8 @@ AGENT_MESSAGES: dict[str, str] = {
     Reason.RELOAD_STALE: "the packs in force changed since the reload was proposed",
     Reason.RELOAD_SAME_OPERATOR: "a second operator must confirm this policy reload",
     Reason.RELOAD_NOT_REVIEWED: "the set confirmed is not the one this reload would apply",
+    # receipts
+    Reason.RECEIPT_NOT_FOUND: "no such decision",
 }
 
 

@@ -25,6 +25,7 @@ from paywarden.signer.core.explain import Explain
 from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import KeyView, PublicKeys
 from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.core.receipts import Receipts
 from paywarden.signer.core.refusing import Refusals
 from paywarden.signer.core.reloads import PolicyReloads
 from paywarden.signer.core.revocations import Revocations
@@ -70,6 +71,7 @@ class SigningService:
             deps, unfrozen=self.refusals.operator_unfroze, key_ids=self.key_view.key_ids
         )
         self.checkpoints = Checkpoints(deps)
+        self.receipts = Receipts(deps, self.checkpoints)
         self.revocations = Revocations(deps)
         self.explain = Explain(deps, self.refusals)
         self.reloads = PolicyReloads(deps, config.policy.dir, config.groups)

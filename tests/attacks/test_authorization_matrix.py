@@ -32,12 +32,14 @@ from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_
 
 UNARY, SERVER_STREAM, BIDI = "unary", "server-stream", "bidi"
 AGENT, PLANNER, APPROVER, OPERATOR = "agent", "planner", "approver", "operator"
+PAYEE = "payee"
 EVERY_ROLE = frozenset({AGENT, PLANNER, APPROVER, OPERATOR})
 
 # method -> (kind of call, roles allowed). Derived from nothing: a reviewed table.
 EXPECTED: dict[str, tuple[str, frozenset[str]]] = {
     "/paywarden.v1.Signer/Sign": (UNARY, frozenset({AGENT})),
     "/paywarden.v1.Signer/GetPublicKeys": (UNARY, EVERY_ROLE),
+    "/paywarden.v1.Signer/GetReceipt": (UNARY, frozenset({AGENT, PAYEE, APPROVER, OPERATOR})),
     "/paywarden.v1.Sessions/OpenSession": (UNARY, frozenset({PLANNER})),
     "/paywarden.v1.Sessions/GetSession": (UNARY, frozenset({PLANNER, AGENT})),
     "/paywarden.v1.Sessions/CloseSession": (UNARY, frozenset({PLANNER})),

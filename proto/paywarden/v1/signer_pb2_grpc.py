@@ -46,6 +46,11 @@ class SignerStub:
                 request_serializer=paywarden_dot_v1_dot_signer__pb2.GetPublicKeysRequest.SerializeToString,
                 response_deserializer=paywarden_dot_v1_dot_signer__pb2.GetPublicKeysResponse.FromString,
                 _registered_method=True)
+        self.GetReceipt = channel.unary_unary(
+                '/paywarden.v1.Signer/GetReceipt',
+                request_serializer=paywarden_dot_v1_dot_signer__pb2.GetReceiptRequest.SerializeToString,
+                response_deserializer=paywarden_dot_v1_dot_signer__pb2.GetReceiptResponse.FromString,
+                _registered_method=True)
 
 
 class SignerServicer:
@@ -74,6 +79,18 @@ class SignerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReceipt(self, request, context):
+        """Roles: agent (its own decisions), payee (payments that name it),
+        approver, operator. A receipt of what the signer decided, refusals
+        included, signed with the audit key (never a payment key). Once a
+        checkpoint covers the decision's audit record, the receipt carries that
+        checkpoint and the record's inclusion proof. Anything the caller may not
+        see is answered NOT_FOUND like a decision that does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -86,6 +103,11 @@ def add_SignerServicer_to_server(servicer, server):
                     servicer.GetPublicKeys,
                     request_deserializer=paywarden_dot_v1_dot_signer__pb2.GetPublicKeysRequest.FromString,
                     response_serializer=paywarden_dot_v1_dot_signer__pb2.GetPublicKeysResponse.SerializeToString,
+            ),
+            'GetReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReceipt,
+                    request_deserializer=paywarden_dot_v1_dot_signer__pb2.GetReceiptRequest.FromString,
+                    response_serializer=paywarden_dot_v1_dot_signer__pb2.GetReceiptResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -144,6 +166,33 @@ class Signer:
             '/paywarden.v1.Signer/GetPublicKeys',
             paywarden_dot_v1_dot_signer__pb2.GetPublicKeysRequest.SerializeToString,
             paywarden_dot_v1_dot_signer__pb2.GetPublicKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paywarden.v1.Signer/GetReceipt',
+            paywarden_dot_v1_dot_signer__pb2.GetReceiptRequest.SerializeToString,
+            paywarden_dot_v1_dot_signer__pb2.GetReceiptResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,173 @@
+"""Signed receipts of what the signer answered a Sign (``Signer.GetReceipt``).
+
+A receipt is made from the answer's audit record itself, read by its sequence number
+(a decision's through the ``decision_audit`` index: one probe, no scan): the record's
+action, decision id, outcome, reason code, deciding pack's hash, agent and time, its
+RFC 9162 leaf hash and, for a decision, the request hash of its row. The body is RFC
+8785 JSON with ``typ`` ``paywarden.receipt.v1``, signed by the audit key in the HSM
+(:meth:`paywarden.hsm.Hsm.sign_receipt`; never a payment key). Once a checkpoint
+covers the record, the receipt comes with the newest checkpoint and the inclusion
+proof. :mod:`paywarden.verify.receipts` checks one offline.
+
+Who may see which receipt: an agent its own answers, a payee the signed payments that
+name it, approvers and operators all. Anything else is answered exactly like a record
+that does not exist (RECEIPT_NOT_FOUND), so that asking teaches nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from paywarden.hsm import HsmError
+from paywarden.policy.vocabulary import Verdict
+from paywarden.signer.auditlog import merkle
+from paywarden.signer.core.checkpoints import Checkpoints
+from paywarden.signer.core.deps import Deps, store_call
+from paywarden.signer.encoding import b64url, jcs
+from paywarden.signer.errors import Forbidden, InvalidInput, NotFound, Reason, Unavailable
+from paywarden.signer.identity import Principal, Role
+from paywarden.signer.store.records import Checkpoint, InvariantBroken
+from paywarden.verify.receipts import RECEIPT_FIELDS, RECEIPT_TYPE
+
+# The audit records that answer a Sign: a decision, a refusal before any decision, and a
+# retry answered from an earlier decision.
+DECISION, REFUSAL, RETRY = "sign.decision", "sign.refused", "sign.retry"
+REFUSED = "refused"  # a receipt's outcome for a refusal that no decision recorded
+_MAY_ASK = frozenset({Role.AGENT, Role.PAYEE, Role.APPROVER, Role.OPERATOR})
+
+
+@dataclass(frozen=True, slots=True)
+class SignedReceipt:
+    body: str  # the signed RFC 8785 JSON
+    signature: str  # base64url r||s (ES256) by the audit key
+    key_id: str  # the audit key
+    checkpoint: Checkpoint | None  # the newest checkpoint, when it covers the record
+    proof: list[bytes]  # the record's audit path in that checkpoint's tree
+    audit_public_key_pem: str
+
+
+def not_found() -> NotFound:
+    """The one answer for an unknown record and one the caller may not see."""
+    return NotFound(Reason.RECEIPT_NOT_FOUND, "no such decision")
+
+
+class Receipts:
+    def __init__(self, deps: Deps, checkpoints: Checkpoints) -> None:
+        self._deps = deps
+        self._store = deps.store
+        self._checkpoints = checkpoints
+
+    def receipt(
+        self, caller: Principal, *, decision_id: str | None = None, seq: int | None = None
+    ) -> SignedReceipt:
+        """The receipt of a decision (by its id) or of a Sign's audit record (by seq)."""
+        if caller.role not in _MAY_ASK:
+            raise Forbidden(Reason.ROLE_NOT_ALLOWED, f"role {caller.role} may not do this")
+        request_hash = ""
+        if decision_id is not None:
+            found = store_call(lambda: self._store.decision_audit(decision_id))
+            if found is None or found[1] is None:
+                raise not_found()
+            request_hash, seq = found
+        if seq is None:
+            raise InvalidInput(Reason.FIELD_MISSING, "give a decision_id or an audit_seq")
+        head, _ = store_call(self._store.audit_head)
+        if not 1 <= seq <= head:
+            raise not_found()
+        wanted = seq
+        text = store_call(lambda: self._store.audit_record(wanted))
+        record = json.loads(text)
+        body = _body(record, text, self._deps.audit.key)
+        if body is None or not _may_see(caller, record, body):
+            raise not_found()
+        if decision_id is not None and body["decision_id"] != decision_id:
+            raise InvariantBroken(f"decision {decision_id} is indexed to record {seq}")
+        if decision_id is None and body["decision_id"]:
+            found = store_call(lambda: self._store.decision_audit(str(body["decision_id"])))
+            request_hash = found[0] if found is not None else ""
+        body["request_hash"] = request_hash
+        return self._signed(body, seq)
+
+    def _signed(self, body: dict[str, str | int], seq: int) -> SignedReceipt:
+        if set(body) != RECEIPT_FIELDS:  # the verifier's closed schema
+            raise InvariantBroken(f"a receipt body with fields {sorted(body)}")
+        text = jcs(body)
+        try:
+            signature = self._deps.hsm.sign_receipt(text)
+        except HsmError:
+            raise Unavailable(Reason.HSM_UNAVAILABLE, "the HSM cannot sign a receipt now") from None
+        checkpoint = store_call(self._store.last_checkpoint)
+        proof: list[bytes] = []
+        if checkpoint is not None and checkpoint.size >= seq:
+            included = self._checkpoints.inclusion_proof(seq, checkpoint.size)
+            if included.root.hex() != checkpoint.root or included.leaf.hex() != body["leaf"]:
+                raise InvariantBroken(f"record {seq}'s proof does not reach checkpoint's root")
+            proof = included.proof
+        else:
+            checkpoint = None
+        return SignedReceipt(
+            body=text.decode("utf-8"),
+            signature=b64url(signature),
+            key_id=str(body["kid"]),
+            checkpoint=checkpoint,
+            proof=proof,
+            audit_public_key_pem=self._checkpoints.audit_public_key_pem(),
+        )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _body(record: dict[str, Any], text: str, kid: str) -> dict[str, str | int] | None:
+    """The receipt's facts from the audit record (None: it answers no Sign). The request
+    hash is added by the caller (it lives in the decision's row)."""
+    action = record.get("action")
+    actor = record.get("actor") or {}
+    body: dict[str, str | int] = {
+        "typ": RECEIPT_TYPE,
+        "kid": kid,
+        "action": _text(action),
+        "seq": int(record["seq"]),
+        "leaf": merkle.leaf_hash(text.encode("utf-8")).hex(),
+        "time": int(record["time"]),
+        "agent": _text(actor.get("id")) if actor.get("role") == Role.AGENT else "",
+        "payee": "",
+        "pack_sha256": "",
+        "request_hash": "",
+    }
+    if action == DECISION:
+        decision = record["decision"]
+        body["decision_id"] = _text(decision.get("id"))
+        body["outcome"] = _text(decision.get("outcome"))
+        body["reason"] = _text(decision.get("reason"))
+        body["payee"] = _text(decision.get("payee"))
+        body["pack_sha256"] = _text((decision.get("pack") or {}).get("sha256"))
+    elif action == RETRY:
+        body["decision_id"] = _text(record.get("decision_id"))
+        body["outcome"] = _text(record.get("answer"))
+        body["reason"] = _text(record.get("reason"))
+    elif action == REFUSAL:
+        body["decision_id"] = ""
+        body["outcome"] = REFUSED
+        body["reason"] = _text(record.get("reason"))
+    else:
+        return None
+    return body
+
+
+def _may_see(caller: Principal, record: dict[str, Any], body: dict[str, str | int]) -> bool:
+    if caller.role in (Role.APPROVER, Role.OPERATOR):
+        return True
+    if caller.role is Role.AGENT:
+        actor = record.get("actor") or {}
+        return bool(actor.get("role") == Role.AGENT and actor.get("id") == caller.id)
+    if caller.role is Role.PAYEE:  # a signed payment that names it, nothing else
+        return (
+            body["action"] == DECISION
+            and body["outcome"] == Verdict.ALLOW
+            and body["payee"] == caller.id
+        )
+    return False
