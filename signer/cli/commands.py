@@ -21,8 +21,10 @@ from paywarden.signer.cli import (
     explain,
     policy_diff,
     policy_lint,
+    receipt,
     report,
     store_migrate,
+    verify_receipt,
 )
 from paywarden.signer.cli.support import CliExit, config_from_args
 from paywarden.signer.config import StoreConfig
@@ -184,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     report_parser = sub.add_parser("report", help="operator report: a static HTML page (offline)")
     report.add_arguments(report_parser)
     report_parser.set_defaults(fn=report.run)
+    receipt_parser = sub.add_parser("receipt", help="a signed receipt of a decision (mTLS)")
+    receipt.add_arguments(receipt_parser)
+    receipt_parser.set_defaults(fn=receipt.run)
+    verify_receipt_parser = sub.add_parser("verify-receipt", help="check a receipt offline")
+    verify_receipt.add_arguments(verify_receipt_parser)
+    verify_receipt_parser.set_defaults(fn=verify_receipt.run)
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)
