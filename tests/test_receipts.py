@@ -143,7 +143,11 @@ def test_a_signed_payment_s_receipt_names_its_decision_and_request(
     assert (verified.outcome, verified.reason, verified.seq) == ("allow", "ALLOWED", resp.audit_seq)
     assert verified.body["payee"] == "acme-weather"
     row = stack.store.decision_audit(resp.decision_id)
-    assert row == (verified.body["request_hash"], resp.audit_seq)
+    assert (row.request_hash, row.seq, row.signed) == (
+        verified.body["request_hash"],
+        resp.audit_seq,
+        True,
+    )
 
 
 # -- what fails -------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ RECEIPT_FIELDS = frozenset(
         "request_hash",
         "outcome",
         "reason",
+        "approval",
         "pack_sha256",
         "seq",
         "leaf",

@@ -9,9 +9,10 @@ RFC 9162 leaf hash and, for a decision, the request hash of its row. The body is
 covers the record, the receipt comes with the newest checkpoint and the inclusion
 proof. :mod:`paywarden.verify.receipts` checks one offline.
 
-Who may see which receipt: an agent its own answers, a payee the signed payments that
-name it, approvers and operators all. Anything else is answered exactly like a record
-that does not exist (RECEIPT_NOT_FOUND), so that asking teaches nothing.
+Who may see which receipt: an agent its own answers, a payee the answers about a payment
+that names it and was signed (its decision, and a retry that collected the signature
+after an approval), approvers and operators all. Anything else is answered exactly like
+a record that does not exist (RECEIPT_NOT_FOUND), so that asking teaches nothing.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from paywarden.hsm import HsmError
-from paywarden.policy.vocabulary import Verdict
+from paywarden.policy.vocabulary import ApprovalStatus
 from paywarden.signer.auditlog import merkle
 from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.deps import Deps, store_call
 from paywarden.signer.encoding import b64url, jcs
 from paywarden.signer.errors import Forbidden, InvalidInput, NotFound, Reason, Unavailable
 from paywarden.signer.identity import Principal, Role
-from paywarden.signer.store.records import Checkpoint, InvariantBroken
+from paywarden.signer.store.records import Checkpoint, DecisionAudit, InvariantBroken
 from paywarden.verify.receipts import RECEIPT_FIELDS, RECEIPT_TYPE
 
 # The audit records that answer a Sign: a decision, a refusal before any decision, and a
@@ -65,12 +66,12 @@ class Receipts:
         """The receipt of a decision (by its id) or of a Sign's audit record (by seq)."""
         if caller.role not in _MAY_ASK:
             raise Forbidden(Reason.ROLE_NOT_ALLOWED, f"role {caller.role} may not do this")
-        request_hash = ""
+        row: DecisionAudit | None = None
         if decision_id is not None:
-            found = store_call(lambda: self._store.decision_audit(decision_id))
-            if found is None or found[1] is None:
+            row = store_call(lambda: self._store.decision_audit(decision_id))
+            if row is None or row.seq is None:
                 raise not_found()
-            request_hash, seq = found
+            seq = row.seq
         if seq is None:
             raise InvalidInput(Reason.FIELD_MISSING, "give a decision_id or an audit_seq")
         head, _ = store_call(self._store.audit_head)
@@ -80,14 +81,17 @@ class Receipts:
         text = store_call(lambda: self._store.audit_record(wanted))
         record = json.loads(text)
         body = _body(record, text, self._deps.audit.key)
-        if body is None or not _may_see(caller, record, body):
+        if body is None:
             raise not_found()
-        if decision_id is not None and body["decision_id"] != decision_id:
+        named = str(body["decision_id"])
+        if decision_id is not None and named != decision_id:
             raise InvariantBroken(f"decision {decision_id} is indexed to record {seq}")
-        if decision_id is None and body["decision_id"]:
-            found = store_call(lambda: self._store.decision_audit(str(body["decision_id"])))
-            request_hash = found[0] if found is not None else ""
-        body["request_hash"] = request_hash
+        if row is None and named:
+            row = store_call(lambda: self._store.decision_audit(named))
+        if row is not None:  # the decision's row: its request hash and its payee
+            body["request_hash"], body["payee"] = row.request_hash, row.payee
+        if not _may_see(caller, record, row):
+            raise not_found()
         return self._signed(body, seq)
 
     def _signed(self, body: dict[str, str | int], seq: int) -> SignedReceipt:
@@ -135,6 +139,7 @@ def _body(record: dict[str, Any], text: str, kid: str) -> dict[str, str | int] |
         "time": int(record["time"]),
         "agent": _text(actor.get("id")) if actor.get("role") == Role.AGENT else "",
         "payee": "",
+        "approval": "",
         "pack_sha256": "",
         "request_hash": "",
     }
@@ -143,12 +148,14 @@ def _body(record: dict[str, Any], text: str, kid: str) -> dict[str, str | int] |
         body["decision_id"] = _text(decision.get("id"))
         body["outcome"] = _text(decision.get("outcome"))
         body["reason"] = _text(decision.get("reason"))
-        body["payee"] = _text(decision.get("payee"))
         body["pack_sha256"] = _text((decision.get("pack") or {}).get("sha256"))
+        if record.get("approval_id"):  # held: an approval was asked for
+            body["approval"] = ApprovalStatus.PENDING
     elif action == RETRY:
         body["decision_id"] = _text(record.get("decision_id"))
         body["outcome"] = _text(record.get("answer"))
         body["reason"] = _text(record.get("reason"))
+        body["approval"] = _text(record.get("approval"))
     elif action == REFUSAL:
         body["decision_id"] = ""
         body["outcome"] = REFUSED
@@ -158,16 +165,12 @@ def _body(record: dict[str, Any], text: str, kid: str) -> dict[str, str | int] |
     return body
 
 
-def _may_see(caller: Principal, record: dict[str, Any], body: dict[str, str | int]) -> bool:
+def _may_see(caller: Principal, record: dict[str, Any], row: DecisionAudit | None) -> bool:
     if caller.role in (Role.APPROVER, Role.OPERATOR):
         return True
     if caller.role is Role.AGENT:
         actor = record.get("actor") or {}
         return bool(actor.get("role") == Role.AGENT and actor.get("id") == caller.id)
     if caller.role is Role.PAYEE:  # a signed payment that names it, nothing else
-        return (
-            body["action"] == DECISION
-            and body["outcome"] == Verdict.ALLOW
-            and body["payee"] == caller.id
-        )
+        return row is not None and row.signed and row.payee == caller.id
     return False

@@ -30,6 +30,7 @@ from paywarden.signer.store.records import (
     AgentUsage,
     ApprovalRecord,
     Checkpoint,
+    DecisionAudit,
     DecisionRecord,
     Freeze,
     KeyVersion,
@@ -249,9 +250,8 @@ class AuditLogStore(Protocol):
 
     def audit_record(self, seq: int) -> str: ...
 
-    def decision_audit(self, decision_id: str) -> tuple[str, int | None] | None:
-        """A Sign decision's request hash and its audit record's seq (None before the
-        index), by the decision's id; None for an unknown decision. Two index probes."""
+    def decision_audit(self, decision_id: str) -> DecisionAudit | None:
+        """A Sign decision's facts for its receipts, by its id (None: unknown)."""
 
     def latest_audit_time(self) -> int:
         """The time of the record at the log's head (0 while empty): decision time's floor."""

@@ -104,6 +104,16 @@ class PackRef:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionAudit:
+    """What a receipt reads of a Sign decision's row, by its id."""
+
+    request_hash: str
+    seq: int | None  # its sign.decision audit record; None for one recorded before the index
+    payee: str
+    signed: bool  # a signature is stored: the payee was paid
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """One Sign decision (allow, deny or pending), as recorded."""
 

@@ -27,6 +27,7 @@ from paywarden.signer.store.records import (
     AgentOverview,
     ApprovalRecord,
     Checkpoint,
+    DecisionAudit,
     DecisionRecord,
     Freeze,
     Revocation,
@@ -239,15 +240,18 @@ class SqlStore(SqlitePolicyReloads, SqliteKeyStore):
             raise StoreError(f"audit record {seq} is missing")
         return str(row[0])
 
-    def decision_audit(self, decision_id: str) -> tuple[str, int | None] | None:
+    def decision_audit(self, decision_id: str) -> DecisionAudit | None:
         row = self._read(
             lambda c: c.execute(
-                "SELECT d.request_hash, a.seq FROM decisions d"
+                "SELECT d.request_hash, a.seq, d.payee, d.jws IS NOT NULL FROM decisions d"
                 " LEFT JOIN decision_audit a ON a.decision_id = d.id WHERE d.id = ?",
                 (decision_id,),
             ).fetchone()
         )
-        return (str(row[0]), None if row[1] is None else int(row[1])) if row else None
+        if row is None:
+            return None
+        seq = None if row[1] is None else int(row[1])
+        return DecisionAudit(str(row[0]), seq, str(row[2]), bool(row[3]))
 
     def set_freeze(self, freeze: Freeze, audit: Mapping[str, Any]) -> bool:
         try:
