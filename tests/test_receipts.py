@@ -1,6 +1,7 @@
 """Signed receipts (``Signer.GetReceipt``) checked offline (``paywarden.verify.receipts``).
 
-Against the in-process server of the conftest (real token, real TLS, real store): a denial
+Against the in-process server of the conftest (real token, real TLS, real store, on SQLite
+and on PostgreSQL): a denial
 and a refusal get receipts signed by the audit key that verify offline against the audit
 public key read from the token (never the copy in the receipt); a changed byte, or the same
 body signed by a payment key, fails; after a checkpoint the receipt carries it and the
@@ -43,6 +44,8 @@ from tests.support.receipts import (
     receipt_refusal,
 )
 from tests.support.sessions import opened_session
+
+pytestmark = pytest.mark.both_backends
 
 AUDIT_SEQ = "paywarden-audit-seq"
 DECISION = "paywarden-decision-id"
