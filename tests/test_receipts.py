@@ -218,6 +218,9 @@ def test_after_a_checkpoint_the_receipt_carries_it_and_its_inclusion_proof(
     seq = int(trailing_metadata(_denied(api, stack))[AUDIT_SEQ])
     before = get_receipt(api.signer, seq=seq)
     assert not before.HasField("checkpoint")
+    with pytest.raises(ReceiptInvalid) as unsealed:
+        verify_receipt(receipt_document(before), audit_key, require_sealed=True)
+    assert unsealed.value.reason is ReceiptFailure.NOT_SEALED
     cp = api.control().Checkpoint(control_pb2.CheckpointRequest(), timeout=30).checkpoint
     assert cp.tree_size >= seq
     after = get_receipt(api.signer, seq=seq)
@@ -355,7 +358,7 @@ def test_receipt_and_verify_receipt_on_the_command_line(
     assert fetched.returncode == 0, fetched.stderr
     key = tmp_path / "audit.pem"
     key.write_text(stack.hsm.audit_public_key().spki_pem, encoding="ascii")
-    ok = paywarden("verify-receipt", out, "--audit-key", key, "--json")
+    ok = paywarden("verify-receipt", out, "--audit-key", key, "--sealed", "--json")
     assert ok.returncode == 0, ok.stderr
     result = json.loads(ok.stdout)
     assert result["valid"] is True and result["body"]["seq"] == seq

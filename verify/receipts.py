@@ -67,6 +67,7 @@ class ReceiptFailure(StrEnum):
     CHECKPOINT_MALFORMED = "CHECKPOINT_MALFORMED"  # its body or fields disagree
     CHECKPOINT_DOES_NOT_COVER = "CHECKPOINT_DOES_NOT_COVER"  # its size is below the seq
     INCLUSION_PROOF_INVALID = "INCLUSION_PROOF_INVALID"  # the path does not reach its root
+    NOT_SEALED = "RECEIPT_NOT_SEALED"  # no checkpoint, and the caller asked for one
 
 
 class ReceiptInvalid(Exception):
@@ -138,13 +139,18 @@ def parse_receipt_document(text: str | bytes) -> Mapping[str, Any]:
 
 
 def verify_receipt(
-    document: Mapping[str, Any], audit_key: ec.EllipticCurvePublicKey
+    document: Mapping[str, Any],
+    audit_key: ec.EllipticCurvePublicKey,
+    *,
+    require_sealed: bool = False,
 ) -> VerifiedReceipt:
     """Checks a receipt document (see the module's docstring) against ``audit_key``.
 
     The body's signature, ``typ``, canonical form and fields, then, when the document
     carries a checkpoint: its signature, its signed body, that its size covers the
-    record's seq, and the inclusion proof from the body's leaf hash to its root."""
+    record's seq, and the inclusion proof from the body's leaf hash to its root. With
+    ``require_sealed`` a receipt without a checkpoint fails (``RECEIPT_NOT_SEALED``):
+    anyone can strip the checkpoint off a sealed receipt."""
     receipt = _object(document.get("receipt"), "receipt")
     body_text = _string(receipt, "body")
     key_id = _string(receipt, "key_id")
@@ -159,6 +165,8 @@ def verify_receipt(
     if checkpoint is None:
         if document.get("inclusion_proof"):
             raise ReceiptInvalid(ReceiptFailure.MALFORMED, "an inclusion proof without checkpoint")
+        if require_sealed:
+            raise ReceiptInvalid(ReceiptFailure.NOT_SEALED, "no checkpoint covers the record")
         return VerifiedReceipt(body, None)
     sealed = _checkpoint(_object(checkpoint, "checkpoint"), audit_key)
     seq = int(body["seq"])

@@ -1,4 +1,4 @@
-"""``paywarden verify-receipt FILE --audit-key PEM [--json]``: checks a receipt offline.
+"""``paywarden verify-receipt FILE --audit-key PEM [--sealed] [--json]``: checks a receipt offline.
 
 ``FILE`` is a receipt as ``paywarden receipt --out`` writes it; ``PEM`` the audit public key,
 obtained out of band (``paywarden-keys`` exports it): never the copy inside the receipt.
@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--audit-key", type=Path, required=True, help="the audit public key (SPKI PEM)"
     )
+    parser.add_argument(
+        "--sealed",
+        action="store_true",
+        help="fail unless a checkpoint covers the record (RECEIPT_NOT_SEALED)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"paywarden: --audit-key: {exc}", file=sys.stderr)
         return 2
     try:
-        verified = verify_receipt(parse_receipt_document(text), key)
+        verified = verify_receipt(parse_receipt_document(text), key, require_sealed=args.sealed)
     except ReceiptInvalid as exc:
         if args.json:
             print(json.dumps({"valid": False, "reason": exc.reason, "detail": exc.detail}))
