@@ -23,6 +23,7 @@ import pytest
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer.auditlog import merkle
+from paywarden.signer.store.postgres import PostgresStore
 from paywarden.v1 import control_pb2, signer_pb2
 from paywarden.verify.receipts import (
     ReceiptFailure,
@@ -281,6 +282,31 @@ def test_the_inclusion_check_agrees_with_the_signer_s_tree_for_every_leaf_and_si
             other = (index + 1) % size
             if other != index:
                 assert not verify_inclusion(other, size, leaves[index], proof, root)
+
+
+def _indexed(stack: Stack) -> list[tuple[str, int]]:
+    rows = stack.store._read(
+        lambda c: c.execute("SELECT decision_id, seq FROM decision_audit").fetchall()
+    )
+    return sorted((str(d), int(s)) for d, s in rows)
+
+
+def test_decisions_recorded_before_the_index_are_indexed_by_its_migration(
+    api: Api, stack: Stack, audit_key: ec.EllipticCurvePublicKey
+) -> None:
+    decision_id = trailing_metadata(_denied(api, stack))[DECISION]
+    before = _indexed(stack)
+    assert decision_id in dict(before)
+    postgres = isinstance(stack.store, PostgresStore)
+    with stack.store._write() as conn:  # the store as version 13 left it
+        conn.execute("DROP TABLE decision_audit")
+        conn.execute(
+            "UPDATE paywarden_schema SET version = 13" if postgres else "PRAGMA user_version = 13"
+        )
+    assert stack.store.migrate() == 14
+    assert _indexed(stack) == before
+    response = get_receipt(api.signer, decision_id=decision_id)
+    assert _receipt_verified(receipt_document(response), audit_key).decision_id == decision_id
 
 
 # -- who may see which receipt: no oracle --------------------------------------------------------

@@ -274,11 +274,16 @@ CREATE TRIGGER payment_keys_never_back BEFORE UPDATE OF state ON payment_keys
 # Version to its script; each is run whole, in the migrating transaction.
 MIGRATIONS: dict[int, str] = {
     BASELINE: _TABLES + _TRIGGERS,
-    # A Sign decision's audit record, by the decision's id (receipts).
+    # A Sign decision's audit record, by the decision's id (receipts), filled for the
+    # decisions already in the log.
     14: """
     CREATE TABLE decision_audit (
         decision_id TEXT PRIMARY KEY,
         seq BIGINT NOT NULL
     );
+    INSERT INTO decision_audit (decision_id, seq)
+    SELECT (body::jsonb) #>> '{decision,id}', seq FROM audit_log
+     WHERE body LIKE '%"action":"sign.decision"%'
+       AND (body::jsonb) ->> 'action' = 'sign.decision';
     """,
 }

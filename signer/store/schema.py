@@ -11,7 +11,11 @@ import sqlite3
 from collections.abc import Callable, Iterator
 
 from paywarden.signer.store import sqlite_reloads
-from paywarden.signer.store.backfills import backfill_facts, index_audit_tree
+from paywarden.signer.store.backfills import (
+    backfill_facts,
+    index_audit_tree,
+    index_decision_audit,
+)
 from paywarden.signer.store.records import StoreError
 
 SCHEMA_VERSION = 14
@@ -342,17 +346,17 @@ MIGRATIONS: dict[int, str] = {
     # The context (groups, time zone, assets) the set in force was built with.
     13: sqlite_reloads.MIGRATION_CONTEXT,
     # The audit record of each Sign decision, by the decision's id: a receipt finds the
-    # record in one index probe. Decisions recorded before this version have no row
-    # (their receipts are asked for by the record's sequence number).
+    # record in one index probe. Filled for an existing log by index_decision_audit.
     14: DECISION_AUDIT,
 }
 
 
 # What a migration computes in Python after its SQL: sums of decimal TEXT amounts (7),
-# hashes, which SQLite lacks (8).
+# hashes, which SQLite lacks (8), the decisions already in the audit log (14).
 BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {
     7: backfill_facts,
     8: index_audit_tree,
+    14: index_decision_audit,
 }
 
 
