@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from paywarden.policy.vocabulary import ApprovalStatus
+from paywarden.policy.vocabulary import ApprovalStatus, FreezeSource, Reason
 from paywarden.signer.auditlog.explain import explain
 from paywarden.signer.cli.demo_output import Printer
 from paywarden.signer.cli.demo_setup import (
@@ -218,8 +218,14 @@ class Story:
         )
         r.observed["ticket"] = ticket.as_json()
         for name, payee, amount, purpose, reason in (
-            ("attacker", ATTACKER, "150.00", INJECTED, "PAYEE_NOT_ALLOWED"),
-            ("confusable", CONFUSABLE, "42.00", "pay the rail invoice again", "PAYEE_CONFUSABLE"),
+            ("attacker", ATTACKER, "150.00", INJECTED, Reason.PAYEE_NOT_ALLOWED),
+            (
+                "confusable",
+                CONFUSABLE,
+                "42.00",
+                "pay the rail invoice again",
+                Reason.PAYEE_CONFUSABLE,
+            ),
         ):
             answer = self.sign(TRAVEL_AGENT, self.intent(sid, payee, amount, purpose))
             r.observed[name] = answer.as_json()
@@ -281,16 +287,14 @@ class Story:
                 self._out.outcome(True, f"refused: {answer.status} / {answer.reason}")
         r.observed["rejections"] = seen
         freezes = self._control().ListFreezes(control_pb2.ListFreezesRequest(), timeout=TIMEOUT)
-        tripped = [
-            f for f in freezes.freezes
-            if (f.scope, f.target, f.actor) == (control_pb2.AGENT, TRAVEL_AGENT, "breaker")
-        ]  # fmt: skip
+        breaker = (control_pb2.AGENT, TRAVEL_AGENT, FreezeSource.BREAKER)
+        tripped = [f for f in freezes.freezes if (f.scope, f.target, f.actor) == breaker]
         r.observed["breaker_freeze"] = tripped[0].reason if tripped else None
         if r.expect(bool(tripped), "the breaker did not freeze the agent"):
             self._out.outcome(True, f"the breaker froze {TRAVEL_AGENT}: {tripped[0].reason}")
         blocked = self.sign(TRAVEL_AGENT, self.intent(sid, RAIL, "18.00", "seat reservation"))
         r.observed["blocked"] = blocked.as_json()
-        frozen = (blocked.status, blocked.reason) == ("FAILED_PRECONDITION", "FROZEN")
+        frozen = (blocked.status, blocked.reason) == ("FAILED_PRECONDITION", Reason.FROZEN)
         if r.expect(frozen, f"expected FAILED_PRECONDITION FROZEN, got {blocked.describe()}"):
             self._out.outcome(True, "refused: FAILED_PRECONDITION / FROZEN, until an operator")
 
@@ -306,7 +310,7 @@ class Story:
         sid = self._sessions[SHOP_AGENT]
         blocked = self.sign(SHOP_AGENT, self.intent(sid, WEATHER, "5.00", "one more report"))
         r.observed["blocked"] = blocked.as_json()
-        frozen = (blocked.status, blocked.reason) == ("FAILED_PRECONDITION", "FROZEN")
+        frozen = (blocked.status, blocked.reason) == ("FAILED_PRECONDITION", Reason.FROZEN)
         if r.expect(frozen, f"expected FAILED_PRECONDITION FROZEN, got {blocked.describe()}"):
             self._out.outcome(True, "refused: FAILED_PRECONDITION / FROZEN; nothing signs now")
 

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from paywarden.policy.vocabulary import Reason
 from paywarden.v1 import signer_pb2
 
 # The signer's trailing metadata on a refusal (README: every error carries its reason).
@@ -26,7 +27,6 @@ REASON_KEY = "paywarden-reason"
 DECISION_KEY = "paywarden-decision-id"
 SIGNED = "SIGNED"
 PENDING = "PENDING_APPROVAL"
-FROZEN = "FROZEN"
 
 
 class DemoCheckFailed(Exception):
@@ -138,7 +138,7 @@ class Tally:
             return  # a retry answered from its decision: nothing newly decided
         if a.status in (SIGNED, PENDING):
             self.kept[agent].add((session, payee))
-        if a.decision_id and a.reason != FROZEN:
+        if a.decision_id and a.reason != Reason.FROZEN:
             self.last_decided[agent] = (session, payee)
 
     def approval_decided(self, approved: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from paywarden.policy.vocabulary import format_amount
+from paywarden.policy.vocabulary import ApprovalStatus, format_amount
 from paywarden.signer.cli import report_sections as sections
 from paywarden.signer.cli.report_sections import AuditCheck, bucket_label, row, table, when
 from paywarden.signer.cli.report_svg import PALETTE, Column, Segment, columns, esc
@@ -77,7 +77,7 @@ class Page:
     def _tiles(self, audit: AuditCheck) -> str:
         f = self.facts
         decided = sum(n for _, _, n in f.decisions)
-        pending = sum(s.count for s in f.approval_status if s.status == "pending")
+        pending = sum(s.count for s in f.approval_status if s.status == ApprovalStatus.PENDING)
         verdict = {"ok": "holds", "broken": "BROKEN"}.get(audit.state, "not checked")
         tiles = [
             ("decisions", decided),

@@ -12,12 +12,18 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from paywarden.policy.vocabulary import Verdict
+
 # Colour-blind-safe (Okabe-Ito), then greys.
 PALETTE = (
     "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
     "#999999",
 )  # fmt: skip
-OUTCOME_COLOURS = {"allow": "#009E73", "deny": "#D55E00", "pending": "#E69F00"}
+OUTCOME_COLOURS: dict[str, str] = {
+    Verdict.ALLOW: "#009E73",
+    Verdict.DENY: "#D55E00",
+    Verdict.NEEDS_APPROVAL: "#E69F00",
+}
 
 
 def esc(text: object) -> str:
