@@ -98,6 +98,28 @@ class Reason(StrEnum):
     RELOAD_NOT_REVIEWED = "RELOAD_NOT_REVIEWED"
     # receipts (Signer.GetReceipt): unknown, or not the caller's to see (the same answer)
     RECEIPT_NOT_FOUND = "RECEIPT_NOT_FOUND"
+    # a payment's standing (Signer.CheckPayment): no signed payment with that id names
+    # the caller; voided since it was signed (or FROZEN); past its "exp"
+    PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND"
+    KEY_REVOKED = "KEY_REVOKED"
+    KEY_DESTROYED = "KEY_DESTROYED"
+    PAYMENT_EXPIRED = "PAYMENT_EXPIRED"
+    # a payee's offline check of a payment (paywarden.verify): the JWS is no compact
+    # JWS of JSON objects; its header or payload is not RFC 8785 canonical; its header
+    # has a parameter other than alg, kid and typ; its "alg" is not ES256 (none
+    # included); its "typ" (header or claim) is not a payment's; its claims are not
+    # exactly a payment's; its signature does not verify; it names another payee; it
+    # was issued in the future; the JWKS given is not a usable key set
+    JWS_MALFORMED = "JWS_MALFORMED"
+    JWS_NOT_CANONICAL = "JWS_NOT_CANONICAL"
+    JWS_HEADER_NOT_ALLOWED = "JWS_HEADER_NOT_ALLOWED"
+    ALG_NOT_ALLOWED = "ALG_NOT_ALLOWED"
+    TYP_NOT_ALLOWED = "TYP_NOT_ALLOWED"
+    CLAIMS_INVALID = "CLAIMS_INVALID"
+    BAD_SIGNATURE = "BAD_SIGNATURE"
+    WRONG_PAYEE = "WRONG_PAYEE"
+    PAYMENT_NOT_YET_VALID = "PAYMENT_NOT_YET_VALID"
+    JWKS_INVALID = "JWKS_INVALID"
 
     # -- the rules' denials (paywarden.policy.rules, payees, breaker) --
     SESSION_IN_EXPLORE_PHASE = "SESSION_IN_EXPLORE_PHASE"

@@ -113,6 +113,21 @@ AGENT_MESSAGES: dict[str, str] = {
     Reason.RELOAD_NOT_REVIEWED: "the set confirmed is not the one this reload would apply",
     # receipts
     Reason.RECEIPT_NOT_FOUND: "no such decision",
+    Reason.PAYMENT_NOT_FOUND: "no signed payment with this decision id names the caller",
+    Reason.KEY_REVOKED: "the key version that signed the payment was revoked",
+    Reason.KEY_DESTROYED: "the key version that signed the payment was destroyed",
+    Reason.PAYMENT_EXPIRED: "the payment is past its expiry",
+    # The offline checks of paywarden.verify: the signer never refuses with these.
+    Reason.JWS_MALFORMED: "the payment is not a compact JWS of JSON objects",
+    Reason.JWS_NOT_CANONICAL: "the payment's header or payload is not RFC 8785 JSON",
+    Reason.JWS_HEADER_NOT_ALLOWED: "the payment's header has a parameter not allowed",
+    Reason.ALG_NOT_ALLOWED: "the payment's algorithm is not ES256",
+    Reason.TYP_NOT_ALLOWED: "the payment's type is not a Paywarden payment",
+    Reason.CLAIMS_INVALID: "the payment's claims are not those of a payment",
+    Reason.BAD_SIGNATURE: "the payment's signature does not verify",
+    Reason.WRONG_PAYEE: "the payment names another payee",
+    Reason.PAYMENT_NOT_YET_VALID: "the payment was issued in the future",
+    Reason.JWKS_INVALID: "the key set is not a usable JWKS",
 }
 
 
