@@ -317,7 +317,13 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
     auth.check_revocations(stack.service.revocations.check)
     edge = Edge(auth, stack.store, stack.clock.now)
     return (
-        SignerServicer(stack.service.signing, stack.service.keys, edge, stack.service.receipts),
+        SignerServicer(
+            stack.service.signing,
+            stack.service.keys,
+            edge,
+            stack.service.receipts,
+            stack.service.payments,
+        ),
         SessionsServicer(stack.service.sessions, edge),
         ApprovalsServicer(stack.service.approvals, edge),
         ControlServicer(

@@ -329,7 +329,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
     )
     edge = Edge(auth, store, clock.now)  # rpc.error records keep the services' time
-    signer = SignerServicer(service.signing, service.keys, edge, service.receipts)
+    signer = SignerServicer(service.signing, service.keys, edge, service.receipts, service.payments)
     add_servicer(server, signer, "paywarden.v1.Signer")
     add_servicer(server, SessionsServicer(service.sessions, edge), "paywarden.v1.Sessions")
     add_servicer(server, ApprovalsServicer(service.approvals, edge), "paywarden.v1.Approvals")

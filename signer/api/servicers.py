@@ -7,6 +7,7 @@ import json
 from paywarden.policy.vocabulary import Amount, FreezeScope
 from paywarden.signer import deadlines
 from paywarden.signer.api.authz import Edge, rpc
+from paywarden.signer.api.payment_rpcs import PaymentRpcs
 from paywarden.signer.api.receipt_rpcs import ReceiptRpcs
 from paywarden.signer.api.reload_rpcs import ReloadRpcs
 from paywarden.signer.core.approvals import Approvals
@@ -21,6 +22,7 @@ from paywarden.signer.core.reloads import PolicyReloads
 from paywarden.signer.core.revocations import Revocations
 from paywarden.signer.core.sessions import Sessions
 from paywarden.signer.core.signing import Signing
+from paywarden.signer.core.standing import PaymentChecks
 from paywarden.signer.core.views import ApprovalView, SessionView, SignStatus
 from paywarden.signer.errors import InvalidInput, NotFound, Reason
 from paywarden.signer.identity import Principal
@@ -37,12 +39,20 @@ from paywarden.v1 import (
 )
 
 
-class SignerServicer(ReceiptRpcs, signer_pb2_grpc.SignerServicer):
-    def __init__(self, signing: Signing, keys: PublicKeys, edge: Edge, receipts: Receipts) -> None:
+class SignerServicer(ReceiptRpcs, PaymentRpcs, signer_pb2_grpc.SignerServicer):
+    def __init__(
+        self,
+        signing: Signing,
+        keys: PublicKeys,
+        edge: Edge,
+        receipts: Receipts,
+        payments: PaymentChecks,
+    ) -> None:
         self.signing = signing
         self.keys = keys
         self.edge = edge
         self.receipts = receipts
+        self.payments = payments
 
     @rpc("/paywarden.v1.Signer/Sign")
     def Sign(self, caller: Principal, request: signer_pb2.SignRequest) -> signer_pb2.SignResponse:

@@ -1,7 +1,8 @@
 """The core's use cases, built together over one :class:`Deps`.
 
 The api layer hands each servicer the use case it serves (``server.start``):
-Signer → :class:`Signing` and :class:`PublicKeys`, Sessions → :class:`Sessions`,
+Signer → :class:`Signing`, :class:`PublicKeys` and :class:`PaymentChecks`,
+Sessions → :class:`Sessions`,
 Approvals → :class:`Approvals`, Control → :class:`Freezes`,
 :class:`Revocations` (the authenticator also asks its check on every call) and
 :class:`Checkpoints`. :class:`Refusals` is shared by the Sign path, the
@@ -31,6 +32,7 @@ from paywarden.signer.core.reloads import PolicyReloads
 from paywarden.signer.core.revocations import Revocations
 from paywarden.signer.core.sessions import Sessions
 from paywarden.signer.core.signing import Signing
+from paywarden.signer.core.standing import PaymentChecks
 from paywarden.signer.core.views import SessionView, SignResult
 from paywarden.signer.deadlines import NO_DEADLINE, Deadline
 from paywarden.signer.errors import PaywardenError
@@ -65,6 +67,7 @@ class SigningService:
             log.error("the payment keys cannot be loaded yet: %s", exc)
         self.signing = Signing(deps, self.refusals, self.key_view)
         self.keys = PublicKeys(self.key_view)
+        self.payments = PaymentChecks(deps)
         self.sessions = Sessions(deps)
         self.approvals = Approvals(deps)
         self.freezes = Freezes(

@@ -25,6 +25,7 @@ from paywarden.policy.vocabulary import (
     Vote,
 )
 from paywarden.signer.store.key_protocols import KeyStore
+from paywarden.signer.store.payment_reads import PaymentReadStore
 from paywarden.signer.store.records import (
     AgentOverview,
     AgentUsage,
@@ -393,6 +394,7 @@ class Store(
     KeyStore,
     StoreLifecycle,
     AgentReadStore,
+    PaymentReadStore,
     Protocol,
 ):
     """Everything a backend implements; a use case asks for the narrow protocol it needs."""

@@ -23,6 +23,7 @@ from paywarden.signer.auditlog.append import AuditState
 from paywarden.signer.store import sqlite_agent
 from paywarden.signer.store import sqlite_reads as reads
 from paywarden.signer.store import sqlite_tx as tx
+from paywarden.signer.store.payment_reads import SqlPaymentReads
 from paywarden.signer.store.records import (
     AgentOverview,
     ApprovalRecord,
@@ -47,7 +48,7 @@ from paywarden.signer.store.sqlite_tx import (
 )
 
 
-class SqlStore(SqlitePolicyReloads, SqliteKeyStore):
+class SqlStore(SqlitePolicyReloads, SqliteKeyStore, SqlPaymentReads):
     """Every use case's protocol (:class:`~paywarden.signer.store.protocols.Store`) in the
     SQL both backends run, on a backend's :class:`~.connection.Connection`."""
 

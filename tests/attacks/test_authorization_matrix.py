@@ -33,13 +33,14 @@ from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_
 UNARY, SERVER_STREAM, BIDI = "unary", "server-stream", "bidi"
 AGENT, PLANNER, APPROVER, OPERATOR = "agent", "planner", "approver", "operator"
 PAYEE = "payee"
-EVERY_ROLE = frozenset({AGENT, PLANNER, APPROVER, OPERATOR})
+EVERY_ROLE = frozenset({AGENT, PLANNER, APPROVER, OPERATOR, PAYEE})
 
 # method -> (kind of call, roles allowed). Derived from nothing: a reviewed table.
 EXPECTED: dict[str, tuple[str, frozenset[str]]] = {
     "/paywarden.v1.Signer/Sign": (UNARY, frozenset({AGENT})),
     "/paywarden.v1.Signer/GetPublicKeys": (UNARY, EVERY_ROLE),
     "/paywarden.v1.Signer/GetReceipt": (UNARY, frozenset({AGENT, PAYEE, APPROVER, OPERATOR})),
+    "/paywarden.v1.Signer/CheckPayment": (UNARY, frozenset({PAYEE, OPERATOR})),
     "/paywarden.v1.Sessions/OpenSession": (UNARY, frozenset({PLANNER})),
     "/paywarden.v1.Sessions/GetSession": (UNARY, frozenset({PLANNER, AGENT})),
     "/paywarden.v1.Sessions/CloseSession": (UNARY, frozenset({PLANNER})),
@@ -105,6 +106,7 @@ CALLERS: dict[str, Caller] = {
     "planner": Caller(_issued(PLANNER, "planner-1"), role=PLANNER),
     "approver": Caller(_issued(APPROVER, "approver-1"), role=APPROVER),
     "operator": Caller(_issued(OPERATOR, "operator-1"), role=OPERATOR),
+    "payee": Caller(_issued(PAYEE, "payee-1"), role=PAYEE),
     "no-certificate": Caller(lambda _pki, _rogue: None, refused=HANDSHAKE_REFUSED),
     "rogue-ca": Caller(
         lambda _pki, rogue: ClientCert(*rogue.cert(OPERATOR, "operator-1")),

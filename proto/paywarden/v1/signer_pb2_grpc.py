@@ -51,6 +51,11 @@ class SignerStub:
                 request_serializer=paywarden_dot_v1_dot_signer__pb2.GetReceiptRequest.SerializeToString,
                 response_deserializer=paywarden_dot_v1_dot_signer__pb2.GetReceiptResponse.FromString,
                 _registered_method=True)
+        self.CheckPayment = channel.unary_unary(
+                '/paywarden.v1.Signer/CheckPayment',
+                request_serializer=paywarden_dot_v1_dot_signer__pb2.CheckPaymentRequest.SerializeToString,
+                response_deserializer=paywarden_dot_v1_dot_signer__pb2.CheckPaymentResponse.FromString,
+                _registered_method=True)
 
 
 class SignerServicer:
@@ -91,6 +96,22 @@ class SignerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckPayment(self, request, context):
+        """Roles: payee (a payment that names it), operator. Whether a signed
+        payment still stands: a payee asks before it settles. A payment is VOIDED
+        when its key version is now revoked or destroyed (KEY_REVOKED,
+        KEY_DESTROYED), or a freeze now covers it: the kill switch, its agent,
+        its session or its key version (FROZEN, while the freeze lasts); else
+        EXPIRED from its "exp" on (PAYMENT_EXPIRED); else VALID. A payment that
+        does not name the calling payee (its signed payee equal, code point for
+        code point, to the caller's principal id) is answered NOT_FOUND
+        (PAYMENT_NOT_FOUND) exactly like a decision id that does not exist or
+        was never signed, so that a payee learns nothing of others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +129,11 @@ def add_SignerServicer_to_server(servicer, server):
                     servicer.GetReceipt,
                     request_deserializer=paywarden_dot_v1_dot_signer__pb2.GetReceiptRequest.FromString,
                     response_serializer=paywarden_dot_v1_dot_signer__pb2.GetReceiptResponse.SerializeToString,
+            ),
+            'CheckPayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckPayment,
+                    request_deserializer=paywarden_dot_v1_dot_signer__pb2.CheckPaymentRequest.FromString,
+                    response_serializer=paywarden_dot_v1_dot_signer__pb2.CheckPaymentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -193,6 +219,33 @@ class Signer:
             '/paywarden.v1.Signer/GetReceipt',
             paywarden_dot_v1_dot_signer__pb2.GetReceiptRequest.SerializeToString,
             paywarden_dot_v1_dot_signer__pb2.GetReceiptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckPayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paywarden.v1.Signer/CheckPayment',
+            paywarden_dot_v1_dot_signer__pb2.CheckPaymentRequest.SerializeToString,
+            paywarden_dot_v1_dot_signer__pb2.CheckPaymentResponse.FromString,
             options,
             channel_credentials,
             insecure,
