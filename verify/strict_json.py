@@ -52,10 +52,9 @@ def _refuse(text: str) -> object:
     raise ValueError(f"{text} is not allowed")
 
 
-def strict_object(data: bytes, what: str) -> Flat:
-    """``data`` as a JSON object of strings and safe integers, each member once
-    (:class:`PaymentRejected` with ``JWS_MALFORMED``); :func:`check_canonical` then says
-    whether it was written in its RFC 8785 form."""
+def json_object(data: bytes, what: str) -> dict[str, object]:
+    """``data`` as a JSON object, each member once, no number but integers
+    (:class:`PaymentRejected` with ``JWS_MALFORMED``)."""
     try:
         text = data.decode("utf-8")
         value = json.loads(
@@ -65,6 +64,13 @@ def strict_object(data: bytes, what: str) -> Flat:
         raise PaymentRejected(Reason.JWS_MALFORMED, f"the {what} is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise PaymentRejected(Reason.JWS_MALFORMED, f"the {what} is not a JSON object")
+    return value
+
+
+def flat(value: dict[str, object], what: str) -> Flat:
+    """``value`` if it holds only strings and safe integers (else ``JWS_MALFORMED``);
+    :func:`check_canonical` then says whether it was written in its RFC 8785 form."""
+    out: Flat = {}
     for key, member in value.items():
         if type(member) is int:
             if abs(member) > MAX_SAFE_INT:
@@ -73,7 +79,8 @@ def strict_object(data: bytes, what: str) -> Flat:
             raise PaymentRejected(
                 Reason.JWS_MALFORMED, f"the {what}'s {key} is neither a string nor an integer"
             )
-    return value
+        out[key] = member
+    return out
 
 
 def check_canonical(value: Flat, data: bytes, what: str) -> None:

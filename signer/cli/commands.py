@@ -24,6 +24,7 @@ from paywarden.signer.cli import (
     receipt,
     report,
     store_migrate,
+    verify,
     verify_receipt,
 )
 from paywarden.signer.cli.support import CliExit, config_from_args
@@ -192,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     verify_receipt_parser = sub.add_parser("verify-receipt", help="check a receipt offline")
     verify_receipt.add_arguments(verify_receipt_parser)
     verify_receipt_parser.set_defaults(fn=verify_receipt.run)
+    verify_parser = sub.add_parser("verify", help="payee: check a payment offline (JWKS)")
+    verify.add_arguments(verify_parser)
+    verify_parser.set_defaults(fn=verify.run)
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)
