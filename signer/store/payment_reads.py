@@ -32,7 +32,7 @@ class PaymentReadStore(Protocol):
         """None if no decision has this id."""
 
 
-def _facts(conn: Conn, decision_id: str) -> PaymentFacts | None:
+def read_payment_facts(conn: Conn, decision_id: str) -> PaymentFacts | None:
     decision = reads.decision_by_id(conn, decision_id)
     if decision is None:
         return None
@@ -47,5 +47,5 @@ class SqlPaymentReads(Connection):
     """:class:`PaymentReadStore` on either backend's connection."""
 
     def payment_facts(self, decision_id: str) -> PaymentFacts | None:
-        result: PaymentFacts | None = self._read_snapshot(_facts, decision_id)
+        result: PaymentFacts | None = self._read_snapshot(read_payment_facts, decision_id)
         return result

@@ -14,7 +14,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.v1 import signer_pb2
 
-from tests.helpers import ROOT, Stack
+from tests.helpers import ROOT, Pki, Stack
+from tests.support.cli import paywarden
 from tests.support.clients import Api
 from tests.support.intents import sign_request
 from tests.support.sessions import open_session
@@ -113,3 +114,13 @@ def paywarden_with_input(stdin: str, *args: str) -> subprocess.CompletedProcess[
         timeout=120,
         check=False,
     )
+
+
+def ctl_at(addr: str, pki: Pki, *args: str) -> subprocess.CompletedProcess[str]:
+    """``paywarden ctl ARGS`` as operator-1 against the signer at ``addr``."""
+    return paywarden(
+        "ctl", "--addr", addr, "--ca", pki.dir / "ca.crt",
+        "--cert", pki.dir / "operator-operator-1.crt",
+        "--key", pki.dir / "operator-operator-1.key",
+        *args, timeout=60,
+    )  # fmt: skip
