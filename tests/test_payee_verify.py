@@ -119,6 +119,11 @@ def test_no_single_character_changed_anywhere_is_accepted(genuine: Genuine) -> N
             verify_payment(changed, genuine.jwks, payee=PAYEE, now=genuine.during)
 
 
+def test_nothing_but_the_compact_jws_itself_is_accepted(genuine: Genuine) -> None:
+    for padded in (genuine.jws + "\n", " " + genuine.jws, genuine.jws + "."):
+        assert rejection(padded, genuine.jwks, now=genuine.during) is Reason.JWS_MALFORMED
+
+
 def test_a_payment_to_another_payee_is_rejected(genuine: Genuine) -> None:
     assert rejection(genuine.jws, genuine.jwks, payee=OTHER_PAYEE, now=genuine.during) is (
         Reason.WRONG_PAYEE

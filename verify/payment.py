@@ -139,14 +139,15 @@ def verify_payment(
     identifier) at ``now`` (Unix seconds; default: this machine's clock).
 
     Returns the payment's claims; raises :class:`PaymentRejected` with the reason of the
-    first check that fails (see the module's docstring), and nothing else for any input.
+    first check that fails (see the module's docstring), whatever ``jws`` and ``jwks``
+    hold. An empty ``payee`` is the caller's mistake: :class:`ValueError`.
     """
     if not payee:
         raise ValueError("payee: the caller's own identifier is required")
     keys = jwks if isinstance(jwks, Jwks) else Jwks.parse(jwks)
     if not isinstance(jws, str) or not jws.isascii():
         raise _rejected(Reason.JWS_MALFORMED, "a compact JWS is ASCII text")
-    parts = jws.strip().split(".")
+    parts = jws.split(".")  # no surrounding whitespace either: what was signed, only
     if len(parts) != 3:
         raise _rejected(Reason.JWS_MALFORMED, "a compact JWS has three parts")
     kid = _header(parts[0])
@@ -160,7 +161,8 @@ def verify_payment(
     iat, exp = int(claims["iat"]), int(claims["exp"])
     if key.state is KeyState.REVOKED and not (key.revoked_at is not None and iat < key.revoked_at):
         raise _rejected(
-            Reason.KEY_REVOKED, f"key {kid} was revoked at {key.revoked_at}, not after iat {iat}"
+            Reason.KEY_REVOKED,
+            f"key {kid} was revoked at {key.revoked_at}, not after the payment's iat {iat}",
         )
     if claims["payee"] != unicodedata.normalize("NFC", payee):
         raise _rejected(Reason.WRONG_PAYEE, "the payment names another payee")
