@@ -20,6 +20,8 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from joserfc import jws as joserfc_jws
 from joserfc.jwk import KeySet
 from paywarden.policy.vocabulary import KeyState, Reason
@@ -122,6 +124,32 @@ def test_no_single_character_changed_anywhere_is_accepted(genuine: Genuine) -> N
 def test_nothing_but_the_compact_jws_itself_is_accepted(genuine: Genuine) -> None:
     for padded in (genuine.jws + "\n", " " + genuine.jws, genuine.jws + "."):
         assert rejection(padded, genuine.jwks, now=genuine.during) is Reason.JWS_MALFORMED
+
+
+_PIECES = st.sampled_from(
+    ["eyJhbGciOiJFUzI1NiJ9", "e30", "bnVsbA", "W10", "AA", "_-", "=", ".", "\u00e9", " ", ""]
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cut=st.integers(min_value=0, max_value=400),
+    junk=st.lists(st.one_of(_PIECES, st.text(max_size=8)), max_size=6).map("".join),
+)
+def test_whatever_the_input_the_only_failure_is_a_rejection(
+    genuine: Genuine, cut: int, junk: str
+) -> None:
+    """Fail closed, never crash: cut, spliced and random JWS give a PaymentRejected and
+    nothing else (no ValueError, KeyError, UnicodeError ... escapes)."""
+    for jws in {genuine.jws[:cut] + junk, junk + genuine.jws[cut:], junk} - {genuine.jws}:
+        with pytest.raises(PaymentRejected):
+            verify_payment(jws, genuine.jwks, payee=PAYEE, now=genuine.during)
+    jwks = genuine.jwks[:cut] + junk
+    if jwks != genuine.jwks:
+        with pytest.raises(PaymentRejected):
+            verify_payment(genuine.jws, jwks, payee=PAYEE, now=genuine.during)
 
 
 def test_a_payment_to_another_payee_is_rejected(genuine: Genuine) -> None:
