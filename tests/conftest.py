@@ -306,8 +306,8 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
         ApprovalsServicer,
         ControlServicer,
         SessionsServicer,
-        SignerServicer,
     )
+    from paywarden.signer.api.signer_servicer import SignerServicer
     from paywarden.signer.api.startup import authenticator
 
     from tests.helpers import Stack

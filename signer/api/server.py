@@ -23,12 +23,8 @@ from paywarden.signer.api.admission import Admission, AdmissionInterceptor
 from paywarden.signer.api.authz import Edge
 from paywarden.signer.api.calls import CallInterceptor
 from paywarden.signer.api.registry import SERVICES, add_servicer
-from paywarden.signer.api.servicers import (
-    ApprovalsServicer,
-    ControlServicer,
-    SessionsServicer,
-    SignerServicer,
-)
+from paywarden.signer.api.servicers import ApprovalsServicer, ControlServicer, SessionsServicer
+from paywarden.signer.api.signer_servicer import SignerServicer
 from paywarden.signer.api.startup import (
     StartupError,
     authenticator,

@@ -1,29 +1,23 @@
-"""Thin gRPC servicers: proto in, plain Python service call, proto out."""
+"""Thin gRPC servicers: proto in, plain Python service call, proto out.
+
+The Signer service's is in :mod:`.signer_servicer`."""
 
 from __future__ import annotations
 
 import json
 
 from paywarden.policy.vocabulary import Amount, FreezeScope
-from paywarden.signer import deadlines
 from paywarden.signer.api.authz import Edge, rpc
-from paywarden.signer.api.payment_rpcs import PaymentRpcs
-from paywarden.signer.api.receipt_rpcs import ReceiptRpcs
 from paywarden.signer.api.reload_rpcs import ReloadRpcs
 from paywarden.signer.core.approvals import Approvals
 from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.explain import Explain
 from paywarden.signer.core.explain_document import document_bytes
 from paywarden.signer.core.freezes import Freezes
-from paywarden.signer.core.keys import PublicKeys
-from paywarden.signer.core.payments import IntentFields
-from paywarden.signer.core.receipts import Receipts
 from paywarden.signer.core.reloads import PolicyReloads
 from paywarden.signer.core.revocations import Revocations
 from paywarden.signer.core.sessions import Sessions
-from paywarden.signer.core.signing import Signing
-from paywarden.signer.core.standing import PaymentChecks
-from paywarden.signer.core.views import ApprovalView, SessionView, SignStatus
+from paywarden.signer.core.views import ApprovalView, SessionView
 from paywarden.signer.errors import InvalidInput, NotFound, Reason
 from paywarden.signer.identity import Principal
 from paywarden.signer.store.records import Freeze, Revocation, RevocationKind
@@ -34,82 +28,7 @@ from paywarden.v1 import (
     control_pb2_grpc,
     sessions_pb2,
     sessions_pb2_grpc,
-    signer_pb2,
-    signer_pb2_grpc,
 )
-
-
-class SignerServicer(ReceiptRpcs, PaymentRpcs, signer_pb2_grpc.SignerServicer):
-    def __init__(
-        self,
-        signing: Signing,
-        keys: PublicKeys,
-        edge: Edge,
-        receipts: Receipts,
-        payments: PaymentChecks,
-    ) -> None:
-        self.signing = signing
-        self.keys = keys
-        self.edge = edge
-        self.receipts = receipts
-        self.payments = payments
-
-    @rpc("/paywarden.v1.Signer/Sign")
-    def Sign(self, caller: Principal, request: signer_pb2.SignRequest) -> signer_pb2.SignResponse:
-        i = request.intent
-        result = self.signing.sign(
-            caller,
-            IntentFields(
-                session_id=i.session_id,
-                key_id=i.key_id,
-                payee=i.payee,
-                amount=i.amount,
-                asset=i.asset,
-                reference=i.reference,
-                purpose=i.purpose,
-                nonce=i.nonce,
-                expires_at=i.expires_at,
-            ),
-            deadlines.current(),
-        )
-        if result.status is SignStatus.PENDING_APPROVAL:
-            return signer_pb2.SignResponse(
-                status=signer_pb2.PENDING_APPROVAL,
-                approval_id=result.approval_id,
-                decision_id=result.decision_id,
-                key_id=result.key_id,
-                canonical_payload=result.payload,
-                replayed_result=result.replayed,
-                audit_seq=result.audit_seq,
-            )
-        return signer_pb2.SignResponse(
-            status=signer_pb2.SIGNED,
-            jws=result.jws,
-            decision_id=result.decision_id,
-            key_id=result.key_id,
-            canonical_payload=result.payload,
-            replayed_result=result.replayed,
-            audit_seq=result.audit_seq,
-        )
-
-    @rpc("/paywarden.v1.Signer/GetPublicKeys")
-    def GetPublicKeys(
-        self, caller: Principal, request: signer_pb2.GetPublicKeysRequest
-    ) -> signer_pb2.GetPublicKeysResponse:
-        keys = self.keys.public_keys()
-        return signer_pb2.GetPublicKeysResponse(
-            jwks_json=self.keys.jwks(),
-            keys=[
-                signer_pb2.PublicKey(
-                    key_id=k.info.key_id,
-                    algorithm=k.info.algorithm,
-                    spki_pem=k.info.spki_pem,
-                    state=str(k.state),
-                    revoked_at=k.revoked_at or 0,
-                )
-                for k in keys
-            ],
-        )
 
 
 def _session_proto(view: SessionView) -> sessions_pb2.Session:
