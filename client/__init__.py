@@ -2,4 +2,54 @@
 
 It depends on the generated API (``paywarden.v1``), gRPC and ``paywarden.verify``, never on the
 signer's own code, so that an agent platform installs it without running a signer.
+
+Connection settings come from arguments (:class:`ConnectionSettings`) or from the environment
+(``PAYWARDEN_ADDR``, ``PAYWARDEN_CA``, ``PAYWARDEN_CERT``, ``PAYWARDEN_KEY`` and optionally
+``PAYWARDEN_SERVER_NAME``). Every failure is a :class:`ClientError`; the asyncio clients are in
+:mod:`paywarden.client.aio`.
 """
+
+from paywarden.client._requests import PlanItem, SessionOptions
+from paywarden.client._signing import new_nonce
+from paywarden.client.agent import AgentClient
+from paywarden.client.approver import ApproverClient
+from paywarden.client.errors import (
+    ApprovalDenied,
+    CallError,
+    ClientError,
+    Refusal,
+    RetriesExhausted,
+    SettingsError,
+    SignRefused,
+)
+from paywarden.client.operator import OperatorClient, Scope
+from paywarden.client.planner import PlannerClient, PlannerSession
+from paywarden.client.results import PaymentClaims, PendingApproval, Signed, SignResult
+from paywarden.client.retry import RETRYABLE, RetryPolicy
+from paywarden.client.settings import ConnectionSettings
+
+__all__ = [
+    "RETRYABLE",
+    "AgentClient",
+    "ApprovalDenied",
+    "ApproverClient",
+    "CallError",
+    "ClientError",
+    "ConnectionSettings",
+    "OperatorClient",
+    "PaymentClaims",
+    "PendingApproval",
+    "PlanItem",
+    "PlannerClient",
+    "PlannerSession",
+    "Refusal",
+    "RetriesExhausted",
+    "RetryPolicy",
+    "Scope",
+    "SessionOptions",
+    "SettingsError",
+    "SignRefused",
+    "SignResult",
+    "Signed",
+    "new_nonce",
+]

@@ -1,0 +1,224 @@
+"""What the blocking and the asyncio agent share: the nonce, the request, reading answers.
+
+No I/O: the two clients differ only in how they send, wait and sleep.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+from paywarden.client._calls import GET_RECEIPT, SIGN, Method
+from paywarden.client.errors import (
+    ApprovalDenied,
+    CallError,
+    ClientError,
+    Refusal,
+    RetriesExhausted,
+    SignRefused,
+)
+from paywarden.client.results import PaymentClaims, PendingApproval, Signed, SignResult
+from paywarden.client.retry import RETRYABLE, Attempts, RetryPolicy
+from paywarden.v1 import signer_pb2
+
+NONCE_BYTES = 32
+"""Random bytes in a nonce (the signer takes 16 to 64)."""
+DEFAULT_EXPIRY = 120
+"""Seconds a payment stays valid by default (the signer's default maximum is 300)."""
+APPROVAL_REFUSALS = frozenset({"APPROVAL_DENIED", "APPROVAL_EXPIRED"})
+
+
+def new_nonce(size: int = NONCE_BYTES) -> str:
+    """``size`` random bytes (16 to 64), base64url without padding."""
+    if not 16 <= size <= 64:
+        raise ValueError("a nonce is 16 to 64 random bytes")
+    return base64.urlsafe_b64encode(secrets.token_bytes(size)).rstrip(b"=").decode("ascii")
+
+
+def build_intent(
+    *,
+    session_id: str,
+    payee: str,
+    amount: str,
+    asset: str,
+    reference: str,
+    key_id: str,
+    purpose: str,
+    expires_at: int | None,
+    expires_in: int,
+    nonce: str | None,
+    clock: Callable[[], float] = time.time,
+) -> signer_pb2.PaymentIntent:
+    """The one request a ``sign`` sends, however often: a fresh nonce unless one is given, and
+    an expiry ``expires_in`` seconds from now unless ``expires_at`` is given. The signer
+    validates every field; the SDK only refuses what it could never send (a non-string
+    amount)."""
+    if not isinstance(amount, str):
+        raise TypeError("amount is a decimal string such as '12.50' (never a float)")
+    return signer_pb2.PaymentIntent(
+        session_id=session_id,
+        key_id=key_id,
+        payee=payee,
+        amount=amount,
+        asset=asset,
+        reference=reference,
+        purpose=purpose,
+        nonce=new_nonce() if nonce is None else nonce,
+        expires_at=int(clock()) + expires_in if expires_at is None else expires_at,
+    )
+
+
+def sign_request(intent: signer_pb2.PaymentIntent) -> signer_pb2.SignRequest:
+    """The request for ``intent``."""
+    return signer_pb2.SignRequest(intent=intent)
+
+
+def read_answer(
+    response: signer_pb2.SignResponse,
+    intent: signer_pb2.PaymentIntent,
+    attempts: int,
+    approval_id: str | None,
+) -> SignResult:
+    """The answer as a result; an answer that is neither a signature nor a pending approval
+    (an unknown status, a signature whose payload is not this request's) is refused: an agent
+    never takes a doubtful answer for a signature."""
+    if response.status == signer_pb2.PENDING_APPROVAL and response.approval_id:
+        return PendingApproval(response.approval_id, intent, response.audit_seq, attempts)
+    if response.status != signer_pb2.SIGNED or response.jws.count(".") != 2:
+        raise ClientError(f"the signer's answer is not a signature (status {response.status})")
+    try:
+        claims = PaymentClaims.from_payload(response.canonical_payload)
+    except ValueError as exc:
+        raise ClientError(f"the signed payload cannot be read: {exc}") from None
+    if claims.nonce != intent.nonce or claims.session_id != intent.session_id:
+        raise ClientError("the signed payload is not this request's (nonce or session differ)")
+    return Signed(
+        jws=response.jws,
+        decision_id=response.decision_id,
+        key_id=response.key_id,
+        claims=claims,
+        canonical_payload=response.canonical_payload,
+        audit_seq=response.audit_seq,
+        replayed=response.replayed_result,
+        approval_id=approval_id or None,
+        attempts=attempts,
+    )
+
+
+def refused(refusal: Refusal) -> SignRefused:
+    """A final refusal of ``Sign`` as its exception."""
+    if refusal.reason in APPROVAL_REFUSALS:
+        return ApprovalDenied(refusal)
+    return SignRefused(refusal)
+
+
+def failure(refusal: Refusal, attempts: Attempts) -> SignRefused | RetriesExhausted:
+    """What to raise when an attempt failed and ``attempts`` allows no other."""
+    if refusal.code in RETRYABLE:
+        return RetriesExhausted(refusal, attempts.count)
+    return refused(refusal)
+
+
+def receipt_request(refusal: Refusal) -> signer_pb2.GetReceiptRequest | None:
+    """The receipt request for a refused decision: by decision id, else by audit record;
+    ``None`` when the refusal names neither (nothing was recorded)."""
+    if refusal.decision_id:
+        return signer_pb2.GetReceiptRequest(decision_id=refusal.decision_id)
+    if refusal.audit_seq is not None:
+        return signer_pb2.GetReceiptRequest(audit_seq=refusal.audit_seq)
+    return None
+
+
+@dataclass(frozen=True)
+class Send:
+    """Step: send ``request`` to ``method`` with this timeout; the reply is the response or
+    the call's :class:`Refusal`."""
+
+    method: Method[Any, Any]
+    request: Message
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Step: wait this many seconds (a backoff or an approval poll); the reply is ``None``."""
+
+    seconds: float
+
+
+Step = Send | Pause
+Reply = Message | Refusal | None
+Steps = Generator[Step, Reply, SignResult]
+
+
+def sign_steps(
+    intent: signer_pb2.PaymentIntent,
+    policy: RetryPolicy,
+    *,
+    wait_for_approval: float | None,
+    approval_id: str | None,
+    fetch_receipts: bool,
+    receipt_timeout: float,
+) -> Steps:
+    """Everything one ``sign`` does, as steps that a blocking or an asyncio driver performs.
+
+    The request is sent, and retried on UNAVAILABLE / DEADLINE_EXCEEDED within the policy's
+    bounds, always the same bytes. A pending answer is asked again, with the same request,
+    until it is signed, refused or ``wait_for_approval`` seconds have passed. A refusal is
+    raised as :class:`SignRefused` with the decision's receipt when it can be fetched.
+    """
+    request = sign_request(intent)
+    result = yield from _send(request, intent, policy, approval_id, fetch_receipts, receipt_timeout)
+    if not isinstance(result, PendingApproval) or wait_for_approval is None:
+        return result
+    polls = policy.approval_wait(wait_for_approval)
+    while isinstance(result, PendingApproval) and (delay := polls.next_delay()) is not None:
+        yield Pause(delay)
+        result = yield from _send(
+            request, intent, policy, result.approval_id, fetch_receipts, receipt_timeout
+        )
+    return result
+
+
+def _send(
+    request: signer_pb2.SignRequest,
+    intent: signer_pb2.PaymentIntent,
+    policy: RetryPolicy,
+    approval_id: str | None,
+    fetch_receipts: bool,
+    receipt_timeout: float,
+) -> Steps:
+    attempts = policy.attempts()
+    while True:
+        reply = yield Send(SIGN, request, attempts.start())
+        if isinstance(reply, signer_pb2.SignResponse):
+            return read_answer(reply, intent, attempts.count, approval_id)
+        if not isinstance(reply, Refusal):
+            raise ClientError("the driver gave Sign a reply that is neither answer nor refusal")
+        delay = attempts.retry_after(reply.code)
+        if delay is not None:
+            yield Pause(delay)
+            continue
+        error = failure(reply, attempts)
+        if isinstance(error, SignRefused) and fetch_receipts:
+            yield from _attach_receipt(error, receipt_timeout)
+        raise error
+
+
+def _attach_receipt(error: SignRefused, timeout: float) -> Generator[Step, Reply, None]:
+    """Fetches the refused decision's receipt into ``error`` (``receipt_error`` says why
+    not): the refusal stands either way."""
+    request = receipt_request(error.refusal)
+    if request is None:
+        error.receipt_error = ClientError("the refusal names no recorded decision")
+        return
+    reply = yield Send(GET_RECEIPT, request, timeout)
+    if isinstance(reply, signer_pb2.GetReceiptResponse):
+        error.receipt = reply
+    elif isinstance(reply, Refusal):
+        error.receipt_error = CallError(reply)

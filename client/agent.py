@@ -1,0 +1,135 @@
+"""The agent's client: sign payments, exactly once however often the network fails."""
+
+from __future__ import annotations
+
+import grpc
+from paywarden.client._calls import GET_PUBLIC_KEYS, GET_RECEIPT, GET_SESSION
+from paywarden.client._connection import DEFAULT_TIMEOUT, Connection
+from paywarden.client._signing import DEFAULT_EXPIRY, Steps, build_intent, sign_steps
+from paywarden.client.results import PendingApproval, SignResult
+from paywarden.client.retry import RetryPolicy
+from paywarden.client.settings import ConnectionSettings
+from paywarden.v1 import sessions_pb2, signer_pb2
+
+
+class AgentSteps:
+    """What the blocking and the asyncio agent clients share: their options and the steps
+    of one ``sign``."""
+
+    def __init__(self, retry: RetryPolicy | None, fetch_receipts: bool, timeout: float) -> None:
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.fetch_receipts = fetch_receipts
+        self._receipt_timeout = timeout
+
+    def steps(
+        self,
+        intent: signer_pb2.PaymentIntent,
+        wait_for_approval: float | None,
+        approval_id: str | None = None,
+    ) -> Steps:
+        """The steps of signing ``intent`` (see :func:`paywarden.client._signing.sign_steps`)."""
+        return sign_steps(
+            intent,
+            self.retry,
+            wait_for_approval=wait_for_approval,
+            approval_id=approval_id,
+            fetch_receipts=self.fetch_receipts,
+            receipt_timeout=self._receipt_timeout,
+        )
+
+
+def receipt_query(decision_id: str | None, audit_seq: int | None) -> signer_pb2.GetReceiptRequest:
+    """The receipt request naming exactly one of ``decision_id`` and ``audit_seq``."""
+    if (decision_id is None) == (audit_seq is None):
+        raise ValueError("name exactly one of decision_id and audit_seq")
+    if decision_id is not None:
+        return signer_pb2.GetReceiptRequest(decision_id=decision_id)
+    return signer_pb2.GetReceiptRequest(audit_seq=audit_seq)
+
+
+class AgentClient(Connection):
+    """An agent's connection to the signer (its certificate names the agent).
+
+    ``sign`` makes a fresh nonce, builds the payment intent once and sends that same request
+    until it has an answer: retried on UNAVAILABLE and DEADLINE_EXCEEDED only, within
+    ``retry``'s bounds, so a lost answer is collected rather than paid twice. Every refusal is
+    raised as :class:`~paywarden.client.SignRefused` (reason code, message, decision id, audit
+    sequence number) with the decision's signed receipt unless ``fetch_receipts`` is false.
+
+    >>> with AgentClient() as agent:  # PAYWARDEN_ADDR, _CA, _CERT, _KEY  # doctest: +SKIP
+    ...     paid = agent.sign(session_id, payee="acme-weather", amount="12.50",
+    ...                       asset="USD", reference="inv-1", wait_for_approval=60)
+    """
+
+    def __init__(
+        self,
+        settings: ConnectionSettings | None = None,
+        *,
+        channel: grpc.Channel | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        fetch_receipts: bool = True,
+    ) -> None:
+        super().__init__(settings, channel=channel, timeout=timeout)
+        self._agent = AgentSteps(retry, fetch_receipts, timeout)
+
+    def sign(
+        self,
+        session_id: str,
+        *,
+        payee: str,
+        amount: str,
+        reference: str,
+        asset: str = "USD",
+        key_id: str = "payments",
+        purpose: str = "",
+        expires_in: int = DEFAULT_EXPIRY,
+        expires_at: int | None = None,
+        nonce: str | None = None,
+        wait_for_approval: float | None = None,
+    ) -> SignResult:
+        """Asks the signer to sign one payment in ``session_id``.
+
+        Returns :class:`~paywarden.client.Signed`, or :class:`~paywarden.client.PendingApproval`
+        when a human must approve and ``wait_for_approval`` (seconds) is not given or passed
+        without an answer. Raises :class:`~paywarden.client.SignRefused` (or its
+        :class:`~paywarden.client.ApprovalDenied`) when refused and
+        :class:`~paywarden.client.RetriesExhausted` when the signer could not be reached.
+        ``amount`` is a decimal string; ``purpose`` is recorded, never decides anything.
+        """
+        intent = build_intent(
+            session_id=session_id,
+            payee=payee,
+            amount=amount,
+            asset=asset,
+            reference=reference,
+            key_id=key_id,
+            purpose=purpose,
+            expires_at=expires_at,
+            expires_in=expires_in,
+            nonce=nonce,
+        )
+        return self._run(self._agent.steps(intent, wait_for_approval))
+
+    def resume(
+        self, pending: PendingApproval, *, wait_for_approval: float | None = None
+    ) -> SignResult:
+        """Asks again for a pending payment (the same request), waiting at most
+        ``wait_for_approval`` seconds for an approver; answers as :meth:`sign` does."""
+        return self._run(self._agent.steps(pending.intent, wait_for_approval, pending.approval_id))
+
+    def receipt(
+        self, *, decision_id: str | None = None, audit_seq: int | None = None
+    ) -> signer_pb2.GetReceiptResponse:
+        """The signed receipt of one of this agent's decisions (``Signer.GetReceipt``)."""
+        return self._call(GET_RECEIPT, receipt_query(decision_id, audit_seq))
+
+    def public_keys(self) -> signer_pb2.GetPublicKeysResponse:
+        """The signer's payment keys (a JWKS and PEMs)."""
+        return self._call(GET_PUBLIC_KEYS, signer_pb2.GetPublicKeysRequest())
+
+    def session(self, session_id: str) -> sessions_pb2.Session:
+        """One of this agent's sessions, with its state and spend."""
+        return self._call(
+            GET_SESSION, sessions_pb2.GetSessionRequest(session_id=session_id)
+        ).session

@@ -1,0 +1,151 @@
+"""The asyncio clients, for agent frameworks built on asyncio (``grpc.aio``).
+
+They behave as the blocking ones in :mod:`paywarden.client`, with the same retry policy and
+exactly-once ``sign``: both perform the same steps (``paywarden.client._signing``), only the
+sending and the waiting do not block the event loop.
+
+>>> async with AgentClient() as agent:  # doctest: +SKIP
+...     paid = await agent.sign(session_id, payee="acme-weather", amount="12.50",
+...                             reference="inv-1")
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Unpack
+
+import grpc.aio
+from paywarden.client._calls import (
+    CLOSE_SESSION,
+    COMMIT_PLAN,
+    GET_PUBLIC_KEYS,
+    GET_RECEIPT,
+    GET_SESSION,
+    OPEN_SESSION,
+)
+from paywarden.client._connection import DEFAULT_TIMEOUT, AioConnection
+from paywarden.client._requests import (
+    PlanItem,
+    SessionOptions,
+    close_request,
+    note_close_failure,
+    open_request,
+    plan_request,
+    session_id_request,
+)
+from paywarden.client._signing import DEFAULT_EXPIRY, build_intent
+from paywarden.client.agent import AgentSteps, receipt_query
+from paywarden.client.errors import ClientError
+from paywarden.client.results import PendingApproval, SignResult
+from paywarden.client.retry import RetryPolicy
+from paywarden.client.settings import ConnectionSettings
+from paywarden.v1 import sessions_pb2, signer_pb2
+
+__all__ = ["AgentClient", "PlannerClient"]
+
+
+class AgentClient(AioConnection):
+    """The asyncio :class:`paywarden.client.AgentClient`."""
+
+    def __init__(
+        self,
+        settings: ConnectionSettings | None = None,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        fetch_receipts: bool = True,
+    ) -> None:
+        super().__init__(settings, channel=channel, timeout=timeout)
+        self._agent = AgentSteps(retry, fetch_receipts, timeout)
+
+    async def sign(
+        self,
+        session_id: str,
+        *,
+        payee: str,
+        amount: str,
+        reference: str,
+        asset: str = "USD",
+        key_id: str = "payments",
+        purpose: str = "",
+        expires_in: int = DEFAULT_EXPIRY,
+        expires_at: int | None = None,
+        nonce: str | None = None,
+        wait_for_approval: float | None = None,
+    ) -> SignResult:
+        """As :meth:`paywarden.client.AgentClient.sign`."""
+        intent = build_intent(
+            session_id=session_id,
+            payee=payee,
+            amount=amount,
+            asset=asset,
+            reference=reference,
+            key_id=key_id,
+            purpose=purpose,
+            expires_at=expires_at,
+            expires_in=expires_in,
+            nonce=nonce,
+        )
+        return await self._run(self._agent.steps(intent, wait_for_approval))
+
+    async def resume(
+        self, pending: PendingApproval, *, wait_for_approval: float | None = None
+    ) -> SignResult:
+        """As :meth:`paywarden.client.AgentClient.resume`."""
+        steps = self._agent.steps(pending.intent, wait_for_approval, pending.approval_id)
+        return await self._run(steps)
+
+    async def receipt(
+        self, *, decision_id: str | None = None, audit_seq: int | None = None
+    ) -> signer_pb2.GetReceiptResponse:
+        """As :meth:`paywarden.client.AgentClient.receipt`."""
+        return await self._call(GET_RECEIPT, receipt_query(decision_id, audit_seq))
+
+    async def public_keys(self) -> signer_pb2.GetPublicKeysResponse:
+        """The signer's payment keys (a JWKS and PEMs)."""
+        return await self._call(GET_PUBLIC_KEYS, signer_pb2.GetPublicKeysRequest())
+
+    async def session(self, session_id: str) -> sessions_pb2.Session:
+        """One of this agent's sessions, with its state and spend."""
+        return (await self._call(GET_SESSION, session_id_request(session_id))).session
+
+
+class PlannerClient(AioConnection):
+    """The asyncio :class:`paywarden.client.PlannerClient`."""
+
+    async def open_session(
+        self, agent_id: str, **options: Unpack[SessionOptions]
+    ) -> sessions_pb2.Session:
+        """Opens a session for ``agent_id``."""
+        return (await self._call(OPEN_SESSION, open_request(agent_id, **options))).session
+
+    async def get_session(self, session_id: str) -> sessions_pb2.Session:
+        """A session this planner opened."""
+        return (await self._call(GET_SESSION, session_id_request(session_id))).session
+
+    async def commit_plan(self, session_id: str, items: Iterable[PlanItem]) -> sessions_pb2.Session:
+        """Commits the plan of a plan-bound session."""
+        return (await self._call(COMMIT_PLAN, plan_request(session_id, items))).session
+
+    async def close_session(self, session_id: str) -> sessions_pb2.Session:
+        """Closes a session."""
+        return (await self._call(CLOSE_SESSION, close_request(session_id))).session
+
+    @asynccontextmanager
+    async def session(
+        self, agent_id: str, **options: Unpack[SessionOptions]
+    ) -> AsyncIterator[sessions_pb2.Session]:
+        """Opens a session for the ``async with`` block and closes it when the block ends,
+        also when it raises (the block's exception stands)."""
+        opened = await self.open_session(agent_id, **options)
+        try:
+            yield opened
+        except BaseException as error:
+            try:
+                await self.close_session(opened.session_id)
+            except ClientError as close_error:
+                note_close_failure(error, close_error, opened.session_id)
+            raise
+        await self.close_session(opened.session_id)

@@ -1,0 +1,126 @@
+"""Every failure the SDK reports derives from :class:`ClientError`.
+
+Callers catch :class:`ClientError`; each subclass says what went wrong and can explain itself
+(:meth:`ClientError.diagnostics`). A refusal by the signer is a :class:`CallError` carrying the
+gRPC status code and the signer's machine-readable reason code, decision id and audit sequence
+number (from the ``google.rpc.ErrorInfo`` status detail and the trailing metadata).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+
+if TYPE_CHECKING:
+    from paywarden.v1 import signer_pb2
+
+
+class ClientError(Exception):
+    """Base of every SDK failure."""
+
+    def diagnostics(self) -> str:
+        """A one-line explanation, safe to log (never a key or a PIN)."""
+        return str(self)
+
+
+class SettingsError(ClientError):
+    """The connection settings are missing or name a file that cannot be read."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What the signer said when it refused a call.
+
+    ``reason`` is the machine-readable reason code (``paywarden.policy.vocabulary.Reason``'s
+    value, e.g. ``"BUDGET_EXCEEDED"``); ``None`` when the answer came from gRPC itself (a
+    connection error) rather than from the signer.
+    """
+
+    code: grpc.StatusCode
+    message: str
+    reason: str | None = None
+    decision_id: str | None = None
+    audit_seq: int | None = None
+    domain: str | None = None
+    """The ErrorInfo's domain: ``"paywarden.dev"`` when the signer wrote it."""
+
+
+class CallError(ClientError):
+    """The signer (or the connection to it) refused a call."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        """The gRPC status code."""
+        return self.refusal.code
+
+    @property
+    def reason(self) -> str | None:
+        """The signer's reason code, or ``None`` for a transport error."""
+        return self.refusal.reason
+
+    @property
+    def message(self) -> str:
+        """The signer's message (``"[REASON] text"``)."""
+        return self.refusal.message
+
+    @property
+    def decision_id(self) -> str | None:
+        """The id of the recorded decision, when the refusal was recorded as one."""
+        return self.refusal.decision_id
+
+    @property
+    def audit_seq(self) -> int | None:
+        """The sequence number of the audit record of this answer, when one was written."""
+        return self.refusal.audit_seq
+
+    def diagnostics(self) -> str:
+        parts = [f"{self.code.name}: {self.message}"]
+        if self.decision_id:
+            parts.append(f"decision {self.decision_id}")
+        if self.audit_seq is not None:
+            parts.append(f"audit seq {self.audit_seq}")
+        return "; ".join(parts)
+
+    def __str__(self) -> str:
+        return self.diagnostics()
+
+
+class RetriesExhausted(CallError):
+    """Every attempt of a retried call failed with a retryable status (UNAVAILABLE or
+    DEADLINE_EXCEEDED), or the overall deadline passed: the last attempt's refusal.
+
+    For ``Sign`` the outcome is unknown (an attempt may have been decided): retrying the same
+    request later (:meth:`paywarden.client.AgentClient.resume`) is safe, as it carries the same
+    nonce and payload.
+    """
+
+    def __init__(self, refusal: Refusal, attempts: int) -> None:
+        super().__init__(refusal)
+        self.attempts = attempts
+
+    def diagnostics(self) -> str:
+        return f"gave up after {self.attempts} attempt(s): {super().diagnostics()}"
+
+
+class SignRefused(CallError):
+    """``Sign`` was refused: nothing was signed.
+
+    ``receipt`` is the signer's signed receipt for the decision (``Signer.GetReceipt``), when
+    one could be fetched; ``receipt_error`` says why not otherwise.
+    """
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal)
+        self.receipt: signer_pb2.GetReceiptResponse | None = None
+        self.receipt_error: ClientError | None = None
+
+
+class ApprovalDenied(SignRefused):
+    """A human approver denied the payment (reason ``APPROVAL_DENIED``), or the approval
+    lapsed (``APPROVAL_EXPIRED``)."""
