@@ -10,7 +10,7 @@ Connection settings come from arguments (:class:`ConnectionSettings`) or from th
 """
 
 from paywarden.client._requests import PlanItem, SessionOptions
-from paywarden.client._signing import new_nonce
+from paywarden.client._signing import Payment, new_nonce
 from paywarden.client.agent import AgentClient
 from paywarden.client.approver import ApproverClient
 from paywarden.client.errors import (
@@ -37,6 +37,7 @@ __all__ = [
     "ClientError",
     "ConnectionSettings",
     "OperatorClient",
+    "Payment",
     "PaymentClaims",
     "PendingApproval",
     "PlanItem",

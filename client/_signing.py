@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from google.protobuf.message import Message
 from paywarden.client._calls import GET_RECEIPT, SIGN, Method
@@ -40,36 +40,53 @@ def new_nonce(size: int = NONCE_BYTES) -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(size)).rstrip(b"=").decode("ascii")
 
 
+class Payment(TypedDict):
+    """What an agent asks to pay (``AgentClient.sign``'s keyword arguments)."""
+
+    payee: str
+    """The payee's identifier."""
+    amount: str
+    """A decimal string in the asset's units (``"12.50"``), never a float."""
+    reference: str
+    """The caller's reference (invoice number, order id)."""
+    asset: NotRequired[str]
+    """Asset code (default ``"USD"``)."""
+    key_id: NotRequired[str]
+    """Payment key: a label for its active version (default ``"payments"``) or a key id."""
+    purpose: NotRequired[str]
+    """Why, in free text: recorded for the audit trail, never decides anything."""
+    expires_in: NotRequired[int]
+    """Seconds until the signed payment expires (default 120), unless ``expires_at``."""
+    expires_at: NotRequired[int]
+    """Expiry in seconds since the Unix epoch."""
+    nonce: NotRequired[str]
+    """A nonce of the caller's (16 to 64 random bytes, base64url); made fresh by default."""
+
+
 def build_intent(
-    *,
-    session_id: str,
-    payee: str,
-    amount: str,
-    asset: str,
-    reference: str,
-    key_id: str,
-    purpose: str,
-    expires_at: int | None,
-    expires_in: int,
-    nonce: str | None,
-    clock: Callable[[], float] = time.time,
+    session_id: str, payment: Payment, clock: Callable[[], float] = time.time
 ) -> signer_pb2.PaymentIntent:
     """The one request a ``sign`` sends, however often: a fresh nonce unless one is given, and
     an expiry ``expires_in`` seconds from now unless ``expires_at`` is given. The signer
     validates every field; the SDK only refuses what it could never send (a non-string
     amount)."""
+    amount = payment["amount"]
     if not isinstance(amount, str):
         raise TypeError("amount is a decimal string such as '12.50' (never a float)")
+    nonce = payment.get("nonce")
+    expires_at = payment.get("expires_at")
+    if expires_at is None:
+        expires_at = int(clock()) + payment.get("expires_in", DEFAULT_EXPIRY)
     return signer_pb2.PaymentIntent(
         session_id=session_id,
-        key_id=key_id,
-        payee=payee,
+        key_id=payment.get("key_id", "payments"),
+        payee=payment["payee"],
         amount=amount,
-        asset=asset,
-        reference=reference,
-        purpose=purpose,
+        asset=payment.get("asset", "USD"),
+        reference=payment["reference"],
+        purpose=payment.get("purpose", ""),
         nonce=new_nonce() if nonce is None else nonce,
-        expires_at=int(clock()) + expires_in if expires_at is None else expires_at,
+        expires_at=expires_at,
     )
 
 

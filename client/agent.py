@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import grpc
 from paywarden.client._calls import GET_PUBLIC_KEYS, GET_RECEIPT, GET_SESSION
 from paywarden.client._connection import DEFAULT_TIMEOUT, Connection
-from paywarden.client._signing import DEFAULT_EXPIRY, Steps, build_intent, sign_steps
+from paywarden.client._signing import Payment, Steps, build_intent, sign_steps
 from paywarden.client.results import PendingApproval, SignResult
 from paywarden.client.retry import RetryPolicy
 from paywarden.client.settings import ConnectionSettings
@@ -77,16 +79,8 @@ class AgentClient(Connection):
         self,
         session_id: str,
         *,
-        payee: str,
-        amount: str,
-        reference: str,
-        asset: str = "USD",
-        key_id: str = "payments",
-        purpose: str = "",
-        expires_in: int = DEFAULT_EXPIRY,
-        expires_at: int | None = None,
-        nonce: str | None = None,
         wait_for_approval: float | None = None,
+        **payment: Unpack[Payment],
     ) -> SignResult:
         """Asks the signer to sign one payment in ``session_id``.
 
@@ -95,20 +89,12 @@ class AgentClient(Connection):
         without an answer. Raises :class:`~paywarden.client.SignRefused` (or its
         :class:`~paywarden.client.ApprovalDenied`) when refused and
         :class:`~paywarden.client.RetriesExhausted` when the signer could not be reached.
-        ``amount`` is a decimal string; ``purpose`` is recorded, never decides anything.
+        The payment is given as keyword arguments (:class:`~paywarden.client.Payment`):
+        ``payee``, ``amount`` (a decimal string) and ``reference``, optionally ``asset``,
+        ``key_id``, ``purpose`` (recorded, never decides anything), ``expires_in`` or
+        ``expires_at``, and ``nonce``.
         """
-        intent = build_intent(
-            session_id=session_id,
-            payee=payee,
-            amount=amount,
-            asset=asset,
-            reference=reference,
-            key_id=key_id,
-            purpose=purpose,
-            expires_at=expires_at,
-            expires_in=expires_in,
-            nonce=nonce,
-        )
+        intent = build_intent(session_id, payment)
         return self._run(self._agent.steps(intent, wait_for_approval))
 
     def resume(

@@ -34,7 +34,7 @@ from paywarden.client._requests import (
     plan_request,
     session_id_request,
 )
-from paywarden.client._signing import DEFAULT_EXPIRY, build_intent
+from paywarden.client._signing import Payment, build_intent
 from paywarden.client.agent import AgentSteps, receipt_query
 from paywarden.client.errors import ClientError
 from paywarden.client.results import PendingApproval, SignResult
@@ -64,30 +64,11 @@ class AgentClient(AioConnection):
         self,
         session_id: str,
         *,
-        payee: str,
-        amount: str,
-        reference: str,
-        asset: str = "USD",
-        key_id: str = "payments",
-        purpose: str = "",
-        expires_in: int = DEFAULT_EXPIRY,
-        expires_at: int | None = None,
-        nonce: str | None = None,
         wait_for_approval: float | None = None,
+        **payment: Unpack[Payment],
     ) -> SignResult:
         """As :meth:`paywarden.client.AgentClient.sign`."""
-        intent = build_intent(
-            session_id=session_id,
-            payee=payee,
-            amount=amount,
-            asset=asset,
-            reference=reference,
-            key_id=key_id,
-            purpose=purpose,
-            expires_at=expires_at,
-            expires_in=expires_in,
-            nonce=nonce,
-        )
+        intent = build_intent(session_id, payment)
         return await self._run(self._agent.steps(intent, wait_for_approval))
 
     async def resume(
