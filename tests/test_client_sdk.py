@@ -23,6 +23,7 @@ from paywarden.client import (
     ConnectionSettings,
     OperatorClient,
     PendingApproval,
+    PlanItem,
     PlannerClient,
     RetriesExhausted,
     RetryPolicy,
@@ -332,3 +333,41 @@ def test_an_agent_made_from_the_environment_reaches_the_signer(
         with pytest.raises(RetriesExhausted) as refused:
             agent.sign(session, payee="acme-data", amount="2.00", reference="env-2")
     assert refused.value.code is grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_plan_bound_session_signs_only_its_plan(
+    sdk_planner: PlannerClient, sdk_agent: AgentClient
+) -> None:
+    with sdk_planner.session(
+        "agent-1", task="planned", budgets={"USD": "50.00"}, plan_bound=True
+    ) as session:
+        with pytest.raises(SignRefused) as exploring:
+            sdk_agent.sign(session.id, payee="acme-data", amount="5.00", reference="p0")
+        assert exploring.value.reason == "SESSION_IN_EXPLORE_PHASE"
+        planned = session.commit_plan([PlanItem("acme-data", "USD", "5.00", count=1)])
+        assert planned.phase == "execute" and planned.plan[0].count == 1
+        assert isinstance(
+            sdk_agent.sign(session.id, payee="acme-data", amount="5.00", reference="p1"), Signed
+        )
+        with pytest.raises(SignRefused) as unplanned:
+            sdk_agent.sign(session.id, payee="acme-data", amount="5.00", reference="p2")
+        assert unplanned.value.reason == "PLAN_NO_MATCH"
+        assert session.refresh().plan[0].used == 1
+
+
+def test_the_operator_revokes_and_proves(
+    sdk_addr: str, pki: Pki, sdk_planner: PlannerClient, sdk_agent: AgentClient
+) -> None:
+    session = open_budget(sdk_planner)
+    paid = sdk_agent.sign(session, payee="acme-data", amount="1.00", reference="proof")
+    assert isinstance(paid, Signed)
+    with OperatorClient(settings_for(pki, sdk_addr, "operator", "operator-1")) as operator:
+        revoked = operator.revoke_identity(principal_id="ghost-agent", reason="lost laptop")
+        assert revoked.created and revoked.revocation.principal_id == "ghost-agent"
+        assert "ghost-agent" in {r.principal_id for r in operator.list_revocations()}
+        with pytest.raises(ValueError, match="exactly one"):
+            operator.revoke_identity(reason="nobody")
+        head = operator.checkpoint().checkpoint
+        proof = operator.inclusion_proof(paid.audit_seq, head.tree_size)
+        assert proof.root_hash == head.root_hash and proof.tree_size == head.tree_size
+        assert operator.consistency_proof(1, head.tree_size).second_root == head.root_hash
