@@ -21,6 +21,7 @@ from paywarden.client.errors import (
     RetriesExhausted,
     SettingsError,
     SignRefused,
+    UnexpectedAnswer,
 )
 from paywarden.client.operator import OperatorClient, Scope
 from paywarden.client.planner import PlannerClient, PlannerSession
@@ -52,5 +53,6 @@ __all__ = [
     "SignRefused",
     "SignResult",
     "Signed",
+    "UnexpectedAnswer",
     "new_nonce",
 ]

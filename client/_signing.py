@@ -21,6 +21,7 @@ from paywarden.client.errors import (
     Refusal,
     RetriesExhausted,
     SignRefused,
+    UnexpectedAnswer,
 )
 from paywarden.client.results import PaymentClaims, PendingApproval, Signed, SignResult
 from paywarden.client.retry import RETRYABLE, Attempts, RetryPolicy
@@ -107,13 +108,13 @@ def read_answer(
     if response.status == signer_pb2.PENDING_APPROVAL and response.approval_id:
         return PendingApproval(response.approval_id, intent, response.audit_seq, attempts)
     if response.status != signer_pb2.SIGNED or response.jws.count(".") != 2:
-        raise ClientError(f"the signer's answer is not a signature (status {response.status})")
+        raise UnexpectedAnswer(f"the signer's answer is not a signature (status {response.status})")
     try:
         claims = PaymentClaims.from_payload(response.canonical_payload)
     except ValueError as exc:
-        raise ClientError(f"the signed payload cannot be read: {exc}") from None
+        raise UnexpectedAnswer(f"the signed payload cannot be read: {exc}") from None
     if claims.nonce != intent.nonce or claims.session_id != intent.session_id:
-        raise ClientError("the signed payload is not this request's (nonce or session differ)")
+        raise UnexpectedAnswer("the signed payload is not this request's (nonce or session differ)")
     return Signed(
         jws=response.jws,
         decision_id=response.decision_id,
@@ -216,7 +217,9 @@ def _send(
         if isinstance(reply, signer_pb2.SignResponse):
             return read_answer(reply, intent, attempts.count, approval_id)
         if not isinstance(reply, Refusal):
-            raise ClientError("the driver gave Sign a reply that is neither answer nor refusal")
+            raise UnexpectedAnswer(
+                "the driver gave Sign a reply that is neither answer nor refusal"
+            )
         delay = attempts.retry_after(reply.code)
         if delay is not None:
             yield Pause(delay)

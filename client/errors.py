@@ -29,6 +29,11 @@ class SettingsError(ClientError):
     """The connection settings are missing or name a file that cannot be read."""
 
 
+class UnexpectedAnswer(ClientError):
+    """The signer answered something the SDK will not take for a signature (an unknown
+    status, a payload that is not this request's): treat the payment as not signed."""
+
+
 @dataclass(frozen=True)
 class Refusal:
     """What the signer said when it refused a call.

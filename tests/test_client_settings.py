@@ -12,6 +12,9 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from paywarden.client import ConnectionSettings, RetryPolicy, SettingsError, new_nonce
 from paywarden.client._calls import refusal_of
+from paywarden.client._signing import build_intent, read_answer
+from paywarden.client.errors import UnexpectedAnswer
+from paywarden.v1 import signer_pb2
 
 from tests.helpers import Pki
 
@@ -164,3 +167,30 @@ def test_a_refusal_is_read_from_the_error_info_alone() -> None:
         FailedCall((("paywarden-audit-seq", "41"), ("grpc-status-details-bin", b"\xff")))
     )
     assert (bare.reason, bare.audit_seq, bare.domain) == (None, 41, None)
+
+
+def test_an_answer_that_is_not_this_requests_signature_is_not_taken() -> None:
+    intent = build_intent("ses_1", {"payee": "acme", "amount": "1.00", "reference": "r"})
+    assert intent.nonce and intent.key_id == "payments" and intent.asset == "USD"
+    payload = (
+        b'{"amount":"1.00","asset":"USD","exp":2,"iat":1,"jti":"dec_1","nonce":"other",'
+        b'"payee":"acme","ref":"r","sid":"ses_1","sub":"agent-1","task":"t","typ":"x"}'
+    )
+    for response, why in [
+        (signer_pb2.SignResponse(), "not a signature"),
+        (signer_pb2.SignResponse(status=signer_pb2.SIGNED, jws="a.b"), "not a signature"),
+        (
+            signer_pb2.SignResponse(status=signer_pb2.SIGNED, jws="a.b.c", canonical_payload=b"[]"),
+            "cannot be read",
+        ),
+        (
+            signer_pb2.SignResponse(
+                status=signer_pb2.SIGNED, jws="a.b.c", canonical_payload=payload
+            ),
+            "not this request's",
+        ),
+    ]:
+        with pytest.raises(UnexpectedAnswer, match=why):
+            read_answer(response, intent, 1, None)
+    with pytest.raises(TypeError, match="decimal string"):
+        build_intent("ses_1", {"payee": "acme", "amount": 1.0, "reference": "r"})  # type: ignore[typeddict-item]
