@@ -37,24 +37,17 @@ class Method(Generic[Req, Resp]):
 
     def on(self, channel: grpc.Channel) -> Callable[..., Resp]:
         """The RPC on a blocking channel: ``f(request, timeout=...) -> response``."""
-        return cast(
-            "Callable[..., Resp]",
-            channel.unary_unary(
-                self.path,
-                request_serializer=_serialize,
-                response_deserializer=self.response.FromString,
-            ),
-        )
+        return cast("Callable[..., Resp]", self._bind(channel))
 
     def on_aio(self, channel: grpc.aio.Channel) -> Callable[..., Awaitable[Resp]]:
         """The RPC on an asyncio channel: ``await f(request, timeout=...)``."""
-        return cast(
-            "Callable[..., Awaitable[Resp]]",
-            channel.unary_unary(
-                self.path,
-                request_serializer=_serialize,
-                response_deserializer=self.response.FromString,
-            ),
+        return cast("Callable[..., Awaitable[Resp]]", self._bind(channel))
+
+    def _bind(self, channel: grpc.Channel | grpc.aio.Channel) -> object:
+        return channel.unary_unary(
+            self.path,
+            request_serializer=_serialize,
+            response_deserializer=self.response.FromString,
         )
 
 
