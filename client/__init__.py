@@ -25,6 +25,7 @@ from paywarden.client.errors import (
 )
 from paywarden.client.operator import OperatorClient, Scope
 from paywarden.client.planner import PlannerClient, PlannerSession
+from paywarden.client.receipts import check_receipt, receipt_document
 from paywarden.client.results import PaymentClaims, PendingApproval, Signed, SignResult
 from paywarden.client.retry import RETRYABLE, RetryPolicy
 from paywarden.client.settings import ConnectionSettings
@@ -54,5 +55,7 @@ __all__ = [
     "SignResult",
     "Signed",
     "UnexpectedAnswer",
+    "check_receipt",
     "new_nonce",
+    "receipt_document",
 ]
