@@ -30,6 +30,9 @@ from paywarden.client import (
     Signed,
     SignRefused,
 )
+from paywarden.client.receipts import check_receipt
+from paywarden.v1 import signer_pb2
+from paywarden.verify import ReceiptInvalid
 
 from tests.helpers import Pki, Stack
 from tests.support.faults import answer_dropping_proxy
@@ -180,10 +183,11 @@ def test_a_refusal_is_final_typed_and_never_retried(
     if code is grpc.StatusCode.PERMISSION_DENIED:  # a policy decision, recorded
         assert err.decision_id and err.audit_seq is not None and err.audit_seq > 0
         assert err.refusal.domain == "paywarden.dev"
-    # the SDK asked for the decision's receipt (until the signer has GetReceipt, it says why not)
-    if err.decision_id or err.audit_seq is not None:
-        assert counter.calls.get(GET_RECEIPT) == 1
-        assert err.receipt is not None or err.receipt_error is not None
+    # every refusal comes with the signer's receipt of it, fetched once
+    assert counter.calls[GET_RECEIPT] == 1 and err.receipt_error is None
+    assert err.receipt is not None
+    body = json.loads(err.receipt.receipt.body)
+    assert (body["reason"], body["seq"]) == (reason, err.audit_seq)
 
 
 def test_an_unreachable_signer_is_tried_within_bounds(pki: Pki, sdk_addr: str) -> None:
@@ -371,3 +375,31 @@ def test_the_operator_revokes_and_proves(
         proof = operator.inclusion_proof(paid.audit_seq, head.tree_size)
         assert proof.root_hash == head.root_hash and proof.tree_size == head.tree_size
         assert operator.consistency_proof(1, head.tree_size).second_root == head.root_hash
+
+
+def test_a_denial_carries_a_receipt_that_verifies(
+    sdk_addr: str, pki: Pki, sdk_planner: PlannerClient, sdk_agent: AgentClient
+) -> None:
+    session = open_budget(sdk_planner, "10.00")
+    with pytest.raises(SignRefused) as refused:
+        sdk_agent.sign(session, payee="acme-data", amount="20.00", reference="over")
+    err = refused.value
+    assert err.reason == "BUDGET_EXCEEDED" and err.receipt_error is None
+    assert err.receipt is not None
+    with OperatorClient(settings_for(pki, sdk_addr, "operator", "operator-1")) as operator:
+        audit_pem = operator.checkpoint().audit_public_key_pem  # pinned apart from the receipt
+    verified = check_receipt(err.receipt, audit_pem)
+    assert (verified.body["decision_id"], verified.body["outcome"], verified.body["reason"]) == (
+        err.decision_id, "deny", "BUDGET_EXCEEDED",
+    )  # fmt: skip
+    assert verified.body["seq"] == err.audit_seq
+    forged = signer_pb2.GetReceiptResponse()
+    forged.CopyFrom(err.receipt)
+    forged.receipt.body = forged.receipt.body.replace('"deny"', '"allow"')
+    with pytest.raises(ReceiptInvalid):
+        check_receipt(forged, audit_pem)
+    # the checkpoint just made covers the denial: asked again, the receipt is sealed
+    sealed = check_receipt(
+        sdk_agent.receipt(decision_id=err.decision_id), audit_pem, require_sealed=True
+    )
+    assert sealed.sealed_by is not None and sealed.sealed_by.size >= err.audit_seq
