@@ -28,7 +28,12 @@ from pydantic import BaseModel
 
 from tests.helpers import ROOT
 
-GUIDES = ("docs/quickstart.md", "docs/operations.md", "docs/policy-packs.md")
+GUIDES = (
+    "docs/index.md",
+    "docs/quickstart.md",
+    "docs/operations.md",
+    "docs/policy-packs.md",
+)
 # Subcommands that other parts of issue 13 add to `paywarden` (the demo, the operator
 # report, payee verification, receipts): the guides describe them ahead of their merge.
 # Each is checked like any other as soon as `paywarden --help` offers it.
