@@ -34,10 +34,6 @@ GUIDES = (
     "docs/operations.md",
     "docs/policy-packs.md",
 )
-# Subcommands that other parts of issue 13 add to `paywarden` (the demo, the operator
-# report, payee verification, receipts): the guides describe them ahead of their merge.
-# Each is checked like any other as soon as `paywarden --help` offers it.
-AWAITED = frozenset({"demo", "report", "verify", "verify-receipt"})
 _SEPARATORS = {"&&", "||", ";", "|", "&"}
 _REDIRECTS = {"<", ">", ">>", "<<", "2>", "2>&1"}
 _INSTALLED: dict[str, Callable[[list[str]], int]] = {
@@ -105,8 +101,7 @@ def _walk_command(program: str, args: list[str]) -> list[str]:
                 i += 1
         elif subcommands and not token.startswith("-"):
             if token not in subcommands:
-                if not (program == "paywarden" and not path and token in AWAITED):
-                    problems.append(f"{where}: no subcommand {token!r}")
+                problems.append(f"{where}: no subcommand {token!r}")
                 break
             path.append(token)
             parser = subcommands[token]
