@@ -40,7 +40,8 @@ P=".venv/bin/python scripts/pki.py"
 $P init-ca --dir "$DATA/pki"
 $P server --dir "$DATA/pki"
 # Client certificates last 24 hours: one made on an earlier day is renewed.
-for who in planner:dev-planner agent:dev-agent approver:dev-approver operator:dev-operator; do
+for who in planner:dev-planner agent:dev-agent approver:dev-approver operator:dev-operator \
+  payee:api.example; do
   $P issue --dir "$DATA/pki" --role "${who%%:*}" --id "${who#*:}"
   $P renew --dir "$DATA/pki" --role "${who%%:*}" --id "${who#*:}" --if-within 2
 done

@@ -19,6 +19,7 @@ from paywarden.signer.cli import (
     ctl,
     demo,
     explain,
+    payee,
     policy_diff,
     policy_lint,
     receipt,
@@ -193,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     verify_receipt_parser = sub.add_parser("verify-receipt", help="check a receipt offline")
     verify_receipt.add_arguments(verify_receipt_parser)
     verify_receipt_parser.set_defaults(fn=verify_receipt.run)
+    jwks_parser = sub.add_parser("jwks", help="payee: the signer's JWKS, to verify offline (mTLS)")
+    payee.add_jwks_arguments(jwks_parser)
+    jwks_parser.set_defaults(fn=payee.run_jwks)
+    check_parser = sub.add_parser(
+        "check-payment", help="payee: whether a signed payment still stands (mTLS)"
+    )
+    payee.add_check_arguments(check_parser)
+    check_parser.set_defaults(fn=payee.run_check)
     verify_parser = sub.add_parser("verify", help="payee: check a payment offline (JWKS)")
     verify.add_arguments(verify_parser)
     verify_parser.set_defaults(fn=verify.run)
