@@ -51,6 +51,12 @@ def token_exists(module: str, label: str) -> bool:
         return any(True for _ in lib.get_tokens(token_label=label))
 
 
+def module_manufacturer(module: str) -> str:
+    """The module's manufacturer, as its ``C_GetInfo`` names it (``SoftHSM`` for SoftHSM2)."""
+    with PKCS11_LOCK:
+        return str(_lib(module).manufacturer_id).strip()
+
+
 def init_token(module: str, label: str, so_pin: str, user_pin: str) -> bool:
     """Initialises a free slot's token with ``label`` and sets the user PIN.
 

@@ -27,6 +27,8 @@ from paywarden.signer.cli import demo_setup
 from tests.support.cli import settings_free_env
 
 PAYWARDEN = Path(sys.executable).parent / "paywarden"
+# A PKCS#11 library that is not SoftHSM2 (the p11-kit proxy module, manufacturer "PKCS#11 Kit").
+P11_KIT = Path("/usr/lib/x86_64-linux-gnu/libp11-kit.so.0")
 REFUSED = ("PERMISSION_DENIED", "FAILED_PRECONDITION")
 
 
@@ -66,7 +68,10 @@ def run_demo(base: Path, *args: str, env: dict[str, str] | None = None) -> DemoR
 
 @pytest.fixture(scope="module")
 def played(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
-    yield run_demo(tmp_path_factory.mktemp("demo"))
+    """The demo as a user with settings for other tools runs it: PKCS11_MODULE names a
+    library that does not exist (it could be a real HSM's)."""
+    base = tmp_path_factory.mktemp("demo")
+    yield run_demo(base, env={"PKCS11_MODULE": str(base / "real-hsm-pkcs11.so")})
 
 
 def sign_answers(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -99,6 +104,12 @@ def test_every_step_has_its_expected_outcome(played: DemoRun) -> None:
     assert report["ok"] is True
     assert [s["step"] for s in report["steps"]] == ["a", "b", "c", "d", "e", "f"]
     assert [s["problems"] for s in report["steps"] if not s["ok"]] == []
+
+
+def test_the_environment_does_not_choose_the_hsm_module(played: DemoRun) -> None:
+    assert played.code == 0, played.stderr
+    assert played.report["module"] == demo_setup.DEFAULT_MODULE
+    assert "real-hsm-pkcs11.so" not in played.stdout + played.stderr
 
 
 def test_a_purchase_within_budget_is_signed_and_verifies_independently(
@@ -214,10 +225,21 @@ def test_kept_files_hold_pins_the_output_never_shows(tmp_path: Path) -> None:
 
 
 def test_a_demo_that_cannot_set_up_fails_and_removes_its_directory(tmp_path: Path) -> None:
-    run = run_demo(tmp_path, env={"PKCS11_MODULE": str(tmp_path / "no-such-module.so")})
+    run = run_demo(tmp_path, "--module", str(tmp_path / "no-such-module.so"))
     assert run.code == 2
     assert "no PKCS#11 module at" in run.stderr
     assert run.report["ok"] is False
+    assert list(run.tmpdir.iterdir()) == []
+
+
+@pytest.mark.skipif(not P11_KIT.is_file(), reason="p11-kit's proxy module is not installed")
+def test_a_module_that_is_not_softhsm_is_refused_before_any_token_is_made(
+    tmp_path: Path,
+) -> None:
+    run = run_demo(tmp_path, "--module", str(P11_KIT))
+    assert run.code == 2, run.stderr
+    assert f"the PKCS#11 module {P11_KIT} is made by 'PKCS#11 Kit', not SoftHSM2" in run.stderr
+    assert run.report["ok"] is False and run.report["module"] == str(P11_KIT)
     assert list(run.tmpdir.iterdir()) == []
 
 

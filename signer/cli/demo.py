@@ -30,7 +30,14 @@ from typing import Any
 
 import grpc
 from paywarden.signer.cli.demo_output import Printer, wants_colour
-from paywarden.signer.cli.demo_setup import CAST, DemoError, Signer, Workspace, provision
+from paywarden.signer.cli.demo_setup import (
+    CAST,
+    DEFAULT_MODULE,
+    DemoError,
+    Signer,
+    Workspace,
+    provision,
+)
 from paywarden.signer.cli.demo_story import Story
 from paywarden.signer.cli.demo_tally import DemoCheckFailed, StepResult, Tally
 from prometheus_client.parser import text_string_to_metric_families
@@ -58,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="work in DIR (new or empty) and keep it: token, PINs, PKI, store, config",
     )
+    parser.add_argument(
+        "--module",
+        default=DEFAULT_MODULE,
+        help="the SoftHSM2 PKCS#11 library (default %(default)s; PKCS11_MODULE is ignored, "
+        "and a library that is not SoftHSM2 is refused)",
+    )
     parser.set_defaults(fn=run)
 
 
@@ -70,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _workdir(args.keep) as root:
             report["workdir"], report["kept"] = str(root), args.keep is not None
-            code = _play(root, out, report)
+            code = _play(root, args.module, out, report)
         out.note(f"kept {root}" if args.keep else f"removed {root}")
     except KeyboardInterrupt:
         where = report.get("workdir")
@@ -111,10 +124,11 @@ def _workdir(keep: Path | None) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _play(root: Path, out: Printer, report: dict[str, Any]) -> int:
+def _play(root: Path, module: str, out: Printer, report: dict[str, Any]) -> int:
     out.banner("Paywarden guided demo")
     out.note(f"a throwaway signer in {root}")
-    ws = provision(root)
+    report["module"] = module
+    ws = provision(root, module)
     out.note(
         "made: a SoftHSM2 token with payments.v1 and audit.v1 (PINs generated, never shown), "
         "a CA, a server and five client certificates, the story's policy pack and a config"

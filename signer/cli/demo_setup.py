@@ -35,6 +35,9 @@ TOKEN_LABEL = "paywarden-demo"  # noqa: S105 - a label, not a secret
 PAYMENT_KEY = "payments.v1"
 AUDIT_KEY = "audit.v1"
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+# The only PKCS#11 library the demo initialises a token in (its C_GetInfo manufacturerID):
+# C_InitToken on another module could take a slot of a real HSM.
+SOFTHSM_MANUFACTURER = "SoftHSM"
 # Who plays the story, by role (one client certificate each).
 PLANNER = "demo-planner"
 SHOP_AGENT = "shop-agent"
@@ -86,6 +89,15 @@ max_budget = {{ USD = "500.00" }}
 # ``paywarden-keys`` run in a child process: the PKCS#11 module reads SOFTHSM2_CONF once,
 # when it is loaded, so the demo itself never loads it.
 _KEYS_MAIN = "import sys; from paywarden.signer.cli.keys import main; sys.exit(main())"
+_MANUFACTURER_MAIN = """\
+import sys
+from paywarden.hsm import HsmError
+from paywarden.hsm.provision import module_manufacturer
+try:
+    print(module_manufacturer(sys.argv[1]))
+except HsmError as exc:
+    sys.exit(str(exc))
+"""
 _SERVING = re.compile(r"^paywarden: serving on (\S+):(\d+) .*metrics (?:\S+:(\d+)|off)\)")
 # The child's environment must not reconfigure the demo's signer.
 _FOREIGN = ("PAYWARDEN_", "SOFTHSM2_CONF")
@@ -143,14 +155,16 @@ class Workspace:
         return grpc.secure_channel(addr, creds, options=options)
 
 
-def provision(root: Path) -> Workspace:
+def provision(root: Path, module: str = DEFAULT_MODULE) -> Workspace:
     """A token with the payment and audit keys, the PKI, the pack and the config in
-    ``root`` (which exists and is empty)."""
-    module = os.environ.get("PKCS11_MODULE", DEFAULT_MODULE)
-    if not Path(module).exists():
+    ``root`` (which exists and is empty), on the SoftHSM2 library ``module``.
+
+    ``PKCS11_MODULE`` in the environment is ignored on purpose: it may name a real HSM,
+    and the demo initialises a token (a module that is not SoftHSM2 is refused)."""
+    if not Path(module).is_file():
         raise DemoError(
             f"no PKCS#11 module at {module}: install SoftHSM2 (apt-get install softhsm2; "
-            "./scripts/install.sh does it) or set PKCS11_MODULE"
+            "./scripts/install.sh does it) or name its library with --module"
         )
     ws = Workspace(root, module)
     _token(ws)
@@ -176,6 +190,7 @@ def _token(ws: Workspace) -> None:
         encoding="utf-8",
     )
     so_pin = ws.hsm / "so.pin"
+    _require_softhsm(ws)
     _secret_file(so_pin)
     _secret_file(ws.pin_file)
     keys = [sys.executable, "-c", _KEYS_MAIN, "--module", ws.module, "--label", TOKEN_LABEL]
@@ -183,6 +198,25 @@ def _token(ws: Workspace) -> None:
     _keys(ws, [*keys, "init-token", "--so-pin-file", str(so_pin), *pin])
     for key in (PAYMENT_KEY, AUDIT_KEY):
         _keys(ws, [*keys, "generate", *pin, "--key", key])
+
+
+def _require_softhsm(ws: Workspace) -> None:
+    """Refuses a module that is not SoftHSM2 before anything initialises a token in it.
+
+    Asked in a child process with the demo's SOFTHSM2_CONF, like every PKCS#11 call of the
+    demo (the module reads its configuration once, when it is loaded)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _MANUFACTURER_MAIN, ws.module],
+        env=ws.env(), cwd=ws.root, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise DemoError(f"cannot use the PKCS#11 module {ws.module}: {proc.stderr.strip()}")
+    manufacturer = proc.stdout.strip()
+    if manufacturer != SOFTHSM_MANUFACTURER:
+        raise DemoError(
+            f"the PKCS#11 module {ws.module} is made by {manufacturer!r}, not SoftHSM2: the "
+            "demo initialises a token and only ever does so in SoftHSM2"
+        )
 
 
 def _keys(ws: Workspace, argv: list[str]) -> None:
