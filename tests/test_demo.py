@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +206,8 @@ def test_the_demo_leaves_nothing_behind(played: DemoRun) -> None:
 
 
 def test_kept_files_hold_pins_the_output_never_shows(tmp_path: Path) -> None:
-    keep = tmp_path / "kept"
+    """In a directory whose name holds what TOML must escape (and softhsm2.conf can hold)."""
+    keep = tmp_path / 'kept "demo" \\ dir'
     run = run_demo(tmp_path, "--keep", str(keep))
     assert run.code == 0, run.stderr
     assert run.report["workdir"] == str(keep) and run.report["kept"] is True
@@ -222,6 +224,23 @@ def test_kept_files_hold_pins_the_output_never_shows(tmp_path: Path) -> None:
     conf = (keep / "hsm" / "softhsm2.conf").read_text(encoding="utf-8")
     assert f"directories.tokendir = {keep / 'hsm' / 'tokens'}" in conf
     assert list(run.tmpdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["line\nbreak", "hash#mark", "equals=sign"])
+def test_a_directory_softhsm2_conf_cannot_name_is_refused(tmp_path: Path, name: str) -> None:
+    keep = tmp_path / name
+    run = run_demo(tmp_path, "--keep", str(keep))
+    assert run.code == 2, run.stderr
+    assert "softhsm2.conf cannot name a path with '#', '='" in run.stderr
+    assert list(keep.iterdir()) == []  # refused before anything is written
+    assert list(run.tmpdir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "text", ['a "quoted" name', "back\\slash\\", "tab\tdel\x7fbell\x07", "crème brûlée ☕ 🦆"]
+)
+def test_config_strings_are_toml_basic_strings(text: str) -> None:
+    assert tomllib.loads(f"value = {demo_setup._toml(text)}") == {"value": text}
 
 
 def test_a_demo_that_cannot_set_up_fails_and_removes_its_directory(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import queue
 import re
@@ -99,6 +100,11 @@ except HsmError as exc:
     sys.exit(str(exc))
 """
 _SERVING = re.compile(r"^paywarden: serving on (\S+):(\d+) .*metrics (?:\S+:(\d+)|off)\)")
+# What a line of softhsm2.conf cannot hold: SoftHSM2 cuts a line at "#", CR or LF, splits
+# it at every "=", and reads at most 1023 bytes of it.
+_SOFTHSM_CONF_CUTS = frozenset("#=\r\n")
+_SOFTHSM_CONF_LINE = 1023
+_TOKENDIR = "directories.tokendir = "
 # The child's environment must not reconfigure the demo's signer.
 _FOREIGN = ("PAYWARDEN_", "SOFTHSM2_CONF")
 
@@ -167,6 +173,7 @@ def provision(root: Path, module: str = DEFAULT_MODULE) -> Workspace:
             "./scripts/install.sh does it) or name its library with --module"
         )
     ws = Workspace(root, module)
+    _check_paths(ws)
     _token(ws)
     _pki(ws)
     policy = root / "policy"
@@ -174,6 +181,30 @@ def provision(root: Path, module: str = DEFAULT_MODULE) -> Workspace:
     (policy / "demo.toml").write_text(STORY_PACK, encoding="utf-8")
     ws.config.write_text(_config_text(ws), encoding="utf-8")
     return ws
+
+
+def _check_paths(ws: Workspace) -> None:
+    """Refuses a directory whose path the config files cannot spell: the TOML config
+    quotes any text (:func:`_toml`), but softhsm2.conf has no quoting at all."""
+    where = str(ws.root)
+    for text in (where, ws.module):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DemoError(f"{text!r}: the config cannot name a path that is not UTF-8") from None
+    if any(ch in _SOFTHSM_CONF_CUTS or not ch.isprintable() for ch in where):
+        raise DemoError(
+            f"{where!r}: softhsm2.conf cannot name a path with '#', '=', a line break or "
+            "another control character; choose another directory (--keep DIR, TMPDIR)"
+        )
+    line = _TOKENDIR + str(ws.hsm / "tokens")
+    if len(line.encode("utf-8")) >= _SOFTHSM_CONF_LINE:
+        raise DemoError(f"{where!r}: the path is too long for softhsm2.conf; choose a shorter one")
+
+
+def _toml(value: object) -> str:
+    """``value`` as a TOML basic string: JSON's escapes are TOML's, but for DEL."""
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _secret_file(path: Path) -> None:
@@ -186,7 +217,7 @@ def _token(ws: Workspace) -> None:
     tokens = ws.hsm / "tokens"
     tokens.mkdir(parents=True, mode=0o700)
     ws.softhsm_conf.write_text(
-        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n",
+        f"{_TOKENDIR}{tokens}\nobjectstore.backend = file\nlog.level = ERROR\n",
         encoding="utf-8",
     )
     so_pin = ws.hsm / "so.pin"
@@ -252,24 +283,24 @@ def _config_text(ws: Workspace) -> str:
 [server]
 listen = "127.0.0.1:0"
 trust_domain = "{TRUST_DOMAIN}"
-tls_cert = "{ws.pki / "server.crt"}"
-tls_key = "{ws.pki / "server.key"}"
-client_ca = "{ws.pki / "ca.crt"}"
+tls_cert = {_toml(ws.pki / "server.crt")}
+tls_key = {_toml(ws.pki / "server.key")}
+client_ca = {_toml(ws.pki / "ca.crt")}
 
 [hsm]
-module = "{ws.module}"
+module = {_toml(ws.module)}
 token_label = "{TOKEN_LABEL}"
-pin_file = "{ws.pin_file}"
-softhsm_conf = "{ws.softhsm_conf}"
+pin_file = {_toml(ws.pin_file)}
+softhsm_conf = {_toml(ws.softhsm_conf)}
 
 [store]
-path = "{ws.db}"
+path = {_toml(ws.db)}
 
 [metrics]
 listen = "127.0.0.1:0"
 
 [policy]
-dir = "{ws.root / "policy"}"
+dir = {_toml(ws.root / "policy")}
 """
 
 
