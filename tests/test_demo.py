@@ -11,6 +11,7 @@ directory, so that what the demo leaves behind is visible.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from tests.support.cli import settings_free_env
 PAYWARDEN = Path(sys.executable).parent / "paywarden"
 # A PKCS#11 library that is not SoftHSM2 (the p11-kit proxy module, manufacturer "PKCS#11 Kit").
 P11_KIT = Path("/usr/lib/x86_64-linux-gnu/libp11-kit.so.0")
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "grpc_proxy", "HTTP_PROXY", "HTTPS_PROXY")
 REFUSED = ("PERMISSION_DENIED", "FAILED_PRECONDITION")
 
 
@@ -55,10 +57,13 @@ def run_demo(base: Path, *args: str, env: dict[str, str] | None = None) -> DemoR
     ``env`` added to the environment)."""
     tmpdir = base / "tmp"
     tmpdir.mkdir(parents=True)
+    environ = settings_free_env({"TMPDIR": str(tmpdir), "NO_COLOR": "1", **(env or {})})
+    for name in ("no_proxy", "NO_PROXY", "no_grpc_proxy"):
+        environ.pop(name, None)  # a proxy variable given in ``env`` applies to loopback too
     proc = subprocess.run(
         [str(PAYWARDEN), "demo", "--json", *args],
         cwd=base,
-        env=settings_free_env({"TMPDIR": str(tmpdir), "NO_COLOR": "1", **(env or {})}),
+        env=environ,
         capture_output=True,
         text=True,
         timeout=300,
@@ -70,9 +75,14 @@ def run_demo(base: Path, *args: str, env: dict[str, str] | None = None) -> DemoR
 @pytest.fixture(scope="module")
 def played(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
     """The demo as a user with settings for other tools runs it: PKCS11_MODULE names a
-    library that does not exist (it could be a real HSM's)."""
+    library that does not exist (it could be a real HSM's), and every proxy variable a
+    port of 127.0.0.1 where nothing listens."""
     base = tmp_path_factory.mktemp("demo")
-    yield run_demo(base, env={"PKCS11_MODULE": str(base / "real-hsm-pkcs11.so")})
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    env = {name: proxy for name in PROXY_VARIABLES}
+    yield run_demo(base, env={**env, "PKCS11_MODULE": str(base / "real-hsm-pkcs11.so")})
 
 
 def sign_answers(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -111,6 +121,13 @@ def test_the_environment_does_not_choose_the_hsm_module(played: DemoRun) -> None
     assert played.code == 0, played.stderr
     assert played.report["module"] == demo_setup.DEFAULT_MODULE
     assert "real-hsm-pkcs11.so" not in played.stdout + played.stderr
+
+
+def test_proxy_variables_do_not_divert_the_demo_from_loopback(played: DemoRun) -> None:
+    """The story's gRPC calls and the metrics scrape reached the signer, not the proxy."""
+    assert played.code == 0, played.stderr
+    assert played.step("a")["observed"]["sign"]["status"] == "SIGNED"
+    assert played.step("f")["observed"]["metrics"]["source"].startswith("metrics endpoint ")
 
 
 def test_a_purchase_within_budget_is_signed_and_verifies_independently(

@@ -204,7 +204,8 @@ def _step(key: str, title: str, expected: str, play: Any, out: Printer) -> StepR
 
 def _scrape(port: int) -> dict[str, Any]:
     """The seed metrics from the signer's Prometheus endpoint."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no *_proxy
+    with direct.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode("utf-8")
     figures: dict[str, Any] = {"source": f"metrics endpoint 127.0.0.1:{port}"}
     for family in text_string_to_metric_families(text):

@@ -157,7 +157,9 @@ class Workspace:
             private_key=stem.with_suffix(".key").read_bytes(),
             certificate_chain=stem.with_suffix(".crt").read_bytes(),
         )
-        options = [("grpc.ssl_target_name_override", "localhost")]
+        # The signer is on loopback: no proxy the environment names (grpc_proxy,
+        # https_proxy, http_proxy) may stand between.
+        options = [("grpc.ssl_target_name_override", "localhost"), ("grpc.enable_http_proxy", 0)]
         return grpc.secure_channel(addr, creds, options=options)
 
 
