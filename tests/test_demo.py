@@ -11,6 +11,7 @@ directory, so that what the demo leaves behind is visible.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -301,3 +302,28 @@ def test_a_step_with_another_outcome_fails_the_demo_and_is_named(
     assert "paywarden: demo step (d) Rejections trip the circuit breaker: not as expected" in err
     assert "the breaker did not freeze the agent" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_the_demo_cannot_remove_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A removal that fails (faked, as the story: the test runs as a user whom no
+    permission stops) is said, not reported as done."""
+    from paywarden.signer.cli import demo
+    from paywarden.signer.cli.commands import main
+
+    def story_played(root: Path, module: str, out: Any, report: dict[str, Any]) -> int:
+        (root / "left.txt").write_text("something the demo made\n", encoding="utf-8")
+        return 0
+
+    monkeypatch.setattr(demo, "_play", story_played)
+    monkeypatch.setattr(shutil, "rmtree", lambda *_args, **_kwargs: None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("NO_COLOR", "1")
+    code = main(["demo", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    (left,) = tmp_path.iterdir()
+    assert (left / "left.txt").is_file()
+    assert f"paywarden: demo: could not remove {left} entirely" in err
+    assert f"removed {left}" not in out + err

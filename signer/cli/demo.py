@@ -84,10 +84,11 @@ def run(args: argparse.Namespace) -> int:
         with _workdir(args.keep) as root:
             report["workdir"], report["kept"] = str(root), args.keep is not None
             code = _play(root, args.module, out, report)
-        out.note(f"kept {root}" if args.keep else f"removed {root}")
+        if args.keep or not root.exists():
+            out.note(f"kept {root}" if args.keep else f"removed {root}")
     except KeyboardInterrupt:
         where = report.get("workdir")
-        gone = f"; {where} removed" if where and not args.keep else ""
+        gone = f"; {where} removed" if where and not args.keep and not Path(where).exists() else ""
         print(f"paywarden: demo interrupted; the signer is stopped{gone}", file=sys.stderr)
         return 130
     except _Stopped:
@@ -122,6 +123,12 @@ def _workdir(keep: Path | None) -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            print(
+                f"paywarden: demo: could not remove {root} entirely (it may hold the token "
+                "and its PINs): remove it by hand",
+                file=sys.stderr,
+            )
 
 
 def _play(root: Path, module: str, out: Printer, report: dict[str, Any]) -> int:
