@@ -11,7 +11,11 @@ directory, so that what the demo leaves behind is visible.
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -327,3 +331,46 @@ def test_a_directory_the_demo_cannot_remove_is_reported(
     assert (left / "left.txt").is_file()
     assert f"paywarden: demo: could not remove {left} entirely" in err
     assert f"removed {left}" not in out + err
+
+
+def test_a_killed_demo_takes_its_signer_with_it(tmp_path: Path) -> None:
+    """SIGKILL to the demo once its story has begun: ``paywarden serve``, its child in a
+    session of its own, exits too (its pidfd becomes readable when it does)."""
+    serving = re.compile(r"paywarden serve \(pid (\d+)\): 127\.0\.0\.1:\d+")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    demo = subprocess.Popen(
+        [str(PAYWARDEN), "demo"],
+        cwd=tmp_path,
+        env=settings_free_env({"TMPDIR": str(tmpdir), "NO_COLOR": "1"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert demo.stdout is not None
+    said: list[str] = []
+    serve_pid = 0
+    try:
+        for line in demo.stdout:
+            said.append(line)
+            match = serving.search(line)
+            serve_pid = int(match[1]) if match else serve_pid
+            if serve_pid and line.startswith("(a) "):
+                break  # the story has begun
+        assert serve_pid, "".join(said)
+        serve = os.pidfd_open(serve_pid)
+        try:
+            assert os.getsid(serve_pid) == serve_pid != os.getsid(demo.pid)
+            demo.kill()
+            demo.wait()
+            exited, _, _ = select.select([serve], [], [], 60)
+            if not exited:
+                signal.pidfd_send_signal(serve, signal.SIGKILL)  # not left running
+        finally:
+            os.close(serve)
+        assert exited, f"paywarden serve (pid {serve_pid}) outlived the killed demo"
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        demo.stdout.close()

@@ -148,7 +148,10 @@ def _play(root: Path, module: str, out: Printer, report: dict[str, Any]) -> int:
     signer = Signer(ws)
     try:
         signer.wait_ready()
-        out.note(f"paywarden serve: {signer.addr}, metrics 127.0.0.1:{signer.metrics_port}")
+        out.note(
+            f"paywarden serve (pid {signer.proc.pid}): {signer.addr}, "
+            f"metrics 127.0.0.1:{signer.metrics_port}"
+        )
         story = Story(ws, signer.addr, out)
         try:
             for key, title, expected, play in story.steps():

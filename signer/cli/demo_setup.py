@@ -90,6 +90,20 @@ max_budget = {{ USD = "500.00" }}
 # ``paywarden-keys`` run in a child process: the PKCS#11 module reads SOFTHSM2_CONF once,
 # when it is loaded, so the demo itself never loads it.
 _KEYS_MAIN = "import sys; from paywarden.signer.cli.keys import main; sys.exit(main())"
+# ``paywarden serve`` as the demo's child: it asks Linux for SIGTERM when the demo dies,
+# even by SIGKILL (PR_SET_PDEATHSIG, kept across exec; it fires when the *thread* that
+# started it ends: the demo's main thread), checks the demo is still its parent, then
+# execs the signer (same pid). Not a preexec_fn: the demo has threads.
+_SERVE_MAIN = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("paywarden demo: the demo ended before its signer started")
+os.execv(sys.executable, [sys.executable, "-m", "paywarden.signer.cli", *sys.argv[2:]])
+"""
 _MANUFACTURER_MAIN = """\
 import sys
 from paywarden.hsm import HsmError
@@ -308,20 +322,26 @@ dir = {_toml(ws.root / "policy")}
 
 class Signer:
     """``paywarden serve`` on the workspace's config, in a child process whose output
-    is drained (the last lines are kept to explain a failure)."""
+    is drained (the last lines are kept to explain a failure).
+
+    The child is in a session of its own, so that Ctrl-C reaches the demo alone (which
+    stops the signer once, with SIGTERM), and it gets SIGTERM when the demo dies, even
+    by SIGKILL (on Linux)."""
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self.output: deque[str] = deque(maxlen=60)
         self._serving: queue.Queue[str | None] = queue.Queue()
+        serve = ["serve", "--config", str(ws.config)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "paywarden.signer.cli", "serve", "--config", str(ws.config)],
+            [sys.executable, "-c", _SERVE_MAIN, str(os.getpid()), *serve],
             cwd=ws.root,
             env=ws.env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         )
         self._drain = threading.Thread(target=self._read, daemon=True)
         self._drain.start()
