@@ -22,6 +22,7 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,19 +334,32 @@ def test_a_directory_the_demo_cannot_remove_is_reported(
     assert f"removed {left}" not in out + err
 
 
-def test_a_killed_demo_takes_its_signer_with_it(tmp_path: Path) -> None:
-    """SIGKILL to the demo once its story has begun: ``paywarden serve``, its child in a
-    session of its own, exits too (its pidfd becomes readable when it does)."""
-    serving = re.compile(r"paywarden serve \(pid (\d+)\): 127\.0\.0\.1:\d+")
-    tmpdir = tmp_path / "tmp"
+SERVE_PID = re.compile(r"paywarden serve \(pid (\d+)\): 127\.0\.0\.1:\d+")
+
+
+@dataclass
+class StoryUnderWay:
+    """``paywarden demo`` (no --json, so the story is on stdout) once step (a) began."""
+
+    demo: subprocess.Popen[str]
+    serve_pid: int
+    said: list[str]
+
+
+@contextmanager
+def demo_under_way(base: Path, *, own_group: bool = False) -> Iterator[StoryUnderWay]:
+    """Starts the demo with TMPDIR in ``base/tmp`` and reads its output until its story has
+    begun (the line naming the signer's pid, then step (a)); kills it on the way out."""
+    tmpdir = base / "tmp"
     tmpdir.mkdir()
     demo = subprocess.Popen(
         [str(PAYWARDEN), "demo"],
-        cwd=tmp_path,
+        cwd=base,
         env=settings_free_env({"TMPDIR": str(tmpdir), "NO_COLOR": "1"}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=own_group,
     )
     assert demo.stdout is not None
     said: list[str] = []
@@ -353,24 +367,53 @@ def test_a_killed_demo_takes_its_signer_with_it(tmp_path: Path) -> None:
     try:
         for line in demo.stdout:
             said.append(line)
-            match = serving.search(line)
+            match = SERVE_PID.search(line)
             serve_pid = int(match[1]) if match else serve_pid
             if serve_pid and line.startswith("(a) "):
-                break  # the story has begun
+                break
         assert serve_pid, "".join(said)
-        serve = os.pidfd_open(serve_pid)
-        try:
-            assert os.getsid(serve_pid) == serve_pid != os.getsid(demo.pid)
-            demo.kill()
-            demo.wait()
-            exited, _, _ = select.select([serve], [], [], 60)
-            if not exited:
-                signal.pidfd_send_signal(serve, signal.SIGKILL)  # not left running
-        finally:
-            os.close(serve)
-        assert exited, f"paywarden serve (pid {serve_pid}) outlived the killed demo"
+        yield StoryUnderWay(demo, serve_pid, said)
     finally:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
         demo.stdout.close()
+
+
+def exits_within(pidfd: int, seconds: float) -> bool:
+    """Whether the process of ``pidfd`` exits within ``seconds`` (SIGKILLed if not, so
+    that a failing test leaves nothing running)."""
+    exited, _, _ = select.select([pidfd], [], [], seconds)
+    if not exited:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    return bool(exited)
+
+
+def test_a_killed_demo_takes_its_signer_with_it(tmp_path: Path) -> None:
+    """SIGKILL to the demo once its story has begun: ``paywarden serve``, its child in a
+    session of its own, exits too (its pidfd becomes readable when it does)."""
+    with demo_under_way(tmp_path) as run:
+        serve = os.pidfd_open(run.serve_pid)
+        try:
+            assert os.getsid(run.serve_pid) == run.serve_pid != os.getsid(run.demo.pid)
+            run.demo.kill()
+            run.demo.wait()
+            assert exits_within(serve, 60), f"serve (pid {run.serve_pid}) outlived the demo"
+        finally:
+            os.close(serve)
+
+
+def test_ctrl_c_stops_the_signer_once_and_removes_the_directory(tmp_path: Path) -> None:
+    """SIGINT to the demo's whole process group, as a terminal sends it: the demo stops its
+    signer (which is not in that group), removes its directory and exits 130."""
+    with demo_under_way(tmp_path, own_group=True) as run:
+        serve = os.pidfd_open(run.serve_pid)
+        try:
+            os.killpg(run.demo.pid, signal.SIGINT)
+            rest, _ = run.demo.communicate(timeout=120)
+            assert exits_within(serve, 0), f"serve (pid {run.serve_pid}) outlived the demo"
+        finally:
+            os.close(serve)
+    assert run.demo.returncode == 130, "".join(run.said) + rest
+    assert "paywarden: demo interrupted; the signer is stopped; " in rest
+    assert list((tmp_path / "tmp").iterdir()) == []
