@@ -35,9 +35,9 @@ from paywarden.signer.cli.demo_tally import (
     PENDING,
     SIGNED,
     Answer,
+    DemoCheckFailed,
     StepResult,
     Tally,
-    verify_jws,
 )
 from paywarden.signer.store import offline_reads
 from paywarden.signer.store.records import StoreError
@@ -51,6 +51,7 @@ from paywarden.v1 import (
     signer_pb2,
     signer_pb2_grpc,
 )
+from paywarden.verify import PaymentRejected, verify_payment
 
 TIMEOUT = 30.0
 ATTACKER = "attacker-wallet.example"
@@ -143,14 +144,19 @@ class Story:
         req = signer_pb2.GetPublicKeysRequest()
         return str(self._signer(SHOP_AGENT).GetPublicKeys(req, timeout=TIMEOUT).jwks_json)
 
-    def show_signed(self, answer: Answer) -> dict[str, Any]:
-        """The JWS checked against the published JWKS; its claims."""
-        claims = verify_jws(answer.jws, self.jwks())
+    def show_signed(self, answer: Answer, payee: str) -> dict[str, Any]:
+        """The JWS checked as ``payee`` checks it (:mod:`paywarden.verify`, against the
+        published JWKS); its claims. A payment that does not pass is the step's failure."""
+        try:
+            payment = verify_payment(answer.jws, self.jwks(), payee=payee)
+        except PaymentRejected as exc:
+            raise DemoCheckFailed(f"the payee's check rejects the JWS: {exc}") from None
+        claims: dict[str, Any] = json.loads(payment.payload)
         self._out.outcome(
             True,
-            f"SIGNED: {claims['amount']} {claims['asset']} to {claims['payee']}, "
-            f"decision {answer.decision_id}, key {answer.key_id}; the JWS verifies "
-            "against the signer's JWKS",
+            f"SIGNED: {payment.amount} {payment.asset} to {payment.payee}, "
+            f"decision {answer.decision_id}, key {answer.key_id}; the payee's check "
+            "(paywarden verify) accepts it against the signer's JWKS",
         )
         return claims
 
@@ -203,7 +209,7 @@ class Story:
         r.observed["sign"] = answer.as_json()
         r.expect(answer.status == SIGNED, f"expected SIGNED, got {answer.describe()}")
         if r.ok:
-            claims = self.show_signed(answer)
+            claims = self.show_signed(answer, "api.example")
             r.observed["claims"] = {k: claims[k] for k in ("payee", "amount", "asset", "jti")}
 
     def injection(self, r: StepResult) -> None:
@@ -212,7 +218,7 @@ class Story:
         ticket = self.sign(TRAVEL_AGENT, self.intent(sid, RAIL, "42.00", "train ticket"))
         r.expect(ticket.status == SIGNED, f"the ticket: expected SIGNED, got {ticket.describe()}")
         if ticket.status == SIGNED:
-            self.show_signed(ticket)
+            self.show_signed(ticket, RAIL)
         self._out.warn(
             "the agent reads the booking page, which hides an instruction: " + json.dumps(INJECTED)
         )
@@ -268,7 +274,7 @@ class Story:
         if r.expect(
             signed.status == SIGNED, f"the retry: expected SIGNED, got {signed.describe()}"
         ):
-            self.show_signed(signed)
+            self.show_signed(signed, intent.payee)
             r.expect(signed.decision_id == held.decision_id, "the signature is another decision's")
 
     def breaker(self, r: StepResult) -> None:

@@ -7,18 +7,12 @@ key the JWKS names): it needs nothing beyond ``cryptography``.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import grpc
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from paywarden.policy.vocabulary import Reason
 from paywarden.v1 import signer_pb2
 
@@ -171,32 +165,3 @@ class Tally:
             "sign_calls": self.sign_calls,
             "refused": self.refused,
         }
-
-
-def _b64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def verify_jws(compact: str, jwks_json: str) -> dict[str, Any]:
-    """The claims of an ES256 compact JWS whose ``kid`` the JWKS holds; raises
-    :class:`DemoCheckFailed` if it does not verify."""
-    try:
-        head, body, sig = compact.split(".")
-        header = json.loads(_b64(head))
-        keys = {k["kid"]: k for k in json.loads(jwks_json)["keys"]}
-        jwk = keys[header["kid"]]
-        if header.get("alg") != "ES256" or jwk.get("crv") != "P-256":
-            raise DemoCheckFailed(f"unexpected JWS algorithm {header.get('alg')!r}")
-        public = ec.EllipticCurvePublicNumbers(
-            int.from_bytes(_b64(jwk["x"]), "big"), int.from_bytes(_b64(jwk["y"]), "big"),
-            ec.SECP256R1(),
-        ).public_key()  # fmt: skip
-        raw = _b64(sig)
-        der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-        public.verify(der, f"{head}.{body}".encode("ascii"), ec.ECDSA(hashes.SHA256()))
-        claims: dict[str, Any] = json.loads(_b64(body))
-    except InvalidSignature:
-        raise DemoCheckFailed("the JWS signature does not verify") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DemoCheckFailed(f"the JWS cannot be read: {exc!r}") from None
-    return claims
