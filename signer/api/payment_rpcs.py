@@ -1,6 +1,6 @@
 """Signer's CheckPayment RPC: proto in, use case, proto out.
 
-A mixin of :class:`~paywarden.signer.api.servicers.SignerServicer`, which holds
+A mixin of :class:`~paywarden.signer.api.signer_servicer.SignerServicer`, which holds
 ``payments`` and ``edge``."""
 
 from __future__ import annotations

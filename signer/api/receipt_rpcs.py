@@ -1,16 +1,17 @@
 """Signer's GetReceipt: proto in, :class:`~paywarden.signer.core.receipts.Receipts`, proto out.
 
-A mixin of :class:`~paywarden.signer.api.servicers.SignerServicer` (one servicer object
+A mixin of :class:`~paywarden.signer.api.signer_servicer.SignerServicer` (one servicer object
 serves all of a service's methods: :func:`~paywarden.signer.api.registry.add_servicer`),
 which holds ``receipts`` and ``edge``."""
 
 from __future__ import annotations
 
 from paywarden.signer.api.authz import Edge, rpc
+from paywarden.signer.api.servicers import checkpoint_proto
 from paywarden.signer.core.receipts import Receipts, SignedReceipt
 from paywarden.signer.errors import InvalidInput, Reason
 from paywarden.signer.identity import Principal
-from paywarden.v1 import control_pb2, signer_pb2
+from paywarden.v1 import signer_pb2
 
 
 def receipt_proto(r: SignedReceipt) -> signer_pb2.GetReceiptResponse:
@@ -21,16 +22,7 @@ def receipt_proto(r: SignedReceipt) -> signer_pb2.GetReceiptResponse:
     )
     cp = r.checkpoint
     if cp is not None:
-        out.checkpoint.CopyFrom(
-            control_pb2.SignedCheckpoint(
-                tree_size=cp.size,
-                root_hash=cp.root,
-                time=cp.at,
-                key_id=cp.key_id,
-                body=cp.body,
-                signature=cp.signature,
-            )
-        )
+        out.checkpoint.CopyFrom(checkpoint_proto(cp))
     return out
 
 

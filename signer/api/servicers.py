@@ -9,6 +9,7 @@ import json
 from paywarden.policy.vocabulary import Amount, FreezeScope
 from paywarden.signer.api.authz import Edge, rpc
 from paywarden.signer.api.reload_rpcs import ReloadRpcs
+from paywarden.signer.auditlog.checkpoints import Checkpoint
 from paywarden.signer.core.approvals import Approvals
 from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.explain import Explain
@@ -197,6 +198,18 @@ def _freeze_proto(f: Freeze) -> control_pb2.FreezeRecord:
     )
 
 
+def checkpoint_proto(cp: Checkpoint) -> control_pb2.SignedCheckpoint:
+    """A signed checkpoint as Control.Checkpoint and Signer.GetReceipt send it."""
+    return control_pb2.SignedCheckpoint(
+        tree_size=cp.size,
+        root_hash=cp.root,
+        time=cp.at,
+        key_id=cp.key_id,
+        body=cp.body,
+        signature=cp.signature,
+    )
+
+
 def _revocation_proto(r: Revocation) -> control_pb2.RevocationRecord:
     principal = r.kind is RevocationKind.PRINCIPAL
     return control_pb2.RevocationRecord(
@@ -278,14 +291,7 @@ class ControlServicer(ReloadRpcs, control_pb2_grpc.ControlServicer):
         if cp is None:
             raise NotFound(Reason.STRING_INVALID, "the audit log is empty")
         return control_pb2.CheckpointResponse(
-            checkpoint=control_pb2.SignedCheckpoint(
-                tree_size=cp.size,
-                root_hash=cp.root,
-                time=cp.at,
-                key_id=cp.key_id,
-                body=cp.body,
-                signature=cp.signature,
-            ),
+            checkpoint=checkpoint_proto(cp),
             audit_public_key_pem=self.checkpoints.audit_public_key_pem(),
         )
 
