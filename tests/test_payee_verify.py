@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from joserfc import jws as joserfc_jws
 from joserfc.jwk import KeySet
 from paywarden.policy.vocabulary import KeyState, Reason
+from paywarden.signer.config import LimitsConfig
 from paywarden.signer.core import keys as signer_keys
 from paywarden.signer.core import payments as signer_payments
 from paywarden.verify import Jwks, PaymentRejected, VerifiedPayment, verify_payment
@@ -345,6 +346,59 @@ def test_a_revoked_key_vouches_only_for_payments_issued_before_its_revocation(
     )
 
 
+def _thiefs_payment(genuine: Genuine, key: ec.EllipticCurvePrivateKey, iat: int, exp: int) -> str:
+    return pyjwt_es256(_jcs(_changed_claims(genuine, iat=iat, exp=exp)), key, "test.v1")
+
+
+def test_a_stolen_revoked_key_cannot_backdate_a_payment_past_the_signers_lifetime(
+    genuine: Genuine, test_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """A thief signs, an hour after the revocation, a payment whose iat is one second
+    before it and whose exp is ten minutes ahead: a lifetime no signer configured with
+    max_expiry_seconds 300 gives. Before the fix it passed (anything under a day did)."""
+    revoked_at = genuine.during
+    jwks = _test_jwks(test_key, paywarden_state="revoked", paywarden_revoked_at=revoked_at)
+    now = revoked_at + 3_600
+    backdated = _thiefs_payment(genuine, test_key, revoked_at - 1, now + 600)
+    assert rejection(backdated, jwks, now=now) is Reason.CLAIMS_INVALID
+    # Without the published member the verifier's own bound (300 s) holds all the same.
+    bare = json.loads(jwks)
+    del bare["keys"][0]["paywarden_max_lifetime"]
+    assert rejection(backdated, json.dumps(bare), now=now) is Reason.CLAIMS_INVALID
+    # A payment the signer could have signed before the revocation still passes while it
+    # lives, which is at most the published lifetime after the revocation.
+    honest = _thiefs_payment(genuine, test_key, revoked_at - 1, revoked_at + 299)
+    assert verify_payment(honest, jwks, payee=PAYEE, now=revoked_at + 298).key_state is (
+        KeyState.REVOKED
+    )
+    assert rejection(honest, jwks, now=revoked_at + 299) is Reason.PAYMENT_EXPIRED
+
+
+def test_the_published_lifetime_bounds_a_payment_and_the_payee_can_only_lower_it(
+    genuine: Genuine, test_key: ec.EllipticCurvePrivateKey
+) -> None:
+    iat = genuine.during
+    token = _thiefs_payment(genuine, test_key, iat, iat + 3_600)
+    wide = _test_jwks(test_key, paywarden_max_lifetime=3_600)
+    assert verify_payment(token, wide, payee=PAYEE, now=iat).expires_at == iat + 3_600
+    assert rejection(token, _test_jwks(test_key), now=iat) is Reason.CLAIMS_INVALID
+    with pytest.raises(PaymentRejected) as info:
+        verify_payment(token, wide, payee=PAYEE, now=iat, max_lifetime=3_599)
+    assert info.value.reason is Reason.CLAIMS_INVALID
+    with pytest.raises(PaymentRejected):  # a larger bound than the signer's widens nothing
+        verify_payment(token, _test_jwks(test_key), payee=PAYEE, now=iat, max_lifetime=86_400)
+    with pytest.raises(ValueError, match="max_lifetime"):
+        verify_payment(token, wide, payee=PAYEE, now=iat, max_lifetime=0)
+
+
+def test_the_signer_publishes_its_max_expiry_as_each_keys_lifetime(
+    genuine: Genuine, stack: Stack
+) -> None:
+    keys = json.loads(genuine.jwks)["keys"]
+    configured = stack.config.limits.max_expiry_seconds
+    assert keys and {k["paywarden_max_lifetime"] for k in keys} == {configured}
+
+
 JWKS_CASES = [
     ("not json", lambda j: "{"),
     ("no keys", lambda j: '{"keys": []}'),
@@ -358,6 +412,9 @@ JWKS_CASES = [
     ("another alg", lambda j: _restated(j, "payments.v1", alg="HS256")),
     ("an unknown member", lambda j: _restated(j, "payments.v1", x5u="https://evil.example")),
     ("a point off the curve", lambda j: _restated(j, "payments.v1", y=b64(bytes(32)))),
+    ("a lifetime of 0", lambda j: _restated(j, "payments.v1", paywarden_max_lifetime=0)),
+    ("a lifetime over a day", lambda j: _restated(j, "payments.v1", paywarden_max_lifetime=86_401)),
+    ("a lifetime as text", lambda j: _restated(j, "payments.v1", paywarden_max_lifetime="300")),
 ]
 
 
@@ -375,7 +432,10 @@ def test_the_verifier_spells_the_payment_as_the_signer_writes_it() -> None:
     assert verify_module.PAYLOAD_TYPE == signer_payments.PAYLOAD_TYPE
     assert verify_jwks.JWK_STATE == signer_keys.JWK_STATE
     assert verify_jwks.JWK_REVOKED_AT == signer_keys.JWK_REVOKED_AT
-    assert verify_module.MAX_LIFETIME == 86_400  # signer/config.py max_expiry_seconds le=
+    assert verify_jwks.JWK_MAX_LIFETIME == signer_keys.JWK_MAX_LIFETIME
+    limit = LimitsConfig.model_fields["max_expiry_seconds"]
+    assert verify_module.DEFAULT_MAX_LIFETIME == limit.default
+    assert verify_jwks.MAX_LIFETIME == 86_400  # signer/config.py max_expiry_seconds le=
 
 
 # -- the command line ----------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 Only what the signer publishes is accepted: EC P-256 keys for ES256 signatures, each with
 its ``kid`` (``<label>.v<N>``) and its state (``paywarden_state``: active, verify-only, or
-revoked with ``paywarden_revoked_at``). Anything else in the document (another key type,
-a member this reader does not know, a kid listed twice, a point off the curve) makes the
-whole set unusable: a payee checks against the set the signer gave, or not at all.
+revoked with ``paywarden_revoked_at``) and the longest lifetime the signer gives a payment
+(``paywarden_max_lifetime``, seconds: its ``max_expiry_seconds``). Anything else in the
+document (another key type, a member this reader does not know, a kid listed twice, a
+point off the curve) makes the whole set unusable: a payee checks against the set the
+signer gave, or not at all.
 """
 
 from __future__ import annotations
@@ -20,20 +22,24 @@ from paywarden.verify.strict_json import b64url_decode
 
 JWK_STATE = "paywarden_state"
 JWK_REVOKED_AT = "paywarden_revoked_at"
+JWK_MAX_LIFETIME = "paywarden_max_lifetime"
+MAX_LIFETIME = 86_400  # the largest expiry window a signer may be configured with
 ALGORITHM = "ES256"
 _REQUIRED = frozenset({"kty", "crv", "x", "y", "kid", JWK_STATE})
-_OPTIONAL = frozenset({"alg", "use", JWK_REVOKED_AT})
+_OPTIONAL = frozenset({"alg", "use", JWK_REVOKED_AT, JWK_MAX_LIFETIME})
 _PUBLISHED = frozenset({KeyState.ACTIVE, KeyState.VERIFY_ONLY, KeyState.REVOKED})
 
 
 @dataclass(frozen=True, slots=True)
 class PaymentKey:
-    """One key version of the set: its public key, its state and, if revoked, since when."""
+    """One key version of the set: its public key, its state, if revoked since when, and
+    the longest payment lifetime the signer publishes (``None``: a signer that does not)."""
 
     kid: str
     public_key: ec.EllipticCurvePublicKey
     state: KeyState
     revoked_at: int | None = None
+    max_lifetime: int | None = None
 
 
 def _invalid(detail: str) -> PaymentRejected:
@@ -84,12 +90,17 @@ def _key(jwk: object) -> PaymentKey:
         revoked_at is not None and type(revoked_at) is not int
     ):
         raise _invalid(f"key {kid}: {JWK_REVOKED_AT} is set exactly when the key is revoked")
+    max_lifetime = jwk.get(JWK_MAX_LIFETIME)
+    if max_lifetime is not None and (
+        type(max_lifetime) is not int or not 1 <= max_lifetime <= MAX_LIFETIME
+    ):
+        raise _invalid(f"key {kid}: {JWK_MAX_LIFETIME} is not 1 to {MAX_LIFETIME} seconds")
     x, y = _coordinate(jwk, "x", kid), _coordinate(jwk, "y", kid)
     try:
         public = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
     except ValueError:
         raise _invalid(f"key {kid}: the point is not on P-256") from None
-    return PaymentKey(kid, public, KeyState(state), revoked_at)
+    return PaymentKey(kid, public, KeyState(state), revoked_at, max_lifetime)
 
 
 class Jwks:

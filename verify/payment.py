@@ -15,8 +15,11 @@ own reason (:class:`PaymentRejected`):
    (``BAD_SIGNATURE``), verified before the payload is read;
 5. the payload canonical JSON (``JWS_NOT_CANONICAL``) holding exactly the payment's claims
    with their types (``CLAIMS_INVALID``), claim ``typ`` the payment's (``TYP_NOT_ALLOWED``),
-   ``iat`` < ``exp`` and at most a day apart (the signer's largest expiry window);
-6. a revoked key only for a payment issued before its revocation (``KEY_REVOKED``);
+   ``iat`` < ``exp`` and at most the signer's longest payment lifetime apart (the key's
+   ``paywarden_max_lifetime``, else ``max_lifetime``, else 300 s; ``CLAIMS_INVALID``);
+6. a revoked key only for a payment issued before its revocation and only until
+   ``revoked_at`` + that lifetime (``KEY_REVOKED``): a thief of the key chooses ``iat``,
+   so the offline check cannot tell a backdated payment from a genuine one after that;
 7. the payee named is the caller: equal, code point for code point, to the caller's
    identifier in NFC (the form the signer signs payees in), with no case folding or
    trimming (``WRONG_PAYEE``);
@@ -24,7 +27,8 @@ own reason (:class:`PaymentRejected`):
    seconds in the future (``PAYMENT_NOT_YET_VALID``).
 
 Whether the payment was voided after it was signed (a freeze, a revoked key) is an online
-question: ``Signer.CheckPayment``.
+question: ``Signer.CheckPayment``, which a payee must ask whenever a key is revoked (until
+then a stolen key's backdated payment passes this check).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from paywarden.policy.vocabulary import KeyState, Reason
 from paywarden.verify.errors import PaymentRejected
-from paywarden.verify.jwks import ALGORITHM, Jwks
+from paywarden.verify.jwks import ALGORITHM, MAX_LIFETIME, Jwks, PaymentKey
 from paywarden.verify.strict_json import Flat, b64url_decode, check_canonical, flat, json_object
 
 JWS_TYPE = "paywarden-payment+jwt"
@@ -48,7 +52,7 @@ HEADER = frozenset({"alg", "kid", "typ"})
 TEXT_CLAIMS = ("typ", "sid", "task", "sub", "payee", "amount", "asset", "ref", "nonce", "jti")
 TIME_CLAIMS = ("iat", "exp")
 CLAIMS = frozenset(TEXT_CLAIMS + TIME_CLAIMS)
-MAX_LIFETIME = 86_400  # the largest expiry window a signer may be configured with
+DEFAULT_MAX_LIFETIME = 300  # the signer's max_expiry_seconds unless configured otherwise
 DEFAULT_LEEWAY = 60  # seconds a payee's clock may be behind the signer's
 _SIGNATURE_BYTES = 64  # r || s, 32 bytes each
 
@@ -108,7 +112,7 @@ def _check_signature(public_key: ec.EllipticCurvePublicKey, signed: bytes, encod
         raise _rejected(Reason.BAD_SIGNATURE, "the signature does not verify") from None
 
 
-def _claims(raw: bytes) -> Flat:
+def _claims(raw: bytes, max_lifetime: int) -> Flat:
     claims = flat(json_object(raw, "payload"), "payload")
     check_canonical(claims, raw, "payload")
     if set(claims) != CLAIMS:
@@ -121,9 +125,17 @@ def _claims(raw: bytes) -> Flat:
     if claims["typ"] != PAYLOAD_TYPE:
         raise _rejected(Reason.TYP_NOT_ALLOWED, f"the claim typ is not {PAYLOAD_TYPE!r}")
     iat, exp = int(claims["iat"]), int(claims["exp"])
-    if not iat < exp <= iat + MAX_LIFETIME:
-        raise _rejected(Reason.CLAIMS_INVALID, f"exp is not after iat by at most {MAX_LIFETIME} s")
+    if not iat < exp <= iat + max_lifetime:
+        raise _rejected(Reason.CLAIMS_INVALID, f"exp is not after iat by at most {max_lifetime} s")
     return claims
+
+
+def _lifetime(key: PaymentKey, max_lifetime: int | None) -> int:
+    """The longest lifetime accepted: the smaller of the published and the given one."""
+    if max_lifetime is not None and not 1 <= max_lifetime <= MAX_LIFETIME:
+        raise ValueError(f"max_lifetime: 1 to {MAX_LIFETIME} seconds")
+    bounds = [b for b in (key.max_lifetime, max_lifetime) if b is not None]
+    return min(bounds) if bounds else DEFAULT_MAX_LIFETIME
 
 
 def verify_payment(
@@ -133,10 +145,13 @@ def verify_payment(
     payee: str,
     now: float | None = None,
     leeway: int = DEFAULT_LEEWAY,
+    max_lifetime: int | None = None,
 ) -> VerifiedPayment:
     """The payment ``jws`` (compact serialisation), checked against the signer's key set
     ``jwks`` (a :class:`Jwks` or its JSON) for the payee ``payee`` (the caller's own
-    identifier) at ``now`` (Unix seconds; default: this machine's clock).
+    identifier) at ``now`` (Unix seconds; default: this machine's clock). A payment
+    lives at most the key's published ``paywarden_max_lifetime`` and ``max_lifetime``
+    (the smaller of those given; 300 s when neither is).
 
     Returns the payment's claims; raises :class:`PaymentRejected` with the reason of the
     first check that fails (see the module's docstring), whatever ``jws`` and ``jwks``
@@ -157,16 +172,20 @@ def verify_payment(
     payload_b64 = parts[1]
     raw = b64url_decode(payload_b64, "payload")  # malformed before the signature's verdict
     _check_signature(key.public_key, f"{parts[0]}.{payload_b64}".encode("ascii"), parts[2])
-    claims = _claims(raw)
+    lifetime = _lifetime(key, max_lifetime)
+    claims = _claims(raw, lifetime)
     iat, exp = int(claims["iat"]), int(claims["exp"])
-    if key.state is KeyState.REVOKED and not (key.revoked_at is not None and iat < key.revoked_at):
+    moment = time.time() if now is None else now
+    if key.state is KeyState.REVOKED and not (
+        key.revoked_at is not None and iat < key.revoked_at and moment < key.revoked_at + lifetime
+    ):
         raise _rejected(
             Reason.KEY_REVOKED,
-            f"key {kid} was revoked at {key.revoked_at}, not after the payment's iat {iat}",
+            f"key {kid} was revoked at {key.revoked_at}: a payment issued before it is"
+            f" accepted for {lifetime} s after it at most (iat {iat})",
         )
     if claims["payee"] != unicodedata.normalize("NFC", payee):
         raise _rejected(Reason.WRONG_PAYEE, "the payment names another payee")
-    moment = time.time() if now is None else now
     if moment >= exp:
         raise _rejected(Reason.PAYMENT_EXPIRED, f"the payment expired at {exp}")
     if iat > moment + leeway:

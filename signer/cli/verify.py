@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 from paywarden.signer.cli.support import CliExit
 from paywarden.verify import PaymentRejected, VerifiedPayment, verify_payment
+from paywarden.verify.jwks import MAX_LIFETIME
 
 MAX_JWKS_BYTES = 1 << 20
 FETCH_TIMEOUT = 10.0
@@ -39,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--payee", required=True, help="your own payee identifier")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.add_argument("--at", type=int, help="check as of this time (Unix seconds; default: now)")
+    parser.add_argument(
+        "--max-lifetime",
+        type=int,
+        help="the longest payment lifetime accepted, in seconds (default: the JWKS's"
+        " paywarden_max_lifetime, else 300; it can only lower the published one)",
+    )
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -98,10 +105,14 @@ def _shown(payment: VerifiedPayment) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     if not args.payee:
         raise CliExit(2, "--payee: your own payee identifier is required")
+    if args.max_lifetime is not None and not 1 <= args.max_lifetime <= MAX_LIFETIME:
+        raise CliExit(2, f"--max-lifetime: 1 to {MAX_LIFETIME} seconds")
     jwks = _jwks(args.jwks)
     jws = _jws(args.jws)
     try:
-        payment = verify_payment(jws, jwks, payee=args.payee, now=args.at)
+        payment = verify_payment(
+            jws, jwks, payee=args.payee, now=args.at, max_lifetime=args.max_lifetime
+        )
     except PaymentRejected as exc:
         if args.json:
             verdict = {"valid": False, "reason": str(exc.reason), "detail": exc.detail}

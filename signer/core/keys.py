@@ -39,6 +39,9 @@ log = logging.getLogger("paywarden.signer.core.keys")
 # members they do not know: RFC 7517 section 4).
 JWK_STATE = "paywarden_state"
 JWK_REVOKED_AT = "paywarden_revoked_at"
+# The longest lifetime (exp - iat) of a payment this signer signs: its max_expiry_seconds.
+# An offline verifier bounds a revoked key's backdated payments with it.
+JWK_MAX_LIFETIME = "paywarden_max_lifetime"
 _FORCED_RELOAD_SECONDS = 0.1  # at most ten reloads a second for unknown names
 
 
@@ -57,9 +60,14 @@ class PublishedKey:
     info: PublicKeyInfo
     state: KeyState
     revoked_at: int | None
+    max_lifetime: int
 
     def jwk(self) -> dict[str, str | int]:
-        out: dict[str, str | int] = {**self.info.jwk(), JWK_STATE: str(self.state)}
+        out: dict[str, str | int] = {
+            **self.info.jwk(),
+            JWK_STATE: str(self.state),
+            JWK_MAX_LIFETIME: self.max_lifetime,
+        }
         if self.revoked_at is not None:
             out[JWK_REVOKED_AT] = self.revoked_at
         return out
@@ -182,14 +190,14 @@ class KeyView:
             return version if version.state is KeyState.ACTIVE else None
         return self._active.get(name)
 
-    def published(self) -> list[PublishedKey]:
+    def published(self, max_lifetime: int) -> list[PublishedKey]:
         self.refresh()
         out = []
         for v in sorted(self._versions.values(), key=lambda v: (v.label, v.version)):
             if v.state is KeyState.DESTROYED:
                 continue
             info = PublicKeyInfo(KeyRef(v.label, v.version), v.spki_der)
-            out.append(PublishedKey(info, v.state, v.revoked_at))
+            out.append(PublishedKey(info, v.state, v.revoked_at, max_lifetime))
         return out
 
 
@@ -221,13 +229,15 @@ def _not_active(name: str, versions: dict[str, KeyVersion]) -> str:
 
 class PublicKeys:
     """GetPublicKeys: the active, verify-only and revoked versions (destroyed ones are not
-    listed), each with its state, and a revoked one with its revocation time."""
+    listed), each with its state, a revoked one with its revocation time, and each with
+    ``max_lifetime``, the longest lifetime this signer gives a payment."""
 
-    def __init__(self, view: KeyView) -> None:
+    def __init__(self, view: KeyView, max_lifetime: int) -> None:
         self._view = view
+        self._max_lifetime = max_lifetime
 
     def public_keys(self) -> list[PublishedKey]:
-        keys = self._view.published()
+        keys = self._view.published(self._max_lifetime)
         if not keys:
             raise Unavailable(Reason.HSM_UNAVAILABLE, "the public keys have not been read yet")
         return keys

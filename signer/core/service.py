@@ -66,7 +66,7 @@ class SigningService:
         except PaywardenError as exc:
             log.error("the payment keys cannot be loaded yet: %s", exc)
         self.signing = Signing(deps, self.refusals, self.key_view)
-        self.keys = PublicKeys(self.key_view)
+        self.keys = PublicKeys(self.key_view, deps.limits.max_expiry_seconds)
         self.payments = PaymentChecks(deps)
         self.sessions = Sessions(deps)
         self.approvals = Approvals(deps)

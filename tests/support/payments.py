@@ -100,6 +100,7 @@ def jwk_of(key: ec.EllipticCurvePrivateKey, kid: str, state: str = "active") -> 
         "alg": "ES256",
         "use": "sig",
         "paywarden_state": state,
+        "paywarden_max_lifetime": 300,
     }
 
 
