@@ -15,8 +15,6 @@ it never returns a bool to forget.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -27,6 +25,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from paywarden.verify.errors import PaymentRejected
+from paywarden.verify.strict_json import b64url_decode
 
 RECEIPT_TYPE = "paywarden.receipt.v1"
 CHECKPOINT_TYPE = "paywarden.checkpoint.v1"
@@ -154,7 +154,8 @@ def verify_receipt(
     receipt = _object(document.get("receipt"), "receipt")
     body_text = _string(receipt, "body")
     key_id = _string(receipt, "key_id")
-    if not _signed_by(audit_key, body_text, _string(receipt, "signature")):
+    signature = _string(receipt, "signature")
+    if not _signed_by(audit_key, body_text, signature, ReceiptFailure.MALFORMED):
         raise ReceiptInvalid(ReceiptFailure.BAD_SIGNATURE, "the audit key did not sign the body")
     body = _receipt_body(body_text)
     if body["kid"] != key_id:
@@ -233,19 +234,27 @@ def _string(obj: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def _signed_by(key: ec.EllipticCurvePublicKey, body: str, signature: str) -> bool:
-    """ES256: base64url r||s over SHA-256 of the body's UTF-8 bytes."""
+def _signed_by(
+    key: ec.EllipticCurvePublicKey, body: str, signature: str, malformed: ReceiptFailure
+) -> bool:
+    """ES256: base64url r||s over SHA-256 of the body's UTF-8 bytes. A signature not in
+    canonical unpadded base64url (``+``, ``/``, padding, any other character) or a body
+    that is no UTF-8 text (a lone surrogate) is ``malformed``, not merely unsigned."""
     try:
-        raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
-    except (ValueError, binascii.Error):
-        return False
-    if len(raw) != 64 or "=" in signature:
+        raw = b64url_decode(signature, "signature")
+    except PaymentRejected:
+        raise ReceiptInvalid(malformed, "the signature is not canonical base64url") from None
+    try:
+        data = body.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ReceiptInvalid(malformed, "the body is not UTF-8 text (a lone surrogate)") from None
+    if len(raw) != 64:
         return False
     der = utils.encode_dss_signature(
         int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
     )
     try:
-        key.verify(der, body.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
+        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return False
     return True
@@ -303,7 +312,8 @@ def _int(value: Any) -> int | None:
 
 def _checkpoint(cp: Mapping[str, Any], key: ec.EllipticCurvePublicKey) -> SealedBy:
     body_text = _string(cp, "body")
-    if not _signed_by(key, body_text, _string(cp, "signature")):
+    signature = _string(cp, "signature")
+    if not _signed_by(key, body_text, signature, ReceiptFailure.CHECKPOINT_MALFORMED):
         raise ReceiptInvalid(
             ReceiptFailure.CHECKPOINT_BAD_SIGNATURE, "the audit key did not sign the checkpoint"
         )
