@@ -13,7 +13,6 @@ the token is in doubt.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import time
@@ -22,6 +21,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pkcs11
+from paywarden.hsm.audit_bodies import (
+    CHECKPOINT_FIELDS,
+    CHECKPOINT_TYPE,
+    RECEIPT_FIELDS,
+    RECEIPT_TYPE,
+    audit_body,
+)
 from paywarden.hsm.errors import (
     HsmError,
     HsmPinRejected,
@@ -38,8 +44,6 @@ PKCS11_LOCK = threading.RLock()
 
 
 MAX_PIN_BYTES = 4096
-# The only ``typ`` :meth:`Hsm.sign_receipt` signs (paywarden.verify.receipts checks it).
-RECEIPT_TYPE = "paywarden.receipt.v1"
 
 
 def read_pin(pin_file: Path | None, pin_env: str | None, pin_fd: int | None = None) -> str:
@@ -392,23 +396,22 @@ class Hsm:
     def sign_checkpoint(self, body: bytes) -> bytes:
         """ES256 (r||s) over SHA-256 of an audit checkpoint, with the audit key only.
 
-        The audit key is never a payment key: :meth:`sign_es256` refuses it.
+        The body must be a checkpoint's: a JSON object of exactly its fields, each once,
+        ``typ`` ``paywarden.checkpoint.v1`` (:class:`ValueError` otherwise). The audit
+        key is never a payment key: :meth:`sign_es256` refuses it.
         """
+        audit_body(body, CHECKPOINT_TYPE, CHECKPOINT_FIELDS)
         return self._sign_audit(body, "checkpoint")
 
     def sign_receipt(self, body: bytes) -> bytes:
         """ES256 (r||s) over SHA-256 of a receipt body, with the audit key only.
 
-        The body must be a JSON object whose ``typ`` is ``paywarden.receipt.v1``: a
-        receipt's typ differs from a checkpoint's, so neither signature passes for the
+        The body must be a receipt's: a JSON object of exactly its fields, each once,
+        ``typ`` ``paywarden.receipt.v1`` (:class:`ValueError` otherwise). A receipt's
+        typ and fields differ from a checkpoint's, so neither signature passes for the
         other, and nothing else is signed through this door.
         """
-        try:
-            typ = json.loads(body).get("typ")
-        except (ValueError, AttributeError):
-            typ = None
-        if typ != RECEIPT_TYPE:
-            raise ValueError(f"a receipt body has typ {RECEIPT_TYPE!r}")
+        audit_body(body, RECEIPT_TYPE, RECEIPT_FIELDS)
         return self._sign_audit(body, "receipt")
 
     def _sign_audit(self, body: bytes, what: str) -> bytes:

@@ -24,6 +24,7 @@ from joserfc.jwk import KeySet
 from paywarden.hsm import Hsm, KeyNotFound, KeyRef, PublicKeyInfo
 from paywarden.policy import PackError, load_pack
 from paywarden.policy.vocabulary import KeyState
+from paywarden.signer.auditlog.checkpoints import checkpoint_body
 from paywarden.signer.core import key_custody
 from paywarden.signer.core.audit_events import SYSTEM
 from paywarden.signer.core.explain import KeyGrant, key_grant
@@ -240,7 +241,7 @@ class TestHsm:
             with pytest.raises(KeyNotFound, match="audit key"):
                 hsm.sign_es256("audit.v1", b"x")
             hsm.forget(["audit.v1"])
-            assert len(hsm.sign_checkpoint(b"x")) == 64
+            assert len(hsm.sign_checkpoint(checkpoint_body(1, bytes(32), 1, "audit.v1"))) == 64
         finally:
             hsm.close()
 

@@ -264,7 +264,18 @@ def _no_float(text: str) -> Any:
     raise ValueError(f"a number that is not an integer: {text}")
 
 
-_DECODER = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_float)
+def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:  # json keeps the last: one body, two readings
+            raise ValueError(f"the member {key!r} is repeated")
+        out[key] = value
+    return out
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_once, parse_float=_no_float, parse_constant=_no_float
+)
 
 
 def _canonical(value: Mapping[str, Any]) -> str:
@@ -276,7 +287,7 @@ def _canonical(value: Mapping[str, Any]) -> str:
 def _receipt_body(text: str) -> Mapping[str, str | int]:
     try:
         body = _DECODER.decode(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ReceiptInvalid(ReceiptFailure.MALFORMED, f"the body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ReceiptInvalid(ReceiptFailure.MALFORMED, "the body is not a JSON object")
@@ -319,7 +330,7 @@ def _checkpoint(cp: Mapping[str, Any], key: ec.EllipticCurvePublicKey) -> Sealed
         )
     try:
         body = _DECODER.decode(body_text)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if (
         not isinstance(body, dict)

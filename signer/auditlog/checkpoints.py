@@ -9,16 +9,14 @@ CLI check them against the audit public keys.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from paywarden.hsm.audit_bodies import CHECKPOINT_FIELDS, CHECKPOINT_TYPE, audit_body
 from paywarden.signer.encoding import jcs
-
-CHECKPOINT_TYPE = "paywarden.checkpoint.v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +71,17 @@ def check_checkpoint(
 ) -> str | None:
     if not any(verify_checkpoint_signature(cp, key) for key in public_keys):
         return f"checkpoint {cp.size}: bad signature (no given audit key verifies it)"
-    try:
-        body = json.loads(cp.body)
-    except ValueError:
-        return f"checkpoint {cp.size}: its body is not JSON"
-    if body.get("size") != cp.size or body.get("root") != cp.root:
+    try:  # a checkpoint's typ and fields exactly, each once: never a receipt's body
+        body = audit_body(cp.body, CHECKPOINT_TYPE, CHECKPOINT_FIELDS)
+    except ValueError as exc:
+        return f"checkpoint {cp.size}: its body is not a checkpoint's: {exc}"
+    if (
+        type(body["size"]) is not int
+        or type(body["time"]) is not int
+        or not isinstance(body["root"], str)
+        or not isinstance(body["kid"], str)
+    ):
+        return f"checkpoint {cp.size}: its body's fields have the wrong types"
+    if body["size"] != cp.size or body["root"] != cp.root:
         return f"checkpoint {cp.size}: its row disagrees with its signed body"
     return None
