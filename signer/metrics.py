@@ -89,6 +89,11 @@ class Metrics:
             "paywarden_pending_approvals", "Payments waiting for approval", registry=r
         )
         self.hsm_up = Gauge("paywarden_hsm_available", "1 while the HSM can sign", registry=r)
+        self.receipts = Counter(
+            "paywarden_receipts",
+            "Receipts given, by whether the HSM signed the body or its signature was reused",
+            ["signature"], registry=r,
+        )  # fmt: skip
         self._lock = threading.Lock()
         self._answered = 0
         self._refused = 0

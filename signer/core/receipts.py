@@ -13,11 +13,20 @@ Who may see which receipt: an agent its own answers, a payee the answers about a
 that names it and was signed (its decision, and a retry that collected the signature
 after an approval), approvers and operators all. Anything else is answered exactly like
 a record that does not exist (RECEIPT_NOT_FOUND), so that asking teaches nothing.
+
+A record's receipt body is the same whenever it is asked for (the record's own time, not
+the time of asking), so the audit key signs each body once: the signature is kept in a
+bounded in-process LRU keyed by the body's SHA-256 and reused, and asking again costs no
+HSM signature (GetReceipt is open to payees, outside parties; the HSM serves Sign under
+the same lock). The checkpoint and its proof are read fresh on every ask.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +46,7 @@ from paywarden.verify.receipts import RECEIPT_FIELDS, RECEIPT_TYPE
 DECISION, REFUSAL, RETRY = "sign.decision", "sign.refused", "sign.retry"
 REFUSED = "refused"  # a receipt's outcome for a refusal that no decision recorded
 _MAY_ASK = frozenset({Role.AGENT, Role.PAYEE, Role.APPROVER, Role.OPERATOR})
+SIGNATURES_KEPT = 4096  # receipt signatures reused (64 bytes each, keyed by 32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +64,36 @@ def not_found() -> NotFound:
     return NotFound(Reason.RECEIPT_NOT_FOUND, "no such decision")
 
 
+class SignatureCache:
+    """The audit key's signatures of receipt bodies by the body's SHA-256, the most
+    recently used ``size`` of them (thread-safe)."""
+
+    def __init__(self, size: int = SIGNATURES_KEPT) -> None:
+        self._size = size
+        self._kept: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: bytes) -> bytes | None:
+        with self._lock:
+            signature = self._kept.get(digest)
+            if signature is not None:
+                self._kept.move_to_end(digest)
+            return signature
+
+    def put(self, digest: bytes, signature: bytes) -> None:
+        with self._lock:
+            self._kept[digest] = signature
+            self._kept.move_to_end(digest)
+            while len(self._kept) > self._size:
+                self._kept.popitem(last=False)
+
+
 class Receipts:
     def __init__(self, deps: Deps, checkpoints: Checkpoints) -> None:
         self._deps = deps
         self._store = deps.store
         self._checkpoints = checkpoints
+        self._signatures = SignatureCache()
 
     def receipt(
         self, caller: Principal, *, decision_id: str | None = None, seq: int | None = None
@@ -98,10 +133,7 @@ class Receipts:
         if set(body) != RECEIPT_FIELDS:  # the verifier's closed schema
             raise InvariantBroken(f"a receipt body with fields {sorted(body)}")
         text = jcs(body)
-        try:
-            signature = self._deps.hsm.sign_receipt(text)
-        except HsmError:
-            raise Unavailable(Reason.HSM_UNAVAILABLE, "the HSM cannot sign a receipt now") from None
+        signature = self._signature(text)
         checkpoint = store_call(self._store.last_checkpoint)
         proof: list[bytes] = []
         if checkpoint is not None and checkpoint.size >= seq:
@@ -119,6 +151,21 @@ class Receipts:
             proof=proof,
             audit_public_key_pem=self._checkpoints.audit_public_key_pem(),
         )
+
+    def _signature(self, text: bytes) -> bytes:
+        """The audit key's signature of ``text``: the one made the first time, if kept."""
+        digest = hashlib.sha256(text).digest()
+        signature = self._signatures.get(digest)
+        if signature is not None:
+            self._deps.metrics.receipts.labels("reused").inc()
+            return signature
+        try:
+            signature = self._deps.hsm.sign_receipt(text)
+        except HsmError:
+            raise Unavailable(Reason.HSM_UNAVAILABLE, "the HSM cannot sign a receipt now") from None
+        self._signatures.put(digest, signature)
+        self._deps.metrics.receipts.labels("signed").inc()
+        return signature
 
 
 def _text(value: Any) -> str:
