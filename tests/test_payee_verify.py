@@ -399,6 +399,24 @@ def test_the_signer_publishes_its_max_expiry_as_each_keys_lifetime(
     assert keys and {k["paywarden_max_lifetime"] for k in keys} == {configured}
 
 
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def test_a_payments_twin_jws_verifies_as_the_same_decision(genuine: Genuine) -> None:
+    """ES256 is malleable: (r, n - s) verifies wherever (r, s) does, here and in pyjwt.
+    Documented (VerifiedPayment, README, the CLI): a replay is known by its jti."""
+    head, body, signature = genuine.jws.split(".")
+    raw = unb64(signature)
+    s = int.from_bytes(raw[32:], "big")
+    twin = f"{head}.{body}.{b64(raw[:32] + (P256_ORDER - s).to_bytes(32, 'big'))}"
+    assert twin != genuine.jws
+    payment = verify_payment(twin, genuine.jwks, payee=PAYEE, now=genuine.during)
+    assert payment.decision_id == genuine.decision_id
+    (jwk,) = [k for k in json.loads(genuine.jwks)["keys"] if k["kid"] == "payments.v1"]
+    assert jwt.PyJWS().decode(twin, jwt.PyJWK.from_dict(jwk).key, ["ES256"]) == unb64(body)
+    assert "jti" in (verify_module.__doc__ or "") and "jti" in (VerifiedPayment.__doc__ or "")
+
+
 JWKS_CASES = [
     ("not json", lambda j: "{"),
     ("no keys", lambda j: '{"keys": []}'),
@@ -452,6 +470,7 @@ def test_the_cli_accepts_a_genuine_payment(genuine: Genuine, jwks_file: Path) ->
     out = paywarden("verify", genuine.jws, "--jwks", jwks_file, "--payee", PAYEE)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"valid: 4.20 USD to {PAYEE} (decision {genuine.decision_id}")
+    assert "by its decision id, never by the JWS" in out.stdout
     out = paywarden("verify", genuine.jws, "--jwks", jwks_file, "--payee", PAYEE, "--json")
     assert out.returncode == 0, out.stderr
     verdict = json.loads(out.stdout)

@@ -29,6 +29,10 @@ own reason (:class:`PaymentRejected`):
 Whether the payment was voided after it was signed (a freeze, a revoked key) is an online
 question: ``Signer.CheckPayment``, which a payee must ask whenever a key is revoked (until
 then a stolen key's backdated payment passes this check).
+
+The JWS bytes are not unique to a payment: an ES256 signature (r, s) has a twin
+(r, n - s) that verifies too, so anyone can make a second JWS of the same payment that
+passes every check. Replay protection keys on the decision id (``jti``), never on the JWS.
 """
 
 from __future__ import annotations
@@ -59,7 +63,11 @@ _SIGNATURE_BYTES = 64  # r || s, 32 bytes each
 
 @dataclass(frozen=True, slots=True)
 class VerifiedPayment:
-    """A payment that passed every check: what the signer signed, as it signed it."""
+    """A payment that passed every check: what the signer signed, as it signed it.
+
+    Two JWS strings can carry the same payment (ES256 signatures are malleable): whoever
+    keeps a payment from being used twice keys on ``decision_id`` (the ``jti``), never on
+    the JWS bytes."""
 
     key_id: str
     key_state: KeyState

@@ -8,6 +8,9 @@ Exit 2: nothing was checked (a usage error, or the JWS or the JWKS could not be 
 The JWKS comes from a file or a URL: ``https://``, or ``http://`` on a loopback address
 only (a key set read in clear from elsewhere could be anyone's); redirects are not
 followed, and a document over a mebibyte is refused.
+
+Two JWS strings can carry one payment (an ES256 signature (r, s) has a twin (r, n - s)):
+keep payments from being used twice by their decision id (the ``jti``), never by the JWS.
 """
 
 from __future__ import annotations
@@ -126,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"valid: {payment.amount} {payment.asset} to {payment.payee}"
             f" (decision {payment.decision_id}, key {payment.key_id}, expires"
-            f" {payment.expires_at}); ask Signer.CheckPayment whether it was voided since"
+            f" {payment.expires_at}); ask Signer.CheckPayment whether it was voided since;"
+            f" refuse a replay by its decision id, never by the JWS (two JWS strings can"
+            f" carry one payment)"
         )
     return 0
