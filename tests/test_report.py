@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import pytest
 from paywarden.policy.vocabulary import format_amount
+from paywarden.signer.cli import report
 from paywarden.signer.cli.commands import main
 from paywarden.signer.cli.report_svg import attr_name, attrs
 from paywarden.signer.store.report_reads import DAY, HOUR, WEEK, bucket_for
@@ -448,3 +449,34 @@ def test_a_missing_store_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
     run = paywarden("report", "--db", tmp_path / "none.db", "--out", out, env=settings_free_env())
     assert run.returncode == 1 and "no store at" in run.stderr
     assert not out.exists()
+
+
+# Last in the module: it adds a held payment to the story's store.
+def test_a_held_payment_whose_approval_expired_is_not_counted_pending(
+    story: Story, api: Api, stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = open_session(api.planner, "agent-1", {"USD": "5000.00"})
+    held = sign_request(stack, session, amount="260.00", payee="payee-1", expires_in=120).intent
+    answer = api.sign(held)
+    assert answer.status == signer_pb2.PENDING_APPROVAL
+    monkeypatch.setattr(report, "clock", stack.clock.now)  # the report's time is the signer's
+
+    def shown(out: Path) -> tuple[str, dict[str, int], str]:
+        args = ["report", "--config", str(story.config), "--out", str(out)]
+        assert main(args) == 0
+        dom = elements((out / "index.html").read_text(encoding="utf-8"))
+        (tile,) = [e for e in dom if e.attrs.get("data-tile") == "approvals pending"]
+        table = {
+            e.attrs["data-status"]: int(e.attrs["data-count"])
+            for e in _section_rows(dom, "approvals") if "data-total-seconds" in e.attrs
+        }  # fmt: skip
+        (latest,) = [e for e in dom if e.attrs.get("data-approval") == answer.approval_id]
+        return tile.text.removeprefix("approvals pending"), table, latest.attrs["data-status"]
+
+    before = shown(tmp_path / "before")
+    assert before == ("1", {"approved": 1, "denied": 1, "pending": 1}, "pending")
+    stack.clock.advance(121)  # past the payment's expiry: nobody touched the approval
+    stored = {a["id"]: a["status"] for a in _export(story, "approvals")}
+    assert stored[answer.approval_id] == "pending"  # the store marks it only when touched
+    after = shown(tmp_path / "after")
+    assert after == ("0", {"approved": 1, "denied": 1, "expired": 1}, "expired")

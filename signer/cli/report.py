@@ -14,6 +14,7 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from paywarden.signer.auditlog import verification, vouched
@@ -28,6 +29,10 @@ from paywarden.signer.store.records import StoreError
 from paywarden.signer.store.report_reads import DAY, HOUR, WEEK
 
 BUCKETS = {"hour": HOUR, "day": DAY, "week": WEEK}
+
+clock: Callable[[], float] = time.time
+"""The report's time: what it judges approvals expired by and prints as generated
+(time is an input: a test sets its signer's clock here)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,15 +104,14 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     store = _store(args, config)
     bucket = BUCKETS[args.bucket] if args.bucket else None
+    now = int(clock())
     try:
-        facts = offline_reads.report_facts(store, bucket)
+        facts = offline_reads.report_facts(store, now, bucket)
         audit = audit_check(args, config, store)
     except StoreError as exc:
         raise CliExit(1, str(exc)) from None
     decimals = {code: asset.decimals for code, asset in config.asset_table().items()}
-    page = Page(facts, decimals).render(
-        store=location(store), generated=int(time.time()), audit=audit
-    )
+    page = Page(facts, decimals).render(store=location(store), generated=now, audit=audit)
     target = write_page(args.out, page)
     print(f"report written to {target} (audit verify: {audit.state})")
     return 1 if audit.state == "broken" else 0

@@ -126,10 +126,14 @@ def signed_payments(
 
 
 def report_facts(
-    config: StoreConfig, bucket_seconds: int | None = None, environ: Mapping[str, str] | None = None
+    config: StoreConfig,
+    now: int,
+    bucket_seconds: int | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> report_reads.ReportFacts:
-    """The operator report's figures (:mod:`.report_reads`), read in one read-only
-    snapshot; ``bucket_seconds``: the spend chart's buckets (None: chosen by the span)."""
+    """The operator report's figures (:mod:`.report_reads`) as at ``now``, read in one
+    read-only snapshot; ``bucket_seconds``: the spend chart's buckets (None: chosen by
+    the span)."""
     if config.url is None:
         path = _path(config)
         try:
@@ -140,7 +144,7 @@ def report_facts(
                 def rows(sql: str, params: Sequence[Any]) -> Iterator[Any]:
                     return iter(conn.execute(sql, params))
 
-                return report_reads.read(rows, bucket_seconds)
+                return report_reads.read(rows, now, bucket_seconds)
             finally:
                 conn.close()
         except sqlite3.Error as exc:
@@ -151,4 +155,4 @@ def report_facts(
         def streamed(sql: str, params: Sequence[Any]) -> Iterator[Any]:
             return postgres_reads.stream(pg, translate(sql), tuple(params))
 
-        return report_reads.read(streamed, bucket_seconds)
+        return report_reads.read(streamed, now, bucket_seconds)

@@ -28,6 +28,15 @@ LATEST = 20  # approvals and checkpoints listed one by one
 TOP_PAYEES = 10
 FREEZE_EVENTS = 50
 FREEZE_ACTIONS = ("freeze.set", "freeze.clear", "breaker.freeze")
+# An approval's status as the core judges it at ``now`` (signer/core/approvals.py
+# _approval_view): the store marks one expired only when it is next touched, so a
+# pending approval, or an approved one whose payment was never signed, is expired once
+# its expiry passed (an approved payment that was signed stays approved: it was used).
+# ``a`` the approval, ``d`` its decision; one ``?``: the report's time.
+STATUS_AT = (
+    "CASE WHEN a.expires_at <= ? AND (a.status = 'pending'"
+    " OR (a.status = 'approved' AND d.jws IS NULL)) THEN 'expired' ELSE a.status END"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +130,9 @@ def bucket_for(first: int | None, last: int | None) -> int:
     return WEEK
 
 
-def read(rows: Rows, bucket_seconds: int | None = None) -> ReportFacts:
-    """Every figure of the report, read through ``rows`` (one snapshot)."""
+def read(rows: Rows, now: int, bucket_seconds: int | None = None) -> ReportFacts:
+    """Every figure of the report, read through ``rows`` (one snapshot), with the
+    approvals' status as at ``now`` (epoch seconds)."""
     if bucket_seconds is None:
         first, last = next(rows("SELECT MIN(at), MAX(at) FROM agent_spend", ()))
         bucket_seconds = bucket_for(first, last)
@@ -152,8 +162,8 @@ def read(rows: Rows, bucket_seconds: int | None = None) -> ReportFacts:
             (),
         )
     ]
-    facts.approval_status = _approval_status(rows)
-    facts.approvals = _approvals(rows)
+    facts.approval_status = _approval_status(rows, now)
+    facts.approvals = _approvals(rows, now)
     facts.freezes = _freezes(rows)
     facts.frozen_now = [
         (str(s), str(t), str(a), str(r), int(at))
@@ -215,7 +225,7 @@ def _spend(rows: Rows, bucket: int) -> list[SpendBucket]:
     return out
 
 
-def _approval_status(rows: Rows) -> list[ApprovalStatus]:
+def _approval_status(rows: Rows, now: int) -> list[ApprovalStatus]:
     return [
         ApprovalStatus(
             str(status),
@@ -225,21 +235,25 @@ def _approval_status(rows: Rows) -> list[ApprovalStatus]:
             int(longest) if longest is not None else None,
         )
         for status, n, decided, total, longest in rows(
-            "SELECT status, COUNT(*), COUNT(decided_at), SUM(decided_at - created_at),"
-            " MAX(decided_at - created_at) FROM approvals GROUP BY status ORDER BY status",
-            (),
+            "SELECT s, COUNT(*), COUNT(decided_at), SUM(decided_at - created_at),"  # noqa: S608 - a constant
+            " MAX(decided_at - created_at)"
+            f" FROM (SELECT {STATUS_AT} AS s, a.decided_at, a.created_at FROM approvals a"
+            " JOIN decisions d ON d.id = a.decision_id) x"
+            " GROUP BY s ORDER BY s",
+            (now,),
         )
     ]
 
 
-def _approvals(rows: Rows) -> list[Approval]:
+def _approvals(rows: Rows, now: int) -> list[Approval]:
     latest = list(
         rows(
-            "SELECT a.id, a.status, a.required, a.created_at, a.decided_at, d.agent_id,"
+            f"SELECT a.id, {STATUS_AT}, a.required,"  # noqa: S608 - a constant
+            " a.created_at, a.decided_at, d.agent_id,"
             " d.payee, d.asset, d.amount_minor FROM approvals a"
             " JOIN decisions d ON d.id = a.decision_id"
             " ORDER BY a.created_at DESC, a.id DESC LIMIT ?",
-            (LATEST,),
+            (now, LATEST),
         )
     )
     out = []
