@@ -451,6 +451,62 @@ def test_a_missing_store_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def _edited(story: Story, tmp_path: Path, *statements: str) -> Path:
+    """A copy of the story's SQLite store, its audit log's records edited by ``statements``
+    (as an insider with the file could)."""
+    copy = tmp_path / "edited.db"
+    with sqlite3.connect(story.store) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    with sqlite3.connect(copy) as conn:
+        conn.execute("DROP TRIGGER audit_log_no_update")
+        for sql in statements:
+            conn.execute(sql)
+    return copy
+
+
+@pytest.mark.sqlite_only
+def test_unreadable_freeze_records_are_left_out_and_the_log_reported_broken(
+    story: Story, tmp_path: Path
+) -> None:
+    copy = _edited(
+        story,
+        tmp_path,
+        # one freeze record no longer JSON, the other's time out of any calendar
+        'UPDATE audit_log SET body = replace(body, \'"reason":"odd payees"\', \'"reason":\')'
+        " WHERE body LIKE '%odd payees%'",
+        "UPDATE audit_log SET body = replace(body, '\"time\":', '\"time\":1000000000000000000000')"
+        " WHERE body LIKE '%rotation pending%'",
+    )
+    out = tmp_path / "site"
+    run = paywarden(
+        "report", "--config", story.config, "--db", copy, "--out", out,
+        "--public-key", story.key, env=settings_free_env(),
+    )  # fmt: skip
+    assert run.returncode == 1 and "audit verify: broken" in run.stdout, run.stderr
+    assert "Traceback" not in run.stderr
+    dom = elements((out / "index.html").read_text(encoding="utf-8"))
+    assert [e.attrs["data-audit"] for e in dom if "data-audit" in e.attrs] == ["broken"]
+    assert [e.attrs["data-unreadable"] for e in dom if "data-unreadable" in e.attrs] == ["1"]
+    history = [e for e in _section_rows(dom, "freezes") if "data-at" in e.attrs]
+    assert [e.attrs["data-target"] for e in history] == ["payments.v2"]  # agent-2's unread
+    assert history[0].attrs["data-at"].startswith("1000000000000000000000")
+    assert history[0].attrs["data-at"] in history[0].text  # shown as the number it is
+
+
+@pytest.mark.sqlite_only
+def test_a_spend_total_that_is_no_number_is_an_error_not_a_traceback(
+    story: Story, tmp_path: Path
+) -> None:
+    copy = _edited(story, tmp_path, "UPDATE agent_spend SET total = 'lots'")
+    out = tmp_path / "site"
+    run = paywarden(
+        "report", "--config", story.config, "--db", copy, "--out", out, env=settings_free_env()
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "the store holds a value the report cannot read" in run.stderr
+    assert not out.exists()
+
+
 # Last in the module: it adds a held payment to the story's store.
 def test_a_held_payment_whose_approval_expired_is_not_counted_pending(
     story: Story, api: Api, stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

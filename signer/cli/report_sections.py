@@ -34,13 +34,20 @@ class AuditCheck:
 
 
 def when(epoch: int | None) -> str:
+    """A UTC time, or the raw number when it is no time (out of range: an edited row)."""
     if epoch is None:
         return "—"
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        return str(epoch)
 
 
 def bucket_label(start: int, seconds: int) -> str:
-    t = dt.datetime.fromtimestamp(start, dt.UTC)
+    try:
+        t = dt.datetime.fromtimestamp(start, dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        return str(start)
     if seconds == HOUR:
         return t.strftime("%m-%d %H:00")
     if seconds == DAY:
@@ -208,12 +215,19 @@ def freezes(f: ReportFacts) -> str:
         for s in f.freezes
     ]
     head = ["scope", "target", "set by", "reason", "set at", "lifted at", "lifted by", "why"]
+    unreadable = (
+        f'<p class="muted" data-unreadable="{f.unreadable_freezes}">{f.unreadable_freezes}'
+        " freeze records of the audit log are unreadable (left out; see audit verify)</p>"
+        if f.unreadable_freezes
+        else ""
+    )
     return "\n".join(
         [
             '<section id="freezes"><h2>Freezes</h2>',
             "<h3>In force now</h3>",
             table(["scope", "target", "set by", "reason", "since"], now),
             "<h3>History (newest first, from the audit log)</h3>",
+            unreadable,
             table(head, spans),
             "</section>",
         ]

@@ -144,7 +144,7 @@ def report_facts(
                 def rows(sql: str, params: Sequence[Any]) -> Iterator[Any]:
                     return iter(conn.execute(sql, params))
 
-                return report_reads.read(rows, now, bucket_seconds)
+                return _report(rows, now, bucket_seconds)
             finally:
                 conn.close()
         except sqlite3.Error as exc:
@@ -155,4 +155,13 @@ def report_facts(
         def streamed(sql: str, params: Sequence[Any]) -> Iterator[Any]:
             return postgres_reads.stream(pg, translate(sql), tuple(params))
 
-        return report_reads.read(streamed, now, bucket_seconds)
+        return _report(streamed, now, bucket_seconds)
+
+
+def _report(rows: report_reads.Rows, now: int, bucket: int | None) -> report_reads.ReportFacts:
+    """:func:`.report_reads.read`, a value it cannot take (an edited row: an amount
+    that is no number) a :class:`StoreError`."""
+    try:
+        return report_reads.read(rows, now, bucket)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise StoreError(f"the store holds a value the report cannot read: {exc}") from None

@@ -110,6 +110,7 @@ class ReportFacts:
     approval_status: list[ApprovalStatus] = field(default_factory=list)
     approvals: list[Approval] = field(default_factory=list)
     freezes: list[FreezeSpan] = field(default_factory=list)  # newest first
+    unreadable_freezes: int = 0  # freeze records of the log that could not be parsed
     frozen_now: list[tuple[str, str, str, str, int]] = field(default_factory=list)
     payees: list[Payee] = field(default_factory=list)
     denied_payees: list[tuple[str, int]] = field(default_factory=list)
@@ -164,7 +165,7 @@ def read(rows: Rows, now: int, bucket_seconds: int | None = None) -> ReportFacts
     ]
     facts.approval_status = _approval_status(rows, now)
     facts.approvals = _approvals(rows, now)
-    facts.freezes = _freezes(rows)
+    facts.freezes, facts.unreadable_freezes = _freezes(rows)
     facts.frozen_now = [
         (str(s), str(t), str(a), str(r), int(at))
         for s, t, a, r, at in rows(
@@ -292,22 +293,40 @@ def _actor(doc: dict[str, Any]) -> str:
     return "?"
 
 
-def _freezes(rows: Rows) -> list[FreezeSpan]:
+def _freeze_record(body: object) -> tuple[dict[str, Any], int] | None:
+    """A freeze record's document and time, or None if it cannot be read (an edited
+    log: ``audit verify`` says where; the report shows what it can)."""
+    try:
+        doc = json.loads(str(body))
+        at = doc.get("time", 0) if isinstance(doc, dict) else None
+        if not isinstance(at, int) or isinstance(at, bool):
+            return None
+    except (ValueError, RecursionError):
+        return None
+    return doc, at
+
+
+def _freezes(rows: Rows) -> tuple[list[FreezeSpan], int]:
     """Freezes set and lifted, from the audit log: the records are picked out in SQL by
-    their (canonical JSON) action and parsed here; the newest :data:`FREEZE_EVENTS`."""
+    their (canonical JSON) action and parsed here; the newest :data:`FREEZE_EVENTS`, and
+    how many such records could not be read (skipped)."""
     spans: list[FreezeSpan] = []
     open_: dict[tuple[str, str], FreezeSpan] = {}
+    unreadable = 0
     patterns = [f'%"action":"{a}"%' for a in FREEZE_ACTIONS]
     for (body,) in rows(
         "SELECT body FROM audit_log WHERE body LIKE ? OR body LIKE ? OR body LIKE ? ORDER BY seq",
         patterns,
     ):
-        doc = json.loads(body)
-        action = doc.get("action") if isinstance(doc, dict) else None
+        parsed = _freeze_record(body)
+        if parsed is None:
+            unreadable += 1
+            continue
+        doc, at = parsed
+        action = doc.get("action")
         if action not in FREEZE_ACTIONS:
             continue  # the words were inside some other record's text
         key = (str(doc.get("scope", "")), str(doc.get("target", "")))
-        at = int(doc.get("time", 0))
         if action == "freeze.clear":
             span = open_.pop(key, None)
             if span is not None:
@@ -319,7 +338,7 @@ def _freezes(rows: Rows) -> list[FreezeSpan]:
         spans.append(span)
         if len(spans) > 4 * FREEZE_EVENTS:  # bounded: keep the newest
             spans = spans[-FREEZE_EVENTS:]
-    return list(reversed(spans[-FREEZE_EVENTS:]))
+    return list(reversed(spans[-FREEZE_EVENTS:])), unreadable
 
 
 def _payees(rows: Rows) -> list[Payee]:
