@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -505,6 +506,21 @@ def test_a_spend_total_that_is_no_number_is_an_error_not_a_traceback(
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "the store holds a value the report cannot read" in run.stderr
     assert not out.exists()
+
+
+@pytest.mark.sqlite_only
+def test_the_page_and_the_folder_made_for_it_are_the_owners_alone(
+    story: Story, tmp_path: Path
+) -> None:
+    out = tmp_path / "site"
+    old = os.umask(0o022)  # the usual one, under which a forced 0644 would show
+    try:
+        assert main(["report", "--config", str(story.config), "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert stat.S_IMODE((out / "index.html").stat().st_mode) == 0o600
+    assert [p.name for p in out.iterdir()] == ["index.html"]  # nothing left aside
 
 
 # Last in the module: it adds a held payment to the story's store.

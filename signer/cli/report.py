@@ -85,14 +85,15 @@ def audit_check(args: argparse.Namespace, config: Config, store: StoreConfig) ->
 
 
 def write_page(out: Path, text: str) -> Path:
-    """``out/index.html``, replaced whole (written aside, then renamed)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """``out/index.html``, replaced whole (written aside, then renamed), readable by its
+    owner alone (0600, as the store: it names payees, amounts, agents and freezes); the
+    folder, when made here, 0700. Sharing it is the operator's decision."""
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = out / "index.html"
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".index-", suffix=".html")
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".index-", suffix=".html")  # mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
