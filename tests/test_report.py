@@ -523,6 +523,27 @@ def test_the_page_and_the_folder_made_for_it_are_the_owners_alone(
     assert [p.name for p in out.iterdir()] == ["index.html"]  # nothing left aside
 
 
+@pytest.mark.sqlite_only
+def test_a_bad_public_key_is_a_usage_error_found_before_the_store_is_read(
+    story: Story, tmp_path: Path
+) -> None:
+    not_pem = tmp_path / "key.pem"
+    not_pem.write_text("not a key\n", encoding="ascii")
+    for key, says in [(not_pem, "holds no PEM public key"), (tmp_path / "none.pem", "cannot read")]:
+        out = tmp_path / "site"
+        # no store there at all: reading it first would have been exit 1 "no store at"
+        run = paywarden(
+            "report", "--db", tmp_path / "none.db", "--out", out, "--public-key", key,
+            env=settings_free_env(),
+        )  # fmt: skip
+        assert run.returncode == 2 and says in run.stderr and str(key) in run.stderr
+        assert "Traceback" not in run.stderr and not out.exists()
+    audit = paywarden(
+        "audit", "verify", "--db", story.store, "--public-key", not_pem, env=settings_free_env()
+    )
+    assert audit.returncode == 2 and "holds no PEM public key" in audit.stderr
+
+
 # Last in the module: it adds a held payment to the story's store.
 def test_a_held_payment_whose_approval_expired_is_not_counted_pending(
     story: Story, api: Api, stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -11,12 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer.auditlog import merkle, verification, vouched
 from paywarden.signer.auditlog.checkpoints import Checkpoint, check_checkpoint
 from paywarden.signer.auditlog.explain import explain
-from paywarden.signer.cli.support import config_from_args
+from paywarden.signer.cli.support import config_from_args, public_keys
 from paywarden.signer.config import StoreConfig
 from paywarden.signer.store import offline_reads
 from paywarden.signer.store.records import StoreError
@@ -71,21 +70,6 @@ def _snapshot(
             yield snapshot.records, snapshot.checkpoints
     except StoreError as exc:
         raise SystemExit(f"paywarden: {exc}") from None
-
-
-def _public_keys(paths: list[Path]) -> list[ec.EllipticCurvePublicKey]:
-    keys = []
-    for path in paths:
-        try:
-            key = serialization.load_pem_public_key(path.read_bytes())
-        except OSError as exc:
-            raise SystemExit(f"paywarden: cannot read public key {path}: {exc.strerror}") from None
-        except ValueError:
-            raise SystemExit(f"paywarden: {path} holds no PEM public key") from None
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise SystemExit(f"paywarden: {path} is not an EC public key")
-        keys.append(key)
-    return keys
 
 
 # -- audit commands ---------------------------------------------------------------------
@@ -180,8 +164,8 @@ def _seal_limits(args: argparse.Namespace) -> verification.SealLimits:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    keys = public_keys(args.public_key)  # a bad key is a usage error, before any read
     with _snapshot(args) as (records, checkpoints):
-        keys = _public_keys(args.public_key)
         trusted = list(args.trusted or [])
         for path in args.checkpoint or []:
             trusted.extend(_trusted_from_file(path, keys))

@@ -5,7 +5,8 @@ decisions by outcome and reason, approvals, freezes, the busiest payees and the 
 checkpoints, with ``audit verify``'s verdict when audit public keys are given.
 
 Exit status: 0 written; 1 written, but the audit log does not verify (or the store
-cannot be read: nothing written); 2 a bad configuration.
+cannot be read: nothing written); 2 a bad configuration or ``--public-key`` (found
+before the store is read).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.signer.auditlog import verification, vouched
-from paywarden.signer.cli.audit import _public_keys
 from paywarden.signer.cli.report_html import Page
 from paywarden.signer.cli.report_sections import AuditCheck
-from paywarden.signer.cli.support import CliExit, config_from_args
+from paywarden.signer.cli.support import CliExit, config_from_args, public_keys
 from paywarden.signer.config import Config, StoreConfig
 from paywarden.signer.store import offline_reads
 from paywarden.signer.store.opening import location
@@ -35,7 +36,14 @@ clock: Callable[[], float] = time.time
 (time is an input: a test sets its signer's clock here)."""
 
 
+EXIT_STATUS = (
+    "exit status: 0 written; 1 written but the audit log does not verify, or the store "
+    "cannot be read (nothing written); 2 a bad configuration or --public-key"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_STATUS
     parser.add_argument("--out", type=Path, required=True, help="directory for index.html")
     parser.add_argument(
         "--config", type=Path, help="signer config (its store, assets and audit intervals)"
@@ -61,12 +69,13 @@ def _store(args: argparse.Namespace, config: Config) -> StoreConfig:
     return offline_reads.sqlite_file(args.db) if args.db is not None else config.store
 
 
-def audit_check(args: argparse.Namespace, config: Config, store: StoreConfig) -> AuditCheck:
-    """``audit verify`` over the store's log (its own read snapshot), with the seal
-    limits it uses by default: twice the configured checkpoint intervals."""
-    if not args.public_key:
+def audit_check(
+    keys: list[ec.EllipticCurvePublicKey], config: Config, store: StoreConfig
+) -> AuditCheck:
+    """``audit verify`` over the store's log (its own read snapshot) with ``keys``, and
+    the seal limits it uses by default: twice the configured checkpoint intervals."""
+    if not keys:
         return AuditCheck("unchecked", ("no --public-key given: the log was not verified",))
-    keys = _public_keys(args.public_key)
     limits = verification.SealLimits(
         records=2 * config.audit.checkpoint_every, seconds=2 * config.audit.checkpoint_seconds
     )
@@ -105,10 +114,11 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     store = _store(args, config)
     bucket = BUCKETS[args.bucket] if args.bucket else None
+    keys = public_keys(args.public_key)  # a bad key is a usage error, before any read
     now = int(clock())
     try:
         facts = offline_reads.report_facts(store, now, bucket)
-        audit = audit_check(args, config, store)
+        audit = audit_check(keys, config, store)
     except StoreError as exc:
         raise CliExit(1, str(exc)) from None
     decimals = {code: asset.decimals for code, asset in config.asset_table().items()}
