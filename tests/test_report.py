@@ -544,6 +544,20 @@ def test_a_bad_public_key_is_a_usage_error_found_before_the_store_is_read(
     assert audit.returncode == 2 and "holds no PEM public key" in audit.stderr
 
 
+@pytest.mark.sqlite_only
+def test_an_out_that_cannot_take_the_page_is_exit_3_with_the_reason(
+    story: Story, tmp_path: Path
+) -> None:
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder\n", encoding="ascii")
+    for out, reason in [(a_file, "File exists"), (a_file / "site", "Not a directory")]:
+        run = paywarden("report", "--config", story.config, "--out", out, env=settings_free_env())
+        assert run.returncode == 3, run.stderr
+        assert f"cannot write the report to {out}: {reason}" in run.stderr
+        assert "Traceback" not in run.stderr
+    assert a_file.read_text(encoding="ascii") == "not a folder\n"
+
+
 # Last in the module: it adds a held payment to the story's store.
 def test_a_held_payment_whose_approval_expired_is_not_counted_pending(
     story: Story, api: Api, stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -6,7 +6,7 @@ checkpoints, with ``audit verify``'s verdict when audit public keys are given.
 
 Exit status: 0 written; 1 written, but the audit log does not verify (or the store
 cannot be read: nothing written); 2 a bad configuration or ``--public-key`` (found
-before the store is read).
+before the store is read); 3 the page cannot be written to ``--out``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ clock: Callable[[], float] = time.time
 
 EXIT_STATUS = (
     "exit status: 0 written; 1 written but the audit log does not verify, or the store "
-    "cannot be read (nothing written); 2 a bad configuration or --public-key"
+    "cannot be read (nothing written); 2 a bad configuration or --public-key; 3 the page "
+    "cannot be written to --out"
 )
 
 
@@ -123,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliExit(1, str(exc)) from None
     decimals = {code: asset.decimals for code, asset in config.asset_table().items()}
     page = Page(facts, decimals).render(store=location(store), generated=now, audit=audit)
-    target = write_page(args.out, page)
+    try:
+        target = write_page(args.out, page)
+    except OSError as exc:
+        raise CliExit(3, f"cannot write the report to {args.out}: {exc.strerror}") from None
     print(f"report written to {target} (audit verify: {audit.state})")
     return 1 if audit.state == "broken" else 0
