@@ -558,6 +558,30 @@ def test_an_out_that_cannot_take_the_page_is_exit_3_with_the_reason(
     assert a_file.read_text(encoding="ascii") == "not a folder\n"
 
 
+@pytest.mark.sqlite_only
+def test_a_bucket_that_would_draw_too_many_columns_is_coarsened_to_weeks(
+    story: Story, tmp_path: Path
+) -> None:
+    later = 20 * 365 * DAY  # one running total far off: --bucket hour would be ~175,000
+    copy = _edited(
+        story,
+        tmp_path,
+        f"UPDATE agent_spend SET at = at + {later} WHERE at = (SELECT MAX(at) FROM agent_spend)",
+    )
+    with sqlite3.connect(copy) as conn:
+        first, last = conn.execute("SELECT MIN(at), MAX(at) FROM agent_spend").fetchone()
+    out = tmp_path / "site"
+    run = paywarden(
+        "report", "--config", story.config, "--db", copy, "--out", out, "--bucket", "hour",
+        env=settings_free_env(),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    page = (out / "index.html").read_text(encoding="utf-8")
+    weeks = int(re.findall(r"Signed payments, per (\d+) weeks", page)[0])
+    assert last // (weeks * WEEK) - first // (weeks * WEEK) < 400  # columns drawn
+    assert last // (weeks // 2 * WEEK) - first // (weeks // 2 * WEEK) >= 400  # no coarser
+
+
 # Last in the module: it adds a held payment to the story's store.
 def test_a_held_payment_whose_approval_expired_is_not_counted_pending(
     story: Story, api: Api, stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -13,7 +13,7 @@ from paywarden.policy.vocabulary import ApprovalStatus, format_amount
 from paywarden.signer.cli import report_sections as sections
 from paywarden.signer.cli.report_sections import AuditCheck, bucket_label, row, table, when
 from paywarden.signer.cli.report_svg import PALETTE, Column, Segment, columns, esc
-from paywarden.signer.store.report_reads import DAY, HOUR, ReportFacts, SpendBucket
+from paywarden.signer.store.report_reads import DAY, HOUR, WEEK, ReportFacts, SpendBucket
 
 SERIES = 8  # agents drawn one by one per asset chart; the rest are summed as one
 OTHERS = "(other agents)"
@@ -164,4 +164,6 @@ class Page:
 
 
 def _unit(seconds: int) -> str:
+    if seconds > WEEK:
+        return f"{seconds // WEEK} weeks"
     return {HOUR: "hour", DAY: "day"}.get(seconds, "week")

@@ -24,6 +24,9 @@ HOUR, DAY, WEEK = 3600, 86_400, 7 * 86_400
 # The coarsest bucket is chosen that still gives at least a few bars; never more than
 # about a hundred buckets for hours and days.
 MAX_HOURS, MAX_DAYS = 72, 92
+# A spend chart never draws more columns than this: a bucket that would (``--bucket
+# hour`` over years, or an edited time far off) is coarsened to whole weeks.
+MAX_COLUMNS = 400
 LATEST = 20  # approvals and checkpoints listed one by one
 TOP_PAYEES = 10
 FREEZE_EVENTS = 50
@@ -131,12 +134,24 @@ def bucket_for(first: int | None, last: int | None) -> int:
     return WEEK
 
 
+def capped(bucket: int, first: int | None, last: int | None) -> int:
+    """``bucket``, or whole weeks enough that ``first``..``last`` spans at most
+    :data:`MAX_COLUMNS` buckets."""
+    if first is None or last is None or int(last) // bucket - int(first) // bucket < MAX_COLUMNS:
+        return bucket
+    weeks = 1
+    while int(last) // (weeks * WEEK) - int(first) // (weeks * WEEK) >= MAX_COLUMNS:
+        weeks *= 2
+    return weeks * WEEK
+
+
 def read(rows: Rows, now: int, bucket_seconds: int | None = None) -> ReportFacts:
     """Every figure of the report, read through ``rows`` (one snapshot), with the
     approvals' status as at ``now`` (epoch seconds)."""
+    first, last = next(rows("SELECT MIN(at), MAX(at) FROM agent_spend", ()))
     if bucket_seconds is None:
-        first, last = next(rows("SELECT MIN(at), MAX(at) FROM agent_spend", ()))
         bucket_seconds = bucket_for(first, last)
+    bucket_seconds = capped(bucket_seconds, first, last)
     facts = ReportFacts(bucket_seconds)
     facts.spend = _spend(rows, bucket_seconds)
     facts.payments = {
