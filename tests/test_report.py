@@ -582,6 +582,26 @@ def test_a_bucket_that_would_draw_too_many_columns_is_coarsened_to_weeks(
     assert last // (weeks // 2 * WEEK) - first // (weeks // 2 * WEEK) >= 400  # no coarser
 
 
+@pytest.mark.sqlite_only
+def test_an_asset_of_unknown_decimals_is_shown_in_minor_units(story: Story, tmp_path: Path) -> None:
+    copy = _edited(story, tmp_path)
+    with sqlite3.connect(copy) as conn:  # BTC renamed to an asset no pack or session knows
+        for table in ("agent_spend", "reservations", "decisions", "session_budgets"):
+            conn.execute(f"UPDATE {table} SET asset = 'ZZZ' WHERE asset = 'BTC'")
+        conn.execute("UPDATE session_budgets SET decimals = NULL WHERE asset = 'ZZZ'")
+    out = tmp_path / "site"
+    run = paywarden(
+        "report", "--config", story.config, "--db", copy, "--out", out, env=settings_free_env()
+    )
+    assert run.returncode == 0, run.stderr
+    dom = elements((out / "index.html").read_text(encoding="utf-8"))
+    totals = {
+        e.attrs["data-agent"]: e.attrs["data-total"]
+        for e in _section_rows(dom, "spend") if e.attrs.get("data-asset") == "ZZZ"
+    }  # fmt: skip
+    assert totals == {"agent-1": "1150000 (minor units)"}  # 0.0015 + 0.01 BTC, never "1150000"
+
+
 # Last in the module: it adds a held payment to the story's store.
 def test_a_held_payment_whose_approval_expired_is_not_counted_pending(
     story: Story, api: Api, stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

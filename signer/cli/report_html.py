@@ -48,7 +48,12 @@ class Page:
         self.decimals = {**facts.decimals, **decimals}
 
     def amount(self, minor: int, asset: str) -> str:
-        return format_amount(minor, self.decimals.get(asset, 0))
+        """In the asset's units; an asset whose decimals neither the configuration nor
+        any session recorded is written in minor units, said so (never as whole units)."""
+        decimals = self.decimals.get(asset)
+        if decimals is None:
+            return f"{minor} (minor units)"
+        return format_amount(minor, decimals)
 
     def render(self, *, store: str, generated: int, audit: AuditCheck) -> str:
         f = self.facts
