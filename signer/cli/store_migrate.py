@@ -13,9 +13,7 @@ import argparse
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from paywarden.signer.cli.support import CliExit, config_from_args
+from paywarden.signer.cli.support import CliExit, config_from_args, public_keys
 from paywarden.signer.config import StoreConfig
 from paywarden.signer.store import schema
 from paywarden.signer.store.opening import location, password
@@ -75,23 +73,10 @@ def _source(args: argparse.Namespace) -> Path:
     return store.path
 
 
-def _public_keys(paths: list[Path]) -> list[ec.EllipticCurvePublicKey]:
-    keys = []
-    for path in paths:
-        try:
-            key = serialization.load_pem_public_key(path.read_bytes())
-        except (OSError, ValueError):
-            raise CliExit(2, f"--public-key {path}: not a readable PEM public key") from None
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise CliExit(2, f"--public-key {path}: not an EC public key")
-        keys.append(key)
-    return keys
-
-
 def run(args: argparse.Namespace) -> int:
     destination = _destination(args)
     source = _source(args)
-    keys = _public_keys(args.public_key)
+    keys = public_keys(args.public_key)
     try:
         secret = password(destination)
     except StoreError as exc:
