@@ -12,8 +12,8 @@ from typing import Any
 
 import pkcs11
 from paywarden.hsm.errors import HsmError, HsmUnavailable, KeyNotFound, UnsafeKey
+from paywarden.hsm.guard import PKCS11_LOCK
 from paywarden.hsm.keys import KeyRef, PublicKeyInfo
-from paywarden.hsm.token import PKCS11_LOCK
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 

@@ -2,7 +2,8 @@
 
 python-pkcs11 calls ``C_Initialize(NULL)``: the library is told that it will
 not be called from several threads at once, and SoftHSM2 crashes when it is.
-So every PKCS#11 call in this process goes through ``PKCS11_LOCK``.
+So every PKCS#11 call in this process goes through ``PKCS11_LOCK``
+(:mod:`paywarden.hsm.guard`, with the attribute table every key is checked against).
 
 After a PKCS#11 error the session is dropped and the library re-initialised
 on the next use (at most once per ``retry_interval``); until that succeeds,
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -35,13 +35,10 @@ from paywarden.hsm.errors import (
     KeyNotFound,
     UnsafeKey,
 )
+from paywarden.hsm.guard import PKCS11_LOCK, check_private_key
 from paywarden.hsm.keys import KeyRef, PublicKeyInfo
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key
-
-PKCS11_LOCK = threading.RLock()
-"""Serialises every PKCS#11 call made by this process (see module docstring)."""
-
 
 MAX_PIN_BYTES = 4096
 
@@ -106,37 +103,6 @@ def _read_pin_fd(fd: int) -> str:
     if not pin:
         raise HsmUnavailable(f"file descriptor {fd} gave an empty HSM PIN")
     return pin
-
-
-_MUST_BE = {
-    Attribute.SENSITIVE: True,
-    Attribute.ALWAYS_SENSITIVE: True,
-    Attribute.EXTRACTABLE: False,
-    Attribute.NEVER_EXTRACTABLE: True,
-    Attribute.SIGN: True,
-    Attribute.DECRYPT: False,
-    Attribute.UNWRAP: False,
-    Attribute.DERIVE: False,
-    Attribute.SIGN_RECOVER: False,
-    # Only after login, and fixed at generation: with CKA_MODIFIABLE true, anyone
-    # holding the user PIN could turn on DERIVE or DECRYPT later.
-    Attribute.PRIVATE: True,
-    Attribute.MODIFIABLE: False,
-}
-
-
-def _check_private_key(ref: KeyRef, key: Any) -> None:
-    """Refuses a key that could ever leave the token or do more than sign."""
-    wrong = []
-    for attribute, wanted in _MUST_BE.items():
-        try:
-            value = bool(key[attribute])
-        except pkcs11.exceptions.PKCS11Error:
-            value = not wanted  # unreadable counts as wrong
-        if value != wanted:
-            wrong.append(f"{attribute.name}={value}")
-    if wrong:
-        raise UnsafeKey(f"key {ref.key_id} is not safe to use: {', '.join(wrong)}")
 
 
 class Hsm:
@@ -285,7 +251,7 @@ class Hsm:
             raise KeyNotFound(f"key {ref.key_id} is not on token {self._token_label!r}") from None
         except pkcs11.exceptions.MultipleObjectsReturned:
             raise UnsafeKey(f"key {ref.key_id} is on the token more than once") from None
-        _check_private_key(ref, priv)
+        check_private_key(ref, priv)
         info = PublicKeyInfo(ref, encode_ec_public_key(pub))
         try:
             info.public_key()  # raises unless P-256
