@@ -12,10 +12,13 @@ from typing import Any
 
 import pkcs11
 from paywarden.hsm.errors import HsmError, HsmUnavailable, KeyNotFound, UnsafeKey
+from paywarden.hsm.evm import EvmPublicKey
+from paywarden.hsm.evm_keys import curve_parameters, evm_public_key, profile_of
 from paywarden.hsm.guard import PKCS11_LOCK
 from paywarden.hsm.keys import KeyRef, PublicKeyInfo
+from paywarden.policy.vocabulary import KeyProfile
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+from pkcs11.util.ec import encode_ec_public_key
 
 _CKF_TOKEN_INITIALIZED = 0x400
 _CK_ULONG = ctypes.c_ulong
@@ -129,6 +132,7 @@ class KeyStatus:
     can_decrypt: bool
     private: bool  # CKA_PRIVATE: usable only after login
     modifiable: bool  # CKA_MODIFIABLE: attributes can be changed after generation
+    profile: KeyProfile | None  # by its curve; None: a curve no profile uses
 
     @property
     def safe(self) -> bool:
@@ -156,6 +160,7 @@ def _status(ref: KeyRef, priv: Any) -> KeyStatus:
         can_decrypt=bool(priv[Attribute.DECRYPT]),
         private=bool(priv[Attribute.PRIVATE]),
         modifiable=bool(priv[Attribute.MODIFIABLE]),
+        profile=profile_of(priv),
     )
 
 
@@ -172,9 +177,15 @@ def _open(module: str, token_label: str, user_pin: str, rw: bool) -> Any:
 
 
 def generate_key(
-    module: str, token_label: str, user_pin: str, ref: KeyRef
+    module: str,
+    token_label: str,
+    user_pin: str,
+    ref: KeyRef,
+    profile: KeyProfile = KeyProfile.JWS_ES256,
 ) -> tuple[bool, KeyStatus]:
-    """Generates an EC P-256 key pair inside the token, unless it exists.
+    """Generates an EC key pair of ``profile`` inside the token (P-256 for
+    ``jws-es256``, secp256k1 for ``x402-exact-evm``), unless it exists; an existing
+    key of another profile is refused (:class:`UnsafeKey`).
 
     The private key is sensitive, never extractable, may only sign, and is not
     modifiable: nobody holding the user PIN can later turn on DERIVE, DECRYPT
@@ -186,12 +197,18 @@ def generate_key(
         try:
             existing = _find(session, ref, ObjectClass.PRIVATE_KEY)
             if existing is not None:
-                return False, _status(ref, existing)
+                status = _status(ref, existing)
+                if status.profile is not profile:
+                    raise UnsafeKey(
+                        f"key {ref.key_id} is on the token already as a "
+                        f"{status.profile or 'non-profile'} key, not {profile}"
+                    )
+                return False, status
             if _find(session, ref, ObjectClass.PUBLIC_KEY) is not None:
                 raise UnsafeKey(f"public key {ref.key_id} exists without its private key")
             params = session.create_domain_parameters(
                 KeyType.EC,
-                {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+                {Attribute.EC_PARAMS: curve_parameters(profile)},
                 local=True,
             )
             _pub, priv = params.generate_keypair(
@@ -251,9 +268,28 @@ def export_public_key(module: str, token_label: str, user_pin: str, ref: KeyRef)
             pub = _find(session, ref, ObjectClass.PUBLIC_KEY)
             if pub is None:
                 raise KeyNotFound(f"key {ref.key_id} is not on token {token_label!r}")
+            if profile_of(pub) is KeyProfile.X402_EXACT_EVM:
+                raise HsmError(
+                    f"key {ref.key_id} is an {KeyProfile.X402_EXACT_EVM} key: export its address"
+                )
             info = PublicKeyInfo(ref, encode_ec_public_key(pub))
             info.public_key()
             return info
+        finally:
+            session.close()
+
+
+def export_evm_public_key(
+    module: str, token_label: str, user_pin: str, ref: KeyRef
+) -> EvmPublicKey:
+    """The public key, and so the address, of an ``x402-exact-evm`` key."""
+    with PKCS11_LOCK:
+        session = _open(module, token_label, user_pin, rw=False)
+        try:
+            pub = _find(session, ref, ObjectClass.PUBLIC_KEY)
+            if pub is None:
+                raise KeyNotFound(f"key {ref.key_id} is not on token {token_label!r}")
+            return evm_public_key(ref, pub)
         finally:
             session.close()
 

@@ -35,6 +35,8 @@ from paywarden.hsm.errors import (
     KeyNotFound,
     UnsafeKey,
 )
+from paywarden.hsm.evm import EvmPublicKey
+from paywarden.hsm.evm_keys import EvmSigning
 from paywarden.hsm.guard import PKCS11_LOCK, check_private_key
 from paywarden.hsm.keys import KeyRef, PublicKeyInfo
 from pkcs11 import KeyType, Mechanism, ObjectClass
@@ -105,8 +107,13 @@ def _read_pin_fd(fd: int) -> str:
     return pin
 
 
-class Hsm:
-    """Signs with payment keys held in a PKCS#11 token."""
+class Hsm(EvmSigning):
+    """Signs with payment keys held in a PKCS#11 token.
+
+    ``keys`` are ``jws-es256`` keys (P-256, :meth:`sign_es256`); ``evm_keys`` are
+    ``x402-exact-evm`` keys (secp256k1, :meth:`sign_transfer_authorization`, in
+    :mod:`paywarden.hsm.evm_keys`). A label belongs to one profile only.
+    """
 
     def __init__(
         self,
@@ -116,6 +123,7 @@ class Hsm:
         keys: Sequence[KeyRef],
         *,
         audit_key: KeyRef | None = None,
+        evm_keys: Sequence[KeyRef] = (),
         retry_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -126,6 +134,13 @@ class Hsm:
         if audit_key is not None and audit_key.key_id in self._refs:
             raise ValueError(f"key {audit_key.key_id} cannot be both a payment and the audit key")
         self._audit_ref = audit_key
+        self._evm_refs = {ref.key_id: ref for ref in evm_keys}
+        jws_labels = {ref.label for ref in [*keys, *([audit_key] if audit_key else [])]}
+        for ref in evm_keys:
+            if ref.label in jws_labels:
+                raise ValueError(f"key {ref.key_id}: label {ref.label!r} names a jws-es256 key")
+        self._evm_private: dict[str, Any] = {}
+        self._evm_public: dict[str, EvmPublicKey] = {}
         self._retry_interval = retry_interval
         self._clock = clock
         self._session: Any = None
@@ -208,6 +223,7 @@ class Hsm:
             refs = [*self._refs.values(), *([self._audit_ref] if self._audit_ref else [])]
             for ref in refs:
                 private[ref.key_id], public[ref.key_id] = self._load_key(session, ref)
+            evm_private, evm_public = self._load_evm_keys_locked(session)
         except (KeyNotFound, UnsafeKey) as exc:
             self._session = session
             self._drop_locked(str(exc))
@@ -223,6 +239,8 @@ class Hsm:
         self._session = session
         self._private = private
         self._public = public
+        self._evm_private = evm_private
+        self._evm_public = evm_public
         self._last_error = ""
         if self._on_open is not None:
             try:
@@ -262,6 +280,7 @@ class Hsm:
     def _drop_locked(self, reason: str) -> None:
         session, self._session = self._session, None
         self._private = {}
+        self._evm_private = {}
         self._last_error = reason
         if session is not None:
             try:
@@ -327,6 +346,8 @@ class Hsm:
         ref = self._refs.get(key_id)
         if ref is not None:
             return ref
+        if key_id in self._evm_refs:
+            raise KeyNotFound(f"key {key_id} is an x402-exact-evm key: it signs no JWS")
         try:
             ref = KeyRef.parse(key_id)
         except ValueError:
@@ -410,7 +431,7 @@ class Hsm:
         with PKCS11_LOCK:
             self._ensure_open_locked()
             try:
-                for ref in self._refs.values():
+                for ref in [*self._refs.values(), *self._evm_refs.values()]:
                     self._session.get_key(
                         object_class=ObjectClass.PUBLIC_KEY, label=ref.label, id=ref.cka_id
                     )

@@ -285,6 +285,13 @@ class KeyState(StrEnum):
     DESTROYED = "destroyed"  # gone from the token, no longer listed
 
 
+class KeyProfile(StrEnum):
+    """What a payment key signs: a profile fixes its curve and the form of a payment."""
+
+    JWS_ES256 = "jws-es256"  # P-256, a JWS over the canonical payment (ES256)
+    X402_EXACT_EVM = "x402-exact-evm"  # secp256k1, an EIP-3009 authorisation for x402
+
+
 class FreezeSource(StrEnum):
     OPERATOR = "operator"
     BREAKER = "breaker"

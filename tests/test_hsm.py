@@ -619,7 +619,7 @@ def test_keys_has_no_way_to_export_a_private_key(keys_token: TestToken) -> None:
 
     export_help = _keys(keys_token, "export", "--help")
     assert export_help.returncode == 0
-    assert "{pem,jwk}" in export_help.stdout
+    assert "{pem,jwk,address}" in export_help.stdout
     assert "private" not in export_help.stdout.lower().replace("(never a private one)", "")
 
     pin = _pin_args(keys_token)

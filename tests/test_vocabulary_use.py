@@ -6,7 +6,7 @@ constants are checked against :mod:`paywarden.policy.vocabulary`:
 - a constant equal to a :class:`Reason` value is a reason code written out: name the member;
 - a constant equal to a state value (an outcome, verdict, phase, session state, approval
   status, vote, reservation status, freeze scope or source, sign status, first-payment
-  mode) is a state written out where it is used as one: compared with (``==``, ``!=``,
+  mode, key profile) is a state written out where it is used as one: compared with (``==``, ``!=``,
   ``in``, ``not in`` a tuple, list or set of constants), passed or defaulted as a
   parameter named like a state, assigned to a name or attribute named like a state, or
   written into a table of states (a dict whose values are states, or whose keys are all
@@ -34,6 +34,7 @@ from paywarden.policy.vocabulary import (
     FirstPaymentMode,
     FreezeScope,
     FreezeSource,
+    KeyProfile,
     KeyState,
     Outcome,
     Phase,
@@ -65,12 +66,14 @@ STATE_ENUMS: tuple[type[StrEnum], ...] = (
     Direction,
     ReloadState,
     KeyState,
+    KeyProfile,
 )
 REASONS = frozenset(member.value for member in Reason)
 STATES = frozenset(member.value for enum in STATE_ENUMS for member in enum)
 # A name that says "this holds a state" (as a keyword, a parameter, a variable or an attribute).
 STATE_NAMES = frozenset(
     {"status", "phase", "state", "scope", "source", "outcome", "verdict", "vote", "reason"}
+    | {"profile"}  # a key profile
 )
 
 

@@ -1,9 +1,9 @@
 """Key custody for the security team: token initialisation and payment keys.
 
     paywarden-keys init-token  --so-pin-file F --pin-file F [--label L]
-    paywarden-keys generate    --pin-file F --key LABEL.vN
+    paywarden-keys generate    --pin-file F --key LABEL.vN [--profile jws-es256|x402-exact-evm]
     paywarden-keys list        --pin-file F
-    paywarden-keys export      --pin-file F --key LABEL.vN [--format pem|jwk] [--out FILE]
+    paywarden-keys export      --pin-file F --key LABEL.vN [--format pem|jwk|address] [--out FILE]
     paywarden-keys rotate      --config FILE --label LABEL
     paywarden-keys revoke      --config FILE --key LABEL.vN [--reason TEXT]
     paywarden-keys destroy     --config FILE --key LABEL.vN [--grace-hours H]
@@ -11,7 +11,10 @@
 ``scripts/keys.py`` runs the same commands. PINs come from files or environment
 variables (--pin-env NAME), never from the command line. SOFTHSM2_CONF names the
 SoftHSM2 configuration (``scripts/keys.py`` defaults it to the repository's
-softhsm.conf). Every command is idempotent and exits non-zero with a message on
+softhsm.conf). A key's profile is its curve: ``jws-es256`` (P-256, the default) signs
+payment JWSs, ``x402-exact-evm`` (secp256k1) signs x402 authorisations from its
+Ethereum address, which ``generate`` and ``export --format address`` print (fund that
+address). Every command is idempotent and exits non-zero with a message on
 failure. The token work itself is :mod:`paywarden.hsm.provision`; this module is
 its command line. ``rotate``, ``revoke`` and ``destroy`` move payment key versions
 through their lifecycle in the signer's store and token
@@ -27,6 +30,7 @@ import sys
 from pathlib import Path
 
 from paywarden.hsm import HsmError, provision, read_pin
+from paywarden.policy.vocabulary import KeyProfile
 from paywarden.signer.cli import key_lifecycle
 from paywarden.signer.cli.support import CliExit, key_argument
 
@@ -56,10 +60,13 @@ def cmd_init_token(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    created, status = provision.generate_key(args.module, args.label, _pin(args), args.key)
+    pin = _pin(args)
+    created, status = provision.generate_key(
+        args.module, args.label, pin, args.key, KeyProfile(args.profile)
+    )
     verb = "generated" if created else "already exists, nothing done"
     print(
-        f"key {status.ref.key_id}: {verb} (sensitive={status.sensitive}, "
+        f"key {status.ref.key_id}: {verb} (profile={status.profile}, sensitive={status.sensitive}, "
         f"extractable={status.extractable}, never_extractable={status.never_extractable}, "
         f"modifiable={status.modifiable})"
     )
@@ -72,6 +79,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return 1
+    if status.profile is KeyProfile.X402_EXACT_EVM:
+        address = provision.export_evm_public_key(args.module, args.label, pin, args.key).address
+        print(f"key {status.ref.key_id}: address {address}")
     return 0
 
 
@@ -82,7 +92,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for s in keys:
         unsafe = "" if s.safe else "\tUNSAFE"
         print(
-            f"{s.ref.key_id}\tsensitive={s.sensitive}\textractable={s.extractable}"
+            f"{s.ref.key_id}\tprofile={s.profile}\tsensitive={s.sensitive}\textractable={s.extractable}"
             f"\tnever_extractable={s.never_extractable}\tsign={s.can_sign}\tdecrypt={s.can_decrypt}"
             f"\tprivate={s.private}\tmodifiable={s.modifiable}{unsafe}"
         )
@@ -90,11 +100,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    info = provision.export_public_key(args.module, args.label, _pin(args), args.key)
-    text = info.spki_pem if args.format == "pem" else json.dumps(info.jwk(), indent=2) + "\n"
+    if args.format == "address":
+        evm = provision.export_evm_public_key(args.module, args.label, _pin(args), args.key)
+        text = evm.address + "\n"
+    else:
+        info = provision.export_public_key(args.module, args.label, _pin(args), args.key)
+        text = info.spki_pem if args.format == "pem" else json.dumps(info.jwk(), indent=2) + "\n"
     if args.out:
         Path(args.out).write_text(text, encoding="ascii")
-        print(f"key {info.key_id}: public key written to {args.out}")
+        print(f"key {args.key.key_id}: public key written to {args.out}")
     else:
         sys.stdout.write(text)
     return 0
@@ -118,6 +132,12 @@ def main(
     p = sub.add_parser("generate", help="generate a payment key pair inside the token")
     _add_pin(p)
     p.add_argument("--key", type=key_argument, required=True, help="LABEL.vN, e.g. payments.v1")
+    p.add_argument(
+        "--profile",
+        choices=[profile.value for profile in KeyProfile],
+        default=KeyProfile.JWS_ES256.value,
+        help="jws-es256: P-256, payment JWSs; x402-exact-evm: secp256k1, x402 authorisations",
+    )
     p.set_defaults(fn=cmd_generate)
     p = sub.add_parser("list", help="list payment keys and their attributes")
     _add_pin(p)
@@ -125,7 +145,12 @@ def main(
     p = sub.add_parser("export", help="export a public key (never a private one)")
     _add_pin(p)
     p.add_argument("--key", type=key_argument, required=True)
-    p.add_argument("--format", choices=("pem", "jwk"), default="pem")
+    p.add_argument(
+        "--format",
+        choices=("pem", "jwk", "address"),
+        default="pem",
+        help="address: an x402-exact-evm key's Ethereum address",
+    )
     p.add_argument("--out")
     p.set_defaults(fn=cmd_export)
     key_lifecycle.add_parsers(sub)
