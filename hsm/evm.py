@@ -4,8 +4,7 @@ Pure: no PKCS#11. The token signs (:mod:`paywarden.hsm.evm_keys`); this module t
 its public key into an address and its r||s into what Ethereum accepts: ``s`` in the
 lower half of the group order (EIP-2; a high ``s`` is refused by ``ecrecover`` users
 such as EIP-3009 tokens built on OpenZeppelin's ECDSA) and the recovery id ``v``,
-found by recovering the public key from (r, s, digest) and comparing it with the
-key's own.
+the one with which (r, s, digest) recovers the key's own public key.
 
 The curve arithmetic is plain Python on purpose: it only ever sees public values
 (a public key, a digest about to be published, a signature), so there is no secret
@@ -147,31 +146,6 @@ def _twin_multiply(a: int, p: _Jacobian, b: int, q: _Jacobian) -> _Jacobian:
     return acc
 
 
-def recover_point(digest: bytes, r: int, s: int, v: int) -> bytes:
-    """The public key (uncompressed) that (r, s, v) over ``digest`` was made with.
-
-    ``v`` is the parity of the y coordinate of the signature's point R (0 or 1); R's x
-    coordinate is r itself (the case x >= n, probability about 2^-128, has no Ethereum
-    encoding and is refused by :func:`normalise`). Q = (s·R - e·G) / r.
-    """
-    if len(digest) != 32:
-        raise ValueError("the digest is 32 bytes")
-    if not (0 < r < N and 0 < s < N and v in (0, 1)):
-        raise ValueError("r and s are in [1, n-1] and v is 0 or 1")
-    alpha = (r * r * r + 7) % P
-    y = pow(alpha, (P + 1) // 4, P)
-    if y * y % P != alpha:
-        raise ValueError("r is not the x coordinate of a point of secp256k1")
-    if y & 1 != v:
-        y = P - y
-    e = int.from_bytes(digest, "big") % N
-    r_inv = pow(r, -1, N)
-    q = _affine(_twin_multiply((-e * r_inv) % N, (_GX, _GY, 1), s * r_inv % N, (r, y, 1)))
-    if q is None:
-        raise ValueError("the signature recovers the point at infinity")
-    return b"\x04" + q[0].to_bytes(32, "big") + q[1].to_bytes(32, "big")
-
-
 # -- signatures ---------------------------------------------------------------
 
 
@@ -200,10 +174,16 @@ def normalise(digest: bytes, raw: bytes, public_point: bytes) -> EvmSignature:
     """The Ethereum form of a token's 64-byte r||s over ``digest`` by ``public_point``.
 
     ``s`` above n/2 becomes n - s (the same signature for ECDSA, the only one Ethereum
-    accepts); ``v`` is the one for which the signature recovers ``public_point``. If
-    neither does, the token did not sign ``digest`` with this key, and nothing is
-    returned.
+    accepts). Then R = s⁻¹·(e·G + r·Q) with the key's own public key Q: this is ECDSA
+    verification, so unless R's x coordinate is r the token did not sign ``digest``
+    with this key and nothing is returned. The recovery id ``v`` is the parity of R's
+    y coordinate, the one from which recovery gives back Q (``ecrecover`` rebuilds R
+    from r and v, and r⁻¹·(s·R - e·G) = Q). One double multiplication, where trying
+    both values of ``v`` by recovery would take up to two. R's x coordinate at or above
+    n (probability about 2^-128) has no Ethereum encoding and is refused as well.
     """
+    if len(digest) != 32:
+        raise ValueError("the digest is 32 bytes")
     if len(raw) != 64:
         raise ValueError(f"an ECDSA signature from the token is 64 bytes, not {len(raw)}")
     r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
@@ -211,10 +191,13 @@ def normalise(digest: bytes, raw: bytes, public_point: bytes) -> EvmSignature:
         raise ValueError("the token's signature is out of range")
     if s > HALF_N:
         s = N - s
-    for v in (0, 1):
-        if recover_point(digest, r, s, v) == public_point:
-            return EvmSignature(r, s, v)
-    raise ValueError("the signature does not recover the key's public key")
+    qx, qy = _decode_point(public_point)
+    e = int.from_bytes(digest, "big") % N
+    s_inv = pow(s, -1, N)
+    point = _affine(_twin_multiply(e * s_inv % N, (_GX, _GY, 1), r * s_inv % N, (qx, qy, 1)))
+    if point is None or point[0] != r:
+        raise ValueError("the signature does not verify under the key's public key")
+    return EvmSignature(r, s, point[1] & 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ holds and uses the secp256k1 keys (a mixin: the session, its lock and its recove
 stay in token.py). It signs only the EIP-712 digest of a ``TransferWithAuthorization``
 from the key's own address, computed here from the typed values, so no caller can
 have an arbitrary digest signed; the token's r||s becomes Ethereum's low-s (r, s, v)
-and is returned only if it recovers the key's public key.
+and is returned only if it verifies under the key's public key.
 """
 
 from __future__ import annotations

@@ -177,9 +177,9 @@ def test_normalise_refuses_a_signature_of_another_key_or_digest() -> None:
     digest = rng.randbytes(32)
     reference = key.sign_msg_hash(digest)
     raw = reference.to_bytes()[:64]
-    with pytest.raises(ValueError, match="does not recover"):
+    with pytest.raises(ValueError, match="does not verify"):
         evm.normalise(digest, raw, b"\x04" + other.public_key.to_bytes())
-    with pytest.raises(ValueError, match="does not recover"):
+    with pytest.raises(ValueError, match="does not verify"):
         evm.normalise(rng.randbytes(32), raw, b"\x04" + key.public_key.to_bytes())
     with pytest.raises(ValueError):
         evm.normalise(digest, raw[:63], b"\x04" + key.public_key.to_bytes())
