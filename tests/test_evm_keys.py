@@ -17,6 +17,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -28,10 +29,18 @@ from paywarden.hsm import evm as evm_math
 from paywarden.hsm.eip712 import TransferWithAuthorization, transfer_digest
 from paywarden.hsm.provision import delete_key, generate_key, list_keys
 from paywarden.policy.vocabulary import KeyProfile
+from x402.mechanisms.evm.constants import (
+    ERR_INVALID_SIGNATURE,
+    ERR_NONCE_ALREADY_USED,
+    ERR_VALID_BEFORE_EXPIRED,
+)
+from x402.mechanisms.evm.exact.facilitator import ExactEvmScheme
 from x402.mechanisms.evm.verify import verify_eoa_signature
+from x402.schemas import PaymentPayload, PaymentRequirements
 
 from tests.helpers import MODULE, ROOT, TestToken
 from tests.support.evm import USDC_BASE, eip3009_typed_data, random_authorization
+from tests.support.x402_chain import LocalEip3009Chain
 
 EVM_KEY = KeyRef("x402-test", 1)
 PAYMENT_KEY = KeyRef("payments", 1)
@@ -275,3 +284,89 @@ def test_a_key_configured_under_the_wrong_profile_is_refused_at_open(
             h.close()
     with pytest.raises(ValueError, match="names a jws-es256 key"):
         Hsm(MODULE, token.label, token.pin, [PAYMENT_KEY], evm_keys=[KeyRef("payments", 7)])
+
+
+# -- x402's own facilitator verification -------------------------------------------------
+
+
+def _x402_payment(
+    auth: TransferWithAuthorization, signature: bytes
+) -> tuple[PaymentPayload, PaymentRequirements]:
+    """What a resource server asked for (x402 v2 ``exact`` on Base) and the payment
+    payload answering it, written as the x402 SDK's own types."""
+    requirements = PaymentRequirements(
+        scheme="exact",
+        network=f"eip155:{USDC_BASE.chain_id}",
+        asset=USDC_BASE.verifying_contract,
+        amount=str(auth.value),
+        pay_to=auth.to,
+        max_timeout_seconds=300,
+        extra={"name": USDC_BASE.name, "version": USDC_BASE.version},
+    )
+    authorization = {
+        "from": auth.from_address,
+        "to": auth.to,
+        "value": str(auth.value),
+        "validAfter": str(auth.valid_after),
+        "validBefore": str(auth.valid_before),
+        "nonce": "0x" + auth.nonce.hex(),
+    }
+    payload = PaymentPayload(
+        x402_version=2,
+        payload={"authorization": authorization, "signature": "0x" + signature.hex()},
+        accepted=requirements,
+    )
+    return payload, requirements
+
+
+def _fresh(
+    rng: random.Random, address: str, now: int, window: int = 120
+) -> TransferWithAuthorization:
+    return TransferWithAuthorization(
+        address, evm_math.checksum_address(rng.randbytes(20)), 10_000, now - 60, now + window,
+        rng.randbytes(32),
+    )  # fmt: skip
+
+
+def test_x402_facilitator_verification_accepts_the_authorisation(
+    evm_hsm: Hsm, evm_address: str
+) -> None:
+    chain = LocalEip3009Chain(USDC_BASE, {evm_address: 1_000_000})
+    facilitator = ExactEvmScheme(chain)
+    auth = _fresh(random.Random(16), evm_address, int(time.time()))
+    sig = evm_hsm.sign_transfer_authorization(EVM_KEY.key_id, USDC_BASE, auth).to_bytes()
+    result = facilitator.verify(*_x402_payment(auth, sig))
+    assert result.is_valid is True, (result.invalid_reason, result.invalid_message)
+    assert result.payer == evm_address
+
+
+def test_x402_facilitator_verification_rejects_changes_other_signers_expiry_and_replay(
+    evm_hsm: Hsm, evm_address: str
+) -> None:
+    rng = random.Random(17)
+    chain = LocalEip3009Chain(USDC_BASE, {evm_address: 1_000_000})
+    facilitator = ExactEvmScheme(chain)
+    now = int(time.time())
+
+    def verdict(auth: TransferWithAuthorization, signature: bytes) -> str | None:
+        result = facilitator.verify(*_x402_payment(auth, signature))
+        return None if result.is_valid else result.invalid_reason
+
+    auth = _fresh(rng, evm_address, now)
+    sig = evm_hsm.sign_transfer_authorization(EVM_KEY.key_id, USDC_BASE, auth).to_bytes()
+    assert verdict(auth, sig) is None
+    # A changed byte of the signature, or of the authorisation it signs.
+    assert verdict(auth, sig[:10] + bytes([sig[10] ^ 1]) + sig[11:]) == ERR_INVALID_SIGNATURE
+    assert verdict(dataclasses.replace(auth, value=auth.value + 1), sig) is not None
+    assert verdict(dataclasses.replace(auth, nonce=rng.randbytes(32)), sig) is not None
+    # Another signer: a key that is not the payer's, over the same authorisation.
+    stranger = Account.create()
+    forged = stranger.unsafe_sign_hash(transfer_digest(USDC_BASE, auth)).signature
+    assert verdict(auth, bytes(forged)) == ERR_INVALID_SIGNATURE
+    # An expired window (x402 wants validBefore at least 6 s ahead).
+    short = _fresh(rng, evm_address, now, window=3)
+    short_sig = evm_hsm.sign_transfer_authorization(EVM_KEY.key_id, USDC_BASE, short).to_bytes()
+    assert verdict(short, short_sig) == ERR_VALID_BEFORE_EXPIRED
+    # A replayed nonce: once the token has spent it, the same authorisation fails.
+    chain.spend(evm_address, auth.nonce)
+    assert verdict(auth, sig) == ERR_NONCE_ALREADY_USED

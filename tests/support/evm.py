@@ -59,6 +59,21 @@ def random_authorization(
 def eip3009_typed_data(domain: Eip712Domain, auth: TransferWithAuthorization) -> dict[str, Any]:
     """The authorisation as eth-account's ``encode_typed_data(full_message=...)`` takes it,
     written out here from EIP-712 and EIP-3009, not from our encoder."""
+    return typed_data_of(
+        domain,
+        {
+            "from": auth.from_address,
+            "to": auth.to,
+            "value": auth.value,
+            "validAfter": auth.valid_after,
+            "validBefore": auth.valid_before,
+            "nonce": auth.nonce,
+        },
+    )
+
+
+def typed_data_of(domain: Eip712Domain, message: dict[str, Any]) -> dict[str, Any]:
+    """EIP-712 typed data of a ``TransferWithAuthorization`` ``message`` under ``domain``."""
     return {
         "types": {"EIP712Domain": _DOMAIN_FIELDS, "TransferWithAuthorization": _TRANSFER_FIELDS},
         "primaryType": "TransferWithAuthorization",
@@ -68,12 +83,5 @@ def eip3009_typed_data(domain: Eip712Domain, auth: TransferWithAuthorization) ->
             "chainId": domain.chain_id,
             "verifyingContract": domain.verifying_contract,
         },
-        "message": {
-            "from": auth.from_address,
-            "to": auth.to,
-            "value": auth.value,
-            "validAfter": auth.valid_after,
-            "validBefore": auth.valid_before,
-            "nonce": auth.nonce,
-        },
+        "message": message,
     }
