@@ -17,6 +17,7 @@ from paywarden.client.errors import (
     ApprovalDenied,
     CallError,
     ClientError,
+    OutcomeUnknown,
     Refusal,
     RetriesExhausted,
     SettingsError,
@@ -26,7 +27,13 @@ from paywarden.client.errors import (
 from paywarden.client.operator import OperatorClient, Scope
 from paywarden.client.planner import PlannerClient, PlannerSession
 from paywarden.client.receipts import check_receipt, receipt_document
-from paywarden.client.results import PaymentClaims, PendingApproval, Signed, SignResult
+from paywarden.client.results import (
+    PaymentClaims,
+    PendingApproval,
+    PreparedPayment,
+    Signed,
+    SignResult,
+)
 from paywarden.client.retry import RETRYABLE, RetryPolicy
 from paywarden.client.settings import ConnectionSettings
 
@@ -39,12 +46,14 @@ __all__ = [
     "ClientError",
     "ConnectionSettings",
     "OperatorClient",
+    "OutcomeUnknown",
     "Payment",
     "PaymentClaims",
     "PendingApproval",
     "PlanItem",
     "PlannerClient",
     "PlannerSession",
+    "PreparedPayment",
     "Refusal",
     "RetriesExhausted",
     "RetryPolicy",

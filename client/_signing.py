@@ -23,7 +23,13 @@ from paywarden.client.errors import (
     SignRefused,
     UnexpectedAnswer,
 )
-from paywarden.client.results import PaymentClaims, PendingApproval, Signed, SignResult
+from paywarden.client.results import (
+    PaymentClaims,
+    PendingApproval,
+    PreparedPayment,
+    Signed,
+    SignResult,
+)
 from paywarden.client.retry import RETRYABLE, Attempts, RetryPolicy
 from paywarden.v1 import signer_pb2
 
@@ -135,10 +141,13 @@ def refused(refusal: Refusal) -> SignRefused:
     return SignRefused(refusal)
 
 
-def failure(refusal: Refusal, attempts: Attempts) -> SignRefused | RetriesExhausted:
-    """What to raise when an attempt failed and ``attempts`` allows no other."""
+def failure(
+    refusal: Refusal, attempts: Attempts, request: PreparedPayment
+) -> SignRefused | RetriesExhausted:
+    """What to raise when an attempt failed and ``attempts`` allows no other; an outcome
+    that is unknown carries ``request`` to resume."""
     if refusal.code in RETRYABLE:
-        return RetriesExhausted(refusal, attempts.count)
+        return RetriesExhausted(refusal, request, attempts.count)
     return refused(refusal)
 
 
@@ -224,7 +233,7 @@ def _send(
         if delay is not None:
             yield Pause(delay)
             continue
-        error = failure(reply, attempts)
+        error = failure(reply, attempts, PreparedPayment(intent, approval_id))
         if isinstance(error, SignRefused) and fetch_receipts:
             yield from _attach_receipt(error, receipt_timeout)
         raise error

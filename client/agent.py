@@ -8,7 +8,7 @@ import grpc
 from paywarden.client._calls import GET_PUBLIC_KEYS, GET_RECEIPT, GET_SESSION
 from paywarden.client._connection import DEFAULT_TIMEOUT, Connection
 from paywarden.client._signing import Payment, Steps, build_intent, sign_steps
-from paywarden.client.results import PendingApproval, SignResult
+from paywarden.client.results import PendingApproval, PreparedPayment, SignResult
 from paywarden.client.retry import RetryPolicy
 from paywarden.client.settings import ConnectionSettings
 from paywarden.v1 import sessions_pb2, signer_pb2
@@ -23,18 +23,13 @@ class AgentSteps:
         self.fetch_receipts = fetch_receipts
         self._receipt_timeout = timeout
 
-    def steps(
-        self,
-        intent: signer_pb2.PaymentIntent,
-        wait_for_approval: float | None,
-        approval_id: str | None = None,
-    ) -> Steps:
-        """The steps of signing ``intent`` (see :func:`paywarden.client._signing.sign_steps`)."""
+    def steps(self, request: PreparedPayment, wait_for_approval: float | None) -> Steps:
+        """The steps of signing ``request`` (see :func:`paywarden.client._signing.sign_steps`)."""
         return sign_steps(
-            intent,
+            request.intent,
             self.retry,
             wait_for_approval=wait_for_approval,
-            approval_id=approval_id,
+            approval_id=request.approval_id,
             fetch_receipts=self.fetch_receipts,
             receipt_timeout=self._receipt_timeout,
         )
@@ -88,21 +83,40 @@ class AgentClient(Connection):
         when a human must approve and ``wait_for_approval`` (seconds) is not given or passed
         without an answer. Raises :class:`~paywarden.client.SignRefused` (or its
         :class:`~paywarden.client.ApprovalDenied`) when refused and
-        :class:`~paywarden.client.RetriesExhausted` when the signer could not be reached.
+        :class:`~paywarden.client.OutcomeUnknown` (such as
+        :class:`~paywarden.client.RetriesExhausted`) when no answer came: resume its ``request``.
         The payment is given as keyword arguments (:class:`~paywarden.client.Payment`):
         ``payee``, ``amount`` (a decimal string) and ``reference``, optionally ``asset``,
         ``key_id``, ``purpose`` (recorded, never decides anything), ``expires_in`` or
         ``expires_at``, and ``nonce``.
         """
-        intent = build_intent(session_id, payment)
-        return self._run(self._agent.steps(intent, wait_for_approval))
+        return self.submit(self.prepare(session_id, **payment), wait_for_approval=wait_for_approval)
+
+    def prepare(self, session_id: str, **payment: Unpack[Payment]) -> PreparedPayment:
+        """The exact request :meth:`sign` would send (its nonce and expiry fixed), without
+        sending it: persist it (``to_bytes``), then :meth:`submit` it."""
+        return PreparedPayment(build_intent(session_id, payment))
+
+    def submit(
+        self, request: PreparedPayment, *, wait_for_approval: float | None = None
+    ) -> SignResult:
+        """Sends a prepared payment; answers as :meth:`sign` does. Sending it again (also
+        after an :class:`~paywarden.client.OutcomeUnknown`) collects the same decision."""
+        return self._run(self._agent.steps(request, wait_for_approval))
 
     def resume(
-        self, pending: PendingApproval, *, wait_for_approval: float | None = None
+        self,
+        request: PendingApproval | PreparedPayment,
+        *,
+        wait_for_approval: float | None = None,
     ) -> SignResult:
-        """Asks again for a pending payment (the same request), waiting at most
-        ``wait_for_approval`` seconds for an approver; answers as :meth:`sign` does."""
-        return self._run(self._agent.steps(pending.intent, wait_for_approval, pending.approval_id))
+        """Asks again for a payment, with the same request (byte for byte): a
+        :class:`~paywarden.client.PendingApproval`, or the ``request`` of an
+        :class:`~paywarden.client.OutcomeUnknown` (such as
+        :class:`~paywarden.client.RetriesExhausted`). Waits at most ``wait_for_approval``
+        seconds for an approver; answers as :meth:`sign` does."""
+        prepared = request.request if isinstance(request, PendingApproval) else request
+        return self.submit(prepared, wait_for_approval=wait_for_approval)
 
     def receipt(
         self, *, decision_id: str | None = None, audit_seq: int | None = None

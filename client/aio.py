@@ -11,6 +11,7 @@ sending and the waiting do not block the event loop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Unpack
@@ -37,12 +38,24 @@ from paywarden.client._requests import (
 from paywarden.client._signing import Payment, build_intent
 from paywarden.client.agent import AgentSteps, receipt_query
 from paywarden.client.errors import ClientError
-from paywarden.client.results import PendingApproval, SignResult
+from paywarden.client.results import PendingApproval, PreparedPayment, SignResult
 from paywarden.client.retry import RetryPolicy
 from paywarden.client.settings import ConnectionSettings
 from paywarden.v1 import sessions_pb2, signer_pb2
 
-__all__ = ["AgentClient", "PlannerClient"]
+__all__ = ["AgentClient", "PlannerClient", "SignCancelled"]
+
+
+class SignCancelled(asyncio.CancelledError):
+    """The task was cancelled during ``sign`` / ``submit`` / ``resume``: the outcome is
+    unknown (the signer may have decided). It is a :class:`asyncio.CancelledError`, so the
+    cancellation goes on as usual; ``request`` is the exact request to
+    :meth:`AgentClient.resume` later (``except asyncio.CancelledError as e:
+    getattr(e, "request", None)``, or ``prepare`` first and keep the request yourself)."""
+
+    def __init__(self, request: PreparedPayment, *args: object) -> None:
+        super().__init__(*args)
+        self.request = request
 
 
 class AgentClient(AioConnection):
@@ -67,16 +80,36 @@ class AgentClient(AioConnection):
         wait_for_approval: float | None = None,
         **payment: Unpack[Payment],
     ) -> SignResult:
-        """As :meth:`paywarden.client.AgentClient.sign`."""
-        intent = build_intent(session_id, payment)
-        return await self._run(self._agent.steps(intent, wait_for_approval))
+        """As :meth:`paywarden.client.AgentClient.sign`; a cancellation during the call is
+        raised as :class:`SignCancelled`, carrying the request."""
+        request = self.prepare(session_id, **payment)
+        return await self.submit(request, wait_for_approval=wait_for_approval)
+
+    def prepare(self, session_id: str, **payment: Unpack[Payment]) -> PreparedPayment:
+        """As :meth:`paywarden.client.AgentClient.prepare`."""
+        return PreparedPayment(build_intent(session_id, payment))
+
+    async def submit(
+        self, request: PreparedPayment, *, wait_for_approval: float | None = None
+    ) -> SignResult:
+        """As :meth:`paywarden.client.AgentClient.submit`; a cancellation is raised as
+        :class:`SignCancelled` carrying ``request``."""
+        try:
+            return await self._run(self._agent.steps(request, wait_for_approval))
+        except SignCancelled:
+            raise
+        except asyncio.CancelledError as cancelled:
+            raise SignCancelled(request, *cancelled.args) from cancelled
 
     async def resume(
-        self, pending: PendingApproval, *, wait_for_approval: float | None = None
+        self,
+        request: PendingApproval | PreparedPayment,
+        *,
+        wait_for_approval: float | None = None,
     ) -> SignResult:
         """As :meth:`paywarden.client.AgentClient.resume`."""
-        steps = self._agent.steps(pending.intent, wait_for_approval, pending.approval_id)
-        return await self._run(steps)
+        prepared = request.request if isinstance(request, PendingApproval) else request
+        return await self.submit(prepared, wait_for_approval=wait_for_approval)
 
     async def receipt(
         self, *, decision_id: str | None = None, audit_seq: int | None = None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 if TYPE_CHECKING:
+    from paywarden.client.results import PreparedPayment
     from paywarden.v1 import signer_pb2
 
 
@@ -96,18 +97,29 @@ class CallError(ClientError):
         return self.diagnostics()
 
 
-class RetriesExhausted(CallError):
+class OutcomeUnknown(CallError):
+    """``Sign`` failed without an answer from the signer: the payment may have been decided
+    (and signed, and spent) or not.
+
+    ``request`` is the exact request (:class:`~paywarden.client.PreparedPayment`): pass it to
+    :meth:`paywarden.client.AgentClient.resume` to collect the signer's decision (the same
+    nonce and payload: never a second payment). Never call ``sign`` again for this payment:
+    a new ``sign`` makes a new nonce, which is a second payment.
+    """
+
+    def __init__(self, refusal: Refusal, request: PreparedPayment, attempts: int = 1) -> None:
+        super().__init__(refusal)
+        self.request = request
+        self.attempts = attempts
+
+
+class RetriesExhausted(OutcomeUnknown):
     """Every attempt of a retried call failed with a retryable status (UNAVAILABLE or
     DEADLINE_EXCEEDED), or the overall deadline passed: the last attempt's refusal.
 
-    For ``Sign`` the outcome is unknown (an attempt may have been decided): retrying the same
-    request later (:meth:`paywarden.client.AgentClient.resume`) is safe, as it carries the same
-    nonce and payload.
+    The outcome is unknown (an attempt may have been decided): resume ``request`` later
+    (:meth:`paywarden.client.AgentClient.resume`), which sends the same nonce and payload.
     """
-
-    def __init__(self, refusal: Refusal, attempts: int) -> None:
-        super().__init__(refusal)
-        self.attempts = attempts
 
     def diagnostics(self) -> str:
         return f"gave up after {self.attempts} attempt(s): {super().diagnostics()}"

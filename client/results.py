@@ -88,6 +88,34 @@ class Signed:
 
 
 @dataclass(frozen=True)
+class PreparedPayment:
+    """The exact request of one payment: send it (``AgentClient.submit``) or send it again
+    (``AgentClient.resume``) as often as needed; the signer decides it once.
+
+    Every "outcome unknown" failure (:class:`~paywarden.client.OutcomeUnknown`, the asyncio
+    client's :class:`~paywarden.client.aio.SignCancelled`) carries it as ``request``.
+    ``to_bytes`` / ``from_bytes`` persist it (e.g. before sending) without changing a byte.
+    """
+
+    intent: signer_pb2.PaymentIntent
+    """The payment intent: its nonce and expiry are fixed once prepared."""
+    approval_id: str | None = None
+    """The approval the signer asked for, when it answered pending before."""
+
+    def to_bytes(self) -> bytes:
+        """The intent's protobuf encoding (deterministic); the approval id is not needed to
+        resume (the signer finds it by the nonce)."""
+        return self.intent.SerializeToString(deterministic=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PreparedPayment:
+        """The prepared payment whose :meth:`to_bytes` gave ``data``."""
+        intent = signer_pb2.PaymentIntent()
+        intent.ParseFromString(data)
+        return cls(intent)
+
+
+@dataclass(frozen=True)
 class PendingApproval:
     """The policy asks a human to approve: nothing is signed yet.
 
@@ -100,6 +128,11 @@ class PendingApproval:
     """The exact request to send again."""
     audit_seq: int
     attempts: int
+
+    @property
+    def request(self) -> PreparedPayment:
+        """The request to resume, as an outcome-unknown failure carries it."""
+        return PreparedPayment(self.intent, self.approval_id)
 
 
 SignResult = Signed | PendingApproval

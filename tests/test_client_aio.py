@@ -8,11 +8,12 @@ import asyncio
 
 import grpc
 import pytest
-from paywarden.client import RetryPolicy, Signed, SignRefused
-from paywarden.client.aio import AgentClient, PlannerClient
+from paywarden.client import PreparedPayment, RetryPolicy, Signed, SignRefused
+from paywarden.client.aio import AgentClient, PlannerClient, SignCancelled
 
 from tests.helpers import Pki, Stack
 from tests.support.faults import answer_dropping_proxy
+from tests.support.outage import outage_proxy
 from tests.support.sdk import account_of, decided_in, settings_for, upstream_of
 
 ASYNC_POLICY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
@@ -48,6 +49,46 @@ def test_the_async_agent_collects_a_lost_answer_once(stack: Stack, aio_addr: str
     assert [d["id"] for d in account.decisions] == [paid.decision_id]
     assert len(account.spends) == 1
     assert [d["outcome"] for d in account.decided(paid.claims.nonce)] == ["allow"]
+
+
+def test_a_cancelled_sign_carries_its_request_and_resume_collects_it(
+    stack: Stack, aio_addr: str, pki: Pki
+) -> None:
+    patient = RetryPolicy(max_attempts=1000, initial_backoff=0.01, max_backoff=0.05, deadline=600)
+
+    async def story() -> tuple[str, SignCancelled, Signed]:
+        async with PlannerClient(settings_for(pki, aio_addr, "planner", "planner-1")) as planner:
+            opened = await planner.open_session(
+                "agent-1", task="async cancel", budgets={"USD": "100.00"}
+            )
+        session = opened.session_id
+        with outage_proxy(upstream_of(aio_addr), decided_in(stack, session)) as proxy:
+            settings = settings_for(pki, proxy.addr, "agent", "agent-1")
+            async with AgentClient(settings, retry=patient) as agent:
+                task = asyncio.create_task(
+                    agent.sign(session, payee="acme-weather", amount="3.30", reference="a-c")
+                )
+                # the signer committed and its answer was cut: the call is still retrying
+                assert await asyncio.to_thread(proxy.first_cut.wait, 60)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError) as stopped:
+                    await task
+                assert task.cancelled()  # a cancellation still, as asyncio expects
+            cancelled = stopped.value
+            assert isinstance(cancelled, SignCancelled)
+            proxy.heal()
+            async with AgentClient(settings, retry=ASYNC_POLICY) as agent:
+                paid = await agent.resume(cancelled.request)
+        assert isinstance(paid, Signed)
+        return session, cancelled, paid
+
+    session, cancelled, paid = asyncio.run(story())
+    assert isinstance(cancelled.request, PreparedPayment)
+    assert paid.replayed and paid.claims.nonce == cancelled.request.intent.nonce
+    account = account_of(stack, session)
+    assert [d["id"] for d in account.decisions] == [paid.decision_id]
+    assert [s["decision_id"] for s in account.spends] == [paid.decision_id]
+    assert [d["id"] for d in account.decided(paid.claims.nonce)] == [paid.decision_id]
 
 
 def test_the_async_agent_does_not_retry_a_refusal(aio_addr: str, pki: Pki) -> None:

@@ -25,6 +25,7 @@ from paywarden.client import (
     PendingApproval,
     PlanItem,
     PlannerClient,
+    PreparedPayment,
     RetriesExhausted,
     RetryPolicy,
     Signed,
@@ -36,6 +37,7 @@ from paywarden.verify import ReceiptInvalid
 
 from tests.helpers import Pki, Stack
 from tests.support.faults import answer_dropping_proxy
+from tests.support.outage import outage_proxy
 from tests.support.postgres import free_port
 from tests.support.sdk import (
     CountingInterceptor,
@@ -134,6 +136,56 @@ def test_a_lost_answer_is_retried_with_the_same_request_and_paid_once(
     assert [(r["id"], r["outcome"]) for r in decided] == [(paid.decision_id, "allow")]
     assert len(account.retries(paid.decision_id)) == 1  # the retry is on record, not decided
     assert {s.asset: s.spent for s in sdk_planner.get_session(session).spend} == {"USD": "12.50"}
+
+
+def test_after_retries_exhausted_resume_collects_the_same_decision(
+    stack: Stack, sdk_addr: str, pki: Pki, sdk_planner: PlannerClient
+) -> None:
+    session = open_budget(sdk_planner)
+    settings = settings_for(pki, sdk_addr, "agent", "agent-1")
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
+    with outage_proxy(upstream_of(sdk_addr), decided_in(stack, session)) as proxy:
+        via_proxy = ConnectionSettings(
+            addr=proxy.addr, ca=settings.ca, cert=settings.cert, key=settings.key,
+            server_name="localhost",
+        )  # fmt: skip
+        with AgentClient(via_proxy, retry=policy) as agent, pytest.raises(RetriesExhausted) as out:
+            agent.sign(session, payee="acme-weather", amount="7.25", reference="inv-down")
+        gave_up = out.value
+        assert gave_up.attempts == 3 and proxy.cuts >= 1  # the signer committed, no answer came
+        request = gave_up.request
+        assert isinstance(request, PreparedPayment)
+        [decision] = account_of(stack, session).decisions  # decided and spent already
+        assert decision["nonce"] == request.intent.nonce
+        # the caller may persist the request; its bytes bring back the very same request
+        kept = PreparedPayment.from_bytes(request.to_bytes())
+        assert kept.intent == request.intent
+        proxy.heal()
+        with AgentClient(via_proxy, retry=QUICK) as agent:  # later, e.g. after a restart
+            paid = agent.resume(kept)
+    assert isinstance(paid, Signed) and paid.replayed  # the signer repeated its decision
+    assert paid.decision_id == decision["id"] and paid.claims.nonce == request.intent.nonce
+    assert (paid.claims.payee, paid.claims.amount) == ("acme-weather", "7.25")
+    account = account_of(stack, session)
+    assert [d["id"] for d in account.decisions] == [paid.decision_id]
+    assert [(s["decision_id"], s["status"]) for s in account.spends] == [
+        (paid.decision_id, "spent")
+    ]
+    assert [r["id"] for r in account.decided(paid.claims.nonce)] == [paid.decision_id]
+    assert {s.asset: s.spent for s in sdk_planner.get_session(session).spend} == {"USD": "7.25"}
+
+
+def test_a_prepared_payment_is_submitted_once_however_often_sent(
+    stack: Stack, sdk_planner: PlannerClient, sdk_agent: AgentClient
+) -> None:
+    session = open_budget(sdk_planner)
+    prepared = sdk_agent.prepare(session, payee="acme-data", amount="2.00", reference="inv-p")
+    assert not account_of(stack, session).decisions  # preparing sends nothing
+    first = sdk_agent.submit(prepared)
+    again = sdk_agent.resume(prepared)
+    assert isinstance(first, Signed) and isinstance(again, Signed)
+    assert not first.replayed and again.replayed and again.jws == first.jws
+    assert len(account_of(stack, session).spends) == 1
 
 
 def test_the_signature_verifies_with_an_independent_jose_library(
