@@ -22,6 +22,7 @@ from paywarden.client.errors import (
     RetriesExhausted,
     SettingsError,
     SignRefused,
+    TransportFailed,
     UnexpectedAnswer,
 )
 from paywarden.client.operator import OperatorClient, Scope
@@ -63,6 +64,7 @@ __all__ = [
     "SignRefused",
     "SignResult",
     "Signed",
+    "TransportFailed",
     "UnexpectedAnswer",
     "check_receipt",
     "new_nonce",

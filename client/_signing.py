@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
 from google.protobuf.message import Message
-from paywarden.client._calls import GET_RECEIPT, SIGN, Method
+from paywarden.client._calls import ERROR_DOMAIN, GET_RECEIPT, SIGN, Method
 from paywarden.client.errors import (
     ApprovalDenied,
     CallError,
     ClientError,
+    OutcomeUnknown,
     Refusal,
     RetriesExhausted,
     SignRefused,
+    TransportFailed,
     UnexpectedAnswer,
 )
 from paywarden.client.results import (
@@ -143,11 +145,14 @@ def refused(refusal: Refusal) -> SignRefused:
 
 def failure(
     refusal: Refusal, attempts: Attempts, request: PreparedPayment
-) -> SignRefused | RetriesExhausted:
-    """What to raise when an attempt failed and ``attempts`` allows no other; an outcome
-    that is unknown carries ``request`` to resume."""
+) -> SignRefused | OutcomeUnknown:
+    """What to raise when an attempt failed and ``attempts`` allows no other: a refusal only
+    when the signer wrote it (its ``paywarden.dev`` ErrorInfo); any other status (a proxy's
+    INTERNAL, a reset stream, CANCELLED) leaves the outcome unknown, carrying ``request``."""
     if refusal.code in RETRYABLE:
         return RetriesExhausted(refusal, request, attempts.count)
+    if refusal.domain != ERROR_DOMAIN:
+        return TransportFailed(refusal, request, attempts.count)
     return refused(refusal)
 
 

@@ -125,8 +125,15 @@ class RetriesExhausted(OutcomeUnknown):
         return f"gave up after {self.attempts} attempt(s): {super().diagnostics()}"
 
 
+class TransportFailed(OutcomeUnknown):
+    """``Sign`` failed with a status the signer did not write (no ``paywarden.dev``
+    ErrorInfo: e.g. INTERNAL or UNKNOWN from a proxy, RST_STREAM, CANCELLED): not a refusal,
+    the outcome is unknown; resume ``request``."""
+
+
 class SignRefused(CallError):
-    """``Sign`` was refused: nothing was signed.
+    """``Sign`` was refused by the signer itself (its ``paywarden.dev`` ErrorInfo): nothing
+    was signed.
 
     ``receipt`` is the signer's signed receipt for the decision (``Signer.GetReceipt``), when
     one could be fetched; ``receipt_error`` says why not otherwise.

@@ -30,6 +30,7 @@ from paywarden.client import (
     RetryPolicy,
     Signed,
     SignRefused,
+    TransportFailed,
 )
 from paywarden.client.receipts import check_receipt
 from paywarden.v1 import signer_pb2
@@ -37,7 +38,7 @@ from paywarden.verify import ReceiptInvalid
 
 from tests.helpers import Pki, Stack
 from tests.support.faults import answer_dropping_proxy
-from tests.support.outage import outage_proxy
+from tests.support.outage import broken_middlebox, outage_proxy
 from tests.support.postgres import free_port
 from tests.support.sdk import (
     CountingInterceptor,
@@ -185,6 +186,27 @@ def test_a_prepared_payment_is_submitted_once_however_often_sent(
     again = sdk_agent.resume(prepared)
     assert isinstance(first, Signed) and isinstance(again, Signed)
     assert not first.replayed and again.replayed and again.jws == first.jws
+    assert len(account_of(stack, session).spends) == 1
+
+
+def test_a_status_the_signer_did_not_write_is_not_a_refusal(
+    stack: Stack, sdk_planner: PlannerClient, sdk_agent: AgentClient
+) -> None:
+    session = open_budget(sdk_planner)
+    with broken_middlebox(grpc.StatusCode.INTERNAL) as addr:  # HTTP 500 from a proxy, say
+        with (
+            grpc.insecure_channel(addr) as channel,
+            AgentClient(channel=channel, retry=QUICK) as agent,
+            pytest.raises(TransportFailed) as broke,
+        ):
+            agent.sign(session, payee="acme-weather", amount="6.00", reference="inv-mb")
+    err = broke.value
+    assert not isinstance(err, SignRefused)  # never "nothing was signed"
+    assert err.code is grpc.StatusCode.INTERNAL and err.refusal.domain is None
+    assert (err.request.intent.session_id, err.request.intent.amount) == (session, "6.00")
+    # the request it carries is the one to resume with the real signer: paid once
+    paid = sdk_agent.resume(err.request)
+    assert isinstance(paid, Signed) and paid.claims.nonce == err.request.intent.nonce
     assert len(account_of(stack, session).spends) == 1
 
 

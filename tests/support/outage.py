@@ -1,4 +1,7 @@
-"""A TCP proxy for a network that goes down after the signer committed and stays down until
+"""Faults of the network between an agent and the signer, on demand: an outage, and a broken
+middlebox.
+
+A TCP proxy for a network that goes down after the signer committed and stays down until
 the test heals it: the fault a real outage makes, on demand.
 
 Mutual TLS runs end to end through it (it sees only ciphertext). While ``answered()`` is false
@@ -14,7 +17,11 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+
+import grpc
+from paywarden.v1 import signer_pb2
 
 
 class OutageProxy:
@@ -117,3 +124,31 @@ def outage_proxy(upstream: tuple[str, int], answered: Callable[[], bool]) -> Ite
         yield proxy
     finally:
         proxy.close()
+
+
+@contextmanager
+def broken_middlebox(code: grpc.StatusCode) -> Iterator[str]:
+    """A plain gRPC server on 127.0.0.1 answering every ``Signer.Sign`` with ``code`` and no
+    ErrorInfo, as a broken proxy in front of the signer would (a fault the real signer never
+    makes); its address."""
+
+    def sign(request: signer_pb2.SignRequest, context: grpc.ServicerContext) -> None:
+        context.abort(code, "upstream connect error or disconnect/reset before headers")
+
+    handler = grpc.method_handlers_generic_handler(
+        "paywarden.v1.Signer",
+        {
+            "Sign": grpc.unary_unary_rpc_method_handler(
+                sign,
+                request_deserializer=signer_pb2.SignRequest.FromString,
+                response_serializer=signer_pb2.SignResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None).wait()
