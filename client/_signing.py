@@ -6,10 +6,12 @@ No I/O: the two clients differ only in how they send, wait and sleep.
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, NotRequired, TypedDict
 
 from google.protobuf.message import Message
@@ -40,6 +42,10 @@ NONCE_BYTES = 32
 DEFAULT_EXPIRY = 120
 """Seconds a payment stays valid by default (the signer's default maximum is 300)."""
 APPROVAL_REFUSALS = frozenset({"APPROVAL_DENIED", "APPROVAL_EXPIRED"})
+PLAIN_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
+"""An amount as the signer writes it: digits, optionally a dot and more digits."""
+PAYLOAD_TYPE = "paywarden.payment.v1"
+"""The ``typ`` claim of a payment payload."""
 
 
 def new_nonce(size: int = NONCE_BYTES) -> str:
@@ -121,8 +127,9 @@ def read_answer(
         claims = PaymentClaims.from_payload(response.canonical_payload)
     except ValueError as exc:
         raise UnexpectedAnswer(f"the signed payload cannot be read: {exc}") from None
-    if claims.nonce != intent.nonce or claims.session_id != intent.session_id:
-        raise UnexpectedAnswer("the signed payload is not this request's (nonce or session differ)")
+    differ = mismatches(claims, intent, response)
+    if differ:
+        raise UnexpectedAnswer(f"the signed answer is not this request's ({', '.join(differ)})")
     return Signed(
         jws=response.jws,
         decision_id=response.decision_id,
@@ -134,6 +141,39 @@ def read_answer(
         approval_id=approval_id or None,
         attempts=attempts,
     )
+
+
+def b64url(data: bytes) -> str:
+    """base64url without padding, as a JWS segment."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def mismatches(
+    claims: PaymentClaims, intent: signer_pb2.PaymentIntent, response: signer_pb2.SignResponse
+) -> list[str]:
+    """What of a signed answer is not the request's: every claim the request fixes, the
+    decision id, and the JWS payload segment (it must be the canonical payload itself)."""
+    checks = {
+        "typ": claims.typ == PAYLOAD_TYPE,
+        "sid": claims.session_id == intent.session_id,
+        "payee": claims.payee == intent.payee,
+        "amount": _same_amount(claims.amount, intent.amount),
+        "asset": claims.asset == intent.asset,
+        "ref": claims.reference == intent.reference,
+        "nonce": claims.nonce == intent.nonce,
+        "exp": claims.expires_at == intent.expires_at,
+        "jti": claims.decision_id == response.decision_id,
+        "jws payload": response.jws.split(".")[1] == b64url(response.canonical_payload),
+    }
+    return [name for name, same in checks.items() if not same]
+
+
+def _same_amount(signed: str, asked: str) -> bool:
+    """The same amount (the signer writes it with the asset's decimals: "12.5" is signed as
+    "12.50"); a claim that is not a plain decimal never matches."""
+    if not PLAIN_DECIMAL.fullmatch(signed) or not PLAIN_DECIMAL.fullmatch(asked):
+        return False
+    return Decimal(signed) == Decimal(asked)
 
 
 def refused(refusal: Refusal) -> SignRefused:
