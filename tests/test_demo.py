@@ -317,7 +317,7 @@ def test_a_directory_the_demo_cannot_remove_is_reported(
     from paywarden.signer.cli import demo
     from paywarden.signer.cli.commands import main
 
-    def story_played(root: Path, module: str, out: Any, report: dict[str, Any]) -> int:
+    def story_played(root: Path, module: str, out: Any, report: dict[str, Any], pause: bool) -> int:
         (root / "left.txt").write_text("something the demo made\n", encoding="utf-8")
         return 0
 
@@ -348,14 +348,17 @@ class StoryUnderWay:
 
 @contextmanager
 def demo_under_way(base: Path, *, own_group: bool = False) -> Iterator[StoryUnderWay]:
-    """Starts the demo with TMPDIR in ``base/tmp`` and reads its output until its story has
-    begun (the line naming the signer's pid, then step (a)); kills it on the way out."""
+    """Starts the demo with ``--pause`` and TMPDIR in ``base/tmp``, and reads its output until
+    its story has begun and waits (the line naming the signer's pid, step (a), then the
+    demo's wait for Enter: blocked on its stdin, it cannot end before the test acts);
+    kills it on the way out."""
     tmpdir = base / "tmp"
     tmpdir.mkdir()
     demo = subprocess.Popen(
-        [str(PAYWARDEN), "demo"],
+        [str(PAYWARDEN), "demo", "--pause"],
         cwd=base,
         env=settings_free_env({"TMPDIR": str(tmpdir), "NO_COLOR": "1"}),
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -364,20 +367,24 @@ def demo_under_way(base: Path, *, own_group: bool = False) -> Iterator[StoryUnde
     assert demo.stdout is not None
     said: list[str] = []
     serve_pid = 0
+    begun = False
     try:
         for line in demo.stdout:
             said.append(line)
             match = SERVE_PID.search(line)
             serve_pid = int(match[1]) if match else serve_pid
-            if serve_pid and line.startswith("(a) "):
+            begun = begun or (bool(serve_pid) and line.startswith("(a) "))
+            if begun and "press Enter for the next step" in line:
                 break
-        assert serve_pid, "".join(said)
+        assert serve_pid and begun, "".join(said)
         yield StoryUnderWay(demo, serve_pid, said)
     finally:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
         demo.stdout.close()
+        if demo.stdin is not None:
+            demo.stdin.close()
 
 
 def exits_within(pidfd: int, seconds: float) -> bool:

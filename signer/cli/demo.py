@@ -71,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the SoftHSM2 PKCS#11 library (default %(default)s; PKCS11_MODULE is ignored, "
         "and a library that is not SoftHSM2 is refused)",
     )
+    parser.add_argument(
+        "--pause",
+        action="store_true",
+        help="wait for Enter before each step after the first (end of input: no more waits)",
+    )
     parser.set_defaults(fn=run)
 
 
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _workdir(args.keep) as root:
             report["workdir"], report["kept"] = str(root), args.keep is not None
-            code = _play(root, args.module, out, report)
+            code = _play(root, args.module, out, report, args.pause)
         if args.keep or not root.exists():
             out.note(f"kept {root}" if args.keep else f"removed {root}")
     except KeyboardInterrupt:
@@ -131,7 +136,7 @@ def _workdir(keep: Path | None) -> Iterator[Path]:
             )
 
 
-def _play(root: Path, module: str, out: Printer, report: dict[str, Any]) -> int:
+def _play(root: Path, module: str, out: Printer, report: dict[str, Any], pause: bool) -> int:
     out.banner("Paywarden guided demo")
     out.note(f"a throwaway signer in {root}")
     report["module"] = module
@@ -154,7 +159,9 @@ def _play(root: Path, module: str, out: Printer, report: dict[str, Any]) -> int:
         )
         story = Story(ws, signer.addr, out)
         try:
-            for key, title, expected, play in story.steps():
+            for n, (key, title, expected, play) in enumerate(story.steps()):
+                if pause and n:
+                    pause = _wait_for_enter(out)
                 out.step(key, title)
                 report["steps"].append(_step(key, title, expected, play, out).as_json())
             out.step(final.key, final.title)
@@ -180,6 +187,12 @@ def _play(root: Path, module: str, out: Printer, report: dict[str, Any]) -> int:
             out.outcome(False, problem)
     report["steps"].append(final.as_json())
     return _verdict(report, out)
+
+
+def _wait_for_enter(out: Printer) -> bool:
+    """Waits for a line on stdin; whether to wait again (not after the end of input)."""
+    out.note("press Enter for the next step")
+    return sys.stdin.readline() != ""
 
 
 def _verdict(report: dict[str, Any], out: Printer) -> int:
