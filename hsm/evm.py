@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 
 from Crypto.Hash import keccak as _keccak
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.hsm.keys import KeyRef
 
 # secp256k1 (SEC 2, section 2.4.1)
@@ -218,3 +220,11 @@ class EvmPublicKey:
     def address(self) -> str:
         """The key's Ethereum address, EIP-55 checksummed."""
         return address_of_point(self.point)
+
+    @property
+    def spki_der(self) -> bytes:
+        """The public key as a DER SubjectPublicKeyInfo (what the signer's store keeps)."""
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), self.point)
+        return key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )

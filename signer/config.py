@@ -14,7 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from paywarden.hsm import KeyRef
-from paywarden.policy.vocabulary import AmountError, Asset, parse_amount
+from paywarden.policy.vocabulary import AmountError, Asset, KeyProfile, parse_amount
+from paywarden.signer.x402_config import X402AssetConfig, one_code_per_token
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -210,6 +211,8 @@ class AssetConfig(_Model):
     case_insensitive_payees: bool = False
     # Largest amount a single payment or budget may name, in the asset's units.
     max_amount: str = "1000000000"
+    # Paid with x402 (``SignX402``, ``x402-exact-evm`` keys) instead of a JWS (``Sign``).
+    x402: X402AssetConfig | None = None
 
     @field_validator("max_amount")
     @classmethod
@@ -234,6 +237,8 @@ class AssetConfig(_Model):
 class KeyConfig(_Model):
     label: str
     version: int = Field(ge=1, le=999_999)
+    # jws-es256 (P-256, Sign) or x402-exact-evm (secp256k1, SignX402).
+    profile: Annotated[KeyProfile, Field(strict=False)] = KeyProfile.JWS_ES256
 
     def ref(self) -> KeyRef:
         return KeyRef(self.label, self.version)
@@ -354,6 +359,16 @@ class Config(_Model):
         ids = [k.ref().key_id for k in v]
         if len(set(ids)) != len(ids):
             raise ValueError("a key is listed twice")
+        profiles: dict[str, KeyProfile] = {}
+        for k in v:
+            if profiles.setdefault(k.label, k.profile) is not k.profile:
+                raise ValueError(f"key label {k.label!r} is listed under two profiles")
+        return v
+
+    @field_validator("assets")
+    @classmethod
+    def _x402_assets(cls, v: dict[str, AssetConfig]) -> dict[str, AssetConfig]:
+        one_code_per_token({code: a.x402 for code, a in v.items()})
         return v
 
     @model_validator(mode="after")
@@ -363,7 +378,16 @@ class Config(_Model):
         return self
 
     def key_refs(self) -> list[KeyRef]:
-        return [k.ref() for k in self.keys]
+        """The ``jws-es256`` payment keys."""
+        return [k.ref() for k in self.keys if k.profile is KeyProfile.JWS_ES256]
+
+    def evm_key_refs(self) -> list[KeyRef]:
+        """The ``x402-exact-evm`` payment keys."""
+        return [k.ref() for k in self.keys if k.profile is KeyProfile.X402_EXACT_EVM]
+
+    def key_profiles(self) -> dict[str, KeyProfile]:
+        """Each configured key label's profile (a label has one)."""
+        return {k.label: k.profile for k in self.keys}
 
     def asset_table(self) -> dict[str, Asset]:
         """The configured assets as the vocabulary's :class:`Asset`, by code: what every

@@ -273,7 +273,7 @@ def test_cli_config_good_file_exits_0(tmp_path: Path) -> None:
     shown = json.loads(proc.stdout)
     assert shown["limits"]["max_expiry_seconds"] == 120
     assert shown["assets"] == {
-        "BTC": {"decimals": 8, "max_amount": "21", "case_insensitive_payees": False}
+        "BTC": {"decimals": 8, "max_amount": "21", "case_insensitive_payees": False, "x402": None}
     }
     assert Path(shown["store"]["path"]) == good.resolve().parent / "state" / "pw.db"
 

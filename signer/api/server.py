@@ -286,7 +286,11 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
     check_descriptor_limit(config)
     # A configured version that stopped signing may be gone from the token.
     retired = {k.key_id for k in versions if k.state is not KeyState.ACTIVE}
-    hsm = open_hsm(config, [ref for ref in config.key_refs() if ref.key_id not in retired])
+    hsm = open_hsm(
+        config,
+        [ref for ref in config.key_refs() if ref.key_id not in retired],
+        [ref for ref in config.evm_key_refs() if ref.key_id not in retired],
+    )
     metrics = Metrics(config.metrics.max_tracked_sessions)
     try:  # one decision time for every service: never below what is recorded
         clock = HighWater(time.time, store.latest_audit_time())

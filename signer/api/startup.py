@@ -15,7 +15,7 @@ from paywarden.hsm import Hsm, HsmError, HsmPinRejected, KeyRef, read_pin
 from paywarden.policy import PackError, PackSet, compile_all, load_pack_dir
 from paywarden.signer.api.tls import RevocationList, ServerTls, TlsFilesError, read_file
 from paywarden.signer.config import Config
-from paywarden.signer.core.key_grants import check_grants
+from paywarden.signer.core.key_grants import check_grants, check_profiles
 from paywarden.signer.identity import Authenticator
 from paywarden.signer.store.records import KeyVersion
 
@@ -91,7 +91,9 @@ def load_packs(config: Config, keys: Sequence[KeyVersion] | None = None) -> Pack
         packs = load_pack_dir(config.policy.dir, config.groups)
         compile_all(packs.packs, config.asset_table())
         if keys is not None:
-            check_grants(packs.packs, keys, [r.key_id for r in config.key_refs()])
+            configured = [r.key_id for r in (*config.key_refs(), *config.evm_key_refs())]
+            check_grants(packs.packs, keys, configured)
+            check_profiles(packs.packs, config.key_profiles(), x402_assets(config))
     except PackError as exc:
         raise StartupError(f"policy.dir: {exc}") from None
     if not packs.packs:
@@ -99,9 +101,19 @@ def load_packs(config: Config, keys: Sequence[KeyVersion] | None = None) -> Pack
     return packs
 
 
-def open_hsm(config: Config, keys: Sequence[KeyRef] | None = None) -> Hsm:
+def x402_assets(config: Config) -> set[str]:
+    """The codes of the assets paid with x402."""
+    return {code for code, a in config.assets.items() if a.x402 is not None}
+
+
+def open_hsm(
+    config: Config,
+    keys: Sequence[KeyRef] | None = None,
+    evm_keys: Sequence[KeyRef] | None = None,
+) -> Hsm:
     """Builds the HSM client and tries to open it; an unusable HSM is not fatal.
-    ``keys``: the payment keys it must find at open (default: the configured ones)."""
+    ``keys``, ``evm_keys``: the ``jws-es256`` and ``x402-exact-evm`` payment keys it
+    must find at open (default: the configured ones)."""
     if config.hsm.softhsm_conf is not None:
         os.environ["SOFTHSM2_CONF"] = str(config.hsm.softhsm_conf)
     try:
@@ -120,6 +132,7 @@ def open_hsm(config: Config, keys: Sequence[KeyRef] | None = None) -> Hsm:
         pin,
         config.key_refs() if keys is None else keys,
         audit_key=config.audit.ref(),
+        evm_keys=config.evm_key_refs() if evm_keys is None else evm_keys,
         retry_interval=config.hsm.retry_interval_seconds,
     )
     try:

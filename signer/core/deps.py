@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from paywarden.hsm import Hsm
 from paywarden.policy import PackSet
-from paywarden.policy.vocabulary import Asset, format_amount
+from paywarden.policy.vocabulary import Asset, KeyProfile, format_amount
 from paywarden.signer.config import AuditConfig, Config, LimitsConfig
 from paywarden.signer.core.policy_set import LivePolicy, PolicySet
 from paywarden.signer.errors import Forbidden, Internal, Reason, Unavailable
@@ -26,6 +26,7 @@ from paywarden.signer.metrics import Metrics
 from paywarden.signer.store.protocols import Store
 from paywarden.signer.store.records import InvariantBroken, StoreError
 from paywarden.signer.timekeeping import HighWater
+from paywarden.signer.x402_config import X402AssetConfig
 
 log = logging.getLogger("paywarden.signer")
 T = TypeVar("T")
@@ -43,6 +44,10 @@ class Deps:
     tz: ZoneInfo  # the policy's calendar day
     audit: AuditConfig  # the checkpoint key and cadence
     payment_keys: frozenset[str]  # the configured payment keys' ids
+    # each configured key label's profile (a label absent here is jws-es256)
+    key_profiles: Mapping[str, KeyProfile] = field(default_factory=dict)
+    # the assets paid with x402, by code
+    x402: Mapping[str, X402AssetConfig] = field(default_factory=dict)
 
     @classmethod
     def from_config(
@@ -66,6 +71,8 @@ class Deps:
             tz=ZoneInfo(config.policy.timezone),
             audit=config.audit,
             payment_keys=frozenset(k.ref().key_id for k in config.keys),
+            key_profiles=config.key_profiles(),
+            x402={code: a.x402 for code, a in config.assets.items() if a.x402 is not None},
         )
 
     @property

@@ -12,10 +12,10 @@ the pack no longer loads (restart or reload) until then.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from paywarden.policy import PackError, PolicyPack
-from paywarden.policy.vocabulary import KeyState
+from paywarden.policy.vocabulary import KeyProfile, KeyState
 from paywarden.signer.core.keys import label_of
 from paywarden.signer.store.records import KeyVersion
 
@@ -39,6 +39,24 @@ def check_grants(
                 if why is not None:
                     raise PackError(
                         f"{pack.path}: pack {pack.id} asset {asset} grants key {key}, which {why}"
+                    )
+
+
+def check_profiles(
+    packs: Iterable[PolicyPack], profiles: Mapping[str, KeyProfile], x402_assets: Collection[str]
+) -> None:
+    """Raises :class:`PackError` for a pack that grants an ``x402-exact-evm`` key on an
+    asset that is not paid with x402, or a ``jws-es256`` key on one that is: a key
+    signs one form of payment, an asset is paid in one form."""
+    for pack in packs:
+        for asset, rules in sorted(pack.model.assets.items()):
+            wanted = KeyProfile.X402_EXACT_EVM if asset in x402_assets else KeyProfile.JWS_ES256
+            for key in rules.keys:
+                profile = profiles.get(label_of(key), KeyProfile.JWS_ES256)
+                if profile is not wanted:
+                    raise PackError(
+                        f"{pack.path}: pack {pack.id} asset {asset} grants key {key}, a "
+                        f"{profile} key, but the asset is paid with {wanted} keys"
                     )
 
 

@@ -23,7 +23,9 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from paywarden.hsm import Hsm, HsmError, KeyRef, PublicKeyInfo
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from paywarden.hsm import EvmPublicKey, Hsm, HsmError, KeyRef, PublicKeyInfo
 from paywarden.policy.vocabulary import KeyState
 from paywarden.signer.core import key_custody
 from paywarden.signer.core.audit_events import SYSTEM
@@ -122,7 +124,11 @@ class KeyView:
                 self._hsm.ensure_available()
             except HsmError:
                 pass  # registered at a later load; Sign refuses meanwhile (HSM_UNAVAILABLE)
-        found = [k for k in self._hsm.public_keys() if k.key_id in self._unregistered]
+        on_token = [
+            *self._hsm.public_keys(),
+            *(PublicKeyInfo(k.ref, k.spki_der) for k in self._hsm.evm_public_keys()),
+        ]
+        found = [k for k in on_token if k.key_id in self._unregistered]
         if found:
             done = key_custody.register_configured(self._store, found, self._now(), SYSTEM)
             for key_id in done.skipped:
@@ -191,14 +197,48 @@ class KeyView:
         return self._active.get(name)
 
     def published(self, max_lifetime: int) -> list[PublishedKey]:
+        """The ``jws-es256`` versions not destroyed (the JWKS is P-256 only)."""
         self.refresh()
         out = []
         for v in sorted(self._versions.values(), key=lambda v: (v.label, v.version)):
-            if v.state is KeyState.DESTROYED:
+            if v.state is KeyState.DESTROYED or _is_evm(v):
                 continue
             info = PublicKeyInfo(KeyRef(v.label, v.version), v.spki_der)
             out.append(PublishedKey(info, v.state, v.revoked_at, max_lifetime))
         return out
+
+    def evm_published(self) -> list[tuple[EvmPublicKey, KeyState]]:
+        """The ``x402-exact-evm`` versions not destroyed, with their addresses."""
+        self.refresh()
+        out: list[tuple[EvmPublicKey, KeyState]] = []
+        for v in sorted(self._versions.values(), key=lambda v: (v.label, v.version)):
+            if v.state is not KeyState.DESTROYED and _is_evm(v):
+                out.append((evm_key_of(KeyRef(v.label, v.version), v.spki_der), v.state))
+        return out
+
+
+def _is_evm(version: KeyVersion) -> bool:
+    key = serialization.load_der_public_key(version.spki_der)
+    return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256K1)
+
+
+def evm_address(version: KeyVersion) -> str:
+    """The Ethereum address of an ``x402-exact-evm`` version; :class:`InvalidInput`
+    (``UNKNOWN_KEY``) for a version of another profile."""
+    if not _is_evm(version):
+        raise InvalidInput(Reason.UNKNOWN_KEY, "key_id is not an x402-exact-evm key")
+    return evm_key_of(KeyRef(version.label, version.version), version.spki_der).address
+
+
+def evm_key_of(ref: KeyRef, spki_der: bytes) -> EvmPublicKey:
+    """The ``x402-exact-evm`` public key stored as ``spki_der``."""
+    key = serialization.load_der_public_key(spki_der)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"key {ref.key_id} is not an EC key")
+    point = key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return EvmPublicKey(ref, point)
 
 
 def resolve(tx: PaymentTx, name: str) -> KeyVersion:
@@ -241,6 +281,10 @@ class PublicKeys:
         if not keys:
             raise Unavailable(Reason.HSM_UNAVAILABLE, "the public keys have not been read yet")
         return keys
+
+    def evm_keys(self) -> list[tuple[EvmPublicKey, KeyState]]:
+        """The ``x402-exact-evm`` versions (not in the JWKS), with their addresses."""
+        return self._view.evm_published()
 
     def jwks(self) -> str:
         return json.dumps({"keys": [k.jwk() for k in self.public_keys()]}, sort_keys=True)

@@ -31,7 +31,7 @@ from paywarden.policy.packs import build_pack_set, load_pack_dir, parse_pack
 from paywarden.policy.vocabulary import ReloadState
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.deps import Deps, control_store_call, require
-from paywarden.signer.core.key_grants import check_grants
+from paywarden.signer.core.key_grants import check_grants, check_profiles
 from paywarden.signer.core.policy_set import PolicySet
 from paywarden.signer.errors import (
     Forbidden,
@@ -121,6 +121,7 @@ class PolicyReloads:
         # Key scoping: every key a pack grants must exist and be active (issue 12, 2).
         versions = control_store_call(self._store.key_versions)
         check_grants(packs.packs, versions, self._deps.payment_keys)
+        check_profiles(packs.packs, self._deps.key_profiles, self._deps.x402.keys())
         return PolicySet.build(packs, self._deps.assets, self._deps.tz.key)
 
     def _refuse(
