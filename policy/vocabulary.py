@@ -38,6 +38,10 @@ class Reason(StrEnum):
     NONCE_MALFORMED = "NONCE_MALFORMED"
     UNKNOWN_ASSET = "UNKNOWN_ASSET"
     UNKNOWN_KEY = "UNKNOWN_KEY"
+    # x402: a scheme or version this signer does not pay, or an EIP-712 domain other
+    # than the configured token's
+    X402_UNSUPPORTED = "X402_UNSUPPORTED"
+    X402_DOMAIN_MISMATCH = "X402_DOMAIN_MISMATCH"
     # the key version exists but is not active (verify-only, revoked or destroyed)
     KEY_NOT_ACTIVE = "KEY_NOT_ACTIVE"
     BUDGET_INVALID = "BUDGET_INVALID"

@@ -157,7 +157,7 @@ def _documented_roles() -> dict[str, frozenset[Role]]:
 
 def test_role_table_has_exactly_one_entry_per_rpc() -> None:
     names = [name for name, _ in RPCS]
-    assert len(names) == len(set(names)) == 24
+    assert len(names) == len(set(names)) == 25
     assert sorted(RPC_ROLES) == sorted(names)
     for name, roles in RPC_ROLES.items():
         assert roles, f"{name} allows nobody"
@@ -172,12 +172,16 @@ def test_agent_is_only_allowed_sign_own_session_status_public_keys_and_receipts(
     agent_may = {name for name, roles in RPC_ROLES.items() if Role.AGENT in roles}
     assert agent_may == {
         "/paywarden.v1.Signer/Sign",
+        "/paywarden.v1.Signer/SignX402",
         "/paywarden.v1.Signer/GetPublicKeys",
         "/paywarden.v1.Signer/GetReceipt",
         "/paywarden.v1.Sessions/GetSession",
     }
     signers = {
-        role for name, roles in RPC_ROLES.items() if name.endswith("/Sign") for role in roles
+        role
+        for name, roles in RPC_ROLES.items()
+        if name.endswith(("/Sign", "/SignX402"))
+        for role in roles
     }
     assert signers == {Role.AGENT}
 

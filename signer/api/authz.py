@@ -38,6 +38,7 @@ RPC_ROLES: dict[str, frozenset[Role]] = {
         {Role.AGENT, Role.PAYEE, Role.APPROVER, Role.OPERATOR}
     ),
     "/paywarden.v1.Signer/CheckPayment": frozenset({Role.PAYEE, Role.OPERATOR}),
+    "/paywarden.v1.Signer/SignX402": frozenset({Role.AGENT}),
     "/paywarden.v1.Sessions/OpenSession": frozenset({Role.PLANNER}),
     "/paywarden.v1.Sessions/GetSession": frozenset({Role.PLANNER, Role.AGENT}),
     "/paywarden.v1.Sessions/CloseSession": frozenset({Role.PLANNER}),

@@ -1,5 +1,6 @@
-"""The Signer service's servicer: Sign and GetPublicKeys here, CheckPayment and GetReceipt
-from their mixins (:mod:`.payment_rpcs`, :mod:`.receipt_rpcs`): one servicer object serves
+"""The Signer service's servicer: Sign and GetPublicKeys here, CheckPayment, GetReceipt
+and SignX402 from their mixins (:mod:`.payment_rpcs`, :mod:`.receipt_rpcs`,
+:mod:`.x402_rpcs`): one servicer object serves
 one service (:func:`~paywarden.signer.api.registry.add_servicer`)."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from paywarden.signer import deadlines
 from paywarden.signer.api.authz import Edge, rpc
 from paywarden.signer.api.payment_rpcs import PaymentRpcs
 from paywarden.signer.api.receipt_rpcs import ReceiptRpcs
+from paywarden.signer.api.x402_rpcs import X402Rpcs
 from paywarden.signer.core.keys import PublicKeys
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.receipts import Receipts
@@ -18,7 +20,7 @@ from paywarden.signer.identity import Principal
 from paywarden.v1 import signer_pb2, signer_pb2_grpc
 
 
-class SignerServicer(ReceiptRpcs, PaymentRpcs, signer_pb2_grpc.SignerServicer):
+class SignerServicer(X402Rpcs, ReceiptRpcs, PaymentRpcs, signer_pb2_grpc.SignerServicer):
     def __init__(
         self,
         signing: Signing,
@@ -87,5 +89,9 @@ class SignerServicer(ReceiptRpcs, PaymentRpcs, signer_pb2_grpc.SignerServicer):
                     revoked_at=k.revoked_at or 0,
                 )
                 for k in keys
+            ],
+            evm_keys=[
+                signer_pb2.EvmKey(key_id=k.key_id, address=k.address, state=str(state))
+                for k, state in self.keys.evm_keys()
             ],
         )

@@ -25,12 +25,13 @@ from paywarden.signer.core import audit_events
 from paywarden.signer.core.backstop import check_budget
 from paywarden.signer.core.deps import Deps
 from paywarden.signer.core.facts import day_start, payment_facts
-from paywarden.signer.core.keys import KeyView, resolve
+from paywarden.signer.core.keys import KeyView, evm_address, resolve
 from paywarden.signer.core.payments import Intent, check_expiry, claims
 from paywarden.signer.core.recording import holds, new_record
 from paywarden.signer.core.refusing import Refusals, RetryKind, breaker_freeze
 from paywarden.signer.core.retries import answer_retry
 from paywarden.signer.core.session_input import new_decision_id
+from paywarden.signer.core.x402 import authorization_payload
 from paywarden.signer.encoding import jcs
 from paywarden.signer.errors import (
     Forbidden,
@@ -133,6 +134,9 @@ class Decider:
             self._keys.invalidate()  # the view believed otherwise
             raise
         self._keys.saw(version)
+        if intent.x402 is not None:  # the authorisation is from the version's address
+            terms = replace(intent.x402, from_address=evm_address(version))
+            return replace(intent, key_id=version.key_id, x402=terms)
         return replace(intent, key_id=version.key_id)
 
     def _guard(
@@ -292,7 +296,16 @@ class Decider:
         now is the second value)."""
         decision_id = new_decision_id()
         payload = None
-        if decision.verdict is not Verdict.DENY:
+        if decision.verdict is not Verdict.DENY and intent.x402 is not None:
+            payload = authorization_payload(
+                intent,
+                intent.x402,
+                agent_id=caller.id,
+                task_digest=session.task_digest,
+                now=now,
+                decision_id=decision_id,
+            )
+        elif decision.verdict is not Verdict.DENY:
             payload = jcs(
                 claims(
                     intent,

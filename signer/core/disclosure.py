@@ -36,6 +36,8 @@ AGENT_MESSAGES: dict[str, str] = {
     Reason.NONCE_MALFORMED: "the nonce is malformed",
     Reason.UNKNOWN_ASSET: "the asset is not one this signer knows",
     Reason.UNKNOWN_KEY: "the key is not a payment key of this signer",
+    Reason.X402_UNSUPPORTED: "the x402 scheme or version is not one this signer pays",
+    Reason.X402_DOMAIN_MISMATCH: "the token's EIP-712 domain is not the one configured",
     Reason.KEY_NOT_ACTIVE: "the key version is not active; sign with the key's active version",
     Reason.SESSION_ID_MALFORMED: "the session id is malformed",
     # replay guard

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from paywarden.policy.vocabulary import Amount, Asset
 from paywarden.signer.core.session_input import parse_session_id
 from paywarden.signer.core.validation import clean_text, parse_amount, parse_nonce
+from paywarden.signer.core.x402_terms import X402Terms
 from paywarden.signer.encoding import b64url, jcs
 from paywarden.signer.errors import InvalidInput, Reason
 
@@ -47,11 +48,14 @@ class Intent:
     purpose: str
     nonce: str
     expires_at: int
+    x402: X402Terms | None = None  # a SignX402 payment: its x402 terms
 
     def request_digest_input(self, agent_id: str) -> bytes:
         """What identifies "the same request" for retries (purpose included)."""
+        x402 = {} if self.x402 is None else {"x402": self.x402.digest_fields()}
         return jcs(
             {
+                **x402,
                 "sid": self.session_id,
                 "kid": self.key_id,
                 "sub": agent_id,

@@ -16,17 +16,17 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from paywarden.hsm import HsmError, HsmUnavailable
-from paywarden.policy.vocabulary import ApprovalStatus, KeyState, Verdict
+from paywarden.policy.vocabulary import ApprovalStatus, KeyProfile, KeyState, Verdict
 from paywarden.signer.core import committed
 from paywarden.signer.core.batching import GroupCommit
 from paywarden.signer.core.deciding import Decided, Decider
 from paywarden.signer.core.deps import Deps, require, store_call
 from paywarden.signer.core.disclosure import agent_facing
-from paywarden.signer.core.keys import KeyView
+from paywarden.signer.core.keys import KeyView, label_of
 from paywarden.signer.core.payments import (
     Intent,
     IntentFields,
@@ -36,9 +36,11 @@ from paywarden.signer.core.payments import (
 )
 from paywarden.signer.core.refusing import Refusals
 from paywarden.signer.core.views import SignResult, SignStatus
+from paywarden.signer.core.x402 import X402Fields, is_x402, map_requirements, signable
 from paywarden.signer.deadlines import NO_DEADLINE, Deadline
 from paywarden.signer.errors import (
     Denied,
+    InvalidInput,
     KeyNotActive,
     PaywardenError,
     Reason,
@@ -80,13 +82,28 @@ class Signing:
 
         ``deadline``: when the caller stops waiting. Nothing is decided, signed or
         answered once it has passed, and the store's lock wait ends before it."""
+        return self._answered(caller, fields, lambda: self._sign(caller, fields, None, deadline))
+
+    def sign_x402(
+        self, caller: Principal, request: X402Fields, deadline: Deadline = NO_DEADLINE
+    ) -> SignResult:
+        """SignX402: as :meth:`sign`, the payment being an x402 resource server's
+        requirements (:mod:`paywarden.signer.core.x402`); a signed result's ``jws`` is
+        the authorisation's Ethereum signature (0x, 65 bytes hex) and its ``payload``
+        the recorded authorisation."""
+        shadow = request.as_arrived()
+        return self._answered(caller, shadow, lambda: self._sign(caller, shadow, request, deadline))
+
+    def _answered(
+        self, caller: Principal, fields: IntentFields, run: Callable[[], SignResult]
+    ) -> SignResult:
         started = time.monotonic()
         early = True
         try:
             self._refusals.flush()
             self._refusals.refuse_early(caller, fields)
             early = False
-            result = self._sign(caller, fields, deadline)
+            result = run()
         except PaywardenError as exc:
             self._refusals.refused(caller, fields, exc, early=early)
             self._metrics.sign_answered("refused", str(exc.reason), time.monotonic() - started)
@@ -96,9 +113,33 @@ class Signing:
         self._metrics.sign_answered(str(result.status), "OK", time.monotonic() - started)
         return result
 
-    def _sign(self, caller: Principal, fields: IntentFields, deadline: Deadline) -> SignResult:
+    def _intent(self, fields: IntentFields, request: X402Fields | None) -> Intent:
+        """The validated intent: a Sign's names a jws-es256 key and an asset paid with
+        a JWS, a SignX402's an x402-exact-evm key and an x402 asset."""
+        deps = self._deps
+        x402 = deps.key_profiles.get(label_of(fields.key_id)) is KeyProfile.X402_EXACT_EVM
+        if request is None:
+            if x402:
+                raise InvalidInput(Reason.UNKNOWN_KEY, "key_id is an x402 key: use SignX402")
+            if fields.asset in deps.x402:
+                raise InvalidInput(Reason.UNKNOWN_ASSET, "asset is paid with x402: use SignX402")
+            return validate_intent(fields, deps.assets, self._keys)
+        mapped, terms = map_requirements(
+            request, deps.x402, {code: a.decimals for code, a in deps.assets.items()}
+        )
+        if not x402:
+            raise InvalidInput(Reason.UNKNOWN_KEY, "key_id is not an x402-exact-evm key")
+        return replace(validate_intent(mapped, deps.assets, self._keys), x402=terms)
+
+    def _sign(
+        self,
+        caller: Principal,
+        fields: IntentFields,
+        request: X402Fields | None,
+        deadline: Deadline,
+    ) -> SignResult:
         require(caller, Role.AGENT)
-        intent = validate_intent(fields, self._deps.assets, self._keys)
+        intent = self._intent(fields, request)
         self._keys.check(intent.key_id)  # early; the decision reads the state again
         request_hash = hashlib.sha256(intent.request_digest_input(caller.id)).hexdigest()
         try:
@@ -190,10 +231,18 @@ class Signing:
         except PaywardenError as exc:
             attempt.gone = exc
             return None
-        signing_input = jws_signing_input(record.key_id, record.payload or b"")
+        payload = record.payload or b""
         started = time.monotonic()
         try:
-            signature = self._hsm.sign_es256(record.key_id, signing_input)
+            if is_x402(payload):  # an EIP-3009 authorisation: its Ethereum signature
+                domain, authorization = signable(payload)
+                evm = self._hsm.sign_transfer_authorization(record.key_id, domain, authorization)
+                compact = "0x" + evm.to_bytes().hex()
+            else:
+                signing_input = jws_signing_input(record.key_id, payload)
+                compact = jws_compact(
+                    signing_input, self._hsm.sign_es256(record.key_id, signing_input)
+                )
         except HsmError:
             attempt.hsm_failed = True
             return None
@@ -203,7 +252,7 @@ class Signing:
         except PaywardenError as exc:
             attempt.gone = exc
             return None
-        return jws_compact(signing_input, signature)
+        return compact
 
     def _answer(self, done: _Done) -> SignResult:
         """A committed decision answered: pending, its denial raised, or its signature."""

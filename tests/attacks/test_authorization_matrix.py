@@ -41,6 +41,7 @@ EXPECTED: dict[str, tuple[str, frozenset[str]]] = {
     "/paywarden.v1.Signer/GetPublicKeys": (UNARY, EVERY_ROLE),
     "/paywarden.v1.Signer/GetReceipt": (UNARY, frozenset({AGENT, PAYEE, APPROVER, OPERATOR})),
     "/paywarden.v1.Signer/CheckPayment": (UNARY, frozenset({PAYEE, OPERATOR})),
+    "/paywarden.v1.Signer/SignX402": (UNARY, frozenset({AGENT})),
     "/paywarden.v1.Sessions/OpenSession": (UNARY, frozenset({PLANNER})),
     "/paywarden.v1.Sessions/GetSession": (UNARY, frozenset({PLANNER, AGENT})),
     "/paywarden.v1.Sessions/CloseSession": (UNARY, frozenset({PLANNER})),

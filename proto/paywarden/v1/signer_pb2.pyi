@@ -28,6 +28,70 @@ VALID: PaymentStanding
 VOIDED: PaymentStanding
 EXPIRED: PaymentStanding
 
+class X402PaymentRequirements(_message.Message):
+    __slots__ = ("x402_version", "scheme", "network", "asset", "pay_to", "amount", "resource", "max_timeout_seconds", "extra_name", "extra_version")
+    X402_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    PAY_TO_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_NAME_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    x402_version: int
+    scheme: str
+    network: str
+    asset: str
+    pay_to: str
+    amount: str
+    resource: str
+    max_timeout_seconds: int
+    extra_name: str
+    extra_version: str
+    def __init__(self, x402_version: _Optional[int] = ..., scheme: _Optional[str] = ..., network: _Optional[str] = ..., asset: _Optional[str] = ..., pay_to: _Optional[str] = ..., amount: _Optional[str] = ..., resource: _Optional[str] = ..., max_timeout_seconds: _Optional[int] = ..., extra_name: _Optional[str] = ..., extra_version: _Optional[str] = ...) -> None: ...
+
+class SignX402Request(_message.Message):
+    __slots__ = ("session_id", "key_id", "requirements", "reference", "purpose", "nonce", "expires_at")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    key_id: str
+    requirements: X402PaymentRequirements
+    reference: str
+    purpose: str
+    nonce: str
+    expires_at: int
+    def __init__(self, session_id: _Optional[str] = ..., key_id: _Optional[str] = ..., requirements: _Optional[_Union[X402PaymentRequirements, _Mapping]] = ..., reference: _Optional[str] = ..., purpose: _Optional[str] = ..., nonce: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class SignX402Response(_message.Message):
+    __slots__ = ("status", "approval_id", "x_payment", "payment_payload_json", "decision_id", "key_id", "from_address", "replayed_result", "audit_seq")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    X_PAYMENT_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_RESULT_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    status: SignStatus
+    approval_id: str
+    x_payment: str
+    payment_payload_json: str
+    decision_id: str
+    key_id: str
+    from_address: str
+    replayed_result: bool
+    audit_seq: int
+    def __init__(self, status: _Optional[_Union[SignStatus, str]] = ..., approval_id: _Optional[str] = ..., x_payment: _Optional[str] = ..., payment_payload_json: _Optional[str] = ..., decision_id: _Optional[str] = ..., key_id: _Optional[str] = ..., from_address: _Optional[str] = ..., replayed_result: _Optional[bool] = ..., audit_seq: _Optional[int] = ...) -> None: ...
+
 class PaymentIntent(_message.Message):
     __slots__ = ("session_id", "key_id", "payee", "amount", "asset", "reference", "purpose", "nonce", "expires_at")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -81,12 +145,24 @@ class GetPublicKeysRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetPublicKeysResponse(_message.Message):
-    __slots__ = ("jwks_json", "keys")
+    __slots__ = ("jwks_json", "keys", "evm_keys")
     JWKS_JSON_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    EVM_KEYS_FIELD_NUMBER: _ClassVar[int]
     jwks_json: str
     keys: _containers.RepeatedCompositeFieldContainer[PublicKey]
-    def __init__(self, jwks_json: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ...) -> None: ...
+    evm_keys: _containers.RepeatedCompositeFieldContainer[EvmKey]
+    def __init__(self, jwks_json: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ..., evm_keys: _Optional[_Iterable[_Union[EvmKey, _Mapping]]] = ...) -> None: ...
+
+class EvmKey(_message.Message):
+    __slots__ = ("key_id", "address", "state")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    address: str
+    state: str
+    def __init__(self, key_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class PublicKey(_message.Message):
     __slots__ = ("key_id", "algorithm", "spki_pem", "state", "revoked_at")

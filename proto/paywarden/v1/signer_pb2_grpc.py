@@ -56,6 +56,11 @@ class SignerStub:
                 request_serializer=paywarden_dot_v1_dot_signer__pb2.CheckPaymentRequest.SerializeToString,
                 response_deserializer=paywarden_dot_v1_dot_signer__pb2.CheckPaymentResponse.FromString,
                 _registered_method=True)
+        self.SignX402 = channel.unary_unary(
+                '/paywarden.v1.Signer/SignX402',
+                request_serializer=paywarden_dot_v1_dot_signer__pb2.SignX402Request.SerializeToString,
+                response_deserializer=paywarden_dot_v1_dot_signer__pb2.SignX402Response.FromString,
+                _registered_method=True)
 
 
 class SignerServicer:
@@ -112,6 +117,22 @@ class SignerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignX402(self, request, context):
+        """Roles: agent. Pays an x402 resource server: the agent passes the server's
+        PaymentRequirements (scheme "exact" on a configured EVM network and token
+        only) with its session, nonce and expiry as in Sign. The signer maps them
+        onto the same policy facts as Sign (payee = pay_to in EIP-55 form, amount
+        = the atomic units), decides, records and audits exactly as Sign, then
+        builds the EIP-3009 TransferWithAuthorization itself (from = the key's
+        address, a random 32-byte nonce drawn once and recorded, validBefore at
+        most the payment's expiry) and signs its EIP-712 digest in the HSM. A
+        retry of the same request returns the same authorisation; a replay is
+        refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +155,11 @@ def add_SignerServicer_to_server(servicer, server):
                     servicer.CheckPayment,
                     request_deserializer=paywarden_dot_v1_dot_signer__pb2.CheckPaymentRequest.FromString,
                     response_serializer=paywarden_dot_v1_dot_signer__pb2.CheckPaymentResponse.SerializeToString,
+            ),
+            'SignX402': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignX402,
+                    request_deserializer=paywarden_dot_v1_dot_signer__pb2.SignX402Request.FromString,
+                    response_serializer=paywarden_dot_v1_dot_signer__pb2.SignX402Response.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -246,6 +272,33 @@ class Signer:
             '/paywarden.v1.Signer/CheckPayment',
             paywarden_dot_v1_dot_signer__pb2.CheckPaymentRequest.SerializeToString,
             paywarden_dot_v1_dot_signer__pb2.CheckPaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignX402(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paywarden.v1.Signer/SignX402',
+            paywarden_dot_v1_dot_signer__pb2.SignX402Request.SerializeToString,
+            paywarden_dot_v1_dot_signer__pb2.SignX402Response.FromString,
             options,
             channel_credentials,
             insecure,

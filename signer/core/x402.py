@@ -1,0 +1,256 @@
+"""SignX402: a resource server's x402 ``PaymentRequirements`` mapped onto a payment
+(the same policy facts as Sign), the EIP-3009 authorisation the signer builds for it,
+and the X-PAYMENT header value.
+
+Requirements are validated strictly: scheme ``exact`` and x402 version 2 only, the
+network and token must be a configured x402 asset's, the EIP-712 name and version, when
+given, must be the configured ones (never a domain the resource server chose), payTo is
+an address (a mixed-case one must carry its EIP-55 checksum; it is kept checksummed).
+The payee the policy sees is payTo in EIP-55 form; the amount is the atomic units as
+minor units of the asset; the resource is recorded like a purpose and never decides.
+
+The authorisation's nonce is 32 random bytes drawn once, when the decision is recorded
+(it is in the recorded payload): a retry answers the same authorisation and signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from paywarden.hsm import Eip712Domain, TransferWithAuthorization
+from paywarden.hsm.evm import checksum_address, parse_address
+from paywarden.policy.vocabulary import format_amount
+from paywarden.signer.core.payments import Intent, IntentFields
+from paywarden.signer.core.validation import clean_text
+from paywarden.signer.core.x402_terms import X402Terms
+from paywarden.signer.encoding import jcs
+from paywarden.signer.errors import InvalidInput, Reason
+from paywarden.signer.x402_config import X402AssetConfig
+
+PAYLOAD_TYPE = "paywarden.x402.v1"
+X402_VERSION = 2
+MAX_RESOURCE = 2048
+MAX_TIMEOUT_SECONDS = 86_400
+MIN_WINDOW_SECONDS = 6  # x402's facilitators refuse a validBefore closer than this
+VALID_AFTER_SLACK = 60  # validAfter lies this far back: clocks of chains differ
+_NETWORK = re.compile(r"eip155:([1-9][0-9]{0,15})")
+_ATOMIC = re.compile(r"(0|[1-9][0-9]{0,77})")
+
+
+@dataclass(frozen=True, slots=True)
+class X402Fields:
+    """The agent's SignX402 request as it arrived."""
+
+    session_id: str
+    key_id: str
+    x402_version: int
+    scheme: str
+    network: str
+    asset: str  # the token contract's address
+    pay_to: str
+    amount: str  # atomic units
+    resource: str
+    max_timeout_seconds: int
+    extra_name: str
+    extra_version: str
+    reference: str
+    purpose: str
+    nonce: str
+    expires_at: int
+
+    def as_arrived(self) -> IntentFields:
+        """The request as a Sign intent's raw fields, for refusal records (nothing
+        validated: payee and amount as given, the asset as network/contract)."""
+        return IntentFields(
+            session_id=self.session_id,
+            key_id=self.key_id,
+            payee=self.pay_to,
+            amount=self.amount,
+            asset=f"{self.network}/{self.asset}",
+            reference=self.reference,
+            purpose=self.purpose,
+            nonce=self.nonce,
+            expires_at=self.expires_at,
+        )
+
+
+def _address(field: str, text: str) -> str:
+    if not text:
+        raise InvalidInput(Reason.FIELD_MISSING, f"{field} is required")
+    try:
+        raw = parse_address(text)
+    except ValueError as exc:
+        raise InvalidInput(Reason.STRING_INVALID, f"{field}: {exc}") from None
+    if raw == bytes(20):
+        raise InvalidInput(Reason.STRING_INVALID, f"{field} is the zero address")
+    return checksum_address(raw)
+
+
+def _asset(fields: X402Fields, x402: Mapping[str, X402AssetConfig]) -> tuple[str, Eip712Domain]:
+    """The configured asset the network and token name, and its domain."""
+    match = _NETWORK.fullmatch(fields.network)
+    if match is None:
+        raise InvalidInput(Reason.UNKNOWN_ASSET, "network is not an eip155 network it knows")
+    contract = _address("asset", fields.asset)
+    for code, config in x402.items():
+        domain = config.domain()
+        if domain.chain_id == int(match.group(1)) and domain.verifying_contract == contract:
+            return code, domain
+    raise InvalidInput(Reason.UNKNOWN_ASSET, "network and asset are not an x402 asset it knows")
+
+
+def map_requirements(
+    fields: X402Fields, x402: Mapping[str, X402AssetConfig], decimals: Mapping[str, int]
+) -> tuple[IntentFields, X402Terms]:
+    """The request as a Sign intent's fields and its x402 terms; raises
+    :class:`InvalidInput` with a precise reason for the first problem."""
+    if fields.x402_version != X402_VERSION:
+        raise InvalidInput(Reason.X402_UNSUPPORTED, f"x402_version must be {X402_VERSION}")
+    if fields.scheme != "exact":
+        raise InvalidInput(Reason.X402_UNSUPPORTED, "scheme must be exact")
+    code, domain = _asset(fields, x402)
+    if fields.extra_name not in ("", domain.name) or fields.extra_version not in (
+        "",
+        domain.version,
+    ):
+        raise InvalidInput(
+            Reason.X402_DOMAIN_MISMATCH, "extra names another EIP-712 domain than the token's"
+        )
+    pay_to = _address("pay_to", fields.pay_to)
+    if not _ATOMIC.fullmatch(fields.amount):
+        raise InvalidInput(Reason.AMOUNT_MALFORMED, "amount is atomic units, a decimal integer")
+    if not 0 < fields.max_timeout_seconds <= MAX_TIMEOUT_SECONDS:
+        raise InvalidInput(
+            Reason.MALFORMED_REQUEST, f"max_timeout_seconds is 1 to {MAX_TIMEOUT_SECONDS}"
+        )
+    resource = clean_text("resource", fields.resource, max_len=MAX_RESOURCE, required=False)
+    terms = X402Terms(
+        fields.x402_version,
+        f"eip155:{domain.chain_id}",
+        domain,
+        pay_to,
+        fields.amount,
+        resource,
+        fields.max_timeout_seconds,
+    )
+    intent = IntentFields(
+        session_id=fields.session_id,
+        key_id=fields.key_id,
+        payee=pay_to,
+        amount=format_amount(int(fields.amount), decimals[code]),
+        asset=code,
+        reference=fields.reference,
+        purpose=fields.purpose,
+        nonce=fields.nonce,
+        expires_at=fields.expires_at,
+    )
+    return intent, terms
+
+
+def authorization_payload(
+    intent: Intent, terms: X402Terms, *, agent_id: str, task_digest: str, now: int, decision_id: str
+) -> bytes:
+    """The payload recorded with an allowed x402 decision: the authorisation (its
+    nonce drawn here, once) and what binds it to the session, the agent and the
+    decision. Raises :class:`InvalidInput` when the window left is too short."""
+    valid_before = min(intent.expires_at, now + terms.max_timeout_seconds)
+    if valid_before < now + MIN_WINDOW_SECONDS:
+        raise InvalidInput(
+            Reason.EXPIRY_IN_PAST,
+            f"the authorisation would be valid for less than {MIN_WINDOW_SECONDS} s",
+        )
+    authorization = TransferWithAuthorization(
+        terms.from_address,
+        terms.pay_to,
+        int(terms.amount),
+        max(0, now - VALID_AFTER_SLACK),
+        valid_before,
+        secrets.token_bytes(32),
+    )
+    return jcs(
+        {
+            "typ": PAYLOAD_TYPE,
+            "sid": intent.session_id,
+            "task": task_digest,
+            "sub": agent_id,
+            "payee": intent.payee,
+            "amount": str(intent.amount),
+            "asset": intent.asset,
+            "ref": intent.reference,
+            "resource": terms.resource,
+            "nonce": intent.nonce,
+            "iat": now,
+            "exp": intent.expires_at,
+            "jti": decision_id,
+            "x402Version": terms.x402_version,
+            "accepted": terms.accepted(),
+            "chainId": terms.domain.chain_id,
+            "authorization": _authorization_json(authorization),
+        }
+    )
+
+
+def _authorization_json(a: TransferWithAuthorization) -> dict[str, str]:
+    return {
+        "from": a.from_address,
+        "to": a.to,
+        "value": str(a.value),
+        "validAfter": str(a.valid_after),
+        "validBefore": str(a.valid_before),
+        "nonce": "0x" + a.nonce.hex(),
+    }
+
+
+def is_x402(payload: bytes) -> bool:
+    """Is this recorded payload an x402 authorisation's (not a JWS payment's)?"""
+    document = json.loads(payload)
+    return isinstance(document, dict) and document.get("typ") == PAYLOAD_TYPE
+
+
+def signable(payload: bytes) -> tuple[Eip712Domain, TransferWithAuthorization]:
+    """The domain and authorisation of a recorded x402 payload, for the HSM to sign."""
+    document: dict[str, Any] = json.loads(payload)
+    accepted, a = document["accepted"], document["authorization"]
+    domain = Eip712Domain(
+        accepted["extra"]["name"],
+        accepted["extra"]["version"],
+        int(document["chainId"]),
+        accepted["asset"],
+    )
+    authorization = TransferWithAuthorization(
+        a["from"],
+        a["to"],
+        int(a["value"]),
+        int(a["validAfter"]),
+        int(a["validBefore"]),
+        bytes.fromhex(a["nonce"].removeprefix("0x")),
+    )
+    return domain, authorization
+
+
+def from_address_of(payload: bytes) -> str:
+    """The authorisation's ``from`` (the key's address) in a recorded x402 payload."""
+    document: dict[str, Any] = json.loads(payload)
+    return str(document["authorization"]["from"])
+
+
+def payment_payload(payload: bytes, signature: str) -> tuple[str, str]:
+    """The x402 ``PaymentPayload`` (JSON text) of a signed x402 decision, and its
+    base64 (the X-PAYMENT header value)."""
+    document: dict[str, Any] = json.loads(payload)
+    text = json.dumps(
+        {
+            "x402Version": document["x402Version"],
+            "accepted": document["accepted"],
+            "payload": {"authorization": document["authorization"], "signature": signature},
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+    return text, base64.b64encode(text.encode("utf-8")).decode("ascii")

@@ -1,0 +1,48 @@
+"""The x402 terms of a payment (validated): what an ``exact`` EVM authorisation
+pays, besides the fields every payment has (:class:`~paywarden.signer.core.payments.Intent`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from paywarden.hsm import Eip712Domain
+
+
+@dataclass(frozen=True, slots=True)
+class X402Terms:
+    """A resource server's ``PaymentRequirements`` as the signer accepted them: the
+    network and token are a configured asset's, the domain is the configured one."""
+
+    x402_version: int
+    network: str  # eip155:<chain id>
+    domain: Eip712Domain  # the configured token's (chain id, contract, name, version)
+    pay_to: str  # EIP-55
+    amount: str  # atomic units, decimal
+    resource: str  # recorded, never decides
+    max_timeout_seconds: int
+    from_address: str = ""  # the key's address, set once the key version is resolved
+
+    def digest_fields(self) -> dict[str, Any]:
+        """What a retry must repeat (the key's address follows from its key id)."""
+        return {
+            "x402": self.x402_version,
+            "network": self.network,
+            "token": self.domain.verifying_contract,
+            "payTo": self.pay_to,
+            "atomic": self.amount,
+            "resource": self.resource,
+            "timeout": self.max_timeout_seconds,
+        }
+
+    def accepted(self) -> dict[str, Any]:
+        """The requirements as x402 v2 writes them (``PaymentPayload.accepted``)."""
+        return {
+            "scheme": "exact",
+            "network": self.network,
+            "asset": self.domain.verifying_contract,
+            "amount": self.amount,
+            "payTo": self.pay_to,
+            "maxTimeoutSeconds": self.max_timeout_seconds,
+            "extra": {"name": self.domain.name, "version": self.domain.version},
+        }

@@ -1,0 +1,364 @@
+"""Signer.SignX402 through the in-process server over mutual TLS, with an
+``x402-exact-evm`` key made on the real SoftHSM2 token.
+
+What it returns is checked with the x402 SDK's own exact-EVM facilitator verification
+(over tests/support/x402_chain.py, a local stand-in for the chain) and with
+eth-account's typed-data recovery, never only with our code.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from paywarden.hsm import KeyRef, TransferWithAuthorization
+from paywarden.hsm.eip712 import transfer_digest
+from paywarden.hsm.provision import delete_key, generate_key
+from paywarden.policy.vocabulary import KeyProfile
+from paywarden.signer.api.startup import StartupError, load_packs
+from paywarden.signer.config import Config
+from paywarden.signer.config_file import load_config
+from paywarden.v1 import signer_pb2
+from pydantic import ValidationError
+from x402.mechanisms.evm.constants import (
+    ERR_INVALID_SIGNATURE,
+    ERR_NONCE_ALREADY_USED,
+    ERR_VALID_BEFORE_EXPIRED,
+)
+from x402.mechanisms.evm.exact.facilitator import ExactEvmScheme
+from x402.schemas import PaymentPayload, PaymentRequirements
+
+from tests.helpers import MODULE, Pki, Stack, TestToken, new_nonce, write_config
+from tests.support.clients import Api
+from tests.support.evm import USDC_BASE, eip3009_typed_data
+from tests.support.refusals import assert_refused
+from tests.support.sessions import open_session
+from tests.support.x402_chain import LocalEip3009Chain
+
+X402_KEY = KeyRef("x402-pay", 1)
+PAYEE = "0x2222222222222222222222222222222222222222"  # no letters: its own EIP-55 form
+SHOP = "0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B"  # EIP-55 (the EIP's own example)
+CONFIG = f"""
+[assets.USDC]
+decimals = 6
+
+[assets.USDC.x402]
+chain_id = {USDC_BASE.chain_id}
+contract = "{USDC_BASE.verifying_contract}"
+eip712_name = "{USDC_BASE.name}"
+eip712_version = "{USDC_BASE.version}"
+
+[[keys]]
+label = "{X402_KEY.label}"
+version = {X402_KEY.version}
+profile = "x402-exact-evm"
+"""
+PACK = f"""
+id = "x402-shop"
+version = 1
+agents = ["agent-1", "agent-2"]
+
+[assets.USDC]
+keys = ["{X402_KEY.label}"]
+max_per_payment = "5"
+
+[payees]
+allow = ["{PAYEE}", "{SHOP}"]
+first_payment = "allow"
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = {{ USDC = "100" }}
+"""
+
+pytestmark = pytest.mark.stack(packs={"x402.toml": PACK}, extra=CONFIG)
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+REPLAYED = grpc.StatusCode.ALREADY_EXISTS
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x402_address(token: TestToken) -> Iterator[str]:
+    """The x402 key, generated on the session token before the module's stack opens
+    it; destroyed afterwards so that the token is again what other modules expect."""
+    made, status = generate_key(MODULE, token.label, token.pin, X402_KEY, KeyProfile.X402_EXACT_EVM)
+    assert made and status.profile is KeyProfile.X402_EXACT_EVM
+    from paywarden.hsm.provision import export_evm_public_key
+
+    try:
+        yield export_evm_public_key(MODULE, token.label, token.pin, X402_KEY).address
+    finally:
+        assert delete_key(MODULE, token.label, token.pin, X402_KEY) == 2
+
+
+def requirements(**changes: Any) -> signer_pb2.X402PaymentRequirements:
+    """What the resource server asks for: 1.25 USDC on Base to PAYEE, unless told."""
+    fields: dict[str, Any] = {
+        "x402_version": 2,
+        "scheme": "exact",
+        "network": f"eip155:{USDC_BASE.chain_id}",
+        "asset": USDC_BASE.verifying_contract,
+        "pay_to": PAYEE,
+        "amount": "1250000",
+        "resource": "https://api.example/weather",
+        "max_timeout_seconds": 120,
+        "extra_name": USDC_BASE.name,
+        "extra_version": USDC_BASE.version,
+    }
+    fields.update(changes)
+    return signer_pb2.X402PaymentRequirements(**fields)
+
+
+def x402_request(
+    stack: Stack,
+    session_id: str,
+    *,
+    nonce: str | None = None,
+    expires_in: int = 240,
+    **changes: Any,
+) -> signer_pb2.SignX402Request:
+    return signer_pb2.SignX402Request(
+        session_id=session_id,
+        key_id=X402_KEY.label,
+        requirements=requirements(**changes),
+        reference="inv-x402",
+        purpose="weather for the forecast",
+        nonce=nonce or new_nonce(),
+        expires_at=int(stack.clock.now()) + expires_in,
+    )
+
+
+def paid(
+    answer: signer_pb2.SignX402Response,
+) -> tuple[PaymentPayload, PaymentRequirements, TransferWithAuthorization, bytes]:
+    """The X-PAYMENT header read as the x402 SDK reads it, the requirements it answers,
+    and its authorisation and signature as typed values."""
+    assert answer.status == signer_pb2.SIGNED
+    text = base64.b64decode(answer.x_payment, validate=True).decode("utf-8")
+    assert json.loads(text) == json.loads(answer.payment_payload_json)
+    payload = PaymentPayload.model_validate_json(text)
+    a = payload.payload["authorization"]
+    auth = TransferWithAuthorization(
+        a["from"], a["to"], int(a["value"]), int(a["validAfter"]), int(a["validBefore"]),
+        bytes.fromhex(a["nonce"][2:]),
+    )  # fmt: skip
+    return payload, payload.accepted, auth, bytes.fromhex(payload.payload["signature"][2:])
+
+
+def chain_at(stack: Stack, address: str, later: int = 0) -> LocalEip3009Chain:
+    return LocalEip3009Chain(
+        USDC_BASE, {address: 10**12}, clock=lambda: int(stack.clock.now()) + later
+    )
+
+
+def verdict(chain: LocalEip3009Chain, payload: PaymentPayload, req: PaymentRequirements) -> Any:
+    result = ExactEvmScheme(chain).verify(payload, req)
+    return None if result.is_valid else result.invalid_reason
+
+
+# -- what x402 and eth-account make of it --------------------------------------
+
+
+def test_x402_verification_accepts_the_authorisation_and_recovers_the_key(
+    api: Api, stack: Stack, x402_address: str
+) -> None:
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    now = int(stack.clock.now())
+    answer = api.signer.SignX402(x402_request(stack, session))
+    payload, req, auth, signature = paid(answer)
+
+    assert answer.key_id == X402_KEY.key_id and answer.decision_id.startswith("dec_")
+    assert answer.from_address == auth.from_address == x402_address
+    assert (auth.to, auth.value) == (PAYEE, 1_250_000)
+    assert req.pay_to == PAYEE and req.amount == "1250000" and req.scheme == "exact"
+    assert req.extra == {"name": USDC_BASE.name, "version": USDC_BASE.version}
+    # validAfter a minute back; validBefore now + max_timeout (before the expiry here).
+    assert now - 60 <= auth.valid_after <= int(stack.clock.now()) - 60
+    assert now + 120 <= auth.valid_before <= int(stack.clock.now()) + 120
+    # x402's own facilitator check accepts it, and names the key's address as payer.
+    result = ExactEvmScheme(chain_at(stack, x402_address)).verify(payload, req)
+    assert result.is_valid is True, (result.invalid_reason, result.invalid_message)
+    assert result.payer == x402_address
+    # eth-account recovers the key's address from the EIP-712 typed data.
+    typed = encode_typed_data(full_message=eip3009_typed_data(USDC_BASE, auth))
+    assert Account.recover_message(typed, signature=signature) == x402_address
+    # GetPublicKeys lists the key with its address; the JWKS stays P-256 only.
+    keys = api.signer.GetPublicKeys(signer_pb2.GetPublicKeysRequest())
+    assert [(k.key_id, k.address, k.state) for k in keys.evm_keys] == [
+        (X402_KEY.key_id, x402_address, "active")
+    ]
+    assert X402_KEY.key_id not in keys.jwks_json
+
+
+def test_x402_rejects_a_changed_byte_another_signer_an_expired_window_and_a_replay(
+    api: Api, stack: Stack, x402_address: str
+) -> None:
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    payload, req, auth, signature = paid(api.signer.SignX402(x402_request(stack, session)))
+    chain = chain_at(stack, x402_address)
+    assert verdict(chain, payload, req) is None
+
+    def with_signature(sig: bytes) -> PaymentPayload:
+        body = {**payload.payload, "signature": "0x" + sig.hex()}
+        return payload.model_copy(update={"payload": body})
+
+    def with_value(value: int) -> PaymentPayload:
+        a = {**payload.payload["authorization"], "value": str(value)}
+        return payload.model_copy(update={"payload": {**payload.payload, "authorization": a}})
+
+    changed = signature[:7] + bytes([signature[7] ^ 1]) + signature[8:]
+    assert verdict(chain, with_signature(changed), req) == ERR_INVALID_SIGNATURE
+    assert verdict(chain, with_value(auth.value - 1), req) is not None
+    stranger = Account.create().unsafe_sign_hash(transfer_digest(USDC_BASE, auth)).signature
+    assert verdict(chain, with_signature(bytes(stranger)), req) == ERR_INVALID_SIGNATURE
+    late = chain_at(stack, x402_address, later=auth.valid_before - int(stack.clock.now()))
+    assert verdict(late, payload, req) == ERR_VALID_BEFORE_EXPIRED
+    chain.spend(x402_address, auth.nonce)
+    assert verdict(chain, payload, req) == ERR_NONCE_ALREADY_USED
+
+
+# -- exactly once ----------------------------------------------------------------
+
+
+def test_a_retry_returns_the_same_authorisation_and_a_replay_is_refused(
+    api: Api, stack: Stack
+) -> None:
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    request = x402_request(stack, session)
+    first = api.signer.SignX402(request)
+    again = api.signer.SignX402(request)
+    assert (first.replayed_result, again.replayed_result) == (False, True)
+    assert again.x_payment == first.x_payment  # same nonce, same signature: not signed again
+    assert again.decision_id == first.decision_id
+    # The same agent nonce for another payment is a replay, refused.
+    other = x402_request(stack, session, nonce=request.nonce, amount="1250001")
+    assert_refused(api.signer.SignX402, other, REPLAYED, "NONCE_REPLAYED")
+    # Two payments draw two EIP-3009 nonces.
+    second = api.signer.SignX402(x402_request(stack, session))
+    assert paid(second)[2].nonce != paid(first)[2].nonce
+
+
+def test_the_window_never_outlives_the_payment_and_is_refused_when_too_short(
+    api: Api, stack: Stack
+) -> None:
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    request = x402_request(stack, session, expires_in=30, max_timeout_seconds=600)
+    assert paid(api.signer.SignX402(request))[2].valid_before == request.expires_at
+    short = x402_request(stack, session, expires_in=4)
+    assert_refused(api.signer.SignX402, short, INVALID, "EXPIRY_IN_PAST")
+
+
+# -- policy: the same facts as Sign -------------------------------------------------
+
+
+def test_policy_denials_give_no_authorisation(api: Api, stack: Stack) -> None:
+    session = open_session(api.planner, "agent-2", "2", asset="USDC")
+    signer = api.signer_of("agent-2")
+    stranger = "0x3333333333333333333333333333333333333333"
+    err = assert_refused(
+        signer.SignX402, x402_request(stack, session, pay_to=stranger), DENIED, "PAYEE_NOT_ALLOWED"
+    )
+    assert "0x" not in (err.details() or "")
+    assert_refused(
+        signer.SignX402,
+        x402_request(stack, session, amount="2000001"),
+        DENIED,
+        "BUDGET_EXCEEDED",
+    )
+    # A look-alike of an allowed payee with one letter's case flipped: its checksum fails.
+    confusable = "0xa" + SHOP[3:]  # 0xAb58... -> 0xab58...: still mixed case
+    assert confusable != SHOP and confusable.lower() == SHOP.lower()
+    assert_refused(
+        signer.SignX402, x402_request(stack, session, pay_to=confusable), INVALID, "STRING_INVALID"
+    )
+    # Lower case carries no checksum: accepted, and paid in EIP-55 form.
+    answer = signer.SignX402(x402_request(stack, session, pay_to=SHOP.lower()))
+    assert paid(answer)[2].to == SHOP
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"network": "eip155:1"}, "UNKNOWN_ASSET"),
+        ({"network": "solana:mainnet"}, "UNKNOWN_ASSET"),
+        ({"asset": "0x" + "44" * 20}, "UNKNOWN_ASSET"),
+        ({"scheme": "upto"}, "X402_UNSUPPORTED"),
+        ({"x402_version": 3}, "X402_UNSUPPORTED"),
+        ({"extra_name": "USD Coin (fake)"}, "X402_DOMAIN_MISMATCH"),
+        ({"extra_version": "1"}, "X402_DOMAIN_MISMATCH"),
+        ({"amount": "1.5"}, "AMOUNT_MALFORMED"),
+        ({"amount": "0"}, "AMOUNT_NOT_POSITIVE"),
+        ({"pay_to": "0x" + "00" * 20}, "STRING_INVALID"),
+        ({"max_timeout_seconds": 0}, "MALFORMED_REQUEST"),
+    ],
+)
+def test_requirements_it_does_not_pay_are_refused(
+    api: Api, stack: Stack, changes: dict[str, Any], reason: str
+) -> None:
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    assert_refused(api.signer.SignX402, x402_request(stack, session, **changes), INVALID, reason)
+
+
+def test_sign_and_sign_x402_keep_to_their_own_keys_and_assets(api: Api, stack: Stack) -> None:
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    jws_key = x402_request(stack, session)
+    jws_key.key_id = "payments.v1"
+    assert_refused(api.signer.SignX402, jws_key, INVALID, "UNKNOWN_KEY")
+    intent = signer_pb2.PaymentIntent(
+        session_id=session, key_id=X402_KEY.label, payee=PAYEE, amount="1", asset="USDC",
+        reference="r", nonce=new_nonce(), expires_at=int(stack.clock.now()) + 60,
+    )  # fmt: skip
+    request = signer_pb2.SignRequest(intent=intent)
+    assert_refused(api.signer.Sign, request, INVALID, "UNKNOWN_KEY")
+    request.intent.key_id = "payments.v1"
+    assert_refused(api.signer.Sign, request, INVALID, "UNKNOWN_ASSET")
+
+
+def test_a_pack_may_grant_an_x402_key_only_on_an_x402_asset(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    def load(pack: str) -> None:
+        path = write_config(tmp_path, token, pki, packs={"x402.toml": pack}, extra=CONFIG)
+        load_packs(load_config(path, environ={}), [])
+
+    load(PACK)  # the module's own pack loads
+    wrong = PACK.replace('keys = ["x402-pay"]', 'keys = ["payments"]')
+    with pytest.raises(StartupError, match="grants key payments, a jws-es256 key"):
+        load(wrong)
+    usd = PACK.replace("[assets.USDC]", "[assets.USD]").replace('USDC = "100"', 'USD = "100"')
+    with pytest.raises(StartupError, match="grants key x402-pay, a x402-exact-evm key"):
+        load(usd)
+
+
+def _x402_asset(**changes: Any) -> dict[str, Any]:
+    x402 = {"chain_id": 8453, "contract": USDC_BASE.verifying_contract}
+    x402 |= {"eip712_name": "USD Coin", "eip712_version": "2", **changes}
+    return {"decimals": 6, "x402": x402}
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({"assets": {"USDC": _x402_asset(contract="0x833589fcD6eDb6E08f4c7C32D4f71b54bdA02913")}},
+         "checksum"),
+        ({"assets": {"USDC": _x402_asset(chain_id=0)}}, "chain_id"),
+        ({"assets": {"USDC": _x402_asset(), "USDX": _x402_asset()}}, "the same x402 token"),
+        ({"keys": [{"label": "pay", "version": 1},
+                   {"label": "pay", "version": 2, "profile": "x402-exact-evm"}]},
+         "under two profiles"),
+        ({"keys": [{"label": "pay", "version": 1, "profile": "x402"}]}, "profile"),
+    ],
+)  # fmt: skip
+def test_the_config_refuses_an_unusable_x402_asset_or_key(
+    settings: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(ValidationError, match=error):
+        Config.model_validate(settings)
