@@ -25,7 +25,7 @@ from paywarden.policy.vocabulary import KeyProfile
 from paywarden.signer.api.startup import StartupError, load_packs
 from paywarden.signer.config import Config
 from paywarden.signer.config_file import load_config
-from paywarden.v1 import signer_pb2
+from paywarden.v1 import control_pb2, signer_pb2
 from pydantic import ValidationError
 from x402.mechanisms.evm.constants import (
     ERR_INVALID_SIGNATURE,
@@ -83,6 +83,7 @@ pytestmark = pytest.mark.stack(packs={"x402.toml": PACK}, extra=CONFIG)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 REPLAYED = grpc.StatusCode.ALREADY_EXISTS
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -362,3 +363,32 @@ def test_the_config_refuses_an_unusable_x402_asset_or_key(
 ) -> None:
     with pytest.raises(ValidationError, match=error):
         Config.model_validate(settings)
+
+
+def test_a_key_freeze_voids_an_issued_authorisation_and_refuses_new_ones(
+    api: Api, stack: Stack
+) -> None:
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    answer = api.signer.SignX402(x402_request(stack, session))
+    operator = api.signer_as("operator", "operator-1")
+    check = signer_pb2.CheckPaymentRequest(decision_id=answer.decision_id)
+    standing = operator.CheckPayment(check)
+    assert (standing.standing, standing.payee, standing.amount) == (
+        signer_pb2.VALID, PAYEE, "1.250000"
+    )  # fmt: skip
+    key = control_pb2.FreezeRequest(
+        scope=control_pb2.KEY, target=X402_KEY.key_id, reason="x402 key suspected"
+    )
+    api.control().Freeze(key)
+    try:
+        # The kill switch stops new authorisations; one already issued stays valid on
+        # chain until its validBefore, and CheckPayment says it is voided.
+        request = x402_request(stack, session)
+        assert_refused(api.signer.SignX402, request, PRECONDITION, "FROZEN")
+        assert operator.CheckPayment(check).standing == signer_pb2.VOIDED
+    finally:
+        lift = control_pb2.UnfreezeRequest(
+            scope=control_pb2.KEY, target=X402_KEY.key_id, reason="all clear"
+        )
+        api.control().Unfreeze(lift)
+    assert paid(api.signer.SignX402(x402_request(stack, session)))[2].to == PAYEE
