@@ -369,9 +369,10 @@ class Hsm(EvmSigning):
         self._public[ref.key_id] = public
 
     def forget(self, key_ids: Iterable[str]) -> None:
-        """Stops holding these payment keys: their handles are dropped and a reopen of
-        the token no longer requires them (a version that stopped signing may be
-        destroyed later). Asked for again, a key is looked up again."""
+        """Stops holding these payment keys (``x402-exact-evm`` ones too): their handles
+        are dropped and a reopen of the token no longer requires them (a version that
+        stopped signing may be destroyed later). Asked for again, a ``jws-es256`` key is
+        looked up again; an x402 key is not (rotating x402 labels is not built)."""
         with PKCS11_LOCK:
             for key_id in key_ids:
                 if self._audit_ref is not None and key_id == self._audit_ref.key_id:
@@ -379,6 +380,9 @@ class Hsm(EvmSigning):
                 self._refs.pop(key_id, None)
                 self._private.pop(key_id, None)
                 self._public.pop(key_id, None)
+                self._evm_refs.pop(key_id, None)  # x402 keys alike
+                self._evm_private.pop(key_id, None)
+                self._evm_public.pop(key_id, None)
 
     def sign_checkpoint(self, body: bytes) -> bytes:
         """ES256 (r||s) over SHA-256 of an audit checkpoint, with the audit key only.

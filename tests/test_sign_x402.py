@@ -392,3 +392,14 @@ def test_a_key_freeze_voids_an_issued_authorisation_and_refuses_new_ones(
         )
         api.control().Unfreeze(lift)
     assert paid(api.signer.SignX402(x402_request(stack, session)))[2].to == PAYEE
+
+
+def test_a_version_the_view_forgets_is_no_longer_held_by_the_hsm(
+    stack: Stack, x402_address: str
+) -> None:
+    """A version that stopped signing is dropped by the HSM client (so that a reopen
+    never needs it once destroyed): x402 keys too. Last in the module: the module's
+    HSM client no longer holds the key afterwards."""
+    assert [k.address for k in stack.hsm.evm_public_keys()] == [x402_address]
+    stack.hsm.forget([X402_KEY.key_id])
+    assert stack.hsm.evm_public_keys() == []
