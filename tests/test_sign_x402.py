@@ -25,7 +25,7 @@ from paywarden.policy.vocabulary import KeyProfile
 from paywarden.signer.api.startup import StartupError, load_packs
 from paywarden.signer.config import Config
 from paywarden.signer.config_file import load_config
-from paywarden.v1 import control_pb2, signer_pb2
+from paywarden.v1 import approvals_pb2, control_pb2, signer_pb2
 from pydantic import ValidationError
 from x402.mechanisms.evm.constants import (
     ERR_INVALID_SIGNATURE,
@@ -68,6 +68,7 @@ agents = ["agent-1", "agent-2"]
 [assets.USDC]
 keys = ["{X402_KEY.label}"]
 max_per_payment = "5"
+approval_above = "3"
 
 [payees]
 allow = ["{PAYEE}", "{SHOP}"]
@@ -363,6 +364,24 @@ def test_the_config_refuses_an_unusable_x402_asset_or_key(
 ) -> None:
     with pytest.raises(ValidationError, match=error):
         Config.model_validate(settings)
+
+
+def test_a_payment_held_for_approval_is_authorised_once_approved(
+    api: Api, stack: Stack, x402_address: str
+) -> None:
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    request = x402_request(stack, session, amount="4000000")
+    held = api.signer.SignX402(request)
+    assert held.status == signer_pb2.PENDING_APPROVAL and held.approval_id.startswith("apr_")
+    assert (held.x_payment, held.payment_payload_json) == ("", "")
+    assert held.from_address == x402_address
+    approve = approvals_pb2.ApproveRequest(approval_id=held.approval_id, note="ok")
+    assert api.approver("approver-1").Approve(approve).approval.approval_id == held.approval_id
+    signed = api.signer.SignX402(request)
+    assert signed.decision_id == held.decision_id
+    payload, req, auth, _ = paid(signed)
+    assert (auth.to, auth.value, auth.from_address) == (PAYEE, 4_000_000, x402_address)
+    assert verdict(chain_at(stack, x402_address), payload, req) is None
 
 
 def test_a_key_freeze_voids_an_issued_authorisation_and_refuses_new_ones(
