@@ -79,7 +79,8 @@ max_ttl_seconds = 3600
 max_budget = {{ USDC = "100" }}
 """
 
-pytestmark = pytest.mark.stack(packs={"x402.toml": PACK}, extra=CONFIG)
+# Every test runs on SQLite and on PostgreSQL (the module's stack is made once per backend).
+pytestmark = [pytest.mark.both_backends, pytest.mark.stack(packs={"x402.toml": PACK}, extra=CONFIG)]
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DENIED = grpc.StatusCode.PERMISSION_DENIED
