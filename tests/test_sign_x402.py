@@ -385,6 +385,19 @@ def test_a_payment_held_for_approval_is_authorised_once_approved(
     assert verdict(chain_at(stack, x402_address), payload, req) is None
 
 
+def test_an_approval_granted_after_the_window_closed_gives_no_authorisation(
+    api: Api, stack: Stack
+) -> None:
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    request = x402_request(stack, session, amount="4000000", max_timeout_seconds=10)
+    held = api.signer.SignX402(request)
+    assert held.status == signer_pb2.PENDING_APPROVAL
+    stack.clock.advance(5)  # validBefore is now 5 s ahead: less than x402's 6 s
+    approve = approvals_pb2.ApproveRequest(approval_id=held.approval_id, note="late")
+    api.approver("approver-1").Approve(approve)
+    assert_refused(api.signer.SignX402, request, PRECONDITION, "PAYMENT_WITHDRAWN")
+
+
 def test_a_key_freeze_voids_an_issued_authorisation_and_refuses_new_ones(
     api: Api, stack: Stack
 ) -> None:

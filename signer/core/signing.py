@@ -36,7 +36,13 @@ from paywarden.signer.core.payments import (
 )
 from paywarden.signer.core.refusing import Refusals
 from paywarden.signer.core.views import SignResult, SignStatus
-from paywarden.signer.core.x402 import X402Fields, is_x402, map_requirements, signable
+from paywarden.signer.core.x402 import (
+    MIN_WINDOW_SECONDS,
+    X402Fields,
+    is_x402,
+    map_requirements,
+    signable,
+)
 from paywarden.signer.deadlines import NO_DEADLINE, Deadline
 from paywarden.signer.errors import (
     Denied,
@@ -224,18 +230,23 @@ class Signing:
     def _signature(
         self, record: DecisionRecord, deadline: Deadline, attempt: _Attempt
     ) -> str | None:
-        """The HSM's JWS over ``record``'s payload, or None with the reason in ``attempt``:
-        the caller is gone (before or while the HSM signs) or the HSM failed."""
+        """The HSM's JWS over ``record``'s payload (an x402 authorisation's signature),
+        or None with the reason in ``attempt``: the caller is gone (before or while the
+        HSM signs), the HSM failed, or an x402 window closed while it waited (approval)."""
         try:
             deadline.check(0.0)
         except PaywardenError as exc:
             attempt.gone = exc
             return None
         payload = record.payload or b""
+        x402 = signable(payload) if is_x402(payload) else None
+        if x402 is not None and x402[1].valid_before < self._deps.now() + MIN_WINDOW_SECONDS:
+            attempt.withdrawn = True  # never hand out an authorisation no chain accepts
+            return None
         started = time.monotonic()
         try:
-            if is_x402(payload):  # an EIP-3009 authorisation: its Ethereum signature
-                domain, authorization = signable(payload)
+            if x402 is not None:  # an EIP-3009 authorisation: its Ethereum signature
+                domain, authorization = x402
                 evm = self._hsm.sign_transfer_authorization(record.key_id, domain, authorization)
                 compact = "0x" + evm.to_bytes().hex()
             else:
