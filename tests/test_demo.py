@@ -354,8 +354,15 @@ def demo_under_way(base: Path, *, own_group: bool = False) -> Iterator[StoryUnde
     kills it on the way out."""
     tmpdir = base / "tmp"
     tmpdir.mkdir()
+    # Started as a terminal's foreground job is, with SIGINT at its default: a test run from a
+    # background job (``cmd &``, as CI may be) inherits SIGINT ignored, and Python then gives
+    # the demo no KeyboardInterrupt at all. The disposition set here survives the exec.
+    restore_sigint = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
     demo = subprocess.Popen(
-        [str(PAYWARDEN), "demo", "--pause"],
+        [sys.executable, "-c", restore_sigint, str(PAYWARDEN), "demo", "--pause"],
         cwd=base,
         env=settings_free_env({"TMPDIR": str(tmpdir), "NO_COLOR": "1"}),
         stdin=subprocess.PIPE,
