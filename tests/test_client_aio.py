@@ -12,8 +12,7 @@ from paywarden.client import PreparedPayment, RetryPolicy, Signed, SignRefused
 from paywarden.client.aio import AgentClient, PlannerClient, SignCancelled
 
 from tests.helpers import Pki, Stack
-from tests.support.faults import answer_dropping_proxy
-from tests.support.outage import outage_proxy
+from tests.support.faults import answer_dropping_proxy, outage_proxy
 from tests.support.sdk import account_of, decided_in, settings_for, upstream_of
 
 ASYNC_POLICY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)

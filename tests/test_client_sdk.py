@@ -37,8 +37,8 @@ from paywarden.v1 import signer_pb2
 from paywarden.verify import ReceiptInvalid
 
 from tests.helpers import Pki, Stack
-from tests.support.faults import answer_dropping_proxy
-from tests.support.outage import broken_middlebox, outage_proxy
+from tests.support.faults import answer_dropping_proxy, outage_proxy
+from tests.support.outage import broken_middlebox
 from tests.support.postgres import free_port
 from tests.support.sdk import (
     CountingInterceptor,
