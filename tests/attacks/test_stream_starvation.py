@@ -55,11 +55,16 @@ from tests.helpers import Pki, ServeProcess, TestToken, reason_of, serve, write_
 from tests.support.intents import payment_intent
 from tests.support.sessions import open_session
 
-OPERATOR_DEADLINE = 1.0  # the operator's calls must answer within this
+# The operator's calls must answer within this. It is far below how long the attack
+# holds its threads (streams 120 s, the slow callers' store wait HOLD), so a starved
+# operator still fails, and far above a loaded 2-core machine's worst answer time.
+OPERATOR_DEADLINE = 10.0
+HOLD = 120  # seconds a slow caller waits for the store's lock (and its call's deadline)
 SATURATION_WAIT = 120.0  # longest wait for the attack to be in place (returns once it is)
 STREAMS_PER_KIND = 16
 SLOW_CALLS = 12  # per slow principal
 WORKERS = {"PAYWARDEN_SERVER__MAX_WORKERS": "16"}
+LONG_LOCK_WAIT = {"PAYWARDEN_STORE__LOCK_TIMEOUT_SECONDS": str(HOLD)}
 REFLECTION_ON = {"PAYWARDEN_SERVER__REFLECTION": "true"}
 
 OPEN = "open"
@@ -230,11 +235,12 @@ def test_streams_and_slow_callers_on_a_locked_store_do_not_stall_the_operator(
 ) -> None:
     config = write_config(tmp_path, token, pki)
     with (
-        serve(config, env={**WORKERS, **REFLECTION_ON}) as srv,
+        serve(config, env={**WORKERS, **REFLECTION_ON, **LONG_LOCK_WAIT}) as srv,
         _channels(srv, pki) as channel,
         _streams() as streams,
     ):
         operator = channel("operator", "operator-1")
+        assert _list_freezes(operator).freezes == []  # connected, before the attack
         session_id = open_session(
             sessions_pb2_grpc.SessionsStub(channel("planner", "planner-1")),
             "agent-1",
@@ -260,7 +266,7 @@ def test_streams_and_slow_callers_on_a_locked_store_do_not_stall_the_operator(
                     purpose="hold a worker thread",
                     expires_at=int(time.time()) + 120,
                 )
-                slow.append(signer.Sign.future(signer_pb2.SignRequest(intent=intent), timeout=30))
+                slow.append(signer.Sign.future(signer_pb2.SignRequest(intent=intent), timeout=HOLD))
             for planner in ("planner-1", "planner-2"):
                 sessions = sessions_pb2_grpc.SessionsStub(channel("planner", planner))
                 for _ in range(SLOW_CALLS):
@@ -270,7 +276,7 @@ def test_streams_and_slow_callers_on_a_locked_store_do_not_stall_the_operator(
                         budgets=[sessions_pb2.AssetBudget(asset="USD", amount="1.00")],
                         ttl_seconds=600,
                     )
-                    slow.append(sessions.OpenSession.future(request, timeout=30))
+                    slow.append(sessions.OpenSession.future(request, timeout=HOLD))
             assert _saturated(channel, time.monotonic() + SATURATION_WAIT)
             # Every shared thread is held; the operator still gets one. (Control
             # calls read the store, which this test has locked: a call that needs
