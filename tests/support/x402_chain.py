@@ -8,6 +8,7 @@ our encoder; a failure is raised as the revert text the SDK maps to its reasons.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -142,3 +143,75 @@ class LocalEip3009Chain:
             raise Reverted("execution reverted: FiatTokenV2: invalid signature")
         if self.balances.get(from_address.lower(), 0) < value:
             raise Reverted("execution reverted: ERC20: transfer amount exceeds balance")
+
+
+TRANSFER_TOPIC = "0x" + keccak(b"Transfer(address,address,uint256)").hex()
+
+
+class SettlingEip3009Chain(LocalEip3009Chain):
+    """The same chain, which also settles: ``transferWithAuthorization`` sent as a
+    transaction runs the token's checks, marks the nonce used and moves the balance, in
+    one step under a lock (a nonce is settled once however many callers race), and its
+    receipt carries the ERC-20 ``Transfer`` event the facilitator looks for."""
+
+    def __init__(
+        self,
+        domain: Eip712Domain,
+        balances: dict[str, int],
+        clock: Callable[[], int] = lambda: int(time.time()),
+    ) -> None:
+        super().__init__(domain, balances, clock)
+        self._lock = threading.Lock()
+        self.receipts: dict[str, TransactionReceipt] = {}
+        """Transaction hash -> receipt, one per settled transfer."""
+
+    def read_contract(
+        self, address: str, abi: list[dict[str, Any]], function_name: str, *args: Any
+    ) -> Any:
+        with self._lock:
+            return super().read_contract(address, abi, function_name, *args)
+
+    def write_contract(
+        self,
+        address: str,
+        abi: list[dict[str, Any]],
+        function_name: str,
+        *args: Any,
+        data_suffix: str | None = None,
+    ) -> str:
+        if function_name != "transferWithAuthorization" or len(args) != 9:
+            raise NotImplementedError(f"the local chain settles no {function_name}")
+        if address.lower() != self.domain.verifying_contract.lower():
+            raise Reverted("execution reverted: no contract at this address")
+        from_address, to, value, _after, _before, nonce = args[:6]
+        with self._lock:
+            self._check_transfer(*args)
+            self.used.add((from_address.lower(), bytes(nonce)))
+            self.balances[from_address.lower()] -= value
+            self.balances[to.lower()] = self.balances.get(to.lower(), 0) + value
+            count = len(self.receipts).to_bytes(8, "big")
+            tx_hash = "0x" + keccak(b"tx" + count + bytes(nonce)).hex()
+            self.receipts[tx_hash] = TransactionReceipt(
+                status=1,
+                block_number=len(self.receipts) + 1,
+                tx_hash=tx_hash,
+                logs=[_transfer_log(self.domain.verifying_contract, from_address, to, value)],
+            )
+        return tx_hash
+
+    def wait_for_transaction_receipt(self, tx_hash: str) -> TransactionReceipt:
+        with self._lock:
+            return self.receipts[tx_hash]
+
+
+def _transfer_log(token: str, from_address: str, to: str, value: int) -> dict[str, Any]:
+    """The ERC-20 ``Transfer(from, to, value)`` event as an RPC node returns a log."""
+
+    def topic(address: str) -> str:
+        return "0x" + "00" * 12 + address.lower().removeprefix("0x")
+
+    return {
+        "address": token,
+        "topics": [TRANSFER_TOPIC, topic(from_address), topic(to)],
+        "data": "0x" + value.to_bytes(32, "big").hex(),
+    }
