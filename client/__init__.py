@@ -19,6 +19,7 @@ from paywarden.client.errors import (
     ClientError,
     OutcomeUnknown,
     Refusal,
+    RequirementsRefused,
     RetriesExhausted,
     SettingsError,
     SignRefused,
@@ -37,8 +38,18 @@ from paywarden.client.results import (
 )
 from paywarden.client.retry import RETRYABLE, RetryPolicy
 from paywarden.client.settings import ConnectionSettings
+from paywarden.client.x402 import X402Order, X402Requirements, offers
+from paywarden.client.x402_results import (
+    PAYMENT_SIGNATURE_HEADER,
+    PreparedX402,
+    X402Authorization,
+    X402Pending,
+    X402Result,
+    X402Signed,
+)
 
 __all__ = [
+    "PAYMENT_SIGNATURE_HEADER",
     "RETRYABLE",
     "AgentClient",
     "ApprovalDenied",
@@ -55,7 +66,9 @@ __all__ = [
     "PlannerClient",
     "PlannerSession",
     "PreparedPayment",
+    "PreparedX402",
     "Refusal",
+    "RequirementsRefused",
     "RetriesExhausted",
     "RetryPolicy",
     "Scope",
@@ -66,7 +79,14 @@ __all__ = [
     "Signed",
     "TransportFailed",
     "UnexpectedAnswer",
+    "X402Authorization",
+    "X402Order",
+    "X402Pending",
+    "X402Requirements",
+    "X402Result",
+    "X402Signed",
     "check_receipt",
     "new_nonce",
+    "offers",
     "receipt_document",
 ]

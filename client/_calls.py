@@ -62,6 +62,7 @@ def _m(service: str, name: str, response: type[Resp]) -> Method[Any, Resp]:
 SIGN = _m("Signer", "Sign", signer_pb2.SignResponse)
 GET_PUBLIC_KEYS = _m("Signer", "GetPublicKeys", signer_pb2.GetPublicKeysResponse)
 GET_RECEIPT = _m("Signer", "GetReceipt", signer_pb2.GetReceiptResponse)
+SIGN_X402 = _m("Signer", "SignX402", signer_pb2.SignX402Response)
 
 OPEN_SESSION = _m("Sessions", "OpenSession", sessions_pb2.OpenSessionResponse)
 GET_SESSION = _m("Sessions", "GetSession", sessions_pb2.GetSessionResponse)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, NotRequired, TypedDict
+from typing import Any, Generic, NotRequired, TypedDict, TypeVar
 
 from google.protobuf.message import Message
 from paywarden.client._calls import ERROR_DOMAIN, GET_RECEIPT, SIGN, Method
@@ -31,6 +31,7 @@ from paywarden.client.results import (
     PaymentClaims,
     PendingApproval,
     PreparedPayment,
+    Resumable,
     Signed,
     SignResult,
 )
@@ -184,8 +185,8 @@ def refused(refusal: Refusal) -> SignRefused:
 
 
 def failure(
-    refusal: Refusal, attempts: Attempts, request: PreparedPayment
-) -> SignRefused | OutcomeUnknown:
+    refusal: Refusal, attempts: Attempts, request: Resumable
+) -> SignRefused | OutcomeUnknown[Resumable]:
     """What to raise when an attempt failed and ``attempts`` allows no other: a refusal only
     when the signer wrote it (its ``paywarden.dev`` ErrorInfo); any other status (a proxy's
     INTERNAL, a reset stream, CANCELLED) leaves the outcome unknown, carrying ``request``."""
@@ -226,6 +227,24 @@ class Pause:
 Step = Send | Pause
 Reply = Message | Refusal | None
 Steps = Generator[Step, Reply, SignResult]
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Exchange(Generic[R]):
+    """One signing call, whatever its kind (``Sign``, ``SignX402``): the request sent, every
+    time the same bytes, how an answer is read, and the request an outcome-unknown failure
+    carries for a later resume."""
+
+    method: Method[Any, Any]
+    request: Message
+    read: Callable[[Any, int, str | None], R]
+    """(response, attempts, approval id asked for) -> the result; raises
+    :class:`UnexpectedAnswer` for an answer that is not this request's."""
+    approval_of: Callable[[R], str | None]
+    """The approval a result waits for, or ``None`` when it is final."""
+    resumable: Callable[[str | None], Resumable]
+    """The request to resume, given the approval asked for."""
 
 
 def sign_steps(
@@ -237,48 +256,79 @@ def sign_steps(
     fetch_receipts: bool,
     receipt_timeout: float,
 ) -> Steps:
-    """Everything one ``sign`` does, as steps that a blocking or an asyncio driver performs.
+    """Everything one ``sign`` does, as steps that a blocking or an asyncio driver performs
+    (see :func:`exchange_steps`)."""
+    exchange = Exchange(
+        SIGN,
+        sign_request(intent),
+        lambda response, attempts, asked: read_answer(response, intent, attempts, asked),
+        _approval_of,
+        lambda asked: PreparedPayment(intent, asked),
+    )
+    return exchange_steps(
+        exchange,
+        policy,
+        wait_for_approval=wait_for_approval,
+        approval_id=approval_id,
+        fetch_receipts=fetch_receipts,
+        receipt_timeout=receipt_timeout,
+    )
+
+
+def _approval_of(result: SignResult) -> str | None:
+    return result.approval_id if isinstance(result, PendingApproval) else None
+
+
+def exchange_steps(
+    exchange: Exchange[R],
+    policy: RetryPolicy,
+    *,
+    wait_for_approval: float | None,
+    approval_id: str | None,
+    fetch_receipts: bool,
+    receipt_timeout: float,
+) -> Generator[Step, Reply, R]:
+    """Everything one signing call does, as steps that a blocking or an asyncio driver
+    performs.
 
     The request is sent, and retried on UNAVAILABLE / DEADLINE_EXCEEDED within the policy's
     bounds, always the same bytes. A pending answer is asked again, with the same request,
     until it is signed, refused or ``wait_for_approval`` seconds have passed. A refusal is
     raised as :class:`SignRefused` with the decision's receipt when it can be fetched.
     """
-    request = sign_request(intent)
-    result = yield from _send(request, intent, policy, approval_id, fetch_receipts, receipt_timeout)
-    if not isinstance(result, PendingApproval) or wait_for_approval is None:
+    result = yield from _send(exchange, policy, approval_id, fetch_receipts, receipt_timeout)
+    if exchange.approval_of(result) is None or wait_for_approval is None:
         return result
     polls = policy.approval_wait(wait_for_approval)
-    while isinstance(result, PendingApproval) and (delay := polls.next_delay()) is not None:
+    while (pending := exchange.approval_of(result)) is not None and (
+        delay := polls.next_delay()
+    ) is not None:
         yield Pause(delay)
-        result = yield from _send(
-            request, intent, policy, result.approval_id, fetch_receipts, receipt_timeout
-        )
+        result = yield from _send(exchange, policy, pending, fetch_receipts, receipt_timeout)
     return result
 
 
 def _send(
-    request: signer_pb2.SignRequest,
-    intent: signer_pb2.PaymentIntent,
+    exchange: Exchange[R],
     policy: RetryPolicy,
     approval_id: str | None,
     fetch_receipts: bool,
     receipt_timeout: float,
-) -> Steps:
+) -> Generator[Step, Reply, R]:
     attempts = policy.attempts()
     while True:
-        reply = yield Send(SIGN, request, attempts.start())
-        if isinstance(reply, signer_pb2.SignResponse):
-            return read_answer(reply, intent, attempts.count, approval_id)
+        reply = yield Send(exchange.method, exchange.request, attempts.start())
+        if isinstance(reply, exchange.method.response):
+            return exchange.read(reply, attempts.count, approval_id)
         if not isinstance(reply, Refusal):
             raise UnexpectedAnswer(
-                "the driver gave Sign a reply that is neither answer nor refusal"
+                "the driver gave the call a reply that is neither answer nor refusal"
             )
         delay = attempts.retry_after(reply.code)
         if delay is not None:
             yield Pause(delay)
             continue
-        error = failure(reply, attempts, PreparedPayment(intent, approval_id))
+        error = failure(reply, attempts, exchange.resumable(approval_id))
         if isinstance(error, SignRefused) and fetch_receipts:
             yield from _attach_receipt(error, receipt_timeout)
         raise error

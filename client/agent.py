@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Unpack
+from collections.abc import Generator
+from typing import Unpack, overload
 
 import grpc
 from paywarden.client._calls import GET_PUBLIC_KEYS, GET_RECEIPT, GET_SESSION
 from paywarden.client._connection import DEFAULT_TIMEOUT, Connection
-from paywarden.client._signing import Payment, Steps, build_intent, sign_steps
+from paywarden.client._signing import Payment, Reply, Step, Steps, build_intent, sign_steps
 from paywarden.client.results import PendingApproval, PreparedPayment, SignResult
 from paywarden.client.retry import RetryPolicy
 from paywarden.client.settings import ConnectionSettings
+from paywarden.client.x402 import Requirements, X402Order, prepare_x402, x402_steps
+from paywarden.client.x402_results import PreparedX402, X402Pending, X402Result
 from paywarden.v1 import sessions_pb2, signer_pb2
 
 
@@ -30,6 +33,18 @@ class AgentSteps:
             self.retry,
             wait_for_approval=wait_for_approval,
             approval_id=request.approval_id,
+            fetch_receipts=self.fetch_receipts,
+            receipt_timeout=self._receipt_timeout,
+        )
+
+    def x402_steps(
+        self, request: PreparedX402, wait_for_approval: float | None
+    ) -> Generator[Step, Reply, X402Result]:
+        """The steps of ``sign_x402`` (the same as ``sign``'s, on ``SignX402``)."""
+        return x402_steps(
+            request,
+            self.retry,
+            wait_for_approval=wait_for_approval,
             fetch_receipts=self.fetch_receipts,
             receipt_timeout=self._receipt_timeout,
         )
@@ -104,17 +119,74 @@ class AgentClient(Connection):
         after an :class:`~paywarden.client.OutcomeUnknown`) collects the same decision."""
         return self._run(self._agent.steps(request, wait_for_approval))
 
+    def sign_x402(
+        self,
+        session_id: str,
+        requirements: Requirements,
+        *,
+        wait_for_approval: float | None = None,
+        **order: Unpack[X402Order],
+    ) -> X402Result:
+        """Asks the signer to authorise an x402 payment in ``session_id`` (``SignX402``).
+
+        ``requirements`` is what the resource server's 402 answer offers: an ``accepts``
+        entry as JSON (a dict; see :func:`~paywarden.client.offers` for the
+        ``PAYMENT-REQUIRED`` header), :class:`~paywarden.client.X402Requirements` or the
+        proto message. The order (:class:`~paywarden.client.X402Order`) names ``key_id`` and
+        ``reference``, optionally ``purpose``, ``expires_in`` or ``expires_at``, ``nonce``,
+        ``resource`` and the key's ``from_address``.
+
+        Returns :class:`~paywarden.client.X402Signed` (send its ``headers`` with the
+        retried request) or :class:`~paywarden.client.X402Pending`; raises exactly as
+        :meth:`sign` does (:class:`~paywarden.client.SignRefused` with the reason code,
+        :class:`~paywarden.client.OutcomeUnknown` carrying the request to resume), and
+        :class:`~paywarden.client.UnexpectedAnswer` when the authorisation is not this
+        request's (never returned as a payment).
+        """
+        prepared = self.prepare_x402(session_id, requirements, **order)
+        return self.submit_x402(prepared, wait_for_approval=wait_for_approval)
+
+    def prepare_x402(
+        self, session_id: str, requirements: Requirements, **order: Unpack[X402Order]
+    ) -> PreparedX402:
+        """The exact request :meth:`sign_x402` would send (its nonce and expiry fixed),
+        without sending it."""
+        return prepare_x402(session_id, requirements, order)
+
+    def submit_x402(
+        self, request: PreparedX402, *, wait_for_approval: float | None = None
+    ) -> X402Result:
+        """Sends a prepared x402 payment; answers as :meth:`sign_x402` does. Sending it
+        again collects the same decision and the same authorisation."""
+        return self._run(self._agent.x402_steps(request, wait_for_approval))
+
+    @overload
     def resume(
         self,
         request: PendingApproval | PreparedPayment,
         *,
         wait_for_approval: float | None = None,
-    ) -> SignResult:
+    ) -> SignResult: ...
+
+    @overload
+    def resume(
+        self, request: X402Pending | PreparedX402, *, wait_for_approval: float | None = None
+    ) -> X402Result: ...
+
+    def resume(
+        self,
+        request: PendingApproval | PreparedPayment | X402Pending | PreparedX402,
+        *,
+        wait_for_approval: float | None = None,
+    ) -> SignResult | X402Result:
         """Asks again for a payment, with the same request (byte for byte): a
-        :class:`~paywarden.client.PendingApproval`, or the ``request`` of an
-        :class:`~paywarden.client.OutcomeUnknown` (such as
+        :class:`~paywarden.client.PendingApproval` or :class:`~paywarden.client.X402Pending`,
+        or the ``request`` of an :class:`~paywarden.client.OutcomeUnknown` (such as
         :class:`~paywarden.client.RetriesExhausted`). Waits at most ``wait_for_approval``
-        seconds for an approver; answers as :meth:`sign` does."""
+        seconds for an approver; answers as :meth:`sign` (or :meth:`sign_x402`) does."""
+        if isinstance(request, X402Pending | PreparedX402):
+            prepared_x402 = request.request if isinstance(request, X402Pending) else request
+            return self.submit_x402(prepared_x402, wait_for_approval=wait_for_approval)
         prepared = request.request if isinstance(request, PendingApproval) else request
         return self.submit(prepared, wait_for_approval=wait_for_approval)
 

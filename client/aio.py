@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Unpack
+from typing import Unpack, overload
 
 import grpc.aio
 from paywarden.client._calls import (
@@ -38,9 +38,11 @@ from paywarden.client._requests import (
 from paywarden.client._signing import Payment, build_intent
 from paywarden.client.agent import AgentSteps, receipt_query
 from paywarden.client.errors import ClientError
-from paywarden.client.results import PendingApproval, PreparedPayment, SignResult
+from paywarden.client.results import PendingApproval, PreparedPayment, Resumable, SignResult
 from paywarden.client.retry import RetryPolicy
 from paywarden.client.settings import ConnectionSettings
+from paywarden.client.x402 import Requirements, X402Order, prepare_x402
+from paywarden.client.x402_results import PreparedX402, X402Pending, X402Result
 from paywarden.v1 import sessions_pb2, signer_pb2
 
 __all__ = ["AgentClient", "PlannerClient", "SignCancelled"]
@@ -53,7 +55,7 @@ class SignCancelled(asyncio.CancelledError):
     :meth:`AgentClient.resume` later (``except asyncio.CancelledError as e:
     getattr(e, "request", None)``, or ``prepare`` first and keep the request yourself)."""
 
-    def __init__(self, request: PreparedPayment, *args: object) -> None:
+    def __init__(self, request: Resumable, *args: object) -> None:
         super().__init__(*args)
         self.request = request
 
@@ -101,13 +103,60 @@ class AgentClient(AioConnection):
         except asyncio.CancelledError as cancelled:
             raise SignCancelled(request, *cancelled.args) from cancelled
 
+    async def sign_x402(
+        self,
+        session_id: str,
+        requirements: Requirements,
+        *,
+        wait_for_approval: float | None = None,
+        **order: Unpack[X402Order],
+    ) -> X402Result:
+        """As :meth:`paywarden.client.AgentClient.sign_x402`; a cancellation during the
+        call is raised as :class:`SignCancelled`, carrying the request."""
+        request = self.prepare_x402(session_id, requirements, **order)
+        return await self.submit_x402(request, wait_for_approval=wait_for_approval)
+
+    def prepare_x402(
+        self, session_id: str, requirements: Requirements, **order: Unpack[X402Order]
+    ) -> PreparedX402:
+        """As :meth:`paywarden.client.AgentClient.prepare_x402`."""
+        return prepare_x402(session_id, requirements, order)
+
+    async def submit_x402(
+        self, request: PreparedX402, *, wait_for_approval: float | None = None
+    ) -> X402Result:
+        """As :meth:`paywarden.client.AgentClient.submit_x402`; a cancellation is raised
+        as :class:`SignCancelled` carrying ``request``."""
+        try:
+            return await self._run(self._agent.x402_steps(request, wait_for_approval))
+        except SignCancelled:
+            raise
+        except asyncio.CancelledError as cancelled:
+            raise SignCancelled(request, *cancelled.args) from cancelled
+
+    @overload
     async def resume(
         self,
         request: PendingApproval | PreparedPayment,
         *,
         wait_for_approval: float | None = None,
-    ) -> SignResult:
+    ) -> SignResult: ...
+
+    @overload
+    async def resume(
+        self, request: X402Pending | PreparedX402, *, wait_for_approval: float | None = None
+    ) -> X402Result: ...
+
+    async def resume(
+        self,
+        request: PendingApproval | PreparedPayment | X402Pending | PreparedX402,
+        *,
+        wait_for_approval: float | None = None,
+    ) -> SignResult | X402Result:
         """As :meth:`paywarden.client.AgentClient.resume`."""
+        if isinstance(request, X402Pending | PreparedX402):
+            prepared_x402 = request.request if isinstance(request, X402Pending) else request
+            return await self.submit_x402(prepared_x402, wait_for_approval=wait_for_approval)
         prepared = request.request if isinstance(request, PendingApproval) else request
         return await self.submit(prepared, wait_for_approval=wait_for_approval)
 

@@ -9,13 +9,15 @@ number (from the ``google.rpc.ErrorInfo`` status detail and the trailing metadat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import grpc
 
 if TYPE_CHECKING:
-    from paywarden.client.results import PreparedPayment
+    from paywarden.client.results import Resumable
     from paywarden.v1 import signer_pb2
+
+Q = TypeVar("Q", bound="Resumable")
 
 
 class ClientError(Exception):
@@ -97,23 +99,24 @@ class CallError(ClientError):
         return self.diagnostics()
 
 
-class OutcomeUnknown(CallError):
+class OutcomeUnknown(CallError, Generic[Q]):
     """``Sign`` failed without an answer from the signer: the payment may have been decided
     (and signed, and spent) or not.
 
-    ``request`` is the exact request (:class:`~paywarden.client.PreparedPayment`): pass it to
+    ``request`` is the exact request (:class:`~paywarden.client.PreparedPayment`, or
+    :class:`~paywarden.client.PreparedX402` for ``sign_x402``): pass it to
     :meth:`paywarden.client.AgentClient.resume` to collect the signer's decision (the same
     nonce and payload: never a second payment). Never call ``sign`` again for this payment:
     a new ``sign`` makes a new nonce, which is a second payment.
     """
 
-    def __init__(self, refusal: Refusal, request: PreparedPayment, attempts: int = 1) -> None:
+    def __init__(self, refusal: Refusal, request: Q, attempts: int = 1) -> None:
         super().__init__(refusal)
         self.request = request
         self.attempts = attempts
 
 
-class RetriesExhausted(OutcomeUnknown):
+class RetriesExhausted(OutcomeUnknown[Q]):
     """Every attempt of a retried call failed with a retryable status (UNAVAILABLE or
     DEADLINE_EXCEEDED), or the overall deadline passed: the last attempt's refusal.
 
@@ -125,7 +128,7 @@ class RetriesExhausted(OutcomeUnknown):
         return f"gave up after {self.attempts} attempt(s): {super().diagnostics()}"
 
 
-class TransportFailed(OutcomeUnknown):
+class TransportFailed(OutcomeUnknown[Q]):
     """``Sign`` failed with a status the signer did not write (no ``paywarden.dev``
     ErrorInfo: e.g. INTERNAL or UNKNOWN from a proxy, RST_STREAM, CANCELLED): not a refusal,
     the outcome is unknown; resume ``request``."""
@@ -143,6 +146,12 @@ class SignRefused(CallError):
         super().__init__(refusal)
         self.receipt: signer_pb2.GetReceiptResponse | None = None
         self.receipt_error: ClientError | None = None
+
+
+class RequirementsRefused(ClientError, ValueError):
+    """A resource server's x402 requirements that the SDK will not send to the signer
+    (malformed, another x402 version, a transfer method Paywarden does not sign): nothing
+    was asked, nothing signed."""
 
 
 class ApprovalDenied(SignRefused):

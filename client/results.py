@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from paywarden.client.x402_results import PreparedX402
 from paywarden.v1 import signer_pb2
 
 
@@ -136,3 +137,6 @@ class PendingApproval:
 
 
 SignResult = Signed | PendingApproval
+
+Resumable = PreparedPayment | PreparedX402
+"""A request that an outcome-unknown failure carries, for ``AgentClient.resume``."""
