@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -228,16 +229,18 @@ def cases() -> list[Any]:
     neighbour = to_checksum_address(raw[:19] + bytes([raw[19] ^ 0x01]))  # one nibble off
     flipped = "0xa" + SHOP[3:]  # 0xAb58... -> 0xab58...: still mixed case, checksum broken
     assert flipped.lower() == SHOP.lower() and flipped != SHOP
+    assert neighbour != SHOP and neighbour.lower()[:-1] == SHOP.lower()[:-1]
+    # (payTo, the session's budget, the reason, whether the policy decided it)
     return [
-        pytest.param("0x" + "33" * 20, "10", "PAYEE_NOT_ALLOWED", id="payee-not-allowed"),
-        pytest.param(SHOP, "1", "BUDGET_EXCEEDED", id="over-budget"),
-        pytest.param(flipped, "10", "STRING_INVALID", id="confusable-checksum"),
-        pytest.param(neighbour, "10", "PAYEE_NOT_ALLOWED", id="one-nibble-off"),
-        pytest.param(neighbour.lower(), "10", "PAYEE_NOT_ALLOWED", id="one-nibble-off-lower"),
+        pytest.param("0x" + "33" * 20, "10", "PAYEE_NOT_ALLOWED", True, id="payee-not-allowed"),
+        pytest.param(SHOP, "1", "BUDGET_EXCEEDED", True, id="over-budget"),
+        pytest.param(flipped, "10", "STRING_INVALID", False, id="confusable-checksum"),
+        pytest.param(neighbour, "10", "PAYEE_NOT_ALLOWED", True, id="one-nibble-off"),
+        pytest.param(neighbour.lower(), "10", "PAYEE_NOT_ALLOWED", True, id="one-nibble-off-lower"),
     ]
 
 
-@pytest.mark.parametrize(("pay_to", "budget", "reason"), cases())
+@pytest.mark.parametrize(("pay_to", "budget", "reason", "decided"), cases())
 def test_policy_denials_give_no_authorisation_and_send_no_payment(
     x402_signer: X402Signer,
     agent: AgentClient,
@@ -246,19 +249,27 @@ def test_policy_denials_give_no_authorisation_and_send_no_payment(
     pay_to: str,
     budget: str,
     reason: str,
+    decided: bool,
 ) -> None:
     session = usdc_session(planner, budget)
     with x402_shop(chain, pay_to, PRICE) as shop:
         with pytest.raises(SignRefused) as refused:
             pay(agent, session, shop)
-        assert refused.value.reason == reason
         assert shop.payments() == []  # the resource server was never sent a header
         assert [s.status for s in shop.seen] == [402]
+    error = refused.value
+    assert error.reason == reason
     assert chain.used == set() and chain.receipts == {}
-    assert not [d for d in x402_signer.decisions(session) if d["outcome"] == "allow"]
-    assert not agent.session(session).spend or all(
-        s.spent in ("0", "0.000000") for s in agent.session(session).spend
-    )
+    assert [d["outcome"] for d in x402_signer.decisions(session)] == (["deny"] if decided else [])
+    assert all(Decimal(s.spent or "0") == 0 for s in agent.session(session).spend)
+    if decided:  # a policy denial is on record, with its signed receipt
+        [record] = [r for r in x402_signer.audit() if r.get("seq") == error.audit_seq]
+        assert record["action"] == "sign.decision"
+        assert record["decision"]["id"] == error.decision_id
+        assert (record["decision"]["outcome"], record["decision"]["reason"]) == ("deny", reason)
+        assert error.receipt is not None
+    else:  # refused as invalid before the policy saw it: no decision to name
+        assert error.decision_id is None
 
 
 def test_a_lost_answer_is_collected_again_and_the_authorisation_pays_once(
