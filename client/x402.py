@@ -43,8 +43,8 @@ from paywarden.v1 import signer_pb2
 
 X402_VERSION = 2
 """The x402 protocol version the signer pays."""
-_FIELDS = frozenset({"scheme", "network", "asset", "amount", "payTo", "maxTimeoutSeconds", "extra"})
-_REQUIRED = _FIELDS - {"extra"}
+_REQUIRED = frozenset({"scheme", "network", "asset", "amount", "payTo", "maxTimeoutSeconds"})
+_FIELDS = _REQUIRED | {"extra", "resource"}
 _TRANSFER_METHOD = "eip3009"
 """The only ``extra.assetTransferMethod`` the signer's authorisation is (also when absent)."""
 _ATOMIC = re.compile(r"0|[1-9][0-9]*")
@@ -78,8 +78,10 @@ class X402Requirements:
 
     @classmethod
     def from_dict(cls, accepted: Mapping[str, Any], *, resource: str = "") -> X402Requirements:
-        """An ``accepts`` entry as the 402 answer's JSON carries it (camelCase keys). An
-        unknown key, a mistyped value or a transfer method other than EIP-3009 is refused."""
+        """An ``accepts`` entry as the 402 answer's JSON carries it (camelCase keys; the
+        resource's URL in ``resource``, else ``resource=``). An unknown key (such as x402
+        v1's ``maxAmountRequired``), a mistyped value or a transfer method other than
+        EIP-3009 is refused."""
         unknown = set(accepted) - _FIELDS
         missing = _REQUIRED - set(accepted)
         if unknown or missing:
@@ -102,7 +104,7 @@ class X402Requirements:
             pay_to=_text(accepted, "payTo"),
             amount=_text(accepted, "amount"),
             max_timeout_seconds=timeout,
-            resource=resource,
+            resource=_text(accepted, "resource", resource),
             extra_name=_text(extra, "name", ""),
             extra_version=_text(extra, "version", ""),
         )

@@ -127,6 +127,7 @@ def _without(key: str) -> dict[str, Any]:
         pytest.param({**ACCEPTED, "maxTimeoutSeconds": "60"}, id="timeout-text"),
         pytest.param({**ACCEPTED, "maxTimeoutSeconds": True}, id="timeout-bool"),
         pytest.param({**ACCEPTED, "amount": 1250000}, id="amount-number"),
+        pytest.param({**ACCEPTED, "resource": {"url": "http://shop"}}, id="resource-object"),
         pytest.param({**ACCEPTED, "extra": ["USD Coin"]}, id="extra-list"),
         pytest.param({**ACCEPTED, "extra": {"assetTransferMethod": "permit2"}}, id="permit2"),
     ],
@@ -160,6 +161,10 @@ def test_a_request_is_built_once_with_a_fresh_32_byte_nonce() -> None:
     given = prepared_order(nonce="bm9uY2Utbm9uY2Utbm9uY2Utbm9uY2U", resource="http://shop/x")
     assert given.request.nonce == "bm9uY2Utbm9uY2Utbm9uY2Utbm9uY2U"
     assert given.request.requirements.resource == "http://shop/x"
+    named = prepare_x402(
+        "ses-1", {**ACCEPTED, "resource": "http://shop/y"}, {"key_id": "k", "reference": "r"}
+    )
+    assert named.request.requirements.resource == "http://shop/y"
 
 
 # -- answers -----------------------------------------------------------------------------------
