@@ -11,6 +11,7 @@ payment header sent twice is refused the second time by the facilitator (nonce u
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import urllib.error
@@ -333,8 +334,6 @@ def test_a_payment_held_for_approval_pays_once_a_human_approves(
 def test_the_asyncio_agent_pays_the_same_way(
     x402_signer: X402Signer, planner: PlannerClient, chain: SettlingEip3009Chain, pki: Pki
 ) -> None:
-    import asyncio
-
     session = usdc_session(planner)
     with x402_shop(chain, SHOP, PRICE) as shop:
         [offer] = offers(payment_required(shop.url))
