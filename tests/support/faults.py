@@ -45,8 +45,9 @@ class CuttingProxy:
         self._spawn(self._accept)
 
     def close(self) -> None:
-        """Stops accepting, closes every connection and joins every thread."""
-        self._listener.close()
+        """Stops accepting, closes every connection and joins every thread. (Closing the
+        listener alone does not wake a thread blocked in accept(): shutting it down does.)"""
+        _shut_down(self._listener)
         with self._lock:
             for sock in self._sockets:
                 _shut_down(sock)
