@@ -48,6 +48,18 @@ def profile_of(key: Any) -> KeyProfile | None:
     return None
 
 
+def spki_profile(spki_der: bytes) -> KeyProfile | None:
+    """The profile whose curve the DER SubjectPublicKeyInfo ``spki_der`` is on (as the
+    signer's store keeps a version's public key); None for another key or curve."""
+    key = serialization.load_der_public_key(spki_der)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return None
+    for profile, curve in CURVES.items():
+        if key.curve.name == curve:
+            return profile
+    return None
+
+
 def evm_public_key(ref: KeyRef, pub: Any) -> EvmPublicKey:
     """The public half of an ``x402-exact-evm`` key pair, read from its token object."""
     key = serialization.load_der_public_key(encode_ec_public_key(pub))
@@ -87,6 +99,7 @@ class EvmSigning:
     """The ``x402-exact-evm`` keys of :class:`paywarden.hsm.Hsm` (mixed into it)."""
 
     _token_label: str
+    _session: Any
     _evm_refs: dict[str, KeyRef]
     _evm_private: dict[str, Any]
     _evm_public: dict[str, EvmPublicKey]
@@ -104,8 +117,46 @@ class EvmSigning:
             private[key_id], public[key_id] = load_evm_key(session, ref, self._token_label)
         return private, public
 
+    def _evm_key_locked(self, key_id: str) -> tuple[Any, EvmPublicKey]:
+        """The private key object and public key of ``key_id``, read from the open
+        session and kept if not held yet. A key of another profile (the audit key, a
+        ``jws-es256`` key) is as unknown here as a missing one; a missing or unsafe key
+        is refused without dropping the session: the token itself is fine."""
+        private = self._evm_private.get(key_id)
+        public = self._evm_public.get(key_id)
+        if private is not None and public is not None:
+            return private, public
+        try:
+            ref = KeyRef.parse(key_id)
+        except ValueError:
+            raise KeyNotFound(f"{key_id!r} is not a payment key id") from None
+        try:
+            found = list(
+                self._session.get_objects(
+                    {
+                        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                        Attribute.LABEL: ref.label,
+                        Attribute.ID: ref.cka_id,
+                    }
+                )
+            )
+            if not found or (
+                len(found) == 1 and profile_of(found[0]) is not KeyProfile.X402_EXACT_EVM
+            ):
+                raise KeyNotFound(
+                    f"{key_id!r} is not an {KeyProfile.X402_EXACT_EVM} key on the token"
+                )
+            private, public = load_evm_key(self._session, ref, self._token_label)
+        except pkcs11.exceptions.PKCS11Error as exc:
+            self._fail_locked(f"cannot read key {key_id}: {type(exc).__name__}")
+        self._evm_refs[key_id] = ref
+        self._evm_private[key_id] = private
+        self._evm_public[key_id] = public
+        return private, public
+
     def evm_public_keys(self) -> list[EvmPublicKey]:
-        """The ``x402-exact-evm`` public keys read at the last successful open."""
+        """The ``x402-exact-evm`` public keys read at the last successful open or looked
+        up since."""
         with PKCS11_LOCK:
             return [self._evm_public[k] for k in sorted(self._evm_public)]
 
@@ -116,17 +167,20 @@ class EvmSigning:
         ``authorization`` under ``domain``.
 
         ``authorization.from_address`` must be the key's own address (ValueError
-        otherwise: a key authorises transfers of its own funds only). Raises
-        :class:`KeyNotFound` for a key id that is not one of this signer's
-        ``x402-exact-evm`` keys and :class:`HsmUnavailable` when the token cannot sign
-        now or returns a signature that does not recover the key.
+        otherwise: a key authorises transfers of its own funds only). A version
+        that was not read at open (one rotated in while the signer runs, or after its
+        configured version was retired) is looked up on the token by label and CKA_ID
+        now, checked as at open (secp256k1, sign-only, never extractable) and kept:
+        whether it may sign is the caller's to decide (its state is in the store).
+        Raises :class:`KeyNotFound` for a key id that is no ``x402-exact-evm`` key on
+        the token (missing, or of another profile), :class:`UnsafeKey` for one that
+        fails the checks, and
+        :class:`HsmUnavailable` when the token cannot sign now or returns a signature
+        that does not recover the key.
         """
         with PKCS11_LOCK:
             self._ensure_open_locked()
-            private = self._evm_private.get(key_id)
-            public = self._evm_public.get(key_id)
-            if private is None or public is None:
-                raise KeyNotFound(f"{key_id!r} is not an {KeyProfile.X402_EXACT_EVM} key")
+            private, public = self._evm_key_locked(key_id)
             if authorization.from_address != public.address:
                 raise ValueError(
                     f"key {key_id} signs transfers from {public.address} only, "

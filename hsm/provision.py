@@ -294,18 +294,29 @@ def export_evm_public_key(
             session.close()
 
 
-def generate_new_key(module: str, token_label: str, user_pin: str, ref: KeyRef) -> PublicKeyInfo:
-    """Generates a new version inside the token (as :func:`generate_key`) and returns its
-    public half; refuses a version that is on the token already, so that a rotation
+def generate_new_key(
+    module: str,
+    token_label: str,
+    user_pin: str,
+    ref: KeyRef,
+    profile: KeyProfile = KeyProfile.JWS_ES256,
+) -> PublicKeyInfo:
+    """Generates a new version of ``profile`` inside the token (as :func:`generate_key`:
+    sensitive, never extractable, sign-only) and returns its public half (for an
+    ``x402-exact-evm`` key, its secp256k1 SubjectPublicKeyInfo, as the signer's store
+    keeps it); refuses a version that is on the token already, so that a rotation
     never makes active a key it did not make."""
-    created, status = generate_key(module, token_label, user_pin, ref)
+    created, status = generate_key(module, token_label, user_pin, ref, profile)
     if not created:
         raise UnsafeKey(
             f"key {ref.key_id} is on token {token_label!r} already but not registered: "
             "a rotation only activates a key it generates"
         )
-    if not status.safe:
+    if not status.safe or status.profile is not profile:
         raise UnsafeKey(f"key {ref.key_id} was generated unsafe: {status}")
+    if profile is KeyProfile.X402_EXACT_EVM:
+        evm = export_evm_public_key(module, token_label, user_pin, ref)
+        return PublicKeyInfo(ref, evm.spki_der)
     return export_public_key(module, token_label, user_pin, ref)
 
 

@@ -371,8 +371,8 @@ class Hsm(EvmSigning):
     def forget(self, key_ids: Iterable[str]) -> None:
         """Stops holding these payment keys (``x402-exact-evm`` ones too): their handles
         are dropped and a reopen of the token no longer requires them (a version that
-        stopped signing may be destroyed later). Asked for again, a ``jws-es256`` key is
-        looked up again; an x402 key is not (rotating x402 labels is not built)."""
+        stopped signing may be destroyed later). Asked for again, a key is looked up
+        again on the token, as a version rotated in while the signer runs is."""
         with PKCS11_LOCK:
             for key_id in key_ids:
                 if self._audit_ref is not None and key_id == self._audit_ref.key_id:

@@ -88,7 +88,7 @@ class TestStore:
             keystore, [_key_info("payments.v1"), _key_info("payments.v2")], 100, SYSTEM
         )
         new, demoted = key_custody.rotate(
-            keystore, "payments", lambda r: _key_info(r.key_id), 150, CUSTODY
+            keystore, "payments", lambda r, _profile: _key_info(r.key_id), 150, CUSTODY
         )
         assert new.key_id == "payments.v3" and demoted == ["payments.v1", "payments.v2"]
         assert _key_states(keystore) == {
@@ -101,7 +101,9 @@ class TestStore:
 
     def test_a_rotated_version_is_never_registered_again(self, keystore: SqliteStore) -> None:
         key_custody.register_configured(keystore, [_key_info("payments.v1")], 100, SYSTEM)
-        key_custody.rotate(keystore, "payments", lambda r: _key_info(r.key_id), 150, CUSTODY)
+        key_custody.rotate(
+            keystore, "payments", lambda r, _profile: _key_info(r.key_id), 150, CUSTODY
+        )
         # A configuration that names another version of a managed label registers nothing.
         done = key_custody.register_configured(
             keystore, [_key_info("payments.v1"), _key_info("payments.v7")], 200, SYSTEM
@@ -133,7 +135,9 @@ class TestStore:
 
         with pytest.raises(key_custody.CustodyRefused, match="is active"):
             key_custody.destroy(keystore, "payments.v1", 0, delete, 100, CUSTODY)
-        key_custody.rotate(keystore, "payments", lambda r: _key_info(r.key_id), 1_000, CUSTODY)
+        key_custody.rotate(
+            keystore, "payments", lambda r, _profile: _key_info(r.key_id), 1_000, CUSTODY
+        )
         with pytest.raises(key_custody.CustodyRefused, match="grace period of 1 h ends at"):
             key_custody.destroy(keystore, "payments.v1", 3600, delete, 1_000 + 3599, CUSTODY)
         assert deleted == []

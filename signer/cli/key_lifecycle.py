@@ -10,7 +10,10 @@ They work on the signer's store and token, both named by the signer's configurat
 ``--pin-env``, else from the configuration's own source (``hsm.pin_file`` or
 ``hsm.pin_env``); it is never printed. A running signer (every replica sharing the
 store) picks each change up without a restart: a revoked version signs nothing from
-the next request on. Every change is audited; every refusal exits non-zero and says why.
+the next request on. ``rotate`` keeps the label's profile: an ``x402-exact-evm`` label
+gets a new secp256k1 version and prints its address, a new one (the old address keeps
+its balance, and Paywarden signs nothing more from it). Every change is audited; every
+refusal exits non-zero and says why.
 The rules are :mod:`paywarden.signer.core.key_custody`.
 """
 
@@ -26,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from paywarden.hsm import KeyRef, provision, read_pin
+from paywarden.hsm.evm_keys import spki_profile
 from paywarden.policy import PackError, load_pack_dir
-from paywarden.policy.vocabulary import KeyState
+from paywarden.policy.vocabulary import KeyProfile, KeyState
 from paywarden.signer.cli.support import CliExit, config_from_args, key_argument
 from paywarden.signer.config import Config
 from paywarden.signer.core import key_custody
+from paywarden.signer.core.keys import evm_key_of
 from paywarden.signer.store.opening import open_store
 from paywarden.signer.store.records import StoreError
 from paywarden.signer.timekeeping import HighWater
@@ -40,7 +45,9 @@ CUSTODY_ROLE = "custody"
 
 def add_parsers(sub: Any) -> None:
     """The three commands, on ``paywarden-keys``' subcommands."""
-    p = sub.add_parser("rotate", help="make a new version of a key inside the HSM, active")
+    p = sub.add_parser(
+        "rotate", help="make a new version of a key (of the same profile) inside the HSM, active"
+    )
     _common(p)
     p.add_argument("--label", dest="key_label", required=True, help="key label, e.g. payments")
     p.set_defaults(fn=cmd_rotate)
@@ -95,8 +102,8 @@ class _Custody:
             user = f"uid-{os.getuid()}"
         self.actor = {"role": CUSTODY_ROLE, "id": user}
 
-    def generate(self, ref: KeyRef) -> Any:
-        return provision.generate_new_key(self.module, self.token, self._pin, ref)
+    def generate(self, ref: KeyRef, profile: KeyProfile) -> Any:
+        return provision.generate_new_key(self.module, self.token, self._pin, ref, profile)
 
     def delete(self, ref: KeyRef) -> int:
         return provision.delete_key(self.module, self.token, self._pin, ref)
@@ -130,6 +137,15 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             audit_label=KeyRef.parse(c.config.audit.key).label,
         )
         print(f"key {new.key_id}: generated inside the HSM, active")
+        if spki_profile(new.spki_der) is KeyProfile.X402_EXACT_EVM:
+            address = evm_key_of(KeyRef(new.label, new.version), new.spki_der).address
+            print(f"key {new.key_id}: address {address}")
+            print(
+                f"warning: {address} is a new address: fund it; the addresses of the "
+                "verify-only versions keep their balances, and Paywarden signs nothing more "
+                "from them",
+                file=sys.stderr,
+            )
         for key_id in demoted:
             print(f"key {key_id}: verify-only")
         _warn_packs(c.config, demoted, new.key_id)

@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from paywarden.hsm import KeyRef, PublicKeyInfo
-from paywarden.policy.vocabulary import KeyState
+from paywarden.hsm.evm_keys import spki_profile
+from paywarden.policy.vocabulary import KeyProfile, KeyState
 from paywarden.signer.core import audit_events
 from paywarden.signer.store.key_protocols import KeyStore, KeyTx
 from paywarden.signer.store.records import InvariantBroken, KeyVersion
@@ -101,16 +102,18 @@ def register_configured(
 def rotate(
     store: KeyStore,
     label: str,
-    generate: Callable[[KeyRef], PublicKeyInfo],
+    generate: Callable[[KeyRef, KeyProfile], PublicKeyInfo],
     now: int,
     actor: Mapping[str, str],
     *,
     audit_label: str | None = None,
 ) -> tuple[KeyVersion, list[str]]:
-    """Generates ``<label>.v<N+1>`` (``generate``: inside the HSM, never extractable) and
-    makes it the label's active version; every version active until now becomes
-    verify-only, in the same transaction as the new one's row and the audit record.
-    Returns the new version and the ids made verify-only."""
+    """Generates ``<label>.v<N+1>`` (``generate``: inside the HSM, never extractable) of
+    the label's profile (the curve of its versions: a ``jws-es256`` label gets a P-256
+    version, an ``x402-exact-evm`` one a secp256k1 version) and makes it the label's
+    active version; every version active until now becomes verify-only, in the same
+    transaction as the new one's row and the audit record. Returns the new version and
+    the ids made verify-only."""
     if label == audit_label:
         raise CustodyRefused(f"{label} is the audit key's label: it is never a payment key")
     with store.key_tx() as tx:
@@ -120,8 +123,11 @@ def rotate(
                 f"no version of key {label!r} is registered in the store: configure it "
                 "(keys = [...]) and start the signer once, or check the label"
             )
+        profile = _profile(label, versions)
         ref = KeyRef(label, max(v.version for v in versions) + 1)
-        info = generate(ref)
+        info = generate(ref, profile)
+        if spki_profile(info.spki_der) is not profile:
+            raise CustodyRefused(f"key {ref.key_id} was not generated as a {profile} key")
         new = _new_version(info, now)
         if not tx.add(new):
             raise CustodyRefused(f"key {ref.key_id} is already registered")
@@ -136,12 +142,23 @@ def rotate(
                 now,
                 label=label,
                 key_id=new.key_id,
+                profile=profile,
                 state=KeyState.ACTIVE,
                 spki_sha256=fingerprint(new.spki_der),
                 verify_only=demoted,
             )
         )
     return new, demoted
+
+
+def _profile(label: str, versions: Sequence[KeyVersion]) -> KeyProfile:
+    """The profile every version of ``label`` shares (a label has one profile)."""
+    found = {spki_profile(v.spki_der) for v in versions}
+    named = ", ".join(sorted(str(p or "no profile's curve") for p in found))
+    profile = found.pop() if len(found) == 1 else None
+    if profile is None:
+        raise CustodyRefused(f"the versions of key {label!r} are not of one profile ({named})")
+    return profile
 
 
 def revoke(
