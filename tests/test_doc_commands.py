@@ -33,6 +33,7 @@ GUIDES = (
     "docs/quickstart.md",
     "docs/operations.md",
     "docs/policy-packs.md",
+    "docs/x402.md",
 )
 _SEPARATORS = {"&&", "||", ";", "|", "&"}
 _REDIRECTS = {"<", ">", ">>", "<<", "2>", "2>&1"}
