@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from paywarden.hsm import KeyRef, PublicKeyInfo, TransferWithAuthorization
+from paywarden.hsm import Hsm, KeyNotFound, KeyRef, PublicKeyInfo, TransferWithAuthorization
 from paywarden.hsm import evm as evm_math
 from paywarden.hsm.provision import delete_key, export_evm_public_key, generate_key
 from paywarden.policy.vocabulary import KeyProfile, KeyState
@@ -40,7 +41,7 @@ from x402.schemas import PaymentPayload
 from tests.attacks.kit import audit_log
 from tests.helpers import MODULE, ROOT, Pki, TestToken, new_nonce, write_config
 from tests.support.clients import Api, running_api
-from tests.support.evm import USDC_BASE, eip3009_typed_data
+from tests.support.evm import USDC_BASE, eip3009_typed_data, random_authorization
 from tests.support.refusals import assert_refused
 from tests.support.sessions import open_session
 from tests.support.x402_chain import LocalEip3009Chain
@@ -287,6 +288,31 @@ def test_rotating_an_x402_key_keeps_its_profile_and_pays_from_the_new_address(
         "x402-exact-evm",
         [ROTATED.key_id],
     )
+
+
+def test_the_hsm_finds_an_x402_version_it_was_not_opened_with_when_it_signs(
+    token: TestToken, rotated_address: str
+) -> None:
+    """A version rotated in after the token was opened (here: one it was never told of)
+    is looked up by label and CKA_ID when it first signs, checked as at open, and kept;
+    an id that is no x402 key on the token (a P-256 key, the audit key, a version not
+    there) is unknown, and the token stays usable."""
+    hsm = Hsm(MODULE, token.label, token.pin, [KeyRef("payments", 1)], retry_interval=0)
+    hsm.open()
+    try:
+        assert hsm.evm_public_keys() == []
+        auth = random_authorization(random.Random(14), from_address=rotated_address)
+        signature = hsm.sign_transfer_authorization(ROTATED.key_id, USDC_BASE, auth)
+        typed = encode_typed_data(full_message=eip3009_typed_data(USDC_BASE, auth))
+        assert Account.recover_message(typed, signature=signature.to_bytes()) == rotated_address
+        assert [k.address for k in hsm.evm_public_keys()] == [rotated_address]
+        for key_id in ("payments.v1", "audit.v1", NEXT.key_id, "not-a-key-id"):
+            with pytest.raises(KeyNotFound):
+                hsm.sign_transfer_authorization(key_id, USDC_BASE, auth)
+        assert hsm.available is True
+        assert len(hsm.sign_es256("payments.v1", b"still signs")) == 64
+    finally:
+        hsm.close()
 
 
 def _spki_on(curve: ec.EllipticCurve) -> bytes:
