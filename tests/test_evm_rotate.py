@@ -156,7 +156,7 @@ def _pkcs11_attributes(token: TestToken, ref: KeyRef) -> dict[str, object]:
     return out
 
 
-def _rotation_payment(api: Api, session_id: str, key_id: str) -> signer_pb2.SignX402Request:
+def _rotation_payment(session_id: str, key_id: str) -> signer_pb2.SignX402Request:
     return signer_pb2.SignX402Request(
         session_id=session_id,
         key_id=key_id,
@@ -215,7 +215,7 @@ def test_rotating_an_x402_key_keeps_its_profile_and_pays_from_the_new_address(
     )
     with running_api(config, pki) as (_srv, api):
         sid = open_session(api.planner, "agent-1", "50", asset="USDC", task=TASK, timeout=30)
-        before = api.signer.SignX402(_rotation_payment(api, sid, ROTATED.label), timeout=30)
+        before = api.signer.SignX402(_rotation_payment(sid, ROTATED.label), timeout=30)
         assert before.key_id == ROTATED.key_id
         _accepted_from(before, rotated_address)
 
@@ -260,12 +260,12 @@ def test_rotating_an_x402_key_keeps_its_profile_and_pays_from_the_new_address(
 
         # Without a restart: the label pays from the new address; the old version is
         # verify-only and pays nothing.
-        after = api.signer.SignX402(_rotation_payment(api, sid, ROTATED.label), timeout=30)
+        after = api.signer.SignX402(_rotation_payment(sid, ROTATED.label), timeout=30)
         assert after.key_id == NEXT.key_id
         _accepted_from(after, new_address)
         assert_refused(
             api.signer.SignX402,
-            _rotation_payment(api, sid, ROTATED.key_id),
+            _rotation_payment(sid, ROTATED.key_id),
             grpc.StatusCode.FAILED_PRECONDITION,
             "KEY_NOT_ACTIVE",
         )
@@ -278,7 +278,7 @@ def test_rotating_an_x402_key_keeps_its_profile_and_pays_from_the_new_address(
     # without needing it and finds v2 on the token when it signs.
     with running_api(config, pki) as (_srv, api):
         sid = open_session(api.planner, "agent-1", "50", asset="USDC", task=TASK, timeout=30)
-        again = api.signer.SignX402(_rotation_payment(api, sid, ROTATED.label), timeout=30)
+        again = api.signer.SignX402(_rotation_payment(sid, ROTATED.label), timeout=30)
         assert again.key_id == NEXT.key_id
         _accepted_from(again, new_address)
 
