@@ -74,6 +74,9 @@ class X402Requirements:
     """The token's EIP-712 name (``extra.name``)."""
     extra_version: str = ""
     """The token's EIP-712 version (``extra.version``)."""
+    extra_json: str = ""
+    """The whole ``extra`` object as the server sent it (JSON; empty: none). The signer
+    echoes it in ``accepted``, where the server looks for every member it declared."""
     x402_version: int = X402_VERSION
 
     @classmethod
@@ -107,6 +110,7 @@ class X402Requirements:
             resource=_text(accepted, "resource", resource),
             extra_name=_text(extra, "name", ""),
             extra_version=_text(extra, "version", ""),
+            extra_json=json.dumps(dict(extra), separators=(",", ":")) if extra else "",
         )
 
     @classmethod
@@ -122,6 +126,7 @@ class X402Requirements:
             resource=message.resource,
             extra_name=message.extra_name,
             extra_version=message.extra_version,
+            extra_json=message.extra_json,
             x402_version=message.x402_version,
         )
 
@@ -138,6 +143,7 @@ class X402Requirements:
             max_timeout_seconds=self.max_timeout_seconds,
             extra_name=self.extra_name,
             extra_version=self.extra_version,
+            extra_json=self.extra_json,
         )
 
 
@@ -321,12 +327,13 @@ def x402_mismatches(
         "x402Version": document["x402Version"] == asked.x402_version,
         "scheme": accepted["scheme"] == asked.scheme,
         "network": accepted["network"] == asked.network,
-        "asset": _same_address(accepted["asset"], asked.asset),
-        "payTo": _same_address(accepted["payTo"], asked.pay_to),
+        "asset": accepted["asset"] == asked.asset,  # as written: servers compare strings
+        "payTo": accepted["payTo"] == asked.pay_to,
         "amount": accepted["amount"] == asked.amount,
         "maxTimeoutSeconds": accepted["maxTimeoutSeconds"] == asked.max_timeout_seconds,
         "extra.name": not asked.extra_name or extra.get("name") == asked.extra_name,
         "extra.version": not asked.extra_version or extra.get("version") == asked.extra_version,
+        "extra": _holds(extra, asked.extra_json),
         "to": _same_address(a.to, asked.pay_to),
         "value": _ATOMIC.fullmatch(asked.amount) is not None and a.value == int(asked.amount),
         "from": _same_address(a.from_address, response.from_address)
@@ -338,6 +345,14 @@ def x402_mismatches(
         "key": key == request.key_id or key.startswith(request.key_id + ".v"),
     }
     return [name for name, same in checks.items() if not same]
+
+
+def _holds(extra: Any, asked_json: str) -> bool:
+    """Whether the answer's ``extra`` holds every member the server sent."""
+    if not isinstance(extra, dict):
+        return False
+    asked: dict[str, Any] = json.loads(asked_json) if asked_json else {}
+    return all(k in extra and extra[k] == v and type(extra[k]) is type(v) for k, v in asked.items())
 
 
 def _header_of(x_payment: str) -> str | None:

@@ -110,6 +110,7 @@ def test_offers_read_the_402_as_the_x402_sdk_writes_it() -> None:
             scheme="exact", network="eip155:8453", asset=TOKEN, pay_to=MERCHANT,
             amount="1250000", max_timeout_seconds=60, resource="http://127.0.0.1:9/weather",
             extra_name="USD Coin", extra_version="2",
+            extra_json='{"name":"USD Coin","version":"2"}',
         )
     ]  # fmt: skip
     assert offers(json.loads(base64.b64decode(header))) == offers(header)

@@ -18,6 +18,7 @@ import grpc
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from eth_utils.address import to_checksum_address
 from paywarden.hsm import KeyRef, TransferWithAuthorization
 from paywarden.hsm.eip712 import transfer_digest
 from paywarden.hsm.provision import delete_key, generate_key
@@ -301,6 +302,18 @@ def test_policy_denials_give_no_authorisation(api: Api, stack: Stack) -> None:
         ({"amount": "0"}, "AMOUNT_NOT_POSITIVE"),
         ({"pay_to": "0x" + "00" * 20}, "STRING_INVALID"),
         ({"max_timeout_seconds": 0}, "MALFORMED_REQUEST"),
+        # The server's whole extra: strict JSON, flat, bounded; its domain the token's.
+        ({"extra_json": '{"name":"USD Coin (fake)"}'}, "X402_DOMAIN_MISMATCH"),
+        ({"extra_json": '{"version":2}'}, "X402_DOMAIN_MISMATCH"),
+        ({"extra_json": '{"assetTransferMethod":"permit2"}'}, "X402_UNSUPPORTED"),
+        ({"extra_json": '{"a":"1","a":"2"}'}, "MALFORMED_REQUEST"),
+        ({"extra_json": '{"fee":0.5}'}, "MALFORMED_REQUEST"),
+        ({"extra_json": '{"n":NaN}'}, "MALFORMED_REQUEST"),
+        ({"extra_json": '{"nested":{"a":1}}'}, "MALFORMED_REQUEST"),
+        ({"extra_json": '{"big":9007199254740992}'}, "MALFORMED_REQUEST"),
+        ({"extra_json": '["name"]'}, "MALFORMED_REQUEST"),
+        ({"extra_json": '{"name":'}, "MALFORMED_REQUEST"),
+        ({"extra_json": '{"pad":"' + "x" * 1020 + '"}'}, "MALFORMED_REQUEST"),
     ],
 )
 def test_requirements_it_does_not_pay_are_refused(
@@ -308,6 +321,35 @@ def test_requirements_it_does_not_pay_are_refused(
 ) -> None:
     session = open_session(api.planner, "agent-1", "50", asset="USDC")
     assert_refused(api.signer.SignX402, x402_request(stack, session, **changes), INVALID, reason)
+
+
+def test_accepted_echoes_the_servers_addresses_and_extra_and_a_retry_must_repeat_them(
+    api: Api, stack: Stack
+) -> None:
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    extra = '{"assetTransferMethod":"eip3009","name":"USD Coin","tier":2,"test":true}'
+    request = x402_request(stack, session, pay_to=SHOP.lower(), extra_json=extra)
+    request.requirements.asset = request.requirements.asset.lower()
+    answer = api.signer.SignX402(request)
+    accepted = json.loads(answer.payment_payload_json)["accepted"]
+    assert (accepted["payTo"], accepted["asset"]) == (SHOP.lower(), request.requirements.asset)
+    assert accepted["extra"] == {
+        "assetTransferMethod": "eip3009", "name": "USD Coin", "tier": 2, "test": True,
+        "version": "2",
+    }  # fmt: skip
+    assert paid(answer)[2].to == SHOP  # the authorisation and the policy: EIP-55
+    again = api.signer.SignX402(request)
+    assert again.replayed_result and again.x_payment == answer.x_payment
+    # The same nonce with the addresses or the extra written otherwise is another request.
+    for change in ("pay_to", "asset", "extra_json"):
+        other = signer_pb2.SignX402Request()
+        other.CopyFrom(request)
+        if change == "extra_json":
+            other.requirements.extra_json = '{"name":"USD Coin","tier":3}'
+        else:
+            written = getattr(request.requirements, change)
+            setattr(other.requirements, change, to_checksum_address(written))
+        assert_refused(api.signer.SignX402, other, REPLAYED, "NONCE_REPLAYED")
 
 
 def test_sign_and_sign_x402_keep_to_their_own_keys_and_assets(api: Api, stack: Stack) -> None:

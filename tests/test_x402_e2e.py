@@ -199,6 +199,9 @@ def test_an_agent_pays_a_402_through_paywarden_and_gets_the_resource(
             scheme="exact", network="eip155:8453", asset=USDC_BASE.verifying_contract,
             pay_to=SHOP, amount=PRICE, max_timeout_seconds=60, resource=shop.url,
             extra_name=USDC_BASE.name, extra_version=USDC_BASE.version,
+            extra_json=json.dumps(
+                {"name": USDC_BASE.name, "version": USDC_BASE.version}, separators=(",", ":")
+            ),
         )  # fmt: skip
         paid = agent.sign_x402(
             session, json.loads(base64.b64decode(header))["accepts"][0], key_id=E2E_KEY.label,
@@ -223,6 +226,24 @@ def test_an_agent_pays_a_402_through_paywarden_and_gets_the_resource(
     assert record["decision"]["outcome"] == "allow"
     assert record["decision"]["payee"] == SHOP and record["decision"]["asset"] == "USDC"
     assert {s.asset: s.spent for s in agent.session(session).spend} == {"USDC": "1.250000"}
+
+
+def test_a_server_that_writes_pay_to_in_lower_case_and_more_extra_finds_its_requirements(
+    agent: AgentClient, planner: PlannerClient, chain: SettlingEip3009Chain
+) -> None:
+    # x402's resource server matches the payment's accepted requirements with its own
+    # by string (payTo, asset) and by subset (extra): the signer echoes them as written.
+    session = usdc_session(planner)
+    extra = {"assetTransferMethod": "eip3009", "shop": "weather", "tier": 2}
+    with x402_shop(chain, SHOP.lower(), PRICE, extra=extra) as shop:
+        paid = pay(agent, session, shop)
+        accepted = json.loads(paid.payment_payload_json)["accepted"]
+        assert accepted["payTo"] == SHOP.lower()
+        assert accepted["extra"] == {"name": USDC_BASE.name, "version": USDC_BASE.version, **extra}
+        assert paid.authorization.to == SHOP  # the chain and the policy see EIP-55
+        status, _, body = http_get(shop.url, paid.headers)
+    assert (status, json.loads(body)) == (200, CONTENT)
+    assert chain.balances[SHOP.lower()] >= 1_250_000
 
 
 def cases() -> list[Any]:

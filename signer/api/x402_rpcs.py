@@ -38,6 +38,7 @@ class X402Rpcs:
                 max_timeout_seconds=r.max_timeout_seconds,
                 extra_name=r.extra_name,
                 extra_version=r.extra_version,
+                extra_json=r.extra_json,
                 reference=request.reference,
                 purpose=request.purpose,
                 nonce=request.nonce,

@@ -8,6 +8,9 @@ given, must be the configured ones (never a domain the resource server chose), p
 an address (a mixed-case one must carry its EIP-55 checksum; it is kept checksummed).
 The payee the policy sees is payTo in EIP-55 form; the amount is the atomic units as
 minor units of the asset; the resource is recorded like a purpose and never decides.
+The answer's ``accepted`` echoes payTo, the token's address and ``extra`` as the
+resource server wrote them (:mod:`~paywarden.signer.core.x402_extra`): x402 servers
+find their requirements by comparing strings.
 
 The authorisation's nonce is 32 random bytes drawn once, when the decision is recorded
 (it is in the recorded payload): a retry answers the same authorisation and signature.
@@ -28,6 +31,7 @@ from paywarden.hsm.evm import checksum_address, parse_address
 from paywarden.policy.vocabulary import format_amount
 from paywarden.signer.core.payments import Intent, IntentFields
 from paywarden.signer.core.validation import clean_text
+from paywarden.signer.core.x402_extra import parse_extra
 from paywarden.signer.core.x402_terms import X402Terms
 from paywarden.signer.encoding import jcs
 from paywarden.signer.errors import InvalidInput, Reason
@@ -59,6 +63,7 @@ class X402Fields:
     max_timeout_seconds: int
     extra_name: str
     extra_version: str
+    extra_json: str
     reference: str
     purpose: str
     nonce: str
@@ -115,13 +120,7 @@ def map_requirements(
     if fields.scheme != "exact":
         raise InvalidInput(Reason.X402_UNSUPPORTED, "scheme must be exact")
     code, domain = _asset(fields, x402)
-    if fields.extra_name not in ("", domain.name) or fields.extra_version not in (
-        "",
-        domain.version,
-    ):
-        raise InvalidInput(
-            Reason.X402_DOMAIN_MISMATCH, "extra names another EIP-712 domain than the token's"
-        )
+    extra = parse_extra(fields.extra_json, fields.extra_name, fields.extra_version, domain)
     pay_to = _address("pay_to", fields.pay_to)
     if not _ATOMIC.fullmatch(fields.amount):
         raise InvalidInput(Reason.AMOUNT_MALFORMED, "amount is atomic units, a decimal integer")
@@ -138,6 +137,9 @@ def map_requirements(
         fields.amount,
         resource,
         fields.max_timeout_seconds,
+        fields.pay_to,
+        fields.asset,
+        extra,
     )
     intent = IntentFields(
         session_id=fields.session_id,
@@ -221,7 +223,7 @@ def signable(payload: bytes) -> tuple[Eip712Domain, TransferWithAuthorization]:
         accepted["extra"]["name"],
         accepted["extra"]["version"],
         int(document["chainId"]),
-        accepted["asset"],
+        checksum_address(parse_address(accepted["asset"])),  # as the server wrote it
     )
     authorization = TransferWithAuthorization(
         a["from"],

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from paywarden.hsm import Eip712Domain
+from paywarden.signer.core.x402_extra import Extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,12 @@ class X402Terms:
     amount: str  # atomic units, decimal
     resource: str  # recorded, never decides
     max_timeout_seconds: int
+    # As the resource server wrote them (it compares them as strings): payTo and the
+    # token's address (the same 20 bytes as pay_to and the domain's contract), and its
+    # extra (with the configured name and version).
+    pay_to_text: str
+    asset_text: str
+    extra: Extra
     from_address: str = ""  # the key's address, set once the key version is resolved
 
     def digest_fields(self) -> dict[str, Any]:
@@ -33,16 +40,20 @@ class X402Terms:
             "atomic": self.amount,
             "resource": self.resource,
             "timeout": self.max_timeout_seconds,
+            "payToText": self.pay_to_text,
+            "assetText": self.asset_text,
+            "extra": dict(self.extra),
         }
 
     def accepted(self) -> dict[str, Any]:
-        """The requirements as x402 v2 writes them (``PaymentPayload.accepted``)."""
+        """The requirements as x402 v2 writes them (``PaymentPayload.accepted``), with
+        the addresses and extra as the resource server wrote them."""
         return {
             "scheme": "exact",
             "network": self.network,
-            "asset": self.domain.verifying_contract,
+            "asset": self.asset_text,
             "amount": self.amount,
-            "payTo": self.pay_to,
+            "payTo": self.pay_to_text,
             "maxTimeoutSeconds": self.max_timeout_seconds,
-            "extra": {"name": self.domain.name, "version": self.domain.version},
+            "extra": dict(self.extra),
         }

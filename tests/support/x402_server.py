@@ -106,7 +106,11 @@ class X402Shop:
 
 
 def _payment_server(
-    chain: SettlingEip3009Chain, pay_to: str, amount: str, max_timeout_seconds: int
+    chain: SettlingEip3009Chain,
+    pay_to: str,
+    amount: str,
+    max_timeout_seconds: int,
+    extra: dict[str, Any] | None,
 ) -> x402HTTPResourceServerSync:
     """The x402 SDK's HTTP resource server for one route, with the local facilitator."""
     domain = chain.domain
@@ -119,7 +123,7 @@ def _payment_server(
     price = AssetAmount(
         amount=amount,
         asset=domain.verifying_contract,
-        extra={"name": domain.name, "version": domain.version},
+        extra={"name": domain.name, "version": domain.version, **(extra or {})},
     )
     option = PaymentOption(
         scheme="exact",
@@ -136,12 +140,17 @@ def _payment_server(
 
 @contextmanager
 def x402_shop(
-    chain: SettlingEip3009Chain, pay_to: str, amount: str, *, max_timeout_seconds: int = 60
+    chain: SettlingEip3009Chain,
+    pay_to: str,
+    amount: str,
+    *,
+    max_timeout_seconds: int = 60,
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[X402Shop]:
     """A resource server on 127.0.0.1 selling ``PATH`` for ``amount`` atomic units of the
     chain's token, paid to ``pay_to``; stopped when the block ends."""
     shop = X402Shop(chain)
-    payments = _payment_server(chain, pay_to, amount, max_timeout_seconds)
+    payments = _payment_server(chain, pay_to, amount, max_timeout_seconds, extra)
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):

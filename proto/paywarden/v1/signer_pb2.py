@@ -25,47 +25,47 @@ _sym_db = _symbol_database.Default()
 from paywarden.v1 import control_pb2 as paywarden_dot_v1_dot_control__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19paywarden/v1/signer.proto\x12\x0cpaywarden.v1\x1a\x1apaywarden/v1/control.proto\"\xd9\x01\n\x17X402PaymentRequirements\x12\x14\n\x0cx402_version\x18\x01 \x01(\x05\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\r\n\x05\x61sset\x18\x04 \x01(\t\x12\x0e\n\x06pay_to\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12\x10\n\x08resource\x18\x07 \x01(\t\x12\x1b\n\x13max_timeout_seconds\x18\x08 \x01(\x03\x12\x12\n\nextra_name\x18\t \x01(\t\x12\x15\n\rextra_version\x18\n \x01(\t\"\xb9\x01\n\x0fSignX402Request\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12;\n\x0crequirements\x18\x03 \x01(\x0b\x32%.paywarden.v1.X402PaymentRequirements\x12\x11\n\treference\x18\x04 \x01(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\r\n\x05nonce\x18\x06 \x01(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\x03\"\xe9\x01\n\x10SignX402Response\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.paywarden.v1.SignStatus\x12\x13\n\x0b\x61pproval_id\x18\x02 \x01(\t\x12\x11\n\tx_payment\x18\x03 \x01(\t\x12\x1c\n\x14payment_payload_json\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x14\n\x0c\x66rom_address\x18\x07 \x01(\t\x12\x17\n\x0freplayed_result\x18\x08 \x01(\x08\x12\x11\n\taudit_seq\x18\t \x01(\x03\"\xa8\x01\n\rPaymentIntent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\r\n\x05payee\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\r\n\x05\x61sset\x18\x05 \x01(\t\x12\x11\n\treference\x18\x06 \x01(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\r\n\x05nonce\x18\x08 \x01(\t\x12\x12\n\nexpires_at\x18\t \x01(\x03\":\n\x0bSignRequest\x12+\n\x06intent\x18\x01 \x01(\x0b\x32\x1b.paywarden.v1.PaymentIntent\"\xc6\x01\n\x0cSignResponse\x12(\n\x06status\x18\x06 \x01(\x0e\x32\x18.paywarden.v1.SignStatus\x12\x13\n\x0b\x61pproval_id\x18\x07 \x01(\t\x12\x0b\n\x03jws\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x19\n\x11\x63\x61nonical_payload\x18\x04 \x01(\x0c\x12\x17\n\x0freplayed_result\x18\x05 \x01(\x08\x12\x11\n\taudit_seq\x18\x08 \x01(\x03\"\x16\n\x14GetPublicKeysRequest\"y\n\x15GetPublicKeysResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12%\n\x04keys\x18\x02 \x03(\x0b\x32\x17.paywarden.v1.PublicKey\x12&\n\x08\x65vm_keys\x18\x03 \x03(\x0b\x32\x14.paywarden.v1.EvmKey\"8\n\x06\x45vmKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\"c\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x10\n\x08spki_pem\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x12\n\nrevoked_at\x18\x05 \x01(\x03\"*\n\x13\x43heckPaymentRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"\xe2\x01\n\x14\x43heckPaymentResponse\x12/\n\x08standing\x18\x01 \x01(\x0e\x32\x1d.paywarden.v1.PaymentStanding\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\r\n\x05payee\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12\r\n\x05\x61sset\x18\x07 \x01(\t\x12\x0e\n\x06key_id\x18\x08 \x01(\t\x12\x12\n\nexpires_at\x18\t \x01(\x03\x12\x12\n\nchecked_at\x18\n \x01(\x03\"H\n\x11GetReceiptRequest\x12\x15\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\tH\x00\x12\x13\n\taudit_seq\x18\x02 \x01(\x03H\x00\x42\x07\n\x05which\":\n\x07Receipt\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"\xa7\x01\n\x12GetReceiptResponse\x12&\n\x07receipt\x18\x01 \x01(\x0b\x32\x15.paywarden.v1.Receipt\x12\x32\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x1e.paywarden.v1.SignedCheckpoint\x12\x17\n\x0finclusion_proof\x18\x03 \x03(\t\x12\x1c\n\x14\x61udit_public_key_pem\x18\x04 \x01(\t*K\n\nSignStatus\x12\x1b\n\x17SIGN_STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06SIGNED\x10\x01\x12\x14\n\x10PENDING_APPROVAL\x10\x02*W\n\x0fPaymentStanding\x12 \n\x1cPAYMENT_STANDING_UNSPECIFIED\x10\x00\x12\t\n\x05VALID\x10\x01\x12\n\n\x06VOIDED\x10\x02\x12\x0b\n\x07\x45XPIRED\x10\x03\x32\x94\x03\n\x06Signer\x12=\n\x04Sign\x12\x19.paywarden.v1.SignRequest\x1a\x1a.paywarden.v1.SignResponse\x12X\n\rGetPublicKeys\x12\".paywarden.v1.GetPublicKeysRequest\x1a#.paywarden.v1.GetPublicKeysResponse\x12O\n\nGetReceipt\x12\x1f.paywarden.v1.GetReceiptRequest\x1a .paywarden.v1.GetReceiptResponse\x12U\n\x0c\x43heckPayment\x12!.paywarden.v1.CheckPaymentRequest\x1a\".paywarden.v1.CheckPaymentResponse\x12I\n\x08SignX402\x12\x1d.paywarden.v1.SignX402Request\x1a\x1e.paywarden.v1.SignX402Responseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19paywarden/v1/signer.proto\x12\x0cpaywarden.v1\x1a\x1apaywarden/v1/control.proto\"\xed\x01\n\x17X402PaymentRequirements\x12\x14\n\x0cx402_version\x18\x01 \x01(\x05\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\r\n\x05\x61sset\x18\x04 \x01(\t\x12\x0e\n\x06pay_to\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12\x10\n\x08resource\x18\x07 \x01(\t\x12\x1b\n\x13max_timeout_seconds\x18\x08 \x01(\x03\x12\x12\n\nextra_name\x18\t \x01(\t\x12\x15\n\rextra_version\x18\n \x01(\t\x12\x12\n\nextra_json\x18\x0b \x01(\t\"\xb9\x01\n\x0fSignX402Request\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12;\n\x0crequirements\x18\x03 \x01(\x0b\x32%.paywarden.v1.X402PaymentRequirements\x12\x11\n\treference\x18\x04 \x01(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\r\n\x05nonce\x18\x06 \x01(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\x03\"\xe9\x01\n\x10SignX402Response\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.paywarden.v1.SignStatus\x12\x13\n\x0b\x61pproval_id\x18\x02 \x01(\t\x12\x11\n\tx_payment\x18\x03 \x01(\t\x12\x1c\n\x14payment_payload_json\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x14\n\x0c\x66rom_address\x18\x07 \x01(\t\x12\x17\n\x0freplayed_result\x18\x08 \x01(\x08\x12\x11\n\taudit_seq\x18\t \x01(\x03\"\xa8\x01\n\rPaymentIntent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\r\n\x05payee\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\r\n\x05\x61sset\x18\x05 \x01(\t\x12\x11\n\treference\x18\x06 \x01(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\r\n\x05nonce\x18\x08 \x01(\t\x12\x12\n\nexpires_at\x18\t \x01(\x03\":\n\x0bSignRequest\x12+\n\x06intent\x18\x01 \x01(\x0b\x32\x1b.paywarden.v1.PaymentIntent\"\xc6\x01\n\x0cSignResponse\x12(\n\x06status\x18\x06 \x01(\x0e\x32\x18.paywarden.v1.SignStatus\x12\x13\n\x0b\x61pproval_id\x18\x07 \x01(\t\x12\x0b\n\x03jws\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x19\n\x11\x63\x61nonical_payload\x18\x04 \x01(\x0c\x12\x17\n\x0freplayed_result\x18\x05 \x01(\x08\x12\x11\n\taudit_seq\x18\x08 \x01(\x03\"\x16\n\x14GetPublicKeysRequest\"y\n\x15GetPublicKeysResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12%\n\x04keys\x18\x02 \x03(\x0b\x32\x17.paywarden.v1.PublicKey\x12&\n\x08\x65vm_keys\x18\x03 \x03(\x0b\x32\x14.paywarden.v1.EvmKey\"8\n\x06\x45vmKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\"c\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x10\n\x08spki_pem\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x12\n\nrevoked_at\x18\x05 \x01(\x03\"*\n\x13\x43heckPaymentRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"\xe2\x01\n\x14\x43heckPaymentResponse\x12/\n\x08standing\x18\x01 \x01(\x0e\x32\x1d.paywarden.v1.PaymentStanding\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\r\n\x05payee\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12\r\n\x05\x61sset\x18\x07 \x01(\t\x12\x0e\n\x06key_id\x18\x08 \x01(\t\x12\x12\n\nexpires_at\x18\t \x01(\x03\x12\x12\n\nchecked_at\x18\n \x01(\x03\"H\n\x11GetReceiptRequest\x12\x15\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\tH\x00\x12\x13\n\taudit_seq\x18\x02 \x01(\x03H\x00\x42\x07\n\x05which\":\n\x07Receipt\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"\xa7\x01\n\x12GetReceiptResponse\x12&\n\x07receipt\x18\x01 \x01(\x0b\x32\x15.paywarden.v1.Receipt\x12\x32\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x1e.paywarden.v1.SignedCheckpoint\x12\x17\n\x0finclusion_proof\x18\x03 \x03(\t\x12\x1c\n\x14\x61udit_public_key_pem\x18\x04 \x01(\t*K\n\nSignStatus\x12\x1b\n\x17SIGN_STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06SIGNED\x10\x01\x12\x14\n\x10PENDING_APPROVAL\x10\x02*W\n\x0fPaymentStanding\x12 \n\x1cPAYMENT_STANDING_UNSPECIFIED\x10\x00\x12\t\n\x05VALID\x10\x01\x12\n\n\x06VOIDED\x10\x02\x12\x0b\n\x07\x45XPIRED\x10\x03\x32\x94\x03\n\x06Signer\x12=\n\x04Sign\x12\x19.paywarden.v1.SignRequest\x1a\x1a.paywarden.v1.SignResponse\x12X\n\rGetPublicKeys\x12\".paywarden.v1.GetPublicKeysRequest\x1a#.paywarden.v1.GetPublicKeysResponse\x12O\n\nGetReceipt\x12\x1f.paywarden.v1.GetReceiptRequest\x1a .paywarden.v1.GetReceiptResponse\x12U\n\x0c\x43heckPayment\x12!.paywarden.v1.CheckPaymentRequest\x1a\".paywarden.v1.CheckPaymentResponse\x12I\n\x08SignX402\x12\x1d.paywarden.v1.SignX402Request\x1a\x1e.paywarden.v1.SignX402Responseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paywarden.v1.signer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIGNSTATUS']._serialized_start=2030
-  _globals['_SIGNSTATUS']._serialized_end=2105
-  _globals['_PAYMENTSTANDING']._serialized_start=2107
-  _globals['_PAYMENTSTANDING']._serialized_end=2194
+  _globals['_SIGNSTATUS']._serialized_start=2050
+  _globals['_SIGNSTATUS']._serialized_end=2125
+  _globals['_PAYMENTSTANDING']._serialized_start=2127
+  _globals['_PAYMENTSTANDING']._serialized_end=2214
   _globals['_X402PAYMENTREQUIREMENTS']._serialized_start=72
-  _globals['_X402PAYMENTREQUIREMENTS']._serialized_end=289
-  _globals['_SIGNX402REQUEST']._serialized_start=292
-  _globals['_SIGNX402REQUEST']._serialized_end=477
-  _globals['_SIGNX402RESPONSE']._serialized_start=480
-  _globals['_SIGNX402RESPONSE']._serialized_end=713
-  _globals['_PAYMENTINTENT']._serialized_start=716
-  _globals['_PAYMENTINTENT']._serialized_end=884
-  _globals['_SIGNREQUEST']._serialized_start=886
-  _globals['_SIGNREQUEST']._serialized_end=944
-  _globals['_SIGNRESPONSE']._serialized_start=947
-  _globals['_SIGNRESPONSE']._serialized_end=1145
-  _globals['_GETPUBLICKEYSREQUEST']._serialized_start=1147
-  _globals['_GETPUBLICKEYSREQUEST']._serialized_end=1169
-  _globals['_GETPUBLICKEYSRESPONSE']._serialized_start=1171
-  _globals['_GETPUBLICKEYSRESPONSE']._serialized_end=1292
-  _globals['_EVMKEY']._serialized_start=1294
-  _globals['_EVMKEY']._serialized_end=1350
-  _globals['_PUBLICKEY']._serialized_start=1352
-  _globals['_PUBLICKEY']._serialized_end=1451
-  _globals['_CHECKPAYMENTREQUEST']._serialized_start=1453
-  _globals['_CHECKPAYMENTREQUEST']._serialized_end=1495
-  _globals['_CHECKPAYMENTRESPONSE']._serialized_start=1498
-  _globals['_CHECKPAYMENTRESPONSE']._serialized_end=1724
-  _globals['_GETRECEIPTREQUEST']._serialized_start=1726
-  _globals['_GETRECEIPTREQUEST']._serialized_end=1798
-  _globals['_RECEIPT']._serialized_start=1800
-  _globals['_RECEIPT']._serialized_end=1858
-  _globals['_GETRECEIPTRESPONSE']._serialized_start=1861
-  _globals['_GETRECEIPTRESPONSE']._serialized_end=2028
-  _globals['_SIGNER']._serialized_start=2197
-  _globals['_SIGNER']._serialized_end=2601
+  _globals['_X402PAYMENTREQUIREMENTS']._serialized_end=309
+  _globals['_SIGNX402REQUEST']._serialized_start=312
+  _globals['_SIGNX402REQUEST']._serialized_end=497
+  _globals['_SIGNX402RESPONSE']._serialized_start=500
+  _globals['_SIGNX402RESPONSE']._serialized_end=733
+  _globals['_PAYMENTINTENT']._serialized_start=736
+  _globals['_PAYMENTINTENT']._serialized_end=904
+  _globals['_SIGNREQUEST']._serialized_start=906
+  _globals['_SIGNREQUEST']._serialized_end=964
+  _globals['_SIGNRESPONSE']._serialized_start=967
+  _globals['_SIGNRESPONSE']._serialized_end=1165
+  _globals['_GETPUBLICKEYSREQUEST']._serialized_start=1167
+  _globals['_GETPUBLICKEYSREQUEST']._serialized_end=1189
+  _globals['_GETPUBLICKEYSRESPONSE']._serialized_start=1191
+  _globals['_GETPUBLICKEYSRESPONSE']._serialized_end=1312
+  _globals['_EVMKEY']._serialized_start=1314
+  _globals['_EVMKEY']._serialized_end=1370
+  _globals['_PUBLICKEY']._serialized_start=1372
+  _globals['_PUBLICKEY']._serialized_end=1471
+  _globals['_CHECKPAYMENTREQUEST']._serialized_start=1473
+  _globals['_CHECKPAYMENTREQUEST']._serialized_end=1515
+  _globals['_CHECKPAYMENTRESPONSE']._serialized_start=1518
+  _globals['_CHECKPAYMENTRESPONSE']._serialized_end=1744
+  _globals['_GETRECEIPTREQUEST']._serialized_start=1746
+  _globals['_GETRECEIPTREQUEST']._serialized_end=1818
+  _globals['_RECEIPT']._serialized_start=1820
+  _globals['_RECEIPT']._serialized_end=1878
+  _globals['_GETRECEIPTRESPONSE']._serialized_start=1881
+  _globals['_GETRECEIPTRESPONSE']._serialized_end=2048
+  _globals['_SIGNER']._serialized_start=2217
+  _globals['_SIGNER']._serialized_end=2621
 # @@protoc_insertion_point(module_scope)

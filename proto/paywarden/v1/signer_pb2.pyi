@@ -29,7 +29,7 @@ VOIDED: PaymentStanding
 EXPIRED: PaymentStanding
 
 class X402PaymentRequirements(_message.Message):
-    __slots__ = ("x402_version", "scheme", "network", "asset", "pay_to", "amount", "resource", "max_timeout_seconds", "extra_name", "extra_version")
+    __slots__ = ("x402_version", "scheme", "network", "asset", "pay_to", "amount", "resource", "max_timeout_seconds", "extra_name", "extra_version", "extra_json")
     X402_VERSION_FIELD_NUMBER: _ClassVar[int]
     SCHEME_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class X402PaymentRequirements(_message.Message):
     MAX_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     EXTRA_NAME_FIELD_NUMBER: _ClassVar[int]
     EXTRA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_JSON_FIELD_NUMBER: _ClassVar[int]
     x402_version: int
     scheme: str
     network: str
@@ -50,7 +51,8 @@ class X402PaymentRequirements(_message.Message):
     max_timeout_seconds: int
     extra_name: str
     extra_version: str
-    def __init__(self, x402_version: _Optional[int] = ..., scheme: _Optional[str] = ..., network: _Optional[str] = ..., asset: _Optional[str] = ..., pay_to: _Optional[str] = ..., amount: _Optional[str] = ..., resource: _Optional[str] = ..., max_timeout_seconds: _Optional[int] = ..., extra_name: _Optional[str] = ..., extra_version: _Optional[str] = ...) -> None: ...
+    extra_json: str
+    def __init__(self, x402_version: _Optional[int] = ..., scheme: _Optional[str] = ..., network: _Optional[str] = ..., asset: _Optional[str] = ..., pay_to: _Optional[str] = ..., amount: _Optional[str] = ..., resource: _Optional[str] = ..., max_timeout_seconds: _Optional[int] = ..., extra_name: _Optional[str] = ..., extra_version: _Optional[str] = ..., extra_json: _Optional[str] = ...) -> None: ...
 
 class SignX402Request(_message.Message):
     __slots__ = ("session_id", "key_id", "requirements", "reference", "purpose", "nonce", "expires_at")
