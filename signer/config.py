@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from paywarden.hsm import KeyRef
 from paywarden.policy.vocabulary import AmountError, Asset, KeyProfile, parse_amount
-from paywarden.signer.x402_config import X402AssetConfig, one_code_per_token
+from paywarden.signer.x402_config import X402AssetConfig, addresses_fold_case, one_code_per_token
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -207,12 +207,14 @@ class StoreConfig(_Model):
 
 class AssetConfig(_Model):
     decimals: int = Field(ge=0, le=18)
-    # Payee identifiers of this asset compare case-insensitively (e-mail-like ids).
+    # Payee ids compare case-insensitively (e-mail-like ids; an x402 asset's addresses).
     case_insensitive_payees: bool = False
     # Largest amount a single payment or budget may name, in the asset's units.
     max_amount: str = "1000000000"
     # Paid with x402 (``SignX402``, ``x402-exact-evm`` keys) instead of a JWS (``Sign``).
     x402: X402AssetConfig | None = None
+
+    _addresses_fold_case = model_validator(mode="before")(addresses_fold_case)
 
     @field_validator("max_amount")
     @classmethod

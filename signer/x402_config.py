@@ -4,6 +4,7 @@ token contract and the EIP-712 domain the signer signs under."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from paywarden.hsm import Eip712Domain
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -44,3 +45,16 @@ def one_code_per_token(assets: Mapping[str, X402AssetConfig | None]) -> None:
         if where in seen:
             raise ValueError(f"assets {seen[where]} and {code} name the same x402 token")
         seen[where] = code
+
+
+def addresses_fold_case(data: Any) -> Any:
+    """An asset table with ``x402``: its payees are addresses, which compare whatever
+    their case (``case_insensitive_payees`` is true: a pack's lower-case entry or deny
+    pattern matches the EIP-55 payTo); set to false, the configuration is refused."""
+    if not isinstance(data, dict) or data.get("x402") is None:
+        return data
+    if data.get("case_insensitive_payees", True) is not True:
+        raise ValueError(
+            "an x402 asset's payees are addresses: case_insensitive_payees must be true"
+        )
+    return {**data, "case_insensitive_payees": True}

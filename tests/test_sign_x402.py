@@ -46,6 +46,10 @@ from tests.support.x402_chain import LocalEip3009Chain
 X402_KEY = KeyRef("x402-pay", 1)
 PAYEE = "0x2222222222222222222222222222222222222222"  # no letters: its own EIP-55 form
 SHOP = "0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B"  # EIP-55 (the EIP's own example)
+# More of EIP-55's examples: one the pack allows in lower case, one it allows in EIP-55
+# form and also denies with a lower-case pattern.
+LOWER_ENTRY = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+DENIED_BY_PATTERN = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"
 CONFIG = f"""
 [assets.USDC]
 decimals = 6
@@ -72,7 +76,8 @@ max_per_payment = "5"
 approval_above = "3"
 
 [payees]
-allow = ["{PAYEE}", "{SHOP}"]
+allow = ["{PAYEE}", "{SHOP}", "{LOWER_ENTRY.lower()}", "{DENIED_BY_PATTERN}"]
+deny_patterns = ["{DENIED_BY_PATTERN.lower()[:18]}.*"]
 first_payment = "allow"
 
 [sessions]
@@ -288,6 +293,19 @@ def test_policy_denials_give_no_authorisation(api: Api, stack: Stack) -> None:
     assert paid(answer)[2].to == SHOP
 
 
+def test_payee_entries_and_patterns_match_an_address_whatever_its_case(
+    api: Api, stack: Stack
+) -> None:
+    # An x402 asset's payees are addresses: the pack's lower-case entry admits the
+    # EIP-55 payTo, and its lower-case deny pattern refuses one (it once let it pass).
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    answer = api.signer.SignX402(x402_request(stack, session, pay_to=LOWER_ENTRY))
+    assert paid(answer)[2].to == LOWER_ENTRY
+    for spelling in (DENIED_BY_PATTERN, DENIED_BY_PATTERN.lower()):
+        request = x402_request(stack, session, pay_to=spelling)
+        assert_refused(api.signer.SignX402, request, DENIED, "PAYEE_DENYLISTED")
+
+
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
@@ -400,6 +418,8 @@ def _x402_asset(**changes: Any) -> dict[str, Any]:
                    {"label": "pay", "version": 2, "profile": "x402-exact-evm"}]},
          "under two profiles"),
         ({"keys": [{"label": "pay", "version": 1, "profile": "x402"}]}, "profile"),
+        ({"assets": {"USDC": {**_x402_asset(), "case_insensitive_payees": False}}},
+         "case_insensitive_payees must be true"),
     ],
 )  # fmt: skip
 def test_the_config_refuses_an_unusable_x402_asset_or_key(

@@ -640,14 +640,13 @@ def test_a_denied_address_written_in_lower_case_is_denied_in_every_spelling(
     api: Api, stack: Stack
 ) -> None:
     """agent-2's pack allows any address by pattern and denies BLOCKED, written in lower
-    case (as explorers show it): the EIP-55 payee the signer derives is denied too."""
+    case (as explorers show it): the EIP-55 payee the signer derives is the same payee,
+    denied as such (an x402 asset's payees compare whatever their case)."""
     stack.clock.advance(WINDOW + 1)
     sid = atk_session(api, "agent-2")
     for spelling in (BLOCKED, BLOCKED.lower(), "0x" + BLOCKED[2:].upper()):
         request = x402_pay(stack, sid, spelling, USDC)
-        err = refused_unsigned(
-            api, stack, request, DENIED, "PAYEE_LOOKS_DENYLISTED", agent="agent-2"
-        )
+        err = refused_unsigned(api, stack, request, DENIED, "PAYEE_DENYLISTED", agent="agent-2")
         assert decision_id_of(err).startswith("dec_")
     assert spent(api.agent2_sessions, sid)["USDC"] == "0.000000"
 
