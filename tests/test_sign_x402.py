@@ -332,6 +332,12 @@ def test_payee_entries_and_patterns_match_an_address_whatever_its_case(
         ({"extra_json": '["name"]'}, "MALFORMED_REQUEST"),
         ({"extra_json": '{"name":'}, "MALFORMED_REQUEST"),
         ({"extra_json": '{"pad":"' + "x" * 1020 + '"}'}, "MALFORMED_REQUEST"),
+        ({"extra_json": '{"note":"a\\u0000b"}'}, "STRING_CONTROL_CHAR"),
+        ({"extra_json": '{"\\u202ex":"1"}'}, "STRING_CONTROL_CHAR"),
+        ({"extra_json": '{"note":"line\\nbreak"}'}, "STRING_CONTROL_CHAR"),
+        ({"extra_json": '{"":1}'}, "FIELD_MISSING"),
+        ({"extra_json": '{"note":" padded"}'}, "STRING_INVALID"),
+        ({"extra_json": '{"note":"e\\u0301"}'}, "STRING_INVALID"),
     ],
 )
 def test_requirements_it_does_not_pay_are_refused(

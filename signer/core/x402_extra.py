@@ -4,7 +4,8 @@ x402's resource servers find the requirements a payment answers by comparing
 ``PaymentPayload.accepted`` with their own: ``extra`` must hold every member they
 declared. The signer therefore echoes the server's ``extra`` (with the configured
 EIP-712 name and version), after reading it strictly: a flat JSON object of
-strings, safe integers and booleans, each member once, bounded in size. Its name
+strings, safe integers and booleans, each member once, bounded in size, its names
+and strings free of control and format characters (as a purpose) and in NFC. Its name
 and version must be the configured domain's; a transfer method other than EIP-3009
 is refused. The other members are recorded and echoed; none of them decides.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 
 from paywarden.hsm import Eip712Domain
+from paywarden.signer.core.validation import clean_text
 from paywarden.signer.errors import InvalidInput, Reason
 
 MAX_EXTRA_BYTES = 1024
@@ -40,6 +42,13 @@ def _malformed(words: str) -> InvalidInput:
     return InvalidInput(Reason.MALFORMED_REQUEST, f"extra_json: {words}")
 
 
+def _clean(field: str, text: str, *, required: bool) -> None:
+    """A name or string of ``extra`` as a purpose is read (no control or format
+    character, no outer whitespace), and already in NFC: it is echoed as sent."""
+    if clean_text(field, text, max_len=MAX_EXTRA_BYTES, required=required) != text:
+        raise InvalidInput(Reason.STRING_INVALID, f"{field} is not in Unicode NFC")
+
+
 def parse_extra(text: str, extra_name: str, extra_version: str, domain: Eip712Domain) -> Extra:
     """The server's ``extra`` (empty when ``text`` is), checked against the configured
     ``domain`` together with the request's ``extra_name`` and ``extra_version``."""
@@ -58,10 +67,13 @@ def parse_extra(text: str, extra_name: str, extra_version: str, domain: Eip712Do
         members = value
     checked: dict[str, str | int | bool] = {}
     for key, member in members.items():
+        _clean(f"extra_json member name {key!r}", key, required=True)
         if isinstance(member, int) and not isinstance(member, bool):
             if abs(member) > MAX_SAFE_INT:
                 raise _malformed(f"{key} is too large")
-        elif not isinstance(member, str | bool):
+        elif isinstance(member, str):
+            _clean(f"extra_json.{key}", member, required=False)
+        elif not isinstance(member, bool):
             raise _malformed(f"{key} is neither a string, an integer nor a boolean")
         checked[key] = member
     for member, given, configured in (
