@@ -166,8 +166,9 @@ class EvmSigning:
         """The key's Ethereum signature (low s, recovery id) of the EIP-712 digest of
         ``authorization`` under ``domain``.
 
-        ``authorization.from_address`` must be the key's own address (ValueError
-        otherwise: a key authorises transfers of its own funds only). A version
+        ``authorization.from_address`` must be the key's own address (:class:`UnsafeKey`
+        otherwise: a key authorises transfers of its own funds only; the store and the
+        token disagree on the key, and nothing is signed). A version
         that was not read at open (one rotated in while the signer runs, or after its
         configured version was retired) is looked up on the token by label and CKA_ID
         now, checked as at open (secp256k1, sign-only, never extractable) and kept:
@@ -182,7 +183,7 @@ class EvmSigning:
             self._ensure_open_locked()
             private, public = self._evm_key_locked(key_id)
             if authorization.from_address != public.address:
-                raise ValueError(
+                raise UnsafeKey(
                     f"key {key_id} signs transfers from {public.address} only, "
                     f"not from {authorization.from_address}"
                 )

@@ -254,7 +254,7 @@ def test_a_tampered_authorisation_or_signature_recovers_another_address(
 def test_the_key_signs_only_transfers_from_its_own_address(evm_hsm: Hsm, evm_address: str) -> None:
     other = evm_math.checksum_address(random.Random(14).randbytes(20))
     auth = random_authorization(random.Random(14), from_address=other)
-    with pytest.raises(ValueError, match="signs transfers from"):
+    with pytest.raises(UnsafeKey, match="signs transfers from"):
         evm_hsm.sign_transfer_authorization(EVM_KEY.key_id, USDC_BASE, auth)
     assert evm_hsm.available is True
 
