@@ -9,6 +9,7 @@ eth-account's typed-data recovery, never only with our code.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +23,12 @@ from eth_utils.address import to_checksum_address
 from paywarden.hsm import KeyRef, TransferWithAuthorization
 from paywarden.hsm.eip712 import transfer_digest
 from paywarden.hsm.provision import delete_key, generate_key
-from paywarden.policy.vocabulary import KeyProfile
+from paywarden.policy.vocabulary import KeyProfile, Verdict
 from paywarden.signer.api.startup import StartupError, load_packs
 from paywarden.signer.config import Config
 from paywarden.signer.config_file import load_config
+from paywarden.signer.core.x402 import matches_decision
+from paywarden.signer.store.records import DecisionRecord
 from paywarden.v1 import approvals_pb2, control_pb2, signer_pb2
 from pydantic import ValidationError
 from x402.mechanisms.evm.constants import (
@@ -433,6 +436,26 @@ def test_the_config_refuses_an_unusable_x402_asset_or_key(
 ) -> None:
     with pytest.raises(ValidationError, match=error):
         Config.model_validate(settings)
+
+
+def test_a_recorded_authorisation_is_signed_only_if_it_pays_what_its_decision_says() -> None:
+    # Before the HSM signs a recorded x402 payload (a retry after approval or after an
+    # HSM failure), it is compared with the decision's own columns: a payload changed
+    # in the store (another payTo, value or a later window) is never signed.
+    record = DecisionRecord(
+        id="dec_1", created_at=1_000, agent_id="agent-1", session_id="ses_1", nonce="n",
+        request_hash="h", outcome=Verdict.NEEDS_APPROVAL, reason="APPROVAL_REQUIRED",
+        message="", key_id=X402_KEY.key_id, asset="USDC", amount_minor=4_000_000,
+        payee=SHOP, expires_at=1_240,
+    )  # fmt: skip
+    own = TransferWithAuthorization(PAYEE, SHOP, 4_000_000, 940, 1_240, bytes(32))
+    assert matches_decision(record, own)
+    for changed in (
+        dataclasses.replace(own, to=PAYEE),
+        dataclasses.replace(own, value=4_000_001),
+        dataclasses.replace(own, valid_before=1_241),
+    ):
+        assert not matches_decision(record, changed)
 
 
 def test_a_payment_held_for_approval_is_authorised_once_approved(

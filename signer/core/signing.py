@@ -41,6 +41,7 @@ from paywarden.signer.core.x402 import (
     X402Fields,
     is_x402,
     map_requirements,
+    matches_decision,
     signable,
 )
 from paywarden.signer.deadlines import NO_DEADLINE, Deadline
@@ -240,6 +241,9 @@ class Signing:
             return None
         payload = record.payload or b""
         x402 = signable(payload) if is_x402(payload) else None
+        if x402 is not None and not matches_decision(record, x402[1]):
+            attempt.broken = True  # its payload was changed in the store: never signed
+            return None
         if x402 is not None and x402[1].valid_before < self._deps.now() + MIN_WINDOW_SECONDS:
             attempt.withdrawn = True  # never hand out an authorisation no chain accepts
             return None
@@ -303,6 +307,8 @@ class Signing:
                 decision_id=record.id,
                 audit_seq=seq,
             )
+        if done.signing.broken:
+            raise InvariantBroken(f"decision {record.id}: its authorisation is not its own")
         if done.signing.withdrawn:
             # The payment expired (or was withdrawn or frozen) while the HSM signed:
             # the signature is discarded, never returned.
@@ -351,6 +357,7 @@ class _Attempt:
     jws: str | None = None  # the signature stored with the decision
     first: bool = False  # this call stored it (not a concurrent identical retry)
     hsm_failed: bool = False  # the decision is kept, unsigned
+    broken: bool = False  # its recorded x402 authorisation is not the decision's: unsigned
     gone: PaywardenError | None = None  # the caller left; the decision is kept, unsigned
     withdrawn: bool = False  # the payment could no longer be signed once the HSM had signed
     frozen: bool = False  # ... because signing is frozen

@@ -35,6 +35,7 @@ from paywarden.signer.core.x402_extra import parse_extra
 from paywarden.signer.core.x402_terms import X402Terms
 from paywarden.signer.encoding import jcs
 from paywarden.signer.errors import InvalidInput, Reason
+from paywarden.signer.store.records import DecisionRecord
 from paywarden.signer.x402_config import X402AssetConfig
 
 PAYLOAD_TYPE = "paywarden.x402.v1"
@@ -234,6 +235,16 @@ def signable(payload: bytes) -> tuple[Eip712Domain, TransferWithAuthorization]:
         bytes.fromhex(a["nonce"].removeprefix("0x")),
     )
     return domain, authorization
+
+
+def matches_decision(record: DecisionRecord, authorization: TransferWithAuthorization) -> bool:
+    """Whether a recorded authorisation pays what its decision's own columns say (payee,
+    atomic amount, within the expiry): one changed in the store is never signed."""
+    return (
+        authorization.to == record.payee
+        and authorization.value == record.amount_minor
+        and authorization.valid_before <= record.expires_at
+    )
 
 
 def from_address_of(payload: bytes) -> str:
