@@ -39,7 +39,15 @@ from x402.mechanisms.evm.constants import (
 from x402.mechanisms.evm.exact.facilitator import ExactEvmScheme
 from x402.schemas import PaymentPayload, PaymentRequirements
 
-from tests.helpers import MODULE, Pki, Stack, TestToken, new_nonce, write_config
+from tests.helpers import (
+    MODULE,
+    Pki,
+    Stack,
+    TestToken,
+    new_nonce,
+    trailing_metadata,
+    write_config,
+)
 from tests.support.clients import Api
 from tests.support.evm import USDC_BASE, eip3009_typed_data
 from tests.support.refusals import assert_refused
@@ -348,6 +356,18 @@ def test_requirements_it_does_not_pay_are_refused(
 ) -> None:
     session = open_session(api.planner, "agent-1", "50", asset="USDC")
     assert_refused(api.signer.SignX402, x402_request(stack, session, **changes), INVALID, reason)
+
+
+def test_a_refusal_records_the_whole_network_and_token_asked_for(api: Api, stack: Stack) -> None:
+    # agent-2: agent-1's refusals of this kind in other tests are only counted meanwhile
+    session = open_session(api.planner, "agent-2", "50", asset="USDC")
+    request = x402_request(stack, session, scheme="upto")
+    err = assert_refused(api.signer_of("agent-2").SignX402, request, INVALID, "X402_UNSUPPORTED")
+    seq = int(trailing_metadata(err)["paywarden-audit-seq"])
+    record = json.loads(stack.store.audit_record(seq))
+    assert record["action"] == "sign.refused"
+    asked = f"eip155:{USDC_BASE.chain_id}/{USDC_BASE.verifying_contract}"
+    assert record["untrusted"]["request"]["asset"] == asked
 
 
 def test_accepted_echoes_the_servers_addresses_and_extra_and_a_retry_must_repeat_them(

@@ -220,7 +220,7 @@ class Refusals:
                     "key_id": fields.key_id[:100],
                     "payee": fields.payee[:300],
                     "amount": fields.amount[:60],
-                    "asset": fields.asset[:20],
+                    "asset": fields.asset[:100],  # an x402 network/contract too
                     "nonce": fields.nonce[:100],
                     "expires_at": expires if abs(expires) <= MAX_EXPIRES_AT else str(expires),
                 },
