@@ -2,9 +2,9 @@
 """Key custody for the security team: token initialisation and payment keys.
 
     scripts/keys.py init-token  --so-pin-file F --pin-file F [--label L]
-    scripts/keys.py generate    --pin-file F --key LABEL.vN
+    scripts/keys.py generate    --pin-file F --key LABEL.vN [--profile jws-es256|x402-exact-evm]
     scripts/keys.py list        --pin-file F
-    scripts/keys.py export      --pin-file F --key LABEL.vN [--format pem|jwk] [--out FILE]
+    scripts/keys.py export      --pin-file F --key LABEL.vN [--format pem|jwk|address] [--out FILE]
     scripts/keys.py rotate      --config FILE --label LABEL
     scripts/keys.py revoke      --config FILE --key LABEL.vN [--reason TEXT]
     scripts/keys.py destroy     --config FILE --key LABEL.vN [--grace-hours H]
