@@ -538,6 +538,21 @@ def test_a_key_freeze_voids_an_issued_authorisation_and_refuses_new_ones(
     assert paid(api.signer.SignX402(x402_request(stack, session)))[2].to == PAYEE
 
 
+def test_check_payment_says_expired_once_the_authorisation_window_closed(
+    api: Api, stack: Stack
+) -> None:
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    answer = api.signer.SignX402(x402_request(stack, session, max_timeout_seconds=30))
+    valid_before = paid(answer)[2].valid_before
+    operator = api.signer_as("operator", "operator-1")
+    check = signer_pb2.CheckPaymentRequest(decision_id=answer.decision_id)
+    standing = operator.CheckPayment(check)
+    assert (standing.standing, standing.expires_at) == (signer_pb2.VALID, valid_before)
+    stack.clock.advance(valid_before - int(stack.clock.now()))  # exp is 210 s later
+    standing = operator.CheckPayment(check)
+    assert (standing.standing, standing.reason) == (signer_pb2.EXPIRED, "PAYMENT_EXPIRED")
+
+
 def test_a_version_the_view_forgets_is_no_longer_held_by_the_hsm(
     stack: Stack, x402_address: str
 ) -> None:

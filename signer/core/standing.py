@@ -26,6 +26,7 @@ from enum import StrEnum
 
 from paywarden.policy.vocabulary import KeyState
 from paywarden.signer.core.deps import Deps, store_call
+from paywarden.signer.core.x402 import PAYLOAD_TYPE as X402_PAYLOAD_TYPE
 from paywarden.signer.errors import Forbidden, Internal, InvalidInput, NotFound, Reason
 from paywarden.signer.identity import Principal, Role
 
@@ -90,6 +91,9 @@ class PaymentChecks:
             log.error("a payment's key is not in the store", extra={"decision_id": decision_id})
             raise Internal(Reason.INTERNAL, "internal error")
         standing, reason, detail = Standing.VALID, None, "nothing voids this payment"
+        ends = int(claims["exp"])
+        if claims.get("typ") == X402_PAYLOAD_TYPE:  # no chain takes it after validBefore
+            ends = min(ends, int(claims["authorization"]["validBefore"]))
         key_reason = _VOIDING_KEY_STATES.get(facts.key.state)
         if key_reason is not None:
             standing, reason = Standing.VOIDED, key_reason
@@ -98,7 +102,7 @@ class PaymentChecks:
             # The scope only: an operator's reason for a freeze is not the payee's to read.
             standing, reason = Standing.VOIDED, Reason.FROZEN
             detail = f"a freeze of its {facts.freeze.scope} covers this payment"
-        elif now >= int(claims["exp"]):
+        elif now >= ends:
             standing, reason = Standing.EXPIRED, Reason.PAYMENT_EXPIRED
             detail = "the payment is past its exp"
         return PaymentStanding(
@@ -110,6 +114,6 @@ class PaymentChecks:
             str(claims["amount"]),
             str(claims["asset"]),
             facts.decision.key_id,
-            int(claims["exp"]),
+            ends,
             now,
         )
