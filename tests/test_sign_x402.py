@@ -51,7 +51,7 @@ from tests.helpers import (
 from tests.support.clients import Api
 from tests.support.evm import USDC_BASE, eip3009_typed_data
 from tests.support.refusals import assert_refused
-from tests.support.sessions import open_session
+from tests.support.sessions import open_session, spent
 from tests.support.x402_chain import LocalEip3009Chain
 
 X402_KEY = KeyRef("x402-pay", 1)
@@ -507,6 +507,11 @@ def test_an_approval_granted_after_the_window_closed_gives_no_authorisation(
     approve = approvals_pb2.ApproveRequest(approval_id=held.approval_id, note="late")
     api.approver("approver-1").Approve(approve)
     assert_refused(api.signer.SignX402, request, PRECONDITION, "PAYMENT_WITHDRAWN")
+    # The hold is released at once (not at the payment's exp, 230 s later), and it stays
+    # withdrawn: a later retry neither signs nor spends.
+    assert spent(api.agent_sessions, session) == {"USDC": "0.000000"}
+    assert_refused(api.signer.SignX402, request, PRECONDITION, "PAYMENT_WITHDRAWN")
+    assert spent(api.agent_sessions, session) == {"USDC": "0.000000"}
 
 
 def test_a_key_freeze_voids_an_issued_authorisation_and_refuses_new_ones(

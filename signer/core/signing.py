@@ -64,6 +64,7 @@ _SESSION_REASONS = {
     Reason.SESSION_CLOSED,
     Reason.SESSION_EXPIRED,
     Reason.SESSION_IN_EXPLORE_PHASE,
+    Reason.PAYMENT_WITHDRAWN,  # an x402 authorisation whose window closed unsigned
 }
 
 
