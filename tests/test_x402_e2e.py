@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import urllib.error
 import urllib.request
@@ -244,6 +245,23 @@ def test_a_server_that_writes_pay_to_in_lower_case_and_more_extra_finds_its_requ
         status, _, body = http_get(shop.url, paid.headers)
     assert (status, json.loads(body)) == (200, CONTENT)
     assert chain.balances[SHOP.lower()] >= 1_250_000
+
+
+def test_the_log_holds_the_x402_keys_fingerprint_and_address_before_it_signs(
+    x402_signer: X402Signer, token: TestToken
+) -> None:
+    # No authorisation is signed with a key whose fingerprint the log does not hold.
+    key = export_evm_public_key(MODULE, token.label, token.pin, E2E_KEY)
+    loads = [r for r in x402_signer.audit() if r["action"] == "keys.load"]
+    assert loads and all(
+        {
+            "key_id": E2E_KEY.key_id,
+            "spki_sha256": hashlib.sha256(key.spki_der).hexdigest(),
+            "address": x402_signer.address,
+        }
+        in r["keys"]
+        for r in loads
+    )
 
 
 def cases() -> list[Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -38,6 +37,7 @@ from paywarden.signer.api.tls import with_crl
 from paywarden.signer.config import Config
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.checkpoints import Checkpointer, Checkpoints
+from paywarden.signer.core.key_records import keys_load
 from paywarden.signer.core.policy_start import (
     StartingPacks,
     StartRefused,
@@ -155,12 +155,6 @@ def _watch_health(running: Running, interval: float) -> None:
             running.health.set(name, status)
 
 
-def _key_fingerprints(keys: list[PublicKeyInfo]) -> list[dict[str, str]]:
-    return [
-        {"key_id": k.key_id, "spki_sha256": hashlib.sha256(k.spki_der).hexdigest()} for k in keys
-    ]
-
-
 def _starting_packs(store: SqlStore, packs: PackSet, config: Config) -> StartingPacks:
     """The directory's packs, or the set in force before when they widen what a second
     operator must confirm (:mod:`paywarden.signer.core.policy_start`)."""
@@ -232,13 +226,12 @@ def _audit_start(
             context=context.as_json(),
         )
         store.audit_event(
-            audit_events.event(
-                "keys.load",
-                None,
+            keys_load(
                 now,
-                keys=_key_fingerprints(hsm.public_keys()),
-                audit_key=config.audit.key,
-                hsm_available=hsm.available,
+                hsm.public_keys(),
+                hsm.evm_public_keys(),
+                config.audit.key,
+                available=hsm.available,
             )
         )
     except StoreError as exc:
@@ -247,13 +240,12 @@ def _audit_start(
     def reopened(keys: list[PublicKeyInfo]) -> None:
         # Runs before the first signature of the new session: no payment is
         # signed with a key whose fingerprint the log does not hold.
-        event = audit_events.event(
-            "keys.load",
-            None,
+        event = keys_load(
             clock(),
-            keys=_key_fingerprints(keys),
-            audit_key=config.audit.key,
-            hsm_available=True,
+            keys,
+            hsm.evm_public_keys(),  # PKCS11_LOCK is re-entrant: the callback holds it
+            config.audit.key,
+            available=True,
             reopened=True,
         )
         try:
