@@ -1,9 +1,10 @@
 """SignX402: a resource server's x402 ``PaymentRequirements`` mapped onto a payment
 (the same policy facts as Sign), the EIP-3009 authorisation the signer builds for it,
-and the X-PAYMENT header value.
+and the payment header's value (X-PAYMENT in x402 version 1, PAYMENT-SIGNATURE in 2).
 
-Requirements are validated strictly: scheme ``exact`` and x402 version 2 only, the
-network and token must be a configured x402 asset's, the EIP-712 name and version, when
+Requirements are validated strictly: scheme ``exact`` and x402 version 1 or 2 only,
+the network (as that version writes it: :mod:`~paywarden.signer.core.x402_networks`)
+and token must be a configured x402 asset's, the EIP-712 name and version, when
 given, must be the configured ones (never a domain the resource server chose), payTo is
 an address (a mixed-case one must carry its EIP-55 checksum; it is kept checksummed).
 The payee the policy sees is payTo in EIP-55 form; the amount is the atomic units as
@@ -11,6 +12,11 @@ minor units of the asset; the resource is recorded like a purpose and never deci
 The answer's ``accepted`` echoes payTo, the token's address and ``extra`` as the
 resource server wrote them (:mod:`~paywarden.signer.core.x402_extra`): x402 servers
 find their requirements by comparing strings.
+
+Version 1's requirements carry ``maxAmountRequired`` where version 2 has ``amount``
+(both arrive as ``amount``, the exact value the authorisation pays), and its
+``PaymentPayload`` names scheme and network at the top instead of ``accepted``; the
+version and the network as written are recorded and a retry must repeat them.
 
 The authorisation's nonce is 32 random bytes drawn once, when the decision is recorded
 (it is in the recorded payload): a retry answers the same authorisation and signature.
@@ -32,6 +38,7 @@ from paywarden.policy.vocabulary import format_amount
 from paywarden.signer.core.payments import Intent, IntentFields
 from paywarden.signer.core.validation import clean_text
 from paywarden.signer.core.x402_extra import parse_extra
+from paywarden.signer.core.x402_networks import chain_id_of
 from paywarden.signer.core.x402_terms import X402Terms
 from paywarden.signer.encoding import jcs
 from paywarden.signer.errors import InvalidInput, Reason
@@ -39,12 +46,11 @@ from paywarden.signer.store.records import DecisionRecord
 from paywarden.signer.x402_config import X402AssetConfig
 
 PAYLOAD_TYPE = "paywarden.x402.v1"
-X402_VERSION = 2
+X402_VERSIONS = (1, 2)
 MAX_RESOURCE = 2048
 MAX_TIMEOUT_SECONDS = 86_400
 MIN_WINDOW_SECONDS = 6  # x402's facilitators refuse a validBefore closer than this
 VALID_AFTER_SLACK = 60  # validAfter lies this far back: clocks of chains differ
-_NETWORK = re.compile(r"eip155:([1-9][0-9]{0,15})")
 _ATOMIC = re.compile(r"(0|[1-9][0-9]{0,77})")
 
 
@@ -100,13 +106,11 @@ def _address(field: str, text: str) -> str:
 
 def _asset(fields: X402Fields, x402: Mapping[str, X402AssetConfig]) -> tuple[str, Eip712Domain]:
     """The configured asset the network and token name, and its domain."""
-    match = _NETWORK.fullmatch(fields.network)
-    if match is None:
-        raise InvalidInput(Reason.UNKNOWN_ASSET, "network is not an eip155 network it knows")
+    chain_id = chain_id_of(fields.x402_version, fields.network)
     contract = _address("asset", fields.asset)
     for code, config in x402.items():
         domain = config.domain()
-        if domain.chain_id == int(match.group(1)) and domain.verifying_contract == contract:
+        if domain.chain_id == chain_id and domain.verifying_contract == contract:
             return code, domain
     raise InvalidInput(Reason.UNKNOWN_ASSET, "network and asset are not an x402 asset it knows")
 
@@ -116,8 +120,8 @@ def map_requirements(
 ) -> tuple[IntentFields, X402Terms]:
     """The request as a Sign intent's fields and its x402 terms; raises
     :class:`InvalidInput` with a precise reason for the first problem."""
-    if fields.x402_version != X402_VERSION:
-        raise InvalidInput(Reason.X402_UNSUPPORTED, f"x402_version must be {X402_VERSION}")
+    if fields.x402_version not in X402_VERSIONS:
+        raise InvalidInput(Reason.X402_UNSUPPORTED, "x402_version must be 1 or 2")
     if fields.scheme != "exact":
         raise InvalidInput(Reason.X402_UNSUPPORTED, "scheme must be exact")
     code, domain = _asset(fields, x402)
@@ -132,7 +136,7 @@ def map_requirements(
     resource = clean_text("resource", fields.resource, max_len=MAX_RESOURCE, required=False)
     terms = X402Terms(
         fields.x402_version,
-        f"eip155:{domain.chain_id}",
+        fields.network,  # as written: version 1's name or version 2's eip155:<chain id>
         domain,
         pay_to,
         fields.amount,
@@ -254,16 +258,16 @@ def from_address_of(payload: bytes) -> str:
 
 
 def payment_payload(payload: bytes, signature: str) -> tuple[str, str]:
-    """The x402 ``PaymentPayload`` (JSON text) of a signed x402 decision, and its
-    base64 (the X-PAYMENT header value)."""
+    """The x402 ``PaymentPayload`` (JSON text) of a signed x402 decision, in the
+    shape of its version, and its base64 (the payment header's value: X-PAYMENT in
+    version 1, PAYMENT-SIGNATURE in version 2)."""
     document: dict[str, Any] = json.loads(payload)
-    text = json.dumps(
-        {
-            "x402Version": document["x402Version"],
-            "accepted": document["accepted"],
-            "payload": {"authorization": document["authorization"], "signature": signature},
-        },
-        separators=(",", ":"),
-        sort_keys=True,
-    )
+    accepted = document["accepted"]
+    body = {"authorization": document["authorization"], "signature": signature}
+    answer: dict[str, Any] = {"x402Version": document["x402Version"], "payload": body}
+    if document["x402Version"] == 1:  # version 1 names scheme and network at the top
+        answer |= {"scheme": accepted["scheme"], "network": accepted["network"]}
+    else:
+        answer["accepted"] = accepted
+    text = json.dumps(answer, separators=(",", ":"), sort_keys=True)
     return text, base64.b64encode(text.encode("utf-8")).decode("ascii")

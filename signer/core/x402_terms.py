@@ -16,7 +16,7 @@ class X402Terms:
     network and token are a configured asset's, the domain is the configured one."""
 
     x402_version: int
-    network: str  # eip155:<chain id>
+    network: str  # as written: eip155:<chain id> (version 2) or a name (version 1)
     domain: Eip712Domain  # the configured token's (chain id, contract, name, version)
     pay_to: str  # EIP-55
     amount: str  # atomic units, decimal
@@ -47,7 +47,9 @@ class X402Terms:
 
     def accepted(self) -> dict[str, Any]:
         """The requirements as x402 v2 writes them (``PaymentPayload.accepted``), with
-        the addresses and extra as the resource server wrote them."""
+        the network, addresses and extra as the resource server wrote them. They are
+        recorded in this shape for version 1 too (its ``maxAmountRequired`` as
+        ``amount``); version 1's answer names only scheme and network of them."""
         return {
             "scheme": "exact",
             "network": self.network,

@@ -825,7 +825,8 @@ def test_newlines_are_kept_in_a_purpose_and_refused_in_a_resource(api: Api, stac
         ({"amount": "1" + "0" * 36}, "AMOUNT_TOO_LARGE"),  # 10**30 USDC: the amount bound
         ({"scheme": "Exact"}, "X402_UNSUPPORTED"),
         ({"scheme": "exact "}, "X402_UNSUPPORTED"),
-        ({"x402_version": 1}, "X402_UNSUPPORTED"),
+        ({"x402_version": 1}, "UNKNOWN_ASSET"),  # version 1 names networks: not eip155:8453
+        ({"x402_version": 3}, "X402_UNSUPPORTED"),
         ({"extra_name": "USD Coin "}, "X402_DOMAIN_MISMATCH"),
         ({"extra_name": "usd coin"}, "X402_DOMAIN_MISMATCH"),
         ({"extra_name": "USD Сoin"}, "X402_DOMAIN_MISMATCH"),  # Cyrillic С
@@ -1038,7 +1039,12 @@ _REQUIREMENTS = st.fixed_dictionaries(
         "scheme": _mostly("exact", st.one_of(st.sampled_from(["Exact", "upto", ""]), _TEXT)),
         "network": _mostly(
             "eip155:8453",
-            st.one_of(st.sampled_from(["eip155:84532", "eip155:1", "eip155:08453"]), _TEXT),
+            st.one_of(
+                st.sampled_from(
+                    ["eip155:84532", "eip155:1", "eip155:08453", "base", "base-sepolia", "Base"]
+                ),
+                _TEXT,
+            ),
         ),
         "asset": _mostly(
             USDC_BASE.verifying_contract,
@@ -1069,7 +1075,10 @@ _REQUIREMENTS = st.fixed_dictionaries(
     }
 )
 _DOMAINS = {f"eip155:{d.chain_id}": d for d in (USDC_BASE, USDC_SEPOLIA)}
+_DOMAINS |= {"base": USDC_BASE, "base-sepolia": USDC_SEPOLIA}  # x402 version 1's names
 _CODES = {f"eip155:{USDC_BASE.chain_id}": "USDC", f"eip155:{USDC_SEPOLIA.chain_id}": "TUSDC"}
+_CODES |= {"base": "USDC", "base-sepolia": "TUSDC"}
+_VERSION_OF = {"base": 1, "base-sepolia": 1}  # the others are version 2's
 _ALLOWED_TO = {PAYEE, SHOP}  # agent-1's pack
 _ANSWERS = {INVALID, DENIED, REPLAYED, PRECONDITION, grpc.StatusCode.NOT_FOUND}
 
@@ -1107,17 +1116,22 @@ def test_fuzzed_requirements_never_authorise_what_may_not_be_paid(
     if answer.status == signer_pb2.PENDING_APPROVAL:
         assert answer.x_payment == "" and 3_000_000 < value <= 5_000_000
         return
-    accepted = json.loads(answer.payment_payload_json)["accepted"]
-    domain = _DOMAINS[accepted["network"]]
+    document = json.loads(answer.payment_payload_json)
+    accepted = document.get("accepted") or document  # version 1 names scheme and network only
+    network = accepted["network"]
+    assert network == requirements["network"]
+    assert document["x402Version"] == requirements["x402_version"] == _VERSION_OF.get(network, 2)
+    domain = _DOMAINS[network]
     paid = paid_by(answer, domain)
     a = paid.authorization
     assert paid.signer == a.from_address == atk_address
     assert a.to in _ALLOWED_TO and a.to == checksum_address(bytes.fromhex(a.to[2:]))
     assert a.to.lower() == requirements["pay_to"].lower()
     assert 0 < a.value == value <= 3_000_000
-    assert accepted["asset"] == domain.verifying_contract
-    assert accepted["asset"].lower() == requirements["asset"].lower()
-    assert requirements["scheme"] == "exact" and requirements["x402_version"] == 2
+    assert requirements["asset"].lower() == domain.verifying_contract.lower()
+    if document["x402Version"] == 2:
+        assert accepted["asset"] == domain.verifying_contract
+    assert requirements["scheme"] == "exact"
     assert a.valid_before <= request.expires_at
-    code = _CODES[accepted["network"]]
+    code = _CODES[network]
     assert spent(api.agent_sessions, sid)[code] == f"{value // 10**6}.{value % 10**6:06d}"

@@ -119,15 +119,15 @@ class SignerServicer:
 
     def SignX402(self, request, context):
         """Roles: agent. Pays an x402 resource server: the agent passes the server's
-        PaymentRequirements (scheme "exact" on a configured EVM network and token
-        only) with its session, nonce and expiry as in Sign. The signer maps them
+        PaymentRequirements (x402 version 1 or 2, scheme "exact" on a configured
+        EVM network and token only) with its session, nonce and expiry as in Sign. The signer maps them
         onto the same policy facts as Sign (payee = pay_to in EIP-55 form, amount
         = the atomic units), decides, records and audits exactly as Sign, then
         builds the EIP-3009 TransferWithAuthorization itself (from = the key's
         address, a random 32-byte nonce drawn once and recorded, validBefore at
         most the payment's expiry) and signs its EIP-712 digest in the HSM. A
         retry of the same request returns the same authorisation; a replay is
-        refused.
+        refused. The answer is the PaymentPayload of the requirements' version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
