@@ -41,6 +41,7 @@ from paywarden.client.settings import ConnectionSettings
 from paywarden.client.x402 import X402Order, X402Requirements, offers
 from paywarden.client.x402_results import (
     PAYMENT_SIGNATURE_HEADER,
+    X_PAYMENT_HEADER,
     PreparedX402,
     X402Authorization,
     X402Pending,
@@ -51,6 +52,7 @@ from paywarden.client.x402_results import (
 __all__ = [
     "PAYMENT_SIGNATURE_HEADER",
     "RETRYABLE",
+    "X_PAYMENT_HEADER",
     "AgentClient",
     "ApprovalDenied",
     "ApproverClient",

@@ -130,11 +130,12 @@ class AgentClient(Connection):
         """Asks the signer to authorise an x402 payment in ``session_id`` (``SignX402``).
 
         ``requirements`` is what the resource server's 402 answer offers: an ``accepts``
-        entry as JSON (a dict; see :func:`~paywarden.client.offers` for the
-        ``PAYMENT-REQUIRED`` header), :class:`~paywarden.client.X402Requirements` or the
-        proto message. The order (:class:`~paywarden.client.X402Order`) names ``key_id`` and
-        ``reference``, optionally ``purpose``, ``expires_in`` or ``expires_at``, ``nonce``,
-        ``resource`` and the key's ``from_address``.
+        entry as JSON (a dict, x402 version 2's or 1's; see :func:`~paywarden.client.offers`
+        for version 2's ``PAYMENT-REQUIRED`` header and version 1's body),
+        :class:`~paywarden.client.X402Requirements` or the proto message. The order
+        (:class:`~paywarden.client.X402Order`) names ``key_id`` and ``reference``,
+        optionally ``purpose``, ``expires_in`` or ``expires_at``, ``nonce``, ``resource``
+        and the key's ``from_address``.
 
         Returns :class:`~paywarden.client.X402Signed` (send its ``headers`` with the
         retried request) or :class:`~paywarden.client.X402Pending`; raises exactly as

@@ -1,13 +1,14 @@
 """x402: pay a resource server's ``PaymentRequirements`` through the signer (``SignX402``).
 
-An agent that gets HTTP 402 reads the offers (:func:`offers`, from the ``PAYMENT-REQUIRED``
-header), asks the signer to authorise one (``AgentClient.sign_x402``) and retries the
-resource request with the answer's ``PAYMENT-SIGNATURE`` header. The request is built once
+An agent that gets HTTP 402 reads the offers (:func:`offers`: x402 version 2 sends them in
+the ``PAYMENT-REQUIRED`` header, version 1 as the JSON body), asks the signer to authorise
+one (``AgentClient.sign_x402``) and retries the resource request with the answer's header
+(``X402Signed.headers``: ``PAYMENT-SIGNATURE`` in version 2, ``X-PAYMENT`` in version 1).
+The request is built once
 (a fresh agent nonce, a fixed expiry) and sent with the same steps as ``sign``
 (:func:`paywarden.client._signing.exchange_steps`): retried on UNAVAILABLE and
 DEADLINE_EXCEEDED only, the same bytes each time. A signed answer is taken only when the
-authorisation is this request's (payTo, value, token, network, window, the key's address);
-anything else is :class:`~paywarden.client.UnexpectedAnswer`, never a payment.
+authorisation is this request's (:mod:`paywarden.client.x402_answers`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
@@ -30,46 +30,48 @@ from paywarden.client._signing import (
     exchange_steps,
     new_nonce,
 )
-from paywarden.client.errors import RequirementsRefused, UnexpectedAnswer
+from paywarden.client.errors import RequirementsRefused
 from paywarden.client.retry import RetryPolicy
-from paywarden.client.x402_results import (
-    PreparedX402,
-    X402Authorization,
-    X402Pending,
-    X402Result,
-    X402Signed,
-)
+from paywarden.client.x402_answers import read_x402_answer
+from paywarden.client.x402_results import PreparedX402, X402Pending, X402Result
 from paywarden.v1 import signer_pb2
 
 X402_VERSION = 2
-"""The x402 protocol version the signer pays."""
-_REQUIRED = frozenset({"scheme", "network", "asset", "amount", "payTo", "maxTimeoutSeconds"})
-_FIELDS = _REQUIRED | {"extra", "resource"}
+"""The x402 protocol version of requirements that do not say otherwise."""
+X402_VERSIONS = (1, 2)
+"""The x402 protocol versions the signer pays."""
+_COMMON = frozenset({"scheme", "network", "asset", "payTo", "maxTimeoutSeconds"})
+_REQUIRED = {1: _COMMON | {"maxAmountRequired", "resource"}, 2: _COMMON | {"amount"}}
+"""The members of an ``accepts`` entry, by x402 version: these must be there ..."""
+_FIELDS = {
+    1: _REQUIRED[1] | {"description", "mimeType", "outputSchema", "extra"},
+    2: _REQUIRED[2] | {"extra", "resource"},
+}
+"""... and these may be."""
+_AMOUNT = {1: "maxAmountRequired", 2: "amount"}
 _TRANSFER_METHOD = "eip3009"
 """The only ``extra.assetTransferMethod`` the signer's authorisation is (also when absent)."""
-_ATOMIC = re.compile(r"0|[1-9][0-9]*")
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-_NONCE = re.compile(r"0x[0-9a-fA-F]{64}")
-_SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
 
 
 @dataclass(frozen=True)
 class X402Requirements:
-    """One x402 v2 ``PaymentRequirements`` (an entry of a 402 answer's ``accepts``), with the
-    resource it pays for. The signer validates every field; the SDK refuses only what it
-    could not send as given (:class:`~paywarden.client.RequirementsRefused`)."""
+    """One x402 ``PaymentRequirements`` (an entry of a 402 answer's ``accepts``), version 2
+    or 1, with the resource it pays for. The signer validates every field; the SDK refuses
+    only what it could not send as given (:class:`~paywarden.client.RequirementsRefused`)."""
 
     scheme: str
     network: str
-    """CAIP-2, ``"eip155:<chain id>"``."""
+    """Version 2: CAIP-2, ``"eip155:<chain id>"``; version 1: a name such as ``"base"``."""
     asset: str
     """The token contract's address."""
     pay_to: str
     amount: str
-    """Atomic units of the token, a decimal integer string."""
+    """Atomic units of the token, a decimal integer string (version 1's
+    ``maxAmountRequired``: the exact value paid)."""
     max_timeout_seconds: int
     resource: str = ""
-    """The resource's URL (x402 v2 names it in ``PaymentRequired.resource``)."""
+    """The resource's URL (x402 v2 names it in ``PaymentRequired.resource``, v1 in each
+    ``accepts`` entry)."""
     extra_name: str = ""
     """The token's EIP-712 name (``extra.name``)."""
     extra_version: str = ""
@@ -78,19 +80,34 @@ class X402Requirements:
     """The whole ``extra`` object as the server sent it (JSON; empty: none). The signer
     echoes it in ``accepted``, where the server looks for every member it declared."""
     x402_version: int = X402_VERSION
+    """The x402 protocol version of the 402 answer: 2, or 1."""
 
     @classmethod
-    def from_dict(cls, accepted: Mapping[str, Any], *, resource: str = "") -> X402Requirements:
-        """An ``accepts`` entry as the 402 answer's JSON carries it (camelCase keys; the
-        resource's URL in ``resource``, else ``resource=``). An unknown key (such as x402
-        v1's ``maxAmountRequired``), a mistyped value or a transfer method other than
-        EIP-3009 is refused."""
-        unknown = set(accepted) - _FIELDS
-        missing = _REQUIRED - set(accepted)
+    def from_dict(
+        cls, accepted: Mapping[str, Any], *, resource: str = "", x402_version: int | None = None
+    ) -> X402Requirements:
+        """An ``accepts`` entry as the 402 answer's JSON carries it (camelCase keys), of
+        ``x402_version`` (by default 1 when the entry has ``maxAmountRequired``, else 2).
+        Version 2's entry has ``amount`` and the resource's URL in ``resource`` (else
+        ``resource=``); version 1's has ``maxAmountRequired`` and ``resource``, and may
+        have ``description``, ``mimeType`` and ``outputSchema`` (read, not sent: the
+        signer records the resource). A key unknown to the version (such as
+        ``maxAmountRequired`` in version 2), a mistyped value or a transfer method other
+        than EIP-3009 is refused."""
+        version = x402_version
+        if version is None:
+            version = 1 if "maxAmountRequired" in accepted else X402_VERSION
+        if version not in X402_VERSIONS:
+            raise RequirementsRefused(f"x402 requirements: version {version!r} is not paid")
+        unknown = set(accepted) - _FIELDS[version]
+        missing = _REQUIRED[version] - set(accepted)
         if unknown or missing:
             raise RequirementsRefused(
-                f"x402 requirements: unknown {sorted(unknown)}, missing {sorted(missing)}"
+                f"x402 v{version} requirements: unknown {sorted(unknown)},"
+                f" missing {sorted(missing)}"
             )
+        if version == 1:
+            _described(accepted)
         extra = accepted.get("extra") or {}
         if not isinstance(extra, Mapping):
             raise RequirementsRefused("x402 requirements: extra is not an object")
@@ -105,12 +122,13 @@ class X402Requirements:
             network=_text(accepted, "network"),
             asset=_text(accepted, "asset"),
             pay_to=_text(accepted, "payTo"),
-            amount=_text(accepted, "amount"),
+            amount=_text(accepted, _AMOUNT[version]),
             max_timeout_seconds=timeout,
             resource=_text(accepted, "resource", resource),
             extra_name=_text(extra, "name", ""),
             extra_version=_text(extra, "version", ""),
             extra_json=json.dumps(dict(extra), separators=(",", ":")) if extra else "",
+            x402_version=version,
         )
 
     @classmethod
@@ -154,23 +172,43 @@ def _text(raw: Mapping[str, Any], key: str, default: str | None = None) -> str:
     return value
 
 
+def _described(accepted: Mapping[str, Any]) -> None:
+    """Refuses version 1's descriptive members when mistyped (each may be null)."""
+    for key, kind in (("description", str), ("mimeType", str), ("outputSchema", Mapping)):
+        value = accepted.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise RequirementsRefused(f"x402 requirements: {key} is not a {kind.__name__}")
+
+
 def offers(payment_required: str | bytes | Mapping[str, Any]) -> list[X402Requirements]:
-    """The requirements a 402 answer offers: its ``PAYMENT-REQUIRED`` header value (base64
-    of the JSON ``PaymentRequired``) or that JSON parsed, each with the resource's URL."""
+    """The requirements a 402 answer offers, each with the resource's URL: x402 version 2's
+    ``PAYMENT-REQUIRED`` header value (base64 of the JSON ``PaymentRequired``), version 1's
+    JSON body (``{"x402Version": 1, "accepts": [...]}``), or either JSON parsed. Each entry
+    is read as the answer's version writes it (:meth:`X402Requirements.from_dict`)."""
     document: Any = payment_required
     if isinstance(payment_required, str | bytes):
-        try:
-            document = json.loads(base64.b64decode(payment_required, validate=True))
-        except (binascii.Error, ValueError) as exc:
-            raise RequirementsRefused(f"PAYMENT-REQUIRED is not base64 JSON: {exc}") from None
-    if not isinstance(document, Mapping) or document.get("x402Version") != X402_VERSION:
-        raise RequirementsRefused(f"PAYMENT-REQUIRED is not an x402 v{X402_VERSION} answer")
+        document = _parsed(payment_required)
+    version = document.get("x402Version") if isinstance(document, Mapping) else None
+    if type(version) is not int or version not in X402_VERSIONS:
+        raise RequirementsRefused("the 402 answer is not an x402 version 1 or 2 answer")
     resource = document.get("resource") or {}
     url = resource.get("url", "") if isinstance(resource, Mapping) else ""
     accepts = document.get("accepts")
     if not isinstance(accepts, list) or not all(isinstance(a, Mapping) for a in accepts):
-        raise RequirementsRefused("PAYMENT-REQUIRED has no list of accepted requirements")
-    return [X402Requirements.from_dict(a, resource=str(url)) for a in accepts]
+        raise RequirementsRefused("the 402 answer has no list of accepted requirements")
+    return [X402Requirements.from_dict(a, resource=str(url), x402_version=version) for a in accepts]
+
+
+def _parsed(text: str | bytes) -> Any:
+    """A 402 answer's JSON: a body as it is (``{`` is not in the base64 alphabet), else
+    the base64 of the ``PAYMENT-REQUIRED`` header."""
+    try:
+        raw = text if isinstance(text, bytes) else text.encode("utf-8")
+        if raw.lstrip().startswith(b"{"):
+            return json.loads(raw)
+        return json.loads(base64.b64decode(raw, validate=True))
+    except (binascii.Error, ValueError) as exc:
+        raise RequirementsRefused(f"the 402 answer is not JSON nor base64 JSON: {exc}") from None
 
 
 Requirements = X402Requirements | Mapping[str, Any] | signer_pb2.X402PaymentRequirements
@@ -253,121 +291,4 @@ def x402_steps(
         approval_id=prepared.approval_id,
         fetch_receipts=fetch_receipts,
         receipt_timeout=receipt_timeout,
-    )
-
-
-def read_x402_answer(
-    response: signer_pb2.SignX402Response,
-    prepared: PreparedX402,
-    attempts: int,
-    approval_id: str | None,
-) -> X402Result:
-    """The answer as a result; a signed answer whose authorisation is not this request's
-    (or cannot be read) is refused: an agent never pays with a doubtful authorisation."""
-    if response.status == signer_pb2.PENDING_APPROVAL and response.approval_id:
-        return X402Pending(response.approval_id, prepared, response.audit_seq, attempts)
-    if response.status != signer_pb2.SIGNED:
-        raise UnexpectedAnswer(f"the signer's answer is not a signature (status {response.status})")
-    try:
-        document = json.loads(response.payment_payload_json)
-        body = document["payload"]
-        a = body["authorization"]
-        authorization = X402Authorization(
-            from_address=a["from"],
-            to=a["to"],
-            value=_atomic(a["value"]),
-            valid_after=_atomic(a["validAfter"]),
-            valid_before=_atomic(a["validBefore"]),
-            nonce=a["nonce"],
-        )
-        differ = x402_mismatches(document, authorization, response, prepared)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UnexpectedAnswer(f"the authorisation cannot be read: {exc!r}") from None
-    if differ:
-        raise UnexpectedAnswer(f"the authorisation is not this request's ({', '.join(differ)})")
-    return X402Signed(
-        x_payment=response.x_payment,
-        payment_payload_json=response.payment_payload_json,
-        payment_payload=document,
-        authorization=authorization,
-        signature=body["signature"],
-        decision_id=response.decision_id,
-        key_id=response.key_id,
-        from_address=response.from_address,
-        audit_seq=response.audit_seq,
-        replayed=response.replayed_result,
-        approval_id=approval_id or None,
-        attempts=attempts,
-    )
-
-
-def _atomic(value: Any) -> int:
-    if not isinstance(value, str) or not _ATOMIC.fullmatch(value):
-        raise ValueError(f"{value!r} is not a decimal integer string")
-    return int(value)
-
-
-def x402_mismatches(
-    document: dict[str, Any],
-    authorization: X402Authorization,
-    response: signer_pb2.SignX402Response,
-    prepared: PreparedX402,
-) -> list[str]:
-    """What of a signed answer is not the request's: the header is the payload's base64,
-    the accepted requirements are the ones asked, and the authorisation pays exactly them
-    from the key's address, within the payment's expiry."""
-    request = prepared.request
-    asked = request.requirements
-    accepted = document["accepted"]
-    extra = accepted.get("extra") or {}
-    a = authorization
-    key = response.key_id
-    checks = {
-        "header": _header_of(response.x_payment) == response.payment_payload_json,
-        "x402Version": document["x402Version"] == asked.x402_version,
-        "scheme": accepted["scheme"] == asked.scheme,
-        "network": accepted["network"] == asked.network,
-        "asset": accepted["asset"] == asked.asset,  # as written: servers compare strings
-        "payTo": accepted["payTo"] == asked.pay_to,
-        "amount": accepted["amount"] == asked.amount,
-        "maxTimeoutSeconds": accepted["maxTimeoutSeconds"] == asked.max_timeout_seconds,
-        "extra.name": not asked.extra_name or extra.get("name") == asked.extra_name,
-        "extra.version": not asked.extra_version or extra.get("version") == asked.extra_version,
-        "extra": _holds(extra, asked.extra_json),
-        "to": _same_address(a.to, asked.pay_to),
-        "value": _ATOMIC.fullmatch(asked.amount) is not None and a.value == int(asked.amount),
-        "from": _same_address(a.from_address, response.from_address)
-        and (prepared.from_address is None or _same_address(a.from_address, prepared.from_address)),
-        "validBefore": a.valid_after < a.valid_before <= request.expires_at,
-        "nonce": _NONCE.fullmatch(a.nonce) is not None,
-        "signature": _SIGNATURE.fullmatch(str(document["payload"].get("signature"))) is not None,
-        "decision": bool(response.decision_id),
-        "key": key == request.key_id or key.startswith(request.key_id + ".v"),
-    }
-    return [name for name, same in checks.items() if not same]
-
-
-def _holds(extra: Any, asked_json: str) -> bool:
-    """Whether the answer's ``extra`` holds every member the server sent."""
-    if not isinstance(extra, dict):
-        return False
-    asked: dict[str, Any] = json.loads(asked_json) if asked_json else {}
-    return all(k in extra and extra[k] == v and type(extra[k]) is type(v) for k, v in asked.items())
-
-
-def _header_of(x_payment: str) -> str | None:
-    try:
-        return base64.b64decode(x_payment, validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _same_address(a: Any, b: str) -> bool:
-    """The same 20 bytes, however each is cased (the signer refuses a bad EIP-55 checksum
-    before it signs anything)."""
-    return (
-        isinstance(a, str)
-        and _ADDRESS.fullmatch(a) is not None
-        and _ADDRESS.fullmatch(b) is not None
-        and a.lower() == b.lower()
     )

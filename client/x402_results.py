@@ -9,8 +9,10 @@ from typing import Any
 from paywarden.v1 import signer_pb2
 
 PAYMENT_SIGNATURE_HEADER = "PAYMENT-SIGNATURE"
-"""The request header an x402 v2 client sends the payment in (x402 v1 named it
-``X-PAYMENT``; the value is the same base64 ``PaymentPayload``)."""
+"""The request header an x402 version 2 client sends the payment in."""
+X_PAYMENT_HEADER = "X-PAYMENT"
+"""The request header an x402 version 1 client sends the payment in (the value is the
+base64 of version 1's ``PaymentPayload``)."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,13 @@ class X402Authorization:
 @dataclass(frozen=True)
 class X402Signed:
     """The payment is authorised: send ``x_payment`` to the resource server in the
-    ``PAYMENT-SIGNATURE`` header (:attr:`headers`)."""
+    header of the requirements' x402 version (:attr:`headers`)."""
 
     x_payment: str
     """The header value: base64 of :attr:`payment_payload_json`."""
     payment_payload_json: str
-    """The x402 ``PaymentPayload`` (``x402Version``, ``accepted``, ``payload``) as JSON."""
+    """The x402 ``PaymentPayload`` as JSON: version 2 ``{x402Version, accepted, payload}``,
+    version 1 ``{x402Version, scheme, network, payload}``."""
     payment_payload: dict[str, Any]
     """The same, parsed."""
     authorization: X402Authorization
@@ -80,9 +83,16 @@ class X402Signed:
     """SignX402 calls this result took (retries and approval polls included)."""
 
     @property
+    def x402_version(self) -> int:
+        """The x402 protocol version of the payment (the requirements')."""
+        return int(self.payment_payload["x402Version"])
+
+    @property
     def headers(self) -> dict[str, str]:
-        """The header to add to the retried resource request."""
-        return {PAYMENT_SIGNATURE_HEADER: self.x_payment}
+        """The header to add to the retried resource request: ``PAYMENT-SIGNATURE`` in
+        x402 version 2, ``X-PAYMENT`` in version 1."""
+        name = X_PAYMENT_HEADER if self.x402_version == 1 else PAYMENT_SIGNATURE_HEADER
+        return {name: self.x_payment}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""The SDK's x402 side without a signer: reading a 402's offers, refusing what it cannot
-send, taking a signed answer only when the authorisation is the request's, and the steps
-of ``sign_x402`` (the same bytes on every retry, only UNAVAILABLE / DEADLINE_EXCEEDED
+"""The SDK's x402 side without a signer: reading a 402's offers (x402 version 2's header,
+version 1's body), refusing what it cannot send, taking a signed answer only when the
+authorisation is the request's (in the shape of its version), and the steps of
+``sign_x402`` (the same bytes on every retry, only UNAVAILABLE / DEADLINE_EXCEEDED
 retried).
 
 The real signer cannot be made to answer a wrong authorisation on demand, so the answers
@@ -19,6 +20,7 @@ from typing import Any
 import grpc
 import pytest
 from paywarden.client import (
+    X_PAYMENT_HEADER,
     ClientError,
     PreparedX402,
     RequirementsRefused,
@@ -33,10 +35,12 @@ from paywarden.client import (
 )
 from paywarden.client._signing import Pause, Send
 from paywarden.client.errors import Refusal
-from paywarden.client.x402 import prepare_x402, read_x402_answer, x402_steps
+from paywarden.client.x402 import prepare_x402, x402_steps
+from paywarden.client.x402_answers import read_x402_answer
 from paywarden.v1 import signer_pb2
 from x402.http.utils import encode_payment_required_header
 from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo
+from x402.schemas.v1 import PaymentRequiredV1, PaymentRequirementsV1
 
 TOKEN = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
 MERCHANT = "0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B"
@@ -48,6 +52,19 @@ ACCEPTED: dict[str, Any] = {
     "amount": "1250000",
     "payTo": MERCHANT,
     "maxTimeoutSeconds": 60,
+    "extra": {"name": "USD Coin", "version": "2"},
+}
+V1_ACCEPTED: dict[str, Any] = {  # version 1's entry for the same payment
+    "scheme": "exact",
+    "network": "base",
+    "maxAmountRequired": "1250000",
+    "resource": "http://127.0.0.1:9/weather",
+    "description": "the weather",
+    "mimeType": "application/json",
+    "outputSchema": None,
+    "payTo": MERCHANT,
+    "maxTimeoutSeconds": 60,
+    "asset": TOKEN,
     "extra": {"name": "USD Coin", "version": "2"},
 }
 EXPIRES_AT = 1_900_000_120
@@ -123,7 +140,8 @@ def _without(key: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "accepted",
     [
-        pytest.param({**ACCEPTED, "maxAmountRequired": "1"}, id="unknown-key"),
+        pytest.param({**ACCEPTED, "maxAmountRequired": "1"}, id="v1-and-v2-amounts"),
+        pytest.param({**ACCEPTED, "description": "weather"}, id="v1-key-in-v2"),
         pytest.param(_without("payTo"), id="no-payTo"),
         pytest.param({**ACCEPTED, "maxTimeoutSeconds": "60"}, id="timeout-text"),
         pytest.param({**ACCEPTED, "maxTimeoutSeconds": True}, id="timeout-bool"),
@@ -145,12 +163,63 @@ def test_requirements_it_cannot_send_as_given_are_refused(accepted: dict[str, An
         "not base64!",
         base64.b64encode(json.dumps({"x402Version": 1, "accepts": [ACCEPTED]}).encode()).decode(),
         base64.b64encode(json.dumps({"x402Version": 2, "accepts": ACCEPTED}).encode()).decode(),
+        json.dumps({"x402Version": 2, "accepts": [V1_ACCEPTED]}),
+        json.dumps({"x402Version": 3, "accepts": [ACCEPTED]}),
+        json.dumps({"x402Version": True, "accepts": [V1_ACCEPTED]}),
+        '{"x402Version": 1, "accepts": [',
     ],
-    ids=["not-base64", "version-1", "accepts-not-a-list"],
-)
+    ids=[
+        "not-base64", "v1-answer-v2-entry", "accepts-not-a-list", "v2-answer-v1-entry",
+        "version-3", "version-true", "body-not-json",
+    ],
+)  # fmt: skip
 def test_a_payment_required_it_cannot_read_is_refused(header: str) -> None:
     with pytest.raises(RequirementsRefused):
         offers(header)
+
+
+def test_offers_read_a_v1_402_body_as_the_x402_sdk_writes_it() -> None:
+    required = PaymentRequiredV1(
+        error="X-PAYMENT header is required",
+        accepts=[PaymentRequirementsV1.model_validate(V1_ACCEPTED)],
+    )
+    body = required.model_dump_json()
+    v1 = X402Requirements(
+        scheme="exact", network="base", asset=TOKEN, pay_to=MERCHANT, amount="1250000",
+        max_timeout_seconds=60, resource="http://127.0.0.1:9/weather", extra_name="USD Coin",
+        extra_version="2", extra_json='{"name":"USD Coin","version":"2"}', x402_version=1,
+    )  # fmt: skip
+    assert offers(body) == offers(body.encode()) == offers(json.loads(body)) == [v1]
+    assert offers(base64.b64encode(body.encode())) == [v1]  # also as a header value
+    # An entry alone is read by its amount's name, or as the version it is said to be.
+    assert X402Requirements.from_dict(V1_ACCEPTED) == v1
+    assert prepare_x402("ses-1", V1_ACCEPTED, {"key_id": "k", "reference": "r"}).request
+    with pytest.raises(RequirementsRefused, match="v2"):
+        X402Requirements.from_dict(V1_ACCEPTED, x402_version=2)
+    with pytest.raises(RequirementsRefused, match="version 3"):
+        X402Requirements.from_dict(ACCEPTED, x402_version=3)
+
+
+def _v1_without(key: str) -> dict[str, Any]:
+    return {k: v for k, v in V1_ACCEPTED.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    "accepted",
+    [
+        pytest.param(_v1_without("resource"), id="no-resource"),
+        pytest.param(_v1_without("asset"), id="no-asset"),
+        pytest.param({**V1_ACCEPTED, "maxAmountRequired": 1250000}, id="amount-number"),
+        pytest.param({**V1_ACCEPTED, "description": 7}, id="description-number"),
+        pytest.param({**V1_ACCEPTED, "mimeType": ["application/json"]}, id="mime-list"),
+        pytest.param({**V1_ACCEPTED, "outputSchema": "{}"}, id="schema-text"),
+        pytest.param({**V1_ACCEPTED, "extra": '{"name":"USD Coin"}'}, id="extra-text"),
+        pytest.param({**V1_ACCEPTED, "accepted": {}}, id="unknown-key"),
+    ],
+)
+def test_v1_requirements_it_cannot_send_as_given_are_refused(accepted: dict[str, Any]) -> None:
+    with pytest.raises(RequirementsRefused):
+        prepare_x402("ses-1", accepted, {"key_id": "x402-pay", "reference": "r"})
 
 
 def test_a_request_is_built_once_with_a_fresh_32_byte_nonce() -> None:
@@ -178,6 +247,46 @@ def test_the_matching_answer_is_an_authorisation() -> None:
     assert (paid.authorization.to, paid.authorization.value) == (MERCHANT, 1_250_000)
     assert paid.headers == {"PAYMENT-SIGNATURE": paid.x_payment}
     assert json.loads(base64.b64decode(paid.x_payment)) == paid.payment_payload
+
+
+def signed_v1_document(prepared: PreparedX402) -> dict[str, Any]:
+    """The version 1 PaymentPayload a signer writes for ``prepared``: scheme and network at
+    the top, no ``accepted``."""
+    document = signed_document(prepared)
+    del document["accepted"]
+    r = prepared.request.requirements
+    return {**document, "x402Version": 1, "scheme": r.scheme, "network": r.network}
+
+
+def test_a_matching_v1_answer_is_an_authorisation_sent_as_x_payment() -> None:
+    prepared = prepare_x402(
+        "ses-1", V1_ACCEPTED, {"key_id": "x402-pay", "reference": "r", "expires_at": EXPIRES_AT}
+    )
+    assert prepared.request.requirements.x402_version == 1
+    paid = read_x402_answer(x402_answer(signed_v1_document(prepared)), prepared, 1, None)
+    assert isinstance(paid, X402Signed) and paid.x402_version == 1
+    assert paid.headers == {X_PAYMENT_HEADER: paid.x_payment} == {"X-PAYMENT": paid.x_payment}
+    assert (paid.authorization.to, paid.authorization.value) == (MERCHANT, 1_250_000)
+    for change in [
+        _changed_at("network", "eip155:8453"),
+        _changed_at("network", "base-sepolia"),
+        _changed_at("scheme", "upto"),
+        _changed_at("x402Version", 2),
+        _changed_at("x402Version", True),
+        _changed_at("accepted", {}),  # version 2's member in a version 1 payload
+        _changed_at("payload.authorization.to", OTHER),
+        _changed_at("payload.authorization.value", "1250001"),
+    ]:
+        document = signed_v1_document(prepared)
+        change(document)
+        with pytest.raises(UnexpectedAnswer):
+            read_x402_answer(x402_answer(document), prepared, 1, None)
+    # A version 2 payload answering version 1 requirements is refused, and the reverse.
+    with pytest.raises(UnexpectedAnswer, match="shape"):
+        read_x402_answer(x402_answer(signed_document(prepared)), prepared, 1, None)
+    v2 = prepared_order()
+    with pytest.raises(UnexpectedAnswer, match="accepted"):
+        read_x402_answer(x402_answer(signed_v1_document(v2) | {"x402Version": 2}), v2, 1, None)
 
 
 def _changed_at(path: str, value: Any) -> Callable[[dict[str, Any]], None]:

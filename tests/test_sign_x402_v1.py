@@ -4,10 +4,12 @@ on the real SoftHSM2 token.
 
 The answer is judged by the x402 SDK's own version 1 code, never only by ours: its
 exact-EVM v1 facilitator (``ExactEvmSchemeV1``, over tests/support/x402_chain.py, a local
-stand-in for the chain) with its v1 schemas and its header decoder; and by eth-account's
-typed-data recovery. The x402 SDK's resource server speaks version 2 only (it reads the
-``PAYMENT-SIGNATURE`` header), so the v1 payment is checked by the facilitator directly,
-not end to end over HTTP.
+stand-in for the chain) with its v1 schemas, its header decoder and its HTTP client's
+reading of a v1 402 body; and by eth-account's typed-data recovery. The x402 SDK's
+resource server speaks version 2 only (it reads the ``PAYMENT-SIGNATURE`` header), so
+the v1 payment is checked by the facilitator directly, not end to end over HTTP: the
+Paywarden SDK reads the v1 body, pays it through the signer, and x402's v1 facilitator
+verifies what it would send.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import grpc
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from paywarden.client import AgentClient, X402Requirements, X402Signed, offers
 from paywarden.hsm import KeyRef, TransferWithAuthorization
 from paywarden.hsm.eip712 import transfer_digest
 from paywarden.hsm.provision import delete_key, export_evm_public_key, generate_key
@@ -29,6 +32,7 @@ from paywarden.signer.core.x402_networks import V1_NETWORK_CHAIN_IDS, chain_id_o
 from paywarden.signer.errors import InvalidInput
 from paywarden.v1 import signer_pb2
 from x402.http.utils import decode_payment_signature_header
+from x402.http.x402_http_client_base import x402HTTPClientBase
 from x402.mechanisms.evm.constants import (
     ERR_INVALID_SIGNATURE,
     ERR_NONCE_ALREADY_USED,
@@ -37,12 +41,13 @@ from x402.mechanisms.evm.constants import (
 )
 from x402.mechanisms.evm.exact.v1.facilitator import ExactEvmSchemeV1
 from x402.mechanisms.evm.v1.constants import V1_NETWORK_CHAIN_IDS as SDK_V1_NETWORKS
-from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
+from x402.schemas.v1 import PaymentPayloadV1, PaymentRequiredV1, PaymentRequirementsV1
 
-from tests.helpers import MODULE, Stack, TestToken, new_nonce
+from tests.helpers import MODULE, Pki, Stack, TestToken, new_nonce
 from tests.support.clients import Api
 from tests.support.evm import USDC_BASE, eip3009_typed_data
 from tests.support.refusals import assert_refused
+from tests.support.sdk import settings_for
 from tests.support.sessions import open_session
 from tests.support.x402_chain import LocalEip3009Chain, SettlingEip3009Chain
 
@@ -321,3 +326,40 @@ def test_the_v1_network_table_is_the_x402_sdks_and_each_version_reads_its_own_fo
         with pytest.raises(InvalidInput, match=words) as refused:
             chain_id_of(version, network)
         assert refused.value.reason == "UNKNOWN_ASSET"
+
+
+# -- the SDK: a version 1 402 body read and paid through the signer ----------------------------
+
+
+def test_the_sdk_reads_a_v1_402_body_and_pays_it_in_the_x_payment_header(
+    grpc_addr: str, pki: Pki, api: Api, stack: Stack, legacy_payer: str
+) -> None:
+    body = json.dumps(PaymentRequiredV1(accepts=[PaymentRequirementsV1(**V1_ACCEPTS)]).model_dump())
+    # x402's own HTTP client reads the same body as version 1's PaymentRequired.
+    required = x402HTTPClientBase().get_payment_required_response(lambda _: None, body.encode())
+    assert isinstance(required, PaymentRequiredV1)
+    (offer,) = offers(body.encode())
+    assert offer == X402Requirements(
+        scheme="exact", network="base", asset=USDC_BASE.verifying_contract, pay_to=MERCHANT,
+        amount="1250000", max_timeout_seconds=120, resource="https://api.example/forecast",
+        extra_name="USD Coin", extra_version="2", extra_json='{"name":"USD Coin","version":"2"}',
+        x402_version=1,
+    )  # fmt: skip
+    assert offers(json.loads(body)) == [offer]
+    session = open_session(api.planner, "agent-1", "50", asset="USDC")
+    with AgentClient(settings_for(pki, grpc_addr, "agent", "agent-1")) as agent:
+        paid = agent.sign_x402(
+            session, offer, key_id=V1_KEY.label, reference="inv-sdk", from_address=legacy_payer
+        )
+    assert isinstance(paid, X402Signed) and paid.x402_version == 1
+    # The header x402's own client sends a version 1 payload in, and the same payload:
+    # nothing lost or added when the SDK reads and writes it again.
+    payload, auth, _ = v1_paid(paid.x_payment)
+    (theirs,) = x402HTTPClientBase().encode_payment_signature_header(payload).items()
+    assert paid.headers == {"X-PAYMENT": paid.x_payment} and theirs[0] == "X-PAYMENT"
+    assert json.loads(base64.b64decode(theirs[1])) == json.loads(paid.payment_payload_json)
+    assert (paid.authorization.to, paid.authorization.value) == (MERCHANT, 1_250_000)
+    chain = legacy_chain(stack, legacy_payer)
+    result = ExactEvmSchemeV1(chain).verify(payload, required.accepts[0])
+    assert result.is_valid is True, (result.invalid_reason, result.invalid_message)
+    assert result.payer == legacy_payer == auth.from_address
