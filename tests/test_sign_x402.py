@@ -50,7 +50,7 @@ from tests.helpers import (
 )
 from tests.support.clients import Api
 from tests.support.evm import USDC_BASE, eip3009_typed_data
-from tests.support.refusals import assert_refused
+from tests.support.refusals import assert_refused, decision_id_of
 from tests.support.sessions import open_session, spent
 from tests.support.x402_chain import LocalEip3009Chain
 
@@ -496,6 +496,18 @@ def test_a_payment_held_for_approval_is_authorised_once_approved(
     assert verdict(chain_at(stack, x402_address), payload, req) is None
 
 
+def held_until(api: Api, approval_id: str) -> int:
+    """When the approval expires, as approvers see it."""
+    request = approvals_pb2.GetApprovalRequest(approval_id=approval_id)
+    return int(api.approver("approver-1").GetApproval(request).approval.expires_at)
+
+
+def recorded_window(stack: Stack, decision_id: str) -> int:
+    """The validBefore of the authorisation recorded with a decision."""
+    payload = stack.store.get_decision(decision_id).payload
+    return int(json.loads(payload)["authorization"]["validBefore"])
+
+
 def test_an_approval_granted_after_the_window_closed_gives_no_authorisation(
     api: Api, stack: Stack
 ) -> None:
@@ -503,14 +515,18 @@ def test_an_approval_granted_after_the_window_closed_gives_no_authorisation(
     request = x402_request(stack, session, amount="4000000", max_timeout_seconds=10)
     held = api.signer.SignX402(request)
     assert held.status == signer_pb2.PENDING_APPROVAL
-    stack.clock.advance(5)  # validBefore is now 5 s ahead: less than x402's 6 s
+    # The approval lasts while the authorisation can still be signed: until validBefore
+    # is less than x402's 6 s ahead (not until the payment's exp, 230 s later).
+    assert held_until(api, held.approval_id) == recorded_window(stack, held.decision_id) - 5
+    stack.clock.advance(5)  # validBefore is now 5 s ahead
     approve = approvals_pb2.ApproveRequest(approval_id=held.approval_id, note="late")
-    api.approver("approver-1").Approve(approve)
-    assert_refused(api.signer.SignX402, request, PRECONDITION, "PAYMENT_WITHDRAWN")
-    # The hold is released at once (not at the payment's exp, 230 s later), and it stays
-    # withdrawn: a later retry neither signs nor spends.
+    approver = api.approver("approver-1")
+    assert_refused(approver.Approve, approve, PRECONDITION, "APPROVAL_NOT_PENDING")
+    err = assert_refused(api.signer.SignX402, request, DENIED, "APPROVAL_EXPIRED")
+    assert decision_id_of(err) == held.decision_id
+    # The hold is released with it, and a later retry neither signs nor spends.
     assert spent(api.agent_sessions, session) == {"USDC": "0.000000"}
-    assert_refused(api.signer.SignX402, request, PRECONDITION, "PAYMENT_WITHDRAWN")
+    assert_refused(api.signer.SignX402, request, DENIED, "APPROVAL_EXPIRED")
     assert spent(api.agent_sessions, session) == {"USDC": "0.000000"}
 
 

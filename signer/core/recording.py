@@ -6,6 +6,7 @@ from __future__ import annotations
 from paywarden.policy import Decision, Verdict
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus
 from paywarden.signer.core.payments import Intent
+from paywarden.signer.core.x402 import signable_until
 from paywarden.signer.identity import Principal
 from paywarden.signer.store.records import (
     ApprovalRecord,
@@ -55,6 +56,7 @@ def holds(
     if decision.verdict is Verdict.DENY:
         return None, None
     held = decision.verdict is Verdict.NEEDS_APPROVAL
+    ends = signable_until(record)  # an x402 authorisation's window may close first
     reservation = Reservation(
         decision_id=record.id,
         agent_id=record.agent_id,
@@ -63,7 +65,7 @@ def holds(
         payee_key=payee_key,
         amount_minor=record.amount_minor,
         created_at=record.created_at,
-        expires_at=record.expires_at,
+        expires_at=ends,
         status=ReservationStatus.HELD if held else ReservationStatus.SPENT,
         plan_line=decision.plan_line,
     )
@@ -75,6 +77,6 @@ def holds(
             required=decision.approvers,
             status=ApprovalStatus.PENDING,
             created_at=record.created_at,
-            expires_at=record.expires_at,
+            expires_at=ends,
         )
     return reservation, approval

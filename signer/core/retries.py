@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, SessionState, Verdict
 from paywarden.signer.core.withdrawal import withdraw
-from paywarden.signer.core.x402 import MIN_WINDOW_SECONDS, is_x402, signable
+from paywarden.signer.core.x402 import signable_until
 from paywarden.signer.errors import Reason
 from paywarden.signer.store.protocols import PaymentTx
 from paywarden.signer.store.records import (
@@ -73,19 +73,11 @@ def _unsignable(
         if held:
             return Reason.APPROVAL_EXPIRED, "approval expired with the payment"
         return Reason.EXPIRY_IN_PAST, "the payment expired before it was signed"
-    if now >= _window_closes(decision):
+    if now >= signable_until(decision):  # an x402 authorisation's window closed
+        if held:
+            return Reason.APPROVAL_EXPIRED, "approval expired with the authorisation's window"
         return Reason.PAYMENT_WITHDRAWN, "the authorisation's window closed before it was signed"
     return None
-
-
-def _window_closes(decision: DecisionRecord) -> int:
-    """When an unsigned x402 authorisation can no longer be signed (x402's facilitators
-    refuse one this close to its validBefore): its reservation is released then, not
-    at the payment's exp. A JWS payment's is its exp."""
-    payload = decision.payload or b""
-    if not payload or not is_x402(payload):
-        return decision.expires_at
-    return signable(payload)[1].valid_before - MIN_WINDOW_SECONDS
 
 
 def _denied(record: DecisionRecord, reason: Reason, message: str) -> DecisionRecord:

@@ -251,6 +251,16 @@ def matches_decision(record: DecisionRecord, authorization: TransferWithAuthoriz
     )
 
 
+def signable_until(record: DecisionRecord) -> int:
+    """The first second at which a recorded decision can no longer be signed: its exp,
+    or for an x402 authorisation, if earlier, the second from which its validBefore is
+    closer than x402's facilitators take (its hold and approval end then too)."""
+    payload = record.payload or b""
+    if not payload or not is_x402(payload):
+        return record.expires_at
+    return min(record.expires_at, signable(payload)[1].valid_before - MIN_WINDOW_SECONDS + 1)
+
+
 def from_address_of(payload: bytes) -> str:
     """The authorisation's ``from`` (the key's address) in a recorded x402 payload."""
     document: dict[str, Any] = json.loads(payload)
