@@ -469,13 +469,23 @@ def test_a_recorded_authorisation_is_signed_only_if_it_pays_what_its_decision_sa
         payee=SHOP, expires_at=1_240,
     )  # fmt: skip
     own = TransferWithAuthorization(PAYEE, SHOP, 4_000_000, 940, 1_240, bytes(32))
-    assert matches_decision(record, own)
+    config = Config.model_validate({"assets": {"USDC": _x402_asset()}})
+    x402 = {code: a.x402 for code, a in config.assets.items() if a.x402 is not None}
+    assert matches_decision(record, USDC_BASE, own, x402)
     for changed in (
         dataclasses.replace(own, to=PAYEE),
         dataclasses.replace(own, value=4_000_001),
         dataclasses.replace(own, valid_before=1_241),
     ):
-        assert not matches_decision(record, changed)
+        assert not matches_decision(record, USDC_BASE, changed, x402)
+    for domain in (
+        dataclasses.replace(USDC_BASE, chain_id=1),
+        dataclasses.replace(USDC_BASE, verifying_contract=PAYEE),
+        dataclasses.replace(USDC_BASE, name="USD Coin (fake)"),
+        dataclasses.replace(USDC_BASE, version="1"),
+    ):
+        assert not matches_decision(record, domain, own, x402)
+    assert not matches_decision(dataclasses.replace(record, asset="USDX"), USDC_BASE, own, x402)
 
 
 def test_a_payment_held_for_approval_is_authorised_once_approved(

@@ -242,7 +242,7 @@ class Signing:
             return None
         payload = record.payload or b""
         x402 = signable(payload) if is_x402(payload) else None
-        if x402 is not None and not matches_decision(record, x402[1]):
+        if x402 is not None and not matches_decision(record, *x402, self._deps.x402):
             attempt.broken = True  # its payload was changed in the store: never signed
             return None
         if x402 is not None and x402[1].valid_before < self._deps.now() + MIN_WINDOW_SECONDS:

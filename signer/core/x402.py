@@ -241,11 +241,20 @@ def signable(payload: bytes) -> tuple[Eip712Domain, TransferWithAuthorization]:
     return domain, authorization
 
 
-def matches_decision(record: DecisionRecord, authorization: TransferWithAuthorization) -> bool:
+def matches_decision(
+    record: DecisionRecord,
+    domain: Eip712Domain,
+    authorization: TransferWithAuthorization,
+    x402: Mapping[str, X402AssetConfig],
+) -> bool:
     """Whether a recorded authorisation pays what its decision's own columns say (payee,
-    atomic amount, within the expiry): one changed in the store is never signed."""
+    atomic amount, within the expiry) under its asset's configured domain (chain, token,
+    name, version): one changed in the store is never signed."""
+    configured = x402.get(record.asset)
     return (
-        authorization.to == record.payee
+        configured is not None
+        and domain == configured.domain()
+        and authorization.to == record.payee
         and authorization.value == record.amount_minor
         and authorization.valid_before <= record.expires_at
     )
