@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from paywarden.hsm import HsmError, HsmUnavailable
+from paywarden.hsm import HsmError, HsmUnavailable, UnsafeKey
 from paywarden.policy.vocabulary import ApprovalStatus, KeyProfile, KeyState, Verdict
 from paywarden.signer.core import committed
 from paywarden.signer.core.batching import GroupCommit
@@ -259,8 +259,10 @@ class Signing:
                 compact = jws_compact(
                     signing_input, self._hsm.sign_es256(record.key_id, signing_input)
                 )
-        except HsmError:
-            attempt.hsm_failed = True
+        except HsmError as exc:  # UnsafeKey: the token's key is not the one recorded
+            log.error("the HSM did not sign: %s", exc, extra={"decision_id": record.id})
+            attempt.broken = isinstance(exc, UnsafeKey)
+            attempt.hsm_failed = not attempt.broken
             return None
         self._metrics.hsm_latency.observe(time.monotonic() - started)
         try:  # a caller gone while the HSM signed gets nothing stored
@@ -308,8 +310,8 @@ class Signing:
                 decision_id=record.id,
                 audit_seq=seq,
             )
-        if done.signing.broken:
-            raise InvariantBroken(f"decision {record.id}: its authorisation is not its own")
+        if done.signing.broken:  # never "retry": no retry can sign it
+            raise InvariantBroken(f"decision {record.id} cannot be signed as recorded")
         if done.signing.withdrawn:
             # The payment expired (or was withdrawn or frozen) while the HSM signed:
             # the signature is discarded, never returned.

@@ -31,6 +31,7 @@ eth-account's typed-data recovery and x402's own facilitator verification.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -53,6 +54,7 @@ from paywarden.signer.core.service import SigningService
 from paywarden.signer.core.views import SignStatus
 from paywarden.signer.core.x402 import payment_payload
 from paywarden.signer.errors import PaywardenError, Reason, Unavailable
+from paywarden.signer.store.records import InvariantBroken
 from paywarden.v1 import approvals_pb2, control_pb2, sessions_pb2, signer_pb2
 from x402.mechanisms.evm.constants import ERR_NONCE_ALREADY_USED
 
@@ -884,13 +886,17 @@ class EvmHsmFaults:
         self._hsm = hsm
         self.fail_next = 0
         self.while_signing: Callable[[], None] = lambda: None
+        self.from_address: str | None = None  # the token's key has another address
 
     def sign_transfer_authorization(self, *args: Any) -> Any:
         if self.fail_next:
             self.fail_next -= 1
             raise HsmError("injected: the module failed mid-call")
         self.while_signing()
-        return self._hsm.sign_transfer_authorization(*args)
+        key_id, domain, authorization = args
+        if self.from_address is not None:  # the real HSM sees a from not its key's
+            authorization = dataclasses.replace(authorization, from_address=self.from_address)
+        return self._hsm.sign_transfer_authorization(key_id, domain, authorization)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._hsm, name)
@@ -928,6 +934,24 @@ def test_an_authorisation_the_hsm_failed_is_completed_by_a_retry_with_its_record
     assert document["payload"]["authorization"] == recorded
     assert paid.signer == atk_address
     assert service.get_session(PLANNER, sid).record.spent_minor == {"USDC": 1_250_000}
+
+
+def test_a_key_the_token_holds_under_another_address_is_an_error_not_a_retry_hint(
+    stack: Stack,
+    evm_faults: tuple[SigningService, EvmHsmFaults],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The store and the token disagree on the key (the HSM refuses it: UnsafeKey): no
+    # retry can sign it, so the agent is not told to retry, and the log says why.
+    service, hsm = evm_faults
+    sid = service.open_session(PLANNER, "agent-1", "pay", [("USDC", "2")], 3600, []).record.id
+    request = x402_fields(sid, PAYEE, USDC, expires_at=int(stack.clock.now()) + 60)
+    hsm.from_address = "0x" + "44" * 20
+    with pytest.raises(InvariantBroken, match="cannot be signed as recorded"):
+        service.signing.sign_x402(AGENT, request)
+    assert "signs transfers from" in caplog.text
+    record = by_nonce(stack, "agent-1", request.nonce)
+    assert record is not None and record.jws is None  # recorded, nothing signed
 
 
 def test_an_unsigned_authorisation_past_its_expiry_frees_its_spend_and_is_never_signed(
