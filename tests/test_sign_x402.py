@@ -582,6 +582,7 @@ def test_check_payment_says_expired_once_the_authorisation_window_closed(
     stack.clock.advance(valid_before - int(stack.clock.now()))  # exp is 210 s later
     standing = operator.CheckPayment(check)
     assert (standing.standing, standing.reason) == (signer_pb2.EXPIRED, "PAYMENT_EXPIRED")
+    assert standing.detail == "the authorisation is past its validBefore"
 
 
 def test_a_version_the_view_forgets_is_no_longer_held_by_the_hsm(

@@ -105,6 +105,8 @@ class PaymentChecks:
         elif now >= ends:
             standing, reason = Standing.EXPIRED, Reason.PAYMENT_EXPIRED
             detail = "the payment is past its exp"
+            if ends < int(claims["exp"]):
+                detail = "the authorisation is past its validBefore"
         return PaymentStanding(
             standing,
             reason,
