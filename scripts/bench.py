@@ -7,6 +7,7 @@
                                       [--pg-url URL [--pg-password-file FILE]]
                                       [--pg-statements]
                                       [--sign-only] [--json FILE] [--keep DIR]
+                                      [--rpc sign|sign-x402]
 
 Makes a fresh data directory in a temporary directory (a SoftHSM2 token with
 the payment and audit keys, a PKI, a config and a full policy pack), starts
@@ -30,6 +31,14 @@ against the served JWKS and runs ``paywarden audit verify`` on the store.
 memory: its RSS is printed after every phase). Exits 1 if any call failed or
 anything did not verify. The figures depend on
 the machine: run it by hand, never as an assertion in the test suite.
+
+``--rpc sign-x402`` benchmarks ``Signer.SignX402`` the same way instead of ``Sign``
+(scripts/bench_x402.py): the data directory also holds a secp256k1 key
+(``x402-exact-evm``), the configuration an x402 asset (USDC on Base) and the pack grants
+that key on it with address payees; the callers send ``SignX402Request``s (x402 version
+2, scheme ``exact``, 0.01 USDC, a fresh nonce each), and after the run every returned
+authorisation is checked with eth-account's EIP-712 recovery against the key's address
+(instead of the JWKS), and ``paywarden audit verify`` runs as for ``Sign``.
 """
 
 from __future__ import annotations
@@ -63,6 +72,9 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, signer_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_x402  # scripts/bench_x402.py: the parts of --rpc sign-x402
 
 if TYPE_CHECKING:
     from tests.support.postgres import PgCluster
@@ -183,6 +195,8 @@ class DataDir:
     softhsm_conf: Path
     audit_key: Path
     agents: tuple[str, ...]
+    rpc: str = "sign"  # the RPC benchmarked: "sign" or "sign-x402"
+    x402_address: str = ""  # sign-x402: the x402 key's address, as scripts/keys.py made it
 
     def cert(self, role: str, principal: str) -> tuple[bytes, bytes]:
         """(private key, certificate) PEM of a client certificate."""
@@ -228,10 +242,16 @@ def store_settings(data: Path, pg: PgTarget | None) -> str:
 
 
 def make_data_dir(
-    root: Path, agents: int, workers: int, concurrency: int, pg: PgTarget | None = None
+    root: Path,
+    agents: int,
+    workers: int,
+    concurrency: int,
+    pg: PgTarget | None = None,
+    rpc: str = "sign",
 ) -> DataDir:
     """Token, keys, PKI, pack and config under ``root`` (scripts/keys.py and scripts/pki.py);
-    the store in ``root``/data, or on the database ``pg``."""
+    the store in ``root``/data, or on the database ``pg``. ``rpc`` "sign-x402": also the
+    x402 key and asset, and the x402 pack instead of the JWS one (scripts/bench_x402.py)."""
     hsm = root / "hsm"
     (hsm / "tokens").mkdir(parents=True)
     softhsm_conf = hsm / "softhsm2.conf"
@@ -253,6 +273,9 @@ def make_data_dir(
         [*keys, "export", "--pin-file", str(pin), "--key", "audit.v1", "--out", str(audit_key)],
         env,
     )
+    x402_address = ""
+    if rpc == "sign-x402":
+        x402_address = bench_x402.provision(functools.partial(_run, env=env), keys, str(pin))
     pki = root / "pki"
     _run(["scripts/pki.py", "init-ca", "--dir", str(pki), "--trust-domain", TRUST_DOMAIN])
     _run(["scripts/pki.py", "server", "--dir", str(pki)])
@@ -261,7 +284,8 @@ def make_data_dir(
         _run(["scripts/pki.py", "issue", "--dir", str(pki), "--role", role, "--id", principal])
     data = root / "data"
     (data / "policy").mkdir(parents=True)
-    pack = PACK.format(agents=", ".join(f'"{a}"' for a in names))
+    template = bench_x402.PACK if rpc == "sign-x402" else PACK
+    pack = template.format(agents=", ".join(f'"{a}"' for a in names))
     (data / "policy" / "bench.toml").write_text(pack, encoding="utf-8")
     config = data / "paywarden.toml"
     config.write_text(
@@ -277,11 +301,14 @@ def make_data_dir(
             data=data,
             store=store_settings(data, pg),
             expiry=EXPIRY_SECONDS,
-        ),
+        )
+        + (bench_x402.CONFIG if rpc == "sign-x402" else ""),
         encoding="utf-8",
     )
-    _run(["-m", "paywarden.signer.cli", "policy", "check", str(data / "policy" / "bench.toml")])
-    return DataDir(root, pki, config, softhsm_conf, audit_key, names)
+    check = ["-m", "paywarden.signer.cli", "policy", "check", str(data / "policy" / "bench.toml")]
+    # An x402 asset is known from the configuration only.
+    _run([*check, "--config", str(config)] if rpc == "sign-x402" else check)
+    return DataDir(root, pki, config, softhsm_conf, audit_key, names, rpc, x402_address)
 
 
 # -- the two servers ----------------------------------------------------------------------------
@@ -388,6 +415,7 @@ def channel(data: DataDir, addr: str, role: str, principal: str) -> grpc.Channel
 
 def open_sessions(data: DataDir, addr: str, count: int) -> list[tuple[str, str]]:
     """``count`` sessions as the planner, spread over the agents: (agent, session id)."""
+    asset = bench_x402.ASSET if data.rpc == "sign-x402" else "USD"
     opened: list[tuple[str, str]] = []
     with channel(data, addr, "planner", PLANNER) as ch:
         call = ch.unary_unary(
@@ -400,7 +428,7 @@ def open_sessions(data: DataDir, addr: str, count: int) -> list[tuple[str, str]]
             request = sessions_pb2.OpenSessionRequest(
                 agent_id=agent,
                 task_description=f"benchmark session {i}: many small API payments",
-                budgets=[sessions_pb2.AssetBudget(asset="USD", amount="1000000.00")],
+                budgets=[sessions_pb2.AssetBudget(asset=asset, amount="1000000.00")],
                 ttl_seconds=3600,
             )
             response: sessions_pb2.OpenSessionResponse = call(request, timeout=30)
@@ -422,6 +450,13 @@ def sign_request(session_id: str, serial: int, expires_at: int) -> bytes:
         expires_at=expires_at,
     )
     return signer_pb2.SignRequest(intent=intent).SerializeToString()
+
+
+# What each --rpc calls: its method, how a request is made, and its name in the figures.
+RPCS: dict[str, tuple[str, Callable[[str, int, int], bytes], str]] = {
+    "sign": (SIGN_METHOD, sign_request, "Sign"),
+    "sign-x402": (bench_x402.SIGN_X402_METHOD, bench_x402.sign_x402_request, "SignX402"),
+}
 
 
 def preload(data: DataDir, sessions: list[tuple[str, str]], count: int) -> None:
@@ -545,6 +580,7 @@ async def _client(
 ) -> None:
     agents = sorted({s.agent for s in slots})
     signer_addrs = sorted({s.signer_addr for s in slots})
+    method, make_request, _ = RPCS[data.rpc]
     chans: dict[tuple[str, str], grpc.aio.Channel] = {}
     for agent in agents:
         key, cert = data.cert("agent", agent)
@@ -552,14 +588,12 @@ async def _client(
         for addr in sorted({*signer_addrs, echo_addr}):
             chans[addr, agent] = grpc.aio.secure_channel(addr, creds, options=CHANNEL_OPTIONS)
     # No (de)serialisers: requests go as prepared bytes and responses come back as bytes.
-    sign = {
-        (s.signer_addr, s.agent): _raw(chans[s.signer_addr, s.agent], SIGN_METHOD) for s in slots
-    }
+    sign = {(s.signer_addr, s.agent): _raw(chans[s.signer_addr, s.agent], method) for s in slots}
     echo = {a: _raw(chans[echo_addr, a], ECHO_METHOD) for a in agents}
     serials = itertools.count(serial0)
     loop = asyncio.get_running_loop()
     # Connect (TLS handshakes) before any phase: one call per channel.
-    payload = sign_request(slots[0].session_id, 0, int(time.time()) + EXPIRY_SECONDS)
+    payload = make_request(slots[0].session_id, 0, int(time.time()) + EXPIRY_SECONDS)
     await asyncio.gather(*(echo[a](payload, timeout=30) for a in agents))
     await asyncio.gather(*(chans[s.signer_addr, s.agent].channel_ready() for s in slots))
     commands.send("ready")
@@ -573,7 +607,9 @@ async def _client(
         queues: list[list[bytes]] = []
         extras: list[Callable[[], bytes]] = []
         for slot in slots:
-            fresh = functools.partial(_fresh_request, slot.session_id, serials, expires)
+            fresh = functools.partial(
+                _fresh_request, make_request, slot.session_id, serials, expires
+            )
             if phase.kind == "sign":
                 # Each Sign needs its own nonce: enough prepared requests for a fast
                 # signer; a caller that runs out makes more (~20 us each).
@@ -610,8 +646,10 @@ async def _client(
         await ch.close(None)
 
 
-def _fresh_request(session_id: str, serials: Iterator[int], expires_at: int) -> bytes:
-    return sign_request(session_id, next(serials), expires_at)
+def _fresh_request(
+    make: Callable[[str, int, int], bytes], session_id: str, serials: Iterator[int], expires_at: int
+) -> bytes:
+    return make(session_id, next(serials), expires_at)
 
 
 def _same(request: bytes) -> bytes:
@@ -666,18 +704,18 @@ def _ms(f: Figures) -> tuple[str, str, str]:
     return f"{f.p50_ms:.2f}", f"{f.p99_ms:.2f}", f"{f.p999_ms:.2f}"
 
 
-def table(echo: Figures, sign: Figures) -> str:
+def table(echo: Figures, sign: Figures, name: str = "Sign") -> str:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.3f}" if b else "-"
 
     rows = [
         ("", "calls", "errors", "rps", "p50 ms", "p99 ms", "p99.9 ms"),
         *(
-            (name, str(f.calls), str(f.errors), f"{f.rps:.1f}", *_ms(f))
-            for name, f in (("bare mTLS echo", echo), ("Sign", sign))
+            (label, str(f.calls), str(f.errors), f"{f.rps:.1f}", *_ms(f))
+            for label, f in (("bare mTLS echo", echo), (name, sign))
         ),
         (
-            "Sign / echo",
+            f"{name} / echo",
             "",
             "",
             ratio(sign.rps, echo.rps),
@@ -786,12 +824,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="make the data directory here")
+    parser.add_argument(
+        "--rpc",
+        choices=tuple(RPCS),
+        default="sign",
+        help="the RPC benchmarked: Sign, or SignX402 with an x402 key (sign)",
+    )
     args = parser.parse_args(argv)
     for name in ("concurrency", "rounds", "agents", "processes", "workers", "replicas"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.preload < 0:
         parser.error("--preload must not be negative")
+    if args.preload and args.rpc != "sign":
+        parser.error("--preload needs --rpc sign (it writes JWS payments)")
     if args.store != "postgresql" and (args.replicas > 1 or args.pg_url or args.pg_password_file):
         parser.error("--replicas, --pg-url and --pg-password-file need --store postgresql")
     if args.pg_statements and (args.store != "postgresql" or args.pg_url):
@@ -815,7 +861,8 @@ def run(
     """The run; ``pg``: the database the signers share (None: SQLite); ``watch``: its
     server, when this run started it (its CPU and statements are counted)."""
     print(f"bench: data directory {root}", flush=True)
-    data = make_data_dir(root, args.agents, args.workers, args.concurrency, pg)
+    data = make_data_dir(root, args.agents, args.workers, args.concurrency, pg, args.rpc)
+    rpc_name = RPCS[args.rpc][2]
     ctx = multiprocessing.get_context("spawn")
     # One after another: the first migrates an empty database, the others find it done.
     signers: list[Signer] = []
@@ -913,14 +960,23 @@ def run(
         echo = figures(latencies["echo"], len(errors["echo"]), elapsed["echo"])
         sign = figures(latencies["sign"], len(errors["sign"]), elapsed["sign"])
         print()
-        print(table(echo, sign))
+        print(table(echo, sign, rpc_name))
         print()
         for kind, errs in errors.items():
             for err in sorted(set(errs))[:5]:
                 print(f"bench: {kind} error ({errs.count(err)}x): {err}", file=sys.stderr)
-        verified, bad = verify_signatures(data, signer_addrs[0], responses)
+        if args.rpc == "sign-x402":
+            verify_started = time.perf_counter()
+            verified, bad = bench_x402.verify_authorisations(responses, data.x402_address)
+            checked = (
+                f"authorisations verified by eth-account's EIP-712 recovery against"
+                f" {data.x402_address} (in {time.perf_counter() - verify_started:.1f} s)"
+            )
+        else:
+            verified, bad = verify_signatures(data, signer_addrs[0], responses)
+            checked = "signatures verified against the JWKS"
         store = "SQLite" if pg is None else f"PostgreSQL, {len(signers)} replica(s)"
-        print(f"bench: store {store}; Sign answers per signer: {by_signer}")
+        print(f"bench: store {store}; {rpc_name} answers per signer: {by_signer}")
         print(f"bench: signer RSS {rss_start} KiB before the first phase, {rss_end} KiB after")
         for kind, figs in (("echo", echo), ("sign", sign)):
             if figs.calls:
@@ -937,7 +993,7 @@ def run(
                     f" clients ({used['server'] / elapsed[kind]:.2f} and"
                     f" {used['clients'] / elapsed[kind]:.2f} cores){db}"
                 )
-        print(f"bench: {verified} signatures verified against the JWKS, {bad} failed")
+        print(f"bench: {verified} {checked}, {bad} failed")
         if watch is not None:
             for line in watch.report(sign.calls):
                 print(f"bench: {line}")
@@ -957,6 +1013,7 @@ def run(
     error_count = echo.errors + sign.errors + bad + (0 if audit_ok else 1)
     if args.json:
         report = {
+            "rpc": args.rpc,
             "concurrency": args.concurrency,
             "duration_seconds": args.duration,
             "rounds": args.rounds,
