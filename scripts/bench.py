@@ -465,7 +465,8 @@ def preload(data: DataDir, sessions: list[tuple[str, str]], count: int) -> None:
     transactions of 10,000: the history that the signer's limits read (signed spend
     counts for ever, so every one of them is in the agents' rolling 24 hours). Their
     token is a placeholder, not a JWS, and they have no audit record: what the run
-    verifies is what the run itself signs."""
+    verifies is what the run itself signs. Under ``--rpc sign-x402`` they are payments of
+    the x402 asset by the x402 key to its payees (0.01 USDC each)."""
     from paywarden.policy.vocabulary import Reason, ReservationStatus, Verdict
     from paywarden.signer.config_file import load_config
     from paywarden.signer.store.opening import open_store
@@ -474,7 +475,12 @@ def preload(data: DataDir, sessions: list[tuple[str, str]], count: int) -> None:
     store = open_store(load_config(data.config).store)
     now = int(time.time())
     span = 23 * 3600
-    amount = int(AMOUNT.replace(".", ""))
+    if data.rpc == "sign-x402":
+        asset, key_id, payees = bench_x402.ASSET, bench_x402.KEY_ID, bench_x402.PAYEES
+        amount = int(bench_x402.AMOUNT)  # 6 decimals: atomic units are the minor units
+    else:
+        asset, key_id, payees = "USD", "payments.v1", PAYEES
+        amount = int(AMOUNT.replace(".", ""))
     written = 0
     try:
         while written < count:
@@ -483,7 +489,7 @@ def preload(data: DataDir, sessions: list[tuple[str, str]], count: int) -> None:
                     agent, session_id = sessions[i % len(sessions)]
                     at = now - span + span * i // count
                     decision_id = f"preload-{i}"
-                    payee = PAYEES[i % len(PAYEES)]
+                    payee = payees[i % len(payees)]
                     record = DecisionRecord(
                         id=decision_id,
                         created_at=at,
@@ -494,15 +500,15 @@ def preload(data: DataDir, sessions: list[tuple[str, str]], count: int) -> None:
                         outcome=Verdict.ALLOW,
                         reason=Reason.ALLOWED,
                         message="preloaded by scripts/bench.py",
-                        key_id="payments.v1",
-                        asset="USD",
+                        key_id=key_id,
+                        asset=asset,
                         amount_minor=amount,
                         payee=payee,
                         expires_at=at + 60,
                         jws=PRELOADED_TOKEN,
                     )
                     hold = Reservation(
-                        decision_id, agent, session_id, "USD", payee, amount, at, at + 60,
+                        decision_id, agent, session_id, asset, payee, amount, at, at + 60,
                         ReservationStatus.SPENT,
                     )  # fmt: skip
                     tx.record_decision(record, consume_nonce=True, reservation=hold)
@@ -836,8 +842,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.preload < 0:
         parser.error("--preload must not be negative")
-    if args.preload and args.rpc != "sign":
-        parser.error("--preload needs --rpc sign (it writes JWS payments)")
     if args.store != "postgresql" and (args.replicas > 1 or args.pg_url or args.pg_password_file):
         parser.error("--replicas, --pg-url and --pg-password-file need --store postgresql")
     if args.pg_statements and (args.store != "postgresql" or args.pg_url):
