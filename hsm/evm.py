@@ -6,9 +6,8 @@ lower half of the group order (EIP-2; a high ``s`` is refused by ``ecrecover`` u
 such as EIP-3009 tokens built on OpenZeppelin's ECDSA) and the recovery id ``v``,
 the one with which (r, s, digest) recovers the key's own public key.
 
-The curve arithmetic is plain Python on purpose: it only ever sees public values
-(a public key, a digest about to be published, a signature), so there is no secret
-whose timing it could leak, and it needs no library beyond keccak-256. Python's
+The recovery id is found with libsecp256k1 (coincurve): it only ever sees public
+values (a public key, a digest about to be published, a signature). Python's
 ``hashlib.sha3_256`` is NOT keccak-256 (SHA-3 changed the padding) and OpenSSL 3.0
 has no keccak, hence pycryptodome's.
 """
@@ -18,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from coincurve import PublicKey
 from Crypto.Hash import keccak as _keccak
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,14 +27,10 @@ from paywarden.hsm.keys import KeyRef
 P = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEFFFFFC2F
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 HALF_N = N // 2
-_GX = 0x79BE667EF9DCBBAC55A06295CE870B07029BFCDB2DCE28D959F2815B16F81798
-_GY = 0x483ADA7726A3C4655DA4FBFC0E1108A8FD17B448A68554199C47D08FFB10D4B8
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 # A point in Jacobian coordinates (X, Y, Z): affine (X/Z², Y/Z³); Z == 0 is infinity.
-_Jacobian = tuple[int, int, int]
-_INFINITY: _Jacobian = (0, 1, 0)
 
 
 def keccak256(data: bytes) -> bytes:
@@ -89,65 +85,6 @@ def _decode_point(point: bytes) -> tuple[int, int]:
     return x, y
 
 
-# -- curve arithmetic (public values only) ----------------------------------
-
-
-def _double(p: _Jacobian) -> _Jacobian:
-    x, y, z = p
-    if z == 0 or y == 0:
-        return _INFINITY
-    yy = y * y % P
-    s = 4 * x * yy % P
-    m = 3 * x * x % P
-    nx = (m * m - 2 * s) % P
-    return nx, (m * (s - nx) - 8 * yy * yy) % P, 2 * y * z % P
-
-
-def _add(p: _Jacobian, q: _Jacobian) -> _Jacobian:
-    if p[2] == 0:
-        return q
-    if q[2] == 0:
-        return p
-    x1, y1, z1 = p
-    x2, y2, z2 = q
-    z1z1, z2z2 = z1 * z1 % P, z2 * z2 % P
-    u1, u2 = x1 * z2z2 % P, x2 * z1z1 % P
-    s1, s2 = y1 * z2 * z2z2 % P, y2 * z1 * z1z1 % P
-    if u1 == u2:
-        return _double(p) if s1 == s2 else _INFINITY
-    h, r = (u2 - u1) % P, (s2 - s1) % P
-    hh = h * h % P
-    hhh = h * hh % P
-    v = u1 * hh % P
-    nx = (r * r - hhh - 2 * v) % P
-    return nx, (r * (v - nx) - s1 * hhh) % P, h * z1 * z2 % P
-
-
-def _affine(p: _Jacobian) -> tuple[int, int] | None:
-    x, y, z = p
-    if z == 0:
-        return None
-    zi = pow(z, -1, P)
-    zi2 = zi * zi % P
-    return x * zi2 % P, y * zi2 * zi % P
-
-
-def _twin_multiply(a: int, p: _Jacobian, b: int, q: _Jacobian) -> _Jacobian:
-    """a·P + b·Q in one pass (Shamir's trick)."""
-    both = _add(p, q)
-    acc = _INFINITY
-    for bit in range(max(a.bit_length(), b.bit_length()) - 1, -1, -1):
-        acc = _double(acc)
-        pick = ((a >> bit) & 1, (b >> bit) & 1)
-        if pick == (1, 1):
-            acc = _add(acc, both)
-        elif pick == (1, 0):
-            acc = _add(acc, p)
-        elif pick == (0, 1):
-            acc = _add(acc, q)
-    return acc
-
-
 # -- signatures ---------------------------------------------------------------
 
 
@@ -176,13 +113,11 @@ def normalise(digest: bytes, raw: bytes, public_point: bytes) -> EvmSignature:
     """The Ethereum form of a token's 64-byte r||s over ``digest`` by ``public_point``.
 
     ``s`` above n/2 becomes n - s (the same signature for ECDSA, the only one Ethereum
-    accepts). Then R = s⁻¹·(e·G + r·Q) with the key's own public key Q: this is ECDSA
-    verification, so unless R's x coordinate is r the token did not sign ``digest``
-    with this key and nothing is returned. The recovery id ``v`` is the parity of R's
-    y coordinate, the one from which recovery gives back Q (``ecrecover`` rebuilds R
-    from r and v, and r⁻¹·(s·R - e·G) = Q). One double multiplication, where trying
-    both values of ``v`` by recovery would take up to two. R's x coordinate at or above
-    n (probability about 2^-128) has no Ethereum encoding and is refused as well.
+    accepts). The recovery id ``v`` is the one (0 or 1) from which ``ecrecover`` gets
+    back the key's own public key Q, as libsecp256k1 recovers it; when neither does,
+    the token did not sign ``digest`` with this key and nothing is returned. (Ids 2
+    and 3, for R's x coordinate at or above n, probability about 2^-128, have no
+    Ethereum encoding and are refused as well.)
     """
     if len(digest) != 32:
         raise ValueError("the digest is 32 bytes")
@@ -193,13 +128,16 @@ def normalise(digest: bytes, raw: bytes, public_point: bytes) -> EvmSignature:
         raise ValueError("the token's signature is out of range")
     if s > HALF_N:
         s = N - s
-    qx, qy = _decode_point(public_point)
-    e = int.from_bytes(digest, "big") % N
-    s_inv = pow(s, -1, N)
-    point = _affine(_twin_multiply(e * s_inv % N, (_GX, _GY, 1), r * s_inv % N, (qx, qy, 1)))
-    if point is None or point[0] != r:
-        raise ValueError("the signature does not verify under the key's public key")
-    return EvmSignature(r, s, point[1] & 1)
+    _decode_point(public_point)
+    rs = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    for v in (0, 1):  # libsecp256k1's recovery (C): about 0.1 ms for both
+        try:
+            recovered = PublicKey.from_signature_and_message(rs + bytes([v]), digest, hasher=None)
+        except ValueError:
+            continue
+        if recovered.format(compressed=False) == public_point:
+            return EvmSignature(r, s, v)
+    raise ValueError("the signature does not verify under the key's public key")
 
 
 @dataclass(frozen=True, slots=True)
