@@ -28,6 +28,7 @@ from paywarden.signer.cli import (
     verify,
     verify_receipt,
 )
+from paywarden.signer.cli.pipes import quiet_on_broken_pipe
 from paywarden.signer.cli.support import CliExit, config_from_args
 from paywarden.signer.config import StoreConfig
 from paywarden.signer.config_file import ConfigError, load_config
@@ -135,6 +136,7 @@ def _policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
+@quiet_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="paywarden", description="Paywarden payment signer")
     sub = parser.add_subparsers(dest="command", required=True)

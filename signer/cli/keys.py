@@ -32,6 +32,7 @@ from pathlib import Path
 from paywarden.hsm import HsmError, provision, read_pin
 from paywarden.policy.vocabulary import KeyProfile
 from paywarden.signer.cli import key_lifecycle
+from paywarden.signer.cli.pipes import quiet_on_broken_pipe
 from paywarden.signer.cli.support import CliExit, key_argument
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -114,6 +115,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@quiet_on_broken_pipe
 def main(
     argv: list[str] | None = None, *, prog: str = "paywarden-keys", softhsm_conf: Path | None = None
 ) -> int:

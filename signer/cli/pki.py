@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from paywarden.signer.cli.pipes import quiet_on_broken_pipe
 from paywarden.signer.identity import PRINCIPAL_ID
 
 ROLES = ("agent", "planner", "approver", "operator", "payee")
@@ -153,6 +154,7 @@ def _leaf(
     print(f"{stem}: issued, valid until {cert.not_valid_after_utc.isoformat()}")
 
 
+@quiet_on_broken_pipe
 def main(argv: list[str] | None = None, *, prog: str = "paywarden-pki") -> int:
     """Runs one command; ``prog`` names the command in usage and errors."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
