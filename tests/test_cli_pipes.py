@@ -1,20 +1,27 @@
-"""The command lines' output where it goes in practice.
+"""What the command lines print when things do not go their way.
 
 Every console entry point of pyproject.toml, run as its installed launcher, exits quietly
 (status 141, nothing on stderr) when its stdout is a pipe whose reader has gone, as in
 ``paywarden audit export | head -1``: either before it wrote anything, or after one line of
 an output larger than the pipe can hold.
+
+``scripts/demo.py``, run against a real signer with the development pack
+(examples/policy/dev.toml), prints a refusal as one line (status, message with its reason
+code, decision id), never a traceback, and exits 1.
 """
 
 from __future__ import annotations
 
 import fcntl
 import io
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +30,9 @@ from paywarden.signer.cli.pipes import BROKEN_PIPE_EXIT, quiet_on_broken_pipe
 from paywarden.signer.store.records import SessionRecord
 from paywarden.signer.store.sqlite import SqliteStore
 
-from tests.helpers import ROOT, TestToken
-from tests.support.cli import settings_free_env
+from tests.helpers import ROOT, Pki, ServeProcess, TestToken, serve, write_config
+from tests.support.cli import ctl, paywarden, pki_script, settings_free_env
+from tests.support.postgres import free_port
 
 SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
     "project"
@@ -161,3 +169,115 @@ def test_the_wrapper_passes_other_answers_through_and_needs_no_real_stdout(
     assert answers(0, fail=BrokenPipeError()) == BROKEN_PIPE_EXIT
     with pytest.raises(PermissionError):
         answers(0, fail=PermissionError("not a pipe"))
+
+
+# -- scripts/demo.py: a refusal in one line ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoSigner:
+    """A serving signer with the development pack, and a PKI holding the development
+    planner's and agent's certificates (the run's CA, so ``operator-1`` works too)."""
+
+    srv: ServeProcess
+    pki: Pki
+    db: Path
+
+
+@pytest.fixture(scope="module")
+def demo_signer(
+    tmp_path_factory: pytest.TempPathFactory, token: TestToken, pki: Pki
+) -> Iterator[DemoSigner]:
+    d = tmp_path_factory.mktemp("demo-signer")
+    dev_pki = Pki(d / "pki", pki.trust_domain)
+    shutil.copytree(pki.dir, dev_pki.dir)
+    for role, principal in (("planner", "dev-planner"), ("agent", "dev-agent")):
+        issued = pki_script("issue", "--dir", dev_pki.dir, "--role", role, "--id", principal)
+        assert issued.returncode == 0, issued.stderr
+    pack = (ROOT / "examples" / "policy" / "dev.toml").read_text(encoding="utf-8")
+    config = write_config(d, token, dev_pki, packs={"dev.toml": pack})
+    with serve(config) as srv:
+        yield DemoSigner(srv, dev_pki, d / "state.db")
+
+
+def _demo(addr: str, pki_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``scripts/demo.py --addr ADDR --pki PKI_DIR ARGS`` from the project root."""
+    return subprocess.run(
+        [sys.executable, "scripts/demo.py", "--addr", addr, "--pki", str(pki_dir), *args],
+        cwd=ROOT, env=settings_free_env(), capture_output=True, text=True, timeout=TIMEOUT,
+        check=False,
+    )  # fmt: skip
+
+
+def _one_line(stderr: str) -> str:
+    """The only line of ``stderr``, which names no traceback."""
+    assert "Traceback" not in stderr, stderr
+    (line,) = stderr.splitlines()
+    return line
+
+
+def test_the_demo_pays_and_verifies_the_payment(demo_signer: DemoSigner) -> None:
+    proc = _demo(demo_signer.srv.addr, demo_signer.pki.dir)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    session = re.search(r"^session (ses_\S+) for dev-agent, budget USD 200\.00$", proc.stdout, re.M)
+    decision = re.search(r"^decision (dec_\S+), key payments\.v1$", proc.stdout, re.M)
+    assert session is not None and decision is not None, proc.stdout
+    claims = json.loads(proc.stdout.split("verified claims:", 1)[1])
+    assert (claims["jti"], claims["sid"]) == (decision[1], session[1])
+    assert (claims["payee"], claims["amount"], claims["asset"]) == ("api.example", "0.25", "USD")
+
+
+def test_the_demo_stops_at_a_hold_for_approval(demo_signer: DemoSigner) -> None:
+    proc = _demo(demo_signer.srv.addr, demo_signer.pki.dir, "--amount", "60")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert re.search(r"^held for human approval: apr_\S+$", proc.stdout, re.M), proc.stdout
+    assert "decision" not in proc.stdout
+
+
+def test_a_refused_payment_is_one_line_naming_status_reason_and_decision(
+    demo_signer: DemoSigner,
+) -> None:
+    """150.00 is over the development pack's ``max_per_payment`` (100.00)."""
+    proc = _demo(demo_signer.srv.addr, demo_signer.pki.dir, "--amount", "150.00")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = _one_line(proc.stderr)
+    found = re.fullmatch(
+        r"demo\.py: payment refused: PERMISSION_DENIED: \[([A-Z0-9_]+)\] .+;"
+        r" decision (dec_\S+); audit seq \d+",
+        line,
+    )
+    assert found is not None, line
+    reason, decision_id = found[1], found[2]
+    assert "JWS" not in proc.stdout and "verified claims" not in proc.stdout
+    # The decision id is the signer's: its audit record says the same refusal.
+    shown = paywarden("audit", "show", decision_id, "--db", demo_signer.db, env=settings_free_env())
+    assert shown.returncode == 0, shown.stderr
+    assert f"DENIED by rule max_per_payment: {reason} " in shown.stdout, shown.stdout
+
+
+def test_a_frozen_agent_s_refusal_is_one_line_too(demo_signer: DemoSigner) -> None:
+    """The kill switch of the quickstart (step 5): the session opens, the payment does not."""
+    srv, dev_pki = demo_signer.srv, demo_signer.pki
+    frozen = ctl(srv, dev_pki, "freeze", "agent", "dev-agent", "--reason", "test")
+    assert frozen.returncode == 0, frozen.stderr
+    try:
+        proc = _demo(srv.addr, dev_pki.dir)
+    finally:
+        thawed = ctl(srv, dev_pki, "unfreeze", "agent", "dev-agent", "--reason", "test done")
+        assert thawed.returncode == 0, thawed.stderr
+    assert proc.returncode == 1
+    assert re.match(r"session ses_\S+ for dev-agent", proc.stdout), proc.stdout
+    assert _one_line(proc.stderr).startswith(
+        "demo.py: payment refused: FAILED_PRECONDITION: [FROZEN] "
+    ), proc.stderr
+
+
+def test_no_signer_to_answer_or_no_certificate_is_one_line(
+    tmp_path: Path, demo_signer: DemoSigner
+) -> None:
+    proc = _demo(f"127.0.0.1:{free_port()}", demo_signer.pki.dir)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert _one_line(proc.stderr).startswith("demo.py: UNAVAILABLE: "), proc.stderr
+    missing = _demo(f"127.0.0.1:{free_port()}", tmp_path)
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert _one_line(missing.stderr).startswith("demo.py: cannot read "), missing.stderr
