@@ -18,12 +18,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from paywarden.signer.cli.pipes import BROKEN_PIPE_EXIT, quiet_on_broken_pipe
@@ -32,7 +34,9 @@ from paywarden.signer.store.sqlite import SqliteStore
 
 from tests.helpers import ROOT, Pki, ServeProcess, TestToken, serve, write_config
 from tests.support.cli import ctl, paywarden, pki_script, settings_free_env
+from tests.support.clients import api_at
 from tests.support.postgres import free_port
+from tests.support.sessions import open_session
 
 SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
     "project"
@@ -147,6 +151,48 @@ def test_paywarden_piped_into_head_stops_quietly_after_the_first_line(
     assert "Traceback" not in errors and "BrokenPipeError" not in errors, errors
     assert errors == ""
     assert code == BROKEN_PIPE_EXIT
+
+
+def test_a_signer_whose_stdout_reader_has_gone_still_stops_gracefully(
+    tmp_path: Path, token: TestToken, pki: Pki
+) -> None:
+    """``paywarden serve | head -1``: the readiness line read, the pipe closed, SIGTERM. The
+    "stopping" line meets the closed pipe, and the graceful stop still runs: its final
+    checkpoint seals every record of the audit log."""
+    config = write_config(tmp_path, token, pki)
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w", encoding="utf-8") as err:
+        proc = subprocess.Popen(
+            _launch("paywarden", "serve", "--config", config), env=settings_free_env(),
+            stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            ready = proc.stdout.readline()
+            assert ready.startswith("paywarden: serving on "), ready
+            with api_at(ready.split()[3], pki) as api:
+                open_session(api.planner, "agent-1", "10.00", timeout=30)
+            proc.stdout.close()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    logged = errors.read_text(encoding="utf-8")
+    assert "Traceback" not in logged and "BrokenPipeError" not in logged, logged
+    assert code == BROKEN_PIPE_EXIT
+    records = _table(config, "audit_log")
+    sealed = [int(row["size"]) for row in _table(config, "audit_checkpoints")]
+    assert len(records) >= 2  # the start and the session at least
+    assert max(sealed, default=0) == len(records)
+
+
+def _table(config: Path, table: str) -> list[dict[str, Any]]:
+    """The rows of ``table`` of the store ``config`` names (``paywarden store-export``)."""
+    proc = paywarden("store-export", "--config", config, "--table", table, env=settings_free_env())
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
 def test_the_wrapper_passes_other_answers_through_and_needs_no_real_stdout(

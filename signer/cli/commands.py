@@ -55,14 +55,16 @@ def _serve(args: argparse.Namespace) -> int:
     host = config.server.listen.rpartition(":")[0]
     # Tests and scripts wait for this line (a readiness probe, not a sleep).
     metrics = f"{host}:{running.metrics_port}" if running.metrics_port else "off"
-    print(
-        f"paywarden: serving on {host}:{running.port} (hsm available: {running.hsm.available};"
-        f" metrics {metrics})",
-        flush=True,
-    )
-    stop.wait()
-    print("paywarden: stopping", flush=True)
-    running.stop(config.server.grace_seconds)
+    try:  # a stdout whose reader has gone (BrokenPipeError) still gets the graceful stop
+        print(
+            f"paywarden: serving on {host}:{running.port} (hsm available: "
+            f"{running.hsm.available}; metrics {metrics})",
+            flush=True,
+        )
+        stop.wait()
+        print("paywarden: stopping", flush=True)
+    finally:
+        running.stop(config.server.grace_seconds)
     print("paywarden: stopped", flush=True)
     return 0
 
