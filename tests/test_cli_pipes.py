@@ -25,7 +25,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from paywarden.signer.cli.pipes import BROKEN_PIPE_EXIT, quiet_on_broken_pipe
@@ -101,25 +101,52 @@ def _output_args(name: str, tmp: Path, big: BigStore, token: TestToken) -> list[
     return cases[name]()
 
 
-@pytest.mark.parametrize("name", sorted(SCRIPTS))
-def test_an_entry_point_whose_reader_has_gone_exits_141_without_a_traceback(
-    name: str, tmp_path: Path, big_store: BigStore, token: TestToken
-) -> None:
-    """The read end is closed before the command starts: its first write (or the flush at
-    exit) meets a pipe without a reader, whatever the size of its output."""
+def _into_closed_pipe(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Runs ``argv`` with a stdout whose read end was closed before it started."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
         proc = subprocess.run(
-            _launch(name, *_output_args(name, tmp_path, big_store, token)),
-            cwd=tmp_path, env=settings_free_env({"SOFTHSM2_CONF": str(token.conf)}),
-            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=TIMEOUT, check=False,
+            argv, cwd=cwd, env=env, stdout=write_end, stderr=subprocess.PIPE, text=True,
+            timeout=TIMEOUT, check=False,
         )  # fmt: skip
     finally:
         os.close(write_end)
-    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
-    assert proc.stderr == ""
-    assert proc.returncode == BROKEN_PIPE_EXIT == 141
+    return proc.returncode, proc.stderr
+
+
+def _buffering(unbuffered: bool, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with Python's stdout unbuffered or block-buffered (as users run it)."""
+    env = {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}
+    return {**env, "PYTHONUNBUFFERED": "1"} if unbuffered else env
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_an_entry_point_whose_reader_has_gone_exits_141_without_a_traceback(
+    name: str, unbuffered: bool, tmp_path: Path, big_store: BigStore, token: TestToken
+) -> None:
+    """The read end is closed before the command starts: its first write (or the flush at
+    exit) meets a pipe without a reader, whatever the size of its output."""
+    env = _buffering(unbuffered, settings_free_env({"SOFTHSM2_CONF": str(token.conf)}))
+    argv = _launch(name, *_output_args(name, tmp_path, big_store, token))
+    code, stderr = _into_closed_pipe(argv, tmp_path, env)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert stderr == ""
+    assert code == BROKEN_PIPE_EXIT == 141
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_help_into_a_closed_pipe_says_nothing_on_stderr(
+    name: str, unbuffered: bool, tmp_path: Path
+) -> None:
+    """argparse's ``--help`` leaves through SystemExit, past the wrapper's own flush."""
+    code, stderr = _into_closed_pipe(
+        _launch(name, "--help"), tmp_path, _buffering(unbuffered, settings_free_env())
+    )
+    assert stderr == ""
+    assert code in (0, BROKEN_PIPE_EXIT)  # argparse's own status, or the pipe's
 
 
 @pytest.mark.parametrize(
@@ -199,7 +226,7 @@ def test_the_wrapper_passes_other_answers_through_and_needs_no_real_stdout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Exit codes and other errors are the command's own; a stdout without a file
-    descriptor (an in-memory one) is left alone on a broken pipe."""
+    descriptor (an in-memory one) is never taken for a closed pipe."""
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
 
@@ -212,9 +239,61 @@ def test_the_wrapper_passes_other_answers_through_and_needs_no_real_stdout(
 
     assert answers(3) == 3
     assert out.getvalue() == "an answer\n"
-    assert answers(0, fail=BrokenPipeError()) == BROKEN_PIPE_EXIT
+    with pytest.raises(BrokenPipeError):  # not stdout's: the command failed
+        answers(0, fail=BrokenPipeError())
     with pytest.raises(PermissionError):
         answers(0, fail=PermissionError("not a pipe"))
+    with pytest.raises(SystemExit) as usage:
+        answers(0, fail=SystemExit(2))
+    assert usage.value.code == 2
+
+
+def _closed_pipe() -> IO[str]:
+    """A real pipe whose reader has gone, as a text stream (block-buffered)."""
+    read, write = os.pipe()
+    os.close(read)
+    return open(write, "w", closefd=True)
+
+
+def test_only_stdouts_broken_pipe_is_quieted_and_a_status_of_its_own_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    @quiet_on_broken_pipe
+    def prints(code: int) -> int:
+        print("x" * 100)  # buffered: the pipe's error comes at the wrapper's flush
+        return code
+
+    @quiet_on_broken_pipe
+    def floods() -> int:
+        print("x" * 1_000_000)  # past the buffer: the error comes inside the command
+        return 0
+
+    streams = [_closed_pipe() for _ in range(3)]
+    other_read, other_write = os.pipe()
+    os.close(other_read)
+
+    @quiet_on_broken_pipe
+    def writes_elsewhere() -> int:
+        print("an answer")
+        os.write(other_write, b"x")  # e.g. an --out FIFO whose reader has gone
+        return 0
+
+    try:
+        monkeypatch.setattr(sys, "stdout", streams[0])
+        assert prints(0) == BROKEN_PIPE_EXIT
+        monkeypatch.setattr(sys, "stdout", streams[1])
+        assert floods() == BROKEN_PIPE_EXIT
+        # A command whose own answer is a failure keeps its status.
+        monkeypatch.setattr(sys, "stdout", streams[2])
+        assert prints(1) == 1
+        # Another pipe's reader gone while stdout's is there: the command failed, loudly.
+        monkeypatch.setattr(sys, "stdout", io.StringIO())
+        with pytest.raises(BrokenPipeError):
+            writes_elsewhere()
+    finally:
+        os.close(other_write)
+        for stream in streams:
+            stream.close()  # stdout went to /dev/null: nothing is left to fail
 
 
 # -- scripts/demo.py: a refusal in one line ---------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import select
 import signal
 import sys
 from collections.abc import Callable
@@ -28,20 +29,51 @@ BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE.value
 
 def quiet_on_broken_pipe(main: Callable[P, int]) -> Callable[P, int]:
     """``main``, exiting with :data:`BROKEN_PIPE_EXIT` and nothing on stderr when its
-    stdout is a pipe that the reader closed."""
+    stdout is a pipe that the reader closed (a status of its own other than 0 is kept).
+
+    Only stdout's broken pipe is quieted: one on another file (an ``--out`` FIFO, a
+    child's stdin, stderr) is a failure of the command and propagates. An exit through
+    ``SystemExit`` (argparse's ``--help``, usage errors) keeps its status."""
 
     @functools.wraps(main)
     def run(*args: P.args, **kwargs: P.kwargs) -> int:
         try:
             code = main(*args, **kwargs)
-            # What is still buffered meets the closed pipe here, not in the flush at exit.
-            sys.stdout.flush()
         except BrokenPipeError:
+            if not stdout_reader_gone():
+                raise
             _stdout_to_devnull()
             return BROKEN_PIPE_EXIT
-        return code
+        except SystemExit:
+            _flush_stdout()
+            raise
+        # What is still buffered meets the closed pipe here, not in the flush at exit.
+        return code if _flush_stdout() else code or BROKEN_PIPE_EXIT
 
     return run
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (it polls with POLLERR)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # replaced by an in-memory stream, or closed
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _flush_stdout() -> bool:
+    """Flushes stdout; False when its reader has gone (stdout then goes to /dev/null)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise
+        _stdout_to_devnull()
+        return False
+    return True
 
 
 def _stdout_to_devnull() -> None:
