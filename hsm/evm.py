@@ -30,8 +30,6 @@ HALF_N = N // 2
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
-# A point in Jacobian coordinates (X, Y, Z): affine (X/Z², Y/Z³); Z == 0 is infinity.
-
 
 def keccak256(data: bytes) -> bytes:
     """Ethereum's keccak-256 (original Keccak padding, not FIPS 202 SHA3-256)."""

@@ -19,12 +19,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import secrets
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from paywarden.v1 import signer_pb2
+
+# eth-keys (under eth-account) would recover with coincurve, the libsecp256k1 the signer
+# itself uses: its pure-Python backend keeps the check after the run independent.
+os.environ.setdefault("ECC_BACKEND_CLASS", "eth_keys.backends.NativeECCBackend")
 
 SIGN_X402_METHOD = "/paywarden.v1.Signer/SignX402"
 KEY_LABEL = "x402"

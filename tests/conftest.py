@@ -21,6 +21,11 @@ from typing import Protocol
 import grpc
 import pytest
 
+# eth-keys (under eth-account, and the x402 SDK's verification) would recover with
+# coincurve, i.e. libsecp256k1, which the signer itself uses for the recovery id: its
+# pure-Python backend keeps the tests' reference an independent implementation.
+os.environ["ECC_BACKEND_CLASS"] = "eth_keys.backends.NativeECCBackend"
+
 from tests.helpers import (
     ROOT,
     Clock,

@@ -75,6 +75,14 @@ def _swap_case_once(address: str) -> str:
 # -- keccak-256 and addresses -------------------------------------------------------
 
 
+def test_the_reference_recovers_without_the_signers_library() -> None:
+    """eth-keys (and so eth-account) recovers in pure Python here, not with coincurve
+    (libsecp256k1), which the signer uses: the reference is independent of it."""
+    key = PrivateKey(bytes(31) + b"\x01")
+    assert type(key.backend).__name__ == "NativeECCBackend"
+    assert type(Account._keys.backend).__name__ == "NativeECCBackend"
+
+
 def test_keccak256_is_ethereum_keccak_not_sha3() -> None:
     assert evm.keccak256(b"").hex() == (
         "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
@@ -183,6 +191,11 @@ def test_normalise_refuses_a_signature_of_another_key_or_digest() -> None:
         evm.normalise(rng.randbytes(32), raw, b"\x04" + key.public_key.to_bytes())
     with pytest.raises(ValueError):
         evm.normalise(digest, raw[:63], b"\x04" + key.public_key.to_bytes())
+    # r = 5 is no x coordinate of the curve: no recovery id recovers anything
+    assert pow(5**3 + 7, (evm.P - 1) // 2, evm.P) == evm.P - 1  # no square mod p (Euler)
+    five = (5).to_bytes(32, "big") + raw[32:]
+    with pytest.raises(ValueError, match="does not verify"):
+        evm.normalise(digest, five, b"\x04" + key.public_key.to_bytes())
 
 
 def test_a_signature_out_of_range_is_not_an_evm_signature() -> None:
