@@ -368,6 +368,19 @@ def test_a_refusal_records_the_whole_network_and_token_asked_for(api: Api, stack
     assert record["action"] == "sign.refused"
     asked = f"eip155:{USDC_BASE.chain_id}/{USDC_BASE.verifying_contract}"
     assert record["untrusted"]["request"]["asset"] == asked
+    # what was refused is shown: the requirements as they arrived
+    shown = record["untrusted"]["request"]["x402"]
+    assert (shown["scheme"], shown["x402_version"], shown["network"]) == (
+        "upto", 2, f"eip155:{USDC_BASE.chain_id}"
+    )  # fmt: skip
+    assert shown["resource"] == request.requirements.resource
+    # an integer no JSON reader keeps exactly is recorded as its text, and still audited
+    huge = x402_request(stack, session, max_timeout_seconds=2**62)
+    err = assert_refused(api.signer_of("agent-2").SignX402, huge, INVALID, "MALFORMED_REQUEST")
+    record = json.loads(
+        stack.store.audit_record(int(trailing_metadata(err)["paywarden-audit-seq"]))
+    )
+    assert record["untrusted"]["request"]["x402"]["max_timeout_seconds"] == str(2**62)
 
 
 def test_accepted_echoes_the_servers_addresses_and_extra_and_a_retry_must_repeat_them(

@@ -33,6 +33,8 @@ class IntentFields:
     purpose: str
     nonce: str
     expires_at: int
+    # A SignX402's requirements as they arrived (bounded), for its refusal record.
+    x402: Mapping[str, str | int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

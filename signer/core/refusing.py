@@ -223,6 +223,7 @@ class Refusals:
                     "asset": fields.asset[:100],  # an x402 network/contract too
                     "nonce": fields.nonce[:100],
                     "expires_at": expires if abs(expires) <= MAX_EXPIRES_AT else str(expires),
+                    **({} if fields.x402 is None else {"x402": dict(fields.x402)}),
                 },
             },
         )

@@ -37,7 +37,7 @@ from paywarden.hsm.evm import checksum_address, parse_address
 from paywarden.policy.vocabulary import format_amount
 from paywarden.signer.core.payments import Intent, IntentFields
 from paywarden.signer.core.validation import clean_text
-from paywarden.signer.core.x402_extra import parse_extra
+from paywarden.signer.core.x402_extra import MAX_EXTRA_BYTES, parse_extra
 from paywarden.signer.core.x402_networks import chain_id_of
 from paywarden.signer.core.x402_terms import X402Terms
 from paywarden.signer.encoding import jcs
@@ -89,7 +89,25 @@ class X402Fields:
             purpose=self.purpose,
             nonce=self.nonce,
             expires_at=self.expires_at,
+            x402={  # what an x402 refusal's record shows of the requirements (bounded)
+                "x402_version": self.x402_version,
+                "scheme": self.scheme[:100],
+                "network": self.network[:100],
+                "asset": self.asset[:100],
+                "pay_to": self.pay_to[:100],
+                "amount": self.amount[:100],
+                "resource": self.resource[:MAX_RESOURCE],
+                "max_timeout_seconds": _json_int(self.max_timeout_seconds),
+                "extra_name": self.extra_name[:100],
+                "extra_version": self.extra_version[:100],
+                "extra_json": self.extra_json[:MAX_EXTRA_BYTES],
+            },
         )
+
+
+def _json_int(value: int) -> int | str:
+    """An integer as the audit's JSON takes it: beyond 2^53 - 1, its decimal text."""
+    return value if abs(value) <= 2**53 - 1 else str(value)
 
 
 def _address(field: str, text: str) -> str:

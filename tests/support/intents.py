@@ -69,7 +69,10 @@ def payment_intent(
         reference=reference,
         purpose=purpose,
     )
-    return signer_pb2.PaymentIntent(**dataclasses.asdict(fields))
+    wire = signer_pb2.PaymentIntent.DESCRIPTOR.fields_by_name  # (not IntentFields.x402)
+    return signer_pb2.PaymentIntent(
+        **{f.name: getattr(fields, f.name) for f in dataclasses.fields(fields) if f.name in wire}
+    )
 
 
 def sign_request(
