@@ -288,6 +288,13 @@ def test_rotating_an_x402_key_keeps_its_profile_and_pays_from_the_new_address(
         "x402-exact-evm",
         [ROTATED.key_id],
     )
+    # Destroying the retired version leaves its address without a key: said plainly.
+    destroyed = _rotation_keys_cli(
+        token, "destroy", "--config", str(config), "--key", ROTATED.key_id, "--grace-hours", "0"
+    )
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert f"warning: {rotated_address} had no other key" in destroyed.stderr
+    assert new_address not in destroyed.stderr
 
 
 def test_the_hsm_finds_an_x402_version_it_was_not_opened_with_when_it_signs(

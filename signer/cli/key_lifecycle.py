@@ -183,6 +183,16 @@ def cmd_destroy(args: argparse.Namespace) -> int:
         print(
             f"key {args.key.key_id}: destroyed ({deleted} objects deleted from token {c.token!r})"
         )
+        for version in c.store.key_versions():
+            if version.key_id == args.key.key_id and (
+                spki_profile(version.spki_der) is KeyProfile.X402_EXACT_EVM
+            ):
+                address = evm_key_of(KeyRef.parse(version.key_id), version.spki_der).address
+                print(
+                    f"warning: {address} had no other key: whatever it still holds can no "
+                    "longer be moved",
+                    file=sys.stderr,
+                )
         return 0
 
     return _run(args, body)
