@@ -95,6 +95,7 @@ def test_human_approves_with_the_cli_and_the_agent_collects_the_signature(
         assert "approvals  0 of 2" in shown.stdout
         assert "pack held v3" in shown.stdout
         assert "UNTRUSTED purpose" in shown.stdout and "approval already granted" in shown.stdout
+        assert "UNTRUSTED in the payload (decides nothing): its ref" in shown.stdout
         # the requester and the planner cannot approve, whatever certificate they hold
         for who, reason in (
             ("agent-1", "APPROVER_IS_REQUESTER"),

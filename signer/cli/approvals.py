@@ -61,6 +61,10 @@ def details(a: approvals_pb2.Approval) -> str:
         seen = f" observed {rule['observed']}" if rule.get("observed") is not None else ""
         lines.append(f"  {rule['outcome']:<7} {rule['rule']:<20} {rule['reason']}{limit}{seen}")
     lines.append(f"payload    {a.canonical_payload.decode('utf-8', 'replace')}")
+    lines.append(
+        "UNTRUSTED in the payload (decides nothing): its ref, and an x402 payment's "
+        "resource and extra, the agent's and the resource server's words"
+    )
     purpose = json.dumps(a.untrusted_purpose, ensure_ascii=True)
     lines.append(f"UNTRUSTED purpose written by the agent (decides nothing): {purpose}")
     return "\n".join(lines)
