@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.hsm.eip712 import Eip712Domain, TransferWithAuthorization, transfer_digest
 from paywarden.hsm.errors import HsmUnavailable, KeyNotFound, UnsafeKey
 from paywarden.hsm.evm import EvmPublicKey, EvmSignature, normalise
-from paywarden.hsm.guard import PKCS11_LOCK, check_private_key
+from paywarden.hsm.guard import PKCS11_LOCK, key_pair
 from paywarden.hsm.keys import KeyRef
 from paywarden.policy.vocabulary import KeyProfile
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 CURVES = {KeyProfile.JWS_ES256: "secp256r1", KeyProfile.X402_EXACT_EVM: "secp256k1"}
@@ -75,21 +75,7 @@ def load_evm_key(session: Any, ref: KeyRef, token_label: str) -> tuple[Any, EvmP
     """The private key object and the public key of ``ref``, refused unless it is a
     secp256k1 key pair that may only sign and never leave the token. Call with
     ``PKCS11_LOCK`` held."""
-    try:
-        priv = session.get_key(
-            object_class=ObjectClass.PRIVATE_KEY,
-            key_type=KeyType.EC,
-            label=ref.label,
-            id=ref.cka_id,
-        )
-        pub = session.get_key(
-            object_class=ObjectClass.PUBLIC_KEY, key_type=KeyType.EC, label=ref.label, id=ref.cka_id
-        )
-    except pkcs11.exceptions.NoSuchKey:
-        raise KeyNotFound(f"key {ref.key_id} is not on token {token_label!r}") from None
-    except pkcs11.exceptions.MultipleObjectsReturned:
-        raise UnsafeKey(f"key {ref.key_id} is on the token more than once") from None
-    check_private_key(ref, priv)
+    priv, pub = key_pair(session, ref, token_label)
     if profile_of(priv) is not KeyProfile.X402_EXACT_EVM:
         raise UnsafeKey(f"key {ref.key_id} is not a secp256k1 ({KeyProfile.X402_EXACT_EVM}) key")
     return priv, evm_public_key(ref, pub)

@@ -13,9 +13,9 @@ import threading
 from typing import Any
 
 import pkcs11
-from paywarden.hsm.errors import UnsafeKey
+from paywarden.hsm.errors import KeyNotFound, UnsafeKey
 from paywarden.hsm.keys import KeyRef
-from pkcs11 import Attribute
+from pkcs11 import Attribute, KeyType, ObjectClass
 
 PKCS11_LOCK = threading.RLock()
 """Serialises every PKCS#11 call made by this process (see module docstring)."""
@@ -49,3 +49,26 @@ def check_private_key(ref: KeyRef, key: Any) -> None:
             wrong.append(f"{attribute.name}={value}")
     if wrong:
         raise UnsafeKey(f"key {ref.key_id} is not safe to use: {', '.join(wrong)}")
+
+
+def key_pair(session: Any, ref: KeyRef, token_label: str) -> tuple[Any, Any]:
+    """The private and public key objects of ``ref`` (EC, by label and CKA_ID), the
+    private one checked against the attribute table. Raises :class:`KeyNotFound` when
+    either is missing and :class:`UnsafeKey` when one is there twice or is unsafe. Call
+    with :data:`PKCS11_LOCK` held."""
+    try:
+        private = session.get_key(
+            object_class=ObjectClass.PRIVATE_KEY,
+            key_type=KeyType.EC,
+            label=ref.label,
+            id=ref.cka_id,
+        )
+        public = session.get_key(
+            object_class=ObjectClass.PUBLIC_KEY, key_type=KeyType.EC, label=ref.label, id=ref.cka_id
+        )
+    except pkcs11.exceptions.NoSuchKey:
+        raise KeyNotFound(f"key {ref.key_id} is not on token {token_label!r}") from None
+    except pkcs11.exceptions.MultipleObjectsReturned:
+        raise UnsafeKey(f"key {ref.key_id} is on the token more than once") from None
+    check_private_key(ref, private)
+    return private, public

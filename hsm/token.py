@@ -37,9 +37,9 @@ from paywarden.hsm.errors import (
 )
 from paywarden.hsm.evm import EvmPublicKey
 from paywarden.hsm.evm_keys import EvmSigning
-from paywarden.hsm.guard import PKCS11_LOCK, check_private_key
+from paywarden.hsm.guard import PKCS11_LOCK, key_pair
 from paywarden.hsm.keys import KeyRef, PublicKeyInfo
-from pkcs11 import KeyType, Mechanism, ObjectClass
+from pkcs11 import Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key
 
 MAX_PIN_BYTES = 4096
@@ -252,24 +252,7 @@ class Hsm(EvmSigning):
                 raise
 
     def _load_key(self, session: Any, ref: KeyRef) -> tuple[Any, PublicKeyInfo]:
-        try:
-            priv = session.get_key(
-                object_class=ObjectClass.PRIVATE_KEY,
-                key_type=KeyType.EC,
-                label=ref.label,
-                id=ref.cka_id,
-            )
-            pub = session.get_key(
-                object_class=ObjectClass.PUBLIC_KEY,
-                key_type=KeyType.EC,
-                label=ref.label,
-                id=ref.cka_id,
-            )
-        except pkcs11.exceptions.NoSuchKey:
-            raise KeyNotFound(f"key {ref.key_id} is not on token {self._token_label!r}") from None
-        except pkcs11.exceptions.MultipleObjectsReturned:
-            raise UnsafeKey(f"key {ref.key_id} is on the token more than once") from None
-        check_private_key(ref, priv)
+        priv, pub = key_pair(session, ref, self._token_label)
         info = PublicKeyInfo(ref, encode_ec_public_key(pub))
         try:
             info.public_key()  # raises unless P-256
