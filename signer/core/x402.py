@@ -35,7 +35,7 @@ from typing import Any
 from paywarden.hsm import Eip712Domain, TransferWithAuthorization
 from paywarden.hsm.evm import checksum_address, parse_address
 from paywarden.policy.vocabulary import format_amount
-from paywarden.signer.core.payments import Intent, IntentFields
+from paywarden.signer.core.payments import Intent, IntentFields, claims
 from paywarden.signer.core.validation import clean_text
 from paywarden.signer.core.x402_extra import MAX_EXTRA_BYTES, parse_extra
 from paywarden.signer.core.x402_networks import chain_id_of
@@ -198,21 +198,14 @@ def authorization_payload(
         valid_before,
         secrets.token_bytes(32),
     )
+    common = claims(
+        intent, agent_id=agent_id, task_digest=task_digest, issued_at=now, decision_id=decision_id
+    )
     return jcs(
         {
+            **common,  # a JWS payment's claims, under the x402 payload's own typ
             "typ": PAYLOAD_TYPE,
-            "sid": intent.session_id,
-            "task": task_digest,
-            "sub": agent_id,
-            "payee": intent.payee,
-            "amount": str(intent.amount),
-            "asset": intent.asset,
-            "ref": intent.reference,
             "resource": terms.resource,
-            "nonce": intent.nonce,
-            "iat": now,
-            "exp": intent.expires_at,
-            "jti": decision_id,
             "x402Version": terms.x402_version,
             "accepted": terms.accepted(),
             "chainId": terms.domain.chain_id,
