@@ -52,14 +52,17 @@ def _refuse(text: str) -> object:
     raise ValueError(f"{text} is not allowed")
 
 
+def strict_loads(text: str) -> object:
+    """``text`` as JSON with each member of an object once and no number but integers
+    (no fraction, exponent, NaN or Infinity); raises ValueError (or RecursionError)."""
+    return json.loads(text, object_pairs_hook=_pairs, parse_float=_refuse, parse_constant=_refuse)
+
+
 def json_object(data: bytes, what: str) -> dict[str, object]:
     """``data`` as a JSON object, each member once, no number but integers
     (:class:`PaymentRejected` with ``JWS_MALFORMED``)."""
     try:
-        text = data.decode("utf-8")
-        value = json.loads(
-            text, object_pairs_hook=_pairs, parse_float=_refuse, parse_constant=_refuse
-        )
+        value = strict_loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PaymentRejected(Reason.JWS_MALFORMED, f"the {what} is not JSON: {exc}") from None
     if not isinstance(value, dict):

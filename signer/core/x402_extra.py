@@ -12,30 +12,15 @@ is refused. The other members are recorded and echoed; none of them decides.
 
 from __future__ import annotations
 
-import json
-
 from paywarden.hsm import Eip712Domain
 from paywarden.signer.core.validation import clean_text
 from paywarden.signer.errors import InvalidInput, Reason
+from paywarden.verify.strict_json import MAX_SAFE_INT, strict_loads
 
 MAX_EXTRA_BYTES = 1024
-MAX_SAFE_INT = 2**53 - 1
 TRANSFER_METHOD = "eip3009"
 
 Extra = tuple[tuple[str, str | int | bool], ...]  # members in the order sent, hashable
-
-
-def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"member {key!r} appears twice")
-        out[key] = value
-    return out
-
-
-def _no_float(text: str) -> object:
-    raise ValueError(f"{text} is not an integer")
 
 
 def _malformed(words: str) -> InvalidInput:
@@ -57,9 +42,7 @@ def parse_extra(text: str, extra_name: str, extra_version: str, domain: Eip712Do
         if len(text.encode("utf-8")) > MAX_EXTRA_BYTES:
             raise _malformed(f"longer than {MAX_EXTRA_BYTES} bytes")
         try:
-            value = json.loads(
-                text, object_pairs_hook=_pairs, parse_float=_no_float, parse_constant=_no_float
-            )
+            value = strict_loads(text)
         except (ValueError, RecursionError) as exc:
             raise _malformed(f"not JSON: {exc}") from None
         if not isinstance(value, dict):
