@@ -22,30 +22,7 @@ class X402Rpcs:
     def SignX402(
         self, caller: Principal, request: signer_pb2.SignX402Request
     ) -> signer_pb2.SignX402Response:
-        r = request.requirements
-        result = self.signing.sign_x402(
-            caller,
-            X402Fields(
-                session_id=request.session_id,
-                key_id=request.key_id,
-                x402_version=r.x402_version,
-                scheme=r.scheme,
-                network=r.network,
-                asset=r.asset,
-                pay_to=r.pay_to,
-                amount=r.amount,
-                resource=r.resource,
-                max_timeout_seconds=r.max_timeout_seconds,
-                extra_name=r.extra_name,
-                extra_version=r.extra_version,
-                extra_json=r.extra_json,
-                reference=request.reference,
-                purpose=request.purpose,
-                nonce=request.nonce,
-                expires_at=request.expires_at,
-            ),
-            deadlines.current(),
-        )
+        result = self.signing.sign_x402(caller, request_fields(request), deadlines.current())
         answer = signer_pb2.SignX402Response(
             status=signer_pb2.SIGNED,
             decision_id=result.decision_id,
@@ -62,3 +39,27 @@ class X402Rpcs:
             result.payload, result.jws or ""
         )
         return answer
+
+
+def request_fields(request: signer_pb2.SignX402Request) -> X402Fields:
+    """A SignX402 request as the use case takes it (every field as it arrived)."""
+    r = request.requirements
+    return X402Fields(
+        session_id=request.session_id,
+        key_id=request.key_id,
+        x402_version=r.x402_version,
+        scheme=r.scheme,
+        network=r.network,
+        asset=r.asset,
+        pay_to=r.pay_to,
+        amount=r.amount,
+        resource=r.resource,
+        max_timeout_seconds=r.max_timeout_seconds,
+        extra_name=r.extra_name,
+        extra_version=r.extra_version,
+        extra_json=r.extra_json,
+        reference=request.reference,
+        purpose=request.purpose,
+        nonce=request.nonce,
+        expires_at=request.expires_at,
+    )

@@ -25,6 +25,7 @@ from paywarden.hsm import Eip712Domain, KeyRef, TransferWithAuthorization
 from paywarden.hsm.evm import checksum_address
 from paywarden.hsm.provision import delete_key, export_evm_public_key, generate_key
 from paywarden.policy.vocabulary import KeyProfile
+from paywarden.signer.api.x402_rpcs import request_fields
 from paywarden.signer.core.x402 import X402Fields
 from paywarden.signer.store.records import DecisionRecord
 from paywarden.v1 import signer_pb2
@@ -155,26 +156,16 @@ def x402_fields(
     session_id: str, pay_to: str, amount: str, *, expires_at: int, nonce: str | None = None
 ) -> X402Fields:
     """``x402_pay``'s request as the service takes it in process (USDC on Base)."""
-    r = x402_asks(pay_to, amount)
-    return X402Fields(
+    request = signer_pb2.SignX402Request(
         session_id=session_id,
         key_id=ATK_KEY.label,
-        x402_version=r.x402_version,
-        scheme=r.scheme,
-        network=r.network,
-        asset=r.asset,
-        pay_to=r.pay_to,
-        amount=r.amount,
-        resource=r.resource,
-        max_timeout_seconds=r.max_timeout_seconds,
-        extra_name=r.extra_name,
-        extra_version=r.extra_version,
-        extra_json=r.extra_json,
+        requirements=x402_asks(pay_to, amount),
         reference="inv-x402",
         purpose="weather for the forecast",
         nonce=nonce or new_nonce(),
         expires_at=expires_at,
     )
+    return request_fields(request)  # as the RPC maps it
 
 
 @dataclass(frozen=True, slots=True)
