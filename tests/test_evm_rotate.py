@@ -41,7 +41,7 @@ from x402.schemas import PaymentPayload
 from tests.attacks.kit import audit_log
 from tests.helpers import MODULE, ROOT, Pki, TestToken, new_nonce, write_config
 from tests.support.clients import Api, running_api
-from tests.support.evm import USDC_BASE, eip3009_typed_data, random_authorization
+from tests.support.evm import USDC_BASE, eip3009_typed_data, random_authorization, usdc_x402_config
 from tests.support.refusals import assert_refused
 from tests.support.sessions import open_session
 from tests.support.x402_chain import LocalEip3009Chain
@@ -49,21 +49,7 @@ from tests.support.x402_chain import LocalEip3009Chain
 ROTATED = KeyRef("x402-rotate", 1)
 NEXT = KeyRef("x402-rotate", 2)
 PAY_TO = "0x3333333333333333333333333333333333333333"  # no letters: its own EIP-55 form
-ROTATE_CONFIG = f"""
-[assets.USDC]
-decimals = 6
-
-[assets.USDC.x402]
-chain_id = {USDC_BASE.chain_id}
-contract = "{USDC_BASE.verifying_contract}"
-eip712_name = "{USDC_BASE.name}"
-eip712_version = "{USDC_BASE.version}"
-
-[[keys]]
-label = "{ROTATED.label}"
-version = {ROTATED.version}
-profile = "x402-exact-evm"
-"""
+ROTATE_CONFIG = usdc_x402_config(ROTATED)
 # Granted by label: the label pays with its active version, whichever that is.
 ROTATE_PACK = f"""
 id = "x402-rotate"

@@ -49,7 +49,7 @@ from tests.helpers import (
     write_config,
 )
 from tests.support.clients import Api
-from tests.support.evm import USDC_BASE, eip3009_typed_data
+from tests.support.evm import USDC_BASE, eip3009_typed_data, usdc_x402_config
 from tests.support.refusals import assert_refused, decision_id_of
 from tests.support.sessions import open_session, spent
 from tests.support.x402_chain import LocalEip3009Chain
@@ -61,21 +61,7 @@ SHOP = "0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B"  # EIP-55 (the EIP's own exa
 # form and also denies with a lower-case pattern.
 LOWER_ENTRY = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 DENIED_BY_PATTERN = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"
-CONFIG = f"""
-[assets.USDC]
-decimals = 6
-
-[assets.USDC.x402]
-chain_id = {USDC_BASE.chain_id}
-contract = "{USDC_BASE.verifying_contract}"
-eip712_name = "{USDC_BASE.name}"
-eip712_version = "{USDC_BASE.version}"
-
-[[keys]]
-label = "{X402_KEY.label}"
-version = {X402_KEY.version}
-profile = "x402-exact-evm"
-"""
+CONFIG = usdc_x402_config(X402_KEY)
 PACK = f"""
 id = "x402-shop"
 version = 1

@@ -45,7 +45,7 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequiredV1, PaymentRequirem
 
 from tests.helpers import MODULE, Pki, Stack, TestToken, new_nonce
 from tests.support.clients import Api
-from tests.support.evm import USDC_BASE, eip3009_typed_data
+from tests.support.evm import USDC_BASE, eip3009_typed_data, usdc_x402_config
 from tests.support.refusals import assert_refused
 from tests.support.sdk import settings_for
 from tests.support.sessions import open_session
@@ -53,21 +53,7 @@ from tests.support.x402_chain import LocalEip3009Chain, SettlingEip3009Chain
 
 V1_KEY = KeyRef("x402-legacy", 1)
 MERCHANT = "0x2222222222222222222222222222222222222222"  # no letters: its own EIP-55 form
-V1_CONFIG = f"""
-[assets.USDC]
-decimals = 6
-
-[assets.USDC.x402]
-chain_id = {USDC_BASE.chain_id}
-contract = "{USDC_BASE.verifying_contract}"
-eip712_name = "{USDC_BASE.name}"
-eip712_version = "{USDC_BASE.version}"
-
-[[keys]]
-label = "{V1_KEY.label}"
-version = {V1_KEY.version}
-profile = "x402-exact-evm"
-"""
+V1_CONFIG = usdc_x402_config(V1_KEY)
 V1_PACK = f"""
 id = "x402-v1-shop"
 version = 1

@@ -49,7 +49,7 @@ from x402.mechanisms.evm.constants import ERR_NONCE_ALREADY_USED
 from x402.schemas import PaymentRequired
 
 from tests.helpers import MODULE, Pki, ServeProcess, TestToken, serve, write_config
-from tests.support.evm import USDC_BASE
+from tests.support.evm import USDC_BASE, usdc_x402_config
 from tests.support.faults import answer_dropping_proxy
 from tests.support.sdk import settings_for, upstream_of
 from tests.support.x402_chain import SettlingEip3009Chain
@@ -58,21 +58,7 @@ from tests.support.x402_server import CONTENT, X402Shop, x402_shop
 E2E_KEY = KeyRef("x402-e2e", 1)
 SHOP = "0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B"  # EIP-55, mixed case (the EIP's example)
 PRICE = "1250000"  # 1.25 USDC
-E2E_CONFIG = f"""
-[assets.USDC]
-decimals = 6
-
-[assets.USDC.x402]
-chain_id = {USDC_BASE.chain_id}
-contract = "{USDC_BASE.verifying_contract}"
-eip712_name = "{USDC_BASE.name}"
-eip712_version = "{USDC_BASE.version}"
-
-[[keys]]
-label = "{E2E_KEY.label}"
-version = {E2E_KEY.version}
-profile = "x402-exact-evm"
-"""
+E2E_CONFIG = usdc_x402_config(E2E_KEY)
 E2E_PACK = f"""
 id = "x402-e2e"
 version = 1

@@ -6,12 +6,43 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from paywarden.hsm import KeyRef
 from paywarden.hsm.eip712 import Eip712Domain, TransferWithAuthorization
 from paywarden.hsm.evm import checksum_address
 
 # USDC on Base: the domain x402 facilitators use most (name and version from the
 # contract's EIP-712 domain).
 USDC_BASE = Eip712Domain("USD Coin", "2", 8453, "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913")
+
+
+def x402_asset_toml(code: str, domain: Eip712Domain) -> str:
+    """The configuration of asset ``code`` (6 decimals) paid with x402 under ``domain``."""
+    return f"""
+[assets.{code}]
+decimals = 6
+
+[assets.{code}.x402]
+chain_id = {domain.chain_id}
+contract = "{domain.verifying_contract}"
+eip712_name = "{domain.name}"
+eip712_version = "{domain.version}"
+"""
+
+
+def x402_key_toml(key: KeyRef) -> str:
+    """The configuration of ``key`` as an ``x402-exact-evm`` key."""
+    return f"""
+[[keys]]
+label = "{key.label}"
+version = {key.version}
+profile = "x402-exact-evm"
+"""
+
+
+def usdc_x402_config(key: KeyRef) -> str:
+    """The configuration most x402 tests serve: USDC on Base, paid with ``key``."""
+    return x402_asset_toml("USDC", USDC_BASE) + x402_key_toml(key)
+
 
 _DOMAIN_FIELDS = [
     {"name": "name", "type": "string"},

@@ -33,7 +33,7 @@ from x402.mechanisms.evm.exact import facilitator as exact_facilitator
 from x402.schemas import PaymentPayload
 
 from tests.helpers import MODULE, Stack, TestToken, new_nonce
-from tests.support.evm import USDC_BASE, eip3009_typed_data
+from tests.support.evm import USDC_BASE, eip3009_typed_data, x402_asset_toml, x402_key_toml
 from tests.support.x402_chain import LocalEip3009Chain
 
 T = TypeVar("T")
@@ -45,30 +45,11 @@ USDC_SEPOLIA = Eip712Domain(
     "USDC", "2", 84532, checksum_address(bytes.fromhex("036cbd53842c5426634e7929541ec2318f3dcf7e"))
 )
 
-ATK_CONFIG = f"""
-[assets.USDC]
-decimals = 6
-
-[assets.USDC.x402]
-chain_id = {USDC_BASE.chain_id}
-contract = "{USDC_BASE.verifying_contract}"
-eip712_name = "{USDC_BASE.name}"
-eip712_version = "{USDC_BASE.version}"
-
-[assets.TUSDC]
-decimals = 6
-
-[assets.TUSDC.x402]
-chain_id = {USDC_SEPOLIA.chain_id}
-contract = "{USDC_SEPOLIA.verifying_contract}"
-eip712_name = "{USDC_SEPOLIA.name}"
-eip712_version = "{USDC_SEPOLIA.version}"
-
-[[keys]]
-label = "{ATK_KEY.label}"
-version = {ATK_KEY.version}
-profile = "x402-exact-evm"
-"""
+ATK_CONFIG = (
+    x402_asset_toml("USDC", USDC_BASE)
+    + x402_asset_toml("TUSDC", USDC_SEPOLIA)
+    + x402_key_toml(ATK_KEY)
+)
 
 
 @contextmanager
