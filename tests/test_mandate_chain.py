@@ -391,7 +391,7 @@ def test_hops_signed_with_hs256_or_es384_are_refused() -> None:
 def test_a_header_with_crit_or_another_key_locator_is_refused() -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties)
-    for extra in ({"crit": ["exp"], "exp": 1}, {"jku": "https://evil.example/jwks"}):
+    for extra in ({"crit": ["exp"], "exp": 1}, {"jku": "https://x.example"}, {"x5c": ["AA=="]}):
         header = {"alg": "ES256", "typ": "kb+sd-jwt+kb", **extra}
         refused(
             join_hops(credential, with_header(hop1, header)),
@@ -452,6 +452,8 @@ def test_a_trailing_key_binding_jwt_or_a_fourth_hop_is_refused() -> None:
     closed = issue_closed_hop(parties.agent, hop1)
     kb_jwt = closed.split("~")[0]
     refused(join_hops(credential, hop1) + kb_jwt, parties, CREDENTIAL, "MANDATE_MALFORMED")
+    inside = join_hops(credential + kb_jwt + "~", hop1)
+    refused(inside, parties, CREDENTIAL, "MANDATE_MALFORMED")
     again = issue_closed_hop(parties.agent, closed)
     refused(join_hops(credential, hop1, closed, again), parties, CREDENTIAL, "MANDATE_MALFORMED")
     refused(join_hops(credential), parties, CREDENTIAL, "MANDATE_MALFORMED")

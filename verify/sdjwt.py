@@ -35,7 +35,7 @@ MAX_HOPS = 3
 MAX_DEPTH = 24  # nesting of objects and arrays in a payload or a disclosure
 ARRAY_DIGEST = "..."
 SD = "_sd"
-_HEADER_MEMBERS = frozenset({"alg", "typ", "kid", "x5c"})
+_HEADER_MEMBERS = frozenset({"alg", "typ", "kid", "x5c"})  # x5c: the root's only
 _ASCII = re.compile(r"[\x21-\x7e]*")
 
 
@@ -106,6 +106,8 @@ def _hop(index: int, text: str) -> Hop:
     jwt, disclosures = parts[0], tuple(parts[1:-1])
     if any(not d for d in disclosures):
         raise E.credential(E.MALFORMED, f"hop {index} has an empty disclosure")
+    if any("." in d for d in disclosures):
+        raise E.credential(E.MALFORMED, f"hop {index} holds a key-binding JWT")
     segments = jwt.split(".")
     if len(segments) != 3:
         raise E.credential(E.MALFORMED, f"hop {index}'s JWT is not three base64url parts")
@@ -141,12 +143,13 @@ def parse_chain(chain: object, max_bytes: int) -> list[Hop]:
 
 
 def check_header(hop: Hop, typs: frozenset[str]) -> None:
-    """``alg`` exactly ES256, ``typ`` one of ``typs``, no header member but alg/typ/kid/x5c
-    (``crit`` and every key-locating member refused)."""
+    """``alg`` exactly ES256, ``typ`` one of ``typs``, no header member but alg/typ/kid, and
+    x5c on the root only (``crit`` and every other key-locating member refused)."""
     alg = hop.header.get("alg")
     if alg != ALGORITHM:
         raise E.credential(E.SIGNATURE_INVALID, f"hop {hop.index}: alg {alg!r} is not ES256")
-    extra = sorted(set(hop.header) - _HEADER_MEMBERS)
+    allowed = _HEADER_MEMBERS if hop.index == 0 else _HEADER_MEMBERS - {"x5c"}
+    extra = sorted(set(hop.header) - allowed)
     if extra:
         raise E.credential(E.MALFORMED, f"hop {hop.index}: header members not allowed: {extra}")
     typ = hop.header.get("typ")
