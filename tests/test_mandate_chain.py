@@ -6,7 +6,6 @@ reason."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from typing import Any
 
@@ -46,6 +45,7 @@ from tests.support.mandates import (
     issue_root_mandate,
     issue_user_mandate,
     join_hops,
+    malleable_twin,
     mandate_id_of,
     mandate_key,
     mandate_parties,
@@ -123,7 +123,7 @@ def test_a_closed_agent_hop_is_a_third_hop_whose_hash_and_nonce_are_returned() -
     assert oracle[2]["sd_hash"] == hop_hash(hop1)
     verified = checked(chain, parties)
     assert verified.hops == 3
-    assert verified.presentation == hashlib.sha256(closed.encode("ascii")).hexdigest()
+    assert verified.presentation == mandate_id_of(closed)
     assert verified.nonce == "agent-nonce-7"
     assert verified.id == mandate_id_of(hop1)  # the id does not change with the closed hop
     assert verified.disclosed == oracle[1]["delegate_payload"][0]
@@ -138,6 +138,19 @@ def test_the_mandate_id_is_the_issuer_signed_jwt_not_the_disclosures_presented()
     second = checked(join_hops(credential, fewer), parties)
     assert first.id == second.id
     assert (first.constraints.payees, second.constraints.payees) == (("m1", "m2"), ("m1",))
+
+
+def test_a_malleable_twin_of_a_hop_is_the_same_mandate_and_the_same_presentation() -> None:
+    parties = mandate_parties()
+    credential, hop1 = chain_parts(parties)
+    twin = malleable_twin(hop1)
+    assert twin != hop1
+    closed, twin_closed = (issue_closed_hop(parties.agent, h) for h in (hop1, twin))
+    first = checked(join_hops(credential, hop1, closed), parties)
+    second = checked(join_hops(credential, twin, twin_closed), parties)
+    assert first.id == second.id == mandate_id_of(hop1)
+    replayed = checked(join_hops(credential, hop1, malleable_twin(closed)), parties)
+    assert replayed.presentation == first.presentation
 
 
 def test_an_issuer_jwt_hash_link_is_accepted_as_the_oracle_accepts_it() -> None:

@@ -77,7 +77,7 @@ _LINKS = ("sd_hash", "issuer_jwt_hash")
 class VerifiedMandate:
     """A mandate chain that passed every check, and what it bounds."""
 
-    id: str  # SHA-256 hex of the issuer-signed JWT that carries the mandate
+    id: str  # SHA-256 hex of the signed part (header.payload) of the JWT carrying the mandate
     issuer: str  # kid of the trusted root key, or the x5c leaf subject (RFC 4514)
     vct: str
     holder_jkt: str  # RFC 7638 thumbprint of the mandate's cnf.jwk (the agent key)
@@ -86,7 +86,7 @@ class VerifiedMandate:
     constraints: Constraints
     disclosed: Mapping[str, Any]  # the mandate item's claims, disclosures resolved
     hops: int
-    presentation: str | None  # SHA-256 hex of the closed agent hop (trailing ~), or None
+    presentation: str | None  # SHA-256 hex of the closed hop's signed part, or None
     nonce: str | None  # the closed agent hop's nonce
 
 
@@ -161,8 +161,14 @@ def _closed_hop(
     return nonce, exp
 
 
-def _sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
+def _signed_digest(hop: Hop) -> str:
+    """SHA-256 hex of what the hop's signature covers (``header.payload``).
+
+    Not of the whole JWT: an ES256 signature (r, s) has a twin (r, n - s) that verifies
+    too, so anyone holding a hop can spell it a second way; an id over the signature would
+    give one mandate two ledgers, and a replayed closed hop a new hash. What was signed has
+    one spelling (base64url is read canonically)."""
+    return hashlib.sha256(hop.signing_input).hexdigest()
 
 
 def _verify(
@@ -211,10 +217,10 @@ def _verify(
     presentation = nonce = None
     if rest:
         nonce, exp = _closed_hop(rest[0], mandate_hop, agent, now=now, audience=options["audience"])
-        presentation = _sha256_hex(rest[0].text)
+        presentation = _signed_digest(rest[0])
         expiries.append(exp)
     return VerifiedMandate(
-        id=_sha256_hex(mandate_hop.jwt),
+        id=_signed_digest(mandate_hop),
         issuer=issuer,
         vct=vct,
         holder_jkt=holder_jkt,

@@ -156,8 +156,25 @@ def issuer_jwt_hash(hop: str) -> str:
 
 
 def mandate_id_of(hop: str) -> str:
-    """The mandate id of the hop carrying the mandate: SHA-256 hex of its issuer-signed JWT."""
-    return hashlib.sha256(hop.split("~")[0].encode("ascii")).hexdigest()
+    """The mandate id of the hop carrying the mandate (and ``presentation`` of a closed hop):
+    SHA-256 hex of the signed part (``header.payload``) of its issuer-signed JWT."""
+    header, payload, _ = hop.split("~")[0].split(".")
+    return hashlib.sha256(f"{header}.{payload}".encode("ascii")).hexdigest()
+
+
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def malleable_twin(hop: str) -> str:
+    """``hop`` with its ES256 signature (r, s) replaced by (r, n - s): another spelling that
+    verifies as well (what anyone holding a hop can make)."""
+    jwt, *rest = hop.split("~")
+    header, payload, signature = jwt.split(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    s = int.from_bytes(raw[32:], "big")
+    twin = raw[:32] + (P256_ORDER - s).to_bytes(32, "big")
+    encoded = base64.urlsafe_b64encode(twin).rstrip(b"=").decode("ascii")
+    return "~".join([f"{header}.{payload}.{encoded}", *rest])
 
 
 def join_hops(*hops: str) -> str:
