@@ -52,7 +52,7 @@ def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return out
 
 
-def loads(data: bytes, what: str) -> object:
+def loads(data: bytes, what: str, reason: str = E.MALFORMED) -> object:
     """``data`` as UTF-8 JSON: each member of an object once, numbers with a fraction or an
     exponent as exact :class:`Decimal`, no NaN or Infinity."""
     try:
@@ -63,7 +63,7 @@ def loads(data: bytes, what: str) -> object:
             parse_constant=_refuse_constant,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise E.credential(E.MALFORMED, f"the {what} is not strict JSON: {exc}") from None
+        raise E.credential(reason, f"the {what} is not strict JSON: {exc}") from None
 
 
 def b64url(text: str, what: str, reason: str = E.MALFORMED) -> bytes:
@@ -211,7 +211,8 @@ class _Resolver:
         return E.credential(E.DISCLOSURE_INVALID, f"hop {self.hop.index}: {message}")
 
     def _disclosure(self, text: str) -> list[Any]:
-        value = loads(b64url(text, "disclosure", E.DISCLOSURE_INVALID), "disclosure")
+        raw = b64url(text, "disclosure", E.DISCLOSURE_INVALID)
+        value = loads(raw, "disclosure", E.DISCLOSURE_INVALID)
         if not isinstance(value, list) or len(value) not in (2, 3):
             raise self._bad("a disclosure is not a JSON array of 2 or 3")
         if not isinstance(value[0], str):

@@ -131,14 +131,25 @@ def _certificate(
     )
 
 
-def x5c_issuer(now: int = NOW, *, subject: str = "Wallet Issuer") -> X5cIssuer:
-    """A root CA and a leaf (``CN=<subject>``) it issued, valid around ``now``."""
+def x5c_issuer(
+    now: int = NOW, *, subject: str = "Wallet Issuer", intermediate: bool = False
+) -> X5cIssuer:
+    """A root CA and a leaf (``CN=<subject>``) it issued (through an intermediate CA when
+    ``intermediate``; the x5c then lists leaf, intermediate), valid around ``now``."""
     root_key = ec.generate_private_key(ec.SECP256R1())
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     root = _certificate("Mandate Root CA", root_key, ("Mandate Root CA", root_key), now, True)
-    leaf = _certificate(subject, leaf_key, ("Mandate Root CA", root_key), now, False)
-    der = leaf.public_bytes(serialization.Encoding.DER)
-    return X5cIssuer(root, [base64.b64encode(der).decode("ascii")], JWK.from_pyca(leaf_key))
+    chain: list[x509.Certificate] = []
+    signer: tuple[str, Any] = ("Mandate Root CA", root_key)
+    if intermediate:
+        middle_key = ec.generate_private_key(ec.SECP256R1())
+        chain.append(_certificate("Mandate Issuing CA", middle_key, signer, now, True))
+        signer = ("Mandate Issuing CA", middle_key)
+    chain.insert(0, _certificate(subject, leaf_key, signer, now, False))
+    x5c = [
+        base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode("ascii") for c in chain
+    ]
+    return X5cIssuer(root, x5c, JWK.from_pyca(leaf_key))
 
 
 # --- hashes and serialisation ---------------------------------------------------------------
