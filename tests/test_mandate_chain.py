@@ -22,6 +22,7 @@ from paywarden.verify.mandates import (
     p256_key,
     verify_mandate,
 )
+from sd_jwt.common import SDObj
 from sd_jwt.verifier import SDJWTVerifier
 
 from tests.support.mandates import (
@@ -129,7 +130,7 @@ def test_a_closed_agent_hop_is_a_third_hop_whose_hash_and_nonce_are_returned() -
     assert verified.disclosed == oracle[1]["delegate_payload"][0]
 
 
-def test_the_mandate_id_is_the_issuer_signed_jwt_not_the_disclosures_presented() -> None:
+def test_the_mandate_id_is_the_signed_jwt_not_the_disclosures_presented() -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties)
     fewer = withhold(hop1, lambda d: d[-1] == merchant("m2"))
@@ -549,8 +550,6 @@ def test_an_allow_list_with_every_entry_withheld_is_refused() -> None:
 
 
 def test_a_withheld_constraint_is_refused() -> None:
-    from sd_jwt.common import SDObj
-
     parties = mandate_parties()
     hidden = [budget(100), SDObj(recurrence("DAILY", 3))]
     credential, hop1 = chain_parts(parties, hidden)
