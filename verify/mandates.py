@@ -1,6 +1,6 @@
 """A mandate chain (AP2 v0.2 open payment mandate, Verifiable Intent L2) checked offline.
 
-The chain is SD-JWT hops joined by ``~~``; what is accepted (docs in interfaces, issue 15):
+The chain is SD-JWT hops joined by ``~~``; what is accepted:
 
 1. a **user-credential chain**: hop 0 a credential signed by a trusted issuer (``kid``, or
    ``x5c`` to a configured root) with a top-level ``cnf.jwk`` (the user's key) and no
@@ -16,6 +16,10 @@ Every hop is ES256 (P-256) and nothing else; every presented disclosure answers 
 its hop exactly once; the mandate must carry ``exp``. Any failure is a :class:`MandateError`
 with its AP2 code (``invalid_credential``, ``invalid_mandate``, ``unresolved_constraint``)
 and our reason; no other exception leaves :func:`verify_mandate`.
+
+A mandate's id (the key of its ledger) is the SHA-256 of what the mandate hop's signature
+covers, so it does not change with the disclosures presented nor with the second spelling
+every ES256 signature has; a closed hop's ``presentation`` is named the same way.
 """
 
 from __future__ import annotations
