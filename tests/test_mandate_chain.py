@@ -56,7 +56,7 @@ from tests.support.mandates import (
     recurrence,
     reference,
     trusted_issuers,
-    with_header,
+    with_jws_header,
     withhold,
     x5c_issuer,
 )
@@ -67,18 +67,18 @@ MANDATE = MandateCode.INVALID_MANDATE
 UNRESOLVED = MandateCode.UNRESOLVED_CONSTRAINT
 
 
-def checked(chain: str, parties: MandateParties, **options: Any) -> VerifiedMandate:
+def verified_chain(chain: str, parties: MandateParties, **options: Any) -> VerifiedMandate:
     issuers = options.pop("issuers", None) or trusted_issuers(parties)
     return verify_mandate(
         chain, issuers, now=options.pop("now", NOW), decimals=decimals_of, **options
     )
 
 
-def refused(
+def chain_refused(
     chain: str, parties: MandateParties, code: MandateCode, reason: str, **options: Any
 ) -> MandateError:
     with pytest.raises(MandateError) as caught:
-        checked(chain, parties, **options)
+        verified_chain(chain, parties, **options)
     assert (caught.value.code, caught.value.reason) == (code, reason), caught.value
     return caught.value
 
@@ -100,7 +100,7 @@ def test_a_user_credential_chain_verifies_as_the_reference_implementation_reads_
     credential, hop1 = chain_parts(parties, payee=merchant("m1"))
     chain = join_hops(credential, hop1)
     oracle = oracle_verify(chain, {ISSUER_KID: parties.issuer})
-    verified = checked(chain, parties)
+    verified = verified_chain(chain, parties)
     item = oracle[1]["delegate_payload"][0]
     assert verified.disclosed == item
     assert verified.id == mandate_id_of(hop1)
@@ -122,7 +122,7 @@ def test_a_closed_agent_hop_is_a_third_hop_whose_hash_and_nonce_are_returned() -
     chain = join_hops(credential, hop1, closed)
     oracle = oracle_verify(chain, {ISSUER_KID: parties.issuer})
     assert oracle[2]["sd_hash"] == hop_hash(hop1)
-    verified = checked(chain, parties)
+    verified = verified_chain(chain, parties)
     assert verified.hops == 3
     assert verified.presentation == mandate_id_of(closed)
     assert verified.nonce == "agent-nonce-7"
@@ -135,8 +135,8 @@ def test_the_mandate_id_is_the_signed_jwt_not_the_disclosures_presented() -> Non
     credential, hop1 = chain_parts(parties)
     fewer = withhold(hop1, lambda d: d[-1] == merchant("m2"))
     assert fewer != hop1
-    first = checked(join_hops(credential, hop1), parties)
-    second = checked(join_hops(credential, fewer), parties)
+    first = verified_chain(join_hops(credential, hop1), parties)
+    second = verified_chain(join_hops(credential, fewer), parties)
     assert first.id == second.id
     assert (first.constraints.payees, second.constraints.payees) == (("m1", "m2"), ("m1",))
 
@@ -147,10 +147,10 @@ def test_a_malleable_twin_of_a_hop_is_the_same_mandate_and_the_same_presentation
     twin = malleable_twin(hop1)
     assert twin != hop1
     closed, twin_closed = (issue_closed_hop(parties.agent, h) for h in (hop1, twin))
-    first = checked(join_hops(credential, hop1, closed), parties)
-    second = checked(join_hops(credential, twin, twin_closed), parties)
+    first = verified_chain(join_hops(credential, hop1, closed), parties)
+    second = verified_chain(join_hops(credential, twin, twin_closed), parties)
     assert first.id == second.id == mandate_id_of(hop1)
-    replayed = checked(join_hops(credential, hop1, malleable_twin(closed)), parties)
+    replayed = verified_chain(join_hops(credential, hop1, malleable_twin(closed)), parties)
     assert replayed.presentation == first.presentation
 
 
@@ -162,7 +162,7 @@ def test_an_issuer_jwt_hash_link_is_accepted_as_the_oracle_accepts_it() -> None:
     closed = issue_closed_hop(parties.agent, hop1, link="issuer_jwt_hash")
     chain = join_hops(credential, hop1, closed)
     oracle_verify(chain, {ISSUER_KID: parties.issuer})
-    assert checked(chain, parties).hops == 3
+    assert verified_chain(chain, parties).hops == 3
 
 
 def test_a_provider_root_signs_the_mandate_itself_only_when_configured_so() -> None:
@@ -171,13 +171,13 @@ def test_a_provider_root_signs_the_mandate_itself_only_when_configured_so() -> N
     closed = issue_closed_hop(parties.agent, root)
     for chain, hops in ((root, 1), (join_hops(root, closed), 2)):
         oracle_verify(chain, {PROVIDER_KID: parties.provider})
-        verified = checked(chain, parties)
+        verified = verified_chain(chain, parties)
         assert (verified.issuer, verified.hops, verified.id) == (
             PROVIDER_KID,
             hops,
             mandate_id_of(root),
         )
-        refused(
+        chain_refused(
             chain,
             parties,
             CREDENTIAL,
@@ -189,7 +189,7 @@ def test_a_provider_root_signs_the_mandate_itself_only_when_configured_so() -> N
 def test_a_credential_issuer_may_not_sign_a_mandate_as_the_root() -> None:
     parties = mandate_parties()
     root = issue_root_mandate(parties.issuer, open_mandate(parties.agent, BOUNDED), kid=ISSUER_KID)
-    refused(root, parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED")
+    chain_refused(root, parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED")
 
 
 def test_an_x5c_root_is_trusted_when_its_chain_ends_at_a_configured_root() -> None:
@@ -200,12 +200,12 @@ def test_an_x5c_root_is_trusted_when_its_chain_ends_at_a_configured_root() -> No
     chain = join_hops(credential, hop1)
     oracle_verify(chain, {})
     issuers = trusted_issuers(parties, x5c_roots=[pki.root])
-    assert checked(chain, parties, issuers=issuers).issuer == "CN=Wallet Issuer"
-    refused(chain, parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED")  # no root configured
+    assert verified_chain(chain, parties, issuers=issuers).issuer == "CN=Wallet Issuer"
+    chain_refused(chain, parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED")  # no root configured
     other = trusted_issuers(parties, x5c_roots=[x5c_issuer().root])
-    refused(chain, parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED", issuers=other)
+    chain_refused(chain, parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED", issuers=other)
     late = NOW + 40 * 86400  # the leaf has expired (the mandate too, but trust comes first)
-    refused(chain, parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED", issuers=issuers, now=late)
+    chain_refused(chain, parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED", issuers=issuers, now=late)
 
 
 def test_an_x5c_rooted_mandate_hop_is_never_a_provider_root() -> None:
@@ -215,7 +215,7 @@ def test_an_x5c_rooted_mandate_hop_is_never_a_provider_root() -> None:
     root = issue_hop(
         pki.key, {"delegate_payload": [item]}, typ="example+sd-jwt", header={"x5c": pki.chain}
     )
-    refused(
+    chain_refused(
         root,
         parties,
         CREDENTIAL,
@@ -290,7 +290,7 @@ def test_ap2_example_chain_with_another_key_for_its_kid_is_refused() -> None:
         keys={"agent-provider-key-1": TrustedIssuer(ec_public_key(mandate_key()), True)},
         x5c_roots=(),
     )
-    refused(
+    chain_refused(
         AP2_OPEN[:-1] + "~~" + AP2_CLOSED,
         parties,
         CREDENTIAL,
@@ -322,7 +322,7 @@ def test_a_tampered_disclosure_is_refused() -> None:
     salted = _edit_disclosure(hop1, at, lambda d: [d[0] + "x", d[1]])
     richer = _edit_disclosure(hop1, at, lambda d: [d[0], {**d[1], "constraints": [budget(1e6)]}])
     for hop in (salted, richer):
-        error = refused(
+        error = chain_refused(
             join_hops(credential, hop), parties, CREDENTIAL, "MANDATE_DISCLOSURE_INVALID"
         )
         assert "answers no digest" in error.message
@@ -337,14 +337,14 @@ def test_a_disclosure_no_digest_references_is_refused() -> None:
     credential, hop1 = chain_parts(parties)
     extra = base64.urlsafe_b64encode(json.dumps(["salt-1", "max", 10**9]).encode())
     hop = hop1 + extra.rstrip(b"=").decode() + "~"
-    refused(join_hops(credential, hop), parties, CREDENTIAL, "MANDATE_DISCLOSURE_INVALID")
+    chain_refused(join_hops(credential, hop), parties, CREDENTIAL, "MANDATE_DISCLOSURE_INVALID")
 
 
 def test_a_duplicate_disclosure_is_refused() -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties)
     disclosure = hop1.split("~")[1]
-    error = refused(
+    error = chain_refused(
         join_hops(credential, hop1 + disclosure + "~"),
         parties,
         CREDENTIAL,
@@ -358,20 +358,22 @@ def test_a_hop_signed_by_a_key_other_than_the_previous_cnf_is_refused() -> None:
     credential, hop1 = chain_parts(parties)
     rogue = mandate_key()
     closed = issue_closed_hop(rogue, hop1)  # a rogue agent key
-    refused(join_hops(credential, hop1, closed), parties, CREDENTIAL, "MANDATE_SIGNATURE_INVALID")
+    chain_refused(
+        join_hops(credential, hop1, closed), parties, CREDENTIAL, "MANDATE_SIGNATURE_INVALID"
+    )
     item = open_mandate(parties.agent, BOUNDED)
     forged = issue_user_mandate(rogue, credential, item)  # not the credential's user
-    refused(join_hops(credential, forged), parties, CREDENTIAL, "MANDATE_SIGNATURE_INVALID")
+    chain_refused(join_hops(credential, forged), parties, CREDENTIAL, "MANDATE_SIGNATURE_INVALID")
 
 
 def test_an_untrusted_issuer_kid_is_refused() -> None:
     parties = mandate_parties()
     credential = issue_credential(mandate_key("stranger"), parties.user, kid="stranger")
     hop1 = issue_user_mandate(parties.user, credential, open_mandate(parties.agent, BOUNDED))
-    refused(join_hops(credential, hop1), parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED")
+    chain_refused(join_hops(credential, hop1), parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED")
     impostor = issue_credential(mandate_key(), parties.user)  # the trusted kid, another key
     hop1 = issue_user_mandate(parties.user, impostor, open_mandate(parties.agent, BOUNDED))
-    refused(join_hops(impostor, hop1), parties, CREDENTIAL, "MANDATE_SIGNATURE_INVALID")
+    chain_refused(join_hops(impostor, hop1), parties, CREDENTIAL, "MANDATE_SIGNATURE_INVALID")
 
 
 @pytest.mark.parametrize("alg", ["none", "HS256", "ES384", "ES256K", "RS256"])
@@ -379,8 +381,8 @@ def test_an_alg_other_than_es256_is_refused(alg: str) -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties)
     header = {"alg": alg, "typ": "kb+sd-jwt+kb"}
-    error = refused(
-        join_hops(credential, with_header(hop1, header)),
+    error = chain_refused(
+        join_hops(credential, with_jws_header(hop1, header)),
         parties,
         CREDENTIAL,
         "MANDATE_SIGNATURE_INVALID",
@@ -398,7 +400,7 @@ def test_hops_signed_with_hs256_or_es384_are_refused() -> None:
     es384 = issue_user_mandate(mandate_key(curve="P-384"), credential, item, sign_alg="ES384")
     for hop in (hs256, es384):
         chain = join_hops(credential, hop)
-        error = refused(chain, parties, CREDENTIAL, "MANDATE_SIGNATURE_INVALID")
+        error = chain_refused(chain, parties, CREDENTIAL, "MANDATE_SIGNATURE_INVALID")
         assert "is not ES256" in error.message
 
 
@@ -407,8 +409,8 @@ def test_a_header_with_crit_or_another_key_locator_is_refused() -> None:
     credential, hop1 = chain_parts(parties)
     for extra in ({"crit": ["exp"], "exp": 1}, {"jku": "https://x.example"}, {"x5c": ["AA=="]}):
         header = {"alg": "ES256", "typ": "kb+sd-jwt+kb", **extra}
-        refused(
-            join_hops(credential, with_header(hop1, header)),
+        chain_refused(
+            join_hops(credential, with_jws_header(hop1, header)),
             parties,
             CREDENTIAL,
             "MANDATE_MALFORMED",
@@ -420,13 +422,13 @@ def test_a_wrong_typ_is_refused() -> None:
     credential = issue_credential(parties.issuer, parties.user)
     item = open_mandate(parties.agent, BOUNDED)
     as_closed = issue_user_mandate(parties.user, credential, item, typ="kb+sd-jwt")
-    refused(join_hops(credential, as_closed), parties, CREDENTIAL, "MANDATE_MALFORMED")
+    chain_refused(join_hops(credential, as_closed), parties, CREDENTIAL, "MANDATE_MALFORMED")
     kb_root = issue_credential(parties.issuer, parties.user, typ="kb+jwt")
     hop1 = issue_user_mandate(parties.user, kb_root, item)
-    refused(join_hops(kb_root, hop1), parties, CREDENTIAL, "MANDATE_MALFORMED")
+    chain_refused(join_hops(kb_root, hop1), parties, CREDENTIAL, "MANDATE_MALFORMED")
     hop1 = issue_user_mandate(parties.user, credential, item)
     closed = issue_closed_hop(parties.agent, hop1, typ="kb+sd-jwt+kb")
-    refused(join_hops(credential, hop1, closed), parties, CREDENTIAL, "MANDATE_MALFORMED")
+    chain_refused(join_hops(credential, hop1, closed), parties, CREDENTIAL, "MANDATE_MALFORMED")
 
 
 def test_a_hop_linked_to_another_hop_is_refused() -> None:
@@ -434,30 +436,32 @@ def test_a_hop_linked_to_another_hop_is_refused() -> None:
     credential, hop1 = chain_parts(parties)
     _, other = chain_parts(parties)  # the same user's mandate over another credential
     spliced = issue_closed_hop(parties.agent, other)  # a closed hop made for another mandate
-    refused(join_hops(credential, hop1, spliced), parties, CREDENTIAL, "MANDATE_LINK_INVALID")
+    chain_refused(join_hops(credential, hop1, spliced), parties, CREDENTIAL, "MANDATE_LINK_INVALID")
     second = issue_credential(parties.issuer, parties.user)
-    refused(join_hops(second, hop1), parties, CREDENTIAL, "MANDATE_LINK_INVALID")
+    chain_refused(join_hops(second, hop1), parties, CREDENTIAL, "MANDATE_LINK_INVALID")
     fewer = withhold(hop1, lambda d: d[-1] == merchant("m2"))  # sd_hash is over what is shown
     closed = issue_closed_hop(parties.agent, hop1)
-    refused(join_hops(credential, fewer, closed), parties, CREDENTIAL, "MANDATE_LINK_INVALID")
+    chain_refused(join_hops(credential, fewer, closed), parties, CREDENTIAL, "MANDATE_LINK_INVALID")
     unlinked = issue_hop(
         parties.agent, {"iat": NOW, "aud": "paywarden", "nonce": "n"}, typ="kb+sd-jwt"
     )
-    refused(join_hops(credential, hop1, unlinked), parties, CREDENTIAL, "MANDATE_LINK_INVALID")
+    chain_refused(
+        join_hops(credential, hop1, unlinked), parties, CREDENTIAL, "MANDATE_LINK_INVALID"
+    )
 
 
 def test_a_closed_hop_for_another_audience_or_with_a_cnf_is_refused() -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties)
     closed = issue_closed_hop(parties.agent, hop1, aud="credential-provider")
-    refused(join_hops(credential, hop1, closed), parties, CREDENTIAL, "MANDATE_LINK_INVALID")
+    chain_refused(join_hops(credential, hop1, closed), parties, CREDENTIAL, "MANDATE_LINK_INVALID")
     handing = issue_closed_hop(parties.agent, hop1, claims={"cnf": {"jwk": {"kty": "EC"}}})
-    refused(join_hops(credential, hop1, handing), parties, CREDENTIAL, "MANDATE_MALFORMED")
+    chain_refused(join_hops(credential, hop1, handing), parties, CREDENTIAL, "MANDATE_MALFORMED")
     reopened = issue_closed_hop(parties.agent, hop1, mandate=open_mandate(parties.agent, BOUNDED))
-    refused(join_hops(credential, hop1, reopened), parties, CREDENTIAL, "MANDATE_MALFORMED")
+    chain_refused(join_hops(credential, hop1, reopened), parties, CREDENTIAL, "MANDATE_MALFORMED")
     for nonce in ("", "x" * 257, "tab\there"):
         bad = issue_closed_hop(parties.agent, hop1, nonce=nonce)
-        refused(join_hops(credential, hop1, bad), parties, CREDENTIAL, "MANDATE_MALFORMED")
+        chain_refused(join_hops(credential, hop1, bad), parties, CREDENTIAL, "MANDATE_MALFORMED")
 
 
 def test_a_trailing_key_binding_jwt_or_a_fourth_hop_is_refused() -> None:
@@ -465,12 +469,14 @@ def test_a_trailing_key_binding_jwt_or_a_fourth_hop_is_refused() -> None:
     credential, hop1 = chain_parts(parties)
     closed = issue_closed_hop(parties.agent, hop1)
     kb_jwt = closed.split("~")[0]
-    refused(join_hops(credential, hop1) + kb_jwt, parties, CREDENTIAL, "MANDATE_MALFORMED")
+    chain_refused(join_hops(credential, hop1) + kb_jwt, parties, CREDENTIAL, "MANDATE_MALFORMED")
     inside = join_hops(credential + kb_jwt + "~", hop1)
-    refused(inside, parties, CREDENTIAL, "MANDATE_MALFORMED")
+    chain_refused(inside, parties, CREDENTIAL, "MANDATE_MALFORMED")
     again = issue_closed_hop(parties.agent, closed)
-    refused(join_hops(credential, hop1, closed, again), parties, CREDENTIAL, "MANDATE_MALFORMED")
-    refused(join_hops(credential), parties, CREDENTIAL, "MANDATE_MALFORMED")
+    chain_refused(
+        join_hops(credential, hop1, closed, again), parties, CREDENTIAL, "MANDATE_MALFORMED"
+    )
+    chain_refused(join_hops(credential), parties, CREDENTIAL, "MANDATE_MALFORMED")
 
 
 # --- refusals: the mandate -------------------------------------------------------------------
@@ -479,31 +485,36 @@ def test_a_trailing_key_binding_jwt_or_a_fourth_hop_is_refused() -> None:
 def test_an_expired_mandate_is_refused() -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties)
-    error = refused(
+    error = chain_refused(
         join_hops(credential, hop1), parties, MANDATE, "MANDATE_EXPIRED", now=NOW + 3600
     )
     assert "the mandate expired" in error.message
-    assert checked(join_hops(credential, hop1), parties, now=NOW + 3599).expires_at == NOW + 3600
+    assert (
+        verified_chain(join_hops(credential, hop1), parties, now=NOW + 3599).expires_at
+        == NOW + 3600
+    )
 
 
 def test_a_mandate_without_exp_is_refused() -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties, ttl=None)
-    refused(join_hops(credential, hop1), parties, MANDATE, "MANDATE_NO_EXPIRY")
+    chain_refused(join_hops(credential, hop1), parties, MANDATE, "MANDATE_NO_EXPIRY")
 
 
 def test_an_iat_in_the_future_is_refused() -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties)
-    refused(join_hops(credential, hop1), parties, MANDATE, "MANDATE_NOT_YET_VALID", now=NOW - 61)
-    assert checked(join_hops(credential, hop1), parties, now=NOW - 60).issued_at == NOW
+    chain_refused(
+        join_hops(credential, hop1), parties, MANDATE, "MANDATE_NOT_YET_VALID", now=NOW - 61
+    )
+    assert verified_chain(join_hops(credential, hop1), parties, now=NOW - 60).issued_at == NOW
 
 
 def test_a_stale_closed_hop_is_refused() -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties)
     closed = issue_closed_hop(parties.agent, hop1, now=NOW - 301)
-    refused(join_hops(credential, hop1, closed), parties, MANDATE, "MANDATE_EXPIRED")
+    chain_refused(join_hops(credential, hop1, closed), parties, MANDATE, "MANDATE_EXPIRED")
 
 
 @pytest.mark.parametrize(
@@ -512,8 +523,8 @@ def test_a_stale_closed_hop_is_refused() -> None:
 def test_another_vct_is_refused(vct: str) -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties, vct=vct)
-    refused(join_hops(credential, hop1), parties, MANDATE, "MANDATE_VCT_MISMATCH")
-    assert checked(join_hops(credential, hop1), parties, vct=[vct]).vct == vct
+    chain_refused(join_hops(credential, hop1), parties, MANDATE, "MANDATE_VCT_MISMATCH")
+    assert verified_chain(join_hops(credential, hop1), parties, vct=[vct]).vct == vct
 
 
 # --- refusals: the constraints ---------------------------------------------------------------
@@ -531,20 +542,22 @@ def test_another_vct_is_refused(vct: str) -> None:
 def test_an_unknown_constraint_is_refused(constraint: dict[str, Any]) -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties, [budget(100), constraint])
-    refused(join_hops(credential, hop1), parties, UNRESOLVED, "MANDATE_CONSTRAINT_UNKNOWN")
+    chain_refused(join_hops(credential, hop1), parties, UNRESOLVED, "MANDATE_CONSTRAINT_UNKNOWN")
 
 
 def test_a_preset_payment_instrument_is_refused() -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties, payment_instrument={"id": "pi", "type": "card"})
-    refused(join_hops(credential, hop1), parties, UNRESOLVED, "MANDATE_CONSTRAINT_UNKNOWN")
+    chain_refused(join_hops(credential, hop1), parties, UNRESOLVED, "MANDATE_CONSTRAINT_UNKNOWN")
 
 
 def test_an_allow_list_with_every_entry_withheld_is_refused() -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties)
     bare = withhold(hop1, lambda d: d[-1] in (merchant("m1"), merchant("m2")))
-    error = refused(join_hops(credential, bare), parties, UNRESOLVED, "MANDATE_ALLOWLIST_WITHHELD")
+    error = chain_refused(
+        join_hops(credential, bare), parties, UNRESOLVED, "MANDATE_ALLOWLIST_WITHHELD"
+    )
     assert "no allowed payee" in error.message
     oracle_verify(join_hops(credential, bare), {ISSUER_KID: parties.issuer})  # valid SD-JWT
 
@@ -553,9 +566,9 @@ def test_a_withheld_constraint_is_refused() -> None:
     parties = mandate_parties()
     hidden = [budget(100), SDObj(recurrence("DAILY", 3))]
     credential, hop1 = chain_parts(parties, hidden)
-    assert checked(join_hops(credential, hop1), parties).constraints.max_uses == 3
+    assert verified_chain(join_hops(credential, hop1), parties).constraints.max_uses == 3
     bare = withhold(hop1, lambda d: d[-1] == recurrence("DAILY", 3))
-    refused(join_hops(credential, bare), parties, UNRESOLVED, "MANDATE_CONSTRAINT_UNKNOWN")
+    chain_refused(join_hops(credential, bare), parties, UNRESOLVED, "MANDATE_CONSTRAINT_UNKNOWN")
 
 
 def test_an_unbounded_mandate_is_refused() -> None:
@@ -567,9 +580,9 @@ def test_an_unbounded_mandate_is_refused() -> None:
         [reference()],
     ):
         credential, hop1 = chain_parts(parties, unbounded)
-        refused(join_hops(credential, hop1), parties, UNRESOLVED, "MANDATE_UNBOUNDED")
+        chain_refused(join_hops(credential, hop1), parties, UNRESOLVED, "MANDATE_UNBOUNDED")
     credential, hop1 = chain_parts(parties, [amount_range(5000), recurrence("WEEKLY", 4)])
-    bounds = checked(join_hops(credential, hop1), parties).constraints
+    bounds = verified_chain(join_hops(credential, hop1), parties).constraints
     assert (bounds.max_minor, bounds.max_uses, bounds.budget_minor) == (5000, 4, None)
     assert bounds.spacing_seconds == 7 * 86400
 
@@ -578,18 +591,22 @@ def test_an_unknown_currency_or_mixed_currencies_are_refused() -> None:
     parties = mandate_parties()
     for listed in ([budget(100, "XXX")], [budget(100), amount_range(500, currency="EUR")]):
         credential, hop1 = chain_parts(parties, listed)
-        refused(join_hops(credential, hop1), parties, UNRESOLVED, "MANDATE_CONSTRAINT_INVALID")
+        chain_refused(
+            join_hops(credential, hop1), parties, UNRESOLVED, "MANDATE_CONSTRAINT_INVALID"
+        )
 
 
 def test_a_budget_with_more_fractional_digits_than_its_currency_is_refused() -> None:
     parties = mandate_parties()
     for listed in ([budget(1.005)], [budget(1000.5, "JPY")], [budget("100.00")]):
         credential, hop1 = chain_parts(parties, listed)
-        refused(join_hops(credential, hop1), parties, UNRESOLVED, "MANDATE_CONSTRAINT_INVALID")
+        chain_refused(
+            join_hops(credential, hop1), parties, UNRESOLVED, "MANDATE_CONSTRAINT_INVALID"
+        )
     credential, hop1 = chain_parts(parties, [budget(1000, "JPY")])
-    assert checked(join_hops(credential, hop1), parties).constraints.budget_minor == 1000
+    assert verified_chain(join_hops(credential, hop1), parties).constraints.budget_minor == 1000
     credential, hop1 = chain_parts(parties, [budget(2.5, "KWD")])
-    assert checked(join_hops(credential, hop1), parties).constraints.budget_minor == 2500
+    assert verified_chain(join_hops(credential, hop1), parties).constraints.budget_minor == 2500
 
 
 def test_constraints_narrow_each_other_and_the_presets() -> None:
@@ -604,7 +621,7 @@ def test_constraints_narrow_each_other_and_the_presets() -> None:
     credential, hop1 = chain_parts(
         parties, listed, payee=merchant("m2"), payment_amount={"amount": 1500, "currency": "USD"}
     )
-    bounds = checked(join_hops(credential, hop1), parties).constraints
+    bounds = verified_chain(join_hops(credential, hop1), parties).constraints
     assert (bounds.min_minor, bounds.max_minor, bounds.budget_minor) == (1500, 1500, 15000)
     assert (bounds.payees, bounds.reference) == (("m2",), "r")
     assert (bounds.not_before, bounds.not_after) == (1789948800, 1790805599)
@@ -617,5 +634,5 @@ def test_constraints_narrow_each_other_and_the_presets() -> None:
     ):
         credential, hop1 = chain_parts(parties, bad)
         with pytest.raises(MandateError) as caught:
-            checked(join_hops(credential, hop1), parties)
+            verified_chain(join_hops(credential, hop1), parties)
         assert caught.value.code == UNRESOLVED, bad

@@ -29,13 +29,13 @@ from tests.support.mandates import (
 )
 
 
-def encoded(value: Any) -> str:
+def json_b64(value: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
 
 def hand_made(payload: dict[str, Any], *disclosures: str) -> sdjwt.Hop:
     """A hop with ``payload`` and ``disclosures``, signature not checked (resolve only)."""
-    jwt = f"{encoded({'alg': 'ES256', 'typ': 'dc+sd-jwt'})}.{encoded(payload)}.{'A' * 86}"
+    jwt = f"{json_b64({'alg': 'ES256', 'typ': 'dc+sd-jwt'})}.{json_b64(payload)}.{'A' * 86}"
     (hop,) = sdjwt.parse_chain("~".join([jwt, *disclosures, ""]), 65536)
     return hop
 
@@ -48,8 +48,8 @@ def resolution_refused(hop: sdjwt.Hop) -> str:
     return caught.value.message
 
 
-PROPERTY = encoded(["salt-a", "given_name", "Ada"])
-ELEMENT = encoded(["salt-b", {"id": "m1"}])
+PROPERTY = json_b64(["salt-a", "given_name", "Ada"])
+ELEMENT = json_b64(["salt-b", {"id": "m1"}])
 
 
 def test_a_property_and_an_element_resolve_where_their_digests_are() -> None:
@@ -77,12 +77,12 @@ def test_a_property_and_an_element_resolve_where_their_digests_are() -> None:
         ({"_sd": [5]}, [], "not a string"),
         ({"o": {"_sd_alg": "sha-256"}}, [], "only allowed at the top"),
         ({"_sd_alg": "sha-512"}, [], "not sha-256"),
-        ({}, [encoded(["s", "_sd", ["x"]])], "claim name"),
-        ({}, [encoded(["s", "...", "x"])], "claim name"),
-        ({}, [encoded([5, "n", "x"])], "salt"),
-        ({}, [encoded(["s"])], "array of 2 or 3"),
-        ({}, [encoded({"s": 1})], "array of 2 or 3"),
-        ({}, [encoded(["s", "a", "b", "c"])], "array of 2 or 3"),
+        ({}, [json_b64(["s", "_sd", ["x"]])], "claim name"),
+        ({}, [json_b64(["s", "...", "x"])], "claim name"),
+        ({}, [json_b64([5, "n", "x"])], "salt"),
+        ({}, [json_b64(["s"])], "array of 2 or 3"),
+        ({}, [json_b64({"s": 1})], "array of 2 or 3"),
+        ({}, [json_b64(["s", "a", "b", "c"])], "array of 2 or 3"),
         ({}, ["bm90IGpzb24"], "not strict JSON"),
         ({}, [PROPERTY], "answers no digest"),
     ],
@@ -94,8 +94,8 @@ def test_a_misplaced_or_malformed_disclosure_is_refused(
 
 
 def test_a_disclosure_inside_a_disclosure_resolves_and_counts_as_referenced() -> None:
-    inner = encoded(["salt-c", {"id": "m2"}])
-    outer = encoded(["salt-d", "allowed", [{"...": sdjwt.digest(inner)}]])
+    inner = json_b64(["salt-c", {"id": "m2"}])
+    outer = json_b64(["salt-d", "allowed", [{"...": sdjwt.digest(inner)}]])
     resolved = sdjwt.resolve(hand_made({"_sd": [sdjwt.digest(outer)]}, inner, outer))
     assert resolved == {"allowed": [{"id": "m2"}]}
     assert "answers no digest" in resolution_refused(hand_made({}, inner))

@@ -200,7 +200,7 @@ _json = st.recursive(
 )
 
 
-def _check(chain: object) -> None:
+def _verify_any(chain: object) -> None:
     try:
         verify_mandate(chain, _ISSUERS, now=NOW, decimals=decimals_of)  # type: ignore[arg-type]
     except MandateError:
@@ -214,7 +214,7 @@ def _check(chain: object) -> None:
     insert=st.text(alphabet='~.-_=AZaz09{}"[]', max_size=6),
 )
 def test_a_mangled_chain_raises_only_mandate_error(position: int, cut: int, insert: str) -> None:
-    _check(_CHAIN[:position] + insert + _CHAIN[position + cut :])
+    _verify_any(_CHAIN[:position] + insert + _CHAIN[position + cut :])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -224,7 +224,7 @@ def test_a_signed_chain_of_any_json_raises_only_mandate_error(item: Any, constra
     mandate = {**open_mandate(_PARTIES.agent, constraints), "risk_data": item}
     if isinstance(item, dict):
         mandate = {**item, **mandate} if "cnf" in item else {**mandate, **item}
-    _check(join_hops(credential, issue_user_mandate(_PARTIES.user, credential, mandate)))
+    _verify_any(join_hops(credential, issue_user_mandate(_PARTIES.user, credential, mandate)))
 
 
 @settings(max_examples=200, deadline=None)
@@ -234,8 +234,8 @@ def test_a_hop_of_any_json_raises_only_mandate_error(payload: Any) -> None:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
     hop = f"{part({'alg': 'ES256', 'typ': 'dc+sd-jwt', 'kid': 'cred-issuer-1'})}.{part(payload)}."
-    _check(hop + "A" * 86 + "~" + part(["salt", payload]) + "~")
-    _check(hop + "A" * 86 + "~" + part(payload) + "~")
+    _verify_any(hop + "A" * 86 + "~" + part(["salt", payload]) + "~")
+    _verify_any(hop + "A" * 86 + "~" + part(payload) + "~")
 
 
 def test_what_is_not_a_chain_raises_only_mandate_error() -> None:

@@ -207,7 +207,7 @@ def withhold(hop: str, drop: Callable[[list[Any]], bool]) -> str:
     return "~".join([jwt, *[d for d, decoded in pairs if not drop(decoded)], ""])
 
 
-def with_header(hop: str, header: Mapping[str, Any]) -> str:
+def with_jws_header(hop: str, header: Mapping[str, Any]) -> str:
     """``hop`` with its JWS header replaced (the signature left as it was): a forgery."""
     encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
     jwt, *rest = hop.split("~")
