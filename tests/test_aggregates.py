@@ -23,7 +23,7 @@ from paywarden.policy.vocabulary import (
     ReservationStatus,
     Verdict,
 )
-from paywarden.signer.store import schema, sqlite_facts, sqlite_reads
+from paywarden.signer.store import schema, sqlite_facts, sqlite_reads, sqlite_session_facts
 from paywarden.signer.store.records import (
     DecisionRecord,
     Freeze,
@@ -420,8 +420,8 @@ def test_fact_reads_search_indexes_and_never_scan(tmp_path: Path) -> None:
     now = START + 1
     sqlite_facts.agent_usage(conn, AGENTS[0], "USD", "alpha", now, now - DAY, 60)
     sqlite_facts.window_stats(conn, AGENTS[0], now - 3_600, "alpha")
-    sqlite_facts.payee_in_session(conn, SESSIONS[0], "bravo", now)
-    sqlite_facts.live_spend(conn, SESSIONS[0], "USD", now)
+    sqlite_session_facts.payee_in_session(conn, SESSIONS[0], "bravo", now)
+    sqlite_session_facts.live_spend(conn, SESSIONS[0], "USD", now)
     record = sqlite_reads.session(conn, SESSIONS[0], now)
     conn.set_trace_callback(None)
     assert record is not None and record.spent_minor["USD"] == 10 and record.payees == 1

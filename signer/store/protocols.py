@@ -24,10 +24,10 @@ from paywarden.policy.vocabulary import (
     ReservationStatus,
     Vote,
 )
+from paywarden.signer.store.agent_protocols import AgentReadStore
 from paywarden.signer.store.key_protocols import KeyStore
 from paywarden.signer.store.payment_reads import PaymentReadStore
 from paywarden.signer.store.records import (
-    AgentOverview,
     AgentUsage,
     ApprovalRecord,
     Checkpoint,
@@ -304,30 +304,6 @@ class RevocationStore(Protocol):
     def revocation_generation(self) -> int:
         """A number that changes whenever this process revokes through the store (no
         I/O): in-memory views of the revocations reload at once when it moves."""
-
-
-class AgentReadStore(Protocol):
-    """What an operator reads about one agent (``paywarden explain agent``)."""
-
-    def agent_overview(
-        self,
-        agent_id: str,
-        *,
-        assets: Collection[str],
-        keys: Collection[str],
-        now: int,
-        day_start: int,
-        velocity_seconds: int,
-        breaker_seconds: int | None,
-        max_sessions: int,
-    ) -> AgentOverview:
-        """In one read transaction, with the deciding path's own fact reads: the agent's
-        usage in each of ``assets`` (today since ``day_start``, the rolling 24 hours,
-        payments in the last ``velocity_seconds``, payees today), its open sessions (at
-        most ``max_sessions``, soonest expiry first, and their count), its pending
-        approvals, the freezes that stop it (global, the agent, those sessions, ``keys``)
-        and, when ``breaker_seconds`` is given, the breaker's window. Costs what a
-        decision's reads cost plus the agent's open sessions, never its history."""
 
 
 class PolicyReloadStore(Protocol):

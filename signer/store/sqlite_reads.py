@@ -25,7 +25,7 @@ from paywarden.policy.vocabulary import (
     Vote,
 )
 from paywarden.signer.auditlog.append import AuditState
-from paywarden.signer.store import sqlite_facts as facts
+from paywarden.signer.store import sqlite_session_facts as session_facts
 from paywarden.signer.store.decision_text import pack_of, trace_of
 from paywarden.signer.store.records import (
     ApprovalRecord,
@@ -63,7 +63,7 @@ def session(conn: Conn, session_id: str, now: int) -> SessionRecord | None:
     ).fetchone()
     if row is None:
         return None
-    held = facts.open_session_usage(conn, session_id, now)
+    held = session_facts.open_session_usage(conn, session_id, now)
     budgets: dict[str, int] = {}
     spent = dict(held.spent_minor)
     for asset, budget, signed in conn.execute(
@@ -94,7 +94,7 @@ def session(conn: Conn, session_id: str, now: int) -> SessionRecord | None:
         phase=Phase(row[8]),
         pack_id=row[9],
         plan=plan,
-        payees=facts.session_payees(conn, session_id, row[12], held.payees),
+        payees=session_facts.session_payees(conn, session_id, row[12], held.payees),
         pack_version=row[10],
         pack_sha256=row[11],
     )

@@ -20,6 +20,7 @@ from paywarden.signer.auditlog import append
 from paywarden.signer.store import sqlite_facts as facts
 from paywarden.signer.store import sqlite_key_rows as keys
 from paywarden.signer.store import sqlite_reads as reads
+from paywarden.signer.store import sqlite_session_facts as session_facts
 from paywarden.signer.store.decision_text import pack_text, trace_text
 from paywarden.signer.store.records import (
     AgentUsage,
@@ -170,7 +171,7 @@ class SqlitePaymentTx(SqliteSignatureTx):
         )
 
     def payee_in_session(self, session_id: str, payee_key: str, now: int) -> bool:
-        return facts.payee_in_session(self._conn, session_id, payee_key, now)
+        return session_facts.payee_in_session(self._conn, session_id, payee_key, now)
 
     def decision_for_nonce(self, agent_id: str, nonce: str) -> DecisionRecord | None:
         row = self._conn.execute(
@@ -233,7 +234,7 @@ class SqlitePaymentTx(SqliteSignatureTx):
         return int(row[0]) if row is not None else None
 
     def live_spend(self, session_id: str, asset: str, now: int) -> int:
-        return facts.live_spend(self._conn, session_id, asset, now)
+        return session_facts.live_spend(self._conn, session_id, asset, now)
 
     def _reserve(self, r: Reservation) -> None:
         self._conn.execute(
