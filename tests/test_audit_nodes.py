@@ -296,7 +296,7 @@ def test_migrating_a_version_6_log_stores_its_subtrees(tmp_path: Path) -> None:
     store = CountingStore(path)
     store.reads = []
     try:
-        assert store.migrate() == schema.SCHEMA_VERSION == 14
+        assert store.migrate() == schema.SCHEMA_VERSION == 15
         leaves, nodes = _stored(path)
         assert len(leaves) == 77
         assert nodes == {node: h for node, h in _perfect(leaves).items() if node[0] >= 1}

@@ -11,6 +11,8 @@ hashes and DER ``BYTEA``; amounts stay decimal ``TEXT`` as on SQLite.
 
 from __future__ import annotations
 
+from paywarden.signer.store import mandate_schema
+
 BASELINE = 13
 
 _TABLES = """
@@ -286,4 +288,6 @@ MIGRATIONS: dict[int, str] = {
      WHERE body LIKE '%"action":"sign.decision"%'
        AND (body::jsonb) ->> 'action' = 'sign.decision';
     """,
+    # Sessions opened from a human-signed mandate, and the mandate's shared ledger.
+    15: mandate_schema.POSTGRES,
 }

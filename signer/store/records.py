@@ -1,6 +1,6 @@
 """The state store's records (sessions, plans, reservations, decisions, approvals,
-freezes, revocations, checkpoints) and its errors: plain values that every backend reads and
-writes. The interfaces that serve them are in :mod:`.protocols`.
+freezes, revocations, mandates, checkpoints) and its errors: plain values that every
+backend reads and writes. The interfaces that serve them are in :mod:`.protocols`.
 
 Spend is derived from *reservations*: one per allowed or pending decision.
 A reservation is ``spent`` (allowed), ``held`` (waiting for approval, counted
@@ -48,6 +48,7 @@ class SessionRecord:
     # The pack the session was opened under (0 and "": opened before these were kept).
     pack_version: int = 0
     pack_sha256: str = ""
+    mandate_id: str | None = None  # the mandate it was opened from (None: a planner's budget)
 
     def state(self, now: int) -> SessionState:
         if self.closed_at is not None:
@@ -81,6 +82,7 @@ class Reservation:
     expires_at: int
     status: ReservationStatus
     plan_line: int | None = None
+    mandate_id: str | None = None  # its session's mandate: the spend counts against it too
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,67 @@ class WindowStats:
 
 class StoreError(Exception):
     """The store cannot be used (I/O error, locked too long, corrupt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MandateRecord:
+    """A mandate a session was opened from: the bounds it sets over every session opened
+    from it (one row per mandate id, written by the first such session). Amounts are in
+    minor units of ``asset``."""
+
+    id: str  # SHA-256 hex of the compact issuer-signed JWT that carries the mandate
+    agent_id: str  # the agent it was first opened for
+    holder_jkt: str  # RFC 7638 SHA-256 thumbprint (base64url) of the agent key (cnf.jwk)
+    issuer: str  # who signed the chain's root (a trusted issuer's kid, or x5c subject)
+    asset: str  # our asset code (the mandate's currency)
+    terms_sha256: str  # SHA-256 hex of ``terms``
+    terms: str  # RFC 8785 JSON of the mandate-wide terms (for audit and equality)
+    min_minor: int | None  # per payment, inclusive; None: no lower bound
+    max_minor: int | None  # per payment, inclusive; None: no upper bound
+    budget_minor: int  # total over every session of the mandate
+    max_uses: int | None  # payments signed or held, over every session
+    spacing_seconds: int | None  # least time between two uses (recurrence)
+    not_before: int | None  # no payment before (execution date)
+    reference: str | None  # a payment must carry this ref
+    expires_at: int  # the mandate's exp
+    created_at: int
+    revoked_at: int | None = None  # the mandate, or its holder key, revoked
+    revoked_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MandateUse:
+    """What counts against a mandate at ``now``, over every session opened from it: the
+    signed payments (settled into the mandates row) and the open reservations (not signed,
+    not released, expires_at > now), exactly as a session's spend counts."""
+
+    spent_minor: int = 0
+    uses: int = 0
+    last_use_at: int | None = None  # created_at of the newest counted reservation
+
+
+class MandateRevocationKind(StrEnum):
+    """What a mandate revocation names: one mandate, or every mandate of an agent key."""
+
+    MANDATE = "mandate"  # value: a mandate id
+    HOLDER = "holder"  # value: an agent key's RFC 7638 thumbprint
+
+
+@dataclass(frozen=True, slots=True)
+class MandateRevocation:
+    kind: MandateRevocationKind
+    value: str
+    reason: str
+    operator: str  # "operator/<id>"
+    created_at: int
+
+
+class MandateRevoked(StoreError):
+    """Opening a session from a revoked mandate, or from one held by a revoked key."""
+
+
+class MandateMismatch(StoreError):
+    """A session from a stored mandate id with other terms, agent or holder than stored."""
 
 
 class InvariantBroken(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 
-from paywarden.signer.store import sqlite_reloads
+from paywarden.signer.store import mandate_schema, sqlite_reloads
 from paywarden.signer.store.backfills import (
     backfill_facts,
     index_audit_tree,
@@ -18,7 +18,7 @@ from paywarden.signer.store.backfills import (
 )
 from paywarden.signer.store.records import StoreError
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 DECISION_AUDIT = """
     CREATE TABLE decision_audit (
@@ -348,6 +348,8 @@ MIGRATIONS: dict[int, str] = {
     # The audit record of each Sign decision, by the decision's id: a receipt finds the
     # record in one index probe. Filled for an existing log by index_decision_audit.
     14: DECISION_AUDIT,
+    # Sessions opened from a human-signed mandate, and the mandate's shared ledger.
+    15: mandate_schema.SQLITE,
 }
 
 
