@@ -31,7 +31,7 @@ def backfill_facts(conn: Conn) -> None:
         " WHERE r.status = 'spent' AND d.jws IS NOT NULL ORDER BY r.created_at, r.decision_id"
     ).fetchall()
     for (decision_id,) in signed:
-        sqlite_facts.settle(conn, decision_id)
+        sqlite_facts.settle(conn, decision_id, mandates=False)  # version 7: none
 
 
 def index_audit_tree(conn: Conn) -> None:

@@ -26,6 +26,7 @@ from paywarden.policy.vocabulary import (
 )
 from paywarden.signer.store.agent_protocols import AgentReadStore
 from paywarden.signer.store.key_protocols import KeyStore
+from paywarden.signer.store.mandate_protocols import MandateStore, MandateTx
 from paywarden.signer.store.payment_reads import PaymentReadStore
 from paywarden.signer.store.records import (
     AgentUsage,
@@ -35,6 +36,7 @@ from paywarden.signer.store.records import (
     DecisionRecord,
     Freeze,
     KeyVersion,
+    MandateRecord,
     PolicyReload,
     Reservation,
     Revocation,
@@ -103,7 +105,7 @@ class SignatureTx(Protocol):
         """Stores the JWS unless one is stored; True if this stored it."""
 
 
-class PaymentTx(DecidingTx, SignatureTx, Protocol):
+class PaymentTx(DecidingTx, SignatureTx, MandateTx, Protocol):
     """The Sign decision's transaction: the decision, its spend, its audit record and
     its signature are committed together."""
 
@@ -193,8 +195,17 @@ class SessionStore(Protocol):
     """Planners' sessions and plans."""
 
     def create_session(
-        self, session: SessionRecord, decimals: Mapping[str, int], audit: Mapping[str, Any]
-    ) -> None: ...
+        self,
+        session: SessionRecord,
+        decimals: Mapping[str, int],
+        audit: Mapping[str, Any],
+        mandate: MandateRecord | None = None,
+    ) -> None:
+        """Stores the session and its audit record in one transaction. With ``mandate``
+        (then ``session.mandate_id`` is its id), first: MandateRevoked if its holder key
+        or the stored mandate is revoked, MandateMismatch if a stored mandate of that id
+        has other terms, agent or holder; else the mandate's row if it is new. All or
+        nothing."""
 
     def get_session(self, session_id: str, now: int) -> SessionRecord | None: ...
 
@@ -368,6 +379,7 @@ class Store(
     RevocationStore,
     PolicyReloadStore,
     KeyStore,
+    MandateStore,
     StoreLifecycle,
     AgentReadStore,
     PaymentReadStore,

@@ -20,7 +20,7 @@ from typing import Any
 
 from paywarden.policy.vocabulary import FreezeScope, PlanLine
 from paywarden.signer.auditlog.append import AuditState
-from paywarden.signer.store import sqlite_agent
+from paywarden.signer.store import mandate_reads, sqlite_agent
 from paywarden.signer.store import sqlite_reads as reads
 from paywarden.signer.store import sqlite_tx as tx
 from paywarden.signer.store.payment_reads import SqlPaymentReads
@@ -31,6 +31,7 @@ from paywarden.signer.store.records import (
     DecisionAudit,
     DecisionRecord,
     Freeze,
+    MandateRecord,
     Revocation,
     RevocationKind,
     SessionRecord,
@@ -39,6 +40,7 @@ from paywarden.signer.store.records import (
 from paywarden.signer.store.sql import Conn
 from paywarden.signer.store.sqlite_connection import SqliteConnection
 from paywarden.signer.store.sqlite_keys import SqliteKeyStore
+from paywarden.signer.store.sqlite_mandates import SqlMandates
 from paywarden.signer.store.sqlite_reloads import SqlitePolicyReloads
 from paywarden.signer.store.sqlite_tx import (
     SqliteApprovalTx,
@@ -48,7 +50,7 @@ from paywarden.signer.store.sqlite_tx import (
 )
 
 
-class SqlStore(SqlitePolicyReloads, SqliteKeyStore, SqlPaymentReads):
+class SqlStore(SqlitePolicyReloads, SqliteKeyStore, SqlPaymentReads, SqlMandates):
     """Every use case's protocol (:class:`~paywarden.signer.store.protocols.Store`) in the
     SQL both backends run, on a backend's :class:`~.connection.Connection`."""
 
@@ -65,20 +67,28 @@ class SqlStore(SqlitePolicyReloads, SqliteKeyStore, SqlPaymentReads):
         return sorted({a for a, d in stored if decimals.get(a) != d})
 
     def create_session(
-        self, session: SessionRecord, decimals: Mapping[str, int], audit: Mapping[str, Any]
+        self,
+        session: SessionRecord,
+        decimals: Mapping[str, int],
+        audit: Mapping[str, Any],
+        mandate: MandateRecord | None = None,
     ) -> None:
         s = session
+        if s.mandate_id != (mandate.id if mandate is not None else None):
+            raise ValueError("a session carries the id of the mandate it is opened from")
         try:
             with self._write() as conn:
+                if mandate is not None:  # refused before anything is written
+                    mandate_reads.open_mandate(conn, mandate)
                 tx.append_audit(conn, audit)
                 conn.execute(
                     "INSERT INTO sessions (id, agent_id, planner_id, task_digest, created_at,"
                     " expires_at, closed_at, allowed_payees, phase, pack_id, pack_version,"
-                    " pack_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " pack_sha256, mandate_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         s.id, s.agent_id, s.planner_id, s.task_digest, s.created_at,
                         s.expires_at, s.closed_at, json.dumps(list(s.allowed_payees)),
-                        s.phase, s.pack_id, s.pack_version, s.pack_sha256,
+                        s.phase, s.pack_id, s.pack_version, s.pack_sha256, s.mandate_id,
                     ),
                 )  # fmt: skip
                 for asset, budget in s.budgets_minor.items():

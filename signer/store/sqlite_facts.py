@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from paywarden.policy.vocabulary import ReservationStatus, Verdict
+from paywarden.signer.store import mandate_facts
 from paywarden.signer.store.records import AgentUsage, InvariantBroken, WindowStats
 from paywarden.signer.store.sql import Conn
 
@@ -39,14 +40,17 @@ OPEN = "signed = 0 AND status != 'released'"
 # -- writes: settling a signed reservation, counting a decision ----------------------------
 
 
-def settle(conn: Conn, decision_id: str) -> None:
+def settle(conn: Conn, decision_id: str, *, mandates: bool = True) -> None:
     """Moves a reservation into the aggregates once it is both spent and signed (in
-    either order); nothing if it is not, or was settled already."""
-    # Marked signed, returning with it the rows it adds to: its session's spend and the
-    # agent's newest spend and payments rows (one statement; RETURNING: SQLite 3.35).
+    either order); nothing if it is not, or was settled already. ``mandates``: False
+    in a migration before mandates were kept (version 15)."""
+    # Marked signed, returning with it the rows it adds to: its session's spend, the
+    # agent's newest spend and payments rows and its mandate's ledger (one statement;
+    # RETURNING: SQLite 3.35).
     r = "reservations"
     latest = f"FROM agent_spend s WHERE s.agent_id = {r}.agent_id AND s.asset = {r}.asset"
     paid = f"FROM agent_payments p WHERE p.agent_id = {r}.agent_id ORDER BY p.at DESC LIMIT 1"
+    mandate = mandate_facts.RETURNING if mandates else "NULL, NULL, NULL"
     rows = conn.execute(
         "UPDATE reservations SET signed = 1 WHERE decision_id = ? AND signed = 0"  # noqa: S608 - constant text
         " AND status = 'spent' AND (SELECT jws FROM decisions WHERE id = ?) IS NOT NULL"
@@ -54,13 +58,15 @@ def settle(conn: Conn, decision_id: str) -> None:
         f" (SELECT b.spent_minor FROM session_budgets b WHERE b.session_id = {r}.session_id"
         f" AND b.asset = {r}.asset), (SELECT s.at {latest} ORDER BY s.at DESC LIMIT 1),"
         f" (SELECT s.total {latest} ORDER BY s.at DESC LIMIT 1),"
-        f" (SELECT p.at {paid}), (SELECT p.total {paid})",
+        f" (SELECT p.at {paid}), (SELECT p.total {paid}), {mandate}",
         (decision_id, decision_id),
     ).fetchall()
     if not rows:
         return
-    agent_id, session_id, asset, payee_key, amount_text, at, plan_line, spent, *newest = rows[0]
+    agent_id, session_id, asset, payee_key, amount_text, at, plan_line, spent = rows[0][:8]
+    newest, mandate = rows[0][8:12], rows[0][12:]
     amount = int(amount_text)
+    mandate_facts.settle(conn, mandate, asset, amount, at)
     _add_spend(conn, agent_id, asset, at, amount, None if newest[0] is None else newest[:2])
     _add_counts(conn, "agent_payments", ("total",), agent_id, at, (1,), newest[2:])
     conn.execute(

@@ -57,7 +57,7 @@ def session(conn: Conn, session_id: str, now: int) -> SessionRecord | None:
     unsigned reservations (:mod:`.sqlite_facts`)."""
     row = conn.execute(
         "SELECT id, agent_id, planner_id, task_digest, created_at, expires_at, closed_at,"
-        " allowed_payees, phase, pack_id, pack_version, pack_sha256, signed_payees"
+        " allowed_payees, phase, pack_id, pack_version, pack_sha256, signed_payees, mandate_id"
         " FROM sessions WHERE id = ?",
         (session_id,),
     ).fetchone()
@@ -97,6 +97,7 @@ def session(conn: Conn, session_id: str, now: int) -> SessionRecord | None:
         payees=session_facts.session_payees(conn, session_id, row[12], held.payees),
         pack_version=row[10],
         pack_sha256=row[11],
+        mandate_id=row[13],
     )
 
 
@@ -141,7 +142,7 @@ def decision_by_id(conn: Conn, decision_id: str) -> DecisionRecord | None:
 def reservation(conn: Conn, decision_id: str) -> Reservation | None:
     row = conn.execute(
         "SELECT decision_id, agent_id, session_id, asset, payee_key, amount_minor, created_at,"
-        " expires_at, status, plan_line FROM reservations WHERE decision_id = ?",
+        " expires_at, status, plan_line, mandate_id FROM reservations WHERE decision_id = ?",
         (decision_id,),
     ).fetchone()
     if row is None:
@@ -157,6 +158,7 @@ def reservation(conn: Conn, decision_id: str) -> Reservation | None:
         expires_at=row[7],
         status=ReservationStatus(row[8]),
         plan_line=row[9],
+        mandate_id=row[10],
     )
 
 

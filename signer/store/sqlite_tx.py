@@ -17,6 +17,7 @@ from typing import Any
 
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Vote
 from paywarden.signer.auditlog import append
+from paywarden.signer.store import mandate_reads
 from paywarden.signer.store import sqlite_facts as facts
 from paywarden.signer.store import sqlite_key_rows as keys
 from paywarden.signer.store import sqlite_reads as reads
@@ -27,7 +28,10 @@ from paywarden.signer.store.records import (
     ApprovalRecord,
     DecisionRecord,
     Freeze,
+    InvariantBroken,
     KeyVersion,
+    MandateRecord,
+    MandateUse,
     Reservation,
     SessionRecord,
     StoreError,
@@ -237,15 +241,25 @@ class SqlitePaymentTx(SqliteSignatureTx):
         return session_facts.live_spend(self._conn, session_id, asset, now)
 
     def _reserve(self, r: Reservation) -> None:
-        self._conn.execute(
-            "INSERT INTO reservations (decision_id, agent_id, session_id, asset, payee_key,"
-            " amount_minor, created_at, expires_at, status, plan_line)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        # The session's mandate is the reservation's: its spend counts against the
+        # mandate even if the caller left it out, and naming another mandate is a bug.
+        mandate = "(SELECT mandate_id FROM sessions WHERE id = ?)"
+        stored, session_mandate = self._conn.execute(
+            "INSERT INTO reservations (decision_id, agent_id, session_id, asset, payee_key,"  # noqa: S608 - constant text
+            " amount_minor, created_at, expires_at, status, plan_line, mandate_id)"
+            f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, {mandate}))"
+            f" RETURNING mandate_id, {mandate}",
             (
                 r.decision_id, r.agent_id, r.session_id, r.asset, r.payee_key,
                 str(r.amount_minor), r.created_at, r.expires_at, r.status, r.plan_line,
+                r.mandate_id, r.session_id, r.session_id,
             ),
-        )  # fmt: skip
+        ).fetchone()  # fmt: skip
+        if stored != session_mandate:
+            raise InvariantBroken(f"a reservation of mandate {stored} in a session of another")
+
+    def mandate(self, mandate_id: str, now: int) -> tuple[MandateRecord, MandateUse] | None:
+        return mandate_reads.mandate(self._conn, mandate_id, now)
 
     def window_stats(self, agent_id: str, since: int, payee_key: str) -> WindowStats:
         # An operator's unfreeze starts the breaker's window afresh for the agent.
