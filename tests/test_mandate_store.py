@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from paywarden.policy.vocabulary import ReservationStatus, Verdict
-from paywarden.signer.store import mandate_reads
+from paywarden.signer.auditlog.checkpoints import Checkpoint, checkpoint_body, encode_signature
+from paywarden.signer.store import mandate_reads, sqlite_to_postgres
+from paywarden.signer.store.postgres import PostgresStore
 from paywarden.signer.store.records import (
     DecisionRecord,
     InvariantBroken,
@@ -32,6 +36,7 @@ from paywarden.signer.store.sql import Conn
 from paywarden.signer.store.sqlite import SqliteStore, SqlStore
 
 from tests.support.backends import Stores
+from tests.support.postgres import PgCluster
 from tests.support.stored import attach
 
 pytestmark = pytest.mark.both_backends
@@ -376,3 +381,37 @@ def test_the_mandate_s_reads_search_indexes_and_never_scan(tmp_path: Path) -> No
         assert [p for p in plan if p.startswith("SEARCH")], (statement, plan)
     assert "INDEXED BY reservations_open_mandate " in "\n".join(statements)
     conn.close()
+
+
+def test_the_copy_to_postgresql_keeps_mandates_their_ledger_and_revocations(
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str
+) -> None:
+    path = tmp_path / "s.db"
+    lite = SqliteStore(path)
+    lite.migrate()
+    lite.create_session(_ledger_session(0, _stored_mandate()), {"USD": 2}, AUDIT, _stored_mandate())
+    with lite.payment_tx() as tx:
+        _ledger_payment(tx, 1, 100)
+        _ledger_payment(tx, 2, 200, at=T0 + 1, jws="jws-2")
+    holder = _mandate_revocation(MandateRevocationKind.HOLDER, "another-key", T0)
+    lite.revoke_mandate(holder, AUDIT)
+    before = lite.mandate(MID, T0 + 2)
+    key = ec.generate_private_key(ec.SECP256R1())  # the audit key, in software here
+    size, root = lite.audit_head()
+    body = checkpoint_body(size, root, T0 + 3, "audit-1")
+    r, s = utils.decode_dss_signature(key.sign(body, ec.ECDSA(hashes.SHA256())))
+    signature = encode_signature(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    lite.add_checkpoint(Checkpoint(size, root.hex(), T0 + 3, "audit-1", body.decode(), signature))
+    lite.close()
+    secret = pg_cluster.password_file.read_text(encoding="utf-8").strip()
+    done = sqlite_to_postgres.migrate(path, pg_url, secret, [key.public_key()])
+    assert ("mandates", 1) in done.tables and ("mandate_revocations", 1) in done.tables
+    pg = PostgresStore(pg_url, password=secret, pool_size=1)
+    try:
+        assert before is not None and before[1] == MandateUse(300, 2, T0 + 1)
+        assert pg.mandate(MID, T0 + 2) == before
+        assert pg.mandate_revocations() == [holder]
+        session = pg.get_session("ses_mandate_0", T0 + 2)
+        assert session is not None and session.mandate_id == MID
+    finally:
+        pg.close()
