@@ -27,6 +27,7 @@ from paywarden.hsm.audit_bodies import (
     RECEIPT_FIELDS,
     RECEIPT_TYPE,
     audit_body,
+    mandate_receipt_input,
 )
 from paywarden.hsm.errors import (
     HsmError,
@@ -387,6 +388,13 @@ class Hsm(EvmSigning):
         """
         audit_body(body, RECEIPT_TYPE, RECEIPT_FIELDS)
         return self._sign_audit(body, "receipt")
+
+    def sign_mandate_receipt(self, signing_input: bytes) -> bytes:
+        """ES256 (r||s) over SHA-256 of a mandate receipt's JWS signing input, with the
+        audit key only (:func:`~paywarden.hsm.audit_bodies.mandate_receipt_input` says
+        what is accepted; :class:`ValueError` otherwise)."""
+        mandate_receipt_input(signing_input)
+        return self._sign_audit(signing_input, "mandate receipt")
 
     def _sign_audit(self, body: bytes, what: str) -> bytes:
         """The audit key's ES256 (r||s) over SHA-256 of ``body``, under the one lock."""
