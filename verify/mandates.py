@@ -86,7 +86,10 @@ class VerifiedMandate:
     vct: str
     holder_jkt: str  # RFC 7638 thumbprint of the mandate's cnf.jwk (the agent key)
     issued_at: int
-    expires_at: int
+    expires_at: int  # the least exp of the chain as presented
+    # the least exp of the credential and the mandate (a closed agent hop's left out):
+    # the same for every presentation of the mandate
+    mandate_expires_at: int
     constraints: Constraints
     disclosed: Mapping[str, Any]  # the mandate item's claims, disclosures resolved
     hops: int
@@ -218,6 +221,7 @@ def _verify(
     rest = hops[mandate_hop.index + 1 :]
     if len(rest) > 1:
         raise E.credential(E.MALFORMED, "only one closed agent hop may follow the mandate")
+    mandate_ends = min(e for e in expiries if e is not None)  # without the closed hop's
     presentation = nonce = None
     if rest:
         nonce, exp = _closed_hop(rest[0], mandate_hop, agent, now=now, audience=options["audience"])
@@ -230,6 +234,7 @@ def _verify(
         holder_jkt=holder_jkt,
         issued_at=issued_at,
         expires_at=min(e for e in expiries if e is not None),
+        mandate_expires_at=mandate_ends,
         constraints=bounds,
         disclosed=strip(item),
         hops=len(hops),
