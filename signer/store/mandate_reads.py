@@ -17,6 +17,7 @@ from paywarden.signer.store.records import (
     InvariantBroken,
     MandateMismatch,
     MandateRecord,
+    MandateReplayed,
     MandateRevocation,
     MandateRevocationKind,
     MandateRevoked,
@@ -120,6 +121,18 @@ def open_mandate(conn: Conn, m: MandateRecord) -> None:
         raise MandateRevoked(f"mandate {m.id} is revoked")
     if (agent_id, holder_jkt, terms_sha256) != (m.agent_id, m.holder_jkt, m.terms_sha256):
         raise MandateMismatch(f"mandate {m.id} is stored with other terms, agent or holder")
+
+
+def present(conn: Conn, presentation: str, mandate_id: str, now: int) -> None:
+    """Records the closed agent hop a session is opened with; :class:`MandateReplayed`
+    if one was opened with it before (in the session's transaction: undone with it)."""
+    added = conn.execute(
+        "INSERT INTO mandate_presentations (sha256, mandate_id, created_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (sha256) DO NOTHING",
+        (presentation, mandate_id, now),
+    ).rowcount
+    if added != 1:
+        raise MandateReplayed(f"the closed hop {presentation} opened a session before")
 
 
 def _text(amount: int | None) -> str | None:

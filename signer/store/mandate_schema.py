@@ -8,8 +8,10 @@ the transaction that signs. The *open* use (reservations neither signed nor rele
 is read through the partial index ``reservations_open_mandate``, as a session's is
 through ``reservations_open_session``. ``mandate_revocations`` holds the operators'
 revocations, by mandate id or by agent key thumbprint; a revoked mandate row also
-carries ``revoked_at``. Rows are never deleted and a revocation is never lifted: the
-triggers refuse it. Amounts are decimal TEXT, as everywhere in the store.
+carries ``revoked_at``. ``mandate_presentations`` holds the hash of every closed agent
+hop a session was opened with: each opens one session only. Rows are never deleted and
+a revocation is never lifted: the triggers refuse it. Amounts are decimal TEXT, as
+everywhere in the store.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ CREATE TABLE mandate_revocations (
     operator TEXT NOT NULL,
     created_at {integer} NOT NULL,
     PRIMARY KEY (kind, value)
+);
+CREATE TABLE mandate_presentations (
+    sha256 TEXT PRIMARY KEY,
+    mandate_id TEXT NOT NULL,
+    created_at {integer} NOT NULL
 );
 """
 

@@ -200,12 +200,14 @@ class SessionStore(Protocol):
         decimals: Mapping[str, int],
         audit: Mapping[str, Any],
         mandate: MandateRecord | None = None,
+        presentation: str | None = None,
     ) -> None:
         """Stores the session and its audit record in one transaction. With ``mandate``
         (then ``session.mandate_id`` is its id), first: MandateRevoked if its holder key
         or the stored mandate is revoked, MandateMismatch if a stored mandate of that id
-        has other terms, agent or holder; else the mandate's row if it is new. All or
-        nothing."""
+        has other terms, agent or holder; else the mandate's row if it is new; then
+        MandateReplayed if ``presentation`` (a closed agent hop's hash) opened a session
+        before. All or nothing."""
 
     def get_session(self, session_id: str, now: int) -> SessionRecord | None: ...
 

@@ -290,6 +290,10 @@ class MandateMismatch(StoreError):
     """A session from a stored mandate id with other terms, agent or holder than stored."""
 
 
+class MandateReplayed(StoreError):
+    """A session opened with a closed agent hop that opened one before."""
+
+
 class InvariantBroken(Exception):
     """The store's contents break a rule every write keeps (a held payment without
     its approval, spend beyond a budget the policy just checked): a bug or an edit

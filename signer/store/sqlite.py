@@ -72,6 +72,7 @@ class SqlStore(SqlitePolicyReloads, SqliteKeyStore, SqlPaymentReads, SqlMandates
         decimals: Mapping[str, int],
         audit: Mapping[str, Any],
         mandate: MandateRecord | None = None,
+        presentation: str | None = None,
     ) -> None:
         s = session
         if s.mandate_id != (mandate.id if mandate is not None else None):
@@ -80,6 +81,8 @@ class SqlStore(SqlitePolicyReloads, SqliteKeyStore, SqlPaymentReads, SqlMandates
             with self._write() as conn:
                 if mandate is not None:  # refused before anything is written
                     mandate_reads.open_mandate(conn, mandate)
+                    if presentation is not None:
+                        mandate_reads.present(conn, presentation, mandate.id, s.created_at)
                 tx.append_audit(conn, audit)
                 conn.execute(
                     "INSERT INTO sessions (id, agent_id, planner_id, task_digest, created_at,"
