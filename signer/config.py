@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from paywarden.hsm import KeyRef
 from paywarden.policy.vocabulary import AmountError, Asset, KeyProfile, parse_amount
+from paywarden.signer.mandate_config import MandateConfig
 from paywarden.signer.x402_config import X402AssetConfig, addresses_fold_case, one_code_per_token
 from pydantic import (
     BaseModel,
@@ -342,6 +343,7 @@ class Config(_Model):
     groups: dict[str, list[str]] = Field(default_factory=dict)
     assets: dict[str, AssetConfig] = Field(default_factory=_default_assets)
     keys: list[KeyConfig] = Field(default_factory=_default_keys)
+    mandates: MandateConfig = MandateConfig()
 
     @field_validator("assets")
     @classmethod

@@ -26,6 +26,8 @@ class PaywardenError(Exception):
         self.message = message
         self.decision_id = decision_id
         self.audit_seq = audit_seq  # the audit record of this answer, once written
+        # An AP2 error receipt (compact JWS by the audit key) of a refused mandate.
+        self.receipt: str | None = None
 
     def diagnostics(self) -> str:
         return f"[{self.reason}] {self.message}"

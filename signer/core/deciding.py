@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from paywarden.policy import AllOf, Decision, Facts, PolicyPack, Verdict, evaluate, normalise
 from paywarden.policy.breaker import breaker_denial, breaker_trips
+from paywarden.policy.engine import RuleResult
 from paywarden.policy.vocabulary import (
     FreezeScope,
     FreezeSource,
@@ -26,6 +27,7 @@ from paywarden.signer.core.backstop import check_budget
 from paywarden.signer.core.deps import Deps
 from paywarden.signer.core.facts import day_start, payment_facts
 from paywarden.signer.core.keys import KeyView, evm_address, resolve
+from paywarden.signer.core.mandate_checks import MandatePayment, mandate_result, with_mandate
 from paywarden.signer.core.payments import Intent, check_expiry, claims
 from paywarden.signer.core.recording import holds, new_record
 from paywarden.signer.core.refusing import Refusals, RetryKind, breaker_freeze
@@ -47,6 +49,7 @@ from paywarden.signer.store.records import (
     AgentUsage,
     ApprovalRecord,
     DecisionRecord,
+    InvariantBroken,
     SessionRecord,
 )
 
@@ -108,7 +111,7 @@ class Decider:
         if previous is not None:
             return self._answer_retry(tx, caller, previous, session, now), _nothing
         read = self._facts(tx, caller, intent, session, now)
-        decision, tripped = self._evaluate(tx, caller, intent, read, now)
+        decision, tripped = self._evaluate(tx, caller, intent, session, read, now)
         decided, froze = self._commit(
             tx, caller, intent, request_hash, session, read, decision, tripped, now, sign
         )
@@ -235,17 +238,34 @@ class Decider:
         return _Read(pack, policy, payee_key, usage, facts)
 
     def _evaluate(
-        self, tx: PaymentTx, caller: Principal, intent: Intent, read: _Read, now: int
+        self,
+        tx: PaymentTx,
+        caller: Principal,
+        intent: Intent,
+        session: SessionRecord,
+        read: _Read,
+        now: int,
     ) -> tuple[Decision, str | None]:
-        """The policy's decision, and why the agent's breaker trips with it (None:
-        it does not)."""
+        """The policy's decision, held to the session's mandate if it has one, and why
+        the agent's breaker trips with it (None: it does not)."""
         decision = evaluate(read.policy, read.facts)
+        if session.mandate_id is not None:
+            decision = with_mandate(decision, self._mandate(tx, session.mandate_id, intent, now))
         # The breaker judges the window as it would be with this payment in it:
         # the payment that would cross its threshold is denied, not signed.
         tripped = self._breaker_trip(tx, read.pack, caller, now, decision, intent, read.payee_key)
         if tripped is not None and decision.verdict is not Verdict.DENY:
             decision = breaker_denial(decision, tripped)
         return decision, tripped
+
+    def _mandate(self, tx: PaymentTx, mandate_id: str, intent: Intent, now: int) -> RuleResult:
+        """The ``mandate`` rule, on the mandate's row and use read in this transaction."""
+        found = tx.mandate(mandate_id, now)
+        if found is None:  # a session names a mandate the store lacks: never sign
+            raise InvariantBroken(f"the session's mandate {mandate_id} is not stored")
+        mandate, use = found
+        payment = MandatePayment(intent.asset, intent.amount.minor, intent.reference)
+        return mandate_result(mandate, use, payment, now)
 
     def _breaker_trip(
         self,

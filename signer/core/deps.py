@@ -22,6 +22,7 @@ from paywarden.signer.config import AuditConfig, Config, LimitsConfig
 from paywarden.signer.core.policy_set import LivePolicy, PolicySet
 from paywarden.signer.errors import Forbidden, Internal, Reason, Unavailable
 from paywarden.signer.identity import Principal, Role
+from paywarden.signer.mandate_config import MandateSettings
 from paywarden.signer.metrics import Metrics
 from paywarden.signer.store.protocols import Store
 from paywarden.signer.store.records import InvariantBroken, StoreError
@@ -48,6 +49,8 @@ class Deps:
     key_profiles: Mapping[str, KeyProfile] = field(default_factory=dict)
     # the assets paid with x402, by code
     x402: Mapping[str, X402AssetConfig] = field(default_factory=dict)
+    # whom a mandate chain may be rooted in, and the agents' mandate keys
+    mandates: MandateSettings = field(default_factory=MandateSettings.none)
 
     @classmethod
     def from_config(
@@ -73,6 +76,7 @@ class Deps:
             payment_keys=frozenset(k.ref().key_id for k in config.keys),
             key_profiles=config.key_profiles(),
             x402={code: a.x402 for code, a in config.assets.items() if a.x402 is not None},
+            mandates=MandateSettings.of(config.mandates),
         )
 
     @property

@@ -68,6 +68,7 @@ def holds(
         expires_at=ends,
         status=ReservationStatus.HELD if held else ReservationStatus.SPENT,
         plan_line=decision.plan_line,
+        mandate_id=session.mandate_id,
     )
     approval = None
     if held:

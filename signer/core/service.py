@@ -25,6 +25,7 @@ from paywarden.signer.core.deps import Deps
 from paywarden.signer.core.explain import Explain
 from paywarden.signer.core.freezes import Freezes
 from paywarden.signer.core.keys import KeyView, PublicKeys
+from paywarden.signer.core.mandate_revocations import MandateRevocations
 from paywarden.signer.core.payments import IntentFields
 from paywarden.signer.core.receipts import Receipts
 from paywarden.signer.core.refusing import Refusals
@@ -76,6 +77,7 @@ class SigningService:
         self.checkpoints = Checkpoints(deps)
         self.receipts = Receipts(deps, self.checkpoints)
         self.revocations = Revocations(deps)
+        self.mandates = MandateRevocations(deps)
         self.explain = Explain(deps, self.refusals)
         self.reloads = PolicyReloads(deps, config.policy.dir, config.groups)
 
@@ -95,9 +97,17 @@ class SigningService:
         ttl_seconds: int,
         allowed_payees: list[str],
         plan_bound: bool = False,
+        mandate: str = "",
     ) -> SessionView:
         return self.sessions.open_session(
-            caller, agent_id, task_description, budgets, ttl_seconds, allowed_payees, plan_bound
+            caller,
+            agent_id,
+            task_description,
+            budgets,
+            ttl_seconds,
+            allowed_payees,
+            plan_bound,
+            mandate,
         )
 
     def get_session(self, caller: Principal, session_id: str) -> SessionView:

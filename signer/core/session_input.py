@@ -45,6 +45,16 @@ class SessionSpec:
     allowed_payees: tuple[str, ...]
 
 
+def validate_agent_and_task(agent_id: str, task_description: str) -> tuple[str, str]:
+    """The agent id and the task description of an OpenSession request, checked."""
+    if not agent_id:
+        raise InvalidInput(Reason.FIELD_MISSING, "agent_id is required")
+    if not PRINCIPAL_ID.fullmatch(agent_id):
+        raise InvalidInput(Reason.STRING_INVALID, "agent_id is not a valid principal id")
+    task = clean_text("task_description", task_description, max_len=MAX_TASK, allow_newlines=True)
+    return agent_id, task
+
+
 def validate_session_request(
     agent_id: str,
     task_description: str,
@@ -55,11 +65,7 @@ def validate_session_request(
     assets: Mapping[str, Asset],
     max_ttl: int,
 ) -> SessionSpec:
-    if not agent_id:
-        raise InvalidInput(Reason.FIELD_MISSING, "agent_id is required")
-    if not PRINCIPAL_ID.fullmatch(agent_id):
-        raise InvalidInput(Reason.STRING_INVALID, "agent_id is not a valid principal id")
-    task = clean_text("task_description", task_description, max_len=MAX_TASK, allow_newlines=True)
+    agent_id, task = validate_agent_and_task(agent_id, task_description)
     if not budgets:
         raise InvalidInput(Reason.BUDGET_INVALID, "at least one budget is required")
     budgets_minor: dict[str, int] = {}

@@ -8,22 +8,38 @@ it opened.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from paywarden.policy import check_session
+from paywarden.policy import PolicyPack, check_session
 from paywarden.policy.vocabulary import Phase, SessionState
 from paywarden.signer.core import audit_events, withdrawal
 from paywarden.signer.core.deps import Deps, amount_text, require, store_call
+from paywarden.signer.core.mandate_sessions import MandateOpening
 from paywarden.signer.core.plans import PlanInput, validate_plan
 from paywarden.signer.core.session_input import (
     new_session_id,
     parse_session_id,
+    validate_agent_and_task,
     validate_session_request,
 )
 from paywarden.signer.core.views import SessionView
 from paywarden.signer.encoding import sha256_hex
-from paywarden.signer.errors import Denied, Forbidden, NotFound, Reason, SessionNotUsable
+from paywarden.signer.errors import (
+    Denied,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Reason,
+    SessionNotUsable,
+)
 from paywarden.signer.identity import Principal, Role
-from paywarden.signer.store.records import SessionRecord
+from paywarden.signer.store.records import (
+    MandateMismatch,
+    MandateReplayed,
+    MandateRevoked,
+    SessionRecord,
+)
+from paywarden.verify.mandates import MandateCode
 
 log = logging.getLogger("paywarden.signer")
 
@@ -31,6 +47,7 @@ log = logging.getLogger("paywarden.signer")
 class Sessions:
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
+        self._mandates = MandateOpening(deps, deps.mandates)
         self._store = deps.store
         self._assets = deps.assets
         self._metrics = deps.metrics
@@ -44,8 +61,14 @@ class Sessions:
         ttl_seconds: int,
         allowed_payees: list[str],
         plan_bound: bool = False,
+        mandate: str = "",
     ) -> SessionView:
         require(caller, Role.PLANNER)
+        if mandate:
+            return self._open_from_mandate(
+                caller, agent_id, task_description, budgets, ttl_seconds, allowed_payees,
+                plan_bound, mandate,
+            )  # fmt: skip
         spec = validate_session_request(
             agent_id,
             task_description,
@@ -55,9 +78,7 @@ class Sessions:
             assets=self._assets,
             max_ttl=self._deps.limits.max_session_ttl_seconds,
         )
-        pack = self._deps.packs.for_agent(spec.agent_id)
-        if pack is None:
-            raise Denied(Reason.NO_POLICY_PACK, "no policy pack applies to this agent")
+        pack = self._pack(spec.agent_id)
         violation = check_session(
             pack,
             self._assets,
@@ -69,24 +90,132 @@ class Sessions:
         if violation is not None:
             raise Denied(violation.reason, violation.message)
         now = self._deps.now()
-        record = SessionRecord(
+        record = self._record(
+            caller, spec.agent_id, spec.task_description, pack, plan_bound, now,
+            now + spec.ttl_seconds, spec.budgets_minor, spec.allowed_payees,
+        )  # fmt: skip
+        opened = self._opened(caller, record, now)
+        store_call(lambda: self._store.create_session(record, self._decimals(record), opened))
+        log.info("session opened", extra={"session_id": record.id, "planner": caller.id})
+        return self._view(record, now)
+
+    def _open_from_mandate(
+        self,
+        caller: Principal,
+        agent_id: str,
+        task_description: str,
+        budgets: list[tuple[str, str]],
+        ttl_seconds: int,
+        allowed_payees: list[str],
+        plan_bound: bool,
+        chain: str,
+    ) -> SessionView:
+        """A session bounded by a human-signed mandate (:mod:`.mandate_sessions`)."""
+        if budgets or allowed_payees:
+            raise InvalidInput(
+                Reason.BUDGET_INVALID,
+                "a session opened from a mandate takes its budget and payees from the mandate",
+            )
+        max_ttl = self._deps.limits.max_session_ttl_seconds
+        if not 0 <= ttl_seconds <= max_ttl:
+            raise InvalidInput(Reason.TTL_INVALID, f"ttl_seconds must be between 0 and {max_ttl}")
+        agent, task = validate_agent_and_task(agent_id, task_description)
+        pack = self._pack(agent)
+        now = self._deps.now()
+        opening = self._mandates
+        verified = opening.verify(chain, agent, now)
+        derived = opening.derive(verified, chain, agent, pack, ttl_seconds, now)
+        budgets_minor = {derived.mandate.asset: derived.budget_minor}
+        violation = check_session(
+            pack, self._assets, budgets_minor, derived.expires_at - now, derived.payees, plan_bound
+        )
+        if violation is not None:
+            raise opening.refused(
+                violation.reason, violation.message, MandateCode.INVALID_MANDATE, chain,
+                verified.id, denied=True,
+            )  # fmt: skip
+        record = self._record(
+            caller, agent, task, pack, plan_bound, now, derived.expires_at, budgets_minor,
+            derived.payees, mandate_id=verified.id,
+        )  # fmt: skip
+        opened = self._opened(caller, record, now, mandate=derived.audit)
+        decimals = self._decimals(record)
+
+        def create() -> tuple[Reason, str] | None:
+            try:
+                self._store.create_session(
+                    record, decimals, opened, derived.mandate, derived.presentation
+                )
+            except MandateRevoked:
+                return Reason.MANDATE_REVOKED, "the mandate, or the agent key it binds, is revoked"
+            except MandateMismatch:
+                return (
+                    Reason.MANDATE_MISMATCH,
+                    "a session was opened from this mandate on other terms",
+                )
+            except MandateReplayed:
+                return Reason.MANDATE_HOP_REPLAYED, "this closed agent hop was presented before"
+            return None
+
+        refused = store_call(create)
+        if refused is not None:
+            raise opening.refused(*refused, MandateCode.INVALID_MANDATE, chain, verified.id)
+        log.info(
+            "session opened from a mandate",
+            extra={"session_id": record.id, "planner": caller.id, "mandate_id": verified.id},
+        )
+        return self._view(record, now)
+
+    def _pack(self, agent_id: str) -> PolicyPack:
+        pack = self._deps.packs.for_agent(agent_id)
+        if pack is None:
+            raise Denied(Reason.NO_POLICY_PACK, "no policy pack applies to this agent")
+        return pack
+
+    def _record(
+        self,
+        caller: Principal,
+        agent_id: str,
+        task: str,
+        pack: PolicyPack,
+        plan_bound: bool,
+        now: int,
+        expires_at: int,
+        budgets_minor: dict[str, int],
+        payees: tuple[str, ...],
+        mandate_id: str | None = None,
+    ) -> SessionRecord:
+        return SessionRecord(
             id=new_session_id(),
-            agent_id=spec.agent_id,
+            agent_id=agent_id,
             planner_id=caller.id,
-            task_digest=sha256_hex(spec.task_description),
+            task_digest=sha256_hex(task),
             created_at=now,
-            expires_at=now + spec.ttl_seconds,
+            expires_at=expires_at,
             closed_at=None,
-            budgets_minor=spec.budgets_minor,
-            spent_minor=dict.fromkeys(spec.budgets_minor, 0),
-            allowed_payees=spec.allowed_payees,
+            budgets_minor=budgets_minor,
+            spent_minor=dict.fromkeys(budgets_minor, 0),
+            allowed_payees=payees,
             phase=Phase.EXPLORE if plan_bound else Phase.NORMAL,
             pack_id=pack.id,
             pack_version=pack.version,
             pack_sha256=pack.sha256,
+            mandate_id=mandate_id,
         )
-        decimals = {a: self._deps.decimals(a) for a in record.budgets_minor}
-        opened = audit_events.event(
+
+    def _decimals(self, record: SessionRecord) -> dict[str, int]:
+        return {a: self._deps.decimals(a) for a in record.budgets_minor}
+
+    def _opened(
+        self,
+        caller: Principal,
+        record: SessionRecord,
+        now: int,
+        mandate: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        decimals = self._decimals(record)
+        fields: dict[str, Any] = {"mandate": mandate} if mandate is not None else {}
+        return audit_events.event(
             "session.open",
             caller,
             now,
@@ -102,10 +231,8 @@ class Sessions:
             pack_id=record.pack_id,
             pack_version=record.pack_version,
             pack_sha256=record.pack_sha256,
+            **fields,
         )
-        store_call(lambda: self._store.create_session(record, decimals, opened))
-        log.info("session opened", extra={"session_id": record.id, "planner": caller.id})
-        return self._view(record, now)
 
     def _view(self, record: SessionRecord, now: int) -> SessionView:
         decimals = {a: self._deps.decimals(a) for a in record.budgets_minor}

@@ -27,6 +27,7 @@ from paywarden.signer.core.deciding import Decided, Decider
 from paywarden.signer.core.deps import Deps, require, store_call
 from paywarden.signer.core.disclosure import agent_facing
 from paywarden.signer.core.keys import KeyView, label_of
+from paywarden.signer.core.mandate_receipts import MandateReceipts
 from paywarden.signer.core.payments import (
     Intent,
     IntentFields,
@@ -77,6 +78,7 @@ class Signing:
         self._refusals = refusals
         self._keys = keys
         self._decider = Decider(deps, refusals, keys)
+        self._receipts = MandateReceipts(deps, deps.mandates.audience)
         self._batches = GroupCommit(deps.store)
 
     def sign(
@@ -296,7 +298,7 @@ class Signing:
                 audit_seq=seq,
             )
         if record.outcome == Verdict.DENY or record.payload is None:
-            _raise_denial(record, seq)
+            _raise_denial(record, seq, self._receipts)
         if done.signing.gone is not None:
             raise done.signing.gone
         if done.signing.hsm_failed:
@@ -388,8 +390,10 @@ def _to_sign(decided: Decided) -> bool:
     )
 
 
-def _raise_denial(record: DecisionRecord, audit_seq: int) -> NoReturn:
+def _raise_denial(record: DecisionRecord, audit_seq: int, receipts: MandateReceipts) -> NoReturn:
     # A recorded reason is the text of a Reason member (every code ever written is one).
     reason = Reason(record.reason)
     kind = SessionNotUsable if reason in _SESSION_REASONS else Denied
-    raise kind(reason, record.message, decision_id=record.id, audit_seq=audit_seq)
+    error = kind(reason, record.message, decision_id=record.id, audit_seq=audit_seq)
+    error.receipt = receipts.of_denial(reason, record)  # a mandate's: AP2's error receipt
+    raise error

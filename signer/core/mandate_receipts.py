@@ -1,0 +1,94 @@
+"""AP2-shaped error receipts of refused mandates, signed by the audit key.
+
+AP2 answers a mandate it will not act on with a verifier-signed JWT: ``iss`` (the
+verifier), ``result`` ``error``, ``reference`` (a hash of the final SD-JWT of the chain,
+made as ``sd_hash`` is), ``error`` (``invalid_credential``, ``invalid_mandate`` or
+``unresolved_constraint``) and ``error_description``. The signer adds ``iat``, its own
+reason code, the mandate's id when it has one and a ``typ`` of its own, and signs the
+JWS with the audit key in the HSM (:meth:`paywarden.hsm.Hsm.sign_mandate_receipt`, a door
+of its own: never a payment key). Any JOSE library checks it against the audit public
+key. A receipt that cannot be signed now (the HSM is down) is left out: the refusal
+stands without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from paywarden.hsm import HsmError
+from paywarden.hsm.audit_bodies import MANDATE_RECEIPT_TYPE
+from paywarden.policy.vocabulary import Reason
+from paywarden.signer.core.deps import Deps
+from paywarden.signer.encoding import Json, b64url, jcs
+from paywarden.signer.store.records import DecisionRecord, StoreError
+from paywarden.verify.mandates import MandateCode
+
+log = logging.getLogger("paywarden.signer")
+
+
+def chain_reference(chain: str) -> str:
+    """AP2's ``reference`` of a chain: SHA-256 over its final SD-JWT with its trailing
+    ``~`` (as ``sd_hash`` is made), base64url."""
+    last = chain.split("~~")[-1]
+    if not last.endswith("~"):
+        last += "~"
+    return b64url(hashlib.sha256(last.encode("utf-8", "surrogatepass")).digest())
+
+
+class MandateReceipts:
+    def __init__(self, deps: Deps, issuer: str) -> None:
+        self._deps = deps
+        self._issuer = issuer
+
+    def of_denial(self, reason: Reason, record: DecisionRecord) -> str | None:
+        """The receipt of a Sign that its session's mandate denied (None for any other
+        denial): ``invalid_mandate``, naming the mandate."""
+        if not reason.startswith("MANDATE_"):
+            return None
+        try:
+            session = self._deps.store.get_session(record.session_id, record.created_at)
+        except StoreError:
+            session = None
+        mandate_id = session.mandate_id if session is not None else None
+        # AP2's reference: a hash of the mandate; here the issuer-signed JWT's (its id).
+        reference = b64url(bytes.fromhex(mandate_id)) if mandate_id else None
+        return self.refusal(
+            MandateCode.INVALID_MANDATE,
+            reason,
+            record.message,
+            reference=reference,
+            mandate_id=mandate_id,
+        )
+
+    def refusal(
+        self,
+        code: MandateCode,
+        reason: Reason,
+        message: str,
+        *,
+        reference: str | None,
+        mandate_id: str | None,
+    ) -> str | None:
+        """The compact JWS of an error receipt, or None when it cannot be signed now."""
+        header = {"alg": "ES256", "kid": self._deps.audit.key, "typ": "JWT"}
+        claims: dict[str, Json] = {
+            "typ": MANDATE_RECEIPT_TYPE,
+            "iss": self._issuer,
+            "iat": self._deps.now(),
+            "result": "error",
+            "reference": reference,
+            "error": str(code),
+            "error_description": message,
+            "reason": str(reason),
+            "mandate_id": mandate_id,
+        }
+        signing_input = f"{b64url(jcs(header))}.{b64url(jcs(claims))}"
+        try:
+            signature = self._deps.hsm.sign_mandate_receipt(signing_input.encode("ascii"))
+        except HsmError as exc:
+            log.warning(
+                "a mandate receipt could not be signed", extra={"error": type(exc).__name__}
+            )
+            return None
+        return f"{signing_input}.{b64url(signature)}"

@@ -1,0 +1,248 @@
+"""A session opened from a human-signed mandate: the chain verified, the agent bound to
+its key, and the session's bounds derived from the constraints, never widened.
+
+:func:`paywarden.verify.mandates.verify_mandate` checks the chain (signatures, links,
+disclosures, times, ``vct``, constraints). Here the mandate is held to this signer: the
+agent the session is for must hold the mandate's key (its RFC 7638 thumbprint is
+registered for the agent in ``[mandates.agent_keys]``), and the session's expiry, budget
+and payees are the mandate's, cut down to the agent's pack where the pack is stricter
+(the pack still decides every payment too). What bounds the mandate as a whole (its
+budget, uses, spacing, per-payment range, execution date and reference) goes into the
+mandate's own record, shared by every session opened from it and enforced in the
+deciding transaction (:mod:`.mandate_checks`).
+
+Every refusal carries an AP2 error receipt signed by the audit key (:mod:`.mandate_receipts`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from paywarden.policy import Asset, PolicyPack, payee_allowed_by_pack, to_minor
+from paywarden.signer.core.deps import Deps
+from paywarden.signer.core.mandate_receipts import MandateReceipts, chain_reference
+from paywarden.signer.core.validation import clean_text
+from paywarden.signer.encoding import jcs, sha256_hex
+from paywarden.signer.errors import (
+    Denied,
+    Forbidden,
+    InvalidInput,
+    PaywardenError,
+    PreconditionFailed,
+    Reason,
+    Replayed,
+)
+from paywarden.signer.mandate_config import MandateSettings
+from paywarden.signer.store.records import MandateRecord
+from paywarden.verify.mandates import (
+    MandateCode,
+    MandateError,
+    VerifiedMandate,
+    verify_mandate,
+)
+
+# How each refusal is answered: bad input, a credential or mandate this signer will not
+# honour, or one that no longer (or not yet) fits.
+_INVALID = frozenset(
+    {
+        Reason.MANDATE_MALFORMED,
+        Reason.MANDATE_DISCLOSURE_INVALID,
+        Reason.MANDATE_CONSTRAINT_INVALID,
+    }
+)
+_LATER = frozenset(
+    {
+        Reason.MANDATE_EXPIRED,
+        Reason.MANDATE_NOT_YET_VALID,
+        Reason.MANDATE_REVOKED,
+        Reason.MANDATE_MISMATCH,
+    }
+)
+
+
+def refusal(reason: Reason, message: str) -> PaywardenError:
+    """The exception that answers a refused mandate with ``reason``."""
+    if reason in _INVALID:
+        return InvalidInput(reason, message)
+    if reason in _LATER:
+        return PreconditionFailed(reason, message)
+    if reason is Reason.MANDATE_HOP_REPLAYED:
+        return Replayed(reason, message)
+    return Forbidden(reason, message)
+
+
+@dataclass(frozen=True, slots=True)
+class MandateSession:
+    """What a verified mandate gives the session opened from it."""
+
+    mandate: MandateRecord
+    budget_minor: int  # the session's budget in the mandate's asset
+    expires_at: int
+    payees: tuple[str, ...]
+    presentation: str | None  # the closed agent hop's hash, recorded once
+    audit: dict[str, Any]  # what the session.open record says of the mandate
+
+
+class MandateOpening:
+    def __init__(self, deps: Deps, settings: MandateSettings) -> None:
+        self._deps = deps
+        self._settings = settings
+        self.receipts = MandateReceipts(deps, settings.audience)
+
+    def refused(
+        self,
+        reason: Reason,
+        message: str,
+        code: MandateCode,
+        chain: str,
+        mandate_id: str | None = None,
+        *,
+        denied: bool = False,
+    ) -> PaywardenError:
+        """The refusal, with its AP2 error receipt (``denied``: the agent's pack refused
+        the session the mandate asks for)."""
+        error = Denied(reason, message) if denied else refusal(reason, message)
+        error.receipt = self.receipts.refusal(
+            code, reason, message, reference=chain_reference(chain), mandate_id=mandate_id
+        )
+        return error
+
+    def verify(self, chain: str, agent_id: str, now: int) -> VerifiedMandate:
+        s = self._settings
+        if not s.configured:
+            raise PreconditionFailed(
+                Reason.MANDATES_NOT_CONFIGURED, "this signer trusts no mandate issuer"
+            )
+        try:
+            verified = verify_mandate(
+                chain,
+                s.issuers,
+                now=now,
+                decimals=self._decimals,
+                vct=s.vct,
+                audience=s.audience,
+                max_bytes=s.max_chain_bytes,
+            )
+        except MandateError as exc:
+            raise self.refused(Reason(exc.reason), exc.message, exc.code, chain) from None
+        if s.holders.get(verified.holder_jkt) != agent_id:
+            raise self.refused(
+                Reason.MANDATE_HOLDER_MISMATCH,
+                "the mandate is bound to a key not registered for this agent",
+                MandateCode.INVALID_MANDATE,
+                chain,
+                verified.id,
+            )
+        return verified
+
+    def _decimals(self, currency: str) -> int | None:
+        asset = self._deps.assets.get(currency)
+        return None if asset is None else asset.decimals
+
+    def derive(
+        self,
+        verified: VerifiedMandate,
+        chain: str,
+        agent_id: str,
+        pack: PolicyPack,
+        ttl_seconds: int,
+        now: int,
+    ) -> MandateSession:
+        """The session's bounds: the mandate's, cut down to the pack's and the
+        signer's limits (the stricter wins)."""
+        c = verified.constraints
+        asset = self._deps.assets[c.currency]  # verify_mandate knew its decimals
+        budget = c.budget_minor
+        if budget is None:  # verify_mandate refuses a mandate with no bound on its total
+            assert c.max_minor is not None and c.max_uses is not None
+            budget = c.max_minor * c.max_uses
+        ceiling = pack.model.sessions.max_budget.get(asset.code)
+        session_budget = budget
+        if ceiling is not None:
+            ceiling_minor = to_minor(ceiling, asset.decimals, f"{pack.path}: max_budget")
+            session_budget = min(budget, ceiling_minor)
+        ends = [verified.expires_at, now + self._deps.limits.max_session_ttl_seconds]
+        ends.append(now + pack.model.sessions.max_ttl_seconds)
+        if c.not_after is not None:
+            ends.append(c.not_after + 1)
+        if ttl_seconds:
+            ends.append(now + ttl_seconds)
+        expires_at = min(ends)
+        payees = self._payees(verified, chain, pack, asset)
+        mandate = MandateRecord(
+            id=verified.id,
+            agent_id=agent_id,
+            holder_jkt=verified.holder_jkt,
+            issuer=verified.issuer,
+            asset=asset.code,
+            terms_sha256="",
+            terms="",
+            min_minor=c.min_minor,
+            max_minor=c.max_minor,
+            budget_minor=budget,
+            max_uses=c.max_uses,
+            spacing_seconds=c.spacing_seconds,
+            not_before=c.not_before,
+            reference=c.reference,
+            expires_at=verified.mandate_expires_at,
+            created_at=now,
+        )
+        terms = _terms(mandate, verified)
+        text = jcs(terms).decode()
+        mandate = replace(mandate, terms=text, terms_sha256=sha256_hex(text))
+        audit = {
+            "mandate_id": verified.id,
+            "issuer": verified.issuer,
+            "holder_jkt": verified.holder_jkt,
+            "hops": verified.hops,
+            "terms": terms,
+        }
+        return MandateSession(
+            mandate, session_budget, expires_at, payees, verified.presentation, audit
+        )
+
+    def _payees(
+        self, verified: VerifiedMandate, chain: str, pack: PolicyPack, asset: Asset
+    ) -> tuple[str, ...]:
+        named = verified.constraints.payees
+        if named is None:
+            return ()
+        try:
+            payees = {clean_text("allowed_payees[]", p, max_len=256) for p in named}
+        except InvalidInput as exc:
+            raise self.refused(
+                Reason.MANDATE_CONSTRAINT_INVALID,
+                f"a payee the mandate allows cannot be used here: {exc.message}",
+                MandateCode.UNRESOLVED_CONSTRAINT,
+                chain,
+                verified.id,
+            ) from None
+        kept = tuple(sorted(p for p in payees if payee_allowed_by_pack(pack, p, asset) is None))
+        if not kept:
+            raise self.refused(
+                Reason.MANDATE_PAYEES_OUTSIDE_PACK,
+                "the agent's pack allows none of the payees the mandate allows",
+                MandateCode.INVALID_MANDATE,
+                chain,
+                verified.id,
+            )
+        return kept
+
+
+def _terms(m: MandateRecord, verified: VerifiedMandate) -> dict[str, Any]:
+    """What bounds the mandate as a whole: equal for every session opened from it."""
+    return {
+        "asset": m.asset,
+        "budget_minor": str(m.budget_minor),
+        "expires_at": m.expires_at,
+        "issuer": m.issuer,
+        "max_minor": None if m.max_minor is None else str(m.max_minor),
+        "max_uses": m.max_uses,
+        "min_minor": None if m.min_minor is None else str(m.min_minor),
+        "not_after": verified.constraints.not_after,
+        "not_before": m.not_before,
+        "reference": m.reference,
+        "spacing_seconds": m.spacing_seconds,
+        "vct": verified.vct,
+    }
