@@ -338,6 +338,7 @@ def grpc_servicer(stack: object) -> tuple[object, ...]:
             stack.service.revocations,
             stack.service.explain,
             stack.service.reloads,
+            stack.service.mandates,
         ),
     )
 

@@ -52,6 +52,7 @@ RPC_ROLES: dict[str, frozenset[Role]] = {
     "/paywarden.v1.Control/ListFreezes": frozenset({Role.OPERATOR}),
     "/paywarden.v1.Control/RevokeIdentity": frozenset({Role.OPERATOR}),
     "/paywarden.v1.Control/ListRevocations": frozenset({Role.OPERATOR}),
+    "/paywarden.v1.Control/RevokeMandate": frozenset({Role.OPERATOR}),
     "/paywarden.v1.Control/Checkpoint": frozenset({Role.OPERATOR}),
     "/paywarden.v1.Control/InclusionProof": frozenset({Role.OPERATOR}),
     "/paywarden.v1.Control/ConsistencyProof": frozenset({Role.OPERATOR}),

@@ -334,6 +334,7 @@ def start(config: Config, *, health_interval: float = 2.0) -> Running:
             service.revocations,
             service.explain,
             service.reloads,
+            service.mandates,
         ),
         "paywarden.v1.Control",
     )

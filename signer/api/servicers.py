@@ -8,6 +8,7 @@ import json
 
 from paywarden.policy.vocabulary import Amount, FreezeScope
 from paywarden.signer.api.authz import Edge, rpc
+from paywarden.signer.api.mandate_rpcs import MandateRpcs
 from paywarden.signer.api.reload_rpcs import ReloadRpcs
 from paywarden.signer.auditlog.checkpoints import Checkpoint
 from paywarden.signer.core.approvals import Approvals
@@ -15,6 +16,7 @@ from paywarden.signer.core.checkpoints import Checkpoints
 from paywarden.signer.core.explain import Explain
 from paywarden.signer.core.explain_document import document_bytes
 from paywarden.signer.core.freezes import Freezes
+from paywarden.signer.core.mandate_revocations import MandateRevocations
 from paywarden.signer.core.reloads import PolicyReloads
 from paywarden.signer.core.revocations import Revocations
 from paywarden.signer.core.sessions import Sessions
@@ -53,6 +55,7 @@ def _session_proto(view: SessionView) -> sessions_pb2.Session:
         allowed_payees=list(r.allowed_payees),
         phase=r.phase,
         pack_id=r.pack_id,
+        mandate_id=r.mandate_id or "",
         plan=[
             sessions_pb2.PlanLine(
                 payee=line.payee,
@@ -83,6 +86,7 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
             ttl_seconds=request.ttl_seconds,
             allowed_payees=list(request.allowed_payees),
             plan_bound=request.plan_bound,
+            mandate=request.mandate,
         )
         return sessions_pb2.OpenSessionResponse(session=_session_proto(view))
 
@@ -221,7 +225,7 @@ def _revocation_proto(r: Revocation) -> control_pb2.RevocationRecord:
     )
 
 
-class ControlServicer(ReloadRpcs, control_pb2_grpc.ControlServicer):
+class ControlServicer(ReloadRpcs, MandateRpcs, control_pb2_grpc.ControlServicer):
     def __init__(
         self,
         freezes: Freezes,
@@ -230,6 +234,7 @@ class ControlServicer(ReloadRpcs, control_pb2_grpc.ControlServicer):
         revocations: Revocations,
         explain: Explain,
         reloads: PolicyReloads,
+        mandates: MandateRevocations,
     ) -> None:
         self.freezes = freezes
         self.checkpoints = checkpoints
@@ -237,6 +242,7 @@ class ControlServicer(ReloadRpcs, control_pb2_grpc.ControlServicer):
         self.revocations = revocations
         self.explain = explain
         self.reloads = reloads
+        self.mandates = mandates
 
     @rpc("/paywarden.v1.Control/Freeze")
     def Freeze(

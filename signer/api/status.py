@@ -35,6 +35,7 @@ ERROR_DOMAIN = "paywarden.dev"
 REASON_KEY = "paywarden-reason"
 DECISION_KEY = "paywarden-decision-id"
 AUDIT_KEY = "paywarden-audit-seq"
+AP2_RECEIPT_KEY = "paywarden-ap2-receipt"
 
 _CODES: dict[type[PaywardenError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -77,6 +78,8 @@ def to_grpc_status(error: PaywardenError) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=str(error.reason), domain=ERROR_DOMAIN)
     if error.decision_id:
         info.metadata["decision_id"] = error.decision_id
+    if error.receipt:
+        info.metadata["ap2_receipt"] = error.receipt
     detail = any_pb2.Any()
     detail.Pack(info)
     proto = status_pb2.Status(
@@ -90,4 +93,6 @@ def to_grpc_status(error: PaywardenError) -> grpc.Status:
         metadata.append((DECISION_KEY, error.decision_id))
     if error.audit_seq is not None:
         metadata.append((AUDIT_KEY, str(error.audit_seq)))
+    if error.receipt:
+        metadata.append((AP2_RECEIPT_KEY, error.receipt))
     return _Status(code, error.diagnostics(), tuple(metadata))

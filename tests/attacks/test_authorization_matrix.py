@@ -55,6 +55,7 @@ EXPECTED: dict[str, tuple[str, frozenset[str]]] = {
     "/paywarden.v1.Control/ListFreezes": (UNARY, frozenset({OPERATOR})),
     "/paywarden.v1.Control/RevokeIdentity": (UNARY, frozenset({OPERATOR})),
     "/paywarden.v1.Control/ListRevocations": (UNARY, frozenset({OPERATOR})),
+    "/paywarden.v1.Control/RevokeMandate": (UNARY, frozenset({OPERATOR})),
     "/paywarden.v1.Control/Checkpoint": (UNARY, frozenset({OPERATOR})),
     "/paywarden.v1.Control/InclusionProof": (UNARY, frozenset({OPERATOR})),
     "/paywarden.v1.Control/ConsistencyProof": (UNARY, frozenset({OPERATOR})),

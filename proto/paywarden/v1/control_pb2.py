@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apaywarden/v1/control.proto\x12\x0cpaywarden.v1\"s\n\x0c\x46reezeRecord\x12(\n\x05scope\x18\x01 \x01(\x0e\x32\x19.paywarden.v1.FreezeScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x03\"Y\n\rFreezeRequest\x12(\n\x05scope\x18\x01 \x01(\x0e\x32\x19.paywarden.v1.FreezeScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"M\n\x0e\x46reezeResponse\x12*\n\x06\x66reeze\x18\x01 \x01(\x0b\x32\x1a.paywarden.v1.FreezeRecord\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"[\n\x0fUnfreezeRequest\x12(\n\x05scope\x18\x01 \x01(\x0e\x32\x19.paywarden.v1.FreezeScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"#\n\x10UnfreezeResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\x14\n\x12ListFreezesRequest\"B\n\x13ListFreezesResponse\x12+\n\x07\x66reezes\x18\x01 \x03(\x0b\x32\x1a.paywarden.v1.FreezeRecord\"k\n\x10RevocationRecord\x12\x14\n\x0cprincipal_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x03\"R\n\x15RevokeIdentityRequest\x12\x14\n\x0cprincipal_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"]\n\x16RevokeIdentityResponse\x12\x32\n\nrevocation\x18\x01 \x01(\x0b\x32\x1e.paywarden.v1.RevocationRecord\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x18\n\x16ListRevocationsRequest\"N\n\x17ListRevocationsResponse\x12\x33\n\x0brevocations\x18\x01 \x03(\x0b\x32\x1e.paywarden.v1.RevocationRecord\"\x13\n\x11\x43heckpointRequest\"w\n\x10SignedCheckpoint\x12\x11\n\ttree_size\x18\x01 \x01(\x03\x12\x11\n\troot_hash\x18\x02 \x01(\t\x12\x0c\n\x04time\x18\x03 \x01(\x03\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\t\"f\n\x12\x43heckpointResponse\x12\x32\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x1e.paywarden.v1.SignedCheckpoint\x12\x1c\n\x14\x61udit_public_key_pem\x18\x02 \x01(\t\"7\n\x15InclusionProofRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"p\n\x16InclusionProofResponse\x12\x0e\n\x06record\x18\x01 \x01(\t\x12\x11\n\tleaf_hash\x18\x02 \x01(\t\x12\x11\n\ttree_size\x18\x03 \x01(\x03\x12\x11\n\troot_hash\x18\x04 \x01(\t\x12\r\n\x05proof\x18\x05 \x03(\t\"8\n\x17\x43onsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\"R\n\x18\x43onsistencyProofResponse\x12\x12\n\nfirst_root\x18\x01 \x01(\t\x12\x13\n\x0bsecond_root\x18\x02 \x01(\t\x12\r\n\x05proof\x18\x03 \x03(\t\"\'\n\x13\x45xplainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"K\n\x14\x45xplainAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63overed\x18\x02 \x01(\x08\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\"\x15\n\x13ReloadPolicyRequest\"=\n\x14\x43onfirmReloadRequest\x12\x11\n\treload_id\x18\x01 \x01(\t\x12\x12\n\nnew_sha256\x18\x02 \x01(\t\"%\n\x10GetReloadRequest\x12\x11\n\treload_id\x18\x01 \x01(\t\"<\n\rPolicyPackRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"V\n\x0cPolicyChange\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xe0\x02\n\x14ReloadPolicyResponse\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.paywarden.v1.ReloadState\x12\x11\n\treload_id\x18\x02 \x01(\t\x12\x12\n\nold_sha256\x18\x03 \x01(\t\x12\x12\n\nnew_sha256\x18\x04 \x01(\t\x12.\n\told_packs\x18\x05 \x03(\x0b\x32\x1b.paywarden.v1.PolicyPackRef\x12.\n\tnew_packs\x18\x06 \x03(\x0b\x32\x1b.paywarden.v1.PolicyPackRef\x12\x0e\n\x06widens\x18\x07 \x01(\x08\x12+\n\x07\x63hanges\x18\x08 \x03(\x0b\x32\x1a.paywarden.v1.PolicyChange\x12\x1d\n\x15needs_second_operator\x18\t \x01(\x08\x12\x12\n\nexpires_at\x18\n \x01(\x03\x12\x13\n\x0bproposed_by\x18\x0b \x01(\t*X\n\x0b\x46reezeScope\x12\x1c\n\x18\x46REEZE_SCOPE_UNSPECIFIED\x10\x00\x12\n\n\x06GLOBAL\x10\x01\x12\t\n\x05\x41GENT\x10\x02\x12\x0b\n\x07SESSION\x10\x03\x12\x07\n\x03KEY\x10\x04*}\n\x0bReloadState\x12\x1c\n\x18RELOAD_STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eRELOAD_APPLIED\x10\x01\x12\x14\n\x10RELOAD_UNCHANGED\x10\x02\x12\x12\n\x0eRELOAD_PENDING\x10\x03\x12\x12\n\x0eRELOAD_SETTLED\x10\x04\x32\x93\x08\n\x07\x43ontrol\x12\x43\n\x06\x46reeze\x12\x1b.paywarden.v1.FreezeRequest\x1a\x1c.paywarden.v1.FreezeResponse\x12I\n\x08Unfreeze\x12\x1d.paywarden.v1.UnfreezeRequest\x1a\x1e.paywarden.v1.UnfreezeResponse\x12R\n\x0bListFreezes\x12 .paywarden.v1.ListFreezesRequest\x1a!.paywarden.v1.ListFreezesResponse\x12[\n\x0eRevokeIdentity\x12#.paywarden.v1.RevokeIdentityRequest\x1a$.paywarden.v1.RevokeIdentityResponse\x12^\n\x0fListRevocations\x12$.paywarden.v1.ListRevocationsRequest\x1a%.paywarden.v1.ListRevocationsResponse\x12O\n\nCheckpoint\x12\x1f.paywarden.v1.CheckpointRequest\x1a .paywarden.v1.CheckpointResponse\x12[\n\x0eInclusionProof\x12#.paywarden.v1.InclusionProofRequest\x1a$.paywarden.v1.InclusionProofResponse\x12\x61\n\x10\x43onsistencyProof\x12%.paywarden.v1.ConsistencyProofRequest\x1a&.paywarden.v1.ConsistencyProofResponse\x12U\n\x0c\x45xplainAgent\x12!.paywarden.v1.ExplainAgentRequest\x1a\".paywarden.v1.ExplainAgentResponse\x12U\n\x0cReloadPolicy\x12!.paywarden.v1.ReloadPolicyRequest\x1a\".paywarden.v1.ReloadPolicyResponse\x12W\n\rConfirmReload\x12\".paywarden.v1.ConfirmReloadRequest\x1a\".paywarden.v1.ReloadPolicyResponse\x12O\n\tGetReload\x12\x1e.paywarden.v1.GetReloadRequest\x1a\".paywarden.v1.ReloadPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apaywarden/v1/control.proto\x12\x0cpaywarden.v1\"s\n\x0c\x46reezeRecord\x12(\n\x05scope\x18\x01 \x01(\x0e\x32\x19.paywarden.v1.FreezeScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x03\"Y\n\rFreezeRequest\x12(\n\x05scope\x18\x01 \x01(\x0e\x32\x19.paywarden.v1.FreezeScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"M\n\x0e\x46reezeResponse\x12*\n\x06\x66reeze\x18\x01 \x01(\x0b\x32\x1a.paywarden.v1.FreezeRecord\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"[\n\x0fUnfreezeRequest\x12(\n\x05scope\x18\x01 \x01(\x0e\x32\x19.paywarden.v1.FreezeScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"#\n\x10UnfreezeResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\x14\n\x12ListFreezesRequest\"B\n\x13ListFreezesResponse\x12+\n\x07\x66reezes\x18\x01 \x03(\x0b\x32\x1a.paywarden.v1.FreezeRecord\"k\n\x10RevocationRecord\x12\x14\n\x0cprincipal_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x03\"R\n\x15RevokeIdentityRequest\x12\x14\n\x0cprincipal_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"]\n\x16RevokeIdentityResponse\x12\x32\n\nrevocation\x18\x01 \x01(\x0b\x32\x1e.paywarden.v1.RevocationRecord\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"X\n\x14RevokeMandateRequest\x12\x12\n\nmandate_id\x18\x01 \x01(\t\x12\x1c\n\x14\x61gent_key_thumbprint\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"y\n\x17MandateRevocationRecord\x12\x12\n\nmandate_id\x18\x01 \x01(\t\x12\x1c\n\x14\x61gent_key_thumbprint\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x03\"}\n\x15RevokeMandateResponse\x12\x39\n\nrevocation\x18\x01 \x01(\x0b\x32%.paywarden.v1.MandateRevocationRecord\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x18\n\x10mandates_revoked\x18\x03 \x01(\x03\"\x18\n\x16ListRevocationsRequest\"N\n\x17ListRevocationsResponse\x12\x33\n\x0brevocations\x18\x01 \x03(\x0b\x32\x1e.paywarden.v1.RevocationRecord\"\x13\n\x11\x43heckpointRequest\"w\n\x10SignedCheckpoint\x12\x11\n\ttree_size\x18\x01 \x01(\x03\x12\x11\n\troot_hash\x18\x02 \x01(\t\x12\x0c\n\x04time\x18\x03 \x01(\x03\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\t\"f\n\x12\x43heckpointResponse\x12\x32\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x1e.paywarden.v1.SignedCheckpoint\x12\x1c\n\x14\x61udit_public_key_pem\x18\x02 \x01(\t\"7\n\x15InclusionProofRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"p\n\x16InclusionProofResponse\x12\x0e\n\x06record\x18\x01 \x01(\t\x12\x11\n\tleaf_hash\x18\x02 \x01(\t\x12\x11\n\ttree_size\x18\x03 \x01(\x03\x12\x11\n\troot_hash\x18\x04 \x01(\t\x12\r\n\x05proof\x18\x05 \x03(\t\"8\n\x17\x43onsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\"R\n\x18\x43onsistencyProofResponse\x12\x12\n\nfirst_root\x18\x01 \x01(\t\x12\x13\n\x0bsecond_root\x18\x02 \x01(\t\x12\r\n\x05proof\x18\x03 \x03(\t\"\'\n\x13\x45xplainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"K\n\x14\x45xplainAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63overed\x18\x02 \x01(\x08\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\"\x15\n\x13ReloadPolicyRequest\"=\n\x14\x43onfirmReloadRequest\x12\x11\n\treload_id\x18\x01 \x01(\t\x12\x12\n\nnew_sha256\x18\x02 \x01(\t\"%\n\x10GetReloadRequest\x12\x11\n\treload_id\x18\x01 \x01(\t\"<\n\rPolicyPackRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"V\n\x0cPolicyChange\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xe0\x02\n\x14ReloadPolicyResponse\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.paywarden.v1.ReloadState\x12\x11\n\treload_id\x18\x02 \x01(\t\x12\x12\n\nold_sha256\x18\x03 \x01(\t\x12\x12\n\nnew_sha256\x18\x04 \x01(\t\x12.\n\told_packs\x18\x05 \x03(\x0b\x32\x1b.paywarden.v1.PolicyPackRef\x12.\n\tnew_packs\x18\x06 \x03(\x0b\x32\x1b.paywarden.v1.PolicyPackRef\x12\x0e\n\x06widens\x18\x07 \x01(\x08\x12+\n\x07\x63hanges\x18\x08 \x03(\x0b\x32\x1a.paywarden.v1.PolicyChange\x12\x1d\n\x15needs_second_operator\x18\t \x01(\x08\x12\x12\n\nexpires_at\x18\n \x01(\x03\x12\x13\n\x0bproposed_by\x18\x0b \x01(\t*X\n\x0b\x46reezeScope\x12\x1c\n\x18\x46REEZE_SCOPE_UNSPECIFIED\x10\x00\x12\n\n\x06GLOBAL\x10\x01\x12\t\n\x05\x41GENT\x10\x02\x12\x0b\n\x07SESSION\x10\x03\x12\x07\n\x03KEY\x10\x04*}\n\x0bReloadState\x12\x1c\n\x18RELOAD_STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eRELOAD_APPLIED\x10\x01\x12\x14\n\x10RELOAD_UNCHANGED\x10\x02\x12\x12\n\x0eRELOAD_PENDING\x10\x03\x12\x12\n\x0eRELOAD_SETTLED\x10\x04\x32\xed\x08\n\x07\x43ontrol\x12\x43\n\x06\x46reeze\x12\x1b.paywarden.v1.FreezeRequest\x1a\x1c.paywarden.v1.FreezeResponse\x12I\n\x08Unfreeze\x12\x1d.paywarden.v1.UnfreezeRequest\x1a\x1e.paywarden.v1.UnfreezeResponse\x12R\n\x0bListFreezes\x12 .paywarden.v1.ListFreezesRequest\x1a!.paywarden.v1.ListFreezesResponse\x12[\n\x0eRevokeIdentity\x12#.paywarden.v1.RevokeIdentityRequest\x1a$.paywarden.v1.RevokeIdentityResponse\x12^\n\x0fListRevocations\x12$.paywarden.v1.ListRevocationsRequest\x1a%.paywarden.v1.ListRevocationsResponse\x12X\n\rRevokeMandate\x12\".paywarden.v1.RevokeMandateRequest\x1a#.paywarden.v1.RevokeMandateResponse\x12O\n\nCheckpoint\x12\x1f.paywarden.v1.CheckpointRequest\x1a .paywarden.v1.CheckpointResponse\x12[\n\x0eInclusionProof\x12#.paywarden.v1.InclusionProofRequest\x1a$.paywarden.v1.InclusionProofResponse\x12\x61\n\x10\x43onsistencyProof\x12%.paywarden.v1.ConsistencyProofRequest\x1a&.paywarden.v1.ConsistencyProofResponse\x12U\n\x0c\x45xplainAgent\x12!.paywarden.v1.ExplainAgentRequest\x1a\".paywarden.v1.ExplainAgentResponse\x12U\n\x0cReloadPolicy\x12!.paywarden.v1.ReloadPolicyRequest\x1a\".paywarden.v1.ReloadPolicyResponse\x12W\n\rConfirmReload\x12\".paywarden.v1.ConfirmReloadRequest\x1a\".paywarden.v1.ReloadPolicyResponse\x12O\n\tGetReload\x12\x1e.paywarden.v1.GetReloadRequest\x1a\".paywarden.v1.ReloadPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paywarden.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FREEZESCOPE']._serialized_start=2252
-  _globals['_FREEZESCOPE']._serialized_end=2340
-  _globals['_RELOADSTATE']._serialized_start=2342
-  _globals['_RELOADSTATE']._serialized_end=2467
+  _globals['_FREEZESCOPE']._serialized_start=2592
+  _globals['_FREEZESCOPE']._serialized_end=2680
+  _globals['_RELOADSTATE']._serialized_start=2682
+  _globals['_RELOADSTATE']._serialized_end=2807
   _globals['_FREEZERECORD']._serialized_start=44
   _globals['_FREEZERECORD']._serialized_end=159
   _globals['_FREEZEREQUEST']._serialized_start=161
@@ -55,40 +55,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKEIDENTITYREQUEST']._serialized_end=742
   _globals['_REVOKEIDENTITYRESPONSE']._serialized_start=744
   _globals['_REVOKEIDENTITYRESPONSE']._serialized_end=837
-  _globals['_LISTREVOCATIONSREQUEST']._serialized_start=839
-  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=863
-  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=865
-  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=943
-  _globals['_CHECKPOINTREQUEST']._serialized_start=945
-  _globals['_CHECKPOINTREQUEST']._serialized_end=964
-  _globals['_SIGNEDCHECKPOINT']._serialized_start=966
-  _globals['_SIGNEDCHECKPOINT']._serialized_end=1085
-  _globals['_CHECKPOINTRESPONSE']._serialized_start=1087
-  _globals['_CHECKPOINTRESPONSE']._serialized_end=1189
-  _globals['_INCLUSIONPROOFREQUEST']._serialized_start=1191
-  _globals['_INCLUSIONPROOFREQUEST']._serialized_end=1246
-  _globals['_INCLUSIONPROOFRESPONSE']._serialized_start=1248
-  _globals['_INCLUSIONPROOFRESPONSE']._serialized_end=1360
-  _globals['_CONSISTENCYPROOFREQUEST']._serialized_start=1362
-  _globals['_CONSISTENCYPROOFREQUEST']._serialized_end=1418
-  _globals['_CONSISTENCYPROOFRESPONSE']._serialized_start=1420
-  _globals['_CONSISTENCYPROOFRESPONSE']._serialized_end=1502
-  _globals['_EXPLAINAGENTREQUEST']._serialized_start=1504
-  _globals['_EXPLAINAGENTREQUEST']._serialized_end=1543
-  _globals['_EXPLAINAGENTRESPONSE']._serialized_start=1545
-  _globals['_EXPLAINAGENTRESPONSE']._serialized_end=1620
-  _globals['_RELOADPOLICYREQUEST']._serialized_start=1622
-  _globals['_RELOADPOLICYREQUEST']._serialized_end=1643
-  _globals['_CONFIRMRELOADREQUEST']._serialized_start=1645
-  _globals['_CONFIRMRELOADREQUEST']._serialized_end=1706
-  _globals['_GETRELOADREQUEST']._serialized_start=1708
-  _globals['_GETRELOADREQUEST']._serialized_end=1745
-  _globals['_POLICYPACKREF']._serialized_start=1747
-  _globals['_POLICYPACKREF']._serialized_end=1807
-  _globals['_POLICYCHANGE']._serialized_start=1809
-  _globals['_POLICYCHANGE']._serialized_end=1895
-  _globals['_RELOADPOLICYRESPONSE']._serialized_start=1898
-  _globals['_RELOADPOLICYRESPONSE']._serialized_end=2250
-  _globals['_CONTROL']._serialized_start=2470
-  _globals['_CONTROL']._serialized_end=3513
+  _globals['_REVOKEMANDATEREQUEST']._serialized_start=839
+  _globals['_REVOKEMANDATEREQUEST']._serialized_end=927
+  _globals['_MANDATEREVOCATIONRECORD']._serialized_start=929
+  _globals['_MANDATEREVOCATIONRECORD']._serialized_end=1050
+  _globals['_REVOKEMANDATERESPONSE']._serialized_start=1052
+  _globals['_REVOKEMANDATERESPONSE']._serialized_end=1177
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_start=1179
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=1203
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=1205
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=1283
+  _globals['_CHECKPOINTREQUEST']._serialized_start=1285
+  _globals['_CHECKPOINTREQUEST']._serialized_end=1304
+  _globals['_SIGNEDCHECKPOINT']._serialized_start=1306
+  _globals['_SIGNEDCHECKPOINT']._serialized_end=1425
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=1427
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=1529
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_start=1531
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_end=1586
+  _globals['_INCLUSIONPROOFRESPONSE']._serialized_start=1588
+  _globals['_INCLUSIONPROOFRESPONSE']._serialized_end=1700
+  _globals['_CONSISTENCYPROOFREQUEST']._serialized_start=1702
+  _globals['_CONSISTENCYPROOFREQUEST']._serialized_end=1758
+  _globals['_CONSISTENCYPROOFRESPONSE']._serialized_start=1760
+  _globals['_CONSISTENCYPROOFRESPONSE']._serialized_end=1842
+  _globals['_EXPLAINAGENTREQUEST']._serialized_start=1844
+  _globals['_EXPLAINAGENTREQUEST']._serialized_end=1883
+  _globals['_EXPLAINAGENTRESPONSE']._serialized_start=1885
+  _globals['_EXPLAINAGENTRESPONSE']._serialized_end=1960
+  _globals['_RELOADPOLICYREQUEST']._serialized_start=1962
+  _globals['_RELOADPOLICYREQUEST']._serialized_end=1983
+  _globals['_CONFIRMRELOADREQUEST']._serialized_start=1985
+  _globals['_CONFIRMRELOADREQUEST']._serialized_end=2046
+  _globals['_GETRELOADREQUEST']._serialized_start=2048
+  _globals['_GETRELOADREQUEST']._serialized_end=2085
+  _globals['_POLICYPACKREF']._serialized_start=2087
+  _globals['_POLICYPACKREF']._serialized_end=2147
+  _globals['_POLICYCHANGE']._serialized_start=2149
+  _globals['_POLICYCHANGE']._serialized_end=2235
+  _globals['_RELOADPOLICYRESPONSE']._serialized_start=2238
+  _globals['_RELOADPOLICYRESPONSE']._serialized_end=2590
+  _globals['_CONTROL']._serialized_start=2810
+  _globals['_CONTROL']._serialized_end=3943
 # @@protoc_insertion_point(module_scope)

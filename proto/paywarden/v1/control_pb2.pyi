@@ -123,6 +123,40 @@ class RevokeIdentityResponse(_message.Message):
     created: bool
     def __init__(self, revocation: _Optional[_Union[RevocationRecord, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
+class RevokeMandateRequest(_message.Message):
+    __slots__ = ("mandate_id", "agent_key_thumbprint", "reason")
+    MANDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_KEY_THUMBPRINT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    mandate_id: str
+    agent_key_thumbprint: str
+    reason: str
+    def __init__(self, mandate_id: _Optional[str] = ..., agent_key_thumbprint: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class MandateRevocationRecord(_message.Message):
+    __slots__ = ("mandate_id", "agent_key_thumbprint", "reason", "operator", "at")
+    MANDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_KEY_THUMBPRINT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    mandate_id: str
+    agent_key_thumbprint: str
+    reason: str
+    operator: str
+    at: int
+    def __init__(self, mandate_id: _Optional[str] = ..., agent_key_thumbprint: _Optional[str] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ..., at: _Optional[int] = ...) -> None: ...
+
+class RevokeMandateResponse(_message.Message):
+    __slots__ = ("revocation", "created", "mandates_revoked")
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    MANDATES_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    revocation: MandateRevocationRecord
+    created: bool
+    mandates_revoked: int
+    def __init__(self, revocation: _Optional[_Union[MandateRevocationRecord, _Mapping]] = ..., created: _Optional[bool] = ..., mandates_revoked: _Optional[int] = ...) -> None: ...
+
 class ListRevocationsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -59,6 +59,11 @@ class ControlStub:
                 request_serializer=paywarden_dot_v1_dot_control__pb2.ListRevocationsRequest.SerializeToString,
                 response_deserializer=paywarden_dot_v1_dot_control__pb2.ListRevocationsResponse.FromString,
                 _registered_method=True)
+        self.RevokeMandate = channel.unary_unary(
+                '/paywarden.v1.Control/RevokeMandate',
+                request_serializer=paywarden_dot_v1_dot_control__pb2.RevokeMandateRequest.SerializeToString,
+                response_deserializer=paywarden_dot_v1_dot_control__pb2.RevokeMandateResponse.FromString,
+                _registered_method=True)
         self.Checkpoint = channel.unary_unary(
                 '/paywarden.v1.Control/Checkpoint',
                 request_serializer=paywarden_dot_v1_dot_control__pb2.CheckpointRequest.SerializeToString,
@@ -132,6 +137,16 @@ class ControlServicer:
 
     def ListRevocations(self, request, context):
         """Roles: operator. The revoked identities.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeMandate(self, request, context):
+        """Roles: operator. Revokes a mandate (by its id) or every mandate bound to an
+        agent key (by its RFC 7638 thumbprint), for good: no session opens from it
+        and no payment of a session opened from it is signed any more, on every
+        signer sharing the store.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -229,6 +244,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListRevocations,
                     request_deserializer=paywarden_dot_v1_dot_control__pb2.ListRevocationsRequest.FromString,
                     response_serializer=paywarden_dot_v1_dot_control__pb2.ListRevocationsResponse.SerializeToString,
+            ),
+            'RevokeMandate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeMandate,
+                    request_deserializer=paywarden_dot_v1_dot_control__pb2.RevokeMandateRequest.FromString,
+                    response_serializer=paywarden_dot_v1_dot_control__pb2.RevokeMandateResponse.SerializeToString,
             ),
             'Checkpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.Checkpoint,
@@ -401,6 +421,33 @@ class Control:
             '/paywarden.v1.Control/ListRevocations',
             paywarden_dot_v1_dot_control__pb2.ListRevocationsRequest.SerializeToString,
             paywarden_dot_v1_dot_control__pb2.ListRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeMandate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paywarden.v1.Control/RevokeMandate',
+            paywarden_dot_v1_dot_control__pb2.RevokeMandateRequest.SerializeToString,
+            paywarden_dot_v1_dot_control__pb2.RevokeMandateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpaywarden/v1/sessions.proto\x12\x0cpaywarden.v1\",\n\x0b\x41ssetBudget\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\"\xad\x01\n\x12OpenSessionRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x18\n\x10task_description\x18\x02 \x01(\t\x12*\n\x07\x62udgets\x18\x03 \x03(\x0b\x32\x19.paywarden.v1.AssetBudget\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x03\x12\x16\n\x0e\x61llowed_payees\x18\x05 \x03(\t\x12\x12\n\nplan_bound\x18\x06 \x01(\x08\"=\n\x13OpenSessionResponse\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x15.paywarden.v1.Session\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"<\n\x12GetSessionResponse\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x15.paywarden.v1.Session\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\">\n\x14\x43loseSessionResponse\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x15.paywarden.v1.Session\":\n\nAssetSpend\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\t\x12\r\n\x05spent\x18\x03 \x01(\t\"\x96\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x12\n\nplanner_id\x18\x03 \x01(\t\x12\x13\n\x0btask_digest\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\r\n\x05state\x18\x07 \x01(\t\x12\'\n\x05spend\x18\x08 \x03(\x0b\x32\x18.paywarden.v1.AssetSpend\x12\x16\n\x0e\x61llowed_payees\x18\t \x03(\t\x12\r\n\x05phase\x18\n \x01(\t\x12\x0f\n\x07pack_id\x18\x0b \x01(\t\x12$\n\x04plan\x18\x0c \x03(\x0b\x32\x16.paywarden.v1.PlanLine\"Y\n\x08PlanLine\x12\r\n\x05payee\x18\x01 \x01(\t\x12\r\n\x05\x61sset\x18\x02 \x01(\t\x12\x12\n\nmax_amount\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12\x0c\n\x04used\x18\x05 \x01(\x05\"N\n\x11\x43ommitPlanRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12%\n\x05lines\x18\x02 \x03(\x0b\x32\x16.paywarden.v1.PlanLine\"<\n\x12\x43ommitPlanResponse\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x15.paywarden.v1.Session2\xd7\x02\n\x08Sessions\x12R\n\x0bOpenSession\x12 .paywarden.v1.OpenSessionRequest\x1a!.paywarden.v1.OpenSessionResponse\x12O\n\nGetSession\x12\x1f.paywarden.v1.GetSessionRequest\x1a .paywarden.v1.GetSessionResponse\x12U\n\x0c\x43loseSession\x12!.paywarden.v1.CloseSessionRequest\x1a\".paywarden.v1.CloseSessionResponse\x12O\n\nCommitPlan\x12\x1f.paywarden.v1.CommitPlanRequest\x1a .paywarden.v1.CommitPlanResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpaywarden/v1/sessions.proto\x12\x0cpaywarden.v1\",\n\x0b\x41ssetBudget\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\"\xbe\x01\n\x12OpenSessionRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x18\n\x10task_description\x18\x02 \x01(\t\x12*\n\x07\x62udgets\x18\x03 \x03(\x0b\x32\x19.paywarden.v1.AssetBudget\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x03\x12\x16\n\x0e\x61llowed_payees\x18\x05 \x03(\t\x12\x12\n\nplan_bound\x18\x06 \x01(\x08\x12\x0f\n\x07mandate\x18\x07 \x01(\t\"=\n\x13OpenSessionResponse\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x15.paywarden.v1.Session\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"<\n\x12GetSessionResponse\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x15.paywarden.v1.Session\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\">\n\x14\x43loseSessionResponse\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x15.paywarden.v1.Session\":\n\nAssetSpend\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\t\x12\r\n\x05spent\x18\x03 \x01(\t\"\xaa\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x12\n\nplanner_id\x18\x03 \x01(\t\x12\x13\n\x0btask_digest\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\r\n\x05state\x18\x07 \x01(\t\x12\'\n\x05spend\x18\x08 \x03(\x0b\x32\x18.paywarden.v1.AssetSpend\x12\x16\n\x0e\x61llowed_payees\x18\t \x03(\t\x12\r\n\x05phase\x18\n \x01(\t\x12\x0f\n\x07pack_id\x18\x0b \x01(\t\x12$\n\x04plan\x18\x0c \x03(\x0b\x32\x16.paywarden.v1.PlanLine\x12\x12\n\nmandate_id\x18\r \x01(\t\"Y\n\x08PlanLine\x12\r\n\x05payee\x18\x01 \x01(\t\x12\r\n\x05\x61sset\x18\x02 \x01(\t\x12\x12\n\nmax_amount\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12\x0c\n\x04used\x18\x05 \x01(\x05\"N\n\x11\x43ommitPlanRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12%\n\x05lines\x18\x02 \x03(\x0b\x32\x16.paywarden.v1.PlanLine\"<\n\x12\x43ommitPlanResponse\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x15.paywarden.v1.Session2\xd7\x02\n\x08Sessions\x12R\n\x0bOpenSession\x12 .paywarden.v1.OpenSessionRequest\x1a!.paywarden.v1.OpenSessionResponse\x12O\n\nGetSession\x12\x1f.paywarden.v1.GetSessionRequest\x1a .paywarden.v1.GetSessionResponse\x12U\n\x0c\x43loseSession\x12!.paywarden.v1.CloseSessionRequest\x1a\".paywarden.v1.CloseSessionResponse\x12O\n\nCommitPlan\x12\x1f.paywarden.v1.CommitPlanRequest\x1a .paywarden.v1.CommitPlanResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,27 +34,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSETBUDGET']._serialized_start=45
   _globals['_ASSETBUDGET']._serialized_end=89
   _globals['_OPENSESSIONREQUEST']._serialized_start=92
-  _globals['_OPENSESSIONREQUEST']._serialized_end=265
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=267
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=328
-  _globals['_GETSESSIONREQUEST']._serialized_start=330
-  _globals['_GETSESSIONREQUEST']._serialized_end=369
-  _globals['_GETSESSIONRESPONSE']._serialized_start=371
-  _globals['_GETSESSIONRESPONSE']._serialized_end=431
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=433
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=474
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=476
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=538
-  _globals['_ASSETSPEND']._serialized_start=540
-  _globals['_ASSETSPEND']._serialized_end=598
-  _globals['_SESSION']._serialized_start=601
-  _globals['_SESSION']._serialized_end=879
-  _globals['_PLANLINE']._serialized_start=881
-  _globals['_PLANLINE']._serialized_end=970
-  _globals['_COMMITPLANREQUEST']._serialized_start=972
-  _globals['_COMMITPLANREQUEST']._serialized_end=1050
-  _globals['_COMMITPLANRESPONSE']._serialized_start=1052
-  _globals['_COMMITPLANRESPONSE']._serialized_end=1112
-  _globals['_SESSIONS']._serialized_start=1115
-  _globals['_SESSIONS']._serialized_end=1458
+  _globals['_OPENSESSIONREQUEST']._serialized_end=282
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=284
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=345
+  _globals['_GETSESSIONREQUEST']._serialized_start=347
+  _globals['_GETSESSIONREQUEST']._serialized_end=386
+  _globals['_GETSESSIONRESPONSE']._serialized_start=388
+  _globals['_GETSESSIONRESPONSE']._serialized_end=448
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=450
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=491
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=493
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=555
+  _globals['_ASSETSPEND']._serialized_start=557
+  _globals['_ASSETSPEND']._serialized_end=615
+  _globals['_SESSION']._serialized_start=618
+  _globals['_SESSION']._serialized_end=916
+  _globals['_PLANLINE']._serialized_start=918
+  _globals['_PLANLINE']._serialized_end=1007
+  _globals['_COMMITPLANREQUEST']._serialized_start=1009
+  _globals['_COMMITPLANREQUEST']._serialized_end=1087
+  _globals['_COMMITPLANRESPONSE']._serialized_start=1089
+  _globals['_COMMITPLANRESPONSE']._serialized_end=1149
+  _globals['_SESSIONS']._serialized_start=1152
+  _globals['_SESSIONS']._serialized_end=1495
 # @@protoc_insertion_point(module_scope)

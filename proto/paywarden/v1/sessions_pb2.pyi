@@ -15,20 +15,22 @@ class AssetBudget(_message.Message):
     def __init__(self, asset: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("agent_id", "task_description", "budgets", "ttl_seconds", "allowed_payees", "plan_bound")
+    __slots__ = ("agent_id", "task_description", "budgets", "ttl_seconds", "allowed_payees", "plan_bound", "mandate")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_PAYEES_FIELD_NUMBER: _ClassVar[int]
     PLAN_BOUND_FIELD_NUMBER: _ClassVar[int]
+    MANDATE_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     task_description: str
     budgets: _containers.RepeatedCompositeFieldContainer[AssetBudget]
     ttl_seconds: int
     allowed_payees: _containers.RepeatedScalarFieldContainer[str]
     plan_bound: bool
-    def __init__(self, agent_id: _Optional[str] = ..., task_description: _Optional[str] = ..., budgets: _Optional[_Iterable[_Union[AssetBudget, _Mapping]]] = ..., ttl_seconds: _Optional[int] = ..., allowed_payees: _Optional[_Iterable[str]] = ..., plan_bound: _Optional[bool] = ...) -> None: ...
+    mandate: str
+    def __init__(self, agent_id: _Optional[str] = ..., task_description: _Optional[str] = ..., budgets: _Optional[_Iterable[_Union[AssetBudget, _Mapping]]] = ..., ttl_seconds: _Optional[int] = ..., allowed_payees: _Optional[_Iterable[str]] = ..., plan_bound: _Optional[bool] = ..., mandate: _Optional[str] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
     __slots__ = ("session",)
@@ -71,7 +73,7 @@ class AssetSpend(_message.Message):
     def __init__(self, asset: _Optional[str] = ..., budget: _Optional[str] = ..., spent: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "agent_id", "planner_id", "task_digest", "created_at", "expires_at", "state", "spend", "allowed_payees", "phase", "pack_id", "plan")
+    __slots__ = ("session_id", "agent_id", "planner_id", "task_digest", "created_at", "expires_at", "state", "spend", "allowed_payees", "phase", "pack_id", "plan", "mandate_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     PLANNER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +86,7 @@ class Session(_message.Message):
     PHASE_FIELD_NUMBER: _ClassVar[int]
     PACK_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    MANDATE_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     agent_id: str
     planner_id: str
@@ -96,7 +99,8 @@ class Session(_message.Message):
     phase: str
     pack_id: str
     plan: _containers.RepeatedCompositeFieldContainer[PlanLine]
-    def __init__(self, session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., planner_id: _Optional[str] = ..., task_digest: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., state: _Optional[str] = ..., spend: _Optional[_Iterable[_Union[AssetSpend, _Mapping]]] = ..., allowed_payees: _Optional[_Iterable[str]] = ..., phase: _Optional[str] = ..., pack_id: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[PlanLine, _Mapping]]] = ...) -> None: ...
+    mandate_id: str
+    def __init__(self, session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., planner_id: _Optional[str] = ..., task_digest: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., state: _Optional[str] = ..., spend: _Optional[_Iterable[_Union[AssetSpend, _Mapping]]] = ..., allowed_payees: _Optional[_Iterable[str]] = ..., phase: _Optional[str] = ..., pack_id: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[PlanLine, _Mapping]]] = ..., mandate_id: _Optional[str] = ...) -> None: ...
 
 class PlanLine(_message.Message):
     __slots__ = ("payee", "asset", "max_amount", "count", "used")

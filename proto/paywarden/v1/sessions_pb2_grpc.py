@@ -60,7 +60,12 @@ class SessionsServicer:
     """Missing associated documentation comment in .proto file."""
 
     def OpenSession(self, request, context):
-        """Roles: planner. Opens a session for one agent and one task.
+        """Roles: planner. Opens a session for one agent and one task: with a budget
+        the planner chooses, or bounded by a human-signed mandate (see
+        OpenSessionRequest.mandate). A mandate that is refused is answered with
+        its status and an AP2 error receipt signed by the audit key (the
+        ErrorInfo metadata "ap2_receipt" and the trailing metadata key
+        "paywarden-ap2-receipt": a compact JWS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
