@@ -23,6 +23,7 @@ REASON_KEY = "paywarden-reason"
 DECISION_KEY = "paywarden-decision-id"
 AUDIT_KEY = "paywarden-audit-seq"
 DETAILS_KEY = "grpc-status-details-bin"
+AP2_RECEIPT_KEY = "paywarden-ap2-receipt"
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -115,6 +116,9 @@ def refusal_of(err: grpc.RpcError) -> Refusal:
             reason = reason or str(info.reason) or None
             decision = decision or str(info.metadata.get("decision_id", "")) or None
     seq = _text(metadata.get(AUDIT_KEY))
+    receipt = _text(metadata.get(AP2_RECEIPT_KEY))
+    if receipt is None and info is not None and info.domain == ERROR_DOMAIN:
+        receipt = str(info.metadata.get("ap2_receipt", "")) or None
     return Refusal(
         code=failed.code(),
         message=failed.details() or "",
@@ -122,6 +126,7 @@ def refusal_of(err: grpc.RpcError) -> Refusal:
         decision_id=decision,
         audit_seq=int(seq) if seq is not None and seq.isdigit() else None,
         domain=domain,
+        ap2_receipt=receipt,
     )
 
 

@@ -25,29 +25,36 @@ class SessionOptions(TypedDict):
 
     task: str
     """What the agent is to do (its digest is bound into every payment of the session)."""
-    budgets: Mapping[str, str]
-    """Asset code -> the most the session may spend in it (a decimal string)."""
+    budgets: NotRequired[Mapping[str, str]]
+    """Asset code -> the most the session may spend in it (a decimal string); required
+    unless ``mandate`` is given."""
     ttl_seconds: NotRequired[int]
-    """Lifetime in seconds (default 900)."""
+    """Lifetime in seconds (default 900; with a ``mandate``, 0: up to the mandate's end)."""
     allowed_payees: NotRequired[Iterable[str]]
     """When given, the only payees the agent may pay."""
     plan_bound: NotRequired[bool]
     """Nothing is signed until a plan is committed (:class:`PlanItem`)."""
+    mandate: NotRequired[str]
+    """A human-signed mandate chain (SD-JWT hops joined by ``~~``): the session's budget,
+    payees and expiry come from it (then no ``budgets`` or ``allowed_payees``)."""
 
 
 def open_request(
     agent_id: str, **options: Unpack[SessionOptions]
 ) -> sessions_pb2.OpenSessionRequest:
     """The OpenSession request for ``agent_id``."""
+    mandate = options.get("mandate", "")
     return sessions_pb2.OpenSessionRequest(
         agent_id=agent_id,
         task_description=options["task"],
         budgets=[
-            sessions_pb2.AssetBudget(asset=a, amount=v) for a, v in options["budgets"].items()
+            sessions_pb2.AssetBudget(asset=a, amount=v)
+            for a, v in options.get("budgets", {}).items()
         ],
-        ttl_seconds=options.get("ttl_seconds", 900),
+        ttl_seconds=options.get("ttl_seconds", 0 if mandate else 900),
         allowed_payees=list(options.get("allowed_payees", ())),
         plan_bound=options.get("plan_bound", False),
+        mandate=mandate,
     )
 
 

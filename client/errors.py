@@ -53,6 +53,9 @@ class Refusal:
     audit_seq: int | None = None
     domain: str | None = None
     """The ErrorInfo's domain: ``"paywarden.dev"`` when the signer wrote it."""
+    ap2_receipt: str | None = None
+    """A refused mandate's AP2 error receipt: a compact JWS signed by the signer's audit
+    key (check it with :func:`paywarden.verify.mandate_receipts.verify_mandate_receipt`)."""
 
 
 class CallError(ClientError):
@@ -76,6 +79,11 @@ class CallError(ClientError):
     def message(self) -> str:
         """The signer's message (``"[REASON] text"``)."""
         return self.refusal.message
+
+    @property
+    def ap2_receipt(self) -> str | None:
+        """The AP2 error receipt of a refused mandate (a compact JWS), if one came."""
+        return self.refusal.ap2_receipt
 
     @property
     def decision_id(self) -> str | None:

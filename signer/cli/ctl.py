@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     who.add_argument("--serial", default="", help="a client certificate's serial, in hex")
     p.add_argument("--reason", required=True)
     sub.add_parser("revocations", help="the revoked identities")
+    p = sub.add_parser("revoke-mandate", help="revoke a mandate, or every mandate of an agent key")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--mandate-id", default="", help="a mandate id (64 hex, Session.mandate_id)")
+    which.add_argument("--agent-key", default="", help="an agent key's RFC 7638 thumbprint")
+    p.add_argument("--reason", required=True)
     p = sub.add_parser("checkpoint", help="sign a checkpoint of the audit log now")
     p.add_argument("--public-key-out", type=Path, help="write the audit public key (PEM) here")
     p.add_argument(
@@ -79,7 +84,7 @@ def _ctl(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
         for f in freezes:
             print(f"{_NAMES[f.scope]} {f.target or '-'}  by {f.actor}  at {f.at}  {f.reason}")
         return 0
-    if cmd in ("revoke", "revocations"):
+    if cmd in ("revoke", "revocations", "revoke-mandate"):
         return _revocations(stub, args)
     if cmd == "reload":
         return reload_command(stub, args)
@@ -100,6 +105,18 @@ def _ctl(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
 
 
 def _revocations(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    if args.ctl_command == "revoke-mandate":
+        answer = stub.RevokeMandate(
+            control_pb2.RevokeMandateRequest(
+                mandate_id=args.mandate_id, agent_key_thumbprint=args.agent_key, reason=args.reason
+            ),
+            timeout=30,
+        )
+        r = answer.revocation
+        what = f"mandate {r.mandate_id}" if r.mandate_id else f"agent key {r.agent_key_thumbprint}"
+        done = "revoked" if answer.created else "already revoked"
+        print(f"{what}: {done} ({r.reason}); {answer.mandates_revoked} mandate(s) revoked now")
+        return 0
     if args.ctl_command == "revoke":
         resp = stub.RevokeIdentity(
             control_pb2.RevokeIdentityRequest(
