@@ -18,7 +18,7 @@ import grpc
 import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey
-from paywarden.v1 import control_pb2, sessions_pb2, signer_pb2
+from paywarden.v1 import approvals_pb2, control_pb2, sessions_pb2, signer_pb2
 from paywarden.verify.mandate_receipts import verify_mandate_receipt
 from paywarden.verify.mandates import jwk_thumbprint
 
@@ -70,6 +70,7 @@ agents = ["agent-1", "agent-2"]
 [assets.USD]
 keys = ["payments.v1", "payments.v2"]
 max_per_payment = "500"
+approval_above = "100"
 
 [payees]
 allow = ["m1", "m2", "m3"]
@@ -439,6 +440,31 @@ def test_a_revoked_mandate_opens_nothing_and_signs_nothing_more(api: Api, stack:
     assert receipt_of(api, denied)["mandate_id"] == mandate_id
     claims = refused_open(api, chain, PRECONDITION, "MANDATE_REVOKED")
     assert claims["mandate_id"] == mandate_id
+
+
+def test_a_payment_approved_after_its_mandate_was_revoked_is_never_signed(
+    api: Api, stack: Stack
+) -> None:
+    terms = standard_terms(range=amount_range(50_000), budget=budget(1000))
+    chain, mandate_id = chain_of(stack, terms)
+    session = open_from(api, chain).session_id
+    expires_at = int(stack.clock.now()) + 120
+    intent = payment_intent(
+        session, payee="m1", amount="150.00", reference=ORDER, expires_at=expires_at
+    )
+    held = api.sign(intent)
+    assert held.status == signer_pb2.PENDING_APPROVAL
+    api.control().RevokeMandate(
+        control_pb2.RevokeMandateRequest(mandate_id=mandate_id, reason="user withdrew consent")
+    )
+    approved = api.approver("approver-1").Approve(
+        approvals_pb2.ApproveRequest(approval_id=held.approval_id)
+    )
+    assert approved.approval.state == "approved"
+    with pytest.raises(grpc.RpcError) as caught:
+        api.sign(intent)  # the agent's retry, which would collect the signature
+    assert reason_of(caught.value) == "MANDATE_REVOKED"
+    assert receipt_of(api, caught.value)["mandate_id"] == mandate_id
 
 
 def test_revoking_an_agent_key_stops_its_mandates_now_and_later(api: Api, stack: Stack) -> None:

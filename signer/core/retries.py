@@ -30,8 +30,9 @@ def answer_retry(
     or an approval, or goes on to be signed).
 
     A decision that was allowed but never signed (the HSM failed) is signed
-    on retry only while its session is open and its payload unexpired;
-    otherwise its reservation is released and the retry is denied.
+    on retry only while its session is open, its payload unexpired and the session's
+    mandate (if any) neither revoked nor expired; otherwise its reservation is
+    released and the retry is denied.
     """
     if previous.outcome == Verdict.DENY or previous.jws is not None:
         return previous, None, True, False
@@ -46,7 +47,7 @@ def answer_retry(
             reason, message = Reason.APPROVAL_DENIED, "an approver denied it"
             return _denied(previous, reason, message), approval, True, False
     held = approval is not None
-    refusal = _unsignable(session, previous, now, held=held)
+    refusal = _unsignable(session, previous, now, held=held) or _mandate_gone(tx, session, now)
     if approval is not None and approval.status == ApprovalStatus.EXPIRED:
         refusal = refusal or (Reason.APPROVAL_EXPIRED, "approval expired")
         return _denied(previous, *refusal), approval, True, False
@@ -77,6 +78,23 @@ def _unsignable(
         if held:
             return Reason.APPROVAL_EXPIRED, "approval expired with the authorisation's window"
         return Reason.PAYMENT_WITHDRAWN, "the authorisation's window closed before it was signed"
+    return None
+
+
+def _mandate_gone(tx: PaymentTx, session: SessionRecord, now: int) -> tuple[Reason, str] | None:
+    """Why the session's mandate no longer lets anything be signed (None: it does, or the
+    session has none). Read in the retry's transaction: a payment approved after its
+    mandate was revoked is never signed."""
+    if session.mandate_id is None:
+        return None
+    found = tx.mandate(session.mandate_id, now)
+    if found is None:
+        raise InvariantBroken(f"the session's mandate {session.mandate_id} is not stored")
+    mandate, _ = found
+    if mandate.revoked_at is not None:
+        return Reason.MANDATE_REVOKED, "the session's mandate was revoked before it was signed"
+    if now >= mandate.expires_at:
+        return Reason.MANDATE_EXPIRED, "the session's mandate expired before it was signed"
     return None
 
 
