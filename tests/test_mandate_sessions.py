@@ -18,11 +18,12 @@ import grpc
 import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey
+from paywarden.client import CallError, PlannerClient
 from paywarden.v1 import approvals_pb2, control_pb2, sessions_pb2, signer_pb2
 from paywarden.verify.mandate_receipts import verify_mandate_receipt
 from paywarden.verify.mandates import jwk_thumbprint
 
-from tests.helpers import Stack, new_nonce, reason_of, trailing_metadata
+from tests.helpers import Pki, Stack, new_nonce, reason_of, trailing_metadata
 from tests.support.clients import Api
 from tests.support.intents import payment_intent
 from tests.support.mandates import (
@@ -44,8 +45,10 @@ from tests.support.mandates import (
     public_jwk,
     recurrence,
     reference,
+    with_jws_header,
     withhold,
 )
+from tests.support.sdk import settings_for
 
 PARTIES = MandateParties()
 SECOND_AGENT_KEY = mandate_key()  # agent-2's registered key
@@ -118,12 +121,16 @@ def chain_of(
     nonce: str = "n-agent-1",
     ttl: int | None = 1800,
     kid: str = ISSUER_KID,
+    vct: str = "mandate.payment.open.1",
+    iat_ahead: int = 0,
 ) -> tuple[str, str]:
-    """A user-credential chain made now on the stack's clock, and its mandate id."""
+    """A user-credential chain made now on the stack's clock (its mandate issued
+    ``iat_ahead`` seconds in the future), and its mandate id."""
     now = int(stack.clock.now())
     agent = agent_key if agent_key is not None else parties.agent
     credential = issue_credential(parties.issuer, parties.user, now=now, kid=kid)
-    item = open_mandate(agent, constraints or standard_terms(), now=now, ttl=ttl)
+    item = open_mandate(agent, constraints or standard_terms(), now=now, ttl=ttl, vct=vct)
+    item["iat"] += iat_ahead
     hop1 = issue_user_mandate(parties.user, credential, item, now=now)
     hops = [credential, hop1]
     if closed:
@@ -373,11 +380,43 @@ def test_every_refused_chain_is_answered_with_a_signed_ap2_receipt(api: Api, sta
          "unresolved_constraint"),
         ("unbounded", chain_of(stack, standard_terms(budget=None, recurrence=None))[0], DENIED,
          "MANDATE_UNBOUNDED", "unresolved_constraint"),
+        ("closed vct", chain_of(stack, vct="mandate.payment.1")[0], DENIED,
+         "MANDATE_VCT_MISMATCH", "invalid_mandate"),
+        ("issued in the future", chain_of(stack, iat_ahead=3600)[0], PRECONDITION,
+         "MANDATE_NOT_YET_VALID", "invalid_mandate"),
+        ("alg none", _unsigned(good), DENIED, "MANDATE_SIGNATURE_INVALID", "invalid_credential"),
+        ("spliced hop", _spliced(stack, good), DENIED, "MANDATE_LINK_INVALID",
+         "invalid_credential"),
+        ("disclosure twice", _doubled(good), INVALID, "MANDATE_DISCLOSURE_INVALID",
+         "invalid_credential"),
     ]  # fmt: skip
     for what, chain, code, reason, error in cases:
         claims = refused_open(api, chain, code, reason)
         assert claims["error"] == error, what
         assert claims["reference"] == hop_hash(chain.split("~~")[-1]), what
+
+
+def _unsigned(chain: str) -> str:
+    """The chain with its mandate hop's header saying ``alg`` none."""
+    credential, hop1 = chain.split("~~")
+    forged = with_jws_header(hop1, {"alg": "none", "typ": "kb+sd-jwt+kb"})
+    return join_hops(credential + "~", forged)
+
+
+def _spliced(stack: Stack, chain: str) -> str:
+    """The chain's mandate hop after another user credential of the same user and issuer:
+    its sd_hash names the first credential, not this one."""
+    credential, hop1 = chain.split("~~")
+    other = issue_credential(PARTIES.issuer, PARTIES.user, now=int(stack.clock.now()) - 1)
+    assert other != credential + "~"
+    return join_hops(other, hop1)
+
+
+def _doubled(chain: str) -> str:
+    """The chain with one of its mandate hop's disclosures presented twice."""
+    credential, hop1 = chain.split("~~")
+    parts = hop1.split("~")
+    return join_hops(credential + "~", "~".join([*parts[:-1], parts[1], ""]))
 
 
 def _withheld(stack: Stack) -> str:
@@ -517,3 +556,20 @@ def test_the_mandate_id_is_the_user_signed_jwt_not_the_chain(stack: Stack) -> No
     hop1 = chain.split("~~")[1]
     signed_part = hop1.split("~")[0].rsplit(".", 1)[0]
     assert mandate_id == hashlib.sha256(signed_part.encode()).hexdigest()
+
+
+def test_the_sdk_opens_a_session_from_a_mandate_and_hands_over_a_refusal_s_receipt(
+    api: Api, stack: Stack, grpc_server: grpc.Server, grpc_addr: str, pki: Pki
+) -> None:
+    chain, mandate_id = chain_of(stack)
+    with PlannerClient(settings_for(pki, grpc_addr, "planner", "planner-1")) as planner:
+        session = planner.open_session("agent-1", task="restock", mandate=chain)
+        assert session.mandate_id == mandate_id
+        assert [(s.asset, s.budget) for s in session.spend] == [("USD", "100.00")]
+        with pytest.raises(CallError) as caught:
+            planner.open_session("agent-1", task="restock", mandate=chain_of(stack, ttl=None)[0])
+    error = caught.value
+    assert (error.code, error.reason) == (DENIED, "MANDATE_NO_EXPIRY")
+    assert error.ap2_receipt is not None
+    claims = verify_mandate_receipt(error.ap2_receipt, audit_key_pem(api))
+    assert (claims["error"], claims["reason"]) == ("invalid_mandate", "MANDATE_NO_EXPIRY")
