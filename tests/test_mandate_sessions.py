@@ -312,7 +312,7 @@ def test_each_bound_of_the_mandate_denies_a_payment_outside_it(api: Api, stack: 
         if reason.startswith("MANDATE_"):
             claims = receipt_of(api, answer)
             assert claims["mandate_id"] == mandate_id
-            assert claims["reference"] is not None
+            assert claims["reference"] == _b64e(bytes.fromhex(mandate_id))
     assert isinstance(pay(api, stack, session, "10.00"), signer_pb2.SignResponse)
     too_soon = pay(api, stack, session, "10.00")
     assert isinstance(too_soon, grpc.RpcError) and reason_of(too_soon) == "MANDATE_TOO_SOON"

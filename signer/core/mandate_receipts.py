@@ -43,22 +43,23 @@ class MandateReceipts:
 
     def of_denial(self, reason: Reason, record: DecisionRecord) -> str | None:
         """The receipt of a Sign that its session's mandate denied (None for any other
-        denial): ``invalid_mandate``, naming the mandate."""
+        denial, or when the session cannot be read now): ``invalid_mandate``, naming the
+        mandate."""
         if not reason.startswith("MANDATE_"):
             return None
         try:
             session = self._deps.store.get_session(record.session_id, record.created_at)
         except StoreError:
-            session = None
-        mandate_id = session.mandate_id if session is not None else None
+            return None  # the refusal stands; a receipt must name its mandate
+        if session is None or session.mandate_id is None:
+            return None
         # AP2's reference: a hash of the mandate; here the issuer-signed JWT's (its id).
-        reference = b64url(bytes.fromhex(mandate_id)) if mandate_id else None
         return self.refusal(
             MandateCode.INVALID_MANDATE,
             reason,
             record.message,
-            reference=reference,
-            mandate_id=mandate_id,
+            reference=b64url(bytes.fromhex(session.mandate_id)),
+            mandate_id=session.mandate_id,
         )
 
     def refusal(
