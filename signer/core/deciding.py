@@ -23,7 +23,7 @@ from paywarden.policy.vocabulary import (
     SessionState,
 )
 from paywarden.signer.core import audit_events
-from paywarden.signer.core.backstop import check_budget
+from paywarden.signer.core.backstop import check_budget, check_mandate
 from paywarden.signer.core.deps import Deps
 from paywarden.signer.core.facts import day_start, payment_facts
 from paywarden.signer.core.keys import KeyView, evm_address, resolve
@@ -339,6 +339,7 @@ class Decider:
         reservation, approval = holds(record, session, read.payee_key, decision)
         if reservation is not None:
             check_budget(tx, reservation)
+            check_mandate(tx, reservation)
         if decision.verdict is Verdict.ALLOW:  # signed last: nothing left to refuse it
             record = replace(record, jws=sign(record))
         tx.record_decision(record, consume_nonce=True, reservation=reservation, approval=approval)
