@@ -241,15 +241,23 @@ def test_a_holder_key_revoked_later_revokes_its_mandates(tmp_path: Path, stores:
     store.close()
 
 
-def test_revoking_an_unknown_mandate_is_a_key_error_and_writes_nothing(
+def test_a_mandate_revoked_by_id_before_it_is_first_seen_opens_nothing(
     tmp_path: Path, stores: Stores
 ) -> None:
-    store = _store_with_mandate(stores, tmp_path / "s.db")
-    unknown = _mandate_revocation(MandateRevocationKind.MANDATE, "0" * 64, T0)
-    with pytest.raises(KeyError):
-        store.revoke_mandate(unknown, AUDIT)
-    assert store.mandate_revocations() == []
-    assert store.audit_head()[0] == 1
+    store = stores.open(tmp_path / "s.db")
+    store.migrate()
+    unseen = _mandate_revocation(MandateRevocationKind.MANDATE, MID, T0)
+    assert store.revoke_mandate(unseen, AUDIT) == (unseen, True, 0)
+    later = _mandate_revocation(MandateRevocationKind.MANDATE, MID, T0 + 5)
+    assert store.revoke_mandate(later, AUDIT) == (unseen, False, 0)  # the first stands
+    with pytest.raises(MandateRevoked):
+        store.create_session(
+            _ledger_session(0, _stored_mandate()), {"USD": 2}, AUDIT, _stored_mandate()
+        )
+    assert store.mandate(MID, T0) is None  # nothing written
+    assert store.get_session("ses_mandate_0", T0) is None
+    assert store.mandate_revocations() == [unseen]
+    assert store.audit_head()[0] == 1  # the first revocation's record only
     store.close()
 
 

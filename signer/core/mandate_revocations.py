@@ -1,5 +1,6 @@
-"""Revoking mandates (``Control.RevokeMandate``): one mandate by its id, or every mandate
-bound to an agent key by the key's RFC 7638 thumbprint, now and later.
+"""Revoking mandates (``Control.RevokeMandate``): one mandate by its id (also one that no
+session was opened from yet), or every mandate bound to an agent key by the key's RFC 7638
+thumbprint, now and later.
 
 The revocation is written in the store in one transaction with its audit record. The
 deciding transaction reads the mandate's row (and its key's revocation) under the write
@@ -17,7 +18,7 @@ import re
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.deps import Deps, control_store_call, require
 from paywarden.signer.core.validation import clean_text
-from paywarden.signer.errors import InvalidInput, NotFound, Reason
+from paywarden.signer.errors import InvalidInput, Reason
 from paywarden.signer.identity import Principal, Role
 from paywarden.signer.mandate_config import THUMBPRINT
 from paywarden.signer.store.records import MandateRevocation, MandateRevocationKind
@@ -63,14 +64,9 @@ class MandateRevocations:
         event = audit_events.event(
             "mandate.revoke", caller, now, kind=kind, value=value, reason=reason
         )
-        try:
-            current, created, count = control_store_call(
-                lambda: self._store.revoke_mandate(revocation, event)
-            )
-        except KeyError:
-            raise NotFound(
-                Reason.MANDATE_NOT_FOUND, "no session was opened from this mandate"
-            ) from None
+        current, created, count = control_store_call(
+            lambda: self._store.revoke_mandate(revocation, event)
+        )
         if created:
             log.warning(
                 "mandate revoked: %s %s by %s",

@@ -34,8 +34,8 @@ class MandateStore(Protocol):
     def revoke_mandate(
         self, revocation: MandateRevocation, audit: Mapping[str, Any]
     ) -> tuple[MandateRevocation, bool, int]:
-        """One write transaction. By mandate id: revokes the stored mandate if it is not
-        revoked yet (KeyError, nothing written, if no such mandate). By holder key
+        """One write transaction. By mandate id: revokes the mandate if it is not revoked
+        yet (one no session was opened from yet included: it cannot open). By holder key
         thumbprint: records the revocation if it is new, and revokes every stored
         mandate of that key not revoked yet (a mandate first seen later cannot open).
         Returns the revocation in force (the earliest that revokes it, when it was

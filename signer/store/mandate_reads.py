@@ -97,13 +97,16 @@ def mandate(conn: Conn, mandate_id: str, now: int) -> tuple[MandateRecord, Manda
 
 def open_mandate(conn: Conn, m: MandateRecord) -> None:
     """In a session's transaction, before it writes anything: refuses a revoked holder
-    key, stores the mandate if it is new, then refuses a revoked mandate or one stored
-    with other terms, agent or holder."""
+    key or a mandate revoked by its id (also before it was first seen), stores the
+    mandate if it is new, then refuses a revoked mandate or one stored with other terms,
+    agent or holder."""
     held = conn.execute(
-        "SELECT 1 FROM mandate_revocations WHERE kind = 'holder' AND value = ?", (m.holder_jkt,)
+        "SELECT 1 FROM mandate_revocations WHERE (kind = 'holder' AND value = ?)"
+        " OR (kind = 'mandate' AND value = ?)",
+        (m.holder_jkt, m.id),
     ).fetchone()
     if held is not None:
-        raise MandateRevoked(f"the key {m.holder_jkt} that holds mandate {m.id} is revoked")
+        raise MandateRevoked(f"mandate {m.id}, or the key {m.holder_jkt} holding it, is revoked")
     conn.execute(
         f"INSERT INTO mandates ({_COLUMNS})"  # noqa: S608 - constant column list
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
@@ -140,12 +143,18 @@ def _text(amount: int | None) -> str | None:
 
 
 def revoke_one(conn: Conn, r: MandateRevocation) -> tuple[MandateRevocation, bool, int]:
-    """Revokes one stored mandate by its id (KeyError if none), unless it is revoked."""
+    """Revokes one mandate by its id, unless it is revoked. A mandate no session was
+    opened from yet is revoked too: the revocation refuses it when it is first presented."""
     row = conn.execute(
         "SELECT holder_jkt, revoked_at FROM mandates WHERE id = ?", (r.value,)
     ).fetchone()
     if row is None:
-        raise KeyError(r.value)
+        if _insert(conn, r, if_new=True):
+            return r, True, 0
+        kept = conn.execute(
+            f"{_REVOCATION} WHERE kind = 'mandate' AND value = ?", (r.value,)
+        ).fetchone()
+        return revocation(kept), False, 0
     if row[1] is None:
         _insert(conn, r)
         conn.execute(
