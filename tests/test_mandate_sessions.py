@@ -491,29 +491,48 @@ def test_a_mandate_revoked_before_any_session_opens_none(api: Api, stack: Stack)
     assert claims["mandate_id"] == mandate_id
 
 
-def test_a_payment_approved_after_its_mandate_was_revoked_is_never_signed(
+def _held(
+    api: Api, stack: Stack, session: str, amount: str
+) -> tuple[signer_pb2.PaymentIntent, str]:
+    """A payment above the pack's approval threshold, held for an approver; and the
+    approval's id."""
+    expires_at = int(stack.clock.now()) + 120
+    intent = payment_intent(
+        session,
+        payee="m1",
+        amount=amount,
+        reference=ORDER,
+        expires_at=expires_at,
+        nonce=new_nonce(),
+    )
+    held = api.sign(intent)
+    assert held.status == signer_pb2.PENDING_APPROVAL
+    return intent, held.approval_id
+
+
+def test_held_payments_of_a_revoked_mandate_are_never_approved_nor_signed(
     api: Api, stack: Stack
 ) -> None:
     terms = standard_terms(range=amount_range(50_000), budget=budget(1000))
     chain, mandate_id = chain_of(stack, terms)
     session = open_from(api, chain).session_id
-    expires_at = int(stack.clock.now()) + 120
-    intent = payment_intent(
-        session, payee="m1", amount="150.00", reference=ORDER, expires_at=expires_at
-    )
-    held = api.sign(intent)
-    assert held.status == signer_pb2.PENDING_APPROVAL
+    approved_first, first = _held(api, stack, session, "150.00")
+    waiting, pending = _held(api, stack, session, "160.00")
+    approvals = api.approver("approver-1")
+    approvals.Approve(approvals_pb2.ApproveRequest(approval_id=first))
     api.control().RevokeMandate(
         control_pb2.RevokeMandateRequest(mandate_id=mandate_id, reason="user withdrew consent")
     )
-    approved = api.approver("approver-1").Approve(
-        approvals_pb2.ApproveRequest(approval_id=held.approval_id)
-    )
-    assert approved.approval.state == "approved"
-    with pytest.raises(grpc.RpcError) as caught:
-        api.sign(intent)  # the agent's retry, which would collect the signature
-    assert reason_of(caught.value) == "MANDATE_REVOKED"
-    assert receipt_of(api, caught.value)["mandate_id"] == mandate_id
+    with pytest.raises(grpc.RpcError) as vote:
+        approvals.Approve(approvals_pb2.ApproveRequest(approval_id=pending))
+    assert (vote.value.code(), reason_of(vote.value)) == (PRECONDITION, "MANDATE_REVOKED")
+    for intent in (approved_first, waiting):  # the agent's retries, which would sign
+        with pytest.raises(grpc.RpcError) as caught:
+            api.sign(intent)
+        assert reason_of(caught.value) == "MANDATE_REVOKED"
+        claims = receipt_of(api, caught.value)
+        assert claims["mandate_id"] == mandate_id
+        assert claims["reference"] == _b64e(bytes.fromhex(mandate_id))
 
 
 def test_revoking_an_agent_key_stops_its_mandates_now_and_later(api: Api, stack: Stack) -> None:

@@ -11,6 +11,7 @@ import logging
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Vote
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.deps import Deps, require, store_call
+from paywarden.signer.core.retries import mandate_gone
 from paywarden.signer.core.validation import clean_text
 from paywarden.signer.core.views import ApprovalView
 from paywarden.signer.errors import (
@@ -128,6 +129,9 @@ class Approvals:
                     raise SessionNotUsable(
                         Reason.APPROVAL_NOT_PENDING, f"the approval is {view.state}"
                     )
+                gone = mandate_gone(tx, view.session, now)
+                if gone is not None:  # it could never be signed: no vote on it
+                    raise SessionNotUsable(*gone)
                 vote = Vote.APPROVE if approve else Vote.DENY
                 tx.add_vote(approval_id, caller.id, vote, now, note)
                 after = tx.approval(approval_id)

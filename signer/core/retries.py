@@ -13,6 +13,7 @@ from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Sessi
 from paywarden.signer.core.withdrawal import withdraw
 from paywarden.signer.core.x402 import signable_until
 from paywarden.signer.errors import Reason
+from paywarden.signer.store.mandate_protocols import MandateTx
 from paywarden.signer.store.protocols import PaymentTx
 from paywarden.signer.store.records import (
     ApprovalRecord,
@@ -47,7 +48,7 @@ def answer_retry(
             reason, message = Reason.APPROVAL_DENIED, "an approver denied it"
             return _denied(previous, reason, message), approval, True, False
     held = approval is not None
-    refusal = _unsignable(session, previous, now, held=held) or _mandate_gone(tx, session, now)
+    refusal = _unsignable(session, previous, now, held=held) or mandate_gone(tx, session, now)
     if approval is not None and approval.status == ApprovalStatus.EXPIRED:
         refusal = refusal or (Reason.APPROVAL_EXPIRED, "approval expired")
         return _denied(previous, *refusal), approval, True, False
@@ -81,10 +82,10 @@ def _unsignable(
     return None
 
 
-def _mandate_gone(tx: PaymentTx, session: SessionRecord, now: int) -> tuple[Reason, str] | None:
+def mandate_gone(tx: MandateTx, session: SessionRecord, now: int) -> tuple[Reason, str] | None:
     """Why the session's mandate no longer lets anything be signed (None: it does, or the
-    session has none). Read in the retry's transaction: a payment approved after its
-    mandate was revoked is never signed."""
+    session has none). Read in the caller's transaction: a payment approved after its
+    mandate was revoked is never signed, and no vote is taken on it."""
     if session.mandate_id is None:
         return None
     found = tx.mandate(session.mandate_id, now)

@@ -177,7 +177,7 @@ class PaymentBatch(Protocol):
         """One decision of the batch: what its block raises undoes only its own writes."""
 
 
-class ApprovalTx(DecidingTx, Protocol):
+class ApprovalTx(DecidingTx, MandateTx, Protocol):
     """An approver's vote's transaction."""
 
     def approval(self, approval_id: str) -> ApprovalRecord | None: ...

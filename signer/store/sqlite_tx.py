@@ -314,6 +314,9 @@ class SqliteApprovalTx(SqliteTx):
     def approval(self, approval_id: str) -> ApprovalRecord | None:
         return reads.approval(self._conn, "id", approval_id)
 
+    def mandate(self, mandate_id: str, now: int) -> tuple[MandateRecord, MandateUse] | None:
+        return mandate_reads.mandate(self._conn, mandate_id, now)
+
     def decision(self, decision_id: str) -> DecisionRecord | None:
         return reads.decision_by_id(self._conn, decision_id)
 
