@@ -535,6 +535,23 @@ def test_held_payments_of_a_revoked_mandate_are_never_approved_nor_signed(
         assert claims["reference"] == _b64e(bytes.fromhex(mandate_id))
 
 
+def test_a_hold_in_one_session_counts_for_the_other_until_it_is_released(
+    api: Api, stack: Stack
+) -> None:
+    terms = standard_terms(range=amount_range(20_000), budget=budget(200))
+    chain, _ = chain_of(stack, terms)
+    first = open_from(api, chain).session_id
+    second = open_from(api, chain).session_id
+    _held(api, stack, first, "150.00")
+    blocked = pay(api, stack, second, "60.00")
+    assert isinstance(blocked, grpc.RpcError)
+    assert reason_of(blocked) == "MANDATE_BUDGET_EXCEEDED"
+    api.sessions("planner", "planner-1").CloseSession(
+        sessions_pb2.CloseSessionRequest(session_id=first)
+    )  # withdraws the held payment: its hold is released
+    assert isinstance(pay(api, stack, second, "60.00"), signer_pb2.SignResponse)
+
+
 def test_revoking_an_agent_key_stops_its_mandates_now_and_later(api: Api, stack: Stack) -> None:
     chain, _ = chain_of(stack, agent_key=SECOND_AGENT_KEY)
     session = open_from(api, chain, agent="agent-2").session_id
