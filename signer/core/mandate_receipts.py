@@ -20,6 +20,7 @@ from paywarden.hsm import HsmError
 from paywarden.hsm.audit_bodies import MANDATE_RECEIPT_TYPE
 from paywarden.policy.vocabulary import Reason
 from paywarden.signer.core.deps import Deps
+from paywarden.signer.core.refusals import RefusalBudget
 from paywarden.signer.encoding import Json, b64url, jcs
 from paywarden.signer.store.records import DecisionRecord, StoreError
 from paywarden.verify.mandates import MandateCode
@@ -40,6 +41,10 @@ class MandateReceipts:
     def __init__(self, deps: Deps, issuer: str) -> None:
         self._deps = deps
         self._issuer = issuer
+        # Each receipt costs an audit-key signature under the HSM's one lock: a caller's
+        # receipts are drawn from a refusal budget, and past it left out.
+        limits = deps.limits
+        self._budget = RefusalBudget(limits.refusal_burst, limits.refusal_rate_per_second)
 
     def of_denial(self, reason: Reason, record: DecisionRecord) -> str | None:
         """The receipt of a Sign that its session's mandate denied (None for any other
@@ -60,6 +65,7 @@ class MandateReceipts:
             record.message,
             reference=b64url(bytes.fromhex(session.mandate_id)),
             mandate_id=session.mandate_id,
+            asker=f"agent/{record.agent_id}",
         )
 
     def refusal(
@@ -70,8 +76,14 @@ class MandateReceipts:
         *,
         reference: str | None,
         mandate_id: str | None,
+        asker: str,
     ) -> str | None:
-        """The compact JWS of an error receipt, or None when it cannot be signed now."""
+        """The compact JWS of an error receipt, or None when it cannot be signed now or
+        ``asker`` spent its refusal budget."""
+        now = self._deps.clock.now()
+        if self._budget.exhausted(asker, now):
+            return None
+        self._budget.spend(asker, now)
         header = {"alg": "ES256", "kid": self._deps.audit.key, "typ": "JWT"}
         claims: dict[str, Json] = {
             "typ": MANDATE_RECEIPT_TYPE,

@@ -73,6 +73,15 @@ def refusal(reason: Reason, message: str) -> PaywardenError:
 
 
 @dataclass(frozen=True, slots=True)
+class MandateCall:
+    """One OpenSession's mandate: the chain as presented and who presented it (whose
+    refusals' receipts count against the refusal budget)."""
+
+    chain: str
+    asker: str
+
+
+@dataclass(frozen=True, slots=True)
 class MandateSession:
     """What a verified mandate gives the session opened from it."""
 
@@ -95,7 +104,7 @@ class MandateOpening:
         reason: Reason,
         message: str,
         code: MandateCode,
-        chain: str,
+        call: MandateCall,
         mandate_id: str | None = None,
         *,
         denied: bool = False,
@@ -104,12 +113,18 @@ class MandateOpening:
         the session the mandate asks for)."""
         error = Denied(reason, message) if denied else refusal(reason, message)
         error.receipt = self.receipts.refusal(
-            code, reason, message, reference=chain_reference(chain), mandate_id=mandate_id
+            code,
+            reason,
+            message,
+            reference=chain_reference(call.chain),
+            mandate_id=mandate_id,
+            asker=call.asker,
         )
         return error
 
-    def verify(self, chain: str, agent_id: str, now: int) -> VerifiedMandate:
+    def verify(self, call: MandateCall, agent_id: str, now: int) -> VerifiedMandate:
         s = self._settings
+        chain = call.chain
         if not s.configured:
             raise PreconditionFailed(
                 Reason.MANDATES_NOT_CONFIGURED, "this signer trusts no mandate issuer"
@@ -125,13 +140,13 @@ class MandateOpening:
                 max_bytes=s.max_chain_bytes,
             )
         except MandateError as exc:
-            raise self.refused(Reason(exc.reason), exc.message, exc.code, chain) from None
+            raise self.refused(Reason(exc.reason), exc.message, exc.code, call) from None
         if s.holders.get(verified.holder_jkt) != agent_id:
             raise self.refused(
                 Reason.MANDATE_HOLDER_MISMATCH,
                 "the mandate is bound to a key not registered for this agent",
                 MandateCode.INVALID_MANDATE,
-                chain,
+                call,
                 verified.id,
             )
         return verified
@@ -143,7 +158,7 @@ class MandateOpening:
     def derive(
         self,
         verified: VerifiedMandate,
-        chain: str,
+        call: MandateCall,
         agent_id: str,
         pack: PolicyPack,
         ttl_seconds: int,
@@ -169,7 +184,7 @@ class MandateOpening:
         if ttl_seconds:
             ends.append(now + ttl_seconds)
         expires_at = min(ends)
-        payees = self._payees(verified, chain, pack, asset)
+        payees = self._payees(verified, call, pack, asset)
         mandate = MandateRecord(
             id=verified.id,
             agent_id=agent_id,
@@ -203,7 +218,7 @@ class MandateOpening:
         )
 
     def _payees(
-        self, verified: VerifiedMandate, chain: str, pack: PolicyPack, asset: Asset
+        self, verified: VerifiedMandate, call: MandateCall, pack: PolicyPack, asset: Asset
     ) -> tuple[str, ...]:
         named = verified.constraints.payees
         if named is None:
@@ -215,7 +230,7 @@ class MandateOpening:
                 Reason.MANDATE_CONSTRAINT_INVALID,
                 f"a payee the mandate allows cannot be used here: {exc.message}",
                 MandateCode.UNRESOLVED_CONSTRAINT,
-                chain,
+                call,
                 verified.id,
             ) from None
         kept = tuple(sorted(p for p in payees if payee_allowed_by_pack(pack, p, asset) is None))
@@ -224,7 +239,7 @@ class MandateOpening:
                 Reason.MANDATE_PAYEES_OUTSIDE_PACK,
                 "the agent's pack allows none of the payees the mandate allows",
                 MandateCode.INVALID_MANDATE,
-                chain,
+                call,
                 verified.id,
             )
         return kept

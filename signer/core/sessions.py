@@ -14,7 +14,7 @@ from paywarden.policy import PolicyPack, check_session
 from paywarden.policy.vocabulary import Phase, SessionState
 from paywarden.signer.core import audit_events, withdrawal
 from paywarden.signer.core.deps import Deps, amount_text, require, store_call
-from paywarden.signer.core.mandate_sessions import MandateOpening
+from paywarden.signer.core.mandate_sessions import MandateCall, MandateOpening
 from paywarden.signer.core.plans import PlanInput, validate_plan
 from paywarden.signer.core.session_input import (
     new_session_id,
@@ -123,15 +123,16 @@ class Sessions:
         pack = self._pack(agent)
         now = self._deps.now()
         opening = self._mandates
-        verified = opening.verify(chain, agent, now)
-        derived = opening.derive(verified, chain, agent, pack, ttl_seconds, now)
+        call = MandateCall(chain, str(caller))
+        verified = opening.verify(call, agent, now)
+        derived = opening.derive(verified, call, agent, pack, ttl_seconds, now)
         budgets_minor = {derived.mandate.asset: derived.budget_minor}
         violation = check_session(
             pack, self._assets, budgets_minor, derived.expires_at - now, derived.payees, plan_bound
         )
         if violation is not None:
             raise opening.refused(
-                violation.reason, violation.message, MandateCode.INVALID_MANDATE, chain,
+                violation.reason, violation.message, MandateCode.INVALID_MANDATE, call,
                 verified.id, denied=True,
             )  # fmt: skip
         record = self._record(
@@ -159,7 +160,7 @@ class Sessions:
 
         refused = store_call(create)
         if refused is not None:
-            raise opening.refused(*refused, MandateCode.INVALID_MANDATE, chain, verified.id)
+            raise opening.refused(*refused, MandateCode.INVALID_MANDATE, call, verified.id)
         log.info(
             "session opened from a mandate",
             extra={"session_id": record.id, "planner": caller.id, "mandate_id": verified.id},

@@ -1,0 +1,120 @@
+"""What ``[mandates]`` and the configured assets decide about a mandate, on stacks of their
+own: a signer that requires the agent's closed hop, an asset whose decimals are not its
+ISO 4217 minor unit, an execution window already closed, and the refusal budget that
+bounds how many receipts one caller makes the audit key sign (checked on the receipts
+themselves, with the stack's HSM)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from paywarden.policy.vocabulary import Reason
+from paywarden.signer.core.mandate_receipts import MandateReceipts
+from paywarden.signer.errors import PaywardenError
+from paywarden.signer.identity import Principal, Role
+from paywarden.verify.mandates import MandateCode, jwk_thumbprint
+
+from tests.helpers import Stack, new_nonce
+from tests.support.mandates import (
+    ISSUER_KID,
+    MandateParties,
+    amount_range,
+    budget,
+    issue_closed_hop,
+    issue_credential,
+    issue_user_mandate,
+    join_hops,
+    open_mandate,
+    public_jwk,
+)
+
+SIGNERS = MandateParties()
+_ISSUER = public_jwk(SIGNERS.issuer)
+PLANNER = Principal(Role.PLANNER, "planner-1")
+OPEN_PACK = """
+id = "settings"
+version = 1
+agents = ["agent-1"]
+
+[assets.USD]
+keys = ["payments.v1"]
+max_per_payment = "500"
+
+[assets.EUR]
+keys = ["payments.v1"]
+max_per_payment = "500"
+
+[payees]
+allow_patterns = [".+"]
+first_payment = "allow"
+
+[sessions]
+max_ttl_seconds = 3600
+max_budget = { USD = "1000", EUR = "1000" }
+"""
+
+
+def mandates_toml(*, require_agent_hop: bool = False, eur_decimals: int = 2) -> str:
+    return f"""
+[assets.EUR]
+decimals = {eur_decimals}
+
+[mandates]
+
+[[mandates.issuers]]
+kid = "{ISSUER_KID}"
+jwk = {{ kty = "EC", crv = "P-256", x = "{_ISSUER["x"]}", y = "{_ISSUER["y"]}" }}
+
+[mandates.agent_keys]
+"agent-1" = ["{jwk_thumbprint(public_jwk(SIGNERS.agent))}"]
+"""
+
+
+def settings_chain(stack: Stack, constraints: list[Any], *, closed: bool = False) -> str:
+    now = int(stack.clock.now())
+    credential = issue_credential(SIGNERS.issuer, SIGNERS.user, now=now)
+    hop1 = issue_user_mandate(
+        SIGNERS.user, credential, open_mandate(SIGNERS.agent, constraints, now=now)
+    )
+    if not closed:
+        return join_hops(credential, hop1)
+    return join_hops(
+        credential, hop1, issue_closed_hop(SIGNERS.agent, hop1, now=now, nonce=new_nonce())
+    )
+
+
+def open_refused(stack: Stack, chain: str) -> PaywardenError:
+    with pytest.raises(PaywardenError) as caught:
+        stack.service.open_session(PLANNER, "agent-1", "restock", [], 0, [], mandate=chain)
+    return caught.value
+
+
+def bounded(currency: str = "USD") -> list[Any]:
+    return [amount_range(5_000, currency=currency), budget(100, currency=currency)]
+
+
+def test_a_caller_past_its_refusal_budget_gets_no_more_receipts(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """Each receipt is an audit-key signature under the HSM's one lock: a planner that
+    sends refused mandates in a loop gets its refusals, not a signature each."""
+    stack = make_stack(packs={"s.toml": OPEN_PACK}, extra=mandates_toml())
+    deps = stack.service.deps
+    tight = deps.limits.model_copy(update={"refusal_burst": 3, "refusal_rate_per_second": 0.001})
+    receipts = MandateReceipts(replace(deps, limits=tight), "paywarden")
+
+    def ask(asker: str) -> str | None:
+        return receipts.refusal(
+            MandateCode.UNRESOLVED_CONSTRAINT,
+            Reason.MANDATE_UNBOUNDED,
+            "the mandate bounds no total",
+            reference="abc",
+            mandate_id=None,
+            asker=asker,
+        )
+
+    assert [ask("planner/planner-1") is not None for _ in range(5)] == [True] * 3 + [False] * 2
+    assert ask("planner/planner-2") is not None  # a budget per caller
