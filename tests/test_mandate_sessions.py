@@ -382,6 +382,8 @@ def test_every_refused_chain_is_answered_with_a_signed_ap2_receipt(api: Api, sta
          "MANDATE_UNBOUNDED", "unresolved_constraint"),
         ("closed vct", chain_of(stack, vct="mandate.payment.1")[0], DENIED,
          "MANDATE_VCT_MISMATCH", "invalid_mandate"),
+        ("30 KB vct", chain_of(stack, vct="x" * 30_000)[0], DENIED, "MANDATE_VCT_MISMATCH",
+         "invalid_mandate"),
         ("issued in the future", chain_of(stack, iat_ahead=3600)[0], PRECONDITION,
          "MANDATE_NOT_YET_VALID", "invalid_mandate"),
         ("alg none", _unsigned(good), DENIED, "MANDATE_SIGNATURE_INVALID", "invalid_credential"),
@@ -393,6 +395,7 @@ def test_every_refused_chain_is_answered_with_a_signed_ap2_receipt(api: Api, sta
     for what, chain, code, reason, error in cases:
         claims = refused_open(api, chain, code, reason)
         assert claims["error"] == error, what
+        assert len(claims["error_description"]) <= 512, what  # it may echo the chain
         assert claims["reference"] == hop_hash(chain.split("~~")[-1]), what
 
 

@@ -72,6 +72,9 @@ def refusal(reason: Reason, message: str) -> PaywardenError:
     return Forbidden(reason, message)
 
 
+MAX_MESSAGE = 512  # characters of a refusal's message (and its receipt's description)
+
+
 @dataclass(frozen=True, slots=True)
 class MandateCall:
     """One OpenSession's mandate: the chain as presented and who presented it (whose
@@ -110,7 +113,9 @@ class MandateOpening:
         denied: bool = False,
     ) -> PaywardenError:
         """The refusal, with its AP2 error receipt (``denied``: the agent's pack refused
-        the session the mandate asks for)."""
+        the session the mandate asks for). The message is cut to
+        :data:`MAX_MESSAGE` characters: it may echo the chain."""
+        message = message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
         error = Denied(reason, message) if denied else refusal(reason, message)
         error.receipt = self.receipts.refusal(
             code,
