@@ -69,6 +69,9 @@ class MandateConfig(BaseModel):
     # Who this signer is to mandates: the ``aud`` a closed agent hop must name, and the
     # ``iss`` of the receipts it signs.
     audience: str = Field(default="paywarden", min_length=1, max_length=256)
+    # Open a session only from a chain that ends with the agent's closed hop (the agent
+    # proves it holds the key, and each such hop opens one session).
+    require_agent_hop: bool = False
 
     @field_validator("issuers")
     @classmethod
@@ -134,6 +137,7 @@ class MandateSettings:
     vct: tuple[str, ...]
     audience: str
     max_chain_bytes: int
+    require_agent_hop: bool = False
 
     @classmethod
     def of(cls, config: MandateConfig) -> MandateSettings:
@@ -143,6 +147,7 @@ class MandateSettings:
             tuple(config.vct),
             config.audience,
             config.max_chain_bytes,
+            config.require_agent_hop,
         )
 
     @property

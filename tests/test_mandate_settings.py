@@ -15,6 +15,7 @@ from paywarden.policy.vocabulary import Reason
 from paywarden.signer.core.mandate_receipts import MandateReceipts
 from paywarden.signer.errors import PaywardenError
 from paywarden.signer.identity import Principal, Role
+from paywarden.verify.mandate_receipts import verify_mandate_receipt
 from paywarden.verify.mandates import MandateCode, jwk_thumbprint
 
 from tests.helpers import Stack, new_nonce
@@ -63,6 +64,7 @@ def mandates_toml(*, require_agent_hop: bool = False, eur_decimals: int = 2) -> 
 decimals = {eur_decimals}
 
 [mandates]
+require_agent_hop = {"true" if require_agent_hop else "false"}
 
 [[mandates.issuers]]
 kid = "{ISSUER_KID}"
@@ -94,6 +96,20 @@ def open_refused(stack: Stack, chain: str) -> PaywardenError:
 
 def bounded(currency: str = "USD") -> list[Any]:
     return [amount_range(5_000, currency=currency), budget(100, currency=currency)]
+
+
+def test_a_signer_that_requires_the_agents_closed_hop_refuses_a_chain_without_it(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(packs={"s.toml": OPEN_PACK}, extra=mandates_toml(require_agent_hop=True))
+    error = open_refused(stack, settings_chain(stack, bounded()))
+    assert error.reason == "MANDATE_AGENT_HOP_MISSING"
+    assert error.receipt is not None
+    pem = stack.hsm.audit_public_key().spki_pem
+    assert verify_mandate_receipt(error.receipt, pem)["error"] == "invalid_mandate"
+    with_hop = settings_chain(stack, bounded(), closed=True)
+    view = stack.service.open_session(PLANNER, "agent-1", "restock", [], 0, [], mandate=with_hop)
+    assert view.record.mandate_id is not None
 
 
 def test_a_caller_past_its_refusal_budget_gets_no_more_receipts(

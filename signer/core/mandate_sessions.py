@@ -154,6 +154,14 @@ class MandateOpening:
                 call,
                 verified.id,
             )
+        if s.require_agent_hop and verified.presentation is None:
+            raise self.refused(
+                Reason.MANDATE_AGENT_HOP_MISSING,
+                "this signer opens a session from a mandate only with the agent's closed hop",
+                MandateCode.INVALID_MANDATE,
+                call,
+                verified.id,
+            )
         return verified
 
     def _decimals(self, currency: str) -> int | None:
