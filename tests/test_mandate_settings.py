@@ -112,6 +112,20 @@ def test_a_signer_that_requires_the_agents_closed_hop_refuses_a_chain_without_it
     assert view.record.mandate_id is not None
 
 
+def test_an_asset_whose_decimals_are_not_its_iso_minor_unit_takes_no_mandate(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """AP2 amounts are in ISO 4217 minor units: EUR configured with 3 decimals would read
+    every cent bound as a tenth of a cent. Refused; USD (2, as ISO says) is taken."""
+    stack = make_stack(packs={"s.toml": OPEN_PACK}, extra=mandates_toml(eur_decimals=3))
+    error = open_refused(stack, settings_chain(stack, bounded("EUR")))
+    assert error.reason == "MANDATE_CONSTRAINT_INVALID"
+    view = stack.service.open_session(
+        PLANNER, "agent-1", "restock", [], 0, [], mandate=settings_chain(stack, bounded())
+    )
+    assert view.record.budgets_minor == {"USD": 10_000}
+
+
 def test_a_caller_past_its_refusal_budget_gets_no_more_receipts(
     make_stack: Callable[..., Stack],
 ) -> None:

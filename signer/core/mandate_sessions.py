@@ -73,6 +73,13 @@ def refusal(reason: Reason, message: str) -> PaywardenError:
 
 
 MAX_MESSAGE = 512  # characters of a refusal's message (and its receipt's description)
+# ISO 4217 minor units of the currencies whose configured decimals must agree with them.
+ISO_4217_DIGITS = {
+    "AUD": 2, "BHD": 3, "BRL": 2, "CAD": 2, "CHF": 2, "CNY": 2, "DKK": 2, "EUR": 2,
+    "GBP": 2, "HKD": 2, "IDR": 2, "INR": 2, "ISK": 0, "JOD": 3, "JPY": 0, "KRW": 0,
+    "KWD": 3, "MXN": 2, "NOK": 2, "NZD": 2, "OMR": 3, "PLN": 2, "SEK": 2, "SGD": 2,
+    "TND": 3, "TRY": 2, "TWD": 2, "USD": 2, "VND": 0, "ZAR": 2,
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +172,15 @@ class MandateOpening:
         return verified
 
     def _decimals(self, currency: str) -> int | None:
+        """The configured asset's decimals for ``currency``; None (refused) for a currency
+        that is no asset here, or whose decimals differ from its ISO 4217 minor unit
+        (AP2's amounts are in ISO minor units: USD configured with 0 decimals would read
+        every cent bound as a dollar)."""
         asset = self._deps.assets.get(currency)
-        return None if asset is None else asset.decimals
+        if asset is None:
+            return None
+        iso = ISO_4217_DIGITS.get(currency)
+        return None if iso is not None and iso != asset.decimals else asset.decimals
 
     def derive(
         self,
