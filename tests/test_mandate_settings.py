@@ -24,12 +24,14 @@ from tests.support.mandates import (
     MandateParties,
     amount_range,
     budget,
+    execution_date,
     issue_closed_hop,
     issue_credential,
     issue_user_mandate,
     join_hops,
     open_mandate,
     public_jwk,
+    recurrence,
 )
 
 SIGNERS = MandateParties()
@@ -126,6 +128,16 @@ def test_an_asset_whose_decimals_are_not_its_iso_minor_unit_takes_no_mandate(
     assert view.record.budgets_minor == {"USD": 10_000}
 
 
+def test_a_mandate_whose_execution_window_has_closed_opens_nothing(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(packs={"s.toml": OPEN_PACK}, extra=mandates_toml())
+    past = [*bounded(), execution_date(not_after="2001-01-01T00:00:00Z")]
+    error = open_refused(stack, settings_chain(stack, past))
+    assert error.reason == "MANDATE_EXPIRED"
+    assert error.receipt is not None
+
+
 def test_a_caller_past_its_refusal_budget_gets_no_more_receipts(
     make_stack: Callable[..., Stack],
 ) -> None:
@@ -148,3 +160,15 @@ def test_a_caller_past_its_refusal_budget_gets_no_more_receipts(
 
     assert [ask("planner/planner-1") is not None for _ in range(5)] == [True] * 3 + [False] * 2
     assert ask("planner/planner-2") is not None  # a budget per caller
+
+
+def test_a_total_beyond_what_the_signer_records_is_refused_not_an_internal_error(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """No budget, so the total is the per-payment max times the uses: 10^18 x 10 minor
+    units is past what the store keeps (10^18); refused with a receipt."""
+    stack = make_stack(packs={"s.toml": OPEN_PACK}, extra=mandates_toml())
+    huge = [amount_range(10**18), recurrence("ON_DEMAND", 10)]
+    error = open_refused(stack, settings_chain(stack, huge))
+    assert error.reason == "MANDATE_CONSTRAINT_INVALID"
+    assert error.receipt is not None

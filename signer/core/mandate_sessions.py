@@ -73,6 +73,7 @@ def refusal(reason: Reason, message: str) -> PaywardenError:
 
 
 MAX_MESSAGE = 512  # characters of a refusal's message (and its receipt's description)
+MAX_MINOR = 10**18  # the largest total a mandate may bound, in minor units
 # ISO 4217 minor units of the currencies whose configured decimals must agree with them.
 ISO_4217_DIGITS = {
     "AUD": 2, "BHD": 3, "BRL": 2, "CAD": 2, "CHF": 2, "CNY": 2, "DKK": 2, "EUR": 2,
@@ -196,9 +197,24 @@ class MandateOpening:
         c = verified.constraints
         asset = self._deps.assets[c.currency]  # verify_mandate knew its decimals
         budget = c.budget_minor
-        if budget is None:  # verify_mandate refuses a mandate with no bound on its total
-            assert c.max_minor is not None and c.max_uses is not None
+        if budget is None and c.max_minor is not None and c.max_uses is not None:
             budget = c.max_minor * c.max_uses
+        if budget is None:  # verify_mandate refuses it first: never an unbounded session
+            raise self.refused(
+                Reason.MANDATE_UNBOUNDED,
+                "the mandate bounds no total",
+                MandateCode.UNRESOLVED_CONSTRAINT,
+                call,
+                verified.id,
+            )
+        if budget > MAX_MINOR:
+            raise self.refused(
+                Reason.MANDATE_CONSTRAINT_INVALID,
+                "the mandate's total is beyond what this signer records",
+                MandateCode.UNRESOLVED_CONSTRAINT,
+                call,
+                verified.id,
+            )
         ceiling = pack.model.sessions.max_budget.get(asset.code)
         session_budget = budget
         if ceiling is not None:
@@ -211,6 +227,14 @@ class MandateOpening:
         if ttl_seconds:
             ends.append(now + ttl_seconds)
         expires_at = min(ends)
+        if expires_at <= now:  # its execution window closed already
+            raise self.refused(
+                Reason.MANDATE_EXPIRED,
+                "the mandate's execution date has passed",
+                MandateCode.INVALID_MANDATE,
+                call,
+                verified.id,
+            )
         payees = self._payees(verified, call, pack, asset)
         mandate = MandateRecord(
             id=verified.id,
