@@ -192,6 +192,48 @@ def test_a_credential_issuer_may_not_sign_a_mandate_as_the_root() -> None:
     chain_refused(root, parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED")
 
 
+def test_a_provider_root_key_never_roots_a_credential_chain() -> None:
+    # A1: the provider's plain JWT binding the agent key, then a mandate the agent signs
+    # itself with any budget; A2b: a provider mandate whose delegate_payload is a withheld
+    # SD property, with a top-level cnf = the agent, read as a credential once withheld.
+    parties = mandate_parties()
+    rich = open_mandate(parties.agent, [budget(10**6), recurrence("ON_DEMAND", 1000)])
+    provider: dict[str, Any] = {"typ": "example+sd-jwt", "header": {"kid": PROVIDER_KID}}
+    plain = issue_hop(
+        parties.provider,
+        {"iss": "p", "iat": NOW, "exp": NOW + 60},
+        **provider,
+        holder_key=parties.agent,
+    )
+    body = {"iat": NOW, SDObj("delegate_payload"): [SDObj(open_mandate(parties.agent, BOUNDED))]}
+    shown = issue_hop(parties.provider, body, **provider, holder_key=parties.agent)
+    hidden = withhold(shown, lambda _disclosure: True)
+    for root in (plain, hidden):
+        oracle_verify(root, {PROVIDER_KID: parties.provider})  # a valid SD-JWT
+        self_signed = issue_user_mandate(parties.agent, root, rich)
+        error = chain_refused(
+            join_hops(root, self_signed), parties, CREDENTIAL, "MANDATE_ISSUER_UNTRUSTED"
+        )
+        assert "may sign only a mandate" in error.message
+    error = chain_refused(shown, parties, CREDENTIAL, "MANDATE_MALFORMED")  # cnf beside it
+    assert "cnf outside its mandate" in error.message
+
+
+def test_a_credential_names_its_holder_and_a_provider_root_none() -> None:
+    parties = mandate_parties()
+    credential, hop1 = chain_parts(parties)
+    assert verified_chain(join_hops(credential, hop1), parties).user_jkt == (
+        parties.user.thumbprint()
+    )
+    root = issue_root_mandate(parties.provider, open_mandate(parties.agent, BOUNDED))
+    assert verified_chain(root, parties).user_jkt is None
+    # the agent holding the credential itself is shown, for the signer to refuse
+    own = issue_credential(parties.issuer, parties.agent)
+    hop1 = issue_user_mandate(parties.agent, own, open_mandate(parties.agent, BOUNDED))
+    verified = verified_chain(join_hops(own, hop1), parties)
+    assert verified.user_jkt == verified.holder_jkt == parties.agent.thumbprint()
+
+
 def test_an_x5c_root_is_trusted_when_its_chain_ends_at_a_configured_root() -> None:
     parties = mandate_parties()
     pki = x5c_issuer()

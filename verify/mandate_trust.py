@@ -32,8 +32,9 @@ _JWK_OPTIONAL = {"kid": None, "use": "sig", "alg": "ES256"}  # None: any string
 
 @dataclass(frozen=True, slots=True)
 class TrustedIssuer:
-    """A configured issuer key; ``provider_root``: it may sign the mandate hop itself as
-    the chain's root (an agent provider), not only a user credential."""
+    """A configured issuer key; ``provider_root``: it signs the mandate hop itself as the
+    chain's root (an agent provider) and nothing else; otherwise it signs user credentials
+    only. One key is never both."""
 
     key: ec.EllipticCurvePublicKey
     provider_root: bool
@@ -163,7 +164,8 @@ def root_key(
     hop: Hop, issuers: TrustedIssuers, now: int
 ) -> tuple[ec.EllipticCurvePublicKey, str, bool]:
     """The key that must have signed the root hop, who that is (a kid, or the x5c leaf's
-    subject), and whether it may sign a mandate hop as the root."""
+    subject), and whether it is a provider root (it signs the mandate hop, and only that)
+    rather than a credential issuer."""
     kid, x5c = hop.header.get("kid"), hop.header.get("x5c")
     if x5c is not None:
         if kid is not None:

@@ -8,7 +8,8 @@ The chain is SD-JWT hops joined by ``~~``; what is accepted:
    link claim to hop 0, and exactly one disclosed ``delegate_payload`` item: the open
    mandate, whose ``cnf.jwk`` is the agent's key;
 2. a **provider root**: hop 0 is itself the mandate hop, only for an issuer configured with
-   ``provider_root``;
+   ``provider_root``; such an issuer roots nothing else, and a credential issuer (or an
+   ``x5c`` root) never roots a mandate hop;
 3. then optionally a **closed agent hop** (``kb+sd-jwt``), signed by the agent key, fresh,
    for our audience, linked to the mandate hop: proof the agent holds the key now.
 
@@ -95,6 +96,9 @@ class VerifiedMandate:
     hops: int
     presentation: str | None  # SHA-256 hex of the closed hop's signed part, or None
     nonce: str | None  # the closed agent hop's nonce
+    # RFC 7638 thumbprint of the credential's cnf.jwk (the user key), None for a provider
+    # root: the signer refuses a credential held by the agent's own key (self-delegation)
+    user_jkt: str | None
 
 
 def _time(claims: Mapping[str, Any], name: str, what: str) -> int | None:
@@ -188,14 +192,23 @@ def _verify(
     check_es256(root, key)
     root_claims = resolve(root)
     expiries = [_times(root_claims, now, "the root hop")]
-    if "delegate_payload" in root_claims:
-        if not provider_root:
-            raise E.credential(E.ISSUER_UNTRUSTED, f"{issuer!r} may not sign a mandate as root")
+    user_jkt: str | None = None
+    # An issuer is a provider root or a credential issuer, never both: a provider root's hop
+    # is always read as the mandate hop, a credential issuer's never (whatever is withheld).
+    if provider_root:
+        if "delegate_payload" not in root_claims:
+            raise E.credential(
+                E.ISSUER_UNTRUSTED, f"the provider root {issuer!r} may sign only a mandate"
+            )
         if any(link in root_claims for link in _LINKS):
             raise E.credential(E.LINK_INVALID, "the root hop links to nothing before it")
+        if "cnf" in root_claims:
+            raise E.credential(E.MALFORMED, "the root hop carries cnf outside its mandate")
         mandate_hop, claims = root, root_claims
     else:
-        user, _ = cnf_key(root_claims, "the credential")
+        if "delegate_payload" in root_claims:
+            raise E.credential(E.ISSUER_UNTRUSTED, f"{issuer!r} may not sign a mandate as root")
+        user, user_jkt = cnf_key(root_claims, "the credential")
         if len(hops) < 2:
             raise E.credential(E.MALFORMED, "the credential is followed by no mandate hop")
         mandate_hop = hops[1]
@@ -240,6 +253,7 @@ def _verify(
         hops=len(hops),
         presentation=presentation,
         nonce=nonce,
+        user_jkt=user_jkt,
     )
 
 
