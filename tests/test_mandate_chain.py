@@ -537,6 +537,35 @@ def test_an_expired_mandate_is_refused() -> None:
     )
 
 
+def test_a_credential_without_a_plain_exp_or_past_it_is_refused() -> None:
+    # A4b/A4c/A4e: an exp selectively disclosed (withheld once passed, or stripped after
+    # the user linked by issuer_jwt_hash), or none at all.
+    parties = mandate_parties()
+    item = open_mandate(parties.agent, BOUNDED)
+    selective: dict[Any, Any] = {SDObj("exp"): NOW - 10}
+    for claims, link, hidden, reason in (
+        (selective, "sd_hash", True, "MANDATE_NO_EXPIRY"),
+        (selective, "issuer_jwt_hash", True, "MANDATE_NO_EXPIRY"),
+        ({SDObj("exp"): NOW + 10}, "sd_hash", False, "MANDATE_NO_EXPIRY"),
+        ({}, "sd_hash", False, "MANDATE_NO_EXPIRY"),
+        ({"exp": NOW}, "sd_hash", False, "MANDATE_EXPIRED"),
+        ({"exp": str(NOW + 10)}, "sd_hash", False, "MANDATE_MALFORMED"),
+    ):
+        credential = issue_credential(parties.issuer, parties.user, ttl=None, claims=claims)
+        signed = issue_user_mandate(parties.user, credential, item, link=link)
+        if hidden:
+            credential = withhold(credential, lambda d: d[1] == "exp")
+            if link == "sd_hash":
+                signed = issue_user_mandate(parties.user, credential, item)
+        chain = join_hops(credential, signed)
+        oracle_verify(chain, {ISSUER_KID: parties.issuer})  # the SD-JWTs are valid
+        code = CREDENTIAL if reason == "MANDATE_MALFORMED" else MANDATE
+        chain_refused(chain, parties, code, reason)
+    credential = issue_credential(parties.issuer, parties.user, ttl=1)
+    hop1 = issue_user_mandate(parties.user, credential, item)
+    assert verified_chain(join_hops(credential, hop1), parties).expires_at == NOW + 1
+
+
 def test_a_mandate_without_exp_is_refused() -> None:
     parties = mandate_parties()
     credential, hop1 = chain_parts(parties, ttl=None)

@@ -3,10 +3,11 @@
 The chain is SD-JWT hops joined by ``~~``; what is accepted:
 
 1. a **user-credential chain**: hop 0 a credential signed by a trusted issuer (``kid``, or
-   ``x5c`` to a configured root) with a top-level ``cnf.jwk`` (the user's key) and no
-   mandate; hop 1 signed by that key, ``typ`` ``kb+sd-jwt+kb``, ``iat``/``aud``/``nonce``, one
-   link claim to hop 0, and exactly one disclosed ``delegate_payload`` item: the open
-   mandate, whose ``cnf.jwk`` is the agent's key;
+   ``x5c`` to a configured root) with a top-level ``cnf.jwk`` (the user's key), an ``exp``
+   in its signed payload (not selectively disclosed) and no mandate; hop 1 signed by that
+   key, ``typ`` ``kb+sd-jwt+kb``, ``iat``/``aud``/``nonce``, one link claim to hop 0, and
+   exactly one disclosed ``delegate_payload`` item: the open mandate, whose ``cnf.jwk`` is
+   the agent's key;
 2. a **provider root**: hop 0 is itself the mandate hop, only for an issuer configured with
    ``provider_root``; such an issuer roots nothing else, and a credential issuer (or an
    ``x5c`` root) never roots a mandate hop;
@@ -121,6 +122,16 @@ def _times(claims: Mapping[str, Any], now: int, what: str) -> int | None:
     return exp
 
 
+def _credential_expiry(root: Hop, now: int) -> None:
+    """The credential's ``exp`` must be in its signed payload itself, never a selectively
+    disclosed claim (a holder would withhold it once passed) nor absent."""
+    exp = _time(root.payload, "exp", "the credential")
+    if exp is None:
+        raise E.mandate(E.NO_EXPIRY, "the credential has no exp in its signed payload")
+    if exp <= now:
+        raise E.mandate(E.EXPIRED, "the credential expired")
+
+
 def _kb_claims(claims: Mapping[str, Any], what: str) -> None:
     if type(claims.get("iat")) is not int:
         raise E.credential(E.MALFORMED, f"{what} has no iat")
@@ -208,6 +219,7 @@ def _verify(
     else:
         if "delegate_payload" in root_claims:
             raise E.credential(E.ISSUER_UNTRUSTED, f"{issuer!r} may not sign a mandate as root")
+        _credential_expiry(root, now)
         user, user_jkt = cnf_key(root_claims, "the credential")
         if len(hops) < 2:
             raise E.credential(E.MALFORMED, "the credential is followed by no mandate hop")

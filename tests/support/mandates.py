@@ -309,16 +309,19 @@ def issue_credential(
     kid: str | None = ISSUER_KID,
     x5c: Sequence[str] | None = None,
     typ: str = "dc+sd-jwt",
-    ttl: int = 365 * 86400,
+    ttl: int | None = 365 * 86400,
     claims: Mapping[str, Any] | None = None,
     sign_alg: str = "ES256",
 ) -> str:
     """Hop 0 of a user-credential chain: a credential with top-level ``cnf.jwk`` = the user's
-    key, signed by the issuer (header ``kid``, or ``x5c`` when given)."""
+    key, signed by the issuer (header ``kid``, or ``x5c`` when given); ``exp`` = now + ttl
+    in the signed payload (none when ttl is None: ``claims`` may then add one, selective
+    with ``SDObj("exp")``)."""
     header: dict[str, Any] = {"kid": kid} if x5c is None and kid else {}
     header |= {} if x5c is None else {"x5c": list(x5c)}
     body = {"iss": "https://issuer.example", "vct": "com.emvco.dpc", "iat": now - 60}
-    body |= {"exp": now + ttl, SDObj("pan_last_four"): "4242", **(claims or {})}
+    body |= {} if ttl is None else {"exp": now + ttl}
+    body |= {SDObj("pan_last_four"): "4242", **(claims or {})}
     return issue_hop(
         issuer_key, body, typ=typ, header=header, holder_key=user_key, sign_alg=sign_alg
     )
