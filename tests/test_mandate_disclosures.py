@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from paywarden.verify import sdjwt
 from paywarden.verify.mandate_terms import constraints
 from paywarden.verify.mandates import MandateCode, MandateError, verify_mandate
@@ -134,6 +135,41 @@ def test_an_x5c_chain_through_an_intermediate_ca_is_trusted() -> None:
     with pytest.raises(MandateError) as caught:
         verify_mandate(x5c_chain(parties, swapped), issuers, now=NOW, decimals=decimals_of)
     assert caught.value.code == MandateCode.INVALID_CREDENTIAL
+
+
+def x5c_refused(chain: str, issuers: Any, message: str) -> None:
+    with pytest.raises(MandateError) as caught:
+        verify_mandate(chain, issuers, now=NOW, decimals=decimals_of)
+    assert caught.value.reason == "MANDATE_ISSUER_UNTRUSTED", caught.value
+    assert message in caught.value.message
+
+
+def test_an_x5c_leaf_must_be_no_ca_and_may_sign_and_cas_keep_their_path_length() -> None:
+    # a4.py X1 (the root itself), X2 (a CA leaf), X3 (past the root's pathLen), X4 (a leaf
+    # whose keyUsage does not allow signing): each was accepted.
+    parties = mandate_parties()
+    signing, issuing = ["digital_signature"], ["key_cert_sign", "crl_sign"]
+    for accepted in (
+        x5c_issuer(leaf_usage=signing, ca_usage=issuing),
+        x5c_issuer(intermediate=True, root_path_length=1),
+        x5c_issuer(root_path_length=0),
+    ):
+        issuers = trusted_issuers(parties, x5c_roots=[accepted.root])
+        verify_mandate(x5c_chain(parties, accepted), issuers, now=NOW, decimals=decimals_of)
+    pki = x5c_issuer()
+    assert pki.root_key is not None
+    root_der = base64.b64encode(pki.root.public_bytes(serialization.Encoding.DER)).decode()
+    root_only = type(pki)(pki.root, [root_der], pki.root_key)  # the root key signs
+    for pki, message in (
+        (root_only, "only its root"),
+        (x5c_issuer(leaf_ca=True), "leaf is a CA"),
+        (x5c_issuer(intermediate=True, root_path_length=0), "path length"),
+        (x5c_issuer(leaf_usage=["crl_sign"]), "digitalSignature"),
+        (x5c_issuer(ca_usage=["crl_sign"]), "keyCertSign"),
+        (x5c_issuer(intermediate=True, ca_usage=["digital_signature"]), "keyCertSign"),
+    ):
+        issuers = trusted_issuers(parties, x5c_roots=[pki.root])
+        x5c_refused(x5c_chain(parties, pki), issuers, message)
 
 
 def test_execution_dates_bound_the_window_and_a_preset_date_is_a_utc_day() -> None:

@@ -2,8 +2,10 @@
 
 A root is trusted through its header: ``kid`` naming a configured issuer key, or ``x5c``
 (standard base64 DER certificates, leaf first) whose last certificate is, or is directly
-issued by, a configured root. The keys a chain hands from hop to hop (``cnf.jwk``) are EC
-P-256 JWKs read strictly by :func:`p256_key`; :func:`jwk_thumbprint` names one (RFC 7638).
+issued by, a configured root; the leaf is no CA and may sign (keyUsage), every certificate
+above it is a CA within its path length, and all are valid now. The keys a chain hands
+from hop to hop (``cnf.jwk``) are EC P-256 JWKs read strictly by :func:`p256_key`;
+:func:`jwk_thumbprint` names one (RFC 7638).
 """
 
 from __future__ import annotations
@@ -123,11 +125,42 @@ def _current(cert: x509.Certificate, now: int) -> bool:
     return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+def _extension(cert: x509.Certificate, kind: type[Any]) -> Any:
+    """The value of ``cert``'s extension ``kind``; None when absent; an extension that
+    cannot be read refuses the chain."""
     try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except (x509.ExtensionNotFound, ValueError):  # absent, or not DER a reader can parse
-        return False
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError:  # not DER a reader can parse
+        raise _untrusted("an x5c certificate's extensions cannot be read") from None
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    constraints = _extension(cert, x509.BasicConstraints)
+    return constraints is not None and bool(constraints.ca)
+
+
+def _check_path(path: Sequence[x509.Certificate]) -> None:
+    """``path`` leaf first, the configured root last: the leaf is no CA and, when it has a
+    keyUsage, may sign (digitalSignature); every other certificate is a CA, may sign
+    certificates (keyCertSign) when it has a keyUsage, and has no more CAs below it (the
+    leaf not counted) than its basicConstraints pathLenConstraint allows."""
+    leaf = path[0]
+    usage = _extension(leaf, x509.KeyUsage)
+    if _is_ca(leaf):
+        raise _untrusted("the x5c leaf is a CA certificate")
+    if usage is not None and not usage.digital_signature:
+        raise _untrusted("the x5c leaf's keyUsage does not allow digitalSignature")
+    for below, ca in enumerate(path[1:]):
+        constraints = _extension(ca, x509.BasicConstraints)
+        usage = _extension(ca, x509.KeyUsage)
+        if constraints is None or not constraints.ca:
+            raise _untrusted("an x5c certificate above the leaf is not a CA")
+        if usage is not None and not usage.key_cert_sign:
+            raise _untrusted("an x5c CA's keyUsage does not allow keyCertSign")
+        if constraints.path_length is not None and below > constraints.path_length:
+            raise _untrusted("the x5c chain is longer than a CA's path length allows")
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -149,7 +182,11 @@ def _x5c_key(x5c: object, roots: Sequence[x509.Certificate], now: int) -> tuple[
     )
     if root is None:
         raise _untrusted("the x5c chain does not end at a configured root")
-    if not all(_current(c, now) for c in [*certs, root]):
+    path = certs if root == last else [*certs, root]
+    if len(path) < 2:
+        raise _untrusted("the x5c chain is only its root (a root signs no credential)")
+    _check_path(path)
+    if not all(_current(c, now) for c in path):
         raise _untrusted("a certificate of the x5c chain is not valid now")
     try:
         key = certs[0].public_key()

@@ -112,13 +112,20 @@ class X5cIssuer:
     root: x509.Certificate
     chain: list[str]
     key: JWK
+    root_key: JWK | None = None  # the root's private key (to sign as the root itself)
 
 
 def _certificate(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, Any], now: int, ca: bool
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[str, Any],
+    now: int,
+    ca: bool,
+    path_length: int | None = None,
+    usage: Sequence[str] | None = None,
 ) -> x509.Certificate:
     at = datetime.datetime.fromtimestamp(now, datetime.UTC)
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]))
@@ -126,30 +133,59 @@ def _certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(at - datetime.timedelta(days=1))
         .not_valid_after(at + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(issuer[1], hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
     )
+    if usage is not None:
+        bits = dict.fromkeys(KEY_USAGES, False) | dict.fromkeys(usage, True)
+        builder = builder.add_extension(x509.KeyUsage(**bits), critical=True)
+    return builder.sign(issuer[1], hashes.SHA256())
+
+
+KEY_USAGES = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
 
 
 def x5c_issuer(
-    now: int = NOW, *, subject: str = "Wallet Issuer", intermediate: bool = False
+    now: int = NOW,
+    *,
+    subject: str = "Wallet Issuer",
+    intermediate: bool = False,
+    leaf_ca: bool = False,
+    root_path_length: int | None = None,
+    leaf_usage: Sequence[str] | None = None,
+    ca_usage: Sequence[str] | None = None,
 ) -> X5cIssuer:
     """A root CA and a leaf (``CN=<subject>``) it issued (through an intermediate CA when
-    ``intermediate``; the x5c then lists leaf, intermediate), valid around ``now``."""
+    ``intermediate``; the x5c then lists leaf, intermediate), valid around ``now``. Options
+    for the refusals: the leaf a CA (``leaf_ca``), the root's pathLenConstraint, and a
+    keyUsage (the names of its bits, ``KEY_USAGES``) on the leaf or on every CA."""
     root_key = ec.generate_private_key(ec.SECP256R1())
     leaf_key = ec.generate_private_key(ec.SECP256R1())
-    root = _certificate("Mandate Root CA", root_key, ("Mandate Root CA", root_key), now, True)
+    root_name = "Mandate Root CA"
+    root = _certificate(
+        root_name, root_key, (root_name, root_key), now, True, root_path_length, ca_usage
+    )
     chain: list[x509.Certificate] = []
-    signer: tuple[str, Any] = ("Mandate Root CA", root_key)
+    signer: tuple[str, Any] = (root_name, root_key)
     if intermediate:
         middle_key = ec.generate_private_key(ec.SECP256R1())
-        chain.append(_certificate("Mandate Issuing CA", middle_key, signer, now, True))
+        middle = _certificate("Mandate Issuing CA", middle_key, signer, now, True, None, ca_usage)
+        chain.append(middle)
         signer = ("Mandate Issuing CA", middle_key)
-    chain.insert(0, _certificate(subject, leaf_key, signer, now, False))
+    chain.insert(0, _certificate(subject, leaf_key, signer, now, leaf_ca, None, leaf_usage))
     x5c = [
         base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode("ascii") for c in chain
     ]
-    return X5cIssuer(root, x5c, JWK.from_pyca(leaf_key))
+    return X5cIssuer(root, x5c, JWK.from_pyca(leaf_key), JWK.from_pyca(root_key))
 
 
 # --- hashes and serialisation ---------------------------------------------------------------
