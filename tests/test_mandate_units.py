@@ -25,17 +25,21 @@ from paywarden.verify.mandates import (
 
 from tests.support.mandates import (
     NOW,
+    allowed_payees,
     amount_range,
     budget,
     decimals_of,
+    execution_date,
     issue_credential,
     issue_user_mandate,
     join_hops,
     mandate_key,
     mandate_parties,
+    merchant,
     open_mandate,
     public_jwk,
     recurrence,
+    reference,
     trusted_issuers,
     user_credential_chain,
 )
@@ -76,7 +80,8 @@ RFC7638_RSA_THUMBPRINT = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
         (Decimal("1000.0"), 0, 1000),  # an exact value, written with a zero fraction
         ("2.5", 3, 2500),  # KWD: three decimals
         ("0", 2, 0),
-        ("92233720368547758.07", 2, 2**63 - 1),
+        ("10000000000000000.00", 2, 10**18),  # the largest amount a mandate may name
+        (10**18, 0, 10**18),
     ],
 )
 def test_major_to_minor_converts_exactly(amount: Any, decimals: int, minor: int) -> None:
@@ -100,7 +105,9 @@ def test_major_to_minor_converts_exactly(amount: Any, decimals: int, minor: int)
         (Decimal("Infinity"), 2),
         (True, 2),
         (None, 2),
-        ("92233720368547758.08", 2),  # one more than the largest minor amount
+        ("10000000000000000.01", 2),  # one more than the largest minor amount
+        ("92233720368547758.07", 2),  # 2**63 - 1 minor units
+        (10**18 + 1, 0),
         (Decimal("1e400"), 2),
         ("1", -1),
         ("1", 19),
@@ -136,6 +143,60 @@ def test_an_amount_range_is_read_in_minor_units_unconverted() -> None:
         with pytest.raises(MandateError) as caught:
             _bounds([bad, budget(1)])
         assert caught.value.reason == "MANDATE_CONSTRAINT_INVALID", bad
+
+
+def _refused(reason: str, constraints: list[Any], **claims: Any) -> None:
+    parties = mandate_parties()
+    chain = user_credential_chain(parties, constraints, **claims)
+    with pytest.raises(MandateError) as caught:
+        verify_mandate(chain, trusted_issuers(parties), now=NOW, decimals=decimals_of)
+    assert caught.value.reason == reason, (constraints, claims, caught.value)
+
+
+def test_amounts_and_uses_are_capped() -> None:
+    # a2.py: 2**63 - 1 minor units, as a range max with as many uses, was accepted.
+    top = _bounds([amount_range(10**18, 10**18), budget(10**16)])
+    assert (top.min_minor, top.max_minor, top.budget_minor) == (10**18, 10**18, 10**18)
+    assert _bounds([amount_range(1), recurrence("DAILY", 1_000_000)]).max_uses == 1_000_000
+    for constraints, claims in (
+        ([amount_range(10**18 + 1), budget(1)], {}),
+        ([amount_range(2**63 - 1), recurrence("ON_DEMAND", 2**63 - 1)], {}),
+        ([budget(10**16 + 1)], {}),
+        ([budget(10**16, "JPY")], {"payment_amount": {"amount": 10**18 + 1, "currency": "JPY"}}),
+        ([amount_range(1), recurrence("DAILY", 1_000_001)], {}),
+    ):
+        _refused("MANDATE_CONSTRAINT_INVALID", constraints, **claims)
+
+
+def test_time_claims_are_integers_up_to_2_53() -> None:
+    # a2.py: an exp of 2**80 was accepted.
+    assert _bounds([budget(1)]).budget_minor == 100
+    late = 2**53 - NOW
+    parties = mandate_parties()
+    chain = user_credential_chain(parties, [budget(1)], ttl=late)
+    verified = verify_mandate(chain, trusted_issuers(parties), now=NOW, decimals=decimals_of)
+    assert verified.mandate_expires_at == NOW + 365 * 86400  # the credential's is sooner
+    for claims in ({"ttl": late + 1}, {"ttl": 2**80}, {"iat": -1}, {"nbf": 2**53 + 1}):
+        _refused("MANDATE_MALFORMED", [budget(1)], **claims)
+    credential = issue_credential(parties.issuer, parties.user, ttl=2**80)
+    hop1 = issue_user_mandate(parties.user, credential, open_mandate(parties.agent, [budget(1)]))
+    with pytest.raises(MandateError) as caught:
+        verify_mandate(
+            join_hops(credential, hop1), trusted_issuers(parties), now=NOW, decimals=decimals_of
+        )
+    assert caught.value.reason == "MANDATE_MALFORMED"
+    for date in ("0001-01-01T00:00:00+01:00", "1969-12-31T23:59:59Z"):
+        _refused("MANDATE_MALFORMED", [budget(1), execution_date(not_after=date)])
+
+
+def test_a_reference_and_a_payee_id_are_printable_ascii_without_spaces() -> None:
+    # a2.py: a reference "a\x00\ud800b" and a payee id "\ud800" were accepted.
+    bounds = _bounds([budget(1), reference("r" * 256), allowed_payees(merchant("~!" * 128))])
+    assert (bounds.reference, bounds.payees) == ("r" * 256, ("~!" * 128,))
+    for bad in ("", "a b", "r" * 257, "a\x00\ud800b", "caf\u00e9", "tab\t"):
+        _refused("MANDATE_CONSTRAINT_INVALID", [budget(1), reference(bad)])
+        _refused("MANDATE_CONSTRAINT_INVALID", [budget(1), allowed_payees(merchant(bad))])
+    _refused("MANDATE_CONSTRAINT_INVALID", [budget(1)], payee=merchant("m 1"))
 
 
 # --- the agent key's thumbprint ------------------------------------------------------------------

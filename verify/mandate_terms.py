@@ -20,7 +20,9 @@ from typing import Any
 from paywarden.verify import mandate_errors as E
 from paywarden.verify.sdjwt import SD, is_withheld
 
-MAX_MINOR = 2**63 - 1
+MAX_MINOR = 10**18  # any amount, in minor units (after conversion): fail closed above
+MAX_USES = 1_000_000  # payment.agent_recurrence max_occurrences
+MAX_TIME = 2**53  # any time claim or date, epoch seconds (exact in every JSON reader)
 MAX_DECIMALS = 18
 DAY = 86_400
 SPACING = {
@@ -51,6 +53,7 @@ _DATE_TIME = re.compile(
 )
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DECIMAL = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?")
+_IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no space
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,19 @@ def _minor(value: object, what: str) -> int:
     return value
 
 
+def _identifier(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise _invalid(f"{what} is not 1 to 256 printable ASCII characters without spaces")
+    return value
+
+
+def epoch(value: int, what: str) -> int:
+    """``value`` (epoch seconds) if within 0 to 2**53, else the chain is malformed."""
+    if not 0 <= value <= MAX_TIME:
+        raise E.credential(E.MALFORMED, f"{what} is not a time between 0 and 2**53")
+    return value
+
+
 def _text(value: object, what: str, limit: int = 512) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= limit:
         raise _invalid(f"{what} is not a string of 1 to {limit} characters")
@@ -129,7 +145,7 @@ def _instant(value: object, what: str) -> datetime.datetime:
 def _payee(entry: object, what: str) -> str:
     if not isinstance(entry, dict) or set(entry) - _MERCHANT:
         raise E.unresolved(E.CONSTRAINT_UNKNOWN, f"{what} is not a merchant (id, name, website)")
-    return _text(entry.get("id"), f"{what}'s id")
+    return _identifier(entry.get("id"), f"{what}'s id")
 
 
 class _Terms:
@@ -200,8 +216,10 @@ class _Terms:
         self.spacing = SPACING[frequency]
         if "max_occurrences" in c:
             uses = c["max_occurrences"]
-            if type(uses) is not int or not 1 <= uses <= MAX_MINOR:
-                raise _invalid("payment.agent_recurrence max_occurrences is not an integer >= 1")
+            if type(uses) is not int or not 1 <= uses <= MAX_USES:
+                raise _invalid(
+                    f"payment.agent_recurrence max_occurrences is not an integer 1 to {MAX_USES}"
+                )
             self.uses = uses
 
     def on_allowed_payees(self, c: Mapping[str, Any]) -> None:
@@ -220,15 +238,16 @@ class _Terms:
         low = high = None
         if "not_before" in c:
             at = _instant(c["not_before"], "payment.execution_date not_before")
-            low = int(at.timestamp()) + (1 if at.microsecond else 0)
+            low = epoch(int(at.timestamp()) + (1 if at.microsecond else 0), "not_before")
         if "not_after" in c:
-            high = int(_instant(c["not_after"], "payment.execution_date not_after").timestamp())
+            at = _instant(c["not_after"], "payment.execution_date not_after")
+            high = epoch(int(at.timestamp()), "not_after")
         self.window(low, high)
 
     def on_reference(self, c: Mapping[str, Any]) -> None:
         if self.reference is not None:
             raise _invalid("payment.reference appears twice")
-        self.reference = _text(c["conditional_transaction_id"], "conditional_transaction_id")
+        self.reference = _identifier(c["conditional_transaction_id"], "conditional_transaction_id")
 
     def presets(self, item: Mapping[str, Any]) -> None:
         if "payee" in item:
@@ -248,7 +267,8 @@ class _Terms:
                 start = datetime.datetime.fromisoformat(day + "T00:00:00+00:00")
             except ValueError:
                 raise _invalid("the preset execution_date is not a valid date") from None
-            self.window(int(start.timestamp()), int(start.timestamp()) + DAY - 1)
+            first = epoch(int(start.timestamp()), "the preset execution_date")
+            self.window(first, first + DAY - 1)
 
 
 def constraints(item: Mapping[str, Any], decimals: Callable[[str], int | None]) -> Constraints:

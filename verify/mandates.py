@@ -35,7 +35,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.verify import mandate_errors as E
 from paywarden.verify.mandate_errors import MandateCode, MandateError
-from paywarden.verify.mandate_terms import Constraints, constraints, major_to_minor
+from paywarden.verify.mandate_terms import Constraints, constraints, epoch, major_to_minor
 from paywarden.verify.mandate_trust import (
     TrustedIssuer,
     TrustedIssuers,
@@ -106,7 +106,7 @@ def _time(claims: Mapping[str, Any], name: str, what: str) -> int | None:
     value = claims.get(name)
     if value is not None and type(value) is not int:
         raise E.credential(E.MALFORMED, f"{what}'s {name} is not an integer")
-    return value
+    return None if value is None else epoch(value, f"{what}'s {name}")
 
 
 def _times(claims: Mapping[str, Any], now: int, what: str) -> int | None:
