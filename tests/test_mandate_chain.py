@@ -707,3 +707,41 @@ def test_constraints_narrow_each_other_and_the_presets() -> None:
         with pytest.raises(MandateError) as caught:
             verified_chain(join_hops(credential, hop1), parties)
         assert caught.value.code == UNRESOLVED, bad
+
+
+# --- what a refusal echoes -------------------------------------------------------------------
+
+
+def test_a_refusal_echoes_at_most_64_characters_of_a_value_from_the_chain() -> None:
+    # A 30 KB vct echoed whole made the gRPC status exceed 16 KB.
+    parties = mandate_parties()
+    huge = "x" * 30_000
+    item = open_mandate(parties.agent, BOUNDED)
+    credential = issue_credential(parties.issuer, parties.user)
+    chains = {
+        "MANDATE_VCT_MISMATCH": chain_parts(parties, vct=huge),
+        "MANDATE_CONSTRAINT_UNKNOWN": chain_parts(parties, [{"type": huge}]),
+        "MANDATE_CONSTRAINT_INVALID": chain_parts(parties, [budget(1), recurrence(huge)]),
+        "MANDATE_ISSUER_UNTRUSTED": (
+            issue_credential(parties.issuer, parties.user, kid=huge),
+            None,
+        ),
+        "MANDATE_MALFORMED": (issue_credential(parties.issuer, parties.user, typ=huge), None),
+        "MANDATE_SIGNATURE_INVALID": (
+            credential,
+            with_jws_header(issue_user_mandate(parties.user, credential, item), {"alg": huge}),
+        ),
+    }
+    for reason, (first, second) in chains.items():
+        hops = [first] if second is None else [first, second]
+        with pytest.raises(MandateError) as caught:
+            verified_chain(join_hops(*hops), parties)
+        message = caught.value.message
+        assert caught.value.reason == reason, message
+        assert repr(huge)[:61] + "..." in message and "x" * 62 not in message, message
+        assert len(message) <= 200 and len(str(caught.value)) <= 250
+    item_member = chain_parts(parties, None, **{huge: 1})
+    with pytest.raises(MandateError) as caught:
+        verified_chain(join_hops(*item_member), parties)
+    assert caught.value.reason == "MANDATE_CONSTRAINT_UNKNOWN"
+    assert len(caught.value.message) <= 200

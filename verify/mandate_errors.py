@@ -51,12 +51,29 @@ REASONS = (
 )
 
 
+SHOWN = 64  # at most this much of a value from the chain is echoed in a message
+MESSAGE = 1024  # and a message is never longer than this
+
+
+def cut(text: str, limit: int = SHOWN) -> str:
+    """``text``, cut to ``limit`` characters (the last three ``...`` when cut)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: object) -> str:
+    """A value read from a chain, for a message: its ``repr`` cut to 64 characters (a 30 KB
+    claim echoed whole would not fit a gRPC status, nor belong in a log)."""
+    return cut(repr(value))
+
+
 class MandateError(Exception):
     """A mandate chain that opens nothing: ``code`` is the AP2 error code of the receipt,
     ``reason`` our machine-readable reason (a ``MANDATE_...`` string), ``message`` what was
-    found, in words (never a key or a whole token)."""
+    found, in words (never a key or a whole token; a value from the chain cut by
+    :func:`shown`, the whole message to 1024 characters)."""
 
     def __init__(self, code: MandateCode, reason: str, message: str) -> None:
+        message = cut(message, MESSAGE)
         super().__init__(f"[{code}/{reason}] {message}")
         self.code = code
         self.reason = reason

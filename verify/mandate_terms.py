@@ -81,17 +81,17 @@ def major_to_minor(amount: str | int | float | Decimal, decimals: int) -> int:
     major unit), exactly: 100.00 USD (2) is 10000, 1000 JPY (0) is 1000, 1.005 USD is
     refused (no rounding, ever), as are negative, non-finite and absurdly large amounts."""
     if type(decimals) is not int or not 0 <= decimals <= MAX_DECIMALS:
-        raise _invalid(f"a currency has 0 to {MAX_DECIMALS} decimals, not {decimals!r}")
+        raise _invalid(f"a currency has 0 to {MAX_DECIMALS} decimals, not {E.shown(decimals)}")
     if isinstance(amount, bool) or not isinstance(amount, str | int | float | Decimal):
-        raise _invalid(f"the amount {amount!r} is not a number")
+        raise _invalid(f"the amount {E.shown(amount)} is not a number")
     if isinstance(amount, str) and not _DECIMAL.fullmatch(amount):
-        raise _invalid(f"the amount {amount!r} is not a plain decimal number")
+        raise _invalid(f"the amount {E.shown(amount)} is not a plain decimal number")
     try:
         value = Decimal(repr(amount)) if isinstance(amount, float) else Decimal(amount)
     except (decimal.DecimalException, ValueError):
-        raise _invalid(f"the amount {amount!r} is not a decimal number") from None
+        raise _invalid(f"the amount {E.shown(amount)} is not a decimal number") from None
     if not value.is_finite() or value < 0 or value.adjusted() > 30:
-        raise _invalid(f"the amount {amount!r} is not a finite amount >= 0")
+        raise _invalid(f"the amount {E.shown(amount)} is not a finite amount >= 0")
     try:
         with decimal.localcontext() as context:
             context.prec = 80
@@ -101,10 +101,10 @@ def major_to_minor(amount: str | int | float | Decimal, decimals: int) -> int:
     except decimal.DecimalException:  # more significant digits than any amount has
         exact = False
     if not exact:
-        raise _invalid(f"the amount {amount!r} has more than {decimals} fractional digits")
+        raise _invalid(f"the amount {E.shown(amount)} has more than {decimals} fractional digits")
     minor = int(scaled)
     if minor > MAX_MINOR:
-        raise _invalid(f"the amount {amount!r} is too large")
+        raise _invalid(f"the amount {E.shown(amount)} is too large")
     return minor
 
 
@@ -186,12 +186,14 @@ class _Terms:
             raise E.unresolved(E.CONSTRAINT_UNKNOWN, "a constraint is withheld (not disclosed)")
         kind = c.get("type") if isinstance(c, dict) else None
         if not isinstance(c, dict) or not isinstance(kind, str) or kind not in _MEMBERS:
-            raise E.unresolved(E.CONSTRAINT_UNKNOWN, f"constraint type {kind!r} is not supported")
+            raise E.unresolved(
+                E.CONSTRAINT_UNKNOWN, f"constraint type {E.shown(kind)} is not supported"
+            )
         required, optional = _MEMBERS[kind]
         members = set(c) - {"type"}
         if not required <= members or members - required - optional:
             raise E.unresolved(
-                E.CONSTRAINT_UNKNOWN, f"{kind}: members {sorted(members)} are not its own"
+                E.CONSTRAINT_UNKNOWN, f"{kind}: members {E.shown(sorted(members))} are not its own"
             )
         getattr(self, "on_" + kind.removeprefix("payment."))(c)
 
@@ -212,7 +214,7 @@ class _Terms:
     def on_agent_recurrence(self, c: Mapping[str, Any]) -> None:
         frequency = c["frequency"]
         if not isinstance(frequency, str) or frequency not in SPACING:
-            raise _invalid(f"payment.agent_recurrence frequency {frequency!r} is not known")
+            raise _invalid(f"payment.agent_recurrence frequency {E.shown(frequency)} is not known")
         self.spacing = SPACING[frequency]
         if "max_occurrences" in c:
             uses = c["max_occurrences"]
@@ -275,7 +277,9 @@ def constraints(item: Mapping[str, Any], decimals: Callable[[str], int | None]) 
     """The bounds of a mandate item (disclosures resolved, withheld parts still marked)."""
     unknown = sorted(set(item) - ITEM_MEMBERS)
     if unknown:
-        raise E.unresolved(E.CONSTRAINT_UNKNOWN, f"mandate members not supported: {unknown}")
+        raise E.unresolved(
+            E.CONSTRAINT_UNKNOWN, f"mandate members not supported: {E.shown(unknown)}"
+        )
     listed = item.get("constraints")
     if not isinstance(listed, list):
         raise _invalid("the mandate has no constraints array")
@@ -291,13 +295,15 @@ def constraints(item: Mapping[str, Any], decimals: Callable[[str], int | None]) 
 
 def _bounded(terms: _Terms, decimals: Callable[[str], int | None]) -> Constraints:
     if len(terms.currencies) > 1:
-        raise _invalid(f"the mandate's amounts are in several currencies: {terms.currencies}")
+        raise _invalid(
+            f"the mandate's amounts are in several currencies: {E.shown(sorted(terms.currencies))}"
+        )
     if not terms.currencies:
         raise E.unresolved(E.UNBOUNDED, "the mandate bounds no amount")
     (currency,) = terms.currencies
     places = decimals(currency)
     if type(places) is not int:
-        raise _invalid(f"the currency {currency!r} is not one this signer knows")
+        raise _invalid(f"the currency {E.shown(currency)} is not one this signer knows")
     budget = None if terms.budget is None else major_to_minor(terms.budget, places)
     if terms.min is not None and terms.max is not None and terms.min > terms.max:
         raise _invalid("the mandate's amount bounds leave no amount")

@@ -63,7 +63,7 @@ def p256_key(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
         raise _bad_key("not a JSON object")
     members = set(jwk)
     if not _JWK_REQUIRED <= members or members - _JWK_REQUIRED - set(_JWK_OPTIONAL):
-        raise _bad_key(f"members {sorted(map(str, members))} are not those of a P-256 key")
+        raise _bad_key(f"members {E.shown(sorted(map(str, members)))} are not those of a P-256 key")
     if jwk["kty"] != "EC" or jwk["crv"] != "P-256":
         raise _bad_key("not an EC P-256 key")
     for name, value in _JWK_OPTIONAL.items():
@@ -211,9 +211,9 @@ def root_key(
         return key, subject, False
     issuer = issuers.keys.get(kid) if isinstance(kid, str) else None
     if issuer is None or not isinstance(kid, str):
-        raise _untrusted(f"the root's kid {kid!r} is not a trusted issuer")
+        raise _untrusted(f"the root's kid {E.shown(kid)} is not a trusted issuer")
     if not isinstance(issuer.key, ec.EllipticCurvePublicKey) or issuer.key.curve.name != (
         "secp256r1"
     ):
-        raise _untrusted(f"the issuer {kid!r} is not configured with a P-256 key")
+        raise _untrusted(f"the issuer {E.shown(kid)} is not configured with a P-256 key")
     return issuer.key, kid, issuer.provider_root

@@ -209,7 +209,7 @@ def _verify(
     if provider_root:
         if "delegate_payload" not in root_claims:
             raise E.credential(
-                E.ISSUER_UNTRUSTED, f"the provider root {issuer!r} may sign only a mandate"
+                E.ISSUER_UNTRUSTED, f"the provider root {E.shown(issuer)} may sign only a mandate"
             )
         if any(link in root_claims for link in _LINKS):
             raise E.credential(E.LINK_INVALID, "the root hop links to nothing before it")
@@ -218,7 +218,9 @@ def _verify(
         mandate_hop, claims = root, root_claims
     else:
         if "delegate_payload" in root_claims:
-            raise E.credential(E.ISSUER_UNTRUSTED, f"{issuer!r} may not sign a mandate as root")
+            raise E.credential(
+                E.ISSUER_UNTRUSTED, f"{E.shown(issuer)} may not sign a mandate as root"
+            )
         _credential_expiry(root, now)
         user, user_jkt = cnf_key(root_claims, "the credential")
         if len(hops) < 2:
@@ -233,7 +235,7 @@ def _verify(
     item = _mandate_item(claims, "the mandate hop")
     vct = item.get("vct")
     if not isinstance(vct, str) or vct not in options["vct"]:
-        raise E.mandate(E.VCT_MISMATCH, f"the mandate's vct {vct!r} is not accepted")
+        raise E.mandate(E.VCT_MISMATCH, f"the mandate's vct {E.shown(vct)} is not accepted")
     if "exp" not in item:
         raise E.mandate(E.NO_EXPIRY, "the mandate has no exp")
     expiries.append(_times(item, now, "the mandate"))

@@ -47,7 +47,7 @@ def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"the member {key!r} appears twice")
+            raise ValueError(f"the member {E.shown(key)} appears twice")
         out[key] = value
     return out
 
@@ -63,7 +63,9 @@ def loads(data: bytes, what: str, reason: str = E.MALFORMED) -> object:
             parse_constant=_refuse_constant,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise E.credential(reason, f"the {what} is not strict JSON: {exc}") from None
+        raise E.credential(
+            reason, f"the {what} is not strict JSON: {E.cut(str(exc), 2 * E.SHOWN)}"
+        ) from None
 
 
 def b64url(text: str, what: str, reason: str = E.MALFORMED) -> bytes:
@@ -147,15 +149,17 @@ def check_header(hop: Hop, typs: frozenset[str]) -> None:
     x5c on the root only (``crit`` and every other key-locating member refused)."""
     alg = hop.header.get("alg")
     if alg != ALGORITHM:
-        raise E.credential(E.SIGNATURE_INVALID, f"hop {hop.index}: alg {alg!r} is not ES256")
+        raise E.credential(E.SIGNATURE_INVALID, f"hop {hop.index}: alg {E.shown(alg)} is not ES256")
     allowed = _HEADER_MEMBERS if hop.index == 0 else _HEADER_MEMBERS - {"x5c"}
     extra = sorted(set(hop.header) - allowed)
     if extra:
-        raise E.credential(E.MALFORMED, f"hop {hop.index}: header members not allowed: {extra}")
+        raise E.credential(
+            E.MALFORMED, f"hop {hop.index}: header members not allowed: {E.shown(extra)}"
+        )
     typ = hop.header.get("typ")
     if not isinstance(typ, str) or typ not in typs:
         raise E.credential(
-            E.MALFORMED, f"hop {hop.index}: typ {typ!r} is not one of {sorted(typs)}"
+            E.MALFORMED, f"hop {hop.index}: typ {E.shown(typ)} is not one of {sorted(typs)}"
         )
 
 
@@ -176,7 +180,9 @@ def check_es256(hop: Hop, key: ec.EllipticCurvePublicKey) -> None:
 def check_sd_alg(hop: Hop) -> None:
     alg = hop.payload.get("_sd_alg", SD_ALG)
     if alg != SD_ALG:
-        raise E.credential(E.DISCLOSURE_INVALID, f"hop {hop.index}: _sd_alg {alg!r} not sha-256")
+        raise E.credential(
+            E.DISCLOSURE_INVALID, f"hop {hop.index}: _sd_alg {E.shown(alg)} not sha-256"
+        )
 
 
 def check_link(hop: Hop, previous: Hop) -> None:
@@ -266,7 +272,7 @@ class _Resolver:
             if found is None:
                 withheld.append(d)
             elif found[1] in out:
-                raise self._bad(f"the disclosed claim {found[1]!r} is already in its object")
+                raise self._bad(f"the disclosed claim {E.shown(found[1])} is already in its object")
             else:
                 out[found[1]] = self.value(found[2], depth + 1)
         if withheld:
