@@ -25,12 +25,12 @@ from tests.helpers import Stack
 from tests.support.mandates import mandate_key, public_jwk
 
 
-def _b64(data: bytes) -> str:
+def _receipt_b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _part(value: dict[str, Any]) -> str:
-    return _b64(json.dumps(value, separators=(",", ":"), sort_keys=True).encode())
+    return _receipt_b64(json.dumps(value, separators=(",", ":"), sort_keys=True).encode())
 
 
 HEADER = {"alg": "ES256", "kid": "audit.v1", "typ": "JWT"}
@@ -67,7 +67,7 @@ def test_the_verifier_and_the_door_hold_the_same_fields() -> None:
 
 def test_the_door_signs_a_mandate_receipt_and_the_verifier_accepts_it(stack: Stack) -> None:
     data = signing_input()
-    token = f"{data.decode()}.{_b64(stack.hsm.sign_mandate_receipt(data))}"
+    token = f"{data.decode()}.{_receipt_b64(stack.hsm.sign_mandate_receipt(data))}"
     assert verify_mandate_receipt(token, audit_pem(stack))["reason"] == "MANDATE_REVOKED"
 
 
@@ -98,7 +98,7 @@ def test_a_receipt_body_or_checkpoint_is_never_signed_through_this_door(stack: S
 
 def test_the_verifier_refuses_what_the_audit_key_did_not_sign(stack: Stack) -> None:
     data = signing_input()
-    good = f"{data.decode()}.{_b64(stack.hsm.sign_mandate_receipt(data))}"
+    good = f"{data.decode()}.{_receipt_b64(stack.hsm.sign_mandate_receipt(data))}"
     header, payload, signature = good.split(".")
     forged_payload = _part(claims(reason="ALLOWED"))
     other_key = ec.generate_private_key(ec.SECP256R1()).public_key()

@@ -148,7 +148,7 @@ def open_from(api: Api, chain: str, agent: str = "agent-1", ttl: int = 0) -> ses
     return session
 
 
-def pay(
+def pay_under_mandate(
     api: Api,
     stack: Stack,
     session_id: str,
@@ -263,7 +263,9 @@ def test_fifty_concurrent_signs_across_two_sessions_stay_inside_the_mandate(
     assert first.mandate_id == second.mandate_id == mandate_id
     sessions = [first.session_id, second.session_id]
     with ThreadPoolExecutor(max_workers=50) as pool:
-        answers = list(pool.map(lambda i: pay(api, stack, sessions[i % 2], amount), range(50)))
+        answers = list(
+            pool.map(lambda i: pay_under_mandate(api, stack, sessions[i % 2], amount), range(50))
+        )
     ok = [a for a in answers if isinstance(a, signer_pb2.SignResponse)]
     refused = [a for a in answers if isinstance(a, grpc.RpcError)]
     assert len(ok) == signed
@@ -286,10 +288,10 @@ def test_fifty_concurrent_signs_across_two_sessions_stay_inside_the_mandate(
     # A third session from the same mandate shares the ledger: 10.00 more is a fourth
     # use (refused), or the third and the budget's last 10.00 (then nothing more).
     third = open_from(api, chain).session_id
-    last = pay(api, stack, third, "10.00")
+    last = pay_under_mandate(api, stack, third, "10.00")
     if signed == 2:
         assert isinstance(last, signer_pb2.SignResponse)
-        last = pay(api, stack, third, "0.01")
+        last = pay_under_mandate(api, stack, third, "0.01")
     assert isinstance(last, grpc.RpcError) and reason_of(last) == "MANDATE_USES_EXHAUSTED"
 
 
@@ -307,23 +309,23 @@ def test_each_bound_of_the_mandate_denies_a_payment_outside_it(api: Api, stack: 
         ({"amount": "10.00", "payee": "m3"}, "PAYEE_NOT_IN_SESSION"),
     ]
     for changes, reason in cases:
-        answer = pay(api, stack, session, **changes)
+        answer = pay_under_mandate(api, stack, session, **changes)
         assert isinstance(answer, grpc.RpcError) and reason_of(answer) == reason, changes
         if reason.startswith("MANDATE_"):
             claims = receipt_of(api, answer)
             assert claims["mandate_id"] == mandate_id
             assert claims["reference"] == _b64e(bytes.fromhex(mandate_id))
-    assert isinstance(pay(api, stack, session, "10.00"), signer_pb2.SignResponse)
-    too_soon = pay(api, stack, session, "10.00")
+    assert isinstance(pay_under_mandate(api, stack, session, "10.00"), signer_pb2.SignResponse)
+    too_soon = pay_under_mandate(api, stack, session, "10.00")
     assert isinstance(too_soon, grpc.RpcError) and reason_of(too_soon) == "MANDATE_TOO_SOON"
     # A day later (the session is over by then: a new one from the same mandate) the
     # second use is allowed, and a third day finds the two uses spent.
     stack.clock.advance(86_400)
     tomorrow = open_from(api, chain).session_id
-    assert isinstance(pay(api, stack, tomorrow, "10.00"), signer_pb2.SignResponse)
+    assert isinstance(pay_under_mandate(api, stack, tomorrow, "10.00"), signer_pb2.SignResponse)
     stack.clock.advance(86_400)
     last = open_from(api, chain).session_id
-    used_up = pay(api, stack, last, "10.00")
+    used_up = pay_under_mandate(api, stack, last, "10.00")
     assert isinstance(used_up, grpc.RpcError)
     assert reason_of(used_up) == "MANDATE_USES_EXHAUSTED"
 
@@ -436,11 +438,11 @@ def test_an_expired_mandate_opens_nothing_and_its_sessions_sign_no_more(
 ) -> None:
     chain, _ = chain_of(stack, ttl=120)
     session = open_from(api, chain).session_id
-    assert isinstance(pay(api, stack, session, "10.00"), signer_pb2.SignResponse)
+    assert isinstance(pay_under_mandate(api, stack, session, "10.00"), signer_pb2.SignResponse)
     stack.clock.advance(121)
     claims = refused_open(api, chain, PRECONDITION, "MANDATE_EXPIRED")
     assert claims["error"] == "invalid_mandate"
-    late = pay(api, stack, session, "10.00")
+    late = pay_under_mandate(api, stack, session, "10.00")
     assert isinstance(late, grpc.RpcError)
     assert reason_of(late) in {"SESSION_EXPIRED", "MANDATE_EXPIRED", "EXPIRY_AFTER_SESSION"}
 
@@ -467,7 +469,7 @@ def test_a_closed_agent_hop_opens_one_session_and_its_replay_is_refused(
 def test_a_revoked_mandate_opens_nothing_and_signs_nothing_more(api: Api, stack: Stack) -> None:
     chain, mandate_id = chain_of(stack)
     session = open_from(api, chain).session_id
-    assert isinstance(pay(api, stack, session, "10.00"), signer_pb2.SignResponse)
+    assert isinstance(pay_under_mandate(api, stack, session, "10.00"), signer_pb2.SignResponse)
     control = api.control()
     revoked = control.RevokeMandate(
         control_pb2.RevokeMandateRequest(mandate_id=mandate_id, reason="card reported stolen")
@@ -477,7 +479,7 @@ def test_a_revoked_mandate_opens_nothing_and_signs_nothing_more(api: Api, stack:
         control_pb2.RevokeMandateRequest(mandate_id=mandate_id, reason="twice")
     )
     assert (again.created, again.revocation.reason) == (False, "card reported stolen")
-    denied = pay(api, stack, session, "10.00")
+    denied = pay_under_mandate(api, stack, session, "10.00")
     assert isinstance(denied, grpc.RpcError) and reason_of(denied) == "MANDATE_REVOKED"
     assert receipt_of(api, denied)["mandate_id"] == mandate_id
     claims = refused_open(api, chain, PRECONDITION, "MANDATE_REVOKED")
@@ -546,13 +548,13 @@ def test_a_hold_in_one_session_counts_for_the_other_until_it_is_released(
     first = open_from(api, chain).session_id
     second = open_from(api, chain).session_id
     _held(api, stack, first, "150.00")
-    blocked = pay(api, stack, second, "60.00")
+    blocked = pay_under_mandate(api, stack, second, "60.00")
     assert isinstance(blocked, grpc.RpcError)
     assert reason_of(blocked) == "MANDATE_BUDGET_EXCEEDED"
     api.sessions("planner", "planner-1").CloseSession(
         sessions_pb2.CloseSessionRequest(session_id=first)
     )  # withdraws the held payment: its hold is released
-    assert isinstance(pay(api, stack, second, "60.00"), signer_pb2.SignResponse)
+    assert isinstance(pay_under_mandate(api, stack, second, "60.00"), signer_pb2.SignResponse)
 
 
 def test_revoking_an_agent_key_stops_its_mandates_now_and_later(api: Api, stack: Stack) -> None:
