@@ -162,6 +162,16 @@ class MandateOpening:
                 call,
                 verified.id,
             )
+        if verified.user_jkt is not None and (
+            verified.user_jkt == verified.holder_jkt or verified.user_jkt in s.holders
+        ):
+            raise self.refused(
+                Reason.MANDATE_HOLDER_MISMATCH,
+                "the credential is held by an agent's key: an agent cannot sign its own mandate",
+                MandateCode.INVALID_MANDATE,
+                call,
+                verified.id,
+            )
         if s.require_agent_hop and verified.presentation is None:
             raise self.refused(
                 Reason.MANDATE_AGENT_HOP_MISSING,
