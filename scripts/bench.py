@@ -7,7 +7,7 @@
                                       [--pg-url URL [--pg-password-file FILE]]
                                       [--pg-statements]
                                       [--sign-only] [--json FILE] [--keep DIR]
-                                      [--rpc sign|sign-x402]
+                                      [--rpc sign|sign-x402] [--mandate]
 
 Makes a fresh data directory in a temporary directory (a SoftHSM2 token with
 the payment and audit keys, a PKI, a config and a full policy pack), starts
@@ -39,6 +39,13 @@ that key on it with address payees; the callers send ``SignX402Request``s (x402 
 2, scheme ``exact``, 0.01 USDC, a fresh nonce each), and after the run every returned
 authorisation is checked with eth-account's EIP-712 recovery against the key's address
 (instead of the JWKS), and ``paywarden audit verify`` runs as for ``Sign``.
+
+``--mandate`` opens every session from a human-signed mandate instead of a planner's budget
+(scripts/bench_mandate.py): the configuration gains a ``[mandates]`` section (an issuer key
+made for the run, each agent's key registered) and each session a user-credential chain of
+its own (an AP2 open payment mandate: ``payment.amount_range`` and a ``payment.budget`` a
+run never reaches, bound to its agent's key), so every call is also held to its mandate's
+ledger; the figures are labelled ``Sign (mandate)``.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ from joserfc.jwk import KeySet
 from paywarden.v1 import sessions_pb2, signer_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_mandate  # scripts/bench_mandate.py: the parts of --mandate
 import bench_x402  # scripts/bench_x402.py: the parts of --rpc sign-x402
 
 if TYPE_CHECKING:
@@ -197,6 +205,7 @@ class DataDir:
     agents: tuple[str, ...]
     rpc: str = "sign"  # the RPC benchmarked: "sign" or "sign-x402"
     x402_address: str = ""  # sign-x402: the x402 key's address, as scripts/keys.py made it
+    mandate: bool = False  # sessions opened from mandates (keys in root/mandates)
 
     def cert(self, role: str, principal: str) -> tuple[bytes, bytes]:
         """(private key, certificate) PEM of a client certificate."""
@@ -248,10 +257,12 @@ def make_data_dir(
     concurrency: int,
     pg: PgTarget | None = None,
     rpc: str = "sign",
+    mandate: bool = False,
 ) -> DataDir:
     """Token, keys, PKI, pack and config under ``root`` (scripts/keys.py and scripts/pki.py);
     the store in ``root``/data, or on the database ``pg``. ``rpc`` "sign-x402": also the
-    x402 key and asset, and the x402 pack instead of the JWS one (scripts/bench_x402.py)."""
+    x402 key and asset, and the x402 pack instead of the JWS one (scripts/bench_x402.py).
+    ``mandate``: also the mandate keys and ``[mandates]`` (scripts/bench_mandate.py)."""
     hsm = root / "hsm"
     (hsm / "tokens").mkdir(parents=True)
     softhsm_conf = hsm / "softhsm2.conf"
@@ -302,13 +313,14 @@ def make_data_dir(
             store=store_settings(data, pg),
             expiry=EXPIRY_SECONDS,
         )
-        + (bench_x402.CONFIG if rpc == "sign-x402" else ""),
+        + (bench_x402.CONFIG if rpc == "sign-x402" else "")
+        + (bench_mandate.provision(root / "mandates", names) if mandate else ""),
         encoding="utf-8",
     )
     check = ["-m", "paywarden.signer.cli", "policy", "check", str(data / "policy" / "bench.toml")]
     # An x402 asset is known from the configuration only.
     _run([*check, "--config", str(config)] if rpc == "sign-x402" else check)
-    return DataDir(root, pki, config, softhsm_conf, audit_key, names, rpc, x402_address)
+    return DataDir(root, pki, config, softhsm_conf, audit_key, names, rpc, x402_address, mandate)
 
 
 # -- the two servers ----------------------------------------------------------------------------
@@ -428,9 +440,15 @@ def open_sessions(data: DataDir, addr: str, count: int) -> list[tuple[str, str]]
             request = sessions_pb2.OpenSessionRequest(
                 agent_id=agent,
                 task_description=f"benchmark session {i}: many small API payments",
-                budgets=[sessions_pb2.AssetBudget(asset=asset, amount="1000000.00")],
                 ttl_seconds=3600,
             )
+            if data.mandate:
+                decimals = 6 if data.rpc == "sign-x402" else 2  # as the configuration has them
+                now = int(time.time())
+                dirname = data.root / "mandates"
+                request.mandate = bench_mandate.chain_for(dirname, agent, i, asset, decimals, now)
+            else:
+                request.budgets.append(sessions_pb2.AssetBudget(asset=asset, amount="1000000.00"))
             response: sessions_pb2.OpenSessionResponse = call(request, timeout=30)
             opened.append((agent, response.session.session_id))
     return opened
@@ -836,6 +854,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="sign",
         help="the RPC benchmarked: Sign, or SignX402 with an x402 key (sign)",
     )
+    parser.add_argument(
+        "--mandate",
+        action="store_true",
+        help="open the sessions from mandates, not budgets (scripts/bench_mandate.py)",
+    )
     args = parser.parse_args(argv)
     for name in ("concurrency", "rounds", "agents", "processes", "workers", "replicas"):
         if getattr(args, name) < 1:
@@ -865,8 +888,10 @@ def run(
     """The run; ``pg``: the database the signers share (None: SQLite); ``watch``: its
     server, when this run started it (its CPU and statements are counted)."""
     print(f"bench: data directory {root}", flush=True)
-    data = make_data_dir(root, args.agents, args.workers, args.concurrency, pg, args.rpc)
-    rpc_name = RPCS[args.rpc][2]
+    data = make_data_dir(
+        root, args.agents, args.workers, args.concurrency, pg, args.rpc, args.mandate
+    )
+    rpc_name = RPCS[args.rpc][2] + (" (mandate)" if args.mandate else "")
     ctx = multiprocessing.get_context("spawn")
     # One after another: the first migrates an empty database, the others find it done.
     signers: list[Signer] = []
@@ -1018,6 +1043,7 @@ def run(
     if args.json:
         report = {
             "rpc": args.rpc,
+            "mandate": args.mandate,
             "concurrency": args.concurrency,
             "duration_seconds": args.duration,
             "rounds": args.rounds,
