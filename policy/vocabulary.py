@@ -189,7 +189,6 @@ class Reason(StrEnum):
     SESSION_PHASE_OK = "SESSION_PHASE_OK"
     ASSET_IN_SESSION = "ASSET_IN_SESSION"
     SESSION_ANY_PAYEE = "SESSION_ANY_PAYEE"
-    NO_MANDATE = "NO_MANDATE"
     WITHIN_MANDATE = "WITHIN_MANDATE"
     PAYEE_IN_SESSION = "PAYEE_IN_SESSION"
     WITHIN_BUDGET = "WITHIN_BUDGET"
@@ -224,6 +223,7 @@ ALLOWING: frozenset[Reason] = frozenset(
         Reason.SESSION_PHASE_OK,
         Reason.ASSET_IN_SESSION,
         Reason.SESSION_ANY_PAYEE,
+        Reason.WITHIN_MANDATE,
         Reason.PAYEE_IN_SESSION,
         Reason.WITHIN_BUDGET,
         Reason.NO_PLAN,

@@ -20,6 +20,7 @@ from paywarden.hsm import HsmError
 from paywarden.hsm.audit_bodies import MANDATE_RECEIPT_TYPE
 from paywarden.policy.vocabulary import Reason
 from paywarden.signer.core.deps import Deps
+from paywarden.signer.core.disclosure import agent_message
 from paywarden.signer.core.refusals import RefusalBudget
 from paywarden.signer.encoding import Json, b64url, jcs
 from paywarden.signer.store.records import DecisionRecord, StoreError
@@ -62,7 +63,7 @@ class MandateReceipts:
         return self.refusal(
             MandateCode.INVALID_MANDATE,
             reason,
-            record.message,
+            agent_message(reason),  # the agent's fixed sentence, never the detail
             reference=b64url(bytes.fromhex(session.mandate_id)),
             mandate_id=session.mandate_id,
             asker=f"agent/{record.agent_id}",
