@@ -6,10 +6,15 @@ reason."""
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from jwcrypto.jwk import JWK
 from paywarden.verify import sdjwt
 from paywarden.verify.mandate_terms import constraints as mandate_constraints
@@ -745,3 +750,41 @@ def test_a_refusal_echoes_at_most_64_characters_of_a_value_from_the_chain() -> N
         verified_chain(join_hops(*item_member), parties)
     assert caught.value.reason == "MANDATE_CONSTRAINT_UNKNOWN"
     assert len(caught.value.message) <= 200
+
+
+def test_an_x5c_certificate_with_an_extension_twice_is_refused_not_an_error() -> None:
+    """cryptography raises DuplicateExtension (not a ValueError) for a certificate whose
+    extension is there twice; it must refuse the chain, not escape as an internal error."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "twice")])
+    at = datetime.datetime.fromtimestamp(NOW, datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(at - datetime.timedelta(days=1))
+        .not_valid_after(at + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    # keyUsage's OID (2.5.29.15) rewritten as basicConstraints' (2.5.29.19): one extension twice
+    twice = der.replace(bytes.fromhex("0603551d0f"), bytes.fromhex("0603551d13"))
+    assert twice != der
+    x5c = [base64.b64encode(c).decode() for c in (der, twice)]
+    header = {"alg": "ES256", "typ": "dc+sd-jwt", "x5c": x5c}
+    encoded = [
+        base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=").decode()
+        for p in (header, {"iat": NOW})
+    ]
+    token = f"{encoded[0]}.{encoded[1]}.{'A' * 86}~"
+    issuers = TrustedIssuers({}, (certificate,))
+    with pytest.raises(MandateError) as caught:
+        verify_mandate(token, issuers, now=NOW, decimals=decimals_of)
+    assert caught.value.reason == "MANDATE_ISSUER_UNTRUSTED"

@@ -132,7 +132,9 @@ def _extension(cert: x509.Certificate, kind: type[Any]) -> Any:
         return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
-    except ValueError:  # not DER a reader can parse
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        # not DER a reader can parse, or an extension twice: cryptography raises these
+        # outside ValueError
         raise _untrusted("an x5c certificate's extensions cannot be read") from None
 
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from paywarden.verify import mandate_errors as E
 from paywarden.verify.mandate_errors import MandateCode, MandateError
@@ -288,7 +289,15 @@ def verify_mandate(
         return _verify(chain, issuers, now, options)
     except MandateError:
         raise
-    except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        LookupError,
+        ArithmeticError,
+        RecursionError,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as exc:
         # Fail closed on what the checks above did not foresee; the fuzz tests look for it.
         raise E.credential(
             E.MALFORMED, f"the chain cannot be read ({type(exc).__name__})"
