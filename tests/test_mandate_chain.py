@@ -564,7 +564,9 @@ def test_a_credential_without_a_plain_exp_or_past_it_is_refused() -> None:
                 signed = issue_user_mandate(parties.user, credential, item)
         chain = join_hops(credential, signed)
         oracle_verify(chain, {ISSUER_KID: parties.issuer})  # the SD-JWTs are valid
-        code = CREDENTIAL if reason == "MANDATE_MALFORMED" else MANDATE
+        # A credential without its own expiry fails as a credential (AP2
+        # invalid_credential); one past it is an expired mandate, as any hop's expiry.
+        code = MANDATE if reason == "MANDATE_EXPIRED" else CREDENTIAL
         chain_refused(chain, parties, code, reason)
     credential = issue_credential(parties.issuer, parties.user, ttl=1)
     hop1 = issue_user_mandate(parties.user, credential, item)

@@ -128,9 +128,9 @@ def _credential_expiry(root: Hop, now: int) -> None:
     disclosed claim (a holder would withhold it once passed) nor absent."""
     exp = _time(root.payload, "exp", "the credential")
     if exp is None:
-        raise E.mandate(E.NO_EXPIRY, "the credential has no exp in its signed payload")
+        raise E.credential(E.NO_EXPIRY, "the credential has no exp in its signed payload")
     if exp <= now:
-        raise E.mandate(E.EXPIRED, "the credential expired")
+        raise E.mandate(E.EXPIRED, "the credential expired")  # as every hop's expiry
 
 
 def _kb_claims(claims: Mapping[str, Any], what: str) -> None:
