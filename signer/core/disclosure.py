@@ -111,6 +111,7 @@ AGENT_MESSAGES: dict[str, str] = {
     Reason.MANDATE_UNBOUNDED: "the mandate bounds no total",
     Reason.MANDATES_NOT_CONFIGURED: "this signer takes no mandates",
     Reason.MANDATE_HOLDER_MISMATCH: "the mandate is not bound to this agent's key",
+    Reason.MANDATE_SELF_DELEGATED: "the mandate's credential is held by an agent's key",
     Reason.MANDATE_REVOKED: "the mandate is revoked",
     Reason.MANDATE_MISMATCH: "the mandate was presented before on other terms",
     Reason.MANDATE_HOP_REPLAYED: "the agent's closed hop was presented before",

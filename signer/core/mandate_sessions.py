@@ -166,7 +166,7 @@ class MandateOpening:
             verified.user_jkt == verified.holder_jkt or verified.user_jkt in s.holders
         ):
             raise self.refused(
-                Reason.MANDATE_HOLDER_MISMATCH,
+                Reason.MANDATE_SELF_DELEGATED,
                 "the credential is held by an agent's key: an agent cannot sign its own mandate",
                 MandateCode.INVALID_MANDATE,
                 call,
