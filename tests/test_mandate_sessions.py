@@ -19,6 +19,7 @@ import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey
 from paywarden.client import CallError, PlannerClient
+from paywarden.signer.core.disclosure import AGENT_MESSAGES
 from paywarden.v1 import approvals_pb2, control_pb2, sessions_pb2, signer_pb2
 from paywarden.verify.mandate_receipts import verify_mandate_receipt
 from paywarden.verify.mandates import jwk_thumbprint
@@ -315,6 +316,8 @@ def test_each_bound_of_the_mandate_denies_a_payment_outside_it(api: Api, stack: 
             claims = receipt_of(api, answer)
             assert claims["mandate_id"] == mandate_id
             assert claims["reference"] == _b64e(bytes.fromhex(mandate_id))
+            # the agent's fixed sentence, never the recorded detail
+            assert claims["error_description"] == AGENT_MESSAGES[reason]
     assert isinstance(pay_under_mandate(api, stack, session, "10.00"), signer_pb2.SignResponse)
     too_soon = pay_under_mandate(api, stack, session, "10.00")
     assert isinstance(too_soon, grpc.RpcError) and reason_of(too_soon) == "MANDATE_TOO_SOON"
