@@ -11,14 +11,18 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from paywarden.policy.vocabulary import Reason
+from paywarden.policy.engine import RuleResult
+from paywarden.policy.vocabulary import Outcome, Reason
+from paywarden.signer.core import deciding
 from paywarden.signer.core.mandate_receipts import MandateReceipts
-from paywarden.signer.errors import PaywardenError
+from paywarden.signer.core.payments import IntentFields
+from paywarden.signer.errors import Internal, PaywardenError
 from paywarden.signer.identity import Principal, Role
 from paywarden.verify.mandate_receipts import verify_mandate_receipt
 from paywarden.verify.mandates import MandateCode, jwk_thumbprint
 
 from tests.helpers import Stack, new_nonce
+from tests.support.intents import intent_fields
 from tests.support.mandates import (
     ISSUER_KID,
     MandateParties,
@@ -172,3 +176,32 @@ def test_a_total_beyond_what_the_signer_records_is_refused_not_an_internal_error
     error = open_refused(stack, settings_chain(stack, huge))
     assert error.reason == "MANDATE_CONSTRAINT_INVALID"
     assert error.receipt is not None
+
+
+def test_the_backstop_undoes_a_decision_the_mandate_rule_let_past_its_uses(
+    make_stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault only a bug could make: the mandate rule (replaced here by one that allows
+    everything) lets a second payment of a one-use mandate through. The backstop, in the
+    same transaction, refuses it as an internal error: nothing is recorded or signed."""
+    stack = make_stack(packs={"s.toml": OPEN_PACK}, extra=mandates_toml())
+    one_use = [amount_range(5_000), budget(100), recurrence("ON_DEMAND", 1)]
+    view = stack.service.open_session(
+        PLANNER, "agent-1", "restock", [], 0, [], mandate=settings_chain(stack, one_use)
+    )
+    agent = Principal(Role.AGENT, "agent-1")
+
+    def payment() -> IntentFields:
+        return intent_fields(
+            view.record.id, payee="m1", amount="10.00", expires_at=int(stack.clock.now()) + 60
+        )
+
+    assert stack.service.sign(agent, payment()).jws
+    allow = RuleResult("mandate", Outcome.ALLOW, Reason.WITHIN_MANDATE)
+    monkeypatch.setattr(deciding, "mandate_result", lambda *args: allow)
+    with pytest.raises(Internal):
+        stack.service.sign(agent, payment())
+    session = stack.store.get_session(view.record.id, int(stack.clock.now()))
+    assert session is not None and session.spent_minor == {"USD": 1_000}
+    found = stack.store.mandate(view.record.mandate_id or "", int(stack.clock.now()))
+    assert found is not None and found[1].uses == 1
