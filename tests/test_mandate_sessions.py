@@ -286,6 +286,18 @@ def test_fifty_concurrent_signs_across_two_sessions_stay_inside_the_mandate(
         for s in sessions
     ]
     assert sum(Decimal(s) for s in spent) == Decimal(amount) * signed
+    ledger = (
+        api.sessions("agent", "agent-1")
+        .GetSession(sessions_pb2.GetSessionRequest(session_id=sessions[0]))
+        .session.mandate
+    )
+    assert (ledger.asset, ledger.budget, ledger.max_uses, ledger.revoked) == (
+        "USD",
+        "100.00",
+        3,
+        False,
+    )
+    assert (Decimal(ledger.spent), ledger.uses) == (Decimal(amount) * signed, signed)
     # A third session from the same mandate shares the ledger: 10.00 more is a fourth
     # use (refused), or the third and the budget's last 10.00 (then nothing more).
     third = open_from(api, chain).session_id
@@ -490,6 +502,10 @@ def test_a_revoked_mandate_opens_nothing_and_signs_nothing_more(api: Api, stack:
         control_pb2.RevokeMandateRequest(mandate_id=mandate_id, reason="twice")
     )
     assert (again.created, again.revocation.reason) == (False, "card reported stolen")
+    shown = api.sessions("planner", "planner-1").GetSession(
+        sessions_pb2.GetSessionRequest(session_id=session)
+    )
+    assert shown.session.mandate.revoked and shown.session.mandate.uses == 1
     denied = pay_under_mandate(api, stack, session, "10.00")
     assert isinstance(denied, grpc.RpcError) and reason_of(denied) == "MANDATE_REVOKED"
     assert receipt_of(api, denied)["mandate_id"] == mandate_id

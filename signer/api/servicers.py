@@ -34,6 +34,22 @@ from paywarden.v1 import (
 )
 
 
+def _ledger_proto(view: SessionView) -> sessions_pb2.MandateLedger | None:
+    if view.mandate is None:
+        return None
+    m, use = view.mandate
+    decimals = view.decimals.get(m.asset, 0)
+    return sessions_pb2.MandateLedger(
+        asset=m.asset,
+        budget=str(Amount(m.budget_minor, decimals)),
+        spent=str(Amount(use.spent_minor, decimals)),
+        uses=use.uses,
+        max_uses=m.max_uses or 0,
+        expires_at=m.expires_at,
+        revoked=m.revoked_at is not None,
+    )
+
+
 def _session_proto(view: SessionView) -> sessions_pb2.Session:
     r = view.record
     return sessions_pb2.Session(
@@ -56,6 +72,7 @@ def _session_proto(view: SessionView) -> sessions_pb2.Session:
         phase=r.phase,
         pack_id=r.pack_id,
         mandate_id=r.mandate_id or "",
+        mandate=_ledger_proto(view),
         plan=[
             sessions_pb2.PlanLine(
                 payee=line.payee,

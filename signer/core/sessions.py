@@ -27,6 +27,7 @@ from paywarden.signer.encoding import sha256_hex
 from paywarden.signer.errors import (
     Denied,
     Forbidden,
+    Internal,
     InvalidInput,
     NotFound,
     Reason,
@@ -237,7 +238,13 @@ class Sessions:
 
     def _view(self, record: SessionRecord, now: int) -> SessionView:
         decimals = {a: self._deps.decimals(a) for a in record.budgets_minor}
-        return SessionView(record, record.state(now), decimals)
+        mandate = None
+        if record.mandate_id is not None:
+            mandate_id = record.mandate_id
+            mandate = store_call(lambda: self._store.mandate(mandate_id, now))
+            if mandate is None:  # a session names a mandate the store lacks
+                raise Internal(Reason.INTERNAL, "internal error")
+        return SessionView(record, record.state(now), decimals, mandate)
 
     def _visible_session(self, caller: Principal, session_id: str, now: int) -> SessionRecord:
         sid = parse_session_id(session_id)

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 
 from paywarden.policy.vocabulary import ApprovalStatus, SessionState
 from paywarden.policy.vocabulary import SignStatus as SignStatus
-from paywarden.signer.store.records import ApprovalRecord, DecisionRecord, SessionRecord
+from paywarden.signer.store.records import (
+    ApprovalRecord,
+    DecisionRecord,
+    MandateRecord,
+    MandateUse,
+    SessionRecord,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +33,8 @@ class SessionView:
     record: SessionRecord
     state: SessionState
     decimals: Mapping[str, int]
+    # the session's mandate and its use now, over every session of it (None: no mandate)
+    mandate: tuple[MandateRecord, MandateUse] | None = None
 
 
 @dataclass(frozen=True, slots=True)

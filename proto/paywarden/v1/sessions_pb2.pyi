@@ -73,7 +73,7 @@ class AssetSpend(_message.Message):
     def __init__(self, asset: _Optional[str] = ..., budget: _Optional[str] = ..., spent: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "agent_id", "planner_id", "task_digest", "created_at", "expires_at", "state", "spend", "allowed_payees", "phase", "pack_id", "plan", "mandate_id")
+    __slots__ = ("session_id", "agent_id", "planner_id", "task_digest", "created_at", "expires_at", "state", "spend", "allowed_payees", "phase", "pack_id", "plan", "mandate_id", "mandate")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     PLANNER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class Session(_message.Message):
     PACK_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     MANDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    MANDATE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     agent_id: str
     planner_id: str
@@ -100,7 +101,26 @@ class Session(_message.Message):
     pack_id: str
     plan: _containers.RepeatedCompositeFieldContainer[PlanLine]
     mandate_id: str
-    def __init__(self, session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., planner_id: _Optional[str] = ..., task_digest: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., state: _Optional[str] = ..., spend: _Optional[_Iterable[_Union[AssetSpend, _Mapping]]] = ..., allowed_payees: _Optional[_Iterable[str]] = ..., phase: _Optional[str] = ..., pack_id: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[PlanLine, _Mapping]]] = ..., mandate_id: _Optional[str] = ...) -> None: ...
+    mandate: MandateLedger
+    def __init__(self, session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., planner_id: _Optional[str] = ..., task_digest: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., state: _Optional[str] = ..., spend: _Optional[_Iterable[_Union[AssetSpend, _Mapping]]] = ..., allowed_payees: _Optional[_Iterable[str]] = ..., phase: _Optional[str] = ..., pack_id: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[PlanLine, _Mapping]]] = ..., mandate_id: _Optional[str] = ..., mandate: _Optional[_Union[MandateLedger, _Mapping]] = ...) -> None: ...
+
+class MandateLedger(_message.Message):
+    __slots__ = ("asset", "budget", "spent", "uses", "max_uses", "expires_at", "revoked")
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    asset: str
+    budget: str
+    spent: str
+    uses: int
+    max_uses: int
+    expires_at: int
+    revoked: bool
+    def __init__(self, asset: _Optional[str] = ..., budget: _Optional[str] = ..., spent: _Optional[str] = ..., uses: _Optional[int] = ..., max_uses: _Optional[int] = ..., expires_at: _Optional[int] = ..., revoked: _Optional[bool] = ...) -> None: ...
 
 class PlanLine(_message.Message):
     __slots__ = ("payee", "asset", "max_amount", "count", "used")
