@@ -71,6 +71,16 @@ class Constraints:
     not_after: int | None
     reference: str | None
 
+    @property
+    def total_minor(self) -> int | None:
+        """The most the mandate lets be spent in all: its budget, or else its per-payment
+        max times its uses (None: it bounds no total, and is refused)."""
+        if self.budget_minor is not None:
+            return self.budget_minor
+        if self.max_minor is not None and self.max_uses is not None:
+            return self.max_minor * self.max_uses
+        return None
+
 
 def _invalid(message: str) -> E.MandateError:
     return E.unresolved(E.CONSTRAINT_INVALID, message)
@@ -312,11 +322,7 @@ def _bounded(terms: _Terms, decimals: Callable[[str], int | None]) -> Constraint
             raise _invalid("the mandate's execution window is empty")
     if terms.payees == ():
         raise _invalid("the preset payee is not among the allowed payees")
-    if budget is None and (terms.max is None or terms.uses is None):
-        raise E.unresolved(
-            E.UNBOUNDED, "the mandate bounds no total (no budget, nor max with max_occurrences)"
-        )
-    return Constraints(
+    bounds = Constraints(
         currency=currency,
         min_minor=terms.min,
         max_minor=terms.max,
@@ -328,3 +334,8 @@ def _bounded(terms: _Terms, decimals: Callable[[str], int | None]) -> Constraint
         not_after=terms.not_after,
         reference=terms.reference,
     )
+    if bounds.total_minor is None:
+        raise E.unresolved(
+            E.UNBOUNDED, "the mandate bounds no total (no budget, nor max with max_occurrences)"
+        )
+    return bounds

@@ -206,9 +206,7 @@ class MandateOpening:
         signer's limits (the stricter wins)."""
         c = verified.constraints
         asset = self._deps.assets[c.currency]  # verify_mandate knew its decimals
-        budget = c.budget_minor
-        if budget is None and c.max_minor is not None and c.max_uses is not None:
-            budget = c.max_minor * c.max_uses
+        budget = c.total_minor
         if budget is None:  # verify_mandate refuses it first: never an unbounded session
             raise self.refused(
                 Reason.MANDATE_UNBOUNDED,
