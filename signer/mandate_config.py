@@ -157,4 +157,4 @@ class MandateSettings:
     @classmethod
     def none(cls) -> MandateSettings:
         """No issuer trusted: every mandate is refused (MANDATES_NOT_CONFIGURED)."""
-        return cls(TrustedIssuers({}, ()), {}, ("mandate.payment.open.1",), "paywarden", 65_536)
+        return cls.of(MandateConfig())
