@@ -11,7 +11,7 @@ import logging
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, Vote
 from paywarden.signer.core import audit_events
 from paywarden.signer.core.deps import Deps, require, store_call
-from paywarden.signer.core.retries import mandate_gone
+from paywarden.signer.core.mandate_checks import mandate_gone
 from paywarden.signer.core.validation import clean_text
 from paywarden.signer.core.views import ApprovalView
 from paywarden.signer.errors import (

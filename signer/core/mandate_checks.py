@@ -16,7 +16,13 @@ from dataclasses import dataclass, replace
 
 from paywarden.policy.engine import Decision, RuleResult
 from paywarden.policy.vocabulary import Outcome, Reason, Verdict
-from paywarden.signer.store.records import MandateRecord, MandateUse
+from paywarden.signer.store.mandate_protocols import MandateTx
+from paywarden.signer.store.records import (
+    InvariantBroken,
+    MandateRecord,
+    MandateUse,
+    SessionRecord,
+)
 
 RULE = "mandate"
 
@@ -36,16 +42,37 @@ def _deny(
     return RuleResult(RULE, Outcome.DENY, reason, limit, observed, detail)
 
 
+def mandate_ended(mandate: MandateRecord, now: int) -> tuple[Reason, str] | None:
+    """Why nothing more of ``mandate`` may be signed: it is revoked (or its agent key is),
+    or it has expired. None: neither."""
+    if mandate.revoked_at is not None:
+        return Reason.MANDATE_REVOKED, "the session's mandate was revoked"
+    if now >= mandate.expires_at:
+        return Reason.MANDATE_EXPIRED, "the session's mandate has expired"
+    return None
+
+
+def mandate_gone(tx: MandateTx, session: SessionRecord, now: int) -> tuple[Reason, str] | None:
+    """:func:`mandate_ended` for the session's mandate, read in the caller's transaction
+    (None as well for a session without one): an unsigned payment whose mandate ended
+    is not signed on retry, and no vote is taken on it."""
+    if session.mandate_id is None:
+        return None
+    found = tx.mandate(session.mandate_id, now)
+    if found is None:
+        raise InvariantBroken(f"the session's mandate {session.mandate_id} is not stored")
+    return mandate_ended(found[0], now)
+
+
 def mandate_result(
     mandate: MandateRecord, use: MandateUse, payment: MandatePayment, now: int
 ) -> RuleResult:
     """The ``mandate`` rule's result for ``payment`` at ``now``, given what already
     counts against the mandate (``use``)."""
     m = mandate
-    if m.revoked_at is not None:
-        return _deny(Reason.MANDATE_REVOKED, "the session's mandate was revoked")
-    if now >= m.expires_at:
-        return _deny(Reason.MANDATE_EXPIRED, "the session's mandate has expired")
+    ended = mandate_ended(m, now)
+    if ended is not None:
+        return _deny(*ended)
     if payment.asset != m.asset:
         return _deny(Reason.ASSET_NOT_IN_SESSION, f"the mandate bounds payments in {m.asset} only")
     if m.not_before is not None and now < m.not_before:

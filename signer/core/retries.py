@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from paywarden.policy.vocabulary import ApprovalStatus, ReservationStatus, SessionState, Verdict
+from paywarden.signer.core.mandate_checks import mandate_gone
 from paywarden.signer.core.withdrawal import withdraw
 from paywarden.signer.core.x402 import signable_until
 from paywarden.signer.errors import Reason
-from paywarden.signer.store.mandate_protocols import MandateTx
 from paywarden.signer.store.protocols import PaymentTx
 from paywarden.signer.store.records import (
     ApprovalRecord,
@@ -79,23 +79,6 @@ def _unsignable(
         if held:
             return Reason.APPROVAL_EXPIRED, "approval expired with the authorisation's window"
         return Reason.PAYMENT_WITHDRAWN, "the authorisation's window closed before it was signed"
-    return None
-
-
-def mandate_gone(tx: MandateTx, session: SessionRecord, now: int) -> tuple[Reason, str] | None:
-    """Why the session's mandate no longer lets anything be signed (None: it does, or the
-    session has none). Read in the caller's transaction: a payment approved after its
-    mandate was revoked is never signed, and no vote is taken on it."""
-    if session.mandate_id is None:
-        return None
-    found = tx.mandate(session.mandate_id, now)
-    if found is None:
-        raise InvariantBroken(f"the session's mandate {session.mandate_id} is not stored")
-    mandate, _ = found
-    if mandate.revoked_at is not None:
-        return Reason.MANDATE_REVOKED, "the session's mandate was revoked before it was signed"
-    if now >= mandate.expires_at:
-        return Reason.MANDATE_EXPIRED, "the session's mandate expired before it was signed"
     return None
 
 
